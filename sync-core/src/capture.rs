@@ -1,0 +1,500 @@
+//! Turning dirty markers into typed changes.
+//!
+//! A marker says "row `pk` was written"; the change is the difference
+//! between the row as it is now and its last captured state (the *shadow*
+//! in `_tidesync_rows`). Sealing a batch is one local transaction: read the
+//! markers, the rows and the shadows, append the changes to the outbox with
+//! their sequence numbers and clocks, update the shadows, delete the
+//! markers that were not rewritten meanwhile, and persist the clock. A crash
+//! at any point leaves either the markers or the changes, never neither.
+
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query, SimpleExpr, ValueTuple};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable,
+    ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect,
+    TryGetableMany, Value,
+};
+
+use crate::change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
+use crate::clock::{Hlc, HlcClock, NodeId};
+use crate::error::{Error, Result};
+use crate::schema::{self, OUTBOX, ROWS};
+use crate::syncable::Syncable;
+use crate::value::{check_value, pk_key, same_value};
+
+/// Key in the shadow clocks map for the row's own lifecycle (insert/delete).
+pub(crate) const ROW_CLOCK: &str = "$row";
+
+/// A dirty marker read back from a dirty table.
+#[derive(Debug, Clone)]
+pub(crate) struct Marker {
+    pub(crate) pk: Vec<Value>,
+    pub(crate) ver: i64,
+    pub(crate) wall_us: i64,
+}
+
+/// A row of a synced table: key values and synced column values (in
+/// [`TableSpec::columns`] order).
+pub(crate) type RowImage = (Vec<Value>, Vec<Value>);
+
+/// The entity-specific half of capture, type-erased so a replica can hold
+/// tables of different entities.
+#[async_trait::async_trait]
+pub(crate) trait TableHandle: Send + Sync {
+    fn spec(&self) -> &TableSpec;
+
+    /// Up to `limit` markers, oldest write first, skipping `offset`.
+    async fn markers(&self, tx: &DatabaseTransaction, limit: u64, offset: u64) -> Result<Vec<Marker>>;
+
+    /// The current rows with these keys (missing rows are simply absent).
+    async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>>;
+
+    /// A page of all rows in key order.
+    async fn scan(&self, tx: &DatabaseTransaction, offset: u64, limit: u64) -> Result<Vec<RowImage>>;
+}
+
+/// [`TableHandle`] for a `Syncable` entity.
+pub(crate) struct EntityTable<E: Syncable> {
+    spec: TableSpec,
+    columns: Vec<E::Column>,
+    keys: Vec<E::Column>,
+    _entity: PhantomData<fn() -> E>,
+}
+
+impl<E: Syncable> EntityTable<E> {
+    pub(crate) fn new() -> Self {
+        let skipped: Vec<String> = E::skipped_columns().iter().map(|c| c.as_str().to_owned()).collect();
+        let keys: Vec<E::Column> = E::PrimaryKey::iter().map(|k| k.into_column()).collect();
+        let columns: Vec<E::Column> = E::Column::iter()
+            .filter(|c| !skipped.iter().any(|s| s == c.as_str()))
+            .collect();
+        let spec_of = |c: &E::Column| {
+            let def = c.def();
+            ColumnSpec {
+                name: c.as_str().to_owned(),
+                ty: def.get_column_type().clone(),
+                nullable: def.is_null(),
+            }
+        };
+        let spec = TableSpec {
+            name: E::default().table_name().to_owned(),
+            pk: keys.iter().map(spec_of).collect(),
+            columns: columns.iter().map(spec_of).collect(),
+            policy: E::POLICY,
+            single_writer: E::SINGLE_WRITER,
+        };
+        EntityTable {
+            spec,
+            columns,
+            keys,
+            _entity: PhantomData,
+        }
+    }
+
+    fn image(&self, m: &E::Model) -> RowImage {
+        (
+            self.keys.iter().map(|c| m.get(*c)).collect(),
+            self.columns.iter().map(|c| m.get(*c)).collect(),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl<E: Syncable> TableHandle for EntityTable<E>
+where
+    E::Model: Sync,
+{
+    fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    async fn markers(&self, tx: &DatabaseTransaction, limit: u64, offset: u64) -> Result<Vec<Marker>> {
+        let names = self.spec.pk_names();
+        let mut q = Query::select();
+        q.columns(names.iter().map(Alias::new))
+            .columns([Alias::new("ver"), Alias::new("wall_us")])
+            .from(Alias::new(schema::dirty_table(&self.spec.name)))
+            .order_by(Alias::new("wall_us"), Order::Asc)
+            .limit(limit)
+            .offset(offset);
+        for n in &names {
+            q.order_by(Alias::new(n), Order::Asc);
+        }
+        let rows = tx.query_all(&q).await?;
+        rows.iter()
+            .map(|r| {
+                let pk = <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as TryGetableMany>::try_get_many(
+                    r, "", &names,
+                )
+                .map_err(sea_orm::DbErr::from)?;
+                let pk: ValueTuple = pk.into();
+                Ok(Marker {
+                    pk: pk.into_iter().collect(),
+                    ver: r.try_get("", "ver")?,
+                    wall_us: r.try_get("", "wall_us")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>> {
+        if pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut any = Condition::any();
+        for pk in pks {
+            let mut all = Condition::all();
+            for (c, v) in self.keys.iter().zip(pk) {
+                all = all.add(c.eq(v.clone()));
+            }
+            any = any.add(all);
+        }
+        let models = E::find().filter(any).all(tx).await?;
+        Ok(models.iter().map(|m| self.image(m)).collect())
+    }
+
+    async fn scan(&self, tx: &DatabaseTransaction, offset: u64, limit: u64) -> Result<Vec<RowImage>> {
+        let mut q = E::find();
+        for c in &self.keys {
+            q = q.order_by_asc(*c);
+        }
+        let models = q.offset(offset).limit(limit).all(tx).await?;
+        Ok(models.iter().map(|m| self.image(m)).collect())
+    }
+}
+
+/// The last captured state of a row.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shadow {
+    pub(crate) vals: BTreeMap<String, Value>,
+    pub(crate) clocks: BTreeMap<String, Hlc>,
+    pub(crate) deleted: bool,
+}
+
+/// Load the shadows of `keys` (canonical key text) of `table`.
+pub(crate) async fn load_shadows(
+    tx: &DatabaseTransaction,
+    table: &str,
+    keys: &[String],
+) -> Result<HashMap<String, Shadow>> {
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(500) {
+        let q = Query::select()
+            .columns([Alias::new("pk"), Alias::new("vals"), Alias::new("clocks"), Alias::new("deleted")])
+            .from(Alias::new(ROWS))
+            .and_where(Expr::col(Alias::new("tbl")).eq(table))
+            .and_where(Expr::col(Alias::new("pk")).is_in(chunk.iter().cloned()))
+            .to_owned();
+        for r in tx.query_all(&q).await? {
+            let key: String = r.try_get("", "pk")?;
+            let vals: String = r.try_get("", "vals")?;
+            let clocks: String = r.try_get("", "clocks")?;
+            out.insert(
+                key,
+                Shadow {
+                    vals: serde_json::from_str(&vals)?,
+                    clocks: serde_json::from_str(&clocks)?,
+                    deleted: r.try_get("", "deleted")?,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Clock and sequence state of a capture transaction.
+pub(crate) struct SealState {
+    pub(crate) node: NodeId,
+    pub(crate) clock: HlcClock,
+    pub(crate) next_seq: u64,
+}
+
+impl SealState {
+    /// Take the capture lock (a row lock on PostgreSQL/MySQL, the write lock
+    /// on SQLite) and load clock and sequence.
+    pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
+        let lock = Query::update()
+            .table(Alias::new(schema::META))
+            .value(Alias::new("value"), Expr::col(Alias::new("value")))
+            .and_where(Expr::col(Alias::new("key")).eq("next_seq"))
+            .to_owned();
+        tx.execute(&lock).await?;
+        let next_seq = schema::read_meta(tx, "next_seq")
+            .await?
+            .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;
+        let next_seq = next_seq
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("next_seq `{next_seq}` is not a number")))?;
+        let last = match schema::read_meta(tx, "hlc").await? {
+            Some(s) if !s.is_empty() => Some(s.parse()?),
+            _ => None,
+        };
+        Ok(SealState {
+            node,
+            clock: HlcClock::new(node, last),
+            next_seq,
+        })
+    }
+
+    pub(crate) async fn save(&self, tx: &DatabaseTransaction) -> Result<()> {
+        schema::write_meta(tx, "next_seq", &self.next_seq.to_string()).await?;
+        schema::write_meta(tx, "hlc", &self.clock.last().to_string()).await?;
+        Ok(())
+    }
+}
+
+/// What one capture pass did.
+#[derive(Debug, Default)]
+pub struct CaptureReport {
+    /// Changes appended to the outbox.
+    pub captured: usize,
+    /// Markers looked at.
+    pub examined: usize,
+    /// Rows that could not be captured (e.g. a NaN): their markers stay and
+    /// are retried by the next capture, after the row is fixed.
+    pub rejected: Vec<Error>,
+}
+
+/// Diff one row against its shadow. `None` when nothing changed.
+pub(crate) fn diff(
+    spec: &TableSpec,
+    current: Option<&[Value]>,
+    shadow: Option<&Shadow>,
+) -> Option<(Op, Vec<(String, Value)>)> {
+    let live_shadow = shadow.filter(|s| !s.deleted);
+    match (current, live_shadow) {
+        (None, None) => None,
+        (None, Some(_)) => Some((Op::Delete, Vec::new())),
+        (Some(row), None) => Some((
+            Op::Insert,
+            spec.columns.iter().map(|c| c.name.clone()).zip(row.iter().cloned()).collect(),
+        )),
+        (Some(row), Some(s)) => {
+            let changed: Vec<(String, Value)> = spec
+                .columns
+                .iter()
+                .zip(row)
+                .filter(|(c, v)| s.vals.get(&c.name).is_none_or(|old| !same_value(old, v)))
+                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .collect();
+            (!changed.is_empty()).then_some((Op::Update, changed))
+        }
+    }
+}
+
+/// Seal up to `limit` markers of one table (skipping `offset` rejected ones).
+/// Returns how many markers were read.
+pub(crate) async fn seal_table(
+    tx: &DatabaseTransaction,
+    table: &dyn TableHandle,
+    state: &mut SealState,
+    limit: u64,
+    offset: u64,
+    report: &mut CaptureReport,
+) -> Result<usize> {
+    let spec = table.spec();
+    let markers = table.markers(tx, limit, offset).await?;
+    if markers.is_empty() {
+        return Ok(0);
+    }
+    let pks: Vec<Vec<Value>> = markers.iter().map(|m| m.pk.clone()).collect();
+    let keys: Vec<String> = pks.iter().map(|p| pk_key(p)).collect::<Result<_>>()?;
+    let mut current: HashMap<String, Vec<Value>> = HashMap::new();
+    for (pk, vals) in table.rows(tx, &pks).await? {
+        current.insert(pk_key(&pk)?, vals);
+    }
+    let shadows = load_shadows(tx, &spec.name, &keys).await?;
+
+    let mut outbox = Query::insert();
+    outbox.into_table(Alias::new(OUTBOX)).columns(
+        ["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new),
+    );
+    let mut shadow_upsert = Query::insert();
+    shadow_upsert
+        .into_table(Alias::new(ROWS))
+        .columns(["tbl", "pk", "vals", "clocks", "deleted"].map(Alias::new))
+        .on_conflict(
+            OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
+                .update_columns([Alias::new("vals"), Alias::new("clocks"), Alias::new("deleted")])
+                .to_owned(),
+        );
+    let mut sealed_markers: Vec<ValueTuple> = Vec::new();
+    let mut appended = 0usize;
+
+    'markers: for (marker, key) in markers.iter().zip(&keys) {
+        report.examined += 1;
+        let row = current.get(key).map(Vec::as_slice);
+        if let Some(row) = row {
+            for (c, v) in spec.columns.iter().zip(row) {
+                if let Err(e) = check_value(&spec.name, &c.name, Some(&c.ty), v, None) {
+                    report.rejected.push(e);
+                    continue 'markers;
+                }
+            }
+        }
+        let mut tuple = marker.pk.clone();
+        tuple.push(Value::BigInt(Some(marker.ver)));
+        sealed_markers.push(ValueTuple::Many(tuple));
+
+        let shadow = shadows.get(key);
+        let Some((op, columns)) = diff(spec, row, shadow) else {
+            continue;
+        };
+        let wall = u64::try_from(marker.wall_us).unwrap_or(0);
+        let hlc = state.clock.tick(wall);
+        let change = Change {
+            id: ChangeId {
+                origin: state.node,
+                seq: state.next_seq,
+            },
+            table: spec.name.clone(),
+            pk: spec.pk_names().into_iter().zip(marker.pk.iter().cloned()).collect(),
+            op,
+            columns,
+            hlc,
+        };
+        state.next_seq += 1;
+        appended += 1;
+
+        let mut next = shadow.cloned().unwrap_or_default();
+        match op {
+            Op::Delete => {
+                next.deleted = true;
+                next.clocks.insert(ROW_CLOCK.into(), hlc);
+            }
+            Op::Insert | Op::Update => {
+                if op == Op::Insert {
+                    next.deleted = false;
+                    next.clocks.insert(ROW_CLOCK.into(), hlc);
+                }
+                for (c, v) in &change.columns {
+                    next.vals.insert(c.clone(), v.clone());
+                    next.clocks.insert(c.clone(), hlc);
+                }
+            }
+        }
+        outbox.values_panic([
+            Value::BigInt(Some(i64::try_from(change.id.seq).map_err(|_| Error::Corrupt("sequence overflow".into()))?)).into(),
+            spec.name.clone().into(),
+            serde_json::to_string(&change.pk)?.into(),
+            op.as_str().into(),
+            serde_json::to_string(&change.columns)?.into(),
+            hlc.to_string().into(),
+        ]);
+        shadow_upsert.values_panic([
+            spec.name.clone().into(),
+            key.clone().into(),
+            serde_json::to_string(&next.vals)?.into(),
+            serde_json::to_string(&next.clocks)?.into(),
+            next.deleted.into(),
+        ]);
+    }
+
+    if appended > 0 {
+        tx.execute(&outbox).await?;
+        tx.execute(&shadow_upsert).await?;
+    }
+    if !sealed_markers.is_empty() {
+        // Only markers whose version is unchanged: a write that committed
+        // after we read the row bumped `ver` and keeps its marker.
+        let mut cols: Vec<SimpleExpr> = spec.pk.iter().map(|c| Expr::col(Alias::new(&c.name)).into()).collect();
+        cols.push(Expr::col(Alias::new("ver")).into());
+        let del = Query::delete()
+            .from_table(Alias::new(schema::dirty_table(&spec.name)))
+            .and_where(Expr::tuple(cols).in_tuples(sealed_markers))
+            .to_owned();
+        tx.execute(&del).await?;
+    }
+    report.captured += appended;
+    Ok(markers.len())
+}
+
+/// Rebuild a [`Change`] from an outbox row.
+pub(crate) fn change_from_outbox(origin: NodeId, r: &sea_orm::QueryResult) -> Result<Change> {
+    let seq: i64 = r.try_get("", "seq")?;
+    let op: String = r.try_get("", "op")?;
+    let pk: String = r.try_get("", "pk")?;
+    let payload: String = r.try_get("", "payload")?;
+    let hlc: String = r.try_get("", "hlc")?;
+    Ok(Change {
+        id: ChangeId {
+            origin,
+            seq: u64::try_from(seq).map_err(|_| Error::Corrupt(format!("negative sequence {seq}")))?,
+        },
+        table: r.try_get("", "tbl")?,
+        pk: serde_json::from_str(&pk)?,
+        op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
+        columns: serde_json::from_str(&payload)?,
+        hlc: hlc.parse()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syncable::ConflictPolicy;
+    use sea_orm::sea_query::ColumnType;
+
+    fn spec() -> TableSpec {
+        let c = |n: &str| ColumnSpec {
+            name: n.into(),
+            ty: ColumnType::Text,
+            nullable: true,
+        };
+        TableSpec {
+            name: "t".into(),
+            pk: vec![c("id")],
+            columns: vec![c("id"), c("a"), c("b")],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::String(Some(v.into()))
+    }
+
+    fn shadow(vals: &[(&str, Value)], deleted: bool) -> Shadow {
+        Shadow {
+            vals: vals.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            clocks: BTreeMap::new(),
+            deleted,
+        }
+    }
+
+    #[test]
+    fn new_row_is_an_insert_of_every_column() {
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), Value::String(None)]), None).unwrap();
+        assert_eq!(op, Op::Insert);
+        assert_eq!(cols.len(), 3);
+    }
+
+    #[test]
+    fn update_lists_only_changed_columns() {
+        let sh = shadow(&[("id", s("1")), ("a", s("x")), ("b", s("y"))], false);
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("z")]), Some(&sh)).unwrap();
+        assert_eq!(op, Op::Update);
+        assert_eq!(cols, vec![("b".to_string(), s("z"))]);
+        assert!(diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&sh)).is_none());
+    }
+
+    #[test]
+    fn missing_row_with_live_shadow_is_a_delete() {
+        let sh = shadow(&[("id", s("1"))], false);
+        assert_eq!(diff(&spec(), None, Some(&sh)).unwrap().0, Op::Delete);
+        let gone = shadow(&[("id", s("1"))], true);
+        assert!(diff(&spec(), None, Some(&gone)).is_none());
+        assert!(diff(&spec(), None, None).is_none());
+    }
+
+    #[test]
+    fn row_back_after_delete_is_an_insert() {
+        let gone = shadow(&[("id", s("1")), ("a", s("x"))], true);
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&gone)).unwrap();
+        assert_eq!(op, Op::Insert);
+        assert_eq!(cols.len(), 3);
+    }
+}

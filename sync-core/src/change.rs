@@ -1,0 +1,116 @@
+//! The change model: what one captured write looks like on the wire.
+
+use std::fmt;
+
+use sea_orm::sea_query::{ColumnType, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Hlc, NodeId};
+use crate::syncable::ConflictPolicy;
+
+/// The global id of a change: the node that made it and its sequence number
+/// there. Sequences start at 1 and have no gaps, so a hub can tell a
+/// re-sent change from a new one and keep each origin's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChangeId {
+    /// The node that captured the write.
+    pub origin: NodeId,
+    /// Position in that node's stream, from 1.
+    pub seq: u64,
+}
+
+impl fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.origin, self.seq)
+    }
+}
+
+/// What happened to the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// The row appeared (or reappeared after a delete): every synced column
+    /// is in [`Change::columns`].
+    Insert,
+    /// Some columns changed: only those are in [`Change::columns`].
+    Update,
+    /// The row is gone: [`Change::columns`] is empty.
+    Delete,
+}
+
+impl Op {
+    /// Lower-case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// Parse [`Op::as_str`].
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "insert" => Some(Op::Insert),
+            "update" => Some(Op::Update),
+            "delete" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One captured change of one row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Global id.
+    pub id: ChangeId,
+    /// Table name.
+    pub table: String,
+    /// Primary key, column by column, in the entity's key order.
+    pub pk: Vec<(String, Value)>,
+    /// Operation.
+    pub op: Op,
+    /// Changed columns with their new typed values, in entity column order.
+    pub columns: Vec<(String, Value)>,
+    /// When the write happened; every column in `columns` carries this clock.
+    pub hlc: Hlc,
+}
+
+/// A synced column as the runtime sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnSpec {
+    /// Column name in the database.
+    pub name: String,
+    /// SeaORM column type.
+    pub ty: ColumnType,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+/// A synced table as the runtime sees it, built from a `Syncable` entity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableSpec {
+    /// Table name.
+    pub name: String,
+    /// Primary-key columns in key order.
+    pub pk: Vec<ColumnSpec>,
+    /// Synced columns (key columns included, local-only ones excluded), in
+    /// entity order.
+    pub columns: Vec<ColumnSpec>,
+    /// Conflict policy.
+    pub policy: ConflictPolicy,
+    /// Declared single-writer.
+    pub single_writer: bool,
+}
+
+impl TableSpec {
+    /// The names of the key columns.
+    pub fn pk_names(&self) -> Vec<String> {
+        self.pk.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The column spec by name.
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}

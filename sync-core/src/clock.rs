@@ -1,0 +1,262 @@
+//! Hybrid logical clock: wall time in microseconds, a logical counter and the
+//! node id, totally ordered, never going backwards.
+//!
+//! The clock's last value is persisted with every capture, so a restart or a
+//! wall clock set back cannot make it run backwards: the physical part only
+//! moves forward and the counter breaks ties within one microsecond.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The identity of a replica: 16 random bytes, shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeId(pub [u8; 16]);
+
+impl NodeId {
+    /// A fresh random node id.
+    pub fn random() -> Self {
+        NodeId(*uuid::Uuid::new_v4().as_bytes())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Corrupt(format!("`{s}` is not a node id (32 hex digits)"));
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(NodeId(out))
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A hybrid-logical-clock timestamp.
+///
+/// Ordered by physical time, then counter, then node id, so two timestamps
+/// from different nodes are never equal. Its text form
+/// (`{physical:016x}-{logical:08x}-{node}`) sorts the same way, which lets the
+/// databases compare timestamps as strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hlc {
+    /// Microseconds since the Unix epoch (at least the wall time it was made).
+    pub physical: u64,
+    /// Counter that orders events within one microsecond.
+    pub logical: u32,
+    /// The node that made the timestamp.
+    pub node: NodeId,
+}
+
+impl fmt::Display for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{:08x}-{}", self.physical, self.logical, self.node)
+    }
+}
+
+impl FromStr for Hlc {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Corrupt(format!("`{s}` is not a hybrid logical clock value"));
+        let mut parts = s.split('-');
+        let (Some(p), Some(l), Some(n), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        if p.len() != 16 || l.len() != 8 {
+            return Err(bad());
+        }
+        Ok(Hlc {
+            physical: u64::from_str_radix(p, 16).map_err(|_| bad())?,
+            logical: u32::from_str_radix(l, 16).map_err(|_| bad())?,
+            node: n.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for Hlc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hlc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The current wall time in microseconds since the Unix epoch.
+pub fn wall_clock_us() -> u64 {
+    let now = chrono::Utc::now();
+    u64::try_from(now.timestamp_micros()).unwrap_or(0)
+}
+
+/// A node's hybrid logical clock. Pure state: the caller supplies wall time
+/// and persists [`HlcClock::last`].
+#[derive(Clone, Debug)]
+pub struct HlcClock {
+    last: Hlc,
+}
+
+impl HlcClock {
+    /// A clock for `node` that resumes after `last` (the persisted value).
+    pub fn new(node: NodeId, last: Option<Hlc>) -> Self {
+        let last = last.map_or(
+            Hlc {
+                physical: 0,
+                logical: 0,
+                node,
+            },
+            |h| Hlc { node, ..h },
+        );
+        HlcClock { last }
+    }
+
+    /// The last timestamp issued or observed.
+    pub fn last(&self) -> Hlc {
+        self.last
+    }
+
+    /// Issue a timestamp for a local event whose wall time was `wall_us`.
+    /// Always greater than every timestamp issued or observed before.
+    pub fn tick(&mut self, wall_us: u64) -> Hlc {
+        self.advance(wall_us);
+        self.last
+    }
+
+    /// Merge a timestamp received from another node, so that every later
+    /// local timestamp orders after it.
+    pub fn observe(&mut self, remote: Hlc, wall_us: u64) {
+        if (remote.physical, remote.logical) > (self.last.physical, self.last.logical) {
+            self.last.physical = remote.physical;
+            self.last.logical = remote.logical;
+        }
+        self.advance(wall_us);
+    }
+
+    fn advance(&mut self, wall_us: u64) {
+        if wall_us > self.last.physical {
+            self.last.physical = wall_us;
+            self.last.logical = 0;
+        } else if self.last.logical == u32::MAX {
+            self.last.physical += 1;
+            self.last.logical = 0;
+        } else {
+            self.last.logical += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(b: u8) -> NodeId {
+        NodeId([b; 16])
+    }
+
+    #[test]
+    fn ticks_are_strictly_increasing_when_wall_time_goes_back() {
+        let mut c = HlcClock::new(node(1), None);
+        let a = c.tick(1_000);
+        let b = c.tick(500); // wall clock set back
+        let d = c.tick(1_000);
+        assert!(a < b && b < d, "{a} {b} {d}");
+        assert_eq!(b.physical, 1_000);
+        assert_eq!(d.logical, 2);
+    }
+
+    #[test]
+    fn resumes_after_persisted_value() {
+        let mut c = HlcClock::new(node(1), None);
+        let before_restart = c.tick(5_000);
+        let mut c = HlcClock::new(node(1), Some(before_restart));
+        assert!(c.tick(10) > before_restart);
+    }
+
+    #[test]
+    fn observe_orders_later_events_after_remote() {
+        let mut c = HlcClock::new(node(1), None);
+        let remote = Hlc {
+            physical: 9_000,
+            logical: 7,
+            node: node(2),
+        };
+        c.observe(remote, 100);
+        let next = c.tick(100);
+        assert!(next > remote);
+        assert_eq!(next.node, node(1));
+    }
+
+    #[test]
+    fn counter_overflow_moves_physical_forward() {
+        let mut c = HlcClock::new(
+            node(1),
+            Some(Hlc {
+                physical: 10,
+                logical: u32::MAX,
+                node: node(1),
+            }),
+        );
+        let t = c.tick(0);
+        assert_eq!((t.physical, t.logical), (11, 0));
+    }
+
+    #[test]
+    fn text_form_round_trips_and_sorts_like_the_value() {
+        let a = Hlc {
+            physical: 0x10,
+            logical: 2,
+            node: node(3),
+        };
+        let b = Hlc {
+            physical: 0x100,
+            logical: 0,
+            node: node(1),
+        };
+        assert_eq!(a.to_string().parse::<Hlc>().unwrap(), a);
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+        assert!("zz".parse::<Hlc>().is_err());
+        assert!("0000000000000010-00000002-xyz".parse::<Hlc>().is_err());
+    }
+}

@@ -1,0 +1,472 @@
+//! The local sync metadata: tables, per-table dirty markers and the capture
+//! triggers, for each dialect.
+//!
+//! Capture works by database triggers, generated from the entity: every
+//! insert, update and delete of a synced table upserts a *dirty marker*
+//! (primary key, a version counter and the wall time) in the same statement,
+//! hence in the same transaction, as the write itself. That is what makes
+//! capture complete for SeaORM's bulk paths, raw SQL and other programs, and
+//! crash-safe without relying on the caller's transaction: a marker exists
+//! exactly when its write committed. The marker is turned into a typed
+//! change later by diffing the row against its last captured state
+//! (see [`crate::capture`]).
+//!
+//! While tidesync itself writes pulled changes it inserts its session id into
+//! `_tidesync_applying` inside the same transaction; the triggers skip
+//! sessions listed there, so applied changes are not captured again. The row
+//! is deleted before commit and vanishes on rollback, so a crashed apply never
+//! leaves capture switched off.
+
+use sea_orm::sea_query::{
+    Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Query, StringLen, Table,
+    TableCreateStatement,
+};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crate::change::TableSpec;
+use crate::error::{Error, Result};
+
+/// Newest metadata schema version this release writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Key/value metadata: schema version, node id, clock, next sequence.
+pub const META: &str = "_tidesync_meta";
+/// Captured changes not yet acknowledged by a hub.
+pub const OUTBOX: &str = "_tidesync_outbox";
+/// Last captured state of every synced row, with per-column clocks.
+pub const ROWS: &str = "_tidesync_rows";
+/// Sessions currently applying pulled changes (capture is skipped for them).
+pub const APPLYING: &str = "_tidesync_applying";
+
+/// Name of the dirty-marker table of `table`.
+pub fn dirty_table(table: &str) -> String {
+    short_name("_ts_d_", table)
+}
+
+/// Name of a capture trigger (or PostgreSQL trigger function) of `table`.
+pub fn trigger_name(table: &str, suffix: &str) -> String {
+    short_name(&format!("_ts_{suffix}_"), table)
+}
+
+/// `prefix + table`, shortened with a stable hash to fit the 63-character
+/// identifier limit of PostgreSQL (64 on MySQL).
+fn short_name(prefix: &str, table: &str) -> String {
+    let full = format!("{prefix}{table}");
+    if full.len() <= 60 {
+        return full;
+    }
+    // FNV-1a: stable across releases and platforms.
+    let hash = table
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut cut = 40;
+    while !table.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}_{hash:016x}", &table[..cut])
+}
+
+/// Quote an identifier for `backend`.
+pub fn quote(backend: DbBackend, ident: &str) -> String {
+    match backend {
+        DbBackend::MySql => format!("`{}`", ident.replace('`', "``")),
+        _ => format!("\"{}\"", ident.replace('"', "\"\"")),
+    }
+}
+
+/// A text column that holds at least a few megabytes on every dialect
+/// (MySQL's TEXT stops at 64 KiB).
+pub fn long_text(backend: DbBackend) -> ColumnType {
+    match backend {
+        DbBackend::MySql => ColumnType::custom("LONGTEXT"),
+        _ => ColumnType::Text,
+    }
+}
+
+/// The column type the dirty table uses for a key column: the entity's own,
+/// with enums mapped the way SeaORM's schema builder maps them.
+fn key_column_type(backend: DbBackend, ty: &ColumnType) -> ColumnType {
+    match (ty, backend) {
+        (ColumnType::Enum { variants, .. }, DbBackend::MySql) => {
+            let v: Vec<String> = variants.iter().map(|v| v.to_string()).collect();
+            ColumnType::custom(format!("ENUM('{}')", v.join("', '")))
+        }
+        (ColumnType::Enum { name, .. }, DbBackend::Postgres) => ColumnType::Custom(name.clone()),
+        _ => ty.clone(),
+    }
+}
+
+fn varchar(n: u32) -> ColumnType {
+    ColumnType::String(StringLen::N(n))
+}
+
+/// DDL of the shared metadata tables (idempotent: `IF NOT EXISTS`).
+pub fn metadata_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
+    let text = long_text(backend);
+    let col = |name: &str, ty: ColumnType| {
+        let mut c = ColumnDef::new_with_type(Alias::new(name), ty);
+        c.not_null();
+        c
+    };
+    vec![
+        Table::create()
+            .table(Alias::new(META))
+            .if_not_exists()
+            .col(col("key", varchar(64)).primary_key())
+            .col(col("value", ColumnType::Text))
+            .to_owned(),
+        Table::create()
+            .table(Alias::new(OUTBOX))
+            .if_not_exists()
+            .col(col("seq", ColumnType::BigInteger).primary_key())
+            .col(col("tbl", varchar(64)))
+            .col(col("pk", text.clone()))
+            .col(col("op", varchar(8)))
+            .col(col("payload", text.clone()))
+            .col(col("hlc", varchar(64)))
+            .to_owned(),
+        Table::create()
+            .table(Alias::new(ROWS))
+            .if_not_exists()
+            .col(col("tbl", varchar(64)))
+            .col(col("pk", varchar(700)))
+            .col(col("vals", text.clone()))
+            .col(col("clocks", text))
+            .col(col("deleted", ColumnType::Boolean))
+            .primary_key(Index::create().col(Alias::new("tbl")).col(Alias::new("pk")))
+            .to_owned(),
+        Table::create()
+            .table(Alias::new(APPLYING))
+            .if_not_exists()
+            .col(col("session", ColumnType::BigInteger).primary_key())
+            .to_owned(),
+    ]
+}
+
+/// DDL of the dirty-marker table of one synced table.
+pub fn dirty_table_ddl(backend: DbBackend, spec: &TableSpec) -> TableCreateStatement {
+    let mut t = Table::create();
+    t.table(Alias::new(dirty_table(&spec.name))).if_not_exists();
+    let mut pk = Index::create();
+    for c in &spec.pk {
+        t.col(ColumnDef::new_with_type(Alias::new(&c.name), key_column_type(backend, &c.ty)).not_null());
+        pk.col(Alias::new(&c.name));
+    }
+    t.col(ColumnDef::new_with_type(Alias::new("ver"), ColumnType::BigInteger).not_null())
+        .col(ColumnDef::new_with_type(Alias::new("wall_us"), ColumnType::BigInteger).not_null())
+        .primary_key(&mut pk);
+    t.to_owned()
+}
+
+/// The session id the triggers compare against `_tidesync_applying`.
+pub fn session_expr(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "pg_backend_pid()",
+        DbBackend::MySql => "CONNECTION_ID()",
+        // One writer at a time, and the marker row is never committed.
+        _ => "0",
+    }
+}
+
+/// Current wall time in microseconds, as SQL.
+fn now_us(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "(extract(epoch from clock_timestamp()) * 1000000)::bigint",
+        DbBackend::MySql => "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)",
+        _ => "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+    }
+}
+
+/// The upsert of a dirty marker for the row image `row` (`NEW` or `OLD`).
+/// The one statement every dialect's trigger runs; only the upsert clause
+/// and the clock differ.
+fn mark_statement(backend: DbBackend, spec: &TableSpec, row: &str) -> String {
+    let q = |s: &str| quote(backend, s);
+    let dirty = q(&dirty_table(&spec.name));
+    let keys: Vec<String> = spec.pk.iter().map(|c| q(&c.name)).collect();
+    let vals: Vec<String> = spec.pk.iter().map(|c| format!("{row}.{}", q(&c.name))).collect();
+    let (ver, wall) = (q("ver"), q("wall_us"));
+    let head = format!(
+        "INSERT INTO {dirty} ({}, {ver}, {wall}) VALUES ({}, 1, {})",
+        keys.join(", "),
+        vals.join(", "),
+        now_us(backend)
+    );
+    match backend {
+        DbBackend::MySql => format!(
+            "{head} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall})"
+        ),
+        DbBackend::Postgres => format!(
+            "{} ON CONFLICT ({}) DO UPDATE SET {ver} = {dirty}.{ver} + 1, {wall} = EXCLUDED.{wall}",
+            head,
+            keys.join(", ")
+        ),
+        _ => format!(
+            "{head} ON CONFLICT ({}) DO UPDATE SET {ver} = {ver} + 1, {wall} = excluded.{wall}",
+            keys.join(", ")
+        ),
+    }
+}
+
+/// The statements that create the capture triggers of one table. Each is
+/// idempotent on its own except MySQL's, whose existence [`install_table`]
+/// checks first.
+pub fn trigger_ddl(backend: DbBackend, spec: &TableSpec) -> Vec<String> {
+    let q = |s: &str| quote(backend, s);
+    let table = q(&spec.name);
+    let applying = q(APPLYING);
+    let session = q("session");
+    match backend {
+        DbBackend::Postgres => {
+            let func = q(&trigger_name(&spec.name, "fn"));
+            vec![
+                format!(
+                    "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $tidesync$\n\
+                     BEGIN\n\
+                     \x20 IF EXISTS (SELECT 1 FROM {applying} WHERE {session} = {sess}) THEN RETURN NULL; END IF;\n\
+                     \x20 IF TG_OP <> 'INSERT' THEN {old}; END IF;\n\
+                     \x20 IF TG_OP <> 'DELETE' THEN {new}; END IF;\n\
+                     \x20 RETURN NULL;\n\
+                     END\n$tidesync$",
+                    sess = session_expr(backend),
+                    old = mark_statement(backend, spec, "OLD"),
+                    new = mark_statement(backend, spec, "NEW"),
+                ),
+                format!(
+                    "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} \
+                     FOR EACH ROW EXECUTE FUNCTION {func}()",
+                    q(&trigger_name(&spec.name, "cap"))
+                ),
+            ]
+        }
+        DbBackend::MySql => events(spec)
+            .map(|(event, suffix, rows)| {
+                let body: Vec<String> = rows
+                    .iter()
+                    .map(|r| format!("    {};\n", mark_statement(backend, spec, r)))
+                    .collect();
+                format!(
+                    "CREATE TRIGGER {} AFTER {event} ON {table} FOR EACH ROW\n\
+                     BEGIN\n\
+                     \x20 IF NOT EXISTS (SELECT 1 FROM {applying} WHERE {session} = {sess}) THEN\n\
+                     {body}\
+                     \x20 END IF;\n\
+                     END",
+                    q(&trigger_name(&spec.name, suffix)),
+                    sess = session_expr(backend),
+                    body = body.concat(),
+                )
+            })
+            .collect(),
+        _ => events(spec)
+            .map(|(event, suffix, rows)| {
+                let body: Vec<String> = rows
+                    .iter()
+                    .map(|r| format!("  {};\n", mark_statement(backend, spec, r)))
+                    .collect();
+                format!(
+                    "CREATE TRIGGER IF NOT EXISTS {} AFTER {event} ON {table}\n\
+                     WHEN NOT EXISTS (SELECT 1 FROM {applying})\n\
+                     BEGIN\n{}END",
+                    q(&trigger_name(&spec.name, suffix)),
+                    body.concat(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// (event, trigger suffix, row images to mark) for per-event triggers.
+fn events(_spec: &TableSpec) -> impl Iterator<Item = (&'static str, &'static str, Vec<&'static str>)> {
+    [
+        ("INSERT", "ins", vec!["NEW"]),
+        // An update can change the key: mark the old and the new row.
+        ("UPDATE", "upd", vec!["OLD", "NEW"]),
+        ("DELETE", "del", vec!["OLD"]),
+    ]
+    .into_iter()
+}
+
+/// Create the shared metadata tables and check or set the schema version.
+pub async fn install_metadata<C: ConnectionTrait>(db: &C) -> Result<()> {
+    let backend = db.get_database_backend();
+    for t in metadata_tables(backend) {
+        db.execute(&t).await?;
+    }
+    let version = read_meta(db, "schema_version").await?;
+    match version {
+        None => {
+            insert_meta_if_missing(db, "schema_version", &SCHEMA_VERSION.to_string()).await?;
+        }
+        Some(v) => {
+            let found: i64 = v
+                .parse()
+                .map_err(|_| Error::Corrupt(format!("schema_version `{v}` is not a number")))?;
+            if found > SCHEMA_VERSION {
+                return Err(Error::SchemaVersion {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Create the dirty table and triggers of one synced table.
+pub async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
+    let backend = db.get_database_backend();
+    db.execute(&dirty_table_ddl(backend, spec)).await?;
+    let existing = if backend == DbBackend::MySql {
+        let rows = db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
+                 WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = ?",
+                [spec.name.clone().into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get_by_index::<String>(0))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    for (i, sql) in trigger_ddl(backend, spec).into_iter().enumerate() {
+        if backend == DbBackend::MySql {
+            let (_, suffix, _) = events(spec).nth(i).expect("one statement per event");
+            if existing.contains(&trigger_name(&spec.name, suffix)) {
+                continue;
+            }
+        }
+        db.execute_unprepared(&sql).await?;
+    }
+    Ok(())
+}
+
+/// Read one metadata value.
+pub async fn read_meta<C: ConnectionTrait>(db: &C, key: &str) -> Result<Option<String>> {
+    let stmt = Query::select()
+        .column(Alias::new("value"))
+        .from(Alias::new(META))
+        .and_where(Expr::col(Alias::new("key")).eq(key))
+        .to_owned();
+    let row = db.query_one(&stmt).await?;
+    Ok(row.map(|r| r.try_get::<String>("", "value")).transpose()?)
+}
+
+/// Insert a metadata value unless the key exists (safe when two processes
+/// install at once).
+pub async fn insert_meta_if_missing<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
+    let stmt = Query::insert()
+        .into_table(Alias::new(META))
+        .columns([Alias::new("key"), Alias::new("value")])
+        .values_panic([key.into(), value.into()])
+        .on_conflict(
+            OnConflict::column(Alias::new("key"))
+                .do_nothing_on([Alias::new("key")])
+                .to_owned(),
+        )
+        .to_owned();
+    db.execute(&stmt).await?;
+    Ok(())
+}
+
+/// Overwrite a metadata value that exists.
+pub async fn write_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
+    let stmt = Query::update()
+        .table(Alias::new(META))
+        .value(Alias::new("value"), value)
+        .and_where(Expr::col(Alias::new("key")).eq(key))
+        .to_owned();
+    db.execute(&stmt).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::ColumnSpec;
+    use crate::syncable::ConflictPolicy;
+
+    fn spec() -> TableSpec {
+        let c = |n: &str, ty| ColumnSpec {
+            name: n.into(),
+            ty,
+            nullable: false,
+        };
+        TableSpec {
+            name: "contacts".into(),
+            pk: vec![c("id", ColumnType::Uuid)],
+            columns: vec![c("id", ColumnType::Uuid), c("name", ColumnType::Text)],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    #[test]
+    fn sqlite_triggers() {
+        let sql = trigger_ddl(DbBackend::Sqlite, &spec());
+        assert_eq!(sql.len(), 3);
+        assert_eq!(
+            sql[1],
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_upd_contacts\" AFTER UPDATE ON \"contacts\"\n\
+             WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
+             BEGIN\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
+             END"
+        );
+    }
+
+    #[test]
+    fn postgres_trigger_function() {
+        let sql = trigger_ddl(DbBackend::Postgres, &spec());
+        assert_eq!(sql.len(), 2);
+        assert!(sql[0].starts_with("CREATE OR REPLACE FUNCTION \"_ts_fn_contacts\"() RETURNS trigger"));
+        assert!(sql[0].contains(
+            "IF EXISTS (SELECT 1 FROM \"_tidesync_applying\" WHERE \"session\" = pg_backend_pid()) THEN RETURN NULL; END IF;"
+        ));
+        assert!(sql[0].contains(
+            "IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\"; END IF;"
+        ));
+        assert_eq!(
+            sql[1],
+            "CREATE OR REPLACE TRIGGER \"_ts_cap_contacts\" AFTER INSERT OR UPDATE OR DELETE ON \"contacts\" FOR EACH ROW EXECUTE FUNCTION \"_ts_fn_contacts\"()"
+        );
+    }
+
+    #[test]
+    fn mysql_triggers() {
+        let sql = trigger_ddl(DbBackend::MySql, &spec());
+        assert_eq!(
+            sql[2],
+            "CREATE TRIGGER `_ts_del_contacts` AFTER DELETE ON `contacts` FOR EACH ROW\n\
+             BEGIN\n\
+             \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
+             \x20 END IF;\n\
+             END"
+        );
+    }
+
+    #[test]
+    fn dirty_table_copies_key_types() {
+        let ddl = dirty_table_ddl(DbBackend::Postgres, &spec());
+        assert_eq!(
+            ddl.to_string(sea_orm::sea_query::PostgresQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS \"_ts_d_contacts\" ( \"id\" uuid NOT NULL, \"ver\" bigint NOT NULL, \"wall_us\" bigint NOT NULL, PRIMARY KEY (\"id\") )"
+        );
+    }
+
+    #[test]
+    fn long_names_are_shortened_stably() {
+        let long = "a".repeat(100);
+        let n = dirty_table(&long);
+        assert!(n.len() <= 63, "{n}");
+        assert_eq!(n, dirty_table(&long));
+        assert_ne!(n, dirty_table(&"a".repeat(99)));
+        assert_eq!(quote(DbBackend::MySql, "a`b"), "`a``b`");
+        assert_eq!(quote(DbBackend::Postgres, "a\"b"), "\"a\"\"b\"");
+    }
+}
