@@ -228,7 +228,7 @@ impl Replica {
             .columns(["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new))
             .from(Alias::new(OUTBOX))
             .order_by(Alias::new("seq"), Order::Asc)
-            .limit(limit)
+            .limit(Ord::min(limit, i64::MAX as u64))
             .to_owned();
         self.db
             .query_all(&q)
@@ -277,7 +277,7 @@ async fn mark<C: ConnectionTrait>(db: &C, spec: &TableSpec, pks: &[Vec<Value>], 
     }
     q.on_conflict(
         sea_orm::sea_query::OnConflict::columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
-            .value(Alias::new("ver"), Expr::col(Alias::new("ver")).add(1))
+            .value(Alias::new("ver"), Expr::col((Alias::new(schema::dirty_table(&spec.name)), Alias::new("ver"))).add(1))
             .update_column(Alias::new("wall_us"))
             .to_owned(),
     );

@@ -1,0 +1,607 @@
+//! Capture on every dialect: each SeaORM write path, transactions, raw SQL,
+//! reconcile, idempotent install, the clock across restarts, bad values.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
+use common::entities::{contacts, counters, memberships, readings};
+use common::{on_every_dialect, run, Dialect, TestDb, TestResult};
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::Value as SqValue;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, IntoActiveModel, QueryFilter, Statement, TransactionTrait};
+use tidesync::{Change, Op, Replica};
+
+fn main() -> std::process::ExitCode {
+    let mut trials = Vec::new();
+    macro_rules! t {
+        ($($name:ident),* $(,)?) => {
+            $(trials.extend(on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
+        };
+    }
+    t!(
+        active_model_insert_update_delete,
+        save_and_model_delete,
+        transaction_commit_is_captured,
+        transaction_rollback_leaves_nothing,
+        entity_insert_exec,
+        insert_many,
+        update_many,
+        delete_many_and_delete_by_id,
+        entity_update_exec,
+        raw_sql_is_captured,
+        skipped_column_is_never_captured,
+        composite_key_change_is_delete_then_insert,
+        reconcile_finds_writes_behind_our_back,
+        install_is_idempotent_and_versioned,
+        clock_never_goes_backwards_across_restarts,
+        nan_is_refused_naming_table_column_value,
+        u64_above_i64_max_is_refused_without_panic,
+        overlong_string_is_refused,
+        bulk_nan_is_reported_and_kept_until_fixed,
+        concurrent_writes_during_capture_are_not_lost,
+    );
+    run(trials)
+}
+
+async fn setup(t: &TestDb) -> Result<Replica, common::BoxError> {
+    t.create_table(contacts::Entity).await?;
+    t.create_table(memberships::Entity).await?;
+    t.create_table(readings::Entity).await?;
+    Ok(Replica::builder(t.db.clone())
+        .register::<contacts::Entity>()
+        .register::<memberships::Entity>()
+        .register::<readings::Entity>()
+        .open()
+        .await?)
+}
+
+fn contact(name: &str) -> contacts::ActiveModel {
+    contacts::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(name.to_owned()),
+        email: Set(Some(format!("{name}@example.com"))),
+        last_opened: Set(None),
+        updated_at: Set(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
+    }
+}
+
+/// Capture and return what was captured by that pass.
+async fn captured(r: &Replica) -> Result<Vec<Change>, common::BoxError> {
+    let before = r.pending(u64::MAX).await?.len();
+    let report = r.capture().await?;
+    ensure!(report.rejected.is_empty(), "unexpected rejections: {:?}", report.rejected);
+    let all = r.pending(u64::MAX).await?;
+    ensure_eq!(all.len() - before, report.captured, "report count vs outbox");
+    Ok(all[before..].to_vec())
+}
+
+fn cols(c: &Change) -> Vec<&str> {
+    c.columns.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+fn col<'a>(c: &'a Change, name: &str) -> Option<&'a SqValue> {
+    c.columns.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+fn pk_uuid(c: &Change) -> Option<Uuid> {
+    match c.pk.first() {
+        Some((_, SqValue::Uuid(Some(u)))) => Some(*u),
+        _ => None,
+    }
+}
+
+async fn active_model_insert_update_delete(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let m = contact("ada").insert(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Insert);
+    ensure_eq!(c[0].table, "contacts");
+    ensure_eq!(pk_uuid(&c[0]), Some(m.id));
+    ensure_eq!(cols(&c[0]), vec!["id", "name", "email", "updated_at"]);
+    ensure_eq!(col(&c[0], "name"), Some(&SqValue::String(Some("ada".into()))));
+    ensure_eq!(c[0].id.origin, r.node_id());
+    ensure_eq!(c[0].id.seq, 1);
+
+    let mut am = m.clone().into_active_model();
+    am.name = Set("ada lovelace".into());
+    let m = am.update(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Update);
+    ensure_eq!(cols(&c[0]), vec!["name"]);
+    ensure_eq!(c[0].id.seq, 2);
+
+    let am = m.into_active_model();
+    am.delete(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Delete);
+    ensure!(c[0].columns.is_empty(), "delete carries no columns");
+    ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
+    t.drop().await
+}
+
+async fn save_and_model_delete(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    // With a key minted on the client, `save` on a new model would be an
+    // UPDATE (SeaORM decides by whether the key is set): insert, then save.
+    let am = contact("bob").insert(&t.db).await?.into_active_model();
+    let mut am2 = am.clone();
+    am2.email = Set(None);
+    let am2 = am2.save(&t.db).await?; // update through save
+    let c = captured(&r).await?;
+    // Two writes before one capture coalesce into one insert with the latest values.
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Insert);
+    ensure_eq!(col(&c[0], "email"), Some(&SqValue::String(None)));
+    let mut am3 = am2.clone();
+    am3.name = Set("robert".into());
+    am3.save(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!((c.len(), c[0].op, cols(&c[0])), (1, Op::Update, vec!["name"]));
+
+    let id = am2.id.clone().unwrap();
+    let model = contacts::Entity::find_by_id(id).one(&t.db).await?.ok_or("row")?;
+    model.delete(&t.db).await?; // ModelTrait::delete
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Delete);
+    ensure_eq!(pk_uuid(&c[0]), Some(id));
+    t.drop().await
+}
+
+async fn transaction_commit_is_captured(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let tx = t.db.begin().await?;
+    let a = contact("in-tx-a").insert(&tx).await?;
+    let b = contact("in-tx-b").insert(&tx).await?;
+    let mut am = a.clone().into_active_model();
+    am.name = Set("in-tx-a2".into());
+    am.update(&tx).await?;
+    tx.commit().await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 2);
+    let mut names: Vec<_> = c.iter().map(|c| col(c, "name").cloned()).collect();
+    names.sort_by_key(|v| format!("{v:?}"));
+    ensure_eq!(
+        names,
+        vec![Some(SqValue::String(Some("in-tx-a2".into()))), Some(SqValue::String(Some("in-tx-b".into())))]
+    );
+    ensure!(c.iter().any(|c| pk_uuid(c) == Some(b.id)), "b captured");
+    t.drop().await
+}
+
+async fn transaction_rollback_leaves_nothing(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let kept = contact("kept").insert(&t.db).await?;
+    captured(&r).await?;
+    let tx = t.db.begin().await?;
+    contact("ghost").insert(&tx).await?;
+    contacts::Entity::delete_by_id(kept.id).exec(&tx).await?;
+    contacts::Entity::insert_many([contact("ghost2"), contact("ghost3")]).exec(&tx).await?;
+    tx.rollback().await?;
+    ensure_eq!(r.pending_count().await?, 1, "only the committed insert is pending");
+    ensure!(captured(&r).await?.is_empty(), "rolled-back writes leave no change");
+    t.drop().await
+}
+
+async fn entity_insert_exec(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let am = contact("exec");
+    let id = am.id.clone().unwrap();
+    contacts::Entity::insert(am).exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!((c[0].op, pk_uuid(&c[0])), (Op::Insert, Some(id)));
+    t.drop().await
+}
+
+async fn insert_many(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let rows: Vec<_> = (0..25).map(|i| contact(&format!("many{i}"))).collect();
+    contacts::Entity::insert_many(rows).exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 25);
+    ensure!(c.iter().all(|c| c.op == Op::Insert), "all inserts");
+    let seqs: Vec<u64> = c.iter().map(|c| c.id.seq).collect();
+    ensure_eq!(seqs, (1..=25).collect::<Vec<u64>>(), "gap-free sequence");
+    ensure!(c.windows(2).all(|w| w[0].hlc < w[1].hlc), "clock increases with sequence");
+    t.drop().await
+}
+
+async fn update_many(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    contacts::Entity::insert_many((0..10).map(|i| contact(&format!("u{i}")))).exec(&t.db).await?;
+    captured(&r).await?;
+    contacts::Entity::update_many()
+        .col_expr(contacts::Column::Email, Expr::value("bulk@example.com"))
+        .filter(contacts::Column::Name.is_in(["u1", "u2", "u3"]))
+        .exec(&t.db)
+        .await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 3);
+    for ch in &c {
+        ensure_eq!(ch.op, Op::Update);
+        ensure_eq!(cols(ch), vec!["email"]);
+        ensure_eq!(col(ch, "email"), Some(&SqValue::String(Some("bulk@example.com".into()))));
+    }
+    t.drop().await
+}
+
+async fn delete_many_and_delete_by_id(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let rows: Vec<_> = (0..6).map(|i| contact(&format!("d{i}"))).collect();
+    let first = rows[0].id.clone().unwrap();
+    contacts::Entity::insert_many(rows).exec(&t.db).await?;
+    captured(&r).await?;
+    contacts::Entity::delete_many()
+        .filter(contacts::Column::Name.is_in(["d1", "d2"]))
+        .exec(&t.db)
+        .await?;
+    contacts::Entity::delete_by_id(first).exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 3);
+    ensure!(c.iter().all(|c| c.op == Op::Delete), "all deletes");
+    ensure!(c.iter().any(|c| pk_uuid(c) == Some(first)), "delete_by_id captured");
+    t.drop().await
+}
+
+async fn entity_update_exec(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let m = contact("before").insert(&t.db).await?;
+    captured(&r).await?;
+    let mut am = m.into_active_model();
+    am.name = Set("after".into());
+    contacts::Entity::update(am).exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(col(&c[0], "name"), Some(&SqValue::String(Some("after".into()))));
+    t.drop().await
+}
+
+async fn raw_sql_is_captured(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    // Another program, another connection, plain SQL.
+    let other = t.connect_again().await?;
+    let sql = match t.dialect {
+        Dialect::Postgres => "INSERT INTO memberships (group_id, user_id, role) VALUES ('g', '00000000-0000-0000-0000-000000000001', 'raw')",
+        _ => "",
+    };
+    if sql.is_empty() {
+        // UUIDs are stored as bytes by SeaORM on SQLite and MySQL: bind it.
+        other
+            .execute_raw(Statement::from_sql_and_values(
+                t.backend(),
+                match t.dialect {
+                    Dialect::MySql => "INSERT INTO memberships (group_id, user_id, role) VALUES (?, ?, ?)",
+                    _ => "INSERT INTO memberships (group_id, user_id, role) VALUES ($1, $2, $3)",
+                },
+                ["g".into(), Uuid::from_u128(1).into(), "raw".into()],
+            ))
+            .await?;
+    } else {
+        other.execute_unprepared(sql).await?;
+    }
+    other.execute_unprepared("UPDATE memberships SET role = 'edited' WHERE group_id = 'g'").await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Insert);
+    ensure_eq!(col(&c[0], "role"), Some(&SqValue::String(Some("edited".into()))));
+    ensure_eq!(
+        c[0].pk,
+        vec![
+            ("group_id".to_string(), SqValue::String(Some("g".into()))),
+            ("user_id".to_string(), SqValue::Uuid(Some(Uuid::from_u128(1)))),
+        ]
+    );
+    other.execute_unprepared("DELETE FROM memberships").await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Delete);
+    other.close().await?;
+    t.drop().await
+}
+
+async fn skipped_column_is_never_captured(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let m = contact("skip").insert(&t.db).await?;
+    captured(&r).await?;
+    let mut am = m.into_active_model();
+    am.last_opened = Set(Some(Utc::now()));
+    am.update(&t.db).await?;
+    ensure!(captured(&r).await?.is_empty(), "a local-only column change is not a change");
+    ensure!(r.tables().next().unwrap().column("last_opened").is_none(), "not in the spec");
+    t.drop().await
+}
+
+async fn composite_key_change_is_delete_then_insert(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let user = Uuid::now_v7();
+    memberships::ActiveModel {
+        group_id: Set("admins".into()),
+        user_id: Set(user),
+        role: Set("owner".into()),
+    }
+    .insert(&t.db)
+    .await?;
+    captured(&r).await?;
+    memberships::Entity::update_many()
+        .col_expr(memberships::Column::GroupId, Expr::value("staff"))
+        .filter(memberships::Column::UserId.eq(user))
+        .exec(&t.db)
+        .await?;
+    let mut c = captured(&r).await?;
+    c.sort_by_key(|c| c.op.as_str());
+    ensure_eq!(c.len(), 2);
+    ensure_eq!(c[0].op, Op::Delete);
+    ensure_eq!(c[0].pk[0].1, SqValue::String(Some("admins".into())));
+    ensure_eq!(c[1].op, Op::Insert);
+    ensure_eq!(c[1].pk[0].1, SqValue::String(Some("staff".into())));
+    t.drop().await
+}
+
+async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
+    t.create_table(contacts::Entity).await?;
+    t.create_table(memberships::Entity).await?;
+    t.create_table(readings::Entity).await?;
+    // Rows that exist before tidesync is installed.
+    let old = contact("pre-existing").insert(&t.db).await?;
+    let gone = contact("will-vanish").insert(&t.db).await?;
+    let open = || {
+        Replica::builder(t.db.clone())
+            .register::<contacts::Entity>()
+            .register::<memberships::Entity>()
+            .register::<readings::Entity>()
+            .open()
+    };
+    let r = open().await?;
+    ensure!(captured(&r).await?.is_empty(), "triggers do not see the past");
+    let report = r.reconcile().await?;
+    ensure_eq!(report.captured, 2, "reconcile captures pre-existing rows");
+
+    // Writes with the triggers gone (dropped by a migration, say).
+    let drop_sql: Vec<String> = match t.dialect {
+        Dialect::Postgres => vec!["DROP TRIGGER _ts_cap_contacts ON contacts".into()],
+        _ => ["ins", "upd", "del"].iter().map(|s| format!("DROP TRIGGER _ts_{s}_contacts")).collect(),
+    };
+    for s in drop_sql {
+        t.db.execute_unprepared(&s).await?;
+    }
+    let mut am = old.clone().into_active_model();
+    am.name = Set("edited behind our back".into());
+    am.update(&t.db).await?;
+    contacts::Entity::delete_by_id(gone.id).exec(&t.db).await?;
+    let fresh = contact("unseen").insert(&t.db).await?;
+    ensure!(captured(&r).await?.is_empty(), "no trigger, no marker");
+
+    let r = open().await?; // reinstalls the triggers
+    let before = r.pending(u64::MAX).await?.len();
+    let report = r.reconcile().await?;
+    ensure_eq!(report.captured, 3);
+    let c = r.pending(u64::MAX).await?[before..].to_vec();
+    let by_id: BTreeMap<Uuid, &Change> = c.iter().map(|c| (pk_uuid(c).unwrap(), c)).collect();
+    ensure_eq!(by_id[&old.id].op, Op::Update);
+    ensure_eq!(cols(by_id[&old.id]), vec!["name"]);
+    ensure_eq!(by_id[&gone.id].op, Op::Delete);
+    ensure_eq!(by_id[&fresh.id].op, Op::Insert);
+    ensure_eq!(r.reconcile().await?.captured, 0, "a second reconcile finds nothing");
+    // And the reinstalled triggers capture again.
+    contact("after-reinstall").insert(&t.db).await?;
+    ensure_eq!(captured(&r).await?.len(), 1);
+    t.drop().await
+}
+
+async fn install_is_idempotent_and_versioned(t: TestDb) -> TestResult {
+    let r1 = setup(&t).await?;
+    contact("x").insert(&t.db).await?;
+    let r2 = Replica::builder(t.db.clone())
+        .register::<contacts::Entity>()
+        .register::<memberships::Entity>()
+        .register::<readings::Entity>()
+        .open()
+        .await?;
+    ensure_eq!(r1.node_id(), r2.node_id(), "node id is stable");
+    ensure_eq!(r2.pending_count().await?, 1, "reinstall keeps pending markers");
+    ensure_eq!(captured(&r2).await?.len(), 1, "and captures once, not twice");
+    let v = tidesync::core::schema::read_meta(&t.db, "schema_version").await?;
+    ensure_eq!(v.as_deref(), Some("1"));
+    // A database written by a newer release is refused, not misread.
+    tidesync::core::schema::write_meta(&t.db, "schema_version", "99").await?;
+    match Replica::builder(t.db.clone()).register::<contacts::Entity>().open().await {
+        Err(tidesync::Error::SchemaVersion { found: 99, supported: 1 }) => {}
+        other => return Err(format!("expected SchemaVersion error, got {other:?}").into()),
+    }
+    // Registering a table twice is a configuration error.
+    tidesync::core::schema::write_meta(&t.db, "schema_version", "1").await?;
+    let dup = Replica::builder(t.db.clone())
+        .register::<contacts::Entity>()
+        .register::<contacts::Entity>()
+        .open()
+        .await;
+    ensure!(matches!(dup, Err(tidesync::Error::Config(_))), "duplicate registration refused");
+    t.drop().await
+}
+
+async fn clock_never_goes_backwards_across_restarts(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    contact("one").insert(&t.db).await?;
+    let first = captured(&r).await?.remove(0).hlc;
+    // Pretend the previous run's clock was an hour ahead of this machine's.
+    let ahead = tidesync::Hlc { physical: first.physical + 3_600_000_000, ..first };
+    tidesync::core::schema::write_meta(&t.db, "hlc", &ahead.to_string()).await?;
+    drop(r);
+    let r = setup_again(&t).await?;
+    contact("two").insert(&t.db).await?;
+    let second = captured(&r).await?.remove(0).hlc;
+    ensure!(second > ahead, "{second} must order after {ahead}");
+    ensure_eq!(second.node, r.node_id());
+    t.drop().await
+}
+
+async fn setup_again(t: &TestDb) -> Result<Replica, common::BoxError> {
+    Ok(Replica::builder(t.db.clone())
+        .register::<contacts::Entity>()
+        .register::<memberships::Entity>()
+        .register::<readings::Entity>()
+        .open()
+        .await?)
+}
+
+fn reading() -> readings::ActiveModel {
+    readings::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        value: Set(Some(1.5)),
+        code: Set(Some("ok".into())),
+    }
+}
+
+async fn assert_nothing_written(t: &TestDb, r: &Replica) -> TestResult {
+    ensure_eq!(readings::Entity::find().count(&t.db).await?, 0, "no row written");
+    ensure_eq!(r.pending_count().await?, 0, "nothing half-captured");
+    Ok(())
+}
+
+async fn nan_is_refused_naming_table_column_value(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let mut am = reading();
+    am.value = Set(Some(f64::NAN));
+    let err = am.insert(&t.db).await.err().ok_or("NaN insert must fail")?.to_string();
+    ensure!(err.contains("readings.value") && err.contains("NaN"), "message: {err}");
+    let mut am = reading();
+    am.value = Set(Some(f64::NEG_INFINITY));
+    let err = am.insert(&t.db).await.err().ok_or("-inf insert must fail")?.to_string();
+    ensure!(err.contains("readings.value") && err.contains("-inf"), "message: {err}");
+    assert_nothing_written(&t, &r).await?;
+    t.drop().await
+}
+
+async fn u64_above_i64_max_is_refused_without_panic(t: TestDb) -> TestResult {
+    t.create_table(counters::Entity).await?;
+    let r = Replica::builder(t.db.clone()).register::<counters::Entity>().open().await?;
+    let am = counters::ActiveModel { id: Set(Uuid::now_v7()), counter: Set(u64::MAX) };
+    let res = am.insert(&t.db).await;
+    match t.dialect {
+        Dialect::MySql => {
+            // BIGINT UNSIGNED holds it.
+            let m = res?;
+            let back = counters::Entity::find_by_id(m.id).one(&t.db).await?.ok_or("row")?;
+            ensure_eq!(back.counter, u64::MAX);
+            let c = captured(&r).await?;
+            ensure_eq!(col(&c[0], "counter"), Some(&SqValue::BigUnsigned(Some(u64::MAX))));
+        }
+        _ => {
+            // sea-query-sqlx would panic binding it; the generated hook refuses first.
+            let err = res.err().ok_or("u64::MAX insert must fail")?.to_string();
+            ensure!(err.contains("counters.counter") && err.contains("18446744073709551615"), "message: {err}");
+            let raw = t.db.query_one_raw(Statement::from_string(t.backend(), "SELECT COUNT(*) AS n FROM counters")).await?.ok_or("count")?;
+            ensure_eq!(raw.try_get::<i64>("", "n")?, 0, "no row written");
+            ensure_eq!(r.pending_count().await?, 0, "nothing half-captured");
+        }
+    }
+    t.drop().await
+}
+
+async fn overlong_string_is_refused(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let mut am = reading();
+    am.code = Set(Some("123456789".into()));
+    let err = am.insert(&t.db).await.err().ok_or("9 characters in varchar(8) must fail")?.to_string();
+    ensure!(err.contains("readings.code") && err.contains("\"123456789\"") && err.contains("8 characters"), "message: {err}");
+    let mut am = reading();
+    am.code = Set(Some("ünïcödé!".into())); // 8 characters, more bytes
+    am.insert(&t.db).await?;
+    ensure_eq!(captured(&r).await?.len(), 1);
+    t.drop().await
+}
+
+async fn bulk_nan_is_reported_and_kept_until_fixed(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    // Bulk paths run no hooks; what the database stores is checked at capture.
+    let mut bad = reading();
+    bad.code = Set(Some("bad".into()));
+    let bad_id = bad.id.clone().unwrap();
+    let too_long = "x".repeat(9);
+    match t.dialect {
+        // SQLite keeps any length in a VARCHAR(8): the long string is stored.
+        Dialect::Sqlite => bad.code = Set(Some(too_long.clone())),
+        // PostgreSQL stores NaN in a double precision column.
+        Dialect::Postgres => bad.value = Set(Some(f64::NAN)),
+        // MariaDB rejects both itself; nothing for us to catch.
+        Dialect::MySql => {}
+    }
+    readings::Entity::insert_many([bad, reading()]).exec(&t.db).await?;
+    let report = r.capture().await?;
+    if t.dialect == Dialect::MySql {
+        ensure_eq!(report.captured, 2);
+        return t.drop().await;
+    }
+    ensure_eq!(report.captured, 1, "the good row goes on");
+    ensure_eq!(report.rejected.len(), 1);
+    let msg = report.rejected[0].to_string();
+    ensure!(msg.starts_with("readings."), "names the table: {msg}");
+    ensure!(msg.contains("NaN") || msg.contains(&too_long), "names the value: {msg}");
+    ensure_eq!(r.pending_count().await?, 2, "one change and the kept marker");
+    // Fix the row: the marker is still there and now captures.
+    readings::Entity::update_many()
+        .col_expr(readings::Column::Value, Expr::value(2.5))
+        .col_expr(readings::Column::Code, Expr::value("fixed"))
+        .filter(readings::Column::Id.eq(bad_id))
+        .exec(&t.db)
+        .await?;
+    let report = r.capture().await?;
+    ensure!(report.rejected.is_empty(), "{:?}", report.rejected);
+    ensure_eq!(report.captured, 1);
+    t.drop().await
+}
+
+async fn concurrent_writes_during_capture_are_not_lost(t: TestDb) -> TestResult {
+    let r = setup(&t).await?;
+    let writer_db = t.connect_again().await?;
+    let writer = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..150 {
+            let m = contact(&format!("w{i}")).insert(&writer_db).await?;
+            if i % 3 == 0 {
+                let mut am = m.clone().into_active_model();
+                am.name = Set(format!("w{i}-edited"));
+                am.update(&writer_db).await?;
+            }
+            ids.push(m.id);
+        }
+        writer_db.close().await?;
+        Ok::<_, sea_orm::DbErr>(ids)
+    });
+    let mut passes = 0;
+    while !writer.is_finished() {
+        r.capture().await?;
+        passes += 1;
+    }
+    writer.await??;
+    r.capture().await?;
+    // Replaying the outbox gives exactly the table.
+    let mut replay: BTreeMap<Uuid, String> = BTreeMap::new();
+    for c in r.pending(u64::MAX).await? {
+        if c.table != "contacts" {
+            continue;
+        }
+        let id = pk_uuid(&c).ok_or("uuid key")?;
+        match c.op {
+            Op::Delete => {
+                replay.remove(&id);
+            }
+            _ => {
+                if let Some(SqValue::String(Some(n))) = col(&c, "name") {
+                    replay.insert(id, n.clone());
+                }
+            }
+        }
+    }
+    let table: BTreeMap<Uuid, String> =
+        contacts::Entity::find().all(&t.db).await?.into_iter().map(|m| (m.id, m.name)).collect();
+    ensure_eq!(table.len(), 150);
+    ensure_eq!(replay, table, "after {passes} concurrent capture passes");
+    t.drop().await
+}

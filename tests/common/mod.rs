@@ -1,0 +1,253 @@
+//! Test harness shared by the integration tests: one fresh database per test
+//! on each dialect, and trials that report a dialect without a server as
+//! ignored, by name, with the reason (a failure when `CI=true`).
+#![allow(dead_code, unreachable_pub)]
+
+pub mod entities;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use libtest_mimic::{Completion, Failed, Trial};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, Schema};
+
+/// A test's boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What a test body returns.
+pub type TestResult = Result<(), BoxError>;
+
+/// The three dialects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 3] = [Dialect::Sqlite, Dialect::Postgres, Dialect::MySql];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
+        }
+    }
+
+    /// The environment variable with the server URL, if the dialect needs one.
+    pub fn env_var(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("TIDESYNC_TEST_POSTGRES"),
+            Dialect::MySql => Some("TIDESYNC_TEST_MYSQL"),
+        }
+    }
+
+    /// The server URL, `Ok(None)` for SQLite; `Err(reason)` when it is not
+    /// configured.
+    pub fn server_url(self) -> Result<Option<String>, String> {
+        match self.env_var() {
+            None => Ok(None),
+            Some(var) => match std::env::var(var) {
+                Ok(url) if !url.is_empty() => Ok(Some(url)),
+                _ => Err(format!("{var} is not set")),
+            },
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh database of one dialect, dropped by [`TestDb::drop`].
+pub struct TestDb {
+    pub dialect: Dialect,
+    pub url: String,
+    pub db: DatabaseConnection,
+    name: String,
+    admin_url: Option<String>,
+}
+
+/// `base` with its database path replaced by `name`.
+pub fn with_database(base: &str, name: &str) -> String {
+    let (main, query) = match base.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = main.find("://").map_or(0, |i| i + 3);
+    let host_end = main[scheme_end..].find('/').map_or(main.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{}", &main[..host_end], name);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+impl TestDb {
+    /// Create a fresh, empty database named after `tag`.
+    pub async fn create(dialect: Dialect, tag: &str) -> Result<TestDb, BoxError> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .take(30)
+            .collect();
+        let name = format!("ts_{tag}_{}_{n}", std::process::id());
+        match dialect.server_url()? {
+            None => {
+                let dir = std::env::temp_dir().join("tidesync-tests");
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join(format!("{name}.db"));
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let db = Database::connect(&url).await?;
+                Ok(TestDb {
+                    dialect,
+                    url,
+                    db,
+                    name: path.display().to_string(),
+                    admin_url: None,
+                })
+            }
+            Some(base) => {
+                let admin = Database::connect(&base).await?;
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+                admin.close().await?;
+                let url = with_database(&base, &name);
+                let db = Database::connect(&url).await?;
+                Ok(TestDb {
+                    dialect,
+                    url,
+                    db,
+                    name,
+                    admin_url: Some(base),
+                })
+            }
+        }
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Another connection pool to the same database (a "second process").
+    pub async fn connect_again(&self) -> Result<DatabaseConnection, BoxError> {
+        Ok(Database::connect(&self.url).await?)
+    }
+
+    /// Create an entity's table the way an application would.
+    pub async fn create_table<E: EntityTrait>(&self, e: E) -> TestResult {
+        let schema = Schema::new(self.backend());
+        for ty in schema.create_enum_from_entity(e) {
+            self.db.execute(&ty).await?;
+        }
+        self.db.execute(&schema.create_table_from_entity(e)).await?;
+        Ok(())
+    }
+
+    /// Close the connection and drop the database; errors are returned, not
+    /// swallowed.
+    pub async fn drop(self) -> TestResult {
+        self.db.close().await?;
+        match self.admin_url {
+            None => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let p = format!("{}{suffix}", self.name);
+                    if std::path::Path::new(&p).exists() {
+                        std::fs::remove_file(&p)?;
+                    }
+                }
+            }
+            Some(admin) => {
+                let admin = Database::connect(&admin).await?;
+                let sql = match self.dialect {
+                    Dialect::Postgres => format!("DROP DATABASE {} WITH (FORCE)", self.name),
+                    _ => format!("DROP DATABASE {}", self.name),
+                };
+                admin.execute_unprepared(&sql).await?;
+                admin.close().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A test body over a fresh database.
+pub type DbTest = fn(TestDb) -> Pin<Box<dyn Future<Output = TestResult> + Send>>;
+
+/// Run a future to completion on a fresh multi-threaded runtime.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// `true` when running in CI, where a missing server is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// One trial of `test` on `dialect`, named `dialect::name`. Without the
+/// dialect's server it is reported as ignored with the reason (failed in CI).
+pub fn trial(dialect: Dialect, name: &str, test: DbTest) -> Trial {
+    let full = format!("{}::{name}", dialect.name());
+    let tag = name.to_owned();
+    Trial::ignorable_test(full, move || {
+        if let Err(reason) = dialect.server_url() {
+            if in_ci() {
+                return Err(Failed::from(format!("{reason}, and CI=true requires every dialect")));
+            }
+            return Ok(Completion::ignored_with(format!("skipped: {reason}")));
+        }
+        block_on(async move {
+            let db = TestDb::create(dialect, &tag).await.map_err(|e| Failed::from(format!("setup: {e}")))?;
+            test(db).await.map_err(|e| Failed::from(e.to_string()))
+        })?;
+        Ok(Completion::Completed)
+    })
+}
+
+/// `test` on every dialect.
+pub fn on_every_dialect(name: &str, test: DbTest) -> Vec<Trial> {
+    Dialect::ALL.iter().map(|d| trial(*d, name, test)).collect()
+}
+
+/// Run the trials with the standard command-line arguments.
+pub fn run(trials: Vec<Trial>) -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Fail the test with a message unless `cond`.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+/// Fail the test unless the two values are equal.
+#[macro_export]
+macro_rules! ensure_eq {
+    ($a:expr, $b:expr $(,)?) => {{
+        let (a, b) = (&$a, &$b);
+        if a != b {
+            return Err(format!("{} != {}\n  left: {:?}\n right: {:?}", stringify!($a), stringify!($b), a, b).into());
+        }
+    }};
+    ($a:expr, $b:expr, $($msg:tt)+) => {{
+        let (a, b) = (&$a, &$b);
+        if a != b {
+            return Err(format!("{}\n  left: {:?}\n right: {:?}", format!($($msg)+), a, b).into());
+        }
+    }};
+}

@@ -1,0 +1,17 @@
+// `policy` is not a key of #[syncable(...)] (`conflict` is).
+use sea_orm::entity::prelude::*;
+use tidesync::Syncable;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+#[sea_orm(table_name = "contacts")]
+#[syncable(policy = "merge")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+fn main() {}
