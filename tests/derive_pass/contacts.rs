@@ -27,7 +27,10 @@ use tidesync::{ConflictPolicy, Syncable};
 
 /// The SQL names of an entity's skipped columns.
 fn skipped<E: Syncable>() -> Vec<&'static str> {
-    E::skipped_columns().iter().map(IdenStatic::as_str).collect()
+    E::skipped_columns()
+        .iter()
+        .map(IdenStatic::as_str)
+        .collect()
 }
 
 fn main() {

@@ -1,7 +1,6 @@
-//! Every option: defaults with a String key, `single_writer` with an
-//! auto-increment key and `hooks`, `no_behavior` with a hand-written
-//! behaviour, `crate` through a re-export, and `enum_name`/raw field names in
-//! skipped columns.
+//! Defaults with a String key, raw field names and `enum_name` in skipped
+//! columns, and `no_behavior` with a hand-written behaviour and `crate`
+//! through a re-export. (`hooks` and `single_writer`: see hooks.rs.)
 
 mod note {
     use sea_orm::entity::prelude::*;
@@ -22,36 +21,6 @@ mod note {
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
-}
-
-mod audit {
-    use sea_orm::entity::prelude::*;
-    use tidesync::Syncable;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
-    #[sea_orm(table_name = "audit_log")]
-    #[syncable(conflict = "manual", single_writer, hooks)]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i64,
-        pub line: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    #[async_trait::async_trait]
-    impl tidesync::SyncHooks for ActiveModel {
-        async fn before_save<C>(mut self, _db: &C, _insert: bool) -> Result<Self, DbErr>
-        where
-            C: ConnectionTrait,
-        {
-            if let sea_orm::ActiveValue::Set(line) = &self.line {
-                self.line = sea_orm::ActiveValue::Set(line.trim().to_owned());
-            }
-            Ok(self)
-        }
-    }
 }
 
 mod settings {
@@ -90,16 +59,17 @@ use tidesync::{ConflictPolicy, Syncable};
 
 /// The SQL names of an entity's skipped columns.
 fn skipped<E: Syncable>() -> Vec<&'static str> {
-    E::skipped_columns().iter().map(IdenStatic::as_str).collect()
+    E::skipped_columns()
+        .iter()
+        .map(IdenStatic::as_str)
+        .collect()
 }
 
 fn main() {
     assert_eq!(<note::Entity as Syncable>::POLICY, ConflictPolicy::Lww);
-    // `r#type` is `Column::Type`, `enum_name` renames the variant only.
-    assert_eq!(skipped::<note::Entity>(), ["type", "local_draft"]);
+    // `r#type` is `Column::Type`; `enum_name` renames the variant, and with
+    // it SeaORM's default SQL name.
+    assert_eq!(skipped::<note::Entity>(), ["type", "draft"]);
     let _: [note::Column; 2] = [note::Column::Type, note::Column::Draft];
-    assert_eq!(<audit::Entity as Syncable>::POLICY, ConflictPolicy::Manual);
-    assert!(<audit::Entity as Syncable>::SINGLE_WRITER);
-    assert!(skipped::<audit::Entity>().is_empty());
     assert!(skipped::<settings::Entity>().is_empty());
 }
