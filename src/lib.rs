@@ -1,8 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 pub use sync_core::{
-    CaptureReport, Change, ChangeId, ColumnSpec, ConflictPolicy, Error, ErrorKind, Hlc, HlcClock, NodeId, Op,
-    Replica, ReplicaBuilder, Result, SyncHooks, Syncable, TableSpec, validate_active_model,
+    CaptureReport, Change, ChangeId, ColumnSpec, ConflictPolicy, Error, ErrorKind, Hlc, HlcClock,
+    NodeId, Op, Replica, ReplicaBuilder, Result, SyncHooks, Syncable, TableSpec,
+    validate_active_model,
 };
 pub use sync_derive::Syncable;
 

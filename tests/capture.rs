@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 
 use chrono::{TimeZone, Utc};
 use common::entities::{contacts, counters, memberships, readings};
-use common::{on_every_dialect, run, Dialect, TestDb, TestResult};
+use common::{Dialect, TestDb, TestResult, on_every_dialect, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::Value as SqValue;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, IntoActiveModel, QueryFilter, Statement, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, IntoActiveModel, QueryFilter, Statement, TransactionTrait,
+};
 use tidesync::{Change, Op, Replica};
 
 fn main() -> std::process::ExitCode {
@@ -71,9 +73,17 @@ fn contact(name: &str) -> contacts::ActiveModel {
 async fn captured(r: &Replica) -> Result<Vec<Change>, common::BoxError> {
     let before = r.pending(u64::MAX).await?.len();
     let report = r.capture().await?;
-    ensure!(report.rejected.is_empty(), "unexpected rejections: {:?}", report.rejected);
+    ensure!(
+        report.rejected.is_empty(),
+        "unexpected rejections: {:?}",
+        report.rejected
+    );
     let all = r.pending(u64::MAX).await?;
-    ensure_eq!(all.len() - before, report.captured, "report count vs outbox");
+    ensure_eq!(
+        all.len() - before,
+        report.captured,
+        "report count vs outbox"
+    );
     Ok(all[before..].to_vec())
 }
 
@@ -101,7 +111,10 @@ async fn active_model_insert_update_delete(t: TestDb) -> TestResult {
     ensure_eq!(c[0].table, "contacts");
     ensure_eq!(pk_uuid(&c[0]), Some(m.id));
     ensure_eq!(cols(&c[0]), vec!["id", "name", "email", "updated_at"]);
-    ensure_eq!(col(&c[0], "name"), Some(&SqValue::String(Some("ada".into()))));
+    ensure_eq!(
+        col(&c[0], "name"),
+        Some(&SqValue::String(Some("ada".into())))
+    );
     ensure_eq!(c[0].id.origin, r.node_id());
     ensure_eq!(c[0].id.seq, 1);
 
@@ -141,10 +154,16 @@ async fn save_and_model_delete(t: TestDb) -> TestResult {
     am3.name = Set("robert".into());
     am3.save(&t.db).await?;
     let c = captured(&r).await?;
-    ensure_eq!((c.len(), c[0].op, cols(&c[0])), (1, Op::Update, vec!["name"]));
+    ensure_eq!(
+        (c.len(), c[0].op, cols(&c[0])),
+        (1, Op::Update, vec!["name"])
+    );
 
     let id = am2.id.clone().unwrap();
-    let model = contacts::Entity::find_by_id(id).one(&t.db).await?.ok_or("row")?;
+    let model = contacts::Entity::find_by_id(id)
+        .one(&t.db)
+        .await?
+        .ok_or("row")?;
     model.delete(&t.db).await?; // ModelTrait::delete
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 1);
@@ -168,7 +187,10 @@ async fn transaction_commit_is_captured(t: TestDb) -> TestResult {
     names.sort_by_key(|v| format!("{v:?}"));
     ensure_eq!(
         names,
-        vec![Some(SqValue::String(Some("in-tx-a2".into()))), Some(SqValue::String(Some("in-tx-b".into())))]
+        vec![
+            Some(SqValue::String(Some("in-tx-a2".into()))),
+            Some(SqValue::String(Some("in-tx-b".into())))
+        ]
     );
     ensure!(c.iter().any(|c| pk_uuid(c) == Some(b.id)), "b captured");
     t.drop().await
@@ -181,10 +203,19 @@ async fn transaction_rollback_leaves_nothing(t: TestDb) -> TestResult {
     let tx = t.db.begin().await?;
     contact("ghost").insert(&tx).await?;
     contacts::Entity::delete_by_id(kept.id).exec(&tx).await?;
-    contacts::Entity::insert_many([contact("ghost2"), contact("ghost3")]).exec(&tx).await?;
+    contacts::Entity::insert_many([contact("ghost2"), contact("ghost3")])
+        .exec(&tx)
+        .await?;
     tx.rollback().await?;
-    ensure_eq!(r.pending_count().await?, 1, "only the committed insert is pending");
-    ensure!(captured(&r).await?.is_empty(), "rolled-back writes leave no change");
+    ensure_eq!(
+        r.pending_count().await?,
+        1,
+        "only the committed insert is pending"
+    );
+    ensure!(
+        captured(&r).await?.is_empty(),
+        "rolled-back writes leave no change"
+    );
     t.drop().await
 }
 
@@ -208,13 +239,18 @@ async fn insert_many(t: TestDb) -> TestResult {
     ensure!(c.iter().all(|c| c.op == Op::Insert), "all inserts");
     let seqs: Vec<u64> = c.iter().map(|c| c.id.seq).collect();
     ensure_eq!(seqs, (1..=25).collect::<Vec<u64>>(), "gap-free sequence");
-    ensure!(c.windows(2).all(|w| w[0].hlc < w[1].hlc), "clock increases with sequence");
+    ensure!(
+        c.windows(2).all(|w| w[0].hlc < w[1].hlc),
+        "clock increases with sequence"
+    );
     t.drop().await
 }
 
 async fn update_many(t: TestDb) -> TestResult {
     let r = setup(&t).await?;
-    contacts::Entity::insert_many((0..10).map(|i| contact(&format!("u{i}")))).exec(&t.db).await?;
+    contacts::Entity::insert_many((0..10).map(|i| contact(&format!("u{i}"))))
+        .exec(&t.db)
+        .await?;
     captured(&r).await?;
     contacts::Entity::update_many()
         .col_expr(contacts::Column::Email, Expr::value("bulk@example.com"))
@@ -226,7 +262,10 @@ async fn update_many(t: TestDb) -> TestResult {
     for ch in &c {
         ensure_eq!(ch.op, Op::Update);
         ensure_eq!(cols(ch), vec!["email"]);
-        ensure_eq!(col(ch, "email"), Some(&SqValue::String(Some("bulk@example.com".into()))));
+        ensure_eq!(
+            col(ch, "email"),
+            Some(&SqValue::String(Some("bulk@example.com".into())))
+        );
     }
     t.drop().await
 }
@@ -245,7 +284,10 @@ async fn delete_many_and_delete_by_id(t: TestDb) -> TestResult {
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 3);
     ensure!(c.iter().all(|c| c.op == Op::Delete), "all deletes");
-    ensure!(c.iter().any(|c| pk_uuid(c) == Some(first)), "delete_by_id captured");
+    ensure!(
+        c.iter().any(|c| pk_uuid(c) == Some(first)),
+        "delete_by_id captured"
+    );
     t.drop().await
 }
 
@@ -258,7 +300,10 @@ async fn entity_update_exec(t: TestDb) -> TestResult {
     contacts::Entity::update(am).exec(&t.db).await?;
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 1);
-    ensure_eq!(col(&c[0], "name"), Some(&SqValue::String(Some("after".into()))));
+    ensure_eq!(
+        col(&c[0], "name"),
+        Some(&SqValue::String(Some("after".into())))
+    );
     t.drop().await
 }
 
@@ -267,7 +312,9 @@ async fn raw_sql_is_captured(t: TestDb) -> TestResult {
     // Another program, another connection, plain SQL.
     let other = t.connect_again().await?;
     let sql = match t.dialect {
-        Dialect::Postgres => "INSERT INTO memberships (group_id, user_id, role) VALUES ('g', '00000000-0000-0000-0000-000000000001', 'raw')",
+        Dialect::Postgres => {
+            "INSERT INTO memberships (group_id, user_id, role) VALUES ('g', '00000000-0000-0000-0000-000000000001', 'raw')"
+        }
         _ => "",
     };
     if sql.is_empty() {
@@ -276,7 +323,9 @@ async fn raw_sql_is_captured(t: TestDb) -> TestResult {
             .execute_raw(Statement::from_sql_and_values(
                 t.backend(),
                 match t.dialect {
-                    Dialect::MySql => "INSERT INTO memberships (group_id, user_id, role) VALUES (?, ?, ?)",
+                    Dialect::MySql => {
+                        "INSERT INTO memberships (group_id, user_id, role) VALUES (?, ?, ?)"
+                    }
                     _ => "INSERT INTO memberships (group_id, user_id, role) VALUES ($1, $2, $3)",
                 },
                 ["g".into(), Uuid::from_u128(1).into(), "raw".into()],
@@ -285,16 +334,24 @@ async fn raw_sql_is_captured(t: TestDb) -> TestResult {
     } else {
         other.execute_unprepared(sql).await?;
     }
-    other.execute_unprepared("UPDATE memberships SET role = 'edited' WHERE group_id = 'g'").await?;
+    other
+        .execute_unprepared("UPDATE memberships SET role = 'edited' WHERE group_id = 'g'")
+        .await?;
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 1);
     ensure_eq!(c[0].op, Op::Insert);
-    ensure_eq!(col(&c[0], "role"), Some(&SqValue::String(Some("edited".into()))));
+    ensure_eq!(
+        col(&c[0], "role"),
+        Some(&SqValue::String(Some("edited".into())))
+    );
     ensure_eq!(
         c[0].pk,
         vec![
             ("group_id".to_string(), SqValue::String(Some("g".into()))),
-            ("user_id".to_string(), SqValue::Uuid(Some(Uuid::from_u128(1)))),
+            (
+                "user_id".to_string(),
+                SqValue::Uuid(Some(Uuid::from_u128(1)))
+            ),
         ]
     );
     other.execute_unprepared("DELETE FROM memberships").await?;
@@ -312,8 +369,14 @@ async fn skipped_column_is_never_captured(t: TestDb) -> TestResult {
     let mut am = m.into_active_model();
     am.last_opened = Set(Some(Utc::now()));
     am.update(&t.db).await?;
-    ensure!(captured(&r).await?.is_empty(), "a local-only column change is not a change");
-    ensure!(r.tables().next().unwrap().column("last_opened").is_none(), "not in the spec");
+    ensure!(
+        captured(&r).await?.is_empty(),
+        "a local-only column change is not a change"
+    );
+    ensure!(
+        r.tables().next().unwrap().column("last_opened").is_none(),
+        "not in the spec"
+    );
     t.drop().await
 }
 
@@ -358,14 +421,20 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
             .open()
     };
     let r = open().await?;
-    ensure!(captured(&r).await?.is_empty(), "triggers do not see the past");
+    ensure!(
+        captured(&r).await?.is_empty(),
+        "triggers do not see the past"
+    );
     let report = r.reconcile().await?;
     ensure_eq!(report.captured, 2, "reconcile captures pre-existing rows");
 
     // Writes with the triggers gone (dropped by a migration, say).
     let drop_sql: Vec<String> = match t.dialect {
         Dialect::Postgres => vec!["DROP TRIGGER _ts_cap_contacts ON contacts".into()],
-        _ => ["ins", "upd", "del"].iter().map(|s| format!("DROP TRIGGER _ts_{s}_contacts")).collect(),
+        _ => ["ins", "upd", "del"]
+            .iter()
+            .map(|s| format!("DROP TRIGGER _ts_{s}_contacts"))
+            .collect(),
     };
     for s in drop_sql {
         t.db.execute_unprepared(&s).await?;
@@ -387,7 +456,11 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
     ensure_eq!(cols(by_id[&old.id]), vec!["name"]);
     ensure_eq!(by_id[&gone.id].op, Op::Delete);
     ensure_eq!(by_id[&fresh.id].op, Op::Insert);
-    ensure_eq!(r.reconcile().await?.captured, 0, "a second reconcile finds nothing");
+    ensure_eq!(
+        r.reconcile().await?.captured,
+        0,
+        "a second reconcile finds nothing"
+    );
     // And the reinstalled triggers capture again.
     contact("after-reinstall").insert(&t.db).await?;
     ensure_eq!(captured(&r).await?.len(), 1);
@@ -404,14 +477,29 @@ async fn install_is_idempotent_and_versioned(t: TestDb) -> TestResult {
         .open()
         .await?;
     ensure_eq!(r1.node_id(), r2.node_id(), "node id is stable");
-    ensure_eq!(r2.pending_count().await?, 1, "reinstall keeps pending markers");
-    ensure_eq!(captured(&r2).await?.len(), 1, "and captures once, not twice");
+    ensure_eq!(
+        r2.pending_count().await?,
+        1,
+        "reinstall keeps pending markers"
+    );
+    ensure_eq!(
+        captured(&r2).await?.len(),
+        1,
+        "and captures once, not twice"
+    );
     let v = tidesync::core::schema::read_meta(&t.db, "schema_version").await?;
     ensure_eq!(v.as_deref(), Some("1"));
     // A database written by a newer release is refused, not misread.
     tidesync::core::schema::write_meta(&t.db, "schema_version", "99").await?;
-    match Replica::builder(t.db.clone()).register::<contacts::Entity>().open().await {
-        Err(tidesync::Error::SchemaVersion { found: 99, supported: 1 }) => {}
+    match Replica::builder(t.db.clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await
+    {
+        Err(tidesync::Error::SchemaVersion {
+            found: 99,
+            supported: 1,
+        }) => {}
         other => return Err(format!("expected SchemaVersion error, got {other:?}").into()),
     }
     // Registering a table twice is a configuration error.
@@ -421,7 +509,10 @@ async fn install_is_idempotent_and_versioned(t: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await;
-    ensure!(matches!(dup, Err(tidesync::Error::Config(_))), "duplicate registration refused");
+    ensure!(
+        matches!(dup, Err(tidesync::Error::Config(_))),
+        "duplicate registration refused"
+    );
     t.drop().await
 }
 
@@ -430,7 +521,10 @@ async fn clock_never_goes_backwards_across_restarts(t: TestDb) -> TestResult {
     contact("one").insert(&t.db).await?;
     let first = captured(&r).await?.remove(0).hlc;
     // Pretend the previous run's clock was an hour ahead of this machine's.
-    let ahead = tidesync::Hlc { physical: first.physical + 3_600_000_000, ..first };
+    let ahead = tidesync::Hlc {
+        physical: first.physical + 3_600_000_000,
+        ..first
+    };
     tidesync::core::schema::write_meta(&t.db, "hlc", &ahead.to_string()).await?;
     drop(r);
     let r = setup_again(&t).await?;
@@ -459,7 +553,11 @@ fn reading() -> readings::ActiveModel {
 }
 
 async fn assert_nothing_written(t: &TestDb, r: &Replica) -> TestResult {
-    ensure_eq!(readings::Entity::find().count(&t.db).await?, 0, "no row written");
+    ensure_eq!(
+        readings::Entity::find().count(&t.db).await?,
+        0,
+        "no row written"
+    );
     ensure_eq!(r.pending_count().await?, 0, "nothing half-captured");
     Ok(())
 }
@@ -468,35 +566,72 @@ async fn nan_is_refused_naming_table_column_value(t: TestDb) -> TestResult {
     let r = setup(&t).await?;
     let mut am = reading();
     am.value = Set(Some(f64::NAN));
-    let err = am.insert(&t.db).await.err().ok_or("NaN insert must fail")?.to_string();
-    ensure!(err.contains("readings.value") && err.contains("NaN"), "message: {err}");
+    let err = am
+        .insert(&t.db)
+        .await
+        .err()
+        .ok_or("NaN insert must fail")?
+        .to_string();
+    ensure!(
+        err.contains("readings.value") && err.contains("NaN"),
+        "message: {err}"
+    );
     let mut am = reading();
     am.value = Set(Some(f64::NEG_INFINITY));
-    let err = am.insert(&t.db).await.err().ok_or("-inf insert must fail")?.to_string();
-    ensure!(err.contains("readings.value") && err.contains("-inf"), "message: {err}");
+    let err = am
+        .insert(&t.db)
+        .await
+        .err()
+        .ok_or("-inf insert must fail")?
+        .to_string();
+    ensure!(
+        err.contains("readings.value") && err.contains("-inf"),
+        "message: {err}"
+    );
     assert_nothing_written(&t, &r).await?;
     t.drop().await
 }
 
 async fn u64_above_i64_max_is_refused_without_panic(t: TestDb) -> TestResult {
     t.create_table(counters::Entity).await?;
-    let r = Replica::builder(t.db.clone()).register::<counters::Entity>().open().await?;
-    let am = counters::ActiveModel { id: Set(Uuid::now_v7()), counter: Set(u64::MAX) };
+    let r = Replica::builder(t.db.clone())
+        .register::<counters::Entity>()
+        .open()
+        .await?;
+    let am = counters::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        counter: Set(u64::MAX),
+    };
     let res = am.insert(&t.db).await;
     match t.dialect {
         Dialect::MySql => {
             // BIGINT UNSIGNED holds it.
             let m = res?;
-            let back = counters::Entity::find_by_id(m.id).one(&t.db).await?.ok_or("row")?;
+            let back = counters::Entity::find_by_id(m.id)
+                .one(&t.db)
+                .await?
+                .ok_or("row")?;
             ensure_eq!(back.counter, u64::MAX);
             let c = captured(&r).await?;
-            ensure_eq!(col(&c[0], "counter"), Some(&SqValue::BigUnsigned(Some(u64::MAX))));
+            ensure_eq!(
+                col(&c[0], "counter"),
+                Some(&SqValue::BigUnsigned(Some(u64::MAX)))
+            );
         }
         _ => {
             // sea-query-sqlx would panic binding it; the generated hook refuses first.
             let err = res.err().ok_or("u64::MAX insert must fail")?.to_string();
-            ensure!(err.contains("counters.counter") && err.contains("18446744073709551615"), "message: {err}");
-            let raw = t.db.query_one_raw(Statement::from_string(t.backend(), "SELECT COUNT(*) AS n FROM counters")).await?.ok_or("count")?;
+            ensure!(
+                err.contains("counters.counter") && err.contains("18446744073709551615"),
+                "message: {err}"
+            );
+            let raw =
+                t.db.query_one_raw(Statement::from_string(
+                    t.backend(),
+                    "SELECT COUNT(*) AS n FROM counters",
+                ))
+                .await?
+                .ok_or("count")?;
             ensure_eq!(raw.try_get::<i64>("", "n")?, 0, "no row written");
             ensure_eq!(r.pending_count().await?, 0, "nothing half-captured");
         }
@@ -508,8 +643,18 @@ async fn overlong_string_is_refused(t: TestDb) -> TestResult {
     let r = setup(&t).await?;
     let mut am = reading();
     am.code = Set(Some("123456789".into()));
-    let err = am.insert(&t.db).await.err().ok_or("9 characters in varchar(8) must fail")?.to_string();
-    ensure!(err.contains("readings.code") && err.contains("\"123456789\"") && err.contains("8 characters"), "message: {err}");
+    let err = am
+        .insert(&t.db)
+        .await
+        .err()
+        .ok_or("9 characters in varchar(8) must fail")?
+        .to_string();
+    ensure!(
+        err.contains("readings.code")
+            && err.contains("\"123456789\"")
+            && err.contains("8 characters"),
+        "message: {err}"
+    );
     let mut am = reading();
     am.code = Set(Some("ünïcödé!".into())); // 8 characters, more bytes
     am.insert(&t.db).await?;
@@ -532,7 +677,9 @@ async fn bulk_nan_is_reported_and_kept_until_fixed(t: TestDb) -> TestResult {
         // MariaDB rejects both itself; nothing for us to catch.
         Dialect::MySql => {}
     }
-    readings::Entity::insert_many([bad, reading()]).exec(&t.db).await?;
+    readings::Entity::insert_many([bad, reading()])
+        .exec(&t.db)
+        .await?;
     let report = r.capture().await?;
     if t.dialect == Dialect::MySql {
         ensure_eq!(report.captured, 2);
@@ -542,8 +689,15 @@ async fn bulk_nan_is_reported_and_kept_until_fixed(t: TestDb) -> TestResult {
     ensure_eq!(report.rejected.len(), 1);
     let msg = report.rejected[0].to_string();
     ensure!(msg.starts_with("readings."), "names the table: {msg}");
-    ensure!(msg.contains("NaN") || msg.contains(&too_long), "names the value: {msg}");
-    ensure_eq!(r.pending_count().await?, 2, "one change and the kept marker");
+    ensure!(
+        msg.contains("NaN") || msg.contains(&too_long),
+        "names the value: {msg}"
+    );
+    ensure_eq!(
+        r.pending_count().await?,
+        2,
+        "one change and the kept marker"
+    );
     // Fix the row: the marker is still there and now captures.
     readings::Entity::update_many()
         .col_expr(readings::Column::Value, Expr::value(2.5))
@@ -599,8 +753,12 @@ async fn concurrent_writes_during_capture_are_not_lost(t: TestDb) -> TestResult 
             }
         }
     }
-    let table: BTreeMap<Uuid, String> =
-        contacts::Entity::find().all(&t.db).await?.into_iter().map(|m| (m.id, m.name)).collect();
+    let table: BTreeMap<Uuid, String> = contacts::Entity::find()
+        .all(&t.db)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.name))
+        .collect();
     ensure_eq!(table.len(), 150);
     ensure_eq!(replay, table, "after {passes} concurrent capture passes");
     t.drop().await

@@ -25,7 +25,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::Value as SqValue;
-use sea_orm::{ActiveValue::Set, Database, IntoActiveModel, QueryOrder, QuerySelect, Statement, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, Database, IntoActiveModel, QueryOrder, QuerySelect, Statement,
+    TransactionTrait,
+};
 use tidesync::{Change, Op, Replica};
 
 const WORKER_URL: &str = "TIDESYNC_KILL_WORKER_URL";
@@ -33,7 +36,10 @@ const WORKER_SEED: &str = "TIDESYNC_KILL_WORKER_SEED";
 
 fn main() -> std::process::ExitCode {
     if let Ok(url) = std::env::var(WORKER_URL) {
-        let seed = std::env::var(WORKER_SEED).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let seed = std::env::var(WORKER_SEED)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         return match common::block_on(worker(url, seed)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -50,16 +56,23 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn open(db: &DatabaseConnection) -> Result<Replica, tidesync::Error> {
-    Replica::builder(db.clone()).register::<contacts::Entity>().open().await
+    Replica::builder(db.clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await
 }
 
 fn contact(rng: &mut StdRng, name: String) -> contacts::ActiveModel {
     contacts::ActiveModel {
         id: Set(Uuid::from_u128(rng.random())),
         name: Set(name),
-        email: Set(rng.random_bool(0.5).then(|| format!("e{}@x", rng.random::<u16>()))),
+        email: Set(rng
+            .random_bool(0.5)
+            .then(|| format!("e{}@x", rng.random::<u16>()))),
         last_opened: Set(None),
-        updated_at: Set(Utc.timestamp_micros(rng.random_range(0..4_000_000_000_000_000)).unwrap()),
+        updated_at: Set(Utc
+            .timestamp_micros(rng.random_range(0..4_000_000_000_000_000))
+            .unwrap()),
     }
 }
 
@@ -93,9 +106,13 @@ async fn worker(url: String, seed: u64) -> Result<(), Box<dyn std::error::Error>
             }
             20..35 => {
                 if let Some(id) = random_id(&db, &mut rng).await? {
-                    contacts::ActiveModel { id: Set(id), name: Set(name), ..Default::default() }
-                        .update(&db)
-                        .await?;
+                    contacts::ActiveModel {
+                        id: Set(id),
+                        name: Set(name),
+                        ..Default::default()
+                    }
+                    .update(&db)
+                    .await?;
                 }
             }
             35..42 => {
@@ -104,7 +121,9 @@ async fn worker(url: String, seed: u64) -> Result<(), Box<dyn std::error::Error>
                 }
             }
             42..55 => {
-                let rows: Vec<_> = (0..rng.random_range(1..6)).map(|i| contact(&mut rng, format!("{name}-{i}"))).collect();
+                let rows: Vec<_> = (0..rng.random_range(1..6))
+                    .map(|i| contact(&mut rng, format!("{name}-{i}")))
+                    .collect();
                 contacts::Entity::insert_many(rows).exec(&db).await?;
             }
             55..62 => {
@@ -122,16 +141,26 @@ async fn worker(url: String, seed: u64) -> Result<(), Box<dyn std::error::Error>
             }
             66..88 => {
                 let commit = rng.random_bool(0.6);
-                let label = if commit { name.clone() } else { format!("ROLLBACK-{name}") };
+                let label = if commit {
+                    name.clone()
+                } else {
+                    format!("ROLLBACK-{name}")
+                };
                 let tx = db.begin().await?;
                 for i in 0..rng.random_range(1..5) {
                     match rng.random_range(0..3) {
                         0 => {
-                            contact(&mut rng, format!("{label}-{i}")).insert(&tx).await?;
+                            contact(&mut rng, format!("{label}-{i}"))
+                                .insert(&tx)
+                                .await?;
                         }
                         1 => {
                             if let Some(id) = random_id(&tx, &mut rng).await? {
-                                let mut am = contacts::Entity::find_by_id(id).one(&tx).await?.ok_or("row")?.into_active_model();
+                                let mut am = contacts::Entity::find_by_id(id)
+                                    .one(&tx)
+                                    .await?
+                                    .ok_or("row")?
+                                    .into_active_model();
                                 am.name = Set(format!("{label}-{i}"));
                                 am.email = Set(Some(format!("{label}@x")));
                                 am.update(&tx).await?;
@@ -183,13 +212,21 @@ impl Replay {
     fn apply(&mut self, c: &Change) -> TestResult {
         ensure_eq!(c.id.seq, self.last_seq + 1, "sequence must be gap-free");
         if let Some(h) = self.last_hlc {
-            ensure!(c.hlc > h, "clock must increase with the sequence: {} then {}", h, c.hlc);
+            ensure!(
+                c.hlc > h,
+                "clock must increase with the sequence: {} then {}",
+                h,
+                c.hlc
+            );
         }
         self.last_seq = c.id.seq;
         self.last_hlc = Some(c.hlc);
         for (col, v) in &c.columns {
             if let SqValue::String(Some(s)) = v {
-                ensure!(!s.starts_with("ROLLBACK"), "rolled-back value captured: {col} = {s} in {c:?}");
+                ensure!(
+                    !s.starts_with("ROLLBACK"),
+                    "rolled-back value captured: {col} = {s} in {c:?}"
+                );
             }
         }
         let Some((_, SqValue::Uuid(Some(id)))) = c.pk.first() else {
@@ -197,14 +234,20 @@ impl Replay {
         };
         match c.op {
             Op::Delete => {
-                ensure!(self.rows.remove(id).is_some(), "delete of a row never inserted: {c:?}");
+                ensure!(
+                    self.rows.remove(id).is_some(),
+                    "delete of a row never inserted: {c:?}"
+                );
             }
             Op::Insert => {
                 ensure!(!self.rows.contains_key(id), "insert of a live row: {c:?}");
                 self.rows.insert(*id, c.columns.iter().cloned().collect());
             }
             Op::Update => {
-                let row = self.rows.get_mut(id).ok_or_else(|| format!("update of a missing row: {c:?}"))?;
+                let row = self
+                    .rows
+                    .get_mut(id)
+                    .ok_or_else(|| format!("update of a missing row: {c:?}"))?;
                 for (k, v) in &c.columns {
                     row.insert(k.clone(), v.clone());
                 }
@@ -224,19 +267,32 @@ impl Replay {
 }
 
 async fn table(db: &DatabaseConnection) -> Result<BTreeMap<Uuid, Row>, DbErr> {
-    Ok(contacts::Entity::find().all(db).await?.iter().map(|m| (m.id, synced(m))).collect())
+    Ok(contacts::Entity::find()
+        .all(db)
+        .await?
+        .iter()
+        .map(|m| (m.id, synced(m)))
+        .collect())
 }
 
 async fn markers(t: &TestDb, db: &DatabaseConnection) -> Result<Vec<Uuid>, DbErr> {
     let rows = db
-        .query_all_raw(Statement::from_string(t.backend(), "SELECT id FROM _ts_d_contacts"))
+        .query_all_raw(Statement::from_string(
+            t.backend(),
+            "SELECT id FROM _ts_d_contacts",
+        ))
         .await?;
-    rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(DbErr::from)).collect()
+    rows.iter()
+        .map(|r| r.try_get::<Uuid>("", "id"))
+        .collect()
 }
 
 async fn kill_loop(t: TestDb) -> TestResult {
     t.create_table(contacts::Entity).await?;
-    let kills: u32 = std::env::var("TIDESYNC_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let kills: u32 = std::env::var("TIDESYNC_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let exe = std::env::current_exe()?;
     let mut rng = StdRng::seed_from_u64(0x5eed ^ u64::from(std::process::id()));
     let mut replay = Replay::default();
@@ -255,7 +311,11 @@ async fn kill_loop(t: TestDb) -> TestResult {
             BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut line)?;
             if line.trim() != "ready" {
                 let out = child.wait_with_output()?;
-                return Err(format!("worker did not start: {}", String::from_utf8_lossy(&out.stderr)).into());
+                return Err(format!(
+                    "worker did not start: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(5..120))).await;
         } else {
@@ -263,7 +323,11 @@ async fn kill_loop(t: TestDb) -> TestResult {
         }
         if let Some(status) = child.try_wait()? {
             let out = child.wait_with_output()?;
-            return Err(format!("worker exited by itself ({status}): {}", String::from_utf8_lossy(&out.stderr)).into());
+            return Err(format!(
+                "worker exited by itself ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
         }
         child.kill()?;
         child.wait()?;
@@ -278,18 +342,33 @@ async fn kill_loop(t: TestDb) -> TestResult {
         let ids: std::collections::BTreeSet<&Uuid> = now.keys().chain(replay.rows.keys()).collect();
         for id in ids {
             if now.get(id) != replay.rows.get(id) {
-                ensure!(marked.contains(id), "kill {kill}: row {id} changed but has no marker and no change");
+                ensure!(
+                    marked.contains(id),
+                    "kill {kill}: row {id} changed but has no marker and no change"
+                );
             }
         }
         let report = r.capture().await?;
         ensure!(report.rejected.is_empty(), "{:?}", report.rejected);
         replay.catch_up(&r).await?;
-        ensure!(replay.rows == now, "kill {kill}: outbox does not replay to the table");
-        ensure!(markers(&t, &db).await?.is_empty(), "kill {kill}: markers left after capture");
+        ensure!(
+            replay.rows == now,
+            "kill {kill}: outbox does not replay to the table"
+        );
+        ensure!(
+            markers(&t, &db).await?.is_empty(),
+            "kill {kill}: markers left after capture"
+        );
         total_changes = replay.last_seq;
         db.close().await?;
     }
-    ensure!(total_changes > u64::from(kills), "the workers wrote too little to test anything ({total_changes} changes)");
-    eprintln!("{}: {kills} kills, {total_changes} changes checked", t.dialect.name());
+    ensure!(
+        total_changes > u64::from(kills),
+        "the workers wrote too little to test anything ({total_changes} changes)"
+    );
+    eprintln!(
+        "{}: {kills} kills, {total_changes} changes checked",
+        t.dialect.name()
+    );
     t.drop().await
 }

@@ -11,11 +11,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query, SimpleExpr, ValueTuple};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, OnConflict, Order, Query, SimpleExpr, ValueTuple,
+};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable,
-    ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect,
-    TryGetableMany, Value,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable, ModelTrait,
+    PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, TryGetableMany,
+    Value,
 };
 
 use crate::change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
@@ -47,13 +49,23 @@ pub(crate) trait TableHandle: Send + Sync {
     fn spec(&self) -> &TableSpec;
 
     /// Up to `limit` markers, oldest write first, skipping `offset`.
-    async fn markers(&self, tx: &DatabaseTransaction, limit: u64, offset: u64) -> Result<Vec<Marker>>;
+    async fn markers(
+        &self,
+        tx: &DatabaseTransaction,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<Marker>>;
 
     /// The current rows with these keys (missing rows are simply absent).
     async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>>;
 
     /// A page of all rows in key order.
-    async fn scan(&self, tx: &DatabaseTransaction, offset: u64, limit: u64) -> Result<Vec<RowImage>>;
+    async fn scan(
+        &self,
+        tx: &DatabaseTransaction,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<RowImage>>;
 }
 
 /// [`TableHandle`] for a `Syncable` entity.
@@ -66,7 +78,10 @@ pub(crate) struct EntityTable<E: Syncable> {
 
 impl<E: Syncable> EntityTable<E> {
     pub(crate) fn new() -> Self {
-        let skipped: Vec<String> = E::skipped_columns().iter().map(|c| c.as_str().to_owned()).collect();
+        let skipped: Vec<String> = E::skipped_columns()
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect();
         let keys: Vec<E::Column> = E::PrimaryKey::iter().map(|k| k.into_column()).collect();
         let columns: Vec<E::Column> = E::Column::iter()
             .filter(|c| !skipped.iter().any(|s| s == c.as_str()))
@@ -111,7 +126,12 @@ where
         &self.spec
     }
 
-    async fn markers(&self, tx: &DatabaseTransaction, limit: u64, offset: u64) -> Result<Vec<Marker>> {
+    async fn markers(
+        &self,
+        tx: &DatabaseTransaction,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<Marker>> {
         let names = self.spec.pk_names();
         let mut q = Query::select();
         q.columns(names.iter().map(Alias::new))
@@ -156,7 +176,12 @@ where
         Ok(models.iter().map(|m| self.image(m)).collect())
     }
 
-    async fn scan(&self, tx: &DatabaseTransaction, offset: u64, limit: u64) -> Result<Vec<RowImage>> {
+    async fn scan(
+        &self,
+        tx: &DatabaseTransaction,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<RowImage>> {
         let mut q = E::find();
         for c in &self.keys {
             q = q.order_by_asc(*c);
@@ -183,7 +208,12 @@ pub(crate) async fn load_shadows(
     let mut out = HashMap::new();
     for chunk in keys.chunks(500) {
         let q = Query::select()
-            .columns([Alias::new("pk"), Alias::new("vals"), Alias::new("clocks"), Alias::new("deleted")])
+            .columns([
+                Alias::new("pk"),
+                Alias::new("vals"),
+                Alias::new("clocks"),
+                Alias::new("deleted"),
+            ])
             .from(Alias::new(ROWS))
             .and_where(Expr::col(Alias::new("tbl")).eq(table))
             .and_where(Expr::col(Alias::new("pk")).is_in(chunk.iter().cloned()))
@@ -270,7 +300,11 @@ pub(crate) fn diff(
         (None, Some(_)) => Some((Op::Delete, Vec::new())),
         (Some(row), None) => Some((
             Op::Insert,
-            spec.columns.iter().map(|c| c.name.clone()).zip(row.iter().cloned()).collect(),
+            spec.columns
+                .iter()
+                .map(|c| c.name.clone())
+                .zip(row.iter().cloned())
+                .collect(),
         )),
         (Some(row), Some(s)) => {
             let changed: Vec<(String, Value)> = spec
@@ -309,16 +343,20 @@ pub(crate) async fn seal_table(
     let shadows = load_shadows(tx, &spec.name, &keys).await?;
 
     let mut outbox = Query::insert();
-    outbox.into_table(Alias::new(OUTBOX)).columns(
-        ["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new),
-    );
+    outbox
+        .into_table(Alias::new(OUTBOX))
+        .columns(["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new));
     let mut shadow_upsert = Query::insert();
     shadow_upsert
         .into_table(Alias::new(ROWS))
         .columns(["tbl", "pk", "vals", "clocks", "deleted"].map(Alias::new))
         .on_conflict(
             OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
-                .update_columns([Alias::new("vals"), Alias::new("clocks"), Alias::new("deleted")])
+                .update_columns([
+                    Alias::new("vals"),
+                    Alias::new("clocks"),
+                    Alias::new("deleted"),
+                ])
                 .to_owned(),
         );
     let mut sealed_markers: Vec<ValueTuple> = Vec::new();
@@ -351,7 +389,11 @@ pub(crate) async fn seal_table(
                 seq: state.next_seq,
             },
             table: spec.name.clone(),
-            pk: spec.pk_names().into_iter().zip(marker.pk.iter().cloned()).collect(),
+            pk: spec
+                .pk_names()
+                .into_iter()
+                .zip(marker.pk.iter().cloned())
+                .collect(),
             op,
             columns,
             hlc,
@@ -377,7 +419,11 @@ pub(crate) async fn seal_table(
             }
         }
         outbox.values_panic([
-            Value::BigInt(Some(i64::try_from(change.id.seq).map_err(|_| Error::Corrupt("sequence overflow".into()))?)).into(),
+            Value::BigInt(Some(
+                i64::try_from(change.id.seq)
+                    .map_err(|_| Error::Corrupt("sequence overflow".into()))?,
+            ))
+            .into(),
             spec.name.clone().into(),
             serde_json::to_string(&change.pk)?.into(),
             op.as_str().into(),
@@ -400,8 +446,12 @@ pub(crate) async fn seal_table(
     if !sealed_markers.is_empty() {
         // Only markers whose version is unchanged: a write that committed
         // after we read the row bumped `ver` and keeps its marker.
-        let mut cols: Vec<SimpleExpr> = spec.pk.iter().map(|c| Expr::col(Alias::new(&c.name)).into()).collect();
-        cols.push(Expr::col(Alias::new("ver")).into());
+        let mut cols: Vec<SimpleExpr> = spec
+            .pk
+            .iter()
+            .map(|c| Expr::col(Alias::new(&c.name)))
+            .collect();
+        cols.push(Expr::col(Alias::new("ver")));
         let del = Query::delete()
             .from_table(Alias::new(schema::dirty_table(&spec.name)))
             .and_where(Expr::tuple(cols).in_tuples(sealed_markers))
@@ -422,7 +472,8 @@ pub(crate) fn change_from_outbox(origin: NodeId, r: &sea_orm::QueryResult) -> Re
     Ok(Change {
         id: ChangeId {
             origin,
-            seq: u64::try_from(seq).map_err(|_| Error::Corrupt(format!("negative sequence {seq}")))?,
+            seq: u64::try_from(seq)
+                .map_err(|_| Error::Corrupt(format!("negative sequence {seq}")))?,
         },
         table: r.try_get("", "tbl")?,
         pk: serde_json::from_str(&pk)?,
@@ -459,7 +510,10 @@ mod tests {
 
     fn shadow(vals: &[(&str, Value)], deleted: bool) -> Shadow {
         Shadow {
-            vals: vals.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            vals: vals
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             clocks: BTreeMap::new(),
             deleted,
         }

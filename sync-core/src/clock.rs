@@ -85,7 +85,11 @@ pub struct Hlc {
 
 impl fmt::Display for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}-{:08x}-{}", self.physical, self.logical, self.node)
+        write!(
+            f,
+            "{:016x}-{:08x}-{}",
+            self.physical, self.logical, self.node
+        )
     }
 }
 

@@ -90,7 +90,10 @@ impl Error {
     /// `true` for a passing failure (network, lock, busy database) worth
     /// retrying as-is; `false` for an error that will recur.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Serialization | ErrorKind::Connection)
+        matches!(
+            self.kind(),
+            ErrorKind::Serialization | ErrorKind::Connection
+        )
     }
 
     pub(crate) fn unrepresentable(
@@ -181,7 +184,10 @@ mod tests {
     #[test]
     fn unrepresentable_names_table_column_and_value() {
         let e = Error::unrepresentable("contacts", "score", "NaN", "not a number");
-        assert_eq!(e.to_string(), "contacts.score: cannot store NaN: not a number");
+        assert_eq!(
+            e.to_string(),
+            "contacts.score: cannot store NaN: not a number"
+        );
         assert!(!e.is_retryable());
     }
 }

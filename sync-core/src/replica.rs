@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait, Value};
 
 use crate::capture::{self, CaptureReport, EntityTable, SealState, TableHandle};
 use crate::change::{Change, TableSpec};
-use crate::clock::{wall_clock_us, NodeId};
+use crate::clock::{NodeId, wall_clock_us};
 use crate::error::{Error, Result};
 use crate::schema::{self, OUTBOX, ROWS};
 use crate::syncable::Syncable;
@@ -39,10 +39,12 @@ impl ReplicaBuilder {
         let table = EntityTable::<E>::new();
         let spec = table.spec();
         if spec.pk.is_empty() {
-            self.errors.push(format!("table `{}` has no primary key", spec.name));
+            self.errors
+                .push(format!("table `{}` has no primary key", spec.name));
         }
         if self.tables.iter().any(|t| t.spec().name == spec.name) {
-            self.errors.push(format!("table `{}` is registered twice", spec.name));
+            self.errors
+                .push(format!("table `{}` is registered twice", spec.name));
         }
         self.tables.push(Arc::new(table));
         self
@@ -114,7 +116,14 @@ impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
             .field("node", &self.node)
-            .field("tables", &self.tables.iter().map(|t| &t.spec().name).collect::<Vec<_>>())
+            .field(
+                "tables",
+                &self
+                    .tables
+                    .iter()
+                    .map(|t| &t.spec().name)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -158,7 +167,9 @@ impl Replica {
                 let tx = self.db.begin().await?;
                 let mut state = SealState::lock_and_load(&tx, self.node).await?;
                 let before = report.rejected.len();
-                let read = capture::seal_table(&tx, table.as_ref(), &mut state, BATCH, skip, &mut report).await?;
+                let read =
+                    capture::seal_table(&tx, table.as_ref(), &mut state, BATCH, skip, &mut report)
+                        .await?;
                 state.save(&tx).await?;
                 tx.commit().await?;
                 let newly_rejected = report.rejected.len() - before;
@@ -182,7 +193,10 @@ impl Replica {
             loop {
                 let tx = self.db.begin().await?;
                 let page = table.scan(&tx, offset, BATCH).await?;
-                let keys: Vec<String> = page.iter().map(|(pk, _)| pk_key(pk)).collect::<Result<_>>()?;
+                let keys: Vec<String> = page
+                    .iter()
+                    .map(|(pk, _)| pk_key(pk))
+                    .collect::<Result<_>>()?;
                 let shadows = capture::load_shadows(&tx, &spec.name, &keys).await?;
                 let mut stale = Vec::new();
                 for ((pk, vals), key) in page.iter().zip(&keys) {
@@ -251,16 +265,27 @@ impl Replica {
 
 async fn count<C: ConnectionTrait>(db: &C, table: &str) -> Result<u64> {
     let q = Query::select()
-        .expr_as(Expr::col(sea_orm::sea_query::Asterisk).count(), Alias::new("n"))
+        .expr_as(
+            Expr::col(sea_orm::sea_query::Asterisk).count(),
+            Alias::new("n"),
+        )
         .from(Alias::new(table))
         .to_owned();
-    let row = db.query_one(&q).await?.ok_or_else(|| Error::Corrupt("COUNT returned no row".into()))?;
+    let row = db
+        .query_one(&q)
+        .await?
+        .ok_or_else(|| Error::Corrupt("COUNT returned no row".into()))?;
     let n: i64 = row.try_get("", "n")?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Insert (or bump) dirty markers for `pks`.
-async fn mark<C: ConnectionTrait>(db: &C, spec: &TableSpec, pks: &[Vec<Value>], wall: i64) -> Result<()> {
+async fn mark<C: ConnectionTrait>(
+    db: &C,
+    spec: &TableSpec,
+    pks: &[Vec<Value>],
+    wall: i64,
+) -> Result<()> {
     if pks.is_empty() {
         return Ok(());
     }
@@ -268,16 +293,25 @@ async fn mark<C: ConnectionTrait>(db: &C, spec: &TableSpec, pks: &[Vec<Value>], 
     cols.push(Alias::new("ver"));
     cols.push(Alias::new("wall_us"));
     let mut q = Query::insert();
-    q.into_table(Alias::new(schema::dirty_table(&spec.name))).columns(cols);
+    q.into_table(Alias::new(schema::dirty_table(&spec.name)))
+        .columns(cols);
     for pk in pks {
-        let mut row: Vec<sea_orm::sea_query::SimpleExpr> = pk.iter().cloned().map(Into::into).collect();
+        let mut row: Vec<sea_orm::sea_query::SimpleExpr> =
+            pk.iter().cloned().map(Into::into).collect();
         row.push(1i64.into());
         row.push(wall.into());
         q.values_panic(row);
     }
     q.on_conflict(
         sea_orm::sea_query::OnConflict::columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
-            .value(Alias::new("ver"), Expr::col((Alias::new(schema::dirty_table(&spec.name)), Alias::new("ver"))).add(1))
+            .value(
+                Alias::new("ver"),
+                Expr::col((
+                    Alias::new(schema::dirty_table(&spec.name)),
+                    Alias::new("ver"),
+                ))
+                .add(1),
+            )
             .update_column(Alias::new("wall_us"))
             .to_owned(),
     );

@@ -56,9 +56,9 @@ fn short_name(prefix: &str, table: &str) -> String {
         return full;
     }
     // FNV-1a: stable across releases and platforms.
-    let hash = table
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let mut cut = 40;
     while !table.is_char_boundary(cut) {
         cut -= 1;
@@ -149,7 +149,10 @@ pub fn dirty_table_ddl(backend: DbBackend, spec: &TableSpec) -> TableCreateState
     t.table(Alias::new(dirty_table(&spec.name))).if_not_exists();
     let mut pk = Index::create();
     for c in &spec.pk {
-        t.col(ColumnDef::new_with_type(Alias::new(&c.name), key_column_type(backend, &c.ty)).not_null());
+        t.col(
+            ColumnDef::new_with_type(Alias::new(&c.name), key_column_type(backend, &c.ty))
+                .not_null(),
+        );
         pk.col(Alias::new(&c.name));
     }
     t.col(ColumnDef::new_with_type(Alias::new("ver"), ColumnType::BigInteger).not_null())
@@ -184,7 +187,11 @@ fn mark_statement(backend: DbBackend, spec: &TableSpec, row: &str) -> String {
     let q = |s: &str| quote(backend, s);
     let dirty = q(&dirty_table(&spec.name));
     let keys: Vec<String> = spec.pk.iter().map(|c| q(&c.name)).collect();
-    let vals: Vec<String> = spec.pk.iter().map(|c| format!("{row}.{}", q(&c.name))).collect();
+    let vals: Vec<String> = spec
+        .pk
+        .iter()
+        .map(|c| format!("{row}.{}", q(&c.name)))
+        .collect();
     let (ver, wall) = (q("ver"), q("wall_us"));
     let head = format!(
         "INSERT INTO {dirty} ({}, {ver}, {wall}) VALUES ({}, 1, {})",
@@ -193,9 +200,9 @@ fn mark_statement(backend: DbBackend, spec: &TableSpec, row: &str) -> String {
         now_us(backend)
     );
     match backend {
-        DbBackend::MySql => format!(
-            "{head} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall})"
-        ),
+        DbBackend::MySql => {
+            format!("{head} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall})")
+        }
         DbBackend::Postgres => format!(
             "{} ON CONFLICT ({}) DO UPDATE SET {ver} = {dirty}.{ver} + 1, {wall} = EXCLUDED.{wall}",
             head,
@@ -277,7 +284,9 @@ pub fn trigger_ddl(backend: DbBackend, spec: &TableSpec) -> Vec<String> {
 }
 
 /// (event, trigger suffix, row images to mark) for per-event triggers.
-fn events(_spec: &TableSpec) -> impl Iterator<Item = (&'static str, &'static str, Vec<&'static str>)> {
+fn events(
+    _spec: &TableSpec,
+) -> impl Iterator<Item = (&'static str, &'static str, Vec<&'static str>)> {
     [
         ("INSERT", "ins", vec!["NEW"]),
         // An update can change the key: mark the old and the new row.
@@ -357,7 +366,11 @@ pub async fn read_meta<C: ConnectionTrait>(db: &C, key: &str) -> Result<Option<S
 
 /// Insert a metadata value unless the key exists (safe when two processes
 /// install at once).
-pub async fn insert_meta_if_missing<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
+pub async fn insert_meta_if_missing<C: ConnectionTrait>(
+    db: &C,
+    key: &str,
+    value: &str,
+) -> Result<()> {
     let stmt = Query::insert()
         .into_table(Alias::new(META))
         .columns([Alias::new("key"), Alias::new("value")])
@@ -423,7 +436,9 @@ mod tests {
     fn postgres_trigger_function() {
         let sql = trigger_ddl(DbBackend::Postgres, &spec());
         assert_eq!(sql.len(), 2);
-        assert!(sql[0].starts_with("CREATE OR REPLACE FUNCTION \"_ts_fn_contacts\"() RETURNS trigger"));
+        assert!(
+            sql[0].starts_with("CREATE OR REPLACE FUNCTION \"_ts_fn_contacts\"() RETURNS trigger")
+        );
         assert!(sql[0].contains(
             "IF EXISTS (SELECT 1 FROM \"_tidesync_applying\" WHERE \"session\" = pg_backend_pid()) THEN RETURN NULL; END IF;"
         ));

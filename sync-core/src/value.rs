@@ -7,7 +7,9 @@
 //! the entity compiled in.
 
 use sea_orm::sea_query::{ColumnType, StringLen, Value};
-use sea_orm::{ActiveModelTrait, ActiveValue, ColumnTrait, DbBackend, DbErr, EntityName, IdenStatic, Iterable};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue, ColumnTrait, DbBackend, DbErr, EntityName, IdenStatic, Iterable,
+};
 
 use crate::error::{Error, Result};
 use crate::syncable::Syncable;
@@ -78,8 +80,14 @@ where
             ActiveValue::NotSet => continue,
         };
         let def = col.def();
-        check_value(table, col.as_str(), Some(def.get_column_type()), &value, Some(backend))
-            .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
+        check_value(
+            table,
+            col.as_str(),
+            Some(def.get_column_type()),
+            &value,
+            Some(backend),
+        )
+        .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
     }
     Ok(())
 }
@@ -161,8 +169,14 @@ mod tests {
 
     #[test]
     fn negative_zero_differs_from_zero() {
-        assert!(!same_value(&Value::Double(Some(0.0)), &Value::Double(Some(-0.0))));
-        assert!(same_value(&Value::Double(Some(1.5)), &Value::Double(Some(1.5))));
+        assert!(!same_value(
+            &Value::Double(Some(0.0)),
+            &Value::Double(Some(-0.0))
+        ));
+        assert!(same_value(
+            &Value::Double(Some(1.5)),
+            &Value::Double(Some(1.5))
+        ));
         assert!(same_value(&Value::Int(None), &Value::Int(None)));
         assert!(!same_value(&Value::Int(Some(1)), &Value::Int(None)));
     }

@@ -76,7 +76,9 @@ pub fn with_database(base: &str, name: &str) -> String {
         None => (base, None),
     };
     let scheme_end = main.find("://").map_or(0, |i| i + 3);
-    let host_end = main[scheme_end..].find('/').map_or(main.len(), |i| scheme_end + i);
+    let host_end = main[scheme_end..]
+        .find('/')
+        .map_or(main.len(), |i| scheme_end + i);
     let mut url = format!("{}/{}", &main[..host_end], name);
     if let Some(q) = query {
         url.push('?');
@@ -91,7 +93,13 @@ impl TestDb {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag: String = tag
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(30)
             .collect();
         let name = format!("ts_{tag}_{}_{n}", std::process::id());
@@ -115,7 +123,9 @@ impl TestDb {
             }
             Some(base) => {
                 let admin = Database::connect(&base).await?;
-                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await?;
                 admin.close().await?;
                 let url = with_database(&base, &name);
                 let db = Database::connect(&url).await?;
@@ -202,12 +212,16 @@ pub fn trial(dialect: Dialect, name: &str, test: DbTest) -> Trial {
     Trial::ignorable_test(full, move || {
         if let Err(reason) = dialect.server_url() {
             if in_ci() {
-                return Err(Failed::from(format!("{reason}, and CI=true requires every dialect")));
+                return Err(Failed::from(format!(
+                    "{reason}, and CI=true requires every dialect"
+                )));
             }
             return Ok(Completion::ignored_with(format!("skipped: {reason}")));
         }
         block_on(async move {
-            let db = TestDb::create(dialect, &tag).await.map_err(|e| Failed::from(format!("setup: {e}")))?;
+            let db = TestDb::create(dialect, &tag)
+                .await
+                .map_err(|e| Failed::from(format!("setup: {e}")))?;
             test(db).await.map_err(|e| Failed::from(e.to_string()))
         })?;
         Ok(Completion::Completed)
