@@ -282,9 +282,7 @@ async fn markers(t: &TestDb, db: &DatabaseConnection) -> Result<Vec<Uuid>, DbErr
             "SELECT id FROM _ts_d_contacts",
         ))
         .await?;
-    rows.iter()
-        .map(|r| r.try_get::<Uuid>("", "id"))
-        .collect()
+    rows.iter().map(|r| r.try_get::<Uuid>("", "id")).collect()
 }
 
 async fn kill_loop(t: TestDb) -> TestResult {

@@ -35,7 +35,7 @@ use proc_macro::TokenStream;
 /// key as auto-increment unless it says `auto_increment = false`; `String`
 /// and `Uuid` keys are not.
 ///
-/// ```ignore
+/// ```text
 /// use sea_orm::entity::prelude::*;
 /// use tidesync::Syncable;
 ///
@@ -56,7 +56,7 @@ use proc_macro::TokenStream;
 /// pub enum Relation {}
 /// ```
 ///
-/// (Marked `ignore` here because this crate cannot depend on the facade; the
+/// (Shown as text here because this crate cannot depend on the facade; the
 /// same entity is compiled by the facade's `tests/derive_pass`.)
 ///
 /// # Attributes
@@ -82,7 +82,7 @@ use proc_macro::TokenStream;
 /// - `#[syncable(crate = "path")]`: where the tidesync runtime is reachable,
 ///   for a re-export; default `::tidesync`.
 ///
-/// ```ignore
+/// ```text
 /// #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
 /// #[sea_orm(table_name = "audit_log")]
 /// #[syncable(single_writer, hooks, crate = "my_app::sync")]
@@ -103,7 +103,7 @@ use proc_macro::TokenStream;
 ///   pulled from other devices carry no value for it, and it cannot be the
 ///   primary key.
 ///
-/// ```ignore
+/// ```text
 /// #[syncable(skip)]
 /// pub last_opened: Option<DateTimeUtc>,
 /// ```
