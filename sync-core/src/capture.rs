@@ -8,12 +8,10 @@
 //! markers that were not rewritten meanwhile, and persist the clock. A crash
 //! at any point leaves either the markers or the changes, never neither.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 
-use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, OnConflict, Order, Query, SimpleExpr, ValueTuple,
-};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SimpleExpr, ValueTuple};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable, ModelTrait,
     PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, TryGetableMany,
@@ -21,14 +19,13 @@ use sea_orm::{
 };
 
 use crate::change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
-use crate::clock::{Hlc, HlcClock, NodeId};
+use crate::clock::{HlcClock, NodeId};
 use crate::error::{Error, Result};
+use crate::merge::RowState;
 use crate::schema::{self, OUTBOX, ROWS};
+use crate::store;
 use crate::syncable::Syncable;
 use crate::value::{check_value, pk_key, same_value};
-
-/// Key in the shadow clocks map for the row's own lifecycle (insert/delete).
-pub(crate) const ROW_CLOCK: &str = "$row";
 
 /// A dirty marker read back from a dirty table.
 #[derive(Debug, Clone)]
@@ -191,50 +188,6 @@ where
     }
 }
 
-/// The last captured state of a row.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Shadow {
-    pub(crate) vals: BTreeMap<String, Value>,
-    pub(crate) clocks: BTreeMap<String, Hlc>,
-    pub(crate) deleted: bool,
-}
-
-/// Load the shadows of `keys` (canonical key text) of `table`.
-pub(crate) async fn load_shadows(
-    tx: &DatabaseTransaction,
-    table: &str,
-    keys: &[String],
-) -> Result<HashMap<String, Shadow>> {
-    let mut out = HashMap::new();
-    for chunk in keys.chunks(500) {
-        let q = Query::select()
-            .columns([
-                Alias::new("pk"),
-                Alias::new("vals"),
-                Alias::new("clocks"),
-                Alias::new("deleted"),
-            ])
-            .from(Alias::new(ROWS))
-            .and_where(Expr::col(Alias::new("tbl")).eq(table))
-            .and_where(Expr::col(Alias::new("pk")).is_in(chunk.iter().cloned()))
-            .to_owned();
-        for r in tx.query_all(&q).await? {
-            let key: String = r.try_get("", "pk")?;
-            let vals: String = r.try_get("", "vals")?;
-            let clocks: String = r.try_get("", "clocks")?;
-            out.insert(
-                key,
-                Shadow {
-                    vals: serde_json::from_str(&vals)?,
-                    clocks: serde_json::from_str(&clocks)?,
-                    deleted: r.try_get("", "deleted")?,
-                },
-            );
-        }
-    }
-    Ok(out)
-}
-
 /// Clock and sequence state of a capture transaction.
 pub(crate) struct SealState {
     pub(crate) node: NodeId,
@@ -292,9 +245,9 @@ pub struct CaptureReport {
 pub(crate) fn diff(
     spec: &TableSpec,
     current: Option<&[Value]>,
-    shadow: Option<&Shadow>,
+    shadow: Option<&RowState>,
 ) -> Option<(Op, Vec<(String, Value)>)> {
-    let live_shadow = shadow.filter(|s| !s.deleted);
+    let live_shadow = shadow.filter(|s| s.is_live());
     match (current, live_shadow) {
         (None, None) => None,
         (None, Some(_)) => Some((Op::Delete, Vec::new())),
@@ -340,25 +293,13 @@ pub(crate) async fn seal_table(
     for (pk, vals) in table.rows(tx, &pks).await? {
         current.insert(pk_key(&pk)?, vals);
     }
-    let shadows = load_shadows(tx, &spec.name, &keys).await?;
+    let shadows = store::load_states(tx, ROWS, &spec.name, &keys).await?;
 
     let mut outbox = Query::insert();
     outbox
         .into_table(Alias::new(OUTBOX))
         .columns(["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new));
-    let mut shadow_upsert = Query::insert();
-    shadow_upsert
-        .into_table(Alias::new(ROWS))
-        .columns(["tbl", "pk", "vals", "clocks", "deleted"].map(Alias::new))
-        .on_conflict(
-            OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
-                .update_columns([
-                    Alias::new("vals"),
-                    Alias::new("clocks"),
-                    Alias::new("deleted"),
-                ])
-                .to_owned(),
-        );
+    let mut new_states: Vec<(String, RowState)> = Vec::new();
     let mut sealed_markers: Vec<ValueTuple> = Vec::new();
     let mut appended = 0usize;
 
@@ -402,22 +343,7 @@ pub(crate) async fn seal_table(
         appended += 1;
 
         let mut next = shadow.cloned().unwrap_or_default();
-        match op {
-            Op::Delete => {
-                next.deleted = true;
-                next.clocks.insert(ROW_CLOCK.into(), hlc);
-            }
-            Op::Insert | Op::Update => {
-                if op == Op::Insert {
-                    next.deleted = false;
-                    next.clocks.insert(ROW_CLOCK.into(), hlc);
-                }
-                for (c, v) in &change.columns {
-                    next.vals.insert(c.clone(), v.clone());
-                    next.clocks.insert(c.clone(), hlc);
-                }
-            }
-        }
+        next.apply(&change);
         outbox.values_panic([
             Value::BigInt(Some(
                 i64::try_from(change.id.seq)
@@ -430,18 +356,12 @@ pub(crate) async fn seal_table(
             serde_json::to_string(&change.columns)?.into(),
             hlc.to_string().into(),
         ]);
-        shadow_upsert.values_panic([
-            spec.name.clone().into(),
-            key.clone().into(),
-            serde_json::to_string(&next.vals)?.into(),
-            serde_json::to_string(&next.clocks)?.into(),
-            next.deleted.into(),
-        ]);
+        new_states.push((key.clone(), next));
     }
 
     if appended > 0 {
         tx.execute(&outbox).await?;
-        tx.execute(&shadow_upsert).await?;
+        store::save_states(tx, ROWS, &spec.name, &new_states).await?;
     }
     if !sealed_markers.is_empty() {
         // Only markers whose version is unchanged: a write that committed
@@ -508,14 +428,18 @@ mod tests {
         Value::String(Some(v.into()))
     }
 
-    fn shadow(vals: &[(&str, Value)], deleted: bool) -> Shadow {
-        Shadow {
+    fn shadow(vals: &[(&str, Value)], deleted: bool) -> RowState {
+        let t = |p| crate::clock::Hlc {
+            physical: p,
+            ..Default::default()
+        };
+        RowState {
             vals: vals
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-            clocks: BTreeMap::new(),
-            deleted,
+            clocks: vals.iter().map(|(k, _)| (k.to_string(), t(1))).collect(),
+            deleted_at: deleted.then(|| t(2)),
         }
     }
 

@@ -117,10 +117,15 @@ fn db_err_kind(e: &DbErr) -> ErrorKind {
         DbErr::Exec(r) | DbErr::Query(r) => r,
         _ => return ErrorKind::Other,
     };
+    runtime_kind(runtime)
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+fn runtime_kind(runtime: &RuntimeErr) -> ErrorKind {
+    use sea_orm::sqlx::Error as SqlxError;
     let RuntimeErr::SqlxError(sqlx) = runtime else {
         return ErrorKind::Other;
     };
-    use sea_orm::sqlx::Error as SqlxError;
     match &**sqlx {
         SqlxError::Io(_)
         | SqlxError::Tls(_)
@@ -135,6 +140,15 @@ fn db_err_kind(e: &DbErr) -> ErrorKind {
     }
 }
 
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+fn runtime_kind(_runtime: &RuntimeErr) -> ErrorKind {
+    ErrorKind::Other
+}
+
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
 /// Map a native error code (SQLSTATE on PostgreSQL, error number on MySQL,
 /// extended result code on SQLite) to an [`ErrorKind`].
 pub(crate) fn code_kind(code: &str, message: &str) -> ErrorKind {

@@ -8,8 +8,10 @@ pub mod capture;
 pub mod change;
 pub mod clock;
 pub mod error;
+pub mod merge;
 pub mod replica;
 pub mod schema;
+pub mod store;
 pub mod syncable;
 pub mod value;
 
@@ -17,6 +19,7 @@ pub use capture::CaptureReport;
 pub use change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
 pub use clock::{Hlc, HlcClock, NodeId};
 pub use error::{Error, ErrorKind, Result};
+pub use merge::RowState;
 pub use replica::{Replica, ReplicaBuilder};
 pub use syncable::{ConflictPolicy, SyncHooks, Syncable};
 pub use value::validate_active_model;

@@ -197,7 +197,7 @@ impl Replica {
                     .iter()
                     .map(|(pk, _)| pk_key(pk))
                     .collect::<Result<_>>()?;
-                let shadows = capture::load_shadows(&tx, &spec.name, &keys).await?;
+                let shadows = crate::store::load_states(&tx, ROWS, &spec.name, &keys).await?;
                 let mut stale = Vec::new();
                 for ((pk, vals), key) in page.iter().zip(&keys) {
                     if capture::diff(spec, Some(vals), shadows.get(key)).is_some() {
@@ -218,7 +218,7 @@ impl Replica {
                 .column(Alias::new("pk"))
                 .from(Alias::new(ROWS))
                 .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
-                .and_where(Expr::col(Alias::new("deleted")).eq(false))
+                .and_where(Expr::col(Alias::new("live")).eq(true))
                 .to_owned();
             let mut gone = Vec::new();
             for r in tx.query_all(&q).await? {

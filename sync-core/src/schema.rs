@@ -125,16 +125,7 @@ pub fn metadata_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
             .col(col("payload", text.clone()))
             .col(col("hlc", varchar(64)))
             .to_owned(),
-        Table::create()
-            .table(Alias::new(ROWS))
-            .if_not_exists()
-            .col(col("tbl", varchar(64)))
-            .col(col("pk", varchar(700)))
-            .col(col("vals", text.clone()))
-            .col(col("clocks", text))
-            .col(col("deleted", ColumnType::Boolean))
-            .primary_key(Index::create().col(Alias::new("tbl")).col(Alias::new("pk")))
-            .to_owned(),
+        crate::store::row_state_table(backend, ROWS),
         Table::create()
             .table(Alias::new(APPLYING))
             .if_not_exists()
