@@ -1,25 +1,32 @@
 #![doc = include_str!("../README.md")]
 
 pub use sync_core::{
-    CaptureReport, Change, ChangeId, ColumnSpec, ConflictPolicy, Error, ErrorKind, Hlc, HlcClock,
-    NodeId, Op, Replica, ReplicaBuilder, Result, SyncHooks, Syncable, TableSpec,
-    validate_active_model,
+    ApplyReport, CaptureReport, Change, ChangeId, ColumnSpec, ConflictPolicy, Error, ErrorKind,
+    Hlc, HlcClock, NodeId, Op, Replica, ReplicaBuilder, Result, RowState, SyncEngine, SyncHooks,
+    SyncReport, Syncable, TableSpec, validate_active_model,
 };
 pub use sync_derive::Syncable;
 
-/// Lower-level building blocks: the clock, values, the metadata schema.
+/// Lower-level building blocks: the clock, values, merge, the metadata schema.
 pub mod core {
-    pub use sync_core::{capture, change, clock, error, schema, value};
+    pub use sync_core::{
+        apply, backend, capture, change, clock, engine, error, merge, pull, schema, store, value,
+    };
 }
 
-/// Hub backends.
+/// Hub backends: the [`Backend`](backends::Backend) trait and the SQL hub.
 pub mod backends {
-    pub use sync_backends::{Backend, Cursor, Error, PullBatch, PushAck, Result};
+    pub use sync_backends::sql;
+    pub use sync_backends::{
+        Backend, Cursor, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
+        SqlBackend,
+    };
 }
 
 /// The most used items, for `use tidesync::prelude::*`.
 pub mod prelude {
-    pub use crate::{ConflictPolicy, Replica, SyncHooks, Syncable};
+    pub use crate::backends::SqlBackend;
+    pub use crate::{ConflictPolicy, Replica, SyncEngine, SyncHooks, Syncable};
 }
 
 #[doc(hidden)]

@@ -95,6 +95,10 @@ impl<E: Syncable> EntityTable<E> {
             name: E::default().table_name().to_owned(),
             pk: keys.iter().map(spec_of).collect(),
             columns: columns.iter().map(spec_of).collect(),
+            local_only: E::Column::iter()
+                .filter(|c| skipped.iter().any(|s| s == c.as_str()))
+                .map(|c| spec_of(&c))
+                .collect(),
             policy: E::POLICY,
             single_writer: E::SINGLE_WRITER,
         };
@@ -419,6 +423,7 @@ mod tests {
             name: "t".into(),
             pk: vec![c("id")],
             columns: vec![c("id"), c("a"), c("b")],
+            local_only: vec![],
             policy: ConflictPolicy::Lww,
             single_writer: false,
         }

@@ -97,6 +97,9 @@ pub struct TableSpec {
     /// Synced columns (key columns included, local-only ones excluded), in
     /// entity order.
     pub columns: Vec<ColumnSpec>,
+    /// Local-only columns (`#[syncable(skip)]`): never synced; a hub
+    /// creates them nullable so its table reads like the entity.
+    pub local_only: Vec<ColumnSpec>,
     /// Conflict policy.
     pub policy: ConflictPolicy,
     /// Declared single-writer.

@@ -43,6 +43,20 @@ pub enum Error {
         supported: i64,
     },
 
+    /// The hub cannot be reached; nothing was lost, retry later.
+    #[error("offline: {0}")]
+    Offline(String),
+
+    /// The hub refused a change and, by policy, halted its origin's stream
+    /// there; the change and the ones after it stay in the outbox.
+    #[error("change {id} halted at the hub: {reason}")]
+    Halted {
+        /// The refused change.
+        id: crate::change::ChangeId,
+        /// Why, naming table, column and value where there is one.
+        reason: String,
+    },
+
     /// A table that is not registered with this replica.
     #[error("table `{0}` is not registered for sync")]
     UnknownTable(String),

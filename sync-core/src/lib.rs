@@ -4,22 +4,31 @@
 //! It knows no transport: hub backends live in `sync-backends` and depend on
 //! this crate, never the reverse. Applications use the `tidesync` facade.
 
+pub mod apply;
+pub mod backend;
 pub mod capture;
 pub mod change;
 pub mod clock;
+pub mod engine;
 pub mod error;
 pub mod merge;
+pub mod pull;
 pub mod replica;
 pub mod schema;
 pub mod store;
 pub mod syncable;
 pub mod value;
 
+pub use backend::{
+    Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage, SnapshotRow,
+};
 pub use capture::CaptureReport;
 pub use change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
 pub use clock::{Hlc, HlcClock, NodeId};
+pub use engine::{SyncEngine, SyncReport};
 pub use error::{Error, ErrorKind, Result};
 pub use merge::RowState;
+pub use pull::ApplyReport;
 pub use replica::{Replica, ReplicaBuilder};
 pub use syncable::{ConflictPolicy, SyncHooks, Syncable};
 pub use value::validate_active_model;

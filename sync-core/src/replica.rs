@@ -148,6 +148,10 @@ impl Replica {
         &self.db
     }
 
+    pub(crate) fn handles(&self) -> &[Arc<dyn TableHandle>] {
+        &self.tables
+    }
+
     /// The registered tables, in registration order.
     pub fn tables(&self) -> impl Iterator<Item = &TableSpec> {
         self.tables.iter().map(|t| t.spec())

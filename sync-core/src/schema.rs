@@ -100,6 +100,15 @@ fn varchar(n: u32) -> ColumnType {
     ColumnType::String(StringLen::N(n))
 }
 
+/// On MySQL, make a table UTF-8 throughout (`utf8mb4`, binary collation), so
+/// payloads and keys keep every character whatever the database default.
+pub fn utf8mb4(backend: DbBackend, t: &mut TableCreateStatement) -> &TableCreateStatement {
+    if backend == DbBackend::MySql {
+        t.character_set("utf8mb4").collate("utf8mb4_bin");
+    }
+    t
+}
+
 /// DDL of the shared metadata tables (idempotent: `IF NOT EXISTS`).
 pub fn metadata_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
     let text = long_text(backend);
@@ -126,6 +135,21 @@ pub fn metadata_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
             .col(col("hlc", varchar(64)))
             .to_owned(),
         crate::store::row_state_table(backend, ROWS),
+        Table::create()
+            .table(Alias::new(crate::pull::PARKED))
+            .if_not_exists()
+            .col(
+                col("id", ColumnType::Integer)
+                    .auto_increment()
+                    .primary_key(),
+            )
+            .col(col("tbl", varchar(64)))
+            .col(col("pk", text.clone()))
+            .col(col("origin", varchar(64)))
+            .col(col("seq", ColumnType::BigInteger))
+            .col(col("payload", text.clone()))
+            .col(col("reason", ColumnType::Text))
+            .to_owned(),
         Table::create()
             .table(Alias::new(APPLYING))
             .if_not_exists()
@@ -290,8 +314,8 @@ fn events(
 /// Create the shared metadata tables and check or set the schema version.
 pub async fn install_metadata<C: ConnectionTrait>(db: &C) -> Result<()> {
     let backend = db.get_database_backend();
-    for t in metadata_tables(backend) {
-        db.execute(&t).await?;
+    for mut t in metadata_tables(backend) {
+        db.execute(utf8mb4(backend, &mut t)).await?;
     }
     let version = read_meta(db, "schema_version").await?;
     match version {
@@ -316,7 +340,8 @@ pub async fn install_metadata<C: ConnectionTrait>(db: &C) -> Result<()> {
 /// Create the dirty table and triggers of one synced table.
 pub async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
     let backend = db.get_database_backend();
-    db.execute(&dirty_table_ddl(backend, spec)).await?;
+    db.execute(utf8mb4(backend, &mut dirty_table_ddl(backend, spec)))
+        .await?;
     let existing = if backend == DbBackend::MySql {
         let rows = db
             .query_all_raw(Statement::from_sql_and_values(
@@ -376,6 +401,22 @@ pub async fn insert_meta_if_missing<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Insert or overwrite a metadata value.
+pub async fn upsert_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
+    let stmt = Query::insert()
+        .into_table(Alias::new(META))
+        .columns([Alias::new("key"), Alias::new("value")])
+        .values_panic([key.into(), value.into()])
+        .on_conflict(
+            OnConflict::column(Alias::new("key"))
+                .update_column(Alias::new("value"))
+                .to_owned(),
+        )
+        .to_owned();
+    db.execute(&stmt).await?;
+    Ok(())
+}
+
 /// Overwrite a metadata value that exists.
 pub async fn write_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
     let stmt = Query::update()
@@ -403,6 +444,7 @@ mod tests {
             name: "contacts".into(),
             pk: vec![c("id", ColumnType::Uuid)],
             columns: vec![c("id", ColumnType::Uuid), c("name", ColumnType::Text)],
+            local_only: vec![],
             policy: ConflictPolicy::Lww,
             single_writer: false,
         }

@@ -6,6 +6,7 @@
 //! (`{"Int":1}`, `{"Decimal":"1.50"}`), so a change can be replayed without
 //! the entity compiled in.
 
+use chrono::Datelike;
 use sea_orm::sea_query::{ColumnType, StringLen, Value};
 use sea_orm::{
     ActiveModelTrait, ActiveValue, ColumnTrait, DbBackend, DbErr, EntityName, IdenStatic, Iterable,
@@ -42,6 +43,16 @@ pub fn check_value(
         {
             fail("PostgreSQL and SQLite store integers as signed 64-bit (max 9223372036854775807)")
         }
+        Value::ChronoDate(Some(d)) => check_year(d.year(), backend).map_or(Ok(()), |r| fail(&r)),
+        Value::ChronoDateTime(Some(d)) => {
+            check_year(d.year(), backend).map_or(Ok(()), |r| fail(&r))
+        }
+        Value::ChronoDateTimeUtc(Some(d)) => {
+            check_year(d.year(), backend).map_or(Ok(()), |r| fail(&r))
+        }
+        Value::ChronoDateTimeWithTimeZone(Some(d)) => {
+            check_year(d.naive_utc().year(), backend).map_or(Ok(()), |r| fail(&r))
+        }
         Value::String(Some(s)) => {
             let max = match ty {
                 Some(ColumnType::String(StringLen::N(n))) | Some(ColumnType::Char(Some(n))) => {
@@ -57,6 +68,19 @@ pub fn check_value(
             }
         }
         _ => Ok(()),
+    }
+}
+
+/// The reason a year is out of `backend`'s range for dates and date-times.
+fn check_year(year: i32, backend: Option<DbBackend>) -> Option<String> {
+    match backend {
+        Some(DbBackend::MySql) if !(1000..=9999).contains(&year) => {
+            Some("MySQL dates and date-times run from year 1000 to 9999".into())
+        }
+        Some(DbBackend::Postgres) if year < -4712 => {
+            Some("PostgreSQL dates start in 4713 BC".into())
+        }
+        _ => None,
     }
 }
 
@@ -165,6 +189,23 @@ mod tests {
         let e = check_value("t", "s", Some(&ty), &long, None).unwrap_err();
         assert!(e.to_string().contains("\"abcd\""), "{e}");
         assert!(e.to_string().contains("3 characters"), "{e}");
+    }
+
+    #[test]
+    fn dates_outside_a_dialect_are_refused_there_only() {
+        let d = Value::ChronoDate(chrono::NaiveDate::from_ymd_opt(999, 12, 31));
+        let e = check_value("t", "born", None, &d, Some(DbBackend::MySql)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("t.born: cannot store ChronoDate(Some(0999-12-31))"),
+            "{e}"
+        );
+        assert!(check_value("t", "born", None, &d, Some(DbBackend::Postgres)).is_ok());
+        assert!(check_value("t", "born", None, &d, Some(DbBackend::Sqlite)).is_ok());
+        let far = Value::ChronoDateTime(
+            chrono::NaiveDate::from_ymd_opt(-5000, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)),
+        );
+        assert!(check_value("t", "at", None, &far, Some(DbBackend::Postgres)).is_err());
     }
 
     #[test]

@@ -1,0 +1,683 @@
+//! [`SqlBackend`]: a hub that is an ordinary PostgreSQL, MySQL/MariaDB or
+//! SQLite database, reached directly through SeaORM.
+//!
+//! A push is one hub transaction: take the sequence lock, skip what this
+//! origin already delivered, check each change against the hub's dialect,
+//! merge the changes into the row states (per-column last-writer-wins), write
+//! the resulting rows into the users' tables with multi-row statements
+//! (parents first, deletes children first), append the changes to the log
+//! with consecutive hub sequence numbers, record the origin's progress,
+//! commit. Because the sequence is assigned and committed under one lock, a
+//! puller reading `hub_seq > cursor` never skips a change that commits late.
+
+pub mod ddl;
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    TransactionTrait, Value,
+};
+use sync_core::apply;
+use sync_core::backend::{
+    Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage, SnapshotRow,
+};
+use sync_core::schema::{insert_meta_if_missing, utf8mb4};
+use sync_core::store;
+use sync_core::value::{check_value, parse_pk_key, pk_key};
+use sync_core::{Change, ChangeId, Error, ErrorKind, Hlc, NodeId, Op, Result, RowState, TableSpec};
+use tokio::sync::RwLock;
+
+use ddl::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
+
+/// Newest hub metadata schema this release reads and writes.
+pub const HUB_SCHEMA_VERSION: i64 = 1;
+
+/// What the hub does with a change it cannot apply (a constraint violation,
+/// an unknown table or column, a value its dialect cannot hold).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectPolicy {
+    /// Stop that origin's stream at the change, keeping its order: the
+    /// change and the ones after it stay in the replica's outbox until the
+    /// cause is fixed. The default.
+    #[default]
+    Halt,
+    /// Park the change in `_tidesync_rejected` with its reason and go on.
+    Park,
+}
+
+/// A hub in a SQL database. See the [module docs](self).
+pub struct SqlBackend {
+    db: DatabaseConnection,
+    policy: RejectPolicy,
+    tables: RwLock<Vec<TableSpec>>,
+}
+
+impl std::fmt::Debug for SqlBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlBackend")
+            .field("backend", &self.db.get_database_backend())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+fn offline(e: sea_orm::DbErr) -> Error {
+    let e = Error::from(e);
+    match e.kind() {
+        ErrorKind::Connection => Error::Offline(e.to_string()),
+        _ => e,
+    }
+}
+
+impl SqlBackend {
+    /// A hub over an existing connection.
+    pub fn new(db: DatabaseConnection) -> Self {
+        SqlBackend {
+            db,
+            policy: RejectPolicy::Halt,
+            tables: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Connect to a hub by URL (`postgres://`, `mysql://`, `sqlite://`).
+    ///
+    /// # Errors
+    /// [`Error::Offline`] when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let db = Database::connect(url)
+            .await
+            .map_err(|e| Error::Offline(e.to_string()))?;
+        Ok(Self::new(db))
+    }
+
+    /// Choose what happens to a change the hub cannot apply.
+    pub fn with_policy(mut self, policy: RejectPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The hub's connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Changes parked by policy `Park`: (change id, table, reason).
+    pub async fn rejected(&self) -> Result<Vec<Rejection>> {
+        let q = Query::select()
+            .columns(["origin", "origin_seq", "tbl", "reason"].map(Alias::new))
+            .from(Alias::new(REJECTED))
+            .order_by(Alias::new("origin"), Order::Asc)
+            .order_by(Alias::new("origin_seq"), Order::Asc)
+            .to_owned();
+        let mut out = Vec::new();
+        for r in self.db.query_all(&q).await? {
+            let origin: String = r.try_get("", "origin")?;
+            let seq: i64 = r.try_get("", "origin_seq")?;
+            out.push(Rejection {
+                id: ChangeId {
+                    origin: origin.parse()?,
+                    seq: seq as u64,
+                },
+                table: r.try_get("", "tbl")?,
+                reason: r.try_get("", "reason")?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+async fn read_hub_meta<C: ConnectionTrait>(db: &C, key: &str) -> Result<Option<String>> {
+    let q = Query::select()
+        .column(Alias::new("value"))
+        .from(Alias::new(HUB_META))
+        .and_where(Expr::col(Alias::new("key")).eq(key))
+        .to_owned();
+    Ok(db
+        .query_one(&q)
+        .await?
+        .map(|r| r.try_get::<String>("", "value"))
+        .transpose()?)
+}
+
+async fn write_hub_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
+    let q = Query::update()
+        .table(Alias::new(HUB_META))
+        .value(Alias::new("value"), value)
+        .and_where(Expr::col(Alias::new("key")).eq(key))
+        .to_owned();
+    db.execute(&q).await?;
+    Ok(())
+}
+
+/// A change checked against the hub: why it cannot be applied, if so.
+fn validate(
+    change: &Change,
+    spec: Option<&TableSpec>,
+    backend: DbBackend,
+) -> std::result::Result<(), String> {
+    let Some(spec) = spec else {
+        return Err(format!("table `{}` is not known to the hub", change.table));
+    };
+    let names: Vec<&str> = change.pk.iter().map(|(n, _)| n.as_str()).collect();
+    let want: Vec<&str> = spec.pk.iter().map(|c| c.name.as_str()).collect();
+    if names != want {
+        return Err(format!(
+            "{}: key columns {names:?} do not match the hub's {want:?}",
+            spec.name
+        ));
+    }
+    for (name, value) in change.pk.iter().chain(&change.columns) {
+        let Some(col) = spec.column(name) else {
+            return Err(format!(
+                "{}.{name}: no such column on the hub (schema drift?)",
+                spec.name
+            ));
+        };
+        if let Value::String(None) | Value::Int(None) = value {
+            // A NULL of any type: only a NOT NULL column refuses it.
+        }
+        check_value(&spec.name, name, Some(&col.ty), value, Some(backend))
+            .map_err(|e| e.to_string())?;
+    }
+    if change.op == Op::Insert {
+        for c in &spec.columns {
+            if !c.nullable && !change.columns.iter().any(|(n, _)| *n == c.name) {
+                return Err(format!(
+                    "{}.{}: insert without a value for a NOT NULL column",
+                    spec.name, c.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pieces of a push that the transaction works through.
+struct Push<'a> {
+    tx: &'a DatabaseTransaction,
+    specs: &'a [TableSpec],
+    next_seq: u64,
+    states: HashMap<(String, String), RowState>,
+}
+
+impl Push<'_> {
+    /// Merge `changes` (already validated) and write their rows, log and
+    /// states. On error the caller rolls back.
+    async fn apply(&mut self, changes: &[&Change]) -> Result<()> {
+        // Load the states not loaded yet, one query per table.
+        let mut missing: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut keyed: Vec<(&Change, String)> = Vec::with_capacity(changes.len());
+        for c in changes {
+            let key = pk_key(&c.pk.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())?;
+            if !self.states.contains_key(&(c.table.clone(), key.clone())) {
+                missing
+                    .entry(c.table.as_str())
+                    .or_default()
+                    .push(key.clone());
+            }
+            keyed.push((c, key));
+        }
+        for (table, keys) in missing {
+            let loaded = store::load_states(self.tx, HUB_ROWS, table, &keys).await?;
+            for k in keys {
+                let s = loaded.get(&k).cloned().unwrap_or_default();
+                self.states.entry((table.to_owned(), k)).or_insert(s);
+            }
+        }
+        // Merge in order; remember each touched row's state before.
+        let mut before: HashMap<(String, String), RowState> = HashMap::new();
+        for (c, key) in &keyed {
+            let id = (c.table.clone(), key.clone());
+            let s = self
+                .states
+                .get_mut(&id)
+                .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
+            before.entry(id).or_insert_with(|| s.clone());
+            s.apply(c);
+        }
+        // Write rows: upserts in table order, then deletes in reverse.
+        let mut deletes: Vec<(&TableSpec, Vec<Vec<Value>>)> = Vec::new();
+        let mut saved: Vec<(&str, Vec<(String, RowState)>)> = Vec::new();
+        for spec in self.specs {
+            let mut live = Vec::new();
+            let mut dead = Vec::new();
+            let mut states = Vec::new();
+            for ((table, key), old) in &before {
+                if *table != spec.name {
+                    continue;
+                }
+                let new = &self.states[&(table.clone(), key.clone())];
+                if old.same(new) {
+                    continue;
+                }
+                if new.is_live() {
+                    live.push(new);
+                } else if old.is_live() {
+                    dead.push(parse_pk_key(key)?);
+                }
+                states.push((key.clone(), new.clone()));
+            }
+            apply::upsert_rows(self.tx, spec, &live).await?;
+            deletes.push((spec, dead));
+            saved.push((&spec.name, states));
+        }
+        for (spec, dead) in deletes.iter().rev() {
+            apply::delete_rows(self.tx, spec, dead).await?;
+        }
+        for (table, states) in saved {
+            store::save_states(self.tx, HUB_ROWS, table, &states).await?;
+        }
+        // Log.
+        for chunk in changes.chunks(200) {
+            let mut q = Query::insert();
+            q.into_table(Alias::new(CHANGES)).columns(
+                [
+                    "hub_seq",
+                    "origin",
+                    "origin_seq",
+                    "tbl",
+                    "pk",
+                    "op",
+                    "payload",
+                    "hlc",
+                ]
+                .map(Alias::new),
+            );
+            for c in chunk {
+                q.values_panic([
+                    (self.next_seq as i64).into(),
+                    c.id.origin.to_string().into(),
+                    (c.id.seq as i64).into(),
+                    c.table.clone().into(),
+                    serde_json::to_string(&c.pk)?.into(),
+                    c.op.as_str().into(),
+                    serde_json::to_string(&c.columns)?.into(),
+                    c.hlc.to_string().into(),
+                ]);
+                self.next_seq += 1;
+            }
+            self.tx.execute(&q).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn set_applied<C: ConnectionTrait>(
+    db: &C,
+    origin: NodeId,
+    seq: u64,
+    existed: bool,
+) -> Result<()> {
+    if existed {
+        let q = Query::update()
+            .table(Alias::new(PEERS))
+            .value(Alias::new("applied_seq"), seq as i64)
+            .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+            .to_owned();
+        db.execute(&q).await?;
+    } else {
+        let q = Query::insert()
+            .into_table(Alias::new(PEERS))
+            .columns([Alias::new("origin"), Alias::new("applied_seq")])
+            .values_panic([origin.to_string().into(), (seq as i64).into()])
+            .to_owned();
+        db.execute(&q).await?;
+    }
+    Ok(())
+}
+
+async fn park<C: ConnectionTrait>(db: &C, change: &Change, reason: &str) -> Result<()> {
+    let q = Query::insert()
+        .into_table(Alias::new(REJECTED))
+        .columns(["origin", "origin_seq", "tbl", "change", "reason"].map(Alias::new))
+        .values_panic([
+            change.id.origin.to_string().into(),
+            (change.id.seq as i64).into(),
+            change.table.clone().into(),
+            serde_json::to_string(change)?.into(),
+            reason.into(),
+        ])
+        .to_owned();
+    db.execute(&q).await?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Backend for SqlBackend {
+    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
+        let backend = self.db.get_database_backend();
+        for mut t in ddl::hub_tables(backend) {
+            self.db
+                .execute(utf8mb4(backend, &mut t))
+                .await
+                .map_err(offline)?;
+        }
+        let version = read_hub_meta(&self.db, "schema_version").await?;
+        if let Some(v) = version {
+            let found: i64 = v
+                .parse()
+                .map_err(|_| Error::Corrupt(format!("hub schema_version `{v}`")))?;
+            if found > HUB_SCHEMA_VERSION {
+                return Err(Error::SchemaVersion {
+                    found,
+                    supported: HUB_SCHEMA_VERSION,
+                });
+            }
+        }
+        for (k, v) in [
+            ("schema_version", HUB_SCHEMA_VERSION.to_string()),
+            ("next_seq", "1".to_owned()),
+            ("hub_id", NodeId::random().to_string()),
+        ] {
+            insert_meta_in(&self.db, k, &v).await?;
+        }
+        for spec in tables {
+            ddl::ensure_table(&self.db, spec).await?;
+        }
+        *self.tables.write().await = tables.to_vec();
+        let hub_id = read_hub_meta(&self.db, "hub_id")
+            .await?
+            .ok_or_else(|| Error::Corrupt("hub_id missing".into()))?;
+        Ok(HubInfo { hub_id })
+    }
+
+    async fn push(&self, batch: &[Change]) -> Result<PushAck> {
+        let Some(first) = batch.first() else {
+            return Ok(PushAck::default());
+        };
+        let origin = first.id.origin;
+        if batch.iter().any(|c| c.id.origin != origin) {
+            return Err(Error::Config(
+                "a push batch must come from one origin".into(),
+            ));
+        }
+        if batch.windows(2).any(|w| w[1].id.seq <= w[0].id.seq) {
+            return Err(Error::Config(
+                "a push batch must be in increasing sequence order".into(),
+            ));
+        }
+        let specs = self.tables.read().await.clone();
+        let backend = self.db.get_database_backend();
+        let tx = self.db.begin().await.map_err(offline)?;
+        // The sequence lock: held until commit, so hub sequences commit in order.
+        tx.execute(
+            &Query::update()
+                .table(Alias::new(HUB_META))
+                .value(Alias::new("value"), Expr::col(Alias::new("value")))
+                .and_where(Expr::col(Alias::new("key")).eq("next_seq"))
+                .to_owned(),
+        )
+        .await
+        .map_err(offline)?;
+        let next_seq: u64 = read_hub_meta(&tx, "next_seq")
+            .await?
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
+        let applied_row = tx
+            .query_one(
+                &Query::select()
+                    .column(Alias::new("applied_seq"))
+                    .from(Alias::new(PEERS))
+                    .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+                    .to_owned(),
+            )
+            .await?;
+        let existed = applied_row.is_some();
+        let mut applied: u64 = match applied_row {
+            Some(r) => r.try_get::<i64>("", "applied_seq")? as u64,
+            None => 0,
+        };
+
+        let mut ack = PushAck::default();
+        let mut todo: Vec<&Change> = Vec::new();
+        let mut expected = applied + 1;
+        for c in batch {
+            if c.id.seq <= applied {
+                ack.acknowledged.push(c.id); // delivered before: at most once
+                continue;
+            }
+            if c.id.seq != expected {
+                ack.halted = Some(Rejection {
+                    id: c.id,
+                    table: c.table.clone(),
+                    reason: format!(
+                        "out of order: expected change {expected} of {origin}, got {}",
+                        c.id.seq
+                    ),
+                });
+                break;
+            }
+            expected += 1;
+            todo.push(c);
+        }
+
+        let mut push = Push {
+            tx: &tx,
+            specs: &specs,
+            next_seq,
+            states: HashMap::new(),
+        };
+        // Validate first; a change that cannot be applied halts or parks.
+        let mut valid: Vec<&Change> = Vec::new();
+        let mut verdicts: Vec<(&Change, Option<String>)> = Vec::new();
+        for c in &todo {
+            let spec = specs.iter().find(|s| s.name == c.table);
+            verdicts.push((c, validate(c, spec, backend).err()));
+        }
+        let fast = verdicts.iter().all(|(_, v)| v.is_none()) && {
+            valid.extend(todo.iter().copied());
+            let sp = tx.begin().await?;
+            let mut sub = Push {
+                tx: &sp,
+                specs: &specs,
+                next_seq,
+                states: HashMap::new(),
+            };
+            match sub.apply(&valid).await {
+                Ok(()) => {
+                    let n = sub.next_seq;
+                    sp.commit().await?;
+                    push.next_seq = n;
+                    true
+                }
+                Err(e) if e.is_retryable() => return Err(offline_err(e)),
+                Err(_) => {
+                    sp.rollback().await?;
+                    false
+                }
+            }
+        };
+        if fast {
+            for c in &todo {
+                ack.acknowledged.push(c.id);
+                applied = c.id.seq;
+            }
+        } else {
+            // Careful mode: one change at a time, each in a savepoint.
+            for (c, verdict) in verdicts {
+                let reason = match verdict {
+                    Some(r) => Some(r),
+                    None => {
+                        let sp = tx.begin().await?;
+                        let mut sub = Push {
+                            tx: &sp,
+                            specs: &specs,
+                            next_seq: push.next_seq,
+                            states: push.states.clone(),
+                        };
+                        match sub.apply(&[c]).await {
+                            Ok(()) => {
+                                push.next_seq = sub.next_seq;
+                                push.states = sub.states;
+                                sp.commit().await?;
+                                None
+                            }
+                            Err(e) if e.is_retryable() => return Err(offline_err(e)),
+                            Err(e) => {
+                                sp.rollback().await?;
+                                Some(format!("{}: {e}", c.table))
+                            }
+                        }
+                    }
+                };
+                match (reason, self.policy) {
+                    (None, _) => {}
+                    (Some(reason), RejectPolicy::Park) => {
+                        park(&tx, c, &reason).await?;
+                        ack.parked.push(Rejection {
+                            id: c.id,
+                            table: c.table.clone(),
+                            reason,
+                        });
+                    }
+                    (Some(reason), _) => {
+                        ack.halted = Some(Rejection {
+                            id: c.id,
+                            table: c.table.clone(),
+                            reason,
+                        });
+                        break;
+                    }
+                }
+                ack.acknowledged.push(c.id);
+                applied = c.id.seq;
+            }
+        }
+        if applied > 0 {
+            set_applied(&tx, origin, applied, existed).await?;
+        }
+        write_hub_meta(&tx, "next_seq", &push.next_seq.to_string()).await?;
+        tx.commit().await.map_err(offline)?;
+        Ok(ack)
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
+        let q = Query::select()
+            .columns(
+                [
+                    "hub_seq",
+                    "origin",
+                    "origin_seq",
+                    "tbl",
+                    "pk",
+                    "op",
+                    "payload",
+                    "hlc",
+                ]
+                .map(Alias::new),
+            )
+            .from(Alias::new(CHANGES))
+            .and_where(Expr::col(Alias::new("hub_seq")).gt(cursor.0 as i64))
+            .order_by(Alias::new("hub_seq"), Order::Asc)
+            .limit(Ord::min(limit, i64::MAX as u64))
+            .to_owned();
+        let rows = self.db.query_all(&q).await.map_err(offline)?;
+        let mut next = cursor;
+        let mut changes = Vec::with_capacity(rows.len());
+        for r in rows {
+            let hub_seq: i64 = r.try_get("", "hub_seq")?;
+            next = Cursor(hub_seq as u64);
+            changes.push(change_of_row(&r)?);
+        }
+        Ok(PullBatch { changes, next })
+    }
+
+    async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
+        let next_seq: u64 = read_hub_meta(&self.db, "next_seq")
+            .await
+            .map_err(|e| match e {
+                Error::Database(d) => offline(d),
+                e => e,
+            })?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let cursor = Cursor(next_seq.saturating_sub(1));
+        let mut q = Query::select();
+        q.columns(["tbl", "pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+            .from(Alias::new(HUB_ROWS))
+            .order_by(Alias::new("tbl"), Order::Asc)
+            .order_by(Alias::new("pk"), Order::Asc)
+            .limit(Ord::min(limit, i64::MAX as u64));
+        if let Some(after) = &after {
+            let (tbl, pk): (String, String) = serde_json::from_str(after)?;
+            q.and_where(
+                Expr::col(Alias::new("tbl"))
+                    .gt(tbl.clone())
+                    .or(Expr::col(Alias::new("tbl"))
+                        .eq(tbl)
+                        .and(Expr::col(Alias::new("pk")).gt(pk))),
+            );
+        }
+        let rows = self.db.query_all(&q).await.map_err(offline)?;
+        let specs = self.tables.read().await;
+        let mut page = SnapshotPage::default();
+        let mut last = None;
+        for r in &rows {
+            let tbl: String = r.try_get("", "tbl")?;
+            let key: String = r.try_get("", "pk")?;
+            let state = store::decode_state(r)?;
+            let values = parse_pk_key(&key)?;
+            let names: Vec<String> = match specs.iter().find(|s| s.name == tbl) {
+                Some(s) => s.pk_names(),
+                None => (0..values.len()).map(|i| format!("key{i}")).collect(),
+            };
+            page.rows.push(SnapshotRow {
+                table: tbl.clone(),
+                pk: names.into_iter().zip(values).collect(),
+                state,
+            });
+            last = Some((tbl, key));
+        }
+        if rows.len() as u64 == limit {
+            page.next = last.map(|l| serde_json::to_string(&l)).transpose()?;
+        }
+        Ok((cursor, page))
+    }
+}
+
+fn offline_err(e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Connection => Error::Offline(e.to_string()),
+        _ => e,
+    }
+}
+
+async fn insert_meta_in<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
+    // Same statement as the replica's metadata, on the hub's table.
+    let q = Query::insert()
+        .into_table(Alias::new(HUB_META))
+        .columns([Alias::new("key"), Alias::new("value")])
+        .values_panic([key.into(), value.into()])
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(Alias::new("key"))
+                .do_nothing_on([Alias::new("key")])
+                .to_owned(),
+        )
+        .to_owned();
+    db.execute(&q).await?;
+    let _ = insert_meta_if_missing::<C>;
+    Ok(())
+}
+
+fn change_of_row(r: &sea_orm::QueryResult) -> Result<Change> {
+    let origin: String = r.try_get("", "origin")?;
+    let seq: i64 = r.try_get("", "origin_seq")?;
+    let op: String = r.try_get("", "op")?;
+    let pk: String = r.try_get("", "pk")?;
+    let payload: String = r.try_get("", "payload")?;
+    let hlc: String = r.try_get("", "hlc")?;
+    Ok(Change {
+        id: ChangeId {
+            origin: origin.parse()?,
+            seq: seq as u64,
+        },
+        table: r.try_get("", "tbl")?,
+        pk: serde_json::from_str(&pk)?,
+        op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("operation `{op}`")))?,
+        columns: serde_json::from_str(&payload)?,
+        hlc: hlc.parse::<Hlc>()?,
+    })
+}

@@ -1,0 +1,98 @@
+//! The boundary between a replica and a hub: the [`Backend`] trait.
+//!
+//! The core defines it and knows no implementation; `sync-backends` provides
+//! the SQL hub (PostgreSQL, MySQL/MariaDB, SQLite) and the transports.
+
+use crate::change::{Change, ChangeId, TableSpec};
+use crate::error::Result;
+use crate::merge::RowState;
+
+/// A position in the hub's change log: a pull returns the changes after it.
+/// Cursors are gap-free: a change that commits late is never skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor(pub u64);
+
+/// What a hub says about itself when a replica installs against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubInfo {
+    /// Stable identity of the hub (created on first install); a replica
+    /// keeps one pull cursor per hub.
+    pub hub_id: String,
+}
+
+/// Why the hub refused a change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    /// The refused change.
+    pub id: ChangeId,
+    /// Table of the change.
+    pub table: String,
+    /// The reason, naming table, column and value where there is one.
+    pub reason: String,
+}
+
+/// The hub's answer to a push.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PushAck {
+    /// Changes of the batch the hub now holds (applied now or before, or
+    /// parked as rejected): the replica can drop them from its outbox.
+    pub acknowledged: Vec<ChangeId>,
+    /// Changes parked in the hub's rejected-changes table (policy `Park`);
+    /// also acknowledged.
+    pub parked: Vec<Rejection>,
+    /// With policy `Halt`: the change that stopped this origin's stream. It
+    /// and every later change of the batch stay with the replica.
+    pub halted: Option<Rejection>,
+}
+
+/// A page of the hub's change log.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PullBatch {
+    /// Changes after the requested cursor, in hub order.
+    pub changes: Vec<Change>,
+    /// The cursor to ask from next time.
+    pub next: Cursor,
+}
+
+/// One row of a hub snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotRow {
+    /// Table name.
+    pub table: String,
+    /// Primary key, column by column.
+    pub pk: Vec<(String, sea_orm::Value)>,
+    /// Replicated state (values and clocks).
+    pub state: RowState,
+}
+
+/// A page of the hub's current rows, for bootstrapping an empty replica.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SnapshotPage {
+    /// Rows in (table, key) order.
+    pub rows: Vec<SnapshotRow>,
+    /// Where the next page starts; `None` when this was the last.
+    pub next: Option<String>,
+}
+
+/// A hub: where replicas meet.
+///
+/// Four required methods; the engine builds everything else on them.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Prepare the hub for these tables (idempotent), in parent-before-child
+    /// order.
+    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo>;
+
+    /// Apply a batch of one origin's changes, in its order, at most once
+    /// each.
+    async fn push(&self, batch: &[Change]) -> Result<PushAck>;
+
+    /// Up to `limit` changes after `cursor`, in hub order.
+    async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch>;
+
+    /// The hub's cursor now, then its rows page by page (`after` is the
+    /// previous page's `next`): a new replica loads the rows and pulls from
+    /// the cursor. Rows newer than the cursor are merged again from the log,
+    /// which is harmless because merging is idempotent.
+    async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)>;
+}

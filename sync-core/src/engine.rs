@@ -1,0 +1,297 @@
+//! The sync engine: capture, push the outbox, pull the hub's changes, report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::backend::{Backend, Cursor, HubInfo, Rejection};
+use crate::change::Change;
+use crate::error::{Error, ErrorKind, Result};
+use crate::merge::RowState;
+use crate::pull::{Delta, apply_deltas};
+use crate::replica::Replica;
+use crate::schema::{self, OUTBOX};
+
+/// What one [`SyncEngine::sync_now`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Local changes the hub acknowledged (applied, or parked by policy).
+    pub pushed: usize,
+    /// Remote changes (and snapshot rows) merged locally.
+    pub pulled: usize,
+    /// Changes the hub refused and parked in its rejected-changes table.
+    pub rejected: Vec<Rejection>,
+    /// The change that halted this replica's stream at the hub (policy
+    /// `Halt`); it and later changes stay in the outbox.
+    pub halted: Option<Rejection>,
+    /// Remote changes parked locally (`_tidesync_parked`), and local rows
+    /// that could not be captured, with the reasons.
+    pub local_errors: Vec<Error>,
+    /// Wall time the sync took.
+    pub duration: Duration,
+}
+
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pushed {}, pulled {}, rejected {}, {} in {} ms",
+            self.pushed,
+            self.pulled,
+            self.rejected.len() + self.local_errors.len(),
+            if self.halted.is_some() {
+                "halted"
+            } else {
+                "ok"
+            },
+            self.duration.as_millis()
+        )
+    }
+}
+
+/// Syncs one replica with one hub.
+///
+/// ```no_run
+/// # async fn demo(replica: sync_core::Replica, hub: std::sync::Arc<dyn sync_core::backend::Backend>) -> sync_core::Result<()> {
+/// let engine = sync_core::SyncEngine::new(replica, hub);
+/// let report = engine.sync_now().await?;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+pub struct SyncEngine {
+    replica: Replica,
+    backend: Arc<dyn Backend>,
+    hub: OnceCell<HubInfo>,
+    batch: u64,
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field("replica", &self.replica)
+            .field("hub", &self.hub.get())
+            .finish()
+    }
+}
+
+/// Map a failure to reach the hub to [`Error::Offline`].
+fn offline(e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Connection => Error::Offline(e.to_string()),
+        _ => e,
+    }
+}
+
+impl SyncEngine {
+    /// An engine over a replica and a hub, with batches of 500 changes.
+    pub fn new(replica: Replica, backend: Arc<dyn Backend>) -> Self {
+        SyncEngine {
+            replica,
+            backend,
+            hub: OnceCell::new(),
+            batch: 500,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Changes per push or pull request (at least 1).
+    pub fn with_batch_size(mut self, batch: u64) -> Self {
+        self.batch = Ord::max(batch, 1);
+        self
+    }
+
+    /// The local replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    async fn hub(&self) -> Result<&HubInfo> {
+        self.hub
+            .get_or_try_init(|| async {
+                let specs: Vec<_> = self.replica.tables().cloned().collect();
+                self.backend.install(&specs).await.map_err(offline)
+            })
+            .await
+    }
+
+    /// Capture local writes, push them, pull the hub's changes. One call at a
+    /// time per engine (a second caller waits).
+    ///
+    /// # Errors
+    /// [`Error::Offline`] when the hub cannot be reached: nothing is lost,
+    /// the same call later resumes where this one stopped.
+    pub async fn sync_now(&self) -> Result<SyncReport> {
+        let _guard = self.running.lock().await;
+        let started = Instant::now();
+        let mut report = SyncReport::default();
+        let hub = self.hub().await?.clone();
+        let captured = self.replica.capture().await?;
+        report.local_errors.extend(captured.rejected);
+        self.push(&mut report).await?;
+        self.pull(&hub, &mut report).await?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    async fn push(&self, report: &mut SyncReport) -> Result<()> {
+        loop {
+            let batch = self.replica.outbox_batch(self.batch).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let ack = self.backend.push(&batch).await.map_err(offline)?;
+            let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
+            self.replica.acknowledge(&acked).await?;
+            report.pushed += acked.len();
+            report.rejected.extend(ack.parked);
+            if let Some(h) = ack.halted {
+                report.halted = Some(h);
+                return Ok(());
+            }
+            if acked.is_empty() {
+                return Err(Error::Corrupt(
+                    "the hub acknowledged nothing of a batch without halting".into(),
+                ));
+            }
+        }
+    }
+
+    async fn pull(&self, hub: &HubInfo, report: &mut SyncReport) -> Result<()> {
+        let key = format!("cursor:{}", hub.hub_id);
+        let mut cursor = match schema::read_meta(self.replica.connection(), &key).await? {
+            Some(c) => Cursor(
+                c.parse()
+                    .map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?,
+            ),
+            None => self.bootstrap(&key, report).await?,
+        };
+        loop {
+            let page = self
+                .backend
+                .pull(cursor, self.batch)
+                .await
+                .map_err(offline)?;
+            if page.changes.is_empty() && page.next == cursor {
+                return Ok(());
+            }
+            let me = self.replica.node_id();
+            let deltas = page
+                .changes
+                .iter()
+                .filter(|c| c.id.origin != me)
+                .map(delta_of_change)
+                .collect::<Result<Vec<_>>>()?;
+            let applied = apply_deltas(
+                self.replica.connection(),
+                self.replica.handles(),
+                me,
+                deltas,
+                &key,
+                &page.next.0.to_string(),
+            )
+            .await?;
+            report.pulled += applied.applied;
+            report.local_errors.extend(applied.parked);
+            report.local_errors.extend(applied.captured.rejected);
+            cursor = page.next;
+        }
+    }
+
+    /// Load the hub's current rows into a replica that never pulled from it.
+    async fn bootstrap(&self, key: &str, report: &mut SyncReport) -> Result<Cursor> {
+        let mut after = None;
+        let mut start = None;
+        loop {
+            let (cursor, page) = self
+                .backend
+                .snapshot(after.clone(), self.batch)
+                .await
+                .map_err(offline)?;
+            let start = *start.get_or_insert(cursor);
+            let deltas = page
+                .rows
+                .into_iter()
+                .map(|row| {
+                    Ok(Delta {
+                        payload: serde_json::to_string(&row.state)?,
+                        table: row.table,
+                        pk: row.pk.into_iter().map(|(_, v)| v).collect(),
+                        state: row.state,
+                        id: None,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // The cursor is only stored with the last page: a crash midway
+            // restarts the snapshot, and merging twice is harmless.
+            let (k, v) = match &page.next {
+                Some(_) => ("bootstrap:progress".to_owned(), start.0.to_string()),
+                None => (key.to_owned(), start.0.to_string()),
+            };
+            let applied = apply_deltas(
+                self.replica.connection(),
+                self.replica.handles(),
+                self.replica.node_id(),
+                deltas,
+                &k,
+                &v,
+            )
+            .await?;
+            report.pulled += applied.applied;
+            report.local_errors.extend(applied.parked);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(start),
+            }
+        }
+    }
+}
+
+fn delta_of_change(c: &Change) -> Result<Delta> {
+    let mut state = RowState::default();
+    state.apply(c);
+    Ok(Delta {
+        table: c.table.clone(),
+        pk: c.pk.iter().map(|(_, v)| v.clone()).collect(),
+        state,
+        id: Some(c.id),
+        payload: serde_json::to_string(c)?,
+    })
+}
+
+impl Replica {
+    /// The oldest captured changes, up to `limit` and about 4 MiB.
+    pub(crate) async fn outbox_batch(&self, limit: u64) -> Result<Vec<Change>> {
+        let mut out = self.pending(limit).await?;
+        let mut bytes = 0usize;
+        let mut keep = 0;
+        for c in &out {
+            bytes += c
+                .columns
+                .iter()
+                .map(|(_, v)| crate::value::render(v).len().max(16))
+                .sum::<usize>();
+            keep += 1;
+            if bytes > 4 << 20 {
+                break;
+            }
+        }
+        out.truncate(keep);
+        Ok(out)
+    }
+
+    /// Drop acknowledged changes from the outbox.
+    pub(crate) async fn acknowledge(&self, seqs: &[u64]) -> Result<()> {
+        for chunk in seqs.chunks(500) {
+            let q = Query::delete()
+                .from_table(Alias::new(OUTBOX))
+                .and_where(Expr::col(Alias::new("seq")).is_in(chunk.iter().map(|s| *s as i64)))
+                .to_owned();
+            self.connection().execute(&q).await?;
+        }
+        Ok(())
+    }
+}

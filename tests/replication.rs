@@ -1,0 +1,466 @@
+//! Replication through a SQL hub on every dialect: devices with local SQLite
+//! databases edit offline and converge.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use common::entities::contacts;
+use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, IntoActiveModel, QueryOrder};
+use tidesync::backends::{Backend, Cursor, RejectPolicy, SqlBackend};
+use tidesync::{Error, Replica, SyncEngine};
+
+fn main() -> std::process::ExitCode {
+    let mut trials = Vec::new();
+    macro_rules! t {
+        ($($name:ident),* $(,)?) => {
+            $(trials.extend(on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
+        };
+    }
+    t!(
+        two_devices_converge_per_column,
+        arrival_order_never_decides,
+        delete_propagates_and_later_update_wins,
+        resent_batch_is_applied_once,
+        new_device_bootstraps_in_batches,
+        pulled_changes_are_not_captured_again,
+        hub_tables_are_ordinary_tables,
+        unreachable_hub_is_offline_and_loses_nothing,
+        halt_policy_stops_the_stream_in_order,
+        park_policy_parks_and_goes_on,
+    );
+    run(trials)
+}
+
+/// A device: a local SQLite database, its replica and an engine.
+struct Device {
+    local: TestDb,
+    engine: SyncEngine,
+}
+
+impl Device {
+    async fn new(hub: &TestDb, tag: &str) -> Result<Device, BoxError> {
+        Self::with_backend(Arc::new(SqlBackend::new(hub.connect_again().await?)), tag).await
+    }
+
+    async fn with_backend(backend: Arc<dyn Backend>, tag: &str) -> Result<Device, BoxError> {
+        let local = TestDb::create(Dialect::Sqlite, tag).await?;
+        local.create_table(contacts::Entity).await?;
+        let replica = Replica::builder(local.db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await?;
+        Ok(Device {
+            local,
+            engine: SyncEngine::new(replica, backend),
+        })
+    }
+
+    fn db(&self) -> &DatabaseConnection {
+        &self.local.db
+    }
+
+    async fn sync(&self) -> Result<tidesync::SyncReport, BoxError> {
+        let r = self.engine.sync_now().await?;
+        if !r.local_errors.is_empty() || r.halted.is_some() {
+            return Err(format!("sync reported problems: {r:?}").into());
+        }
+        Ok(r)
+    }
+
+    async fn rows(&self) -> Result<BTreeMap<Uuid, (String, Option<String>)>, BoxError> {
+        Ok(contacts::Entity::find()
+            .order_by_asc(contacts::Column::Id)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(|m| (m.id, (m.name, m.email)))
+            .collect())
+    }
+
+    async fn add(&self, name: &str) -> Result<Uuid, BoxError> {
+        let m = contacts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(name.into()),
+            email: Set(None),
+            last_opened: Set(None),
+            updated_at: Set(Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap()),
+        }
+        .insert(self.db())
+        .await?;
+        Ok(m.id)
+    }
+
+    async fn edit(&self, id: Uuid, name: Option<&str>, email: Option<&str>) -> TestResult {
+        let mut am = contacts::Entity::find_by_id(id)
+            .one(self.db())
+            .await?
+            .ok_or("no such row")?
+            .into_active_model();
+        if let Some(n) = name {
+            am.name = Set(n.into());
+        }
+        if let Some(e) = email {
+            am.email = Set(Some(e.into()));
+        }
+        am.update(self.db()).await?;
+        Ok(())
+    }
+
+    async fn drop(self) -> TestResult {
+        self.local.drop().await
+    }
+}
+
+async fn two_devices_converge_per_column(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    let id = a.add("ada").await?;
+    a.sync().await?;
+    b.sync().await?;
+    ensure_eq!(b.rows().await?, a.rows().await?, "b got a's insert");
+    // Offline on both: a edits the name, b the email.
+    a.edit(id, Some("ada lovelace"), None).await?;
+    b.edit(id, None, Some("ada@example.com")).await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.sync().await?;
+    let want = BTreeMap::from([(
+        id,
+        (
+            "ada lovelace".to_string(),
+            Some("ada@example.com".to_string()),
+        ),
+    )]);
+    ensure_eq!(a.rows().await?, want);
+    ensure_eq!(b.rows().await?, want);
+    let on_hub = contacts::Entity::find_by_id(id)
+        .one(&hub.db)
+        .await?
+        .ok_or("row on hub")?;
+    ensure_eq!(
+        (on_hub.name, on_hub.email),
+        want[&id].clone(),
+        "the hub table is current"
+    );
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+async fn arrival_order_never_decides(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    let id = a.add("x").await?;
+    a.sync().await?;
+    b.sync().await?;
+    // a edits first (earlier clock) but comes back online last.
+    a.edit(id, Some("older edit"), None).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    b.edit(id, Some("newer edit"), None).await?;
+    b.sync().await?;
+    a.sync().await?;
+    b.sync().await?;
+    for d in [&a, &b] {
+        ensure_eq!(
+            d.rows().await?[&id].0,
+            "newer edit",
+            "the later edit wins wherever it arrives last"
+        );
+    }
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+async fn delete_propagates_and_later_update_wins(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    let gone = a.add("gone").await?;
+    let back = a.add("back").await?;
+    a.sync().await?;
+    b.sync().await?;
+    contacts::Entity::delete_by_id(gone).exec(a.db()).await?;
+    contacts::Entity::delete_by_id(back).exec(a.db()).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    b.edit(back, Some("edited after the delete"), None).await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.sync().await?;
+    for d in [&a, &b] {
+        let rows = d.rows().await?;
+        ensure!(!rows.contains_key(&gone), "delete propagated");
+        ensure_eq!(
+            rows.get(&back).map(|r| r.0.as_str()),
+            Some("edited after the delete"),
+            "a later update wins over a delete"
+        );
+    }
+    ensure!(
+        contacts::Entity::find_by_id(gone)
+            .one(&hub.db)
+            .await?
+            .is_none(),
+        "gone from the hub table"
+    );
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
+    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let a = Device::with_backend(backend.clone(), "a").await?;
+    a.sync().await?; // installs the hub
+    for i in 0..5 {
+        a.add(&format!("n{i}")).await?;
+    }
+    let replica = a.engine.replica();
+    replica.capture().await?;
+    let batch = replica.pending(100).await?;
+    // The device died after the hub committed, before it recorded the ack.
+    let first = backend.push(&batch).await?;
+    let again = backend.push(&batch).await?;
+    ensure_eq!(first.acknowledged.len(), 5);
+    ensure_eq!(
+        again.acknowledged,
+        first.acknowledged,
+        "the resend is acknowledged"
+    );
+    let log = backend.pull(Cursor(0), 1000).await?;
+    ensure_eq!(log.changes.len(), 5, "and applied once");
+    a.sync().await?; // sends the same batch a third time, then acks it
+    ensure_eq!(backend.pull(Cursor(0), 1000).await?.changes.len(), 5);
+    ensure_eq!(replica.pending_count().await?, 0);
+    // Out of order (a gap) halts instead of applying.
+    a.add("late").await?;
+    replica.capture().await?;
+    let mut gap = replica.pending(10).await?;
+    gap[0].id.seq += 1;
+    let ack = backend.push(&gap).await?;
+    ensure!(
+        ack.acknowledged.is_empty() && ack.halted.is_some(),
+        "a gap is refused: {ack:?}"
+    );
+    a.drop().await?;
+    hub.drop().await
+}
+
+async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let rows: Vec<contacts::ActiveModel> = (0..1234)
+        .map(|i| contacts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(format!("bulk {i} — ünïcødé 🌊")),
+            email: Set((i % 3 == 0).then(|| format!("{i}@x"))),
+            last_opened: Set(None),
+            updated_at: Set(Utc.timestamp_micros(1_700_000_000_123_456 + i).unwrap()),
+        })
+        .collect();
+    for chunk in rows.chunks(300) {
+        contacts::Entity::insert_many(chunk.to_vec())
+            .exec(a.db())
+            .await?;
+    }
+    let pushed = a.sync().await?.pushed;
+    ensure_eq!(pushed, 1234);
+    // A new device, with a small batch size: the snapshot comes in pages.
+    let local = TestDb::create(Dialect::Sqlite, "fresh").await?;
+    local.create_table(contacts::Entity).await?;
+    let replica = Replica::builder(local.db.clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let engine = SyncEngine::new(
+        replica,
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+    )
+    .with_batch_size(100);
+    let report = engine.sync_now().await?;
+    ensure_eq!(report.pulled, 1234);
+    let fresh: Vec<contacts::Model> = contacts::Entity::find()
+        .order_by_asc(contacts::Column::Id)
+        .all(&local.db)
+        .await?;
+    let orig: Vec<contacts::Model> = contacts::Entity::find()
+        .order_by_asc(contacts::Column::Id)
+        .all(a.db())
+        .await?;
+    ensure_eq!(
+        fresh,
+        orig,
+        "every row and value, timestamps to the microsecond"
+    );
+    // And it keeps pulling from where the snapshot ended.
+    let id = a.add("after bootstrap").await?;
+    a.sync().await?;
+    ensure_eq!(engine.sync_now().await?.pulled, 1);
+    ensure!(
+        contacts::Entity::find_by_id(id)
+            .one(&local.db)
+            .await?
+            .is_some(),
+        "pulled after bootstrap"
+    );
+    local.drop().await?;
+    a.drop().await?;
+    hub.drop().await
+}
+
+async fn pulled_changes_are_not_captured_again(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    for i in 0..10 {
+        a.add(&format!("e{i}")).await?;
+    }
+    a.sync().await?;
+    let r = b.sync().await?;
+    ensure_eq!(r.pulled, 10);
+    ensure_eq!(
+        b.engine.replica().pending_count().await?,
+        0,
+        "no echo: nothing to push"
+    );
+    ensure_eq!(b.sync().await?.pushed, 0);
+    // A local edit on b after the pull is still captured.
+    let id = *b.rows().await?.keys().next().ok_or("rows")?;
+    b.edit(id, Some("b's edit"), None).await?;
+    ensure_eq!(b.sync().await?.pushed, 1, "only the local edit goes out");
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+async fn hub_tables_are_ordinary_tables(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let id = a.add("queryable").await?;
+    a.sync().await?;
+    // Another program reads the hub with plain SeaORM.
+    let row = contacts::Entity::find_by_id(id)
+        .one(&hub.db)
+        .await?
+        .ok_or("row on hub")?;
+    ensure_eq!(row.name, "queryable");
+    ensure_eq!(row.last_opened, None, "local-only column not sent");
+    a.drop().await?;
+    hub.drop().await
+}
+
+async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult {
+    // A hub whose connection is closed: every request fails to connect.
+    let dead = hub.connect_again().await?;
+    let backend = Arc::new(SqlBackend::new(dead.clone()));
+    let a = Device::with_backend(backend, "a").await?;
+    dead.close().await?;
+    a.add("queued").await?;
+    match a.engine.sync_now().await {
+        Err(Error::Offline(_)) => {}
+        other => return Err(format!("expected Offline, got {other:?}").into()),
+    }
+    ensure_eq!(
+        a.engine.replica().pending_count().await?,
+        1,
+        "the edit stays queued"
+    );
+    // Back online (a new engine over the same local database).
+    let replica = Replica::builder(a.db().clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let engine = SyncEngine::new(
+        replica,
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+    );
+    ensure_eq!(engine.sync_now().await?.pushed, 1);
+    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 1);
+    a.drop().await?;
+    hub.drop().await
+}
+
+/// A hub whose `contacts` table refuses names starting with "bad".
+async fn strict_hub(hub: &TestDb, policy: RejectPolicy) -> Result<Arc<SqlBackend>, BoxError> {
+    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?).with_policy(policy));
+    hub.create_table(contacts::Entity).await?;
+    let sql = match hub.dialect {
+        Dialect::Sqlite => {
+            "CREATE TRIGGER no_bad BEFORE INSERT ON contacts WHEN NEW.name LIKE 'bad%' BEGIN SELECT RAISE(ABORT, 'bad name'); END"
+        }
+        _ => "ALTER TABLE contacts ADD CONSTRAINT no_bad CHECK (name NOT LIKE 'bad%')",
+    };
+    hub.db.execute_unprepared(sql).await?;
+    Ok(backend)
+}
+
+async fn halt_policy_stops_the_stream_in_order(hub: TestDb) -> TestResult {
+    let backend = strict_hub(&hub, RejectPolicy::Halt).await?;
+    let a = Device::with_backend(backend.clone(), "a").await?;
+    a.add("good 1").await?;
+    a.add("bad one").await?;
+    a.add("good 2").await?;
+    let report = a.engine.sync_now().await?;
+    ensure_eq!(report.pushed, 1, "only the change before the bad one");
+    let halted = report.halted.ok_or("halted")?;
+    ensure_eq!(halted.id.seq, 2);
+    ensure!(
+        halted.table == "contacts" && !halted.reason.is_empty(),
+        "{halted:?}"
+    );
+    ensure_eq!(
+        a.engine.replica().pending_count().await?,
+        2,
+        "the bad change and the one after it stay queued"
+    );
+    // Fix it locally: the next sync goes through.
+    contacts::Entity::update_many()
+        .col_expr(contacts::Column::Name, Expr::value("fixed"))
+        .filter(contacts::Column::Name.eq("bad one"))
+        .exec(a.db())
+        .await?;
+    // The rejected insert is still first in line; the fix follows it in
+    // the same batch, which the hub applies as a whole: order kept, nothing
+    // skipped, and the row the hub ends with is valid.
+    let report = a.engine.sync_now().await?;
+    ensure!(report.halted.is_none(), "{report:?}");
+    ensure_eq!(report.pushed, 3);
+    ensure_eq!(a.engine.replica().pending_count().await?, 0);
+    let names: Vec<String> = contacts::Entity::find()
+        .all(&hub.db)
+        .await?
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    ensure_eq!(names.len(), 3);
+    ensure!(
+        names.contains(&"fixed".to_string()),
+        "the fix arrived after the original: {names:?}"
+    );
+    a.drop().await?;
+    hub.drop().await
+}
+
+async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
+    let backend = strict_hub(&hub, RejectPolicy::Park).await?;
+    let a = Device::with_backend(backend.clone(), "a").await?;
+    a.add("good 1").await?;
+    a.add("bad one").await?;
+    a.add("good 2").await?;
+    let report = a.engine.sync_now().await?;
+    ensure_eq!(report.pushed, 3, "all acknowledged");
+    ensure_eq!(report.rejected.len(), 1);
+    ensure!(report.halted.is_none(), "not halted");
+    let parked = backend.rejected().await?;
+    ensure_eq!(parked.len(), 1);
+    ensure_eq!(parked[0].id.seq, 2);
+    ensure_eq!(
+        contacts::Entity::find().count(&hub.db).await?,
+        2,
+        "the others went on"
+    );
+    ensure_eq!(a.engine.replica().pending_count().await?, 0);
+    a.drop().await?;
+    hub.drop().await
+}
