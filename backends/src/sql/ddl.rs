@@ -235,7 +235,7 @@ mod tests {
             create_table(DbBackend::MySql, &spec()).to_string(MysqlQueryBuilder),
             "CREATE TABLE IF NOT EXISTS `t` ( `id` varchar(255) NOT NULL, `at` DATETIME(6) NOT NULL, \
              `amount` decimal(65, 30) NULL, `body` LONGTEXT NULL, `blob` LONGBLOB NULL, PRIMARY KEY (`id`) ) \
-             COLLATE=utf8mb4_bin DEFAULT CHARSET=utf8mb4"
+             DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
         );
     }
 
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(
             create_table(DbBackend::Sqlite, &spec()).to_string(SqliteQueryBuilder),
             "CREATE TABLE IF NOT EXISTS \"t\" ( \"id\" varchar NOT NULL, \"at\" timestamp_with_timezone_text NOT NULL, \
-             \"amount\" TEXT NULL, \"body\" varchar NULL, \"blob\" blob NULL, PRIMARY KEY (\"id\") )"
+             \"amount\" TEXT NULL, \"body\" varchar NULL, \"blob\" varbinary_blob NULL, PRIMARY KEY (\"id\") )"
         );
     }
 }
