@@ -3,7 +3,7 @@
 pub use sync_core::{
     ApplyReport, CaptureReport, Change, ChangeId, ColumnSpec, ConflictPolicy, Error, ErrorKind,
     Hlc, HlcClock, NodeId, Op, Replica, ReplicaBuilder, Result, RowState, SyncEngine, SyncHooks,
-    SyncReport, Syncable, TableSpec, validate_active_model,
+    SyncReport, Syncable, TableSpec, create_table, table_spec, validate_active_model,
 };
 pub use sync_derive::Syncable;
 

@@ -481,3 +481,26 @@ mod tests {
         assert_eq!(cols.len(), 3);
     }
 }
+
+/// The runtime description of a `Syncable` entity's table.
+pub fn table_spec<E>() -> TableSpec
+where
+    E: Syncable,
+    E::Model: Sync,
+{
+    EntityTable::<E>::new().spec
+}
+
+/// Create a `Syncable` entity's table if it is missing, with the column
+/// types tidesync uses on every dialect (see
+/// [`crate::schema::synced_column_type`]: microsecond date-times and
+/// unbounded text on MySQL, exact decimals on SQLite, ...), creating its
+/// PostgreSQL enum types first.
+pub async fn create_table<E, C>(db: &C) -> Result<()>
+where
+    E: Syncable,
+    E::Model: Sync,
+    C: ConnectionTrait,
+{
+    schema::ensure_table(db, &table_spec::<E>()).await
+}

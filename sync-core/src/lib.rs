@@ -22,7 +22,7 @@ pub mod value;
 pub use backend::{
     Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage, SnapshotRow,
 };
-pub use capture::CaptureReport;
+pub use capture::{CaptureReport, create_table, table_spec};
 pub use change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
 pub use clock::{Hlc, HlcClock, NodeId};
 pub use engine::{SyncEngine, SyncReport};

@@ -42,7 +42,7 @@ pub(crate) struct Delta {
 /// What applying a batch did.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
-    /// Remote changes or rows merged.
+    /// Remote changes or snapshot rows that changed local rows.
     pub applied: usize,
     /// Remote changes or rows that could not be applied locally and were
     /// parked in `_tidesync_parked`, with the reason.
@@ -230,8 +230,7 @@ pub(crate) async fn apply_deltas(
         'rows: for (key, s) in after {
             let was = before.get(key);
             if was.is_some_and(|w| w.same(&s)) {
-                report.applied += sources[key].len();
-                continue;
+                continue; // nothing new (e.g. our own rows in a snapshot)
             }
             if s.is_live() {
                 for c in &spec.columns {

@@ -428,6 +428,131 @@ pub async fn write_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> R
     Ok(())
 }
 
+/// The column type tidesync gives a synced column when it creates a table
+/// (on a hub, or a replica through [`create_table`]): the entity's own,
+/// except where the dialect's default would lose data.
+///
+/// | entity type | MySQL | PostgreSQL | SQLite |
+/// |---|---|---|---|
+/// | date-time (naive, UTC, offset) | `DATETIME(6)` (UTC) | as is (µs) | as is (text) |
+/// | time | `TIME(6)` | as is | as is |
+/// | `Decimal` without precision | `DECIMAL(65,28)` | as is (unbounded) | as is (REAL: values that do not survive an `f64` are refused) |
+/// | `i8` | as is | `"char"` (one byte; sqlx binds `i8` as `"char"`) | as is |
+/// | `String` without length, `Text` | `LONGTEXT` (key: `VARCHAR(255)`) | as is | as is |
+/// | bytes | `LONGBLOB` (key: `VARBINARY(255)`) | as is | as is |
+/// | enum | `ENUM(...)` | the enum type, created if missing | as is (text) |
+pub fn synced_column_type(backend: DbBackend, ty: &ColumnType, key: bool) -> ColumnType {
+    match backend {
+        DbBackend::MySql => match ty {
+            ColumnType::DateTime | ColumnType::Timestamp | ColumnType::TimestampWithTimeZone => {
+                ColumnType::custom("DATETIME(6)")
+            }
+            ColumnType::Time => ColumnType::custom("TIME(6)"),
+            ColumnType::Decimal(None) => ColumnType::Decimal(Some((65, 28))),
+            ColumnType::String(StringLen::None)
+            | ColumnType::String(StringLen::Max)
+            | ColumnType::Text
+                if !key =>
+            {
+                ColumnType::custom("LONGTEXT")
+            }
+            ColumnType::String(StringLen::Max) | ColumnType::Text => {
+                ColumnType::String(StringLen::N(255))
+            }
+            ColumnType::Blob | ColumnType::VarBinary(_) | ColumnType::Binary(_) if !key => {
+                ColumnType::custom("LONGBLOB")
+            }
+            ColumnType::Enum { variants, .. } => {
+                let v: Vec<String> = variants
+                    .iter()
+                    .map(|v| v.to_string().replace('\'', "''"))
+                    .collect();
+                ColumnType::custom(format!("ENUM('{}')", v.join("', '")))
+            }
+            other => other.clone(),
+        },
+        DbBackend::Postgres => match ty {
+            ColumnType::Enum { name, .. } => ColumnType::Custom(name.clone()),
+            // sqlx binds and reads `i8` only as PostgreSQL's one-byte "char".
+            ColumnType::TinyInteger => ColumnType::custom("\"char\""),
+            other => other.clone(),
+        },
+        _ => ty.clone(),
+    }
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for a synced table on `backend`.
+pub fn create_table(backend: DbBackend, spec: &TableSpec) -> TableCreateStatement {
+    let mut t = Table::create();
+    t.table(Alias::new(&spec.name)).if_not_exists();
+    let mut pk = Index::create();
+    for c in &spec.columns {
+        let key = spec.pk.iter().any(|k| k.name == c.name);
+        let mut def =
+            ColumnDef::new_with_type(Alias::new(&c.name), synced_column_type(backend, &c.ty, key));
+        if c.nullable && !key {
+            def.null();
+        } else {
+            def.not_null();
+        }
+        t.col(def);
+    }
+    for c in &spec.local_only {
+        t.col(
+            ColumnDef::new_with_type(
+                Alias::new(&c.name),
+                synced_column_type(backend, &c.ty, false),
+            )
+            .null(),
+        );
+    }
+    for k in &spec.pk {
+        pk.col(Alias::new(&k.name));
+    }
+    t.primary_key(&mut pk);
+    utf8mb4(backend, &mut t);
+    t.to_owned()
+}
+
+/// Create the PostgreSQL enum types a table needs, if missing.
+pub async fn create_enum_types<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    for c in &spec.columns {
+        if let ColumnType::Enum { name, variants } = &c.ty {
+            let exists = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT 1 AS one FROM pg_type WHERE typname = $1",
+                    [name.to_string().into()],
+                ))
+                .await?;
+            if exists.is_none() {
+                let labels: Vec<String> = variants
+                    .iter()
+                    .map(|v| format!("'{}'", v.to_string().replace('\'', "''")))
+                    .collect();
+                let sql = format!(
+                    "CREATE TYPE {} AS ENUM ({})",
+                    quote(DbBackend::Postgres, &name.to_string()),
+                    labels.join(", ")
+                );
+                db.execute_unprepared(&sql).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Create a synced table (and its enum types) on `db` if it is missing.
+pub async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
+    create_enum_types(db, spec).await?;
+    db.execute(&create_table(db.get_database_backend(), spec))
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,5 +641,63 @@ mod tests {
         assert_ne!(n, dirty_table(&"a".repeat(99)));
         assert_eq!(quote(DbBackend::MySql, "a`b"), "`a``b`");
         assert_eq!(quote(DbBackend::Postgres, "a\"b"), "\"a\"\"b\"");
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::change::ColumnSpec;
+    use crate::syncable::ConflictPolicy;
+    use sea_orm::sea_query::{MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder};
+
+    fn spec() -> TableSpec {
+        let c = |n: &str, ty, nullable| ColumnSpec {
+            name: n.into(),
+            ty,
+            nullable,
+        };
+        TableSpec {
+            name: "t".into(),
+            pk: vec![c("id", ColumnType::String(StringLen::None), false)],
+            columns: vec![
+                c("id", ColumnType::String(StringLen::None), false),
+                c("at", ColumnType::TimestampWithTimeZone, false),
+                c("amount", ColumnType::Decimal(None), true),
+                c("body", ColumnType::String(StringLen::None), true),
+                c("blob", ColumnType::VarBinary(StringLen::None), true),
+            ],
+            local_only: vec![],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    #[test]
+    fn mysql_keeps_fractions_digits_and_lengths() {
+        assert_eq!(
+            create_table(DbBackend::MySql, &spec()).to_string(MysqlQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS `t` ( `id` varchar(255) NOT NULL, `at` DATETIME(6) NOT NULL, \
+             `amount` decimal(65, 28) NULL, `body` LONGTEXT NULL, `blob` LONGBLOB NULL, PRIMARY KEY (`id`) ) \
+             DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        );
+    }
+
+    #[test]
+    fn postgres_keeps_the_entity_types() {
+        assert_eq!(
+            create_table(DbBackend::Postgres, &spec()).to_string(PostgresQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS \"t\" ( \"id\" varchar NOT NULL, \"at\" timestamp with time zone NOT NULL, \
+             \"amount\" decimal NULL, \"body\" varchar NULL, \"blob\" bytea NULL, PRIMARY KEY (\"id\") )"
+        );
+    }
+
+    #[test]
+    fn sqlite_stores_decimals_as_text() {
+        assert_eq!(
+            create_table(DbBackend::Sqlite, &spec()).to_string(SqliteQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS \"t\" ( \"id\" varchar NOT NULL, \"at\" timestamp_with_timezone_text NOT NULL, \
+             \"amount\" TEXT NULL, \"body\" varchar NULL, \"blob\" varbinary_blob NULL, PRIMARY KEY (\"id\") )"
+        );
     }
 }

@@ -31,6 +31,16 @@ pub fn check_value(
 ) -> Result<()> {
     let fail = |reason: &str| Err(Error::unrepresentable(table, column, render(value), reason));
     match value {
+        Value::Float(Some(f))
+            if f.to_bits() == (-0.0f32).to_bits() && matches!(backend, Some(DbBackend::Sqlite | DbBackend::MySql)) =>
+        {
+            fail("SQLite and MySQL store -0.0 as 0")
+        }
+        Value::Double(Some(f))
+            if f.to_bits() == (-0.0f64).to_bits() && matches!(backend, Some(DbBackend::Sqlite | DbBackend::MySql)) =>
+        {
+            fail("SQLite and MySQL store -0.0 as 0")
+        }
         Value::Float(Some(f)) if !f.is_finite() => {
             fail("NaN and infinities are not portable between databases")
         }
@@ -53,6 +63,12 @@ pub fn check_value(
         Value::ChronoDateTimeWithTimeZone(Some(d)) => {
             check_year(d.naive_utc().year(), backend).map_or(Ok(()), |r| fail(&r))
         }
+        Value::Decimal(Some(d)) if backend == Some(DbBackend::Sqlite) && !decimal_fits_f64(d) => fail(
+            "SQLite stores decimals as 8-byte floats (SeaORM reads them through f64), which cannot hold this one exactly",
+        ),
+        Value::String(Some(s)) if s.contains('\0') && backend == Some(DbBackend::Postgres) => {
+            fail("PostgreSQL text cannot contain NUL characters")
+        }
         Value::String(Some(s)) => {
             let max = match ty {
                 Some(ColumnType::String(StringLen::N(n))) | Some(ColumnType::Char(Some(n))) => {
@@ -69,6 +85,15 @@ pub fn check_value(
         }
         _ => Ok(()),
     }
+}
+
+/// Whether a decimal survives SQLite: stored as REAL, read back by SeaORM
+/// through `f64` and `Decimal::try_from`.
+fn decimal_fits_f64(d: &rust_decimal::Decimal) -> bool {
+    use rust_decimal::prelude::ToPrimitive;
+    d.to_f64()
+        .and_then(|f| rust_decimal::Decimal::try_from(f).ok())
+        .is_some_and(|back| back == *d)
 }
 
 /// The reason a year is out of `backend`'s range for dates and date-times.
@@ -104,14 +129,27 @@ where
             ActiveValue::NotSet => continue,
         };
         let def = col.def();
-        check_value(
-            table,
-            col.as_str(),
-            Some(def.get_column_type()),
-            &value,
-            Some(backend),
-        )
-        .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
+        check_value(table, col.as_str(), Some(def.get_column_type()), &value, Some(backend))
+            .and_then(|()| check_binding(table, col.as_str(), &value, backend))
+            .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
+    }
+    Ok(())
+}
+
+/// What SeaORM's own binding cannot write even where the column could hold
+/// it: sqlx sends a `DateTime<Utc>` to MySQL as a TIMESTAMP, whose range
+/// ends in January 2038 (tidesync's own writes send it as DATETIME).
+fn check_binding(table: &str, column: &str, value: &Value, backend: DbBackend) -> Result<()> {
+    if let (Value::ChronoDateTimeUtc(Some(t)), DbBackend::MySql) = (value, backend) {
+        let ts = t.timestamp();
+        if !(1..=2_147_483_647).contains(&ts) {
+            return Err(Error::unrepresentable(
+                table,
+                column,
+                render(value),
+                "SeaORM sends UTC date-times to MySQL as TIMESTAMP (1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC)",
+            ));
+        }
     }
     Ok(())
 }

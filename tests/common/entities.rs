@@ -75,3 +75,108 @@ pub mod counters {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 }
+
+/// One column of every type SeaORM reads on all three dialects, and an
+/// optional twin of each (unsigned integers are in `unsigned_ints` and
+/// `big_unsigned`).
+pub mod kitchen_sink {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "Enum", enum_name = "mood")]
+    pub enum Mood {
+        #[sea_orm(string_value = "calm")]
+        Calm,
+        #[sea_orm(string_value = "stormy")]
+        Stormy,
+    }
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "kitchen_sink")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub b: bool,
+        pub i8v: i8,
+        pub i16v: i16,
+        pub i32v: i32,
+        pub i64v: i64,
+        pub f32v: f32,
+        pub f64v: f64,
+        pub s: String,
+        #[sea_orm(column_type = "Text")]
+        pub long: String,
+        pub date: Date,
+        pub time: Time,
+        pub dt: DateTime,
+        pub utc: DateTimeUtc,
+        pub off: DateTimeWithTimeZone,
+        pub uid: Uuid,
+        pub dec: Decimal,
+        pub json: Json,
+        pub bytes: Vec<u8>,
+        pub mood: Mood,
+        pub o_b: Option<bool>,
+        pub o_i8v: Option<i8>,
+        pub o_i16v: Option<i16>,
+        pub o_i32v: Option<i32>,
+        pub o_i64v: Option<i64>,
+        pub o_f32v: Option<f32>,
+        pub o_f64v: Option<f64>,
+        pub o_s: Option<String>,
+        pub o_date: Option<Date>,
+        pub o_time: Option<Time>,
+        pub o_dt: Option<DateTime>,
+        pub o_utc: Option<DateTimeUtc>,
+        pub o_off: Option<DateTimeWithTimeZone>,
+        pub o_uid: Option<Uuid>,
+        pub o_dec: Option<Decimal>,
+        pub o_json: Option<Json>,
+        pub o_bytes: Option<Vec<u8>>,
+        pub o_mood: Option<Mood>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
+/// `u64`, which SeaORM reads only on MySQL.
+pub mod big_unsigned {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "big_unsigned")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub v: u64,
+        pub ov: Option<u64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
+/// `u8`, `u16`, `u32`, which SeaORM cannot read on PostgreSQL.
+pub mod unsigned_ints {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "unsigned_ints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub u8v: u8,
+        pub u16v: u16,
+        pub u32v: u32,
+        pub o_u8v: Option<u8>,
+        pub o_u16v: Option<u16>,
+        pub o_u32v: Option<u32>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}

@@ -123,9 +123,15 @@ impl TestDb {
             }
             Some(base) => {
                 let admin = Database::connect(&base).await?;
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await?;
+                // utf8mb4 on MySQL, whatever the server default, so tables
+                // created by the tests hold every character.
+                let create = match dialect {
+                    Dialect::MySql => {
+                        format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+                    }
+                    _ => format!("CREATE DATABASE {name}"),
+                };
+                admin.execute_unprepared(&create).await?;
                 admin.close().await?;
                 let url = with_database(&base, &name);
                 let db = Database::connect(&url).await?;
@@ -264,4 +270,36 @@ macro_rules! ensure_eq {
             return Err(format!("{}\n  left: {:?}\n right: {:?}", format!($($msg)+), a, b).into());
         }
     }};
+}
+
+/// A test over several fresh databases.
+pub type MultiDbTest = fn(Vec<TestDb>) -> Pin<Box<dyn Future<Output = TestResult> + Send>>;
+
+/// One trial over a fresh database on each of `dialects` (in that order),
+/// skipped by name when one of their servers is not configured.
+pub fn multi_trial(name: &str, dialects: Vec<Dialect>, test: MultiDbTest) -> Trial {
+    let tag = name.to_owned();
+    Trial::ignorable_test(name.to_owned(), move || {
+        for d in &dialects {
+            if let Err(reason) = d.server_url() {
+                if in_ci() {
+                    return Err(Failed::from(format!(
+                        "{reason}, and CI=true requires every dialect"
+                    )));
+                }
+                return Ok(Completion::ignored_with(format!("skipped: {reason}")));
+            }
+        }
+        block_on(async move {
+            let mut dbs = Vec::new();
+            for (i, d) in dialects.iter().enumerate() {
+                let db = TestDb::create(*d, &format!("{tag}{i}"))
+                    .await
+                    .map_err(|e| Failed::from(format!("setup: {e}")))?;
+                dbs.push(db);
+            }
+            test(dbs).await.map_err(|e| Failed::from(e.to_string()))
+        })?;
+        Ok(Completion::Completed)
+    })
 }

@@ -82,15 +82,38 @@ impl SqlBackend {
         }
     }
 
-    /// Connect to a hub by URL (`postgres://`, `mysql://`, `sqlite://`).
+    /// Connect to a hub by URL (`postgres://`, `mysql://`, `sqlite://`),
+    /// giving up after 10 seconds.
     ///
     /// # Errors
-    /// [`Error::Offline`] when the server cannot be reached.
+    /// [`Error::Config`] for a URL no driver accepts; [`Error::Offline`]
+    /// when the server cannot be reached (or refuses the login: the message
+    /// says which).
     pub async fn connect(url: &str) -> Result<Self> {
-        let db = Database::connect(url)
+        let timeout = std::time::Duration::from_secs(10);
+        Self::connect_with(sea_orm::ConnectOptions::new(url).connect_timeout(timeout).acquire_timeout(timeout).to_owned())
             .await
-            .map_err(|e| Error::Offline(e.to_string()))?;
-        Ok(Self::new(db))
+    }
+
+    /// Connect with SeaORM's connection options (pool size, timeouts, ...).
+    ///
+    /// # Errors
+    /// As [`SqlBackend::connect`].
+    pub async fn connect_with(options: sea_orm::ConnectOptions) -> Result<Self> {
+        let url = options.get_url().to_owned();
+        let scheme_ok = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"]
+            .iter()
+            .any(|p| url.starts_with(p));
+        if !scheme_ok {
+            return Err(Error::Config(format!(
+                "`{url}` is not a hub URL: expected postgres://, mysql:// or sqlite:"
+            )));
+        }
+        match Database::connect(options).await {
+            Ok(db) => Ok(Self::new(db)),
+            Err(e @ sea_orm::DbErr::Conn(_)) if e.to_string().contains("URL") => Err(Error::Config(e.to_string())),
+            Err(e) => Err(Error::Offline(e.to_string())),
+        }
     }
 
     /// Choose what happens to a change the hub cannot apply.

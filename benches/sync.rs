@@ -1,0 +1,982 @@
+//! Replication throughput, measured as ratios within one run on one database.
+//!
+//! ```sh
+//! cargo bench --bench sync -- [--rows N] [--hub sqlite|postgres|mysql|all]
+//!                             [--naive-rows N] [--naive-secs S] [--profile]
+//! ```
+//!
+//! For each hub dialect: push N captured changes from a local SQLite replica
+//! into a fresh hub database (`SyncEngine::sync_now`), next to the raw rate of
+//! 500-row multi-row upserts, one transaction each, into a fresh table of the
+//! same schema on the same database, and a naive loop of one autocommitted
+//! upsert per row. Then pull the N changes into a second local SQLite replica
+//! (from the change log) and bootstrap a third one (from the hub's snapshot),
+//! next to the same two baselines on a local SQLite database. The result is
+//! the ratio; absolute rows/s are printed for context. See BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sea_orm::sea_query::{Alias, InsertStatement, OnConflict, Query};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, IdenStatic, Iterable,
+    ModelTrait, Schema, TransactionTrait, Value,
+};
+use tidesync::backends::{
+    Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend,
+};
+use tidesync::{Change, Replica, SyncEngine, SyncReport, TableSpec};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+/// Rows per statement and per transaction in the raw baseline (the engine's
+/// default batch).
+const BATCH: u64 = 500;
+
+mod contacts {
+    //! A contacts-like table: UUID v7 key, a few strings, optional columns,
+    //! a timestamp.
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "contacts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub email: Option<String>,
+        pub phone: Option<String>,
+        pub company: String,
+        pub notes: String,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
+// ---------------------------------------------------------------- arguments
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Dialect {
+    const ALL: [Dialect; 3] = [Dialect::Sqlite, Dialect::Postgres, Dialect::MySql];
+
+    fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
+        }
+    }
+
+    fn env_var(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("TIDESYNC_TEST_POSTGRES"),
+            Dialect::MySql => Some("TIDESYNC_TEST_MYSQL"),
+        }
+    }
+}
+
+struct Args {
+    rows: u64,
+    hubs: Vec<Dialect>,
+    naive_rows: u64,
+    naive_secs: f64,
+    profile: bool,
+}
+
+const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
+[--hub sqlite|postgres|mysql|all] [--naive-rows N] [--naive-secs S] [--profile]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        rows: 100_000,
+        hubs: Dialect::ALL.to_vec(),
+        naive_rows: 5_000,
+        naive_secs: 30.0,
+        profile: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            // `cargo bench` passes `--bench` to harness-less targets.
+            "--bench" => {}
+            "--rows" => {
+                args.rows = value("--rows")?
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("--rows: {e}"))?;
+            }
+            "--naive-rows" => {
+                args.naive_rows = value("--naive-rows")?
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("--naive-rows: {e}"))?;
+            }
+            "--naive-secs" => {
+                args.naive_secs = value("--naive-secs")?
+                    .parse()
+                    .map_err(|e| format!("--naive-secs: {e}"))?;
+            }
+            "--hub" => {
+                let v = value("--hub")?;
+                args.hubs = match v.as_str() {
+                    "all" => Dialect::ALL.to_vec(),
+                    name => vec![
+                        *Dialect::ALL
+                            .iter()
+                            .find(|d| d.name() == name)
+                            .ok_or(format!("unknown hub `{name}`"))?,
+                    ],
+                };
+            }
+            "--profile" => args.profile = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    if args.rows == 0 {
+        return Err("--rows must be at least 1".into());
+    }
+    Ok(args)
+}
+
+// ---------------------------------------------------------------- the rows
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Row `i` of the data set: deterministic, so every phase writes the same
+/// rows without holding them in memory. Keys are UUID v7 (1 ms apart), as an
+/// application minting keys on the client would write them.
+fn contact(i: u64) -> contacts::Model {
+    const FIRST: [&str; 8] = [
+        "Ada", "Grace", "Linus", "Barbara", "Edsger", "Frances", "Ken", "Margaret",
+    ];
+    const LAST: [&str; 8] = [
+        "Lovelace", "Hopper", "Torvalds", "Liskov", "Dijkstra", "Allen", "Thompson", "Hamilton",
+    ];
+    const COMPANY: [&str; 6] = [
+        "Analytical Engines Ltd",
+        "Cobol & Sons",
+        "Kernel Works",
+        "Abstraction Inc.",
+        "Shortest Path GmbH",
+        "Apollo Guidance",
+    ];
+    let r = splitmix(i);
+    let ms = 1_767_225_600_000u64 + i; // 2026-01-01T00:00:00Z, then 1 ms apart
+    let hi = (ms << 16) | 0x7000 | (r & 0x0fff);
+    let lo = (splitmix(r) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let first = FIRST[(r % 8) as usize];
+    let last = LAST[((r >> 8) % 8) as usize];
+    let notes_len = 40 + (r >> 16) % 120;
+    let notes: String = format!("Met {first} at the {} meetup; follow up about invoice {i}. ", r % 97)
+        .chars()
+        .cycle()
+        .take(notes_len as usize)
+        .collect();
+    contacts::Model {
+        id: uuid::Uuid::from_u64_pair(hi, lo),
+        name: format!("{first} {last} {i}"),
+        email: (r % 5 != 0).then(|| format!("{}.{}{i}@example.com", first, last).to_lowercase()),
+        phone: (r % 3 == 0).then(|| format!("+44 20 7946 {:04}", r % 10_000)),
+        company: COMPANY[((r >> 24) % 6) as usize].to_owned(),
+        notes,
+        updated_at: chrono::DateTime::from_timestamp_micros(
+            1_767_225_600_000_000 + i as i64 * 1_000_123,
+        )
+        .unwrap_or_default(),
+    }
+}
+
+fn active(m: contacts::Model) -> contacts::ActiveModel {
+    sea_orm::IntoActiveModel::into_active_model(m)
+}
+
+/// `INSERT INTO table (...) VALUES (...), ... ON CONFLICT (id) DO UPDATE
+/// SET ...` (MySQL: `ON DUPLICATE KEY UPDATE`), built with sea-query like
+/// the library builds its own.
+fn upsert(table: &str, rows: impl Iterator<Item = contacts::Model>) -> InsertStatement {
+    let cols: Vec<contacts::Column> = contacts::Column::iter().collect();
+    let mut q = Query::insert();
+    q.into_table(Alias::new(table))
+        .columns(cols.iter().map(|c| Alias::new(c.as_str())));
+    for m in rows {
+        let vals: Vec<Value> = cols.iter().map(|c| m.get(*c)).collect();
+        q.values_panic(vals.into_iter().map(Into::into));
+    }
+    q.on_conflict(
+        OnConflict::column(Alias::new("id"))
+            .update_columns(
+                cols.iter()
+                    .filter(|c| c.as_str() != "id")
+                    .map(|c| Alias::new(c.as_str())),
+            )
+            .to_owned(),
+    );
+    q
+}
+
+// ---------------------------------------------------------------- baselines
+
+/// Multi-row upserts of `BATCH` rows, one transaction per statement.
+async fn raw_batched(db: &DatabaseConnection, table: &str, rows: u64) -> Res<Duration> {
+    let started = Instant::now();
+    let mut i = 0;
+    while i < rows {
+        let n = Ord::min(BATCH, rows - i);
+        let q = upsert(table, (i..i + n).map(contact));
+        let tx = db.begin().await?;
+        tx.execute(&q).await?;
+        tx.commit().await?;
+        i += n;
+    }
+    Ok(started.elapsed())
+}
+
+/// One autocommitted upsert per row, for at most `max_rows` rows or
+/// `max_secs` seconds (a rate in rows/s, so a sample is fair).
+async fn naive(
+    db: &DatabaseConnection,
+    table: &str,
+    max_rows: u64,
+    max_secs: f64,
+) -> Res<(u64, Duration)> {
+    let started = Instant::now();
+    let mut n = 0;
+    while n < max_rows && started.elapsed().as_secs_f64() < max_secs {
+        db.execute(&upsert(table, std::iter::once(contact(n))))
+            .await?;
+        n += 1;
+    }
+    Ok((n, started.elapsed()))
+}
+
+/// Create `to` with exactly the columns, types and key of `from`.
+async fn clone_table(db: &DatabaseConnection, from: &str, to: &str) -> Res<()> {
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => format!(r#"CREATE TABLE "{to}" (LIKE "{from}" INCLUDING ALL)"#),
+        DbBackend::MySql => format!("CREATE TABLE `{to}` LIKE `{from}`"),
+        _ => {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    [from.into()],
+                ))
+                .await?
+                .ok_or(format!("no table `{from}`"))?;
+            let ddl: String = row.try_get("", "sql")?;
+            let body = ddl.find('(').ok_or("CREATE TABLE without columns")?;
+            format!(r#"CREATE TABLE "{to}" {}"#, &ddl[body..])
+        }
+    };
+    db.execute_unprepared(&sql).await?;
+    Ok(())
+}
+
+async fn count(db: &DatabaseConnection, table: &str) -> Res<i64> {
+    let backend = db.get_database_backend();
+    let q = match backend {
+        DbBackend::MySql => format!("SELECT COUNT(*) AS n FROM `{table}`"),
+        _ => format!(r#"SELECT COUNT(*) AS n FROM "{table}""#),
+    };
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(backend, q))
+        .await?
+        .ok_or("COUNT returned no row")?;
+    Ok(row.try_get("", "n")?)
+}
+
+async fn server_version(db: &DatabaseConnection) -> Res<String> {
+    let backend = db.get_database_backend();
+    let q = match backend {
+        DbBackend::Sqlite => "SELECT 'SQLite ' || sqlite_version() AS v",
+        DbBackend::MySql => "SELECT VERSION() AS v",
+        _ => "SELECT version() AS v",
+    };
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(backend, q))
+        .await?
+        .ok_or("no version")?;
+    let v: String = row.try_get("", "v")?;
+    Ok(v.split(" on ").next().unwrap_or(&v).to_owned())
+}
+
+// ---------------------------------------------------------------- instruments
+
+/// Peak resident memory since the last [`reset_peak`], in MiB.
+fn peak_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Reset the kernel's peak-RSS counter (Linux: `5` into `clear_refs`), so
+/// [`peak_mib`] reports the peak of the phase that follows. `false` where
+/// that is not possible: the peak is then the process's since start.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Time and count of SQL statements by kind (verb and table), collected by
+/// SeaORM's metric callback.
+#[derive(Default)]
+struct Profile {
+    stmts: Mutex<BTreeMap<String, (u64, Duration)>>,
+}
+
+impl Profile {
+    fn attach(self: &Arc<Self>, db: &mut DatabaseConnection) {
+        let me = Arc::clone(self);
+        db.set_metric_callback(move |info| {
+            let kind = statement_kind(&info.statement.sql);
+            let mut m = me.stmts.lock().unwrap_or_else(|e| e.into_inner());
+            let e = m.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += info.elapsed;
+        });
+    }
+
+    fn take(&self) -> BTreeMap<String, (u64, Duration)> {
+        std::mem::take(&mut *self.stmts.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// `INSERT contacts`, `SELECT _tidesync_outbox`, ... from the head of a
+/// statement.
+fn statement_kind(sql: &str) -> String {
+    let mut end = Ord::min(sql.len(), 600);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &sql[..end];
+    let verb = head
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_ascii_uppercase();
+    let upper = head.to_ascii_uppercase();
+    let after = [" INTO ", " FROM ", "UPDATE "]
+        .iter()
+        .filter_map(|k| upper.find(k).map(|i| i + k.len()))
+        .min();
+    let table = after
+        .and_then(|i| head[i..].split_whitespace().next())
+        .map(|t| t.trim_matches(|c| c == '"' || c == '`' || c == '(').to_owned())
+        .unwrap_or_default();
+    format!("{verb} {table}")
+}
+
+/// A hub that times its four calls.
+struct Timed {
+    inner: SqlBackend,
+    calls: Mutex<BTreeMap<&'static str, (u64, Duration)>>,
+}
+
+impl Timed {
+    fn new(inner: SqlBackend) -> Self {
+        Timed {
+            inner,
+            calls: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn note(&self, call: &'static str, started: Instant) {
+        let mut m = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(call).or_default();
+        e.0 += 1;
+        e.1 += started.elapsed();
+    }
+
+    fn take(&self) -> BTreeMap<&'static str, (u64, Duration)> {
+        std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Timed {
+    async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
+        let t = Instant::now();
+        let r = self.inner.install(tables).await;
+        self.note("install", t);
+        r
+    }
+
+    async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
+        let t = Instant::now();
+        let r = self.inner.push(batch).await;
+        self.note("push", t);
+        r
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
+        let t = Instant::now();
+        let r = self.inner.pull(cursor, limit).await;
+        self.note("pull", t);
+        r
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        let t = Instant::now();
+        let r = self.inner.snapshot(after, limit).await;
+        self.note("snapshot", t);
+        r
+    }
+}
+
+// ---------------------------------------------------------------- results
+
+/// Which baselines a phase is compared with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Base {
+    /// The local SQLite database of a replica.
+    Local,
+    /// The hub's database.
+    Hub,
+}
+
+struct Phase {
+    hub: &'static str,
+    phase: &'static str,
+    /// Ours (compared with the targets) or a baseline.
+    ours: bool,
+    base: Base,
+    rows: u64,
+    time: Duration,
+    peak_mib: Option<f64>,
+    /// Where the time went, for phases of ours.
+    breakdown: Option<String>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.rows as f64 / self.time.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Default)]
+struct Results {
+    phases: Vec<Phase>,
+    skipped: Vec<(&'static str, String)>,
+    versions: Vec<(&'static str, String)>,
+    peak_is_per_phase: bool,
+}
+
+impl Results {
+    fn rate_of(&self, hub: &str, phase: &str) -> Option<f64> {
+        self.phases
+            .iter()
+            .find(|p| p.hub == hub && p.phase == phase)
+            .map(Phase::rate)
+    }
+
+    /// (raw batched, naive) rows/s a phase is compared with.
+    fn baselines(&self, p: &Phase) -> (Option<f64>, Option<f64>) {
+        let db = match p.base {
+            Base::Local => "local",
+            Base::Hub => p.hub,
+        };
+        (
+            self.rate_of(db, RAW),
+            self.rate_of(db, NAIVE),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        hub: &'static str,
+        phase: &'static str,
+        ours: bool,
+        base: Base,
+        rows: u64,
+        time: Duration,
+        breakdown: Option<String>,
+    ) {
+        let p = Phase {
+            hub,
+            phase,
+            ours,
+            base,
+            rows,
+            time,
+            peak_mib: peak_mib(),
+            breakdown,
+        };
+        let (raw, naive) = self.baselines(&p);
+        let ratio = |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
+        println!(
+            "  {:<9} {:<24} {:>8} rows {:>8.2} s {:>9.0} rows/s  vs raw {:>6}  vs naive {:>7}  peak {:>6.1} MiB",
+            p.hub,
+            p.phase,
+            p.rows,
+            p.time.as_secs_f64(),
+            p.rate(),
+            if p.phase == RAW { "1.00x".into() } else { ratio(raw) },
+            ratio(naive),
+            p.peak_mib.unwrap_or(f64::NAN)
+        );
+        if let Some(b) = &p.breakdown {
+            println!("            {b}");
+        }
+        self.phases.push(p);
+        self.peak_is_per_phase = reset_peak();
+    }
+
+    fn print_table(&self, args: &Args) {
+        println!();
+        println!(
+            "rows = {}, batch = {BATCH}, naive sample = up to {} rows / {} s",
+            args.rows, args.naive_rows, args.naive_secs
+        );
+        for (db, v) in &self.versions {
+            println!("{db}: {v}");
+        }
+        println!();
+        println!(
+            "| hub | phase | rows | seconds | rows/s | vs raw batched | vs naive | peak RSS MiB |"
+        );
+        println!("|---|---|--:|--:|--:|--:|--:|--:|");
+        for p in &self.phases {
+            let (raw, naive) = self.baselines(p);
+            let ratio = |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
+            let name = if p.ours {
+                format!("**{}**", p.phase)
+            } else {
+                p.phase.to_owned()
+            };
+            println!(
+                "| {} | {} | {} | {:.2} | {:.0} | {} | {} | {:.0} |",
+                p.hub,
+                name,
+                p.rows,
+                p.time.as_secs_f64(),
+                p.rate(),
+                ratio(raw),
+                ratio(naive),
+                p.peak_mib.unwrap_or(f64::NAN)
+            );
+        }
+        for (hub, why) in &self.skipped {
+            println!("| {hub} | skipped: {why} | | | | | | |");
+        }
+        println!();
+        println!("targets: ours >= 0.35x raw batched and >= 10x naive, on the same database");
+        for p in self.phases.iter().filter(|p| p.ours) {
+            let (raw, naive) = self.baselines(p);
+            let (Some(raw), Some(naive)) = (raw, naive) else {
+                continue;
+            };
+            let (r, n) = (p.rate() / raw, p.rate() / naive);
+            let verdict = if r >= 0.35 && n >= 10.0 { "ok" } else { "MISS" };
+            println!(
+                "  {:<9} {:<24} {:>6.2}x raw  {:>7.2}x naive  {verdict}",
+                p.hub, p.phase, r, n
+            );
+        }
+        if !self.peak_is_per_phase {
+            println!("(peak RSS is the process's peak so far: /proc/self/clear_refs is not writable)");
+        }
+    }
+}
+
+const RAW: &str = "raw batched";
+const NAIVE: &str = "naive (1 row/stmt)";
+
+// ---------------------------------------------------------------- databases
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// `base` with its database path replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let (main, query) = match base.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = main.find("://").map_or(0, |i| i + 3);
+    let host_end = main[scheme_end..]
+        .find('/')
+        .map_or(main.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{}", &main[..host_end], name);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// A fresh hub database: a file for SQLite, `tsbench_<pid>` on a server.
+struct HubDb {
+    url: String,
+    admin: Option<(String, String)>,
+}
+
+impl HubDb {
+    async fn create(dialect: Dialect, dir: &Path) -> Res<Option<HubDb>> {
+        let Some(var) = dialect.env_var() else {
+            let path = dir.join("hub.db");
+            return Ok(Some(HubDb {
+                url: sqlite_url(&path),
+                admin: None,
+            }));
+        };
+        let Ok(base) = std::env::var(var) else {
+            return Ok(None);
+        };
+        if base.is_empty() {
+            return Ok(None);
+        }
+        let name = format!("tsbench_{}", std::process::id());
+        let admin = Database::connect(&base).await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        admin.close().await?;
+        Ok(Some(HubDb {
+            url: with_database(&base, &name),
+            admin: Some((base, name)),
+        }))
+    }
+
+    async fn drop(self) -> Res<()> {
+        let Some((base, name)) = self.admin else {
+            return Ok(());
+        };
+        let admin = Database::connect(&base).await?;
+        let sql = match admin.get_database_backend() {
+            DbBackend::Postgres => format!("DROP DATABASE {name} WITH (FORCE)"),
+            _ => format!("DROP DATABASE {name}"),
+        };
+        admin.execute_unprepared(&sql).await?;
+        admin.close().await?;
+        Ok(())
+    }
+}
+
+/// A connection with a statement profile attached.
+async fn connect(url: &str) -> Res<(DatabaseConnection, Arc<Profile>)> {
+    let mut db = Database::connect(url).await?;
+    let profile = Arc::new(Profile::default());
+    profile.attach(&mut db);
+    Ok((db, profile))
+}
+
+async fn create_contacts(db: &DatabaseConnection, name: &str) -> Res<()> {
+    let mut t = Schema::new(db.get_database_backend()).create_table_from_entity(contacts::Entity);
+    t.table(Alias::new(name));
+    db.execute(&t).await?;
+    Ok(())
+}
+
+/// A local replica on a SQLite file, its engine and profiles.
+struct Device {
+    engine: SyncEngine,
+    local: Arc<Profile>,
+    hub: Arc<Timed>,
+    hub_stmts: Arc<Profile>,
+}
+
+impl Device {
+    async fn open(path: &Path, hub_url: &str, create: bool) -> Res<Device> {
+        let (db, local) = connect(&sqlite_url(path)).await?;
+        if create {
+            create_contacts(&db, "contacts").await?;
+        }
+        let replica = Replica::builder(db)
+            .register::<contacts::Entity>()
+            .open()
+            .await?;
+        let (hub_db, hub_stmts) = connect(hub_url).await?;
+        let hub = Arc::new(Timed::new(SqlBackend::new(hub_db)));
+        let engine = SyncEngine::new(replica, Arc::clone(&hub) as Arc<dyn Backend>);
+        Ok(Device {
+            engine,
+            local,
+            hub,
+            hub_stmts,
+        })
+    }
+
+    async fn sync(&self) -> Res<SyncReport> {
+        let r = self.engine.sync_now().await?;
+        if !r.local_errors.is_empty() || !r.rejected.is_empty() || r.halted.is_some() {
+            return Err(format!("sync reported problems: {r:?}").into());
+        }
+        Ok(r)
+    }
+
+    /// Forget what was recorded so far.
+    fn reset(&self) {
+        self.local.take();
+        self.hub.take();
+        self.hub_stmts.take();
+    }
+
+    /// Where the time of the last phase went, and with `detail` every
+    /// statement kind.
+    fn breakdown(&self, total: Duration, detail: bool) -> String {
+        let calls = self.hub.take();
+        let local = self.local.take();
+        let hub = self.hub_stmts.take();
+        let secs = |d: Duration| d.as_secs_f64();
+        let in_hub: Duration = calls.values().map(|(_, d)| *d).sum();
+        let local_sql: Duration = local.values().map(|(_, d)| *d).sum();
+        let hub_sql: Duration = hub.values().map(|(_, d)| *d).sum();
+        let local_n: u64 = local.values().map(|(n, _)| *n).sum();
+        let hub_n: u64 = hub.values().map(|(n, _)| *n).sum();
+        let mut s = format!(
+            "in hub calls {:.2} s ({}); hub SQL {:.2} s in {hub_n} stmts; local SQL {:.2} s in {local_n} stmts; rest (commits, encoding, merge) {:.2} s",
+            secs(in_hub),
+            calls
+                .iter()
+                .map(|(k, (n, d))| format!("{k} {n}x {:.2} s", secs(*d)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            secs(hub_sql),
+            secs(local_sql),
+            secs(total.saturating_sub(hub_sql + local_sql)),
+        );
+        if detail {
+            for (side, m) in [("hub", &hub), ("local", &local)] {
+                let mut v: Vec<_> = m.iter().collect();
+                v.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+                for (kind, (n, d)) in v {
+                    s.push_str(&format!(
+                        "\n              {side:<5} {kind:<40} {n:>7}x {:>8.3} s",
+                        secs(*d)
+                    ));
+                }
+            }
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------- phases
+
+/// Baselines on a local SQLite database, and the template replica: a local
+/// SQLite file with `rows` contacts written by the application and captured.
+async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<PathBuf> {
+    let (db, _) = connect(&sqlite_url(&dir.join("local-baseline.db"))).await?;
+    out.versions.push(("local", server_version(&db).await?));
+    create_contacts(&db, "raw_contacts").await?;
+    clone_table(&db, "raw_contacts", "naive_contacts").await?;
+    reset_peak();
+    let t = raw_batched(&db, "raw_contacts", args.rows).await?;
+    out.add("local", RAW, false, Base::Local, args.rows, t, None);
+    let (n, t) = naive(&db, "naive_contacts", args.naive_rows, args.naive_secs).await?;
+    out.add("local", NAIVE, false, Base::Local, n, t, None);
+    db.close().await?;
+
+    let template = dir.join("template.db");
+    let (db, profile) = connect(&sqlite_url(&template)).await?;
+    create_contacts(&db, "contacts").await?;
+    let replica = Replica::builder(db.clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    reset_peak();
+    let started = Instant::now();
+    let mut i = 0;
+    while i < args.rows {
+        let n = Ord::min(BATCH, args.rows - i);
+        contacts::Entity::insert_many((i..i + n).map(|j| active(contact(j))))
+            .exec_without_returning(&db)
+            .await?;
+        i += n;
+    }
+    let t = started.elapsed();
+    out.add("local", "app insert_many+trigger", false, Base::Local, args.rows, t, None);
+    profile.take();
+    let started = Instant::now();
+    let report = replica.capture().await?;
+    let t = started.elapsed();
+    if report.captured as u64 != args.rows || !report.rejected.is_empty() {
+        return Err(format!("capture: {report:?}").into());
+    }
+    let sql: Duration = profile.take().values().map(|(_, d)| *d).sum();
+    out.add(
+        "local",
+        "capture",
+        true,
+        Base::Local,
+        args.rows,
+        t,
+        Some(format!(
+            "local SQL {:.2} s; rest (commits, diff, encoding) {:.2} s",
+            sql.as_secs_f64(),
+            t.saturating_sub(sql).as_secs_f64()
+        )),
+    );
+    drop(replica);
+    db.close().await?;
+    Ok(template)
+}
+
+async fn hub_phases(
+    args: &Args,
+    dialect: Dialect,
+    hub: &HubDb,
+    dir: &Path,
+    template: &Path,
+    out: &mut Results,
+) -> Res<()> {
+    let name = dialect.name();
+    let rows = args.rows;
+
+    // The puller syncs once against the empty hub (installing it), so that
+    // later it pulls the change log rather than bootstrapping.
+    let puller = Device::open(&dir.join(format!("{name}-puller.db")), &hub.url, true).await?;
+    puller.sync().await?;
+
+    let (db, _) = connect(&hub.url).await?;
+    out.versions.push((name, server_version(&db).await?));
+    clone_table(&db, "contacts", "raw_contacts").await?;
+    clone_table(&db, "contacts", "naive_contacts").await?;
+    reset_peak();
+    let t = raw_batched(&db, "raw_contacts", rows).await?;
+    out.add(name, RAW, false, Base::Hub, rows, t, None);
+    let (n, t) = naive(&db, "naive_contacts", args.naive_rows, args.naive_secs).await?;
+    out.add(name, NAIVE, false, Base::Hub, n, t, None);
+
+    // Push: a copy of the template replica, `rows` changes in its outbox.
+    let pusher_path = dir.join(format!("{name}-pusher.db"));
+    std::fs::copy(template, &pusher_path)?;
+    let pusher = Device::open(&pusher_path, &hub.url, false).await?;
+    pusher.reset();
+    reset_peak();
+    let started = Instant::now();
+    let r = pusher.sync().await?;
+    let t = started.elapsed();
+    if r.pushed as u64 != rows {
+        return Err(format!("{name}: pushed {} of {rows}", r.pushed).into());
+    }
+    let b = pusher.breakdown(t, args.profile);
+    out.add(name, "push (sync_now)", true, Base::Hub, rows, t, Some(b));
+    let on_hub = count(&db, "contacts").await?;
+    if on_hub != rows as i64 {
+        return Err(format!("{name}: {on_hub} rows on the hub, expected {rows}").into());
+    }
+
+    // Pull: the change log into the second replica.
+    puller.reset();
+    reset_peak();
+    let started = Instant::now();
+    let r = puller.sync().await?;
+    let t = started.elapsed();
+    if r.pulled as u64 != rows {
+        return Err(format!("{name}: pulled {} of {rows}", r.pulled).into());
+    }
+    let b = puller.breakdown(t, args.profile);
+    out.add(name, "pull (sync_now)", true, Base::Local, rows, t, Some(b));
+
+    // Bootstrap: a new replica loads the hub's snapshot.
+    let fresh = Device::open(&dir.join(format!("{name}-fresh.db")), &hub.url, true).await?;
+    fresh.reset();
+    reset_peak();
+    let started = Instant::now();
+    let r = fresh.sync().await?;
+    let t = started.elapsed();
+    if r.pulled as u64 != rows {
+        return Err(format!("{name}: bootstrapped {} of {rows}", r.pulled).into());
+    }
+    let b = fresh.breakdown(t, args.profile);
+    out.add(name, "bootstrap (sync_now)", true, Base::Local, rows, t, Some(b));
+
+    db.close().await?;
+    Ok(())
+}
+
+async fn run(args: &Args) -> Res<Results> {
+    let dir = std::env::temp_dir().join(format!("tidesync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut out = Results {
+        peak_is_per_phase: reset_peak(),
+        ..Results::default()
+    };
+    println!(
+        "tidesync sync bench: {} rows, hubs: {}",
+        args.rows,
+        args.hubs
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let result = async {
+        let template = local_phases(args, &dir, &mut out).await?;
+        for &dialect in &args.hubs {
+            let Some(hub) = HubDb::create(dialect, &dir).await? else {
+                let why = format!("{} is not set", dialect.env_var().unwrap_or("?"));
+                println!("  {:<9} skipped: {why}", dialect.name());
+                out.skipped.push((dialect.name(), why));
+                continue;
+            };
+            let r = hub_phases(args, dialect, &hub, &dir, &template, &mut out).await;
+            let dropped = hub.drop().await;
+            r?;
+            dropped?;
+        }
+        Ok::<(), BoxError>(())
+    }
+    .await;
+    std::fs::remove_dir_all(&dir)?;
+    result?;
+    Ok(out)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(results) => {
+            results.print_table(&args);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The `contacts` example run as a user would: the built binary, two devices
+//! with local SQLite files, and a hub on every dialect.
+//!
+//! `cargo test` builds the example; `cargo test --test example_contacts`
+//! alone does not, so run `cargo build --examples` first (the test says so
+//! when the binary is missing or older than its source).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
+use libtest_mimic::Trial;
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::Value;
+use uuid::Uuid;
+
+fn main() -> std::process::ExitCode {
+    let mut trials = on_every_dialect("two_devices_through_the_cli", |hub| {
+        Box::pin(two_devices_through_the_cli(hub))
+    });
+    trials.push(Trial::test("bad_input_exits_2", || {
+        bad_input_exits_2().map_err(|e| e.to_string().into())
+    }));
+    trials.push(Trial::test("demo_runs_and_cleans_up", || {
+        demo_runs_and_cleans_up().map_err(|e| e.to_string().into())
+    }));
+    run(trials)
+}
+
+/// The example binary, built by `cargo test` or `cargo build --examples`
+/// next to this test's `deps/` folder.
+fn binary() -> Result<PathBuf, BoxError> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target folder")?;
+    let bin = target
+        .join("examples")
+        .join(format!("contacts{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: run `cargo build --examples` first",
+            bin.display()
+        )
+        .into());
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/contacts.rs");
+    if std::fs::metadata(&source)?.modified()? > std::fs::metadata(&bin)?.modified()? {
+        return Err(format!(
+            "{} is older than examples/contacts.rs: run `cargo build --examples` first",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(bin)
+}
+
+/// A fresh, empty folder for one test's files.
+fn scratch(tag: &str) -> Result<PathBuf, BoxError> {
+    let dir = std::env::temp_dir().join(format!(
+        "tidesync-example-contacts-{}-{tag}",
+        std::process::id()
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Run the binary in `cwd` with `args`.
+fn contacts(cwd: &Path, args: &[&str]) -> Result<Output, BoxError> {
+    Ok(Command::new(binary()?)
+        .args(args)
+        .current_dir(cwd)
+        .output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Fail unless the command exited with `code`.
+fn expect_code(out: &Output, code: i32, what: &str) -> TestResult {
+    if out.status.code() != Some(code) {
+        return Err(format!(
+            "{what}: expected exit {code}, got {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A hub URL of the same dialect that does not answer.
+fn unreachable_hub(dialect: Dialect, dir: &Path) -> String {
+    match dialect {
+        Dialect::Sqlite => format!(
+            "sqlite://{}?mode=rw",
+            dir.join("no-such-dir").join("hub.db").display()
+        ),
+        Dialect::Postgres => "postgres://postgres@127.0.0.1:1/hub".into(),
+        Dialect::MySql => "mysql://root@127.0.0.1:1/hub".into(),
+    }
+}
+
+/// One device: a local SQLite file, driven through the binary.
+struct Device {
+    name: &'static str,
+    dir: PathBuf,
+    db: String,
+    /// The hub it syncs with.
+    hub: String,
+    /// Given as `--hub` to the local commands, which must not touch it.
+    offline_hub: String,
+}
+
+impl Device {
+    fn new(name: &'static str, dir: &Path, hub: &str, offline_hub: &str) -> Device {
+        Device {
+            name,
+            dir: dir.to_owned(),
+            db: format!(
+                "sqlite://{}?mode=rwc",
+                dir.join(format!("{name}.db")).display()
+            ),
+            hub: hub.to_owned(),
+            offline_hub: offline_hub.to_owned(),
+        }
+    }
+
+    fn run(&self, hub: &str, args: &[&str]) -> Result<Output, BoxError> {
+        let mut all = vec!["--db", &self.db, "--hub", hub];
+        all.extend_from_slice(args);
+        contacts(&self.dir, &all)
+    }
+
+    /// A local command (no hub reachable), which must succeed; its stdout.
+    fn local(&self, args: &[&str]) -> Result<String, BoxError> {
+        let out = self.run(&self.offline_hub, args)?;
+        expect_code(&out, 0, &format!("{} {args:?}", self.name))?;
+        Ok(text(&out.stdout))
+    }
+
+    fn add(&self, args: &[&str]) -> Result<Uuid, BoxError> {
+        let mut all = vec!["add"];
+        all.extend_from_slice(args);
+        let stdout = self.local(&all)?;
+        let id = Uuid::parse_str(stdout.trim())
+            .map_err(|e| format!("`add` printed {stdout:?}, not an id: {e}"))?;
+        ensure_eq!(stdout, format!("{id}\n"), "`add` prints the id alone");
+        ensure_eq!(id.get_version_num(), 7, "ids are UUID v7");
+        Ok(id)
+    }
+
+    /// `sync` with the real hub, which must succeed; its one-line report.
+    fn sync(&self) -> Result<String, BoxError> {
+        let out = self.run(&self.hub, &["sync"])?;
+        expect_code(&out, 0, &format!("{} sync", self.name))?;
+        let stdout = text(&out.stdout);
+        ensure!(
+            stdout.starts_with("pushed ") && stdout.lines().count() == 1,
+            "sync prints one report line, got {stdout:?}"
+        );
+        ensure!(
+            out.stderr.is_empty(),
+            "sync reported problems: {}",
+            text(&out.stderr)
+        );
+        Ok(stdout)
+    }
+
+    /// `list --json`, checked for shape and order.
+    fn list(&self) -> Result<Vec<Value>, BoxError> {
+        let stdout = self.local(&["list", "--json"])?;
+        let rows: Vec<Value> = serde_json::from_str(&stdout)
+            .map_err(|e| format!("list --json printed {stdout:?}: {e}"))?;
+        for row in &rows {
+            let obj = row.as_object().ok_or("a row is not an object")?;
+            let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            ensure_eq!(keys, ["email", "id", "name", "phone"]);
+        }
+        let order: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r["name"].to_string(), r["id"].to_string()))
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        ensure_eq!(order, sorted, "list is sorted by name then id");
+        Ok(rows)
+    }
+}
+
+/// The row of `id` in `rows`, if any.
+fn row(rows: &[Value], id: Uuid) -> Option<&Value> {
+    rows.iter().find(|r| r["id"] == id.to_string())
+}
+
+async fn hub_count(hub: &TestDb) -> Result<i64, BoxError> {
+    let backend = hub.backend();
+    let row = hub
+        .db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT COUNT(*) AS n FROM contacts",
+        ))
+        .await?
+        .ok_or("COUNT returned no row")?;
+    Ok(row.try_get("", "n")?)
+}
+
+async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
+    if let Err(e) = binary() {
+        hub.drop().await?;
+        return Err(e);
+    }
+    let dir = scratch(hub.dialect.name())?;
+    let offline = unreachable_hub(hub.dialect, &dir);
+    let a = Device::new("a", &dir, &hub.url, &offline);
+    let b = Device::new("b", &dir, &hub.url, &offline);
+
+    // Added on A, reaches B.
+    let ada = a.add(&["Ada Lovelace", "--email", "ada@example.org"])?;
+    ensure!(a.sync()?.starts_with("pushed 1,"), "A pushes its add");
+    b.sync()?;
+    let on_b = b.list()?;
+    ensure_eq!(
+        on_b,
+        vec![serde_json::json!({
+            "id": ada.to_string(), "name": "Ada Lovelace",
+            "email": "ada@example.org", "phone": null,
+        })]
+    );
+
+    // Offline: both edit the same contact, each adds one.
+    a.local(&["edit", &ada.to_string(), "--phone", "+44 20 7946 0000"])?;
+    b.local(&["edit", &ada.to_string(), "--email", "ada@engine.org"])?;
+    let grace = a.add(&["Grace Hopper"])?;
+    let edsger = b.add(&["Edsger Dijkstra", "--phone", "+31 40 000"])?;
+    a.sync()?;
+    b.sync()?;
+    a.sync()?;
+    let (on_a, on_b) = (a.list()?, b.list()?);
+    ensure_eq!(on_a, on_b, "A and B converge");
+    ensure_eq!(on_a.len(), 3);
+    let ada_row = row(&on_a, ada).ok_or("Ada is missing")?;
+    ensure_eq!(ada_row["phone"], "+44 20 7946 0000", "A's edit survives");
+    ensure_eq!(ada_row["email"], "ada@engine.org", "B's edit survives");
+    ensure!(row(&on_a, edsger).is_some(), "B's add reached A");
+    ensure_eq!(hub_count(&hub).await?, 3, "the hub's contacts table");
+
+    // Deleted on B, gone everywhere.
+    b.local(&["delete", &ada.to_string()])?;
+    b.sync()?;
+    a.sync()?;
+    let (on_a, on_b) = (a.list()?, b.list()?);
+    ensure_eq!(on_a, on_b, "A and B converge after the delete");
+    ensure!(row(&on_a, ada).is_none(), "the delete reached A");
+    ensure_eq!(hub_count(&hub).await?, 2, "the hub's contacts table");
+
+    // The hub unreachable: sync exits 1, the edit stays queued.
+    a.local(&["edit", &grace.to_string(), "--phone", "+1 202 555 0100"])?;
+    let out = a.run(&offline, &["sync"])?;
+    expect_code(&out, 1, "sync with an unreachable hub")?;
+    let stderr = text(&out.stderr);
+    ensure!(
+        out.stdout.is_empty() && stderr.contains("unreachable") && stderr.lines().count() == 1,
+        "one line on stderr, nothing on stdout; got {stderr:?}"
+    );
+    ensure!(
+        a.sync()?.starts_with("pushed 1,"),
+        "the queued edit goes out on the next sync"
+    );
+    b.sync()?;
+    let on_b = b.list()?;
+    ensure_eq!(on_b, a.list()?);
+    ensure_eq!(
+        row(&on_b, grace).ok_or("Grace is missing on B")?["phone"],
+        "+1 202 555 0100"
+    );
+
+    std::fs::remove_dir_all(&dir)?;
+    hub.drop().await
+}
+
+fn bad_input_exits_2() -> TestResult {
+    binary()?;
+    let dir = scratch("bad-input")?;
+    let db = format!("sqlite://{}?mode=rwc", dir.join("a.db").display());
+    let hub = format!("sqlite://{}?mode=rwc", dir.join("hub.db").display());
+    let unknown = Uuid::now_v7().to_string();
+    for (args, what) in [
+        (
+            vec!["edit", &unknown, "--name", "x"],
+            "edit of an unknown id",
+        ),
+        (vec!["delete", &unknown], "delete of an unknown id"),
+        (vec!["delete", "not-a-uuid"], "a malformed id"),
+        (vec!["edit", &unknown], "edit without a field"),
+        (vec!["add", ""], "an empty name"),
+        (vec!["frobnicate"], "an unknown command"),
+    ] {
+        let mut all = vec!["--db", &db, "--hub", &hub];
+        all.extend(args);
+        let out = contacts(&dir, &all)?;
+        expect_code(&out, 2, what)?;
+        ensure!(!out.stderr.is_empty(), "{what}: a message on stderr");
+    }
+    for (db, hub, what) in [
+        ("nope://x", hub.as_str(), "a bad local URL"),
+        (db.as_str(), "nope://x", "a bad hub URL"),
+        (db.as_str(), "not a url", "an unparsable hub URL"),
+    ] {
+        let out = contacts(&dir, &["--db", db, "--hub", hub, "sync"])?;
+        expect_code(&out, 2, what)?;
+        ensure!(!out.stderr.is_empty(), "{what}: a message on stderr");
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn demo_runs_and_cleans_up() -> TestResult {
+    binary()?;
+    let dir = scratch("demo")?;
+    let out = contacts(&dir, &["demo"])?;
+    expect_code(&out, 0, "demo")?;
+    let stdout = text(&out.stdout);
+    for expected in [
+        "A sets Ada's phone",
+        "B changes Ada's email",
+        "B deletes Alan Turing",
+        "hub unreachable",
+        "A and B hold identical rows",
+    ] {
+        ensure!(
+            stdout.contains(expected),
+            "the demo prints {expected:?}:\n{stdout}"
+        );
+    }
+    ensure!(
+        std::fs::read_dir(&dir)?.next().is_none(),
+        "the demo leaves no files in the current folder"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
