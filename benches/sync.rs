@@ -24,9 +24,7 @@ use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, IdenStatic, Iterable,
     ModelTrait, Schema, TransactionTrait, Value,
 };
-use tidesync::backends::{
-    Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend,
-};
+use tidesync::backends::{Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend};
 use tidesync::{Change, Replica, SyncEngine, SyncReport, TableSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +42,7 @@ mod contacts {
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
     #[sea_orm(table_name = "contacts")]
-    pub struct Model {
+    pub(crate) struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
         pub name: String,
@@ -56,7 +54,7 @@ mod contacts {
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
+    pub(crate) enum Relation {}
 }
 
 // ---------------------------------------------------------------- arguments
@@ -187,11 +185,14 @@ fn contact(i: u64) -> contacts::Model {
     let first = FIRST[(r % 8) as usize];
     let last = LAST[((r >> 8) % 8) as usize];
     let notes_len = 40 + (r >> 16) % 120;
-    let notes: String = format!("Met {first} at the {} meetup; follow up about invoice {i}. ", r % 97)
-        .chars()
-        .cycle()
-        .take(notes_len as usize)
-        .collect();
+    let notes: String = format!(
+        "Met {first} at the {} meetup; follow up about invoice {i}. ",
+        r % 97
+    )
+    .chars()
+    .cycle()
+    .take(notes_len as usize)
+    .collect();
     contacts::Model {
         id: uuid::Uuid::from_u64_pair(hi, lo),
         name: format!("{first} {last} {i}"),
@@ -381,7 +382,10 @@ fn statement_kind(sql: &str) -> String {
         .min();
     let table = after
         .and_then(|i| head[i..].split_whitespace().next())
-        .map(|t| t.trim_matches(|c| c == '"' || c == '`' || c == '(').to_owned())
+        .map(|t| {
+            t.trim_matches(|c| c == '"' || c == '`' || c == '(')
+                .to_owned()
+        })
         .unwrap_or_default();
     format!("{verb} {table}")
 }
@@ -499,10 +503,7 @@ impl Results {
             Base::Local => "local",
             Base::Hub => p.hub,
         };
-        (
-            self.rate_of(db, RAW),
-            self.rate_of(db, NAIVE),
-        )
+        (self.rate_of(db, RAW), self.rate_of(db, NAIVE))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -535,7 +536,11 @@ impl Results {
             p.rows,
             p.time.as_secs_f64(),
             p.rate(),
-            if p.phase == RAW { "1.00x".into() } else { ratio(raw) },
+            if p.phase == RAW {
+                "1.00x".into()
+            } else {
+                ratio(raw)
+            },
             ratio(naive),
             p.peak_mib.unwrap_or(f64::NAN)
         );
@@ -562,7 +567,8 @@ impl Results {
         println!("|---|---|--:|--:|--:|--:|--:|--:|");
         for p in &self.phases {
             let (raw, naive) = self.baselines(p);
-            let ratio = |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
+            let ratio =
+                |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
             let name = if p.ours {
                 format!("**{}**", p.phase)
             } else {
@@ -598,7 +604,9 @@ impl Results {
             );
         }
         if !self.peak_is_per_phase {
-            println!("(peak RSS is the process's peak so far: /proc/self/clear_refs is not writable)");
+            println!(
+                "(peak RSS is the process's peak so far: /proc/self/clear_refs is not writable)"
+            );
         }
     }
 }
@@ -702,11 +710,10 @@ struct Device {
 }
 
 impl Device {
-    async fn open(path: &Path, hub_url: &str, create: bool) -> Res<Device> {
+    /// A new replica on a new SQLite file, with an engine for the hub.
+    async fn open(path: &Path, hub_url: &str) -> Res<Device> {
         let (db, local) = connect(&sqlite_url(path)).await?;
-        if create {
-            create_contacts(&db, "contacts").await?;
-        }
+        create_contacts(&db, "contacts").await?;
         let replica = Replica::builder(db)
             .register::<contacts::Entity>()
             .open()
@@ -779,9 +786,8 @@ impl Device {
 
 // ---------------------------------------------------------------- phases
 
-/// Baselines on a local SQLite database, and the template replica: a local
-/// SQLite file with `rows` contacts written by the application and captured.
-async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<PathBuf> {
+/// Baselines on a local SQLite database (no triggers).
+async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<()> {
     let (db, _) = connect(&sqlite_url(&dir.join("local-baseline.db"))).await?;
     out.versions.push(("local", server_version(&db).await?));
     create_contacts(&db, "raw_contacts").await?;
@@ -792,50 +798,57 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<PathBuf
     let (n, t) = naive(&db, "naive_contacts", args.naive_rows, args.naive_secs).await?;
     out.add("local", NAIVE, false, Base::Local, n, t, None);
     db.close().await?;
+    Ok(())
+}
 
-    let template = dir.join("template.db");
-    let (db, profile) = connect(&sqlite_url(&template)).await?;
-    create_contacts(&db, "contacts").await?;
-    let replica = Replica::builder(db.clone())
-        .register::<contacts::Entity>()
-        .open()
-        .await?;
+/// A replica that synced once with the (empty) hub, then wrote `rows`
+/// contacts through SeaORM and captured them: `rows` changes wait in its
+/// outbox. With `record`, the write and the capture are reported.
+async fn pusher(
+    args: &Args,
+    path: &Path,
+    hub_url: &str,
+    record: bool,
+    out: &mut Results,
+) -> Res<Device> {
+    let device = Device::open(path, hub_url).await?;
+    device.sync().await?;
+    let db = device.engine.replica().connection();
     reset_peak();
     let started = Instant::now();
     let mut i = 0;
     while i < args.rows {
         let n = Ord::min(BATCH, args.rows - i);
         contacts::Entity::insert_many((i..i + n).map(|j| active(contact(j))))
-            .exec_without_returning(&db)
+            .exec_without_returning(db)
             .await?;
         i += n;
     }
     let t = started.elapsed();
-    out.add("local", "app insert_many+trigger", false, Base::Local, args.rows, t, None);
-    profile.take();
+    if record {
+        out.add(
+            "local",
+            "app insert_many+trigger",
+            false,
+            Base::Local,
+            args.rows,
+            t,
+            None,
+        );
+    }
+    device.reset();
+    reset_peak();
     let started = Instant::now();
-    let report = replica.capture().await?;
+    let report = device.engine.replica().capture().await?;
     let t = started.elapsed();
     if report.captured as u64 != args.rows || !report.rejected.is_empty() {
         return Err(format!("capture: {report:?}").into());
     }
-    let sql: Duration = profile.take().values().map(|(_, d)| *d).sum();
-    out.add(
-        "local",
-        "capture",
-        true,
-        Base::Local,
-        args.rows,
-        t,
-        Some(format!(
-            "local SQL {:.2} s; rest (commits, diff, encoding) {:.2} s",
-            sql.as_secs_f64(),
-            t.saturating_sub(sql).as_secs_f64()
-        )),
-    );
-    drop(replica);
-    db.close().await?;
-    Ok(template)
+    let b = device.breakdown(t, args.profile);
+    if record {
+        out.add("local", "capture", true, Base::Local, args.rows, t, Some(b));
+    }
+    Ok(device)
 }
 
 async fn hub_phases(
@@ -843,7 +856,7 @@ async fn hub_phases(
     dialect: Dialect,
     hub: &HubDb,
     dir: &Path,
-    template: &Path,
+    first: bool,
     out: &mut Results,
 ) -> Res<()> {
     let name = dialect.name();
@@ -851,7 +864,7 @@ async fn hub_phases(
 
     // The puller syncs once against the empty hub (installing it), so that
     // later it pulls the change log rather than bootstrapping.
-    let puller = Device::open(&dir.join(format!("{name}-puller.db")), &hub.url, true).await?;
+    let puller = Device::open(&dir.join(format!("{name}-puller.db")), &hub.url).await?;
     puller.sync().await?;
 
     let (db, _) = connect(&hub.url).await?;
@@ -864,10 +877,15 @@ async fn hub_phases(
     let (n, t) = naive(&db, "naive_contacts", args.naive_rows, args.naive_secs).await?;
     out.add(name, NAIVE, false, Base::Hub, n, t, None);
 
-    // Push: a copy of the template replica, `rows` changes in its outbox.
-    let pusher_path = dir.join(format!("{name}-pusher.db"));
-    std::fs::copy(template, &pusher_path)?;
-    let pusher = Device::open(&pusher_path, &hub.url, false).await?;
+    // Push: `rows` changes in the outbox of a replica that knows the hub.
+    let pusher = pusher(
+        args,
+        &dir.join(format!("{name}-pusher.db")),
+        &hub.url,
+        first,
+        out,
+    )
+    .await?;
     pusher.reset();
     reset_peak();
     let started = Instant::now();
@@ -896,7 +914,7 @@ async fn hub_phases(
     out.add(name, "pull (sync_now)", true, Base::Local, rows, t, Some(b));
 
     // Bootstrap: a new replica loads the hub's snapshot.
-    let fresh = Device::open(&dir.join(format!("{name}-fresh.db")), &hub.url, true).await?;
+    let fresh = Device::open(&dir.join(format!("{name}-fresh.db")), &hub.url).await?;
     fresh.reset();
     reset_peak();
     let started = Instant::now();
@@ -906,7 +924,15 @@ async fn hub_phases(
         return Err(format!("{name}: bootstrapped {} of {rows}", r.pulled).into());
     }
     let b = fresh.breakdown(t, args.profile);
-    out.add(name, "bootstrap (sync_now)", true, Base::Local, rows, t, Some(b));
+    out.add(
+        name,
+        "bootstrap (sync_now)",
+        true,
+        Base::Local,
+        rows,
+        t,
+        Some(b),
+    );
 
     db.close().await?;
     Ok(())
@@ -929,7 +955,8 @@ async fn run(args: &Args) -> Res<Results> {
             .join(", ")
     );
     let result = async {
-        let template = local_phases(args, &dir, &mut out).await?;
+        local_phases(args, &dir, &mut out).await?;
+        let mut first = true;
         for &dialect in &args.hubs {
             let Some(hub) = HubDb::create(dialect, &dir).await? else {
                 let why = format!("{} is not set", dialect.env_var().unwrap_or("?"));
@@ -937,7 +964,8 @@ async fn run(args: &Args) -> Res<Results> {
                 out.skipped.push((dialect.name(), why));
                 continue;
             };
-            let r = hub_phases(args, dialect, &hub, &dir, &template, &mut out).await;
+            let r = hub_phases(args, dialect, &hub, &dir, first, &mut out).await;
+            first = false;
             let dropped = hub.drop().await;
             r?;
             dropped?;

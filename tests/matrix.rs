@@ -61,7 +61,11 @@ fn big_bytes() -> Vec<u8> {
 /// (SeaORM reads SQLite decimals through `f64`; tidesync refuses the rest).
 fn rows(sqlite: bool) -> Vec<kitchen_sink::Model> {
     let dec = |exact: &str, f64_safe: &str| -> Decimal {
-        if sqlite { f64_safe.parse().unwrap() } else { exact.parse().unwrap() }
+        if sqlite {
+            f64_safe.parse().unwrap()
+        } else {
+            exact.parse().unwrap()
+        }
     };
     let off = FixedOffset::east_opt(5 * 3600 + 30 * 60).unwrap();
     let max = kitchen_sink::Model {
@@ -246,12 +250,23 @@ async fn hub_unsigned(hub: &TestDb) -> Result<Vec<Vec<Option<String>>>, BoxError
     let cols = ["u8v", "u16v", "u32v", "o_u8v", "o_u16v", "o_u32v"];
     let sql = format!(
         "SELECT {} FROM unsigned_ints ORDER BY id",
-        cols.iter().enumerate().map(|(i, c)| format!("{} AS c{i}", cast(c))).collect::<Vec<_>>().join(", ")
+        cols.iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} AS c{i}", cast(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    let rows = hub.db.query_all_raw(sea_orm::Statement::from_string(hub.backend(), sql)).await?;
+    let rows = hub
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(hub.backend(), sql))
+        .await?;
     let mut out = Vec::new();
     for r in rows {
-        out.push((0..cols.len()).map(|i| r.try_get::<Option<String>>("", &format!("c{i}"))).collect::<Result<_, _>>()?);
+        out.push(
+            (0..cols.len())
+                .map(|i| r.try_get::<Option<String>>("", &format!("c{i}")))
+                .collect::<Result<_, _>>()?,
+        );
     }
     Ok(out)
 }
@@ -271,8 +286,24 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
     }
     compare("first local", &want, &read_all(&first.db).await?)?;
     let unsigned = vec![
-        unsigned_ints::Model { id: Uuid::from_u128(1), u8v: u8::MAX, u16v: u16::MAX, u32v: u32::MAX, o_u8v: Some(0), o_u16v: Some(0), o_u32v: Some(0) },
-        unsigned_ints::Model { id: Uuid::from_u128(2), u8v: 0, u16v: 0, u32v: 0, o_u8v: None, o_u16v: None, o_u32v: None },
+        unsigned_ints::Model {
+            id: Uuid::from_u128(1),
+            u8v: u8::MAX,
+            u16v: u16::MAX,
+            u32v: u32::MAX,
+            o_u8v: Some(0),
+            o_u16v: Some(0),
+            o_u32v: Some(0),
+        },
+        unsigned_ints::Model {
+            id: Uuid::from_u128(2),
+            u8v: 0,
+            u16v: 0,
+            u32v: 0,
+            o_u8v: None,
+            o_u16v: None,
+            o_u32v: None,
+        },
     ];
     if first.dialect != Dialect::Postgres {
         for m in &unsigned {
@@ -290,7 +321,11 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
         report.rejected.is_empty() && report.local_errors.is_empty(),
         "{report:?}"
     );
-    let pushed_unsigned = if first.dialect == Dialect::Postgres { 0 } else { 2 };
+    let pushed_unsigned = if first.dialect == Dialect::Postgres {
+        0
+    } else {
+        2
+    };
     ensure_eq!(report.pushed, 3 + pushed_unsigned);
     compare("hub", &want, &read_all(&hub.db).await?)?;
     if pushed_unsigned > 0 {
@@ -310,14 +345,20 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
     let report = e2.sync_now().await?;
     if second.dialect == Dialect::Postgres && first.dialect != Dialect::Postgres {
         // unsigned_ints is not registered there: its changes are parked.
-        let unknown = report.local_errors.iter().all(|e| matches!(e, tidesync::Error::UnknownTable(t) if t == "unsigned_ints"));
+        let unknown = report
+            .local_errors
+            .iter()
+            .all(|e| matches!(e, tidesync::Error::UnknownTable(t) if t == "unsigned_ints"));
         ensure!(unknown && !report.local_errors.is_empty(), "{report:?}");
     } else {
         ensure!(report.local_errors.is_empty(), "{report:?}");
     }
     compare("second local", &want, &read_all(&second.db).await?)?;
     if pushed_unsigned > 0 && second.dialect != Dialect::Postgres {
-        let got = unsigned_ints::Entity::find().order_by_asc(unsigned_ints::Column::Id).all(&second.db).await?;
+        let got = unsigned_ints::Entity::find()
+            .order_by_asc(unsigned_ints::Column::Id)
+            .all(&second.db)
+            .await?;
         ensure_eq!(got, unsigned, "unsigned integers on the second local");
     }
 
@@ -325,7 +366,11 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
     let mut edited = want[0].clone();
     edited.f64v = f64::MIN_POSITIVE;
     edited.o_s = Some("edited ✍".into());
-    edited.dec = if sqlite { "0.25".parse()? } else { "0.0000000000000000000000000001".parse()? };
+    edited.dec = if sqlite {
+        "0.25".parse()?
+    } else {
+        "0.0000000000000000000000000001".parse()?
+    };
     let mut am = kitchen_sink::Entity::find_by_id(edited.id)
         .one(&second.db)
         .await?
@@ -385,12 +430,19 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
     }
     if first.dialect == Dialect::MySql && hub.dialect == Dialect::MySql {
         // u64 where both ends hold it (SeaORM reads u64 on MySQL only).
-        big_unsigned::ActiveModel { id: Set(Uuid::from_u128(8)), v: Set(u64::MAX), ov: Set(None) }
-            .insert(&first.db)
-            .await?;
+        big_unsigned::ActiveModel {
+            id: Set(Uuid::from_u128(8)),
+            v: Set(u64::MAX),
+            ov: Set(None),
+        }
+        .insert(&first.db)
+        .await?;
         let report = e1.sync_now().await?;
         ensure!(report.rejected.is_empty(), "{report:?}");
-        let got = big_unsigned::Entity::find_by_id(Uuid::from_u128(8)).one(&hub.db).await?.ok_or("u64 row")?;
+        let got = big_unsigned::Entity::find_by_id(Uuid::from_u128(8))
+            .one(&hub.db)
+            .await?
+            .ok_or("u64 row")?;
         ensure_eq!(got.v, u64::MAX);
     }
     first.drop().await?;
@@ -400,7 +452,11 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
 
 /// A row the `hub` dialect cannot hold but the `local` one can, and the
 /// column that makes it so.
-fn unrepresentable_on(hub: Dialect, local: Dialect, sqlite: bool) -> Option<(&'static str, kitchen_sink::Model)> {
+fn unrepresentable_on(
+    hub: Dialect,
+    local: Dialect,
+    sqlite: bool,
+) -> Option<(&'static str, kitchen_sink::Model)> {
     let mut row = rows(sqlite).remove(1);
     match (hub, local) {
         (Dialect::Sqlite, Dialect::Postgres | Dialect::MySql) => {

@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         unreachable_hub_is_offline_and_loses_nothing,
         halt_policy_stops_the_stream_in_order,
         park_policy_parks_and_goes_on,
+        concurrent_pushers_and_a_puller_see_every_change_once,
     );
     run(trials)
 }
@@ -462,5 +463,75 @@ async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
     );
     ensure_eq!(a.engine.replica().pending_count().await?, 0);
     a.drop().await?;
+    hub.drop().await
+}
+
+async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> TestResult {
+    const DEVICES: usize = 4;
+    const ROUNDS: usize = 12;
+    const PER_ROUND: usize = 15;
+    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        // Each device with its own hub connection pool, as separate processes would.
+        let own: Arc<dyn Backend> = Arc::new(SqlBackend::new(hub.connect_again().await?));
+        devices.push(Arc::new(Device::with_backend(own, &format!("p{i}")).await?));
+    }
+    devices[0].sync().await?; // installs the hub tables
+    let mut pushers = Vec::new();
+    for d in &devices {
+        let d = d.clone();
+        pushers.push(tokio::spawn(async move {
+            for r in 0..ROUNDS {
+                for i in 0..PER_ROUND {
+                    d.add(&format!("r{r}-{i}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                d.engine.sync_now().await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    // The puller reads small pages while the pushers commit.
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = Cursor(0);
+    let mut pulls = 0;
+    loop {
+        let done = pushers.iter().all(|p| p.is_finished());
+        let page = backend.pull(cursor, 7).await?;
+        pulls += 1;
+        for c in &page.changes {
+            ensure!(seen.insert(c.id), "change {} seen twice", c.id);
+        }
+        ensure!(page.next >= cursor, "cursor went back");
+        cursor = page.next;
+        if done && page.changes.is_empty() {
+            break;
+        }
+    }
+    for p in pushers {
+        p.await?.map_err(|e| -> BoxError { e.into() })?;
+    }
+    let total = DEVICES * ROUNDS * PER_ROUND;
+    ensure_eq!(
+        seen.len(),
+        total,
+        "the puller saw every change exactly once ({pulls} pulls)"
+    );
+    let all = backend.pull(Cursor(0), 100_000).await?;
+    ensure_eq!(all.changes.len(), total, "and the log holds each once");
+    let hub_seqs: Vec<u64> = (1..=total as u64).collect();
+    ensure_eq!(
+        all.next,
+        Cursor(*hub_seqs.last().unwrap()),
+        "hub sequence is gap-free"
+    );
+    for d in devices {
+        Arc::try_unwrap(d)
+            .map_err(|_| "device still shared")?
+            .drop()
+            .await?;
+    }
     hub.drop().await
 }

@@ -46,7 +46,9 @@ pub fn value_expr(
             sea_orm::sea_query::OptionEnum::None(_) => Value::String(None),
         },
         // sqlx would send it as a TIMESTAMP (ends in 2038): send DATETIME.
-        Value::ChronoDateTimeUtc(t) if backend == DbBackend::MySql => Value::ChronoDateTime(t.map(|t| t.naive_utc())),
+        Value::ChronoDateTimeUtc(t) if backend == DbBackend::MySql => {
+            Value::ChronoDateTime(t.map(|t| t.naive_utc()))
+        }
         v => v.clone(),
     };
     match (&column.ty, backend) {

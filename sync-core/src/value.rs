@@ -32,12 +32,14 @@ pub fn check_value(
     let fail = |reason: &str| Err(Error::unrepresentable(table, column, render(value), reason));
     match value {
         Value::Float(Some(f))
-            if f.to_bits() == (-0.0f32).to_bits() && matches!(backend, Some(DbBackend::Sqlite | DbBackend::MySql)) =>
+            if f.to_bits() == (-0.0f32).to_bits()
+                && matches!(backend, Some(DbBackend::Sqlite | DbBackend::MySql)) =>
         {
             fail("SQLite and MySQL store -0.0 as 0")
         }
         Value::Double(Some(f))
-            if f.to_bits() == (-0.0f64).to_bits() && matches!(backend, Some(DbBackend::Sqlite | DbBackend::MySql)) =>
+            if f.to_bits() == (-0.0f64).to_bits()
+                && matches!(backend, Some(DbBackend::Sqlite | DbBackend::MySql)) =>
         {
             fail("SQLite and MySQL store -0.0 as 0")
         }
@@ -63,9 +65,11 @@ pub fn check_value(
         Value::ChronoDateTimeWithTimeZone(Some(d)) => {
             check_year(d.naive_utc().year(), backend).map_or(Ok(()), |r| fail(&r))
         }
-        Value::Decimal(Some(d)) if backend == Some(DbBackend::Sqlite) && !decimal_fits_f64(d) => fail(
-            "SQLite stores decimals as 8-byte floats (SeaORM reads them through f64), which cannot hold this one exactly",
-        ),
+        Value::Decimal(Some(d)) if backend == Some(DbBackend::Sqlite) && !decimal_fits_f64(d) => {
+            fail(
+                "SQLite stores decimals as 8-byte floats (SeaORM reads them through f64), which cannot hold this one exactly",
+            )
+        }
         Value::String(Some(s)) if s.contains('\0') && backend == Some(DbBackend::Postgres) => {
             fail("PostgreSQL text cannot contain NUL characters")
         }
@@ -129,9 +133,15 @@ where
             ActiveValue::NotSet => continue,
         };
         let def = col.def();
-        check_value(table, col.as_str(), Some(def.get_column_type()), &value, Some(backend))
-            .and_then(|()| check_binding(table, col.as_str(), &value, backend))
-            .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
+        check_value(
+            table,
+            col.as_str(),
+            Some(def.get_column_type()),
+            &value,
+            Some(backend),
+        )
+        .and_then(|()| check_binding(table, col.as_str(), &value, backend))
+        .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
     }
     Ok(())
 }

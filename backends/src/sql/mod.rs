@@ -91,8 +91,13 @@ impl SqlBackend {
     /// says which).
     pub async fn connect(url: &str) -> Result<Self> {
         let timeout = std::time::Duration::from_secs(10);
-        Self::connect_with(sea_orm::ConnectOptions::new(url).connect_timeout(timeout).acquire_timeout(timeout).to_owned())
-            .await
+        Self::connect_with(
+            sea_orm::ConnectOptions::new(url)
+                .connect_timeout(timeout)
+                .acquire_timeout(timeout)
+                .to_owned(),
+        )
+        .await
     }
 
     /// Connect with SeaORM's connection options (pool size, timeouts, ...).
@@ -101,9 +106,15 @@ impl SqlBackend {
     /// As [`SqlBackend::connect`].
     pub async fn connect_with(options: sea_orm::ConnectOptions) -> Result<Self> {
         let url = options.get_url().to_owned();
-        let scheme_ok = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"]
-            .iter()
-            .any(|p| url.starts_with(p));
+        let scheme_ok = [
+            "postgres://",
+            "postgresql://",
+            "mysql://",
+            "mariadb://",
+            "sqlite:",
+        ]
+        .iter()
+        .any(|p| url.starts_with(p));
         if !scheme_ok {
             return Err(Error::Config(format!(
                 "`{url}` is not a hub URL: expected postgres://, mysql:// or sqlite:"
@@ -111,7 +122,9 @@ impl SqlBackend {
         }
         match Database::connect(options).await {
             Ok(db) => Ok(Self::new(db)),
-            Err(e @ sea_orm::DbErr::Conn(_)) if e.to_string().contains("URL") => Err(Error::Config(e.to_string())),
+            Err(e @ sea_orm::DbErr::Conn(_)) if e.to_string().contains("URL") => {
+                Err(Error::Config(e.to_string()))
+            }
             Err(e) => Err(Error::Offline(e.to_string())),
         }
     }
