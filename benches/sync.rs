@@ -15,7 +15,7 @@
 //! the ratio; absolute rows/s are printed for context. See BENCHMARKS.md.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -565,7 +565,15 @@ impl Results {
             "| hub | phase | rows | seconds | rows/s | vs raw batched | vs naive | peak RSS MiB |"
         );
         println!("|---|---|--:|--:|--:|--:|--:|--:|");
-        for p in &self.phases {
+        let order = |hub: &str| {
+            ["local", "sqlite", "postgres", "mysql"]
+                .iter()
+                .position(|h| *h == hub)
+                .unwrap_or(9)
+        };
+        let mut phases: Vec<&Phase> = self.phases.iter().collect();
+        phases.sort_by_key(|p| order(p.hub));
+        for p in phases {
             let (raw, naive) = self.baselines(p);
             let ratio =
                 |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
@@ -756,18 +764,24 @@ impl Device {
         let hub_sql: Duration = hub.values().map(|(_, d)| *d).sum();
         let local_n: u64 = local.values().map(|(n, _)| *n).sum();
         let hub_n: u64 = hub.values().map(|(n, _)| *n).sum();
-        let mut s = format!(
-            "in hub calls {:.2} s ({}); hub SQL {:.2} s in {hub_n} stmts; local SQL {:.2} s in {local_n} stmts; rest (commits, encoding, merge) {:.2} s",
-            secs(in_hub),
-            calls
-                .iter()
-                .map(|(k, (n, d))| format!("{k} {n}x {:.2} s", secs(*d)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            secs(hub_sql),
+        let mut s = String::new();
+        if !calls.is_empty() {
+            s.push_str(&format!(
+                "in hub calls {:.2} s ({}); hub SQL {:.2} s in {hub_n} stmts; ",
+                secs(in_hub),
+                calls
+                    .iter()
+                    .map(|(k, (n, d))| format!("{k} {n}x {:.2} s", secs(*d)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                secs(hub_sql),
+            ));
+        }
+        s.push_str(&format!(
+            "local SQL {:.2} s in {local_n} stmts; rest (begin/commit, encoding, merge) {:.2} s",
             secs(local_sql),
             secs(total.saturating_sub(hub_sql + local_sql)),
-        );
+        ));
         if detail {
             for (side, m) in [("hub", &hub), ("local", &local)] {
                 let mut v: Vec<_> = m.iter().collect();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use common::entities::contacts;
+use common::entities::{contacts, groups, members};
 use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, IntoActiveModel, QueryOrder};
@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
         halt_policy_stops_the_stream_in_order,
         park_policy_parks_and_goes_on,
         concurrent_pushers_and_a_puller_see_every_change_once,
+        foreign_keys_hold_whatever_the_batch_boundaries,
     );
     run(trials)
 }
@@ -532,6 +533,56 @@ async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> T
             .map_err(|_| "device still shared")?
             .drop()
             .await?;
+    }
+    hub.drop().await
+}
+
+async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestResult {
+    // Hub and devices have real foreign keys (ON DELETE RESTRICT).
+    hub.create_table(groups::Entity).await?;
+    hub.create_table(members::Entity).await?;
+    let mut engines = Vec::new();
+    let mut locals = Vec::new();
+    for tag in ["a", "b"] {
+        let local = TestDb::create(Dialect::Sqlite, tag).await?;
+        local.create_table(groups::Entity).await?;
+        local.create_table(members::Entity).await?;
+        let replica = Replica::builder(local.db.clone())
+            .register::<groups::Entity>() // parents first
+            .register::<members::Entity>()
+            .open()
+            .await?;
+        // One change per request: every boundary is a batch boundary.
+        engines.push(SyncEngine::new(replica, Arc::new(SqlBackend::new(hub.connect_again().await?))).with_batch_size(1));
+        locals.push(local);
+    }
+    let (a, b) = (&locals[0].db, &locals[1].db);
+    let check = |r: tidesync::SyncReport| -> TestResult {
+        ensure!(r.halted.is_none() && r.rejected.is_empty() && r.local_errors.is_empty(), "{r:?}");
+        Ok(())
+    };
+    // Parent and children created together; the child rows were written first.
+    let g = Uuid::now_v7();
+    let kids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let tx = sea_orm::TransactionTrait::begin(a).await?;
+    groups::ActiveModel { id: Set(g), name: Set("g".into()) }.insert(&tx).await?;
+    for k in &kids {
+        members::ActiveModel { id: Set(*k), group_id: Set(g), name: Set("kid".into()) }.insert(&tx).await?;
+    }
+    tx.commit().await?;
+    check(engines[0].sync_now().await?)?;
+    check(engines[1].sync_now().await?)?;
+    ensure_eq!(members::Entity::find().count(b).await?, 3);
+    // Children deleted before the parent (the only order the local FK allows).
+    members::Entity::delete_many().exec(a).await?;
+    groups::Entity::delete_by_id(g).exec(a).await?;
+    check(engines[0].sync_now().await?)?;
+    check(engines[1].sync_now().await?)?;
+    ensure_eq!(groups::Entity::find().count(&hub.db).await?, 0);
+    ensure_eq!(groups::Entity::find().count(b).await?, 0);
+    ensure_eq!(members::Entity::find().count(b).await?, 0);
+    for l in locals {
+        l.drop().await?;
     }
     hub.drop().await
 }

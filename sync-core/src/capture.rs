@@ -284,13 +284,15 @@ pub(crate) async fn seal_table(
     state: &mut SealState,
     limit: u64,
     offset: u64,
+    phase: Phase,
     report: &mut CaptureReport,
-) -> Result<usize> {
+) -> Result<Sealed> {
     let spec = table.spec();
     let markers = table.markers(tx, limit, offset).await?;
     if markers.is_empty() {
-        return Ok(0);
+        return Ok(Sealed::default());
     }
+    let mut kept = 0usize;
     let pks: Vec<Vec<Value>> = markers.iter().map(|m| m.pk.clone()).collect();
     let keys: Vec<String> = pks.iter().map(|p| pk_key(p)).collect::<Result<_>>()?;
     let mut current: HashMap<String, Vec<Value>> = HashMap::new();
@@ -314,16 +316,26 @@ pub(crate) async fn seal_table(
             for (c, v) in spec.columns.iter().zip(row) {
                 if let Err(e) = check_value(&spec.name, &c.name, Some(&c.ty), v, None) {
                     report.rejected.push(e);
+                    kept += 1;
                     continue 'markers;
                 }
             }
         }
+        let shadow = shadows.get(key);
+        let diffed = diff(spec, row, shadow);
+        let deferred = match (&diffed, phase) {
+            (Some((Op::Delete, _)), Phase::Upserts) => true,
+            (Some((Op::Insert | Op::Update, _)), Phase::Deletes) => true,
+            _ => false,
+        };
+        if deferred {
+            kept += 1;
+            continue;
+        }
         let mut tuple = marker.pk.clone();
         tuple.push(Value::BigInt(Some(marker.ver)));
         sealed_markers.push(ValueTuple::Many(tuple));
-
-        let shadow = shadows.get(key);
-        let Some((op, columns)) = diff(spec, row, shadow) else {
+        let Some((op, columns)) = diffed else {
             continue;
         };
         let wall = u64::try_from(marker.wall_us).unwrap_or(0);
@@ -383,7 +395,42 @@ pub(crate) async fn seal_table(
         tx.execute(&del).await?;
     }
     report.captured += appended;
-    Ok(markers.len())
+    Ok(Sealed {
+        read: markers.len(),
+        kept,
+    })
+}
+
+/// Which changes a sealing round emits. A capture pass seals inserts and
+/// updates table by table in registration order (parents first), then
+/// deletes in reverse order (children first), so the outbox order satisfies
+/// foreign keys between synced tables whatever the batch boundaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Inserts and updates; delete markers wait.
+    Upserts,
+    /// Deletes; other markers wait for the next pass.
+    Deletes,
+}
+
+/// What one [`seal_table`] call did with the markers it read.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sealed {
+    /// Markers read.
+    pub(crate) read: usize,
+    /// Markers left in place (rejected, or waiting for the other phase).
+    pub(crate) kept: usize,
+}
+
+/// The (phase, table) rounds of a capture pass, in the order that keeps
+/// foreign keys satisfied.
+pub(crate) fn phases<'a>(
+    tables: &'a [std::sync::Arc<dyn TableHandle>],
+) -> impl Iterator<Item = (Phase, &'a std::sync::Arc<dyn TableHandle>)> {
+    tables
+        .iter()
+        .map(|t| (Phase::Upserts, t))
+        .chain(tables.iter().rev().map(|t| (Phase::Deletes, t)))
 }
 
 /// Rebuild a [`Change`] from an outbox row.

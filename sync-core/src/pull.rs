@@ -86,14 +86,12 @@ pub(crate) async fn seal_all(
     report: &mut CaptureReport,
 ) -> Result<()> {
     const BATCH: u64 = 500;
-    for table in tables {
+    for (phase, table) in capture::phases(tables) {
         let mut skip = 0u64;
         loop {
-            let before = report.rejected.len();
-            let read = capture::seal_table(tx, table.as_ref(), state, BATCH, skip, report).await?;
-            let rejected = report.rejected.len() - before;
-            skip += rejected as u64;
-            if read < BATCH as usize || read == rejected {
+            let sealed = capture::seal_table(tx, table.as_ref(), state, BATCH, skip, phase, report).await?;
+            skip += sealed.kept as u64;
+            if sealed.read < BATCH as usize || sealed.read == sealed.kept {
                 break;
             }
         }

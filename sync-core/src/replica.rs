@@ -165,19 +165,17 @@ impl Replica {
     /// marker stays, so it is captured once the row is fixed.
     pub async fn capture(&self) -> Result<CaptureReport> {
         let mut report = CaptureReport::default();
-        for table in &self.tables {
+        for (phase, table) in capture::phases(&self.tables) {
+            let mut skip = 0u64;
             loop {
-                let skip = report.rejected.len() as u64;
                 let tx = self.db.begin().await?;
                 let mut state = SealState::lock_and_load(&tx, self.node).await?;
-                let before = report.rejected.len();
-                let read =
-                    capture::seal_table(&tx, table.as_ref(), &mut state, BATCH, skip, &mut report)
-                        .await?;
+                let sealed =
+                    capture::seal_table(&tx, table.as_ref(), &mut state, BATCH, skip, phase, &mut report).await?;
                 state.save(&tx).await?;
                 tx.commit().await?;
-                let newly_rejected = report.rejected.len() - before;
-                if read < BATCH as usize || read == newly_rejected {
+                skip += sealed.kept as u64;
+                if sealed.read < BATCH as usize || sealed.read == sealed.kept {
                     break;
                 }
             }

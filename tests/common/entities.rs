@@ -180,3 +180,61 @@ pub mod unsigned_ints {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 }
+
+/// A parent table.
+pub mod groups {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "groups")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        #[sea_orm(has_many = "super::members::Entity")]
+        Members,
+    }
+
+    impl Related<super::members::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::Members.def()
+        }
+    }
+}
+
+/// A child table with a foreign key to `groups`.
+pub mod members {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "members")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub group_id: Uuid,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        #[sea_orm(
+            belongs_to = "super::groups::Entity",
+            from = "Column::GroupId",
+            to = "super::groups::Column::Id",
+            on_delete = "Restrict"
+        )]
+        Group,
+    }
+
+    impl Related<super::groups::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::Group.def()
+        }
+    }
+}
