@@ -19,7 +19,7 @@ pub mod backends {
     pub use sync_backends::sql;
     pub use sync_backends::{
         Backend, Cursor, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
-        SqlBackend,
+        SnapshotRow, SqlBackend, Unreadable,
     };
 }
 

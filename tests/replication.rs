@@ -34,6 +34,9 @@ fn main() -> std::process::ExitCode {
         park_policy_parks_and_goes_on,
         concurrent_pushers_and_a_puller_see_every_change_once,
         foreign_keys_hold_whatever_the_batch_boundaries,
+        malformed_outbox_change_halts_or_parks,
+        malformed_hub_change_halts_or_parks,
+        schema_drift_on_the_hub_is_reported_by_name,
     );
     run(trials)
 }
@@ -238,15 +241,37 @@ async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
     a.sync().await?; // sends the same batch a third time, then acks it
     ensure_eq!(backend.pull(Cursor(0), 1000).await?.changes.len(), 5);
     ensure_eq!(replica.pending_count().await?, 0);
-    // Out of order (a gap) halts instead of applying.
+    // A gap (a change parked on the device) is accepted; order is kept.
     a.add("late").await?;
     replica.capture().await?;
     let mut gap = replica.pending(10).await?;
     gap[0].id.seq += 1;
     let ack = backend.push(&gap).await?;
     ensure!(
-        ack.acknowledged.is_empty() && ack.halted.is_some(),
-        "a gap is refused: {ack:?}"
+        ack.acknowledged == vec![gap[0].id] && ack.halted.is_none(),
+        "{ack:?}"
+    );
+    // An id at or below what the hub applied for that origin is never applied again.
+    let mut replay = gap.clone();
+    replay[0].columns = vec![(
+        "name".into(),
+        sea_orm::Value::String(Some("tampered".into())),
+    )];
+    replay[0].op = tidesync::Op::Update;
+    let ack = backend.push(&replay).await?;
+    ensure_eq!(ack.acknowledged.len(), 1);
+    ensure_eq!(
+        backend.pull(Cursor(0), 1000).await?.changes.len(),
+        6,
+        "not logged twice"
+    );
+    ensure!(
+        contacts::Entity::find()
+            .filter(contacts::Column::Name.eq("tampered"))
+            .one(&hub.db)
+            .await?
+            .is_none(),
+        "not applied twice"
     );
     a.drop().await?;
     hub.drop().await
@@ -553,21 +578,41 @@ async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestRes
             .open()
             .await?;
         // One change per request: every boundary is a batch boundary.
-        engines.push(SyncEngine::new(replica, Arc::new(SqlBackend::new(hub.connect_again().await?))).with_batch_size(1));
+        engines.push(
+            SyncEngine::new(
+                replica,
+                Arc::new(SqlBackend::new(hub.connect_again().await?)),
+            )
+            .with_batch_size(1),
+        );
         locals.push(local);
     }
     let (a, b) = (&locals[0].db, &locals[1].db);
     let check = |r: tidesync::SyncReport| -> TestResult {
-        ensure!(r.halted.is_none() && r.rejected.is_empty() && r.local_errors.is_empty(), "{r:?}");
+        ensure!(
+            r.halted.is_none() && r.rejected.is_empty() && r.local_errors.is_empty(),
+            "{r:?}"
+        );
         Ok(())
     };
     // Parent and children created together; the child rows were written first.
     let g = Uuid::now_v7();
     let kids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     let tx = sea_orm::TransactionTrait::begin(a).await?;
-    groups::ActiveModel { id: Set(g), name: Set("g".into()) }.insert(&tx).await?;
+    groups::ActiveModel {
+        id: Set(g),
+        name: Set("g".into()),
+    }
+    .insert(&tx)
+    .await?;
     for k in &kids {
-        members::ActiveModel { id: Set(*k), group_id: Set(g), name: Set("kid".into()) }.insert(&tx).await?;
+        members::ActiveModel {
+            id: Set(*k),
+            group_id: Set(g),
+            name: Set("kid".into()),
+        }
+        .insert(&tx)
+        .await?;
     }
     tx.commit().await?;
     check(engines[0].sync_now().await?)?;
@@ -584,5 +629,162 @@ async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestRes
     for l in locals {
         l.drop().await?;
     }
+    hub.drop().await
+}
+
+async fn malformed_outbox_change_halts_or_parks(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    for n in ["one", "two", "three"] {
+        a.add(n).await?;
+    }
+    a.engine.replica().capture().await?;
+    a.db()
+        .execute_unprepared(
+            "UPDATE _tidesync_outbox SET payload = '[[\"name\", {\"Strin' WHERE seq = 2",
+        )
+        .await?;
+    // Halt (default): the change before it goes, it and the rest wait.
+    let r = a.engine.sync_now().await?;
+    ensure_eq!(r.pushed, 1);
+    let halted = r.halted.ok_or("halted")?;
+    ensure!(
+        halted.id.seq == 2 && halted.reason.contains("malformed"),
+        "{halted:?}"
+    );
+    ensure_eq!(
+        a.engine.replica().pending_count().await?,
+        2,
+        "nothing dropped"
+    );
+    // Park: it moves to _tidesync_parked with its text, the rest goes on.
+    let replica = Replica::builder(a.db().clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let park = SyncEngine::new(
+        replica,
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+    )
+    .with_policy(tidesync::backends::RejectPolicy::Park);
+    let r = park.sync_now().await?;
+    ensure_eq!(r.pushed, 1);
+    ensure_eq!(r.local_errors.len(), 1, "{r:?}");
+    ensure_eq!(park.replica().pending_count().await?, 0);
+    let parked = a
+        .db()
+        .query_one_raw(sea_orm::Statement::from_string(
+            a.local.backend(),
+            "SELECT payload, reason FROM _tidesync_parked WHERE seq = 2",
+        ))
+        .await?
+        .ok_or("parked row")?;
+    ensure!(
+        parked.try_get::<String>("", "payload")?.contains("Strin"),
+        "the text is kept"
+    );
+    ensure!(
+        parked
+            .try_get::<String>("", "reason")?
+            .contains("malformed"),
+        "with the reason"
+    );
+    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 2);
+    a.drop().await?;
+    hub.drop().await
+}
+
+async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    for n in ["one", "two", "three"] {
+        a.add(n).await?;
+    }
+    a.sync().await?;
+    hub.db
+        .execute_unprepared("UPDATE _tidesync_changes SET payload = 'not json' WHERE hub_seq = 2")
+        .await?;
+    // A device pulling the log (not bootstrapping from the snapshot).
+    let b = Device::new(&hub, "b").await?;
+    let hub_id: String = hub
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            hub.backend(),
+            format!(
+                "SELECT value FROM _tidesync_hub_meta WHERE {} = 'hub_id'",
+                tidesync::core::schema::quote(hub.backend(), "key")
+            ),
+        ))
+        .await?
+        .ok_or("hub id")?
+        .try_get("", "value")?;
+    tidesync::core::schema::upsert_meta(b.db(), &format!("cursor:{hub_id}"), "0").await?;
+    let r = b.engine.sync_now().await?;
+    ensure_eq!(r.pulled, 1, "halted after the first change: {r:?}");
+    ensure!(
+        r.local_errors
+            .iter()
+            .any(|e| e.to_string().contains("malformed")),
+        "{r:?}"
+    );
+    let again = b.engine.sync_now().await?;
+    ensure_eq!(again.pulled, 0, "still halted there");
+    ensure_eq!(b.rows().await?.len(), 1);
+    // Park: the bad one is parked locally, the third arrives.
+    let replica = Replica::builder(b.db().clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let park = SyncEngine::new(
+        replica,
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+    )
+    .with_policy(tidesync::backends::RejectPolicy::Park);
+    let r = park.sync_now().await?;
+    ensure_eq!(r.pulled, 1, "{r:?}");
+    ensure_eq!(b.rows().await?.len(), 2);
+    let parked = b
+        .db()
+        .query_one_raw(sea_orm::Statement::from_string(
+            b.local.backend(),
+            "SELECT payload FROM _tidesync_parked",
+        ))
+        .await?
+        .ok_or("parked row")?;
+    ensure_eq!(parked.try_get::<String>("", "payload")?, "not json");
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult {
+    // The hub's table predates the `email` column.
+    hub.db
+        .execute_unprepared(match hub.dialect {
+            Dialect::Postgres => "CREATE TABLE contacts (id uuid PRIMARY KEY, name varchar NOT NULL, last_opened timestamptz, updated_at timestamptz NOT NULL)",
+            Dialect::MySql => "CREATE TABLE contacts (id binary(16) PRIMARY KEY, name varchar(255) NOT NULL, last_opened datetime(6), updated_at datetime(6) NOT NULL)",
+            Dialect::Sqlite => "CREATE TABLE contacts (id blob PRIMARY KEY, name varchar NOT NULL, last_opened text, updated_at text NOT NULL)",
+        })
+        .await?;
+    let a = Device::new(&hub, "a").await?;
+    a.add("drifted").await?;
+    let r = a.engine.sync_now().await?;
+    let halted = r.halted.ok_or("halted on the drift")?;
+    ensure!(
+        halted.table == "contacts" && halted.reason.contains("email"),
+        "names the column: {halted:?}"
+    );
+    ensure_eq!(
+        a.engine.replica().pending_count().await?,
+        1,
+        "kept for after the migration"
+    );
+    // The hub is migrated: the change goes through.
+    hub.db
+        .execute_unprepared(match hub.dialect {
+            Dialect::MySql => "ALTER TABLE contacts ADD COLUMN email varchar(255) NULL",
+            _ => "ALTER TABLE contacts ADD COLUMN email varchar NULL",
+        })
+        .await?;
+    ensure_eq!(a.engine.sync_now().await?.pushed, 1);
+    a.drop().await?;
     hub.drop().await
 }

@@ -11,8 +11,9 @@
 
 pub mod sql;
 
-pub use sql::{RejectPolicy, SqlBackend};
+pub use sql::SqlBackend;
 pub use sync_core::backend::{
-    Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage,
+    Backend, Cursor, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
+    SnapshotRow, Unreadable,
 };
 pub use sync_core::{Error, Result};

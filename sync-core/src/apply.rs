@@ -59,16 +59,6 @@ pub fn value_expr(
     }
 }
 
-/// Rough size of a value once bound.
-fn value_bytes(v: &Value) -> usize {
-    match v {
-        Value::String(Some(s)) => s.len(),
-        Value::Bytes(Some(b)) => b.len(),
-        Value::Json(Some(j)) => j.to_string().len(),
-        _ => 16,
-    }
-}
-
 /// Upsert full rows (`live`) and delete rows (`dead`) of one table. Pass
 /// parents before children: callers order tables, this orders nothing.
 pub async fn write_rows<C: ConnectionTrait>(
@@ -134,7 +124,7 @@ pub async fn upsert_rows<C: ConnectionTrait>(
                 let mut exprs = Vec::with_capacity(cols.len());
                 for c in &cols {
                     let v = &r.vals[&c.name];
-                    bytes += value_bytes(v);
+                    bytes += crate::value::approx_size(v);
                     exprs.push(value_expr(&spec.name, c, v, backend)?);
                 }
                 q.values_panic(exprs);

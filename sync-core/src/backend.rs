@@ -50,8 +50,41 @@ pub struct PushAck {
 pub struct PullBatch {
     /// Changes after the requested cursor, in hub order.
     pub changes: Vec<Change>,
-    /// The cursor to ask from next time.
+    /// The cursor after the last change in `changes`.
     pub next: Cursor,
+    /// A log entry that could not be read (malformed payload), right after
+    /// `changes`: the page stops there and the replica halts or parks it.
+    pub unreadable: Option<Unreadable>,
+}
+
+/// A change that cannot be read back (malformed typed JSON).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreadable {
+    /// Its position: in the hub log (hub sequence) or the outbox (origin
+    /// sequence).
+    pub position: Cursor,
+    /// Its table, if that much could be read.
+    pub table: String,
+    /// The stored text, kept when it is parked.
+    pub raw: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// What to do with a change that cannot be applied (a constraint
+/// violation, an unknown table or column, a value the dialect cannot hold,
+/// a malformed payload). The hub applies it to pushed changes; a
+/// [`crate::SyncEngine`] to its own outbox and to pulled changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectPolicy {
+    /// Stop that stream at the change, keeping its order: the change and the
+    /// ones after it wait until the cause is fixed. The default.
+    #[default]
+    Halt,
+    /// Park the change with its reason (`_tidesync_rejected` on a hub,
+    /// `_tidesync_parked` on a replica) and go on.
+    Park,
 }
 
 /// One row of a hub snapshot.

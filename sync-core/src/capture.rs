@@ -323,11 +323,11 @@ pub(crate) async fn seal_table(
         }
         let shadow = shadows.get(key);
         let diffed = diff(spec, row, shadow);
-        let deferred = match (&diffed, phase) {
-            (Some((Op::Delete, _)), Phase::Upserts) => true,
-            (Some((Op::Insert | Op::Update, _)), Phase::Deletes) => true,
-            _ => false,
-        };
+        let deferred = matches!(
+            (&diffed, phase),
+            (Some((Op::Delete, _)), Phase::Upserts)
+                | (Some((Op::Insert | Op::Update, _)), Phase::Deletes)
+        );
         if deferred {
             kept += 1;
             continue;
@@ -424,9 +424,9 @@ pub(crate) struct Sealed {
 
 /// The (phase, table) rounds of a capture pass, in the order that keeps
 /// foreign keys satisfied.
-pub(crate) fn phases<'a>(
-    tables: &'a [std::sync::Arc<dyn TableHandle>],
-) -> impl Iterator<Item = (Phase, &'a std::sync::Arc<dyn TableHandle>)> {
+pub(crate) fn phases(
+    tables: &[std::sync::Arc<dyn TableHandle>],
+) -> impl Iterator<Item = (Phase, &std::sync::Arc<dyn TableHandle>)> {
     tables
         .iter()
         .map(|t| (Phase::Upserts, t))
@@ -452,6 +452,29 @@ pub(crate) fn change_from_outbox(origin: NodeId, r: &sea_orm::QueryResult) -> Re
         columns: serde_json::from_str(&payload)?,
         hlc: hlc.parse()?,
     })
+}
+
+/// The runtime description of a `Syncable` entity's table.
+pub fn table_spec<E>() -> TableSpec
+where
+    E: Syncable,
+    E::Model: Sync,
+{
+    EntityTable::<E>::new().spec
+}
+
+/// Create a `Syncable` entity's table if it is missing, with the column
+/// types tidesync uses on every dialect (see
+/// [`crate::schema::synced_column_type`]: microsecond date-times and
+/// unbounded text on MySQL, exact decimals on SQLite, ...), creating its
+/// PostgreSQL enum types first.
+pub async fn create_table<E, C>(db: &C) -> Result<()>
+where
+    E: Syncable,
+    E::Model: Sync,
+    C: ConnectionTrait,
+{
+    schema::ensure_table(db, &table_spec::<E>()).await
 }
 
 #[cfg(test)]
@@ -527,27 +550,4 @@ mod tests {
         assert_eq!(op, Op::Insert);
         assert_eq!(cols.len(), 3);
     }
-}
-
-/// The runtime description of a `Syncable` entity's table.
-pub fn table_spec<E>() -> TableSpec
-where
-    E: Syncable,
-    E::Model: Sync,
-{
-    EntityTable::<E>::new().spec
-}
-
-/// Create a `Syncable` entity's table if it is missing, with the column
-/// types tidesync uses on every dialect (see
-/// [`crate::schema::synced_column_type`]: microsecond date-times and
-/// unbounded text on MySQL, exact decimals on SQLite, ...), creating its
-/// PostgreSQL enum types first.
-pub async fn create_table<E, C>(db: &C) -> Result<()>
-where
-    E: Syncable,
-    E::Model: Sync,
-    C: ConnectionTrait,
-{
-    schema::ensure_table(db, &table_spec::<E>()).await
 }

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::backend::{Backend, Cursor, HubInfo, Rejection};
+use crate::backend::{Backend, Cursor, HubInfo, RejectPolicy, Rejection, Unreadable};
 use crate::change::Change;
 use crate::error::{Error, ErrorKind, Result};
 use crate::merge::RowState;
@@ -66,6 +66,7 @@ pub struct SyncEngine {
     backend: Arc<dyn Backend>,
     hub: OnceCell<HubInfo>,
     batch: u64,
+    policy: RejectPolicy,
     running: Mutex<()>,
 }
 
@@ -94,6 +95,7 @@ impl SyncEngine {
             backend,
             hub: OnceCell::new(),
             batch: 500,
+            policy: RejectPolicy::Halt,
             running: Mutex::new(()),
         }
     }
@@ -101,6 +103,14 @@ impl SyncEngine {
     /// Changes per push or pull request (at least 1).
     pub fn with_batch_size(mut self, batch: u64) -> Self {
         self.batch = Ord::max(batch, 1);
+        self
+    }
+
+    /// What to do with a change of the outbox, or pulled from the hub, that
+    /// cannot be read or applied here: halt there (the default) or park it
+    /// in `_tidesync_parked` and go on.
+    pub fn with_policy(mut self, policy: RejectPolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -139,23 +149,50 @@ impl SyncEngine {
 
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
         loop {
-            let batch = self.replica.outbox_batch(self.batch).await?;
-            if batch.is_empty() {
-                return Ok(());
+            let (batch, unreadable) = self.replica.outbox_batch(self.batch).await?;
+            if !batch.is_empty() {
+                let ack = self.backend.push(&batch).await.map_err(offline)?;
+                let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
+                self.replica.acknowledge(&acked).await?;
+                report.pushed += acked.len();
+                report.rejected.extend(ack.parked);
+                if let Some(h) = ack.halted {
+                    report.halted = Some(h);
+                    return Ok(());
+                }
+                if acked.len() < batch.len() {
+                    return Err(Error::Corrupt(format!(
+                        "the hub acknowledged {} of {} changes without halting",
+                        acked.len(),
+                        batch.len()
+                    )));
+                }
             }
-            let ack = self.backend.push(&batch).await.map_err(offline)?;
-            let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
-            self.replica.acknowledge(&acked).await?;
-            report.pushed += acked.len();
-            report.rejected.extend(ack.parked);
-            if let Some(h) = ack.halted {
-                report.halted = Some(h);
-                return Ok(());
-            }
-            if acked.is_empty() {
-                return Err(Error::Corrupt(
-                    "the hub acknowledged nothing of a batch without halting".into(),
-                ));
+            let Some(bad) = unreadable else {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            };
+            // A change of our own outbox that cannot be read back.
+            let me = self.replica.node_id();
+            let rejection = Rejection {
+                id: crate::change::ChangeId {
+                    origin: me,
+                    seq: bad.position.0,
+                },
+                table: bad.table.clone(),
+                reason: bad.reason.clone(),
+            };
+            match self.policy {
+                RejectPolicy::Park => {
+                    self.replica.park_outbox(&bad).await?;
+                    report.local_errors.push(Error::Corrupt(bad.reason));
+                }
+                _ => {
+                    report.halted = Some(rejection);
+                    return Ok(());
+                }
             }
         }
     }
@@ -175,29 +212,52 @@ impl SyncEngine {
                 .pull(cursor, self.batch)
                 .await
                 .map_err(offline)?;
-            if page.changes.is_empty() && page.next == cursor {
-                return Ok(());
-            }
             let me = self.replica.node_id();
-            let deltas = page
+            let mut deltas = page
                 .changes
                 .iter()
                 .filter(|c| c.id.origin != me)
                 .map(delta_of_change)
                 .collect::<Result<Vec<_>>>()?;
+            let mut next = page.next;
+            let mut halt = false;
+            if let Some(bad) = &page.unreadable {
+                report.local_errors.push(Error::Corrupt(bad.reason.clone()));
+                match self.policy {
+                    RejectPolicy::Park => {
+                        // Parked with the batch, and the cursor moves past it.
+                        deltas.push(Delta {
+                            table: bad.table.clone(),
+                            pk: Vec::new(),
+                            state: RowState::default(),
+                            id: None,
+                            payload: bad.raw.clone(),
+                            park: Some(bad.reason.clone()),
+                        });
+                        next = bad.position;
+                    }
+                    _ => halt = true,
+                }
+            }
+            if page.changes.is_empty() && next == cursor {
+                return Ok(());
+            }
             let applied = apply_deltas(
                 self.replica.connection(),
                 self.replica.handles(),
                 me,
                 deltas,
                 &key,
-                &page.next.0.to_string(),
+                &next.0.to_string(),
             )
             .await?;
             report.pulled += applied.applied;
             report.local_errors.extend(applied.parked);
             report.local_errors.extend(applied.captured.rejected);
-            cursor = page.next;
+            cursor = next;
+            if halt {
+                return Ok(());
+            }
         }
     }
 
@@ -222,6 +282,7 @@ impl SyncEngine {
                         pk: row.pk.into_iter().map(|(_, v)| v).collect(),
                         state: row.state,
                         id: None,
+                        park: None,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -259,28 +320,76 @@ fn delta_of_change(c: &Change) -> Result<Delta> {
         state,
         id: Some(c.id),
         payload: serde_json::to_string(c)?,
+        park: None,
     })
 }
 
 impl Replica {
-    /// The oldest captured changes, up to `limit` and about 4 MiB.
-    pub(crate) async fn outbox_batch(&self, limit: u64) -> Result<Vec<Change>> {
-        let mut out = self.pending(limit).await?;
+    /// The oldest captured changes, up to `limit` and about 4 MiB, stopping
+    /// before the first one that cannot be read back (returned apart).
+    pub(crate) async fn outbox_batch(
+        &self,
+        limit: u64,
+    ) -> Result<(Vec<Change>, Option<Unreadable>)> {
+        let q = Query::select()
+            .columns(["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new))
+            .from(Alias::new(OUTBOX))
+            .order_by(Alias::new("seq"), Order::Asc)
+            .limit(limit)
+            .to_owned();
+        let mut out = Vec::new();
         let mut bytes = 0usize;
-        let mut keep = 0;
-        for c in &out {
-            bytes += c
-                .columns
-                .iter()
-                .map(|(_, v)| crate::value::render(v).len().max(16))
-                .sum::<usize>();
-            keep += 1;
-            if bytes > 4 << 20 {
-                break;
+        for r in self.connection().query_all(&q).await? {
+            match crate::capture::change_from_outbox(self.node_id(), &r) {
+                Ok(c) => {
+                    bytes += c
+                        .columns
+                        .iter()
+                        .map(|(_, v)| crate::value::approx_size(v))
+                        .sum::<usize>();
+                    out.push(c);
+                    if bytes > 4 << 20 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let seq: i64 = r.try_get("", "seq")?;
+                    let bad = Unreadable {
+                        position: Cursor(seq as u64),
+                        table: r.try_get("", "tbl").unwrap_or_default(),
+                        raw: r.try_get("", "payload").unwrap_or_default(),
+                        reason: format!("outbox change {seq} is malformed: {e}"),
+                    };
+                    return Ok((out, Some(bad)));
+                }
             }
         }
-        out.truncate(keep);
-        Ok(out)
+        Ok((out, None))
+    }
+
+    /// Move an unreadable outbox change to `_tidesync_parked`.
+    pub(crate) async fn park_outbox(&self, bad: &Unreadable) -> Result<()> {
+        let tx = self.connection().begin().await?;
+        let q = Query::insert()
+            .into_table(Alias::new(crate::pull::PARKED))
+            .columns(["tbl", "pk", "origin", "seq", "payload", "reason"].map(Alias::new))
+            .values_panic([
+                bad.table.clone().into(),
+                String::new().into(),
+                self.node_id().to_string().into(),
+                (bad.position.0 as i64).into(),
+                bad.raw.clone().into(),
+                bad.reason.clone().into(),
+            ])
+            .to_owned();
+        tx.execute(&q).await?;
+        let del = Query::delete()
+            .from_table(Alias::new(OUTBOX))
+            .and_where(Expr::col(Alias::new("seq")).eq(bad.position.0 as i64))
+            .to_owned();
+        tx.execute(&del).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Drop acknowledged changes from the outbox.

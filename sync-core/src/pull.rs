@@ -37,6 +37,8 @@ pub(crate) struct Delta {
     pub(crate) id: Option<ChangeId>,
     /// What to keep if it has to be parked (the change or state as JSON).
     pub(crate) payload: String,
+    /// Set when it is to be parked without applying (e.g. unreadable).
+    pub(crate) park: Option<String>,
 }
 
 /// What applying a batch did.
@@ -89,7 +91,8 @@ pub(crate) async fn seal_all(
     for (phase, table) in capture::phases(tables) {
         let mut skip = 0u64;
         loop {
-            let sealed = capture::seal_table(tx, table.as_ref(), state, BATCH, skip, phase, report).await?;
+            let sealed =
+                capture::seal_table(tx, table.as_ref(), state, BATCH, skip, phase, report).await?;
             skip += sealed.kept as u64;
             if sealed.read < BATCH as usize || sealed.read == sealed.kept {
                 break;
@@ -171,7 +174,13 @@ pub(crate) async fn apply_deltas(
     begin_applying(&tx).await?;
     let mut state = SealState::lock_and_load(&tx, node).await?;
 
-    // Group by table, keep arrival order within a table.
+    // Park what must be parked; group the rest by table, keeping arrival
+    // order within a table.
+    let (to_park, deltas): (Vec<Delta>, Vec<Delta>) =
+        deltas.into_iter().partition(|d| d.park.is_some());
+    for d in &to_park {
+        park(&tx, &[d], d.park.as_deref().unwrap_or_default()).await?;
+    }
     let mut by_table: BTreeMap<String, Vec<Delta>> = BTreeMap::new();
     for d in deltas {
         by_table.entry(d.table.clone()).or_default().push(d);

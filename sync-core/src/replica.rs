@@ -170,8 +170,16 @@ impl Replica {
             loop {
                 let tx = self.db.begin().await?;
                 let mut state = SealState::lock_and_load(&tx, self.node).await?;
-                let sealed =
-                    capture::seal_table(&tx, table.as_ref(), &mut state, BATCH, skip, phase, &mut report).await?;
+                let sealed = capture::seal_table(
+                    &tx,
+                    table.as_ref(),
+                    &mut state,
+                    BATCH,
+                    skip,
+                    phase,
+                    &mut report,
+                )
+                .await?;
                 state.save(&tx).await?;
                 tx.commit().await?;
                 skip += sealed.kept as u64;

@@ -164,6 +164,16 @@ fn check_binding(table: &str, column: &str, value: &Value, backend: DbBackend) -
     Ok(())
 }
 
+/// Rough size of a value once bound, in bytes (for batching by size).
+pub fn approx_size(v: &Value) -> usize {
+    match v {
+        Value::String(Some(s)) => s.len(),
+        Value::Bytes(Some(b)) => b.len(),
+        Value::Json(Some(j)) => j.to_string().len(),
+        _ => 16,
+    }
+}
+
 /// Exact equality for diffs: floats compare by bit pattern (so `-0.0` differs
 /// from `0.0`), everything else by value.
 pub fn same_value(a: &Value, b: &Value) -> bool {

@@ -21,7 +21,8 @@ use sea_orm::{
 };
 use sync_core::apply;
 use sync_core::backend::{
-    Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage, SnapshotRow,
+    Backend, Cursor, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
+    SnapshotRow, Unreadable,
 };
 use sync_core::schema::{insert_meta_if_missing, utf8mb4};
 use sync_core::store;
@@ -33,20 +34,6 @@ use ddl::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
 
 /// Newest hub metadata schema this release reads and writes.
 pub const HUB_SCHEMA_VERSION: i64 = 1;
-
-/// What the hub does with a change it cannot apply (a constraint violation,
-/// an unknown table or column, a value its dialect cannot hold).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RejectPolicy {
-    /// Stop that origin's stream at the change, keeping its order: the
-    /// change and the ones after it stay in the replica's outbox until the
-    /// cause is fixed. The default.
-    #[default]
-    Halt,
-    /// Park the change in `_tidesync_rejected` with its reason and go on.
-    Park,
-}
 
 /// A hub in a SQL database. See the [module docs](self).
 pub struct SqlBackend {
@@ -469,24 +456,11 @@ impl Backend for SqlBackend {
 
         let mut ack = PushAck::default();
         let mut todo: Vec<&Change> = Vec::new();
-        let mut expected = applied + 1;
         for c in batch {
             if c.id.seq <= applied {
                 ack.acknowledged.push(c.id); // delivered before: at most once
                 continue;
             }
-            if c.id.seq != expected {
-                ack.halted = Some(Rejection {
-                    id: c.id,
-                    table: c.table.clone(),
-                    reason: format!(
-                        "out of order: expected change {expected} of {origin}, got {}",
-                        c.id.seq
-                    ),
-                });
-                break;
-            }
-            expected += 1;
             todo.push(c);
         }
 
@@ -611,14 +585,32 @@ impl Backend for SqlBackend {
             .limit(Ord::min(limit, i64::MAX as u64))
             .to_owned();
         let rows = self.db.query_all(&q).await.map_err(offline)?;
-        let mut next = cursor;
-        let mut changes = Vec::with_capacity(rows.len());
+        let mut batch = PullBatch {
+            next: cursor,
+            ..PullBatch::default()
+        };
         for r in rows {
             let hub_seq: i64 = r.try_get("", "hub_seq")?;
-            next = Cursor(hub_seq as u64);
-            changes.push(change_of_row(&r)?);
+            match change_of_row(&r) {
+                Ok(c) => {
+                    batch.changes.push(c);
+                    batch.next = Cursor(hub_seq as u64);
+                }
+                Err(e) => {
+                    // Stop at it: the replica decides to halt or to park it.
+                    let raw: Option<String> = r.try_get("", "payload").ok();
+                    let table: Option<String> = r.try_get("", "tbl").ok();
+                    batch.unreadable = Some(Unreadable {
+                        position: Cursor(hub_seq as u64),
+                        table: table.unwrap_or_default(),
+                        raw: raw.unwrap_or_default(),
+                        reason: format!("change {hub_seq} of the hub log is malformed: {e}"),
+                    });
+                    break;
+                }
+            }
         }
-        Ok(PullBatch { changes, next })
+        Ok(batch)
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
