@@ -309,18 +309,9 @@ pub(crate) async fn seal_table(
     let mut sealed_markers: Vec<ValueTuple> = Vec::new();
     let mut appended = 0usize;
 
-    'markers: for (marker, key) in markers.iter().zip(&keys) {
+    for (marker, key) in markers.iter().zip(&keys) {
         report.examined += 1;
         let row = current.get(key).map(Vec::as_slice);
-        if let Some(row) = row {
-            for (c, v) in spec.columns.iter().zip(row) {
-                if let Err(e) = check_value(&spec.name, &c.name, Some(&c.ty), v, None) {
-                    report.rejected.push(e);
-                    kept += 1;
-                    continue 'markers;
-                }
-            }
-        }
         let shadow = shadows.get(key);
         let diffed = diff(spec, row, shadow);
         let deferred = matches!(
@@ -329,6 +320,16 @@ pub(crate) async fn seal_table(
                 | (Some((Op::Insert | Op::Update, _)), Phase::Deletes)
         );
         if deferred {
+            kept += 1;
+            continue;
+        }
+        if let Some(bad) = row.and_then(|row| {
+            spec.columns
+                .iter()
+                .zip(row)
+                .find_map(|(c, v)| check_value(&spec.name, &c.name, Some(&c.ty), v, None).err())
+        }) {
+            report.rejected.push(bad);
             kept += 1;
             continue;
         }
