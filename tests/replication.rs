@@ -38,6 +38,13 @@ fn main() -> std::process::ExitCode {
         malformed_hub_change_halts_or_parks,
         schema_drift_on_the_hub_is_reported_by_name,
     );
+    for d in [Dialect::Postgres, Dialect::MySql] {
+        trials.push(common::trial(
+            d,
+            "hub_connections_dropped_mid_batch",
+            |db| Box::pin(hub_connections_dropped_mid_batch(db)),
+        ));
+    }
     run(trials)
 }
 
@@ -786,5 +793,103 @@ async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult 
         .await?;
     ensure_eq!(a.engine.sync_now().await?.pushed, 1);
     a.drop().await?;
+    hub.drop().await
+}
+
+/// The hub server drops every connection of the test database, repeatedly,
+/// while a device pushes and pulls in small batches: syncs fail (offline),
+/// and once the hub is stable again one sync delivers everything, once.
+async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
+    let local = TestDb::create(Dialect::Sqlite, "dropped").await?;
+    local.create_table(contacts::Entity).await?;
+    let replica = Replica::builder(local.db.clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let engine = SyncEngine::new(
+        replica,
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+    )
+    .with_batch_size(10);
+    engine.sync_now().await?; // install
+    let rows: Vec<contacts::ActiveModel> = (0..400)
+        .map(|i| contacts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(format!("n{i}")),
+            email: Set(None),
+            last_opened: Set(None),
+            updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
+        })
+        .collect();
+    contacts::Entity::insert_many(rows).exec(&local.db).await?;
+    let admin = hub.connect_again().await?;
+    let dialect = hub.dialect;
+    let killer = tokio::spawn(async move {
+        let sql = match dialect {
+            Dialect::Postgres => "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()".to_string(),
+            _ => String::new(),
+        };
+        for _ in 0..40 {
+            if dialect == Dialect::MySql {
+                let ids = admin
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::MySql,
+                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+                    ))
+                    .await?;
+                for r in ids {
+                    let id: i64 = r.try_get_by_index(0)?;
+                    let _ = admin
+                        .execute_unprepared(&format!("KILL CONNECTION {id}"))
+                        .await;
+                }
+            } else {
+                admin.execute_unprepared(&sql).await?;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        }
+        Ok::<_, sea_orm::DbErr>(())
+    });
+    let mut failures = 0;
+    let mut offline = 0;
+    while !killer.is_finished() {
+        match engine.sync_now().await {
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                if matches!(e, tidesync::Error::Offline(_)) {
+                    offline += 1;
+                }
+            }
+        }
+    }
+    killer.await??;
+    // Stable again: the next sync (or two, while the pool reconnects) finishes the job.
+    let mut done = false;
+    for _ in 0..5 {
+        if let Ok(r) = engine.sync_now().await {
+            if r.halted.is_none() && engine.replica().pending_count().await? == 0 {
+                done = true;
+                break;
+            }
+        }
+    }
+    ensure!(done, "sync did not recover after the drops");
+    ensure!(failures > 0, "the drops never hit a sync");
+    ensure!(
+        offline > 0,
+        "dropped connections should read as offline ({failures} failures)"
+    );
+    let log = SqlBackend::new(hub.connect_again().await?)
+        .pull(Cursor(0), 10_000)
+        .await?;
+    let seqs: Vec<u64> = log.changes.iter().map(|c| c.id.seq).collect();
+    ensure_eq!(
+        seqs,
+        (1..=400).collect::<Vec<u64>>(),
+        "each change on the hub exactly once, in order"
+    );
+    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 400);
+    local.drop().await?;
     hub.drop().await
 }

@@ -174,7 +174,7 @@ pub(crate) fn code_kind(code: &str, message: &str) -> ErrorKind {
         "23514" => ErrorKind::CheckViolation,
         "22001" | "22003" => ErrorKind::DataTooLong,
         "40001" | "40P01" | "55P03" => ErrorKind::Serialization,
-        "08000" | "08003" | "08006" | "57P01" => ErrorKind::Connection,
+        "08000" | "08003" | "08006" | "57P01" | "57P02" | "57P03" => ErrorKind::Connection,
         // MySQL / MariaDB error numbers
         "1062" | "1586" => ErrorKind::UniqueViolation,
         "1451" | "1452" | "1216" | "1217" => ErrorKind::ForeignKeyViolation,
@@ -182,6 +182,7 @@ pub(crate) fn code_kind(code: &str, message: &str) -> ErrorKind {
         "3819" | "4025" => ErrorKind::CheckViolation,
         "1406" | "1264" => ErrorKind::DataTooLong,
         "1213" | "1205" => ErrorKind::Serialization,
+        "1053" | "1927" | "2006" | "2013" => ErrorKind::Connection,
         // SQLite extended result codes
         "2067" | "1555" => ErrorKind::UniqueViolation,
         "787" => ErrorKind::ForeignKeyViolation,
