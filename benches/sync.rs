@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,10 +93,12 @@ struct Args {
     naive_rows: u64,
     naive_secs: f64,
     profile: bool,
+    analyze_hub: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
-[--hub sqlite|postgres|mysql|all] [--naive-rows N] [--naive-secs S] [--profile]";
+[--hub sqlite|postgres|mysql|all] [--naive-rows N] [--naive-secs S] [--profile] \
+[--analyze-hub]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -104,6 +107,7 @@ fn parse_args() -> Result<Args, String> {
         naive_rows: 5_000,
         naive_secs: 30.0,
         profile: false,
+        analyze_hub: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -141,6 +145,7 @@ fn parse_args() -> Result<Args, String> {
                 };
             }
             "--profile" => args.profile = true,
+            "--analyze-hub" => args.analyze_hub = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -338,6 +343,20 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// CPU time of this process so far (user + system; SQLite runs in it).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 /// Time and count of SQL statements by kind (verb and table), collected by
 /// SeaORM's metric callback.
 #[derive(Default)]
@@ -394,6 +413,9 @@ fn statement_kind(sql: &str) -> String {
 struct Timed {
     inner: SqlBackend,
     calls: Mutex<BTreeMap<&'static str, (u64, Duration)>>,
+    /// Diagnostic (`--analyze-hub`): refresh the hub's planner statistics
+    /// once, after the first push.
+    analyze: AtomicBool,
 }
 
 impl Timed {
@@ -401,6 +423,7 @@ impl Timed {
         Timed {
             inner,
             calls: Mutex::new(BTreeMap::new()),
+            analyze: AtomicBool::new(false),
         }
     }
 
@@ -428,6 +451,19 @@ impl Backend for Timed {
     async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
         let t = Instant::now();
         let r = self.inner.push(batch).await;
+        if self.analyze.swap(false, Ordering::Relaxed) {
+            let db = self.inner.connection();
+            let sql = match db.get_database_backend() {
+                DbBackend::MySql => "ANALYZE TABLE _tidesync_hub_rows, _tidesync_changes, contacts",
+                _ => "ANALYZE",
+            };
+            // A query, not an execute: MySQL's ANALYZE TABLE returns rows.
+            db.query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                sql,
+            ))
+            .await?;
+        }
         self.note("push", t);
         r
     }
@@ -715,6 +751,8 @@ struct Device {
     local: Arc<Profile>,
     hub: Arc<Timed>,
     hub_stmts: Arc<Profile>,
+    /// Process CPU time at the last [`Device::reset`].
+    cpu: Mutex<Duration>,
 }
 
 impl Device {
@@ -734,6 +772,7 @@ impl Device {
             local,
             hub,
             hub_stmts,
+            cpu: Mutex::new(cpu_time()),
         })
     }
 
@@ -750,6 +789,7 @@ impl Device {
         self.local.take();
         self.hub.take();
         self.hub_stmts.take();
+        *self.cpu.lock().unwrap_or_else(|e| e.into_inner()) = cpu_time();
     }
 
     /// Where the time of the last phase went, and with `detail` every
@@ -758,6 +798,7 @@ impl Device {
         let calls = self.hub.take();
         let local = self.local.take();
         let hub = self.hub_stmts.take();
+        let cpu = cpu_time().saturating_sub(*self.cpu.lock().unwrap_or_else(|e| e.into_inner()));
         let secs = |d: Duration| d.as_secs_f64();
         let in_hub: Duration = calls.values().map(|(_, d)| *d).sum();
         let local_sql: Duration = local.values().map(|(_, d)| *d).sum();
@@ -778,9 +819,11 @@ impl Device {
             ));
         }
         s.push_str(&format!(
-            "local SQL {:.2} s in {local_n} stmts; rest (begin/commit, encoding, merge) {:.2} s",
+            "local SQL {:.2} s in {local_n} stmts; rest (begin/commit, encoding, merge) {:.2} s; \
+             process CPU {:.2} s",
             secs(local_sql),
             secs(total.saturating_sub(hub_sql + local_sql)),
+            secs(cpu),
         ));
         if detail {
             for (side, m) in [("hub", &hub), ("local", &local)] {
@@ -850,6 +893,10 @@ async fn pusher(
             None,
         );
     }
+    device
+        .hub
+        .analyze
+        .store(args.analyze_hub, Ordering::Relaxed);
     device.reset();
     reset_peak();
     let started = Instant::now();
