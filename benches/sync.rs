@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -414,8 +414,9 @@ struct Timed {
     inner: SqlBackend,
     calls: Mutex<BTreeMap<&'static str, (u64, Duration)>>,
     /// Diagnostic (`--analyze-hub`): refresh the hub's planner statistics
-    /// once, after the first push.
+    /// after every 20th push (which also replans cached statements).
     analyze: AtomicBool,
+    pushes: AtomicU64,
 }
 
 impl Timed {
@@ -424,6 +425,7 @@ impl Timed {
             inner,
             calls: Mutex::new(BTreeMap::new()),
             analyze: AtomicBool::new(false),
+            pushes: AtomicU64::new(0),
         }
     }
 
@@ -451,7 +453,8 @@ impl Backend for Timed {
     async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
         let t = Instant::now();
         let r = self.inner.push(batch).await;
-        if self.analyze.swap(false, Ordering::Relaxed) {
+        let n = self.pushes.fetch_add(1, Ordering::Relaxed);
+        if self.analyze.load(Ordering::Relaxed) && n % 20 == 0 {
             let db = self.inner.connection();
             let sql = match db.get_database_backend() {
                 DbBackend::MySql => "ANALYZE TABLE _tidesync_hub_rows, _tidesync_changes, contacts",
@@ -956,7 +959,12 @@ async fn hub_phases(
         return Err(format!("{name}: pushed {} of {rows}", r.pushed).into());
     }
     let b = pusher.breakdown(t, args.profile);
-    out.add(name, "push (sync_now)", true, Base::Hub, rows, t, Some(b));
+    let phase = if args.analyze_hub {
+        "push (hub analyzed)"
+    } else {
+        "push (sync_now)"
+    };
+    out.add(name, phase, true, Base::Hub, rows, t, Some(b));
     let on_hub = count(&db, "contacts").await?;
     if on_hub != rows as i64 {
         return Err(format!("{name}: {on_hub} rows on the hub, expected {rows}").into());
