@@ -94,11 +94,12 @@ struct Args {
     naive_secs: f64,
     profile: bool,
     analyze_hub: bool,
+    keep: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
 [--hub sqlite|postgres|mysql|all] [--naive-rows N] [--naive-secs S] [--profile] \
-[--analyze-hub]";
+[--analyze-hub] [--keep]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -108,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
         naive_secs: 30.0,
         profile: false,
         analyze_hub: false,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -146,6 +148,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--profile" => args.profile = true,
             "--analyze-hub" => args.analyze_hub = true,
+            "--keep" => args.keep = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -1035,6 +1038,11 @@ async fn run(args: &Args) -> Res<Results> {
             };
             let r = hub_phases(args, dialect, &hub, &dir, first, &mut out).await;
             first = false;
+            if args.keep {
+                println!("  kept hub database: {}", hub.url);
+                r?;
+                continue;
+            }
             let dropped = hub.drop().await;
             r?;
             dropped?;
@@ -1042,7 +1050,11 @@ async fn run(args: &Args) -> Res<Results> {
         Ok::<(), BoxError>(())
     }
     .await;
-    std::fs::remove_dir_all(&dir)?;
+    if args.keep {
+        println!("kept local databases in {}", dir.display());
+    } else {
+        std::fs::remove_dir_all(&dir)?;
+    }
     result?;
     Ok(out)
 }

@@ -43,6 +43,12 @@ pub struct PushAck {
     /// With policy `Halt`: the change that stopped this origin's stream. It
     /// and every later change of the batch stay with the replica.
     pub halted: Option<Rejection>,
+    /// Concurrent edits of the same column held back (policies `manual` and
+    /// custom): the rest of each change was applied; these columns wait for
+    /// the pushing replica to resolve them.
+    pub conflicts: Vec<crate::conflict::ColumnConflict>,
+    /// Concurrent edits settled by the clock (policy `merge`).
+    pub settled: Vec<crate::conflict::ColumnConflict>,
 }
 
 /// A page of the hub's change log.

@@ -18,7 +18,7 @@ use sea_orm::{
     Value,
 };
 
-use crate::change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
+use crate::change::{Change, ChangeId, ColumnBase, ColumnSpec, Op, TableSpec};
 use crate::clock::{HlcClock, NodeId};
 use crate::error::{Error, Result};
 use crate::merge::RowState;
@@ -301,10 +301,7 @@ pub(crate) async fn seal_table(
     }
     let shadows = store::load_states(tx, ROWS, &spec.name, &keys).await?;
 
-    let mut outbox = Query::insert();
-    outbox
-        .into_table(Alias::new(OUTBOX))
-        .columns(["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new));
+    let mut outbox = outbox_insert();
     let mut new_states: Vec<(String, RowState)> = Vec::new();
     let mut sealed_markers: Vec<ValueTuple> = Vec::new();
     let mut appended = 0usize;
@@ -352,6 +349,18 @@ pub(crate) async fn seal_table(
                 .into_iter()
                 .zip(marker.pk.iter().cloned())
                 .collect(),
+            base: if spec.policy.needs_base() {
+                columns
+                    .iter()
+                    .map(|(c, _)| ColumnBase {
+                        column: c.clone(),
+                        value: shadow.filter(|s| s.is_live()).and_then(|s| s.vals.get(c).cloned()),
+                        clock: shadow.and_then(|s| s.clocks.get(c).copied()),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             op,
             columns,
             hlc,
@@ -361,18 +370,7 @@ pub(crate) async fn seal_table(
 
         let mut next = shadow.cloned().unwrap_or_default();
         next.apply(&change);
-        outbox.values_panic([
-            Value::BigInt(Some(
-                i64::try_from(change.id.seq)
-                    .map_err(|_| Error::Corrupt("sequence overflow".into()))?,
-            ))
-            .into(),
-            spec.name.clone().into(),
-            serde_json::to_string(&change.pk)?.into(),
-            op.as_str().into(),
-            serde_json::to_string(&change.columns)?.into(),
-            hlc.to_string().into(),
-        ]);
+        outbox.values_panic(outbox_row(&change)?);
         new_states.push((key.clone(), next));
     }
 
@@ -434,6 +432,30 @@ pub(crate) fn phases(
         .chain(tables.iter().rev().map(|t| (Phase::Deletes, t)))
 }
 
+/// An insert into the outbox, for [`outbox_row`]s.
+pub(crate) fn outbox_insert() -> sea_orm::sea_query::InsertStatement {
+    Query::insert()
+        .into_table(Alias::new(OUTBOX))
+        .columns(["seq", "tbl", "pk", "op", "payload", "hlc", "base"].map(Alias::new))
+        .to_owned()
+}
+
+/// The outbox row of a change.
+pub(crate) fn outbox_row(change: &Change) -> Result<[SimpleExpr; 7]> {
+    let seq = i64::try_from(change.id.seq).map_err(|_| Error::Corrupt("sequence overflow".into()))?;
+    let base: Option<String> =
+        if change.base.is_empty() { None } else { Some(serde_json::to_string(&change.base)?) };
+    Ok([
+        seq.into(),
+        change.table.clone().into(),
+        serde_json::to_string(&change.pk)?.into(),
+        change.op.as_str().into(),
+        serde_json::to_string(&change.columns)?.into(),
+        change.hlc.to_string().into(),
+        base.into(),
+    ])
+}
+
 /// Rebuild a [`Change`] from an outbox row.
 pub(crate) fn change_from_outbox(origin: NodeId, r: &sea_orm::QueryResult) -> Result<Change> {
     let seq: i64 = r.try_get("", "seq")?;
@@ -452,6 +474,10 @@ pub(crate) fn change_from_outbox(origin: NodeId, r: &sea_orm::QueryResult) -> Re
         op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
         columns: serde_json::from_str(&payload)?,
         hlc: hlc.parse()?,
+        base: match r.try_get::<Option<String>>("", "base")? {
+            Some(b) => serde_json::from_str(&b)?,
+            None => Vec::new(),
+        },
     })
 }
 

@@ -74,6 +74,30 @@ pub struct Change {
     pub columns: Vec<(String, Value)>,
     /// When the write happened; every column in `columns` carries this clock.
     pub hlc: Hlc,
+    /// For tables whose policy detects conflicts (`merge`, `manual`,
+    /// custom): what each column in `columns` held before this edit, with
+    /// that value's clock (`None` for a column never written). Empty
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base: Vec<ColumnBase>,
+}
+
+/// A column's value and clock before an edit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnBase {
+    /// Column name.
+    pub column: String,
+    /// The value before the edit (`None`: the column had none).
+    pub value: Option<Value>,
+    /// The clock of that value (`None`: never written).
+    pub clock: Option<Hlc>,
+}
+
+impl Change {
+    /// The base clock recorded for `column`, if any base was recorded.
+    pub fn base_of(&self, column: &str) -> Option<&ColumnBase> {
+        self.base.iter().find(|b| b.column == column)
+    }
 }
 
 /// A synced column as the runtime sees it.

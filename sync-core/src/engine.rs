@@ -332,7 +332,7 @@ impl Replica {
         limit: u64,
     ) -> Result<(Vec<Change>, Option<Unreadable>)> {
         let q = Query::select()
-            .columns(["seq", "tbl", "pk", "op", "payload", "hlc"].map(Alias::new))
+            .columns(["seq", "tbl", "pk", "op", "payload", "hlc", "base"].map(Alias::new))
             .from(Alias::new(OUTBOX))
             .order_by(Alias::new("seq"), Order::Asc)
             .limit(limit)

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod capture;
 pub mod change;
 pub mod clock;
+pub mod conflict;
 pub mod engine;
 pub mod error;
 pub mod merge;
@@ -23,7 +24,8 @@ pub use backend::{
     Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage, SnapshotRow,
 };
 pub use capture::{CaptureReport, create_table, table_spec};
-pub use change::{Change, ChangeId, ColumnSpec, Op, TableSpec};
+pub use change::{Change, ChangeId, ColumnBase, ColumnSpec, Op, TableSpec};
+pub use conflict::{ColumnConflict, Resolution, Resolver};
 pub use clock::{Hlc, HlcClock, NodeId};
 pub use engine::{SyncEngine, SyncReport};
 pub use error::{Error, ErrorKind, Result};

@@ -136,6 +136,7 @@ mod tests {
                 .map(|(c, v)| (c.to_string(), Value::String(Some(v.to_string()))))
                 .collect(),
             hlc: hlc(t, node),
+            base: Vec::new(),
         }
     }
 

@@ -133,6 +133,7 @@ pub fn metadata_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
             .col(col("op", varchar(8)))
             .col(col("payload", text.clone()))
             .col(col("hlc", varchar(64)))
+            .col(ColumnDef::new_with_type(Alias::new("base"), text.clone()).null())
             .to_owned(),
         crate::store::row_state_table(backend, ROWS),
         Table::create()

@@ -15,6 +15,9 @@ pub enum ConflictPolicy {
     Merge,
     /// Concurrent edits of the same column are held for the user to resolve.
     Manual,
+    /// Like `Manual`, but a [`crate::conflict::Resolver`] registered for the
+    /// entity settles each conflict on the replica that meets it.
+    Custom,
 }
 
 impl ConflictPolicy {
@@ -24,7 +27,20 @@ impl ConflictPolicy {
             ConflictPolicy::Lww => "lww",
             ConflictPolicy::Merge => "merge",
             ConflictPolicy::Manual => "manual",
+            ConflictPolicy::Custom => "custom",
         }
+    }
+
+    /// Whether a concurrent edit of the same column is held back for a
+    /// decision instead of being settled by the clock.
+    pub fn holds_conflicts(self) -> bool {
+        matches!(self, ConflictPolicy::Manual | ConflictPolicy::Custom)
+    }
+
+    /// Whether changes carry the base (value and clock before the edit) of
+    /// each column they set, for conflict detection.
+    pub fn needs_base(self) -> bool {
+        !matches!(self, ConflictPolicy::Lww)
     }
 }
 

@@ -49,6 +49,7 @@ pub fn hub_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
             .col(col("op", v(8)))
             .col(col("payload", text.clone()))
             .col(col("hlc", v(64)))
+            .col(ColumnDef::new_with_type(Alias::new("base"), text.clone()).null())
             .index(
                 Index::create()
                     .name("_tidesync_changes_origin")

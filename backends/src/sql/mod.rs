@@ -12,6 +12,7 @@
 
 pub mod ddl;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
@@ -20,6 +21,7 @@ use sea_orm::{
     TransactionTrait, Value,
 };
 use sync_core::apply;
+use sync_core::conflict::{self, ColumnConflict};
 use sync_core::backend::{
     Backend, Cursor, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
     SnapshotRow, Unreadable,
@@ -27,7 +29,9 @@ use sync_core::backend::{
 use sync_core::schema::{insert_meta_if_missing, utf8mb4};
 use sync_core::store;
 use sync_core::value::{check_value, parse_pk_key, pk_key};
-use sync_core::{Change, ChangeId, Error, ErrorKind, Hlc, NodeId, Op, Result, RowState, TableSpec};
+use sync_core::{
+    Change, ChangeId, ConflictPolicy, Error, ErrorKind, Hlc, NodeId, Op, Result, RowState, TableSpec,
+};
 use tokio::sync::RwLock;
 
 use ddl::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
@@ -224,9 +228,32 @@ struct Push<'a> {
     specs: &'a [TableSpec],
     next_seq: u64,
     states: HashMap<(String, String), RowState>,
+    /// Concurrent edits held back (manual and custom policies).
+    held: Vec<ColumnConflict>,
+    /// Concurrent edits settled by the clock (merge policy).
+    settled: Vec<ColumnConflict>,
 }
 
-impl Push<'_> {
+impl<'a> Push<'a> {
+    fn new(tx: &'a DatabaseTransaction, specs: &'a [TableSpec], next_seq: u64) -> Self {
+        Push {
+            tx,
+            specs,
+            next_seq,
+            states: HashMap::new(),
+            held: Vec::new(),
+            settled: Vec::new(),
+        }
+    }
+
+    /// Take over what a committed savepoint did.
+    fn absorb(&mut self, sub: Push<'_>) {
+        self.next_seq = sub.next_seq;
+        self.states = sub.states;
+        self.held.extend(sub.held);
+        self.settled.extend(sub.settled);
+    }
+
     /// Merge `changes` (already validated) and write their rows, log and
     /// states. On error the caller rolls back.
     async fn apply(&mut self, changes: &[&Change]) -> Result<()> {
@@ -252,6 +279,7 @@ impl Push<'_> {
         }
         // Merge in order; remember each touched row's state before.
         let mut before: HashMap<(String, String), RowState> = HashMap::new();
+        let mut logged: Vec<Cow<'_, Change>> = Vec::with_capacity(changes.len());
         for (c, key) in &keyed {
             let id = (c.table.clone(), key.clone());
             let s = self
@@ -259,7 +287,26 @@ impl Push<'_> {
                 .get_mut(&id)
                 .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
             before.entry(id).or_insert_with(|| s.clone());
-            s.apply(c);
+            let policy = self
+                .specs
+                .iter()
+                .find(|t| t.name == c.table)
+                .map_or(ConflictPolicy::Lww, |t| t.policy);
+            let applied = conflict::apply(s, c, policy);
+            if applied.conflicts.is_empty() {
+                logged.push(Cow::Borrowed(*c));
+            } else {
+                // Pass on only what was applied; report the conflicts.
+                let mut passed = (*c).clone();
+                passed.base.retain(|b| applied.columns.iter().any(|(n, _)| *n == b.column));
+                passed.columns = applied.columns;
+                logged.push(Cow::Owned(passed));
+                if policy.holds_conflicts() {
+                    self.held.extend(applied.conflicts);
+                } else {
+                    self.settled.extend(applied.conflicts);
+                }
+            }
         }
         // Write rows: upserts in table order, then deletes in reverse.
         let mut deletes: Vec<(&TableSpec, Vec<Vec<Value>>)> = Vec::new();
@@ -294,7 +341,7 @@ impl Push<'_> {
             store::save_states(self.tx, HUB_ROWS, table, &states).await?;
         }
         // Log.
-        for chunk in changes.chunks(200) {
+        for chunk in logged.chunks(200) {
             let mut q = Query::insert();
             q.into_table(Alias::new(CHANGES)).columns(
                 [
@@ -306,10 +353,13 @@ impl Push<'_> {
                     "op",
                     "payload",
                     "hlc",
+                    "base",
                 ]
                 .map(Alias::new),
             );
             for c in chunk {
+                let base: Option<String> =
+                    if c.base.is_empty() { None } else { Some(serde_json::to_string(&c.base)?) };
                 q.values_panic([
                     (self.next_seq as i64).into(),
                     c.id.origin.to_string().into(),
@@ -319,6 +369,7 @@ impl Push<'_> {
                     c.op.as_str().into(),
                     serde_json::to_string(&c.columns)?.into(),
                     c.hlc.to_string().into(),
+                    base.into(),
                 ]);
                 self.next_seq += 1;
             }
@@ -413,14 +464,10 @@ impl Backend for SqlBackend {
         };
         let origin = first.id.origin;
         if batch.iter().any(|c| c.id.origin != origin) {
-            return Err(Error::Config(
-                "a push batch must come from one origin".into(),
-            ));
+            return Err(Error::Config("a push batch must come from one origin".into()));
         }
         if batch.windows(2).any(|w| w[1].id.seq <= w[0].id.seq) {
-            return Err(Error::Config(
-                "a push batch must be in increasing sequence order".into(),
-            ));
+            return Err(Error::Config("a push batch must be in increasing sequence order".into()));
         }
         let specs = self.tables.read().await.clone();
         let backend = self.db.get_database_backend();
@@ -455,42 +502,31 @@ impl Backend for SqlBackend {
         };
 
         let mut ack = PushAck::default();
-        let mut todo: Vec<&Change> = Vec::new();
-        for c in batch {
-            if c.id.seq <= applied {
-                ack.acknowledged.push(c.id); // delivered before: at most once
-                continue;
-            }
-            todo.push(c);
-        }
+        // Delivered before (a re-sent batch): acknowledged, never re-applied.
+        let todo: Vec<&Change> = batch
+            .iter()
+            .filter(|c| {
+                let done = c.id.seq <= applied;
+                if done {
+                    ack.acknowledged.push(c.id);
+                }
+                !done
+            })
+            .collect();
+        let verdicts: Vec<Option<String>> = todo
+            .iter()
+            .map(|c| validate(c, specs.iter().find(|s| s.name == c.table), backend).err())
+            .collect();
 
-        let mut push = Push {
-            tx: &tx,
-            specs: &specs,
-            next_seq,
-            states: HashMap::new(),
-        };
-        // Validate first; a change that cannot be applied halts or parks.
-        let mut valid: Vec<&Change> = Vec::new();
-        let mut verdicts: Vec<(&Change, Option<String>)> = Vec::new();
-        for c in &todo {
-            let spec = specs.iter().find(|s| s.name == c.table);
-            verdicts.push((c, validate(c, spec, backend).err()));
-        }
-        let fast = verdicts.iter().all(|(_, v)| v.is_none()) && {
-            valid.extend(todo.iter().copied());
+        let mut push = Push::new(&tx, &specs, next_seq);
+        // Fast path: every change valid, the whole batch in one savepoint.
+        let fast = if verdicts.iter().all(Option::is_none) {
             let sp = tx.begin().await?;
-            let mut sub = Push {
-                tx: &sp,
-                specs: &specs,
-                next_seq,
-                states: HashMap::new(),
-            };
-            match sub.apply(&valid).await {
+            let mut sub = Push::new(&sp, &specs, next_seq);
+            match sub.apply(&todo).await {
                 Ok(()) => {
-                    let n = sub.next_seq;
+                    push.absorb(sub);
                     sp.commit().await?;
-                    push.next_seq = n;
                     true
                 }
                 Err(e) if e.is_retryable() => return Err(offline_err(e)),
@@ -499,29 +535,25 @@ impl Backend for SqlBackend {
                     false
                 }
             }
+        } else {
+            false
         };
         if fast {
-            for c in &todo {
-                ack.acknowledged.push(c.id);
-                applied = c.id.seq;
-            }
+            ack.acknowledged.extend(todo.iter().map(|c| c.id));
+            applied = todo.last().map_or(applied, |c| c.id.seq);
         } else {
-            // Careful mode: one change at a time, each in a savepoint.
-            for (c, verdict) in verdicts {
+            // Careful path: one change at a time, each in a savepoint, to
+            // find the ones that cannot be applied.
+            for (c, verdict) in todo.iter().zip(verdicts) {
                 let reason = match verdict {
                     Some(r) => Some(r),
                     None => {
                         let sp = tx.begin().await?;
-                        let mut sub = Push {
-                            tx: &sp,
-                            specs: &specs,
-                            next_seq: push.next_seq,
-                            states: push.states.clone(),
-                        };
-                        match sub.apply(&[c]).await {
+                        let mut sub = Push::new(&sp, &specs, push.next_seq);
+                        sub.states = push.states.clone();
+                        match sub.apply(&[*c]).await {
                             Ok(()) => {
-                                push.next_seq = sub.next_seq;
-                                push.states = sub.states;
+                                push.absorb(sub);
                                 sp.commit().await?;
                                 None
                             }
@@ -533,22 +565,17 @@ impl Backend for SqlBackend {
                         }
                     }
                 };
-                match (reason, self.policy) {
-                    (None, _) => {}
-                    (Some(reason), RejectPolicy::Park) => {
-                        park(&tx, c, &reason).await?;
-                        ack.parked.push(Rejection {
-                            id: c.id,
-                            table: c.table.clone(),
-                            reason,
-                        });
-                    }
-                    (Some(reason), _) => {
-                        ack.halted = Some(Rejection {
-                            id: c.id,
-                            table: c.table.clone(),
-                            reason,
-                        });
+                if let Some(reason) = reason {
+                    let rejection = Rejection {
+                        id: c.id,
+                        table: c.table.clone(),
+                        reason,
+                    };
+                    if self.policy == RejectPolicy::Park {
+                        park(&tx, c, &rejection.reason).await?;
+                        ack.parked.push(rejection);
+                    } else {
+                        ack.halted = Some(rejection);
                         break;
                     }
                 }
@@ -559,8 +586,11 @@ impl Backend for SqlBackend {
         if applied > 0 {
             set_applied(&tx, origin, applied, existed).await?;
         }
-        write_hub_meta(&tx, "next_seq", &push.next_seq.to_string()).await?;
+        let Push { next_seq, held, settled, .. } = push;
+        write_hub_meta(&tx, "next_seq", &next_seq.to_string()).await?;
         tx.commit().await.map_err(offline)?;
+        ack.conflicts = held;
+        ack.settled = settled;
         Ok(ack)
     }
 
@@ -707,5 +737,9 @@ fn change_of_row(r: &sea_orm::QueryResult) -> Result<Change> {
         op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("operation `{op}`")))?,
         columns: serde_json::from_str(&payload)?,
         hlc: hlc.parse::<Hlc>()?,
+        base: match r.try_get::<Option<String>>("", "base")? {
+            Some(b) => serde_json::from_str(&b)?,
+            None => Vec::new(),
+        },
     })
 }
