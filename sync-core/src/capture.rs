@@ -74,6 +74,13 @@ pub(crate) struct EntityTable<E: Syncable> {
 }
 
 impl<E: Syncable> EntityTable<E> {
+    /// The same table under another conflict policy (a registered resolver
+    /// makes it `Custom`).
+    pub(crate) fn with_policy(mut self, policy: crate::syncable::ConflictPolicy) -> Self {
+        self.spec.policy = policy;
+        self
+    }
+
     pub(crate) fn new() -> Self {
         let skipped: Vec<String> = E::skipped_columns()
             .iter()
@@ -354,7 +361,9 @@ pub(crate) async fn seal_table(
                     .iter()
                     .map(|(c, _)| ColumnBase {
                         column: c.clone(),
-                        value: shadow.filter(|s| s.is_live()).and_then(|s| s.vals.get(c).cloned()),
+                        value: shadow
+                            .filter(|s| s.is_live())
+                            .and_then(|s| s.vals.get(c).cloned()),
                         clock: shadow.and_then(|s| s.clocks.get(c).copied()),
                     })
                     .collect()
@@ -442,9 +451,13 @@ pub(crate) fn outbox_insert() -> sea_orm::sea_query::InsertStatement {
 
 /// The outbox row of a change.
 pub(crate) fn outbox_row(change: &Change) -> Result<[SimpleExpr; 7]> {
-    let seq = i64::try_from(change.id.seq).map_err(|_| Error::Corrupt("sequence overflow".into()))?;
-    let base: Option<String> =
-        if change.base.is_empty() { None } else { Some(serde_json::to_string(&change.base)?) };
+    let seq =
+        i64::try_from(change.id.seq).map_err(|_| Error::Corrupt("sequence overflow".into()))?;
+    let base: Option<String> = if change.base.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(&change.base)?)
+    };
     Ok([
         seq.into(),
         change.table.clone().into(),

@@ -115,7 +115,11 @@ pub fn apply(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> A
                 base: base.and_then(|b| b.value.clone()),
                 local: value.clone(),
                 local_clock: change.hlc,
-                remote: state.vals.get(column).cloned().unwrap_or(Value::String(None)),
+                remote: state
+                    .vals
+                    .get(column)
+                    .cloned()
+                    .unwrap_or(Value::String(None)),
                 remote_clock: current,
             });
             if policy.holds_conflicts() {
@@ -176,8 +180,16 @@ mod tests {
     fn disjoint_columns_are_never_conflicts() {
         for policy in [ConflictPolicy::Merge, ConflictPolicy::Manual] {
             let mut st = start();
-            let a = apply(&mut st, &edit("phone", "p1", 5, 1, Some(("p0", hlc(1, 9)))), policy);
-            let b = apply(&mut st, &edit("email", "e1", 6, 2, Some(("e0", hlc(1, 9)))), policy);
+            let a = apply(
+                &mut st,
+                &edit("phone", "p1", 5, 1, Some(("p0", hlc(1, 9)))),
+                policy,
+            );
+            let b = apply(
+                &mut st,
+                &edit("email", "e1", 6, 2, Some(("e0", hlc(1, 9)))),
+                policy,
+            );
             assert!(a.conflicts.is_empty() && b.conflicts.is_empty());
             assert_eq!(st.vals["phone"], s("p1"));
             assert_eq!(st.vals["email"], s("e1"));
@@ -187,9 +199,17 @@ mod tests {
     #[test]
     fn same_column_merge_settles_by_clock_and_reports() {
         let mut st = start();
-        apply(&mut st, &edit("phone", "later", 10, 1, Some(("p0", hlc(1, 9)))), ConflictPolicy::Merge);
+        apply(
+            &mut st,
+            &edit("phone", "later", 10, 1, Some(("p0", hlc(1, 9)))),
+            ConflictPolicy::Merge,
+        );
         // Made earlier, on the same base, arriving last: a conflict that loses.
-        let r = apply(&mut st, &edit("phone", "earlier", 5, 2, Some(("p0", hlc(1, 9)))), ConflictPolicy::Merge);
+        let r = apply(
+            &mut st,
+            &edit("phone", "earlier", 5, 2, Some(("p0", hlc(1, 9)))),
+            ConflictPolicy::Merge,
+        );
         assert_eq!(r.conflicts.len(), 1);
         assert_eq!(r.conflicts[0].base, Some(s("p0")));
         assert_eq!(st.vals["phone"], s("later"));
@@ -198,19 +218,38 @@ mod tests {
     #[test]
     fn same_column_manual_is_held_with_base_local_remote() {
         let mut st = start();
-        apply(&mut st, &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))), ConflictPolicy::Manual);
-        let r = apply(&mut st, &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))), ConflictPolicy::Manual);
+        apply(
+            &mut st,
+            &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
+            ConflictPolicy::Manual,
+        );
+        let r = apply(
+            &mut st,
+            &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))),
+            ConflictPolicy::Manual,
+        );
         assert!(r.columns.is_empty(), "held back, not passed on");
         let c = &r.conflicts[0];
-        assert_eq!((c.base.clone(), c.local.clone(), c.remote.clone()), (Some(s("p0")), s("b"), s("a")));
+        assert_eq!(
+            (c.base.clone(), c.local.clone(), c.remote.clone()),
+            (Some(s("p0")), s("b"), s("a"))
+        );
         assert_eq!(st.vals["phone"], s("a"), "even a later clock does not win");
     }
 
     #[test]
     fn an_edit_on_top_of_the_current_value_is_not_a_conflict() {
         let mut st = start();
-        apply(&mut st, &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))), ConflictPolicy::Manual);
-        let r = apply(&mut st, &edit("phone", "b", 20, 2, Some(("a", hlc(10, 1)))), ConflictPolicy::Manual);
+        apply(
+            &mut st,
+            &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
+            ConflictPolicy::Manual,
+        );
+        let r = apply(
+            &mut st,
+            &edit("phone", "b", 20, 2, Some(("a", hlc(10, 1)))),
+            ConflictPolicy::Manual,
+        );
         assert!(r.conflicts.is_empty());
         assert_eq!(st.vals["phone"], s("b"));
     }
@@ -218,8 +257,16 @@ mod tests {
     #[test]
     fn lww_ignores_bases() {
         let mut st = start();
-        apply(&mut st, &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))), ConflictPolicy::Lww);
-        let r = apply(&mut st, &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))), ConflictPolicy::Lww);
+        apply(
+            &mut st,
+            &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
+            ConflictPolicy::Lww,
+        );
+        let r = apply(
+            &mut st,
+            &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))),
+            ConflictPolicy::Lww,
+        );
         assert!(r.conflicts.is_empty());
         assert_eq!(st.vals["phone"], s("b"));
     }
@@ -231,7 +278,11 @@ mod tests {
                 Value::String(Some(s)) => s.len(),
                 _ => 0,
             };
-            Some(if len(&c.local) >= len(&c.remote) { Resolution::KeepLocal } else { Resolution::TakeRemote })
+            Some(if len(&c.local) >= len(&c.remote) {
+                Resolution::KeepLocal
+            } else {
+                Resolution::TakeRemote
+            })
         };
         let c = ColumnConflict {
             table: "t".into(),

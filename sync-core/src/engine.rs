@@ -30,6 +30,13 @@ pub struct SyncReport {
     /// Remote changes parked locally (`_tidesync_parked`), and local rows
     /// that could not be captured, with the reasons.
     pub local_errors: Vec<Error>,
+    /// Concurrent edits of a column now held for a decision (`manual`, or a
+    /// resolver that declined): see [`Replica::conflicts`].
+    pub conflicts: Vec<crate::conflict::ColumnConflict>,
+    /// Concurrent edits settled by the clock (`merge`).
+    pub settled: Vec<crate::conflict::ColumnConflict>,
+    /// Conflicts settled by a registered resolver.
+    pub resolved: usize,
     /// Wall time the sync took.
     pub duration: Duration,
 }
@@ -38,9 +45,10 @@ impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "pushed {}, pulled {}, rejected {}, {} in {} ms",
+            "pushed {}, pulled {}, conflicts {}, rejected {}, {} in {} ms",
             self.pushed,
             self.pulled,
+            self.conflicts.len(),
             self.rejected.len() + self.local_errors.len(),
             if self.halted.is_some() {
                 "halted"
@@ -156,6 +164,24 @@ impl SyncEngine {
                 self.replica.acknowledge(&acked).await?;
                 report.pushed += acked.len();
                 report.rejected.extend(ack.parked);
+                report.settled.extend(ack.settled);
+                if !ack.conflicts.is_empty() {
+                    let ids = self.replica.record_conflicts(&ack.conflicts).await?;
+                    for (id, c) in ids.into_iter().zip(ack.conflicts) {
+                        let decided = self
+                            .replica
+                            .resolver_for(&c.table)
+                            .and_then(|r| r.resolve(&c));
+                        match decided {
+                            Some(resolution) => {
+                                // A new change: the loop pushes it next.
+                                self.replica.resolve(id, resolution).await?;
+                                report.resolved += 1;
+                            }
+                            None => report.conflicts.push(c),
+                        }
+                    }
+                }
                 if let Some(h) = ack.halted {
                     report.halted = Some(h);
                     return Ok(());

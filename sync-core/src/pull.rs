@@ -54,7 +54,7 @@ pub struct ApplyReport {
 }
 
 /// Insert this session into `_tidesync_applying`.
-async fn begin_applying(tx: &DatabaseTransaction) -> Result<()> {
+pub(crate) async fn begin_applying(tx: &DatabaseTransaction) -> Result<()> {
     let backend = tx.get_database_backend();
     let q = Query::insert()
         .into_table(Alias::new(APPLYING))
@@ -70,7 +70,7 @@ async fn begin_applying(tx: &DatabaseTransaction) -> Result<()> {
     Ok(())
 }
 
-async fn end_applying(tx: &DatabaseTransaction) -> Result<()> {
+pub(crate) async fn end_applying(tx: &DatabaseTransaction) -> Result<()> {
     let backend = tx.get_database_backend();
     let q = Query::delete()
         .from_table(Alias::new(APPLYING))
@@ -218,6 +218,13 @@ pub(crate) async fn apply_deltas(
         };
         let keys: Vec<String> = ds.iter().map(|d| pk_key(&d.pk)).collect::<Result<_>>()?;
         let before = store::load_states(&tx, ROWS, &spec.name, &keys).await?;
+        // Columns with a conflict held here keep the local value until it is
+        // resolved; what arrives for them updates the conflict's remote side.
+        let held = if spec.policy.holds_conflicts() {
+            crate::resolve::open_conflicts(&tx, &spec.name, &keys).await?
+        } else {
+            Vec::new()
+        };
         let mut after: HashMap<&str, RowState> = HashMap::new();
         let mut pks: HashMap<&str, &Vec<Value>> = HashMap::new();
         let mut sources: HashMap<&str, Vec<&Delta>> = HashMap::new();
@@ -225,7 +232,14 @@ pub(crate) async fn apply_deltas(
             let s = after
                 .entry(key.as_str())
                 .or_insert_with(|| before.get(key).cloned().unwrap_or_default());
-            s.merge(&d.state);
+            let mut incoming = d.state.clone();
+            for (_, col) in held.iter().filter(|(k, _)| k == key) {
+                if let (Some(v), Some(h)) = (incoming.vals.remove(col), incoming.clocks.remove(col))
+                {
+                    crate::resolve::update_remote(&tx, &spec.name, key, col, &v, h).await?;
+                }
+            }
+            s.merge(&incoming);
             if let Some(h) = d.state.max_clock() {
                 state.clock.observe(h, wall);
             }

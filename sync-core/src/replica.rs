@@ -1,7 +1,7 @@
 //! A [`Replica`]: the local database of one device, with its synced tables
 //! registered, capture installed, and the outbox of captured changes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
@@ -10,9 +10,10 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait, Value};
 use crate::capture::{self, CaptureReport, EntityTable, SealState, TableHandle};
 use crate::change::{Change, TableSpec};
 use crate::clock::{NodeId, wall_clock_us};
+use crate::conflict::Resolver;
 use crate::error::{Error, Result};
 use crate::schema::{self, OUTBOX, ROWS};
-use crate::syncable::Syncable;
+use crate::syncable::{ConflictPolicy, Syncable};
 use crate::value::{parse_pk_key, pk_key};
 
 /// How many markers one capture transaction seals.
@@ -26,10 +27,21 @@ const BATCH: u64 = 500;
 pub struct ReplicaBuilder {
     db: DatabaseConnection,
     tables: Vec<Arc<dyn TableHandle>>,
+    resolvers: HashMap<String, Arc<dyn Resolver>>,
+    create_tables: bool,
     errors: Vec<String>,
 }
 
 impl ReplicaBuilder {
+    /// Create the registered tables when they are missing (and add nullable
+    /// columns a newer entity has), with [`crate::create_table`]'s column
+    /// types. Off by default: most applications create their tables with
+    /// their own migrations.
+    pub fn create_tables(mut self) -> Self {
+        self.create_tables = true;
+        self
+    }
+
     /// Register a `Syncable` entity.
     pub fn register<E>(mut self) -> Self
     where
@@ -47,6 +59,29 @@ impl ReplicaBuilder {
                 .push(format!("table `{}` is registered twice", spec.name));
         }
         self.tables.push(Arc::new(table));
+        self
+    }
+
+    /// Settle the conflicts of an entity registered before with `resolver`
+    /// (its policy becomes [`ConflictPolicy::Custom`]): a concurrent edit of
+    /// the same column is held back like under `manual`, then settled on
+    /// this replica by the resolver; a `None` answer leaves it for the user.
+    pub fn resolver<E>(mut self, resolver: impl Resolver + 'static) -> Self
+    where
+        E: Syncable,
+        E::Model: Sync,
+    {
+        let table = EntityTable::<E>::new().with_policy(ConflictPolicy::Custom);
+        let name = table.spec().name.clone();
+        match self.tables.iter_mut().find(|t| t.spec().name == name) {
+            Some(slot) => {
+                *slot = Arc::new(table);
+                self.resolvers.insert(name, Arc::new(resolver));
+            }
+            None => self
+                .errors
+                .push(format!("resolver for `{name}`, which is not registered")),
+        }
         self
     }
 
@@ -71,11 +106,15 @@ impl ReplicaBuilder {
             .ok_or_else(|| Error::Corrupt("node_id missing".into()))?
             .parse()?;
         for t in &self.tables {
+            if self.create_tables {
+                schema::ensure_table(&db, t.spec()).await?;
+            }
             schema::install_table(&db, t.spec()).await?;
         }
         Ok(Replica {
             db,
             tables: self.tables,
+            resolvers: self.resolvers,
             node,
         })
     }
@@ -109,6 +148,7 @@ impl ReplicaBuilder {
 pub struct Replica {
     db: DatabaseConnection,
     tables: Vec<Arc<dyn TableHandle>>,
+    resolvers: HashMap<String, Arc<dyn Resolver>>,
     node: NodeId,
 }
 
@@ -134,6 +174,8 @@ impl Replica {
         ReplicaBuilder {
             db,
             tables: Vec::new(),
+            resolvers: HashMap::new(),
+            create_tables: false,
             errors: Vec::new(),
         }
     }
@@ -150,6 +192,10 @@ impl Replica {
 
     pub(crate) fn handles(&self) -> &[Arc<dyn TableHandle>] {
         &self.tables
+    }
+
+    pub(crate) fn resolver_for(&self, table: &str) -> Option<&Arc<dyn Resolver>> {
+        self.resolvers.get(table)
     }
 
     /// The registered tables, in registration order.

@@ -152,6 +152,23 @@ pub fn metadata_tables(backend: DbBackend) -> Vec<TableCreateStatement> {
             .col(col("reason", ColumnType::Text))
             .to_owned(),
         Table::create()
+            .table(Alias::new(crate::resolve::CONFLICTS))
+            .if_not_exists()
+            .col(
+                col("id", ColumnType::Integer)
+                    .auto_increment()
+                    .primary_key(),
+            )
+            .col(col("tbl", varchar(64)))
+            .col(col("pk", text.clone()))
+            .col(col("col", varchar(255)))
+            .col(ColumnDef::new_with_type(Alias::new("base"), text.clone()).null())
+            .col(col("local", text.clone()))
+            .col(col("local_clock", varchar(64)))
+            .col(col("remote", text.clone()))
+            .col(col("remote_clock", varchar(64)))
+            .to_owned(),
+        Table::create()
             .table(Alias::new(APPLYING))
             .if_not_exists()
             .col(col("session", ColumnType::BigInteger).primary_key())
@@ -547,11 +564,64 @@ pub async fn create_enum_types<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> 
 }
 
 /// Create a synced table (and its enum types) on `db` if it is missing.
+///
+/// A table that exists but lacks nullable columns of the spec (a newer
+/// client version added them) gets them with `ALTER TABLE ... ADD COLUMN`;
+/// a missing NOT NULL column is refused: add it by a migration with a
+/// default.
 pub async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
+    let backend = db.get_database_backend();
     create_enum_types(db, spec).await?;
-    db.execute(&create_table(db.get_database_backend(), spec))
-        .await?;
+    db.execute(&create_table(backend, spec)).await?;
+    let existing = existing_columns(db, &spec.name).await?;
+    let keys: Vec<&str> = spec.pk.iter().map(|c| c.name.as_str()).collect();
+    for (c, local_only) in spec
+        .columns
+        .iter()
+        .map(|c| (c, false))
+        .chain(spec.local_only.iter().map(|c| (c, true)))
+    {
+        if existing.iter().any(|e| e == &c.name) {
+            continue;
+        }
+        if !(c.nullable || local_only) || keys.contains(&c.name.as_str()) {
+            return Err(Error::Config(format!(
+                "table `{}` has no column `{}`, which is NOT NULL: add it with a default by a migration",
+                spec.name, c.name
+            )));
+        }
+        let mut def = ColumnDef::new_with_type(
+            Alias::new(&c.name),
+            synced_column_type(backend, &c.ty, false),
+        );
+        def.null();
+        let alter = Table::alter()
+            .table(Alias::new(&spec.name))
+            .add_column(&mut def)
+            .to_owned();
+        db.execute(&alter).await?;
+    }
     Ok(())
+}
+
+/// The column names a table has now.
+async fn existing_columns<C: ConnectionTrait>(db: &C, table: &str) -> Result<Vec<String>> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT column_name AS name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1"
+        }
+        DbBackend::MySql => {
+            "SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+        }
+        _ => "SELECT name FROM pragma_table_info(?)",
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [table.into()]))
+        .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get_by_index::<String>(0)?))
+        .collect()
 }
 
 #[cfg(test)]

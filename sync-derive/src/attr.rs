@@ -289,7 +289,13 @@ fn string_value(
         skip_value(meta);
         return Ok(None);
     }
-    match meta.value()?.parse::<Expr>()? {
+    let mut expr = meta.value()?.parse::<Expr>()?;
+    // A literal passed through a `macro_rules!` fragment arrives wrapped in
+    // an invisible group.
+    while let Expr::Group(g) = expr {
+        expr = *g.expr;
+    }
+    match expr {
         Expr::Lit(ExprLit {
             lit: Lit::Str(lit), ..
         }) => Ok(Some(lit)),

@@ -238,3 +238,52 @@ pub mod members {
         }
     }
 }
+
+/// The same `people` table under each conflict policy.
+macro_rules! people {
+    ($name:ident, $policy:literal) => {
+        #[doc = concat!("`people` with `conflict = \"", $policy, "\"`.")]
+        pub mod $name {
+            use sea_orm::entity::prelude::*;
+            use tidesync::Syncable;
+
+            #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+            #[sea_orm(table_name = "people")]
+            #[syncable(conflict = $policy)]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+                pub name: String,
+                pub email: Option<String>,
+                pub phone: Option<String>,
+            }
+
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+        }
+    };
+}
+
+people!(people_lww, "lww");
+people!(people_merge, "merge");
+people!(people_manual, "manual");
+
+/// `people` as a newer client version sees it: one more nullable column.
+pub mod people_v2 {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "people")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub email: Option<String>,
+        pub phone: Option<String>,
+        pub nickname: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}

@@ -21,16 +21,17 @@ use sea_orm::{
     TransactionTrait, Value,
 };
 use sync_core::apply;
-use sync_core::conflict::{self, ColumnConflict};
 use sync_core::backend::{
     Backend, Cursor, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
     SnapshotRow, Unreadable,
 };
+use sync_core::conflict::{self, ColumnConflict};
 use sync_core::schema::{insert_meta_if_missing, utf8mb4};
 use sync_core::store;
 use sync_core::value::{check_value, parse_pk_key, pk_key};
 use sync_core::{
-    Change, ChangeId, ConflictPolicy, Error, ErrorKind, Hlc, NodeId, Op, Result, RowState, TableSpec,
+    Change, ChangeId, ConflictPolicy, Error, ErrorKind, Hlc, NodeId, Op, Result, RowState,
+    TableSpec,
 };
 use tokio::sync::RwLock;
 
@@ -298,7 +299,9 @@ impl<'a> Push<'a> {
             } else {
                 // Pass on only what was applied; report the conflicts.
                 let mut passed = (*c).clone();
-                passed.base.retain(|b| applied.columns.iter().any(|(n, _)| *n == b.column));
+                passed
+                    .base
+                    .retain(|b| applied.columns.iter().any(|(n, _)| *n == b.column));
                 passed.columns = applied.columns;
                 logged.push(Cow::Owned(passed));
                 if policy.holds_conflicts() {
@@ -358,8 +361,11 @@ impl<'a> Push<'a> {
                 .map(Alias::new),
             );
             for c in chunk {
-                let base: Option<String> =
-                    if c.base.is_empty() { None } else { Some(serde_json::to_string(&c.base)?) };
+                let base: Option<String> = if c.base.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&c.base)?)
+                };
                 q.values_panic([
                     (self.next_seq as i64).into(),
                     c.id.origin.to_string().into(),
@@ -464,10 +470,14 @@ impl Backend for SqlBackend {
         };
         let origin = first.id.origin;
         if batch.iter().any(|c| c.id.origin != origin) {
-            return Err(Error::Config("a push batch must come from one origin".into()));
+            return Err(Error::Config(
+                "a push batch must come from one origin".into(),
+            ));
         }
         if batch.windows(2).any(|w| w[1].id.seq <= w[0].id.seq) {
-            return Err(Error::Config("a push batch must be in increasing sequence order".into()));
+            return Err(Error::Config(
+                "a push batch must be in increasing sequence order".into(),
+            ));
         }
         let specs = self.tables.read().await.clone();
         let backend = self.db.get_database_backend();
@@ -586,7 +596,12 @@ impl Backend for SqlBackend {
         if applied > 0 {
             set_applied(&tx, origin, applied, existed).await?;
         }
-        let Push { next_seq, held, settled, .. } = push;
+        let Push {
+            next_seq,
+            held,
+            settled,
+            ..
+        } = push;
         write_hub_meta(&tx, "next_seq", &next_seq.to_string()).await?;
         tx.commit().await.map_err(offline)?;
         ack.conflicts = held;

@@ -1,0 +1,514 @@
+//! Conflict policies on every hub dialect: `lww`, `merge`, `manual`, a
+//! custom resolver, delete against update, a device back after a year, and
+//! schema evolution (a newer client adds a column).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::entities::{people_lww, people_manual, people_merge, people_v2};
+use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Value};
+use tidesync::backends::SqlBackend;
+use tidesync::{ColumnConflict, Replica, Resolution, SyncEngine, Syncable};
+use uuid::Uuid;
+
+fn main() -> std::process::ExitCode {
+    let mut trials = Vec::new();
+    macro_rules! t {
+        ($($name:ident),* $(,)?) => {
+            $(trials.extend(on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
+        };
+    }
+    t!(
+        lww_and_merge_keep_disjoint_edits,
+        merge_settles_same_column_by_clock_and_reports_it,
+        back_after_a_year_lww_and_merge_keep_later_edits,
+        back_after_a_year_manual_raises_a_conflict,
+        manual_conflict_is_held_then_resolved_three_ways,
+        custom_resolver_settles_on_the_replica,
+        delete_against_concurrent_update_is_one_rule,
+        newer_client_adds_a_column,
+    );
+    run(trials)
+}
+
+struct Device {
+    local: TestDb,
+    engine: SyncEngine,
+}
+
+async fn device<E>(hub: &TestDb, tag: &str) -> Result<Device, BoxError>
+where
+    E: Syncable,
+    E::Model: Sync,
+{
+    device_with(hub, tag, |b| b.register::<E>()).await
+}
+
+async fn device_with(
+    hub: &TestDb,
+    tag: &str,
+    build: impl FnOnce(tidesync::ReplicaBuilder) -> tidesync::ReplicaBuilder,
+) -> Result<Device, BoxError> {
+    let local = TestDb::create(Dialect::Sqlite, tag).await?;
+    let replica = build(Replica::builder(local.db.clone()))
+        .create_tables()
+        .open()
+        .await?;
+    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    Ok(Device {
+        local,
+        engine: SyncEngine::new(replica, backend),
+    })
+}
+
+type Row = (String, Option<String>, Option<String>);
+
+impl Device {
+    fn db(&self) -> &DatabaseConnection {
+        &self.local.db
+    }
+
+    async fn sync(&self) -> Result<tidesync::SyncReport, BoxError> {
+        let r = self.engine.sync_now().await?;
+        if r.halted.is_some() || !r.local_errors.is_empty() || !r.rejected.is_empty() {
+            return Err(format!("sync reported problems: {r:?}").into());
+        }
+        Ok(r)
+    }
+
+    async fn add(&self, name: &str) -> Result<Uuid, BoxError> {
+        let id = Uuid::now_v7();
+        let q = Query::insert()
+            .into_table(Alias::new("people"))
+            .columns([Alias::new("id"), Alias::new("name")])
+            .values_panic([id.into(), name.into()])
+            .to_owned();
+        self.db().execute(&q).await?;
+        Ok(id)
+    }
+
+    async fn set(&self, id: Uuid, column: &str, value: &str) -> TestResult {
+        let q = Query::update()
+            .table(Alias::new("people"))
+            .value(Alias::new(column), value)
+            .and_where(Expr::col(Alias::new("id")).eq(id))
+            .to_owned();
+        self.db().execute(&q).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, id: Uuid) -> TestResult {
+        let q = Query::delete()
+            .from_table(Alias::new("people"))
+            .and_where(Expr::col(Alias::new("id")).eq(id))
+            .to_owned();
+        self.db().execute(&q).await?;
+        Ok(())
+    }
+
+    async fn rows(&self) -> Result<BTreeMap<Uuid, Row>, BoxError> {
+        rows(self.db()).await
+    }
+
+    /// Make the device's pending writes look a year old (its wall clock was
+    /// a year behind, or it edited a year ago and stayed offline).
+    async fn age_pending_writes(&self) -> TestResult {
+        let year_us: i64 = 365 * 24 * 3600 * 1_000_000;
+        self.db()
+            .execute_unprepared(&format!(
+                "UPDATE _ts_d_people SET wall_us = wall_us - {year_us}"
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn drop(self) -> TestResult {
+        self.local.drop().await
+    }
+}
+
+async fn rows(db: &DatabaseConnection) -> Result<BTreeMap<Uuid, Row>, BoxError> {
+    let q = Query::select()
+        .columns(["id", "name", "email", "phone"].map(Alias::new))
+        .from(Alias::new("people"))
+        .to_owned();
+    let mut out = BTreeMap::new();
+    for r in db.query_all(&q).await? {
+        out.insert(
+            r.try_get::<Uuid>("", "id")?,
+            (
+                r.try_get("", "name")?,
+                r.try_get("", "email")?,
+                r.try_get("", "phone")?,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
+
+async fn lww_and_merge_keep_disjoint_edits(hub: TestDb) -> TestResult {
+    for (i, merge) in [false, true].into_iter().enumerate() {
+        let (a, b) = if merge {
+            (
+                device::<people_merge::Entity>(&hub, "a").await?,
+                device::<people_merge::Entity>(&hub, "b").await?,
+            )
+        } else {
+            (
+                device::<people_lww::Entity>(&hub, "a").await?,
+                device::<people_lww::Entity>(&hub, "b").await?,
+            )
+        };
+        let id = a.add(&format!("ada {i}")).await?;
+        a.sync().await?;
+        b.sync().await?;
+        // Offline on both: a changes the phone, b the email.
+        a.set(id, "phone", "555-0100").await?;
+        b.set(id, "email", "ada@example.org").await?;
+        a.sync().await?;
+        let rb = b.sync().await?;
+        a.sync().await?;
+        ensure!(
+            rb.settled.is_empty() && rb.conflicts.is_empty(),
+            "disjoint columns are not conflicts: {rb:?}"
+        );
+        let want = (format!("ada {i}"), s("ada@example.org"), s("555-0100"));
+        ensure_eq!(a.rows().await?[&id], want);
+        ensure_eq!(b.rows().await?[&id], want);
+        a.drop().await?;
+        b.drop().await?;
+    }
+    hub.drop().await
+}
+
+async fn merge_settles_same_column_by_clock_and_reports_it(hub: TestDb) -> TestResult {
+    let a = device::<people_merge::Entity>(&hub, "a").await?;
+    let b = device::<people_merge::Entity>(&hub, "b").await?;
+    let id = a.add("x").await?;
+    a.sync().await?;
+    b.sync().await?;
+    b.set(id, "name", "b's earlier edit").await?;
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    a.set(id, "name", "a's later edit").await?;
+    a.sync().await?;
+    let rb = b.sync().await?;
+    ensure_eq!(
+        rb.settled.len(),
+        1,
+        "the concurrent edit is reported: {rb:?}"
+    );
+    ensure_eq!(rb.settled[0].column, "name");
+    ensure_eq!(rb.settled[0].base, Some(Value::String(Some("x".into()))));
+    a.sync().await?;
+    for d in [&a, &b] {
+        ensure_eq!(
+            d.rows().await?[&id].0,
+            "a's later edit",
+            "settled by the clock, everywhere"
+        );
+    }
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A device edits, stays offline a year while others edit the same column
+/// later, then syncs.
+async fn year_old_edit<E>(hub: &TestDb) -> Result<(Device, Device, Device, Uuid), BoxError>
+where
+    E: Syncable,
+    E::Model: Sync,
+{
+    let a = device::<E>(hub, "a").await?;
+    let b = device::<E>(hub, "b").await?;
+    let old = device::<E>(hub, "old").await?;
+    let id = a.add("original").await?;
+    a.sync().await?;
+    b.sync().await?;
+    old.sync().await?;
+    old.set(id, "name", "a year old").await?;
+    old.age_pending_writes().await?;
+    old.engine.replica().capture().await?; // captured with its year-old clock
+    a.set(id, "name", "recent a").await?;
+    a.sync().await?;
+    b.sync().await?;
+    b.set(id, "name", "recent b").await?;
+    b.sync().await?;
+    Ok((a, b, old, id))
+}
+
+async fn back_after_a_year_lww_and_merge_keep_later_edits(hub: TestDb) -> TestResult {
+    for merge in [false, true] {
+        let (a, b, old, id) = if merge {
+            year_old_edit::<people_merge::Entity>(&hub).await?
+        } else {
+            year_old_edit::<people_lww::Entity>(&hub).await?
+        };
+        old.sync().await?;
+        a.sync().await?;
+        b.sync().await?;
+        for d in [&a, &b, &old] {
+            ensure_eq!(
+                d.rows().await?[&id].0,
+                "recent b",
+                "the later edit survives (merge: {merge})"
+            );
+        }
+        for d in [a, b, old] {
+            d.drop().await?;
+        }
+        let hub_db = &hub.db;
+        hub_db.execute_unprepared("DELETE FROM people").await?;
+    }
+    hub.drop().await
+}
+
+async fn back_after_a_year_manual_raises_a_conflict(hub: TestDb) -> TestResult {
+    let (a, b, old, id) = year_old_edit::<people_manual::Entity>(&hub).await?;
+    let r = old.sync().await?;
+    ensure_eq!(r.conflicts.len(), 1, "{r:?}");
+    let held = old.engine.replica().conflicts().await?;
+    ensure_eq!(held.len(), 1);
+    let c = &held[0].conflict;
+    ensure_eq!(
+        (
+            c.column.as_str(),
+            c.base.clone(),
+            c.local.clone(),
+            c.remote.clone()
+        ),
+        (
+            "name",
+            Some(Value::String(Some("original".into()))),
+            Value::String(Some("a year old".into())),
+            Value::String(Some("recent b".into()))
+        )
+    );
+    ensure_eq!(
+        old.rows().await?[&id].0,
+        "a year old",
+        "the local edit stays visible locally"
+    );
+    a.sync().await?;
+    ensure_eq!(
+        a.rows().await?[&id].0,
+        "recent b",
+        "but is held back from everyone else"
+    );
+    for d in [a, b, old] {
+        d.drop().await?;
+    }
+    hub.drop().await
+}
+
+async fn manual_conflict_is_held_then_resolved_three_ways(hub: TestDb) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let b = device::<people_manual::Entity>(&hub, "b").await?;
+    let ids = [
+        a.add("one").await?,
+        a.add("two").await?,
+        a.add("three").await?,
+    ];
+    a.sync().await?;
+    b.sync().await?;
+    for (i, id) in ids.iter().enumerate() {
+        a.set(*id, "email", &format!("a{i}@x")).await?;
+        b.set(*id, "email", &format!("b{i}@x")).await?;
+    }
+    // Meanwhile a disjoint edit on b, and a new row: they sync regardless.
+    b.set(ids[0], "phone", "b-phone").await?;
+    let other = b.add("unrelated").await?;
+    a.sync().await?;
+    let rb = b.sync().await?;
+    ensure_eq!(rb.conflicts.len(), 3, "{rb:?}");
+    a.sync().await?;
+    let ra = a.rows().await?;
+    ensure_eq!(
+        ra[&ids[0]],
+        ("one".to_string(), s("a0@x"), s("b-phone")),
+        "other columns keep syncing"
+    );
+    ensure!(ra.contains_key(&other), "other rows keep syncing");
+    // Resolve: keep local, take remote, given value.
+    let held = b.engine.replica().conflicts().await?;
+    ensure_eq!(held.len(), 3);
+    let by_row = |id: Uuid| {
+        held.iter()
+            .find(|h| h.conflict.pk[0].1 == Value::Uuid(Some(id)))
+            .map(|h| h.id)
+            .ok_or("held")
+    };
+    let replica = b.engine.replica();
+    replica
+        .resolve(by_row(ids[0])?, Resolution::KeepLocal)
+        .await?;
+    replica
+        .resolve(by_row(ids[1])?, Resolution::TakeRemote)
+        .await?;
+    replica
+        .resolve(
+            by_row(ids[2])?,
+            Resolution::Value(Value::String(Some("merged@x".into()))),
+        )
+        .await?;
+    ensure!(replica.conflicts().await?.is_empty(), "all resolved");
+    b.sync().await?;
+    a.sync().await?;
+    let want = [s("b0@x"), s("a1@x"), s("merged@x")];
+    for d in [&a, &b] {
+        let rows = d.rows().await?;
+        for (id, email) in ids.iter().zip(&want) {
+            ensure_eq!(&rows[id].1, email, "resolution reached every replica");
+        }
+    }
+    ensure!(
+        replica.resolve(12345, Resolution::KeepLocal).await.is_err(),
+        "unknown id is an error"
+    );
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+async fn custom_resolver_settles_on_the_replica(hub: TestDb) -> TestResult {
+    // Keep both: "local / remote".
+    let both = |c: &ColumnConflict| -> Option<Resolution> {
+        match (&c.local, &c.remote) {
+            (Value::String(Some(l)), Value::String(Some(r))) => {
+                let mut v = [l.clone(), r.clone()];
+                v.sort(); // the same answer on every replica
+                Some(Resolution::Value(Value::String(Some(v.join(" / ")))))
+            }
+            _ => None,
+        }
+    };
+    let a = device_with(&hub, "a", |b| {
+        b.register::<people_manual::Entity>()
+            .resolver::<people_manual::Entity>(both)
+    })
+    .await?;
+    let b = device_with(&hub, "b", |b| {
+        b.register::<people_manual::Entity>()
+            .resolver::<people_manual::Entity>(both)
+    })
+    .await?;
+    let id = a.add("n").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.set(id, "name", "from a").await?;
+    b.set(id, "name", "from b").await?;
+    a.sync().await?;
+    let rb = b.sync().await?;
+    ensure_eq!(rb.resolved, 1, "{rb:?}");
+    ensure!(rb.conflicts.is_empty(), "nothing left for the user");
+    a.sync().await?;
+    for d in [&a, &b] {
+        ensure_eq!(d.rows().await?[&id].0, "from a / from b");
+    }
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+async fn delete_against_concurrent_update_is_one_rule(hub: TestDb) -> TestResult {
+    // The same rule under every policy: the delete wins unless the update is later.
+    for policy in 0..3 {
+        let mk = |tag: &'static str| {
+            let hub = &hub;
+            async move {
+                match policy {
+                    0 => device::<people_lww::Entity>(hub, tag).await,
+                    1 => device::<people_merge::Entity>(hub, tag).await,
+                    _ => device::<people_manual::Entity>(hub, tag).await,
+                }
+            }
+        };
+        let a = mk("a").await?;
+        let b = mk("b").await?;
+        let early = a.add("updated before the delete").await?;
+        let late = a.add("updated after the delete").await?;
+        a.sync().await?;
+        b.sync().await?;
+        b.set(early, "phone", "early").await?;
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        a.delete(early).await?;
+        a.delete(late).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        b.set(late, "phone", "late").await?;
+        b.sync().await?;
+        a.sync().await?;
+        b.sync().await?;
+        for d in [&a, &b] {
+            let rows = d.rows().await?;
+            ensure!(
+                !rows.contains_key(&early),
+                "policy {policy}: the later delete wins"
+            );
+            ensure_eq!(
+                rows.get(&late).map(|r| r.2.clone()),
+                Some(s("late")),
+                "policy {policy}: the later update wins"
+            );
+        }
+        a.drop().await?;
+        b.drop().await?;
+        hub.db.execute_unprepared("DELETE FROM people").await?;
+    }
+    hub.drop().await
+}
+
+async fn newer_client_adds_a_column(hub: TestDb) -> TestResult {
+    let old = device::<people_lww::Entity>(&hub, "old").await?;
+    let id = old.add("from the old client").await?;
+    old.sync().await?; // the hub's table is created without `nickname`
+    let new = device::<people_v2::Entity>(&hub, "new").await?;
+    new.sync().await?; // adds the column on the hub
+    new.db()
+        .execute(
+            &Query::update()
+                .table(Alias::new("people"))
+                .value(Alias::new("nickname"), "nick")
+                .and_where(Expr::col(Alias::new("id")).eq(id))
+                .to_owned(),
+        )
+        .await?;
+    let fresh = new.add("from the new client").await?;
+    new.sync().await?;
+    // The old client keeps syncing and editing the same rows.
+    old.sync().await?;
+    old.set(id, "name", "renamed by the old client").await?;
+    old.set(fresh, "email", "old@x").await?;
+    old.sync().await?;
+    new.sync().await?;
+    let m = people_v2::Entity::find_by_id(id)
+        .one(new.db())
+        .await?
+        .ok_or("row")?;
+    ensure_eq!(
+        (m.name.as_str(), m.nickname.as_deref()),
+        ("renamed by the old client", Some("nick")),
+        "the old client's edit keeps the new column"
+    );
+    let on_hub = people_v2::Entity::find_by_id(id)
+        .one(&hub.db)
+        .await?
+        .ok_or("hub row")?;
+    ensure_eq!(on_hub.nickname.as_deref(), Some("nick"));
+    ensure_eq!(rows(old.db()).await?[&fresh].1, s("old@x"));
+    let f = people_v2::Entity::find_by_id(fresh)
+        .one(new.db())
+        .await?
+        .ok_or("fresh")?;
+    ensure_eq!(f.email.as_deref(), Some("old@x"));
+    old.drop().await?;
+    new.drop().await?;
+    hub.drop().await
+}
