@@ -867,11 +867,12 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
     // Stable again: the next sync (or two, while the pool reconnects) finishes the job.
     let mut done = false;
     for _ in 0..5 {
-        if let Ok(r) = engine.sync_now().await {
-            if r.halted.is_none() && engine.replica().pending_count().await? == 0 {
-                done = true;
-                break;
-            }
+        if let Ok(r) = engine.sync_now().await
+            && r.halted.is_none()
+            && engine.replica().pending_count().await? == 0
+        {
+            done = true;
+            break;
         }
     }
     ensure!(done, "sync did not recover after the drops");
