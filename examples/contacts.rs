@@ -4,41 +4,75 @@
 //! through a hub database. Every command but `sync` works offline: it only
 //! touches the local database, whose capture triggers record each write in
 //! the outbox. `sync` pushes the outbox to the hub and pulls what other
-//! devices wrote; concurrent edits of one contact merge per column (last
-//! writer wins on the hybrid logical clock), so both survive.
+//! devices wrote. Concurrent edits of different fields of one contact always
+//! merge (both survive); concurrent edits of the same field follow the
+//! conflict policy chosen with `--policy`:
+//!
+//! - `lww` (default): the later write wins (hybrid logical clock);
+//! - `manual`: the device that syncs second gets a *conflict*: its edit of
+//!   that field is held back (the rest of its edits sync), both values are
+//!   kept, and the user settles it with `resolve`.
 //!
 //! ```text
-//! contacts [--db URL] [--hub URL] add <NAME> [--email E] [--phone P]   # prints the new id
-//! contacts [--db URL] [--hub URL] edit <ID> [--name N] [--email E] [--phone P]
-//! contacts [--db URL] [--hub URL] delete <ID>
-//! contacts [--db URL] [--hub URL] list [--json]
-//! contacts [--db URL] [--hub URL] sync
+//! contacts [OPTIONS] add <NAME> [--email E] [--phone P]   # prints the new id
+//! contacts [OPTIONS] edit <ID> [--name N] [--email E] [--phone P]
+//! contacts [OPTIONS] delete <ID>
+//! contacts [OPTIONS] list [--json]
+//! contacts [OPTIONS] sync
+//! contacts [OPTIONS] conflicts [--json]
+//! contacts [OPTIONS] resolve <CONFLICT-ID> --keep local|remote
 //! contacts demo                                  # two devices, scripted
+//!
+//! OPTIONS: --db URL  --hub URL  --policy lww|manual
 //! ```
 //!
 //! - URLs are `sqlite://path?mode=rwc`, `postgres://user@host/db` or
 //!   `mysql://user@host/db`. `--db` defaults to `sqlite://contacts.db?mode=rwc`
 //!   and `--hub` to `sqlite://contacts-hub.db?mode=rwc`, both in the current
 //!   folder. The options go before or after the command.
+//! - `--policy` is the conflict policy of the `contacts` table (default
+//!   `lww`). Give every device the same one, on every command: the policy is
+//!   a compile-time attribute of an entity (`#[syncable(conflict = "...")]`),
+//!   so this program has two entities over the same table and registers the
+//!   one chosen.
 //! - `add` prints the new id (a UUID v7) alone on stdout.
 //! - `edit` changes only the fields given; an empty `--email ''` or
 //!   `--phone ''` clears the field.
 //! - `list --json` prints `[{"id","name","email","phone"}]` (null when
 //!   absent), sorted by name then id; without `--json`, a table.
-//! - `sync` prints one line, e.g. `pushed 2, pulled 1, rejected 0, ok in 9 ms`,
-//!   and any change the hub refused on stderr.
+//! - `sync` prints one line, e.g.
+//!   `pushed 2, pulled 1, conflicts 0, rejected 0, ok in 9 ms`, and on stderr
+//!   any change the hub refused and, with `--policy manual`, one line per
+//!   conflict held back by this sync, then a hint to run `conflicts` and
+//!   `resolve`. Conflicts are not errors: the exit code stays 0.
+//! - `conflicts` lists the conflicts held on this device, oldest first.
+//!   `--json` prints `[{"id","table","row","column","base","local","remote"}]`:
+//!   `id` is the number to give `resolve`, `row` the contact's id, `base` the
+//!   field's value before both edits (null when unknown), `local` this
+//!   device's value, `remote` the other one (the hub's); values are JSON
+//!   strings, or null for an empty field. Without `--json`, a table.
+//! - `resolve <ID> --keep local` keeps this device's value (it goes out on
+//!   the next `sync` and wins everywhere); `--keep remote` takes the other
+//!   device's value (nothing to send). Works offline. An unknown id exits 2.
 //! - `demo` runs a two-device walkthrough in a fresh temporary folder with an
-//!   embedded SQLite hub, narrating each step, and checks the outcome.
+//!   embedded SQLite hub, narrating each step, and checks the outcome: first
+//!   with `lww` (edits of different fields merge, a delete, an edit queued
+//!   while the hub is unreachable), then on fresh files with `manual` (both
+//!   devices change the same email; the conflict is shown and resolved by
+//!   hand).
 //!
 //! Exit codes: 0 success; 1 the hub is unreachable (`sync` only: the local
 //! edits stay queued and go out on the next successful sync); 2 anything else
-//! (bad arguments, bad URL, unknown id, database error), with a message on
-//! stderr.
+//! (bad arguments, bad URL, unknown contact or conflict id, database error, a
+//! demo whose devices did not converge), with a message on stderr.
 //!
 //! ```sh
 //! cargo run --example contacts -- demo
 //! cargo run --example contacts -- add "Ada Lovelace" --email ada@example.org
 //! cargo run --example contacts -- sync
+//! cargo run --example contacts -- --policy manual sync
+//! cargo run --example contacts -- --policy manual conflicts
+//! cargo run --example contacts -- --policy manual resolve 1 --keep local
 //! ```
 
 use std::fmt;
@@ -47,43 +81,76 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use sea_orm::entity::prelude::*;
 use sea_orm::{
     ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, IntoActiveModel, RuntimeErr,
     Schema,
 };
 use tidesync::backends::SqlBackend;
-use tidesync::{Replica, SyncEngine, SyncReport};
+use tidesync::{HeldConflict, Replica, Resolution, SyncEngine, SyncReport};
 
-/// The synced entity: one contact.
-pub mod contacts {
-    use sea_orm::entity::prelude::*;
-    use tidesync::Syncable;
+/// Defines an entity module over the `contacts` table with the conflict
+/// policy `$policy`. The policy is a compile-time attribute of an entity, so
+/// choosing it at run time takes one entity per policy; their fields are
+/// identical.
+macro_rules! contacts_entity {
+    ($(#[$attr:meta])* $module:ident, $policy:literal) => {
+        $(#[$attr])*
+        pub mod $module {
+            use sea_orm::entity::prelude::*;
+            use tidesync::Syncable;
 
-    /// A contact. The key is minted on the device (UUID v7), so two devices
-    /// adding contacts offline never collide.
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
-    #[sea_orm(table_name = "contacts")]
-    pub struct Model {
-        /// Minted on the device that adds the contact.
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        /// Display name.
-        pub name: String,
-        /// Email address, if known.
-        pub email: Option<String>,
-        /// Phone number, if known.
-        pub phone: Option<String>,
-        /// When this device last wrote the row.
-        pub updated_at: DateTimeUtc,
-    }
+            /// A contact. The key is minted on the device (UUID v7), so two
+            /// devices adding contacts offline never collide.
+            #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+            #[sea_orm(table_name = "contacts")]
+            #[syncable(conflict = $policy)]
+            pub struct Model {
+                /// Minted on the device that adds the contact.
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+                /// Display name.
+                pub name: String,
+                /// Email address, if known.
+                pub email: Option<String>,
+                /// Phone number, if known.
+                pub phone: Option<String>,
+                /// When this device last wrote the row. Local-only: never
+                /// synced (empty on rows that came from another device), so
+                /// two devices editing different fields never both change
+                /// it, which under `manual` would be a conflict of its own.
+                #[syncable(skip)]
+                pub updated_at: Option<DateTimeUtc>,
+            }
 
-    /// No relations.
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-    // No `impl ActiveModelBehavior`: `Syncable` generates it.
+            /// No relations.
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+            // No `impl ActiveModelBehavior`: `Syncable` generates it.
+        }
+    };
 }
+
+contacts_entity!(
+    /// The `contacts` table with the `lww` policy: of two concurrent edits
+    /// of a field, the later one wins.
+    contacts_lww,
+    "lww"
+);
+
+contacts_entity!(
+    /// The `contacts` table with the `manual` policy: two concurrent edits
+    /// of a field make a conflict, settled by `resolve`.
+    contacts_manual,
+    "manual"
+);
+
+/// Reads and writes go through `contacts_lww` whatever the policy: both
+/// modules map the same table, and the capture triggers record every write
+/// whichever entity made it. The policy only decides which entity the
+/// replica registers (see [`Local::replica`]).
+use contacts_lww as contacts;
 
 const DEFAULT_DB: &str = "sqlite://contacts.db?mode=rwc";
 const DEFAULT_HUB: &str = "sqlite://contacts-hub.db?mode=rwc";
@@ -98,11 +165,33 @@ struct Cli {
     /// The hub database the devices sync through (used by `sync` only).
     #[arg(long, global = true, value_name = "URL", default_value = DEFAULT_HUB)]
     hub: String,
+    /// How concurrent edits of the same field are settled (give every device
+    /// the same policy).
+    #[arg(long, global = true, value_enum, default_value_t = Policy::Lww)]
+    policy: Policy,
     #[command(subcommand)]
     command: Command,
 }
 
-/// One variant per command; each maps to one `cmd_*` function in `run`.
+/// The conflict policy of the `contacts` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Policy {
+    /// The later edit wins.
+    Lww,
+    /// The device that syncs second gets a conflict to `resolve`.
+    Manual,
+}
+
+/// Which side of a conflict `resolve` keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Keep {
+    /// This device's value (sent on the next sync).
+    Local,
+    /// The other device's value, as the hub holds it.
+    Remote,
+}
+
+/// One variant per command; each maps to one arm in `run`.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Add a contact and print its new id.
@@ -144,6 +233,20 @@ enum Command {
     },
     /// Push local edits to the hub and pull the other devices' edits.
     Sync,
+    /// List the conflicts held on this device (`--policy manual`).
+    Conflicts {
+        /// Print a JSON array of {"id","table","row","column","base","local","remote"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a conflict; the choice goes out on the next sync.
+    Resolve {
+        /// The conflict's id, as `conflicts` prints it.
+        id: i64,
+        /// Keep this device's value, or take the other device's.
+        #[arg(long, value_enum)]
+        keep: Keep,
+    },
     /// Two devices editing offline and syncing through a SQLite hub.
     Demo,
 }
@@ -164,7 +267,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Add { name, email, phone } => {
-            let local = Local::open(&cli.db).await?;
+            let local = Local::open(&cli.db, cli.policy).await?;
             let contact = local.add(&name, email, phone).await?;
             println!("{}", contact.id);
         }
@@ -174,12 +277,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             email,
             phone,
         } => {
-            let local = Local::open(&cli.db).await?;
+            let local = Local::open(&cli.db, cli.policy).await?;
             local.edit(id, Edit { name, email, phone }).await?;
         }
-        Command::Delete { id } => Local::open(&cli.db).await?.delete(id).await?,
+        Command::Delete { id } => Local::open(&cli.db, cli.policy).await?.delete(id).await?,
         Command::List { json } => {
-            let rows = Local::open(&cli.db).await?.list().await?;
+            let rows = Local::open(&cli.db, cli.policy).await?.list().await?;
             if json {
                 println!("{}", to_json(&rows)?);
             } else {
@@ -187,12 +290,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Sync => {
-            let local = Local::open(&cli.db).await?;
+            let local = Local::open(&cli.db, cli.policy).await?;
             let report = local.sync(&cli.hub).await?;
             println!("{report}");
-            for problem in problems(&report) {
-                eprintln!("contacts: {problem}");
+            for line in local.notes(&report).await? {
+                eprintln!("contacts: {line}");
             }
+        }
+        Command::Conflicts { json } => {
+            let held = Local::open(&cli.db, cli.policy).await?.conflicts().await?;
+            if json {
+                println!("{}", conflicts_json(&held)?);
+            } else {
+                print!("{}", ConflictTable(&held));
+            }
+        }
+        Command::Resolve { id, keep } => {
+            let local = Local::open(&cli.db, cli.policy).await?;
+            let held = local.resolve(id, keep).await?;
+            println!("{}", resolved(&held, keep));
         }
         Command::Demo => demo().await?,
     }
@@ -210,6 +326,8 @@ enum Failure {
     Offline { reason: String, queued: u64 },
     /// No contact has this id (exit 2).
     NotFound(Uuid),
+    /// No conflict has this id (exit 2).
+    NoConflict(i64),
     /// An argument the command cannot use (exit 2).
     Invalid(String),
     /// Anything else: a database error, a bad URL (exit 2).
@@ -233,6 +351,10 @@ impl fmt::Display for Failure {
                 "hub unreachable ({reason}); {queued} local change(s) stay queued for the next sync"
             ),
             Failure::NotFound(id) => write!(f, "no contact with id {id}"),
+            Failure::NoConflict(id) => write!(
+                f,
+                "no conflict with id {id} on this device (`contacts conflicts` lists them)"
+            ),
             Failure::Invalid(msg) => f.write_str(msg),
             Failure::Other(e) => write!(f, "{e}"),
         }
@@ -282,29 +404,33 @@ struct Edit {
 /// installed.
 struct Local {
     db: DatabaseConnection,
+    policy: Policy,
 }
 
 impl Local {
     /// Connect, create the table if missing, install capture (idempotent).
-    async fn open(url: &str) -> Result<Local, Failure> {
+    async fn open(url: &str, policy: Policy) -> Result<Local, Failure> {
         let db = Database::connect(url)
             .await
             .map_err(|e| Failure::Invalid(format!("cannot open the local database: {e}")))?;
         let mut table =
             Schema::new(db.get_database_backend()).create_table_from_entity(contacts::Entity);
         db.execute(table.if_not_exists()).await?;
-        let local = Local { db };
+        let local = Local { db, policy };
         // Opening the replica installs the capture triggers before any write.
         local.replica().await?;
         Ok(local)
     }
 
-    /// A replica over this database (cheap: opening is idempotent).
+    /// A replica over this database (cheap: opening is idempotent), with the
+    /// entity of the chosen policy registered.
     async fn replica(&self) -> Result<Replica, Failure> {
-        Ok(Replica::builder(self.db.clone())
-            .register::<contacts::Entity>()
-            .open()
-            .await?)
+        let builder = Replica::builder(self.db.clone());
+        let builder = match self.policy {
+            Policy::Lww => builder.register::<contacts_lww::Entity>(),
+            Policy::Manual => builder.register::<contacts_manual::Entity>(),
+        };
+        Ok(builder.open().await?)
     }
 
     async fn add(
@@ -318,7 +444,7 @@ impl Local {
             name: Set(non_empty_name(name)?),
             email: Set(email.filter(|e| !e.is_empty())),
             phone: Set(phone.filter(|p| !p.is_empty())),
-            updated_at: Set(chrono::Utc::now()),
+            updated_at: Set(Some(chrono::Utc::now())),
         };
         Ok(contact.insert(&self.db).await?)
     }
@@ -338,7 +464,7 @@ impl Local {
         if let Some(phone) = edit.phone {
             contact.phone = Set(Some(phone).filter(|p| !p.is_empty()));
         }
-        contact.updated_at = Set(chrono::Utc::now());
+        contact.updated_at = Set(Some(chrono::Utc::now()));
         Ok(contact.update(&self.db).await?)
     }
 
@@ -363,6 +489,28 @@ impl Local {
         Ok(self.replica().await?.pending_count().await?)
     }
 
+    /// Conflicts held on this device, oldest first.
+    async fn conflicts(&self) -> Result<Vec<HeldConflict>, Failure> {
+        Ok(self.replica().await?.conflicts().await?)
+    }
+
+    /// Settle conflict `id`; returns it as it was.
+    async fn resolve(&self, id: i64, keep: Keep) -> Result<HeldConflict, Failure> {
+        let replica = self.replica().await?;
+        let held = replica
+            .conflicts()
+            .await?
+            .into_iter()
+            .find(|h| h.id == id)
+            .ok_or(Failure::NoConflict(id))?;
+        let resolution = match keep {
+            Keep::Local => Resolution::KeepLocal,
+            Keep::Remote => Resolution::TakeRemote,
+        };
+        replica.resolve(id, resolution).await?;
+        Ok(held)
+    }
+
     /// One sync with the hub at `hub_url`. An unreachable hub is
     /// [`Failure::Offline`], with the number of writes still queued.
     async fn sync(&self, hub_url: &str) -> Result<SyncReport, Failure> {
@@ -379,6 +527,40 @@ impl Local {
             }),
             other => other,
         }
+    }
+
+    /// What a sync reported beyond its counts, one line each: the hub's
+    /// refusals, local errors, then each conflict it held back (with the id
+    /// to resolve it by) and a hint.
+    async fn notes(&self, report: &SyncReport) -> Result<Vec<String>, Failure> {
+        let mut out = problems(report);
+        if report.conflicts.is_empty() {
+            return Ok(out);
+        }
+        let held = self.conflicts().await?;
+        for c in &report.conflicts {
+            let id = held
+                .iter()
+                .find(|h| {
+                    h.conflict.table == c.table
+                        && h.conflict.column == c.column
+                        && row_text(&h.conflict.pk) == row_text(&c.pk)
+                })
+                .map_or_else(|| "?".to_owned(), |h| h.id.to_string());
+            out.push(format!(
+                "conflict {id}: {} {}, {}: local {} vs remote {}; this device's edit of it is held back",
+                c.table,
+                row_text(&c.pk),
+                c.column,
+                shown(Some(&c.local)),
+                shown(Some(&c.remote)),
+            ));
+        }
+        out.push(
+            "see `contacts conflicts`, settle each with `contacts resolve <id> --keep local|remote`, then sync"
+                .into(),
+        );
+        Ok(out)
     }
 
     async fn close(self) -> Result<(), Failure> {
@@ -428,7 +610,7 @@ fn non_empty_name(name: &str) -> Result<String, Failure> {
     Ok(name.to_owned())
 }
 
-/// What a sync reported beyond its counts, one line each.
+/// The hub's refusals and local errors of a sync, one line each.
 fn problems(report: &SyncReport) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(h) = &report.halted {
@@ -452,8 +634,9 @@ fn problems(report: &SyncReport) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // Output
 
-/// A contact as `list --json` prints it.
-#[derive(serde::Serialize)]
+/// A contact as `list --json` prints it; also what the devices must agree
+/// on (every field but the local-only `updated_at`).
+#[derive(Debug, PartialEq, serde::Serialize)]
 struct ContactJson<'a> {
     id: Uuid,
     name: &'a str,
@@ -461,17 +644,118 @@ struct ContactJson<'a> {
     phone: Option<&'a str>,
 }
 
-fn to_json(rows: &[contacts::Model]) -> Result<String, Failure> {
-    let rows: Vec<ContactJson<'_>> = rows
-        .iter()
+fn synced_fields(rows: &[contacts::Model]) -> Vec<ContactJson<'_>> {
+    rows.iter()
         .map(|c| ContactJson {
             id: c.id,
             name: &c.name,
             email: c.email.as_deref(),
             phone: c.phone.as_deref(),
         })
+        .collect()
+}
+
+fn to_json(rows: &[contacts::Model]) -> Result<String, Failure> {
+    Ok(serde_json::to_string(&synced_fields(rows))?)
+}
+
+/// A field's value as plain JSON: a string, or null for an empty field (any
+/// other type, which the `contacts` table does not have, as its debug text).
+fn plain(value: &Value) -> serde_json::Value {
+    match value {
+        Value::String(Some(s)) => serde_json::Value::String(s.to_string()),
+        Value::String(None) => serde_json::Value::Null,
+        other => serde_json::Value::String(format!("{other:?}")),
+    }
+}
+
+/// A value for the text outputs: JSON text, so `"x"`, `""` and `null` differ.
+/// `None` (a base nobody knows) is null too.
+fn shown(value: Option<&Value>) -> String {
+    value.map_or(serde_json::Value::Null, plain).to_string()
+}
+
+/// A row's key as text: the contact's id (key columns joined by `,` for a
+/// composite key).
+fn row_text(pk: &[(String, Value)]) -> String {
+    pk.iter()
+        .map(|(_, v)| match v {
+            Value::Uuid(Some(u)) => u.to_string(),
+            Value::String(Some(s)) => s.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A held conflict as `conflicts --json` prints it.
+#[derive(serde::Serialize)]
+struct ConflictJson<'a> {
+    id: i64,
+    table: &'a str,
+    row: String,
+    column: &'a str,
+    base: serde_json::Value,
+    local: serde_json::Value,
+    remote: serde_json::Value,
+}
+
+fn conflicts_json(held: &[HeldConflict]) -> Result<String, Failure> {
+    let rows: Vec<ConflictJson<'_>> = held
+        .iter()
+        .map(|h| {
+            let c = &h.conflict;
+            ConflictJson {
+                id: h.id,
+                table: &c.table,
+                row: row_text(&c.pk),
+                column: &c.column,
+                base: c.base.as_ref().map_or(serde_json::Value::Null, plain),
+                local: plain(&c.local),
+                remote: plain(&c.remote),
+            }
+        })
         .collect();
     Ok(serde_json::to_string(&rows)?)
+}
+
+/// What `resolve` prints.
+fn resolved(held: &HeldConflict, keep: Keep) -> String {
+    let c = &held.conflict;
+    let (value, outcome) = match keep {
+        Keep::Local => (&c.local, "kept this device's value; the next sync sends it"),
+        Keep::Remote => (&c.remote, "took the other device's value"),
+    };
+    format!(
+        "conflict {} resolved: {} {}, {} = {} ({outcome})",
+        held.id,
+        c.table,
+        row_text(&c.pk),
+        c.column,
+        shown(Some(value)),
+    )
+}
+
+/// Rows as a text table, columns padded to their widest cell.
+fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let mut widths = vec![0usize; header.len()];
+    for row in std::iter::once(&header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Contacts as a text table (`-` for an absent value).
@@ -482,12 +766,11 @@ impl fmt::Display for Table<'_> {
         if self.0.is_empty() {
             return writeln!(f, "(no contacts)");
         }
-        let header = ["id", "name", "email", "phone"].map(String::from);
-        let rows: Vec<[String; 4]> = self
+        let rows: Vec<Vec<String>> = self
             .0
             .iter()
             .map(|c| {
-                [
+                vec![
                     c.id.to_string(),
                     c.name.clone(),
                     c.email.clone().unwrap_or_else(|| "-".into()),
@@ -495,21 +778,37 @@ impl fmt::Display for Table<'_> {
                 ]
             })
             .collect();
-        let mut widths = [0usize; 4];
-        for row in std::iter::once(&header).chain(&rows) {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
+        f.write_str(&text_table(&["id", "name", "email", "phone"], &rows))
+    }
+}
+
+/// Held conflicts as a text table (values as JSON: `null` is an empty field
+/// or, for `base`, an unknown one).
+struct ConflictTable<'a>(&'a [HeldConflict]);
+
+impl fmt::Display for ConflictTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return writeln!(f, "(no conflicts)");
         }
-        for row in std::iter::once(&header).chain(&rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            writeln!(f, "{}", line.join("  ").trim_end())?;
-        }
-        Ok(())
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|h| {
+                let c = &h.conflict;
+                vec![
+                    h.id.to_string(),
+                    c.table.clone(),
+                    row_text(&c.pk),
+                    c.column.clone(),
+                    shown(c.base.as_ref()),
+                    shown(Some(&c.local)),
+                    shown(Some(&c.remote)),
+                ]
+            })
+            .collect();
+        let header = ["id", "table", "row", "column", "base", "local", "remote"];
+        f.write_str(&text_table(&header, &rows))
     }
 }
 
@@ -523,14 +822,21 @@ struct Device {
 }
 
 impl Device {
+    async fn open(name: &'static str, path: &Path, policy: Policy) -> Result<Device, Failure> {
+        Ok(Device {
+            name,
+            local: Local::open(&sqlite_url(path), policy).await?,
+        })
+    }
+
     /// Sync and narrate the outcome.
-    async fn sync(&self, hub_url: &str) -> Result<(), Failure> {
+    async fn sync(&self, hub_url: &str) -> Result<SyncReport, Failure> {
         let report = self.local.sync(hub_url).await?;
         println!("   {} syncs: {report}", self.name);
-        for problem in problems(&report) {
-            println!("     ! {problem}");
+        for note in self.local.notes(&report).await? {
+            println!("     ! {note}");
         }
-        Ok(())
+        Ok(report)
     }
 
     async fn show(&self) -> Result<Vec<contacts::Model>, Failure> {
@@ -563,7 +869,12 @@ async fn demo() -> Result<(), Failure> {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    if let Err(e) = walkthrough(&dir).await {
+    let result = async {
+        walkthrough(&dir).await?;
+        manual_conflict(&dir).await
+    }
+    .await;
+    if let Err(e) = result {
         eprintln!("contacts: the demo's files are kept in {}", dir.display());
         return Err(e);
     }
@@ -571,6 +882,8 @@ async fn demo() -> Result<(), Failure> {
     Ok(())
 }
 
+/// Part one, policy `lww`: edits of different fields merge, a delete, an
+/// edit queued while the hub is unreachable.
 async fn walkthrough(dir: &Path) -> Result<(), Failure> {
     let hub = sqlite_url(&dir.join("hub.db"));
     let file = |name: &str| -> PathBuf { dir.join(name) };
@@ -580,14 +893,9 @@ async fn walkthrough(dir: &Path) -> Result<(), Failure> {
         "database, sync through a hub database (SQLite too, in {}).",
         dir.display()
     );
-    let a = Device {
-        name: "A",
-        local: Local::open(&sqlite_url(&file("device-a.db"))).await?,
-    };
-    let b = Device {
-        name: "B",
-        local: Local::open(&sqlite_url(&file("device-b.db"))).await?,
-    };
+    println!("Part one uses the default policy, `lww`; part two, `manual`.");
+    let a = Device::open("A", &file("device-a.db"), Policy::Lww).await?;
+    let b = Device::open("B", &file("device-b.db"), Policy::Lww).await?;
 
     println!();
     println!("1. A adds two contacts, then both devices sync.");
@@ -692,7 +1000,10 @@ async fn walkthrough(dir: &Path) -> Result<(), Failure> {
     println!("5. Final rows.");
     let rows_a = a.show().await?;
     let rows_b = b.show().await?;
-    expect(rows_a == rows_b, "A and B hold identical rows")?;
+    expect(
+        synced_fields(&rows_a) == synced_fields(&rows_b),
+        "A and B hold identical rows",
+    )?;
     let find = |id: Uuid| rows_a.iter().find(|c| c.id == id);
     let ada_now = find(ada.id);
     expect(
@@ -711,6 +1022,138 @@ async fn walkthrough(dir: &Path) -> Result<(), Failure> {
     println!("   edits survived), Alan is gone on both, each device's new contact is on");
     println!("   the other, and the edit made while the hub was unreachable went out on");
     println!("   the next sync.");
+    a.local.close().await?;
+    b.local.close().await?;
+    Ok(())
+}
+
+/// Part two, policy `manual`, on fresh files: both devices change the same
+/// email offline; the conflict is shown and resolved by hand.
+async fn manual_conflict(dir: &Path) -> Result<(), Failure> {
+    let hub = sqlite_url(&dir.join("hub-manual.db"));
+    println!();
+    println!("6. Part two: the same field edited on both devices, `--policy manual`.");
+    println!("   Fresh devices and hub. Under `lww` the later edit would win; under");
+    println!("   `manual` the device that syncs second gets a conflict to settle by hand.");
+    let a = Device::open("A", &dir.join("device-a-manual.db"), Policy::Manual).await?;
+    let b = Device::open("B", &dir.join("device-b-manual.db"), Policy::Manual).await?;
+    let first_email = "ada@example.org";
+    let ada = a
+        .local
+        .add("Ada Lovelace", Some(first_email.into()), None)
+        .await?;
+    println!("   A adds Ada Lovelace <{first_email}>, then both devices sync.");
+    a.sync(&hub).await?;
+    b.sync(&hub).await?;
+    let email_a = "ada@laptop.example.org";
+    let email_b = "countess@phone.example.org";
+    let phone_b = "+44 20 7946 0001";
+    a.local
+        .edit(
+            ada.id,
+            Edit {
+                email: Some(email_a.into()),
+                ..Edit::default()
+            },
+        )
+        .await?;
+    println!("   Offline, A changes Ada's email to {email_a}");
+    b.local
+        .edit(
+            ada.id,
+            Edit {
+                email: Some(email_b.into()),
+                phone: Some(phone_b.into()),
+                ..Edit::default()
+            },
+        )
+        .await?;
+    println!("   Offline, B changes Ada's email to {email_b} and sets her phone to {phone_b}");
+
+    println!();
+    println!("7. A syncs first, then B: B's edit of the email meets A's and is held back.");
+    a.sync(&hub).await?;
+    let report = b.sync(&hub).await?;
+    expect(report.conflicts.len() == 1, "B's sync raises one conflict")?;
+    a.sync(&hub).await?;
+    let on_a = a.local.list().await?;
+    expect(
+        on_a.iter().any(|c| {
+            c.id == ada.id
+                && c.email.as_deref() == Some(email_a)
+                && c.phone.as_deref() == Some(phone_b)
+        }),
+        "A got B's phone and kept its own email while the conflict is open",
+    )?;
+    println!("   A now has B's phone (the rest of B's edit went through) and still its");
+    println!("   own email: only the field edited on both sides waits for a decision.");
+
+    println!();
+    println!("8. B lists its conflicts (`contacts conflicts`) and keeps its own value.");
+    let held = b.local.conflicts().await?;
+    let [conflict] = held.as_slice() else {
+        return Err(Failure::Other(
+            format!(
+                "demo check failed: B holds {} conflicts, not one",
+                held.len()
+            )
+            .into(),
+        ));
+    };
+    let c = &conflict.conflict;
+    println!(
+        "   conflict {} on {} {}, field {}:",
+        conflict.id,
+        c.table,
+        row_text(&c.pk),
+        c.column
+    );
+    println!(
+        "     base   {}  (before both edits)",
+        shown(c.base.as_ref())
+    );
+    println!("     local  {}  (B's edit)", shown(Some(&c.local)));
+    println!(
+        "     remote {}  (A's edit, on the hub)",
+        shown(Some(&c.remote))
+    );
+    let s = |v: &str| Value::String(Some(v.into()));
+    expect(
+        c.column == "email"
+            && row_text(&c.pk) == ada.id.to_string()
+            && c.base == Some(s(first_email))
+            && c.local == s(email_b)
+            && c.remote == s(email_a),
+        "the conflict holds base, B's and A's emails",
+    )?;
+    let settled = b.local.resolve(conflict.id, Keep::Local).await?;
+    println!("   B runs `contacts resolve {} --keep local`:", conflict.id);
+    println!("     {}", resolved(&settled, Keep::Local));
+    b.sync(&hub).await?;
+    a.sync(&hub).await?;
+
+    println!();
+    println!("9. Final rows.");
+    let rows_a = a.show().await?;
+    let rows_b = b.show().await?;
+    expect(
+        synced_fields(&rows_a) == synced_fields(&rows_b),
+        "A and B converge after the resolution",
+    )?;
+    expect(
+        rows_a.iter().any(|c| {
+            c.id == ada.id
+                && c.email.as_deref() == Some(email_b)
+                && c.phone.as_deref() == Some(phone_b)
+        }),
+        "Ada has the email chosen by hand (B's) and B's phone on both devices",
+    )?;
+    expect(
+        b.local.conflicts().await?.is_empty(),
+        "no conflict is left on B",
+    )?;
+    println!("   A and B converge on the email chosen by hand, {email_b},");
+    println!("   with B's phone, and no conflict is left.");
     a.local.close().await?;
     b.local.close().await?;
     Ok(())

@@ -763,12 +763,12 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
 }
 
 async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult {
-    // The hub's table predates the `email` column.
+    // The hub's table has a NOT NULL column no client knows.
     hub.db
         .execute_unprepared(match hub.dialect {
-            Dialect::Postgres => "CREATE TABLE contacts (id uuid PRIMARY KEY, name varchar NOT NULL, last_opened timestamptz, updated_at timestamptz NOT NULL)",
-            Dialect::MySql => "CREATE TABLE contacts (id binary(16) PRIMARY KEY, name varchar(255) NOT NULL, last_opened datetime(6), updated_at datetime(6) NOT NULL)",
-            Dialect::Sqlite => "CREATE TABLE contacts (id blob PRIMARY KEY, name varchar NOT NULL, last_opened text, updated_at text NOT NULL)",
+            Dialect::Postgres => "CREATE TABLE contacts (id uuid PRIMARY KEY, name varchar NOT NULL, email varchar, last_opened timestamptz, updated_at timestamptz NOT NULL, tenant varchar NOT NULL)",
+            Dialect::MySql => "CREATE TABLE contacts (id binary(16) PRIMARY KEY, name varchar(255) NOT NULL, email varchar(255), last_opened datetime(6), updated_at datetime(6) NOT NULL, tenant varchar(64) NOT NULL)",
+            Dialect::Sqlite => "CREATE TABLE contacts (id blob PRIMARY KEY, name varchar NOT NULL, email varchar, last_opened text, updated_at text NOT NULL, tenant varchar NOT NULL)",
         })
         .await?;
     let a = Device::new(&hub, "a").await?;
@@ -776,7 +776,7 @@ async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult 
     let r = a.engine.sync_now().await?;
     let halted = r.halted.ok_or("halted on the drift")?;
     ensure!(
-        halted.table == "contacts" && halted.reason.contains("email"),
+        halted.table == "contacts" && halted.reason.contains("tenant"),
         "names the column: {halted:?}"
     );
     ensure_eq!(
@@ -786,12 +786,23 @@ async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult 
     );
     // The hub is migrated: the change goes through.
     hub.db
-        .execute_unprepared(match hub.dialect {
-            Dialect::MySql => "ALTER TABLE contacts ADD COLUMN email varchar(255) NULL",
-            _ => "ALTER TABLE contacts ADD COLUMN email varchar NULL",
-        })
+        .execute_unprepared("ALTER TABLE contacts DROP COLUMN tenant")
         .await?;
     ensure_eq!(a.engine.sync_now().await?.pushed, 1);
+    // A hub table missing a NOT NULL column of the entity is refused at install.
+    let other = TestDb::create(hub.dialect, "drift2").await?;
+    other
+        .db
+        .execute_unprepared("CREATE TABLE contacts (id varchar(36) PRIMARY KEY)")
+        .await?;
+    let b =
+        Device::with_backend(Arc::new(SqlBackend::new(other.connect_again().await?)), "b").await?;
+    match b.engine.sync_now().await {
+        Err(Error::Config(msg)) => ensure!(msg.contains("`name`"), "{msg}"),
+        r => return Err(format!("expected a configuration error, got {r:?}").into()),
+    }
+    b.drop().await?;
+    other.drop().await?;
     a.drop().await?;
     hub.drop().await
 }

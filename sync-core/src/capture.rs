@@ -210,12 +210,7 @@ impl SealState {
     /// Take the capture lock (a row lock on PostgreSQL/MySQL, the write lock
     /// on SQLite) and load clock and sequence.
     pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
-        let lock = Query::update()
-            .table(Alias::new(schema::META))
-            .value(Alias::new("value"), Expr::col(Alias::new("value")))
-            .and_where(Expr::col(Alias::new("key")).eq("next_seq"))
-            .to_owned();
-        tx.execute(&lock).await?;
+        schema::LOCAL_META.lock(tx, "next_seq").await?;
         let next_seq = schema::read_meta(tx, "next_seq")
             .await?
             .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;
@@ -445,53 +440,35 @@ pub(crate) fn phases(
 pub(crate) fn outbox_insert() -> sea_orm::sea_query::InsertStatement {
     Query::insert()
         .into_table(Alias::new(OUTBOX))
-        .columns(["seq", "tbl", "pk", "op", "payload", "hlc", "base"].map(Alias::new))
+        .columns(
+            std::iter::once("seq")
+                .chain(crate::change::STORED_COLUMNS)
+                .map(Alias::new),
+        )
         .to_owned()
 }
 
 /// The outbox row of a change.
-pub(crate) fn outbox_row(change: &Change) -> Result<[SimpleExpr; 7]> {
+pub(crate) fn outbox_row(change: &Change) -> Result<Vec<SimpleExpr>> {
     let seq =
         i64::try_from(change.id.seq).map_err(|_| Error::Corrupt("sequence overflow".into()))?;
-    let base: Option<String> = if change.base.is_empty() {
-        None
-    } else {
-        Some(serde_json::to_string(&change.base)?)
-    };
-    Ok([
-        seq.into(),
-        change.table.clone().into(),
-        serde_json::to_string(&change.pk)?.into(),
-        change.op.as_str().into(),
-        serde_json::to_string(&change.columns)?.into(),
-        change.hlc.to_string().into(),
-        base.into(),
-    ])
+    let mut row = vec![seq.into()];
+    row.extend(change.stored_values()?);
+    Ok(row)
+}
+
+/// The outbox columns to select for [`change_from_outbox`].
+pub(crate) fn outbox_columns() -> impl Iterator<Item = Alias> {
+    std::iter::once("seq")
+        .chain(crate::change::STORED_COLUMNS)
+        .map(Alias::new)
 }
 
 /// Rebuild a [`Change`] from an outbox row.
 pub(crate) fn change_from_outbox(origin: NodeId, r: &sea_orm::QueryResult) -> Result<Change> {
     let seq: i64 = r.try_get("", "seq")?;
-    let op: String = r.try_get("", "op")?;
-    let pk: String = r.try_get("", "pk")?;
-    let payload: String = r.try_get("", "payload")?;
-    let hlc: String = r.try_get("", "hlc")?;
-    Ok(Change {
-        id: ChangeId {
-            origin,
-            seq: u64::try_from(seq)
-                .map_err(|_| Error::Corrupt(format!("negative sequence {seq}")))?,
-        },
-        table: r.try_get("", "tbl")?,
-        pk: serde_json::from_str(&pk)?,
-        op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
-        columns: serde_json::from_str(&payload)?,
-        hlc: hlc.parse()?,
-        base: match r.try_get::<Option<String>>("", "base")? {
-            Some(b) => serde_json::from_str(&b)?,
-            None => Vec::new(),
-        },
-    })
+    let seq = u64::try_from(seq).map_err(|_| Error::Corrupt(format!("negative sequence {seq}")))?;
+    Change::from_stored(ChangeId { origin, seq }, r)
 }
 
 /// The runtime description of a `Syncable` entity's table.

@@ -93,7 +93,55 @@ pub struct ColumnBase {
     pub clock: Option<Hlc>,
 }
 
+/// The columns a change is stored in, after its id, in the replica's
+/// outbox and in the hub's log.
+pub const STORED_COLUMNS: [&str; 6] = ["tbl", "pk", "op", "payload", "hlc", "base"];
+
 impl Change {
+    /// The values of [`STORED_COLUMNS`] for this change.
+    pub fn stored_values(&self) -> crate::error::Result<[sea_orm::sea_query::SimpleExpr; 6]> {
+        let base: Option<String> = if self.base.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&self.base)?)
+        };
+        Ok([
+            self.table.clone().into(),
+            serde_json::to_string(&self.pk)?.into(),
+            self.op.as_str().into(),
+            serde_json::to_string(&self.columns)?.into(),
+            self.hlc.to_string().into(),
+            base.into(),
+        ])
+    }
+
+    /// Read back a change stored with [`Change::stored_values`].
+    ///
+    /// # Errors
+    /// [`crate::Error::Payload`] or [`crate::Error::Corrupt`] for a
+    /// malformed row.
+    pub fn from_stored(id: ChangeId, r: &sea_orm::QueryResult) -> crate::error::Result<Change> {
+        use crate::error::Error;
+        let op: String = r.try_get("", "op")?;
+        let pk: String = r.try_get("", "pk")?;
+        let payload: String = r.try_get("", "payload")?;
+        let hlc: String = r.try_get("", "hlc")?;
+        let base: Option<String> = r.try_get("", "base")?;
+        Ok(Change {
+            id,
+            table: r.try_get("", "tbl")?,
+            pk: serde_json::from_str(&pk)?,
+            op: Op::parse(&op)
+                .ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
+            columns: serde_json::from_str(&payload)?,
+            hlc: hlc.parse()?,
+            base: base
+                .map(|b| serde_json::from_str(&b))
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+
     /// The base clock recorded for `column`, if any base was recorded.
     pub fn base_of(&self, column: &str) -> Option<&ColumnBase> {
         self.base.iter().find(|b| b.column == column)

@@ -358,7 +358,7 @@ impl Replica {
         limit: u64,
     ) -> Result<(Vec<Change>, Option<Unreadable>)> {
         let q = Query::select()
-            .columns(["seq", "tbl", "pk", "op", "payload", "hlc", "base"].map(Alias::new))
+            .columns(crate::capture::outbox_columns())
             .from(Alias::new(OUTBOX))
             .order_by(Alias::new("seq"), Order::Asc)
             .limit(limit)

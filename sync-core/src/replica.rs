@@ -295,7 +295,7 @@ impl Replica {
     /// Captured changes not yet acknowledged by a hub, oldest first.
     pub async fn pending(&self, limit: u64) -> Result<Vec<Change>> {
         let q = Query::select()
-            .columns(["seq", "tbl", "pk", "op", "payload", "hlc", "base"].map(Alias::new))
+            .columns(crate::capture::outbox_columns())
             .from(Alias::new(OUTBOX))
             .order_by(Alias::new("seq"), Order::Asc)
             .limit(Ord::min(limit, i64::MAX as u64))

@@ -387,63 +387,110 @@ pub async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Resu
     Ok(())
 }
 
-/// Read one metadata value.
-pub async fn read_meta<C: ConnectionTrait>(db: &C, key: &str) -> Result<Option<String>> {
-    let stmt = Query::select()
-        .column(Alias::new("value"))
-        .from(Alias::new(META))
-        .and_where(Expr::col(Alias::new("key")).eq(key))
-        .to_owned();
-    let row = db.query_one(&stmt).await?;
-    Ok(row.map(|r| r.try_get::<String>("", "value")).transpose()?)
+/// A key/value metadata table: the replica's (`_tidesync_meta`) or a hub's.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta(pub &'static str);
+
+/// The replica's metadata table.
+pub const LOCAL_META: Meta = Meta(META);
+
+impl Meta {
+    /// Read one value.
+    pub async fn read<C: ConnectionTrait>(self, db: &C, key: &str) -> Result<Option<String>> {
+        let stmt = Query::select()
+            .column(Alias::new("value"))
+            .from(Alias::new(self.0))
+            .and_where(Expr::col(Alias::new("key")).eq(key))
+            .to_owned();
+        let row = db.query_one(&stmt).await?;
+        Ok(row.map(|r| r.try_get::<String>("", "value")).transpose()?)
+    }
+
+    /// Insert a value unless the key exists (safe when two processes
+    /// install at once).
+    pub async fn insert_if_missing<C: ConnectionTrait>(
+        self,
+        db: &C,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
+        let key_col = || Alias::new("key");
+        let stmt = Query::insert()
+            .into_table(Alias::new(self.0))
+            .columns([key_col(), Alias::new("value")])
+            .values_panic([key.into(), value.into()])
+            .on_conflict(
+                OnConflict::column(key_col())
+                    .do_nothing_on([key_col()])
+                    .to_owned(),
+            )
+            .to_owned();
+        db.execute(&stmt).await?;
+        Ok(())
+    }
+
+    /// Insert or overwrite a value.
+    pub async fn upsert<C: ConnectionTrait>(self, db: &C, key: &str, value: &str) -> Result<()> {
+        let stmt = Query::insert()
+            .into_table(Alias::new(self.0))
+            .columns([Alias::new("key"), Alias::new("value")])
+            .values_panic([key.into(), value.into()])
+            .on_conflict(
+                OnConflict::column(Alias::new("key"))
+                    .update_column(Alias::new("value"))
+                    .to_owned(),
+            )
+            .to_owned();
+        db.execute(&stmt).await?;
+        Ok(())
+    }
+
+    /// Overwrite a value that exists.
+    pub async fn write<C: ConnectionTrait>(self, db: &C, key: &str, value: &str) -> Result<()> {
+        let stmt = Query::update()
+            .table(Alias::new(self.0))
+            .value(Alias::new("value"), value)
+            .and_where(Expr::col(Alias::new("key")).eq(key))
+            .to_owned();
+        db.execute(&stmt).await?;
+        Ok(())
+    }
+
+    /// Lock the row of `key` until the transaction ends (a row lock on
+    /// PostgreSQL and MySQL, the write lock on SQLite): the sequence lock.
+    pub async fn lock<C: ConnectionTrait>(self, db: &C, key: &str) -> Result<()> {
+        let stmt = Query::update()
+            .table(Alias::new(self.0))
+            .value(Alias::new("value"), Expr::col(Alias::new("value")))
+            .and_where(Expr::col(Alias::new("key")).eq(key))
+            .to_owned();
+        db.execute(&stmt).await?;
+        Ok(())
+    }
 }
 
-/// Insert a metadata value unless the key exists (safe when two processes
-/// install at once).
+/// Read one value of the replica's metadata.
+pub async fn read_meta<C: ConnectionTrait>(db: &C, key: &str) -> Result<Option<String>> {
+    LOCAL_META.read(db, key).await
+}
+
+/// Insert a value of the replica's metadata unless the key exists.
 pub async fn insert_meta_if_missing<C: ConnectionTrait>(
     db: &C,
     key: &str,
     value: &str,
 ) -> Result<()> {
-    let stmt = Query::insert()
-        .into_table(Alias::new(META))
-        .columns([Alias::new("key"), Alias::new("value")])
-        .values_panic([key.into(), value.into()])
-        .on_conflict(
-            OnConflict::column(Alias::new("key"))
-                .do_nothing_on([Alias::new("key")])
-                .to_owned(),
-        )
-        .to_owned();
-    db.execute(&stmt).await?;
-    Ok(())
+    LOCAL_META.insert_if_missing(db, key, value).await
 }
 
-/// Insert or overwrite a metadata value.
+/// Insert or overwrite a value of the replica's metadata.
 pub async fn upsert_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
-    let stmt = Query::insert()
-        .into_table(Alias::new(META))
-        .columns([Alias::new("key"), Alias::new("value")])
-        .values_panic([key.into(), value.into()])
-        .on_conflict(
-            OnConflict::column(Alias::new("key"))
-                .update_column(Alias::new("value"))
-                .to_owned(),
-        )
-        .to_owned();
-    db.execute(&stmt).await?;
-    Ok(())
+    LOCAL_META.upsert(db, key, value).await
 }
 
-/// Overwrite a metadata value that exists.
+/// Overwrite a value of the replica's metadata.
 pub async fn write_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
-    let stmt = Query::update()
-        .table(Alias::new(META))
-        .value(Alias::new("value"), value)
-        .and_where(Expr::col(Alias::new("key")).eq(key))
-        .to_owned();
-    db.execute(&stmt).await?;
-    Ok(())
+    LOCAL_META.write(db, key, value).await
 }
 
 /// The column type tidesync gives a synced column when it creates a table

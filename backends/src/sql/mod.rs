@@ -26,16 +26,20 @@ use sync_core::backend::{
     SnapshotRow, Unreadable,
 };
 use sync_core::conflict::{self, ColumnConflict};
-use sync_core::schema::{insert_meta_if_missing, utf8mb4};
+use sync_core::schema::utf8mb4;
 use sync_core::store;
 use sync_core::value::{check_value, parse_pk_key, pk_key};
 use sync_core::{
-    Change, ChangeId, ConflictPolicy, Error, ErrorKind, Hlc, NodeId, Op, Result, RowState,
-    TableSpec,
+    Change, ChangeId, ConflictPolicy, Error, ErrorKind, NodeId, Op, Result, RowState, TableSpec,
 };
 use tokio::sync::RwLock;
 
 use ddl::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
+use sync_core::change::STORED_COLUMNS;
+use sync_core::schema::Meta;
+
+/// The hub's metadata table.
+const HUB: Meta = Meta(HUB_META);
 
 /// Newest hub metadata schema this release reads and writes.
 pub const HUB_SCHEMA_VERSION: i64 = 1;
@@ -155,29 +159,6 @@ impl SqlBackend {
         }
         Ok(out)
     }
-}
-
-async fn read_hub_meta<C: ConnectionTrait>(db: &C, key: &str) -> Result<Option<String>> {
-    let q = Query::select()
-        .column(Alias::new("value"))
-        .from(Alias::new(HUB_META))
-        .and_where(Expr::col(Alias::new("key")).eq(key))
-        .to_owned();
-    Ok(db
-        .query_one(&q)
-        .await?
-        .map(|r| r.try_get::<String>("", "value"))
-        .transpose()?)
-}
-
-async fn write_hub_meta<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
-    let q = Query::update()
-        .table(Alias::new(HUB_META))
-        .value(Alias::new("value"), value)
-        .and_where(Expr::col(Alias::new("key")).eq(key))
-        .to_owned();
-    db.execute(&q).await?;
-    Ok(())
 }
 
 /// A change checked against the hub: why it cannot be applied, if so.
@@ -347,36 +328,19 @@ impl<'a> Push<'a> {
         for chunk in logged.chunks(200) {
             let mut q = Query::insert();
             q.into_table(Alias::new(CHANGES)).columns(
-                [
-                    "hub_seq",
-                    "origin",
-                    "origin_seq",
-                    "tbl",
-                    "pk",
-                    "op",
-                    "payload",
-                    "hlc",
-                    "base",
-                ]
-                .map(Alias::new),
+                ["hub_seq", "origin", "origin_seq"]
+                    .into_iter()
+                    .chain(STORED_COLUMNS)
+                    .map(Alias::new),
             );
             for c in chunk {
-                let base: Option<String> = if c.base.is_empty() {
-                    None
-                } else {
-                    Some(serde_json::to_string(&c.base)?)
-                };
-                q.values_panic([
+                let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
                     (self.next_seq as i64).into(),
                     c.id.origin.to_string().into(),
                     (c.id.seq as i64).into(),
-                    c.table.clone().into(),
-                    serde_json::to_string(&c.pk)?.into(),
-                    c.op.as_str().into(),
-                    serde_json::to_string(&c.columns)?.into(),
-                    c.hlc.to_string().into(),
-                    base.into(),
-                ]);
+                ];
+                row.extend(c.stored_values()?);
+                q.values_panic(row);
                 self.next_seq += 1;
             }
             self.tx.execute(&q).await?;
@@ -435,7 +399,7 @@ impl Backend for SqlBackend {
                 .await
                 .map_err(offline)?;
         }
-        let version = read_hub_meta(&self.db, "schema_version").await?;
+        let version = HUB.read(&self.db, "schema_version").await?;
         if let Some(v) = version {
             let found: i64 = v
                 .parse()
@@ -452,13 +416,14 @@ impl Backend for SqlBackend {
             ("next_seq", "1".to_owned()),
             ("hub_id", NodeId::random().to_string()),
         ] {
-            insert_meta_in(&self.db, k, &v).await?;
+            HUB.insert_if_missing(&self.db, k, &v).await?;
         }
         for spec in tables {
             ddl::ensure_table(&self.db, spec).await?;
         }
         *self.tables.write().await = tables.to_vec();
-        let hub_id = read_hub_meta(&self.db, "hub_id")
+        let hub_id = HUB
+            .read(&self.db, "hub_id")
             .await?
             .ok_or_else(|| Error::Corrupt("hub_id missing".into()))?;
         Ok(HubInfo { hub_id })
@@ -483,16 +448,9 @@ impl Backend for SqlBackend {
         let backend = self.db.get_database_backend();
         let tx = self.db.begin().await.map_err(offline)?;
         // The sequence lock: held until commit, so hub sequences commit in order.
-        tx.execute(
-            &Query::update()
-                .table(Alias::new(HUB_META))
-                .value(Alias::new("value"), Expr::col(Alias::new("value")))
-                .and_where(Expr::col(Alias::new("key")).eq("next_seq"))
-                .to_owned(),
-        )
-        .await
-        .map_err(offline)?;
-        let next_seq: u64 = read_hub_meta(&tx, "next_seq")
+        HUB.lock(&tx, "next_seq").await.map_err(offline_err)?;
+        let next_seq: u64 = HUB
+            .read(&tx, "next_seq")
             .await?
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
@@ -602,7 +560,7 @@ impl Backend for SqlBackend {
             settled,
             ..
         } = push;
-        write_hub_meta(&tx, "next_seq", &next_seq.to_string()).await?;
+        HUB.write(&tx, "next_seq", &next_seq.to_string()).await?;
         tx.commit().await.map_err(offline)?;
         ack.conflicts = held;
         ack.settled = settled;
@@ -612,17 +570,10 @@ impl Backend for SqlBackend {
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
         let q = Query::select()
             .columns(
-                [
-                    "hub_seq",
-                    "origin",
-                    "origin_seq",
-                    "tbl",
-                    "pk",
-                    "op",
-                    "payload",
-                    "hlc",
-                ]
-                .map(Alias::new),
+                ["hub_seq", "origin", "origin_seq"]
+                    .into_iter()
+                    .chain(STORED_COLUMNS)
+                    .map(Alias::new),
             )
             .from(Alias::new(CHANGES))
             .and_where(Expr::col(Alias::new("hub_seq")).gt(cursor.0 as i64))
@@ -659,7 +610,8 @@ impl Backend for SqlBackend {
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        let next_seq: u64 = read_hub_meta(&self.db, "next_seq")
+        let next_seq: u64 = HUB
+            .read(&self.db, "next_seq")
             .await
             .map_err(|e| match e {
                 Error::Database(d) => offline(d),
@@ -718,43 +670,12 @@ fn offline_err(e: Error) -> Error {
     }
 }
 
-async fn insert_meta_in<C: ConnectionTrait>(db: &C, key: &str, value: &str) -> Result<()> {
-    // Same statement as the replica's metadata, on the hub's table.
-    let q = Query::insert()
-        .into_table(Alias::new(HUB_META))
-        .columns([Alias::new("key"), Alias::new("value")])
-        .values_panic([key.into(), value.into()])
-        .on_conflict(
-            sea_orm::sea_query::OnConflict::column(Alias::new("key"))
-                .do_nothing_on([Alias::new("key")])
-                .to_owned(),
-        )
-        .to_owned();
-    db.execute(&q).await?;
-    let _ = insert_meta_if_missing::<C>;
-    Ok(())
-}
-
 fn change_of_row(r: &sea_orm::QueryResult) -> Result<Change> {
     let origin: String = r.try_get("", "origin")?;
     let seq: i64 = r.try_get("", "origin_seq")?;
-    let op: String = r.try_get("", "op")?;
-    let pk: String = r.try_get("", "pk")?;
-    let payload: String = r.try_get("", "payload")?;
-    let hlc: String = r.try_get("", "hlc")?;
-    Ok(Change {
-        id: ChangeId {
-            origin: origin.parse()?,
-            seq: seq as u64,
-        },
-        table: r.try_get("", "tbl")?,
-        pk: serde_json::from_str(&pk)?,
-        op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("operation `{op}`")))?,
-        columns: serde_json::from_str(&payload)?,
-        hlc: hlc.parse::<Hlc>()?,
-        base: match r.try_get::<Option<String>>("", "base")? {
-            Some(b) => serde_json::from_str(&b)?,
-            None => Vec::new(),
-        },
-    })
+    let id = ChangeId {
+        origin: origin.parse()?,
+        seq: u64::try_from(seq).map_err(|_| Error::Corrupt(format!("negative sequence {seq}")))?,
+    };
+    Change::from_stored(id, r)
 }
