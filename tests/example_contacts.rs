@@ -1,5 +1,7 @@
 //! The `contacts` example run as a user would: the built binary, two devices
-//! with local SQLite files, and a hub on every dialect.
+//! with local SQLite files, and a hub on every dialect; with the default
+//! policy (`lww`) and with `--policy manual`, whose conflicts are listed and
+//! resolved by hand.
 //!
 //! `cargo test` builds the example; `cargo test --test example_contacts`
 //! alone does not, so run `cargo build --examples` first (the test says so
@@ -20,6 +22,12 @@ fn main() -> std::process::ExitCode {
     let mut trials = on_every_dialect("two_devices_through_the_cli", |hub| {
         Box::pin(two_devices_through_the_cli(hub))
     });
+    trials.extend(on_every_dialect("manual_conflict_keep_local", |hub| {
+        Box::pin(manual_conflict_resolved_by_hand(hub, "local"))
+    }));
+    trials.extend(on_every_dialect("manual_conflict_keep_remote", |hub| {
+        Box::pin(manual_conflict_resolved_by_hand(hub, "remote"))
+    }));
     trials.push(Trial::test("bad_input_exits_2", || {
         bad_input_exits_2().map_err(|e| e.to_string().into())
     }));
@@ -118,6 +126,8 @@ struct Device {
     hub: String,
     /// Given as `--hub` to the local commands, which must not touch it.
     offline_hub: String,
+    /// `--policy`, given to every command when set.
+    policy: Option<&'static str>,
 }
 
 impl Device {
@@ -131,11 +141,21 @@ impl Device {
             ),
             hub: hub.to_owned(),
             offline_hub: offline_hub.to_owned(),
+            policy: None,
         }
+    }
+
+    /// The same device, run with `--policy manual`.
+    fn manual(mut self) -> Device {
+        self.policy = Some("manual");
+        self
     }
 
     fn run(&self, hub: &str, args: &[&str]) -> Result<Output, BoxError> {
         let mut all = vec!["--db", &self.db, "--hub", hub];
+        if let Some(policy) = self.policy {
+            all.extend(["--policy", policy]);
+        }
         all.extend_from_slice(args);
         contacts(&self.dir, &all)
     }
@@ -158,8 +178,9 @@ impl Device {
         Ok(id)
     }
 
-    /// `sync` with the real hub, which must succeed; its one-line report.
-    fn sync(&self) -> Result<String, BoxError> {
+    /// `sync` with the real hub, which must succeed; its one-line report
+    /// and its stderr.
+    fn sync_noting(&self) -> Result<(String, String), BoxError> {
         let out = self.run(&self.hub, &["sync"])?;
         expect_code(&out, 0, &format!("{} sync", self.name))?;
         let stdout = text(&out.stdout);
@@ -168,11 +189,36 @@ impl Device {
             "sync prints one report line, got {stdout:?}"
         );
         ensure!(
-            out.stderr.is_empty(),
-            "sync reported problems: {}",
-            text(&out.stderr)
+            stdout.contains(", conflicts "),
+            "the report counts conflicts, got {stdout:?}"
         );
+        Ok((stdout, text(&out.stderr)))
+    }
+
+    /// `sync` with the real hub, which must succeed with nothing on stderr;
+    /// its one-line report.
+    fn sync(&self) -> Result<String, BoxError> {
+        let (stdout, stderr) = self.sync_noting()?;
+        ensure!(stderr.is_empty(), "sync reported problems: {stderr}");
         Ok(stdout)
+    }
+
+    /// `conflicts --json`, checked for shape.
+    fn conflicts(&self) -> Result<Vec<Value>, BoxError> {
+        let stdout = self.local(&["conflicts", "--json"])?;
+        let rows: Vec<Value> = serde_json::from_str(&stdout)
+            .map_err(|e| format!("conflicts --json printed {stdout:?}: {e}"))?;
+        for row in &rows {
+            let obj = row.as_object().ok_or("a conflict is not an object")?;
+            let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            ensure_eq!(
+                keys,
+                ["base", "column", "id", "local", "remote", "row", "table"]
+            );
+            ensure!(row["id"].is_i64(), "a conflict's id is a number: {row}");
+        }
+        Ok(rows)
     }
 
     /// `list --json`, checked for shape and order.
@@ -200,6 +246,22 @@ impl Device {
 /// The row of `id` in `rows`, if any.
 fn row(rows: &[Value], id: Uuid) -> Option<&Value> {
     rows.iter().find(|r| r["id"] == id.to_string())
+}
+
+/// The hub's `contacts.email` values.
+async fn hub_emails(hub: &TestDb) -> Result<Vec<Option<String>>, BoxError> {
+    let rows = hub
+        .db
+        .query_all_raw(Statement::from_string(
+            hub.backend(),
+            "SELECT email FROM contacts",
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.try_get("", "email")?);
+    }
+    Ok(out)
 }
 
 async fn hub_count(hub: &TestDb) -> Result<i64, BoxError> {
@@ -289,6 +351,135 @@ async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
+/// `--policy manual`: A and B change the same contact's email offline; B,
+/// syncing second, gets the conflict, lists it, resolves it keeping `keep`
+/// (`local` or `remote`), and both devices and the hub converge on that
+/// value.
+async fn manual_conflict_resolved_by_hand(hub: TestDb, keep: &'static str) -> TestResult {
+    if let Err(e) = binary() {
+        hub.drop().await?;
+        return Err(e);
+    }
+    let dir = scratch(&format!("{}-keep-{keep}", hub.dialect.name()))?;
+    let offline = unreachable_hub(hub.dialect, &dir);
+    let a = Device::new("a", &dir, &hub.url, &offline).manual();
+    let b = Device::new("b", &dir, &hub.url, &offline).manual();
+    let (base, on_laptop, on_phone) = ("ada@example.org", "ada@laptop.org", "ada@phone.org");
+
+    let ada = a.add(&["Ada Lovelace", "--email", base])?;
+    a.sync()?;
+    b.sync()?;
+    ensure_eq!(b.list()?, a.list()?, "B has A's contact");
+
+    // Offline: both change the email; B also sets the phone.
+    a.local(&["edit", &ada.to_string(), "--email", on_laptop])?;
+    b.local(&[
+        "edit",
+        &ada.to_string(),
+        "--email",
+        on_phone,
+        "--phone",
+        "+44 20 7946 0000",
+    ])?;
+    let report = a.sync()?;
+    ensure!(
+        report.starts_with("pushed 1,") && report.contains(", conflicts 0,"),
+        "A syncs first, without conflict: {report:?}"
+    );
+    let (report, stderr) = b.sync_noting()?;
+    ensure!(
+        report.starts_with("pushed 1,") && report.contains(", conflicts 1,"),
+        "B syncs second and reports one conflict: {report:?}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    ensure_eq!(lines.len(), 2, "one line per conflict and a hint: {stderr}");
+    for needle in [
+        "contacts".to_owned(),
+        ada.to_string(),
+        "email".into(),
+        format!("local \"{on_phone}\""),
+        format!("remote \"{on_laptop}\""),
+    ] {
+        ensure!(
+            lines[0].contains(&needle),
+            "the conflict line names {needle}: {stderr}"
+        );
+    }
+    ensure!(
+        lines[1].contains("conflicts") && lines[1].contains("resolve"),
+        "a hint to run `conflicts` and `resolve`: {stderr}"
+    );
+
+    // Only B holds it, with base, local and remote.
+    ensure_eq!(a.conflicts()?, Vec::<Value>::new(), "A holds no conflict");
+    let held = b.conflicts()?;
+    ensure_eq!(held.len(), 1, "B holds one conflict: {held:?}");
+    let id = held[0]["id"].as_i64().ok_or("the id is not a number")?;
+    ensure_eq!(
+        held[0],
+        serde_json::json!({
+            "id": id, "table": "contacts", "row": ada.to_string(), "column": "email",
+            "base": base, "local": on_phone, "remote": on_laptop,
+        })
+    );
+    let table = b.local(&["conflicts"])?;
+    ensure!(
+        table.lines().count() == 2
+            && table.starts_with("id ")
+            && [on_phone, on_laptop, "email"]
+                .iter()
+                .all(|v| table.contains(v)),
+        "conflicts without --json prints a table: {table:?}"
+    );
+
+    // The rest of B's edit went through; A keeps its email meanwhile.
+    a.sync()?;
+    let on_a = a.list()?;
+    let row_a = row(&on_a, ada).ok_or("Ada is missing on A")?;
+    ensure_eq!(row_a["phone"], "+44 20 7946 0000", "B's phone reached A");
+    ensure_eq!(row_a["email"], on_laptop, "B's held email did not");
+    ensure_eq!(hub_emails(&hub).await?, vec![Some(on_laptop.to_owned())]);
+
+    // Resolved offline on B.
+    let chosen = if keep == "local" { on_phone } else { on_laptop };
+    let out = b.local(&["resolve", &id.to_string(), "--keep", keep])?;
+    ensure!(
+        out.contains(&format!("conflict {id} resolved")) && out.contains(chosen),
+        "resolve says what it kept: {out:?}"
+    );
+    ensure_eq!(b.conflicts()?, Vec::<Value>::new(), "no conflict left on B");
+    let on_b = b.list()?;
+    ensure_eq!(
+        row(&on_b, ada).ok_or("Ada is missing on B")?["email"],
+        chosen,
+        "the resolution is written locally at once"
+    );
+    let again = b.run(&offline, &["resolve", &id.to_string(), "--keep", keep])?;
+    expect_code(&again, 2, "resolving a conflict twice")?;
+
+    let report = b.sync()?;
+    let pushed = if keep == "local" { 1 } else { 0 };
+    ensure!(
+        report.starts_with(&format!("pushed {pushed},")),
+        "keeping local sends the value, taking remote sends nothing: {report:?}"
+    );
+    a.sync()?;
+    let (on_a, on_b) = (a.list()?, b.list()?);
+    ensure_eq!(on_a, on_b, "A and B converge");
+    ensure_eq!(
+        on_a,
+        vec![serde_json::json!({
+            "id": ada.to_string(), "name": "Ada Lovelace",
+            "email": chosen, "phone": "+44 20 7946 0000",
+        })]
+    );
+    ensure_eq!(hub_emails(&hub).await?, vec![Some(chosen.to_owned())]);
+    ensure_eq!(a.conflicts()?, Vec::<Value>::new(), "A holds no conflict");
+
+    std::fs::remove_dir_all(&dir)?;
+    hub.drop().await
+}
+
 fn bad_input_exits_2() -> TestResult {
     binary()?;
     let dir = scratch("bad-input")?;
@@ -305,13 +496,40 @@ fn bad_input_exits_2() -> TestResult {
         (vec!["edit", &unknown], "edit without a field"),
         (vec!["add", ""], "an empty name"),
         (vec!["frobnicate"], "an unknown command"),
+        (
+            vec!["resolve", "999", "--keep", "local"],
+            "resolve of an unknown conflict",
+        ),
+        (
+            vec!["--policy", "manual", "resolve", "999", "--keep", "remote"],
+            "resolve of an unknown conflict, policy manual",
+        ),
+        (vec!["resolve", "1", "--keep", "both"], "a bad --keep"),
+        (vec!["resolve", "1"], "resolve without --keep"),
+        (
+            vec!["resolve", "x", "--keep", "local"],
+            "a malformed conflict id",
+        ),
+        (vec!["--policy", "sometimes", "list"], "an unknown policy"),
     ] {
         let mut all = vec!["--db", &db, "--hub", &hub];
         all.extend(args);
         let out = contacts(&dir, &all)?;
         expect_code(&out, 2, what)?;
         ensure!(!out.stderr.is_empty(), "{what}: a message on stderr");
+        ensure!(out.stdout.is_empty(), "{what}: nothing on stdout");
     }
+    let out = contacts(
+        &dir,
+        &[
+            "--db", &db, "--hub", &hub, "resolve", "999", "--keep", "local",
+        ],
+    )?;
+    let stderr = text(&out.stderr);
+    ensure!(
+        stderr.contains("no conflict with id 999") && stderr.lines().count() == 1,
+        "an unknown conflict id is named on one line: {stderr:?}"
+    );
     for (db, hub, what) in [
         ("nope://x", hub.as_str(), "a bad local URL"),
         (db.as_str(), "nope://x", "a bad hub URL"),
@@ -337,6 +555,17 @@ fn demo_runs_and_cleans_up() -> TestResult {
         "B deletes Alan Turing",
         "hub unreachable",
         "A and B hold identical rows",
+        // Part two, `manual`: a conflict resolved by hand.
+        "`--policy manual`",
+        "Offline, A changes Ada's email to ada@laptop.example.org",
+        "Offline, B changes Ada's email to countess@phone.example.org",
+        "B syncs: pushed 1, pulled 0, conflicts 1,",
+        "! conflict 1: contacts ",
+        "base   \"ada@example.org\"",
+        "local  \"countess@phone.example.org\"",
+        "remote \"ada@laptop.example.org\"",
+        "`contacts resolve 1 --keep local`",
+        "A and B converge on the email chosen by hand, countess@phone.example.org",
     ] {
         ensure!(
             stdout.contains(expected),
