@@ -198,6 +198,38 @@ pub(crate) async fn apply_deltas(
         park(&tx, &refs, &reason).await?;
         report.parked.push(Error::UnknownTable(t.clone()));
     }
+    // A key this dialect cannot hold (a u64 above i64::MAX on SQLite, say)
+    // cannot even be looked up: park it.
+    for h in tables {
+        let spec = h.spec();
+        let Some(ds) = by_table.get_mut(&spec.name) else {
+            continue;
+        };
+        let mut kept = Vec::with_capacity(ds.len());
+        for d in ds.drain(..) {
+            let bad = spec.pk.iter().zip(&d.pk).find_map(|(c, v)| {
+                check_value(&spec.name, &c.name, Some(&c.ty), v, Some(backend)).err()
+            });
+            match bad {
+                Some(e) => {
+                    park(&tx, &[&d], &e.to_string()).await?;
+                    report.parked.push(e);
+                }
+                None if d.pk.len() == spec.pk.len() => kept.push(d),
+                None => {
+                    let reason = format!(
+                        "{}: key has {} values, the table {}",
+                        spec.name,
+                        d.pk.len(),
+                        spec.pk.len()
+                    );
+                    park(&tx, &[&d], &reason).await?;
+                    report.parked.push(Error::Corrupt(reason));
+                }
+            }
+        }
+        *ds = kept;
+    }
 
     // Lock, then capture pending local writes so states are current.
     for h in tables {
