@@ -204,8 +204,11 @@ fn contact(i: u64) -> contacts::Model {
     contacts::Model {
         id: uuid::Uuid::from_u64_pair(hi, lo),
         name: format!("{first} {last} {i}"),
-        email: (r % 5 != 0).then(|| format!("{}.{}{i}@example.com", first, last).to_lowercase()),
-        phone: (r % 3 == 0).then(|| format!("+44 20 7946 {:04}", r % 10_000)),
+        email: (!r.is_multiple_of(5))
+            .then(|| format!("{first}.{last}{i}@example.com").to_lowercase()),
+        phone: r
+            .is_multiple_of(3)
+            .then(|| format!("+44 20 7946 {:04}", r % 10_000)),
         company: COMPANY[((r >> 24) % 6) as usize].to_owned(),
         notes,
         updated_at: chrono::DateTime::from_timestamp_micros(
@@ -519,7 +522,7 @@ impl Backend for Timed {
         let t = Instant::now();
         let r = self.inner.push(batch).await;
         let n = self.pushes.fetch_add(1, Ordering::Relaxed);
-        if self.analyze.load(Ordering::Relaxed) && n % 20 == 0 {
+        if self.analyze.load(Ordering::Relaxed) && n.is_multiple_of(20) {
             let db = self.inner.connection();
             let sql = match db.get_database_backend() {
                 DbBackend::MySql => "ANALYZE TABLE _tidesync_hub_rows, _tidesync_changes, contacts",
@@ -900,7 +903,7 @@ impl Device {
         if detail {
             for (side, m) in [("hub", &hub), ("local", &local)] {
                 let mut v: Vec<_> = m.iter().collect();
-                v.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+                v.sort_by_key(|e| std::cmp::Reverse(e.1.1));
                 for (kind, (n, d)) in v {
                     s.push_str(&format!(
                         "\n              {side:<5} {kind:<40} {n:>7}x {:>8.3} s",

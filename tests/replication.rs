@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
         malformed_outbox_change_halts_or_parks,
         malformed_hub_change_halts_or_parks,
         schema_drift_on_the_hub_is_reported_by_name,
+        large_rows_are_batched_by_size,
     );
     for d in [Dialect::Postgres, Dialect::MySql] {
         trials.push(common::trial(
@@ -903,5 +904,33 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
     );
     ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 400);
     local.drop().await?;
+    hub.drop().await
+}
+
+/// 20 rows of 1 MB each: every statement (outbox, row states, log, the
+/// users' table) stays under MariaDB's 16 MiB packet.
+async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    let big: String = "🌊 wave ".repeat(1 << 17); // ~1.1 MB
+    let rows: Vec<contacts::ActiveModel> = (0..20)
+        .map(|i| contacts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(format!("{i} {big}")),
+            email: Set(None),
+            last_opened: Set(None),
+            updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
+        })
+        .collect();
+    for chunk in rows.chunks(10) {
+        contacts::Entity::insert_many(chunk.to_vec())
+            .exec(a.db())
+            .await?;
+    }
+    ensure_eq!(a.sync().await?.pushed, 20);
+    ensure_eq!(b.sync().await?.pulled, 20);
+    ensure_eq!(b.rows().await?, a.rows().await?);
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }

@@ -59,6 +59,32 @@ pub fn value_expr(
     }
 }
 
+/// Split rows (values with their approximate size in bytes) into multi-row
+/// inserts built on `template` (table, columns, conflict clause), each at
+/// most 500 rows and about 4 MiB.
+pub fn batched(
+    template: &InsertStatement,
+    rows: Vec<(Vec<SimpleExpr>, usize)>,
+) -> Vec<InsertStatement> {
+    let mut out = Vec::new();
+    let mut q = template.clone();
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for (row, size) in rows {
+        if n > 0 && (n >= MAX_ROWS || bytes + size > MAX_BYTES) {
+            out.push(std::mem::replace(&mut q, template.clone()));
+            n = 0;
+            bytes = 0;
+        }
+        q.values_panic(row);
+        n += 1;
+        bytes += size;
+    }
+    if n > 0 {
+        out.push(q);
+    }
+    out
+}
+
 /// Upsert full rows (`live`) and delete rows (`dead`) of one table. Pass
 /// parents before children: callers order tables, this orders nothing.
 pub async fn write_rows<C: ConnectionTrait>(

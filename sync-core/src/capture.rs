@@ -303,7 +303,7 @@ pub(crate) async fn seal_table(
     }
     let shadows = store::load_states(tx, ROWS, &spec.name, &keys).await?;
 
-    let mut outbox = outbox_insert();
+    let mut outbox: Vec<(Vec<SimpleExpr>, usize)> = Vec::new();
     let mut new_states: Vec<(String, RowState)> = Vec::new();
     let mut sealed_markers: Vec<ValueTuple> = Vec::new();
     let mut appended = 0usize;
@@ -374,12 +374,20 @@ pub(crate) async fn seal_table(
 
         let mut next = shadow.cloned().unwrap_or_default();
         next.apply(&change);
-        outbox.values_panic(outbox_row(&change)?);
+        let size = change
+            .columns
+            .iter()
+            .map(|(_, v)| crate::value::approx_size(v))
+            .sum::<usize>()
+            + 200;
+        outbox.push((outbox_row(&change)?, size));
         new_states.push((key.clone(), next));
     }
 
     if appended > 0 {
-        tx.execute(&outbox).await?;
+        for q in crate::apply::batched(&outbox_insert(), outbox) {
+            tx.execute(&q).await?;
+        }
         store::save_states(tx, ROWS, &spec.name, &new_states).await?;
     }
     if !sealed_markers.is_empty() {

@@ -87,25 +87,33 @@ pub async fn save_states<C: ConnectionTrait>(
     table: &str,
     states: &[(String, RowState)],
 ) -> Result<()> {
-    for chunk in states.chunks(200) {
-        let mut q = Query::insert();
-        q.into_table(Alias::new(store))
-            .columns(["tbl", "pk", "vals", "clocks", "deleted_at", "live"].map(Alias::new))
-            .on_conflict(
-                OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
-                    .update_columns(["vals", "clocks", "deleted_at", "live"].map(Alias::new))
-                    .to_owned(),
-            );
-        for (key, s) in chunk {
-            q.values_panic([
+    let mut template = Query::insert();
+    template
+        .into_table(Alias::new(store))
+        .columns(["tbl", "pk", "vals", "clocks", "deleted_at", "live"].map(Alias::new))
+        .on_conflict(
+            OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
+                .update_columns(["vals", "clocks", "deleted_at", "live"].map(Alias::new))
+                .to_owned(),
+        );
+    let mut rows = Vec::with_capacity(states.len());
+    for (key, s) in states {
+        let vals = serde_json::to_string(&s.vals)?;
+        let clocks = serde_json::to_string(&s.clocks)?;
+        let size = key.len() + vals.len() + clocks.len() + 80;
+        rows.push((
+            vec![
                 table.into(),
                 key.clone().into(),
-                serde_json::to_string(&s.vals)?.into(),
-                serde_json::to_string(&s.clocks)?.into(),
+                vals.into(),
+                clocks.into(),
                 s.deleted_at.map(|d| d.to_string()).into(),
                 s.is_live().into(),
-            ]);
-        }
+            ],
+            size,
+        ));
+    }
+    for q in crate::apply::batched(&template, rows) {
         db.execute(&q).await?;
     }
     Ok(())

@@ -164,11 +164,12 @@ fn check_binding(table: &str, column: &str, value: &Value, backend: DbBackend) -
     Ok(())
 }
 
-/// Rough size of a value once bound, in bytes (for batching by size).
+/// Rough size of a value once bound or stored as typed JSON, in bytes (for
+/// batching by size; bytes count four times, as JSON spells them out).
 pub fn approx_size(v: &Value) -> usize {
     match v {
         Value::String(Some(s)) => s.len(),
-        Value::Bytes(Some(b)) => b.len(),
+        Value::Bytes(Some(b)) => b.len() * 4,
         Value::Json(Some(j)) => j.to_string().len(),
         _ => 16,
     }

@@ -28,7 +28,7 @@ use sync_core::backend::{
 use sync_core::conflict::{self, ColumnConflict};
 use sync_core::schema::utf8mb4;
 use sync_core::store;
-use sync_core::value::{check_value, parse_pk_key, pk_key};
+use sync_core::value::{approx_size, check_value, parse_pk_key, pk_key};
 use sync_core::{
     Change, ChangeId, ConflictPolicy, Error, ErrorKind, NodeId, Op, Result, RowState, TableSpec,
 };
@@ -325,24 +325,26 @@ impl<'a> Push<'a> {
             store::save_states(self.tx, HUB_ROWS, table, &states).await?;
         }
         // Log.
-        for chunk in logged.chunks(200) {
-            let mut q = Query::insert();
-            q.into_table(Alias::new(CHANGES)).columns(
-                ["hub_seq", "origin", "origin_seq"]
-                    .into_iter()
-                    .chain(STORED_COLUMNS)
-                    .map(Alias::new),
-            );
-            for c in chunk {
-                let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
-                    (self.next_seq as i64).into(),
-                    c.id.origin.to_string().into(),
-                    (c.id.seq as i64).into(),
-                ];
-                row.extend(c.stored_values()?);
-                q.values_panic(row);
-                self.next_seq += 1;
-            }
+        let mut template = Query::insert();
+        template.into_table(Alias::new(CHANGES)).columns(
+            ["hub_seq", "origin", "origin_seq"]
+                .into_iter()
+                .chain(STORED_COLUMNS)
+                .map(Alias::new),
+        );
+        let mut rows = Vec::with_capacity(logged.len());
+        for c in &logged {
+            let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
+                (self.next_seq as i64).into(),
+                c.id.origin.to_string().into(),
+                (c.id.seq as i64).into(),
+            ];
+            row.extend(c.stored_values()?);
+            let size = c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>() + 200;
+            rows.push((row, size));
+            self.next_seq += 1;
+        }
+        for q in apply::batched(&template, rows) {
             self.tx.execute(&q).await?;
         }
         Ok(())
