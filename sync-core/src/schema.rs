@@ -811,11 +811,11 @@ mod table_tests {
     }
 
     #[test]
-    fn sqlite_stores_decimals_as_text() {
+    fn sqlite_keeps_the_entity_types() {
         assert_eq!(
             create_table(DbBackend::Sqlite, &spec()).to_string(SqliteQueryBuilder),
             "CREATE TABLE IF NOT EXISTS \"t\" ( \"id\" varchar NOT NULL, \"at\" timestamp_with_timezone_text NOT NULL, \
-             \"amount\" TEXT NULL, \"body\" varchar NULL, \"blob\" varbinary_blob NULL, PRIMARY KEY (\"id\") )"
+             \"amount\" real_decimal NULL, \"body\" varchar NULL, \"blob\" varbinary_blob NULL, PRIMARY KEY (\"id\") )"
         );
     }
 }
