@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench sync -- [--rows N] [--hub sqlite|postgres|mysql|all]
 //!                             [--naive-rows N] [--naive-secs S] [--profile]
+//!                             [--keep] [--analyze-hub]
 //! ```
 //!
 //! For each hub dialect: push N captured changes from a local SQLite replica
@@ -485,6 +486,8 @@ struct Timed {
     /// after every 20th push (which also replans cached statements).
     analyze: AtomicBool,
     pushes: AtomicU64,
+    /// When the last push call returned.
+    last_push: Mutex<Option<Instant>>,
 }
 
 impl Timed {
@@ -494,6 +497,7 @@ impl Timed {
             calls: Mutex::new(BTreeMap::new()),
             analyze: AtomicBool::new(false),
             pushes: AtomicU64::new(0),
+            last_push: Mutex::new(None),
         }
     }
 
@@ -536,6 +540,7 @@ impl Backend for Timed {
             .await?;
         }
         self.note("push", t);
+        *self.last_push.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         r
     }
 
@@ -1044,10 +1049,22 @@ async fn hub_phases(
     let started = Instant::now();
     let r = pusher.sync().await?;
     let t = started.elapsed();
+    let echo = pusher
+        .hub
+        .last_push
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map(|p| p.elapsed());
     if r.pushed as u64 != rows {
         return Err(format!("{name}: pushed {} of {rows}", r.pushed).into());
     }
     let mut b = pusher.breakdown(t, args.profile);
+    if let Some(echo) = echo {
+        b.push_str(&format!(
+            "\n            after the last push: {:.2} s (pulling its own changes back)",
+            echo.as_secs_f64()
+        ));
+    }
     if let Some(f) = footprint(&db).await? {
         b.push_str(&format!("\n            {f}"));
     }
