@@ -109,11 +109,56 @@ async fn crash_after<F: std::future::Future>(polls: u8, f: F) {
 
 struct World {
     dir: std::path::PathBuf,
-    /// One hub connection pool shared by every replica of every case.
-    backend: Arc<SqlBackend>,
+    hub_url: String,
+    /// Each replica slot's own hub connection pool, kept across cases and
+    /// replaced when that replica crashes (a process takes its connections
+    /// with it).
+    hub_pools: tokio::sync::Mutex<Vec<Option<DatabaseConnection>>>,
 }
 
 impl World {
+    /// Open (or reopen after a crash) replica `i`: its local database and
+    /// its own connection pool to the hub, as a device process has.
+    async fn start(
+        &self,
+        case: u64,
+        i: usize,
+        crashed: bool,
+    ) -> Result<(DatabaseConnection, SyncEngine), BoxError> {
+        let path = self.dir.join(format!("c{case}-r{i}.db"));
+        let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display())).await?;
+        tidesync::create_table::<contacts::Entity, _>(&db).await?;
+        let replica = Replica::builder(db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await?;
+        let mut pools = self.hub_pools.lock().await;
+        if pools.len() <= i {
+            pools.resize(i + 1, None);
+        }
+        if crashed {
+            // Dropped, not closed: `close` would wait for a connection the
+            // cancelled sync may still hold; it goes when the last clone does.
+            pools[i] = None;
+        }
+        let hub = match &pools[i] {
+            Some(p) => p.clone(),
+            None => {
+                let p = Database::connect(
+                    sea_orm::ConnectOptions::new(&self.hub_url)
+                        .max_connections(2)
+                        .to_owned(),
+                )
+                .await?;
+                pools[i] = Some(p.clone());
+                p
+            }
+        };
+        drop(pools);
+        let engine = SyncEngine::new(replica, Arc::new(SqlBackend::new(hub))).with_batch_size(3);
+        Ok((db, engine))
+    }
+
     /// Empty the hub's tables (one hub database per dialect for all cases).
     async fn reset_hub(&self, hub: &DatabaseConnection) -> Result<(), BoxError> {
         for t in [
@@ -154,18 +199,11 @@ impl World {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
             }
-            let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
+            let (db, engine) = self
+                .start(case, i, false)
                 .await
                 .map_err(|e| e.to_string())?;
-            tidesync::create_table::<contacts::Entity, _>(&db)
-                .await
-                .map_err(|e| e.to_string())?;
-            let replica = Replica::builder(db.clone())
-                .register::<contacts::Entity>()
-                .open()
-                .await
-                .map_err(|e| e.to_string())?;
-            engines.push(SyncEngine::new(replica, self.backend.clone()).with_batch_size(3));
+            engines.push(engine);
             dbs.push(db);
         }
         let stamp = |v: u8| Utc.timestamp_opt(1_700_000_000 + i64::from(v), 0).unwrap();
@@ -232,7 +270,14 @@ impl World {
                     }
                 }
                 Step::CrashSync { replica, polls } => {
-                    crash_after(polls, engines[replica].sync_now()).await
+                    crash_after(polls, engines[replica].sync_now()).await;
+                    // The process died: its connections with it. Restart it.
+                    let (db, engine) = self
+                        .start(case, replica, true)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    engines[replica] = engine;
+                    dbs[replica] = db;
                 }
             }
         }
@@ -303,10 +348,10 @@ async fn property(hub: TestDb) -> TestResult {
         std::process::id()
     ));
     std::fs::create_dir_all(&dir)?;
-    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
     let world = World {
         dir: dir.clone(),
-        backend,
+        hub_url: hub.url.clone(),
+        hub_pools: tokio::sync::Mutex::new(Vec::new()),
     };
     let handle = tokio::runtime::Handle::current();
     let hub_db = hub.db.clone();
