@@ -45,7 +45,8 @@ pub(crate) type RowImage = (Vec<Value>, Vec<Value>);
 pub(crate) trait TableHandle: Send + Sync {
     fn spec(&self) -> &TableSpec;
 
-    /// Up to `limit` markers, oldest write first, skipping `offset`.
+    /// Up to `limit` markers in key order (the primary key's index, no
+    /// sort), skipping `offset`.
     async fn markers(
         &self,
         tx: &DatabaseTransaction,
@@ -145,7 +146,6 @@ where
         q.columns(names.iter().map(Alias::new))
             .columns([Alias::new("ver"), Alias::new("wall_us")])
             .from(Alias::new(schema::dirty_table(&self.spec.name)))
-            .order_by(Alias::new("wall_us"), Order::Asc)
             .limit(limit)
             .offset(offset);
         for n in &names {

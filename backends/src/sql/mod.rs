@@ -451,6 +451,13 @@ impl Backend for SqlBackend {
         let tx = self.db.begin().await.map_err(offline)?;
         // The sequence lock: held until commit, so hub sequences commit in order.
         HUB.lock(&tx, "next_seq").await.map_err(offline_err)?;
+        if backend == DbBackend::Postgres {
+            // The row-state lookups bind hundreds of keys; a generic plan
+            // (chosen after five runs, on tables without statistics) would
+            // scan every state of the table instead of using the key.
+            tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+                .await?;
+        }
         let next_seq: u64 = HUB
             .read(&tx, "next_seq")
             .await?
@@ -630,12 +637,10 @@ impl Backend for SqlBackend {
             .limit(Ord::min(limit, i64::MAX as u64));
         if let Some(after) = &after {
             let (tbl, pk): (String, String) = serde_json::from_str(after)?;
+            // A row-value comparison, so the primary-key index serves it as a range.
             q.and_where(
-                Expr::col(Alias::new("tbl"))
-                    .gt(tbl.clone())
-                    .or(Expr::col(Alias::new("tbl"))
-                        .eq(tbl)
-                        .and(Expr::col(Alias::new("pk")).gt(pk))),
+                Expr::tuple([Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))])
+                    .gt(Expr::tuple([Expr::val(tbl), Expr::val(pk)])),
             );
         }
         let rows = self.db.query_all(&q).await.map_err(offline)?;
