@@ -71,7 +71,7 @@ fn contact(rng: &mut StdRng, name: String) -> contacts::ActiveModel {
             .then(|| format!("e{}@x", rng.random::<u16>()))),
         last_opened: Set(None),
         updated_at: Set(Utc
-            .timestamp_micros(rng.random_range(0..4_000_000_000_000_000))
+            .timestamp_micros(rng.random_range(1_000_000..2_147_000_000_000_000))
             .unwrap()),
     }
 }
