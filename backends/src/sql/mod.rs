@@ -637,11 +637,23 @@ impl Backend for SqlBackend {
             .limit(Ord::min(limit, i64::MAX as u64));
         if let Some(after) = &after {
             let (tbl, pk): (String, String) = serde_json::from_str(after)?;
-            // A row-value comparison, so the primary-key index serves it as a range.
-            q.and_where(
-                Expr::tuple([Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))])
-                    .gt(Expr::tuple([Expr::val(tbl), Expr::val(pk)])),
-            );
+            // PostgreSQL and SQLite serve a row-value comparison from the
+            // primary-key index as a range; MariaDB does not, but does the
+            // equivalent OR form.
+            let tbl_col = || Expr::col(Alias::new("tbl"));
+            let pk_col = || Expr::col(Alias::new("pk"));
+            if self.db.get_database_backend() == DbBackend::MySql {
+                q.and_where(
+                    tbl_col()
+                        .gt(tbl.clone())
+                        .or(tbl_col().eq(tbl).and(pk_col().gt(pk))),
+                );
+            } else {
+                q.and_where(
+                    Expr::tuple([tbl_col(), pk_col()])
+                        .gt(Expr::tuple([Expr::val(tbl), Expr::val(pk)])),
+                );
+            }
         }
         let rows = self.db.query_all(&q).await.map_err(offline)?;
         let specs = self.tables.read().await;
