@@ -19,6 +19,19 @@ use crate::value::{parse_pk_key, pk_key};
 /// Local table of conflicts waiting for a decision.
 pub const CONFLICTS: &str = "_tidesync_conflicts";
 
+/// The columns of [`CONFLICTS`] a [`HeldConflict`] is read from.
+const HELD_COLUMNS: [&str; 9] = [
+    "id",
+    "tbl",
+    "pk",
+    "col",
+    "base",
+    "local",
+    "local_clock",
+    "remote",
+    "remote_clock",
+];
+
 /// A conflict held on this replica, with its id for [`Replica::resolve`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeldConflict {
@@ -124,20 +137,7 @@ impl Replica {
     /// Conflicts waiting for a decision, oldest first.
     pub async fn conflicts(&self) -> Result<Vec<HeldConflict>> {
         let q = Query::select()
-            .columns(
-                [
-                    "id",
-                    "tbl",
-                    "pk",
-                    "col",
-                    "base",
-                    "local",
-                    "local_clock",
-                    "remote",
-                    "remote_clock",
-                ]
-                .map(Alias::new),
-            )
+            .columns(HELD_COLUMNS.map(Alias::new))
             .from(Alias::new(CONFLICTS))
             .order_by(Alias::new("id"), Order::Asc)
             .to_owned();
@@ -194,20 +194,7 @@ impl Replica {
         let row = tx
             .query_one(
                 &Query::select()
-                    .columns(
-                        [
-                            "id",
-                            "tbl",
-                            "pk",
-                            "col",
-                            "base",
-                            "local",
-                            "local_clock",
-                            "remote",
-                            "remote_clock",
-                        ]
-                        .map(Alias::new),
-                    )
+                    .columns(HELD_COLUMNS.map(Alias::new))
                     .from(Alias::new(CONFLICTS))
                     .and_where(Expr::col(Alias::new("id")).eq(id))
                     .to_owned(),
