@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::backend::{Backend, Cursor, HubInfo, RejectPolicy, Rejection, Unreadable};
 use crate::change::Change;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::merge::RowState;
 use crate::pull::{Delta, apply_deltas};
 use crate::replica::Replica;
@@ -87,14 +87,6 @@ impl std::fmt::Debug for SyncEngine {
     }
 }
 
-/// Map a failure to reach the hub to [`Error::Offline`].
-fn offline(e: Error) -> Error {
-    match e.kind() {
-        ErrorKind::Connection => Error::Offline(e.to_string()),
-        _ => e,
-    }
-}
-
 impl SyncEngine {
     /// An engine over a replica and a hub, with batches of 500 changes.
     pub fn new(replica: Replica, backend: Arc<dyn Backend>) -> Self {
@@ -131,7 +123,10 @@ impl SyncEngine {
         self.hub
             .get_or_try_init(|| async {
                 let specs: Vec<_> = self.replica.tables().cloned().collect();
-                self.backend.install(&specs).await.map_err(offline)
+                self.backend
+                    .install(&specs)
+                    .await
+                    .map_err(Error::or_offline)
             })
             .await
     }
@@ -159,7 +154,7 @@ impl SyncEngine {
         loop {
             let (batch, unreadable) = self.replica.outbox_batch(self.batch).await?;
             if !batch.is_empty() {
-                let ack = self.backend.push(&batch).await.map_err(offline)?;
+                let ack = self.backend.push(&batch).await.map_err(Error::or_offline)?;
                 let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
                 self.replica.acknowledge(&acked).await?;
                 report.pushed += acked.len();
@@ -237,7 +232,7 @@ impl SyncEngine {
                 .backend
                 .pull(cursor, self.batch)
                 .await
-                .map_err(offline)?;
+                .map_err(Error::or_offline)?;
             let me = self.replica.node_id();
             let mut deltas = page
                 .changes
@@ -296,7 +291,7 @@ impl SyncEngine {
                 .backend
                 .snapshot(after.clone(), self.batch)
                 .await
-                .map_err(offline)?;
+                .map_err(Error::or_offline)?;
             let start = *start.get_or_insert(cursor);
             let deltas = page
                 .rows

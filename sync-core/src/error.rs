@@ -110,6 +110,15 @@ impl Error {
         )
     }
 
+    /// The same error, as [`Error::Offline`] when it means the server could
+    /// not be reached (a connection failure); unchanged otherwise.
+    pub fn or_offline(self) -> Error {
+        match self.kind() {
+            ErrorKind::Connection => Error::Offline(self.to_string()),
+            _ => self,
+        }
+    }
+
     pub(crate) fn unrepresentable(
         table: &str,
         column: &str,

@@ -29,9 +29,7 @@ use sync_core::conflict::{self, ColumnConflict};
 use sync_core::schema::utf8mb4;
 use sync_core::store;
 use sync_core::value::{approx_size, check_value, parse_pk_key, pk_key};
-use sync_core::{
-    Change, ChangeId, ConflictPolicy, Error, ErrorKind, NodeId, Op, Result, RowState, TableSpec,
-};
+use sync_core::{Change, ChangeId, ConflictPolicy, Error, NodeId, Op, Result, RowState, TableSpec};
 use tokio::sync::RwLock;
 
 use ddl::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
@@ -61,11 +59,7 @@ impl std::fmt::Debug for SqlBackend {
 }
 
 fn offline(e: sea_orm::DbErr) -> Error {
-    let e = Error::from(e);
-    match e.kind() {
-        ErrorKind::Connection => Error::Offline(e.to_string()),
-        _ => e,
-    }
+    Error::from(e).or_offline()
 }
 
 impl SqlBackend {
@@ -450,7 +444,7 @@ impl Backend for SqlBackend {
         let backend = self.db.get_database_backend();
         let tx = self.db.begin().await.map_err(offline)?;
         // The sequence lock: held until commit, so hub sequences commit in order.
-        HUB.lock(&tx, "next_seq").await.map_err(offline_err)?;
+        HUB.lock(&tx, "next_seq").await.map_err(Error::or_offline)?;
         if backend == DbBackend::Postgres {
             // The row-state lookups bind hundreds of keys; a generic plan
             // (chosen after five runs, on tables without statistics) would
@@ -506,7 +500,7 @@ impl Backend for SqlBackend {
                     sp.commit().await?;
                     true
                 }
-                Err(e) if e.is_retryable() => return Err(offline_err(e)),
+                Err(e) if e.is_retryable() => return Err(e.or_offline()),
                 Err(_) => {
                     sp.rollback().await?;
                     false
@@ -534,7 +528,7 @@ impl Backend for SqlBackend {
                                 sp.commit().await?;
                                 None
                             }
-                            Err(e) if e.is_retryable() => return Err(offline_err(e)),
+                            Err(e) if e.is_retryable() => return Err(e.or_offline()),
                             Err(e) => {
                                 sp.rollback().await?;
                                 Some(format!("{}: {e}", c.table))
@@ -679,13 +673,6 @@ impl Backend for SqlBackend {
             page.next = last.map(|l| serde_json::to_string(&l)).transpose()?;
         }
         Ok((cursor, page))
-    }
-}
-
-fn offline_err(e: Error) -> Error {
-    match e.kind() {
-        ErrorKind::Connection => Error::Offline(e.to_string()),
-        _ => e,
     }
 }
 
