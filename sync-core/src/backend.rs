@@ -56,7 +56,8 @@ pub struct PushAck {
 pub struct PullBatch {
     /// Changes after the requested cursor, in hub order.
     pub changes: Vec<Change>,
-    /// The cursor after the last change in `changes`.
+    /// Where the next pull starts: after the last change in `changes`, or
+    /// further when changes were left out ([`Backend::pull_excluding`]).
     pub next: Cursor,
     /// A log entry that could not be read (malformed payload), right after
     /// `changes`: the page stops there and the replica halts or parks it.
@@ -116,6 +117,7 @@ pub struct SnapshotPage {
 /// A hub: where replicas meet.
 ///
 /// Four required methods; the engine builds everything else on them.
+/// [`Backend::pull_excluding`] has a default that a hub may improve on.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     /// Prepare the hub for these tables (idempotent), in parent-before-child
@@ -128,6 +130,25 @@ pub trait Backend: Send + Sync {
 
     /// Up to `limit` changes after `cursor`, in hub order.
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch>;
+
+    /// Like [`Backend::pull`], but without the changes made by `origin`
+    /// (a replica does not need its own changes back). `next` still moves
+    /// past the changes left out, so a replica that only pushed reads
+    /// nothing and its cursor catches up with the hub's tip.
+    ///
+    /// The default pulls everything and filters; a hub that can filter
+    /// where it stores the log should, so that a replica does not download
+    /// what it has just uploaded.
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: crate::clock::NodeId,
+    ) -> Result<PullBatch> {
+        let mut batch = self.pull(cursor, limit).await?;
+        batch.changes.retain(|c| c.id.origin != origin);
+        Ok(batch)
+    }
 
     /// The hub's cursor now, then its rows page by page (`after` is the
     /// previous page's `next`): a new replica loads the rows and pulls from

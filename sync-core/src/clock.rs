@@ -23,14 +23,20 @@ impl NodeId {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Write `bytes` as lower-case hex digits into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 32];
-        for (i, b) in self.0.iter().enumerate() {
-            out[2 * i] = HEX[usize::from(b >> 4)];
-            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
+        hex_into(&self.0, &mut out);
         // Only ASCII hex digits were written.
         f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
@@ -89,11 +95,13 @@ pub struct Hlc {
 
 impl fmt::Display for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:016x}-{:08x}-{}",
-            self.physical, self.logical, self.node
-        )
+        // `{physical:016x}-{logical:08x}-{node}`, without the formatting
+        // machinery: clocks are written for every column of every row.
+        let mut out = [b'-'; 58];
+        hex_into(&self.physical.to_be_bytes(), &mut out[..16]);
+        hex_into(&self.logical.to_be_bytes(), &mut out[17..25]);
+        hex_into(&self.node.0, &mut out[26..]);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -262,6 +270,15 @@ mod tests {
             node: node(1),
         };
         assert_eq!(a.to_string().parse::<Hlc>().unwrap(), a);
+        let c = Hlc {
+            physical: 0x0123_4567_89ab_cdef,
+            logical: 0xfedc_ba98,
+            node: NodeId([0xa5; 16]),
+        };
+        assert_eq!(
+            c.to_string(),
+            format!("0123456789abcdef-fedcba98-{}", "a5".repeat(16))
+        );
         assert!(a < b);
         assert!(a.to_string() < b.to_string());
         assert!("zz".parse::<Hlc>().is_err());

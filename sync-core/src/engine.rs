@@ -156,7 +156,13 @@ impl SyncEngine {
             if !batch.is_empty() {
                 let ack = self.backend.push(&batch).await.map_err(Error::or_offline)?;
                 let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
-                self.replica.acknowledge(&acked).await?;
+                let prefix = acked.len() <= batch.len()
+                    && acked.iter().zip(&batch).all(|(a, c)| *a == c.id.seq);
+                match acked.last() {
+                    // The batch is the head of the outbox: drop it by range.
+                    Some(last) if prefix => self.replica.acknowledge_through(*last).await?,
+                    _ => self.replica.acknowledge(&acked).await?,
+                }
                 report.pushed += acked.len();
                 report.rejected.extend(ack.parked);
                 report.settled.extend(ack.settled);
@@ -228,18 +234,19 @@ impl SyncEngine {
             None => self.bootstrap(&key, report).await?,
         };
         loop {
+            let me = self.replica.node_id();
             let page = self
                 .backend
-                .pull(cursor, self.batch)
+                .pull_excluding(cursor, self.batch, me)
                 .await
                 .map_err(Error::or_offline)?;
-            let me = self.replica.node_id();
-            let mut deltas = page
+            let got = page.changes.len();
+            let mut deltas: Vec<Delta> = page
                 .changes
-                .iter()
+                .into_iter()
                 .filter(|c| c.id.origin != me)
                 .map(delta_of_change)
-                .collect::<Result<Vec<_>>>()?;
+                .collect();
             let mut next = page.next;
             let mut halt = false;
             if let Some(bad) = &page.unreadable {
@@ -252,7 +259,8 @@ impl SyncEngine {
                             pk: Vec::new(),
                             state: RowState::default(),
                             id: None,
-                            payload: bad.raw.clone(),
+                            change: None,
+                            raw: Some(bad.raw.clone()),
                             park: Some(bad.reason.clone()),
                         });
                         next = bad.position;
@@ -260,8 +268,18 @@ impl SyncEngine {
                     _ => halt = true,
                 }
             }
-            if page.changes.is_empty() && next == cursor {
+            if got == 0 && next == cursor {
                 return Ok(());
+            }
+            if deltas.is_empty() {
+                // Only our own changes (left out by the hub) or none: move
+                // the cursor, nothing to merge.
+                schema::upsert_meta(self.replica.connection(), &key, &next.0.to_string()).await?;
+                cursor = next;
+                if halt {
+                    return Ok(());
+                }
+                continue;
             }
             let applied = apply_deltas(
                 self.replica.connection(),
@@ -298,7 +316,8 @@ impl SyncEngine {
                 .into_iter()
                 .map(|row| {
                     Ok(Delta {
-                        payload: serde_json::to_string(&row.state)?,
+                        change: None,
+                        raw: None,
                         table: row.table,
                         pk: row.pk.into_iter().map(|(_, v)| v).collect(),
                         state: row.state,
@@ -332,17 +351,18 @@ impl SyncEngine {
     }
 }
 
-fn delta_of_change(c: &Change) -> Result<Delta> {
+fn delta_of_change(c: Change) -> Delta {
     let mut state = RowState::default();
-    state.apply(c);
-    Ok(Delta {
+    state.apply(&c);
+    Delta {
         table: c.table.clone(),
         pk: c.pk.iter().map(|(_, v)| v.clone()).collect(),
         state,
         id: Some(c.id),
-        payload: serde_json::to_string(c)?,
+        change: Some(c),
+        raw: None,
         park: None,
-    })
+    }
 }
 
 impl Replica {
@@ -410,6 +430,17 @@ impl Replica {
             .to_owned();
         tx.execute(&del).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drop the outbox's changes up to `seq`, when every one of them was
+    /// acknowledged (the head of the outbox, read in order).
+    pub(crate) async fn acknowledge_through(&self, seq: u64) -> Result<()> {
+        let q = Query::delete()
+            .from_table(Alias::new(OUTBOX))
+            .and_where(Expr::col(Alias::new("seq")).lte(seq as i64))
+            .to_owned();
+        self.connection().execute(&q).await?;
         Ok(())
     }
 

@@ -35,10 +35,23 @@ pub(crate) struct Delta {
     pub(crate) state: RowState,
     /// The change it came from, if any (snapshot rows have none).
     pub(crate) id: Option<ChangeId>,
-    /// What to keep if it has to be parked (the change or state as JSON).
-    pub(crate) payload: String,
+    /// What to keep if it has to be parked: the change, else the state, is
+    /// serialised only then; `raw` is the stored text of an unreadable one.
+    pub(crate) change: Option<crate::change::Change>,
+    pub(crate) raw: Option<String>,
     /// Set when it is to be parked without applying (e.g. unreadable).
     pub(crate) park: Option<String>,
+}
+
+impl Delta {
+    /// The text kept when it is parked.
+    fn payload(&self) -> Result<String> {
+        Ok(match (&self.raw, &self.change) {
+            (Some(raw), _) => raw.clone(),
+            (None, Some(c)) => serde_json::to_string(c)?,
+            (None, None) => serde_json::to_string(&self.state)?,
+        })
+    }
 }
 
 /// What applying a batch did.
@@ -140,7 +153,7 @@ async fn park(tx: &DatabaseTransaction, deltas: &[&Delta], reason: &str) -> Resu
                 pk_key(&d.pk)?.into(),
                 origin.into(),
                 seq.into(),
-                d.payload.clone().into(),
+                d.payload()?.into(),
                 reason.into(),
             ])
             .to_owned();

@@ -1,11 +1,11 @@
 //! Row states in a database table: the local shadows (`_tidesync_rows`) and
 //! the hub's row metadata use the same layout and the same code.
 //!
-//! Layout: `tbl`, `pk` (canonical key text), `vals` and `clocks` (typed JSON
-//! maps), `deleted_at` (clock text or NULL) and `live` (derived, for
+//! Layout: `tbl`, `pk` (canonical key text), `vals` (typed JSON map),
+//! `clocks` (see [`encode_clocks`]), `deleted_at` (clock text or NULL) and `live` (derived, for
 //! queries); primary key `(tbl, pk)`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::sea_query::{
     Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Query, StringLen, Table,
@@ -13,6 +13,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{ConnectionTrait, DbBackend};
 
+use crate::clock::Hlc;
 use crate::error::Result;
 use crate::merge::RowState;
 use crate::schema::long_text;
@@ -57,7 +58,7 @@ pub async fn load_states<C: ConnectionTrait>(
             .columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
             .from(Alias::new(store))
             .and_where(Expr::col(Alias::new("tbl")).eq(table))
-            .and_where(Expr::col(Alias::new("pk")).is_in(chunk.iter().cloned()))
+            .and_where(key_in(db.get_database_backend(), chunk)?)
             .to_owned();
         for r in db.query_all(&q).await? {
             let key: String = r.try_get("", "pk")?;
@@ -67,16 +68,88 @@ pub async fn load_states<C: ConnectionTrait>(
     Ok(out)
 }
 
+/// `pk IN (keys)`. On PostgreSQL the keys are one parameter: with hundreds
+/// of parameters, a generic plan (chosen after five runs, on a table without
+/// statistics yet) uses only `tbl` of the key index and tests every row of
+/// the table against the list; `pk = ANY(array)` is a key lookup in every
+/// plan.
+fn key_in(backend: DbBackend, keys: &[String]) -> Result<sea_orm::sea_query::SimpleExpr> {
+    Ok(if backend == DbBackend::Postgres {
+        Expr::cust_with_values(
+            r#""pk" = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"#,
+            [serde_json::to_string(keys)?],
+        )
+    } else {
+        Expr::col(Alias::new("pk")).is_in(keys.iter().cloned())
+    })
+}
+
 /// Decode the `vals`, `clocks` and `deleted_at` columns of a row.
 pub fn decode_state(r: &sea_orm::QueryResult) -> Result<RowState> {
     let vals: String = r.try_get("", "vals")?;
     let clocks: String = r.try_get("", "clocks")?;
     let deleted_at: Option<String> = r.try_get("", "deleted_at")?;
+    let vals: BTreeMap<String, sea_orm::Value> = serde_json::from_str(&vals)?;
+    let clocks = decode_clocks(&clocks, &vals)?;
     Ok(RowState {
-        vals: serde_json::from_str(&vals)?,
-        clocks: serde_json::from_str(&clocks)?,
+        vals,
+        clocks,
         deleted_at: deleted_at.map(|d| d.parse()).transpose()?,
     })
+}
+
+/// The key under which [`encode_clocks`] stores the clock most columns share
+/// (no column has an empty name).
+const SHARED: &str = "";
+
+/// Encode a row's column clocks: the clock most columns share once, under
+/// the key `""`, and only the columns whose clock differs. A row written by
+/// one insert stores one clock instead of one per column.
+pub fn encode_clocks(
+    clocks: &BTreeMap<String, Hlc>,
+    vals: &BTreeMap<String, sea_orm::Value>,
+) -> Result<String> {
+    // The most common clock among columns that have a value.
+    let mut shared: Option<(Hlc, usize)> = None;
+    for (i, (c, h)) in clocks.iter().enumerate() {
+        if !vals.contains_key(c) || shared.is_some_and(|(s, _)| s == *h) {
+            continue;
+        }
+        let n = clocks
+            .iter()
+            .skip(i)
+            .filter(|(c2, h2)| *h2 == h && vals.contains_key(*c2))
+            .count();
+        if shared.is_none_or(|(_, best)| n > best) {
+            shared = Some((*h, n));
+        }
+    }
+    let Some((shared, n)) = shared.filter(|(_, n)| *n > 1) else {
+        return Ok(serde_json::to_string(clocks)?);
+    };
+    let mut out: BTreeMap<&str, Hlc> = BTreeMap::new();
+    out.insert(SHARED, shared);
+    for (c, h) in clocks {
+        if *h != shared || !vals.contains_key(c) {
+            out.insert(c, *h);
+        }
+    }
+    debug_assert!(out.len() + n == clocks.len() + 1);
+    Ok(serde_json::to_string(&out)?)
+}
+
+/// Decode [`encode_clocks`] (or a plain map of column clocks).
+pub fn decode_clocks(
+    text: &str,
+    vals: &BTreeMap<String, sea_orm::Value>,
+) -> Result<BTreeMap<String, Hlc>> {
+    let mut clocks: BTreeMap<String, Hlc> = serde_json::from_str(text)?;
+    if let Some(shared) = clocks.remove(SHARED) {
+        for c in vals.keys() {
+            clocks.entry(c.clone()).or_insert(shared);
+        }
+    }
+    Ok(clocks)
 }
 
 /// Insert or replace the states of rows of `table` (one statement per 200
@@ -99,7 +172,7 @@ pub async fn save_states<C: ConnectionTrait>(
     let mut rows = Vec::with_capacity(states.len());
     for (key, s) in states {
         let vals = serde_json::to_string(&s.vals)?;
-        let clocks = serde_json::to_string(&s.clocks)?;
+        let clocks = encode_clocks(&s.clocks, &s.vals)?;
         let size = key.len() + vals.len() + clocks.len() + 80;
         rows.push((
             vec![
@@ -117,4 +190,92 @@ pub async fn save_states<C: ConnectionTrait>(
         db.execute(&q).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::NodeId;
+    use sea_orm::Value;
+
+    fn hlc(t: u64) -> Hlc {
+        Hlc {
+            physical: t,
+            logical: 0,
+            node: NodeId([7; 16]),
+        }
+    }
+
+    fn state(cols: &[(&str, u64)]) -> (BTreeMap<String, Hlc>, BTreeMap<String, Value>) {
+        let clocks = cols.iter().map(|(c, t)| (c.to_string(), hlc(*t))).collect();
+        let vals = cols
+            .iter()
+            .map(|(c, _)| (c.to_string(), Value::Int(Some(1))))
+            .collect();
+        (clocks, vals)
+    }
+
+    #[test]
+    fn key_lists_are_one_array_parameter_on_postgres() {
+        let keys = vec!["[1]".to_owned(), "[\"a'b\"]".to_owned()];
+        let q = |b: DbBackend| {
+            Query::select()
+                .column(Alias::new("pk"))
+                .from(Alias::new("s"))
+                .and_where(key_in(b, &keys).unwrap())
+                .to_owned()
+        };
+        let (sql, values) = q(DbBackend::Postgres).build(sea_orm::sea_query::PostgresQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"SELECT "pk" FROM "s" WHERE "pk" = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"#
+        );
+        assert_eq!(values.0, vec![Value::from(r#"["[1]","[\"a'b\"]"]"#)]);
+        let (sql, values) = q(DbBackend::Sqlite).build(sea_orm::sea_query::SqliteQueryBuilder);
+        assert_eq!(sql, r#"SELECT "pk" FROM "s" WHERE "pk" IN (?, ?)"#);
+        assert_eq!(values.0.len(), 2);
+    }
+
+    #[test]
+    fn one_insert_stores_one_clock() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 5), ("c", 5), ("d", 5)]);
+        let text = encode_clocks(&clocks, &vals).unwrap();
+        assert_eq!(text.matches('-').count(), 2, "one clock: {text}");
+        assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+    }
+
+    #[test]
+    fn columns_with_other_clocks_are_listed() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 9), ("c", 5), ("d", 7), ("e", 9), ("f", 9)]);
+        let text = encode_clocks(&clocks, &vals).unwrap();
+        let raw: BTreeMap<String, Hlc> = serde_json::from_str(&text).unwrap();
+        assert_eq!(raw[""], hlc(9), "{text}");
+        assert_eq!(raw.len(), 4, "{text}");
+        assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+    }
+
+    #[test]
+    fn distinct_clocks_and_empty_states_round_trip() {
+        for cols in [&[][..], &[("a", 1)], &[("a", 1), ("b", 2)]] {
+            let (clocks, vals) = state(cols);
+            let text = encode_clocks(&clocks, &vals).unwrap();
+            assert!(!text.contains("\"\""), "{text}");
+            assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+        }
+    }
+
+    #[test]
+    fn a_clock_without_a_value_is_kept_apart() {
+        let (mut clocks, vals) = state(&[("a", 5), ("b", 5)]);
+        clocks.insert("gone".into(), hlc(5));
+        let text = encode_clocks(&clocks, &vals).unwrap();
+        assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+    }
+
+    #[test]
+    fn the_plain_map_of_earlier_releases_is_read() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 5)]);
+        let old = serde_json::to_string(&clocks).unwrap();
+        assert_eq!(decode_clocks(&old, &vals).unwrap(), clocks);
+    }
 }

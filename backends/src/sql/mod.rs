@@ -445,13 +445,6 @@ impl Backend for SqlBackend {
         let tx = self.db.begin().await.map_err(offline)?;
         // The sequence lock: held until commit, so hub sequences commit in order.
         HUB.lock(&tx, "next_seq").await.map_err(Error::or_offline)?;
-        if backend == DbBackend::Postgres {
-            // The row-state lookups bind hundreds of keys; a generic plan
-            // (chosen after five runs, on tables without statistics) would
-            // scan every state of the table instead of using the key.
-            tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
-                .await?;
-        }
         let next_seq: u64 = HUB
             .read(&tx, "next_seq")
             .await?
@@ -571,58 +564,20 @@ impl Backend for SqlBackend {
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
-        let q = Query::select()
-            .columns(
-                ["hub_seq", "origin", "origin_seq"]
-                    .into_iter()
-                    .chain(STORED_COLUMNS)
-                    .map(Alias::new),
-            )
-            .from(Alias::new(CHANGES))
-            .and_where(Expr::col(Alias::new("hub_seq")).gt(cursor.0 as i64))
-            .order_by(Alias::new("hub_seq"), Order::Asc)
-            .limit(Ord::min(limit, i64::MAX as u64))
-            .to_owned();
-        let rows = self.db.query_all(&q).await.map_err(offline)?;
-        let mut batch = PullBatch {
-            next: cursor,
-            ..PullBatch::default()
-        };
-        for r in rows {
-            let hub_seq: i64 = r.try_get("", "hub_seq")?;
-            match change_of_row(&r) {
-                Ok(c) => {
-                    batch.changes.push(c);
-                    batch.next = Cursor(hub_seq as u64);
-                }
-                Err(e) => {
-                    // Stop at it: the replica decides to halt or to park it.
-                    let raw: Option<String> = r.try_get("", "payload").ok();
-                    let table: Option<String> = r.try_get("", "tbl").ok();
-                    batch.unreadable = Some(Unreadable {
-                        position: Cursor(hub_seq as u64),
-                        table: table.unwrap_or_default(),
-                        raw: raw.unwrap_or_default(),
-                        reason: format!("change {hub_seq} of the hub log is malformed: {e}"),
-                    });
-                    break;
-                }
-            }
-        }
-        Ok(batch)
+        self.read_log(cursor, limit, None).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: NodeId,
+    ) -> Result<PullBatch> {
+        self.read_log(cursor, limit, Some(origin)).await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        let next_seq: u64 = HUB
-            .read(&self.db, "next_seq")
-            .await
-            .map_err(|e| match e {
-                Error::Database(d) => offline(d),
-                e => e,
-            })?
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1);
-        let cursor = Cursor(next_seq.saturating_sub(1));
+        let cursor = Cursor(self.tip().await?);
         let mut q = Query::select();
         q.columns(["tbl", "pk", "vals", "clocks", "deleted_at"].map(Alias::new))
             .from(Alias::new(HUB_ROWS))
@@ -673,6 +628,93 @@ impl Backend for SqlBackend {
             page.next = last.map(|l| serde_json::to_string(&l)).transpose()?;
         }
         Ok((cursor, page))
+    }
+}
+
+impl SqlBackend {
+    /// Up to `limit` log entries after `cursor`, leaving out `skip`'s.
+    ///
+    /// Leaving entries out must not leave a gap: the tip is read first, and
+    /// because sequences are assigned and committed under the sequence lock,
+    /// every entry up to it is visible to the query that follows. When fewer
+    /// than `limit` entries up to the tip are left, the cursor moves to the
+    /// tip, past the ones left out.
+    async fn read_log(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        skip: Option<NodeId>,
+    ) -> Result<PullBatch> {
+        let limit = Ord::min(Ord::max(limit, 1), i64::MAX as u64);
+        let mut q = Query::select();
+        q.columns(
+            ["hub_seq", "origin", "origin_seq"]
+                .into_iter()
+                .chain(STORED_COLUMNS)
+                .map(Alias::new),
+        )
+        .from(Alias::new(CHANGES))
+        .and_where(Expr::col(Alias::new("hub_seq")).gt(cursor.0 as i64))
+        .order_by(Alias::new("hub_seq"), Order::Asc)
+        .limit(limit);
+        let mut tip = None;
+        if let Some(me) = skip {
+            let t = self.tip().await?;
+            if t <= cursor.0 {
+                return Ok(PullBatch {
+                    next: cursor,
+                    ..PullBatch::default()
+                });
+            }
+            q.and_where(Expr::col(Alias::new("hub_seq")).lte(t as i64))
+                .and_where(Expr::col(Alias::new("origin")).ne(me.to_string()));
+            tip = Some(t);
+        }
+        let rows = self.db.query_all(&q).await.map_err(offline)?;
+        let mut batch = PullBatch {
+            next: cursor,
+            ..PullBatch::default()
+        };
+        let full = rows.len() as u64 >= limit;
+        for r in rows {
+            let hub_seq: i64 = r.try_get("", "hub_seq")?;
+            match change_of_row(&r) {
+                Ok(c) => {
+                    batch.changes.push(c);
+                    batch.next = Cursor(hub_seq as u64);
+                }
+                Err(e) => {
+                    // Stop at it: the replica decides to halt or to park it.
+                    let raw: Option<String> = r.try_get("", "payload").ok();
+                    let table: Option<String> = r.try_get("", "tbl").ok();
+                    batch.unreadable = Some(Unreadable {
+                        position: Cursor(hub_seq as u64),
+                        table: table.unwrap_or_default(),
+                        raw: raw.unwrap_or_default(),
+                        reason: format!("change {hub_seq} of the hub log is malformed: {e}"),
+                    });
+                    return Ok(batch);
+                }
+            }
+        }
+        if let (Some(tip), false) = (tip, full) {
+            batch.next = Cursor(tip);
+        }
+        Ok(batch)
+    }
+
+    /// The last hub sequence committed.
+    async fn tip(&self) -> Result<u64> {
+        let next_seq: u64 = HUB
+            .read(&self.db, "next_seq")
+            .await
+            .map_err(|e| match e {
+                Error::Database(d) => offline(d),
+                e => e,
+            })?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        Ok(next_seq.saturating_sub(1))
     }
 }
 
