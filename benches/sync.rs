@@ -551,6 +551,18 @@ impl Backend for Timed {
         r
     }
 
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<PullBatch> {
+        let t = Instant::now();
+        let r = self.inner.pull_excluding(cursor, limit, origin).await;
+        self.note("pull", t);
+        r
+    }
+
     async fn snapshot(
         &self,
         after: Option<String>,

@@ -150,17 +150,40 @@ impl SyncEngine {
         Ok(report)
     }
 
+    /// Push the outbox. Acknowledged changes at its head are dropped by
+    /// range, every [`ACK_EVERY`] changes and at the end (also after an
+    /// error): a crash in between only makes the next sync re-send them, and
+    /// the hub acknowledges a re-sent change without applying it again.
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
+        let mut head = AckedHead::default();
+        let pushed = self.push_batches(report, &mut head).await;
+        let dropped = match head.through {
+            Some(seq) => self.replica.acknowledge_through(seq).await,
+            None => Ok(()),
+        };
+        pushed.and(dropped)
+    }
+
+    async fn push_batches(&self, report: &mut SyncReport, head: &mut AckedHead) -> Result<()> {
         loop {
-            let (batch, unreadable) = self.replica.outbox_batch(self.batch).await?;
+            let after = head.through.unwrap_or(0);
+            let (batch, unreadable) = self.replica.outbox_batch(after, self.batch).await?;
             if !batch.is_empty() {
                 let ack = self.backend.push(&batch).await.map_err(Error::or_offline)?;
                 let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
                 let prefix = acked.len() <= batch.len()
                     && acked.iter().zip(&batch).all(|(a, c)| *a == c.id.seq);
                 match acked.last() {
-                    // The batch is the head of the outbox: drop it by range.
-                    Some(last) if prefix => self.replica.acknowledge_through(*last).await?,
+                    // The batch is the head of the outbox: drop it by range,
+                    // later.
+                    Some(last) if prefix => {
+                        head.through = Some(*last);
+                        head.unflushed += acked.len();
+                        if head.unflushed >= ACK_EVERY {
+                            self.replica.acknowledge_through(*last).await?;
+                            head.unflushed = 0;
+                        }
+                    }
                     _ => self.replica.acknowledge(&acked).await?,
                 }
                 report.pushed += acked.len();
@@ -351,6 +374,19 @@ impl SyncEngine {
     }
 }
 
+/// How many acknowledged changes may wait in the outbox before they are
+/// dropped (see [`SyncEngine::push`]).
+const ACK_EVERY: usize = 10_000;
+
+/// The acknowledged head of the outbox not yet dropped.
+#[derive(Debug, Default)]
+struct AckedHead {
+    /// Every change up to this sequence is acknowledged.
+    through: Option<u64>,
+    /// How many of them are still in the outbox.
+    unflushed: usize,
+}
+
 fn delta_of_change(c: Change) -> Delta {
     let mut state = RowState::default();
     state.apply(&c);
@@ -366,15 +402,18 @@ fn delta_of_change(c: Change) -> Delta {
 }
 
 impl Replica {
-    /// The oldest captured changes, up to `limit` and about 4 MiB, stopping
-    /// before the first one that cannot be read back (returned apart).
+    /// The oldest captured changes after sequence `after`, up to `limit`
+    /// and about 4 MiB, stopping before the first one that cannot be read
+    /// back (returned apart).
     pub(crate) async fn outbox_batch(
         &self,
+        after: u64,
         limit: u64,
     ) -> Result<(Vec<Change>, Option<Unreadable>)> {
         let q = Query::select()
             .columns(crate::capture::outbox_columns())
             .from(Alias::new(OUTBOX))
+            .and_where(Expr::col(Alias::new("seq")).gt(after as i64))
             .order_by(Alias::new("seq"), Order::Asc)
             .limit(limit)
             .to_owned();

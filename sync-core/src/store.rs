@@ -53,6 +53,16 @@ pub async fn load_states<C: ConnectionTrait>(
     keys: &[String],
 ) -> Result<HashMap<String, RowState>> {
     let mut out = HashMap::with_capacity(keys.len());
+    if db.get_database_backend() == DbBackend::Postgres && !keys.is_empty() {
+        // sqlx prepares a statement once per connection, and after five runs
+        // PostgreSQL may switch to a generic plan made while the table was
+        // still small (a scan), and keep it as the table grows: each batch
+        // would then read every state. Custom plans see the table as it is
+        // (measured at 100k states: 3 ms per 500 keys instead of 70-1500
+        // ms). `SET LOCAL` lasts until the end of the caller's transaction.
+        db.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
+    }
     for chunk in keys.chunks(500) {
         let q = Query::select()
             .columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
@@ -68,11 +78,9 @@ pub async fn load_states<C: ConnectionTrait>(
     Ok(out)
 }
 
-/// `pk IN (keys)`. On PostgreSQL the keys are one parameter: with hundreds
-/// of parameters, a generic plan (chosen after five runs, on a table without
-/// statistics yet) uses only `tbl` of the key index and tests every row of
-/// the table against the list; `pk = ANY(array)` is a key lookup in every
-/// plan.
+/// `pk IN (keys)`; on PostgreSQL `pk = ANY(array)` with the keys in one
+/// parameter, which a custom plan (see [`load_states`]) serves as a lookup
+/// on both key columns.
 fn key_in(backend: DbBackend, keys: &[String]) -> Result<sea_orm::sea_query::SimpleExpr> {
     Ok(if backend == DbBackend::Postgres {
         Expr::cust_with_values(
