@@ -172,15 +172,21 @@ where
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut any = Condition::any();
-        for pk in pks {
-            let mut all = Condition::all();
-            for (c, v) in self.keys.iter().zip(pk) {
-                all = all.add(c.eq(v.clone()));
+        let cond = if let [key] = self.keys.as_slice() {
+            // One key column: `IN (...)`.
+            Condition::all().add(key.is_in(pks.iter().filter_map(|pk| pk.first().cloned())))
+        } else {
+            let mut any = Condition::any();
+            for pk in pks {
+                let mut all = Condition::all();
+                for (c, v) in self.keys.iter().zip(pk) {
+                    all = all.add(c.eq(v.clone()));
+                }
+                any = any.add(all);
             }
-            any = any.add(all);
-        }
-        let models = E::find().filter(any).all(tx).await?;
+            any
+        };
+        let models = E::find().filter(cond).all(tx).await?;
         Ok(models.iter().map(|m| self.image(m)).collect())
     }
 
@@ -204,6 +210,8 @@ pub(crate) struct SealState {
     pub(crate) node: NodeId,
     pub(crate) clock: HlcClock,
     pub(crate) next_seq: u64,
+    /// Sequence and clock as loaded.
+    loaded: (u64, crate::clock::Hlc),
 }
 
 impl SealState {
@@ -211,6 +219,7 @@ impl SealState {
     /// on SQLite) and load clock and sequence.
     pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
         schema::LOCAL_META.lock(tx, "next_seq").await?;
+        store::custom_plans(tx).await?;
         let next_seq = schema::read_meta(tx, "next_seq")
             .await?
             .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;
@@ -221,16 +230,23 @@ impl SealState {
             Some(s) if !s.is_empty() => Some(s.parse()?),
             _ => None,
         };
+        let clock = HlcClock::new(node, last);
         Ok(SealState {
             node,
-            clock: HlcClock::new(node, last),
+            loaded: (next_seq, clock.last()),
+            clock,
             next_seq,
         })
     }
 
+    /// Persist sequence and clock, where they moved.
     pub(crate) async fn save(&self, tx: &DatabaseTransaction) -> Result<()> {
-        schema::write_meta(tx, "next_seq", &self.next_seq.to_string()).await?;
-        schema::write_meta(tx, "hlc", &self.clock.last().to_string()).await?;
+        if self.next_seq != self.loaded.0 {
+            schema::write_meta(tx, "next_seq", &self.next_seq.to_string()).await?;
+        }
+        if self.clock.last() != self.loaded.1 {
+            schema::write_meta(tx, "hlc", &self.clock.last().to_string()).await?;
+        }
         Ok(())
     }
 }

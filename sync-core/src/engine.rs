@@ -282,7 +282,6 @@ impl SyncEngine {
                             pk: Vec::new(),
                             state: RowState::default(),
                             id: None,
-                            change: None,
                             raw: Some(bad.raw.clone()),
                             park: Some(bad.reason.clone()),
                         });
@@ -339,7 +338,6 @@ impl SyncEngine {
                 .into_iter()
                 .map(|row| {
                     Ok(Delta {
-                        change: None,
                         raw: None,
                         table: row.table,
                         pk: row.pk.into_iter().map(|(_, v)| v).collect(),
@@ -387,15 +385,15 @@ struct AckedHead {
     unflushed: usize,
 }
 
-fn delta_of_change(c: Change) -> Delta {
-    let mut state = RowState::default();
-    state.apply(&c);
+fn delta_of_change(mut c: Change) -> Delta {
+    let table = std::mem::take(&mut c.table);
+    let pk = std::mem::take(&mut c.pk).into_iter().map(|(_, v)| v).collect();
+    let id = c.id;
     Delta {
-        table: c.table.clone(),
-        pk: c.pk.iter().map(|(_, v)| v.clone()).collect(),
-        state,
-        id: Some(c.id),
-        change: Some(c),
+        table,
+        pk,
+        state: RowState::of_change(c),
+        id: Some(id),
         raw: None,
         park: None,
     }

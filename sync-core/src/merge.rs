@@ -81,6 +81,26 @@ impl RowState {
         }
     }
 
+    /// The state of a row that only `change` wrote: what [`RowState::apply`]
+    /// makes of an empty state, without copying the values.
+    pub fn of_change(change: Change) -> RowState {
+        let mut s = RowState::default();
+        match change.op {
+            Op::Delete => s.deleted_at = Some(change.hlc),
+            Op::Insert | Op::Update => {
+                for (c, v) in change.columns {
+                    // A column listed twice keeps its first value, as in
+                    // `apply` (same clock).
+                    if !s.vals.contains_key(&c) {
+                        s.clocks.insert(c.clone(), change.hlc);
+                        s.vals.insert(c, v);
+                    }
+                }
+            }
+        }
+        s
+    }
+
     /// Merge another replica's state of the same row (the join of the two).
     /// Returns whether this state changed.
     pub fn merge(&mut self, other: &RowState) -> bool {
@@ -219,6 +239,19 @@ mod tests {
         let mut twice = expected.clone();
         for c in &changes {
             assert!(!twice.apply(c));
+        }
+    }
+
+    #[test]
+    fn the_state_of_one_change_is_its_application() {
+        for c in [
+            change(Op::Insert, &[("a", "1"), ("b", "2")], 3, 1),
+            change(Op::Update, &[("b", "x")], 4, 2),
+            change(Op::Delete, &[], 5, 3),
+        ] {
+            let mut applied = RowState::default();
+            applied.apply(&c);
+            assert_eq!(RowState::of_change(c), applied);
         }
     }
 

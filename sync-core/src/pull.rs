@@ -35,9 +35,8 @@ pub(crate) struct Delta {
     pub(crate) state: RowState,
     /// The change it came from, if any (snapshot rows have none).
     pub(crate) id: Option<ChangeId>,
-    /// What to keep if it has to be parked: the change, else the state, is
-    /// serialised only then; `raw` is the stored text of an unreadable one.
-    pub(crate) change: Option<crate::change::Change>,
+    /// The stored text of an unreadable change, kept if it is parked;
+    /// otherwise the state is serialised then (only then).
     pub(crate) raw: Option<String>,
     /// Set when it is to be parked without applying (e.g. unreadable).
     pub(crate) park: Option<String>,
@@ -46,10 +45,9 @@ pub(crate) struct Delta {
 impl Delta {
     /// The text kept when it is parked.
     fn payload(&self) -> Result<String> {
-        Ok(match (&self.raw, &self.change) {
-            (Some(raw), _) => raw.clone(),
-            (None, Some(c)) => serde_json::to_string(c)?,
-            (None, None) => serde_json::to_string(&self.state)?,
+        Ok(match &self.raw {
+            Some(raw) => raw.clone(),
+            None => serde_json::to_string(&self.state)?,
         })
     }
 }
@@ -277,14 +275,19 @@ pub(crate) async fn apply_deltas(
             let s = after
                 .entry(key.as_str())
                 .or_insert_with(|| before.get(key).cloned().unwrap_or_default());
-            let mut incoming = d.state.clone();
-            for (_, col) in held.iter().filter(|(k, _)| k == key) {
-                if let (Some(v), Some(h)) = (incoming.vals.remove(col), incoming.clocks.remove(col))
-                {
-                    crate::resolve::update_remote(&tx, &spec.name, key, col, &v, h).await?;
+            if held.iter().any(|(k, _)| k == key) {
+                let mut incoming = d.state.clone();
+                for (_, col) in held.iter().filter(|(k, _)| k == key) {
+                    if let (Some(v), Some(h)) =
+                        (incoming.vals.remove(col), incoming.clocks.remove(col))
+                    {
+                        crate::resolve::update_remote(&tx, &spec.name, key, col, &v, h).await?;
+                    }
                 }
+                s.merge(&incoming);
+            } else {
+                s.merge(&d.state);
             }
-            s.merge(&incoming);
             if let Some(h) = d.state.max_clock() {
                 state.clock.observe(h, wall);
             }
