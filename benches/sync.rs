@@ -380,6 +380,19 @@ async fn footprint(db: &DatabaseConnection) -> Res<Option<String>> {
     )))
 }
 
+/// How the bench reaches a server: sqlx 0.9.0 leaves Nagle's algorithm on
+/// for TCP, which stalls multi-row statements (see BENCHMARKS.md), so the
+/// report says which it was.
+fn transport(url: &str) -> &'static str {
+    if url.starts_with("sqlite:") {
+        "a file"
+    } else if url.contains("host=/") || url.contains("socket=") {
+        "a Unix socket"
+    } else {
+        "TCP"
+    }
+}
+
 async fn server_version(db: &DatabaseConnection) -> Res<String> {
     let backend = db.get_database_backend();
     let q = match backend {
@@ -1038,7 +1051,10 @@ async fn hub_phases(
     puller.sync().await?;
 
     let (db, _) = connect(&hub.url).await?;
-    out.versions.push((name, server_version(&db).await?));
+    out.versions.push((
+        name,
+        format!("{} via {}", server_version(&db).await?, transport(&hub.url)),
+    ));
     clone_table(&db, "contacts", "raw_contacts").await?;
     clone_table(&db, "contacts", "naive_contacts").await?;
     reset_peak();

@@ -387,7 +387,10 @@ struct AckedHead {
 
 fn delta_of_change(mut c: Change) -> Delta {
     let table = std::mem::take(&mut c.table);
-    let pk = std::mem::take(&mut c.pk).into_iter().map(|(_, v)| v).collect();
+    let pk = std::mem::take(&mut c.pk)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     let id = c.id;
     Delta {
         table,
