@@ -36,6 +36,11 @@ type Res<T> = Result<T, BoxError>;
 /// default batch).
 const BATCH: u64 = 500;
 
+#[path = "../tests/common/url.rs"]
+#[allow(unreachable_pub)] // shared with the tests' harness
+mod url;
+use url::with_database;
+
 mod contacts {
     //! A contacts-like table: UUID v7 key, a few strings, optional columns,
     //! a timestamp.
@@ -767,24 +772,6 @@ const NAIVE: &str = "naive (1 row/stmt)";
 
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
-}
-
-/// `base` with its database path replaced by `name`.
-fn with_database(base: &str, name: &str) -> String {
-    let (main, query) = match base.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = main.find("://").map_or(0, |i| i + 3);
-    let host_end = main[scheme_end..]
-        .find('/')
-        .map_or(main.len(), |i| scheme_end + i);
-    let mut url = format!("{}/{}", &main[..host_end], name);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
 }
 
 /// A fresh hub database: a file for SQLite, `tsbench_<pid>` on a server.

@@ -36,17 +36,8 @@ const WORKER_SEED: &str = "TIDESYNC_KILL_WORKER_SEED";
 
 fn main() -> std::process::ExitCode {
     if let Ok(url) = std::env::var(WORKER_URL) {
-        let seed = std::env::var(WORKER_SEED)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        return match common::block_on(worker(url, seed)) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("worker: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        let seed = common::env_seed(WORKER_SEED);
+        return common::worker_exit(common::block_on(worker(url, seed)));
     }
     let trials = Dialect::ALL
         .iter()

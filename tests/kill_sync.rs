@@ -30,17 +30,8 @@ const SEED: &str = "TIDESYNC_SYNC_WORKER_SEED";
 
 fn main() -> std::process::ExitCode {
     if let (Ok(device), Ok(hub)) = (std::env::var(DEVICE), std::env::var(HUB)) {
-        let seed = std::env::var(SEED)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        return match common::block_on(worker(device, hub, seed)) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("worker: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        let seed = common::env_seed(SEED);
+        return common::worker_exit(common::block_on(worker(device, hub, seed)));
     }
     let trials = Dialect::ALL
         .iter()

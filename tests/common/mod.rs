@@ -13,6 +13,9 @@ use libtest_mimic::{Completion, Failed, Trial};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, Schema};
 
 /// A test's boxed error.
+mod url;
+pub use url::with_database;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What a test body returns.
 pub type TestResult = Result<(), BoxError>;
@@ -69,22 +72,23 @@ pub struct TestDb {
     admin_url: Option<String>,
 }
 
-/// `base` with its database path replaced by `name`.
-pub fn with_database(base: &str, name: &str) -> String {
-    let (main, query) = match base.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = main.find("://").map_or(0, |i| i + 3);
-    let host_end = main[scheme_end..]
-        .find('/')
-        .map_or(main.len(), |i| scheme_end + i);
-    let mut url = format!("{}/{}", &main[..host_end], name);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
+/// The seed a worker process was given in `var` (0 when unset).
+pub fn env_seed(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A worker process's exit: success, or the error on stderr and failure.
+pub fn worker_exit<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    url
 }
 
 impl TestDb {
