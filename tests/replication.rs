@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
         pulled_changes_are_not_captured_again,
         hub_tables_are_ordinary_tables,
         unreachable_hub_is_offline_and_loses_nothing,
+        hub_lost_mid_push_keeps_exactly_the_unacknowledged,
         halt_policy_stops_the_stream_in_order,
         park_policy_parks_and_goes_on,
         concurrent_pushers_and_a_puller_see_every_change_once,
@@ -413,6 +414,92 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
     ensure_eq!(engine.sync_now().await?.pushed, 1);
     ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 1);
     a.drop().await?;
+    hub.drop().await
+}
+
+/// A hub that answers `pushes` push requests, then is unreachable.
+struct LostAfter {
+    inner: Arc<SqlBackend>,
+    pushes: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Backend for LostAfter {
+    async fn install(
+        &self,
+        tables: &[tidesync::TableSpec],
+    ) -> tidesync::Result<tidesync::backends::HubInfo> {
+        self.inner.install(tables).await
+    }
+
+    async fn push(
+        &self,
+        batch: &[tidesync::Change],
+    ) -> tidesync::Result<tidesync::backends::PushAck> {
+        use std::sync::atomic::Ordering;
+        let left = self.pushes.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(Error::Offline("connection reset (test)".into()));
+        }
+        self.pushes.store(left - 1, Ordering::SeqCst);
+        self.inner.push(batch).await
+    }
+
+    async fn pull(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, tidesync::backends::SnapshotPage)> {
+        self.inner.snapshot(after, limit).await
+    }
+}
+
+async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> TestResult {
+    let inner = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let lost = Arc::new(LostAfter {
+        inner: inner.clone(),
+        pushes: 3.into(),
+    });
+    let local = TestDb::create(Dialect::Sqlite, "lost").await?;
+    local.create_table(contacts::Entity).await?;
+    let db = local.db.clone();
+    let open = || async {
+        Replica::builder(db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await
+    };
+    let engine = SyncEngine::new(open().await?, lost).with_batch_size(5);
+    let device = Device { local, engine };
+    for i in 0..40 {
+        device.add(&format!("n{i}")).await?;
+    }
+    // Three batches of 5 go through, the fourth finds the hub gone.
+    match device.engine.sync_now().await {
+        Err(Error::Offline(_)) => {}
+        other => return Err(format!("expected Offline, got {other:?}").into()),
+    }
+    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 15);
+    ensure_eq!(
+        device.engine.replica().pending_count().await?,
+        25,
+        "the acknowledged head was dropped from the outbox, the rest kept"
+    );
+    // Back online: the rest goes out, nothing twice.
+    let engine = SyncEngine::new(open().await?, inner.clone()).with_batch_size(5);
+    ensure_eq!(engine.sync_now().await?.pushed, 25);
+    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 40);
+    ensure_eq!(inner.pull(Cursor(0), 1000).await?.changes.len(), 40);
+    ensure_eq!(engine.replica().pending_count().await?, 0);
+    device.drop().await?;
     hub.drop().await
 }
 
