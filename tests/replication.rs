@@ -10,7 +10,7 @@ use chrono::{TimeZone, Utc};
 use common::entities::{contacts, groups, members};
 use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, IntoActiveModel, QueryOrder};
+use sea_orm::{ActiveValue::Set, DbBackend, IntoActiveModel, QueryOrder};
 use tidesync::backends::{Backend, Cursor, RejectPolicy, SqlBackend};
 use tidesync::{Error, Replica, SyncEngine};
 
@@ -47,6 +47,11 @@ fn main() -> std::process::ExitCode {
             |db| Box::pin(hub_connections_dropped_mid_batch(db)),
         ));
     }
+    trials.push(common::trial(
+        Dialect::Postgres,
+        "statistics_as_the_tables_grow",
+        |db| Box::pin(statistics_as_the_tables_grow(db)),
+    ));
     run(trials)
 }
 
@@ -62,7 +67,16 @@ impl Device {
     }
 
     async fn with_backend(backend: Arc<dyn Backend>, tag: &str) -> Result<Device, BoxError> {
-        let local = TestDb::create(Dialect::Sqlite, tag).await?;
+        Self::on(Dialect::Sqlite, backend, tag).await
+    }
+
+    /// A device whose local database is of `dialect`.
+    async fn on(
+        dialect: Dialect,
+        backend: Arc<dyn Backend>,
+        tag: &str,
+    ) -> Result<Device, BoxError> {
+        let local = TestDb::create(dialect, tag).await?;
         local.create_table(contacts::Entity).await?;
         let replica = Replica::builder(local.db.clone())
             .register::<contacts::Entity>()
@@ -500,6 +514,73 @@ async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> Test
     ensure_eq!(inner.pull(Cursor(0), 1000).await?.changes.len(), 40);
     ensure_eq!(engine.replica().pending_count().await?, 0);
     device.drop().await?;
+    hub.drop().await
+}
+
+/// How many times `table` was analyzed by an `ANALYZE` command (not by
+/// autovacuum), waiting up to 10 s for the server's statistics to catch up.
+async fn manual_analyses(
+    db: &DatabaseConnection,
+    table: &str,
+    at_least: i64,
+) -> Result<i64, BoxError> {
+    let q = format!("SELECT analyze_count AS n FROM pg_stat_user_tables WHERE relname = '{table}'");
+    let mut n = 0;
+    for _ in 0..50 {
+        db.execute_unprepared("SELECT pg_stat_clear_snapshot()")
+            .await?;
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                q.clone(),
+            ))
+            .await?
+            .ok_or("no such table")?;
+        n = row.try_get("", "n")?;
+        if n >= at_least {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(n)
+}
+
+/// PostgreSQL: hub and replicas analyze their tables as they grow, so the
+/// row-state lookups keep using the key (see `store::analyze`).
+async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
+    let device = |tag: &'static str| {
+        let hub = &hub;
+        async move {
+            let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+            Device::on(Dialect::Postgres, backend, tag).await
+        }
+    };
+    let a = device("stats_a").await?;
+    let rows: Vec<contacts::ActiveModel> = (0..1100)
+        .map(|i| contacts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(format!("n{i}")),
+            email: Set(None),
+            last_opened: Set(None),
+            updated_at: Set(Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap()),
+        })
+        .collect();
+    contacts::Entity::insert_many(rows).exec(a.db()).await?;
+    a.sync().await?; // captures 1100, pushes 1100
+    let b = device("stats_b").await?;
+    b.sync().await?; // bootstraps 1100
+    ensure_eq!(b.rows().await?.len(), 1100);
+    for (db, table, who) in [
+        (&hub.db, "_tidesync_hub_rows", "hub"),
+        (&hub.db, "_tidesync_changes", "hub"),
+        (a.db(), "_tidesync_rows", "capturing replica"),
+        (b.db(), "_tidesync_rows", "bootstrapped replica"),
+    ] {
+        let n = manual_analyses(db, table, 1).await?;
+        ensure!(n >= 1, "{who}: {table} analyzed {n} times");
+    }
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }
 

@@ -313,6 +313,7 @@ impl SyncEngine {
             )
             .await?;
             report.pulled += applied.applied;
+            self.replica.wrote(applied.applied as u64).await;
             report.local_errors.extend(applied.parked);
             report.local_errors.extend(applied.captured.rejected);
             cursor = next;
@@ -363,6 +364,7 @@ impl SyncEngine {
             )
             .await?;
             report.pulled += applied.applied;
+            self.replica.wrote(applied.applied as u64).await;
             report.local_errors.extend(applied.parked);
             match page.next {
                 Some(n) => after = Some(n),

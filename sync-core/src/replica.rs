@@ -13,6 +13,7 @@ use crate::clock::{NodeId, wall_clock_us};
 use crate::conflict::Resolver;
 use crate::error::{Error, Result};
 use crate::schema::{self, OUTBOX, ROWS};
+use crate::store;
 use crate::syncable::{ConflictPolicy, Syncable};
 use crate::value::{parse_pk_key, pk_key};
 
@@ -116,6 +117,7 @@ impl ReplicaBuilder {
             tables: self.tables,
             resolvers: self.resolvers,
             node,
+            written: 0.into(),
         })
     }
 }
@@ -150,6 +152,9 @@ pub struct Replica {
     tables: Vec<Arc<dyn TableHandle>>,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
     node: NodeId,
+    /// Rows whose state this process wrote (captured or pulled), for
+    /// [`Replica::wrote`].
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -194,6 +199,19 @@ impl Replica {
         &self.tables
     }
 
+    /// Count `n` more row states written; at every doubling, fresh
+    /// statistics for the replica's tables (PostgreSQL, see
+    /// [`store::analyze`]).
+    pub(crate) async fn wrote(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let before = self.written.fetch_add(n, Ordering::Relaxed);
+        if store::crossed_doubling(before, before.saturating_add(n)) {
+            let mut tables = vec![ROWS, OUTBOX];
+            tables.extend(self.tables.iter().map(|t| t.spec().name.as_str()));
+            store::analyze(&self.db, &tables).await;
+        }
+    }
+
     pub(crate) fn resolver_for(&self, table: &str) -> Option<&Arc<dyn Resolver>> {
         self.resolvers.get(table)
     }
@@ -228,6 +246,7 @@ impl Replica {
                 .await?;
                 state.save(&tx).await?;
                 tx.commit().await?;
+                self.wrote((sealed.read - sealed.kept) as u64).await;
                 skip += sealed.kept as u64;
                 if sealed.read < BATCH as usize || sealed.read == sealed.kept {
                     break;

@@ -71,6 +71,36 @@ pub async fn load_states<C: ConnectionTrait>(
     Ok(out)
 }
 
+/// Whether a count grew past a power of two, from 1024 on: when the tables
+/// it counts deserve fresh statistics (see [`analyze`]).
+pub fn crossed_doubling(before: u64, after: u64) -> bool {
+    after >= 1024 && Ord::max(before, 1).ilog2() != after.ilog2()
+}
+
+/// `ANALYZE` these tables on PostgreSQL (nothing elsewhere).
+///
+/// Without statistics the planner takes `tbl = '<table>'` in a row-state
+/// lookup to match a few rows, scans them all and filters by key: every
+/// batch then reads every state of the table (45 ms a batch at 40k rows,
+/// and growing). Autovacuum analyzes eventually, but not during a first
+/// large push or pull, and some servers run without it; callers analyze
+/// when their count of rows written [`crossed_doubling`], which costs a few
+/// analyses in all. A failure is not an error of the caller's work, which
+/// has committed: it is ignored, and the next doubling tries again.
+pub async fn analyze<C: ConnectionTrait>(db: &C, tables: &[&str]) {
+    if db.get_database_backend() != DbBackend::Postgres || tables.is_empty() {
+        return;
+    }
+    let quoted: Vec<String> = tables
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect();
+    // Ignored on purpose, see above.
+    let _ = db
+        .execute_unprepared(&format!("ANALYZE {}", quoted.join(", ")))
+        .await;
+}
+
 /// On PostgreSQL, plan every statement for its own parameters until the end
 /// of the transaction `db` is in (nothing elsewhere).
 ///
@@ -252,6 +282,20 @@ mod tests {
         let (sql, values) = q(DbBackend::Sqlite).build(sea_orm::sea_query::SqliteQueryBuilder);
         assert_eq!(sql, r#"SELECT "pk" FROM "s" WHERE "pk" IN (?, ?)"#);
         assert_eq!(values.0.len(), 2);
+    }
+
+    #[test]
+    fn statistics_at_every_doubling() {
+        assert!(!crossed_doubling(1, 501));
+        assert!(!crossed_doubling(501, 1001));
+        assert!(crossed_doubling(1001, 1501));
+        assert!(!crossed_doubling(1501, 2001));
+        assert!(crossed_doubling(2001, 2501));
+        assert!(crossed_doubling(0, 100_000));
+        let doublings = (0..200u64)
+            .filter(|i| crossed_doubling(1 + i * 500, 1 + (i + 1) * 500))
+            .count();
+        assert_eq!(doublings, 7, "1k, 2k, ... 64k of 100k");
     }
 
     #[test]

@@ -559,8 +559,10 @@ impl Backend for SqlBackend {
         } = push;
         HUB.write(&tx, "next_seq", &next_seq.to_string()).await?;
         tx.commit().await.map_err(offline)?;
-        if backend == DbBackend::Postgres && needs_statistics(start_seq, next_seq) {
-            self.analyze(&specs).await;
+        if store::crossed_doubling(start_seq, next_seq) {
+            let mut tables = vec![HUB_ROWS, CHANGES];
+            tables.extend(specs.iter().map(|s| s.name.as_str()));
+            store::analyze(&self.db, &tables).await;
         }
         ack.conflicts = held;
         ack.settled = settled;
@@ -635,35 +637,7 @@ impl Backend for SqlBackend {
     }
 }
 
-/// Whether the hub's log grew past a power of two (from 1024 changes on)
-/// with this push: then PostgreSQL gets fresh statistics.
-fn needs_statistics(before: u64, after: u64) -> bool {
-    after >= 1024 && Ord::max(before, 1).ilog2() != after.ilog2()
-}
-
 impl SqlBackend {
-    /// `ANALYZE` the hub's tables (PostgreSQL).
-    ///
-    /// Without statistics the planner takes `tbl = 'contacts'` to match a
-    /// few rows of the row-state table, scans them all and filters by key:
-    /// the state lookup of every push batch reads the whole table (45 ms per
-    /// batch at 40k rows and growing). Autovacuum would analyze eventually,
-    /// but not during a hub's first large push, and some servers run without
-    /// it. Analyzing at every doubling of the log costs a few analyses in
-    /// all. Failing to analyze is not an error of the push, which has
-    /// committed: the next doubling tries again.
-    async fn analyze(&self, specs: &[TableSpec]) {
-        let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-        let tables: Vec<String> = [HUB_ROWS, CHANGES]
-            .into_iter()
-            .chain(specs.iter().map(|s| s.name.as_str()))
-            .map(quote)
-            .collect();
-        let sql = format!("ANALYZE {}", tables.join(", "));
-        // Ignored on purpose, see above.
-        let _ = self.db.execute_unprepared(&sql).await;
-    }
-
     /// Up to `limit` log entries after `cursor`, leaving out `skip`'s.
     ///
     /// Leaving entries out must not leave a gap: the tip is read first, and
@@ -758,23 +732,4 @@ fn change_of_row(r: &sea_orm::QueryResult) -> Result<Change> {
         seq: u64::try_from(seq).map_err(|_| Error::Corrupt(format!("negative sequence {seq}")))?,
     };
     Change::from_stored(id, r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::needs_statistics;
-
-    #[test]
-    fn statistics_at_every_doubling_of_the_log() {
-        assert!(!needs_statistics(1, 501));
-        assert!(!needs_statistics(501, 1001));
-        assert!(needs_statistics(1001, 1501));
-        assert!(!needs_statistics(1501, 2001));
-        assert!(needs_statistics(2001, 2501));
-        assert!(needs_statistics(1, 100_000));
-        let doublings = (0..200u64)
-            .filter(|i| needs_statistics(1 + i * 500, 1 + (i + 1) * 500))
-            .count();
-        assert_eq!(doublings, 7, "1k, 2k, ... 64k of 100k changes");
-    }
 }
