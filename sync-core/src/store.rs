@@ -157,19 +157,18 @@ pub fn encode_clocks(
     clocks: &BTreeMap<String, Hlc>,
     vals: &BTreeMap<String, sea_orm::Value>,
 ) -> Result<String> {
-    // The most common clock among columns that have a value.
+    // The most common clock among columns that have a value (sorted, so
+    // equal clocks are neighbours; ties go to the earliest clock).
+    let mut with_value: Vec<Hlc> = clocks
+        .iter()
+        .filter(|(c, _)| vals.contains_key(*c))
+        .map(|(_, h)| *h)
+        .collect();
+    with_value.sort_unstable();
     let mut shared: Option<(Hlc, usize)> = None;
-    for (i, (c, h)) in clocks.iter().enumerate() {
-        if !vals.contains_key(c) || shared.is_some_and(|(s, _)| s == *h) {
-            continue;
-        }
-        let n = clocks
-            .iter()
-            .skip(i)
-            .filter(|(c2, h2)| *h2 == h && vals.contains_key(*c2))
-            .count();
-        if shared.is_none_or(|(_, best)| n > best) {
-            shared = Some((*h, n));
+    for run in with_value.chunk_by(|a, b| a == b) {
+        if shared.is_none_or(|(_, best)| run.len() > best) {
+            shared = Some((run[0], run.len()));
         }
     }
     let Some((shared, n)) = shared.filter(|(_, n)| *n > 1) else {
