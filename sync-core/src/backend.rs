@@ -138,7 +138,9 @@ pub trait Backend: Send + Sync {
     ///
     /// The default pulls everything and filters; a hub that can filter
     /// where it stores the log should, so that a replica does not download
-    /// what it has just uploaded.
+    /// what it has just uploaded. A wrapper around another backend (for
+    /// metrics, say) should forward this method as well, or it falls back
+    /// to the default.
     async fn pull_excluding(
         &self,
         cursor: Cursor,
