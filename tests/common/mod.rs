@@ -199,13 +199,23 @@ impl TestDb {
 /// A test body over a fresh database.
 pub type DbTest = fn(TestDb) -> Pin<Box<dyn Future<Output = TestResult> + Send>>;
 
-/// Run a future to completion on a fresh multi-threaded runtime.
+/// Run a future to completion on the test binary's runtime.
+///
+/// One multi-threaded runtime for the whole binary, never dropped. A runtime
+/// per trial, dropped at its end while sqlx pools of the trial were still
+/// alive, once hung: sqlx 0.9.0's pool maintenance task kept a worker busy
+/// during the shutdown and the drop never returned (20 minutes at 100% CPU,
+/// seen in `tests/convergence.rs`).
 pub fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+        })
         .block_on(f)
 }
 
