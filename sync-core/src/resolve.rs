@@ -91,19 +91,8 @@ impl Replica {
                     tx.execute(
                         &Query::insert()
                             .into_table(Alias::new(CONFLICTS))
-                            .columns(
-                                [
-                                    "tbl",
-                                    "pk",
-                                    "col",
-                                    "base",
-                                    "local",
-                                    "local_clock",
-                                    "remote",
-                                    "remote_clock",
-                                ]
-                                .map(Alias::new),
-                            )
+                            // Every held column but the generated id.
+                            .columns(HELD_COLUMNS[1..].iter().map(|c| Alias::new(*c)))
                             .values_panic([
                                 c.table.clone().into(),
                                 key.into(),
