@@ -1076,7 +1076,7 @@ async fn hub_phases(
     let mut b = pusher.breakdown(t, args.profile);
     if let Some(echo) = echo {
         b.push_str(&format!(
-            "\n            after the last push: {:.2} s (pulling its own changes back)",
+            "\n            after the last push: {:.2} s (pulling the changes of others)",
             echo.as_secs_f64()
         ));
     }
