@@ -165,11 +165,31 @@ impl SyncEngine {
     }
 
     async fn push_batches(&self, report: &mut SyncReport, head: &mut AckedHead) -> Result<()> {
+        // Every change up to `after` is acknowledged or parked.
+        let mut after = 0;
+        let mut ahead = None;
         loop {
-            let after = head.through.unwrap_or(0);
-            let (batch, unreadable) = self.replica.outbox_batch(after, self.batch).await?;
-            if !batch.is_empty() {
-                let ack = self.backend.push(&batch).await.map_err(Error::or_offline)?;
+            let (batch, unreadable) = match ahead.take() {
+                Some(read) => read?,
+                None => self.replica.outbox_batch(after, self.batch).await?,
+            };
+            let empty = batch.is_empty();
+            if let Some(last) = batch.last().map(|c| c.id.seq) {
+                // The hub works on this batch while the next one is read
+                // from the outbox: when everything is acknowledged (the
+                // usual case) the next batch starts right after this one.
+                let sending = Prefetch::spawn({
+                    let backend = Arc::clone(&self.backend);
+                    async move {
+                        let ack = backend.push(&batch).await;
+                        (batch, ack)
+                    }
+                });
+                if unreadable.is_none() {
+                    ahead = Some(self.replica.outbox_batch(last, self.batch).await);
+                }
+                let (batch, ack) = sending.get().await;
+                let ack = ack.map_err(Error::or_offline)?;
                 let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
                 let prefix = acked.len() <= batch.len()
                     && acked.iter().zip(&batch).all(|(a, c)| *a == c.id.seq);
@@ -198,9 +218,11 @@ impl SyncEngine {
                             .and_then(|r| r.resolve(&c));
                         match decided {
                             Some(resolution) => {
-                                // A new change: the loop pushes it next.
+                                // A new change: the loop pushes it next
+                                // (the batch read ahead may predate it).
                                 self.replica.resolve(id, resolution).await?;
                                 report.resolved += 1;
+                                ahead = None;
                             }
                             None => report.conflicts.push(c),
                         }
@@ -217,9 +239,10 @@ impl SyncEngine {
                         batch.len()
                     )));
                 }
+                after = last;
             }
             let Some(bad) = unreadable else {
-                if batch.is_empty() {
+                if empty {
                     return Ok(());
                 }
                 continue;
@@ -247,6 +270,10 @@ impl SyncEngine {
         }
     }
 
+    /// Pull pages of the hub's log after the stored cursor (bootstrapping
+    /// first if there is none). The next page is fetched while the current
+    /// one is applied; an error of that fetch surfaces at the next turn,
+    /// after the current page and its cursor have committed.
     async fn pull(&self, hub: &HubInfo, report: &mut SyncReport) -> Result<()> {
         let key = format!("cursor:{}", hub.hub_id);
         let mut cursor = match schema::read_meta(self.replica.connection(), &key).await? {
@@ -256,13 +283,15 @@ impl SyncEngine {
             ),
             None => self.bootstrap(&key, report).await?,
         };
+        let me = self.replica.node_id();
+        let fetch = |cursor: Cursor| {
+            let backend = Arc::clone(&self.backend);
+            let limit = self.batch;
+            Prefetch::spawn(async move { backend.pull_excluding(cursor, limit, me).await })
+        };
+        let mut ahead = fetch(cursor);
         loop {
-            let me = self.replica.node_id();
-            let page = self
-                .backend
-                .pull_excluding(cursor, self.batch, me)
-                .await
-                .map_err(Error::or_offline)?;
+            let page = ahead.get().await.map_err(Error::or_offline)?;
             let got = page.changes.len();
             let mut deltas: Vec<Delta> = page
                 .changes
@@ -293,61 +322,79 @@ impl SyncEngine {
             if got == 0 && next == cursor {
                 return Ok(());
             }
+            if halt {
+                // Apply what came before the unreadable change, then stop.
+                if !deltas.is_empty() {
+                    self.apply_page(deltas, &key, next, report).await?;
+                } else {
+                    schema::upsert_meta(self.replica.connection(), &key, &next.0.to_string())
+                        .await?;
+                }
+                return Ok(());
+            }
+            ahead = fetch(next);
             if deltas.is_empty() {
                 // Only our own changes (left out by the hub) or none: move
                 // the cursor, nothing to merge.
                 schema::upsert_meta(self.replica.connection(), &key, &next.0.to_string()).await?;
-                cursor = next;
-                if halt {
-                    return Ok(());
-                }
-                continue;
+            } else {
+                self.apply_page(deltas, &key, next, report).await?;
             }
-            let applied = apply_deltas(
-                self.replica.connection(),
-                self.replica.handles(),
-                me,
-                deltas,
-                &key,
-                &next.0.to_string(),
-            )
-            .await?;
-            report.pulled += applied.applied;
-            self.replica.wrote(applied.applied as u64).await;
-            report.local_errors.extend(applied.parked);
-            report.local_errors.extend(applied.captured.rejected);
             cursor = next;
-            if halt {
-                return Ok(());
-            }
         }
     }
 
+    /// Apply one pulled page and store the cursor after it, in one local
+    /// transaction.
+    async fn apply_page(
+        &self,
+        deltas: Vec<Delta>,
+        key: &str,
+        next: Cursor,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let applied = apply_deltas(
+            self.replica.connection(),
+            self.replica.handles(),
+            self.replica.node_id(),
+            deltas,
+            key,
+            &next.0.to_string(),
+        )
+        .await?;
+        report.pulled += applied.applied;
+        self.replica.wrote(applied.applied as u64).await;
+        report.local_errors.extend(applied.parked);
+        report.local_errors.extend(applied.captured.rejected);
+        Ok(())
+    }
+
     /// Load the hub's current rows into a replica that never pulled from it.
+    /// The next page is fetched while the current one is applied.
     async fn bootstrap(&self, key: &str, report: &mut SyncReport) -> Result<Cursor> {
-        let mut after = None;
+        let fetch = |after: Option<String>| {
+            let backend = Arc::clone(&self.backend);
+            let limit = self.batch;
+            Prefetch::spawn(async move { backend.snapshot(after, limit).await })
+        };
+        let mut ahead = Some(fetch(None));
         let mut start = None;
-        loop {
-            let (cursor, page) = self
-                .backend
-                .snapshot(after.clone(), self.batch)
-                .await
-                .map_err(Error::or_offline)?;
+        while let Some(call) = ahead.take() {
+            let (cursor, page) = call.get().await.map_err(Error::or_offline)?;
             let start = *start.get_or_insert(cursor);
+            ahead = page.next.clone().map(|n| fetch(Some(n)));
             let deltas = page
                 .rows
                 .into_iter()
-                .map(|row| {
-                    Ok(Delta {
-                        raw: None,
-                        table: row.table,
-                        pk: row.pk.into_iter().map(|(_, v)| v).collect(),
-                        state: row.state,
-                        id: None,
-                        park: None,
-                    })
+                .map(|row| Delta {
+                    raw: None,
+                    table: row.table,
+                    pk: row.pk.into_iter().map(|(_, v)| v).collect(),
+                    state: row.state,
+                    id: None,
+                    park: None,
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<Vec<_>>();
             // The cursor is only stored with the last page: a crash midway
             // restarts the snapshot, and merging twice is harmless.
             let (k, v) = match &page.next {
@@ -366,10 +413,39 @@ impl SyncEngine {
             report.pulled += applied.applied;
             self.replica.wrote(applied.applied as u64).await;
             report.local_errors.extend(applied.parked);
-            match page.next {
-                Some(n) => after = Some(n),
-                None => return Ok(start),
+            if page.next.is_none() {
+                return Ok(start);
             }
+        }
+        Err(Error::Corrupt("bootstrap ended without a last page".into()))
+    }
+}
+
+/// A hub call running on its own task while the engine does local work, so
+/// that our CPU, the local database and the hub work at the same time.
+/// Dropped unfinished (the sync was cancelled or failed), the call is
+/// aborted, as the future itself would have been.
+struct Prefetch<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T: Send + 'static> Prefetch<T> {
+    fn spawn(call: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Prefetch(Some(tokio::spawn(call)))
+    }
+
+    /// The call's result; its panic, if it panicked.
+    async fn get(mut self) -> T {
+        let handle = self.0.take().expect("a prefetch is awaited once");
+        match handle.await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+impl<T> Drop for Prefetch<T> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
         }
     }
 }

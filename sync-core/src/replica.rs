@@ -206,8 +206,12 @@ impl Replica {
         use std::sync::atomic::Ordering;
         let before = self.written.fetch_add(n, Ordering::Relaxed);
         if store::crossed_doubling(before, before.saturating_add(n)) {
-            let mut tables = vec![ROWS, OUTBOX];
-            tables.extend(self.tables.iter().map(|t| t.spec().name.as_str()));
+            let mut tables: Vec<(&str, &[&str])> = vec![(ROWS, store::STATE_KEYS), (OUTBOX, &[])];
+            tables.extend(
+                self.tables
+                    .iter()
+                    .map(|t| (t.spec().name.as_str(), &[][..])),
+            );
             store::analyze(&self.db, &tables).await;
         }
     }

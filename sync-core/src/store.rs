@@ -77,7 +77,8 @@ pub fn crossed_doubling(before: u64, after: u64) -> bool {
     after >= 1024 && Ord::max(before, 1).ilog2() != after.ilog2()
 }
 
-/// `ANALYZE` these tables on PostgreSQL (nothing elsewhere).
+/// `ANALYZE` these tables on PostgreSQL (nothing elsewhere): each `(table,
+/// columns)`, an empty list for every column.
 ///
 /// Without statistics the planner takes `tbl = '<table>'` in a row-state
 /// lookup to match a few rows, scans them all and filters by key: every
@@ -85,21 +86,38 @@ pub fn crossed_doubling(before: u64, after: u64) -> bool {
 /// and growing). Autovacuum analyzes eventually, but not during a first
 /// large push or pull, and some servers run without it; callers analyze
 /// when their count of rows written [`crossed_doubling`], which costs a few
-/// analyses in all. A failure is not an error of the caller's work, which
-/// has committed: it is ignored, and the next doubling tries again.
-pub async fn analyze<C: ConnectionTrait>(db: &C, tables: &[&str]) {
+/// analyses in all. Row-state tables need statistics of their key columns
+/// only ([`STATE_KEYS`]): leaving out the long value and clock texts makes
+/// the analysis several times cheaper. A failure is not an error of the
+/// caller's work, which has committed: it is ignored, and the next doubling
+/// tries again.
+pub async fn analyze<C: ConnectionTrait>(db: &C, tables: &[(&str, &[&str])]) {
     if db.get_database_backend() != DbBackend::Postgres || tables.is_empty() {
         return;
     }
-    let quoted: Vec<String> = tables
-        .iter()
-        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-        .collect();
     // Ignored on purpose, see above.
-    let _ = db
-        .execute_unprepared(&format!("ANALYZE {}", quoted.join(", ")))
-        .await;
+    let _ = db.execute_unprepared(&analyze_sql(tables)).await;
 }
+
+/// The `ANALYZE` statement of [`analyze`].
+fn analyze_sql(tables: &[(&str, &[&str])]) -> String {
+    let quote = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
+    let targets: Vec<String> = tables
+        .iter()
+        .map(|(t, cols)| {
+            if cols.is_empty() {
+                quote(t)
+            } else {
+                let cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+                format!("{} ({})", quote(t), cols.join(", "))
+            }
+        })
+        .collect();
+    format!("ANALYZE {}", targets.join(", "))
+}
+
+/// The key columns of a row-state table: all [`analyze`] needs of it.
+pub const STATE_KEYS: &[&str] = &["tbl", "pk"];
 
 /// On PostgreSQL, plan every statement for its own parameters until the end
 /// of the transaction `db` is in (nothing elsewhere).
@@ -281,6 +299,14 @@ mod tests {
         let (sql, values) = q(DbBackend::Sqlite).build(sea_orm::sea_query::SqliteQueryBuilder);
         assert_eq!(sql, r#"SELECT "pk" FROM "s" WHERE "pk" IN (?, ?)"#);
         assert_eq!(values.0.len(), 2);
+    }
+
+    #[test]
+    fn row_states_are_analyzed_by_their_keys_only() {
+        assert_eq!(
+            analyze_sql(&[("_tidesync_rows", STATE_KEYS), ("my\"t", &[])]),
+            r#"ANALYZE "_tidesync_rows" ("tbl", "pk"), "my""t""#
+        );
     }
 
     #[test]

@@ -440,133 +440,15 @@ impl Backend for SqlBackend {
                 "a push batch must be in increasing sequence order".into(),
             ));
         }
-        let specs = self.tables.read().await.clone();
-        let backend = self.db.get_database_backend();
-        let tx = self.db.begin().await.map_err(offline)?;
-        // The sequence lock: held until commit, so hub sequences commit in order.
-        HUB.lock(&tx, "next_seq").await.map_err(Error::or_offline)?;
-        let next_seq: u64 = HUB
-            .read(&tx, "next_seq")
-            .await?
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
-        let applied_row = tx
-            .query_one(
-                &Query::select()
-                    .column(Alias::new("applied_seq"))
-                    .from(Alias::new(PEERS))
-                    .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
-                    .to_owned(),
-            )
-            .await?;
-        let existed = applied_row.is_some();
-        let mut applied: u64 = match applied_row {
-            Some(r) => r.try_get::<i64>("", "applied_seq")? as u64,
-            None => 0,
-        };
-
-        let mut ack = PushAck::default();
-        // Delivered before (a re-sent batch): acknowledged, never re-applied.
-        let todo: Vec<&Change> = batch
-            .iter()
-            .filter(|c| {
-                let done = c.id.seq <= applied;
-                if done {
-                    ack.acknowledged.push(c.id);
-                }
-                !done
-            })
-            .collect();
-        let verdicts: Vec<Option<String>> = todo
-            .iter()
-            .map(|c| validate(c, specs.iter().find(|s| s.name == c.table), backend).err())
-            .collect();
-
-        let start_seq = next_seq;
-        let mut push = Push::new(&tx, &specs, next_seq);
-        // Fast path: every change valid, the whole batch in one savepoint.
-        let fast = if verdicts.iter().all(Option::is_none) {
-            let sp = tx.begin().await?;
-            let mut sub = Push::new(&sp, &specs, next_seq);
-            match sub.apply(&todo).await {
-                Ok(()) => {
-                    push.absorb(sub);
-                    sp.commit().await?;
-                    true
-                }
-                Err(e) if e.is_retryable() => return Err(e.or_offline()),
-                Err(_) => {
-                    sp.rollback().await?;
-                    false
-                }
-            }
-        } else {
-            false
-        };
-        if fast {
-            ack.acknowledged.extend(todo.iter().map(|c| c.id));
-            applied = todo.last().map_or(applied, |c| c.id.seq);
-        } else {
-            // Careful path: one change at a time, each in a savepoint, to
-            // find the ones that cannot be applied.
-            for (c, verdict) in todo.iter().zip(verdicts) {
-                let reason = match verdict {
-                    Some(r) => Some(r),
-                    None => {
-                        let sp = tx.begin().await?;
-                        let mut sub = Push::new(&sp, &specs, push.next_seq);
-                        sub.states = push.states.clone();
-                        match sub.apply(&[*c]).await {
-                            Ok(()) => {
-                                push.absorb(sub);
-                                sp.commit().await?;
-                                None
-                            }
-                            Err(e) if e.is_retryable() => return Err(e.or_offline()),
-                            Err(e) => {
-                                sp.rollback().await?;
-                                Some(format!("{}: {e}", c.table))
-                            }
-                        }
-                    }
-                };
-                if let Some(reason) = reason {
-                    let rejection = Rejection {
-                        id: c.id,
-                        table: c.table.clone(),
-                        reason,
-                    };
-                    if self.policy == RejectPolicy::Park {
-                        park(&tx, c, &rejection.reason).await?;
-                        ack.parked.push(rejection);
-                    } else {
-                        ack.halted = Some(rejection);
-                        break;
-                    }
-                }
-                ack.acknowledged.push(c.id);
-                applied = c.id.seq;
-            }
+        // Fast path: every change valid, the whole batch at once. If the hub
+        // refuses it, roll back and go through it change by change.
+        match self.push_once(batch, origin, false).await? {
+            Some(ack) => Ok(ack),
+            None => match self.push_once(batch, origin, true).await? {
+                Some(ack) => Ok(ack),
+                None => Err(Error::Corrupt("the careful push fell back".into())),
+            },
         }
-        if applied > 0 {
-            set_applied(&tx, origin, applied, existed).await?;
-        }
-        let Push {
-            next_seq,
-            held,
-            settled,
-            ..
-        } = push;
-        HUB.write(&tx, "next_seq", &next_seq.to_string()).await?;
-        tx.commit().await.map_err(offline)?;
-        if store::crossed_doubling(start_seq, next_seq) {
-            let mut tables = vec![HUB_ROWS, CHANGES];
-            tables.extend(specs.iter().map(|s| s.name.as_str()));
-            store::analyze(&self.db, &tables).await;
-        }
-        ack.conflicts = held;
-        ack.settled = settled;
-        Ok(ack)
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
@@ -634,6 +516,141 @@ impl Backend for SqlBackend {
             page.next = last.map(|l| serde_json::to_string(&l)).transpose()?;
         }
         Ok((cursor, page))
+    }
+}
+
+impl SqlBackend {
+    /// One push transaction. The fast path (`careful` false) applies the
+    /// whole batch with multi-row statements and gives up (rolls back,
+    /// `None`) at the first change the hub refuses; the careful path applies
+    /// one change at a time, each in a savepoint, to find the ones that
+    /// cannot be applied and halt or park them.
+    async fn push_once(
+        &self,
+        batch: &[Change],
+        origin: NodeId,
+        careful: bool,
+    ) -> Result<Option<PushAck>> {
+        let specs = self.tables.read().await.clone();
+        let backend = self.db.get_database_backend();
+        let tx = self.db.begin().await.map_err(offline)?;
+        // The sequence lock: held until commit, so hub sequences commit in order.
+        HUB.lock(&tx, "next_seq").await.map_err(Error::or_offline)?;
+        let next_seq: u64 = HUB
+            .read(&tx, "next_seq")
+            .await?
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
+        let applied_row = tx
+            .query_one(
+                &Query::select()
+                    .column(Alias::new("applied_seq"))
+                    .from(Alias::new(PEERS))
+                    .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+                    .to_owned(),
+            )
+            .await?;
+        let existed = applied_row.is_some();
+        let mut applied: u64 = match applied_row {
+            Some(r) => r.try_get::<i64>("", "applied_seq")? as u64,
+            None => 0,
+        };
+
+        let mut ack = PushAck::default();
+        // Delivered before (a re-sent batch): acknowledged, never re-applied.
+        let todo: Vec<&Change> = batch
+            .iter()
+            .filter(|c| {
+                let done = c.id.seq <= applied;
+                if done {
+                    ack.acknowledged.push(c.id);
+                }
+                !done
+            })
+            .collect();
+        let verdicts: Vec<Option<String>> = todo
+            .iter()
+            .map(|c| validate(c, specs.iter().find(|s| s.name == c.table), backend).err())
+            .collect();
+
+        let start_seq = next_seq;
+        let mut push = Push::new(&tx, &specs, next_seq);
+        if !careful && verdicts.iter().all(Option::is_none) {
+            // No savepoint: a failure rolls back the transaction and the
+            // caller goes again, carefully.
+            match push.apply(&todo).await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => return Err(e.or_offline()),
+                Err(_) => {
+                    drop(push);
+                    tx.rollback().await.map_err(offline)?;
+                    return Ok(None);
+                }
+            }
+            ack.acknowledged.extend(todo.iter().map(|c| c.id));
+            applied = todo.last().map_or(applied, |c| c.id.seq);
+        } else {
+            // Careful path: one change at a time, each in a savepoint, to
+            // find the ones that cannot be applied.
+            for (c, verdict) in todo.iter().zip(verdicts) {
+                let reason = match verdict {
+                    Some(r) => Some(r),
+                    None => {
+                        let sp = tx.begin().await?;
+                        let mut sub = Push::new(&sp, &specs, push.next_seq);
+                        sub.states = push.states.clone();
+                        match sub.apply(&[*c]).await {
+                            Ok(()) => {
+                                push.absorb(sub);
+                                sp.commit().await?;
+                                None
+                            }
+                            Err(e) if e.is_retryable() => return Err(e.or_offline()),
+                            Err(e) => {
+                                sp.rollback().await?;
+                                Some(format!("{}: {e}", c.table))
+                            }
+                        }
+                    }
+                };
+                if let Some(reason) = reason {
+                    let rejection = Rejection {
+                        id: c.id,
+                        table: c.table.clone(),
+                        reason,
+                    };
+                    if self.policy == RejectPolicy::Park {
+                        park(&tx, c, &rejection.reason).await?;
+                        ack.parked.push(rejection);
+                    } else {
+                        ack.halted = Some(rejection);
+                        break;
+                    }
+                }
+                ack.acknowledged.push(c.id);
+                applied = c.id.seq;
+            }
+        }
+        if applied > 0 {
+            set_applied(&tx, origin, applied, existed).await?;
+        }
+        let Push {
+            next_seq,
+            held,
+            settled,
+            ..
+        } = push;
+        HUB.write(&tx, "next_seq", &next_seq.to_string()).await?;
+        tx.commit().await.map_err(offline)?;
+        if store::crossed_doubling(start_seq, next_seq) {
+            // Only the row states are looked up by a key the planner must
+            // know about; the log is read by its primary key range and the
+            // users' tables are written by key.
+            store::analyze(&self.db, &[(HUB_ROWS, store::STATE_KEYS)]).await;
+        }
+        ack.conflicts = held;
+        ack.settled = settled;
+        Ok(Some(ack))
     }
 }
 
