@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         two_devices_converge_per_column,
         arrival_order_never_decides,
         delete_propagates_and_later_update_wins,
+        hub_states_take_values_from_the_log,
         resent_batch_is_applied_once,
         new_device_bootstraps_in_batches,
         pulled_changes_are_not_captured_again,
@@ -297,6 +298,78 @@ async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
         "not applied twice"
     );
     a.drop().await?;
+    hub.drop().await
+}
+
+/// The names in the hub's stored `vals` of the one contact row.
+async fn stored_value_names(hub: &TestDb) -> Result<Vec<String>, BoxError> {
+    let backend = hub.db.get_database_backend();
+    let row = hub
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT vals FROM _tidesync_hub_rows WHERE tbl = 'contacts'",
+        ))
+        .await?
+        .ok_or("no row state")?;
+    let vals: String = row.try_get("", "vals")?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(&vals)?;
+    Ok(map.into_keys().collect())
+}
+
+/// The hub's row states keep only the values their log entry does not
+/// hold; bootstraps, updates and a resurrection after a delete still see
+/// every value.
+async fn hub_states_take_values_from_the_log(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let id = a.add("first").await?;
+    a.sync().await?;
+    ensure_eq!(
+        stored_value_names(&hub).await?,
+        vec![String::new()],
+        "an inserted row's state holds only the reference to its insert"
+    );
+    a.edit(id, Some("second"), None).await?;
+    a.sync().await?;
+    ensure_eq!(
+        stored_value_names(&hub).await?,
+        vec![String::new(), "name".to_owned()],
+        "after an update of one column, that value and the reference"
+    );
+    let b = Device::new(&hub, "b").await?;
+    b.sync().await?; // bootstraps from the states
+    let want = contacts::Entity::find_by_id(id).one(a.db()).await?;
+    ensure_eq!(contacts::Entity::find_by_id(id).one(b.db()).await?, want);
+    contacts::Entity::delete_by_id(id).exec(a.db()).await?;
+    a.sync().await?;
+    ensure!(
+        contacts::Entity::find_by_id(id)
+            .one(&hub.db)
+            .await?
+            .is_none(),
+        "deleted on the hub"
+    );
+    // b has not seen the delete: its later edit brings the row back with
+    // the values it had, which the hub takes from the log and the state.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    b.edit(id, None, Some("back@x")).await?;
+    b.sync().await?;
+    a.sync().await?;
+    let back = contacts::Entity::find_by_id(id).one(&hub.db).await?;
+    ensure_eq!(
+        back.as_ref().map(|m| (m.name.as_str(), m.email.as_deref())),
+        Some(("second", Some("back@x"))),
+        "the hub's row is back with every value"
+    );
+    for d in [&a, &b] {
+        ensure_eq!(contacts::Entity::find_by_id(id).one(d.db()).await?, back);
+    }
+    let c = Device::new(&hub, "c").await?;
+    c.sync().await?;
+    ensure_eq!(contacts::Entity::find_by_id(id).one(c.db()).await?, back);
+    a.drop().await?;
+    b.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }
 

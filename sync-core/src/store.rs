@@ -46,12 +46,30 @@ pub fn row_state_table(backend: DbBackend, name: &str) -> TableCreateStatement {
 
 /// Load the states of `keys` of `table` from the row-state table `store`.
 /// Keys without a state are absent from the map.
+///
+/// For a store whose states may take values from a log entry (the hub's),
+/// use [`load_stored`] and [`StoredState::resolve`].
 pub async fn load_states<C: ConnectionTrait>(
     db: &C,
     store: &str,
     table: &str,
     keys: &[String],
 ) -> Result<HashMap<String, RowState>> {
+    load_stored(db, store, table, keys)
+        .await?
+        .into_iter()
+        .map(|(k, s)| Ok((k, s.resolve(None)?.0)))
+        .collect()
+}
+
+/// Load the states of `keys` of `table` as stored, before the values they
+/// take from a log entry are filled in.
+pub async fn load_stored<C: ConnectionTrait>(
+    db: &C,
+    store: &str,
+    table: &str,
+    keys: &[String],
+) -> Result<HashMap<String, StoredState>> {
     let mut out = HashMap::with_capacity(keys.len());
     if !keys.is_empty() {
         custom_plans(db).await?;
@@ -65,7 +83,7 @@ pub async fn load_states<C: ConnectionTrait>(
             .to_owned();
         for r in db.query_all(&q).await? {
             let key: String = r.try_get("", "pk")?;
-            out.insert(key, decode_state(&r)?);
+            out.insert(key, StoredState::decode(&r)?);
         }
     }
     Ok(out)
@@ -150,18 +168,109 @@ fn key_in(backend: DbBackend, keys: &[String]) -> Result<sea_orm::sea_query::Sim
     })
 }
 
-/// Decode the `vals`, `clocks` and `deleted_at` columns of a row.
+/// Decode the `vals`, `clocks` and `deleted_at` columns of a row of a store
+/// whose states take no values from elsewhere.
 pub fn decode_state(r: &sea_orm::QueryResult) -> Result<RowState> {
-    let vals: String = r.try_get("", "vals")?;
-    let clocks: String = r.try_get("", "clocks")?;
-    let deleted_at: Option<String> = r.try_get("", "deleted_at")?;
-    let vals: BTreeMap<String, sea_orm::Value> = serde_json::from_str(&vals)?;
-    let clocks = decode_clocks(&clocks, &vals)?;
-    Ok(RowState {
-        vals,
-        clocks,
-        deleted_at: deleted_at.map(|d| d.parse()).transpose()?,
-    })
+    Ok(StoredState::decode(r)?.resolve(None)?.0)
+}
+
+/// A row state as stored: the values it holds itself, and the log entry
+/// (by hub sequence) the others come from.
+///
+/// A hub's state would otherwise repeat the values of the log entry that
+/// wrote them (for a row written by one insert, every value): it keeps, in
+/// `vals` under the key `""` (no column has an empty name), the sequence of
+/// one entry of the log, and only the values that entry does not hold.
+/// Replicas' states hold every value.
+#[derive(Debug)]
+pub struct StoredState {
+    vals: BTreeMap<String, sea_orm::Value>,
+    clocks: String,
+    deleted_at: Option<Hlc>,
+    /// The log entry the values not in `vals` come from.
+    pub reference: Option<u64>,
+}
+
+/// The columns a state takes from its log entry, each with its clock: what
+/// [`save_states_referring`] needs to tell whether they still hold that
+/// entry's values.
+pub type Referred = (u64, Vec<(String, Hlc)>);
+
+impl StoredState {
+    /// Decode the `vals`, `clocks` and `deleted_at` columns of a row.
+    pub fn decode(r: &sea_orm::QueryResult) -> Result<StoredState> {
+        let vals: String = r.try_get("", "vals")?;
+        let clocks: String = r.try_get("", "clocks")?;
+        let deleted_at: Option<String> = r.try_get("", "deleted_at")?;
+        let mut vals: BTreeMap<String, sea_orm::Value> = serde_json::from_str(&vals)?;
+        let reference = match vals.remove(SHARED) {
+            None => None,
+            Some(sea_orm::Value::BigInt(Some(seq))) if seq > 0 => Some(seq as u64),
+            Some(v) => {
+                return Err(crate::Error::Corrupt(format!(
+                    "row state refers to log entry {v:?}"
+                )));
+            }
+        };
+        Ok(StoredState {
+            vals,
+            clocks,
+            deleted_at: deleted_at.map(|d| d.parse()).transpose()?,
+            reference,
+        })
+    }
+
+    /// The full state, given the columns of the log entry it refers to (if
+    /// it refers to one), and what it took from that entry.
+    ///
+    /// # Errors
+    /// [`crate::Error::Corrupt`] when the state refers to an entry and
+    /// `entry` is `None` (the entry is missing).
+    pub fn resolve(
+        self,
+        entry: Option<&[(String, sea_orm::Value)]>,
+    ) -> Result<(RowState, Option<Referred>)> {
+        let StoredState {
+            mut vals,
+            clocks,
+            deleted_at,
+            reference,
+        } = self;
+        let mut taken = Vec::new();
+        if let Some(seq) = reference {
+            let entry = entry.ok_or_else(|| {
+                crate::Error::Corrupt(format!("row state refers to a missing log entry {seq}"))
+            })?;
+            for (c, v) in entry {
+                if !vals.contains_key(c) {
+                    vals.insert(c.clone(), v.clone());
+                    taken.push(c.clone());
+                }
+            }
+        }
+        let clocks = decode_clocks(&clocks, &vals)?;
+        let referred = match reference {
+            Some(seq) => {
+                let mut cols = Vec::with_capacity(taken.len());
+                for c in taken {
+                    let h = *clocks.get(&c).ok_or_else(|| {
+                        crate::Error::Corrupt(format!("row state without a clock for `{c}`"))
+                    })?;
+                    cols.push((c, h));
+                }
+                Some((seq, cols))
+            }
+            None => None,
+        };
+        Ok((
+            RowState {
+                vals,
+                clocks,
+                deleted_at,
+            },
+            referred,
+        ))
+    }
 }
 
 /// The key under which [`encode_clocks`] stores the clock most columns share
@@ -217,13 +326,37 @@ pub fn decode_clocks(
     Ok(clocks)
 }
 
-/// Insert or replace the states of rows of `table` (one statement per 200
-/// rows).
+/// Insert or replace the states of rows of `table` (multi-row statements),
+/// every value held by the state itself.
 pub async fn save_states<C: ConnectionTrait>(
     db: &C,
     store: &str,
     table: &str,
     states: &[(String, RowState)],
+) -> Result<()> {
+    let rows: Vec<(&str, &RowState, Option<Referral<'_>>)> =
+        states.iter().map(|(k, s)| (k.as_str(), s, None)).collect();
+    save_states_referring(db, store, table, &rows).await
+}
+
+/// The log entry a saved state takes some values from, and which columns.
+#[derive(Clone, Copy, Debug)]
+pub struct Referral<'a> {
+    /// The entry's hub sequence.
+    pub seq: u64,
+    /// The columns whose value the state takes from it (the entry holds
+    /// exactly the state's value for each).
+    pub columns: &'a [String],
+}
+
+/// Insert or replace the states of rows of `table`; a state with a
+/// [`Referral`] leaves out the values its log entry holds (see
+/// [`StoredState`]).
+pub async fn save_states_referring<C: ConnectionTrait>(
+    db: &C,
+    store: &str,
+    table: &str,
+    states: &[(&str, &RowState, Option<Referral<'_>>)],
 ) -> Result<()> {
     let mut template = Query::insert();
     template
@@ -235,14 +368,27 @@ pub async fn save_states<C: ConnectionTrait>(
                 .to_owned(),
         );
     let mut rows = Vec::with_capacity(states.len());
-    for (key, s) in states {
-        let vals = serde_json::to_string(&s.vals)?;
+    for (key, s, referral) in states {
+        let vals = match referral {
+            None => serde_json::to_string(&s.vals)?,
+            Some(r) => {
+                let reference = sea_orm::Value::BigInt(Some(r.seq as i64));
+                let mut own: BTreeMap<&str, &sea_orm::Value> = s
+                    .vals
+                    .iter()
+                    .filter(|(c, _)| !r.columns.contains(c))
+                    .map(|(c, v)| (c.as_str(), v))
+                    .collect();
+                own.insert(SHARED, &reference);
+                serde_json::to_string(&own)?
+            }
+        };
         let clocks = encode_clocks(&s.clocks, &s.vals)?;
         let size = key.len() + vals.len() + clocks.len() + 80;
         rows.push((
             vec![
-                table.into(),
-                key.clone().into(),
+                (*table).into(),
+                (*key).into(),
                 vals.into(),
                 clocks.into(),
                 s.deleted_at.map(|d| d.to_string()).into(),

@@ -9,6 +9,16 @@
 //! with consecutive hub sequence numbers, record the origin's progress,
 //! commit. Because the sequence is assigned and committed under one lock, a
 //! puller reading `hub_seq > cursor` never skips a change that commits late.
+//!
+//! A row state does not repeat the values of the log: it refers to one log
+//! entry (the one that holds most of its current values: the insert, for a
+//! row written once) and stores only the values that entry does not hold
+//! ([`store::StoredState`]). Loading states, and the snapshot, read the
+//! referred entries back. The log is therefore never pruned.
+//!
+//! When the hub refuses a change of a batch, the push rolls back and goes
+//! again change by change, each in a savepoint, to halt or park exactly the
+//! refused ones.
 
 pub mod ddl;
 
@@ -28,8 +38,10 @@ use sync_core::backend::{
 use sync_core::conflict::{self, ColumnConflict};
 use sync_core::schema::utf8mb4;
 use sync_core::store;
-use sync_core::value::{approx_size, check_value, parse_pk_key, pk_key};
-use sync_core::{Change, ChangeId, ConflictPolicy, Error, NodeId, Op, Result, RowState, TableSpec};
+use sync_core::value::{approx_size, check_value, parse_pk_key, pk_key, same_value};
+use sync_core::{
+    Change, ChangeId, ConflictPolicy, Error, Hlc, NodeId, Op, Result, RowState, TableSpec,
+};
 use tokio::sync::RwLock;
 
 use ddl::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
@@ -204,6 +216,9 @@ struct Push<'a> {
     specs: &'a [TableSpec],
     next_seq: u64,
     states: HashMap<(String, String), RowState>,
+    /// The log entry each state takes values from, and which (see
+    /// [`store::StoredState`]).
+    referred: HashMap<(String, String), store::Referred>,
     /// Concurrent edits held back (manual and custom policies).
     held: Vec<ColumnConflict>,
     /// Concurrent edits settled by the clock (merge policy).
@@ -217,6 +232,7 @@ impl<'a> Push<'a> {
             specs,
             next_seq,
             states: HashMap::new(),
+            referred: HashMap::new(),
             held: Vec::new(),
             settled: Vec::new(),
         }
@@ -226,6 +242,7 @@ impl<'a> Push<'a> {
     fn absorb(&mut self, sub: Push<'_>) {
         self.next_seq = sub.next_seq;
         self.states = sub.states;
+        self.referred = sub.referred;
         self.held.extend(sub.held);
         self.settled.extend(sub.settled);
     }
@@ -247,10 +264,14 @@ impl<'a> Push<'a> {
             keyed.push((c, key));
         }
         for (table, keys) in missing {
-            let loaded = store::load_states(self.tx, HUB_ROWS, table, &keys).await?;
+            let mut loaded = load_hub_states(self.tx, table, &keys).await?;
             for k in keys {
-                let s = loaded.get(&k).cloned().unwrap_or_default();
-                self.states.entry((table.to_owned(), k)).or_insert(s);
+                let (s, referred) = loaded.remove(&k).unwrap_or_default();
+                let id = (table.to_owned(), k);
+                if let Some(r) = referred {
+                    self.referred.insert(id.clone(), r);
+                }
+                self.states.entry(id).or_insert(s);
             }
         }
         // Merge in order; remember each touched row's state before.
@@ -315,8 +336,57 @@ impl<'a> Push<'a> {
         for (spec, dead) in deletes.iter().rev() {
             apply::delete_rows(self.tx, spec, dead).await?;
         }
+        // States refer to the log entry that holds most of their values:
+        // the one they referred to, or the last one logged here for the row.
+        let first_seq = self.next_seq;
+        let mut last_entry: HashMap<(&str, &str), (u64, &Change)> = HashMap::new();
+        for (i, ((_, key), logged)) in keyed.iter().zip(&logged).enumerate() {
+            let seq = first_seq + i as u64;
+            last_entry.insert(
+                (logged.table.as_str(), key.as_str()),
+                (seq, logged.as_ref()),
+            );
+        }
         for (table, states) in saved {
-            store::save_states(self.tx, HUB_ROWS, table, &states).await?;
+            let mut rows = Vec::with_capacity(states.len());
+            for (key, state) in &states {
+                let id = (table.to_owned(), key.clone());
+                let kept = self.referred.get(&id).map(|(seq, cols)| {
+                    let cols: Vec<(String, Hlc)> = cols
+                        .iter()
+                        .filter(|(c, h)| state.clocks.get(c) == Some(h))
+                        .cloned()
+                        .collect();
+                    (*seq, cols)
+                });
+                let fresh = last_entry
+                    .get(&(table, key.as_str()))
+                    .map(|(seq, c)| (*seq, held_values(state, c)));
+                let best = [kept, fresh]
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, cols)| !cols.is_empty())
+                    .max_by_key(|(seq, cols)| (cols.len(), *seq));
+                match best {
+                    Some(r) => self.referred.insert(id, r),
+                    None => self.referred.remove(&id),
+                };
+            }
+            let names: Vec<Option<(u64, Vec<String>)>> = states
+                .iter()
+                .map(|(key, _)| {
+                    self.referred
+                        .get(&(table.to_owned(), key.clone()))
+                        .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.clone()).collect()))
+                })
+                .collect();
+            for ((key, state), r) in states.iter().zip(&names) {
+                let referral = r
+                    .as_ref()
+                    .map(|(seq, columns)| store::Referral { seq: *seq, columns });
+                rows.push((key.as_str(), state, referral));
+            }
+            store::save_states_referring(self.tx, HUB_ROWS, table, &rows).await?;
         }
         // Log.
         let mut template = Query::insert();
@@ -343,6 +413,66 @@ impl<'a> Push<'a> {
         }
         Ok(())
     }
+}
+
+/// The columns of `change` whose value and clock `state` holds: what a
+/// state referring to the change's log entry can leave out.
+fn held_values(state: &RowState, change: &Change) -> Vec<(String, Hlc)> {
+    let mut out: Vec<(String, Hlc)> = Vec::new();
+    for (c, v) in &change.columns {
+        if out.iter().any(|(n, _)| n == c) {
+            continue; // a column listed twice: the first value counts
+        }
+        let held = state.clocks.get(c) == Some(&change.hlc)
+            && state.vals.get(c).is_some_and(|s| same_value(s, v));
+        if held {
+            out.push((c.clone(), change.hlc));
+        }
+    }
+    out
+}
+
+/// The hub's states of `keys` of `table`, with the values they take from
+/// log entries filled in.
+async fn load_hub_states<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    keys: &[String],
+) -> Result<HashMap<String, (RowState, Option<store::Referred>)>> {
+    let stored = store::load_stored(db, HUB_ROWS, table, keys).await?;
+    let seqs: Vec<u64> = stored.values().filter_map(|s| s.reference).collect();
+    let entries = log_columns(db, &seqs).await?;
+    stored
+        .into_iter()
+        .map(|(k, s)| {
+            let entry = s.reference.and_then(|seq| entries.get(&seq));
+            Ok((k, s.resolve(entry.map(Vec::as_slice))?))
+        })
+        .collect()
+}
+
+/// The columns (names and values) of the log entries `seqs`.
+async fn log_columns<C: ConnectionTrait>(
+    db: &C,
+    seqs: &[u64],
+) -> Result<HashMap<u64, Vec<(String, Value)>>> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = HashMap::with_capacity(sorted.len());
+    for chunk in sorted.chunks(500) {
+        let q = Query::select()
+            .columns(["hub_seq", "payload"].map(Alias::new))
+            .from(Alias::new(CHANGES))
+            .and_where(Expr::col(Alias::new("hub_seq")).is_in(chunk.iter().map(|s| *s as i64)))
+            .to_owned();
+        for r in db.query_all(&q).await? {
+            let seq: i64 = r.try_get("", "hub_seq")?;
+            let payload: String = r.try_get("", "payload")?;
+            out.insert(seq as u64, serde_json::from_str(&payload)?);
+        }
+    }
+    Ok(out)
 }
 
 async fn set_applied<C: ConnectionTrait>(
@@ -493,13 +623,22 @@ impl Backend for SqlBackend {
             }
         }
         let rows = self.db.query_all(&q).await.map_err(offline)?;
+        let stored = rows
+            .iter()
+            .map(store::StoredState::decode)
+            .collect::<Result<Vec<_>>>()?;
+        let seqs: Vec<u64> = stored.iter().filter_map(|s| s.reference).collect();
+        let entries = log_columns(&self.db, &seqs)
+            .await
+            .map_err(Error::or_offline)?;
         let specs = self.tables.read().await;
         let mut page = SnapshotPage::default();
         let mut last = None;
-        for r in &rows {
+        for (r, stored) in rows.iter().zip(stored) {
             let tbl: String = r.try_get("", "tbl")?;
             let key: String = r.try_get("", "pk")?;
-            let state = store::decode_state(r)?;
+            let entry = stored.reference.and_then(|seq| entries.get(&seq));
+            let (state, _) = stored.resolve(entry.map(Vec::as_slice))?;
             let values = parse_pk_key(&key)?;
             let names: Vec<String> = match specs.iter().find(|s| s.name == tbl) {
                 Some(s) => s.pk_names(),
@@ -599,6 +738,7 @@ impl SqlBackend {
                         let sp = tx.begin().await?;
                         let mut sub = Push::new(&sp, &specs, push.next_seq);
                         sub.states = push.states.clone();
+                        sub.referred = push.referred.clone();
                         match sub.apply(&[*c]).await {
                             Ok(()) => {
                                 push.absorb(sub);
