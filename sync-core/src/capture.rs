@@ -317,7 +317,9 @@ pub(crate) async fn seal_table(
     for (pk, vals) in table.rows(tx, &pks).await? {
         current.insert(pk_key(&pk)?, vals);
     }
-    let shadows = store::load_states(tx, ROWS, &spec.name, &keys).await?;
+    // Markers are keyed by row, so each row is sealed once here: its row
+    // and shadow are taken out of the maps, not copied.
+    let mut shadows = store::load_states(tx, ROWS, &spec.name, &keys).await?;
 
     let mut outbox: Vec<(Vec<SimpleExpr>, usize)> = Vec::new();
     let mut new_states: Vec<(String, RowState)> = Vec::new();
@@ -327,7 +329,8 @@ pub(crate) async fn seal_table(
     for (marker, key) in markers.iter().zip(&keys) {
         report.examined += 1;
         let row = current.get(key).map(Vec::as_slice);
-        let shadow = shadows.get(key);
+        let taken = shadows.remove(key);
+        let shadow = taken.as_ref();
         let diffed = diff(spec, row, shadow);
         let deferred = matches!(
             (&diffed, phase),
@@ -388,8 +391,6 @@ pub(crate) async fn seal_table(
         state.next_seq += 1;
         appended += 1;
 
-        let mut next = shadow.cloned().unwrap_or_default();
-        next.apply(&change);
         let size = change
             .columns
             .iter()
@@ -397,6 +398,13 @@ pub(crate) async fn seal_table(
             .sum::<usize>()
             + 200;
         outbox.push((outbox_row(&change)?, size));
+        let next = match taken {
+            Some(mut next) => {
+                next.apply(&change);
+                next
+            }
+            None => RowState::of_change(change),
+        };
         new_states.push((key.clone(), next));
     }
 

@@ -86,9 +86,10 @@ pub fn is_concurrent(current: Option<Hlc>, base: Option<Hlc>) -> bool {
 /// The outcome of applying a change under a policy.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Applied {
-    /// Columns of the change that were applied (all but held ones); the
-    /// change as passed on to other replicas carries only these.
-    pub columns: Vec<(String, Value)>,
+    /// Columns of the change held back (`manual` and custom policies): the
+    /// change as passed on to other replicas leaves them out. Every other
+    /// column was applied.
+    pub held: Vec<String>,
     /// Conflicts met: settled by the clock (`merge`) or held (`manual`).
     pub conflicts: Vec<ColumnConflict>,
     /// Whether the state changed.
@@ -100,7 +101,6 @@ pub fn apply(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> A
     let mut out = Applied::default();
     if change.op == Op::Delete || policy == ConflictPolicy::Lww || change.base.is_empty() {
         out.changed = state.apply(change);
-        out.columns = change.columns.clone();
         return out;
     }
     for (column, value) in &change.columns {
@@ -123,11 +123,11 @@ pub fn apply(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> A
                 remote_clock: current,
             });
             if policy.holds_conflicts() {
+                out.held.push(column.clone());
                 continue;
             }
         }
         out.changed |= state.set(column, value, change.hlc);
-        out.columns.push((column.clone(), value.clone()));
     }
     out
 }
@@ -228,7 +228,7 @@ mod tests {
             &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Manual,
         );
-        assert!(r.columns.is_empty(), "held back, not passed on");
+        assert_eq!(r.held, ["phone"], "held back, not passed on");
         let c = &r.conflicts[0];
         assert_eq!(
             (c.base.clone(), c.local.clone(), c.remote.clone()),

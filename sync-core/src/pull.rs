@@ -8,6 +8,8 @@
 //! advance the pull cursor, and commit. A crash anywhere rolls all of it back;
 //! the batch is pulled again and merging is idempotent.
 
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockType, OnConflict, Query, ValueTuple};
@@ -164,7 +166,7 @@ async fn park(tx: &DatabaseTransaction, deltas: &[&Delta], reason: &str) -> Resu
 struct TableWrite<'a> {
     spec: &'a TableSpec,
     /// New states (live and dead) by key.
-    states: Vec<(String, RowState)>,
+    states: Vec<(String, Cow<'a, RowState>)>,
     /// Keys of rows to delete.
     dead: Vec<Vec<Value>>,
 }
@@ -268,25 +270,42 @@ pub(crate) async fn apply_deltas(
         } else {
             Vec::new()
         };
-        let mut after: HashMap<&str, RowState> = HashMap::new();
+        // A row that only one delta writes and that has no state here takes
+        // the delta's state as it is (merging it into nothing is the
+        // identity), without copying its values.
+        let mut after: HashMap<&str, Cow<'_, RowState>> = HashMap::new();
         let mut pks: HashMap<&str, &Vec<Value>> = HashMap::new();
         let mut sources: HashMap<&str, Vec<&Delta>> = HashMap::new();
         for (d, key) in ds.iter().zip(&keys) {
-            let s = after
-                .entry(key.as_str())
-                .or_insert_with(|| before.get(key).cloned().unwrap_or_default());
-            if held.iter().any(|(k, _)| k == key) {
-                let mut incoming = d.state.clone();
-                for (_, col) in held.iter().filter(|(k, _)| k == key) {
-                    if let (Some(v), Some(h)) =
-                        (incoming.vals.remove(col), incoming.clocks.remove(col))
-                    {
-                        crate::resolve::update_remote(&tx, &spec.name, key, col, &v, h).await?;
-                    }
+            let is_held = held.iter().any(|(k, _)| k == key);
+            let s = match after.entry(key.as_str()) {
+                Entry::Vacant(e)
+                    if !is_held
+                        && !before.contains_key(key)
+                        && d.state.clocks.keys().eq(d.state.vals.keys()) =>
+                {
+                    e.insert(Cow::Borrowed(&d.state));
+                    None
                 }
-                s.merge(&incoming);
-            } else {
-                s.merge(&d.state);
+                e => Some(
+                    e.or_insert_with(|| Cow::Owned(before.get(key).cloned().unwrap_or_default()))
+                        .to_mut(),
+                ),
+            };
+            if let Some(s) = s {
+                if is_held {
+                    let mut incoming = d.state.clone();
+                    for (_, col) in held.iter().filter(|(k, _)| k == key) {
+                        if let (Some(v), Some(h)) =
+                            (incoming.vals.remove(col), incoming.clocks.remove(col))
+                        {
+                            crate::resolve::update_remote(&tx, &spec.name, key, col, &v, h).await?;
+                        }
+                    }
+                    s.merge(&incoming);
+                } else {
+                    s.merge(&d.state);
+                }
             }
             if let Some(h) = d.state.max_clock() {
                 state.clock.observe(h, wall);
@@ -333,7 +352,7 @@ pub(crate) async fn apply_deltas(
         let rows: Vec<&RowState> = w
             .states
             .iter()
-            .map(|(_, s)| s)
+            .map(|(_, s)| s.as_ref())
             .filter(|s| s.is_live())
             .collect();
         apply::upsert_rows(&tx, w.spec, &rows).await?;
@@ -342,7 +361,12 @@ pub(crate) async fn apply_deltas(
         apply::delete_rows(&tx, w.spec, &w.dead).await?;
     }
     for w in &writes {
-        store::save_states(&tx, ROWS, &w.spec.name, &w.states).await?;
+        let states: Vec<_> = w
+            .states
+            .iter()
+            .map(|(k, s)| (k.as_str(), s.as_ref(), None))
+            .collect();
+        store::save_states_referring(&tx, ROWS, &w.spec.name, &states).await?;
     }
     schema::upsert_meta(&tx, cursor_key, cursor).await?;
     state.save(&tx).await?;

@@ -221,14 +221,15 @@ impl StoredState {
     }
 
     /// The full state, given the columns of the log entry it refers to (if
-    /// it refers to one), and what it took from that entry.
+    /// it refers to one; they are moved in, not copied), and what it took
+    /// from that entry.
     ///
     /// # Errors
     /// [`crate::Error::Corrupt`] when the state refers to an entry and
     /// `entry` is `None` (the entry is missing).
     pub fn resolve(
         self,
-        entry: Option<&[(String, sea_orm::Value)]>,
+        entry: Option<Vec<(String, sea_orm::Value)>>,
     ) -> Result<(RowState, Option<Referred>)> {
         let StoredState {
             mut vals,
@@ -242,9 +243,9 @@ impl StoredState {
                 crate::Error::Corrupt(format!("row state refers to a missing log entry {seq}"))
             })?;
             for (c, v) in entry {
-                if !vals.contains_key(c) {
-                    vals.insert(c.clone(), v.clone());
-                    taken.push(c.clone());
+                if let std::collections::btree_map::Entry::Vacant(e) = vals.entry(c) {
+                    taken.push(e.key().clone());
+                    e.insert(v);
                 }
             }
         }

@@ -295,10 +295,8 @@ impl<'a> Push<'a> {
             } else {
                 // Pass on only what was applied; report the conflicts.
                 let mut passed = (*c).clone();
-                passed
-                    .base
-                    .retain(|b| applied.columns.iter().any(|(n, _)| *n == b.column));
-                passed.columns = applied.columns;
+                passed.base.retain(|b| !applied.held.contains(&b.column));
+                passed.columns.retain(|(n, _)| !applied.held.contains(n));
                 logged.push(Cow::Owned(passed));
                 if policy.holds_conflicts() {
                     self.held.extend(applied.conflicts);
@@ -309,7 +307,9 @@ impl<'a> Push<'a> {
         }
         // Write rows: upserts in table order, then deletes in reverse.
         let mut deletes: Vec<(&TableSpec, Vec<Vec<Value>>)> = Vec::new();
-        let mut saved: Vec<(&str, Vec<(String, RowState)>)> = Vec::new();
+        // Keys of the rows whose state changed, by table; the states stay
+        // in `self.states` (not copied).
+        let mut saved: Vec<(&str, Vec<String>)> = Vec::new();
         for spec in self.specs {
             let mut live = Vec::new();
             let mut dead = Vec::new();
@@ -327,7 +327,7 @@ impl<'a> Push<'a> {
                 } else if old.is_live() {
                     dead.push(parse_pk_key(key)?);
                 }
-                states.push((key.clone(), new.clone()));
+                states.push(key.clone());
             }
             apply::upsert_rows(self.tx, spec, &live).await?;
             deletes.push((spec, dead));
@@ -347,10 +347,15 @@ impl<'a> Push<'a> {
                 (seq, logged.as_ref()),
             );
         }
-        for (table, states) in saved {
-            let mut rows = Vec::with_capacity(states.len());
-            for (key, state) in &states {
+        for (table, keys) in saved {
+            let mut states: Vec<(&String, &RowState)> = Vec::with_capacity(keys.len());
+            for key in &keys {
                 let id = (table.to_owned(), key.clone());
+                let state = self
+                    .states
+                    .get(&id)
+                    .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
+                states.push((key, state));
                 let kept = self.referred.get(&id).map(|(seq, cols)| {
                     let cols: Vec<(String, Hlc)> = cols
                         .iter()
@@ -376,11 +381,12 @@ impl<'a> Push<'a> {
                 .iter()
                 .map(|(key, _)| {
                     self.referred
-                        .get(&(table.to_owned(), key.clone()))
+                        .get(&(table.to_owned(), (*key).clone()))
                         .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.clone()).collect()))
                 })
                 .collect();
-            for ((key, state), r) in states.iter().zip(&names) {
+            let mut rows = Vec::with_capacity(states.len());
+            for ((key, state), r) in states.into_iter().zip(&names) {
                 let referral = r
                     .as_ref()
                     .map(|(seq, columns)| store::Referral { seq: *seq, columns });
@@ -441,12 +447,13 @@ async fn load_hub_states<C: ConnectionTrait>(
 ) -> Result<HashMap<String, (RowState, Option<store::Referred>)>> {
     let stored = store::load_stored(db, HUB_ROWS, table, keys).await?;
     let seqs: Vec<u64> = stored.values().filter_map(|s| s.reference).collect();
-    let entries = log_columns(db, &seqs).await?;
+    // Each entry is of one row, so one state at most refers to it.
+    let mut entries = log_columns(db, &seqs).await?;
     stored
         .into_iter()
         .map(|(k, s)| {
-            let entry = s.reference.and_then(|seq| entries.get(&seq));
-            Ok((k, s.resolve(entry.map(Vec::as_slice))?))
+            let entry = s.reference.and_then(|seq| entries.remove(&seq));
+            Ok((k, s.resolve(entry)?))
         })
         .collect()
 }
@@ -628,7 +635,8 @@ impl Backend for SqlBackend {
             .map(store::StoredState::decode)
             .collect::<Result<Vec<_>>>()?;
         let seqs: Vec<u64> = stored.iter().filter_map(|s| s.reference).collect();
-        let entries = log_columns(&self.db, &seqs)
+        // Each entry is of one row, so one state at most refers to it.
+        let mut entries = log_columns(&self.db, &seqs)
             .await
             .map_err(Error::or_offline)?;
         let specs = self.tables.read().await;
@@ -637,8 +645,8 @@ impl Backend for SqlBackend {
         for (r, stored) in rows.iter().zip(stored) {
             let tbl: String = r.try_get("", "tbl")?;
             let key: String = r.try_get("", "pk")?;
-            let entry = stored.reference.and_then(|seq| entries.get(&seq));
-            let (state, _) = stored.resolve(entry.map(Vec::as_slice))?;
+            let entry = stored.reference.and_then(|seq| entries.remove(&seq));
+            let (state, _) = stored.resolve(entry)?;
             let values = parse_pk_key(&key)?;
             let names: Vec<String> = match specs.iter().find(|s| s.name == tbl) {
                 Some(s) => s.pk_names(),
