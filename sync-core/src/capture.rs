@@ -220,13 +220,16 @@ impl SealState {
     pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
         schema::LOCAL_META.lock(tx, "next_seq").await?;
         store::custom_plans(tx).await?;
-        let next_seq = schema::read_meta(tx, "next_seq")
-            .await?
+        let mut meta = schema::LOCAL_META
+            .read_many(tx, &["next_seq", "hlc"])
+            .await?;
+        let next_seq = meta
+            .remove("next_seq")
             .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;
         let next_seq = next_seq
             .parse()
             .map_err(|_| Error::Corrupt(format!("next_seq `{next_seq}` is not a number")))?;
-        let last = match schema::read_meta(tx, "hlc").await? {
+        let last = match meta.remove("hlc") {
             Some(s) if !s.is_empty() => Some(s.parse()?),
             _ => None,
         };
@@ -241,13 +244,26 @@ impl SealState {
 
     /// Persist sequence and clock, where they moved.
     pub(crate) async fn save(&self, tx: &DatabaseTransaction) -> Result<()> {
+        self.save_with(tx, &[]).await
+    }
+
+    /// Persist sequence and clock where they moved, and `more` metadata,
+    /// in one statement.
+    pub(crate) async fn save_with(
+        &self,
+        tx: &DatabaseTransaction,
+        more: &[(&str, &str)],
+    ) -> Result<()> {
+        let next_seq = self.next_seq.to_string();
+        let hlc = self.clock.last().to_string();
+        let mut values = more.to_vec();
         if self.next_seq != self.loaded.0 {
-            schema::write_meta(tx, "next_seq", &self.next_seq.to_string()).await?;
+            values.push(("next_seq", &next_seq));
         }
         if self.clock.last() != self.loaded.1 {
-            schema::write_meta(tx, "hlc", &self.clock.last().to_string()).await?;
+            values.push(("hlc", &hlc));
         }
-        Ok(())
+        schema::LOCAL_META.upsert_many(tx, &values).await
     }
 }
 

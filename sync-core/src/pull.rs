@@ -101,11 +101,20 @@ pub(crate) async fn seal_all(
     report: &mut CaptureReport,
 ) -> Result<()> {
     const BATCH: u64 = 500;
+    // A table without any marker in the first phase has none to delete.
+    let mut unmarked = Vec::new();
     for (phase, table) in capture::phases(tables) {
+        let name = &table.spec().name;
+        if phase == capture::Phase::Deletes && unmarked.contains(&name) {
+            continue;
+        }
         let mut skip = 0u64;
         loop {
             let sealed =
                 capture::seal_table(tx, table.as_ref(), state, BATCH, skip, phase, report).await?;
+            if skip == 0 && sealed.read == 0 {
+                unmarked.push(name);
+            }
             skip += sealed.kept as u64;
             if sealed.read < BATCH as usize || sealed.read == sealed.kept {
                 break;
@@ -368,8 +377,7 @@ pub(crate) async fn apply_deltas(
             .collect();
         store::save_states_referring(&tx, ROWS, &w.spec.name, &states).await?;
     }
-    schema::upsert_meta(&tx, cursor_key, cursor).await?;
-    state.save(&tx).await?;
+    state.save_with(&tx, &[(cursor_key, cursor)]).await?;
     end_applying(&tx).await?;
     tx.commit().await?;
     Ok(report)

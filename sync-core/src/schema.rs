@@ -21,6 +21,8 @@ use sea_orm::sea_query::{
     Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Query, StringLen, Table,
     TableCreateStatement,
 };
+use std::collections::HashMap;
+
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::change::TableSpec;
@@ -404,6 +406,49 @@ impl Meta {
             .to_owned();
         let row = db.query_one(&stmt).await?;
         Ok(row.map(|r| r.try_get::<String>("", "value")).transpose()?)
+    }
+
+    /// Read several values in one statement; keys without a value are
+    /// absent from the map.
+    pub async fn read_many<C: ConnectionTrait>(
+        self,
+        db: &C,
+        keys: &[&str],
+    ) -> Result<HashMap<String, String>> {
+        let stmt = Query::select()
+            .columns([Alias::new("key"), Alias::new("value")])
+            .from(Alias::new(self.0))
+            .and_where(Expr::col(Alias::new("key")).is_in(keys.iter().copied()))
+            .to_owned();
+        let mut out = HashMap::with_capacity(keys.len());
+        for r in db.query_all(&stmt).await? {
+            out.insert(r.try_get("", "key")?, r.try_get("", "value")?);
+        }
+        Ok(out)
+    }
+
+    /// Insert or overwrite several values in one statement.
+    pub async fn upsert_many<C: ConnectionTrait>(
+        self,
+        db: &C,
+        values: &[(&str, &str)],
+    ) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = Query::insert();
+        stmt.into_table(Alias::new(self.0))
+            .columns([Alias::new("key"), Alias::new("value")])
+            .on_conflict(
+                OnConflict::column(Alias::new("key"))
+                    .update_column(Alias::new("value"))
+                    .to_owned(),
+            );
+        for (k, v) in values {
+            stmt.values_panic([(*k).into(), (*v).into()]);
+        }
+        db.execute(&stmt).await?;
+        Ok(())
     }
 
     /// Insert a value unless the key exists (safe when two processes
