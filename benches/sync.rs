@@ -27,7 +27,8 @@ use sea_orm::{
     ModelTrait, Schema, TransactionTrait, Value,
 };
 use tidesync::backends::{Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend};
-use tidesync::{Change, Replica, SyncEngine, SyncReport, TableSpec};
+use tidesync::core::change::STORED_COLUMNS;
+use tidesync::{Change, ChangeId, Hlc, NodeId, Op, Replica, SyncEngine, SyncReport, TableSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -263,6 +264,63 @@ async fn raw_batched(db: &DatabaseConnection, table: &str, rows: u64) -> Res<Dur
         let q = upsert(table, (i..i + n).map(contact));
         let tx = db.begin().await?;
         tx.execute(&q).await?;
+        tx.commit().await?;
+        i += n;
+    }
+    Ok(started.elapsed())
+}
+
+/// The least any hub that keeps a change log must write, as a floor for
+/// `push`: each batch of rows exactly as [`raw_batched`] writes it and, in
+/// the same transaction, one multi-row insert of their log entries into a
+/// copy of the hub's log table, each holding its row's values encoded as
+/// tidesync encodes a change. No row metadata, no merge, no bookkeeping:
+/// what any design that keeps the change log writes at least.
+async fn raw_with_log(db: &DatabaseConnection, table: &str, log: &str, rows: u64) -> Res<Duration> {
+    let cols: Vec<contacts::Column> = contacts::Column::iter().collect();
+    let node = NodeId::random();
+    let started = Instant::now();
+    let mut i = 0;
+    while i < rows {
+        let n = Ord::min(BATCH, rows - i);
+        let models: Vec<contacts::Model> = (i..i + n).map(contact).collect();
+        let mut entries = Query::insert();
+        entries.into_table(Alias::new(log)).columns(
+            ["hub_seq", "origin", "origin_seq"]
+                .into_iter()
+                .chain(STORED_COLUMNS)
+                .map(Alias::new),
+        );
+        for (j, m) in (i..).zip(&models) {
+            let seq = j + 1;
+            let change = Change {
+                id: ChangeId { origin: node, seq },
+                table: "contacts".into(),
+                pk: vec![("id".into(), m.id.into())],
+                op: Op::Insert,
+                columns: cols
+                    .iter()
+                    .map(|c| (c.as_str().to_owned(), m.get(*c)))
+                    .collect(),
+                hlc: Hlc {
+                    physical: seq,
+                    logical: 0,
+                    node,
+                },
+                base: Vec::new(),
+            };
+            let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
+                (seq as i64).into(),
+                node.to_string().into(),
+                (seq as i64).into(),
+            ];
+            row.extend(change.stored_values()?);
+            entries.values_panic(row);
+        }
+        let q = upsert(table, models.into_iter());
+        let tx = db.begin().await?;
+        tx.execute(&q).await?;
+        tx.execute(&entries).await?;
         tx.commit().await?;
         i += n;
     }
@@ -767,6 +825,7 @@ impl Results {
 const RAW: &str = "raw batched";
 const RAW_AGAIN: &str = "raw batched (again)";
 const NAIVE: &str = "naive (1 row/stmt)";
+const FLOOR: &str = "raw batched + log (floor)";
 
 // ---------------------------------------------------------------- databases
 
@@ -1049,6 +1108,12 @@ async fn hub_phases(
     out.add(name, RAW, false, Base::Hub, rows, t, None);
     let (n, t) = naive(&db, "naive_contacts", args.naive_rows, args.naive_secs).await?;
     out.add(name, NAIVE, false, Base::Hub, n, t, None);
+    // The floor for push: rows and their log entries, nothing else.
+    clone_table(&db, "contacts", "floor_contacts").await?;
+    clone_table(&db, "_tidesync_changes", "floor_changes").await?;
+    reset_peak();
+    let t = raw_with_log(&db, "floor_contacts", "floor_changes", rows).await?;
+    out.add(name, FLOOR, false, Base::Hub, rows, t, None);
 
     // Push: `rows` changes in the outbox of a replica that knows the hub.
     let pusher = pusher(
