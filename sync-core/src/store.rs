@@ -359,6 +359,20 @@ pub async fn save_states_referring<C: ConnectionTrait>(
     table: &str,
     states: &[(&str, &RowState, Option<Referral<'_>>)],
 ) -> Result<()> {
+    for q in state_statements(store, table, states)? {
+        db.execute(&q).await?;
+    }
+    Ok(())
+}
+
+/// The multi-row upserts of [`save_states_referring`], built without a
+/// database (so that a caller can build them while the database works on
+/// something else).
+pub fn state_statements(
+    store: &str,
+    table: &str,
+    states: &[(&str, &RowState, Option<Referral<'_>>)],
+) -> Result<Vec<sea_orm::sea_query::InsertStatement>> {
     let mut template = Query::insert();
     template
         .into_table(Alias::new(store))
@@ -398,10 +412,7 @@ pub async fn save_states_referring<C: ConnectionTrait>(
             size,
         ));
     }
-    for q in crate::apply::batched(&template, rows) {
-        db.execute(&q).await?;
-    }
-    Ok(())
+    Ok(crate::apply::batched(&template, rows))
 }
 
 #[cfg(test)]

@@ -305,15 +305,17 @@ impl<'a> Push<'a> {
                 }
             }
         }
-        // Write rows: upserts in table order, then deletes in reverse.
+        // Rows to write: upserts in table order, then deletes in reverse.
+        // The states stay in `self.states` (not copied).
+        let backend = self.tx.get_database_backend();
+        let tx = self.tx;
+        let mut upserts: Vec<sea_orm::Statement> = Vec::new();
         let mut deletes: Vec<(&TableSpec, Vec<Vec<Value>>)> = Vec::new();
-        // Keys of the rows whose state changed, by table; the states stay
-        // in `self.states` (not copied).
         let mut saved: Vec<(&str, Vec<String>)> = Vec::new();
         for spec in self.specs {
             let mut live = Vec::new();
             let mut dead = Vec::new();
-            let mut states = Vec::new();
+            let mut keys = Vec::new();
             for ((table, key), old) in &before {
                 if *table != spec.name {
                     continue;
@@ -327,98 +329,154 @@ impl<'a> Push<'a> {
                 } else if old.is_live() {
                     dead.push(parse_pk_key(key)?);
                 }
-                states.push(key.clone());
+                keys.push(key.clone());
             }
-            apply::upsert_rows(self.tx, spec, &live).await?;
+            for q in apply::upsert_statements(spec, &live, backend)? {
+                upserts.push(backend.build(&q));
+            }
             deletes.push((spec, dead));
-            saved.push((&spec.name, states));
+            saved.push((&spec.name, keys));
         }
-        for (spec, dead) in deletes.iter().rev() {
-            apply::delete_rows(self.tx, spec, dead).await?;
-        }
-        // States refer to the log entry that holds most of their values:
-        // the one they referred to, or the last one logged here for the row.
+        // The database writes the rows while the state statements are
+        // built, then the states while the log statements are built
+        // (`biased`: the write is sent before the building starts).
         let first_seq = self.next_seq;
-        let mut last_entry: HashMap<(&str, &str), (u64, &Change)> = HashMap::new();
-        for (i, ((_, key), logged)) in keyed.iter().zip(&logged).enumerate() {
-            let seq = first_seq + i as u64;
-            last_entry.insert(
-                (logged.table.as_str(), key.as_str()),
-                (seq, logged.as_ref()),
-            );
-        }
-        for (table, keys) in saved {
-            let mut states: Vec<(&String, &RowState)> = Vec::with_capacity(keys.len());
-            for key in &keys {
-                let id = (table.to_owned(), key.clone());
-                let state = self
-                    .states
-                    .get(&id)
-                    .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
-                states.push((key, state));
-                let kept = self.referred.get(&id).map(|(seq, cols)| {
-                    let cols: Vec<(String, Hlc)> = cols
-                        .iter()
-                        .filter(|(c, h)| state.clocks.get(c) == Some(h))
-                        .cloned()
-                        .collect();
-                    (*seq, cols)
-                });
-                let fresh = last_entry
-                    .get(&(table, key.as_str()))
-                    .map(|(seq, c)| (*seq, held_values(state, c)));
-                let best = [kept, fresh]
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, cols)| !cols.is_empty())
-                    .max_by_key(|(seq, cols)| (cols.len(), *seq));
-                match best {
-                    Some(r) => self.referred.insert(id, r),
-                    None => self.referred.remove(&id),
-                };
+        let write_rows = async {
+            for stmt in upserts {
+                tx.execute_raw(stmt).await?;
             }
-            let names: Vec<Option<(u64, Vec<String>)>> = states
-                .iter()
-                .map(|(key, _)| {
-                    self.referred
-                        .get(&(table.to_owned(), (*key).clone()))
-                        .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.clone()).collect()))
-                })
-                .collect();
-            let mut rows = Vec::with_capacity(states.len());
-            for ((key, state), r) in states.into_iter().zip(&names) {
-                let referral = r
-                    .as_ref()
-                    .map(|(seq, columns)| store::Referral { seq: *seq, columns });
-                rows.push((key.as_str(), state, referral));
+            for (spec, dead) in deletes.iter().rev() {
+                apply::delete_rows(tx, spec, dead).await?;
             }
-            store::save_states_referring(self.tx, HUB_ROWS, table, &rows).await?;
+            Ok::<_, Error>(())
+        };
+        let (states, referred) = (&self.states, &mut self.referred);
+        let build_states = async {
+            state_statements(
+                states, referred, &saved, &keyed, &logged, first_seq, backend,
+            )
+        };
+        let (wrote, state_stmts) = tokio::join!(biased; write_rows, build_states);
+        wrote?;
+        let write_states = async {
+            for stmt in state_stmts? {
+                tx.execute_raw(stmt).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        let build_log = async { log_statements(&logged, first_seq, backend) };
+        let (wrote, log_stmts) = tokio::join!(biased; write_states, build_log);
+        wrote?;
+        for stmt in log_stmts? {
+            tx.execute_raw(stmt).await?;
         }
-        // Log.
-        let mut template = Query::insert();
-        template.into_table(Alias::new(CHANGES)).columns(
-            ["hub_seq", "origin", "origin_seq"]
-                .into_iter()
-                .chain(STORED_COLUMNS)
-                .map(Alias::new),
-        );
-        let mut rows = Vec::with_capacity(logged.len());
-        for c in &logged {
-            let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
-                (self.next_seq as i64).into(),
-                c.id.origin.to_string().into(),
-                (c.id.seq as i64).into(),
-            ];
-            row.extend(c.stored_values()?);
-            let size = c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>() + 200;
-            rows.push((row, size));
-            self.next_seq += 1;
-        }
-        for q in apply::batched(&template, rows) {
-            self.tx.execute(&q).await?;
-        }
+        self.next_seq = first_seq + logged.len() as u64;
         Ok(())
     }
+}
+
+/// Decide which log entry each saved state refers to (the one that holds
+/// most of its values: the one it referred to, or the last one logged in
+/// this push for the row), and build the statements that save the states.
+fn state_statements(
+    states: &HashMap<(String, String), RowState>,
+    referred: &mut HashMap<(String, String), store::Referred>,
+    saved: &[(&str, Vec<String>)],
+    keyed: &[(&Change, String)],
+    logged: &[Cow<'_, Change>],
+    first_seq: u64,
+    backend: DbBackend,
+) -> Result<Vec<sea_orm::Statement>> {
+    let mut last_entry: HashMap<(&str, &str), (u64, &Change)> = HashMap::new();
+    for (i, ((_, key), logged)) in keyed.iter().zip(logged).enumerate() {
+        let seq = first_seq + i as u64;
+        last_entry.insert(
+            (logged.table.as_str(), key.as_str()),
+            (seq, logged.as_ref()),
+        );
+    }
+    let mut out = Vec::new();
+    for (table, keys) in saved {
+        let table: &str = table;
+        let mut rows_of: Vec<(&String, &RowState)> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let id = (table.to_owned(), key.clone());
+            let state = states
+                .get(&id)
+                .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
+            rows_of.push((key, state));
+            let kept = referred.get(&id).map(|(seq, cols)| {
+                let cols: Vec<(String, Hlc)> = cols
+                    .iter()
+                    .filter(|(c, h)| state.clocks.get(c) == Some(h))
+                    .cloned()
+                    .collect();
+                (*seq, cols)
+            });
+            let fresh = last_entry
+                .get(&(table, key.as_str()))
+                .map(|(seq, c)| (*seq, held_values(state, c)));
+            let best = [kept, fresh]
+                .into_iter()
+                .flatten()
+                .filter(|(_, cols)| !cols.is_empty())
+                .max_by_key(|(seq, cols)| (cols.len(), *seq));
+            match best {
+                Some(r) => referred.insert(id, r),
+                None => referred.remove(&id),
+            };
+        }
+        let names: Vec<Option<(u64, Vec<String>)>> = rows_of
+            .iter()
+            .map(|(key, _)| {
+                referred
+                    .get(&(table.to_owned(), (*key).clone()))
+                    .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.clone()).collect()))
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(rows_of.len());
+        for ((key, state), r) in rows_of.into_iter().zip(&names) {
+            let referral = r
+                .as_ref()
+                .map(|(seq, columns)| store::Referral { seq: *seq, columns });
+            rows.push((key.as_str(), state, referral));
+        }
+        for q in store::state_statements(HUB_ROWS, table, &rows)? {
+            out.push(backend.build(&q));
+        }
+    }
+    Ok(out)
+}
+
+/// The inserts that append `logged` to the log, from hub sequence
+/// `first_seq` on.
+fn log_statements(
+    logged: &[Cow<'_, Change>],
+    first_seq: u64,
+    backend: DbBackend,
+) -> Result<Vec<sea_orm::Statement>> {
+    let mut template = Query::insert();
+    template.into_table(Alias::new(CHANGES)).columns(
+        ["hub_seq", "origin", "origin_seq"]
+            .into_iter()
+            .chain(STORED_COLUMNS)
+            .map(Alias::new),
+    );
+    let mut rows = Vec::with_capacity(logged.len());
+    for (seq, c) in (first_seq..).zip(logged) {
+        let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
+            (seq as i64).into(),
+            c.id.origin.to_string().into(),
+            (c.id.seq as i64).into(),
+        ];
+        row.extend(c.stored_values()?);
+        let size = c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>() + 200;
+        rows.push((row, size));
+    }
+    Ok(apply::batched(&template, rows)
+        .iter()
+        .map(|q| backend.build(q))
+        .collect())
 }
 
 /// The columns of `change` whose value and clock `state` holds: what a
