@@ -645,6 +645,7 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     ensure_eq!(b.rows().await?.len(), 1100);
     for (db, table, who) in [
         (&hub.db, "_tidesync_hub_rows", "hub"),
+        (&hub.db, "_tidesync_changes", "hub"),
         (a.db(), "_tidesync_rows", "capturing replica"),
         (b.db(), "_tidesync_rows", "bootstrapped replica"),
     ] {

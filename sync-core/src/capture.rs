@@ -425,10 +425,31 @@ pub(crate) async fn seal_table(
     }
 
     if appended > 0 {
-        for q in crate::apply::batched(&outbox_insert(), outbox) {
+        // The database writes the outbox while the statements that save
+        // the states are built (`biased`: the write is sent first).
+        let backend = tx.get_database_backend();
+        let inserts: Vec<_> = crate::apply::batched(&outbox_insert(), outbox)
+            .iter()
+            .map(|q| backend.build(q))
+            .collect();
+        let write_outbox = async {
+            for stmt in inserts {
+                tx.execute_raw(stmt).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        let build_states = async {
+            let states: Vec<_> = new_states
+                .iter()
+                .map(|(k, s)| (k.as_str(), s, None))
+                .collect();
+            store::state_statements(ROWS, &spec.name, &states)
+        };
+        let (wrote, saves) = tokio::join!(biased; write_outbox, build_states);
+        wrote?;
+        for q in saves? {
             tx.execute(&q).await?;
         }
-        store::save_states(tx, ROWS, &spec.name, &new_states).await?;
     }
     if !sealed_markers.is_empty() {
         // Only markers whose version is unchanged: a write that committed

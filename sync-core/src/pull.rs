@@ -356,7 +356,10 @@ pub(crate) async fn apply_deltas(
             dead,
         });
     }
-    // Upserts parents first, deletes children first.
+    // Upserts parents first, deletes children first. The database writes
+    // the rows while the statements that save the states are built
+    // (`biased`: the write is sent before the building starts).
+    let mut upserts = Vec::new();
     for w in &writes {
         let rows: Vec<&RowState> = w
             .states
@@ -364,18 +367,37 @@ pub(crate) async fn apply_deltas(
             .map(|(_, s)| s.as_ref())
             .filter(|s| s.is_live())
             .collect();
-        apply::upsert_rows(&tx, w.spec, &rows).await?;
+        for q in apply::upsert_statements(w.spec, &rows, backend)? {
+            upserts.push(backend.build(&q));
+        }
     }
-    for w in writes.iter().rev() {
-        apply::delete_rows(&tx, w.spec, &w.dead).await?;
-    }
-    for w in &writes {
-        let states: Vec<_> = w
-            .states
-            .iter()
-            .map(|(k, s)| (k.as_str(), s.as_ref(), None))
-            .collect();
-        store::save_states_referring(&tx, ROWS, &w.spec.name, &states).await?;
+    let write_rows = async {
+        for stmt in upserts {
+            tx.execute_raw(stmt).await?;
+        }
+        for w in writes.iter().rev() {
+            apply::delete_rows(&tx, w.spec, &w.dead).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    let build_states = async {
+        let mut out = Vec::new();
+        for w in &writes {
+            let states: Vec<_> = w
+                .states
+                .iter()
+                .map(|(k, s)| (k.as_str(), s.as_ref(), None))
+                .collect();
+            for q in store::state_statements(ROWS, &w.spec.name, &states)? {
+                out.push(backend.build(&q));
+            }
+        }
+        Ok::<_, Error>(out)
+    };
+    let (wrote, saves) = tokio::join!(biased; write_rows, build_states);
+    wrote?;
+    for stmt in saves? {
+        tx.execute_raw(stmt).await?;
     }
     state.save_with(&tx, &[(cursor_key, cursor)]).await?;
     end_applying(&tx).await?;

@@ -849,10 +849,17 @@ impl SqlBackend {
         HUB.write(&tx, "next_seq", &next_seq.to_string()).await?;
         tx.commit().await.map_err(offline)?;
         if store::crossed_doubling(start_seq, next_seq) {
-            // Only the row states are looked up by a key the planner must
-            // know about; the log is read by its primary key range and the
-            // users' tables are written by key.
-            store::analyze(&self.db, &[(HUB_ROWS, store::STATE_KEYS)]).await;
+            // The row states are looked up by key, and the log is read by
+            // a range of its key that the planner must know the size of:
+            // without statistics it guesses a few hundred rows and reads
+            // the whole range from the cursor to the tip, then sorts it,
+            // for each page of a pull (19 ms instead of 0.2 ms a page at
+            // 50k entries). The users' tables are only written by key.
+            store::analyze(
+                &self.db,
+                &[(HUB_ROWS, store::STATE_KEYS), (CHANGES, &["hub_seq"])],
+            )
+            .await;
         }
         ack.conflicts = held;
         ack.settled = settled;
