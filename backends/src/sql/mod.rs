@@ -7,8 +7,11 @@
 //! the resulting rows into the users' tables with multi-row statements
 //! (parents first, deletes children first), append the changes to the log
 //! with consecutive hub sequence numbers, record the origin's progress,
-//! commit. Because the sequence is assigned and committed under one lock, a
-//! puller reading `hub_seq > cursor` never skips a change that commits late.
+//! commit. Each statement is built while the database writes the one
+//! before (the row states' upserts while the rows are written, the log's
+//! inserts while the states are). Because the sequence is assigned and
+//! committed under one lock, a puller reading `hub_seq > cursor` never
+//! skips a change that commits late.
 //!
 //! A row state does not repeat the values of the log: it refers to one log
 //! entry (the one that holds most of its current values: the insert, for a
