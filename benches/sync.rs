@@ -102,11 +102,12 @@ struct Args {
     profile: bool,
     analyze_hub: bool,
     keep: bool,
+    runs: u32,
 }
 
 const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
 [--hub sqlite|postgres|mysql|all] [--naive-rows N] [--naive-secs S] [--profile] \
-[--analyze-hub] [--keep]";
+[--analyze-hub] [--keep] [--runs N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -117,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
         profile: false,
         analyze_hub: false,
         keep: false,
+        runs: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -154,6 +156,14 @@ fn parse_args() -> Result<Args, String> {
                 };
             }
             "--profile" => args.profile = true,
+            "--runs" => {
+                args.runs = value("--runs")?
+                    .parse()
+                    .map_err(|e| format!("--runs: {e}"))?;
+                if args.runs == 0 {
+                    return Err("--runs must be at least 1".into());
+                }
+            }
             "--analyze-hub" => args.analyze_hub = true,
             "--keep" => args.keep = true,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -754,6 +764,18 @@ impl Results {
         self.peak_is_per_phase = reset_peak();
     }
 
+    /// Each of our phases with its ratios to raw batched and to naive.
+    fn ours(&self) -> Vec<(&'static str, &'static str, f64, f64)> {
+        self.phases
+            .iter()
+            .filter(|p| p.ours)
+            .filter_map(|p| {
+                let (raw, naive) = self.baselines(p);
+                Some((p.hub, p.phase, p.rate() / raw?, p.rate() / naive?))
+            })
+            .collect()
+    }
+
     fn print_table(&self, args: &Args) {
         println!();
         println!(
@@ -1267,14 +1289,66 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&args)) {
-        Ok(results) => {
-            results.print_table(&args);
-            std::process::ExitCode::SUCCESS
+    let mut runs = Vec::new();
+    for i in 0..args.runs {
+        if args.runs > 1 {
+            println!("\n## run {} of {}\n", i + 1, args.runs);
         }
-        Err(e) => {
-            eprintln!("bench failed: {e}");
-            std::process::ExitCode::FAILURE
+        match runtime.block_on(run(&args)) {
+            Ok(results) => {
+                results.print_table(&args);
+                runs.push(results);
+            }
+            Err(e) => {
+                eprintln!("bench failed: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
         }
+    }
+    if runs.len() > 1 {
+        print_spread(&runs);
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Each of our ratios over several runs (min, median, max) and the verdict
+/// on the medians: one run on a shared machine moves by up to 30%.
+fn print_spread(runs: &[Results]) {
+    let median = |v: &[f64]| {
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    println!();
+    println!(
+        "over {} runs: vs raw batched min / median / max, vs naive median",
+        runs.len()
+    );
+    let Some(first) = runs.first() else {
+        return;
+    };
+    for (hub, phase, _, _) in first.ours() {
+        let (mut raw, mut naive): (Vec<f64>, Vec<f64>) = runs
+            .iter()
+            .flat_map(Results::ours)
+            .filter(|(h, p, _, _)| *h == hub && *p == phase)
+            .map(|(_, _, r, n)| (r, n))
+            .unzip();
+        raw.sort_by(f64::total_cmp);
+        naive.sort_by(f64::total_cmp);
+        let (r, n) = (median(&raw), median(&naive));
+        let verdict = if r >= 0.35 && n >= 10.0 { "ok" } else { "MISS" };
+        println!(
+            "  {:<9} {:<24} {:.2}x / {:.2}x / {:.2}x raw  {:>7.2}x naive  {verdict}",
+            hub,
+            phase,
+            raw[0],
+            r,
+            raw[raw.len() - 1],
+            n
+        );
     }
 }
