@@ -26,8 +26,9 @@ use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, IdenStatic, Iterable,
     ModelTrait, Schema, TransactionTrait, Value,
 };
-use tidesync::backends::{Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend};
-use tidesync::core::change::STORED_COLUMNS;
+use tidesync::backends::{
+    Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend, sql,
+};
 use tidesync::{Change, ChangeId, Hlc, NodeId, Op, Replica, SyncEngine, SyncReport, TableSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -284,8 +285,9 @@ async fn raw_batched(db: &DatabaseConnection, table: &str, rows: u64) -> Res<Dur
 /// `push`: each batch of rows exactly as [`raw_batched`] writes it and, in
 /// the same transaction, one multi-row insert of their log entries into a
 /// copy of the hub's log table, each holding its row's values encoded as
-/// tidesync encodes a change. No row metadata, no merge, no bookkeeping:
-/// what any design that keeps the change log writes at least.
+/// the hub encodes an entry (`sql::log_row`). No row metadata, no merge, no
+/// bookkeeping: what any design that keeps the change log writes at
+/// least.
 async fn raw_with_log(db: &DatabaseConnection, table: &str, log: &str, rows: u64) -> Res<Duration> {
     let cols: Vec<contacts::Column> = contacts::Column::iter().collect();
     let node = NodeId::random();
@@ -294,13 +296,7 @@ async fn raw_with_log(db: &DatabaseConnection, table: &str, log: &str, rows: u64
     while i < rows {
         let n = Ord::min(BATCH, rows - i);
         let models: Vec<contacts::Model> = (i..i + n).map(contact).collect();
-        let mut entries = Query::insert();
-        entries.into_table(Alias::new(log)).columns(
-            ["hub_seq", "origin", "origin_seq"]
-                .into_iter()
-                .chain(STORED_COLUMNS)
-                .map(Alias::new),
-        );
+        let mut entries = sql::log_insert(log);
         for (j, m) in (i..).zip(&models) {
             let seq = j + 1;
             let change = Change {
@@ -319,13 +315,7 @@ async fn raw_with_log(db: &DatabaseConnection, table: &str, log: &str, rows: u64
                 },
                 base: Vec::new(),
             };
-            let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
-                (seq as i64).into(),
-                node.to_string().into(),
-                (seq as i64).into(),
-            ];
-            row.extend(change.stored_values()?);
-            entries.values_panic(row);
+            entries.values_panic(sql::log_row(seq, &change)?);
         }
         let q = upsert(table, models.into_iter());
         let tx = db.begin().await?;

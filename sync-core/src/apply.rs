@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use sea_orm::sea_query::{
     Alias, ColumnType, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr, ValueTuple,
 };
-use sea_orm::{ConnectionTrait, DbBackend, Value};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use crate::change::{ColumnSpec, TableSpec};
 use crate::error::{Error, Result};
@@ -188,6 +188,29 @@ pub fn upsert_statements(
         }
     }
     Ok(out)
+}
+
+/// Execute statements built in advance, in order.
+pub async fn execute_all<C: ConnectionTrait>(db: &C, statements: Vec<Statement>) -> Result<()> {
+    for stmt in statements {
+        db.execute_raw(stmt).await?;
+    }
+    Ok(())
+}
+
+/// Execute `statements` in order while `build` runs, and return what it
+/// built: the first statement is sent before `build` starts, so the
+/// database works on the rows while the caller builds the next statements
+/// (on SQLite the statements run on sqlx's worker thread, on the servers in
+/// the server's process).
+pub async fn execute_while<C: ConnectionTrait, T>(
+    db: &C,
+    statements: Vec<Statement>,
+    build: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let (wrote, built) = tokio::join!(biased; execute_all(db, statements), async { build() });
+    wrote?;
+    built
 }
 
 /// Delete rows by primary key.

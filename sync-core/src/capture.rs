@@ -426,28 +426,21 @@ pub(crate) async fn seal_table(
 
     if appended > 0 {
         // The database writes the outbox while the statements that save
-        // the states are built (`biased`: the write is sent first).
+        // the states are built.
         let backend = tx.get_database_backend();
         let inserts: Vec<_> = crate::apply::batched(&outbox_insert(), outbox)
             .iter()
             .map(|q| backend.build(q))
             .collect();
-        let write_outbox = async {
-            for stmt in inserts {
-                tx.execute_raw(stmt).await?;
-            }
-            Ok::<_, Error>(())
-        };
-        let build_states = async {
+        let saves = crate::apply::execute_while(tx, inserts, || {
             let states: Vec<_> = new_states
                 .iter()
                 .map(|(k, s)| (k.as_str(), s, None))
                 .collect();
             store::state_statements(ROWS, &spec.name, &states)
-        };
-        let (wrote, saves) = tokio::join!(biased; write_outbox, build_states);
-        wrote?;
-        for q in saves? {
+        })
+        .await?;
+        for q in saves {
             tx.execute(&q).await?;
         }
     }

@@ -357,8 +357,7 @@ pub(crate) async fn apply_deltas(
         });
     }
     // Upserts parents first, deletes children first. The database writes
-    // the rows while the statements that save the states are built
-    // (`biased`: the write is sent before the building starts).
+    // the rows while the statements that save the states are built.
     let mut upserts = Vec::new();
     for w in &writes {
         let rows: Vec<&RowState> = w
@@ -371,16 +370,7 @@ pub(crate) async fn apply_deltas(
             upserts.push(backend.build(&q));
         }
     }
-    let write_rows = async {
-        for stmt in upserts {
-            tx.execute_raw(stmt).await?;
-        }
-        for w in writes.iter().rev() {
-            apply::delete_rows(&tx, w.spec, &w.dead).await?;
-        }
-        Ok::<_, Error>(())
-    };
-    let build_states = async {
+    let saves = apply::execute_while(&tx, upserts, || {
         let mut out = Vec::new();
         for w in &writes {
             let states: Vec<_> = w
@@ -392,13 +382,13 @@ pub(crate) async fn apply_deltas(
                 out.push(backend.build(&q));
             }
         }
-        Ok::<_, Error>(out)
-    };
-    let (wrote, saves) = tokio::join!(biased; write_rows, build_states);
-    wrote?;
-    for stmt in saves? {
-        tx.execute_raw(stmt).await?;
+        Ok(out)
+    })
+    .await?;
+    for w in writes.iter().rev() {
+        apply::delete_rows(&tx, w.spec, &w.dead).await?;
     }
+    apply::execute_all(&tx, saves).await?;
     state.save_with(&tx, &[(cursor_key, cursor)]).await?;
     end_applying(&tx).await?;
     tx.commit().await?;

@@ -476,18 +476,7 @@ impl Meta {
 
     /// Insert or overwrite a value.
     pub async fn upsert<C: ConnectionTrait>(self, db: &C, key: &str, value: &str) -> Result<()> {
-        let stmt = Query::insert()
-            .into_table(Alias::new(self.0))
-            .columns([Alias::new("key"), Alias::new("value")])
-            .values_panic([key.into(), value.into()])
-            .on_conflict(
-                OnConflict::column(Alias::new("key"))
-                    .update_column(Alias::new("value"))
-                    .to_owned(),
-            )
-            .to_owned();
-        db.execute(&stmt).await?;
-        Ok(())
+        self.upsert_many(db, &[(key, value)]).await
     }
 
     /// Overwrite a value that exists.

@@ -192,8 +192,8 @@ pub struct StoredState {
 }
 
 /// The columns a state takes from its log entry, each with its clock: what
-/// [`save_states_referring`] needs to tell whether they still hold that
-/// entry's values.
+/// a hub needs to tell whether they still hold that entry's values when it
+/// saves the state again (see [`Referral`]).
 pub type Referred = (u64, Vec<(String, Hlc)>);
 
 impl StoredState {
@@ -337,7 +337,10 @@ pub async fn save_states<C: ConnectionTrait>(
 ) -> Result<()> {
     let rows: Vec<(&str, &RowState, Option<Referral<'_>>)> =
         states.iter().map(|(k, s)| (k.as_str(), s, None)).collect();
-    save_states_referring(db, store, table, &rows).await
+    for q in state_statements(store, table, &rows)? {
+        db.execute(&q).await?;
+    }
+    Ok(())
 }
 
 /// The log entry a saved state takes some values from, and which columns.
@@ -350,24 +353,11 @@ pub struct Referral<'a> {
     pub columns: &'a [String],
 }
 
-/// Insert or replace the states of rows of `table`; a state with a
-/// [`Referral`] leaves out the values its log entry holds (see
-/// [`StoredState`]).
-pub async fn save_states_referring<C: ConnectionTrait>(
-    db: &C,
-    store: &str,
-    table: &str,
-    states: &[(&str, &RowState, Option<Referral<'_>>)],
-) -> Result<()> {
-    for q in state_statements(store, table, states)? {
-        db.execute(&q).await?;
-    }
-    Ok(())
-}
-
-/// The multi-row upserts of [`save_states_referring`], built without a
-/// database (so that a caller can build them while the database works on
-/// something else).
+/// The multi-row upserts that insert or replace the states of rows of
+/// `table`; a state with a [`Referral`] leaves out the values its log entry
+/// holds (see [`StoredState`]). Built without a database, so that a caller
+/// can build them while the database works on something else (see
+/// [`crate::apply::execute_while`]).
 pub fn state_statements(
     store: &str,
     table: &str,

@@ -28,7 +28,7 @@ pub mod ddl;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, InsertStatement, Order, Query, SimpleExpr};
 use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     TransactionTrait, Value,
@@ -341,38 +341,23 @@ impl<'a> Push<'a> {
             saved.push((&spec.name, keys));
         }
         // The database writes the rows while the state statements are
-        // built, then the states while the log statements are built
-        // (`biased`: the write is sent before the building starts).
+        // built, then the states while the log statements are built.
         let first_seq = self.next_seq;
-        let write_rows = async {
-            for stmt in upserts {
-                tx.execute_raw(stmt).await?;
-            }
-            for (spec, dead) in deletes.iter().rev() {
-                apply::delete_rows(tx, spec, dead).await?;
-            }
-            Ok::<_, Error>(())
-        };
         let (states, referred) = (&self.states, &mut self.referred);
-        let build_states = async {
+        let state_stmts = apply::execute_while(tx, upserts, || {
             state_statements(
                 states, referred, &saved, &keyed, &logged, first_seq, backend,
             )
-        };
-        let (wrote, state_stmts) = tokio::join!(biased; write_rows, build_states);
-        wrote?;
-        let write_states = async {
-            for stmt in state_stmts? {
-                tx.execute_raw(stmt).await?;
-            }
-            Ok::<_, Error>(())
-        };
-        let build_log = async { log_statements(&logged, first_seq, backend) };
-        let (wrote, log_stmts) = tokio::join!(biased; write_states, build_log);
-        wrote?;
-        for stmt in log_stmts? {
-            tx.execute_raw(stmt).await?;
+        })
+        .await?;
+        for (spec, dead) in deletes.iter().rev() {
+            apply::delete_rows(tx, spec, dead).await?;
         }
+        let log_stmts = apply::execute_while(tx, state_stmts, || {
+            log_statements(&logged, first_seq, backend)
+        })
+        .await?;
+        apply::execute_all(tx, log_stmts).await?;
         self.next_seq = first_seq + logged.len() as u64;
         Ok(())
     }
@@ -458,28 +443,48 @@ fn log_statements(
     first_seq: u64,
     backend: DbBackend,
 ) -> Result<Vec<sea_orm::Statement>> {
-    let mut template = Query::insert();
-    template.into_table(Alias::new(CHANGES)).columns(
-        ["hub_seq", "origin", "origin_seq"]
-            .into_iter()
-            .chain(STORED_COLUMNS)
-            .map(Alias::new),
-    );
     let mut rows = Vec::with_capacity(logged.len());
     for (seq, c) in (first_seq..).zip(logged) {
-        let mut row: Vec<sea_orm::sea_query::SimpleExpr> = vec![
-            (seq as i64).into(),
-            c.id.origin.to_string().into(),
-            (c.id.seq as i64).into(),
-        ];
-        row.extend(c.stored_values()?);
         let size = c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>() + 200;
-        rows.push((row, size));
+        rows.push((log_row(seq, c)?, size));
     }
-    Ok(apply::batched(&template, rows)
+    Ok(apply::batched(&log_insert(CHANGES), rows)
         .iter()
         .map(|q| backend.build(q))
         .collect())
+}
+
+/// The columns of a log entry: its hub sequence and origin, then the change
+/// as stored ([`STORED_COLUMNS`]).
+fn entry_columns() -> impl Iterator<Item = Alias> {
+    ["hub_seq", "origin", "origin_seq"]
+        .into_iter()
+        .chain(STORED_COLUMNS)
+        .map(Alias::new)
+}
+
+/// An insert into the log table `table` (the hub's is [`CHANGES`]) in the
+/// columns of [`log_row`], without rows.
+pub fn log_insert(table: &str) -> InsertStatement {
+    Query::insert()
+        .into_table(Alias::new(table))
+        .columns(entry_columns())
+        .to_owned()
+}
+
+/// The log entry of `change` at hub sequence `seq`: the values of a row of
+/// [`log_insert`].
+///
+/// # Errors
+/// [`Error::Payload`] if a value cannot be serialised.
+pub fn log_row(seq: u64, change: &Change) -> Result<Vec<SimpleExpr>> {
+    let mut row: Vec<SimpleExpr> = vec![
+        (seq as i64).into(),
+        change.id.origin.to_string().into(),
+        (change.id.seq as i64).into(),
+    ];
+    row.extend(change.stored_values()?);
+    Ok(row)
 }
 
 /// The columns of `change` whose value and clock `state` holds: what a
@@ -886,16 +891,11 @@ impl SqlBackend {
     ) -> Result<PullBatch> {
         let limit = Ord::min(Ord::max(limit, 1), i64::MAX as u64);
         let mut q = Query::select();
-        q.columns(
-            ["hub_seq", "origin", "origin_seq"]
-                .into_iter()
-                .chain(STORED_COLUMNS)
-                .map(Alias::new),
-        )
-        .from(Alias::new(CHANGES))
-        .and_where(Expr::col(Alias::new("hub_seq")).gt(cursor.0 as i64))
-        .order_by(Alias::new("hub_seq"), Order::Asc)
-        .limit(limit);
+        q.columns(entry_columns())
+            .from(Alias::new(CHANGES))
+            .and_where(Expr::col(Alias::new("hub_seq")).gt(cursor.0 as i64))
+            .order_by(Alias::new("hub_seq"), Order::Asc)
+            .limit(limit);
         let mut tip = None;
         if let Some(me) = skip {
             let t = self.tip().await?;
