@@ -29,7 +29,11 @@ use sea_orm::{
 use tidesync::backends::{
     Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend, sql,
 };
-use tidesync::{Change, ChangeId, Hlc, NodeId, Op, Replica, SyncEngine, SyncReport, TableSpec};
+use tidesync::core::store;
+use tidesync::core::value::pk_key;
+use tidesync::{
+    Change, ChangeId, Hlc, NodeId, Op, Replica, RowState, SyncEngine, SyncReport, TableSpec,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -285,10 +289,21 @@ async fn raw_batched(db: &DatabaseConnection, table: &str, rows: u64) -> Res<Dur
 /// `push`: each batch of rows exactly as [`raw_batched`] writes it and, in
 /// the same transaction, one multi-row insert of their log entries into a
 /// copy of the hub's log table, each holding its row's values encoded as
-/// the hub encodes an entry (`sql::log_row`). No row metadata, no merge, no
-/// bookkeeping: what any design that keeps the issue's change log writes at
-/// least.
-async fn raw_with_log(db: &DatabaseConnection, table: &str, log: &str, rows: u64) -> Res<Duration> {
+/// the hub encodes an entry (`sql::log_row`). No merge, no bookkeeping:
+/// what any design that keeps the issue's change log writes at least.
+///
+/// With `states`, also the row metadata the issue asks for: each row's
+/// state, as the hub stores the state of a row written once (its clocks
+/// and a reference to its log entry, `store::state_statements`), upserted
+/// into that copy of the hub's row-state table. That is what the hub
+/// writes per change, before it looks anything up.
+async fn raw_with_log(
+    db: &DatabaseConnection,
+    table: &str,
+    log: &str,
+    states: Option<&str>,
+    rows: u64,
+) -> Res<Duration> {
     let cols: Vec<contacts::Column> = contacts::Column::iter().collect();
     let node = NodeId::random();
     let started = Instant::now();
@@ -297,6 +312,7 @@ async fn raw_with_log(db: &DatabaseConnection, table: &str, log: &str, rows: u64
         let n = Ord::min(BATCH, rows - i);
         let models: Vec<contacts::Model> = (i..i + n).map(contact).collect();
         let mut entries = sql::log_insert(log);
+        let mut fresh: Vec<(String, RowState)> = Vec::new();
         for (j, m) in (i..).zip(&models) {
             let seq = j + 1;
             let change = Change {
@@ -316,11 +332,32 @@ async fn raw_with_log(db: &DatabaseConnection, table: &str, log: &str, rows: u64
                 base: Vec::new(),
             };
             entries.values_panic(sql::log_row(seq, &change)?);
+            if states.is_some() {
+                fresh.push((pk_key(&[m.id.into()])?, RowState::of_change(change)));
+            }
         }
+        // A fresh row's state refers to its log entry for every value, as
+        // the hub stores it.
+        let names: Vec<String> = cols.iter().map(|c| c.as_str().to_owned()).collect();
+        let refs: Vec<(&str, &RowState, Option<store::Referral<'_>>)> = (i..)
+            .zip(&fresh)
+            .map(|(j, (key, s))| {
+                let referral = store::Referral {
+                    seq: j + 1,
+                    columns: &names,
+                };
+                (key.as_str(), s, Some(referral))
+            })
+            .collect();
         let q = upsert(table, models.into_iter());
         let tx = db.begin().await?;
         tx.execute(&q).await?;
         tx.execute(&entries).await?;
+        if let Some(store) = states {
+            for q in store::state_statements(store, "contacts", &refs)? {
+                tx.execute(&q).await?;
+            }
+        }
         tx.commit().await?;
         i += n;
     }
@@ -838,6 +875,7 @@ const RAW: &str = "raw batched";
 const RAW_AGAIN: &str = "raw batched (again)";
 const NAIVE: &str = "naive (1 row/stmt)";
 const FLOOR: &str = "raw batched + log (floor)";
+const FLOOR_STATES: &str = "raw batched + log + states (floor)";
 
 // ---------------------------------------------------------------- databases
 
@@ -1124,8 +1162,22 @@ async fn hub_phases(
     clone_table(&db, "contacts", "floor_contacts").await?;
     clone_table(&db, "_tidesync_changes", "floor_changes").await?;
     reset_peak();
-    let t = raw_with_log(&db, "floor_contacts", "floor_changes", rows).await?;
+    let t = raw_with_log(&db, "floor_contacts", "floor_changes", None, rows).await?;
     out.add(name, FLOOR, false, Base::Hub, rows, t, None);
+    // ... and with the row metadata the issue also asks for.
+    clone_table(&db, "contacts", "floor2_contacts").await?;
+    clone_table(&db, "_tidesync_changes", "floor2_changes").await?;
+    clone_table(&db, "_tidesync_hub_rows", "floor2_states").await?;
+    reset_peak();
+    let t = raw_with_log(
+        &db,
+        "floor2_contacts",
+        "floor2_changes",
+        Some("floor2_states"),
+        rows,
+    )
+    .await?;
+    out.add(name, FLOOR_STATES, false, Base::Hub, rows, t, None);
 
     // Push: `rows` changes in the outbox of a replica that knows the hub.
     let pusher = pusher(
