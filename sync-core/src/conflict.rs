@@ -106,8 +106,8 @@ pub fn apply(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> A
     for (column, value) in &change.columns {
         let base = change.base_of(column);
         let current = state.clocks.get(column).copied();
-        if is_concurrent(current, base.and_then(|b| b.clock)) {
-            let Some(current) = current else { continue };
+        let concurrent = is_concurrent(current, base.and_then(|b| b.clock));
+        if let Some(current) = current.filter(|_| concurrent) {
             out.conflicts.push(ColumnConflict {
                 table: change.table.clone(),
                 pk: change.pk.clone(),

@@ -271,6 +271,7 @@ impl Replica {
             let mut offset = 0;
             loop {
                 let tx = self.db.begin().await?;
+                crate::store::custom_plans(&tx).await?;
                 let page = table.scan(&tx, offset, BATCH).await?;
                 let keys: Vec<String> = page
                     .iter()

@@ -45,7 +45,8 @@ pub fn row_state_table(backend: DbBackend, name: &str) -> TableCreateStatement {
 }
 
 /// Load the states of `keys` of `table` from the row-state table `store`.
-/// Keys without a state are absent from the map.
+/// Keys without a state are absent from the map. As [`load_stored`], it
+/// expects [`custom_plans`] in its transaction on PostgreSQL.
 ///
 /// For a store whose states may take values from a log entry (the hub's),
 /// use [`load_stored`] and [`StoredState::resolve`].
@@ -64,6 +65,9 @@ pub async fn load_states<C: ConnectionTrait>(
 
 /// Load the states of `keys` of `table` as stored, before the values they
 /// take from a log entry are filled in.
+///
+/// On PostgreSQL, run [`custom_plans`] once in the transaction first: the
+/// lookup relies on a plan made for its own keys.
 pub async fn load_stored<C: ConnectionTrait>(
     db: &C,
     store: &str,
@@ -71,9 +75,6 @@ pub async fn load_stored<C: ConnectionTrait>(
     keys: &[String],
 ) -> Result<HashMap<String, StoredState>> {
     let mut out = HashMap::with_capacity(keys.len());
-    if !keys.is_empty() {
-        custom_plans(db).await?;
-    }
     for chunk in keys.chunks(500) {
         let q = Query::select()
             .columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
@@ -138,7 +139,10 @@ fn analyze_sql(tables: &[(&str, &[&str])]) -> String {
 pub const STATE_KEYS: &[&str] = &["tbl", "pk"];
 
 /// On PostgreSQL, plan every statement for its own parameters until the end
-/// of the transaction `db` is in (nothing elsewhere).
+/// of the transaction `db` is in (nothing elsewhere). Each transaction that
+/// looks up row states by key runs it once, before the first lookup: the
+/// replica's capture, pull and resolve transactions when they take the
+/// capture lock, its reconcile pages, the hub's push.
 ///
 /// sqlx prepares a statement once per connection, and after five runs
 /// PostgreSQL may switch to a generic plan made while a table was still

@@ -749,6 +749,7 @@ impl SqlBackend {
         let tx = self.db.begin().await.map_err(offline)?;
         // The sequence lock: held until commit, so hub sequences commit in order.
         HUB.lock(&tx, "next_seq").await.map_err(Error::or_offline)?;
+        store::custom_plans(&tx).await?;
         let next_seq: u64 = HUB
             .read(&tx, "next_seq")
             .await?
