@@ -305,6 +305,7 @@ async fn raw_with_log(
     rows: u64,
 ) -> Res<Duration> {
     let cols: Vec<contacts::Column> = contacts::Column::iter().collect();
+    let names: Vec<String> = cols.iter().map(|c| c.as_str().to_owned()).collect();
     let node = NodeId::random();
     let started = Instant::now();
     let mut i = 0;
@@ -338,7 +339,6 @@ async fn raw_with_log(
         }
         // A fresh row's state refers to its log entry for every value, as
         // the hub stores it.
-        let names: Vec<String> = cols.iter().map(|c| c.as_str().to_owned()).collect();
         let refs: Vec<(&str, &RowState, Option<store::Referral<'_>>)> = (i..)
             .zip(&fresh)
             .map(|(j, (key, s))| {
