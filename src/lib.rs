@@ -1,18 +1,19 @@
 #![doc = include_str!("../README.md")]
 
 pub use sync_core::{
-    ApplyReport, CaptureReport, Change, ChangeId, ColumnBase, ColumnConflict, ColumnSpec,
+    ApplyReport, AutoSync, CaptureReport, Change, ChangeId, ColumnBase, ColumnConflict, ColumnSpec,
     ConflictPolicy, Error, ErrorKind, HeldConflict, Hlc, HlcClock, NodeId, Op, Replica,
-    ReplicaBuilder, Resolution, Resolver, Result, RowState, SyncEngine, SyncHooks, SyncReport,
-    Syncable, TableSpec, create_table, table_spec, validate_active_model,
+    ReplicaBuilder, Resolution, Resolver, Result, RowState, SyncEngine, SyncHandle, SyncHooks,
+    SyncPhase, SyncProgress, SyncReport, SyncStatus, Syncable, TableSpec, create_table, table_spec,
+    validate_active_model,
 };
 pub use sync_derive::Syncable;
 
 /// Lower-level building blocks: the clock, values, merge, the metadata schema.
 pub mod core {
     pub use sync_core::{
-        apply, backend, capture, change, clock, conflict, engine, error, merge, pull, resolve,
-        schema, store, value,
+        apply, backend, background, capture, change, clock, conflict, engine, error, merge, pull,
+        resolve, schema, store, value,
     };
 }
 

@@ -1,6 +1,7 @@
 //! The sync engine: capture, push the outbox, pull the hub's changes, report.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
@@ -8,6 +9,7 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::backend::{Backend, Cursor, HubInfo, RejectPolicy, Rejection, Unreadable};
+use crate::background::SyncProgress;
 use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::merge::RowState;
@@ -76,6 +78,14 @@ pub struct SyncEngine {
     batch: u64,
     policy: RejectPolicy,
     running: Mutex<()>,
+    progress: Counters,
+}
+
+/// How far the sync in progress is (see [`SyncEngine::progress`]).
+#[derive(Debug, Default)]
+struct Counters {
+    pushed: AtomicUsize,
+    pulled: AtomicUsize,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -97,6 +107,7 @@ impl SyncEngine {
             batch: 500,
             policy: RejectPolicy::Halt,
             running: Mutex::new(()),
+            progress: Counters::default(),
         }
     }
 
@@ -119,6 +130,15 @@ impl SyncEngine {
         &self.replica
     }
 
+    /// Changes pushed and pulled so far by the sync in progress, or by the
+    /// last one.
+    pub fn progress(&self) -> SyncProgress {
+        SyncProgress {
+            pushed: self.progress.pushed.load(Ordering::Relaxed),
+            pulled: self.progress.pulled.load(Ordering::Relaxed),
+        }
+    }
+
     async fn hub(&self) -> Result<&HubInfo> {
         self.hub
             .get_or_try_init(|| async {
@@ -139,6 +159,8 @@ impl SyncEngine {
     /// the same call later resumes where this one stopped.
     pub async fn sync_now(&self) -> Result<SyncReport> {
         let _guard = self.running.lock().await;
+        self.progress.pushed.store(0, Ordering::Relaxed);
+        self.progress.pulled.store(0, Ordering::Relaxed);
         let started = Instant::now();
         let mut report = SyncReport::default();
         let hub = self.hub().await?.clone();
@@ -207,6 +229,7 @@ impl SyncEngine {
                     _ => self.replica.acknowledge(&acked).await?,
                 }
                 report.pushed += acked.len();
+                self.progress.pushed.store(report.pushed, Ordering::Relaxed);
                 report.rejected.extend(ack.parked);
                 report.settled.extend(ack.settled);
                 if !ack.conflicts.is_empty() {
@@ -363,6 +386,7 @@ impl SyncEngine {
         )
         .await?;
         report.pulled += applied.applied;
+        self.progress.pulled.store(report.pulled, Ordering::Relaxed);
         self.replica.wrote(applied.applied as u64).await;
         report.local_errors.extend(applied.parked);
         report.local_errors.extend(applied.captured.rejected);
@@ -411,6 +435,8 @@ impl SyncEngine {
             )
             .await?;
             report.pulled += applied.applied;
+            self.progress.pulled.store(report.pulled, Ordering::Relaxed);
+            self.progress.pulled.store(report.pulled, Ordering::Relaxed);
             self.replica.wrote(applied.applied as u64).await;
             report.local_errors.extend(applied.parked);
             if page.next.is_none() {

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod background;
 pub mod capture;
 pub mod change;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod value;
 pub use backend::{
     Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage, SnapshotRow,
 };
+pub use background::{AutoSync, SyncHandle, SyncPhase, SyncProgress, SyncStatus};
 pub use capture::{CaptureReport, create_table, table_spec};
 pub use change::{Change, ChangeId, ColumnBase, ColumnSpec, Op, TableSpec};
 pub use clock::{Hlc, HlcClock, NodeId};
