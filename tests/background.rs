@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use common::entities::contacts;
-use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
+use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DatabaseConnection};
 use tidesync::backends::{Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend};
@@ -19,16 +19,10 @@ use tidesync::{
 };
 
 fn main() -> std::process::ExitCode {
-    let mut trials = Vec::new();
-    macro_rules! t {
-        ($($name:ident),* $(,)?) => {
-            $(trials.extend(on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
-        };
-    }
-    t!(
+    let trials = trials![
         syncs_at_once_on_demand_and_on_the_interval,
         backs_off_while_offline_and_catches_up,
-    );
+    ];
     run(trials)
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use chrono::{TimeZone, Utc};
 use common::entities::{contacts, counters, memberships, readings};
-use common::{Dialect, TestDb, TestResult, on_every_dialect, run};
+use common::{Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::Value as SqValue;
 use sea_orm::{
@@ -16,13 +16,7 @@ use sea_orm::{
 use tidesync::{Change, Op, Replica};
 
 fn main() -> std::process::ExitCode {
-    let mut trials = Vec::new();
-    macro_rules! t {
-        ($($name:ident),* $(,)?) => {
-            $(trials.extend(on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
-        };
-    }
-    t!(
+    let trials = trials![
         active_model_insert_update_delete,
         save_and_model_delete,
         transaction_commit_is_captured,
@@ -43,7 +37,7 @@ fn main() -> std::process::ExitCode {
         overlong_string_is_refused,
         bulk_nan_is_reported_and_kept_until_fixed,
         concurrent_writes_during_capture_are_not_lost,
-    );
+    ];
     run(trials)
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::entities::{people_lww, people_manual, people_merge, people_v2};
-use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
+use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Value};
 use tidesync::backends::SqlBackend;
@@ -16,13 +16,7 @@ use tidesync::{ColumnConflict, Replica, Resolution, SyncEngine, Syncable};
 use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {
-    let mut trials = Vec::new();
-    macro_rules! t {
-        ($($name:ident),* $(,)?) => {
-            $(trials.extend(on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
-        };
-    }
-    t!(
+    let trials = trials![
         lww_and_merge_keep_disjoint_edits,
         merge_settles_same_column_by_clock_and_reports_it,
         back_after_a_year_lww_and_merge_keep_later_edits,
@@ -31,7 +25,7 @@ fn main() -> std::process::ExitCode {
         custom_resolver_settles_on_the_replica,
         delete_against_concurrent_update_is_one_rule,
         newer_client_adds_a_column,
-    );
+    ];
     run(trials)
 }
 

@@ -8,20 +8,14 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use common::entities::{contacts, groups, members};
-use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
+use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DbBackend, IntoActiveModel, QueryOrder};
 use tidesync::backends::{Backend, Cursor, RejectPolicy, SqlBackend};
 use tidesync::{Error, Replica, SyncEngine};
 
 fn main() -> std::process::ExitCode {
-    let mut trials = Vec::new();
-    macro_rules! t {
-        ($($name:ident),* $(,)?) => {
-            $(trials.extend(on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
-        };
-    }
-    t!(
+    let mut trials = trials![
         two_devices_converge_per_column,
         arrival_order_never_decides,
         delete_propagates_and_later_update_wins,
@@ -40,7 +34,7 @@ fn main() -> std::process::ExitCode {
         malformed_hub_change_halts_or_parks,
         schema_drift_on_the_hub_is_reported_by_name,
         large_rows_are_batched_by_size,
-    );
+    ];
     for d in [Dialect::Postgres, Dialect::MySql] {
         trials.push(common::trial(
             d,

@@ -259,6 +259,17 @@ pub fn run(trials: Vec<Trial>) -> std::process::ExitCode {
     libtest_mimic::run(&args, trials).exit_code()
 }
 
+/// The trials of the named tests (`async fn(TestDb) -> TestResult`) on
+/// every dialect, named `dialect::test`.
+#[macro_export]
+macro_rules! trials {
+    ($($name:ident),* $(,)?) => {{
+        let mut trials = Vec::new();
+        $(trials.extend($crate::common::on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
+        trials
+    }};
+}
+
 /// Fail the test with a message unless `cond`.
 #[macro_export]
 macro_rules! ensure {
