@@ -386,13 +386,14 @@ fn state_statements(
     let mut out = Vec::new();
     for (table, keys) in saved {
         let table: &str = table;
-        let mut rows_of: Vec<(&String, &RowState)> = Vec::with_capacity(keys.len());
+        // Each saved state with the entry it refers to and that entry's
+        // columns it takes.
+        let mut rows_of = Vec::with_capacity(keys.len());
         for key in keys {
             let id = (table.to_owned(), key.clone());
             let state = states
                 .get(&id)
                 .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
-            rows_of.push((key, state));
             let kept = referred.get(&id).map(|(seq, cols)| {
                 let cols: Vec<(String, Hlc)> = cols
                     .iter()
@@ -409,26 +410,24 @@ fn state_statements(
                 .flatten()
                 .filter(|(_, cols)| !cols.is_empty())
                 .max_by_key(|(seq, cols)| (cols.len(), *seq));
+            let names: Option<(u64, Vec<String>)> = best
+                .as_ref()
+                .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.clone()).collect()));
             match best {
                 Some(r) => referred.insert(id, r),
                 None => referred.remove(&id),
             };
+            rows_of.push((key, state, names));
         }
-        let names: Vec<Option<(u64, Vec<String>)>> = rows_of
+        let rows: Vec<_> = rows_of
             .iter()
-            .map(|(key, _)| {
-                referred
-                    .get(&(table.to_owned(), (*key).clone()))
-                    .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.clone()).collect()))
+            .map(|(key, state, names)| {
+                let referral = names
+                    .as_ref()
+                    .map(|(seq, columns)| store::Referral { seq: *seq, columns });
+                (key.as_str(), *state, referral)
             })
             .collect();
-        let mut rows = Vec::with_capacity(rows_of.len());
-        for ((key, state), r) in rows_of.into_iter().zip(&names) {
-            let referral = r
-                .as_ref()
-                .map(|(seq, columns)| store::Referral { seq: *seq, columns });
-            rows.push((key.as_str(), state, referral));
-        }
         for q in store::state_statements(HUB_ROWS, table, &rows)? {
             out.push(backend.build(&q));
         }
