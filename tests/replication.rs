@@ -12,6 +12,7 @@ use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DbBackend, IntoActiveModel, QueryOrder};
 use tidesync::backends::{Backend, Cursor, RejectPolicy, SqlBackend};
+use tidesync::core::value::pk_key;
 use tidesync::{Error, Replica, SyncEngine};
 
 fn main() -> std::process::ExitCode {
@@ -22,6 +23,8 @@ fn main() -> std::process::ExitCode {
         hub_states_take_values_from_the_log,
         resent_batch_is_applied_once,
         new_device_bootstraps_in_batches,
+        snapshot_pages_hold_the_asked_size,
+        interrupted_bootstrap_resumes,
         pulled_changes_are_not_captured_again,
         hub_tables_are_ordinary_tables,
         unreachable_hub_is_offline_and_loses_nothing,
@@ -392,13 +395,15 @@ async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let engine = SyncEngine::new(
-        replica,
+    let paged = Arc::new(Paged::new(
         Arc::new(SqlBackend::new(hub.connect_again().await?)),
-    )
-    .with_batch_size(100);
+        usize::MAX,
+    ));
+    let engine = SyncEngine::new(replica, paged.clone()).with_batch_size(100);
     let report = engine.sync_now().await?;
     ensure_eq!(report.pulled, 1234);
+    let read = check_pages(&paged.take_calls(), None, 100, true)?;
+    ensure_eq!(read.len(), 1234, "pages of 100, every row once");
     let fresh: Vec<contacts::Model> = contacts::Entity::find()
         .order_by_asc(contacts::Column::Id)
         .all(&local.db)
@@ -424,6 +429,402 @@ async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
         "pulled after bootstrap"
     );
     local.drop().await?;
+    a.drop().await?;
+    hub.drop().await
+}
+
+/// Every contact of `db`, whole rows (all columns), in key order.
+async fn all_contacts(db: &DatabaseConnection) -> Result<Vec<contacts::Model>, BoxError> {
+    Ok(contacts::Entity::find()
+        .order_by_asc(contacts::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// Fail unless `got` and `want` are the same whole rows; the message names
+/// the first rows that differ rather than printing every row.
+fn same_rows(got: &[contacts::Model], want: &[contacts::Model], what: &str) -> TestResult {
+    if got == want {
+        return Ok(());
+    }
+    let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(3).collect();
+    let unexpected: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(3).collect();
+    Err(format!(
+        "{what}: {} rows, expected {}; first expected rows not there: {missing:?}; first rows not expected: {unexpected:?}",
+        got.len(),
+        want.len()
+    )
+    .into())
+}
+
+/// `n` contacts with distinct values in every synced column (some emails
+/// NULL), written on `db` in a few multi-row inserts.
+async fn add_contacts(db: &DatabaseConnection, n: i64, tag: &str) -> Result<Vec<Uuid>, BoxError> {
+    let rows: Vec<contacts::ActiveModel> = (0..n)
+        .map(|i| contacts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(format!("{tag} {i} ✓")),
+            email: Set((i % 3 != 0).then(|| format!("{tag}{i}@x"))),
+            last_opened: Set(None),
+            updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i * 7).unwrap()),
+        })
+        .collect();
+    let ids = rows
+        .iter()
+        .map(|r| r.id.clone().unwrap())
+        .collect::<Vec<_>>();
+    for chunk in rows.chunks(100) {
+        contacts::Entity::insert_many(chunk.to_vec())
+            .exec(db)
+            .await?;
+    }
+    Ok(ids)
+}
+
+/// A snapshot page as a caller saw it: asked after `after` for `limit`
+/// rows, got `rows` (table and key) and `next`.
+#[derive(Clone, Debug)]
+struct SnapshotCall {
+    after: Option<String>,
+    limit: u64,
+    rows: Vec<(String, String)>,
+    next: Option<String>,
+}
+
+/// A hub that records every snapshot request and the page it returned,
+/// and is unreachable for snapshots once it served `pages_left` pages.
+struct Paged {
+    inner: Arc<SqlBackend>,
+    pages_left: std::sync::atomic::AtomicUsize,
+    calls: std::sync::Mutex<Vec<SnapshotCall>>,
+}
+
+impl Paged {
+    fn new(inner: Arc<SqlBackend>, pages: usize) -> Self {
+        Paged {
+            inner,
+            pages_left: pages.into(),
+            calls: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The snapshot pages served since the last call.
+    fn take_calls(&self) -> Vec<SnapshotCall> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Paged {
+    async fn install(
+        &self,
+        tables: &[tidesync::TableSpec],
+    ) -> tidesync::Result<tidesync::backends::HubInfo> {
+        self.inner.install(tables).await
+    }
+
+    async fn push(
+        &self,
+        batch: &[tidesync::Change],
+    ) -> tidesync::Result<tidesync::backends::PushAck> {
+        self.inner.push(batch).await
+    }
+
+    async fn pull(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+        self.inner.pull_excluding(cursor, limit, origin).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, tidesync::backends::SnapshotPage)> {
+        use std::sync::atomic::Ordering;
+        let served = self
+            .pages_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if served.is_err() {
+            return Err(Error::Offline("connection reset (test)".into()));
+        }
+        let (cursor, page) = self.inner.snapshot(after.clone(), limit).await?;
+        let rows = page
+            .rows
+            .iter()
+            .map(|r| {
+                let values: Vec<sea_orm::Value> = r.pk.iter().map(|(_, v)| v.clone()).collect();
+                Ok((r.table.clone(), pk_key(&values)?))
+            })
+            .collect::<tidesync::Result<_>>()?;
+        self.calls.lock().unwrap().push(SnapshotCall {
+            after,
+            limit,
+            rows,
+            next: page.next.clone(),
+        });
+        Ok((cursor, page))
+    }
+}
+
+/// Check a chain of snapshot pages: each asked for `limit` rows after the
+/// previous page's `next` (the first after `first_after`); every page holds
+/// exactly `limit` rows and a `next`, but the last of a `complete` chain,
+/// which holds at most `limit` and ends it; no row twice. Returns the rows
+/// (table, hub key).
+fn check_pages(
+    calls: &[SnapshotCall],
+    first_after: Option<&str>,
+    limit: u64,
+    complete: bool,
+) -> Result<Vec<(String, String)>, BoxError> {
+    ensure!(!calls.is_empty(), "no snapshot page");
+    let sizes: Vec<usize> = calls.iter().map(|c| c.rows.len()).collect();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut after = first_after.map(str::to_owned);
+    for (i, c) in calls.iter().enumerate() {
+        ensure_eq!(c.after, after, "page {i} starts after the previous one");
+        ensure_eq!(c.limit, limit, "page {i} asks for the batch size");
+        if complete && i + 1 == calls.len() {
+            ensure!(
+                c.rows.len() as u64 <= limit && c.next.is_none(),
+                "the last page holds at most {limit} rows and ends: sizes {sizes:?}, next {:?}",
+                c.next
+            );
+        } else {
+            ensure!(
+                c.rows.len() as u64 == limit && c.next.is_some(),
+                "page {i} of {} holds exactly {limit} rows: sizes {sizes:?}",
+                calls.len()
+            );
+        }
+        after = c.next.clone();
+        rows.extend(c.rows.iter().cloned());
+    }
+    let distinct: std::collections::BTreeSet<_> = rows.iter().collect();
+    ensure_eq!(distinct.len(), rows.len(), "no row twice (sizes {sizes:?})");
+    Ok(rows)
+}
+
+/// The hub keys of contacts `ids`, as a snapshot names them.
+fn contact_keys(ids: &[Uuid]) -> Result<std::collections::BTreeSet<(String, String)>, BoxError> {
+    ids.iter()
+        .map(|id| Ok(("contacts".to_owned(), pk_key(&[sea_orm::Value::from(*id)])?)))
+        .collect()
+}
+
+/// `SqlBackend::snapshot` serves pages of exactly the asked size (the last
+/// at most that), each after the previous page's `next`, every hub row
+/// once, for page sizes from 1 to more than the rows.
+async fn snapshot_pages_hold_the_asked_size(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let ids = add_contacts(a.db(), 57, "paged").await?;
+    ensure_eq!(a.sync().await?.pushed, 57);
+    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let tip = backend.pull(Cursor(0), 1000).await?.next;
+    let want = contact_keys(&ids)?;
+    for limit in [1u64, 5, 19, 56, 57, 58, 1000] {
+        let paged = Paged::new(backend.clone(), usize::MAX);
+        let mut after = None;
+        loop {
+            let (cursor, page) = paged.snapshot(after, limit).await?;
+            ensure_eq!(cursor, tip, "the cursor is the hub's tip");
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        let rows = check_pages(&paged.take_calls(), None, limit, true)?;
+        ensure_eq!(
+            rows.into_iter().collect::<std::collections::BTreeSet<_>>(),
+            want,
+            "pages of {limit}: every hub row"
+        );
+    }
+    a.drop().await?;
+    hub.drop().await
+}
+
+/// The progress entries of interrupted bootstraps in `db`'s metadata.
+async fn bootstrap_progress(db: &DatabaseConnection) -> Result<Vec<String>, BoxError> {
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT \"key\" AS k FROM _tidesync_meta WHERE \"key\" LIKE 'bootstrap:%' ORDER BY 1",
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<String>("", "k")?))
+        .collect()
+}
+
+/// A bootstrap cut off between pages resumes at the next sync after the
+/// last page it applied, with pages of the batch size, never reading a row
+/// twice; it then pulls from where the snapshot started, so what changed
+/// on the hub meanwhile (an edit and a delete of rows already copied, a
+/// new row) arrives too, and the device ends with exactly the hub's rows.
+/// The progress is kept per hub: another hub's bootstrap on the same
+/// replica starts from the beginning and leaves it alone.
+async fn interrupted_bootstrap_resumes(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let ids = add_contacts(a.db(), 250, "boot").await?;
+    ensure_eq!(a.sync().await?.pushed, 250);
+    let paged = Arc::new(Paged::new(
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        3,
+    ));
+    let local = TestDb::create(Dialect::Sqlite, "resumed").await?;
+    local.create_table(contacts::Entity).await?;
+    let open = || async {
+        Replica::builder(local.db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await
+    };
+    let engine = SyncEngine::new(open().await?, paged.clone()).with_batch_size(40);
+    // Three pages arrive, the fourth request finds the hub gone.
+    match engine.sync_now().await {
+        Err(Error::Offline(_)) => {}
+        other => return Err(format!("expected Offline, got {other:?}").into()),
+    }
+    let first = paged.take_calls();
+    ensure_eq!(first.len(), 3, "three pages served");
+    let copied = check_pages(&first, None, 40, false)?;
+    let resume_after = first[2].next.clone().ok_or("a fourth page to come")?;
+    // The three pages applied, whole rows.
+    let applied = all_contacts(&local.db).await?;
+    let origin = all_contacts(a.db()).await?;
+    ensure_eq!(applied.len(), 120);
+    ensure!(
+        applied.iter().all(|m| origin.contains(m)),
+        "the rows applied are the hub's"
+    );
+    let copied_before: Vec<Uuid> = applied.iter().map(|m| m.id).collect();
+    ensure_eq!(
+        contact_keys(&copied_before)?,
+        copied.iter().cloned().collect(),
+        "the rows of the three pages"
+    );
+    ensure_eq!(
+        bootstrap_progress(&local.db).await?.len(),
+        1,
+        "the progress is stored"
+    );
+
+    // Meanwhile on the hub: a row already copied is edited, another
+    // deleted, one not copied yet is edited, and a row is added.
+    let (done, todo): (Vec<Uuid>, Vec<Uuid>) =
+        ids.iter().partition(|id| copied_before.contains(id));
+    ensure!(done.len() > 10 && todo.len() > 10, "{} copied", done.len());
+    a.edit(done[3], Some("edited after the copy"), Some("e@x"))
+        .await?;
+    contacts::Entity::delete_by_id(done[7]).exec(a.db()).await?;
+    a.edit(todo[5], None, Some("late@x")).await?;
+    let added = a.add("added meanwhile").await?;
+    a.sync().await?;
+
+    // Another hub on the same replica bootstraps from its beginning.
+    let other = TestDb::create(hub.dialect, "other_hub").await?;
+    let c = Device::new(&other, "c").await?;
+    add_contacts(c.db(), 5, "other").await?;
+    c.sync().await?;
+    let other_paged = Arc::new(Paged::new(
+        Arc::new(SqlBackend::new(other.connect_again().await?)),
+        usize::MAX,
+    ));
+    let elsewhere = SyncEngine::new(open().await?, other_paged.clone()).with_batch_size(40);
+    let r = elsewhere.sync_now().await?;
+    ensure_eq!(r.pulled, 5);
+    check_pages(&other_paged.take_calls(), None, 40, true)?;
+    ensure_eq!(
+        bootstrap_progress(&local.db).await?.len(),
+        1,
+        "the first hub's progress is kept"
+    );
+
+    // Back online: the snapshot continues after the last page applied.
+    paged
+        .pages_left
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let engine = SyncEngine::new(open().await?, paged.clone()).with_batch_size(40);
+    let r = engine.sync_now().await?;
+    ensure!(r.local_errors.is_empty() && r.halted.is_none(), "{r:?}");
+    let resumed = paged.take_calls();
+    ensure_eq!(
+        resumed.first().map(|c| c.after.clone()),
+        Some(Some(resume_after.clone())),
+        "the snapshot resumes after the last page applied"
+    );
+    let rest = check_pages(&resumed, Some(&resume_after), 40, true)?;
+    // Over both syncs every row is read once: the 250 (the deleted one
+    // was copied before it was deleted) and the one added.
+    let mut all = copied;
+    all.extend(rest);
+    let distinct: std::collections::BTreeSet<_> = all.iter().cloned().collect();
+    ensure_eq!(
+        distinct.len(),
+        all.len(),
+        "no row read twice over both syncs"
+    );
+    let mut read = ids.clone();
+    read.push(added);
+    ensure_eq!(distinct, contact_keys(&read)?, "every row read once");
+    ensure!(
+        bootstrap_progress(&local.db).await?.is_empty(),
+        "progress removed"
+    );
+    // Every row of both hubs, whole: the edits and the delete made while
+    // the bootstrap was cut off arrived by the pull.
+    let mut want = all_contacts(a.db()).await?;
+    want.extend(all_contacts(c.db()).await?);
+    want.sort_by_key(|m| m.id);
+    same_rows(
+        &all_contacts(&local.db).await?,
+        &want,
+        "after the resumed bootstrap",
+    )?;
+    let local_edit = contacts::Entity::find_by_id(done[3]).one(&local.db).await?;
+    ensure_eq!(
+        local_edit.map(|m| m.name),
+        Some("edited after the copy".to_owned())
+    );
+    ensure!(
+        contacts::Entity::find_by_id(added)
+            .one(&local.db)
+            .await?
+            .is_some(),
+        "the row added meanwhile"
+    );
+    ensure!(
+        contacts::Entity::find_by_id(done[7])
+            .one(&local.db)
+            .await?
+            .is_none(),
+        "the row deleted meanwhile"
+    );
+    // From now on it follows the log.
+    a.edit(ids[100], Some("after the bootstrap"), None).await?;
+    a.sync().await?;
+    ensure_eq!(engine.sync_now().await?.pulled, 1);
+    ensure!(paged.take_calls().is_empty(), "no snapshot again");
+    want = all_contacts(a.db()).await?;
+    want.extend(all_contacts(c.db()).await?);
+    want.sort_by_key(|m| m.id);
+    same_rows(&all_contacts(&local.db).await?, &want, "after a pull")?;
+    local.drop().await?;
+    c.drop().await?;
+    other.drop().await?;
     a.drop().await?;
     hub.drop().await
 }
