@@ -492,11 +492,13 @@ struct SnapshotCall {
 }
 
 /// A hub that records every snapshot request and the page it returned,
-/// and is unreachable for snapshots once it served `pages_left` pages.
+/// and the bytes of values of every push batch; it is unreachable for
+/// snapshots once it served `pages_left` pages.
 struct Paged {
     inner: Arc<SqlBackend>,
     pages_left: std::sync::atomic::AtomicUsize,
     calls: std::sync::Mutex<Vec<SnapshotCall>>,
+    pushes: std::sync::Mutex<Vec<usize>>,
 }
 
 impl Paged {
@@ -505,12 +507,18 @@ impl Paged {
             inner,
             pages_left: pages.into(),
             calls: std::sync::Mutex::new(Vec::new()),
+            pushes: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// The snapshot pages served since the last call.
     fn take_calls(&self) -> Vec<SnapshotCall> {
         std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    /// The bytes of string values of each push batch so far.
+    fn push_sizes(&self) -> Vec<usize> {
+        self.pushes.lock().unwrap().clone()
     }
 }
 
@@ -527,6 +535,12 @@ impl Backend for Paged {
         &self,
         batch: &[tidesync::Change],
     ) -> tidesync::Result<tidesync::backends::PushAck> {
+        let bytes = batch
+            .iter()
+            .flat_map(|c| &c.columns)
+            .map(|(_, v)| value_bytes(v))
+            .sum();
+        self.pushes.lock().unwrap().push(bytes);
         self.inner.push(batch).await
     }
 
@@ -1565,29 +1579,135 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
-/// 20 rows of 1 MB each: every statement (outbox, row states, log, the
-/// users' table) stays under MariaDB's 16 MiB packet.
+/// The bytes a value binds: a string's or a byte string's length (the
+/// rest are small).
+fn value_bytes(v: &sea_orm::Value) -> usize {
+    match v {
+        sea_orm::Value::String(Some(s)) => s.len(),
+        sea_orm::Value::Bytes(Some(b)) => b.len(),
+        _ => 8,
+    }
+}
+
+/// The statements run through a connection: where, the start of the SQL,
+/// and the bytes of the values bound.
+#[derive(Clone, Default)]
+struct Statements(Arc<std::sync::Mutex<Vec<(&'static str, String, usize)>>>);
+
+impl Statements {
+    /// Record what `db` runs from now on (its clones made later too), as
+    /// `place`.
+    fn watch(&self, db: &mut DatabaseConnection, place: &'static str) {
+        let log = self.0.clone();
+        db.set_metric_callback(move |info| {
+            let bytes = info
+                .statement
+                .values
+                .as_ref()
+                .map_or(0, |vs| vs.0.iter().map(value_bytes).sum());
+            let head: String = info.statement.sql.chars().take(60).collect();
+            log.lock().unwrap().push((place, head, bytes));
+        });
+    }
+
+    fn all(&self) -> Vec<(&'static str, String, usize)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// 20 rows of 1.3 MB each: they go out in push batches of about 4 MiB,
+/// and every statement (the outbox on the device, the log, row states and
+/// users' table on the hub, the users' table on a device pulling them, on
+/// the hub's dialect) binds about 4 MiB at most, whatever the dialect:
+/// MariaDB's default packet is 16 MiB, and the others should not depend
+/// on having none.
 async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
-    let a = Device::new(&hub, "a").await?;
-    let b = Device::new(&hub, "b").await?;
-    let big: String = "🌊 wave ".repeat(1 << 17); // ~1.1 MB
+    // No statement nor push batch may bind more than this: the library's
+    // 4 MiB plus one row, rounded up.
+    const MOST: usize = 8 << 20;
+    let statements = Statements::default();
+    let mut hub_db = hub.connect_again().await?;
+    statements.watch(&mut hub_db, "hub");
+    let backend = Arc::new(Paged::new(Arc::new(SqlBackend::new(hub_db)), usize::MAX));
+    let device = |dialect: Dialect, tag: &'static str| {
+        let statements = statements.clone();
+        let backend = backend.clone();
+        async move {
+            let mut local = TestDb::create(dialect, tag).await?;
+            statements.watch(&mut local.db, tag);
+            // Unbounded text on MySQL, as on the hub.
+            tidesync::create_table::<contacts::Entity, _>(&local.db).await?;
+            let replica = Replica::builder(local.db.clone())
+                .register::<contacts::Entity>()
+                .open()
+                .await?;
+            Ok::<_, BoxError>(Device {
+                local,
+                engine: SyncEngine::new(replica, backend),
+            })
+        }
+    };
+    // `a` writes on SQLite; `b` pulls into a database of the hub's dialect.
+    let a = device(Dialect::Sqlite, "big_a").await?;
+    let b = device(hub.dialect, "big_b").await?;
+    let big: String = "🌊 wave ".repeat(1 << 17); // ~1.3 MB
     let rows: Vec<contacts::ActiveModel> = (0..20)
         .map(|i| contacts::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(format!("{i} {big}")),
-            email: Set(None),
+            email: Set(Some(format!("{i}@x"))),
             last_opened: Set(None),
             updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
         })
         .collect();
-    for chunk in rows.chunks(10) {
+    for chunk in rows.chunks(3) {
         contacts::Entity::insert_many(chunk.to_vec())
             .exec(a.db())
             .await?;
     }
     ensure_eq!(a.sync().await?.pushed, 20);
     ensure_eq!(b.sync().await?.pulled, 20);
-    ensure_eq!(b.rows().await?, a.rows().await?);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &all_contacts(a.db()).await?,
+        "b has a's rows",
+    )?;
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(a.db()).await?,
+        "the hub has a's rows",
+    )?;
+
+    let pushes = backend.push_sizes();
+    ensure!(
+        pushes.iter().all(|b| *b <= MOST) && pushes.iter().sum::<usize>() > 20 * big.len(),
+        "push batches of at most {MOST} bytes: {pushes:?}"
+    );
+    let all = statements.all();
+    let too_big: Vec<_> = all.iter().filter(|(_, _, b)| *b > MOST).collect();
+    ensure!(
+        too_big.is_empty(),
+        "statements binding more than {MOST} bytes: {too_big:?}"
+    );
+    // The big values did go through each of these, in several statements.
+    for (place, table) in [
+        ("big_a", "_tidesync_outbox"),
+        ("hub", "_tidesync_changes"),
+        ("hub", "contacts"),
+        ("big_b", "contacts"),
+    ] {
+        let sizes: Vec<usize> = all
+            .iter()
+            .filter(|(p, sql, b)| {
+                *p == place && sql.starts_with("INSERT") && sql.contains(table) && *b > big.len()
+            })
+            .map(|(_, _, b)| *b)
+            .collect();
+        ensure!(
+            sizes.len() >= 3 && sizes.iter().sum::<usize>() > 20 * big.len(),
+            "{table} on {place}: the 20 rows in several statements, got {sizes:?}"
+        );
+    }
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
