@@ -137,6 +137,18 @@ impl Device {
         Ok(())
     }
 
+    /// Set the local-only `last_opened` of row `id`.
+    async fn set_opened(&self, id: Uuid, at: chrono::DateTime<Utc>) -> TestResult {
+        let mut am = contacts::Entity::find_by_id(id)
+            .one(self.db())
+            .await?
+            .ok_or("no such row")?
+            .into_active_model();
+        am.last_opened = Set(Some(at));
+        am.update(self.db()).await?;
+        Ok(())
+    }
+
     async fn drop(self) -> TestResult {
         self.local.drop().await
     }
@@ -867,18 +879,88 @@ async fn pulled_changes_are_not_captured_again(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
+/// The hub's tables are ordinary tables another program can query, and a
+/// local-only column (`last_opened`, `#[syncable(skip)]`) never leaves the
+/// device: setting it captures nothing, the hub's column stays NULL,
+/// another device pulling the row gets NULL, and each device keeps its own
+/// value when it pulls the other's edits.
 async fn hub_tables_are_ordinary_tables(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
     let id = a.add("queryable").await?;
+    let opened_a = Utc.with_ymd_and_hms(2026, 6, 1, 8, 30, 0).unwrap();
+    a.set_opened(id, opened_a).await?;
     a.sync().await?;
     // Another program reads the hub with plain SeaORM.
     let row = contacts::Entity::find_by_id(id)
         .one(&hub.db)
         .await?
         .ok_or("row on hub")?;
-    ensure_eq!(row.name, "queryable");
-    ensure_eq!(row.last_opened, None, "local-only column not sent");
+    let on_a = contacts::Entity::find_by_id(id)
+        .one(a.db())
+        .await?
+        .ok_or("row on a")?;
+    ensure_eq!(on_a.last_opened, Some(opened_a));
+    let synced = contacts::Model {
+        last_opened: None,
+        ..on_a.clone()
+    };
+    ensure_eq!(
+        row,
+        synced,
+        "the hub's row: every synced value, no local-only one"
+    );
+    b.sync().await?;
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(b.db()).await?,
+        Some(synced.clone()),
+        "another device gets the row without the local-only value"
+    );
+
+    // Setting only the local-only column is no change to sync.
+    let later = Utc.with_ymd_and_hms(2026, 6, 2, 9, 0, 0).unwrap();
+    a.set_opened(id, later).await?;
+    a.engine.replica().capture().await?;
+    ensure_eq!(
+        a.engine.replica().pending_count().await?,
+        0,
+        "nothing captured for a local-only column"
+    );
+    // b opens the row too and renames it; a pulls the rename and keeps
+    // its own value, b keeps its own.
+    let opened_b = Utc.with_ymd_and_hms(2026, 7, 3, 10, 0, 0).unwrap();
+    b.set_opened(id, opened_b).await?;
+    b.edit(id, Some("renamed"), None).await?;
+    ensure_eq!(b.sync().await?.pushed, 1);
+    ensure_eq!(a.sync().await?.pulled, 1);
+    ensure_eq!(b.sync().await?.pulled, 0);
+    let renamed = contacts::Model {
+        name: "renamed".into(),
+        ..synced
+    };
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(a.db()).await?,
+        Some(contacts::Model {
+            last_opened: Some(later),
+            ..renamed.clone()
+        }),
+        "a has the rename and its own last_opened"
+    );
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(b.db()).await?,
+        Some(contacts::Model {
+            last_opened: Some(opened_b),
+            ..renamed.clone()
+        }),
+        "b keeps its own last_opened"
+    );
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(&hub.db).await?,
+        Some(renamed),
+        "the hub's last_opened stays NULL"
+    );
     a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }
 
