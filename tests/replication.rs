@@ -864,6 +864,11 @@ async fn pulled_changes_are_not_captured_again(hub: TestDb) -> TestResult {
     a.sync().await?;
     let r = b.sync().await?;
     ensure_eq!(r.pulled, 10);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &all_contacts(a.db()).await?,
+        "b has a's rows",
+    )?;
     ensure_eq!(
         b.engine.replica().pending_count().await?,
         0,
@@ -970,7 +975,8 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
     let backend = Arc::new(SqlBackend::new(dead.clone()));
     let a = Device::with_backend(backend, "a").await?;
     dead.close().await?;
-    a.add("queued").await?;
+    let id = a.add("queued").await?;
+    a.edit(id, None, Some("queued@x")).await?;
     match a.engine.sync_now().await {
         Err(Error::Offline(_)) => {}
         other => return Err(format!("expected Offline, got {other:?}").into()),
@@ -990,7 +996,9 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
         Arc::new(SqlBackend::new(hub.connect_again().await?)),
     );
     ensure_eq!(engine.sync_now().await?.pushed, 1);
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 1);
+    let on_a = all_contacts(a.db()).await?;
+    ensure_eq!(on_a.len(), 1);
+    same_rows(&all_contacts(&hub.db).await?, &on_a, "the hub has the edit")?;
     a.drop().await?;
     hub.drop().await
 }
@@ -1057,25 +1065,61 @@ async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> Test
     };
     let engine = SyncEngine::new(open().await?, lost).with_batch_size(5);
     let device = Device { local, engine };
-    for i in 0..40 {
-        device.add(&format!("n{i}")).await?;
-    }
+    add_contacts(device.db(), 40, "lost").await?;
+    let mine = all_contacts(device.db()).await?;
     // Three batches of 5 go through, the fourth finds the hub gone.
     match device.engine.sync_now().await {
         Err(Error::Offline(_)) => {}
         other => return Err(format!("expected Offline, got {other:?}").into()),
     }
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 15);
+    let on_hub = all_contacts(&hub.db).await?;
+    ensure_eq!(on_hub.len(), 15);
+    let acked: Vec<contacts::Model> = mine
+        .iter()
+        .filter(|m| on_hub.iter().any(|h| h.id == m.id))
+        .cloned()
+        .collect();
+    same_rows(
+        &on_hub,
+        &acked,
+        "the hub holds the acknowledged rows, whole",
+    )?;
     ensure_eq!(
         device.engine.replica().pending_count().await?,
         25,
         "the acknowledged head was dropped from the outbox, the rest kept"
     );
+    // The changes kept are exactly those of the rows the hub lacks, with
+    // their values.
+    let kept = device.engine.replica().pending(100).await?;
+    let kept_ids: Vec<sea_orm::Value> = kept.iter().map(|c| c.pk[0].1.clone()).collect();
+    let lacking: Vec<&contacts::Model> = mine.iter().filter(|m| !acked.contains(m)).collect();
+    ensure_eq!(
+        kept_ids,
+        lacking
+            .iter()
+            .map(|m| sea_orm::Value::from(m.id))
+            .collect::<Vec<_>>(),
+        "the outbox keeps the unacknowledged changes, in order"
+    );
+    for (c, m) in kept.iter().zip(&lacking) {
+        let name = c.columns.iter().find(|(n, _)| n == "name").map(|(_, v)| v);
+        ensure_eq!(name, Some(&sea_orm::Value::from(m.name.clone())));
+    }
     // Back online: the rest goes out, nothing twice.
     let engine = SyncEngine::new(open().await?, inner.clone()).with_batch_size(5);
     ensure_eq!(engine.sync_now().await?.pushed, 25);
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 40);
-    ensure_eq!(inner.pull(Cursor(0), 1000).await?.changes.len(), 40);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &mine,
+        "the hub holds every row, whole",
+    )?;
+    let log = inner.pull(Cursor(0), 1000).await?;
+    ensure_eq!(
+        log.changes.iter().map(|c| c.id.seq).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<u64>>(),
+        "each change logged once, in order"
+    );
     ensure_eq!(engine.replica().pending_count().await?, 0);
     device.drop().await?;
     hub.drop().await
@@ -1133,7 +1177,11 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     a.sync().await?; // captures 1100, pushes 1100
     let b = device("stats_b").await?;
     b.sync().await?; // bootstraps 1100
-    ensure_eq!(b.rows().await?.len(), 1100);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &all_contacts(a.db()).await?,
+        "b has a's rows",
+    )?;
     for (db, table, who) in [
         (&hub.db, "_tidesync_hub_rows", "hub"),
         (&hub.db, "_tidesync_changes", "hub"),
@@ -1205,6 +1253,11 @@ async fn halt_policy_stops_the_stream_in_order(hub: TestDb) -> TestResult {
         names.contains(&"fixed".to_string()),
         "the fix arrived after the original: {names:?}"
     );
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(a.db()).await?,
+        "the hub holds the device's rows",
+    )?;
     a.drop().await?;
     hub.drop().await
 }
@@ -1222,11 +1275,13 @@ async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
     let parked = backend.rejected().await?;
     ensure_eq!(parked.len(), 1);
     ensure_eq!(parked[0].id.seq, 2);
-    ensure_eq!(
-        contacts::Entity::find().count(&hub.db).await?,
-        2,
-        "the others went on"
-    );
+    let good: Vec<contacts::Model> = all_contacts(a.db())
+        .await?
+        .into_iter()
+        .filter(|m| m.name != "bad one")
+        .collect();
+    ensure_eq!(good.len(), 2);
+    same_rows(&all_contacts(&hub.db).await?, &good, "the others went on")?;
     ensure_eq!(a.engine.replica().pending_count().await?, 0);
     a.drop().await?;
     hub.drop().await
@@ -1305,9 +1360,11 @@ async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> T
     ensure_eq!(all.changes.len(), total, "and the log holds each once");
     // Every device, which left its own changes out of its pulls while the
     // others pushed, ends with every row after one more sync.
+    let on_hub = all_contacts(&hub.db).await?;
+    ensure_eq!(on_hub.len(), total);
     for d in &devices {
         d.sync().await?;
-        ensure_eq!(d.rows().await?.len(), total, "device converged");
+        same_rows(&all_contacts(d.db()).await?, &on_hub, "device converged")?;
     }
     let hub_seqs: Vec<u64> = (1..=total as u64).collect();
     ensure_eq!(
@@ -1380,6 +1437,28 @@ async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestRes
     check(engines[0].sync_now().await?)?;
     check(engines[1].sync_now().await?)?;
     ensure_eq!(members::Entity::find().count(b).await?, 3);
+    for db in [b, &hub.db] {
+        ensure_eq!(
+            groups::Entity::find()
+                .order_by_asc(groups::Column::Id)
+                .all(db)
+                .await?,
+            groups::Entity::find()
+                .order_by_asc(groups::Column::Id)
+                .all(a)
+                .await?
+        );
+        ensure_eq!(
+            members::Entity::find()
+                .order_by_asc(members::Column::Id)
+                .all(db)
+                .await?,
+            members::Entity::find()
+                .order_by_asc(members::Column::Id)
+                .all(a)
+                .await?
+        );
+    }
     // Children deleted before the parent (the only order the local FK allows).
     members::Entity::delete_many().exec(a).await?;
     groups::Entity::delete_by_id(g).exec(a).await?;
@@ -1450,7 +1529,17 @@ async fn malformed_outbox_change_halts_or_parks(hub: TestDb) -> TestResult {
             .contains("malformed"),
         "with the reason"
     );
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 2);
+    let sent: Vec<contacts::Model> = all_contacts(a.db())
+        .await?
+        .into_iter()
+        .filter(|m| m.name != "two")
+        .collect();
+    ensure_eq!(sent.len(), 2);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &sent,
+        "all but the parked one",
+    )?;
     a.drop().await?;
     hub.drop().await
 }
@@ -1489,7 +1578,18 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
     );
     let again = b.engine.sync_now().await?;
     ensure_eq!(again.pulled, 0, "still halted there");
-    ensure_eq!(b.rows().await?.len(), 1);
+    let on_a = all_contacts(a.db()).await?;
+    let named = |names: &[&str]| -> Vec<contacts::Model> {
+        on_a.iter()
+            .filter(|m| names.contains(&m.name.as_str()))
+            .cloned()
+            .collect()
+    };
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &named(&["one"]),
+        "the change before the bad one",
+    )?;
     // Park: the bad one is parked locally, the third arrives.
     let replica = Replica::builder(b.db().clone())
         .register::<contacts::Entity>()
@@ -1502,7 +1602,11 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
     .with_policy(tidesync::backends::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pulled, 1, "{r:?}");
-    ensure_eq!(b.rows().await?.len(), 2);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &named(&["one", "three"]),
+        "the changes around the bad one",
+    )?;
     let parked = b
         .db()
         .query_one_raw(sea_orm::Statement::from_string(
@@ -1656,7 +1760,11 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         (1..=400).collect::<Vec<u64>>(),
         "each change on the hub exactly once, in order"
     );
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 400);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(&local.db).await?,
+        "the hub holds every row, whole",
+    )?;
     local.drop().await?;
     hub.drop().await
 }
