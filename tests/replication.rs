@@ -1779,10 +1779,13 @@ fn value_bytes(v: &sea_orm::Value) -> usize {
     }
 }
 
-/// The statements run through a connection: where, the start of the SQL,
-/// and the bytes of the values bound.
+/// A statement run: where, the start of its SQL, the bytes of the values
+/// bound.
+type StatementRun = (&'static str, String, usize);
+
+/// The statements run through the connections watched.
 #[derive(Clone, Default)]
-struct Statements(Arc<std::sync::Mutex<Vec<(&'static str, String, usize)>>>);
+struct Statements(Arc<std::sync::Mutex<Vec<StatementRun>>>);
 
 impl Statements {
     /// Record what `db` runs from now on (its clones made later too), as
@@ -1800,7 +1803,7 @@ impl Statements {
         });
     }
 
-    fn all(&self) -> Vec<(&'static str, String, usize)> {
+    fn all(&self) -> Vec<StatementRun> {
         self.0.lock().unwrap().clone()
     }
 }
