@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -59,8 +59,18 @@ async fn until(
     what: &str,
     done: impl Fn(&SyncStatus) -> bool,
 ) -> Result<SyncStatus, BoxError> {
+    until_within(handle, what, Duration::from_secs(60), done).await
+}
+
+/// Wait up to `limit` for the status to satisfy `done`.
+async fn until_within(
+    handle: &SyncHandle,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&SyncStatus) -> bool,
+) -> Result<SyncStatus, BoxError> {
     let mut rx = handle.watch();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
     loop {
         let s = rx.borrow_and_update().clone();
         if done(&s) {
@@ -68,7 +78,9 @@ async fn until(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(left, rx.changed()).await.is_err() {
-            return Err(format!("timed out waiting for {what}; status: {s:?}").into());
+            return Err(
+                format!("timed out after {limit:?} waiting for {what}; status: {s:?}").into(),
+            );
         }
     }
 }
@@ -147,18 +159,34 @@ async fn syncs_at_once_on_demand_and_on_the_interval(hub: TestDb) -> TestResult 
     hub.drop().await
 }
 
-/// A hub that is unreachable while `down` is set.
+/// A hub that is unreachable while `down` is set, and records when each
+/// request it refused arrived.
 struct Switch {
     inner: SqlBackend,
     down: AtomicBool,
+    refused: Mutex<Vec<Instant>>,
 }
 
 impl Switch {
+    fn new(inner: SqlBackend) -> Self {
+        Switch {
+            inner,
+            down: AtomicBool::new(true),
+            refused: Mutex::new(Vec::new()),
+        }
+    }
+
     fn check(&self) -> tidesync::Result<()> {
         if self.down.load(Ordering::SeqCst) {
+            self.refused.lock().unwrap().push(Instant::now());
             return Err(Error::Offline("no route to host (test)".into()));
         }
         Ok(())
+    }
+
+    /// When each refused request arrived, in order.
+    fn refused(&self) -> Vec<Instant> {
+        self.refused.lock().unwrap().clone()
     }
 }
 
@@ -189,17 +217,24 @@ impl Backend for Switch {
     }
 }
 
+/// While the hub is unreachable the task really waits between attempts:
+/// each failure reports `Offline` with a backoff that doubles up to the
+/// maximum, and the next attempt (a failed sync makes exactly one request,
+/// refused and timed by the `Switch`) comes no sooner than the `retry_in`
+/// that failure reported, so attempts in a window are few. Once the hub is
+/// back, the next attempt pushes everything. With an hour's backoff a
+/// `sync_soon` still syncs at once, and without one nothing is attempted.
 async fn backs_off_while_offline_and_catches_up(hub: TestDb) -> TestResult {
-    let switch = Arc::new(Switch {
-        inner: SqlBackend::new(hub.connect_again().await?),
-        down: AtomicBool::new(true),
-    });
+    let switch = Arc::new(Switch::new(SqlBackend::new(hub.connect_again().await?)));
     let (local, engine) = device(switch.clone(), "bg_offline").await?;
     for i in 0..3 {
         add(&local.db, &format!("offline {i}")).await?;
     }
-    let min = Duration::from_millis(20);
-    let max = Duration::from_millis(160);
+    // Waits long enough that an attempt made without waiting (a few
+    // milliseconds later) cannot pass for one made after the wait.
+    let min = Duration::from_millis(100);
+    let max = Duration::from_millis(400);
+    let ceiling = |failures: u32| Ord::min(min * 2u32.pow(failures - 1), max);
     let handle = engine.start(AutoSync::every(Duration::from_secs(3600)).backoff(min, max));
 
     // Each failure in a row waits longer, up to the maximum, each wait
@@ -227,7 +262,7 @@ async fn backs_off_while_offline_and_catches_up(hub: TestDb) -> TestResult {
         );
     }
     for (failures, retry_in) in &seen {
-        let ceiling = Ord::min(min * 2u32.pow(failures - 1), max);
+        let ceiling = ceiling(*failures);
         ensure!(
             *retry_in >= ceiling / 2 && *retry_in <= ceiling,
             "failure {failures}: waited {retry_in:?}, ceiling {ceiling:?} ({seen:?})"
@@ -237,6 +272,47 @@ async fn backs_off_while_offline_and_catches_up(hub: TestDb) -> TestResult {
     ensure!(
         seen.windows(2).all(|w| w[0].0 < w[1].0),
         "failures in a row only grow: {seen:?}"
+    );
+
+    // The attempts really waited: attempt k + 1 came at least the
+    // `retry_in` failure k reported after attempt k (a sleep never ends
+    // early), and every wait at least half its ceiling.
+    let refused = switch.refused();
+    ensure!(
+        refused.len() >= 6,
+        "{} attempts for 6 failures",
+        refused.len()
+    );
+    let gaps: Vec<Duration> = refused.windows(2).map(|w| w[1] - w[0]).collect();
+    for (failures, retry_in) in &seen {
+        if let Some(gap) = gaps.get(*failures as usize - 1) {
+            ensure!(
+                gap >= retry_in,
+                "attempt {} came {gap:?} after failure {failures}, which reported retry_in {retry_in:?} (gaps: {gaps:?})",
+                failures + 1
+            );
+        }
+    }
+    for (k, gap) in gaps.iter().enumerate() {
+        let floor = ceiling(k as u32 + 1) / 2;
+        ensure!(
+            *gap >= floor,
+            "attempt {} came {gap:?} after attempt {}, less than half the backoff {floor:?} (gaps: {gaps:?})",
+            k + 2,
+            k + 1
+        );
+    }
+    // So a window holds few attempts: at the maximum, at most one per
+    // half of it.
+    let before = switch.refused().len();
+    let window = Duration::from_millis(1000);
+    tokio::time::sleep(window).await;
+    let during = switch.refused().len() - before;
+    let most = (window.as_millis() / (max / 2).as_millis()) as usize + 1;
+    ensure!(
+        during <= most,
+        "{during} attempts in {window:?} with a backoff of at least {:?}",
+        max / 2
     );
 
     // Back online: the next attempt (at most `max` away) pushes everything.
@@ -250,18 +326,38 @@ async fn backs_off_while_offline_and_catches_up(hub: TestDb) -> TestResult {
         "after a success it waits for the interval"
     );
     ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 3);
+    handle.stop().await;
 
-    // Offline again: a demand cuts the wait short once the hub is back.
+    // Offline again, backing off for an hour.
     switch.down.store(true, Ordering::SeqCst);
     add(&local.db, "later").await?;
-    handle.sync_soon();
-    until(&handle, "a failure", |s| {
+    let hour = Duration::from_secs(3600);
+    let handle = engine.start(AutoSync::every(hour).backoff(hour, hour));
+    let s = until(&handle, "a failure", |s| {
         matches!(s.phase, SyncPhase::Waiting { .. })
     })
     .await?;
+    let SyncPhase::Waiting { retry_in, .. } = s.phase else {
+        unreachable!()
+    };
+    ensure!(retry_in >= hour / 2, "retry in {retry_in:?}");
+    let attempts = switch.refused().len();
+    // The hub is back, but nothing tries it during the backoff...
     switch.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = handle.status();
+    ensure_eq!(s.syncs, 0, "no attempt during the backoff: {s:?}");
+    ensure_eq!(switch.refused().len(), attempts);
+    // ... until a demand cuts the wait short: the sync comes within
+    // seconds, not the hour.
     handle.sync_soon();
-    let s = until(&handle, "the second successful sync", |s| s.syncs == 2).await?;
+    let s = until_within(
+        &handle,
+        "the sync on demand",
+        Duration::from_secs(30),
+        |s| s.syncs == 1,
+    )
+    .await?;
     ensure_eq!(s.pending, 0);
     ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 4);
     handle.stop().await;

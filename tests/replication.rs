@@ -12,6 +12,7 @@ use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DbBackend, IntoActiveModel, QueryOrder};
 use tidesync::backends::{Backend, Cursor, RejectPolicy, SqlBackend};
+use tidesync::core::value::pk_key;
 use tidesync::{Error, Replica, SyncEngine};
 
 fn main() -> std::process::ExitCode {
@@ -22,6 +23,8 @@ fn main() -> std::process::ExitCode {
         hub_states_take_values_from_the_log,
         resent_batch_is_applied_once,
         new_device_bootstraps_in_batches,
+        snapshot_pages_hold_the_asked_size,
+        interrupted_bootstrap_resumes,
         pulled_changes_are_not_captured_again,
         hub_tables_are_ordinary_tables,
         unreachable_hub_is_offline_and_loses_nothing,
@@ -130,6 +133,18 @@ impl Device {
         if let Some(e) = email {
             am.email = Set(Some(e.into()));
         }
+        am.update(self.db()).await?;
+        Ok(())
+    }
+
+    /// Set the local-only `last_opened` of row `id`.
+    async fn set_opened(&self, id: Uuid, at: chrono::DateTime<Utc>) -> TestResult {
+        let mut am = contacts::Entity::find_by_id(id)
+            .one(self.db())
+            .await?
+            .ok_or("no such row")?
+            .into_active_model();
+        am.last_opened = Set(Some(at));
         am.update(self.db()).await?;
         Ok(())
     }
@@ -392,13 +407,15 @@ async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let engine = SyncEngine::new(
-        replica,
+    let paged = Arc::new(Paged::new(
         Arc::new(SqlBackend::new(hub.connect_again().await?)),
-    )
-    .with_batch_size(100);
+        usize::MAX,
+    ));
+    let engine = SyncEngine::new(replica, paged.clone()).with_batch_size(100);
     let report = engine.sync_now().await?;
     ensure_eq!(report.pulled, 1234);
+    let read = check_pages(&paged.take_calls(), None, 100, true)?;
+    ensure_eq!(read.len(), 1234, "pages of 100, every row once");
     let fresh: Vec<contacts::Model> = contacts::Entity::find()
         .order_by_asc(contacts::Column::Id)
         .all(&local.db)
@@ -428,6 +445,416 @@ async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
+/// Every contact of `db`, whole rows (all columns), in key order.
+async fn all_contacts(db: &DatabaseConnection) -> Result<Vec<contacts::Model>, BoxError> {
+    Ok(contacts::Entity::find()
+        .order_by_asc(contacts::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// Fail unless `got` and `want` are the same whole rows; the message names
+/// the first rows that differ rather than printing every row.
+fn same_rows(got: &[contacts::Model], want: &[contacts::Model], what: &str) -> TestResult {
+    if got == want {
+        return Ok(());
+    }
+    let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(3).collect();
+    let unexpected: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(3).collect();
+    Err(format!(
+        "{what}: {} rows, expected {}; first expected rows not there: {missing:?}; first rows not expected: {unexpected:?}",
+        got.len(),
+        want.len()
+    )
+    .into())
+}
+
+/// `n` contacts with distinct values in every synced column (some emails
+/// NULL), written on `db` in a few multi-row inserts.
+async fn add_contacts(db: &DatabaseConnection, n: i64, tag: &str) -> Result<Vec<Uuid>, BoxError> {
+    let rows: Vec<contacts::ActiveModel> = (0..n)
+        .map(|i| contacts::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(format!("{tag} {i} ✓")),
+            email: Set((i % 3 != 0).then(|| format!("{tag}{i}@x"))),
+            last_opened: Set(None),
+            updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i * 7).unwrap()),
+        })
+        .collect();
+    let ids = rows
+        .iter()
+        .map(|r| r.id.clone().unwrap())
+        .collect::<Vec<_>>();
+    for chunk in rows.chunks(100) {
+        contacts::Entity::insert_many(chunk.to_vec())
+            .exec(db)
+            .await?;
+    }
+    Ok(ids)
+}
+
+/// A snapshot page as a caller saw it: asked after `after` for `limit`
+/// rows, got `rows` (table and key) and `next`.
+#[derive(Clone, Debug)]
+struct SnapshotCall {
+    after: Option<String>,
+    limit: u64,
+    rows: Vec<(String, String)>,
+    next: Option<String>,
+}
+
+/// A hub that records every snapshot request and the page it returned,
+/// and the bytes of values of every push batch; it is unreachable for
+/// snapshots once it served `pages_left` pages.
+struct Paged {
+    inner: Arc<SqlBackend>,
+    pages_left: std::sync::atomic::AtomicUsize,
+    calls: std::sync::Mutex<Vec<SnapshotCall>>,
+    pushes: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Paged {
+    fn new(inner: Arc<SqlBackend>, pages: usize) -> Self {
+        Paged {
+            inner,
+            pages_left: pages.into(),
+            calls: std::sync::Mutex::new(Vec::new()),
+            pushes: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The snapshot pages served since the last call.
+    fn take_calls(&self) -> Vec<SnapshotCall> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    /// The bytes of string values of each push batch so far.
+    fn push_sizes(&self) -> Vec<usize> {
+        self.pushes.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Paged {
+    async fn install(
+        &self,
+        tables: &[tidesync::TableSpec],
+    ) -> tidesync::Result<tidesync::backends::HubInfo> {
+        self.inner.install(tables).await
+    }
+
+    async fn push(
+        &self,
+        batch: &[tidesync::Change],
+    ) -> tidesync::Result<tidesync::backends::PushAck> {
+        let bytes = batch
+            .iter()
+            .flat_map(|c| &c.columns)
+            .map(|(_, v)| value_bytes(v))
+            .sum();
+        self.pushes.lock().unwrap().push(bytes);
+        self.inner.push(batch).await
+    }
+
+    async fn pull(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+        self.inner.pull_excluding(cursor, limit, origin).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, tidesync::backends::SnapshotPage)> {
+        use std::sync::atomic::Ordering;
+        let served = self
+            .pages_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if served.is_err() {
+            return Err(Error::Offline("connection reset (test)".into()));
+        }
+        let (cursor, page) = self.inner.snapshot(after.clone(), limit).await?;
+        let rows = page
+            .rows
+            .iter()
+            .map(|r| {
+                let values: Vec<sea_orm::Value> = r.pk.iter().map(|(_, v)| v.clone()).collect();
+                Ok((r.table.clone(), pk_key(&values)?))
+            })
+            .collect::<tidesync::Result<_>>()?;
+        self.calls.lock().unwrap().push(SnapshotCall {
+            after,
+            limit,
+            rows,
+            next: page.next.clone(),
+        });
+        Ok((cursor, page))
+    }
+}
+
+/// Check a chain of snapshot pages: each asked for `limit` rows after the
+/// previous page's `next` (the first after `first_after`); every page holds
+/// exactly `limit` rows and a `next`, but the last of a `complete` chain,
+/// which holds at most `limit` and ends it; no row twice. Returns the rows
+/// (table, hub key).
+fn check_pages(
+    calls: &[SnapshotCall],
+    first_after: Option<&str>,
+    limit: u64,
+    complete: bool,
+) -> Result<Vec<(String, String)>, BoxError> {
+    ensure!(!calls.is_empty(), "no snapshot page");
+    let sizes: Vec<usize> = calls.iter().map(|c| c.rows.len()).collect();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut after = first_after.map(str::to_owned);
+    for (i, c) in calls.iter().enumerate() {
+        ensure_eq!(c.after, after, "page {i} starts after the previous one");
+        ensure_eq!(c.limit, limit, "page {i} asks for the batch size");
+        if complete && i + 1 == calls.len() {
+            ensure!(
+                c.rows.len() as u64 <= limit && c.next.is_none(),
+                "the last page holds at most {limit} rows and ends: sizes {sizes:?}, next {:?}",
+                c.next
+            );
+        } else {
+            ensure!(
+                c.rows.len() as u64 == limit && c.next.is_some(),
+                "page {i} of {} holds exactly {limit} rows: sizes {sizes:?}",
+                calls.len()
+            );
+        }
+        after = c.next.clone();
+        rows.extend(c.rows.iter().cloned());
+    }
+    let distinct: std::collections::BTreeSet<_> = rows.iter().collect();
+    ensure_eq!(distinct.len(), rows.len(), "no row twice (sizes {sizes:?})");
+    Ok(rows)
+}
+
+/// The hub keys of contacts `ids`, as a snapshot names them.
+fn contact_keys(ids: &[Uuid]) -> Result<std::collections::BTreeSet<(String, String)>, BoxError> {
+    ids.iter()
+        .map(|id| Ok(("contacts".to_owned(), pk_key(&[sea_orm::Value::from(*id)])?)))
+        .collect()
+}
+
+/// `SqlBackend::snapshot` serves pages of exactly the asked size (the last
+/// at most that), each after the previous page's `next`, every hub row
+/// once, for page sizes from 1 to more than the rows.
+async fn snapshot_pages_hold_the_asked_size(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let ids = add_contacts(a.db(), 57, "paged").await?;
+    ensure_eq!(a.sync().await?.pushed, 57);
+    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let tip = backend.pull(Cursor(0), 1000).await?.next;
+    let want = contact_keys(&ids)?;
+    for limit in [1u64, 5, 19, 56, 57, 58, 1000] {
+        let paged = Paged::new(backend.clone(), usize::MAX);
+        let mut after = None;
+        loop {
+            let (cursor, page) = paged.snapshot(after, limit).await?;
+            ensure_eq!(cursor, tip, "the cursor is the hub's tip");
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        let rows = check_pages(&paged.take_calls(), None, limit, true)?;
+        ensure_eq!(
+            rows.into_iter().collect::<std::collections::BTreeSet<_>>(),
+            want,
+            "pages of {limit}: every hub row"
+        );
+    }
+    a.drop().await?;
+    hub.drop().await
+}
+
+/// The progress entries of interrupted bootstraps in `db`'s metadata.
+async fn bootstrap_progress(db: &DatabaseConnection) -> Result<Vec<String>, BoxError> {
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT \"key\" AS k FROM _tidesync_meta WHERE \"key\" LIKE 'bootstrap:%' ORDER BY 1",
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<String>("", "k")?))
+        .collect()
+}
+
+/// A bootstrap cut off between pages resumes at the next sync after the
+/// last page it applied, with pages of the batch size, never reading a row
+/// twice; it then pulls from where the snapshot started, so what changed
+/// on the hub meanwhile (an edit and a delete of rows already copied, a
+/// new row) arrives too, and the device ends with exactly the hub's rows.
+/// The progress is kept per hub: another hub's bootstrap on the same
+/// replica starts from the beginning and leaves it alone.
+async fn interrupted_bootstrap_resumes(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let ids = add_contacts(a.db(), 250, "boot").await?;
+    ensure_eq!(a.sync().await?.pushed, 250);
+    let paged = Arc::new(Paged::new(
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        3,
+    ));
+    let local = TestDb::create(Dialect::Sqlite, "resumed").await?;
+    local.create_table(contacts::Entity).await?;
+    let open = || async {
+        Replica::builder(local.db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await
+    };
+    let engine = SyncEngine::new(open().await?, paged.clone()).with_batch_size(40);
+    // Three pages arrive, the fourth request finds the hub gone.
+    match engine.sync_now().await {
+        Err(Error::Offline(_)) => {}
+        other => return Err(format!("expected Offline, got {other:?}").into()),
+    }
+    let first = paged.take_calls();
+    ensure_eq!(first.len(), 3, "three pages served");
+    let copied = check_pages(&first, None, 40, false)?;
+    let resume_after = first[2].next.clone().ok_or("a fourth page to come")?;
+    // The three pages applied, whole rows.
+    let applied = all_contacts(&local.db).await?;
+    let origin = all_contacts(a.db()).await?;
+    ensure_eq!(applied.len(), 120);
+    ensure!(
+        applied.iter().all(|m| origin.contains(m)),
+        "the rows applied are the hub's"
+    );
+    let copied_before: Vec<Uuid> = applied.iter().map(|m| m.id).collect();
+    ensure_eq!(
+        contact_keys(&copied_before)?,
+        copied.iter().cloned().collect(),
+        "the rows of the three pages"
+    );
+    ensure_eq!(
+        bootstrap_progress(&local.db).await?.len(),
+        1,
+        "the progress is stored"
+    );
+
+    // Meanwhile on the hub: a row already copied is edited, another
+    // deleted, one not copied yet is edited, and a row is added.
+    let (done, todo): (Vec<Uuid>, Vec<Uuid>) =
+        ids.iter().partition(|id| copied_before.contains(id));
+    ensure!(done.len() > 10 && todo.len() > 10, "{} copied", done.len());
+    a.edit(done[3], Some("edited after the copy"), Some("e@x"))
+        .await?;
+    contacts::Entity::delete_by_id(done[7]).exec(a.db()).await?;
+    a.edit(todo[5], None, Some("late@x")).await?;
+    let added = a.add("added meanwhile").await?;
+    a.sync().await?;
+
+    // Another hub on the same replica bootstraps from its beginning.
+    let other = TestDb::create(hub.dialect, "other_hub").await?;
+    let c = Device::new(&other, "c").await?;
+    add_contacts(c.db(), 5, "other").await?;
+    c.sync().await?;
+    let other_paged = Arc::new(Paged::new(
+        Arc::new(SqlBackend::new(other.connect_again().await?)),
+        usize::MAX,
+    ));
+    let elsewhere = SyncEngine::new(open().await?, other_paged.clone()).with_batch_size(40);
+    let r = elsewhere.sync_now().await?;
+    ensure_eq!(r.pulled, 5);
+    check_pages(&other_paged.take_calls(), None, 40, true)?;
+    ensure_eq!(
+        bootstrap_progress(&local.db).await?.len(),
+        1,
+        "the first hub's progress is kept"
+    );
+
+    // Back online: the snapshot continues after the last page applied.
+    paged
+        .pages_left
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let engine = SyncEngine::new(open().await?, paged.clone()).with_batch_size(40);
+    let r = engine.sync_now().await?;
+    ensure!(r.local_errors.is_empty() && r.halted.is_none(), "{r:?}");
+    let resumed = paged.take_calls();
+    ensure_eq!(
+        resumed.first().map(|c| c.after.clone()),
+        Some(Some(resume_after.clone())),
+        "the snapshot resumes after the last page applied"
+    );
+    let rest = check_pages(&resumed, Some(&resume_after), 40, true)?;
+    // Over both syncs every row is read once: the 250 (the deleted one
+    // was copied before it was deleted) and the one added.
+    let mut all = copied;
+    all.extend(rest);
+    let distinct: std::collections::BTreeSet<_> = all.iter().cloned().collect();
+    ensure_eq!(
+        distinct.len(),
+        all.len(),
+        "no row read twice over both syncs"
+    );
+    let mut read = ids.clone();
+    read.push(added);
+    ensure_eq!(distinct, contact_keys(&read)?, "every row read once");
+    ensure!(
+        bootstrap_progress(&local.db).await?.is_empty(),
+        "progress removed"
+    );
+    // Every row of both hubs, whole: the edits and the delete made while
+    // the bootstrap was cut off arrived by the pull.
+    let mut want = all_contacts(a.db()).await?;
+    want.extend(all_contacts(c.db()).await?);
+    want.sort_by_key(|m| m.id);
+    same_rows(
+        &all_contacts(&local.db).await?,
+        &want,
+        "after the resumed bootstrap",
+    )?;
+    let local_edit = contacts::Entity::find_by_id(done[3]).one(&local.db).await?;
+    ensure_eq!(
+        local_edit.map(|m| m.name),
+        Some("edited after the copy".to_owned())
+    );
+    ensure!(
+        contacts::Entity::find_by_id(added)
+            .one(&local.db)
+            .await?
+            .is_some(),
+        "the row added meanwhile"
+    );
+    ensure!(
+        contacts::Entity::find_by_id(done[7])
+            .one(&local.db)
+            .await?
+            .is_none(),
+        "the row deleted meanwhile"
+    );
+    // From now on it follows the log.
+    a.edit(ids[100], Some("after the bootstrap"), None).await?;
+    a.sync().await?;
+    ensure_eq!(engine.sync_now().await?.pulled, 1);
+    ensure!(paged.take_calls().is_empty(), "no snapshot again");
+    want = all_contacts(a.db()).await?;
+    want.extend(all_contacts(c.db()).await?);
+    want.sort_by_key(|m| m.id);
+    same_rows(&all_contacts(&local.db).await?, &want, "after a pull")?;
+    local.drop().await?;
+    c.drop().await?;
+    other.drop().await?;
+    a.drop().await?;
+    hub.drop().await
+}
+
 async fn pulled_changes_are_not_captured_again(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let b = Device::new(&hub, "b").await?;
@@ -437,6 +864,11 @@ async fn pulled_changes_are_not_captured_again(hub: TestDb) -> TestResult {
     a.sync().await?;
     let r = b.sync().await?;
     ensure_eq!(r.pulled, 10);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &all_contacts(a.db()).await?,
+        "b has a's rows",
+    )?;
     ensure_eq!(
         b.engine.replica().pending_count().await?,
         0,
@@ -452,18 +884,88 @@ async fn pulled_changes_are_not_captured_again(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
+/// The hub's tables are ordinary tables another program can query, and a
+/// local-only column (`last_opened`, `#[syncable(skip)]`) never leaves the
+/// device: setting it captures nothing, the hub's column stays NULL,
+/// another device pulling the row gets NULL, and each device keeps its own
+/// value when it pulls the other's edits.
 async fn hub_tables_are_ordinary_tables(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
     let id = a.add("queryable").await?;
+    let opened_a = Utc.with_ymd_and_hms(2026, 6, 1, 8, 30, 0).unwrap();
+    a.set_opened(id, opened_a).await?;
     a.sync().await?;
     // Another program reads the hub with plain SeaORM.
     let row = contacts::Entity::find_by_id(id)
         .one(&hub.db)
         .await?
         .ok_or("row on hub")?;
-    ensure_eq!(row.name, "queryable");
-    ensure_eq!(row.last_opened, None, "local-only column not sent");
+    let on_a = contacts::Entity::find_by_id(id)
+        .one(a.db())
+        .await?
+        .ok_or("row on a")?;
+    ensure_eq!(on_a.last_opened, Some(opened_a));
+    let synced = contacts::Model {
+        last_opened: None,
+        ..on_a.clone()
+    };
+    ensure_eq!(
+        row,
+        synced,
+        "the hub's row: every synced value, no local-only one"
+    );
+    b.sync().await?;
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(b.db()).await?,
+        Some(synced.clone()),
+        "another device gets the row without the local-only value"
+    );
+
+    // Setting only the local-only column is no change to sync.
+    let later = Utc.with_ymd_and_hms(2026, 6, 2, 9, 0, 0).unwrap();
+    a.set_opened(id, later).await?;
+    a.engine.replica().capture().await?;
+    ensure_eq!(
+        a.engine.replica().pending_count().await?,
+        0,
+        "nothing captured for a local-only column"
+    );
+    // b opens the row too and renames it; a pulls the rename and keeps
+    // its own value, b keeps its own.
+    let opened_b = Utc.with_ymd_and_hms(2026, 7, 3, 10, 0, 0).unwrap();
+    b.set_opened(id, opened_b).await?;
+    b.edit(id, Some("renamed"), None).await?;
+    ensure_eq!(b.sync().await?.pushed, 1);
+    ensure_eq!(a.sync().await?.pulled, 1);
+    ensure_eq!(b.sync().await?.pulled, 0);
+    let renamed = contacts::Model {
+        name: "renamed".into(),
+        ..synced
+    };
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(a.db()).await?,
+        Some(contacts::Model {
+            last_opened: Some(later),
+            ..renamed.clone()
+        }),
+        "a has the rename and its own last_opened"
+    );
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(b.db()).await?,
+        Some(contacts::Model {
+            last_opened: Some(opened_b),
+            ..renamed.clone()
+        }),
+        "b keeps its own last_opened"
+    );
+    ensure_eq!(
+        contacts::Entity::find_by_id(id).one(&hub.db).await?,
+        Some(renamed),
+        "the hub's last_opened stays NULL"
+    );
     a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }
 
@@ -473,7 +975,8 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
     let backend = Arc::new(SqlBackend::new(dead.clone()));
     let a = Device::with_backend(backend, "a").await?;
     dead.close().await?;
-    a.add("queued").await?;
+    let id = a.add("queued").await?;
+    a.edit(id, None, Some("queued@x")).await?;
     match a.engine.sync_now().await {
         Err(Error::Offline(_)) => {}
         other => return Err(format!("expected Offline, got {other:?}").into()),
@@ -493,7 +996,9 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
         Arc::new(SqlBackend::new(hub.connect_again().await?)),
     );
     ensure_eq!(engine.sync_now().await?.pushed, 1);
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 1);
+    let on_a = all_contacts(a.db()).await?;
+    ensure_eq!(on_a.len(), 1);
+    same_rows(&all_contacts(&hub.db).await?, &on_a, "the hub has the edit")?;
     a.drop().await?;
     hub.drop().await
 }
@@ -560,25 +1065,61 @@ async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> Test
     };
     let engine = SyncEngine::new(open().await?, lost).with_batch_size(5);
     let device = Device { local, engine };
-    for i in 0..40 {
-        device.add(&format!("n{i}")).await?;
-    }
+    add_contacts(device.db(), 40, "lost").await?;
+    let mine = all_contacts(device.db()).await?;
     // Three batches of 5 go through, the fourth finds the hub gone.
     match device.engine.sync_now().await {
         Err(Error::Offline(_)) => {}
         other => return Err(format!("expected Offline, got {other:?}").into()),
     }
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 15);
+    let on_hub = all_contacts(&hub.db).await?;
+    ensure_eq!(on_hub.len(), 15);
+    let acked: Vec<contacts::Model> = mine
+        .iter()
+        .filter(|m| on_hub.iter().any(|h| h.id == m.id))
+        .cloned()
+        .collect();
+    same_rows(
+        &on_hub,
+        &acked,
+        "the hub holds the acknowledged rows, whole",
+    )?;
     ensure_eq!(
         device.engine.replica().pending_count().await?,
         25,
         "the acknowledged head was dropped from the outbox, the rest kept"
     );
+    // The changes kept are exactly those of the rows the hub lacks, with
+    // their values.
+    let kept = device.engine.replica().pending(100).await?;
+    let kept_ids: Vec<sea_orm::Value> = kept.iter().map(|c| c.pk[0].1.clone()).collect();
+    let lacking: Vec<&contacts::Model> = mine.iter().filter(|m| !acked.contains(m)).collect();
+    ensure_eq!(
+        kept_ids,
+        lacking
+            .iter()
+            .map(|m| sea_orm::Value::from(m.id))
+            .collect::<Vec<_>>(),
+        "the outbox keeps the unacknowledged changes, in order"
+    );
+    for (c, m) in kept.iter().zip(&lacking) {
+        let name = c.columns.iter().find(|(n, _)| n == "name").map(|(_, v)| v);
+        ensure_eq!(name, Some(&sea_orm::Value::from(m.name.clone())));
+    }
     // Back online: the rest goes out, nothing twice.
     let engine = SyncEngine::new(open().await?, inner.clone()).with_batch_size(5);
     ensure_eq!(engine.sync_now().await?.pushed, 25);
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 40);
-    ensure_eq!(inner.pull(Cursor(0), 1000).await?.changes.len(), 40);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &mine,
+        "the hub holds every row, whole",
+    )?;
+    let log = inner.pull(Cursor(0), 1000).await?;
+    ensure_eq!(
+        log.changes.iter().map(|c| c.id.seq).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<u64>>(),
+        "each change logged once, in order"
+    );
     ensure_eq!(engine.replica().pending_count().await?, 0);
     device.drop().await?;
     hub.drop().await
@@ -636,7 +1177,11 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     a.sync().await?; // captures 1100, pushes 1100
     let b = device("stats_b").await?;
     b.sync().await?; // bootstraps 1100
-    ensure_eq!(b.rows().await?.len(), 1100);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &all_contacts(a.db()).await?,
+        "b has a's rows",
+    )?;
     for (db, table, who) in [
         (&hub.db, "_tidesync_hub_rows", "hub"),
         (&hub.db, "_tidesync_changes", "hub"),
@@ -708,6 +1253,11 @@ async fn halt_policy_stops_the_stream_in_order(hub: TestDb) -> TestResult {
         names.contains(&"fixed".to_string()),
         "the fix arrived after the original: {names:?}"
     );
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(a.db()).await?,
+        "the hub holds the device's rows",
+    )?;
     a.drop().await?;
     hub.drop().await
 }
@@ -725,11 +1275,13 @@ async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
     let parked = backend.rejected().await?;
     ensure_eq!(parked.len(), 1);
     ensure_eq!(parked[0].id.seq, 2);
-    ensure_eq!(
-        contacts::Entity::find().count(&hub.db).await?,
-        2,
-        "the others went on"
-    );
+    let good: Vec<contacts::Model> = all_contacts(a.db())
+        .await?
+        .into_iter()
+        .filter(|m| m.name != "bad one")
+        .collect();
+    ensure_eq!(good.len(), 2);
+    same_rows(&all_contacts(&hub.db).await?, &good, "the others went on")?;
     ensure_eq!(a.engine.replica().pending_count().await?, 0);
     a.drop().await?;
     hub.drop().await
@@ -808,9 +1360,11 @@ async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> T
     ensure_eq!(all.changes.len(), total, "and the log holds each once");
     // Every device, which left its own changes out of its pulls while the
     // others pushed, ends with every row after one more sync.
+    let on_hub = all_contacts(&hub.db).await?;
+    ensure_eq!(on_hub.len(), total);
     for d in &devices {
         d.sync().await?;
-        ensure_eq!(d.rows().await?.len(), total, "device converged");
+        same_rows(&all_contacts(d.db()).await?, &on_hub, "device converged")?;
     }
     let hub_seqs: Vec<u64> = (1..=total as u64).collect();
     ensure_eq!(
@@ -883,6 +1437,28 @@ async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestRes
     check(engines[0].sync_now().await?)?;
     check(engines[1].sync_now().await?)?;
     ensure_eq!(members::Entity::find().count(b).await?, 3);
+    for db in [b, &hub.db] {
+        ensure_eq!(
+            groups::Entity::find()
+                .order_by_asc(groups::Column::Id)
+                .all(db)
+                .await?,
+            groups::Entity::find()
+                .order_by_asc(groups::Column::Id)
+                .all(a)
+                .await?
+        );
+        ensure_eq!(
+            members::Entity::find()
+                .order_by_asc(members::Column::Id)
+                .all(db)
+                .await?,
+            members::Entity::find()
+                .order_by_asc(members::Column::Id)
+                .all(a)
+                .await?
+        );
+    }
     // Children deleted before the parent (the only order the local FK allows).
     members::Entity::delete_many().exec(a).await?;
     groups::Entity::delete_by_id(g).exec(a).await?;
@@ -953,7 +1529,17 @@ async fn malformed_outbox_change_halts_or_parks(hub: TestDb) -> TestResult {
             .contains("malformed"),
         "with the reason"
     );
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 2);
+    let sent: Vec<contacts::Model> = all_contacts(a.db())
+        .await?
+        .into_iter()
+        .filter(|m| m.name != "two")
+        .collect();
+    ensure_eq!(sent.len(), 2);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &sent,
+        "all but the parked one",
+    )?;
     a.drop().await?;
     hub.drop().await
 }
@@ -992,7 +1578,18 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
     );
     let again = b.engine.sync_now().await?;
     ensure_eq!(again.pulled, 0, "still halted there");
-    ensure_eq!(b.rows().await?.len(), 1);
+    let on_a = all_contacts(a.db()).await?;
+    let named = |names: &[&str]| -> Vec<contacts::Model> {
+        on_a.iter()
+            .filter(|m| names.contains(&m.name.as_str()))
+            .cloned()
+            .collect()
+    };
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &named(&["one"]),
+        "the change before the bad one",
+    )?;
     // Park: the bad one is parked locally, the third arrives.
     let replica = Replica::builder(b.db().clone())
         .register::<contacts::Entity>()
@@ -1005,7 +1602,11 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
     .with_policy(tidesync::backends::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pulled, 1, "{r:?}");
-    ensure_eq!(b.rows().await?.len(), 2);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &named(&["one", "three"]),
+        "the changes around the bad one",
+    )?;
     let parked = b
         .db()
         .query_one_raw(sea_orm::Statement::from_string(
@@ -1159,34 +1760,147 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         (1..=400).collect::<Vec<u64>>(),
         "each change on the hub exactly once, in order"
     );
-    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 400);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(&local.db).await?,
+        "the hub holds every row, whole",
+    )?;
     local.drop().await?;
     hub.drop().await
 }
 
-/// 20 rows of 1 MB each: every statement (outbox, row states, log, the
-/// users' table) stays under MariaDB's 16 MiB packet.
+/// The bytes a value binds: a string's or a byte string's length (the
+/// rest are small).
+fn value_bytes(v: &sea_orm::Value) -> usize {
+    match v {
+        sea_orm::Value::String(Some(s)) => s.len(),
+        sea_orm::Value::Bytes(Some(b)) => b.len(),
+        _ => 8,
+    }
+}
+
+/// A statement run: where, the start of its SQL, the bytes of the values
+/// bound.
+type StatementRun = (&'static str, String, usize);
+
+/// The statements run through the connections watched.
+#[derive(Clone, Default)]
+struct Statements(Arc<std::sync::Mutex<Vec<StatementRun>>>);
+
+impl Statements {
+    /// Record what `db` runs from now on (its clones made later too), as
+    /// `place`.
+    fn watch(&self, db: &mut DatabaseConnection, place: &'static str) {
+        let log = self.0.clone();
+        db.set_metric_callback(move |info| {
+            let bytes = info
+                .statement
+                .values
+                .as_ref()
+                .map_or(0, |vs| vs.0.iter().map(value_bytes).sum());
+            let head: String = info.statement.sql.chars().take(60).collect();
+            log.lock().unwrap().push((place, head, bytes));
+        });
+    }
+
+    fn all(&self) -> Vec<StatementRun> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// 20 rows of 1.3 MB each: they go out in push batches of about 4 MiB,
+/// and every statement (the outbox on the device, the log, row states and
+/// users' table on the hub, the users' table on a device pulling them, on
+/// the hub's dialect) binds about 4 MiB at most, whatever the dialect:
+/// MariaDB's default packet is 16 MiB, and the others should not depend
+/// on having none.
 async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
-    let a = Device::new(&hub, "a").await?;
-    let b = Device::new(&hub, "b").await?;
-    let big: String = "🌊 wave ".repeat(1 << 17); // ~1.1 MB
+    // No statement nor push batch may bind more than this: the library's
+    // 4 MiB plus one row, rounded up.
+    const MOST: usize = 8 << 20;
+    let statements = Statements::default();
+    let mut hub_db = hub.connect_again().await?;
+    statements.watch(&mut hub_db, "hub");
+    let backend = Arc::new(Paged::new(Arc::new(SqlBackend::new(hub_db)), usize::MAX));
+    let device = |dialect: Dialect, tag: &'static str| {
+        let statements = statements.clone();
+        let backend = backend.clone();
+        async move {
+            let mut local = TestDb::create(dialect, tag).await?;
+            statements.watch(&mut local.db, tag);
+            // Unbounded text on MySQL, as on the hub.
+            tidesync::create_table::<contacts::Entity, _>(&local.db).await?;
+            let replica = Replica::builder(local.db.clone())
+                .register::<contacts::Entity>()
+                .open()
+                .await?;
+            Ok::<_, BoxError>(Device {
+                local,
+                engine: SyncEngine::new(replica, backend),
+            })
+        }
+    };
+    // `a` writes on SQLite; `b` pulls into a database of the hub's dialect.
+    let a = device(Dialect::Sqlite, "big_a").await?;
+    let b = device(hub.dialect, "big_b").await?;
+    let big: String = "🌊 wave ".repeat(1 << 17); // ~1.3 MB
     let rows: Vec<contacts::ActiveModel> = (0..20)
         .map(|i| contacts::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(format!("{i} {big}")),
-            email: Set(None),
+            email: Set(Some(format!("{i}@x"))),
             last_opened: Set(None),
             updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
         })
         .collect();
-    for chunk in rows.chunks(10) {
+    for chunk in rows.chunks(3) {
         contacts::Entity::insert_many(chunk.to_vec())
             .exec(a.db())
             .await?;
     }
     ensure_eq!(a.sync().await?.pushed, 20);
     ensure_eq!(b.sync().await?.pulled, 20);
-    ensure_eq!(b.rows().await?, a.rows().await?);
+    same_rows(
+        &all_contacts(b.db()).await?,
+        &all_contacts(a.db()).await?,
+        "b has a's rows",
+    )?;
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(a.db()).await?,
+        "the hub has a's rows",
+    )?;
+
+    let pushes = backend.push_sizes();
+    ensure!(
+        pushes.iter().all(|b| *b <= MOST) && pushes.iter().sum::<usize>() > 20 * big.len(),
+        "push batches of at most {MOST} bytes: {pushes:?}"
+    );
+    let all = statements.all();
+    let too_big: Vec<_> = all.iter().filter(|(_, _, b)| *b > MOST).collect();
+    ensure!(
+        too_big.is_empty(),
+        "statements binding more than {MOST} bytes: {too_big:?}"
+    );
+    // The big values did go through each of these, in several statements.
+    for (place, table) in [
+        ("big_a", "_tidesync_outbox"),
+        ("hub", "_tidesync_changes"),
+        ("hub", "contacts"),
+        ("big_b", "contacts"),
+    ] {
+        let sizes: Vec<usize> = all
+            .iter()
+            .filter(|(p, sql, b)| {
+                *p == place && sql.starts_with("INSERT") && sql.contains(table) && *b > big.len()
+            })
+            .map(|(_, _, b)| *b)
+            .collect();
+        ensure!(
+            sizes.len() >= 3 && sizes.iter().sum::<usize>() > 20 * big.len(),
+            "{table} on {place}: the 20 rows in several statements, got {sizes:?}"
+        );
+    }
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

@@ -13,7 +13,7 @@ use crate::background::SyncProgress;
 use crate::change::Change;
 use crate::error::{Error, Result};
 use crate::merge::RowState;
-use crate::pull::{Delta, apply_deltas};
+use crate::pull::{Delta, apply_deltas, apply_deltas_with};
 use crate::replica::Replica;
 use crate::schema::{self, OUTBOX};
 
@@ -304,7 +304,7 @@ impl SyncEngine {
                 c.parse()
                     .map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?,
             ),
-            None => self.bootstrap(&key, report).await?,
+            None => self.bootstrap(hub, &key, report).await?,
         };
         let me = self.replica.node_id();
         let fetch = |cursor: Cursor| {
@@ -395,14 +395,32 @@ impl SyncEngine {
 
     /// Load the hub's current rows into a replica that never pulled from it.
     /// The next page is fetched while the current one is applied.
-    async fn bootstrap(&self, key: &str, report: &mut SyncReport) -> Result<Cursor> {
+    ///
+    /// Each page is applied in one local transaction with the progress
+    /// (`bootstrap:<hub id>`): the snapshot's start cursor (returned with
+    /// its first page) and the key of the page's last row. A bootstrap
+    /// interrupted between pages (offline, a crash) resumes after that key
+    /// at the next sync, however large the first copy. The last page stores
+    /// the pull cursor (the start cursor) and removes the progress in its
+    /// transaction. Pulling from the start cursor merges again what changed
+    /// on the hub while the snapshot was read, in the pages applied before
+    /// or after: merging twice is harmless.
+    async fn bootstrap(&self, hub: &HubInfo, key: &str, report: &mut SyncReport) -> Result<Cursor> {
+        let progress_key = format!("bootstrap:{}", hub.hub_id);
+        let resume = match schema::read_meta(self.replica.connection(), &progress_key).await? {
+            Some(v) => Some(
+                serde_json::from_str::<Progress>(&v)
+                    .map_err(|e| Error::Corrupt(format!("{progress_key} `{v}`: {e}")))?,
+            ),
+            None => None,
+        };
         let fetch = |after: Option<String>| {
             let backend = Arc::clone(&self.backend);
             let limit = self.batch;
             Prefetch::spawn(async move { backend.snapshot(after, limit).await })
         };
-        let mut ahead = Some(fetch(None));
-        let mut start = None;
+        let mut start = resume.as_ref().map(|p| Cursor(p.start));
+        let mut ahead = Some(fetch(resume.map(|p| p.after)));
         while let Some(call) = ahead.take() {
             let (cursor, page) = call.get().await.map_err(Error::or_offline)?;
             let start = *start.get_or_insert(cursor);
@@ -419,32 +437,46 @@ impl SyncEngine {
                     park: None,
                 })
                 .collect::<Vec<_>>();
-            // The cursor is only stored with the last page: a crash midway
-            // restarts the snapshot, and merging twice is harmless.
-            let (k, v) = match &page.next {
-                Some(_) => ("bootstrap:progress".to_owned(), start.0.to_string()),
-                None => (key.to_owned(), start.0.to_string()),
+            let start_text = start.0.to_string();
+            let progress;
+            let (meta, forget): (&[(&str, &str)], &[&str]) = match page.next {
+                Some(after) => {
+                    progress = serde_json::to_string(&Progress {
+                        start: start.0,
+                        after,
+                    })?;
+                    (&[(progress_key.as_str(), progress.as_str())], &[])
+                }
+                None => (&[(key, start_text.as_str())], &[progress_key.as_str()]),
             };
-            let applied = apply_deltas(
+            let applied = apply_deltas_with(
                 self.replica.connection(),
                 self.replica.handles(),
                 self.replica.node_id(),
                 deltas,
-                &k,
-                &v,
+                meta,
+                forget,
             )
             .await?;
             report.pulled += applied.applied;
             self.progress.pulled.store(report.pulled, Ordering::Relaxed);
-            self.progress.pulled.store(report.pulled, Ordering::Relaxed);
             self.replica.wrote(applied.applied as u64).await;
             report.local_errors.extend(applied.parked);
-            if page.next.is_none() {
+            if ahead.is_none() {
                 return Ok(start);
             }
         }
         Err(Error::Corrupt("bootstrap ended without a last page".into()))
     }
+}
+
+/// How far an interrupted bootstrap got (see [`SyncEngine::bootstrap`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Progress {
+    /// The hub's cursor when the snapshot started: the pull starts there.
+    start: u64,
+    /// The snapshot continues after this key (a page's `next`).
+    after: String,
 }
 
 /// A hub call running on its own task while the engine does local work, so

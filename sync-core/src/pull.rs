@@ -190,6 +190,20 @@ pub(crate) async fn apply_deltas(
     cursor_key: &str,
     cursor: &str,
 ) -> Result<ApplyReport> {
+    apply_deltas_with(db, tables, node, deltas, &[(cursor_key, cursor)], &[]).await
+}
+
+/// Apply remote deltas and, in the same transaction, store `meta` in the
+/// local metadata and remove the keys `forget` from it (a bootstrap's last
+/// page stores the pull cursor and removes its progress).
+pub(crate) async fn apply_deltas_with(
+    db: &sea_orm::DatabaseConnection,
+    tables: &[std::sync::Arc<dyn TableHandle>],
+    node: crate::clock::NodeId,
+    deltas: Vec<Delta>,
+    meta: &[(&str, &str)],
+    forget: &[&str],
+) -> Result<ApplyReport> {
     let mut report = ApplyReport::default();
     let tx = db.begin().await?;
     let backend = tx.get_database_backend();
@@ -389,7 +403,14 @@ pub(crate) async fn apply_deltas(
         apply::delete_rows(&tx, w.spec, &w.dead).await?;
     }
     apply::execute_all(&tx, saves).await?;
-    state.save_with(&tx, &[(cursor_key, cursor)]).await?;
+    state.save_with(&tx, meta).await?;
+    if !forget.is_empty() {
+        let q = Query::delete()
+            .from_table(Alias::new(schema::META))
+            .and_where(Expr::col(Alias::new("key")).is_in(forget.iter().copied()))
+            .to_owned();
+        tx.execute(&q).await?;
+    }
     end_applying(&tx).await?;
     tx.commit().await?;
     Ok(report)
