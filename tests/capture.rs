@@ -224,13 +224,33 @@ async fn entity_insert_exec(t: TestDb) -> TestResult {
     t.drop().await
 }
 
+/// `insert_many` is captured as one insert per row, each with its own row's
+/// key and values, in a gap-free sequence with an increasing clock.
 async fn insert_many(t: TestDb) -> TestResult {
     let r = setup(&t).await?;
     let rows: Vec<_> = (0..25).map(|i| contact(&format!("many{i}"))).collect();
+    let names: BTreeMap<Uuid, String> = rows
+        .iter()
+        .map(|am| (am.id.clone().unwrap(), am.name.clone().unwrap()))
+        .collect();
     contacts::Entity::insert_many(rows).exec(&t.db).await?;
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 25);
     ensure!(c.iter().all(|c| c.op == Op::Insert), "all inserts");
+    let got: BTreeMap<Uuid, String> = c
+        .iter()
+        .map(|c| match (pk_uuid(c), col(c, "name"), col(c, "email")) {
+            (Some(id), Some(SqValue::String(Some(n))), Some(SqValue::String(Some(e))))
+                if *e == format!("{n}@example.com") =>
+            {
+                Ok((id, n.clone()))
+            }
+            _ => Err(format!(
+                "a change without its row's key, name and email: {c:?}"
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    ensure_eq!(got, names, "each change carries its own row");
     let seqs: Vec<u64> = c.iter().map(|c| c.id.seq).collect();
     ensure_eq!(seqs, (1..=25).collect::<Vec<u64>>(), "gap-free sequence");
     ensure!(
@@ -264,10 +284,13 @@ async fn update_many(t: TestDb) -> TestResult {
     t.drop().await
 }
 
+/// `delete_many` and `delete_by_id` are captured as deletes of exactly the
+/// rows they deleted.
 async fn delete_many_and_delete_by_id(t: TestDb) -> TestResult {
     let r = setup(&t).await?;
     let rows: Vec<_> = (0..6).map(|i| contact(&format!("d{i}"))).collect();
-    let first = rows[0].id.clone().unwrap();
+    let ids: Vec<Uuid> = rows.iter().map(|am| am.id.clone().unwrap()).collect();
+    let first = ids[0];
     contacts::Entity::insert_many(rows).exec(&t.db).await?;
     captured(&r).await?;
     contacts::Entity::delete_many()
@@ -278,9 +301,11 @@ async fn delete_many_and_delete_by_id(t: TestDb) -> TestResult {
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 3);
     ensure!(c.iter().all(|c| c.op == Op::Delete), "all deletes");
-    ensure!(
-        c.iter().any(|c| pk_uuid(c) == Some(first)),
-        "delete_by_id captured"
+    let deleted: std::collections::BTreeSet<Uuid> = c.iter().filter_map(pk_uuid).collect();
+    ensure_eq!(
+        deleted,
+        [first, ids[1], ids[2]].into_iter().collect(),
+        "the deletes of d1 and d2 (delete_many) and d0 (delete_by_id)"
     );
     t.drop().await
 }
