@@ -324,17 +324,26 @@ async fn hub_emails(hub: &TestDb) -> Result<Vec<Option<String>>, BoxError> {
     Ok(out)
 }
 
-async fn hub_count(hub: &TestDb) -> Result<i64, BoxError> {
-    let backend = hub.backend();
-    let row = hub
+/// The hub's contacts table in the shape and order of `list --json`.
+async fn hub_rows(hub: &TestDb) -> Result<Vec<Value>, BoxError> {
+    let rows = hub
         .db
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT COUNT(*) AS n FROM contacts",
+        .query_all_raw(Statement::from_string(
+            hub.backend(),
+            "SELECT id, name, email, phone FROM contacts",
         ))
-        .await?
-        .ok_or("COUNT returned no row")?;
-    Ok(row.try_get("", "n")?)
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(serde_json::json!({
+            "id": r.try_get::<Uuid>("", "id")?.to_string(),
+            "name": r.try_get::<String>("", "name")?,
+            "email": r.try_get::<Option<String>>("", "email")?,
+            "phone": r.try_get::<Option<String>>("", "phone")?,
+        }));
+    }
+    out.sort_by_key(|r| (r["name"].to_string(), r["id"].to_string()));
+    Ok(out)
 }
 
 async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
@@ -375,7 +384,7 @@ async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
     ensure_eq!(ada_row["phone"], "+44 20 7946 0000", "A's edit survives");
     ensure_eq!(ada_row["email"], "ada@engine.org", "B's edit survives");
     ensure!(row(&on_a, edsger).is_some(), "B's add reached A");
-    ensure_eq!(hub_count(&hub).await?, 3, "the hub's contacts table");
+    ensure_eq!(hub_rows(&hub).await?, on_a, "the hub's contacts table");
 
     // Deleted on B, gone everywhere.
     b.local(&["delete", &ada.to_string()])?;
@@ -384,7 +393,7 @@ async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
     let (on_a, on_b) = (a.list()?, b.list()?);
     ensure_eq!(on_a, on_b, "A and B converge after the delete");
     ensure!(row(&on_a, ada).is_none(), "the delete reached A");
-    ensure_eq!(hub_count(&hub).await?, 2, "the hub's contacts table");
+    ensure_eq!(hub_rows(&hub).await?, on_a, "the hub's contacts table");
 
     // The hub unreachable: sync exits 1, the edit stays queued.
     a.local(&["edit", &grace.to_string(), "--phone", "+1 202 555 0100"])?;
@@ -406,6 +415,7 @@ async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
         row(&on_b, grace).ok_or("Grace is missing on B")?["phone"],
         "+1 202 555 0100"
     );
+    ensure_eq!(hub_rows(&hub).await?, on_b, "the hub's contacts table");
 
     std::fs::remove_dir_all(&dir)?;
     hub.drop().await
