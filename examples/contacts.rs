@@ -54,12 +54,14 @@
 //! - `resolve <ID> --keep local` keeps this device's value (it goes out on
 //!   the next `sync` and wins everywhere); `--keep remote` takes the other
 //!   device's value (nothing to send). Works offline. An unknown id exits 2.
-//! - `demo` runs a two-device walkthrough in a fresh temporary folder with an
-//!   embedded SQLite hub, narrating each step, and checks the outcome: first
-//!   with `lww` (edits of different fields merge, a delete, an edit queued
-//!   while the hub is unreachable), then on fresh files with `manual` (both
-//!   devices change the same email; the conflict is shown and resolved by
-//!   hand).
+//! - `demo` runs a two-device walkthrough with an embedded SQLite hub,
+//!   narrating each step, and checks the outcome: first with `lww` (edits of
+//!   different fields merge, a delete, an edit queued while the hub is
+//!   unreachable), then on fresh files with `manual` (both devices change the
+//!   same email; the conflict is shown and resolved by hand). Its files live
+//!   in a fresh folder under the system's temporary directory (`$TMPDIR` on
+//!   Unix), named in its output, removed at the end and kept when it fails;
+//!   it writes nothing in the current folder.
 //!
 //! Exit codes: 0 success; 1 the hub is unreachable (`sync` only: the local
 //! edits stay queued and go out on the next successful sync); 2 anything else

@@ -330,7 +330,11 @@ async fn manual_conflict_is_held_then_resolved_three_ways(hub: TestDb) -> TestRe
         ("one".to_string(), s("a0@x"), s("b-phone")),
         "other columns keep syncing"
     );
-    ensure!(ra.contains_key(&other), "other rows keep syncing");
+    ensure_eq!(
+        ra.get(&other),
+        Some(&("unrelated".to_string(), None, None)),
+        "other rows keep syncing"
+    );
     // Resolve: keep local, take remote, given value.
     let held = b.engine.replica().conflicts().await?;
     ensure_eq!(held.len(), 3);

@@ -3,14 +3,15 @@
 //! policy (`lww`) and with `--policy manual`, whose conflicts are listed and
 //! resolved by hand.
 //!
-//! `cargo test` builds the example; `cargo test --test example_contacts`
-//! alone does not, so run `cargo build --examples` first (the test says so
-//! when the binary is missing or older than its source).
+//! The test builds the example itself (`cargo build --example contacts`,
+//! with this test's cargo, target folder and profile: a no-op when it is
+//! fresh), so a binary built from older sources is never run.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
 use libtest_mimic::Trial;
@@ -37,32 +38,91 @@ fn main() -> std::process::ExitCode {
     run(trials)
 }
 
-/// The example binary, built by `cargo test` or `cargo build --examples`
-/// next to this test's `deps/` folder.
+/// The example binary, built (once per run of this test) from the current
+/// sources.
 fn binary() -> Result<PathBuf, BoxError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_example().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Into::into)
+}
+
+/// `cargo build --example contacts`, run by the cargo running this test
+/// (`CARGO`, else `cargo` from `PATH`) with this test's profile and target
+/// folder (`CARGO_TARGET_DIR` when set, else the folder holding this test's
+/// profile folder), so a fresh example costs nothing and a stale one is
+/// rebuilt; the path is the one cargo reports for the artifact.
+fn build_example() -> Result<PathBuf, BoxError> {
     let exe = std::env::current_exe()?;
-    let target = exe
+    // <target>/<profile>/deps/<this test>
+    let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .ok_or("cannot locate the target folder")?;
-    let bin = target
-        .join("examples")
-        .join(format!("contacts{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
+        .ok_or("cannot locate the profile folder")?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("cannot name the profile folder")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--example", "contacts", "--message-format=json"])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        let target = profile_dir
+            .parent()
+            .ok_or("cannot locate the target folder")?;
+        cmd.arg("--target-dir").arg(target);
+    }
+    // Not the variables cargo set for this test: build scripts that read
+    // them would see them change between this build and a plain one, and
+    // each would rebuild half the dependency tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
         return Err(format!(
-            "{} not found: run `cargo build --examples` first",
-            bin.display()
+            "`cargo build --example contacts` failed:\n{}",
+            text(&out.stderr)
         )
         .into());
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/contacts.rs");
-    if std::fs::metadata(&source)?.modified()? > std::fs::metadata(&bin)?.modified()? {
-        return Err(format!(
-            "{} is older than examples/contacts.rs: run `cargo build --examples` first",
-            bin.display()
-        )
-        .into());
+    let mut built = None;
+    for line in text(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "contacts"
+            && msg["target"]["kind"] == serde_json::json!(["example"])
+        {
+            built = msg["executable"].as_str().map(PathBuf::from);
+        }
     }
+    let bin = built.ok_or("cargo reported no `contacts` example executable")?;
+    ensure!(bin.exists(), "{} does not exist", bin.display());
     Ok(bin)
 }
 
@@ -264,17 +324,26 @@ async fn hub_emails(hub: &TestDb) -> Result<Vec<Option<String>>, BoxError> {
     Ok(out)
 }
 
-async fn hub_count(hub: &TestDb) -> Result<i64, BoxError> {
-    let backend = hub.backend();
-    let row = hub
+/// The hub's contacts table in the shape and order of `list --json`.
+async fn hub_rows(hub: &TestDb) -> Result<Vec<Value>, BoxError> {
+    let rows = hub
         .db
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT COUNT(*) AS n FROM contacts",
+        .query_all_raw(Statement::from_string(
+            hub.backend(),
+            "SELECT id, name, email, phone FROM contacts",
         ))
-        .await?
-        .ok_or("COUNT returned no row")?;
-    Ok(row.try_get("", "n")?)
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(serde_json::json!({
+            "id": r.try_get::<Uuid>("", "id")?.to_string(),
+            "name": r.try_get::<String>("", "name")?,
+            "email": r.try_get::<Option<String>>("", "email")?,
+            "phone": r.try_get::<Option<String>>("", "phone")?,
+        }));
+    }
+    out.sort_by_key(|r| (r["name"].to_string(), r["id"].to_string()));
+    Ok(out)
 }
 
 async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
@@ -315,7 +384,7 @@ async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
     ensure_eq!(ada_row["phone"], "+44 20 7946 0000", "A's edit survives");
     ensure_eq!(ada_row["email"], "ada@engine.org", "B's edit survives");
     ensure!(row(&on_a, edsger).is_some(), "B's add reached A");
-    ensure_eq!(hub_count(&hub).await?, 3, "the hub's contacts table");
+    ensure_eq!(hub_rows(&hub).await?, on_a, "the hub's contacts table");
 
     // Deleted on B, gone everywhere.
     b.local(&["delete", &ada.to_string()])?;
@@ -324,7 +393,7 @@ async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
     let (on_a, on_b) = (a.list()?, b.list()?);
     ensure_eq!(on_a, on_b, "A and B converge after the delete");
     ensure!(row(&on_a, ada).is_none(), "the delete reached A");
-    ensure_eq!(hub_count(&hub).await?, 2, "the hub's contacts table");
+    ensure_eq!(hub_rows(&hub).await?, on_a, "the hub's contacts table");
 
     // The hub unreachable: sync exits 1, the edit stays queued.
     a.local(&["edit", &grace.to_string(), "--phone", "+1 202 555 0100"])?;
@@ -346,6 +415,7 @@ async fn two_devices_through_the_cli(hub: TestDb) -> TestResult {
         row(&on_b, grace).ok_or("Grace is missing on B")?["phone"],
         "+1 202 555 0100"
     );
+    ensure_eq!(hub_rows(&hub).await?, on_b, "the hub's contacts table");
 
     std::fs::remove_dir_all(&dir)?;
     hub.drop().await
@@ -543,10 +613,24 @@ fn bad_input_exits_2() -> TestResult {
     Ok(())
 }
 
+/// `demo` runs both parts, narrating them, and removes every file it made.
+/// It works in a fresh folder under the temporary directory: that directory
+/// is a scratch folder here (`TMPDIR`), so the test knows where to look, and
+/// checks that the folder the demo names is in it and gone afterwards, and
+/// that neither the temporary directory nor the current folder holds
+/// anything.
 fn demo_runs_and_cleans_up() -> TestResult {
-    binary()?;
     let dir = scratch("demo")?;
-    let out = contacts(&dir, &["demo"])?;
+    let (cwd, tmp) = (dir.join("cwd"), dir.join("tmp"));
+    std::fs::create_dir_all(&cwd)?;
+    std::fs::create_dir_all(&tmp)?;
+    let out = Command::new(binary()?)
+        .arg("demo")
+        .current_dir(&cwd)
+        .env("TMPDIR", &tmp)
+        .env("TMP", &tmp)
+        .env("TEMP", &tmp)
+        .output()?;
     expect_code(&out, 0, "demo")?;
     let stdout = text(&out.stdout);
     for expected in [
@@ -572,10 +656,31 @@ fn demo_runs_and_cleans_up() -> TestResult {
             "the demo prints {expected:?}:\n{stdout}"
         );
     }
+    let used = stdout
+        .split_once("(SQLite too, in ")
+        .and_then(|(_, rest)| rest.split_once(")."))
+        .map(|(path, _)| PathBuf::from(path))
+        .ok_or_else(|| format!("the demo names its folder:\n{stdout}"))?;
     ensure!(
-        std::fs::read_dir(&dir)?.next().is_none(),
-        "the demo leaves no files in the current folder"
+        used.parent() == Some(tmp.as_path()),
+        "the demo works in the temporary directory, {}, not in {}",
+        tmp.display(),
+        used.display()
     );
+    ensure!(
+        !used.exists(),
+        "the demo removes its folder {}",
+        used.display()
+    );
+    for (folder, what) in [(&tmp, "temporary directory"), (&cwd, "current folder")] {
+        let left: Vec<_> = std::fs::read_dir(folder)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        ensure!(
+            left.is_empty(),
+            "the demo leaves nothing in the {what}: {left:?}"
+        );
+    }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -187,11 +187,42 @@ mod tests {
         assert_eq!(s.vals["name"], Value::String(Some("new".into())));
     }
 
+    /// Two writes of one column at the same physical time and logical
+    /// counter: the greater node id wins, in either order of arrival, for
+    /// the column and for a delete against an update.
     #[test]
     fn equal_physical_time_is_broken_by_node() {
         let a = change(Op::Update, &[("name", "from-1")], 5, 1);
         let b = change(Op::Update, &[("name", "from-2")], 5, 2);
-        assert_eq!(fold(&[a.clone(), b.clone()]), fold(&[b, a]));
+        for order in [[a.clone(), b.clone()], [b.clone(), a.clone()]] {
+            let s = fold(&order);
+            assert_eq!(s.vals["name"], Value::String(Some("from-2".into())));
+            assert_eq!(s.clocks["name"], hlc(5, 2));
+        }
+        // The logical counter decides before the node does.
+        let mut later = change(Op::Update, &[("name", "from-1, later")], 5, 1);
+        later.hlc.logical = 1;
+        for order in [[later.clone(), b.clone()], [b.clone(), later.clone()]] {
+            assert_eq!(
+                fold(&order).vals["name"],
+                Value::String(Some("from-1, later".into()))
+            );
+        }
+        // A delete and an update at the same time: the greater node wins.
+        let del_1 = change(Op::Delete, &[], 5, 1);
+        let del_3 = change(Op::Delete, &[], 5, 3);
+        for order in [[b.clone(), del_1.clone()], [del_1, b.clone()]] {
+            assert!(
+                fold(&order).is_live(),
+                "node 2's update beats node 1's delete"
+            );
+        }
+        for order in [[b.clone(), del_3.clone()], [del_3, b]] {
+            assert!(
+                !fold(&order).is_live(),
+                "node 3's delete beats node 2's update"
+            );
+        }
     }
 
     #[test]

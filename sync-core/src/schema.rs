@@ -727,10 +727,21 @@ mod tests {
         }
     }
 
+    /// The three SQLite triggers, word for word: each skips writes while
+    /// tidesync applies, and marks the new row (insert), the old and the
+    /// new row (update, which may change the key) or the old row (delete).
     #[test]
     fn sqlite_triggers() {
         let sql = trigger_ddl(DbBackend::Sqlite, &spec());
         assert_eq!(sql.len(), 3);
+        assert_eq!(
+            sql[0],
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_ins_contacts\" AFTER INSERT ON \"contacts\"\n\
+             WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
+             BEGIN\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
+             END"
+        );
         assert_eq!(
             sql[1],
             "CREATE TRIGGER IF NOT EXISTS \"_ts_upd_contacts\" AFTER UPDATE ON \"contacts\"\n\
@@ -740,30 +751,67 @@ mod tests {
              \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
              END"
         );
+        assert_eq!(
+            sql[2],
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_del_contacts\" AFTER DELETE ON \"contacts\"\n\
+             WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
+             BEGIN\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
+             END"
+        );
     }
 
+    /// The PostgreSQL trigger function and trigger, word for word: the
+    /// function skips sessions that are applying, marks the old row for
+    /// updates and deletes and the new row for inserts and updates; one
+    /// row-level trigger runs it after every write.
     #[test]
     fn postgres_trigger_function() {
         let sql = trigger_ddl(DbBackend::Postgres, &spec());
         assert_eq!(sql.len(), 2);
-        assert!(
-            sql[0].starts_with("CREATE OR REPLACE FUNCTION \"_ts_fn_contacts\"() RETURNS trigger")
+        assert_eq!(
+            sql[0],
+            "CREATE OR REPLACE FUNCTION \"_ts_fn_contacts\"() RETURNS trigger LANGUAGE plpgsql AS $tidesync$\n\
+             BEGIN\n\
+             \x20 IF EXISTS (SELECT 1 FROM \"_tidesync_applying\" WHERE \"session\" = pg_backend_pid()) THEN RETURN NULL; END IF;\n\
+             \x20 IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\"; END IF;\n\
+             \x20 IF TG_OP <> 'DELETE' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\"; END IF;\n\
+             \x20 RETURN NULL;\n\
+             END\n\
+             $tidesync$"
         );
-        assert!(sql[0].contains(
-            "IF EXISTS (SELECT 1 FROM \"_tidesync_applying\" WHERE \"session\" = pg_backend_pid()) THEN RETURN NULL; END IF;"
-        ));
-        assert!(sql[0].contains(
-            "IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\"; END IF;"
-        ));
         assert_eq!(
             sql[1],
             "CREATE OR REPLACE TRIGGER \"_ts_cap_contacts\" AFTER INSERT OR UPDATE OR DELETE ON \"contacts\" FOR EACH ROW EXECUTE FUNCTION \"_ts_fn_contacts\"()"
         );
     }
 
+    /// The three MySQL triggers, word for word: each skips the connection
+    /// that is applying, and marks the new row (insert), the old and the new
+    /// row (update) or the old row (delete).
     #[test]
     fn mysql_triggers() {
         let sql = trigger_ddl(DbBackend::MySql, &spec());
+        assert_eq!(sql.len(), 3);
+        assert_eq!(
+            sql[0],
+            "CREATE TRIGGER `_ts_ins_contacts` AFTER INSERT ON `contacts` FOR EACH ROW\n\
+             BEGIN\n\
+             \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
+             \x20 END IF;\n\
+             END"
+        );
+        assert_eq!(
+            sql[1],
+            "CREATE TRIGGER `_ts_upd_contacts` AFTER UPDATE ON `contacts` FOR EACH ROW\n\
+             BEGIN\n\
+             \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
+             \x20 END IF;\n\
+             END"
+        );
         assert_eq!(
             sql[2],
             "CREATE TRIGGER `_ts_del_contacts` AFTER DELETE ON `contacts` FOR EACH ROW\n\
