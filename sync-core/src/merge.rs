@@ -302,4 +302,98 @@ mod tests {
         let mut again = ab.clone();
         assert!(!again.merge(&ab));
     }
+
+    /// A delete and a write of the same clock: the delete wins (the row is
+    /// live only when a write is strictly later).
+    #[test]
+    fn a_delete_at_the_clock_of_the_last_write_wins() {
+        let mut s = fold(&[change(Op::Insert, &[("a", "1")], 7, 1)]);
+        assert!(s.is_live());
+        s.delete(hlc(7, 1));
+        assert!(!s.is_live());
+        s.set("a", &Value::String(Some("2".into())), hlc(7, 2));
+        assert!(s.is_live(), "a later write brings the row back");
+        assert!(!RowState::default().is_live(), "no write, no row");
+    }
+
+    #[test]
+    fn max_clock_covers_columns_and_the_delete() {
+        assert_eq!(RowState::default().max_clock(), None);
+        let mut s = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 4, 1)]);
+        s.set("b", &Value::String(Some("2".into())), hlc(9, 2));
+        assert_eq!(s.max_clock(), Some(hlc(9, 2)));
+        s.delete(hlc(12, 3));
+        assert_eq!(s.max_clock(), Some(hlc(12, 3)));
+    }
+
+    /// `apply` and `merge` report a change when any column (or the delete)
+    /// moved, even if others did not: callers write back only changed rows.
+    #[test]
+    fn apply_and_merge_report_whether_anything_changed() {
+        let mut s = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 5, 1)]);
+        // `a` is older than what the state has, `b` newer.
+        let mixed = Change {
+            columns: vec![
+                ("a".into(), Value::String(Some("old".into()))),
+                ("b".into(), Value::String(Some("new".into()))),
+            ],
+            ..change(Op::Update, &[], 6, 2)
+        };
+        let mut older = mixed.clone();
+        older.hlc = hlc(3, 2);
+        assert!(!s.clone().apply(&older), "nothing newer");
+        assert!(s.apply(&mixed));
+        assert!(!s.apply(&mixed), "applied twice changes nothing");
+
+        // Merging a state newer in one column only, then in the delete only.
+        let base = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 5, 1)]);
+        let mut one_column = base.clone();
+        one_column.set("b", &Value::String(Some("2".into())), hlc(8, 2));
+        let mut m = base.clone();
+        assert!(m.merge(&one_column));
+        assert_eq!(m.vals["b"], Value::String(Some("2".into())));
+        let mut deleted = base.clone();
+        deleted.delete(hlc(9, 3));
+        let mut m = base.clone();
+        assert!(m.merge(&deleted));
+        assert_eq!(m.deleted_at, Some(hlc(9, 3)));
+        assert!(!m.merge(&base), "an older state changes nothing");
+    }
+
+    /// `same` compares clocks, the delete and values (by value: 1.5 and
+    /// 1.50 are the same decimal).
+    #[test]
+    fn same_compares_clocks_delete_and_values() {
+        let s = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 5, 1)]);
+        assert!(s.same(&s.clone()));
+        let mut other_clock = s.clone();
+        other_clock.clocks.insert("a".into(), hlc(6, 1));
+        assert!(!s.same(&other_clock));
+        let mut deleted = s.clone();
+        deleted.deleted_at = Some(hlc(1, 1));
+        assert!(!s.same(&deleted));
+        let mut other_value = s.clone();
+        other_value
+            .vals
+            .insert("a".into(), Value::String(Some("2".into())));
+        assert!(!s.same(&other_value));
+        let mut extra_value = s.clone();
+        extra_value
+            .vals
+            .insert("c".into(), Value::String(Some("3".into())));
+        assert!(!s.same(&extra_value));
+        assert!(!extra_value.same(&s));
+
+        let dec = |d: &str| {
+            let mut s = RowState::default();
+            s.set(
+                "d",
+                &Value::Decimal(Some(d.parse().expect("decimal"))),
+                hlc(1, 1),
+            );
+            s
+        };
+        assert!(dec("1.5").same(&dec("1.50")));
+        assert!(!dec("1.5").same(&dec("1.51")));
+    }
 }

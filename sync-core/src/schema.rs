@@ -842,6 +842,55 @@ mod tests {
         assert_eq!(quote(DbBackend::MySql, "a`b"), "`a``b`");
         assert_eq!(quote(DbBackend::Postgres, "a\"b"), "\"a\"\"b\"");
     }
+
+    /// Shortened names are persisted (trigger and marker table names of
+    /// installed databases), so the hash is part of the format: FNV-1a of
+    /// the table name, cut at a character boundary at most 40 bytes in.
+    #[test]
+    fn shortened_names_are_the_same_in_every_release() {
+        let long = "a".repeat(100);
+        assert_eq!(
+            dirty_table(&long),
+            format!("_ts_d_{}_2885d0ac2e5a9d79", "a".repeat(40))
+        );
+        // A two-byte character across byte 40 is left out whole.
+        let accent = format!("{}é{}", "b".repeat(39), "c".repeat(30));
+        let n = trigger_name(&accent, "i");
+        assert_eq!(n, format!("_ts_i_{}_{:016x}", "b".repeat(39), fnv(&accent)));
+        assert_eq!(trigger_name("contacts", "i"), "_ts_i_contacts");
+    }
+
+    fn fnv(s: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in s.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        h
+    }
+
+    #[test]
+    fn metadata_tables_are_the_replica_tables() {
+        let names: Vec<String> = metadata_tables(DbBackend::Sqlite)
+            .iter()
+            .map(|t| {
+                t.get_table_name()
+                    .map(|n| n.sea_orm_table().to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                META,
+                OUTBOX,
+                ROWS,
+                crate::pull::PARKED,
+                crate::resolve::CONFLICTS,
+                APPLYING
+            ]
+        );
+    }
 }
 
 #[cfg(test)]
@@ -881,6 +930,31 @@ mod table_tests {
              `amount` decimal(65, 28) NULL, `body` LONGTEXT NULL, `blob` LONGBLOB NULL, PRIMARY KEY (`id`) ) \
              DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
         );
+    }
+
+    /// Key columns need an indexable type on MySQL: text keys become
+    /// VARCHAR(255) and binary keys keep their type; other columns take the
+    /// long types.
+    #[test]
+    fn mysql_keys_keep_indexable_types() {
+        let ty = |t: ColumnType, key| synced_column_type(DbBackend::MySql, &t, key);
+        assert_eq!(
+            ty(ColumnType::Text, true),
+            ColumnType::String(StringLen::N(255))
+        );
+        assert_eq!(ty(ColumnType::Text, false), ColumnType::custom("LONGTEXT"));
+        for bytes in [
+            ColumnType::Blob,
+            ColumnType::VarBinary(StringLen::N(16)),
+            ColumnType::Binary(16),
+        ] {
+            assert_eq!(ty(bytes.clone(), true), bytes);
+            assert_eq!(ty(bytes, false), ColumnType::custom("LONGBLOB"));
+        }
+        // PostgreSQL: sqlx reads `i8` only from the one-byte "char".
+        let pg = |t: ColumnType| synced_column_type(DbBackend::Postgres, &t, false);
+        assert_eq!(pg(ColumnType::TinyInteger), ColumnType::custom("\"char\""));
+        assert_eq!(pg(ColumnType::Text), ColumnType::Text);
     }
 
     #[test]
