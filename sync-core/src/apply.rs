@@ -27,7 +27,7 @@ const MAX_ROWS: usize = 500;
 const MAX_PARAMS: usize = 30_000;
 /// Approximate largest statement, in bytes of bound values (MariaDB's
 /// default max_allowed_packet is 16 MiB).
-const MAX_BYTES: usize = 4 << 20;
+pub(crate) const MAX_BYTES: usize = 4 << 20;
 
 /// The expression that writes `value` into `column` of `table` on `backend`,
 /// after checking the dialect can hold it.
