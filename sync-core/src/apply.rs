@@ -348,7 +348,7 @@ mod tests {
     fn row_counts(qs: &[InsertStatement], cols: usize) -> Vec<usize> {
         qs.iter()
             .map(|q| {
-                let values = q.build(PostgresQueryBuilder).1 .0.len();
+                let values = q.build(PostgresQueryBuilder).1.0.len();
                 assert_eq!(values % cols, 0, "{}", q.to_string(PostgresQueryBuilder));
                 values / cols
             })
@@ -379,10 +379,7 @@ mod tests {
     fn batched_splits_every_max_rows() {
         assert_eq!(batch_sizes(&[1; MAX_ROWS]), [MAX_ROWS]);
         assert_eq!(batch_sizes(&[1; MAX_ROWS + 1]), [MAX_ROWS, 1]);
-        assert_eq!(
-            batch_sizes(&[1; 2 * MAX_ROWS + 1]),
-            [MAX_ROWS, MAX_ROWS, 1]
-        );
+        assert_eq!(batch_sizes(&[1; 2 * MAX_ROWS + 1]), [MAX_ROWS, MAX_ROWS, 1]);
     }
 
     #[test]
@@ -481,7 +478,11 @@ mod tests {
                 .map(|(i, len)| {
                     let mut r = RowState::default();
                     r.set("id", &Value::Int(Some(i as i32)), Hlc::default());
-                    r.set("name", &Value::String(Some("x".repeat(*len))), Hlc::default());
+                    r.set(
+                        "name",
+                        &Value::String(Some("x".repeat(*len))),
+                        Hlc::default(),
+                    );
                     r
                 })
                 .collect()

@@ -303,10 +303,7 @@ mod tests {
         assert_eq!(ID.to_string(), ID_HEX);
         assert_eq!(format!("{ID:?}"), format!("NodeId({ID_HEX})"));
         assert_eq!(ID_HEX.parse::<NodeId>().unwrap(), ID);
-        assert_eq!(
-            serde_json::to_string(&ID).unwrap(),
-            format!("\"{ID_HEX}\"")
-        );
+        assert_eq!(serde_json::to_string(&ID).unwrap(), format!("\"{ID_HEX}\""));
         assert_eq!(
             serde_json::from_str::<NodeId>(&format!("\"{ID_HEX}\"")).unwrap(),
             ID
@@ -389,6 +386,12 @@ mod tests {
             10,
         );
         assert_eq!((c.last().physical, c.last().logical), (50, 1));
-        assert_eq!(HlcClock::new(node(1), None).last(), Hlc { node: node(1), ..Hlc::default() });
+        assert_eq!(
+            HlcClock::new(node(1), None).last(),
+            Hlc {
+                node: node(1),
+                ..Hlc::default()
+            }
+        );
     }
 }

@@ -634,7 +634,11 @@ mod tests {
                 c9 = clock(9),
             )
         );
-        assert!(state_statements("_tidesync_rows", "t", &[]).unwrap().is_empty());
+        assert!(
+            state_statements("_tidesync_rows", "t", &[])
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -450,11 +450,13 @@ mod tests {
             .unwrap();
         let v = Value::ChronoDateTimeWithTimeZone(Some(new_year));
         assert_eq!(refused_by(None, &v), my);
-        let e = check_value("t", "at", None, &kinds(-5000)[0], Some(DbBackend::Postgres))
-            .unwrap_err();
-        assert!(e.to_string().ends_with("PostgreSQL dates start in 4713 BC"), "{e}");
-        let e = check_value("t", "at", None, &kinds(999)[1], Some(DbBackend::MySql))
-            .unwrap_err();
+        let e =
+            check_value("t", "at", None, &kinds(-5000)[0], Some(DbBackend::Postgres)).unwrap_err();
+        assert!(
+            e.to_string().ends_with("PostgreSQL dates start in 4713 BC"),
+            "{e}"
+        );
+        let e = check_value("t", "at", None, &kinds(999)[1], Some(DbBackend::MySql)).unwrap_err();
         assert!(
             e.to_string()
                 .ends_with("MySQL dates and date-times run from year 1000 to 9999"),
@@ -466,7 +468,10 @@ mod tests {
     fn seaorm_utc_date_times_fit_mysql_timestamps_only() {
         let at = |ts: i64| Value::ChronoDateTimeUtc(chrono::DateTime::from_timestamp(ts, 0));
         for ok in [1, 1_700_000_000, 2_147_483_647] {
-            assert!(check_binding("t", "c", &at(ok), DbBackend::MySql).is_ok(), "{ok}");
+            assert!(
+                check_binding("t", "c", &at(ok), DbBackend::MySql).is_ok(),
+                "{ok}"
+            );
         }
         for bad in [0, -1, 2_147_483_648] {
             let e = check_binding("t", "c", &at(bad), DbBackend::MySql).unwrap_err();
@@ -520,7 +525,7 @@ mod tests {
 
         #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
         #[sea_orm(table_name = "notes")]
-        pub struct Model {
+        pub(super) struct Model {
             #[sea_orm(primary_key, auto_increment = false)]
             pub id: i32,
             pub score: f64,
@@ -530,7 +535,7 @@ mod tests {
         }
 
         #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-        pub enum Relation {}
+        pub(super) enum Relation {}
 
         impl ActiveModelBehavior for ActiveModel {}
 
