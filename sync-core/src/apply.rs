@@ -27,7 +27,7 @@ const MAX_ROWS: usize = 500;
 const MAX_PARAMS: usize = 30_000;
 /// Approximate largest statement, in bytes of bound values (MariaDB's
 /// default max_allowed_packet is 16 MiB).
-const MAX_BYTES: usize = 4 << 20;
+pub(crate) const MAX_BYTES: usize = 4 << 20;
 
 /// The expression that writes `value` into `column` of `table` on `backend`,
 /// after checking the dialect can hold it.
@@ -342,5 +342,161 @@ mod tests {
             "{e}"
         );
         assert!(upsert_statements(&spec(), &[&r], DbBackend::Sqlite).is_ok());
+    }
+
+    /// The number of rows in each statement, on a table of `cols` columns.
+    fn row_counts(qs: &[InsertStatement], cols: usize) -> Vec<usize> {
+        qs.iter()
+            .map(|q| {
+                let values = q.build(PostgresQueryBuilder).1.0.len();
+                assert_eq!(values % cols, 0, "{}", q.to_string(PostgresQueryBuilder));
+                values / cols
+            })
+            .collect()
+    }
+
+    fn template() -> InsertStatement {
+        Query::insert()
+            .into_table(Alias::new("t"))
+            .columns([Alias::new("v")])
+            .to_owned()
+    }
+
+    /// One-value rows of the given approximate sizes, for `batched`.
+    fn sized(sizes: &[usize]) -> Vec<(Vec<SimpleExpr>, usize)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| (vec![Expr::val(i as i64)], *size))
+            .collect()
+    }
+
+    fn batch_sizes(sizes: &[usize]) -> Vec<usize> {
+        row_counts(&batched(&template(), sized(sizes)), 1)
+    }
+
+    #[test]
+    fn batched_splits_every_max_rows() {
+        assert_eq!(batch_sizes(&[1; MAX_ROWS]), [MAX_ROWS]);
+        assert_eq!(batch_sizes(&[1; MAX_ROWS + 1]), [MAX_ROWS, 1]);
+        assert_eq!(batch_sizes(&[1; 2 * MAX_ROWS + 1]), [MAX_ROWS, MAX_ROWS, 1]);
+    }
+
+    #[test]
+    fn batched_splits_before_a_row_that_would_pass_max_bytes() {
+        let half = MAX_BYTES / 2;
+        // Rows that exactly fill MAX_BYTES share a statement ...
+        assert_eq!(batch_sizes(&[half, half]), [2]);
+        // ... one byte more starts the next one.
+        assert_eq!(batch_sizes(&[half, half + 1]), [1, 1]);
+        assert_eq!(batch_sizes(&[half, half, 1]), [2, 1]);
+        assert_eq!(batch_sizes(&[1, MAX_BYTES - 1, 1]), [2, 1]);
+    }
+
+    #[test]
+    fn batched_never_emits_an_empty_statement() {
+        assert!(batched(&template(), vec![]).is_empty());
+        // A row larger than MAX_BYTES goes alone into a statement of its
+        // own, first or not, and the statements keep the rows' order.
+        let qs = batched(&template(), sized(&[MAX_BYTES + 1, 1, MAX_BYTES + 1]));
+        assert_eq!(row_counts(&qs, 1), [1, 1, 1]);
+        assert_eq!(
+            qs.iter()
+                .map(|q| q.to_string(PostgresQueryBuilder))
+                .collect::<Vec<_>>(),
+            [
+                "INSERT INTO \"t\" (\"v\") VALUES (0)",
+                "INSERT INTO \"t\" (\"v\") VALUES (1)",
+                "INSERT INTO \"t\" (\"v\") VALUES (2)",
+            ]
+        );
+    }
+
+    /// A table of `cols` integer columns keyed by the first, and `rows` rows
+    /// of it.
+    fn wide(cols: usize, rows: usize) -> (TableSpec, Vec<RowState>) {
+        let names: Vec<String> = (0..cols).map(|i| format!("c{i}")).collect();
+        let c = |n: &String| ColumnSpec {
+            name: n.clone(),
+            ty: ColumnType::BigInteger,
+            nullable: false,
+        };
+        let spec = TableSpec {
+            name: "wide".into(),
+            pk: vec![c(&names[0])],
+            columns: names.iter().map(c).collect(),
+            local_only: vec![],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        };
+        let rows = (0..rows)
+            .map(|r| {
+                let mut s = RowState::default();
+                for n in &names {
+                    s.set(n, &Value::BigInt(Some(r as i64)), Hlc::default());
+                }
+                s
+            })
+            .collect();
+        (spec, rows)
+    }
+
+    fn upsert_sizes(spec: &TableSpec, rows: &[RowState]) -> Vec<usize> {
+        let rows: Vec<&RowState> = rows.iter().collect();
+        let qs = upsert_statements(spec, &rows, DbBackend::Postgres).unwrap();
+        row_counts(&qs, spec.columns.len())
+    }
+
+    #[test]
+    fn upserts_hold_at_most_max_rows() {
+        let (spec, rows) = wide(2, 2 * MAX_ROWS + 1);
+        assert_eq!(upsert_sizes(&spec, &rows), [MAX_ROWS, MAX_ROWS, 1]);
+        assert_eq!(upsert_sizes(&spec, &rows[..MAX_ROWS]), [MAX_ROWS]);
+        assert!(upsert_sizes(&spec, &[]).is_empty());
+    }
+
+    #[test]
+    fn upserts_of_wide_rows_hold_at_most_max_params_values() {
+        let cols = 2 * MAX_PARAMS / MAX_ROWS;
+        let per = MAX_PARAMS / cols;
+        assert!(per < MAX_ROWS);
+        let (spec, rows) = wide(cols, per + 1);
+        assert_eq!(upsert_sizes(&spec, &rows), [per, 1]);
+        assert_eq!(upsert_sizes(&spec, &rows[..per]), [per]);
+    }
+
+    #[test]
+    fn an_upsert_takes_rows_until_its_values_reach_max_bytes() {
+        let s = TableSpec {
+            columns: spec().columns[..2].to_vec(),
+            ..spec()
+        };
+        // Each row: the key (an integer) and a name of `len` bytes.
+        let rows = |lens: &[usize]| -> Vec<RowState> {
+            lens.iter()
+                .enumerate()
+                .map(|(i, len)| {
+                    let mut r = RowState::default();
+                    r.set("id", &Value::Int(Some(i as i32)), Hlc::default());
+                    r.set(
+                        "name",
+                        &Value::String(Some("x".repeat(*len))),
+                        Hlc::default(),
+                    );
+                    r
+                })
+                .collect()
+        };
+        let key = crate::value::approx_size(&Value::Int(Some(0)));
+        let half = MAX_BYTES / 2 - key;
+        // Two rows reach MAX_BYTES exactly: the third goes in a new statement.
+        assert_eq!(upsert_sizes(&s, &rows(&[half, half, 1])), [2, 1]);
+        // One byte short: the statement takes the third row too.
+        assert_eq!(upsert_sizes(&s, &rows(&[half, half - 1, 1])), [3]);
+        // A row larger than MAX_BYTES is still written, alone.
+        assert_eq!(
+            upsert_sizes(&s, &rows(&[MAX_BYTES, MAX_BYTES, 1])),
+            [1, 1, 1]
+        );
     }
 }

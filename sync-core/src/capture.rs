@@ -629,4 +629,100 @@ mod tests {
         assert_eq!(op, Op::Insert);
         assert_eq!(cols.len(), 3);
     }
+
+    /// A table known by its spec only: enough for [`phases`].
+    struct Named(TableSpec);
+
+    #[async_trait::async_trait]
+    impl TableHandle for Named {
+        fn spec(&self) -> &TableSpec {
+            &self.0
+        }
+        async fn markers(&self, _: &DatabaseTransaction, _: u64, _: u64) -> Result<Vec<Marker>> {
+            unreachable!("not read in these tests")
+        }
+        async fn rows(&self, _: &DatabaseTransaction, _: &[Vec<Value>]) -> Result<Vec<RowImage>> {
+            unreachable!("not read in these tests")
+        }
+        async fn scan(&self, _: &DatabaseTransaction, _: u64, _: u64) -> Result<Vec<RowImage>> {
+            unreachable!("not read in these tests")
+        }
+    }
+
+    #[test]
+    fn upserts_are_sealed_parents_first_and_deletes_children_first() {
+        let tables: Vec<std::sync::Arc<dyn TableHandle>> = ["parent", "child", "grandchild"]
+            .into_iter()
+            .map(|n| {
+                std::sync::Arc::new(Named(TableSpec {
+                    name: n.into(),
+                    ..spec()
+                })) as std::sync::Arc<dyn TableHandle>
+            })
+            .collect();
+        let rounds: Vec<(Phase, &str)> = phases(&tables)
+            .map(|(p, t)| (p, t.spec().name.as_str()))
+            .collect();
+        assert_eq!(
+            rounds,
+            [
+                (Phase::Upserts, "parent"),
+                (Phase::Upserts, "child"),
+                (Phase::Upserts, "grandchild"),
+                (Phase::Deletes, "grandchild"),
+                (Phase::Deletes, "child"),
+                (Phase::Deletes, "parent"),
+            ]
+        );
+        assert_eq!(phases(&[]).count(), 0);
+    }
+
+    fn change(seq: u64) -> Change {
+        let node = NodeId([0x11; 16]);
+        Change {
+            id: ChangeId { origin: node, seq },
+            table: "t".into(),
+            pk: vec![("id".into(), s("1"))],
+            op: Op::Update,
+            columns: vec![("a".into(), s("x"))],
+            hlc: crate::clock::Hlc {
+                physical: 0x10,
+                logical: 2,
+                node,
+            },
+            base: vec![],
+        }
+    }
+
+    #[test]
+    fn a_change_is_stored_in_the_outbox_under_its_sequence() {
+        use sea_orm::sea_query::SqliteQueryBuilder;
+        let mut q = outbox_insert();
+        q.values_panic(outbox_row(&change(7)).unwrap());
+        assert_eq!(
+            q.to_string(SqliteQueryBuilder),
+            format!(
+                r#"INSERT INTO "_tidesync_outbox" ("seq", "tbl", "pk", "op", "payload", "hlc", "base") VALUES (7, 't', '[["id",{{"String":"1"}}]]', 'update', '[["a",{{"String":"x"}}]]', '0000000000000010-00000002-{}', NULL)"#,
+                "11".repeat(16)
+            )
+        );
+        // Read back by the same columns.
+        let select = Query::select()
+            .columns(outbox_columns())
+            .from(Alias::new(OUTBOX))
+            .to_owned();
+        assert_eq!(
+            select.to_string(SqliteQueryBuilder),
+            r#"SELECT "seq", "tbl", "pk", "op", "payload", "hlc", "base" FROM "_tidesync_outbox""#
+        );
+    }
+
+    #[test]
+    fn a_sequence_beyond_the_databases_integers_is_refused() {
+        assert!(outbox_row(&change(i64::MAX as u64)).is_ok());
+        assert!(matches!(
+            outbox_row(&change(i64::MAX as u64 + 1)),
+            Err(Error::Corrupt(_))
+        ));
+    }
 }

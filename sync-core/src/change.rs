@@ -189,3 +189,76 @@ impl TableSpec {
         self.columns.iter().find(|c| c.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_id_shows_as_origin_colon_sequence() {
+        let id = ChangeId {
+            origin: NodeId([0xab; 16]),
+            seq: 42,
+        };
+        assert_eq!(id.to_string(), format!("{}:42", "ab".repeat(16)));
+    }
+
+    #[test]
+    fn operations_are_stored_by_their_lower_case_name() {
+        for (op, name) in [
+            (Op::Insert, "insert"),
+            (Op::Update, "update"),
+            (Op::Delete, "delete"),
+        ] {
+            assert_eq!(op.as_str(), name);
+            assert_eq!(Op::parse(name), Some(op));
+            // The same name as in a change's JSON.
+            assert_eq!(serde_json::to_string(&op).unwrap(), format!("\"{name}\""));
+        }
+        for unknown in ["", "Insert", "upsert", "delete "] {
+            assert_eq!(Op::parse(unknown), None, "{unknown:?}");
+        }
+    }
+
+    /// A table keyed by `(tenant, id)`, declared in another order than its
+    /// columns, with a local-only column.
+    fn spec() -> TableSpec {
+        let c = |n: &str, ty| ColumnSpec {
+            name: n.into(),
+            ty,
+            nullable: false,
+        };
+        TableSpec {
+            name: "notes".into(),
+            pk: vec![c("tenant", ColumnType::Integer), c("id", ColumnType::Uuid)],
+            columns: vec![
+                c("id", ColumnType::Uuid),
+                c("tenant", ColumnType::Integer),
+                c("body", ColumnType::Text),
+            ],
+            local_only: vec![c("draft", ColumnType::Text)],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    #[test]
+    fn key_names_are_in_key_order() {
+        assert_eq!(spec().pk_names(), ["tenant", "id"]);
+        let no_key = TableSpec {
+            pk: vec![],
+            ..spec()
+        };
+        assert!(no_key.pk_names().is_empty());
+    }
+
+    #[test]
+    fn columns_are_found_by_name_among_the_synced_ones() {
+        let s = spec();
+        assert_eq!(s.column("tenant"), Some(&s.columns[1]));
+        assert_eq!(s.column("body").map(|c| &c.ty), Some(&ColumnType::Text));
+        // Local-only and unknown columns are not synced.
+        assert_eq!(s.column("draft"), None);
+        assert_eq!(s.column("nope"), None);
+    }
+}

@@ -284,4 +284,114 @@ mod tests {
         assert!("zz".parse::<Hlc>().is_err());
         assert!("0000000000000010-00000002-xyz".parse::<Hlc>().is_err());
     }
+
+    #[test]
+    fn random_node_ids_differ() {
+        let (a, b) = (NodeId::random(), NodeId::random());
+        assert_ne!(a, b);
+        assert_ne!(a, NodeId::default());
+    }
+
+    const ID: NodeId = NodeId([
+        0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x00, 0xff, 0x10, 0x0f, 0xa5, 0x5a, 0x7e,
+        0xe7,
+    ]);
+    const ID_HEX: &str = "0123456789abcdef00ff100fa55a7ee7";
+
+    #[test]
+    fn a_node_id_is_written_as_32_lower_case_hex_digits() {
+        assert_eq!(ID.to_string(), ID_HEX);
+        assert_eq!(format!("{ID:?}"), format!("NodeId({ID_HEX})"));
+        assert_eq!(ID_HEX.parse::<NodeId>().unwrap(), ID);
+        assert_eq!(serde_json::to_string(&ID).unwrap(), format!("\"{ID_HEX}\""));
+        assert_eq!(
+            serde_json::from_str::<NodeId>(&format!("\"{ID_HEX}\"")).unwrap(),
+            ID
+        );
+    }
+
+    #[test]
+    fn a_node_id_is_read_from_exactly_32_hex_digits() {
+        for bad in [
+            String::new(),
+            ID_HEX[..30].to_owned(),
+            format!("{ID_HEX}00"),
+            ID_HEX.replace('a', "g"),
+            // 32 bytes, not 32 digits (a character cut in two would panic).
+            format!("{}é0", &ID_HEX[..29]),
+        ] {
+            assert!(bad.parse::<NodeId>().is_err(), "{bad:?}");
+            assert!(
+                serde_json::from_str::<NodeId>(&format!("\"{bad}\"")).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_clock_is_read_only_in_its_fixed_width_form() {
+        // Shorter fields would not sort as the value does.
+        for bad in [
+            format!("10-00000002-{ID_HEX}"),
+            format!("0000000000000010-2-{ID_HEX}"),
+            format!("00000000000000010-00000002-{ID_HEX}"),
+            format!("0000000000000010-00000002-{ID_HEX}-00"),
+        ] {
+            assert!(bad.parse::<Hlc>().is_err(), "{bad}");
+        }
+        let ok = format!("0000000000000010-00000002-{ID_HEX}");
+        assert_eq!(
+            ok.parse::<Hlc>().unwrap(),
+            Hlc {
+                physical: 0x10,
+                logical: 2,
+                node: ID,
+            }
+        );
+    }
+
+    #[test]
+    fn wall_clock_is_now_in_microseconds() {
+        let micros = || u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap();
+        let before = micros();
+        let t = wall_clock_us();
+        let after = micros();
+        assert!(before <= t && t <= after, "{before} {t} {after}");
+    }
+
+    #[test]
+    fn last_is_the_latest_timestamp_issued_or_observed() {
+        let persisted = Hlc {
+            physical: 5,
+            logical: 3,
+            node: node(9),
+        };
+        // Resumed under this node's id.
+        let mut c = HlcClock::new(node(1), Some(persisted));
+        assert_eq!(
+            c.last(),
+            Hlc {
+                node: node(1),
+                ..persisted
+            }
+        );
+        let t = c.tick(1);
+        assert_eq!(c.last(), t);
+        c.observe(
+            Hlc {
+                physical: 50,
+                logical: 0,
+                node: node(2),
+            },
+            10,
+        );
+        assert_eq!((c.last().physical, c.last().logical), (50, 1));
+        assert_eq!(
+            HlcClock::new(node(1), None).last(),
+            Hlc {
+                node: node(1),
+                ..Hlc::default()
+            }
+        );
+    }
 }

@@ -296,4 +296,28 @@ mod tests {
         };
         assert_eq!(Resolver::resolve(&longest, &c), Some(Resolution::KeepLocal));
     }
+
+    #[test]
+    fn changed_says_whether_some_column_was_applied() {
+        for policy in [ConflictPolicy::Merge, ConflictPolicy::Manual] {
+            let mut st = start();
+            let first = edit("phone", "p1", 5, 1, Some(("p0", hlc(1, 9))));
+            assert!(apply(&mut st, &first, policy).changed, "{policy:?}");
+            // An earlier concurrent edit of the phone: lost under `merge`,
+            // held under `manual`; either way nothing changes ...
+            let lost = edit("phone", "p2", 4, 2, Some(("p0", hlc(1, 9))));
+            let r = apply(&mut st, &lost, policy);
+            assert_eq!(r.conflicts.len(), 1, "{policy:?}");
+            assert!(!r.changed, "{policy:?}");
+            // ... unless the change also sets another column.
+            let mut both = edit("email", "e1", 4, 2, Some(("e0", hlc(1, 9))));
+            both.columns.insert(0, lost.columns[0].clone());
+            both.base.insert(0, lost.base[0].clone());
+            let r = apply(&mut st, &both, policy);
+            assert_eq!(r.conflicts.len(), 1, "{policy:?}");
+            assert!(r.changed, "{policy:?}");
+            assert_eq!(st.vals["phone"], s("p1"));
+            assert_eq!(st.vals["email"], s("e1"));
+        }
+    }
 }

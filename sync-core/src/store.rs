@@ -517,4 +517,161 @@ mod tests {
         let old = serde_json::to_string(&clocks).unwrap();
         assert_eq!(decode_clocks(&old, &vals).unwrap(), clocks);
     }
+
+    #[test]
+    fn row_state_tables_are_keyed_by_table_and_row() {
+        use sea_orm::sea_query::{MysqlQueryBuilder, SqliteQueryBuilder};
+        assert_eq!(
+            row_state_table(DbBackend::Sqlite, "_tidesync_rows").to_string(SqliteQueryBuilder),
+            r#"CREATE TABLE IF NOT EXISTS "_tidesync_rows" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, PRIMARY KEY ("tbl", "pk") )"#
+        );
+        // MySQL's TEXT holds 64 KiB: values and clocks are LONGTEXT there.
+        assert_eq!(
+            row_state_table(DbBackend::MySql, "_tidesync_rows").to_string(MysqlQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS `_tidesync_rows` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, `vals` LONGTEXT NOT NULL, `clocks` LONGTEXT NOT NULL, `deleted_at` varchar(64) NULL, `live` bool NOT NULL, PRIMARY KEY (`tbl`, `pk`) )"
+        );
+    }
+
+    /// A row inserted (a, b, c at 5) by hub log entry 7, then b set at 9:
+    /// the state keeps b and takes a and c from the entry.
+    #[test]
+    fn a_state_takes_the_values_its_log_entry_holds() {
+        let (clocks, mut vals) = state(&[("a", 5), ("b", 9), ("c", 5)]);
+        vals.insert("b".into(), Value::Int(Some(2)));
+        let stored = || StoredState {
+            vals: [("b".to_owned(), Value::Int(Some(2)))].into(),
+            clocks: encode_clocks(&clocks, &vals).unwrap(),
+            deleted_at: None,
+            reference: Some(7),
+        };
+        let entry: Vec<(String, Value)> = ["a", "b", "c"]
+            .map(|c| (c.to_owned(), Value::Int(Some(1))))
+            .into();
+        let (full, referred) = stored().resolve(Some(entry)).unwrap();
+        assert_eq!(
+            full,
+            RowState {
+                vals: vals.clone(),
+                clocks: clocks.clone(),
+                deleted_at: None
+            }
+        );
+        assert_eq!(
+            referred,
+            Some((7, vec![("a".to_owned(), hlc(5)), ("c".to_owned(), hlc(5))]))
+        );
+        // The entry is gone: the state cannot be read.
+        assert!(matches!(
+            stored().resolve(None),
+            Err(crate::Error::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_state_without_a_log_entry_is_read_as_stored() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 9)]);
+        let stored = StoredState {
+            vals: vals.clone(),
+            clocks: encode_clocks(&clocks, &vals).unwrap(),
+            deleted_at: Some(hlc(7)),
+            reference: None,
+        };
+        let (full, referred) = stored.resolve(None).unwrap();
+        assert_eq!(
+            full,
+            RowState {
+                vals,
+                clocks,
+                deleted_at: Some(hlc(7))
+            }
+        );
+        assert_eq!(referred, None);
+    }
+
+    fn live(cols: &[(&str, u64)], deleted: Option<u64>) -> RowState {
+        let (clocks, vals) = state(cols);
+        RowState {
+            vals,
+            clocks,
+            deleted_at: deleted.map(hlc),
+        }
+    }
+
+    #[test]
+    fn states_are_upserted_with_their_own_values_only() {
+        use sea_orm::sea_query::SqliteQueryBuilder;
+        let whole = live(&[("a", 5), ("b", 5)], None);
+        let gone = RowState {
+            deleted_at: Some(hlc(9)),
+            ..live(&[("a", 5)], None)
+        };
+        // Log entry 3 holds the value of `a`: the state keeps `b` only.
+        let referred = ["a".to_owned()];
+        let qs = state_statements(
+            "_tidesync_rows",
+            "t",
+            &[
+                ("[1]", &whole, None),
+                ("[2]", &gone, None),
+                (
+                    "[3]",
+                    &whole,
+                    Some(Referral {
+                        seq: 3,
+                        columns: &referred,
+                    }),
+                ),
+            ],
+        )
+        .unwrap();
+        let clock = |t: u64| hlc(t).to_string();
+        assert_eq!(qs.len(), 1);
+        assert_eq!(
+            qs[0].to_string(SqliteQueryBuilder),
+            format!(
+                r#"INSERT INTO "_tidesync_rows" ("tbl", "pk", "vals", "clocks", "deleted_at", "live") VALUES ('t', '[1]', '{{"a":{{"Int":1}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE), ('t', '[2]', '{{"a":{{"Int":1}}}}', '{{"a":"{c5}"}}', '{c9}', FALSE), ('t', '[3]', '{{"":{{"BigInt":3}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE) ON CONFLICT ("tbl", "pk") DO UPDATE SET "vals" = "excluded"."vals", "clocks" = "excluded"."clocks", "deleted_at" = "excluded"."deleted_at", "live" = "excluded"."live""#,
+                c5 = clock(5),
+                c9 = clock(9),
+            )
+        );
+        assert!(
+            state_statements("_tidesync_rows", "t", &[])
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn each_statement_of_states_binds_at_most_max_bytes() {
+        use crate::apply::MAX_BYTES;
+        use sea_orm::sea_query::SqliteQueryBuilder;
+        let big = Value::String(Some("x".repeat(10_000)));
+        let states: Vec<(String, RowState)> = (0..1000)
+            .map(|i| {
+                let mut s = live(&[("a", 5)], Some(1));
+                s.vals.insert("a".into(), big.clone());
+                (format!("[{i}]"), s)
+            })
+            .collect();
+        let rows: Vec<_> = states.iter().map(|(k, s)| (k.as_str(), s, None)).collect();
+        let qs = state_statements("_tidesync_rows", "t", &rows).unwrap();
+        let bytes: Vec<usize> = qs
+            .iter()
+            .map(|q| {
+                q.build(SqliteQueryBuilder)
+                    .1
+                    .0
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(Some(s)) => s.len(),
+                        _ => 1,
+                    })
+                    .sum()
+            })
+            .collect();
+        assert!(bytes.iter().all(|b| *b <= MAX_BYTES), "{bytes:?}");
+        // And no more statements than needed.
+        let total: usize = bytes.iter().sum();
+        assert_eq!(qs.len(), total.div_ceil(MAX_BYTES), "{bytes:?}");
+    }
 }

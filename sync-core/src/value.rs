@@ -298,4 +298,284 @@ mod tests {
         let s = render(&Value::String(Some("x".repeat(500))));
         assert!(s.len() < 120 && s.ends_with("(502 characters)"), "{s}");
     }
+
+    const BACKENDS: [Option<DbBackend>; 4] = [
+        None,
+        Some(DbBackend::Postgres),
+        Some(DbBackend::MySql),
+        Some(DbBackend::Sqlite),
+    ];
+
+    /// The backends (of [`BACKENDS`]) that refuse `value` in a column of
+    /// type `ty`.
+    fn refused_by(ty: Option<&ColumnType>, value: &Value) -> Vec<Option<DbBackend>> {
+        BACKENDS
+            .into_iter()
+            .filter(|b| check_value("t", "c", ty, value, *b).is_err())
+            .collect()
+    }
+
+    const NONE: [Option<DbBackend>; 0] = [];
+
+    #[test]
+    fn negative_zero_is_refused_where_it_would_become_zero() {
+        let lite_and_my = [Some(DbBackend::MySql), Some(DbBackend::Sqlite)];
+        assert_eq!(refused_by(None, &Value::Float(Some(-0.0))), lite_and_my);
+        assert_eq!(refused_by(None, &Value::Double(Some(-0.0))), lite_and_my);
+        for v in [
+            Value::Float(Some(0.0)),
+            Value::Double(Some(0.0)),
+            Value::Float(Some(-1.5)),
+            Value::Double(Some(-1.5)),
+            Value::Float(None),
+        ] {
+            assert_eq!(refused_by(None, &v), NONE, "{v:?}");
+        }
+        let e = check_value(
+            "t",
+            "x",
+            None,
+            &Value::Double(Some(-0.0)),
+            Some(DbBackend::Sqlite),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.x: cannot store -0: SQLite and MySQL store -0.0 as 0"
+        );
+    }
+
+    #[test]
+    fn nan_and_infinities_are_refused_everywhere() {
+        for v in [
+            Value::Float(Some(f32::NAN)),
+            Value::Float(Some(f32::NEG_INFINITY)),
+            Value::Double(Some(f64::NAN)),
+            Value::Double(Some(f64::INFINITY)),
+        ] {
+            assert_eq!(refused_by(None, &v), BACKENDS, "{v:?}");
+        }
+        assert_eq!(refused_by(None, &Value::Float(Some(f32::MAX))), NONE);
+        assert_eq!(refused_by(None, &Value::Double(Some(f64::MIN))), NONE);
+    }
+
+    #[test]
+    fn u64_refused_from_just_above_i64_max() {
+        let pg_and_lite = [Some(DbBackend::Postgres), Some(DbBackend::Sqlite)];
+        let above = Value::BigUnsigned(Some(i64::MAX as u64 + 1));
+        assert_eq!(refused_by(None, &above), pg_and_lite);
+        for v in [i64::MAX as u64, 0] {
+            assert_eq!(refused_by(None, &Value::BigUnsigned(Some(v))), NONE, "{v}");
+        }
+    }
+
+    #[test]
+    fn decimals_are_refused_on_sqlite_only_when_a_double_cannot_hold_them() {
+        use std::str::FromStr;
+        let dec = |s: &str| Value::Decimal(Some(rust_decimal::Decimal::from_str(s).unwrap()));
+        for fits in ["1.50", "-0.25", "123456.789", "0"] {
+            assert_eq!(refused_by(None, &dec(fits)), NONE, "{fits}");
+        }
+        for lossy in ["12345678901234567890.123", "0.1234567890123456789"] {
+            assert_eq!(
+                refused_by(None, &dec(lossy)),
+                [Some(DbBackend::Sqlite)],
+                "{lossy}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_on_postgres_only() {
+        let v = Value::String(Some("a\0b".into()));
+        assert_eq!(refused_by(None, &v), [Some(DbBackend::Postgres)]);
+        assert_eq!(refused_by(None, &Value::String(Some("ab".into()))), NONE);
+    }
+
+    #[test]
+    fn strings_may_fill_but_not_pass_the_declared_length() {
+        let s = |n: usize| Value::String(Some("é".repeat(n)));
+        for ty in [
+            ColumnType::String(StringLen::N(3)),
+            ColumnType::Char(Some(3)),
+        ] {
+            assert_eq!(refused_by(Some(&ty), &s(3)), NONE, "{ty:?}");
+            assert_eq!(refused_by(Some(&ty), &s(0)), NONE, "{ty:?}");
+            assert_eq!(refused_by(Some(&ty), &s(4)), BACKENDS, "{ty:?}");
+        }
+        // No declared length, or no known type: no limit.
+        for ty in [
+            Some(ColumnType::String(StringLen::None)),
+            Some(ColumnType::Text),
+            Some(ColumnType::Char(None)),
+            None,
+        ] {
+            assert_eq!(refused_by(ty.as_ref(), &s(1000)), NONE, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn years_are_checked_against_each_dialects_range() {
+        let my = [Some(DbBackend::MySql)];
+        let pg_and_my = [Some(DbBackend::Postgres), Some(DbBackend::MySql)];
+        let date = |y: i32| chrono::NaiveDate::from_ymd_opt(y, 6, 1).unwrap();
+        let at = |y: i32| date(y).and_hms_opt(12, 0, 0).unwrap();
+        let kinds = |y: i32| {
+            [
+                Value::ChronoDate(Some(date(y))),
+                Value::ChronoDateTime(Some(at(y))),
+                Value::ChronoDateTimeUtc(Some(at(y).and_utc())),
+                Value::ChronoDateTimeWithTimeZone(Some(at(y).and_utc().fixed_offset())),
+            ]
+        };
+        for (year, refused) in [
+            (-4713, &pg_and_my[..]),
+            (-4712, &my[..]),
+            (999, &my[..]),
+            (1000, &NONE[..]),
+            (2024, &NONE[..]),
+            (9999, &NONE[..]),
+            (10_000, &my[..]),
+        ] {
+            for v in kinds(year) {
+                assert_eq!(refused_by(None, &v), refused, "{v:?}");
+            }
+        }
+        // A date-time with an offset is checked by its UTC year.
+        let new_year = chrono::NaiveDate::from_ymd_opt(1000, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 30, 0)
+            .unwrap()
+            .and_local_timezone(chrono::FixedOffset::east_opt(3600).unwrap())
+            .unwrap();
+        let v = Value::ChronoDateTimeWithTimeZone(Some(new_year));
+        assert_eq!(refused_by(None, &v), my);
+        let e =
+            check_value("t", "at", None, &kinds(-5000)[0], Some(DbBackend::Postgres)).unwrap_err();
+        assert!(
+            e.to_string().ends_with("PostgreSQL dates start in 4713 BC"),
+            "{e}"
+        );
+        let e = check_value("t", "at", None, &kinds(999)[1], Some(DbBackend::MySql)).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("MySQL dates and date-times run from year 1000 to 9999"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn seaorm_utc_date_times_fit_mysql_timestamps_only() {
+        let at = |ts: i64| Value::ChronoDateTimeUtc(chrono::DateTime::from_timestamp(ts, 0));
+        for ok in [1, 1_700_000_000, 2_147_483_647] {
+            assert!(
+                check_binding("t", "c", &at(ok), DbBackend::MySql).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [0, -1, 2_147_483_648] {
+            let e = check_binding("t", "c", &at(bad), DbBackend::MySql).unwrap_err();
+            assert!(e.to_string().starts_with("t.c: cannot store"), "{e}");
+            for other in [DbBackend::Postgres, DbBackend::Sqlite] {
+                assert!(check_binding("t", "c", &at(bad), other).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_are_text_lengths_and_four_per_byte() {
+        assert_eq!(approx_size(&Value::String(Some("héllo".into()))), 6);
+        assert_eq!(approx_size(&Value::Bytes(Some(vec![0; 10]))), 40);
+        let json = serde_json::json!({"a": [1, 2]});
+        assert_eq!(
+            approx_size(&Value::Json(Some(Box::new(json.clone())))),
+            json.to_string().len()
+        );
+        assert_eq!(approx_size(&Value::BigInt(Some(1))), 16);
+        assert_eq!(approx_size(&Value::String(None)), 16);
+    }
+
+    #[test]
+    fn floats_are_the_same_by_bit_pattern() {
+        let f = |x: f32| Value::Float(Some(x));
+        let d = |x: f64| Value::Double(Some(x));
+        assert!(!same_value(&f(0.0), &f(-0.0)));
+        assert!(same_value(&f(2.5), &f(2.5)));
+        assert!(!same_value(&f(2.5), &f(3.5)));
+        // An unchanged NaN is no change (NaN != NaN as floats).
+        assert!(same_value(&d(f64::NAN), &d(f64::NAN)));
+        assert!(same_value(&f(f32::NAN), &f(f32::NAN)));
+        assert!(!same_value(&d(1.0), &d(2.0)));
+        assert!(!same_value(&Value::Int(Some(1)), &Value::BigInt(Some(1))));
+    }
+
+    #[test]
+    fn render_keeps_up_to_80_characters() {
+        // A string renders quoted: 78 characters in quotes make 80.
+        let fits = Value::String(Some("é".repeat(78)));
+        assert_eq!(render(&fits), format!("\"{}\"", "é".repeat(78)));
+        let long = render(&Value::String(Some("é".repeat(79))));
+        assert_eq!(long, format!("\"{}... (81 characters)", "é".repeat(76)));
+        assert_eq!(render(&Value::Double(Some(1.5))), "1.5");
+        assert_eq!(render(&Value::Int(None)), "Int(None)");
+    }
+
+    mod note {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "notes")]
+        pub(super) struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub id: i32,
+            pub score: f64,
+            #[sea_orm(column_type = "String(StringLen::N(3))")]
+            pub code: String,
+            pub at: ChronoDateTimeUtc,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub(super) enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+
+        impl crate::syncable::Syncable for Entity {}
+    }
+
+    #[test]
+    fn active_models_are_checked_column_by_column_before_saving() {
+        use sea_orm::ActiveValue::{NotSet, Set, Unchanged};
+        let ok = note::ActiveModel {
+            id: Set(1),
+            score: Set(1.5),
+            code: Unchanged("abc".into()),
+            at: NotSet,
+        };
+        assert!(validate_active_model(&ok, DbBackend::Postgres).is_ok());
+        let nan = note::ActiveModel {
+            score: Set(f64::NAN),
+            ..ok.clone()
+        };
+        assert_eq!(
+            validate_active_model(&nan, DbBackend::Sqlite).unwrap_err(),
+            DbErr::Custom(
+                "tidesync: notes.score: cannot store NaN: NaN and infinities are not portable between databases"
+                    .into()
+            )
+        );
+        // The column's declared length.
+        let long = note::ActiveModel {
+            code: Set("abcd".into()),
+            ..ok.clone()
+        };
+        assert!(validate_active_model(&long, DbBackend::Postgres).is_err());
+        // SeaORM's own binding of UTC date-times on MySQL.
+        let late = note::ActiveModel {
+            at: Set(chrono::DateTime::from_timestamp(2_147_483_648, 0).unwrap()),
+            ..ok
+        };
+        let e = validate_active_model(&late, DbBackend::MySql).unwrap_err();
+        assert!(e.to_string().contains("notes.at: cannot store"), "{e}");
+        assert!(validate_active_model(&late, DbBackend::Postgres).is_ok());
+    }
 }
