@@ -547,8 +547,8 @@ impl World {
         let hub_rows = rows::contacts(hub).await.map_err(|e| e.to_string())?;
         if rows::synced(&hub_rows) != want {
             return Err(format!(
-                "the hub differs from the model:\n  hub:   {:?}\n  model: {want:?}",
-                rows::synced(&hub_rows)
+                "the hub differs from the model:\n{}",
+                rows::differences(&rows::synced(&hub_rows), &want, 5)
             ));
         }
         if let Some(m) = hub_rows.values().find(|m| m.last_opened.is_some()) {
@@ -558,8 +558,8 @@ impl World {
             let got = rows::contacts(db).await.map_err(|e| e.to_string())?;
             if rows::synced(&got) != want {
                 return Err(format!(
-                    "replica {i} differs from the model:\n  replica: {:?}\n  model:   {want:?}",
-                    rows::synced(&got)
+                    "replica {i} differs from the model:\n{}",
+                    rows::differences(&rows::synced(&got), &want, 5)
                 ));
             }
             for (id, m) in &got {

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod entities;
+pub mod kill;
 pub mod rows;
 
 use std::future::Future;

@@ -59,3 +59,24 @@ pub fn is_missing_table(err: &DbErr) -> bool {
     matches!(e.code().as_deref(), Some("42P01" | "42S02"))
         || e.message().starts_with("no such table")
 }
+
+/// The keys where two maps differ, with both sides (at most `limit`), for
+/// a failure message.
+pub fn differences<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    got: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    limit: usize,
+) -> String {
+    let keys: std::collections::BTreeSet<&K> = got.keys().chain(want.keys()).collect();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| got.get(k) != want.get(k))
+        .map(|k| format!("  {k:?}: got {:?}, want {:?}", got.get(k), want.get(k)))
+        .collect();
+    let more = diffs.len().saturating_sub(limit);
+    let mut out = diffs.into_iter().take(limit).collect::<Vec<_>>().join("\n");
+    if more > 0 {
+        out.push_str(&format!("\n  ... and {more} more"));
+    }
+    out
+}
