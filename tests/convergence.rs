@@ -1,29 +1,48 @@
 //! Convergence (invariant 3), as a property: 3 to 5 replicas make random
-//! offline inserts, updates (often of the same row and column) and deletes,
-//! sync in a random interleaving, sometimes crash mid-sync (the sync is
-//! cancelled at a random point, rolling back whatever transaction it was
-//! in); after a final round of syncs every replica and the hub hold
-//! identical rows.
+//! offline inserts, updates (often of the same row and column), deletes and
+//! writes of a local-only column, sync in a random interleaving, sometimes
+//! crash mid-sync (the sync is cancelled at a random point, rolling back
+//! whatever transaction it was in); after a final round of syncs the hub and
+//! every replica hold, column by column, exactly the rows a model of the
+//! conflict policy predicts.
+//!
+//! The model: each edit is captured at once and the next edit starts at
+//! least [`EDIT_GAP`] later, so every edit has its own millisecond of wall
+//! time, and (all replicas sharing this machine's clock) the hybrid logical
+//! clock orders the edits as they happened. Per-column last-writer-wins
+//! then leaves in each column the value of the latest edit that wrote it,
+//! and a row is live when some column was written after its latest delete
+//! (`sync_core::merge`: a delete wins unless an update is later). Every
+//! edit writes values no other edit writes, so each one changes what it
+//! writes. The local-only column (`#[syncable(skip)]` `last_opened`) never
+//! leaves its replica: the hub holds NULL, a replica what it wrote there
+//! last (or NULL, when the row may have been deleted and brought back by a
+//! pull since).
 //!
 //! `TIDESYNC_PROPTEST_CASES` sets the number of cases per hub dialect
 //! (default 500). A failing case is shrunk and printed with the seed to
 //! replay it: `TIDESYNC_PROPTEST_SEED=<seed> cargo test --test convergence`.
+//! At the end each dialect prints how many crash steps cancelled a sync
+//! mid-way and how many let it finish; most must be cancelled.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use common::entities::contacts;
+use common::rows::{self, Synced};
 use common::{BoxError, Dialect, TestDb, TestResult, run, trial};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database};
 use tidesync::backends::SqlBackend;
-use tidesync::{Replica, SyncEngine};
+use tidesync::{Replica, SyncEngine, SyncReport};
 
 fn main() -> std::process::ExitCode {
     let trials = Dialect::ALL
@@ -33,45 +52,75 @@ fn main() -> std::process::ExitCode {
     run(trials)
 }
 
-/// Few keys, few values: collisions on the same row and column are common.
+/// Few keys: collisions on the same row and column are common.
 const KEYS: u128 = 5;
+
+/// The least time between the end of one edit (its capture) and the start
+/// of the next. SQLite's clock, which stamps a write, has millisecond
+/// resolution; two milliseconds leave a whole one between any two edits.
+const EDIT_GAP: Duration = Duration::from_millis(2);
+
+/// What an update writes.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    Name,
+    Email,
+    UpdatedAt,
+    NameAndUpdatedAt,
+}
 
 #[derive(Clone, Debug)]
 enum Step {
+    /// Insert the row if this replica does not have it.
     Insert {
         replica: usize,
         key: u128,
         name: u8,
     },
+    /// Update the row if this replica has it.
     Update {
         replica: usize,
         key: u128,
-        email: bool,
+        field: Field,
         value: u8,
     },
+    /// Delete the row if this replica has it.
     Delete {
+        replica: usize,
+        key: u128,
+    },
+    /// Write the local-only column of the row if this replica has it.
+    Touch {
         replica: usize,
         key: u128,
     },
     Sync {
         replica: usize,
     },
-    /// A sync cancelled after `polls` polls (a crash mid-sync).
+    /// A sync cancelled at a random point (a crash mid-sync): after
+    /// `1 + at/256` of the polls a sync typically takes.
     CrashSync {
         replica: usize,
-        polls: u8,
+        at: u8,
     },
 }
 
 fn step(replicas: usize) -> impl Strategy<Value = Step> {
     let r = 0..replicas;
+    let field = prop_oneof![
+        Just(Field::Name),
+        Just(Field::Email),
+        Just(Field::UpdatedAt),
+        Just(Field::NameAndUpdatedAt),
+    ];
     prop_oneof![
         3 => (r.clone(), 0..KEYS, any::<u8>()).prop_map(|(replica, key, name)| Step::Insert { replica, key, name }),
-        4 => (r.clone(), 0..KEYS, any::<bool>(), any::<u8>())
-            .prop_map(|(replica, key, email, value)| Step::Update { replica, key, email, value }),
+        4 => (r.clone(), 0..KEYS, field, any::<u8>())
+            .prop_map(|(replica, key, field, value)| Step::Update { replica, key, field, value }),
         1 => (r.clone(), 0..KEYS).prop_map(|(replica, key)| Step::Delete { replica, key }),
+        1 => (r.clone(), 0..KEYS).prop_map(|(replica, key)| Step::Touch { replica, key }),
         3 => r.clone().prop_map(|replica| Step::Sync { replica }),
-        1 => (r, 1..60u8).prop_map(|(replica, polls)| Step::CrashSync { replica, polls }),
+        1 => (r, any::<u8>()).prop_map(|(replica, at)| Step::CrashSync { replica, at }),
     ]
 }
 
@@ -79,32 +128,133 @@ fn scenario() -> impl Strategy<Value = (usize, Vec<Step>)> {
     (3..=5usize).prop_flat_map(|n| (Just(n), prop::collection::vec(step(n), 1..40)))
 }
 
-type Rows = BTreeMap<Uuid, (String, Option<String>)>;
-
-async fn rows(db: &DatabaseConnection) -> Result<Rows, DbErr> {
-    Ok(contacts::Entity::find()
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|m| (m.id, (m.name, m.email)))
-        .collect())
+/// The expected replicated state of one row: each synced column's value
+/// with the number of the edit that wrote it last, and the latest delete.
+#[derive(Clone, Debug, Default)]
+struct Expected {
+    name: Option<(u64, String)>,
+    email: Option<(u64, Option<String>)>,
+    updated_at: Option<(u64, DateTimeUtc)>,
+    deleted: Option<u64>,
 }
 
-/// Poll a future at most `polls` times, then drop it (a crash at that point).
-async fn crash_after<F: std::future::Future>(polls: u8, f: F) {
-    let mut f = std::pin::pin!(f);
-    for _ in 0..polls {
-        let done = std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
-            std::task::Poll::Ready(_) => std::task::Poll::Ready(true),
-            std::task::Poll::Pending => std::task::Poll::Ready(false),
+impl Expected {
+    /// The row's synced columns, or `None` when it is not live: no column
+    /// was written after the latest delete.
+    fn row(&self) -> Option<Synced> {
+        // Every update follows an insert, which writes every column.
+        let (Some((n, name)), Some((e, email)), Some((u, updated_at))) =
+            (&self.name, &self.email, &self.updated_at)
+        else {
+            return None;
+        };
+        let last = *n.max(e).max(u);
+        self.deleted.is_none_or(|d| last > d).then(|| Synced {
+            name: name.clone(),
+            email: email.clone(),
+            updated_at: *updated_at,
         })
-        .await;
-        if done {
-            return;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_micros(200)).await;
     }
+}
+
+/// A case's model: the edits made so far, in the order they were made.
+#[derive(Default)]
+struct Model {
+    /// Edits made (the number of the next one).
+    edits: u64,
+    /// When the last edit's capture ended.
+    last_edit: Option<Instant>,
+    rows: BTreeMap<Uuid, Expected>,
+    /// Keys some replica deleted.
+    deleted: BTreeSet<Uuid>,
+    /// Per replica, the local-only value it wrote last into each row.
+    local: Vec<BTreeMap<Uuid, Option<DateTimeUtc>>>,
+}
+
+impl Model {
+    /// Wait until [`EDIT_GAP`] after the last edit, then number this one.
+    /// A sleep never ends early, so the edits' wall times are ordered.
+    async fn next_edit(&mut self) -> u64 {
+        if let Some(last) = self.last_edit {
+            let wait = EDIT_GAP.saturating_sub(last.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.edits += 1;
+        self.edits
+    }
+
+    /// The expected synced rows.
+    fn expected(&self) -> BTreeMap<Uuid, Synced> {
+        self.rows
+            .iter()
+            .filter_map(|(k, e)| Some((*k, e.row()?)))
+            .collect()
+    }
+}
+
+/// A distinct timestamp for edit `t` (whole seconds: every dialect holds
+/// them exactly).
+fn stamp(base: i64, t: u64) -> DateTimeUtc {
+    Utc.timestamp_opt(base + t as i64, 0).unwrap()
+}
+
+/// Poll `f` only when it is woken, at most `limit` times, then drop it (a
+/// crash while it waits there). Returns its output if it finished, and the
+/// number of polls.
+async fn polled<F: Future>(limit: u32, f: F) -> (Option<F::Output>, u32) {
+    let mut f = std::pin::pin!(f);
+    let mut polls = 0u32;
+    let out = std::future::poll_fn(|cx| {
+        if polls == limit {
+            return Poll::Ready(None);
+        }
+        polls += 1;
+        f.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    (out, polls)
+}
+
+/// Crash steps and the polls of finished syncs, over a whole run.
+#[derive(Default)]
+struct SyncStats {
+    /// Crash steps whose sync was dropped before it finished.
+    cancelled: u64,
+    /// Crash steps whose sync finished before the crash point.
+    completed: u64,
+    /// Polls of the most recent finished syncs.
+    polls: Vec<u32>,
+}
+
+impl SyncStats {
+    const KEPT: usize = 101;
+
+    fn finished(&mut self, polls: u32) {
+        if self.polls.len() == Self::KEPT {
+            self.polls.remove(0);
+        }
+        self.polls.push(polls);
+    }
+
+    /// The median number of polls of the recent finished syncs.
+    fn typical(&self) -> u32 {
+        if self.polls.len() < 5 {
+            return 60;
+        }
+        let mut p = self.polls.clone();
+        p.sort_unstable();
+        p[p.len() / 2]
+    }
+}
+
+/// A sync that finished must have gone through cleanly.
+fn check_report(r: &SyncReport) -> Result<(), String> {
+    if r.halted.is_some() || !r.local_errors.is_empty() || !r.rejected.is_empty() {
+        return Err(format!("sync reported problems: {r:?}"));
+    }
+    Ok(())
 }
 
 struct World {
@@ -114,6 +264,7 @@ struct World {
     /// replaced when that replica crashes (a process takes its connections
     /// with it).
     hub_pools: tokio::sync::Mutex<Vec<Option<DatabaseConnection>>>,
+    stats: Mutex<SyncStats>,
 }
 
 impl World {
@@ -160,28 +311,46 @@ impl World {
     }
 
     /// Empty the hub's tables (one hub database per dialect for all cases).
+    /// Only a table that does not exist yet (no sync has installed the hub,
+    /// or a cancelled one installed part of it) is passed over; any other
+    /// error fails the case.
     async fn reset_hub(&self, hub: &DatabaseConnection) -> Result<(), BoxError> {
-        for t in [
+        let backend = hub.get_database_backend();
+        let q = |name: &str| tidesync::core::schema::quote(backend, name);
+        let mut statements: Vec<String> = [
             "contacts",
             "_tidesync_changes",
             "_tidesync_hub_rows",
             "_tidesync_peers",
             "_tidesync_rejected",
-        ] {
-            let sql = format!(
-                "DELETE FROM {}",
-                tidesync::core::schema::quote(hub.get_database_backend(), t)
-            );
-            let _ = hub.execute_unprepared(&sql).await; // absent before the first install
-        }
-        let meta = format!(
+        ]
+        .iter()
+        .map(|t| format!("DELETE FROM {}", q(t)))
+        .collect();
+        statements.push(format!(
             "UPDATE {} SET {} = '1' WHERE {} = 'next_seq'",
-            tidesync::core::schema::quote(hub.get_database_backend(), "_tidesync_hub_meta"),
-            tidesync::core::schema::quote(hub.get_database_backend(), "value"),
-            tidesync::core::schema::quote(hub.get_database_backend(), "key"),
-        );
-        let _ = hub.execute_unprepared(&meta).await;
+            q("_tidesync_hub_meta"),
+            q("value"),
+            q("key"),
+        ));
+        for sql in statements {
+            match hub.execute_unprepared(&sql).await {
+                Ok(_) => {}
+                Err(e) if rows::is_missing_table(&e) => {}
+                Err(e) => return Err(format!("resetting the hub: {sql}: {e}").into()),
+            }
+        }
         Ok(())
+    }
+
+    /// A sync to completion, counting its polls.
+    async fn sync(&self, engine: &SyncEngine) -> Result<(), String> {
+        let (report, polls) = polled(u32::MAX, engine.sync_now()).await;
+        let report = report
+            .ok_or("a sync without a poll limit stopped")?
+            .map_err(|e| e.to_string())?;
+        self.stats.lock().unwrap().finished(polls);
+        check_report(&report)
     }
 
     async fn run_case(
@@ -206,71 +375,144 @@ impl World {
             engines.push(engine);
             dbs.push(db);
         }
-        let stamp = |v: u8| Utc.timestamp_opt(1_700_000_000 + i64::from(v), 0).unwrap();
+        let mut model = Model {
+            local: vec![BTreeMap::new(); n],
+            ..Model::default()
+        };
         for s in steps {
-            match *s {
+            let edited = match *s {
                 Step::Insert { replica, key, name } => {
                     let id = Uuid::from_u128(key + 1);
                     let db = &dbs[replica];
-                    if contacts::Entity::find_by_id(id)
+                    let t = model.next_edit().await;
+                    let absent = contacts::Entity::find_by_id(id)
                         .one(db)
                         .await
                         .map_err(|e| e.to_string())?
-                        .is_none()
-                    {
-                        contacts::ActiveModel {
-                            id: Set(id),
-                            name: Set(format!("n{name}")),
-                            email: Set(None),
-                            last_opened: Set(None),
-                            updated_at: Set(stamp(name)),
-                        }
-                        .insert(db)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .is_none();
+                    if absent {
+                        let m = contacts::Model {
+                            id,
+                            name: format!("n{name}-{t}"),
+                            email: None,
+                            last_opened: Some(stamp(1_600_000_000, t)),
+                            updated_at: stamp(1_700_000_000, t),
+                        };
+                        contacts::ActiveModel::from(m.clone())
+                            .insert(db)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let e = model.rows.entry(id).or_default();
+                        e.name = Some((t, m.name));
+                        e.email = Some((t, m.email));
+                        e.updated_at = Some((t, m.updated_at));
+                        model.local[replica].insert(id, m.last_opened);
                     }
+                    Some(replica)
                 }
                 Step::Update {
                     replica,
                     key,
-                    email,
+                    field,
                     value,
                 } => {
                     let id = Uuid::from_u128(key + 1);
+                    let t = model.next_edit().await;
+                    let name = format!("u{value}-{t}");
+                    let email = Some(format!("e{value}-{t}"));
+                    let updated_at = stamp(1_700_000_000, t);
                     let mut am = contacts::ActiveModel {
                         id: Set(id),
                         ..Default::default()
                     };
-                    if email {
-                        am.email = Set(Some(format!("e{value}")));
-                    } else {
-                        am.name = Set(format!("u{value}"));
+                    match field {
+                        Field::Name => am.name = Set(name.clone()),
+                        Field::Email => am.email = Set(email.clone()),
+                        Field::UpdatedAt => am.updated_at = Set(updated_at),
+                        Field::NameAndUpdatedAt => {
+                            am.name = Set(name.clone());
+                            am.updated_at = Set(updated_at);
+                        }
                     }
-                    // No-op when the row is not there.
-                    let _ = contacts::Entity::update_many()
+                    let updated = contacts::Entity::update_many()
                         .set(am)
                         .filter(contacts::Column::Id.eq(id))
                         .exec(&dbs[replica])
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string())?
+                        .rows_affected;
+                    if updated == 1 {
+                        let e = model.rows.entry(id).or_default();
+                        match field {
+                            Field::Name => e.name = Some((t, name)),
+                            Field::Email => e.email = Some((t, email)),
+                            Field::UpdatedAt => e.updated_at = Some((t, updated_at)),
+                            Field::NameAndUpdatedAt => {
+                                e.name = Some((t, name));
+                                e.updated_at = Some((t, updated_at));
+                            }
+                        }
+                    }
+                    Some(replica)
                 }
                 Step::Delete { replica, key } => {
-                    contacts::Entity::delete_by_id(Uuid::from_u128(key + 1))
+                    let id = Uuid::from_u128(key + 1);
+                    let t = model.next_edit().await;
+                    let deleted = contacts::Entity::delete_by_id(id)
                         .exec(&dbs[replica])
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string())?
+                        .rows_affected;
+                    if deleted == 1 {
+                        model.rows.entry(id).or_default().deleted = Some(t);
+                        model.deleted.insert(id);
+                    }
+                    Some(replica)
                 }
-                Step::Sync { replica } => {
+                Step::Touch { replica, key } => {
+                    let id = Uuid::from_u128(key + 1);
+                    let t = model.next_edit().await;
+                    let opened = Some(stamp(1_600_000_000, t));
+                    let touched = contacts::Entity::update_many()
+                        .col_expr(contacts::Column::LastOpened, Expr::value(opened))
+                        .filter(contacts::Column::Id.eq(id))
+                        .exec(&dbs[replica])
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .rows_affected;
+                    if touched == 1 {
+                        model.local[replica].insert(id, opened);
+                    }
                     let r = engines[replica]
-                        .sync_now()
+                        .replica()
+                        .capture()
                         .await
                         .map_err(|e| e.to_string())?;
-                    if r.halted.is_some() || !r.local_errors.is_empty() || !r.rejected.is_empty() {
-                        return Err(format!("sync reported problems: {r:?}"));
+                    if r.captured != 0 {
+                        return Err(format!(
+                            "a write of the local-only column was captured: {r:?}"
+                        ));
                     }
+                    model.last_edit = Some(Instant::now());
+                    None
                 }
-                Step::CrashSync { replica, polls } => {
-                    crash_after(polls, engines[replica].sync_now()).await;
+                Step::Sync { replica } => {
+                    self.sync(&engines[replica]).await?;
+                    None
+                }
+                Step::CrashSync { replica, at } => {
+                    let typical = self.stats.lock().unwrap().typical();
+                    let limit = 1 + (u32::from(at) * typical) / 256;
+                    let (report, polls) = polled(limit, engines[replica].sync_now()).await;
+                    match report {
+                        Some(report) => {
+                            check_report(&report.map_err(|e| e.to_string())?)?;
+                            let mut stats = self.stats.lock().unwrap();
+                            stats.completed += 1;
+                            stats.finished(polls);
+                        }
+                        None => self.stats.lock().unwrap().cancelled += 1,
+                    }
                     // The process died: its connections with it. Restart it.
                     let (db, engine) = self
                         .start(case, replica, true)
@@ -278,21 +520,70 @@ impl World {
                         .map_err(|e| e.to_string())?;
                     engines[replica] = engine;
                     dbs[replica] = db;
+                    None
                 }
+            };
+            // Every edit is captured at once, so that its change carries
+            // its own time.
+            if let Some(replica) = edited {
+                let r = engines[replica]
+                    .replica()
+                    .capture()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !r.rejected.is_empty() {
+                    return Err(format!("capture refused a row: {r:?}"));
+                }
+                model.last_edit = Some(Instant::now());
             }
         }
         // Final round: everyone syncs twice.
         for _ in 0..2 {
             for e in &engines {
-                e.sync_now().await.map_err(|e| e.to_string())?;
+                self.sync(e).await?;
             }
         }
-        let want = rows(hub).await.map_err(|e| e.to_string())?;
-        for (i, db) in dbs.iter().enumerate() {
-            let got = rows(db).await.map_err(|e| e.to_string())?;
-            if got != want {
+        let want = model.expected();
+        let hub_rows = rows::contacts(hub).await.map_err(|e| e.to_string())?;
+        if rows::synced(&hub_rows) != want {
+            return Err(format!(
+                "the hub differs from the model:\n{}",
+                rows::differences(&rows::synced(&hub_rows), &want, 5)
+            ));
+        }
+        if let Some(m) = hub_rows.values().find(|m| m.last_opened.is_some()) {
+            return Err(format!("a local-only value reached the hub: {m:?}"));
+        }
+        for (i, (db, engine)) in dbs.iter().zip(&engines).enumerate() {
+            let got = rows::contacts(db).await.map_err(|e| e.to_string())?;
+            if rows::synced(&got) != want {
                 return Err(format!(
-                    "replica {i} differs from the hub:\n  replica: {got:?}\n  hub:     {want:?}"
+                    "replica {i} differs from the model:\n{}",
+                    rows::differences(&rows::synced(&got), &want, 5)
+                ));
+            }
+            for (id, m) in &got {
+                // What this replica wrote there last, if it wrote anything.
+                let own = model.local[i].get(id).copied().flatten();
+                // A delete may have removed the row here, and a pull brought
+                // it back without the local value.
+                let ok =
+                    m.last_opened == own || (m.last_opened.is_none() && model.deleted.contains(id));
+                if !ok {
+                    return Err(format!(
+                        "replica {i}: local-only column of {id} is {:?}, but this replica wrote {own:?} there last",
+                        m.last_opened
+                    ));
+                }
+            }
+            let pending = engine
+                .replica()
+                .pending_count()
+                .await
+                .map_err(|e| e.to_string())?;
+            if pending != 0 {
+                return Err(format!(
+                    "replica {i}: {pending} changes left to push after the final syncs"
                 ));
             }
         }
@@ -352,6 +643,7 @@ async fn property(hub: TestDb) -> TestResult {
         dir: dir.clone(),
         hub_url: hub.url.clone(),
         hub_pools: tokio::sync::Mutex::new(Vec::new()),
+        stats: Mutex::new(SyncStats::default()),
     };
     let handle = tokio::runtime::Handle::current();
     let hub_db = hub.db.clone();
@@ -372,9 +664,23 @@ async fn property(hub: TestDb) -> TestResult {
         )
         .into());
     }
+    let (cancelled, completed, typical) = {
+        let s = world.stats.lock().unwrap();
+        (s.cancelled, s.completed, s.typical())
+    };
     eprintln!(
-        "{}: {cases} cases converged (seed {seed})",
+        "{}: {cases} cases converged (seed {seed}); crash steps: {cancelled} cancelled mid-sync, \
+         {completed} let the sync finish (a sync typically takes {typical} polls)",
         hub.dialect.name()
     );
-    hub.drop().await
+    // Crash points are drawn within a typical sync's polls, so most crashes
+    // must land inside the sync; over few crash steps chance decides.
+    let crashes = cancelled + completed;
+    let dialect = hub.dialect.name();
+    hub.drop().await?;
+    ensure!(
+        crashes < 20 || cancelled * 2 >= crashes,
+        "{dialect} hub: only {cancelled} of {crashes} crash steps cancelled the sync mid-way (seed {seed})"
+    );
+    Ok(())
 }

@@ -9,17 +9,26 @@
 //! - no change carries a value written only by a rolled-back transaction;
 //! - sequences are gap-free from 1 and clocks increase with them.
 //!
-//! `TIDESYNC_KILLS` sets the number of kills per dialect (default 200).
+//! Most kills aim at the worker's writes or its captures, chosen at random:
+//! the parent waits until the worker announces the phase, then kills after
+//! a random part of a duration that phase took before; the rest land during
+//! start-up. Where each kill landed is counted and printed. Enough kills
+//! must land in the worker's writes and in its captures, and the workers
+//! must have captured changes themselves (not only left markers for the
+//! parent's capture after the kill).
+//!
+//! `TIDESYNC_KILLS` sets the number of kills per dialect (default 200);
+//! `TIDESYNC_KILL_SEED` replays a run (each run prints its seed).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use common::entities::contacts;
+use common::kill::{Killer, STARTUP, Worker, announce, kill_seed};
 use common::{Dialect, TestDb, TestResult, run, trial};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,6 +42,10 @@ use tidesync::{Change, Op, Replica};
 
 const WORKER_URL: &str = "TIDESYNC_KILL_WORKER_URL";
 const WORKER_SEED: &str = "TIDESYNC_KILL_WORKER_SEED";
+
+/// The phases of a worker.
+const WRITE: &str = "write";
+const CAPTURE: &str = "capture";
 
 fn main() -> std::process::ExitCode {
     if let Ok(url) = std::env::var(WORKER_URL) {
@@ -80,18 +93,20 @@ async fn random_id(db: &impl ConnectionTrait, rng: &mut StdRng) -> Result<Option
     Ok(m.map(|m| m.id))
 }
 
-/// Writes forever (until killed). Values written inside transactions that
-/// are rolled back start with "ROLLBACK"; they must never be captured.
+/// Writes forever (until killed), announcing its phase: writing or
+/// capture. Values written inside transactions that are rolled back start
+/// with "ROLLBACK"; they must never be captured.
 async fn worker(url: String, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
     let db = Database::connect(&url).await?;
     let replica = open(&db).await?;
-    println!("ready");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut step = 0u64;
     loop {
         step += 1;
         let name = format!("s{seed}-{step}");
-        match rng.random_range(0..100) {
+        let action = rng.random_range(0..100);
+        announce(if action < 88 { WRITE } else { CAPTURE });
+        match action {
             0..20 => {
                 contact(&mut rng, name).insert(&db).await?;
             }
@@ -277,87 +292,115 @@ async fn markers(t: &TestDb, db: &DatabaseConnection) -> Result<Vec<Uuid>, DbErr
 }
 
 async fn kill_loop(t: TestDb) -> TestResult {
+    let seed = kill_seed();
+    let dialect = t.dialect.name();
+    eprintln!("{dialect}: kill seed {seed}");
+    if let Err(e) = kills(&t, seed).await {
+        return Err(format!(
+            "{dialect}: {e}\nreplay with TIDESYNC_KILL_SEED={seed} cargo test --test kill"
+        )
+        .into());
+    }
+    t.drop().await
+}
+
+async fn kills(t: &TestDb, seed: u64) -> TestResult {
     t.create_table(contacts::Entity).await?;
     let kills: u32 = std::env::var("TIDESYNC_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let exe = std::env::current_exe()?;
-    let mut rng = StdRng::seed_from_u64(0x5eed ^ u64::from(std::process::id()));
+    let mut killer = Killer::new(seed);
     let mut replay = Replay::default();
-    let mut total_changes = 0;
+    // Changes the workers captured themselves, and those the parent's
+    // capture after a kill made of the markers they left.
+    let (mut by_workers, mut by_parent) = (0, 0);
     for kill in 0..kills {
-        let seed: u64 = rng.random();
-        let mut child = Command::new(&exe)
-            .env(WORKER_URL, &t.url)
-            .env(WORKER_SEED, seed.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        // Mostly kill mid-write; sometimes during start-up and install.
-        if rng.random_bool(0.9) {
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut line)?;
-            if line.trim() != "ready" {
-                let out = child.wait_with_output()?;
-                return Err(format!(
-                    "worker did not start: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
+        let worker = Worker::spawn(
+            Command::new(&exe)
+                .env(WORKER_URL, &t.url)
+                .env(WORKER_SEED, killer.rng.random::<u64>().to_string()),
+        )?;
+        // Mostly aim at the worker's first or second writes, or at its
+        // first capture (later rounds only make the outbox, replayed after
+        // every kill, longer). A kill in the second writes lets the first
+        // capture finish: its duration is measured whole, not only when it
+        // is short enough to beat a kill. Sometimes kill during start-up
+        // (opening the replica, installing the triggers).
+        let landed = if killer.rng.random_bool(0.9) {
+            if killer.rng.random_bool(0.5) {
+                let nth = killer.rng.random_range(1..=2);
+                killer.kill_in(worker, WRITE, nth)
+            } else {
+                killer.kill_in(worker, CAPTURE, 1)
             }
-            tokio::time::sleep(Duration::from_millis(rng.random_range(5..120))).await;
         } else {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+            let delay = Duration::from_millis(killer.rng.random_range(0..40));
+            killer.kill_after(worker, delay)
         }
-        if let Some(status) = child.try_wait()? {
-            let out = child.wait_with_output()?;
-            return Err(format!(
-                "worker exited by itself ({status}): {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        child.kill()?;
-        child.wait()?;
+        .map_err(|e| format!("kill {kill}: {e}"))?;
 
         let db = t.connect_again().await?;
         let r = open(&db).await?;
+        let before = replay.last_seq;
         replay.catch_up(&r).await?;
+        by_workers += replay.last_seq - before;
         // Before capture: every difference between the table and the outbox
         // must be covered by a marker.
         let now = table(&db).await?;
-        let marked = markers(&t, &db).await?;
+        let marked = markers(t, &db).await?;
         let ids: std::collections::BTreeSet<&Uuid> = now.keys().chain(replay.rows.keys()).collect();
         for id in ids {
             if now.get(id) != replay.rows.get(id) {
                 ensure!(
                     marked.contains(id),
-                    "kill {kill}: row {id} changed but has no marker and no change"
+                    "kill {kill} (in {landed}): row {id} changed but has no marker and no change"
                 );
             }
         }
         let report = r.capture().await?;
         ensure!(report.rejected.is_empty(), "{:?}", report.rejected);
+        let before = replay.last_seq;
         replay.catch_up(&r).await?;
+        by_parent += replay.last_seq - before;
         ensure!(
             replay.rows == now,
-            "kill {kill}: outbox does not replay to the table"
+            "kill {kill} (in {landed}): outbox does not replay to the table"
         );
         ensure!(
-            markers(&t, &db).await?.is_empty(),
-            "kill {kill}: markers left after capture"
+            markers(t, &db).await?.is_empty(),
+            "kill {kill} (in {landed}): markers left after capture"
         );
-        total_changes = replay.last_seq;
         db.close().await?;
     }
-    ensure!(
-        total_changes > u64::from(kills),
-        "the workers wrote too little to test anything ({total_changes} changes)"
-    );
+    let dialect = t.dialect.name();
     eprintln!(
-        "{}: {kills} kills, {total_changes} changes checked",
-        t.dialect.name()
+        "{dialect}: {kills} kills, {} changes checked ({by_workers} captured by the workers, \
+         {by_parent} by the parent after a kill); kills by phase: {}",
+        replay.last_seq,
+        killer.summary()
     );
-    t.drop().await
+    // Only kills inside the worker's work count, and only changes the
+    // workers' own captures committed: start-up kills test little, and the
+    // parent's capture after a kill would meet a floor of changes even if
+    // the workers never captured.
+    let (writes, captures) = (killer.landed(WRITE), killer.landed(CAPTURE));
+    ensure!(
+        writes >= kills / 5 && captures >= kills / 5,
+        "too few kills landed in the worker's writes ({writes}) or captures ({captures}) of \
+         {kills}: {}",
+        killer.summary()
+    );
+    ensure!(
+        killer.landed(STARTUP) <= kills / 4,
+        "too many kills landed during start-up: {}",
+        killer.summary()
+    );
+    ensure!(
+        by_workers >= u64::from(kills / 4),
+        "the workers' own captures committed too little to test anything ({by_workers} \
+         changes in {kills} kills)"
+    );
+    Ok(())
 }

@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod entities;
+pub mod kill;
+pub mod rows;
 
 use std::future::Future;
 use std::pin::Pin;
