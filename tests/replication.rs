@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
         interrupted_bootstrap_resumes,
+        bootstrap_on_a_hub_gone_back_starts_over,
         pulled_changes_are_not_captured_again,
         hub_tables_are_ordinary_tables,
         unreachable_hub_is_offline_and_loses_nothing,
@@ -693,6 +694,98 @@ async fn bootstrap_progress(db: &DatabaseConnection) -> Result<Vec<String>, BoxE
     rows.iter()
         .map(|r| Ok(r.try_get::<String>("", "k")?))
         .collect()
+}
+
+/// The hub id stored in a hub database.
+async fn hub_id(db: &DatabaseConnection) -> Result<String, BoxError> {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let q = Query::select()
+        .column(Alias::new("value"))
+        .from(Alias::new("_tidesync_hub_meta"))
+        .and_where(Expr::col(Alias::new("key")).eq("hub_id"))
+        .to_owned();
+    let row = db.query_one(&q).await?.ok_or("no hub id")?;
+    Ok(row.try_get("", "value")?)
+}
+
+/// A bootstrap interrupted on a hub that then goes back in time (restored
+/// from an older backup; here another hub database given the first one's
+/// id, so its tip is far below the cursor the snapshot started at) starts
+/// over. Resuming would continue after the stored key and pull from the
+/// stored start cursor, above the restored hub's tip: every change it logs
+/// up to there would be skipped for good.
+async fn bootstrap_on_a_hub_gone_back_starts_over(hub: TestDb) -> TestResult {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let a = Device::new(&hub, "a").await?;
+    add_contacts(a.db(), 200, "before").await?;
+    ensure_eq!(a.sync().await?.pushed, 200);
+    let paged = Arc::new(Paged::new(
+        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        2,
+    ));
+    let local = TestDb::create(Dialect::Sqlite, "gone_back").await?;
+    local.create_table(contacts::Entity).await?;
+    let open = || async {
+        Replica::builder(local.db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await
+    };
+    let engine = SyncEngine::new(open().await?, paged.clone()).with_batch_size(40);
+    match engine.sync_now().await {
+        Err(Error::Offline(_)) => {}
+        other => return Err(format!("expected Offline, got {other:?}").into()),
+    }
+    ensure_eq!(bootstrap_progress(&local.db).await?.len(), 1);
+    ensure_eq!(
+        all_contacts(&local.db).await?.len(),
+        80,
+        "two pages applied"
+    );
+
+    // The hub comes back from an older backup: same id, 30 changes logged.
+    let restored = TestDb::create(hub.dialect, "restored").await?;
+    let b = Device::new(&restored, "b").await?;
+    add_contacts(b.db(), 30, "restored").await?;
+    ensure_eq!(b.sync().await?.pushed, 30);
+    let id = hub_id(&hub.db).await?;
+    let q = Query::update()
+        .table(Alias::new("_tidesync_hub_meta"))
+        .value(Alias::new("value"), id.clone())
+        .and_where(Expr::col(Alias::new("key")).eq("hub_id"))
+        .to_owned();
+    restored.db.execute(&q).await?;
+    ensure_eq!(hub_id(&restored.db).await?, id);
+
+    let engine = SyncEngine::new(
+        open().await?,
+        Arc::new(SqlBackend::new(restored.connect_again().await?)),
+    )
+    .with_batch_size(40);
+    let r = engine.sync_now().await?;
+    ensure!(r.local_errors.is_empty() && r.halted.is_none(), "{r:?}");
+    ensure!(
+        bootstrap_progress(&local.db).await?.is_empty(),
+        "progress removed"
+    );
+    // Changes the restored hub logs after the bootstrap arrive too.
+    add_contacts(b.db(), 10, "after").await?;
+    ensure_eq!(b.sync().await?.pushed, 10);
+    engine.sync_now().await?;
+    let have = all_contacts(&local.db).await?;
+    let want = all_contacts(b.db()).await?;
+    let got: Vec<contacts::Model> = have
+        .iter()
+        .filter(|m| want.iter().any(|w| w.id == m.id))
+        .cloned()
+        .collect();
+    same_rows(&got, &want, "the restored hub's rows on the device")?;
+    ensure_eq!(have.len(), 80 + 40, "the rows copied before stay");
+    a.drop().await?;
+    b.drop().await?;
+    local.drop().await?;
+    restored.drop().await?;
+    hub.drop().await
 }
 
 /// A bootstrap cut off between pages resumes at the next sync after the

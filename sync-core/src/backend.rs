@@ -156,5 +156,13 @@ pub trait Backend: Send + Sync {
     /// previous page's `next`): a new replica loads the rows and pulls from
     /// the cursor. Rows newer than the cursor are merged again from the log,
     /// which is harmless because merging is idempotent.
+    ///
+    /// A page's `next` must stay valid across restarts and for any `limit`:
+    /// the engine stores it with the rows it applied and resumes an
+    /// interrupted bootstrap after it, maybe in another process, days later.
+    /// Make it a key of a stable row order (as `SqlBackend` does), not an
+    /// offset or a server-side cursor. A snapshot whose cursor is below the
+    /// one a resumed bootstrap started at (the hub went back in time) makes
+    /// the engine start the snapshot over.
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)>;
 }

@@ -182,10 +182,10 @@ impl HlcClock {
     /// Merge a timestamp received from another node, so that every later
     /// local timestamp orders after it.
     pub fn observe(&mut self, remote: Hlc, wall_us: u64) {
-        if (remote.physical, remote.logical) > (self.last.physical, self.last.logical) {
-            self.last.physical = remote.physical;
-            self.last.logical = remote.logical;
-        }
+        (self.last.physical, self.last.logical) = Ord::max(
+            (self.last.physical, self.last.logical),
+            (remote.physical, remote.logical),
+        );
         self.advance(wall_us);
     }
 

@@ -408,10 +408,17 @@ impl SyncEngine {
     async fn bootstrap(&self, hub: &HubInfo, key: &str, report: &mut SyncReport) -> Result<Cursor> {
         let progress_key = format!("bootstrap:{}", hub.hub_id);
         let resume = match schema::read_meta(self.replica.connection(), &progress_key).await? {
-            Some(v) => Some(
-                serde_json::from_str::<Progress>(&v)
-                    .map_err(|e| Error::Corrupt(format!("{progress_key} `{v}`: {e}")))?,
-            ),
+            Some(v) => match serde_json::from_str::<Progress>(&v) {
+                Ok(p) => Some(p),
+                // Starting over is always safe: progress this release cannot
+                // read costs a restart, never a bootstrap that fails for ever.
+                Err(e) => {
+                    tracing::warn!(
+                        "{progress_key} `{v}` unreadable ({e}): the snapshot starts over"
+                    );
+                    None
+                }
+            },
             None => None,
         };
         let fetch = |after: Option<String>| {
@@ -420,9 +427,25 @@ impl SyncEngine {
             Prefetch::spawn(async move { backend.snapshot(after, limit).await })
         };
         let mut start = resume.as_ref().map(|p| Cursor(p.start));
+        let mut check_tip = resume.is_some();
         let mut ahead = Some(fetch(resume.map(|p| p.after)));
         while let Some(call) = ahead.take() {
             let (cursor, page) = call.get().await.map_err(Error::or_offline)?;
+            if std::mem::take(&mut check_tip) && start.is_some_and(|s| cursor < s) {
+                // The hub's tip is below the cursor the snapshot started at:
+                // it was restored from an older backup (or replaced under the
+                // same id). Resuming would pull from a cursor above its tip
+                // and skip the changes it logs up to there: start over.
+                tracing::warn!(
+                    "hub {} is behind the bootstrap that started at {} (tip {}): the snapshot starts over",
+                    hub.hub_id,
+                    start.map_or(0, |s| s.0),
+                    cursor.0
+                );
+                start = None;
+                ahead = Some(fetch(None));
+                continue;
+            }
             let start = *start.get_or_insert(cursor);
             ahead = page.next.clone().map(|n| fetch(Some(n)));
             let deltas = page
@@ -462,6 +485,7 @@ impl SyncEngine {
             self.progress.pulled.store(report.pulled, Ordering::Relaxed);
             self.replica.wrote(applied.applied as u64).await;
             report.local_errors.extend(applied.parked);
+            report.local_errors.extend(applied.captured.rejected);
             if ahead.is_none() {
                 return Ok(start);
             }
