@@ -17,7 +17,7 @@
 //! must have captured changes themselves (not only left markers for the
 //! parent's capture after the kill).
 //!
-//! `TIDESYNC_KILLS` sets the number of kills per dialect (default 200);
+//! `TIDESYNC_KILLS` sets the number of kills per dialect (default 100, sized for CI);
 //! `TIDESYNC_KILL_SEED` replays a run (each run prints its seed).
 
 mod common;
@@ -309,7 +309,7 @@ async fn kills(t: &TestDb, seed: u64) -> TestResult {
     let kills: u32 = std::env::var("TIDESYNC_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(100);
     let exe = std::env::current_exe()?;
     let mut killer = Killer::new(seed);
     let mut replay = Replay::default();
