@@ -20,7 +20,7 @@
 //! pull since).
 //!
 //! `TIDESYNC_PROPTEST_CASES` sets the number of cases per hub dialect
-//! (default 250, sized for CI; raise it for a longer hunt). A failing case is shrunk and printed with the seed to
+//! (default 150, sized for CI; raise it for a longer hunt). A failing case is shrunk and printed with the seed to
 //! replay it: `TIDESYNC_PROPTEST_SEED=<seed> cargo test --test convergence`.
 //! At the end each dialect prints how many crash steps cancelled a sync
 //! mid-way and how many let it finish; most must be cancelled.
@@ -606,7 +606,7 @@ async fn property(hub: TestDb) -> TestResult {
     let cases: u32 = std::env::var("TIDESYNC_PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(250);
+        .unwrap_or(150);
     let seed: u64 = match std::env::var("TIDESYNC_PROPTEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
