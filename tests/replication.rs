@@ -696,6 +696,23 @@ async fn bootstrap_progress(db: &DatabaseConnection) -> Result<Vec<String>, BoxE
         .collect()
 }
 
+/// A new device (a local SQLite database) whose first sync through `paged`
+/// is cut off once `paged` has served its pages: the bootstrap applied them,
+/// then found the hub gone.
+async fn cut_off_bootstrap(paged: &Arc<Paged>, tag: &str) -> Result<TestDb, BoxError> {
+    let local = TestDb::create(Dialect::Sqlite, tag).await?;
+    local.create_table(contacts::Entity).await?;
+    let replica = Replica::builder(local.db.clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let engine = SyncEngine::new(replica, paged.clone()).with_batch_size(40);
+    match engine.sync_now().await {
+        Err(Error::Offline(_)) => Ok(local),
+        other => Err(format!("expected Offline, got {other:?}").into()),
+    }
+}
+
 /// The hub id stored in a hub database.
 async fn hub_id(db: &DatabaseConnection) -> Result<String, BoxError> {
     use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
@@ -723,19 +740,13 @@ async fn bootstrap_on_a_hub_gone_back_starts_over(hub: TestDb) -> TestResult {
         Arc::new(SqlBackend::new(hub.connect_again().await?)),
         2,
     ));
-    let local = TestDb::create(Dialect::Sqlite, "gone_back").await?;
-    local.create_table(contacts::Entity).await?;
+    let local = cut_off_bootstrap(&paged, "gone_back").await?;
     let open = || async {
         Replica::builder(local.db.clone())
             .register::<contacts::Entity>()
             .open()
             .await
     };
-    let engine = SyncEngine::new(open().await?, paged.clone()).with_batch_size(40);
-    match engine.sync_now().await {
-        Err(Error::Offline(_)) => {}
-        other => return Err(format!("expected Offline, got {other:?}").into()),
-    }
     ensure_eq!(bootstrap_progress(&local.db).await?.len(), 1);
     ensure_eq!(
         all_contacts(&local.db).await?.len(),
@@ -803,20 +814,13 @@ async fn interrupted_bootstrap_resumes(hub: TestDb) -> TestResult {
         Arc::new(SqlBackend::new(hub.connect_again().await?)),
         3,
     ));
-    let local = TestDb::create(Dialect::Sqlite, "resumed").await?;
-    local.create_table(contacts::Entity).await?;
+    let local = cut_off_bootstrap(&paged, "resumed").await?;
     let open = || async {
         Replica::builder(local.db.clone())
             .register::<contacts::Entity>()
             .open()
             .await
     };
-    let engine = SyncEngine::new(open().await?, paged.clone()).with_batch_size(40);
-    // Three pages arrive, the fourth request finds the hub gone.
-    match engine.sync_now().await {
-        Err(Error::Offline(_)) => {}
-        other => return Err(format!("expected Offline, got {other:?}").into()),
-    }
     let first = paged.take_calls();
     ensure_eq!(first.len(), 3, "three pages served");
     let copied = check_pages(&first, None, 40, false)?;
