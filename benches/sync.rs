@@ -26,8 +26,8 @@ use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, IdenStatic, Iterable,
     ModelTrait, Schema, TransactionTrait, Value,
 };
-use tidesync::backends::{
-    Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend, sql,
+use tidesync::hub::{
+    Hub, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub, sql,
 };
 use tidesync::core::store;
 use tidesync::core::value::pk_key;
@@ -593,7 +593,7 @@ fn statement_kind(sql: &str) -> String {
 
 /// A hub that times its four calls.
 struct Timed {
-    inner: SqlBackend,
+    inner: SqlHub,
     calls: Mutex<BTreeMap<&'static str, (u64, Duration)>>,
     /// Diagnostic (`--analyze-hub`): refresh the hub's planner statistics
     /// after every 20th push (which also replans cached statements).
@@ -604,7 +604,7 @@ struct Timed {
 }
 
 impl Timed {
-    fn new(inner: SqlBackend) -> Self {
+    fn new(inner: SqlHub) -> Self {
         Timed {
             inner,
             calls: Mutex::new(BTreeMap::new()),
@@ -627,7 +627,7 @@ impl Timed {
 }
 
 #[async_trait::async_trait]
-impl Backend for Timed {
+impl Hub for Timed {
     async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
         let t = Instant::now();
         let r = self.inner.install(tables).await;
@@ -966,8 +966,8 @@ impl Device {
             .open()
             .await?;
         let (hub_db, hub_stmts) = connect(hub_url).await?;
-        let hub = Arc::new(Timed::new(SqlBackend::new(hub_db)));
-        let engine = SyncEngine::new(replica, Arc::clone(&hub) as Arc<dyn Backend>);
+        let hub = Arc::new(Timed::new(SqlHub::new(hub_db)));
+        let engine = SyncEngine::new(replica, Arc::clone(&hub) as Arc<dyn Hub>);
         Ok(Device {
             engine,
             local,

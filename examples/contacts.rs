@@ -89,7 +89,7 @@ use sea_orm::{
     ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, IntoActiveModel, RuntimeErr,
     Schema,
 };
-use tidesync::backends::SqlBackend;
+use tidesync::hub::SqlHub;
 use tidesync::{HeldConflict, Replica, Resolution, SyncEngine, SyncReport};
 
 /// Defines an entity module over the `contacts` table with the conflict
@@ -573,17 +573,17 @@ impl Local {
 /// How long `sync` waits for the hub before calling it unreachable.
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connect to the hub. Not `SqlBackend::connect(url)`, which keeps sqlx's
+/// Connect to the hub. Not `SqlHub::connect(url)`, which keeps sqlx's
 /// defaults: sqlx retries a refused connection until the pool's acquire
 /// timeout, 30 s, too long for a command line; and it calls a malformed URL
 /// "offline" too, where this program says "bad URL" (exit 2).
-async fn connect_hub(url: &str) -> Result<SqlBackend, Failure> {
+async fn connect_hub(url: &str) -> Result<SqlHub, Failure> {
     let mut options = ConnectOptions::new(url);
     options
         .connect_timeout(HUB_TIMEOUT)
         .acquire_timeout(HUB_TIMEOUT);
     match Database::connect(options).await {
-        Ok(db) => Ok(SqlBackend::new(db)),
+        Ok(db) => Ok(SqlHub::new(db)),
         Err(e) if is_bad_url(&e) => Err(Failure::Invalid(format!("bad hub URL: {e}"))),
         Err(e) => Err(Failure::Offline {
             reason: e.to_string(),

@@ -13,7 +13,7 @@ use common::entities::contacts;
 use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DatabaseConnection};
-use tidesync::backends::{Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend};
+use tidesync::hub::{Hub, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
 use tidesync::{
     AutoSync, Change, Error, Replica, SyncEngine, SyncHandle, SyncPhase, SyncStatus, TableSpec,
 };
@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
 
 /// A device: a local SQLite database and an engine for `backend`.
 async fn device(
-    backend: Arc<dyn Backend>,
+    backend: Arc<dyn Hub>,
     tag: &str,
 ) -> Result<(TestDb, Arc<SyncEngine>), BoxError> {
     let local = TestDb::create(Dialect::Sqlite, tag).await?;
@@ -102,7 +102,7 @@ async fn until_rows(db: &DatabaseConnection, n: u64) -> TestResult {
 
 async fn syncs_at_once_on_demand_and_on_the_interval(hub: TestDb) -> TestResult {
     let backend = || async {
-        Ok::<_, BoxError>(Arc::new(SqlBackend::new(hub.connect_again().await?)) as Arc<dyn Backend>)
+        Ok::<_, BoxError>(Arc::new(SqlHub::new(hub.connect_again().await?)) as Arc<dyn Hub>)
     };
     let (a_db, a) = device(backend().await?, "bg_a").await?;
     let (b_db, b) = device(backend().await?, "bg_b").await?;
@@ -162,13 +162,13 @@ async fn syncs_at_once_on_demand_and_on_the_interval(hub: TestDb) -> TestResult 
 /// A hub that is unreachable while `down` is set, and records when each
 /// request it refused arrived.
 struct Switch {
-    inner: SqlBackend,
+    inner: SqlHub,
     down: AtomicBool,
     refused: Mutex<Vec<Instant>>,
 }
 
 impl Switch {
-    fn new(inner: SqlBackend) -> Self {
+    fn new(inner: SqlHub) -> Self {
         Switch {
             inner,
             down: AtomicBool::new(true),
@@ -191,7 +191,7 @@ impl Switch {
 }
 
 #[async_trait::async_trait]
-impl Backend for Switch {
+impl Hub for Switch {
     async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
         self.check()?;
         self.inner.install(tables).await
@@ -225,7 +225,7 @@ impl Backend for Switch {
 /// back, the next attempt pushes everything. With an hour's backoff a
 /// `sync_soon` still syncs at once, and without one nothing is attempted.
 async fn backs_off_while_offline_and_catches_up(hub: TestDb) -> TestResult {
-    let switch = Arc::new(Switch::new(SqlBackend::new(hub.connect_again().await?)));
+    let switch = Arc::new(Switch::new(SqlHub::new(hub.connect_again().await?)));
     let (local, engine) = device(switch.clone(), "bg_offline").await?;
     for i in 0..3 {
         add(&local.db, &format!("offline {i}")).await?;

@@ -11,7 +11,7 @@ use common::entities::{people_lww, people_manual, people_merge, people_v2};
 use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Value};
-use tidesync::backends::SqlBackend;
+use tidesync::hub::SqlHub;
 use tidesync::{ColumnConflict, Replica, Resolution, SyncEngine, Syncable};
 use uuid::Uuid;
 
@@ -52,7 +52,7 @@ async fn device_with(
         .create_tables()
         .open()
         .await?;
-    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
     Ok(Device {
         local,
         engine: SyncEngine::new(replica, backend),

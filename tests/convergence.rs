@@ -41,7 +41,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database};
-use tidesync::backends::SqlBackend;
+use tidesync::hub::SqlHub;
 use tidesync::{Replica, SyncEngine, SyncReport};
 
 fn main() -> std::process::ExitCode {
@@ -306,7 +306,7 @@ impl World {
             }
         };
         drop(pools);
-        let engine = SyncEngine::new(replica, Arc::new(SqlBackend::new(hub))).with_batch_size(3);
+        let engine = SyncEngine::new(replica, Arc::new(SqlHub::new(hub))).with_batch_size(3);
         Ok((db, engine))
     }
 

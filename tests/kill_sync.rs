@@ -35,7 +35,7 @@ use rand::{Rng, SeedableRng};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::Value;
 use sea_orm::{ActiveValue::Set, Database, QueryOrder, QuerySelect};
-use tidesync::backends::{Backend, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlBackend};
+use tidesync::hub::{Hub, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
 use tidesync::{Change, Hlc, NodeId, Op, Replica, SyncEngine, TableSpec};
 
 const DEVICE: &str = "TIDESYNC_SYNC_WORKER_DEVICE";
@@ -66,10 +66,10 @@ fn main() -> std::process::ExitCode {
 /// A hub that announces the worker's phase at each call: install, push,
 /// pull (a pull's local work, between its hub calls, is in the pull phase
 /// too).
-struct Announced(SqlBackend);
+struct Announced(SqlHub);
 
 #[async_trait::async_trait]
-impl Backend for Announced {
+impl Hub for Announced {
     async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
         announce(INSTALL);
         self.0.install(tables).await
@@ -107,7 +107,7 @@ impl Backend for Announced {
 
 async fn engine(
     device: &DatabaseConnection,
-    hub: Arc<dyn Backend>,
+    hub: Arc<dyn Hub>,
 ) -> Result<SyncEngine, Box<dyn std::error::Error + Send + Sync>> {
     let replica = Replica::builder(device.clone())
         .register::<contacts::Entity>()
@@ -132,7 +132,7 @@ async fn worker(
     seed: u64,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let db = Database::connect(&device).await?;
-    let hub = Announced(SqlBackend::new(Database::connect(&hub).await?));
+    let hub = Announced(SqlHub::new(Database::connect(&hub).await?));
     let engine = engine(&db, Arc::new(hub)).await?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut step = 0u64;
@@ -260,7 +260,7 @@ fn last_writer_wins(log: &[Change]) -> Result<BTreeMap<Uuid, Synced>, String> {
 }
 
 /// Every origin's changes are on the hub once each, numbered 1..=n.
-async fn check_log(backend: &SqlBackend) -> TestResult {
+async fn check_log(backend: &SqlHub) -> TestResult {
     let log = backend.pull(Cursor(0), u64::MAX).await?;
     let mut by_origin: BTreeMap<_, Vec<u64>> = BTreeMap::new();
     for c in &log.changes {
@@ -307,7 +307,7 @@ async fn kills(hub: &TestDb, devices: &[TestDb; 2], seed: u64) -> TestResult {
     for d in devices {
         d.create_table(contacts::Entity).await?;
     }
-    let backend = SqlBackend::new(hub.connect_again().await?);
+    let backend = SqlHub::new(hub.connect_again().await?);
     let mut killer = Killer::new(seed);
     let mut targets = [WRITE, CAPTURE, PUSH, PULL];
     for kill in 0..kills {
@@ -350,7 +350,7 @@ async fn kills(hub: &TestDb, devices: &[TestDb; 2], seed: u64) -> TestResult {
     let mut engines = Vec::new();
     for d in devices {
         let hub_db = hub.connect_again().await?;
-        engines.push(engine(&d.db, Arc::new(SqlBackend::new(hub_db))).await?);
+        engines.push(engine(&d.db, Arc::new(SqlHub::new(hub_db))).await?);
     }
     for _ in 0..2 {
         for e in &engines {

@@ -19,7 +19,7 @@ use kitchen_sink::Mood;
 use rust_decimal::Decimal;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, IntoActiveModel, QueryOrder};
-use tidesync::backends::{RejectPolicy, SqlBackend};
+use tidesync::hub::{RejectPolicy, SqlHub};
 use tidesync::core::value::same_value;
 use tidesync::{Replica, SyncEngine};
 
@@ -380,7 +380,7 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
     }
 
     let backend =
-        Arc::new(SqlBackend::new(hub.connect_again().await?).with_policy(RejectPolicy::Park));
+        Arc::new(SqlHub::new(hub.connect_again().await?).with_policy(RejectPolicy::Park));
     let e1 = SyncEngine::new(r1, backend.clone());
     let report = e1.sync_now().await?;
     ensure!(
@@ -408,7 +408,7 @@ async fn round_trip(mut dbs: Vec<TestDb>) -> TestResult {
     }
 
     let r2 = replica(&second).await?;
-    let e2 = SyncEngine::new(r2, Arc::new(SqlBackend::new(hub.connect_again().await?)));
+    let e2 = SyncEngine::new(r2, Arc::new(SqlHub::new(hub.connect_again().await?)));
     let report = e2.sync_now().await?;
     if second.dialect == Dialect::Postgres && first.dialect != Dialect::Postgres {
         // unsigned_ints is not registered there: its changes are parked.

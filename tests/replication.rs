@@ -11,7 +11,7 @@ use common::entities::{contacts, groups, members};
 use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DbBackend, IntoActiveModel, QueryOrder};
-use tidesync::backends::{Backend, Cursor, RejectPolicy, SqlBackend};
+use tidesync::hub::{Hub, Cursor, RejectPolicy, SqlHub};
 use tidesync::core::value::pk_key;
 use tidesync::{Error, Replica, SyncEngine};
 
@@ -62,17 +62,17 @@ struct Device {
 
 impl Device {
     async fn new(hub: &TestDb, tag: &str) -> Result<Device, BoxError> {
-        Self::with_backend(Arc::new(SqlBackend::new(hub.connect_again().await?)), tag).await
+        Self::with_backend(Arc::new(SqlHub::new(hub.connect_again().await?)), tag).await
     }
 
-    async fn with_backend(backend: Arc<dyn Backend>, tag: &str) -> Result<Device, BoxError> {
+    async fn with_backend(backend: Arc<dyn Hub>, tag: &str) -> Result<Device, BoxError> {
         Self::on(Dialect::Sqlite, backend, tag).await
     }
 
     /// A device whose local database is of `dialect`.
     async fn on(
         dialect: Dialect,
-        backend: Arc<dyn Backend>,
+        backend: Arc<dyn Hub>,
         tag: &str,
     ) -> Result<Device, BoxError> {
         let local = TestDb::create(dialect, tag).await?;
@@ -252,7 +252,7 @@ async fn delete_propagates_and_later_update_wins(hub: TestDb) -> TestResult {
 }
 
 async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
-    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
     let a = Device::with_backend(backend.clone(), "a").await?;
     a.sync().await?; // installs the hub
     for i in 0..5 {
@@ -409,7 +409,7 @@ async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
         .open()
         .await?;
     let paged = Arc::new(Paged::new(
-        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        Arc::new(SqlHub::new(hub.connect_again().await?)),
         usize::MAX,
     ));
     let engine = SyncEngine::new(replica, paged.clone()).with_batch_size(100);
@@ -508,14 +508,14 @@ struct SnapshotCall {
 /// and the bytes of values of every push batch; it is unreachable for
 /// snapshots once it served `pages_left` pages.
 struct Paged {
-    inner: Arc<SqlBackend>,
+    inner: Arc<SqlHub>,
     pages_left: std::sync::atomic::AtomicUsize,
     calls: std::sync::Mutex<Vec<SnapshotCall>>,
     pushes: std::sync::Mutex<Vec<usize>>,
 }
 
 impl Paged {
-    fn new(inner: Arc<SqlBackend>, pages: usize) -> Self {
+    fn new(inner: Arc<SqlHub>, pages: usize) -> Self {
         Paged {
             inner,
             pages_left: pages.into(),
@@ -536,18 +536,18 @@ impl Paged {
 }
 
 #[async_trait::async_trait]
-impl Backend for Paged {
+impl Hub for Paged {
     async fn install(
         &self,
         tables: &[tidesync::TableSpec],
-    ) -> tidesync::Result<tidesync::backends::HubInfo> {
+    ) -> tidesync::Result<tidesync::hub::HubInfo> {
         self.inner.install(tables).await
     }
 
     async fn push(
         &self,
         batch: &[tidesync::Change],
-    ) -> tidesync::Result<tidesync::backends::PushAck> {
+    ) -> tidesync::Result<tidesync::hub::PushAck> {
         let bytes = batch
             .iter()
             .flat_map(|c| &c.columns)
@@ -561,7 +561,7 @@ impl Backend for Paged {
         &self,
         cursor: Cursor,
         limit: u64,
-    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+    ) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.inner.pull(cursor, limit).await
     }
 
@@ -570,7 +570,7 @@ impl Backend for Paged {
         cursor: Cursor,
         limit: u64,
         origin: tidesync::NodeId,
-    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+    ) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.inner.pull_excluding(cursor, limit, origin).await
     }
 
@@ -578,7 +578,7 @@ impl Backend for Paged {
         &self,
         after: Option<String>,
         limit: u64,
-    ) -> tidesync::Result<(Cursor, tidesync::backends::SnapshotPage)> {
+    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
         use std::sync::atomic::Ordering;
         let served = self
             .pages_left
@@ -651,14 +651,14 @@ fn contact_keys(ids: &[Uuid]) -> Result<std::collections::BTreeSet<(String, Stri
         .collect()
 }
 
-/// `SqlBackend::snapshot` serves pages of exactly the asked size (the last
+/// `SqlHub::snapshot` serves pages of exactly the asked size (the last
 /// at most that), each after the previous page's `next`, every hub row
 /// once, for page sizes from 1 to more than the rows.
 async fn snapshot_pages_hold_the_asked_size(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let ids = add_contacts(a.db(), 57, "paged").await?;
     ensure_eq!(a.sync().await?.pushed, 57);
-    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
     let tip = backend.pull(Cursor(0), 1000).await?.next;
     let want = contact_keys(&ids)?;
     for limit in [1u64, 5, 19, 56, 57, 58, 1000] {
@@ -737,7 +737,7 @@ async fn bootstrap_on_a_hub_gone_back_starts_over(hub: TestDb) -> TestResult {
     add_contacts(a.db(), 200, "before").await?;
     ensure_eq!(a.sync().await?.pushed, 200);
     let paged = Arc::new(Paged::new(
-        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        Arc::new(SqlHub::new(hub.connect_again().await?)),
         2,
     ));
     let local = cut_off_bootstrap(&paged, "gone_back").await?;
@@ -770,7 +770,7 @@ async fn bootstrap_on_a_hub_gone_back_starts_over(hub: TestDb) -> TestResult {
 
     let engine = SyncEngine::new(
         open().await?,
-        Arc::new(SqlBackend::new(restored.connect_again().await?)),
+        Arc::new(SqlHub::new(restored.connect_again().await?)),
     )
     .with_batch_size(40);
     let r = engine.sync_now().await?;
@@ -811,7 +811,7 @@ async fn interrupted_bootstrap_resumes(hub: TestDb) -> TestResult {
     let ids = add_contacts(a.db(), 250, "boot").await?;
     ensure_eq!(a.sync().await?.pushed, 250);
     let paged = Arc::new(Paged::new(
-        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        Arc::new(SqlHub::new(hub.connect_again().await?)),
         3,
     ));
     let local = cut_off_bootstrap(&paged, "resumed").await?;
@@ -863,7 +863,7 @@ async fn interrupted_bootstrap_resumes(hub: TestDb) -> TestResult {
     add_contacts(c.db(), 5, "other").await?;
     c.sync().await?;
     let other_paged = Arc::new(Paged::new(
-        Arc::new(SqlBackend::new(other.connect_again().await?)),
+        Arc::new(SqlHub::new(other.connect_again().await?)),
         usize::MAX,
     ));
     let elsewhere = SyncEngine::new(open().await?, other_paged.clone()).with_batch_size(40);
@@ -1069,7 +1069,7 @@ async fn hub_tables_are_ordinary_tables(hub: TestDb) -> TestResult {
 async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult {
     // A hub whose connection is closed: every request fails to connect.
     let dead = hub.connect_again().await?;
-    let backend = Arc::new(SqlBackend::new(dead.clone()));
+    let backend = Arc::new(SqlHub::new(dead.clone()));
     let a = Device::with_backend(backend, "a").await?;
     dead.close().await?;
     let id = a.add("queued").await?;
@@ -1090,7 +1090,7 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
         .await?;
     let engine = SyncEngine::new(
         replica,
-        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        Arc::new(SqlHub::new(hub.connect_again().await?)),
     );
     ensure_eq!(engine.sync_now().await?.pushed, 1);
     let on_a = all_contacts(a.db()).await?;
@@ -1102,23 +1102,23 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
 
 /// A hub that answers `pushes` push requests, then is unreachable.
 struct LostAfter {
-    inner: Arc<SqlBackend>,
+    inner: Arc<SqlHub>,
     pushes: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
-impl Backend for LostAfter {
+impl Hub for LostAfter {
     async fn install(
         &self,
         tables: &[tidesync::TableSpec],
-    ) -> tidesync::Result<tidesync::backends::HubInfo> {
+    ) -> tidesync::Result<tidesync::hub::HubInfo> {
         self.inner.install(tables).await
     }
 
     async fn push(
         &self,
         batch: &[tidesync::Change],
-    ) -> tidesync::Result<tidesync::backends::PushAck> {
+    ) -> tidesync::Result<tidesync::hub::PushAck> {
         use std::sync::atomic::Ordering;
         let left = self.pushes.load(Ordering::SeqCst);
         if left == 0 {
@@ -1132,7 +1132,7 @@ impl Backend for LostAfter {
         &self,
         cursor: Cursor,
         limit: u64,
-    ) -> tidesync::Result<tidesync::backends::PullBatch> {
+    ) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.inner.pull(cursor, limit).await
     }
 
@@ -1140,13 +1140,13 @@ impl Backend for LostAfter {
         &self,
         after: Option<String>,
         limit: u64,
-    ) -> tidesync::Result<(Cursor, tidesync::backends::SnapshotPage)> {
+    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
         self.inner.snapshot(after, limit).await
     }
 }
 
 async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> TestResult {
-    let inner = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let inner = Arc::new(SqlHub::new(hub.connect_again().await?));
     let lost = Arc::new(LostAfter {
         inner: inner.clone(),
         pushes: 3.into(),
@@ -1256,7 +1256,7 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     let device = |tag: &'static str| {
         let hub = &hub;
         async move {
-            let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+            let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
             Device::on(Dialect::Postgres, backend, tag).await
         }
     };
@@ -1294,8 +1294,8 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
 }
 
 /// A hub whose `contacts` table refuses names starting with "bad".
-async fn strict_hub(hub: &TestDb, policy: RejectPolicy) -> Result<Arc<SqlBackend>, BoxError> {
-    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?).with_policy(policy));
+async fn strict_hub(hub: &TestDb, policy: RejectPolicy) -> Result<Arc<SqlHub>, BoxError> {
+    let backend = Arc::new(SqlHub::new(hub.connect_again().await?).with_policy(policy));
     hub.create_table(contacts::Entity).await?;
     let sql = match hub.dialect {
         Dialect::Sqlite => {
@@ -1388,11 +1388,11 @@ async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> T
     const DEVICES: usize = 4;
     const ROUNDS: usize = 12;
     const PER_ROUND: usize = 15;
-    let backend = Arc::new(SqlBackend::new(hub.connect_again().await?));
+    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
     let mut devices = Vec::new();
     for i in 0..DEVICES {
         // Each device with its own hub connection pool, as separate processes would.
-        let own: Arc<dyn Backend> = Arc::new(SqlBackend::new(hub.connect_again().await?));
+        let own: Arc<dyn Hub> = Arc::new(SqlHub::new(hub.connect_again().await?));
         devices.push(Arc::new(Device::with_backend(own, &format!("p{i}")).await?));
     }
     devices[0].sync().await?; // installs the hub tables
@@ -1497,7 +1497,7 @@ async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestRes
         engines.push(
             SyncEngine::new(
                 replica,
-                Arc::new(SqlBackend::new(hub.connect_again().await?)),
+                Arc::new(SqlHub::new(hub.connect_again().await?)),
             )
             .with_batch_size(1),
         );
@@ -1601,9 +1601,9 @@ async fn malformed_outbox_change_halts_or_parks(hub: TestDb) -> TestResult {
         .await?;
     let park = SyncEngine::new(
         replica,
-        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        Arc::new(SqlHub::new(hub.connect_again().await?)),
     )
-    .with_policy(tidesync::backends::RejectPolicy::Park);
+    .with_policy(tidesync::hub::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pushed, 1);
     ensure_eq!(r.local_errors.len(), 1, "{r:?}");
@@ -1694,9 +1694,9 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
         .await?;
     let park = SyncEngine::new(
         replica,
-        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        Arc::new(SqlHub::new(hub.connect_again().await?)),
     )
-    .with_policy(tidesync::backends::RejectPolicy::Park);
+    .with_policy(tidesync::hub::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pulled, 1, "{r:?}");
     same_rows(
@@ -1752,7 +1752,7 @@ async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult 
         .execute_unprepared("CREATE TABLE contacts (id varchar(36) PRIMARY KEY)")
         .await?;
     let b =
-        Device::with_backend(Arc::new(SqlBackend::new(other.connect_again().await?)), "b").await?;
+        Device::with_backend(Arc::new(SqlHub::new(other.connect_again().await?)), "b").await?;
     match b.engine.sync_now().await {
         Err(Error::Config(msg)) => ensure!(msg.contains("`name`"), "{msg}"),
         r => return Err(format!("expected a configuration error, got {r:?}").into()),
@@ -1775,7 +1775,7 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         .await?;
     let engine = SyncEngine::new(
         replica,
-        Arc::new(SqlBackend::new(hub.connect_again().await?)),
+        Arc::new(SqlHub::new(hub.connect_again().await?)),
     )
     .with_batch_size(10);
     engine.sync_now().await?; // install
@@ -1848,7 +1848,7 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         offline > 0,
         "dropped connections should read as offline ({failures} failures)"
     );
-    let log = SqlBackend::new(hub.connect_again().await?)
+    let log = SqlHub::new(hub.connect_again().await?)
         .pull(Cursor(0), 10_000)
         .await?;
     let seqs: Vec<u64> = log.changes.iter().map(|c| c.id.seq).collect();
@@ -1918,7 +1918,7 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     let statements = Statements::default();
     let mut hub_db = hub.connect_again().await?;
     statements.watch(&mut hub_db, "hub");
-    let backend = Arc::new(Paged::new(Arc::new(SqlBackend::new(hub_db)), usize::MAX));
+    let backend = Arc::new(Paged::new(Arc::new(SqlHub::new(hub_db)), usize::MAX));
     let device = |dialect: Dialect, tag: &'static str| {
         let statements = statements.clone();
         let backend = backend.clone();

@@ -1,40 +1,54 @@
-//! The core of tidesync: the change model, the hybrid logical clock, the
-//! [`Syncable`] trait, capture of local writes and the local store.
+//! The engine of tidesync: capture of local writes, the replica's store, the
+//! SQL hub and the sync engine. Applications use it through the `tidesync`
+//! facade, which re-exports exactly this crate's public items.
 //!
-//! It knows no transport: hub backends live in `sync-backends` and depend on
-//! this crate, never the reverse. Applications use the `tidesync` facade.
+//! # Layers
+//!
+//! Five layers, each importing only from the layers below it (tests
+//! included):
+//!
+//! 1. `model`: pure, no I/O. Changes, the hybrid logical clock, the
+//!    row-state merge, conflicts, portable value checks, the `Syncable`
+//!    trait, the [`Hub`](hub::Hub) trait and its messages, errors.
+//! 2. `dialect`: everything that differs between PostgreSQL, MySQL and
+//!    SQLite, one file per database, each behind its feature. The only
+//!    place that matches on the kind of database.
+//! 3. `store`: how tidesync keeps data in a SQL database: row states,
+//!    batched row writes, the users' tables, key/value metadata, and one
+//!    codec of stored changes for the outbox and the hub log.
+//! 4. `replica` and [`hub`], side by side: the device's database
+//!    (capture, outbox, applying pulled pages, held conflicts) and the SQL
+//!    hub (install, push, log, snapshot). Each names and creates its own
+//!    `_tidesync_*` tables. Neither imports the other.
+//! 5. `sync`: the engine and its background task, written against the
+//!    [`Hub`](hub::Hub) trait.
+//!
+//! A local write travels up and across: a trigger (dialect) leaves a
+//! marker, capture (replica) diffs the row against its shadow (store) into a
+//! [`Change`] (model) in the outbox (replica, store codec); the engine
+//! (sync) pushes it; the SQL hub (hub) merges it into its row states
+//! (store) and logs it; another replica's engine pulls it and applies it
+//! (replica).
+//!
+//! Everything but the items re-exported below is crate-private: the public
+//! API is this list, checked in CI against a recorded copy.
 
-pub mod apply;
-pub mod backend;
-pub mod background;
-pub mod capture;
-pub mod change;
-pub mod clock;
-pub mod conflict;
-pub mod engine;
-pub mod error;
-pub mod merge;
-pub mod pull;
-pub mod replica;
-pub mod resolve;
-pub mod schema;
-pub mod store;
-pub mod syncable;
-pub mod value;
+pub(crate) mod dialect;
+pub mod hub;
+pub(crate) mod model;
+pub(crate) mod replica;
+pub(crate) mod store;
+pub(crate) mod sync;
 
-pub use backend::{
-    Backend, Cursor, HubInfo, PullBatch, PushAck, Rejection, SnapshotPage, SnapshotRow,
-};
-pub use background::{AutoSync, SyncHandle, SyncPhase, SyncProgress, SyncStatus};
-pub use capture::{CaptureReport, create_table, table_spec};
-pub use change::{Change, ChangeId, ColumnBase, ColumnSpec, Op, TableSpec};
-pub use clock::{Hlc, HlcClock, NodeId};
-pub use conflict::{ColumnConflict, Resolution, Resolver};
-pub use engine::{SyncEngine, SyncReport};
-pub use error::{Error, ErrorKind, Result};
-pub use merge::RowState;
-pub use pull::ApplyReport;
-pub use replica::{Replica, ReplicaBuilder};
-pub use resolve::HeldConflict;
-pub use syncable::{ConflictPolicy, SyncHooks, Syncable};
-pub use value::validate_active_model;
+pub use dialect::validate_active_model;
+pub use model::change::{Change, ChangeId, ColumnBase, ColumnSpec, Op, TableSpec};
+pub use model::clock::{Hlc, NodeId};
+pub use model::conflict::{ColumnConflict, Resolution, Resolver};
+pub use model::error::{Error, ErrorKind, Result};
+pub use model::protocol::RejectPolicy;
+pub use model::syncable::{ConflictPolicy, SyncHooks, Syncable};
+pub use replica::capture::CaptureReport;
+pub use replica::conflicts::HeldConflict;
+pub use replica::{Replica, ReplicaBuilder, create_table, table_spec};
+pub use sync::background::{AutoSync, SyncHandle, SyncPhase, SyncStatus};
+pub use sync::engine::{SyncEngine, SyncProgress, SyncReport};

@@ -1,0 +1,324 @@
+//! Layer 2, the SQL dialects: everything that differs between PostgreSQL,
+//! MySQL/MariaDB and SQLite, one file per database.
+//!
+//! [`Dialect`] is implemented once per database, each in its own file and
+//! behind its cargo feature. [`of`] is the one place in tidesync that
+//! matches on the kind of database; every other module asks the dialect.
+//! SeaORM's `DbBackend` is `#[non_exhaustive]`, so the match cannot be
+//! exhaustive: a kind without a dialect (one SeaORM adds later, or one whose
+//! feature is off) is an error, never another database's SQL.
+//! What differs: identifier quoting, column types, table options, the
+//! capture triggers and their marker upsert, the session id the triggers
+//! compare, key-IN conditions, plan hints and statistics, the values each
+//! database cannot hold, and native error codes.
+
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
+
+mod triggers;
+mod values;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use sea_orm::sea_query::{
+    Alias, ColumnType, Expr, ExprTrait, SimpleExpr, TableCreateStatement, Value,
+};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr};
+
+use crate::model::change::TableSpec;
+use crate::model::error::{Error, ErrorKind, Result};
+
+pub(crate) use triggers::{Capture, Trigger};
+pub(crate) use values::check_value;
+pub use values::validate_active_model;
+
+/// What one database does differently. Implemented by `Postgres`, `MySql`
+/// and `Sqlite`, each in its own file; get one with [`of`]. The provided
+/// methods are what more than one database does.
+pub(crate) trait Dialect: Send + Sync {
+    /// Quote an identifier.
+    fn quote(&self, ident: &str) -> String {
+        format!("\"{}\"", ident.replace('"', "\"\""))
+    }
+
+    /// A text column that holds at least a few megabytes.
+    fn long_text(&self) -> ColumnType {
+        ColumnType::Text
+    }
+
+    /// The column type tidesync gives a synced column of type `ty` when it
+    /// creates a table (`key`: part of the primary key).
+    fn column_type(&self, ty: &ColumnType, key: bool) -> ColumnType;
+
+    /// The type of a key column in a dirty-marker table: the entity's own,
+    /// with enums mapped the way SeaORM's schema builder maps them.
+    fn marker_key_type(&self, ty: &ColumnType) -> ColumnType;
+
+    /// Options every table tidesync creates gets (MySQL: UTF-8 throughout).
+    fn table_options(&self, _table: &mut TableCreateStatement) {}
+
+    /// The types a table's columns need created first, as `(name,
+    /// CREATE TYPE statement)` (PostgreSQL enums; nothing elsewhere).
+    fn custom_types(&self, _spec: &TableSpec) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// A query with one parameter, the type name, that returns a row when
+    /// the type exists (`None`: no custom types).
+    fn type_exists_query(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// A query with one parameter, the table name, returning the names of
+    /// its columns.
+    fn columns_query(&self) -> &'static str;
+
+    /// The capture triggers of a table, in creation order.
+    fn triggers(&self, capture: &Capture<'_>) -> Vec<Trigger>;
+
+    /// A query with one parameter, the table name, returning the names of
+    /// its triggers, for a database whose `CREATE TRIGGER` cannot skip an
+    /// existing one (`None`: the statements are idempotent).
+    fn triggers_query(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// SQL for the id of the current session, which the triggers compare
+    /// with the sessions applying pulled changes.
+    fn session_expr(&self) -> &'static str;
+
+    /// `pk IN (keys)` over a row-state table's text keys.
+    fn key_in(&self, keys: &[String]) -> Result<SimpleExpr> {
+        Ok(Expr::col(Alias::new("pk")).is_in(keys.iter().cloned()))
+    }
+
+    /// `(a, b) > (x, y)`, in the form the database serves from an index on
+    /// `(a, b)`.
+    fn after(&self, columns: [SimpleExpr; 2], values: [Value; 2]) -> SimpleExpr {
+        Expr::tuple(columns).gt(Expr::tuple(values.map(Expr::val)))
+    }
+
+    /// A statement that makes the rest of the transaction plan each
+    /// statement for its own parameters (`None`: nothing to do).
+    fn plan_hint(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// A statement that refreshes the statistics of these `(table,
+    /// columns)` (`None`: the database needs none).
+    fn analyze(&self, _tables: &[(&str, &[&str])]) -> Option<String> {
+        None
+    }
+
+    /// Whether rows must be locked with `SELECT ... FOR UPDATE` before a
+    /// read-merge-write (`false` where a write transaction locks the whole
+    /// database).
+    fn locks_rows(&self) -> bool;
+
+    /// The expression that writes `value` into a column of type `ty`.
+    fn write_value(&self, _ty: &ColumnType, value: Value) -> SimpleExpr {
+        Expr::val(value)
+    }
+
+    /// Why this database cannot hold `value` exactly, if it cannot.
+    fn refuses(&self, value: &Value) -> Option<&'static str>;
+
+    /// Why SeaORM's own binding would write `value` as something else on
+    /// this database, if it would.
+    fn refuses_binding(&self, _value: &Value) -> Option<&'static str> {
+        None
+    }
+
+    /// The kind of a native error code (SQLSTATE, error number, extended
+    /// result code); `None` for a code this database does not use.
+    fn error_kind(&self, code: &str, message: &str) -> Option<ErrorKind>;
+}
+
+/// The dialect of a database kind.
+///
+/// # Errors
+/// [`Error::Config`] when tidesync was built without that database's
+/// feature.
+pub(crate) fn of(kind: DbBackend) -> Result<&'static dyn Dialect> {
+    let _missing = |feature: &str| {
+        Error::Config(format!(
+            "tidesync was built without the `{feature}` feature"
+        ))
+    };
+    match kind {
+        #[cfg(feature = "postgres")]
+        DbBackend::Postgres => Ok(&postgres::Postgres),
+        #[cfg(not(feature = "postgres"))]
+        DbBackend::Postgres => Err(missing("postgres")),
+        #[cfg(feature = "mysql")]
+        DbBackend::MySql => Ok(&mysql::MySql),
+        #[cfg(not(feature = "mysql"))]
+        DbBackend::MySql => Err(missing("mysql")),
+        #[cfg(feature = "sqlite")]
+        DbBackend::Sqlite => Ok(&sqlite::Sqlite),
+        #[cfg(not(feature = "sqlite"))]
+        DbBackend::Sqlite => Err(missing("sqlite")),
+        // `DbBackend` is non-exhaustive: a database SeaORM adds later has
+        // no dialect until one is written, and gets none by default.
+        other => Err(Error::Config(format!("no SQL dialect for {other:?}"))),
+    }
+}
+
+/// The error for a database whose feature is off.
+#[cfg_attr(
+    all(feature = "postgres", feature = "mysql", feature = "sqlite"),
+    allow(dead_code)
+)]
+fn missing(feature: &str) -> Error {
+    Error::Config(format!("tidesync was built without the `{feature}` feature"))
+}
+
+/// The dialect of the database behind `db`.
+pub(crate) fn of_db<C: ConnectionTrait>(db: &C) -> Result<&'static dyn Dialect> {
+    of(db.get_database_backend())
+}
+
+/// Every dialect compiled in.
+fn compiled() -> impl Iterator<Item = &'static dyn Dialect> {
+    [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite]
+        .into_iter()
+        .filter_map(|k| of(k).ok())
+}
+
+/// A database error, classified by the native code of the database that
+/// raised it.
+impl From<DbErr> for Error {
+    fn from(e: DbErr) -> Error {
+        let kind = error_kind(&e);
+        Error::Database { source: e, kind }
+    }
+}
+
+fn error_kind(e: &DbErr) -> ErrorKind {
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => ErrorKind::Connection,
+        DbErr::Exec(r) | DbErr::Query(r) => runtime_kind(r),
+        _ => ErrorKind::Other,
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+fn runtime_kind(runtime: &sea_orm::RuntimeErr) -> ErrorKind {
+    use sea_orm::sqlx::Error as SqlxError;
+    let sea_orm::RuntimeErr::SqlxError(sqlx) = runtime else {
+        return ErrorKind::Other;
+    };
+    match &**sqlx {
+        SqlxError::Io(_)
+        | SqlxError::Tls(_)
+        | SqlxError::PoolTimedOut
+        | SqlxError::PoolClosed
+        | SqlxError::WorkerCrashed => ErrorKind::Connection,
+        SqlxError::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            code_kind(&code, db.message())
+        }
+        _ => ErrorKind::Other,
+    }
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+fn runtime_kind(_runtime: &sea_orm::RuntimeErr) -> ErrorKind {
+    ErrorKind::Other
+}
+
+/// The kind of a native code, asking each dialect compiled in (their codes
+/// do not overlap: SQLSTATEs, four-digit MySQL numbers, SQLite's extended
+/// result codes).
+fn code_kind(code: &str, message: &str) -> ErrorKind {
+    compiled()
+        .find_map(|d| d.error_kind(code, message))
+        .unwrap_or(ErrorKind::Other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_codes_map_to_kinds() {
+        assert_eq!(code_kind("23505", ""), ErrorKind::UniqueViolation);
+        assert_eq!(code_kind("1062", ""), ErrorKind::UniqueViolation);
+        assert_eq!(code_kind("2067", ""), ErrorKind::UniqueViolation);
+        assert_eq!(code_kind("1452", ""), ErrorKind::ForeignKeyViolation);
+        assert_eq!(code_kind("40P01", ""), ErrorKind::Serialization);
+        assert_eq!(code_kind("1213", ""), ErrorKind::Serialization);
+        assert_eq!(code_kind("5", ""), ErrorKind::Serialization);
+        assert_eq!(code_kind("42P01", ""), ErrorKind::Other);
+        assert_eq!(
+            code_kind("", "database is locked"),
+            ErrorKind::Serialization
+        );
+    }
+
+    #[test]
+    fn a_connection_failure_is_offline() {
+        let e = Error::from(DbErr::Conn(sea_orm::RuntimeErr::Internal("refused".into())));
+        assert_eq!(e.kind(), ErrorKind::Connection);
+        assert!(e.is_retryable());
+        assert!(matches!(e.or_offline(), Error::Offline(_)));
+        let other = Error::from(DbErr::Custom("no".into()));
+        assert_eq!(other.kind(), ErrorKind::Other);
+        assert!(matches!(other.or_offline(), Error::Database { .. }));
+    }
+
+    #[test]
+    fn every_kind_has_its_dialect() {
+        for kind in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
+            assert!(of(kind).is_ok(), "{kind:?}");
+        }
+        assert_eq!(compiled().count(), 3);
+    }
+    #[test]
+    fn key_lists_are_one_array_parameter_on_postgres() {
+        use sea_orm::sea_query::Query;
+        let keys = vec!["[1]".to_owned(), "[\"a'b\"]".to_owned()];
+        let q = |b: DbBackend| {
+            Query::select()
+                .column(Alias::new("pk"))
+                .from(Alias::new("s"))
+                .and_where(of(b).unwrap().key_in(&keys).unwrap())
+                .to_owned()
+        };
+        let (sql, values) = q(DbBackend::Postgres).build(sea_orm::sea_query::PostgresQueryBuilder);
+        assert_eq!(
+            sql,
+            r#"SELECT "pk" FROM "s" WHERE "pk" = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"#
+        );
+        assert_eq!(values.0, vec![Value::from(r#"["[1]","[\"a'b\"]"]"#)]);
+        let (sql, values) = q(DbBackend::Sqlite).build(sea_orm::sea_query::SqliteQueryBuilder);
+        assert_eq!(sql, r#"SELECT "pk" FROM "s" WHERE "pk" IN (?, ?)"#);
+        assert_eq!(values.0.len(), 2);
+    }
+
+    #[test]
+    fn row_states_are_analyzed_by_their_keys_only() {
+        let tables: [(&str, &[&str]); 2] = [("_tidesync_rows", &["tbl", "pk"]), ("my\"t", &[])];
+        assert_eq!(
+            of(DbBackend::Postgres).unwrap().analyze(&tables).as_deref(),
+            Some(r#"ANALYZE "_tidesync_rows" ("tbl", "pk"), "my""t""#)
+        );
+        assert_eq!(of(DbBackend::Postgres).unwrap().analyze(&[]), None);
+        assert_eq!(of(DbBackend::MySql).unwrap().analyze(&tables), None);
+        assert_eq!(of(DbBackend::Sqlite).unwrap().analyze(&tables), None);
+    }
+
+    #[test]
+    fn identifiers_are_quoted_per_dialect() {
+        assert_eq!(of(DbBackend::MySql).unwrap().quote("a`b"), "`a``b`");
+        assert_eq!(of(DbBackend::Postgres).unwrap().quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(of(DbBackend::Sqlite).unwrap().quote("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,187 @@
+//! MySQL and MariaDB: backtick quoting, `ON DUPLICATE KEY` upserts, one
+//! trigger per event (checked before creation: `CREATE TRIGGER` cannot skip
+//! an existing one), `CONNECTION_ID()` sessions, UTF-8 tables and long
+//! types, dates from year 1000 to 9999.
+
+use sea_orm::sea_query::{
+    ColumnType, Expr, ExprTrait, SimpleExpr, StringLen, TableCreateStatement, Value,
+};
+
+use super::triggers::{Capture, Trigger, marker_insert, per_event};
+use super::values::year_of;
+use super::Dialect;
+use crate::model::error::ErrorKind;
+
+/// MySQL and MariaDB.
+pub(super) struct MySql;
+
+impl Dialect for MySql {
+    fn quote(&self, ident: &str) -> String {
+        format!("`{}`", ident.replace('`', "``"))
+    }
+
+    /// `TEXT` stops at 64 KiB.
+    fn long_text(&self) -> ColumnType {
+        ColumnType::custom("LONGTEXT")
+    }
+
+    /// Microsecond date-times and times, exact decimals, long text and
+    /// bytes (keys keep an indexable type), enums as `ENUM(...)`.
+    fn column_type(&self, ty: &ColumnType, key: bool) -> ColumnType {
+        match ty {
+            ColumnType::DateTime | ColumnType::Timestamp | ColumnType::TimestampWithTimeZone => {
+                ColumnType::custom("DATETIME(6)")
+            }
+            ColumnType::Time => ColumnType::custom("TIME(6)"),
+            ColumnType::Decimal(None) => ColumnType::Decimal(Some((65, 28))),
+            ColumnType::String(StringLen::None)
+            | ColumnType::String(StringLen::Max)
+            | ColumnType::Text
+                if !key =>
+            {
+                ColumnType::custom("LONGTEXT")
+            }
+            ColumnType::String(StringLen::Max) | ColumnType::Text => {
+                ColumnType::String(StringLen::N(255))
+            }
+            ColumnType::Blob | ColumnType::VarBinary(_) | ColumnType::Binary(_) if !key => {
+                ColumnType::custom("LONGBLOB")
+            }
+            ColumnType::Enum { .. } => self.marker_key_type(ty),
+            other => other.clone(),
+        }
+    }
+
+    fn marker_key_type(&self, ty: &ColumnType) -> ColumnType {
+        match ty {
+            ColumnType::Enum { variants, .. } => {
+                let v: Vec<String> = variants
+                    .iter()
+                    .map(|v| v.to_string().replace('\'', "''"))
+                    .collect();
+                ColumnType::custom(format!("ENUM('{}')", v.join("', '")))
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// UTF-8 throughout (`utf8mb4`, binary collation), so payloads and keys
+    /// keep every character whatever the database's default.
+    fn table_options(&self, table: &mut TableCreateStatement) {
+        table.character_set("utf8mb4").collate("utf8mb4_bin");
+    }
+
+    fn columns_query(&self) -> &'static str {
+        "SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+    }
+
+    fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
+        let q = |s: &str| self.quote(s);
+        let (ver, wall) = (q("ver"), q("wall_us"));
+        let mark = |row: &str| {
+            format!(
+                "{} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall})",
+                marker_insert(c, row, q, NOW_US)
+            )
+        };
+        per_event(mark, "    ")
+            .map(|(event, suffix, body)| {
+                let name = (c.name)(suffix);
+                Trigger {
+                    sql: format!(
+                        "CREATE TRIGGER {} AFTER {event} ON {} FOR EACH ROW\n\
+                         BEGIN\n\
+                         \x20 IF NOT EXISTS (SELECT 1 FROM {} WHERE {} = {}) THEN\n\
+                         {body}\
+                         \x20 END IF;\n\
+                         END",
+                        q(&name),
+                        q(c.table),
+                        q(c.applying),
+                        q("session"),
+                        self.session_expr(),
+                    ),
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    fn triggers_query(&self) -> Option<&'static str> {
+        Some(
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = ?",
+        )
+    }
+
+    fn session_expr(&self) -> &'static str {
+        "CONNECTION_ID()"
+    }
+
+    /// MariaDB does not serve a row-value comparison from an index as a
+    /// range, but does the equivalent `OR` form.
+    fn after(&self, columns: [SimpleExpr; 2], values: [Value; 2]) -> SimpleExpr {
+        let [a, b] = columns;
+        let [x, y] = values;
+        a.clone().gt(x.clone()).or(a.eq(x).and(b.gt(y)))
+    }
+
+    fn locks_rows(&self) -> bool {
+        true
+    }
+
+    /// sqlx would send a UTC date-time as a TIMESTAMP (whose range ends in
+    /// 2038): send it as a DATETIME.
+    fn write_value(&self, _ty: &ColumnType, value: Value) -> SimpleExpr {
+        match value {
+            Value::ChronoDateTimeUtc(t) => Expr::val(Value::ChronoDateTime(t.map(|t| t.naive_utc()))),
+            v => Expr::val(v),
+        }
+    }
+
+    fn refuses(&self, value: &Value) -> Option<&'static str> {
+        match value {
+            Value::Float(Some(f)) if f.to_bits() == (-0.0f32).to_bits() => {
+                Some("MySQL stores -0.0 as 0")
+            }
+            Value::Double(Some(f)) if f.to_bits() == (-0.0f64).to_bits() => {
+                Some("MySQL stores -0.0 as 0")
+            }
+            _ if year_of(value).is_some_and(|y| !(1000..=9999).contains(&y)) => {
+                Some("MySQL dates and date-times run from year 1000 to 9999")
+            }
+            _ => None,
+        }
+    }
+
+    /// sqlx sends a `DateTime<Utc>` to MySQL as a TIMESTAMP, whose range
+    /// ends in January 2038 (tidesync's own writes send it as DATETIME).
+    fn refuses_binding(&self, value: &Value) -> Option<&'static str> {
+        match value {
+            Value::ChronoDateTimeUtc(Some(t)) if !(1..=2_147_483_647).contains(&t.timestamp()) => {
+                Some(
+                    "SeaORM sends UTC date-times to MySQL as TIMESTAMP (1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC)",
+                )
+            }
+            _ => None,
+        }
+    }
+
+    fn error_kind(&self, code: &str, _message: &str) -> Option<ErrorKind> {
+        Some(match code {
+            "1062" | "1586" => ErrorKind::UniqueViolation,
+            "1451" | "1452" | "1216" | "1217" => ErrorKind::ForeignKeyViolation,
+            "1048" | "1364" => ErrorKind::NotNullViolation,
+            "3819" | "4025" => ErrorKind::CheckViolation,
+            "1406" | "1264" => ErrorKind::DataTooLong,
+            "1213" | "1205" => ErrorKind::Serialization,
+            "1053" | "1927" | "2006" | "2013" => ErrorKind::Connection,
+            _ => return None,
+        })
+    }
+}
+
+/// Current wall time in microseconds.
+const NOW_US: &str = "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
+

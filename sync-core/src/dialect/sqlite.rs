@@ -1,0 +1,107 @@
+//! SQLite: `ON CONFLICT` upserts, one trigger per event that skips every
+//! write while tidesync applies (one writer at a time), no row locks,
+//! decimals stored as 8-byte floats.
+
+use sea_orm::sea_query::{ColumnType, Value};
+
+use super::triggers::{Capture, Trigger, marker_insert, per_event};
+use super::Dialect;
+use crate::model::error::ErrorKind;
+
+/// SQLite.
+pub(super) struct Sqlite;
+
+impl Dialect for Sqlite {
+    fn column_type(&self, ty: &ColumnType, _key: bool) -> ColumnType {
+        ty.clone()
+    }
+
+    fn marker_key_type(&self, ty: &ColumnType) -> ColumnType {
+        ty.clone()
+    }
+
+    fn columns_query(&self) -> &'static str {
+        "SELECT name FROM pragma_table_info(?)"
+    }
+
+    fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
+        let q = |s: &str| self.quote(s);
+        let keys: Vec<String> = c.keys.iter().map(|k| q(k)).collect();
+        let (ver, wall) = (q("ver"), q("wall_us"));
+        let mark = |row: &str| {
+            format!(
+                "{} ON CONFLICT ({}) DO UPDATE SET {ver} = {ver} + 1, {wall} = excluded.{wall}",
+                marker_insert(c, row, q, NOW_US),
+                keys.join(", ")
+            )
+        };
+        per_event(mark, "  ")
+            .map(|(event, suffix, body)| {
+                let name = (c.name)(suffix);
+                Trigger {
+                    sql: format!(
+                        "CREATE TRIGGER IF NOT EXISTS {} AFTER {event} ON {}\n\
+                         WHEN NOT EXISTS (SELECT 1 FROM {})\n\
+                         BEGIN\n{body}END",
+                        q(&name),
+                        q(c.table),
+                        q(c.applying),
+                    ),
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// One writer at a time, and the applying row is never committed.
+    fn session_expr(&self) -> &'static str {
+        "0"
+    }
+
+    /// A write transaction locks the whole database.
+    fn locks_rows(&self) -> bool {
+        false
+    }
+
+    fn refuses(&self, value: &Value) -> Option<&'static str> {
+        match value {
+            Value::Float(Some(f)) if f.to_bits() == (-0.0f32).to_bits() => {
+                Some("SQLite stores -0.0 as 0")
+            }
+            Value::Double(Some(f)) if f.to_bits() == (-0.0f64).to_bits() => {
+                Some("SQLite stores -0.0 as 0")
+            }
+            Value::BigUnsigned(Some(v)) if *v > i64::MAX as u64 => {
+                Some("SQLite stores integers as signed 64-bit (max 9223372036854775807)")
+            }
+            Value::Decimal(Some(d)) if !decimal_fits_f64(d) => Some(
+                "SQLite stores decimals as 8-byte floats (SeaORM reads them through f64), which cannot hold this one exactly",
+            ),
+            _ => None,
+        }
+    }
+
+    fn error_kind(&self, code: &str, message: &str) -> Option<ErrorKind> {
+        Some(match code {
+            "2067" | "1555" => ErrorKind::UniqueViolation,
+            "787" => ErrorKind::ForeignKeyViolation,
+            "1299" => ErrorKind::NotNullViolation,
+            "275" => ErrorKind::CheckViolation,
+            "5" | "6" | "261" | "517" => ErrorKind::Serialization,
+            _ if message.contains("database is locked") => ErrorKind::Serialization,
+            _ => return None,
+        })
+    }
+}
+
+/// Current wall time in microseconds.
+const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
+
+/// Whether a decimal survives SQLite: stored as REAL, read back by SeaORM
+/// through `f64` and `Decimal::try_from`.
+fn decimal_fits_f64(d: &rust_decimal::Decimal) -> bool {
+    use rust_decimal::prelude::ToPrimitive;
+    d.to_f64()
+        .and_then(|f| rust_decimal::Decimal::try_from(f).ok())
+        .is_some_and(|back| back == *d)
+}

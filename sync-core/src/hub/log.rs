@@ -1,0 +1,130 @@
+//! The hub's change log: appending pushed changes under consecutive hub
+//! sequences, reading pages of it for pulls, and reading back the values a
+//! row state takes from its entries.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, SimpleExpr};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+
+use super::tables::{CHANGES, HUB_META};
+use crate::model::change::{Change, ChangeId};
+use crate::model::clock::NodeId;
+use crate::model::error::{Error, Result};
+use crate::model::protocol::{Cursor, PullBatch};
+use crate::store::codec::{self, db_sequence, sequence};
+
+/// The statements that append `logged` to the log, from hub sequence
+/// `first_seq` on.
+pub(super) fn append(logged: &[Cow<'_, Change>], first_seq: u64, kind: DbBackend) -> Result<Vec<Statement>> {
+    let mut rows = Vec::with_capacity(logged.len());
+    for (seq, c) in (first_seq..).zip(logged) {
+        let ids: Vec<SimpleExpr> = vec![
+            db_sequence(seq)?.into(),
+            c.id.origin.to_string().into(),
+            db_sequence(c.id.seq)?.into(),
+        ];
+        rows.push((ids, c.as_ref()));
+    }
+    Ok(CHANGES.inserts(rows)?.iter().map(|q| kind.build(q)).collect())
+}
+
+/// The last hub sequence committed.
+pub(super) async fn tip<C: ConnectionTrait>(db: &C) -> Result<u64> {
+    let next_seq = HUB_META.read(db, "next_seq").await.map_err(Error::or_offline)?;
+    let next_seq: u64 = next_seq.and_then(|s| s.parse().ok()).unwrap_or(1);
+    Ok(next_seq.saturating_sub(1))
+}
+
+/// Up to `limit` log entries after `cursor`, leaving out `skip`'s.
+///
+/// Leaving entries out must not leave a gap: the tip is read first, and
+/// because sequences are assigned and committed under the sequence lock,
+/// every entry up to it is visible to the query that follows. When fewer
+/// than `limit` entries up to the tip are left, the cursor moves to the
+/// tip, past the ones left out.
+pub(super) async fn read<C: ConnectionTrait>(
+    db: &C,
+    cursor: Cursor,
+    limit: u64,
+    skip: Option<NodeId>,
+) -> Result<PullBatch> {
+    let limit = Ord::min(Ord::max(limit, 1), i64::MAX as u64);
+    let mut q = CHANGES.select();
+    q.and_where(Expr::col(Alias::new("hub_seq")).gt(db_sequence(cursor.0)?))
+        .order_by(Alias::new("hub_seq"), Order::Asc)
+        .limit(limit);
+    let mut tip_now = None;
+    if let Some(me) = skip {
+        let t = tip(db).await?;
+        if t <= cursor.0 {
+            return Ok(PullBatch {
+                next: cursor,
+                ..PullBatch::default()
+            });
+        }
+        q.and_where(Expr::col(Alias::new("hub_seq")).lte(db_sequence(t)?))
+            .and_where(Expr::col(Alias::new("origin")).ne(me.to_string()));
+        tip_now = Some(t);
+    }
+    let rows = db.query_all(&q).await.map_err(|e| Error::from(e).or_offline())?;
+    let mut batch = PullBatch {
+        next: cursor,
+        ..PullBatch::default()
+    };
+    let full = rows.len() as u64 >= limit;
+    for r in rows {
+        let hub_seq = sequence(&r, "hub_seq")?;
+        match decode(&r) {
+            Ok(c) => {
+                batch.changes.push(c);
+                batch.next = Cursor(hub_seq);
+            }
+            Err(e) => {
+                // Stop at it: the replica decides to halt or to park it.
+                let reason = format!("change {hub_seq} of the hub log is malformed: {e}");
+                batch.unreadable = Some(codec::unreadable(&r, hub_seq, reason));
+                return Ok(batch);
+            }
+        }
+    }
+    if let (Some(tip), false) = (tip_now, full) {
+        batch.next = Cursor(tip);
+    }
+    Ok(batch)
+}
+
+/// A log entry as the change it logs.
+fn decode(r: &sea_orm::QueryResult) -> Result<Change> {
+    let origin: String = r.try_get("", "origin")?;
+    let id = ChangeId {
+        origin: origin.parse()?,
+        seq: sequence(r, "origin_seq")?,
+    };
+    codec::decode(id, r)
+}
+
+/// The columns (names and values) of the log entries `seqs`.
+pub(super) async fn columns<C: ConnectionTrait>(
+    db: &C,
+    seqs: &[u64],
+) -> Result<HashMap<u64, Vec<(String, Value)>>> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = HashMap::with_capacity(sorted.len());
+    for chunk in sorted.chunks(500) {
+        let keys = chunk.iter().map(|s| db_sequence(*s)).collect::<Result<Vec<_>>>()?;
+        let q = sea_orm::sea_query::Query::select()
+            .columns(["hub_seq", "payload"].map(Alias::new))
+            .from(Alias::new(CHANGES.name))
+            .and_where(Expr::col(Alias::new("hub_seq")).is_in(keys))
+            .to_owned();
+        for r in db.query_all(&q).await? {
+            let payload: String = r.try_get("", "payload")?;
+            out.insert(sequence(&r, "hub_seq")?, serde_json::from_str(&payload)?);
+        }
+    }
+    Ok(out)
+}

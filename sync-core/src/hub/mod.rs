@@ -1,0 +1,182 @@
+//! Layer 4, the hub: [`SqlHub`], a hub that is an ordinary PostgreSQL,
+//! MySQL/MariaDB or SQLite database reached directly, and the [`Hub`] trait
+//! with the messages a replica and a hub exchange, for writing other hubs.
+//!
+//! A push is one hub transaction: take the sequence lock, skip what this
+//! origin already delivered, check each change against the hub's dialect,
+//! merge the changes into the row states (per-column last-writer-wins), write
+//! the resulting rows into the users' tables with multi-row statements
+//! (parents first, deletes children first), append the changes to the log
+//! with consecutive hub sequence numbers, record the origin's progress,
+//! commit. Because the sequence is assigned and committed under one lock, a
+//! puller reading `hub_seq > cursor` never skips a change that commits late.
+//!
+//! A row state does not repeat the values of the log: it refers to one log
+//! entry (the one that holds most of its current values: the insert, for a
+//! row written once) and stores only the values that entry does not hold.
+//! Loading states, and the snapshot, read the referred entries back. The
+//! log is therefore never pruned.
+//!
+//! Everything needed to write another hub (a transport to a remote one, a
+//! wrapper that counts or fails calls) is exported here: implement [`Hub`]
+//! with these types and pass it to [`SyncEngine::new`](crate::SyncEngine::new).
+
+mod log;
+mod merge;
+mod push;
+mod referral;
+mod snapshot;
+pub(crate) mod tables;
+mod validate;
+
+use sea_orm::sea_query::{Alias, Order, Query};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use tokio::sync::RwLock;
+
+pub use crate::model::merge::RowState;
+pub use crate::model::protocol::{
+    Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage, SnapshotRow,
+    Unreadable,
+};
+
+use crate::model::change::{Change, ChangeId, TableSpec};
+use crate::model::clock::NodeId;
+use crate::model::error::{Error, Result};
+use crate::store::codec::sequence;
+use tables::REJECTED;
+
+/// A hub in a SQL database. See the [module docs](self).
+pub struct SqlHub {
+    db: DatabaseConnection,
+    policy: RejectPolicy,
+    /// The tables of the last install.
+    tables: RwLock<Vec<TableSpec>>,
+}
+
+impl std::fmt::Debug for SqlHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlHub")
+            .field("backend", &self.db.get_database_backend())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl SqlHub {
+    /// A hub over an existing connection.
+    pub fn new(db: DatabaseConnection) -> Self {
+        SqlHub {
+            db,
+            policy: RejectPolicy::Halt,
+            tables: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Connect to a hub by URL (`postgres://`, `mysql://`, `sqlite://`),
+    /// giving up after 10 seconds.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a URL no driver accepts; [`Error::Offline`]
+    /// when the server cannot be reached (or refuses the login: the message
+    /// says which).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let timeout = std::time::Duration::from_secs(10);
+        Self::connect_with(
+            sea_orm::ConnectOptions::new(url)
+                .connect_timeout(timeout)
+                .acquire_timeout(timeout)
+                .to_owned(),
+        )
+        .await
+    }
+
+    /// Connect with SeaORM's connection options (pool size, timeouts, ...).
+    ///
+    /// # Errors
+    /// As [`SqlHub::connect`].
+    pub async fn connect_with(options: sea_orm::ConnectOptions) -> Result<Self> {
+        let url = options.get_url().to_owned();
+        let scheme_ok = [
+            "postgres://",
+            "postgresql://",
+            "mysql://",
+            "mariadb://",
+            "sqlite:",
+        ]
+        .iter()
+        .any(|p| url.starts_with(p));
+        if !scheme_ok {
+            return Err(Error::Config(format!(
+                "`{url}` is not a hub URL: expected postgres://, mysql:// or sqlite:"
+            )));
+        }
+        match Database::connect(options).await {
+            Ok(db) => Ok(Self::new(db)),
+            Err(e @ sea_orm::DbErr::Conn(_)) if e.to_string().contains("URL") => {
+                Err(Error::Config(e.to_string()))
+            }
+            Err(e) => Err(Error::Offline(e.to_string())),
+        }
+    }
+
+    /// Choose what happens to a change the hub cannot apply.
+    pub fn with_policy(mut self, policy: RejectPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The hub's connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Changes parked by policy `Park`: (change id, table, reason).
+    pub async fn rejected(&self) -> Result<Vec<Rejection>> {
+        let q = Query::select()
+            .columns(["origin", "origin_seq", "tbl", "reason"].map(Alias::new))
+            .from(Alias::new(REJECTED))
+            .order_by(Alias::new("origin"), Order::Asc)
+            .order_by(Alias::new("origin_seq"), Order::Asc)
+            .to_owned();
+        let mut out = Vec::new();
+        for r in self.db.query_all(&q).await? {
+            let origin: String = r.try_get("", "origin")?;
+            out.push(Rejection {
+                id: ChangeId {
+                    origin: origin.parse()?,
+                    seq: sequence(&r, "origin_seq")?,
+                },
+                table: r.try_get("", "tbl")?,
+                reason: r.try_get("", "reason")?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl Hub for SqlHub {
+    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
+        let info = tables::install(&self.db, tables).await?;
+        *self.tables.write().await = tables.to_vec();
+        Ok(info)
+    }
+
+    async fn push(&self, batch: &[Change]) -> Result<PushAck> {
+        let specs = self.tables.read().await.clone();
+        push::push(&self.db, &specs, self.policy, batch).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
+        log::read(&self.db, cursor, limit, None).await
+    }
+
+    async fn pull_excluding(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<PullBatch> {
+        log::read(&self.db, cursor, limit, Some(origin)).await
+    }
+
+    async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
+        let specs = self.tables.read().await;
+        snapshot::page(&self.db, &specs, after, limit).await
+    }
+}

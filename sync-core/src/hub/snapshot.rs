@@ -1,0 +1,69 @@
+//! A snapshot of the hub's rows, page by page in (table, key) order, for
+//! bootstrapping a new replica.
+
+use sea_orm::sea_query::{Alias, Expr, Order, Query};
+use sea_orm::{ConnectionTrait, Value};
+
+use super::log;
+use super::tables::HUB_ROWS;
+use crate::dialect;
+use crate::model::change::TableSpec;
+use crate::model::error::{Error, Result};
+use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
+use crate::model::value::parse_pk_key;
+use crate::store::rows::StoredState;
+
+/// The hub's cursor now, and up to `limit` rows after the key `after` (a
+/// page's `next`: the JSON of its last `(table, key)`, valid across restarts
+/// and limits).
+pub(super) async fn page<C: ConnectionTrait>(
+    db: &C,
+    specs: &[TableSpec],
+    after: Option<String>,
+    limit: u64,
+) -> Result<(Cursor, SnapshotPage)> {
+    let cursor = Cursor(log::tip(db).await?);
+    let mut q = Query::select();
+    q.columns(["tbl", "pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+        .from(Alias::new(HUB_ROWS))
+        .order_by(Alias::new("tbl"), Order::Asc)
+        .order_by(Alias::new("pk"), Order::Asc)
+        .limit(Ord::min(limit, i64::MAX as u64));
+    if let Some(after) = &after {
+        let (tbl, pk): (String, String) = serde_json::from_str(after)?;
+        let columns = [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))];
+        let values = [Value::from(tbl), Value::from(pk)];
+        q.and_where(dialect::of_db(db)?.after(columns, values));
+    }
+    let rows = db.query_all(&q).await.map_err(|e| Error::from(e).or_offline())?;
+    let stored = rows
+        .iter()
+        .map(StoredState::decode)
+        .collect::<Result<Vec<_>>>()?;
+    let seqs: Vec<u64> = stored.iter().filter_map(|s| s.reference).collect();
+    // Each entry is of one row, so one state at most refers to it.
+    let mut entries = log::columns(db, &seqs).await.map_err(Error::or_offline)?;
+    let mut page = SnapshotPage::default();
+    let mut last = None;
+    for (r, stored) in rows.iter().zip(stored) {
+        let tbl: String = r.try_get("", "tbl")?;
+        let key: String = r.try_get("", "pk")?;
+        let entry = stored.reference.and_then(|seq| entries.remove(&seq));
+        let (state, _) = stored.fill(entry)?;
+        let values = parse_pk_key(&key)?;
+        let names: Vec<String> = match specs.iter().find(|s| s.name == tbl) {
+            Some(s) => s.pk_names(),
+            None => (0..values.len()).map(|i| format!("key{i}")).collect(),
+        };
+        page.rows.push(SnapshotRow {
+            table: tbl.clone(),
+            pk: names.into_iter().zip(values).collect(),
+            state,
+        });
+        last = Some((tbl, key));
+    }
+    if rows.len() as u64 == limit {
+        page.next = last.map(|l| serde_json::to_string(&l)).transpose()?;
+    }
+    Ok((cursor, page))
+}

@@ -1,0 +1,112 @@
+//! The hub's own tables, each named and created here: its metadata, the
+//! change log, the row states, per-origin progress and rejected changes.
+
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement};
+
+use crate::dialect::{self, Dialect};
+use crate::model::change::TableSpec;
+use crate::model::clock::NodeId;
+use crate::model::error::Result;
+use crate::model::protocol::HubInfo;
+use crate::store::codec::ChangeTable;
+use crate::store::meta::Meta;
+use crate::store::rows::row_state_table;
+use crate::store::tables::{create, ensure_table};
+
+/// Newest hub metadata schema this release reads and writes.
+pub(crate) const HUB_SCHEMA_VERSION: i64 = 1;
+
+/// Key/value metadata of the hub: schema version, hub id, next sequence.
+pub(crate) const HUB_META: Meta = Meta("_tidesync_hub_meta");
+/// The change log, by hub sequence, with each change's origin and origin
+/// sequence.
+pub(crate) const CHANGES: ChangeTable = ChangeTable {
+    name: "_tidesync_changes",
+    ids: &["hub_seq", "origin", "origin_seq"],
+};
+/// Replicated state of every row (values and per-column clocks).
+pub(crate) const HUB_ROWS: &str = "_tidesync_hub_rows";
+/// Per-origin progress: the last origin sequence applied.
+pub(crate) const PEERS: &str = "_tidesync_peers";
+/// Changes refused and parked (policy `Park`), with the reason.
+pub(crate) const REJECTED: &str = "_tidesync_rejected";
+
+/// Create the hub's tables and the users' (idempotent), check the schema
+/// version, and return the hub's identity (created on first install).
+pub(crate) async fn install<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) -> Result<HubInfo> {
+    for t in hub_tables(dialect::of_db(db)?) {
+        create(db, t).await?;
+    }
+    HUB_META.check_version(db, HUB_SCHEMA_VERSION).await?;
+    HUB_META.insert_if_missing(db, "next_seq", "1").await?;
+    HUB_META
+        .insert_if_missing(db, "hub_id", &NodeId::random().to_string())
+        .await?;
+    for spec in tables {
+        ensure_table(db, spec).await?;
+    }
+    let hub_id = HUB_META.require(db, "hub_id").await?;
+    Ok(HubInfo { hub_id })
+}
+
+fn col(name: &str, ty: ColumnType) -> ColumnDef {
+    let mut c = ColumnDef::new_with_type(Alias::new(name), ty);
+    c.not_null();
+    c
+}
+
+/// DDL of the hub's metadata tables (`IF NOT EXISTS`).
+pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
+    let text = d.long_text();
+    let v = |n| ColumnType::String(StringLen::N(n));
+    vec![
+        Table::create()
+            .table(Alias::new(HUB_META.0))
+            .if_not_exists()
+            .col(col("key", v(64)).primary_key())
+            .col(col("value", ColumnType::Text))
+            .to_owned(),
+        Table::create()
+            .table(Alias::new(CHANGES.name))
+            .if_not_exists()
+            .col(col("hub_seq", ColumnType::BigInteger).primary_key())
+            .col(col("origin", v(32)))
+            .col(col("origin_seq", ColumnType::BigInteger))
+            .col(col("tbl", v(64)))
+            .col(col("pk", text.clone()))
+            .col(col("op", v(8)))
+            .col(col("payload", text.clone()))
+            .col(col("hlc", v(64)))
+            .col(ColumnDef::new_with_type(Alias::new("base"), text.clone()).null())
+            .index(
+                Index::create()
+                    .name("_tidesync_changes_origin")
+                    .unique()
+                    .col(Alias::new("origin"))
+                    .col(Alias::new("origin_seq")),
+            )
+            .to_owned(),
+        row_state_table(d, HUB_ROWS),
+        Table::create()
+            .table(Alias::new(PEERS))
+            .if_not_exists()
+            .col(col("origin", v(32)).primary_key())
+            .col(col("applied_seq", ColumnType::BigInteger))
+            .to_owned(),
+        Table::create()
+            .table(Alias::new(REJECTED))
+            .if_not_exists()
+            .col(col("origin", v(32)))
+            .col(col("origin_seq", ColumnType::BigInteger))
+            .col(col("tbl", v(64)))
+            .col(col("change", text.clone()))
+            .col(col("reason", text))
+            .primary_key(
+                Index::create()
+                    .col(Alias::new("origin"))
+                    .col(Alias::new("origin_seq")),
+            )
+            .to_owned(),
+    ]
+}

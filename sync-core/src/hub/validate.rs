@@ -1,0 +1,168 @@
+//! Checking a pushed change against the hub before applying it: the table
+//! and its columns must be known, the key must match, every value must fit
+//! the hub's dialect, and an insert must set every NOT NULL column.
+
+use crate::dialect::{Dialect, check_value};
+use crate::model::change::{Change, Op, TableSpec};
+
+/// Why `change` cannot be applied to the hub's `spec` (`None`: the table is
+/// unknown) on the dialect `d`, if it cannot.
+pub(crate) fn validate(change: &Change, spec: Option<&TableSpec>, d: &dyn Dialect) -> Result<(), String> {
+    let Some(spec) = spec else {
+        return Err(format!("table `{}` is not known to the hub", change.table));
+    };
+    let names: Vec<&str> = change.pk.iter().map(|(n, _)| n.as_str()).collect();
+    let want: Vec<&str> = spec.pk.iter().map(|c| c.name.as_str()).collect();
+    if names != want {
+        return Err(format!(
+            "{}: key columns {names:?} do not match the hub's {want:?}",
+            spec.name
+        ));
+    }
+    for (name, value) in change.pk.iter().chain(&change.columns) {
+        let Some(col) = spec.column(name) else {
+            return Err(format!(
+                "{}.{name}: no such column on the hub (schema drift?)",
+                spec.name
+            ));
+        };
+        check_value(&spec.name, name, Some(&col.ty), value, Some(d)).map_err(|e| e.to_string())?;
+    }
+    if change.op == Op::Insert {
+        if let Some(c) = spec
+            .columns
+            .iter()
+            .find(|c| !c.nullable && !change.columns.iter().any(|(n, _)| *n == c.name))
+        {
+            return Err(format!(
+                "{}.{}: insert without a value for a NOT NULL column",
+                spec.name, c.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect;
+    use crate::model::change::{ChangeId, ColumnSpec};
+    use crate::model::clock::{Hlc, NodeId};
+    use crate::model::syncable::ConflictPolicy;
+    use sea_orm::DbBackend;
+    use sea_orm::sea_query::{ColumnType, Value};
+
+    fn d(kind: DbBackend) -> &'static dyn Dialect {
+        dialect::of(kind).unwrap()
+    }
+
+    fn spec() -> TableSpec {
+        let c = |n: &str, ty, nullable| ColumnSpec {
+            name: n.into(),
+            ty,
+            nullable,
+        };
+        TableSpec {
+            name: "contacts".into(),
+            pk: vec![c("id", ColumnType::BigUnsigned, false)],
+            columns: vec![
+                c("id", ColumnType::BigUnsigned, false),
+                c("name", ColumnType::Text, false),
+                c("score", ColumnType::Double, true),
+            ],
+            local_only: vec![],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    fn change(op: Op, id: u64, columns: &[(&str, Value)]) -> Change {
+        Change {
+            id: ChangeId {
+                origin: NodeId([1; 16]),
+                seq: 1,
+            },
+            table: "contacts".into(),
+            pk: vec![("id".into(), Value::BigUnsigned(Some(id)))],
+            op,
+            columns: columns
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+            hlc: Hlc::default(),
+            base: vec![],
+        }
+    }
+
+    fn name(s: &str) -> (&'static str, Value) {
+        ("name", Value::String(Some(s.into())))
+    }
+
+    #[test]
+    fn a_change_that_fits_passes() {
+        let c = change(Op::Insert, 1, &[("id", Value::BigUnsigned(Some(1))), name("a")]);
+        for kind in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
+            assert_eq!(validate(&c, Some(&spec()), d(kind)), Ok(()));
+        }
+        // An update sets only what changed; deletes set nothing.
+        assert_eq!(validate(&change(Op::Update, 1, &[name("b")]), Some(&spec()), d(DbBackend::Sqlite)), Ok(()));
+        assert_eq!(validate(&change(Op::Delete, 1, &[]), Some(&spec()), d(DbBackend::Sqlite)), Ok(()));
+    }
+
+    #[test]
+    fn an_unknown_table_is_refused_by_name() {
+        let c = change(Op::Delete, 1, &[]);
+        assert_eq!(
+            validate(&c, None, d(DbBackend::Sqlite)),
+            Err("table `contacts` is not known to the hub".into())
+        );
+    }
+
+    #[test]
+    fn key_columns_must_match_the_hubs() {
+        let mut c = change(Op::Delete, 1, &[]);
+        c.pk = vec![("uid".into(), Value::BigUnsigned(Some(1)))];
+        assert_eq!(
+            validate(&c, Some(&spec()), d(DbBackend::Sqlite)),
+            Err(r#"contacts: key columns ["uid"] do not match the hub's ["id"]"#.into())
+        );
+        c.pk.clear();
+        assert!(validate(&c, Some(&spec()), d(DbBackend::Sqlite)).is_err());
+    }
+
+    #[test]
+    fn an_unknown_column_is_schema_drift() {
+        let c = change(Op::Update, 1, &[("nickname", Value::String(Some("x".into())))]);
+        assert_eq!(
+            validate(&c, Some(&spec()), d(DbBackend::Sqlite)),
+            Err("contacts.nickname: no such column on the hub (schema drift?)".into())
+        );
+    }
+
+    #[test]
+    fn values_are_checked_against_the_hubs_dialect() {
+        let nan = change(Op::Update, 1, &[("score", Value::Double(Some(f64::NAN)))]);
+        let e = validate(&nan, Some(&spec()), d(DbBackend::MySql)).unwrap_err();
+        assert!(e.starts_with("contacts.score: cannot store NaN"), "{e}");
+        // A key above i64::MAX fits MySQL's unsigned integers only.
+        let big = change(Op::Delete, u64::MAX, &[]);
+        assert!(validate(&big, Some(&spec()), d(DbBackend::MySql)).is_ok());
+        for kind in [DbBackend::Postgres, DbBackend::Sqlite] {
+            let e = validate(&big, Some(&spec()), d(kind)).unwrap_err();
+            assert!(e.starts_with("contacts.id: cannot store 18446744073709551615"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_insert_must_set_every_not_null_column() {
+        let c = change(Op::Insert, 1, &[("id", Value::BigUnsigned(Some(1)))]);
+        assert_eq!(
+            validate(&c, Some(&spec()), d(DbBackend::Postgres)),
+            Err("contacts.name: insert without a value for a NOT NULL column".into())
+        );
+        // A nullable column may be left out.
+        let c = change(Op::Insert, 1, &[("id", Value::BigUnsigned(Some(1))), name("a")]);
+        assert!(validate(&c, Some(&spec()), d(DbBackend::Postgres)).is_ok());
+    }
+}

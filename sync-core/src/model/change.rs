@@ -1,0 +1,216 @@
+//! The change model: what one captured write looks like on the wire.
+
+use std::fmt;
+
+use sea_orm::sea_query::{ColumnType, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::model::clock::{Hlc, NodeId};
+use crate::model::syncable::ConflictPolicy;
+
+/// The global id of a change: the node that made it and its sequence number
+/// there. Sequences start at 1 and have no gaps, so a hub can tell a
+/// re-sent change from a new one and keep each origin's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChangeId {
+    /// The node that captured the write.
+    pub origin: NodeId,
+    /// Position in that node's stream, from 1.
+    pub seq: u64,
+}
+
+impl fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.origin, self.seq)
+    }
+}
+
+/// What happened to the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// The row appeared (or reappeared after a delete): every synced column
+    /// is in [`Change::columns`].
+    Insert,
+    /// Some columns changed: only those are in [`Change::columns`].
+    Update,
+    /// The row is gone: [`Change::columns`] is empty.
+    Delete,
+}
+
+impl Op {
+    /// Lower-case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// Parse [`Op::as_str`].
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "insert" => Some(Op::Insert),
+            "update" => Some(Op::Update),
+            "delete" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One captured change of one row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Global id.
+    pub id: ChangeId,
+    /// Table name.
+    pub table: String,
+    /// Primary key, column by column, in the entity's key order.
+    pub pk: Vec<(String, Value)>,
+    /// Operation.
+    pub op: Op,
+    /// Changed columns with their new typed values, in entity column order.
+    pub columns: Vec<(String, Value)>,
+    /// When the write happened; every column in `columns` carries this clock.
+    pub hlc: Hlc,
+    /// For tables whose policy detects conflicts (`merge`, `manual`,
+    /// custom): what each column in `columns` held before this edit, with
+    /// that value's clock (`None` for a column never written). Empty
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base: Vec<ColumnBase>,
+}
+
+/// A column's value and clock before an edit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnBase {
+    /// Column name.
+    pub column: String,
+    /// The value before the edit (`None`: the column had none).
+    pub value: Option<Value>,
+    /// The clock of that value (`None`: never written).
+    pub clock: Option<Hlc>,
+}
+
+impl Change {
+    /// The base clock recorded for `column`, if any base was recorded.
+    pub fn base_of(&self, column: &str) -> Option<&ColumnBase> {
+        self.base.iter().find(|b| b.column == column)
+    }
+}
+
+/// A synced column as the runtime sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnSpec {
+    /// Column name in the database.
+    pub name: String,
+    /// SeaORM column type.
+    pub ty: ColumnType,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+/// A synced table as the runtime sees it, built from a `Syncable` entity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableSpec {
+    /// Table name.
+    pub name: String,
+    /// Primary-key columns in key order.
+    pub pk: Vec<ColumnSpec>,
+    /// Synced columns (key columns included, local-only ones excluded), in
+    /// entity order.
+    pub columns: Vec<ColumnSpec>,
+    /// Local-only columns (`#[syncable(skip)]`): never synced; a hub
+    /// creates them nullable so its table reads like the entity.
+    pub local_only: Vec<ColumnSpec>,
+    /// Conflict policy.
+    pub policy: ConflictPolicy,
+    /// Declared single-writer.
+    pub single_writer: bool,
+}
+
+impl TableSpec {
+    /// The names of the key columns.
+    pub fn pk_names(&self) -> Vec<String> {
+        self.pk.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The column spec by name.
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_id_shows_as_origin_colon_sequence() {
+        let id = ChangeId {
+            origin: NodeId([0xab; 16]),
+            seq: 42,
+        };
+        assert_eq!(id.to_string(), format!("{}:42", "ab".repeat(16)));
+    }
+
+    #[test]
+    fn operations_are_stored_by_their_lower_case_name() {
+        for (op, name) in [
+            (Op::Insert, "insert"),
+            (Op::Update, "update"),
+            (Op::Delete, "delete"),
+        ] {
+            assert_eq!(op.as_str(), name);
+            assert_eq!(Op::parse(name), Some(op));
+            // The same name as in a change's JSON.
+            assert_eq!(serde_json::to_string(&op).unwrap(), format!("\"{name}\""));
+        }
+        for unknown in ["", "Insert", "upsert", "delete "] {
+            assert_eq!(Op::parse(unknown), None, "{unknown:?}");
+        }
+    }
+
+    /// A table keyed by `(tenant, id)`, declared in another order than its
+    /// columns, with a local-only column.
+    fn spec() -> TableSpec {
+        let c = |n: &str, ty| ColumnSpec {
+            name: n.into(),
+            ty,
+            nullable: false,
+        };
+        TableSpec {
+            name: "notes".into(),
+            pk: vec![c("tenant", ColumnType::Integer), c("id", ColumnType::Uuid)],
+            columns: vec![
+                c("id", ColumnType::Uuid),
+                c("tenant", ColumnType::Integer),
+                c("body", ColumnType::Text),
+            ],
+            local_only: vec![c("draft", ColumnType::Text)],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    #[test]
+    fn key_names_are_in_key_order() {
+        assert_eq!(spec().pk_names(), ["tenant", "id"]);
+        let no_key = TableSpec {
+            pk: vec![],
+            ..spec()
+        };
+        assert!(no_key.pk_names().is_empty());
+    }
+
+    #[test]
+    fn columns_are_found_by_name_among_the_synced_ones() {
+        let s = spec();
+        assert_eq!(s.column("tenant"), Some(&s.columns[1]));
+        assert_eq!(s.column("body").map(|c| &c.ty), Some(&ColumnType::Text));
+        // Local-only and unknown columns are not synced.
+        assert_eq!(s.column("draft"), None);
+        assert_eq!(s.column("nope"), None);
+    }
+}

@@ -1,0 +1,399 @@
+//! The replicated state of one row and its merge rule: per-column
+//! last-writer-wins on the hybrid logical clock, with deletes as a clock of
+//! their own. Pure code, no I/O.
+//!
+//! A row's state is, for every synced column, the value with the greatest
+//! clock seen so far, plus the greatest delete clock. The row is live when
+//! some column's clock is greater than the delete clock: **a delete wins
+//! unless an update of the row is later**, and an update later than a delete
+//! brings the row back with the last known values of the columns it did not
+//! set. Merging takes the maximum clock per column and for the delete, which
+//! is commutative, associative and idempotent, so every replica that has seen
+//! the same changes holds the same rows, whatever the order of arrival.
+
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::Value;
+use serde::{Deserialize, Serialize};
+
+use crate::model::change::{Change, Op};
+use crate::model::clock::Hlc;
+use crate::model::value::same_value;
+
+/// Replicated state of one row.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RowState {
+    /// The winning value of each column.
+    pub vals: BTreeMap<String, Value>,
+    /// The clock of each column's winning value.
+    pub clocks: BTreeMap<String, Hlc>,
+    /// The latest delete of the row, if any.
+    pub deleted_at: Option<Hlc>,
+}
+
+impl RowState {
+    /// Whether the row exists: some column was written after the last delete.
+    pub fn is_live(&self) -> bool {
+        match (self.clocks.values().max(), self.deleted_at) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(c), Some(d)) => *c > d,
+        }
+    }
+
+    /// The greatest clock in the state.
+    pub fn max_clock(&self) -> Option<Hlc> {
+        self.clocks.values().copied().chain(self.deleted_at).max()
+    }
+
+    /// Merge one column write. Returns whether the state changed.
+    pub fn set(&mut self, column: &str, value: &Value, hlc: Hlc) -> bool {
+        match self.clocks.get(column) {
+            Some(c) if *c >= hlc => false,
+            _ => {
+                self.clocks.insert(column.to_owned(), hlc);
+                self.vals.insert(column.to_owned(), value.clone());
+                true
+            }
+        }
+    }
+
+    /// Merge a delete. Returns whether the state changed.
+    pub fn delete(&mut self, hlc: Hlc) -> bool {
+        if self.deleted_at.is_some_and(|d| d >= hlc) {
+            return false;
+        }
+        self.deleted_at = Some(hlc);
+        true
+    }
+
+    /// Merge a change. Returns whether the state changed.
+    pub fn apply(&mut self, change: &Change) -> bool {
+        match change.op {
+            Op::Delete => self.delete(change.hlc),
+            Op::Insert | Op::Update => {
+                let mut changed = false;
+                for (c, v) in &change.columns {
+                    changed |= self.set(c, v, change.hlc);
+                }
+                changed
+            }
+        }
+    }
+
+    /// The state of a row that only `change` wrote: what [`RowState::apply`]
+    /// makes of an empty state, without copying the values.
+    pub fn of_change(change: Change) -> RowState {
+        let mut s = RowState::default();
+        match change.op {
+            Op::Delete => s.deleted_at = Some(change.hlc),
+            Op::Insert | Op::Update => {
+                for (c, v) in change.columns {
+                    // A column listed twice keeps its first value, as in
+                    // `apply` (same clock).
+                    if !s.vals.contains_key(&c) {
+                        s.clocks.insert(c.clone(), change.hlc);
+                        s.vals.insert(c, v);
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Merge another replica's state of the same row (the join of the two).
+    /// Returns whether this state changed.
+    pub fn merge(&mut self, other: &RowState) -> bool {
+        let mut changed = false;
+        for (c, h) in &other.clocks {
+            if let Some(v) = other.vals.get(c) {
+                changed |= self.set(c, v, *h);
+            }
+        }
+        if let Some(d) = other.deleted_at {
+            changed |= self.delete(d);
+        }
+        changed
+    }
+
+    /// Whether two states hold the same values, clocks and delete.
+    pub fn same(&self, other: &RowState) -> bool {
+        self.clocks == other.clocks
+            && self.deleted_at == other.deleted_at
+            && self.vals.len() == other.vals.len()
+            && self
+                .vals
+                .iter()
+                .all(|(k, v)| other.vals.get(k).is_some_and(|o| same_value(v, o)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::ChangeId;
+    use crate::model::clock::NodeId;
+
+    fn hlc(t: u64, node: u8) -> Hlc {
+        Hlc {
+            physical: t,
+            logical: 0,
+            node: NodeId([node; 16]),
+        }
+    }
+
+    fn change(op: Op, cols: &[(&str, &str)], t: u64, node: u8) -> Change {
+        Change {
+            id: ChangeId {
+                origin: NodeId([node; 16]),
+                seq: t,
+            },
+            table: "t".into(),
+            pk: vec![("id".into(), Value::Int(Some(1)))],
+            op,
+            columns: cols
+                .iter()
+                .map(|(c, v)| (c.to_string(), Value::String(Some(v.to_string()))))
+                .collect(),
+            hlc: hlc(t, node),
+            base: Vec::new(),
+        }
+    }
+
+    fn fold(changes: &[Change]) -> RowState {
+        let mut s = RowState::default();
+        for c in changes {
+            s.apply(c);
+        }
+        s
+    }
+
+    #[test]
+    fn later_write_wins_per_column() {
+        let a = change(Op::Insert, &[("name", "a"), ("email", "a@")], 10, 1);
+        let b = change(Op::Update, &[("name", "b")], 20, 2);
+        let c = change(Op::Update, &[("email", "c@")], 15, 3);
+        let s = fold(&[a, b, c]);
+        assert_eq!(s.vals["name"], Value::String(Some("b".into())));
+        assert_eq!(s.vals["email"], Value::String(Some("c@".into())));
+        assert!(s.is_live());
+    }
+
+    #[test]
+    fn an_old_edit_arriving_late_loses() {
+        let new = change(Op::Update, &[("name", "new")], 1_000, 2);
+        let year_old = change(Op::Update, &[("name", "old")], 1, 1);
+        let s = fold(&[change(Op::Insert, &[("name", "x")], 0, 1), new, year_old]);
+        assert_eq!(s.vals["name"], Value::String(Some("new".into())));
+    }
+
+    /// Two writes of one column at the same physical time and logical
+    /// counter: the greater node id wins, in either order of arrival, for
+    /// the column and for a delete against an update.
+    #[test]
+    fn equal_physical_time_is_broken_by_node() {
+        let a = change(Op::Update, &[("name", "from-1")], 5, 1);
+        let b = change(Op::Update, &[("name", "from-2")], 5, 2);
+        for order in [[a.clone(), b.clone()], [b.clone(), a.clone()]] {
+            let s = fold(&order);
+            assert_eq!(s.vals["name"], Value::String(Some("from-2".into())));
+            assert_eq!(s.clocks["name"], hlc(5, 2));
+        }
+        // The logical counter decides before the node does.
+        let mut later = change(Op::Update, &[("name", "from-1, later")], 5, 1);
+        later.hlc.logical = 1;
+        for order in [[later.clone(), b.clone()], [b.clone(), later.clone()]] {
+            assert_eq!(
+                fold(&order).vals["name"],
+                Value::String(Some("from-1, later".into()))
+            );
+        }
+        // A delete and an update at the same time: the greater node wins.
+        let del_1 = change(Op::Delete, &[], 5, 1);
+        let del_3 = change(Op::Delete, &[], 5, 3);
+        for order in [[b.clone(), del_1.clone()], [del_1, b.clone()]] {
+            assert!(
+                fold(&order).is_live(),
+                "node 2's update beats node 1's delete"
+            );
+        }
+        for order in [[b.clone(), del_3.clone()], [del_3, b]] {
+            assert!(
+                !fold(&order).is_live(),
+                "node 3's delete beats node 2's update"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_wins_unless_the_update_is_later() {
+        let ins = change(Op::Insert, &[("name", "x")], 1, 1);
+        let del = change(Op::Delete, &[], 10, 2);
+        let before = change(Op::Update, &[("name", "before")], 5, 3);
+        let after = change(Op::Update, &[("name", "after")], 20, 3);
+        assert!(!fold(&[ins.clone(), del.clone(), before.clone()]).is_live());
+        assert!(!fold(&[before, del.clone(), ins.clone()]).is_live());
+        let s = fold(&[after.clone(), ins, del]);
+        assert!(s.is_live());
+        assert_eq!(s.vals["name"], Value::String(Some("after".into())));
+    }
+
+    #[test]
+    fn every_order_gives_the_same_state() {
+        let changes = vec![
+            change(Op::Insert, &[("a", "1"), ("b", "1")], 1, 1),
+            change(Op::Update, &[("a", "2")], 3, 2),
+            change(Op::Delete, &[], 4, 3),
+            change(Op::Update, &[("b", "3")], 5, 1),
+            change(Op::Update, &[("a", "4")], 2, 3),
+        ];
+        let expected = fold(&changes);
+        // All 120 permutations.
+        fn permute(v: &mut Vec<Change>, k: usize, out: &mut Vec<Vec<Change>>) {
+            if k == v.len() {
+                out.push(v.clone());
+                return;
+            }
+            for i in k..v.len() {
+                v.swap(k, i);
+                permute(v, k + 1, out);
+                v.swap(k, i);
+            }
+        }
+        let mut all = Vec::new();
+        permute(&mut changes.clone(), 0, &mut all);
+        assert_eq!(all.len(), 120);
+        for p in all {
+            assert!(fold(&p).same(&expected));
+        }
+        // Applying twice changes nothing.
+        let mut twice = expected.clone();
+        for c in &changes {
+            assert!(!twice.apply(c));
+        }
+    }
+
+    #[test]
+    fn the_state_of_one_change_is_its_application() {
+        for c in [
+            change(Op::Insert, &[("a", "1"), ("b", "2")], 3, 1),
+            change(Op::Update, &[("b", "x")], 4, 2),
+            change(Op::Delete, &[], 5, 3),
+        ] {
+            let mut applied = RowState::default();
+            applied.apply(&c);
+            assert_eq!(RowState::of_change(c), applied);
+        }
+    }
+
+    #[test]
+    fn merge_of_states_is_the_join() {
+        let a = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 1, 1)]);
+        let b = fold(&[
+            change(Op::Update, &[("b", "2")], 2, 2),
+            change(Op::Delete, &[], 3, 2),
+        ]);
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert!(ab.same(&ba));
+        assert!(!ab.is_live());
+        let mut again = ab.clone();
+        assert!(!again.merge(&ab));
+    }
+
+    /// A delete and a write of the same clock: the delete wins (the row is
+    /// live only when a write is strictly later).
+    #[test]
+    fn a_delete_at_the_clock_of_the_last_write_wins() {
+        let mut s = fold(&[change(Op::Insert, &[("a", "1")], 7, 1)]);
+        assert!(s.is_live());
+        s.delete(hlc(7, 1));
+        assert!(!s.is_live());
+        s.set("a", &Value::String(Some("2".into())), hlc(7, 2));
+        assert!(s.is_live(), "a later write brings the row back");
+        assert!(!RowState::default().is_live(), "no write, no row");
+    }
+
+    #[test]
+    fn max_clock_covers_columns_and_the_delete() {
+        assert_eq!(RowState::default().max_clock(), None);
+        let mut s = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 4, 1)]);
+        s.set("b", &Value::String(Some("2".into())), hlc(9, 2));
+        assert_eq!(s.max_clock(), Some(hlc(9, 2)));
+        s.delete(hlc(12, 3));
+        assert_eq!(s.max_clock(), Some(hlc(12, 3)));
+    }
+
+    /// `apply` and `merge` report a change when any column (or the delete)
+    /// moved, even if others did not: callers write back only changed rows.
+    #[test]
+    fn apply_and_merge_report_whether_anything_changed() {
+        let mut s = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 5, 1)]);
+        // `a` is older than what the state has, `b` newer.
+        let mixed = Change {
+            columns: vec![
+                ("a".into(), Value::String(Some("old".into()))),
+                ("b".into(), Value::String(Some("new".into()))),
+            ],
+            ..change(Op::Update, &[], 6, 2)
+        };
+        let mut older = mixed.clone();
+        older.hlc = hlc(3, 2);
+        assert!(!s.clone().apply(&older), "nothing newer");
+        assert!(s.apply(&mixed));
+        assert!(!s.apply(&mixed), "applied twice changes nothing");
+
+        // Merging a state newer in one column only, then in the delete only.
+        let base = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 5, 1)]);
+        let mut one_column = base.clone();
+        one_column.set("b", &Value::String(Some("2".into())), hlc(8, 2));
+        let mut m = base.clone();
+        assert!(m.merge(&one_column));
+        assert_eq!(m.vals["b"], Value::String(Some("2".into())));
+        let mut deleted = base.clone();
+        deleted.delete(hlc(9, 3));
+        let mut m = base.clone();
+        assert!(m.merge(&deleted));
+        assert_eq!(m.deleted_at, Some(hlc(9, 3)));
+        assert!(!m.merge(&base), "an older state changes nothing");
+    }
+
+    /// `same` compares clocks, the delete and values (by value: 1.5 and
+    /// 1.50 are the same decimal).
+    #[test]
+    fn same_compares_clocks_delete_and_values() {
+        let s = fold(&[change(Op::Insert, &[("a", "1"), ("b", "1")], 5, 1)]);
+        assert!(s.same(&s.clone()));
+        let mut other_clock = s.clone();
+        other_clock.clocks.insert("a".into(), hlc(6, 1));
+        assert!(!s.same(&other_clock));
+        let mut deleted = s.clone();
+        deleted.deleted_at = Some(hlc(1, 1));
+        assert!(!s.same(&deleted));
+        let mut other_value = s.clone();
+        other_value
+            .vals
+            .insert("a".into(), Value::String(Some("2".into())));
+        assert!(!s.same(&other_value));
+        let mut extra_value = s.clone();
+        extra_value
+            .vals
+            .insert("c".into(), Value::String(Some("3".into())));
+        assert!(!s.same(&extra_value));
+        assert!(!extra_value.same(&s));
+
+        let dec = |d: &str| {
+            let mut s = RowState::default();
+            s.set(
+                "d",
+                &Value::Decimal(Some(d.parse().expect("decimal"))),
+                hlc(1, 1),
+            );
+            s
+        };
+        assert!(dec("1.5").same(&dec("1.50")));
+        assert!(!dec("1.5").same(&dec("1.51")));
+    }
+}

@@ -1,0 +1,168 @@
+//! The boundary between a replica and a hub: the [`Hub`] trait.
+//!
+//! The core defines it and knows no implementation; `sync-backends` provides
+//! the SQL hub (PostgreSQL, MySQL/MariaDB, SQLite) and the transports.
+
+use crate::model::change::{Change, ChangeId, TableSpec};
+use crate::model::error::Result;
+use crate::model::merge::RowState;
+
+/// A position in the hub's change log: a pull returns the changes after it.
+/// Cursors are gap-free: a change that commits late is never skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor(pub u64);
+
+/// What a hub says about itself when a replica installs against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubInfo {
+    /// Stable identity of the hub (created on first install); a replica
+    /// keeps one pull cursor per hub.
+    pub hub_id: String,
+}
+
+/// Why the hub refused a change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    /// The refused change.
+    pub id: ChangeId,
+    /// Table of the change.
+    pub table: String,
+    /// The reason, naming table, column and value where there is one.
+    pub reason: String,
+}
+
+/// The hub's answer to a push.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PushAck {
+    /// Changes of the batch the hub now holds (applied now or before, or
+    /// parked as rejected): the replica can drop them from its outbox.
+    pub acknowledged: Vec<ChangeId>,
+    /// Changes parked in the hub's rejected-changes table (policy `Park`);
+    /// also acknowledged.
+    pub parked: Vec<Rejection>,
+    /// With policy `Halt`: the change that stopped this origin's stream. It
+    /// and every later change of the batch stay with the replica.
+    pub halted: Option<Rejection>,
+    /// Concurrent edits of the same column held back (policies `manual` and
+    /// custom): the rest of each change was applied; these columns wait for
+    /// the pushing replica to resolve them.
+    pub conflicts: Vec<crate::model::conflict::ColumnConflict>,
+    /// Concurrent edits settled by the clock (policy `merge`).
+    pub settled: Vec<crate::model::conflict::ColumnConflict>,
+}
+
+/// A page of the hub's change log.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PullBatch {
+    /// Changes after the requested cursor, in hub order.
+    pub changes: Vec<Change>,
+    /// Where the next pull starts: after the last change in `changes`, or
+    /// further when changes were left out ([`Hub::pull_excluding`]).
+    pub next: Cursor,
+    /// A log entry that could not be read (malformed payload), right after
+    /// `changes`: the page stops there and the replica halts or parks it.
+    pub unreadable: Option<Unreadable>,
+}
+
+/// A change that cannot be read back (malformed typed JSON).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreadable {
+    /// Its position: in the hub log (hub sequence) or the outbox (origin
+    /// sequence).
+    pub position: Cursor,
+    /// Its table, if that much could be read.
+    pub table: String,
+    /// The stored text, kept when it is parked.
+    pub raw: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// What to do with a change that cannot be applied (a constraint
+/// violation, an unknown table or column, a value the dialect cannot hold,
+/// a malformed payload). The hub applies it to pushed changes; a
+/// [`crate::SyncEngine`] to its own outbox and to pulled changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectPolicy {
+    /// Stop that stream at the change, keeping its order: the change and the
+    /// ones after it wait until the cause is fixed. The default.
+    #[default]
+    Halt,
+    /// Park the change with its reason (`_tidesync_rejected` on a hub,
+    /// `_tidesync_parked` on a replica) and go on.
+    Park,
+}
+
+/// One row of a hub snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotRow {
+    /// Table name.
+    pub table: String,
+    /// Primary key, column by column.
+    pub pk: Vec<(String, sea_orm::Value)>,
+    /// Replicated state (values and clocks).
+    pub state: RowState,
+}
+
+/// A page of the hub's current rows, for bootstrapping an empty replica.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SnapshotPage {
+    /// Rows in (table, key) order.
+    pub rows: Vec<SnapshotRow>,
+    /// Where the next page starts; `None` when this was the last.
+    pub next: Option<String>,
+}
+
+/// A hub: where replicas meet.
+///
+/// Four required methods; the engine builds everything else on them.
+/// [`Hub::pull_excluding`] has a default that a hub may improve on.
+#[async_trait::async_trait]
+pub trait Hub: Send + Sync {
+    /// Prepare the hub for these tables (idempotent), in parent-before-child
+    /// order.
+    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo>;
+
+    /// Apply a batch of one origin's changes, in its order, at most once
+    /// each.
+    async fn push(&self, batch: &[Change]) -> Result<PushAck>;
+
+    /// Up to `limit` changes after `cursor`, in hub order.
+    async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch>;
+
+    /// Like [`Hub::pull`], but without the changes made by `origin`
+    /// (a replica does not need its own changes back). `next` still moves
+    /// past the changes left out, so a replica that only pushed reads
+    /// nothing and its cursor catches up with the hub's tip.
+    ///
+    /// The default pulls everything and filters; a hub that can filter
+    /// where it stores the log should, so that a replica does not download
+    /// what it has just uploaded. A wrapper around another backend (for
+    /// metrics, say) should forward this method as well, or it falls back
+    /// to the default.
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: crate::model::clock::NodeId,
+    ) -> Result<PullBatch> {
+        let mut batch = self.pull(cursor, limit).await?;
+        batch.changes.retain(|c| c.id.origin != origin);
+        Ok(batch)
+    }
+
+    /// The hub's cursor now, then its rows page by page (`after` is the
+    /// previous page's `next`): a new replica loads the rows and pulls from
+    /// the cursor. Rows newer than the cursor are merged again from the log,
+    /// which is harmless because merging is idempotent.
+    ///
+    /// A page's `next` must stay valid across restarts and for any `limit`:
+    /// the engine stores it with the rows it applied and resumes an
+    /// interrupted bootstrap after it, maybe in another process, days later.
+    /// Make it a key of a stable row order (as `SqlHub` does), not an
+    /// offset or a server-side cursor. A snapshot whose cursor is below the
+    /// one a resumed bootstrap started at (the hub went back in time) makes
+    /// the engine start the snapshot over.
+    async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)>;
+}

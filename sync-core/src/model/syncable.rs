@@ -1,0 +1,117 @@
+//! The [`Syncable`] trait that `#[derive(Syncable)]` implements, and the
+//! runtime description of a synced table built from it.
+
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait};
+
+/// How concurrent edits of the same row are settled, declared per entity with
+/// `#[syncable(conflict = "...")]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflictPolicy {
+    /// Per-column last-writer-wins on the hybrid logical clock (the default).
+    #[default]
+    Lww,
+    /// Field-level three-way merge against the last synced state.
+    Merge,
+    /// Concurrent edits of the same column are held for the user to resolve.
+    Manual,
+    /// Like `Manual`, but a [`crate::model::conflict::Resolver`] registered for the
+    /// entity settles each conflict on the replica that meets it.
+    Custom,
+}
+
+impl ConflictPolicy {
+    /// The name used in `#[syncable(conflict = "...")]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Lww => "lww",
+            ConflictPolicy::Merge => "merge",
+            ConflictPolicy::Manual => "manual",
+            ConflictPolicy::Custom => "custom",
+        }
+    }
+
+    /// Whether a concurrent edit of the same column is held back for a
+    /// decision instead of being settled by the clock.
+    pub fn holds_conflicts(self) -> bool {
+        matches!(self, ConflictPolicy::Manual | ConflictPolicy::Custom)
+    }
+
+    /// Whether changes carry the base (value and clock before the edit) of
+    /// each column they set, for conflict detection.
+    pub fn needs_base(self) -> bool {
+        !matches!(self, ConflictPolicy::Lww)
+    }
+}
+
+/// An entity whose writes tidesync captures and replicates.
+///
+/// Implemented on the SeaORM `Entity` by `#[derive(Syncable)]` on its
+/// `Model`; implementing it by hand is possible but the derive also checks
+/// keys at compile time and generates the `ActiveModelBehavior`.
+pub trait Syncable: EntityTrait {
+    /// The conflict policy declared for this entity.
+    const POLICY: ConflictPolicy = ConflictPolicy::Lww;
+
+    /// `true` when only one node ever writes this table, which is the only
+    /// case where an auto-increment primary key is sound.
+    const SINGLE_WRITER: bool = false;
+
+    /// Local-only columns (`#[syncable(skip)]`): never captured, never sent.
+    fn skipped_columns() -> Vec<Self::Column> {
+        Vec::new()
+    }
+}
+
+/// User hooks for a syncable entity.
+///
+/// `#[derive(Syncable)]` generates the entity's `ActiveModelBehavior` (SeaORM
+/// allows exactly one), so an application that needs its own hooks moves them
+/// from `impl ActiveModelBehavior for ActiveModel` to
+/// `impl SyncHooks for ActiveModel` and adds `#[syncable(hooks)]`; the
+/// generated behaviour calls these first, then tidesync's own checks.
+/// The methods and their defaults mirror `ActiveModelBehavior`.
+#[async_trait::async_trait]
+#[allow(unused_variables)]
+pub trait SyncHooks: ActiveModelTrait + Send {
+    /// Called by the generated `ActiveModelBehavior::new`.
+    fn new() -> Self {
+        <Self as ActiveModelTrait>::default()
+    }
+
+    /// Called before insert or update, before tidesync validates the values.
+    async fn before_save<C>(self, db: &C, insert: bool) -> Result<Self, DbErr>
+    where
+        C: ConnectionTrait,
+    {
+        Ok(self)
+    }
+
+    /// Called after insert or update.
+    async fn after_save<C>(
+        model: <Self::Entity as EntityTrait>::Model,
+        db: &C,
+        insert: bool,
+    ) -> Result<<Self::Entity as EntityTrait>::Model, DbErr>
+    where
+        C: ConnectionTrait,
+    {
+        Ok(model)
+    }
+
+    /// Called before delete.
+    async fn before_delete<C>(self, db: &C) -> Result<Self, DbErr>
+    where
+        C: ConnectionTrait,
+    {
+        Ok(self)
+    }
+
+    /// Called after delete.
+    async fn after_delete<C>(self, db: &C) -> Result<Self, DbErr>
+    where
+        C: ConnectionTrait,
+    {
+        Ok(self)
+    }
+}

@@ -1,0 +1,170 @@
+//! Typed values: the checks that hold on every database, exact comparison
+//! for diffs, and the canonical text form of a primary key.
+//!
+//! Values travel as sea-query [`Value`]s serialised with their type tag
+//! (`{"Int":1}`, `{"Decimal":"1.50"}`), so a change can be replayed without
+//! the entity compiled in. What one database cannot hold is the dialect's
+//! business.
+
+use sea_orm::sea_query::{ColumnType, StringLen, Value};
+
+use crate::model::error::{Error, Result};
+
+/// Refuse a value that no database would keep as it is: a NaN or infinite
+/// float (null in typed JSON, NULL in SQLite), or a string longer than the
+/// column's declared length.
+pub(crate) fn check_portable(
+    table: &str,
+    column: &str,
+    ty: Option<&ColumnType>,
+    value: &Value,
+) -> Result<()> {
+    let fail = |reason: &str| Err(Error::unrepresentable(table, column, render(value), reason));
+    match value {
+        Value::Float(Some(f)) if !f.is_finite() => {
+            fail("NaN and infinities are not portable between databases")
+        }
+        Value::Double(Some(f)) if !f.is_finite() => {
+            fail("NaN and infinities are not portable between databases")
+        }
+        Value::String(Some(s)) => {
+            let max = match ty {
+                Some(ColumnType::String(StringLen::N(n))) | Some(ColumnType::Char(Some(n))) => {
+                    Some(*n as usize)
+                }
+                _ => None,
+            };
+            match max {
+                Some(max) if s.chars().count() > max => {
+                    fail(&format!("longer than the column's {max} characters"))
+                }
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Rough size of a value once bound or stored as typed JSON, in bytes (for
+/// batching by size; bytes count four times, as JSON spells them out).
+pub(crate) fn approx_size(v: &Value) -> usize {
+    match v {
+        Value::String(Some(s)) => s.len(),
+        Value::Bytes(Some(b)) => b.len() * 4,
+        Value::Json(Some(j)) => j.to_string().len(),
+        _ => 16,
+    }
+}
+
+/// Exact equality for diffs: floats compare by bit pattern (so `-0.0` differs
+/// from `0.0`), everything else by value.
+pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(Some(x)), Value::Float(Some(y))) => x.to_bits() == y.to_bits(),
+        (Value::Double(Some(x)), Value::Double(Some(y))) => x.to_bits() == y.to_bits(),
+        _ => a == b,
+    }
+}
+
+/// A value for humans in an error message: short, with its type.
+pub(crate) fn render(value: &Value) -> String {
+    let s = match value {
+        Value::Float(Some(f)) => format!("{f}"),
+        Value::Double(Some(f)) => format!("{f}"),
+        Value::BigUnsigned(Some(v)) => format!("{v}"),
+        Value::String(Some(s)) => format!("{s:?}"),
+        other => format!("{other:?}"),
+    };
+    if s.chars().count() > 80 {
+        let head: String = s.chars().take(77).collect();
+        format!("{head}... ({} characters)", s.chars().count())
+    } else {
+        s
+    }
+}
+
+/// The canonical text of a primary key: its typed values as JSON.
+/// Equal keys give equal text, so it serves as a key in metadata tables.
+pub(crate) fn pk_key(values: &[Value]) -> Result<String> {
+    Ok(serde_json::to_string(values)?)
+}
+
+/// Parse [`pk_key`] text back into typed values.
+pub(crate) fn parse_pk_key(key: &str) -> Result<Vec<Value>> {
+    Ok(serde_json::from_str(key)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_zero_differs_from_zero() {
+        assert!(!same_value(
+            &Value::Double(Some(0.0)),
+            &Value::Double(Some(-0.0))
+        ));
+        assert!(same_value(
+            &Value::Double(Some(1.5)),
+            &Value::Double(Some(1.5))
+        ));
+        assert!(same_value(&Value::Int(None), &Value::Int(None)));
+        assert!(!same_value(&Value::Int(Some(1)), &Value::Int(None)));
+    }
+
+    #[test]
+    fn pk_key_round_trips_typed_values() {
+        let pk = vec![
+            Value::Uuid(Some(uuid::Uuid::nil())),
+            Value::BigInt(Some(-4)),
+            Value::String(Some("ä".into())),
+        ];
+        let key = pk_key(&pk).unwrap();
+        assert_eq!(parse_pk_key(&key).unwrap(), pk);
+        assert!(parse_pk_key("[{\"Nope\":1}]").is_err());
+    }
+
+    #[test]
+    fn render_truncates_long_values() {
+        let s = render(&Value::String(Some("x".repeat(500))));
+        assert!(s.len() < 120 && s.ends_with("(502 characters)"), "{s}");
+    }
+
+    #[test]
+    fn sizes_are_text_lengths_and_four_per_byte() {
+        assert_eq!(approx_size(&Value::String(Some("héllo".into()))), 6);
+        assert_eq!(approx_size(&Value::Bytes(Some(vec![0; 10]))), 40);
+        let json = serde_json::json!({"a": [1, 2]});
+        assert_eq!(
+            approx_size(&Value::Json(Some(Box::new(json.clone())))),
+            json.to_string().len()
+        );
+        assert_eq!(approx_size(&Value::BigInt(Some(1))), 16);
+        assert_eq!(approx_size(&Value::String(None)), 16);
+    }
+
+    #[test]
+    fn floats_are_the_same_by_bit_pattern() {
+        let f = |x: f32| Value::Float(Some(x));
+        let d = |x: f64| Value::Double(Some(x));
+        assert!(!same_value(&f(0.0), &f(-0.0)));
+        assert!(same_value(&f(2.5), &f(2.5)));
+        assert!(!same_value(&f(2.5), &f(3.5)));
+        // An unchanged NaN is no change (NaN != NaN as floats).
+        assert!(same_value(&d(f64::NAN), &d(f64::NAN)));
+        assert!(same_value(&f(f32::NAN), &f(f32::NAN)));
+        assert!(!same_value(&d(1.0), &d(2.0)));
+        assert!(!same_value(&Value::Int(Some(1)), &Value::BigInt(Some(1))));
+    }
+
+    #[test]
+    fn render_keeps_up_to_80_characters() {
+        // A string renders quoted: 78 characters in quotes make 80.
+        let fits = Value::String(Some("é".repeat(78)));
+        assert_eq!(render(&fits), format!("\"{}\"", "é".repeat(78)));
+        let long = render(&Value::String(Some("é".repeat(79))));
+        assert_eq!(long, format!("\"{}... (81 characters)", "é".repeat(76)));
+        assert_eq!(render(&Value::Double(Some(1.5))), "1.5");
+        assert_eq!(render(&Value::Int(None)), "Int(None)");
+    }
+}

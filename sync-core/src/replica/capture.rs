@@ -1,0 +1,535 @@
+//! Turning dirty markers into typed changes.
+//!
+//! A marker says "row `pk` was written"; the change is the difference
+//! between the row as it is now and its last captured state (the *shadow*
+//! in `_tidesync_rows`). Sealing a batch is one local transaction: read the
+//! markers, the rows and the shadows, append the changes to the outbox with
+//! their sequence numbers and clocks, update the shadows, delete the
+//! markers that were not rewritten meanwhile, and persist the clock. A crash
+//! at any point leaves either the markers or the changes, never neither.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr, ValueTuple};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+
+use super::entity::{Marker, TableHandle};
+use super::tables::{LOCAL_META, OUTBOX, ROWS, dirty_table};
+use crate::dialect::check_value;
+use crate::model::change::{Change, ChangeId, ColumnBase, Op, TableSpec};
+use crate::model::clock::{Hlc, HlcClock, NodeId};
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::model::value::{pk_key, same_value};
+use crate::store::codec::db_sequence;
+use crate::store::rows;
+use crate::store::stats::custom_plans;
+use crate::store::write::execute_while;
+
+/// Clock and sequence state of a capture transaction.
+pub(crate) struct SealState {
+    pub(crate) node: NodeId,
+    pub(crate) clock: HlcClock,
+    pub(crate) next_seq: u64,
+    /// Sequence and clock as loaded.
+    loaded: (u64, Hlc),
+}
+
+impl SealState {
+    /// Take the capture lock (a row lock on PostgreSQL/MySQL, the write lock
+    /// on SQLite) and load clock and sequence.
+    pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
+        LOCAL_META.lock(tx, "next_seq").await?;
+        custom_plans(tx).await?;
+        let mut meta = LOCAL_META
+            .read_many(tx, &["next_seq", "hlc"])
+            .await?;
+        let next_seq = meta
+            .remove("next_seq")
+            .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;
+        let next_seq = next_seq
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("next_seq `{next_seq}` is not a number")))?;
+        let last = match meta.remove("hlc") {
+            Some(s) if !s.is_empty() => Some(s.parse()?),
+            _ => None,
+        };
+        let clock = HlcClock::new(node, last);
+        Ok(SealState {
+            node,
+            loaded: (next_seq, clock.last()),
+            clock,
+            next_seq,
+        })
+    }
+
+    /// The id and clock of this node's next change, written at `wall_us`.
+    pub(crate) fn next(&mut self, wall_us: u64) -> (ChangeId, Hlc) {
+        let hlc = self.clock.tick(wall_us);
+        let id = ChangeId {
+            origin: self.node,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        (id, hlc)
+    }
+
+    /// The change that a marker's row made: `columns` set by `op`, with the
+    /// base of each column (its value and clock in `shadow`) where the
+    /// table's policy detects conflicts.
+    fn change(
+        &mut self,
+        spec: &TableSpec,
+        marker: &Marker,
+        op: Op,
+        columns: Vec<(String, Value)>,
+        shadow: Option<&RowState>,
+    ) -> Change {
+        let base = if spec.policy.needs_base() {
+            columns
+                .iter()
+                .map(|(c, _)| ColumnBase {
+                    column: c.clone(),
+                    value: shadow.filter(|s| s.is_live()).and_then(|s| s.vals.get(c).cloned()),
+                    clock: shadow.and_then(|s| s.clocks.get(c).copied()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (id, hlc) = self.next(u64::try_from(marker.wall_us).unwrap_or(0));
+        Change {
+            id,
+            table: spec.name.clone(),
+            pk: spec.pk_names().into_iter().zip(marker.pk.iter().cloned()).collect(),
+            op,
+            columns,
+            hlc,
+            base,
+        }
+    }
+
+    /// Persist sequence and clock, where they moved.
+    pub(crate) async fn save(&self, tx: &DatabaseTransaction) -> Result<()> {
+        self.save_with(tx, &[]).await
+    }
+
+    /// Persist sequence and clock where they moved, and `more` metadata,
+    /// in one statement.
+    pub(crate) async fn save_with(
+        &self,
+        tx: &DatabaseTransaction,
+        more: &[(&str, &str)],
+    ) -> Result<()> {
+        let next_seq = self.next_seq.to_string();
+        let hlc = self.clock.last().to_string();
+        let mut values = more.to_vec();
+        if self.next_seq != self.loaded.0 {
+            values.push(("next_seq", &next_seq));
+        }
+        if self.clock.last() != self.loaded.1 {
+            values.push(("hlc", &hlc));
+        }
+        LOCAL_META.upsert_many(tx, &values).await
+    }
+}
+
+/// What one capture pass did.
+#[derive(Debug, Default)]
+pub struct CaptureReport {
+    /// Changes appended to the outbox.
+    pub captured: usize,
+    /// Markers looked at.
+    pub examined: usize,
+    /// Rows that could not be captured (e.g. a NaN): their markers stay and
+    /// are retried by the next capture, after the row is fixed.
+    pub rejected: Vec<Error>,
+}
+
+/// Diff one row against its shadow. `None` when nothing changed.
+pub(crate) fn diff(
+    spec: &TableSpec,
+    current: Option<&[Value]>,
+    shadow: Option<&RowState>,
+) -> Option<(Op, Vec<(String, Value)>)> {
+    let live_shadow = shadow.filter(|s| s.is_live());
+    match (current, live_shadow) {
+        (None, None) => None,
+        (None, Some(_)) => Some((Op::Delete, Vec::new())),
+        (Some(row), None) => Some((
+            Op::Insert,
+            spec.columns
+                .iter()
+                .map(|c| c.name.clone())
+                .zip(row.iter().cloned())
+                .collect(),
+        )),
+        (Some(row), Some(s)) => {
+            let changed: Vec<(String, Value)> = spec
+                .columns
+                .iter()
+                .zip(row)
+                .filter(|(c, v)| s.vals.get(&c.name).is_none_or(|old| !same_value(old, v)))
+                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .collect();
+            (!changed.is_empty()).then_some((Op::Update, changed))
+        }
+    }
+}
+
+/// Seal up to `limit` markers of one table (skipping `offset` rejected ones):
+/// append their changes to the outbox, save the shadows, delete the markers
+/// that were not rewritten meanwhile.
+pub(crate) async fn seal_table(
+    tx: &DatabaseTransaction,
+    table: &dyn TableHandle,
+    state: &mut SealState,
+    round: Round,
+    report: &mut CaptureReport,
+) -> Result<Sealed> {
+    let spec = table.spec();
+    let markers = table.markers(tx, round.limit, round.offset).await?;
+    if markers.is_empty() {
+        return Ok(Sealed::default());
+    }
+    let pks: Vec<Vec<Value>> = markers.iter().map(|m| m.pk.clone()).collect();
+    let keys: Vec<String> = pks.iter().map(|p| pk_key(p)).collect::<Result<_>>()?;
+    let mut current: HashMap<String, Vec<Value>> = HashMap::new();
+    for (pk, vals) in table.rows(tx, &pks).await? {
+        current.insert(pk_key(&pk)?, vals);
+    }
+    let shadows = rows::load_states(tx, ROWS, &spec.name, &keys).await?;
+    let batch = seal_markers(spec, state, round.phase, &markers, &keys, &current, shadows, report)?;
+    write_sealed(tx, spec, &batch).await?;
+    report.captured += batch.changes.len();
+    Ok(Sealed {
+        read: markers.len(),
+        kept: batch.kept,
+    })
+}
+
+/// What sealing a page of markers produced.
+#[derive(Default)]
+struct SealedBatch {
+    /// The new changes, in outbox order.
+    changes: Vec<Change>,
+    /// The shadows after them, by key.
+    shadows: Vec<(String, RowState)>,
+    /// Markers to delete: key values and the version read.
+    markers: Vec<ValueTuple>,
+    /// Markers left in place (rejected, or waiting for the other phase).
+    kept: usize,
+}
+
+/// Diff each marked row against its shadow into a change. Markers are
+/// keyed by row, so each row is sealed once: its row and shadow are taken
+/// out of the maps, not copied.
+#[allow(clippy::too_many_arguments)]
+fn seal_markers(
+    spec: &TableSpec,
+    state: &mut SealState,
+    phase: Phase,
+    markers: &[Marker],
+    keys: &[String],
+    current: &HashMap<String, Vec<Value>>,
+    mut shadows: HashMap<String, RowState>,
+    report: &mut CaptureReport,
+) -> Result<SealedBatch> {
+    let mut out = SealedBatch::default();
+    for (marker, key) in markers.iter().zip(keys) {
+        report.examined += 1;
+        let row = current.get(key).map(Vec::as_slice);
+        let shadow = shadows.remove(key);
+        let diffed = diff(spec, row, shadow.as_ref());
+        let deferred = matches!(
+            (&diffed, phase),
+            (Some((Op::Delete, _)), Phase::Upserts)
+                | (Some((Op::Insert | Op::Update, _)), Phase::Deletes)
+        );
+        let rejected = row.and_then(|row| {
+            spec.columns
+                .iter()
+                .zip(row)
+                .find_map(|(c, v)| check_value(&spec.name, &c.name, Some(&c.ty), v, None).err())
+        });
+        if deferred || rejected.is_some() {
+            report.rejected.extend(rejected.filter(|_| !deferred));
+            out.kept += 1;
+            continue;
+        }
+        let mut tuple = marker.pk.clone();
+        tuple.push(Value::BigInt(Some(marker.ver)));
+        out.markers.push(ValueTuple::Many(tuple));
+        let Some((op, columns)) = diffed else {
+            continue;
+        };
+        let change = state.change(spec, marker, op, columns, shadow.as_ref());
+        let next = match shadow {
+            Some(mut next) => {
+                next.apply(&change);
+                next
+            }
+            None => RowState::of_change(change.clone()),
+        };
+        out.shadows.push((key.clone(), next));
+        out.changes.push(change);
+    }
+    Ok(out)
+}
+
+/// Write a sealed batch: the outbox (while the statements that save the
+/// shadows are built), the shadows, then delete the sealed markers, only
+/// those whose version is unchanged: a write that committed after the row
+/// was read bumped `ver` and keeps its marker.
+async fn write_sealed(tx: &DatabaseTransaction, spec: &TableSpec, batch: &SealedBatch) -> Result<()> {
+    if !batch.changes.is_empty() {
+        let kind = tx.get_database_backend();
+        let rows = batch
+            .changes
+            .iter()
+            .map(|c| Ok((vec![db_sequence(c.id.seq)?.into()], c)))
+            .collect::<Result<Vec<_>>>()?;
+        let inserts: Vec<_> = OUTBOX.inserts(rows)?.iter().map(|q| kind.build(q)).collect();
+        let saves = execute_while(tx, inserts, || {
+            let states: Vec<_> = batch
+                .shadows
+                .iter()
+                .map(|(k, s)| (k.as_str(), s, None))
+                .collect();
+            rows::state_statements(ROWS, &spec.name, &states)
+        })
+        .await?;
+        for q in saves {
+            tx.execute(&q).await?;
+        }
+    }
+    if !batch.markers.is_empty() {
+        let mut cols: Vec<SimpleExpr> = spec
+            .pk
+            .iter()
+            .map(|c| Expr::col(Alias::new(&c.name)))
+            .collect();
+        cols.push(Expr::col(Alias::new("ver")));
+        let del = Query::delete()
+            .from_table(Alias::new(dirty_table(&spec.name)))
+            .and_where(Expr::tuple(cols).in_tuples(batch.markers.clone()))
+            .to_owned();
+        tx.execute(&del).await?;
+    }
+    Ok(())
+}
+
+/// Which markers one [`seal_table`] call reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Round {
+    /// The changes it emits.
+    pub(crate) phase: Phase,
+    /// At most this many markers.
+    pub(crate) limit: u64,
+    /// After skipping this many (kept by earlier calls of the pass).
+    pub(crate) offset: u64,
+}
+
+/// Capture every pending marker of `tables` inside `tx`, in batches of
+/// `BATCH` markers, phase by phase (see [`phases`]).
+pub(crate) async fn seal_all(
+    tx: &DatabaseTransaction,
+    tables: &[Arc<dyn TableHandle>],
+    state: &mut SealState,
+    report: &mut CaptureReport,
+) -> Result<()> {
+    // A table without any marker in the first phase has none to delete.
+    let mut unmarked = Vec::new();
+    for (phase, table) in phases(tables) {
+        let name = &table.spec().name;
+        if phase == Phase::Deletes && unmarked.contains(&name) {
+            continue;
+        }
+        let mut offset = 0u64;
+        loop {
+            let round = Round {
+                phase,
+                limit: BATCH,
+                offset,
+            };
+            let sealed = seal_table(tx, table.as_ref(), state, round, report).await?;
+            if offset == 0 && sealed.read == 0 {
+                unmarked.push(name);
+            }
+            offset += sealed.kept as u64;
+            if sealed.done() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many markers one capture transaction seals.
+pub(crate) const BATCH: u64 = 500;
+
+/// Which changes a sealing round emits. A capture pass seals inserts and
+/// updates table by table in registration order (parents first), then
+/// deletes in reverse order (children first), so the outbox order satisfies
+/// foreign keys between synced tables whatever the batch boundaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Inserts and updates; delete markers wait.
+    Upserts,
+    /// Deletes; other markers wait for the next pass.
+    Deletes,
+}
+
+/// What one [`seal_table`] call did with the markers it read.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sealed {
+    /// Markers read.
+    pub(crate) read: usize,
+    /// Markers left in place (rejected, or waiting for the other phase).
+    pub(crate) kept: usize,
+}
+
+impl Sealed {
+    /// Whether the table has no more markers for this pass: fewer than a
+    /// batch were read, or every one read was kept.
+    pub(crate) fn done(&self) -> bool {
+        self.read < BATCH as usize || self.read == self.kept
+    }
+}
+
+/// The (phase, table) rounds of a capture pass, in the order that keeps
+/// foreign keys satisfied.
+pub(crate) fn phases(
+    tables: &[Arc<dyn TableHandle>],
+) -> impl Iterator<Item = (Phase, &Arc<dyn TableHandle>)> {
+    tables
+        .iter()
+        .map(|t| (Phase::Upserts, t))
+        .chain(tables.iter().rev().map(|t| (Phase::Deletes, t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::ColumnSpec;
+    use crate::model::syncable::ConflictPolicy;
+    use crate::replica::entity::RowImage;
+    use sea_orm::sea_query::ColumnType;
+
+    fn spec() -> TableSpec {
+        let c = |n: &str| ColumnSpec {
+            name: n.into(),
+            ty: ColumnType::Text,
+            nullable: true,
+        };
+        TableSpec {
+            name: "t".into(),
+            pk: vec![c("id")],
+            columns: vec![c("id"), c("a"), c("b")],
+            local_only: vec![],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::String(Some(v.into()))
+    }
+
+    fn shadow(vals: &[(&str, Value)], deleted: bool) -> RowState {
+        let t = |p| crate::model::clock::Hlc {
+            physical: p,
+            ..Default::default()
+        };
+        RowState {
+            vals: vals
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            clocks: vals.iter().map(|(k, _)| (k.to_string(), t(1))).collect(),
+            deleted_at: deleted.then(|| t(2)),
+        }
+    }
+
+    #[test]
+    fn new_row_is_an_insert_of_every_column() {
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), Value::String(None)]), None).unwrap();
+        assert_eq!(op, Op::Insert);
+        assert_eq!(cols.len(), 3);
+    }
+
+    #[test]
+    fn update_lists_only_changed_columns() {
+        let sh = shadow(&[("id", s("1")), ("a", s("x")), ("b", s("y"))], false);
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("z")]), Some(&sh)).unwrap();
+        assert_eq!(op, Op::Update);
+        assert_eq!(cols, vec![("b".to_string(), s("z"))]);
+        assert!(diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&sh)).is_none());
+    }
+
+    #[test]
+    fn missing_row_with_live_shadow_is_a_delete() {
+        let sh = shadow(&[("id", s("1"))], false);
+        assert_eq!(diff(&spec(), None, Some(&sh)).unwrap().0, Op::Delete);
+        let gone = shadow(&[("id", s("1"))], true);
+        assert!(diff(&spec(), None, Some(&gone)).is_none());
+        assert!(diff(&spec(), None, None).is_none());
+    }
+
+    #[test]
+    fn row_back_after_delete_is_an_insert() {
+        let gone = shadow(&[("id", s("1")), ("a", s("x"))], true);
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&gone)).unwrap();
+        assert_eq!(op, Op::Insert);
+        assert_eq!(cols.len(), 3);
+    }
+
+    /// A table known by its spec only: enough for [`phases`].
+    struct Named(TableSpec);
+
+    #[async_trait::async_trait]
+    impl TableHandle for Named {
+        fn spec(&self) -> &TableSpec {
+            &self.0
+        }
+        async fn markers(&self, _: &DatabaseTransaction, _: u64, _: u64) -> Result<Vec<Marker>> {
+            unreachable!("not read in these tests")
+        }
+        async fn rows(&self, _: &DatabaseTransaction, _: &[Vec<Value>]) -> Result<Vec<RowImage>> {
+            unreachable!("not read in these tests")
+        }
+        async fn scan(&self, _: &DatabaseTransaction, _: u64, _: u64) -> Result<Vec<RowImage>> {
+            unreachable!("not read in these tests")
+        }
+    }
+
+    #[test]
+    fn upserts_are_sealed_parents_first_and_deletes_children_first() {
+        let tables: Vec<Arc<dyn TableHandle>> = ["parent", "child", "grandchild"]
+            .into_iter()
+            .map(|n| {
+                Arc::new(Named(TableSpec {
+                    name: n.into(),
+                    ..spec()
+                })) as Arc<dyn TableHandle>
+            })
+            .collect();
+        let rounds: Vec<(Phase, &str)> = phases(&tables)
+            .map(|(p, t)| (p, t.spec().name.as_str()))
+            .collect();
+        assert_eq!(
+            rounds,
+            [
+                (Phase::Upserts, "parent"),
+                (Phase::Upserts, "child"),
+                (Phase::Upserts, "grandchild"),
+                (Phase::Deletes, "grandchild"),
+                (Phase::Deletes, "child"),
+                (Phase::Deletes, "parent"),
+            ]
+        );
+        assert_eq!(phases(&[]).count(), 0);
+    }
+}
+

@@ -1,0 +1,293 @@
+//! Layer 4, the replica: the local database of one device, with its synced
+//! tables registered, capture installed, and the outbox of captured
+//! changes.
+//!
+//! - [`tables`]: the replica's own tables, named and created;
+//! - [`entity`]: reading a `Syncable` entity's markers and rows;
+//! - [`capture`]: markers into changes in the outbox;
+//! - [`outbox`]: reading, acknowledging and parking outbox changes;
+//! - [`incoming`]: applying pulled changes and snapshot rows;
+//! - [`conflicts`]: conflicts held for a decision, and their resolution;
+//! - [`reconcile`]: finding writes made behind tidesync's back;
+//! - [`parked`]: what could not be applied or read, kept with the reason.
+
+pub(crate) mod capture;
+pub(crate) mod conflicts;
+pub(crate) mod entity;
+pub(crate) mod incoming;
+pub(crate) mod outbox;
+pub(crate) mod parked;
+pub(crate) mod reconcile;
+pub(crate) mod tables;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, TransactionTrait};
+
+use capture::{BATCH, CaptureReport, Round, SealState, phases, seal_table};
+use entity::{EntityTable, TableHandle};
+use incoming::{ApplyReport, Delta, PageMeta};
+use tables::{LOCAL_META, OUTBOX, ROWS};
+use crate::model::change::TableSpec;
+use crate::model::clock::NodeId;
+use crate::model::conflict::Resolver;
+use crate::model::error::{Error, Result};
+use crate::model::syncable::{ConflictPolicy, Syncable};
+use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling};
+use crate::store::tables::ensure_table;
+
+pub use entity::{create_table, table_spec};
+
+/// Builds a [`Replica`]: register the synced entities, then
+/// [`open`](ReplicaBuilder::open).
+///
+/// Register parent tables before the tables that reference them: that order
+/// is the order in which changes are applied elsewhere.
+pub struct ReplicaBuilder {
+    db: DatabaseConnection,
+    tables: Vec<Arc<dyn TableHandle>>,
+    resolvers: HashMap<String, Arc<dyn Resolver>>,
+    create_tables: bool,
+    errors: Vec<String>,
+}
+
+impl ReplicaBuilder {
+    /// Create the registered tables when they are missing (and add nullable
+    /// columns a newer entity has), with [`crate::create_table`]'s column
+    /// types. Off by default: most applications create their tables with
+    /// their own migrations.
+    pub fn create_tables(mut self) -> Self {
+        self.create_tables = true;
+        self
+    }
+
+    /// Register a `Syncable` entity.
+    pub fn register<E>(mut self) -> Self
+    where
+        E: Syncable,
+        E::Model: Sync,
+    {
+        let table = EntityTable::<E>::new();
+        let spec = table.spec();
+        if spec.pk.is_empty() {
+            self.errors
+                .push(format!("table `{}` has no primary key", spec.name));
+        }
+        if self.tables.iter().any(|t| t.spec().name == spec.name) {
+            self.errors
+                .push(format!("table `{}` is registered twice", spec.name));
+        }
+        self.tables.push(Arc::new(table));
+        self
+    }
+
+    /// Settle the conflicts of an entity registered before with `resolver`
+    /// (its policy becomes [`ConflictPolicy::Custom`]): a concurrent edit of
+    /// the same column is held back like under `manual`, then settled on
+    /// this replica by the resolver; a `None` answer leaves it for the user.
+    pub fn resolver<E>(mut self, resolver: impl Resolver + 'static) -> Self
+    where
+        E: Syncable,
+        E::Model: Sync,
+    {
+        let table = EntityTable::<E>::new().with_policy(ConflictPolicy::Custom);
+        let name = table.spec().name.clone();
+        match self.tables.iter_mut().find(|t| t.spec().name == name) {
+            Some(slot) => {
+                *slot = Arc::new(table);
+                self.resolvers.insert(name, Arc::new(resolver));
+            }
+            None => self
+                .errors
+                .push(format!("resolver for `{name}`, which is not registered")),
+        }
+        self
+    }
+
+    /// Create the sync metadata and capture triggers (idempotent: opening
+    /// the same database again changes nothing), then return the replica.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad registration, [`Error::SchemaVersion`]
+    /// when the metadata was written by a newer release, or the database's
+    /// error.
+    pub async fn open(self) -> Result<Replica> {
+        if !self.errors.is_empty() {
+            return Err(Error::Config(self.errors.join("; ")));
+        }
+        let db = self.db;
+        tables::install_metadata(&db).await?;
+        let node_id = NodeId::random().to_string();
+        for (key, value) in [("node_id", node_id.as_str()), ("next_seq", "1"), ("hlc", "")] {
+            LOCAL_META.insert_if_missing(&db, key, value).await?;
+        }
+        let node: NodeId = LOCAL_META.require(&db, "node_id").await?.parse()?;
+        for t in &self.tables {
+            if self.create_tables {
+                ensure_table(&db, t.spec()).await?;
+            }
+            tables::install_table(&db, t.spec()).await?;
+        }
+        Ok(Replica {
+            db,
+            tables: self.tables,
+            resolvers: self.resolvers,
+            node,
+            written: 0.into(),
+        })
+    }
+}
+
+/// The local database of one device.
+///
+/// Every write to a registered table (through SeaORM or not) leaves a dirty
+/// marker; [`capture`](Replica::capture) turns markers into typed
+/// [`Change`]s in the outbox, ready to push.
+///
+/// ```no_run
+/// # async fn demo(db: sea_orm::DatabaseConnection) -> sync_core::Result<()> {
+/// # use sea_orm::entity::prelude::*;
+/// # mod contacts { use sea_orm::entity::prelude::*;
+/// #   #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+/// #   #[sea_orm(table_name = "contacts")]
+/// #   pub struct Model { #[sea_orm(primary_key, auto_increment = false)] pub id: Uuid, pub name: String }
+/// #   #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)] pub enum Relation {}
+/// #   impl ActiveModelBehavior for ActiveModel {}
+/// #   impl sync_core::Syncable for Entity {}
+/// # }
+/// let replica = sync_core::Replica::builder(db)
+///     .register::<contacts::Entity>()
+///     .open()
+///     .await?;
+/// let report = replica.capture().await?;
+/// println!("{} changes ready to push", report.captured);
+/// # Ok(()) }
+/// ```
+pub struct Replica {
+    db: DatabaseConnection,
+    tables: Vec<Arc<dyn TableHandle>>,
+    resolvers: HashMap<String, Arc<dyn Resolver>>,
+    node: NodeId,
+    /// Rows whose state this process wrote (captured or pulled), for
+    /// [`Replica::wrote`].
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("node", &self.node)
+            .field(
+                "tables",
+                &self
+                    .tables
+                    .iter()
+                    .map(|t| &t.spec().name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Start building a replica over the application's own connection.
+    pub fn builder(db: DatabaseConnection) -> ReplicaBuilder {
+        ReplicaBuilder {
+            db,
+            tables: Vec::new(),
+            resolvers: HashMap::new(),
+            create_tables: false,
+            errors: Vec::new(),
+        }
+    }
+
+    /// This device's node id (created on first open, then stable).
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The local connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub(crate) fn handles(&self) -> &[Arc<dyn TableHandle>] {
+        &self.tables
+    }
+
+    /// Count `n` more row states written; at every doubling, fresh
+    /// statistics for the replica's tables (PostgreSQL, see
+    /// the store's `analyze`).
+    pub(crate) async fn wrote(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let before = self.written.fetch_add(n, Ordering::Relaxed);
+        if crossed_doubling(before, before.saturating_add(n)) {
+            let mut tables: Vec<(&str, &[&str])> = vec![(ROWS, STATE_KEYS), (OUTBOX.name, &[])];
+            tables.extend(
+                self.tables
+                    .iter()
+                    .map(|t| (t.spec().name.as_str(), &[][..])),
+            );
+            analyze(&self.db, &tables).await;
+        }
+    }
+
+    pub(crate) fn resolver_for(&self, table: &str) -> Option<&Arc<dyn Resolver>> {
+        self.resolvers.get(table)
+    }
+
+    /// The registered tables, in registration order.
+    pub fn tables(&self) -> impl Iterator<Item = &TableSpec> {
+        self.tables.iter().map(|t| t.spec())
+    }
+
+    /// Turn every pending dirty marker into a change in the outbox, in
+    /// batches of one transaction each.
+    ///
+    /// A row whose values cannot be captured (a NaN, a string over its
+    /// column's length) is listed in [`CaptureReport::rejected`] and its
+    /// marker stays, so it is captured once the row is fixed.
+    pub async fn capture(&self) -> Result<CaptureReport> {
+        let mut report = CaptureReport::default();
+        for (phase, table) in phases(&self.tables) {
+            let mut skip = 0u64;
+            loop {
+                let tx = self.db.begin().await?;
+                let mut state = SealState::lock_and_load(&tx, self.node).await?;
+                let round = Round {
+                    phase,
+                    limit: BATCH,
+                    offset: skip,
+                };
+                let sealed = seal_table(&tx, table.as_ref(), &mut state, round, &mut report).await?;
+                state.save(&tx).await?;
+                tx.commit().await?;
+                self.wrote((sealed.read - sealed.kept) as u64).await;
+                skip += sealed.kept as u64;
+                if sealed.done() {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Apply a page of remote deltas, storing and removing `meta` in its
+    /// transaction; counts the rows written (see [`Replica::wrote`]).
+    pub(crate) async fn apply_page(&self, deltas: Vec<Delta>, meta: PageMeta<'_>) -> Result<ApplyReport> {
+        let report = incoming::apply_page(&self.db, &self.tables, self.node, deltas, meta).await?;
+        self.wrote(report.applied as u64).await;
+        Ok(report)
+    }
+
+    /// A value of the replica's metadata (`cursor:<hub id>`, ...).
+    pub(crate) async fn meta(&self, key: &str) -> Result<Option<String>> {
+        LOCAL_META.read(&self.db, key).await
+    }
+
+    /// Store a value of the replica's metadata.
+    pub(crate) async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        LOCAL_META.upsert(&self.db, key, value).await
+    }
+}

@@ -1,0 +1,205 @@
+//! One codec for stored changes: the replica's outbox and the hub's log
+//! store a change in the same columns, after ids of their own.
+
+use sea_orm::QueryResult;
+use sea_orm::sea_query::{Alias, InsertStatement, Query, SelectStatement, SimpleExpr};
+
+use crate::model::change::{Change, ChangeId, Op};
+use crate::model::error::{Error, Result};
+use crate::model::protocol::{Cursor, Unreadable};
+use crate::model::value::approx_size;
+use crate::store::write::batched;
+
+/// The columns a change is stored in, after the ids of its table.
+pub(crate) const STORED_COLUMNS: [&str; 6] = ["tbl", "pk", "op", "payload", "hlc", "base"];
+
+/// A table of stored changes: its name and the id columns before the
+/// change's own ([`STORED_COLUMNS`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChangeTable {
+    /// Table name.
+    pub(crate) name: &'static str,
+    /// The id columns, in the order rows give their values.
+    pub(crate) ids: &'static [&'static str],
+}
+
+impl ChangeTable {
+    /// Every column: the ids, then the change's.
+    pub(crate) fn columns(self) -> impl Iterator<Item = Alias> {
+        self.ids.iter().copied().chain(STORED_COLUMNS).map(Alias::new)
+    }
+
+    /// A select of every column, to decode with [`decode`].
+    pub(crate) fn select(self) -> SelectStatement {
+        Query::select()
+            .columns(self.columns())
+            .from(Alias::new(self.name))
+            .to_owned()
+    }
+
+    /// An insert into every column, without rows.
+    pub(crate) fn insert(self) -> InsertStatement {
+        Query::insert()
+            .into_table(Alias::new(self.name))
+            .columns(self.columns())
+            .to_owned()
+    }
+
+    /// The values of a row: `ids` (one per id column), then the change's.
+    pub(crate) fn row(self, ids: Vec<SimpleExpr>, change: &Change) -> Result<Vec<SimpleExpr>> {
+        debug_assert_eq!(ids.len(), self.ids.len());
+        let mut row = ids;
+        row.extend(stored_values(change)?);
+        Ok(row)
+    }
+
+    /// Multi-row inserts of these changes, each with its ids, bounded in
+    /// rows and bytes.
+    pub(crate) fn inserts<'c>(
+        self,
+        rows: impl IntoIterator<Item = (Vec<SimpleExpr>, &'c Change)>,
+    ) -> Result<Vec<InsertStatement>> {
+        let mut sized = Vec::new();
+        for (ids, change) in rows {
+            let size = change.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>() + 200;
+            sized.push((self.row(ids, change)?, size));
+        }
+        Ok(batched(&self.insert(), sized))
+    }
+}
+
+/// The values of [`STORED_COLUMNS`] for a change.
+fn stored_values(change: &Change) -> Result<[SimpleExpr; 6]> {
+    let base: Option<String> = if change.base.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(&change.base)?)
+    };
+    Ok([
+        change.table.clone().into(),
+        serde_json::to_string(&change.pk)?.into(),
+        change.op.as_str().into(),
+        serde_json::to_string(&change.columns)?.into(),
+        change.hlc.to_string().into(),
+        base.into(),
+    ])
+}
+
+/// Read back a change stored by [`ChangeTable::row`], under the id its
+/// table's id columns give.
+///
+/// # Errors
+/// [`Error::Payload`] or [`Error::Corrupt`] for a malformed row.
+pub(crate) fn decode(id: ChangeId, r: &QueryResult) -> Result<Change> {
+    let op: String = r.try_get("", "op")?;
+    let pk: String = r.try_get("", "pk")?;
+    let payload: String = r.try_get("", "payload")?;
+    let hlc: String = r.try_get("", "hlc")?;
+    let base: Option<String> = r.try_get("", "base")?;
+    Ok(Change {
+        id,
+        table: r.try_get("", "tbl")?,
+        pk: serde_json::from_str(&pk)?,
+        op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
+        columns: serde_json::from_str(&payload)?,
+        hlc: hlc.parse()?,
+        base: base
+            .map(|b| serde_json::from_str(&b))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+/// A stored change that [`decode`] refused, at `position`, as much of it
+/// as can be read, for the caller to halt at or park.
+pub(crate) fn unreadable(r: &QueryResult, position: u64, reason: String) -> Unreadable {
+    Unreadable {
+        position: Cursor(position),
+        table: r.try_get("", "tbl").unwrap_or_default(),
+        raw: r.try_get("", "payload").unwrap_or_default(),
+        reason,
+    }
+}
+
+/// A sequence number read from column `column`.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a negative one.
+pub(crate) fn sequence(r: &QueryResult, column: &str) -> Result<u64> {
+    let seq: i64 = r.try_get("", column)?;
+    u64::try_from(seq).map_err(|_| Error::Corrupt(format!("negative sequence {seq} in `{column}`")))
+}
+
+/// A sequence number as the databases' signed 64-bit integers hold it.
+///
+/// # Errors
+/// [`Error::Corrupt`] beyond `i64::MAX`.
+pub(crate) fn db_sequence(seq: u64) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| Error::Corrupt(format!("sequence {seq} overflows")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::clock::{Hlc, NodeId};
+    use sea_orm::Value;
+    use sea_orm::sea_query::SqliteQueryBuilder;
+
+    const LOG: ChangeTable = ChangeTable {
+        name: "log",
+        ids: &["n", "who"],
+    };
+
+    fn change(seq: u64) -> Change {
+        let node = NodeId([0x11; 16]);
+        Change {
+            id: ChangeId { origin: node, seq },
+            table: "t".into(),
+            pk: vec![("id".into(), Value::String(Some("1".into())))],
+            op: Op::Update,
+            columns: vec![("a".into(), Value::String(Some("x".into())))],
+            hlc: Hlc {
+                physical: 0x10,
+                logical: 2,
+                node,
+            },
+            base: vec![],
+        }
+    }
+
+    #[test]
+    fn a_change_is_stored_after_its_ids() {
+        let mut q = LOG.insert();
+        q.values_panic(LOG.row(vec![7.into(), "me".into()], &change(7)).unwrap());
+        assert_eq!(
+            q.to_string(SqliteQueryBuilder),
+            format!(
+                r#"INSERT INTO "log" ("n", "who", "tbl", "pk", "op", "payload", "hlc", "base") VALUES (7, 'me', 't', '[["id",{{"String":"1"}}]]', 'update', '[["a",{{"String":"x"}}]]', '0000000000000010-00000002-{}', NULL)"#,
+                "11".repeat(16)
+            )
+        );
+        assert_eq!(
+            LOG.select().to_string(SqliteQueryBuilder),
+            r#"SELECT "n", "who", "tbl", "pk", "op", "payload", "hlc", "base" FROM "log""#
+        );
+    }
+
+    #[test]
+    fn inserts_keep_the_order_of_the_changes() {
+        let changes: Vec<Change> = (1..=3).map(change).collect();
+        let qs = LOG
+            .inserts(changes.iter().map(|c| (vec![(c.id.seq as i64).into(), "me".into()], c)))
+            .unwrap();
+        assert_eq!(qs.len(), 1);
+        let sql = qs[0].to_string(SqliteQueryBuilder);
+        let at = |n: &str| sql.find(&format!("({n}, 'me'")).unwrap();
+        assert!(at("1") < at("2") && at("2") < at("3"), "{sql}");
+        assert!(LOG.inserts(std::iter::empty()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_sequence_beyond_the_databases_integers_is_refused() {
+        assert_eq!(db_sequence(i64::MAX as u64).unwrap(), i64::MAX);
+        assert!(matches!(db_sequence(i64::MAX as u64 + 1), Err(Error::Corrupt(_))));
+    }
+}

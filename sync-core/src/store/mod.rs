@@ -1,0 +1,20 @@
+//! Layer 3, the store: how tidesync keeps its data in a SQL database,
+//! shared by the replica and the hub.
+//!
+//! - [`rows`]: row states (values and per-column clocks) in a row-state
+//!   table: the replica's shadows and the hub's states;
+//! - [`write`]: batched writes of rows into the users' tables;
+//! - [`tables`]: the users' tables as tidesync creates them;
+//! - [`meta`]: key/value metadata tables;
+//! - [`codec`]: stored changes, for the outbox and the hub log alike;
+//! - [`stats`]: planner help.
+//!
+//! The store names no table of its own: the replica and the hub own their
+//! tables and pass their names in.
+
+pub(crate) mod codec;
+pub(crate) mod meta;
+pub(crate) mod rows;
+pub(crate) mod stats;
+pub(crate) mod tables;
+pub(crate) mod write;

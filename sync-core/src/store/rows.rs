@@ -1,0 +1,559 @@
+//! Row states in a database table: the local shadows (`_tidesync_rows`) and
+//! the hub's row metadata use the same layout and the same code.
+//!
+//! Layout: `tbl`, `pk` (canonical key text), `vals` (typed JSON map),
+//! `clocks` (see [`encode_clocks`]), `deleted_at` (clock text or NULL) and `live` (derived, for
+//! queries); primary key `(tbl, pk)`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sea_orm::sea_query::{
+    Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Query, StringLen, Table,
+    TableCreateStatement,
+};
+use sea_orm::ConnectionTrait;
+
+use crate::dialect::{self, Dialect};
+use crate::model::clock::Hlc;
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::store::write::batched;
+
+/// DDL of a row-state table named `name`.
+pub(crate) fn row_state_table(d: &dyn Dialect, name: &str) -> TableCreateStatement {
+    let col = |n: &str, ty: ColumnType| {
+        let mut c = ColumnDef::new_with_type(Alias::new(n), ty);
+        c.not_null();
+        c
+    };
+    Table::create()
+        .table(Alias::new(name))
+        .if_not_exists()
+        .col(col("tbl", ColumnType::String(StringLen::N(64))))
+        .col(col("pk", ColumnType::String(StringLen::N(700))))
+        .col(col("vals", d.long_text()))
+        .col(col("clocks", d.long_text()))
+        .col(
+            ColumnDef::new_with_type(
+                Alias::new("deleted_at"),
+                ColumnType::String(StringLen::N(64)),
+            )
+            .null(),
+        )
+        .col(col("live", ColumnType::Boolean))
+        .primary_key(Index::create().col(Alias::new("tbl")).col(Alias::new("pk")))
+        .to_owned()
+}
+
+/// Load the states of `keys` of `table` from the row-state table `store`.
+/// Keys without a state are absent from the map. As [`load_stored`], it
+/// expects [`custom_plans`](crate::store::stats::custom_plans) in its transaction on PostgreSQL.
+///
+/// For a store whose states may take values from a log entry (the hub's),
+/// use [`load_stored`] and [`StoredState::fill`].
+pub(crate) async fn load_states<C: ConnectionTrait>(
+    db: &C,
+    store: &str,
+    table: &str,
+    keys: &[String],
+) -> Result<HashMap<String, RowState>> {
+    load_stored(db, store, table, keys)
+        .await?
+        .into_iter()
+        .map(|(k, s)| Ok((k, s.fill(None)?.0)))
+        .collect()
+}
+
+/// Load the states of `keys` of `table` as stored, before the values they
+/// take from a log entry are filled in.
+///
+/// On PostgreSQL, run [`custom_plans`](crate::store::stats::custom_plans) once in the transaction first: the
+/// lookup relies on a plan made for its own keys.
+pub(crate) async fn load_stored<C: ConnectionTrait>(
+    db: &C,
+    store: &str,
+    table: &str,
+    keys: &[String],
+) -> Result<HashMap<String, StoredState>> {
+    let mut out = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(500) {
+        let q = Query::select()
+            .columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+            .from(Alias::new(store))
+            .and_where(Expr::col(Alias::new("tbl")).eq(table))
+            .and_where(dialect::of_db(db)?.key_in(chunk)?)
+            .to_owned();
+        for r in db.query_all(&q).await? {
+            let key: String = r.try_get("", "pk")?;
+            out.insert(key, StoredState::decode(&r)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A row state as stored: the values it holds itself, and the log entry
+/// (by hub sequence) the others come from.
+///
+/// A hub's state would otherwise repeat the values of the log entry that
+/// wrote them (for a row written by one insert, every value): it keeps, in
+/// `vals` under the key `""` (no column has an empty name), the sequence of
+/// one entry of the log, and only the values that entry does not hold.
+/// Replicas' states hold every value.
+#[derive(Debug)]
+pub(crate) struct StoredState {
+    vals: BTreeMap<String, sea_orm::Value>,
+    clocks: String,
+    deleted_at: Option<Hlc>,
+    /// The log entry the values not in `vals` come from.
+    pub(crate) reference: Option<u64>,
+}
+
+/// The columns a state takes from its log entry, each with its clock: what
+/// a hub needs to tell whether they still hold that entry's values when it
+/// saves the state again (see [`Referral`]).
+pub(crate) type Referred = (u64, Vec<(String, Hlc)>);
+
+impl StoredState {
+    /// Decode the `vals`, `clocks` and `deleted_at` columns of a row.
+    pub(crate) fn decode(r: &sea_orm::QueryResult) -> Result<StoredState> {
+        let vals: String = r.try_get("", "vals")?;
+        let clocks: String = r.try_get("", "clocks")?;
+        let deleted_at: Option<String> = r.try_get("", "deleted_at")?;
+        let mut vals: BTreeMap<String, sea_orm::Value> = serde_json::from_str(&vals)?;
+        let reference = match vals.remove(SHARED) {
+            None => None,
+            Some(sea_orm::Value::BigInt(Some(seq))) if seq > 0 => Some(seq as u64),
+            Some(v) => {
+                return Err(Error::Corrupt(format!(
+                    "row state refers to log entry {v:?}"
+                )));
+            }
+        };
+        Ok(StoredState {
+            vals,
+            clocks,
+            deleted_at: deleted_at.map(|d| d.parse()).transpose()?,
+            reference,
+        })
+    }
+
+    /// The full state, given the columns of the log entry it refers to (if
+    /// it refers to one; they are moved in, not copied), and what it took
+    /// from that entry.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the state refers to an entry and
+    /// `entry` is `None` (the entry is missing).
+    pub(crate) fn fill(
+        self,
+        entry: Option<Vec<(String, sea_orm::Value)>>,
+    ) -> Result<(RowState, Option<Referred>)> {
+        let StoredState {
+            mut vals,
+            clocks,
+            deleted_at,
+            reference,
+        } = self;
+        let mut taken = Vec::new();
+        if let Some(seq) = reference {
+            let entry = entry.ok_or_else(|| {
+                Error::Corrupt(format!("row state refers to a missing log entry {seq}"))
+            })?;
+            for (c, v) in entry {
+                if let std::collections::btree_map::Entry::Vacant(e) = vals.entry(c) {
+                    taken.push(e.key().clone());
+                    e.insert(v);
+                }
+            }
+        }
+        let clocks = decode_clocks(&clocks, &vals)?;
+        let referred = match reference {
+            Some(seq) => {
+                let mut cols = Vec::with_capacity(taken.len());
+                for c in taken {
+                    let h = *clocks.get(&c).ok_or_else(|| {
+                        Error::Corrupt(format!("row state without a clock for `{c}`"))
+                    })?;
+                    cols.push((c, h));
+                }
+                Some((seq, cols))
+            }
+            None => None,
+        };
+        Ok((
+            RowState {
+                vals,
+                clocks,
+                deleted_at,
+            },
+            referred,
+        ))
+    }
+}
+
+/// The key under which [`encode_clocks`] stores the clock most columns share
+/// (no column has an empty name).
+const SHARED: &str = "";
+
+/// Encode a row's column clocks: the clock most columns share once, under
+/// the key `""`, and only the columns whose clock differs. A row written by
+/// one insert stores one clock instead of one per column.
+pub(crate) fn encode_clocks(
+    clocks: &BTreeMap<String, Hlc>,
+    vals: &BTreeMap<String, sea_orm::Value>,
+) -> Result<String> {
+    // The most common clock among columns that have a value (sorted, so
+    // equal clocks are neighbours; ties go to the earliest clock).
+    let mut with_value: Vec<Hlc> = clocks
+        .iter()
+        .filter(|(c, _)| vals.contains_key(*c))
+        .map(|(_, h)| *h)
+        .collect();
+    with_value.sort_unstable();
+    let mut shared: Option<(Hlc, usize)> = None;
+    for run in with_value.chunk_by(|a, b| a == b) {
+        if shared.is_none_or(|(_, best)| run.len() > best) {
+            shared = Some((run[0], run.len()));
+        }
+    }
+    let Some((shared, n)) = shared.filter(|(_, n)| *n > 1) else {
+        return Ok(serde_json::to_string(clocks)?);
+    };
+    let mut out: BTreeMap<&str, Hlc> = BTreeMap::new();
+    out.insert(SHARED, shared);
+    for (c, h) in clocks {
+        if *h != shared || !vals.contains_key(c) {
+            out.insert(c, *h);
+        }
+    }
+    debug_assert!(out.len() + n == clocks.len() + 1);
+    Ok(serde_json::to_string(&out)?)
+}
+
+/// Decode [`encode_clocks`] (or a plain map of column clocks).
+pub(crate) fn decode_clocks(
+    text: &str,
+    vals: &BTreeMap<String, sea_orm::Value>,
+) -> Result<BTreeMap<String, Hlc>> {
+    let mut clocks: BTreeMap<String, Hlc> = serde_json::from_str(text)?;
+    if let Some(shared) = clocks.remove(SHARED) {
+        for c in vals.keys() {
+            clocks.entry(c.clone()).or_insert(shared);
+        }
+    }
+    Ok(clocks)
+}
+
+/// Insert or replace the states of rows of `table` (multi-row statements),
+/// every value held by the state itself.
+pub(crate) async fn save_states<C: ConnectionTrait>(
+    db: &C,
+    store: &str,
+    table: &str,
+    states: &[(String, RowState)],
+) -> Result<()> {
+    let rows: Vec<(&str, &RowState, Option<Referral<'_>>)> =
+        states.iter().map(|(k, s)| (k.as_str(), s, None)).collect();
+    for q in state_statements(store, table, &rows)? {
+        db.execute(&q).await?;
+    }
+    Ok(())
+}
+
+/// The log entry a saved state takes some values from, and which columns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Referral<'a> {
+    /// The entry's hub sequence.
+    pub(crate) seq: u64,
+    /// The columns whose value the state takes from it (the entry holds
+    /// exactly the state's value for each).
+    pub(crate) columns: &'a [String],
+}
+
+/// The multi-row upserts that insert or replace the states of rows of
+/// `table`; a state with a [`Referral`] leaves out the values its log entry
+/// holds (see [`StoredState`]). Built without a database, so that a caller
+/// can build them while the database works on something else (see
+/// [`crate::store::write::execute_while`]).
+pub(crate) fn state_statements(
+    store: &str,
+    table: &str,
+    states: &[(&str, &RowState, Option<Referral<'_>>)],
+) -> Result<Vec<sea_orm::sea_query::InsertStatement>> {
+    let mut template = Query::insert();
+    template
+        .into_table(Alias::new(store))
+        .columns(["tbl", "pk", "vals", "clocks", "deleted_at", "live"].map(Alias::new))
+        .on_conflict(
+            OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
+                .update_columns(["vals", "clocks", "deleted_at", "live"].map(Alias::new))
+                .to_owned(),
+        );
+    let mut rows = Vec::with_capacity(states.len());
+    for (key, s, referral) in states {
+        let vals = match referral {
+            None => serde_json::to_string(&s.vals)?,
+            Some(r) => {
+                let reference = sea_orm::Value::BigInt(Some(r.seq as i64));
+                let mut own: BTreeMap<&str, &sea_orm::Value> = s
+                    .vals
+                    .iter()
+                    .filter(|(c, _)| !r.columns.contains(c))
+                    .map(|(c, v)| (c.as_str(), v))
+                    .collect();
+                own.insert(SHARED, &reference);
+                serde_json::to_string(&own)?
+            }
+        };
+        let clocks = encode_clocks(&s.clocks, &s.vals)?;
+        let size = key.len() + vals.len() + clocks.len() + 80;
+        rows.push((
+            vec![
+                (*table).into(),
+                (*key).into(),
+                vals.into(),
+                clocks.into(),
+                s.deleted_at.map(|d| d.to_string()).into(),
+                s.is_live().into(),
+            ],
+            size,
+        ));
+    }
+    Ok(batched(&template, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::clock::NodeId;
+    use sea_orm::Value;
+
+    fn hlc(t: u64) -> Hlc {
+        Hlc {
+            physical: t,
+            logical: 0,
+            node: NodeId([7; 16]),
+        }
+    }
+
+    fn state(cols: &[(&str, u64)]) -> (BTreeMap<String, Hlc>, BTreeMap<String, Value>) {
+        let clocks = cols.iter().map(|(c, t)| (c.to_string(), hlc(*t))).collect();
+        let vals = cols
+            .iter()
+            .map(|(c, _)| (c.to_string(), Value::Int(Some(1))))
+            .collect();
+        (clocks, vals)
+    }
+
+    #[test]
+    fn one_insert_stores_one_clock() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 5), ("c", 5), ("d", 5)]);
+        let text = encode_clocks(&clocks, &vals).unwrap();
+        assert_eq!(text.matches('-').count(), 2, "one clock: {text}");
+        assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+    }
+
+    #[test]
+    fn columns_with_other_clocks_are_listed() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 9), ("c", 5), ("d", 7), ("e", 9), ("f", 9)]);
+        let text = encode_clocks(&clocks, &vals).unwrap();
+        let raw: BTreeMap<String, Hlc> = serde_json::from_str(&text).unwrap();
+        assert_eq!(raw[""], hlc(9), "{text}");
+        assert_eq!(raw.len(), 4, "{text}");
+        assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+    }
+
+    /// Two clocks each shared by as many columns: the earlier one is
+    /// stored once under `""`, so the text is the same on every replica.
+    #[test]
+    fn a_tie_of_shared_clocks_goes_to_the_earlier() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 5), ("c", 9), ("d", 9)]);
+        let text = encode_clocks(&clocks, &vals).unwrap();
+        let stored: BTreeMap<String, Hlc> = serde_json::from_str(&text).unwrap();
+        assert_eq!(stored.get(""), Some(&hlc(5)), "{text}");
+        assert_eq!(stored.keys().collect::<Vec<_>>(), ["", "c", "d"]);
+        assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+    }
+
+    #[test]
+    fn distinct_clocks_and_empty_states_round_trip() {
+        for cols in [&[][..], &[("a", 1)], &[("a", 1), ("b", 2)]] {
+            let (clocks, vals) = state(cols);
+            let text = encode_clocks(&clocks, &vals).unwrap();
+            assert!(!text.contains("\"\""), "{text}");
+            assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+        }
+    }
+
+    #[test]
+    fn a_clock_without_a_value_is_kept_apart() {
+        let (mut clocks, vals) = state(&[("a", 5), ("b", 5)]);
+        clocks.insert("gone".into(), hlc(5));
+        let text = encode_clocks(&clocks, &vals).unwrap();
+        assert_eq!(decode_clocks(&text, &vals).unwrap(), clocks);
+    }
+
+    #[test]
+    fn the_plain_map_of_earlier_releases_is_read() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 5)]);
+        let old = serde_json::to_string(&clocks).unwrap();
+        assert_eq!(decode_clocks(&old, &vals).unwrap(), clocks);
+    }
+
+    #[test]
+    fn row_state_tables_are_keyed_by_table_and_row() {
+        use sea_orm::sea_query::{MysqlQueryBuilder, SqliteQueryBuilder};
+        assert_eq!(
+            row_state_table(crate::dialect::of(sea_orm::DbBackend::Sqlite).unwrap(), "_tidesync_rows").to_string(SqliteQueryBuilder),
+            r#"CREATE TABLE IF NOT EXISTS "_tidesync_rows" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, PRIMARY KEY ("tbl", "pk") )"#
+        );
+        // MySQL's TEXT holds 64 KiB: values and clocks are LONGTEXT there.
+        assert_eq!(
+            row_state_table(crate::dialect::of(sea_orm::DbBackend::MySql).unwrap(), "_tidesync_rows").to_string(MysqlQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS `_tidesync_rows` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, `vals` LONGTEXT NOT NULL, `clocks` LONGTEXT NOT NULL, `deleted_at` varchar(64) NULL, `live` bool NOT NULL, PRIMARY KEY (`tbl`, `pk`) )"
+        );
+    }
+
+    /// A row inserted (a, b, c at 5) by hub log entry 7, then b set at 9:
+    /// the state keeps b and takes a and c from the entry.
+    #[test]
+    fn a_state_takes_the_values_its_log_entry_holds() {
+        let (clocks, mut vals) = state(&[("a", 5), ("b", 9), ("c", 5)]);
+        vals.insert("b".into(), Value::Int(Some(2)));
+        let stored = || StoredState {
+            vals: [("b".to_owned(), Value::Int(Some(2)))].into(),
+            clocks: encode_clocks(&clocks, &vals).unwrap(),
+            deleted_at: None,
+            reference: Some(7),
+        };
+        let entry: Vec<(String, Value)> = ["a", "b", "c"]
+            .map(|c| (c.to_owned(), Value::Int(Some(1))))
+            .into();
+        let (full, referred) = stored().fill(Some(entry)).unwrap();
+        assert_eq!(
+            full,
+            RowState {
+                vals: vals.clone(),
+                clocks: clocks.clone(),
+                deleted_at: None
+            }
+        );
+        assert_eq!(
+            referred,
+            Some((7, vec![("a".to_owned(), hlc(5)), ("c".to_owned(), hlc(5))]))
+        );
+        // The entry is gone: the state cannot be read.
+        assert!(matches!(
+            stored().fill(None),
+            Err(Error::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_state_without_a_log_entry_is_read_as_stored() {
+        let (clocks, vals) = state(&[("a", 5), ("b", 9)]);
+        let stored = StoredState {
+            vals: vals.clone(),
+            clocks: encode_clocks(&clocks, &vals).unwrap(),
+            deleted_at: Some(hlc(7)),
+            reference: None,
+        };
+        let (full, referred) = stored.fill(None).unwrap();
+        assert_eq!(
+            full,
+            RowState {
+                vals,
+                clocks,
+                deleted_at: Some(hlc(7))
+            }
+        );
+        assert_eq!(referred, None);
+    }
+
+    fn live(cols: &[(&str, u64)], deleted: Option<u64>) -> RowState {
+        let (clocks, vals) = state(cols);
+        RowState {
+            vals,
+            clocks,
+            deleted_at: deleted.map(hlc),
+        }
+    }
+
+    #[test]
+    fn states_are_upserted_with_their_own_values_only() {
+        use sea_orm::sea_query::SqliteQueryBuilder;
+        let whole = live(&[("a", 5), ("b", 5)], None);
+        let gone = RowState {
+            deleted_at: Some(hlc(9)),
+            ..live(&[("a", 5)], None)
+        };
+        // Log entry 3 holds the value of `a`: the state keeps `b` only.
+        let referred = ["a".to_owned()];
+        let qs = state_statements(
+            "_tidesync_rows",
+            "t",
+            &[
+                ("[1]", &whole, None),
+                ("[2]", &gone, None),
+                (
+                    "[3]",
+                    &whole,
+                    Some(Referral {
+                        seq: 3,
+                        columns: &referred,
+                    }),
+                ),
+            ],
+        )
+        .unwrap();
+        let clock = |t: u64| hlc(t).to_string();
+        assert_eq!(qs.len(), 1);
+        assert_eq!(
+            qs[0].to_string(SqliteQueryBuilder),
+            format!(
+                r#"INSERT INTO "_tidesync_rows" ("tbl", "pk", "vals", "clocks", "deleted_at", "live") VALUES ('t', '[1]', '{{"a":{{"Int":1}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE), ('t', '[2]', '{{"a":{{"Int":1}}}}', '{{"a":"{c5}"}}', '{c9}', FALSE), ('t', '[3]', '{{"":{{"BigInt":3}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE) ON CONFLICT ("tbl", "pk") DO UPDATE SET "vals" = "excluded"."vals", "clocks" = "excluded"."clocks", "deleted_at" = "excluded"."deleted_at", "live" = "excluded"."live""#,
+                c5 = clock(5),
+                c9 = clock(9),
+            )
+        );
+        assert!(
+            state_statements("_tidesync_rows", "t", &[])
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn each_statement_of_states_binds_at_most_max_bytes() {
+        use crate::store::write::MAX_BYTES;
+        use sea_orm::sea_query::SqliteQueryBuilder;
+        let big = Value::String(Some("x".repeat(10_000)));
+        let states: Vec<(String, RowState)> = (0..1000)
+            .map(|i| {
+                let mut s = live(&[("a", 5)], Some(1));
+                s.vals.insert("a".into(), big.clone());
+                (format!("[{i}]"), s)
+            })
+            .collect();
+        let rows: Vec<_> = states.iter().map(|(k, s)| (k.as_str(), s, None)).collect();
+        let qs = state_statements("_tidesync_rows", "t", &rows).unwrap();
+        let bytes: Vec<usize> = qs
+            .iter()
+            .map(|q| {
+                q.build(SqliteQueryBuilder)
+                    .1
+                    .0
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(Some(s)) => s.len(),
+                        _ => 1,
+                    })
+                    .sum()
+            })
+            .collect();
+        assert!(bytes.iter().all(|b| *b <= MAX_BYTES), "{bytes:?}");
+        // And no more statements than needed.
+        let total: usize = bytes.iter().sum();
+        assert_eq!(qs.len(), total.div_ceil(MAX_BYTES), "{bytes:?}");
+    }
+}

@@ -1,0 +1,480 @@
+//! Writing replicated rows into a table described by a [`TableSpec`],
+//! without the entity compiled in: the hub's tables and a replica's pulled
+//! changes go through here.
+//!
+//! Rows are written in batches: one multi-row upsert per table and column
+//! set (bounded in rows, parameters and bytes), one multi-row delete per
+//! table. Every value is checked against the target dialect first, so a value
+//! it cannot hold is refused with table, column and value instead of being
+//! truncated.
+
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr, ValueTuple,
+};
+use sea_orm::{ConnectionTrait, Statement, Value};
+
+use crate::dialect::{Dialect, check_value};
+use crate::model::change::{ColumnSpec, TableSpec};
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::model::value::approx_size;
+
+/// Largest number of rows in one statement.
+const MAX_ROWS: usize = 500;
+/// Largest number of bound parameters in one statement (SQLite allows
+/// 32766, PostgreSQL and MySQL 65535).
+const MAX_PARAMS: usize = 30_000;
+/// Approximate largest statement, in bytes of bound values (MariaDB's
+/// default max_allowed_packet is 16 MiB).
+pub(crate) const MAX_BYTES: usize = 4 << 20;
+
+/// The expression that writes `value` into `column` of `table` on the
+/// dialect `d`, after checking the dialect can hold it.
+pub(crate) fn value_expr(
+    table: &str,
+    column: &ColumnSpec,
+    value: &Value,
+    d: &dyn Dialect,
+) -> Result<SimpleExpr> {
+    check_value(table, &column.name, Some(&column.ty), value, Some(d))?;
+    let value = match value {
+        // An enum read from a model comes as `Value::Enum` or a string:
+        // write its text (the dialect casts it to the type where needed).
+        Value::Enum(e) => match e {
+            sea_orm::sea_query::OptionEnum::Some(e) => Value::String(Some(e.value.to_string())),
+            sea_orm::sea_query::OptionEnum::None(_) => Value::String(None),
+        },
+        v => v.clone(),
+    };
+    Ok(d.write_value(&column.ty, value))
+}
+
+/// `key IN (keys)` over a table's primary key (a tuple comparison for a
+/// composite key).
+pub(crate) fn keys_match(spec: &TableSpec, keys: &[Vec<Value>]) -> SimpleExpr {
+    if let [key] = spec.pk.as_slice() {
+        Expr::col(Alias::new(&key.name)).is_in(keys.iter().map(|k| k[0].clone()))
+    } else {
+        Expr::tuple(spec.pk.iter().map(|c| Expr::col(Alias::new(&c.name))))
+            .in_tuples(keys.iter().map(|k| ValueTuple::Many(k.clone())))
+    }
+}
+
+/// Split rows (values with their approximate size in bytes) into multi-row
+/// inserts built on `template` (table, columns, conflict clause), each at
+/// most 500 rows and about 4 MiB.
+pub(crate) fn batched(
+    template: &InsertStatement,
+    rows: Vec<(Vec<SimpleExpr>, usize)>,
+) -> Vec<InsertStatement> {
+    let mut out = Vec::new();
+    let mut q = template.clone();
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for (row, size) in rows {
+        if n > 0 && (n >= MAX_ROWS || bytes + size > MAX_BYTES) {
+            out.push(std::mem::replace(&mut q, template.clone()));
+            n = 0;
+            bytes = 0;
+        }
+        q.values_panic(row);
+        n += 1;
+        bytes += size;
+    }
+    if n > 0 {
+        out.push(q);
+    }
+    out
+}
+
+/// The multi-row upserts that write `rows` into `spec`'s table on
+/// the dialect `d`: one per column set, each bounded in rows, parameters and
+/// bytes. Pure, so the SQL of each dialect can be checked without a
+/// database.
+pub(crate) fn upsert_statements(
+    spec: &TableSpec,
+    rows: &[&RowState],
+    d: &dyn Dialect,
+) -> Result<Vec<InsertStatement>> {
+    // Group by the set of columns present (a column added by a newer client
+    // is absent from older rows).
+    let mut groups: BTreeMap<Vec<usize>, Vec<&RowState>> = BTreeMap::new();
+    for r in rows {
+        let present: Vec<usize> = spec
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| r.vals.contains_key(&c.name))
+            .map(|(i, _)| i)
+            .collect();
+        groups.entry(present).or_default().push(r);
+    }
+    let keys: Vec<Alias> = spec.pk.iter().map(|c| Alias::new(&c.name)).collect();
+    let mut out = Vec::new();
+    for (present, rows) in groups {
+        let cols: Vec<&ColumnSpec> = present.iter().map(|i| &spec.columns[*i]).collect();
+        if let Some(k) = spec
+            .pk
+            .iter()
+            .find(|k| !cols.iter().any(|c| c.name == k.name))
+        {
+            return Err(Error::Corrupt(format!(
+                "row of `{}` without key column `{}`",
+                spec.name, k.name
+            )));
+        }
+        let updates: Vec<Alias> = cols
+            .iter()
+            .filter(|c| !spec.pk.iter().any(|k| k.name == c.name))
+            .map(|c| Alias::new(&c.name))
+            .collect();
+        let on_conflict = if updates.is_empty() {
+            OnConflict::columns(keys.clone())
+                .do_nothing_on(keys.clone())
+                .to_owned()
+        } else {
+            OnConflict::columns(keys.clone())
+                .update_columns(updates)
+                .to_owned()
+        };
+        let mut start = 0;
+        while start < rows.len() {
+            let mut q = Query::insert();
+            q.into_table(Alias::new(&spec.name))
+                .columns(cols.iter().map(|c| Alias::new(&c.name)));
+            let mut bytes = 0;
+            let mut n = 0;
+            while start + n < rows.len()
+                && n < MAX_ROWS
+                && (n + 1) * cols.len() <= MAX_PARAMS
+                && (n == 0 || bytes < MAX_BYTES)
+            {
+                let r = rows[start + n];
+                let mut exprs = Vec::with_capacity(cols.len());
+                for c in &cols {
+                    let v = &r.vals[&c.name];
+                    bytes += approx_size(v);
+                    exprs.push(value_expr(&spec.name, c, v, d)?);
+                }
+                q.values_panic(exprs);
+                n += 1;
+            }
+            q.on_conflict(on_conflict.clone());
+            out.push(q);
+            start += n;
+        }
+    }
+    Ok(out)
+}
+
+/// Execute statements built in advance, in order.
+pub(crate) async fn execute_all<C: ConnectionTrait>(db: &C, statements: Vec<Statement>) -> Result<()> {
+    for stmt in statements {
+        db.execute_raw(stmt).await?;
+    }
+    Ok(())
+}
+
+/// Execute `statements` in order while `build` runs, and return what it
+/// built: the first statement is sent before `build` starts, so the
+/// database works on the rows while the caller builds the next statements
+/// (on SQLite the statements run on sqlx's worker thread, on the servers in
+/// the server's process).
+pub(crate) async fn execute_while<C: ConnectionTrait, T>(
+    db: &C,
+    statements: Vec<Statement>,
+    build: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let (wrote, built) = tokio::join!(biased; execute_all(db, statements), async { build() });
+    wrote?;
+    built
+}
+
+/// Delete rows by primary key.
+pub(crate) async fn delete_rows<C: ConnectionTrait>(
+    db: &C,
+    spec: &TableSpec,
+    keys: &[Vec<Value>],
+) -> Result<()> {
+    for chunk in keys.chunks(MAX_ROWS) {
+        let q = Query::delete()
+            .from_table(Alias::new(&spec.name))
+            .and_where(keys_match(spec, chunk))
+            .to_owned();
+        db.execute(&q).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::DbBackend;
+    use sea_orm::sea_query::ColumnType;
+
+    fn d(kind: DbBackend) -> &'static dyn Dialect {
+        crate::dialect::of(kind).unwrap()
+    }
+    use crate::model::change::ColumnSpec;
+    use crate::model::clock::Hlc;
+    use crate::model::syncable::ConflictPolicy;
+    use sea_orm::sea_query::{
+        MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder, StringLen,
+    };
+
+    fn spec() -> TableSpec {
+        let c = |n: &str, ty| ColumnSpec {
+            name: n.into(),
+            ty,
+            nullable: false,
+        };
+        TableSpec {
+            name: "contacts".into(),
+            pk: vec![c("id", ColumnType::Integer)],
+            columns: vec![
+                c("id", ColumnType::Integer),
+                c("name", ColumnType::String(StringLen::None)),
+                c("at", ColumnType::TimestampWithTimeZone),
+            ],
+            local_only: vec![],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        }
+    }
+
+    fn row(id: i32, name: &str) -> RowState {
+        let mut s = RowState::default();
+        let at = chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap();
+        s.set("id", &Value::Int(Some(id)), Hlc::default());
+        s.set("name", &Value::String(Some(name.into())), Hlc::default());
+        s.set("at", &Value::ChronoDateTimeUtc(Some(at)), Hlc::default());
+        s
+    }
+
+    #[test]
+    fn one_multi_row_upsert_per_dialect() {
+        let (a, b) = (row(1, "a"), row(2, "b"));
+        let rows = [&a, &b];
+        let pg = upsert_statements(&spec(), &rows, d(DbBackend::Postgres)).unwrap();
+        assert_eq!(pg.len(), 1);
+        assert_eq!(
+            pg[0].to_string(PostgresQueryBuilder),
+            "INSERT INTO \"contacts\" (\"id\", \"name\", \"at\") VALUES (1, 'a', '2033-05-18 03:33:20.000000 +00:00'), \
+             (2, 'b', '2033-05-18 03:33:20.000000 +00:00') ON CONFLICT (\"id\") DO UPDATE SET \"name\" = \"excluded\".\"name\", \"at\" = \"excluded\".\"at\""
+        );
+        let my = upsert_statements(&spec(), &rows, d(DbBackend::MySql)).unwrap();
+        // UTC date-times go to MySQL as DATETIME text, not TIMESTAMP.
+        assert_eq!(
+            my[0].to_string(MysqlQueryBuilder),
+            "INSERT INTO `contacts` (`id`, `name`, `at`) VALUES (1, 'a', '2033-05-18 03:33:20.000000'), \
+             (2, 'b', '2033-05-18 03:33:20.000000') ON DUPLICATE KEY UPDATE `name` = VALUES(`name`), `at` = VALUES(`at`)"
+        );
+        let lite = upsert_statements(&spec(), &rows, d(DbBackend::Sqlite)).unwrap();
+        assert_eq!(
+            lite[0].to_string(SqliteQueryBuilder),
+            "INSERT INTO \"contacts\" (\"id\", \"name\", \"at\") VALUES (1, 'a', '2033-05-18 03:33:20.000000 +00:00'), \
+             (2, 'b', '2033-05-18 03:33:20.000000 +00:00') ON CONFLICT (\"id\") DO UPDATE SET \"name\" = \"excluded\".\"name\", \"at\" = \"excluded\".\"at\""
+        );
+    }
+
+    #[test]
+    fn rows_with_other_columns_go_in_their_own_statement() {
+        let a = row(1, "a");
+        let mut b = row(2, "b");
+        b.vals.remove("at");
+        b.clocks.remove("at");
+        let qs = upsert_statements(&spec(), &[&a, &b], d(DbBackend::Postgres)).unwrap();
+        assert_eq!(qs.len(), 2);
+    }
+
+    #[test]
+    fn a_key_only_table_does_nothing_on_conflict() {
+        let mut s = spec();
+        s.columns.truncate(1);
+        let mut r = RowState::default();
+        r.set("id", &Value::Int(Some(1)), Hlc::default());
+        let q = upsert_statements(&s, &[&r], d(DbBackend::MySql)).unwrap();
+        assert!(
+            q[0].to_string(MysqlQueryBuilder)
+                .contains("ON DUPLICATE KEY UPDATE `id` = `id`"),
+            "{}",
+            q[0].to_string(MysqlQueryBuilder)
+        );
+    }
+
+    #[test]
+    fn unrepresentable_values_are_refused_by_name() {
+        let mut r = row(1, "a");
+        r.set(
+            "name",
+            &Value::String(Some("nul\0".into())),
+            Hlc {
+                physical: 9,
+                ..Hlc::default()
+            },
+        );
+        let e = upsert_statements(&spec(), &[&r], d(DbBackend::Postgres)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("contacts.name: cannot store"),
+            "{e}"
+        );
+        assert!(upsert_statements(&spec(), &[&r], d(DbBackend::Sqlite)).is_ok());
+    }
+
+    /// The number of rows in each statement, on a table of `cols` columns.
+    fn row_counts(qs: &[InsertStatement], cols: usize) -> Vec<usize> {
+        qs.iter()
+            .map(|q| {
+                let values = q.build(PostgresQueryBuilder).1.0.len();
+                assert_eq!(values % cols, 0, "{}", q.to_string(PostgresQueryBuilder));
+                values / cols
+            })
+            .collect()
+    }
+
+    fn template() -> InsertStatement {
+        Query::insert()
+            .into_table(Alias::new("t"))
+            .columns([Alias::new("v")])
+            .to_owned()
+    }
+
+    /// One-value rows of the given approximate sizes, for `batched`.
+    fn sized(sizes: &[usize]) -> Vec<(Vec<SimpleExpr>, usize)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| (vec![Expr::val(i as i64)], *size))
+            .collect()
+    }
+
+    fn batch_sizes(sizes: &[usize]) -> Vec<usize> {
+        row_counts(&batched(&template(), sized(sizes)), 1)
+    }
+
+    #[test]
+    fn batched_splits_every_max_rows() {
+        assert_eq!(batch_sizes(&[1; MAX_ROWS]), [MAX_ROWS]);
+        assert_eq!(batch_sizes(&[1; MAX_ROWS + 1]), [MAX_ROWS, 1]);
+        assert_eq!(batch_sizes(&[1; 2 * MAX_ROWS + 1]), [MAX_ROWS, MAX_ROWS, 1]);
+    }
+
+    #[test]
+    fn batched_splits_before_a_row_that_would_pass_max_bytes() {
+        let half = MAX_BYTES / 2;
+        // Rows that exactly fill MAX_BYTES share a statement ...
+        assert_eq!(batch_sizes(&[half, half]), [2]);
+        // ... one byte more starts the next one.
+        assert_eq!(batch_sizes(&[half, half + 1]), [1, 1]);
+        assert_eq!(batch_sizes(&[half, half, 1]), [2, 1]);
+        assert_eq!(batch_sizes(&[1, MAX_BYTES - 1, 1]), [2, 1]);
+    }
+
+    #[test]
+    fn batched_never_emits_an_empty_statement() {
+        assert!(batched(&template(), vec![]).is_empty());
+        // A row larger than MAX_BYTES goes alone into a statement of its
+        // own, first or not, and the statements keep the rows' order.
+        let qs = batched(&template(), sized(&[MAX_BYTES + 1, 1, MAX_BYTES + 1]));
+        assert_eq!(row_counts(&qs, 1), [1, 1, 1]);
+        assert_eq!(
+            qs.iter()
+                .map(|q| q.to_string(PostgresQueryBuilder))
+                .collect::<Vec<_>>(),
+            [
+                "INSERT INTO \"t\" (\"v\") VALUES (0)",
+                "INSERT INTO \"t\" (\"v\") VALUES (1)",
+                "INSERT INTO \"t\" (\"v\") VALUES (2)",
+            ]
+        );
+    }
+
+    /// A table of `cols` integer columns keyed by the first, and `rows` rows
+    /// of it.
+    fn wide(cols: usize, rows: usize) -> (TableSpec, Vec<RowState>) {
+        let names: Vec<String> = (0..cols).map(|i| format!("c{i}")).collect();
+        let c = |n: &String| ColumnSpec {
+            name: n.clone(),
+            ty: ColumnType::BigInteger,
+            nullable: false,
+        };
+        let spec = TableSpec {
+            name: "wide".into(),
+            pk: vec![c(&names[0])],
+            columns: names.iter().map(c).collect(),
+            local_only: vec![],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        };
+        let rows = (0..rows)
+            .map(|r| {
+                let mut s = RowState::default();
+                for n in &names {
+                    s.set(n, &Value::BigInt(Some(r as i64)), Hlc::default());
+                }
+                s
+            })
+            .collect();
+        (spec, rows)
+    }
+
+    fn upsert_sizes(spec: &TableSpec, rows: &[RowState]) -> Vec<usize> {
+        let rows: Vec<&RowState> = rows.iter().collect();
+        let qs = upsert_statements(spec, &rows, d(DbBackend::Postgres)).unwrap();
+        row_counts(&qs, spec.columns.len())
+    }
+
+    #[test]
+    fn upserts_hold_at_most_max_rows() {
+        let (spec, rows) = wide(2, 2 * MAX_ROWS + 1);
+        assert_eq!(upsert_sizes(&spec, &rows), [MAX_ROWS, MAX_ROWS, 1]);
+        assert_eq!(upsert_sizes(&spec, &rows[..MAX_ROWS]), [MAX_ROWS]);
+        assert!(upsert_sizes(&spec, &[]).is_empty());
+    }
+
+    #[test]
+    fn upserts_of_wide_rows_hold_at_most_max_params_values() {
+        let cols = 2 * MAX_PARAMS / MAX_ROWS;
+        let per = MAX_PARAMS / cols;
+        assert!(per < MAX_ROWS);
+        let (spec, rows) = wide(cols, per + 1);
+        assert_eq!(upsert_sizes(&spec, &rows), [per, 1]);
+        assert_eq!(upsert_sizes(&spec, &rows[..per]), [per]);
+    }
+
+    #[test]
+    fn an_upsert_takes_rows_until_its_values_reach_max_bytes() {
+        let s = TableSpec {
+            columns: spec().columns[..2].to_vec(),
+            ..spec()
+        };
+        // Each row: the key (an integer) and a name of `len` bytes.
+        let rows = |lens: &[usize]| -> Vec<RowState> {
+            lens.iter()
+                .enumerate()
+                .map(|(i, len)| {
+                    let mut r = RowState::default();
+                    r.set("id", &Value::Int(Some(i as i32)), Hlc::default());
+                    r.set(
+                        "name",
+                        &Value::String(Some("x".repeat(*len))),
+                        Hlc::default(),
+                    );
+                    r
+                })
+                .collect()
+        };
+        let key = crate::model::value::approx_size(&Value::Int(Some(0)));
+        let half = MAX_BYTES / 2 - key;
+        // Two rows reach MAX_BYTES exactly: the third goes in a new statement.
+        assert_eq!(upsert_sizes(&s, &rows(&[half, half, 1])), [2, 1]);
+        // One byte short: the statement takes the third row too.
+        assert_eq!(upsert_sizes(&s, &rows(&[half, half - 1, 1])), [3]);
+        // A row larger than MAX_BYTES is still written, alone.
+        assert_eq!(
+            upsert_sizes(&s, &rows(&[MAX_BYTES, MAX_BYTES, 1])),
+            [1, 1, 1]
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The sync engine: capture, push the outbox, pull the hub's changes,
+//! report. Its phases live in the submodules: [`push`], [`pull`],
+//! [`bootstrap`] (the first pull from a hub), [`prefetch`] (hub calls that
+//! overlap local work).
+
+mod bootstrap;
+mod prefetch;
+mod pull;
+mod push;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::model::conflict::ColumnConflict;
+use crate::model::error::{Error, Result};
+use crate::model::protocol::{Hub, HubInfo, RejectPolicy, Rejection};
+use crate::replica::Replica;
+
+/// What one [`SyncEngine::sync_now`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Local changes the hub acknowledged (applied, or parked by policy).
+    pub pushed: usize,
+    /// Remote changes (and snapshot rows) merged locally.
+    pub pulled: usize,
+    /// Changes the hub refused and parked in its rejected-changes table.
+    pub rejected: Vec<Rejection>,
+    /// The change that halted this replica's stream at the hub (policy
+    /// `Halt`); it and later changes stay in the outbox.
+    pub halted: Option<Rejection>,
+    /// Remote changes parked locally (`_tidesync_parked`), and local rows
+    /// that could not be captured, with the reasons.
+    pub local_errors: Vec<Error>,
+    /// Concurrent edits of a column now held for a decision (`manual`, or a
+    /// resolver that declined): see [`Replica::conflicts`].
+    pub conflicts: Vec<ColumnConflict>,
+    /// Concurrent edits settled by the clock (`merge`).
+    pub settled: Vec<ColumnConflict>,
+    /// Conflicts settled by a registered resolver.
+    pub resolved: usize,
+    /// Wall time the sync took.
+    pub duration: Duration,
+}
+
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pushed {}, pulled {}, conflicts {}, rejected {}, {} in {} ms",
+            self.pushed,
+            self.pulled,
+            self.conflicts.len(),
+            self.rejected.len() + self.local_errors.len(),
+            if self.halted.is_some() {
+                "halted"
+            } else {
+                "ok"
+            },
+            self.duration.as_millis()
+        )
+    }
+}
+
+/// Syncs one replica with one hub.
+///
+/// ```no_run
+/// # async fn demo(replica: sync_core::Replica, hub: std::sync::Arc<dyn sync_core::hub::Hub>) -> sync_core::Result<()> {
+/// let engine = sync_core::SyncEngine::new(replica, hub);
+/// let report = engine.sync_now().await?;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+pub struct SyncEngine {
+    replica: Replica,
+    hub: Arc<dyn Hub>,
+    info: OnceCell<HubInfo>,
+    batch: u64,
+    policy: RejectPolicy,
+    running: Mutex<()>,
+    progress: Counters,
+}
+
+/// How far the sync in progress is (see [`SyncEngine::progress`]).
+#[derive(Debug, Default)]
+struct Counters {
+    pushed: AtomicUsize,
+    pulled: AtomicUsize,
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field("replica", &self.replica)
+            .field("hub", &self.info.get())
+            .finish()
+    }
+}
+
+impl SyncEngine {
+    /// An engine over a replica and a hub, with batches of 500 changes.
+    pub fn new(replica: Replica, hub: Arc<dyn Hub>) -> Self {
+        SyncEngine {
+            replica,
+            hub,
+            info: OnceCell::new(),
+            batch: 500,
+            policy: RejectPolicy::Halt,
+            running: Mutex::new(()),
+            progress: Counters::default(),
+        }
+    }
+
+    /// Changes per push or pull request (at least 1).
+    pub fn with_batch_size(mut self, batch: u64) -> Self {
+        self.batch = Ord::max(batch, 1);
+        self
+    }
+
+    /// What to do with a change of the outbox, or pulled from the hub, that
+    /// cannot be read or applied here: halt there (the default) or park it
+    /// in `_tidesync_parked` and go on.
+    pub fn with_policy(mut self, policy: RejectPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The local replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Changes pushed and pulled so far by the sync in progress, or by the
+    /// last one.
+    pub fn progress(&self) -> SyncProgress {
+        SyncProgress {
+            pushed: self.progress.pushed.load(Ordering::Relaxed),
+            pulled: self.progress.pulled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The hub's identity, installing against it on first use.
+    async fn hub_info(&self) -> Result<&HubInfo> {
+        self.info
+            .get_or_try_init(|| async {
+                let specs: Vec<_> = self.replica.tables().cloned().collect();
+                self.hub
+                    .install(&specs)
+                    .await
+                    .map_err(Error::or_offline)
+            })
+            .await
+    }
+
+    /// Capture local writes, push them, pull the hub's changes. One call at a
+    /// time per engine (a second caller waits).
+    ///
+    /// # Errors
+    /// [`Error::Offline`] when the hub cannot be reached: nothing is lost,
+    /// the same call later resumes where this one stopped.
+    pub async fn sync_now(&self) -> Result<SyncReport> {
+        let _guard = self.running.lock().await;
+        self.progress.pushed.store(0, Ordering::Relaxed);
+        self.progress.pulled.store(0, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut report = SyncReport::default();
+        let hub = self.hub_info().await?.clone();
+        let captured = self.replica.capture().await?;
+        report.local_errors.extend(captured.rejected);
+        self.push(&mut report).await?;
+        self.pull(&hub, &mut report).await?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+}
+
+
+/// Changes pushed and pulled so far by the sync in progress, or by the last
+/// one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncProgress {
+    /// Local changes the hub acknowledged.
+    pub pushed: usize,
+    /// Remote changes (and snapshot rows) merged locally.
+    pub pulled: usize,
+}

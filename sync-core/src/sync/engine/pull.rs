@@ -1,0 +1,141 @@
+//! Pulling the hub's log: page after page from the stored cursor, the next
+//! page fetched while the current one is applied, each page applied with
+//! its cursor in one local transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::prefetch::Prefetch;
+use super::{SyncEngine, SyncReport};
+use crate::model::change::Change;
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::model::protocol::{Cursor, HubInfo, PullBatch, RejectPolicy};
+use crate::replica::incoming::{Delta, PageMeta};
+
+/// A pulled page, made ready to apply.
+struct Page {
+    /// Other replicas' changes (and an unreadable one to park).
+    deltas: Vec<Delta>,
+    /// Where the next pull starts.
+    next: Cursor,
+    /// Whether the page ends at an unreadable change to halt at.
+    halt: bool,
+    /// Whether the hub returned nothing new.
+    empty: bool,
+}
+
+impl SyncEngine {
+    /// Pull pages of the hub's log after the stored cursor (bootstrapping
+    /// first if there is none). The next page is fetched while the current
+    /// one is applied; an error of that fetch surfaces at the next turn,
+    /// after the current page and its cursor have committed.
+    pub(super) async fn pull(&self, hub: &HubInfo, report: &mut SyncReport) -> Result<()> {
+        let key = format!("cursor:{}", hub.hub_id);
+        let mut cursor = match self.replica.meta(&key).await? {
+            Some(c) => Cursor(c.parse().map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?),
+            None => self.bootstrap(hub, &key, report).await?,
+        };
+        let me = self.replica.node_id();
+        let fetch = |cursor: Cursor| {
+            let hub = Arc::clone(&self.hub);
+            let limit = self.batch;
+            Prefetch::spawn(async move { hub.pull_excluding(cursor, limit, me).await })
+        };
+        let mut ahead = fetch(cursor);
+        loop {
+            let batch = ahead.get().await.map_err(Error::or_offline)?;
+            let page = self.prepare(batch, cursor, report);
+            if page.empty {
+                return Ok(());
+            }
+            if page.halt {
+                // Apply what came before the unreadable change, then stop.
+                return self.store(&key, page, report).await;
+            }
+            ahead = fetch(page.next);
+            let next = page.next;
+            self.store(&key, page, report).await?;
+            cursor = next;
+        }
+    }
+
+    /// Apply a page's deltas with the cursor after it, in one local
+    /// transaction; a page of only our own changes (left out by the hub),
+    /// or an unreadable change first, just moves the cursor.
+    async fn store(&self, key: &str, page: Page, report: &mut SyncReport) -> Result<()> {
+        let next = page.next.0.to_string();
+        if page.deltas.is_empty() {
+            return self.replica.set_meta(key, &next).await;
+        }
+        let store = [(key, next.as_str())];
+        let meta = PageMeta {
+            store: &store,
+            forget: &[],
+        };
+        self.apply(page.deltas, meta, report).await
+    }
+
+    /// Turn a pulled batch into deltas: other replicas' changes, and an
+    /// unreadable change parked with them (the cursor moves past it) or
+    /// halted at, by policy.
+    fn prepare(&self, batch: PullBatch, cursor: Cursor, report: &mut SyncReport) -> Page {
+        let me = self.replica.node_id();
+        let got = batch.changes.len();
+        let mut page = Page {
+            deltas: batch
+                .changes
+                .into_iter()
+                .filter(|c| c.id.origin != me)
+                .map(delta_of_change)
+                .collect(),
+            next: batch.next,
+            halt: false,
+            empty: false,
+        };
+        if let Some(bad) = batch.unreadable {
+            report.local_errors.push(Error::Corrupt(bad.reason.clone()));
+            if self.policy == RejectPolicy::Park {
+                page.next = bad.position;
+                page.deltas.push(Delta {
+                    table: bad.table,
+                    pk: Vec::new(),
+                    state: RowState::default(),
+                    id: None,
+                    raw: Some(bad.raw),
+                    park: Some(bad.reason),
+                });
+            } else {
+                page.halt = true;
+            }
+        }
+        page.empty = got == 0 && page.next == cursor;
+        page
+    }
+
+    /// Apply one page of deltas with `meta` in one local transaction, and
+    /// report it.
+    pub(super) async fn apply(&self, deltas: Vec<Delta>, meta: PageMeta<'_>, report: &mut SyncReport) -> Result<()> {
+        let applied = self.replica.apply_page(deltas, meta).await?;
+        report.pulled += applied.applied;
+        self.progress.pulled.store(report.pulled, Ordering::Relaxed);
+        report.local_errors.extend(applied.parked);
+        report.local_errors.extend(applied.captured.rejected);
+        Ok(())
+    }
+}
+
+/// A pulled change as a delta: a one-change row state.
+fn delta_of_change(mut c: Change) -> Delta {
+    let table = std::mem::take(&mut c.table);
+    let pk = std::mem::take(&mut c.pk).into_iter().map(|(_, v)| v).collect();
+    let id = c.id;
+    Delta {
+        table,
+        pk,
+        state: RowState::of_change(c),
+        id: Some(id),
+        raw: None,
+        park: None,
+    }
+}

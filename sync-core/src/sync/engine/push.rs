@@ -1,0 +1,180 @@
+//! Pushing the outbox: batch after batch, the next one read while the hub
+//! works on the current one, acknowledged changes dropped by range.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::prefetch::Prefetch;
+use super::{SyncEngine, SyncReport};
+use crate::model::change::{Change, ChangeId};
+use crate::model::error::{Error, Result};
+use crate::model::protocol::{PushAck, RejectPolicy, Rejection};
+
+/// What taking in a push's answer leaves to do.
+enum Settled {
+    /// The stream halted at the hub: stop pushing.
+    Halted,
+    /// A resolver settled a conflict with a new change: the batch read
+    /// ahead may predate it, read again.
+    Resolved,
+    /// Go on.
+    Done,
+}
+
+/// How many acknowledged changes may wait in the outbox before they are
+/// dropped (see [`SyncEngine::push`]).
+const ACK_EVERY: usize = 10_000;
+
+/// The acknowledged head of the outbox not yet dropped.
+#[derive(Debug, Default)]
+struct AckedHead {
+    /// Every change up to this sequence is acknowledged.
+    through: Option<u64>,
+    /// How many of them are still in the outbox.
+    unflushed: usize,
+}
+
+
+impl SyncEngine {
+    /// Push the outbox. Acknowledged changes at its head are dropped by
+    /// range, every [`ACK_EVERY`] changes and at the end (also after an
+    /// error): a crash in between only makes the next sync re-send them, and
+    /// the hub acknowledges a re-sent change without applying it again.
+    pub(super) async fn push(&self, report: &mut SyncReport) -> Result<()> {
+        let mut head = AckedHead::default();
+        let pushed = self.push_batches(report, &mut head).await;
+        let dropped = match head.through {
+            Some(seq) => self.replica.acknowledge_through(seq).await,
+            None => Ok(()),
+        };
+        pushed.and(dropped)
+    }
+
+    /// Push batch after batch until the outbox is empty or the stream
+    /// halts; the next batch is read from the outbox while the hub works on
+    /// the current one.
+    async fn push_batches(&self, report: &mut SyncReport, head: &mut AckedHead) -> Result<()> {
+        // Every change up to `after` is acknowledged or parked.
+        let mut after = 0;
+        let mut ahead = None;
+        loop {
+            let (batch, unreadable) = match ahead.take() {
+                Some(read) => read?,
+                None => self.replica.outbox_batch(after, self.batch).await?,
+            };
+            let empty = batch.is_empty();
+            if let Some(last) = batch.last().map(|c| c.id.seq) {
+                // The hub works on this batch while the next one is read
+                // from the outbox: when everything is acknowledged (the
+                // usual case) the next batch starts right after this one.
+                let sending = Prefetch::spawn({
+                    let hub = Arc::clone(&self.hub);
+                    async move {
+                        let ack = hub.push(&batch).await;
+                        (batch, ack)
+                    }
+                });
+                if unreadable.is_none() {
+                    ahead = Some(self.replica.outbox_batch(last, self.batch).await);
+                }
+                let (batch, ack) = sending.get().await;
+                let ack = ack.map_err(Error::or_offline)?;
+                match self.settle(&batch, ack, head, report).await? {
+                    Settled::Halted => return Ok(()),
+                    Settled::Resolved => ahead = None,
+                    Settled::Done => {}
+                }
+                after = last;
+            }
+            let Some(bad) = unreadable else {
+                if empty {
+                    return Ok(());
+                }
+                continue;
+            };
+            // A change of our own outbox that cannot be read back.
+            if self.policy == RejectPolicy::Park {
+                self.replica.park_outbox(&bad).await?;
+                report.local_errors.push(Error::Corrupt(bad.reason));
+            } else {
+                report.halted = Some(Rejection {
+                    id: ChangeId {
+                        origin: self.replica.node_id(),
+                        seq: bad.position.0,
+                    },
+                    table: bad.table,
+                    reason: bad.reason,
+                });
+                return Ok(());
+            }
+        }
+    }
+
+    /// Take in the hub's answer to a batch: drop what it acknowledged,
+    /// report what it parked or settled, record the conflicts it held (and
+    /// settle those a resolver decides).
+    async fn settle(
+        &self,
+        batch: &[Change],
+        ack: PushAck,
+        head: &mut AckedHead,
+        report: &mut SyncReport,
+    ) -> Result<Settled> {
+        let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
+        let prefix = acked.len() <= batch.len()
+            && acked.iter().zip(batch).all(|(a, c)| *a == c.id.seq);
+        match acked.last() {
+            // The batch is the head of the outbox: drop it by range,
+            // later.
+            Some(last) if prefix => {
+                head.through = Some(*last);
+                head.unflushed += acked.len();
+                if head.unflushed >= ACK_EVERY {
+                    self.replica.acknowledge_through(*last).await?;
+                    head.unflushed = 0;
+                }
+            }
+            _ => self.replica.acknowledge(&acked).await?,
+        }
+        report.pushed += acked.len();
+        self.progress.pushed.store(report.pushed, Ordering::Relaxed);
+        report.rejected.extend(ack.parked);
+        report.settled.extend(ack.settled);
+        let mut resolved = false;
+        if !ack.conflicts.is_empty() {
+            let ids = self.replica.record_conflicts(&ack.conflicts).await?;
+            for (id, c) in ids.into_iter().zip(ack.conflicts) {
+                let decided = self
+                    .replica
+                    .resolver_for(&c.table)
+                    .and_then(|r| r.resolve(&c));
+                match decided {
+                    Some(resolution) => {
+                        // A new change: the loop pushes it next
+                        // (the batch read ahead may predate it).
+                        self.replica.resolve(id, resolution).await?;
+                        report.resolved += 1;
+                        resolved = true;
+                    }
+                    None => report.conflicts.push(c),
+                }
+            }
+        }
+        if let Some(h) = ack.halted {
+            report.halted = Some(h);
+            return Ok(Settled::Halted);
+        }
+        if acked.len() < batch.len() {
+            return Err(Error::Corrupt(format!(
+                "the hub acknowledged {} of {} changes without halting",
+                acked.len(),
+                batch.len()
+            )));
+        }
+        Ok(if resolved {
+            Settled::Resolved
+        } else {
+            Settled::Done
+        })
+    }
+}
