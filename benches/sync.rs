@@ -21,19 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sea_orm::sea_query::{Alias, InsertStatement, OnConflict, Query};
+use sea_orm::sea_query::{Alias, InsertStatement, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, IdenStatic, Iterable,
     ModelTrait, Schema, TransactionTrait, Value,
 };
-use tidesync::hub::{
-    Hub, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub, sql,
-};
-use tidesync::core::store;
-use tidesync::core::value::pk_key;
-use tidesync::{
-    Change, ChangeId, Hlc, NodeId, Op, Replica, RowState, SyncEngine, SyncReport, TableSpec,
-};
+use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
+use tidesync::{Change, ChangeId, Hlc, NodeId, Op, Replica, SyncEngine, SyncReport, TableSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -289,14 +283,14 @@ async fn raw_batched(db: &DatabaseConnection, table: &str, rows: u64) -> Res<Dur
 /// `push`: each batch of rows exactly as [`raw_batched`] writes it and, in
 /// the same transaction, one multi-row insert of their log entries into a
 /// copy of the hub's log table, each holding its row's values encoded as
-/// the hub encodes an entry (`sql::log_row`). No merge, no bookkeeping:
+/// the hub encodes an entry ([`log_row`]). No merge, no bookkeeping:
 /// what any design that keeps the issue's change log writes at least.
 ///
 /// With `states`, also the row metadata the issue asks for: each row's
 /// state, as the hub stores the state of a row written once (its clocks
-/// and a reference to its log entry, `store::state_statements`), upserted
-/// into that copy of the hub's row-state table. That is what the hub
-/// writes per change, before it looks anything up.
+/// and a reference to its log entry, [`state_row`]), upserted into that
+/// copy of the hub's row-state table. That is what the hub writes per
+/// change, before it looks anything up.
 async fn raw_with_log(
     db: &DatabaseConnection,
     table: &str,
@@ -305,15 +299,38 @@ async fn raw_with_log(
     rows: u64,
 ) -> Res<Duration> {
     let cols: Vec<contacts::Column> = contacts::Column::iter().collect();
-    let names: Vec<String> = cols.iter().map(|c| c.as_str().to_owned()).collect();
     let node = NodeId::random();
     let started = Instant::now();
     let mut i = 0;
     while i < rows {
         let n = Ord::min(BATCH, rows - i);
         let models: Vec<contacts::Model> = (i..i + n).map(contact).collect();
-        let mut entries = sql::log_insert(log);
-        let mut fresh: Vec<(String, RowState)> = Vec::new();
+        let mut entries = Query::insert();
+        entries.into_table(Alias::new(log)).columns(
+            [
+                "hub_seq",
+                "origin",
+                "origin_seq",
+                "tbl",
+                "pk",
+                "op",
+                "payload",
+                "hlc",
+                "base",
+            ]
+            .map(Alias::new),
+        );
+        let mut fresh = Query::insert();
+        if let Some(store) = states {
+            fresh
+                .into_table(Alias::new(store))
+                .columns(["tbl", "pk", "vals", "clocks", "deleted_at", "live"].map(Alias::new))
+                .on_conflict(
+                    OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
+                        .update_columns(["vals", "clocks", "deleted_at", "live"].map(Alias::new))
+                        .to_owned(),
+                );
+        }
         for (j, m) in (i..).zip(&models) {
             let seq = j + 1;
             let change = Change {
@@ -332,36 +349,56 @@ async fn raw_with_log(
                 },
                 base: Vec::new(),
             };
-            entries.values_panic(sql::log_row(seq, &change)?);
+            entries.values_panic(log_row(seq, &change)?);
             if states.is_some() {
-                fresh.push((pk_key(&[m.id.into()])?, RowState::of_change(change)));
+                fresh.values_panic(state_row(seq, &change)?);
             }
         }
-        // A fresh row's state refers to its log entry for every value, as
-        // the hub stores it.
-        let refs: Vec<(&str, &RowState, Option<store::Referral<'_>>)> = (i..)
-            .zip(&fresh)
-            .map(|(j, (key, s))| {
-                let referral = store::Referral {
-                    seq: j + 1,
-                    columns: &names,
-                };
-                (key.as_str(), s, Some(referral))
-            })
-            .collect();
         let q = upsert(table, models.into_iter());
         let tx = db.begin().await?;
         tx.execute(&q).await?;
         tx.execute(&entries).await?;
-        if let Some(store) = states {
-            for q in store::state_statements(store, "contacts", &refs)? {
-                tx.execute(&q).await?;
-            }
+        if states.is_some() {
+            tx.execute(&fresh).await?;
         }
         tx.commit().await?;
         i += n;
     }
     Ok(started.elapsed())
+}
+
+/// A change's entry in the hub's log at hub sequence `seq`, as the hub
+/// stores it: ids, then table, key and values as typed JSON, operation and
+/// clock (tidesync 0.1's stored format).
+fn log_row(seq: u64, c: &Change) -> Res<Vec<SimpleExpr>> {
+    Ok(vec![
+        (seq as i64).into(),
+        c.id.origin.to_string().into(),
+        (c.id.seq as i64).into(),
+        c.table.clone().into(),
+        serde_json::to_string(&c.pk)?.into(),
+        "insert".into(),
+        serde_json::to_string(&c.columns)?.into(),
+        c.hlc.to_string().into(),
+        Option::<String>::None.into(),
+    ])
+}
+
+/// The hub's state of a row written once, by the insert logged at `seq`:
+/// its values refer to that entry (the sequence under the key `""`) and
+/// every column shares the insert's clock (stored once, under `""`).
+fn state_row(seq: u64, c: &Change) -> Res<Vec<SimpleExpr>> {
+    let key: Vec<&Value> = c.pk.iter().map(|(_, v)| v).collect();
+    let vals = serde_json::json!({ "": Value::BigInt(Some(seq as i64)) });
+    let clocks = serde_json::json!({ "": c.hlc });
+    Ok(vec![
+        c.table.clone().into(),
+        serde_json::to_string(&key)?.into(),
+        vals.to_string().into(),
+        clocks.to_string().into(),
+        Option::<String>::None.into(),
+        true.into(),
+    ])
 }
 
 /// One autocommitted upsert per row, for at most `max_rows` rows or

@@ -13,7 +13,7 @@ use common::entities::contacts;
 use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DatabaseConnection};
-use tidesync::hub::{Hub, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
+use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
 use tidesync::{
     AutoSync, Change, Error, Replica, SyncEngine, SyncHandle, SyncPhase, SyncStatus, TableSpec,
 };
@@ -27,10 +27,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// A device: a local SQLite database and an engine for `backend`.
-async fn device(
-    backend: Arc<dyn Hub>,
-    tag: &str,
-) -> Result<(TestDb, Arc<SyncEngine>), BoxError> {
+async fn device(backend: Arc<dyn Hub>, tag: &str) -> Result<(TestDb, Arc<SyncEngine>), BoxError> {
     let local = TestDb::create(Dialect::Sqlite, tag).await?;
     local.create_table(contacts::Entity).await?;
     let replica = Replica::builder(local.db.clone())

@@ -506,10 +506,10 @@ async fn install_is_idempotent_and_versioned(t: TestDb) -> TestResult {
         1,
         "and captures once, not twice"
     );
-    let v = tidesync::core::schema::read_meta(&t.db, "schema_version").await?;
+    let v = common::read_meta(&t.db, "schema_version").await?;
     ensure_eq!(v.as_deref(), Some("1"));
     // A database written by a newer release is refused, not misread.
-    tidesync::core::schema::write_meta(&t.db, "schema_version", "99").await?;
+    common::write_meta(&t.db, "schema_version", "99").await?;
     match Replica::builder(t.db.clone())
         .register::<contacts::Entity>()
         .open()
@@ -522,7 +522,7 @@ async fn install_is_idempotent_and_versioned(t: TestDb) -> TestResult {
         other => return Err(format!("expected SchemaVersion error, got {other:?}").into()),
     }
     // Registering a table twice is a configuration error.
-    tidesync::core::schema::write_meta(&t.db, "schema_version", "1").await?;
+    common::write_meta(&t.db, "schema_version", "1").await?;
     let dup = Replica::builder(t.db.clone())
         .register::<contacts::Entity>()
         .register::<contacts::Entity>()
@@ -544,7 +544,7 @@ async fn clock_never_goes_backwards_across_restarts(t: TestDb) -> TestResult {
         physical: first.physical + 3_600_000_000,
         ..first
     };
-    tidesync::core::schema::write_meta(&t.db, "hlc", &ahead.to_string()).await?;
+    common::write_meta(&t.db, "hlc", &ahead.to_string()).await?;
     drop(r);
     let r = setup_again(&t).await?;
     contact("two").insert(&t.db).await?;
@@ -943,7 +943,7 @@ async fn concurrent_writes_during_capture_are_not_lost(t: TestDb) -> TestResult 
         );
     } else {
         // The sequence number the pass will give its first change.
-        let seq: i64 = tidesync::core::schema::read_meta(&t.db, "next_seq")
+        let seq: i64 = common::read_meta(&t.db, "next_seq")
             .await?
             .ok_or("next_seq")?
             .parse()?;

@@ -316,7 +316,7 @@ impl World {
     /// error fails the case.
     async fn reset_hub(&self, hub: &DatabaseConnection) -> Result<(), BoxError> {
         let backend = hub.get_database_backend();
-        let q = |name: &str| tidesync::core::schema::quote(backend, name);
+        let q = |name: &str| common::quote(backend, name);
         let mut statements: Vec<String> = [
             "contacts",
             "_tidesync_changes",

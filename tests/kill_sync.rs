@@ -35,7 +35,7 @@ use rand::{Rng, SeedableRng};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::Value;
 use sea_orm::{ActiveValue::Set, Database, QueryOrder, QuerySelect};
-use tidesync::hub::{Hub, Cursor, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
+use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
 use tidesync::{Change, Hlc, NodeId, Op, Replica, SyncEngine, TableSpec};
 
 const DEVICE: &str = "TIDESYNC_SYNC_WORKER_DEVICE";

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use common::entities::{contacts, groups, members};
+use common::pk_key;
 use common::{BoxError, Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DbBackend, IntoActiveModel, QueryOrder};
-use tidesync::hub::{Hub, Cursor, RejectPolicy, SqlHub};
-use tidesync::core::value::pk_key;
+use tidesync::hub::{Cursor, Hub, RejectPolicy, SqlHub};
 use tidesync::{Error, Replica, SyncEngine};
 
 fn main() -> std::process::ExitCode {
@@ -70,11 +70,7 @@ impl Device {
     }
 
     /// A device whose local database is of `dialect`.
-    async fn on(
-        dialect: Dialect,
-        backend: Arc<dyn Hub>,
-        tag: &str,
-    ) -> Result<Device, BoxError> {
+    async fn on(dialect: Dialect, backend: Arc<dyn Hub>, tag: &str) -> Result<Device, BoxError> {
         let local = TestDb::create(dialect, tag).await?;
         local.create_table(contacts::Entity).await?;
         let replica = Replica::builder(local.db.clone())
@@ -544,10 +540,7 @@ impl Hub for Paged {
         self.inner.install(tables).await
     }
 
-    async fn push(
-        &self,
-        batch: &[tidesync::Change],
-    ) -> tidesync::Result<tidesync::hub::PushAck> {
+    async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
         let bytes = batch
             .iter()
             .flat_map(|c| &c.columns)
@@ -557,11 +550,7 @@ impl Hub for Paged {
         self.inner.push(batch).await
     }
 
-    async fn pull(
-        &self,
-        cursor: Cursor,
-        limit: u64,
-    ) -> tidesync::Result<tidesync::hub::PullBatch> {
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.inner.pull(cursor, limit).await
     }
 
@@ -592,7 +581,7 @@ impl Hub for Paged {
             .iter()
             .map(|r| {
                 let values: Vec<sea_orm::Value> = r.pk.iter().map(|(_, v)| v.clone()).collect();
-                Ok((r.table.clone(), pk_key(&values)?))
+                Ok((r.table.clone(), pk_key(&values)))
             })
             .collect::<tidesync::Result<_>>()?;
         self.calls.lock().unwrap().push(SnapshotCall {
@@ -647,7 +636,7 @@ fn check_pages(
 /// The hub keys of contacts `ids`, as a snapshot names them.
 fn contact_keys(ids: &[Uuid]) -> Result<std::collections::BTreeSet<(String, String)>, BoxError> {
     ids.iter()
-        .map(|id| Ok(("contacts".to_owned(), pk_key(&[sea_orm::Value::from(*id)])?)))
+        .map(|id| Ok(("contacts".to_owned(), pk_key(&[sea_orm::Value::from(*id)]))))
         .collect()
 }
 
@@ -1088,10 +1077,7 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let engine = SyncEngine::new(
-        replica,
-        Arc::new(SqlHub::new(hub.connect_again().await?)),
-    );
+    let engine = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)));
     ensure_eq!(engine.sync_now().await?.pushed, 1);
     let on_a = all_contacts(a.db()).await?;
     ensure_eq!(on_a.len(), 1);
@@ -1115,10 +1101,7 @@ impl Hub for LostAfter {
         self.inner.install(tables).await
     }
 
-    async fn push(
-        &self,
-        batch: &[tidesync::Change],
-    ) -> tidesync::Result<tidesync::hub::PushAck> {
+    async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
         use std::sync::atomic::Ordering;
         let left = self.pushes.load(Ordering::SeqCst);
         if left == 0 {
@@ -1128,11 +1111,7 @@ impl Hub for LostAfter {
         self.inner.push(batch).await
     }
 
-    async fn pull(
-        &self,
-        cursor: Cursor,
-        limit: u64,
-    ) -> tidesync::Result<tidesync::hub::PullBatch> {
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.inner.pull(cursor, limit).await
     }
 
@@ -1495,11 +1474,8 @@ async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestRes
             .await?;
         // One change per request: every boundary is a batch boundary.
         engines.push(
-            SyncEngine::new(
-                replica,
-                Arc::new(SqlHub::new(hub.connect_again().await?)),
-            )
-            .with_batch_size(1),
+            SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
+                .with_batch_size(1),
         );
         locals.push(local);
     }
@@ -1599,11 +1575,8 @@ async fn malformed_outbox_change_halts_or_parks(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let park = SyncEngine::new(
-        replica,
-        Arc::new(SqlHub::new(hub.connect_again().await?)),
-    )
-    .with_policy(tidesync::hub::RejectPolicy::Park);
+    let park = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
+        .with_policy(tidesync::hub::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pushed, 1);
     ensure_eq!(r.local_errors.len(), 1, "{r:?}");
@@ -1658,13 +1631,13 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
             hub.backend(),
             format!(
                 "SELECT value FROM _tidesync_hub_meta WHERE {} = 'hub_id'",
-                tidesync::core::schema::quote(hub.backend(), "key")
+                common::quote(hub.backend(), "key")
             ),
         ))
         .await?
         .ok_or("hub id")?
         .try_get("", "value")?;
-    tidesync::core::schema::upsert_meta(b.db(), &format!("cursor:{hub_id}"), "0").await?;
+    common::write_meta(b.db(), &format!("cursor:{hub_id}"), "0").await?;
     let r = b.engine.sync_now().await?;
     ensure_eq!(r.pulled, 1, "halted after the first change: {r:?}");
     ensure!(
@@ -1692,11 +1665,8 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let park = SyncEngine::new(
-        replica,
-        Arc::new(SqlHub::new(hub.connect_again().await?)),
-    )
-    .with_policy(tidesync::hub::RejectPolicy::Park);
+    let park = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
+        .with_policy(tidesync::hub::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pulled, 1, "{r:?}");
     same_rows(
@@ -1751,8 +1721,7 @@ async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult 
         .db
         .execute_unprepared("CREATE TABLE contacts (id varchar(36) PRIMARY KEY)")
         .await?;
-    let b =
-        Device::with_backend(Arc::new(SqlHub::new(other.connect_again().await?)), "b").await?;
+    let b = Device::with_backend(Arc::new(SqlHub::new(other.connect_again().await?)), "b").await?;
     match b.engine.sync_now().await {
         Err(Error::Config(msg)) => ensure!(msg.contains("`name`"), "{msg}"),
         r => return Err(format!("expected a configuration error, got {r:?}").into()),
@@ -1773,11 +1742,8 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let engine = SyncEngine::new(
-        replica,
-        Arc::new(SqlHub::new(hub.connect_again().await?)),
-    )
-    .with_batch_size(10);
+    let engine = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
+        .with_batch_size(10);
     engine.sync_now().await?; // install
     let rows: Vec<contacts::ActiveModel> = (0..400)
         .map(|i| contacts::ActiveModel {

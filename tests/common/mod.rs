@@ -330,3 +330,59 @@ pub fn multi_trial(name: &str, dialects: Vec<Dialect>, test: MultiDbTest) -> Tri
         Ok(Completion::Completed)
     })
 }
+
+/// `ident` quoted for the database `kind` (tests write some SQL by hand).
+pub fn quote(kind: DbBackend, ident: &str) -> String {
+    match kind {
+        DbBackend::MySql => format!("`{}`", ident.replace('`', "``")),
+        _ => format!("\"{}\"", ident.replace('"', "\"\"")),
+    }
+}
+
+/// The text tidesync keys a row by in its metadata: the key's typed values
+/// as JSON.
+pub fn pk_key(values: &[sea_orm::Value]) -> String {
+    serde_json::to_string(values).expect("typed values serialise")
+}
+
+/// A value of a replica's `_tidesync_meta`, read by hand.
+pub async fn read_meta<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    key: &str,
+) -> Result<Option<String>, BoxError> {
+    let kind = db.get_database_backend();
+    let sql = format!(
+        "SELECT {} FROM _tidesync_meta WHERE {} = '{}'",
+        quote(kind, "value"),
+        quote(kind, "key"),
+        key.replace('\'', "''")
+    );
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(kind, sql))
+        .await?;
+    Ok(row.map(|r| r.try_get_by_index::<String>(0)).transpose()?)
+}
+
+/// Set a value of a replica's `_tidesync_meta` by hand (inserted if
+/// missing).
+pub async fn write_meta<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    key: &str,
+    value: &str,
+) -> Result<(), BoxError> {
+    let kind = db.get_database_backend();
+    let (k, v) = (quote(kind, "key"), quote(kind, "value"));
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    db.execute_unprepared(&format!(
+        "DELETE FROM _tidesync_meta WHERE {k} = {}",
+        lit(key)
+    ))
+    .await?;
+    db.execute_unprepared(&format!(
+        "INSERT INTO _tidesync_meta ({k}, {v}) VALUES ({}, {})",
+        lit(key),
+        lit(value)
+    ))
+    .await?;
+    Ok(())
+}

@@ -177,7 +177,9 @@ pub(crate) fn of(kind: DbBackend) -> Result<&'static dyn Dialect> {
     allow(dead_code)
 )]
 fn missing(feature: &str) -> Error {
-    Error::Config(format!("tidesync was built without the `{feature}` feature"))
+    Error::Config(format!(
+        "tidesync was built without the `{feature}` feature"
+    ))
 }
 
 /// The dialect of the database behind `db`.

@@ -7,9 +7,9 @@ use sea_orm::sea_query::{
     ColumnType, Expr, ExprTrait, SimpleExpr, StringLen, TableCreateStatement, Value,
 };
 
+use super::Dialect;
 use super::triggers::{Capture, Trigger, marker_insert, per_event};
 use super::values::year_of;
-use super::Dialect;
 use crate::model::error::ErrorKind;
 
 /// MySQL and MariaDB.
@@ -135,7 +135,9 @@ impl Dialect for MySql {
     /// 2038): send it as a DATETIME.
     fn write_value(&self, _ty: &ColumnType, value: Value) -> SimpleExpr {
         match value {
-            Value::ChronoDateTimeUtc(t) => Expr::val(Value::ChronoDateTime(t.map(|t| t.naive_utc()))),
+            Value::ChronoDateTimeUtc(t) => {
+                Expr::val(Value::ChronoDateTime(t.map(|t| t.naive_utc())))
+            }
             v => Expr::val(v),
         }
     }
@@ -184,4 +186,3 @@ impl Dialect for MySql {
 
 /// Current wall time in microseconds.
 const NOW_US: &str = "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
-

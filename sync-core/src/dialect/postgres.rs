@@ -3,9 +3,9 @@
 
 use sea_orm::sea_query::{ColumnType, Expr, ExprTrait, SimpleExpr, Value};
 
+use super::Dialect;
 use super::triggers::{Capture, Trigger, marker_insert};
 use super::values::year_of;
-use super::Dialect;
 use crate::model::change::TableSpec;
 use crate::model::error::{ErrorKind, Result};
 
@@ -162,9 +162,9 @@ impl Dialect for Postgres {
 
     fn refuses(&self, value: &Value) -> Option<&'static str> {
         match value {
-            Value::BigUnsigned(Some(v)) if *v > i64::MAX as u64 => Some(
-                "PostgreSQL stores integers as signed 64-bit (max 9223372036854775807)",
-            ),
+            Value::BigUnsigned(Some(v)) if *v > i64::MAX as u64 => {
+                Some("PostgreSQL stores integers as signed 64-bit (max 9223372036854775807)")
+            }
             Value::String(Some(s)) if s.contains('\0') => {
                 Some("PostgreSQL text cannot contain NUL characters")
             }

@@ -4,8 +4,8 @@
 
 use sea_orm::sea_query::{ColumnType, Value};
 
-use super::triggers::{Capture, Trigger, marker_insert, per_event};
 use super::Dialect;
+use super::triggers::{Capture, Trigger, marker_insert, per_event};
 use crate::model::error::ErrorKind;
 
 /// SQLite.

@@ -3,7 +3,9 @@
 
 use chrono::Datelike;
 use sea_orm::sea_query::{ColumnType, Value};
-use sea_orm::{ActiveModelTrait, ActiveValue, ColumnTrait, DbBackend, DbErr, EntityName, IdenStatic, Iterable};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue, ColumnTrait, DbBackend, DbErr, EntityName, IdenStatic, Iterable,
+};
 
 use super::Dialect;
 use crate::model::error::{Error, Result};
@@ -60,9 +62,15 @@ where
             ActiveValue::NotSet => continue,
         };
         let def = col.def();
-        check_value(table, col.as_str(), Some(def.get_column_type()), &value, Some(dialect))
-            .and_then(|()| check_binding(table, col.as_str(), &value, dialect))
-            .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
+        check_value(
+            table,
+            col.as_str(),
+            Some(def.get_column_type()),
+            &value,
+            Some(dialect),
+        )
+        .and_then(|()| check_binding(table, col.as_str(), &value, dialect))
+        .map_err(|e| DbErr::Custom(format!("tidesync: {e}")))?;
     }
     Ok(())
 }

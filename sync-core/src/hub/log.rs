@@ -17,7 +17,11 @@ use crate::store::codec::{self, db_sequence, sequence};
 
 /// The statements that append `logged` to the log, from hub sequence
 /// `first_seq` on.
-pub(super) fn append(logged: &[Cow<'_, Change>], first_seq: u64, kind: DbBackend) -> Result<Vec<Statement>> {
+pub(super) fn append(
+    logged: &[Cow<'_, Change>],
+    first_seq: u64,
+    kind: DbBackend,
+) -> Result<Vec<Statement>> {
     let mut rows = Vec::with_capacity(logged.len());
     for (seq, c) in (first_seq..).zip(logged) {
         let ids: Vec<SimpleExpr> = vec![
@@ -27,12 +31,19 @@ pub(super) fn append(logged: &[Cow<'_, Change>], first_seq: u64, kind: DbBackend
         ];
         rows.push((ids, c.as_ref()));
     }
-    Ok(CHANGES.inserts(rows)?.iter().map(|q| kind.build(q)).collect())
+    Ok(CHANGES
+        .inserts(rows)?
+        .iter()
+        .map(|q| kind.build(q))
+        .collect())
 }
 
 /// The last hub sequence committed.
 pub(super) async fn tip<C: ConnectionTrait>(db: &C) -> Result<u64> {
-    let next_seq = HUB_META.read(db, "next_seq").await.map_err(Error::or_offline)?;
+    let next_seq = HUB_META
+        .read(db, "next_seq")
+        .await
+        .map_err(Error::or_offline)?;
     let next_seq: u64 = next_seq.and_then(|s| s.parse().ok()).unwrap_or(1);
     Ok(next_seq.saturating_sub(1))
 }
@@ -68,7 +79,10 @@ pub(super) async fn read<C: ConnectionTrait>(
             .and_where(Expr::col(Alias::new("origin")).ne(me.to_string()));
         tip_now = Some(t);
     }
-    let rows = db.query_all(&q).await.map_err(|e| Error::from(e).or_offline())?;
+    let rows = db
+        .query_all(&q)
+        .await
+        .map_err(|e| Error::from(e).or_offline())?;
     let mut batch = PullBatch {
         next: cursor,
         ..PullBatch::default()
@@ -115,7 +129,10 @@ pub(super) async fn columns<C: ConnectionTrait>(
     sorted.dedup();
     let mut out = HashMap::with_capacity(sorted.len());
     for chunk in sorted.chunks(500) {
-        let keys = chunk.iter().map(|s| db_sequence(*s)).collect::<Result<Vec<_>>>()?;
+        let keys = chunk
+            .iter()
+            .map(|s| db_sequence(*s))
+            .collect::<Result<Vec<_>>>()?;
         let q = sea_orm::sea_query::Query::select()
             .columns(["hub_seq", "payload"].map(Alias::new))
             .from(Alias::new(CHANGES.name))

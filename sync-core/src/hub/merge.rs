@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
+use super::log;
 use super::referral;
 use super::tables::HUB_ROWS;
-use super::log;
 use crate::dialect::Dialect;
 use crate::model::change::{Change, TableSpec};
 use crate::model::conflict::{self, ColumnConflict};
@@ -98,7 +98,12 @@ impl<'a> Merge<'a> {
     pub(super) async fn write(&mut self, changes: &[&Change]) -> Result<()> {
         let keyed = changes
             .iter()
-            .map(|c| Ok((*c, pk_key(&c.pk.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())?)))
+            .map(|c| {
+                Ok((
+                    *c,
+                    pk_key(&c.pk.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())?,
+                ))
+            })
             .collect::<Result<Vec<(&Change, String)>>>()?;
         self.load(&keyed).await?;
         let (before, logged) = self.merge(&keyed)?;
@@ -109,13 +114,22 @@ impl<'a> Merge<'a> {
         let first_seq = self.next_seq;
         let (states, referred) = (&self.states, &mut self.referred);
         let state_stmts = execute_while(tx, rows.upserts, || {
-            referral::state_statements(states, referred, &rows.saved, &keyed, &logged, first_seq, kind)
+            referral::state_statements(
+                states,
+                referred,
+                &rows.saved,
+                &keyed,
+                &logged,
+                first_seq,
+                kind,
+            )
         })
         .await?;
         for (spec, dead) in rows.deletes.iter().rev() {
             delete_rows(tx, spec, dead).await?;
         }
-        let log_stmts = execute_while(tx, state_stmts, || log::append(&logged, first_seq, kind)).await?;
+        let log_stmts =
+            execute_while(tx, state_stmts, || log::append(&logged, first_seq, kind)).await?;
         execute_all(tx, log_stmts).await?;
         self.next_seq = first_seq + logged.len() as u64;
         Ok(())
@@ -126,7 +140,10 @@ impl<'a> Merge<'a> {
         let mut missing: HashMap<&str, Vec<String>> = HashMap::new();
         for (c, key) in keyed {
             if !self.states.contains_key(&(c.table.clone(), key.clone())) {
-                missing.entry(c.table.as_str()).or_default().push(key.clone());
+                missing
+                    .entry(c.table.as_str())
+                    .or_default()
+                    .push(key.clone());
             }
         }
         for (table, keys) in missing {

@@ -171,7 +171,12 @@ impl Hub for SqlHub {
         log::read(&self.db, cursor, limit, None).await
     }
 
-    async fn pull_excluding(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<PullBatch> {
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: NodeId,
+    ) -> Result<PullBatch> {
         log::read(&self.db, cursor, limit, Some(origin)).await
     }
 

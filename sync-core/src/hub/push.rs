@@ -34,7 +34,9 @@ pub(super) async fn push(
     };
     let origin = first.id.origin;
     if batch.iter().any(|c| c.id.origin != origin) {
-        return Err(Error::Config("a push batch must come from one origin".into()));
+        return Err(Error::Config(
+            "a push batch must come from one origin".into(),
+        ));
     }
     if batch.windows(2).any(|w| w[1].id.seq <= w[0].id.seq) {
         return Err(Error::Config(
@@ -81,9 +83,16 @@ impl Push<'_> {
     /// (rolls back, `None`) at the first change the hub refuses; the careful
     /// path finds the ones that cannot be applied and halts or parks them.
     async fn once(&self, batch: &[Change], careful: bool) -> Result<Option<PushAck>> {
-        let tx = self.db.begin().await.map_err(|e| Error::from(e).or_offline())?;
+        let tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| Error::from(e).or_offline())?;
         // The sequence lock: held until commit, so hub sequences commit in order.
-        HUB_META.lock(&tx, "next_seq").await.map_err(Error::or_offline)?;
+        HUB_META
+            .lock(&tx, "next_seq")
+            .await
+            .map_err(Error::or_offline)?;
         custom_plans(&tx).await?;
         let start_seq: u64 = HUB_META
             .read(&tx, "next_seq")
@@ -98,7 +107,14 @@ impl Push<'_> {
         ack.acknowledged.extend(done.iter().map(|c| c.id));
         let verdicts: Vec<Option<String>> = todo
             .iter()
-            .map(|c| validate(c, self.specs.iter().find(|s| s.name == c.table), self.dialect).err())
+            .map(|c| {
+                validate(
+                    c,
+                    self.specs.iter().find(|s| s.name == c.table),
+                    self.dialect,
+                )
+                .err()
+            })
             .collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
         if !careful && verdicts.iter().all(Option::is_none) {
@@ -109,7 +125,9 @@ impl Push<'_> {
                 Err(e) if e.is_retryable() => return Err(e.or_offline()),
                 Err(_) => {
                     drop(merge);
-                    tx.rollback().await.map_err(|e| Error::from(e).or_offline())?;
+                    tx.rollback()
+                        .await
+                        .map_err(|e| Error::from(e).or_offline())?;
                     return Ok(None);
                 }
             }
@@ -128,7 +146,11 @@ impl Push<'_> {
             // the whole range from the cursor to the tip, then sorts it,
             // for each page of a pull (19 ms instead of 0.2 ms a page at
             // 50k entries). The users' tables are only written by key.
-            analyze(self.db, &[(HUB_ROWS, STATE_KEYS), (CHANGES.name, &["hub_seq"])]).await;
+            analyze(
+                self.db,
+                &[(HUB_ROWS, STATE_KEYS), (CHANGES.name, &["hub_seq"])],
+            )
+            .await;
         }
         ack.conflicts = held;
         ack.settled = settled;
@@ -211,17 +233,28 @@ impl Push<'_> {
     }
 
     /// Record the origin's progress and the next hub sequence, and commit.
-    async fn finish(&self, tx: DatabaseTransaction, progress: &Progress, next_seq: u64) -> Result<()> {
+    async fn finish(
+        &self,
+        tx: DatabaseTransaction,
+        progress: &Progress,
+        next_seq: u64,
+    ) -> Result<()> {
         if progress.applied > 0 {
             set_applied(&tx, self.origin, progress).await?;
         }
-        HUB_META.write(&tx, "next_seq", &next_seq.to_string()).await?;
+        HUB_META
+            .write(&tx, "next_seq", &next_seq.to_string())
+            .await?;
         tx.commit().await.map_err(|e| Error::from(e).or_offline())
     }
 }
 
 /// Record that `origin`'s changes up to `progress.applied` are applied.
-async fn set_applied<C: ConnectionTrait>(db: &C, origin: NodeId, progress: &Progress) -> Result<()> {
+async fn set_applied<C: ConnectionTrait>(
+    db: &C,
+    origin: NodeId,
+    progress: &Progress,
+) -> Result<()> {
     let seq = db_sequence(progress.applied)?;
     if progress.known {
         let q = Query::update()

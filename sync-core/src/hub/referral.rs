@@ -32,7 +32,10 @@ pub(super) fn state_statements(
 ) -> Result<Vec<Statement>> {
     let mut last_entry: HashMap<(&str, &str), (u64, &Change)> = HashMap::new();
     for (seq, ((_, key), logged)) in (first_seq..).zip(keyed.iter().zip(logged)) {
-        last_entry.insert((logged.table.as_str(), key.as_str()), (seq, logged.as_ref()));
+        last_entry.insert(
+            (logged.table.as_str(), key.as_str()),
+            (seq, logged.as_ref()),
+        );
     }
     let mut out = Vec::new();
     for (table, keys) in saved {
@@ -45,9 +48,12 @@ pub(super) fn state_statements(
                 .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
             let fresh = last_entry.get(&(table, key.as_str())).copied();
             let best = choose(state, referred.get(&id), fresh);
-            let names = best
-                .as_ref()
-                .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>()));
+            let names = best.as_ref().map(|(seq, cols)| {
+                (
+                    *seq,
+                    cols.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(),
+                )
+            });
             match best {
                 Some(r) => referred.insert(id, r),
                 None => referred.remove(&id),
@@ -57,7 +63,9 @@ pub(super) fn state_statements(
         let rows: Vec<_> = rows_of
             .iter()
             .map(|(key, state, names)| {
-                let referral = names.as_ref().map(|(seq, columns)| Referral { seq: *seq, columns });
+                let referral = names
+                    .as_ref()
+                    .map(|(seq, columns)| Referral { seq: *seq, columns });
                 (key.as_str(), *state, referral)
             })
             .collect();
@@ -72,7 +80,11 @@ pub(super) fn state_statements(
 /// for the columns that still hold its values) and the last one logged for
 /// the row in this push (`fresh`), the one that holds more of its values
 /// (the later on a tie); `None` when neither holds any.
-fn choose(state: &RowState, kept: Option<&Referred>, fresh: Option<(u64, &Change)>) -> Option<Referred> {
+fn choose(
+    state: &RowState,
+    kept: Option<&Referred>,
+    fresh: Option<(u64, &Change)>,
+) -> Option<Referred> {
     let kept = kept.map(|(seq, cols)| {
         let cols: Vec<(String, Hlc)> = cols
             .iter()
@@ -150,7 +162,8 @@ mod tests {
     }
 
     fn names(r: &Option<Referred>) -> Option<(u64, Vec<&str>)> {
-        r.as_ref().map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.as_str()).collect()))
+        r.as_ref()
+            .map(|(seq, cols)| (*seq, cols.iter().map(|(c, _)| c.as_str()).collect()))
     }
 
     #[test]
@@ -168,14 +181,23 @@ mod tests {
         let s = state(&[("a", 1, 5), ("b", 2, 5), ("c", 3, 9)]);
         let kept: Referred = (5, vec![("a".into(), hlc(5)), ("b".into(), hlc(5))]);
         let fresh = change(9, &[("c", 3)]);
-        assert_eq!(names(&choose(&s, Some(&kept), Some((40, &fresh)))), Some((5, vec!["a", "b"])));
+        assert_eq!(
+            names(&choose(&s, Some(&kept), Some((40, &fresh)))),
+            Some((5, vec!["a", "b"]))
+        );
         // A column the kept entry held but that changed since no longer counts.
         let s2 = state(&[("a", 1, 5), ("b", 8, 9), ("c", 3, 9)]);
         let fresh2 = change(9, &[("b", 8), ("c", 3)]);
-        assert_eq!(names(&choose(&s2, Some(&kept), Some((41, &fresh2)))), Some((41, vec!["b", "c"])));
+        assert_eq!(
+            names(&choose(&s2, Some(&kept), Some((41, &fresh2)))),
+            Some((41, vec!["b", "c"]))
+        );
         // A tie goes to the later entry.
         let one: Referred = (5, vec![("a".into(), hlc(5))]);
-        assert_eq!(names(&choose(&s, Some(&one), Some((40, &fresh)))), Some((40, vec!["c"])));
+        assert_eq!(
+            names(&choose(&s, Some(&one), Some((40, &fresh)))),
+            Some((40, vec!["c"]))
+        );
     }
 
     #[test]

@@ -35,7 +35,10 @@ pub(super) async fn page<C: ConnectionTrait>(
         let values = [Value::from(tbl), Value::from(pk)];
         q.and_where(dialect::of_db(db)?.after(columns, values));
     }
-    let rows = db.query_all(&q).await.map_err(|e| Error::from(e).or_offline())?;
+    let rows = db
+        .query_all(&q)
+        .await
+        .map_err(|e| Error::from(e).or_offline())?;
     let stored = rows
         .iter()
         .map(StoredState::decode)

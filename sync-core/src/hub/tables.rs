@@ -2,7 +2,9 @@
 //! change log, the row states, per-origin progress and rejected changes.
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement};
+use sea_orm::sea_query::{
+    Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement,
+};
 
 use crate::dialect::{self, Dialect};
 use crate::model::change::TableSpec;

@@ -7,7 +7,11 @@ use crate::model::change::{Change, Op, TableSpec};
 
 /// Why `change` cannot be applied to the hub's `spec` (`None`: the table is
 /// unknown) on the dialect `d`, if it cannot.
-pub(crate) fn validate(change: &Change, spec: Option<&TableSpec>, d: &dyn Dialect) -> Result<(), String> {
+pub(crate) fn validate(
+    change: &Change,
+    spec: Option<&TableSpec>,
+    d: &dyn Dialect,
+) -> Result<(), String> {
     let Some(spec) = spec else {
         return Err(format!("table `{}` is not known to the hub", change.table));
     };
@@ -101,13 +105,31 @@ mod tests {
 
     #[test]
     fn a_change_that_fits_passes() {
-        let c = change(Op::Insert, 1, &[("id", Value::BigUnsigned(Some(1))), name("a")]);
+        let c = change(
+            Op::Insert,
+            1,
+            &[("id", Value::BigUnsigned(Some(1))), name("a")],
+        );
         for kind in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
             assert_eq!(validate(&c, Some(&spec()), d(kind)), Ok(()));
         }
         // An update sets only what changed; deletes set nothing.
-        assert_eq!(validate(&change(Op::Update, 1, &[name("b")]), Some(&spec()), d(DbBackend::Sqlite)), Ok(()));
-        assert_eq!(validate(&change(Op::Delete, 1, &[]), Some(&spec()), d(DbBackend::Sqlite)), Ok(()));
+        assert_eq!(
+            validate(
+                &change(Op::Update, 1, &[name("b")]),
+                Some(&spec()),
+                d(DbBackend::Sqlite)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            validate(
+                &change(Op::Delete, 1, &[]),
+                Some(&spec()),
+                d(DbBackend::Sqlite)
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -133,7 +155,11 @@ mod tests {
 
     #[test]
     fn an_unknown_column_is_schema_drift() {
-        let c = change(Op::Update, 1, &[("nickname", Value::String(Some("x".into())))]);
+        let c = change(
+            Op::Update,
+            1,
+            &[("nickname", Value::String(Some("x".into())))],
+        );
         assert_eq!(
             validate(&c, Some(&spec()), d(DbBackend::Sqlite)),
             Err("contacts.nickname: no such column on the hub (schema drift?)".into())
@@ -150,7 +176,10 @@ mod tests {
         assert!(validate(&big, Some(&spec()), d(DbBackend::MySql)).is_ok());
         for kind in [DbBackend::Postgres, DbBackend::Sqlite] {
             let e = validate(&big, Some(&spec()), d(kind)).unwrap_err();
-            assert!(e.starts_with("contacts.id: cannot store 18446744073709551615"), "{e}");
+            assert!(
+                e.starts_with("contacts.id: cannot store 18446744073709551615"),
+                "{e}"
+            );
         }
     }
 
@@ -162,7 +191,11 @@ mod tests {
             Err("contacts.name: insert without a value for a NOT NULL column".into())
         );
         // A nullable column may be left out.
-        let c = change(Op::Insert, 1, &[("id", Value::BigUnsigned(Some(1))), name("a")]);
+        let c = change(
+            Op::Insert,
+            1,
+            &[("id", Value::BigUnsigned(Some(1))), name("a")],
+        );
         assert!(validate(&c, Some(&spec()), d(DbBackend::Postgres)).is_ok());
     }
 }

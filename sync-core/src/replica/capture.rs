@@ -42,9 +42,7 @@ impl SealState {
     pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
         LOCAL_META.lock(tx, "next_seq").await?;
         custom_plans(tx).await?;
-        let mut meta = LOCAL_META
-            .read_many(tx, &["next_seq", "hlc"])
-            .await?;
+        let mut meta = LOCAL_META.read_many(tx, &["next_seq", "hlc"]).await?;
         let next_seq = meta
             .remove("next_seq")
             .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;
@@ -91,7 +89,9 @@ impl SealState {
                 .iter()
                 .map(|(c, _)| ColumnBase {
                     column: c.clone(),
-                    value: shadow.filter(|s| s.is_live()).and_then(|s| s.vals.get(c).cloned()),
+                    value: shadow
+                        .filter(|s| s.is_live())
+                        .and_then(|s| s.vals.get(c).cloned()),
                     clock: shadow.and_then(|s| s.clocks.get(c).copied()),
                 })
                 .collect()
@@ -102,7 +102,11 @@ impl SealState {
         Change {
             id,
             table: spec.name.clone(),
-            pk: spec.pk_names().into_iter().zip(marker.pk.iter().cloned()).collect(),
+            pk: spec
+                .pk_names()
+                .into_iter()
+                .zip(marker.pk.iter().cloned())
+                .collect(),
             op,
             columns,
             hlc,
@@ -200,7 +204,16 @@ pub(crate) async fn seal_table(
         current.insert(pk_key(&pk)?, vals);
     }
     let shadows = rows::load_states(tx, ROWS, &spec.name, &keys).await?;
-    let batch = seal_markers(spec, state, round.phase, &markers, &keys, &current, shadows, report)?;
+    let batch = seal_markers(
+        spec,
+        state,
+        round.phase,
+        &markers,
+        &keys,
+        &current,
+        shadows,
+        report,
+    )?;
     write_sealed(tx, spec, &batch).await?;
     report.captured += batch.changes.len();
     Ok(Sealed {
@@ -282,7 +295,11 @@ fn seal_markers(
 /// shadows are built), the shadows, then delete the sealed markers, only
 /// those whose version is unchanged: a write that committed after the row
 /// was read bumped `ver` and keeps its marker.
-async fn write_sealed(tx: &DatabaseTransaction, spec: &TableSpec, batch: &SealedBatch) -> Result<()> {
+async fn write_sealed(
+    tx: &DatabaseTransaction,
+    spec: &TableSpec,
+    batch: &SealedBatch,
+) -> Result<()> {
     if !batch.changes.is_empty() {
         let kind = tx.get_database_backend();
         let rows = batch
@@ -290,7 +307,11 @@ async fn write_sealed(tx: &DatabaseTransaction, spec: &TableSpec, batch: &Sealed
             .iter()
             .map(|c| Ok((vec![db_sequence(c.id.seq)?.into()], c)))
             .collect::<Result<Vec<_>>>()?;
-        let inserts: Vec<_> = OUTBOX.inserts(rows)?.iter().map(|q| kind.build(q)).collect();
+        let inserts: Vec<_> = OUTBOX
+            .inserts(rows)?
+            .iter()
+            .map(|q| kind.build(q))
+            .collect();
         let saves = execute_while(tx, inserts, || {
             let states: Vec<_> = batch
                 .shadows
@@ -532,4 +553,3 @@ mod tests {
         assert_eq!(phases(&[]).count(), 0);
     }
 }
-

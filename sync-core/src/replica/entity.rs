@@ -218,4 +218,3 @@ where
 {
     ensure_table(db, &table_spec::<E>()).await
 }
-

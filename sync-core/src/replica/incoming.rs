@@ -51,9 +51,9 @@ pub(crate) struct Delta {
 impl Delta {
     /// Its row in `_tidesync_parked`, with `reason`.
     fn parked<'a>(&'a self, reason: &'a str) -> Result<Parked<'a>> {
-        let (origin, seq) = self
-            .id
-            .map_or(("snapshot".to_owned(), 0), |id| (id.origin.to_string(), id.seq));
+        let (origin, seq) = self.id.map_or(("snapshot".to_owned(), 0), |id| {
+            (id.origin.to_string(), id.seq)
+        });
         Ok(Parked {
             table: &self.table,
             key: pk_key(&self.pk)?,
@@ -70,7 +70,10 @@ impl Delta {
 
 /// Park deltas that cannot be applied here, with the reason.
 async fn park_deltas(tx: &DatabaseTransaction, deltas: &[&Delta], reason: &str) -> Result<()> {
-    let rows = deltas.iter().map(|d| d.parked(reason)).collect::<Result<Vec<_>>>()?;
+    let rows = deltas
+        .iter()
+        .map(|d| d.parked(reason))
+        .collect::<Result<Vec<_>>>()?;
     park(tx, &rows).await
 }
 
@@ -118,7 +121,12 @@ pub(crate) async fn end_applying(tx: &DatabaseTransaction) -> Result<()> {
 /// Lock the existing rows with these keys until the transaction ends,
 /// where the dialect locks rows (a SQLite write transaction already holds
 /// the whole database).
-async fn lock_rows(tx: &DatabaseTransaction, d: &dyn Dialect, spec: &TableSpec, keys: &[Vec<Value>]) -> Result<()> {
+async fn lock_rows(
+    tx: &DatabaseTransaction,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    keys: &[Vec<Value>],
+) -> Result<()> {
     if !d.locks_rows() || keys.is_empty() {
         return Ok(());
     }
@@ -180,7 +188,8 @@ pub(crate) async fn apply_page(
     let wall = wall_clock_us();
     for h in tables {
         if let Some(ds) = by_table.get(&h.spec().name) {
-            let merged = merge_table(&tx, d, h.spec(), ds, &mut state.clock, wall, &mut report).await?;
+            let merged =
+                merge_table(&tx, d, h.spec(), ds, &mut state.clock, wall, &mut report).await?;
             writes.push(merged);
         }
     }
@@ -362,7 +371,11 @@ async fn merge_delta(
 /// Write the merged tables: upserts parents first, deletes children first,
 /// then the states. The database writes the rows while the statements that
 /// save the states are built.
-async fn write_tables(tx: &DatabaseTransaction, d: &dyn Dialect, writes: &[TableWrite<'_>]) -> Result<()> {
+async fn write_tables(
+    tx: &DatabaseTransaction,
+    d: &dyn Dialect,
+    writes: &[TableWrite<'_>],
+) -> Result<()> {
     let kind = tx.get_database_backend();
     let mut upserts = Vec::new();
     for w in writes {

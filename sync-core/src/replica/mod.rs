@@ -25,10 +25,6 @@ use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, TransactionTrait};
 
-use capture::{BATCH, CaptureReport, Round, SealState, phases, seal_table};
-use entity::{EntityTable, TableHandle};
-use incoming::{ApplyReport, Delta, PageMeta};
-use tables::{LOCAL_META, OUTBOX, ROWS};
 use crate::model::change::TableSpec;
 use crate::model::clock::NodeId;
 use crate::model::conflict::Resolver;
@@ -36,6 +32,10 @@ use crate::model::error::{Error, Result};
 use crate::model::syncable::{ConflictPolicy, Syncable};
 use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling};
 use crate::store::tables::ensure_table;
+use capture::{BATCH, CaptureReport, Round, SealState, phases, seal_table};
+use entity::{EntityTable, TableHandle};
+use incoming::{ApplyReport, Delta, PageMeta};
+use tables::{LOCAL_META, OUTBOX, ROWS};
 
 pub use entity::{create_table, table_spec};
 
@@ -119,7 +119,11 @@ impl ReplicaBuilder {
         let db = self.db;
         tables::install_metadata(&db).await?;
         let node_id = NodeId::random().to_string();
-        for (key, value) in [("node_id", node_id.as_str()), ("next_seq", "1"), ("hlc", "")] {
+        for (key, value) in [
+            ("node_id", node_id.as_str()),
+            ("next_seq", "1"),
+            ("hlc", ""),
+        ] {
             LOCAL_META.insert_if_missing(&db, key, value).await?;
         }
         let node: NodeId = LOCAL_META.require(&db, "node_id").await?.parse()?;
@@ -260,7 +264,8 @@ impl Replica {
                     limit: BATCH,
                     offset: skip,
                 };
-                let sealed = seal_table(&tx, table.as_ref(), &mut state, round, &mut report).await?;
+                let sealed =
+                    seal_table(&tx, table.as_ref(), &mut state, round, &mut report).await?;
                 state.save(&tx).await?;
                 tx.commit().await?;
                 self.wrote((sealed.read - sealed.kept) as u64).await;
@@ -275,7 +280,11 @@ impl Replica {
 
     /// Apply a page of remote deltas, storing and removing `meta` in its
     /// transaction; counts the rows written (see [`Replica::wrote`]).
-    pub(crate) async fn apply_page(&self, deltas: Vec<Delta>, meta: PageMeta<'_>) -> Result<ApplyReport> {
+    pub(crate) async fn apply_page(
+        &self,
+        deltas: Vec<Delta>,
+        meta: PageMeta<'_>,
+    ) -> Result<ApplyReport> {
         let report = incoming::apply_page(&self.db, &self.tables, self.node, deltas, meta).await?;
         self.wrote(report.applied as u64).await;
         Ok(report)

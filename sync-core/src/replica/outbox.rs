@@ -131,7 +131,10 @@ impl Replica {
     /// Drop acknowledged changes from the outbox.
     pub(crate) async fn acknowledge(&self, seqs: &[u64]) -> Result<()> {
         for chunk in seqs.chunks(500) {
-            let seqs = chunk.iter().map(|s| db_sequence(*s)).collect::<Result<Vec<_>>>()?;
+            let seqs = chunk
+                .iter()
+                .map(|s| db_sequence(*s))
+                .collect::<Result<Vec<_>>>()?;
             let q = Query::delete()
                 .from_table(Alias::new(OUTBOX.name))
                 .and_where(Expr::col(Alias::new("seq")).is_in(seqs))

@@ -41,7 +41,10 @@ impl Replica {
             let tx = self.connection().begin().await?;
             custom_plans(&tx).await?;
             let page = table.scan(&tx, offset, BATCH).await?;
-            let keys: Vec<String> = page.iter().map(|(pk, _)| pk_key(pk)).collect::<Result<_>>()?;
+            let keys: Vec<String> = page
+                .iter()
+                .map(|(pk, _)| pk_key(pk))
+                .collect::<Result<_>>()?;
             let shadows = load_states(&tx, ROWS, &spec.name, &keys).await?;
             let mut stale = Vec::new();
             for ((pk, vals), key) in page.iter().zip(&keys) {
@@ -101,8 +104,7 @@ async fn mark<C: ConnectionTrait>(
     q.into_table(Alias::new(dirty_table(&spec.name)))
         .columns(cols);
     for pk in pks {
-        let mut row: Vec<SimpleExpr> =
-            pk.iter().cloned().map(Into::into).collect();
+        let mut row: Vec<SimpleExpr> = pk.iter().cloned().map(Into::into).collect();
         row.push(1i64.into());
         row.push(wall.into());
         q.values_panic(row);
@@ -111,11 +113,7 @@ async fn mark<C: ConnectionTrait>(
         OnConflict::columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
             .value(
                 Alias::new("ver"),
-                Expr::col((
-                    Alias::new(dirty_table(&spec.name)),
-                    Alias::new("ver"),
-                ))
-                .add(1),
+                Expr::col((Alias::new(dirty_table(&spec.name)), Alias::new("ver"))).add(1),
             )
             .update_column(Alias::new("wall_us"))
             .to_owned(),

@@ -18,7 +18,9 @@
 //! is deleted before commit and vanishes on rollback, so a crashed apply never
 //! leaves capture switched off.
 
-use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement};
+use sea_orm::sea_query::{
+    Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement,
+};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::dialect::{self, Capture, Dialect, Trigger};
@@ -224,7 +226,10 @@ mod tests {
     }
 
     fn trigger_sql(kind: DbBackend) -> Vec<String> {
-        triggers(d(kind), &spec()).into_iter().map(|t| t.sql).collect()
+        triggers(d(kind), &spec())
+            .into_iter()
+            .map(|t| t.sql)
+            .collect()
     }
 
     use crate::model::change::ColumnSpec;
@@ -398,15 +403,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                META,
-                OUTBOX.name,
-                ROWS,
-                PARKED,
-                CONFLICTS,
-                APPLYING
-            ]
+            [META, OUTBOX.name, ROWS, PARKED, CONFLICTS, APPLYING]
         );
     }
 }
-

@@ -26,7 +26,11 @@ pub(crate) struct ChangeTable {
 impl ChangeTable {
     /// Every column: the ids, then the change's.
     pub(crate) fn columns(self) -> impl Iterator<Item = Alias> {
-        self.ids.iter().copied().chain(STORED_COLUMNS).map(Alias::new)
+        self.ids
+            .iter()
+            .copied()
+            .chain(STORED_COLUMNS)
+            .map(Alias::new)
     }
 
     /// A select of every column, to decode with [`decode`].
@@ -61,7 +65,12 @@ impl ChangeTable {
     ) -> Result<Vec<InsertStatement>> {
         let mut sized = Vec::new();
         for (ids, change) in rows {
-            let size = change.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>() + 200;
+            let size = change
+                .columns
+                .iter()
+                .map(|(_, v)| approx_size(v))
+                .sum::<usize>()
+                + 200;
             sized.push((self.row(ids, change)?, size));
         }
         Ok(batched(&self.insert(), sized))
@@ -188,7 +197,11 @@ mod tests {
     fn inserts_keep_the_order_of_the_changes() {
         let changes: Vec<Change> = (1..=3).map(change).collect();
         let qs = LOG
-            .inserts(changes.iter().map(|c| (vec![(c.id.seq as i64).into(), "me".into()], c)))
+            .inserts(
+                changes
+                    .iter()
+                    .map(|c| (vec![(c.id.seq as i64).into(), "me".into()], c)),
+            )
             .unwrap();
         assert_eq!(qs.len(), 1);
         let sql = qs[0].to_string(SqliteQueryBuilder);
@@ -200,6 +213,9 @@ mod tests {
     #[test]
     fn a_sequence_beyond_the_databases_integers_is_refused() {
         assert_eq!(db_sequence(i64::MAX as u64).unwrap(), i64::MAX);
-        assert!(matches!(db_sequence(i64::MAX as u64 + 1), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            db_sequence(i64::MAX as u64 + 1),
+            Err(Error::Corrupt(_))
+        ));
     }
 }

@@ -14,7 +14,11 @@ pub(crate) struct Meta(pub(crate) &'static str);
 
 impl Meta {
     /// Read one value.
-    pub(crate) async fn read<C: ConnectionTrait>(self, db: &C, key: &str) -> Result<Option<String>> {
+    pub(crate) async fn read<C: ConnectionTrait>(
+        self,
+        db: &C,
+        key: &str,
+    ) -> Result<Option<String>> {
         let stmt = Query::select()
             .column(Alias::new("value"))
             .from(Alias::new(self.0))
@@ -91,12 +95,22 @@ impl Meta {
     }
 
     /// Insert or overwrite a value.
-    pub(crate) async fn upsert<C: ConnectionTrait>(self, db: &C, key: &str, value: &str) -> Result<()> {
+    pub(crate) async fn upsert<C: ConnectionTrait>(
+        self,
+        db: &C,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
         self.upsert_many(db, &[(key, value)]).await
     }
 
     /// Overwrite a value that exists.
-    pub(crate) async fn write<C: ConnectionTrait>(self, db: &C, key: &str, value: &str) -> Result<()> {
+    pub(crate) async fn write<C: ConnectionTrait>(
+        self,
+        db: &C,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
         let stmt = Query::update()
             .table(Alias::new(self.0))
             .value(Alias::new("value"), value)
@@ -136,7 +150,11 @@ impl Meta {
     /// # Errors
     /// [`Error::SchemaVersion`] when a newer release wrote it;
     /// [`Error::Corrupt`] when the recorded version is not a number.
-    pub(crate) async fn check_version<C: ConnectionTrait>(self, db: &C, supported: i64) -> Result<()> {
+    pub(crate) async fn check_version<C: ConnectionTrait>(
+        self,
+        db: &C,
+        supported: i64,
+    ) -> Result<()> {
         self.insert_if_missing(db, "schema_version", &supported.to_string())
             .await?;
         let v = self.read(db, "schema_version").await?.unwrap_or_default();

@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{
     Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Query, StringLen, Table,
     TableCreateStatement,
 };
-use sea_orm::ConnectionTrait;
 
 use crate::dialect::{self, Dialect};
 use crate::model::clock::Hlc;
@@ -404,12 +404,20 @@ mod tests {
     fn row_state_tables_are_keyed_by_table_and_row() {
         use sea_orm::sea_query::{MysqlQueryBuilder, SqliteQueryBuilder};
         assert_eq!(
-            row_state_table(crate::dialect::of(sea_orm::DbBackend::Sqlite).unwrap(), "_tidesync_rows").to_string(SqliteQueryBuilder),
+            row_state_table(
+                crate::dialect::of(sea_orm::DbBackend::Sqlite).unwrap(),
+                "_tidesync_rows"
+            )
+            .to_string(SqliteQueryBuilder),
             r#"CREATE TABLE IF NOT EXISTS "_tidesync_rows" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, PRIMARY KEY ("tbl", "pk") )"#
         );
         // MySQL's TEXT holds 64 KiB: values and clocks are LONGTEXT there.
         assert_eq!(
-            row_state_table(crate::dialect::of(sea_orm::DbBackend::MySql).unwrap(), "_tidesync_rows").to_string(MysqlQueryBuilder),
+            row_state_table(
+                crate::dialect::of(sea_orm::DbBackend::MySql).unwrap(),
+                "_tidesync_rows"
+            )
+            .to_string(MysqlQueryBuilder),
             "CREATE TABLE IF NOT EXISTS `_tidesync_rows` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, `vals` LONGTEXT NOT NULL, `clocks` LONGTEXT NOT NULL, `deleted_at` varchar(64) NULL, `live` bool NOT NULL, PRIMARY KEY (`tbl`, `pk`) )"
         );
     }
@@ -443,10 +451,7 @@ mod tests {
             Some((7, vec![("a".to_owned(), hlc(5)), ("c".to_owned(), hlc(5))]))
         );
         // The entry is gone: the state cannot be read.
-        assert!(matches!(
-            stored().fill(None),
-            Err(Error::Corrupt(_))
-        ));
+        assert!(matches!(stored().fill(None), Err(Error::Corrupt(_))));
     }
 
     #[test]

@@ -11,7 +11,10 @@ use crate::model::error::{Error, Result};
 
 /// Create a table (`IF NOT EXISTS` in the statement) with the options the
 /// dialect gives every table tidesync creates.
-pub(crate) async fn create<C: ConnectionTrait>(db: &C, mut table: TableCreateStatement) -> Result<()> {
+pub(crate) async fn create<C: ConnectionTrait>(
+    db: &C,
+    mut table: TableCreateStatement,
+) -> Result<()> {
     dialect::of_db(db)?.table_options(&mut table);
     db.execute(&table).await?;
     Ok(())
@@ -56,7 +59,11 @@ pub(crate) fn create_table(d: &dyn Dialect, spec: &TableSpec) -> TableCreateStat
 }
 
 /// Create the types a table's columns need (PostgreSQL enums), if missing.
-async fn create_custom_types<C: ConnectionTrait>(db: &C, d: &dyn Dialect, spec: &TableSpec) -> Result<()> {
+async fn create_custom_types<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+) -> Result<()> {
     let Some(exists) = d.type_exists_query() else {
         return Ok(());
     };
@@ -110,7 +117,11 @@ pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -
 }
 
 /// The column names a table has now.
-async fn existing_columns<C: ConnectionTrait>(db: &C, d: &dyn Dialect, table: &str) -> Result<Vec<String>> {
+async fn existing_columns<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    table: &str,
+) -> Result<Vec<String>> {
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             db.get_database_backend(),
@@ -126,10 +137,10 @@ async fn existing_columns<C: ConnectionTrait>(db: &C, d: &dyn Dialect, table: &s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::DbBackend;
-    use sea_orm::sea_query::{ColumnType, StringLen};
     use crate::model::change::ColumnSpec;
     use crate::model::syncable::ConflictPolicy;
+    use sea_orm::DbBackend;
+    use sea_orm::sea_query::{ColumnType, StringLen};
     use sea_orm::sea_query::{MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder};
 
     fn d(kind: DbBackend) -> &'static dyn Dialect {

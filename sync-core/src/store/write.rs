@@ -169,7 +169,10 @@ pub(crate) fn upsert_statements(
 }
 
 /// Execute statements built in advance, in order.
-pub(crate) async fn execute_all<C: ConnectionTrait>(db: &C, statements: Vec<Statement>) -> Result<()> {
+pub(crate) async fn execute_all<C: ConnectionTrait>(
+    db: &C,
+    statements: Vec<Statement>,
+) -> Result<()> {
     for stmt in statements {
         db.execute_raw(stmt).await?;
     }

@@ -43,8 +43,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::sync::engine::{SyncEngine, SyncProgress, SyncReport};
 use crate::model::error::Error;
+use crate::sync::engine::{SyncEngine, SyncProgress, SyncReport};
 
 /// How a background sync runs: see the [module docs](self).
 #[derive(Clone, Debug)]

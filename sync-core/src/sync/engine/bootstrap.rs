@@ -31,7 +31,12 @@ impl SyncEngine {
     /// progress in its transaction. Pulling from the start cursor merges
     /// again what changed on the hub while the snapshot was read, in the
     /// pages applied before or after: merging twice is harmless.
-    pub(super) async fn bootstrap(&self, hub: &HubInfo, key: &str, report: &mut SyncReport) -> Result<Cursor> {
+    pub(super) async fn bootstrap(
+        &self,
+        hub: &HubInfo,
+        key: &str,
+        report: &mut SyncReport,
+    ) -> Result<Cursor> {
         let progress_key = format!("bootstrap:{}", hub.hub_id);
         let resume = self.progress_of(&progress_key).await?;
         let fetch = |after: Option<String>| {

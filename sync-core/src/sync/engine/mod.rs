@@ -146,10 +146,7 @@ impl SyncEngine {
         self.info
             .get_or_try_init(|| async {
                 let specs: Vec<_> = self.replica.tables().cloned().collect();
-                self.hub
-                    .install(&specs)
-                    .await
-                    .map_err(Error::or_offline)
+                self.hub.install(&specs).await.map_err(Error::or_offline)
             })
             .await
     }
@@ -175,7 +172,6 @@ impl SyncEngine {
         Ok(report)
     }
 }
-
 
 /// Changes pushed and pulled so far by the sync in progress, or by the last
 /// one.

@@ -28,4 +28,3 @@ impl<T> Drop for Prefetch<T> {
         }
     }
 }
-

@@ -33,7 +33,10 @@ impl SyncEngine {
     pub(super) async fn pull(&self, hub: &HubInfo, report: &mut SyncReport) -> Result<()> {
         let key = format!("cursor:{}", hub.hub_id);
         let mut cursor = match self.replica.meta(&key).await? {
-            Some(c) => Cursor(c.parse().map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?),
+            Some(c) => Cursor(
+                c.parse()
+                    .map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?,
+            ),
             None => self.bootstrap(hub, &key, report).await?,
         };
         let me = self.replica.node_id();
@@ -115,7 +118,12 @@ impl SyncEngine {
 
     /// Apply one page of deltas with `meta` in one local transaction, and
     /// report it.
-    pub(super) async fn apply(&self, deltas: Vec<Delta>, meta: PageMeta<'_>, report: &mut SyncReport) -> Result<()> {
+    pub(super) async fn apply(
+        &self,
+        deltas: Vec<Delta>,
+        meta: PageMeta<'_>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let applied = self.replica.apply_page(deltas, meta).await?;
         report.pulled += applied.applied;
         self.progress.pulled.store(report.pulled, Ordering::Relaxed);
@@ -128,7 +136,10 @@ impl SyncEngine {
 /// A pulled change as a delta: a one-change row state.
 fn delta_of_change(mut c: Change) -> Delta {
     let table = std::mem::take(&mut c.table);
-    let pk = std::mem::take(&mut c.pk).into_iter().map(|(_, v)| v).collect();
+    let pk = std::mem::take(&mut c.pk)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     let id = c.id;
     Delta {
         table,

@@ -34,7 +34,6 @@ struct AckedHead {
     unflushed: usize,
 }
 
-
 impl SyncEngine {
     /// Push the outbox. Acknowledged changes at its head are dropped by
     /// range, every [`ACK_EVERY`] changes and at the end (also after an
@@ -121,8 +120,8 @@ impl SyncEngine {
         report: &mut SyncReport,
     ) -> Result<Settled> {
         let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
-        let prefix = acked.len() <= batch.len()
-            && acked.iter().zip(batch).all(|(a, c)| *a == c.id.seq);
+        let prefix =
+            acked.len() <= batch.len() && acked.iter().zip(batch).all(|(a, c)| *a == c.id.seq);
         match acked.last() {
             // The batch is the head of the outbox: drop it by range,
             // later.
