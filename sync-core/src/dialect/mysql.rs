@@ -186,3 +186,112 @@ impl Dialect for MySql {
 
 /// Current wall time in microseconds.
 const NOW_US: &str = "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::sea_query::{Alias, IntoIden, MysqlQueryBuilder, Query, Table};
+
+    #[test]
+    fn enums_are_inline_and_tables_utf8() {
+        let mood = ColumnType::Enum {
+            name: Alias::new("mood").into_iden(),
+            variants: vec![
+                Alias::new("glad").into_iden(),
+                Alias::new("it's").into_iden(),
+            ],
+        };
+        let inline = ColumnType::custom("ENUM('glad', 'it''s')");
+        assert_eq!(MySql.marker_key_type(&mood), inline);
+        assert_eq!(MySql.column_type(&mood, true), inline);
+        assert_eq!(MySql.marker_key_type(&ColumnType::Text), ColumnType::Text);
+        assert_eq!(MySql.long_text(), ColumnType::custom("LONGTEXT"));
+        let mut t = Table::create();
+        t.table(Alias::new("t"))
+            .col(sea_orm::sea_query::ColumnDef::new(Alias::new("a")).integer());
+        MySql.table_options(&mut t);
+        assert_eq!(
+            t.to_string(MysqlQueryBuilder),
+            "CREATE TABLE `t` ( `a` int ) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        );
+        assert_eq!(
+            MySql.column_type(&ColumnType::Time, false),
+            ColumnType::custom("TIME(6)")
+        );
+    }
+
+    #[test]
+    fn catalog_queries_and_session() {
+        assert_eq!(
+            MySql.columns_query(),
+            "SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+        );
+        assert_eq!(
+            MySql.triggers_query(),
+            Some(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
+                 WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = ?"
+            )
+        );
+        assert_eq!(MySql.session_expr(), "CONNECTION_ID()");
+        assert!(MySql.locks_rows());
+        assert_eq!(MySql.plan_hint(), None);
+        assert_eq!(MySql.type_exists_query(), None);
+    }
+
+    #[test]
+    fn keys_after_a_key_are_spelled_out() {
+        let q = Query::select()
+            .column(Alias::new("pk"))
+            .from(Alias::new("s"))
+            .and_where(MySql.after(
+                [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))],
+                ["a".into(), "b".into()],
+            ))
+            .to_owned();
+        assert_eq!(
+            q.to_string(MysqlQueryBuilder),
+            "SELECT `pk` FROM `s` WHERE `tbl` > 'a' OR (`tbl` = 'a' AND `pk` > 'b')"
+        );
+    }
+
+    #[test]
+    fn utc_date_times_are_written_as_datetime() {
+        let at = chrono::DateTime::from_timestamp(3_000_000_000, 0).unwrap();
+        let q = Query::select()
+            .expr(MySql.write_value(
+                &ColumnType::TimestampWithTimeZone,
+                Value::ChronoDateTimeUtc(Some(at)),
+            ))
+            .to_owned();
+        assert_eq!(
+            q.to_string(MysqlQueryBuilder),
+            "SELECT '2065-01-24 05:20:00.000000'"
+        );
+    }
+
+    #[test]
+    fn error_numbers_map_to_kinds() {
+        for (code, kind) in [
+            ("1062", ErrorKind::UniqueViolation),
+            ("1586", ErrorKind::UniqueViolation),
+            ("1452", ErrorKind::ForeignKeyViolation),
+            ("1217", ErrorKind::ForeignKeyViolation),
+            ("1048", ErrorKind::NotNullViolation),
+            ("1364", ErrorKind::NotNullViolation),
+            ("3819", ErrorKind::CheckViolation),
+            ("4025", ErrorKind::CheckViolation),
+            ("1406", ErrorKind::DataTooLong),
+            ("1264", ErrorKind::DataTooLong),
+            ("1213", ErrorKind::Serialization),
+            ("1205", ErrorKind::Serialization),
+            ("2013", ErrorKind::Connection),
+            ("1927", ErrorKind::Connection),
+        ] {
+            assert_eq!(MySql.error_kind(code, ""), Some(kind), "{code}");
+        }
+        assert_eq!(MySql.error_kind("23505", ""), None);
+        assert_eq!(MySql.error_kind("5", "database is locked"), None);
+    }
+}

@@ -191,3 +191,136 @@ impl Dialect for Postgres {
 
 /// Current wall time in microseconds.
 const NOW_US: &str = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::ColumnSpec;
+    use crate::model::syncable::ConflictPolicy;
+    use sea_orm::sea_query::{Alias, IntoIden, PostgresQueryBuilder, Query, StringLen};
+
+    fn mood() -> ColumnType {
+        ColumnType::Enum {
+            name: Alias::new("mood").into_iden(),
+            variants: vec![
+                Alias::new("glad").into_iden(),
+                Alias::new("it's").into_iden(),
+            ],
+        }
+    }
+
+    #[test]
+    fn enums_are_their_own_type_and_i8_is_char() {
+        let pg = Postgres;
+        assert_eq!(pg.column_type(&mood(), false), ColumnType::custom("mood"));
+        assert_eq!(pg.marker_key_type(&mood()), ColumnType::custom("mood"));
+        assert_eq!(
+            pg.column_type(&ColumnType::TinyInteger, false),
+            ColumnType::custom("\"char\"")
+        );
+        assert_eq!(
+            pg.marker_key_type(&ColumnType::TinyInteger),
+            ColumnType::TinyInteger
+        );
+        let text = ColumnType::String(StringLen::None);
+        assert_eq!(pg.column_type(&text, true), text);
+        assert_eq!(pg.long_text(), ColumnType::Text);
+    }
+
+    #[test]
+    fn enum_types_are_created_first() {
+        let c = |ty| ColumnSpec {
+            name: "m".into(),
+            ty,
+            nullable: false,
+        };
+        let spec = TableSpec {
+            name: "t".into(),
+            pk: vec![c(ColumnType::Integer)],
+            columns: vec![c(ColumnType::Integer), c(mood())],
+            local_only: vec![],
+            policy: ConflictPolicy::Lww,
+            single_writer: false,
+        };
+        assert_eq!(
+            Postgres.custom_types(&spec),
+            [(
+                "mood".to_owned(),
+                r#"CREATE TYPE "mood" AS ENUM ('glad', 'it''s')"#.to_owned()
+            )]
+        );
+        assert_eq!(
+            Postgres.type_exists_query(),
+            Some("SELECT 1 AS one FROM pg_type WHERE typname = $1")
+        );
+    }
+
+    #[test]
+    fn catalog_queries_and_session() {
+        assert_eq!(
+            Postgres.columns_query(),
+            "SELECT column_name AS name FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1"
+        );
+        assert_eq!(Postgres.triggers_query(), None);
+        assert_eq!(Postgres.session_expr(), "pg_backend_pid()");
+        assert!(Postgres.locks_rows());
+        assert_eq!(
+            Postgres.plan_hint(),
+            Some("SET LOCAL plan_cache_mode = force_custom_plan")
+        );
+    }
+
+    #[test]
+    fn keys_after_a_key_are_a_row_comparison() {
+        let q = Query::select()
+            .column(Alias::new("pk"))
+            .from(Alias::new("s"))
+            .and_where(Postgres.after(
+                [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))],
+                ["a".into(), "b".into()],
+            ))
+            .to_owned();
+        assert_eq!(
+            q.to_string(PostgresQueryBuilder),
+            r#"SELECT "pk" FROM "s" WHERE ("tbl", "pk") > ('a', 'b')"#
+        );
+    }
+
+    #[test]
+    fn enum_values_are_cast_to_their_type() {
+        let q = Query::select()
+            .expr(Postgres.write_value(&mood(), Value::from("glad")))
+            .to_owned();
+        assert_eq!(
+            q.to_string(PostgresQueryBuilder),
+            r#"SELECT CAST('glad' AS "mood")"#
+        );
+        let q = Query::select()
+            .expr(Postgres.write_value(&ColumnType::Text, Value::from("glad")))
+            .to_owned();
+        assert_eq!(q.to_string(PostgresQueryBuilder), "SELECT 'glad'");
+    }
+
+    #[test]
+    fn sqlstates_map_to_kinds() {
+        for (code, kind) in [
+            ("23505", ErrorKind::UniqueViolation),
+            ("23503", ErrorKind::ForeignKeyViolation),
+            ("23502", ErrorKind::NotNullViolation),
+            ("23514", ErrorKind::CheckViolation),
+            ("22001", ErrorKind::DataTooLong),
+            ("22003", ErrorKind::DataTooLong),
+            ("40001", ErrorKind::Serialization),
+            ("40P01", ErrorKind::Serialization),
+            ("55P03", ErrorKind::Serialization),
+            ("08006", ErrorKind::Connection),
+            ("57P01", ErrorKind::Connection),
+        ] {
+            assert_eq!(Postgres.error_kind(code, ""), Some(kind), "{code}");
+        }
+        assert_eq!(Postgres.error_kind("1062", ""), None);
+        assert_eq!(Postgres.error_kind("5", "database is locked"), None);
+        assert_eq!(Postgres.refuses_binding(&Value::from(1)), None);
+    }
+}

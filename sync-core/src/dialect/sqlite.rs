@@ -105,3 +105,57 @@ fn decimal_fits_f64(d: &rust_decimal::Decimal) -> bool {
         .and_then(|f| rust_decimal::Decimal::try_from(f).ok())
         .is_some_and(|back| back == *d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::sea_query::{Alias, Expr, Query, SqliteQueryBuilder};
+
+    #[test]
+    fn types_are_the_entitys_and_nothing_is_locked() {
+        let text = ColumnType::Text;
+        assert_eq!(Sqlite.column_type(&text, false), text);
+        assert_eq!(Sqlite.marker_key_type(&ColumnType::Uuid), ColumnType::Uuid);
+        assert_eq!(
+            Sqlite.columns_query(),
+            "SELECT name FROM pragma_table_info(?)"
+        );
+        assert_eq!(Sqlite.session_expr(), "0");
+        assert!(!Sqlite.locks_rows());
+        assert_eq!(Sqlite.triggers_query(), None);
+        let q = Query::select()
+            .column(Alias::new("pk"))
+            .from(Alias::new("s"))
+            .and_where(Sqlite.after(
+                [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))],
+                ["a".into(), "b".into()],
+            ))
+            .to_owned();
+        assert_eq!(
+            q.to_string(SqliteQueryBuilder),
+            r#"SELECT "pk" FROM "s" WHERE ("tbl", "pk") > ('a', 'b')"#
+        );
+    }
+
+    #[test]
+    fn result_codes_map_to_kinds() {
+        for (code, kind) in [
+            ("2067", ErrorKind::UniqueViolation),
+            ("1555", ErrorKind::UniqueViolation),
+            ("787", ErrorKind::ForeignKeyViolation),
+            ("1299", ErrorKind::NotNullViolation),
+            ("275", ErrorKind::CheckViolation),
+            ("5", ErrorKind::Serialization),
+            ("6", ErrorKind::Serialization),
+            ("261", ErrorKind::Serialization),
+            ("517", ErrorKind::Serialization),
+        ] {
+            assert_eq!(Sqlite.error_kind(code, ""), Some(kind), "{code}");
+        }
+        assert_eq!(
+            Sqlite.error_kind("", "database is locked"),
+            Some(ErrorKind::Serialization)
+        );
+        assert_eq!(Sqlite.error_kind("1062", ""), None);
+    }
+}

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockType, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
-use super::capture::{CaptureReport, SealState, seal_all};
+use super::capture::{CaptureReport, seal_all};
 use super::conflicts::{open_conflicts, update_remote};
 use super::entity::TableHandle;
 use super::parked::{Parked, park};
+use super::sequence::SealState;
 use super::tables::{APPLYING, LOCAL_META, ROWS};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};

@@ -3,6 +3,7 @@
 //!
 //! - [`rows`]: row states (values and per-column clocks) in a row-state
 //!   table: the replica's shadows and the hub's states;
+//! - [`clocks`]: a row's column clocks as stored;
 //! - [`write`]: batched writes of rows into the users' tables;
 //! - [`tables`]: the users' tables as tidesync creates them;
 //! - [`meta`]: key/value metadata tables;
@@ -12,6 +13,7 @@
 //! The store names no table of its own: the replica and the hub own their
 //! tables and pass their names in.
 
+pub(crate) mod clocks;
 pub(crate) mod codec;
 pub(crate) mod meta;
 pub(crate) mod rows;

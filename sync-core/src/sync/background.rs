@@ -5,7 +5,7 @@
 //! # async fn demo(engine: sync_core::SyncEngine) {
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use sync_core::background::{AutoSync, SyncPhase};
+//! use sync_core::{AutoSync, SyncPhase};
 //!
 //! let engine = Arc::new(engine);
 //! let sync = engine.start(AutoSync::every(Duration::from_secs(30)));

@@ -1,0 +1,125 @@
+//! The node's sequence and clock, as a transaction that writes changes
+//! holds them: loaded under the capture lock, advanced change by change,
+//! saved where they moved.
+
+use sea_orm::{DatabaseTransaction, Value};
+
+use super::entity::Marker;
+use super::tables::LOCAL_META;
+use crate::model::change::{Change, ChangeId, ColumnBase, Op, TableSpec};
+use crate::model::clock::{Hlc, HlcClock, NodeId};
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::store::stats::custom_plans;
+
+/// Clock and sequence state of a capture transaction.
+pub(crate) struct SealState {
+    pub(crate) node: NodeId,
+    pub(crate) clock: HlcClock,
+    pub(crate) next_seq: u64,
+    /// Sequence and clock as loaded.
+    loaded: (u64, Hlc),
+}
+
+impl SealState {
+    /// Take the capture lock (a row lock on PostgreSQL/MySQL, the write lock
+    /// on SQLite) and load clock and sequence.
+    pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
+        LOCAL_META.lock(tx, "next_seq").await?;
+        custom_plans(tx).await?;
+        let mut meta = LOCAL_META.read_many(tx, &["next_seq", "hlc"]).await?;
+        let next_seq = meta
+            .remove("next_seq")
+            .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;
+        let next_seq = next_seq
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("next_seq `{next_seq}` is not a number")))?;
+        let last = match meta.remove("hlc") {
+            Some(s) if !s.is_empty() => Some(s.parse()?),
+            _ => None,
+        };
+        let clock = HlcClock::new(node, last);
+        Ok(SealState {
+            node,
+            loaded: (next_seq, clock.last()),
+            clock,
+            next_seq,
+        })
+    }
+
+    /// The id and clock of this node's next change, written at `wall_us`.
+    pub(crate) fn next(&mut self, wall_us: u64) -> (ChangeId, Hlc) {
+        let hlc = self.clock.tick(wall_us);
+        let id = ChangeId {
+            origin: self.node,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        (id, hlc)
+    }
+
+    /// The change that a marker's row made: `columns` set by `op`, with the
+    /// base of each column (its value and clock in `shadow`) where the
+    /// table's policy detects conflicts.
+    pub(crate) fn change(
+        &mut self,
+        spec: &TableSpec,
+        marker: &Marker,
+        op: Op,
+        columns: Vec<(String, Value)>,
+        shadow: Option<&RowState>,
+    ) -> Change {
+        let base = if spec.policy.needs_base() {
+            columns
+                .iter()
+                .map(|(c, _)| ColumnBase {
+                    column: c.clone(),
+                    value: shadow
+                        .filter(|s| s.is_live())
+                        .and_then(|s| s.vals.get(c).cloned()),
+                    clock: shadow.and_then(|s| s.clocks.get(c).copied()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (id, hlc) = self.next(u64::try_from(marker.wall_us).unwrap_or(0));
+        Change {
+            id,
+            table: spec.name.clone(),
+            pk: spec
+                .pk_names()
+                .into_iter()
+                .zip(marker.pk.iter().cloned())
+                .collect(),
+            op,
+            columns,
+            hlc,
+            base,
+        }
+    }
+
+    /// Persist sequence and clock, where they moved.
+    pub(crate) async fn save(&self, tx: &DatabaseTransaction) -> Result<()> {
+        self.save_with(tx, &[]).await
+    }
+
+    /// Persist sequence and clock where they moved, and `more` metadata,
+    /// in one statement.
+    pub(crate) async fn save_with(
+        &self,
+        tx: &DatabaseTransaction,
+        more: &[(&str, &str)],
+    ) -> Result<()> {
+        let next_seq = self.next_seq.to_string();
+        let hlc = self.clock.last().to_string();
+        let mut values = more.to_vec();
+        if self.next_seq != self.loaded.0 {
+            values.push(("next_seq", &next_seq));
+        }
+        if self.clock.last() != self.loaded.1 {
+            values.push(("hlc", &hlc));
+        }
+        LOCAL_META.upsert_many(tx, &values).await
+    }
+}
