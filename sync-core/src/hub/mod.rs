@@ -19,7 +19,7 @@
 //!
 //! Everything needed to write another hub (a transport to a remote one, a
 //! wrapper that counts or fails calls) is exported here: implement [`Hub`]
-//! with these types and pass it to [`SyncEngine::new`](crate::SyncEngine::new).
+//! with these types and pass it to `SyncEngine::new`.
 
 mod log;
 mod merge;

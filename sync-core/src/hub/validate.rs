@@ -32,17 +32,15 @@ pub(crate) fn validate(
         };
         check_value(&spec.name, name, Some(&col.ty), value, Some(d)).map_err(|e| e.to_string())?;
     }
-    if change.op == Op::Insert {
-        if let Some(c) = spec
-            .columns
-            .iter()
-            .find(|c| !c.nullable && !change.columns.iter().any(|(n, _)| *n == c.name))
-        {
-            return Err(format!(
-                "{}.{}: insert without a value for a NOT NULL column",
-                spec.name, c.name
-            ));
-        }
+    let missing = spec
+        .columns
+        .iter()
+        .find(|c| !c.nullable && !change.columns.iter().any(|(n, _)| *n == c.name));
+    if let (Op::Insert, Some(c)) = (change.op, missing) {
+        return Err(format!(
+            "{}.{}: insert without a value for a NOT NULL column",
+            spec.name, c.name
+        ));
     }
     Ok(())
 }

@@ -81,7 +81,7 @@ pub struct Unreadable {
 /// What to do with a change that cannot be applied (a constraint
 /// violation, an unknown table or column, a value the dialect cannot hold,
 /// a malformed payload). The hub applies it to pushed changes; a
-/// [`crate::SyncEngine`] to its own outbox and to pulled changes.
+/// `SyncEngine` to its own outbox and to pulled changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RejectPolicy {

@@ -57,7 +57,7 @@ pub struct ReplicaBuilder {
 
 impl ReplicaBuilder {
     /// Create the registered tables when they are missing (and add nullable
-    /// columns a newer entity has), with [`crate::create_table`]'s column
+    /// columns a newer entity has), with [`create_table`](entity::create_table)'s column
     /// types. Off by default: most applications create their tables with
     /// their own migrations.
     pub fn create_tables(mut self) -> Self {
@@ -150,7 +150,7 @@ impl ReplicaBuilder {
 ///
 /// Every write to a registered table (through SeaORM or not) leaves a dirty
 /// marker; [`capture`](Replica::capture) turns markers into typed
-/// [`Change`]s in the outbox, ready to push.
+/// [`Change`](crate::model::change::Change)s in the outbox, ready to push.
 ///
 /// ```no_run
 /// # async fn demo(db: sea_orm::DatabaseConnection) -> sync_core::Result<()> {

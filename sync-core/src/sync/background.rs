@@ -1,41 +1,7 @@
 //! Syncing in the background: on an interval and on demand, backing off
-//! while the hub cannot be reached, with a status a UI can watch.
-//!
-//! ```no_run
-//! # async fn demo(engine: sync_core::SyncEngine) {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use sync_core::{AutoSync, SyncPhase};
-//!
-//! let engine = Arc::new(engine);
-//! let sync = engine.start(AutoSync::every(Duration::from_secs(30)));
-//!
-//! // After a local write the user expects to see elsewhere soon:
-//! sync.sync_soon();
-//!
-//! // A UI follows the status:
-//! let mut status = sync.watch();
-//! while status.changed().await.is_ok() {
-//!     let s = status.borrow().clone();
-//!     match s.phase {
-//!         SyncPhase::Syncing => println!("syncing: {} pushed, {} pulled", s.progress.pushed, s.progress.pulled),
-//!         SyncPhase::Waiting { retry_in, .. } => println!("offline, retrying in {retry_in:?}"),
-//!         _ => println!("{} changes waiting to go out", s.pending),
-//!     }
-//! #   break;
-//! }
-//! sync.stop().await;
-//! # }
-//! ```
-//!
-//! The task calls [`SyncEngine::sync_now`], so everything said there holds:
-//! a sync that fails (hub unreachable, connection dropped mid-batch) loses
-//! nothing and the next one resumes where it stopped. After a failure the
-//! task waits for a backoff that doubles with each failure in a row, from
-//! [`AutoSync::backoff`]'s minimum to its maximum, each wait drawn at random
-//! between half and all of it (so that many devices coming back at once do
-//! not retry in step); [`SyncHandle::sync_soon`] cuts a wait short. After a
-//! success it waits for the interval.
+//! while the hub cannot be reached, with a status a UI can watch. Builds
+//! on the engine (and adds [`SyncEngine::start`] to it); the engine does
+//! not know this module.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -46,7 +12,44 @@ use tokio::task::JoinHandle;
 use crate::model::error::Error;
 use crate::sync::engine::{SyncEngine, SyncProgress, SyncReport};
 
-/// How a background sync runs: see the [module docs](self).
+/// How a background sync runs: on an interval and on demand, backing off
+/// while the hub cannot be reached, with a status a UI can watch.
+///
+/// ```no_run
+/// # async fn demo(engine: sync_core::SyncEngine) {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use sync_core::{AutoSync, SyncPhase};
+///
+/// let engine = Arc::new(engine);
+/// let sync = engine.start(AutoSync::every(Duration::from_secs(30)));
+///
+/// // After a local write the user expects to see elsewhere soon:
+/// sync.sync_soon();
+///
+/// // A UI follows the status:
+/// let mut status = sync.watch();
+/// while status.changed().await.is_ok() {
+///     let s = status.borrow().clone();
+///     match s.phase {
+///         SyncPhase::Syncing => println!("syncing: {} pushed, {} pulled", s.progress.pushed, s.progress.pulled),
+///         SyncPhase::Waiting { retry_in, .. } => println!("offline, retrying in {retry_in:?}"),
+///         _ => println!("{} changes waiting to go out", s.pending),
+///     }
+/// #   break;
+/// }
+/// sync.stop().await;
+/// # }
+/// ```
+///
+/// The task calls [`SyncEngine::sync_now`], so everything said there holds:
+/// a sync that fails (hub unreachable, connection dropped mid-batch) loses
+/// nothing and the next one resumes where it stopped. After a failure the
+/// task waits for a backoff that doubles with each failure in a row, from
+/// [`AutoSync::backoff`]'s minimum to its maximum, each wait drawn at random
+/// between half and all of it (so that many devices coming back at once do
+/// not retry in step); [`SyncHandle::sync_soon`] cuts a wait short. After a
+/// success it waits for the interval.
 #[derive(Clone, Debug)]
 pub struct AutoSync {
     interval: Duration,
@@ -121,7 +124,7 @@ pub struct SyncStatus {
     /// What the task is doing.
     pub phase: SyncPhase,
     /// Local writes not yet acknowledged by the hub
-    /// ([`Replica::pending_count`](crate::Replica::pending_count)), as of
+    /// ([`Replica::pending_count`](crate::replica::Replica::pending_count)), as of
     /// the end of the last sync.
     pub pending: u64,
     /// How far the sync in progress (or the last one) is.
@@ -191,7 +194,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl SyncEngine {
     /// Sync in the background on a tokio task: now, then as `options` say.
-    /// See the [module docs](crate::sync::background).
+    /// See [`AutoSync`] for how it runs.
     ///
     /// `sync_now` may still be called while the task runs: the two take
     /// turns.

@@ -1,0 +1,140 @@
+//! The layers of `sync-core` (stated in `src/lib.rs`) hold: each module
+//! imports only from its own layer or the layers below, the replica and
+//! the hub do not import each other, and only the dialect files name a
+//! kind of database.
+//!
+//! Read from the sources, as text: a `crate::<module>` path anywhere in a
+//! file (a `use`, a path in code, a doc link) is an import of that module.
+
+use std::path::{Path, PathBuf};
+
+/// The layer of each top-level module of `src/`.
+const LAYERS: &[(&str, u8)] = &[
+    ("model", 1),
+    ("dialect", 2),
+    ("store", 3),
+    ("replica", 4),
+    ("hub", 4),
+    ("sync", 5),
+];
+
+fn layer(module: &str) -> Option<u8> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+}
+
+/// Every `.rs` file below `dir`.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("src is readable") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file of `src/` belongs to (`None` for `lib.rs`).
+fn module_of(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).expect("below src");
+    let first = rel.components().next()?.as_os_str().to_str()?.to_owned();
+    let first = first.strip_suffix(".rs").map(str::to_owned).unwrap_or(first);
+    (first != "lib").then_some(first)
+}
+
+/// The modules a text names as `crate::<module>`.
+fn imports(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("crate::") {
+        let after = &rest[at + "crate::".len()..];
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+        rest = after;
+    }
+    out
+}
+
+/// The text of a file before its unit tests (`#[cfg(test)]`).
+fn code(text: &str) -> &str {
+    text.split("#[cfg(test)]").next().unwrap_or(text)
+}
+
+fn files() -> (PathBuf, Vec<PathBuf>) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    files.sort();
+    (src, files)
+}
+
+#[test]
+fn every_module_imports_only_from_layers_below() {
+    let (src, files) = files();
+    let mut wrong = Vec::new();
+    for file in &files {
+        let Some(module) = module_of(&src, file) else {
+            continue;
+        };
+        let Some(own) = layer(&module) else {
+            wrong.push(format!("{}: module `{module}` has no layer", file.display()));
+            continue;
+        };
+        let text = std::fs::read_to_string(file).expect("readable source");
+        for target in imports(&text) {
+            let Some(theirs) = layer(&target) else {
+                // The crate root's re-exports (`crate::Replica`) are above
+                // every layer.
+                wrong.push(format!("{}: imports `crate::{target}`", file.display()));
+                continue;
+            };
+            let sideways = own == 4 && theirs == 4 && target != module;
+            if theirs > own || sideways {
+                wrong.push(format!(
+                    "{}: `{module}` (layer {own}) imports `{target}` (layer {theirs})",
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
+    assert!(files.len() > 30, "read {} files", files.len());
+}
+
+#[test]
+fn only_the_dialect_files_name_a_kind_of_database() {
+    let (src, files) = files();
+    let mut wrong = Vec::new();
+    for file in &files {
+        if module_of(&src, file).as_deref() == Some("dialect") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("readable source");
+        for (i, line) in code(&text).lines().enumerate() {
+            if line.contains("DbBackend::") || line.contains("DatabaseBackend::") {
+                wrong.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "kinds of database named outside dialect/:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_checks_see_what_they_look_for() {
+    assert_eq!(
+        imports("use crate::store::rows;\nlet d = crate::dialect::of(k);\n// crate::x"),
+        ["store", "dialect", "x"]
+    );
+    assert_eq!(code("fn a() {}\n#[cfg(test)]\nmod tests {}"), "fn a() {}\n");
+    let src = Path::new("/s/src");
+    assert_eq!(module_of(src, Path::new("/s/src/hub/push.rs")).as_deref(), Some("hub"));
+    assert_eq!(module_of(src, Path::new("/s/src/store/mod.rs")).as_deref(), Some("store"));
+    assert_eq!(module_of(src, Path::new("/s/src/lib.rs")), None);
+    assert_eq!(layer("sync"), Some(5));
+    assert_eq!(layer("tidesync"), None);
+}
