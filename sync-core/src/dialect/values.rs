@@ -31,6 +31,7 @@ pub(crate) fn check_value(
 
 /// The year of a date or date-time value (a date-time with an offset by its
 /// UTC year).
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub(super) fn year_of(value: &Value) -> Option<i32> {
     match value {
         Value::ChronoDate(Some(d)) => Some(d.year()),
