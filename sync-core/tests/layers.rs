@@ -38,7 +38,10 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).expect("below src");
     let first = rel.components().next()?.as_os_str().to_str()?.to_owned();
-    let first = first.strip_suffix(".rs").map(str::to_owned).unwrap_or(first);
+    let first = first
+        .strip_suffix(".rs")
+        .map(str::to_owned)
+        .unwrap_or(first);
     (first != "lib").then_some(first)
 }
 
@@ -82,7 +85,10 @@ fn every_module_imports_only_from_layers_below() {
             continue;
         };
         let Some(own) = layer(&module) else {
-            wrong.push(format!("{}: module `{module}` has no layer", file.display()));
+            wrong.push(format!(
+                "{}: module `{module}` has no layer",
+                file.display()
+            ));
             continue;
         };
         let text = std::fs::read_to_string(file).expect("readable source");
@@ -121,7 +127,11 @@ fn only_the_dialect_files_name_a_kind_of_database() {
             }
         }
     }
-    assert!(wrong.is_empty(), "kinds of database named outside dialect/:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "kinds of database named outside dialect/:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -132,8 +142,14 @@ fn the_checks_see_what_they_look_for() {
     );
     assert_eq!(code("fn a() {}\n#[cfg(test)]\nmod tests {}"), "fn a() {}\n");
     let src = Path::new("/s/src");
-    assert_eq!(module_of(src, Path::new("/s/src/hub/push.rs")).as_deref(), Some("hub"));
-    assert_eq!(module_of(src, Path::new("/s/src/store/mod.rs")).as_deref(), Some("store"));
+    assert_eq!(
+        module_of(src, Path::new("/s/src/hub/push.rs")).as_deref(),
+        Some("hub")
+    );
+    assert_eq!(
+        module_of(src, Path::new("/s/src/store/mod.rs")).as_deref(),
+        Some("store")
+    );
     assert_eq!(module_of(src, Path::new("/s/src/lib.rs")), None);
     assert_eq!(layer("sync"), Some(5));
     assert_eq!(layer("tidesync"), None);

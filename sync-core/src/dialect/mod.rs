@@ -249,20 +249,61 @@ fn code_kind(code: &str, message: &str) -> ErrorKind {
 mod tests {
     use super::*;
 
+    /// Each dialect's native codes, and that no dialect claims another's.
     #[test]
     fn native_codes_map_to_kinds() {
-        assert_eq!(code_kind("23505", ""), ErrorKind::UniqueViolation);
-        assert_eq!(code_kind("1062", ""), ErrorKind::UniqueViolation);
-        assert_eq!(code_kind("2067", ""), ErrorKind::UniqueViolation);
-        assert_eq!(code_kind("1452", ""), ErrorKind::ForeignKeyViolation);
-        assert_eq!(code_kind("40P01", ""), ErrorKind::Serialization);
-        assert_eq!(code_kind("1213", ""), ErrorKind::Serialization);
-        assert_eq!(code_kind("5", ""), ErrorKind::Serialization);
-        assert_eq!(code_kind("42P01", ""), ErrorKind::Other);
-        assert_eq!(
-            code_kind("", "database is locked"),
-            ErrorKind::Serialization
-        );
+        use ErrorKind::*;
+        use sea_orm::DatabaseBackend::{MySql, Postgres, Sqlite};
+        let codes = [
+            (Postgres, "23505", UniqueViolation),
+            (Postgres, "23503", ForeignKeyViolation),
+            (Postgres, "23502", NotNullViolation),
+            (Postgres, "23514", CheckViolation),
+            (Postgres, "22001", DataTooLong),
+            (Postgres, "22003", DataTooLong),
+            (Postgres, "40001", Serialization),
+            (Postgres, "40P01", Serialization),
+            (Postgres, "55P03", Serialization),
+            (Postgres, "08006", Connection),
+            (Postgres, "57P01", Connection),
+            (MySql, "1062", UniqueViolation),
+            (MySql, "1586", UniqueViolation),
+            (MySql, "1452", ForeignKeyViolation),
+            (MySql, "1217", ForeignKeyViolation),
+            (MySql, "1048", NotNullViolation),
+            (MySql, "1364", NotNullViolation),
+            (MySql, "3819", CheckViolation),
+            (MySql, "4025", CheckViolation),
+            (MySql, "1406", DataTooLong),
+            (MySql, "1264", DataTooLong),
+            (MySql, "1213", Serialization),
+            (MySql, "1205", Serialization),
+            (MySql, "2013", Connection),
+            (MySql, "1927", Connection),
+            (Sqlite, "2067", UniqueViolation),
+            (Sqlite, "1555", UniqueViolation),
+            (Sqlite, "787", ForeignKeyViolation),
+            (Sqlite, "1299", NotNullViolation),
+            (Sqlite, "275", CheckViolation),
+            (Sqlite, "5", Serialization),
+            (Sqlite, "6", Serialization),
+            (Sqlite, "261", Serialization),
+            (Sqlite, "517", Serialization),
+        ];
+        for (kind, code, expected) in codes {
+            for other in [Postgres, MySql, Sqlite] {
+                let got = of(other).unwrap().error_kind(code, "");
+                let want = (other == kind).then_some(expected);
+                assert_eq!(got, want, "{code} on {other:?}");
+            }
+            assert_eq!(code_kind(code, ""), expected, "{code}");
+        }
+        let locked = |k| of(k).unwrap().error_kind("", "database is locked");
+        assert_eq!(locked(Sqlite), Some(Serialization));
+        assert_eq!(locked(Postgres), None);
+        assert_eq!(locked(MySql), None);
+        assert_eq!(code_kind("", "database is locked"), Serialization);
+        assert_eq!(code_kind("42P01", ""), Other);
     }
 
     #[test]
@@ -315,6 +356,32 @@ mod tests {
         assert_eq!(of(DbBackend::Postgres).unwrap().analyze(&[]), None);
         assert_eq!(of(DbBackend::MySql).unwrap().analyze(&tables), None);
         assert_eq!(of(DbBackend::Sqlite).unwrap().analyze(&tables), None);
+    }
+
+    /// Keys after a key: a row comparison, spelled out on MySQL, whose
+    /// MariaDB serves only that form from an index.
+    #[test]
+    fn keys_after_a_key() {
+        use sea_orm::sea_query::{
+            MysqlQueryBuilder, PostgresQueryBuilder, Query, SqliteQueryBuilder,
+        };
+        let q = |kind: DbBackend| {
+            Query::select()
+                .column(Alias::new("pk"))
+                .from(Alias::new("s"))
+                .and_where(of(kind).unwrap().after(
+                    [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))],
+                    ["a".into(), "b".into()],
+                ))
+                .to_owned()
+        };
+        let row = r#"SELECT "pk" FROM "s" WHERE ("tbl", "pk") > ('a', 'b')"#;
+        assert_eq!(q(DbBackend::Postgres).to_string(PostgresQueryBuilder), row);
+        assert_eq!(q(DbBackend::Sqlite).to_string(SqliteQueryBuilder), row);
+        assert_eq!(
+            q(DbBackend::MySql).to_string(MysqlQueryBuilder),
+            "SELECT `pk` FROM `s` WHERE `tbl` > 'a' OR (`tbl` = 'a' AND `pk` > 'b')"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use sea_orm::sea_query::{
 
 use super::Dialect;
 use super::triggers::{Capture, Trigger, marker_insert, per_event};
-use super::values::year_of;
+use super::values::{is_negative_zero, year_of};
 use crate::model::error::ErrorKind;
 
 /// MySQL and MariaDB.
@@ -144,12 +144,7 @@ impl Dialect for MySql {
 
     fn refuses(&self, value: &Value) -> Option<&'static str> {
         match value {
-            Value::Float(Some(f)) if f.to_bits() == (-0.0f32).to_bits() => {
-                Some("MySQL stores -0.0 as 0")
-            }
-            Value::Double(Some(f)) if f.to_bits() == (-0.0f64).to_bits() => {
-                Some("MySQL stores -0.0 as 0")
-            }
+            _ if is_negative_zero(value) => Some("MySQL stores -0.0 as 0"),
             _ if year_of(value).is_some_and(|y| !(1000..=9999).contains(&y)) => {
                 Some("MySQL dates and date-times run from year 1000 to 9999")
             }
@@ -241,22 +236,6 @@ mod tests {
     }
 
     #[test]
-    fn keys_after_a_key_are_spelled_out() {
-        let q = Query::select()
-            .column(Alias::new("pk"))
-            .from(Alias::new("s"))
-            .and_where(MySql.after(
-                [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))],
-                ["a".into(), "b".into()],
-            ))
-            .to_owned();
-        assert_eq!(
-            q.to_string(MysqlQueryBuilder),
-            "SELECT `pk` FROM `s` WHERE `tbl` > 'a' OR (`tbl` = 'a' AND `pk` > 'b')"
-        );
-    }
-
-    #[test]
     fn utc_date_times_are_written_as_datetime() {
         let at = chrono::DateTime::from_timestamp(3_000_000_000, 0).unwrap();
         let q = Query::select()
@@ -269,29 +248,5 @@ mod tests {
             q.to_string(MysqlQueryBuilder),
             "SELECT '2065-01-24 05:20:00.000000'"
         );
-    }
-
-    #[test]
-    fn error_numbers_map_to_kinds() {
-        for (code, kind) in [
-            ("1062", ErrorKind::UniqueViolation),
-            ("1586", ErrorKind::UniqueViolation),
-            ("1452", ErrorKind::ForeignKeyViolation),
-            ("1217", ErrorKind::ForeignKeyViolation),
-            ("1048", ErrorKind::NotNullViolation),
-            ("1364", ErrorKind::NotNullViolation),
-            ("3819", ErrorKind::CheckViolation),
-            ("4025", ErrorKind::CheckViolation),
-            ("1406", ErrorKind::DataTooLong),
-            ("1264", ErrorKind::DataTooLong),
-            ("1213", ErrorKind::Serialization),
-            ("1205", ErrorKind::Serialization),
-            ("2013", ErrorKind::Connection),
-            ("1927", ErrorKind::Connection),
-        ] {
-            assert_eq!(MySql.error_kind(code, ""), Some(kind), "{code}");
-        }
-        assert_eq!(MySql.error_kind("23505", ""), None);
-        assert_eq!(MySql.error_kind("5", "database is locked"), None);
     }
 }

@@ -4,8 +4,8 @@
 use sea_orm::sea_query::{ColumnType, Expr, ExprTrait, SimpleExpr, Value};
 
 use super::Dialect;
-use super::triggers::{Capture, Trigger, marker_insert};
-use super::values::year_of;
+use super::triggers::{Capture, Trigger, marker_upsert};
+use super::values::{above_i64, year_of};
 use crate::model::change::TableSpec;
 use crate::model::error::{ErrorKind, Result};
 
@@ -61,16 +61,9 @@ impl Dialect for Postgres {
     /// (inserts, updates); one row-level trigger runs it after every write.
     fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
         let q = |s: &str| self.quote(s);
-        let markers = q(c.markers);
-        let keys: Vec<String> = c.keys.iter().map(|k| q(k)).collect();
-        let (ver, wall) = (q("ver"), q("wall_us"));
-        let mark = |row: &str| {
-            format!(
-                "{} ON CONFLICT ({}) DO UPDATE SET {ver} = {markers}.{ver} + 1, {wall} = EXCLUDED.{wall}",
-                marker_insert(c, row, q, NOW_US),
-                keys.join(", ")
-            )
-        };
+        // In PL/pgSQL a bare `ver` would be ambiguous: qualify it.
+        let ver = format!("{}.{}", q(c.markers), q("ver"));
+        let mark = |row: &str| marker_upsert(c, row, q, NOW_US, &ver, "EXCLUDED");
         let func = (c.name)("fn");
         let trigger = (c.name)("cap");
         vec![
@@ -162,7 +155,7 @@ impl Dialect for Postgres {
 
     fn refuses(&self, value: &Value) -> Option<&'static str> {
         match value {
-            Value::BigUnsigned(Some(v)) if *v > i64::MAX as u64 => {
+            _ if above_i64(value) => {
                 Some("PostgreSQL stores integers as signed 64-bit (max 9223372036854775807)")
             }
             Value::String(Some(s)) if s.contains('\0') => {
@@ -272,22 +265,6 @@ mod tests {
     }
 
     #[test]
-    fn keys_after_a_key_are_a_row_comparison() {
-        let q = Query::select()
-            .column(Alias::new("pk"))
-            .from(Alias::new("s"))
-            .and_where(Postgres.after(
-                [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))],
-                ["a".into(), "b".into()],
-            ))
-            .to_owned();
-        assert_eq!(
-            q.to_string(PostgresQueryBuilder),
-            r#"SELECT "pk" FROM "s" WHERE ("tbl", "pk") > ('a', 'b')"#
-        );
-    }
-
-    #[test]
     fn enum_values_are_cast_to_their_type() {
         let q = Query::select()
             .expr(Postgres.write_value(&mood(), Value::from("glad")))
@@ -300,27 +277,5 @@ mod tests {
             .expr(Postgres.write_value(&ColumnType::Text, Value::from("glad")))
             .to_owned();
         assert_eq!(q.to_string(PostgresQueryBuilder), "SELECT 'glad'");
-    }
-
-    #[test]
-    fn sqlstates_map_to_kinds() {
-        for (code, kind) in [
-            ("23505", ErrorKind::UniqueViolation),
-            ("23503", ErrorKind::ForeignKeyViolation),
-            ("23502", ErrorKind::NotNullViolation),
-            ("23514", ErrorKind::CheckViolation),
-            ("22001", ErrorKind::DataTooLong),
-            ("22003", ErrorKind::DataTooLong),
-            ("40001", ErrorKind::Serialization),
-            ("40P01", ErrorKind::Serialization),
-            ("55P03", ErrorKind::Serialization),
-            ("08006", ErrorKind::Connection),
-            ("57P01", ErrorKind::Connection),
-        ] {
-            assert_eq!(Postgres.error_kind(code, ""), Some(kind), "{code}");
-        }
-        assert_eq!(Postgres.error_kind("1062", ""), None);
-        assert_eq!(Postgres.error_kind("5", "database is locked"), None);
-        assert_eq!(Postgres.refuses_binding(&Value::from(1)), None);
     }
 }

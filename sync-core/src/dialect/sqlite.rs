@@ -5,7 +5,8 @@
 use sea_orm::sea_query::{ColumnType, Value};
 
 use super::Dialect;
-use super::triggers::{Capture, Trigger, marker_insert, per_event};
+use super::triggers::{Capture, Trigger, marker_upsert, per_event};
+use super::values::{above_i64, is_negative_zero};
 use crate::model::error::ErrorKind;
 
 /// SQLite.
@@ -26,15 +27,7 @@ impl Dialect for Sqlite {
 
     fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
         let q = |s: &str| self.quote(s);
-        let keys: Vec<String> = c.keys.iter().map(|k| q(k)).collect();
-        let (ver, wall) = (q("ver"), q("wall_us"));
-        let mark = |row: &str| {
-            format!(
-                "{} ON CONFLICT ({}) DO UPDATE SET {ver} = {ver} + 1, {wall} = excluded.{wall}",
-                marker_insert(c, row, q, NOW_US),
-                keys.join(", ")
-            )
-        };
+        let mark = |row: &str| marker_upsert(c, row, q, NOW_US, &q("ver"), "excluded");
         per_event(mark, "  ")
             .map(|(event, suffix, body)| {
                 let name = (c.name)(suffix);
@@ -65,13 +58,8 @@ impl Dialect for Sqlite {
 
     fn refuses(&self, value: &Value) -> Option<&'static str> {
         match value {
-            Value::Float(Some(f)) if f.to_bits() == (-0.0f32).to_bits() => {
-                Some("SQLite stores -0.0 as 0")
-            }
-            Value::Double(Some(f)) if f.to_bits() == (-0.0f64).to_bits() => {
-                Some("SQLite stores -0.0 as 0")
-            }
-            Value::BigUnsigned(Some(v)) if *v > i64::MAX as u64 => {
+            _ if is_negative_zero(value) => Some("SQLite stores -0.0 as 0"),
+            _ if above_i64(value) => {
                 Some("SQLite stores integers as signed 64-bit (max 9223372036854775807)")
             }
             Value::Decimal(Some(d)) if !decimal_fits_f64(d) => Some(
@@ -109,7 +97,6 @@ fn decimal_fits_f64(d: &rust_decimal::Decimal) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::sea_query::{Alias, Expr, Query, SqliteQueryBuilder};
 
     #[test]
     fn types_are_the_entitys_and_nothing_is_locked() {
@@ -123,39 +110,5 @@ mod tests {
         assert_eq!(Sqlite.session_expr(), "0");
         assert!(!Sqlite.locks_rows());
         assert_eq!(Sqlite.triggers_query(), None);
-        let q = Query::select()
-            .column(Alias::new("pk"))
-            .from(Alias::new("s"))
-            .and_where(Sqlite.after(
-                [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))],
-                ["a".into(), "b".into()],
-            ))
-            .to_owned();
-        assert_eq!(
-            q.to_string(SqliteQueryBuilder),
-            r#"SELECT "pk" FROM "s" WHERE ("tbl", "pk") > ('a', 'b')"#
-        );
-    }
-
-    #[test]
-    fn result_codes_map_to_kinds() {
-        for (code, kind) in [
-            ("2067", ErrorKind::UniqueViolation),
-            ("1555", ErrorKind::UniqueViolation),
-            ("787", ErrorKind::ForeignKeyViolation),
-            ("1299", ErrorKind::NotNullViolation),
-            ("275", ErrorKind::CheckViolation),
-            ("5", ErrorKind::Serialization),
-            ("6", ErrorKind::Serialization),
-            ("261", ErrorKind::Serialization),
-            ("517", ErrorKind::Serialization),
-        ] {
-            assert_eq!(Sqlite.error_kind(code, ""), Some(kind), "{code}");
-        }
-        assert_eq!(
-            Sqlite.error_kind("", "database is locked"),
-            Some(ErrorKind::Serialization)
-        );
-        assert_eq!(Sqlite.error_kind("1062", ""), None);
     }
 }

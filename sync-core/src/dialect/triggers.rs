@@ -57,6 +57,27 @@ pub(crate) fn marker_insert(
     )
 }
 
+/// The `ON CONFLICT` form of the marker upsert: [`marker_insert`], then
+/// on an existing marker `ver = <existing> + 1` (`existing`: how the
+/// dialect names the existing row's `ver`) and the new wall time (from the
+/// row `excluded` names).
+pub(crate) fn marker_upsert(
+    c: &Capture<'_>,
+    row: &str,
+    q: impl Fn(&str) -> String + Copy,
+    now_us: &str,
+    existing: &str,
+    excluded: &str,
+) -> String {
+    let keys: Vec<String> = c.keys.iter().map(|k| q(k)).collect();
+    let (ver, wall) = (q("ver"), q("wall_us"));
+    format!(
+        "{} ON CONFLICT ({}) DO UPDATE SET {ver} = {existing} + 1, {wall} = {excluded}.{wall}",
+        marker_insert(c, row, q, now_us),
+        keys.join(", ")
+    )
+}
+
 /// The marker upserts of each event's row images, each line indented by
 /// `indent` and ended by `;\n`.
 #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]

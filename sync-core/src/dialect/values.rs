@@ -29,6 +29,20 @@ pub(crate) fn check_value(
     check_portable(table, column, ty, value)
 }
 
+/// Whether a float is `-0.0` (which some databases store as `0`).
+pub(super) fn is_negative_zero(value: &Value) -> bool {
+    match value {
+        Value::Float(Some(f)) => f.to_bits() == (-0.0f32).to_bits(),
+        Value::Double(Some(f)) => f.to_bits() == (-0.0f64).to_bits(),
+        _ => false,
+    }
+}
+
+/// Whether an unsigned integer is beyond a signed 64-bit integer.
+pub(super) fn above_i64(value: &Value) -> bool {
+    matches!(value, Value::BigUnsigned(Some(v)) if *v > i64::MAX as u64)
+}
+
 /// The year of a date or date-time value (a date-time with an offset by its
 /// UTC year).
 #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]

@@ -182,20 +182,20 @@ impl<'a> Merge<'a> {
                 .iter()
                 .find(|t| t.name == c.table)
                 .map_or(ConflictPolicy::Lww, |t| t.policy);
-            let applied = conflict::apply(s, c, policy);
-            if applied.conflicts.is_empty() {
+            let merged = conflict::merge_under(s, c, policy);
+            if merged.conflicts.is_empty() {
                 logged.push(Cow::Borrowed(*c));
                 continue;
             }
             // Pass on only what was applied; report the conflicts.
             let mut passed = (*c).clone();
-            passed.base.retain(|b| !applied.held.contains(&b.column));
-            passed.columns.retain(|(n, _)| !applied.held.contains(n));
+            passed.base.retain(|b| !merged.held.contains(&b.column));
+            passed.columns.retain(|(n, _)| !merged.held.contains(n));
             logged.push(Cow::Owned(passed));
             if policy.holds_conflicts() {
-                self.held.extend(applied.conflicts);
+                self.held.extend(merged.conflicts);
             } else {
-                self.settled.extend(applied.conflicts);
+                self.settled.extend(merged.conflicts);
             }
         }
         Ok((before, logged))

@@ -56,7 +56,7 @@ pub struct SqlHub {
 impl std::fmt::Debug for SqlHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlHub")
-            .field("backend", &self.db.get_database_backend())
+            .field("database", &self.db.get_database_backend())
             .field("policy", &self.policy)
             .finish()
     }

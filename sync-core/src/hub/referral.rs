@@ -123,14 +123,11 @@ mod tests {
     use super::*;
     use crate::model::change::{ChangeId, Op};
     use crate::model::clock::NodeId;
+    use crate::model::testing;
     use sea_orm::Value;
 
     fn hlc(t: u64) -> Hlc {
-        Hlc {
-            physical: t,
-            logical: 0,
-            node: NodeId([3; 16]),
-        }
+        testing::hlc(t, 3)
     }
 
     fn int(v: i32) -> Value {

@@ -2,9 +2,7 @@
 //! change log, the row states, per-origin progress and rejected changes.
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{
-    Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement,
-};
+use sea_orm::sea_query::{Alias, ColumnType, Index, Table, TableCreateStatement};
 
 use crate::dialect::{self, Dialect};
 use crate::model::change::TableSpec;
@@ -14,7 +12,7 @@ use crate::model::protocol::HubInfo;
 use crate::store::codec::ChangeTable;
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
-use crate::store::tables::{create, ensure_table};
+use crate::store::tables::{create, ensure_table, not_null, varchar};
 
 /// Newest hub metadata schema this release reads and writes.
 pub(crate) const HUB_SCHEMA_VERSION: i64 = 1;
@@ -52,58 +50,44 @@ pub(crate) async fn install<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) ->
     Ok(HubInfo { hub_id })
 }
 
-fn col(name: &str, ty: ColumnType) -> ColumnDef {
-    let mut c = ColumnDef::new_with_type(Alias::new(name), ty);
-    c.not_null();
-    c
-}
-
-/// DDL of the hub's metadata tables (`IF NOT EXISTS`).
+/// DDL of the hub's own tables (`IF NOT EXISTS`).
 pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
     let text = d.long_text();
-    let v = |n| ColumnType::String(StringLen::N(n));
+    let mut log = CHANGES.table(
+        d,
+        vec![
+            not_null("hub_seq", ColumnType::BigInteger)
+                .primary_key()
+                .to_owned(),
+            not_null("origin", varchar(32)),
+            not_null("origin_seq", ColumnType::BigInteger),
+        ],
+    );
+    log.index(
+        Index::create()
+            .name("_tidesync_changes_origin")
+            .unique()
+            .col(Alias::new("origin"))
+            .col(Alias::new("origin_seq")),
+    );
     vec![
-        Table::create()
-            .table(Alias::new(HUB_META.0))
-            .if_not_exists()
-            .col(col("key", v(64)).primary_key())
-            .col(col("value", ColumnType::Text))
-            .to_owned(),
-        Table::create()
-            .table(Alias::new(CHANGES.name))
-            .if_not_exists()
-            .col(col("hub_seq", ColumnType::BigInteger).primary_key())
-            .col(col("origin", v(32)))
-            .col(col("origin_seq", ColumnType::BigInteger))
-            .col(col("tbl", v(64)))
-            .col(col("pk", text.clone()))
-            .col(col("op", v(8)))
-            .col(col("payload", text.clone()))
-            .col(col("hlc", v(64)))
-            .col(ColumnDef::new_with_type(Alias::new("base"), text.clone()).null())
-            .index(
-                Index::create()
-                    .name("_tidesync_changes_origin")
-                    .unique()
-                    .col(Alias::new("origin"))
-                    .col(Alias::new("origin_seq")),
-            )
-            .to_owned(),
+        HUB_META.table(),
+        log,
         row_state_table(d, HUB_ROWS),
         Table::create()
             .table(Alias::new(PEERS))
             .if_not_exists()
-            .col(col("origin", v(32)).primary_key())
-            .col(col("applied_seq", ColumnType::BigInteger))
+            .col(not_null("origin", varchar(32)).primary_key())
+            .col(not_null("applied_seq", ColumnType::BigInteger))
             .to_owned(),
         Table::create()
             .table(Alias::new(REJECTED))
             .if_not_exists()
-            .col(col("origin", v(32)))
-            .col(col("origin_seq", ColumnType::BigInteger))
-            .col(col("tbl", v(64)))
-            .col(col("change", text.clone()))
-            .col(col("reason", text))
+            .col(not_null("origin", varchar(32)))
+            .col(not_null("origin_seq", ColumnType::BigInteger))
+            .col(not_null("tbl", varchar(64)))
+            .col(not_null("change", text.clone()))
+            .col(not_null("reason", text))
             .primary_key(
                 Index::create()
                     .col(Alias::new("origin"))

@@ -49,9 +49,10 @@ pub(crate) fn validate(
 mod tests {
     use super::*;
     use crate::dialect;
-    use crate::model::change::{ChangeId, ColumnSpec};
+    use crate::model::change::ChangeId;
     use crate::model::clock::{Hlc, NodeId};
-    use crate::model::syncable::ConflictPolicy;
+    use crate::model::testing::{column, table};
+
     use sea_orm::DbBackend;
     use sea_orm::sea_query::{ColumnType, Value};
 
@@ -60,23 +61,12 @@ mod tests {
     }
 
     fn spec() -> TableSpec {
-        let c = |n: &str, ty, nullable| ColumnSpec {
-            name: n.into(),
-            ty,
-            nullable,
-        };
-        TableSpec {
-            name: "contacts".into(),
-            pk: vec![c("id", ColumnType::BigUnsigned, false)],
-            columns: vec![
-                c("id", ColumnType::BigUnsigned, false),
-                c("name", ColumnType::Text, false),
-                c("score", ColumnType::Double, true),
-            ],
-            local_only: vec![],
-            policy: ConflictPolicy::Lww,
-            single_writer: false,
-        }
+        let columns = vec![
+            column("id", ColumnType::BigUnsigned, false),
+            column("name", ColumnType::Text, false),
+            column("score", ColumnType::Double, true),
+        ];
+        table("contacts", &["id"], columns)
     }
 
     fn change(op: Op, id: u64, columns: &[(&str, Value)]) -> Change {

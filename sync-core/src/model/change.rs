@@ -145,6 +145,7 @@ impl TableSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{column, table};
 
     #[test]
     fn a_change_id_shows_as_origin_colon_sequence() {
@@ -175,22 +176,14 @@ mod tests {
     /// A table keyed by `(tenant, id)`, declared in another order than its
     /// columns, with a local-only column.
     fn spec() -> TableSpec {
-        let c = |n: &str, ty| ColumnSpec {
-            name: n.into(),
-            ty,
-            nullable: false,
-        };
+        let columns = vec![
+            column("id", ColumnType::Uuid, false),
+            column("tenant", ColumnType::Integer, false),
+            column("body", ColumnType::Text, false),
+        ];
         TableSpec {
-            name: "notes".into(),
-            pk: vec![c("tenant", ColumnType::Integer), c("id", ColumnType::Uuid)],
-            columns: vec![
-                c("id", ColumnType::Uuid),
-                c("tenant", ColumnType::Integer),
-                c("body", ColumnType::Text),
-            ],
-            local_only: vec![c("draft", ColumnType::Text)],
-            policy: ConflictPolicy::Lww,
-            single_writer: false,
+            local_only: vec![column("draft", ColumnType::Text, false)],
+            ..table("notes", &["tenant", "id"], columns)
         }
     }
 

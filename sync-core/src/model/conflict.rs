@@ -83,22 +83,24 @@ pub(crate) fn is_concurrent(current: Option<Hlc>, base: Option<Hlc>) -> bool {
     current.is_some() && current != base
 }
 
-/// The outcome of applying a change under a policy.
+/// The outcome of merging a change under a policy.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Applied {
+pub(crate) struct Merged {
     /// Columns of the change held back (`manual` and custom policies): the
     /// change as passed on to other replicas leaves them out. Every other
     /// column was applied.
-    pub held: Vec<String>,
+    pub(crate) held: Vec<String>,
     /// Conflicts met: settled by the clock (`merge`) or held (`manual`).
-    pub conflicts: Vec<ColumnConflict>,
+    pub(crate) conflicts: Vec<ColumnConflict>,
     /// Whether the state changed.
-    pub changed: bool,
+    pub(crate) changed: bool,
 }
 
-/// Apply `change` to `state` under `policy`.
-pub(crate) fn apply(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> Applied {
-    let mut out = Applied::default();
+/// Merge `change` into `state` under `policy`: per-column last-writer-wins,
+/// except the columns whose edit meets a concurrent one, which the policy
+/// settles by the clock (`merge`) or holds back (`manual`, custom).
+pub(crate) fn merge_under(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> Merged {
+    let mut out = Merged::default();
     if change.op == Op::Delete || policy == ConflictPolicy::Lww || change.base.is_empty() {
         out.changed = state.apply(change);
         return out;
@@ -137,13 +139,10 @@ mod tests {
     use super::*;
     use crate::model::change::{ChangeId, ColumnBase};
     use crate::model::clock::NodeId;
+    use crate::model::testing;
 
     fn hlc(t: u64, n: u8) -> Hlc {
-        Hlc {
-            physical: t,
-            logical: 0,
-            node: NodeId([n; 16]),
-        }
+        testing::hlc(t, n)
     }
 
     fn s(v: &str) -> Value {
@@ -180,12 +179,12 @@ mod tests {
     fn disjoint_columns_are_never_conflicts() {
         for policy in [ConflictPolicy::Merge, ConflictPolicy::Manual] {
             let mut st = start();
-            let a = apply(
+            let a = merge_under(
                 &mut st,
                 &edit("phone", "p1", 5, 1, Some(("p0", hlc(1, 9)))),
                 policy,
             );
-            let b = apply(
+            let b = merge_under(
                 &mut st,
                 &edit("email", "e1", 6, 2, Some(("e0", hlc(1, 9)))),
                 policy,
@@ -199,13 +198,13 @@ mod tests {
     #[test]
     fn same_column_merge_settles_by_clock_and_reports() {
         let mut st = start();
-        apply(
+        merge_under(
             &mut st,
             &edit("phone", "later", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Merge,
         );
         // Made earlier, on the same base, arriving last: a conflict that loses.
-        let r = apply(
+        let r = merge_under(
             &mut st,
             &edit("phone", "earlier", 5, 2, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Merge,
@@ -218,12 +217,12 @@ mod tests {
     #[test]
     fn same_column_manual_is_held_with_base_local_remote() {
         let mut st = start();
-        apply(
+        merge_under(
             &mut st,
             &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Manual,
         );
-        let r = apply(
+        let r = merge_under(
             &mut st,
             &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Manual,
@@ -240,12 +239,12 @@ mod tests {
     #[test]
     fn an_edit_on_top_of_the_current_value_is_not_a_conflict() {
         let mut st = start();
-        apply(
+        merge_under(
             &mut st,
             &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Manual,
         );
-        let r = apply(
+        let r = merge_under(
             &mut st,
             &edit("phone", "b", 20, 2, Some(("a", hlc(10, 1)))),
             ConflictPolicy::Manual,
@@ -257,12 +256,12 @@ mod tests {
     #[test]
     fn lww_ignores_bases() {
         let mut st = start();
-        apply(
+        merge_under(
             &mut st,
             &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Lww,
         );
-        let r = apply(
+        let r = merge_under(
             &mut st,
             &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Lww,
@@ -302,18 +301,18 @@ mod tests {
         for policy in [ConflictPolicy::Merge, ConflictPolicy::Manual] {
             let mut st = start();
             let first = edit("phone", "p1", 5, 1, Some(("p0", hlc(1, 9))));
-            assert!(apply(&mut st, &first, policy).changed, "{policy:?}");
+            assert!(merge_under(&mut st, &first, policy).changed, "{policy:?}");
             // An earlier concurrent edit of the phone: lost under `merge`,
             // held under `manual`; either way nothing changes ...
             let lost = edit("phone", "p2", 4, 2, Some(("p0", hlc(1, 9))));
-            let r = apply(&mut st, &lost, policy);
+            let r = merge_under(&mut st, &lost, policy);
             assert_eq!(r.conflicts.len(), 1, "{policy:?}");
             assert!(!r.changed, "{policy:?}");
             // ... unless the change also sets another column.
             let mut both = edit("email", "e1", 4, 2, Some(("e0", hlc(1, 9))));
             both.columns.insert(0, lost.columns[0].clone());
             both.base.insert(0, lost.base[0].clone());
-            let r = apply(&mut st, &both, policy);
+            let r = merge_under(&mut st, &both, policy);
             assert_eq!(r.conflicts.len(), 1, "{policy:?}");
             assert!(r.changed, "{policy:?}");
             assert_eq!(st.vals["phone"], s("p1"));

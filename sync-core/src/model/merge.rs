@@ -133,13 +133,10 @@ mod tests {
     use super::*;
     use crate::model::change::ChangeId;
     use crate::model::clock::NodeId;
+    use crate::model::testing;
 
     fn hlc(t: u64, node: u8) -> Hlc {
-        Hlc {
-            physical: t,
-            logical: 0,
-            node: NodeId([node; 16]),
-        }
+        testing::hlc(t, node)
     }
 
     fn change(op: Op, cols: &[(&str, &str)], t: u64, node: u8) -> Change {

@@ -19,3 +19,6 @@ pub(crate) mod merge;
 pub(crate) mod protocol;
 pub(crate) mod syncable;
 pub(crate) mod value;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -138,7 +138,7 @@ pub trait Hub: Send + Sync {
     ///
     /// The default pulls everything and filters; a hub that can filter
     /// where it stores the log should, so that a replica does not download
-    /// what it has just uploaded. A wrapper around another backend (for
+    /// what it has just uploaded. A wrapper around another hub (for
     /// metrics, say) should forward this method as well, or it falls back
     /// to the default.
     async fn pull_excluding(

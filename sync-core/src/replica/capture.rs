@@ -320,25 +320,14 @@ pub(crate) fn phases(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::change::ColumnSpec;
-    use crate::model::syncable::ConflictPolicy;
+    use crate::model::testing::{column, table};
+
     use crate::replica::entity::RowImage;
     use sea_orm::sea_query::ColumnType;
 
     fn spec() -> TableSpec {
-        let c = |n: &str| ColumnSpec {
-            name: n.into(),
-            ty: ColumnType::Text,
-            nullable: true,
-        };
-        TableSpec {
-            name: "t".into(),
-            pk: vec![c("id")],
-            columns: vec![c("id"), c("a"), c("b")],
-            local_only: vec![],
-            policy: ConflictPolicy::Lww,
-            single_writer: false,
-        }
+        let c = |n: &str| column(n, ColumnType::Text, true);
+        table("t", &["id"], vec![c("id"), c("a"), c("b")])
     }
 
     fn s(v: &str) -> Value {

@@ -18,9 +18,7 @@
 //! is deleted before commit and vanishes on rollback, so a crashed apply never
 //! leaves capture switched off.
 
-use sea_orm::sea_query::{
-    Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement,
-};
+use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, Table, TableCreateStatement};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::dialect::{self, Capture, Dialect, Trigger};
@@ -29,7 +27,7 @@ use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
-use crate::store::tables::create;
+use crate::store::tables::{create, not_null, varchar};
 
 /// Newest metadata schema version this release writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
@@ -81,73 +79,52 @@ fn short_name(prefix: &str, table: &str) -> String {
     format!("{prefix}{}_{hash:016x}", &table[..cut])
 }
 
-fn varchar(n: u32) -> ColumnType {
-    ColumnType::String(StringLen::N(n))
-}
-
 /// DDL of the replica's metadata tables (idempotent: `IF NOT EXISTS`).
 pub(crate) fn metadata_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
     let text = d.long_text();
-    let col = |name: &str, ty: ColumnType| {
-        let mut c = ColumnDef::new_with_type(Alias::new(name), ty);
-        c.not_null();
-        c
-    };
+    let seq = not_null("seq", ColumnType::BigInteger)
+        .primary_key()
+        .to_owned();
     vec![
-        Table::create()
-            .table(Alias::new(META))
-            .if_not_exists()
-            .col(col("key", varchar(64)).primary_key())
-            .col(col("value", ColumnType::Text))
-            .to_owned(),
-        Table::create()
-            .table(Alias::new(OUTBOX.name))
-            .if_not_exists()
-            .col(col("seq", ColumnType::BigInteger).primary_key())
-            .col(col("tbl", varchar(64)))
-            .col(col("pk", text.clone()))
-            .col(col("op", varchar(8)))
-            .col(col("payload", text.clone()))
-            .col(col("hlc", varchar(64)))
-            .col(ColumnDef::new_with_type(Alias::new("base"), text.clone()).null())
-            .to_owned(),
+        LOCAL_META.table(),
+        OUTBOX.table(d, vec![seq]),
         row_state_table(d, ROWS),
         Table::create()
             .table(Alias::new(PARKED))
             .if_not_exists()
             .col(
-                col("id", ColumnType::Integer)
+                not_null("id", ColumnType::Integer)
                     .auto_increment()
                     .primary_key(),
             )
-            .col(col("tbl", varchar(64)))
-            .col(col("pk", text.clone()))
-            .col(col("origin", varchar(64)))
-            .col(col("seq", ColumnType::BigInteger))
-            .col(col("payload", text.clone()))
-            .col(col("reason", ColumnType::Text))
+            .col(not_null("tbl", varchar(64)))
+            .col(not_null("pk", text.clone()))
+            .col(not_null("origin", varchar(64)))
+            .col(not_null("seq", ColumnType::BigInteger))
+            .col(not_null("payload", text.clone()))
+            .col(not_null("reason", ColumnType::Text))
             .to_owned(),
         Table::create()
             .table(Alias::new(CONFLICTS))
             .if_not_exists()
             .col(
-                col("id", ColumnType::Integer)
+                not_null("id", ColumnType::Integer)
                     .auto_increment()
                     .primary_key(),
             )
-            .col(col("tbl", varchar(64)))
-            .col(col("pk", text.clone()))
-            .col(col("col", varchar(255)))
+            .col(not_null("tbl", varchar(64)))
+            .col(not_null("pk", text.clone()))
+            .col(not_null("col", varchar(255)))
             .col(ColumnDef::new_with_type(Alias::new("base"), text.clone()).null())
-            .col(col("local", text.clone()))
-            .col(col("local_clock", varchar(64)))
-            .col(col("remote", text.clone()))
-            .col(col("remote_clock", varchar(64)))
+            .col(not_null("local", text.clone()))
+            .col(not_null("local_clock", varchar(64)))
+            .col(not_null("remote", text.clone()))
+            .col(not_null("remote_clock", varchar(64)))
             .to_owned(),
         Table::create()
             .table(Alias::new(APPLYING))
             .if_not_exists()
-            .col(col("session", ColumnType::BigInteger).primary_key())
+            .col(not_null("session", ColumnType::BigInteger).primary_key())
             .to_owned(),
     ]
 }
@@ -219,6 +196,7 @@ pub(crate) async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{column, table};
     use sea_orm::DbBackend;
 
     fn d(kind: DbBackend) -> &'static dyn Dialect {
@@ -232,23 +210,12 @@ mod tests {
             .collect()
     }
 
-    use crate::model::change::ColumnSpec;
-    use crate::model::syncable::ConflictPolicy;
-
     fn spec() -> TableSpec {
-        let c = |n: &str, ty| ColumnSpec {
-            name: n.into(),
-            ty,
-            nullable: false,
-        };
-        TableSpec {
-            name: "contacts".into(),
-            pk: vec![c("id", ColumnType::Uuid)],
-            columns: vec![c("id", ColumnType::Uuid), c("name", ColumnType::Text)],
-            local_only: vec![],
-            policy: ConflictPolicy::Lww,
-            single_writer: false,
-        }
+        let columns = vec![
+            column("id", ColumnType::Uuid, false),
+            column("name", ColumnType::Text, false),
+        ];
+        table("contacts", &["id"], columns)
     }
 
     /// The three SQLite triggers, word for word: each skips writes while

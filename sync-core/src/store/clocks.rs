@@ -63,29 +63,11 @@ pub(crate) fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::clock::NodeId;
-    use sea_orm::Value;
-
-    fn hlc(t: u64) -> Hlc {
-        Hlc {
-            physical: t,
-            logical: 0,
-            node: NodeId([7; 16]),
-        }
-    }
-
-    fn state(cols: &[(&str, u64)]) -> (BTreeMap<String, Hlc>, BTreeMap<String, Value>) {
-        let clocks = cols.iter().map(|(c, t)| (c.to_string(), hlc(*t))).collect();
-        let vals = cols
-            .iter()
-            .map(|(c, _)| (c.to_string(), Value::Int(Some(1))))
-            .collect();
-        (clocks, vals)
-    }
+    use crate::model::testing;
 
     #[test]
     fn one_insert_stores_one_clock() {
-        let (clocks, vals) = state(&[("a", 5), ("b", 5), ("c", 5), ("d", 5)]);
+        let (clocks, vals) = testing::clocked(&[("a", 5), ("b", 5), ("c", 5), ("d", 5)]);
         let text = encode(&clocks, &vals).unwrap();
         assert_eq!(text.matches('-').count(), 2, "one clock: {text}");
         assert_eq!(decode(&text, &vals).unwrap(), clocks);
@@ -93,10 +75,11 @@ mod tests {
 
     #[test]
     fn columns_with_other_clocks_are_listed() {
-        let (clocks, vals) = state(&[("a", 5), ("b", 9), ("c", 5), ("d", 7), ("e", 9), ("f", 9)]);
+        let (clocks, vals) =
+            testing::clocked(&[("a", 5), ("b", 9), ("c", 5), ("d", 7), ("e", 9), ("f", 9)]);
         let text = encode(&clocks, &vals).unwrap();
         let raw: BTreeMap<String, Hlc> = serde_json::from_str(&text).unwrap();
-        assert_eq!(raw[""], hlc(9), "{text}");
+        assert_eq!(raw[""], testing::hlc(9, 7), "{text}");
         assert_eq!(raw.len(), 4, "{text}");
         assert_eq!(decode(&text, &vals).unwrap(), clocks);
     }
@@ -105,10 +88,10 @@ mod tests {
     /// stored once under `""`, so the text is the same on every replica.
     #[test]
     fn a_tie_of_shared_clocks_goes_to_the_earlier() {
-        let (clocks, vals) = state(&[("a", 5), ("b", 5), ("c", 9), ("d", 9)]);
+        let (clocks, vals) = testing::clocked(&[("a", 5), ("b", 5), ("c", 9), ("d", 9)]);
         let text = encode(&clocks, &vals).unwrap();
         let stored: BTreeMap<String, Hlc> = serde_json::from_str(&text).unwrap();
-        assert_eq!(stored.get(""), Some(&hlc(5)), "{text}");
+        assert_eq!(stored.get(""), Some(&testing::hlc(5, 7)), "{text}");
         assert_eq!(stored.keys().collect::<Vec<_>>(), ["", "c", "d"]);
         assert_eq!(decode(&text, &vals).unwrap(), clocks);
     }
@@ -116,7 +99,7 @@ mod tests {
     #[test]
     fn distinct_clocks_and_empty_states_round_trip() {
         for cols in [&[][..], &[("a", 1)], &[("a", 1), ("b", 2)]] {
-            let (clocks, vals) = state(cols);
+            let (clocks, vals) = testing::clocked(cols);
             let text = encode(&clocks, &vals).unwrap();
             assert!(!text.contains("\"\""), "{text}");
             assert_eq!(decode(&text, &vals).unwrap(), clocks);
@@ -125,15 +108,15 @@ mod tests {
 
     #[test]
     fn a_clock_without_a_value_is_kept_apart() {
-        let (mut clocks, vals) = state(&[("a", 5), ("b", 5)]);
-        clocks.insert("gone".into(), hlc(5));
+        let (mut clocks, vals) = testing::clocked(&[("a", 5), ("b", 5)]);
+        clocks.insert("gone".into(), testing::hlc(5, 7));
         let text = encode(&clocks, &vals).unwrap();
         assert_eq!(decode(&text, &vals).unwrap(), clocks);
     }
 
     #[test]
     fn the_plain_map_of_earlier_releases_is_read() {
-        let (clocks, vals) = state(&[("a", 5), ("b", 5)]);
+        let (clocks, vals) = testing::clocked(&[("a", 5), ("b", 5)]);
         let old = serde_json::to_string(&clocks).unwrap();
         assert_eq!(decode(&old, &vals).unwrap(), clocks);
     }

@@ -2,12 +2,17 @@
 //! store a change in the same columns, after ids of their own.
 
 use sea_orm::QueryResult;
-use sea_orm::sea_query::{Alias, InsertStatement, Query, SelectStatement, SimpleExpr};
+use sea_orm::sea_query::{
+    Alias, ColumnDef, InsertStatement, Query, SelectStatement, SimpleExpr, Table,
+    TableCreateStatement,
+};
 
+use crate::dialect::Dialect;
 use crate::model::change::{Change, ChangeId, Op};
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, Unreadable};
 use crate::model::value::approx_size;
+use crate::store::tables::{not_null, varchar};
 use crate::store::write::batched;
 
 /// The columns a change is stored in, after the ids of its table.
@@ -24,6 +29,24 @@ pub(crate) struct ChangeTable {
 }
 
 impl ChangeTable {
+    /// DDL of the table (`IF NOT EXISTS`): the id columns `ids` (with the
+    /// key among them), then the change's.
+    pub(crate) fn table(self, d: &dyn Dialect, ids: Vec<ColumnDef>) -> TableCreateStatement {
+        let text = d.long_text();
+        let mut t = Table::create();
+        t.table(Alias::new(self.name)).if_not_exists();
+        for mut id in ids {
+            t.col(&mut id);
+        }
+        t.col(not_null("tbl", varchar(64)))
+            .col(not_null("pk", text.clone()))
+            .col(not_null("op", varchar(8)))
+            .col(not_null("payload", text.clone()))
+            .col(not_null("hlc", varchar(64)))
+            .col(ColumnDef::new_with_type(Alias::new("base"), text).null());
+        t.to_owned()
+    }
+
     /// Every column: the ids, then the change's.
     pub(crate) fn columns(self) -> impl Iterator<Item = Alias> {
         self.ids
@@ -190,6 +213,25 @@ mod tests {
         assert_eq!(
             LOG.select().to_string(SqliteQueryBuilder),
             r#"SELECT "n", "who", "tbl", "pk", "op", "payload", "hlc", "base" FROM "log""#
+        );
+    }
+
+    #[test]
+    fn the_table_holds_the_ids_then_the_change() {
+        use crate::store::tables::{not_null, varchar};
+        use sea_orm::sea_query::{ColumnType, MysqlQueryBuilder};
+        let d = crate::dialect::of(sea_orm::DbBackend::MySql).unwrap();
+        let ids = vec![
+            not_null("n", ColumnType::BigInteger)
+                .primary_key()
+                .to_owned(),
+            not_null("who", varchar(32)),
+        ];
+        assert_eq!(
+            LOG.table(d, ids).to_string(MysqlQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS `log` ( `n` bigint NOT NULL PRIMARY KEY, `who` varchar(32) NOT NULL, \
+             `tbl` varchar(64) NOT NULL, `pk` LONGTEXT NOT NULL, `op` varchar(8) NOT NULL, \
+             `payload` LONGTEXT NOT NULL, `hlc` varchar(64) NOT NULL, `base` LONGTEXT NULL )"
         );
     }
 

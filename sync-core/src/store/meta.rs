@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sea_query::{
+    Alias, ColumnType, Expr, ExprTrait, OnConflict, Query, Table, TableCreateStatement,
+};
 
 use crate::model::error::{Error, Result};
+use crate::store::tables::{not_null, varchar};
 
 /// A key/value metadata table: the replica's (`_tidesync_meta`) or a hub's.
 #[derive(Clone, Copy, Debug)]
@@ -144,6 +147,16 @@ impl Meta {
 }
 
 impl Meta {
+    /// DDL of the table (`IF NOT EXISTS`).
+    pub(crate) fn table(self) -> TableCreateStatement {
+        Table::create()
+            .table(Alias::new(self.0))
+            .if_not_exists()
+            .col(not_null("key", varchar(64)).primary_key())
+            .col(not_null("value", ColumnType::Text))
+            .to_owned()
+    }
+
     /// Record `supported` as the schema version of a new table, or check
     /// that the version recorded is not newer.
     ///

@@ -273,24 +273,15 @@ pub(crate) fn state_statements(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::clock::NodeId;
+    use crate::model::testing;
     use sea_orm::Value;
 
     fn hlc(t: u64) -> Hlc {
-        Hlc {
-            physical: t,
-            logical: 0,
-            node: NodeId([7; 16]),
-        }
+        testing::hlc(t, 7)
     }
 
     fn state(cols: &[(&str, u64)]) -> (BTreeMap<String, Hlc>, BTreeMap<String, Value>) {
-        let clocks = cols.iter().map(|(c, t)| (c.to_string(), hlc(*t))).collect();
-        let vals = cols
-            .iter()
-            .map(|(c, _)| (c.to_string(), Value::Int(Some(1))))
-            .collect();
-        (clocks, vals)
+        testing::clocked(cols)
     }
 
     #[test]

@@ -2,12 +2,26 @@
 //! replica that asks for it): column types that lose nothing on each
 //! dialect, custom types first, nullable columns added by later releases.
 
-use sea_orm::sea_query::{Alias, ColumnDef, Index, Table, TableCreateStatement};
+use sea_orm::sea_query::{
+    Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement,
+};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::dialect::{self, Dialect};
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
+
+/// A NOT NULL column.
+pub(crate) fn not_null(name: &str, ty: ColumnType) -> ColumnDef {
+    let mut c = ColumnDef::new_with_type(Alias::new(name), ty);
+    c.not_null();
+    c
+}
+
+/// `VARCHAR(n)`.
+pub(crate) fn varchar(n: u32) -> ColumnType {
+    ColumnType::String(StringLen::N(n))
+}
 
 /// Create a table (`IF NOT EXISTS` in the statement) with the options the
 /// dialect gives every table tidesync creates.
@@ -137,8 +151,8 @@ async fn existing_columns<C: ConnectionTrait>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::change::ColumnSpec;
-    use crate::model::syncable::ConflictPolicy;
+    use crate::model::testing::{column, table};
+
     use sea_orm::DbBackend;
     use sea_orm::sea_query::{ColumnType, StringLen};
     use sea_orm::sea_query::{MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder};
@@ -148,25 +162,15 @@ mod tests {
     }
 
     fn spec() -> TableSpec {
-        let c = |n: &str, ty, nullable| ColumnSpec {
-            name: n.into(),
-            ty,
-            nullable,
-        };
-        TableSpec {
-            name: "t".into(),
-            pk: vec![c("id", ColumnType::String(StringLen::None), false)],
-            columns: vec![
-                c("id", ColumnType::String(StringLen::None), false),
-                c("at", ColumnType::TimestampWithTimeZone, false),
-                c("amount", ColumnType::Decimal(None), true),
-                c("body", ColumnType::String(StringLen::None), true),
-                c("blob", ColumnType::VarBinary(StringLen::None), true),
-            ],
-            local_only: vec![],
-            policy: ConflictPolicy::Lww,
-            single_writer: false,
-        }
+        let text = || ColumnType::String(StringLen::None);
+        let columns = vec![
+            column("id", text(), false),
+            column("at", ColumnType::TimestampWithTimeZone, false),
+            column("amount", ColumnType::Decimal(None), true),
+            column("body", text(), true),
+            column("blob", ColumnType::VarBinary(StringLen::None), true),
+        ];
+        table("t", &["id"], columns)
     }
 
     #[test]

@@ -213,6 +213,7 @@ pub(crate) async fn delete_rows<C: ConnectionTrait>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{column, table};
     use sea_orm::DbBackend;
     use sea_orm::sea_query::ColumnType;
 
@@ -227,23 +228,12 @@ mod tests {
     };
 
     fn spec() -> TableSpec {
-        let c = |n: &str, ty| ColumnSpec {
-            name: n.into(),
-            ty,
-            nullable: false,
-        };
-        TableSpec {
-            name: "contacts".into(),
-            pk: vec![c("id", ColumnType::Integer)],
-            columns: vec![
-                c("id", ColumnType::Integer),
-                c("name", ColumnType::String(StringLen::None)),
-                c("at", ColumnType::TimestampWithTimeZone),
-            ],
-            local_only: vec![],
-            policy: ConflictPolicy::Lww,
-            single_writer: false,
-        }
+        let columns = vec![
+            column("id", ColumnType::Integer, false),
+            column("name", ColumnType::String(StringLen::None), false),
+            column("at", ColumnType::TimestampWithTimeZone, false),
+        ];
+        table("contacts", &["id"], columns)
     }
 
     fn row(id: i32, name: &str) -> RowState {

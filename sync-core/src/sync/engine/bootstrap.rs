@@ -126,7 +126,7 @@ impl SyncEngine {
                     store: &store,
                     forget: &[],
                 };
-                self.apply(deltas, meta, report).await
+                self.apply_page(deltas, meta, report).await
             }
             None => {
                 let cursor = start.0.to_string();
@@ -136,7 +136,7 @@ impl SyncEngine {
                     store: &store,
                     forget: &forget,
                 };
-                self.apply(deltas, meta, report).await
+                self.apply_page(deltas, meta, report).await
             }
         }
     }

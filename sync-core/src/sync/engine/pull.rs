@@ -76,7 +76,7 @@ impl SyncEngine {
             store: &store,
             forget: &[],
         };
-        self.apply(page.deltas, meta, report).await
+        self.apply_page(page.deltas, meta, report).await
     }
 
     /// Turn a pulled batch into deltas: other replicas' changes, and an
@@ -118,7 +118,7 @@ impl SyncEngine {
 
     /// Apply one page of deltas with `meta` in one local transaction, and
     /// report it.
-    pub(super) async fn apply(
+    pub(super) async fn apply_page(
         &self,
         deltas: Vec<Delta>,
         meta: PageMeta<'_>,
