@@ -29,20 +29,9 @@ pub(super) async fn push(
     policy: RejectPolicy,
     batch: &[Change],
 ) -> Result<PushAck> {
-    let Some(first) = batch.first() else {
+    let Some(origin) = check_batch(batch)? else {
         return Ok(PushAck::default());
     };
-    let origin = first.id.origin;
-    if batch.iter().any(|c| c.id.origin != origin) {
-        return Err(Error::Config(
-            "a push batch must come from one origin".into(),
-        ));
-    }
-    if batch.windows(2).any(|w| w[1].id.seq <= w[0].id.seq) {
-        return Err(Error::Config(
-            "a push batch must be in increasing sequence order".into(),
-        ));
-    }
     let push = Push {
         db,
         dialect: dialect::of_db(db)?,
@@ -59,6 +48,29 @@ pub(super) async fn push(
             .await?
             .ok_or_else(|| Error::Corrupt("the careful push fell back".into())),
     }
+}
+
+/// The origin of a batch (`None` for an empty one).
+///
+/// # Errors
+/// [`Error::Config`] for a batch of several origins or out of sequence
+/// order.
+fn check_batch(batch: &[Change]) -> Result<Option<NodeId>> {
+    let Some(first) = batch.first() else {
+        return Ok(None);
+    };
+    let origin = first.id.origin;
+    if batch.iter().any(|c| c.id.origin != origin) {
+        return Err(Error::Config(
+            "a push batch must come from one origin".into(),
+        ));
+    }
+    if batch.windows(2).any(|w| w[1].id.seq <= w[0].id.seq) {
+        return Err(Error::Config(
+            "a push batch must be in increasing sequence order".into(),
+        ));
+    }
+    Ok(Some(origin))
 }
 
 /// One push of one origin's batch.
@@ -289,4 +301,41 @@ async fn park<C: ConnectionTrait>(db: &C, change: &Change, reason: &str) -> Resu
         .to_owned();
     db.execute(&q).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::{ChangeId, Op};
+    use crate::model::testing::hlc;
+
+    fn change(node: u8, seq: u64) -> Change {
+        Change {
+            id: ChangeId {
+                origin: NodeId([node; 16]),
+                seq,
+            },
+            table: "t".into(),
+            pk: vec![],
+            op: Op::Delete,
+            columns: vec![],
+            hlc: hlc(seq, node),
+            base: vec![],
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_origins_in_increasing_order() {
+        assert_eq!(check_batch(&[]).unwrap(), None);
+        let one = [change(1, 4), change(1, 5), change(1, 9)];
+        assert_eq!(check_batch(&one).unwrap(), Some(NodeId([1; 16])));
+        let mixed = [change(1, 4), change(2, 5)];
+        assert!(matches!(check_batch(&mixed), Err(Error::Config(m)) if m.contains("one origin")));
+        for bad in [[change(1, 5), change(1, 5)], [change(1, 6), change(1, 5)]] {
+            assert!(
+                matches!(check_batch(&bad), Err(Error::Config(m)) if m.contains("increasing")),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -319,21 +319,16 @@ async fn merge_table<'a>(
         states: Vec::new(),
         dead: Vec::new(),
     };
-    'rows: for (key, s) in after {
+    for (key, s) in after {
         let was = before.get(key);
         if was.is_some_and(|w| w.same(&s)) {
             continue; // nothing new (e.g. our own rows in a snapshot)
         }
         if s.is_live() {
-            for c in &spec.columns {
-                let Some(v) = s.vals.get(&c.name) else {
-                    continue;
-                };
-                if let Err(e) = check_value(&spec.name, &c.name, Some(&c.ty), v, Some(d)) {
-                    park_deltas(tx, &sources[key], &e.to_string()).await?;
-                    report.parked.push(e);
-                    continue 'rows;
-                }
+            if let Err(e) = check_row(d, spec, &s) {
+                park_deltas(tx, &sources[key], &e.to_string()).await?;
+                report.parked.push(e);
+                continue;
             }
         } else if was.is_none_or(|w| w.is_live()) {
             write.dead.push(pks[key].clone());
@@ -343,6 +338,16 @@ async fn merge_table<'a>(
         report.applied += sources[key].len();
     }
     Ok(write)
+}
+
+/// Whether the dialect can hold every value of a merged row.
+fn check_row(d: &dyn Dialect, spec: &TableSpec, s: &RowState) -> Result<()> {
+    for c in &spec.columns {
+        if let Some(v) = s.vals.get(&c.name) {
+            check_value(&spec.name, &c.name, Some(&c.ty), v, Some(d))?;
+        }
+    }
+    Ok(())
 }
 
 /// Merge `incoming` into `state`, except the columns `held` (a conflict is
