@@ -18,7 +18,7 @@ use super::entity::{Marker, TableHandle};
 use super::sequence::SealState;
 use super::tables::{OUTBOX, ROWS, dirty_table};
 use crate::dialect::check_value;
-use crate::model::change::{Change, Op, TableSpec};
+use crate::model::change::{Op, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{pk_key, same_value};
@@ -101,19 +101,20 @@ pub(crate) async fn seal_table(
         shadows,
         report,
     )?;
-    write_sealed(tx, spec, &batch).await?;
-    report.captured += batch.changes.len();
+    let kept = batch.kept;
+    report.captured += batch.outbox.len();
+    write_sealed(tx, spec, batch).await?;
     Ok(Sealed {
         read: markers.len(),
-        kept: batch.kept,
+        kept,
     })
 }
 
 /// What sealing a page of markers produced.
 #[derive(Default)]
 struct SealedBatch {
-    /// The new changes, in outbox order.
-    changes: Vec<Change>,
+    /// The outbox rows of the new changes, in order, with their sizes.
+    outbox: Vec<(Vec<SimpleExpr>, usize)>,
     /// The shadows after them, by key.
     shadows: Vec<(String, RowState)>,
     /// Markers to delete: key values and the version read.
@@ -165,15 +166,16 @@ fn seal_markers(
             continue;
         };
         let change = state.change(spec, marker, op, columns, shadow.as_ref());
+        let ids = vec![db_sequence(change.id.seq)?.into()];
+        out.outbox.push(OUTBOX.sized_row(ids, &change)?);
         let next = match shadow {
             Some(mut next) => {
                 next.apply(&change);
                 next
             }
-            None => RowState::of_change(change.clone()),
+            None => RowState::of_change(change),
         };
         out.shadows.push((key.clone(), next));
-        out.changes.push(change);
     }
     Ok(out)
 }
@@ -185,17 +187,12 @@ fn seal_markers(
 async fn write_sealed(
     tx: &DatabaseTransaction,
     spec: &TableSpec,
-    batch: &SealedBatch,
+    batch: SealedBatch,
 ) -> Result<()> {
-    if !batch.changes.is_empty() {
+    if !batch.outbox.is_empty() {
         let kind = tx.get_database_backend();
-        let rows = batch
-            .changes
-            .iter()
-            .map(|c| Ok((vec![db_sequence(c.id.seq)?.into()], c)))
-            .collect::<Result<Vec<_>>>()?;
         let inserts: Vec<_> = OUTBOX
-            .inserts(rows)?
+            .batch(batch.outbox)
             .iter()
             .map(|q| kind.build(q))
             .collect();
@@ -221,7 +218,7 @@ async fn write_sealed(
         cols.push(Expr::col(Alias::new("ver")));
         let del = Query::delete()
             .from_table(Alias::new(dirty_table(&spec.name)))
-            .and_where(Expr::tuple(cols).in_tuples(batch.markers.clone()))
+            .and_where(Expr::tuple(cols).in_tuples(batch.markers))
             .to_owned();
         tx.execute(&del).await?;
     }

@@ -80,23 +80,37 @@ impl ChangeTable {
         Ok(row)
     }
 
+    /// A row with its approximate size in bytes, for [`ChangeTable::batch`].
+    pub(crate) fn sized_row(
+        self,
+        ids: Vec<SimpleExpr>,
+        change: &Change,
+    ) -> Result<(Vec<SimpleExpr>, usize)> {
+        let size = change
+            .columns
+            .iter()
+            .map(|(_, v)| approx_size(v))
+            .sum::<usize>()
+            + 200;
+        Ok((self.row(ids, change)?, size))
+    }
+
+    /// Multi-row inserts of these sized rows, bounded in rows and bytes.
+    pub(crate) fn batch(self, rows: Vec<(Vec<SimpleExpr>, usize)>) -> Vec<InsertStatement> {
+        batched(&self.insert(), rows)
+    }
+
     /// Multi-row inserts of these changes, each with its ids, bounded in
     /// rows and bytes.
     pub(crate) fn inserts<'c>(
         self,
         rows: impl IntoIterator<Item = (Vec<SimpleExpr>, &'c Change)>,
     ) -> Result<Vec<InsertStatement>> {
-        let mut sized = Vec::new();
-        for (ids, change) in rows {
-            let size = change
-                .columns
-                .iter()
-                .map(|(_, v)| approx_size(v))
-                .sum::<usize>()
-                + 200;
-            sized.push((self.row(ids, change)?, size));
-        }
-        Ok(batched(&self.insert(), sized))
+        let sized = rows
+            .into_iter()
+            .map(|(ids, change)| self.sized_row(ids, change))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.batch(sized))
     }
 }
 
