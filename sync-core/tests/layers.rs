@@ -45,20 +45,97 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
     (first != "lib").then_some(first)
 }
 
-/// The modules a text names as `crate::<module>`.
+/// The modules a text names as `crate::<module>`, in a path or in a
+/// group (`crate::{a, b::c}`).
 fn imports(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("crate::") {
-        let after = &rest[at + "crate::".len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+    let mut push = |name: String| {
         if !name.is_empty() && !out.contains(&name) {
             out.push(name);
         }
+    };
+    let mut rest = text;
+    while let Some(at) = rest.find("crate::") {
+        let after = &rest[at + "crate::".len()..];
+        match after.strip_prefix('{') {
+            Some(group) => {
+                for item in top_level_items(group) {
+                    push(ident(item.trim_start()));
+                }
+            }
+            None => push(ident(after)),
+        }
         rest = after;
+    }
+    out
+}
+
+/// The identifier a text starts with.
+fn ident(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The comma-separated items of a `{...}` group whose opening brace was
+/// just passed, up to its closing brace.
+fn top_level_items(group: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut items) = (0usize, 0usize, Vec::new());
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                return items;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items
+}
+
+/// The module path of a file of `src/` (`hub/push.rs` is `hub::push`,
+/// `hub/mod.rs` is `hub`).
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).expect("below src");
+    let mut parts: Vec<String> = rel
+        .components()
+        .filter_map(|c| c.as_os_str().to_str().map(str::to_owned))
+        .collect();
+    if let Some(last) = parts.pop() {
+        let stem = last.trim_end_matches(".rs");
+        if stem != "mod" && stem != "lib" {
+            parts.push(stem.to_owned());
+        }
+    }
+    parts
+}
+
+/// The top-level modules that `super::` chains in `code` (outside inline
+/// modules) climb to from the module `path`: a chain as long as the path
+/// reaches the crate root, and names a module from there.
+fn climbs(code: &str, path: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("super::") {
+        let mut chain = &rest[at..];
+        let mut ups = 0;
+        while let Some(next) = chain.strip_prefix("super::") {
+            ups += 1;
+            chain = next;
+        }
+        if ups >= path.len() {
+            let name = ident(chain);
+            if !name.is_empty() && !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        rest = chain;
     }
     out
 }
@@ -92,7 +169,10 @@ fn every_module_imports_only_from_layers_below() {
             continue;
         };
         let text = std::fs::read_to_string(file).expect("readable source");
-        for target in imports(&text) {
+        let path = module_path(&src, file);
+        let mut targets = imports(&text);
+        targets.extend(climbs(code(&text), &path));
+        for target in targets {
             let Some(theirs) = layer(&target) else {
                 // The crate root's re-exports (`crate::Replica`) are above
                 // every layer.
@@ -122,7 +202,15 @@ fn only_the_dialect_files_name_a_kind_of_database() {
         }
         let text = std::fs::read_to_string(file).expect("readable source");
         for (i, line) in code(&text).lines().enumerate() {
-            if line.contains("DbBackend::") || line.contains("DatabaseBackend::") {
+            let names_a_kind = [
+                "DbBackend::",
+                "DatabaseBackend::",
+                "DbBackend as",
+                "DatabaseBackend as",
+            ]
+            .iter()
+            .any(|k| line.contains(k));
+            if names_a_kind {
                 wrong.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
             }
         }
@@ -151,6 +239,18 @@ fn the_checks_see_what_they_look_for() {
         Some("store")
     );
     assert_eq!(module_of(src, Path::new("/s/src/lib.rs")), None);
+    assert_eq!(
+        imports("use crate::{hub::SqlHub, model::{change, clock}};"),
+        ["hub", "model"]
+    );
+    let push = module_path(src, Path::new("/s/src/hub/push.rs"));
+    assert_eq!(push, ["hub", "push"]);
+    assert_eq!(module_path(src, Path::new("/s/src/hub/mod.rs")), ["hub"]);
+    assert_eq!(
+        climbs("use super::merge::Merge;", &push),
+        Vec::<String>::new()
+    );
+    assert_eq!(climbs("use super::super::sync::x;", &push), ["sync"]);
     assert_eq!(layer("sync"), Some(5));
     assert_eq!(layer("tidesync"), None);
 }

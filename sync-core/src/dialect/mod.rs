@@ -1,31 +1,28 @@
 //! Layer 2, the SQL dialects: everything that differs between PostgreSQL,
 //! MySQL/MariaDB and SQLite, one file per database.
 //!
-//! [`Dialect`] is implemented once per database, each in its own file and
-//! behind its cargo feature. [`of`] is the one place in tidesync that
-//! matches on the kind of database; every other module asks the dialect.
-//! SeaORM's `DbBackend` is `#[non_exhaustive]`, so the match cannot be
-//! exhaustive: a kind without a dialect (one SeaORM adds later, or one whose
-//! feature is off) is an error, never another database's SQL.
+//! [`Dialect`] is implemented once per database, each in its own file.
+//! [`of`] is the one place in tidesync that matches on the kind of
+//! database; every other module asks the dialect. SeaORM's `DbBackend` is
+//! `#[non_exhaustive]`, so the match cannot be exhaustive: a kind without a
+//! dialect (one SeaORM adds later) is an error, never another database's
+//! SQL.
+//!
+//! The dialects are not behind the cargo features `sqlite`, `postgres` and
+//! `mysql`, which select SeaORM's drivers: they are text and tables, with
+//! no driver in them, and Cargo merges features, so an application may get
+//! a driver through its own `sea-orm` dependency. Gating the dialects would
+//! refuse a database the application can connect to.
 //! What differs: identifier quoting, column types, table options, the
 //! capture triggers and their marker upsert, the session id the triggers
 //! compare, key-IN conditions, plan hints and statistics, the values each
 //! database cannot hold, and native error codes.
 
-#![cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
-    allow(dead_code)
-)]
-
+mod mysql;
+mod postgres;
+mod sqlite;
 mod triggers;
 mod values;
-
-#[cfg(feature = "mysql")]
-mod mysql;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 use sea_orm::sea_query::{
     Alias, ColumnType, Expr, ExprTrait, SimpleExpr, TableCreateStatement, Value,
@@ -144,42 +141,16 @@ pub(crate) trait Dialect: Send + Sync {
 /// The dialect of a database kind.
 ///
 /// # Errors
-/// [`Error::Config`] when tidesync was built without that database's
-/// feature.
+/// [`Error::Config`] for a kind tidesync has no dialect for.
 pub(crate) fn of(kind: DbBackend) -> Result<&'static dyn Dialect> {
-    let _missing = |feature: &str| {
-        Error::Config(format!(
-            "tidesync was built without the `{feature}` feature"
-        ))
-    };
     match kind {
-        #[cfg(feature = "postgres")]
         DbBackend::Postgres => Ok(&postgres::Postgres),
-        #[cfg(not(feature = "postgres"))]
-        DbBackend::Postgres => Err(missing("postgres")),
-        #[cfg(feature = "mysql")]
         DbBackend::MySql => Ok(&mysql::MySql),
-        #[cfg(not(feature = "mysql"))]
-        DbBackend::MySql => Err(missing("mysql")),
-        #[cfg(feature = "sqlite")]
         DbBackend::Sqlite => Ok(&sqlite::Sqlite),
-        #[cfg(not(feature = "sqlite"))]
-        DbBackend::Sqlite => Err(missing("sqlite")),
         // `DbBackend` is non-exhaustive: a database SeaORM adds later has
         // no dialect until one is written, and gets none by default.
         other => Err(Error::Config(format!("no SQL dialect for {other:?}"))),
     }
-}
-
-/// The error for a database whose feature is off.
-#[cfg_attr(
-    all(feature = "postgres", feature = "mysql", feature = "sqlite"),
-    allow(dead_code)
-)]
-fn missing(feature: &str) -> Error {
-    Error::Config(format!(
-        "tidesync was built without the `{feature}` feature"
-    ))
 }
 
 /// The dialect of the database behind `db`.
@@ -187,8 +158,8 @@ pub(crate) fn of_db<C: ConnectionTrait>(db: &C) -> Result<&'static dyn Dialect> 
     of(db.get_database_backend())
 }
 
-/// Every dialect compiled in.
-fn compiled() -> impl Iterator<Item = &'static dyn Dialect> {
+/// Every dialect.
+fn all() -> impl Iterator<Item = &'static dyn Dialect> {
     [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite]
         .into_iter()
         .filter_map(|k| of(k).ok())
@@ -236,11 +207,15 @@ fn runtime_kind(_runtime: &sea_orm::RuntimeErr) -> ErrorKind {
     ErrorKind::Other
 }
 
-/// The kind of a native code, asking each dialect compiled in (their codes
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
+/// The kind of a native code, asking each dialect (their codes
 /// do not overlap: SQLSTATEs, four-digit MySQL numbers, SQLite's extended
 /// result codes).
 fn code_kind(code: &str, message: &str) -> ErrorKind {
-    compiled()
+    all()
         .find_map(|d| d.error_kind(code, message))
         .unwrap_or(ErrorKind::Other)
 }
@@ -322,7 +297,7 @@ mod tests {
         for kind in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
             assert!(of(kind).is_ok(), "{kind:?}");
         }
-        assert_eq!(compiled().count(), 3);
+        assert_eq!(all().count(), 3);
     }
     #[test]
     fn key_lists_are_one_array_parameter_on_postgres() {

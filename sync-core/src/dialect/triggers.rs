@@ -29,7 +29,6 @@ pub(crate) struct Trigger {
 /// The write events of per-event triggers: (event, name suffix, row
 /// images to mark). An update can change the key: it marks the old and the
 /// new row.
-#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) const EVENTS: [(&str, &str, &[&str]); 3] = [
     ("INSERT", "ins", &["NEW"]),
     ("UPDATE", "upd", &["OLD", "NEW"]),
@@ -80,7 +79,6 @@ pub(crate) fn marker_upsert(
 
 /// The marker upserts of each event's row images, each line indented by
 /// `indent` and ended by `;\n`.
-#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn per_event(
     mark: impl Fn(&str) -> String,
     indent: &str,

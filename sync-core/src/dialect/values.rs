@@ -45,7 +45,6 @@ pub(super) fn above_i64(value: &Value) -> bool {
 
 /// The year of a date or date-time value (a date-time with an offset by its
 /// UTC year).
-#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub(super) fn year_of(value: &Value) -> Option<i32> {
     match value {
         Value::ChronoDate(Some(d)) => Some(d.year()),

@@ -182,7 +182,7 @@ impl<'a> Merge<'a> {
                 .iter()
                 .find(|t| t.name == c.table)
                 .map_or(ConflictPolicy::Lww, |t| t.policy);
-            let merged = conflict::merge_under(s, c, policy);
+            let merged = conflict::merge_with_policy(s, c, policy);
             if merged.conflicts.is_empty() {
                 logged.push(Cow::Borrowed(*c));
                 continue;

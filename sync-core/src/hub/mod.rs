@@ -33,6 +33,7 @@ use sea_orm::sea_query::{Alias, Order, Query};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use tokio::sync::RwLock;
 
+pub use crate::model::conflict::{Merged, merge_with_policy};
 pub use crate::model::merge::RowState;
 pub use crate::model::protocol::{
     Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage, SnapshotRow,
@@ -157,7 +158,9 @@ impl SqlHub {
 #[async_trait::async_trait]
 impl Hub for SqlHub {
     async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
-        let info = tables::install(&self.db, tables).await?;
+        let info = tables::install(&self.db, tables)
+            .await
+            .map_err(Error::or_offline)?;
         *self.tables.write().await = tables.to_vec();
         Ok(info)
     }

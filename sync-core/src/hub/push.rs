@@ -83,7 +83,7 @@ struct Push<'a> {
 }
 
 /// Where the origin's stream stands at the hub.
-struct Progress {
+struct OriginProgress {
     /// Its changes up to this sequence are applied.
     applied: u64,
     /// Whether the hub has a progress row for it.
@@ -178,7 +178,7 @@ impl Push<'_> {
         todo: &[&Change],
         verdicts: Vec<Option<String>>,
         ack: &mut PushAck,
-        progress: &mut Progress,
+        progress: &mut OriginProgress,
     ) -> Result<()> {
         for (c, verdict) in todo.iter().zip(verdicts) {
             let reason = match verdict {
@@ -222,7 +222,7 @@ impl Push<'_> {
     }
 
     /// How far the origin's stream was applied before this push.
-    async fn progress(&self, tx: &DatabaseTransaction) -> Result<Progress> {
+    async fn progress(&self, tx: &DatabaseTransaction) -> Result<OriginProgress> {
         let row = tx
             .query_one(
                 &Query::select()
@@ -233,11 +233,11 @@ impl Push<'_> {
             )
             .await?;
         Ok(match row {
-            Some(r) => Progress {
+            Some(r) => OriginProgress {
                 applied: sequence(&r, "applied_seq")?,
                 known: true,
             },
-            None => Progress {
+            None => OriginProgress {
                 applied: 0,
                 known: false,
             },
@@ -248,7 +248,7 @@ impl Push<'_> {
     async fn finish(
         &self,
         tx: DatabaseTransaction,
-        progress: &Progress,
+        progress: &OriginProgress,
         next_seq: u64,
     ) -> Result<()> {
         if progress.applied > 0 {
@@ -265,7 +265,7 @@ impl Push<'_> {
 async fn set_applied<C: ConnectionTrait>(
     db: &C,
     origin: NodeId,
-    progress: &Progress,
+    progress: &OriginProgress,
 ) -> Result<()> {
     let seq = db_sequence(progress.applied)?;
     if progress.known {

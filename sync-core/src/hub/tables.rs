@@ -10,9 +10,10 @@ use crate::model::clock::NodeId;
 use crate::model::error::Result;
 use crate::model::protocol::HubInfo;
 use crate::store::codec::ChangeTable;
+use crate::store::ddl::{create, not_null, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
-use crate::store::tables::{create, ensure_table, not_null, varchar};
+use crate::store::user_tables::ensure_table;
 
 /// Newest hub metadata schema this release reads and writes.
 pub(crate) const HUB_SCHEMA_VERSION: i64 = 1;

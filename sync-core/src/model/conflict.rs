@@ -85,21 +85,27 @@ pub(crate) fn is_concurrent(current: Option<Hlc>, base: Option<Hlc>) -> bool {
 
 /// The outcome of merging a change under a policy.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Merged {
+#[non_exhaustive]
+pub struct Merged {
     /// Columns of the change held back (`manual` and custom policies): the
     /// change as passed on to other replicas leaves them out. Every other
     /// column was applied.
-    pub(crate) held: Vec<String>,
+    pub held: Vec<String>,
     /// Conflicts met: settled by the clock (`merge`) or held (`manual`).
-    pub(crate) conflicts: Vec<ColumnConflict>,
+    pub conflicts: Vec<ColumnConflict>,
     /// Whether the state changed.
-    pub(crate) changed: bool,
+    pub changed: bool,
 }
 
 /// Merge `change` into `state` under `policy`: per-column last-writer-wins,
 /// except the columns whose edit meets a concurrent one, which the policy
-/// settles by the clock (`merge`) or holds back (`manual`, custom).
-pub(crate) fn merge_under(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> Merged {
+/// settles by the clock (`merge`) or holds back (`manual`, custom). This is
+/// what a hub does with each pushed change; a hub of your own calls it to
+/// honour the tables' policies, logs the change without the columns in
+/// [`Merged::held`], and reports [`Merged::conflicts`] in its
+/// [`PushAck`](crate::model::protocol::PushAck) (`conflicts` for held columns,
+/// `settled` for the others).
+pub fn merge_with_policy(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> Merged {
     let mut out = Merged::default();
     if change.op == Op::Delete || policy == ConflictPolicy::Lww || change.base.is_empty() {
         out.changed = state.apply(change);
@@ -179,12 +185,12 @@ mod tests {
     fn disjoint_columns_are_never_conflicts() {
         for policy in [ConflictPolicy::Merge, ConflictPolicy::Manual] {
             let mut st = start();
-            let a = merge_under(
+            let a = merge_with_policy(
                 &mut st,
                 &edit("phone", "p1", 5, 1, Some(("p0", hlc(1, 9)))),
                 policy,
             );
-            let b = merge_under(
+            let b = merge_with_policy(
                 &mut st,
                 &edit("email", "e1", 6, 2, Some(("e0", hlc(1, 9)))),
                 policy,
@@ -198,13 +204,13 @@ mod tests {
     #[test]
     fn same_column_merge_settles_by_clock_and_reports() {
         let mut st = start();
-        merge_under(
+        merge_with_policy(
             &mut st,
             &edit("phone", "later", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Merge,
         );
         // Made earlier, on the same base, arriving last: a conflict that loses.
-        let r = merge_under(
+        let r = merge_with_policy(
             &mut st,
             &edit("phone", "earlier", 5, 2, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Merge,
@@ -217,12 +223,12 @@ mod tests {
     #[test]
     fn same_column_manual_is_held_with_base_local_remote() {
         let mut st = start();
-        merge_under(
+        merge_with_policy(
             &mut st,
             &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Manual,
         );
-        let r = merge_under(
+        let r = merge_with_policy(
             &mut st,
             &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Manual,
@@ -239,12 +245,12 @@ mod tests {
     #[test]
     fn an_edit_on_top_of_the_current_value_is_not_a_conflict() {
         let mut st = start();
-        merge_under(
+        merge_with_policy(
             &mut st,
             &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Manual,
         );
-        let r = merge_under(
+        let r = merge_with_policy(
             &mut st,
             &edit("phone", "b", 20, 2, Some(("a", hlc(10, 1)))),
             ConflictPolicy::Manual,
@@ -256,12 +262,12 @@ mod tests {
     #[test]
     fn lww_ignores_bases() {
         let mut st = start();
-        merge_under(
+        merge_with_policy(
             &mut st,
             &edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Lww,
         );
-        let r = merge_under(
+        let r = merge_with_policy(
             &mut st,
             &edit("phone", "b", 20, 2, Some(("p0", hlc(1, 9)))),
             ConflictPolicy::Lww,
@@ -301,18 +307,21 @@ mod tests {
         for policy in [ConflictPolicy::Merge, ConflictPolicy::Manual] {
             let mut st = start();
             let first = edit("phone", "p1", 5, 1, Some(("p0", hlc(1, 9))));
-            assert!(merge_under(&mut st, &first, policy).changed, "{policy:?}");
+            assert!(
+                merge_with_policy(&mut st, &first, policy).changed,
+                "{policy:?}"
+            );
             // An earlier concurrent edit of the phone: lost under `merge`,
             // held under `manual`; either way nothing changes ...
             let lost = edit("phone", "p2", 4, 2, Some(("p0", hlc(1, 9))));
-            let r = merge_under(&mut st, &lost, policy);
+            let r = merge_with_policy(&mut st, &lost, policy);
             assert_eq!(r.conflicts.len(), 1, "{policy:?}");
             assert!(!r.changed, "{policy:?}");
             // ... unless the change also sets another column.
             let mut both = edit("email", "e1", 4, 2, Some(("e0", hlc(1, 9))));
             both.columns.insert(0, lost.columns[0].clone());
             both.base.insert(0, lost.base[0].clone());
-            let r = merge_under(&mut st, &both, policy);
+            let r = merge_with_policy(&mut st, &both, policy);
             assert_eq!(r.conflicts.len(), 1, "{policy:?}");
             assert!(r.changed, "{policy:?}");
             assert_eq!(st.vals["phone"], s("p1"));

@@ -1,7 +1,6 @@
-//! The boundary between a replica and a hub: the [`Hub`] trait.
-//!
-//! The core defines it and knows no implementation; `sync-backends` provides
-//! the SQL hub (PostgreSQL, MySQL/MariaDB, SQLite) and the transports.
+//! The boundary between a replica and a hub: the [`Hub`] trait and the
+//! messages they exchange. Pure types: the sync engine is written against
+//! the trait, and the SQL hub (layer 4) is one implementation of it.
 
 use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::error::Result;

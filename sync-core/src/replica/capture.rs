@@ -15,7 +15,7 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr, ValueTuple};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::entity::{Marker, TableHandle};
-use super::sequence::SealState;
+use super::seal_state::SealState;
 use super::tables::{OUTBOX, ROWS, dirty_table};
 use crate::dialect::check_value;
 use crate::model::change::{Op, TableSpec};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Replica;
 use super::incoming::{begin_applying, end_applying};
-use super::sequence::SealState;
+use super::seal_state::SealState;
 use super::tables::{CONFLICTS, OUTBOX, ROWS};
 use crate::dialect;
 use crate::model::change::{Change, ColumnBase, ColumnSpec, Op, TableSpec};

@@ -15,7 +15,7 @@ use super::tables::dirty_table;
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::model::syncable::{ConflictPolicy, Syncable};
-use crate::store::tables::ensure_table;
+use crate::store::user_tables::ensure_table;
 
 /// A dirty marker read back from a dirty table.
 #[derive(Debug, Clone)]

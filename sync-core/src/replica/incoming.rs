@@ -22,7 +22,7 @@ use super::capture::{CaptureReport, seal_all};
 use super::conflicts::{open_conflicts, update_remote};
 use super::entity::TableHandle;
 use super::parked::{Parked, park};
-use super::sequence::SealState;
+use super::seal_state::SealState;
 use super::tables::{APPLYING, LOCAL_META, ROWS};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};

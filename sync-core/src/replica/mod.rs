@@ -5,7 +5,7 @@
 //! - [`tables`]: the replica's own tables, named and created;
 //! - [`entity`]: reading a `Syncable` entity's markers and rows;
 //! - [`capture`]: markers into changes in the outbox;
-//! - [`sequence`]: the node's sequence and clock in a writing transaction;
+//! - [`seal_state`]: the node's sequence and clock in a writing transaction;
 //! - [`outbox`]: reading, acknowledging and parking outbox changes;
 //! - [`incoming`]: applying pulled changes and snapshot rows;
 //! - [`conflicts`]: conflicts held for a decision, and their resolution;
@@ -19,7 +19,7 @@ pub(crate) mod incoming;
 pub(crate) mod outbox;
 pub(crate) mod parked;
 pub(crate) mod reconcile;
-pub(crate) mod sequence;
+pub(crate) mod seal_state;
 pub(crate) mod tables;
 
 use std::collections::HashMap;
@@ -33,11 +33,11 @@ use crate::model::conflict::Resolver;
 use crate::model::error::{Error, Result};
 use crate::model::syncable::{ConflictPolicy, Syncable};
 use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling};
-use crate::store::tables::ensure_table;
+use crate::store::user_tables::ensure_table;
 use capture::{BATCH, CaptureReport, Round, phases, seal_table};
 use entity::{EntityTable, TableHandle};
 use incoming::{ApplyReport, Delta, PageMeta};
-use sequence::SealState;
+use seal_state::SealState;
 use tables::{LOCAL_META, OUTBOX, ROWS};
 
 pub use entity::{create_table, table_spec};

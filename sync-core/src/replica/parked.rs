@@ -2,11 +2,12 @@
 //! or read back (its own outbox's), kept with the reason instead of lost.
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Query};
+use sea_orm::sea_query::{Alias, InsertStatement, Query, SimpleExpr};
 
 use super::tables::PARKED;
 use crate::model::error::Result;
 use crate::store::codec::db_sequence;
+use crate::store::write::batched;
 
 /// One parked change.
 #[derive(Debug)]
@@ -25,24 +26,83 @@ pub(crate) struct Parked<'a> {
     pub(crate) reason: &'a str,
 }
 
-/// Park these changes, in one statement.
+/// Park these changes, in multi-row statements bounded in rows and bytes.
 pub(crate) async fn park<C: ConnectionTrait>(db: &C, rows: &[Parked<'_>]) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
+    for q in park_statements(rows)? {
+        db.execute(&q).await?;
     }
-    let mut q = Query::insert();
-    q.into_table(Alias::new(PARKED))
-        .columns(["tbl", "pk", "origin", "seq", "payload", "reason"].map(Alias::new));
+    Ok(())
+}
+
+/// The inserts of [`park`].
+fn park_statements(rows: &[Parked<'_>]) -> Result<Vec<InsertStatement>> {
+    let template = Query::insert()
+        .into_table(Alias::new(PARKED))
+        .columns(["tbl", "pk", "origin", "seq", "payload", "reason"].map(Alias::new))
+        .to_owned();
+    let mut sized = Vec::with_capacity(rows.len());
     for p in rows {
-        q.values_panic([
+        let size = p.key.len() + p.payload.len() + p.reason.len() + 100;
+        let values: Vec<SimpleExpr> = vec![
             p.table.into(),
             p.key.clone().into(),
             p.origin.clone().into(),
             db_sequence(p.seq)?.into(),
             p.payload.clone().into(),
             p.reason.into(),
-        ]);
+        ];
+        sized.push((values, size));
     }
-    db.execute(&q).await?;
-    Ok(())
+    Ok(batched(&template, sized))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::write::{MAX_BYTES, MAX_ROWS};
+
+    fn parked(n: usize, payload: usize) -> Vec<Parked<'static>> {
+        (0..n)
+            .map(|i| Parked {
+                table: "t",
+                key: format!("[{i}]"),
+                origin: "o".into(),
+                seq: i as u64 + 1,
+                payload: "x".repeat(payload),
+                reason: "why",
+            })
+            .collect()
+    }
+
+    fn rows_per_statement(rows: &[Parked<'_>]) -> Vec<usize> {
+        park_statements(rows)
+            .unwrap()
+            .iter()
+            .map(|q| q.build(sea_orm::sea_query::SqliteQueryBuilder).1.0.len() / 6)
+            .collect()
+    }
+
+    /// Many changes of one row parked at once (a page of edits of a row
+    /// this database cannot hold) must not make one statement too large
+    /// for the database: the page would fail at every sync.
+    #[test]
+    fn parked_changes_are_inserted_in_bounded_statements() {
+        assert!(rows_per_statement(&[]).is_empty());
+        assert_eq!(rows_per_statement(&parked(3, 10)), [3]);
+        assert_eq!(
+            rows_per_statement(&parked(2 * MAX_ROWS + 1, 10)),
+            [MAX_ROWS, MAX_ROWS, 1]
+        );
+        let big = MAX_BYTES / 3;
+        let counts = rows_per_statement(&parked(7, big));
+        assert!(counts.iter().all(|n| *n <= 3), "{counts:?}");
+        assert_eq!(counts.iter().sum::<usize>(), 7);
+    }
+
+    #[test]
+    fn a_sequence_beyond_the_databases_integers_is_refused() {
+        let mut rows = parked(1, 1);
+        rows[0].seq = u64::MAX;
+        assert!(park_statements(&rows).is_err());
+    }
 }

@@ -25,9 +25,9 @@ use crate::dialect::{self, Capture, Dialect, Trigger};
 use crate::model::change::TableSpec;
 use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
+use crate::store::ddl::{create, not_null, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
-use crate::store::tables::{create, not_null, varchar};
 
 /// Newest metadata schema version this release writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = 1;

@@ -12,7 +12,7 @@ use crate::model::change::{Change, ChangeId, Op};
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, Unreadable};
 use crate::model::value::approx_size;
-use crate::store::tables::{not_null, varchar};
+use crate::store::ddl::{not_null, varchar};
 use crate::store::write::batched;
 
 /// The columns a change is stored in, after the ids of its table.
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn the_table_holds_the_ids_then_the_change() {
-        use crate::store::tables::{not_null, varchar};
+        use crate::store::ddl::{not_null, varchar};
         use sea_orm::sea_query::{ColumnType, MysqlQueryBuilder};
         let d = crate::dialect::of(sea_orm::DbBackend::MySql).unwrap();
         let ids = vec![

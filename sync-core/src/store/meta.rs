@@ -9,7 +9,7 @@ use sea_orm::sea_query::{
 };
 
 use crate::model::error::{Error, Result};
-use crate::store::tables::{not_null, varchar};
+use crate::store::ddl::{not_null, varchar};
 
 /// A key/value metadata table: the replica's (`_tidesync_meta`) or a hub's.
 #[derive(Clone, Copy, Debug)]

@@ -5,7 +5,8 @@
 //!   table: the replica's shadows and the hub's states;
 //! - [`clocks`]: a row's column clocks as stored;
 //! - [`write`]: batched writes of rows into the users' tables;
-//! - [`tables`]: the users' tables as tidesync creates them;
+//! - [`user_tables`]: the users' tables as tidesync creates them;
+//! - [`ddl`]: building blocks of every table's DDL;
 //! - [`meta`]: key/value metadata tables;
 //! - [`codec`]: stored changes, for the outbox and the hub log alike;
 //! - [`stats`]: planner help.
@@ -15,8 +16,9 @@
 
 pub(crate) mod clocks;
 pub(crate) mod codec;
+pub(crate) mod ddl;
 pub(crate) mod meta;
 pub(crate) mod rows;
 pub(crate) mod stats;
-pub(crate) mod tables;
+pub(crate) mod user_tables;
 pub(crate) mod write;

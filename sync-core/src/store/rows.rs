@@ -18,6 +18,7 @@ use crate::model::clock::Hlc;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::store::clocks::{self, SHARED};
+use crate::store::codec::db_sequence;
 use crate::store::write::batched;
 
 /// DDL of a row-state table named `name`.
@@ -242,7 +243,7 @@ pub(crate) fn state_statements(
         let vals = match referral {
             None => serde_json::to_string(&s.vals)?,
             Some(r) => {
-                let reference = sea_orm::Value::BigInt(Some(r.seq as i64));
+                let reference = sea_orm::Value::BigInt(Some(db_sequence(r.seq)?));
                 let mut own: BTreeMap<&str, &sea_orm::Value> = s
                     .vals
                     .iter()

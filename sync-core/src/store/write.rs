@@ -22,7 +22,7 @@ use crate::model::merge::RowState;
 use crate::model::value::approx_size;
 
 /// Largest number of rows in one statement.
-const MAX_ROWS: usize = 500;
+pub(crate) const MAX_ROWS: usize = 500;
 /// Largest number of bound parameters in one statement (SQLite allows
 /// 32766, PostgreSQL and MySQL 65535).
 const MAX_PARAMS: usize = 30_000;

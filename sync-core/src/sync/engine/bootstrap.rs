@@ -11,7 +11,7 @@ use crate::replica::incoming::{Delta, PageMeta};
 
 /// How far an interrupted bootstrap got (see [`SyncEngine::bootstrap`]).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Progress {
+struct BootstrapProgress {
     /// The hub's cursor when the snapshot started: the pull starts there.
     start: u64,
     /// The snapshot continues after this key (a page's `next`).
@@ -33,11 +33,11 @@ impl SyncEngine {
     /// pages applied before or after: merging twice is harmless.
     pub(super) async fn bootstrap(
         &self,
-        hub: &HubInfo,
+        info: &HubInfo,
         key: &str,
         report: &mut SyncReport,
     ) -> Result<Cursor> {
-        let progress_key = format!("bootstrap:{}", hub.hub_id);
+        let progress_key = format!("bootstrap:{}", info.hub_id);
         let resume = self.progress_of(&progress_key).await?;
         let fetch = |after: Option<String>| {
             let hub = Arc::clone(&self.hub);
@@ -56,7 +56,7 @@ impl SyncEngine {
                 // and skip the changes it logs up to there: start over.
                 tracing::warn!(
                     "hub {} is behind the bootstrap that started at {} (tip {}): the snapshot starts over",
-                    hub.hub_id,
+                    info.hub_id,
                     start.map_or(0, |s| s.0),
                     cursor.0
                 );
@@ -79,11 +79,11 @@ impl SyncEngine {
     /// The progress of an interrupted bootstrap, if one was stored and can
     /// be read. Starting over is always safe: progress this release cannot
     /// read costs a restart, never a bootstrap that fails for ever.
-    async fn progress_of(&self, progress_key: &str) -> Result<Option<Progress>> {
+    async fn progress_of(&self, progress_key: &str) -> Result<Option<BootstrapProgress>> {
         let Some(v) = self.replica.meta(progress_key).await? else {
             return Ok(None);
         };
-        Ok(match serde_json::from_str::<Progress>(&v) {
+        Ok(match serde_json::from_str::<BootstrapProgress>(&v) {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!("{progress_key} `{v}` unreadable ({e}): the snapshot starts over");
@@ -117,7 +117,7 @@ impl SyncEngine {
             .collect::<Vec<_>>();
         match page.next {
             Some(after) => {
-                let progress = serde_json::to_string(&Progress {
+                let progress = serde_json::to_string(&BootstrapProgress {
                     start: start.0,
                     after,
                 })?;

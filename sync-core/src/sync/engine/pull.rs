@@ -30,14 +30,14 @@ impl SyncEngine {
     /// first if there is none). The next page is fetched while the current
     /// one is applied; an error of that fetch surfaces at the next turn,
     /// after the current page and its cursor have committed.
-    pub(super) async fn pull(&self, hub: &HubInfo, report: &mut SyncReport) -> Result<()> {
-        let key = format!("cursor:{}", hub.hub_id);
+    pub(super) async fn pull(&self, info: &HubInfo, report: &mut SyncReport) -> Result<()> {
+        let key = format!("cursor:{}", info.hub_id);
         let mut cursor = match self.replica.meta(&key).await? {
             Some(c) => Cursor(
                 c.parse()
                     .map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?,
             ),
-            None => self.bootstrap(hub, &key, report).await?,
+            None => self.bootstrap(info, &key, report).await?,
         };
         let me = self.replica.node_id();
         let fetch = |cursor: Cursor| {
@@ -54,11 +54,11 @@ impl SyncEngine {
             }
             if page.halt {
                 // Apply what came before the unreadable change, then stop.
-                return self.store(&key, page, report).await;
+                return self.save_page(&key, page, report).await;
             }
             ahead = fetch(page.next);
             let next = page.next;
-            self.store(&key, page, report).await?;
+            self.save_page(&key, page, report).await?;
             cursor = next;
         }
     }
@@ -66,7 +66,7 @@ impl SyncEngine {
     /// Apply a page's deltas with the cursor after it, in one local
     /// transaction; a page of only our own changes (left out by the hub),
     /// or an unreadable change first, just moves the cursor.
-    async fn store(&self, key: &str, page: Page, report: &mut SyncReport) -> Result<()> {
+    async fn save_page(&self, key: &str, page: Page, report: &mut SyncReport) -> Result<()> {
         let next = page.next.0.to_string();
         if page.deltas.is_empty() {
             return self.replica.set_meta(key, &next).await;

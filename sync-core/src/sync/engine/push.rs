@@ -11,14 +11,14 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::{PushAck, RejectPolicy, Rejection};
 
 /// What taking in a push's answer leaves to do.
-enum Settled {
+enum AckOutcome {
     /// The stream halted at the hub: stop pushing.
     Halted,
     /// A resolver settled a conflict with a new change: the batch read
     /// ahead may predate it, read again.
     Resolved,
     /// Go on.
-    Done,
+    Continue,
 }
 
 /// How many acknowledged changes may wait in the outbox before they are
@@ -79,9 +79,9 @@ impl SyncEngine {
                 let (batch, ack) = sending.get().await;
                 let ack = ack.map_err(Error::or_offline)?;
                 match self.settle(&batch, ack, head, report).await? {
-                    Settled::Halted => return Ok(()),
-                    Settled::Resolved => ahead = None,
-                    Settled::Done => {}
+                    AckOutcome::Halted => return Ok(()),
+                    AckOutcome::Resolved => ahead = None,
+                    AckOutcome::Continue => {}
                 }
                 after = last;
             }
@@ -118,7 +118,7 @@ impl SyncEngine {
         ack: PushAck,
         head: &mut AckedHead,
         report: &mut SyncReport,
-    ) -> Result<Settled> {
+    ) -> Result<AckOutcome> {
         let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
         let prefix =
             acked.len() <= batch.len() && acked.iter().zip(batch).all(|(a, c)| *a == c.id.seq);
@@ -161,7 +161,7 @@ impl SyncEngine {
         }
         if let Some(h) = ack.halted {
             report.halted = Some(h);
-            return Ok(Settled::Halted);
+            return Ok(AckOutcome::Halted);
         }
         if acked.len() < batch.len() {
             return Err(Error::Corrupt(format!(
@@ -171,9 +171,9 @@ impl SyncEngine {
             )));
         }
         Ok(if resolved {
-            Settled::Resolved
+            AckOutcome::Resolved
         } else {
-            Settled::Done
+            AckOutcome::Continue
         })
     }
 }

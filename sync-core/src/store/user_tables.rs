@@ -2,37 +2,12 @@
 //! replica that asks for it): column types that lose nothing on each
 //! dialect, custom types first, nullable columns added by later releases.
 
-use sea_orm::sea_query::{
-    Alias, ColumnDef, ColumnType, Index, StringLen, Table, TableCreateStatement,
-};
+use sea_orm::sea_query::{Alias, ColumnDef, Index, Table, TableCreateStatement};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::dialect::{self, Dialect};
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
-
-/// A NOT NULL column.
-pub(crate) fn not_null(name: &str, ty: ColumnType) -> ColumnDef {
-    let mut c = ColumnDef::new_with_type(Alias::new(name), ty);
-    c.not_null();
-    c
-}
-
-/// `VARCHAR(n)`.
-pub(crate) fn varchar(n: u32) -> ColumnType {
-    ColumnType::String(StringLen::N(n))
-}
-
-/// Create a table (`IF NOT EXISTS` in the statement) with the options the
-/// dialect gives every table tidesync creates.
-pub(crate) async fn create<C: ConnectionTrait>(
-    db: &C,
-    mut table: TableCreateStatement,
-) -> Result<()> {
-    dialect::of_db(db)?.table_options(&mut table);
-    db.execute(&table).await?;
-    Ok(())
-}
 
 /// `CREATE TABLE IF NOT EXISTS` for a synced table, with the column types
 /// tidesync uses: the entity's own, except where the dialect's default would
