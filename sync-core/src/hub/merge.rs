@@ -23,6 +23,9 @@ use crate::store::write::{delete_rows, execute_all, execute_while, upsert_statem
 /// A row of the hub: (table, key text).
 pub(super) type RowId = (String, String);
 
+/// The states of the rows a call touches, as they were before it.
+type Before = HashMap<RowId, RowState>;
+
 /// What a push transaction (or one savepoint of it) has merged so far.
 pub(super) struct Merge<'a> {
     tx: &'a DatabaseTransaction,
@@ -163,11 +166,10 @@ impl<'a> Merge<'a> {
     /// Merge the changes in order into the loaded states. Returns each
     /// touched row's state before, and the changes as logged: without the
     /// columns whose edit is a conflict (reported apart).
-    #[allow(clippy::type_complexity)]
     fn merge<'c>(
         &mut self,
         keyed: &[(&'c Change, String)],
-    ) -> Result<(HashMap<RowId, RowState>, Vec<Cow<'c, Change>>)> {
+    ) -> Result<(Before, Vec<Cow<'c, Change>>)> {
         let mut before: HashMap<RowId, RowState> = HashMap::new();
         let mut logged: Vec<Cow<'c, Change>> = Vec::with_capacity(keyed.len());
         for (c, key) in keyed {

@@ -90,17 +90,13 @@ pub(crate) async fn seal_table(
     for (pk, vals) in table.rows(tx, &pks).await? {
         current.insert(pk_key(&pk)?, vals);
     }
-    let shadows = rows::load_states(tx, ROWS, &spec.name, &keys).await?;
-    let batch = seal_markers(
-        spec,
-        state,
-        round.phase,
-        &markers,
-        &keys,
-        &current,
-        shadows,
-        report,
-    )?;
+    let read = MarkedRows {
+        shadows: rows::load_states(tx, ROWS, &spec.name, &keys).await?,
+        markers: &markers,
+        keys: &keys,
+        current,
+    };
+    let batch = seal_markers(spec, state, round.phase, read, report)?;
     let kept = batch.kept;
     report.captured += batch.outbox.len();
     write_sealed(tx, spec, batch).await?;
@@ -123,20 +119,33 @@ struct SealedBatch {
     kept: usize,
 }
 
+/// A page of markers with what capture reads for them.
+struct MarkedRows<'a> {
+    markers: &'a [Marker],
+    /// The key text of each marker.
+    keys: &'a [String],
+    /// The rows as they are now, by key text (a deleted row is absent).
+    current: HashMap<String, Vec<Value>>,
+    /// Their last captured states, by key text.
+    shadows: HashMap<String, RowState>,
+}
+
 /// Diff each marked row against its shadow into a change. Markers are
-/// keyed by row, so each row is sealed once: its row and shadow are taken
-/// out of the maps, not copied.
-#[allow(clippy::too_many_arguments)]
+/// keyed by row, so each row is sealed once: its shadow is taken out of
+/// the map, not copied.
 fn seal_markers(
     spec: &TableSpec,
     state: &mut SealState,
     phase: Phase,
-    markers: &[Marker],
-    keys: &[String],
-    current: &HashMap<String, Vec<Value>>,
-    mut shadows: HashMap<String, RowState>,
+    read: MarkedRows<'_>,
     report: &mut CaptureReport,
 ) -> Result<SealedBatch> {
+    let MarkedRows {
+        markers,
+        keys,
+        current,
+        mut shadows,
+    } = read;
     let mut out = SealedBatch::default();
     for (marker, key) in markers.iter().zip(keys) {
         report.examined += 1;
