@@ -4,8 +4,8 @@
 //!
 //! # Layers
 //!
-//! Five layers, each importing only from the layers below it (tests
-//! included):
+//! Five layers, each module importing only from its own layer or the
+//! layers below, and never in a circle (`tests/layers.rs` checks both):
 //!
 //! 1. `model`: pure, no I/O. Changes, the hybrid logical clock, the
 //!    row-state merge, conflicts, portable value checks, the `Syncable`

@@ -254,3 +254,123 @@ fn the_checks_see_what_they_look_for() {
     assert_eq!(layer("sync"), Some(5));
     assert_eq!(layer("tidesync"), None);
 }
+
+/// The modules `code` imports, resolved to module paths among `modules`:
+/// `crate::a::b::Item` is the longest prefix that is a module, and
+/// `super::x` is the sibling `x` of the module at `path`.
+fn module_imports(code: &str, path: &[String], modules: &[Vec<String>]) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut add = |target: Vec<String>| {
+        if target != path && !out.contains(&target) {
+            out.push(target);
+        }
+    };
+    let longest = |parts: &[String]| {
+        (1..=parts.len())
+            .rev()
+            .map(|k| parts[..k].to_vec())
+            .find(|p| modules.contains(p))
+    };
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        let after = &rest[at + "crate::".len()..];
+        let full: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        let parts: Vec<String> = full
+            .split("::")
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(target) = longest(&parts) {
+            add(target);
+        }
+        rest = after;
+    }
+    let parent = &path[..path.len().saturating_sub(1)];
+    let mut rest = code;
+    while let Some(at) = rest.find("super::") {
+        let before = rest[..at].chars().last();
+        let after = &rest[at + "super::".len()..];
+        if !matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            let mut target = parent.to_vec();
+            target.push(ident(after));
+            if modules.contains(&target) {
+                add(target);
+            }
+        }
+        rest = after;
+    }
+    out
+}
+
+/// Within a layer, modules import each other one way: no circle.
+#[test]
+fn no_module_imports_form_a_circle() {
+    let (src, files) = files();
+    let modules: Vec<Vec<String>> = files.iter().map(|f| module_path(&src, f)).collect();
+    let edges: Vec<Vec<Vec<String>>> = files
+        .iter()
+        .zip(&modules)
+        .map(|(f, path)| {
+            let text = std::fs::read_to_string(f).expect("readable source");
+            module_imports(code(&text), path, &modules)
+        })
+        .collect();
+    // Depth-first search for a back edge.
+    fn visit(
+        i: usize,
+        modules: &[Vec<String>],
+        edges: &[Vec<Vec<String>>],
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        state[i] = 1;
+        stack.push(i);
+        for target in &edges[i] {
+            let Some(j) = modules.iter().position(|m| m == target) else {
+                continue;
+            };
+            if state[j] == 1 {
+                let from = stack.iter().position(|k| *k == j).unwrap_or(0);
+                return Some(stack[from..].to_vec());
+            }
+            if state[j] == 0 {
+                if let Some(c) = visit(j, modules, edges, state, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+        None
+    }
+    let mut state = vec![0u8; modules.len()];
+    for i in 0..modules.len() {
+        if state[i] == 0 {
+            if let Some(circle) = visit(i, &modules, &edges, &mut state, &mut Vec::new()) {
+                let names: Vec<String> = circle.iter().map(|k| modules[*k].join("::")).collect();
+                panic!(
+                    "modules import each other in a circle: {}",
+                    names.join(" -> ")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn imports_resolve_to_modules() {
+    let m = |s: &str| s.split("::").map(str::to_owned).collect::<Vec<_>>();
+    let modules = vec![m("hub"), m("hub::push"), m("hub::merge"), m("store::codec")];
+    let push = m("hub::push");
+    assert_eq!(
+        module_imports(
+            "use super::merge::Merge;\nuse crate::store::codec::{db_sequence};\nself::super::x",
+            &push,
+            &modules
+        ),
+        [m("store::codec"), m("hub::merge")]
+    );
+}

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
 use super::log;
-use super::referral;
+use super::referral::{self, RowId};
 use super::tables::HUB_ROWS;
 use crate::dialect::Dialect;
 use crate::model::change::{Change, TableSpec};
@@ -19,9 +19,6 @@ use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::rows::{self, Referred};
 use crate::store::write::{delete_rows, execute_all, execute_while, upsert_statements};
-
-/// A row of the hub: (table, key text).
-pub(super) type RowId = (String, String);
 
 /// The states of the rows a call touches, as they were before it.
 type Before = HashMap<RowId, RowState>;

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use sea_orm::{DbBackend, Statement};
 
-use super::merge::RowId;
 use super::tables::HUB_ROWS;
 use crate::model::change::Change;
 use crate::model::clock::Hlc;
@@ -15,6 +14,9 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::same_value;
 use crate::store::rows::{self, Referral, Referred};
+
+/// A row of the hub: (table, key text).
+pub(super) type RowId = (String, String);
 
 /// Decide which log entry each saved state refers to (the one that holds
 /// most of its values: the one it referred to, or the last one logged in

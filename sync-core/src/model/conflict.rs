@@ -103,7 +103,7 @@ pub struct Merged {
 /// what a hub does with each pushed change; a hub of your own calls it to
 /// honour the tables' policies, logs the change without the columns in
 /// [`Merged::held`], and reports [`Merged::conflicts`] in its
-/// [`PushAck`](crate::model::protocol::PushAck) (`conflicts` for held columns,
+/// `PushAck` (`conflicts` for held columns,
 /// `settled` for the others).
 pub fn merge_with_policy(state: &mut RowState, change: &Change, policy: ConflictPolicy) -> Merged {
     let mut out = Merged::default();

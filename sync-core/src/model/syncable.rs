@@ -15,7 +15,7 @@ pub enum ConflictPolicy {
     Merge,
     /// Concurrent edits of the same column are held for the user to resolve.
     Manual,
-    /// Like `Manual`, but a [`crate::model::conflict::Resolver`] registered for the
+    /// Like `Manual`, but a `Resolver` registered for the
     /// entity settles each conflict on the replica that meets it.
     Custom,
 }

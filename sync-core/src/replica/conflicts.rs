@@ -7,7 +7,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
 
 use super::Replica;
-use super::incoming::{begin_applying, end_applying};
+use super::applying::{begin_applying, end_applying};
 use super::seal_state::SealState;
 use super::tables::{CONFLICTS, OUTBOX, ROWS};
 use crate::dialect;

@@ -15,15 +15,16 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockType, OnConflict, Query};
+use sea_orm::sea_query::{Alias, LockType, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
+use super::applying::{begin_applying, end_applying};
 use super::capture::{CaptureReport, seal_all};
 use super::conflicts::{open_conflicts, update_remote};
 use super::entity::TableHandle;
 use super::parked::{Parked, park};
 use super::seal_state::SealState;
-use super::tables::{APPLYING, LOCAL_META, ROWS};
+use super::tables::{LOCAL_META, ROWS};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};
 use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
@@ -88,35 +89,6 @@ pub(crate) struct ApplyReport {
     pub(crate) parked: Vec<Error>,
     /// Local writes captured on the way (see [`CaptureReport`]).
     pub(crate) captured: CaptureReport,
-}
-
-/// Insert this session into `_tidesync_applying`: the capture triggers skip
-/// its writes until [`end_applying`] (or the end of the transaction).
-pub(crate) async fn begin_applying(tx: &DatabaseTransaction) -> Result<()> {
-    let d = dialect::of_db(tx)?;
-    let q = Query::insert()
-        .into_table(Alias::new(APPLYING))
-        .columns([Alias::new("session")])
-        .values_panic([Expr::cust(d.session_expr())])
-        .on_conflict(
-            OnConflict::column(Alias::new("session"))
-                .do_nothing_on([Alias::new("session")])
-                .to_owned(),
-        )
-        .to_owned();
-    tx.execute(&q).await?;
-    Ok(())
-}
-
-/// Remove this session from `_tidesync_applying`.
-pub(crate) async fn end_applying(tx: &DatabaseTransaction) -> Result<()> {
-    let d = dialect::of_db(tx)?;
-    let q = Query::delete()
-        .from_table(Alias::new(APPLYING))
-        .and_where(Expr::col(Alias::new("session")).eq(Expr::cust(d.session_expr())))
-        .to_owned();
-    tx.execute(&q).await?;
-    Ok(())
 }
 
 /// Lock the existing rows with these keys until the transaction ends,

@@ -3,6 +3,7 @@
 //! changes.
 //!
 //! - [`tables`]: the replica's own tables, named and created;
+//! - [`applying`]: the session that writes pulled changes, uncaptured;
 //! - [`entity`]: reading a `Syncable` entity's markers and rows;
 //! - [`capture`]: markers into changes in the outbox;
 //! - [`seal_state`]: the node's sequence and clock in a writing transaction;
@@ -12,6 +13,7 @@
 //! - [`reconcile`]: finding writes made behind tidesync's back;
 //! - [`parked`]: what could not be applied or read, kept with the reason.
 
+pub(crate) mod applying;
 pub(crate) mod capture;
 pub(crate) mod conflicts;
 pub(crate) mod entity;

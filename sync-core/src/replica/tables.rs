@@ -10,7 +10,7 @@
 //! crash-safe without relying on the caller's transaction: a marker exists
 //! exactly when its write committed. The marker is turned into a typed
 //! change later by diffing the row against its last captured state
-//! (see [`crate::replica::capture`]).
+//! (see the `capture` module).
 //!
 //! While tidesync itself writes pulled changes it inserts its session id into
 //! `_tidesync_applying` inside the same transaction; the triggers skip
