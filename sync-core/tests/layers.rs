@@ -336,10 +336,10 @@ fn no_module_imports_form_a_circle() {
                 let from = stack.iter().position(|k| *k == j).unwrap_or(0);
                 return Some(stack[from..].to_vec());
             }
-            if state[j] == 0 {
-                if let Some(c) = visit(j, modules, edges, state, stack) {
-                    return Some(c);
-                }
+            if state[j] == 0
+                && let Some(c) = visit(j, modules, edges, state, stack)
+            {
+                return Some(c);
             }
         }
         stack.pop();
@@ -348,14 +348,14 @@ fn no_module_imports_form_a_circle() {
     }
     let mut state = vec![0u8; modules.len()];
     for i in 0..modules.len() {
-        if state[i] == 0 {
-            if let Some(circle) = visit(i, &modules, &edges, &mut state, &mut Vec::new()) {
-                let names: Vec<String> = circle.iter().map(|k| modules[*k].join("::")).collect();
-                panic!(
-                    "modules import each other in a circle: {}",
-                    names.join(" -> ")
-                );
-            }
+        if state[i] == 0
+            && let Some(circle) = visit(i, &modules, &edges, &mut state, &mut Vec::new())
+        {
+            let names: Vec<String> = circle.iter().map(|k| modules[*k].join("::")).collect();
+            panic!(
+                "modules import each other in a circle: {}",
+                names.join(" -> ")
+            );
         }
     }
 }
