@@ -407,6 +407,24 @@ mod tests {
         }
     }
 
+    /// A table is done for the pass when a read came back short, or held
+    /// only markers that stay (rejected or for the other phase): reading
+    /// again would return the same ones.
+    #[test]
+    fn a_table_is_done_after_a_short_or_fully_kept_read() {
+        let sealed = |read: u64, kept: u64| Sealed {
+            read: read as usize,
+            kept: kept as usize,
+        };
+        assert!(sealed(0, 0).done());
+        assert!(sealed(BATCH - 1, 0).done());
+        assert!(sealed(BATCH - 1, BATCH - 1).done());
+        assert!(!sealed(BATCH, 0).done());
+        assert!(!sealed(BATCH, BATCH - 1).done());
+        assert!(sealed(BATCH, BATCH).done());
+        assert!(!sealed(BATCH + 1, BATCH).done());
+    }
+
     #[test]
     fn upserts_are_sealed_parents_first_and_deletes_children_first() {
         let tables: Vec<Arc<dyn TableHandle>> = ["parent", "child", "grandchild"]
