@@ -93,10 +93,13 @@ mod tests {
             rows_per_statement(&parked(2 * MAX_ROWS + 1, 10)),
             [MAX_ROWS, MAX_ROWS, 1]
         );
-        let big = MAX_BYTES / 3;
-        let counts = rows_per_statement(&parked(7, big));
-        assert!(counts.iter().all(|n| *n <= 3), "{counts:?}");
-        assert_eq!(counts.iter().sum::<usize>(), 7);
+        // Each row about a third of MAX_BYTES, plus its key, reason and
+        // overhead: two fit in a statement, a third would pass the bound.
+        assert_eq!(
+            rows_per_statement(&parked(7, MAX_BYTES / 3)),
+            [2, 2, 2, 1]
+        );
+        assert_eq!(rows_per_statement(&parked(5, MAX_BYTES / 3 - 120)), [3, 2]);
     }
 
     #[test]

@@ -266,6 +266,27 @@ mod tests {
         assert!(LOG.inserts(std::iter::empty()).unwrap().is_empty());
     }
 
+    /// Statements are bounded by the changes' values plus a fixed overhead
+    /// per row: four changes of a million bytes share one, a fifth would
+    /// pass the bound.
+    #[test]
+    fn inserts_are_bounded_by_the_size_of_the_values() {
+        let big = |seq: u64| Change {
+            columns: vec![("a".into(), Value::String(Some("x".repeat(1_000_000))))],
+            ..change(seq)
+        };
+        let changes: Vec<Change> = (1..=9).map(big).collect();
+        let rows: Vec<usize> = LOG
+            .inserts(changes.iter().map(|c| (vec![1.into(), "me".into()], c)))
+            .unwrap()
+            .iter()
+            .map(|q| q.build(SqliteQueryBuilder).1.0.len() / 8)
+            .collect();
+        assert_eq!(rows, [4, 4, 1]);
+        let (_, size) = LOG.sized_row(vec![1.into(), "me".into()], &changes[0]).unwrap();
+        assert_eq!(size, 1_000_200);
+    }
+
     #[test]
     fn a_sequence_beyond_the_databases_integers_is_refused() {
         assert_eq!(db_sequence(i64::MAX as u64).unwrap(), i64::MAX);
