@@ -100,6 +100,12 @@ mod tests {
             [2, 2, 2, 1]
         );
         assert_eq!(rows_per_statement(&parked(5, MAX_BYTES / 3 - 120)), [3, 2]);
+        // The size counts key, payload and reason: two rows whose sizes sum
+        // to one byte over the bound go apart (key `[0]` and reason `why`
+        // are 3 bytes each, plus 100 of overhead).
+        let over = MAX_BYTES / 2 - 3 - 3 - 100 + 1;
+        assert_eq!(rows_per_statement(&parked(2, over)), [1, 1]);
+        assert_eq!(rows_per_statement(&parked(2, over - 1)), [2]);
     }
 
     #[test]
