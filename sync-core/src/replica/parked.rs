@@ -95,10 +95,7 @@ mod tests {
         );
         // Each row about a third of MAX_BYTES, plus its key, reason and
         // overhead: two fit in a statement, a third would pass the bound.
-        assert_eq!(
-            rows_per_statement(&parked(7, MAX_BYTES / 3)),
-            [2, 2, 2, 1]
-        );
+        assert_eq!(rows_per_statement(&parked(7, MAX_BYTES / 3)), [2, 2, 2, 1]);
         assert_eq!(rows_per_statement(&parked(5, MAX_BYTES / 3 - 120)), [3, 2]);
         // The size counts key, payload and reason: two rows whose sizes sum
         // to one byte over the bound go apart (key `[0]` and reason `why`

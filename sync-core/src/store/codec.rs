@@ -283,7 +283,9 @@ mod tests {
             .map(|q| q.build(SqliteQueryBuilder).1.0.len() / 8)
             .collect();
         assert_eq!(rows, [4, 4, 1]);
-        let (_, size) = LOG.sized_row(vec![1.into(), "me".into()], &changes[0]).unwrap();
+        let (_, size) = LOG
+            .sized_row(vec![1.into(), "me".into()], &changes[0])
+            .unwrap();
         assert_eq!(size, 1_000_200);
     }
 
