@@ -11,8 +11,8 @@
 //!    row-state merge, conflicts, portable value checks, the `Syncable`
 //!    trait, the [`Hub`](hub::Hub) trait and its messages, errors.
 //! 2. `dialect`: everything that differs between PostgreSQL, MySQL and
-//!    SQLite, one file per database, each behind its feature. The only
-//!    place that matches on the kind of database.
+//!    SQLite, one file per database. The only place that matches on the
+//!    kind of database.
 //! 3. `store`: how tidesync keeps data in a SQL database: row states,
 //!    batched row writes, the users' tables, key/value metadata, and one
 //!    codec of stored changes for the outbox and the hub log.
