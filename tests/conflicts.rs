@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
         back_after_a_year_lww_and_merge_keep_later_edits,
         back_after_a_year_manual_raises_a_conflict,
         manual_conflict_is_held_then_resolved_three_ways,
+        resolve_keeps_local_edits_made_after_the_conflict,
         custom_resolver_settles_on_the_replica,
         delete_against_concurrent_update_is_one_rule,
         newer_client_adds_a_column,
@@ -371,6 +372,64 @@ async fn manual_conflict_is_held_then_resolved_three_ways(hub: TestDb) -> TestRe
         replica.resolve(12345, Resolution::KeepLocal).await.is_err(),
         "unknown id is an error"
     );
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// An edit of the held column made after the conflict was recorded, and not
+/// captured yet, is the local value a resolution keeps; taking the remote
+/// value does not drop it in silence either: it goes out and meets the
+/// remote value again as a new conflict.
+async fn resolve_keeps_local_edits_made_after_the_conflict(hub: TestDb) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let b = device::<people_manual::Entity>(&hub, "b").await?;
+    let ids = [a.add("one").await?, a.add("two").await?];
+    a.sync().await?;
+    b.sync().await?;
+    for (i, id) in ids.iter().enumerate() {
+        a.set(*id, "email", &format!("a{i}@x")).await?;
+        b.set(*id, "email", &format!("b{i}@x")).await?;
+    }
+    a.sync().await?;
+    ensure_eq!(b.sync().await?.conflicts.len(), 2);
+    // The user edits the held column again; no sync, no capture since.
+    b.set(ids[0], "email", "b0-later@x").await?;
+    b.set(ids[1], "email", "b1-later@x").await?;
+    let replica = b.engine.replica();
+    let held = replica.conflicts().await?;
+    let by_row = |id: Uuid| {
+        held.iter()
+            .find(|h| h.conflict.pk[0].1 == Value::Uuid(Some(id)))
+            .map(|h| h.id)
+            .ok_or("held")
+    };
+    replica
+        .resolve(by_row(ids[0])?, Resolution::KeepLocal)
+        .await?;
+    replica
+        .resolve(by_row(ids[1])?, Resolution::TakeRemote)
+        .await?;
+    let rb = b.engine.sync_now().await?;
+    a.sync().await?;
+    // Kept: the latest local value, everywhere.
+    for d in [&a, &b] {
+        ensure_eq!(
+            d.rows().await?[&ids[0]].1,
+            s("b0-later@x"),
+            "keep-local keeps the edit made after the conflict"
+        );
+    }
+    // Taken remote: the later local edit still went out, and meets the
+    // remote value as a conflict again instead of vanishing.
+    let again: Vec<_> = rb
+        .conflicts
+        .iter()
+        .filter(|c| c.pk[0].1 == Value::Uuid(Some(ids[1])))
+        .collect();
+    ensure_eq!(again.len(), 1, "{rb:?}");
+    ensure_eq!(again[0].local, Value::String(Some("b1-later@x".into())));
+    ensure_eq!(again[0].remote, Value::String(Some("a1@x".into())));
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

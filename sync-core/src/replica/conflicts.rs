@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Replica;
 use super::applying::{begin_applying, end_applying};
+use super::capture::{CaptureReport, seal_all};
 use super::seal_state::SealState;
 use super::tables::{CONFLICTS, OUTBOX, ROWS};
 use crate::dialect;
@@ -138,6 +139,35 @@ impl Replica {
         Ok(out)
     }
 
+    /// The held conflict `id`, with the spec of its table and column.
+    async fn held_in(
+        &self,
+        tx: &DatabaseTransaction,
+        id: i64,
+    ) -> Result<(HeldConflict, TableSpec, ColumnSpec)> {
+        let row = tx
+            .query_one(
+                &Query::select()
+                    .columns(HELD_COLUMNS.map(Alias::new))
+                    .from(Alias::new(CONFLICTS))
+                    .and_where(Expr::col(Alias::new("id")).eq(id))
+                    .to_owned(),
+            )
+            .await?
+            .ok_or_else(|| Error::Config(format!("no conflict with id {id}")))?;
+        let held = self.held_of_row(&row)?;
+        let c = &held.conflict;
+        let spec = self
+            .tables()
+            .find(|t| t.name == c.table)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTable(c.table.clone()))?;
+        let column = spec.column(&c.column).cloned().ok_or_else(|| {
+            Error::Config(format!("{}.{}: no such synced column", c.table, c.column))
+        })?;
+        Ok((held, spec, column))
+    }
+
     fn held_of_row(&self, r: &sea_orm::QueryResult) -> Result<HeldConflict> {
         let table: String = r.try_get("", "tbl")?;
         let key: String = r.try_get("", "pk")?;
@@ -181,32 +211,29 @@ impl Replica {
         let tx = self.connection().begin().await?;
         begin_applying(&tx).await?;
         let mut state = SealState::lock_and_load(&tx, self.node_id()).await?;
-        let row = tx
-            .query_one(
-                &Query::select()
-                    .columns(HELD_COLUMNS.map(Alias::new))
-                    .from(Alias::new(CONFLICTS))
-                    .and_where(Expr::col(Alias::new("id")).eq(id))
-                    .to_owned(),
-            )
-            .await?
-            .ok_or_else(|| Error::Config(format!("no conflict with id {id}")))?;
-        let held = self.held_of_row(&row)?;
+        // Capture pending local writes first, as a pull does: an edit of the
+        // held column made since the conflict was recorded is the local
+        // value now, and goes out as a change of its own (rows it cannot
+        // capture keep their markers for the next capture).
+        seal_all(
+            &tx,
+            self.handles(),
+            &mut state,
+            &mut CaptureReport::default(),
+        )
+        .await?;
+        let (held, spec, column) = self.held_in(&tx, id).await?;
         let c = &held.conflict;
-        let spec = self
-            .tables()
-            .find(|t| t.name == c.table)
-            .cloned()
-            .ok_or_else(|| Error::UnknownTable(c.table.clone()))?;
-        let column = spec.column(&c.column).cloned().ok_or_else(|| {
-            Error::Config(format!("{}.{}: no such synced column", c.table, c.column))
-        })?;
         let pk: Vec<Value> = c.pk.iter().map(|(_, v)| v.clone()).collect();
         let key = pk_key(&pk)?;
         let mut row_state = rows::load_states(&tx, ROWS, &spec.name, std::slice::from_ref(&key))
             .await?
             .remove(&key)
             .unwrap_or_default();
+        let local = match row_state.vals.get(&c.column) {
+            Some(v) if row_state.is_live() => v.clone(),
+            _ => c.local.clone(),
+        };
         let (value, change) = match resolution {
             Resolution::TakeRemote => {
                 row_state.vals.insert(c.column.clone(), c.remote.clone());
@@ -216,7 +243,7 @@ impl Replica {
             Resolution::KeepLocal | Resolution::Value(_) => {
                 let value = match resolution {
                     Resolution::Value(v) => v,
-                    _ => c.local.clone(),
+                    _ => local,
                 };
                 let (id, hlc) = state.next(wall_clock_us());
                 let change = Change {
