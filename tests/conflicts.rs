@@ -26,6 +26,7 @@ fn main() -> std::process::ExitCode {
         custom_resolver_settles_on_the_replica,
         delete_against_concurrent_update_is_one_rule,
         newer_client_adds_a_column,
+        a_change_from_the_future_is_refused_and_stays_queued,
     ];
     run(trials)
 }
@@ -112,10 +113,16 @@ impl Device {
     /// Make the device's pending writes look a year old (its wall clock was
     /// a year behind, or it edited a year ago and stayed offline).
     async fn age_pending_writes(&self) -> TestResult {
-        let year_us: i64 = 365 * 24 * 3600 * 1_000_000;
+        self.shift_pending_writes(-365 * 24 * 3600 * 1_000_000)
+            .await
+    }
+
+    /// Move the wall time of the device's pending writes by `us`
+    /// microseconds (a clock that was off when they were made).
+    async fn shift_pending_writes(&self, us: i64) -> TestResult {
         self.db()
             .execute_unprepared(&format!(
-                "UPDATE _ts_d_people SET wall_us = wall_us - {year_us}"
+                "UPDATE _ts_d_people SET wall_us = wall_us + ({us})"
             ))
             .await?;
         Ok(())
@@ -432,6 +439,65 @@ async fn resolve_keeps_local_edits_made_after_the_conflict(hub: TestDb) -> TestR
     ensure_eq!(again[0].remote, Value::String(Some("a1@x".into())));
     a.drop().await?;
     b.drop().await?;
+    hub.drop().await
+}
+
+/// A device whose clock is a day ahead: the hub refuses its change, which
+/// stays queued on the device, and the report names the device and says its
+/// clock is wrong. A later edit elsewhere wins, and no other device's clock
+/// takes the bad time.
+async fn a_change_from_the_future_is_refused_and_stays_queued(hub: TestDb) -> TestResult {
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let b = device::<people_lww::Entity>(&hub, "b").await?;
+    let id = a.add("one").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.set(id, "email", "from-the-future@x").await?;
+    a.shift_pending_writes(24 * 3600 * 1_000_000).await?;
+    let ra = a.engine.sync_now().await?;
+    let halted = ra
+        .halted
+        .ok_or("the change from the future was not refused")?;
+    let me = a.engine.replica().node_id().to_string();
+    ensure!(
+        halted
+            .reason
+            .contains(&format!("the clock of device {me} is wrong")),
+        "{halted:?}"
+    );
+    ensure!(
+        halted.reason.contains("ahead of the hub's clock"),
+        "{halted:?}"
+    );
+    ensure_eq!(ra.pushed, 0);
+    ensure_eq!(a.engine.replica().pending_count().await?, 1, "stays queued");
+    // The next sync refuses it again: nothing is dropped.
+    ensure!(
+        a.engine.sync_now().await?.halted.is_some(),
+        "refused again at the next sync"
+    );
+    ensure_eq!(a.engine.replica().pending_count().await?, 1);
+    // A later edit on another device wins everywhere else.
+    b.set(id, "email", "b@x").await?;
+    b.sync().await?;
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    ensure_eq!(c.rows().await?[&id].1, s("b@x"));
+    // No clock took the bad time: c's next change is stamped now.
+    c.set(id, "phone", "c-phone").await?;
+    c.engine.replica().capture().await?;
+    let change = c.engine.replica().pending(1).await?.remove(0);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as u64;
+    ensure!(
+        change.hlc.physical < now_us + 60_000_000,
+        "c's clock jumped: {} vs now {now_us}",
+        change.hlc.physical
+    );
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
     hub.drop().await
 }
 

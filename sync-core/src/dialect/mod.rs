@@ -91,6 +91,11 @@ pub(crate) trait Dialect: Send + Sync {
     /// with the sessions applying pulled changes.
     fn session_expr(&self) -> &'static str;
 
+    /// SQL for the database server's wall time, in microseconds since the
+    /// Unix epoch (the capture triggers stamp markers with it; the hub
+    /// measures pushed clocks against it).
+    fn now_us(&self) -> &'static str;
+
     /// `pk IN (keys)` over a row-state table's text keys.
     fn key_in(&self, keys: &[String]) -> Result<SimpleExpr> {
         Ok(Expr::col(Alias::new("pk")).is_in(keys.iter().cloned()))

@@ -119,6 +119,10 @@ impl Dialect for MySql {
         "CONNECTION_ID()"
     }
 
+    fn now_us(&self) -> &'static str {
+        NOW_US
+    }
+
     /// MariaDB does not serve a row-value comparison from an index as a
     /// range, but does the equivalent `OR` form.
     fn after(&self, columns: [SimpleExpr; 2], values: [Value; 2]) -> SimpleExpr {
@@ -230,6 +234,10 @@ mod tests {
             )
         );
         assert_eq!(MySql.session_expr(), "CONNECTION_ID()");
+        assert_eq!(
+            MySql.now_us(),
+            "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)"
+        );
         assert!(MySql.locks_rows());
         assert_eq!(MySql.plan_hint(), None);
         assert_eq!(MySql.type_exists_query(), None);

@@ -102,6 +102,10 @@ impl Dialect for Postgres {
         "pg_backend_pid()"
     }
 
+    fn now_us(&self) -> &'static str {
+        NOW_US
+    }
+
     /// `pk = ANY(array)` with the keys in one parameter, which a custom plan
     /// (see [`Dialect::plan_hint`]) serves as a lookup on both key columns.
     fn key_in(&self, keys: &[String]) -> Result<SimpleExpr> {
@@ -257,6 +261,10 @@ mod tests {
         );
         assert_eq!(Postgres.triggers_query(), None);
         assert_eq!(Postgres.session_expr(), "pg_backend_pid()");
+        assert_eq!(
+            Postgres.now_us(),
+            "(extract(epoch from clock_timestamp()) * 1000000)::bigint"
+        );
         assert!(Postgres.locks_rows());
         assert_eq!(
             Postgres.plan_hint(),

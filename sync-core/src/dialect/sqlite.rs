@@ -51,6 +51,10 @@ impl Dialect for Sqlite {
         "0"
     }
 
+    fn now_us(&self) -> &'static str {
+        NOW_US
+    }
+
     /// A write transaction locks the whole database.
     fn locks_rows(&self) -> bool {
         false
@@ -108,6 +112,10 @@ mod tests {
             "SELECT name FROM pragma_table_info(?)"
         );
         assert_eq!(Sqlite.session_expr(), "0");
+        assert_eq!(
+            Sqlite.now_us(),
+            "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
+        );
         assert!(!Sqlite.locks_rows());
         assert_eq!(Sqlite.triggers_query(), None);
     }

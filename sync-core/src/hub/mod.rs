@@ -46,10 +46,15 @@ use crate::model::error::{Error, Result};
 use crate::store::codec::sequence;
 use tables::REJECTED;
 
+/// The default of [`SqlHub::with_max_clock_skew`].
+const DEFAULT_MAX_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A hub in a SQL database. See the [module docs](self).
 pub struct SqlHub {
     db: DatabaseConnection,
     policy: RejectPolicy,
+    /// How far ahead of the hub's clock a pushed change may be stamped.
+    max_skew: std::time::Duration,
     /// The tables of the last install.
     tables: RwLock<Vec<TableSpec>>,
 }
@@ -69,6 +74,7 @@ impl SqlHub {
         SqlHub {
             db,
             policy: RejectPolicy::Halt,
+            max_skew: DEFAULT_MAX_SKEW,
             tables: RwLock::new(Vec::new()),
         }
     }
@@ -120,6 +126,18 @@ impl SqlHub {
         }
     }
 
+    /// How far ahead of the hub database's clock a pushed change may be
+    /// stamped (default five minutes). A change stamped further ahead comes
+    /// from a device whose clock is wrong: merged, it would win every later
+    /// edit of its columns and carry its time to every device. It is
+    /// refused whatever the policy, and its origin's stream halts there: it
+    /// stays queued on the device, and the device's `SyncReport::halted`
+    /// names the device and the skew.
+    pub fn with_max_clock_skew(mut self, max: std::time::Duration) -> Self {
+        self.max_skew = max;
+        self
+    }
+
     /// Choose what happens to a change the hub cannot apply.
     pub fn with_policy(mut self, policy: RejectPolicy) -> Self {
         self.policy = policy;
@@ -167,7 +185,8 @@ impl Hub for SqlHub {
 
     async fn push(&self, batch: &[Change]) -> Result<PushAck> {
         let specs = self.tables.read().await.clone();
-        push::push(&self.db, &specs, self.policy, batch).await
+        let max_skew_us = u64::try_from(self.max_skew.as_micros()).unwrap_or(u64::MAX);
+        push::push(&self.db, &specs, self.policy, max_skew_us, batch).await
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {

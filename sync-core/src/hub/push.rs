@@ -5,11 +5,13 @@
 //! savepoint, to halt or park exactly the refused ones.
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement, TransactionTrait,
+};
 
 use super::merge::Merge;
 use super::tables::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
-use super::validate::validate;
+use super::validate::{check_clock, validate};
 use crate::dialect::{self, Dialect};
 use crate::model::change::{Change, TableSpec};
 use crate::model::clock::NodeId;
@@ -27,6 +29,7 @@ pub(super) async fn push(
     db: &DatabaseConnection,
     specs: &[TableSpec],
     policy: RejectPolicy,
+    max_skew_us: u64,
     batch: &[Change],
 ) -> Result<PushAck> {
     let Some(origin) = check_batch(batch)? else {
@@ -37,6 +40,7 @@ pub(super) async fn push(
         dialect: dialect::of_db(db)?,
         specs,
         policy,
+        max_skew_us,
         origin,
     };
     // Fast path: every change valid, the whole batch at once. If the hub
@@ -79,7 +83,16 @@ struct Push<'a> {
     dialect: &'static dyn Dialect,
     specs: &'a [TableSpec],
     policy: RejectPolicy,
+    max_skew_us: u64,
     origin: NodeId,
+}
+
+/// Why the hub refuses a change before trying it.
+struct Refusal {
+    reason: String,
+    /// Halt whatever the policy (a wrong clock: the change must stay with
+    /// its device, not be parked and acknowledged).
+    halt: bool,
 }
 
 /// Where the origin's stream stands at the hub.
@@ -117,17 +130,8 @@ impl Push<'_> {
         let (done, todo): (Vec<&Change>, Vec<&Change>) =
             batch.iter().partition(|c| c.id.seq <= progress.applied);
         ack.acknowledged.extend(done.iter().map(|c| c.id));
-        let verdicts: Vec<Option<String>> = todo
-            .iter()
-            .map(|c| {
-                validate(
-                    c,
-                    self.specs.iter().find(|s| s.name == c.table),
-                    self.dialect,
-                )
-                .err()
-            })
-            .collect();
+        let now_us = self.now_us(&tx).await?;
+        let verdicts: Vec<Option<Refusal>> = todo.iter().map(|c| self.refusal(c, now_us)).collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
         if !careful && verdicts.iter().all(Option::is_none) {
             // No savepoint: a failure rolls back the transaction and the
@@ -176,13 +180,14 @@ impl Push<'_> {
         tx: &DatabaseTransaction,
         merge: &mut Merge<'_>,
         todo: &[&Change],
-        verdicts: Vec<Option<String>>,
+        verdicts: Vec<Option<Refusal>>,
         ack: &mut PushAck,
         progress: &mut OriginProgress,
     ) -> Result<()> {
         for (c, verdict) in todo.iter().zip(verdicts) {
+            let always_halt = verdict.as_ref().is_some_and(|v| v.halt);
             let reason = match verdict {
-                Some(r) => Some(r),
+                Some(v) => Some(v.reason),
                 None => {
                     let sp = tx.begin().await?;
                     let mut sub = merge.nested(&sp);
@@ -207,7 +212,7 @@ impl Push<'_> {
                     table: c.table.clone(),
                     reason,
                 };
-                if self.policy == RejectPolicy::Park {
+                if self.policy == RejectPolicy::Park && !always_halt {
                     park(tx, c, &rejection.reason).await?;
                     ack.parked.push(rejection);
                 } else {
@@ -219,6 +224,31 @@ impl Push<'_> {
             progress.applied = c.id.seq;
         }
         Ok(())
+    }
+
+    /// Why the hub refuses `c` before trying it, if it does: a change
+    /// stamped too far ahead of the hub's clock, or one that does not fit
+    /// the hub's tables.
+    fn refusal(&self, c: &Change, now_us: u64) -> Option<Refusal> {
+        if let Err(reason) = check_clock(c, now_us, self.max_skew_us) {
+            return Some(Refusal { reason, halt: true });
+        }
+        let spec = self.specs.iter().find(|s| s.name == c.table);
+        validate(c, spec, self.dialect).err().map(|reason| Refusal {
+            reason,
+            halt: false,
+        })
+    }
+
+    /// The hub database's clock, in microseconds since the epoch.
+    async fn now_us(&self, tx: &DatabaseTransaction) -> Result<u64> {
+        let sql = format!("SELECT {} AS now", self.dialect.now_us());
+        let row = tx
+            .query_one_raw(Statement::from_string(tx.get_database_backend(), sql))
+            .await?
+            .ok_or_else(|| Error::Corrupt("the hub's clock returned no row".into()))?;
+        let now: i64 = row.try_get("", "now")?;
+        Ok(u64::try_from(now).unwrap_or(0))
     }
 
     /// How far the origin's stream was applied before this push.

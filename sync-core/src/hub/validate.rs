@@ -45,6 +45,26 @@ pub(crate) fn validate(
     Ok(())
 }
 
+/// Why `change` is refused for its clock, if it is stamped more than
+/// `max_skew_us` ahead of the hub's clock `now_us` (both in microseconds
+/// since the epoch): its device's clock is wrong, and every device that
+/// merged it would carry that time on for ever.
+pub(crate) fn check_clock(change: &Change, now_us: u64, max_skew_us: u64) -> Result<(), String> {
+    let ahead = change.hlc.physical.saturating_sub(now_us);
+    if ahead <= max_skew_us {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: change {} is stamped {} s ahead of the hub's clock (at most {} s allowed): \
+         the clock of device {} is wrong; the change stays queued on the device until it is fixed",
+        change.table,
+        change.id,
+        ahead / 1_000_000,
+        max_skew_us / 1_000_000,
+        change.id.origin
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +189,27 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_change_stamped_ahead_of_the_hub_is_refused_by_its_clock() {
+        let mut c = change(Op::Delete, 1, &[]);
+        c.hlc.physical = 1_000_000_000 + 300_000_000;
+        let now = 1_000_000_000;
+        assert_eq!(check_clock(&c, now, 300_000_000), Ok(()));
+        let e = check_clock(&c, now - 1, 300_000_000).unwrap_err();
+        assert!(
+            e.contains("is stamped 300 s ahead of the hub's clock (at most 300 s allowed)"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("the clock of device {} is wrong", c.id.origin)),
+            "{e}"
+        );
+        assert!(e.starts_with("contacts: change "), "{e}");
+        // Behind the hub is never refused (devices come back after months).
+        c.hlc.physical = 1;
+        assert_eq!(check_clock(&c, now, 0), Ok(()));
     }
 
     #[test]
