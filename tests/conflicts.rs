@@ -152,6 +152,14 @@ async fn rows(db: &DatabaseConnection) -> Result<BTreeMap<Uuid, Row>, BoxError> 
     Ok(out)
 }
 
+/// The id of the conflict held on the row `id`.
+fn held_id(held: &[tidesync::HeldConflict], id: Uuid) -> Result<i64, BoxError> {
+    held.iter()
+        .find(|h| h.conflict.pk[0].1 == Value::Uuid(Some(id)))
+        .map(|h| h.id)
+        .ok_or_else(|| format!("no conflict held on {id}").into())
+}
+
 fn s(v: &str) -> Option<String> {
     Some(v.to_string())
 }
@@ -346,12 +354,7 @@ async fn manual_conflict_is_held_then_resolved_three_ways(hub: TestDb) -> TestRe
     // Resolve: keep local, take remote, given value.
     let held = b.engine.replica().conflicts().await?;
     ensure_eq!(held.len(), 3);
-    let by_row = |id: Uuid| {
-        held.iter()
-            .find(|h| h.conflict.pk[0].1 == Value::Uuid(Some(id)))
-            .map(|h| h.id)
-            .ok_or("held")
-    };
+    let by_row = |id: Uuid| held_id(&held, id);
     let replica = b.engine.replica();
     replica
         .resolve(by_row(ids[0])?, Resolution::KeepLocal)
@@ -405,12 +408,7 @@ async fn resolve_keeps_local_edits_made_after_the_conflict(hub: TestDb) -> TestR
     b.set(ids[1], "email", "b1-later@x").await?;
     let replica = b.engine.replica();
     let held = replica.conflicts().await?;
-    let by_row = |id: Uuid| {
-        held.iter()
-            .find(|h| h.conflict.pk[0].1 == Value::Uuid(Some(id)))
-            .map(|h| h.id)
-            .ok_or("held")
-    };
+    let by_row = |id: Uuid| held_id(&held, id);
     replica
         .resolve(by_row(ids[0])?, Resolution::KeepLocal)
         .await?;
