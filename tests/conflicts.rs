@@ -7,8 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::device::{Device, device, device_with, held_id, rows, s};
 use common::entities::{people_lww, people_manual, people_merge, people_v2};
-use common::{BoxError, Dialect, TestDb, TestResult, run};
+use common::{BoxError, TestDb, TestResult, run};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Value};
 use tidesync::hub::SqlHub;
@@ -29,139 +30,6 @@ fn main() -> std::process::ExitCode {
         a_change_from_the_future_is_refused_and_stays_queued,
     ];
     run(trials)
-}
-
-struct Device {
-    local: TestDb,
-    engine: SyncEngine,
-}
-
-async fn device<E>(hub: &TestDb, tag: &str) -> Result<Device, BoxError>
-where
-    E: Syncable,
-    E::Model: Sync,
-{
-    device_with(hub, tag, |b| b.register::<E>()).await
-}
-
-async fn device_with(
-    hub: &TestDb,
-    tag: &str,
-    build: impl FnOnce(tidesync::ReplicaBuilder) -> tidesync::ReplicaBuilder,
-) -> Result<Device, BoxError> {
-    let local = TestDb::create(Dialect::Sqlite, tag).await?;
-    let replica = build(Replica::builder(local.db.clone()))
-        .create_tables()
-        .open()
-        .await?;
-    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
-    Ok(Device {
-        local,
-        engine: SyncEngine::new(replica, backend),
-    })
-}
-
-type Row = (String, Option<String>, Option<String>);
-
-impl Device {
-    fn db(&self) -> &DatabaseConnection {
-        &self.local.db
-    }
-
-    async fn sync(&self) -> Result<tidesync::SyncReport, BoxError> {
-        let r = self.engine.sync_now().await?;
-        if r.halted.is_some() || !r.local_errors.is_empty() || !r.rejected.is_empty() {
-            return Err(format!("sync reported problems: {r:?}").into());
-        }
-        Ok(r)
-    }
-
-    async fn add(&self, name: &str) -> Result<Uuid, BoxError> {
-        let id = Uuid::now_v7();
-        let q = Query::insert()
-            .into_table(Alias::new("people"))
-            .columns([Alias::new("id"), Alias::new("name")])
-            .values_panic([id.into(), name.into()])
-            .to_owned();
-        self.db().execute(&q).await?;
-        Ok(id)
-    }
-
-    async fn set(&self, id: Uuid, column: &str, value: &str) -> TestResult {
-        let q = Query::update()
-            .table(Alias::new("people"))
-            .value(Alias::new(column), value)
-            .and_where(Expr::col(Alias::new("id")).eq(id))
-            .to_owned();
-        self.db().execute(&q).await?;
-        Ok(())
-    }
-
-    async fn delete(&self, id: Uuid) -> TestResult {
-        let q = Query::delete()
-            .from_table(Alias::new("people"))
-            .and_where(Expr::col(Alias::new("id")).eq(id))
-            .to_owned();
-        self.db().execute(&q).await?;
-        Ok(())
-    }
-
-    async fn rows(&self) -> Result<BTreeMap<Uuid, Row>, BoxError> {
-        rows(self.db()).await
-    }
-
-    /// Make the device's pending writes look a year old (its wall clock was
-    /// a year behind, or it edited a year ago and stayed offline).
-    async fn age_pending_writes(&self) -> TestResult {
-        self.shift_pending_writes(-365 * 24 * 3600 * 1_000_000)
-            .await
-    }
-
-    /// Move the wall time of the device's pending writes by `us`
-    /// microseconds (a clock that was off when they were made).
-    async fn shift_pending_writes(&self, us: i64) -> TestResult {
-        self.db()
-            .execute_unprepared(&format!(
-                "UPDATE _ts_d_people SET wall_us = wall_us + ({us})"
-            ))
-            .await?;
-        Ok(())
-    }
-
-    async fn drop(self) -> TestResult {
-        self.local.drop().await
-    }
-}
-
-async fn rows(db: &DatabaseConnection) -> Result<BTreeMap<Uuid, Row>, BoxError> {
-    let q = Query::select()
-        .columns(["id", "name", "email", "phone"].map(Alias::new))
-        .from(Alias::new("people"))
-        .to_owned();
-    let mut out = BTreeMap::new();
-    for r in db.query_all(&q).await? {
-        out.insert(
-            r.try_get::<Uuid>("", "id")?,
-            (
-                r.try_get("", "name")?,
-                r.try_get("", "email")?,
-                r.try_get("", "phone")?,
-            ),
-        );
-    }
-    Ok(out)
-}
-
-/// The id of the conflict held on the row `id`.
-fn held_id(held: &[tidesync::HeldConflict], id: Uuid) -> Result<i64, BoxError> {
-    held.iter()
-        .find(|h| h.conflict.pk[0].1 == Value::Uuid(Some(id)))
-        .map(|h| h.id)
-        .ok_or_else(|| format!("no conflict held on {id}").into())
-}
-
-fn s(v: &str) -> Option<String> {
-    Some(v.to_string())
 }
 
 async fn lww_and_merge_keep_disjoint_edits(hub: TestDb) -> TestResult {

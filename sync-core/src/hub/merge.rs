@@ -11,7 +11,7 @@ use super::log;
 use super::referral::{self, RowId};
 use super::tables::HUB_ROWS;
 use crate::dialect::Dialect;
-use crate::model::change::{Change, TableSpec};
+use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::conflict::{self, ColumnConflict};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
@@ -34,8 +34,9 @@ pub(super) struct Merge<'a> {
     /// The log entry each state takes values from, and which (see
     /// [`rows::StoredState`]).
     referred: HashMap<RowId, Referred>,
-    /// Concurrent edits held back (manual and custom policies).
-    pub(super) held: Vec<ColumnConflict>,
+    /// Concurrent edits held back (manual and custom policies), by the
+    /// change that met them.
+    pub(super) held: Vec<(ChangeId, Vec<ColumnConflict>)>,
     /// Concurrent edits settled by the clock (merge policy).
     pub(super) settled: Vec<ColumnConflict>,
 }
@@ -192,7 +193,7 @@ impl<'a> Merge<'a> {
             passed.columns.retain(|(n, _)| !merged.held.contains(n));
             logged.push(Cow::Owned(passed));
             if policy.holds_conflicts() {
-                self.held.extend(merged.conflicts);
+                self.held.push((c.id, merged.conflicts));
             } else {
                 self.settled.extend(merged.conflicts);
             }

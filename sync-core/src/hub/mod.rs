@@ -21,6 +21,7 @@
 //! wrapper that counts or fails calls) is exported here: implement [`Hub`]
 //! with these types and pass it to `SyncEngine::new`.
 
+mod held;
 mod log;
 mod merge;
 mod push;

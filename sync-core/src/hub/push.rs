@@ -9,6 +9,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement, TransactionTrait,
 };
 
+use super::held;
 use super::merge::Merge;
 use super::tables::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
 use super::validate::{check_clock, validate};
@@ -126,10 +127,17 @@ impl Push<'_> {
             .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
         let mut progress = self.progress(&tx).await?;
         let mut ack = PushAck::default();
-        // Delivered before (a re-sent batch): acknowledged, never re-applied.
+        // Delivered before (a re-sent batch): acknowledged, never re-applied,
+        // with the conflicts they raised.
         let (done, todo): (Vec<&Change>, Vec<&Change>) =
             batch.iter().partition(|c| c.id.seq <= progress.applied);
         ack.acknowledged.extend(done.iter().map(|c| c.id));
+        if self.specs.iter().any(|s| s.policy.holds_conflicts()) {
+            let first = batch.first().map_or(0, |c| c.id.seq);
+            held::forget_before(&tx, self.origin, first).await?;
+            let seqs: Vec<u64> = done.iter().map(|c| c.id.seq).collect();
+            ack.conflicts = held::of(&tx, self.origin, &seqs).await?;
+        }
         let now_us = self.now_us(&tx).await?;
         let verdicts: Vec<Option<Refusal>> = todo.iter().map(|c| self.refusal(c, now_us)).collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
@@ -154,6 +162,9 @@ impl Push<'_> {
                 .await?;
         }
         let (next_seq, held, settled) = (merge.next_seq, merge.held, merge.settled);
+        if !held.is_empty() {
+            held::keep(&tx, &held).await?;
+        }
         self.finish(tx, &progress, next_seq).await?;
         if crossed_doubling(start_seq, next_seq) {
             // The row states are looked up by key, and the log is read by
@@ -168,7 +179,7 @@ impl Push<'_> {
             )
             .await;
         }
-        ack.conflicts = held;
+        ack.conflicts.extend(held.into_iter().flat_map(|(_, c)| c));
         ack.settled = settled;
         Ok(Some(ack))
     }

@@ -1,5 +1,6 @@
 //! The hub's own tables, each named and created here: its metadata, the
-//! change log, the row states, per-origin progress and rejected changes.
+//! change log, the row states, per-origin progress, rejected changes and
+//! held conflicts.
 
 use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Alias, ColumnType, Index, Table, TableCreateStatement};
@@ -32,6 +33,9 @@ pub(crate) const HUB_ROWS: &str = "_tidesync_hub_rows";
 pub(crate) const PEERS: &str = "_tidesync_peers";
 /// Changes refused and parked (policy `Park`), with the reason.
 pub(crate) const REJECTED: &str = "_tidesync_rejected";
+/// The conflicts each applied change raised and the hub held back
+/// (policies `manual` and custom), until its device has them for sure.
+pub(crate) const HELD: &str = "_tidesync_held";
 
 /// Create the hub's tables and the users' (idempotent), check the schema
 /// version, and return the hub's identity (created on first install).
@@ -89,6 +93,18 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
             .col(not_null("tbl", varchar(64)))
             .col(not_null("change", text.clone()))
             .col(not_null("reason", text))
+            .primary_key(
+                Index::create()
+                    .col(Alias::new("origin"))
+                    .col(Alias::new("origin_seq")),
+            )
+            .to_owned(),
+        Table::create()
+            .table(Alias::new(HELD))
+            .if_not_exists()
+            .col(not_null("origin", varchar(32)))
+            .col(not_null("origin_seq", ColumnType::BigInteger))
+            .col(not_null("conflicts", d.long_text()))
             .primary_key(
                 Index::create()
                     .col(Alias::new("origin"))
