@@ -450,10 +450,26 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
     // Writes with the triggers gone (dropped by a migration, say).
     let drop_sql: Vec<String> = match t.dialect {
         Dialect::Postgres => vec!["DROP TRIGGER _ts_cap_contacts ON contacts".into()],
-        _ => ["ins", "upd", "del"]
-            .iter()
-            .map(|s| format!("DROP TRIGGER _ts_{s}_contacts"))
-            .collect(),
+        _ => {
+            let list = match t.dialect {
+                Dialect::Sqlite => {
+                    "SELECT name AS n FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'contacts'"
+                }
+                _ => {
+                    "SELECT TRIGGER_NAME AS n FROM information_schema.TRIGGERS \
+                     WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'contacts'"
+                }
+            };
+            let mut names = Vec::new();
+            for r in
+                t.db.query_all_raw(sea_orm::Statement::from_string(t.backend(), list))
+                    .await?
+            {
+                names.push(format!("DROP TRIGGER {}", r.try_get::<String>("", "n")?));
+            }
+            ensure_eq!(names.len(), 3, "{names:?}");
+            names
+        }
     };
     for s in drop_sql {
         t.db.execute_unprepared(&s).await?;

@@ -8,14 +8,25 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::device::{device, device_on};
-use common::entities::people_manual;
-use common::{TestDb, TestResult, run};
+use common::device::{device, device_in, device_on};
+use common::entities::{handles, people_lww, people_manual};
+use common::{BoxError, Dialect, TestDb, TestResult, run, trial};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder};
 use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
 use tidesync::{Change, Error, Resolution, TableSpec};
+use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {
-    let trials = trials![held_conflicts_survive_a_lost_answer,];
+    let mut trials = trials![
+        held_conflicts_survive_a_lost_answer,
+        delete_and_insert_again_between_captures_is_sent,
+        triggers_of_an_earlier_release_are_replaced,
+    ];
+    for d in [Dialect::Sqlite, Dialect::MySql] {
+        trials.push(trial(d, "replace_deletes_are_captured", |db| {
+            Box::pin(replace_deletes_are_captured(db))
+        }));
+    }
     run(trials)
 }
 
@@ -102,6 +113,249 @@ async fn held_conflicts_survive_a_lost_answer(hub: TestDb) -> TestResult {
     for d in [&a, &b] {
         ensure_eq!(d.rows().await?[&id].0, "b's", "the held value is kept");
     }
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A hub on `hub` for a device.
+async fn sql_hub(hub: &TestDb) -> Result<Arc<dyn Hub>, BoxError> {
+    Ok(Arc::new(SqlHub::new(hub.connect_again().await?)))
+}
+
+/// Item: a row deleted and inserted again (same key, same values) between
+/// two captures, on a replica of each dialect, while another device deleted
+/// it earlier. The re-insert is the later write: it wins everywhere. Before,
+/// capture saw the row as it was and sent nothing, so the earlier delete
+/// won on every other device and the hub.
+async fn delete_and_insert_again_between_captures_is_sent(hub: TestDb) -> TestResult {
+    let local = TestDb::create(hub.dialect, "a").await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let b = device::<people_lww::Entity>(&hub, "b").await?;
+    let id = a.add("kept").await?;
+    a.sync().await?;
+    b.sync().await?;
+    b.delete(id).await?;
+    b.sync().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    a.delete(id).await?;
+    a.insert(id, "kept").await?;
+    a.sync().await?;
+    b.sync().await?;
+    for (who, d) in [("a", &a), ("b", &b)] {
+        let rows = d.rows().await?;
+        ensure_eq!(
+            rows.get(&id).map(|r| r.0.as_str()),
+            Some("kept"),
+            "on {who}: the re-insert is later than the delete"
+        );
+    }
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    ensure!(c.rows().await?.contains_key(&id), "a new device has it");
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// The handles of a database, by id.
+async fn handles_of(db: &DatabaseConnection) -> Result<Vec<(Uuid, String)>, BoxError> {
+    Ok(handles::Entity::find()
+        .order_by_asc(handles::Column::Handle)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.handle))
+        .collect())
+}
+
+/// Item: `REPLACE` (SQLite's `INSERT OR REPLACE` and `UPDATE OR REPLACE`,
+/// MySQL's `REPLACE`) deletes the rows whose unique value the new row
+/// takes. The deletions are captured and reach the other devices. Before,
+/// SQLite fired no delete trigger for them (recursive triggers are off by
+/// default), and the rows lived on everywhere else.
+async fn replace_deletes_are_captured(hub: TestDb) -> TestResult {
+    let local = TestDb::create(hub.dialect, "a").await?;
+    local.create_table(handles::Entity).await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<handles::Entity>()
+    })
+    .await?;
+    let b = device::<handles::Entity>(&hub, "b").await?;
+    let [ada, bob, eve, ada2] = [0; 4].map(|_| Uuid::now_v7());
+    for (id, handle) in [(ada, "@ada"), (bob, "@bob"), (eve, "@eve")] {
+        a.db()
+            .execute_unprepared(&format!(
+                "INSERT INTO handles (id, handle, name) VALUES ({}, '{handle}', 'x')",
+                uuid_sql(a.db(), id)
+            ))
+            .await?;
+    }
+    a.sync().await?;
+    b.sync().await?;
+    ensure_eq!(handles_of(b.db()).await?.len(), 3);
+    // A new row takes @ada: the old one is deleted.
+    let replace = match hub.dialect {
+        Dialect::Sqlite => "INSERT OR REPLACE",
+        _ => "REPLACE",
+    };
+    a.db()
+        .execute_unprepared(&format!(
+            "{replace} INTO handles (id, handle, name) VALUES ({}, '@ada', 'y')",
+            uuid_sql(a.db(), ada2)
+        ))
+        .await?;
+    let mut want = vec![(ada2, "@ada".to_string()), (bob, "@bob".to_string())];
+    if hub.dialect == Dialect::Sqlite {
+        // eve takes @bob: bob is deleted.
+        a.db()
+            .execute_unprepared(&format!(
+                "UPDATE OR REPLACE handles SET handle = '@bob' WHERE id = {}",
+                uuid_sql(a.db(), eve)
+            ))
+            .await?;
+        want = vec![(ada2, "@ada".to_string()), (eve, "@bob".to_string())];
+    } else {
+        want.push((eve, "@eve".to_string()));
+    }
+    ensure_eq!(handles_of(a.db()).await?, want, "on a");
+    a.sync().await?;
+    b.sync().await?;
+    ensure_eq!(handles_of(b.db()).await?, want, "on b");
+    ensure_eq!(handles_of(&hub.db).await?, want, "on the hub");
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A UUID literal as the database stores it (SeaORM: a 16-byte blob on
+/// SQLite, `BINARY(16)` on MySQL).
+fn uuid_sql(db: &DatabaseConnection, id: Uuid) -> String {
+    match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => format!("'{id}'"),
+        _ => format!("X'{}'", id.simple()),
+    }
+}
+
+/// The names of the triggers on `people` (none listed on PostgreSQL, whose
+/// trigger function is replaced in place).
+async fn people_triggers(db: &DatabaseConnection) -> Result<Vec<String>, BoxError> {
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => {
+            "SELECT name AS n FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'people' ORDER BY name"
+        }
+        sea_orm::DbBackend::MySql => {
+            "SELECT TRIGGER_NAME AS n FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'people' ORDER BY TRIGGER_NAME"
+        }
+        _ => return Ok(Vec::new()),
+    };
+    let mut out = Vec::new();
+    for r in db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await?
+    {
+        out.push(r.try_get::<String>("", "n")?);
+    }
+    Ok(out)
+}
+
+/// A replica made by the release before the `gone` flag (dirty tables
+/// without it, triggers that do not set it) is brought up to date when it
+/// opens: the new triggers are created before the old ones are dropped, and
+/// a row deleted and inserted again is then sent.
+async fn triggers_of_an_earlier_release_are_replaced(hub: TestDb) -> TestResult {
+    let local = TestDb::create(hub.dialect, "a").await?;
+    let db = local.db.clone();
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let b = device::<people_lww::Entity>(&hub, "b").await?;
+    let id = a.add("kept").await?;
+    a.sync().await?;
+    b.sync().await?;
+    let current = people_triggers(&db).await?;
+    // Back to the earlier release's capture.
+    let earlier: Vec<String> = match hub.dialect {
+        Dialect::Sqlite => vec![
+            "CREATE TRIGGER \"_ts_ins_people\" AFTER INSERT ON \"people\" BEGIN \
+             INSERT INTO \"_ts_d_people\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, 0) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1; END"
+                .into(),
+            "CREATE TRIGGER \"_ts_del_people\" AFTER DELETE ON \"people\" BEGIN \
+             INSERT INTO \"_ts_d_people\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, 0) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1; END"
+                .into(),
+        ],
+        Dialect::MySql => ["INSERT", "DELETE"]
+            .iter()
+            .map(|e| {
+                let row = if *e == "INSERT" { "NEW" } else { "OLD" };
+                format!(
+                    "CREATE TRIGGER _ts_{}_people AFTER {e} ON people FOR EACH ROW \
+                     INSERT INTO _ts_d_people (id, ver, wall_us) VALUES ({row}.id, 1, 0) \
+                     ON DUPLICATE KEY UPDATE ver = ver + 1",
+                    &e[..3].to_lowercase()
+                )
+            })
+            .collect(),
+        Dialect::Postgres => vec![
+            "CREATE OR REPLACE FUNCTION \"_ts_fn_people\"() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN \
+             IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_people\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, 0) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_people\".\"ver\" + 1; END IF; \
+             IF TG_OP <> 'DELETE' THEN INSERT INTO \"_ts_d_people\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, 0) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_people\".\"ver\" + 1; END IF; \
+             RETURN NULL; END $f$"
+                .into(),
+        ],
+    };
+    for name in &current {
+        db.execute_unprepared(&format!("DROP TRIGGER {name}"))
+            .await?;
+    }
+    for sql in &earlier {
+        db.execute_unprepared(sql).await?;
+    }
+    db.execute_unprepared("ALTER TABLE _ts_d_people DROP COLUMN gone")
+        .await?;
+    // A write of the earlier release, not captured yet.
+    let before = a.add("written before the upgrade").await?;
+    b.delete(id).await?;
+    b.sync().await?;
+    // The app is upgraded: the replica opens again.
+    let reopened = tidesync::Replica::builder(db.clone())
+        .register::<people_lww::Entity>()
+        .open()
+        .await?;
+    ensure_eq!(
+        people_triggers(&db).await?,
+        current,
+        "the earlier triggers are gone, the current ones are there"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    a.delete(id).await?;
+    a.insert(id, "kept").await?;
+    let engine = tidesync::SyncEngine::new(reopened, sql_hub(&hub).await?);
+    engine.sync_now().await?;
+    b.sync().await?;
+    let on_b = b.rows().await?;
+    ensure!(
+        on_b.contains_key(&id),
+        "the re-insert made after the upgrade is sent"
+    );
+    ensure!(
+        on_b.contains_key(&before),
+        "the write made before the upgrade is sent"
+    );
+    drop(engine);
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

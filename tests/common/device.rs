@@ -43,7 +43,15 @@ pub async fn device_on(
     tag: &str,
     build: impl FnOnce(tidesync::ReplicaBuilder) -> tidesync::ReplicaBuilder,
 ) -> Result<Device, BoxError> {
-    let local = TestDb::create(Dialect::Sqlite, tag).await?;
+    device_in(TestDb::create(Dialect::Sqlite, tag).await?, hub, build).await
+}
+
+/// A device on `local` (any dialect) built by `build`, syncing with `hub`.
+pub async fn device_in(
+    local: TestDb,
+    hub: Arc<dyn Hub>,
+    build: impl FnOnce(tidesync::ReplicaBuilder) -> tidesync::ReplicaBuilder,
+) -> Result<Device, BoxError> {
     let replica = build(Replica::builder(local.db.clone()))
         .create_tables()
         .open()
@@ -72,13 +80,19 @@ impl Device {
 
     pub async fn add(&self, name: &str) -> Result<Uuid, BoxError> {
         let id = Uuid::now_v7();
+        self.insert(id, name).await?;
+        Ok(id)
+    }
+
+    /// Insert the person `id` named `name`.
+    pub async fn insert(&self, id: Uuid, name: &str) -> TestResult {
         let q = Query::insert()
             .into_table(Alias::new("people"))
             .columns([Alias::new("id"), Alias::new("name")])
             .values_panic([id.into(), name.into()])
             .to_owned();
         self.db().execute(&q).await?;
-        Ok(id)
+        Ok(())
     }
 
     pub async fn set(&self, id: Uuid, column: &str, value: &str) -> TestResult {

@@ -81,9 +81,25 @@ pub(crate) trait Dialect: Send + Sync {
     fn triggers(&self, capture: &Capture<'_>) -> Vec<Trigger>;
 
     /// A query with one parameter, the table name, returning the names of
-    /// its triggers, for a database whose `CREATE TRIGGER` cannot skip an
-    /// existing one (`None`: the statements are idempotent).
+    /// its triggers, for a database whose `CREATE TRIGGER` cannot replace
+    /// an existing one: the replica creates the triggers it lacks and drops
+    /// its own that are no longer wanted (`None`: the statements replace
+    /// in place).
     fn triggers_query(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// `DROP TRIGGER` of one of a table's triggers named by
+    /// [`Dialect::triggers_query`].
+    fn drop_trigger(&self, name: &str, _table: &str) -> String {
+        format!("DROP TRIGGER IF EXISTS {}", self.quote(name))
+    }
+
+    /// A query with one parameter, the table name, returning (index name,
+    /// column name) for the columns of each unique index other than the
+    /// key, in index order, where the capture triggers need them (see
+    /// `Capture::uniques`); `None` where they do not.
+    fn unique_columns_query(&self) -> Option<&'static str> {
         None
     }
 

@@ -78,14 +78,14 @@ impl Dialect for MySql {
 
     fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
         let q = |s: &str| self.quote(s);
-        let (ver, wall) = (q("ver"), q("wall_us"));
-        let mark = |row: &str| {
+        let (ver, wall, gone) = (q("ver"), q("wall_us"), q("gone"));
+        let mark = |row: &str, flag: &str| {
             format!(
-                "{} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall})",
-                marker_insert(c, row, q, NOW_US)
+                "{} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall}), {gone} = GREATEST({gone}, VALUES({gone}))",
+                marker_insert(c, row, flag, q, NOW_US)
             )
         };
-        per_event(mark, "    ")
+        per_event(c, q, mark, "    ")
             .map(|(event, suffix, body)| {
                 let name = (c.name)(suffix);
                 Trigger {

@@ -4,7 +4,7 @@
 use sea_orm::sea_query::{ColumnType, Expr, ExprTrait, SimpleExpr, Value};
 
 use super::Dialect;
-use super::triggers::{Capture, Trigger, marker_upsert};
+use super::triggers::{Capture, Gone, Trigger, Upsert, marker_upsert};
 use super::values::{above_i64, year_of};
 use crate::model::change::TableSpec;
 use crate::model::error::{ErrorKind, Result};
@@ -61,9 +61,20 @@ impl Dialect for Postgres {
     /// (inserts, updates); one row-level trigger runs it after every write.
     fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
         let q = |s: &str| self.quote(s);
-        // In PL/pgSQL a bare `ver` would be ambiguous: qualify it.
-        let ver = format!("{}.{}", q(c.markers), q("ver"));
-        let mark = |row: &str| marker_upsert(c, row, q, NOW_US, &ver, "EXCLUDED");
+        // In PL/pgSQL a bare column name would be ambiguous: qualify it.
+        let existing = |column: &str| format!("{}.{}", q(c.markers), q(column));
+        let upsert = Upsert {
+            now_us: NOW_US,
+            existing: &existing,
+            excluded: "EXCLUDED",
+            greatest: "GREATEST",
+        };
+        let mark = |row: &str, gone: &str| marker_upsert(c, row, gone, q, &upsert);
+        // The old row is gone after a delete, or an update of the key.
+        let old_gone = format!(
+            "CASE WHEN TG_OP = 'DELETE' THEN 1 WHEN {} THEN 0 ELSE 1 END",
+            c.same_key(q)
+        );
         let func = (c.name)("fn");
         let trigger = (c.name)("cap");
         vec![
@@ -80,8 +91,8 @@ impl Dialect for Postgres {
                     q(c.applying),
                     q("session"),
                     self.session_expr(),
-                    mark("OLD"),
-                    mark("NEW"),
+                    mark("OLD", &old_gone),
+                    mark("NEW", &c.gone(Gone::No, q)),
                 ),
                 name: func.clone(),
             },

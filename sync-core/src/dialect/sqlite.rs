@@ -5,7 +5,7 @@
 use sea_orm::sea_query::{ColumnType, Value};
 
 use super::Dialect;
-use super::triggers::{Capture, Trigger, marker_upsert, per_event};
+use super::triggers::{Capture, Trigger, Upsert, marker_upsert, on_conflict, per_event};
 use super::values::{above_i64, is_negative_zero};
 use crate::model::error::ErrorKind;
 
@@ -27,23 +27,63 @@ impl Dialect for Sqlite {
 
     fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
         let q = |s: &str| self.quote(s);
-        let mark = |row: &str| marker_upsert(c, row, q, NOW_US, &q("ver"), "excluded");
-        per_event(mark, "  ")
-            .map(|(event, suffix, body)| {
-                let name = (c.name)(suffix);
-                Trigger {
-                    sql: format!(
-                        "CREATE TRIGGER IF NOT EXISTS {} AFTER {event} ON {}\n\
-                         WHEN NOT EXISTS (SELECT 1 FROM {})\n\
-                         BEGIN\n{body}END",
-                        q(&name),
-                        q(c.table),
-                        q(c.applying),
-                    ),
-                    name,
-                }
-            })
-            .collect()
+        let upsert = Upsert {
+            now_us: NOW_US,
+            existing: &q,
+            excluded: "excluded",
+            greatest: "max",
+        };
+        let mark = |row: &str, gone: &str| marker_upsert(c, row, gone, q, &upsert);
+        let trigger = |name: String, when: String, body: String| Trigger {
+            sql: format!(
+                "CREATE TRIGGER IF NOT EXISTS {} {when} ON {}\n\
+                 WHEN NOT EXISTS (SELECT 1 FROM {})\n\
+                 BEGIN\n{body}END",
+                q(&name),
+                q(c.table),
+                q(c.applying),
+            ),
+            name,
+        };
+        let mut out: Vec<Trigger> = per_event(c, q, mark, "  ")
+            .map(|(event, suffix, body)| trigger((c.name)(suffix), format!("AFTER {event}"), body))
+            .collect();
+        if !c.uniques.is_empty() {
+            // `INSERT OR REPLACE` and `UPDATE OR REPLACE` delete the rows
+            // that hold a unique value of the new row without firing delete
+            // triggers (unless recursive triggers are on): before the write,
+            // mark every row holding one; capture then sees which are gone.
+            let body: String = c
+                .uniques
+                .iter()
+                .map(|cols| format!("  {};\n", mark_holders(c, cols, q, &upsert)))
+                .collect();
+            let mut columns: Vec<String> = c.uniques.iter().flatten().map(|n| q(n)).collect();
+            columns.sort();
+            columns.dedup();
+            out.push(trigger(
+                (c.name)("uqi"),
+                "BEFORE INSERT".into(),
+                body.clone(),
+            ));
+            let when = format!("BEFORE UPDATE OF {}", columns.join(", "));
+            out.push(trigger((c.name)("uqu"), when, body));
+        }
+        out
+    }
+
+    fn triggers_query(&self) -> Option<&'static str> {
+        Some("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?")
+    }
+
+    fn unique_columns_query(&self) -> Option<&'static str> {
+        // Per unique index but the key's: its name and its columns in
+        // order (an expression's column has no name).
+        Some(
+            "SELECT il.name, ii.name FROM pragma_index_list(?) AS il, \
+             pragma_index_info(il.name) AS ii \
+             WHERE il.\"unique\" = 1 AND il.origin <> 'pk' ORDER BY il.name, ii.seqno",
+        )
     }
 
     /// One writer at a time, and the applying row is never committed.
@@ -86,6 +126,35 @@ impl Dialect for Sqlite {
     }
 }
 
+/// The marker upsert of every row holding the values of the unique
+/// columns `cols` that the row `NEW` is about to take.
+fn mark_holders(
+    c: &Capture<'_>,
+    cols: &[String],
+    q: impl Fn(&str) -> String + Copy,
+    u: &Upsert<'_>,
+) -> String {
+    let keys: Vec<String> = c.keys.iter().map(|k| format!("h.{}", q(k))).collect();
+    let holds: Vec<String> = cols
+        .iter()
+        .map(|n| format!("h.{0} = NEW.{0}", q(n)))
+        .collect();
+    let names: Vec<String> = c.keys.iter().map(|k| q(k)).collect();
+    format!(
+        "INSERT INTO {} ({}, {}, {}, {}) SELECT {}, 1, {}, 0 FROM {} AS h WHERE {} {}",
+        q(c.markers),
+        names.join(", "),
+        q("ver"),
+        q("wall_us"),
+        q("gone"),
+        keys.join(", "),
+        u.now_us,
+        q(c.table),
+        holds.join(" AND "),
+        on_conflict(c, q, u),
+    )
+}
+
 /// Current wall time in microseconds.
 const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
 
@@ -117,6 +186,9 @@ mod tests {
             "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
         );
         assert!(!Sqlite.locks_rows());
-        assert_eq!(Sqlite.triggers_query(), None);
+        assert_eq!(
+            Sqlite.triggers_query(),
+            Some("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?")
+        );
     }
 }

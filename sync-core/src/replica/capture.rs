@@ -38,11 +38,15 @@ pub struct CaptureReport {
     pub rejected: Vec<Error>,
 }
 
-/// Diff one row against its shadow. `None` when nothing changed.
+/// Diff one row against its shadow. `None` when nothing changed. A row
+/// that is `reborn` (deleted, or moved to another key, then inserted again
+/// since the shadow) is a new row: an insert of every column, even where
+/// its values equal the shadow's.
 pub(crate) fn diff(
     spec: &TableSpec,
     current: Option<&[Value]>,
     shadow: Option<&RowState>,
+    reborn: bool,
 ) -> Option<(Op, Vec<(String, Value)>)> {
     let live_shadow = shadow.filter(|s| s.is_live());
     match (current, live_shadow) {
@@ -56,6 +60,7 @@ pub(crate) fn diff(
                 .zip(row.iter().cloned())
                 .collect(),
         )),
+        (Some(_), Some(_)) if reborn => diff(spec, current, None, false),
         (Some(row), Some(s)) => {
             let changed: Vec<(String, Value)> = spec
                 .columns
@@ -151,7 +156,7 @@ fn seal_markers(
         report.examined += 1;
         let row = current.get(key).map(Vec::as_slice);
         let shadow = shadows.remove(key);
-        let diffed = diff(spec, row, shadow.as_ref());
+        let diffed = diff(spec, row, shadow.as_ref(), marker.gone);
         let deferred = matches!(
             (&diffed, phase),
             (Some((Op::Delete, _)), Phase::Upserts)
@@ -357,7 +362,13 @@ mod tests {
 
     #[test]
     fn new_row_is_an_insert_of_every_column() {
-        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), Value::String(None)]), None).unwrap();
+        let (op, cols) = diff(
+            &spec(),
+            Some(&[s("1"), s("x"), Value::String(None)]),
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(op, Op::Insert);
         assert_eq!(cols.len(), 3);
     }
@@ -365,25 +376,38 @@ mod tests {
     #[test]
     fn update_lists_only_changed_columns() {
         let sh = shadow(&[("id", s("1")), ("a", s("x")), ("b", s("y"))], false);
-        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("z")]), Some(&sh)).unwrap();
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("z")]), Some(&sh), false).unwrap();
         assert_eq!(op, Op::Update);
         assert_eq!(cols, vec![("b".to_string(), s("z"))]);
-        assert!(diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&sh)).is_none());
+        assert!(diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&sh), false).is_none());
     }
 
     #[test]
     fn missing_row_with_live_shadow_is_a_delete() {
         let sh = shadow(&[("id", s("1"))], false);
-        assert_eq!(diff(&spec(), None, Some(&sh)).unwrap().0, Op::Delete);
+        assert_eq!(diff(&spec(), None, Some(&sh), false).unwrap().0, Op::Delete);
         let gone = shadow(&[("id", s("1"))], true);
-        assert!(diff(&spec(), None, Some(&gone)).is_none());
-        assert!(diff(&spec(), None, None).is_none());
+        assert!(diff(&spec(), None, Some(&gone), false).is_none());
+        assert!(diff(&spec(), None, None, false).is_none());
+    }
+
+    #[test]
+    fn row_inserted_again_is_an_insert_even_of_the_same_values() {
+        let sh = shadow(&[("id", s("1")), ("a", s("x")), ("b", s("y"))], false);
+        let row = [s("1"), s("x"), s("y")];
+        assert!(diff(&spec(), Some(&row), Some(&sh), false).is_none());
+        let (op, cols) = diff(&spec(), Some(&row), Some(&sh), true).unwrap();
+        assert_eq!(op, Op::Insert);
+        assert_eq!(cols.len(), 3);
+        assert_eq!(diff(&spec(), None, Some(&sh), true).unwrap().0, Op::Delete);
+        assert!(diff(&spec(), None, None, true).is_none());
     }
 
     #[test]
     fn row_back_after_delete_is_an_insert() {
         let gone = shadow(&[("id", s("1")), ("a", s("x"))], true);
-        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&gone)).unwrap();
+        let (op, cols) =
+            diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&gone), false).unwrap();
         assert_eq!(op, Op::Insert);
         assert_eq!(cols.len(), 3);
     }

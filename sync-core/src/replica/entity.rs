@@ -23,6 +23,9 @@ pub(crate) struct Marker {
     pub(crate) pk: Vec<Value>,
     pub(crate) ver: i64,
     pub(crate) wall_us: i64,
+    /// A row with this key stopped existing since the last capture (a
+    /// delete, or an update of the key).
+    pub(crate) gone: bool,
 }
 
 /// A row of a synced table: key values and synced column values (in
@@ -135,7 +138,7 @@ where
         let names = self.spec.pk_names();
         let mut q = Query::select();
         q.columns(names.iter().map(Alias::new))
-            .columns([Alias::new("ver"), Alias::new("wall_us")])
+            .columns([Alias::new("ver"), Alias::new("wall_us"), Alias::new("gone")])
             .from(Alias::new(dirty_table(&self.spec.name)))
             .limit(limit)
             .offset(offset);
@@ -154,6 +157,7 @@ where
                     pk: pk.into_iter().collect(),
                     ver: r.try_get("", "ver")?,
                     wall_us: r.try_get("", "wall_us")?,
+                    gone: r.try_get::<i32>("", "gone")? != 0,
                 })
             })
             .collect()

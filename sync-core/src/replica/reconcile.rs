@@ -48,7 +48,7 @@ impl Replica {
             let shadows = load_states(&tx, ROWS, &spec.name, &keys).await?;
             let mut stale = Vec::new();
             for ((pk, vals), key) in page.iter().zip(&keys) {
-                if diff(spec, Some(vals), shadows.get(key)).is_some() {
+                if diff(spec, Some(vals), shadows.get(key), false).is_some() {
                     stale.push(pk.clone());
                 }
                 seen.insert(key.clone());

@@ -4,7 +4,8 @@
 //!
 //! Capture works by database triggers, generated from the entity: every
 //! insert, update and delete of a synced table upserts a *dirty marker*
-//! (primary key, a version counter and the wall time) in the same statement,
+//! (primary key, a version counter, the wall time, and whether a row with
+//! that key stopped existing) in the same statement,
 //! hence in the same transaction, as the write itself. That is what makes
 //! capture complete for SeaORM's bulk paths, raw SQL and other programs, and
 //! crash-safe without relying on the caller's transaction: a marker exists
@@ -28,6 +29,7 @@ use crate::store::codec::ChangeTable;
 use crate::store::ddl::{create, not_null, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
+use crate::store::user_tables::existing_columns;
 
 /// Newest metadata schema version this release writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
@@ -68,15 +70,18 @@ fn short_name(prefix: &str, table: &str) -> String {
     if full.len() <= 60 {
         return full;
     }
-    // FNV-1a: stable across releases and platforms.
-    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
     let mut cut = 40;
     while !table.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{prefix}{}_{hash:016x}", &table[..cut])
+    format!("{prefix}{}_{:016x}", &table[..cut], fnv(table))
+}
+
+/// FNV-1a of `text`: stable across releases and platforms.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// DDL of the replica's metadata tables (idempotent: `IF NOT EXISTS`).
@@ -129,7 +134,10 @@ pub(crate) fn metadata_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
     ]
 }
 
-/// DDL of the dirty-marker table of one synced table.
+/// DDL of the dirty-marker table of one synced table: the key, a version
+/// bumped by every write, the wall time of the last one, and whether a row
+/// with this key stopped existing since the last capture (see the capture
+/// triggers).
 pub(crate) fn dirty_table_ddl(d: &dyn Dialect, spec: &TableSpec) -> TableCreateStatement {
     let mut t = Table::create();
     t.table(Alias::new(dirty_table(&spec.name))).if_not_exists();
@@ -140,21 +148,49 @@ pub(crate) fn dirty_table_ddl(d: &dyn Dialect, spec: &TableSpec) -> TableCreateS
     }
     t.col(ColumnDef::new_with_type(Alias::new("ver"), ColumnType::BigInteger).not_null())
         .col(ColumnDef::new_with_type(Alias::new("wall_us"), ColumnType::BigInteger).not_null())
+        .col(gone_column())
         .primary_key(&mut pk);
     t.to_owned()
 }
 
-/// The capture triggers of one synced table on the dialect `d`.
-pub(crate) fn triggers(d: &dyn Dialect, spec: &TableSpec) -> Vec<Trigger> {
+/// The `gone` column of a dirty-marker table.
+fn gone_column() -> ColumnDef {
+    ColumnDef::new_with_type(Alias::new("gone"), ColumnType::Integer)
+        .not_null()
+        .default(0)
+        .to_owned()
+}
+
+/// The capture triggers of one synced table on the dialect `d`, given its
+/// unique column sets other than the key.
+///
+/// Where a trigger cannot be replaced in place (SQLite, MySQL), its name
+/// carries a hash of its text: a release or a new unique index that changes
+/// the text gives it a new name, and [`install_table`] creates it before it
+/// drops the old one, so no write goes unmarked in between.
+pub(crate) fn triggers(d: &dyn Dialect, spec: &TableSpec, uniques: &[Vec<String>]) -> Vec<Trigger> {
     let markers = dirty_table(&spec.name);
-    let name = |suffix: &str| trigger_name(&spec.name, suffix);
-    d.triggers(&Capture {
-        table: &spec.name,
-        keys: spec.pk.iter().map(|c| c.name.as_str()).collect(),
-        markers: &markers,
-        applying: APPLYING,
-        name: &name,
-    })
+    let capture = |name: &dyn Fn(&str) -> String| {
+        d.triggers(&Capture {
+            table: &spec.name,
+            keys: spec.pk.iter().map(|c| c.name.as_str()).collect(),
+            uniques,
+            markers: &markers,
+            applying: APPLYING,
+            name,
+        })
+    };
+    if d.triggers_query().is_none() {
+        return capture(&|suffix| trigger_name(&spec.name, suffix));
+    }
+    let drafts = capture(&|suffix| format!("\u{0}{suffix}"));
+    let hash = |suffix: &str| {
+        drafts
+            .iter()
+            .find(|t| t.name.strip_prefix('\u{0}') == Some(suffix))
+            .map_or(0, |t| fnv(&t.sql))
+    };
+    capture(&|suffix| trigger_name(&spec.name, &format!("{suffix}_{:08x}", hash(suffix) as u32)))
 }
 
 /// Create the replica's metadata tables and check or set the schema
@@ -166,31 +202,103 @@ pub(crate) async fn install_metadata<C: ConnectionTrait>(db: &C) -> Result<()> {
     LOCAL_META.check_version(db, SCHEMA_VERSION).await
 }
 
-/// Create the dirty table and triggers of one synced table (idempotent).
+/// Create the dirty table and triggers of one synced table (idempotent),
+/// bringing those of an earlier release up to date.
 pub(crate) async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
     let d = dialect::of_db(db)?;
+    let markers = dirty_table(&spec.name);
     create(db, dirty_table_ddl(d, spec)).await?;
+    add_gone_column(db, d, &markers).await?;
+    let uniques = unique_columns(db, d, &spec.name).await?;
+    let wanted = triggers(d, spec, &uniques);
     let existing = match d.triggers_query() {
-        Some(sql) => {
-            let rows = db
-                .query_all_raw(Statement::from_sql_and_values(
-                    db.get_database_backend(),
-                    sql,
-                    [spec.name.clone().into()],
-                ))
-                .await?;
-            rows.iter()
-                .map(|r| r.try_get_by_index::<String>(0))
-                .collect::<Result<Vec<_>, _>>()?
-        }
+        Some(sql) => names(db, sql, &spec.name).await?,
         None => Vec::new(),
     };
-    for t in triggers(d, spec) {
+    for t in &wanted {
         if !existing.contains(&t.name) {
             db.execute_unprepared(&t.sql).await?;
         }
     }
+    // Then drop this release's predecessors (and triggers of unique
+    // indexes since dropped).
+    for name in existing {
+        if name.starts_with(TRIGGER_PREFIX) && !wanted.iter().any(|t| t.name == name) {
+            db.execute_unprepared(&d.drop_trigger(&name, &spec.name))
+                .await?;
+        }
+    }
     Ok(())
+}
+
+/// The start of the name of every trigger tidesync creates.
+const TRIGGER_PREFIX: &str = "_ts_";
+
+/// Add the `gone` column to a dirty-marker table of a release before it.
+async fn add_gone_column<C: ConnectionTrait>(db: &C, d: &dyn Dialect, markers: &str) -> Result<()> {
+    let has = |columns: &[String]| columns.iter().any(|c| c == "gone");
+    if has(&existing_columns(db, d, markers).await?) {
+        return Ok(());
+    }
+    let alter = Table::alter()
+        .table(Alias::new(markers))
+        .add_column(&mut gone_column())
+        .to_owned();
+    match db.execute(&alter).await {
+        Ok(_) => Ok(()),
+        // Another process added it meanwhile.
+        Err(_) if has(&existing_columns(db, d, markers).await?) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The unique column sets of `table` other than its key, where the capture
+/// triggers need them; an index on an expression is left out.
+async fn unique_columns<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    table: &str,
+) -> Result<Vec<Vec<String>>> {
+    let Some(sql) = d.unique_columns_query() else {
+        return Ok(Vec::new());
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [table.into()],
+        ))
+        .await?;
+    let mut indexes: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    for r in rows {
+        let index: String = r.try_get_by_index(0)?;
+        let column: Option<String> = r.try_get_by_index(1)?;
+        if indexes.last().is_none_or(|(i, _)| *i != index) {
+            indexes.push((index, Some(Vec::new())));
+        }
+        if let Some((_, columns)) = indexes.last_mut() {
+            match (columns.as_mut(), column) {
+                (Some(cols), Some(c)) => cols.push(c),
+                _ => *columns = None,
+            }
+        }
+    }
+    Ok(indexes.into_iter().filter_map(|(_, c)| c).collect())
+}
+
+/// The first column of each row `sql` returns for the parameter `table`.
+async fn names<C: ConnectionTrait>(db: &C, sql: &str, table: &str) -> Result<Vec<String>> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [table.into()],
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 #[cfg(test)]
@@ -204,7 +312,7 @@ mod tests {
     }
 
     fn trigger_sql(kind: DbBackend) -> Vec<String> {
-        triggers(d(kind), &spec())
+        triggers(d(kind), &spec(), &[])
             .into_iter()
             .map(|t| t.sql)
             .collect()
@@ -220,42 +328,109 @@ mod tests {
 
     /// The three SQLite triggers, word for word: each skips writes while
     /// tidesync applies, and marks the new row (insert), the old and the
-    /// new row (update, which may change the key) or the old row (delete).
+    /// new row (update, which may change the key: the old row is then
+    /// gone) or the old row (delete: gone). A name carries a hash of the
+    /// trigger's text.
     #[test]
     fn sqlite_triggers() {
         let sql = trigger_sql(DbBackend::Sqlite);
         assert_eq!(sql.len(), 3);
         assert_eq!(
             sql[0],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_ins_contacts\" AFTER INSERT ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_ins_8db42c0c_contacts\" AFTER INSERT ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
              END"
         );
         assert_eq!(
             sql[1],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_upd_contacts\" AFTER UPDATE ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_upd_6719a55e_contacts\" AFTER UPDATE ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), CASE WHEN OLD.\"id\" = NEW.\"id\" THEN 0 ELSE 1 END) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
              END"
         );
         assert_eq!(
             sql[2],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_del_contacts\" AFTER DELETE ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_del_27fff7c9_contacts\" AFTER DELETE ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\";\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 1) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
              END"
         );
     }
 
+    /// With unique columns besides the key, two more SQLite triggers mark,
+    /// before an insert or an update of those columns, the rows holding the
+    /// new values: `INSERT OR REPLACE` deletes them without a delete
+    /// trigger.
+    #[test]
+    fn sqlite_triggers_of_unique_columns() {
+        let uniques = [
+            vec!["email".to_string()],
+            vec!["a".to_string(), "b".to_string()],
+        ];
+        let sql: Vec<String> = triggers(d(DbBackend::Sqlite), &spec(), &uniques)
+            .into_iter()
+            .map(|t| t.sql)
+            .collect();
+        assert_eq!(sql.len(), 5);
+        assert_eq!(sql[..3], trigger_sql(DbBackend::Sqlite)[..]);
+        assert_eq!(
+            sql[3],
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_uqi_c4062104_contacts\" BEFORE INSERT ON \"contacts\"\n\
+             WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
+             BEGIN\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"email\" = NEW.\"email\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"a\" = NEW.\"a\" AND h.\"b\" = NEW.\"b\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             END"
+        );
+        assert_eq!(
+            sql[4],
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_uqu_263b1812_contacts\" BEFORE UPDATE OF \"a\", \"b\", \"email\" ON \"contacts\"\n\
+             WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
+             BEGIN\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"email\" = NEW.\"email\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"a\" = NEW.\"a\" AND h.\"b\" = NEW.\"b\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             END"
+        );
+    }
+
+    /// A trigger that cannot be replaced in place is named after its text:
+    /// another text (here: another unique index), another name; the same
+    /// text, the same name.
+    #[test]
+    fn trigger_names_follow_their_text() {
+        let names = |uniques: &[Vec<String>]| -> Vec<String> {
+            triggers(d(DbBackend::Sqlite), &spec(), uniques)
+                .into_iter()
+                .map(|t| t.name)
+                .collect()
+        };
+        let one = [vec!["email".to_string()]];
+        let two = [vec!["phone".to_string()]];
+        assert_eq!(names(&one), names(&one));
+        assert_eq!(names(&one)[..3], names(&[])[..]);
+        assert_ne!(names(&one)[3], names(&two)[3]);
+        assert_ne!(names(&one)[4], names(&two)[4]);
+        for n in names(&one) {
+            assert!(n.starts_with(TRIGGER_PREFIX), "{n}");
+        }
+        // PostgreSQL replaces its function and trigger in place.
+        let pg: Vec<String> = triggers(d(DbBackend::Postgres), &spec(), &one)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(pg, ["_ts_fn_contacts", "_ts_cap_contacts"]);
+    }
+
     /// The PostgreSQL trigger function and trigger, word for word: the
     /// function skips sessions that are applying, marks the old row for
-    /// updates and deletes and the new row for inserts and updates; one
-    /// row-level trigger runs it after every write.
+    /// updates and deletes (gone after a delete or a change of key) and
+    /// the new row for inserts and updates; one row-level trigger runs it
+    /// after every write.
     #[test]
     fn postgres_trigger_function() {
         let sql = trigger_sql(DbBackend::Postgres);
@@ -265,8 +440,8 @@ mod tests {
             "CREATE OR REPLACE FUNCTION \"_ts_fn_contacts\"() RETURNS trigger LANGUAGE plpgsql AS $tidesync$\n\
              BEGIN\n\
              \x20 IF EXISTS (SELECT 1 FROM \"_tidesync_applying\" WHERE \"session\" = pg_backend_pid()) THEN RETURN NULL; END IF;\n\
-             \x20 IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (OLD.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\"; END IF;\n\
-             \x20 IF TG_OP <> 'DELETE' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\") VALUES (NEW.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\"; END IF;\n\
+             \x20 IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint, CASE WHEN TG_OP = 'DELETE' THEN 1 WHEN OLD.\"id\" = NEW.\"id\" THEN 0 ELSE 1 END) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\", \"gone\" = GREATEST(\"_ts_d_contacts\".\"gone\", EXCLUDED.\"gone\"); END IF;\n\
+             \x20 IF TG_OP <> 'DELETE' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint, 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\", \"gone\" = GREATEST(\"_ts_d_contacts\".\"gone\", EXCLUDED.\"gone\"); END IF;\n\
              \x20 RETURN NULL;\n\
              END\n\
              $tidesync$"
@@ -279,36 +454,36 @@ mod tests {
 
     /// The three MySQL triggers, word for word: each skips the connection
     /// that is applying, and marks the new row (insert), the old and the new
-    /// row (update) or the old row (delete).
+    /// row (update) or the old row (delete), as on SQLite.
     #[test]
     fn mysql_triggers() {
         let sql = trigger_sql(DbBackend::MySql);
         assert_eq!(sql.len(), 3);
         assert_eq!(
             sql[0],
-            "CREATE TRIGGER `_ts_ins_contacts` AFTER INSERT ON `contacts` FOR EACH ROW\n\
+            "CREATE TRIGGER `_ts_ins_5c14670b_contacts` AFTER INSERT ON `contacts` FOR EACH ROW\n\
              BEGIN\n\
              \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 0) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
              \x20 END IF;\n\
              END"
         );
         assert_eq!(
             sql[1],
-            "CREATE TRIGGER `_ts_upd_contacts` AFTER UPDATE ON `contacts` FOR EACH ROW\n\
+            "CREATE TRIGGER `_ts_upd_ebefb010_contacts` AFTER UPDATE ON `contacts` FOR EACH ROW\n\
              BEGIN\n\
              \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), CASE WHEN OLD.`id` = NEW.`id` THEN 0 ELSE 1 END) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 0) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
              \x20 END IF;\n\
              END"
         );
         assert_eq!(
             sql[2],
-            "CREATE TRIGGER `_ts_del_contacts` AFTER DELETE ON `contacts` FOR EACH ROW\n\
+            "CREATE TRIGGER `_ts_del_aad6e37a_contacts` AFTER DELETE ON `contacts` FOR EACH ROW\n\
              BEGIN\n\
              \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`);\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 1) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
              \x20 END IF;\n\
              END"
         );
@@ -319,7 +494,7 @@ mod tests {
         let ddl = dirty_table_ddl(d(DbBackend::Postgres), &spec());
         assert_eq!(
             ddl.to_string(sea_orm::sea_query::PostgresQueryBuilder),
-            "CREATE TABLE IF NOT EXISTS \"_ts_d_contacts\" ( \"id\" uuid NOT NULL, \"ver\" bigint NOT NULL, \"wall_us\" bigint NOT NULL, PRIMARY KEY (\"id\") )"
+            "CREATE TABLE IF NOT EXISTS \"_ts_d_contacts\" ( \"id\" uuid NOT NULL, \"ver\" bigint NOT NULL, \"wall_us\" bigint NOT NULL, \"gone\" integer NOT NULL DEFAULT 0, PRIMARY KEY (\"id\") )"
         );
     }
 

@@ -106,7 +106,7 @@ pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -
 }
 
 /// The column names a table has now.
-async fn existing_columns<C: ConnectionTrait>(
+pub(crate) async fn existing_columns<C: ConnectionTrait>(
     db: &C,
     d: &dyn Dialect,
     table: &str,
