@@ -4,16 +4,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use common::device::{Device, device, device_with, held_id, rows, s};
 use common::entities::{people_lww, people_manual, people_merge, people_v2};
 use common::{BoxError, TestDb, TestResult, run};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Value};
-use tidesync::hub::SqlHub;
-use tidesync::{ColumnConflict, Replica, Resolution, SyncEngine, Syncable};
+use sea_orm::{ConnectionTrait, EntityTrait, Value};
+use tidesync::{ColumnConflict, Resolution, Syncable};
 use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {

@@ -48,10 +48,13 @@ pub(crate) enum Gone {
     IfKeyChanged,
 }
 
+/// The row images an event marks (`NEW`, `OLD`), each with its `gone`.
+type Images = &'static [(&'static str, Gone)];
+
 /// The write events of per-event triggers: (event, name suffix, row
 /// images to mark). An update can change the key: it marks the old and the
 /// new row.
-pub(crate) const EVENTS: [(&str, &str, &[(&str, Gone)]); 3] = [
+pub(crate) const EVENTS: [(&str, &str, Images); 3] = [
     ("INSERT", "ins", &[("NEW", Gone::No)]),
     (
         "UPDATE",

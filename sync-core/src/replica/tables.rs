@@ -242,7 +242,7 @@ async fn add_gone_column<C: ConnectionTrait>(db: &C, d: &dyn Dialect, markers: &
     }
     let alter = Table::alter()
         .table(Alias::new(markers))
-        .add_column(&mut gone_column())
+        .add_column(gone_column())
         .to_owned();
     match db.execute(&alter).await {
         Ok(_) => Ok(()),
