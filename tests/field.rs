@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::device::{device, device_in, device_on};
-use common::entities::{handles, people_lww, people_manual};
+use common::entities::{handles, people_lww, people_manual, people_v2};
 use common::{BoxError, Dialect, TestDb, TestResult, run, trial};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder};
 use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
         held_conflicts_survive_a_lost_answer,
         delete_and_insert_again_between_captures_is_sent,
         triggers_of_an_earlier_release_are_replaced,
+        an_upgrade_that_adds_a_column_keeps_its_values,
     ];
     for d in [Dialect::Sqlite, Dialect::MySql] {
         trials.push(trial(d, "replace_deletes_are_captured", |db| {
@@ -358,5 +359,95 @@ async fn triggers_of_an_earlier_release_are_replaced(hub: TestDb) -> TestResult 
     drop(engine);
     a.drop().await?;
     b.drop().await?;
+    hub.drop().await
+}
+
+/// The nickname of each person, by id.
+async fn nicknames(db: &DatabaseConnection) -> Result<Vec<(Uuid, Option<String>)>, BoxError> {
+    Ok(people_v2::Entity::find()
+        .order_by_asc(people_v2::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.nickname))
+        .collect())
+}
+
+/// Item: an app upgrade adds a column. A device of the old version pulled
+/// values of that column (another device, already upgraded, wrote them) and
+/// kept them in its row states; at the upgrade they fill the new local
+/// column, and an edit made before the upgrade, captured after it, does not
+/// send the empty new column. Before, the device sent NULL for the column
+/// of every row it edited, wiping the other device's values everywhere.
+async fn an_upgrade_that_adds_a_column_keeps_its_values(hub: TestDb) -> TestResult {
+    let local = TestDb::create(hub.dialect, "old").await?;
+    let db = local.db.clone();
+    let old = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let new = device::<people_v2::Entity>(&hub, "new").await?;
+    let [one, two, three] = [
+        old.add("one").await?,
+        old.add("two").await?,
+        old.add("three").await?,
+    ];
+    old.sync().await?;
+    new.sync().await?;
+    new.set(one, "nickname", "un").await?;
+    new.sync().await?;
+    old.sync().await?;
+    // Offline, before the upgrade: an edit of each row.
+    for id in [one, two, three] {
+        old.set(id, "email", "before@upgrade").await?;
+    }
+    // Meanwhile the other device names three.
+    new.set(three, "nickname", "trois").await?;
+    new.sync().await?;
+    // The upgrade: the app's migration adds the column, the replica opens
+    // with the new entity.
+    let text = if hub.dialect == Dialect::MySql {
+        "VARCHAR(255)"
+    } else {
+        "TEXT"
+    };
+    db.execute_unprepared(&format!(
+        "ALTER TABLE people ADD COLUMN nickname {text} NULL"
+    ))
+    .await?;
+    let upgraded = tidesync::Replica::builder(db.clone())
+        .register::<people_v2::Entity>()
+        .open()
+        .await?;
+    ensure_eq!(
+        nicknames(&db).await?,
+        vec![(one, Some("un".into())), (two, None), (three, None)],
+        "the value pulled before the upgrade fills the new column"
+    );
+    // After the upgrade, the user writes the new column.
+    old.set(two, "nickname", "deux").await?;
+    let engine = tidesync::SyncEngine::new(upgraded, sql_hub(&hub).await?);
+    let r = engine.sync_now().await?;
+    ensure!(r.halted.is_none() && r.local_errors.is_empty(), "{r:?}");
+    new.sync().await?;
+    let want = vec![
+        (one, Some("un".to_string())),
+        (two, Some("deux".to_string())),
+        (three, Some("trois".to_string())),
+    ];
+    ensure_eq!(nicknames(new.db()).await?, want, "on the other device");
+    ensure_eq!(nicknames(&hub.db).await?, want, "on the hub");
+    ensure_eq!(nicknames(&db).await?, want, "on the upgraded device");
+    let rows = new.rows().await?;
+    for id in [one, two, three] {
+        ensure_eq!(
+            rows[&id].1.as_deref(),
+            Some("before@upgrade"),
+            "the edit made before the upgrade is sent"
+        );
+    }
+    drop(engine);
+    old.drop().await?;
+    new.drop().await?;
     hub.drop().await
 }

@@ -21,7 +21,7 @@ use crate::dialect::check_value;
 use crate::model::change::{Op, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::value::{pk_key, same_value};
+use crate::model::value::{is_null, pk_key, same_value};
 use crate::store::codec::db_sequence;
 use crate::store::rows;
 use crate::store::write::execute_while;
@@ -66,7 +66,12 @@ pub(crate) fn diff(
                 .columns
                 .iter()
                 .zip(row)
-                .filter(|(c, v)| s.vals.get(&c.name).is_none_or(|old| !same_value(old, v)))
+                .filter(|(c, v)| match s.vals.get(&c.name) {
+                    Some(old) => !same_value(old, v),
+                    // A column the state never had (added by an app
+                    // upgrade): its NULL was not written by the user.
+                    None => !is_null(v),
+                })
                 .map(|(c, v)| (c.name.clone(), v.clone()))
                 .collect();
             (!changed.is_empty()).then_some((Op::Update, changed))
@@ -380,6 +385,18 @@ mod tests {
         assert_eq!(op, Op::Update);
         assert_eq!(cols, vec![("b".to_string(), s("z"))]);
         assert!(diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&sh), false).is_none());
+    }
+
+    /// A column the state never had (the entity gained it): NULL is not a
+    /// change, a value is.
+    #[test]
+    fn a_column_new_to_the_state_changes_only_with_a_value() {
+        let sh = shadow(&[("id", s("1")), ("a", s("x"))], false);
+        let null = [s("1"), s("x"), Value::String(None)];
+        assert!(diff(&spec(), Some(&null), Some(&sh), false).is_none());
+        let (op, cols) = diff(&spec(), Some(&[s("1"), s("x"), s("y")]), Some(&sh), false).unwrap();
+        assert_eq!(op, Op::Update);
+        assert_eq!(cols, vec![("b".to_string(), s("y"))]);
     }
 
     #[test]

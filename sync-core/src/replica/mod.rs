@@ -23,6 +23,7 @@ pub(crate) mod parked;
 pub(crate) mod reconcile;
 pub(crate) mod seal_state;
 pub(crate) mod tables;
+pub(crate) mod upgrade;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,6 +138,7 @@ impl ReplicaBuilder {
                 ensure_table(&db, t.spec()).await?;
             }
             tables::install_table(&db, t.spec()).await?;
+            upgrade::follow_columns(&db, t.spec()).await?;
         }
         Ok(Replica {
             db,

@@ -1,0 +1,105 @@
+//! An app upgrade that adds columns to a synced entity.
+//!
+//! Before the upgrade, a device pulls values of a column its entity does
+//! not have yet (another device, upgraded earlier, wrote them): they are
+//! kept in the row states, not in the local table. When the entity gains
+//! the column, the app's migration adds it to the local table, empty. At
+//! the next [`open`](super::ReplicaBuilder::open) the replica fills it from
+//! the row states, where the local value is NULL, in an applying session
+//! (so the fill is not captured as the user's write).
+//!
+//! The replica keeps each table's synced columns as of the last open in its
+//! metadata (`columns:<table>`); the fill runs only for the columns added
+//! since. A replica of a release that did not keep the list starts keeping
+//! it, with nothing to fill.
+//!
+//! Capture, for its part, never takes a column that is NULL now and absent
+//! from the row state for a change (see `capture::diff`): such a NULL was
+//! not written by the user.
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+
+use super::applying::{begin_applying, end_applying};
+use super::tables::{LOCAL_META, ROWS};
+use crate::dialect;
+use crate::model::change::{ColumnSpec, TableSpec};
+use crate::model::error::{Error, Result};
+use crate::model::value::{is_null, parse_pk_key};
+use crate::store::rows::StoredState;
+use crate::store::write::{keys_match, value_expr};
+
+/// Row states read per transaction of the fill.
+const PAGE: u64 = 500;
+
+/// Fill the columns `spec` gained since the last open from the row states,
+/// and remember its columns.
+pub(crate) async fn follow_columns(db: &DatabaseConnection, spec: &TableSpec) -> Result<()> {
+    let key = format!("columns:{}", spec.name);
+    let names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
+    let now = serde_json::to_string(&names)?;
+    let Some(stored) = LOCAL_META.read(db, &key).await? else {
+        return LOCAL_META.upsert(db, &key, &now).await;
+    };
+    if stored == now {
+        return Ok(());
+    }
+    let known: Vec<String> = serde_json::from_str(&stored)
+        .map_err(|e| Error::Corrupt(format!("{key} in the replica metadata: {e}")))?;
+    let added: Vec<&ColumnSpec> = spec
+        .columns
+        .iter()
+        .filter(|c| !known.contains(&c.name))
+        .collect();
+    if !added.is_empty() {
+        fill(db, spec, &added).await?;
+    }
+    LOCAL_META.upsert(db, &key, &now).await
+}
+
+/// Write the values the row states hold for the `added` columns into the
+/// rows where they are NULL, page by page of states.
+async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) -> Result<()> {
+    let d = dialect::of_db(db)?;
+    let mut after: Option<String> = None;
+    loop {
+        let tx = db.begin().await?;
+        begin_applying(&tx).await?;
+        let mut q = Query::select();
+        q.columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+            .from(Alias::new(ROWS))
+            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+            .order_by(Alias::new("pk"), Order::Asc)
+            .limit(PAGE);
+        if let Some(a) = &after {
+            q.and_where(Expr::col(Alias::new("pk")).gt(a.as_str()));
+        }
+        let page = tx.query_all(&q).await?;
+        for r in &page {
+            let key: String = r.try_get("", "pk")?;
+            let (state, _) = StoredState::decode(r)?.fill(None)?;
+            if !state.is_live() {
+                continue;
+            }
+            let pk = parse_pk_key(&key)?;
+            for c in added {
+                let Some(v) = state.vals.get(&c.name).filter(|v| !is_null(v)) else {
+                    continue;
+                };
+                let update = Query::update()
+                    .table(Alias::new(&spec.name))
+                    .value(Alias::new(&c.name), value_expr(&spec.name, c, v, d)?)
+                    .and_where(keys_match(spec, std::slice::from_ref(&pk)))
+                    .and_where(Expr::col(Alias::new(&c.name)).is_null())
+                    .to_owned();
+                tx.execute(&update).await?;
+            }
+            after = Some(key);
+        }
+        end_applying(&tx).await?;
+        tx.commit().await?;
+        if (page.len() as u64) < PAGE {
+            return Ok(());
+        }
+    }
+}
