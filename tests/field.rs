@@ -22,7 +22,13 @@ fn main() -> std::process::ExitCode {
         delete_and_insert_again_between_captures_is_sent,
         triggers_of_an_earlier_release_are_replaced,
         an_upgrade_that_adds_a_column_keeps_its_values,
+        markers_keep_each_key_exactly,
     ];
+    trials.push(trial(
+        Dialect::MySql,
+        "marker_keys_of_an_earlier_release_are_retyped",
+        |db| Box::pin(marker_keys_of_an_earlier_release_are_retyped(db)),
+    ));
     for d in [Dialect::Sqlite, Dialect::MySql] {
         trials.push(trial(d, "replace_deletes_are_captured", |db| {
             Box::pin(replace_deletes_are_captured(db))
@@ -449,5 +455,201 @@ async fn an_upgrade_that_adds_a_column_keeps_its_values(hub: TestDb) -> TestResu
     drop(engine);
     old.drop().await?;
     new.drop().await?;
+    hub.drop().await
+}
+
+/// On a replica of `hub`'s dialect, write two rows of `$entity` whose keys
+/// differ by the last digit a rounding would drop, sync them to a SQLite
+/// device, then delete one: every side ends with exactly the rows written.
+macro_rules! exact_keys {
+    ($hub:expr, $entity:ident, $keys:expr) => {
+        exact_keys!($hub, $entity, $keys, |_: &$entity::Model| None::<(
+            String,
+            String
+        )>)
+    };
+    ($hub:expr, $entity:ident, $keys:expr, $raw:expr) => {{
+        use sea_orm::{ActiveModelTrait, IntoActiveModel};
+        // A hub of its own: the devices know this one table.
+        let own_hub = TestDb::create($hub.dialect, "hub").await?;
+        let hub = &own_hub;
+        let local = TestDb::create(hub.dialect, stringify!($entity)).await?;
+        let a = device_in(local, sql_hub(hub).await?, |r| {
+            r.register::<$entity::Entity>()
+        })
+        .await?;
+        let b = device::<$entity::Entity>(hub, "b").await?;
+        let models: Vec<$entity::Model> = $keys
+            .into_iter()
+            .map(|k| $entity::Model {
+                k,
+                note: "written".into(),
+            })
+            .collect();
+        for m in &models {
+            match $raw(m).map(|(insert, _)| insert) {
+                Some(sql) => {
+                    a.db().execute_unprepared(&sql).await?;
+                }
+                None => {
+                    m.clone().into_active_model().insert(a.db()).await?;
+                }
+            }
+        }
+        let all = |db: DatabaseConnection| async move {
+            let mut v = $entity::Entity::find().all(&db).await?;
+            v.sort_by(|x, y| format!("{:?}", x.k).cmp(&format!("{:?}", y.k)));
+            Ok::<_, BoxError>(v)
+        };
+        let mut want = models.clone();
+        want.sort_by(|x, y| format!("{:?}", x.k).cmp(&format!("{:?}", y.k)));
+        ensure_eq!(
+            all(a.db().clone()).await?,
+            want,
+            "{} on a",
+            stringify!($entity)
+        );
+        a.sync().await?;
+        b.sync().await?;
+        ensure_eq!(
+            all(b.db().clone()).await?,
+            want,
+            "{} on b",
+            stringify!($entity)
+        );
+        ensure_eq!(
+            all(hub.db.clone()).await?,
+            want,
+            "{} on the hub",
+            stringify!($entity)
+        );
+        match $raw(&models[0]).map(|(_, delete)| delete) {
+            Some(sql) => {
+                a.db().execute_unprepared(&sql).await?;
+            }
+            None => {
+                $entity::Entity::delete(models[0].clone().into_active_model())
+                    .exec(a.db())
+                    .await?;
+            }
+        }
+        want.retain(|m| m.k != models[0].k);
+        a.sync().await?;
+        b.sync().await?;
+        ensure_eq!(
+            all(b.db().clone()).await?,
+            want,
+            "{} deleted on b",
+            stringify!($entity)
+        );
+        a.drop().await?;
+        b.drop().await?;
+        own_hub.drop().await?;
+    }};
+}
+
+/// Item: the dirty-marker table keeps each key exactly, on every dialect:
+/// fractional seconds, a date after 2038, a `DECIMAL(20,4)`, non-ASCII
+/// text, bytes. Before, MySQL markers had the key's type without its
+/// precision (`DATETIME`, `DECIMAL(10,0)`): the marked key was rounded, no
+/// row had it, and the write was never synced.
+async fn markers_keep_each_key_exactly(hub: TestDb) -> TestResult {
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use common::entities::{
+        keyed_by_bytes, keyed_by_decimal, keyed_by_text, keyed_by_time, keyed_by_utc,
+    };
+    use rust_decimal::Decimal;
+    let t = NaiveDate::from_ymd_opt(2026, 1, 2)
+        .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 123_456))
+        .ok_or("date")?;
+    exact_keys!(
+        &hub,
+        keyed_by_time,
+        [t, t + chrono::Duration::microseconds(1)]
+    );
+    let u = Utc
+        .with_ymd_and_hms(2040, 6, 7, 8, 9, 10)
+        .single()
+        .ok_or("date")?
+        + chrono::Duration::microseconds(654_321);
+    exact_keys!(
+        &hub,
+        keyed_by_utc,
+        [u, u + chrono::Duration::microseconds(1)],
+        // SeaORM sends a UTC date-time to MySQL as a TIMESTAMP, which ends
+        // in 2038 (the generated hook refuses the write): the app writes
+        // such a key as text there.
+        |m: &keyed_by_utc::Model| (hub.dialect == Dialect::MySql).then(|| {
+            let k = m.k.format("%Y-%m-%d %H:%M:%S%.6f");
+            (
+                format!(
+                    "INSERT INTO keyed_by_utc (k, note) VALUES ('{k}', '{}')",
+                    m.note
+                ),
+                format!("DELETE FROM keyed_by_utc WHERE k = '{k}'"),
+            )
+        })
+    );
+    exact_keys!(
+        &hub,
+        keyed_by_decimal,
+        [Decimal::new(123_456_789, 4), Decimal::new(123_456_788, 4)]
+    );
+    let long: String = "ké".repeat(30);
+    exact_keys!(
+        &hub,
+        keyed_by_text,
+        [format!("{long}a"), format!("{long}b")]
+    );
+    let bytes: Vec<u8> = (0..=31u8).collect();
+    let mut other = bytes.clone();
+    other[31] = 0;
+    exact_keys!(&hub, keyed_by_bytes, [bytes, other]);
+    hub.drop().await
+}
+
+/// A MySQL dirty-marker table made by an earlier release has the key's type
+/// without its precision (`datetime`): opening the replica gives it the
+/// table's (`datetime(6)`), and a key with fractional seconds is synced.
+async fn marker_keys_of_an_earlier_release_are_retyped(hub: TestDb) -> TestResult {
+    use common::entities::keyed_by_time;
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    let local = TestDb::create(hub.dialect, "a").await?;
+    local
+        .db
+        .execute_unprepared(
+            "CREATE TABLE _ts_d_keyed_by_time (k datetime NOT NULL, ver bigint NOT NULL, \
+             wall_us bigint NOT NULL, PRIMARY KEY (k))",
+        )
+        .await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<keyed_by_time::Entity>()
+    })
+    .await?;
+    let row = a
+        .db()
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::MySql,
+            "SELECT COLUMN_TYPE AS ty FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '_ts_d_keyed_by_time' AND COLUMN_NAME = 'k'",
+        ))
+        .await?
+        .ok_or("no marker key column")?;
+    ensure_eq!(row.try_get::<String>("", "ty")?, "datetime(6)");
+    let k = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+        .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 500_001))
+        .ok_or("date")?;
+    let m = keyed_by_time::Model {
+        k,
+        note: "fractional".into(),
+    };
+    m.clone().into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    ensure_eq!(
+        keyed_by_time::Entity::find().all(&hub.db).await?,
+        vec![m],
+        "on the hub"
+    );
+    a.drop().await?;
     hub.drop().await
 }

@@ -306,3 +306,48 @@ pub mod handles {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 }
+
+/// Tables keyed by one value of a type that a marker table must hold
+/// exactly: fractional seconds, a decimal with a scale, a date after 2038,
+/// long text, binary.
+macro_rules! keyed {
+    ($name:ident, $table:literal, $ty:ty $(, $attr:meta)?) => {
+        #[doc = concat!("`", $table, "`, keyed by `", stringify!($ty), "`.")]
+        pub mod $name {
+            use sea_orm::entity::prelude::*;
+            use tidesync::Syncable;
+
+            #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+            #[sea_orm(table_name = $table)]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false $(, $attr)?)]
+                pub k: $ty,
+                pub note: String,
+            }
+
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+        }
+    };
+}
+
+keyed!(keyed_by_time, "keyed_by_time", DateTime);
+keyed!(keyed_by_utc, "keyed_by_utc", DateTimeUtc);
+keyed!(
+    keyed_by_decimal,
+    "keyed_by_decimal",
+    Decimal,
+    column_type = "Decimal(Some((20, 4)))"
+);
+keyed!(
+    keyed_by_text,
+    "keyed_by_text",
+    String,
+    column_type = "String(StringLen::N(200))"
+);
+keyed!(
+    keyed_by_bytes,
+    "keyed_by_bytes",
+    Vec<u8>,
+    column_type = "VarBinary(StringLen::N(200))"
+);

@@ -95,6 +95,16 @@ pub(crate) trait Dialect: Send + Sync {
         format!("DROP TRIGGER IF EXISTS {}", self.quote(name))
     }
 
+    /// A query with one parameter, the table name, returning (column name,
+    /// full type as the database writes it: `datetime(6)`,
+    /// `decimal(20,4)`, ...) for each column of the table, where a dirty
+    /// marker must copy the key's type from the table itself to hold it
+    /// exactly; `None` where the type of the entity's column will do
+    /// (SQLite stores any value in any column).
+    fn key_types_query(&self) -> Option<&'static str> {
+        None
+    }
+
     /// A query with one parameter, the table name, returning (index name,
     /// column name) for the columns of each unique index other than the
     /// key, in index order, where the capture triggers need them (see

@@ -76,6 +76,13 @@ impl Dialect for MySql {
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
     }
 
+    fn key_types_query(&self) -> Option<&'static str> {
+        Some(
+            "SELECT COLUMN_NAME AS name, COLUMN_TYPE AS ty FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        )
+    }
+
     fn triggers(&self, c: &Capture<'_>) -> Vec<Trigger> {
         let q = |s: &str| self.quote(s);
         let (ver, wall, gone) = (q("ver"), q("wall_us"), q("gone"));

@@ -52,6 +52,14 @@ impl Dialect for Postgres {
         Some("SELECT 1 AS one FROM pg_type WHERE typname = $1")
     }
 
+    fn key_types_query(&self) -> Option<&'static str> {
+        Some(
+            "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty \
+             FROM pg_attribute a WHERE a.attrelid = to_regclass(quote_ident($1)) \
+             AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+    }
+
     fn columns_query(&self) -> &'static str {
         "SELECT column_name AS name FROM information_schema.columns \
          WHERE table_schema = current_schema() AND table_name = $1"

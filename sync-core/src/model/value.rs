@@ -56,13 +56,13 @@ pub(crate) fn approx_size(v: &Value) -> usize {
     }
 }
 
-/// Exact equality for diffs: floats compare by bit pattern (so `-0.0` differs
-/// from `0.0`), everything else by value.
 /// Whether a value is SQL NULL (a JSON `null` is a value, not NULL).
 pub(crate) fn is_null(v: &Value) -> bool {
     *v == v.as_null()
 }
 
+/// Exact equality for diffs: floats compare by bit pattern (so `-0.0` differs
+/// from `0.0`), everything else by value.
 pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Float(Some(x)), Value::Float(Some(y))) => x.to_bits() == y.to_bits(),

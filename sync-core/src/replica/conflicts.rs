@@ -298,7 +298,7 @@ async fn write_column(
     let q = Query::update()
         .table(Alias::new(&spec.name))
         .value(Alias::new(&column.name), expr)
-        .and_where(keys_match(spec, &[pk.to_vec()]))
+        .and_where(keys_match(spec, &[pk.to_vec()], dialect::of_db(tx)?))
         .to_owned();
     tx.execute(&q).await?;
     Ok(())

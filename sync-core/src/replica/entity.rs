@@ -6,16 +6,18 @@ use std::marker::PhantomData;
 
 use sea_orm::sea_query::{Alias, Order, Query, ValueTuple};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable, ModelTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable, ModelTrait,
     PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, TryGetableMany,
     Value,
 };
 
 use super::tables::dirty_table;
+use crate::dialect;
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::model::syncable::{ConflictPolicy, Syncable};
 use crate::store::user_tables::ensure_table;
+use crate::store::write::keys_match;
 
 /// A dirty marker read back from a dirty table.
 #[derive(Debug, Clone)]
@@ -47,8 +49,7 @@ pub(crate) trait TableHandle: Send + Sync {
         offset: u64,
     ) -> Result<Vec<Marker>>;
 
-    /// The current rows with these keys (missing rows are simply absent),
-    /// selected through SeaORM's typed columns (which cast enum keys).
+    /// The current rows with these keys (missing rows are simply absent).
     async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>>;
 
     /// A page of all rows in key order.
@@ -167,20 +168,10 @@ where
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        let cond = if let [key] = self.keys.as_slice() {
-            // One key column: `IN (...)`.
-            Condition::all().add(key.is_in(pks.iter().filter_map(|pk| pk.first().cloned())))
-        } else {
-            let mut any = Condition::any();
-            for pk in pks {
-                let mut all = Condition::all();
-                for (c, v) in self.keys.iter().zip(pk) {
-                    all = all.add(c.eq(v.clone()));
-                }
-                any = any.add(all);
-            }
-            any
-        };
+        // Each key value as the dialect writes it (a PostgreSQL enum cast
+        // to its type, a MySQL date-time after 2038 as a DATETIME), so it
+        // finds the row with that exact key.
+        let cond = keys_match(&self.spec, pks, dialect::of_db(tx)?);
         let models = E::find().filter(cond).all(tx).await?;
         Ok(models.iter().map(|m| self.image(m)).collect())
     }

@@ -107,7 +107,7 @@ async fn lock_rows(
         let q = Query::select()
             .columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
             .from(Alias::new(&spec.name))
-            .and_where(keys_match(spec, chunk))
+            .and_where(keys_match(spec, chunk, d))
             .lock(LockType::Update)
             .to_owned();
         tx.query_all(&q).await?;

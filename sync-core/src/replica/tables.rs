@@ -19,11 +19,13 @@
 //! is deleted before commit and vanishes on rollback, so a crashed apply never
 //! leaves capture switched off.
 
+use std::collections::HashMap;
+
 use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, Table, TableCreateStatement};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::dialect::{self, Capture, Dialect, Trigger};
-use crate::model::change::TableSpec;
+use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{create, not_null, varchar};
@@ -138,12 +140,24 @@ pub(crate) fn metadata_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
 /// bumped by every write, the wall time of the last one, and whether a row
 /// with this key stopped existing since the last capture (see the capture
 /// triggers).
-pub(crate) fn dirty_table_ddl(d: &dyn Dialect, spec: &TableSpec) -> TableCreateStatement {
+///
+/// Each key column has the type of the table's own column where the
+/// dialect reads it from the catalog (`key_types`, by column name), so the
+/// marker holds the key exactly (fractional seconds, a decimal's scale);
+/// else the type the entity declares.
+pub(crate) fn dirty_table_ddl(
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    key_types: &HashMap<String, String>,
+) -> TableCreateStatement {
     let mut t = Table::create();
     t.table(Alias::new(dirty_table(&spec.name))).if_not_exists();
     let mut pk = Index::create();
     for c in &spec.pk {
-        t.col(ColumnDef::new_with_type(Alias::new(&c.name), d.marker_key_type(&c.ty)).not_null());
+        t.col(
+            ColumnDef::new_with_type(Alias::new(&c.name), marker_key_type(d, c, key_types))
+                .not_null(),
+        );
         pk.col(Alias::new(&c.name));
     }
     t.col(ColumnDef::new_with_type(Alias::new("ver"), ColumnType::BigInteger).not_null())
@@ -151,6 +165,18 @@ pub(crate) fn dirty_table_ddl(d: &dyn Dialect, spec: &TableSpec) -> TableCreateS
         .col(gone_column())
         .primary_key(&mut pk);
     t.to_owned()
+}
+
+/// The type of a key column in the dirty-marker table.
+fn marker_key_type(
+    d: &dyn Dialect,
+    c: &ColumnSpec,
+    key_types: &HashMap<String, String>,
+) -> ColumnType {
+    match key_types.get(&c.name) {
+        Some(ty) => ColumnType::custom(ty.clone()),
+        None => d.marker_key_type(&c.ty),
+    }
 }
 
 /// The `gone` column of a dirty-marker table.
@@ -207,8 +233,10 @@ pub(crate) async fn install_metadata<C: ConnectionTrait>(db: &C) -> Result<()> {
 pub(crate) async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
     let d = dialect::of_db(db)?;
     let markers = dirty_table(&spec.name);
-    create(db, dirty_table_ddl(d, spec)).await?;
+    let key_types = column_types(db, d, &spec.name).await?;
+    create(db, dirty_table_ddl(d, spec, &key_types)).await?;
     add_gone_column(db, d, &markers).await?;
+    retype_marker_keys(db, d, spec, &markers, &key_types).await?;
     let uniques = unique_columns(db, d, &spec.name).await?;
     let wanted = triggers(d, spec, &uniques);
     let existing = match d.triggers_query() {
@@ -250,6 +278,60 @@ async fn add_gone_column<C: ConnectionTrait>(db: &C, d: &dyn Dialect, markers: &
         Err(_) if has(&existing_columns(db, d, markers).await?) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The full type of each column of `table`, by name, where the dialect
+/// reads them for the dirty markers (see [`dirty_table_ddl`]).
+async fn column_types<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    table: &str,
+) -> Result<HashMap<String, String>> {
+    let Some(sql) = d.key_types_query() else {
+        return Ok(HashMap::new());
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [table.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "name")?, r.try_get("", "ty")?)))
+        .collect()
+}
+
+/// Give the key columns of a dirty-marker table made by an earlier release
+/// (MySQL: `datetime`, `decimal(10,0)`, rounding the keys) the type of the
+/// table's own key columns.
+async fn retype_marker_keys<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    markers: &str,
+    key_types: &HashMap<String, String>,
+) -> Result<()> {
+    if key_types.is_empty() {
+        return Ok(());
+    }
+    let now = column_types(db, d, markers).await?;
+    for c in &spec.pk {
+        let (Some(want), Some(have)) = (key_types.get(&c.name), now.get(&c.name)) else {
+            continue;
+        };
+        if want != have {
+            let alter = Table::alter()
+                .table(Alias::new(markers))
+                .modify_column(
+                    ColumnDef::new_with_type(Alias::new(&c.name), ColumnType::custom(want.clone()))
+                        .not_null(),
+                )
+                .to_owned();
+            db.execute(&alter).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The unique column sets of `table` other than its key, where the capture
@@ -491,7 +573,7 @@ mod tests {
 
     #[test]
     fn dirty_table_copies_key_types() {
-        let ddl = dirty_table_ddl(d(DbBackend::Postgres), &spec());
+        let ddl = dirty_table_ddl(d(DbBackend::Postgres), &spec(), &HashMap::new());
         assert_eq!(
             ddl.to_string(sea_orm::sea_query::PostgresQueryBuilder),
             "CREATE TABLE IF NOT EXISTS \"_ts_d_contacts\" ( \"id\" uuid NOT NULL, \"ver\" bigint NOT NULL, \"wall_us\" bigint NOT NULL, \"gone\" integer NOT NULL DEFAULT 0, PRIMARY KEY (\"id\") )"

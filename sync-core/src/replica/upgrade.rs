@@ -89,7 +89,7 @@ async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) 
                 let update = Query::update()
                     .table(Alias::new(&spec.name))
                     .value(Alias::new(&c.name), value_expr(&spec.name, c, v, d)?)
-                    .and_where(keys_match(spec, std::slice::from_ref(&pk)))
+                    .and_where(keys_match(spec, std::slice::from_ref(&pk), d))
                     .and_where(Expr::col(Alias::new(&c.name)).is_null())
                     .to_owned();
                 tx.execute(&update).await?;

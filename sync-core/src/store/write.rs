@@ -10,12 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr, ValueTuple,
-};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr};
 use sea_orm::{ConnectionTrait, Statement, Value};
 
-use crate::dialect::{Dialect, check_value};
+use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
@@ -51,14 +49,23 @@ pub(crate) fn value_expr(
     Ok(d.write_value(&column.ty, value))
 }
 
-/// `key IN (keys)` over a table's primary key (a tuple comparison for a
-/// composite key).
-pub(crate) fn keys_match(spec: &TableSpec, keys: &[Vec<Value>]) -> SimpleExpr {
+/// The condition "the key is one of `keys`", each value written as the
+/// dialect writes it to the key column (a PostgreSQL enum cast to its type,
+/// a MySQL date-time after 2038 as a `DATETIME`), so that it finds the row
+/// holding that exact key.
+pub(crate) fn keys_match(spec: &TableSpec, keys: &[Vec<Value>], d: &dyn Dialect) -> SimpleExpr {
+    let write = |key: &[Value]| -> Vec<SimpleExpr> {
+        spec.pk
+            .iter()
+            .zip(key)
+            .map(|(c, v)| d.write_value(&c.ty, v.clone()))
+            .collect()
+    };
     if let [key] = spec.pk.as_slice() {
-        Expr::col(Alias::new(&key.name)).is_in(keys.iter().map(|k| k[0].clone()))
+        Expr::col(Alias::new(&key.name)).is_in(keys.iter().flat_map(|k| write(k)))
     } else {
         Expr::tuple(spec.pk.iter().map(|c| Expr::col(Alias::new(&c.name))))
-            .in_tuples(keys.iter().map(|k| ValueTuple::Many(k.clone())))
+            .is_in(keys.iter().map(|k| Expr::tuple(write(k))))
     }
 }
 
@@ -203,7 +210,7 @@ pub(crate) async fn delete_rows<C: ConnectionTrait>(
     for chunk in keys.chunks(MAX_ROWS) {
         let q = Query::delete()
             .from_table(Alias::new(&spec.name))
-            .and_where(keys_match(spec, chunk))
+            .and_where(keys_match(spec, chunk, dialect::of_db(db)?))
             .to_owned();
         db.execute(&q).await?;
     }
