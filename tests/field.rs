@@ -23,6 +23,10 @@ fn main() -> std::process::ExitCode {
         triggers_of_an_earlier_release_are_replaced,
         an_upgrade_that_adds_a_column_keeps_its_values,
         markers_keep_each_key_exactly,
+        a_unique_value_moved_to_another_row_is_pulled,
+        a_pulled_row_this_replica_refuses_is_parked_and_pulling_goes_on,
+        a_pulled_row_taking_a_local_unique_value_never_overwrites_it,
+        a_hub_with_a_unique_index_takes_a_moved_value_and_refuses_a_taken_one,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -651,5 +655,196 @@ async fn marker_keys_of_an_earlier_release_are_retyped(hub: TestDb) -> TestResul
         "on the hub"
     );
     a.drop().await?;
+    hub.drop().await
+}
+
+/// Item: a unique value moves from one row to another (one row deleted, a
+/// new one takes its handle), and a replica whose table has the unique
+/// index pulls both in one page. The page comes in the order of capture
+/// (the insert before the delete); applied in that order the insert
+/// collides with the row still there. Before, the pull failed there at
+/// every sync, for ever; now the page is written deletes first.
+async fn a_unique_value_moved_to_another_row_is_pulled(hub: TestDb) -> TestResult {
+    let a = device::<handles::Entity>(&hub, "a").await?;
+    let local = TestDb::create(hub.dialect, "b").await?;
+    local.create_table(handles::Entity).await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<handles::Entity>()
+    })
+    .await?;
+    let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+    let put = |id: Uuid, handle: &str| handles::Model {
+        id,
+        handle: handle.into(),
+        name: "x".into(),
+    };
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    put(old, "@ada").into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    b.sync().await?;
+    handles::Entity::delete_by_id(old).exec(a.db()).await?;
+    put(new, "@ada").into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    let r = b.engine.sync_now().await?;
+    ensure!(
+        r.local_errors.is_empty() && r.halted.is_none(),
+        "applied as a whole: {r:?}"
+    );
+    ensure_eq!(handles_of(b.db()).await?, vec![(new, "@ada".to_string())]);
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Item: a pulled row that this replica's own table refuses (here a CHECK
+/// constraint the other devices do not have) is parked with its reason and
+/// reported, the rest of its page is applied, and pulling goes on. Before,
+/// the whole page failed at every sync and nothing after it ever arrived.
+async fn a_pulled_row_this_replica_refuses_is_parked_and_pulling_goes_on(
+    hub: TestDb,
+) -> TestResult {
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let local = TestDb::create(hub.dialect, "b").await?;
+    let (text, uuid) = match hub.dialect {
+        Dialect::MySql => ("VARCHAR(255)", "BINARY(16)"),
+        Dialect::Postgres => ("TEXT", "UUID"),
+        Dialect::Sqlite => ("TEXT", "BLOB"),
+    };
+    local
+        .db
+        .execute_unprepared(&format!(
+            "CREATE TABLE people (id {uuid} NOT NULL PRIMARY KEY, name {text} NOT NULL, \
+             email {text} NULL, phone {text} NULL, CHECK (name <> 'forbidden'))"
+        ))
+        .await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let kept = a.add("kept").await?;
+    a.sync().await?;
+    b.sync().await?;
+    let bad = a.add("forbidden").await?;
+    let fine = a.add("fine").await?;
+    a.set(kept, "email", "kept@x").await?;
+    a.sync().await?;
+    let r = b.engine.sync_now().await?;
+    ensure_eq!(
+        r.local_errors.len(),
+        1,
+        "the refused row is reported: {r:?}"
+    );
+    let reason = r.local_errors[0].to_string();
+    ensure!(
+        reason.contains("people") && reason.contains(&bad.to_string()),
+        "the report names the table and the key: {reason}"
+    );
+    let rows = b.rows().await?;
+    ensure!(!rows.contains_key(&bad), "the refused row is not there");
+    ensure_eq!(rows[&fine].0, "fine", "the rest of the page is applied");
+    ensure_eq!(rows[&kept].1.as_deref(), Some("kept@x"));
+    let parked = b
+        .db()
+        .query_all_raw(sea_orm::Statement::from_string(
+            b.db().get_database_backend(),
+            "SELECT tbl, reason FROM _tidesync_parked",
+        ))
+        .await?;
+    ensure_eq!(parked.len(), 1, "parked with its reason");
+    // Pulling goes on.
+    a.set(fine, "phone", "555").await?;
+    a.sync().await?;
+    let r = b.engine.sync_now().await?;
+    ensure!(r.local_errors.is_empty(), "{r:?}");
+    let rows = b.rows().await?;
+    ensure_eq!(rows[&fine].2.as_deref(), Some("555"));
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A pulled row takes a unique value a different local row holds (both
+/// devices gave the handle to a new row). The pulled row is refused and
+/// parked; the local row stays as it is. Before, MySQL's `ON DUPLICATE KEY
+/// UPDATE` fired on the handle's index and overwrote the local row with
+/// the pulled one's values, without a word.
+async fn a_pulled_row_taking_a_local_unique_value_never_overwrites_it(hub: TestDb) -> TestResult {
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    let a = device::<handles::Entity>(&hub, "a").await?;
+    let local = TestDb::create(hub.dialect, "b").await?;
+    local.create_table(handles::Entity).await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<handles::Entity>()
+    })
+    .await?;
+    let (theirs, mine) = (Uuid::now_v7(), Uuid::now_v7());
+    let row = |id: Uuid, name: &str| handles::Model {
+        id,
+        handle: "@ada".into(),
+        name: name.into(),
+    };
+    row(theirs, "a's")
+        .into_active_model()
+        .insert(a.db())
+        .await?;
+    a.sync().await?;
+    row(mine, "b's").into_active_model().insert(b.db()).await?;
+    let r = b.engine.sync_now().await?;
+    ensure!(
+        r.local_errors
+            .iter()
+            .any(|e| e.to_string().contains(&theirs.to_string())),
+        "the pulled row is refused by name: {r:?}"
+    );
+    let on_b = handles::Entity::find().all(b.db()).await?;
+    ensure_eq!(on_b, vec![row(mine, "b's")], "the local row is intact");
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// The hub's own table has the unique index. A handle moved from one row
+/// to another in one push is applied (the batch is written deletes first;
+/// before, the insert collided with the row still there and the stream
+/// halted for ever). A push whose new row takes a handle another row holds
+/// is refused, named, and the hub's row stays as it is (before, MySQL's
+/// `ON DUPLICATE KEY UPDATE` overwrote it without a word).
+async fn a_hub_with_a_unique_index_takes_a_moved_value_and_refuses_a_taken_one(
+    hub: TestDb,
+) -> TestResult {
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    hub.create_table(handles::Entity).await?;
+    let a = device::<handles::Entity>(&hub, "a").await?;
+    let b = device::<handles::Entity>(&hub, "b").await?;
+    let (old, new, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let row = |id: Uuid, name: &str| handles::Model {
+        id,
+        handle: "@ada".into(),
+        name: name.into(),
+    };
+    row(old, "a's").into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    b.sync().await?;
+    handles::Entity::delete_by_id(old).exec(a.db()).await?;
+    row(new, "a's new")
+        .into_active_model()
+        .insert(a.db())
+        .await?;
+    a.sync().await?;
+    b.sync().await?;
+    let want = vec![(new, "@ada".to_string())];
+    ensure_eq!(handles_of(&hub.db).await?, want, "moved on the hub");
+    ensure_eq!(handles_of(b.db()).await?, want, "moved on b");
+    row(other, "b's").into_active_model().insert(b.db()).await?;
+    let r = b.engine.sync_now().await?;
+    let halted = r.halted.as_ref().ok_or_else(|| format!("refused: {r:?}"))?;
+    ensure_eq!(halted.table, "handles");
+    ensure_eq!(
+        handles::Entity::find().all(&hub.db).await?,
+        vec![row(new, "a's new")],
+        "the hub's row is intact"
+    );
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }

@@ -145,6 +145,13 @@ pub(crate) trait Dialect: Send + Sync {
         None
     }
 
+    /// Whether the upsert clause fires on a collision with any unique
+    /// index, not only the key's (MySQL's `ON DUPLICATE KEY UPDATE`): it
+    /// would then update the row that holds the value instead of failing.
+    fn upsert_takes_any_unique(&self) -> bool {
+        false
+    }
+
     /// Whether rows must be locked with `SELECT ... FOR UPDATE` before a
     /// read-merge-write (`false` where a write transaction locks the whole
     /// database).

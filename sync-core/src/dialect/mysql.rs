@@ -142,6 +142,10 @@ impl Dialect for MySql {
         true
     }
 
+    fn upsert_takes_any_unique(&self) -> bool {
+        true
+    }
+
     /// sqlx would send a UTC date-time as a TIMESTAMP (whose range ends in
     /// 2038): send it as a DATETIME.
     fn write_value(&self, _ty: &ColumnType, value: Value) -> SimpleExpr {

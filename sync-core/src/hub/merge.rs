@@ -18,7 +18,7 @@ use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::rows::{self, Referred};
-use crate::store::write::{delete_rows, execute_all, execute_while, upsert_statements};
+use crate::store::write::{delete_rows, execute_all, execute_while, row_statements};
 
 /// The states of the rows a call touches, as they were before it.
 type Before = HashMap<RowId, RowState>;
@@ -39,6 +39,11 @@ pub(super) struct Merge<'a> {
     pub(super) held: Vec<(ChangeId, Vec<ColumnConflict>)>,
     /// Concurrent edits settled by the clock (merge policy).
     pub(super) settled: Vec<ColumnConflict>,
+    /// Delete the rows that die before writing the others (children
+    /// first): a delete may free a unique value a write of the same call
+    /// takes. Else after (an upsert may move a child away from a parent the
+    /// call deletes).
+    pub(super) deletes_first: bool,
 }
 
 /// The rows one call writes, per table in registration order.
@@ -65,6 +70,7 @@ impl<'a> Merge<'a> {
             referred: HashMap::new(),
             held: Vec::new(),
             settled: Vec::new(),
+            deletes_first: true,
         }
     }
 
@@ -82,6 +88,7 @@ impl<'a> Merge<'a> {
             referred: self.referred.clone(),
             held: Vec::new(),
             settled: Vec::new(),
+            deletes_first: self.deletes_first,
         }
     }
 
@@ -114,6 +121,11 @@ impl<'a> Merge<'a> {
         let (tx, kind) = (self.tx, self.tx.get_database_backend());
         let first_seq = self.next_seq;
         let (states, referred) = (&self.states, &mut self.referred);
+        if self.deletes_first {
+            for (spec, dead) in rows.deletes.iter().rev() {
+                delete_rows(tx, spec, dead).await?;
+            }
+        }
         let state_stmts = execute_while(tx, rows.upserts, || {
             referral::state_statements(
                 states,
@@ -126,8 +138,10 @@ impl<'a> Merge<'a> {
             )
         })
         .await?;
-        for (spec, dead) in rows.deletes.iter().rev() {
-            delete_rows(tx, spec, dead).await?;
+        if !self.deletes_first {
+            for (spec, dead) in rows.deletes.iter().rev() {
+                delete_rows(tx, spec, dead).await?;
+            }
         }
         let log_stmts =
             execute_while(tx, state_stmts, || log::append(&logged, first_seq, kind)).await?;
@@ -218,13 +232,13 @@ impl<'a> Merge<'a> {
                     continue;
                 }
                 if new.is_live() {
-                    live.push(new);
+                    live.push((new, old.is_live()));
                 } else if old.is_live() {
                     dead.push(parse_pk_key(key)?);
                 }
                 keys.push(key.clone());
             }
-            for q in upsert_statements(spec, &live, self.dialect)? {
+            for q in row_statements(spec, &live, self.dialect)? {
                 out.upserts.push(kind.build(&q));
             }
             out.deletes.push((spec, dead));

@@ -44,15 +44,19 @@ pub(super) async fn push(
         max_skew_us,
         origin,
     };
-    // Fast path: every change valid, the whole batch at once. If the hub
-    // refuses it, roll back and go through it change by change.
-    match push.once(batch, false).await? {
-        Some(ack) => Ok(ack),
-        None => push
-            .once(batch, true)
-            .await?
-            .ok_or_else(|| Error::Corrupt("the careful push fell back".into())),
+    // Fast path: every change valid, the whole batch at once, deletes
+    // first (a delete may free a unique value an insert of the batch takes:
+    // capture logs the insert first), then upserts first (an update may
+    // move a child away from a parent the batch deletes). If the hub
+    // refuses both, roll back and go through it change by change.
+    for deletes_first in [true, false] {
+        if let Some(ack) = push.once(batch, false, deletes_first).await? {
+            return Ok(ack);
+        }
     }
+    push.once(batch, true, true)
+        .await?
+        .ok_or_else(|| Error::Corrupt("the careful push fell back".into()))
 }
 
 /// The origin of a batch (`None` for an empty one).
@@ -108,7 +112,13 @@ impl Push<'_> {
     /// One push transaction. The fast path (`careful` false) gives up
     /// (rolls back, `None`) at the first change the hub refuses; the careful
     /// path finds the ones that cannot be applied and halts or parks them.
-    async fn once(&self, batch: &[Change], careful: bool) -> Result<Option<PushAck>> {
+    /// `deletes_first`: see [`Merge::deletes_first`].
+    async fn once(
+        &self,
+        batch: &[Change],
+        careful: bool,
+        deletes_first: bool,
+    ) -> Result<Option<PushAck>> {
         let tx = self
             .db
             .begin()
@@ -141,6 +151,7 @@ impl Push<'_> {
         let now_us = self.now_us(&tx).await?;
         let verdicts: Vec<Option<Refusal>> = todo.iter().map(|c| self.refusal(c, now_us)).collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
+        merge.deletes_first = deletes_first;
         if !careful && verdicts.iter().all(Option::is_none) {
             // No savepoint: a failure rolls back the transaction and the
             // caller goes again, carefully.

@@ -57,6 +57,20 @@ pub enum Error {
     #[error("table `{0}` is not registered for sync")]
     UnknownTable(String),
 
+    /// A pulled change (or snapshot row) this replica's own table refused
+    /// to hold: a constraint the hub's table does not have, a foreign key
+    /// to a row this replica lacks, a NOT NULL column the row state has no
+    /// value for. It is parked in `_tidesync_parked` with the reason.
+    #[error("{table} {key}: refused by this replica's table: {reason}")]
+    Refused {
+        /// Table of the row.
+        table: String,
+        /// Its key, as typed values.
+        key: String,
+        /// What the database said.
+        reason: String,
+    },
+
     /// The replica was configured in a way that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

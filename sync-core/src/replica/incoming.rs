@@ -32,7 +32,7 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::pk_key;
 use crate::store::rows;
-use crate::store::write::{delete_rows, execute_all, execute_while, keys_match, upsert_statements};
+use crate::store::write::{delete_rows, execute_all, execute_while, keys_match, row_statements};
 
 /// One remote fact about one row: a change (as a one-change state) or a
 /// snapshot row.
@@ -118,10 +118,20 @@ async fn lock_rows(
 /// The merged rows of one table, to write and save.
 struct TableWrite<'a> {
     spec: &'a TableSpec,
-    /// New states (live and dead) by key.
-    states: Vec<(String, Cow<'a, RowState>)>,
-    /// Keys of rows to delete.
-    dead: Vec<Vec<Value>>,
+    rows: Vec<RowWrite<'a>>,
+}
+
+/// One merged row: its new state (live or dead) to save, the row to write
+/// or delete, and the deltas it comes from (parked if it cannot be
+/// written).
+struct RowWrite<'a> {
+    key: String,
+    state: Cow<'a, RowState>,
+    /// Whether the row exists in the table now.
+    existed: bool,
+    /// The key to delete, for a row that dies.
+    delete: Option<Vec<Value>>,
+    sources: Vec<&'a Delta>,
 }
 
 /// The metadata a page stores in its transaction.
@@ -166,7 +176,7 @@ pub(crate) async fn apply_page(
             writes.push(merged);
         }
     }
-    write_tables(&tx, d, &writes).await?;
+    write_tables(&tx, d, &writes, &mut report).await?;
     state.save_with(&tx, meta.store).await?;
     if !meta.forget.is_empty() {
         LOCAL_META.remove(&tx, meta.forget).await?;
@@ -288,26 +298,31 @@ async fn merge_table<'a>(
     }
     let mut write = TableWrite {
         spec,
-        states: Vec::new(),
-        dead: Vec::new(),
+        rows: Vec::new(),
     };
     for (key, s) in after {
         let was = before.get(key);
         if was.is_some_and(|w| w.same(&s)) {
             continue; // nothing new (e.g. our own rows in a snapshot)
         }
-        if s.is_live() {
-            if let Err(e) = check_row(d, spec, &s) {
-                park_deltas(tx, &sources[key], &e.to_string()).await?;
-                report.parked.push(e);
-                continue;
-            }
-        } else if was.is_none_or(|w| w.is_live()) {
-            write.dead.push(pks[key].clone());
+        let existed = was.is_some_and(RowState::is_live);
+        let sources = sources.remove(key).unwrap_or_default();
+        if s.is_live()
+            && let Err(e) = check_row(d, spec, &s)
+        {
+            park_deltas(tx, &sources, &e.to_string()).await?;
+            report.parked.push(e);
+            continue;
         }
         // Dead states are saved too, not written as rows.
-        write.states.push((key.to_owned(), s));
-        report.applied += sources[key].len();
+        let delete = (!s.is_live() && was.is_none_or(RowState::is_live)).then(|| pks[key].clone());
+        write.rows.push(RowWrite {
+            key: key.to_owned(),
+            state: s,
+            existed,
+            delete,
+            sources,
+        });
     }
     Ok(write)
 }
@@ -346,24 +361,65 @@ async fn merge_delta(
     Ok(())
 }
 
-/// Write the merged tables: upserts parents first, deletes children first,
-/// then the states. The database writes the rows while the statements that
-/// save the states are built.
+/// Write the merged tables and save their states, counting what was
+/// applied and parking what cannot be written.
+///
+/// First the whole page at once, deletes first (children first): a delete
+/// may free a unique value an insert of the page takes (a value that moved
+/// from one row to another comes as the insert, then the delete). If that
+/// fails, upserts first (parents first): an upsert may move a child away
+/// from a parent the page deletes. If that fails too, row by row, each in
+/// a savepoint, in passes until a pass writes nothing more; the rows still
+/// refused are parked with the reason and reported, and their states are
+/// not saved.
 async fn write_tables(
     tx: &DatabaseTransaction,
     d: &dyn Dialect,
     writes: &[TableWrite<'_>],
+    report: &mut ApplyReport,
 ) -> Result<()> {
+    for deletes_first in [true, false] {
+        let sp = tx.begin().await?;
+        match write_all(&sp, d, writes, deletes_first).await {
+            Ok(()) => {
+                sp.commit().await?;
+                report.applied += writes
+                    .iter()
+                    .flat_map(|w| &w.rows)
+                    .map(|r| r.sources.len())
+                    .sum::<usize>();
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(_) => sp.rollback().await?,
+        }
+    }
+    write_row_by_row(tx, d, writes, report).await
+}
+
+/// Write every row of the page and save the states, in multi-row
+/// statements: upserts parents first, deletes children first, either
+/// before the other. The database writes the rows while the statements
+/// that save the states are built.
+async fn write_all(
+    tx: &DatabaseTransaction,
+    d: &dyn Dialect,
+    writes: &[TableWrite<'_>],
+    deletes_first: bool,
+) -> Result<()> {
+    if deletes_first {
+        delete_all(tx, writes).await?;
+    }
     let kind = tx.get_database_backend();
     let mut upserts = Vec::new();
     for w in writes {
-        let live: Vec<&RowState> = w
-            .states
+        let live: Vec<(&RowState, bool)> = w
+            .rows
             .iter()
-            .map(|(_, s)| s.as_ref())
-            .filter(|s| s.is_live())
+            .filter(|r| r.state.is_live())
+            .map(|r| (r.state.as_ref(), r.existed))
             .collect();
-        for q in upsert_statements(w.spec, &live, d)? {
+        for q in row_statements(w.spec, &live, d)? {
             upserts.push(kind.build(&q));
         }
     }
@@ -371,9 +427,9 @@ async fn write_tables(
         let mut out = Vec::new();
         for w in writes {
             let states: Vec<_> = w
-                .states
+                .rows
                 .iter()
-                .map(|(k, s)| (k.as_str(), s.as_ref(), None))
+                .map(|r| (r.key.as_str(), r.state.as_ref(), None))
                 .collect();
             for q in rows::state_statements(ROWS, &w.spec.name, &states)? {
                 out.push(kind.build(&q));
@@ -382,8 +438,98 @@ async fn write_tables(
         Ok(out)
     })
     .await?;
-    for w in writes.iter().rev() {
-        delete_rows(tx, w.spec, &w.dead).await?;
+    if !deletes_first {
+        delete_all(tx, writes).await?;
     }
     execute_all(tx, saves).await
+}
+
+/// Delete the rows of the page that die, children first.
+async fn delete_all(tx: &DatabaseTransaction, writes: &[TableWrite<'_>]) -> Result<()> {
+    for w in writes.iter().rev() {
+        let dead: Vec<Vec<Value>> = w.rows.iter().filter_map(|r| r.delete.clone()).collect();
+        delete_rows(tx, w.spec, &dead).await?;
+    }
+    Ok(())
+}
+
+/// Write the rows one by one, each with its state in a savepoint, in
+/// passes (deletes children first, then upserts parents first) until a pass
+/// writes nothing more; park the rows still refused.
+async fn write_row_by_row(
+    tx: &DatabaseTransaction,
+    d: &dyn Dialect,
+    writes: &[TableWrite<'_>],
+    report: &mut ApplyReport,
+) -> Result<()> {
+    let deletes = writes.iter().rev().flat_map(|w| {
+        w.rows
+            .iter()
+            .filter(|r| r.delete.is_some())
+            .map(move |r| (w.spec, r))
+    });
+    let upserts = writes.iter().flat_map(|w| {
+        w.rows
+            .iter()
+            .filter(|r| r.delete.is_none())
+            .map(move |r| (w.spec, r))
+    });
+    let mut todo: Vec<(&TableSpec, &RowWrite<'_>, Option<Error>)> =
+        deletes.chain(upserts).map(|(s, r)| (s, r, None)).collect();
+    loop {
+        let before = todo.len();
+        let mut refused = Vec::new();
+        for (spec, row, _) in todo {
+            let sp = tx.begin().await?;
+            match write_one(&sp, d, spec, row).await {
+                Ok(()) => {
+                    sp.commit().await?;
+                    report.applied += row.sources.len();
+                }
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    sp.rollback().await?;
+                    refused.push((spec, row, Some(e)));
+                }
+            }
+        }
+        todo = refused;
+        if todo.is_empty() || todo.len() == before {
+            break;
+        }
+    }
+    for (spec, row, error) in todo {
+        let e = Error::Refused {
+            table: spec.name.clone(),
+            key: row.key.clone(),
+            reason: error.map_or_else(String::new, |e| e.to_string()),
+        };
+        park_deltas(tx, &row.sources, &e.to_string()).await?;
+        report.parked.push(e);
+    }
+    Ok(())
+}
+
+/// Write one row (or delete it) and save its state.
+async fn write_one(
+    tx: &DatabaseTransaction,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    row: &RowWrite<'_>,
+) -> Result<()> {
+    if let Some(pk) = &row.delete {
+        delete_rows(tx, spec, std::slice::from_ref(pk)).await?;
+    } else if row.state.is_live() {
+        for q in row_statements(spec, &[(row.state.as_ref(), row.existed)], d)? {
+            tx.execute(&q).await?;
+        }
+    }
+    for q in rows::state_statements(
+        ROWS,
+        &spec.name,
+        &[(row.key.as_str(), row.state.as_ref(), None)],
+    )? {
+        tx.execute(&q).await?;
+    }
+    Ok(())
 }

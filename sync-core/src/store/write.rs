@@ -104,6 +104,41 @@ pub(crate) fn upsert_statements(
     rows: &[&RowState],
     d: &dyn Dialect,
 ) -> Result<Vec<InsertStatement>> {
+    write_statements(spec, rows, d, true)
+}
+
+/// The statements that write `rows` (each with whether its row exists in
+/// the table now) into `spec`'s table on the dialect `d`: upserts, except
+/// where the dialect's upsert fires on any unique index (MySQL's
+/// `ON DUPLICATE KEY UPDATE`): there a new row is a plain insert, so that a
+/// collision on another unique index fails instead of updating the row
+/// that holds the value.
+pub(crate) fn row_statements(
+    spec: &TableSpec,
+    rows: &[(&RowState, bool)],
+    d: &dyn Dialect,
+) -> Result<Vec<InsertStatement>> {
+    let all = |keep: fn(bool) -> bool| -> Vec<&RowState> {
+        rows.iter()
+            .filter(|(_, e)| keep(*e))
+            .map(|(r, _)| *r)
+            .collect()
+    };
+    if !d.upsert_takes_any_unique() {
+        return upsert_statements(spec, &all(|_| true), d);
+    }
+    let mut out = write_statements(spec, &all(|e| e), d, true)?;
+    out.extend(write_statements(spec, &all(|e| !e), d, false)?);
+    Ok(out)
+}
+
+/// Multi-row inserts of `rows`, upserts on the key if `upsert`.
+fn write_statements(
+    spec: &TableSpec,
+    rows: &[&RowState],
+    d: &dyn Dialect,
+    upsert: bool,
+) -> Result<Vec<InsertStatement>> {
     // Group by the set of columns present (a column added by a newer client
     // is absent from older rows).
     let mut groups: BTreeMap<Vec<usize>, Vec<&RowState>> = BTreeMap::new();
@@ -167,7 +202,9 @@ pub(crate) fn upsert_statements(
                 q.values_panic(exprs);
                 n += 1;
             }
-            q.on_conflict(on_conflict.clone());
+            if upsert {
+                q.on_conflict(on_conflict.clone());
+            }
             out.push(q);
             start += n;
         }
