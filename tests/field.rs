@@ -27,6 +27,8 @@ fn main() -> std::process::ExitCode {
         a_pulled_row_this_replica_refuses_is_parked_and_pulling_goes_on,
         a_pulled_row_taking_a_local_unique_value_never_overwrites_it,
         a_hub_with_a_unique_index_takes_a_moved_value_and_refuses_a_taken_one,
+        a_child_is_never_logged_before_its_parent,
+        capture_goes_past_a_batch_of_refused_rows,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -847,4 +849,132 @@ async fn a_hub_with_a_unique_index_takes_a_moved_value_and_refuses_a_taken_one(
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
+}
+
+/// A device of `groups` and `members` (foreign key, parents first) on a
+/// fresh SQLite database with the foreign keys, syncing with `hub`.
+async fn family_device(hub: &TestDb, tag: &str) -> Result<common::device::Device, BoxError> {
+    use common::entities::{groups, members};
+    let local = TestDb::create(Dialect::Sqlite, tag).await?;
+    local.create_table(groups::Entity).await?;
+    local.create_table(members::Entity).await?;
+    device_in(local, sql_hub(hub).await?, |r| {
+        r.register::<groups::Entity>().register::<members::Entity>()
+    })
+    .await
+}
+
+/// Item: a child is never logged before its parent, whatever the batch
+/// boundaries. Here one capture holds more than a batch of parent deletes
+/// that sort first, then a new parent and its child. Before, the parents'
+/// upsert round stopped at a batch made only of deletes (kept for their own
+/// round), so the new child was logged before its new parent and the hub's
+/// foreign key halted the stream for ever.
+async fn a_child_is_never_logged_before_its_parent(hub: TestDb) -> TestResult {
+    use common::entities::{groups, members};
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, PaginatorTrait};
+    hub.create_table(groups::Entity).await?;
+    hub.create_table(members::Entity).await?;
+    let a = family_device(&hub, "a").await?;
+    let b = family_device(&hub, "b").await?;
+    let n = 520;
+    let old: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let models: Vec<groups::ActiveModel> = old
+        .iter()
+        .map(|id| groups::ActiveModel {
+            id: Set(*id),
+            name: Set("old".into()),
+        })
+        .collect();
+    for chunk in models.chunks(100) {
+        groups::Entity::insert_many(chunk.to_vec())
+            .exec(a.db())
+            .await?;
+    }
+    a.sync().await?;
+    b.sync().await?;
+    // One capture: every old parent deleted (their keys sort first), a new
+    // parent and its child.
+    groups::Entity::delete_many().exec(a.db()).await?;
+    let g = Uuid::now_v7();
+    groups::ActiveModel {
+        id: Set(g),
+        name: Set("new".into()),
+    }
+    .insert(a.db())
+    .await?;
+    members::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        group_id: Set(g),
+        name: Set("kid".into()),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    b.sync().await?;
+    for (who, db) in [("hub", &hub.db), ("b", b.db())] {
+        ensure_eq!(
+            groups::Entity::find().count(db).await?,
+            1,
+            "groups on {who}"
+        );
+        ensure_eq!(
+            members::Entity::find().count(db).await?,
+            1,
+            "members on {who}"
+        );
+    }
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Item: capture never stalls behind a batch of refused markers. More than
+/// a batch of rows that cannot be captured (a value no dialect holds the
+/// same) sort first; a good row after them is captured in the same pass.
+/// Before, a batch made only of refused markers ended the table's round,
+/// at every pass, and nothing after it was ever captured.
+async fn capture_goes_past_a_batch_of_refused_rows(t: TestDb) -> TestResult {
+    use common::entities::readings;
+    use sea_orm::ActiveValue::Set;
+    t.create_table(readings::Entity).await?;
+    let r = tidesync::Replica::builder(t.db.clone())
+        .register::<readings::Entity>()
+        .open()
+        .await?;
+    if t.dialect == Dialect::MySql {
+        // MariaDB holds neither NaN nor 9 characters in a VARCHAR(8): the
+        // table's column is wider than the entity says.
+        t.db.execute_unprepared("ALTER TABLE readings MODIFY code VARCHAR(16)")
+            .await?;
+    }
+    let bad = |_| {
+        let (value, code) = match t.dialect {
+            Dialect::Postgres => (Some(f64::NAN), None),
+            _ => (None, Some("x".repeat(9))),
+        };
+        readings::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            value: Set(value),
+            code: Set(code),
+        }
+    };
+    let rows: Vec<readings::ActiveModel> = (0..520).map(bad).collect();
+    for chunk in rows.chunks(100) {
+        readings::Entity::insert_many(chunk.to_vec())
+            .exec(&t.db)
+            .await?;
+    }
+    let good = Uuid::now_v7();
+    readings::Entity::insert(readings::ActiveModel {
+        id: Set(good),
+        value: Set(Some(1.5)),
+        code: Set(Some("ok".into())),
+    })
+    .exec(&t.db)
+    .await?;
+    let report = r.capture().await?;
+    ensure_eq!(report.rejected.len(), 520, "each refused row is reported");
+    ensure_eq!(report.captured, 1, "the good row is captured: {report:?}");
+    t.drop().await
 }
