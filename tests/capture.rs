@@ -817,32 +817,6 @@ async fn writes_during_a_pass<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Whether a capture pass of this test's database is inside its outbox
-/// insert (PostgreSQL and MySQL only): it has read its markers, rows and
-/// states, and it cannot finish the insert while another transaction holds
-/// an uncommitted row with the same sequence number.
-async fn pass_in_outbox_insert(t: &TestDb) -> Result<bool, common::BoxError> {
-    let sql = match t.dialect {
-        Dialect::Postgres => {
-            "SELECT COUNT(*) AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND state = 'active' \
-             AND query LIKE 'INSERT INTO \"\\_tidesync\\_outbox\"%'"
-        }
-        // MariaDB does not list a transaction waiting on a duplicate key in
-        // INNODB_TRX reliably; the process list shows the statement.
-        _ => {
-            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
-             WHERE DB = DATABASE() AND COMMAND IN ('Query', 'Execute') \
-             AND INFO LIKE 'INSERT INTO `\\_tidesync\\_outbox`%'"
-        }
-    };
-    let row =
-        t.db.query_one_raw(Statement::from_string(t.backend(), sql))
-            .await?
-            .ok_or("COUNT returned no row")?;
-    Ok(row.try_get::<i64>("", "n")? > 0)
-}
-
 /// Every synced column of every contact, by id, as the outbox replays it:
 /// inserts set every column, updates the ones they carry, deletes remove.
 fn replay(changes: &[Change]) -> Result<BTreeMap<Uuid, BTreeMap<String, SqValue>>, String> {
@@ -959,29 +933,11 @@ async fn concurrent_writes_during_capture_are_not_lost(t: TestDb) -> TestResult 
         );
     } else {
         // The sequence number the pass will give its first change.
-        let seq: i64 = common::read_meta(&t.db, "next_seq")
-            .await?
-            .ok_or("next_seq")?
-            .parse()?;
-        let blocker = other.begin().await?;
-        blocker
-            .execute_raw(Statement::from_sql_and_values(
-                t.backend(),
-                match t.dialect {
-                    Dialect::MySql => {
-                        "INSERT INTO _tidesync_outbox (seq, tbl, pk, op, payload, hlc) VALUES (?, 'x', 'x', 'x', 'x', 'x')"
-                    }
-                    _ => {
-                        "INSERT INTO _tidesync_outbox (seq, tbl, pk, op, payload, hlc) VALUES ($1, 'x', 'x', 'x', 'x', 'x')"
-                    }
-                },
-                [seq.into()],
-            ))
-            .await?;
+        let blocker = common::block::hold_next_outbox_seq(&t, &other).await?;
         let (report, driven) = tokio::join!(r.capture(), async {
             let driven = async {
                 let deadline = Instant::now() + Duration::from_secs(120);
-                while !pass_in_outbox_insert(&t).await? {
+                while !common::block::pass_in_outbox_insert(&t).await? {
                     ensure!(
                         Instant::now() < deadline,
                         "the capture pass never blocked on its outbox insert"
@@ -1014,10 +970,9 @@ async fn concurrent_writes_during_capture_are_not_lost(t: TestDb) -> TestResult 
                 m.name
             );
         }
-        ensure!(
-            r.pending_count().await? > r.pending(u64::MAX).await?.len() as u64,
-            "the writes made during the pass left markers"
-        );
+        // The writes made during the pass kept their markers (their
+        // versions moved): the pass went back for the ones in a table whose
+        // round was over (see `Pass`), later passes take the rest.
     }
     // Later passes capture what is left, and then nothing.
     let mut passes = 0;

@@ -35,6 +35,13 @@ fn main() -> std::process::ExitCode {
         "marker_keys_of_an_earlier_release_are_retyped",
         |db| Box::pin(marker_keys_of_an_earlier_release_are_retyped(db)),
     ));
+    for d in [Dialect::Postgres, Dialect::MySql] {
+        trials.push(trial(
+            d,
+            "a_parent_committed_during_a_capture_pass_is_logged_before_its_child",
+            |db| Box::pin(a_parent_committed_during_a_capture_pass_is_logged_before_its_child(db)),
+        ));
+    }
     for d in [Dialect::Sqlite, Dialect::MySql] {
         trials.push(trial(d, "replace_deletes_are_captured", |db| {
             Box::pin(replace_deletes_are_captured(db))
@@ -977,4 +984,103 @@ async fn capture_goes_past_a_batch_of_refused_rows(t: TestDb) -> TestResult {
     ensure_eq!(report.rejected.len(), 520, "each refused row is reported");
     ensure_eq!(report.captured, 1, "the good row is captured: {report:?}");
     t.drop().await
+}
+
+/// Item: a child is never logged before its parent, whatever the
+/// concurrent writes. A capture pass is held in its parents' round (on its
+/// outbox insert) while the app commits a new parent and its child; the
+/// pass then goes on to the children's round, which reads the child. It
+/// goes back for the parent first. Before, the child was logged in this
+/// pass and its parent in the next, and the hub's foreign key halted the
+/// stream for ever. (Forced on the servers, where a row lock can hold the
+/// pass; SQLite runs one writer at a time.)
+async fn a_parent_committed_during_a_capture_pass_is_logged_before_its_child(
+    hub: TestDb,
+) -> TestResult {
+    use common::block::{hold_next_outbox_seq, pass_in_outbox_insert};
+    use common::entities::{groups, members};
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, PaginatorTrait, TransactionTrait};
+    hub.create_table(groups::Entity).await?;
+    hub.create_table(members::Entity).await?;
+    let local = TestDb::create(hub.dialect, "a").await?;
+    local.create_table(groups::Entity).await?;
+    local.create_table(members::Entity).await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<groups::Entity>().register::<members::Entity>()
+    })
+    .await?;
+    let g0 = Uuid::now_v7();
+    groups::ActiveModel {
+        id: Set(g0),
+        name: Set("g0".into()),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    // A parent edit for the parents' round to seal.
+    groups::ActiveModel {
+        id: Set(g0),
+        name: Set("g0 renamed".into()),
+    }
+    .update(a.db())
+    .await?;
+    let other = a.local.connect_again().await?;
+    let blocker = hold_next_outbox_seq(&a.local, &other).await?;
+    let (g, kid) = (Uuid::now_v7(), Uuid::now_v7());
+    let (pass, driven) = tokio::join!(a.engine.replica().capture(), async {
+        let driven = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !pass_in_outbox_insert(&a.local).await? {
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the capture pass never blocked on its outbox insert"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let app = other.begin().await?;
+            groups::ActiveModel {
+                id: Set(g),
+                name: Set("new".into()),
+            }
+            .insert(&app)
+            .await?;
+            members::ActiveModel {
+                id: Set(kid),
+                group_id: Set(g),
+                name: Set("kid".into()),
+            }
+            .insert(&app)
+            .await?;
+            app.commit().await?;
+            Ok::<_, BoxError>(())
+        }
+        .await;
+        let released = blocker.rollback().await;
+        driven?;
+        Ok::<_, BoxError>(released?)
+    });
+    driven?;
+    pass?;
+    // One change per push: the hub meets the changes in log order.
+    let replica = tidesync::Replica::builder(a.db().clone())
+        .register::<groups::Entity>()
+        .register::<members::Entity>()
+        .open()
+        .await?;
+    let engine = tidesync::SyncEngine::new(replica, sql_hub(&hub).await?).with_batch_size(1);
+    let r = engine.sync_now().await?;
+    ensure!(r.halted.is_none(), "{r:?}");
+    ensure_eq!(
+        members::Entity::find().count(&hub.db).await?,
+        1,
+        "the child is on the hub"
+    );
+    ensure_eq!(
+        groups::Entity::find().count(&hub.db).await?,
+        2,
+        "with its parent"
+    );
+    other.close().await?;
+    a.drop().await?;
+    hub.drop().await
 }

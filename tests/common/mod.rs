@@ -3,6 +3,7 @@
 //! ignored, by name, with the reason (a failure when `CI=true`).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod block;
 pub mod device;
 pub mod entities;
 pub mod kill;

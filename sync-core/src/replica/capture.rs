@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr, ValueTuple};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, SimpleExpr, ValueTuple};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use super::entity::{Marker, TableHandle};
 use super::seal_state::SealState;
@@ -256,38 +256,199 @@ pub(crate) struct Round {
 }
 
 /// Capture every pending marker of `tables` inside `tx`, in batches of
-/// `BATCH` markers, phase by phase (see [`phases`]).
+/// `BATCH` markers, round by round (see [`phases`] and [`Pass`]). Every
+/// marker present is sealed (or refused): callers that apply remote changes
+/// next rely on it.
 pub(crate) async fn seal_all(
     tx: &DatabaseTransaction,
     tables: &[Arc<dyn TableHandle>],
     state: &mut SealState,
     report: &mut CaptureReport,
 ) -> Result<()> {
-    // A table without any marker in the first phase has none to delete.
-    let mut unmarked = Vec::new();
-    for (phase, table) in phases(tables) {
-        let name = &table.spec().name;
-        if phase == Phase::Deletes && unmarked.contains(&name) {
-            continue;
-        }
-        let mut offset = 0u64;
-        loop {
-            let round = Round {
-                phase,
-                limit: BATCH,
-                offset,
-            };
-            let sealed = seal_table(tx, table.as_ref(), state, round, report).await?;
-            if offset == 0 && sealed.read == 0 {
-                unmarked.push(name);
-            }
-            offset += sealed.kept as u64;
-            if sealed.done() {
-                break;
-            }
+    let mut pass = Pass::new(tables);
+    while !pass.step(tx, state, report, usize::MAX).await?.finished() {}
+    Ok(())
+}
+
+/// A capture pass: the rounds of [`phases`], each sealing one table's
+/// markers of one phase batch by batch, so that the outbox order satisfies
+/// the foreign keys between synced tables.
+///
+/// Writes committed while a pass runs may add markers to a table whose
+/// round is over: a new parent committed with its child, read by the
+/// child's round after the parent's round ended. So after each batch is
+/// sealed (in a savepoint), the pass counts the markers of the tables whose
+/// rounds of this phase came before: more than the round left in place
+/// means markers arrived; the batch is rolled back and the pass goes back
+/// to that round. The count is taken after the batch read its markers, so
+/// a parent committed with a child the batch read is counted. In the
+/// deletes phase, a child table with pending markers other than refused
+/// rows also sends the pass back (to the child's upserts round): a child
+/// may have moved away from a parent about to be deleted.
+pub(crate) struct Pass<'t> {
+    tables: &'t [Arc<dyn TableHandle>],
+    rounds: Vec<(Phase, usize)>,
+    /// The current round.
+    at: usize,
+    /// Markers kept so far by the current round's batches.
+    offset: u64,
+    /// Markers each finished round left in place.
+    kept: Vec<u64>,
+    /// Rows refused by each table's upserts round (their markers stay).
+    refused: Vec<u64>,
+    /// Tables without any marker in their upserts round.
+    unmarked: Vec<bool>,
+    /// Times the pass went back.
+    restarts: usize,
+}
+
+/// What one [`Pass::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A batch was sealed or rolled back; there is more to do.
+    More,
+    /// Every round is done.
+    Done,
+    /// The pass went back more often than it may: it ends here, and the
+    /// markers left wait for the next pass.
+    Stopped,
+}
+
+impl Step {
+    /// Whether the pass is over.
+    pub(crate) fn finished(self) -> bool {
+        self != Step::More
+    }
+}
+
+impl<'t> Pass<'t> {
+    pub(crate) fn new(tables: &'t [Arc<dyn TableHandle>]) -> Self {
+        let index = |t: &Arc<dyn TableHandle>| {
+            tables
+                .iter()
+                .position(|x| Arc::ptr_eq(x, t))
+                .unwrap_or_default()
+        };
+        let rounds = phases(tables).map(|(p, t)| (p, index(t))).collect();
+        Pass {
+            tables,
+            rounds,
+            at: 0,
+            offset: 0,
+            kept: vec![0; tables.len() * 2],
+            refused: vec![0; tables.len()],
+            unmarked: vec![false; tables.len()],
+            restarts: 0,
         }
     }
-    Ok(())
+
+    /// Seal the current round's next batch in a savepoint of `tx`, or go
+    /// back if markers arrived meanwhile (at most `max_restarts` times).
+    pub(crate) async fn step(
+        &mut self,
+        tx: &DatabaseTransaction,
+        state: &mut SealState,
+        report: &mut CaptureReport,
+        max_restarts: usize,
+    ) -> Result<Step> {
+        let Some(&(phase, t)) = self.rounds.get(self.at) else {
+            return Ok(Step::Done);
+        };
+        if phase == Phase::Deletes && self.unmarked[t] {
+            self.finish_round();
+            return Ok(Step::More);
+        }
+        let before = (
+            state.next_seq,
+            report.captured,
+            report.examined,
+            report.rejected.len(),
+        );
+        let sp = tx.begin().await?;
+        let round = Round {
+            phase,
+            limit: BATCH,
+            offset: self.offset,
+        };
+        let sealed = seal_table(&sp, self.tables[t].as_ref(), state, round, report).await?;
+        let refused = (report.rejected.len() - before.3) as u64;
+        if let Some(back) = self.arrived(&sp).await? {
+            sp.rollback().await?;
+            state.next_seq = before.0;
+            report.captured = before.1;
+            report.examined = before.2;
+            report.rejected.truncate(before.3);
+            if self.restarts >= max_restarts {
+                return Ok(Step::Stopped);
+            }
+            self.restarts += 1;
+            self.at = back;
+            self.offset = 0;
+            return Ok(Step::More);
+        }
+        sp.commit().await?;
+        if phase == Phase::Upserts {
+            if self.offset == 0 {
+                // The round starts (again).
+                self.refused[t] = 0;
+                self.unmarked[t] = sealed.read == 0;
+            }
+            self.refused[t] += refused;
+        }
+        self.offset += sealed.kept as u64;
+        if sealed.done() {
+            self.finish_round();
+        }
+        Ok(Step::More)
+    }
+
+    /// Record what the current round left in place and move to the next.
+    fn finish_round(&mut self) {
+        self.kept[self.at] = self.offset;
+        self.at += 1;
+        self.offset = 0;
+    }
+
+    /// The round to go back to, if markers arrived in a table whose round
+    /// of this phase is over (or, in the deletes phase, a child table has
+    /// markers pending).
+    async fn arrived(&self, tx: &DatabaseTransaction) -> Result<Option<usize>> {
+        let (phase, _) = self.rounds[self.at];
+        for (r, &(p, t)) in self.rounds[..self.at].iter().enumerate() {
+            if p != phase {
+                continue;
+            }
+            let n = count_markers(tx, self.tables[t].spec()).await?;
+            if n > self.kept[r] {
+                // New markers: their round again (for a child in the
+                // deletes phase, its upserts first).
+                return Ok(Some(self.round_of(Phase::Upserts, t).unwrap_or(r)));
+            }
+            if phase == Phase::Deletes && n > self.refused[t] {
+                // A child's upserts arrived after its upserts round.
+                return Ok(self.round_of(Phase::Upserts, t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The index of the round of `phase` for table `t`.
+    fn round_of(&self, phase: Phase, t: usize) -> Option<usize> {
+        self.rounds.iter().position(|&(p, x)| p == phase && x == t)
+    }
+}
+
+/// How many markers a table has now.
+async fn count_markers(tx: &DatabaseTransaction, spec: &TableSpec) -> Result<u64> {
+    let q = Query::select()
+        .expr_as(Expr::col(Asterisk).count(), Alias::new("n"))
+        .from(Alias::new(dirty_table(&spec.name)))
+        .to_owned();
+    let n: i64 = match tx.query_one(&q).await? {
+        Some(r) => r.try_get("", "n")?,
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// How many markers one capture transaction seals.

@@ -37,7 +37,7 @@ use crate::model::error::{Error, Result};
 use crate::model::syncable::{ConflictPolicy, Syncable};
 use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling};
 use crate::store::user_tables::ensure_table;
-use capture::{BATCH, CaptureReport, Round, phases, seal_table};
+use capture::{CaptureReport, Pass};
 use entity::{EntityTable, TableHandle};
 use incoming::{ApplyReport, Delta, PageMeta};
 use seal_state::SealState;
@@ -150,6 +150,11 @@ impl ReplicaBuilder {
     }
 }
 
+/// How often a capture pass goes back to an earlier round because writes
+/// committed meanwhile (see [`Pass`]) before it ends and leaves the rest to
+/// the next pass.
+const MAX_RESTARTS: usize = 8;
+
 /// The local database of one device.
 ///
 /// Every write to a registered table (through SeaORM or not) leaves a dirty
@@ -261,28 +266,21 @@ impl Replica {
     /// marker stays, so it is captured once the row is fixed.
     pub async fn capture(&self) -> Result<CaptureReport> {
         let mut report = CaptureReport::default();
-        for (phase, table) in phases(&self.tables) {
-            let mut skip = 0u64;
-            loop {
-                let tx = self.db.begin().await?;
-                let mut state = SealState::lock_and_load(&tx, self.node).await?;
-                let round = Round {
-                    phase,
-                    limit: BATCH,
-                    offset: skip,
-                };
-                let sealed =
-                    seal_table(&tx, table.as_ref(), &mut state, round, &mut report).await?;
-                state.save(&tx).await?;
-                tx.commit().await?;
-                self.wrote((sealed.read - sealed.kept) as u64).await;
-                skip += sealed.kept as u64;
-                if sealed.done() {
-                    break;
-                }
+        let mut pass = Pass::new(&self.tables);
+        loop {
+            let tx = self.db.begin().await?;
+            let mut state = SealState::lock_and_load(&tx, self.node).await?;
+            let seq = state.next_seq;
+            let step = pass
+                .step(&tx, &mut state, &mut report, MAX_RESTARTS)
+                .await?;
+            state.save(&tx).await?;
+            tx.commit().await?;
+            self.wrote(state.next_seq - seq).await;
+            if step.finished() {
+                return Ok(report);
             }
         }
-        Ok(report)
     }
 
     /// Apply a page of remote deltas, storing and removing `meta` in its
