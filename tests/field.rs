@@ -38,6 +38,16 @@ fn main() -> std::process::ExitCode {
     for d in [Dialect::Postgres, Dialect::MySql] {
         trials.push(trial(
             d,
+            "a_pull_never_overwrites_a_write_it_waited_for",
+            |db| Box::pin(a_pull_never_overwrites_a_write_it_waited_for(db)),
+        ));
+        trials.push(trial(
+            d,
+            "a_resolve_never_overwrites_a_write_it_waited_for",
+            |db| Box::pin(a_resolve_never_overwrites_a_write_it_waited_for(db)),
+        ));
+        trials.push(trial(
+            d,
             "a_parent_committed_during_a_capture_pass_is_logged_before_its_child",
             |db| Box::pin(a_parent_committed_during_a_capture_pass_is_logged_before_its_child(db)),
         ));
@@ -1082,5 +1092,115 @@ async fn a_parent_committed_during_a_capture_pass_is_logged_before_its_child(
     );
     other.close().await?;
     a.drop().await?;
+    hub.drop().await
+}
+
+/// Item: on a server replica, a pull waits for the row lock of an
+/// application transaction that edits the row the pull writes, then goes
+/// on. The application's edit is captured first and kept (another column
+/// than the pulled one). Before, on MariaDB (REPEATABLE READ) the pull's
+/// snapshot was taken by its first plain read, before it waited: it did not
+/// see the edit, wrote the row over it, and the edit was lost.
+async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResult {
+    use common::block::until_a_session_waits_for_a_lock;
+    use sea_orm::TransactionTrait;
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let local = TestDb::create(hub.dialect, "b").await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let id = a.add("original").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.set(id, "name", "a's name").await?;
+    a.sync().await?;
+    // The application edits the row on b, and has not committed yet.
+    let app = b.local.connect_again().await?;
+    let held = app.begin().await?;
+    held.execute_unprepared(&format!(
+        "UPDATE people SET email = 'b@local' WHERE id = {}",
+        uuid_sql(&app, id)
+    ))
+    .await?;
+    let (pulled, committed) = tokio::join!(b.engine.sync_now(), async {
+        until_a_session_waits_for_a_lock(&b.local).await?;
+        held.commit().await?;
+        Ok::<_, BoxError>(())
+    });
+    committed?;
+    pulled?;
+    let rows = b.rows().await?;
+    ensure_eq!(
+        (rows[&id].0.as_str(), rows[&id].1.as_deref()),
+        ("a's name", Some("b@local")),
+        "both edits on b"
+    );
+    b.sync().await?;
+    a.sync().await?;
+    let rows = a.rows().await?;
+    ensure_eq!(
+        rows[&id].1.as_deref(),
+        Some("b@local"),
+        "b's edit reaches a"
+    );
+    app.close().await?;
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Item: the same for `resolve`: it waits for an application transaction
+/// that edits the held column, then takes the edit for the local value.
+/// Before, on MariaDB its snapshot predated the edit: keep-local sent the
+/// older value and the edit was lost.
+async fn a_resolve_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResult {
+    use common::block::until_a_session_waits_for_a_lock;
+    use sea_orm::TransactionTrait;
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let local = TestDb::create(hub.dialect, "b").await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_manual::Entity>()
+    })
+    .await?;
+    let id = a.add("original").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.set(id, "name", "a's").await?;
+    b.set(id, "name", "b's").await?;
+    a.sync().await?;
+    let r = b.sync().await?;
+    ensure_eq!(r.conflicts.len(), 1, "{r:?}");
+    let conflict = b.engine.replica().conflicts().await?[0].id;
+    // The user edits the held column again; not committed yet.
+    let app = b.local.connect_again().await?;
+    let held = app.begin().await?;
+    held.execute_unprepared(&format!(
+        "UPDATE people SET name = 'b''s second thought' WHERE id = {}",
+        uuid_sql(&app, id)
+    ))
+    .await?;
+    let (resolved, committed) = tokio::join!(
+        b.engine.replica().resolve(conflict, Resolution::KeepLocal),
+        async {
+            until_a_session_waits_for_a_lock(&b.local).await?;
+            held.commit().await?;
+            Ok::<_, BoxError>(())
+        }
+    );
+    committed?;
+    resolved?;
+    b.sync().await?;
+    a.sync().await?;
+    for (who, d) in [("a", &a), ("b", &b)] {
+        ensure_eq!(
+            d.rows().await?[&id].0.clone(),
+            "b's second thought",
+            "the last edit wins on {who}"
+        );
+    }
+    app.close().await?;
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }

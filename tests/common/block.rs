@@ -63,3 +63,51 @@ pub async fn pass_in_outbox_insert(t: &TestDb) -> Result<bool, BoxError> {
             .ok_or("COUNT returned no row")?;
     Ok(row.try_get::<i64>("", "n")? > 0)
 }
+
+/// Whether a session of this test's database waits for a row lock
+/// (PostgreSQL and MySQL).
+pub async fn a_session_waits_for_a_lock(t: &TestDb) -> Result<bool, BoxError> {
+    let sql = match t.dialect {
+        Dialect::Postgres => {
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        }
+        // MariaDB's INNODB_TRX does not always say LOCK WAIT: any statement
+        // still running but this one is waiting.
+        _ => {
+            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND COMMAND IN ('Query', 'Execute') \
+             AND INFO NOT LIKE '%PROCESSLIST%'"
+        }
+    };
+    let row =
+        t.db.query_one_raw(Statement::from_string(t.backend(), sql))
+            .await?
+            .ok_or("COUNT returned no row")?;
+    Ok(row.try_get::<i64>("", "n")? > 0)
+}
+
+/// Wait until a session of this test's database waits for a row lock.
+pub async fn until_a_session_waits_for_a_lock(t: &TestDb) -> Result<(), BoxError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a_session_waits_for_a_lock(t).await? {
+        if std::time::Instant::now() > deadline {
+            let sql = match t.dialect {
+                Dialect::Postgres => {
+                    "SELECT string_agg(state || ' ' || coalesce(wait_event_type, '') || ' ' || query, ' | ') AS n FROM pg_stat_activity WHERE datname = current_database()"
+                }
+                _ => {
+                    "SELECT GROUP_CONCAT(CONCAT(COMMAND, ' ', COALESCE(STATE, ''), ' ', COALESCE(INFO, '')) SEPARATOR ' | ') AS n FROM information_schema.PROCESSLIST WHERE DB = DATABASE()"
+                }
+            };
+            let sessions =
+                t.db.query_one_raw(Statement::from_string(t.backend(), sql))
+                    .await?
+                    .and_then(|r| r.try_get::<Option<String>>("", "n").ok().flatten())
+                    .unwrap_or_default();
+            return Err(format!("no session ever waited for a lock; sessions: {sessions}").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

@@ -2,13 +2,14 @@
 //! base, local and remote values in `_tidesync_conflicts` until resolved,
 //! and their resolution as a new change that syncs like any other.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockType, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
 
 use super::Replica;
 use super::applying::{begin_applying, end_applying};
 use super::capture::{CaptureReport, seal_all};
+use super::incoming::lock_rows;
 use super::seal_state::SealState;
 use super::tables::{CONFLICTS, OUTBOX, ROWS};
 use crate::dialect;
@@ -70,7 +71,7 @@ impl Replica {
             let base: Option<String> = c.base.as_ref().map(json).transpose()?;
             match existing {
                 Some(r) => {
-                    let id: i64 = r.try_get("", "id")?;
+                    let id = conflict_id(&r)?;
                     tx.execute(
                         &Query::update()
                             .table(Alias::new(CONFLICTS))
@@ -117,7 +118,7 @@ impl Replica {
                         )
                         .await?
                         .ok_or_else(|| Error::Corrupt("conflict not stored".into()))?;
-                    ids.push(r.try_get("", "id")?);
+                    ids.push(conflict_id(&r)?);
                 }
             }
         }
@@ -168,6 +169,29 @@ impl Replica {
         Ok((held, spec, column))
     }
 
+    /// The table and key of the conflict `id`, read with a lock.
+    async fn held_row(&self, tx: &DatabaseTransaction, id: i64) -> Result<(TableSpec, Vec<Value>)> {
+        let mut q = Query::select();
+        q.columns(["tbl", "pk"].map(Alias::new))
+            .from(Alias::new(CONFLICTS))
+            .and_where(Expr::col(Alias::new("id")).eq(id));
+        if dialect::of_db(tx)?.locks_rows() {
+            q.lock(LockType::Update);
+        }
+        let row = tx
+            .query_one(&q)
+            .await?
+            .ok_or_else(|| Error::Config(format!("no conflict with id {id}")))?;
+        let table: String = row.try_get("", "tbl")?;
+        let key: String = row.try_get("", "pk")?;
+        let spec = self
+            .tables()
+            .find(|t| t.name == table)
+            .cloned()
+            .ok_or(Error::UnknownTable(table))?;
+        Ok((spec, parse_pk_key(&key)?))
+    }
+
     fn held_of_row(&self, r: &sea_orm::QueryResult) -> Result<HeldConflict> {
         let table: String = r.try_get("", "tbl")?;
         let key: String = r.try_get("", "pk")?;
@@ -183,7 +207,7 @@ impl Replica {
         let local_clock: String = r.try_get("", "local_clock")?;
         let remote_clock: String = r.try_get("", "remote_clock")?;
         Ok(HeldConflict {
-            id: r.try_get("", "id")?,
+            id: conflict_id(r)?,
             conflict: ColumnConflict {
                 table,
                 pk: names.into_iter().zip(values).collect(),
@@ -210,7 +234,13 @@ impl Replica {
     pub async fn resolve(&self, id: i64, resolution: Resolution) -> Result<()> {
         let tx = self.connection().begin().await?;
         begin_applying(&tx).await?;
-        let mut state = SealState::lock_and_load(&tx, self.node_id()).await?;
+        SealState::lock(&tx).await?;
+        // Lock the conflict and its row before any plain read: on MySQL
+        // (REPEATABLE READ) that read takes the snapshot, which must hold an
+        // application write to the row that the lock waited for.
+        let (spec, pk) = self.held_row(&tx, id).await?;
+        lock_rows(&tx, dialect::of_db(&tx)?, &spec, &[pk]).await?;
+        let mut state = SealState::load(&tx, self.node_id()).await?;
         // Capture pending local writes first, as a pull does: an edit of the
         // held column made since the conflict was recorded is the local
         // value now, and goes out as a change of its own (rows it cannot
@@ -347,4 +377,13 @@ pub(crate) async fn update_remote(
         .to_owned();
     tx.execute(&q).await?;
     Ok(())
+}
+
+/// The `id` of a held conflict: an `INTEGER`, which PostgreSQL and MySQL
+/// return as 32 bits and SQLite as 64.
+fn conflict_id(r: &sea_orm::QueryResult) -> Result<i64> {
+    match r.try_get::<i64>("", "id") {
+        Ok(id) => Ok(id),
+        Err(_) => Ok(i64::from(r.try_get::<i32>("", "id")?)),
+    }
 }

@@ -94,7 +94,7 @@ pub(crate) struct ApplyReport {
 /// Lock the existing rows with these keys until the transaction ends,
 /// where the dialect locks rows (a SQLite write transaction already holds
 /// the whole database).
-async fn lock_rows(
+pub(crate) async fn lock_rows(
     tx: &DatabaseTransaction,
     d: &dyn Dialect,
     spec: &TableSpec,
@@ -156,15 +156,19 @@ pub(crate) async fn apply_page(
     let tx = db.begin().await?;
     let d = dialect::of_db(&tx)?;
     begin_applying(&tx).await?;
-    let mut state = SealState::lock_and_load(&tx, node).await?;
+    SealState::lock(&tx).await?;
     let by_table = route(&tx, d, tables, deltas, &mut report).await?;
-    // Lock, then capture pending local writes so states are current.
+    // Lock the rows, then read: on MySQL (REPEATABLE READ) the first plain
+    // read takes the snapshot, which must hold the application's writes to
+    // these rows that the locks waited for. Then capture pending local
+    // writes so states are current.
     for h in tables {
         if let Some(ds) = by_table.get(&h.spec().name) {
             let keys: Vec<Vec<Value>> = ds.iter().map(|d| d.pk.clone()).collect();
             lock_rows(&tx, d, h.spec(), &keys).await?;
         }
     }
+    let mut state = SealState::load(&tx, node).await?;
     seal_all(&tx, tables, &mut state, &mut report.captured).await?;
     // Merge, per table in registration order.
     let mut writes = Vec::new();

@@ -25,7 +25,21 @@ impl SealState {
     /// Take the capture lock (a row lock on PostgreSQL/MySQL, the write lock
     /// on SQLite) and load clock and sequence.
     pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
-        LOCAL_META.lock(tx, "next_seq").await?;
+        Self::lock(tx).await?;
+        Self::load(tx, node).await
+    }
+
+    /// Take the capture lock only: a locking read, which on MySQL
+    /// (REPEATABLE READ) does not take the transaction's snapshot. A
+    /// transaction that must lock more rows before it reads anything (so
+    /// that its snapshot holds the writes it waited for) locks them next,
+    /// then calls [`SealState::load`].
+    pub(crate) async fn lock(tx: &DatabaseTransaction) -> Result<()> {
+        LOCAL_META.lock(tx, "next_seq").await
+    }
+
+    /// Load clock and sequence, under the capture lock.
+    pub(crate) async fn load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
         custom_plans(tx).await?;
         let mut meta = LOCAL_META.read_many(tx, &["next_seq", "hlc"]).await?;
         let next_seq = meta
