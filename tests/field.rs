@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
         a_child_is_never_logged_before_its_parent,
         capture_goes_past_a_batch_of_refused_rows,
         a_time_finer_than_a_microsecond_is_refused,
+        a_decimal_key_is_one_row_whatever_its_scale,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -1251,4 +1252,52 @@ async fn a_time_finer_than_a_microsecond_is_refused(t: TestDb) -> TestResult {
         ensure_eq!(stored[0].k.and_utc().timestamp_subsec_nanos() % 1000, 0);
     }
     t.drop().await
+}
+
+/// Item: keys are compared as values. A decimal key written as `1.5` on a
+/// SQLite device reads back as `1.5000` from a `DECIMAL(20,4)` column on a
+/// server device; both name one row, so there is one row state on the hub,
+/// and each device's edit reaches the other. Before, the key's text held the
+/// scale: the hub kept two states for one row.
+async fn a_decimal_key_is_one_row_whatever_its_scale(hub: TestDb) -> TestResult {
+    use common::entities::keyed_by_decimal;
+    use rust_decimal::Decimal;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+    let a = device::<keyed_by_decimal::Entity>(&hub, "a").await?;
+    let local = TestDb::create(hub.dialect, "b").await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<keyed_by_decimal::Entity>()
+    })
+    .await?;
+    let k = Decimal::new(15, 1);
+    keyed_by_decimal::Model {
+        k,
+        note: "a".into(),
+    }
+    .into_active_model()
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    b.sync().await?;
+    let on_b = keyed_by_decimal::Entity::find().all(b.db()).await?;
+    ensure_eq!(on_b.len(), 1);
+    let mut edit = on_b[0].clone().into_active_model();
+    edit.note = Set("b".into());
+    edit.update(b.db()).await?;
+    b.sync().await?;
+    a.sync().await?;
+    let on_a = keyed_by_decimal::Entity::find().all(a.db()).await?;
+    ensure_eq!(on_a.len(), 1, "{on_a:?}");
+    ensure_eq!(on_a[0].note, "b", "b's edit reaches a");
+    let states = hub
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            hub.backend(),
+            "SELECT pk FROM _tidesync_hub_rows WHERE tbl = 'keyed_by_decimal'",
+        ))
+        .await?;
+    ensure_eq!(states.len(), 1, "one row state on the hub");
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
 }

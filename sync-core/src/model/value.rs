@@ -106,10 +106,37 @@ pub(crate) fn render(value: &Value) -> String {
     }
 }
 
-/// The canonical text of a primary key: its typed values as JSON.
-/// Equal keys give equal text, so it serves as a key in metadata tables.
+/// The canonical text of a primary key: its typed values as JSON, each in
+/// one form per value, so that equal keys give equal text whatever database
+/// read them (it identifies the row in the row-state tables). A decimal
+/// loses its trailing zeros (`1.5000` from a `DECIMAL(20,4)` is `1.5`); a
+/// date-time with an offset is taken to UTC (PostgreSQL returns
+/// `timestamptz` at `+00:00`).
 pub(crate) fn pk_key(values: &[Value]) -> Result<String> {
-    Ok(serde_json::to_string(values)?)
+    if !values.iter().any(needs_canonical_form) {
+        return Ok(serde_json::to_string(values)?);
+    }
+    let canonical: Vec<Value> = values.iter().map(canonical).collect();
+    Ok(serde_json::to_string(&canonical)?)
+}
+
+/// Whether a key value has more than one form.
+fn needs_canonical_form(v: &Value) -> bool {
+    matches!(
+        v,
+        Value::Decimal(Some(_)) | Value::ChronoDateTimeWithTimeZone(Some(_))
+    )
+}
+
+/// The one form of a key value.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Decimal(Some(d)) => Value::Decimal(Some(d.normalize())),
+        Value::ChronoDateTimeWithTimeZone(Some(t)) => {
+            Value::ChronoDateTimeWithTimeZone(Some(t.with_timezone(&chrono::Utc).fixed_offset()))
+        }
+        other => other.clone(),
+    }
 }
 
 /// Parse [`pk_key`] text back into typed values.
@@ -165,6 +192,28 @@ mod tests {
         assert!(check(Value::ChronoDateTimeUtc(Some(utc))).is_err());
         assert!(check(Value::ChronoTime(Some(at(999).time()))).is_err());
         assert!(check(Value::ChronoTime(Some(at(1000).time()))).is_ok());
+    }
+
+    /// Equal keys, one text: a decimal's scale and a date-time's offset do
+    /// not count.
+    #[test]
+    fn equal_keys_have_one_text() {
+        use rust_decimal::Decimal;
+        let d = |m, s| Value::Decimal(Some(Decimal::new(m, s)));
+        assert_eq!(
+            pk_key(&[d(15, 1)]).unwrap(),
+            pk_key(&[d(15000, 4)]).unwrap()
+        );
+        assert_ne!(pk_key(&[d(15, 1)]).unwrap(), pk_key(&[d(16, 1)]).unwrap());
+        let utc = chrono::DateTime::parse_from_rfc3339("2026-01-02T01:04:05.5Z").unwrap();
+        let local = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.5+02:00").unwrap();
+        let t = |v| Value::ChronoDateTimeWithTimeZone(Some(v));
+        assert_eq!(pk_key(&[t(utc)]).unwrap(), pk_key(&[t(local)]).unwrap());
+        let key = pk_key(&[d(15000, 4), Value::Int(Some(1))]).unwrap();
+        assert_eq!(
+            parse_pk_key(&key).unwrap(),
+            vec![d(15, 1), Value::Int(Some(1))]
+        );
     }
 
     #[test]
