@@ -29,7 +29,6 @@ fn main() -> std::process::ExitCode {
         a_hub_with_a_unique_index_takes_a_moved_value_and_refuses_a_taken_one,
         a_child_is_never_logged_before_its_parent,
         capture_goes_past_a_batch_of_refused_rows,
-        a_time_finer_than_a_microsecond_is_refused,
         a_decimal_key_is_one_row_whatever_its_scale,
     ];
     trials.push(trial(
@@ -1205,53 +1204,6 @@ async fn a_resolve_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestRe
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
-}
-
-/// Item: a time finer than a microsecond is refused on every dialect,
-/// with the reason: PostgreSQL and MySQL would round it and SQLite keep it,
-/// so replicas would hold different values (and keys) for one write. Through
-/// SeaORM the generated hook refuses it; through a bulk path, SQLite (which
-/// keeps it) has capture refuse it, while the servers round it before
-/// capture reads it, the same for every replica.
-async fn a_time_finer_than_a_microsecond_is_refused(t: TestDb) -> TestResult {
-    use common::entities::keyed_by_time;
-    use sea_orm::{ActiveModelTrait, IntoActiveModel};
-    t.create_table(keyed_by_time::Entity).await?;
-    let r = tidesync::Replica::builder(t.db.clone())
-        .register::<keyed_by_time::Entity>()
-        .open()
-        .await?;
-    let k = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
-        .and_then(|d| d.and_hms_nano_opt(3, 4, 5, 123_456_789))
-        .ok_or("date")?;
-    let m = keyed_by_time::Model {
-        k,
-        note: "ns".into(),
-    };
-    let refused = m.clone().into_active_model().insert(&t.db).await;
-    let e = refused.err().ok_or("the hook refuses it")?.to_string();
-    ensure!(e.contains("finer than a microsecond"), "{e}");
-    keyed_by_time::Entity::insert(m.into_active_model())
-        .exec(&t.db)
-        .await?;
-    let report = r.capture().await?;
-    if t.dialect == Dialect::Sqlite {
-        ensure_eq!(report.captured, 0);
-        ensure!(
-            report.rejected.len() == 1
-                && report.rejected[0]
-                    .to_string()
-                    .contains("finer than a microsecond"),
-            "{:?}",
-            report.rejected
-        );
-    } else {
-        ensure_eq!(report.captured, 1, "stored rounded, captured as stored");
-        let stored = keyed_by_time::Entity::find().all(&t.db).await?;
-        ensure_eq!(stored.len(), 1);
-        ensure_eq!(stored[0].k.and_utc().timestamp_subsec_nanos() % 1000, 0);
-    }
-    t.drop().await
 }
 
 /// Item: keys are compared as values. A decimal key written as `1.5` on a

@@ -11,9 +11,8 @@ use sea_orm::sea_query::{ColumnType, StringLen, Value};
 use crate::model::error::{Error, Result};
 
 /// Refuse a value that no database would keep as it is: a NaN or infinite
-/// float (null in typed JSON, NULL in SQLite), a time finer than a
-/// microsecond (rounded by PostgreSQL and MySQL, kept by SQLite), or a
-/// string longer than the column's declared length.
+/// float (null in typed JSON, NULL in SQLite), or a string longer than the
+/// column's declared length.
 pub(crate) fn check_portable(
     table: &str,
     column: &str,
@@ -28,9 +27,6 @@ pub(crate) fn check_portable(
         Value::Double(Some(f)) if !f.is_finite() => {
             fail("NaN and infinities are not portable between databases")
         }
-        _ if sub_microsecond(value) => fail(
-            "finer than a microsecond: PostgreSQL and MySQL keep microseconds, SQLite all nine digits",
-        ),
         Value::String(Some(s)) => {
             let max = match ty {
                 Some(ColumnType::String(StringLen::N(n))) | Some(ColumnType::Char(Some(n))) => {
@@ -47,20 +43,6 @@ pub(crate) fn check_portable(
         }
         _ => Ok(()),
     }
-}
-
-/// Whether a time value has digits finer than a microsecond.
-fn sub_microsecond(value: &Value) -> bool {
-    use chrono::Timelike;
-    let nanos = match value {
-        Value::ChronoTime(Some(t)) => t.nanosecond(),
-        Value::ChronoDateTime(Some(t)) => t.nanosecond(),
-        Value::ChronoDateTimeUtc(Some(t)) => t.nanosecond(),
-        Value::ChronoDateTimeLocal(Some(t)) => t.nanosecond(),
-        Value::ChronoDateTimeWithTimeZone(Some(t)) => t.nanosecond(),
-        _ => return false,
-    };
-    nanos % 1000 != 0
 }
 
 /// Rough size of a value once bound or stored as typed JSON, in bytes (for
@@ -172,26 +154,6 @@ mod tests {
         let key = pk_key(&pk).unwrap();
         assert_eq!(parse_pk_key(&key).unwrap(), pk);
         assert!(parse_pk_key("[{\"Nope\":1}]").is_err());
-    }
-
-    /// A time with nanoseconds is refused (stored differently on each
-    /// dialect); whole microseconds pass.
-    #[test]
-    fn sub_microsecond_times_are_refused() {
-        use chrono::NaiveDate;
-        let at = |nanos| {
-            NaiveDate::from_ymd_opt(2026, 1, 2)
-                .and_then(|d| d.and_hms_nano_opt(3, 4, 5, nanos))
-                .unwrap()
-        };
-        let check = |v: Value| check_portable("t", "at", None, &v);
-        assert!(check(Value::ChronoDateTime(Some(at(123_456_000)))).is_ok());
-        let e = check(Value::ChronoDateTime(Some(at(123_456_789)))).unwrap_err();
-        assert!(e.to_string().contains("finer than a microsecond"), "{e}");
-        let utc = at(1).and_utc();
-        assert!(check(Value::ChronoDateTimeUtc(Some(utc))).is_err());
-        assert!(check(Value::ChronoTime(Some(at(999).time()))).is_err());
-        assert!(check(Value::ChronoTime(Some(at(1000).time()))).is_ok());
     }
 
     /// Equal keys, one text: a decimal's scale and a date-time's offset do
