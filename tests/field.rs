@@ -1103,8 +1103,6 @@ async fn a_parent_committed_during_a_capture_pass_is_logged_before_its_child(
 /// snapshot was taken by its first plain read, before it waited: it did not
 /// see the edit, wrote the row over it, and the edit was lost.
 async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResult {
-    use common::block::until_a_session_waits_for_a_lock;
-    use sea_orm::TransactionTrait;
     let a = device::<people_lww::Entity>(&hub, "a").await?;
     let local = TestDb::create(hub.dialect, "b").await?;
     let b = device_in(local, sql_hub(&hub).await?, |r| {
@@ -1116,19 +1114,9 @@ async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResul
     b.sync().await?;
     a.set(id, "name", "a's name").await?;
     a.sync().await?;
-    // The application edits the row on b, and has not committed yet.
-    let app = b.local.connect_again().await?;
-    let held = app.begin().await?;
-    held.execute_unprepared(&format!(
-        "UPDATE people SET email = 'b@local' WHERE id = {}",
-        uuid_sql(&app, id)
-    ))
-    .await?;
-    let (pulled, committed) = tokio::join!(b.engine.sync_now(), async {
-        until_a_session_waits_for_a_lock(&b.local).await?;
-        held.commit().await?;
-        Ok::<_, BoxError>(())
-    });
+    // The application edits the row on b, and commits once the pull waits.
+    let held = HeldWrite::begin(&b, id, "email = 'b@local'").await?;
+    let (pulled, committed) = tokio::join!(b.engine.sync_now(), held.commit_when_waited(&b.local));
     committed?;
     pulled?;
     let rows = b.rows().await?;
@@ -1145,7 +1133,6 @@ async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResul
         Some("b@local"),
         "b's edit reaches a"
     );
-    app.close().await?;
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
@@ -1156,8 +1143,6 @@ async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResul
 /// Before, on MariaDB its snapshot predated the edit: keep-local sent the
 /// older value and the edit was lost.
 async fn a_resolve_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResult {
-    use common::block::until_a_session_waits_for_a_lock;
-    use sea_orm::TransactionTrait;
     let a = device::<people_manual::Entity>(&hub, "a").await?;
     let local = TestDb::create(hub.dialect, "b").await?;
     let b = device_in(local, sql_hub(&hub).await?, |r| {
@@ -1173,21 +1158,11 @@ async fn a_resolve_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestRe
     let r = b.sync().await?;
     ensure_eq!(r.conflicts.len(), 1, "{r:?}");
     let conflict = b.engine.replica().conflicts().await?[0].id;
-    // The user edits the held column again; not committed yet.
-    let app = b.local.connect_again().await?;
-    let held = app.begin().await?;
-    held.execute_unprepared(&format!(
-        "UPDATE people SET name = 'b''s second thought' WHERE id = {}",
-        uuid_sql(&app, id)
-    ))
-    .await?;
+    // The user edits the held column again; it commits once resolve waits.
+    let held = HeldWrite::begin(&b, id, "name = 'b''s second thought'").await?;
     let (resolved, committed) = tokio::join!(
         b.engine.replica().resolve(conflict, Resolution::KeepLocal),
-        async {
-            until_a_session_waits_for_a_lock(&b.local).await?;
-            held.commit().await?;
-            Ok::<_, BoxError>(())
-        }
+        held.commit_when_waited(&b.local)
     );
     committed?;
     resolved?;
@@ -1200,7 +1175,6 @@ async fn a_resolve_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestRe
             "the last edit wins on {who}"
         );
     }
-    app.close().await?;
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
@@ -1252,4 +1226,33 @@ async fn a_decimal_key_is_one_row_whatever_its_scale(hub: TestDb) -> TestResult 
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
+}
+
+/// An application transaction on `d`'s database that has set `set` on the
+/// person `id` and holds the row: [`HeldWrite::commit_when_waited`] commits
+/// it once another session waits for its lock.
+struct HeldWrite {
+    app: DatabaseConnection,
+    tx: sea_orm::DatabaseTransaction,
+}
+
+impl HeldWrite {
+    async fn begin(d: &common::device::Device, id: Uuid, set: &str) -> Result<Self, BoxError> {
+        use sea_orm::TransactionTrait;
+        let app = d.local.connect_again().await?;
+        let tx = app.begin().await?;
+        tx.execute_unprepared(&format!(
+            "UPDATE people SET {set} WHERE id = {}",
+            uuid_sql(&app, id)
+        ))
+        .await?;
+        Ok(HeldWrite { app, tx })
+    }
+
+    async fn commit_when_waited(self, t: &TestDb) -> TestResult {
+        common::block::until_a_session_waits_for_a_lock(t).await?;
+        self.tx.commit().await?;
+        self.app.close().await?;
+        Ok(())
+    }
 }

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::Replica;
 use super::applying::{begin_applying, end_applying};
 use super::capture::{CaptureReport, seal_all};
-use super::incoming::lock_rows;
 use super::seal_state::SealState;
 use super::tables::{CONFLICTS, OUTBOX, ROWS};
 use crate::dialect;
@@ -20,7 +19,7 @@ use crate::model::error::{Error, Result};
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::codec::db_sequence;
 use crate::store::rows;
-use crate::store::write::{keys_match, value_expr};
+use crate::store::write::{keys_match, lock_rows, value_expr};
 
 /// The columns of [`CONFLICTS`] a [`HeldConflict`] is read from.
 const HELD_COLUMNS: [&str; 9] = [

@@ -15,7 +15,6 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Alias, LockType, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
 use super::applying::{begin_applying, end_applying};
@@ -32,7 +31,7 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::pk_key;
 use crate::store::rows;
-use crate::store::write::{delete_rows, execute_all, execute_while, keys_match, row_statements};
+use crate::store::write::{delete_rows, execute_all, execute_while, lock_rows, row_statements};
 
 /// One remote fact about one row: a change (as a one-change state) or a
 /// snapshot row.
@@ -89,30 +88,6 @@ pub(crate) struct ApplyReport {
     pub(crate) parked: Vec<Error>,
     /// Local writes captured on the way (see [`CaptureReport`]).
     pub(crate) captured: CaptureReport,
-}
-
-/// Lock the existing rows with these keys until the transaction ends,
-/// where the dialect locks rows (a SQLite write transaction already holds
-/// the whole database).
-pub(crate) async fn lock_rows(
-    tx: &DatabaseTransaction,
-    d: &dyn Dialect,
-    spec: &TableSpec,
-    keys: &[Vec<Value>],
-) -> Result<()> {
-    if !d.locks_rows() || keys.is_empty() {
-        return Ok(());
-    }
-    for chunk in keys.chunks(500) {
-        let q = Query::select()
-            .columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
-            .from(Alias::new(&spec.name))
-            .and_where(keys_match(spec, chunk, d))
-            .lock(LockType::Update)
-            .to_owned();
-        tx.query_all(&q).await?;
-    }
-    Ok(())
 }
 
 /// The merged rows of one table, to write and save.

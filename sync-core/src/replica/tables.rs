@@ -21,14 +21,14 @@
 
 use std::collections::HashMap;
 
+use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, Table, TableCreateStatement};
-use sea_orm::{ConnectionTrait, Statement};
 
 use crate::dialect::{self, Capture, Dialect, Trigger};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
-use crate::store::ddl::{create, not_null, varchar};
+use crate::store::ddl::{catalog, create, not_null, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
 use crate::store::user_tables::existing_columns;
@@ -290,13 +290,7 @@ async fn column_types<C: ConnectionTrait>(
     let Some(sql) = d.key_types_query() else {
         return Ok(HashMap::new());
     };
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            sql,
-            [table.into()],
-        ))
-        .await?;
+    let rows = catalog(db, sql, table).await?;
     rows.iter()
         .map(|r| Ok((r.try_get("", "name")?, r.try_get("", "ty")?)))
         .collect()
@@ -344,13 +338,7 @@ async fn unique_columns<C: ConnectionTrait>(
     let Some(sql) = d.unique_columns_query() else {
         return Ok(Vec::new());
     };
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            sql,
-            [table.into()],
-        ))
-        .await?;
+    let rows = catalog(db, sql, table).await?;
     let mut indexes: Vec<(String, Option<Vec<String>>)> = Vec::new();
     for r in rows {
         let index: String = r.try_get_by_index(0)?;
@@ -370,13 +358,7 @@ async fn unique_columns<C: ConnectionTrait>(
 
 /// The first column of each row `sql` returns for the parameter `table`.
 async fn names<C: ConnectionTrait>(db: &C, sql: &str, table: &str) -> Result<Vec<String>> {
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            sql,
-            [table.into()],
-        ))
-        .await?;
+    let rows = catalog(db, sql, table).await?;
     Ok(rows
         .iter()
         .map(|r| r.try_get_by_index::<String>(0))

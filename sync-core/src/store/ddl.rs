@@ -2,8 +2,8 @@
 //! `VARCHAR(n)`, and creating a table with the options its dialect gives
 //! every table.
 
-use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, StringLen, TableCreateStatement};
+use sea_orm::{ConnectionTrait, QueryResult, Statement};
 
 use crate::dialect;
 use crate::model::error::Result;
@@ -29,4 +29,20 @@ pub(crate) async fn create<C: ConnectionTrait>(
     dialect::of_db(db)?.table_options(&mut table);
     db.execute(&table).await?;
     Ok(())
+}
+
+/// The rows a catalog query of the dialect returns for one table (its one
+/// parameter).
+pub(crate) async fn catalog<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    table: &str,
+) -> Result<Vec<QueryResult>> {
+    Ok(db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [table.into()],
+        ))
+        .await?)
 }

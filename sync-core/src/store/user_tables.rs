@@ -8,6 +8,7 @@ use sea_orm::{ConnectionTrait, Statement};
 use crate::dialect::{self, Dialect};
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
+use crate::store::ddl::catalog;
 
 /// `CREATE TABLE IF NOT EXISTS` for a synced table, with the column types
 /// tidesync uses: the entity's own, except where the dialect's default would
@@ -111,13 +112,7 @@ pub(crate) async fn existing_columns<C: ConnectionTrait>(
     d: &dyn Dialect,
     table: &str,
 ) -> Result<Vec<String>> {
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            d.columns_query(),
-            [table.into()],
-        ))
-        .await?;
+    let rows = catalog(db, d.columns_query(), table).await?;
     rows.iter()
         .map(|r| Ok(r.try_get_by_index::<String>(0)?))
         .collect()

@@ -238,6 +238,30 @@ pub(crate) async fn execute_while<C: ConnectionTrait, T>(
     built
 }
 
+/// Lock the existing rows with these keys until the transaction ends,
+/// where the dialect locks rows (a SQLite write transaction already holds
+/// the whole database).
+pub(crate) async fn lock_rows(
+    tx: &sea_orm::DatabaseTransaction,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    keys: &[Vec<Value>],
+) -> Result<()> {
+    if !d.locks_rows() || keys.is_empty() {
+        return Ok(());
+    }
+    for chunk in keys.chunks(500) {
+        let q = Query::select()
+            .columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
+            .from(Alias::new(&spec.name))
+            .and_where(keys_match(spec, chunk, d))
+            .lock(sea_orm::sea_query::LockType::Update)
+            .to_owned();
+        tx.query_all(&q).await?;
+    }
+    Ok(())
+}
+
 /// Delete rows by primary key.
 pub(crate) async fn delete_rows<C: ConnectionTrait>(
     db: &C,
