@@ -30,6 +30,9 @@ fn main() -> std::process::ExitCode {
         a_child_is_never_logged_before_its_parent,
         capture_goes_past_a_batch_of_refused_rows,
         a_decimal_key_is_one_row_whatever_its_scale,
+        held_conflicts_survive_a_failure_to_record_them,
+        an_upgrade_over_a_page_of_deleted_rows_opens,
+        an_upgrade_adding_a_column_with_a_default_keeps_pulled_values,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -1255,4 +1258,121 @@ impl HeldWrite {
         self.app.close().await?;
         Ok(())
     }
+}
+
+/// The device fails once to record a conflict the hub held (a transient
+/// local error). The acknowledged change stays in the outbox, so the next
+/// sync sends it again and gets the conflict back. Before, the engine
+/// counted the change as acknowledged first and dropped it on the error,
+/// and the hub then forgot the conflict: the held value was gone.
+async fn held_conflicts_survive_a_failure_to_record_them(hub: TestDb) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let b = device::<people_manual::Entity>(&hub, "b").await?;
+    let id = a.add("original").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.set(id, "name", "a's").await?;
+    b.set(id, "name", "b's").await?;
+    a.sync().await?;
+    b.db()
+        .execute_unprepared(
+            "CREATE TRIGGER boom BEFORE INSERT ON _tidesync_conflicts \
+             BEGIN SELECT RAISE(ABORT, 'transient (test)'); END",
+        )
+        .await?;
+    ensure!(b.engine.sync_now().await.is_err(), "recording fails");
+    b.db().execute_unprepared("DROP TRIGGER boom").await?;
+    let r = b.sync().await?;
+    ensure_eq!(r.conflicts.len(), 1, "the conflict comes back: {r:?}");
+    let held = b.engine.replica().conflicts().await?;
+    ensure_eq!(held.len(), 1);
+    ensure_eq!(held[0].conflict.local, sea_orm::Value::from("b's"));
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// An upgrade that adds a column, on a device with more than a page of
+/// deleted rows: `open` returns. Before, the fill read the same page of
+/// dead row states again and again, for ever.
+async fn an_upgrade_over_a_page_of_deleted_rows_opens(hub: TestDb) -> TestResult {
+    use common::entities::people_lww;
+    let local = TestDb::create(Dialect::Sqlite, "old").await?;
+    let db = local.db.clone();
+    let old = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..510 {
+        ids.push(old.add(&format!("p{i}")).await?);
+    }
+    let keep = old.add("kept").await?;
+    old.sync().await?;
+    let new = device::<people_v2::Entity>(&hub, "new").await?;
+    new.sync().await?;
+    new.set(keep, "nickname", "k").await?;
+    new.sync().await?;
+    for id in &ids {
+        old.delete(*id).await?;
+    }
+    old.sync().await?;
+    db.execute_unprepared("ALTER TABLE people ADD COLUMN nickname TEXT NULL")
+        .await?;
+    let open = tidesync::Replica::builder(db.clone())
+        .register::<people_v2::Entity>()
+        .open();
+    match tokio::time::timeout(std::time::Duration::from_secs(60), open).await {
+        Err(_) => return Err("open did not return within a minute".into()),
+        Ok(r) => drop(r?),
+    }
+    ensure_eq!(
+        nicknames(&db).await?,
+        vec![(keep, Some("k".into()))],
+        "the row after the deleted ones is filled"
+    );
+    old.drop().await?;
+    new.drop().await?;
+    hub.drop().await
+}
+
+/// The app's migration adds the column with a DEFAULT: the fill gives rows
+/// without a pending edit the value pulled before the upgrade, and an edit
+/// after it does not send the default over it. Before, only NULLs were
+/// filled, and the device's next edit sent the default everywhere.
+async fn an_upgrade_adding_a_column_with_a_default_keeps_pulled_values(hub: TestDb) -> TestResult {
+    use common::entities::people_lww;
+    let local = TestDb::create(Dialect::Sqlite, "old").await?;
+    let db = local.db.clone();
+    let old = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let new = device::<people_v2::Entity>(&hub, "new").await?;
+    let one = old.add("one").await?;
+    old.sync().await?;
+    new.sync().await?;
+    new.set(one, "nickname", "un").await?;
+    new.sync().await?;
+    old.sync().await?;
+    db.execute_unprepared("ALTER TABLE people ADD COLUMN nickname TEXT NULL DEFAULT 'none'")
+        .await?;
+    let upgraded = tidesync::Replica::builder(db.clone())
+        .register::<people_v2::Entity>()
+        .open()
+        .await?;
+    ensure_eq!(nicknames(&db).await?, vec![(one, Some("un".into()))]);
+    old.set(one, "email", "after@upgrade").await?;
+    let engine = tidesync::SyncEngine::new(upgraded, sql_hub(&hub).await?);
+    engine.sync_now().await?;
+    new.sync().await?;
+    ensure_eq!(
+        nicknames(new.db()).await?,
+        vec![(one, Some("un".into()))],
+        "the other device keeps its value"
+    );
+    drop(engine);
+    old.drop().await?;
+    new.drop().await?;
+    hub.drop().await
 }

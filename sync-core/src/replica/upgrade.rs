@@ -5,8 +5,9 @@
 //! kept in the row states, not in the local table. When the entity gains
 //! the column, the app's migration adds it to the local table, empty. At
 //! the next [`open`](super::ReplicaBuilder::open) the replica fills it from
-//! the row states, where the local value is NULL, in an applying session
-//! (so the fill is not captured as the user's write).
+//! the row states, in an applying session (so the fill is not captured as
+//! the user's write): where the local value is NULL, and in every row
+//! without a pending marker, whatever the migration put there (a DEFAULT).
 //!
 //! The replica keeps each table's synced columns as of the last open in its
 //! metadata (`columns:<table>`); the fill runs only for the columns added
@@ -17,11 +18,11 @@
 //! from the row state for a change (see `capture::diff`): such a NULL was
 //! not written by the user.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::applying::{begin_applying, end_applying};
-use super::tables::{LOCAL_META, ROWS};
+use super::tables::{LOCAL_META, ROWS, dirty_table};
 use crate::dialect;
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
@@ -58,7 +59,8 @@ pub(crate) async fn follow_columns(db: &DatabaseConnection, spec: &TableSpec) ->
 }
 
 /// Write the values the row states hold for the `added` columns into the
-/// rows where they are NULL, page by page of states.
+/// rows, page by page of states: where the row's value is NULL, and in any
+/// row without a pending marker.
 async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) -> Result<()> {
     let d = dialect::of_db(db)?;
     let mut after: Option<String> = None;
@@ -77,11 +79,24 @@ async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) 
         let page = tx.query_all(&q).await?;
         for r in &page {
             let key: String = r.try_get("", "pk")?;
+            after = Some(key.clone());
             let (state, _) = StoredState::decode(r)?.fill(None)?;
             if !state.is_live() {
                 continue;
             }
-            let pk = parse_pk_key(&key)?;
+            let pk = [parse_pk_key(&key)?];
+            // No user wrote the column where it is NULL, nor anywhere in a
+            // row without a pending marker (what the migration put there, a
+            // DEFAULT say). A row with a marker keeps a value: the user may
+            // have written it before this open.
+            let unmarked = Expr::exists(
+                Query::select()
+                    .expr(Expr::val(1))
+                    .from(Alias::new(dirty_table(&spec.name)))
+                    .and_where(keys_match(spec, &pk, d))
+                    .to_owned(),
+            )
+            .not();
             for c in added {
                 let Some(v) = state.vals.get(&c.name).filter(|v| !is_null(v)) else {
                     continue;
@@ -89,12 +104,15 @@ async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) 
                 let update = Query::update()
                     .table(Alias::new(&spec.name))
                     .value(Alias::new(&c.name), value_expr(&spec.name, c, v, d)?)
-                    .and_where(keys_match(spec, std::slice::from_ref(&pk), d))
-                    .and_where(Expr::col(Alias::new(&c.name)).is_null())
+                    .and_where(keys_match(spec, &pk, d))
+                    .cond_where(
+                        Cond::any()
+                            .add(Expr::col(Alias::new(&c.name)).is_null())
+                            .add(unmarked.clone()),
+                    )
                     .to_owned();
                 tx.execute(&update).await?;
             }
-            after = Some(key);
         }
         end_applying(&tx).await?;
         tx.commit().await?;

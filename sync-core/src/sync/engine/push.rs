@@ -119,26 +119,9 @@ impl SyncEngine {
         head: &mut AckedHead,
         report: &mut SyncReport,
     ) -> Result<AckOutcome> {
-        let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
-        let prefix =
-            acked.len() <= batch.len() && acked.iter().zip(batch).all(|(a, c)| *a == c.id.seq);
-        match acked.last() {
-            // The batch is the head of the outbox: drop it by range,
-            // later.
-            Some(last) if prefix => {
-                head.through = Some(*last);
-                head.unflushed += acked.len();
-                if head.unflushed >= ACK_EVERY {
-                    self.replica.acknowledge_through(*last).await?;
-                    head.unflushed = 0;
-                }
-            }
-            _ => self.replica.acknowledge(&acked).await?,
-        }
-        report.pushed += acked.len();
-        self.progress.pushed.store(report.pushed, Ordering::Relaxed);
-        report.rejected.extend(ack.parked);
-        report.settled.extend(ack.settled);
+        // The conflicts first: once a change counts as acknowledged it may
+        // be dropped (even if this call then fails), and the hub forgets
+        // its conflicts when the next push starts after it.
         let mut resolved = false;
         if !ack.conflicts.is_empty() {
             let ids = self.replica.record_conflicts(&ack.conflicts).await?;
@@ -159,6 +142,26 @@ impl SyncEngine {
                 }
             }
         }
+        let acked: Vec<u64> = ack.acknowledged.iter().map(|id| id.seq).collect();
+        let prefix =
+            acked.len() <= batch.len() && acked.iter().zip(batch).all(|(a, c)| *a == c.id.seq);
+        match acked.last() {
+            // The batch is the head of the outbox: drop it by range,
+            // later.
+            Some(last) if prefix => {
+                head.through = Some(*last);
+                head.unflushed += acked.len();
+                if head.unflushed >= ACK_EVERY {
+                    self.replica.acknowledge_through(*last).await?;
+                    head.unflushed = 0;
+                }
+            }
+            _ => self.replica.acknowledge(&acked).await?,
+        }
+        report.pushed += acked.len();
+        self.progress.pushed.store(report.pushed, Ordering::Relaxed);
+        report.rejected.extend(ack.parked);
+        report.settled.extend(ack.settled);
         if let Some(h) = ack.halted {
             report.halted = Some(h);
             return Ok(AckOutcome::Halted);
