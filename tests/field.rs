@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
         held_conflicts_survive_a_failure_to_record_them,
         an_upgrade_over_a_page_of_deleted_rows_opens,
         an_upgrade_adding_a_column_with_a_default_keeps_pulled_values,
+        a_unique_value_moved_across_pages_is_pulled,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -1374,5 +1375,52 @@ async fn an_upgrade_adding_a_column_with_a_default_keeps_pulled_values(hub: Test
     drop(engine);
     old.drop().await?;
     new.drop().await?;
+    hub.drop().await
+}
+
+/// A unique value moves between rows and the insert that takes it and the
+/// delete that frees it come in different pages (one change per page here).
+/// The insert is refused and parked in its page, the delete applied in the
+/// next, and the end of the pull applies the parked insert again: it fits
+/// now. Before, the parked row was never tried again.
+async fn a_unique_value_moved_across_pages_is_pulled(hub: TestDb) -> TestResult {
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    let a = device::<handles::Entity>(&hub, "a").await?;
+    let local = TestDb::create(hub.dialect, "b").await?;
+    local.create_table(handles::Entity).await?;
+    let replica = tidesync::Replica::builder(local.db.clone())
+        .register::<handles::Entity>()
+        .open()
+        .await?;
+    let b = tidesync::SyncEngine::new(replica, sql_hub(&hub).await?).with_batch_size(1);
+    let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+    let put = |id: Uuid| handles::Model {
+        id,
+        handle: "@ada".into(),
+        name: "x".into(),
+    };
+    put(old).into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    b.sync_now().await?;
+    handles::Entity::delete_by_id(old).exec(a.db()).await?;
+    put(new).into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    b.sync_now().await?;
+    ensure_eq!(
+        handles_of(&local.db).await?,
+        vec![(new, "@ada".to_string())],
+        "moved on b"
+    );
+    let parked = local
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            local.backend(),
+            "SELECT id FROM _tidesync_parked",
+        ))
+        .await?;
+    ensure_eq!(parked.len(), 0, "nothing left parked");
+    drop(b);
+    local.drop().await?;
+    a.drop().await?;
     hub.drop().await
 }

@@ -15,6 +15,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
 use super::applying::{begin_applying, end_applying};
@@ -23,13 +24,13 @@ use super::conflicts::{open_conflicts, update_remote};
 use super::entity::TableHandle;
 use super::parked::{Parked, park};
 use super::seal_state::SealState;
-use super::tables::{LOCAL_META, ROWS};
+use super::tables::{LOCAL_META, PARKED, ROWS};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};
 use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::value::pk_key;
+use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::rows;
 use crate::store::write::{delete_rows, execute_all, execute_while, lock_rows, row_statements};
 
@@ -116,6 +117,10 @@ pub(crate) struct PageMeta<'a> {
     pub(crate) store: &'a [(&'a str, &'a str)],
     /// Keys to remove.
     pub(crate) forget: &'a [&'a str],
+    /// Rows of `_tidesync_parked` the page applies again (see
+    /// [`refused`]): removed in its transaction; those still refused are
+    /// parked again.
+    pub(crate) unpark: &'a [i64],
 }
 
 /// Apply remote deltas and, in the same transaction, store and remove the
@@ -132,6 +137,9 @@ pub(crate) async fn apply_page(
     let d = dialect::of_db(&tx)?;
     begin_applying(&tx).await?;
     SealState::lock(&tx).await?;
+    if !meta.unpark.is_empty() {
+        unpark(&tx, meta.unpark).await?;
+    }
     let by_table = route(&tx, d, tables, deltas, &mut report).await?;
     // Lock the rows, then read: on MySQL (REPEATABLE READ) the first plain
     // read takes the snapshot, which must hold the application's writes to
@@ -163,6 +171,60 @@ pub(crate) async fn apply_page(
     end_applying(&tx).await?;
     tx.commit().await?;
     Ok(report)
+}
+
+/// What a pulled row refused by this replica's table is parked with (see
+/// [`Error::Refused`]).
+const REFUSED: &str = "refused by this replica's table";
+
+/// Up to `limit` pulled rows parked because this replica's table refused
+/// them ([`Error::Refused`]), oldest first, with their ids in
+/// `_tidesync_parked`: a later page may have made them fit (the delete that
+/// frees a unique value the row takes came in the next page), so the
+/// engine applies them again at the end of each pull.
+pub(crate) async fn refused(db: &DatabaseConnection, limit: u64) -> Result<Vec<(i64, Delta)>> {
+    let q = Query::select()
+        .columns(["id", "tbl", "pk", "origin", "seq", "payload"].map(Alias::new))
+        .from(Alias::new(PARKED))
+        .and_where(Expr::col(Alias::new("reason")).like(format!("%{REFUSED}%")))
+        .order_by(Alias::new("id"), Order::Asc)
+        .limit(limit)
+        .to_owned();
+    let mut out = Vec::new();
+    for r in db.query_all(&q).await? {
+        let id = match r.try_get::<i64>("", "id") {
+            Ok(id) => id,
+            Err(_) => i64::from(r.try_get::<i32>("", "id")?),
+        };
+        let origin: String = r.try_get("", "origin")?;
+        let seq = crate::store::codec::sequence(&r, "seq")?;
+        let payload: String = r.try_get("", "payload")?;
+        let key: String = r.try_get("", "pk")?;
+        out.push((
+            id,
+            Delta {
+                table: r.try_get("", "tbl")?,
+                pk: parse_pk_key(&key)?,
+                state: serde_json::from_str(&payload)?,
+                id: origin.parse().ok().map(|origin| ChangeId { origin, seq }),
+                raw: None,
+                park: None,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Remove rows of `_tidesync_parked` by id.
+async fn unpark(tx: &DatabaseTransaction, ids: &[i64]) -> Result<()> {
+    for chunk in ids.chunks(500) {
+        let q = Query::delete()
+            .from_table(Alias::new(PARKED))
+            .and_where(Expr::col(Alias::new("id")).is_in(chunk.iter().copied()))
+            .to_owned();
+        tx.execute(&q).await?;
+    }
+    Ok(())
 }
 
 /// Group deltas by registered table, keeping arrival order within a table;

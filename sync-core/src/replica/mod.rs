@@ -295,6 +295,12 @@ impl Replica {
         Ok(report)
     }
 
+    /// Pulled rows this replica's table refused, to apply again (see
+    /// [`incoming::refused`]).
+    pub(crate) async fn refused(&self, limit: u64) -> Result<Vec<(i64, Delta)>> {
+        incoming::refused(&self.db, limit).await
+    }
+
     /// A value of the replica's metadata (`cursor:<hub id>`, ...).
     pub(crate) async fn meta(&self, key: &str) -> Result<Option<String>> {
         LOCAL_META.read(&self.db, key).await

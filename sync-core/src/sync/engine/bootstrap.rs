@@ -125,6 +125,7 @@ impl SyncEngine {
                 let meta = PageMeta {
                     store: &store,
                     forget: &[],
+                    unpark: &[],
                 };
                 self.apply_page(deltas, meta, report).await
             }
@@ -135,6 +136,7 @@ impl SyncEngine {
                 let meta = PageMeta {
                     store: &store,
                     forget: &forget,
+                    unpark: &[],
                 };
                 self.apply_page(deltas, meta, report).await
             }

@@ -50,7 +50,7 @@ impl SyncEngine {
             let batch = ahead.get().await.map_err(Error::or_offline)?;
             let page = self.prepare(batch, cursor, report);
             if page.empty {
-                return Ok(());
+                return self.retry_refused(report).await;
             }
             if page.halt {
                 // Apply what came before the unreadable change, then stop.
@@ -61,6 +61,35 @@ impl SyncEngine {
             self.save_page(&key, page, report).await?;
             cursor = next;
         }
+    }
+
+    /// Apply again the pulled rows this replica's table refused (a later
+    /// page may have made them fit: the delete that frees a unique value
+    /// came after the insert that takes it), at most a page of them. Those
+    /// still refused are parked again, not reported again (they were when
+    /// they were first parked).
+    async fn retry_refused(&self, report: &mut SyncReport) -> Result<()> {
+        let parked = self.replica.refused(self.batch).await?;
+        if parked.is_empty() {
+            return Ok(());
+        }
+        let (ids, deltas): (Vec<i64>, Vec<Delta>) = parked.into_iter().unzip();
+        let meta = PageMeta {
+            store: &[],
+            forget: &[],
+            unpark: &ids,
+        };
+        let applied = self.replica.apply_page(deltas, meta).await?;
+        report.pulled += applied.applied;
+        self.progress.pulled.store(report.pulled, Ordering::Relaxed);
+        report.local_errors.extend(
+            applied
+                .parked
+                .into_iter()
+                .filter(|e| !matches!(e, Error::Refused { .. })),
+        );
+        report.local_errors.extend(applied.captured.rejected);
+        Ok(())
     }
 
     /// Apply a page's deltas with the cursor after it, in one local
@@ -75,6 +104,7 @@ impl SyncEngine {
         let meta = PageMeta {
             store: &store,
             forget: &[],
+            unpark: &[],
         };
         self.apply_page(page.deltas, meta, report).await
     }
