@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
     for d in [Dialect::Postgres, Dialect::MySql] {
         trials.push(trial(
             d,
+            "a_row_sealed_as_new_once_is_not_new_again",
+            |db| Box::pin(a_row_sealed_as_new_once_is_not_new_again(db)),
+        ));
+        trials.push(trial(
+            d,
             "a_pull_never_overwrites_a_write_it_waited_for",
             |db| Box::pin(a_pull_never_overwrites_a_write_it_waited_for(db)),
         ));
@@ -1422,5 +1427,68 @@ async fn a_unique_value_moved_across_pages_is_pulled(hub: TestDb) -> TestResult 
     drop(b);
     local.drop().await?;
     a.drop().await?;
+    hub.drop().await
+}
+
+/// A row deleted and inserted again is sealed as a new row by a capture
+/// pass held on its outbox insert, while the app edits the row again (its
+/// marker stays) and another device edits another column. The next capture
+/// sends the app's edit as an update, not the whole row again. Before, the
+/// marker kept its `gone` flag and the whole row went again, with the later
+/// clock, over the other device's edit. (Forced on the servers.)
+async fn a_row_sealed_as_new_once_is_not_new_again(hub: TestDb) -> TestResult {
+    use common::block::{hold_next_outbox_seq, pass_in_outbox_insert};
+    let local = TestDb::create(hub.dialect, "a").await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let b = device::<people_lww::Entity>(&hub, "b").await?;
+    let id = a.add("k").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.delete(id).await?;
+    a.insert(id, "k").await?;
+    let other = a.local.connect_again().await?;
+    let app = a.local.connect_again().await?;
+    let blocker = hold_next_outbox_seq(&a.local, &other).await?;
+    let (pass, driven) = tokio::join!(a.engine.replica().capture(), async {
+        let driven = async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !pass_in_outbox_insert(&a.local).await? {
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the capture pass never blocked on its outbox insert"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            b.set(id, "phone", "b-phone").await?;
+            b.sync().await?;
+            app.execute_unprepared(&format!(
+                "UPDATE people SET name = 'edited' WHERE id = {}",
+                uuid_sql(&app, id)
+            ))
+            .await?;
+            Ok::<_, BoxError>(())
+        }
+        .await;
+        let released = blocker.rollback().await;
+        driven?;
+        Ok::<_, BoxError>(released?)
+    });
+    driven?;
+    pass?;
+    a.sync().await?;
+    b.sync().await?;
+    let rows = b.rows().await?;
+    ensure_eq!(
+        (rows[&id].0.as_str(), rows[&id].2.as_deref()),
+        ("edited", Some("b-phone")),
+        "both edits"
+    );
+    other.close().await?;
+    app.close().await?;
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }

@@ -88,7 +88,10 @@ impl Dialect for MySql {
         let (ver, wall, gone) = (q("ver"), q("wall_us"), q("gone"));
         let mark = |row: &str, flag: &str| {
             format!(
-                "{} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall}), {gone} = GREATEST({gone}, VALUES({gone}))",
+                // MySQL assigns left to right: `ver` is the new version
+                // by the time `gone` reads it.
+                "{} ON DUPLICATE KEY UPDATE {ver} = {ver} + 1, {wall} = VALUES({wall}), \
+                 {gone} = IF(VALUES({gone}) > 0, {ver}, {gone})",
                 marker_insert(c, row, flag, q, NOW_US)
             )
         };

@@ -75,7 +75,6 @@ impl Dialect for Postgres {
             now_us: NOW_US,
             existing: &existing,
             excluded: "EXCLUDED",
-            greatest: "GREATEST",
         };
         let mark = |row: &str, gone: &str| marker_upsert(c, row, gone, q, &upsert);
         // The old row is gone after a delete, or an update of the key.

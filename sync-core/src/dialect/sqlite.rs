@@ -31,7 +31,6 @@ impl Dialect for Sqlite {
             now_us: NOW_US,
             existing: &q,
             excluded: "excluded",
-            greatest: "max",
         };
         let mark = |row: &str, gone: &str| marker_upsert(c, row, gone, q, &upsert);
         let trigger = |name: String, when: String, body: String| Trigger {

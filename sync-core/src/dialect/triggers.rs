@@ -2,12 +2,14 @@
 //! the marker insert each one extends with its own upsert clause, and the
 //! per-event triggers of the dialects without a statement-level `TG_OP`.
 //!
-//! A marker says "the row with this key was written". Its `gone` flag says
+//! A marker says "the row with this key was written". Its `gone` column says
 //! that a row with this key stopped existing since the last capture (a
 //! delete, or an update that moved the row to another key): if a row with
 //! the key exists at capture, it is a new row, sent whole as an insert, so
 //! that it wins over a concurrent delete elsewhere even when its values
-//! equal the old row's. Once set, the flag stays until capture.
+//! equal the old row's. `gone` holds the marker version at which the row
+//! went (0: it did not), so a capture that sealed the marker at a version
+//! clears it only if no row went since (see `capture`).
 
 /// The tables a table's capture triggers touch, and how its triggers are
 /// named (the replica owns these names).
@@ -89,7 +91,8 @@ impl Capture<'_> {
 /// `INSERT INTO markers (keys, ver, wall_us, gone) VALUES (row.keys, 1,
 /// now, gone)`: the start of the marker upsert for the row image `row`
 /// (`NEW` or `OLD`), with identifiers quoted by `q` and `gone` the SQL of
-/// its flag. Each dialect appends its upsert clause.
+/// its flag (1, the first version, if the row went; else 0). Each dialect
+/// appends its upsert clause.
 pub(crate) fn marker_insert(
     c: &Capture<'_>,
     row: &str,
@@ -118,13 +121,10 @@ pub(crate) struct Upsert<'a> {
     pub(crate) existing: &'a dyn Fn(&str) -> String,
     /// The row that was to be inserted (`excluded`).
     pub(crate) excluded: &'a str,
-    /// The function of the greater of two values.
-    pub(crate) greatest: &'a str,
 }
 
 /// The `ON CONFLICT` form of the marker upsert: [`marker_insert`], then
-/// on an existing marker `ver = <existing> + 1`, the new wall time, and
-/// `gone` kept once set.
+/// [`on_conflict`].
 pub(crate) fn marker_upsert(
     c: &Capture<'_>,
     row: &str,
@@ -139,16 +139,18 @@ pub(crate) fn marker_upsert(
     )
 }
 
-/// `ON CONFLICT (keys) DO UPDATE SET ...` of the marker upsert.
+/// `ON CONFLICT (keys) DO UPDATE SET ...` of the marker upsert: the next
+/// version, the new wall time, and `gone` set to the new version if the row
+/// went, else kept.
 pub(crate) fn on_conflict(c: &Capture<'_>, q: impl Fn(&str) -> String, u: &Upsert<'_>) -> String {
     let keys: Vec<String> = c.keys.iter().map(|k| q(k)).collect();
     let (ver, wall, gone) = (q("ver"), q("wall_us"), q("gone"));
     format!(
-        "ON CONFLICT ({}) DO UPDATE SET {ver} = {} + 1, {wall} = {x}.{wall}, {gone} = {}({}, {x}.{gone})",
+        "ON CONFLICT ({}) DO UPDATE SET {ver} = {old_ver} + 1, {wall} = {x}.{wall}, \
+         {gone} = CASE WHEN {x}.{gone} > 0 THEN {old_ver} + 1 ELSE {} END",
         keys.join(", "),
-        (u.existing)("ver"),
-        u.greatest,
         (u.existing)("gone"),
+        old_ver = (u.existing)("ver"),
         x = u.excluded,
     )
 }

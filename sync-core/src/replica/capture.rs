@@ -125,6 +125,11 @@ struct SealedBatch {
     shadows: Vec<(String, RowState)>,
     /// Markers to delete: key values and the version read.
     markers: Vec<ValueTuple>,
+    /// Sealed markers whose row went: key values and the `gone` read. One
+    /// that a later write kept in place has its `gone` cleared, unless the
+    /// row went again since (a newer `gone`): sealed as a new row once, it
+    /// is not new at the next capture.
+    gone: Vec<ValueTuple>,
     /// Markers left in place (rejected, or waiting for the other phase).
     kept: usize,
 }
@@ -161,7 +166,7 @@ fn seal_markers(
         report.examined += 1;
         let row = current.get(key).map(Vec::as_slice);
         let shadow = shadows.remove(key);
-        let diffed = diff(spec, row, shadow.as_ref(), marker.gone);
+        let diffed = diff(spec, row, shadow.as_ref(), marker.gone > 0);
         let deferred = matches!(
             (&diffed, phase),
             (Some((Op::Delete, _)), Phase::Upserts)
@@ -181,6 +186,11 @@ fn seal_markers(
         let mut tuple = marker.pk.clone();
         tuple.push(Value::BigInt(Some(marker.ver)));
         out.markers.push(ValueTuple::Many(tuple));
+        if marker.gone > 0 {
+            let mut tuple = marker.pk.clone();
+            tuple.push(Value::BigInt(Some(marker.gone)));
+            out.gone.push(ValueTuple::Many(tuple));
+        }
         let Some((op, columns)) = diffed else {
             continue;
         };
@@ -228,18 +238,29 @@ async fn write_sealed(
             tx.execute(&q).await?;
         }
     }
-    if !batch.markers.is_empty() {
+    let key_and = |column: &str| -> SimpleExpr {
         let mut cols: Vec<SimpleExpr> = spec
             .pk
             .iter()
             .map(|c| Expr::col(Alias::new(&c.name)))
             .collect();
-        cols.push(Expr::col(Alias::new("ver")));
+        cols.push(Expr::col(Alias::new(column)));
+        Expr::tuple(cols)
+    };
+    if !batch.markers.is_empty() {
         let del = Query::delete()
             .from_table(Alias::new(dirty_table(&spec.name)))
-            .and_where(Expr::tuple(cols).in_tuples(batch.markers))
+            .and_where(key_and("ver").in_tuples(batch.markers))
             .to_owned();
         tx.execute(&del).await?;
+    }
+    if !batch.gone.is_empty() {
+        let clear = Query::update()
+            .table(Alias::new(dirty_table(&spec.name)))
+            .value(Alias::new("gone"), 0)
+            .and_where(key_and("gone").in_tuples(batch.gone))
+            .to_owned();
+        tx.execute(&clear).await?;
     }
     Ok(())
 }

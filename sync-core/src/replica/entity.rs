@@ -25,9 +25,10 @@ pub(crate) struct Marker {
     pub(crate) pk: Vec<Value>,
     pub(crate) ver: i64,
     pub(crate) wall_us: i64,
-    /// A row with this key stopped existing since the last capture (a
-    /// delete, or an update of the key).
-    pub(crate) gone: bool,
+    /// The version at which a row with this key last stopped existing (a
+    /// delete, or an update of the key); 0 if none did since the last
+    /// capture.
+    pub(crate) gone: i64,
 }
 
 /// A row of a synced table: key values and synced column values (in
@@ -158,7 +159,7 @@ where
                     pk: pk.into_iter().collect(),
                     ver: r.try_get("", "ver")?,
                     wall_us: r.try_get("", "wall_us")?,
-                    gone: r.try_get::<i32>("", "gone")? != 0,
+                    gone: r.try_get("", "gone")?,
                 })
             })
             .collect()

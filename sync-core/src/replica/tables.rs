@@ -181,7 +181,7 @@ fn marker_key_type(
 
 /// The `gone` column of a dirty-marker table.
 fn gone_column() -> ColumnDef {
-    ColumnDef::new_with_type(Alias::new("gone"), ColumnType::Integer)
+    ColumnDef::new_with_type(Alias::new("gone"), ColumnType::BigInteger)
         .not_null()
         .default(0)
         .to_owned()
@@ -401,27 +401,27 @@ mod tests {
         assert_eq!(sql.len(), 3);
         assert_eq!(
             sql[0],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_ins_8db42c0c_contacts\" AFTER INSERT ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_ins_17ce6409_contacts\" AFTER INSERT ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
              END"
         );
         assert_eq!(
             sql[1],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_upd_6719a55e_contacts\" AFTER UPDATE ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_upd_5361c596_contacts\" AFTER UPDATE ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), CASE WHEN OLD.\"id\" = NEW.\"id\" THEN 0 ELSE 1 END) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), CASE WHEN OLD.\"id\" = NEW.\"id\" THEN 0 ELSE 1 END) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
              END"
         );
         assert_eq!(
             sql[2],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_del_27fff7c9_contacts\" AFTER DELETE ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_del_0853ce44_contacts\" AFTER DELETE ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 1) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 1) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
              END"
         );
     }
@@ -444,20 +444,20 @@ mod tests {
         assert_eq!(sql[..3], trigger_sql(DbBackend::Sqlite)[..]);
         assert_eq!(
             sql[3],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_uqi_c4062104_contacts\" BEFORE INSERT ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_uqi_cad9e732_contacts\" BEFORE INSERT ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"email\" = NEW.\"email\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"a\" = NEW.\"a\" AND h.\"b\" = NEW.\"b\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"email\" = NEW.\"email\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"a\" = NEW.\"a\" AND h.\"b\" = NEW.\"b\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
              END"
         );
         assert_eq!(
             sql[4],
-            "CREATE TRIGGER IF NOT EXISTS \"_ts_uqu_263b1812_contacts\" BEFORE UPDATE OF \"a\", \"b\", \"email\" ON \"contacts\"\n\
+            "CREATE TRIGGER IF NOT EXISTS \"_ts_uqu_e844df68_contacts\" BEFORE UPDATE OF \"a\", \"b\", \"email\" ON \"contacts\"\n\
              WHEN NOT EXISTS (SELECT 1 FROM \"_tidesync_applying\")\n\
              BEGIN\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"email\" = NEW.\"email\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
-             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"a\" = NEW.\"a\" AND h.\"b\" = NEW.\"b\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = max(\"gone\", excluded.\"gone\");\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"email\" = NEW.\"email\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
+             \x20 INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") SELECT h.\"id\", 1, CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER), 0 FROM \"contacts\" AS h WHERE h.\"a\" = NEW.\"a\" AND h.\"b\" = NEW.\"b\" ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"ver\" + 1, \"wall_us\" = excluded.\"wall_us\", \"gone\" = CASE WHEN excluded.\"gone\" > 0 THEN \"ver\" + 1 ELSE \"gone\" END;\n\
              END"
         );
     }
@@ -504,8 +504,8 @@ mod tests {
             "CREATE OR REPLACE FUNCTION \"_ts_fn_contacts\"() RETURNS trigger LANGUAGE plpgsql AS $tidesync$\n\
              BEGIN\n\
              \x20 IF EXISTS (SELECT 1 FROM \"_tidesync_applying\" WHERE \"session\" = pg_backend_pid()) THEN RETURN NULL; END IF;\n\
-             \x20 IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint, CASE WHEN TG_OP = 'DELETE' THEN 1 WHEN OLD.\"id\" = NEW.\"id\" THEN 0 ELSE 1 END) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\", \"gone\" = GREATEST(\"_ts_d_contacts\".\"gone\", EXCLUDED.\"gone\"); END IF;\n\
-             \x20 IF TG_OP <> 'DELETE' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint, 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\", \"gone\" = GREATEST(\"_ts_d_contacts\".\"gone\", EXCLUDED.\"gone\"); END IF;\n\
+             \x20 IF TG_OP <> 'INSERT' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (OLD.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint, CASE WHEN TG_OP = 'DELETE' THEN 1 WHEN OLD.\"id\" = NEW.\"id\" THEN 0 ELSE 1 END) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\", \"gone\" = CASE WHEN EXCLUDED.\"gone\" > 0 THEN \"_ts_d_contacts\".\"ver\" + 1 ELSE \"_ts_d_contacts\".\"gone\" END; END IF;\n\
+             \x20 IF TG_OP <> 'DELETE' THEN INSERT INTO \"_ts_d_contacts\" (\"id\", \"ver\", \"wall_us\", \"gone\") VALUES (NEW.\"id\", 1, (extract(epoch from clock_timestamp()) * 1000000)::bigint, 0) ON CONFLICT (\"id\") DO UPDATE SET \"ver\" = \"_ts_d_contacts\".\"ver\" + 1, \"wall_us\" = EXCLUDED.\"wall_us\", \"gone\" = CASE WHEN EXCLUDED.\"gone\" > 0 THEN \"_ts_d_contacts\".\"ver\" + 1 ELSE \"_ts_d_contacts\".\"gone\" END; END IF;\n\
              \x20 RETURN NULL;\n\
              END\n\
              $tidesync$"
@@ -525,29 +525,29 @@ mod tests {
         assert_eq!(sql.len(), 3);
         assert_eq!(
             sql[0],
-            "CREATE TRIGGER `_ts_ins_5c14670b_contacts` AFTER INSERT ON `contacts` FOR EACH ROW\n\
+            "CREATE TRIGGER `_ts_ins_3f6236ee_contacts` AFTER INSERT ON `contacts` FOR EACH ROW\n\
              BEGIN\n\
              \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 0) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 0) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = IF(VALUES(`gone`) > 0, `ver`, `gone`);\n\
              \x20 END IF;\n\
              END"
         );
         assert_eq!(
             sql[1],
-            "CREATE TRIGGER `_ts_upd_ebefb010_contacts` AFTER UPDATE ON `contacts` FOR EACH ROW\n\
+            "CREATE TRIGGER `_ts_upd_7ec058f6_contacts` AFTER UPDATE ON `contacts` FOR EACH ROW\n\
              BEGIN\n\
              \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), CASE WHEN OLD.`id` = NEW.`id` THEN 0 ELSE 1 END) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 0) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), CASE WHEN OLD.`id` = NEW.`id` THEN 0 ELSE 1 END) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = IF(VALUES(`gone`) > 0, `ver`, `gone`);\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (NEW.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 0) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = IF(VALUES(`gone`) > 0, `ver`, `gone`);\n\
              \x20 END IF;\n\
              END"
         );
         assert_eq!(
             sql[2],
-            "CREATE TRIGGER `_ts_del_aad6e37a_contacts` AFTER DELETE ON `contacts` FOR EACH ROW\n\
+            "CREATE TRIGGER `_ts_del_bf2dc129_contacts` AFTER DELETE ON `contacts` FOR EACH ROW\n\
              BEGIN\n\
              \x20 IF NOT EXISTS (SELECT 1 FROM `_tidesync_applying` WHERE `session` = CONNECTION_ID()) THEN\n\
-             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 1) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = GREATEST(`gone`, VALUES(`gone`));\n\
+             \x20   INSERT INTO `_ts_d_contacts` (`id`, `ver`, `wall_us`, `gone`) VALUES (OLD.`id`, 1, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED), 1) ON DUPLICATE KEY UPDATE `ver` = `ver` + 1, `wall_us` = VALUES(`wall_us`), `gone` = IF(VALUES(`gone`) > 0, `ver`, `gone`);\n\
              \x20 END IF;\n\
              END"
         );
@@ -558,7 +558,7 @@ mod tests {
         let ddl = dirty_table_ddl(d(DbBackend::Postgres), &spec(), &HashMap::new());
         assert_eq!(
             ddl.to_string(sea_orm::sea_query::PostgresQueryBuilder),
-            "CREATE TABLE IF NOT EXISTS \"_ts_d_contacts\" ( \"id\" uuid NOT NULL, \"ver\" bigint NOT NULL, \"wall_us\" bigint NOT NULL, \"gone\" integer NOT NULL DEFAULT 0, PRIMARY KEY (\"id\") )"
+            "CREATE TABLE IF NOT EXISTS \"_ts_d_contacts\" ( \"id\" uuid NOT NULL, \"ver\" bigint NOT NULL, \"wall_us\" bigint NOT NULL, \"gone\" bigint NOT NULL DEFAULT 0, PRIMARY KEY (\"id\") )"
         );
     }
 
