@@ -287,9 +287,22 @@ pub(crate) async fn seal_all(
     report: &mut CaptureReport,
 ) -> Result<()> {
     let mut pass = Pass::new(tables);
-    while !pass.step(tx, state, report, usize::MAX).await?.finished() {}
-    Ok(())
+    loop {
+        match pass.step(tx, state, report, SEAL_ALL_RESTARTS).await? {
+            Step::More => {}
+            Step::Done => return Ok(()),
+            // Writes keep arriving: seal the rest in order without going
+            // back (a child may then precede its parent, which the hub
+            // refuses by name), rather than leave a local write uncaptured
+            // under the rows the caller writes next.
+            Step::Stopped => pass.checked = false,
+        }
+    }
 }
+
+/// How often the pass of [`seal_all`] goes back before it seals the rest
+/// without checking for arrivals.
+const SEAL_ALL_RESTARTS: usize = 64;
 
 /// A capture pass: the rounds of [`phases`], each sealing one table's
 /// markers of one phase batch by batch, so that the outbox order satisfies
@@ -321,6 +334,8 @@ pub(crate) struct Pass<'t> {
     unmarked: Vec<bool>,
     /// Times the pass went back.
     restarts: usize,
+    /// Whether batches check for markers that arrived meanwhile.
+    checked: bool,
 }
 
 /// What one [`Pass::step`] did.
@@ -360,6 +375,7 @@ impl<'t> Pass<'t> {
             refused: vec![0; tables.len()],
             unmarked: vec![false; tables.len()],
             restarts: 0,
+            checked: true,
         }
     }
 
@@ -393,7 +409,11 @@ impl<'t> Pass<'t> {
         };
         let sealed = seal_table(&sp, self.tables[t].as_ref(), state, round, report).await?;
         let refused = (report.rejected.len() - before.3) as u64;
-        if let Some(back) = self.arrived(&sp).await? {
+        let arrived = match self.checked {
+            true => self.arrived(&sp).await?,
+            false => None,
+        };
+        if let Some(back) = arrived {
             sp.rollback().await?;
             state.next_seq = before.0;
             report.captured = before.1;
