@@ -158,6 +158,29 @@ async fn held_conflicts_survive_a_lost_answer(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
+/// A device of `E` on a fresh database of `hub`'s dialect (tidesync
+/// creates its table), syncing with `hub`.
+async fn device_like_hub<E>(hub: &TestDb, tag: &str) -> Result<common::device::Device, BoxError>
+where
+    E: tidesync::Syncable,
+    E::Model: Sync,
+{
+    let local = TestDb::create(hub.dialect, tag).await?;
+    device_in(local, sql_hub(hub).await?, |r| r.register::<E>()).await
+}
+
+/// The same, with the table created by the app first (SeaORM's DDL, with
+/// its unique indexes and foreign keys).
+async fn app_device_like_hub<E>(hub: &TestDb, tag: &str) -> Result<common::device::Device, BoxError>
+where
+    E: tidesync::Syncable,
+    E::Model: Sync,
+{
+    let local = TestDb::create(hub.dialect, tag).await?;
+    local.create_table(E::default()).await?;
+    device_in(local, sql_hub(hub).await?, |r| r.register::<E>()).await
+}
+
 /// A hub on `hub` for a device.
 async fn sql_hub(hub: &TestDb) -> Result<Arc<dyn Hub>, BoxError> {
     Ok(Arc::new(SqlHub::new(hub.connect_again().await?)))
@@ -169,11 +192,7 @@ async fn sql_hub(hub: &TestDb) -> Result<Arc<dyn Hub>, BoxError> {
 /// capture saw the row as it was and sent nothing, so the earlier delete
 /// won on every other device and the hub.
 async fn delete_and_insert_again_between_captures_is_sent(hub: TestDb) -> TestResult {
-    let local = TestDb::create(hub.dialect, "a").await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
-    .await?;
+    let a = device_like_hub::<people_lww::Entity>(&hub, "a").await?;
     let b = device::<people_lww::Entity>(&hub, "b").await?;
     let id = a.add("kept").await?;
     a.sync().await?;
@@ -219,12 +238,7 @@ async fn handles_of(db: &DatabaseConnection) -> Result<Vec<(Uuid, String)>, BoxE
 /// SQLite fired no delete trigger for them (recursive triggers are off by
 /// default), and the rows lived on everywhere else.
 async fn replace_deletes_are_captured(hub: TestDb) -> TestResult {
-    let local = TestDb::create(hub.dialect, "a").await?;
-    local.create_table(handles::Entity).await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<handles::Entity>()
-    })
-    .await?;
+    let a = app_device_like_hub::<handles::Entity>(&hub, "a").await?;
     let b = device::<handles::Entity>(&hub, "b").await?;
     let [ada, bob, eve, ada2] = [0; 4].map(|_| Uuid::now_v7());
     for (id, handle) in [(ada, "@ada"), (bob, "@bob"), (eve, "@eve")] {
@@ -312,12 +326,8 @@ async fn people_triggers(db: &DatabaseConnection) -> Result<Vec<String>, BoxErro
 /// opens: the new triggers are created before the old ones are dropped, and
 /// a row deleted and inserted again is then sent.
 async fn triggers_of_an_earlier_release_are_replaced(hub: TestDb) -> TestResult {
-    let local = TestDb::create(hub.dialect, "a").await?;
-    let db = local.db.clone();
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
-    .await?;
+    let a = device_like_hub::<people_lww::Entity>(&hub, "a").await?;
+    let db = a.local.db.clone();
     let b = device::<people_lww::Entity>(&hub, "b").await?;
     let id = a.add("kept").await?;
     a.sync().await?;
@@ -419,12 +429,8 @@ async fn nicknames(db: &DatabaseConnection) -> Result<Vec<(Uuid, Option<String>)
 /// send the empty new column. Before, the device sent NULL for the column
 /// of every row it edited, wiping the other device's values everywhere.
 async fn an_upgrade_that_adds_a_column_keeps_its_values(hub: TestDb) -> TestResult {
-    let local = TestDb::create(hub.dialect, "old").await?;
-    let db = local.db.clone();
-    let old = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
-    .await?;
+    let old = device_like_hub::<people_lww::Entity>(&hub, "old").await?;
+    let db = old.local.db.clone();
     let new = device::<people_v2::Entity>(&hub, "new").await?;
     let [one, two, three] = [
         old.add("one").await?,
@@ -695,12 +701,7 @@ async fn marker_keys_of_an_earlier_release_are_retyped(hub: TestDb) -> TestResul
 /// every sync, for ever; now the page is written deletes first.
 async fn a_unique_value_moved_to_another_row_is_pulled(hub: TestDb) -> TestResult {
     let a = device::<handles::Entity>(&hub, "a").await?;
-    let local = TestDb::create(hub.dialect, "b").await?;
-    local.create_table(handles::Entity).await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<handles::Entity>()
-    })
-    .await?;
+    let b = app_device_like_hub::<handles::Entity>(&hub, "b").await?;
     let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
     let put = |id: Uuid, handle: &str| handles::Model {
         id,
@@ -800,12 +801,7 @@ async fn a_pulled_row_this_replica_refuses_is_parked_and_pulling_goes_on(
 async fn a_pulled_row_taking_a_local_unique_value_never_overwrites_it(hub: TestDb) -> TestResult {
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
     let a = device::<handles::Entity>(&hub, "a").await?;
-    let local = TestDb::create(hub.dialect, "b").await?;
-    local.create_table(handles::Entity).await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<handles::Entity>()
-    })
-    .await?;
+    let b = app_device_like_hub::<handles::Entity>(&hub, "b").await?;
     let (theirs, mine) = (Uuid::now_v7(), Uuid::now_v7());
     let row = |id: Uuid, name: &str| handles::Model {
         id,
@@ -1113,11 +1109,7 @@ async fn a_parent_committed_during_a_capture_pass_is_logged_before_its_child(
 /// see the edit, wrote the row over it, and the edit was lost.
 async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResult {
     let a = device::<people_lww::Entity>(&hub, "a").await?;
-    let local = TestDb::create(hub.dialect, "b").await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
-    .await?;
+    let b = device_like_hub::<people_lww::Entity>(&hub, "b").await?;
     let id = a.add("original").await?;
     a.sync().await?;
     b.sync().await?;
@@ -1149,15 +1141,13 @@ async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResul
 
 /// Item: the same for `resolve`: it waits for an application transaction
 /// that edits the held column, then takes the edit for the local value.
-/// Before, on MariaDB its snapshot predated the edit: keep-local sent the
-/// older value and the edit was lost.
+/// Without the row lock, PostgreSQL's resolve read the row before the edit
+/// committed and wrote the older value over it; on MariaDB its snapshot
+/// could predate the edit (whether it does depends on whether the capture
+/// trigger's read of `_tidesync_applying` holds resolve back first).
 async fn a_resolve_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResult {
     let a = device::<people_manual::Entity>(&hub, "a").await?;
-    let local = TestDb::create(hub.dialect, "b").await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<people_manual::Entity>()
-    })
-    .await?;
+    let b = device_like_hub::<people_manual::Entity>(&hub, "b").await?;
     let id = a.add("original").await?;
     a.sync().await?;
     b.sync().await?;
@@ -1199,11 +1189,7 @@ async fn a_decimal_key_is_one_row_whatever_its_scale(hub: TestDb) -> TestResult 
     use rust_decimal::Decimal;
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
     let a = device::<keyed_by_decimal::Entity>(&hub, "a").await?;
-    let local = TestDb::create(hub.dialect, "b").await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<keyed_by_decimal::Entity>()
-    })
-    .await?;
+    let b = device_like_hub::<keyed_by_decimal::Entity>(&hub, "b").await?;
     let k = Decimal::new(15, 1);
     keyed_by_decimal::Model {
         k,
@@ -1438,11 +1424,7 @@ async fn a_unique_value_moved_across_pages_is_pulled(hub: TestDb) -> TestResult 
 /// clock, over the other device's edit. (Forced on the servers.)
 async fn a_row_sealed_as_new_once_is_not_new_again(hub: TestDb) -> TestResult {
     use common::block::{hold_next_outbox_seq, pass_in_outbox_insert};
-    let local = TestDb::create(hub.dialect, "a").await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
-    .await?;
+    let a = device_like_hub::<people_lww::Entity>(&hub, "a").await?;
     let b = device::<people_lww::Entity>(&hub, "b").await?;
     let id = a.add("k").await?;
     a.sync().await?;
