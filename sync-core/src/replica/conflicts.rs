@@ -17,7 +17,7 @@ use crate::model::clock::{Hlc, wall_clock_us};
 use crate::model::conflict::{ColumnConflict, Resolution};
 use crate::model::error::{Error, Result};
 use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::codec::db_sequence;
+use crate::store::codec::{db_sequence, integer_id};
 use crate::store::rows;
 use crate::store::write::{keys_match, lock_rows, value_expr};
 
@@ -70,7 +70,7 @@ impl Replica {
             let base: Option<String> = c.base.as_ref().map(json).transpose()?;
             match existing {
                 Some(r) => {
-                    let id = conflict_id(&r)?;
+                    let id = integer_id(&r, "id")?;
                     tx.execute(
                         &Query::update()
                             .table(Alias::new(CONFLICTS))
@@ -117,7 +117,7 @@ impl Replica {
                         )
                         .await?
                         .ok_or_else(|| Error::Corrupt("conflict not stored".into()))?;
-                    ids.push(conflict_id(&r)?);
+                    ids.push(integer_id(&r, "id")?);
                 }
             }
         }
@@ -206,7 +206,7 @@ impl Replica {
         let local_clock: String = r.try_get("", "local_clock")?;
         let remote_clock: String = r.try_get("", "remote_clock")?;
         Ok(HeldConflict {
-            id: conflict_id(r)?,
+            id: integer_id(r, "id")?,
             conflict: ColumnConflict {
                 table,
                 pk: names.into_iter().zip(values).collect(),
@@ -376,13 +376,4 @@ pub(crate) async fn update_remote(
         .to_owned();
     tx.execute(&q).await?;
     Ok(())
-}
-
-/// The `id` of a held conflict: an `INTEGER`, which PostgreSQL and MySQL
-/// return as 32 bits and SQLite as 64.
-fn conflict_id(r: &sea_orm::QueryResult) -> Result<i64> {
-    match r.try_get::<i64>("", "id") {
-        Ok(id) => Ok(id),
-        Err(_) => Ok(i64::from(r.try_get::<i32>("", "id")?)),
-    }
 }

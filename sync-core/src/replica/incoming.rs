@@ -31,6 +31,7 @@ use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{parse_pk_key, pk_key};
+use crate::store::codec::{integer_id, sequence};
 use crate::store::rows;
 use crate::store::write::{delete_rows, execute_all, execute_while, lock_rows, row_statements};
 
@@ -192,12 +193,9 @@ pub(crate) async fn refused(db: &DatabaseConnection, limit: u64) -> Result<Vec<(
         .to_owned();
     let mut out = Vec::new();
     for r in db.query_all(&q).await? {
-        let id = match r.try_get::<i64>("", "id") {
-            Ok(id) => id,
-            Err(_) => i64::from(r.try_get::<i32>("", "id")?),
-        };
+        let id = integer_id(&r, "id")?;
         let origin: String = r.try_get("", "origin")?;
-        let seq = crate::store::codec::sequence(&r, "seq")?;
+        let seq = sequence(&r, "seq")?;
         let payload: String = r.try_get("", "payload")?;
         let key: String = r.try_get("", "pk")?;
         out.push((

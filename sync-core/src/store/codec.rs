@@ -176,6 +176,15 @@ pub(crate) fn sequence(r: &QueryResult, column: &str) -> Result<u64> {
     u64::try_from(seq).map_err(|_| Error::Corrupt(format!("negative sequence {seq} in `{column}`")))
 }
 
+/// An `INTEGER` auto-increment id (`_tidesync_parked`, `_tidesync_conflicts`),
+/// which PostgreSQL and MySQL return as 32 bits and SQLite as 64.
+pub(crate) fn integer_id(r: &QueryResult, column: &str) -> Result<i64> {
+    match r.try_get::<i64>("", column) {
+        Ok(id) => Ok(id),
+        Err(_) => Ok(i64::from(r.try_get::<i32>("", column)?)),
+    }
+}
+
 /// A sequence number as the databases' signed 64-bit integers hold it.
 ///
 /// # Errors
