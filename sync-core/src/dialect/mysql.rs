@@ -253,6 +253,17 @@ mod tests {
             "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)"
         );
         assert!(MySql.locks_rows());
+        // ON DUPLICATE KEY UPDATE fires on any unique index: new rows are
+        // plain inserts.
+        assert!(MySql.upsert_takes_any_unique());
+        assert_eq!(
+            MySql.key_types_query(),
+            Some(
+                "SELECT COLUMN_NAME AS name, COLUMN_TYPE AS ty FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+            )
+        );
+        assert_eq!(MySql.unique_columns_query(), None);
         assert_eq!(MySql.plan_hint(), None);
         assert_eq!(MySql.type_exists_query(), None);
     }

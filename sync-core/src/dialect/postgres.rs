@@ -278,6 +278,16 @@ mod tests {
              WHERE table_schema = current_schema() AND table_name = $1"
         );
         assert_eq!(Postgres.triggers_query(), None);
+        assert_eq!(
+            Postgres.key_types_query(),
+            Some(
+                "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty \
+                 FROM pg_attribute a WHERE a.attrelid = to_regclass(quote_ident($1)) \
+                 AND a.attnum > 0 AND NOT a.attisdropped"
+            )
+        );
+        assert!(!Postgres.upsert_takes_any_unique());
+        assert_eq!(Postgres.unique_columns_query(), None);
         assert_eq!(Postgres.session_expr(), "pg_backend_pid()");
         assert_eq!(
             Postgres.now_us(),

@@ -180,6 +180,16 @@ mod tests {
             "SELECT name FROM pragma_table_info(?)"
         );
         assert_eq!(Sqlite.session_expr(), "0");
+        assert_eq!(Sqlite.key_types_query(), None);
+        assert!(!Sqlite.upsert_takes_any_unique());
+        assert_eq!(
+            Sqlite.unique_columns_query(),
+            Some(
+                "SELECT il.name, ii.name FROM pragma_index_list(?) AS il, \
+                 pragma_index_info(il.name) AS ii \
+                 WHERE il.\"unique\" = 1 AND il.origin <> 'pk' ORDER BY il.name, ii.seqno"
+            )
+        );
         assert_eq!(
             Sqlite.now_us(),
             "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
