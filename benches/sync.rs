@@ -694,6 +694,16 @@ impl Hub for Timed {
         r
     }
 
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        let t = Instant::now();
+        let r = self.inner.standing(origin).await;
+        self.note("standing", t);
+        r
+    }
+
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
         let t = Instant::now();
         let r = self.inner.pull(cursor, limit).await;

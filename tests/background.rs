@@ -199,6 +199,14 @@ impl Hub for Switch {
         self.inner.push(batch).await
     }
 
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.check()?;
+        self.inner.standing(origin).await
+    }
+
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
         self.check()?;
         self.inner.pull(cursor, limit).await

@@ -34,6 +34,9 @@ fn main() -> std::process::ExitCode {
         an_upgrade_over_a_page_of_deleted_rows_opens,
         an_upgrade_adding_a_column_with_a_default_keeps_pulled_values,
         a_unique_value_moved_across_pages_is_pulled,
+        a_copied_device_and_its_original_keep_each_others_edits,
+        a_device_restored_from_an_older_backup_gets_its_later_edits_back,
+        pending_changes_sent_again_under_a_new_identity_raise_no_conflict,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -95,6 +98,13 @@ impl Hub for AnswerLost {
         }
     }
 
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin).await
+    }
+
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
         self.inner.pull(cursor, limit).await
     }
@@ -144,6 +154,10 @@ async fn held_conflicts_survive_a_lost_answer(hub: TestDb) -> TestResult {
     b.add("another").await?;
     let r = b.sync().await?;
     ensure!(r.conflicts.is_empty(), "held once: {r:?}");
+    ensure!(
+        r.renewed.is_empty(),
+        "a change sent again after a lost answer is the same change: {r:?}"
+    );
     b.engine
         .replica()
         .resolve(held[0].id, Resolution::KeepLocal)
@@ -1470,6 +1484,171 @@ async fn a_row_sealed_as_new_once_is_not_new_again(hub: TestDb) -> TestResult {
     );
     other.close().await?;
     app.close().await?;
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// The rows of every device, which must be `expected`.
+async fn all_hold(
+    devices: &[&common::device::Device],
+    expected: &std::collections::BTreeMap<Uuid, common::device::Row>,
+) -> TestResult {
+    for (i, d) in devices.iter().enumerate() {
+        ensure_eq!(&d.rows().await?, expected, "device {i}");
+    }
+    Ok(())
+}
+
+/// Item 1: a copy of a device's database (a phone restored from the other
+/// phone's backup, a copied SQLite file) has the same node id as the
+/// original. Each edits its own contact and syncs. Before, the hub took the
+/// copy's change as a re-send of the original's (same id) and dropped it,
+/// and neither pulled the other's changes (a replica leaves its own origin
+/// out of its pulls). Now the copy finds the clash, takes a new id, sends
+/// its change under it and loads the original's; everyone ends with both.
+async fn a_copied_device_and_its_original_keep_each_others_edits(hub: TestDb) -> TestResult {
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    let b = device_in(a.local.copy("b").await?, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let id = a.engine.replica().node_id();
+    ensure_eq!(b.engine.replica().node_id(), id, "a copy has the same id");
+    a.set(x, "name", "a's edit").await?;
+    let y = b.add("b's contact").await?;
+    let ra = a.sync().await?;
+    ensure!(
+        ra.renewed.is_empty(),
+        "the first to push keeps its id: {ra:?}"
+    );
+    let rb = b.sync().await?;
+    ensure_eq!(rb.renewed.len(), 1, "the copy takes a new id: {rb:?}");
+    let renewal = &rb.renewed[0];
+    ensure!(
+        renewal.old == id
+            && renewal.new == b.engine.replica().node_id()
+            && renewal.new != id
+            && matches!(&renewal.cause, tidesync::RenewalCause::Clash(r) if r.reason.contains("identity")),
+        "the report says what happened: {renewal:?}"
+    );
+    ensure!(
+        rb.pushed >= 1,
+        "b's change went out under the new id: {rb:?}"
+    );
+    a.sync().await?;
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    let expected: std::collections::BTreeMap<Uuid, common::device::Row> = [
+        (x, ("a's edit".to_string(), None, None)),
+        (y, ("b's contact".to_string(), None, None)),
+    ]
+    .into();
+    all_hold(&[&a, &b, &c], &expected).await?;
+    // Later edits on both go on reaching everyone.
+    a.set(y, "name", "a again").await?;
+    b.set(x, "name", "b again").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.sync().await?;
+    c.sync().await?;
+    let expected: std::collections::BTreeMap<Uuid, common::device::Row> = [
+        (x, ("b again".to_string(), None, None)),
+        (y, ("a again".to_string(), None, None)),
+    ]
+    .into();
+    all_hold(&[&a, &b, &c], &expected).await?;
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// Item 1: a device restored from a backup older than its last sync. The
+/// hub applied changes of its id that the restored database never
+/// numbered. Before, the restored device numbered its next changes with
+/// those sequences, the hub took them for re-sends and dropped them, and
+/// the device never got back its own later edits (its pulls leave its own
+/// origin out). Now it finds the hub ahead, takes a new id and loads the
+/// hub's rows (its lost edits among them) before it pushes.
+async fn a_device_restored_from_an_older_backup_gets_its_later_edits_back(
+    hub: TestDb,
+) -> TestResult {
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    let backup = a.local.copy("backup").await?;
+    a.set(x, "name", "after the backup").await?;
+    let z = a.add("z").await?;
+    a.sync().await?;
+    let old = a.engine.replica().node_id();
+    a.drop().await?;
+    // The phone is lost; a new one is restored from the backup.
+    let r = device_in(backup, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let w = r.add("made after the restore").await?;
+    let report = r.sync().await?;
+    ensure_eq!(report.renewed.len(), 1, "{report:?}");
+    ensure!(
+        matches!(
+            report.renewed[0].cause,
+            tidesync::RenewalCause::HubAhead { applied, numbered } if applied > numbered
+        ) && report.renewed[0].old == old,
+        "{report:?}"
+    );
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    let expected: std::collections::BTreeMap<Uuid, common::device::Row> = [
+        (x, ("after the backup".to_string(), None, None)),
+        (z, ("z".to_string(), None, None)),
+        (w, ("made after the restore".to_string(), None, None)),
+    ]
+    .into();
+    all_hold(&[&r, &c], &expected).await?;
+    r.drop().await?;
+    c.drop().await?;
+    hub.drop().await
+}
+
+/// Item 1, with policy `manual`: the copy's pending change was applied by
+/// the hub under the old id (the original pushed it); sent again under the
+/// new id, it meets itself in the row's state, which is not a concurrent
+/// edit. Before, the hub held it as a conflict of a value with itself.
+async fn pending_changes_sent_again_under_a_new_identity_raise_no_conflict(
+    hub: TestDb,
+) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let x = a.add("x").await?;
+    let y = a.add("y").await?;
+    a.sync().await?;
+    a.set(x, "name", "pending at the copy").await?;
+    let b = device_in(a.local.copy("b").await?, sql_hub(&hub).await?, |r| {
+        r.register::<people_manual::Entity>()
+    })
+    .await?;
+    a.set(y, "name", "a's later edit").await?;
+    a.sync().await?;
+    let rb = b.sync().await?;
+    ensure_eq!(rb.renewed.len(), 1, "{rb:?}");
+    ensure!(
+        rb.conflicts.is_empty(),
+        "no conflict of a change with itself: {rb:?}"
+    );
+    ensure!(
+        b.engine.replica().conflicts().await?.is_empty(),
+        "nothing held on b"
+    );
+    a.sync().await?;
+    let expected: std::collections::BTreeMap<Uuid, common::device::Row> = [
+        (x, ("pending at the copy".to_string(), None, None)),
+        (y, ("a's later edit".to_string(), None, None)),
+    ]
+    .into();
+    all_hold(&[&a, &b], &expected).await?;
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

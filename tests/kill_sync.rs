@@ -80,6 +80,13 @@ impl Hub for Announced {
         self.0.push(batch).await
     }
 
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.0.standing(origin).await
+    }
+
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
         announce(PULL);
         self.0.pull(cursor, limit).await

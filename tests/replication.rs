@@ -550,6 +550,13 @@ impl Hub for Paged {
         self.inner.push(batch).await
     }
 
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin).await
+    }
+
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.inner.pull(cursor, limit).await
     }
@@ -1109,6 +1116,13 @@ impl Hub for LostAfter {
         }
         self.pushes.store(left - 1, Ordering::SeqCst);
         self.inner.push(batch).await
+    }
+
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin).await
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {

@@ -154,6 +154,25 @@ impl TestDb {
         }
     }
 
+    /// A copy of this SQLite database as a backup makes it (`VACUUM INTO`),
+    /// as a new test database named after `tag`: a device restored from
+    /// this one's backup, or a copied database file.
+    pub async fn copy(&self, tag: &str) -> Result<TestDb, BoxError> {
+        if self.dialect != Dialect::Sqlite {
+            return Err(format!("copying a {} database", self.dialect.name()).into());
+        }
+        let copy = TestDb::create(Dialect::Sqlite, tag).await?;
+        copy.db.close().await?;
+        std::fs::remove_file(&copy.name)?;
+        self.db
+            .execute_unprepared(&format!("VACUUM INTO '{}'", copy.name.replace('\'', "''")))
+            .await?;
+        Ok(TestDb {
+            db: Database::connect(&copy.url).await?,
+            ..copy
+        })
+    }
+
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }

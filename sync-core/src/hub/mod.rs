@@ -26,6 +26,7 @@ mod log;
 mod merge;
 mod push;
 mod referral;
+mod resent;
 mod snapshot;
 pub(crate) mod tables;
 mod validate;
@@ -38,7 +39,7 @@ pub use crate::model::conflict::{Merged, merge_with_policy};
 pub use crate::model::merge::RowState;
 pub use crate::model::protocol::{
     Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage, SnapshotRow,
-    Unreadable,
+    Standing, Unreadable,
 };
 
 use crate::model::change::{Change, ChangeId, TableSpec};
@@ -188,6 +189,16 @@ impl Hub for SqlHub {
         let specs = self.tables.read().await.clone();
         let max_skew_us = u64::try_from(self.max_skew.as_micros()).unwrap_or(u64::MAX);
         push::push(&self.db, &specs, self.policy, max_skew_us, batch).await
+    }
+
+    async fn standing(&self, origin: NodeId) -> Result<Standing> {
+        let applied = push::applied(&self.db, origin)
+            .await
+            .map_err(Error::or_offline)?;
+        Ok(Standing {
+            applied,
+            tip: Cursor(log::tip(&self.db).await?),
+        })
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {

@@ -11,6 +11,7 @@ use sea_orm::{
 
 use super::held;
 use super::merge::Merge;
+use super::resent;
 use super::tables::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
 use super::validate::{check_clock, validate};
 use crate::dialect::{self, Dialect};
@@ -141,6 +142,17 @@ impl Push<'_> {
         // with the conflicts they raised.
         let (done, todo): (Vec<&Change>, Vec<&Change>) =
             batch.iter().partition(|c| c.id.seq <= progress.applied);
+        // Only if it is the change applied under its id: another device
+        // may have used this origin id (see `resent`).
+        if let Some(clashed) = resent::clash(&tx, self.origin, &done).await? {
+            tx.rollback()
+                .await
+                .map_err(|e| Error::from(e).or_offline())?;
+            return Ok(Some(PushAck {
+                clashed: Some(clashed),
+                ..PushAck::default()
+            }));
+        }
         ack.acknowledged.extend(done.iter().map(|c| c.id));
         if self.specs.iter().any(|s| s.policy.holds_conflicts()) {
             let first = batch.first().map_or(0, |c| c.id.seq);
@@ -275,18 +287,9 @@ impl Push<'_> {
 
     /// How far the origin's stream was applied before this push.
     async fn progress(&self, tx: &DatabaseTransaction) -> Result<OriginProgress> {
-        let row = tx
-            .query_one(
-                &Query::select()
-                    .column(Alias::new("applied_seq"))
-                    .from(Alias::new(PEERS))
-                    .and_where(Expr::col(Alias::new("origin")).eq(self.origin.to_string()))
-                    .to_owned(),
-            )
-            .await?;
-        Ok(match row {
-            Some(r) => OriginProgress {
-                applied: sequence(&r, "applied_seq")?,
+        Ok(match applied_row(tx, self.origin).await? {
+            Some(applied) => OriginProgress {
+                applied,
                 known: true,
             },
             None => OriginProgress {
@@ -311,6 +314,26 @@ impl Push<'_> {
             .await?;
         tx.commit().await.map_err(|e| Error::from(e).or_offline())
     }
+}
+
+/// The last sequence of `origin` the hub holds (applied or parked), 0 for
+/// an origin it never heard of.
+pub(super) async fn applied<C: ConnectionTrait>(db: &C, origin: NodeId) -> Result<u64> {
+    Ok(applied_row(db, origin).await?.unwrap_or(0))
+}
+
+/// The origin's progress row, if it has one.
+async fn applied_row<C: ConnectionTrait>(db: &C, origin: NodeId) -> Result<Option<u64>> {
+    let row = db
+        .query_one(
+            &Query::select()
+                .column(Alias::new("applied_seq"))
+                .from(Alias::new(PEERS))
+                .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+                .to_owned(),
+        )
+        .await?;
+    row.map(|r| sequence(&r, "applied_seq")).transpose()
 }
 
 /// Record that `origin`'s changes up to `progress.applied` are applied.

@@ -114,7 +114,11 @@ pub fn merge_with_policy(state: &mut RowState, change: &Change, policy: Conflict
     for (column, value) in &change.columns {
         let base = change.base_of(column);
         let current = state.clocks.get(column).copied();
-        let concurrent = is_concurrent(current, base.and_then(|b| b.clock));
+        // The column may hold this very edit: the change was applied
+        // before, under another id (a device that took a new identity
+        // sends its pending changes again). An edit never meets itself.
+        let concurrent =
+            current != Some(change.hlc) && is_concurrent(current, base.and_then(|b| b.clock));
         if let Some(current) = current.filter(|_| concurrent) {
             out.conflicts.push(ColumnConflict {
                 table: change.table.clone(),
@@ -257,6 +261,23 @@ mod tests {
         );
         assert!(r.conflicts.is_empty());
         assert_eq!(st.vals["phone"], s("b"));
+    }
+
+    #[test]
+    fn an_edit_applied_again_is_not_a_conflict() {
+        for policy in [ConflictPolicy::Merge, ConflictPolicy::Manual] {
+            let mut st = start();
+            let e = edit("phone", "a", 10, 1, Some(("p0", hlc(1, 9))));
+            merge_with_policy(&mut st, &e, policy);
+            let mut again = e.clone();
+            again.id.seq = 99;
+            let r = merge_with_policy(&mut st, &again, policy);
+            assert!(
+                r.conflicts.is_empty() && r.held.is_empty(),
+                "{policy:?}: {r:?}"
+            );
+            assert_eq!(st.vals["phone"], s("a"));
+        }
     }
 
     #[test]

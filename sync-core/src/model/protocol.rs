@@ -48,6 +48,22 @@ pub struct PushAck {
     pub conflicts: Vec<crate::model::conflict::ColumnConflict>,
     /// Concurrent edits settled by the clock (policy `merge`).
     pub settled: Vec<crate::model::conflict::ColumnConflict>,
+    /// A change of the batch sent under an id the hub already holds with
+    /// other content: another device used this origin id (a copy of the
+    /// device, or the device before it was restored from a backup). The
+    /// hub applied and acknowledged nothing of the batch; the replica must
+    /// take a new identity and push again (`SyncEngine` does).
+    pub clashed: Option<Rejection>,
+}
+
+/// Where an origin stands at a hub (see [`Hub::standing`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The origin's last sequence the hub holds (applied, or parked as
+    /// rejected); 0 for an origin it never heard of.
+    pub applied: u64,
+    /// The hub's last log position: a replica's cursor is never beyond it.
+    pub tip: Cursor,
 }
 
 /// A page of the hub's change log.
@@ -115,7 +131,7 @@ pub struct SnapshotPage {
 
 /// A hub: where replicas meet.
 ///
-/// Four required methods; the engine builds everything else on them.
+/// Five required methods; the engine builds everything else on them.
 /// [`Hub::pull_excluding`] has a default that a hub may improve on.
 #[async_trait::async_trait]
 pub trait Hub: Send + Sync {
@@ -126,6 +142,14 @@ pub trait Hub: Send + Sync {
     /// Apply a batch of one origin's changes, in its order, at most once
     /// each.
     async fn push(&self, batch: &[Change]) -> Result<PushAck>;
+
+    /// Where `origin` stands at this hub: the last of its sequences the hub
+    /// holds, and the hub's tip. A replica asks before each sync: a hub
+    /// holding more of its sequences than it ever numbered means another
+    /// device used its identity, or it was restored from an older backup;
+    /// a tip below its cursor, or fewer of its changes than the hub once
+    /// acknowledged, means the hub was restored from an older backup.
+    async fn standing(&self, origin: crate::model::clock::NodeId) -> Result<Standing>;
 
     /// Up to `limit` changes after `cursor`, in hub order.
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch>;

@@ -239,7 +239,7 @@ impl Replica {
         // application write to the row that the lock waited for.
         let (spec, pk) = self.held_row(&tx, id).await?;
         lock_rows(&tx, dialect::of_db(&tx)?, &spec, &[pk]).await?;
-        let mut state = SealState::load(&tx, self.node_id()).await?;
+        let mut state = SealState::load(&tx).await?;
         // Capture pending local writes first, as a pull does: an edit of the
         // held column made since the conflict was recorded is the local
         // value now, and goes out as a change of its own (rows it cannot

@@ -27,7 +27,7 @@ use super::seal_state::SealState;
 use super::tables::{LOCAL_META, PARKED, ROWS};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};
-use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
+use crate::model::clock::{HlcClock, wall_clock_us};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{parse_pk_key, pk_key};
@@ -129,7 +129,6 @@ pub(crate) struct PageMeta<'a> {
 pub(crate) async fn apply_page(
     db: &DatabaseConnection,
     tables: &[Arc<dyn TableHandle>],
-    node: NodeId,
     deltas: Vec<Delta>,
     meta: PageMeta<'_>,
 ) -> Result<ApplyReport> {
@@ -152,7 +151,7 @@ pub(crate) async fn apply_page(
             lock_rows(&tx, d, h.spec(), &keys).await?;
         }
     }
-    let mut state = SealState::load(&tx, node).await?;
+    let mut state = SealState::load(&tx).await?;
     seal_all(&tx, tables, &mut state, &mut report.captured).await?;
     // Merge, per table in registration order.
     let mut writes = Vec::new();

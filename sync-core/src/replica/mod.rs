@@ -144,7 +144,7 @@ impl ReplicaBuilder {
             db,
             tables: self.tables,
             resolvers: self.resolvers,
-            node,
+            node: std::sync::RwLock::new(node),
             written: 0.into(),
         })
     }
@@ -184,7 +184,8 @@ pub struct Replica {
     db: DatabaseConnection,
     tables: Vec<Arc<dyn TableHandle>>,
     resolvers: HashMap<String, Arc<dyn Resolver>>,
-    node: NodeId,
+    /// The node id (see [`Replica::node_id`]).
+    node: std::sync::RwLock<NodeId>,
     /// Rows whose state this process wrote (captured or pulled), for
     /// [`Replica::wrote`].
     written: std::sync::atomic::AtomicU64,
@@ -193,7 +194,7 @@ pub struct Replica {
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
-            .field("node", &self.node)
+            .field("node", &self.node_id())
             .field(
                 "tables",
                 &self
@@ -218,9 +219,75 @@ impl Replica {
         }
     }
 
-    /// This device's node id (created on first open, then stable).
+    /// This device's node id: created on first open, and stable until the
+    /// replica finds that another device used it (a copy of this database,
+    /// or this database restored from an older backup) and takes a new one
+    /// (the sync engine reports it in `SyncReport::renewed`).
     pub fn node_id(&self) -> NodeId {
-        self.node
+        *self.node.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node id and the last sequence this replica numbered, as stored
+    /// (another `Replica` on the same database may have renewed the id);
+    /// the node id in memory follows.
+    pub(crate) async fn identity(&self) -> Result<(NodeId, u64)> {
+        let mut meta = LOCAL_META
+            .read_many(&self.db, &["node_id", "next_seq"])
+            .await?;
+        let node: NodeId = meta
+            .remove("node_id")
+            .ok_or_else(|| Error::Corrupt("node_id missing".into()))?
+            .parse()?;
+        let next_seq = meta.remove("next_seq").unwrap_or_default();
+        let next_seq: u64 = next_seq
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("next_seq `{next_seq}` is not a number")))?;
+        self.set_node(node);
+        Ok((node, next_seq.saturating_sub(1)))
+    }
+
+    /// Take a new node id, because `old` was used by another device too.
+    /// Pending changes go out under the new id (the outbox is numbered by
+    /// sequence alone, which goes on from where it was), and every pull
+    /// cursor is forgotten, so the next pull loads each hub's rows again,
+    /// the changes made under `old` elsewhere among them (a pull leaves out
+    /// its own origin's changes, and these were not this replica's). Under
+    /// the capture lock; if the stored id is no longer `old` (another
+    /// `Replica` on this database renewed it), that one is taken.
+    pub(crate) async fn renew_identity(&self, old: NodeId) -> Result<NodeId> {
+        let tx = self.db.begin().await?;
+        SealState::lock(&tx).await?;
+        let stored: NodeId = LOCAL_META.require(&tx, "node_id").await?.parse()?;
+        if stored != old {
+            tx.commit().await?;
+            self.set_node(stored);
+            return Ok(stored);
+        }
+        let new = NodeId::random();
+        let mut former = LOCAL_META
+            .read(&tx, "former_node_ids")
+            .await?
+            .unwrap_or_default();
+        if !former.is_empty() {
+            former.push(',');
+        }
+        former.push_str(&old.to_string());
+        LOCAL_META
+            .upsert_many(
+                &tx,
+                &[("node_id", &new.to_string()), ("former_node_ids", &former)],
+            )
+            .await?;
+        for prefix in ["cursor:", "bootstrap:"] {
+            LOCAL_META.remove_prefixed(&tx, prefix).await?;
+        }
+        tx.commit().await?;
+        self.set_node(new);
+        Ok(new)
+    }
+
+    fn set_node(&self, node: NodeId) {
+        *self.node.write().unwrap_or_else(|e| e.into_inner()) = node;
     }
 
     /// The local connection.
@@ -269,7 +336,7 @@ impl Replica {
         let mut pass = Pass::new(&self.tables);
         loop {
             let tx = self.db.begin().await?;
-            let mut state = SealState::lock_and_load(&tx, self.node).await?;
+            let mut state = SealState::lock_and_load(&tx).await?;
             let seq = state.next_seq;
             let step = pass
                 .step(&tx, &mut state, &mut report, MAX_RESTARTS)
@@ -290,7 +357,7 @@ impl Replica {
         deltas: Vec<Delta>,
         meta: PageMeta<'_>,
     ) -> Result<ApplyReport> {
-        let report = incoming::apply_page(&self.db, &self.tables, self.node, deltas, meta).await?;
+        let report = incoming::apply_page(&self.db, &self.tables, deltas, meta).await?;
         self.wrote(report.applied as u64).await;
         Ok(report)
     }

@@ -24,9 +24,9 @@ pub(crate) struct SealState {
 impl SealState {
     /// Take the capture lock (a row lock on PostgreSQL/MySQL, the write lock
     /// on SQLite) and load clock and sequence.
-    pub(crate) async fn lock_and_load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
+    pub(crate) async fn lock_and_load(tx: &DatabaseTransaction) -> Result<Self> {
         Self::lock(tx).await?;
-        Self::load(tx, node).await
+        Self::load(tx).await
     }
 
     /// Take the capture lock only: a locking read, which on MySQL
@@ -38,10 +38,18 @@ impl SealState {
         LOCAL_META.lock(tx, "next_seq").await
     }
 
-    /// Load clock and sequence, under the capture lock.
-    pub(crate) async fn load(tx: &DatabaseTransaction, node: NodeId) -> Result<Self> {
+    /// Load node id, clock and sequence, under the capture lock. The node id
+    /// is read here, not taken from memory: another process on the same
+    /// database may have renewed it (see `Replica::renew_identity`).
+    pub(crate) async fn load(tx: &DatabaseTransaction) -> Result<Self> {
         custom_plans(tx).await?;
-        let mut meta = LOCAL_META.read_many(tx, &["next_seq", "hlc"]).await?;
+        let mut meta = LOCAL_META
+            .read_many(tx, &["next_seq", "hlc", "node_id"])
+            .await?;
+        let node: NodeId = meta
+            .remove("node_id")
+            .ok_or_else(|| Error::Corrupt("node_id missing".into()))?
+            .parse()?;
         let next_seq = meta
             .remove("next_seq")
             .ok_or_else(|| Error::Corrupt("next_seq missing".into()))?;

@@ -133,6 +133,21 @@ impl Meta {
         Ok(())
     }
 
+    /// Remove every key that starts with `prefix` (which holds no `%` or
+    /// `_`).
+    pub(crate) async fn remove_prefixed<C: ConnectionTrait>(
+        self,
+        db: &C,
+        prefix: &str,
+    ) -> Result<()> {
+        let stmt = Query::delete()
+            .from_table(Alias::new(self.0))
+            .and_where(Expr::col(Alias::new("key")).like(format!("{prefix}%")))
+            .to_owned();
+        db.execute(&stmt).await?;
+        Ok(())
+    }
+
     /// Lock the row of `key` until the transaction ends (a row lock on
     /// PostgreSQL and MySQL, the write lock on SQLite): the sequence lock.
     pub(crate) async fn lock<C: ConnectionTrait>(self, db: &C, key: &str) -> Result<()> {

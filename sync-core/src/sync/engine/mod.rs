@@ -4,6 +4,7 @@
 //! overlap local work).
 
 mod bootstrap;
+mod identity;
 mod prefetch;
 mod pull;
 mod push;
@@ -18,6 +19,8 @@ use crate::model::conflict::ColumnConflict;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Hub, HubInfo, RejectPolicy, Rejection};
 use crate::replica::Replica;
+
+pub use identity::{Renewal, RenewalCause};
 
 /// What one [`SyncEngine::sync_now`] did.
 #[derive(Debug, Default)]
@@ -41,6 +44,12 @@ pub struct SyncReport {
     pub settled: Vec<ColumnConflict>,
     /// Conflicts settled by a registered resolver.
     pub resolved: usize,
+    /// The new node id this replica took because another device used its
+    /// own (a copy of this database, or this database restored from an
+    /// older backup; see [`Renewal`]). Nothing of either device is lost:
+    /// pending changes went out under the new id, and the hub's rows were
+    /// loaded again.
+    pub renewed: Vec<Renewal>,
     /// Wall time the sync took.
     pub duration: Duration,
 }
@@ -166,6 +175,7 @@ impl SyncEngine {
         let hub = self.hub_info().await?.clone();
         let captured = self.replica.capture().await?;
         report.local_errors.extend(captured.rejected);
+        self.check_identity(&mut report).await?;
         self.push(&mut report).await?;
         self.pull(&hub, &mut report).await?;
         report.duration = started.elapsed();

@@ -17,6 +17,9 @@ enum AckOutcome {
     /// A resolver settled a conflict with a new change: the batch read
     /// ahead may predate it, read again.
     Resolved,
+    /// The hub holds another change under the id of one of the batch: the
+    /// replica took a new id, push the outbox again from its head.
+    Renewed,
     /// Go on.
     Continue,
 }
@@ -81,6 +84,13 @@ impl SyncEngine {
                 match self.settle(&batch, ack, head, report).await? {
                     AckOutcome::Halted => return Ok(()),
                     AckOutcome::Resolved => ahead = None,
+                    AckOutcome::Renewed => {
+                        // Everything after the acknowledged head again,
+                        // under the new id.
+                        ahead = None;
+                        after = head.through.unwrap_or(0);
+                        continue;
+                    }
                     AckOutcome::Continue => {}
                 }
                 after = last;
@@ -119,6 +129,15 @@ impl SyncEngine {
         head: &mut AckedHead,
         report: &mut SyncReport,
     ) -> Result<AckOutcome> {
+        if let Some(clash) = ack.clashed {
+            // Nothing of the batch was applied or acknowledged.
+            let old = batch
+                .first()
+                .map_or(self.replica.node_id(), |c| c.id.origin);
+            self.renew(old, super::RenewalCause::Clash(clash), report)
+                .await?;
+            return Ok(AckOutcome::Renewed);
+        }
         // The conflicts first: once a change counts as acknowledged it may
         // be dropped (even if this call then fails), and the hub forgets
         // its conflicts when the next push starts after it.

@@ -1,0 +1,216 @@
+//! Changes pushed again under an id the hub already holds: acknowledged
+//! only when they are the change it holds under that id.
+//!
+//! A device pushes a change again when the answer to its push was lost.
+//! But two devices can also push *different* changes under one id: a copy
+//! of a device (a phone restored from another's backup, a copied SQLite
+//! file) numbers its changes from the same sequence as the original, and a
+//! device restored from an older backup numbers new changes with sequences
+//! the hub already applied. Acknowledging such a change would drop it from
+//! its device without applying it, in silence. So a change at or below the
+//! origin's progress is compared with what the hub logged (or parked) under
+//! its id; when they differ, the hub acknowledges nothing and says so, and
+//! the device takes a new identity (`SyncEngine` does).
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+
+use super::tables::{CHANGES, REJECTED};
+use crate::model::change::{Change, ChangeId};
+use crate::model::clock::NodeId;
+use crate::model::error::Result;
+use crate::model::protocol::Rejection;
+use crate::model::value::pk_key;
+use crate::store::codec::{self, db_sequence, sequence};
+
+/// The first of `sent` (changes of `origin` the hub already holds under
+/// their ids) that is not the change it holds, with what differs.
+pub(super) async fn clash(
+    tx: &DatabaseTransaction,
+    origin: NodeId,
+    sent: &[&Change],
+) -> Result<Option<Rejection>> {
+    if sent.is_empty() {
+        return Ok(None);
+    }
+    let held = held_under(tx, origin, sent).await?;
+    for c in sent {
+        let differs = match held.iter().find(|h| h.id.seq == c.id.seq) {
+            Some(h) => what_differs(h, c)?,
+            None => Some("the hub holds no change under this id".to_owned()),
+        };
+        if let Some(what) = differs {
+            return Ok(Some(Rejection {
+                id: c.id,
+                table: c.table.clone(),
+                reason: format!(
+                    "change {} of device {origin} is not the one the hub holds under that id \
+                     ({what}): two devices share this identity (a copy or a restored backup)",
+                    c.id.seq
+                ),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The changes of `origin` the hub logged or parked under the ids of `sent`.
+async fn held_under(
+    tx: &DatabaseTransaction,
+    origin: NodeId,
+    sent: &[&Change],
+) -> Result<Vec<Change>> {
+    let mut out = Vec::with_capacity(sent.len());
+    for chunk in sent.chunks(500) {
+        let seqs = chunk
+            .iter()
+            .map(|c| db_sequence(c.id.seq))
+            .collect::<Result<Vec<i64>>>()?;
+        let mut q = CHANGES.select();
+        q.and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+            .and_where(Expr::col(Alias::new("origin_seq")).is_in(seqs.clone()));
+        for r in tx.query_all(&q).await? {
+            let id = ChangeId {
+                origin,
+                seq: sequence(&r, "origin_seq")?,
+            };
+            out.push(codec::decode(id, &r)?);
+        }
+        let parked = Query::select()
+            .column(Alias::new("change"))
+            .from(Alias::new(REJECTED))
+            .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+            .and_where(Expr::col(Alias::new("origin_seq")).is_in(seqs))
+            .to_owned();
+        for r in tx.query_all(&parked).await? {
+            let text: String = r.try_get("", "change")?;
+            out.push(serde_json::from_str(&text)?);
+        }
+    }
+    Ok(out)
+}
+
+/// What tells the change the hub holds (`held`) from the one sent again
+/// (`sent`), if anything. The hub logs a change without the columns it held
+/// back for a decision, so each logged column must be sent with the same
+/// value, not the other way round.
+fn what_differs(held: &Change, sent: &Change) -> Result<Option<String>> {
+    if held.table != sent.table {
+        return Ok(Some(format!(
+            "table `{}`, not `{}`",
+            held.table, sent.table
+        )));
+    }
+    if held.op != sent.op {
+        return Ok(Some(format!("{:?}, not {:?}", held.op, sent.op)));
+    }
+    let key = |c: &Change| pk_key(&c.pk.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+    if key(held)? != key(sent)? {
+        return Ok(Some("another key".to_owned()));
+    }
+    if held.hlc != sent.hlc {
+        return Ok(Some(format!("clock {}, not {}", held.hlc, sent.hlc)));
+    }
+    for (column, value) in &held.columns {
+        let same = sent
+            .columns
+            .iter()
+            .find(|(c, _)| c == column)
+            .is_some_and(|(_, v)| same_value(v, value));
+        if !same {
+            return Ok(Some(format!("another value of `{column}`")));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether two values are the same once stored: compared as the log stores
+/// them (typed JSON), so a value read back from the log equals the one sent.
+fn same_value(a: &sea_orm::Value, b: &sea_orm::Value) -> bool {
+    a == b || serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::Op;
+    use crate::model::testing::hlc;
+    use sea_orm::Value;
+
+    fn change(seq: u64, name: &str) -> Change {
+        Change {
+            id: ChangeId {
+                origin: NodeId([1; 16]),
+                seq,
+            },
+            table: "people".into(),
+            pk: vec![("id".into(), Value::BigInt(Some(7)))],
+            op: Op::Update,
+            columns: vec![
+                ("name".into(), Value::from(name)),
+                ("email".into(), Value::from("x@y")),
+            ],
+            hlc: hlc(seq, 1),
+            base: vec![],
+        }
+    }
+
+    #[test]
+    fn the_same_change_sent_again_does_not_differ() {
+        let c = change(3, "ann");
+        assert_eq!(what_differs(&c, &c).unwrap(), None);
+        // Read back from the log: the same values, through JSON.
+        let back: Change = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(what_differs(&back, &c).unwrap(), None);
+    }
+
+    #[test]
+    fn a_change_logged_without_a_held_column_does_not_differ() {
+        let sent = change(3, "ann");
+        let mut logged = sent.clone();
+        logged.columns.retain(|(c, _)| c != "name");
+        assert_eq!(what_differs(&logged, &sent).unwrap(), None);
+    }
+
+    #[test]
+    fn another_change_under_the_same_id_differs() {
+        let held = change(3, "ann");
+        let value = change(3, "bob");
+        assert!(
+            what_differs(&held, &value)
+                .unwrap()
+                .unwrap()
+                .contains("`name`")
+        );
+        let mut clock = held.clone();
+        clock.hlc = hlc(4, 1);
+        assert!(
+            what_differs(&held, &clock)
+                .unwrap()
+                .unwrap()
+                .contains("clock")
+        );
+        let mut key = held.clone();
+        key.pk[0].1 = Value::BigInt(Some(8));
+        assert!(what_differs(&held, &key).unwrap().unwrap().contains("key"));
+        let mut op = held.clone();
+        op.op = Op::Delete;
+        assert!(what_differs(&held, &op).unwrap().is_some());
+        let mut table = held.clone();
+        table.table = "pets".into();
+        assert!(
+            what_differs(&held, &table)
+                .unwrap()
+                .unwrap()
+                .contains("table")
+        );
+        let mut missing = held.clone();
+        missing.columns.pop();
+        assert!(
+            what_differs(&held, &missing)
+                .unwrap()
+                .unwrap()
+                .contains("`email`")
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Device identity: finding, before a push, that another device used this
+//! replica's node id, and taking a new one without losing either device's
+//! changes.
+//!
+//! A node id names one stream of changes, numbered 1, 2, 3... A copy of the
+//! replica's database (a phone restored from another's backup, a copied
+//! SQLite file) goes on numbering from the same point as the original, and
+//! a database restored from an older backup numbers new changes with
+//! sequences the hub already applied. Left alone, the hub would take the
+//! second change under an id as a re-send of the first and drop it, and
+//! each copy would leave the other's changes out of its pulls (a replica
+//! does not pull its own origin's changes).
+//!
+//! The engine finds it two ways: the hub holds more of the id's sequences
+//! than this replica ever numbered ([`RenewalCause::HubAhead`], asked with
+//! [`Hub::standing`](crate::hub::Hub::standing) before each push), or the
+//! hub holds another change under the id of one it is sent again
+//! ([`RenewalCause::Clash`], in the push's answer). Either way the replica
+//! takes a new node id: its pending changes go out under it (a change the
+//! hub already applied under the old id is merged again, which changes
+//! nothing), and it loads the hub's rows again, which brings back the
+//! changes made under the old id that it lacks. The device that keeps the
+//! old id needs nothing: the renewed one's changes reach it as another
+//! device's.
+
+use super::{SyncEngine, SyncReport};
+use crate::model::clock::NodeId;
+use crate::model::error::{Error, Result};
+use crate::model::protocol::Rejection;
+
+/// A new node id this replica took during a sync (see the
+/// [module docs](self)).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Renewal {
+    /// The id another device used too.
+    pub old: NodeId,
+    /// The id the replica goes on with.
+    pub new: NodeId,
+    /// How the engine found out.
+    pub cause: RenewalCause,
+}
+
+/// How the engine found that another device used this replica's node id.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum RenewalCause {
+    /// The hub holds changes of this id up to `applied`, but this replica
+    /// numbered its changes only up to `numbered`: it was restored from an
+    /// older backup, or it is a copy whose twin pushed first.
+    HubAhead {
+        /// The id's last sequence the hub holds.
+        applied: u64,
+        /// The last sequence this replica numbered.
+        numbered: u64,
+    },
+    /// The hub holds another change under the id of one this replica sent:
+    /// a copy of this replica pushed its own change under that id first.
+    Clash(Rejection),
+}
+
+impl std::fmt::Display for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "device {} is now {}: ", self.old, self.new)?;
+        match &self.cause {
+            RenewalCause::HubAhead { applied, numbered } => write!(
+                f,
+                "the hub holds its changes up to {applied} but it numbered only up to \
+                 {numbered} (a copy of another device, or restored from an older backup)"
+            ),
+            RenewalCause::Clash(r) => write!(f, "{}", r.reason),
+        }
+    }
+}
+
+/// How many times one sync may renew the node id. A second renewal in one
+/// sync would mean a fresh random id clashed at once: something else is
+/// wrong, and the sync stops with an error rather than loop.
+const MAX_RENEWALS: usize = 1;
+
+impl SyncEngine {
+    /// Before a push: renew the node id if the hub holds more of its
+    /// sequences than this replica numbered.
+    pub(super) async fn check_identity(&self, report: &mut SyncReport) -> Result<()> {
+        let (me, numbered) = self.replica.identity().await?;
+        let standing = self.hub.standing(me).await.map_err(Error::or_offline)?;
+        if standing.applied > numbered {
+            let cause = RenewalCause::HubAhead {
+                applied: standing.applied,
+                numbered,
+            };
+            self.renew(me, cause, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Take a new node id because `old` was used by another device too, and
+    /// report it.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when this sync renewed the id already.
+    pub(super) async fn renew(
+        &self,
+        old: NodeId,
+        cause: RenewalCause,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        if report.renewed.len() >= MAX_RENEWALS {
+            return Err(Error::Corrupt(format!(
+                "device {old} clashed again at the hub after taking a new id in this sync: {cause:?}"
+            )));
+        }
+        let new = self.replica.renew_identity(old).await?;
+        let renewal = Renewal { old, new, cause };
+        tracing::warn!("{renewal}");
+        report.renewed.push(renewal);
+        Ok(())
+    }
+}
