@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
         a_copied_device_and_its_original_keep_each_others_edits,
         a_device_restored_from_an_older_backup_gets_its_later_edits_back,
         pending_changes_sent_again_under_a_new_identity_raise_no_conflict,
+        a_hub_restored_from_an_older_backup_gets_back_what_it_lost,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -1651,5 +1652,63 @@ async fn pending_changes_sent_again_under_a_new_identity_raise_no_conflict(
     all_hold(&[&a, &b], &expected).await?;
     a.drop().await?;
     b.drop().await?;
+    hub.drop().await
+}
+
+/// Item 1: the hub restored from a backup older than the last syncs. It
+/// lost changes it had acknowledged (they left their devices' outboxes)
+/// and log entries the devices had pulled (their cursors are beyond its
+/// tip). Before, nobody noticed: the lost changes were gone for good, and
+/// the devices skipped the hub's next entries up to their old cursors. Now
+/// each device finds the hub behind, queues its row states again and loads
+/// the hub's rows again; everything comes back everywhere.
+async fn a_hub_restored_from_an_older_backup_gets_back_what_it_lost(hub: TestDb) -> TestResult {
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let b = device::<people_lww::Entity>(&hub, "b").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    b.sync().await?;
+    hub.back_up("bk_").await?;
+    a.set(x, "name", "edited after the backup").await?;
+    let y = a.add("added after the backup").await?;
+    a.sync().await?;
+    let z = b.add("b's, after the backup").await?;
+    b.sync().await?;
+    a.sync().await?;
+    hub.restore("bk_").await?;
+    let ra = a.sync().await?;
+    let behind = ra.hub_behind.as_ref().ok_or("a finds the hub behind")?;
+    ensure!(
+        behind.resent >= 3 && behind.applied < behind.acknowledged.unwrap_or(0),
+        "{behind:?}"
+    );
+    let rb = b.sync().await?;
+    ensure!(rb.hub_behind.is_some(), "b finds the hub behind: {rb:?}");
+    a.sync().await?;
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    let expected: std::collections::BTreeMap<Uuid, common::device::Row> = [
+        (x, ("edited after the backup".to_string(), None, None)),
+        (y, ("added after the backup".to_string(), None, None)),
+        (z, ("b's, after the backup".to_string(), None, None)),
+    ]
+    .into();
+    all_hold(&[&a, &b, &c], &expected).await?;
+    // Syncing on finds nothing more to do.
+    for d in [&a, &b, &c] {
+        let r = d.sync().await?;
+        ensure!(r.hub_behind.is_none() && r.renewed.is_empty(), "{r:?}");
+    }
+    // And new edits go on reaching everyone.
+    c.set(y, "name", "c's edit").await?;
+    c.sync().await?;
+    a.sync().await?;
+    b.sync().await?;
+    for d in [&a, &b] {
+        ensure_eq!(d.rows().await?[&y].0, "c's edit");
+    }
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
     hub.drop().await
 }

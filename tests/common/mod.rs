@@ -173,6 +173,69 @@ impl TestDb {
         })
     }
 
+    /// The names of this database's tables.
+    pub async fn table_names(&self) -> Result<Vec<String>, BoxError> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT name AS t FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%'"
+            }
+            Dialect::Postgres => {
+                "SELECT tablename::text AS t FROM pg_tables WHERE schemaname = 'public'"
+            }
+            Dialect::MySql => {
+                "SELECT CAST(table_name AS CHAR) AS t FROM information_schema.tables \
+                 WHERE table_schema = DATABASE()"
+            }
+        };
+        let rows = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(self.backend(), sql))
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String>("", "t")?))
+            .collect()
+    }
+
+    /// Back up every table under the name prefix `prefix` in the same
+    /// database (`CREATE TABLE .. AS SELECT`), to restore with
+    /// [`TestDb::restore`]: a hub's backup.
+    pub async fn back_up(&self, prefix: &str) -> TestResult {
+        let q = |t: &str| quote(self.backend(), t);
+        for t in self.table_names().await? {
+            let copy = format!("{prefix}{t}");
+            self.db
+                .execute_unprepared(&format!(
+                    "CREATE TABLE {} AS SELECT * FROM {}",
+                    q(&copy),
+                    q(&t)
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Put every table backed up under `prefix` back as it was then.
+    pub async fn restore(&self, prefix: &str) -> TestResult {
+        let q = |t: &str| quote(self.backend(), t);
+        for t in self.table_names().await? {
+            let Some(original) = t.strip_prefix(prefix) else {
+                continue;
+            };
+            self.db
+                .execute_unprepared(&format!("DELETE FROM {}", q(original)))
+                .await?;
+            self.db
+                .execute_unprepared(&format!(
+                    "INSERT INTO {} SELECT * FROM {}",
+                    q(original),
+                    q(&t)
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }

@@ -11,6 +11,7 @@
 //! - [`incoming`]: applying pulled changes and snapshot rows;
 //! - [`conflicts`]: conflicts held for a decision, and their resolution;
 //! - [`reconcile`]: finding writes made behind tidesync's back;
+//! - [`resend`]: every row state again, for a hub that lost changes;
 //! - [`parked`]: what could not be applied or read, kept with the reason.
 
 pub(crate) mod applying;
@@ -21,6 +22,7 @@ pub(crate) mod incoming;
 pub(crate) mod outbox;
 pub(crate) mod parked;
 pub(crate) mod reconcile;
+pub(crate) mod resend;
 pub(crate) mod seal_state;
 pub(crate) mod tables;
 pub(crate) mod upgrade;
@@ -278,7 +280,7 @@ impl Replica {
                 &[("node_id", &new.to_string()), ("former_node_ids", &former)],
             )
             .await?;
-        for prefix in ["cursor:", "bootstrap:"] {
+        for prefix in ["cursor:", "bootstrap:", "acked:"] {
             LOCAL_META.remove_prefixed(&tx, prefix).await?;
         }
         tx.commit().await?;

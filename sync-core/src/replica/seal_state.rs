@@ -80,6 +80,17 @@ impl SealState {
         (id, hlc)
     }
 
+    /// The id of this node's next change, for a change that keeps a clock
+    /// it already had (see `resend`).
+    pub(crate) fn next_id(&mut self) -> ChangeId {
+        let id = ChangeId {
+            origin: self.node,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        id
+    }
+
     /// The change that a marker's row made: `columns` set by `op`, with the
     /// base of each column (its value and clock in `shadow`) where the
     /// table's policy detects conflicts.

@@ -26,7 +26,34 @@
 use super::{SyncEngine, SyncReport};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
-use crate::model::protocol::Rejection;
+use crate::model::protocol::{HubInfo, Rejection};
+
+/// The replica's metadata keys of one hub.
+pub(super) struct HubKeys {
+    /// Where the next pull starts.
+    pub(super) cursor: String,
+    /// How far an interrupted bootstrap got.
+    pub(super) bootstrap: String,
+    /// The last change of this replica the hub acknowledged:
+    /// `<node id> <sequence>`.
+    pub(super) acked: String,
+}
+
+impl HubKeys {
+    pub(super) fn of(info: &HubInfo) -> HubKeys {
+        HubKeys {
+            cursor: format!("cursor:{}", info.hub_id),
+            bootstrap: format!("bootstrap:{}", info.hub_id),
+            acked: format!("acked:{}", info.hub_id),
+        }
+    }
+}
+
+/// `<node id> <sequence>` as stored under [`HubKeys::acked`].
+fn parse_acked(v: &str) -> Option<(NodeId, u64)> {
+    let (node, seq) = v.split_once(' ')?;
+    Some((node.parse().ok()?, seq.parse().ok()?))
+}
 
 /// A new node id this replica took during a sync (see the
 /// [module docs](self)).
@@ -73,6 +100,40 @@ impl std::fmt::Display for Renewal {
     }
 }
 
+/// What the engine found and did when the hub held less than this replica
+/// knew it held: the hub was restored from an older backup (see
+/// [`SyncReport::hub_behind`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct HubBehind {
+    /// The hub's last log position now.
+    pub tip: u64,
+    /// How far this replica had pulled.
+    pub cursor: Option<u64>,
+    /// This replica's last change the hub holds now.
+    pub applied: u64,
+    /// This replica's last change the hub had acknowledged.
+    pub acknowledged: Option<u64>,
+    /// Changes queued again from this replica's row states.
+    pub resent: usize,
+}
+
+impl std::fmt::Display for HubBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the hub went back (restored from an older backup?): its tip is {}, this replica had \
+             pulled to {}; it holds this replica's changes up to {}, it had acknowledged {}; \
+             {} changes were queued again from the row states and the hub's rows are loaded again",
+            self.tip,
+            self.cursor.map_or("-".to_owned(), |c| c.to_string()),
+            self.applied,
+            self.acknowledged.map_or("-".to_owned(), |a| a.to_string()),
+            self.resent
+        )
+    }
+}
+
 /// How many times one sync may renew the node id. A second renewal in one
 /// sync would mean a fresh random id clashed at once: something else is
 /// wrong, and the sync stops with an error rather than loop.
@@ -80,8 +141,15 @@ const MAX_RENEWALS: usize = 1;
 
 impl SyncEngine {
     /// Before a push: renew the node id if the hub holds more of its
-    /// sequences than this replica numbered.
-    pub(super) async fn check_identity(&self, report: &mut SyncReport) -> Result<()> {
+    /// sequences than this replica numbered; send every row state again if
+    /// the hub holds less than it did (its tip is below this replica's
+    /// cursor, or it holds fewer of this replica's changes than it
+    /// acknowledged).
+    pub(super) async fn check_identity(
+        &self,
+        info: &HubInfo,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let (me, numbered) = self.replica.identity().await?;
         let standing = self.hub.standing(me).await.map_err(Error::or_offline)?;
         if standing.applied > numbered {
@@ -89,9 +157,52 @@ impl SyncEngine {
                 applied: standing.applied,
                 numbered,
             };
-            self.renew(me, cause, report).await?;
+            return self.renew(me, cause, report).await;
         }
+        let keys = HubKeys::of(info);
+        let cursor = match self.replica.meta(&keys.cursor).await? {
+            Some(c) => Some(
+                c.parse::<u64>()
+                    .map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?,
+            ),
+            None => None,
+        };
+        let acknowledged = self
+            .replica
+            .meta(&keys.acked)
+            .await?
+            .and_then(|v| parse_acked(&v))
+            .filter(|(node, _)| *node == me)
+            .map(|(_, seq)| seq);
+        let behind = cursor.is_some_and(|c| c > standing.tip.0)
+            || acknowledged.is_some_and(|a| a > standing.applied);
+        if !behind {
+            return Ok(());
+        }
+        let forget = [
+            keys.cursor.as_str(),
+            keys.bootstrap.as_str(),
+            keys.acked.as_str(),
+        ];
+        let resent = self.replica.resend_states(&forget).await?;
+        let found = HubBehind {
+            tip: standing.tip.0,
+            cursor,
+            applied: standing.applied,
+            acknowledged,
+            resent,
+        };
+        tracing::warn!("hub {}: {found}", info.hub_id);
+        report.hub_behind = Some(found);
         Ok(())
+    }
+
+    /// Record that the hub acknowledged this replica's changes up to `seq`
+    /// (of node `node`).
+    pub(super) async fn record_acked(&self, info: &HubInfo, node: NodeId, seq: u64) -> Result<()> {
+        self.replica
+            .set_meta(&HubKeys::of(info).acked, &format!("{node} {seq}"))
+            .await
     }
 
     /// Take a new node id because `old` was used by another device too, and

@@ -20,7 +20,7 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::{Hub, HubInfo, RejectPolicy, Rejection};
 use crate::replica::Replica;
 
-pub use identity::{Renewal, RenewalCause};
+pub use identity::{HubBehind, Renewal, RenewalCause};
 
 /// What one [`SyncEngine::sync_now`] did.
 #[derive(Debug, Default)]
@@ -50,6 +50,10 @@ pub struct SyncReport {
     /// pending changes went out under the new id, and the hub's rows were
     /// loaded again.
     pub renewed: Vec<Renewal>,
+    /// The hub held less than this replica knew it held (it was restored
+    /// from an older backup): every row state of this replica was queued to
+    /// be pushed again, and the hub's rows were loaded again.
+    pub hub_behind: Option<HubBehind>,
     /// Wall time the sync took.
     pub duration: Duration,
 }
@@ -175,8 +179,8 @@ impl SyncEngine {
         let hub = self.hub_info().await?.clone();
         let captured = self.replica.capture().await?;
         report.local_errors.extend(captured.rejected);
-        self.check_identity(&mut report).await?;
-        self.push(&mut report).await?;
+        self.check_identity(&hub, &mut report).await?;
+        self.push(&hub, &mut report).await?;
         self.pull(&hub, &mut report).await?;
         report.duration = started.elapsed();
         Ok(report)

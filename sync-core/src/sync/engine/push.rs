@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use super::prefetch::Prefetch;
 use super::{SyncEngine, SyncReport};
 use crate::model::change::{Change, ChangeId};
+use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
-use crate::model::protocol::{PushAck, RejectPolicy, Rejection};
+use crate::model::protocol::{HubInfo, PushAck, RejectPolicy, Rejection};
 
 /// What taking in a push's answer leaves to do.
 enum AckOutcome {
@@ -35,6 +36,8 @@ struct AckedHead {
     through: Option<u64>,
     /// How many of them are still in the outbox.
     unflushed: usize,
+    /// The last change the hub acknowledged, and its node id.
+    last: Option<(NodeId, u64)>,
 }
 
 impl SyncEngine {
@@ -42,14 +45,18 @@ impl SyncEngine {
     /// range, every [`ACK_EVERY`] changes and at the end (also after an
     /// error): a crash in between only makes the next sync re-send them, and
     /// the hub acknowledges a re-sent change without applying it again.
-    pub(super) async fn push(&self, report: &mut SyncReport) -> Result<()> {
+    pub(super) async fn push(&self, info: &HubInfo, report: &mut SyncReport) -> Result<()> {
         let mut head = AckedHead::default();
         let pushed = self.push_batches(report, &mut head).await;
         let dropped = match head.through {
             Some(seq) => self.replica.acknowledge_through(seq).await,
             None => Ok(()),
         };
-        pushed.and(dropped)
+        let recorded = match head.last {
+            Some((node, seq)) => self.record_acked(info, node, seq).await,
+            None => Ok(()),
+        };
+        pushed.and(dropped).and(recorded)
     }
 
     /// Push batch after batch until the outbox is empty or the stream
@@ -176,6 +183,14 @@ impl SyncEngine {
                 }
             }
             _ => self.replica.acknowledge(&acked).await?,
+        }
+        if let Some(last) = ack
+            .acknowledged
+            .iter()
+            .map(|id| (id.origin, id.seq))
+            .max_by_key(|(_, s)| *s)
+        {
+            head.last = Some(last);
         }
         report.pushed += acked.len();
         self.progress.pushed.store(report.pushed, Ordering::Relaxed);

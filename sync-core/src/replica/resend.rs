@@ -1,0 +1,180 @@
+//! Sending every row state again, for a hub that lost changes: one
+//! restored from a backup older than what it acknowledged.
+//!
+//! The acknowledged changes left the outbox long ago; what this replica
+//! still knows of them is in its row states, with the clock of each
+//! column's value and of the row's last delete. Each state goes out again
+//! as changes carrying those clocks (one per clock: a change has one), so
+//! the hub merges them as it merged the originals: what it still holds
+//! wins where it is newer, what it lost comes back. Every state goes, not
+//! only those this replica wrote: a device whose changes the hub lost may
+//! never sync again, and a column this replica wrote alone could not make
+//! a row the hub lost whole. Bases are left out, so no merge of these is
+//! taken for a concurrent edit.
+
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
+
+use super::Replica;
+use super::seal_state::SealState;
+use super::tables::{LOCAL_META, OUTBOX, ROWS};
+use crate::model::change::{Change, Op, TableSpec};
+use crate::model::clock::Hlc;
+use crate::model::error::Result;
+use crate::model::merge::RowState;
+use crate::model::value::parse_pk_key;
+use crate::store::codec::db_sequence;
+use crate::store::rows::StoredState;
+
+/// Row states read at a time.
+const PAGE: u64 = 500;
+
+impl Replica {
+    /// Queue every row state in the outbox again (see the
+    /// [module docs](self)) and remove the metadata `forget`, in one local
+    /// transaction under the capture lock: a crash leaves either both or
+    /// neither. Returns how many changes were queued.
+    pub(crate) async fn resend_states(&self, forget: &[&str]) -> Result<usize> {
+        let tx = self.connection().begin().await?;
+        let mut state = SealState::lock_and_load(&tx).await?;
+        let mut queued = 0;
+        // Rows in registration order (parents first), deletes after them
+        // in reverse order (children first).
+        let mut deletes = Vec::new();
+        for spec in self.tables() {
+            queued += queue_table(&tx, spec, &mut state, &mut deletes).await?;
+        }
+        for (spec, dead) in deletes.into_iter().rev() {
+            let changes: Vec<Change> = dead
+                .into_iter()
+                .map(|(pk, hlc)| state_change(&mut state, spec, pk, Op::Delete, Vec::new(), hlc))
+                .collect();
+            queued += changes.len();
+            queue(&tx, &changes).await?;
+        }
+        LOCAL_META.remove(&tx, forget).await?;
+        state.save(&tx).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+}
+
+/// Deleted rows of a table: key and the clock of the delete.
+type Dead<'s> = (&'s TableSpec, Vec<(Vec<(String, Value)>, Hlc)>);
+
+/// Queue the live rows of `spec`, page by page; collect its deleted ones.
+async fn queue_table<'s>(
+    tx: &DatabaseTransaction,
+    spec: &'s TableSpec,
+    state: &mut SealState,
+    deletes: &mut Vec<Dead<'s>>,
+) -> Result<usize> {
+    let mut queued = 0;
+    let mut dead = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = Query::select();
+        q.columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+            .from(Alias::new(ROWS))
+            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+            .order_by(Alias::new("pk"), Order::Asc)
+            .limit(PAGE);
+        if let Some(a) = &after {
+            q.and_where(Expr::col(Alias::new("pk")).gt(a.as_str()));
+        }
+        let page = tx.query_all(&q).await?;
+        let mut changes = Vec::new();
+        for r in &page {
+            let key: String = r.try_get("", "pk")?;
+            let (row, _) = StoredState::decode(r)?.fill(None)?;
+            let pk: Vec<(String, Value)> = spec
+                .pk_names()
+                .into_iter()
+                .zip(parse_pk_key(&key)?)
+                .collect();
+            after = Some(key);
+            if !row.is_live() {
+                if let Some(d) = row.deleted_at {
+                    dead.push((pk, d));
+                }
+                continue;
+            }
+            changes.extend(row_changes(state, spec, pk, row));
+        }
+        queued += changes.len();
+        queue(tx, &changes).await?;
+        if (page.len() as u64) < PAGE {
+            break;
+        }
+    }
+    deletes.push((spec, dead));
+    Ok(queued)
+}
+
+/// A live row's state as changes: its delete, if it has one, then one
+/// update per clock of its columns, oldest first (not inserts: an insert
+/// must set every column, and a row's columns may have several clocks; the
+/// hub merges the updates of a batch into one row before it writes it).
+fn row_changes(
+    state: &mut SealState,
+    spec: &TableSpec,
+    pk: Vec<(String, Value)>,
+    row: RowState,
+) -> Vec<Change> {
+    let mut by_clock: BTreeMap<Hlc, Vec<(String, Value)>> = BTreeMap::new();
+    for (column, value) in row.vals {
+        if let Some(clock) = row.clocks.get(&column) {
+            by_clock.entry(*clock).or_default().push((column, value));
+        }
+    }
+    let mut out = Vec::with_capacity(by_clock.len() + 1);
+    if let Some(d) = row.deleted_at {
+        out.push(state_change(
+            state,
+            spec,
+            pk.clone(),
+            Op::Delete,
+            Vec::new(),
+            d,
+        ));
+    }
+    for (clock, columns) in by_clock {
+        out.push(state_change(state, spec, pk.clone(), Op::Update, columns, clock));
+    }
+    out
+}
+
+/// A change of this replica's next sequence, with the clock `hlc` it had.
+fn state_change(
+    state: &mut SealState,
+    spec: &TableSpec,
+    pk: Vec<(String, Value)>,
+    op: Op,
+    columns: Vec<(String, Value)>,
+    hlc: Hlc,
+) -> Change {
+    let id = state.next_id();
+    Change {
+        id,
+        table: spec.name.clone(),
+        pk,
+        op,
+        columns,
+        hlc,
+        base: Vec::new(),
+    }
+}
+
+/// Append `changes` to the outbox.
+async fn queue(tx: &DatabaseTransaction, changes: &[Change]) -> Result<()> {
+    let rows = changes
+        .iter()
+        .map(|c| Ok((vec![db_sequence(c.id.seq)?.into()], c)))
+        .collect::<Result<Vec<_>>>()?;
+    for q in OUTBOX.inserts(rows)? {
+        tx.execute(&q).await?;
+    }
+    Ok(())
+}
