@@ -141,7 +141,14 @@ fn row_changes(
         ));
     }
     for (clock, columns) in by_clock {
-        out.push(state_change(state, spec, pk.clone(), Op::Update, columns, clock));
+        out.push(state_change(
+            state,
+            spec,
+            pk.clone(),
+            Op::Update,
+            columns,
+            clock,
+        ));
     }
     out
 }
