@@ -697,9 +697,10 @@ impl Hub for Timed {
     async fn standing(
         &self,
         origin: tidesync::NodeId,
+        at: Option<Cursor>,
     ) -> tidesync::Result<tidesync::hub::Standing> {
         let t = Instant::now();
-        let r = self.inner.standing(origin).await;
+        let r = self.inner.standing(origin, at).await;
         self.note("standing", t);
         r
     }

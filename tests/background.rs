@@ -202,9 +202,10 @@ impl Hub for Switch {
     async fn standing(
         &self,
         origin: tidesync::NodeId,
+        at: Option<Cursor>,
     ) -> tidesync::Result<tidesync::hub::Standing> {
         self.check()?;
-        self.inner.standing(origin).await
+        self.inner.standing(origin, at).await
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {

@@ -38,6 +38,8 @@ fn main() -> std::process::ExitCode {
         a_device_restored_from_an_older_backup_gets_its_later_edits_back,
         pending_changes_sent_again_under_a_new_identity_raise_no_conflict,
         a_hub_restored_from_an_older_backup_gets_back_what_it_lost,
+        a_change_with_doubles_sent_again_is_the_same_change,
+        a_restored_devices_pending_change_does_not_meet_later_edits_as_a_conflict,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -102,8 +104,9 @@ impl Hub for AnswerLost {
     async fn standing(
         &self,
         origin: tidesync::NodeId,
+        at: Option<Cursor>,
     ) -> tidesync::Result<tidesync::hub::Standing> {
-        self.inner.standing(origin).await
+        self.inner.standing(origin, at).await
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
@@ -1591,7 +1594,6 @@ async fn a_device_restored_from_an_older_backup_gets_its_later_edits_back(
         r.register::<people_lww::Entity>()
     })
     .await?;
-    let w = r.add("made after the restore").await?;
     let report = r.sync().await?;
     ensure_eq!(report.renewed.len(), 1, "{report:?}");
     ensure!(
@@ -1601,6 +1603,8 @@ async fn a_device_restored_from_an_older_backup_gets_its_later_edits_back(
         ) && report.renewed[0].old == old,
         "{report:?}"
     );
+    let w = r.add("made after the restore").await?;
+    r.sync().await?;
     let c = device::<people_lww::Entity>(&hub, "c").await?;
     c.sync().await?;
     let expected: std::collections::BTreeMap<Uuid, common::device::Row> = [
@@ -1710,5 +1714,116 @@ async fn a_hub_restored_from_an_older_backup_gets_back_what_it_lost(hub: TestDb)
     for d in [a, b, c] {
         d.drop().await?;
     }
+    hub.drop().await
+}
+
+/// Item 1 (review): a change sent again after a lost answer is compared
+/// with the one the hub logged, value by value. A double read back from
+/// the log's JSON was off by one unit in the last place for many values
+/// (JSON parsed without `float_roundtrip`): the hub took the device's own
+/// change for another device's, and the device renewed its identity and
+/// loaded every row again after a mere lost answer. The values reach other
+/// devices exactly, too.
+async fn a_change_with_doubles_sent_again_is_the_same_change(hub: TestDb) -> TestResult {
+    use common::entities::readings;
+    use sea_orm::{ActiveModelTrait, Set};
+    let lossy = Arc::new(AnswerLost {
+        inner: SqlHub::new(hub.connect_again().await?),
+        lose: AtomicUsize::new(0),
+    });
+    let a = device_on(lossy.clone(), "a", |r| r.register::<readings::Entity>()).await?;
+    a.sync().await?;
+    let values = [
+        8.227533489012526e-10,
+        1.0e-300,
+        2.2250738585072014e-308,
+        1.7976931348623157e308,
+        0.1 + 0.2,
+        std::f64::consts::PI * 1e23,
+        -6.02214076e-23,
+    ];
+    let mut ids = Vec::new();
+    for v in values {
+        let id = Uuid::new_v4();
+        readings::ActiveModel {
+            id: sea_orm::Set(id),
+            value: Set(Some(v)),
+            code: Set(None),
+        }
+        .insert(a.db())
+        .await?;
+        ids.push((id, v));
+    }
+    lossy.lose.store(1, Ordering::SeqCst);
+    let lost = a.engine.sync_now().await;
+    ensure!(matches!(lost, Err(Error::Offline(_))), "lost: {lost:?}");
+    let r = a.sync().await?;
+    ensure!(
+        r.renewed.is_empty(),
+        "the device's own change sent again: {:?}",
+        r.renewed
+    );
+    let b = device_like_hub::<readings::Entity>(&hub, "b").await?;
+    b.sync().await?;
+    for (id, v) in ids {
+        let got = readings::Entity::find_by_id(id)
+            .one(b.db())
+            .await?
+            .ok_or("pulled")?;
+        ensure_eq!(got.value.map(f64::to_bits), Some(v.to_bits()), "{v:e}");
+    }
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Item 1 (review): a device restored from a backup taken while a change
+/// was waiting in its outbox. The device pushed that change before it was
+/// lost, and another device edited the same column on top of it. Sent
+/// again under the restored device's new id, the change met that later
+/// edit as a conflict (policy `manual`: a conflict nobody made; with a
+/// resolver keeping the local value, the later edit was overwritten). Now
+/// the restored device sends its outbox under its old id first: the hub
+/// acknowledges the change it holds as sent, and only then the id is
+/// renewed.
+async fn a_restored_devices_pending_change_does_not_meet_later_edits_as_a_conflict(
+    hub: TestDb,
+) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let c = device::<people_manual::Entity>(&hub, "c").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    c.sync().await?;
+    a.set(x, "name", "a's edit").await?;
+    a.engine.replica().capture().await?;
+    let backup = a.local.copy("backup").await?;
+    a.sync().await?;
+    let later = a.add("a's, after the backup").await?;
+    a.sync().await?;
+    c.sync().await?;
+    c.set(x, "name", "c's edit on top of a's").await?;
+    c.sync().await?;
+    a.drop().await?;
+    let r = device_in(backup, sql_hub(&hub).await?, |r| {
+        r.register::<people_manual::Entity>()
+    })
+    .await?;
+    let report = r.sync().await?;
+    ensure_eq!(report.renewed.len(), 1, "{report:?}");
+    ensure!(
+        report.conflicts.is_empty() && r.engine.replica().conflicts().await?.is_empty(),
+        "no conflict: {report:?}"
+    );
+    c.sync().await?;
+    for d in [&r, &c] {
+        let rows = d.rows().await?;
+        ensure_eq!(rows[&x].0, "c's edit on top of a's");
+        ensure!(
+            rows.contains_key(&later),
+            "the restored device has a's later contact"
+        );
+    }
+    r.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }

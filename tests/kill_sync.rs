@@ -83,8 +83,9 @@ impl Hub for Announced {
     async fn standing(
         &self,
         origin: tidesync::NodeId,
+        at: Option<Cursor>,
     ) -> tidesync::Result<tidesync::hub::Standing> {
-        self.0.standing(origin).await
+        self.0.standing(origin, at).await
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {

@@ -553,8 +553,9 @@ impl Hub for Paged {
     async fn standing(
         &self,
         origin: tidesync::NodeId,
+        at: Option<Cursor>,
     ) -> tidesync::Result<tidesync::hub::Standing> {
-        self.inner.standing(origin).await
+        self.inner.standing(origin, at).await
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
@@ -1121,8 +1122,9 @@ impl Hub for LostAfter {
     async fn standing(
         &self,
         origin: tidesync::NodeId,
+        at: Option<Cursor>,
     ) -> tidesync::Result<tidesync::hub::Standing> {
-        self.inner.standing(origin).await
+        self.inner.standing(origin, at).await
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {

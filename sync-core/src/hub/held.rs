@@ -16,7 +16,7 @@ use crate::model::change::ChangeId;
 use crate::model::clock::NodeId;
 use crate::model::conflict::ColumnConflict;
 use crate::model::error::{Error, Result};
-use crate::store::codec::db_sequence;
+use crate::store::codec::{db_sequence, sequence};
 
 /// Keep the conflicts each change raised.
 pub(super) async fn keep(
@@ -47,6 +47,20 @@ pub(super) async fn of(
     origin: NodeId,
     seqs: &[u64],
 ) -> Result<Vec<ColumnConflict>> {
+    Ok(by_seq(tx, origin, seqs)
+        .await?
+        .into_iter()
+        .flat_map(|(_, c)| c)
+        .collect())
+}
+
+/// The conflicts these changes of `origin` raised when they were applied,
+/// change by change (by origin sequence), in their order.
+pub(super) async fn by_seq(
+    tx: &DatabaseTransaction,
+    origin: NodeId,
+    seqs: &[u64],
+) -> Result<Vec<(u64, Vec<ColumnConflict>)>> {
     let mut out = Vec::new();
     for chunk in seqs.chunks(500) {
         let seqs = chunk
@@ -56,7 +70,7 @@ pub(super) async fn of(
         let rows = tx
             .query_all(
                 &Query::select()
-                    .column(Alias::new("conflicts"))
+                    .columns(["origin_seq", "conflicts"].map(Alias::new))
                     .from(Alias::new(HELD))
                     .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
                     .and_where(Expr::col(Alias::new("origin_seq")).is_in(seqs))
@@ -68,7 +82,7 @@ pub(super) async fn of(
             let text: String = r.try_get("", "conflicts")?;
             let conflicts: Vec<ColumnConflict> = serde_json::from_str(&text)
                 .map_err(|e| Error::Corrupt(format!("held conflicts of {origin}: {e}")))?;
-            out.extend(conflicts);
+            out.push((sequence(&r, "origin_seq")?, conflicts));
         }
     }
     Ok(out)

@@ -92,8 +92,9 @@ pub(super) async fn read<C: ConnectionTrait>(
         let hub_seq = sequence(&r, "hub_seq")?;
         match decode(&r) {
             Ok(c) => {
-                batch.changes.push(c);
                 batch.next = Cursor(hub_seq);
+                batch.next_id = Some(c.id);
+                batch.changes.push(c);
             }
             Err(e) => {
                 // Stop at it: the replica decides to halt or to park it.
@@ -103,10 +104,34 @@ pub(super) async fn read<C: ConnectionTrait>(
             }
         }
     }
-    if let (Some(tip), false) = (tip_now, full) {
+    if let (Some(tip), false) = (tip_now, full)
+        && batch.next != Cursor(tip)
+    {
         batch.next = Cursor(tip);
+        batch.next_id = id_at(db, batch.next).await?;
     }
     Ok(batch)
+}
+
+/// The id of the change logged at `at`, if there is one.
+pub(super) async fn id_at<C: ConnectionTrait>(db: &C, at: Cursor) -> Result<Option<ChangeId>> {
+    let q = sea_orm::sea_query::Query::select()
+        .columns(["origin", "origin_seq"].map(Alias::new))
+        .from(Alias::new(CHANGES.name))
+        .and_where(Expr::col(Alias::new("hub_seq")).eq(db_sequence(at.0)?))
+        .to_owned();
+    let Some(r) = db
+        .query_one(&q)
+        .await
+        .map_err(|e| Error::from(e).or_offline())?
+    else {
+        return Ok(None);
+    };
+    let origin: String = r.try_get("", "origin")?;
+    Ok(Some(ChangeId {
+        origin: origin.parse()?,
+        seq: sequence(&r, "origin_seq")?,
+    }))
 }
 
 /// A log entry as the change it logs.

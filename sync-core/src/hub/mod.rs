@@ -191,13 +191,18 @@ impl Hub for SqlHub {
         push::push(&self.db, &specs, self.policy, max_skew_us, batch).await
     }
 
-    async fn standing(&self, origin: NodeId) -> Result<Standing> {
+    async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> Result<Standing> {
         let applied = push::applied(&self.db, origin)
             .await
             .map_err(Error::or_offline)?;
+        let at = match at {
+            Some(c) => log::id_at(&self.db, c).await?,
+            None => None,
+        };
         Ok(Standing {
             applied,
             tip: Cursor(log::tip(&self.db).await?),
+            at,
         })
     }
 

@@ -143,22 +143,24 @@ impl Push<'_> {
         let (done, todo): (Vec<&Change>, Vec<&Change>) =
             batch.iter().partition(|c| c.id.seq <= progress.applied);
         // Only if it is the change applied under its id: another device
-        // may have used this origin id (see `resent`).
-        if let Some(clashed) = resent::clash(&tx, self.origin, &done).await? {
-            tx.rollback()
-                .await
-                .map_err(|e| Error::from(e).or_offline())?;
-            return Ok(Some(PushAck {
-                clashed: Some(clashed),
-                ..PushAck::default()
-            }));
-        }
+        // may have used this origin id (see `resent`). Those before the
+        // first that is not are acknowledged; nothing else is applied.
+        let clash = resent::clash(&tx, self.origin, &done).await?;
+        let done = match &clash {
+            Some((i, _)) => &done[..*i],
+            None => &done[..],
+        };
         ack.acknowledged.extend(done.iter().map(|c| c.id));
         if self.specs.iter().any(|s| s.policy.holds_conflicts()) {
             let first = batch.first().map_or(0, |c| c.id.seq);
             held::forget_before(&tx, self.origin, first).await?;
             let seqs: Vec<u64> = done.iter().map(|c| c.id.seq).collect();
             ack.conflicts = held::of(&tx, self.origin, &seqs).await?;
+        }
+        if let Some((_, clashed)) = clash {
+            tx.commit().await.map_err(|e| Error::from(e).or_offline())?;
+            ack.clashed = Some(clashed);
+            return Ok(Some(ack));
         }
         let now_us = self.now_us(&tx).await?;
         let verdicts: Vec<Option<Refusal>> = todo.iter().map(|c| self.refusal(c, now_us)).collect();

@@ -12,9 +12,12 @@
 //! its id; when they differ, the hub acknowledges nothing and says so, and
 //! the device takes a new identity (`SyncEngine` does).
 
+use std::collections::HashMap;
+
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
+use super::held;
 use super::tables::{CHANGES, REJECTED};
 use crate::model::change::{Change, ChangeId};
 use crate::model::clock::NodeId;
@@ -24,31 +27,43 @@ use crate::model::value::pk_key;
 use crate::store::codec::{self, db_sequence, sequence};
 
 /// The first of `sent` (changes of `origin` the hub already holds under
-/// their ids) that is not the change it holds, with what differs.
+/// their ids) that is not the change it holds: its index, and what differs.
 pub(super) async fn clash(
     tx: &DatabaseTransaction,
     origin: NodeId,
     sent: &[&Change],
-) -> Result<Option<Rejection>> {
+) -> Result<Option<(usize, Rejection)>> {
     if sent.is_empty() {
         return Ok(None);
     }
     let held = held_under(tx, origin, sent).await?;
-    for c in sent {
+    let seqs: Vec<u64> = sent.iter().map(|c| c.id.seq).collect();
+    let held_back: HashMap<u64, Vec<String>> = held::by_seq(tx, origin, &seqs)
+        .await?
+        .into_iter()
+        .map(|(seq, conflicts)| (seq, conflicts.into_iter().map(|c| c.column).collect()))
+        .collect();
+    for (i, c) in sent.iter().enumerate() {
         let differs = match held.iter().find(|h| h.id.seq == c.id.seq) {
-            Some(h) => what_differs(h, c)?,
+            Some(h) => {
+                let held_back = held_back.get(&c.id.seq).map_or(&[][..], Vec::as_slice);
+                what_differs(h, c, held_back)?
+            }
             None => Some("the hub holds no change under this id".to_owned()),
         };
         if let Some(what) = differs {
-            return Ok(Some(Rejection {
-                id: c.id,
-                table: c.table.clone(),
-                reason: format!(
-                    "change {} of device {origin} is not the one the hub holds under that id \
+            return Ok(Some((
+                i,
+                Rejection {
+                    id: c.id,
+                    table: c.table.clone(),
+                    reason: format!(
+                        "change {} of device {origin} is not the one the hub holds under that id \
                      ({what}): two devices share this identity (a copy or a restored backup)",
-                    c.id.seq
-                ),
-            }));
+                        c.id.seq
+                    ),
+                },
+            )));
         }
     }
     Ok(None)
@@ -92,9 +107,10 @@ async fn held_under(
 
 /// What tells the change the hub holds (`held`) from the one sent again
 /// (`sent`), if anything. The hub logs a change without the columns it held
-/// back for a decision, so each logged column must be sent with the same
-/// value, not the other way round.
-fn what_differs(held: &Change, sent: &Change) -> Result<Option<String>> {
+/// back for a decision (`held_back`, kept until the device has the
+/// conflicts): the change sent must set the logged columns to the same
+/// values, and no other column but those.
+fn what_differs(held: &Change, sent: &Change, held_back: &[String]) -> Result<Option<String>> {
     if held.table != sent.table {
         return Ok(Some(format!(
             "table `{}`, not `{}`",
@@ -121,13 +137,21 @@ fn what_differs(held: &Change, sent: &Change) -> Result<Option<String>> {
             return Ok(Some(format!("another value of `{column}`")));
         }
     }
+    let extra = sent
+        .columns
+        .iter()
+        .find(|(c, _)| !held.columns.iter().any(|(h, _)| h == c) && !held_back.contains(c));
+    if let Some((column, _)) = extra {
+        return Ok(Some(format!("a value of `{column}` too")));
+    }
     Ok(None)
 }
 
-/// Whether two values are the same once stored: compared as the log stores
-/// them (typed JSON), so a value read back from the log equals the one sent.
+/// Whether two values are the same. A value read back from the log equals
+/// the one sent: typed JSON keeps every value exactly (a double too: JSON
+/// is parsed with `float_roundtrip`); NaN is never logged.
 fn same_value(a: &sea_orm::Value, b: &sea_orm::Value) -> bool {
-    a == b || serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+    a == b
 }
 
 #[cfg(test)]
@@ -158,10 +182,10 @@ mod tests {
     #[test]
     fn the_same_change_sent_again_does_not_differ() {
         let c = change(3, "ann");
-        assert_eq!(what_differs(&c, &c).unwrap(), None);
+        assert_eq!(what_differs(&c, &c, &[]).unwrap(), None);
         // Read back from the log: the same values, through JSON.
         let back: Change = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
-        assert_eq!(what_differs(&back, &c).unwrap(), None);
+        assert_eq!(what_differs(&back, &c, &[]).unwrap(), None);
     }
 
     #[test]
@@ -169,7 +193,18 @@ mod tests {
         let sent = change(3, "ann");
         let mut logged = sent.clone();
         logged.columns.retain(|(c, _)| c != "name");
-        assert_eq!(what_differs(&logged, &sent).unwrap(), None);
+        assert_eq!(
+            what_differs(&logged, &sent, &["name".to_owned()]).unwrap(),
+            None
+        );
+        // Not held back: a change that also set `name` is another change
+        // (a copy's, stamped with the same clock).
+        assert!(
+            what_differs(&logged, &sent, &[])
+                .unwrap()
+                .unwrap()
+                .contains("`name`")
+        );
     }
 
     #[test]
@@ -177,7 +212,7 @@ mod tests {
         let held = change(3, "ann");
         let value = change(3, "bob");
         assert!(
-            what_differs(&held, &value)
+            what_differs(&held, &value, &[])
                 .unwrap()
                 .unwrap()
                 .contains("`name`")
@@ -185,21 +220,26 @@ mod tests {
         let mut clock = held.clone();
         clock.hlc = hlc(4, 1);
         assert!(
-            what_differs(&held, &clock)
+            what_differs(&held, &clock, &[])
                 .unwrap()
                 .unwrap()
                 .contains("clock")
         );
         let mut key = held.clone();
         key.pk[0].1 = Value::BigInt(Some(8));
-        assert!(what_differs(&held, &key).unwrap().unwrap().contains("key"));
+        assert!(
+            what_differs(&held, &key, &[])
+                .unwrap()
+                .unwrap()
+                .contains("key")
+        );
         let mut op = held.clone();
         op.op = Op::Delete;
-        assert!(what_differs(&held, &op).unwrap().is_some());
+        assert!(what_differs(&held, &op, &[]).unwrap().is_some());
         let mut table = held.clone();
         table.table = "pets".into();
         assert!(
-            what_differs(&held, &table)
+            what_differs(&held, &table, &[])
                 .unwrap()
                 .unwrap()
                 .contains("table")
@@ -207,7 +247,7 @@ mod tests {
         let mut missing = held.clone();
         missing.columns.pop();
         assert!(
-            what_differs(&held, &missing)
+            what_differs(&held, &missing, &[])
                 .unwrap()
                 .unwrap()
                 .contains("`email`")

@@ -51,8 +51,9 @@ pub struct PushAck {
     /// A change of the batch sent under an id the hub already holds with
     /// other content: another device used this origin id (a copy of the
     /// device, or the device before it was restored from a backup). The
-    /// hub applied and acknowledged nothing of the batch; the replica must
-    /// take a new identity and push again (`SyncEngine` does).
+    /// hub acknowledged the changes before it (each the change it holds
+    /// under its id) and applied nothing; the replica must take a new
+    /// identity and push the rest again (`SyncEngine` does).
     pub clashed: Option<Rejection>,
 }
 
@@ -64,6 +65,9 @@ pub struct Standing {
     pub applied: u64,
     /// The hub's last log position: a replica's cursor is never beyond it.
     pub tip: Cursor,
+    /// The id of the change logged at the position asked about, if there
+    /// is one there (and the hub says).
+    pub at: Option<ChangeId>,
 }
 
 /// A page of the hub's change log.
@@ -74,6 +78,11 @@ pub struct PullBatch {
     /// Where the next pull starts: after the last change in `changes`, or
     /// further when changes were left out ([`Hub::pull_excluding`]).
     pub next: Cursor,
+    /// The id of the change logged at `next`, if the hub says: the replica
+    /// keeps it with its cursor, and [`Hub::standing`] tells later whether
+    /// the hub still logs that change there (a hub restored from an older
+    /// backup logs others there).
+    pub next_id: Option<ChangeId>,
     /// A log entry that could not be read (malformed payload), right after
     /// `changes`: the page stops there and the replica halts or parks it.
     pub unreadable: Option<Unreadable>,
@@ -149,7 +158,13 @@ pub trait Hub: Send + Sync {
     /// device used its identity, or it was restored from an older backup;
     /// a tip below its cursor, or fewer of its changes than the hub once
     /// acknowledged, means the hub was restored from an older backup.
-    async fn standing(&self, origin: crate::model::clock::NodeId) -> Result<Standing>;
+    /// With `at` (the replica's cursor), also the id of the change logged
+    /// there, to compare with the one [`PullBatch::next_id`] named.
+    async fn standing(
+        &self,
+        origin: crate::model::clock::NodeId,
+        at: Option<Cursor>,
+    ) -> Result<Standing>;
 
     /// Up to `limit` changes after `cursor`, in hub order.
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch>;

@@ -27,7 +27,7 @@ use super::seal_state::SealState;
 use super::tables::{LOCAL_META, PARKED, ROWS};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};
-use crate::model::clock::{HlcClock, wall_clock_us};
+use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{parse_pk_key, pk_key};
@@ -122,6 +122,10 @@ pub(crate) struct PageMeta<'a> {
     /// [`refused`]): removed in its transaction; those still refused are
     /// parked again.
     pub(crate) unpark: &'a [i64],
+    /// The node id the metadata was read for: if the replica took another
+    /// one meanwhile (in another process), `store` and `forget` are left
+    /// alone (the renewal forgot the cursors: they must stay forgotten).
+    pub(crate) node: Option<NodeId>,
 }
 
 /// Apply remote deltas and, in the same transaction, store and remove the
@@ -164,9 +168,13 @@ pub(crate) async fn apply_page(
         }
     }
     write_tables(&tx, d, &writes, &mut report).await?;
-    state.save_with(&tx, meta.store).await?;
-    if !meta.forget.is_empty() {
-        LOCAL_META.remove(&tx, meta.forget).await?;
+    if meta.node.is_some_and(|n| n != state.node) {
+        state.save(&tx).await?;
+    } else {
+        state.save_with(&tx, meta.store).await?;
+        if !meta.forget.is_empty() {
+            LOCAL_META.remove(&tx, meta.forget).await?;
+        }
     }
     end_applying(&tx).await?;
     tx.commit().await?;

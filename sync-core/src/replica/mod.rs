@@ -266,21 +266,8 @@ impl Replica {
             return Ok(stored);
         }
         let new = NodeId::random();
-        let mut former = LOCAL_META
-            .read(&tx, "former_node_ids")
-            .await?
-            .unwrap_or_default();
-        if !former.is_empty() {
-            former.push(',');
-        }
-        former.push_str(&old.to_string());
-        LOCAL_META
-            .upsert_many(
-                &tx,
-                &[("node_id", &new.to_string()), ("former_node_ids", &former)],
-            )
-            .await?;
-        for prefix in ["cursor:", "bootstrap:", "acked:"] {
+        LOCAL_META.upsert(&tx, "node_id", &new.to_string()).await?;
+        for prefix in ["cursor:", "bootstrap:", "acked:", "mark:"] {
             LOCAL_META.remove_prefixed(&tx, prefix).await?;
         }
         tx.commit().await?;
@@ -373,6 +360,20 @@ impl Replica {
     /// A value of the replica's metadata (`cursor:<hub id>`, ...).
     pub(crate) async fn meta(&self, key: &str) -> Result<Option<String>> {
         LOCAL_META.read(&self.db, key).await
+    }
+
+    /// Store several values of the replica's metadata that were read for
+    /// node id `node`, in one statement, unless the replica took another
+    /// id meanwhile (see [`PageMeta::node`]).
+    pub(crate) async fn set_metas_for(&self, node: NodeId, values: &[(&str, &str)]) -> Result<()> {
+        let tx = self.db.begin().await?;
+        SealState::lock(&tx).await?;
+        let stored: NodeId = LOCAL_META.require(&tx, "node_id").await?.parse()?;
+        if stored == node {
+            LOCAL_META.upsert_many(&tx, values).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Store a value of the replica's metadata.

@@ -103,6 +103,7 @@ impl SyncEngine {
         progress_key: &str,
         report: &mut SyncReport,
     ) -> Result<()> {
+        let me = self.replica.node_id();
         let deltas = page
             .rows
             .into_iter()
@@ -126,6 +127,7 @@ impl SyncEngine {
                     store: &store,
                     forget: &[],
                     unpark: &[],
+                    node: Some(me),
                 };
                 self.apply_page(deltas, meta, report).await
             }
@@ -137,6 +139,7 @@ impl SyncEngine {
                     store: &store,
                     forget: &forget,
                     unpark: &[],
+                    node: Some(me),
                 };
                 self.apply_page(deltas, meta, report).await
             }

@@ -24,9 +24,10 @@
 //! device's.
 
 use super::{SyncEngine, SyncReport};
+use crate::model::change::ChangeId;
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
-use crate::model::protocol::{HubInfo, Rejection};
+use crate::model::protocol::{Cursor, HubInfo, Rejection};
 
 /// The replica's metadata keys of one hub.
 pub(super) struct HubKeys {
@@ -37,6 +38,9 @@ pub(super) struct HubKeys {
     /// The last change of this replica the hub acknowledged:
     /// `<node id> <sequence>`.
     pub(super) acked: String,
+    /// The change the hub logged at the cursor when it was stored:
+    /// `<cursor> <origin> <sequence>` (see [`mark`]).
+    pub(super) mark: String,
 }
 
 impl HubKeys {
@@ -45,8 +49,24 @@ impl HubKeys {
             cursor: format!("cursor:{}", info.hub_id),
             bootstrap: format!("bootstrap:{}", info.hub_id),
             acked: format!("acked:{}", info.hub_id),
+            mark: format!("mark:{}", info.hub_id),
         }
     }
+}
+
+/// The change `id` the hub logs at `cursor`, as stored under
+/// [`HubKeys::mark`].
+pub(super) fn mark(cursor: Cursor, id: ChangeId) -> String {
+    format!("{} {} {}", cursor.0, id.origin, id.seq)
+}
+
+/// A [`mark`] read back.
+fn parse_mark(v: &str) -> Option<(u64, ChangeId)> {
+    let mut parts = v.split(' ');
+    let cursor = parts.next()?.parse().ok()?;
+    let origin = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    Some((cursor, ChangeId { origin, seq }))
 }
 
 /// `<node id> <sequence>` as stored under [`HubKeys::acked`].
@@ -140,25 +160,19 @@ impl std::fmt::Display for HubBehind {
 const MAX_RENEWALS: usize = 1;
 
 impl SyncEngine {
-    /// Before a push: renew the node id if the hub holds more of its
-    /// sequences than this replica numbered; send every row state again if
+    /// Before a push: find whether the hub holds more of the node id's
+    /// sequences than this replica numbered (returned: the caller pushes
+    /// the outbox under the old id first, so that the hub acknowledges each
+    /// change it holds as sent, then renews the id); send every row state again if
     /// the hub holds less than it did (its tip is below this replica's
-    /// cursor, or it holds fewer of this replica's changes than it
-    /// acknowledged).
+    /// cursor, it logs another change at the cursor than it did, or it
+    /// holds fewer of this replica's changes than it acknowledged).
     pub(super) async fn check_identity(
         &self,
         info: &HubInfo,
         report: &mut SyncReport,
-    ) -> Result<()> {
-        let (me, numbered) = self.replica.identity().await?;
-        let standing = self.hub.standing(me).await.map_err(Error::or_offline)?;
-        if standing.applied > numbered {
-            let cause = RenewalCause::HubAhead {
-                applied: standing.applied,
-                numbered,
-            };
-            return self.renew(me, cause, report).await;
-        }
+    ) -> Result<Option<(NodeId, RenewalCause)>> {
+        let (me, _) = self.replica.identity().await?;
         let keys = HubKeys::of(info);
         let cursor = match self.replica.meta(&keys.cursor).await? {
             Some(c) => Some(
@@ -167,6 +181,37 @@ impl SyncEngine {
             ),
             None => None,
         };
+        let standing = self
+            .hub
+            .standing(me, cursor.map(Cursor))
+            .await
+            .map_err(Error::or_offline)?;
+        // What this replica numbered, read after the hub answered: another
+        // process on this database may have captured and pushed meanwhile.
+        let (now, numbered) = self.replica.identity().await?;
+        if now != me {
+            // And renewed the id: the next sync looks again.
+            return Ok(None);
+        }
+        if standing.applied > numbered {
+            let cause = RenewalCause::HubAhead {
+                applied: standing.applied,
+                numbered,
+            };
+            return Ok(Some((me, cause)));
+        }
+        // The change the hub logged at the cursor, if it said when the
+        // cursor was stored; another one there now means its log was
+        // rewritten from that point (even if its tip is past the cursor
+        // again).
+        let marked = self
+            .replica
+            .meta(&keys.mark)
+            .await?
+            .and_then(|v| parse_mark(&v))
+            .filter(|(at, _)| Some(*at) == cursor)
+            .map(|(_, id)| id);
+        let rewritten = matches!((marked, standing.at), (Some(m), Some(now)) if m != now);
         let acknowledged = self
             .replica
             .meta(&keys.acked)
@@ -175,14 +220,16 @@ impl SyncEngine {
             .filter(|(node, _)| *node == me)
             .map(|(_, seq)| seq);
         let behind = cursor.is_some_and(|c| c > standing.tip.0)
-            || acknowledged.is_some_and(|a| a > standing.applied);
+            || acknowledged.is_some_and(|a| a > standing.applied)
+            || rewritten;
         if !behind {
-            return Ok(());
+            return Ok(None);
         }
         let forget = [
             keys.cursor.as_str(),
             keys.bootstrap.as_str(),
             keys.acked.as_str(),
+            keys.mark.as_str(),
         ];
         let resent = self.replica.resend_states(&forget).await?;
         let found = HubBehind {
@@ -194,7 +241,7 @@ impl SyncEngine {
         };
         tracing::warn!("hub {}: {found}", info.hub_id);
         report.hub_behind = Some(found);
-        Ok(())
+        Ok(None)
     }
 
     /// Record that the hub acknowledged this replica's changes up to `seq`

@@ -179,7 +179,18 @@ impl SyncEngine {
         let hub = self.hub_info().await?.clone();
         let captured = self.replica.capture().await?;
         report.local_errors.extend(captured.rejected);
-        self.check_identity(&hub, &mut report).await?;
+        if let Some((old, cause)) = self.check_identity(&hub, &mut report).await? {
+            // The hub holds changes of this id up to a sequence this
+            // replica never numbered. Its pending changes go first under
+            // the old id: the hub acknowledges those it holds as they were
+            // sent (this replica's own, pushed before a restore: sent again
+            // under a new id, they would meet later edits as conflicts),
+            // and the first it holds otherwise renews the id at once.
+            self.push(&hub, &mut report).await?;
+            if report.renewed.is_empty() {
+                self.renew(old, cause, &mut report).await?;
+            }
+        }
         self.push(&hub, &mut report).await?;
         self.pull(&hub, &mut report).await?;
         report.duration = started.elapsed();

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::identity::{HubKeys, mark};
 use super::prefetch::Prefetch;
 use super::{SyncEngine, SyncReport};
-use crate::model::change::Change;
+use crate::model::change::{Change, ChangeId};
+use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::protocol::{Cursor, HubInfo, PullBatch, RejectPolicy};
@@ -19,6 +21,8 @@ struct Page {
     deltas: Vec<Delta>,
     /// Where the next pull starts.
     next: Cursor,
+    /// The change the hub logs at `next`, if it said.
+    next_id: Option<ChangeId>,
     /// Whether the page ends at an unreadable change to halt at.
     halt: bool,
     /// Whether the hub returned nothing new.
@@ -31,7 +35,8 @@ impl SyncEngine {
     /// one is applied; an error of that fetch surfaces at the next turn,
     /// after the current page and its cursor have committed.
     pub(super) async fn pull(&self, info: &HubInfo, report: &mut SyncReport) -> Result<()> {
-        let key = format!("cursor:{}", info.hub_id);
+        let keys = HubKeys::of(info);
+        let key = keys.cursor.clone();
         let mut cursor = match self.replica.meta(&key).await? {
             Some(c) => Cursor(
                 c.parse()
@@ -54,11 +59,11 @@ impl SyncEngine {
             }
             if page.halt {
                 // Apply what came before the unreadable change, then stop.
-                return self.save_page(&key, page, report).await;
+                return self.save_page(&keys, me, page, report).await;
             }
             ahead = fetch(page.next);
             let next = page.next;
-            self.save_page(&key, page, report).await?;
+            self.save_page(&keys, me, page, report).await?;
             cursor = next;
         }
     }
@@ -78,6 +83,7 @@ impl SyncEngine {
             store: &[],
             forget: &[],
             unpark: &ids,
+            node: None,
         };
         let applied = self.replica.apply_page(deltas, meta).await?;
         report.pulled += applied.applied;
@@ -95,16 +101,27 @@ impl SyncEngine {
     /// Apply a page's deltas with the cursor after it, in one local
     /// transaction; a page of only our own changes (left out by the hub),
     /// or an unreadable change first, just moves the cursor.
-    async fn save_page(&self, key: &str, page: Page, report: &mut SyncReport) -> Result<()> {
+    async fn save_page(
+        &self,
+        keys: &HubKeys,
+        me: NodeId,
+        page: Page,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let next = page.next.0.to_string();
-        if page.deltas.is_empty() {
-            return self.replica.set_meta(key, &next).await;
+        let mark = page.next_id.map(|id| mark(page.next, id));
+        let mut store = vec![(keys.cursor.as_str(), next.as_str())];
+        if let Some(m) = &mark {
+            store.push((keys.mark.as_str(), m.as_str()));
         }
-        let store = [(key, next.as_str())];
+        if page.deltas.is_empty() {
+            return self.replica.set_metas_for(me, &store).await;
+        }
         let meta = PageMeta {
             store: &store,
             forget: &[],
             unpark: &[],
+            node: Some(me),
         };
         self.apply_page(page.deltas, meta, report).await
     }
@@ -123,6 +140,7 @@ impl SyncEngine {
                 .map(delta_of_change)
                 .collect(),
             next: batch.next,
+            next_id: batch.next_id,
             halt: false,
             empty: false,
         };
@@ -130,6 +148,7 @@ impl SyncEngine {
             report.local_errors.push(Error::Corrupt(bad.reason.clone()));
             if self.policy == RejectPolicy::Park {
                 page.next = bad.position;
+                page.next_id = None;
                 page.deltas.push(Delta {
                     table: bad.table,
                     pk: Vec::new(),

@@ -132,19 +132,11 @@ impl SyncEngine {
     async fn settle(
         &self,
         batch: &[Change],
-        ack: PushAck,
+        mut ack: PushAck,
         head: &mut AckedHead,
         report: &mut SyncReport,
     ) -> Result<AckOutcome> {
-        if let Some(clash) = ack.clashed {
-            // Nothing of the batch was applied or acknowledged.
-            let old = batch
-                .first()
-                .map_or(self.replica.node_id(), |c| c.id.origin);
-            self.renew(old, super::RenewalCause::Clash(clash), report)
-                .await?;
-            return Ok(AckOutcome::Renewed);
-        }
+        let clashed = ack.clashed.take();
         // The conflicts first: once a change counts as acknowledged it may
         // be dropped (even if this call then fails), and the hub forgets
         // its conflicts when the next push starts after it.
@@ -199,6 +191,21 @@ impl SyncEngine {
         if let Some(h) = ack.halted {
             report.halted = Some(h);
             return Ok(AckOutcome::Halted);
+        }
+        if let Some(clash) = clashed {
+            // The changes before it were acknowledged, the rest neither
+            // applied nor acknowledged: drop the acknowledged ones now,
+            // then the rest goes out under a new id.
+            if let Some(through) = head.through {
+                self.replica.acknowledge_through(through).await?;
+                head.unflushed = 0;
+            }
+            let old = batch
+                .first()
+                .map_or(self.replica.node_id(), |c| c.id.origin);
+            self.renew(old, super::RenewalCause::Clash(clash), report)
+                .await?;
+            return Ok(AckOutcome::Renewed);
         }
         if acked.len() < batch.len() {
             return Err(Error::Corrupt(format!(
