@@ -40,6 +40,8 @@ fn main() -> std::process::ExitCode {
         a_hub_restored_from_an_older_backup_gets_back_what_it_lost,
         a_change_with_doubles_sent_again_is_the_same_change,
         a_restored_devices_pending_change_does_not_meet_later_edits_as_a_conflict,
+        a_hub_restored_and_written_past_a_cursor_is_found,
+        a_renewal_in_one_process_is_not_undone_by_a_pull_in_another,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -119,6 +121,92 @@ impl Hub for AnswerLost {
         limit: u64,
     ) -> tidesync::Result<(Cursor, SnapshotPage)> {
         self.inner.snapshot(after, limit).await
+    }
+}
+
+/// A hub whose pulls and snapshots can fail (the next `fail` ones), and
+/// whose pulls can wait at a gate (while `gated`: each pull says it
+/// `entered`, then waits for a permit of `gate`, then reads the hub).
+struct Pulls {
+    inner: SqlHub,
+    fail: AtomicUsize,
+    gated: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Pulls {
+    fn new(inner: SqlHub) -> Pulls {
+        Pulls {
+            inner,
+            fail: AtomicUsize::new(0),
+            gated: false.into(),
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Hub for Pulls {
+    async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
+        self.inner.install(tables).await
+    }
+
+    async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
+        self.inner.push(batch).await
+    }
+
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+        at: Option<Cursor>,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin, at).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<PullBatch> {
+        self.maybe_fail()?;
+        if self.gated.load(Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.gate
+                .acquire()
+                .await
+                .map_err(|e| Error::Offline(e.to_string()))?
+                .forget();
+        }
+        self.inner.pull_excluding(cursor, limit, origin).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        self.maybe_fail()?;
+        self.inner.snapshot(after, limit).await
+    }
+}
+
+impl Pulls {
+    /// Fail if a failure is due.
+    fn maybe_fail(&self) -> tidesync::Result<()> {
+        let failed = self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match failed {
+            Ok(_) => Err(Error::Offline("the pull failed (test)".into())),
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -1825,5 +1913,110 @@ async fn a_restored_devices_pending_change_does_not_meet_later_edits_as_a_confli
     }
     r.drop().await?;
     c.drop().await?;
+    hub.drop().await
+}
+
+/// Item 1: the hub restored from a backup, then written to by a new device
+/// until its tip is back at a device's cursor, before that device syncs.
+/// The device pushed nothing after the backup, so neither its cursor (not
+/// beyond the tip) nor its acknowledged changes tell. Before, it pulled
+/// after its cursor and never got the new device's contact, logged at a
+/// position it had pulled before the restore. Now the device keeps the id
+/// of the change logged at its cursor, and the hub logs another there.
+async fn a_hub_restored_and_written_past_a_cursor_is_found(hub: TestDb) -> TestResult {
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let b = device::<people_lww::Entity>(&hub, "b").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    b.sync().await?;
+    hub.back_up("bk_").await?;
+    let z = b.add("b's, after the backup").await?;
+    b.sync().await?;
+    let ra = a.sync().await?;
+    ensure_eq!(ra.pulled, 1, "a pulls b's contact");
+    hub.restore("bk_").await?;
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    let w = c.add("c's, after the restore").await?;
+    let rc = c.sync().await?;
+    ensure!(rc.hub_behind.is_none(), "c is new: {rc:?}");
+    let ra = a.sync().await?;
+    ensure!(
+        ra.hub_behind.is_some(),
+        "a finds the hub's log rewritten at its cursor: {ra:?}"
+    );
+    b.sync().await?;
+    a.sync().await?;
+    c.sync().await?;
+    let expected: std::collections::BTreeMap<Uuid, common::device::Row> = [
+        (x, ("x".to_string(), None, None)),
+        (z, ("b's, after the backup".to_string(), None, None)),
+        (w, ("c's, after the restore".to_string(), None, None)),
+    ]
+    .into();
+    all_hold(&[&a, &b, &c], &expected).await?;
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// Item 1 (review): two processes on one replica database (two `Replica`s
+/// on one file). One finds that a copy of the database pushed under their
+/// node id, takes a new one and forgets its cursor, and its pull then
+/// fails; the other was pulling meanwhile, under the old id. Before, the
+/// other stored its cursor after the renewal: the next sync found a cursor,
+/// never loaded the hub's rows again, and never got the copy's change
+/// (its pull had left out the old id's changes). Now a page's cursor is
+/// stored only under the node id it was pulled for.
+async fn a_renewal_in_one_process_is_not_undone_by_a_pull_in_another(hub: TestDb) -> TestResult {
+    let first = Arc::new(Pulls::new(SqlHub::new(hub.connect_again().await?)));
+    let a = device_on(first.clone(), "a", |r| r.register::<people_lww::Entity>()).await?;
+    let d = device::<people_lww::Entity>(&hub, "d").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    let twin = device_in(a.local.copy("twin").await?, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    // The second process on a's database, pulling through a gate.
+    let second_hub = Arc::new(Pulls::new(SqlHub::new(hub.connect_again().await?)));
+    second_hub.gated.store(true, Ordering::SeqCst);
+    let second = Arc::new(tidesync::SyncEngine::new(
+        tidesync::Replica::builder(a.local.connect_again().await?)
+            .register::<people_lww::Entity>()
+            .open()
+            .await?,
+        second_hub.clone(),
+    ));
+    let y = d.add("d's").await?;
+    d.sync().await?;
+    let pulling = tokio::spawn({
+        let second = Arc::clone(&second);
+        async move { second.sync_now().await }
+    });
+    second_hub.entered.notified().await;
+    // The copy pushes under the shared id while the second process waits.
+    let t = twin.add("the copy's").await?;
+    twin.sync().await?;
+    // The first process renews, then its pull fails.
+    first.fail.store(1, Ordering::SeqCst);
+    let failed = a.engine.sync_now().await;
+    ensure!(matches!(failed, Err(Error::Offline(_))), "{failed:?}");
+    ensure!(
+        a.engine.replica().node_id() != twin.engine.replica().node_id(),
+        "the first process renewed"
+    );
+    // The second process pulls and applies its page.
+    second_hub.gated.store(false, Ordering::SeqCst);
+    second_hub.gate.add_permits(100);
+    pulling.await??;
+    a.sync().await?;
+    let rows = a.rows().await?;
+    for (id, what) in [(x, "x"), (y, "d's contact"), (t, "the copy's contact")] {
+        ensure!(rows.contains_key(&id), "a's database has {what}: {rows:?}");
+    }
+    for dev in [a, d, twin] {
+        dev.drop().await?;
+    }
     hub.drop().await
 }
