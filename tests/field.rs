@@ -61,6 +61,11 @@ fn main() -> std::process::ExitCode {
         ));
         trials.push(trial(
             d,
+            "a_pull_never_overwrites_an_insert_it_waited_for",
+            |db| Box::pin(a_pull_never_overwrites_an_insert_it_waited_for(db)),
+        ));
+        trials.push(trial(
+            d,
             "a_resolve_never_overwrites_a_write_it_waited_for",
             |db| Box::pin(a_resolve_never_overwrites_a_write_it_waited_for(db)),
         ));
@@ -1239,6 +1244,59 @@ async fn a_pull_never_overwrites_a_write_it_waited_for(hub: TestDb) -> TestResul
         rows[&id].1.as_deref(),
         Some("b@local"),
         "b's edit reaches a"
+    );
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Item 4 (review): the application inserts a row on b, with the key of a
+/// row a inserted too (keys the app derives, say), and commits while b's
+/// pull of a's row waits for it. Before, PostgreSQL's upsert waited for the
+/// insert, then updated the row with a's values: b's insert was gone, and
+/// its marker then found the row as its state said (nothing to send). Now
+/// a row the replica has no state for is a plain insert: it collides, and
+/// the page is applied again after the application's insert is captured.
+/// The later insert (b's) wins everywhere.
+async fn a_pull_never_overwrites_an_insert_it_waited_for(hub: TestDb) -> TestResult {
+    use sea_orm::TransactionTrait;
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let b = device_like_hub::<people_lww::Entity>(&hub, "b").await?;
+    b.sync().await?;
+    let id = a.add("a's insert").await?;
+    a.sync().await?;
+    let app = b.local.connect_again().await?;
+    let tx = app.begin().await?;
+    tx.execute_unprepared(&format!(
+        "INSERT INTO people (id, name, email) VALUES ({}, 'b''s insert', 'b@local')",
+        uuid_sql(&app, id)
+    ))
+    .await?;
+    let commit = async {
+        common::block::until_a_session_waits_for_a_lock(&b.local).await?;
+        tx.commit().await?;
+        app.close().await?;
+        Ok::<(), BoxError>(())
+    };
+    let (pulled, committed) = tokio::join!(b.engine.sync_now(), commit);
+    committed?;
+    let pulled = pulled?;
+    ensure!(
+        pulled.local_errors.is_empty(),
+        "nothing refused: {pulled:?}"
+    );
+    let rows = b.rows().await?;
+    ensure_eq!(
+        (rows[&id].0.as_str(), rows[&id].1.as_deref()),
+        ("b's insert", Some("b@local")),
+        "b's insert kept on b"
+    );
+    b.sync().await?;
+    a.sync().await?;
+    ensure_eq!(
+        a.rows().await?[&id].0,
+        "b's insert",
+        "the later insert wins on a"
     );
     a.drop().await?;
     b.drop().await?;

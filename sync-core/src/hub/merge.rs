@@ -238,7 +238,7 @@ impl<'a> Merge<'a> {
                 }
                 keys.push(key.clone());
             }
-            for q in row_statements(spec, &live, self.dialect)? {
+            for q in row_statements(spec, &live, self.dialect, false)? {
                 out.upserts.push(kind.build(&q));
             }
             out.deletes.push((spec, dead));

@@ -24,16 +24,18 @@ use super::conflicts::{open_conflicts, update_remote};
 use super::entity::TableHandle;
 use super::parked::{Parked, park};
 use super::seal_state::SealState;
-use super::tables::{LOCAL_META, PARKED, ROWS};
+use super::tables::{LOCAL_META, PARKED, ROWS, dirty_table};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};
 use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
-use crate::model::error::{Error, Result};
+use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::codec::{integer_id, sequence};
 use crate::store::rows;
-use crate::store::write::{delete_rows, execute_all, execute_while, lock_rows, row_statements};
+use crate::store::write::{
+    delete_rows, execute_all, execute_while, keys_match, lock_rows, row_statements,
+};
 
 /// One remote fact about one row: a change (as a one-change state) or a
 /// snapshot row.
@@ -465,7 +467,7 @@ async fn write_all(
             .filter(|r| r.state.is_live())
             .map(|r| (r.state.as_ref(), r.existed))
             .collect();
-        for q in row_statements(w.spec, &live, d)? {
+        for q in row_statements(w.spec, &live, d, true)? {
             upserts.push(kind.build(&q));
         }
     }
@@ -544,6 +546,18 @@ async fn write_row_by_row(
             break;
         }
     }
+    for (spec, row, error) in &todo {
+        let taken = !row.existed
+            && row.delete.is_none()
+            && error
+                .as_ref()
+                .is_some_and(|e| e.kind() == ErrorKind::UniqueViolation);
+        if taken && has_marker(tx, d, spec, row).await? {
+            // The application inserted this key and committed while the
+            // insert waited for it (PostgreSQL): capture that write first.
+            return Err(raced(spec, &row.key));
+        }
+    }
     for (spec, row, error) in todo {
         let e = Error::Refused {
             table: spec.name.clone(),
@@ -556,6 +570,34 @@ async fn write_row_by_row(
     Ok(())
 }
 
+/// Whether the row of `row`'s key has a capture marker now.
+async fn has_marker(
+    tx: &DatabaseTransaction,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    row: &RowWrite<'_>,
+) -> Result<bool> {
+    let pk = parse_pk_key(&row.key)?;
+    let q = Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new(dirty_table(&spec.name)))
+        .and_where(keys_match(spec, &[pk], d))
+        .to_owned();
+    Ok(tx.query_one(&q).await?.is_some())
+}
+
+/// The error that makes a page be applied again: an application write
+/// took the key of a new row while the page waited for it.
+fn raced(spec: &TableSpec, key: &str) -> Error {
+    Error::Database {
+        source: sea_orm::DbErr::Custom(format!(
+            "{}: the application wrote the row {key} while it was pulled; apply the page again",
+            spec.name
+        )),
+        kind: ErrorKind::Serialization,
+    }
+}
+
 /// Write one row (or delete it) and save its state.
 async fn write_one(
     tx: &DatabaseTransaction,
@@ -566,7 +608,7 @@ async fn write_one(
     if let Some(pk) = &row.delete {
         delete_rows(tx, spec, std::slice::from_ref(pk)).await?;
     } else if row.state.is_live() {
-        for q in row_statements(spec, &[(row.state.as_ref(), row.existed)], d)? {
+        for q in row_statements(spec, &[(row.state.as_ref(), row.existed)], d, true)? {
             tx.execute(&q).await?;
         }
     }

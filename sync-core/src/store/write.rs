@@ -109,14 +109,17 @@ pub(crate) fn upsert_statements(
 
 /// The statements that write `rows` (each with whether its row exists in
 /// the table now) into `spec`'s table on the dialect `d`: upserts, except
-/// where the dialect's upsert fires on any unique index (MySQL's
-/// `ON DUPLICATE KEY UPDATE`): there a new row is a plain insert, so that a
-/// collision on another unique index fails instead of updating the row
-/// that holds the value.
+/// for new rows where `plain_new` (a replica's table, which the application
+/// writes too) or where the dialect's upsert fires on any unique index
+/// (MySQL's `ON DUPLICATE KEY UPDATE`): there a new row is a plain insert,
+/// so that a collision fails instead of updating the row that holds the
+/// value (on PostgreSQL, a row the application inserted meanwhile, which
+/// the upsert waited for).
 pub(crate) fn row_statements(
     spec: &TableSpec,
     rows: &[(&RowState, bool)],
     d: &dyn Dialect,
+    plain_new: bool,
 ) -> Result<Vec<InsertStatement>> {
     let all = |keep: fn(bool) -> bool| -> Vec<&RowState> {
         rows.iter()
@@ -124,7 +127,7 @@ pub(crate) fn row_statements(
             .map(|(r, _)| *r)
             .collect()
     };
-    if !d.upsert_takes_any_unique() {
+    if !plain_new && !d.upsert_takes_any_unique() {
         return upsert_statements(spec, &all(|_| true), d);
     }
     let mut out = write_statements(spec, &all(|e| e), d, true)?;

@@ -15,6 +15,10 @@ use crate::model::merge::RowState;
 use crate::model::protocol::{Cursor, HubInfo, PullBatch, RejectPolicy};
 use crate::replica::incoming::{Delta, PageMeta};
 
+/// How many times in a row a page that rolled back on a retryable error is
+/// applied again before the pull gives up (the next sync goes on).
+const PAGE_RETRIES: usize = 3;
+
 /// A pulled page, made ready to apply.
 struct Page {
     /// Other replicas' changes (and an unreadable one to park).
@@ -51,6 +55,7 @@ impl SyncEngine {
             Prefetch::spawn(async move { hub.pull_excluding(cursor, limit, me).await })
         };
         let mut ahead = fetch(cursor);
+        let mut retries = 0;
         loop {
             let batch = ahead.get().await.map_err(Error::or_offline)?;
             let page = self.prepare(batch, cursor, report);
@@ -63,8 +68,22 @@ impl SyncEngine {
             }
             ahead = fetch(page.next);
             let next = page.next;
-            self.save_page(&keys, me, page, report).await?;
-            cursor = next;
+            match self.save_page(&keys, me, page, report).await {
+                Ok(()) => {
+                    cursor = next;
+                    retries = 0;
+                }
+                // A serialization failure, a deadlock, or an application
+                // write that took the key of a new row while the page
+                // waited for it: the page rolled back; read it again and
+                // apply it again (its local writes are captured first).
+                Err(e) if e.is_retryable() && retries < PAGE_RETRIES => {
+                    retries += 1;
+                    tracing::debug!("page after {} applied again: {e}", cursor.0);
+                    ahead = fetch(cursor);
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
