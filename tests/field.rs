@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::device::{device, device_in, device_on};
+use common::device::{device, device_in, device_on, device_with};
 use common::entities::{handles, people_lww, people_manual, people_v2};
 use common::{BoxError, Dialect, TestDb, TestResult, run, trial};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder};
@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
         a_restored_devices_pending_change_does_not_meet_later_edits_as_a_conflict,
         a_hub_restored_and_written_past_a_cursor_is_found,
         a_renewal_in_one_process_is_not_undone_by_a_pull_in_another,
+        times_finer_than_a_microsecond_are_stored_alike_everywhere,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -2075,6 +2076,88 @@ async fn a_renewal_in_one_process_is_not_undone_by_a_pull_in_another(hub: TestDb
     }
     for dev in [a, d, twin] {
         dev.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// Item 11: a time finer than a microsecond (`Utc::now()` on Linux has
+/// nanoseconds) written on a SQLite device. PostgreSQL and MySQL keep
+/// microseconds, SQLite keeps all nine digits. Before, the device and the
+/// SQLite replicas it reached kept the nanoseconds while the PostgreSQL
+/// and MySQL copies did not: the same row differed. Now capture cuts such a
+/// time to whole microseconds, in the change and in the row it read; a key
+/// that fine is refused (cut, it would name another row).
+async fn times_finer_than_a_microsecond_are_stored_alike_everywhere(hub: TestDb) -> TestResult {
+    use chrono::{TimeZone, Utc};
+    use common::entities::{contacts, keyed_by_utc};
+    use sea_orm::{ActiveModelTrait, QueryFilter, Set};
+    let a = device_with(&hub, "a", |r| {
+        r.register::<contacts::Entity>()
+            .register::<keyed_by_utc::Entity>()
+    })
+    .await?;
+    let b = device_like_hub::<contacts::Entity>(&hub, "b").await?;
+    let fine = Utc.timestamp_opt(1_796_000_000, 123_456_789).unwrap();
+    let whole = Utc.timestamp_opt(1_796_000_000, 123_456_000).unwrap();
+    let id = Uuid::now_v7();
+    contacts::ActiveModel {
+        id: Set(id),
+        name: Set("n".into()),
+        email: Set(None),
+        last_opened: Set(None),
+        updated_at: Set(fine),
+    }
+    .insert(a.db())
+    .await?;
+    // And one written behind SeaORM's back, with an update of a column.
+    let other = Uuid::now_v7();
+    contacts::ActiveModel {
+        id: Set(other),
+        name: Set("m".into()),
+        email: Set(None),
+        last_opened: Set(None),
+        updated_at: Set(whole),
+    }
+    .insert(a.db())
+    .await?;
+    contacts::Entity::update_many()
+        .col_expr(
+            contacts::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(fine),
+        )
+        .filter(sea_orm::ColumnTrait::eq(&contacts::Column::Id, other))
+        .exec(a.db())
+        .await?;
+    let r = a.engine.sync_now().await?;
+    ensure!(r.halted.is_none() && r.rejected.is_empty(), "{r:?}");
+    b.sync().await?;
+    let c = device::<contacts::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    for (name, db) in [("a", a.db()), ("b", b.db()), ("c", c.db())] {
+        for key in [id, other] {
+            let got = contacts::Entity::find_by_id(key)
+                .one(db)
+                .await?
+                .ok_or("synced")?;
+            ensure_eq!(got.updated_at, whole, "{name}: {key}");
+        }
+    }
+    // A key that fine: refused by name, never half-synced.
+    keyed_by_utc::ActiveModel {
+        k: Set(fine),
+        note: Set("fine key".into()),
+    }
+    .insert(a.db())
+    .await?;
+    let r = a.engine.sync_now().await?;
+    ensure!(
+        r.local_errors
+            .iter()
+            .any(|e| e.to_string().contains("finer than a microsecond")),
+        "the key is refused with the reason: {r:?}"
+    );
+    for d in [a, b, c] {
+        d.drop().await?;
     }
     hub.drop().await
 }

@@ -121,6 +121,30 @@ fn canonical(v: &Value) -> Value {
     }
 }
 
+/// A time value cut to whole microseconds, if it holds a finer part:
+/// PostgreSQL and MySQL keep microseconds (they round or cut the rest),
+/// SQLite keeps what it is given, so a finer value would differ between
+/// replicas. `None` for any other value, and for a time already whole.
+pub(crate) fn to_micros(v: &Value) -> Option<Value> {
+    use chrono::Timelike;
+    fn cut<T: Timelike>(t: &T) -> Option<T> {
+        let ns = t.nanosecond();
+        (!ns.is_multiple_of(1000))
+            .then(|| t.with_nanosecond(ns - ns % 1000))
+            .flatten()
+    }
+    Some(match v {
+        Value::ChronoDateTime(Some(t)) => Value::ChronoDateTime(Some(cut(t)?)),
+        Value::ChronoDateTimeUtc(Some(t)) => Value::ChronoDateTimeUtc(Some(cut(t)?)),
+        Value::ChronoDateTimeLocal(Some(t)) => Value::ChronoDateTimeLocal(Some(cut(t)?)),
+        Value::ChronoDateTimeWithTimeZone(Some(t)) => {
+            Value::ChronoDateTimeWithTimeZone(Some(cut(t)?))
+        }
+        Value::ChronoTime(Some(t)) => Value::ChronoTime(Some(cut(t)?)),
+        _ => return None,
+    })
+}
+
 /// Parse [`pk_key`] text back into typed values.
 pub(crate) fn parse_pk_key(key: &str) -> Result<Vec<Value>> {
     Ok(serde_json::from_str(key)?)
@@ -142,6 +166,51 @@ mod tests {
         ));
         assert!(same_value(&Value::Int(None), &Value::Int(None)));
         assert!(!same_value(&Value::Int(Some(1)), &Value::Int(None)));
+    }
+
+    #[test]
+    fn times_are_cut_to_whole_microseconds() {
+        use chrono::{NaiveDate, TimeZone, Timelike, Utc};
+        let t = NaiveDate::from_ymd_opt(2026, 12, 2)
+            .unwrap()
+            .and_hms_nano_opt(12, 0, 0, 123_456_789)
+            .unwrap();
+        let whole = NaiveDate::from_ymd_opt(2026, 12, 2)
+            .unwrap()
+            .and_hms_nano_opt(12, 0, 0, 123_456_000)
+            .unwrap();
+        assert_eq!(
+            to_micros(&Value::ChronoDateTime(Some(t))),
+            Some(Value::ChronoDateTime(Some(whole)))
+        );
+        assert_eq!(to_micros(&Value::ChronoDateTime(Some(whole))), None);
+        let utc = Utc.from_utc_datetime(&t);
+        assert_eq!(
+            to_micros(&Value::ChronoDateTimeUtc(Some(utc))),
+            Some(Value::ChronoDateTimeUtc(Some(
+                Utc.from_utc_datetime(&whole)
+            )))
+        );
+        let off = utc.fixed_offset();
+        assert!(matches!(
+            to_micros(&Value::ChronoDateTimeWithTimeZone(Some(off))),
+            Some(Value::ChronoDateTimeWithTimeZone(Some(o))) if o.timestamp_subsec_nanos() == 123_456_000
+        ));
+        assert_eq!(
+            to_micros(&Value::ChronoTime(Some(t.time()))),
+            Some(Value::ChronoTime(Some(whole.time())))
+        );
+        assert_eq!(to_micros(&Value::ChronoDateTime(None)), None);
+        assert_eq!(to_micros(&Value::BigInt(Some(5))), None);
+        // A leap second keeps its place.
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_001)
+            .unwrap();
+        assert!(matches!(
+            to_micros(&Value::ChronoDateTime(Some(leap))),
+            Some(Value::ChronoDateTime(Some(l))) if l.nanosecond() == 1_500_000_000
+        ));
     }
 
     #[test]

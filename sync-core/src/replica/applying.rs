@@ -38,3 +38,15 @@ pub(crate) async fn end_applying(tx: &DatabaseTransaction) -> Result<()> {
     tx.execute(&q).await?;
     Ok(())
 }
+
+/// Whether this session is listed as applying (a pulled page that captures
+/// pending writes first is).
+pub(crate) async fn is_applying(tx: &DatabaseTransaction) -> Result<bool> {
+    let d = dialect::of_db(tx)?;
+    let q = Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new(APPLYING))
+        .and_where(Expr::col(Alias::new("session")).eq(Expr::cust(d.session_expr())))
+        .to_owned();
+    Ok(tx.query_one(&q).await?.is_some())
+}

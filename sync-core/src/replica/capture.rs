@@ -14,17 +14,18 @@ use std::sync::Arc;
 use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, SimpleExpr, ValueTuple};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
+use super::applying::{begin_applying, end_applying, is_applying};
 use super::entity::{Marker, TableHandle};
 use super::seal_state::SealState;
 use super::tables::{OUTBOX, ROWS, dirty_table};
-use crate::dialect::check_value;
+use crate::dialect::{self, check_value};
 use crate::model::change::{Op, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::value::{is_null, pk_key, same_value};
+use crate::model::value::{is_null, pk_key, same_value, to_micros};
 use crate::store::codec::db_sequence;
 use crate::store::rows;
-use crate::store::write::execute_while;
+use crate::store::write::{execute_while, keys_match, value_expr};
 
 /// What one capture pass did.
 #[derive(Debug, Default)]
@@ -97,7 +98,20 @@ pub(crate) async fn seal_table(
     let pks: Vec<Vec<Value>> = markers.iter().map(|m| m.pk.clone()).collect();
     let keys: Vec<String> = pks.iter().map(|p| pk_key(p)).collect::<Result<_>>()?;
     let mut current: HashMap<String, Vec<Value>> = HashMap::new();
-    for (pk, vals) in table.rows(tx, &pks).await? {
+    // Values finer than a microsecond, cut (see `to_micros`): the change
+    // carries the cut value, and the row is written with it below.
+    let mut finer: Vec<(Vec<Value>, Vec<usize>, Vec<Value>)> = Vec::new();
+    for (pk, mut vals) in table.rows(tx, &pks).await? {
+        let mut cut = Vec::new();
+        for (i, v) in vals.iter_mut().enumerate() {
+            if let Some(whole) = to_micros(v) {
+                *v = whole;
+                cut.push(i);
+            }
+        }
+        if !cut.is_empty() {
+            finer.push((pk.clone(), cut, vals.clone()));
+        }
         current.insert(pk_key(&pk)?, vals);
     }
     let read = MarkedRows {
@@ -110,9 +124,63 @@ pub(crate) async fn seal_table(
     let kept = batch.kept;
     report.captured += batch.outbox.len();
     write_sealed(tx, spec, batch).await?;
+    cut_finer_times(tx, spec, &finer).await?;
     Ok(Sealed {
         read: markers.len(),
         kept,
+    })
+}
+
+/// Write the cut values of `finer` (key, columns cut, the row's values)
+/// into their rows, as a pulled change is written (the capture triggers
+/// leave it alone): the row holds what every other replica holds.
+async fn cut_finer_times(
+    tx: &DatabaseTransaction,
+    spec: &TableSpec,
+    finer: &[(Vec<Value>, Vec<usize>, Vec<Value>)],
+) -> Result<()> {
+    if finer.is_empty() {
+        return Ok(());
+    }
+    let d = dialect::of_db(tx)?;
+    // Inside a pulled page's transaction the session applies already, and
+    // must go on applying after this.
+    let applying = is_applying(tx).await?;
+    if !applying {
+        begin_applying(tx).await?;
+    }
+    for (pk, cut, vals) in finer {
+        let mut q = Query::update();
+        q.table(Alias::new(&spec.name))
+            .and_where(keys_match(spec, std::slice::from_ref(pk), d));
+        for i in cut {
+            let c = &spec.columns[*i];
+            q.value(
+                Alias::new(&c.name),
+                value_expr(&spec.name, c, &vals[*i], d)?,
+            );
+        }
+        tx.execute(&q).await?;
+    }
+    if !applying {
+        end_applying(tx).await?;
+    }
+    Ok(())
+}
+
+/// A key value finer than a microsecond refuses its row: cut, it would be
+/// another key, and PostgreSQL and MySQL cannot hold it whole.
+fn finer_key(spec: &TableSpec, pk: &[Value]) -> Option<Error> {
+    spec.pk.iter().zip(pk).find_map(|(c, v)| {
+        to_micros(v).map(|_| {
+            Error::unrepresentable(
+                &spec.name,
+                &c.name,
+                crate::model::value::render(v),
+                "a key time finer than a microsecond: PostgreSQL and MySQL keep microseconds, \
+                 so the key would name another row there",
+            )
+        })
     })
 }
 
@@ -172,12 +240,14 @@ fn seal_markers(
             (Some((Op::Delete, _)), Phase::Upserts)
                 | (Some((Op::Insert | Op::Update, _)), Phase::Deletes)
         );
-        let rejected = row.and_then(|row| {
-            spec.columns
-                .iter()
-                .zip(row)
-                .find_map(|(c, v)| check_value(&spec.name, &c.name, Some(&c.ty), v, None).err())
-        });
+        let rejected = row
+            .and_then(|row| {
+                spec.columns
+                    .iter()
+                    .zip(row)
+                    .find_map(|(c, v)| check_value(&spec.name, &c.name, Some(&c.ty), v, None).err())
+            })
+            .or_else(|| finer_key(spec, &marker.pk));
         if deferred || rejected.is_some() {
             report.rejected.extend(rejected.filter(|_| !deferred));
             out.kept += 1;
