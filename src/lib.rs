@@ -5,7 +5,7 @@ pub use sync_core::{
     ConflictPolicy, Error, ErrorKind, HeldConflict, Hlc, HubBehind, NodeId, Op, RejectPolicy,
     Renewal, RenewalCause, Replica, ReplicaBuilder, Resolution, Resolver, Result, SyncEngine,
     SyncHandle, SyncHooks, SyncPhase, SyncProgress, SyncReport, SyncStatus, Syncable, TableSpec,
-    create_table, table_spec, validate_active_model,
+    WrongClock, create_table, table_spec, validate_active_model,
 };
 pub use sync_derive::Syncable;
 

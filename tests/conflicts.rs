@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
         custom_resolver_settles_on_the_replica,
         delete_against_concurrent_update_is_one_rule,
         newer_client_adds_a_column,
-        a_change_from_the_future_is_refused_and_stays_queued,
+        a_change_from_the_future_is_refused_and_stamped_again_once_the_clock_is_right,
     ];
     run(trials)
 }
@@ -304,11 +304,20 @@ async fn resolve_keeps_local_edits_made_after_the_conflict(hub: TestDb) -> TestR
     hub.drop().await
 }
 
-/// A device whose clock is a day ahead: the hub refuses its change, which
-/// stays queued on the device, and the report names the device and says its
-/// clock is wrong. A later edit elsewhere wins, and no other device's clock
-/// takes the bad time.
-async fn a_change_from_the_future_is_refused_and_stays_queued(hub: TestDb) -> TestResult {
+/// A device whose clock was a day ahead when it made a change, and is right
+/// now. The hub refuses the change (stamped a day ahead, it would win every
+/// edit of the column for a day, and carry its time to every clock); the
+/// report names the device and says its clock was wrong. The device's
+/// clock is right now, so it stamps the change again at its present time
+/// and pushes it in the same sync. Before, the change (and every later one,
+/// stamped after it by a clock that never goes back) stayed refused until
+/// real time caught up. A later edit elsewhere then wins, and no clock
+/// takes the bad time. (A device whose clock is still ahead keeps its
+/// changes queued, `WrongClock::still_ahead`; its clock cannot be set
+/// wrong in this test, so a unit test of the engine covers that decision.)
+async fn a_change_from_the_future_is_refused_and_stamped_again_once_the_clock_is_right(
+    hub: TestDb,
+) -> TestResult {
     let a = device::<people_lww::Entity>(&hub, "a").await?;
     let b = device::<people_lww::Entity>(&hub, "b").await?;
     let id = a.add("one").await?;
@@ -317,44 +326,63 @@ async fn a_change_from_the_future_is_refused_and_stays_queued(hub: TestDb) -> Te
     a.set(id, "email", "from-the-future@x").await?;
     a.shift_pending_writes(24 * 3600 * 1_000_000).await?;
     let ra = a.engine.sync_now().await?;
-    let halted = ra
-        .halted
+    let wrong = ra
+        .wrong_clock
+        .clone()
         .ok_or("the change from the future was not refused")?;
-    let me = a.engine.replica().node_id().to_string();
+    let me = a.engine.replica().node_id();
     ensure!(
-        halted
-            .reason
-            .contains(&format!("the clock of device {me} is wrong")),
-        "{halted:?}"
+        wrong.refused.id.origin == me
+            && !wrong.still_ahead
+            && wrong.restamped == 1
+            && wrong.ahead >= std::time::Duration::from_secs(23 * 3600),
+        "{wrong:?}"
     );
     ensure!(
-        halted.reason.contains("ahead of the hub's clock"),
-        "{halted:?}"
+        wrong
+            .to_string()
+            .contains(&format!("the clock of device {me} was wrong")),
+        "{wrong}"
     );
-    ensure_eq!(ra.pushed, 0);
-    ensure_eq!(a.engine.replica().pending_count().await?, 1, "stays queued");
-    // The next sync refuses it again: nothing is dropped.
     ensure!(
-        a.engine.sync_now().await?.halted.is_some(),
-        "refused again at the next sync"
+        ra.halted.is_none() && ra.pushed == 1,
+        "pushed again: {ra:?}"
     );
-    ensure_eq!(a.engine.replica().pending_count().await?, 1);
-    // A later edit on another device wins everywhere else.
-    b.set(id, "email", "b@x").await?;
-    b.sync().await?;
+    ensure_eq!(a.engine.replica().pending_count().await?, 0);
+    let now_us = || -> Result<u64, BoxError> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros() as u64)
+    };
+    // a's clock went back: its next change is stamped now, and wins over
+    // its own earlier edit everywhere.
+    a.set(id, "email", "a-again@x").await?;
+    a.engine.replica().capture().await?;
+    let change = a.engine.replica().pending(1).await?.remove(0);
+    ensure!(
+        change.hlc.physical < now_us()? + 60_000_000,
+        "a's clock stayed ahead: {}",
+        change.hlc.physical
+    );
+    a.sync().await?;
     let c = device::<people_lww::Entity>(&hub, "c").await?;
     c.sync().await?;
-    ensure_eq!(c.rows().await?[&id].1, s("b@x"));
+    ensure_eq!(c.rows().await?[&id].1, s("a-again@x"));
+    // A later edit on another device wins everywhere.
+    b.set(id, "email", "b@x").await?;
+    b.sync().await?;
+    a.sync().await?;
+    c.sync().await?;
+    for d in [&a, &c] {
+        ensure_eq!(d.rows().await?[&id].1, s("b@x"));
+    }
     // No clock took the bad time: c's next change is stamped now.
     c.set(id, "phone", "c-phone").await?;
     c.engine.replica().capture().await?;
     let change = c.engine.replica().pending(1).await?.remove(0);
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_micros() as u64;
     ensure!(
-        change.hlc.physical < now_us + 60_000_000,
-        "c's clock jumped: {} vs now {now_us}",
+        change.hlc.physical < now_us()? + 60_000_000,
+        "c's clock jumped: {}",
         change.hlc.physical
     );
     for d in [a, b, c] {

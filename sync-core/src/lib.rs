@@ -51,4 +51,6 @@ pub use replica::capture::CaptureReport;
 pub use replica::conflicts::HeldConflict;
 pub use replica::{Replica, ReplicaBuilder, create_table, table_spec};
 pub use sync::background::{AutoSync, SyncHandle, SyncPhase, SyncStatus};
-pub use sync::engine::{HubBehind, Renewal, RenewalCause, SyncEngine, SyncProgress, SyncReport};
+pub use sync::engine::{
+    HubBehind, Renewal, RenewalCause, SyncEngine, SyncProgress, SyncReport, WrongClock,
+};

@@ -38,8 +38,8 @@ use tokio::sync::RwLock;
 pub use crate::model::conflict::{Merged, merge_with_policy};
 pub use crate::model::merge::RowState;
 pub use crate::model::protocol::{
-    Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage, SnapshotRow,
-    Standing, Unreadable,
+    ClockAhead, Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
+    SnapshotRow, Standing, Unreadable,
 };
 
 use crate::model::change::{Change, ChangeId, TableSpec};

@@ -18,7 +18,7 @@ use crate::dialect::{self, Dialect};
 use crate::model::change::{Change, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
-use crate::model::protocol::{PushAck, RejectPolicy, Rejection};
+use crate::model::protocol::{ClockAhead, PushAck, RejectPolicy, Rejection};
 use crate::store::codec::{db_sequence, sequence};
 use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling, custom_plans};
 
@@ -96,9 +96,10 @@ struct Push<'a> {
 /// Why the hub refuses a change before trying it.
 struct Refusal {
     reason: String,
-    /// Halt whatever the policy (a wrong clock: the change must stay with
-    /// its device, not be parked and acknowledged).
-    halt: bool,
+    /// A stamp too far ahead of the hub's clock: halt whatever the policy
+    /// (the change must stay with its device, not be parked and
+    /// acknowledged).
+    clock: Option<ClockAhead>,
 }
 
 /// Where the origin's stream stands at the hub.
@@ -221,7 +222,7 @@ impl Push<'_> {
         progress: &mut OriginProgress,
     ) -> Result<()> {
         for (c, verdict) in todo.iter().zip(verdicts) {
-            let always_halt = verdict.as_ref().is_some_and(|v| v.halt);
+            let clock = verdict.as_ref().and_then(|v| v.clock);
             let reason = match verdict {
                 Some(v) => Some(v.reason),
                 None => {
@@ -248,11 +249,12 @@ impl Push<'_> {
                     table: c.table.clone(),
                     reason,
                 };
-                if self.policy == RejectPolicy::Park && !always_halt {
+                if self.policy == RejectPolicy::Park && clock.is_none() {
                     park(tx, c, &rejection.reason).await?;
                     ack.parked.push(rejection);
                 } else {
                     ack.halted = Some(rejection);
+                    ack.clock_ahead = clock;
                     break;
                 }
             }
@@ -267,12 +269,21 @@ impl Push<'_> {
     /// the hub's tables.
     fn refusal(&self, c: &Change, now_us: u64) -> Option<Refusal> {
         if let Err(reason) = check_clock(c, now_us, self.max_skew_us) {
-            return Some(Refusal { reason, halt: true });
+            let clock = ClockAhead {
+                id: c.id,
+                stamped_us: c.hlc.physical,
+                hub_now_us: now_us,
+                max_skew_us: self.max_skew_us,
+            };
+            return Some(Refusal {
+                reason,
+                clock: Some(clock),
+            });
         }
         let spec = self.specs.iter().find(|s| s.name == c.table);
         validate(c, spec, self.dialect).err().map(|reason| Refusal {
             reason,
-            halt: false,
+            clock: None,
         })
     }
 

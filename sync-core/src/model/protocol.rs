@@ -55,6 +55,23 @@ pub struct PushAck {
     /// under its id) and applied nothing; the replica must take a new
     /// identity and push the rest again (`SyncEngine` does).
     pub clashed: Option<Rejection>,
+    /// With `halted`, when the change halted for a stamp too far ahead of
+    /// the hub's clock: the numbers, so the device can tell whether its
+    /// clock is still wrong or was wrong when it made the change.
+    pub clock_ahead: Option<ClockAhead>,
+}
+
+/// A change refused for a stamp too far ahead of the hub's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockAhead {
+    /// The refused change.
+    pub id: ChangeId,
+    /// Its stamp, in microseconds since the Unix epoch.
+    pub stamped_us: u64,
+    /// The hub's clock when it refused it.
+    pub hub_now_us: u64,
+    /// How far ahead of the hub's clock a stamp may be.
+    pub max_skew_us: u64,
 }
 
 /// Where an origin stands at a hub (see [`Hub::standing`]).

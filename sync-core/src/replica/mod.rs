@@ -12,6 +12,7 @@
 //! - [`conflicts`]: conflicts held for a decision, and their resolution;
 //! - [`reconcile`]: finding writes made behind tidesync's back;
 //! - [`resend`]: every row state again, for a hub that lost changes;
+//! - [`restamp`]: changes a wrong clock stamped in the future, stamped again;
 //! - [`parked`]: what could not be applied or read, kept with the reason.
 
 pub(crate) mod applying;
@@ -23,6 +24,7 @@ pub(crate) mod outbox;
 pub(crate) mod parked;
 pub(crate) mod reconcile;
 pub(crate) mod resend;
+pub(crate) mod restamp;
 pub(crate) mod seal_state;
 pub(crate) mod tables;
 pub(crate) mod upgrade;

@@ -4,6 +4,7 @@
 //! overlap local work).
 
 mod bootstrap;
+mod clock;
 mod identity;
 mod prefetch;
 mod pull;
@@ -20,6 +21,7 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::{Hub, HubInfo, RejectPolicy, Rejection};
 use crate::replica::Replica;
 
+pub use clock::WrongClock;
 pub use identity::{HubBehind, Renewal, RenewalCause};
 
 /// What one [`SyncEngine::sync_now`] did.
@@ -54,6 +56,11 @@ pub struct SyncReport {
     /// from an older backup): every row state of this replica was queued to
     /// be pushed again, and the hub's rows were loaded again.
     pub hub_behind: Option<HubBehind>,
+    /// The hub refused a change of this device for a stamp too far ahead
+    /// of its clock: whether the device's clock is still wrong (its changes
+    /// wait, with `halted` set), or was wrong and is right now (the changes
+    /// stamped in the future were stamped again and pushed).
+    pub wrong_clock: Option<WrongClock>,
     /// Wall time the sync took.
     pub duration: Duration,
 }
@@ -192,6 +199,7 @@ impl SyncEngine {
             }
         }
         self.push(&hub, &mut report).await?;
+        self.after_wrong_clock(&hub, &mut report).await?;
         self.pull(&hub, &mut report).await?;
         report.duration = started.elapsed();
         Ok(report)

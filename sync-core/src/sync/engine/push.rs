@@ -190,6 +190,9 @@ impl SyncEngine {
         report.settled.extend(ack.settled);
         if let Some(h) = ack.halted {
             report.halted = Some(h);
+            report.wrong_clock = ack
+                .clock_ahead
+                .map(|c| super::WrongClock::of(c, crate::model::clock::wall_clock_us()));
             return Ok(AckOutcome::Halted);
         }
         if let Some(clash) = clashed {

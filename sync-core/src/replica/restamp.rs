@@ -1,0 +1,146 @@
+//! Stamping again the changes a wrong clock stamped in the future, once the
+//! clock is right.
+//!
+//! A device whose clock ran ahead stamps its writes with that time, and its
+//! hybrid clock then never goes below it (a clock must not go back). The
+//! hub refuses such changes (they would win every later edit of their
+//! columns), and they stay queued. Once the device's clock is right again,
+//! waiting for real time to catch up would keep them (and every later
+//! write, stamped after them) refused for as long as the clock was ahead.
+//! Instead the replica stamps them again at its present time: each write
+//! counts as made now, when it first can be sent. Its row states take the
+//! new stamps too, and its clock goes back to the latest stamp that is not
+//! in the future.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+
+use super::Replica;
+use super::seal_state::SealState;
+use super::tables::{OUTBOX, ROWS};
+use crate::model::clock::{Hlc, HlcClock, wall_clock_us};
+use crate::model::error::Result;
+use crate::model::merge::RowState;
+use crate::store::codec::{db_sequence, sequence};
+use crate::store::rows::{self, StoredState};
+
+/// Row states read at a time.
+const PAGE: u64 = 500;
+
+impl Replica {
+    /// Stamp again, at the present time, every pending change and row-state
+    /// clock of this replica stamped after `limit_us` (see the
+    /// [module docs](self)), in one local transaction under the capture
+    /// lock. Returns how many pending changes were stamped again.
+    pub(crate) async fn restamp_ahead(&self, limit_us: u64) -> Result<usize> {
+        let tx = self.connection().begin().await?;
+        let mut state = SealState::lock_and_load(&tx).await?;
+        let outbox = outbox_clocks(&tx).await?;
+        let states = all_states(&tx).await?;
+        // The clock goes back to the latest stamp that is not ahead.
+        let wall = wall_clock_us();
+        let mut base = Hlc {
+            physical: Ord::min(wall, limit_us),
+            logical: 0,
+            node: state.node,
+        };
+        let known = outbox.iter().map(|(_, h)| *h).chain(
+            states
+                .iter()
+                .flat_map(|(_, _, s)| s.clocks.values().copied().chain(s.deleted_at)),
+        );
+        for h in known.filter(|h| h.physical <= limit_us) {
+            base = Ord::max(
+                base,
+                Hlc {
+                    node: state.node,
+                    ..h
+                },
+            );
+        }
+        state.clock = HlcClock::new(state.node, Some(base));
+        // Pending changes, in order; the same write keeps one new stamp in
+        // the row state.
+        let mut new: HashMap<Hlc, Hlc> = HashMap::new();
+        for (seq, h) in outbox.iter().filter(|(_, h)| h.physical > limit_us) {
+            let stamp = state.clock.tick(wall);
+            new.insert(*h, stamp);
+            let q = Query::update()
+                .table(Alias::new(OUTBOX.name))
+                .value(Alias::new("hlc"), stamp.to_string())
+                .and_where(Expr::col(Alias::new("seq")).eq(db_sequence(*seq)?))
+                .to_owned();
+            tx.execute(&q).await?;
+        }
+        for (table, key, mut s) in states {
+            let mut moved = false;
+            let mut again = |h: &mut Hlc| {
+                if h.physical > limit_us {
+                    *h = *new.entry(*h).or_insert_with(|| state.clock.tick(wall));
+                    moved = true;
+                }
+            };
+            s.clocks.values_mut().for_each(&mut again);
+            if let Some(d) = s.deleted_at.as_mut() {
+                again(d);
+            }
+            if moved {
+                rows::save_states(&tx, ROWS, &table, &[(key, s)]).await?;
+            }
+        }
+        state.save(&tx).await?;
+        tx.commit().await?;
+        Ok(outbox.iter().filter(|(_, h)| h.physical > limit_us).count())
+    }
+}
+
+/// Sequence and stamp of every pending change, in order.
+async fn outbox_clocks(tx: &DatabaseTransaction) -> Result<Vec<(u64, Hlc)>> {
+    let q = Query::select()
+        .columns(["seq", "hlc"].map(Alias::new))
+        .from(Alias::new(OUTBOX.name))
+        .order_by(Alias::new("seq"), Order::Asc)
+        .to_owned();
+    let mut out = Vec::new();
+    for r in tx.query_all(&q).await? {
+        let hlc: String = r.try_get("", "hlc")?;
+        out.push((sequence(&r, "seq")?, hlc.parse()?));
+    }
+    Ok(out)
+}
+
+/// Every row state: table, key, state.
+async fn all_states(tx: &DatabaseTransaction) -> Result<Vec<(String, String, RowState)>> {
+    let mut out = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let mut q = Query::select();
+        q.columns(["tbl", "pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+            .from(Alias::new(ROWS))
+            .order_by(Alias::new("tbl"), Order::Asc)
+            .order_by(Alias::new("pk"), Order::Asc)
+            .limit(PAGE);
+        if let Some((t, k)) = &after {
+            q.cond_where(
+                Expr::col(Alias::new("tbl"))
+                    .gt(t.as_str())
+                    .or(Expr::col(Alias::new("tbl"))
+                        .eq(t.as_str())
+                        .and(Expr::col(Alias::new("pk")).gt(k.as_str()))),
+            );
+        }
+        let page = tx.query_all(&q).await?;
+        for r in &page {
+            let table: String = r.try_get("", "tbl")?;
+            let key: String = r.try_get("", "pk")?;
+            let (s, _) = StoredState::decode(r)?.fill(None)?;
+            after = Some((table.clone(), key.clone()));
+            out.push((table, key, s));
+        }
+        if (page.len() as u64) < PAGE {
+            return Ok(out);
+        }
+    }
+}
