@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
         a_hub_restored_and_written_past_a_cursor_is_found,
         a_renewal_in_one_process_is_not_undone_by_a_pull_in_another,
         times_finer_than_a_microsecond_are_stored_alike_everywhere,
+        an_entity_in_another_schema_is_refused_by_name,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -2160,4 +2161,22 @@ async fn times_finer_than_a_microsecond_are_stored_alike_everywhere(hub: TestDb)
         d.drop().await?;
     }
     hub.drop().await
+}
+
+/// Item 12, for now: an entity with a `schema_name` other than `public` is
+/// refused when it is registered, naming the table and the schema. Before,
+/// tidesync named the table, its markers and its triggers without the
+/// schema: it captured a table of the same name in the search path, or
+/// failed later with an unrelated error.
+async fn an_entity_in_another_schema_is_refused_by_name(db: TestDb) -> TestResult {
+    use common::entities::in_schema;
+    let opened = tidesync::Replica::builder(db.db.clone())
+        .register::<in_schema::Entity>()
+        .open()
+        .await;
+    ensure!(
+        matches!(&opened, Err(Error::Config(m)) if m.contains("`people`") && m.contains("`elsewhere`")),
+        "{opened:?}"
+    );
+    db.drop().await
 }

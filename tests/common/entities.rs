@@ -351,3 +351,20 @@ keyed!(
     Vec<u8>,
     column_type = "VarBinary(StringLen::N(200))"
 );
+
+/// A table in a schema of its own (PostgreSQL's `schema_name`).
+pub mod in_schema {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "people", schema_name = "elsewhere")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}

@@ -80,6 +80,19 @@ impl ReplicaBuilder {
     {
         let table = EntityTable::<E>::new();
         let spec = table.spec();
+        if let Some(schema) =
+            sea_orm::EntityName::schema_name(&E::default()).filter(|s| *s != "public")
+        {
+            // Refused here, loud: tidesync would name the table, its
+            // markers and triggers without the schema, and find another
+            // table (or none) in the search path.
+            self.errors.push(format!(
+                "table `{}` is in schema `{schema}`: entities with `schema_name` are not \
+                 supported yet (tidesync names tables without their schema); keep synced \
+                 entities in the default schema",
+                spec.name
+            ));
+        }
         if spec.pk.is_empty() {
             self.errors
                 .push(format!("table `{}` has no primary key", spec.name));
