@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
         a_renewal_in_one_process_is_not_undone_by_a_pull_in_another,
         times_finer_than_a_microsecond_are_stored_alike_everywhere,
         an_entity_in_another_schema_is_refused_by_name,
+        a_json_null_stays_distinct_from_sql_null,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -2179,4 +2180,60 @@ async fn an_entity_in_another_schema_is_refused_by_name(db: TestDb) -> TestResul
         "{opened:?}"
     );
     db.drop().await
+}
+
+/// Item 11: a JSON `null` in a JSON column is a value, not SQL NULL. Before,
+/// the typed JSON of changes and row states wrote both as `{"Json":null}`,
+/// so every other replica read SQL NULL where the user wrote JSON `null`.
+async fn a_json_null_stays_distinct_from_sql_null(hub: TestDb) -> TestResult {
+    use common::entities::documents;
+    use sea_orm::{ActiveModelTrait, Set};
+    let a = device::<documents::Entity>(&hub, "a").await?;
+    let b = device_like_hub::<documents::Entity>(&hub, "b").await?;
+    let json_null = Some(serde_json::Value::Null);
+    let docs = [
+        (Uuid::now_v7(), json_null.clone()),
+        (Uuid::now_v7(), None),
+        (
+            Uuid::now_v7(),
+            Some(serde_json::json!({"a": null, "b": [null]})),
+        ),
+    ];
+    for (id, doc) in &docs {
+        documents::ActiveModel {
+            id: Set(*id),
+            doc: Set(doc.clone()),
+        }
+        .insert(a.db())
+        .await?;
+    }
+    a.sync().await?;
+    b.sync().await?;
+    let c = device::<documents::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    for (name, db) in [("a", a.db()), ("b", b.db()), ("c", c.db())] {
+        for (id, doc) in &docs {
+            let got = documents::Entity::find_by_id(*id)
+                .one(db)
+                .await?
+                .ok_or("synced")?;
+            ensure_eq!(&got.doc, doc, "{name}");
+        }
+    }
+    // An edit from SQL NULL to JSON null is a change, and arrives.
+    let (id, _) = docs[1];
+    documents::ActiveModel {
+        id: sea_orm::ActiveValue::Unchanged(id),
+        doc: Set(json_null.clone()),
+    }
+    .update(b.db())
+    .await?;
+    b.sync().await?;
+    a.sync().await?;
+    let got = documents::Entity::find_by_id(id).one(a.db()).await?;
+    ensure_eq!(got.map(|m| m.doc), Some(json_null), "b's edit on a");
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
 }

@@ -368,3 +368,20 @@ pub mod in_schema {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 }
+
+/// A JSON column that may hold a JSON `null` or SQL NULL.
+pub mod documents {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "documents")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub doc: Option<Json>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}

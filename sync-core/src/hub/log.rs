@@ -13,6 +13,7 @@ use crate::model::change::{Change, ChangeId};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, PullBatch};
+use crate::model::typed;
 use crate::store::codec::{self, db_sequence, sequence};
 
 /// The statements that append `logged` to the log, from hub sequence
@@ -165,7 +166,10 @@ pub(super) async fn columns<C: ConnectionTrait>(
             .to_owned();
         for r in db.query_all(&q).await? {
             let payload: String = r.try_get("", "payload")?;
-            out.insert(sequence(&r, "hub_seq")?, serde_json::from_str(&payload)?);
+            out.insert(
+                sequence(&r, "hub_seq")?,
+                typed::columns_from_text(&payload)?,
+            );
         }
     }
     Ok(out)

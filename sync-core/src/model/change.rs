@@ -71,6 +71,7 @@ pub struct Change {
     /// Operation.
     pub op: Op,
     /// Changed columns with their new typed values, in entity column order.
+    #[serde(with = "crate::model::typed::columns")]
     pub columns: Vec<(String, Value)>,
     /// When the write happened; every column in `columns` carries this clock.
     pub hlc: Hlc,
@@ -88,6 +89,7 @@ pub struct ColumnBase {
     /// Column name.
     pub column: String,
     /// The value before the edit (`None`: the column had none).
+    #[serde(with = "crate::model::typed::option")]
     pub value: Option<Value>,
     /// The clock of that value (`None`: never written).
     pub clock: Option<Hlc>,

@@ -37,12 +37,15 @@ pub struct ColumnConflict {
     /// The column.
     pub column: String,
     /// What the column held before both edits, if known.
+    #[serde(with = "crate::model::typed::option")]
     pub base: Option<Value>,
     /// The edit being applied (on a hub: the pushing replica's).
+    #[serde(with = "crate::model::typed::value")]
     pub local: Value,
     /// Its clock.
     pub local_clock: Hlc,
     /// The edit already there.
+    #[serde(with = "crate::model::typed::value")]
     pub remote: Value,
     /// Its clock.
     pub remote_clock: Hlc,

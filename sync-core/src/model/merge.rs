@@ -24,6 +24,7 @@ use crate::model::value::same_value;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RowState {
     /// The winning value of each column.
+    #[serde(with = "crate::model::typed::owned_map")]
     pub vals: BTreeMap<String, Value>,
     /// The clock of each column's winning value.
     pub clocks: BTreeMap<String, Hlc>,

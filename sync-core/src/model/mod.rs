@@ -18,6 +18,7 @@ pub(crate) mod error;
 pub(crate) mod merge;
 pub(crate) mod protocol;
 pub(crate) mod syncable;
+pub(crate) mod typed;
 pub(crate) mod value;
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::model::change::{Change, ColumnBase, ColumnSpec, Op, TableSpec};
 use crate::model::clock::{Hlc, wall_clock_us};
 use crate::model::conflict::{ColumnConflict, Resolution};
 use crate::model::error::{Error, Result};
+use crate::model::typed;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::codec::{db_sequence, integer_id};
 use crate::store::rows;
@@ -44,8 +45,9 @@ pub struct HeldConflict {
     pub conflict: ColumnConflict,
 }
 
-fn json<T: Serialize>(v: &T) -> Result<String> {
-    Ok(serde_json::to_string(v)?)
+/// A value as the conflicts table stores it (typed JSON).
+fn json(v: &Value) -> Result<String> {
+    Ok(typed::to_text(v)?)
 }
 
 impl Replica {
@@ -211,10 +213,10 @@ impl Replica {
                 table,
                 pk: names.into_iter().zip(values).collect(),
                 column: r.try_get("", "col")?,
-                base: base.map(|b| serde_json::from_str(&b)).transpose()?,
-                local: serde_json::from_str(&local)?,
+                base: base.map(|b| typed::from_text(&b)).transpose()?,
+                local: typed::from_text(&local)?,
                 local_clock: local_clock.parse()?,
-                remote: serde_json::from_str(&remote)?,
+                remote: typed::from_text(&remote)?,
                 remote_clock: remote_clock.parse()?,
             },
         })

@@ -11,6 +11,7 @@ use crate::dialect::Dialect;
 use crate::model::change::{Change, ChangeId, Op};
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, Unreadable};
+use crate::model::typed;
 use crate::model::value::approx_size;
 use crate::store::ddl::{not_null, varchar};
 use crate::store::write::batched;
@@ -125,7 +126,7 @@ fn stored_values(change: &Change) -> Result<[SimpleExpr; 6]> {
         change.table.clone().into(),
         serde_json::to_string(&change.pk)?.into(),
         change.op.as_str().into(),
-        serde_json::to_string(&change.columns)?.into(),
+        typed::columns_to_text(&change.columns)?.into(),
         change.hlc.to_string().into(),
         base.into(),
     ])
@@ -147,7 +148,7 @@ pub(crate) fn decode(id: ChangeId, r: &QueryResult) -> Result<Change> {
         table: r.try_get("", "tbl")?,
         pk: serde_json::from_str(&pk)?,
         op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
-        columns: serde_json::from_str(&payload)?,
+        columns: typed::columns_from_text(&payload)?,
         hlc: hlc.parse()?,
         base: base
             .map(|b| serde_json::from_str(&b))

@@ -17,6 +17,7 @@ use crate::dialect::{self, Dialect};
 use crate::model::clock::Hlc;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
+use crate::model::typed;
 use crate::store::clocks::{self, SHARED};
 use crate::store::codec::db_sequence;
 use crate::store::write::batched;
@@ -121,7 +122,7 @@ impl StoredState {
         let vals: String = r.try_get("", "vals")?;
         let clocks: String = r.try_get("", "clocks")?;
         let deleted_at: Option<String> = r.try_get("", "deleted_at")?;
-        let mut vals: BTreeMap<String, sea_orm::Value> = serde_json::from_str(&vals)?;
+        let mut vals: BTreeMap<String, sea_orm::Value> = typed::map_from_text(&vals)?;
         let reference = match vals.remove(SHARED) {
             None => None,
             Some(sea_orm::Value::BigInt(Some(seq))) if seq > 0 => Some(seq as u64),
@@ -241,7 +242,7 @@ pub(crate) fn state_statements(
     let mut rows = Vec::with_capacity(states.len());
     for (key, s, referral) in states {
         let vals = match referral {
-            None => serde_json::to_string(&s.vals)?,
+            None => typed::map_to_text(&s.vals.iter().collect())?,
             Some(r) => {
                 let reference = sea_orm::Value::BigInt(Some(db_sequence(r.seq)?));
                 let mut own: BTreeMap<&str, &sea_orm::Value> = s
@@ -251,7 +252,7 @@ pub(crate) fn state_statements(
                     .map(|(c, v)| (c.as_str(), v))
                     .collect();
                 own.insert(SHARED, &reference);
-                serde_json::to_string(&own)?
+                typed::map_to_text(&own)?
             }
         };
         let clocks = clocks::encode(&s.clocks, &s.vals)?;
