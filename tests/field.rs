@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
         times_finer_than_a_microsecond_are_stored_alike_everywhere,
         an_entity_in_another_schema_is_refused_by_name,
         a_json_null_stays_distinct_from_sql_null,
+        a_pulled_row_over_a_local_row_capture_refuses_does_not_stop_pulling,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -2158,6 +2159,13 @@ async fn times_finer_than_a_microsecond_are_stored_alike_everywhere(hub: TestDb)
             .any(|e| e.to_string().contains("finer than a microsecond")),
         "the key is refused with the reason: {r:?}"
     );
+    ensure!(
+        keyed_by_utc::Entity::find_by_id(fine)
+            .one(a.db())
+            .await?
+            .is_some(),
+        "the refused row keeps its key"
+    );
     for d in [a, b, c] {
         d.drop().await?;
     }
@@ -2235,5 +2243,63 @@ async fn a_json_null_stays_distinct_from_sql_null(hub: TestDb) -> TestResult {
     for d in [a, b, c] {
         d.drop().await?;
     }
+    hub.drop().await
+}
+
+/// Review of item 4's fix: a local row that capture refuses (a value over
+/// its column's length, written behind SeaORM) keeps its marker and has no
+/// row state. A pulled row with the same key collides with it. Before, the
+/// page was applied again and again (the marker looked like an application
+/// write the pull waited for) and every sync failed; now the last try parks
+/// the pulled row with the reason, and pulling goes on.
+async fn a_pulled_row_over_a_local_row_capture_refuses_does_not_stop_pulling(
+    hub: TestDb,
+) -> TestResult {
+    use common::entities::readings;
+    use sea_orm::{ActiveModelTrait, Set};
+    let a = device::<readings::Entity>(&hub, "a").await?;
+    let b = device::<readings::Entity>(&hub, "b").await?;
+    a.sync().await?;
+    b.sync().await?;
+    let id = Uuid::now_v7();
+    b.db()
+        .execute_unprepared(&format!(
+            "INSERT INTO readings (id, value, code) VALUES ({}, 1.0, 'far too long')",
+            uuid_sql(b.db(), id)
+        ))
+        .await?;
+    readings::ActiveModel {
+        id: Set(id),
+        value: Set(Some(2.0)),
+        code: Set(Some("ok".into())),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    let other = Uuid::now_v7();
+    readings::ActiveModel {
+        id: Set(other),
+        value: Set(Some(3.0)),
+        code: Set(None),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    let r = b.engine.sync_now().await?;
+    ensure!(
+        r.local_errors
+            .iter()
+            .any(|e| matches!(e, Error::Refused { .. })),
+        "the colliding row is parked with its reason: {r:?}"
+    );
+    ensure!(
+        readings::Entity::find_by_id(other)
+            .one(b.db())
+            .await?
+            .is_some(),
+        "the rest of the page is pulled"
+    );
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }

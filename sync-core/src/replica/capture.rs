@@ -100,13 +100,19 @@ pub(crate) async fn seal_table(
     let mut current: HashMap<String, Vec<Value>> = HashMap::new();
     // Values finer than a microsecond, cut (see `to_micros`): the change
     // carries the cut value, and the row is written with it below.
-    let mut finer: Vec<(Vec<Value>, Vec<usize>, Vec<Value>)> = Vec::new();
+    // Not a key (a key that fine refuses its row, see `finer_key`), and
+    // not in a row whose key is that fine.
+    let mut finer: Vec<(Vec<Value>, Vec<(usize, Value)>, Vec<Value>)> = Vec::new();
     for (pk, mut vals) in table.rows(tx, &pks).await? {
         let mut cut = Vec::new();
-        for (i, v) in vals.iter_mut().enumerate() {
-            if let Some(whole) = to_micros(v) {
-                *v = whole;
-                cut.push(i);
+        if pk.iter().all(|v| to_micros(v).is_none()) {
+            for (i, (c, v)) in spec.columns.iter().zip(vals.iter_mut()).enumerate() {
+                if spec.pk.iter().any(|k| k.name == c.name) {
+                    continue;
+                }
+                if let Some(whole) = to_micros(v) {
+                    cut.push((i, std::mem::replace(v, whole)));
+                }
             }
         }
         if !cut.is_empty() {
@@ -131,13 +137,14 @@ pub(crate) async fn seal_table(
     })
 }
 
-/// Write the cut values of `finer` (key, columns cut, the row's values)
-/// into their rows, as a pulled change is written (the capture triggers
-/// leave it alone): the row holds what every other replica holds.
+/// Write the cut values of `finer` (key, columns cut with the value read,
+/// the row's values) into their rows, as a pulled change is written (the
+/// capture triggers leave it alone), where the column still holds the
+/// value read: the row holds what every other replica holds.
 async fn cut_finer_times(
     tx: &DatabaseTransaction,
     spec: &TableSpec,
-    finer: &[(Vec<Value>, Vec<usize>, Vec<Value>)],
+    finer: &[(Vec<Value>, Vec<(usize, Value)>, Vec<Value>)],
 ) -> Result<()> {
     if finer.is_empty() {
         return Ok(());
@@ -150,17 +157,19 @@ async fn cut_finer_times(
         begin_applying(tx).await?;
     }
     for (pk, cut, vals) in finer {
-        let mut q = Query::update();
-        q.table(Alias::new(&spec.name))
-            .and_where(keys_match(spec, std::slice::from_ref(pk), d));
-        for i in cut {
+        for (i, read) in cut {
             let c = &spec.columns[*i];
-            q.value(
-                Alias::new(&c.name),
-                value_expr(&spec.name, c, &vals[*i], d)?,
-            );
+            let q = Query::update()
+                .table(Alias::new(&spec.name))
+                .value(
+                    Alias::new(&c.name),
+                    value_expr(&spec.name, c, &vals[*i], d)?,
+                )
+                .and_where(keys_match(spec, std::slice::from_ref(pk), d))
+                .and_where(Expr::col(Alias::new(&c.name)).eq(value_expr(&spec.name, c, read, d)?))
+                .to_owned();
+            tx.execute(&q).await?;
         }
-        tx.execute(&q).await?;
     }
     if !applying {
         end_applying(tx).await?;

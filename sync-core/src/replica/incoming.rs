@@ -128,6 +128,11 @@ pub(crate) struct PageMeta<'a> {
     /// one meanwhile (in another process), `store` and `forget` are left
     /// alone (the renewal forgot the cursors: they must stay forgotten).
     pub(crate) node: Option<NodeId>,
+    /// Park a new row that collides with a row the application wrote
+    /// meanwhile (as any refused row), instead of failing the page to be
+    /// applied again: the last try of a page, or a page that is not tried
+    /// again.
+    pub(crate) park_raced: bool,
 }
 
 /// Apply remote deltas and, in the same transaction, store and remove the
@@ -169,7 +174,7 @@ pub(crate) async fn apply_page(
             writes.push(merged);
         }
     }
-    write_tables(&tx, d, &writes, &mut report).await?;
+    write_tables(&tx, d, &writes, meta.park_raced, &mut report).await?;
     if meta.node.is_some_and(|n| n != state.node) {
         state.save(&tx).await?;
     } else {
@@ -424,6 +429,7 @@ async fn write_tables(
     tx: &DatabaseTransaction,
     d: &dyn Dialect,
     writes: &[TableWrite<'_>],
+    park_raced: bool,
     report: &mut ApplyReport,
 ) -> Result<()> {
     for deletes_first in [true, false] {
@@ -442,7 +448,7 @@ async fn write_tables(
             Err(_) => sp.rollback().await?,
         }
     }
-    write_row_by_row(tx, d, writes, report).await
+    write_row_by_row(tx, d, writes, park_raced, report).await
 }
 
 /// Write every row of the page and save the states, in multi-row
@@ -508,6 +514,7 @@ async fn write_row_by_row(
     tx: &DatabaseTransaction,
     d: &dyn Dialect,
     writes: &[TableWrite<'_>],
+    park_raced: bool,
     report: &mut ApplyReport,
 ) -> Result<()> {
     let deletes = writes.iter().rev().flat_map(|w| {
@@ -552,7 +559,7 @@ async fn write_row_by_row(
             && error
                 .as_ref()
                 .is_some_and(|e| e.kind() == ErrorKind::UniqueViolation);
-        if taken && has_marker(tx, d, spec, row).await? {
+        if taken && !park_raced && has_marker(tx, d, spec, row).await? {
             // The application inserted this key and committed while the
             // insert waited for it (PostgreSQL): capture that write first.
             return Err(raced(spec, &row.key));

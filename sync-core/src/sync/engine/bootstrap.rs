@@ -128,6 +128,7 @@ impl SyncEngine {
                     forget: &[],
                     unpark: &[],
                     node: Some(me),
+                    park_raced: true,
                 };
                 self.apply_page(deltas, meta, report).await
             }
@@ -140,6 +141,7 @@ impl SyncEngine {
                     forget: &forget,
                     unpark: &[],
                     node: Some(me),
+                    park_raced: true,
                 };
                 self.apply_page(deltas, meta, report).await
             }

@@ -64,11 +64,14 @@ impl SyncEngine {
             }
             if page.halt {
                 // Apply what came before the unreadable change, then stop.
-                return self.save_page(&keys, me, page, report).await;
+                return self.save_page(&keys, me, page, true, report).await;
             }
             ahead = fetch(page.next);
             let next = page.next;
-            match self.save_page(&keys, me, page, report).await {
+            match self
+                .save_page(&keys, me, page, retries >= PAGE_RETRIES, report)
+                .await
+            {
                 Ok(()) => {
                     cursor = next;
                     retries = 0;
@@ -103,6 +106,7 @@ impl SyncEngine {
             forget: &[],
             unpark: &ids,
             node: None,
+            park_raced: true,
         };
         let applied = self.replica.apply_page(deltas, meta).await?;
         report.pulled += applied.applied;
@@ -125,6 +129,7 @@ impl SyncEngine {
         keys: &HubKeys,
         me: NodeId,
         page: Page,
+        last_try: bool,
         report: &mut SyncReport,
     ) -> Result<()> {
         let next = page.next.0.to_string();
@@ -141,6 +146,7 @@ impl SyncEngine {
             forget: &[],
             unpark: &[],
             node: Some(me),
+            park_raced: last_try,
         };
         self.apply_page(page.deltas, meta, report).await
     }
