@@ -102,7 +102,7 @@ pub(crate) async fn seal_table(
     // carries the cut value, and the row is written with it below.
     // Not a key (a key that fine refuses its row, see `finer_key`), and
     // not in a row whose key is that fine.
-    let mut finer: Vec<(Vec<Value>, Vec<(usize, Value)>, Vec<Value>)> = Vec::new();
+    let mut finer: Vec<Finer> = Vec::new();
     for (pk, mut vals) in table.rows(tx, &pks).await? {
         let mut cut = Vec::new();
         if pk.iter().all(|v| to_micros(v).is_none()) {
@@ -137,6 +137,10 @@ pub(crate) async fn seal_table(
     })
 }
 
+/// A row with times finer than a microsecond: its key, the columns cut
+/// (index, value read), and its values once cut.
+type Finer = (Vec<Value>, Vec<(usize, Value)>, Vec<Value>);
+
 /// Write the cut values of `finer` (key, columns cut with the value read,
 /// the row's values) into their rows, as a pulled change is written (the
 /// capture triggers leave it alone), where the column still holds the
@@ -144,7 +148,7 @@ pub(crate) async fn seal_table(
 async fn cut_finer_times(
     tx: &DatabaseTransaction,
     spec: &TableSpec,
-    finer: &[(Vec<Value>, Vec<(usize, Value)>, Vec<Value>)],
+    finer: &[Finer],
 ) -> Result<()> {
     if finer.is_empty() {
         return Ok(());
