@@ -200,8 +200,8 @@ impl Hub for SqlHub {
             None => None,
         };
         Ok(Standing {
-            applied,
-            tip: Cursor(log::tip(&self.db).await?),
+            applied: Some(applied),
+            tip: Some(Cursor(log::tip(&self.db).await?)),
             at,
         })
     }

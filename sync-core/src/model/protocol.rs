@@ -74,14 +74,16 @@ pub struct ClockAhead {
     pub max_skew_us: u64,
 }
 
-/// Where an origin stands at a hub (see [`Hub::standing`]).
+/// Where an origin stands at a hub (see [`Hub::standing`]). Each field is
+/// optional: what a hub does not say (`None`, as `Standing::default()`
+/// has it) is not checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Standing {
     /// The origin's last sequence the hub holds (applied, or parked as
-    /// rejected); 0 for an origin it never heard of.
-    pub applied: u64,
+    /// rejected); `Some(0)` for an origin it never heard of.
+    pub applied: Option<u64>,
     /// The hub's last log position: a replica's cursor is never beyond it.
-    pub tip: Cursor,
+    pub tip: Option<Cursor>,
     /// The id of the change logged at the position asked about, if there
     /// is one there (and the hub says).
     pub at: Option<ChangeId>,

@@ -113,10 +113,14 @@ async fn queue_table<'s>(
     Ok(queued)
 }
 
-/// A live row's state as changes: its delete, if it has one, then one
-/// update per clock of its columns, oldest first (not inserts: an insert
-/// must set every column, and a row's columns may have several clocks; the
-/// hub merges the updates of a batch into one row before it writes it).
+/// A live row's state as changes: its delete, if it has one; an insert of
+/// every column at the oldest clock of its columns (a hub that lost the
+/// row gets it whole, whatever the batch boundaries: a NOT NULL column
+/// set at a later clock is in it too); then an update per later clock with
+/// the columns of that clock, which gives each column its own clock back.
+/// Merged, these give the hub the state's values and clocks; a column the
+/// hub holds at a clock between the insert's and the column's own keeps
+/// its value until the update that follows.
 fn row_changes(
     state: &mut SealState,
     spec: &TableSpec,
@@ -124,9 +128,12 @@ fn row_changes(
     row: RowState,
 ) -> Vec<Change> {
     let mut by_clock: BTreeMap<Hlc, Vec<(String, Value)>> = BTreeMap::new();
-    for (column, value) in row.vals {
-        if let Some(clock) = row.clocks.get(&column) {
-            by_clock.entry(*clock).or_default().push((column, value));
+    for (column, value) in &row.vals {
+        if let Some(clock) = row.clocks.get(column) {
+            by_clock
+                .entry(*clock)
+                .or_default()
+                .push((column.clone(), value.clone()));
         }
     }
     let mut out = Vec::with_capacity(by_clock.len() + 1);
@@ -140,6 +147,23 @@ fn row_changes(
             d,
         ));
     }
+    let Some(oldest) = by_clock.keys().next().copied() else {
+        return out;
+    };
+    by_clock.remove(&oldest);
+    let whole: Vec<(String, Value)> = spec
+        .columns
+        .iter()
+        .filter_map(|c| row.vals.get(&c.name).map(|v| (c.name.clone(), v.clone())))
+        .collect();
+    out.push(state_change(
+        state,
+        spec,
+        pk.clone(),
+        Op::Insert,
+        whole,
+        oldest,
+    ));
     for (clock, columns) in by_clock {
         out.push(state_change(
             state,

@@ -181,6 +181,24 @@ impl SyncEngine {
             ),
             None => None,
         };
+        // The mark and the acknowledged change, read before the hub is
+        // asked: the hub's tip and what it applied only grow (unless it
+        // went back), while another process on this database may move them
+        // on meanwhile, past what the hub says.
+        let marked = self
+            .replica
+            .meta(&keys.mark)
+            .await?
+            .and_then(|v| parse_mark(&v))
+            .filter(|(at, _)| Some(*at) == cursor)
+            .map(|(_, id)| id);
+        let acknowledged = self
+            .replica
+            .meta(&keys.acked)
+            .await?
+            .and_then(|v| parse_acked(&v))
+            .filter(|(node, _)| *node == me)
+            .map(|(_, seq)| seq);
         let standing = self
             .hub
             .standing(me, cursor.map(Cursor))
@@ -193,34 +211,16 @@ impl SyncEngine {
             // And renewed the id: the next sync looks again.
             return Ok(None);
         }
-        if standing.applied > numbered {
-            let cause = RenewalCause::HubAhead {
-                applied: standing.applied,
-                numbered,
-            };
+        if let Some(applied) = standing.applied.filter(|a| *a > numbered) {
+            let cause = RenewalCause::HubAhead { applied, numbered };
             return Ok(Some((me, cause)));
         }
-        // The change the hub logged at the cursor, if it said when the
-        // cursor was stored; another one there now means its log was
-        // rewritten from that point (even if its tip is past the cursor
-        // again).
-        let marked = self
-            .replica
-            .meta(&keys.mark)
-            .await?
-            .and_then(|v| parse_mark(&v))
-            .filter(|(at, _)| Some(*at) == cursor)
-            .map(|(_, id)| id);
+        // Another change logged at the cursor than when it was stored: the
+        // log was rewritten from there (even if its tip is past the cursor
+        // again). What the hub does not say is not checked.
         let rewritten = matches!((marked, standing.at), (Some(m), Some(now)) if m != now);
-        let acknowledged = self
-            .replica
-            .meta(&keys.acked)
-            .await?
-            .and_then(|v| parse_acked(&v))
-            .filter(|(node, _)| *node == me)
-            .map(|(_, seq)| seq);
-        let behind = cursor.is_some_and(|c| c > standing.tip.0)
-            || acknowledged.is_some_and(|a| a > standing.applied)
+        let behind = matches!((cursor, standing.tip), (Some(c), Some(t)) if c > t.0)
+            || matches!((acknowledged, standing.applied), (Some(a), Some(h)) if a > h)
             || rewritten;
         if !behind {
             return Ok(None);
@@ -233,9 +233,9 @@ impl SyncEngine {
         ];
         let resent = self.replica.resend_states(&forget).await?;
         let found = HubBehind {
-            tip: standing.tip.0,
+            tip: standing.tip.map_or(0, |t| t.0),
             cursor,
-            applied: standing.applied,
+            applied: standing.applied.unwrap_or(0),
             acknowledged,
             resent,
         };
