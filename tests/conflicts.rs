@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
         delete_against_concurrent_update_is_one_rule,
         newer_client_adds_a_column,
         a_change_from_the_future_is_refused_and_stamped_again_once_the_clock_is_right,
+        two_edits_from_the_future_stamped_again_are_no_conflict,
     ];
     run(trials)
 }
@@ -523,5 +524,33 @@ async fn newer_client_adds_a_column(hub: TestDb) -> TestResult {
     ensure_eq!(f.email.as_deref(), Some("old@x"));
     old.drop().await?;
     new.drop().await?;
+    hub.drop().await
+}
+
+/// Review of item 8: two edits of one column made while the device's clock
+/// was ahead (policy `manual`). The second change's base is the first's
+/// clock. Stamped again, the bases must follow: before, the second kept
+/// the old future clock as its base, and the hub held a conflict of the
+/// device with itself.
+async fn two_edits_from_the_future_stamped_again_are_no_conflict(hub: TestDb) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let id = a.add("one").await?;
+    a.sync().await?;
+    for email in ["first@x", "second@x"] {
+        a.set(id, "email", email).await?;
+        a.shift_pending_writes(24 * 3600 * 1_000_000).await?;
+        a.engine.replica().capture().await?;
+    }
+    let r = a.engine.sync_now().await?;
+    ensure!(
+        r.wrong_clock.as_ref().is_some_and(|w| w.restamped == 2) && r.halted.is_none(),
+        "{r:?}"
+    );
+    ensure!(r.conflicts.is_empty(), "no conflict with itself: {r:?}");
+    let c = device::<people_manual::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    ensure_eq!(c.rows().await?[&id].1, s("second@x"));
+    a.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }

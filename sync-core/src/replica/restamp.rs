@@ -20,6 +20,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use super::Replica;
 use super::seal_state::SealState;
 use super::tables::{OUTBOX, ROWS};
+use crate::model::change::ColumnBase;
 use crate::model::clock::{Hlc, HlcClock, wall_clock_us};
 use crate::model::error::Result;
 use crate::model::merge::RowState;
@@ -46,7 +47,7 @@ impl Replica {
             logical: 0,
             node: state.node,
         };
-        let known = outbox.iter().map(|(_, h)| *h).chain(
+        let known = outbox.iter().map(|(_, h, _)| *h).chain(
             states
                 .iter()
                 .flat_map(|(_, _, s)| s.clocks.values().copied().chain(s.deleted_at)),
@@ -63,21 +64,42 @@ impl Replica {
         state.clock = HlcClock::new(state.node, Some(base));
         // Pending changes, in order; the same write keeps one new stamp in
         // the row state.
+        let mine = |h: &Hlc| h.physical > limit_us && h.node == state.node;
         let mut new: HashMap<Hlc, Hlc> = HashMap::new();
-        for (seq, h) in outbox.iter().filter(|(_, h)| h.physical > limit_us) {
-            let stamp = state.clock.tick(wall);
-            new.insert(*h, stamp);
-            let q = Query::update()
-                .table(Alias::new(OUTBOX.name))
-                .value(Alias::new("hlc"), stamp.to_string())
-                .and_where(Expr::col(Alias::new("seq")).eq(db_sequence(*seq)?))
-                .to_owned();
+        for (_, h, _) in outbox.iter().filter(|(_, h, _)| mine(h)) {
+            new.insert(*h, state.clock.tick(wall));
+        }
+        // Each change's new stamp, and the bases that named an old one (a
+        // second edit of a column made while the clock was ahead: its base
+        // is the first).
+        for (seq, h, base) in &outbox {
+            let mut base = base.clone();
+            let mut moved = false;
+            for b in &mut base {
+                if let Some(n) = b.clock.and_then(|c| new.get(&c)) {
+                    b.clock = Some(*n);
+                    moved = true;
+                }
+            }
+            let stamp = new.get(h);
+            if stamp.is_none() && !moved {
+                continue;
+            }
+            let mut q = Query::update();
+            q.table(Alias::new(OUTBOX.name))
+                .and_where(Expr::col(Alias::new("seq")).eq(db_sequence(*seq)?));
+            if let Some(s) = stamp {
+                q.value(Alias::new("hlc"), s.to_string());
+            }
+            if moved {
+                q.value(Alias::new("base"), serde_json::to_string(&base)?);
+            }
             tx.execute(&q).await?;
         }
         for (table, key, mut s) in states {
             let mut moved = false;
             let mut again = |h: &mut Hlc| {
-                if h.physical > limit_us {
+                if h.physical > limit_us && h.node == state.node {
                     *h = *new.entry(*h).or_insert_with(|| state.clock.tick(wall));
                     moved = true;
                 }
@@ -92,21 +114,26 @@ impl Replica {
         }
         state.save(&tx).await?;
         tx.commit().await?;
-        Ok(outbox.iter().filter(|(_, h)| h.physical > limit_us).count())
+        Ok(outbox.iter().filter(|(_, h, _)| mine(h)).count())
     }
 }
 
-/// Sequence and stamp of every pending change, in order.
-async fn outbox_clocks(tx: &DatabaseTransaction) -> Result<Vec<(u64, Hlc)>> {
+/// Sequence, stamp and bases of every pending change, in order.
+async fn outbox_clocks(tx: &DatabaseTransaction) -> Result<Vec<(u64, Hlc, Vec<ColumnBase>)>> {
     let q = Query::select()
-        .columns(["seq", "hlc"].map(Alias::new))
+        .columns(["seq", "hlc", "base"].map(Alias::new))
         .from(Alias::new(OUTBOX.name))
         .order_by(Alias::new("seq"), Order::Asc)
         .to_owned();
     let mut out = Vec::new();
     for r in tx.query_all(&q).await? {
         let hlc: String = r.try_get("", "hlc")?;
-        out.push((sequence(&r, "seq")?, hlc.parse()?));
+        let base: Option<String> = r.try_get("", "base")?;
+        let base = base
+            .map(|b| serde_json::from_str(&b))
+            .transpose()?
+            .unwrap_or_default();
+        out.push((sequence(&r, "seq")?, hlc.parse()?, base));
     }
     Ok(out)
 }

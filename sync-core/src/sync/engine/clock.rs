@@ -79,7 +79,10 @@ impl SyncEngine {
         let Some(wrong) = report.wrong_clock.as_ref().filter(|w| !w.still_ahead) else {
             return Ok(());
         };
-        let limit = wall_clock_us().saturating_add(wrong.refused.max_skew_us);
+        // Ahead of both clocks: a device whose clock is now a little behind
+        // the hub's must not stamp again what the hub would take.
+        let limit = Ord::max(wall_clock_us(), wrong.refused.hub_now_us)
+            .saturating_add(wrong.refused.max_skew_us);
         let restamped = self.replica.restamp_ahead(limit).await?;
         if restamped == 0 {
             return Ok(());
