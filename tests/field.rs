@@ -48,6 +48,7 @@ fn main() -> std::process::ExitCode {
         a_pulled_row_over_a_local_row_capture_refuses_does_not_stop_pulling,
         a_row_the_restored_hub_lost_comes_back_whole_in_batches_of_one,
         a_hub_that_says_nothing_of_where_a_device_stands_is_not_taken_as_behind,
+        a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change,
     ];
     trials.push(trial(
         Dialect::MySql,
@@ -1778,9 +1779,11 @@ async fn a_device_restored_from_an_older_backup_gets_its_later_edits_back(
 }
 
 /// Item 1, with policy `manual`: the copy's pending change was applied by
-/// the hub under the old id (the original pushed it); sent again under the
-/// new id, it meets itself in the row's state, which is not a concurrent
-/// edit. Before, the hub held it as a conflict of a value with itself.
+/// the hub under the old id (the original pushed it). Sent again under the
+/// new id, it met itself in the row's state, and the hub held it as a
+/// conflict of a value with itself. Now the copy sends its outbox under the
+/// old id first, where the hub acknowledges it as the change it holds (and
+/// an edit that meets itself is no conflict anyway: unit-tested).
 async fn pending_changes_sent_again_under_a_new_identity_raise_no_conflict(
     hub: TestDb,
 ) -> TestResult {
@@ -2371,6 +2374,61 @@ async fn a_hub_that_says_nothing_of_where_a_device_stands_is_not_taken_as_behind
         ensure!(r.hub_behind.is_none() && r.renewed.is_empty(), "{r:?}");
     }
     ensure_eq!(a.rows().await?.len(), 2);
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Review of item 1: a change whose column the hub held back (policy
+/// `manual`), acknowledged, then the next batch pushed (the hub forgets the
+/// conflicts of the first: the device has them), and the device fails
+/// before it drops the first from its outbox (here its outbox refuses the
+/// delete; a crash does the same). Sent again, the change sets a column
+/// its logged form lacks. Before, the hub had forgotten which column it
+/// held back, took the change for another device's, and the device renewed
+/// its identity and loaded every row again.
+async fn a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change(
+    hub: TestDb,
+) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let b0 = device::<people_manual::Entity>(&hub, "b").await?;
+    let b = common::device::Device {
+        engine: tidesync::SyncEngine::new(
+            tidesync::Replica::builder(b0.local.connect_again().await?)
+                .register::<people_manual::Entity>()
+                .open()
+                .await?,
+            sql_hub(&hub).await?,
+        )
+        .with_batch_size(1),
+        local: b0.local,
+    };
+    let x = a.add("x").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.set(x, "name", "a's").await?;
+    a.sync().await?;
+    b.set(x, "name", "b's").await?;
+    b.engine.replica().capture().await?;
+    b.add("another").await?;
+    b.db()
+        .execute_unprepared(
+            "CREATE TRIGGER boom BEFORE DELETE ON _tidesync_outbox \
+             BEGIN SELECT RAISE(ABORT, 'the device fails (test)'); END",
+        )
+        .await?;
+    ensure!(
+        b.engine.sync_now().await.is_err(),
+        "the outbox is not dropped"
+    );
+    b.db().execute_unprepared("DROP TRIGGER boom").await?;
+    let r = b.engine.sync_now().await?;
+    ensure!(
+        r.renewed.is_empty() && r.hub_behind.is_none(),
+        "the same changes sent again: {r:?}"
+    );
+    ensure_eq!(b.engine.replica().pending_count().await?, 0);
+    ensure_eq!(b.engine.replica().conflicts().await?.len(), 1, "held once");
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

@@ -40,8 +40,8 @@ pub(super) async fn keep(
     Ok(())
 }
 
-/// The conflicts these changes of `origin` raised when they were applied,
-/// in their order.
+/// The conflicts these changes of `origin` raised when they were applied
+/// and the hub still holds for its device, in their order.
 pub(super) async fn of(
     tx: &DatabaseTransaction,
     origin: NodeId,
@@ -50,17 +50,47 @@ pub(super) async fn of(
     Ok(by_seq(tx, origin, seqs)
         .await?
         .into_iter()
-        .flat_map(|(_, c)| c)
+        .flat_map(|(_, held)| match held {
+            Held::Conflicts(c) => c,
+            Held::Forgotten(_) => Vec::new(),
+        })
         .collect())
 }
 
-/// The conflicts these changes of `origin` raised when they were applied,
+/// What the hub keeps of the conflicts one change raised.
+pub(super) enum Held {
+    /// The conflicts, until its device has them for sure.
+    Conflicts(Vec<ColumnConflict>),
+    /// Then only the columns held back: a change sent again under its id
+    /// (after a crash before the device dropped it) is compared with the
+    /// logged change, which lacks them (see `resent`).
+    Forgotten(Vec<String>),
+}
+
+impl Held {
+    /// The columns held back.
+    pub(super) fn columns(&self) -> Vec<String> {
+        match self {
+            Held::Conflicts(c) => c.iter().map(|c| c.column.clone()).collect(),
+            Held::Forgotten(c) => c.clone(),
+        }
+    }
+}
+
+/// A forgotten row's text: `{"held":[columns]}` (a live row's is the JSON
+/// array of its conflicts).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ForgottenText {
+    held: Vec<String>,
+}
+
+/// What the hub keeps of the conflicts of these changes of `origin`,
 /// change by change (by origin sequence), in their order.
 pub(super) async fn by_seq(
     tx: &DatabaseTransaction,
     origin: NodeId,
     seqs: &[u64],
-) -> Result<Vec<(u64, Vec<ColumnConflict>)>> {
+) -> Result<Vec<(u64, Held)>> {
     let mut out = Vec::new();
     for chunk in seqs.chunks(500) {
         let seqs = chunk
@@ -80,28 +110,57 @@ pub(super) async fn by_seq(
             .await?;
         for r in rows {
             let text: String = r.try_get("", "conflicts")?;
-            let conflicts: Vec<ColumnConflict> = serde_json::from_str(&text)
-                .map_err(|e| Error::Corrupt(format!("held conflicts of {origin}: {e}")))?;
-            out.push((sequence(&r, "origin_seq")?, conflicts));
+            out.push((sequence(&r, "origin_seq")?, decode(origin, &text)?));
         }
     }
     Ok(out)
 }
 
+/// A row's text, live or forgotten.
+fn decode(origin: NodeId, text: &str) -> Result<Held> {
+    let bad = |e: serde_json::Error| Error::Corrupt(format!("held conflicts of {origin}: {e}"));
+    if text.trim_start().starts_with('{') {
+        let f: ForgottenText = serde_json::from_str(text).map_err(bad)?;
+        return Ok(Held::Forgotten(f.held));
+    }
+    Ok(Held::Conflicts(serde_json::from_str(text).map_err(bad)?))
+}
+
 /// Forget the conflicts of `origin`'s changes before `seq`: its device
-/// holds them.
+/// holds them. The columns they held back are kept (see [`Held`]).
 pub(super) async fn forget_before(
     tx: &DatabaseTransaction,
     origin: NodeId,
     seq: u64,
 ) -> Result<()> {
-    tx.execute(
-        &Query::delete()
-            .from_table(Alias::new(HELD))
-            .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
-            .and_where(Expr::col(Alias::new("origin_seq")).lt(db_sequence(seq)?))
-            .to_owned(),
-    )
-    .await?;
+    let live = tx
+        .query_all(
+            &Query::select()
+                .columns(["origin_seq", "conflicts"].map(Alias::new))
+                .from(Alias::new(HELD))
+                .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+                .and_where(Expr::col(Alias::new("origin_seq")).lt(db_sequence(seq)?))
+                .and_where(Expr::col(Alias::new("conflicts")).like("[%"))
+                .to_owned(),
+        )
+        .await?;
+    for r in live {
+        let text: String = r.try_get("", "conflicts")?;
+        let forgotten = ForgottenText {
+            held: decode(origin, &text)?.columns(),
+        };
+        tx.execute(
+            &Query::update()
+                .table(Alias::new(HELD))
+                .value(Alias::new("conflicts"), serde_json::to_string(&forgotten)?)
+                .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+                .and_where(
+                    Expr::col(Alias::new("origin_seq"))
+                        .eq(db_sequence(sequence(&r, "origin_seq")?)?),
+                )
+                .to_owned(),
+        )
+        .await?;
+    }
     Ok(())
 }

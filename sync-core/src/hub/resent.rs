@@ -41,7 +41,7 @@ pub(super) async fn clash(
     let held_back: HashMap<u64, Vec<String>> = held::by_seq(tx, origin, &seqs)
         .await?
         .into_iter()
-        .map(|(seq, conflicts)| (seq, conflicts.into_iter().map(|c| c.column).collect()))
+        .map(|(seq, held)| (seq, held.columns()))
         .collect();
     for (i, c) in sent.iter().enumerate() {
         let differs = match held.iter().find(|h| h.id.seq == c.id.seq) {

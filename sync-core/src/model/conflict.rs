@@ -119,9 +119,15 @@ pub fn merge_with_policy(state: &mut RowState, change: &Change, policy: Conflict
         let current = state.clocks.get(column).copied();
         // The column may hold this very edit: the change was applied
         // before, under another id (a device that took a new identity
-        // sends its pending changes again). An edit never meets itself.
-        let concurrent =
-            current != Some(change.hlc) && is_concurrent(current, base.and_then(|b| b.clock));
+        // sends its pending changes again). An edit never meets itself;
+        // the same clock with another value is another edit (two copies of
+        // one device can stamp alike).
+        let itself = current == Some(change.hlc)
+            && state
+                .vals
+                .get(column)
+                .is_some_and(|v| crate::model::value::same_value(v, value));
+        let concurrent = !itself && is_concurrent(current, base.and_then(|b| b.clock));
         if let Some(current) = current.filter(|_| concurrent) {
             out.conflicts.push(ColumnConflict {
                 table: change.table.clone(),
@@ -280,6 +286,11 @@ mod tests {
                 "{policy:?}: {r:?}"
             );
             assert_eq!(st.vals["phone"], s("a"));
+            // The same clock with another value (a copy's edit): a conflict.
+            let mut twin = e.clone();
+            twin.columns[0].1 = s("b");
+            let r = merge_with_policy(&mut st, &twin, policy);
+            assert_eq!(r.conflicts.len(), 1, "{policy:?}: {r:?}");
         }
     }
 
