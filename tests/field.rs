@@ -2330,17 +2330,9 @@ async fn a_row_the_restored_hub_lost_comes_back_whole_in_batches_of_one(hub: Tes
     a.set(y, "email", "y@x").await?;
     a.sync().await?;
     hub.restore("bk_").await?;
-    let small = common::device::Device {
-        engine: tidesync::SyncEngine::new(
-            tidesync::Replica::builder(a.local.connect_again().await?)
-                .register::<people_lww::Entity>()
-                .open()
-                .await?,
-            sql_hub(&hub).await?,
-        )
-        .with_batch_size(1),
-        local: a.local,
-    };
+    let small = a
+        .batched::<people_lww::Entity>(sql_hub(&hub).await?, 1)
+        .await?;
     let r = small.sync().await?;
     ensure!(r.hub_behind.is_some(), "{r:?}");
     let c = device::<people_lww::Entity>(&hub, "c").await?;
@@ -2391,18 +2383,10 @@ async fn a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change
     hub: TestDb,
 ) -> TestResult {
     let a = device::<people_manual::Entity>(&hub, "a").await?;
-    let b0 = device::<people_manual::Entity>(&hub, "b").await?;
-    let b = common::device::Device {
-        engine: tidesync::SyncEngine::new(
-            tidesync::Replica::builder(b0.local.connect_again().await?)
-                .register::<people_manual::Entity>()
-                .open()
-                .await?,
-            sql_hub(&hub).await?,
-        )
-        .with_batch_size(1),
-        local: b0.local,
-    };
+    let b = device::<people_manual::Entity>(&hub, "b")
+        .await?
+        .batched::<people_manual::Entity>(sql_hub(&hub).await?, 1)
+        .await?;
     let x = a.add("x").await?;
     a.sync().await?;
     b.sync().await?;

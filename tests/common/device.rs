@@ -70,6 +70,23 @@ impl Device {
         &self.local.db
     }
 
+    /// The same database with a new engine of entity `E` on `hub` that
+    /// pushes and pulls `batch` changes at a time.
+    pub async fn batched<E>(self, hub: Arc<dyn Hub>, batch: u64) -> Result<Device, BoxError>
+    where
+        E: Syncable,
+        E::Model: Sync,
+    {
+        let replica = Replica::builder(self.local.connect_again().await?)
+            .register::<E>()
+            .open()
+            .await?;
+        Ok(Device {
+            engine: SyncEngine::new(replica, hub).with_batch_size(batch),
+            local: self.local,
+        })
+    }
+
     pub async fn sync(&self) -> Result<tidesync::SyncReport, BoxError> {
         let r = self.engine.sync_now().await?;
         if r.halted.is_some() || !r.local_errors.is_empty() || !r.rejected.is_empty() {

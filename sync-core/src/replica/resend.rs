@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use super::Replica;
@@ -26,7 +25,7 @@ use crate::model::error::Result;
 use crate::model::merge::RowState;
 use crate::model::value::parse_pk_key;
 use crate::store::codec::db_sequence;
-use crate::store::rows::StoredState;
+use crate::store::rows;
 
 /// Row states read at a time.
 const PAGE: u64 = 500;
@@ -75,26 +74,16 @@ async fn queue_table<'s>(
     let mut dead = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let mut q = Query::select();
-        q.columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
-            .from(Alias::new(ROWS))
-            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
-            .order_by(Alias::new("pk"), Order::Asc)
-            .limit(PAGE);
-        if let Some(a) = &after {
-            q.and_where(Expr::col(Alias::new("pk")).gt(a.as_str()));
-        }
-        let page = tx.query_all(&q).await?;
+        let page = rows::state_page(tx, ROWS, &spec.name, after.as_deref(), PAGE).await?;
+        let full = page.len() as u64 >= PAGE;
+        after = page.last().map(|(k, _)| k.clone());
         let mut changes = Vec::new();
-        for r in &page {
-            let key: String = r.try_get("", "pk")?;
-            let (row, _) = StoredState::decode(r)?.fill(None)?;
+        for (key, row) in page {
             let pk: Vec<(String, Value)> = spec
                 .pk_names()
                 .into_iter()
                 .zip(parse_pk_key(&key)?)
                 .collect();
-            after = Some(key);
             if !row.is_live() {
                 if let Some(d) = row.deleted_at {
                     dead.push((pk, d));
@@ -105,7 +94,7 @@ async fn queue_table<'s>(
         }
         queued += changes.len();
         queue(tx, &changes).await?;
-        if (page.len() as u64) < PAGE {
+        if !full {
             break;
         }
     }

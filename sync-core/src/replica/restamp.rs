@@ -25,7 +25,7 @@ use crate::model::clock::{Hlc, HlcClock, wall_clock_us};
 use crate::model::error::Result;
 use crate::model::merge::RowState;
 use crate::store::codec::{db_sequence, sequence};
-use crate::store::rows::{self, StoredState};
+use crate::store::rows;
 
 /// Row states read at a time.
 const PAGE: u64 = 500;
@@ -39,7 +39,8 @@ impl Replica {
         let tx = self.connection().begin().await?;
         let mut state = SealState::lock_and_load(&tx).await?;
         let outbox = outbox_clocks(&tx).await?;
-        let states = all_states(&tx).await?;
+        let tables: Vec<String> = self.tables().map(|t| t.name.clone()).collect();
+        let states = all_states(&tx, &tables).await?;
         // The clock goes back to the latest stamp that is not ahead.
         let wall = wall_clock_us();
         let mut base = Hlc {
@@ -138,36 +139,23 @@ async fn outbox_clocks(tx: &DatabaseTransaction) -> Result<Vec<(u64, Hlc, Vec<Co
     Ok(out)
 }
 
-/// Every row state: table, key, state.
-async fn all_states(tx: &DatabaseTransaction) -> Result<Vec<(String, String, RowState)>> {
+/// Every row state of the registered tables: table, key, state.
+async fn all_states(
+    tx: &DatabaseTransaction,
+    tables: &[String],
+) -> Result<Vec<(String, String, RowState)>> {
     let mut out = Vec::new();
-    let mut after: Option<(String, String)> = None;
-    loop {
-        let mut q = Query::select();
-        q.columns(["tbl", "pk", "vals", "clocks", "deleted_at"].map(Alias::new))
-            .from(Alias::new(ROWS))
-            .order_by(Alias::new("tbl"), Order::Asc)
-            .order_by(Alias::new("pk"), Order::Asc)
-            .limit(PAGE);
-        if let Some((t, k)) = &after {
-            q.cond_where(
-                Expr::col(Alias::new("tbl"))
-                    .gt(t.as_str())
-                    .or(Expr::col(Alias::new("tbl"))
-                        .eq(t.as_str())
-                        .and(Expr::col(Alias::new("pk")).gt(k.as_str()))),
-            );
-        }
-        let page = tx.query_all(&q).await?;
-        for r in &page {
-            let table: String = r.try_get("", "tbl")?;
-            let key: String = r.try_get("", "pk")?;
-            let (s, _) = StoredState::decode(r)?.fill(None)?;
-            after = Some((table.clone(), key.clone()));
-            out.push((table, key, s));
-        }
-        if (page.len() as u64) < PAGE {
-            return Ok(out);
+    for table in tables {
+        let mut after: Option<String> = None;
+        loop {
+            let page = rows::state_page(tx, ROWS, table, after.as_deref(), PAGE).await?;
+            let full = page.len() as u64 >= PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            out.extend(page.into_iter().map(|(k, s)| (table.clone(), k, s)));
+            if !full {
+                break;
+            }
         }
     }
+    Ok(out)
 }

@@ -18,7 +18,7 @@
 //! from the row state for a change (see `capture::diff`): such a NULL was
 //! not written by the user.
 
-use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Order, Query};
+use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::applying::{begin_applying, end_applying};
@@ -27,7 +27,7 @@ use crate::dialect;
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::value::{is_null, parse_pk_key};
-use crate::store::rows::StoredState;
+use crate::store::rows;
 use crate::store::write::{keys_match, value_expr};
 
 /// Row states read per transaction of the fill.
@@ -67,24 +67,13 @@ async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) 
     loop {
         let tx = db.begin().await?;
         begin_applying(&tx).await?;
-        let mut q = Query::select();
-        q.columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
-            .from(Alias::new(ROWS))
-            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
-            .order_by(Alias::new("pk"), Order::Asc)
-            .limit(PAGE);
-        if let Some(a) = &after {
-            q.and_where(Expr::col(Alias::new("pk")).gt(a.as_str()));
-        }
-        let page = tx.query_all(&q).await?;
-        for r in &page {
-            let key: String = r.try_get("", "pk")?;
-            after = Some(key.clone());
-            let (state, _) = StoredState::decode(r)?.fill(None)?;
+        let page = rows::state_page(&tx, ROWS, &spec.name, after.as_deref(), PAGE).await?;
+        after = page.last().map(|(k, _)| k.clone());
+        for (key, state) in &page {
             if !state.is_live() {
                 continue;
             }
-            let pk = [parse_pk_key(&key)?];
+            let pk = [parse_pk_key(key)?];
             // No user wrote the column where it is NULL, nor anywhere in a
             // row without a pending marker (what the migration put there, a
             // DEFAULT say). A row with a marker keeps a value: the user may

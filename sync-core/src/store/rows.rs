@@ -67,6 +67,34 @@ pub(crate) async fn load_states<C: ConnectionTrait>(
         .collect()
 }
 
+/// A page of the states of `table` in the row-state table `store` (a
+/// replica's: its states hold every value), in key order after `after`, at
+/// most `limit`: each key text with its state. The caller pages on from the
+/// last key; a page shorter than `limit` is the last.
+pub(crate) async fn state_page<C: ConnectionTrait>(
+    db: &C,
+    store: &str,
+    table: &str,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<Vec<(String, RowState)>> {
+    let mut q = Query::select();
+    q.columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+        .from(Alias::new(store))
+        .and_where(Expr::col(Alias::new("tbl")).eq(table))
+        .order_by(Alias::new("pk"), sea_orm::Order::Asc)
+        .limit(limit);
+    if let Some(a) = after {
+        q.and_where(Expr::col(Alias::new("pk")).gt(a));
+    }
+    let mut out = Vec::new();
+    for r in db.query_all(&q).await? {
+        let key: String = r.try_get("", "pk")?;
+        out.push((key, StoredState::decode(&r)?.fill(None)?.0));
+    }
+    Ok(out)
+}
+
 /// Load the states of `keys` of `table` as stored, before the values they
 /// take from a log entry are filled in.
 ///
