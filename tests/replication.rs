@@ -789,7 +789,11 @@ async fn bootstrap_on_a_hub_gone_back_starts_over(hub: TestDb) -> TestResult {
     // Changes the restored hub logs after the bootstrap arrive too.
     add_contacts(b.db(), 10, "after").await?;
     ensure_eq!(b.sync().await?.pushed, 10);
-    engine.sync_now().await?;
+    let r = engine.sync_now().await?;
+    ensure!(
+        r.hub_behind.is_none(),
+        "the bootstrap started over: nothing left to find later: {r:?}"
+    );
     let have = all_contacts(&local.db).await?;
     let want = all_contacts(b.db()).await?;
     let got: Vec<contacts::Model> = have
