@@ -291,6 +291,11 @@ mod tests {
             twin.columns[0].1 = s("b");
             let r = merge_with_policy(&mut st, &twin, policy);
             assert_eq!(r.conflicts.len(), 1, "{policy:?}: {r:?}");
+            // The same value at another clock, on the old base: another
+            // edit, concurrent with the first.
+            let other = edit("phone", "a", 11, 2, Some(("p0", hlc(1, 9))));
+            let r = merge_with_policy(&mut st, &other, policy);
+            assert_eq!(r.conflicts.len(), 1, "{policy:?}: {r:?}");
         }
     }
 
