@@ -196,6 +196,11 @@ mod tests {
             to_micros(&Value::ChronoDateTimeWithTimeZone(Some(off))),
             Some(Value::ChronoDateTimeWithTimeZone(Some(o))) if o.timestamp_subsec_nanos() == 123_456_000
         ));
+        let local = utc.with_timezone(&chrono::Local);
+        assert!(matches!(
+            to_micros(&Value::ChronoDateTimeLocal(Some(local))),
+            Some(Value::ChronoDateTimeLocal(Some(l))) if l.timestamp_subsec_nanos() == 123_456_000
+        ));
         assert_eq!(
             to_micros(&Value::ChronoTime(Some(t.time()))),
             Some(Value::ChronoTime(Some(whole.time())))
