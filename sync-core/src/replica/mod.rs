@@ -377,6 +377,12 @@ impl Replica {
         LOCAL_META.read(&self.db, key).await
     }
 
+    /// Several values of the replica's metadata, in one read; keys without a
+    /// value are absent.
+    pub(crate) async fn metas(&self, keys: &[&str]) -> Result<HashMap<String, String>> {
+        LOCAL_META.read_many(&self.db, keys).await
+    }
+
     /// Store several values of the replica's metadata that were read for
     /// node id `node`, in one statement, unless the replica took another
     /// id meanwhile (see [`PageMeta::node`]).

@@ -174,28 +174,28 @@ impl SyncEngine {
     ) -> Result<Option<(NodeId, RenewalCause)>> {
         let (me, _) = self.replica.identity().await?;
         let keys = HubKeys::of(info);
-        let cursor = match self.replica.meta(&keys.cursor).await? {
+        // Cursor, mark and acknowledged change in one read, before the hub
+        // is asked: the hub's tip and what it applied only grow (unless it
+        // went back), while another process on this database may move them
+        // on meanwhile, past what the hub says.
+        let mut stored = self
+            .replica
+            .metas(&[&keys.cursor, &keys.mark, &keys.acked])
+            .await?;
+        let cursor = match stored.remove(&keys.cursor) {
             Some(c) => Some(
                 c.parse::<u64>()
                     .map_err(|_| Error::Corrupt(format!("cursor `{c}`")))?,
             ),
             None => None,
         };
-        // The mark and the acknowledged change, read before the hub is
-        // asked: the hub's tip and what it applied only grow (unless it
-        // went back), while another process on this database may move them
-        // on meanwhile, past what the hub says.
-        let marked = self
-            .replica
-            .meta(&keys.mark)
-            .await?
+        let marked = stored
+            .remove(&keys.mark)
             .and_then(|v| parse_mark(&v))
             .filter(|(at, _)| Some(*at) == cursor)
             .map(|(_, id)| id);
-        let acknowledged = self
-            .replica
-            .meta(&keys.acked)
-            .await?
+        let acknowledged = stored
+            .remove(&keys.acked)
             .and_then(|v| parse_acked(&v))
             .filter(|(node, _)| *node == me)
             .map(|(_, seq)| seq);
