@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::device::{device, device_in, device_on, device_with};
 use common::entities::{handles, people_lww, people_manual, people_v2};
-use common::{BoxError, Dialect, TestDb, TestResult, run, trial};
+use common::{BoxError, Dialect, TestDb, TestResult, run, trial, trial_with_postgres};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder};
 use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
 use tidesync::{Change, Error, Resolution, TableSpec};
@@ -43,7 +43,6 @@ fn main() -> std::process::ExitCode {
         a_hub_restored_and_written_past_a_cursor_is_found,
         a_renewal_in_one_process_is_not_undone_by_a_pull_in_another,
         times_finer_than_a_microsecond_are_stored_alike_everywhere,
-        an_entity_in_another_schema_is_refused_by_name,
         a_json_null_stays_distinct_from_sql_null,
         a_pulled_row_over_a_local_row_capture_refuses_does_not_stop_pulling,
         a_row_the_restored_hub_lost_comes_back_whole_in_batches_of_one,
@@ -86,7 +85,27 @@ fn main() -> std::process::ExitCode {
         trials.push(trial(d, "replace_deletes_are_captured", |db| {
             Box::pin(replace_deletes_are_captured(db))
         }));
+        trials.push(trial(
+            d,
+            "an_entity_in_another_schema_is_refused_where_there_are_no_schemas",
+            |db| Box::pin(an_entity_in_another_schema_is_refused_where_there_are_no_schemas(db)),
+        ));
+        trials.push(trial_with_postgres(
+            d,
+            "a_hub_without_schemas_keeps_a_table_by_its_name",
+            |db| Box::pin(a_hub_without_schemas_keeps_a_table_by_its_name(db)),
+        ));
     }
+    trials.push(trial(
+        Dialect::Postgres,
+        "an_entity_in_another_schema_syncs_in_its_schema",
+        |db| Box::pin(an_entity_in_another_schema_syncs_in_its_schema(db)),
+    ));
+    trials.push(trial(
+        Dialect::Postgres,
+        "a_hub_keeps_each_table_in_one_schema",
+        |db| Box::pin(a_hub_keeps_each_table_in_one_schema(db)),
+    ));
     run(trials)
 }
 
@@ -2183,19 +2202,226 @@ async fn times_finer_than_a_microsecond_are_stored_alike_everywhere(hub: TestDb)
     hub.drop().await
 }
 
-/// Item 12, for now: an entity with a `schema_name` other than `public` is
-/// refused when it is registered, naming the table and the schema. Before,
-/// tidesync named the table, its markers and its triggers without the
-/// schema: it captured a table of the same name in the search path, or
-/// failed later with an unrelated error.
-async fn an_entity_in_another_schema_is_refused_by_name(db: TestDb) -> TestResult {
+/// Item 12: a PostgreSQL entity in a schema of its own (`schema_name`)
+/// syncs in that schema on the devices and the hub: capture triggers,
+/// pulled and bootstrapped rows, deletes, a resolved conflict. Every
+/// database also has a decoy `people` table in its search path, where a
+/// statement naming the table without its schema would write. Before, the
+/// entity was refused at registration.
+async fn an_entity_in_another_schema_syncs_in_its_schema(hub: TestDb) -> TestResult {
+    use common::entities::in_schema::{ActiveModel, Entity};
+    use sea_orm::{ActiveModelTrait, Set};
+    let hub = with_decoy(hub).await?;
+    let device = |tag: &'static str| {
+        let hub = &hub;
+        async move {
+            let local = with_decoy(TestDb::create(Dialect::Postgres, tag).await?).await?;
+            device_in(local, sql_hub(hub).await?, |r| r.register::<Entity>()).await
+        }
+    };
+    let (a, b) = (device("a").await?, device("b").await?);
+    let names = |db: &DatabaseConnection| {
+        let db = db.clone();
+        async move {
+            let rows = Entity::find().order_by_asc(Column::Id).all(&db).await?;
+            Ok::<_, BoxError>(rows.into_iter().map(|m| (m.id, m.name)).collect::<Vec<_>>())
+        }
+    };
+    use common::entities::in_schema::Column;
+    let (p1, p2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    for (d, id, name) in [(&a, p1, "ann"), (&b, p2, "bob")] {
+        ActiveModel {
+            id: Set(id),
+            name: Set(name.into()),
+        }
+        .insert(d.db())
+        .await?;
+    }
+    for d in [&a, &b, &a] {
+        d.sync().await?;
+    }
+    for d in [&a, &b] {
+        ensure_eq!(
+            names(d.db()).await?,
+            vec![(p1, "ann".to_owned()), (p2, "bob".to_owned())]
+        );
+    }
+    // The same column on both: b pushes second and holds the conflict.
+    for (d, name) in [(&a, "ann-a"), (&b, "ann-b")] {
+        ActiveModel {
+            id: Set(p1),
+            name: Set(name.into()),
+        }
+        .update(d.db())
+        .await?;
+    }
+    a.sync().await?;
+    b.sync().await?;
+    let held = b.engine.replica().conflicts().await?;
+    ensure_eq!(held.len(), 1, "{held:?}");
+    b.engine
+        .replica()
+        .resolve(held[0].id, Resolution::Value("ann-c".into()))
+        .await?;
+    Entity::delete_by_id(p2).exec(b.db()).await?;
+    for d in [&b, &a] {
+        d.sync().await?;
+    }
+    let c = device("c").await?;
+    c.sync().await?;
+    let want = vec![(p1, "ann-c".to_owned())];
+    for d in [&a, &b, &c] {
+        ensure_eq!(names(d.db()).await?, want);
+        ensure_eq!(d.engine.replica().pending_count().await?, 0);
+    }
+    ensure_eq!(names(&hub.db).await?, want, "the hub's table in its schema");
+    for db in [&hub, &a.local, &b.local, &c.local] {
+        ensure_eq!(decoy_rows(&db.db).await?, 0, "nothing in the decoy");
+    }
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// A `people` table in the search path of a PostgreSQL database, with the
+/// layout of the `people` entities in their own schema.
+async fn with_decoy(db: TestDb) -> Result<TestDb, BoxError> {
+    db.db
+        .execute_unprepared("CREATE TABLE people (id uuid PRIMARY KEY, name text NOT NULL)")
+        .await?;
+    Ok(db)
+}
+
+/// The rows of the decoy `people` table.
+async fn decoy_rows(db: &DatabaseConnection) -> Result<i64, BoxError> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM public.people",
+        ))
+        .await?
+        .ok_or("no count")?;
+    Ok(row.try_get("", "n")?)
+}
+
+/// Item 12: a hub keeps each table in one schema. The first device puts
+/// `people` in `elsewhere` on the hub; a SQLite device, whose entity names
+/// no schema, writes to the same table there; a device whose entity names
+/// another schema is refused when it installs, naming both schemas. Before,
+/// each device's install created the table where its own entity said: the
+/// SQLite device's rows went to another table of the hub.
+async fn a_hub_keeps_each_table_in_one_schema(hub: TestDb) -> TestResult {
+    use common::entities::{in_no_schema, in_other_schema, in_schema};
+    use sea_orm::{ActiveModelTrait, Set};
+    let local = TestDb::create(Dialect::Postgres, "a").await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_schema::Entity>()
+    })
+    .await?;
+    let local = TestDb::create(Dialect::Sqlite, "b").await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_no_schema::Entity>()
+    })
+    .await?;
+    let (p1, p2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    in_schema::ActiveModel {
+        id: Set(p1),
+        name: Set("ann".into()),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    b.sync().await?;
+    in_no_schema::ActiveModel {
+        id: Set(p2),
+        name: Set("bob".into()),
+    }
+    .insert(b.db())
+    .await?;
+    b.sync().await?;
+    a.sync().await?;
+    ensure_eq!(in_schema::Entity::find().all(a.db()).await?.len(), 2);
+    ensure_eq!(in_no_schema::Entity::find().all(b.db()).await?.len(), 2);
+    let on_hub = in_schema::Entity::find().all(&hub.db).await?;
+    ensure_eq!(on_hub.len(), 2, "both in the hub's one table: {on_hub:?}");
+    let other = hub
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            hub.db.get_database_backend(),
+            "SELECT to_regclass('public.people')::text AS t",
+        ))
+        .await?
+        .ok_or("no row")?;
+    let other: Option<String> = other.try_get("", "t")?;
+    ensure_eq!(other, None, "no second `people` table on the hub");
+    let local = TestDb::create(Dialect::Postgres, "c").await?;
+    let c = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_other_schema::Entity>()
+    })
+    .await?;
+    let refused = c.sync().await;
+    ensure!(
+        matches!(&refused, Err(e) if {
+            let m = e.to_string();
+            m.contains("`people`") && m.contains("`elsewhere`") && m.contains("`other`")
+        }),
+        "{refused:?}"
+    );
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// Item 12: a hub without schemas (MySQL, SQLite) keeps a PostgreSQL
+/// device's table of another schema by its name, in the hub's database.
+async fn a_hub_without_schemas_keeps_a_table_by_its_name(hub: TestDb) -> TestResult {
+    use common::entities::in_schema;
+    use sea_orm::{ActiveModelTrait, Set};
+    let local = TestDb::create(Dialect::Postgres, "a").await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_schema::Entity>()
+    })
+    .await?;
+    let local = TestDb::create(Dialect::Postgres, "b").await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_schema::Entity>()
+    })
+    .await?;
+    let p1 = Uuid::from_u128(1);
+    in_schema::ActiveModel {
+        id: Set(p1),
+        name: Set("ann".into()),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    b.sync().await?;
+    ensure_eq!(in_schema::Entity::find().all(b.db()).await?.len(), 1);
+    let on_hub = common::entities::in_no_schema::Entity::find()
+        .all(&hub.db)
+        .await?;
+    ensure_eq!(on_hub.len(), 1, "{on_hub:?}");
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Item 12: a replica on MySQL or SQLite refuses an entity with a
+/// `schema_name`, naming the table and the schema: SeaORM names the table
+/// `schema.table` there (another database), where tidesync's triggers would
+/// not be.
+async fn an_entity_in_another_schema_is_refused_where_there_are_no_schemas(
+    db: TestDb,
+) -> TestResult {
     use common::entities::in_schema;
     let opened = tidesync::Replica::builder(db.db.clone())
         .register::<in_schema::Entity>()
         .open()
         .await;
     ensure!(
-        matches!(&opened, Err(Error::Config(m)) if m.contains("`people`") && m.contains("`elsewhere`")),
+        matches!(&opened, Err(Error::Config(m)) if m.contains("`people`") && m.contains("`elsewhere`") && m.contains("PostgreSQL")),
         "{opened:?}"
     );
     db.drop().await

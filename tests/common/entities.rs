@@ -352,22 +352,32 @@ keyed!(
     column_type = "VarBinary(StringLen::N(200))"
 );
 
-/// A table in a schema of its own (PostgreSQL's `schema_name`).
-pub mod in_schema {
-    use sea_orm::entity::prelude::*;
-    use tidesync::Syncable;
+/// `people` (a key and a name, manual conflicts) in a schema of its own
+/// (PostgreSQL's `schema_name`), or in none.
+macro_rules! placed_people {
+    ($module:ident, $($schema:literal)?) => {
+        pub mod $module {
+            use sea_orm::entity::prelude::*;
+            use tidesync::Syncable;
 
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
-    #[sea_orm(table_name = "people", schema_name = "elsewhere")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub name: String,
-    }
+            #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+            #[sea_orm(table_name = "people" $(, schema_name = $schema)?)]
+            #[syncable(conflict = "manual")]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+                pub name: String,
+            }
 
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+        }
+    };
 }
+
+placed_people!(in_schema, "elsewhere");
+placed_people!(in_other_schema, "other");
+placed_people!(in_no_schema,);
 
 /// A JSON column that may hold a JSON `null` or SQL NULL.
 pub mod documents {

@@ -313,16 +313,29 @@ pub fn in_ci() -> bool {
 /// One trial of `test` on `dialect`, named `dialect::name`. Without the
 /// dialect's server it is reported as ignored with the reason (failed in CI).
 pub fn trial(dialect: Dialect, name: &str, test: DbTest) -> Trial {
+    trial_needing(dialect, &[], name, test)
+}
+
+/// One trial of `test` on `dialect` (its database given), which also needs
+/// a PostgreSQL server: reported as ignored without either (failed in CI).
+pub fn trial_with_postgres(dialect: Dialect, name: &str, test: DbTest) -> Trial {
+    trial_needing(dialect, &[Dialect::Postgres], name, test)
+}
+
+/// One trial of `test` on `dialect`, which also needs the servers of `also`.
+fn trial_needing(dialect: Dialect, also: &'static [Dialect], name: &str, test: DbTest) -> Trial {
     let full = format!("{}::{name}", dialect.name());
     let tag = name.to_owned();
     Trial::ignorable_test(full, move || {
-        if let Err(reason) = dialect.server_url() {
-            if in_ci() {
-                return Err(Failed::from(format!(
-                    "{reason}, and CI=true requires every dialect"
-                )));
+        for d in std::iter::once(&dialect).chain(also) {
+            if let Err(reason) = d.server_url() {
+                if in_ci() {
+                    return Err(Failed::from(format!(
+                        "{reason}, and CI=true requires every dialect"
+                    )));
+                }
+                return Ok(Completion::ignored_with(format!("skipped: {reason}")));
             }
-            return Ok(Completion::ignored_with(format!("skipped: {reason}")));
         }
         block_on(async move {
             let db = TestDb::create(dialect, &tag)

@@ -19,6 +19,7 @@
 //! database cannot hold, and native error codes.
 
 mod mysql;
+mod place;
 mod postgres;
 mod sqlite;
 mod triggers;
@@ -32,6 +33,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, ErrorKind, Result};
 
+pub(crate) use place::Place;
 pub(crate) use triggers::{Capture, Trigger};
 pub(crate) use values::check_value;
 pub use values::validate_active_model;
@@ -43,6 +45,25 @@ pub(crate) trait Dialect: Send + Sync {
     /// Quote an identifier.
     fn quote(&self, ident: &str) -> String {
         format!("\"{}\"", ident.replace('"', "\"\""))
+    }
+
+    /// Whether tables live in schemas that statements name (PostgreSQL):
+    /// see [`Place`].
+    fn has_schemas(&self) -> bool {
+        false
+    }
+
+    /// The parameter that names the table at `place` in this dialect's
+    /// catalog queries ([`Dialect::columns_query`] and the like).
+    fn catalog_name(&self, place: Place<'_>) -> String {
+        place.name.to_owned()
+    }
+
+    /// A catalog query with one parameter, the table (see
+    /// [`Dialect::catalog_name`]), returning the schema it is in (no row:
+    /// no such table); `None` where the dialect has no schemas.
+    fn schema_query(&self) -> Option<&'static str> {
+        None
     }
 
     /// A text column that holds at least a few megabytes.
@@ -73,14 +94,16 @@ pub(crate) trait Dialect: Send + Sync {
         None
     }
 
-    /// A query with one parameter, the table name, returning the names of
+    /// A query with one parameter, the table (see
+    /// [`Dialect::catalog_name`]), returning the names of
     /// its columns.
     fn columns_query(&self) -> &'static str;
 
     /// The capture triggers of a table, in creation order.
     fn triggers(&self, capture: &Capture<'_>) -> Vec<Trigger>;
 
-    /// A query with one parameter, the table name, returning the names of
+    /// A query with one parameter, the table (see
+    /// [`Dialect::catalog_name`]), returning the names of
     /// its triggers, for a database whose `CREATE TRIGGER` cannot replace
     /// an existing one: the replica creates the triggers it lacks and drops
     /// its own that are no longer wanted (`None`: the statements replace
@@ -95,7 +118,8 @@ pub(crate) trait Dialect: Send + Sync {
         format!("DROP TRIGGER IF EXISTS {}", self.quote(name))
     }
 
-    /// A query with one parameter, the table name, returning (column name,
+    /// A query with one parameter, the table (see
+    /// [`Dialect::catalog_name`]), returning (column name,
     /// full type as the database writes it: `datetime(6)`,
     /// `decimal(20,4)`, ...) for each column of the table, where a dirty
     /// marker must copy the key's type from the table itself to hold it
@@ -105,7 +129,8 @@ pub(crate) trait Dialect: Send + Sync {
         None
     }
 
-    /// A query with one parameter, the table name, returning (index name,
+    /// A query with one parameter, the table (see
+    /// [`Dialect::catalog_name`]), returning (index name,
     /// column name) for the columns of each unique index other than the
     /// key, in index order, where the capture triggers need them (see
     /// `Capture::uniques`); `None` where they do not.
@@ -141,7 +166,7 @@ pub(crate) trait Dialect: Send + Sync {
 
     /// A statement that refreshes the statistics of these `(table,
     /// columns)` (`None`: the database needs none).
-    fn analyze(&self, _tables: &[(&str, &[&str])]) -> Option<String> {
+    fn analyze(&self, _tables: &[(Place<'_>, &[&str])]) -> Option<String> {
         None
     }
 
@@ -361,10 +386,20 @@ mod tests {
 
     #[test]
     fn row_states_are_analyzed_by_their_keys_only() {
-        let tables: [(&str, &[&str]); 2] = [("_tidesync_rows", &["tbl", "pk"]), ("my\"t", &[])];
+        let tables: [(Place<'_>, &[&str]); 3] = [
+            (Place::own("_tidesync_rows"), &["tbl", "pk"]),
+            (Place::own("my\"t"), &[]),
+            (
+                Place {
+                    schema: Some("s"),
+                    name: "t",
+                },
+                &[],
+            ),
+        ];
         assert_eq!(
             of(DbBackend::Postgres).unwrap().analyze(&tables).as_deref(),
-            Some(r#"ANALYZE "_tidesync_rows" ("tbl", "pk"), "my""t""#)
+            Some(r#"ANALYZE "_tidesync_rows" ("tbl", "pk"), "my""t", "s"."t""#)
         );
         assert_eq!(of(DbBackend::Postgres).unwrap().analyze(&[]), None);
         assert_eq!(of(DbBackend::MySql).unwrap().analyze(&tables), None);

@@ -107,7 +107,7 @@ impl Dialect for MySql {
                          \x20 END IF;\n\
                          END",
                         q(&name),
-                        q(c.table),
+                        c.table.quoted(self),
                         q(c.applying),
                         q("session"),
                         self.session_expr(),

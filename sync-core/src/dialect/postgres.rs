@@ -3,9 +3,9 @@
 
 use sea_orm::sea_query::{ColumnType, Expr, ExprTrait, SimpleExpr, Value};
 
-use super::Dialect;
 use super::triggers::{Capture, Gone, Trigger, Upsert, marker_upsert};
 use super::values::{above_i64, year_of};
+use super::{Dialect, Place};
 use crate::model::change::TableSpec;
 use crate::model::error::{ErrorKind, Result};
 
@@ -55,14 +55,33 @@ impl Dialect for Postgres {
     fn key_types_query(&self) -> Option<&'static str> {
         Some(
             "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty \
-             FROM pg_attribute a WHERE a.attrelid = to_regclass(quote_ident($1)) \
+             FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
              AND a.attnum > 0 AND NOT a.attisdropped",
         )
     }
 
+    fn has_schemas(&self) -> bool {
+        true
+    }
+
+    /// The quoted, schema-qualified name, which `to_regclass` reads as
+    /// the statements on the table do (NULL for a missing table, so the
+    /// queries return no rows).
+    fn catalog_name(&self, place: Place<'_>) -> String {
+        place.quoted(self)
+    }
+
+    fn schema_query(&self) -> Option<&'static str> {
+        Some(
+            "SELECT n.nspname::text AS name FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+        )
+    }
+
     fn columns_query(&self) -> &'static str {
-        "SELECT column_name AS name FROM information_schema.columns \
-         WHERE table_schema = current_schema() AND table_name = $1"
+        "SELECT a.attname::text AS name FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum"
     }
 
     /// One function marks the old row (updates, deletes) and the new row
@@ -108,7 +127,7 @@ impl Dialect for Postgres {
                     "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} \
                      FOR EACH ROW EXECUTE FUNCTION {}()",
                     q(&trigger),
-                    q(c.table),
+                    c.table.quoted(self),
                     q(&func)
                 ),
                 name: trigger,
@@ -146,7 +165,7 @@ impl Dialect for Postgres {
     /// Without statistics the planner takes `tbl = '<table>'` in a
     /// row-state lookup to match a few rows, scans them all and filters by
     /// key: every batch then reads every state of the table.
-    fn analyze(&self, tables: &[(&str, &[&str])]) -> Option<String> {
+    fn analyze(&self, tables: &[(Place<'_>, &[&str])]) -> Option<String> {
         if tables.is_empty() {
             return None;
         }
@@ -154,10 +173,10 @@ impl Dialect for Postgres {
             .iter()
             .map(|(t, cols)| {
                 if cols.is_empty() {
-                    self.quote(t)
+                    t.quoted(self)
                 } else {
                     let cols: Vec<String> = cols.iter().map(|c| self.quote(c)).collect();
-                    format!("{} ({})", self.quote(t), cols.join(", "))
+                    format!("{} ({})", t.quoted(self), cols.join(", "))
                 }
             })
             .collect();
@@ -251,6 +270,7 @@ mod tests {
         };
         let spec = TableSpec {
             name: "t".into(),
+            schema: None,
             pk: vec![c(ColumnType::Integer)],
             columns: vec![c(ColumnType::Integer), c(mood())],
             local_only: vec![],
@@ -274,15 +294,30 @@ mod tests {
     fn catalog_queries_and_session() {
         assert_eq!(
             Postgres.columns_query(),
-            "SELECT column_name AS name FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1"
+            "SELECT a.attname::text AS name FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum"
         );
+        assert!(Postgres.has_schemas());
+        assert_eq!(
+            Postgres.schema_query(),
+            Some(
+                "SELECT n.nspname::text AS name FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)"
+            )
+        );
+        let place = Place {
+            schema: Some("s"),
+            name: "t\"",
+        };
+        assert_eq!(Postgres.catalog_name(place), r#""s"."t""""#);
+        assert_eq!(Postgres.catalog_name(Place::own("t")), r#""t""#);
         assert_eq!(Postgres.triggers_query(), None);
         assert_eq!(
             Postgres.key_types_query(),
             Some(
                 "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty \
-                 FROM pg_attribute a WHERE a.attrelid = to_regclass(quote_ident($1)) \
+                 FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
                  AND a.attnum > 0 AND NOT a.attisdropped"
             )
         );

@@ -39,7 +39,7 @@ impl Dialect for Sqlite {
                  WHEN NOT EXISTS (SELECT 1 FROM {})\n\
                  BEGIN\n{body}END",
                 q(&name),
-                q(c.table),
+                c.table.quoted(&Sqlite),
                 q(c.applying),
             ),
             name,
@@ -148,7 +148,7 @@ fn mark_holders(
         q("gone"),
         keys.join(", "),
         u.now_us,
-        q(c.table),
+        c.table.quoted(&Sqlite),
         holds.join(" AND "),
         on_conflict(c, q, u),
     )

@@ -15,7 +15,7 @@
 /// named (the replica owns these names).
 pub(crate) struct Capture<'a> {
     /// The synced table.
-    pub(crate) table: &'a str,
+    pub(crate) table: super::Place<'a>,
     /// Its key columns, in key order.
     pub(crate) keys: Vec<&'a str>,
     /// Its unique column sets other than the key, for the dialects where a

@@ -178,10 +178,10 @@ impl SqlHub {
 #[async_trait::async_trait]
 impl Hub for SqlHub {
     async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
-        let info = tables::install(&self.db, tables)
+        let (info, placed) = tables::install(&self.db, tables)
             .await
             .map_err(Error::or_offline)?;
-        *self.tables.write().await = tables.to_vec();
+        *self.tables.write().await = placed;
         Ok(info)
     }
 

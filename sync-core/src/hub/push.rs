@@ -14,7 +14,7 @@ use super::merge::Merge;
 use super::resent;
 use super::tables::{CHANGES, HUB_META, HUB_ROWS, PEERS, REJECTED};
 use super::validate::{check_clock, validate};
-use crate::dialect::{self, Dialect};
+use crate::dialect::{self, Dialect, Place};
 use crate::model::change::{Change, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
@@ -201,7 +201,10 @@ impl Push<'_> {
             // 50k entries). The users' tables are only written by key.
             analyze(
                 self.db,
-                &[(HUB_ROWS, STATE_KEYS), (CHANGES.name, &["hub_seq"])],
+                &[
+                    (Place::own(HUB_ROWS), STATE_KEYS),
+                    (Place::own(CHANGES.name), &["hub_seq"]),
+                ],
             )
             .await;
         }

@@ -3,15 +3,17 @@
 //! held conflicts.
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, ColumnType, Index, Table, TableCreateStatement};
+use sea_orm::sea_query::{
+    Alias, ColumnType, Expr, ExprTrait, Index, Query, Table, TableCreateStatement,
+};
 
-use crate::dialect::{self, Dialect};
+use crate::dialect::{self, Dialect, Place};
 use crate::model::change::TableSpec;
 use crate::model::clock::NodeId;
-use crate::model::error::Result;
+use crate::model::error::{Error, Result};
 use crate::model::protocol::HubInfo;
 use crate::store::codec::ChangeTable;
-use crate::store::ddl::{create, not_null, varchar};
+use crate::store::ddl::{catalog, create, not_null, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
 use crate::store::user_tables::ensure_table;
@@ -36,11 +38,20 @@ pub(crate) const REJECTED: &str = "_tidesync_rejected";
 /// The conflicts each applied change raised and the hub held back
 /// (policies `manual` and custom), until its device has them for sure.
 pub(crate) const HELD: &str = "_tidesync_held";
+/// Where the hub keeps each synced table, on a dialect with schemas
+/// (PostgreSQL): the table's sync name and the schema it is in, recorded
+/// when the hub first installs it (see [`place`]).
+pub(crate) const HUB_PLACES: Meta = Meta("_tidesync_hub_places");
 
 /// Create the hub's tables and the users' (idempotent), check the schema
-/// version, and return the hub's identity (created on first install).
-pub(crate) async fn install<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) -> Result<HubInfo> {
-    for t in hub_tables(dialect::of_db(db)?) {
+/// version, and return the hub's identity (created on first install) with
+/// the tables as the hub places them (see [`place`]).
+pub(crate) async fn install<C: ConnectionTrait>(
+    db: &C,
+    tables: &[TableSpec],
+) -> Result<(HubInfo, Vec<TableSpec>)> {
+    let d = dialect::of_db(db)?;
+    for t in hub_tables(d) {
         create(db, t).await?;
     }
     HUB_META.check_version(db, HUB_SCHEMA_VERSION).await?;
@@ -48,11 +59,96 @@ pub(crate) async fn install<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) ->
     HUB_META
         .insert_if_missing(db, "hub_id", &NodeId::random().to_string())
         .await?;
+    let mut placed = Vec::with_capacity(tables.len());
     for spec in tables {
-        ensure_table(db, spec).await?;
+        let spec = place(db, d, spec).await?;
+        ensure_table(db, &spec).await?;
+        placed.push(spec);
     }
     let hub_id = HUB_META.require(db, "hub_id").await?;
-    Ok(HubInfo { hub_id })
+    Ok((HubInfo { hub_id }, placed))
+}
+
+/// The schema of the table at `place` by the catalog query `sql` (`None`:
+/// no such table).
+async fn schema_of<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    place: Place<'_>,
+) -> Result<Option<String>> {
+    let rows = catalog(db, sql, place).await?;
+    Ok(rows
+        .first()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .transpose()?)
+}
+
+/// Whether the hub holds the state of some row of `table`.
+async fn has_states<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool> {
+    let q = Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new(HUB_ROWS))
+        .and_where(Expr::col(Alias::new("tbl")).eq(table))
+        .limit(1)
+        .to_owned();
+    Ok(db.query_one(&q).await?.is_some())
+}
+
+/// The table of `spec` where the hub keeps it, on a dialect with schemas.
+///
+/// Devices install the hub's tables, each with its own entity: one may
+/// name a schema (`schema_name`) where another names none (a SQLite
+/// device cannot). The hub keeps each table in one schema for good, the
+/// one it was first installed in (or found in: the table an earlier
+/// release made in the search path, when the hub holds states of its
+/// rows), recorded in [`HUB_PLACES`]. A spec without a schema takes the
+/// table where it is; a spec naming another schema is refused, loud:
+/// taking it would split the hub's table in two.
+async fn place<C: ConnectionTrait>(db: &C, d: &dyn Dialect, spec: &TableSpec) -> Result<TableSpec> {
+    let Some(sql) = d.schema_query() else {
+        return Ok(spec.clone());
+    };
+    let recorded = match HUB_PLACES.read(db, &spec.name).await? {
+        Some(s) => s,
+        None => {
+            let schema = match schema_of(db, sql, Place::of(d, spec)).await? {
+                Some(s) => s,
+                None => match schema_of(db, sql, Place::own(&spec.name)).await? {
+                    // The table an earlier release made in the search
+                    // path, which holds the rows the hub has states of (a
+                    // table of that name without states is another one).
+                    Some(s) if spec.schema.is_some() && has_states(db, &spec.name).await? => s,
+                    _ => {
+                        ensure_table(db, spec).await?;
+                        schema_of(db, sql, Place::of(d, spec))
+                            .await?
+                            .ok_or_else(|| {
+                                Error::Corrupt(format!(
+                                    "table `{}` missing after creation",
+                                    spec.name
+                                ))
+                            })?
+                    }
+                },
+            };
+            HUB_PLACES
+                .insert_if_missing(db, &spec.name, &schema)
+                .await?;
+            HUB_PLACES.require(db, &spec.name).await?
+        }
+    };
+    if let Some(s) = spec.schema.as_deref().filter(|s| *s != recorded) {
+        return Err(Error::Config(format!(
+            "table `{}`: the hub keeps it in schema `{recorded}`, and this device's entity \
+             names schema `{s}`; give the entity the hub's schema (or none), or move the \
+             hub's table (ALTER TABLE ... SET SCHEMA) and its record in `{}`",
+            spec.name, HUB_PLACES.0
+        )));
+    }
+    Ok(TableSpec {
+        schema: Some(recorded),
+        ..spec.clone()
+    })
 }
 
 /// DDL of the hub's own tables (`IF NOT EXISTS`).
@@ -77,6 +173,7 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
     );
     vec![
         HUB_META.table(),
+        HUB_PLACES.table(),
         log,
         row_state_table(d, HUB_ROWS),
         Table::create()

@@ -116,8 +116,17 @@ pub struct ColumnSpec {
 /// A synced table as the runtime sees it, built from a `Syncable` entity.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableSpec {
-    /// Table name.
+    /// Table name, without its schema: the name changes carry, unique
+    /// among the tables a replica or hub registers.
     pub name: String,
+    /// The PostgreSQL schema the table is in (the entity's `schema_name`),
+    /// or `None` for the connection's search path. Each side places the
+    /// table by its own spec: a device may keep `crm.contacts` where the
+    /// hub keeps `contacts`. Dialects without schemas (MySQL, SQLite) take
+    /// the table by its name in their own database: a hub there ignores
+    /// it, a replica there refuses it (SeaORM itself names the table
+    /// with the schema there).
+    pub schema: Option<String>,
     /// Primary-key columns in key order.
     pub pk: Vec<ColumnSpec>,
     /// Synced columns (key columns included, local-only ones excluded), in

@@ -28,6 +28,7 @@ pub(crate) fn column(name: &str, ty: ColumnType, nullable: bool) -> ColumnSpec {
 pub(crate) fn table(name: &str, key: &[&str], columns: Vec<ColumnSpec>) -> TableSpec {
     TableSpec {
         name: name.into(),
+        schema: None,
         pk: key
             .iter()
             .map(|k| {

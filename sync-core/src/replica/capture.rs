@@ -18,7 +18,7 @@ use super::applying::{begin_applying, end_applying, is_applying};
 use super::entity::{Marker, TableHandle};
 use super::seal_state::SealState;
 use super::tables::{OUTBOX, ROWS, dirty_table};
-use crate::dialect::{self, check_value};
+use crate::dialect::{self, Place, check_value};
 use crate::model::change::{Op, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
@@ -164,7 +164,7 @@ async fn cut_finer_times(
         for (i, read) in cut {
             let c = &spec.columns[*i];
             let q = Query::update()
-                .table(Alias::new(&spec.name))
+                .table(Place::of(d, spec).table_ref())
                 .value(
                     Alias::new(&c.name),
                     value_expr(&spec.name, c, &vals[*i], d)?,

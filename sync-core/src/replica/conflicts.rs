@@ -11,7 +11,7 @@ use super::applying::{begin_applying, end_applying};
 use super::capture::{CaptureReport, seal_all};
 use super::seal_state::SealState;
 use super::tables::{CONFLICTS, OUTBOX, ROWS};
-use crate::dialect;
+use crate::dialect::{self, Place};
 use crate::model::change::{Change, ColumnBase, ColumnSpec, Op, TableSpec};
 use crate::model::clock::{Hlc, wall_clock_us};
 use crate::model::conflict::{ColumnConflict, Resolution};
@@ -325,11 +325,12 @@ async fn write_column(
     column: &ColumnSpec,
     value: &Value,
 ) -> Result<()> {
-    let expr = value_expr(&spec.name, column, value, dialect::of_db(tx)?)?;
+    let d = dialect::of_db(tx)?;
+    let expr = value_expr(&spec.name, column, value, d)?;
     let q = Query::update()
-        .table(Alias::new(&spec.name))
+        .table(Place::of(d, spec).table_ref())
         .value(Alias::new(&column.name), expr)
-        .and_where(keys_match(spec, &[pk.to_vec()], dialect::of_db(tx)?))
+        .and_where(keys_match(spec, &[pk.to_vec()], d))
         .to_owned();
     tx.execute(&q).await?;
     Ok(())

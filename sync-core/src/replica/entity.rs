@@ -97,6 +97,7 @@ impl<E: Syncable> EntityTable<E> {
         };
         let spec = TableSpec {
             name: E::default().table_name().to_owned(),
+            schema: E::default().schema_name().map(str::to_owned),
             pk: keys.iter().map(spec_of).collect(),
             columns: columns.iter().map(spec_of).collect(),
             local_only: E::Column::iter()

@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, TransactionTrait};
 
+use crate::dialect::{self, Place};
 use crate::model::change::TableSpec;
 use crate::model::clock::NodeId;
 use crate::model::conflict::Resolver;
@@ -80,26 +81,21 @@ impl ReplicaBuilder {
     {
         let table = EntityTable::<E>::new();
         let spec = table.spec();
-        if let Some(schema) =
-            sea_orm::EntityName::schema_name(&E::default()).filter(|s| *s != "public")
-        {
-            // Refused here, loud: tidesync would name the table, its
-            // markers and triggers without the schema, and find another
-            // table (or none) in the search path.
-            self.errors.push(format!(
-                "table `{}` is in schema `{schema}`: entities with `schema_name` are not \
-                 supported yet (tidesync names tables without their schema); keep synced \
-                 entities in the default schema",
-                spec.name
-            ));
-        }
         if spec.pk.is_empty() {
             self.errors
                 .push(format!("table `{}` has no primary key", spec.name));
         }
-        if self.tables.iter().any(|t| t.spec().name == spec.name) {
-            self.errors
-                .push(format!("table `{}` is registered twice", spec.name));
+        if let Some(twin) = self.tables.iter().find(|t| t.spec().name == spec.name) {
+            self.errors.push(match (&twin.spec().schema, &spec.schema) {
+                (a, b) if a != b => format!(
+                    "tables `{}` in schemas {} and {} are both registered: a table syncs by \
+                     its name alone, which must be unique",
+                    spec.name,
+                    schema_text(a.as_deref()),
+                    schema_text(b.as_deref()),
+                ),
+                _ => format!("table `{}` is registered twice", spec.name),
+            });
         }
         self.tables.push(Arc::new(table));
         self
@@ -140,6 +136,23 @@ impl ReplicaBuilder {
             return Err(Error::Config(self.errors.join("; ")));
         }
         let db = self.db;
+        let d = dialect::of_db(&db)?;
+        if !d.has_schemas() {
+            if let Some((t, schema)) = self
+                .tables
+                .iter()
+                .find_map(|t| Some((t, t.spec().schema.as_deref()?)))
+            {
+                // SeaORM names the table `schema`.`table` there: on MySQL
+                // another database, on SQLite an attached one. tidesync's
+                // markers and triggers would be on another table, or none.
+                return Err(Error::Config(format!(
+                    "table `{}` is in schema `{schema}`: entities with `schema_name` are \
+                     supported on PostgreSQL replicas only",
+                    t.spec().name
+                )));
+            }
+        }
         tables::install_metadata(&db).await?;
         let node_id = NodeId::random().to_string();
         for (key, value) in [
@@ -165,6 +178,11 @@ impl ReplicaBuilder {
             written: 0.into(),
         })
     }
+}
+
+/// A table's schema in an error message.
+fn schema_text(schema: Option<&str>) -> String {
+    schema.map_or_else(|| "(the search path)".to_owned(), |s| format!("`{s}`"))
 }
 
 /// How often a capture pass goes back to an earlier round because writes
@@ -310,11 +328,17 @@ impl Replica {
         use std::sync::atomic::Ordering;
         let before = self.written.fetch_add(n, Ordering::Relaxed);
         if crossed_doubling(before, before.saturating_add(n)) {
-            let mut tables: Vec<(&str, &[&str])> = vec![(ROWS, STATE_KEYS), (OUTBOX.name, &[])];
+            let Ok(d) = dialect::of_db(&self.db) else {
+                return;
+            };
+            let mut tables: Vec<(Place<'_>, &[&str])> = vec![
+                (Place::own(ROWS), STATE_KEYS),
+                (Place::own(OUTBOX.name), &[]),
+            ];
             tables.extend(
                 self.tables
                     .iter()
-                    .map(|t| (t.spec().name.as_str(), &[][..])),
+                    .map(|t| (Place::of(d, t.spec()), &[][..])),
             );
             analyze(&self.db, &tables).await;
         }

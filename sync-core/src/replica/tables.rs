@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, Table, TableCreateStatement};
 
-use crate::dialect::{self, Capture, Dialect, Trigger};
+use crate::dialect::{self, Capture, Dialect, Place, Trigger};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
@@ -198,7 +198,7 @@ pub(crate) fn triggers(d: &dyn Dialect, spec: &TableSpec, uniques: &[Vec<String>
     let markers = dirty_table(&spec.name);
     let capture = |name: &dyn Fn(&str) -> String| {
         d.triggers(&Capture {
-            table: &spec.name,
+            table: Place::of(d, spec),
             keys: spec.pk.iter().map(|c| c.name.as_str()).collect(),
             uniques,
             markers: &markers,
@@ -233,14 +233,15 @@ pub(crate) async fn install_metadata<C: ConnectionTrait>(db: &C) -> Result<()> {
 pub(crate) async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
     let d = dialect::of_db(db)?;
     let markers = dirty_table(&spec.name);
-    let key_types = column_types(db, d, &spec.name).await?;
+    let place = Place::of(d, spec);
+    let key_types = column_types(db, d, place).await?;
     create(db, dirty_table_ddl(d, spec, &key_types)).await?;
     add_gone_column(db, d, &markers).await?;
     retype_marker_keys(db, d, spec, &markers, &key_types).await?;
-    let uniques = unique_columns(db, d, &spec.name).await?;
+    let uniques = unique_columns(db, d, place).await?;
     let wanted = triggers(d, spec, &uniques);
     let existing = match d.triggers_query() {
-        Some(sql) => names(db, sql, &spec.name).await?,
+        Some(sql) => names(db, sql, place).await?,
         None => Vec::new(),
     };
     for t in &wanted {
@@ -265,7 +266,7 @@ const TRIGGER_PREFIX: &str = "_ts_";
 /// Add the `gone` column to a dirty-marker table of a release before it.
 async fn add_gone_column<C: ConnectionTrait>(db: &C, d: &dyn Dialect, markers: &str) -> Result<()> {
     let has = |columns: &[String]| columns.iter().any(|c| c == "gone");
-    if has(&existing_columns(db, d, markers).await?) {
+    if has(&existing_columns(db, d, Place::own(markers)).await?) {
         return Ok(());
     }
     let alter = Table::alter()
@@ -275,7 +276,7 @@ async fn add_gone_column<C: ConnectionTrait>(db: &C, d: &dyn Dialect, markers: &
     match db.execute(&alter).await {
         Ok(_) => Ok(()),
         // Another process added it meanwhile.
-        Err(_) if has(&existing_columns(db, d, markers).await?) => Ok(()),
+        Err(_) if has(&existing_columns(db, d, Place::own(markers)).await?) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -285,7 +286,7 @@ async fn add_gone_column<C: ConnectionTrait>(db: &C, d: &dyn Dialect, markers: &
 async fn column_types<C: ConnectionTrait>(
     db: &C,
     d: &dyn Dialect,
-    table: &str,
+    table: Place<'_>,
 ) -> Result<HashMap<String, String>> {
     let Some(sql) = d.key_types_query() else {
         return Ok(HashMap::new());
@@ -309,7 +310,7 @@ async fn retype_marker_keys<C: ConnectionTrait>(
     if key_types.is_empty() {
         return Ok(());
     }
-    let now = column_types(db, d, markers).await?;
+    let now = column_types(db, d, Place::own(markers)).await?;
     for c in &spec.pk {
         let (Some(want), Some(have)) = (key_types.get(&c.name), now.get(&c.name)) else {
             continue;
@@ -333,7 +334,7 @@ async fn retype_marker_keys<C: ConnectionTrait>(
 async fn unique_columns<C: ConnectionTrait>(
     db: &C,
     d: &dyn Dialect,
-    table: &str,
+    table: Place<'_>,
 ) -> Result<Vec<Vec<String>>> {
     let Some(sql) = d.unique_columns_query() else {
         return Ok(Vec::new());
@@ -357,7 +358,7 @@ async fn unique_columns<C: ConnectionTrait>(
 }
 
 /// The first column of each row `sql` returns for the parameter `table`.
-async fn names<C: ConnectionTrait>(db: &C, sql: &str, table: &str) -> Result<Vec<String>> {
+async fn names<C: ConnectionTrait>(db: &C, sql: &str, table: Place<'_>) -> Result<Vec<String>> {
     let rows = catalog(db, sql, table).await?;
     Ok(rows
         .iter()

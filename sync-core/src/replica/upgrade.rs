@@ -23,7 +23,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::applying::{begin_applying, end_applying};
 use super::tables::{LOCAL_META, ROWS, dirty_table};
-use crate::dialect;
+use crate::dialect::{self, Place};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::value::{is_null, parse_pk_key};
@@ -91,7 +91,7 @@ async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) 
                     continue;
                 };
                 let update = Query::update()
-                    .table(Alias::new(&spec.name))
+                    .table(Place::of(d, spec).table_ref())
                     .value(Alias::new(&c.name), value_expr(&spec.name, c, v, d)?)
                     .and_where(keys_match(spec, &pk, d))
                     .cond_where(

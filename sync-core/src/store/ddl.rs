@@ -5,7 +5,7 @@
 use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, StringLen, TableCreateStatement};
 use sea_orm::{ConnectionTrait, QueryResult, Statement};
 
-use crate::dialect;
+use crate::dialect::{self, Place};
 use crate::model::error::Result;
 
 /// A NOT NULL column.
@@ -31,18 +31,19 @@ pub(crate) async fn create<C: ConnectionTrait>(
     Ok(())
 }
 
-/// The rows a catalog query of the dialect returns for one table (its one
-/// parameter).
+/// The rows a catalog query of the dialect returns for the table at
+/// `place` (its one parameter, named as the dialect's catalog names it).
 pub(crate) async fn catalog<C: ConnectionTrait>(
     db: &C,
     sql: &str,
-    table: &str,
+    place: Place<'_>,
 ) -> Result<Vec<QueryResult>> {
+    let name = dialect::of_db(db)?.catalog_name(place);
     Ok(db
         .query_all_raw(Statement::from_sql_and_values(
             db.get_database_backend(),
             sql,
-            [table.into()],
+            [name.into()],
         ))
         .await?)
 }

@@ -3,7 +3,7 @@
 
 use sea_orm::ConnectionTrait;
 
-use crate::dialect;
+use crate::dialect::{self, Place};
 use crate::model::error::Result;
 
 /// Whether a count grew past a power of two, from 1024 on: when the tables
@@ -23,7 +23,7 @@ pub(crate) fn crossed_doubling(before: u64, after: u64) -> bool {
 /// analysis several times cheaper. A failure is not an error of the
 /// caller's work, which has committed: it is ignored, and the next doubling
 /// tries again.
-pub(crate) async fn analyze<C: ConnectionTrait>(db: &C, tables: &[(&str, &[&str])]) {
+pub(crate) async fn analyze<C: ConnectionTrait>(db: &C, tables: &[(Place<'_>, &[&str])]) {
     let Some(sql) = dialect::of_db(db).ok().and_then(|d| d.analyze(tables)) else {
         return;
     };

@@ -5,7 +5,7 @@
 use sea_orm::sea_query::{Alias, ColumnDef, Index, Table, TableCreateStatement};
 use sea_orm::{ConnectionTrait, Statement};
 
-use crate::dialect::{self, Dialect};
+use crate::dialect::{self, Dialect, Place};
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
 use crate::store::ddl::catalog;
@@ -25,7 +25,7 @@ use crate::store::ddl::catalog;
 /// | enum | `ENUM(...)` | the enum type, created if missing | as is (text) |
 pub(crate) fn create_table(d: &dyn Dialect, spec: &TableSpec) -> TableCreateStatement {
     let mut t = Table::create();
-    t.table(Alias::new(&spec.name)).if_not_exists();
+    t.table(Place::of(d, spec).table_ref()).if_not_exists();
     for c in &spec.columns {
         let key = spec.pk.iter().any(|k| k.name == c.name);
         let mut def = ColumnDef::new_with_type(Alias::new(&c.name), d.column_type(&c.ty, key));
@@ -72,7 +72,8 @@ async fn create_custom_types<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Create a synced table (and its custom types) on `db` if it is missing.
+/// Create a synced table (and its custom types, and its PostgreSQL schema)
+/// on `db` if it is missing.
 ///
 /// A table that exists but lacks nullable columns of the spec (a newer
 /// client version added them) gets them with `ALTER TABLE ... ADD COLUMN`;
@@ -80,9 +81,14 @@ async fn create_custom_types<C: ConnectionTrait>(
 /// default.
 pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
     let d = dialect::of_db(db)?;
+    if let Some(schema) = Place::of(d, spec).schema {
+        // Only a dialect with schemas gets here (PostgreSQL).
+        db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", d.quote(schema)))
+            .await?;
+    }
     create_custom_types(db, d, spec).await?;
     db.execute(&create_table(d, spec)).await?;
-    let existing = existing_columns(db, d, &spec.name).await?;
+    let existing = existing_columns(db, d, Place::of(d, spec)).await?;
     let keys: Vec<&str> = spec.pk.iter().map(|c| c.name.as_str()).collect();
     let all = spec.columns.iter().map(|c| (c, false));
     for (c, local_only) in all.chain(spec.local_only.iter().map(|c| (c, true))) {
@@ -98,7 +104,7 @@ pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -
         let mut def = ColumnDef::new_with_type(Alias::new(&c.name), d.column_type(&c.ty, false));
         def.null();
         let alter = Table::alter()
-            .table(Alias::new(&spec.name))
+            .table(Place::of(d, spec).table_ref())
             .add_column(&mut def)
             .to_owned();
         db.execute(&alter).await?;
@@ -110,7 +116,7 @@ pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -
 pub(crate) async fn existing_columns<C: ConnectionTrait>(
     db: &C,
     d: &dyn Dialect,
-    table: &str,
+    table: Place<'_>,
 ) -> Result<Vec<String>> {
     let rows = catalog(db, d.columns_query(), table).await?;
     rows.iter()

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr};
 use sea_orm::{ConnectionTrait, Statement, Value};
 
-use crate::dialect::{self, Dialect, check_value};
+use crate::dialect::{self, Dialect, Place, check_value};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
@@ -186,7 +186,7 @@ fn write_statements(
         let mut start = 0;
         while start < rows.len() {
             let mut q = Query::insert();
-            q.into_table(Alias::new(&spec.name))
+            q.into_table(Place::of(d, spec).table_ref())
                 .columns(cols.iter().map(|c| Alias::new(&c.name)));
             let mut bytes = 0;
             let mut n = 0;
@@ -256,7 +256,7 @@ pub(crate) async fn lock_rows(
     for chunk in keys.chunks(500) {
         let q = Query::select()
             .columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
-            .from(Alias::new(&spec.name))
+            .from(Place::of(d, spec).table_ref())
             .and_where(keys_match(spec, chunk, d))
             .lock(sea_orm::sea_query::LockType::Update)
             .to_owned();
@@ -271,10 +271,11 @@ pub(crate) async fn delete_rows<C: ConnectionTrait>(
     spec: &TableSpec,
     keys: &[Vec<Value>],
 ) -> Result<()> {
+    let d = dialect::of_db(db)?;
     for chunk in keys.chunks(MAX_ROWS) {
         let q = Query::delete()
-            .from_table(Alias::new(&spec.name))
-            .and_where(keys_match(spec, chunk, dialect::of_db(db)?))
+            .from_table(Place::of(d, spec).table_ref())
+            .and_where(keys_match(spec, chunk, d))
             .to_owned();
         db.execute(&q).await?;
     }
@@ -465,6 +466,7 @@ mod tests {
         };
         let spec = TableSpec {
             name: "wide".into(),
+            schema: None,
             pk: vec![c(&names[0])],
             columns: names.iter().map(c).collect(),
             local_only: vec![],
