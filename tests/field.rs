@@ -106,6 +106,11 @@ fn main() -> std::process::ExitCode {
         "a_hub_keeps_each_table_in_one_schema",
         |db| Box::pin(a_hub_keeps_each_table_in_one_schema(db)),
     ));
+    trials.push(trial(
+        Dialect::Postgres,
+        "a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table",
+        |db| Box::pin(a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(db)),
+    ));
     run(trials)
 }
 
@@ -2371,6 +2376,64 @@ async fn a_hub_keeps_each_table_in_one_schema(hub: TestDb) -> TestResult {
     for d in [a, b, c] {
         d.drop().await?;
     }
+    hub.drop().await
+}
+
+/// Item 12: a PostgreSQL hub made by an earlier release (its table in the
+/// search path, no record of where it keeps it) keeps that table: a device
+/// whose entity names another schema is refused, and does not start a
+/// second table beside it. Two entities of one name in two schemas on one
+/// replica are refused at `open`.
+async fn a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(hub: TestDb) -> TestResult {
+    use common::entities::{in_no_schema, in_schema};
+    use sea_orm::{ActiveModelTrait, Set};
+    let local = TestDb::create(Dialect::Sqlite, "a").await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_no_schema::Entity>()
+    })
+    .await?;
+    in_no_schema::ActiveModel {
+        id: Set(Uuid::from_u128(1)),
+        name: Set("ann".into()),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    // What an earlier release left: the table, its states, no record.
+    hub.db
+        .execute_unprepared("DELETE FROM _tidesync_hub_places")
+        .await?;
+    let local = TestDb::create(Dialect::Postgres, "b").await?;
+    let b = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_schema::Entity>()
+    })
+    .await?;
+    let refused = b.sync().await;
+    ensure!(
+        matches!(&refused, Err(e) if e.to_string().contains("`public`") && e.to_string().contains("`elsewhere`")),
+        "{refused:?}"
+    );
+    let second = hub
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            hub.db.get_database_backend(),
+            "SELECT to_regclass('elsewhere.people')::text AS t",
+        ))
+        .await?
+        .ok_or("no row")?;
+    let second: Option<String> = second.try_get("", "t")?;
+    ensure_eq!(second, None, "no second `people` table on the hub");
+    let twins = tidesync::Replica::builder(b.db().clone())
+        .register::<in_schema::Entity>()
+        .register::<in_no_schema::Entity>()
+        .open()
+        .await;
+    ensure!(
+        matches!(&twins, Err(Error::Config(m)) if m.contains("`elsewhere`") && m.contains("(the search path)")),
+        "{twins:?}"
+    );
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }
 

@@ -235,6 +235,14 @@ mod tests {
 
     #[test]
     fn catalog_queries_and_session() {
+        // No schemas: a table is named alone (see `Place`).
+        assert!(!MySql.has_schemas());
+        assert_eq!(MySql.schema_query(), None);
+        let place = crate::dialect::Place {
+            schema: Some("s"),
+            name: "t",
+        };
+        assert_eq!(MySql.catalog_name(place), "t");
         assert_eq!(
             MySql.columns_query(),
             "SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS \

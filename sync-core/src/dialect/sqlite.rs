@@ -179,6 +179,9 @@ mod tests {
             Sqlite.columns_query(),
             "SELECT name FROM pragma_table_info(?)"
         );
+        assert!(!Sqlite.has_schemas());
+        assert_eq!(Sqlite.schema_query(), None);
+        assert_eq!(Sqlite.catalog_name(crate::dialect::Place::own("t")), "t");
         assert_eq!(Sqlite.session_expr(), "0");
         assert_eq!(Sqlite.key_types_query(), None);
         assert!(!Sqlite.upsert_takes_any_unique());
