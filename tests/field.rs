@@ -106,6 +106,22 @@ fn main() -> std::process::ExitCode {
         "a_hub_keeps_each_table_in_one_schema",
         |db| Box::pin(a_hub_keeps_each_table_in_one_schema(db)),
     ));
+    for (name, test) in [
+        (
+            "a_hub_whose_role_cannot_create_schemas_installs",
+            (|db| Box::pin(a_hub_whose_role_cannot_create_schemas_installs(db))) as common::DbTest,
+        ),
+        (
+            "a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_there",
+            |db| {
+                Box::pin(
+                    a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_there(db),
+                )
+            },
+        ),
+    ] {
+        trials.push(trial(Dialect::Postgres, name, test));
+    }
     trials.push(trial(
         Dialect::Postgres,
         "a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table",
@@ -2280,22 +2296,90 @@ async fn an_entity_in_another_schema_syncs_in_its_schema(hub: TestDb) -> TestRes
         ensure_eq!(d.engine.replica().pending_count().await?, 0);
     }
     ensure_eq!(names(&hub.db).await?, want, "the hub's table in its schema");
-    for db in [&hub, &a.local, &b.local, &c.local] {
+    // An application session whose search path has only the entity's
+    // schema: its write is captured all the same.
+    {
+        use sea_orm::TransactionTrait;
+        let tx = a.db().begin().await?;
+        tx.execute_unprepared("SET LOCAL search_path = elsewhere")
+            .await?;
+        ActiveModel {
+            id: Set(p2),
+            name: Set("eve".into()),
+        }
+        .insert(&tx)
+        .await?;
+        tx.commit().await?;
+    }
+    a.sync().await?;
+    c.sync().await?;
+    let want = vec![(p1, "ann-c".to_owned()), (p2, "eve".to_owned())];
+    ensure_eq!(names(c.db()).await?, want, "a write in another search path");
+    // An upgrade adding a column: the value pulled before fills it.
+    use common::entities::in_schema_v2;
+    let local = with_decoy(TestDb::create(Dialect::Postgres, "n").await?).await?;
+    let n = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_schema_v2::Entity>()
+    })
+    .await?;
+    n.sync().await?;
+    in_schema_v2::ActiveModel {
+        id: Set(p1),
+        nickname: Set(Some("un".into())),
+        ..Default::default()
+    }
+    .update(n.db())
+    .await?;
+    n.sync().await?;
+    a.sync().await?;
+    a.db()
+        .execute_unprepared("ALTER TABLE elsewhere.people ADD COLUMN nickname text NULL")
+        .await?;
+    tidesync::Replica::builder(a.db().clone())
+        .register::<in_schema_v2::Entity>()
+        .open()
+        .await?;
+    let upgraded = in_schema_v2::Entity::find_by_id(p1).one(a.db()).await?;
+    ensure_eq!(
+        upgraded.and_then(|m| m.nickname),
+        Some("un".to_owned()),
+        "filled at the upgrade"
+    );
+    for db in [&hub, &a.local, &b.local, &c.local, &n.local] {
         ensure_eq!(decoy_rows(&db.db).await?, 0, "nothing in the decoy");
     }
+    ensure_eq!(
+        hub_version(&hub.db).await?,
+        "2",
+        "a table in a schema of its own"
+    );
+    n.drop().await?;
     for d in [a, b, c] {
         d.drop().await?;
     }
     hub.drop().await
 }
 
-/// A `people` table in the search path of a PostgreSQL database, with the
-/// layout of the `people` entities in their own schema.
+/// A `people` table in the search path of a PostgreSQL database, of
+/// another layout than the `people` entities in their own schema (a
+/// catalog read of the wrong table shows).
 async fn with_decoy(db: TestDb) -> Result<TestDb, BoxError> {
     db.db
-        .execute_unprepared("CREATE TABLE people (id uuid PRIMARY KEY, name text NOT NULL)")
+        .execute_unprepared("CREATE TABLE people (id text PRIMARY KEY, other integer)")
         .await?;
     Ok(db)
+}
+
+/// The hub's metadata version.
+async fn hub_version(db: &DatabaseConnection) -> Result<String, BoxError> {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let q = Query::select()
+        .column(Alias::new("value"))
+        .from(Alias::new("_tidesync_hub_meta"))
+        .and_where(Expr::col(Alias::new("key")).eq("schema_version"))
+        .to_owned();
+    let row = db.query_one(&q).await?.ok_or("no version")?;
+    Ok(row.try_get("", "value")?)
 }
 
 /// The rows of the decoy `people` table.
@@ -2399,10 +2483,17 @@ async fn a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(hub: Tes
     .insert(a.db())
     .await?;
     a.sync().await?;
-    // What an earlier release left: the table, its states, no record.
-    hub.db
-        .execute_unprepared("DELETE FROM _tidesync_hub_places")
-        .await?;
+    // What an earlier release left: the table, its states, no record;
+    // and a table of that name in the schema the next device names (the
+    // server application's own, say).
+    for sql in [
+        "DELETE FROM _tidesync_hub_places",
+        "UPDATE _tidesync_hub_meta SET value = '1' WHERE key = 'schema_version'",
+        "CREATE SCHEMA elsewhere",
+        "CREATE TABLE elsewhere.people (id uuid PRIMARY KEY, name text NOT NULL)",
+    ] {
+        hub.db.execute_unprepared(sql).await?;
+    }
     let local = TestDb::create(Dialect::Postgres, "b").await?;
     let b = device_in(local, sql_hub(&hub).await?, |r| {
         r.register::<in_schema::Entity>()
@@ -2422,7 +2513,16 @@ async fn a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(hub: Tes
         .await?
         .ok_or("no row")?;
     let second: Option<String> = second.try_get("", "t")?;
-    ensure_eq!(second, None, "no second `people` table on the hub");
+    ensure_eq!(
+        second.as_deref(),
+        Some("elsewhere.people"),
+        "left as it was"
+    );
+    let rows = in_schema::Entity::find().all(&hub.db).await?;
+    ensure!(
+        rows.is_empty(),
+        "nothing written to the other table: {rows:?}"
+    );
     let twins = tidesync::Replica::builder(b.db().clone())
         .register::<in_schema::Entity>()
         .register::<in_no_schema::Entity>()
@@ -2434,6 +2534,104 @@ async fn a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(hub: Tes
     );
     a.drop().await?;
     b.drop().await?;
+    hub.drop().await
+}
+
+/// Item 12, review finding: a PostgreSQL hub whose role may create tables
+/// in its schema but not schemas in the database (least privilege) still
+/// installs. Before, every install ran `CREATE SCHEMA IF NOT EXISTS`, which
+/// PostgreSQL refuses without that right even when the schema exists.
+async fn a_hub_whose_role_cannot_create_schemas_installs(hub: TestDb) -> TestResult {
+    use common::entities::in_no_schema;
+    let role = format!("ts_hub_role_{}", std::process::id());
+    for sql in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {role}"),
+        "CREATE SCHEMA elsewhere".to_owned(),
+        format!("GRANT USAGE, CREATE ON SCHEMA elsewhere TO {role}"),
+    ] {
+        hub.db.execute_unprepared(&sql).await?;
+    }
+    let url = hub.url.replacen("://postgres@", &format!("://{role}@"), 1);
+    ensure!(url != hub.url, "no user in {}", hub.url);
+    let installed = async {
+        let conn = sea_orm::Database::connect(&url).await?;
+        let spec = tidesync::table_spec::<in_no_schema::Entity>();
+        let as_role = SqlHub::new(conn.clone());
+        // The first install, and a later device's; then a table in a
+        // schema that exists.
+        as_role.install(std::slice::from_ref(&spec)).await?;
+        as_role.install(std::slice::from_ref(&spec)).await?;
+        let placed = tidesync::table_spec::<common::entities::in_schema::Entity>();
+        let placed = TableSpec {
+            name: "placed".into(),
+            ..placed
+        };
+        as_role.install(&[spec, placed]).await?;
+        conn.close().await?;
+        Ok::<_, BoxError>(())
+    }
+    .await;
+    let admin = sea_orm::Database::connect(
+        std::env::var("TIDESYNC_TEST_POSTGRES").map_err(|e| format!("{e}"))?,
+    )
+    .await?;
+    hub.drop().await?;
+    admin
+        .execute_unprepared(&format!("DROP ROLE {role}"))
+        .await?;
+    admin.close().await?;
+    installed
+}
+
+/// Item 12, review finding: a hub whose search path puts a schema of its
+/// own before `public`, in a database where another application has a
+/// `people` table in `public`, keeps its `people` in its own schema, as an
+/// earlier release did. Before, the place of a table a device names no
+/// schema for was looked up across the whole search path: the hub took the
+/// other application's table and wrote its rows there.
+async fn a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_there(
+    hub: TestDb,
+) -> TestResult {
+    use common::entities::in_no_schema;
+    use sea_orm::{ActiveModelTrait, Set};
+    for sql in [
+        "CREATE SCHEMA hub",
+        "CREATE TABLE public.people (id uuid PRIMARY KEY, name text NOT NULL)",
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = hub, public', \
+         current_database()); END $$",
+    ] {
+        hub.db.execute_unprepared(sql).await?;
+    }
+    let local = TestDb::create(Dialect::Sqlite, "a").await?;
+    let a = device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<in_no_schema::Entity>()
+    })
+    .await?;
+    in_no_schema::ActiveModel {
+        id: Set(Uuid::from_u128(1)),
+        name: Set("ann".into()),
+    }
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    let count = |table: &'static str| {
+        let db = hub.db.clone();
+        async move {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    format!("SELECT COUNT(*) AS n FROM {table}"),
+                ))
+                .await?
+                .ok_or("no count")?;
+            Ok::<i64, BoxError>(row.try_get("", "n")?)
+        }
+    };
+    ensure_eq!(count("hub.people").await?, 1, "the hub's own table");
+    ensure_eq!(count("public.people").await?, 0, "the other application's");
+    a.drop().await?;
     hub.drop().await
 }
 
@@ -2466,6 +2664,7 @@ async fn a_hub_without_schemas_keeps_a_table_by_its_name(hub: TestDb) -> TestRes
         .all(&hub.db)
         .await?;
     ensure_eq!(on_hub.len(), 1, "{on_hub:?}");
+    ensure_eq!(hub_version(&hub.db).await?, "1", "no table in a schema");
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

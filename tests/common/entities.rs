@@ -379,6 +379,25 @@ placed_people!(in_schema, "elsewhere");
 placed_people!(in_other_schema, "other");
 placed_people!(in_no_schema,);
 
+/// `in_schema` after an upgrade that adds a nullable column.
+pub mod in_schema_v2 {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "people", schema_name = "elsewhere")]
+    #[syncable(conflict = "manual")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub nickname: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
 /// A JSON column that may hold a JSON `null` or SQL NULL.
 pub mod documents {
     use sea_orm::entity::prelude::*;

@@ -66,6 +66,12 @@ pub(crate) trait Dialect: Send + Sync {
         None
     }
 
+    /// A query with one parameter, a schema name, that returns a row when
+    /// the schema exists (`None`: no schemas).
+    fn schema_exists_query(&self) -> Option<&'static str> {
+        None
+    }
+
     /// A text column that holds at least a few megabytes.
     fn long_text(&self) -> ColumnType {
         ColumnType::Text

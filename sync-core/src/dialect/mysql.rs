@@ -108,7 +108,7 @@ impl Dialect for MySql {
                          END",
                         q(&name),
                         c.table.quoted(self),
-                        q(c.applying),
+                        c.own(c.applying, q),
                         q("session"),
                         self.session_expr(),
                     ),
@@ -238,6 +238,7 @@ mod tests {
         // No schemas: a table is named alone (see `Place`).
         assert!(!MySql.has_schemas());
         assert_eq!(MySql.schema_query(), None);
+        assert_eq!(MySql.schema_exists_query(), None);
         let place = crate::dialect::Place {
             schema: Some("s"),
             name: "t",

@@ -71,6 +71,10 @@ impl Dialect for Postgres {
         place.quoted(self)
     }
 
+    fn schema_exists_query(&self) -> Option<&'static str> {
+        Some("SELECT 1 AS one FROM pg_namespace WHERE nspname = $1")
+    }
+
     fn schema_query(&self) -> Option<&'static str> {
         Some(
             "SELECT n.nspname::text AS name FROM pg_class c \
@@ -114,7 +118,7 @@ impl Dialect for Postgres {
                      \x20 RETURN NULL;\n\
                      END\n$tidesync$",
                     q(&func),
-                    q(c.applying),
+                    c.own(c.applying, q),
                     q("session"),
                     self.session_expr(),
                     mark("OLD", &old_gone),
@@ -299,6 +303,10 @@ mod tests {
              ORDER BY a.attnum"
         );
         assert!(Postgres.has_schemas());
+        assert_eq!(
+            Postgres.schema_exists_query(),
+            Some("SELECT 1 AS one FROM pg_namespace WHERE nspname = $1")
+        );
         assert_eq!(
             Postgres.schema_query(),
             Some(

@@ -40,7 +40,7 @@ impl Dialect for Sqlite {
                  BEGIN\n{body}END",
                 q(&name),
                 c.table.quoted(&Sqlite),
-                q(c.applying),
+                c.own(c.applying, q),
             ),
             name,
         };
@@ -141,7 +141,7 @@ fn mark_holders(
     let names: Vec<String> = c.keys.iter().map(|k| q(k)).collect();
     format!(
         "INSERT INTO {} ({}, {}, {}, {}) SELECT {}, 1, {}, 0 FROM {} AS h WHERE {} {}",
-        q(c.markers),
+        c.own(c.markers, q),
         names.join(", "),
         q("ver"),
         q("wall_us"),
@@ -181,6 +181,7 @@ mod tests {
         );
         assert!(!Sqlite.has_schemas());
         assert_eq!(Sqlite.schema_query(), None);
+        assert_eq!(Sqlite.schema_exists_query(), None);
         assert_eq!(Sqlite.catalog_name(crate::dialect::Place::own("t")), "t");
         assert_eq!(Sqlite.session_expr(), "0");
         assert_eq!(Sqlite.key_types_query(), None);

@@ -26,6 +26,12 @@ pub(crate) struct Capture<'a> {
     pub(crate) markers: &'a str,
     /// The table of sessions applying pulled changes.
     pub(crate) applying: &'a str,
+    /// The schema of tidesync's tables (the markers, the applying
+    /// sessions), where the dialect has schemas: a trigger names them
+    /// with it, so that it finds them whatever the search path of the
+    /// session that writes (an application whose tables are in a schema of
+    /// their own may not have tidesync's in its path).
+    pub(crate) home: Option<&'a str>,
     /// The name of the trigger (or trigger function) with this suffix.
     pub(crate) name: &'a dyn Fn(&str) -> String,
 }
@@ -67,6 +73,15 @@ pub(crate) const EVENTS: [(&str, &str, Images); 3] = [
 ];
 
 impl Capture<'_> {
+    /// One of tidesync's tables (`markers`, `applying`) as a trigger names
+    /// it, with identifiers quoted by `q`.
+    pub(crate) fn own(&self, table: &str, q: impl Fn(&str) -> String) -> String {
+        match self.home {
+            Some(home) => format!("{}.{}", q(home), q(table)),
+            None => q(table),
+        }
+    }
+
     /// The SQL value (0 or 1) of a row image's `gone` flag, with
     /// identifiers quoted by `q`.
     pub(crate) fn gone(&self, gone: Gone, q: impl Fn(&str) -> String) -> String {
@@ -104,7 +119,7 @@ pub(crate) fn marker_insert(
     let vals: Vec<String> = c.keys.iter().map(|k| format!("{row}.{}", q(k))).collect();
     format!(
         "INSERT INTO {} ({}, {}, {}, {}) VALUES ({}, 1, {now_us}, {gone})",
-        q(c.markers),
+        c.own(c.markers, &q),
         keys.join(", "),
         q("ver"),
         q("wall_us"),

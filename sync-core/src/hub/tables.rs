@@ -13,13 +13,18 @@ use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::HubInfo;
 use crate::store::codec::ChangeTable;
-use crate::store::ddl::{catalog, create, not_null, varchar};
+use crate::store::ddl::{create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
 use crate::store::user_tables::ensure_table;
 
-/// Newest hub metadata schema this release reads and writes.
-pub(crate) const HUB_SCHEMA_VERSION: i64 = 1;
+/// Newest hub metadata schema this release reads and writes. Version 2
+/// keeps a table in a schema of its own ([`HUB_PLACES`]), which a release
+/// of version 1 would not find: a hub takes it only then (a new hub starts
+/// at [`FIRST_VERSION`], which every release reads).
+pub(crate) const HUB_SCHEMA_VERSION: i64 = 2;
+/// The version a new hub starts at.
+const FIRST_VERSION: i64 = 1;
 
 /// Key/value metadata of the hub: schema version, hub id, next sequence.
 pub(crate) const HUB_META: Meta = Meta("_tidesync_hub_meta");
@@ -54,6 +59,9 @@ pub(crate) async fn install<C: ConnectionTrait>(
     for t in hub_tables(d) {
         create(db, t).await?;
     }
+    HUB_META
+        .insert_if_missing(db, "schema_version", &FIRST_VERSION.to_string())
+        .await?;
     HUB_META.check_version(db, HUB_SCHEMA_VERSION).await?;
     HUB_META.insert_if_missing(db, "next_seq", "1").await?;
     HUB_META
@@ -67,20 +75,6 @@ pub(crate) async fn install<C: ConnectionTrait>(
     }
     let hub_id = HUB_META.require(db, "hub_id").await?;
     Ok((HubInfo { hub_id }, placed))
-}
-
-/// The schema of the table at `place` by the catalog query `sql` (`None`:
-/// no such table).
-async fn schema_of<C: ConnectionTrait>(
-    db: &C,
-    sql: &str,
-    place: Place<'_>,
-) -> Result<Option<String>> {
-    let rows = catalog(db, sql, place).await?;
-    Ok(rows
-        .first()
-        .map(|r| r.try_get_by_index::<String>(0))
-        .transpose()?)
 }
 
 /// Whether the hub holds the state of some row of `table`.
@@ -98,57 +92,75 @@ async fn has_states<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool> {
 ///
 /// Devices install the hub's tables, each with its own entity: one may
 /// name a schema (`schema_name`) where another names none (a SQLite
-/// device cannot). The hub keeps each table in one schema for good, the
-/// one it was first installed in (or found in: the table an earlier
-/// release made in the search path, when the hub holds states of its
-/// rows), recorded in [`HUB_PLACES`]. A spec without a schema takes the
-/// table where it is; a spec naming another schema is refused, loud:
-/// taking it would split the hub's table in two.
+/// device cannot). The hub keeps each table in one place for good,
+/// recorded in [`HUB_PLACES`] by its first install: the schema its entity
+/// named, or the search path (recorded as an empty name: the table found
+/// by its bare name, as an earlier release made it, and as it stays after
+/// a move of the schema with the search path). A table of which the hub
+/// holds row states but no record was made by an earlier release: it stays
+/// in the search path. A spec without a schema takes the table where it
+/// is; a spec naming another schema is refused, loud: taking it would
+/// split the hub's table in two.
+///
+/// Recording a named schema raises the hub's metadata version to
+/// [`HUB_SCHEMA_VERSION`], so that an earlier release, which would write to
+/// the table of that name in the search path, refuses the hub instead.
 async fn place<C: ConnectionTrait>(db: &C, d: &dyn Dialect, spec: &TableSpec) -> Result<TableSpec> {
-    let Some(sql) = d.schema_query() else {
+    if !d.has_schemas() {
         return Ok(spec.clone());
-    };
+    }
     let recorded = match HUB_PLACES.read(db, &spec.name).await? {
         Some(s) => s,
         None => {
-            let schema = match schema_of(db, sql, Place::of(d, spec)).await? {
-                Some(s) => s,
-                None => match schema_of(db, sql, Place::own(&spec.name)).await? {
-                    // The table an earlier release made in the search
-                    // path, which holds the rows the hub has states of (a
-                    // table of that name without states is another one).
-                    Some(s) if spec.schema.is_some() && has_states(db, &spec.name).await? => s,
-                    _ => {
-                        ensure_table(db, spec).await?;
-                        schema_of(db, sql, Place::of(d, spec))
-                            .await?
-                            .ok_or_else(|| {
-                                Error::Corrupt(format!(
-                                    "table `{}` missing after creation",
-                                    spec.name
-                                ))
-                            })?
-                    }
-                },
+            let first = match &spec.schema {
+                Some(s) if !has_states(db, &spec.name).await? => s.clone(),
+                _ => String::new(),
             };
-            HUB_PLACES
-                .insert_if_missing(db, &spec.name, &schema)
-                .await?;
+            HUB_PLACES.insert_if_missing(db, &spec.name, &first).await?;
             HUB_PLACES.require(db, &spec.name).await?
         }
     };
-    if let Some(s) = spec.schema.as_deref().filter(|s| *s != recorded) {
-        return Err(Error::Config(format!(
-            "table `{}`: the hub keeps it in schema `{recorded}`, and this device's entity \
-             names schema `{s}`; give the entity the hub's schema (or none), or move the \
-             hub's table (ALTER TABLE ... SET SCHEMA) and its record in `{}`",
-            spec.name, HUB_PLACES.0
-        )));
+    if !recorded.is_empty() {
+        raise_version(db).await?;
+    }
+    if let Some(s) = spec.schema.as_deref() {
+        let (same, there) = if recorded.is_empty() {
+            // The search path's table, where it is (none yet: another
+            // device recorded the place and has not created it).
+            let found = schema_of(db, Place::own(&spec.name)).await?;
+            let there = match &found {
+                Some(f) => format!("in the search path (schema `{f}`)"),
+                None => "in the search path".to_owned(),
+            };
+            (found.as_deref() == Some(s), there)
+        } else {
+            (recorded == s, format!("in schema `{recorded}`"))
+        };
+        if !same {
+            return Err(Error::Config(format!(
+                "table `{}`: the hub keeps it {there}, and this device's entity names \
+                 schema `{s}`; give the entity the hub's schema (or none), or move the \
+                 hub's table (ALTER TABLE ... SET SCHEMA) and its record in `{}`",
+                spec.name, HUB_PLACES.0
+            )));
+        }
     }
     Ok(TableSpec {
-        schema: Some(recorded),
+        schema: (!recorded.is_empty()).then_some(recorded),
         ..spec.clone()
     })
+}
+
+/// Raise the hub's metadata version to [`HUB_SCHEMA_VERSION`] (never lower
+/// it).
+async fn raise_version<C: ConnectionTrait>(db: &C) -> Result<()> {
+    let now = HUB_META.read(db, "schema_version").await?;
+    if now.and_then(|v| v.parse::<i64>().ok()) < Some(HUB_SCHEMA_VERSION) {
+        HUB_META
+            .upsert(db, "schema_version", &HUB_SCHEMA_VERSION.to_string())
+            .await?;
+    }
+    Ok(())
 }
 
 /// DDL of the hub's own tables (`IF NOT EXISTS`).

@@ -28,7 +28,7 @@ use crate::dialect::{self, Capture, Dialect, Place, Trigger};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
-use crate::store::ddl::{catalog, create, not_null, varchar};
+use crate::store::ddl::{catalog, create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::row_state_table;
 use crate::store::user_tables::existing_columns;
@@ -194,7 +194,15 @@ fn gone_column() -> ColumnDef {
 /// carries a hash of its text: a release or a new unique index that changes
 /// the text gives it a new name, and [`install_table`] creates it before it
 /// drops the old one, so no write goes unmarked in between.
-pub(crate) fn triggers(d: &dyn Dialect, spec: &TableSpec, uniques: &[Vec<String>]) -> Vec<Trigger> {
+///
+/// `home` is the schema of tidesync's own tables where the dialect has
+/// schemas (see `Capture::home`).
+pub(crate) fn triggers(
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    uniques: &[Vec<String>],
+    home: Option<&str>,
+) -> Vec<Trigger> {
     let markers = dirty_table(&spec.name);
     let capture = |name: &dyn Fn(&str) -> String| {
         d.triggers(&Capture {
@@ -203,6 +211,7 @@ pub(crate) fn triggers(d: &dyn Dialect, spec: &TableSpec, uniques: &[Vec<String>
             uniques,
             markers: &markers,
             applying: APPLYING,
+            home,
             name,
         })
     };
@@ -239,7 +248,9 @@ pub(crate) async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) 
     add_gone_column(db, d, &markers).await?;
     retype_marker_keys(db, d, spec, &markers, &key_types).await?;
     let uniques = unique_columns(db, d, place).await?;
-    let wanted = triggers(d, spec, &uniques);
+    // Where the markers were created (PostgreSQL: the current schema).
+    let home = schema_of(db, Place::own(&markers)).await?;
+    let wanted = triggers(d, spec, &uniques, home.as_deref());
     let existing = match d.triggers_query() {
         Some(sql) => names(db, sql, place).await?,
         None => Vec::new(),
@@ -377,7 +388,7 @@ mod tests {
     }
 
     fn trigger_sql(kind: DbBackend) -> Vec<String> {
-        triggers(d(kind), &spec(), &[])
+        triggers(d(kind), &spec(), &[], None)
             .into_iter()
             .map(|t| t.sql)
             .collect()
@@ -437,7 +448,7 @@ mod tests {
             vec!["email".to_string()],
             vec!["a".to_string(), "b".to_string()],
         ];
-        let sql: Vec<String> = triggers(d(DbBackend::Sqlite), &spec(), &uniques)
+        let sql: Vec<String> = triggers(d(DbBackend::Sqlite), &spec(), &uniques, None)
             .into_iter()
             .map(|t| t.sql)
             .collect();
@@ -469,7 +480,7 @@ mod tests {
     #[test]
     fn trigger_names_follow_their_text() {
         let names = |uniques: &[Vec<String>]| -> Vec<String> {
-            triggers(d(DbBackend::Sqlite), &spec(), uniques)
+            triggers(d(DbBackend::Sqlite), &spec(), uniques, None)
                 .into_iter()
                 .map(|t| t.name)
                 .collect()
@@ -484,7 +495,7 @@ mod tests {
             assert!(n.starts_with(TRIGGER_PREFIX), "{n}");
         }
         // PostgreSQL replaces its function and trigger in place.
-        let pg: Vec<String> = triggers(d(DbBackend::Postgres), &spec(), &one)
+        let pg: Vec<String> = triggers(d(DbBackend::Postgres), &spec(), &one, None)
             .into_iter()
             .map(|t| t.name)
             .collect();

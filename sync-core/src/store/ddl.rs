@@ -31,6 +31,22 @@ pub(crate) async fn create<C: ConnectionTrait>(
     Ok(())
 }
 
+/// The schema the table at `place` is in, where the dialect has schemas
+/// (`None`: no schemas, or no such table).
+pub(crate) async fn schema_of<C: ConnectionTrait>(
+    db: &C,
+    place: Place<'_>,
+) -> Result<Option<String>> {
+    let Some(sql) = dialect::of_db(db)?.schema_query() else {
+        return Ok(None);
+    };
+    let rows = catalog(db, sql, place).await?;
+    Ok(rows
+        .first()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .transpose()?)
+}
+
 /// The rows a catalog query of the dialect returns for the table at
 /// `place` (its one parameter, named as the dialect's catalog names it).
 pub(crate) async fn catalog<C: ConnectionTrait>(

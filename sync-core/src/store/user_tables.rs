@@ -48,6 +48,18 @@ pub(crate) fn create_table(d: &dyn Dialect, spec: &TableSpec) -> TableCreateStat
     t.to_owned()
 }
 
+/// Whether the existence query `sql` finds `name`.
+async fn found<C: ConnectionTrait>(db: &C, sql: &str, name: &str) -> Result<bool> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [name.into()],
+        ))
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Create the types a table's columns need (PostgreSQL enums), if missing.
 async fn create_custom_types<C: ConnectionTrait>(
     db: &C,
@@ -58,14 +70,7 @@ async fn create_custom_types<C: ConnectionTrait>(
         return Ok(());
     };
     for (name, create) in d.custom_types(spec) {
-        let found = db
-            .query_one_raw(Statement::from_sql_and_values(
-                db.get_database_backend(),
-                exists,
-                [name.into()],
-            ))
-            .await?;
-        if found.is_none() {
+        if !found(db, exists, &name).await? {
             db.execute_unprepared(&create).await?;
         }
     }
@@ -81,10 +86,13 @@ async fn create_custom_types<C: ConnectionTrait>(
 /// default.
 pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
     let d = dialect::of_db(db)?;
-    if let Some(schema) = Place::of(d, spec).schema {
-        // Only a dialect with schemas gets here (PostgreSQL).
-        db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", d.quote(schema)))
-            .await?;
+    if let (Some(schema), Some(exists)) = (Place::of(d, spec).schema, d.schema_exists_query()) {
+        // Created only when missing: `CREATE SCHEMA IF NOT EXISTS` needs
+        // the right to create schemas in the database even when it exists.
+        if !found(db, exists, schema).await? {
+            db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", d.quote(schema)))
+                .await?;
+        }
     }
     create_custom_types(db, d, spec).await?;
     db.execute(&create_table(d, spec)).await?;
