@@ -53,6 +53,15 @@ fn main() -> std::process::ExitCode {
         a_long_text_key_syncs_like_any_other,
     ];
     trials.push(trial(
+        Dialect::Sqlite,
+        "a_long_key_an_earlier_release_stored_as_is_keeps_its_state",
+        |db| {
+            Box::pin(a_long_key_an_earlier_release_stored_as_is_keeps_its_state(
+                db,
+            ))
+        },
+    ));
+    trials.push(trial(
         Dialect::MySql,
         "a_key_mysql_cannot_index_is_refused_when_registered",
         |db| Box::pin(a_key_mysql_cannot_index_is_refused_when_registered(db)),
@@ -2654,5 +2663,89 @@ async fn a_key_too_long_for_its_column_is_refused_with_the_reason(hub: TestDb) -
         ensure_eq!(rows, vec!["fits".to_owned()], "the other rows went through");
     }
     b.drop().await?;
+    hub.drop().await
+}
+
+/// Item: SQLite does not check lengths, so a release before kept a long
+/// key text as is in the row-state tables (`pk`, no `pk_full`). Opening
+/// the replicas and installing the hub with this release moves it under
+/// its stored key: the row keeps its one state everywhere, so edits of two
+/// columns merge, and a delete is not undone by a second, orphaned state
+/// that a fresh device would bootstrap.
+async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb) -> TestResult {
+    use common::entities::long_text_key;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+    type E = long_text_key::Entity;
+    let a = device::<E>(&hub, "a").await?;
+    let b = device::<E>(&hub, "b").await?;
+    let row = long_text_key::Model {
+        k: "ké🌊".chars().cycle().take(1000).collect(),
+        note: "n0".into(),
+        tag: "t0".into(),
+    };
+    row.clone().into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    b.sync().await?;
+    // The earlier release's layout, on the hub and both devices.
+    for (db, store) in [
+        (&hub.db, "_tidesync_hub_rows"),
+        (a.db(), "_tidesync_rows"),
+        (b.db(), "_tidesync_rows"),
+    ] {
+        db.execute_unprepared(&format!(
+            "UPDATE {store} SET pk = pk_full WHERE pk_full IS NOT NULL; \
+             ALTER TABLE {store} DROP COLUMN pk_full"
+        ))
+        .await?;
+    }
+    // This release opens them again.
+    let a = a.batched::<E>(sql_hub(&hub).await?, 100).await?;
+    let b = b.batched::<E>(sql_hub(&hub).await?, 100).await?;
+    let mut e = row.clone().into_active_model();
+    e.note = Set("a1".into());
+    e.update(a.db()).await?;
+    let mut e = row.clone().into_active_model();
+    e.tag = Set("b1".into());
+    e.update(b.db()).await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.sync().await?;
+    let want = long_text_key::Model {
+        note: "a1".into(),
+        tag: "b1".into(),
+        ..row.clone()
+    };
+    ensure_eq!(
+        E::find().all(a.db()).await?,
+        vec![want.clone()],
+        "merged, on a"
+    );
+    ensure_eq!(
+        E::find().all(b.db()).await?,
+        vec![want.clone()],
+        "merged, on b"
+    );
+    E::delete(want.into_active_model()).exec(b.db()).await?;
+    b.sync().await?;
+    a.sync().await?;
+    ensure_eq!(E::find().all(a.db()).await?, vec![], "deleted, on a");
+    let c = device::<E>(&hub, "c").await?;
+    c.sync().await?;
+    ensure_eq!(
+        E::find().all(c.db()).await?,
+        vec![],
+        "deleted, on a fresh device"
+    );
+    let states = hub
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            hub.backend(),
+            "SELECT tbl FROM _tidesync_hub_rows WHERE tbl = 'long_text_key'",
+        ))
+        .await?;
+    ensure_eq!(states.len(), 1, "one state on the hub");
+    a.drop().await?;
+    b.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }

@@ -2,7 +2,7 @@
 //! change log, the row states, per-origin progress, rejected changes and
 //! held conflicts.
 
-use sea_orm::ConnectionTrait;
+use sea_orm::DatabaseConnection;
 use sea_orm::sea_query::{Alias, ColumnType, Index, Table, TableCreateStatement};
 
 use crate::dialect::{self, Dialect};
@@ -13,7 +13,7 @@ use crate::model::protocol::HubInfo;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{create, not_null, varchar};
 use crate::store::meta::Meta;
-use crate::store::rows::row_state_table;
+use crate::store::rows::{row_state_table, upgrade_row_state_table};
 use crate::store::user_tables::ensure_table;
 
 /// Newest hub metadata schema this release reads and writes.
@@ -39,10 +39,11 @@ pub(crate) const HELD: &str = "_tidesync_held";
 
 /// Create the hub's tables and the users' (idempotent), check the schema
 /// version, and return the hub's identity (created on first install).
-pub(crate) async fn install<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) -> Result<HubInfo> {
+pub(crate) async fn install(db: &DatabaseConnection, tables: &[TableSpec]) -> Result<HubInfo> {
     for t in hub_tables(dialect::of_db(db)?) {
         create(db, t).await?;
     }
+    upgrade_row_state_table(db, HUB_ROWS).await?;
     HUB_META.check_version(db, HUB_SCHEMA_VERSION).await?;
     HUB_META.insert_if_missing(db, "next_seq", "1").await?;
     HUB_META
