@@ -48,7 +48,28 @@ fn main() -> std::process::ExitCode {
         a_row_the_restored_hub_lost_comes_back_whole_in_batches_of_one,
         a_hub_that_says_nothing_of_where_a_device_stands_is_not_taken_as_behind,
         a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change,
+        a_200_byte_key_syncs_like_any_other,
+        a_long_text_key_syncs_like_any_other,
     ];
+    trials.push(trial(
+        Dialect::Sqlite,
+        "a_long_key_an_earlier_release_stored_as_is_keeps_its_state",
+        |db| {
+            Box::pin(a_long_key_an_earlier_release_stored_as_is_keeps_its_state(
+                db,
+            ))
+        },
+    ));
+    trials.push(trial(
+        Dialect::MySql,
+        "a_key_mysql_cannot_index_is_refused_when_registered",
+        |db| Box::pin(a_key_mysql_cannot_index_is_refused_when_registered(db)),
+    ));
+    trials.push(trial(
+        Dialect::MySql,
+        "a_key_too_long_for_its_column_is_refused_with_the_reason",
+        |db| Box::pin(a_key_too_long_for_its_column_is_refused_with_the_reason(db)),
+    ));
     trials.push(trial(
         Dialect::MySql,
         "marker_keys_of_an_earlier_release_are_retyped",
@@ -2903,5 +2924,316 @@ async fn a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change
     ensure_eq!(b.engine.replica().conflicts().await?.len(), 1, "held once");
     a.drop().await?;
     b.drop().await?;
+    hub.drop().await
+}
+
+/// Rows of `$entity` keyed by `$keys` (long keys), on a replica of `hub`'s
+/// dialect and a SQLite one: inserted, edited on two devices in different
+/// columns (merged), edited on both in one column (held, then resolved),
+/// copied to a fresh device one row per snapshot page, and deleted. Every
+/// side ends with the rows written, and the hub with one state per row.
+macro_rules! long_keys {
+    ($hub:expr, $entity:ident, $keys:expr) => {{
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+        let hub: &TestDb = $hub;
+        let a = device_like_hub::<$entity::Entity>(hub, "a").await?;
+        let b = device::<$entity::Entity>(hub, "b").await?;
+        let all = |db: DatabaseConnection| async move {
+            let mut v = $entity::Entity::find().all(&db).await?;
+            v.sort_by(|x, y| x.k.cmp(&y.k));
+            Ok::<_, BoxError>(v)
+        };
+        let mut want: Vec<$entity::Model> = $keys
+            .into_iter()
+            .map(|k| $entity::Model {
+                k,
+                note: "n0".into(),
+                tag: "t0".into(),
+            })
+            .collect();
+        want.sort_by(|x, y| x.k.cmp(&y.k));
+        for m in &want {
+            m.clone().into_active_model().insert(a.db()).await?;
+        }
+        a.sync().await?;
+        b.sync().await?;
+        ensure_eq!(all(b.db().clone()).await?, want, "inserted, on b");
+        ensure_eq!(all(hub.db.clone()).await?, want, "inserted, on the hub");
+        // Two columns of the first row, one edited on each device.
+        let mut e = want[0].clone().into_active_model();
+        e.note = Set("a1".into());
+        e.update(a.db()).await?;
+        let mut e = want[0].clone().into_active_model();
+        e.tag = Set("b1".into());
+        e.update(b.db()).await?;
+        a.sync().await?;
+        b.sync().await?;
+        a.sync().await?;
+        want[0].note = "a1".into();
+        want[0].tag = "b1".into();
+        ensure_eq!(all(a.db().clone()).await?, want, "merged, on a");
+        ensure_eq!(all(b.db().clone()).await?, want, "merged, on b");
+        // One column edited on both: held on b, which keeps its value.
+        let mut e = want[0].clone().into_active_model();
+        e.note = Set("a2".into());
+        e.update(a.db()).await?;
+        let mut e = want[0].clone().into_active_model();
+        e.note = Set("b2".into());
+        e.update(b.db()).await?;
+        a.sync().await?;
+        let r = b.sync().await?;
+        ensure_eq!(r.conflicts.len(), 1, "a conflict: {r:?}");
+        let held = b.engine.replica().conflicts().await?;
+        ensure_eq!(held.len(), 1, "held on b");
+        b.engine
+            .replica()
+            .resolve(held[0].id, Resolution::KeepLocal)
+            .await?;
+        b.sync().await?;
+        a.sync().await?;
+        want[0].note = "b2".into();
+        ensure_eq!(all(a.db().clone()).await?, want, "resolved, on a");
+        ensure_eq!(all(b.db().clone()).await?, want, "resolved, on b");
+        // A fresh device, one row per snapshot page.
+        let c = device::<$entity::Entity>(hub, "c")
+            .await?
+            .batched::<$entity::Entity>(sql_hub(hub).await?, 1)
+            .await?;
+        c.sync().await?;
+        ensure_eq!(all(c.db().clone()).await?, want, "bootstrapped, on c");
+        // A delete.
+        $entity::Entity::delete(want[0].clone().into_active_model())
+            .exec(a.db())
+            .await?;
+        want.remove(0);
+        a.sync().await?;
+        b.sync().await?;
+        c.sync().await?;
+        ensure_eq!(all(b.db().clone()).await?, want, "deleted, on b");
+        ensure_eq!(all(c.db().clone()).await?, want, "deleted, on c");
+        ensure_eq!(all(hub.db.clone()).await?, want, "deleted, on the hub");
+        let states = hub
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                hub.backend(),
+                format!(
+                    "SELECT tbl FROM _tidesync_hub_rows WHERE tbl = '{}'",
+                    stringify!($entity)
+                ),
+            ))
+            .await?;
+        ensure_eq!(states.len(), want.len() + 1, "one state per row on the hub");
+        a.drop().await?;
+        b.drop().await?;
+        c.drop().await?;
+    }};
+}
+
+/// Item: a key of 200 bytes (its key text is some 800 characters), two
+/// rows whose keys differ in the last byte. Before, the key text did not
+/// fit the row-state tables' `VARCHAR(700)` key on PostgreSQL and MySQL:
+/// capture failed on such a replica, and the hub refused the change.
+async fn a_200_byte_key_syncs_like_any_other(hub: TestDb) -> TestResult {
+    use common::entities::long_bytes_key;
+    let key: Vec<u8> = (0..200u32).map(|i| (100 + i * 7 % 156) as u8).collect();
+    let mut other = key.clone();
+    other[199] = 0;
+    long_keys!(&hub, long_bytes_key, [key, other]);
+    hub.drop().await
+}
+
+/// Item: a text key of 1000 characters (700 on MySQL, the longest a
+/// `VARCHAR` key it indexes whole: 768), not all ASCII (more bytes than
+/// characters). Before, as for a long binary key, the key text did not fit
+/// the row-state tables.
+async fn a_long_text_key_syncs_like_any_other(hub: TestDb) -> TestResult {
+    use common::entities::{long_text_key, long_text_key_700};
+    let key = |n: usize, last: char| -> String {
+        let mut k: String = "ké🌊".chars().cycle().take(n - 1).collect();
+        k.push(last);
+        k
+    };
+    if hub.dialect == Dialect::MySql {
+        long_keys!(&hub, long_text_key_700, [key(700, 'a'), key(700, 'b')]);
+    } else {
+        long_keys!(&hub, long_text_key, [key(1000, 'a'), key(1000, 'b')]);
+    }
+    hub.drop().await
+}
+
+/// Item: a key column MySQL cannot index (`VARCHAR(1000)`: 4000 bytes of
+/// utf8mb4, over InnoDB's 3072) is refused when tidesync would create the
+/// table there, on a replica or a hub, with the table, the column and the
+/// reason. Before, the database's own error came back, naming no column.
+async fn a_key_mysql_cannot_index_is_refused_when_registered(hub: TestDb) -> TestResult {
+    use common::entities::long_text_key;
+    let local = TestDb::create(Dialect::MySql, "a").await?;
+    let refused = |e: &str| e.contains("long_text_key") && e.contains("`k`") && e.contains("3072");
+    match device_in(local, sql_hub(&hub).await?, |r| {
+        r.register::<long_text_key::Entity>()
+    })
+    .await
+    {
+        Ok(_) => return Err("a MySQL replica took the table".into()),
+        Err(e) => ensure!(refused(&e.to_string()), "replica: {e}"),
+    }
+    let b = device::<long_text_key::Entity>(&hub, "b").await?;
+    match b.engine.sync_now().await {
+        Ok(r) => return Err(format!("a MySQL hub took the table: {r:?}").into()),
+        Err(e) => {
+            ensure!(matches!(e, Error::Config(_)), "hub: {e:?}");
+            ensure!(refused(&e.to_string()), "hub: {e}");
+        }
+    }
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A key longer than its column holds is refused with the reason, never
+/// lost without a word: on the device, by capture, when the entity declares
+/// the length (`keyed_by_text`: 200 characters; SQLite does not check
+/// lengths, so the app's SQL wrote it); on a MySQL hub, which parks it,
+/// when the entity declares none (`keyed_by_any_text`: MySQL keys it by
+/// `VARCHAR(255)`). The other rows go through.
+async fn a_key_too_long_for_its_column_is_refused_with_the_reason(hub: TestDb) -> TestResult {
+    use common::entities::{keyed_by_any_text, keyed_by_text};
+    use tidesync::RejectPolicy;
+    let parking = Arc::new(SqlHub::new(hub.connect_again().await?).with_policy(RejectPolicy::Park));
+    let b = device_on(parking.clone(), "b", |r| {
+        r.register::<keyed_by_text::Entity>()
+            .register::<keyed_by_any_text::Entity>()
+    })
+    .await?;
+    // SeaORM's hook refuses the first one: the app writes them in SQL.
+    for (table, k) in [
+        ("keyed_by_text", "é".repeat(201)),
+        ("keyed_by_text", "fits".to_owned()),
+        ("keyed_by_any_text", "é".repeat(256)),
+        ("keyed_by_any_text", "fits".to_owned()),
+    ] {
+        b.db()
+            .execute_unprepared(&format!(
+                "INSERT INTO {table} (k, note) VALUES ('{k}', 'n')"
+            ))
+            .await?;
+    }
+    let r = b.engine.sync_now().await?;
+    ensure!(r.halted.is_none(), "nothing halted: {r:?}");
+    ensure!(
+        r.local_errors.iter().any(|e| matches!(
+            e,
+            Error::Unrepresentable { table, column, reason, .. }
+                if table == "keyed_by_text" && column == "k" && reason.contains("200 characters")
+        )),
+        "refused by capture: {r:?}"
+    );
+    let parked = parking.rejected().await?;
+    ensure_eq!(parked.len(), 1, "{parked:?}");
+    ensure!(
+        parked[0].table == "keyed_by_any_text" && parked[0].reason.contains("too long"),
+        "the reason: {parked:?}"
+    );
+    ensure_eq!(r.rejected, parked, "reported");
+    for rows in [
+        keyed_by_text::Entity::find()
+            .all(&hub.db)
+            .await?
+            .into_iter()
+            .map(|m| m.k)
+            .collect::<Vec<_>>(),
+        keyed_by_any_text::Entity::find()
+            .all(&hub.db)
+            .await?
+            .into_iter()
+            .map(|m| m.k)
+            .collect(),
+    ] {
+        ensure_eq!(rows, vec!["fits".to_owned()], "the other rows went through");
+    }
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// Item: SQLite does not check lengths, so a release before kept a long
+/// key text as is in the row-state tables (`pk`, no `pk_full`). Opening
+/// the replicas and installing the hub with this release moves it under
+/// its stored key: the row keeps its one state everywhere, so edits of two
+/// columns merge, and a delete is not undone by a second, orphaned state
+/// that a fresh device would bootstrap.
+async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb) -> TestResult {
+    use common::entities::long_text_key;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+    type E = long_text_key::Entity;
+    let a = device::<E>(&hub, "a").await?;
+    let b = device::<E>(&hub, "b").await?;
+    let row = long_text_key::Model {
+        k: "ké🌊".chars().cycle().take(1000).collect(),
+        note: "n0".into(),
+        tag: "t0".into(),
+    };
+    row.clone().into_active_model().insert(a.db()).await?;
+    a.sync().await?;
+    b.sync().await?;
+    // The earlier release's layout, on the hub and both devices.
+    for (db, store) in [
+        (&hub.db, "_tidesync_hub_rows"),
+        (a.db(), "_tidesync_rows"),
+        (b.db(), "_tidesync_rows"),
+    ] {
+        db.execute_unprepared(&format!(
+            "UPDATE {store} SET pk = pk_full WHERE pk_full IS NOT NULL; \
+             ALTER TABLE {store} DROP COLUMN pk_full"
+        ))
+        .await?;
+    }
+    // This release opens them again.
+    let a = a.batched::<E>(sql_hub(&hub).await?, 100).await?;
+    let b = b.batched::<E>(sql_hub(&hub).await?, 100).await?;
+    let mut e = row.clone().into_active_model();
+    e.note = Set("a1".into());
+    e.update(a.db()).await?;
+    let mut e = row.clone().into_active_model();
+    e.tag = Set("b1".into());
+    e.update(b.db()).await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.sync().await?;
+    let want = long_text_key::Model {
+        note: "a1".into(),
+        tag: "b1".into(),
+        ..row.clone()
+    };
+    ensure_eq!(
+        E::find().all(a.db()).await?,
+        vec![want.clone()],
+        "merged, on a"
+    );
+    ensure_eq!(
+        E::find().all(b.db()).await?,
+        vec![want.clone()],
+        "merged, on b"
+    );
+    E::delete(want.into_active_model()).exec(b.db()).await?;
+    b.sync().await?;
+    a.sync().await?;
+    ensure_eq!(E::find().all(a.db()).await?, vec![], "deleted, on a");
+    let c = device::<E>(&hub, "c").await?;
+    c.sync().await?;
+    ensure_eq!(
+        E::find().all(c.db()).await?,
+        vec![],
+        "deleted, on a fresh device"
+    );
+    let states = hub
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            hub.backend(),
+            "SELECT tbl FROM _tidesync_hub_rows WHERE tbl = 'long_text_key'",
+        ))
+        .await?;
+    ensure_eq!(states.len(), 1, "one state on the hub");
+    a.drop().await?;
+    b.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }

@@ -345,11 +345,58 @@ keyed!(
     String,
     column_type = "String(StringLen::N(200))"
 );
+keyed!(keyed_by_any_text, "keyed_by_any_text", String);
 keyed!(
     keyed_by_bytes,
     "keyed_by_bytes",
     Vec<u8>,
     column_type = "VarBinary(StringLen::N(200))"
+);
+
+/// Tables keyed by one long value, with two more columns to edit apart,
+/// under the `manual` policy (an edit of one column on two devices is held).
+macro_rules! long_keyed {
+    ($name:ident, $table:literal, $ty:ty, $column_type:literal) => {
+        #[doc = concat!("`", $table, "`, keyed by `", $column_type, "`.")]
+        pub mod $name {
+            use sea_orm::entity::prelude::*;
+            use tidesync::Syncable;
+
+            #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+            #[sea_orm(table_name = $table)]
+            #[syncable(conflict = "manual")]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false, column_type = $column_type)]
+                pub k: $ty,
+                pub note: String,
+                pub tag: String,
+            }
+
+            #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+            pub enum Relation {}
+        }
+    };
+}
+
+long_keyed!(
+    long_bytes_key,
+    "long_bytes_key",
+    Vec<u8>,
+    "VarBinary(StringLen::N(200))"
+);
+long_keyed!(
+    long_text_key,
+    "long_text_key",
+    String,
+    "String(StringLen::N(1000))"
+);
+// The longest text key MySQL indexes whole is 768 characters (3072 bytes
+// of utf8mb4).
+long_keyed!(
+    long_text_key_700,
+    "long_text_key_700",
+    String,
+    "String(StringLen::N(700))"
 );
 
 /// `people` (a key and a name, manual conflicts) in a schema of its own

@@ -135,6 +135,13 @@ pub(crate) trait Dialect: Send + Sync {
         None
     }
 
+    /// Why this dialect cannot create `spec`'s table as tidesync would
+    /// (its key too long to index), naming the table and the key columns;
+    /// `None` where it can.
+    fn key_refusal(&self, _spec: &TableSpec) -> Option<String> {
+        None
+    }
+
     /// A query with one parameter, the table (see
     /// [`Dialect::catalog_name`]), returning (index name,
     /// column name) for the columns of each unique index other than the

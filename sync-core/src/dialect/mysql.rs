@@ -10,6 +10,7 @@ use sea_orm::sea_query::{
 use super::Dialect;
 use super::triggers::{Capture, Trigger, marker_insert, per_event};
 use super::values::{is_negative_zero, year_of};
+use crate::model::change::TableSpec;
 use crate::model::error::ErrorKind;
 
 /// MySQL and MariaDB.
@@ -50,6 +51,33 @@ impl Dialect for MySql {
             ColumnType::Enum { .. } => self.marker_key_type(ty),
             other => other.clone(),
         }
+    }
+
+    /// InnoDB indexes at most 3072 bytes of a key, and counts each
+    /// character of a `VARCHAR` key column as 4 bytes (utf8mb4).
+    fn key_refusal(&self, spec: &TableSpec) -> Option<String> {
+        let sizes: Vec<(&str, u64)> = spec
+            .pk
+            .iter()
+            .map(|c| (c.name.as_str(), key_bytes(&self.column_type(&c.ty, true))))
+            .collect();
+        let total: u64 = sizes.iter().map(|(_, n)| n).sum();
+        if total <= MAX_KEY_BYTES {
+            return None;
+        }
+        let columns: Vec<String> = sizes
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, n)| format!("`{c}` up to {n} bytes"))
+            .collect();
+        Some(format!(
+            "table `{}`: MySQL indexes at most {MAX_KEY_BYTES} bytes of a primary key, and its key \
+             takes {} (utf8mb4 text: 4 bytes a character): declare the key shorter (a single \
+             text key at most {} characters)",
+            spec.name,
+            columns.join(", "),
+            MAX_KEY_BYTES / 4,
+        ))
     }
 
     fn marker_key_type(&self, ty: &ColumnType) -> ColumnType {
@@ -194,6 +222,28 @@ impl Dialect for MySql {
             "1053" | "1927" | "2006" | "2013" => ErrorKind::Connection,
             _ => return None,
         })
+    }
+}
+
+/// The most bytes InnoDB indexes of one key (row formats `DYNAMIC` and
+/// `COMPRESSED`, the default since MySQL 5.7 and MariaDB 10.2).
+const MAX_KEY_BYTES: u64 = 3072;
+
+/// The most bytes a value of a key column of type `ty` (as created on
+/// MySQL) takes in an index: text at 4 bytes a character (utf8mb4), bytes
+/// as declared; 255 where sea-query leaves the length to MySQL's default;
+/// 0 for the types of a few bytes, which count for little.
+fn key_bytes(ty: &ColumnType) -> u64 {
+    let len = |l: &StringLen| match l {
+        StringLen::N(n) => u64::from(*n),
+        StringLen::None | StringLen::Max => 255,
+    };
+    match ty {
+        ColumnType::String(l) => 4 * len(l),
+        ColumnType::Char(n) => 4 * n.map_or(1, u64::from),
+        ColumnType::VarBinary(l) => len(l),
+        ColumnType::Binary(n) => u64::from(*n),
+        _ => 0,
     }
 }
 

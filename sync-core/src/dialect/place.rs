@@ -113,7 +113,8 @@ mod tests {
     #[test]
     fn a_table_without_a_schema_is_in_the_search_path() {
         let d = of(DbBackend::Postgres).unwrap();
-        let p = Place::of(d, &spec(None));
+        let s = spec(None);
+        let p = Place::of(d, &s);
         assert_eq!(p, Place::own("no\"tes"));
         assert_eq!(p.quoted(d), r#""no""tes""#);
     }

@@ -11,11 +11,11 @@ use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
 use crate::model::value::parse_pk_key;
-use crate::store::rows::StoredState;
+use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, storage_key};
 
 /// The hub's cursor now, and up to `limit` rows after the key `after` (a
-/// page's `next`: the JSON of its last `(table, key)`, valid across restarts
-/// and limits).
+/// page's `next`: the JSON of its last `(table, stored key)`, valid across
+/// restarts and limits; a key text is taken as its stored key).
 pub(super) async fn page<C: ConnectionTrait>(
     db: &C,
     specs: &[TableSpec],
@@ -24,7 +24,8 @@ pub(super) async fn page<C: ConnectionTrait>(
 ) -> Result<(Cursor, SnapshotPage)> {
     let cursor = Cursor(log::tip(db).await?);
     let mut q = Query::select();
-    q.columns(["tbl", "pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+    q.column(Alias::new("tbl"))
+        .columns(STATE_COLUMNS.map(Alias::new))
         .from(Alias::new(HUB_ROWS))
         .order_by(Alias::new("tbl"), Order::Asc)
         .order_by(Alias::new("pk"), Order::Asc)
@@ -32,7 +33,7 @@ pub(super) async fn page<C: ConnectionTrait>(
     if let Some(after) = &after {
         let (tbl, pk): (String, String) = serde_json::from_str(after)?;
         let columns = [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))];
-        let values = [Value::from(tbl), Value::from(pk)];
+        let values = [Value::from(tbl), Value::from(storage_key(&pk).into_owned())];
         q.and_where(dialect::of_db(db)?.after(columns, values));
     }
     let rows = db
@@ -50,7 +51,7 @@ pub(super) async fn page<C: ConnectionTrait>(
     let mut last = None;
     for (r, stored) in rows.iter().zip(stored) {
         let tbl: String = r.try_get("", "tbl")?;
-        let key: String = r.try_get("", "pk")?;
+        let key = key_text(r)?;
         let entry = stored.reference.and_then(|seq| entries.remove(&seq));
         let (state, _) = stored.fill(entry)?;
         let values = parse_pk_key(&key)?;
@@ -63,7 +64,8 @@ pub(super) async fn page<C: ConnectionTrait>(
             pk: names.into_iter().zip(values).collect(),
             state,
         });
-        last = Some((tbl, key));
+        // The stored key: the next page starts after it.
+        last = Some((tbl, r.try_get::<String>("", "pk")?));
     }
     if rows.len() as u64 == limit {
         page.next = last.map(|l| serde_json::to_string(&l)).transpose()?;

@@ -2,10 +2,10 @@
 //! change log, the row states, per-origin progress, rejected changes and
 //! held conflicts.
 
-use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{
     Alias, ColumnType, Expr, ExprTrait, Index, Query, Table, TableCreateStatement,
 };
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::TableSpec;
@@ -15,7 +15,7 @@ use crate::model::protocol::HubInfo;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
-use crate::store::rows::row_state_table;
+use crate::store::rows::{row_state_table, upgrade_row_state_table};
 use crate::store::user_tables::ensure_table;
 
 /// Newest hub metadata schema this release reads and writes. Version 2
@@ -51,14 +51,15 @@ pub(crate) const HUB_PLACES: Meta = Meta("_tidesync_hub_places");
 /// Create the hub's tables and the users' (idempotent), check the schema
 /// version, and return the hub's identity (created on first install) with
 /// the tables as the hub places them (see [`place`]).
-pub(crate) async fn install<C: ConnectionTrait>(
-    db: &C,
+pub(crate) async fn install(
+    db: &DatabaseConnection,
     tables: &[TableSpec],
 ) -> Result<(HubInfo, Vec<TableSpec>)> {
     let d = dialect::of_db(db)?;
     for t in hub_tables(d) {
         create(db, t).await?;
     }
+    upgrade_row_state_table(db, HUB_ROWS).await?;
     HUB_META
         .insert_if_missing(db, "schema_version", &FIRST_VERSION.to_string())
         .await?;

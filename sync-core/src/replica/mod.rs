@@ -137,21 +137,20 @@ impl ReplicaBuilder {
         }
         let db = self.db;
         let d = dialect::of_db(&db)?;
-        if !d.has_schemas() {
-            if let Some((t, schema)) = self
+        if !d.has_schemas()
+            && let Some((t, schema)) = self
                 .tables
                 .iter()
                 .find_map(|t| Some((t, t.spec().schema.as_deref()?)))
-            {
-                // SeaORM names the table `schema`.`table` there: on MySQL
-                // another database, on SQLite an attached one. tidesync's
-                // markers and triggers would be on another table, or none.
-                return Err(Error::Config(format!(
-                    "table `{}` is in schema `{schema}`: entities with `schema_name` are \
+        {
+            // SeaORM names the table `schema`.`table` there: on MySQL
+            // another database, on SQLite an attached one. tidesync's
+            // markers and triggers would be on another table, or none.
+            return Err(Error::Config(format!(
+                "table `{}` is in schema `{schema}`: entities with `schema_name` are \
                      supported on PostgreSQL replicas only",
-                    t.spec().name
-                )));
-            }
+                t.spec().name
+            )));
         }
         tables::install_metadata(&db).await?;
         let node_id = NodeId::random().to_string();

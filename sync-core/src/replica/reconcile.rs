@@ -15,7 +15,7 @@ use crate::model::change::TableSpec;
 use crate::model::clock::wall_clock_us;
 use crate::model::error::Result;
 use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::rows::load_states;
+use crate::store::rows::{live_keys, load_states};
 use crate::store::stats::custom_plans;
 
 impl Replica {
@@ -66,15 +66,8 @@ impl Replica {
     /// since the scan: diffing decides).
     async fn mark_gone(&self, spec: &TableSpec, seen: &HashSet<String>, wall: i64) -> Result<()> {
         let tx = self.connection().begin().await?;
-        let q = Query::select()
-            .column(Alias::new("pk"))
-            .from(Alias::new(ROWS))
-            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
-            .and_where(Expr::col(Alias::new("live")).eq(true))
-            .to_owned();
         let mut gone = Vec::new();
-        for r in tx.query_all(&q).await? {
-            let key: String = r.try_get("", "pk")?;
+        for key in live_keys(&tx, ROWS, &spec.name).await? {
             if !seen.contains(&key) {
                 gone.push(parse_pk_key(&key)?);
             }

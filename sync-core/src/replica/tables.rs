@@ -21,8 +21,8 @@
 
 use std::collections::HashMap;
 
-use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, Index, Table, TableCreateStatement};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::dialect::{self, Capture, Dialect, Place, Trigger};
 use crate::model::change::{ColumnSpec, TableSpec};
@@ -30,7 +30,7 @@ use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{catalog, create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
-use crate::store::rows::row_state_table;
+use crate::store::rows::{row_state_table, upgrade_row_state_table};
 use crate::store::user_tables::existing_columns;
 
 /// Newest metadata schema version this release writes and reads.
@@ -228,12 +228,13 @@ pub(crate) fn triggers(
     capture(&|suffix| trigger_name(&spec.name, &format!("{suffix}_{:08x}", hash(suffix) as u32)))
 }
 
-/// Create the replica's metadata tables and check or set the schema
-/// version.
-pub(crate) async fn install_metadata<C: ConnectionTrait>(db: &C) -> Result<()> {
+/// Create the replica's metadata tables (bringing those of an earlier
+/// release up to date) and check or set the schema version.
+pub(crate) async fn install_metadata(db: &DatabaseConnection) -> Result<()> {
     for t in metadata_tables(dialect::of_db(db)?) {
         create(db, t).await?;
     }
+    upgrade_row_state_table(db, ROWS).await?;
     LOCAL_META.check_version(db, SCHEMA_VERSION).await
 }
 

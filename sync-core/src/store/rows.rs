@@ -1,26 +1,61 @@
 //! Row states in a database table: the local shadows (`_tidesync_rows`) and
 //! the hub's row metadata use the same layout and the same code.
 //!
-//! Layout: `tbl`, `pk` (canonical key text), `vals` (typed JSON map),
-//! `clocks` (see [`clocks::encode`]), `deleted_at` (clock text or NULL) and `live` (derived, for
-//! queries); primary key `(tbl, pk)`.
+//! Layout: `tbl`, `pk` (the row's [`storage_key`]: its canonical key text,
+//! or a hash of a long one), `vals` (typed JSON map), `clocks` (see
+//! [`clocks::encode`]), `deleted_at` (clock text or NULL), `live` (derived,
+//! for queries) and `pk_full` (the key text when `pk` is its hash, else
+//! NULL); primary key `(tbl, pk)`.
+//!
+//! Every function here takes and returns key texts: only this module knows
+//! how a long one is stored.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{
     Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Query, StringLen, Table,
     TableCreateStatement,
 };
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use sha2::{Digest, Sha256};
 
-use crate::dialect::{self, Dialect};
+use crate::dialect::{self, Dialect, Place};
 use crate::model::clock::Hlc;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::typed;
 use crate::store::clocks::{self, SHARED};
 use crate::store::codec::db_sequence;
+use crate::store::user_tables::existing_columns;
 use crate::store::write::batched;
+
+/// The characters the `pk` column of a row-state table holds: a key text
+/// up to this long is stored as is. (On MySQL the key `(tbl, pk)` takes
+/// `(64 + 700) * 4` bytes of utf8mb4, within InnoDB's 3072.)
+pub(crate) const STORED_KEY_CHARS: usize = 700;
+
+/// What identifies the row of key text `key` in a row-state table (its
+/// `pk` column): the key text itself when it has at most
+/// [`STORED_KEY_CHARS`] characters, else `#` and the hex SHA-256 of the
+/// text (the full text goes to `pk_full`). A key text is a JSON array, so
+/// it never starts with `#`: a stored key names one key text. Characters,
+/// not bytes: the column counts characters on every dialect, and each key
+/// text a release before stored as is stays so.
+///
+/// Idempotent: a storage key is its own storage key.
+pub(crate) fn storage_key(key: &str) -> Cow<'_, str> {
+    // At most 4 bytes a character: a short text in bytes is short.
+    if key.len() <= STORED_KEY_CHARS || key.chars().count() <= STORED_KEY_CHARS {
+        return Cow::Borrowed(key);
+    }
+    let mut hashed = String::with_capacity(65);
+    hashed.push('#');
+    for b in Sha256::digest(key.as_bytes()) {
+        hashed.push_str(&format!("{b:02x}"));
+    }
+    Cow::Owned(hashed)
+}
 
 /// DDL of a row-state table named `name`.
 pub(crate) fn row_state_table(d: &dyn Dialect, name: &str) -> TableCreateStatement {
@@ -33,7 +68,10 @@ pub(crate) fn row_state_table(d: &dyn Dialect, name: &str) -> TableCreateStateme
         .table(Alias::new(name))
         .if_not_exists()
         .col(col("tbl", ColumnType::String(StringLen::N(64))))
-        .col(col("pk", ColumnType::String(StringLen::N(700))))
+        .col(col(
+            "pk",
+            ColumnType::String(StringLen::N(STORED_KEY_CHARS as u32)),
+        ))
         .col(col("vals", d.long_text()))
         .col(col("clocks", d.long_text()))
         .col(
@@ -44,8 +82,95 @@ pub(crate) fn row_state_table(d: &dyn Dialect, name: &str) -> TableCreateStateme
             .null(),
         )
         .col(col("live", ColumnType::Boolean))
+        .col(full_key_column(d))
         .primary_key(Index::create().col(Alias::new("tbl")).col(Alias::new("pk")))
         .to_owned()
+}
+
+/// The `pk_full` column: the key text of a row whose `pk` is its hash.
+fn full_key_column(d: &dyn Dialect) -> ColumnDef {
+    ColumnDef::new_with_type(Alias::new("pk_full"), d.long_text())
+        .null()
+        .to_owned()
+}
+
+/// Bring the row-state table `store` of a release before `pk_full` up to
+/// date (idempotent): add the column and, in the same transaction, move
+/// each key text longer than `pk` should hold (SQLite, which does not check
+/// lengths, stored them as is) to `pk_full`, under its storage key.
+pub(crate) async fn upgrade_row_state_table(db: &DatabaseConnection, store: &str) -> Result<()> {
+    let d = dialect::of_db(db)?;
+    let has = |columns: &[String]| columns.iter().any(|c| c == "pk_full");
+    if has(&existing_columns(db, d, Place::own(store)).await?) {
+        return Ok(());
+    }
+    let tx = db.begin().await?;
+    let alter = Table::alter()
+        .table(Alias::new(store))
+        .add_column(full_key_column(d))
+        .to_owned();
+    if let Err(e) = tx.execute(&alter).await {
+        drop(tx);
+        // Another process added it meanwhile.
+        if has(&existing_columns(db, d, Place::own(store)).await?) {
+            return Ok(());
+        }
+        return Err(e.into());
+    }
+    let long = Statement::from_string(
+        tx.get_database_backend(),
+        format!(
+            "SELECT {tbl}, {pk} FROM {store} WHERE LENGTH({pk}) > {STORED_KEY_CHARS}",
+            tbl = d.quote("tbl"),
+            pk = d.quote("pk"),
+            store = d.quote(store),
+        ),
+    );
+    for r in tx.query_all_raw(long).await? {
+        let (tbl, key): (String, String) = (r.try_get("", "tbl")?, r.try_get("", "pk")?);
+        let stored = storage_key(&key);
+        if stored == key {
+            continue;
+        }
+        let update = Query::update()
+            .table(Alias::new(store))
+            .value(Alias::new("pk"), stored.as_ref())
+            .value(Alias::new("pk_full"), key.as_str())
+            .and_where(Expr::col(Alias::new("tbl")).eq(tbl))
+            .and_where(Expr::col(Alias::new("pk")).eq(key.as_str()))
+            .to_owned();
+        tx.execute(&update).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The key text of a row of a row-state table: `pk_full`, else `pk`.
+pub(crate) fn key_text(r: &sea_orm::QueryResult) -> Result<String> {
+    let full: Option<String> = r.try_get("", "pk_full")?;
+    match full {
+        Some(k) => Ok(k),
+        None => Ok(r.try_get("", "pk")?),
+    }
+}
+
+/// The columns a state is read from: its key (both columns) and the
+/// columns [`StoredState::decode`] reads.
+pub(crate) const STATE_COLUMNS: [&str; 5] = ["pk", "pk_full", "vals", "clocks", "deleted_at"];
+
+/// The key texts of the live rows of `table` in the row-state table `store`.
+pub(crate) async fn live_keys<C: ConnectionTrait>(
+    db: &C,
+    store: &str,
+    table: &str,
+) -> Result<Vec<String>> {
+    let q = Query::select()
+        .columns(["pk", "pk_full"].map(Alias::new))
+        .from(Alias::new(store))
+        .and_where(Expr::col(Alias::new("tbl")).eq(table))
+        .and_where(Expr::col(Alias::new("live")).eq(true))
+        .to_owned();
+    db.query_all(&q).await?.iter().map(key_text).collect()
 }
 
 /// Load the states of `keys` of `table` from the row-state table `store`.
@@ -68,9 +193,10 @@ pub(crate) async fn load_states<C: ConnectionTrait>(
 }
 
 /// A page of the states of `table` in the row-state table `store` (a
-/// replica's: its states hold every value), in key order after `after`, at
-/// most `limit`: each key text with its state. The caller pages on from the
-/// last key; a page shorter than `limit` is the last.
+/// replica's: its states hold every value), in stored-key order after the
+/// key text `after`, at most `limit`: each key text with its state. The
+/// caller pages on from the last key; a page shorter than `limit` is the
+/// last.
 pub(crate) async fn state_page<C: ConnectionTrait>(
     db: &C,
     store: &str,
@@ -79,18 +205,17 @@ pub(crate) async fn state_page<C: ConnectionTrait>(
     limit: u64,
 ) -> Result<Vec<(String, RowState)>> {
     let mut q = Query::select();
-    q.columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+    q.columns(STATE_COLUMNS.map(Alias::new))
         .from(Alias::new(store))
         .and_where(Expr::col(Alias::new("tbl")).eq(table))
         .order_by(Alias::new("pk"), sea_orm::Order::Asc)
         .limit(limit);
     if let Some(a) = after {
-        q.and_where(Expr::col(Alias::new("pk")).gt(a));
+        q.and_where(Expr::col(Alias::new("pk")).gt(storage_key(a).as_ref()));
     }
     let mut out = Vec::new();
     for r in db.query_all(&q).await? {
-        let key: String = r.try_get("", "pk")?;
-        out.push((key, StoredState::decode(&r)?.fill(None)?.0));
+        out.push((key_text(&r)?, StoredState::decode(&r)?.fill(None)?.0));
     }
     Ok(out)
 }
@@ -108,15 +233,15 @@ pub(crate) async fn load_stored<C: ConnectionTrait>(
 ) -> Result<HashMap<String, StoredState>> {
     let mut out = HashMap::with_capacity(keys.len());
     for chunk in keys.chunks(500) {
+        let stored: Vec<String> = chunk.iter().map(|k| storage_key(k).into_owned()).collect();
         let q = Query::select()
-            .columns(["pk", "vals", "clocks", "deleted_at"].map(Alias::new))
+            .columns(STATE_COLUMNS.map(Alias::new))
             .from(Alias::new(store))
             .and_where(Expr::col(Alias::new("tbl")).eq(table))
-            .and_where(dialect::of_db(db)?.key_in(chunk)?)
+            .and_where(dialect::of_db(db)?.key_in(&stored)?)
             .to_owned();
         for r in db.query_all(&q).await? {
-            let key: String = r.try_get("", "pk")?;
-            out.insert(key, StoredState::decode(&r)?);
+            out.insert(key_text(&r)?, StoredState::decode(&r)?);
         }
     }
     Ok(out)
@@ -261,7 +386,18 @@ pub(crate) fn state_statements(
     let mut template = Query::insert();
     template
         .into_table(Alias::new(store))
-        .columns(["tbl", "pk", "vals", "clocks", "deleted_at", "live"].map(Alias::new))
+        .columns(
+            [
+                "tbl",
+                "pk",
+                "pk_full",
+                "vals",
+                "clocks",
+                "deleted_at",
+                "live",
+            ]
+            .map(Alias::new),
+        )
         .on_conflict(
             OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
                 .update_columns(["vals", "clocks", "deleted_at", "live"].map(Alias::new))
@@ -284,11 +420,14 @@ pub(crate) fn state_statements(
             }
         };
         let clocks = clocks::encode(&s.clocks, &s.vals)?;
-        let size = key.len() + vals.len() + clocks.len() + 80;
+        let stored = storage_key(key);
+        let full = (stored != *key).then_some(*key);
+        let size = stored.len() + full.map_or(0, str::len) + vals.len() + clocks.len() + 80;
         rows.push((
             vec![
                 (*table).into(),
-                (*key).into(),
+                stored.into_owned().into(),
+                full.into(),
                 vals.into(),
                 clocks.into(),
                 s.deleted_at.map(|d| d.to_string()).into(),
@@ -323,7 +462,7 @@ mod tests {
                 "_tidesync_rows"
             )
             .to_string(SqliteQueryBuilder),
-            r#"CREATE TABLE IF NOT EXISTS "_tidesync_rows" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, PRIMARY KEY ("tbl", "pk") )"#
+            r#"CREATE TABLE IF NOT EXISTS "_tidesync_rows" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, "pk_full" text NULL, PRIMARY KEY ("tbl", "pk") )"#
         );
         // MySQL's TEXT holds 64 KiB: values and clocks are LONGTEXT there.
         assert_eq!(
@@ -332,7 +471,7 @@ mod tests {
                 "_tidesync_rows"
             )
             .to_string(MysqlQueryBuilder),
-            "CREATE TABLE IF NOT EXISTS `_tidesync_rows` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, `vals` LONGTEXT NOT NULL, `clocks` LONGTEXT NOT NULL, `deleted_at` varchar(64) NULL, `live` bool NOT NULL, PRIMARY KEY (`tbl`, `pk`) )"
+            "CREATE TABLE IF NOT EXISTS `_tidesync_rows` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, `vals` LONGTEXT NOT NULL, `clocks` LONGTEXT NOT NULL, `deleted_at` varchar(64) NULL, `live` bool NOT NULL, `pk_full` LONGTEXT NULL, PRIMARY KEY (`tbl`, `pk`) )"
         );
     }
 
@@ -430,7 +569,7 @@ mod tests {
         assert_eq!(
             qs[0].to_string(SqliteQueryBuilder),
             format!(
-                r#"INSERT INTO "_tidesync_rows" ("tbl", "pk", "vals", "clocks", "deleted_at", "live") VALUES ('t', '[1]', '{{"a":{{"Int":1}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE), ('t', '[2]', '{{"a":{{"Int":1}}}}', '{{"a":"{c5}"}}', '{c9}', FALSE), ('t', '[3]', '{{"":{{"BigInt":3}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE) ON CONFLICT ("tbl", "pk") DO UPDATE SET "vals" = "excluded"."vals", "clocks" = "excluded"."clocks", "deleted_at" = "excluded"."deleted_at", "live" = "excluded"."live""#,
+                r#"INSERT INTO "_tidesync_rows" ("tbl", "pk", "pk_full", "vals", "clocks", "deleted_at", "live") VALUES ('t', '[1]', NULL, '{{"a":{{"Int":1}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE), ('t', '[2]', NULL, '{{"a":{{"Int":1}}}}', '{{"a":"{c5}"}}', '{c9}', FALSE), ('t', '[3]', NULL, '{{"":{{"BigInt":3}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE) ON CONFLICT ("tbl", "pk") DO UPDATE SET "vals" = "excluded"."vals", "clocks" = "excluded"."clocks", "deleted_at" = "excluded"."deleted_at", "live" = "excluded"."live""#,
                 c5 = clock(5),
                 c9 = clock(9),
             )
@@ -440,6 +579,50 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// A key text of at most 700 characters is stored as is, however many
+    /// bytes (the column counts characters); a longer one by `#` and its
+    /// SHA-256, one per text.
+    #[test]
+    fn long_key_texts_are_stored_by_their_hash() {
+        let short = format!("[{{\"String\":\"{}\"}}]", "é".repeat(600));
+        assert!(short.len() > STORED_KEY_CHARS);
+        assert_eq!(short.chars().count(), 615);
+        assert!(matches!(storage_key(&short), Cow::Borrowed(k) if k == short));
+        let at = |n: usize| format!("[{}]", "1".repeat(n - 2));
+        assert_eq!(storage_key(&at(700)), at(700));
+        let long = storage_key(&at(701)).into_owned();
+        assert_eq!(long.len(), 65);
+        assert!(long.starts_with('#'));
+        assert!(
+            long[1..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        // The SHA-256 of the text, so stable across releases.
+        assert_eq!(
+            storage_key(&"a".repeat(1000)),
+            "#41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
+        );
+        assert_ne!(storage_key(&at(702)), long);
+        let mut other = at(701);
+        other.replace_range(1..2, "2");
+        assert_ne!(storage_key(&other), long);
+        // A stored key is its own.
+        assert_eq!(storage_key(&long), long);
+    }
+
+    /// A long key's state is saved under its hash, with the text beside it.
+    #[test]
+    fn a_long_keys_state_keeps_its_text() {
+        use sea_orm::sea_query::SqliteQueryBuilder;
+        let key = format!("[{}]", "7".repeat(800));
+        let s = live(&[("a", 5)], None);
+        let qs = state_statements("r", "t", &[(key.as_str(), &s, None)]).unwrap();
+        let (_, values) = qs[0].build(SqliteQueryBuilder);
+        assert_eq!(values.0[1], Value::from(storage_key(&key).into_owned()));
+        assert_eq!(values.0[2], Value::from(key));
     }
 
     #[test]

@@ -78,7 +78,8 @@ async fn create_custom_types<C: ConnectionTrait>(
 }
 
 /// Create a synced table (and its custom types, and its PostgreSQL schema)
-/// on `db` if it is missing.
+/// on `db` if it is missing. A missing table the dialect cannot create
+/// (its key too long to index on MySQL) is refused with the reason.
 ///
 /// A table that exists but lacks nullable columns of the spec (a newer
 /// client version added them) gets them with `ALTER TABLE ... ADD COLUMN`;
@@ -86,6 +87,13 @@ async fn create_custom_types<C: ConnectionTrait>(
 /// default.
 pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -> Result<()> {
     let d = dialect::of_db(db)?;
+    if let Some(reason) = d.key_refusal(spec)
+        && existing_columns(db, d, Place::of(d, spec))
+            .await?
+            .is_empty()
+    {
+        return Err(Error::Config(reason));
+    }
     if let (Some(schema), Some(exists)) = (Place::of(d, spec).schema, d.schema_exists_query()) {
         // Created only when missing: `CREATE SCHEMA IF NOT EXISTS` needs
         // the right to create schemas in the database even when it exists.
@@ -155,6 +163,43 @@ mod tests {
             column("blob", ColumnType::VarBinary(StringLen::None), true),
         ];
         table("t", &["id"], columns)
+    }
+
+    /// InnoDB indexes 3072 bytes of a key: 768 characters of utf8mb4.
+    #[test]
+    fn mysql_refuses_a_key_it_cannot_index() {
+        let text = |n| ColumnType::String(StringLen::N(n));
+        let keyed = |n| table("t", &["k"], vec![column("k", text(n), false)]);
+        let mysql = d(DbBackend::MySql);
+        assert_eq!(mysql.key_refusal(&keyed(768)), None);
+        let r = mysql.key_refusal(&keyed(769)).unwrap();
+        assert!(
+            r.starts_with("table `t`: MySQL indexes at most 3072 bytes")
+                && r.contains("`k` up to 3076 bytes")
+                && r.contains("at most 768 characters"),
+            "{r}"
+        );
+        for other in [DbBackend::Postgres, DbBackend::Sqlite] {
+            assert_eq!(d(other).key_refusal(&keyed(5000)), None);
+        }
+        // Bytes count as declared; the columns of a key add up.
+        let two = |n| {
+            table(
+                "t",
+                &["a", "b"],
+                vec![
+                    column("a", ColumnType::VarBinary(StringLen::N(n)), false),
+                    column("b", text(300), false),
+                    column("c", text(5000), false),
+                ],
+            )
+        };
+        assert_eq!(mysql.key_refusal(&two(1872)), None);
+        let r = mysql.key_refusal(&two(1873)).unwrap();
+        assert!(
+            r.contains("`a` up to 1873 bytes, `b` up to 1200 bytes (utf8mb4"),
+            "{r}"
+        );
     }
 
     #[test]
