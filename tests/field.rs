@@ -48,6 +48,7 @@ fn main() -> std::process::ExitCode {
         a_row_the_restored_hub_lost_comes_back_whole_in_batches_of_one,
         a_hub_that_says_nothing_of_where_a_device_stands_is_not_taken_as_behind,
         a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change,
+        copies_stamping_alike_settle_on_one_value,
         a_200_byte_key_syncs_like_any_other,
         a_long_text_key_syncs_like_any_other,
     ];
@@ -1722,6 +1723,83 @@ async fn all_hold(
         ensure_eq!(&d.rows().await?, expected, "device {i}");
     }
     Ok(())
+}
+
+/// Review finding (item 1): two copies of one device whose clock is behind
+/// its hybrid clock stamp their next writes alike (same time, counter and
+/// node id). Each copy edits the same column: every device and the hub end
+/// with one value. Before, each copy kept its own for ever: the hub and
+/// the other copy took a write at a clock they held for one they had.
+async fn copies_stamping_alike_settle_on_one_value(hub: TestDb) -> TestResult {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    let b = device_in(a.local.copy("b").await?, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    // Both hybrid clocks a minute ahead of the wall: each copy's next
+    // stamp is (that minute, 1, the one node id).
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as u64;
+    let ahead = format!(
+        "{:016x}-{:08x}-{}",
+        now_us + 60_000_000,
+        0,
+        a.engine.replica().node_id()
+    );
+    for d in [&a, &b] {
+        let q = Query::update()
+            .table(Alias::new("_tidesync_meta"))
+            .value(Alias::new("value"), ahead.clone())
+            .and_where(Expr::col(Alias::new("key")).eq("hlc"))
+            .to_owned();
+        d.db().execute(&q).await?;
+    }
+    // a's change holds more columns than b's: the hub's state must not
+    // take the tied column's value from a's log entry.
+    a.set(x, "name", "from a").await?;
+    a.set(x, "email", "a@").await?;
+    b.set(x, "name", "from b").await?;
+    for d in [&a, &b, &a, &b] {
+        d.sync().await?;
+    }
+    let q = Query::select()
+        .column(Alias::new("hlc"))
+        .from(Alias::new("_tidesync_changes"))
+        .to_owned();
+    let mut stamps: Vec<String> = Vec::new();
+    for r in hub.db.query_all(&q).await? {
+        stamps.push(r.try_get("", "hlc")?);
+    }
+    stamps.sort();
+    ensure!(
+        stamps.windows(2).any(|w| w[0] == w[1]),
+        "the copies stamped alike: {stamps:?}"
+    );
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    let name = |rows: std::collections::BTreeMap<Uuid, common::device::Row>| {
+        rows.get(&x).map(|r| (r.0.clone(), r.1.clone()))
+    };
+    let on_a = name(a.rows().await?);
+    ensure!(
+        matches!(&on_a, Some((n, Some(e))) if (n == "from a" || n == "from b") && e == "a@"),
+        "{on_a:?}"
+    );
+    ensure_eq!(name(b.rows().await?), on_a, "the other copy");
+    ensure_eq!(name(c.rows().await?), on_a, "a third device");
+    ensure_eq!(
+        name(common::device::rows(&hub.db).await?),
+        on_a,
+        "the hub's table"
+    );
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
 }
 
 /// Item 1: a copy of a device's database (a phone restored from the other

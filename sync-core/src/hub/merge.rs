@@ -129,6 +129,7 @@ impl<'a> Merge<'a> {
         let state_stmts = execute_while(tx, rows.upserts, || {
             referral::state_statements(
                 states,
+                &before,
                 referred,
                 &rows.saved,
                 &keyed,

@@ -22,9 +22,12 @@ pub(super) type RowId = (String, String);
 /// most of its values: the one it referred to, or the last one logged in
 /// this push for the row), record it in `referred`, and build the
 /// statements that save the states. `keyed` and `logged` are the push's
-/// changes with their keys, and as logged from hub sequence `first_seq` on.
+/// changes with their keys, and as logged from hub sequence `first_seq` on;
+/// `before` holds each saved row's state before the merge.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn state_statements(
     states: &HashMap<RowId, RowState>,
+    before: &HashMap<RowId, RowState>,
     referred: &mut HashMap<RowId, Referred>,
     saved: &[(&str, Vec<String>)],
     keyed: &[(&Change, String)],
@@ -49,7 +52,7 @@ pub(super) fn state_statements(
                 .get(&id)
                 .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
             let fresh = last_entry.get(&(table, key.as_str())).copied();
-            let best = choose(state, referred.get(&id), fresh);
+            let best = choose(state, before.get(&id), referred.get(&id), fresh);
             let names = best.as_ref().map(|(seq, cols)| {
                 (
                     *seq,
@@ -82,15 +85,26 @@ pub(super) fn state_statements(
 /// for the columns that still hold its values) and the last one logged for
 /// the row in this push (`fresh`), the one that holds more of its values
 /// (the later on a tie); `None` when neither holds any.
+///
+/// A kept column holds the entry's value if its clock is the entry's and
+/// its value is the one it had `before` the merge (taken from the entry):
+/// a write stamped alike can replace the value at the same clock (see
+/// `RowState::set`).
 fn choose(
     state: &RowState,
+    before: Option<&RowState>,
     kept: Option<&Referred>,
     fresh: Option<(u64, &Change)>,
 ) -> Option<Referred> {
+    let unchanged = |c: &String| {
+        let was = before.and_then(|b| b.vals.get(c));
+        was.zip(state.vals.get(c))
+            .is_some_and(|(was, now)| same_value(was, now))
+    };
     let kept = kept.map(|(seq, cols)| {
         let cols: Vec<(String, Hlc)> = cols
             .iter()
-            .filter(|(c, h)| state.clocks.get(c) == Some(h))
+            .filter(|(c, h)| state.clocks.get(c) == Some(h) && unchanged(c))
             .cloned()
             .collect();
         (*seq, cols)
@@ -181,30 +195,48 @@ mod tests {
         let kept: Referred = (5, vec![("a".into(), hlc(5)), ("b".into(), hlc(5))]);
         let fresh = change(9, &[("c", 3)]);
         assert_eq!(
-            names(&choose(&s, Some(&kept), Some((40, &fresh)))),
+            names(&choose(&s, Some(&s), Some(&kept), Some((40, &fresh)))),
             Some((5, vec!["a", "b"]))
         );
         // A column the kept entry held but that changed since no longer counts.
         let s2 = state(&[("a", 1, 5), ("b", 8, 9), ("c", 3, 9)]);
         let fresh2 = change(9, &[("b", 8), ("c", 3)]);
         assert_eq!(
-            names(&choose(&s2, Some(&kept), Some((41, &fresh2)))),
+            names(&choose(&s2, Some(&s), Some(&kept), Some((41, &fresh2)))),
             Some((41, vec!["b", "c"]))
         );
         // A tie goes to the later entry.
         let one: Referred = (5, vec![("a".into(), hlc(5))]);
         assert_eq!(
-            names(&choose(&s, Some(&one), Some((40, &fresh)))),
+            names(&choose(&s, Some(&s), Some(&one), Some((40, &fresh)))),
             Some((40, vec!["c"]))
         );
+    }
+
+    #[test]
+    fn a_value_replaced_at_the_same_clock_is_not_the_entrys() {
+        // The entry wrote a = 1 at 5; a write stamped alike replaced it
+        // with 2 (same clock): the state must hold 2 itself.
+        let was = state(&[("a", 1, 5), ("b", 2, 5)]);
+        let now = state(&[("a", 2, 5), ("b", 2, 5)]);
+        let kept: Referred = (5, vec![("a".into(), hlc(5)), ("b".into(), hlc(5))]);
+        assert_eq!(
+            names(&choose(&now, Some(&was), Some(&kept), None)),
+            Some((5, vec!["b"]))
+        );
+        // Without the state before, nothing is taken for the entry's.
+        assert_eq!(choose(&now, None, Some(&kept), None), None);
     }
 
     #[test]
     fn no_entry_when_none_holds_a_value() {
         let s = state(&[("a", 1, 5)]);
         let stale: Referred = (3, vec![("a".into(), hlc(3))]);
-        assert_eq!(choose(&s, Some(&stale), None), None);
-        assert_eq!(choose(&s, None, Some((4, &change(4, &[("a", 1)])))), None);
-        assert_eq!(choose(&s, None, None), None);
+        assert_eq!(choose(&s, Some(&s), Some(&stale), None), None);
+        assert_eq!(
+            choose(&s, Some(&s), None, Some((4, &change(4, &[("a", 1)])))),
+            None
+        );
+        assert_eq!(choose(&s, Some(&s), None, None), None);
     }
 }
