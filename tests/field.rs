@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::device::{device, device_in, device_on, device_with};
+use common::device::{device, device_in, device_on, device_with, s};
 use common::entities::{handles, people_lww, people_manual, people_v2};
 use common::{BoxError, Dialect, TestDb, TestResult, run, trial, trial_with_postgres};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder};
@@ -49,6 +49,8 @@ fn main() -> std::process::ExitCode {
         a_hub_that_says_nothing_of_where_a_device_stands_is_not_taken_as_behind,
         a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change,
         copies_stamping_alike_settle_on_one_value,
+        a_change_stamped_again_stays_after_what_its_device_pulled,
+        a_renewed_device_stamps_again_what_its_old_identity_stamped_ahead,
         a_200_byte_key_syncs_like_any_other,
         a_long_text_key_syncs_like_any_other,
     ];
@@ -196,6 +198,161 @@ impl Hub for AnswerLost {
     ) -> tidesync::Result<(Cursor, SnapshotPage)> {
         self.inner.snapshot(after, limit).await
     }
+}
+
+/// A hub that, for the next `lie` pushes it refuses for a clock ahead,
+/// says its own clock is two days behind what it is: the device takes its
+/// clock for still wrong and keeps its changes queued.
+struct ClockLies {
+    inner: SqlHub,
+    lie: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Hub for ClockLies {
+    async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
+        self.inner.install(tables).await
+    }
+
+    async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
+        let mut ack = self.inner.push(batch).await?;
+        if let Some(c) = ack.clock_ahead.as_mut()
+            && self
+                .lie
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            c.hub_now_us -= 2 * 24 * 3600 * 1_000_000;
+        }
+        Ok(ack)
+    }
+
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+        at: Option<Cursor>,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin, at).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        self.inner.snapshot(after, limit).await
+    }
+}
+
+/// Review finding (item 8): a device whose clock was ahead pulls, while
+/// its change stamped ahead is queued, a later edit of the same column
+/// from a device whose clock is a little fast (within the hub's bound).
+/// Here its own change wins. Once its clock is right, the change is
+/// stamped again: after every change it pulled, so it wins everywhere as
+/// it did here. Before, it was stamped at the device's present time,
+/// below the pulled edit: the hub kept the pulled edit, and the device
+/// its own, for ever.
+async fn a_change_stamped_again_stays_after_what_its_device_pulled(hub: TestDb) -> TestResult {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let d = device::<people_lww::Entity>(&hub, "d").await?;
+    let e = device::<people_lww::Entity>(&hub, "e").await?;
+    let id = d.add("one").await?;
+    d.sync().await?;
+    e.sync().await?;
+    let lying = Arc::new(ClockLies {
+        inner: SqlHub::new(hub.connect_again().await?),
+        lie: AtomicUsize::new(1),
+    });
+    let d = device_in(d.local, lying, |r| r.register::<people_lww::Entity>()).await?;
+    d.set(id, "email", "d@x").await?;
+    d.shift_pending_writes(24 * 3600 * 1_000_000).await?;
+    d.engine.replica().capture().await?;
+    // e's clock two minutes fast: its edit is later than d's present time.
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as u64;
+    let fast = format!(
+        "{:016x}-{:08x}-{}",
+        now_us + 120_000_000,
+        0,
+        e.engine.replica().node_id()
+    );
+    let q = Query::update()
+        .table(Alias::new("_tidesync_meta"))
+        .value(Alias::new("value"), fast)
+        .and_where(Expr::col(Alias::new("key")).eq("hlc"))
+        .to_owned();
+    e.db().execute(&q).await?;
+    e.set(id, "email", "e@x").await?;
+    e.sync().await?;
+    // d's push is refused, its clock looks still wrong: it pulls e's edit,
+    // which its own change (a day ahead) beats here.
+    let first = d.engine.sync_now().await?;
+    ensure!(
+        first.wrong_clock.as_ref().is_some_and(|w| w.still_ahead),
+        "{first:?}"
+    );
+    ensure_eq!(d.rows().await?[&id].1, s("d@x"));
+    // Now its clock is right: the change goes out stamped again.
+    let second = d.sync().await?;
+    ensure!(
+        second
+            .wrong_clock
+            .as_ref()
+            .is_some_and(|w| w.restamped == 1),
+        "{second:?}"
+    );
+    e.sync().await?;
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    for (name, dev) in [("d", &d), ("e", &e), ("c", &c)] {
+        ensure_eq!(dev.rows().await?[&id].1, s("d@x"), "on {name}");
+    }
+    for dev in [d, e, c] {
+        dev.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// Review finding (items 1 and 8): a device whose change was stamped in
+/// the future takes a new identity (a copy of it pushed first) in the same
+/// sync that finds its clock right again. The change keeps the stamp of the
+/// old identity: it is stamped again all the same and pushed. Before, only
+/// stamps of the current identity were, and the change stayed refused
+/// while the report said none was pending a new stamp.
+async fn a_renewed_device_stamps_again_what_its_old_identity_stamped_ahead(
+    hub: TestDb,
+) -> TestResult {
+    let d = device::<people_lww::Entity>(&hub, "d").await?;
+    let id = d.add("one").await?;
+    d.sync().await?;
+    let copy = device_in(d.local.copy("copy").await?, sql_hub(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    copy.add("the copy's").await?;
+    copy.sync().await?;
+    d.set(id, "email", "d@x").await?;
+    d.shift_pending_writes(24 * 3600 * 1_000_000).await?;
+    let r = d.engine.sync_now().await?;
+    ensure_eq!(r.renewed.len(), 1, "{r:?}");
+    ensure!(
+        r.wrong_clock
+            .as_ref()
+            .is_some_and(|w| w.restamped == 1 && !w.still_ahead)
+            && r.halted.is_none(),
+        "{r:?}"
+    );
+    ensure_eq!(d.engine.replica().pending_count().await?, 0);
+    copy.sync().await?;
+    ensure_eq!(copy.rows().await?[&id].1, s("d@x"));
+    d.drop().await?;
+    copy.drop().await?;
+    hub.drop().await
 }
 
 /// A hub whose pulls and snapshots can fail (the next `fail` ones), and

@@ -175,6 +175,13 @@ pub(crate) async fn apply_page(
         }
     }
     write_tables(&tx, d, &writes, meta.park_raced, &mut report).await?;
+    for h in by_table
+        .values()
+        .flatten()
+        .filter_map(|d| d.state.max_clock())
+    {
+        state.saw(h);
+    }
     if meta.node.is_some_and(|n| n != state.node) {
         state.save(&tx).await?;
     } else {

@@ -48,11 +48,18 @@ impl Replica {
             logical: 0,
             node: state.node,
         };
-        let known = outbox.iter().map(|(_, h, _)| *h).chain(
-            states
-                .iter()
-                .flat_map(|(_, _, s)| s.clocks.values().copied().chain(s.deleted_at)),
-        );
+        // Every clock it holds, and the latest it pulled: a pulled write
+        // that lost here to a change stamped ahead left no clock in the
+        // row states, and the change stamped again must still beat it.
+        let known = outbox
+            .iter()
+            .map(|(_, h, _)| *h)
+            .chain(
+                states
+                    .iter()
+                    .flat_map(|(_, _, s)| s.clocks.values().copied().chain(s.deleted_at)),
+            )
+            .chain(state.seen);
         for h in known.filter(|h| h.physical <= limit_us) {
             base = Ord::max(
                 base,
@@ -64,8 +71,10 @@ impl Replica {
         }
         state.clock = HlcClock::new(state.node, Some(base));
         // Pending changes, in order; the same write keeps one new stamp in
-        // the row state.
-        let mine = |h: &Hlc| h.physical > limit_us && h.node == state.node;
+        // the row state. The outbox holds only this replica's changes,
+        // whatever identity stamped them (one it had before it renewed it
+        // keeps its stamps).
+        let mine = |h: &Hlc| h.physical > limit_us;
         let mut new: HashMap<Hlc, Hlc> = HashMap::new();
         for (_, h, _) in outbox.iter().filter(|(_, h, _)| mine(h)) {
             new.insert(*h, state.clock.tick(wall));
@@ -99,8 +108,13 @@ impl Replica {
         }
         for (table, key, mut s) in states {
             let mut moved = false;
+            // A pending change's stamp, or another of this identity's
+            // (a write already overwritten by a later one here).
             let mut again = |h: &mut Hlc| {
-                if h.physical > limit_us && h.node == state.node {
+                if let Some(n) = new.get(h) {
+                    *h = *n;
+                    moved = true;
+                } else if h.physical > limit_us && h.node == state.node {
                     *h = *new.entry(*h).or_insert_with(|| state.clock.tick(wall));
                     moved = true;
                 }

@@ -17,8 +17,10 @@ pub(crate) struct SealState {
     pub(crate) node: NodeId,
     pub(crate) clock: HlcClock,
     pub(crate) next_seq: u64,
-    /// Sequence and clock as loaded.
-    loaded: (u64, Hlc),
+    /// The latest clock of a pulled change (see [`SealState::saw`]).
+    pub(crate) seen: Option<Hlc>,
+    /// Sequence, clock and latest pulled clock as loaded.
+    loaded: (u64, Hlc, Option<Hlc>),
 }
 
 impl SealState {
@@ -44,7 +46,7 @@ impl SealState {
     pub(crate) async fn load(tx: &DatabaseTransaction) -> Result<Self> {
         custom_plans(tx).await?;
         let mut meta = LOCAL_META
-            .read_many(tx, &["next_seq", "hlc", "node_id"])
+            .read_many(tx, &["next_seq", "hlc", "node_id", "seen"])
             .await?;
         let node: NodeId = meta
             .remove("node_id")
@@ -61,12 +63,27 @@ impl SealState {
             _ => None,
         };
         let clock = HlcClock::new(node, last);
+        let seen = match meta.remove("seen") {
+            Some(s) if !s.is_empty() => Some(s.parse()?),
+            _ => None,
+        };
         Ok(SealState {
             node,
-            loaded: (next_seq, clock.last()),
+            loaded: (next_seq, clock.last(), seen),
             clock,
             next_seq,
+            seen,
         })
+    }
+
+    /// Remember `remote`, the clock of a pulled change, if it is the latest
+    /// so far. The hybrid clock observes it too, but a clock running ahead
+    /// (a wrong wall clock) hides it: stamping its changes again once the
+    /// clock is right must still order them after every change it pulled
+    /// (see `restamp`), or a pulled write they beat here would beat them
+    /// everywhere else.
+    pub(crate) fn saw(&mut self, remote: Hlc) {
+        self.seen = Ord::max(self.seen, Some(remote));
     }
 
     /// The id and clock of this node's next change, written at `wall_us`.
@@ -146,12 +163,16 @@ impl SealState {
     ) -> Result<()> {
         let next_seq = self.next_seq.to_string();
         let hlc = self.clock.last().to_string();
+        let seen = self.seen.map(|h| h.to_string());
         let mut values = more.to_vec();
         if self.next_seq != self.loaded.0 {
             values.push(("next_seq", &next_seq));
         }
         if self.clock.last() != self.loaded.1 {
             values.push(("hlc", &hlc));
+        }
+        if let Some(seen) = seen.as_deref().filter(|_| self.seen != self.loaded.2) {
+            values.push(("seen", seen));
         }
         LOCAL_META.upsert_many(tx, &values).await
     }
