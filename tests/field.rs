@@ -51,6 +51,8 @@ fn main() -> std::process::ExitCode {
         copies_stamping_alike_settle_on_one_value,
         a_change_stamped_again_stays_after_what_its_device_pulled,
         a_renewed_device_stamps_again_what_its_old_identity_stamped_ahead,
+        a_restored_hub_gets_back_the_value_it_held_a_conflict_on,
+        a_device_restored_before_it_pushed_a_held_edit_gets_the_conflict_back,
         a_200_byte_key_syncs_like_any_other,
         a_long_text_key_syncs_like_any_other,
     ];
@@ -352,6 +354,105 @@ async fn a_renewed_device_stamps_again_what_its_old_identity_stamped_ahead(
     ensure_eq!(copy.rows().await?[&id].1, s("d@x"));
     d.drop().await?;
     copy.drop().await?;
+    hub.drop().await
+}
+
+/// Review finding (item 1): a hub restored from a backup older than a
+/// conflict it held (manual policy). The device holding the conflict sends
+/// its row states again: the held column goes with the value the hub held,
+/// not the local one, which is not settled. Taking the remote value then
+/// leaves every side alike. Before, the local value went out at its own
+/// clock and won the hub over; taking the remote value here sent nothing,
+/// and this device kept another value than everyone else for ever.
+async fn a_restored_hub_gets_back_the_value_it_held_a_conflict_on(hub: TestDb) -> TestResult {
+    let a = device::<people_manual::Entity>(&hub, "a").await?;
+    let b = device::<people_manual::Entity>(&hub, "b").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    b.sync().await?;
+    hub.back_up("bk_").await?;
+    b.set(x, "email", "b@x").await?;
+    b.sync().await?;
+    a.set(x, "email", "a@x").await?;
+    let ra = a.sync().await?;
+    ensure_eq!(ra.conflicts.len(), 1, "{ra:?}");
+    hub.restore("bk_").await?;
+    let ra = a.sync().await?;
+    ensure!(ra.hub_behind.is_some(), "{ra:?}");
+    let rb = b.sync().await?;
+    ensure!(rb.hub_behind.is_some(), "{rb:?}");
+    a.sync().await?;
+    let held = a.engine.replica().conflicts().await?;
+    ensure_eq!(held.len(), 1, "{held:?}");
+    a.engine
+        .replica()
+        .resolve(held[0].id, Resolution::TakeRemote)
+        .await?;
+    a.sync().await?;
+    b.sync().await?;
+    let c = device::<people_manual::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    for (name, d) in [("a", &a), ("b", &b), ("c", &c)] {
+        ensure_eq!(d.rows().await?[&x].1, s("b@x"), "on {name}");
+    }
+    for d in [a, b, c] {
+        d.drop().await?;
+    }
+    hub.drop().await
+}
+
+/// Review finding (items 1 and 3): a device restored from a backup made
+/// after it captured a change whose edit the hub held back (manual policy)
+/// but before it pushed it. It pushed that change and a later one from the
+/// original database, so its device had the conflict. The restored device
+/// pushes the change again under its id: the hub gives the conflict back,
+/// and the restored device holds it. Before, the hub had forgotten it once
+/// the later change came: the restored device kept its own value, newer
+/// than the hub's, and showed it for ever while everyone else had the
+/// other.
+async fn a_device_restored_before_it_pushed_a_held_edit_gets_the_conflict_back(
+    hub: TestDb,
+) -> TestResult {
+    let d = device::<people_manual::Entity>(&hub, "d").await?;
+    let e = device::<people_manual::Entity>(&hub, "e").await?;
+    let x = d.add("x").await?;
+    d.sync().await?;
+    e.sync().await?;
+    e.set(x, "email", "e@x").await?;
+    e.sync().await?;
+    d.set(x, "email", "d@x").await?;
+    d.engine.replica().capture().await?;
+    let backup = d.local.copy("backup").await?;
+    let rd = d.sync().await?;
+    ensure_eq!(rd.conflicts.len(), 1, "{rd:?}");
+    d.add("later").await?;
+    d.sync().await?;
+    d.drop().await?;
+    let r = device_in(backup, sql_hub(&hub).await?, |r| {
+        r.register::<people_manual::Entity>()
+    })
+    .await?;
+    let rr = r.sync().await?;
+    ensure_eq!(rr.renewed.len(), 1, "{rr:?}");
+    let held = r.engine.replica().conflicts().await?;
+    ensure_eq!(
+        held.len(),
+        1,
+        "the restored device holds the conflict: {held:?}"
+    );
+    ensure_eq!(held[0].conflict.local, sea_orm::Value::from("d@x"));
+    ensure_eq!(held[0].conflict.remote, sea_orm::Value::from("e@x"));
+    r.engine
+        .replica()
+        .resolve(held[0].id, Resolution::TakeRemote)
+        .await?;
+    r.sync().await?;
+    e.sync().await?;
+    for (name, dev) in [("restored", &r), ("e", &e)] {
+        ensure_eq!(dev.rows().await?[&x].1, s("e@x"), "on {name}");
+    }
+    r.drop().await?;
+    e.drop().await?;
     hub.drop().await
 }
 

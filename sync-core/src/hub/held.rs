@@ -1,12 +1,13 @@
-//! Conflicts the hub held back, kept per change until its device has them
-//! for sure: a device that pushes a change again (the answer was lost after
-//! the hub committed) gets the same conflicts again, so the value of the
-//! held column is never dropped with the change.
+//! Conflicts the hub held back, kept per change: a device that pushes a
+//! change again gets the same conflicts again, so the value of the held
+//! column is never dropped with the change. It pushes again when the answer
+//! was lost after the hub committed, or when it was restored from a backup
+//! made before it pushed (then it lacks the conflicts it recorded since).
+//! The device updates a conflict it holds already instead of recording it
+//! twice.
 //!
-//! A device pushes from the head of its outbox, and records the conflicts
-//! of an answer before it drops the acknowledged changes. So when a push
-//! starts after a change, the device has recorded that change's conflicts,
-//! and the hub forgets them.
+//! An earlier release forgot a change's conflicts once its device pushed
+//! past it, keeping only the columns they held back (see [`Held`]).
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
@@ -59,11 +60,11 @@ pub(super) async fn of(
 
 /// What the hub keeps of the conflicts one change raised.
 pub(super) enum Held {
-    /// The conflicts, until its device has them for sure.
+    /// The conflicts.
     Conflicts(Vec<ColumnConflict>),
-    /// Then only the columns held back: a change sent again under its id
-    /// (after a crash before the device dropped it) is compared with the
-    /// logged change, which lacks them (see `resent`).
+    /// Only the columns held back, as an earlier release kept them once
+    /// its device had the conflicts: a change sent again under its id is
+    /// compared with the logged change, which lacks them (see `resent`).
     Forgotten(Vec<String>),
 }
 
@@ -124,43 +125,4 @@ fn decode(origin: NodeId, text: &str) -> Result<Held> {
         return Ok(Held::Forgotten(f.held));
     }
     Ok(Held::Conflicts(serde_json::from_str(text).map_err(bad)?))
-}
-
-/// Forget the conflicts of `origin`'s changes before `seq`: its device
-/// holds them. The columns they held back are kept (see [`Held`]).
-pub(super) async fn forget_before(
-    tx: &DatabaseTransaction,
-    origin: NodeId,
-    seq: u64,
-) -> Result<()> {
-    let live = tx
-        .query_all(
-            &Query::select()
-                .columns(["origin_seq", "conflicts"].map(Alias::new))
-                .from(Alias::new(HELD))
-                .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
-                .and_where(Expr::col(Alias::new("origin_seq")).lt(db_sequence(seq)?))
-                .and_where(Expr::col(Alias::new("conflicts")).like("[%"))
-                .to_owned(),
-        )
-        .await?;
-    for r in live {
-        let text: String = r.try_get("", "conflicts")?;
-        let forgotten = ForgottenText {
-            held: decode(origin, &text)?.columns(),
-        };
-        tx.execute(
-            &Query::update()
-                .table(Alias::new(HELD))
-                .value(Alias::new("conflicts"), serde_json::to_string(&forgotten)?)
-                .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
-                .and_where(
-                    Expr::col(Alias::new("origin_seq"))
-                        .eq(db_sequence(sequence(&r, "origin_seq")?)?),
-                )
-                .to_owned(),
-        )
-        .await?;
-    }
-    Ok(())
 }

@@ -153,8 +153,6 @@ impl Push<'_> {
         };
         ack.acknowledged.extend(done.iter().map(|c| c.id));
         if self.specs.iter().any(|s| s.policy.holds_conflicts()) {
-            let first = batch.first().map_or(0, |c| c.id.seq);
-            held::forget_before(&tx, self.origin, first).await?;
             let seqs: Vec<u64> = done.iter().map(|c| c.id.seq).collect();
             ack.conflicts = held::of(&tx, self.origin, &seqs).await?;
         }

@@ -2,6 +2,8 @@
 //! base, local and remote values in `_tidesync_conflicts` until resolved,
 //! and their resolution as a new change that syncs like any other.
 
+use std::collections::HashMap;
+
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LockType, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
@@ -52,7 +54,9 @@ fn json(v: &Value) -> Result<String> {
 
 impl Replica {
     /// Store conflicts the hub held back; a conflict already open on the
-    /// same row and column is updated instead of duplicated.
+    /// same row and column is updated instead of duplicated (unless it
+    /// holds a later local edit: a change sent again brings its conflicts
+    /// again).
     pub(crate) async fn record_conflicts(&self, conflicts: &[ColumnConflict]) -> Result<Vec<i64>> {
         let tx = self.connection().begin().await?;
         let mut ids = Vec::new();
@@ -86,6 +90,9 @@ impl Replica {
                                 ),
                             ])
                             .and_where(Expr::col(Alias::new("id")).eq(id))
+                            .and_where(
+                                Expr::col(Alias::new("local_clock")).lte(c.local_clock.to_string()),
+                            )
                             .to_owned(),
                     )
                     .await?;
@@ -352,6 +359,34 @@ pub(crate) async fn open_conflicts(
             .to_owned();
         for r in tx.query_all(&q).await? {
             out.push((r.try_get("", "pk")?, r.try_get("", "col")?));
+        }
+    }
+    Ok(out)
+}
+
+/// The remote value and clock of each held column of some rows of a table,
+/// by `(key text, column)` (the latest of several conflicts on one).
+pub(crate) async fn held_remotes(
+    tx: &DatabaseTransaction,
+    table: &str,
+    keys: &[String],
+) -> Result<HashMap<(String, String), (Value, Hlc)>> {
+    let mut out: HashMap<(String, String), (Value, Hlc)> = HashMap::new();
+    for chunk in keys.chunks(500) {
+        let q = Query::select()
+            .columns(["pk", "col", "remote", "remote_clock"].map(Alias::new))
+            .from(Alias::new(CONFLICTS))
+            .and_where(Expr::col(Alias::new("tbl")).eq(table))
+            .and_where(Expr::col(Alias::new("pk")).is_in(chunk.iter().cloned()))
+            .to_owned();
+        for r in tx.query_all(&q).await? {
+            let remote: String = r.try_get("", "remote")?;
+            let clock: String = r.try_get("", "remote_clock")?;
+            let (value, clock) = (typed::from_text(&remote)?, clock.parse::<Hlc>()?);
+            let slot = (r.try_get("", "pk")?, r.try_get("", "col")?);
+            if out.get(&slot).is_none_or(|(_, c)| *c < clock) {
+                out.insert(slot, (value, clock));
+            }
         }
     }
     Ok(out)

@@ -10,13 +10,17 @@
 //! only those this replica wrote: a device whose changes the hub lost may
 //! never sync again, and a column this replica wrote alone could not make
 //! a row the hub lost whole. Bases are left out, so no merge of these is
-//! taken for a concurrent edit.
+//! taken for a concurrent edit. A column with a conflict held here goes
+//! out with the conflict's remote value and clock, which the hub held (the
+//! local value is not settled yet: sent, it would win the hub over by its
+//! clock, and taking the remote value here later would send nothing).
 
 use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use super::Replica;
+use super::conflicts::held_remotes;
 use super::seal_state::SealState;
 use super::tables::{LOCAL_META, OUTBOX, ROWS};
 use crate::model::change::{Change, Op, TableSpec};
@@ -77,8 +81,10 @@ async fn queue_table<'s>(
         let page = rows::state_page(tx, ROWS, &spec.name, after.as_deref(), PAGE).await?;
         let full = page.len() as u64 >= PAGE;
         after = page.last().map(|(k, _)| k.clone());
+        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+        let held = held_remotes(tx, &spec.name, &keys).await?;
         let mut changes = Vec::new();
-        for (key, row) in page {
+        for (key, mut row) in page {
             let pk: Vec<(String, Value)> = spec
                 .pk_names()
                 .into_iter()
@@ -89,6 +95,12 @@ async fn queue_table<'s>(
                     dead.push((pk, d));
                 }
                 continue;
+            }
+            for c in &spec.columns {
+                if let Some((value, clock)) = held.get(&(key.clone(), c.name.clone())) {
+                    row.vals.insert(c.name.clone(), value.clone());
+                    row.clocks.insert(c.name.clone(), *clock);
+                }
             }
             changes.extend(row_changes(state, spec, pk, row));
         }
