@@ -1,7 +1,7 @@
 //! A snapshot of the hub's rows, page by page in (table, key) order, for
 //! bootstrapping a new replica.
 
-use sea_orm::sea_query::{Alias, Expr, Order, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, Value};
 
 use super::log;
@@ -14,8 +14,14 @@ use crate::model::value::parse_pk_key;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, storage_key};
 
 /// The hub's cursor now, and up to `limit` rows after the key `after` (a
-/// page's `next`: the JSON of its last `(table, stored key)`, valid across
-/// restarts and limits; a key text is taken as its stored key).
+/// page's `next`: the JSON of its last `(table, stored key, 1)`, valid
+/// across restarts and limits).
+///
+/// A token of an earlier release is `(table, key text)`, in the order of key
+/// texts: a key stored under its hash since (a SQLite hub holding a key over
+/// 700 characters) sorts before every key text, so the rows of the table
+/// stored by hash come again after such a token (a row twice merges to the
+/// same state; a row left out would be missing for good).
 pub(super) async fn page<C: ConnectionTrait>(
     db: &C,
     specs: &[TableSpec],
@@ -31,10 +37,29 @@ pub(super) async fn page<C: ConnectionTrait>(
         .order_by(Alias::new("pk"), Order::Asc)
         .limit(Ord::min(limit, i64::MAX as u64));
     if let Some(after) = &after {
-        let (tbl, pk): (String, String) = serde_json::from_str(after)?;
+        let bad = || Error::Config(format!("snapshot token `{after}` is not one a hub gave"));
+        let token: Vec<serde_json::Value> = serde_json::from_str(after).map_err(|_| bad())?;
+        let (tbl, pk, stored) = match token.as_slice() {
+            [serde_json::Value::String(t), serde_json::Value::String(k)] => (t, k, false),
+            [
+                serde_json::Value::String(t),
+                serde_json::Value::String(k),
+                _,
+            ] => (t, k, true),
+            _ => return Err(bad()),
+        };
         let columns = [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))];
-        let values = [Value::from(tbl), Value::from(storage_key(&pk).into_owned())];
-        q.and_where(dialect::of_db(db)?.after(columns, values));
+        let values = [
+            Value::from(tbl.clone()),
+            Value::from(storage_key(pk).into_owned()),
+        ];
+        let mut cond = dialect::of_db(db)?.after(columns, values);
+        if !stored {
+            cond = cond.or(Expr::col(Alias::new("tbl"))
+                .eq(tbl.clone())
+                .and(Expr::col(Alias::new("pk")).like("#%")));
+        }
+        q.and_where(cond);
     }
     let rows = db
         .query_all(&q)
@@ -68,7 +93,9 @@ pub(super) async fn page<C: ConnectionTrait>(
         last = Some((tbl, r.try_get::<String>("", "pk")?));
     }
     if rows.len() as u64 == limit {
-        page.next = last.map(|l| serde_json::to_string(&l)).transpose()?;
+        page.next = last
+            .map(|(t, k)| serde_json::to_string(&(t, k, 1)))
+            .transpose()?;
     }
     Ok((cursor, page))
 }
