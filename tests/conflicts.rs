@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         newer_client_adds_a_column,
         a_change_from_the_future_is_refused_and_stamped_again_once_the_clock_is_right,
         two_edits_from_the_future_stamped_again_are_no_conflict,
+        two_held_edits_of_a_column_in_one_batch_are_one_decision,
     ];
     run(trials)
 }
@@ -389,6 +390,52 @@ async fn a_change_from_the_future_is_refused_and_stamped_again_once_the_clock_is
     for d in [a, b, c] {
         d.drop().await?;
     }
+    hub.drop().await
+}
+
+/// Review finding (item 3): two edits of one column in one pushed batch,
+/// both held back by the hub against another device's edit, under a
+/// resolver. One decision is made, on the later edit. Before, the resolver
+/// decided on the earlier edit (its answer overwrote the later one), then
+/// the sync failed on the conflict it had just resolved, at every sync.
+async fn two_held_edits_of_a_column_in_one_batch_are_one_decision(hub: TestDb) -> TestResult {
+    let both = |c: &ColumnConflict| -> Option<Resolution> {
+        match (&c.local, &c.remote) {
+            (Value::String(Some(l)), Value::String(Some(r))) => {
+                let mut v = [l.clone(), r.clone()];
+                v.sort();
+                Some(Resolution::Value(Value::String(Some(v.join(" / ")))))
+            }
+            _ => None,
+        }
+    };
+    let a = device_with(&hub, "a", |b| {
+        b.register::<people_manual::Entity>()
+            .resolver::<people_manual::Entity>(both)
+    })
+    .await?;
+    let b = device_with(&hub, "b", |b| {
+        b.register::<people_manual::Entity>()
+            .resolver::<people_manual::Entity>(both)
+    })
+    .await?;
+    let id = a.add("n").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.set(id, "name", "from a").await?;
+    a.sync().await?;
+    b.set(id, "name", "b1").await?;
+    b.engine.replica().capture().await?;
+    b.set(id, "name", "b2").await?;
+    let rb = b.sync().await?;
+    ensure_eq!(rb.resolved, 1, "{rb:?}");
+    a.sync().await?;
+    b.sync().await?;
+    for d in [&a, &b] {
+        ensure_eq!(d.rows().await?[&id].0, "b2 / from a");
+    }
+    a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }
 

@@ -359,6 +359,12 @@ async fn a_renewed_device_stamps_again_what_its_old_identity_stamped_ahead(
     ensure_eq!(d.engine.replica().pending_count().await?, 0);
     copy.sync().await?;
     ensure_eq!(copy.rows().await?[&id].1, s("d@x"));
+    // d's row state took the new stamp too: a later edit elsewhere wins
+    // there.
+    copy.set(id, "email", "copy@x").await?;
+    copy.sync().await?;
+    d.sync().await?;
+    ensure_eq!(d.rows().await?[&id].1, s("copy@x"));
     d.drop().await?;
     copy.drop().await?;
     hub.drop().await

@@ -77,17 +77,14 @@ impl Replica {
             match existing {
                 Some(r) => {
                     let id = integer_id(&r, "id")?;
+                    // Each side only moves forward: a change sent again
+                    // brings an older conflict of the column again.
                     tx.execute(
                         &Query::update()
                             .table(Alias::new(CONFLICTS))
                             .values([
                                 (Alias::new("local"), json(&c.local)?.into()),
                                 (Alias::new("local_clock"), c.local_clock.to_string().into()),
-                                (Alias::new("remote"), json(&c.remote)?.into()),
-                                (
-                                    Alias::new("remote_clock"),
-                                    c.remote_clock.to_string().into(),
-                                ),
                             ])
                             .and_where(Expr::col(Alias::new("id")).eq(id))
                             .and_where(
@@ -96,6 +93,8 @@ impl Replica {
                             .to_owned(),
                     )
                     .await?;
+                    update_remote(&tx, &c.table, &key, &c.column, &c.remote, c.remote_clock)
+                        .await?;
                     ids.push(id);
                 }
                 None => {
@@ -132,6 +131,22 @@ impl Replica {
         }
         tx.commit().await?;
         Ok(ids)
+    }
+
+    /// The held conflict `id` as stored.
+    pub(crate) async fn held(&self, id: i64) -> Result<HeldConflict> {
+        let row = self
+            .connection()
+            .query_one(
+                &Query::select()
+                    .columns(HELD_COLUMNS.map(Alias::new))
+                    .from(Alias::new(CONFLICTS))
+                    .and_where(Expr::col(Alias::new("id")).eq(id))
+                    .to_owned(),
+            )
+            .await?
+            .ok_or_else(|| Error::Config(format!("no conflict with id {id}")))?;
+        self.held_of_row(&row)
     }
 
     /// Conflicts waiting for a decision, oldest first.

@@ -299,6 +299,14 @@ impl Replica {
         }
         let new = NodeId::random();
         LOCAL_META.upsert(&tx, "node_id", &new.to_string()).await?;
+        // Its changes stamped under the old id are still its own (see
+        // `restamp`).
+        let mut former = restamp::former_ids(&tx).await?;
+        former.push(old);
+        let former: Vec<String> = former.iter().map(NodeId::to_string).collect();
+        LOCAL_META
+            .upsert(&tx, restamp::FORMER_IDS, &former.join(" "))
+            .await?;
         for prefix in ["cursor:", "bootstrap:", "acked:", "mark:"] {
             LOCAL_META.remove_prefixed(&tx, prefix).await?;
         }

@@ -19,9 +19,9 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 
 use super::Replica;
 use super::seal_state::SealState;
-use super::tables::{OUTBOX, ROWS};
+use super::tables::{LOCAL_META, OUTBOX, ROWS};
 use crate::model::change::ColumnBase;
-use crate::model::clock::{Hlc, HlcClock, wall_clock_us};
+use crate::model::clock::{Hlc, HlcClock, NodeId, wall_clock_us};
 use crate::model::error::Result;
 use crate::model::merge::RowState;
 use crate::store::codec::{db_sequence, sequence};
@@ -50,7 +50,9 @@ impl Replica {
         };
         // Every clock it holds, and the latest it pulled: a pulled write
         // that lost here to a change stamped ahead left no clock in the
-        // row states, and the change stamped again must still beat it.
+        // row states, and the change stamped again must still beat it
+        // (even when the hub took it beyond the bound it sets now: the
+        // change then stays refused, loud, instead of losing).
         let known = outbox
             .iter()
             .map(|(_, h, _)| *h)
@@ -59,8 +61,9 @@ impl Replica {
                     .iter()
                     .flat_map(|(_, _, s)| s.clocks.values().copied().chain(s.deleted_at)),
             )
+            .filter(|h| h.physical <= limit_us)
             .chain(state.seen);
-        for h in known.filter(|h| h.physical <= limit_us) {
+        for h in known {
             base = Ord::max(
                 base,
                 Hlc {
@@ -71,10 +74,13 @@ impl Replica {
         }
         state.clock = HlcClock::new(state.node, Some(base));
         // Pending changes, in order; the same write keeps one new stamp in
-        // the row state. The outbox holds only this replica's changes,
-        // whatever identity stamped them (one it had before it renewed it
-        // keeps its stamps).
-        let mine = |h: &Hlc| h.physical > limit_us;
+        // the row state. Stamps of this replica, under its present identity
+        // or one it renewed (its changes keep their stamps); the outbox
+        // also holds other devices' clocks after row states were sent
+        // again to a restored hub (see `resend`), which stay as they are.
+        let former = former_ids(&tx).await?;
+        let own = |h: &Hlc| h.node == state.node || former.contains(&h.node);
+        let mine = |h: &Hlc| h.physical > limit_us && own(h);
         let mut new: HashMap<Hlc, Hlc> = HashMap::new();
         for (_, h, _) in outbox.iter().filter(|(_, h, _)| mine(h)) {
             new.insert(*h, state.clock.tick(wall));
@@ -132,6 +138,16 @@ impl Replica {
         Ok(outbox.iter().filter(|(_, h, _)| mine(h)).count())
     }
 }
+
+/// The identities this replica had before it renewed its own (see
+/// `Replica::renew_identity`).
+pub(crate) async fn former_ids(tx: &DatabaseTransaction) -> Result<Vec<NodeId>> {
+    let text = LOCAL_META.read(tx, FORMER_IDS).await?.unwrap_or_default();
+    text.split_whitespace().map(str::parse).collect()
+}
+
+/// The metadata key of [`former_ids`]: the ids, separated by spaces.
+pub(crate) const FORMER_IDS: &str = "former_ids";
 
 /// Sequence, stamp and bases of every pending change, in order.
 async fn outbox_clocks(tx: &DatabaseTransaction) -> Result<Vec<(u64, Hlc, Vec<ColumnBase>)>> {

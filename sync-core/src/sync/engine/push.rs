@@ -138,12 +138,22 @@ impl SyncEngine {
     ) -> Result<AckOutcome> {
         let clashed = ack.clashed.take();
         // The conflicts first: once a change counts as acknowledged it may
-        // be dropped (even if this call then fails), and the hub forgets
-        // its conflicts when the next push starts after it.
+        // be dropped (even if this call then fails); the hub gives them
+        // again only if the change is pushed again.
         let mut resolved = false;
         if !ack.conflicts.is_empty() {
             let ids = self.replica.record_conflicts(&ack.conflicts).await?;
-            for (id, c) in ids.into_iter().zip(ack.conflicts) {
+            // One decision per stored conflict, on the conflict as stored:
+            // two conflicts of one column in an answer (two edits of it in
+            // the batch) are one, which holds the later edit.
+            let mut once = std::collections::HashSet::new();
+            let mut stored = Vec::new();
+            for id in ids {
+                if once.insert(id) {
+                    stored.push((id, self.replica.held(id).await?.conflict));
+                }
+            }
+            for (id, c) in stored {
                 let decided = self
                     .replica
                     .resolver_for(&c.table)
