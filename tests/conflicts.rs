@@ -393,22 +393,25 @@ async fn a_change_from_the_future_is_refused_and_stamped_again_once_the_clock_is
     hub.drop().await
 }
 
+/// A resolver that keeps both values: "local / remote", sorted (the same
+/// answer on every replica).
+fn both(c: &ColumnConflict) -> Option<Resolution> {
+    match (&c.local, &c.remote) {
+        (Value::String(Some(l)), Value::String(Some(r))) => {
+            let mut v = [l.clone(), r.clone()];
+            v.sort();
+            Some(Resolution::Value(Value::String(Some(v.join(" / ")))))
+        }
+        _ => None,
+    }
+}
+
 /// Review finding (item 3): two edits of one column in one pushed batch,
 /// both held back by the hub against another device's edit, under a
 /// resolver. One decision is made, on the later edit. Before, the resolver
 /// decided on the earlier edit (its answer overwrote the later one), then
 /// the sync failed on the conflict it had just resolved, at every sync.
 async fn two_held_edits_of_a_column_in_one_batch_are_one_decision(hub: TestDb) -> TestResult {
-    let both = |c: &ColumnConflict| -> Option<Resolution> {
-        match (&c.local, &c.remote) {
-            (Value::String(Some(l)), Value::String(Some(r))) => {
-                let mut v = [l.clone(), r.clone()];
-                v.sort();
-                Some(Resolution::Value(Value::String(Some(v.join(" / ")))))
-            }
-            _ => None,
-        }
-    };
     let a = device_with(&hub, "a", |b| {
         b.register::<people_manual::Entity>()
             .resolver::<people_manual::Entity>(both)
@@ -440,17 +443,6 @@ async fn two_held_edits_of_a_column_in_one_batch_are_one_decision(hub: TestDb) -
 }
 
 async fn custom_resolver_settles_on_the_replica(hub: TestDb) -> TestResult {
-    // Keep both: "local / remote".
-    let both = |c: &ColumnConflict| -> Option<Resolution> {
-        match (&c.local, &c.remote) {
-            (Value::String(Some(l)), Value::String(Some(r))) => {
-                let mut v = [l.clone(), r.clone()];
-                v.sort(); // the same answer on every replica
-                Some(Resolution::Value(Value::String(Some(v.join(" / ")))))
-            }
-            _ => None,
-        }
-    };
     let a = device_with(&hub, "a", |b| {
         b.register::<people_manual::Entity>()
             .resolver::<people_manual::Entity>(both)

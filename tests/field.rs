@@ -266,7 +266,6 @@ impl Hub for ClockLies {
 /// below the pulled edit: the hub kept the pulled edit, and the device
 /// its own, for ever.
 async fn a_change_stamped_again_stays_after_what_its_device_pulled(hub: TestDb) -> TestResult {
-    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
     let d = device::<people_lww::Entity>(&hub, "d").await?;
     let e = device::<people_lww::Entity>(&hub, "e").await?;
     let id = d.add("one").await?;
@@ -290,12 +289,7 @@ async fn a_change_stamped_again_stays_after_what_its_device_pulled(hub: TestDb) 
         0,
         e.engine.replica().node_id()
     );
-    let q = Query::update()
-        .table(Alias::new("_tidesync_meta"))
-        .value(Alias::new("value"), fast)
-        .and_where(Expr::col(Alias::new("key")).eq("hlc"))
-        .to_owned();
-    e.db().execute(&q).await?;
+    common::set_meta(e.db(), "_tidesync_meta", "hlc", &fast).await?;
     e.set(id, "email", "e@x").await?;
     e.sync().await?;
     // d's push is refused, its clock looks still wrong: it pulls e's edit,
@@ -2046,7 +2040,7 @@ async fn all_hold(
 /// with one value. Before, each copy kept its own for ever: the hub and
 /// the other copy took a write at a clock they held for one they had.
 async fn copies_stamping_alike_settle_on_one_value(hub: TestDb) -> TestResult {
-    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    use sea_orm::sea_query::{Alias, Query};
     let a = device::<people_lww::Entity>(&hub, "a").await?;
     let x = a.add("x").await?;
     a.sync().await?;
@@ -2066,12 +2060,7 @@ async fn copies_stamping_alike_settle_on_one_value(hub: TestDb) -> TestResult {
         a.engine.replica().node_id()
     );
     for d in [&a, &b] {
-        let q = Query::update()
-            .table(Alias::new("_tidesync_meta"))
-            .value(Alias::new("value"), ahead.clone())
-            .and_where(Expr::col(Alias::new("key")).eq("hlc"))
-            .to_owned();
-        d.db().execute(&q).await?;
+        common::set_meta(d.db(), "_tidesync_meta", "hlc", &ahead).await?;
     }
     // a's change holds more columns than b's: the hub's state must not
     // take the tied column's value from a's log entry.
@@ -2786,14 +2775,7 @@ async fn with_decoy(db: TestDb) -> Result<TestDb, BoxError> {
 
 /// The hub's metadata version.
 async fn hub_version(db: &DatabaseConnection) -> Result<String, BoxError> {
-    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
-    let q = Query::select()
-        .column(Alias::new("value"))
-        .from(Alias::new("_tidesync_hub_meta"))
-        .and_where(Expr::col(Alias::new("key")).eq("schema_version"))
-        .to_owned();
-    let row = db.query_one(&q).await?.ok_or("no version")?;
-    Ok(row.try_get("", "value")?)
+    common::meta_value(db, "_tidesync_hub_meta", "schema_version").await
 }
 
 /// The rows of the decoy `people` table.

@@ -722,14 +722,7 @@ async fn cut_off_bootstrap(paged: &Arc<Paged>, tag: &str) -> Result<TestDb, BoxE
 
 /// The hub id stored in a hub database.
 async fn hub_id(db: &DatabaseConnection) -> Result<String, BoxError> {
-    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
-    let q = Query::select()
-        .column(Alias::new("value"))
-        .from(Alias::new("_tidesync_hub_meta"))
-        .and_where(Expr::col(Alias::new("key")).eq("hub_id"))
-        .to_owned();
-    let row = db.query_one(&q).await?.ok_or("no hub id")?;
-    Ok(row.try_get("", "value")?)
+    common::meta_value(db, "_tidesync_hub_meta", "hub_id").await
 }
 
 /// A bootstrap interrupted on a hub that then goes back in time (restored

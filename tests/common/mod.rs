@@ -483,3 +483,35 @@ pub async fn write_meta<C: sea_orm::ConnectionTrait>(
     .await?;
     Ok(())
 }
+
+/// The value of `key` in a key/value metadata table of tidesync
+/// (`_tidesync_meta`, `_tidesync_hub_meta`).
+pub async fn meta_value(
+    db: &DatabaseConnection,
+    table: &str,
+    key: &str,
+) -> Result<String, BoxError> {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let q = Query::select()
+        .column(Alias::new("value"))
+        .from(Alias::new(table))
+        .and_where(Expr::col(Alias::new("key")).eq(key))
+        .to_owned();
+    let row = db
+        .query_one(&q)
+        .await?
+        .ok_or_else(|| format!("no `{key}` in {table}"))?;
+    Ok(row.try_get("", "value")?)
+}
+
+/// Set `key` in a key/value metadata table of tidesync.
+pub async fn set_meta(db: &DatabaseConnection, table: &str, key: &str, value: &str) -> TestResult {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let q = Query::update()
+        .table(Alias::new(table))
+        .value(Alias::new("value"), value)
+        .and_where(Expr::col(Alias::new("key")).eq(key))
+        .to_owned();
+    db.execute(&q).await?;
+    Ok(())
+}

@@ -135,8 +135,12 @@ impl Replica {
 
     /// The held conflict `id` as stored.
     pub(crate) async fn held(&self, id: i64) -> Result<HeldConflict> {
-        let row = self
-            .connection()
+        self.held_on(self.connection(), id).await
+    }
+
+    /// The held conflict `id` as `db` reads it.
+    async fn held_on<C: ConnectionTrait>(&self, db: &C, id: i64) -> Result<HeldConflict> {
+        let row = db
             .query_one(
                 &Query::select()
                     .columns(HELD_COLUMNS.map(Alias::new))
@@ -169,17 +173,7 @@ impl Replica {
         tx: &DatabaseTransaction,
         id: i64,
     ) -> Result<(HeldConflict, TableSpec, ColumnSpec)> {
-        let row = tx
-            .query_one(
-                &Query::select()
-                    .columns(HELD_COLUMNS.map(Alias::new))
-                    .from(Alias::new(CONFLICTS))
-                    .and_where(Expr::col(Alias::new("id")).eq(id))
-                    .to_owned(),
-            )
-            .await?
-            .ok_or_else(|| Error::Config(format!("no conflict with id {id}")))?;
-        let held = self.held_of_row(&row)?;
+        let held = self.held_on(tx, id).await?;
         let c = &held.conflict;
         let spec = self
             .tables()
