@@ -46,7 +46,7 @@ pub use model::clock::{Hlc, NodeId};
 pub use model::conflict::{ColumnConflict, Resolution, Resolver};
 pub use model::error::{Error, ErrorKind, Result};
 pub use model::protocol::RejectPolicy;
-pub use model::syncable::{ConflictPolicy, SyncHooks, Syncable};
+pub use model::syncable::{ConflictPolicy, Ownership, SyncHooks, Syncable};
 pub use replica::capture::CaptureReport;
 pub use replica::conflicts::HeldConflict;
 pub use replica::{Replica, ReplicaBuilder, create_table, table_spec};

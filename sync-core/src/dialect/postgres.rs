@@ -280,6 +280,7 @@ mod tests {
             local_only: vec![],
             policy: ConflictPolicy::Lww,
             single_writer: false,
+            ownership: Default::default(),
         };
         assert_eq!(
             Postgres.custom_types(&spec),

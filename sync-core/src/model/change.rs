@@ -139,6 +139,8 @@ pub struct TableSpec {
     pub policy: ConflictPolicy,
     /// Declared single-writer.
     pub single_writer: bool,
+    /// Whose rows these are, for a hub serving accounts.
+    pub ownership: crate::model::syncable::Ownership,
 }
 
 impl TableSpec {

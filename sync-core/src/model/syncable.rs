@@ -61,6 +61,89 @@ pub trait Syncable: EntityTrait {
     fn skipped_columns() -> Vec<Self::Column> {
         Vec::new()
     }
+
+    /// Who may read and write the table's rows through a hub that serves
+    /// accounts (`#[syncable(owner = "...")]` or `#[syncable(shared)]`).
+    /// Direct sync ignores it.
+    fn ownership() -> Ownership<Self::Column> {
+        Ownership::Undeclared
+    }
+}
+
+/// Who a table's rows belong to, declared per entity: with
+/// `#[syncable(owner = "owner_id")]` each row belongs to the user its
+/// `owner_id` column names, with `#[syncable(shared)]` every user reads
+/// every row. A hub serving accounts (the HTTP hub) sends each user only
+/// their own rows and the shared tables', and refuses a change that
+/// touches another user's row.
+///
+/// `C` is the column type: the entity's `Column` in [`Syncable`], the
+/// column's name in a [`TableSpec`](crate::TableSpec).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Ownership<C = String> {
+    /// Nothing declared: a hub serving accounts refuses the table unless
+    /// it is configured to share undeclared tables.
+    #[default]
+    Undeclared,
+    /// Each row belongs to the user this column names (its value as text:
+    /// a user `42` owns the rows whose integer owner column is 42).
+    Owner(C),
+    /// Every user reads every row, and may write them (an authorization
+    /// hook on the hub can narrow that).
+    Shared,
+}
+
+impl<C> Ownership<C> {
+    /// The same declaration with the column mapped (to its name, say).
+    pub fn map<D>(self, f: impl FnOnce(C) -> D) -> Ownership<D> {
+        match self {
+            Ownership::Undeclared => Ownership::Undeclared,
+            Ownership::Owner(c) => Ownership::Owner(f(c)),
+            Ownership::Shared => Ownership::Shared,
+        }
+    }
+}
+
+impl Ownership<String> {
+    /// The owner column, if rows have owners.
+    pub fn column(&self) -> Option<&str> {
+        match self {
+            Ownership::Owner(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// How a hub records the declaration: `owner:<column>`, `shared` or
+    /// `undeclared`.
+    pub fn record(&self) -> String {
+        match self {
+            Ownership::Undeclared => "undeclared".into(),
+            Ownership::Owner(c) => format!("owner:{c}"),
+            Ownership::Shared => "shared".into(),
+        }
+    }
+
+    /// Read [`Ownership::record`] back.
+    pub fn from_record(s: &str) -> Option<Self> {
+        match s {
+            "undeclared" => Some(Ownership::Undeclared),
+            "shared" => Some(Ownership::Shared),
+            _ => s
+                .strip_prefix("owner:")
+                .filter(|c| !c.is_empty())
+                .map(|c| Ownership::Owner(c.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Ownership<String> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ownership::Undeclared => f.write_str("no owner declared"),
+            Ownership::Owner(c) => write!(f, "owned by the user in column `{c}`"),
+            Ownership::Shared => f.write_str("shared by every user"),
+        }
+    }
 }
 
 /// User hooks for a syncable entity.

@@ -43,6 +43,7 @@ pub(crate) fn table(name: &str, key: &[&str], columns: Vec<ColumnSpec>) -> Table
         local_only: vec![],
         policy: ConflictPolicy::Lww,
         single_writer: false,
+        ownership: Default::default(),
     }
 }
 

@@ -106,6 +106,7 @@ impl<E: Syncable> EntityTable<E> {
                 .collect(),
             policy: E::POLICY,
             single_writer: E::SINGLE_WRITER,
+            ownership: E::ownership().map(|c| c.as_str().to_owned()),
         };
         EntityTable {
             spec,

@@ -472,6 +472,7 @@ mod tests {
             local_only: vec![],
             policy: ConflictPolicy::Lww,
             single_writer: false,
+            ownership: Default::default(),
         };
         let rows = (0..rows)
             .map(|r| {
