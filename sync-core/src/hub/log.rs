@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, SimpleExpr};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
+use super::access::Visible;
 use super::tables::{CHANGES, HUB_META};
 use crate::model::change::{Change, ChangeId};
 use crate::model::clock::NodeId;
@@ -18,17 +19,20 @@ use crate::store::codec::{self, db_sequence, sequence};
 
 /// The statements that append `logged` to the log, from hub sequence
 /// `first_seq` on.
+/// `owners` holds each change's row owner (see `access`).
 pub(super) fn append(
     logged: &[Cow<'_, Change>],
+    owners: &[Option<String>],
     first_seq: u64,
     kind: DbBackend,
 ) -> Result<Vec<Statement>> {
     let mut rows = Vec::with_capacity(logged.len());
-    for (seq, c) in (first_seq..).zip(logged) {
+    for ((seq, c), owner) in (first_seq..).zip(logged).zip(owners) {
         let ids: Vec<SimpleExpr> = vec![
             db_sequence(seq)?.into(),
             c.id.origin.to_string().into(),
             db_sequence(c.id.seq)?.into(),
+            owner.clone().into(),
         ];
         rows.push((ids, c.as_ref()));
     }
@@ -49,7 +53,8 @@ pub(super) async fn tip<C: ConnectionTrait>(db: &C) -> Result<u64> {
     Ok(next_seq.saturating_sub(1))
 }
 
-/// Up to `limit` log entries after `cursor`, leaving out `skip`'s.
+/// Up to `limit` log entries after `cursor`, leaving out `skip`'s and
+/// those `visible` does not show.
 ///
 /// Leaving entries out must not leave a gap: the tip is read first, and
 /// because sequences are assigned and committed under the sequence lock,
@@ -61,6 +66,7 @@ pub(super) async fn read<C: ConnectionTrait>(
     cursor: Cursor,
     limit: u64,
     skip: Option<NodeId>,
+    visible: Option<&Visible>,
 ) -> Result<PullBatch> {
     let limit = Ord::min(Ord::max(limit, 1), i64::MAX as u64);
     let mut q = CHANGES.select();
@@ -68,7 +74,7 @@ pub(super) async fn read<C: ConnectionTrait>(
         .order_by(Alias::new("hub_seq"), Order::Asc)
         .limit(limit);
     let mut tip_now = None;
-    if let Some(me) = skip {
+    if skip.is_some() || visible.is_some() {
         let t = tip(db).await?;
         if t <= cursor.0 {
             return Ok(PullBatch {
@@ -76,8 +82,13 @@ pub(super) async fn read<C: ConnectionTrait>(
                 ..PullBatch::default()
             });
         }
-        q.and_where(Expr::col(Alias::new("hub_seq")).lte(db_sequence(t)?))
-            .and_where(Expr::col(Alias::new("origin")).ne(me.to_string()));
+        q.and_where(Expr::col(Alias::new("hub_seq")).lte(db_sequence(t)?));
+        if let Some(me) = skip {
+            q.and_where(Expr::col(Alias::new("origin")).ne(me.to_string()));
+        }
+        if let Some(v) = visible {
+            q.and_where(v.condition());
+        }
         tip_now = Some(t);
     }
     let rows = db
@@ -89,13 +100,25 @@ pub(super) async fn read<C: ConnectionTrait>(
         ..PullBatch::default()
     };
     let full = rows.len() as u64 >= limit;
-    for r in rows {
+    let shown = match visible {
+        Some(v) => Some(v.shown(db, &rows).await.map_err(Error::or_offline)?),
+        None => None,
+    };
+    for (i, r) in rows.into_iter().enumerate() {
         let hub_seq = sequence(&r, "hub_seq")?;
+        let show = shown.as_ref().is_none_or(|s| s[i]);
         match decode(&r) {
             Ok(c) => {
                 batch.next = Cursor(hub_seq);
                 batch.next_id = Some(c.id);
-                batch.changes.push(c);
+                if show {
+                    batch.changes.push(c);
+                }
+            }
+            // Not this user's: passed over, unread.
+            Err(_) if !show => {
+                batch.next = Cursor(hub_seq);
+                batch.next_id = id_at(db, batch.next).await?;
             }
             Err(e) => {
                 // Stop at it: the replica decides to halt or to park it.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
+use super::access;
 use super::log;
 use super::referral::{self, RowId};
 use super::tables::HUB_ROWS;
@@ -114,7 +115,7 @@ impl<'a> Merge<'a> {
             })
             .collect::<Result<Vec<(&Change, String)>>>()?;
         self.load(&keyed).await?;
-        let (before, logged) = self.merge(&keyed)?;
+        let (before, logged, owners) = self.merge(&keyed)?;
         let rows = self.row_writes(&before)?;
         // The database writes the rows while the state statements are
         // built, then the states while the log statements are built.
@@ -144,15 +145,22 @@ impl<'a> Merge<'a> {
                 delete_rows(tx, spec, dead).await?;
             }
         }
-        let log_stmts =
-            execute_while(tx, state_stmts, || log::append(&logged, first_seq, kind)).await?;
+        let log_stmts = execute_while(tx, state_stmts, || {
+            log::append(&logged, &owners, first_seq, kind)
+        })
+        .await?;
         execute_all(tx, log_stmts).await?;
         self.next_seq = first_seq + logged.len() as u64;
         Ok(())
     }
 
+    /// The state of a row, if loaded (see [`Merge::load`]).
+    pub(super) fn state(&self, table: &str, key: &str) -> Option<&RowState> {
+        self.states.get(&(table.to_owned(), key.to_owned()))
+    }
+
     /// Load the states of these rows not loaded yet, one query per table.
-    async fn load(&mut self, keyed: &[(&Change, String)]) -> Result<()> {
+    pub(super) async fn load(&mut self, keyed: &[(&Change, String)]) -> Result<()> {
         let mut missing: HashMap<&str, Vec<String>> = HashMap::new();
         for (c, key) in keyed {
             if !self.states.contains_key(&(c.table.clone(), key.clone())) {
@@ -177,14 +185,17 @@ impl<'a> Merge<'a> {
     }
 
     /// Merge the changes in order into the loaded states. Returns each
-    /// touched row's state before, and the changes as logged: without the
-    /// columns whose edit is a conflict (reported apart).
+    /// touched row's state before, the changes as logged (without the
+    /// columns whose edit is a conflict, reported apart), and the owner of
+    /// each change's row after it (for tables with owners).
+    #[allow(clippy::type_complexity)]
     fn merge<'c>(
         &mut self,
         keyed: &[(&'c Change, String)],
-    ) -> Result<(Before, Vec<Cow<'c, Change>>)> {
+    ) -> Result<(Before, Vec<Cow<'c, Change>>, Vec<Option<String>>)> {
         let mut before: HashMap<RowId, RowState> = HashMap::new();
         let mut logged: Vec<Cow<'c, Change>> = Vec::with_capacity(keyed.len());
+        let mut owners = Vec::with_capacity(keyed.len());
         for (c, key) in keyed {
             let id = (c.table.clone(), key.clone());
             let s = self
@@ -192,12 +203,10 @@ impl<'a> Merge<'a> {
                 .get_mut(&id)
                 .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
             before.entry(id).or_insert_with(|| s.clone());
-            let policy = self
-                .specs
-                .iter()
-                .find(|t| t.name == c.table)
-                .map_or(ConflictPolicy::Lww, |t| t.policy);
+            let spec = self.specs.iter().find(|t| t.name == c.table);
+            let policy = spec.map_or(ConflictPolicy::Lww, |t| t.policy);
             let merged = conflict::merge_with_policy(s, c, policy);
+            owners.push(spec.and_then(|spec| access::owner_of(spec, &c.pk, s)));
             if merged.conflicts.is_empty() {
                 logged.push(Cow::Borrowed(*c));
                 continue;
@@ -213,7 +222,7 @@ impl<'a> Merge<'a> {
                 self.settled.extend(merged.conflicts);
             }
         }
-        Ok((before, logged))
+        Ok((before, logged, owners))
     }
 
     /// The rows to write: upserts in table order (parents first), deletes
@@ -251,8 +260,8 @@ impl<'a> Merge<'a> {
 
 /// The hub's states of `keys` of `table`, with the values they take from
 /// log entries filled in.
-async fn load_states(
-    tx: &DatabaseTransaction,
+pub(super) async fn load_states<C: ConnectionTrait>(
+    tx: &C,
     table: &str,
     keys: &[String],
 ) -> Result<HashMap<String, (RowState, Option<Referred>)>> {

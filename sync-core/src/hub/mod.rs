@@ -21,6 +21,7 @@
 //! wrapper that counts or fails calls) is exported here: implement [`Hub`]
 //! with these types and pass it to `SyncEngine::new`.
 
+mod access;
 mod held;
 mod log;
 mod merge;
@@ -41,6 +42,7 @@ pub use crate::model::protocol::{
     ClockAhead, Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
     SnapshotRow, Standing, Unreadable,
 };
+pub use access::{Account, Authorize, UserHub};
 
 use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::clock::NodeId;
@@ -175,20 +177,70 @@ impl SqlHub {
     }
 }
 
-#[async_trait::async_trait]
-impl Hub for SqlHub {
-    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
+impl SqlHub {
+    /// Install `tables` and add them to the ones this value knows (a
+    /// table installed again takes the new spec, keeping the columns only
+    /// the earlier one had: devices of two versions of an application
+    /// may share one hub value, as they do behind an HTTP server).
+    async fn install_tables(&self, tables: &[TableSpec]) -> Result<(HubInfo, Vec<TableSpec>)> {
         let (info, placed) = tables::install(&self.db, tables)
             .await
             .map_err(Error::or_offline)?;
-        *self.tables.write().await = placed;
-        Ok(info)
+        let mut known = self.tables.write().await;
+        for spec in &placed {
+            match known.iter_mut().find(|k| k.name == spec.name) {
+                Some(old) => {
+                    let mut new = spec.clone();
+                    for c in &old.columns {
+                        if new.column(&c.name).is_none() {
+                            new.columns.push(c.clone());
+                        }
+                    }
+                    *old = new;
+                }
+                None => known.push(spec.clone()),
+            }
+        }
+        Ok((info, placed))
+    }
+
+    /// The names of the tables installed through this value.
+    async fn installed(&self) -> std::collections::HashSet<String> {
+        self.tables
+            .read()
+            .await
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// A push, checked against `account` if there is one.
+    async fn push_as(&self, batch: &[Change], account: Option<&Account>) -> Result<PushAck> {
+        let specs = self.tables.read().await.clone();
+        let max_skew_us = u64::try_from(self.max_skew.as_micros()).unwrap_or(u64::MAX);
+        push::push(&self.db, &specs, self.policy, max_skew_us, batch, account).await
+    }
+
+    /// A snapshot page, of the rows `visible` shows if given.
+    async fn snapshot_for(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        visible: Option<&access::Visible>,
+    ) -> Result<(Cursor, SnapshotPage)> {
+        let specs = self.tables.read().await.clone();
+        snapshot::page(&self.db, &specs, after, limit, visible).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Hub for SqlHub {
+    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
+        Ok(self.install_tables(tables).await?.0)
     }
 
     async fn push(&self, batch: &[Change]) -> Result<PushAck> {
-        let specs = self.tables.read().await.clone();
-        let max_skew_us = u64::try_from(self.max_skew.as_micros()).unwrap_or(u64::MAX);
-        push::push(&self.db, &specs, self.policy, max_skew_us, batch).await
+        self.push_as(batch, None).await
     }
 
     async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> Result<Standing> {
@@ -207,7 +259,7 @@ impl Hub for SqlHub {
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
-        log::read(&self.db, cursor, limit, None).await
+        log::read(&self.db, cursor, limit, None, None).await
     }
 
     async fn pull_excluding(
@@ -216,11 +268,10 @@ impl Hub for SqlHub {
         limit: u64,
         origin: NodeId,
     ) -> Result<PullBatch> {
-        log::read(&self.db, cursor, limit, Some(origin)).await
+        log::read(&self.db, cursor, limit, Some(origin), None).await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        let specs = self.tables.read().await;
-        snapshot::page(&self.db, &specs, after, limit).await
+        self.snapshot_for(after, limit, None).await
     }
 }

@@ -9,6 +9,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement, TransactionTrait,
 };
 
+use super::access::{Account, BatchOwners};
 use super::held;
 use super::merge::Merge;
 use super::resent;
@@ -19,6 +20,7 @@ use crate::model::change::{Change, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{ClockAhead, PushAck, RejectPolicy, Rejection};
+use crate::model::value::pk_key;
 use crate::store::codec::{db_sequence, sequence};
 use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling, custom_plans};
 
@@ -33,6 +35,7 @@ pub(super) async fn push(
     policy: RejectPolicy,
     max_skew_us: u64,
     batch: &[Change],
+    account: Option<&Account>,
 ) -> Result<PushAck> {
     let Some(origin) = check_batch(batch)? else {
         return Ok(PushAck::default());
@@ -44,6 +47,7 @@ pub(super) async fn push(
         policy,
         max_skew_us,
         origin,
+        account,
     };
     // Fast path: every change valid, the whole batch at once, deletes
     // first (a delete may free a unique value an insert of the batch takes:
@@ -91,6 +95,8 @@ struct Push<'a> {
     policy: RejectPolicy,
     max_skew_us: u64,
     origin: NodeId,
+    /// The user pushing, through a hub that serves accounts.
+    account: Option<&'a Account>,
 }
 
 /// Why the hub refuses a change before trying it.
@@ -162,9 +168,14 @@ impl Push<'_> {
             return Ok(Some(ack));
         }
         let now_us = self.now_us(&tx).await?;
-        let verdicts: Vec<Option<Refusal>> = todo.iter().map(|c| self.refusal(c, now_us)).collect();
+        let mut verdicts: Vec<Option<Refusal>> =
+            todo.iter().map(|c| self.refusal(c, now_us)).collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
         merge.deletes_first = deletes_first;
+        if let Some(account) = self.account {
+            self.account_refusals(account, &mut merge, &todo, &mut verdicts)
+                .await?;
+        }
         if !careful && verdicts.iter().all(Option::is_none) {
             // No savepoint: a failure rolls back the transaction and the
             // caller goes again, carefully.
@@ -286,6 +297,42 @@ impl Push<'_> {
             reason,
             clock: None,
         })
+    }
+
+    /// Refuse the changes `account` may not make, checked in order against
+    /// the rows' states (loaded into `merge`, which writes them next).
+    async fn account_refusals(
+        &self,
+        account: &Account,
+        merge: &mut Merge<'_>,
+        todo: &[&Change],
+        verdicts: &mut [Option<Refusal>],
+    ) -> Result<()> {
+        let keyed = todo
+            .iter()
+            .map(|c| {
+                let values: Vec<_> = c.pk.iter().map(|(_, v)| v.clone()).collect();
+                Ok((*c, pk_key(&values)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        merge.load(&keyed).await?;
+        let mut batch = BatchOwners::default();
+        for ((c, key), verdict) in keyed.iter().zip(verdicts.iter_mut()) {
+            if verdict.is_some() {
+                continue;
+            }
+            let Some(spec) = self.specs.iter().find(|s| s.name == c.table) else {
+                continue;
+            };
+            let state = merge.state(&c.table, key);
+            if let Some(reason) = account.refusal(spec, c, key, state, &mut batch) {
+                *verdict = Some(Refusal {
+                    reason,
+                    clock: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The hub database's clock, in microseconds since the epoch.

@@ -4,6 +4,7 @@
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, Value};
 
+use super::access::Visible;
 use super::log;
 use super::tables::HUB_ROWS;
 use crate::dialect;
@@ -27,6 +28,7 @@ pub(super) async fn page<C: ConnectionTrait>(
     specs: &[TableSpec],
     after: Option<String>,
     limit: u64,
+    visible: Option<&Visible>,
 ) -> Result<(Cursor, SnapshotPage)> {
     let cursor = Cursor(log::tip(db).await?);
     let mut q = Query::select();
@@ -84,13 +86,18 @@ pub(super) async fn page<C: ConnectionTrait>(
             Some(s) => s.pk_names(),
             None => (0..values.len()).map(|i| format!("key{i}")).collect(),
         };
+        let pk: Vec<(String, Value)> = names.into_iter().zip(values).collect();
+        // The stored key: the next page starts after it (whether this
+        // row is shown or not).
+        last = Some((tbl.clone(), r.try_get::<String>("", "pk")?));
+        if visible.is_some_and(|v| !v.shows_row(&tbl, &pk, &state)) {
+            continue;
+        }
         page.rows.push(SnapshotRow {
-            table: tbl.clone(),
-            pk: names.into_iter().zip(values).collect(),
+            table: tbl,
+            pk,
             state,
         });
-        // The stored key: the next page starts after it.
-        last = Some((tbl, r.try_get::<String>("", "pk")?));
     }
     if rows.len() as u64 == limit {
         page.next = last

@@ -3,20 +3,22 @@
 //! held conflicts.
 
 use sea_orm::sea_query::{
-    Alias, ColumnType, Expr, ExprTrait, Index, Query, Table, TableCreateStatement,
+    Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, Query, Table, TableCreateStatement,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
+use super::access;
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::TableSpec;
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::HubInfo;
+use crate::model::syncable::Ownership;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
 use crate::store::rows::{row_state_table, upgrade_row_state_table};
-use crate::store::user_tables::ensure_table;
+use crate::store::user_tables::{ensure_table, existing_columns};
 
 /// Newest hub metadata schema this release reads and writes. Version 2
 /// keeps a table in a schema of its own ([`HUB_PLACES`]), which a release
@@ -32,7 +34,7 @@ pub(crate) const HUB_META: Meta = Meta("_tidesync_hub_meta");
 /// sequence.
 pub(crate) const CHANGES: ChangeTable = ChangeTable {
     name: "_tidesync_changes",
-    ids: &["hub_seq", "origin", "origin_seq"],
+    ids: &["hub_seq", "origin", "origin_seq", "owner"],
 };
 /// Replicated state of every row (values and per-column clocks).
 pub(crate) const HUB_ROWS: &str = "_tidesync_hub_rows";
@@ -43,6 +45,10 @@ pub(crate) const REJECTED: &str = "_tidesync_rejected";
 /// The conflicts each applied change raised and the hub held back
 /// (policies `manual` and custom), until its device has them for sure.
 pub(crate) const HELD: &str = "_tidesync_held";
+/// Who each synced table's rows belong to ([`Ownership::record`]),
+/// recorded when the hub first installs it: a device cannot change it (see
+/// [`ownership`]).
+pub(crate) const HUB_ACCESS: Meta = Meta("_tidesync_hub_access");
 /// Where the hub keeps each synced table, on a dialect with schemas
 /// (PostgreSQL): the table's sync name and the schema it is in, recorded
 /// when the hub first installs it (see [`place`]).
@@ -60,6 +66,7 @@ pub(crate) async fn install(
         create(db, t).await?;
     }
     upgrade_row_state_table(db, HUB_ROWS).await?;
+    add_owner_column(db, d).await?;
     HUB_META
         .insert_if_missing(db, "schema_version", &FIRST_VERSION.to_string())
         .await?;
@@ -70,7 +77,8 @@ pub(crate) async fn install(
         .await?;
     let mut placed = Vec::with_capacity(tables.len());
     for spec in tables {
-        let spec = place(db, d, spec).await?;
+        let mut spec = place(db, d, spec).await?;
+        spec.ownership = ownership(db, &spec).await?;
         ensure_table(db, &spec).await?;
         placed.push(spec);
     }
@@ -152,6 +160,84 @@ async fn place<C: ConnectionTrait>(db: &C, d: &dyn Dialect, spec: &TableSpec) ->
     })
 }
 
+/// Add the log's `owner` column to a hub an earlier release made (its
+/// entries keep NULL: a pull finds their owner from the row's state).
+async fn add_owner_column(db: &DatabaseConnection, d: &dyn Dialect) -> Result<()> {
+    let has = |columns: &[String]| columns.iter().any(|c| c == "owner");
+    if has(&existing_columns(db, d, Place::own(CHANGES.name)).await?) {
+        return Ok(());
+    }
+    let alter = Table::alter()
+        .table(Alias::new(CHANGES.name))
+        .add_column(
+            ColumnDef::new_with_type(Alias::new("owner"), d.long_text())
+                .null()
+                .to_owned(),
+        )
+        .to_owned();
+    if let Err(e) = db.execute(&alter).await {
+        // Another process added it meanwhile.
+        if !has(&existing_columns(db, d, Place::own(CHANGES.name)).await?) {
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// Who the rows of `spec`'s table belong to, as the hub records it.
+///
+/// The first install records the device's declaration. After that, a
+/// device cannot change it (a device is not trusted with who reads
+/// what): a device declaring nothing takes the record, one declaring
+/// the same is fine, one declaring another owner or sharing is refused.
+/// The one change allowed is from nothing declared to a declaration
+/// (an application that adds owners to an entity): the log entries
+/// written before carry no owner, and a pull finds it from their row's
+/// state (see `access::Visible`).
+async fn ownership(db: &DatabaseConnection, spec: &TableSpec) -> Result<Ownership> {
+    let declared = &spec.ownership;
+    if let Some(column) = declared.column() {
+        let Some(c) = spec.column(column) else {
+            return Err(Error::Config(format!(
+                "table `{}`: owner column `{column}` is not one of its synced columns",
+                spec.name
+            )));
+        };
+        if !access::owner_type(&c.ty) {
+            return Err(Error::Config(format!(
+                "table `{}`: owner column `{column}` is of type {:?}; an owner is \
+                 text, an integer or a UUID",
+                spec.name, c.ty
+            )));
+        }
+    }
+    HUB_ACCESS
+        .insert_if_missing(db, &spec.name, &declared.record())
+        .await?;
+    let stored = HUB_ACCESS.require(db, &spec.name).await?;
+    let recorded = Ownership::from_record(&stored).ok_or_else(|| {
+        Error::Corrupt(format!(
+            "`{}` records `{stored}` for table `{}`",
+            HUB_ACCESS.0, spec.name
+        ))
+    })?;
+    if recorded == *declared || *declared == Ownership::Undeclared {
+        return Ok(recorded);
+    }
+    if recorded != Ownership::Undeclared {
+        return Err(Error::Config(format!(
+            "table `{}`: the hub has it {recorded}, and this device's entity has it \
+             {declared}; a device cannot change who reads a table's rows (change the \
+             record in `{}` on the hub if that is meant)",
+            spec.name, HUB_ACCESS.0
+        )));
+    }
+    HUB_ACCESS
+        .upsert(db, &spec.name, &declared.record())
+        .await?;
+    Ok(declared.clone())
+}
+
 /// Raise the hub's metadata version to [`HUB_SCHEMA_VERSION`] (never lower
 /// it).
 async fn raise_version<C: ConnectionTrait>(db: &C) -> Result<()> {
@@ -175,6 +261,11 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
                 .to_owned(),
             not_null("origin", varchar(32)),
             not_null("origin_seq", ColumnType::BigInteger),
+            // Whose row the change is of, for a table with owners (see
+            // `access`): NULL for the other tables.
+            ColumnDef::new_with_type(Alias::new("owner"), text.clone())
+                .null()
+                .to_owned(),
         ],
     );
     log.index(
@@ -187,6 +278,7 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
     vec![
         HUB_META.table(),
         HUB_PLACES.table(),
+        HUB_ACCESS.table(),
         log,
         row_state_table(d, HUB_ROWS),
         Table::create()

@@ -1,0 +1,507 @@
+//! Accounts: one hub serving many users, each reading and writing only
+//! their own rows and the shared tables'.
+//!
+//! A table's [`Ownership`] is recorded by the hub at its first install
+//! (`tables::ownership`); a device cannot change it. Each log entry of a
+//! table with owners carries the owner of its row after the change (the
+//! text of the owner column), so a user's pull is one filtered range read
+//! of the log; entries logged before the table had owners carry none, and
+//! a pull finds their owner from the row's state. A snapshot reads the
+//! owner from each row's state.
+//!
+//! A push under an account is checked change by change against the row
+//! states, inside the push transaction and under the sequence lock (so
+//! no other push moves a row between the check and the write): a change
+//! of another user's row, one that gives a row to another user, and one of
+//! a row the hub does not hold (other than an insert) is refused, and so
+//! is every later change of a refused row in the batch; refused changes
+//! are parked or halt the stream by the hub's policy, like any change the
+//! hub cannot apply.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use sea_orm::sea_query::{Alias, ColumnType, Expr, ExprTrait, Query, SimpleExpr};
+use sea_orm::{ConnectionTrait, QueryResult, Value};
+
+use super::SqlHub;
+use super::merge::load_states;
+use super::tables::HUB_ACCESS;
+use crate::model::change::{Change, Op, TableSpec};
+use crate::model::clock::NodeId;
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::model::protocol::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, Standing};
+use crate::model::syncable::Ownership;
+use crate::model::value::pk_key;
+
+/// An authorization rule beyond ownership: given the user and a change
+/// the user pushes (of a row the user may write), `Err(reason)` refuses
+/// the change.
+pub type Authorize = dyn Fn(&str, &Change) -> std::result::Result<(), String> + Send + Sync;
+
+/// The user a device syncs as, through a hub that serves accounts (see
+/// [`SqlHub::for_account`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use tidesync::hub::Account;
+///
+/// let account = Account::new("alice")
+///     .unwrap()
+///     .with_authorization(Arc::new(|user: &str, change: &tidesync::Change| {
+///         if change.table == "audit_log" && change.op != tidesync::Op::Insert {
+///             return Err(format!("{user} may only add to the audit log"));
+///         }
+///         Ok(())
+///     }));
+/// assert_eq!(account.user(), "alice");
+/// ```
+#[derive(Clone)]
+pub struct Account {
+    user: String,
+    share_undeclared: bool,
+    authorize: Option<Arc<Authorize>>,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("user", &self.user)
+            .field("share_undeclared", &self.share_undeclared)
+            .field("authorize", &self.authorize.is_some())
+            .finish()
+    }
+}
+
+impl Account {
+    /// The account of `user` (the text its rows' owner column holds).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty name (an empty owner column would
+    /// make every row without an owner this user's).
+    pub fn new(user: impl Into<String>) -> Result<Self> {
+        let user = user.into();
+        if user.is_empty() {
+            return Err(Error::Config("an account needs a non-empty user".into()));
+        }
+        Ok(Account {
+            user,
+            share_undeclared: false,
+            authorize: None,
+        })
+    }
+
+    /// The user.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Treat tables that declare no ownership as shared (every user reads
+    /// and writes them). Off by default: such a table is refused at
+    /// install, naming what to declare.
+    pub fn sharing_undeclared(mut self, share: bool) -> Self {
+        self.share_undeclared = share;
+        self
+    }
+
+    /// A rule the hub checks for each change this user pushes, after
+    /// ownership.
+    pub fn with_authorization(mut self, rule: Arc<Authorize>) -> Self {
+        self.authorize = Some(rule);
+        self
+    }
+
+    /// Why `change` of `spec`'s table is refused to this user, if it is.
+    /// `state` is the hub's state of its row (`None`: never seen);
+    /// `batch` what the earlier changes of the same push did.
+    pub(super) fn refusal(
+        &self,
+        spec: &TableSpec,
+        change: &Change,
+        key: &str,
+        state: Option<&RowState>,
+        batch: &mut BatchOwners,
+    ) -> Option<String> {
+        let verdict =
+            self.check(spec, change, key, state, batch)
+                .and_then(|()| match &self.authorize {
+                    Some(rule) => rule(&self.user, change),
+                    None => Ok(()),
+                });
+        let id = (change.table.clone(), key.to_owned());
+        match verdict {
+            Ok(()) => {
+                if spec.ownership.column().is_some() {
+                    batch.owners.insert(id, self.user.clone());
+                }
+                None
+            }
+            Err(reason) => {
+                batch.refused.insert(id);
+                Some(format!(
+                    "{} {key}: refused to user `{}`: {reason}",
+                    change.table, self.user
+                ))
+            }
+        }
+    }
+
+    fn check(
+        &self,
+        spec: &TableSpec,
+        change: &Change,
+        key: &str,
+        state: Option<&RowState>,
+        batch: &BatchOwners,
+    ) -> std::result::Result<(), String> {
+        let column = match &spec.ownership {
+            Ownership::Shared => return Ok(()),
+            Ownership::Undeclared if self.share_undeclared => return Ok(()),
+            Ownership::Undeclared => return Err(undeclared(&spec.name)),
+            Ownership::Owner(column) => column,
+        };
+        let id = (change.table.clone(), key.to_owned());
+        if batch.refused.contains(&id) {
+            return Err("an earlier change of this row in the same push was refused".into());
+        }
+        let current = match batch.owners.get(&id) {
+            Some(o) => Some(o.clone()),
+            None => state
+                .filter(|s| s.max_clock().is_some())
+                .map(|s| owner_of_row(column, &change.pk, s)),
+        };
+        match (&current, change.op) {
+            (Some(o), _) if *o != self.user => {
+                return Err("the row belongs to another user".into());
+            }
+            (None, Op::Update | Op::Delete) => {
+                return Err("the hub holds no row of this key to change".into());
+            }
+            _ => {}
+        }
+        if change.op == Op::Delete {
+            return Ok(());
+        }
+        let named = change
+            .columns
+            .iter()
+            .chain(&change.pk)
+            .find(|(n, _)| n == column)
+            .map(|(_, v)| owner_text(v).unwrap_or_default());
+        match named {
+            Some(o) if o != self.user => Err(if current.is_some() {
+                format!("it would give the row to another user (`{column}`)")
+            } else {
+                format!("it would create a row of another user (`{column}`)")
+            }),
+            None if change.op == Op::Insert => {
+                Err(format!("an insert without its owner column `{column}`"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The refusal of a table that declares no ownership.
+fn undeclared(table: &str) -> String {
+    format!(
+        "table `{table}` declares no ownership: declare #[syncable(owner = \"<column>\")] \
+         or #[syncable(shared)] on its entity (or serve undeclared tables as shared)"
+    )
+}
+
+/// What the earlier changes of one push did to rows with owners.
+#[derive(Debug, Default)]
+pub(super) struct BatchOwners {
+    owners: HashMap<(String, String), String>,
+    refused: HashSet<(String, String)>,
+}
+
+/// Whether a column of this type can name an owner.
+pub(super) fn owner_type(ty: &ColumnType) -> bool {
+    matches!(
+        ty,
+        ColumnType::Char(_)
+            | ColumnType::String(_)
+            | ColumnType::Text
+            | ColumnType::TinyInteger
+            | ColumnType::SmallInteger
+            | ColumnType::Integer
+            | ColumnType::BigInteger
+            | ColumnType::TinyUnsigned
+            | ColumnType::SmallUnsigned
+            | ColumnType::Unsigned
+            | ColumnType::BigUnsigned
+            | ColumnType::Uuid
+    )
+}
+
+/// The user an owner column's value names (`None` for NULL or a value
+/// that names no user).
+pub(super) fn owner_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(Some(s)) => Some(s.clone()),
+        Value::Char(Some(c)) => Some(c.to_string()),
+        Value::TinyInt(Some(n)) => Some(n.to_string()),
+        Value::SmallInt(Some(n)) => Some(n.to_string()),
+        Value::Int(Some(n)) => Some(n.to_string()),
+        Value::BigInt(Some(n)) => Some(n.to_string()),
+        Value::TinyUnsigned(Some(n)) => Some(n.to_string()),
+        Value::SmallUnsigned(Some(n)) => Some(n.to_string()),
+        Value::Unsigned(Some(n)) => Some(n.to_string()),
+        Value::BigUnsigned(Some(n)) => Some(n.to_string()),
+        Value::Uuid(Some(u)) => Some(u.to_string()),
+        _ => None,
+    }
+}
+
+/// The owner of a row of a table with owners: its owner column in the
+/// state, or in the key; empty (nobody's) when it has none.
+fn owner_of_row(column: &str, pk: &[(String, Value)], state: &RowState) -> String {
+    state
+        .vals
+        .get(column)
+        .or_else(|| pk.iter().find(|(n, _)| n == column).map(|(_, v)| v))
+        .and_then(owner_text)
+        .unwrap_or_default()
+}
+
+/// The owner of a row of `spec`'s table as the log records it: `None` for
+/// a table without owners.
+pub(super) fn owner_of(
+    spec: &TableSpec,
+    pk: &[(String, Value)],
+    state: &RowState,
+) -> Option<String> {
+    spec.ownership
+        .column()
+        .map(|column| owner_of_row(column, pk, state))
+}
+
+/// What one user sees of the hub: the tables' ownership as recorded.
+#[derive(Debug)]
+pub(super) struct Visible {
+    user: String,
+    share_undeclared: bool,
+    tables: HashMap<String, Ownership>,
+}
+
+impl Visible {
+    /// The hub's records, for `account`.
+    pub(super) async fn load<C: ConnectionTrait>(db: &C, account: &Account) -> Result<Self> {
+        let q = Query::select()
+            .columns([Alias::new("key"), Alias::new("value")])
+            .from(Alias::new(HUB_ACCESS.0))
+            .to_owned();
+        let mut tables = HashMap::new();
+        for r in db
+            .query_all(&q)
+            .await
+            .map_err(|e| Error::from(e).or_offline())?
+        {
+            let (name, record): (String, String) = (r.try_get("", "key")?, r.try_get("", "value")?);
+            let ownership = Ownership::from_record(&record).ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "`{}` records `{record}` for `{name}`",
+                    HUB_ACCESS.0
+                ))
+            })?;
+            tables.insert(name, ownership);
+        }
+        Ok(Visible {
+            user: account.user.clone(),
+            share_undeclared: account.share_undeclared,
+            tables,
+        })
+    }
+
+    /// Whether every user reads `table`'s rows.
+    fn shared(&self, table: &str) -> bool {
+        match self.tables.get(table) {
+            Some(Ownership::Shared) => true,
+            Some(Ownership::Owner(_)) => false,
+            // A table no install of this release recorded: undeclared.
+            Some(Ownership::Undeclared) | None => self.share_undeclared,
+        }
+    }
+
+    /// The log entries that may be this user's: theirs, and those without
+    /// an owner of the shared tables and of the tables with owners (an
+    /// entry logged before its table had owners; see [`Visible::shown`]).
+    pub(super) fn condition(&self) -> SimpleExpr {
+        let mine = Expr::col(Alias::new("owner")).eq(self.user.as_str());
+        let ownerless = Expr::col(Alias::new("owner")).is_null();
+        if self.share_undeclared {
+            return mine.or(ownerless);
+        }
+        let maybe: Vec<&str> = self
+            .tables
+            .iter()
+            .filter(|(name, o)| self.shared(name) || o.column().is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if maybe.is_empty() {
+            return mine;
+        }
+        mine.or(ownerless.and(Expr::col(Alias::new("tbl")).is_in(maybe)))
+    }
+
+    /// Which of these log rows (read with [`Visible::condition`]) are this
+    /// user's: an entry without an owner of a table with owners is the
+    /// user's if its row is now.
+    pub(super) async fn shown<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        rows: &[QueryResult],
+    ) -> Result<Vec<bool>> {
+        let mut shown = Vec::with_capacity(rows.len());
+        // (row index, table, key text, key) of the entries to look up.
+        let mut lookups: Vec<(usize, String, String, Vec<(String, Value)>)> = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            let owner: Option<String> = r.try_get("", "owner")?;
+            let tbl: String = r.try_get("", "tbl")?;
+            shown.push(match owner {
+                Some(o) => o == self.user,
+                None if self.shared(&tbl) => true,
+                None => {
+                    if let Some(Ownership::Owner(_)) = self.tables.get(&tbl) {
+                        let pk: String = r.try_get("", "pk")?;
+                        if let Ok(pk) = serde_json::from_str::<Vec<(String, Value)>>(&pk) {
+                            let values: Vec<Value> = pk.iter().map(|(_, v)| v.clone()).collect();
+                            if let Ok(key) = pk_key(&values) {
+                                lookups.push((i, tbl, key, pk));
+                            }
+                        }
+                    }
+                    false
+                }
+            });
+        }
+        let mut by_table: HashMap<&str, Vec<String>> = HashMap::new();
+        for (_, tbl, key, _) in &lookups {
+            by_table.entry(tbl).or_default().push(key.clone());
+        }
+        let mut states = HashMap::new();
+        for (tbl, keys) in by_table {
+            for (key, (state, _)) in load_states(db, tbl, &keys).await? {
+                states.insert((tbl.to_owned(), key), state);
+            }
+        }
+        for (i, tbl, key, pk) in &lookups {
+            let Some(Ownership::Owner(column)) = self.tables.get(tbl) else {
+                continue;
+            };
+            if let Some(state) = states.get(&(tbl.clone(), key.clone())) {
+                shown[*i] = owner_of_row(column, pk, state) == self.user;
+            }
+        }
+        Ok(shown)
+    }
+
+    /// Whether a row of the snapshot is this user's.
+    pub(super) fn shows_row(&self, table: &str, pk: &[(String, Value)], state: &RowState) -> bool {
+        match self.tables.get(table) {
+            Some(Ownership::Owner(column)) => owner_of_row(column, pk, state) == self.user,
+            _ => self.shared(table),
+        }
+    }
+}
+
+/// A [`SqlHub`] as one user sees it: the [`Hub`] a server runs for each
+/// request of an account (see [`SqlHub::for_account`]).
+#[derive(Debug)]
+pub struct UserHub<'h> {
+    hub: &'h SqlHub,
+    account: Account,
+}
+
+impl SqlHub {
+    /// This hub as `account` sees it: pulls and snapshots hold only the
+    /// user's rows and the shared tables'; a push that creates, changes,
+    /// deletes or gives away another user's row is refused (parked or
+    /// halted by the hub's policy, with the reason), as is a change the
+    /// account's authorization rule refuses. Installing a table that
+    /// declares no ownership is refused unless the account shares
+    /// undeclared tables.
+    ///
+    /// Tables are known to this `SqlHub` value by the installs made
+    /// through it (by any account): a push naming a table the hub has
+    /// recorded but this value has not installed fails with
+    /// [`Error::UnknownTable`], and the caller installs and pushes again
+    /// (the HTTP hub answers `409 install-required`).
+    pub fn for_account(&self, account: Account) -> UserHub<'_> {
+        UserHub { hub: self, account }
+    }
+}
+
+impl UserHub<'_> {
+    /// The account.
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+}
+
+#[async_trait::async_trait]
+impl Hub for UserHub<'_> {
+    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
+        let (info, placed) = self.hub.install_tables(tables).await?;
+        if !self.account.share_undeclared
+            && let Some(t) = placed.iter().find(|t| t.ownership == Ownership::Undeclared)
+        {
+            return Err(Error::Config(undeclared(&t.name)));
+        }
+        Ok(info)
+    }
+
+    async fn push(&self, batch: &[Change]) -> Result<PushAck> {
+        let installed: HashSet<String> = self.hub.installed().await;
+        let missing: Vec<&str> = batch
+            .iter()
+            .map(|c| c.table.as_str())
+            .filter(|t| !installed.contains(*t))
+            .collect();
+        if !missing.is_empty() {
+            let recorded = HUB_ACCESS
+                .read_many(self.hub.connection(), &missing)
+                .await
+                .map_err(Error::or_offline)?;
+            if let Some(t) = missing.iter().find(|t| recorded.contains_key(**t)) {
+                return Err(Error::UnknownTable((*t).to_owned()));
+            }
+        }
+        self.hub.push_as(batch, Some(&self.account)).await
+    }
+
+    async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> Result<Standing> {
+        self.hub.standing(origin, at).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
+        let visible = Visible::load(self.hub.connection(), &self.account).await?;
+        super::log::read(self.hub.connection(), cursor, limit, None, Some(&visible)).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: NodeId,
+    ) -> Result<PullBatch> {
+        let visible = Visible::load(self.hub.connection(), &self.account).await?;
+        super::log::read(
+            self.hub.connection(),
+            cursor,
+            limit,
+            Some(origin),
+            Some(&visible),
+        )
+        .await
+    }
+
+    async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
+        let visible = Visible::load(self.hub.connection(), &self.account).await?;
+        self.hub.snapshot_for(after, limit, Some(&visible)).await
+    }
+}
