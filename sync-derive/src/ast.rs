@@ -4,6 +4,7 @@
 
 use heck::ToUpperCamelCase;
 use quote::ToTokens;
+use syn::ext::IdentExt;
 use syn::{Data, DeriveInput, Fields, Ident, Type};
 
 use crate::attr;
@@ -95,6 +96,13 @@ impl<'a> Container<'a> {
         self.fields
             .iter()
             .filter(|f| f.is_column() && f.sea_orm.primary_key)
+    }
+
+    /// The field whose Rust name is `name` (raw identifiers match without
+    /// their `r#`), e.g. the one `owner = "..."` names.
+    pub(crate) fn field_named(&self, name: &str) -> Option<&Field<'a>> {
+        let name = name.trim_start_matches("r#");
+        self.fields.iter().find(|f| f.ident.unraw() == name)
     }
 
     /// What SeaORM 2.0.4's generated `PrimaryKeyTrait::auto_increment()`
@@ -303,6 +311,26 @@ mod tests {
             Some("Html5Body"),
         ];
         assert_eq!(columns, expected.map(|c| c.map(String::from)));
+    }
+
+    #[test]
+    fn fields_by_name() {
+        with_model(
+            parse_quote! {
+                struct Model { owner_id: i32, r#type: String, #[sea_orm(enum_name = "Who")] by: i32 }
+            },
+            |c| {
+                let name = |n: &str| c.field_named(n).map(|f| f.ident.to_string());
+                assert_eq!(name("owner_id").as_deref(), Some("owner_id"));
+                assert_eq!(name("type").as_deref(), Some("r#type"));
+                assert_eq!(name("r#type").as_deref(), Some("r#type"));
+                assert_eq!(name("by").as_deref(), Some("by"));
+                // Rust names only: not the Column variant, nor another case.
+                assert_eq!(name("Who"), None);
+                assert_eq!(name("OwnerId"), None);
+                assert_eq!(name(""), None);
+            },
+        );
     }
 
     #[test]

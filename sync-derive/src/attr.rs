@@ -17,15 +17,17 @@ const SEA_ORM: &str = "sea_orm";
 
 const CONFLICT: &str = "conflict";
 const SINGLE_WRITER: &str = "single_writer";
+const OWNER: &str = "owner";
+const SHARED: &str = "shared";
 const HOOKS: &str = "hooks";
 const NO_BEHAVIOR: &str = "no_behavior";
 const CRATE: &str = "crate";
 const SKIP: &str = "skip";
 
-const CONTAINER_KEYS_HELP: &str = "expected one of `conflict`, `single_writer`, `hooks`, \
-     `no_behavior`, `crate` (fields take `skip`)";
+const CONTAINER_KEYS_HELP: &str = "expected one of `conflict`, `single_writer`, `owner`, \
+     `shared`, `hooks`, `no_behavior`, `crate` (fields take `skip`)";
 const FIELD_KEYS_HELP: &str = "the only field key is `skip`; `conflict`, `single_writer`, \
-     `hooks`, `no_behavior` and `crate` go on the struct";
+     `owner`, `shared`, `hooks`, `no_behavior` and `crate` go on the struct";
 
 /// `#[syncable(conflict = "...")]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,6 +69,11 @@ pub(crate) struct Container {
     pub(crate) conflict: Conflict,
     /// `single_writer`.
     pub(crate) single_writer: Option<Span>,
+    /// `owner = "..."`: the Rust name of the field holding the owning user,
+    /// checked against the fields later.
+    pub(crate) owner: Option<LitStr>,
+    /// `shared`.
+    pub(crate) shared: Option<Span>,
     /// `hooks`.
     pub(crate) hooks: Option<Span>,
     /// `no_behavior`.
@@ -97,6 +104,10 @@ impl Container {
                 }
             } else if meta.path.is_ident(SINGLE_WRITER) {
                 out.single_writer = flag(cx, &meta, SINGLE_WRITER);
+            } else if meta.path.is_ident(OWNER) {
+                out.owner = string_value(cx, &meta, OWNER, "owner = \"owner_id\"")?;
+            } else if meta.path.is_ident(SHARED) {
+                out.shared = flag(cx, &meta, SHARED);
             } else if meta.path.is_ident(HOOKS) {
                 out.hooks = flag(cx, &meta, HOOKS);
             } else if meta.path.is_ident(NO_BEHAVIOR) {
@@ -365,6 +376,7 @@ mod tests {
         assert!(errs.is_empty());
         assert_eq!(c.conflict, Conflict::Lww);
         assert!(c.single_writer.is_none() && c.hooks.is_none() && c.no_behavior.is_none());
+        assert!(c.owner.is_none() && c.shared.is_none());
         assert!(c.krate.is_none());
     }
 
@@ -384,6 +396,13 @@ mod tests {
         assert!(errs.is_empty(), "{errs:?}");
         assert!(c.no_behavior.is_some());
         assert_eq!(c.conflict, Conflict::Merge);
+        let (c, errs) = container(&[parse_quote!(#[syncable(owner = "owner_id")])]);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(c.owner.unwrap().value(), "owner_id");
+        assert!(c.shared.is_none());
+        let (c, errs) = container(&[parse_quote!(#[syncable(shared)])]);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(c.shared.is_some() && c.owner.is_none());
     }
 
     #[test]
@@ -425,6 +444,28 @@ mod tests {
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].starts_with("tidesync: `conflict` takes a string literal"));
         assert!(errs[1].starts_with("tidesync: `crate` needs a value"));
+
+        let (c, errs) = container(&[
+            parse_quote!(#[syncable(owner = owner_id, shared = true)]),
+            parse_quote!(#[syncable(owner, shared(x))]),
+        ]);
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert_eq!(
+            errs[0],
+            "tidesync: `owner` takes a string literal\n\nhelp: write owner = \"owner_id\""
+        );
+        assert_eq!(
+            errs[1],
+            "tidesync: `shared` is a flag and takes no value\n\n\
+             help: write it alone: #[syncable(shared)]"
+        );
+        assert!(errs[2].starts_with("tidesync: duplicate `owner`"));
+        assert!(errs[3].starts_with("tidesync: duplicate `shared`"));
+        assert!(c.owner.is_none() && c.shared.is_none());
+        let (_, errs) = container(&[parse_quote!(#[syncable(owner, shared(x))])]);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("tidesync: `owner` needs a value"));
+        assert!(errs[1].starts_with("tidesync: `shared` is a flag"));
     }
 
     #[test]

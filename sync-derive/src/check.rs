@@ -1,6 +1,8 @@
 //! The rules a syncable entity must follow, checked on the model; each
 //! broken rule is reported at its own span.
 
+use syn::ext::IdentExt;
+
 use crate::ast::{Container, Field};
 use crate::ctxt::Ctxt;
 
@@ -11,6 +13,7 @@ pub(crate) fn check(cx: &Ctxt, cont: &Container<'_>) {
         check_skip(cx, field);
     }
     check_behavior(cx, cont);
+    check_ownership(cx, cont);
 }
 
 /// A primary key exists, and is not auto-increment unless the entity has a
@@ -79,6 +82,85 @@ fn check_behavior(cx: &Ctxt, cont: &Container<'_>) {
              generates, and `no_behavior` turns that off: keep `hooks`, or keep `no_behavior` and \
              call `tidesync::validate_active_model` from your own `before_save`",
         );
+    }
+}
+
+/// At most as many fields are listed in the help of an unknown `owner`.
+const MAX_LISTED_FIELDS: usize = 8;
+
+/// `owner` and `shared` exclude each other, and `owner` names a field that is
+/// a synced column.
+fn check_ownership(cx: &Ctxt, cont: &Container<'_>) {
+    if let (Some(_), Some(shared)) = (&cont.attrs.owner, cont.attrs.shared) {
+        cx.error(
+            shared,
+            "`owner` and `shared` cannot be used together",
+            "with `owner` each row belongs to the user its owner column names, with `shared` \
+             every user reads every row: keep one",
+        );
+    }
+    let Some(owner) = &cont.attrs.owner else {
+        return;
+    };
+    let name = owner.value();
+    let Some(field) = cont.field_named(&name) else {
+        cx.error(
+            owner.span(),
+            format_args!("`owner` names no field of `{}`: {name:?}", cont.ident),
+            unknown_owner_help(cont, &name),
+        );
+        return;
+    };
+    if !field.is_column() {
+        cx.error(
+            owner.span(),
+            format_args!(
+                "owner field `{}` is not a column (#[sea_orm(ignore)])",
+                field.ident
+            ),
+            "the owning user must be stored in each row: name a column's field",
+        );
+    } else if field.attrs.skip.is_some() {
+        cx.error(
+            owner.span(),
+            format_args!(
+                "owner field `{}` is a local-only column (#[syncable(skip)])",
+                field.ident
+            ),
+            format_args!(
+                "a local-only column is never synced, so the hub could not see who owns the \
+                 row: remove #[syncable(skip)] from `{}`, or name another field",
+                field.ident
+            ),
+        );
+    }
+}
+
+/// The help for an `owner` that names no field: the field whose `Column`
+/// variant it is, else the fields that could hold the owner when they are
+/// few.
+fn unknown_owner_help(cont: &Container<'_>, name: &str) -> String {
+    let takes = "`owner` takes the Rust name of the field holding the owning user";
+    if let Some(field) = cont
+        .fields
+        .iter()
+        .find(|f| f.column().is_some_and(|c| c == name))
+    {
+        return format!(
+            "{takes}, not its Column variant: write owner = \"{}\"",
+            field.ident.unraw()
+        );
+    }
+    let candidates: Vec<String> = cont
+        .fields
+        .iter()
+        .filter(|f| f.is_column() && f.attrs.skip.is_none())
+        .map(|f| format!("`{}`", f.ident))
+        .collect();
+    if candidates.is_empty() || candidates.len() > MAX_LISTED_FIELDS {
+        format!("{takes} (not a Column variant or an SQL column name)")
+    } else {
+        format!("{takes}, one of {}", candidates.join(", "))
     }
 }
 
@@ -194,6 +276,137 @@ mod tests {
         );
     }
 
+    /// The full message (help included) of each error.
+    fn full_errors(input: DeriveInput) -> Vec<String> {
+        let cx = Ctxt::new();
+        let cont = Container::from_ast(&cx, &input).expect("a model");
+        check(&cx, &cont);
+        match cx.check() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn ownership_declarations() {
+        assert_eq!(
+            errors(parse_quote! {
+                #[syncable(owner = "owner_id")]
+                struct Model {
+                    #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                    owner_id: i64,
+                }
+            }),
+            Vec::<String>::new()
+        );
+        // Raw names match with or without `r#`; the key may own its row.
+        for owner in ["type", "r#type", "id"] {
+            let owner = syn::LitStr::new(owner, proc_macro2::Span::call_site());
+            assert_eq!(
+                errors(parse_quote! {
+                    #[syncable(owner = #owner)]
+                    struct Model {
+                        #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                        r#type: String,
+                    }
+                }),
+                Vec::<String>::new()
+            );
+        }
+        assert_eq!(
+            errors(parse_quote! {
+                #[syncable(shared)]
+                struct Model { #[sea_orm(primary_key, auto_increment = false)] id: Uuid }
+            }),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn owner_and_shared_exclude_each_other() {
+        assert_eq!(
+            errors(parse_quote! {
+                #[syncable(owner = "owner_id", shared)]
+                struct Model {
+                    #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                    owner_id: i64,
+                }
+            }),
+            ["tidesync: `owner` and `shared` cannot be used together"]
+        );
+    }
+
+    #[test]
+    fn owner_must_name_a_field() {
+        assert_eq!(
+            full_errors(parse_quote! {
+                #[syncable(owner = "user")]
+                struct Model {
+                    #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                    user_id: i64,
+                    #[syncable(skip)] opened: Option<i64>,
+                    #[sea_orm(ignore)] cache: i64,
+                    r#type: String,
+                }
+            }),
+            ["tidesync: `owner` names no field of `Model`: \"user\"\n\n\
+              help: `owner` takes the Rust name of the field holding the owning user, \
+              one of `id`, `user_id`, `r#type`"]
+        );
+        // The Column variant is recognised.
+        assert_eq!(
+            full_errors(parse_quote! {
+                #[syncable(owner = "UserId")]
+                struct Model {
+                    #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                    user_id: i64,
+                }
+            }),
+            [
+                "tidesync: `owner` names no field of `Model`: \"UserId\"\n\n\
+              help: `owner` takes the Rust name of the field holding the owning user, \
+              not its Column variant: write owner = \"user_id\""
+            ]
+        );
+        // Too many fields to list.
+        assert_eq!(
+            full_errors(parse_quote! {
+                #[syncable(owner = "")]
+                struct Model {
+                    #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                    a: i32, b: i32, c: i32, d: i32, e: i32, f: i32, g: i32, h: i32,
+                }
+            }),
+            ["tidesync: `owner` names no field of `Model`: \"\"\n\n\
+              help: `owner` takes the Rust name of the field holding the owning user \
+              (not a Column variant or an SQL column name)"]
+        );
+    }
+
+    #[test]
+    fn owner_must_be_a_synced_column() {
+        assert_eq!(
+            errors(parse_quote! {
+                #[syncable(owner = "owner_id")]
+                struct Model {
+                    #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                    #[syncable(skip)] owner_id: Option<i64>,
+                }
+            }),
+            ["tidesync: owner field `owner_id` is a local-only column (#[syncable(skip)])"]
+        );
+        assert_eq!(
+            errors(parse_quote! {
+                #[syncable(owner = "owner_id")]
+                struct Model {
+                    #[sea_orm(primary_key, auto_increment = false)] id: Uuid,
+                    #[sea_orm(ignore)] owner_id: i64,
+                }
+            }),
+            ["tidesync: owner field `owner_id` is not a column (#[sea_orm(ignore)])"]
+        );
+    }
+
     #[test]
     fn all_errors_are_reported_together() {
         assert_eq!(
@@ -210,6 +423,21 @@ mod tests {
                 "tidesync: auto-increment primary key `id` cannot be synced between several writers",
                 "tidesync: local-only column `opened` must be an Option",
                 "tidesync: `hooks` and `no_behavior` cannot be used together",
+            ]
+        );
+        assert_eq!(
+            errors(parse_quote! {
+                #[syncable(owner = "owner", shared)]
+                struct Model {
+                    #[sea_orm(primary_key)] id: i32,
+                    #[syncable(skip)] owner: i64,
+                }
+            }),
+            [
+                "tidesync: auto-increment primary key `id` cannot be synced between several writers",
+                "tidesync: local-only column `owner` must be an Option",
+                "tidesync: `owner` and `shared` cannot be used together",
+                "tidesync: owner field `owner` is a local-only column (#[syncable(skip)])",
             ]
         );
     }

@@ -69,6 +69,7 @@ fn syncable_impl(cont: &Container<'_>, krate: &Path) -> TokenStream {
     } else {
         quote!(::std::vec![#(Column::#skipped),*])
     };
+    let ownership = ownership_fn(cont, krate);
     quote! {
         #[automatically_derived]
         impl #krate::Syncable for Entity {
@@ -77,6 +78,29 @@ fn syncable_impl(cont: &Container<'_>, krate: &Path) -> TokenStream {
             fn skipped_columns() -> ::std::vec::Vec<Column> {
                 #skipped
             }
+            #ownership
+        }
+    }
+}
+
+/// `fn ownership()` for `owner = "..."` or `shared`; nothing when neither is
+/// given (the trait's default, `Ownership::Undeclared`) or when `owner` names
+/// no column (an error is reported).
+fn ownership_fn(cont: &Container<'_>, krate: &Path) -> TokenStream {
+    let ownership = quote!(#krate::Ownership);
+    let value = if let Some(owner) = &cont.attrs.owner {
+        let Some(column) = cont.field_named(&owner.value()).and_then(|f| f.column()) else {
+            return TokenStream::new();
+        };
+        quote!(#ownership::Owner(Column::#column))
+    } else if cont.attrs.shared.is_some() {
+        quote!(#ownership::Shared)
+    } else {
+        return TokenStream::new();
+    };
+    quote! {
+        fn ownership() -> #ownership<Column> {
+            #value
         }
     }
 }
@@ -243,6 +267,71 @@ mod tests {
             assert!(out.contains(&part), "missing {part} in {out}");
         }
         assert!(!out.contains("::tidesync"), "{out}");
+    }
+
+    #[test]
+    fn ownership_expansion() {
+        let out = expand_str(parse_quote! {
+            #[syncable(owner = "owner_id")]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+                pub owner_id: i64,
+            }
+        });
+        let owner = squash(quote!(
+            fn ownership() -> ::tidesync::Ownership<Column> {
+                ::tidesync::Ownership::Owner(Column::OwnerId)
+            }
+        ));
+        assert!(out.contains(&owner), "missing {owner} in {out}");
+        // The Column variant as SeaORM names it, through the crate path.
+        let out = expand_str(parse_quote! {
+            #[syncable(owner = "by", crate = "my_app::sync")]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+                #[sea_orm(enum_name = "Author")]
+                pub by: i64,
+            }
+        });
+        let owner = squash(quote!(
+            fn ownership() -> my_app::sync::Ownership<Column> {
+                my_app::sync::Ownership::Owner(Column::Author)
+            }
+        ));
+        assert!(out.contains(&owner), "missing {owner} in {out}");
+        let out = expand_str(parse_quote! {
+            #[syncable(shared)]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+            }
+        });
+        let shared = squash(quote!(
+            fn ownership() -> ::tidesync::Ownership<Column> {
+                ::tidesync::Ownership::Shared
+            }
+        ));
+        assert!(out.contains(&shared), "missing {shared} in {out}");
+        // Nothing declared: the trait's default.
+        let out = expand_str(parse_quote! {
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+            }
+        });
+        assert!(!out.contains("ownership"), "{out}");
+        // An unknown owner: the error, and no `ownership` to add to it.
+        let out = expand_str(parse_quote! {
+            #[syncable(owner = "nobody")]
+            pub struct Model {
+                #[sea_orm(primary_key, auto_increment = false)]
+                pub id: Uuid,
+            }
+        });
+        assert!(out.starts_with("::core::compile_error!"), "{out}");
+        assert!(!out.contains("fnownership"), "{out}");
     }
 
     #[test]

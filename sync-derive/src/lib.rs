@@ -24,7 +24,7 @@ use proc_macro::TokenStream;
 /// the same module:
 ///
 /// - `impl tidesync::Syncable for Entity` (conflict policy, single-writer
-///   flag, local-only columns);
+///   flag, local-only columns, ownership);
 /// - `impl ActiveModelBehavior for ActiveModel`, whose `before_save` runs
 ///   `tidesync::validate_active_model` (SeaORM allows one behaviour per
 ///   entity, so do not write your own: see `hooks` and `no_behavior`).
@@ -72,6 +72,16 @@ use proc_macro::TokenStream;
 ///   `"lww"`, per-column last writer wins.
 /// - `#[syncable(single_writer)]`: only one node ever writes this table.
 ///   This is what allows an auto-increment primary key.
+/// - `#[syncable(owner = "field")]`: each row belongs to the user that this
+///   field's column holds (`tidesync::Ownership::Owner`); a hub serving
+///   accounts sends a user only their rows and refuses changes to others'.
+///   The string is the Rust name of a field of the struct (not its `Column`
+///   variant or SQL name), and that field must be a synced column: neither
+///   `#[syncable(skip)]` nor `#[sea_orm(ignore)]`.
+/// - `#[syncable(shared)]`: every user reads (and may write) every row
+///   (`tidesync::Ownership::Shared`). Cannot be combined with `owner`.
+///   Without either, the table's ownership is undeclared, which a hub
+///   serving accounts refuses unless configured to share such tables.
 /// - `#[syncable(hooks)]`: the generated `ActiveModelBehavior` first calls
 ///   your `impl tidesync::SyncHooks for ActiveModel` (same methods as
 ///   `ActiveModelBehavior`), then tidesync's checks. Move your SeaORM hooks
@@ -95,6 +105,21 @@ use proc_macro::TokenStream;
 /// #[async_trait::async_trait]
 /// impl my_app::sync::SyncHooks for ActiveModel {}
 /// ```
+///
+/// ```text
+/// #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+/// #[sea_orm(table_name = "notes")]
+/// #[syncable(owner = "owner_id")]
+/// pub struct Model {
+///     #[sea_orm(primary_key, auto_increment = false)]
+///     pub id: Uuid,
+///     pub owner_id: i64,
+///     pub body: String,
+/// }
+/// ```
+///
+/// generates `fn ownership() -> tidesync::Ownership<Column>` returning
+/// `Ownership::Owner(Column::OwnerId)`; `shared` returns `Ownership::Shared`.
 ///
 /// ## Field attributes
 ///
