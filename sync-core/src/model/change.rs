@@ -103,18 +103,33 @@ impl Change {
 }
 
 /// A synced column as the runtime sees it.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Serialisable: `{"name":"id","ty":"uuid","nullable":false}`. sea-query
+/// has no serde form of a column type, so `ty` has tidesync's own: the
+/// variant's name in snake_case, alone (`"text"`, `"big_integer"`) or as
+/// the key of its parameters (`{"string":{"n":40}}`, `{"decimal":[20,4]}`,
+/// `{"array":"uuid"}`). It is a wire format: variants may be added, never
+/// renamed (the full table is in `src/model/column_type.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColumnSpec {
     /// Column name in the database.
     pub name: String,
     /// SeaORM column type.
+    #[serde(with = "crate::model::column_type")]
     pub ty: ColumnType,
     /// Whether NULL is allowed.
     pub nullable: bool,
 }
 
 /// A synced table as the runtime sees it, built from a `Syncable` entity.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Serialisable, to travel and be stored: an object with a key per field
+/// (the columns as [`ColumnSpec`] says, the policy as
+/// [`ConflictPolicy::as_str`], the ownership `"undeclared"`, `"shared"` or
+/// `{"owner":"<column>"}`). `schema`, `local_only`, `policy`,
+/// `single_writer` and `ownership` may be missing, and read as their
+/// defaults (none, none, `lww`, `false`, undeclared).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableSpec {
     /// Table name, without its schema: the name changes carry, unique
     /// among the tables a replica or hub registers.
@@ -126,6 +141,7 @@ pub struct TableSpec {
     /// the table by its name in their own database: a hub there ignores
     /// it, a replica there refuses it (SeaORM itself names the table
     /// with the schema there).
+    #[serde(default)]
     pub schema: Option<String>,
     /// Primary-key columns in key order.
     pub pk: Vec<ColumnSpec>,
@@ -134,12 +150,16 @@ pub struct TableSpec {
     pub columns: Vec<ColumnSpec>,
     /// Local-only columns (`#[syncable(skip)]`): never synced; a hub
     /// creates them nullable so its table reads like the entity.
+    #[serde(default)]
     pub local_only: Vec<ColumnSpec>,
     /// Conflict policy.
+    #[serde(default)]
     pub policy: ConflictPolicy,
     /// Declared single-writer.
+    #[serde(default)]
     pub single_writer: bool,
     /// Whose rows these are, for a hub serving accounts.
+    #[serde(default)]
     pub ownership: crate::model::syncable::Ownership,
 }
 

@@ -2,6 +2,8 @@
 //! no I/O.
 //!
 //! - [`change`]: a captured change and the description of a synced table;
+//! - [`column_type`]: the serde form of a column type, as a
+//!   [`TableSpec`](change::TableSpec) travels;
 //! - [`clock`]: node ids and the hybrid logical clock;
 //! - [`merge`]: a row's replicated state and its merge rule;
 //! - [`conflict`]: concurrent edits of a column and how they are settled;
@@ -13,6 +15,7 @@
 
 pub(crate) mod change;
 pub(crate) mod clock;
+pub(crate) mod column_type;
 pub(crate) mod conflict;
 pub(crate) mod error;
 pub(crate) mod merge;

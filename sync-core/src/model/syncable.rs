@@ -2,10 +2,14 @@
 //! runtime description of a synced table built from it.
 
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait};
+use serde::{Deserialize, Serialize};
 
 /// How concurrent edits of the same row are settled, declared per entity with
 /// `#[syncable(conflict = "...")]`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// Serialised as its [`as_str`](ConflictPolicy::as_str) name (`"lww"`...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ConflictPolicy {
     /// Per-column last-writer-wins on the hybrid logical clock (the default).
@@ -78,8 +82,13 @@ pub trait Syncable: EntityTrait {
 /// touches another user's row.
 ///
 /// `C` is the column type: the entity's `Column` in [`Syncable`], the
-/// column's name in a [`TableSpec`](crate::TableSpec).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// column's name in a `TableSpec` (named, not linked: the crate root is
+/// above the model layer, and `change` uses this module).
+///
+/// Serialised as `"undeclared"`, `"shared"` or `{"owner": <column>}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[serde(bound(serialize = "C: Serialize", deserialize = "C: Deserialize<'de>"))]
 pub enum Ownership<C = String> {
     /// Nothing declared: a hub serving accounts refuses the table unless
     /// it is configured to share undeclared tables.
