@@ -11,6 +11,14 @@ pub use sync_derive::Syncable;
 
 pub use sync_core::hub;
 
+/// Sync over HTTP: [`HttpBackend`](http::HttpBackend) (feature
+/// `http-client`) and [`HubServer`](http::HubServer) (feature
+/// `http-server`).
+#[cfg(any(feature = "http-client", feature = "http-server"))]
+pub mod http {
+    pub use sync_http::*;
+}
+
 /// The most used items, for `use tidesync::prelude::*`.
 pub mod prelude {
     pub use crate::hub::SqlHub;

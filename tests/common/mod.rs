@@ -6,6 +6,7 @@
 pub mod block;
 pub mod device;
 pub mod entities;
+pub mod http;
 pub mod kill;
 pub mod rows;
 

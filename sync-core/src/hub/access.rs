@@ -22,11 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Alias, ColumnType, Expr, ExprTrait, Query, SimpleExpr};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr};
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::SqlHub;
 use super::merge::load_states;
+use super::owner::{owner_of_row, owner_text};
 use super::tables::HUB_ACCESS;
 use crate::model::change::{Change, Op, TableSpec};
 use crate::model::clock::NodeId;
@@ -46,12 +47,12 @@ pub type Authorize = dyn Fn(&str, &Change) -> std::result::Result<(), String> + 
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tidesync::hub::Account;
+/// use sync_core::hub::Account;
 ///
 /// let account = Account::new("alice")
 ///     .unwrap()
-///     .with_authorization(Arc::new(|user: &str, change: &tidesync::Change| {
-///         if change.table == "audit_log" && change.op != tidesync::Op::Insert {
+///     .with_authorization(Arc::new(|user: &str, change: &sync_core::Change| {
+///         if change.table == "audit_log" && change.op != sync_core::Op::Insert {
 ///             return Err(format!("{user} may only add to the audit log"));
 ///         }
 ///         Ok(())
@@ -219,67 +220,6 @@ pub(super) struct BatchOwners {
     refused: HashSet<(String, String)>,
 }
 
-/// Whether a column of this type can name an owner.
-pub(super) fn owner_type(ty: &ColumnType) -> bool {
-    matches!(
-        ty,
-        ColumnType::Char(_)
-            | ColumnType::String(_)
-            | ColumnType::Text
-            | ColumnType::TinyInteger
-            | ColumnType::SmallInteger
-            | ColumnType::Integer
-            | ColumnType::BigInteger
-            | ColumnType::TinyUnsigned
-            | ColumnType::SmallUnsigned
-            | ColumnType::Unsigned
-            | ColumnType::BigUnsigned
-            | ColumnType::Uuid
-    )
-}
-
-/// The user an owner column's value names (`None` for NULL or a value
-/// that names no user).
-pub(super) fn owner_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(Some(s)) => Some(s.clone()),
-        Value::Char(Some(c)) => Some(c.to_string()),
-        Value::TinyInt(Some(n)) => Some(n.to_string()),
-        Value::SmallInt(Some(n)) => Some(n.to_string()),
-        Value::Int(Some(n)) => Some(n.to_string()),
-        Value::BigInt(Some(n)) => Some(n.to_string()),
-        Value::TinyUnsigned(Some(n)) => Some(n.to_string()),
-        Value::SmallUnsigned(Some(n)) => Some(n.to_string()),
-        Value::Unsigned(Some(n)) => Some(n.to_string()),
-        Value::BigUnsigned(Some(n)) => Some(n.to_string()),
-        Value::Uuid(Some(u)) => Some(u.to_string()),
-        _ => None,
-    }
-}
-
-/// The owner of a row of a table with owners: its owner column in the
-/// state, or in the key; empty (nobody's) when it has none.
-fn owner_of_row(column: &str, pk: &[(String, Value)], state: &RowState) -> String {
-    state
-        .vals
-        .get(column)
-        .or_else(|| pk.iter().find(|(n, _)| n == column).map(|(_, v)| v))
-        .and_then(owner_text)
-        .unwrap_or_default()
-}
-
-/// The owner of a row of `spec`'s table as the log records it: `None` for
-/// a table without owners.
-pub(super) fn owner_of(
-    spec: &TableSpec,
-    pk: &[(String, Value)],
-    state: &RowState,
-) -> Option<String> {
-    spec.ownership
-        .column()
-        .map(|column| owner_of_row(column, pk, state))
-}
-
 /// What one user sees of the hub: the tables' ownership as recorded.
 #[derive(Debug)]
 pub(super) struct Visible {
@@ -358,7 +298,8 @@ impl Visible {
     ) -> Result<Vec<bool>> {
         let mut shown = Vec::with_capacity(rows.len());
         // (row index, table, key text, key) of the entries to look up.
-        let mut lookups: Vec<(usize, String, String, Vec<(String, Value)>)> = Vec::new();
+        type Lookup = (usize, String, String, Vec<(String, Value)>);
+        let mut lookups: Vec<Lookup> = Vec::new();
         for (i, r) in rows.iter().enumerate() {
             let owner: Option<String> = r.try_get("", "owner")?;
             let tbl: String = r.try_get("", "tbl")?;

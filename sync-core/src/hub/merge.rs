@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
-use super::access;
 use super::log;
+use super::owner;
 use super::referral::{self, RowId};
 use super::tables::HUB_ROWS;
 use crate::dialect::Dialect;
@@ -206,7 +206,7 @@ impl<'a> Merge<'a> {
             let spec = self.specs.iter().find(|t| t.name == c.table);
             let policy = spec.map_or(ConflictPolicy::Lww, |t| t.policy);
             let merged = conflict::merge_with_policy(s, c, policy);
-            owners.push(spec.and_then(|spec| access::owner_of(spec, &c.pk, s)));
+            owners.push(spec.and_then(|spec| owner::owner_of(spec, &c.pk, s)));
             if merged.conflicts.is_empty() {
                 logged.push(Cow::Borrowed(*c));
                 continue;

@@ -25,6 +25,7 @@ mod access;
 mod held;
 mod log;
 mod merge;
+mod owner;
 mod push;
 mod referral;
 mod resent;

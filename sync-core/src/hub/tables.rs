@@ -7,7 +7,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
-use super::access;
+use super::owner;
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::TableSpec;
 use crate::model::clock::NodeId;
@@ -203,7 +203,7 @@ async fn ownership(db: &DatabaseConnection, spec: &TableSpec) -> Result<Ownershi
                 spec.name
             )));
         };
-        if !access::owner_type(&c.ty) {
+        if !owner::owner_type(&c.ty) {
             return Err(Error::Config(format!(
                 "table `{}`: owner column `{column}` is of type {:?}; an owner is \
                  text, an integer or a UUID",

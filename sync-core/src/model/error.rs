@@ -75,6 +75,17 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// The hub refused the credentials (no token, a wrong, expired or
+    /// revoked one): nothing was read or written. Retrying with the same
+    /// credentials fails again.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+
+    /// The hub and this release do not speak the same protocol (a version
+    /// one of them does not know, or an answer this release cannot read).
+    #[error("protocol: {0}")]
+    Protocol(String),
+
     /// Stored sync metadata is inconsistent (a bug or a hand edit).
     #[error("corrupt sync metadata: {0}")]
     Corrupt(String),

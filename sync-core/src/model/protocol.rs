@@ -2,17 +2,22 @@
 //! messages they exchange. Pure types: the sync engine is written against
 //! the trait, and the SQL hub (layer 4) is one implementation of it.
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::error::Result;
 use crate::model::merge::RowState;
 
 /// A position in the hub's change log: a pull returns the changes after it.
 /// Cursors are gap-free: a change that commits late is never skipped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct Cursor(pub u64);
 
 /// What a hub says about itself when a replica installs against it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubInfo {
     /// Stable identity of the hub (created on first install); a replica
     /// keeps one pull cursor per hub.
@@ -20,7 +25,7 @@ pub struct HubInfo {
 }
 
 /// Why the hub refused a change.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
     /// The refused change.
     pub id: ChangeId,
@@ -31,7 +36,8 @@ pub struct Rejection {
 }
 
 /// The hub's answer to a push.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PushAck {
     /// Changes of the batch the hub now holds (applied now or before, or
     /// parked as rejected): the replica can drop them from its outbox.
@@ -62,7 +68,7 @@ pub struct PushAck {
 }
 
 /// A change refused for a stamp too far ahead of the hub's clock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockAhead {
     /// The refused change.
     pub id: ChangeId,
@@ -77,7 +83,8 @@ pub struct ClockAhead {
 /// Where an origin stands at a hub (see [`Hub::standing`]). Each field is
 /// optional: what a hub does not say (`None`, as `Standing::default()`
 /// has it) is not checked.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Standing {
     /// The origin's last sequence the hub holds (applied, or parked as
     /// rejected); `Some(0)` for an origin it never heard of.
@@ -90,7 +97,8 @@ pub struct Standing {
 }
 
 /// A page of the hub's change log.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PullBatch {
     /// Changes after the requested cursor, in hub order.
     pub changes: Vec<Change>,
@@ -108,7 +116,7 @@ pub struct PullBatch {
 }
 
 /// A change that cannot be read back (malformed typed JSON).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Unreadable {
     /// Its position: in the hub log (hub sequence) or the outbox (origin
     /// sequence).
@@ -138,7 +146,7 @@ pub enum RejectPolicy {
 }
 
 /// One row of a hub snapshot.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRow {
     /// Table name.
     pub table: String,
@@ -149,7 +157,8 @@ pub struct SnapshotRow {
 }
 
 /// A page of the hub's current rows, for bootstrapping an empty replica.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SnapshotPage {
     /// Rows in (table, key) order.
     pub rows: Vec<SnapshotRow>,

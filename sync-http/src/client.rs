@@ -1,0 +1,365 @@
+//! [`HttpBackend`]: a hub reached over HTTP(S), for devices that must not
+//! hold database credentials.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sync_core::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, Standing};
+use sync_core::{Change, Error, NodeId, Result, TableSpec};
+
+use crate::wire::{self, ErrorBody, PROTOCOL_VERSION, VERSION_HEADER};
+
+/// A hub behind a `tidesync-hub` server (or any server built on
+/// [`HubServer`](crate::HubServer)), reached over HTTP or HTTPS with a
+/// bearer token. It implements [`Hub`], so a `SyncEngine`, its background
+/// task and every conflict policy work over it unchanged.
+///
+/// A connection error or a timeout is [`Error::Offline`]: the engine's
+/// backoff retries it. A refused token is [`Error::Unauthorized`], a
+/// server of another protocol version [`Error::Protocol`]; both recur until
+/// something changes. Bodies over the server's size limit are split: a
+/// push the server finds too large goes again in halves.
+///
+/// ```no_run
+/// # async fn run(replica: sync_core::Replica) -> sync_core::Result<()> {
+/// // In an application: `tidesync::http::HttpBackend` (feature `http-client`).
+/// use sync_http::HttpBackend;
+///
+/// let hub = HttpBackend::new("https://hub.example.com", "tsk_...")?;
+/// let engine = sync_core::SyncEngine::new(replica, std::sync::Arc::new(hub));
+/// engine.sync_now().await?;
+/// # Ok(()) }
+/// ```
+pub struct HttpBackend {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    /// The tables of the last install, installed again when a server
+    /// that has not seen them asks for it (`409 install-required`).
+    tables: Mutex<Option<Vec<TableSpec>>>,
+}
+
+impl std::fmt::Debug for HttpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("HttpBackend")
+            .field("url", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of an [`HttpBackend`].
+#[derive(Debug)]
+pub struct HttpBackendBuilder {
+    url: String,
+    token: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    roots: Vec<reqwest::Certificate>,
+}
+
+impl HttpBackendBuilder {
+    /// How long one request may take in all (default 120 s): a request
+    /// that takes longer is [`Error::Offline`].
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// How long connecting may take (default 10 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Trust this certificate (PEM) as a root, besides the usual ones: for
+    /// a server with a certificate of your own authority.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the PEM holds no certificate.
+    pub fn add_root_certificate(mut self, pem: &[u8]) -> Result<Self> {
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| Error::Config(format!("root certificate: {e}")))?;
+        self.roots.push(cert);
+        Ok(self)
+    }
+
+    /// The backend.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a URL that is not `http://` or `https://`, or
+    /// an empty token.
+    pub fn build(self) -> Result<HttpBackend> {
+        let base = self.url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "`{}` is not a hub URL: expected http:// or https://",
+                self.url
+            )));
+        }
+        if self.token.is_empty() {
+            return Err(Error::Config("the hub token is empty".into()));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("tidesync/", env!("CARGO_PKG_VERSION")));
+        for root in self.roots {
+            builder = builder.add_root_certificate(root);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(HttpBackend {
+            client,
+            base,
+            token: self.token,
+            tables: Mutex::new(None),
+        })
+    }
+}
+
+impl HttpBackend {
+    /// A backend for the hub server at `url` (`https://hub.example.com`,
+    /// or `http://127.0.0.1:8080` on a trusted network), with the bearer
+    /// `token` (from `tidesync-hub token add`, or a JWT the server accepts).
+    ///
+    /// # Errors
+    /// As [`HttpBackendBuilder::build`].
+    pub fn new(url: &str, token: impl Into<String>) -> Result<Self> {
+        Self::builder(url, token).build()
+    }
+
+    /// A backend with options.
+    pub fn builder(url: &str, token: impl Into<String>) -> HttpBackendBuilder {
+        HttpBackendBuilder {
+            url: url.to_owned(),
+            token: token.into(),
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            roots: Vec::new(),
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// One request: the body as JSON (compressed when large), the answer
+    /// decoded, every failure mapped to an [`Error`].
+    async fn call<B: Serialize, A: DeserializeOwned>(&self, endpoint: &str, body: &B) -> Result<A> {
+        let json = serde_json::to_vec(body)?;
+        let (bytes, compressed) = wire::encode(json);
+        let url = format!("{}{}", self.base, wire::path(endpoint));
+        let mut req = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(VERSION_HEADER, PROTOCOL_VERSION.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT_ENCODING, "zstd");
+        if compressed {
+            req = req.header(reqwest::header::CONTENT_ENCODING, "zstd");
+        }
+        let resp = req
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| offline(&url, &e))?;
+        let status = resp.status();
+        let zstd = resp
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
+        let body = resp.bytes().await.map_err(|e| offline(&url, &e))?;
+        let body = if zstd {
+            zstd::stream::decode_all(&body[..])
+                .map_err(|e| Error::Protocol(format!("{url}: an answer that is not zstd: {e}")))?
+        } else {
+            body.to_vec()
+        };
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| {
+                Error::Protocol(format!("{url}: an answer this release cannot read: {e}"))
+            });
+        }
+        Err(answer_error(&url, status, &body))
+    }
+
+    /// A call that installs the tables again and retries once when the
+    /// server has not installed them (another server behind the same
+    /// address, or one restarted since).
+    async fn call_installed<B: Serialize, A: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        body: &B,
+    ) -> Result<A> {
+        match self.call(endpoint, body).await {
+            Err(Error::UnknownTable(_)) => {
+                let tables = self.tables.lock().map(|t| t.clone()).unwrap_or_default();
+                let Some(tables) = tables else {
+                    return Err(Error::Protocol(
+                        "the hub asks for an install, and none was made".into(),
+                    ));
+                };
+                let _: HubInfo = self
+                    .call("install", &wire::InstallRequest { tables })
+                    .await?;
+                self.call(endpoint, body).await
+            }
+            other => other,
+        }
+    }
+
+    /// Push `batch`, in halves when the server finds it too large.
+    async fn push_split(&self, batch: &[Change]) -> Result<PushAck> {
+        let body = wire::PushRequest {
+            changes: batch.to_vec(),
+        };
+        match self.call_installed::<_, PushAck>("push", &body).await {
+            Err(e) if is_too_large(&e) && batch.len() > 1 => {
+                let (first, rest) = batch.split_at(batch.len() / 2);
+                let mut ack = Box::pin(self.push_split(first)).await?;
+                // The rest only if the first half went through whole.
+                if ack.halted.is_some() || ack.clashed.is_some() {
+                    return Ok(ack);
+                }
+                let more = Box::pin(self.push_split(rest)).await?;
+                ack.acknowledged.extend(more.acknowledged);
+                ack.parked.extend(more.parked);
+                ack.conflicts.extend(more.conflicts);
+                ack.settled.extend(more.settled);
+                ack.halted = more.halted;
+                ack.clashed = more.clashed;
+                ack.clock_ahead = more.clock_ahead;
+                Ok(ack)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The `Error::Config` marker of a `413`.
+const TOO_LARGE: &str = "the hub refuses a body this large";
+
+fn is_too_large(e: &Error) -> bool {
+    matches!(e, Error::Config(m) if m.starts_with(TOO_LARGE))
+}
+
+/// A request that did not reach the server, or whose answer did not come
+/// back: offline, retried later.
+fn offline(url: &str, e: &reqwest::Error) -> Error {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    // The source chain says why (refused, reset, DNS): without the URL's
+    // query, which never holds the token (it travels in a header).
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() {
+        Error::Offline(format!("{url}: {what}"))
+    } else {
+        Error::Offline(format!("{url}: {what}: {cause}"))
+    }
+}
+
+/// The error an answer other than `200` stands for.
+fn answer_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
+    let detail = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error);
+    let message = detail.as_ref().map_or_else(
+        || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+        |d| d.message.clone(),
+    );
+    let code = detail.as_ref().map_or("", |d| d.code.as_str());
+    match (status.as_u16(), code) {
+        (401, _) => Error::Unauthorized(format!("{url}: {message}")),
+        // Matched by `call_installed`: the server names the table.
+        (409, "install-required") => Error::UnknownTable(message),
+        (413, _) => Error::Config(format!("{TOO_LARGE} ({url}): {message}")),
+        (400, "unsupported-version") => Error::Protocol(format!(
+            "{url}: this client speaks tidesync protocol {PROTOCOL_VERSION}: {message}"
+        )),
+        (404, _) if detail.is_none() => Error::Protocol(format!(
+            "{url}: not found: is this a tidesync hub speaking protocol {PROTOCOL_VERSION}?"
+        )),
+        (400 | 404 | 422, _) => {
+            Error::Config(format!("the hub refused the request ({url}): {message}"))
+        }
+        (502..=504, _) => Error::Offline(format!("{url}: {status}: {message}")),
+        _ => Error::Protocol(format!("{url}: {status}: {message}")),
+    }
+}
+
+#[async_trait::async_trait]
+impl Hub for HttpBackend {
+    async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
+        let info = self
+            .call(
+                "install",
+                &wire::InstallRequest {
+                    tables: tables.to_vec(),
+                },
+            )
+            .await?;
+        if let Ok(mut t) = self.tables.lock() {
+            *t = Some(tables.to_vec());
+        }
+        Ok(info)
+    }
+
+    async fn push(&self, batch: &[Change]) -> Result<PushAck> {
+        if batch.is_empty() {
+            return Ok(PushAck::default());
+        }
+        self.push_split(batch).await
+    }
+
+    async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> Result<Standing> {
+        self.call("standing", &wire::StandingRequest { origin, at })
+            .await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
+        let body = wire::PullRequest {
+            cursor,
+            limit,
+            excluding: None,
+        };
+        self.call_installed("pull", &body).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: NodeId,
+    ) -> Result<PullBatch> {
+        let body = wire::PullRequest {
+            cursor,
+            limit,
+            excluding: Some(origin),
+        };
+        self.call_installed("pull", &body).await
+    }
+
+    async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
+        let a: wire::SnapshotAnswer = self
+            .call_installed("snapshot", &wire::SnapshotRequest { after, limit })
+            .await?;
+        Ok((a.cursor, a.page))
+    }
+}

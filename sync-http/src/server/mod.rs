@@ -1,0 +1,588 @@
+//! The hub server: any [`SqlHub`] (PostgreSQL, MySQL/MariaDB, SQLite)
+//! served over HTTP to devices with accounts.
+//!
+//! The server keeps nothing of its own outside the hub database: tokens
+//! are rows there, tables' ownership is recorded there, and each request is
+//! answered from it. Two or more servers on one hub database serve the
+//! same users at once (a server that has not installed a table a push
+//! names answers `409 install-required`, and the client installs and
+//! pushes again).
+//!
+//! Each request: the protocol version (`400` if unknown), the bearer token
+//! or JWT (`401`), the body read up to the size limit without buffering
+//! more (`413`) and within the body timeout (`408`), decompressed up to the
+//! same limit, parsed (`400`), then answered by the hub
+//! [`for_account`](SqlHub::for_account) of the token's user. See
+//! [`wire`](crate::wire) for the table of answers.
+
+mod tokens;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sync_core::hub::{Account, Authorize, Hub, SqlHub, UserHub};
+use sync_core::{Error, Result};
+
+pub use tokens::{TokenInfo, Tokens};
+
+use crate::wire::{self, ErrorBody, ErrorDetail, PROTOCOL_VERSION, VERSION_HEADER};
+
+/// The default of [`HubServer::max_body_bytes`]: 32 MiB.
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+
+/// A key to verify JWTs from the application's own identity provider:
+/// the token's `sub` is the user, `exp` is required.
+#[derive(Clone)]
+pub struct JwtKey {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKey")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtKey {
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self::with(
+            jsonwebtoken::DecodingKey::from_secret(secret),
+            jsonwebtoken::Algorithm::HS256,
+        )
+    }
+
+    /// RS256 with the provider's public key (PEM).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a PEM that is not an RSA public key.
+    pub fn rs256_pem(public_key: &[u8]) -> Result<Self> {
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key)
+            .map_err(|e| Error::Config(format!("RS256 public key: {e}")))?;
+        Ok(Self::with(key, jsonwebtoken::Algorithm::RS256))
+    }
+
+    fn with(key: jsonwebtoken::DecodingKey, alg: jsonwebtoken::Algorithm) -> Self {
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_aud = false;
+        validation.leeway = 30;
+        JwtKey { key, validation }
+    }
+
+    /// Accept only tokens issued by `issuer` (`iss`).
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self
+    }
+
+    /// Accept only tokens for `audience` (`aud`).
+    pub fn audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self
+    }
+
+    /// The user a JWT signs in, if it is valid.
+    fn user(&self, token: &str) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Claims {
+            sub: String,
+        }
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .ok()
+            .map(|d| d.claims.sub)
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// The hub server. See the [module docs](self).
+///
+/// ```no_run
+/// # async fn run() -> sync_core::Result<()> {
+/// // In an application: `tidesync::http::HubServer` (feature `http-server`).
+/// use sync_core::hub::SqlHub;
+/// use sync_http::HubServer;
+///
+/// let hub = SqlHub::connect("postgres://hub@db.internal/hub").await?;
+/// let server = HubServer::new(hub).await?;
+/// let token = server.tokens().add("alice").await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+/// server.serve(listener, std::future::pending()).await.unwrap();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct HubServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: SqlHub,
+    tokens: Tokens,
+    jwt: Option<JwtKey>,
+    max_body: usize,
+    body_timeout: Duration,
+    share_undeclared: bool,
+    authorize: Option<Arc<Authorize>>,
+}
+
+impl std::fmt::Debug for HubServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubServer")
+            .field("hub", &self.inner.hub)
+            .field("max_body", &self.inner.max_body)
+            .field("jwt", &self.inner.jwt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubServer {
+    /// A server of `hub` (creating the tokens table if needed).
+    ///
+    /// # Errors
+    /// [`Error::Offline`] when the hub database cannot be reached.
+    pub async fn new(hub: SqlHub) -> Result<Self> {
+        let tokens = Tokens::open(hub.connection().clone()).await?;
+        Ok(HubServer {
+            inner: Arc::new(Inner {
+                hub,
+                tokens,
+                jwt: None,
+                max_body: DEFAULT_MAX_BODY,
+                body_timeout: Duration::from_secs(60),
+                share_undeclared: false,
+                authorize: None,
+            }),
+        })
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("configured before it is shared")
+    }
+
+    /// The largest request body accepted, compressed or not (default
+    /// [`DEFAULT_MAX_BODY`]); a larger one gets `413` and is not read.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.inner_mut().max_body = bytes;
+        self
+    }
+
+    /// How long a client may take to send its body (default 60 s): a
+    /// slower one gets `408` (and holds no database connection meanwhile).
+    pub fn body_timeout(mut self, t: Duration) -> Self {
+        self.inner_mut().body_timeout = t;
+        self
+    }
+
+    /// Serve tables that declare no ownership as shared by every user
+    /// (see [`Account::sharing_undeclared`]); off by default.
+    pub fn share_undeclared(mut self, share: bool) -> Self {
+        self.inner_mut().share_undeclared = share;
+        self
+    }
+
+    /// Check every change a user pushes with `rule` as well (see
+    /// [`Account::with_authorization`]).
+    pub fn with_authorization(mut self, rule: Arc<Authorize>) -> Self {
+        self.inner_mut().authorize = Some(rule);
+        self
+    }
+
+    /// Accept JWTs verified with `key` as well as the hub's own tokens.
+    pub fn with_jwt(mut self, key: JwtKey) -> Self {
+        self.inner_mut().jwt = Some(key);
+        self
+    }
+
+    /// The hub's tokens.
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &SqlHub {
+        &self.inner.hub
+    }
+
+    /// The routes, to serve with `axum::serve` or to nest in an
+    /// application's own router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/health", get(health))
+            .route("/v1/{endpoint}", post(handle))
+            .route("/{version}/{endpoint}", post(other_version))
+            .fallback(not_found)
+            .with_state(self.inner.clone())
+    }
+
+    /// Serve on `listener` until `shutdown` completes, then finish the
+    /// requests in flight.
+    ///
+    /// # Errors
+    /// I/O errors of the listener.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// An answer other than `200`.
+struct Failure {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+
+    /// The answer to a hub error.
+    fn of(e: Error) -> Self {
+        match e {
+            Error::Offline(m) => {
+                tracing::warn!("hub database unavailable: {m}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the hub database cannot be reached; try again later",
+                )
+            }
+            Error::UnknownTable(t) => Self::new(StatusCode::CONFLICT, "install-required", t),
+            e
+            @ (Error::Config(_) | Error::SchemaVersion { .. } | Error::Unrepresentable { .. }) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string())
+            }
+            e if e.is_retryable() => {
+                tracing::warn!("hub busy: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the hub database is busy; try again later",
+                )
+            }
+            e => {
+                tracing::error!("hub error: {e}");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the hub failed (logged on the server)",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        (
+            self.status,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (
+                    header::HeaderName::from_static(VERSION_HEADER),
+                    HeaderValue::from(PROTOCOL_VERSION),
+                ),
+            ],
+            json,
+        )
+            .into_response()
+    }
+}
+
+async fn health() -> impl IntoResponse {
+    (
+        [(
+            header::HeaderName::from_static(VERSION_HEADER),
+            HeaderValue::from(PROTOCOL_VERSION),
+        )],
+        "ok\n",
+    )
+}
+
+async fn not_found() -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
+}
+
+async fn other_version(Path((version, _)): Path<(String, String)>) -> Failure {
+    unsupported(&version)
+}
+
+fn unsupported(version: &str) -> Failure {
+    tracing::warn!("a client asked for protocol {version:?}; this hub speaks {PROTOCOL_VERSION}");
+    Failure::new(
+        StatusCode::BAD_REQUEST,
+        "unsupported-version",
+        format!(
+            "this hub speaks tidesync protocol {PROTOCOL_VERSION}, the request is of {version:?}"
+        ),
+    )
+}
+
+/// Every endpoint: checks, then the hub method.
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let (user, result) = match answer(&inner, &endpoint, &headers, body).await {
+        Ok((user, response)) => (Some(user), Ok(response)),
+        Err((user, f)) => (user, Err(f)),
+    };
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(f) => f.status,
+    };
+    tracing::info!(
+        endpoint = %endpoint,
+        user = user.as_deref().unwrap_or("-"),
+        status = status.as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    match result {
+        Ok(r) => r,
+        Err(f) => f.into_response(),
+    }
+}
+
+type Answered = std::result::Result<(String, Response), (Option<String>, Failure)>;
+
+async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) -> Answered {
+    if let Some(v) = headers.get(VERSION_HEADER)
+        && v.as_bytes() != PROTOCOL_VERSION.to_string().as_bytes()
+    {
+        return Err((None, unsupported(&String::from_utf8_lossy(v.as_bytes()))));
+    }
+    let account = authenticate(inner, headers).await.map_err(|f| (None, f))?;
+    let user = account.user().to_owned();
+    let fail = |f| (Some(user.clone()), f);
+    let bytes = read_body(inner, headers, body).await.map_err(fail)?;
+    let hub = inner.hub.for_account(account);
+    let zstd = accepts_zstd(headers);
+    let response = match endpoint {
+        "install" => {
+            let r: wire::InstallRequest = parse(&bytes).map_err(fail)?;
+            reply(hub.install(&r.tables).await, zstd)
+        }
+        "push" => {
+            let r: wire::PushRequest = parse(&bytes).map_err(fail)?;
+            reply(hub.push(&r.changes).await, zstd)
+        }
+        "standing" => {
+            let r: wire::StandingRequest = parse(&bytes).map_err(fail)?;
+            reply(hub.standing(r.origin, r.at).await, zstd)
+        }
+        "pull" => {
+            let r: wire::PullRequest = parse(&bytes).map_err(fail)?;
+            let batch = match r.excluding {
+                Some(origin) => hub.pull_excluding(r.cursor, r.limit, origin).await,
+                None => hub.pull(r.cursor, r.limit).await,
+            };
+            reply(batch, zstd)
+        }
+        "snapshot" => {
+            let r: wire::SnapshotRequest = parse(&bytes).map_err(fail)?;
+            let page = snapshot(&hub, r).await;
+            reply(page, zstd)
+        }
+        _ => Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no endpoint `{endpoint}` in protocol {PROTOCOL_VERSION}"),
+        )),
+    };
+    response.map(|r| (user.clone(), r)).map_err(fail)
+}
+
+async fn snapshot(hub: &UserHub<'_>, r: wire::SnapshotRequest) -> Result<wire::SnapshotAnswer> {
+    let (cursor, page) = hub.snapshot(r.after, r.limit).await?;
+    Ok(wire::SnapshotAnswer { cursor, page })
+}
+
+/// The account of the request's bearer token or JWT.
+async fn authenticate(inner: &Inner, headers: &HeaderMap) -> std::result::Result<Account, Failure> {
+    let unauthorized = |m: &str| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "no token: send `Authorization: Bearer <token>`",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
+    let user = if token.starts_with("tsk_") {
+        inner.tokens.verify(token).await.map_err(Failure::of)?
+    } else if let Some(jwt) = &inner.jwt {
+        jwt.user(token)
+    } else {
+        None
+    };
+    let Some(user) = user else {
+        return Err(unauthorized(
+            "the token is not valid here (wrong, expired or revoked)",
+        ));
+    };
+    let mut account = Account::new(user)
+        .map_err(|_| unauthorized("the token names no user"))?
+        .sharing_undeclared(inner.share_undeclared);
+    if let Some(rule) = &inner.authorize {
+        account = account.with_authorization(rule.clone());
+    }
+    Ok(account)
+}
+
+/// The request body, decompressed: at most `max_body` bytes either way.
+async fn read_body(
+    inner: &Inner,
+    headers: &HeaderMap,
+    body: Body,
+) -> std::result::Result<Bytes, Failure> {
+    let limit = inner.max_body;
+    let too_large = || {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("this hub takes bodies of at most {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let collected = tokio::time::timeout(inner.body_timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| {
+            Failure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the body did not arrive in time",
+            )
+        })?;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => {
+            return Err(Failure::bad_request(format!(
+                "the body could not be read: {e}"
+            )));
+        }
+    };
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+    {
+        None => Ok(bytes),
+        Some(b) if b.eq_ignore_ascii_case(b"identity") => Ok(bytes),
+        Some(b) if b.eq_ignore_ascii_case(b"zstd") => match wire::decompress(&bytes, limit) {
+            Ok(v) => Ok(Bytes::from(v)),
+            Err(wire::DecodeError::TooLarge) => Err(too_large()),
+            Err(wire::DecodeError::Malformed(m)) => Err(Failure::bad_request(m)),
+        },
+        Some(other) => Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad-request",
+            format!(
+                "content-encoding {:?} is not supported (zstd is)",
+                String::from_utf8_lossy(other)
+            ),
+        )),
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, Failure> {
+    serde_json::from_slice(bytes).map_err(|e| Failure::bad_request(format!("malformed body: {e}")))
+}
+
+fn accepts_zstd(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            e.split(';')
+                .next()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("zstd"))
+        })
+}
+
+/// A `200` with the JSON of `value` (compressed if the client takes it),
+/// or the failure the hub's error stands for.
+fn reply<T: Serialize>(value: Result<T>, zstd: bool) -> std::result::Result<Response, Failure> {
+    let value = value.map_err(Failure::of)?;
+    let json = serde_json::to_vec(&value)
+        .map_err(|e| Failure::of(Error::Corrupt(format!("an answer that is not JSON: {e}"))))?;
+    let (bytes, compressed) = if zstd {
+        wire::encode(json)
+    } else {
+        (json, false)
+    };
+    let mut response = (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::HeaderName::from_static(VERSION_HEADER),
+                HeaderValue::from(PROTOCOL_VERSION),
+            ),
+        ],
+        bytes,
+    )
+        .into_response();
+    if compressed {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+    }
+    Ok(response)
+}

@@ -1,0 +1,194 @@
+//! The protocol between [`HttpBackend`](crate::HttpBackend) and the hub
+//! server: one `POST` per [`Hub`](sync_core::hub::Hub) method, JSON
+//! bodies, zstd-compressed when they are large.
+//!
+//! # Versioning
+//!
+//! Every path starts with the protocol version (`/v1/push`), and both
+//! sides send it in the `tidesync-protocol` header too. A server answers a
+//! version it does not speak with `400` and the code `unsupported-version`,
+//! naming the versions it speaks; the client turns that into
+//! [`Error::Protocol`](sync_core::Error::Protocol) with both versions in
+//! the message. Within a version, fields may be added (readers ignore what
+//! they do not know, and default what is missing), never renamed or given
+//! another meaning.
+//!
+//! # Bodies
+//!
+//! `application/json`; a body of at least [`COMPRESS_FROM`] bytes is sent
+//! with `content-encoding: zstd`, and a client that sends
+//! `accept-encoding: zstd` gets large answers compressed the same way.
+//!
+//! # Errors
+//!
+//! Any answer other than `200` carries `{"error": {"code", "message"}}`:
+//!
+//! | status | code | meaning |
+//! |---|---|---|
+//! | 400 | `bad-request` | malformed, truncated or undecodable body |
+//! | 400 | `unsupported-version` | a protocol version the server does not speak |
+//! | 401 | `unauthorized` | no token, or a wrong, expired or revoked one |
+//! | 409 | `install-required` | the push names a table this server has not installed: install, then push again |
+//! | 413 | `too-large` | the body (or what it decompresses to) is over the server's limit |
+//! | 422 | `refused` | the hub refused the request (an undeclared table, another ownership, a batch out of order) |
+//! | 503 | `unavailable` | the hub database cannot be reached |
+//! | 500 | `internal` | anything else (logged by the server) |
+
+use serde::{Deserialize, Serialize};
+use sync_core::TableSpec;
+use sync_core::hub::Cursor;
+use sync_core::{Change, NodeId};
+
+/// The protocol version this release speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The header carrying the protocol version.
+pub const VERSION_HEADER: &str = "tidesync-protocol";
+
+/// Bodies of at least this many bytes are compressed.
+pub const COMPRESS_FROM: usize = 1024;
+
+/// The path of an endpoint in this protocol version.
+pub(crate) fn path(endpoint: &str) -> String {
+    format!("/v{PROTOCOL_VERSION}/{endpoint}")
+}
+
+/// `POST /v1/install`: answered with a `HubInfo`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InstallRequest {
+    pub(crate) tables: Vec<TableSpec>,
+}
+
+/// `POST /v1/push`: answered with a `PushAck`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PushRequest {
+    pub(crate) changes: Vec<Change>,
+}
+
+/// `POST /v1/standing`: answered with a `Standing`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StandingRequest {
+    pub(crate) origin: NodeId,
+    #[serde(default)]
+    pub(crate) at: Option<Cursor>,
+}
+
+/// `POST /v1/pull`: answered with a `PullBatch`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PullRequest {
+    pub(crate) cursor: Cursor,
+    pub(crate) limit: u64,
+    /// Leave out this origin's changes.
+    #[serde(default)]
+    pub(crate) excluding: Option<NodeId>,
+}
+
+/// `POST /v1/snapshot`: answered with a [`SnapshotAnswer`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SnapshotRequest {
+    #[serde(default)]
+    pub(crate) after: Option<String>,
+    pub(crate) limit: u64,
+}
+
+/// The answer to a snapshot request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SnapshotAnswer {
+    pub(crate) cursor: Cursor,
+    pub(crate) page: sync_core::hub::SnapshotPage,
+}
+
+/// The body of every answer other than `200`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
+}
+
+/// What went wrong, for a program (`code`) and for a person (`message`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ErrorDetail {
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+/// Compress `body` if it is large enough: the bytes, and whether they are
+/// compressed.
+pub(crate) fn encode(body: Vec<u8>) -> (Vec<u8>, bool) {
+    if body.len() < COMPRESS_FROM {
+        return (body, false);
+    }
+    match zstd::bulk::compress(&body, 1) {
+        Ok(z) if z.len() < body.len() => (z, true),
+        _ => (body, false),
+    }
+}
+
+/// Why a body could not be decoded.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// It decompresses to more than the limit.
+    TooLarge,
+    /// It is not valid zstd.
+    Malformed(String),
+}
+
+/// Decompress a zstd body, refusing to produce more than `limit` bytes.
+pub(crate) fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::new(body)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let mut out = Vec::new();
+    // One byte more than the limit tells a body at the limit from one over.
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Malformed(format!("zstd: {e}")))?;
+    if out.len() > limit {
+        return Err(DecodeError::TooLarge);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bodies_travel_as_they_are_and_large_ones_compressed() {
+        let small = b"{}".to_vec();
+        assert_eq!(encode(small.clone()), (small, false));
+        let large = serde_json::to_vec(&vec!["contact"; 1000]).unwrap();
+        let (z, compressed) = encode(large.clone());
+        assert!(compressed && z.len() < large.len() / 10);
+        assert_eq!(decompress(&z, large.len()).unwrap(), large);
+    }
+
+    #[test]
+    fn a_body_that_decompresses_past_the_limit_is_too_large() {
+        let bomb = zstd::bulk::compress(&vec![0u8; 10_000_000], 3).unwrap();
+        assert!(bomb.len() < 10_000);
+        assert!(matches!(
+            decompress(&bomb, 1_000_000),
+            Err(DecodeError::TooLarge)
+        ));
+        assert_eq!(decompress(&bomb, 10_000_000).unwrap().len(), 10_000_000);
+    }
+
+    #[test]
+    fn garbage_and_truncated_zstd_are_malformed() {
+        assert!(matches!(
+            decompress(b"not zstd at all", 1000),
+            Err(DecodeError::Malformed(_))
+        ));
+        let z = zstd::bulk::compress(&vec![7u8; 100_000], 1).unwrap();
+        assert!(matches!(
+            decompress(&z[..z.len() / 2], 1_000_000),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn paths_carry_the_version() {
+        assert_eq!(path("push"), "/v1/push");
+    }
+}

@@ -1,0 +1,147 @@
+//! Hub servers for the tests: a `HubServer` on 127.0.0.1 with an ephemeral
+//! port, in this process, stopped when dropped; and the transport a suite
+//! runs over.
+
+use std::sync::Arc;
+
+use sync_http::{HttpBackend, HubServer};
+use tidesync::hub::{Hub, SqlHub};
+
+use super::BoxError;
+
+/// How a device reaches the hub in a trial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The device opens the hub database itself.
+    Direct,
+    /// Through a hub server over HTTP, as one user.
+    Http,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Direct, Transport::Http];
+
+    /// The suffix of a trial's name (`""` for direct, the suites' names
+    /// unchanged).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Transport::Direct => "",
+            Transport::Http => "::http",
+        }
+    }
+
+    /// `hub` as a device reaches it over this transport. Over HTTP a
+    /// server is started on it (serving undeclared tables as shared, the
+    /// suites' entities declare no owners) and kept running as long as
+    /// the returned hub lives; the device signs in as `user`.
+    pub async fn reach(self, hub: SqlHub, user: &str) -> Result<Arc<dyn Hub>, BoxError> {
+        match self {
+            Transport::Direct => Ok(Arc::new(hub)),
+            Transport::Http => {
+                let server =
+                    TestServer::start(HubServer::new(hub).await?.share_undeclared(true)).await?;
+                Ok(Arc::new(server.device(user).await?))
+            }
+        }
+    }
+}
+
+/// A hub server in this process on an ephemeral port of 127.0.0.1.
+pub struct TestServer {
+    pub url: String,
+    pub server: HubServer,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Start `server`.
+    pub async fn start(server: HubServer) -> Result<Arc<TestServer>, BoxError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Arc::new(TestServer {
+            url,
+            server,
+            stop: Some(stop),
+            task: Some(task),
+        }))
+    }
+
+    /// A new token for `user`.
+    pub async fn token(&self, user: &str) -> Result<String, BoxError> {
+        Ok(self.server.tokens().add(user).await?)
+    }
+
+    /// A device's backend signed in as `user` (a new token), which keeps
+    /// this server running while it lives.
+    pub async fn device(self: &Arc<Self>, user: &str) -> Result<Device, BoxError> {
+        let token = self.token(user).await?;
+        Ok(Device {
+            backend: HttpBackend::new(&self.url, token)?,
+            _server: self.clone(),
+        })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// An `HttpBackend` that keeps its test server alive.
+pub struct Device {
+    pub backend: HttpBackend,
+    _server: Arc<TestServer>,
+}
+
+#[async_trait::async_trait]
+impl Hub for Device {
+    async fn install(
+        &self,
+        tables: &[tidesync::TableSpec],
+    ) -> tidesync::Result<tidesync::hub::HubInfo> {
+        self.backend.install(tables).await
+    }
+    async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
+        self.backend.push(batch).await
+    }
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+        at: Option<tidesync::hub::Cursor>,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.backend.standing(origin, at).await
+    }
+    async fn pull(
+        &self,
+        cursor: tidesync::hub::Cursor,
+        limit: u64,
+    ) -> tidesync::Result<tidesync::hub::PullBatch> {
+        self.backend.pull(cursor, limit).await
+    }
+    async fn pull_excluding(
+        &self,
+        cursor: tidesync::hub::Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::PullBatch> {
+        self.backend.pull_excluding(cursor, limit, origin).await
+    }
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(tidesync::hub::Cursor, tidesync::hub::SnapshotPage)> {
+        self.backend.snapshot(after, limit).await
+    }
+}
