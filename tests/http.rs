@@ -29,8 +29,55 @@ fn main() -> std::process::ExitCode {
         undeclared_and_redeclared_tables_are_refused_at_install,
         the_authorization_rule_refuses_what_it_names,
         an_unreachable_server_is_offline,
+        the_hubs_own_tables_and_new_tables_are_refused_when_closed,
+        a_user_cannot_push_under_another_users_device_identity,
+        another_devices_install_does_not_change_how_this_ones_pushes_merge,
+        another_users_change_ids_are_not_told,
+        random_and_mutated_bodies_never_break_the_server,
+        a_slow_client_does_not_block_others,
+        tokens_never_appear_in_logs,
+        jwts_sign_in_their_subject_until_they_expire,
     ];
+    logs::capture();
     run(trials)
+}
+
+/// Everything the servers of this process log, to check what it holds.
+mod logs {
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+    struct Sink;
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(l) = LOGS.get() {
+                l.lock().unwrap().extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Log every event at debug level and above into memory.
+    pub(crate) fn capture() {
+        LOGS.get_or_init(|| Mutex::new(Vec::new()));
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(|| Sink)
+            .try_init();
+    }
+
+    /// What was logged so far.
+    pub(crate) fn text() -> String {
+        LOGS.get()
+            .map(|l| String::from_utf8_lossy(&l.lock().unwrap()).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// A server on `hub` with `policy`, sharing nothing undeclared.
@@ -617,4 +664,484 @@ async fn raw_status(url: &str, head: &str, stream: bool) -> Result<u16, BoxError
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no status line: {line:?}"))?;
     Ok(status)
+}
+
+async fn the_hubs_own_tables_and_new_tables_are_refused_when_closed(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let alice = server.device("alice").await?;
+    let mut own = tidesync::table_spec::<labels::Entity>();
+    own.name = "_tidesync_tokens".into();
+    let e = alice
+        .install(&[own])
+        .await
+        .err()
+        .ok_or("installed a hub table")?;
+    ensure!(
+        matches!(&e, Error::Config(m) if m.contains("hub's own")),
+        "{e}"
+    );
+    // A server closed to new tables takes only the tables the hub has.
+    let sql = SqlHub::new(hub.connect_again().await?);
+    let closed = TestServer::start(HubServer::new(sql).await?.new_tables(false)).await?;
+    let bob = closed.device("bob").await?;
+    let e = bob
+        .install(&[tidesync::table_spec::<notes::Entity>()])
+        .await
+        .err()
+        .ok_or("a closed server took a new table")?;
+    ensure!(
+        matches!(&e, Error::Config(m) if m.contains("no new tables")),
+        "{e}"
+    );
+    alice
+        .install(&[tidesync::table_spec::<notes::Entity>()])
+        .await?;
+    bob.install(&[tidesync::table_spec::<notes::Entity>()])
+        .await?;
+    Ok(())
+}
+
+async fn another_users_change_ids_are_not_told(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let alice = device(&server, "alice", "alice").await?;
+    note(&alice, "alice", "hers").await?;
+    alice.engine.sync_now().await?;
+    let bob = server.device("bob").await?;
+    bob.install(&[tidesync::table_spec::<notes::Entity>()])
+        .await?;
+    let batch = bob.pull(tidesync::hub::Cursor(0), 100).await?;
+    ensure!(batch.changes.is_empty(), "{batch:?}");
+    ensure!(
+        batch.next > tidesync::hub::Cursor(0),
+        "the cursor did not move past alice's change"
+    );
+    ensure_eq!(batch.next_id, None);
+    let standing = bob.standing(NodeId::random(), Some(batch.next)).await?;
+    ensure_eq!(standing.at, None);
+    // Alice is told the id of her own change.
+    let hers = server.device("alice").await?;
+    hers.install(&[tidesync::table_spec::<notes::Entity>()])
+        .await?;
+    let standing = hers.standing(NodeId::random(), Some(batch.next)).await?;
+    ensure!(standing.at.is_some(), "{standing:?}");
+    Ok(())
+}
+
+/// How many fuzz cases per endpoint (`TIDESYNC_FUZZ_CASES`, default 60).
+fn fuzz_cases() -> usize {
+    std::env::var("TIDESYNC_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
+async fn random_and_mutated_bodies_never_break_the_server(hub: TestDb) -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("TIDESYNC_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let sql = SqlHub::new(hub.connect_again().await?).with_policy(RejectPolicy::Park);
+    let server = TestServer::start(HubServer::new(sql).await?.max_body_bytes(256 * 1024)).await?;
+    // Real bodies to mutate: a device's install, push, pull and snapshot.
+    let alice = device(&server, "alice", "alice").await?;
+    for i in 0..5 {
+        note(&alice, "alice", &format!("note {i}")).await?;
+        label(&alice, &format!("label {i}")).await?;
+    }
+    alice.engine.replica().capture().await?;
+    let pending = alice.engine.replica().pending(100).await?;
+    // Alice's device has pushed once: its identity is hers.
+    alice.engine.sync_now().await?;
+    for i in 5..10 {
+        note(&alice, "alice", &format!("note {i}")).await?;
+    }
+    let token = server.token("mallory").await?;
+    let specs = vec![
+        tidesync::table_spec::<notes::Entity>(),
+        tidesync::table_spec::<labels::Entity>(),
+    ];
+    let valid: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "install",
+            serde_json::to_vec(&serde_json::json!({ "tables": specs }))?,
+        ),
+        (
+            "push",
+            serde_json::to_vec(&serde_json::json!({ "changes": pending }))?,
+        ),
+        (
+            "standing",
+            serde_json::to_vec(&serde_json::json!({ "origin": NodeId::random(), "at": 3 }))?,
+        ),
+        (
+            "pull",
+            serde_json::to_vec(&serde_json::json!({ "cursor": 0, "limit": 50 }))?,
+        ),
+        (
+            "snapshot",
+            serde_json::to_vec(&serde_json::json!({ "after": null, "limit": 50 }))?,
+        ),
+    ];
+    let client = reqwest::Client::new();
+    let mut seen = std::collections::BTreeMap::new();
+    for (endpoint, body) in &valid {
+        for case in 0..fuzz_cases() {
+            let mutated = mutate(&mut rng, body, case);
+            let zstd = rng.random_bool(0.2);
+            let payload = if zstd {
+                zstd::bulk::compress(&mutated, 1)?
+            } else {
+                mutated.clone()
+            };
+            let mut req = client
+                .post(format!("{}/v1/{endpoint}", server.url))
+                .bearer_auth(&token)
+                .body(payload);
+            if zstd {
+                req = req.header("content-encoding", "zstd");
+            }
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            *seen.entry((*endpoint, status)).or_insert(0) += 1;
+            ensure!(
+                matches!(status, 200 | 400 | 403 | 409 | 413 | 422),
+                "seed {seed}: {endpoint} case {case} got {status}: {}\nbody: {}",
+                resp.text().await.unwrap_or_default(),
+                String::from_utf8_lossy(&mutated[..mutated.len().min(2000)])
+            );
+        }
+    }
+    // Still serving, and alice's own device still syncs.
+    let r = alice.engine.sync_now().await?;
+    ensure!(r.halted.is_none(), "seed {seed}: {r:?}");
+    ensure_eq!(notes_of(&hub.db).await?.len(), 10);
+    eprintln!("fuzz seed {seed}: {seen:?}");
+    Ok(())
+}
+
+/// A mutation of `body`: random bytes, a flipped, cut, repeated or
+/// inserted stretch, or a JSON value swapped for another.
+fn mutate(rng: &mut impl rand::Rng, body: &[u8], case: usize) -> Vec<u8> {
+    let mut out = body.to_vec();
+    match case % 6 {
+        0 => (0..rng.random_range(0..200))
+            .map(|_| rng.random())
+            .collect(),
+        1 => {
+            for _ in 0..rng.random_range(1..8) {
+                if out.is_empty() {
+                    break;
+                }
+                let i = rng.random_range(0..out.len());
+                out[i] = rng.random();
+            }
+            out
+        }
+        2 => {
+            out.truncate(rng.random_range(0..out.len().max(1)));
+            out
+        }
+        3 => {
+            let i = rng.random_range(0..out.len().max(1));
+            let junk: &[u8] = [
+                &b"null"[..],
+                b"-1",
+                b"1e999",
+                b"\"\\u0000\"",
+                b"[[[[",
+                b"{}",
+                b"18446744073709551616",
+                b"\"\xff\xfe\"",
+            ][rng.random_range(0..8)];
+            out.splice(i..i, junk.iter().copied());
+            out
+        }
+        4 => {
+            // Swap a JSON number or string for another kind of value.
+            let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+                return out;
+            };
+            let replacement = [
+                serde_json::json!(null),
+                serde_json::json!(-1),
+                serde_json::json!(u64::MAX),
+                serde_json::json!("x"),
+                serde_json::json!([]),
+                serde_json::json!({"String": "x"}),
+                serde_json::json!("a".repeat(10_000)),
+            ][rng.random_range(0..7)]
+            .clone();
+            swap_random(rng, &mut v, replacement);
+            serde_json::to_vec(&v).unwrap_or(out)
+        }
+        _ => {
+            // A stretch repeated: long bodies, deep nesting.
+            let i = rng.random_range(0..out.len().max(1));
+            let j = (i + rng.random_range(1..64)).min(out.len());
+            let stretch = out[i..j].to_vec();
+            for _ in 0..rng.random_range(1..50) {
+                out.splice(i..i, stretch.iter().copied());
+            }
+            out
+        }
+    }
+}
+
+/// Replace one value somewhere inside `v`.
+fn swap_random(rng: &mut impl rand::Rng, v: &mut serde_json::Value, with: serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            let k = m
+                .keys()
+                .nth(rng.random_range(0..m.len()))
+                .cloned()
+                .unwrap_or_default();
+            if rng.random_bool(0.3) {
+                m.insert(k, with);
+            } else if let Some(inner) = m.get_mut(&k) {
+                swap_random(rng, inner, with);
+            }
+        }
+        serde_json::Value::Array(a) if !a.is_empty() => {
+            let i = rng.random_range(0..a.len());
+            if rng.random_bool(0.3) {
+                a[i] = with;
+            } else {
+                swap_random(rng, &mut a[i], with);
+            }
+        }
+        other => *other = with,
+    }
+}
+
+async fn a_slow_client_does_not_block_others(hub: TestDb) -> TestResult {
+    let sql = SqlHub::new(hub.connect_again().await?);
+    let server = TestServer::start(
+        HubServer::new(sql)
+            .await?
+            .body_timeout(Duration::from_secs(2)),
+    )
+    .await?;
+    let token = server.token("slow").await?;
+    // Twenty clients that announce a body and send ten bytes of it.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let addr = server.url.trim_start_matches("http://").to_owned();
+        let head = format!(
+            "POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-length: 1000\r\n\r\n{{\"changes\""
+        );
+        slow.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conn = tokio::net::TcpStream::connect(addr).await?;
+            conn.write_all(head.as_bytes()).await?;
+            let mut answer = vec![0u8; 64];
+            let n = conn.read(&mut answer).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer[..n]).into_owned())
+        }));
+    }
+    // Meanwhile a device syncs, quickly.
+    let a1 = device(&server, "alice", "a1").await?;
+    note(&a1, "alice", "not blocked").await?;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), a1.engine.sync_now()).await??;
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    ensure_eq!(notes_of(&hub.db).await?, vec![pair("alice", "not blocked")]);
+    // The slow ones are answered 408 once their time is up.
+    for s in slow {
+        let answer = tokio::time::timeout(Duration::from_secs(20), s).await???;
+        ensure!(answer.contains(" 408 "), "{answer}");
+    }
+    Ok(())
+}
+
+async fn tokens_never_appear_in_logs(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let token = server.token("alice").await?;
+    let revoked = server.token("alice").await?;
+    server.server.tokens().revoke(&revoked).await?;
+    let a1 = Device {
+        engine: tidesync::SyncEngine::new(
+            tidesync::Replica::builder(TestDb::create(common::Dialect::Sqlite, "logs").await?.db)
+                .register::<notes::Entity>()
+                .create_tables()
+                .open()
+                .await?,
+            Arc::new(HttpBackend::new(&server.url, token.clone())?),
+        ),
+        local: TestDb::create(common::Dialect::Sqlite, "unused").await?,
+    };
+    note(&a1, "alice", "logged").await.ok();
+    a1.engine.sync_now().await?;
+    for bad in [&revoked, &format!("{token}x"), &"tsk_nonsense".to_owned()] {
+        let e = HttpBackend::new(&server.url, bad.clone())?
+            .pull(tidesync::hub::Cursor(0), 10)
+            .await
+            .err()
+            .ok_or("a bad token was taken")?;
+        ensure!(
+            !e.to_string().contains(bad.as_str()),
+            "the error shows the token: {e}"
+        );
+    }
+    let logs = logs::text();
+    ensure!(
+        logs.contains("user=alice"),
+        "the server's requests were not logged"
+    );
+    for secret in [&token, &revoked] {
+        let (_, secret_part) = secret.rsplit_once('_').ok_or("token shape")?;
+        ensure!(!logs.contains(secret_part), "a token is in the logs");
+    }
+    let shown = format!("{:?}", HttpBackend::new(&server.url, token.clone())?);
+    ensure!(!shown.contains(&token), "Debug shows the token: {shown}");
+    Ok(())
+}
+
+async fn jwts_sign_in_their_subject_until_they_expire(hub: TestDb) -> TestResult {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let now = chrono::Utc::now().timestamp();
+    let claims = |sub: &str, exp: i64| serde_json::json!({ "sub": sub, "exp": exp, "iss": "idp" });
+    let hs = |secret: &[u8], c: &serde_json::Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            c,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    let sql = SqlHub::new(hub.connect_again().await?);
+    let server = TestServer::start(
+        HubServer::new(sql)
+            .await?
+            .with_jwt(sync_http::JwtKey::hs256(b"app secret").issuer("idp")),
+    )
+    .await?;
+    let good = hs(b"app secret", &claims("alice", now + 600));
+    let a1: Arc<dyn Hub> = Arc::new(HttpBackend::new(&server.url, good)?);
+    let a1 = device_on(a1, "jwt", |b| {
+        b.register::<notes::Entity>().register::<labels::Entity>()
+    })
+    .await?;
+    note(&a1, "alice", "by jwt").await?;
+    let r = a1.engine.sync_now().await?;
+    ensure!(r.rejected.is_empty() && r.halted.is_none(), "{r:?}");
+    ensure_eq!(notes_of(&hub.db).await?, vec![pair("alice", "by jwt")]);
+    let spec = [tidesync::table_spec::<notes::Entity>()];
+    for (what, token) in [
+        ("expired", hs(b"app secret", &claims("alice", now - 600))),
+        (
+            "signed with another secret",
+            hs(b"other secret", &claims("alice", now + 600)),
+        ),
+        (
+            "without a subject",
+            hs(b"app secret", &claims("", now + 600)),
+        ),
+        (
+            "of another issuer",
+            hs(
+                b"app secret",
+                &serde_json::json!({"sub": "alice", "exp": now + 600, "iss": "evil"}),
+            ),
+        ),
+        ("unsigned", {
+            let head = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+            let body = hs(b"app secret", &claims("alice", now + 600));
+            format!("{head}.{}.", body.split('.').nth(1).unwrap_or_default())
+        }),
+    ] {
+        let e = HttpBackend::new(&server.url, token)?
+            .install(&spec)
+            .await
+            .err()
+            .ok_or_else(|| format!("a JWT {what} was taken"))?;
+        ensure!(matches!(e, Error::Unauthorized(_)), "{what}: {e}");
+    }
+    // RS256 with the provider's public key.
+    let private = include_bytes!("fixtures/jwt_rs256_private.pem");
+    let public = include_bytes!("fixtures/jwt_rs256_public.pem");
+    let sql = SqlHub::new(hub.connect_again().await?);
+    let rs = TestServer::start(
+        HubServer::new(sql)
+            .await?
+            .with_jwt(sync_http::JwtKey::rs256_pem(public)?),
+    )
+    .await?;
+    let token = encode(
+        &Header::new(Algorithm::RS256),
+        &claims("bob", now + 600),
+        &EncodingKey::from_rsa_pem(private)?,
+    )?;
+    HttpBackend::new(&rs.url, token)?.install(&spec).await?;
+    // An HS256 token made with the public key as its secret (the classic
+    // algorithm confusion) is refused.
+    let confused = hs(public, &claims("bob", now + 600));
+    let e = HttpBackend::new(&rs.url, confused)?
+        .install(&spec)
+        .await
+        .err()
+        .ok_or("algorithm confusion was taken")?;
+    ensure!(matches!(e, Error::Unauthorized(_)), "{e}");
+    Ok(())
+}
+
+async fn a_user_cannot_push_under_another_users_device_identity(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let alice = device(&server, "alice", "alice").await?;
+    label(&alice, "alice's label").await?;
+    alice.engine.sync_now().await?;
+    // Bob learns alice's device identity from the shared label she made.
+    let bob = server.device("bob").await?;
+    bob.install(&[tidesync::table_spec::<labels::Entity>()])
+        .await?;
+    let pulled = bob.pull(tidesync::hub::Cursor(0), 100).await?;
+    let hers = pulled.changes.first().ok_or("bob saw no label")?.id.origin;
+    // And pushes under it, far ahead of her sequence.
+    let mut forged = change(hers, 1_000, Op::Insert, Uuid::new_v4(), &[]);
+    forged.table = "labels".into();
+    forged.columns = vec![
+        ("id".into(), forged.pk[0].1.clone()),
+        ("name".into(), sea_orm::Value::String(Some("forged".into()))),
+    ];
+    let e = bob
+        .push(&[forged])
+        .await
+        .err()
+        .ok_or("bob pushed as alice's device")?;
+    ensure!(matches!(e, Error::Unauthorized(_)), "{e}");
+    // Alice's next changes are applied, not taken as already delivered.
+    label(&alice, "alice's second").await?;
+    let r = alice.engine.sync_now().await?;
+    ensure_eq!(r.pushed, 1);
+    ensure_eq!(
+        labels_of(&hub.db).await?,
+        vec!["alice's label".to_owned(), "alice's second".to_owned()]
+    );
+    Ok(())
+}
+
+async fn another_devices_install_does_not_change_how_this_ones_pushes_merge(
+    hub: TestDb,
+) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let alice = device(&server, "alice", "alice").await?;
+    alice.engine.sync_now().await?;
+    // Bob's device (another version of the app, or a hostile one)
+    // installs `notes` without its `body` column, on the same server.
+    let mut narrow = tidesync::table_spec::<notes::Entity>();
+    narrow.columns.retain(|c| c.name != "body");
+    server.device("bob").await?.install(&[narrow]).await?;
+    // Alice's pushes are still merged with her own tables.
+    note(&alice, "alice", "with a body").await?;
+    let r = alice.engine.sync_now().await?;
+    ensure!(r.rejected.is_empty() && r.halted.is_none(), "{r:?}");
+    ensure_eq!(notes_of(&hub.db).await?, vec![pair("alice", "with a body")]);
+    Ok(())
 }

@@ -37,8 +37,9 @@ pub struct HttpBackend {
     base: String,
     token: String,
     /// The tables of the last install, installed again when a server
-    /// that has not seen them asks for it (`409 install-required`).
-    tables: Mutex<Option<Vec<TableSpec>>>,
+    /// that has not seen them asks for it (`409 install-required`), and
+    /// the id the server gave them.
+    tables: Mutex<Option<(Vec<TableSpec>, String)>>,
 }
 
 impl std::fmt::Debug for HttpBackend {
@@ -196,31 +197,38 @@ impl HttpBackend {
     async fn call_installed<B: Serialize, A: DeserializeOwned>(
         &self,
         endpoint: &str,
-        body: &B,
+        body: impl Fn(Option<String>) -> B,
     ) -> Result<A> {
-        match self.call(endpoint, body).await {
+        match self.call(endpoint, &body(self.tables_id())).await {
             Err(Error::UnknownTable(_)) => {
-                let tables = self.tables.lock().map(|t| t.clone()).unwrap_or_default();
-                let Some(tables) = tables else {
+                let tables = self.tables.lock().ok().and_then(|t| t.clone());
+                let Some((tables, _)) = tables else {
                     return Err(Error::Protocol(
                         "the hub asks for an install, and none was made".into(),
                     ));
                 };
-                let _: HubInfo = self
-                    .call("install", &wire::InstallRequest { tables })
-                    .await?;
-                self.call(endpoint, body).await
+                self.install(&tables).await?;
+                self.call(endpoint, &body(self.tables_id())).await
             }
             other => other,
         }
     }
 
+    /// The id the server gave this device's tables.
+    fn tables_id(&self) -> Option<String> {
+        self.tables
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|(_, id)| id.clone()))
+    }
+
     /// Push `batch`, in halves when the server finds it too large.
     async fn push_split(&self, batch: &[Change]) -> Result<PushAck> {
-        let body = wire::PushRequest {
+        let body = |tables| wire::PushRequest {
             changes: batch.to_vec(),
+            tables,
         };
-        match self.call_installed::<_, PushAck>("push", &body).await {
+        match self.call_installed::<_, PushAck>("push", body).await {
             Err(e) if is_too_large(&e) && batch.len() > 1 => {
                 let (first, rest) = batch.split_at(batch.len() / 2);
                 let mut ack = Box::pin(self.push_split(first)).await?;
@@ -286,7 +294,7 @@ fn answer_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
     );
     let code = detail.as_ref().map_or("", |d| d.code.as_str());
     match (status.as_u16(), code) {
-        (401, _) => Error::Unauthorized(format!("{url}: {message}")),
+        (401 | 403, _) => Error::Unauthorized(format!("{url}: {message}")),
         // Matched by `call_installed`: the server names the table.
         (409, "install-required") => Error::UnknownTable(message),
         (413, _) => Error::Config(format!("{TOO_LARGE} ({url}): {message}")),
@@ -307,7 +315,7 @@ fn answer_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
 #[async_trait::async_trait]
 impl Hub for HttpBackend {
     async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
-        let info = self
+        let answer: wire::InstallAnswer = self
             .call(
                 "install",
                 &wire::InstallRequest {
@@ -316,9 +324,9 @@ impl Hub for HttpBackend {
             )
             .await?;
         if let Ok(mut t) = self.tables.lock() {
-            *t = Some(tables.to_vec());
+            *t = Some((tables.to_vec(), answer.tables));
         }
-        Ok(info)
+        Ok(answer.info)
     }
 
     async fn push(&self, batch: &[Change]) -> Result<PushAck> {
@@ -339,7 +347,7 @@ impl Hub for HttpBackend {
             limit,
             excluding: None,
         };
-        self.call_installed("pull", &body).await
+        self.call("pull", &body).await
     }
 
     async fn pull_excluding(
@@ -353,12 +361,12 @@ impl Hub for HttpBackend {
             limit,
             excluding: Some(origin),
         };
-        self.call_installed("pull", &body).await
+        self.call("pull", &body).await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
         let a: wire::SnapshotAnswer = self
-            .call_installed("snapshot", &wire::SnapshotRequest { after, limit })
+            .call("snapshot", &wire::SnapshotRequest { after, limit })
             .await?;
         Ok((a.cursor, a.page))
     }

@@ -28,6 +28,7 @@
 //! | 400 | `bad-request` | malformed, truncated or undecodable body |
 //! | 400 | `unsupported-version` | a protocol version the server does not speak |
 //! | 401 | `unauthorized` | no token, or a wrong, expired or revoked one |
+//! | 403 | `forbidden` | a push under a device identity another user pushed under first |
 //! | 409 | `install-required` | the push names a table this server has not installed: install, then push again |
 //! | 413 | `too-large` | the body (or what it decompresses to) is over the server's limit |
 //! | 422 | `refused` | the hub refused the request (an undeclared table, another ownership, a batch out of order) |
@@ -59,10 +60,24 @@ pub(crate) struct InstallRequest {
     pub(crate) tables: Vec<TableSpec>,
 }
 
+/// The answer to an install.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InstallAnswer {
+    #[serde(flatten)]
+    pub(crate) info: sync_core::hub::HubInfo,
+    /// Names the installed tables in later pushes (the server merges a
+    /// device's pushes with its own tables).
+    pub(crate) tables: String,
+}
+
 /// `POST /v1/push`: answered with a `PushAck`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct PushRequest {
     pub(crate) changes: Vec<Change>,
+    /// The `tables` of the device's install; the server answers `409
+    /// install-required` when it does not know them.
+    #[serde(default)]
+    pub(crate) tables: Option<String>,
 }
 
 /// `POST /v1/standing`: answered with a `Standing`.

@@ -28,7 +28,7 @@ use sea_orm::{ConnectionTrait, QueryResult, Value};
 use super::SqlHub;
 use super::merge::load_states;
 use super::owner::{owner_of_row, owner_text};
-use super::tables::HUB_ACCESS;
+use super::tables::{HUB_ACCESS, HUB_ORIGINS};
 use crate::model::change::{Change, Op, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
@@ -63,6 +63,7 @@ pub type Authorize = dyn Fn(&str, &Change) -> std::result::Result<(), String> + 
 pub struct Account {
     user: String,
     share_undeclared: bool,
+    new_tables: bool,
     authorize: Option<Arc<Authorize>>,
 }
 
@@ -71,6 +72,7 @@ impl fmt::Debug for Account {
         f.debug_struct("Account")
             .field("user", &self.user)
             .field("share_undeclared", &self.share_undeclared)
+            .field("new_tables", &self.new_tables)
             .field("authorize", &self.authorize.is_some())
             .finish()
     }
@@ -90,6 +92,7 @@ impl Account {
         Ok(Account {
             user,
             share_undeclared: false,
+            new_tables: true,
             authorize: None,
         })
     }
@@ -104,6 +107,16 @@ impl Account {
     /// install, naming what to declare.
     pub fn sharing_undeclared(mut self, share: bool) -> Self {
         self.share_undeclared = share;
+        self
+    }
+
+    /// Whether this user's install may add tables the hub does not have
+    /// yet (default yes). With `false`, only tables some earlier install
+    /// recorded are taken (an operator installs new ones directly, or
+    /// through an account that may): a device cannot create tables, nor
+    /// be the first to declare who owns a table's rows.
+    pub fn adding_tables(mut self, may: bool) -> Self {
+        self.new_tables = may;
         self
     }
 
@@ -356,6 +369,10 @@ impl Visible {
 pub struct UserHub<'h> {
     hub: &'h SqlHub,
     account: Account,
+    /// The device's tables, as the hub placed them at its install: its
+    /// pushes are merged with these, not with another device's (an
+    /// earlier version of the application, another user).
+    tables: std::sync::Mutex<Option<Arc<Vec<TableSpec>>>>,
 }
 
 impl SqlHub {
@@ -367,13 +384,16 @@ impl SqlHub {
     /// declares no ownership is refused unless the account shares
     /// undeclared tables.
     ///
-    /// Tables are known to this `SqlHub` value by the installs made
-    /// through it (by any account): a push naming a table the hub has
-    /// recorded but this value has not installed fails with
-    /// [`Error::UnknownTable`], and the caller installs and pushes again
-    /// (the HTTP hub answers `409 install-required`).
+    /// A push is merged with the tables the device installed through this
+    /// `UserHub` (or gave with [`UserHub::with_tables`]); a push before
+    /// either fails with [`Error::UnknownTable`], and the caller installs
+    /// and pushes again (the HTTP hub answers `409 install-required`).
     pub fn for_account(&self, account: Account) -> UserHub<'_> {
-        UserHub { hub: self, account }
+        UserHub {
+            hub: self,
+            account,
+            tables: std::sync::Mutex::new(None),
+        }
     }
 }
 
@@ -382,41 +402,133 @@ impl UserHub<'_> {
     pub fn account(&self) -> &Account {
         &self.account
     }
+
+    /// The device's tables as an earlier install placed them (see
+    /// [`UserHub::tables`]): a server keeps them between requests.
+    pub fn with_tables(self, tables: Arc<Vec<TableSpec>>) -> Self {
+        if let Ok(mut mine) = self.tables.lock() {
+            *mine = Some(tables);
+        }
+        self
+    }
+
+    /// The tables of this device's install, as the hub placed them (its
+    /// schema, the ownership the hub records).
+    pub fn tables(&self) -> Option<Arc<Vec<TableSpec>>> {
+        self.tables.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// `tables` with the ownership the hub records now for the tables of
+    /// `batch` that had none declared at install: another device may have
+    /// declared owners since (the only change the hub allows).
+    async fn current(&self, batch: &[Change], tables: &[TableSpec]) -> Result<Vec<TableSpec>> {
+        let undeclared: Vec<&str> = tables
+            .iter()
+            .filter(|t| t.ownership == Ownership::Undeclared)
+            .filter(|t| batch.iter().any(|c| c.table == t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        let mut out = tables.to_vec();
+        if undeclared.is_empty() {
+            return Ok(out);
+        }
+        let recorded = HUB_ACCESS
+            .read_many(self.hub.connection(), &undeclared)
+            .await
+            .map_err(Error::or_offline)?;
+        for t in &mut out {
+            if let Some(o) = recorded
+                .get(&t.name)
+                .and_then(|r| Ownership::from_record(r))
+            {
+                t.ownership = o;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Take `origin` for this user, or refuse it if another user pushed
+    /// under it first. Origins are not secret (a shared table's changes
+    /// carry their author's): without this, a user could push under
+    /// another user's device identity, and the hub would take that
+    /// device's own changes later as already delivered.
+    async fn claim(&self, origin: NodeId) -> Result<()> {
+        let db = self.hub.connection();
+        let key = origin.to_string();
+        HUB_ORIGINS
+            .insert_if_missing(db, &key, &self.account.user)
+            .await
+            .map_err(Error::or_offline)?;
+        let owner = HUB_ORIGINS
+            .require(db, &key)
+            .await
+            .map_err(Error::or_offline)?;
+        if owner != self.account.user {
+            return Err(Error::Unauthorized(format!(
+                "device identity {key} pushes for another user; a device signing in as \
+                 another user takes a new identity (a new replica database)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
 impl Hub for UserHub<'_> {
     async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
+        if let Some(t) = tables.iter().find(|t| t.name.starts_with("_tidesync")) {
+            return Err(Error::Config(format!(
+                "table `{}`: names starting with `_tidesync` are the hub's own",
+                t.name
+            )));
+        }
+        if !self.account.new_tables {
+            let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+            let recorded = HUB_ACCESS
+                .read_many(self.hub.connection(), &names)
+                .await
+                .map_err(Error::or_offline)?;
+            if let Some(t) = names.iter().find(|t| !recorded.contains_key(**t)) {
+                return Err(Error::Config(format!(
+                    "table `{t}`: this hub takes no new tables from devices; \
+                     an operator installs it first"
+                )));
+            }
+        }
         let (info, placed) = self.hub.install_tables(tables).await?;
         if !self.account.share_undeclared
             && let Some(t) = placed.iter().find(|t| t.ownership == Ownership::Undeclared)
         {
             return Err(Error::Config(undeclared(&t.name)));
         }
+        if let Ok(mut mine) = self.tables.lock() {
+            *mine = Some(Arc::new(placed));
+        }
         Ok(info)
     }
 
     async fn push(&self, batch: &[Change]) -> Result<PushAck> {
-        let installed: HashSet<String> = self.hub.installed().await;
-        let missing: Vec<&str> = batch
-            .iter()
-            .map(|c| c.table.as_str())
-            .filter(|t| !installed.contains(*t))
-            .collect();
-        if !missing.is_empty() {
-            let recorded = HUB_ACCESS
-                .read_many(self.hub.connection(), &missing)
-                .await
-                .map_err(Error::or_offline)?;
-            if let Some(t) = missing.iter().find(|t| recorded.contains_key(**t)) {
-                return Err(Error::UnknownTable((*t).to_owned()));
-            }
+        let Some(tables) = self.tables() else {
+            return Err(Error::UnknownTable(
+                "this device's tables (install before pushing)".into(),
+            ));
+        };
+        if let Some(first) = batch.first() {
+            self.claim(first.id.origin).await?;
         }
-        self.hub.push_as(batch, Some(&self.account)).await
+        let tables = self.current(batch, &tables).await?;
+        self.hub.push_as(batch, Some(&self.account), &tables).await
     }
 
     async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> Result<Standing> {
-        self.hub.standing(origin, at).await
+        let mut standing = self.hub.standing(origin, None).await?;
+        if let Some(c) = at {
+            let visible = Visible::load(self.hub.connection(), &self.account).await?;
+            standing.at = super::log::id_at(self.hub.connection(), c, Some(&visible))
+                .await
+                .map_err(Error::or_offline)?;
+        }
+        Ok(standing)
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
@@ -443,6 +555,14 @@ impl Hub for UserHub<'_> {
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
         let visible = Visible::load(self.hub.connection(), &self.account).await?;
-        self.hub.snapshot_for(after, limit, Some(&visible)).await
+        let tables = self.tables();
+        self.hub
+            .snapshot_for(
+                after,
+                limit,
+                Some(&visible),
+                tables.as_deref().map(Vec::as_slice),
+            )
+            .await
     }
 }

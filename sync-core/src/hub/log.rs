@@ -110,7 +110,8 @@ pub(super) async fn read<C: ConnectionTrait>(
         match decode(&r) {
             Ok(c) => {
                 batch.next = Cursor(hub_seq);
-                batch.next_id = Some(c.id);
+                // Another user's change: not even its id.
+                batch.next_id = show.then_some(c.id);
                 if show {
                     batch.changes.push(c);
                 }
@@ -118,7 +119,7 @@ pub(super) async fn read<C: ConnectionTrait>(
             // Not this user's: passed over, unread.
             Err(_) if !show => {
                 batch.next = Cursor(hub_seq);
-                batch.next_id = id_at(db, batch.next).await?;
+                batch.next_id = None;
             }
             Err(e) => {
                 // Stop at it: the replica decides to halt or to park it.
@@ -132,15 +133,20 @@ pub(super) async fn read<C: ConnectionTrait>(
         && batch.next != Cursor(tip)
     {
         batch.next = Cursor(tip);
-        batch.next_id = id_at(db, batch.next).await?;
+        batch.next_id = id_at(db, batch.next, visible).await?;
     }
     Ok(batch)
 }
 
-/// The id of the change logged at `at`, if there is one.
-pub(super) async fn id_at<C: ConnectionTrait>(db: &C, at: Cursor) -> Result<Option<ChangeId>> {
+/// The id of the change logged at `at`, if there is one (and `visible`
+/// shows it, when given: another user's change ids are not told).
+pub(super) async fn id_at<C: ConnectionTrait>(
+    db: &C,
+    at: Cursor,
+    visible: Option<&Visible>,
+) -> Result<Option<ChangeId>> {
     let q = sea_orm::sea_query::Query::select()
-        .columns(["origin", "origin_seq"].map(Alias::new))
+        .columns(["origin", "origin_seq", "owner", "tbl", "pk"].map(Alias::new))
         .from(Alias::new(CHANGES.name))
         .and_where(Expr::col(Alias::new("hub_seq")).eq(db_sequence(at.0)?))
         .to_owned();
@@ -151,6 +157,11 @@ pub(super) async fn id_at<C: ConnectionTrait>(db: &C, at: Cursor) -> Result<Opti
     else {
         return Ok(None);
     };
+    if let Some(v) = visible
+        && !v.shown(db, std::slice::from_ref(&r)).await?[0]
+    {
+        return Ok(None);
+    }
     let origin: String = r.try_get("", "origin")?;
     Ok(Some(ChangeId {
         origin: origin.parse()?,

@@ -179,47 +179,27 @@ impl SqlHub {
 }
 
 impl SqlHub {
-    /// Install `tables` and add them to the ones this value knows (a
-    /// table installed again takes the new spec, keeping the columns only
-    /// the earlier one had: devices of two versions of an application
-    /// may share one hub value, as they do behind an HTTP server).
+    /// Install `tables`; this value merges pushes with them from now on.
+    /// Returns them as the hub placed them (their schema, the ownership
+    /// it records).
     async fn install_tables(&self, tables: &[TableSpec]) -> Result<(HubInfo, Vec<TableSpec>)> {
         let (info, placed) = tables::install(&self.db, tables)
             .await
             .map_err(Error::or_offline)?;
-        let mut known = self.tables.write().await;
-        for spec in &placed {
-            match known.iter_mut().find(|k| k.name == spec.name) {
-                Some(old) => {
-                    let mut new = spec.clone();
-                    for c in &old.columns {
-                        if new.column(&c.name).is_none() {
-                            new.columns.push(c.clone());
-                        }
-                    }
-                    *old = new;
-                }
-                None => known.push(spec.clone()),
-            }
-        }
+        *self.tables.write().await = placed.clone();
         Ok((info, placed))
     }
 
-    /// The names of the tables installed through this value.
-    async fn installed(&self) -> std::collections::HashSet<String> {
-        self.tables
-            .read()
-            .await
-            .iter()
-            .map(|t| t.name.clone())
-            .collect()
-    }
-
-    /// A push, checked against `account` if there is one.
-    async fn push_as(&self, batch: &[Change], account: Option<&Account>) -> Result<PushAck> {
-        let specs = self.tables.read().await.clone();
+    /// A push of the device whose tables are `specs`, checked against
+    /// `account` if there is one.
+    async fn push_as(
+        &self,
+        batch: &[Change],
+        account: Option<&Account>,
+        specs: &[TableSpec],
+    ) -> Result<PushAck> {
         let max_skew_us = u64::try_from(self.max_skew.as_micros()).unwrap_or(u64::MAX);
-        push::push(&self.db, &specs, self.policy, max_skew_us, batch, account).await
+        push::push(&self.db, specs, self.policy, max_skew_us, batch, account).await
     }
 
     /// A snapshot page, of the rows `visible` shows if given.
@@ -228,9 +208,15 @@ impl SqlHub {
         after: Option<String>,
         limit: u64,
         visible: Option<&access::Visible>,
+        specs: Option<&[TableSpec]>,
     ) -> Result<(Cursor, SnapshotPage)> {
-        let specs = self.tables.read().await.clone();
-        snapshot::page(&self.db, &specs, after, limit, visible).await
+        match specs {
+            Some(specs) => snapshot::page(&self.db, specs, after, limit, visible).await,
+            None => {
+                let specs = self.tables.read().await.clone();
+                snapshot::page(&self.db, &specs, after, limit, visible).await
+            }
+        }
     }
 }
 
@@ -241,7 +227,8 @@ impl Hub for SqlHub {
     }
 
     async fn push(&self, batch: &[Change]) -> Result<PushAck> {
-        self.push_as(batch, None).await
+        let specs = self.tables.read().await.clone();
+        self.push_as(batch, None, &specs).await
     }
 
     async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> Result<Standing> {
@@ -249,7 +236,7 @@ impl Hub for SqlHub {
             .await
             .map_err(Error::or_offline)?;
         let at = match at {
-            Some(c) => log::id_at(&self.db, c).await?,
+            Some(c) => log::id_at(&self.db, c, None).await?,
             None => None,
         };
         Ok(Standing {
@@ -273,6 +260,6 @@ impl Hub for SqlHub {
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        self.snapshot_for(after, limit, None).await
+        self.snapshot_for(after, limit, None, None).await
     }
 }

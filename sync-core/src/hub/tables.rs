@@ -49,6 +49,9 @@ pub(crate) const HELD: &str = "_tidesync_held";
 /// recorded when the hub first installs it: a device cannot change it (see
 /// [`ownership`]).
 pub(crate) const HUB_ACCESS: Meta = Meta("_tidesync_hub_access");
+/// The user each origin (device identity) pushed as first, through a hub
+/// serving accounts: another user cannot push under it (see `access`).
+pub(crate) const HUB_ORIGINS: Meta = Meta("_tidesync_hub_origins");
 /// Where the hub keeps each synced table, on a dialect with schemas
 /// (PostgreSQL): the table's sync name and the schema it is in, recorded
 /// when the hub first installs it (see [`place`]).
@@ -279,6 +282,7 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
         HUB_META.table(),
         HUB_PLACES.table(),
         HUB_ACCESS.table(),
+        HUB_ORIGINS.table(),
         log,
         row_state_table(d, HUB_ROWS),
         Table::create()

@@ -29,8 +29,10 @@ use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use sync_core::hub::{Account, Authorize, Hub, SqlHub, UserHub};
-use sync_core::{Error, Result};
+use sync_core::{Error, Result, TableSpec};
 
 pub use tokens::{TokenInfo, Tokens};
 
@@ -135,8 +137,20 @@ struct Inner {
     max_body: usize,
     body_timeout: Duration,
     share_undeclared: bool,
+    new_tables: bool,
     authorize: Option<Arc<Authorize>>,
+    /// Installed tables by the id the install answered (see
+    /// [`wire::InstallAnswer`]): a cache, rebuilt by installs.
+    installed: std::sync::Mutex<HashMap<String, Arc<Vec<TableSpec>>>>,
 }
+
+/// How many installs a server remembers before it starts over (clients
+/// install again when asked).
+const INSTALLS_KEPT: usize = 4096;
+
+/// The most changes or rows one pull or snapshot page answers, whatever
+/// the client asks (a page cursor moves on: the client asks again).
+pub const MAX_PAGE: u64 = 10_000;
 
 impl std::fmt::Debug for HubServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +169,9 @@ impl HubServer {
     /// [`Error::Offline`] when the hub database cannot be reached.
     pub async fn new(hub: SqlHub) -> Result<Self> {
         let tokens = Tokens::open(hub.connection().clone()).await?;
+        // The hub's own tables, so that a request before the first install
+        // finds them (and finds nothing).
+        hub.install(&[]).await?;
         Ok(HubServer {
             inner: Arc::new(Inner {
                 hub,
@@ -163,7 +180,9 @@ impl HubServer {
                 max_body: DEFAULT_MAX_BODY,
                 body_timeout: Duration::from_secs(60),
                 share_undeclared: false,
+                new_tables: true,
                 authorize: None,
+                installed: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -190,6 +209,15 @@ impl HubServer {
     /// (see [`Account::sharing_undeclared`]); off by default.
     pub fn share_undeclared(mut self, share: bool) -> Self {
         self.inner_mut().share_undeclared = share;
+        self
+    }
+
+    /// Whether devices may install tables the hub does not have yet
+    /// (default yes; see [`Account::adding_tables`]). With `false` the
+    /// hub's tables, and who owns their rows, are set by an operator: a
+    /// direct install (`SqlHub`), or a server that allows it, run once.
+    pub fn new_tables(mut self, allow: bool) -> Self {
+        self.inner_mut().new_tables = allow;
         self
     }
 
@@ -275,6 +303,7 @@ impl Failure {
                 )
             }
             Error::UnknownTable(t) => Self::new(StatusCode::CONFLICT, "install-required", t),
+            Error::Unauthorized(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
             e
             @ (Error::Config(_) | Error::SchemaVersion { .. } | Error::Unrepresentable { .. }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string())
@@ -373,7 +402,7 @@ async fn handle(
     };
     tracing::info!(
         endpoint = %endpoint,
-        user = user.as_deref().unwrap_or("-"),
+        user = %user.as_deref().unwrap_or("-"),
         status = status.as_u16(),
         ms = started.elapsed().as_millis() as u64,
         "request"
@@ -401,21 +430,35 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
     let response = match endpoint {
         "install" => {
             let r: wire::InstallRequest = parse(&bytes).map_err(fail)?;
-            reply(hub.install(&r.tables).await, zstd)
+            let answer = install(inner, &hub, &r.tables).await;
+            reply(answer, zstd)
         }
         "push" => {
             let r: wire::PushRequest = parse(&bytes).map_err(fail)?;
+            let known = r
+                .tables
+                .as_deref()
+                .and_then(|id| inner.installed.lock().ok().and_then(|m| m.get(id).cloned()));
+            let hub = match known {
+                Some(tables) => hub.with_tables(tables),
+                None => hub,
+            };
             reply(hub.push(&r.changes).await, zstd)
         }
         "standing" => {
             let r: wire::StandingRequest = parse(&bytes).map_err(fail)?;
+            in_range(r.at).map_err(fail)?;
             reply(hub.standing(r.origin, r.at).await, zstd)
         }
         "pull" => {
             let r: wire::PullRequest = parse(&bytes).map_err(fail)?;
+            in_range(Some(r.cursor)).map_err(fail)?;
             let batch = match r.excluding {
-                Some(origin) => hub.pull_excluding(r.cursor, r.limit, origin).await,
-                None => hub.pull(r.cursor, r.limit).await,
+                Some(origin) => {
+                    hub.pull_excluding(r.cursor, r.limit.min(MAX_PAGE), origin)
+                        .await
+                }
+                None => hub.pull(r.cursor, r.limit.min(MAX_PAGE)).await,
             };
             reply(batch, zstd)
         }
@@ -433,8 +476,33 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
     response.map(|r| (user.clone(), r)).map_err(fail)
 }
 
+/// Install the device's tables, and remember them under the id answered.
+async fn install(
+    inner: &Inner,
+    hub: &UserHub<'_>,
+    tables: &[TableSpec],
+) -> Result<wire::InstallAnswer> {
+    let info = hub.install(tables).await?;
+    let placed = hub
+        .tables()
+        .ok_or_else(|| Error::Corrupt("an install placed no tables".into()))?;
+    let json = serde_json::to_vec(tables)?;
+    let id: String = Sha256::digest(&json)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Ok(mut m) = inner.installed.lock() {
+        if m.len() >= INSTALLS_KEPT {
+            m.clear();
+        }
+        m.insert(id.clone(), placed);
+    }
+    Ok(wire::InstallAnswer { info, tables: id })
+}
+
 async fn snapshot(hub: &UserHub<'_>, r: wire::SnapshotRequest) -> Result<wire::SnapshotAnswer> {
-    let (cursor, page) = hub.snapshot(r.after, r.limit).await?;
+    let (cursor, page) = hub.snapshot(r.after, r.limit.min(MAX_PAGE)).await?;
     Ok(wire::SnapshotAnswer { cursor, page })
 }
 
@@ -469,7 +537,8 @@ async fn authenticate(inner: &Inner, headers: &HeaderMap) -> std::result::Result
     };
     let mut account = Account::new(user)
         .map_err(|_| unauthorized("the token names no user"))?
-        .sharing_undeclared(inner.share_undeclared);
+        .sharing_undeclared(inner.share_undeclared)
+        .adding_tables(inner.new_tables);
     if let Some(rule) = &inner.authorize {
         account = account.with_authorization(rule.clone());
     }
@@ -539,6 +608,17 @@ async fn read_body(
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, Failure> {
     serde_json::from_slice(bytes).map_err(|e| Failure::bad_request(format!("malformed body: {e}")))
+}
+
+/// A cursor a hub can hold (its sequences are signed 64-bit integers).
+fn in_range(cursor: Option<sync_core::hub::Cursor>) -> std::result::Result<(), Failure> {
+    match cursor {
+        Some(c) if i64::try_from(c.0).is_err() => Err(Failure::bad_request(format!(
+            "cursor {} is beyond any hub's log",
+            c.0
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn accepts_zstd(headers: &HeaderMap) -> bool {
