@@ -566,3 +566,168 @@ impl Hub for UserHub<'_> {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::ChangeId;
+    use crate::model::testing::{column, hlc, table};
+    use sea_orm::sea_query::ColumnType;
+
+    fn spec(ownership: Ownership) -> TableSpec {
+        TableSpec {
+            ownership,
+            ..table(
+                "notes",
+                &["id"],
+                vec![
+                    column("id", ColumnType::Integer, false),
+                    column("owner", ColumnType::Text, false),
+                    column("body", ColumnType::Text, false),
+                ],
+            )
+        }
+    }
+
+    fn change(seq: u64, op: Op, id: i32, columns: &[(&str, &str)]) -> Change {
+        Change {
+            id: ChangeId {
+                origin: NodeId([9; 16]),
+                seq,
+            },
+            table: "notes".into(),
+            pk: vec![("id".into(), Value::Int(Some(id)))],
+            op,
+            columns: columns
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), Value::String(Some((*v).to_owned()))))
+                .collect(),
+            hlc: hlc(100 + seq, 9),
+            base: vec![],
+        }
+    }
+
+    fn owned_by(owner: &str) -> RowState {
+        let mut s = RowState::default();
+        s.set("owner", &Value::String(Some(owner.into())), hlc(1, 1));
+        s
+    }
+
+    /// The verdicts of `bob` on `changes` in order, each with the state
+    /// the hub holds of its row.
+    fn verdicts(
+        ownership: Ownership,
+        changes: &[(Change, Option<RowState>)],
+    ) -> Vec<Option<String>> {
+        let bob = Account::new("bob").unwrap();
+        let spec = spec(ownership);
+        let mut batch = BatchOwners::default();
+        changes
+            .iter()
+            .map(|(c, state)| {
+                let key = pk_key(&[c.pk[0].1.clone()]).unwrap();
+                bob.refusal(&spec, c, &key, state.as_ref(), &mut batch)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_user_writes_only_their_own_rows() {
+        let owner = || Ownership::Owner("owner".to_owned());
+        let refused = |v: &Option<String>, why: &str| {
+            v.as_deref()
+                .is_some_and(|r| r.contains(why) && r.contains("`bob`"))
+        };
+        let v = verdicts(
+            owner(),
+            &[
+                // His own new row, then an edit and a delete of it.
+                (
+                    change(1, Op::Insert, 1, &[("owner", "bob"), ("body", "b")]),
+                    None,
+                ),
+                (change(2, Op::Update, 1, &[("body", "c")]), None),
+                (change(3, Op::Delete, 1, &[]), None),
+                // Alice's rows: edit, re-create, delete.
+                (
+                    change(4, Op::Update, 2, &[("body", "x")]),
+                    Some(owned_by("alice")),
+                ),
+                (
+                    change(5, Op::Insert, 3, &[("owner", "bob"), ("body", "x")]),
+                    Some(owned_by("alice")),
+                ),
+                (change(6, Op::Delete, 4, &[]), Some(owned_by("alice"))),
+                // A row for alice; his row given to alice; a row never seen.
+                (
+                    change(7, Op::Insert, 5, &[("owner", "alice"), ("body", "x")]),
+                    None,
+                ),
+                (
+                    change(8, Op::Update, 6, &[("owner", "alice")]),
+                    Some(owned_by("bob")),
+                ),
+                (change(9, Op::Update, 7, &[("body", "x")]), None),
+                // An insert without its owner; a later change of a refused row.
+                (change(10, Op::Insert, 8, &[("body", "x")]), None),
+                (change(11, Op::Update, 5, &[("body", "y")]), None),
+            ],
+        );
+        assert!(v[..3].iter().all(Option::is_none), "{v:?}");
+        for i in 3..=5 {
+            assert!(refused(&v[i], "belongs to another user"), "{i}: {v:?}");
+        }
+        assert!(refused(&v[6], "create a row of another user"), "{v:?}");
+        assert!(refused(&v[7], "give the row to another user"), "{v:?}");
+        assert!(refused(&v[8], "holds no row"), "{v:?}");
+        assert!(refused(&v[9], "without its owner column"), "{v:?}");
+        assert!(refused(&v[10], "earlier change of this row"), "{v:?}");
+        // No reason names the other user.
+        assert!(v.iter().flatten().all(|r| !r.contains("alice")), "{v:?}");
+    }
+
+    #[test]
+    fn shared_tables_are_everyones_and_undeclared_ones_nobodys_unless_shared() {
+        let edit = || {
+            (
+                change(1, Op::Update, 1, &[("body", "x")]),
+                Some(owned_by("alice")),
+            )
+        };
+        assert_eq!(verdicts(Ownership::Shared, &[edit()]), vec![None]);
+        let v = verdicts(Ownership::Undeclared, &[edit()]);
+        assert!(
+            v[0].as_deref()
+                .is_some_and(|r| r.contains("declares no ownership"))
+        );
+        let bob = Account::new("bob").unwrap().sharing_undeclared(true);
+        let (c, s) = edit();
+        let key = pk_key(&[c.pk[0].1.clone()]).unwrap();
+        let spec = spec(Ownership::Undeclared);
+        assert_eq!(
+            bob.refusal(&spec, &c, &key, s.as_ref(), &mut BatchOwners::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_authorization_rule_has_the_last_word() {
+        let rule: Arc<Authorize> = Arc::new(|user: &str, c: &Change| {
+            if c.op == Op::Delete {
+                Err(format!("{user} never deletes"))
+            } else {
+                Ok(())
+            }
+        });
+        let bob = Account::new("bob").unwrap().with_authorization(rule);
+        let spec = spec(Ownership::Shared);
+        let key = pk_key(&[Value::Int(Some(1))]).unwrap();
+        let mut batch = BatchOwners::default();
+        let ok = change(1, Op::Update, 1, &[("body", "x")]);
+        assert_eq!(bob.refusal(&spec, &ok, &key, None, &mut batch), None);
+        let del = change(2, Op::Delete, 1, &[]);
+        let r = bob.refusal(&spec, &del, &key, None, &mut batch);
+        assert!(r.is_some_and(|r| r.contains("bob never deletes")));
+        assert!(Account::new("").is_err());
+    }
+}

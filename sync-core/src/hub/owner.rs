@@ -67,3 +67,62 @@ pub(super) fn owner_of(
         .column()
         .map(|column| owner_of_row(column, pk, state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::syncable::Ownership;
+    use crate::model::testing::{column, hlc, table};
+
+    #[test]
+    fn owners_are_the_text_of_their_value() {
+        let id = uuid::Uuid::from_u128(0x1234);
+        for (v, text) in [
+            (
+                Value::String(Some("alice".into())),
+                Some("alice".to_owned()),
+            ),
+            (Value::Int(Some(42)), Some("42".to_owned())),
+            (Value::BigUnsigned(Some(7)), Some("7".to_owned())),
+            (Value::Uuid(Some(id)), Some(id.to_string())),
+            (Value::String(None), None),
+            (Value::Double(Some(1.0)), None),
+        ] {
+            assert_eq!(owner_text(&v), text, "{v:?}");
+        }
+        assert!(owner_type(&ColumnType::Uuid) && owner_type(&ColumnType::BigInteger));
+        assert!(!owner_type(&ColumnType::Double) && !owner_type(&ColumnType::Json));
+    }
+
+    #[test]
+    fn a_rows_owner_comes_from_its_state_or_key_and_is_nobody_without_one() {
+        let mut spec = table(
+            "notes",
+            &["owner", "id"],
+            vec![
+                column("owner", ColumnType::Text, false),
+                column("id", ColumnType::Integer, false),
+                column("body", ColumnType::Text, true),
+            ],
+        );
+        let pk = vec![
+            ("owner".to_owned(), Value::String(Some("bob".into()))),
+            ("id".to_owned(), Value::Int(Some(1))),
+        ];
+        let mut state = RowState::default();
+        // Not a table with owners: no owner at all.
+        assert_eq!(owner_of(&spec, &pk, &state), None);
+        spec.ownership = Ownership::Owner("owner".into());
+        // From the key when the state has no value of it.
+        assert_eq!(owner_of(&spec, &pk, &state).as_deref(), Some("bob"));
+        state.set("owner", &Value::String(Some("carol".into())), hlc(1, 1));
+        assert_eq!(owner_of(&spec, &pk, &state).as_deref(), Some("carol"));
+        // A NULL owner is nobody's (never a user's: users are not empty).
+        state.set("owner", &Value::String(None), hlc(2, 1));
+        assert_eq!(owner_of(&spec, &pk, &state).as_deref(), Some(""));
+        assert_eq!(
+            owner_of(&spec, &[], &RowState::default()).as_deref(),
+            Some("")
+        );
+    }
+}

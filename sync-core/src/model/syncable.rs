@@ -207,3 +207,23 @@ pub trait SyncHooks: ActiveModelTrait + Send {
         Ok(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_records_read_back_and_nothing_else_does() {
+        for o in [
+            Ownership::Undeclared,
+            Ownership::Shared,
+            Ownership::Owner("owner_id".to_owned()),
+            Ownership::Owner("owner:with:colons".to_owned()),
+        ] {
+            assert_eq!(Ownership::from_record(&o.record()), Some(o.clone()), "{o}");
+        }
+        for bad in ["", "owner:", "Shared", "owner", " shared"] {
+            assert_eq!(Ownership::from_record(bad), None, "{bad:?}");
+        }
+    }
+}
