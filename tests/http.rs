@@ -32,6 +32,9 @@ fn main() -> std::process::ExitCode {
         the_hubs_own_tables_and_new_tables_are_refused_when_closed,
         a_user_cannot_push_under_another_users_device_identity,
         another_devices_install_does_not_change_how_this_ones_pushes_merge,
+        installs_cannot_reach_other_tables_or_inject_sql,
+        forged_keys_and_doubled_columns_are_refused,
+        one_change_too_large_halts_and_the_sync_still_pulls,
         another_users_change_ids_are_not_told,
         random_and_mutated_bodies_never_break_the_server,
         a_slow_client_does_not_block_others,
@@ -1143,5 +1146,162 @@ async fn another_devices_install_does_not_change_how_this_ones_pushes_merge(
     let r = alice.engine.sync_now().await?;
     ensure!(r.rejected.is_empty() && r.halted.is_none(), "{r:?}");
     ensure_eq!(notes_of(&hub.db).await?, vec![pair("alice", "with a body")]);
+    Ok(())
+}
+
+async fn installs_cannot_reach_other_tables_or_inject_sql(hub: TestDb) -> TestResult {
+    // The application's own table in the hub database.
+    hub.db
+        .execute_unprepared("CREATE TABLE users (id VARCHAR(36) PRIMARY KEY, role VARCHAR(20))")
+        .await?;
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let mallory = server.device("mallory").await?;
+    let shared = |name: &str| {
+        let mut t = tidesync::table_spec::<labels::Entity>();
+        t.name = name.into();
+        t
+    };
+    let refused =
+        |e: Option<Error>, why: &str| matches!(&e, Some(Error::Config(m)) if m.contains(why));
+    let e = mallory.install(&[shared("_TIDESYNC_TOKENS")]).await.err();
+    ensure!(refused(e, "hub's own"), "upper-case hub table");
+    let e = mallory.install(&[shared("users")]).await.err();
+    ensure!(
+        refused(e, "not one of its synced tables"),
+        "the app's table"
+    );
+    let e = mallory
+        .install(&[shared("x; DROP TABLE users")])
+        .await
+        .err();
+    ensure!(refused(e, "not a plain name"), "a table name with SQL");
+    let mut injected = shared("sneaky");
+    injected.columns.push(tidesync::ColumnSpec {
+        name: "x".into(),
+        ty: sea_orm::sea_query::ColumnType::Custom(
+            sea_orm::sea_query::Alias::new("text, role text").into(),
+        ),
+        nullable: true,
+    });
+    let e = mallory.install(&[injected]).await.err();
+    ensure!(
+        refused(e, "not take from devices"),
+        "a custom type with SQL"
+    );
+    let mut schema = shared("elsewhere");
+    schema.schema = Some("public".into());
+    let e = mallory.install(&[schema]).await.err();
+    ensure!(refused(e, "name no schema"), "a schema");
+    // Nothing was created or recorded.
+    ensure!(
+        !hub.table_names()
+            .await?
+            .iter()
+            .any(|t| t == "sneaky" || t == "elsewhere"),
+        "created"
+    );
+    // An operator's server may adopt tables made by hand.
+    let sql = SqlHub::new(hub.connect_again().await?);
+    let adopting =
+        TestServer::start(HubServer::new(sql).await?.adopt_existing_tables(true)).await?;
+    let mut users = shared("users");
+    users.columns = vec![
+        tidesync::ColumnSpec {
+            name: "id".into(),
+            ty: sea_orm::sea_query::ColumnType::Uuid,
+            nullable: false,
+        },
+        tidesync::ColumnSpec {
+            name: "name".into(),
+            ty: sea_orm::sea_query::ColumnType::Text,
+            nullable: true,
+        },
+    ];
+    adopting.device("op").await?.install(&[users]).await?;
+    Ok(())
+}
+
+async fn forged_keys_and_doubled_columns_are_refused(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let bob = server.device("bob").await?;
+    bob.install(&[tidesync::table_spec::<notes::Entity>()])
+        .await?;
+    let me = NodeId::random();
+    let id = Uuid::new_v4();
+    let insert = |seq, columns: Vec<(&str, sea_orm::Value)>| {
+        let mut c = change(me, seq, Op::Insert, id, &[]);
+        c.columns = columns
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect();
+        c
+    };
+    let s = |v: &str| sea_orm::Value::String(Some(v.to_owned()));
+    let uuid = sea_orm::Value::Uuid(Some(id));
+    // The owner twice, the second another user's.
+    let doubled = insert(
+        1,
+        vec![
+            ("id", uuid.clone()),
+            ("owner", s("bob")),
+            ("owner", s("alice")),
+            ("body", s("x")),
+        ],
+    );
+    // A key column set to another value than the key.
+    let moved = insert(
+        2,
+        vec![
+            ("id", sea_orm::Value::Uuid(Some(Uuid::new_v4()))),
+            ("owner", s("bob")),
+            ("body", s("x")),
+        ],
+    );
+    // The key as text for a UUID column.
+    let mut retyped = insert(3, vec![("owner", s("bob")), ("body", s("x"))]);
+    retyped.pk = vec![("id".into(), s(&id.to_string()))];
+    retyped.columns.insert(0, ("id".into(), s(&id.to_string())));
+    let ack = bob.push(&[doubled, moved, retyped]).await?;
+    ensure_eq!(ack.parked.len(), 3);
+    let reasons: Vec<&str> = ack.parked.iter().map(|r| r.reason.as_str()).collect();
+    ensure!(reasons[0].contains("set twice"), "{reasons:?}");
+    ensure!(
+        reasons[1].contains("another value than its key"),
+        "{reasons:?}"
+    );
+    ensure!(
+        reasons[2].contains("another type") || reasons[2].contains("cannot store"),
+        "{reasons:?}"
+    );
+    ensure_eq!(notes_of(&hub.db).await?, Vec::<(String, String)>::new());
+    Ok(())
+}
+
+async fn one_change_too_large_halts_and_the_sync_still_pulls(hub: TestDb) -> TestResult {
+    let sql = SqlHub::new(hub.connect_again().await?);
+    let server = TestServer::start(HubServer::new(sql).await?.max_body_bytes(16 * 1024)).await?;
+    let a1 = device(&server, "alice", "a1").await?;
+    let a2 = device(&server, "alice", "a2").await?;
+    note(&a2, "alice", "from a2").await?;
+    a2.engine.sync_now().await?;
+    // A note whose random body no compression brings under the limit.
+    let big: String = (0..40)
+        .map(|_| Uuid::new_v4().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .repeat(20);
+    note(&a1, "alice", &big).await?;
+    let r = a1.engine.sync_now().await?;
+    let halted = r.halted.ok_or("the large note did not halt")?;
+    ensure!(
+        halted.reason.contains("too large") || halted.reason.contains("large"),
+        "{halted:?}"
+    );
+    // The sync still pulled a2's note, and the large one waits.
+    ensure!(
+        notes_of(a1.db()).await?.contains(&pair("alice", "from a2")),
+        "a1 did not pull"
+    );
+    ensure_eq!(a1.engine.replica().pending_count().await?, 1);
     Ok(())
 }

@@ -52,13 +52,23 @@ impl std::fmt::Debug for HttpBackend {
 }
 
 /// Options of an [`HttpBackend`].
-#[derive(Debug)]
 pub struct HttpBackendBuilder {
     url: String,
     token: String,
     timeout: Duration,
     connect_timeout: Duration,
     roots: Vec<reqwest::Certificate>,
+}
+
+impl std::fmt::Debug for HttpBackendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("HttpBackendBuilder")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpBackendBuilder {
@@ -178,8 +188,11 @@ impl HttpBackend {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
         let body = resp.bytes().await.map_err(|e| offline(&url, &e))?;
         let body = if zstd {
-            zstd::stream::decode_all(&body[..])
-                .map_err(|e| Error::Protocol(format!("{url}: an answer that is not zstd: {e}")))?
+            wire::decompress(&body, MAX_ANSWER).map_err(|e| {
+                Error::Protocol(format!(
+                    "{url}: an answer that is not zstd, or over {MAX_ANSWER} bytes: {e:?}"
+                ))
+            })?
         } else {
             body.to_vec()
         };
@@ -197,9 +210,9 @@ impl HttpBackend {
     async fn call_installed<B: Serialize, A: DeserializeOwned>(
         &self,
         endpoint: &str,
-        body: impl Fn(Option<String>) -> B,
+        body: impl Fn(Option<String>, Option<Vec<TableSpec>>) -> B,
     ) -> Result<A> {
-        match self.call(endpoint, &body(self.tables_id())).await {
+        match self.call(endpoint, &body(self.tables_id(), None)).await {
             Err(Error::UnknownTable(_)) => {
                 let tables = self.tables.lock().ok().and_then(|t| t.clone());
                 let Some((tables, _)) = tables else {
@@ -207,8 +220,9 @@ impl HttpBackend {
                         "the hub asks for an install, and none was made".into(),
                     ));
                 };
-                self.install(&tables).await?;
-                self.call(endpoint, &body(self.tables_id())).await
+                // The tables with the request: whichever server answers it
+                // installs them first.
+                self.call(endpoint, &body(None, Some(tables))).await
             }
             other => other,
         }
@@ -224,9 +238,10 @@ impl HttpBackend {
 
     /// Push `batch`, in halves when the server finds it too large.
     async fn push_split(&self, batch: &[Change]) -> Result<PushAck> {
-        let body = |tables| wire::PushRequest {
+        let body = |tables, install| wire::PushRequest {
             changes: batch.to_vec(),
             tables,
+            install,
         };
         match self.call_installed::<_, PushAck>("push", body).await {
             Err(e) if is_too_large(&e) && batch.len() > 1 => {
@@ -246,10 +261,28 @@ impl HttpBackend {
                 ack.clock_ahead = more.clock_ahead;
                 Ok(ack)
             }
+            // One change the server cannot take (too large, or a body it
+            // cannot parse: a JSON value nested past its parser's depth):
+            // it halts this device's stream with the reason, and the sync
+            // goes on to pull.
+            Err(Error::Config(reason)) if batch.len() == 1 => {
+                let c = &batch[0];
+                Ok(PushAck {
+                    halted: Some(sync_core::hub::Rejection {
+                        id: c.id,
+                        table: c.table.clone(),
+                        reason,
+                    }),
+                    ..PushAck::default()
+                })
+            }
             other => other,
         }
     }
 }
+
+/// The most bytes an answer may decompress to.
+const MAX_ANSWER: usize = 1 << 30;
 
 /// The `Error::Config` marker of a `413`.
 const TOO_LARGE: &str = "the hub refuses a body this large";
@@ -307,7 +340,9 @@ fn answer_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
         (400 | 404 | 422, _) => {
             Error::Config(format!("the hub refused the request ({url}): {message}"))
         }
-        (502..=504, _) => Error::Offline(format!("{url}: {status}: {message}")),
+        // Passing, or the server's own failure: retried later, nothing is
+        // taken as done.
+        (408 | 429 | 500..=599, _) => Error::Offline(format!("{url}: {status}: {message}")),
         _ => Error::Protocol(format!("{url}: {status}: {message}")),
     }
 }
@@ -366,7 +401,14 @@ impl Hub for HttpBackend {
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
         let a: wire::SnapshotAnswer = self
-            .call("snapshot", &wire::SnapshotRequest { after, limit })
+            .call(
+                "snapshot",
+                &wire::SnapshotRequest {
+                    after,
+                    limit,
+                    tables: self.tables_id(),
+                },
+            )
             .await?;
         Ok((a.cursor, a.page))
     }

@@ -27,12 +27,15 @@
 //! |---|---|---|
 //! | 400 | `bad-request` | malformed, truncated or undecodable body |
 //! | 400 | `unsupported-version` | a protocol version the server does not speak |
+//! | 404 | `not-found` | no such endpoint |
 //! | 401 | `unauthorized` | no token, or a wrong, expired or revoked one |
 //! | 403 | `forbidden` | a push under a device identity another user pushed under first |
-//! | 409 | `install-required` | the push names a table this server has not installed: install, then push again |
+//! | 408 | `timeout` | the body did not arrive in time |
+//! | 409 | `install-required` | the push names an install this server does not know: push again with the tables |
 //! | 413 | `too-large` | the body (or what it decompresses to) is over the server's limit |
+//! | 415 | `bad-request` | a content encoding other than zstd |
 //! | 422 | `refused` | the hub refused the request (an undeclared table, another ownership, a batch out of order) |
-//! | 503 | `unavailable` | the hub database cannot be reached |
+//! | 503 | `unavailable` | the hub database cannot be reached, is busy, or the server has too many requests in flight |
 //! | 500 | `internal` | anything else (logged by the server) |
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +81,11 @@ pub(crate) struct PushRequest {
     /// install-required` when it does not know them.
     #[serde(default)]
     pub(crate) tables: Option<String>,
+    /// The device's tables themselves, sent again after a `409`: the
+    /// server installs them and pushes in one request (a load balancer
+    /// may send the next request to yet another server).
+    #[serde(default)]
+    pub(crate) install: Option<Vec<TableSpec>>,
 }
 
 /// `POST /v1/standing`: answered with a `Standing`.
@@ -104,6 +112,9 @@ pub(crate) struct SnapshotRequest {
     #[serde(default)]
     pub(crate) after: Option<String>,
     pub(crate) limit: u64,
+    /// The `tables` of the device's install (key names of its rows).
+    #[serde(default)]
+    pub(crate) tables: Option<String>,
 }
 
 /// The answer to a snapshot request.

@@ -64,6 +64,7 @@ pub struct Account {
     user: String,
     share_undeclared: bool,
     new_tables: bool,
+    adopt: bool,
     authorize: Option<Arc<Authorize>>,
 }
 
@@ -73,6 +74,7 @@ impl fmt::Debug for Account {
             .field("user", &self.user)
             .field("share_undeclared", &self.share_undeclared)
             .field("new_tables", &self.new_tables)
+            .field("adopt", &self.adopt)
             .field("authorize", &self.authorize.is_some())
             .finish()
     }
@@ -93,6 +95,7 @@ impl Account {
             user,
             share_undeclared: false,
             new_tables: true,
+            adopt: false,
             authorize: None,
         })
     }
@@ -120,6 +123,16 @@ impl Account {
         self
     }
 
+    /// Whether this user's install may take a table the hub database
+    /// already holds without having it recorded as a synced table (default
+    /// no: it may be the application's own table, which a device must not
+    /// reach). An operator who made the hub's tables by hand, with their
+    /// constraints, lets the first install adopt them.
+    pub fn adopting_tables(mut self, adopt: bool) -> Self {
+        self.adopt = adopt;
+        self
+    }
+
     /// A rule the hub checks for each change this user pushes, after
     /// ownership.
     pub fn with_authorization(mut self, rule: Arc<Authorize>) -> Self {
@@ -138,12 +151,12 @@ impl Account {
         state: Option<&RowState>,
         batch: &mut BatchOwners,
     ) -> Option<String> {
-        let verdict =
-            self.check(spec, change, key, state, batch)
-                .and_then(|()| match &self.authorize {
-                    Some(rule) => rule(&self.user, change),
-                    None => Ok(()),
-                });
+        let verdict = key_types(spec, change)
+            .and_then(|()| self.check(spec, change, key, state, batch))
+            .and_then(|()| match &self.authorize {
+                Some(rule) => rule(&self.user, change),
+                None => Ok(()),
+            });
         let id = (change.table.clone(), key.to_owned());
         match verdict {
             Ok(()) => {
@@ -215,6 +228,83 @@ impl Account {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Refuse a key value of another kind than its column holds: the hub
+/// knows a row by its key's typed values, its database by the column's
+/// value, so a key `Int(5)` for a `BIGINT` column (where the hub holds
+/// `BigInt(5)`) would reach another user's row past its state.
+fn key_types(spec: &TableSpec, change: &Change) -> std::result::Result<(), String> {
+    use sea_orm::sea_query::ColumnType as T;
+    for (name, v) in &change.pk {
+        let Some(col) = spec.column(name) else {
+            continue;
+        };
+        let fits = match &col.ty {
+            T::TinyInteger => matches!(v, Value::TinyInt(_)),
+            T::SmallInteger => matches!(v, Value::SmallInt(_)),
+            T::Integer => matches!(v, Value::Int(_)),
+            T::BigInteger => matches!(v, Value::BigInt(_)),
+            T::TinyUnsigned => matches!(v, Value::TinyUnsigned(_)),
+            T::SmallUnsigned => matches!(v, Value::SmallUnsigned(_)),
+            T::Unsigned => matches!(v, Value::Unsigned(_)),
+            T::BigUnsigned => matches!(v, Value::BigUnsigned(_)),
+            T::Uuid => matches!(v, Value::Uuid(_)),
+            T::Char(_) | T::String(_) | T::Text => matches!(v, Value::String(_) | Value::Char(_)),
+            _ => true,
+        };
+        if !fits {
+            return Err(format!("key column `{name}` holds a value of another type"));
+        }
+    }
+    Ok(())
+}
+
+/// A plain SQL name: letters, digits and `_`, not starting with a digit,
+/// at most 63 bytes (PostgreSQL's limit).
+fn identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A column type the hub creates alike on every dialect (see the README's
+/// types table), with plain names where it names a type.
+fn portable_type(ty: &sea_orm::sea_query::ColumnType) -> bool {
+    use sea_orm::sea_query::ColumnType as T;
+    match ty {
+        T::Char(_)
+        | T::String(_)
+        | T::Text
+        | T::TinyInteger
+        | T::SmallInteger
+        | T::Integer
+        | T::BigInteger
+        | T::TinyUnsigned
+        | T::SmallUnsigned
+        | T::Unsigned
+        | T::BigUnsigned
+        | T::Float
+        | T::Double
+        | T::Decimal(_)
+        | T::DateTime
+        | T::Timestamp
+        | T::TimestampWithTimeZone
+        | T::Time
+        | T::Date
+        | T::Binary(_)
+        | T::VarBinary(_)
+        | T::Blob
+        | T::Boolean
+        | T::Json
+        | T::JsonBinary
+        | T::Uuid => true,
+        T::Enum { name, variants } => {
+            identifier(&name.to_string()) && variants.iter().all(|v| identifier(&v.to_string()))
+        }
+        _ => false,
     }
 }
 
@@ -418,22 +508,113 @@ impl UserHub<'_> {
         self.tables.lock().ok().and_then(|t| t.clone())
     }
 
+    /// Refuse, before anything is created, an install a device may not
+    /// make: a name of the hub's own tables or one that is not a plain
+    /// identifier, a column type the hub would not create the same on
+    /// every dialect, a new table when the account may add none (or one
+    /// in a schema of its own, or one that exists in the hub database
+    /// without being a synced table: an application's own table), and a
+    /// table nobody declared the ownership of.
+    async fn admissible(&self, tables: &[TableSpec]) -> Result<()> {
+        let refuse = |t: &str, why: String| Err(Error::Config(format!("table `{t}`: {why}")));
+        for t in tables {
+            if t.name.to_ascii_lowercase().starts_with("_tidesync") {
+                return refuse(
+                    &t.name,
+                    "names starting with `_tidesync` are the hub's own".into(),
+                );
+            }
+            let columns = t.columns.iter().chain(&t.local_only);
+            for name in std::iter::once(&t.name).chain(columns.clone().map(|c| &c.name)) {
+                if !identifier(name) {
+                    return refuse(
+                        &t.name,
+                        format!(
+                            "`{name}` is not a plain name (letters, digits and `_`, \
+                             at most 63, not starting with a digit)"
+                        ),
+                    );
+                }
+            }
+            if let Some(c) = columns.clone().find(|c| !portable_type(&c.ty)) {
+                return refuse(
+                    &t.name,
+                    format!(
+                        "column `{}` is of a type this hub does not take from devices ({:?})",
+                        c.name, c.ty
+                    ),
+                );
+            }
+        }
+        let db = self.hub.connection();
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        let recorded = HUB_ACCESS
+            .read_many(db, &names)
+            .await
+            .map_err(Error::or_offline)?;
+        let d = crate::dialect::of_db(db)?;
+        for t in tables {
+            let ownership = match recorded
+                .get(&t.name)
+                .and_then(|r| Ownership::from_record(r))
+            {
+                Some(r) if t.ownership == Ownership::Undeclared => r,
+                Some(_) => t.ownership.clone(),
+                None => {
+                    if !self.account.new_tables {
+                        return refuse(
+                            &t.name,
+                            "this hub takes no new tables from devices; an operator installs it first"
+                                .into(),
+                        );
+                    }
+                    if t.schema.is_some() {
+                        return refuse(
+                            &t.name,
+                            "a device creates tables in the hub's search path: name no schema"
+                                .into(),
+                        );
+                    }
+                    let there = crate::store::user_tables::existing_columns(
+                        db,
+                        d,
+                        crate::dialect::Place::own(&t.name),
+                    )
+                    .await
+                    .map_err(Error::or_offline)?;
+                    if !there.is_empty() && !self.account.adopt {
+                        return refuse(
+                            &t.name,
+                            "the hub database has a table of this name that is not one of \
+                             its synced tables; an operator installs it directly (or renames it)"
+                                .into(),
+                        );
+                    }
+                    t.ownership.clone()
+                }
+            };
+            if ownership == Ownership::Undeclared && !self.account.share_undeclared {
+                return Err(Error::Config(undeclared(&t.name)));
+            }
+        }
+        Ok(())
+    }
+
     /// `tables` with the ownership the hub records now for the tables of
-    /// `batch` that had none declared at install: another device may have
-    /// declared owners since (the only change the hub allows).
+    /// `batch`: another device may have declared owners since the install
+    /// was cached, or an operator changed the record.
     async fn current(&self, batch: &[Change], tables: &[TableSpec]) -> Result<Vec<TableSpec>> {
-        let undeclared: Vec<&str> = tables
+        let named: Vec<&str> = tables
             .iter()
-            .filter(|t| t.ownership == Ownership::Undeclared)
             .filter(|t| batch.iter().any(|c| c.table == t.name))
             .map(|t| t.name.as_str())
             .collect();
         let mut out = tables.to_vec();
-        if undeclared.is_empty() {
+        if named.is_empty() {
             return Ok(out);
         }
         let recorded = HUB_ACCESS
-            .read_many(self.hub.connection(), &undeclared)
+            .read_many(self.hub.connection(), &named)
             .await
             .map_err(Error::or_offline)?;
         for t in &mut out {
@@ -455,6 +636,23 @@ impl UserHub<'_> {
     async fn claim(&self, origin: NodeId) -> Result<()> {
         let db = self.hub.connection();
         let key = origin.to_string();
+        if HUB_ORIGINS
+            .read(db, &key)
+            .await
+            .map_err(Error::or_offline)?
+            .is_none()
+            && super::push::applied(db, origin)
+                .await
+                .map_err(Error::or_offline)?
+                > 0
+        {
+            // Pushed directly before the hub served accounts: nobody's to
+            // take over the wire.
+            return Err(Error::Unauthorized(format!(
+                "device identity {key} pushed to this hub directly; over HTTP a device \
+                 takes a new identity (a new replica database)"
+            )));
+        }
         HUB_ORIGINS
             .insert_if_missing(db, &key, &self.account.user)
             .await
@@ -476,25 +674,7 @@ impl UserHub<'_> {
 #[async_trait::async_trait]
 impl Hub for UserHub<'_> {
     async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
-        if let Some(t) = tables.iter().find(|t| t.name.starts_with("_tidesync")) {
-            return Err(Error::Config(format!(
-                "table `{}`: names starting with `_tidesync` are the hub's own",
-                t.name
-            )));
-        }
-        if !self.account.new_tables {
-            let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-            let recorded = HUB_ACCESS
-                .read_many(self.hub.connection(), &names)
-                .await
-                .map_err(Error::or_offline)?;
-            if let Some(t) = names.iter().find(|t| !recorded.contains_key(**t)) {
-                return Err(Error::Config(format!(
-                    "table `{t}`: this hub takes no new tables from devices; \
-                     an operator installs it first"
-                )));
-            }
-        }
+        self.admissible(tables).await?;
         let (info, placed) = self.hub.install_tables(tables).await?;
         if !self.account.share_undeclared
             && let Some(t) = placed.iter().find(|t| t.ownership == Ownership::Undeclared)
@@ -521,6 +701,15 @@ impl Hub for UserHub<'_> {
     }
 
     async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> Result<Standing> {
+        let claimed = HUB_ORIGINS
+            .read(self.hub.connection(), &origin.to_string())
+            .await
+            .map_err(Error::or_offline)?;
+        if claimed.is_some_and(|u| u != self.account.user) {
+            return Err(Error::Unauthorized(format!(
+                "device identity {origin} belongs to another user"
+            )));
+        }
         let mut standing = self.hub.standing(origin, None).await?;
         if let Some(c) = at {
             let visible = Visible::load(self.hub.connection(), &self.account).await?;

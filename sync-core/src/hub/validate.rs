@@ -3,7 +3,10 @@
 //! the hub's dialect, and an insert must set every NOT NULL column.
 
 use crate::dialect::{Dialect, check_value};
+use sea_orm::Value;
+
 use crate::model::change::{Change, Op, TableSpec};
+use crate::model::value::same_value;
 
 /// Why `change` cannot be applied to the hub's `spec` (`None`: the table is
 /// unknown) on the dialect `d`, if it cannot.
@@ -23,7 +26,33 @@ pub(crate) fn validate(
             spec.name
         ));
     }
+    let mut seen = std::collections::HashSet::new();
+    if let Some((dup, _)) = change
+        .columns
+        .iter()
+        .find(|(n, _)| !seen.insert(n.as_str()))
+    {
+        return Err(format!("{}.{dup}: the column is set twice", spec.name));
+    }
+    for (name, key) in &change.pk {
+        if let Some((_, v)) = change.columns.iter().find(|(n, _)| n == name)
+            && !same_value(v, key)
+        {
+            return Err(format!(
+                "{}.{name}: the change sets the key column to another value than its key",
+                spec.name
+            ));
+        }
+    }
     for (name, value) in change.pk.iter().chain(&change.columns) {
+        if let Value::Json(Some(j)) = value
+            && depth(j) > MAX_JSON_DEPTH
+        {
+            return Err(format!(
+                "{}.{name}: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                spec.name
+            ));
+        }
         let Some(col) = spec.column(name) else {
             return Err(format!(
                 "{}.{name}: no such column on the hub (schema drift?)",
@@ -43,6 +72,25 @@ pub(crate) fn validate(
         ));
     }
     Ok(())
+}
+
+/// How deep a JSON value may nest: a change, a pulled page and a snapshot
+/// page wrap it in a few more levels, and JSON readers stop at 128.
+pub(crate) const MAX_JSON_DEPTH: usize = 64;
+
+/// How deep `v` nests (a scalar is 1).
+fn depth(v: &serde_json::Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            serde_json::Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Why `change` is refused for its clock, if it is stamped more than

@@ -81,6 +81,7 @@ impl JwtKey {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
         validation.leeway = 30;
+        validation.validate_nbf = true;
         JwtKey { key, validation }
     }
 
@@ -138,11 +139,19 @@ struct Inner {
     body_timeout: Duration,
     share_undeclared: bool,
     new_tables: bool,
+    adopt: bool,
     authorize: Option<Arc<Authorize>>,
+    /// Requests being answered, at most [`MAX_IN_FLIGHT`] (each may hold
+    /// a body of up to `max_body` bytes, and its decompression).
+    in_flight: Arc<tokio::sync::Semaphore>,
     /// Installed tables by the id the install answered (see
     /// [`wire::InstallAnswer`]): a cache, rebuilt by installs.
     installed: std::sync::Mutex<HashMap<String, Arc<Vec<TableSpec>>>>,
 }
+
+/// How many requests a server answers at once; more get `503` (the
+/// client is offline and tries again).
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// How many installs a server remembers before it starts over (clients
 /// install again when asked).
@@ -150,7 +159,7 @@ const INSTALLS_KEPT: usize = 4096;
 
 /// The most changes or rows one pull or snapshot page answers, whatever
 /// the client asks (a page cursor moves on: the client asks again).
-pub const MAX_PAGE: u64 = 10_000;
+pub const MAX_PAGE: u64 = 2_000;
 
 impl std::fmt::Debug for HubServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,8 +190,10 @@ impl HubServer {
                 body_timeout: Duration::from_secs(60),
                 share_undeclared: false,
                 new_tables: true,
+                adopt: false,
                 authorize: None,
                 installed: std::sync::Mutex::new(HashMap::new()),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             }),
         })
     }
@@ -218,6 +229,13 @@ impl HubServer {
     /// direct install (`SqlHub`), or a server that allows it, run once.
     pub fn new_tables(mut self, allow: bool) -> Self {
         self.inner_mut().new_tables = allow;
+        self
+    }
+
+    /// Let a device's install adopt tables the hub database holds without
+    /// a record of them (default no; see [`Account::adopting_tables`]).
+    pub fn adopt_existing_tables(mut self, adopt: bool) -> Self {
+        self.inner_mut().adopt = adopt;
         self
     }
 
@@ -304,8 +322,15 @@ impl Failure {
             }
             Error::UnknownTable(t) => Self::new(StatusCode::CONFLICT, "install-required", t),
             Error::Unauthorized(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
-            e
-            @ (Error::Config(_) | Error::SchemaVersion { .. } | Error::Unrepresentable { .. }) => {
+            e @ Error::SchemaVersion { .. } => {
+                tracing::error!("hub database: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the hub database was written by a newer release of tidesync (logged on the server)",
+                )
+            }
+            e @ (Error::Config(_) | Error::Unrepresentable { .. }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string())
             }
             e if e.is_retryable() => {
@@ -392,7 +417,29 @@ async fn handle(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let (user, result) = match answer(&inner, &endpoint, &headers, body).await {
+    let Ok(_permit) = inner.in_flight.clone().try_acquire_owned() else {
+        return Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this server has too many requests in flight; try again later",
+        )
+        .into_response();
+    };
+    let answered = std::panic::AssertUnwindSafe(answer(&inner, &endpoint, &headers, body));
+    let answered = futures_util::FutureExt::catch_unwind(answered)
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("a request to {endpoint:?} panicked");
+            Err((
+                None,
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the hub failed (logged on the server)",
+                ),
+            ))
+        });
+    let (user, result) = match answered {
         Ok((user, response)) => (Some(user), Ok(response)),
         Err((user, f)) => (user, Err(f)),
     };
@@ -401,7 +448,7 @@ async fn handle(
         Err(f) => f.status,
     };
     tracing::info!(
-        endpoint = %endpoint,
+        endpoint = ?endpoint,
         user = %user.as_deref().unwrap_or("-"),
         status = status.as_u16(),
         ms = started.elapsed().as_millis() as u64,
@@ -435,13 +482,15 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
         }
         "push" => {
             let r: wire::PushRequest = parse(&bytes).map_err(fail)?;
-            let known = r
-                .tables
-                .as_deref()
-                .and_then(|id| inner.installed.lock().ok().and_then(|m| m.get(id).cloned()));
-            let hub = match known {
-                Some(tables) => hub.with_tables(tables),
-                None => hub,
+            let hub = match &r.install {
+                Some(tables) => match install(inner, &hub, tables).await {
+                    Ok(_) => hub,
+                    Err(e) => return Err((Some(user.clone()), Failure::of(e))),
+                },
+                None => match known(inner, r.tables.as_deref()) {
+                    Some(tables) => hub.with_tables(tables),
+                    None => hub,
+                },
             };
             reply(hub.push(&r.changes).await, zstd)
         }
@@ -455,15 +504,19 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
             in_range(Some(r.cursor)).map_err(fail)?;
             let batch = match r.excluding {
                 Some(origin) => {
-                    hub.pull_excluding(r.cursor, r.limit.min(MAX_PAGE), origin)
+                    hub.pull_excluding(r.cursor, r.limit.clamp(1, MAX_PAGE), origin)
                         .await
                 }
-                None => hub.pull(r.cursor, r.limit.min(MAX_PAGE)).await,
+                None => hub.pull(r.cursor, r.limit.clamp(1, MAX_PAGE)).await,
             };
             reply(batch, zstd)
         }
         "snapshot" => {
             let r: wire::SnapshotRequest = parse(&bytes).map_err(fail)?;
+            let hub = match known(inner, r.tables.as_deref()) {
+                Some(tables) => hub.with_tables(tables),
+                None => hub,
+            };
             let page = snapshot(&hub, r).await;
             reply(page, zstd)
         }
@@ -474,6 +527,12 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
         )),
     };
     response.map(|r| (user.clone(), r)).map_err(fail)
+}
+
+/// The tables of the install `id`, if this server knows it.
+fn known(inner: &Inner, id: Option<&str>) -> Option<Arc<Vec<TableSpec>>> {
+    let id = id?;
+    inner.installed.lock().ok().and_then(|m| m.get(id).cloned())
 }
 
 /// Install the device's tables, and remember them under the id answered.
@@ -502,7 +561,7 @@ async fn install(
 }
 
 async fn snapshot(hub: &UserHub<'_>, r: wire::SnapshotRequest) -> Result<wire::SnapshotAnswer> {
-    let (cursor, page) = hub.snapshot(r.after, r.limit.min(MAX_PAGE)).await?;
+    let (cursor, page) = hub.snapshot(r.after, r.limit.clamp(1, MAX_PAGE)).await?;
     Ok(wire::SnapshotAnswer { cursor, page })
 }
 
@@ -538,7 +597,8 @@ async fn authenticate(inner: &Inner, headers: &HeaderMap) -> std::result::Result
     let mut account = Account::new(user)
         .map_err(|_| unauthorized("the token names no user"))?
         .sharing_undeclared(inner.share_undeclared)
-        .adding_tables(inner.new_tables);
+        .adding_tables(inner.new_tables)
+        .adopting_tables(inner.adopt);
     if let Some(rule) = &inner.authorize {
         account = account.with_authorization(rule.clone());
     }

@@ -71,9 +71,14 @@ impl Tokens {
     /// [`Error::Config`] for an empty user name or one over 255 bytes;
     /// database errors.
     pub async fn add(&self, user: &str) -> Result<String> {
-        if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
+        if user.is_empty()
+            || user.len() > 255
+            || user.chars().any(char::is_control)
+            || user.trim() != user
+        {
             return Err(Error::Config(format!(
-                "a user name is 1 to 255 bytes without control characters, not {user:?}"
+                "a user name is 1 to 255 bytes without control characters or \
+                 surrounding spaces, not {user:?}"
             )));
         }
         let (id, secret) = {
@@ -129,10 +134,17 @@ impl Tokens {
     /// # Errors
     /// Database errors.
     pub async fn revoke(&self, token_or_user: &str) -> Result<u64> {
+        // A whole token, or an id `token list` showed (`tsk_<id>`, or the
+        // bare id when no user is named so).
         let by_id = match parse(token_or_user) {
             Some((id, _)) => Some(id.to_owned()),
-            None if is_id(token_or_user) => Some(token_or_user.to_owned()),
-            None => None,
+            None => match token_or_user.strip_prefix("tsk_").filter(|id| is_id(id)) {
+                Some(id) => Some(id.to_owned()),
+                None if is_id(token_or_user) && !self.has_user(token_or_user).await? => {
+                    Some(token_or_user.to_owned())
+                }
+                None => None,
+            },
         };
         let mut q = Query::delete();
         q.from_table(Alias::new(TOKENS));
@@ -140,16 +152,18 @@ impl Tokens {
             Some(id) => q.and_where(Expr::col(Alias::new("id")).eq(id.as_str())),
             None => q.and_where(Expr::col(Alias::new("user_name")).eq(token_or_user)),
         };
-        let mut n = self.db.execute(&q).await?.rows_affected();
-        if n == 0 && by_id.is_some() {
-            // A user whose name looks like an id.
-            let q = Query::delete()
-                .from_table(Alias::new(TOKENS))
-                .and_where(Expr::col(Alias::new("user_name")).eq(token_or_user))
-                .to_owned();
-            n = self.db.execute(&q).await?.rows_affected();
-        }
-        Ok(n)
+        Ok(self.db.execute(&q).await?.rows_affected())
+    }
+
+    /// Whether `user` has a token.
+    async fn has_user(&self, user: &str) -> Result<bool> {
+        let q = Query::select()
+            .column(Alias::new("id"))
+            .from(Alias::new(TOKENS))
+            .and_where(Expr::col(Alias::new("user_name")).eq(user))
+            .limit(1)
+            .to_owned();
+        Ok(self.db.query_one(&q).await?.is_some())
     }
 
     /// The user `token` signs in, if it is a live token of this hub.
