@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
         malformed_hub_change_halts_or_parks,
         schema_drift_on_the_hub_is_reported_by_name,
         large_rows_are_batched_by_size,
+        first_syncs_at_once_install_a_new_hub,
     ];
     for d in [Dialect::Postgres, Dialect::MySql] {
         trials.extend(common::trial(
@@ -1980,5 +1981,47 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     }
     a.drop().await?;
     b.drop().await?;
+    hub.drop().await
+}
+
+/// Devices whose first syncs meet on a new hub install it at once; each
+/// sync goes through and they converge. Before, PostgreSQL's `CREATE TABLE
+/// IF NOT EXISTS` of two installs at once could fail one of them with a
+/// unique violation in its catalog (`pg_type`): that device's sync failed
+/// (over HTTP, a `500`).
+async fn first_syncs_at_once_install_a_new_hub(hub: TestDb) -> TestResult {
+    const DEVICES: usize = 3;
+    for round in 0..4 {
+        let fresh = TestDb::create(hub.dialect, &format!("at_once{round}")).await?;
+        let mut devices = Vec::new();
+        for i in 0..DEVICES {
+            let d = Device::new(&fresh, &format!("r{round}d{i}")).await?;
+            d.add(&format!("{round}-{i}")).await?;
+            devices.push(Arc::new(d));
+        }
+        let syncs: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                let d = d.clone();
+                tokio::spawn(async move { d.sync().await.map_err(|e| e.to_string()) })
+            })
+            .collect();
+        for s in syncs {
+            s.await?.map_err(|e| format!("round {round}: {e}"))?;
+        }
+        for d in &devices {
+            d.sync().await?;
+        }
+        for d in &devices {
+            ensure_eq!(d.rows().await?.len(), DEVICES, "round {round}: converged");
+        }
+        for d in devices {
+            Arc::try_unwrap(d)
+                .map_err(|_| "device still shared")?
+                .drop()
+                .await?;
+        }
+        fresh.drop().await?;
+    }
     hub.drop().await
 }

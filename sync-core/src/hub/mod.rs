@@ -47,7 +47,7 @@ pub use access::{Account, Authorize, UserHub};
 
 use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::clock::NodeId;
-use crate::model::error::{Error, Result};
+use crate::model::error::{Error, ErrorKind, Result};
 use crate::store::codec::sequence;
 use tables::REJECTED;
 
@@ -184,9 +184,22 @@ impl SqlHub {
     /// the earlier one had: devices of two versions of an application
     /// may share one hub value, as they do behind an HTTP server).
     async fn install_tables(&self, tables: &[TableSpec]) -> Result<(HubInfo, Vec<TableSpec>)> {
-        let (info, placed) = tables::install(&self.db, tables)
-            .await
-            .map_err(Error::or_offline)?;
+        // An install is idempotent. Two at once on a hub that lacks a
+        // table (devices whose first syncs meet, or two hub servers) race
+        // in PostgreSQL's `CREATE TABLE IF NOT EXISTS`, whose loser fails
+        // with a unique violation in the catalog (`pg_type`), as in an
+        // `insert_if_missing` of the metadata: it installs again and finds
+        // what the other made.
+        let mut attempts = 0;
+        let (info, placed) = loop {
+            match tables::install(&self.db, tables).await {
+                Err(e) if e.kind() == ErrorKind::UniqueViolation && attempts < 4 => {
+                    attempts += 1;
+                    tracing::debug!("install raced another one, installing again: {e}");
+                }
+                other => break other.map_err(Error::or_offline)?,
+            }
+        };
         let mut known = self.tables.write().await;
         for spec in &placed {
             match known.iter_mut().find(|k| k.name == spec.name) {
