@@ -1,5 +1,12 @@
 //! Replication through a SQL hub on every dialect: devices with local SQLite
 //! databases edit offline and converge.
+//!
+//! Every test runs twice: with devices on the hub database (direct), and
+//! with each device reaching it through a hub server of its own over HTTP
+//! (`::http`); the test hubs that page snapshots or lose the hub mid-push
+//! wrap the HTTP backend then, and what a test reads of the hub (its
+//! tables, its parked changes, its whole log) it reads on the hub database.
+//! None runs direct only.
 
 mod common;
 

@@ -393,6 +393,51 @@ pub async fn hub_for(db: &TestDb) -> Result<Arc<dyn Hub>, BoxError> {
     reach(SqlHub::new(db.connect_again().await?)).await
 }
 
+/// How worker processes of a test reach the hub: the hub database's URL
+/// (direct), or over HTTP a hub server's URL and a token. The server runs
+/// in the test process, as long as this value: it outlives the workers
+/// the test kills.
+pub struct WorkerHub {
+    /// The hub database's URL, or the server's.
+    pub url: String,
+    /// The token to sign in with, over HTTP.
+    pub token: Option<String>,
+    _server: Option<Arc<http::TestServer>>,
+}
+
+impl WorkerHub {
+    /// The hub on `db` for workers, per the current trial's transport.
+    pub async fn start(db: &TestDb) -> Result<WorkerHub, BoxError> {
+        match transport() {
+            Transport::Direct => Ok(WorkerHub {
+                url: db.url.clone(),
+                token: None,
+                _server: None,
+            }),
+            Transport::Http => {
+                let _ = CURRENT.try_with(|c| c.reached.fetch_add(1, Ordering::Relaxed));
+                let hub = SqlHub::new(db.connect_again().await?);
+                let server = sync_http::HubServer::new(hub).await?.share_undeclared(true);
+                let server = http::TestServer::start(server).await?;
+                Ok(WorkerHub {
+                    url: server.url.clone(),
+                    token: Some(server.token(USER).await?),
+                    _server: Some(server),
+                })
+            }
+        }
+    }
+
+    /// Worker side: the hub at `url`, a database's or (with a token) a hub
+    /// server's.
+    pub async fn reach(url: &str, token: Option<String>) -> Result<Arc<dyn Hub>, BoxError> {
+        Ok(match token {
+            Some(token) => Arc::new(sync_http::HttpBackend::new(url, token)?),
+            None => Arc::new(SqlHub::new(Database::connect(url).await?)),
+        })
+    }
+}
+
 /// Run `test`'s body over `transport` and check that a trial over HTTP
 /// did reach a hub.
 fn run_over<F: Future<Output = TestResult>>(transport: Transport, body: F) -> Result<(), Failed> {
