@@ -1,6 +1,10 @@
 //! Conflict policies on every hub dialect: `lww`, `merge`, `manual`, a
 //! custom resolver, delete against update, a device back after a year, and
 //! schema evolution (a newer client adds a column).
+//!
+//! Every test runs twice: with devices on the hub database (direct), and
+//! with each device reaching it through a hub server of its own over HTTP
+//! (`::http`). None runs direct only.
 
 mod common;
 
@@ -13,6 +17,7 @@ use tidesync::{ColumnConflict, Resolution, Syncable};
 use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {
+    common::over_every_transport();
     let trials = trials![
         lww_and_merge_keep_disjoint_edits,
         merge_settles_same_column_by_clock_and_reports_it,

@@ -24,11 +24,22 @@
 //! replay it: `TIDESYNC_PROPTEST_SEED=<seed> cargo test --test convergence`.
 //! At the end each dialect prints how many crash steps cancelled a sync
 //! mid-way and how many let it finish; most must be cancelled.
+//!
+//! The property runs twice per hub dialect: with replicas on the hub
+//! database (direct), and with each replica reaching it through a hub
+//! server of its own over HTTP (`::http`; a crash drops the replica's
+//! requests in flight, and its server with it). A second test,
+//! `two_servers_on_one_hub_converge`, has devices sync through two hub
+//! servers on one hub database in turn, each sync through the other
+//! server, several devices at once: it is about HTTP itself, so it runs
+//! once per dialect (named without `::http`). `TIDESYNC_SERVER_ROUNDS`
+//! sets its rounds (default 30).
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -36,19 +47,26 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use common::entities::contacts;
 use common::rows::{self, Synced};
-use common::{BoxError, Dialect, TestDb, TestResult, run, trial};
+use common::{BoxError, Dialect, TestDb, TestResult, run, trial, trial_direct};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use rand::Rng;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database};
-use tidesync::hub::SqlHub;
-use tidesync::{Replica, SyncEngine, SyncReport};
+use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub, Standing};
+use tidesync::{Change, NodeId, Replica, SyncEngine, SyncReport, TableSpec};
 
 fn main() -> std::process::ExitCode {
-    let trials = Dialect::ALL
+    common::over_every_transport();
+    let mut trials: Vec<_> = Dialect::ALL
         .iter()
-        .map(|d| trial(*d, "replicas_converge", |t| Box::pin(property(t))))
+        .flat_map(|d| trial(*d, "replicas_converge", |t| Box::pin(property(t))))
         .collect();
+    trials.extend(Dialect::ALL.iter().map(|d| {
+        trial_direct(*d, "two_servers_on_one_hub_converge", |t| {
+            Box::pin(two_servers(t))
+        })
+    }));
     run(trials)
 }
 
@@ -306,7 +324,9 @@ impl World {
             }
         };
         drop(pools);
-        let engine = SyncEngine::new(replica, Arc::new(SqlHub::new(hub))).with_batch_size(3);
+        // Over HTTP, a server of its own on that pool (replaced with it).
+        let engine =
+            SyncEngine::new(replica, common::reach(SqlHub::new(hub)).await?).with_batch_size(3);
         Ok((db, engine))
     }
 
@@ -652,7 +672,7 @@ async fn property(hub: TestDb) -> TestResult {
         runner.run(&scenario(), |(n, steps)| {
             let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             handle
-                .block_on(world.run_case(&hub_db, case, n, &steps))
+                .block_on(common::carry(world.run_case(&hub_db, case, n, &steps)))
                 .map_err(TestCaseError::fail)
         })
     });
@@ -683,4 +703,289 @@ async fn property(hub: TestDb) -> TestResult {
         "{dialect} hub: only {cancelled} of {crashes} crash steps cancelled the sync mid-way (seed {seed})"
     );
     Ok(())
+}
+
+/// A device's hub that goes through one of two hub servers on the same hub
+/// database, the other one after each [`Alternating::switch`], counting
+/// the pushes each server answered.
+struct Alternating {
+    servers: [sync_http::HttpBackend; 2],
+    current: AtomicUsize,
+    pushes: [AtomicUsize; 2],
+}
+
+impl Alternating {
+    fn switch(&self) {
+        self.current.fetch_xor(1, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> usize {
+        self.current.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Hub for Alternating {
+    async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
+        self.servers[self.now()].install(tables).await
+    }
+
+    async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
+        let i = self.now();
+        self.pushes[i].fetch_add(1, Ordering::SeqCst);
+        self.servers[i].push(batch).await
+    }
+
+    async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> tidesync::Result<Standing> {
+        self.servers[self.now()].standing(origin, at).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
+        self.servers[self.now()].pull(cursor, limit).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: NodeId,
+    ) -> tidesync::Result<PullBatch> {
+        self.servers[self.now()]
+            .pull_excluding(cursor, limit, origin)
+            .await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        self.servers[self.now()].snapshot(after, limit).await
+    }
+}
+
+/// What the test knows of a row: its owner (the device that inserted it,
+/// the only one that renames or deletes it), its latest name, whether it
+/// is shared (every device sets its email; never deleted) and whether it
+/// was deleted.
+struct Known {
+    owner: usize,
+    name: String,
+    shared: bool,
+    deleted: bool,
+}
+
+/// Two hub servers on one hub database, devices syncing through them in
+/// turn (each sync through the other server than the last), all devices
+/// at once: every change is logged once, in its origin's order; the hub
+/// holds every row inserted and not deleted, each with its latest name;
+/// and every device converges with the hub.
+async fn two_servers(hub: TestDb) -> TestResult {
+    use common::http::TestServer;
+    use sync_http::{HttpBackend, HubServer};
+    const DEVICES: usize = 3;
+    let rounds: usize = std::env::var("TIDESYNC_SERVER_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let seed = rand::random::<u64>();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let dialect = hub.dialect.name();
+    // Both servers start at once on the new hub database.
+    let (first, second) = (hub.connect_again().await?, hub.connect_again().await?);
+    let (first, second) = tokio::join!(
+        HubServer::new(SqlHub::new(first)),
+        HubServer::new(SqlHub::new(second))
+    );
+    let mut servers = Vec::new();
+    for server in [first?, second?] {
+        servers.push(TestServer::start(server.share_undeclared(true)).await?);
+    }
+    let mut devices = Vec::new();
+    let mut hubs = Vec::new();
+    for i in 0..DEVICES {
+        // A token from the first server: the second finds it in the hub
+        // database too.
+        let token = servers[0].token(&format!("user{i}")).await?;
+        let alternating = Arc::new(Alternating {
+            servers: [
+                HttpBackend::new(&servers[0].url, token.clone())?,
+                HttpBackend::new(&servers[1].url, token)?,
+            ],
+            current: AtomicUsize::new(i % 2),
+            pushes: Default::default(),
+        });
+        let local = TestDb::create(Dialect::Sqlite, &format!("alt{i}")).await?;
+        tidesync::create_table::<contacts::Entity, _>(&local.db).await?;
+        let replica = Replica::builder(local.db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await?;
+        let engine = Arc::new(SyncEngine::new(replica, alternating.clone()).with_batch_size(4));
+        devices.push((local, engine));
+        hubs.push(alternating);
+    }
+    let mut known: BTreeMap<Uuid, Known> = BTreeMap::new();
+    let result = async {
+        for round in 0..rounds {
+            for (i, (local, engine)) in devices.iter().enumerate() {
+                let db = &local.db;
+                for _ in 0..rng.random_range(1..6) {
+                    let have: Vec<Uuid> = contacts::Entity::find()
+                        .all(db)
+                        .await?
+                        .into_iter()
+                        .map(|m| m.id)
+                        .collect();
+                    let mine: Vec<Uuid> = have
+                        .iter()
+                        .filter(|id| known.get(id).is_some_and(|k| k.owner == i && !k.deleted))
+                        .copied()
+                        .collect();
+                    let shared: Vec<Uuid> = have
+                        .iter()
+                        .filter(|id| known.get(id).is_some_and(|k| k.shared))
+                        .copied()
+                        .collect();
+                    let name = format!("d{i}-r{round}-{}", rng.random::<u32>());
+                    match rng.random_range(0..10) {
+                        0..4 => {
+                            let id = Uuid::now_v7();
+                            contacts::ActiveModel {
+                                id: Set(id),
+                                name: Set(name.clone()),
+                                email: Set(None),
+                                last_opened: Set(None),
+                                updated_at: Set(Utc
+                                    .timestamp_opt(1_700_000_000 + round as i64, 0)
+                                    .unwrap()),
+                            }
+                            .insert(db)
+                            .await?;
+                            known.insert(
+                                id,
+                                Known {
+                                    owner: i,
+                                    name,
+                                    shared: rng.random_bool(0.5),
+                                    deleted: false,
+                                },
+                            );
+                        }
+                        4..6 if !mine.is_empty() => {
+                            let id = mine[rng.random_range(0..mine.len())];
+                            contacts::Entity::update_many()
+                                .col_expr(contacts::Column::Name, Expr::value(name.clone()))
+                                .filter(contacts::Column::Id.eq(id))
+                                .exec(db)
+                                .await?;
+                            known.get_mut(&id).ok_or("known")?.name = name;
+                        }
+                        6..9 if !shared.is_empty() => {
+                            let id = shared[rng.random_range(0..shared.len())];
+                            contacts::Entity::update_many()
+                                .col_expr(contacts::Column::Email, Expr::value(name))
+                                .filter(contacts::Column::Id.eq(id))
+                                .exec(db)
+                                .await?;
+                        }
+                        _ => {
+                            let private: Vec<Uuid> = mine
+                                .iter()
+                                .filter(|id| !known[*id].shared)
+                                .copied()
+                                .collect();
+                            if let Some(id) = private.first() {
+                                contacts::Entity::delete_by_id(*id).exec(db).await?;
+                                known.get_mut(id).ok_or("known")?.deleted = true;
+                            }
+                        }
+                    }
+                }
+                engine.replica().capture().await?;
+            }
+            // Every device syncs at once, each through the other server
+            // than its last sync.
+            let mut syncs = Vec::new();
+            for ((_, engine), alternating) in devices.iter().zip(&hubs) {
+                alternating.switch();
+                let engine = engine.clone();
+                syncs.push(tokio::spawn(async move { engine.sync_now().await }));
+            }
+            for s in syncs {
+                check_report(&s.await??)?;
+            }
+        }
+        // Final rounds, one device at a time.
+        for _ in 0..2 {
+            for ((_, engine), alternating) in devices.iter().zip(&hubs) {
+                alternating.switch();
+                check_report(&engine.sync_now().await?)?;
+            }
+        }
+        Ok::<_, BoxError>(())
+    }
+    .await;
+    result.map_err(|e| format!("{dialect} hub, seed {seed}: {e}"))?;
+
+    // Each change once, in its origin's order.
+    let log = SqlHub::new(hub.connect_again().await?)
+        .pull(Cursor(0), u64::MAX)
+        .await?
+        .changes;
+    let mut by_origin: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
+    for c in &log {
+        by_origin.entry(c.id.origin).or_default().push(c.id.seq);
+    }
+    ensure_eq!(by_origin.len(), DEVICES, "one origin per device");
+    for (origin, seqs) in &by_origin {
+        ensure!(
+            *seqs == (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "origin {origin}: the hub logs sequences {seqs:?}, not each once in order"
+        );
+    }
+    // Nothing lost: every row not deleted, with its owner's latest name.
+    let hub_rows = rows::contacts(&hub.db).await?;
+    let want: BTreeMap<Uuid, &str> = known
+        .iter()
+        .filter(|(_, k)| !k.deleted)
+        .map(|(id, k)| (*id, k.name.as_str()))
+        .collect();
+    let got: BTreeMap<Uuid, &str> = hub_rows
+        .iter()
+        .map(|(id, m)| (*id, m.name.as_str()))
+        .collect();
+    ensure!(
+        got == want,
+        "{dialect} hub, seed {seed}: the hub's rows are not the ones written:\n{}",
+        rows::differences(&got, &want, 5)
+    );
+    for (i, (local, engine)) in devices.iter().enumerate() {
+        ensure_eq!(engine.replica().pending_count().await?, 0);
+        let on_device = rows::contacts(&local.db).await?;
+        ensure!(
+            rows::synced(&on_device) == rows::synced(&hub_rows),
+            "{dialect} hub, seed {seed}: device {i} differs from the hub:\n{}",
+            rows::differences(&rows::synced(&on_device), &rows::synced(&hub_rows), 5)
+        );
+    }
+    for (i, h) in hubs.iter().enumerate() {
+        let pushes = [0, 1].map(|s| h.pushes[s].load(Ordering::SeqCst));
+        ensure!(
+            pushes.iter().all(|n| *n > 0),
+            "device {i} pushed through both servers: {pushes:?}"
+        );
+    }
+    eprintln!(
+        "{dialect}: {rounds} rounds through two servers, {} changes logged, {} rows (seed {seed})",
+        log.len(),
+        want.len()
+    );
+    drop(hubs);
+    for (local, engine) in devices {
+        drop(engine);
+        local.drop().await?;
+    }
+    drop(servers);
+    hub.drop().await
 }

@@ -2,6 +2,17 @@
 //! committed, writes that SQLite's `REPLACE` deletes, a row deleted and
 //! inserted again between two captures, and more (each test says which).
 //! Each one lost a write without a word before it was fixed.
+//!
+//! Every test syncing with a hub runs twice: with devices on the hub
+//! database (direct), and with each device reaching it through a hub
+//! server of its own over HTTP (`::http`); wrappers that lose answers or
+//! fail pulls wrap the HTTP backend then. Direct only, as they reach no
+//! hub or are about the SQL hub's own DDL, where HTTP adds nothing:
+//! `capture_goes_past_a_batch_of_refused_rows` (capture on one replica),
+//! `an_entity_in_another_schema_is_refused_where_there_are_no_schemas`
+//! (refused when registered, before any sync), and
+//! `a_hub_whose_role_cannot_create_schemas_installs` (`SqlHub::install`
+//! under a PostgreSQL role without the right to create schemas).
 
 mod common;
 
@@ -10,13 +21,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::device::{device, device_in, device_on, device_with, s};
 use common::entities::{handles, people_lww, people_manual, people_v2};
-use common::{BoxError, Dialect, TestDb, TestResult, run, trial, trial_with_postgres};
+use common::{
+    BoxError, Dialect, TestDb, TestResult, run, trial, trial_direct, trial_with_postgres,
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder};
 use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub};
 use tidesync::{Change, Error, Resolution, TableSpec};
 use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {
+    common::over_every_transport();
     let mut trials = trials![
         held_conflicts_survive_a_lost_answer,
         delete_and_insert_again_between_captures_is_sent,
@@ -28,7 +42,6 @@ fn main() -> std::process::ExitCode {
         a_pulled_row_taking_a_local_unique_value_never_overwrites_it,
         a_hub_with_a_unique_index_takes_a_moved_value_and_refuses_a_taken_one,
         a_child_is_never_logged_before_its_parent,
-        capture_goes_past_a_batch_of_refused_rows,
         a_decimal_key_is_one_row_whatever_its_scale,
         held_conflicts_survive_a_failure_to_record_them,
         an_upgrade_over_a_page_of_deleted_rows_opens,
@@ -56,7 +69,8 @@ fn main() -> std::process::ExitCode {
         a_200_byte_key_syncs_like_any_other,
         a_long_text_key_syncs_like_any_other,
     ];
-    trials.push(trial(
+    trials.extend(direct_trials![capture_goes_past_a_batch_of_refused_rows]);
+    trials.extend(trial(
         Dialect::Sqlite,
         "a_long_key_an_earlier_release_stored_as_is_keeps_its_state",
         |db| {
@@ -65,97 +79,91 @@ fn main() -> std::process::ExitCode {
             ))
         },
     ));
-    trials.push(trial(
+    trials.extend(trial(
         Dialect::MySql,
         "a_key_mysql_cannot_index_is_refused_when_registered",
         |db| Box::pin(a_key_mysql_cannot_index_is_refused_when_registered(db)),
     ));
-    trials.push(trial(
+    trials.extend(trial(
         Dialect::MySql,
         "a_key_too_long_for_its_column_is_refused_with_the_reason",
         |db| Box::pin(a_key_too_long_for_its_column_is_refused_with_the_reason(db)),
     ));
-    trials.push(trial(
+    trials.extend(trial(
         Dialect::MySql,
         "marker_keys_of_an_earlier_release_are_retyped",
         |db| Box::pin(marker_keys_of_an_earlier_release_are_retyped(db)),
     ));
     for d in [Dialect::Postgres, Dialect::MySql] {
-        trials.push(trial(
+        trials.extend(trial(
             d,
             "a_row_sealed_as_new_once_is_not_new_again",
             |db| Box::pin(a_row_sealed_as_new_once_is_not_new_again(db)),
         ));
-        trials.push(trial(
+        trials.extend(trial(
             d,
             "a_pull_never_overwrites_a_write_it_waited_for",
             |db| Box::pin(a_pull_never_overwrites_a_write_it_waited_for(db)),
         ));
-        trials.push(trial(
+        trials.extend(trial(
             d,
             "a_pull_never_overwrites_an_insert_it_waited_for",
             |db| Box::pin(a_pull_never_overwrites_an_insert_it_waited_for(db)),
         ));
-        trials.push(trial(
+        trials.extend(trial(
             d,
             "a_resolve_never_overwrites_a_write_it_waited_for",
             |db| Box::pin(a_resolve_never_overwrites_a_write_it_waited_for(db)),
         ));
-        trials.push(trial(
+        trials.extend(trial(
             d,
             "a_parent_committed_during_a_capture_pass_is_logged_before_its_child",
             |db| Box::pin(a_parent_committed_during_a_capture_pass_is_logged_before_its_child(db)),
         ));
     }
     for d in [Dialect::Sqlite, Dialect::MySql] {
-        trials.push(trial(d, "replace_deletes_are_captured", |db| {
+        trials.extend(trial(d, "replace_deletes_are_captured", |db| {
             Box::pin(replace_deletes_are_captured(db))
         }));
-        trials.push(trial(
+        trials.push(trial_direct(
             d,
             "an_entity_in_another_schema_is_refused_where_there_are_no_schemas",
             |db| Box::pin(an_entity_in_another_schema_is_refused_where_there_are_no_schemas(db)),
         ));
-        trials.push(trial_with_postgres(
+        trials.extend(trial_with_postgres(
             d,
             "a_hub_without_schemas_keeps_a_table_by_its_name",
             |db| Box::pin(a_hub_without_schemas_keeps_a_table_by_its_name(db)),
         ));
     }
     for d in [Dialect::Sqlite, Dialect::Postgres] {
-        trials.push(trial(
+        trials.extend(trial(
             d,
             "a_snapshot_token_of_an_earlier_release_leaves_no_long_key_out",
             |db| Box::pin(a_snapshot_token_of_an_earlier_release_leaves_no_long_key_out(db)),
         ));
     }
-    trials.push(trial(
+    trials.extend(trial(
         Dialect::Postgres,
         "an_entity_in_another_schema_syncs_in_its_schema",
         |db| Box::pin(an_entity_in_another_schema_syncs_in_its_schema(db)),
     ));
-    trials.push(trial(
+    trials.extend(trial(
         Dialect::Postgres,
         "a_hub_keeps_each_table_in_one_schema",
         |db| Box::pin(a_hub_keeps_each_table_in_one_schema(db)),
     ));
-    for (name, test) in [
-        (
-            "a_hub_whose_role_cannot_create_schemas_installs",
-            (|db| Box::pin(a_hub_whose_role_cannot_create_schemas_installs(db))) as common::DbTest,
-        ),
-        (
-            "a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_there",
-            |db| {
-                Box::pin(
-                    a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_there(db),
-                )
-            },
-        ),
-    ] {
-        trials.push(trial(Dialect::Postgres, name, test));
-    }
-    trials.push(trial(
+    trials.push(trial_direct(
+        Dialect::Postgres,
+        "a_hub_whose_role_cannot_create_schemas_installs",
+        |db| Box::pin(a_hub_whose_role_cannot_create_schemas_installs(db)),
+    ));
+    trials.extend(trial(
+        Dialect::Postgres,
+        "a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_there",
+        |db| Box::pin(a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_there(db)),
+    ));
+    trials.extend(trial(
         Dialect::Postgres,
         "a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table",
         |db| Box::pin(a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(db)),
@@ -167,7 +175,7 @@ fn main() -> std::process::ExitCode {
 /// committed them (the connection dropped, or the device crashed before it
 /// read them).
 struct AnswerLost {
-    inner: SqlHub,
+    inner: Arc<dyn Hub>,
     lose: AtomicUsize,
 }
 
@@ -213,7 +221,7 @@ impl Hub for AnswerLost {
 /// says its own clock is two days behind what it is: the device takes its
 /// clock for still wrong and keeps its changes queued.
 struct ClockLies {
-    inner: SqlHub,
+    inner: Arc<dyn Hub>,
     lie: AtomicUsize,
 }
 
@@ -272,7 +280,7 @@ async fn a_change_stamped_again_stays_after_what_its_device_pulled(hub: TestDb) 
     d.sync().await?;
     e.sync().await?;
     let lying = Arc::new(ClockLies {
-        inner: SqlHub::new(hub.connect_again().await?),
+        inner: common::hub_for(&hub).await?,
         lie: AtomicUsize::new(1),
     });
     let d = device_in(d.local, lying, |r| r.register::<people_lww::Entity>()).await?;
@@ -333,9 +341,11 @@ async fn a_renewed_device_stamps_again_what_its_old_identity_stamped_ahead(
     let d = device::<people_lww::Entity>(&hub, "d").await?;
     let id = d.add("one").await?;
     d.sync().await?;
-    let copy = device_in(d.local.copy("copy").await?, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
+    let copy = device_in(
+        d.local.copy("copy").await?,
+        common::hub_for(&hub).await?,
+        |r| r.register::<people_lww::Entity>(),
+    )
     .await?;
     copy.add("the copy's").await?;
     copy.sync().await?;
@@ -435,7 +445,7 @@ async fn a_device_restored_before_it_pushed_a_held_edit_gets_the_conflict_back(
     d.add("later").await?;
     d.sync().await?;
     d.drop().await?;
-    let r = device_in(backup, sql_hub(&hub).await?, |r| {
+    let r = device_in(backup, common::hub_for(&hub).await?, |r| {
         r.register::<people_manual::Entity>()
     })
     .await?;
@@ -484,7 +494,7 @@ async fn a_snapshot_token_of_an_earlier_release_leaves_no_long_key_out(hub: Test
         .await?;
     }
     a.sync().await?;
-    let sql = SqlHub::new(hub.connect_again().await?);
+    let sql = common::hub_for(&hub).await?;
     sql.install(&[tidesync::table_spec::<keyed_by_any_text::Entity>()])
         .await?;
     // After the row keyed "a", as an earlier release wrote it.
@@ -511,7 +521,7 @@ async fn a_snapshot_token_of_an_earlier_release_leaves_no_long_key_out(hub: Test
 /// whose pulls can wait at a gate (while `gated`: each pull says it
 /// `entered`, then waits for a permit of `gate`, then reads the hub).
 struct Pulls {
-    inner: SqlHub,
+    inner: Arc<dyn Hub>,
     fail: AtomicUsize,
     gated: std::sync::atomic::AtomicBool,
     entered: tokio::sync::Notify,
@@ -521,7 +531,7 @@ struct Pulls {
 }
 
 impl Pulls {
-    fn new(inner: SqlHub) -> Pulls {
+    fn new(inner: Arc<dyn Hub>) -> Pulls {
         Pulls {
             inner,
             fail: AtomicUsize::new(0),
@@ -607,7 +617,7 @@ impl Pulls {
 async fn held_conflicts_survive_a_lost_answer(hub: TestDb) -> TestResult {
     let a = device::<people_manual::Entity>(&hub, "a").await?;
     let lossy = Arc::new(AnswerLost {
-        inner: SqlHub::new(hub.connect_again().await?),
+        inner: common::hub_for(&hub).await?,
         lose: AtomicUsize::new(0),
     });
     let b = device_on(lossy.clone(), "b", |r| {
@@ -661,7 +671,7 @@ where
     E::Model: Sync,
 {
     let local = TestDb::create(hub.dialect, tag).await?;
-    device_in(local, sql_hub(hub).await?, |r| r.register::<E>()).await
+    device_in(local, common::hub_for(hub).await?, |r| r.register::<E>()).await
 }
 
 /// The same, with the table created by the app first (SeaORM's DDL, with
@@ -673,12 +683,7 @@ where
 {
     let local = TestDb::create(hub.dialect, tag).await?;
     local.create_table(E::default()).await?;
-    device_in(local, sql_hub(hub).await?, |r| r.register::<E>()).await
-}
-
-/// A hub on `hub` for a device.
-async fn sql_hub(hub: &TestDb) -> Result<Arc<dyn Hub>, BoxError> {
-    Ok(Arc::new(SqlHub::new(hub.connect_again().await?)))
+    device_in(local, common::hub_for(hub).await?, |r| r.register::<E>()).await
 }
 
 /// Item: a row deleted and inserted again (same key, same values) between
@@ -888,7 +893,7 @@ async fn triggers_of_an_earlier_release_are_replaced(hub: TestDb) -> TestResult 
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     a.delete(id).await?;
     a.insert(id, "kept").await?;
-    let engine = tidesync::SyncEngine::new(reopened, sql_hub(&hub).await?);
+    let engine = tidesync::SyncEngine::new(reopened, common::hub_for(&hub).await?);
     engine.sync_now().await?;
     b.sync().await?;
     let on_b = b.rows().await?;
@@ -966,7 +971,7 @@ async fn an_upgrade_that_adds_a_column_keeps_its_values(hub: TestDb) -> TestResu
     );
     // After the upgrade, the user writes the new column.
     old.set(two, "nickname", "deux").await?;
-    let engine = tidesync::SyncEngine::new(upgraded, sql_hub(&hub).await?);
+    let engine = tidesync::SyncEngine::new(upgraded, common::hub_for(&hub).await?);
     let r = engine.sync_now().await?;
     ensure!(r.halted.is_none() && r.local_errors.is_empty(), "{r:?}");
     new.sync().await?;
@@ -1008,7 +1013,7 @@ macro_rules! exact_keys {
         let own_hub = TestDb::create($hub.dialect, "hub").await?;
         let hub = &own_hub;
         let local = TestDb::create(hub.dialect, stringify!($entity)).await?;
-        let a = device_in(local, sql_hub(hub).await?, |r| {
+        let a = device_in(local, common::hub_for(hub).await?, |r| {
             r.register::<$entity::Entity>()
         })
         .await?;
@@ -1156,7 +1161,7 @@ async fn marker_keys_of_an_earlier_release_are_retyped(hub: TestDb) -> TestResul
              wall_us bigint NOT NULL, PRIMARY KEY (k))",
         )
         .await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
+    let a = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<keyed_by_time::Entity>()
     })
     .await?;
@@ -1242,7 +1247,7 @@ async fn a_pulled_row_this_replica_refuses_is_parked_and_pulling_goes_on(
              email {text} NULL, phone {text} NULL, CHECK (name <> 'forbidden'))"
         ))
         .await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
+    let b = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<people_lww::Entity>()
     })
     .await?;
@@ -1376,7 +1381,7 @@ async fn family_device(hub: &TestDb, tag: &str) -> Result<common::device::Device
     let local = TestDb::create(Dialect::Sqlite, tag).await?;
     local.create_table(groups::Entity).await?;
     local.create_table(members::Entity).await?;
-    device_in(local, sql_hub(hub).await?, |r| {
+    device_in(local, common::hub_for(hub).await?, |r| {
         r.register::<groups::Entity>().register::<members::Entity>()
     })
     .await
@@ -1516,7 +1521,7 @@ async fn a_parent_committed_during_a_capture_pass_is_logged_before_its_child(
     let local = TestDb::create(hub.dialect, "a").await?;
     local.create_table(groups::Entity).await?;
     local.create_table(members::Entity).await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
+    let a = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<groups::Entity>().register::<members::Entity>()
     })
     .await?;
@@ -1578,7 +1583,8 @@ async fn a_parent_committed_during_a_capture_pass_is_logged_before_its_child(
         .register::<members::Entity>()
         .open()
         .await?;
-    let engine = tidesync::SyncEngine::new(replica, sql_hub(&hub).await?).with_batch_size(1);
+    let engine =
+        tidesync::SyncEngine::new(replica, common::hub_for(&hub).await?).with_batch_size(1);
     let r = engine.sync_now().await?;
     ensure!(r.halted.is_none(), "{r:?}");
     ensure_eq!(
@@ -1839,7 +1845,7 @@ async fn an_upgrade_over_a_page_of_deleted_rows_opens(hub: TestDb) -> TestResult
     use common::entities::people_lww;
     let local = TestDb::create(Dialect::Sqlite, "old").await?;
     let db = local.db.clone();
-    let old = device_in(local, sql_hub(&hub).await?, |r| {
+    let old = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<people_lww::Entity>()
     })
     .await?;
@@ -1884,7 +1890,7 @@ async fn an_upgrade_adding_a_column_with_a_default_keeps_pulled_values(hub: Test
     use common::entities::people_lww;
     let local = TestDb::create(Dialect::Sqlite, "old").await?;
     let db = local.db.clone();
-    let old = device_in(local, sql_hub(&hub).await?, |r| {
+    let old = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<people_lww::Entity>()
     })
     .await?;
@@ -1903,7 +1909,7 @@ async fn an_upgrade_adding_a_column_with_a_default_keeps_pulled_values(hub: Test
         .await?;
     ensure_eq!(nicknames(&db).await?, vec![(one, Some("un".into()))]);
     old.set(one, "email", "after@upgrade").await?;
-    let engine = tidesync::SyncEngine::new(upgraded, sql_hub(&hub).await?);
+    let engine = tidesync::SyncEngine::new(upgraded, common::hub_for(&hub).await?);
     engine.sync_now().await?;
     new.sync().await?;
     ensure_eq!(
@@ -1931,7 +1937,7 @@ async fn a_unique_value_moved_across_pages_is_pulled(hub: TestDb) -> TestResult 
         .register::<handles::Entity>()
         .open()
         .await?;
-    let b = tidesync::SyncEngine::new(replica, sql_hub(&hub).await?).with_batch_size(1);
+    let b = tidesync::SyncEngine::new(replica, common::hub_for(&hub).await?).with_batch_size(1);
     let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
     let put = |id: Uuid| handles::Model {
         id,
@@ -2044,9 +2050,11 @@ async fn copies_stamping_alike_settle_on_one_value(hub: TestDb) -> TestResult {
     let a = device::<people_lww::Entity>(&hub, "a").await?;
     let x = a.add("x").await?;
     a.sync().await?;
-    let b = device_in(a.local.copy("b").await?, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
+    let b = device_in(
+        a.local.copy("b").await?,
+        common::hub_for(&hub).await?,
+        |r| r.register::<people_lww::Entity>(),
+    )
     .await?;
     // Both hybrid clocks a minute ahead of the wall: each copy's next
     // stamp is (that minute, 1, the one node id).
@@ -2117,9 +2125,11 @@ async fn a_copied_device_and_its_original_keep_each_others_edits(hub: TestDb) ->
     let a = device::<people_lww::Entity>(&hub, "a").await?;
     let x = a.add("x").await?;
     a.sync().await?;
-    let b = device_in(a.local.copy("b").await?, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
+    let b = device_in(
+        a.local.copy("b").await?,
+        common::hub_for(&hub).await?,
+        |r| r.register::<people_lww::Entity>(),
+    )
     .await?;
     let id = a.engine.replica().node_id();
     ensure_eq!(b.engine.replica().node_id(), id, "a copy has the same id");
@@ -2192,7 +2202,7 @@ async fn a_device_restored_from_an_older_backup_gets_its_later_edits_back(
     let old = a.engine.replica().node_id();
     a.drop().await?;
     // The phone is lost; a new one is restored from the backup.
-    let r = device_in(backup, sql_hub(&hub).await?, |r| {
+    let r = device_in(backup, common::hub_for(&hub).await?, |r| {
         r.register::<people_lww::Entity>()
     })
     .await?;
@@ -2235,9 +2245,11 @@ async fn pending_changes_sent_again_under_a_new_identity_raise_no_conflict(
     let y = a.add("y").await?;
     a.sync().await?;
     a.set(x, "name", "pending at the copy").await?;
-    let b = device_in(a.local.copy("b").await?, sql_hub(&hub).await?, |r| {
-        r.register::<people_manual::Entity>()
-    })
+    let b = device_in(
+        a.local.copy("b").await?,
+        common::hub_for(&hub).await?,
+        |r| r.register::<people_manual::Entity>(),
+    )
     .await?;
     a.set(y, "name", "a's later edit").await?;
     a.sync().await?;
@@ -2332,7 +2344,7 @@ async fn a_change_with_doubles_sent_again_is_the_same_change(hub: TestDb) -> Tes
     use common::entities::readings;
     use sea_orm::{ActiveModelTrait, Set};
     let lossy = Arc::new(AnswerLost {
-        inner: SqlHub::new(hub.connect_again().await?),
+        inner: common::hub_for(&hub).await?,
         lose: AtomicUsize::new(0),
     });
     let a = device_on(lossy.clone(), "a", |r| r.register::<readings::Entity>()).await?;
@@ -2408,7 +2420,7 @@ async fn a_restored_devices_pending_change_does_not_meet_later_edits_as_a_confli
     c.set(x, "name", "c's edit on top of a's").await?;
     c.sync().await?;
     a.drop().await?;
-    let r = device_in(backup, sql_hub(&hub).await?, |r| {
+    let r = device_in(backup, common::hub_for(&hub).await?, |r| {
         r.register::<people_manual::Entity>()
     })
     .await?;
@@ -2485,17 +2497,19 @@ async fn a_hub_restored_and_written_past_a_cursor_is_found(hub: TestDb) -> TestR
 /// (its pull had left out the old id's changes). Now a page's cursor is
 /// stored only under the node id it was pulled for.
 async fn a_renewal_in_one_process_is_not_undone_by_a_pull_in_another(hub: TestDb) -> TestResult {
-    let first = Arc::new(Pulls::new(SqlHub::new(hub.connect_again().await?)));
+    let first = Arc::new(Pulls::new(common::hub_for(&hub).await?));
     let a = device_on(first.clone(), "a", |r| r.register::<people_lww::Entity>()).await?;
     let d = device::<people_lww::Entity>(&hub, "d").await?;
     let x = a.add("x").await?;
     a.sync().await?;
-    let twin = device_in(a.local.copy("twin").await?, sql_hub(&hub).await?, |r| {
-        r.register::<people_lww::Entity>()
-    })
+    let twin = device_in(
+        a.local.copy("twin").await?,
+        common::hub_for(&hub).await?,
+        |r| r.register::<people_lww::Entity>(),
+    )
     .await?;
     // The second process on a's database, pulling through a gate.
-    let second_hub = Arc::new(Pulls::new(SqlHub::new(hub.connect_again().await?)));
+    let second_hub = Arc::new(Pulls::new(common::hub_for(&hub).await?));
     second_hub.gated.store(true, Ordering::SeqCst);
     let second = Arc::new(tidesync::SyncEngine::new(
         tidesync::Replica::builder(a.local.connect_again().await?)
@@ -2640,7 +2654,10 @@ async fn an_entity_in_another_schema_syncs_in_its_schema(hub: TestDb) -> TestRes
         let hub = &hub;
         async move {
             let local = with_decoy(TestDb::create(Dialect::Postgres, tag).await?).await?;
-            device_in(local, sql_hub(hub).await?, |r| r.register::<Entity>()).await
+            device_in(local, common::hub_for(hub).await?, |r| {
+                r.register::<Entity>()
+            })
+            .await
         }
     };
     let (a, b) = (device("a").await?, device("b").await?);
@@ -2721,7 +2738,7 @@ async fn an_entity_in_another_schema_syncs_in_its_schema(hub: TestDb) -> TestRes
     // An upgrade adding a column: the value pulled before fills it.
     use common::entities::in_schema_v2;
     let local = with_decoy(TestDb::create(Dialect::Postgres, "n").await?).await?;
-    let n = device_in(local, sql_hub(&hub).await?, |r| {
+    let n = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_schema_v2::Entity>()
     })
     .await?;
@@ -2800,12 +2817,12 @@ async fn a_hub_keeps_each_table_in_one_schema(hub: TestDb) -> TestResult {
     use common::entities::{in_no_schema, in_other_schema, in_schema};
     use sea_orm::{ActiveModelTrait, Set};
     let local = TestDb::create(Dialect::Postgres, "a").await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
+    let a = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_schema::Entity>()
     })
     .await?;
     let local = TestDb::create(Dialect::Sqlite, "b").await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
+    let b = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_no_schema::Entity>()
     })
     .await?;
@@ -2841,7 +2858,7 @@ async fn a_hub_keeps_each_table_in_one_schema(hub: TestDb) -> TestResult {
     let other: Option<String> = other.try_get("", "t")?;
     ensure_eq!(other, None, "no second `people` table on the hub");
     let local = TestDb::create(Dialect::Postgres, "c").await?;
-    let c = device_in(local, sql_hub(&hub).await?, |r| {
+    let c = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_other_schema::Entity>()
     })
     .await?;
@@ -2868,7 +2885,7 @@ async fn a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(hub: Tes
     use common::entities::{in_no_schema, in_schema};
     use sea_orm::{ActiveModelTrait, Set};
     let local = TestDb::create(Dialect::Sqlite, "a").await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
+    let a = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_no_schema::Entity>()
     })
     .await?;
@@ -2891,7 +2908,7 @@ async fn a_hub_made_by_an_earlier_release_keeps_the_schema_of_its_table(hub: Tes
         hub.db.execute_unprepared(sql).await?;
     }
     let local = TestDb::create(Dialect::Postgres, "b").await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
+    let b = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_schema::Entity>()
     })
     .await?;
@@ -3001,7 +3018,7 @@ async fn a_hub_with_a_schema_of_its_own_in_its_search_path_keeps_its_tables_ther
         hub.db.execute_unprepared(sql).await?;
     }
     let local = TestDb::create(Dialect::Sqlite, "a").await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
+    let a = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_no_schema::Entity>()
     })
     .await?;
@@ -3037,12 +3054,12 @@ async fn a_hub_without_schemas_keeps_a_table_by_its_name(hub: TestDb) -> TestRes
     use common::entities::in_schema;
     use sea_orm::{ActiveModelTrait, Set};
     let local = TestDb::create(Dialect::Postgres, "a").await?;
-    let a = device_in(local, sql_hub(&hub).await?, |r| {
+    let a = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_schema::Entity>()
     })
     .await?;
     let local = TestDb::create(Dialect::Postgres, "b").await?;
-    let b = device_in(local, sql_hub(&hub).await?, |r| {
+    let b = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<in_schema::Entity>()
     })
     .await?;
@@ -3215,7 +3232,7 @@ async fn a_row_the_restored_hub_lost_comes_back_whole_in_batches_of_one(hub: Tes
     a.sync().await?;
     hub.restore("bk_").await?;
     let small = a
-        .batched::<people_lww::Entity>(sql_hub(&hub).await?, 1)
+        .batched::<people_lww::Entity>(common::hub_for(&hub).await?, 1)
         .await?;
     let r = small.sync().await?;
     ensure!(r.hub_behind.is_some(), "{r:?}");
@@ -3237,7 +3254,7 @@ async fn a_row_the_restored_hub_lost_comes_back_whole_in_batches_of_one(hub: Tes
 async fn a_hub_that_says_nothing_of_where_a_device_stands_is_not_taken_as_behind(
     hub: TestDb,
 ) -> TestResult {
-    let mute = Arc::new(Pulls::new(SqlHub::new(hub.connect_again().await?)));
+    let mute = Arc::new(Pulls::new(common::hub_for(&hub).await?));
     mute.mute.store(true, Ordering::SeqCst);
     let a = device_on(mute.clone(), "a", |r| r.register::<people_lww::Entity>()).await?;
     let b = device::<people_lww::Entity>(&hub, "b").await?;
@@ -3269,7 +3286,7 @@ async fn a_change_with_a_held_column_sent_again_after_a_crash_is_the_same_change
     let a = device::<people_manual::Entity>(&hub, "a").await?;
     let b = device::<people_manual::Entity>(&hub, "b")
         .await?
-        .batched::<people_manual::Entity>(sql_hub(&hub).await?, 1)
+        .batched::<people_manual::Entity>(common::hub_for(&hub).await?, 1)
         .await?;
     let x = a.add("x").await?;
     a.sync().await?;
@@ -3372,7 +3389,7 @@ macro_rules! long_keys {
         // A fresh device, one row per snapshot page.
         let c = device::<$entity::Entity>(hub, "c")
             .await?
-            .batched::<$entity::Entity>(sql_hub(hub).await?, 1)
+            .batched::<$entity::Entity>(common::hub_for(hub).await?, 1)
             .await?;
         c.sync().await?;
         ensure_eq!(all(c.db().clone()).await?, want, "bootstrapped, on c");
@@ -3444,7 +3461,7 @@ async fn a_key_mysql_cannot_index_is_refused_when_registered(hub: TestDb) -> Tes
     use common::entities::long_text_key;
     let local = TestDb::create(Dialect::MySql, "a").await?;
     let refused = |e: &str| e.contains("long_text_key") && e.contains("`k`") && e.contains("3072");
-    match device_in(local, sql_hub(&hub).await?, |r| {
+    match device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<long_text_key::Entity>()
     })
     .await
@@ -3473,7 +3490,9 @@ async fn a_key_mysql_cannot_index_is_refused_when_registered(hub: TestDb) -> Tes
 async fn a_key_too_long_for_its_column_is_refused_with_the_reason(hub: TestDb) -> TestResult {
     use common::entities::{keyed_by_any_text, keyed_by_text};
     use tidesync::RejectPolicy;
-    let parking = Arc::new(SqlHub::new(hub.connect_again().await?).with_policy(RejectPolicy::Park));
+    let parking =
+        common::reach(SqlHub::new(hub.connect_again().await?).with_policy(RejectPolicy::Park))
+            .await?;
     let b = device_on(parking.clone(), "b", |r| {
         r.register::<keyed_by_text::Entity>()
             .register::<keyed_by_any_text::Entity>()
@@ -3502,7 +3521,7 @@ async fn a_key_too_long_for_its_column_is_refused_with_the_reason(hub: TestDb) -
         )),
         "refused by capture: {r:?}"
     );
-    let parked = parking.rejected().await?;
+    let parked = SqlHub::new(hub.connect_again().await?).rejected().await?;
     ensure_eq!(parked.len(), 1, "{parked:?}");
     ensure!(
         parked[0].table == "keyed_by_any_text" && parked[0].reason.contains("too long"),
@@ -3562,8 +3581,8 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
         .await?;
     }
     // This release opens them again.
-    let a = a.batched::<E>(sql_hub(&hub).await?, 100).await?;
-    let b = b.batched::<E>(sql_hub(&hub).await?, 100).await?;
+    let a = a.batched::<E>(common::hub_for(&hub).await?, 100).await?;
+    let b = b.batched::<E>(common::hub_for(&hub).await?, 100).await?;
     let mut e = row.clone().into_active_model();
     e.note = Set("a1".into());
     e.update(a.db()).await?;

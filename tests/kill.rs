@@ -19,6 +19,10 @@
 //!
 //! `TIDESYNC_KILLS` sets the number of kills per dialect (default 100, sized for CI);
 //! `TIDESYNC_KILL_SEED` replays a run (each run prints its seed).
+//!
+//! Direct only: the workers write and capture on a database of each
+//! dialect and never sync, so no hub is reached and HTTP has nothing to
+//! add. Killing devices that sync over HTTP is `tests/kill_sync.rs`.
 
 mod common;
 
@@ -29,7 +33,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use common::entities::contacts;
 use common::kill::{Killer, STARTUP, Worker, announce, kill_seed};
-use common::{Dialect, TestDb, TestResult, run, trial};
+use common::{Dialect, TestDb, TestResult, run, trial_direct};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::entity::prelude::*;
@@ -54,7 +58,7 @@ fn main() -> std::process::ExitCode {
     }
     let trials = Dialect::ALL
         .iter()
-        .map(|d| trial(*d, "capture_survives_sigkill", |t| Box::pin(kill_loop(t))))
+        .map(|d| trial_direct(*d, "capture_survives_sigkill", |t| Box::pin(kill_loop(t))))
         .collect();
     run(trials)
 }

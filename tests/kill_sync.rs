@@ -17,6 +17,12 @@
 //! 100 of them take about as long as 200 did and reach push and pull far
 //! more often); `TIDESYNC_KILL_SEED` replays a run (each run prints its
 //! seed).
+//!
+//! The test runs twice per hub dialect: with workers that open the hub
+//! database (direct), and with workers that reach it over HTTP (`::http`)
+//! through a hub server in the test process, which outlives every worker
+//! killed mid-request. The final syncs go the same way; the log is checked
+//! on the hub database.
 
 mod common;
 
@@ -41,6 +47,8 @@ use tidesync::{Change, Hlc, NodeId, Op, Replica, SyncEngine, TableSpec};
 const DEVICE: &str = "TIDESYNC_SYNC_WORKER_DEVICE";
 const INDEX: &str = "TIDESYNC_SYNC_WORKER_INDEX";
 const HUB: &str = "TIDESYNC_SYNC_WORKER_HUB";
+/// With a hub server's URL in `HUB`: the token to sign in with.
+const TOKEN: &str = "TIDESYNC_SYNC_WORKER_TOKEN";
 const SEED: &str = "TIDESYNC_SYNC_WORKER_SEED";
 
 /// The phases of a worker.
@@ -54,11 +62,13 @@ fn main() -> std::process::ExitCode {
     if let (Ok(device), Ok(hub)) = (std::env::var(DEVICE), std::env::var(HUB)) {
         let seed = common::env_seed(SEED);
         let index = common::env_seed(INDEX);
-        return common::worker_exit(common::block_on(worker(device, index, hub, seed)));
+        let token = std::env::var(TOKEN).ok();
+        return common::worker_exit(common::block_on(worker(device, index, hub, token, seed)));
     }
+    common::over_every_transport();
     let trials = Dialect::ALL
         .iter()
-        .map(|d| trial(*d, "sync_survives_sigkill", |t| Box::pin(kill_loop(t))))
+        .flat_map(|d| trial(*d, "sync_survives_sigkill", |t| Box::pin(kill_loop(t))))
         .collect();
     run(trials)
 }
@@ -66,7 +76,7 @@ fn main() -> std::process::ExitCode {
 /// A hub that announces the worker's phase at each call: install, push,
 /// pull (a pull's local work, between its hub calls, is in the pull phase
 /// too).
-struct Announced(SqlHub);
+struct Announced(Arc<dyn Hub>);
 
 #[async_trait::async_trait]
 impl Hub for Announced {
@@ -137,10 +147,11 @@ async fn worker(
     device: String,
     index: u64,
     hub: String,
+    token: Option<String>,
     seed: u64,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let db = Database::connect(&device).await?;
-    let hub = Announced(SqlHub::new(Database::connect(&hub).await?));
+    let hub = Announced(common::WorkerHub::reach(&hub, token).await?);
     let engine = engine(&db, Arc::new(hub)).await?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut step = 0u64;
@@ -316,18 +327,22 @@ async fn kills(hub: &TestDb, devices: &[TestDb; 2], seed: u64) -> TestResult {
         d.create_table(contacts::Entity).await?;
     }
     let backend = SqlHub::new(hub.connect_again().await?);
+    // Over HTTP, a hub server in this process for every worker.
+    let workers_hub = common::WorkerHub::start(hub).await?;
     let mut killer = Killer::new(seed);
     let mut targets = [WRITE, CAPTURE, PUSH, PULL];
     for kill in 0..kills {
         let index = kill % 2;
         let device = &devices[index as usize];
-        let worker = Worker::spawn(
-            Command::new(&exe)
-                .env(DEVICE, &device.url)
-                .env(INDEX, index.to_string())
-                .env(HUB, &hub.url)
-                .env(SEED, killer.rng.random::<u64>().to_string()),
-        )?;
+        let mut cmd = Command::new(&exe);
+        cmd.env(DEVICE, &device.url)
+            .env(INDEX, index.to_string())
+            .env(HUB, &workers_hub.url)
+            .env(SEED, killer.rng.random::<u64>().to_string());
+        if let Some(token) = &workers_hub.token {
+            cmd.env(TOKEN, token);
+        }
+        let worker = Worker::spawn(&mut cmd)?;
         // Aim at each phase in turn, in a random order within each four
         // kills; at a phase of the first or second round, and at the pull
         // of the first: it brings what the other device wrote meanwhile,
@@ -357,8 +372,7 @@ async fn kills(hub: &TestDb, devices: &[TestDb; 2], seed: u64) -> TestResult {
     // Final syncs: everything converges.
     let mut engines = Vec::new();
     for d in devices {
-        let hub_db = hub.connect_again().await?;
-        engines.push(engine(&d.db, Arc::new(SqlHub::new(hub_db))).await?);
+        engines.push(engine(&d.db, common::hub_for(hub).await?).await?);
     }
     for _ in 0..2 {
         for e in &engines {

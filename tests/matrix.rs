@@ -27,7 +27,7 @@ fn main() -> std::process::ExitCode {
     for (i, local) in Dialect::ALL.iter().enumerate() {
         for hub in Dialect::ALL {
             let second = Dialect::ALL[(i + 1) % 3];
-            trials.push(multi_trial(
+            trials.extend(multi_trial(
                 &format!(
                     "matrix::{}_via_{}_hub_to_{}",
                     local.name(),

@@ -1,5 +1,12 @@
 //! Replication through a SQL hub on every dialect: devices with local SQLite
 //! databases edit offline and converge.
+//!
+//! Every test runs twice: with devices on the hub database (direct), and
+//! with each device reaching it through a hub server of its own over HTTP
+//! (`::http`); the test hubs that page snapshots or lose the hub mid-push
+//! wrap the HTTP backend then, and what a test reads of the hub (its
+//! tables, its parked changes, its whole log) it reads on the hub database.
+//! None runs direct only.
 
 mod common;
 
@@ -16,6 +23,7 @@ use tidesync::hub::{Cursor, Hub, RejectPolicy, SqlHub};
 use tidesync::{Error, Replica, SyncEngine};
 
 fn main() -> std::process::ExitCode {
+    common::over_every_transport();
     let mut trials = trials![
         two_devices_converge_per_column,
         arrival_order_never_decides,
@@ -38,15 +46,16 @@ fn main() -> std::process::ExitCode {
         malformed_hub_change_halts_or_parks,
         schema_drift_on_the_hub_is_reported_by_name,
         large_rows_are_batched_by_size,
+        first_syncs_at_once_install_a_new_hub,
     ];
     for d in [Dialect::Postgres, Dialect::MySql] {
-        trials.push(common::trial(
+        trials.extend(common::trial(
             d,
             "hub_connections_dropped_mid_batch",
             |db| Box::pin(hub_connections_dropped_mid_batch(db)),
         ));
     }
-    trials.push(common::trial(
+    trials.extend(common::trial(
         Dialect::Postgres,
         "statistics_as_the_tables_grow",
         |db| Box::pin(statistics_as_the_tables_grow(db)),
@@ -62,7 +71,7 @@ struct Device {
 
 impl Device {
     async fn new(hub: &TestDb, tag: &str) -> Result<Device, BoxError> {
-        Self::with_backend(Arc::new(SqlHub::new(hub.connect_again().await?)), tag).await
+        Self::with_backend(common::hub_for(hub).await?, tag).await
     }
 
     async fn with_backend(backend: Arc<dyn Hub>, tag: &str) -> Result<Device, BoxError> {
@@ -248,7 +257,7 @@ async fn delete_propagates_and_later_update_wins(hub: TestDb) -> TestResult {
 }
 
 async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
-    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
+    let backend = common::hub_for(&hub).await?;
     let a = Device::with_backend(backend.clone(), "a").await?;
     a.sync().await?; // installs the hub
     for i in 0..5 {
@@ -414,10 +423,7 @@ async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let paged = Arc::new(Paged::new(
-        Arc::new(SqlHub::new(hub.connect_again().await?)),
-        usize::MAX,
-    ));
+    let paged = Arc::new(Paged::new(common::hub_for(&hub).await?, usize::MAX));
     let engine = SyncEngine::new(replica, paged.clone()).with_batch_size(100);
     let report = engine.sync_now().await?;
     ensure_eq!(report.pulled, 1234);
@@ -514,14 +520,14 @@ struct SnapshotCall {
 /// and the bytes of values of every push batch; it is unreachable for
 /// snapshots once it served `pages_left` pages.
 struct Paged {
-    inner: Arc<SqlHub>,
+    inner: Arc<dyn Hub>,
     pages_left: std::sync::atomic::AtomicUsize,
     calls: std::sync::Mutex<Vec<SnapshotCall>>,
     pushes: std::sync::Mutex<Vec<usize>>,
 }
 
 impl Paged {
-    fn new(inner: Arc<SqlHub>, pages: usize) -> Self {
+    fn new(inner: Arc<dyn Hub>, pages: usize) -> Self {
         Paged {
             inner,
             pages_left: pages.into(),
@@ -665,7 +671,7 @@ async fn snapshot_pages_hold_the_asked_size(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let ids = add_contacts(a.db(), 57, "paged").await?;
     ensure_eq!(a.sync().await?.pushed, 57);
-    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
+    let backend = common::hub_for(&hub).await?;
     let tip = backend.pull(Cursor(0), 1000).await?.next;
     let want = contact_keys(&ids)?;
     for limit in [1u64, 5, 19, 56, 57, 58, 1000] {
@@ -736,10 +742,7 @@ async fn bootstrap_on_a_hub_gone_back_starts_over(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     add_contacts(a.db(), 200, "before").await?;
     ensure_eq!(a.sync().await?.pushed, 200);
-    let paged = Arc::new(Paged::new(
-        Arc::new(SqlHub::new(hub.connect_again().await?)),
-        2,
-    ));
+    let paged = Arc::new(Paged::new(common::hub_for(&hub).await?, 2));
     let local = cut_off_bootstrap(&paged, "gone_back").await?;
     let open = || async {
         Replica::builder(local.db.clone())
@@ -768,11 +771,8 @@ async fn bootstrap_on_a_hub_gone_back_starts_over(hub: TestDb) -> TestResult {
     restored.db.execute(&q).await?;
     ensure_eq!(hub_id(&restored.db).await?, id);
 
-    let engine = SyncEngine::new(
-        open().await?,
-        Arc::new(SqlHub::new(restored.connect_again().await?)),
-    )
-    .with_batch_size(40);
+    let engine =
+        SyncEngine::new(open().await?, common::hub_for(&restored).await?).with_batch_size(40);
     let r = engine.sync_now().await?;
     ensure!(r.local_errors.is_empty() && r.halted.is_none(), "{r:?}");
     ensure!(
@@ -814,10 +814,7 @@ async fn interrupted_bootstrap_resumes(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let ids = add_contacts(a.db(), 250, "boot").await?;
     ensure_eq!(a.sync().await?.pushed, 250);
-    let paged = Arc::new(Paged::new(
-        Arc::new(SqlHub::new(hub.connect_again().await?)),
-        3,
-    ));
+    let paged = Arc::new(Paged::new(common::hub_for(&hub).await?, 3));
     let local = cut_off_bootstrap(&paged, "resumed").await?;
     let open = || async {
         Replica::builder(local.db.clone())
@@ -866,10 +863,7 @@ async fn interrupted_bootstrap_resumes(hub: TestDb) -> TestResult {
     let c = Device::new(&other, "c").await?;
     add_contacts(c.db(), 5, "other").await?;
     c.sync().await?;
-    let other_paged = Arc::new(Paged::new(
-        Arc::new(SqlHub::new(other.connect_again().await?)),
-        usize::MAX,
-    ));
+    let other_paged = Arc::new(Paged::new(common::hub_for(&other).await?, usize::MAX));
     let elsewhere = SyncEngine::new(open().await?, other_paged.clone()).with_batch_size(40);
     let r = elsewhere.sync_now().await?;
     ensure_eq!(r.pulled, 5);
@@ -1073,7 +1067,7 @@ async fn hub_tables_are_ordinary_tables(hub: TestDb) -> TestResult {
 async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult {
     // A hub whose connection is closed: every request fails to connect.
     let dead = hub.connect_again().await?;
-    let backend = Arc::new(SqlHub::new(dead.clone()));
+    let backend = common::reach(SqlHub::new(dead.clone())).await?;
     let a = Device::with_backend(backend, "a").await?;
     dead.close().await?;
     let id = a.add("queued").await?;
@@ -1092,7 +1086,7 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let engine = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)));
+    let engine = SyncEngine::new(replica, common::hub_for(&hub).await?);
     ensure_eq!(engine.sync_now().await?.pushed, 1);
     let on_a = all_contacts(a.db()).await?;
     ensure_eq!(on_a.len(), 1);
@@ -1103,7 +1097,7 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
 
 /// A hub that answers `pushes` push requests, then is unreachable.
 struct LostAfter {
-    inner: Arc<SqlHub>,
+    inner: Arc<dyn Hub>,
     pushes: std::sync::atomic::AtomicUsize,
 }
 
@@ -1148,7 +1142,7 @@ impl Hub for LostAfter {
 }
 
 async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> TestResult {
-    let inner = Arc::new(SqlHub::new(hub.connect_again().await?));
+    let inner = common::hub_for(&hub).await?;
     let lost = Arc::new(LostAfter {
         inner: inner.clone(),
         pushes: 3.into(),
@@ -1258,7 +1252,7 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     let device = |tag: &'static str| {
         let hub = &hub;
         async move {
-            let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
+            let backend = common::hub_for(hub).await?;
             Device::on(Dialect::Postgres, backend, tag).await
         }
     };
@@ -1295,9 +1289,15 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
-/// A hub whose `contacts` table refuses names starting with "bad".
-async fn strict_hub(hub: &TestDb, policy: RejectPolicy) -> Result<Arc<SqlHub>, BoxError> {
-    let backend = Arc::new(SqlHub::new(hub.connect_again().await?).with_policy(policy));
+/// A hub whose `contacts` table refuses names starting with "bad", with
+/// `policy`: as a device reaches it, and the `SqlHub` to inspect it.
+async fn strict_hub(
+    hub: &TestDb,
+    policy: RejectPolicy,
+) -> Result<(Arc<dyn Hub>, SqlHub), BoxError> {
+    let backend =
+        common::reach(SqlHub::new(hub.connect_again().await?).with_policy(policy)).await?;
+    let inspect = SqlHub::new(hub.connect_again().await?);
     hub.create_table(contacts::Entity).await?;
     let sql = match hub.dialect {
         Dialect::Sqlite => {
@@ -1306,12 +1306,12 @@ async fn strict_hub(hub: &TestDb, policy: RejectPolicy) -> Result<Arc<SqlHub>, B
         _ => "ALTER TABLE contacts ADD CONSTRAINT no_bad CHECK (name NOT LIKE 'bad%')",
     };
     hub.db.execute_unprepared(sql).await?;
-    Ok(backend)
+    Ok((backend, inspect))
 }
 
 async fn halt_policy_stops_the_stream_in_order(hub: TestDb) -> TestResult {
-    let backend = strict_hub(&hub, RejectPolicy::Halt).await?;
-    let a = Device::with_backend(backend.clone(), "a").await?;
+    let (backend, _) = strict_hub(&hub, RejectPolicy::Halt).await?;
+    let a = Device::with_backend(backend, "a").await?;
     a.add("good 1").await?;
     a.add("bad one").await?;
     a.add("good 2").await?;
@@ -1362,8 +1362,8 @@ async fn halt_policy_stops_the_stream_in_order(hub: TestDb) -> TestResult {
 }
 
 async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
-    let backend = strict_hub(&hub, RejectPolicy::Park).await?;
-    let a = Device::with_backend(backend.clone(), "a").await?;
+    let (backend, inspect) = strict_hub(&hub, RejectPolicy::Park).await?;
+    let a = Device::with_backend(backend, "a").await?;
     a.add("good 1").await?;
     a.add("bad one").await?;
     a.add("good 2").await?;
@@ -1371,7 +1371,7 @@ async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
     ensure_eq!(report.pushed, 3, "all acknowledged");
     ensure_eq!(report.rejected.len(), 1);
     ensure!(report.halted.is_none(), "not halted");
-    let parked = backend.rejected().await?;
+    let parked = inspect.rejected().await?;
     ensure_eq!(parked.len(), 1);
     ensure_eq!(parked[0].id.seq, 2);
     let good: Vec<contacts::Model> = all_contacts(a.db())
@@ -1390,11 +1390,11 @@ async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> T
     const DEVICES: usize = 4;
     const ROUNDS: usize = 12;
     const PER_ROUND: usize = 15;
-    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
+    let backend = common::hub_for(&hub).await?;
     let mut devices = Vec::new();
     for i in 0..DEVICES {
         // Each device with its own hub connection pool, as separate processes would.
-        let own: Arc<dyn Hub> = Arc::new(SqlHub::new(hub.connect_again().await?));
+        let own = common::hub_for(&hub).await?;
         devices.push(Arc::new(Device::with_backend(own, &format!("p{i}")).await?));
     }
     devices[0].sync().await?; // installs the hub tables
@@ -1496,10 +1496,7 @@ async fn foreign_keys_hold_whatever_the_batch_boundaries(hub: TestDb) -> TestRes
             .open()
             .await?;
         // One change per request: every boundary is a batch boundary.
-        engines.push(
-            SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
-                .with_batch_size(1),
-        );
+        engines.push(SyncEngine::new(replica, common::hub_for(&hub).await?).with_batch_size(1));
         locals.push(local);
     }
     let (a, b) = (&locals[0].db, &locals[1].db);
@@ -1598,7 +1595,7 @@ async fn malformed_outbox_change_halts_or_parks(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let park = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
+    let park = SyncEngine::new(replica, common::hub_for(&hub).await?)
         .with_policy(tidesync::hub::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pushed, 1);
@@ -1688,7 +1685,7 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let park = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
+    let park = SyncEngine::new(replica, common::hub_for(&hub).await?)
         .with_policy(tidesync::hub::RejectPolicy::Park);
     let r = park.sync_now().await?;
     ensure_eq!(r.pulled, 1, "{r:?}");
@@ -1744,7 +1741,7 @@ async fn schema_drift_on_the_hub_is_reported_by_name(hub: TestDb) -> TestResult 
         .db
         .execute_unprepared("CREATE TABLE contacts (id varchar(36) PRIMARY KEY)")
         .await?;
-    let b = Device::with_backend(Arc::new(SqlHub::new(other.connect_again().await?)), "b").await?;
+    let b = Device::with_backend(common::hub_for(&other).await?, "b").await?;
     match b.engine.sync_now().await {
         Err(Error::Config(msg)) => ensure!(msg.contains("`name`"), "{msg}"),
         r => return Err(format!("expected a configuration error, got {r:?}").into()),
@@ -1765,8 +1762,7 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let engine = SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)))
-        .with_batch_size(10);
+    let engine = SyncEngine::new(replica, common::hub_for(&hub).await?).with_batch_size(10);
     engine.sync_now().await?; // install
     let rows: Vec<contacts::ActiveModel> = (0..400)
         .map(|i| contacts::ActiveModel {
@@ -1907,7 +1903,10 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     let statements = Statements::default();
     let mut hub_db = hub.connect_again().await?;
     statements.watch(&mut hub_db, "hub");
-    let backend = Arc::new(Paged::new(Arc::new(SqlHub::new(hub_db)), usize::MAX));
+    let backend = Arc::new(Paged::new(
+        common::reach(SqlHub::new(hub_db)).await?,
+        usize::MAX,
+    ));
     let device = |dialect: Dialect, tag: &'static str| {
         let statements = statements.clone();
         let backend = backend.clone();
@@ -1989,5 +1988,47 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     }
     a.drop().await?;
     b.drop().await?;
+    hub.drop().await
+}
+
+/// Devices whose first syncs meet on a new hub install it at once; each
+/// sync goes through and they converge. Before, PostgreSQL's `CREATE TABLE
+/// IF NOT EXISTS` of two installs at once could fail one of them with a
+/// unique violation in its catalog (`pg_type`): that device's sync failed
+/// (over HTTP, a `500`).
+async fn first_syncs_at_once_install_a_new_hub(hub: TestDb) -> TestResult {
+    const DEVICES: usize = 3;
+    for round in 0..4 {
+        let fresh = TestDb::create(hub.dialect, &format!("at_once{round}")).await?;
+        let mut devices = Vec::new();
+        for i in 0..DEVICES {
+            let d = Device::new(&fresh, &format!("r{round}d{i}")).await?;
+            d.add(&format!("{round}-{i}")).await?;
+            devices.push(Arc::new(d));
+        }
+        let syncs: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                let d = d.clone();
+                tokio::spawn(async move { d.sync().await.map_err(|e| e.to_string()) })
+            })
+            .collect();
+        for s in syncs {
+            s.await?.map_err(|e| format!("round {round}: {e}"))?;
+        }
+        for d in &devices {
+            d.sync().await?;
+        }
+        for d in &devices {
+            ensure_eq!(d.rows().await?.len(), DEVICES, "round {round}: converged");
+        }
+        for d in devices {
+            Arc::try_unwrap(d)
+                .map_err(|_| "device still shared")?
+                .drop()
+                .await?;
+        }
+        fresh.drop().await?;
+    }
     hub.drop().await
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Value};
-use tidesync::hub::{Hub, SqlHub};
+use tidesync::hub::Hub;
 use tidesync::{Replica, SyncEngine, Syncable};
 use uuid::Uuid;
 
@@ -27,14 +27,14 @@ where
     device_with(hub, tag, |b| b.register::<E>()).await
 }
 
-/// A device built by `build`, syncing with the SQL hub on `hub`.
+/// A device built by `build`, syncing with the SQL hub on `hub` as the
+/// trial's transport reaches it (see [`super::reach`]).
 pub async fn device_with(
     hub: &TestDb,
     tag: &str,
     build: impl FnOnce(tidesync::ReplicaBuilder) -> tidesync::ReplicaBuilder,
 ) -> Result<Device, BoxError> {
-    let backend = Arc::new(SqlHub::new(hub.connect_again().await?));
-    device_on(backend, tag, build).await
+    device_on(super::hub_for(hub).await?, tag, build).await
 }
 
 /// A device built by `build`, syncing with `hub`.

@@ -1,6 +1,16 @@
 //! Test harness shared by the integration tests: one fresh database per test
 //! on each dialect, and trials that report a dialect without a server as
 //! ignored, by name, with the reason (a failure when `CI=true`).
+//!
+//! A suite whose `main` calls [`over_every_transport`] first runs each of
+//! its trials twice: with devices that open the hub database themselves
+//! (named `dialect::test`, as before), and with devices that reach it
+//! through a hub server over HTTP (`dialect::test::http`). A test makes
+//! every hub a device syncs with through [`reach`] (or [`hub_for`]), which
+//! wraps the `SqlHub` per the trial's transport; an HTTP trial whose test
+//! never reached a hub fails, so that a test that cannot run over HTTP is
+//! declared direct-only ([`trial_direct`], [`direct_trials!`]) instead of
+//! running twice the same.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod block;
@@ -12,10 +22,14 @@ pub mod rows;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use libtest_mimic::{Completion, Failed, Trial};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, Schema};
+use tidesync::hub::{Hub, SqlHub};
+
+pub use http::Transport;
 
 /// A test's boxed error.
 mod url;
@@ -311,46 +325,221 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// One trial of `test` on `dialect`, named `dialect::name`. Without the
-/// dialect's server it is reported as ignored with the reason (failed in CI).
-pub fn trial(dialect: Dialect, name: &str, test: DbTest) -> Trial {
-    trial_needing(dialect, &[], name, test)
+/// The transports of this test binary's trials: direct only, unless its
+/// `main` called [`over_every_transport`] before making any.
+static TRANSPORTS: OnceLock<&'static [Transport]> = OnceLock::new();
+
+fn transports() -> &'static [Transport] {
+    TRANSPORTS.get_or_init(|| &[Transport::Direct])
 }
 
-/// One trial of `test` on `dialect` (its database given), which also needs
-/// a PostgreSQL server: reported as ignored without either (failed in CI).
-pub fn trial_with_postgres(dialect: Dialect, name: &str, test: DbTest) -> Trial {
-    trial_needing(dialect, &[Dialect::Postgres], name, test)
+/// Run every trial made from now on over each transport: direct (named as
+/// before) and over HTTP (named `...::http`). Call it first in `main`.
+pub fn over_every_transport() {
+    if TRANSPORTS.set(&Transport::ALL).is_err() {
+        panic!("over_every_transport() must come before the first trial is made");
+    }
 }
 
-/// One trial of `test` on `dialect`, which also needs the servers of `also`.
-fn trial_needing(dialect: Dialect, also: &'static [Dialect], name: &str, test: DbTest) -> Trial {
-    let full = format!("{}::{name}", dialect.name());
-    let tag = name.to_owned();
-    Trial::ignorable_test(full, move || {
-        for d in std::iter::once(&dialect).chain(also) {
-            if let Err(reason) = d.server_url() {
-                if in_ci() {
-                    return Err(Failed::from(format!(
-                        "{reason}, and CI=true requires every dialect"
-                    )));
-                }
-                return Ok(Completion::ignored_with(format!("skipped: {reason}")));
+/// The trial running on this task: its transport, and how many hubs its
+/// test reached through it.
+struct Current {
+    transport: Transport,
+    reached: AtomicUsize,
+}
+
+tokio::task_local! {
+    static CURRENT: Arc<Current>;
+}
+
+/// The transport of the trial running on this task.
+///
+/// # Panics
+/// Outside a trial's task: a task spawned by the test, or a future run by
+/// `Handle::block_on`, does not inherit it; wrap it in [`carry`].
+pub fn transport() -> Transport {
+    CURRENT
+        .try_with(|c| c.transport)
+        .expect("no trial on this task: wrap spawned futures in common::carry")
+}
+
+/// `f`, run as part of the current trial (its transport): for a future
+/// spawned as a task or run with `Handle::block_on`.
+pub fn carry<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    let current = CURRENT
+        .try_with(Arc::clone)
+        .expect("common::carry outside a trial's task");
+    CURRENT.scope(current, f)
+}
+
+/// The user devices sign in as over HTTP. The suites' tables declare no
+/// owners and the servers share them: every user sees every row.
+pub const USER: &str = "device";
+
+/// `hub` as a device reaches it in the current trial: itself (direct), or
+/// a hub server of its own serving it over HTTP (with the `SqlHub`'s
+/// configuration: policy, clock skew), kept running while the returned
+/// hub lives. Each device gets its own server on the hub database: the
+/// servers of one trial share it as separate processes would.
+pub async fn reach(hub: SqlHub) -> Result<Arc<dyn Hub>, BoxError> {
+    let transport = transport();
+    let _ = CURRENT.try_with(|c| c.reached.fetch_add(1, Ordering::Relaxed));
+    transport.reach(hub, USER).await
+}
+
+/// A device's hub on the hub database `db` (its own connection pool), as
+/// the current trial's transport reaches it.
+pub async fn hub_for(db: &TestDb) -> Result<Arc<dyn Hub>, BoxError> {
+    reach(SqlHub::new(db.connect_again().await?)).await
+}
+
+/// How worker processes of a test reach the hub: the hub database's URL
+/// (direct), or over HTTP a hub server's URL and a token. The server runs
+/// in the test process, as long as this value: it outlives the workers
+/// the test kills.
+pub struct WorkerHub {
+    /// The hub database's URL, or the server's.
+    pub url: String,
+    /// The token to sign in with, over HTTP.
+    pub token: Option<String>,
+    _server: Option<Arc<http::TestServer>>,
+}
+
+impl WorkerHub {
+    /// The hub on `db` for workers, per the current trial's transport.
+    pub async fn start(db: &TestDb) -> Result<WorkerHub, BoxError> {
+        match transport() {
+            Transport::Direct => Ok(WorkerHub {
+                url: db.url.clone(),
+                token: None,
+                _server: None,
+            }),
+            Transport::Http => {
+                let _ = CURRENT.try_with(|c| c.reached.fetch_add(1, Ordering::Relaxed));
+                let hub = SqlHub::new(db.connect_again().await?);
+                let server = sync_http::HubServer::new(hub).await?.share_undeclared(true);
+                let server = http::TestServer::start(server).await?;
+                Ok(WorkerHub {
+                    url: server.url.clone(),
+                    token: Some(server.token(USER).await?),
+                    _server: Some(server),
+                })
             }
         }
-        block_on(async move {
-            let db = TestDb::create(dialect, &tag)
-                .await
-                .map_err(|e| Failed::from(format!("setup: {e}")))?;
-            test(db).await.map_err(|e| Failed::from(e.to_string()))
-        })?;
-        Ok(Completion::Completed)
-    })
+    }
+
+    /// Worker side: the hub at `url`, a database's or (with a token) a hub
+    /// server's.
+    pub async fn reach(url: &str, token: Option<String>) -> Result<Arc<dyn Hub>, BoxError> {
+        Ok(match token {
+            Some(token) => Arc::new(sync_http::HttpBackend::new(url, token)?),
+            None => Arc::new(SqlHub::new(Database::connect(url).await?)),
+        })
+    }
 }
 
-/// `test` on every dialect.
+/// Run `test`'s body over `transport` and check that a trial over HTTP
+/// did reach a hub.
+fn run_over<F: Future<Output = TestResult>>(transport: Transport, body: F) -> Result<(), Failed> {
+    let current = Arc::new(Current {
+        transport,
+        reached: AtomicUsize::new(0),
+    });
+    block_on(CURRENT.scope(current.clone(), body)).map_err(|e| Failed::from(e.to_string()))?;
+    if transport == Transport::Http && current.reached.load(Ordering::Relaxed) == 0 {
+        return Err(Failed::from(
+            "run over HTTP, the test never reached a hub through common::reach: \
+             declare it direct-only",
+        ));
+    }
+    Ok(())
+}
+
+/// The reason to skip a trial needing the servers of `dialects` when one
+/// is not configured; in CI, the failure.
+fn missing_server(dialects: &[Dialect]) -> Option<Result<Completion, Failed>> {
+    for d in dialects {
+        if let Err(reason) = d.server_url() {
+            if in_ci() {
+                return Some(Err(Failed::from(format!(
+                    "{reason}, and CI=true requires every dialect"
+                ))));
+            }
+            return Some(Ok(Completion::ignored_with(format!("skipped: {reason}"))));
+        }
+    }
+    None
+}
+
+/// The trials of `test` on `dialect`, one per transport of this binary,
+/// named `dialect::name` (direct) and `dialect::name::http`. Without the
+/// dialect's server each is reported as ignored with the reason (failed
+/// in CI).
+pub fn trial(dialect: Dialect, name: &str, test: DbTest) -> Vec<Trial> {
+    trial_needing(transports(), dialect, &[], name, test)
+}
+
+/// One trial of `test` on `dialect`, direct only (named `dialect::name`):
+/// for a test whose point is the SQL hub itself, or that reaches no hub.
+pub fn trial_direct(dialect: Dialect, name: &str, test: DbTest) -> Trial {
+    trial_needing(&[Transport::Direct], dialect, &[], name, test)
+        .pop()
+        .expect("one trial")
+}
+
+/// The trials of `test` on `dialect` (its database given), which also
+/// needs a PostgreSQL server: reported as ignored without either (failed
+/// in CI).
+pub fn trial_with_postgres(dialect: Dialect, name: &str, test: DbTest) -> Vec<Trial> {
+    trial_needing(transports(), dialect, &[Dialect::Postgres], name, test)
+}
+
+/// The trials of `test` on `dialect` over `transports`, which also need
+/// the servers of `also`.
+fn trial_needing(
+    transports: &[Transport],
+    dialect: Dialect,
+    also: &'static [Dialect],
+    name: &str,
+    test: DbTest,
+) -> Vec<Trial> {
+    transports
+        .iter()
+        .map(|&transport| {
+            let full = format!("{}::{name}{}", dialect.name(), transport.suffix());
+            let tag = name.to_owned();
+            Trial::ignorable_test(full, move || {
+                let mut needed = vec![dialect];
+                needed.extend_from_slice(also);
+                if let Some(skip) = missing_server(&needed) {
+                    return skip;
+                }
+                run_over(transport, async move {
+                    let db = TestDb::create(dialect, &tag)
+                        .await
+                        .map_err(|e| format!("setup: {e}"))?;
+                    test(db).await
+                })?;
+                Ok(Completion::Completed)
+            })
+        })
+        .collect()
+}
+
+/// `test` on every dialect, over each transport of this binary.
 pub fn on_every_dialect(name: &str, test: DbTest) -> Vec<Trial> {
-    Dialect::ALL.iter().map(|d| trial(*d, name, test)).collect()
+    Dialect::ALL
+        .iter()
+        .flat_map(|d| trial(*d, name, test))
+        .collect()
+}
+
+/// `test` on every dialect, direct only.
+pub fn on_every_dialect_direct(name: &str, test: DbTest) -> Vec<Trial> {
+    Dialect::ALL
+        .iter()
+        .map(|d| trial_direct(*d, name, test))
+        .collect()
 }
 
 /// Run the trials with the standard command-line arguments.
@@ -360,12 +549,23 @@ pub fn run(trials: Vec<Trial>) -> std::process::ExitCode {
 }
 
 /// The trials of the named tests (`async fn(TestDb) -> TestResult`) on
-/// every dialect, named `dialect::test`.
+/// every dialect, named `dialect::test`, over each transport of the binary
+/// (`dialect::test::http` over HTTP).
 #[macro_export]
 macro_rules! trials {
     ($($name:ident),* $(,)?) => {{
         let mut trials = Vec::new();
         $(trials.extend($crate::common::on_every_dialect(stringify!($name), |db| Box::pin($name(db))));)*
+        trials
+    }};
+}
+
+/// The trials of the named tests on every dialect, direct only.
+#[macro_export]
+macro_rules! direct_trials {
+    ($($name:ident),* $(,)?) => {{
+        let mut trials = Vec::new();
+        $(trials.extend($crate::common::on_every_dialect_direct(stringify!($name), |db| Box::pin($name(db))));)*
         trials
     }};
 }
@@ -400,33 +600,33 @@ macro_rules! ensure_eq {
 /// A test over several fresh databases.
 pub type MultiDbTest = fn(Vec<TestDb>) -> Pin<Box<dyn Future<Output = TestResult> + Send>>;
 
-/// One trial over a fresh database on each of `dialects` (in that order),
-/// skipped by name when one of their servers is not configured.
-pub fn multi_trial(name: &str, dialects: Vec<Dialect>, test: MultiDbTest) -> Trial {
-    let tag = name.to_owned();
-    Trial::ignorable_test(name.to_owned(), move || {
-        for d in &dialects {
-            if let Err(reason) = d.server_url() {
-                if in_ci() {
-                    return Err(Failed::from(format!(
-                        "{reason}, and CI=true requires every dialect"
-                    )));
+/// The trials (one per transport of this binary) over a fresh database on
+/// each of `dialects` (in that order), skipped by name when one of their
+/// servers is not configured.
+pub fn multi_trial(name: &str, dialects: Vec<Dialect>, test: MultiDbTest) -> Vec<Trial> {
+    transports()
+        .iter()
+        .map(|&transport| {
+            let tag = name.to_owned();
+            let dialects = dialects.clone();
+            Trial::ignorable_test(format!("{name}{}", transport.suffix()), move || {
+                if let Some(skip) = missing_server(&dialects) {
+                    return skip;
                 }
-                return Ok(Completion::ignored_with(format!("skipped: {reason}")));
-            }
-        }
-        block_on(async move {
-            let mut dbs = Vec::new();
-            for (i, d) in dialects.iter().enumerate() {
-                let db = TestDb::create(*d, &format!("{tag}{i}"))
-                    .await
-                    .map_err(|e| Failed::from(format!("setup: {e}")))?;
-                dbs.push(db);
-            }
-            test(dbs).await.map_err(|e| Failed::from(e.to_string()))
-        })?;
-        Ok(Completion::Completed)
-    })
+                run_over(transport, async move {
+                    let mut dbs = Vec::new();
+                    for (i, d) in dialects.iter().enumerate() {
+                        let db = TestDb::create(*d, &format!("{tag}{i}"))
+                            .await
+                            .map_err(|e| format!("setup: {e}"))?;
+                        dbs.push(db);
+                    }
+                    test(dbs).await
+                })?;
+                Ok(Completion::Completed)
+            })
+        })
+        .collect()
 }
 
 /// `ident` quoted for the database `kind` (tests write some SQL by hand).

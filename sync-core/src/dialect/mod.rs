@@ -283,6 +283,30 @@ fn runtime_kind(_runtime: &sea_orm::RuntimeErr) -> ErrorKind {
     ErrorKind::Other
 }
 
+/// The native code of a database error (a SQLSTATE, a MySQL error number,
+/// a SQLite extended result code), if it has one.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub(crate) fn native_code(e: &Error) -> Option<String> {
+    let Error::Database {
+        source:
+            DbErr::Exec(sea_orm::RuntimeErr::SqlxError(sqlx))
+            | DbErr::Query(sea_orm::RuntimeErr::SqlxError(sqlx)),
+        ..
+    } = e
+    else {
+        return None;
+    };
+    match &**sqlx {
+        sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+pub(crate) fn native_code(_e: &Error) -> Option<String> {
+    None
+}
+
 #[cfg_attr(
     not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
     allow(dead_code)

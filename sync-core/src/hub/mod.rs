@@ -47,7 +47,7 @@ pub use access::{Account, Authorize, UserHub};
 
 use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::clock::NodeId;
-use crate::model::error::{Error, Result};
+use crate::model::error::{Error, ErrorKind, Result};
 use crate::store::codec::sequence;
 use tables::REJECTED;
 
@@ -183,9 +183,32 @@ impl SqlHub {
     /// Returns them as the hub placed them (their schema, the ownership
     /// it records).
     async fn install_tables(&self, tables: &[TableSpec]) -> Result<(HubInfo, Vec<TableSpec>)> {
-        let (info, placed) = tables::install(&self.db, tables)
-            .await
-            .map_err(Error::or_offline)?;
+        // An install is idempotent. Two at once on a hub that lacks a
+        // table (devices whose first syncs meet, or two hub servers) race
+        // in PostgreSQL's `CREATE TABLE IF NOT EXISTS`, whose loser fails
+        // with a unique violation in the catalog (`pg_type`) or "type
+        // (relation) already exists", as in an `insert_if_missing` of the
+        // metadata: it installs again and finds what the other made. It
+        // waits a little longer each time first: installing again at once,
+        // it would meet the other install at its next table.
+        let lost_a_race = |e: &Error| {
+            e.kind() == ErrorKind::UniqueViolation
+                || matches!(
+                    crate::dialect::native_code(e).as_deref(),
+                    Some("42P07" | "42710")
+                )
+        };
+        let mut attempts = 0;
+        let (info, placed) = loop {
+            match tables::install(&self.db, tables).await {
+                Err(e) if lost_a_race(&e) && attempts < 10 => {
+                    attempts += 1;
+                    tracing::debug!("install raced another one, installing again: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(25 * attempts)).await;
+                }
+                other => break other.map_err(Error::or_offline)?,
+            }
+        };
         *self.tables.write().await = placed.clone();
         Ok((info, placed))
     }
