@@ -22,20 +22,18 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr};
-use sea_orm::{ConnectionTrait, QueryResult, Value};
+use sea_orm::Value;
 
 use super::SqlHub;
-use super::merge::load_states;
 use super::owner::{owner_of_row, owner_text};
 use super::tables::{HUB_ACCESS, HUB_ORIGINS};
+use super::visible::Visible;
 use crate::model::change::{Change, Op, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::protocol::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, Standing};
 use crate::model::syncable::Ownership;
-use crate::model::value::pk_key;
 
 /// An authorization rule beyond ownership: given the user and a change
 /// the user pushes (of a row the user may write), `Err(reason)` refuses
@@ -323,136 +321,6 @@ pub(super) struct BatchOwners {
     refused: HashSet<(String, String)>,
 }
 
-/// What one user sees of the hub: the tables' ownership as recorded.
-#[derive(Debug)]
-pub(super) struct Visible {
-    user: String,
-    share_undeclared: bool,
-    tables: HashMap<String, Ownership>,
-}
-
-impl Visible {
-    /// The hub's records, for `account`.
-    pub(super) async fn load<C: ConnectionTrait>(db: &C, account: &Account) -> Result<Self> {
-        let q = Query::select()
-            .columns([Alias::new("key"), Alias::new("value")])
-            .from(Alias::new(HUB_ACCESS.0))
-            .to_owned();
-        let mut tables = HashMap::new();
-        for r in db
-            .query_all(&q)
-            .await
-            .map_err(|e| Error::from(e).or_offline())?
-        {
-            let (name, record): (String, String) = (r.try_get("", "key")?, r.try_get("", "value")?);
-            let ownership = Ownership::from_record(&record).ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "`{}` records `{record}` for `{name}`",
-                    HUB_ACCESS.0
-                ))
-            })?;
-            tables.insert(name, ownership);
-        }
-        Ok(Visible {
-            user: account.user.clone(),
-            share_undeclared: account.share_undeclared,
-            tables,
-        })
-    }
-
-    /// Whether every user reads `table`'s rows.
-    fn shared(&self, table: &str) -> bool {
-        match self.tables.get(table) {
-            Some(Ownership::Shared) => true,
-            Some(Ownership::Owner(_)) => false,
-            // A table no install of this release recorded: undeclared.
-            Some(Ownership::Undeclared) | None => self.share_undeclared,
-        }
-    }
-
-    /// The log entries that may be this user's: theirs, and those without
-    /// an owner of the shared tables and of the tables with owners (an
-    /// entry logged before its table had owners; see [`Visible::shown`]).
-    pub(super) fn condition(&self) -> SimpleExpr {
-        let mine = Expr::col(Alias::new("owner")).eq(self.user.as_str());
-        let ownerless = Expr::col(Alias::new("owner")).is_null();
-        if self.share_undeclared {
-            return mine.or(ownerless);
-        }
-        let maybe: Vec<&str> = self
-            .tables
-            .iter()
-            .filter(|(name, o)| self.shared(name) || o.column().is_some())
-            .map(|(name, _)| name.as_str())
-            .collect();
-        if maybe.is_empty() {
-            return mine;
-        }
-        mine.or(ownerless.and(Expr::col(Alias::new("tbl")).is_in(maybe)))
-    }
-
-    /// Which of these log rows (read with [`Visible::condition`]) are this
-    /// user's: an entry without an owner of a table with owners is the
-    /// user's if its row is now.
-    pub(super) async fn shown<C: ConnectionTrait>(
-        &self,
-        db: &C,
-        rows: &[QueryResult],
-    ) -> Result<Vec<bool>> {
-        let mut shown = Vec::with_capacity(rows.len());
-        // (row index, table, key text, key) of the entries to look up.
-        type Lookup = (usize, String, String, Vec<(String, Value)>);
-        let mut lookups: Vec<Lookup> = Vec::new();
-        for (i, r) in rows.iter().enumerate() {
-            let owner: Option<String> = r.try_get("", "owner")?;
-            let tbl: String = r.try_get("", "tbl")?;
-            shown.push(match owner {
-                Some(o) => o == self.user,
-                None if self.shared(&tbl) => true,
-                None => {
-                    if let Some(Ownership::Owner(_)) = self.tables.get(&tbl) {
-                        let pk: String = r.try_get("", "pk")?;
-                        if let Ok(pk) = serde_json::from_str::<Vec<(String, Value)>>(&pk) {
-                            let values: Vec<Value> = pk.iter().map(|(_, v)| v.clone()).collect();
-                            if let Ok(key) = pk_key(&values) {
-                                lookups.push((i, tbl, key, pk));
-                            }
-                        }
-                    }
-                    false
-                }
-            });
-        }
-        let mut by_table: HashMap<&str, Vec<String>> = HashMap::new();
-        for (_, tbl, key, _) in &lookups {
-            by_table.entry(tbl).or_default().push(key.clone());
-        }
-        let mut states = HashMap::new();
-        for (tbl, keys) in by_table {
-            for (key, (state, _)) in load_states(db, tbl, &keys).await? {
-                states.insert((tbl.to_owned(), key), state);
-            }
-        }
-        for (i, tbl, key, pk) in &lookups {
-            let Some(Ownership::Owner(column)) = self.tables.get(tbl) else {
-                continue;
-            };
-            if let Some(state) = states.get(&(tbl.clone(), key.clone())) {
-                shown[*i] = owner_of_row(column, pk, state) == self.user;
-            }
-        }
-        Ok(shown)
-    }
-
-    /// Whether a row of the snapshot is this user's.
-    pub(super) fn shows_row(&self, table: &str, pk: &[(String, Value)], state: &RowState) -> bool {
-        match self.tables.get(table) {
-            Some(Ownership::Owner(column)) => owner_of_row(column, pk, state) == self.user,
-            _ => self.shared(table),
-        }
-    }
-}
-
 /// A [`SqlHub`] as one user sees it: the [`Hub`] a server runs for each
 /// request of an account (see [`SqlHub::for_account`]).
 #[derive(Debug)]
@@ -641,10 +509,7 @@ impl UserHub<'_> {
             .await
             .map_err(Error::or_offline)?
             .is_none()
-            && super::push::applied(db, origin)
-                .await
-                .map_err(Error::or_offline)?
-                > 0
+            && self.hub.applied(origin).await.map_err(Error::or_offline)? > 0
         {
             // Pushed directly before the hub served accounts: nobody's to
             // take over the wire.
@@ -712,7 +577,12 @@ impl Hub for UserHub<'_> {
         }
         let mut standing = self.hub.standing(origin, None).await?;
         if let Some(c) = at {
-            let visible = Visible::load(self.hub.connection(), &self.account).await?;
+            let visible = Visible::load(
+                self.hub.connection(),
+                &self.account.user,
+                self.account.share_undeclared,
+            )
+            .await?;
             standing.at = super::log::id_at(self.hub.connection(), c, Some(&visible))
                 .await
                 .map_err(Error::or_offline)?;
@@ -721,7 +591,12 @@ impl Hub for UserHub<'_> {
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
-        let visible = Visible::load(self.hub.connection(), &self.account).await?;
+        let visible = Visible::load(
+            self.hub.connection(),
+            &self.account.user,
+            self.account.share_undeclared,
+        )
+        .await?;
         super::log::read(self.hub.connection(), cursor, limit, None, Some(&visible)).await
     }
 
@@ -731,7 +606,12 @@ impl Hub for UserHub<'_> {
         limit: u64,
         origin: NodeId,
     ) -> Result<PullBatch> {
-        let visible = Visible::load(self.hub.connection(), &self.account).await?;
+        let visible = Visible::load(
+            self.hub.connection(),
+            &self.account.user,
+            self.account.share_undeclared,
+        )
+        .await?;
         super::log::read(
             self.hub.connection(),
             cursor,
@@ -743,7 +623,12 @@ impl Hub for UserHub<'_> {
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        let visible = Visible::load(self.hub.connection(), &self.account).await?;
+        let visible = Visible::load(
+            self.hub.connection(),
+            &self.account.user,
+            self.account.share_undeclared,
+        )
+        .await?;
         let tables = self.tables();
         self.hub
             .snapshot_for(
@@ -761,6 +646,7 @@ mod tests {
     use super::*;
     use crate::model::change::ChangeId;
     use crate::model::testing::{column, hlc, table};
+    use crate::model::value::pk_key;
     use sea_orm::sea_query::ColumnType;
 
     fn spec(ownership: Ownership) -> TableSpec {

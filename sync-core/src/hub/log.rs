@@ -3,18 +3,16 @@
 //! row state takes from its entries.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, SimpleExpr};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use super::access::Visible;
 use super::tables::{CHANGES, HUB_META};
+use super::visible::Visible;
 use crate::model::change::{Change, ChangeId};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, PullBatch};
-use crate::model::typed;
 use crate::store::codec::{self, db_sequence, sequence};
 
 /// The statements that append `logged` to the log, from hub sequence
@@ -177,34 +175,4 @@ fn decode(r: &sea_orm::QueryResult) -> Result<Change> {
         seq: sequence(r, "origin_seq")?,
     };
     codec::decode(id, r)
-}
-
-/// The columns (names and values) of the log entries `seqs`.
-pub(super) async fn columns<C: ConnectionTrait>(
-    db: &C,
-    seqs: &[u64],
-) -> Result<HashMap<u64, Vec<(String, Value)>>> {
-    let mut sorted = seqs.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut out = HashMap::with_capacity(sorted.len());
-    for chunk in sorted.chunks(500) {
-        let keys = chunk
-            .iter()
-            .map(|s| db_sequence(*s))
-            .collect::<Result<Vec<_>>>()?;
-        let q = sea_orm::sea_query::Query::select()
-            .columns(["hub_seq", "payload"].map(Alias::new))
-            .from(Alias::new(CHANGES.name))
-            .and_where(Expr::col(Alias::new("hub_seq")).is_in(keys))
-            .to_owned();
-        for r in db.query_all(&q).await? {
-            let payload: String = r.try_get("", "payload")?;
-            out.insert(
-                sequence(&r, "hub_seq")?,
-                typed::columns_from_text(&payload)?,
-            );
-        }
-    }
-    Ok(out)
 }

@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 use super::log;
 use super::owner;
 use super::referral::{self, RowId};
-use super::tables::HUB_ROWS;
+use super::states::load_states;
 use crate::dialect::Dialect;
 use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::conflict::{self, ColumnConflict};
@@ -18,7 +18,7 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::rows::{self, Referred};
+use crate::store::rows::Referred;
 use crate::store::write::{delete_rows, execute_all, execute_while, row_statements};
 
 /// The states of the rows a call touches, as they were before it.
@@ -256,24 +256,4 @@ impl<'a> Merge<'a> {
         }
         Ok(out)
     }
-}
-
-/// The hub's states of `keys` of `table`, with the values they take from
-/// log entries filled in.
-pub(super) async fn load_states<C: ConnectionTrait>(
-    tx: &C,
-    table: &str,
-    keys: &[String],
-) -> Result<HashMap<String, (RowState, Option<Referred>)>> {
-    let stored = rows::load_stored(tx, HUB_ROWS, table, keys).await?;
-    let seqs: Vec<u64> = stored.values().filter_map(|s| s.reference).collect();
-    // Each entry is of one row, so one state at most refers to it.
-    let mut entries = log::columns(tx, &seqs).await?;
-    stored
-        .into_iter()
-        .map(|(k, s)| {
-            let entry = s.reference.and_then(|seq| entries.remove(&seq));
-            Ok((k, s.fill(entry)?))
-        })
-        .collect()
 }

@@ -30,8 +30,10 @@ mod push;
 mod referral;
 mod resent;
 mod snapshot;
+mod states;
 pub(crate) mod tables;
 mod validate;
+mod visible;
 
 use sea_orm::sea_query::{Alias, Order, Query};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
@@ -154,6 +156,12 @@ impl SqlHub {
         &self.db
     }
 
+    /// The last sequence of `origin` this hub holds (applied or parked), 0
+    /// for an origin it never heard of.
+    async fn applied(&self, origin: NodeId) -> Result<u64> {
+        push::applied(&self.db, origin).await
+    }
+
     /// Changes parked by policy `Park`: (change id, table, reason).
     pub async fn rejected(&self) -> Result<Vec<Rejection>> {
         let q = Query::select()
@@ -230,7 +238,7 @@ impl SqlHub {
         &self,
         after: Option<String>,
         limit: u64,
-        visible: Option<&access::Visible>,
+        visible: Option<&visible::Visible>,
         specs: Option<&[TableSpec]>,
     ) -> Result<(Cursor, SnapshotPage)> {
         match specs {

@@ -4,9 +4,10 @@
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, Value};
 
-use super::access::Visible;
 use super::log;
+use super::states;
 use super::tables::HUB_ROWS;
+use super::visible::Visible;
 use crate::dialect;
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
@@ -73,7 +74,9 @@ pub(super) async fn page<C: ConnectionTrait>(
         .collect::<Result<Vec<_>>>()?;
     let seqs: Vec<u64> = stored.iter().filter_map(|s| s.reference).collect();
     // Each entry is of one row, so one state at most refers to it.
-    let mut entries = log::columns(db, &seqs).await.map_err(Error::or_offline)?;
+    let mut entries = states::columns(db, &seqs)
+        .await
+        .map_err(Error::or_offline)?;
     let mut page = SnapshotPage::default();
     let mut last = None;
     for (r, stored) in rows.iter().zip(stored) {

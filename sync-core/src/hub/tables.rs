@@ -196,7 +196,7 @@ async fn add_owner_column(db: &DatabaseConnection, d: &dyn Dialect) -> Result<()
 /// The one change allowed is from nothing declared to a declaration
 /// (an application that adds owners to an entity): the log entries
 /// written before carry no owner, and a pull finds it from their row's
-/// state (see `access::Visible`).
+/// state (see `visible::Visible`).
 async fn ownership(db: &DatabaseConnection, spec: &TableSpec) -> Result<Ownership> {
     let declared = &spec.ownership;
     if let Some(column) = declared.column() {
