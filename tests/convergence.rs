@@ -39,7 +39,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -53,8 +52,8 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 use rand::Rng;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database};
-use tidesync::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, SqlHub, Standing};
-use tidesync::{Change, NodeId, Replica, SyncEngine, SyncReport, TableSpec};
+use tidesync::hub::{Cursor, Hub, SqlHub};
+use tidesync::{NodeId, Replica, SyncEngine, SyncReport};
 
 fn main() -> std::process::ExitCode {
     common::over_every_transport();
@@ -653,10 +652,14 @@ async fn property(hub: TestDb) -> TestResult {
     } else {
         std::env::temp_dir()
     };
+    // One directory per trial: the direct and HTTP trials of a dialect
+    // run at once in this process.
+    static TRIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = base.join(format!(
-        "tidesync-conv-{}-{}",
+        "tidesync-conv-{}-{}-{}",
         hub.dialect.name(),
-        std::process::id()
+        std::process::id(),
+        TRIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir)?;
     let world = World {
@@ -705,65 +708,6 @@ async fn property(hub: TestDb) -> TestResult {
     Ok(())
 }
 
-/// A device's hub that goes through one of two hub servers on the same hub
-/// database, the other one after each [`Alternating::switch`], counting
-/// the pushes each server answered.
-struct Alternating {
-    servers: [sync_http::HttpBackend; 2],
-    current: AtomicUsize,
-    pushes: [AtomicUsize; 2],
-}
-
-impl Alternating {
-    fn switch(&self) {
-        self.current.fetch_xor(1, Ordering::SeqCst);
-    }
-
-    fn now(&self) -> usize {
-        self.current.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait::async_trait]
-impl Hub for Alternating {
-    async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
-        self.servers[self.now()].install(tables).await
-    }
-
-    async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
-        let i = self.now();
-        self.pushes[i].fetch_add(1, Ordering::SeqCst);
-        self.servers[i].push(batch).await
-    }
-
-    async fn standing(&self, origin: NodeId, at: Option<Cursor>) -> tidesync::Result<Standing> {
-        self.servers[self.now()].standing(origin, at).await
-    }
-
-    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
-        self.servers[self.now()].pull(cursor, limit).await
-    }
-
-    async fn pull_excluding(
-        &self,
-        cursor: Cursor,
-        limit: u64,
-        origin: NodeId,
-    ) -> tidesync::Result<PullBatch> {
-        self.servers[self.now()]
-            .pull_excluding(cursor, limit, origin)
-            .await
-    }
-
-    async fn snapshot(
-        &self,
-        after: Option<String>,
-        limit: u64,
-    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
-        self.servers[self.now()].snapshot(after, limit).await
-    }
-}
-
 /// What the test knows of a row: its owner (the device that inserted it,
 /// the only one that renames or deletes it), its latest name, whether it
 /// is shared (every device sets its email; never deleted) and whether it
@@ -781,7 +725,7 @@ struct Known {
 /// holds every row inserted and not deleted, each with its latest name;
 /// and every device converges with the hub.
 async fn two_servers(hub: TestDb) -> TestResult {
-    use common::http::TestServer;
+    use common::http::{Balancer, TestServer};
     use sync_http::{HttpBackend, HubServer};
     const DEVICES: usize = 3;
     let rounds: usize = std::env::var("TIDESYNC_SERVER_ROUNDS")
@@ -807,23 +751,23 @@ async fn two_servers(hub: TestDb) -> TestResult {
         // A token from the first server: the second finds it in the hub
         // database too.
         let token = servers[0].token(&format!("user{i}")).await?;
-        let alternating = Arc::new(Alternating {
-            servers: [
-                HttpBackend::new(&servers[0].url, token.clone())?,
-                HttpBackend::new(&servers[1].url, token)?,
-            ],
-            current: AtomicUsize::new(i % 2),
-            pushes: Default::default(),
-        });
+        // Each device behind a balancer of its own, which takes the
+        // servers in turn: the device has one backend, as behind a load
+        // balancer, and its requests land on either server.
+        let balancer = Balancer::start(servers.iter().map(|s| s.url.clone()).collect()).await?;
+        if i % 2 == 1 {
+            balancer.switch();
+        }
+        let backend = Arc::new(HttpBackend::new(&balancer.url, token)?);
         let local = TestDb::create(Dialect::Sqlite, &format!("alt{i}")).await?;
         tidesync::create_table::<contacts::Entity, _>(&local.db).await?;
         let replica = Replica::builder(local.db.clone())
             .register::<contacts::Entity>()
             .open()
             .await?;
-        let engine = Arc::new(SyncEngine::new(replica, alternating.clone()).with_batch_size(4));
+        let engine = Arc::new(SyncEngine::new(replica, backend).with_batch_size(4));
         devices.push((local, engine));
-        hubs.push(alternating);
+        hubs.push(balancer);
     }
     let mut known: BTreeMap<Uuid, Known> = BTreeMap::new();
     let result = async {
@@ -907,8 +851,8 @@ async fn two_servers(hub: TestDb) -> TestResult {
             // Every device syncs at once, each through the other server
             // than its last sync.
             let mut syncs = Vec::new();
-            for ((_, engine), alternating) in devices.iter().zip(&hubs) {
-                alternating.switch();
+            for ((_, engine), balancer) in devices.iter().zip(&hubs) {
+                balancer.switch();
                 let engine = engine.clone();
                 syncs.push(tokio::spawn(async move { engine.sync_now().await }));
             }
@@ -918,8 +862,8 @@ async fn two_servers(hub: TestDb) -> TestResult {
         }
         // Final rounds, one device at a time.
         for _ in 0..2 {
-            for ((_, engine), alternating) in devices.iter().zip(&hubs) {
-                alternating.switch();
+            for ((_, engine), balancer) in devices.iter().zip(&hubs) {
+                balancer.switch();
                 check_report(&engine.sync_now().await?)?;
             }
         }
@@ -970,7 +914,7 @@ async fn two_servers(hub: TestDb) -> TestResult {
         );
     }
     for (i, h) in hubs.iter().enumerate() {
-        let pushes = [0, 1].map(|s| h.pushes[s].load(Ordering::SeqCst));
+        let pushes = h.pushes();
         ensure!(
             pushes.iter().all(|n| *n > 0),
             "device {i} pushed through both servers: {pushes:?}"

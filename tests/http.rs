@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
         a_slow_client_does_not_block_others,
         tokens_never_appear_in_logs,
         jwts_sign_in_their_subject_until_they_expire,
+        a_renewed_token_keeps_a_device_syncing,
     ];
     logs::capture();
     run(trials)
@@ -1092,6 +1093,53 @@ async fn jwts_sign_in_their_subject_until_they_expire(hub: TestDb) -> TestResult
         .err()
         .ok_or("algorithm confusion was taken")?;
     ensure!(matches!(e, Error::Unauthorized(_)), "{e}");
+    Ok(())
+}
+
+async fn a_renewed_token_keeps_a_device_syncing(hub: TestDb) -> TestResult {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let now = chrono::Utc::now().timestamp();
+    let jwt = |exp: i64| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({ "sub": "alice", "exp": exp }),
+            &EncodingKey::from_secret(b"app secret"),
+        )
+    };
+    let sql = SqlHub::new(hub.connect_again().await?);
+    let server = TestServer::start(
+        HubServer::new(sql)
+            .await?
+            .with_jwt(sync_http::JwtKey::hs256(b"app secret")),
+    )
+    .await?;
+    // The device's token has expired by the time it syncs.
+    let backend = Arc::new(HttpBackend::new(&server.url, jwt(now - 600)?)?);
+    let a1 = device_on(backend.clone(), "renewed", |b| {
+        b.register::<notes::Entity>().register::<labels::Entity>()
+    })
+    .await?;
+    note(&a1, "alice", "written offline").await?;
+    let e = a1
+        .engine
+        .sync_now()
+        .await
+        .err()
+        .ok_or("an expired JWT synced")?;
+    ensure!(matches!(e, Error::Unauthorized(_)), "{e}");
+    // Nothing written: not even the table installed.
+    ensure!(
+        notes_of(&hub.db).await.map_or(true, |n| n.is_empty()),
+        "an expired JWT wrote"
+    );
+    ensure!(backend.set_token("").is_err(), "an empty token was taken");
+    backend.set_token(jwt(now + 600)?)?;
+    let r = a1.engine.sync_now().await?;
+    ensure!(r.rejected.is_empty() && r.halted.is_none(), "{r:?}");
+    ensure_eq!(
+        notes_of(&hub.db).await?,
+        vec![pair("alice", "written offline")]
+    );
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! [`HttpBackend`]: a hub reached over HTTP(S), for devices that must not
 //! hold database credentials.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -35,7 +35,8 @@ use crate::wire::{self, ErrorBody, PROTOCOL_VERSION, VERSION_HEADER};
 pub struct HttpBackend {
     client: reqwest::Client,
     base: String,
-    token: String,
+    /// The bearer token; [`HttpBackend::set_token`] replaces it.
+    token: RwLock<String>,
     /// The tables of the last install, installed again when a server
     /// that has not seen them asks for it (`409 install-required`), and
     /// the id the server gave them.
@@ -127,7 +128,7 @@ impl HttpBackendBuilder {
         Ok(HttpBackend {
             client,
             base,
-            token: self.token,
+            token: RwLock::new(self.token),
             tables: Mutex::new(None),
         })
     }
@@ -160,6 +161,41 @@ impl HttpBackend {
         &self.base
     }
 
+    /// Sign in with `token` from the next request on: for a JWT the
+    /// application renews before it expires, or a hub token replaced
+    /// after a revocation. Keep an `Arc` of the backend to call it while a
+    /// `SyncEngine` syncs over it; a request already sent keeps the token
+    /// it was sent with.
+    ///
+    /// ```no_run
+    /// # async fn run(replica: sync_core::Replica, fresh_jwt: String) -> sync_core::Result<()> {
+    /// use std::sync::Arc;
+    /// use sync_http::HttpBackend;
+    ///
+    /// let hub = Arc::new(HttpBackend::new("https://hub.example.com", "eyJ...")?);
+    /// let engine = sync_core::SyncEngine::new(replica, hub.clone());
+    /// // ... when the identity provider issues a new token:
+    /// hub.set_token(fresh_jwt)?;
+    /// engine.sync_now().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty token (the one in use stays).
+    pub fn set_token(&self, token: impl Into<String>) -> Result<()> {
+        let token = token.into();
+        if token.is_empty() {
+            return Err(Error::Config("the hub token is empty".into()));
+        }
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+        Ok(())
+    }
+
+    /// The token to send now.
+    fn token(&self) -> String {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// One request: the body as JSON (compressed when large), the answer
     /// decoded, every failure mapped to an [`Error`].
     async fn call<B: Serialize, A: DeserializeOwned>(&self, endpoint: &str, body: &B) -> Result<A> {
@@ -169,7 +205,7 @@ impl HttpBackend {
         let mut req = self
             .client
             .post(&url)
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token())
             .header(VERSION_HEADER, PROTOCOL_VERSION.to_string())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT_ENCODING, "zstd");

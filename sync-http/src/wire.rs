@@ -158,10 +158,29 @@ pub(crate) enum DecodeError {
     Malformed(String),
 }
 
+/// The base-2 logarithm of the largest zstd window a body of `limit`
+/// bytes may need.
+fn window_log(limit: usize) -> u32 {
+    (usize::BITS - limit.saturating_sub(1).leading_zeros()).clamp(10, 31)
+}
+
 /// Decompress a zstd body, refusing to produce more than `limit` bytes.
 pub(crate) fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     use std::io::Read;
-    let decoder = zstd::stream::read::Decoder::new(body)
+    // A frame that says what it holds is refused for its size at once.
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(body)
+        && size > limit as u64
+    {
+        return Err(DecodeError::TooLarge);
+    }
+    let mut decoder = zstd::stream::read::Decoder::new(body)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // The window a frame declares is memory the decoder takes before it
+    // writes a byte: no larger than the limit (rounded up to a power of
+    // two), which a frame of a body within the limit that gives its size
+    // (as this crate's do) never needs: its window is at most its size.
+    decoder
+        .window_log_max(window_log(limit))
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     let mut out = Vec::new();
     // One byte more than the limit tells a body at the limit from one over.
@@ -178,6 +197,7 @@ pub(crate) fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn small_bodies_travel_as_they_are_and_large_ones_compressed() {
@@ -187,6 +207,38 @@ mod tests {
         let (z, compressed) = encode(large.clone());
         assert!(compressed && z.len() < large.len() / 10);
         assert_eq!(decompress(&z, large.len()).unwrap(), large);
+    }
+
+    #[test]
+    fn a_frame_declaring_a_window_past_the_limit_is_refused_before_decoding() {
+        // A small frame whose header asks for a 128 MiB window: a decoder
+        // that honoured it would take that memory for a few bytes.
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        e.window_log(27).unwrap();
+        e.long_distance_matching(true).unwrap();
+        e.write_all(b"a few bytes").unwrap();
+        let frame = e.finish().unwrap();
+        assert!(matches!(
+            decompress(&frame, 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(decompress(&frame, 1 << 27).unwrap(), b"a few bytes");
+    }
+
+    #[test]
+    fn bodies_up_to_the_limit_decode_whatever_their_size() {
+        // The server compresses a whole answer at once: its frame's window
+        // is its size, which may be any size up to the limit.
+        for len in [2000, (1 << 20) + 1, 3 << 20] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let (z, compressed) = encode(body.clone());
+            assert!(compressed);
+            assert_eq!(decompress(&z, len).unwrap(), body);
+        }
+        assert_eq!(window_log(1), 10);
+        assert_eq!(window_log(1 << 25), 25);
+        assert_eq!(window_log((1 << 25) + 1), 26);
+        assert_eq!(window_log(usize::MAX), 31);
     }
 
     #[test]

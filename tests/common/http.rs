@@ -152,3 +152,103 @@ impl Hub for Device {
         self.backend.snapshot(after, limit).await
     }
 }
+
+/// A load balancer in front of hub servers, as a deployment of several
+/// has: a device reaches it at one URL, and it forwards each request to
+/// the server [`Balancer::switch`] chose last, counting the pushes each
+/// one answered. Devices keep one backend (and what it installed) however
+/// the servers behind take turns.
+pub struct Balancer {
+    pub url: String,
+    state: Arc<BalancerState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct BalancerState {
+    upstreams: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+    pushes: Vec<std::sync::atomic::AtomicUsize>,
+    client: reqwest::Client,
+}
+
+impl Balancer {
+    /// A balancer in front of `upstreams` (server URLs), starting at the
+    /// first.
+    pub async fn start(upstreams: Vec<String>) -> Result<Balancer, BoxError> {
+        use axum::extract::{Request, State};
+        use axum::response::{IntoResponse, Response};
+
+        async fn forward(State(state): State<Arc<BalancerState>>, req: Request) -> Response {
+            use std::sync::atomic::Ordering;
+            let i = state.current.load(Ordering::SeqCst);
+            if req.uri().path().ends_with("/push") {
+                state.pushes[i].fetch_add(1, Ordering::SeqCst);
+            }
+            let url = format!("{}{}", state.upstreams[i], req.uri());
+            let (parts, body) = req.into_parts();
+            let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+                return axum::http::StatusCode::BAD_GATEWAY.into_response();
+            };
+            let mut out = state.client.request(parts.method, url).body(body);
+            for (name, value) in &parts.headers {
+                if name != axum::http::header::HOST {
+                    out = out.header(name, value);
+                }
+            }
+            let Ok(answer) = out.send().await else {
+                return axum::http::StatusCode::BAD_GATEWAY.into_response();
+            };
+            let status = answer.status();
+            let headers = answer.headers().clone();
+            let Ok(bytes) = answer.bytes().await else {
+                return axum::http::StatusCode::BAD_GATEWAY.into_response();
+            };
+            let mut response = Response::new(axum::body::Body::from(bytes));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
+        }
+
+        let state = Arc::new(BalancerState {
+            pushes: upstreams.iter().map(|_| Default::default()).collect(),
+            upstreams,
+            current: Default::default(),
+            // Answers as the servers sent them: compressed bodies stay so.
+            client: reqwest::Client::builder().no_proxy().build()?,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Balancer { url, state, task })
+    }
+
+    /// Send the next requests to the next server.
+    pub fn switch(&self) {
+        use std::sync::atomic::Ordering;
+        let n = self.state.upstreams.len();
+        let _ = self
+            .state
+            .current
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| Some((c + 1) % n));
+    }
+
+    /// How many pushes each server answered.
+    pub fn pushes(&self) -> Vec<usize> {
+        self.state
+            .pushes
+            .iter()
+            .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

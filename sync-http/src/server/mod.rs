@@ -177,10 +177,10 @@ impl HubServer {
     /// # Errors
     /// [`Error::Offline`] when the hub database cannot be reached.
     pub async fn new(hub: SqlHub) -> Result<Self> {
-        let tokens = Tokens::open(hub.connection().clone()).await?;
         // The hub's own tables, so that a request before the first install
         // finds them (and finds nothing).
         hub.install(&[]).await?;
+        let tokens = Tokens::open(hub.connection().clone()).await?;
         Ok(HubServer {
             inner: Arc::new(Inner {
                 hub,

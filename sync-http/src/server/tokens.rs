@@ -10,7 +10,7 @@ use sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Order, Query, Table}
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use sync_core::{Error, Result};
+use sync_core::{Error, ErrorKind, Result};
 
 /// The table of tokens, in the hub database.
 pub(crate) const TOKENS: &str = "_tidesync_tokens";
@@ -59,9 +59,25 @@ impl Tokens {
                     .not_null(),
             )
             .to_owned();
-        db.execute(&create)
-            .await
-            .map_err(|e| Error::from(e).or_offline())?;
+        // Servers starting at once on a new PostgreSQL hub race in
+        // `CREATE TABLE IF NOT EXISTS`: the loser fails with a unique
+        // violation in the catalog or "already exists", and finds the
+        // table when it tries again.
+        let mut attempts = 0;
+        loop {
+            match db.execute(&create).await.map_err(Error::from) {
+                Ok(_) => break,
+                Err(e)
+                    if attempts < 10
+                        && (e.kind() == ErrorKind::UniqueViolation
+                            || e.to_string().contains("already exists")) =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(25 * attempts)).await;
+                }
+                Err(e) => return Err(e.or_offline()),
+            }
+        }
         Ok(Tokens { db })
     }
 
