@@ -524,6 +524,8 @@ struct Paged {
     pages_left: std::sync::atomic::AtomicUsize,
     calls: std::sync::Mutex<Vec<SnapshotCall>>,
     pushes: std::sync::Mutex<Vec<usize>>,
+    /// The bytes of string values of each pull or snapshot page served.
+    pages: std::sync::Mutex<Vec<usize>>,
 }
 
 impl Paged {
@@ -533,6 +535,7 @@ impl Paged {
             pages_left: pages.into(),
             calls: std::sync::Mutex::new(Vec::new()),
             pushes: std::sync::Mutex::new(Vec::new()),
+            pages: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -544,6 +547,18 @@ impl Paged {
     /// The bytes of string values of each push batch so far.
     fn push_sizes(&self) -> Vec<usize> {
         self.pushes.lock().unwrap().clone()
+    }
+
+    /// The bytes of string values of each page pulled or bootstrapped so
+    /// far.
+    fn page_sizes(&self) -> Vec<usize> {
+        self.pages.lock().unwrap().clone()
+    }
+
+    /// Record a page of these values.
+    fn served<'v>(&self, values: impl Iterator<Item = &'v sea_orm::Value>) {
+        let bytes = values.map(value_bytes).sum();
+        self.pages.lock().unwrap().push(bytes);
     }
 }
 
@@ -575,7 +590,14 @@ impl Hub for Paged {
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
-        self.inner.pull(cursor, limit).await
+        let batch = self.inner.pull(cursor, limit).await?;
+        self.served(
+            batch
+                .changes
+                .iter()
+                .flat_map(|c| c.columns.iter().map(|(_, v)| v)),
+        );
+        Ok(batch)
     }
 
     async fn pull_excluding(
@@ -584,7 +606,14 @@ impl Hub for Paged {
         limit: u64,
         origin: tidesync::NodeId,
     ) -> tidesync::Result<tidesync::hub::PullBatch> {
-        self.inner.pull_excluding(cursor, limit, origin).await
+        let batch = self.inner.pull_excluding(cursor, limit, origin).await?;
+        self.served(
+            batch
+                .changes
+                .iter()
+                .flat_map(|c| c.columns.iter().map(|(_, v)| v)),
+        );
+        Ok(batch)
     }
 
     async fn snapshot(
@@ -600,6 +629,7 @@ impl Hub for Paged {
             return Err(Error::Offline("connection reset (test)".into()));
         }
         let (cursor, page) = self.inner.snapshot(after.clone(), limit).await?;
+        self.served(page.rows.iter().flat_map(|r| r.state.vals.values()));
         let rows = page
             .rows
             .iter()
@@ -1928,6 +1958,8 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     // `a` writes on SQLite; `b` pulls into a database of the hub's dialect.
     let a = device(Dialect::Sqlite, "big_a").await?;
     let b = device(hub.dialect, "big_b").await?;
+    let c = device(hub.dialect, "big_c").await?;
+    c.sync().await?;
     let big: String = "🌊 wave ".repeat(1 << 17); // ~1.3 MB
     let rows: Vec<contacts::ActiveModel> = (0..20)
         .map(|i| contacts::ActiveModel {
@@ -1944,12 +1976,33 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
             .await?;
     }
     ensure_eq!(a.sync().await?.pushed, 20);
+    // `b` bootstraps from the snapshot; `c`, synced before, pulls the log.
+    let before = backend.page_sizes().len();
     ensure_eq!(b.sync().await?.pulled, 20);
+    ensure_eq!(c.sync().await?.pulled, 20);
     same_rows(
         &all_contacts(b.db()).await?,
         &all_contacts(a.db()).await?,
         "b has a's rows",
     )?;
+    same_rows(
+        &all_contacts(c.db()).await?,
+        &all_contacts(a.db()).await?,
+        "c has a's rows",
+    )?;
+    // Pages of at most about 4 MiB of values, however many rows a page
+    // may hold: the 20 rows in several pages, both ways.
+    let pages: Vec<usize> = backend.page_sizes()[before..]
+        .iter()
+        .copied()
+        .filter(|b| *b > 0)
+        .collect();
+    ensure!(
+        pages.iter().all(|b| *b <= MOST)
+            && pages.len() >= 6
+            && pages.iter().sum::<usize>() > 40 * big.len(),
+        "pull and snapshot pages of at most {MOST} bytes: {pages:?}"
+    );
     same_rows(
         &all_contacts(&hub.db).await?,
         &all_contacts(a.db()).await?,
@@ -1988,6 +2041,7 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     }
     a.drop().await?;
     b.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }
 

@@ -13,6 +13,7 @@ use crate::model::change::{Change, ChangeId};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, PullBatch};
+use crate::model::value::approx_size;
 use crate::store::codec::{self, db_sequence, sequence};
 
 /// The statements that append `logged` to the log, from hub sequence
@@ -97,7 +98,8 @@ pub(super) async fn read<C: ConnectionTrait>(
         next: cursor,
         ..PullBatch::default()
     };
-    let full = rows.len() as u64 >= limit;
+    let mut full = rows.len() as u64 >= limit;
+    let mut bytes = 0;
     let shown = match visible {
         Some(v) => Some(v.shown(db, &rows).await.map_err(Error::or_offline)?),
         None => None,
@@ -107,6 +109,17 @@ pub(super) async fn read<C: ConnectionTrait>(
         let show = shown.as_ref().is_none_or(|s| s[i]);
         match decode(&r) {
             Ok(c) => {
+                if show {
+                    // A page of at most about `PAGE_BYTES` of values (and
+                    // at least one change): rows of megabytes do not make
+                    // answers of gigabytes. The next page starts here.
+                    let size = change_size(&c);
+                    if !batch.changes.is_empty() && bytes + size > PAGE_BYTES {
+                        full = true;
+                        break;
+                    }
+                    bytes += size;
+                }
                 batch.next = Cursor(hub_seq);
                 // Another user's change: not even its id.
                 batch.next_id = show.then_some(c.id);
@@ -134,6 +147,15 @@ pub(super) async fn read<C: ConnectionTrait>(
         batch.next_id = id_at(db, batch.next, visible).await?;
     }
     Ok(batch)
+}
+
+/// About how many bytes of values a pull page holds at most (beyond its
+/// first change): as much as one write statement binds.
+pub(super) const PAGE_BYTES: usize = crate::store::write::MAX_BYTES;
+
+/// About how many bytes of values `c` carries.
+fn change_size(c: &Change) -> usize {
+    c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>() + 64
 }
 
 /// The id of the change logged at `at`, if there is one (and `visible`

@@ -12,7 +12,7 @@ use crate::dialect;
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
-use crate::model::value::parse_pk_key;
+use crate::model::value::{approx_size, parse_pk_key};
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, storage_key};
 
 /// The hub's cursor now, and up to `limit` rows after the key `after` (a
@@ -79,6 +79,8 @@ pub(super) async fn page<C: ConnectionTrait>(
         .map_err(Error::or_offline)?;
     let mut page = SnapshotPage::default();
     let mut last = None;
+    let mut bytes = 0;
+    let mut cut = false;
     for (r, stored) in rows.iter().zip(stored) {
         let tbl: String = r.try_get("", "tbl")?;
         let key = key_text(r)?;
@@ -90,19 +92,28 @@ pub(super) async fn page<C: ConnectionTrait>(
             None => (0..values.len()).map(|i| format!("key{i}")).collect(),
         };
         let pk: Vec<(String, Value)> = names.into_iter().zip(values).collect();
-        // The stored key: the next page starts after it (whether this
-        // row is shown or not).
-        last = Some((tbl.clone(), r.try_get::<String>("", "pk")?));
         if visible.is_some_and(|v| !v.shows_row(&tbl, &pk, &state)) {
+            // Passed over: the next page starts after it.
+            last = Some((tbl, r.try_get::<String>("", "pk")?));
             continue;
         }
+        // A page of at most about `PAGE_BYTES` of values (and at least one
+        // row): the next page starts at this row.
+        let size = state.vals.values().map(approx_size).sum::<usize>() + 64;
+        if !page.rows.is_empty() && bytes + size > log::PAGE_BYTES {
+            cut = true;
+            break;
+        }
+        bytes += size;
+        // The stored key: the next page starts after it.
+        last = Some((tbl.clone(), r.try_get::<String>("", "pk")?));
         page.rows.push(SnapshotRow {
             table: tbl,
             pk,
             state,
         });
     }
-    if rows.len() as u64 == limit {
+    if cut || rows.len() as u64 == limit {
         page.next = last
             .map(|(t, k)| serde_json::to_string(&(t, k, 1)))
             .transpose()?;
