@@ -127,10 +127,23 @@ impl DbUrl {
 
     /// The `host:port` to try a TCP connection to before connecting (a
     /// quick, clear error when nothing listens): `None` for SQLite, a
-    /// socket path, or several hosts.
+    /// socket path (no host, or one given in the query), or several hosts.
     pub(crate) fn tcp_addr(&self) -> Option<String> {
         let host = self.host()?;
-        if host.contains(',') || host.contains('%') {
+        let parts = Parts::of(&self.url);
+        let authority = &self.url[parts.authority.0..parts.authority.1];
+        let named = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        // The driver's own default (a socket, PGHOST), or the query's
+        // host, port or socket: the driver knows better than a probe.
+        let overridden = self.url[parts.query.0..parts.query.1]
+            .split('&')
+            .filter_map(|p| p.split('=').next())
+            .any(|k| {
+                ["host", "hostaddr", "port", "socket"]
+                    .iter()
+                    .any(|o| k.eq_ignore_ascii_case(o))
+            });
+        if named.is_empty() || overridden || host.contains(',') || host.contains('%') {
             return None;
         }
         let has_port = match host.rfind(':') {
@@ -328,6 +341,12 @@ mod tests {
             ("mysql://root@[::1]:3307/x", Some("[::1]:3307")),
             ("postgres://u@h1:5432,h2:5432/db", None),
             ("postgres://u@/db?host=/var/run/postgresql", None),
+            ("postgres://u@/db", None),
+            ("postgres://u@db/db?port=6543", None),
+            (
+                "mysql://u@localhost/db?socket=/run/mysqld/mysqld.sock",
+                None,
+            ),
             ("sqlite:hub.db", None),
         ] {
             assert_eq!(url(given).tcp_addr().as_deref(), addr, "{given}");

@@ -133,6 +133,21 @@ struct ServeArgs {
     #[arg(long)]
     share_undeclared: bool,
 
+    /// Install no table the hub database lacks: devices sync only the
+    /// tables an operator installed first (a direct install, or once
+    /// through a server without this option). A device naming another
+    /// table is refused, and nothing of its install is made.
+    #[arg(long, conflicts_with = "adopt_existing_tables")]
+    no_new_tables: bool,
+
+    /// Let a device's install adopt a table that already exists in the hub
+    /// database though tidesync did not create it (one an operator made by
+    /// hand). Without it such a table is refused: it may be the
+    /// application's own. Adopting is installing a new table, so not with
+    /// --no-new-tables.
+    #[arg(long)]
+    adopt_existing_tables: bool,
+
     /// Accept JWTs signed with HS256 by this shared secret (the file's
     /// bytes, without a trailing newline) as well as the hub's own tokens.
     /// The JWT's `sub` is the user; `exp` is required.

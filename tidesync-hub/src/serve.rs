@@ -91,7 +91,9 @@ async fn start(db: &DbUrl, args: &ServeArgs) -> Result<Running, Failure> {
         .map_err(|e| hub_failure(db, "cannot prepare the hub", &e))?
         .max_body_bytes(usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX))
         .body_timeout(Duration::from_secs(args.body_timeout))
-        .share_undeclared(args.share_undeclared);
+        .share_undeclared(args.share_undeclared)
+        .new_tables(!args.no_new_tables)
+        .adopt_existing_tables(args.adopt_existing_tables);
     let auth = match (&files.jwt, &args.jwt_hs256_secret_file) {
         (None, _) => "hub tokens",
         (Some(_), Some(_)) => "hub tokens and HS256 JWTs",
@@ -110,7 +112,7 @@ async fn start(db: &DbUrl, args: &ServeArgs) -> Result<Running, Failure> {
     let scheme = if files.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         "tidesync-hub {} serving the {dialect} hub {db} on {scheme}://{addr} \
-         (policy {}, bodies up to {} bytes, {auth}{})",
+         (policy {}, bodies up to {} bytes, {auth}{}{})",
         env!("CARGO_PKG_VERSION"),
         match args.policy {
             Policy::Halt => "halt",
@@ -121,6 +123,11 @@ async fn start(db: &DbUrl, args: &ServeArgs) -> Result<Running, Failure> {
             ", undeclared tables shared"
         } else {
             ""
+        },
+        match (args.no_new_tables, args.adopt_existing_tables) {
+            (true, _) => ", no new tables",
+            (false, true) => ", adopting existing tables",
+            (false, false) => "",
         },
     );
     if files.tls.is_none() {

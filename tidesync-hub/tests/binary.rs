@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Completion, Failed, Trial};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, EntityTrait, Set};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, EntityTrait, Schema, Set, Statement};
 use sync_http::HttpBackend;
-use tidesync::{Error, Replica, SyncEngine};
+use tidesync::{Error, Replica, ReplicaBuilder, SyncEngine};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidesync-hub");
@@ -70,6 +70,25 @@ mod labels {
     pub enum Relation {}
 }
 
+/// Tasks: each user's own; a table the hub of some tests lacks.
+mod tasks {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "tasks")]
+    #[syncable(owner = "owner")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub owner: String,
+        pub title: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
 fn main() -> std::process::ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     let mut trials = Vec::new();
@@ -78,6 +97,18 @@ fn main() -> std::process::ExitCode {
             dialect,
             "users_sync_their_rows_until_revoked_then_sigterm",
             |hub| Box::pin(users_sync_their_rows_until_revoked_then_sigterm(hub)),
+        ));
+    }
+    for dialect in Dialect::ALL {
+        trials.push(on_hub(
+            dialect,
+            "no_new_tables_serves_only_the_tables_installed_first",
+            |hub| Box::pin(no_new_tables_serves_only_the_tables_installed_first(hub)),
+        ));
+        trials.push(on_hub(
+            dialect,
+            "existing_tables_are_adopted_only_when_asked",
+            |hub| Box::pin(existing_tables_are_adopted_only_when_asked(hub)),
         ));
     }
     trials.push(on_hub(
@@ -359,7 +390,8 @@ impl Server {
         let mut child = Command::new(BIN)
             .args(&args)
             .env_remove("TIDESYNC_HUB_DB")
-            .env("RUST_LOG", "info")
+            // The default filter, as an operator gets it.
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -475,14 +507,25 @@ struct Device {
 
 impl Device {
     async fn new(hub: &HubDb, tag: &str, backend: HttpBackend) -> Result<Device, BoxError> {
+        Device::of(hub, tag, backend, |b| {
+            b.register::<notes::Entity>().register::<labels::Entity>()
+        })
+        .await
+    }
+
+    /// A device of the tables `register` registers.
+    async fn of(
+        hub: &HubDb,
+        tag: &str,
+        backend: HttpBackend,
+        register: fn(ReplicaBuilder) -> ReplicaBuilder,
+    ) -> Result<Device, BoxError> {
         let url = format!(
             "sqlite://{}?mode=rwc",
             hub.path(&format!("{tag}.db")).display()
         );
         let db = Database::connect(&url).await?;
-        let replica = Replica::builder(db.clone())
-            .register::<notes::Entity>()
-            .register::<labels::Entity>()
+        let replica = register(Replica::builder(db.clone()))
             .create_tables()
             .open()
             .await?;
@@ -497,6 +540,17 @@ impl Device {
             id: Set(Uuid::new_v4()),
             owner: Set(owner.into()),
             body: Set(body.into()),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn task(&self, owner: &str, title: &str) -> TestResult {
+        tasks::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            owner: Set(owner.into()),
+            title: Set(title.into()),
         }
         .insert(&self.db)
         .await?;
@@ -696,14 +750,19 @@ async fn users_sync_their_rows_until_revoked_then_sigterm(hub: HubDb) -> TestRes
     for expected in [
         product,
         "plain HTTP",
-        "user=\"alice\"",
-        "user=\"bob\"",
+        "user=alice ",
+        "user=bob ",
         "status=401",
         "SIGTERM received",
         "stopped",
     ] {
         ensure!(log.contains(expected), "no {expected:?} in the log:\n{log}");
     }
+    // By default the SQL drivers' per-statement lines are left out.
+    ensure!(
+        !log.contains("sqlx::query"),
+        "statements logged by default:\n{log}"
+    );
     for token in [&alice1, &alice2, &bob] {
         ensure!(
             !log.contains(token_secret(token)),
@@ -729,6 +788,271 @@ async fn users_sync_their_rows_until_revoked_then_sigterm(hub: HubDb) -> TestRes
             ],
         "on the hub: {on_hub:?}"
     );
+    Ok(())
+}
+
+/// A sync that must fail at its install, refused by the hub: the hub's
+/// reason.
+async fn refused_install(device: &Device) -> Result<String, BoxError> {
+    match device.engine.sync_now().await {
+        Err(Error::Config(m)) => Ok(m),
+        other => Err(format!("the install was not refused: {other:?}").into()),
+    }
+}
+
+/// The names of the hub database's tables.
+async fn tables(hub: &HubDb) -> Result<Vec<String>, BoxError> {
+    let sql = match hub.dialect {
+        Dialect::Sqlite => {
+            "SELECT name AS t FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite_%'"
+        }
+        Dialect::Postgres => {
+            "SELECT tablename::text AS t FROM pg_tables WHERE schemaname = 'public'"
+        }
+        Dialect::MySql => {
+            "SELECT CAST(table_name AS CHAR) AS t FROM information_schema.tables \
+             WHERE table_schema = DATABASE()"
+        }
+    };
+    let conn = Database::connect(&hub.url).await?;
+    let rows = conn
+        .query_all_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await;
+    conn.close().await?;
+    let mut names = rows?
+        .iter()
+        .map(|r| r.try_get::<String>("", "t"))
+        .collect::<Result<Vec<_>, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// Fail unless the hub database holds `table` exactly when `held`.
+async fn ensure_table(hub: &HubDb, table: &str, held: bool) -> TestResult {
+    let all = tables(hub).await?;
+    ensure!(
+        all.iter().any(|t| t == table) == held,
+        "table {table} {} in the hub database: {all:?}",
+        if held { "missing" } else { "created" }
+    );
+    Ok(())
+}
+
+/// The notes on the hub as (owner, body), sorted.
+async fn hub_notes(db: &str) -> Result<Vec<(String, String)>, BoxError> {
+    let conn = Database::connect(db).await?;
+    let found = notes::Entity::find().all(&conn).await;
+    conn.close().await?;
+    let mut out: Vec<_> = found?.into_iter().map(|m| (m.owner, m.body)).collect();
+    out.sort();
+    Ok(out)
+}
+
+/// `--no-new-tables`: a device's install of a table the hub database lacks
+/// is refused whole, creating nothing; the tables an operator installed
+/// first (directly, or once through a server without the option) are
+/// served.
+async fn no_new_tables_serves_only_the_tables_installed_first(hub: HubDb) -> TestResult {
+    let db = hub.url.as_str();
+    let alice = token_add(db, "alice")?;
+    let mut closed = Server::start(db, &["--no-new-tables"])?;
+    let a1 = Device::new(&hub, "a1", HttpBackend::new(&closed.url, alice.clone())?).await?;
+    a1.note("alice", "written before the install").await?;
+    let why = refused_install(&a1).await?;
+    ensure!(
+        why.contains("no new tables") && why.contains("`notes`"),
+        "the refusal: {why}"
+    );
+    ensure_table(&hub, "notes", false).await?;
+    ensure_table(&hub, "labels", false).await?;
+
+    // The operator installs the application's tables directly; the closed
+    // server serves them.
+    use tidesync::hub::Hub;
+    let direct = tidesync::hub::SqlHub::connect(db).await?;
+    direct
+        .install(&[
+            tidesync::table_spec::<notes::Entity>(),
+            tidesync::table_spec::<labels::Entity>(),
+        ])
+        .await?;
+    direct.connection().close_by_ref().await?;
+    a1.sync().await?;
+    ensure!(
+        hub_notes(db).await? == vec![pair("alice", "written before the install")],
+        "on the hub: {:?}",
+        hub_notes(db).await?
+    );
+
+    // A device naming one table more is refused whole: not even its notes
+    // go through, and `tasks` is not made.
+    let with_tasks = |b: ReplicaBuilder| b.register::<notes::Entity>().register::<tasks::Entity>();
+    let t1 = Device::of(
+        &hub,
+        "t1",
+        HttpBackend::new(&closed.url, alice.clone())?,
+        with_tasks,
+    )
+    .await?;
+    t1.note("alice", "from the tasks app").await?;
+    t1.task("alice", "a task").await?;
+    let why = refused_install(&t1).await?;
+    ensure!(
+        why.contains("no new tables") && why.contains("`tasks`"),
+        "the refusal: {why}"
+    );
+    ensure_table(&hub, "tasks", false).await?;
+    ensure!(
+        hub_notes(db).await?.len() == 1,
+        "a refused install pushed: {:?}",
+        hub_notes(db).await?
+    );
+
+    // Installed once through a server that takes new tables, `tasks` is
+    // served by the closed one as well (the record is in the database).
+    let mut open = Server::start(db, &[])?;
+    let t2 = Device::of(
+        &hub,
+        "t2",
+        HttpBackend::new(&open.url, alice.clone())?,
+        with_tasks,
+    )
+    .await?;
+    t2.sync().await?;
+    ensure_table(&hub, "tasks", true).await?;
+    t1.sync().await?;
+    ensure!(
+        hub_notes(db).await?
+            == vec![
+                pair("alice", "from the tasks app"),
+                pair("alice", "written before the install"),
+            ],
+        "on the hub: {:?}",
+        hub_notes(db).await?
+    );
+    let conn = Database::connect(db).await?;
+    let on_hub = tasks::Entity::find().all(&conn).await;
+    conn.close().await?;
+    let on_hub: Vec<_> = on_hub?.into_iter().map(|t| (t.owner, t.title)).collect();
+    ensure!(
+        on_hub == vec![pair("alice", "a task")],
+        "tasks on the hub: {on_hub:?}"
+    );
+
+    for (server, closed_to_new) in [(&mut closed, true), (&mut open, false)] {
+        let (status, _) = server.stop("TERM")?;
+        let log = server.log();
+        ensure!(status.success(), "{status}\n{log}");
+        ensure!(
+            log.contains(", no new tables") == closed_to_new,
+            "the startup line of a server {}closed to new tables:\n{log}",
+            if closed_to_new { "" } else { "not " }
+        );
+    }
+    Ok(())
+}
+
+/// `--adopt-existing-tables`: a table of the hub database that tidesync
+/// did not make (the application's own, or one an operator made by hand)
+/// is refused to devices, unless the server adopts it; adopted, it is
+/// recorded in the hub database and served by every server.
+async fn existing_tables_are_adopted_only_when_asked(hub: HubDb) -> TestResult {
+    let db = hub.url.as_str();
+    // `notes` made by hand in the hub database, with a row of its own.
+    {
+        let conn = Database::connect(db).await?;
+        let schema = Schema::new(conn.get_database_backend());
+        conn.execute(&schema.create_table_from_entity(notes::Entity))
+            .await?;
+        notes::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            owner: Set("operator".into()),
+            body: Set("made by hand".into()),
+        }
+        .insert(&conn)
+        .await?;
+        conn.close().await?;
+    }
+    let by_hand = vec![pair("operator", "made by hand")];
+    let alice = token_add(db, "alice")?;
+    let only_notes = |b: ReplicaBuilder| b.register::<notes::Entity>();
+
+    let mut plain = Server::start(db, &[])?;
+    let a1 = Device::of(
+        &hub,
+        "a1",
+        HttpBackend::new(&plain.url, alice.clone())?,
+        only_notes,
+    )
+    .await?;
+    a1.note("alice", "first device").await?;
+    let why = refused_install(&a1).await?;
+    ensure!(
+        why.contains("not one of its synced tables") && why.contains("`notes`"),
+        "the refusal: {why}"
+    );
+    ensure!(
+        hub_notes(db).await? == by_hand,
+        "a refused install touched the table: {:?}",
+        hub_notes(db).await?
+    );
+
+    let mut adopting = Server::start(db, &["--adopt-existing-tables"])?;
+    let a2 = Device::of(
+        &hub,
+        "a2",
+        HttpBackend::new(&adopting.url, alice.clone())?,
+        only_notes,
+    )
+    .await?;
+    a2.note("alice", "second device").await?;
+    a2.sync().await?;
+    ensure!(
+        hub_notes(db).await?
+            == vec![
+                pair("alice", "second device"),
+                pair("operator", "made by hand")
+            ],
+        "after the adoption: {:?}",
+        hub_notes(db).await?
+    );
+    // The adoption is the hub database's record: the server without the
+    // option now serves the table.
+    a1.sync().await?;
+    a2.sync().await?;
+    ensure!(
+        hub_notes(db).await?
+            == vec![
+                pair("alice", "first device"),
+                pair("alice", "second device"),
+                pair("operator", "made by hand"),
+            ],
+        "on the hub: {:?}",
+        hub_notes(db).await?
+    );
+    for d in [&a1, &a2] {
+        ensure!(
+            d.notes().await?
+                == vec![
+                    pair("alice", "first device"),
+                    pair("alice", "second device")
+                ],
+            "alice's device: {:?}",
+            d.notes().await?
+        );
+    }
+
+    for (server, adopts) in [(&mut plain, false), (&mut adopting, true)] {
+        let (status, _) = server.stop("TERM")?;
+        let log = server.log();
+        ensure!(status.success(), "{status}\n{log}");
+        ensure!(
+            log.contains(", adopting existing tables") == adopts,
+            "the startup line of a server {}adopting tables:\n{log}",
+            if adopts { "" } else { "not " }
+        );
+    }
     Ok(())
 }
 
@@ -960,7 +1284,7 @@ async fn jwts_of_a_shared_secret(hub: HubDb) -> TestResult {
     let (status, _) = server.stop("TERM")?;
     ensure!(status.success(), "{status}");
     ensure!(
-        server.log().contains("HS256 JWTs") && server.log().contains("user=\"carol\""),
+        server.log().contains("HS256 JWTs") && server.log().contains("user=carol "),
         "{}",
         server.log()
     );
@@ -1108,6 +1432,14 @@ fn usage_errors_exit_2() -> TestResult {
         vec!["--db", db, "serve", "--max-body-bytes", "lots"],
         vec!["--db", db, "serve", "--shutdown-grace", "soon"],
         vec!["--db", db, "serve", "--unknown-flag"],
+        vec![
+            "--db",
+            db,
+            "serve",
+            "--no-new-tables",
+            "--adopt-existing-tables",
+        ],
+        vec!["--db", db, "serve", "--no-new-tables", "yes"],
         vec!["--db", "ftp://hub:hunter2@host/hub", "token", "list"],
         vec!["--db", "hub:hunter2@host/hub", "token", "list"],
         vec!["--db", "", "token", "list"],
@@ -1178,6 +1510,8 @@ fn help_shows_no_secret() -> TestResult {
         "--max-body-bytes",
         "--policy",
         "--share-undeclared",
+        "--no-new-tables",
+        "--adopt-existing-tables",
         "--jwt-hs256-secret-file",
         "--jwt-rs256-public-key",
         "--jwt-issuer",
