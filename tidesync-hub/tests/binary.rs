@@ -379,6 +379,8 @@ struct Server {
     child: Child,
     url: String,
     stderr: Arc<Mutex<String>>,
+    /// The thread reading stderr into `stderr`, until the pipe closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -397,7 +399,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()?;
         let stderr = Arc::new(Mutex::new(String::new()));
-        {
+        let reader = {
             let mut pipe = child.stderr.take().ok_or("no stderr")?;
             let stderr = stderr.clone();
             std::thread::spawn(move || {
@@ -410,8 +412,8 @@ impl Server {
                         s.push_str(&String::from_utf8_lossy(&buf[..n]));
                     }
                 }
-            });
-        }
+            })
+        };
         let (lines, listening) = mpsc::channel::<String>();
         {
             let pipe = child.stdout.take().ok_or("no stdout")?;
@@ -428,10 +430,14 @@ impl Server {
             child,
             url: String::new(),
             stderr,
+            reader: Some(reader),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = server.child.try_wait()? {
+                if let Some(reader) = server.reader.take() {
+                    let _ = reader.join();
+                }
                 return Err(format!(
                     "serve exited ({status}) before listening:\n{}",
                     server.log()
@@ -474,7 +480,12 @@ impl Server {
         let signal = "TERM";
         loop {
             if let Some(status) = self.child.try_wait()? {
-                return Ok((status, started.elapsed()));
+                let took = started.elapsed();
+                // Every line it wrote, up to its last, is in the log.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().map_err(|_| "the stderr reader panicked")?;
+                }
+                return Ok((status, took));
             }
             ensure!(
                 started.elapsed() < Duration::from_secs(30),
