@@ -53,6 +53,7 @@ pub const VERSION_HEADER: &str = "tidesync-protocol";
 pub const COMPRESS_FROM: usize = 1024;
 
 /// The path of an endpoint in this protocol version.
+#[cfg(feature = "client")]
 pub(crate) fn path(endpoint: &str) -> String {
     format!("/v{PROTOCOL_VERSION}/{endpoint}")
 }
