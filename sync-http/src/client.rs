@@ -226,7 +226,7 @@ impl HttpBackend {
         let body = if zstd {
             wire::decompress(&body, MAX_ANSWER).map_err(|e| {
                 Error::Protocol(format!(
-                    "{url}: an answer that is not zstd, or over {MAX_ANSWER} bytes: {e:?}"
+                    "{url}: an answer that is not zstd, or over {MAX_ANSWER} bytes: {e}"
                 ))
             })?
         } else {

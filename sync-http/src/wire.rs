@@ -165,6 +165,15 @@ fn window_log(limit: usize) -> u32 {
     (usize::BITS - limit.saturating_sub(1).leading_zeros()).clamp(10, 31)
 }
 
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooLarge => f.write_str("over the size limit"),
+            DecodeError::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Decompress a zstd body, refusing to produce more than `limit` bytes.
 pub(crate) fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     use std::io::Read;
