@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
         hub_lost_mid_push_keeps_exactly_the_unacknowledged,
         halt_policy_stops_the_stream_in_order,
         park_policy_parks_and_goes_on,
+        a_parked_change_pushed_again_is_reported,
         concurrent_pushers_and_a_puller_see_every_change_once,
         foreign_keys_hold_whatever_the_batch_boundaries,
         malformed_outbox_change_halts_or_parks,
@@ -1412,6 +1413,104 @@ async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
     ensure_eq!(good.len(), 2);
     same_rows(&all_contacts(&hub.db).await?, &good, "the others went on")?;
     ensure_eq!(a.engine.replica().pending_count().await?, 0);
+    a.drop().await?;
+    hub.drop().await
+}
+
+/// A hub whose first push answer is lost after the hub committed it (a
+/// dropped connection, a proxy's timeout): the device hears it is offline.
+struct AnswerLost {
+    inner: Arc<dyn Hub>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Hub for AnswerLost {
+    async fn install(
+        &self,
+        tables: &[tidesync::TableSpec],
+    ) -> tidesync::Result<tidesync::hub::HubInfo> {
+        self.inner.install(tables).await
+    }
+
+    async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
+        let ack = self.inner.push(batch).await?;
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Offline("answer lost (test)".into()));
+        }
+        Ok(ack)
+    }
+
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+        at: Option<Cursor>,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin, at).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::PullBatch> {
+        self.inner.pull_excluding(cursor, limit, origin).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
+        self.inner.snapshot(after, limit).await
+    }
+}
+
+/// The answer to a push that parked a change is lost; the device pushes
+/// the batch again and the hub acknowledges it without applying it twice:
+/// the parked change is reported with its reason all the same (it leaves
+/// the device's outbox now, so this is the last time it can be).
+async fn a_parked_change_pushed_again_is_reported(hub: TestDb) -> TestResult {
+    let (backend, inspect) = strict_hub(&hub, RejectPolicy::Park).await?;
+    let lost = Arc::new(AnswerLost {
+        inner: backend,
+        lost: false.into(),
+    });
+    let a = Device::with_backend(lost, "a").await?;
+    a.add("good 1").await?;
+    a.add("bad one").await?;
+    a.add("good 2").await?;
+    let first = a.engine.sync_now().await;
+    ensure!(
+        matches!(first, Err(Error::Offline(_))),
+        "the first answer was lost: {first:?}"
+    );
+    ensure_eq!(
+        inspect.rejected().await?.len(),
+        1,
+        "parked by the first push"
+    );
+    let report = a.engine.sync_now().await?;
+    ensure_eq!(report.pushed, 3, "all acknowledged");
+    ensure_eq!(
+        report.rejected.len(),
+        1,
+        "the parked change reported: {report:?}"
+    );
+    ensure_eq!(report.rejected[0].id.seq, 2);
+    ensure!(
+        report.rejected[0].reason.contains("bad name")
+            || report.rejected[0].reason.contains("no_bad"),
+        "with the hub's reason: {}",
+        report.rejected[0].reason
+    );
+    ensure_eq!(a.engine.replica().pending_count().await?, 0);
+    ensure_eq!(inspect.rejected().await?.len(), 1, "parked once");
     a.drop().await?;
     hub.drop().await
 }

@@ -158,10 +158,12 @@ impl Push<'_> {
             None => &done[..],
         };
         ack.acknowledged.extend(done.iter().map(|c| c.id));
+        let seqs: Vec<u64> = done.iter().map(|c| c.id.seq).collect();
         if self.specs.iter().any(|s| s.policy.holds_conflicts()) {
-            let seqs: Vec<u64> = done.iter().map(|c| c.id.seq).collect();
             ack.conflicts = held::of(&tx, self.origin, &seqs).await?;
         }
+        // Those parked when first pushed: reported again with their reason.
+        ack.parked = resent::parked(&tx, self.origin, &seqs).await?;
         if let Some((_, clashed)) = clash {
             tx.commit().await.map_err(|e| Error::from(e).or_offline())?;
             ack.clashed = Some(clashed);

@@ -105,6 +105,41 @@ async fn held_under(
     Ok(out)
 }
 
+/// The changes of `origin` under `seqs` the hub parked, with the reason
+/// each was parked for: a batch pushed again (its answer lost) gets them
+/// again, or the device would drop them unreported.
+pub(super) async fn parked<C: ConnectionTrait>(
+    tx: &C,
+    origin: NodeId,
+    seqs: &[u64],
+) -> Result<Vec<Rejection>> {
+    let mut out = Vec::new();
+    for chunk in seqs.chunks(500) {
+        let keys = chunk
+            .iter()
+            .map(|s| db_sequence(*s))
+            .collect::<Result<Vec<i64>>>()?;
+        let q = Query::select()
+            .columns(["origin_seq", "tbl", "reason"].map(Alias::new))
+            .from(Alias::new(REJECTED))
+            .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
+            .and_where(Expr::col(Alias::new("origin_seq")).is_in(keys))
+            .to_owned();
+        for r in tx.query_all(&q).await? {
+            out.push(Rejection {
+                id: ChangeId {
+                    origin,
+                    seq: sequence(&r, "origin_seq")?,
+                },
+                table: r.try_get("", "tbl")?,
+                reason: r.try_get("", "reason")?,
+            });
+        }
+    }
+    out.sort_by_key(|r| r.id.seq);
+    Ok(out)
+}
+
 /// What tells the change the hub holds (`held`) from the one sent again
 /// (`sent`), if anything. The hub logs a change without the columns it held
 /// back for a decision (`held_back`, kept until the device has the
