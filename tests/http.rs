@@ -41,6 +41,7 @@ fn main() -> std::process::ExitCode {
         tokens_never_appear_in_logs,
         jwts_sign_in_their_subject_until_they_expire,
         a_renewed_token_keeps_a_device_syncing,
+        a_restored_hub_is_found_from_another_users_entry,
     ];
     logs::capture();
     run(trials)
@@ -72,6 +73,8 @@ mod logs {
         LOGS.get_or_init(|| Mutex::new(Vec::new()));
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
+            // Plain text whatever features the workspace turns on.
+            .with_ansi(false)
             .with_writer(|| Sink)
             .try_init();
     }
@@ -148,6 +151,47 @@ async fn labels_of<C: ConnectionTrait>(db: &C) -> Result<Vec<String>, BoxError> 
 
 fn pair(owner: &str, body: &str) -> (String, String) {
     (owner.to_owned(), body.to_owned())
+}
+
+/// A hub restored from a backup is found by a device whose cursor sits on
+/// another user's entry. The device keeps the id of the entry at its
+/// cursor and compares it with the hub's; another user's entry is told to
+/// it only as a fingerprint (not its id), which the restore and the writes
+/// after it change all the same. Before, nothing was told, nothing was
+/// compared, and the device never got a change logged after the restore
+/// at a position it had pulled before.
+async fn a_restored_hub_is_found_from_another_users_entry(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let a1 = device(&server, "alice", "a1").await?;
+    let a2 = device(&server, "alice", "a2").await?;
+    let b1 = device(&server, "bob", "b1").await?;
+    label(&a1, "before").await?;
+    a1.engine.sync_now().await?;
+    a2.engine.sync_now().await?;
+    note(&b1, "bob", "bob's first").await?;
+    b1.engine.sync_now().await?;
+    a1.engine.sync_now().await?;
+    hub.back_up("bk_").await?;
+    // a1's cursor ends on bob's second note, lost by the restore.
+    note(&b1, "bob", "bob's second").await?;
+    b1.engine.sync_now().await?;
+    a1.engine.sync_now().await?;
+    hub.restore("bk_").await?;
+    // Logged where bob's second note was.
+    label(&a2, "after").await?;
+    let r = a2.engine.sync_now().await?;
+    ensure!(r.rejected.is_empty() && r.halted.is_none(), "{r:?}");
+    let r = a1.engine.sync_now().await?;
+    ensure!(
+        r.hub_behind.is_some(),
+        "a1 finds the hub's log rewritten at its cursor: {r:?}"
+    );
+    a1.engine.sync_now().await?;
+    ensure_eq!(
+        labels_of(a1.db()).await?,
+        vec!["after".to_owned(), "before".to_owned()]
+    );
+    Ok(())
 }
 
 async fn each_user_pulls_and_bootstraps_only_their_rows(hub: TestDb) -> TestResult {
@@ -719,9 +763,16 @@ async fn another_users_change_ids_are_not_told(hub: TestDb) -> TestResult {
         batch.next > tidesync::hub::Cursor(0),
         "the cursor did not move past alice's change"
     );
-    ensure_eq!(batch.next_id, None);
+    // Told only a fingerprint of it: not its id, and the same each time
+    // (the device compares it at its next sync to find a restored hub).
+    let theirs = alice.engine.replica().node_id();
+    let told = batch.next_id.ok_or("nothing told at the cursor")?;
+    ensure!(
+        told.seq == 0 && told.origin != theirs,
+        "bob was told {told:?} of alice's change"
+    );
     let standing = bob.standing(NodeId::random(), Some(batch.next)).await?;
-    ensure_eq!(standing.at, None);
+    ensure_eq!(standing.at, Some(told));
     // Alice is told the id of her own change.
     let hers = server.device("alice").await?;
     hers.install(&[tidesync::table_spec::<notes::Entity>()])

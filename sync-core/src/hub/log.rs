@@ -122,7 +122,10 @@ pub(super) async fn read<C: ConnectionTrait>(
                 }
                 batch.next = Cursor(hub_seq);
                 // Another user's change: not even its id.
-                batch.next_id = show.then_some(c.id);
+                batch.next_id = match visible {
+                    Some(v) if !show => Some(v.fingerprint(&r)?),
+                    _ => Some(c.id),
+                };
                 if show {
                     batch.changes.push(c);
                 }
@@ -130,7 +133,7 @@ pub(super) async fn read<C: ConnectionTrait>(
             // Not this user's: passed over, unread.
             Err(_) if !show => {
                 batch.next = Cursor(hub_seq);
-                batch.next_id = None;
+                batch.next_id = visible.map(|v| v.fingerprint(&r)).transpose()?;
             }
             Err(e) => {
                 // Stop at it: the replica decides to halt or to park it.
@@ -166,7 +169,7 @@ pub(super) async fn id_at<C: ConnectionTrait>(
     visible: Option<&Visible>,
 ) -> Result<Option<ChangeId>> {
     let q = sea_orm::sea_query::Query::select()
-        .columns(["origin", "origin_seq", "owner", "tbl", "pk"].map(Alias::new))
+        .columns(["hub_seq", "origin", "origin_seq", "owner", "tbl", "pk"].map(Alias::new))
         .from(Alias::new(CHANGES.name))
         .and_where(Expr::col(Alias::new("hub_seq")).eq(db_sequence(at.0)?))
         .to_owned();
@@ -180,7 +183,7 @@ pub(super) async fn id_at<C: ConnectionTrait>(
     if let Some(v) = visible
         && !v.shown(db, std::slice::from_ref(&r)).await?[0]
     {
-        return Ok(None);
+        return Ok(Some(v.fingerprint(&r)?));
     }
     let origin: String = r.try_get("", "origin")?;
     Ok(Some(ChangeId {

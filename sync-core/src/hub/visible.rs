@@ -8,11 +8,14 @@ use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::owner::owner_of_row;
 use super::states::load_states;
-use super::tables::HUB_ACCESS;
+use super::tables::{HUB_ACCESS, HUB_META};
+use crate::model::change::ChangeId;
+use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::syncable::Ownership;
 use crate::model::value::pk_key;
+use crate::store::codec::sequence;
 
 /// What one user sees of the hub: the tables' ownership as recorded.
 #[derive(Debug)]
@@ -20,6 +23,8 @@ pub(super) struct Visible {
     user: String,
     share_undeclared: bool,
     tables: HashMap<String, Ownership>,
+    /// The hub's secret for fingerprints of entries not shown.
+    fingerprint_key: String,
 }
 
 impl Visible {
@@ -53,6 +58,32 @@ impl Visible {
             user: user.to_owned(),
             share_undeclared,
             tables,
+            fingerprint_key: fingerprint_key(db).await?,
+        })
+    }
+
+    /// What a user is told of a log entry that is not theirs, in place of
+    /// its change id: a fingerprint of its position and id under the hub's
+    /// secret (sequence 0, which no change has). It tells nothing of the
+    /// entry, but another entry at that position has another one, so a
+    /// device whose cursor sits on such an entry still finds a hub
+    /// restored from a backup and written past its cursor again (it keeps
+    /// what it was told at its cursor and compares it with what the hub
+    /// tells at the next sync).
+    pub(super) fn fingerprint(&self, r: &QueryResult) -> Result<ChangeId> {
+        use sha2::{Digest, Sha256};
+        let hub_seq = sequence(r, "hub_seq")?;
+        let origin: String = r.try_get("", "origin")?;
+        let origin_seq = sequence(r, "origin_seq")?;
+        let digest = Sha256::new()
+            .chain_update(self.fingerprint_key.as_bytes())
+            .chain_update(format!("\n{hub_seq}\n{origin}\n{origin_seq}"))
+            .finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Ok(ChangeId {
+            origin: NodeId(id),
+            seq: 0,
         })
     }
 
@@ -147,4 +178,28 @@ impl Visible {
             _ => self.shared(table),
         }
     }
+}
+
+/// The hub's secret for fingerprints (see [`Visible::fingerprint`]), made
+/// by the first server that needs it: every server on the hub database
+/// reads the same one.
+async fn fingerprint_key<C: ConnectionTrait>(db: &C) -> Result<String> {
+    const KEY: &str = "fingerprint_key";
+    if let Some(k) = HUB_META.read(db, KEY).await.map_err(Error::or_offline)? {
+        return Ok(k);
+    }
+    let fresh = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    HUB_META
+        .insert_if_missing(db, KEY, &fresh)
+        .await
+        .map_err(Error::or_offline)?;
+    HUB_META
+        .read(db, KEY)
+        .await
+        .map_err(Error::or_offline)?
+        .ok_or_else(|| Error::Corrupt(format!("hub meta `{KEY}` vanished")))
 }
