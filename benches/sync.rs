@@ -16,11 +16,11 @@
 //! the ratio; absolute rows/s are printed for context. See BENCHMARKS.md.
 //!
 //! Then the same over HTTP: a hub server in this process on 127.0.0.1,
-//! over the same hub database, one user, the table served as shared. The
-//! pusher's replica pushes N more changes through it, a replica that
-//! synced through it pulls the N changes the direct push logged, and a new
-//! one bootstraps through it; each is reported as a ratio to its direct
-//! twin in the same run (`--no-http` leaves them out).
+//! over the same hub database, one user, the table served as shared. A
+//! replica that synced through it pulls the N changes the direct push
+//! logged, a new one bootstraps through it, and the first one then pushes
+//! N changes of its own through it; each is reported as a ratio to its
+//! direct twin in the same run (`--no-http` leaves them out).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -1086,12 +1086,6 @@ impl Device {
         Self::on(db, local, way).await
     }
 
-    /// The same replica with an engine of its own, reaching the hub `way`.
-    async fn also(&self, way: Way<'_>) -> Res<Device> {
-        let db = self.engine.replica().connection().clone();
-        Self::on(db, Arc::clone(&self.local), way).await
-    }
-
     async fn on(db: DatabaseConnection, local: Arc<Profile>, way: Way<'_>) -> Res<Device> {
         let replica = Replica::builder(db)
             .register::<contacts::Entity>()
@@ -1443,15 +1437,6 @@ async fn hub_phases(
     // Push: `rows` changes in the outbox of a replica that knows the hub.
     let pusher = Device::open(&file("pusher"), direct).await?;
     pusher.sync().await?;
-    // The same replica with an engine through the server, for the push
-    // over HTTP at the end; its install is done now.
-    let http_pusher = match &server {
-        Some(s) => Some(pusher.also(Way::Http(s)).await?),
-        None => None,
-    };
-    if let Some(d) = &http_pusher {
-        d.sync().await?;
-    }
     write_and_capture(args, &pusher, 0, first, out).await?;
     let (t, mut b) = timed_sync(&pusher, args, rows, 0).await?;
     if let Some(f) = footprint(&db).await? {
@@ -1491,10 +1476,12 @@ async fn hub_phases(
         out.add(name, phase, kind, Base::Local, rows, t, Some(b));
     }
 
-    // Push over HTTP: the pusher's replica writes `rows` more contacts and
-    // pushes them through the server, into the hub that holds the first
-    // `rows` by now (if anything, a handicap for HTTP).
-    if let Some(d) = &http_pusher {
+    // Push over HTTP: the replica that pulled through the server writes
+    // `rows` more contacts and pushes them through it, into the hub that
+    // holds the first `rows` by now (if anything, a handicap for HTTP). Not
+    // the direct pusher's replica: a server refuses a device identity that
+    // pushed to its hub directly.
+    if let Some(d) = &http_puller {
         write_and_capture(args, d, rows, false, out).await?;
         let (t, b) = timed_sync(d, args, rows, 0).await?;
         out.add(
@@ -1511,7 +1498,7 @@ async fn hub_phases(
             return Err(format!("{name}: {on_hub} rows on the hub, expected {}", 2 * rows).into());
         }
     }
-    drop((http_puller, http_pusher));
+    drop(http_puller);
     if let Some(s) = server {
         s.stop().await?;
     }
