@@ -225,22 +225,25 @@ impl HttpBackend {
             .headers()
             .get(reqwest::header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
-        let body = resp.bytes().await.map_err(|e| offline(&url, &e))?;
-        let body = if zstd {
-            wire::decompress(&body, MAX_ANSWER).map_err(|e| {
+        let received = resp.bytes().await.map_err(|e| offline(&url, &e))?;
+        let decompressed;
+        // Read where it arrived unless it was compressed: no copy.
+        let body: &[u8] = if zstd {
+            decompressed = wire::decompress(&received, MAX_ANSWER).map_err(|e| {
                 Error::Protocol(format!(
                     "{url}: an answer that is not zstd, or over {MAX_ANSWER} bytes: {e}"
                 ))
-            })?
+            })?;
+            &decompressed
         } else {
-            body.to_vec()
+            &received
         };
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| {
+            return serde_json::from_slice(body).map_err(|e| {
                 Error::Protocol(format!("{url}: an answer this release cannot read: {e}"))
             });
         }
-        Err(answer_error(&url, status, &body))
+        Err(answer_error(&url, status, body))
     }
 
     /// A call that installs the tables again and retries once when the
