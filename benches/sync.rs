@@ -4,6 +4,7 @@
 //! cargo bench --bench sync -- [--rows N] [--hub sqlite|postgres|mysql|all]
 //!                             [--naive-rows N] [--naive-secs S] [--profile]
 //!                             [--keep] [--analyze-hub] [--runs N] [--no-http]
+//!                             [--http-rounds N]
 //! ```
 //!
 //! For each hub dialect: push N captured changes from a local SQLite replica
@@ -19,8 +20,10 @@
 //! over the same hub database, one user, the table served as shared. A
 //! replica that synced through it pulls the N changes the direct push
 //! logged, a new one bootstraps through it, and the first one then pushes
-//! N changes of its own through it; each is reported as a ratio to its
-//! direct twin in the same run (`--no-http` leaves them out).
+//! N changes of its own through it. Each is reported as a ratio to its
+//! direct twin in the same run: both run `--http-rounds` times (default
+//! 3), taking turns, and each counts its best round (`--no-http` leaves
+//! them out).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -115,11 +118,13 @@ struct Args {
     runs: u32,
     /// Push, pull and bootstrap over HTTP as well.
     http: bool,
+    /// Rounds of each HTTP phase and its direct twin.
+    http_rounds: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
 [--hub sqlite|postgres|mysql|all] [--naive-rows N] [--naive-secs S] [--profile] \
-[--analyze-hub] [--keep] [--runs N] [--no-http]";
+[--analyze-hub] [--keep] [--runs N] [--no-http] [--http-rounds N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -132,6 +137,7 @@ fn parse_args() -> Result<Args, String> {
         keep: false,
         runs: 1,
         http: true,
+        http_rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -180,6 +186,14 @@ fn parse_args() -> Result<Args, String> {
             "--analyze-hub" => args.analyze_hub = true,
             "--keep" => args.keep = true,
             "--no-http" => args.http = false,
+            "--http-rounds" => {
+                args.http_rounds = value("--http-rounds")?
+                    .parse()
+                    .map_err(|e| format!("--http-rounds: {e}"))?;
+                if args.http_rounds == 0 {
+                    return Err("--http-rounds must be at least 1".into());
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -774,6 +788,9 @@ enum Kind {
     Baseline,
     /// Ours, compared with the targets.
     Ours,
+    /// Ours again, direct: a twin of an HTTP phase in a later round, not
+    /// checked against the targets (its first round is [`Kind::Ours`]).
+    Twin,
     /// Ours over HTTP, compared with the named phase of ours (its direct
     /// twin) on the same hub.
     Http(&'static str),
@@ -896,12 +913,20 @@ impl Results {
             .collect()
     }
 
-    /// Each HTTP phase with its ratio to its direct twin.
+    /// Each HTTP phase with its ratio to its direct twin: the best rate
+    /// of its rounds over the best of the direct ones.
     fn over_http(&self) -> Vec<(&'static str, &'static str, f64)> {
-        self.phases
-            .iter()
-            .filter_map(|p| Some((p.hub, p.phase, self.vs_direct(p)?)))
-            .collect()
+        let mut out: Vec<(&'static str, &'static str, f64)> = Vec::new();
+        for p in &self.phases {
+            let Some(r) = self.vs_direct(p) else {
+                continue;
+            };
+            match out.iter_mut().find(|(h, n, _)| *h == p.hub && *n == p.phase) {
+                Some(best) => best.2 = best.2.max(r),
+                None => out.push((p.hub, p.phase, r)),
+            }
+        }
+        out
     }
 
     fn print_table(&self, args: &Args) {
@@ -1370,6 +1395,9 @@ impl BenchServer {
 const PUSH: &str = "push (sync_now)";
 const PULL: &str = "pull (sync_now)";
 const BOOTSTRAP: &str = "bootstrap (sync_now)";
+const PUSH_HTTP: &str = "push over HTTP";
+const PULL_HTTP: &str = "pull over HTTP";
+const BOOTSTRAP_HTTP: &str = "bootstrap over HTTP";
 
 async fn hub_phases(
     args: &Args,
@@ -1389,16 +1417,25 @@ async fn hub_phases(
         true => Some(BenchServer::start(&hub.url).await?),
         false => None,
     };
+    // Each HTTP phase and its direct twin run `rounds` times, taking turns
+    // (direct first in even rounds, HTTP first in odd ones); each side
+    // counts its best round, which damps bursts of load from other
+    // processes on a shared machine. Without HTTP, each phase runs once.
+    let rounds = if server.is_some() { args.http_rounds } else { 1 };
     // The pullers sync once against the empty hub (installing it), so
-    // that later they pull the change log rather than bootstrapping.
-    let puller = Device::open(&file("puller"), direct).await?;
-    puller.sync().await?;
-    let http_puller = match &server {
-        Some(s) => Some(Device::open(&file("http-puller"), Way::Http(s)).await?),
-        None => None,
-    };
-    if let Some(d) = &http_puller {
+    // that later they pull the change log rather than bootstrapping; one
+    // per round and way. Later they push the twin pushes.
+    let mut pullers = Vec::new();
+    let mut http_pullers = Vec::new();
+    for r in 0..rounds {
+        let d = Device::open(&file(&format!("puller-{r}")), direct).await?;
         d.sync().await?;
+        pullers.push(d);
+        if let Some(s) = &server {
+            let d = Device::open(&file(&format!("http-puller-{r}")), Way::Http(s)).await?;
+            d.sync().await?;
+            http_pullers.push(d);
+        }
     }
 
     let (db, _) = connect(&hub.url).await?;
@@ -1452,53 +1489,71 @@ async fn hub_phases(
     if on_hub != rows as i64 {
         return Err(format!("{name}: {on_hub} rows on the hub, expected {rows}").into());
     }
+    let ours = |r: usize| if r == 0 { Kind::Ours } else { Kind::Twin };
 
-    // Pull: the change log into the second replica, and through the
-    // server into the third.
-    let (t, b) = timed_sync(&puller, args, 0, rows).await?;
-    out.add(name, PULL, Kind::Ours, Base::Local, rows, t, Some(b));
-    if let Some(d) = &http_puller {
-        let (t, b) = timed_sync(d, args, 0, rows).await?;
-        let phase = "pull over HTTP";
-        out.add(name, phase, Kind::Http(PULL), Base::Local, rows, t, Some(b));
-    }
-
-    // Bootstrap: a new replica loads the hub's snapshot, then another one
-    // through the server.
-    let fresh = Device::open(&file("fresh"), direct).await?;
-    let (t, b) = timed_sync(&fresh, args, 0, rows).await?;
-    out.add(name, BOOTSTRAP, Kind::Ours, Base::Local, rows, t, Some(b));
-    if let Some(s) = &server {
-        let fresh = Device::open(&file("http-fresh"), Way::Http(s)).await?;
-        let (t, b) = timed_sync(&fresh, args, 0, rows).await?;
-        let phase = "bootstrap over HTTP";
-        let kind = Kind::Http(BOOTSTRAP);
-        out.add(name, phase, kind, Base::Local, rows, t, Some(b));
-    }
-
-    // Push over HTTP: the replica that pulled through the server writes
-    // `rows` more contacts and pushes them through it, into the hub that
-    // holds the first `rows` by now (if anything, a handicap for HTTP). Not
-    // the direct pusher's replica: a server refuses a device identity that
-    // pushed to its hub directly.
-    if let Some(d) = &http_puller {
-        write_and_capture(args, d, rows, false, out).await?;
-        let (t, b) = timed_sync(d, args, rows, 0).await?;
-        out.add(
-            name,
-            "push over HTTP",
-            Kind::Http(push),
-            Base::Hub,
-            rows,
-            t,
-            Some(b),
-        );
-        let on_hub = count(&db, "contacts").await?;
-        if on_hub != 2 * rows as i64 {
-            return Err(format!("{name}: {on_hub} rows on the hub, expected {}", 2 * rows).into());
+    // Pull: the change log into the direct pullers, and through the
+    // server into the HTTP ones.
+    for r in 0..rounds {
+        for http in turns(r, server.is_some()) {
+            if http {
+                let (t, b) = timed_sync(&http_pullers[r], args, 0, rows).await?;
+                let kind = Kind::Http(PULL);
+                out.add(name, PULL_HTTP, kind, Base::Local, rows, t, Some(b));
+            } else {
+                let (t, b) = timed_sync(&pullers[r], args, 0, rows).await?;
+                out.add(name, PULL, ours(r), Base::Local, rows, t, Some(b));
+            }
         }
     }
-    drop(http_puller);
+
+    // Bootstrap: a new replica loads the hub's snapshot, directly or
+    // through the server.
+    for r in 0..rounds {
+        for http in turns(r, server.is_some()) {
+            if let (true, Some(s)) = (http, &server) {
+                let fresh = Device::open(&file(&format!("http-fresh-{r}")), Way::Http(s)).await?;
+                let (t, b) = timed_sync(&fresh, args, 0, rows).await?;
+                let kind = Kind::Http(BOOTSTRAP);
+                out.add(name, BOOTSTRAP_HTTP, kind, Base::Local, rows, t, Some(b));
+            } else {
+                let fresh = Device::open(&file(&format!("fresh-{r}")), direct).await?;
+                let (t, b) = timed_sync(&fresh, args, 0, rows).await?;
+                out.add(name, BOOTSTRAP, ours(r), Base::Local, rows, t, Some(b));
+            }
+        }
+    }
+
+    // Push over HTTP and its direct twin: each puller, caught up with the
+    // hub, writes `rows` contacts of its own and pushes them, through the
+    // server or directly, into a hub that holds more rows at each push (a
+    // handicap for the later push of a round, which alternates). The
+    // direct twins count with the first push, into an empty hub: if
+    // anything, a handicap for HTTP. Not the first pusher's replica over
+    // HTTP: a server refuses a device identity that pushed to its hub
+    // directly.
+    let mut pushed = rows;
+    if server.is_some() {
+        for r in 0..rounds {
+            for http in turns(r, server.is_some()) {
+                let d = if http { &http_pullers[r] } else { &pullers[r] };
+                d.sync().await?;
+                write_and_capture(args, d, pushed, false, out).await?;
+                let (t, b) = timed_sync(d, args, rows, 0).await?;
+                pushed += rows;
+                let (phase, kind) = if http {
+                    (PUSH_HTTP, Kind::Http(push))
+                } else {
+                    (push, Kind::Twin)
+                };
+                out.add(name, phase, kind, Base::Hub, rows, t, Some(b));
+            }
+        }
+    }
+    let on_hub = count(&db, "contacts").await?;
+    if on_hub != pushed as i64 {
+        return Err(format!("{name}: {on_hub} rows on the hub, expected {pushed}").into());
+    }
+    drop((pullers, http_pullers));
     if let Some(s) = server {
         s.stop().await?;
     }
@@ -1506,6 +1561,16 @@ async fn hub_phases(
     raw_again(&db, name, Base::Hub, rows, out).await?;
     db.close().await?;
     Ok(())
+}
+
+/// The ways of round `r` in turn, `false` for direct and `true` for HTTP
+/// (only direct without `http`).
+fn turns(r: usize, http: bool) -> Vec<bool> {
+    match (http, r % 2 == 0) {
+        (false, _) => vec![false],
+        (true, true) => vec![false, true],
+        (true, false) => vec![true, false],
+    }
 }
 
 async fn run(args: &Args) -> Res<Results> {
