@@ -921,7 +921,10 @@ impl Results {
             let Some(r) = self.vs_direct(p) else {
                 continue;
             };
-            match out.iter_mut().find(|(h, n, _)| *h == p.hub && *n == p.phase) {
+            match out
+                .iter_mut()
+                .find(|(h, n, _)| *h == p.hub && *n == p.phase)
+            {
                 Some(best) => best.2 = best.2.max(r),
                 None => out.push((p.hub, p.phase, r)),
             }
@@ -1421,7 +1424,11 @@ async fn hub_phases(
     // (direct first in even rounds, HTTP first in odd ones); each side
     // counts its best round, which damps bursts of load from other
     // processes on a shared machine. Without HTTP, each phase runs once.
-    let rounds = if server.is_some() { args.http_rounds } else { 1 };
+    let rounds = if server.is_some() {
+        args.http_rounds
+    } else {
+        1
+    };
     // The pullers sync once against the empty hub (installing it), so
     // that later they pull the change log rather than bootstrapping; one
     // per round and way. Later they push the twin pushes.
@@ -1566,7 +1573,7 @@ async fn hub_phases(
 /// The ways of round `r` in turn, `false` for direct and `true` for HTTP
 /// (only direct without `http`).
 fn turns(r: usize, http: bool) -> Vec<bool> {
-    match (http, r % 2 == 0) {
+    match (http, r.is_multiple_of(2)) {
         (false, _) => vec![false],
         (true, true) => vec![false, true],
         (true, false) => vec![true, false],
