@@ -1,12 +1,13 @@
 //! `contacts`: the seed scenario of tidesync as a command-line program.
 //!
 //! An address book kept in a local database (one per device) and synced
-//! through a hub database. Every command but `sync` works offline: it only
-//! touches the local database, whose capture triggers record each write in
-//! the outbox. `sync` pushes the outbox to the hub and pulls what other
-//! devices wrote. Concurrent edits of different fields of one contact always
-//! merge (both survive); concurrent edits of the same field follow the
-//! conflict policy chosen with `--policy`:
+//! through a hub: a hub database the program opens itself, or a hub server
+//! it reaches over HTTP with a token. Every command but `sync` works
+//! offline: it only touches the local database, whose capture triggers
+//! record each write in the outbox. `sync` pushes the outbox to the hub and
+//! pulls what other devices wrote. Concurrent edits of different fields of
+//! one contact always merge (both survive); concurrent edits of the same
+//! field follow the conflict policy chosen with `--policy`:
 //!
 //! - `lww` (default): the later write wins (hybrid logical clock);
 //! - `manual`: the device that syncs second gets a *conflict*: its edit of
@@ -21,15 +22,35 @@
 //! contacts [OPTIONS] sync
 //! contacts [OPTIONS] conflicts [--json]
 //! contacts [OPTIONS] resolve <CONFLICT-ID> --keep local|remote
-//! contacts demo                                  # two devices, scripted
+//! contacts demo                                  # devices and users, scripted
 //!
-//! OPTIONS: --db URL  --hub URL  --policy lww|manual
+//! OPTIONS: --db URL  --hub URL  --token TOKEN  --user NAME  --policy lww|manual
 //! ```
 //!
-//! - URLs are `sqlite://path?mode=rwc`, `postgres://user@host/db` or
-//!   `mysql://user@host/db`. `--db` defaults to `sqlite://contacts.db?mode=rwc`
-//!   and `--hub` to `sqlite://contacts-hub.db?mode=rwc`, both in the current
-//!   folder. The options go before or after the command.
+//! - Database URLs are `sqlite://path?mode=rwc`, `postgres://user@host/db`
+//!   or `mysql://user@host/db`. `--db` defaults to
+//!   `sqlite://contacts.db?mode=rwc` and `--hub` to
+//!   `sqlite://contacts-hub.db?mode=rwc`, both in the current folder. The
+//!   options go before or after the command.
+//! - `--hub` is either a hub database (a database URL: `sync` opens it
+//!   itself) or a hub server (`http://host:port` or `https://...`: a
+//!   `HubServer`, as part three of `demo` runs one), which `sync` reaches
+//!   with the bearer token `--token` (or `$CONTACTS_TOKEN`, which keeps it
+//!   out of the process list). Only `sync` uses the token.
+//! - Each contact belongs to a user: its `owner` column, declared with
+//!   `#[syncable(owner = "owner")]`, holds the user named by `--user` (or
+//!   `$CONTACTS_USER`) on the device that added it. Through a hub server
+//!   each user syncs only their own contacts: `--user` is required, it must
+//!   be the user the token signs in (the server refuses a contact of
+//!   another user), and a device's database holds one user's address book
+//!   (a database holding another user's contacts is refused, exit 2).
+//!   Through a hub database, which has no accounts, every device sees
+//!   every contact, as before owners existed, and `--user` defaults to
+//!   `me`.
+//! - A local database made before contacts had owners gets the `owner`
+//!   column (empty) when it is first opened by this version, and its
+//!   contacts are then given to the user: a write like any other, synced
+//!   by the next `sync`.
 //! - `--policy` is the conflict policy of the `contacts` table (default
 //!   `lww`). Give every device the same one, on every command: the policy is
 //!   a compile-time attribute of an entity (`#[syncable(conflict = "...")]`),
@@ -54,18 +75,22 @@
 //! - `resolve <ID> --keep local` keeps this device's value (it goes out on
 //!   the next `sync` and wins everywhere); `--keep remote` takes the other
 //!   device's value (nothing to send). Works offline. An unknown id exits 2.
-//! - `demo` runs a two-device walkthrough with an embedded SQLite hub,
-//!   narrating each step, and checks the outcome: first with `lww` (edits of
-//!   different fields merge, a delete, an edit queued while the hub is
-//!   unreachable), then on fresh files with `manual` (both devices change the
-//!   same email; the conflict is shown and resolved by hand). Its files live
-//!   in a fresh folder under the system's temporary directory (`$TMPDIR` on
-//!   Unix), named in its output, removed at the end and kept when it fails;
-//!   it writes nothing in the current folder.
+//! - `demo` runs a scripted walkthrough, narrating each step, and checks
+//!   the outcome: two devices with an embedded SQLite hub, first with `lww`
+//!   (edits of different fields merge, a delete, an edit queued while the
+//!   hub is unreachable), then on fresh files with `manual` (both devices
+//!   change the same email; the conflict is shown and resolved by hand);
+//!   then two users with two devices each, through a hub server it starts
+//!   in the same process on `127.0.0.1` (each user's devices converge, and
+//!   neither user sees the other's contacts). Its files live in a fresh
+//!   folder under the system's temporary directory (`$TMPDIR` on Unix),
+//!   named in its output, removed at the end and kept when it fails; it
+//!   writes nothing in the current folder.
 //!
-//! Exit codes: 0 success; 1 the hub is unreachable (`sync` only: the local
-//! edits stay queued and go out on the next successful sync); 2 anything else
-//! (bad arguments, bad URL, unknown contact or conflict id, database error, a
+//! Exit codes: 0 success; 1 the hub is unreachable, or a hub server refuses
+//! the token (`sync` only, with the reason on one line: the local edits stay
+//! queued and go out on the next successful sync); 2 anything else (bad
+//! arguments, bad URL, unknown contact or conflict id, database error, a
 //! demo whose devices did not converge), with a message on stderr.
 //!
 //! ```sh
@@ -75,6 +100,8 @@
 //! cargo run --example contacts -- --policy manual sync
 //! cargo run --example contacts -- --policy manual conflicts
 //! cargo run --example contacts -- --policy manual resolve 1 --keep local
+//! CONTACTS_TOKEN=tsk_... cargo run --example contacts -- \
+//!     --hub http://127.0.0.1:8080 --user alice sync
 //! ```
 
 use std::fmt;
@@ -89,8 +116,12 @@ use sea_orm::{
     ActiveValue::Set, ConnectOptions, Database, DatabaseConnection, IntoActiveModel, RuntimeErr,
     Schema,
 };
-use tidesync::hub::SqlHub;
-use tidesync::{HeldConflict, Replica, Resolution, SyncEngine, SyncReport};
+// In an application: `tidesync::http::{HttpBackend, HubServer}` (features
+// `http-client` and `http-server`); examples of this package use the
+// `sync_http` dev-dependency directly.
+use sync_http::{HttpBackend, HubServer};
+use tidesync::hub::{Hub, SqlHub};
+use tidesync::{HeldConflict, Replica, ReplicaBuilder, Resolution, SyncEngine, SyncReport};
 
 /// Defines an entity module over the `contacts` table with the conflict
 /// policy `$policy`. The policy is a compile-time attribute of an entity, so
@@ -107,7 +138,7 @@ macro_rules! contacts_entity {
             /// devices adding contacts offline never collide.
             #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
             #[sea_orm(table_name = "contacts")]
-            #[syncable(conflict = $policy)]
+            #[syncable(conflict = $policy, owner = "owner")]
             pub struct Model {
                 /// Minted on the device that adds the contact.
                 #[sea_orm(primary_key, auto_increment = false)]
@@ -118,6 +149,13 @@ macro_rules! contacts_entity {
                 pub email: Option<String>,
                 /// Phone number, if known.
                 pub phone: Option<String>,
+                /// The user whose address book holds the contact: the
+                /// device's user (`--user`) when it adds one. A hub server
+                /// shows each row only to its owner. Nullable because it
+                /// came after the first release: a database made before
+                /// it gets the column empty and its rows are then given to
+                /// the user (see [`Local::open`]).
+                pub owner: Option<String>,
                 /// When this device last wrote the row. Local-only: never
                 /// synced (empty on rows that came from another device), so
                 /// two devices editing different fields never both change
@@ -156,6 +194,9 @@ use contacts_lww as contacts;
 
 const DEFAULT_DB: &str = "sqlite://contacts.db?mode=rwc";
 const DEFAULT_HUB: &str = "sqlite://contacts-hub.db?mode=rwc";
+/// The owner of the contacts a device adds when `--user` is not given
+/// (through a hub database only).
+const DEFAULT_USER: &str = "me";
 
 /// Offline-first contacts synced with tidesync.
 #[derive(Debug, Parser)]
@@ -164,9 +205,33 @@ struct Cli {
     /// This device's local database.
     #[arg(long, global = true, value_name = "URL", default_value = DEFAULT_DB)]
     db: String,
-    /// The hub database the devices sync through (used by `sync` only).
+    /// The hub the devices sync through (used by `sync` only): a hub
+    /// database (sqlite://, postgres://, mysql://), or a hub server
+    /// (http:// or https://) reached with --token.
     #[arg(long, global = true, value_name = "URL", default_value = DEFAULT_HUB)]
     hub: String,
+    /// The bearer token of a hub server (used by `sync` only).
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "CONTACTS_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Who you are: the owner of the contacts this device adds. Required
+    /// with a hub server, where it must be the user the token signs in,
+    /// each user syncs only their own contacts, and a device's database
+    /// holds one user's; with a hub database it defaults to `me`, and every
+    /// device sees every contact.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "CONTACTS_USER",
+        hide_env_values = true
+    )]
+    user: Option<String>,
     /// How concurrent edits of the same field are settled (give every device
     /// the same policy).
     #[arg(long, global = true, value_enum, default_value_t = Policy::Lww)]
@@ -249,7 +314,8 @@ enum Command {
         #[arg(long, value_enum)]
         keep: Keep,
     },
-    /// Two devices editing offline and syncing through a SQLite hub.
+    /// Two devices editing offline and syncing through a SQLite hub, then
+    /// two users with two devices each through a hub server.
     Demo,
 }
 
@@ -267,10 +333,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    match cli.command {
+    match &cli.command {
         Command::Add { name, email, phone } => {
-            let local = Local::open(&cli.db, cli.policy).await?;
-            let contact = local.add(&name, email, phone).await?;
+            let local = cli.local().await?;
+            let contact = local.add(name, email.clone(), phone.clone()).await?;
             println!("{}", contact.id);
         }
         Command::Edit {
@@ -279,42 +345,89 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             email,
             phone,
         } => {
-            let local = Local::open(&cli.db, cli.policy).await?;
-            local.edit(id, Edit { name, email, phone }).await?;
+            let edit = Edit {
+                name: name.clone(),
+                email: email.clone(),
+                phone: phone.clone(),
+            };
+            cli.local().await?.edit(*id, edit).await?;
         }
-        Command::Delete { id } => Local::open(&cli.db, cli.policy).await?.delete(id).await?,
+        Command::Delete { id } => cli.local().await?.delete(*id).await?,
         Command::List { json } => {
-            let rows = Local::open(&cli.db, cli.policy).await?.list().await?;
-            if json {
+            let rows = cli.local().await?.list().await?;
+            if *json {
                 println!("{}", to_json(&rows)?);
             } else {
                 print!("{}", Table(&rows));
             }
         }
         Command::Sync => {
-            let local = Local::open(&cli.db, cli.policy).await?;
-            let report = local.sync(&cli.hub).await?;
+            let local = cli.local().await?;
+            let report = local.sync(&cli.hub()).await?;
             println!("{report}");
             for line in local.notes(&report).await? {
                 eprintln!("contacts: {line}");
             }
         }
         Command::Conflicts { json } => {
-            let held = Local::open(&cli.db, cli.policy).await?.conflicts().await?;
-            if json {
+            let held = cli.local().await?.conflicts().await?;
+            if *json {
                 println!("{}", conflicts_json(&held)?);
             } else {
                 print!("{}", ConflictTable(&held));
             }
         }
         Command::Resolve { id, keep } => {
-            let local = Local::open(&cli.db, cli.policy).await?;
-            let held = local.resolve(id, keep).await?;
-            println!("{}", resolved(&held, keep));
+            let held = cli.local().await?.resolve(*id, *keep).await?;
+            println!("{}", resolved(&held, *keep));
         }
         Command::Demo => demo().await?,
     }
     Ok(())
+}
+
+impl Cli {
+    /// The hub `--hub` names.
+    fn hub(&self) -> HubAddr {
+        HubAddr::new(&self.hub, self.token.clone())
+    }
+
+    /// This device's user: `--user`, else (through a hub database only)
+    /// [`DEFAULT_USER`].
+    fn user(&self) -> Result<String, Failure> {
+        match &self.user {
+            Some(user) => valid_user(user),
+            None if self.hub().is_server() => Err(Failure::Invalid(
+                "a hub server keeps each user's contacts apart: name yours with --user \
+                 (or CONTACTS_USER), the user the token signs in"
+                    .into(),
+            )),
+            None => Ok(DEFAULT_USER.into()),
+        }
+    }
+
+    /// The local database, opened as this device's user. Through a hub
+    /// server it must hold no other user's contacts (the server would
+    /// refuse them, and halt this device's changes at the first).
+    async fn local(&self) -> Result<Local, Failure> {
+        let local = Local::open(&self.db, self.policy, self.user()?).await?;
+        if self.hub().is_server() {
+            local.refuse_other_users().await?;
+        }
+        Ok(local)
+    }
+}
+
+/// A user name as a hub server takes it: 1 to 255 bytes, no control
+/// characters, no spaces around it.
+fn valid_user(user: &str) -> Result<String, Failure> {
+    let user = user.trim();
+    if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
+        return Err(Failure::Invalid(format!(
+            "--user takes a name of 1 to 255 bytes without control characters, not {user:?}"
+        )));
+    }
+    Ok(user.to_owned())
 }
 
 // ---------------------------------------------------------------------------
@@ -326,6 +439,9 @@ enum Failure {
     /// The hub cannot be reached (exit 1); `queued` local writes wait for
     /// the next sync.
     Offline { reason: String, queued: u64 },
+    /// The hub server refuses the token (exit 1): wrong, expired or
+    /// revoked; `queued` local writes wait for a sync with a good one.
+    Refused { reason: String, queued: u64 },
     /// No contact has this id (exit 2).
     NotFound(Uuid),
     /// No conflict has this id (exit 2).
@@ -339,7 +455,7 @@ enum Failure {
 impl Failure {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Failure::Offline { .. } => ExitCode::from(1),
+            Failure::Offline { .. } | Failure::Refused { .. } => ExitCode::from(1),
             _ => ExitCode::from(2),
         }
     }
@@ -351,6 +467,11 @@ impl fmt::Display for Failure {
             Failure::Offline { reason, queued } => write!(
                 f,
                 "hub unreachable ({reason}); {queued} local change(s) stay queued for the next sync"
+            ),
+            Failure::Refused { reason, queued } => write!(
+                f,
+                "the hub refused the token ({reason}); {queued} local change(s) stay queued \
+                 for a sync with a valid token"
             ),
             Failure::NotFound(id) => write!(f, "no contact with id {id}"),
             Failure::NoConflict(id) => write!(
@@ -367,6 +488,7 @@ impl From<tidesync::Error> for Failure {
     fn from(e: tidesync::Error) -> Self {
         match e {
             tidesync::Error::Offline(reason) => Failure::Offline { reason, queued: 0 },
+            tidesync::Error::Unauthorized(reason) => Failure::Refused { reason, queued: 0 },
             e => Failure::Other(Box::new(e)),
         }
     }
@@ -403,36 +525,71 @@ struct Edit {
 }
 
 /// One device's local database, with the `contacts` table and capture
-/// installed.
+/// installed, used by one user.
 struct Local {
     db: DatabaseConnection,
     policy: Policy,
+    /// The owner of the contacts this device adds.
+    user: String,
 }
 
 impl Local {
-    /// Connect, create the table if missing, install capture (idempotent).
-    async fn open(url: &str, policy: Policy) -> Result<Local, Failure> {
+    /// Connect, create the table if missing (or add the columns it lacks),
+    /// install capture (idempotent), give the contacts without an owner to
+    /// `user`.
+    async fn open(url: &str, policy: Policy, user: String) -> Result<Local, Failure> {
         let db = Database::connect(url)
             .await
             .map_err(|e| Failure::Invalid(format!("cannot open the local database: {e}")))?;
         let mut table =
             Schema::new(db.get_database_backend()).create_table_from_entity(contacts::Entity);
         db.execute(table.if_not_exists()).await?;
-        let local = Local { db, policy };
-        // Opening the replica installs the capture triggers before any write.
-        local.replica().await?;
+        let local = Local { db, policy, user };
+        // Opening the replica installs the capture triggers before any
+        // write. `create_tables` adds the nullable columns the entity has
+        // and the table lacks: `owner`, in a database made before it (an
+        // existing table is not created again above). The column comes
+        // empty; giving its rows an owner is a write made after the
+        // replica opened, so capture records it and `sync` sends it
+        // (README, "Schema evolution").
+        local.builder().create_tables().open().await?;
+        contacts::Entity::update_many()
+            .col_expr(contacts::Column::Owner, Expr::value(local.user.clone()))
+            .filter(contacts::Column::Owner.is_null())
+            .exec(&local.db)
+            .await?;
         Ok(local)
     }
 
-    /// A replica over this database (cheap: opening is idempotent), with the
-    /// entity of the chosen policy registered.
-    async fn replica(&self) -> Result<Replica, Failure> {
+    /// Refuse a database holding contacts of another user.
+    async fn refuse_other_users(&self) -> Result<(), Failure> {
+        let other = contacts::Entity::find()
+            .filter(contacts::Column::Owner.ne(self.user.as_str()))
+            .one(&self.db)
+            .await?;
+        match other.and_then(|c| c.owner) {
+            Some(owner) => Err(Failure::Invalid(format!(
+                "this database holds contacts of `{owner}`: through a hub server a device \
+                 holds one user's address book; give `{}` a database of their own (--db)",
+                self.user
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A replica builder over this database, with the entity of the chosen
+    /// policy registered.
+    fn builder(&self) -> ReplicaBuilder {
         let builder = Replica::builder(self.db.clone());
-        let builder = match self.policy {
+        match self.policy {
             Policy::Lww => builder.register::<contacts_lww::Entity>(),
             Policy::Manual => builder.register::<contacts_manual::Entity>(),
-        };
-        Ok(builder.open().await?)
+        }
+    }
+
+    /// A replica over this database (cheap: opening is idempotent).
+    async fn replica(&self) -> Result<Replica, Failure> {
+        Ok(self.builder().open().await?)
     }
 
     async fn add(
@@ -446,6 +603,7 @@ impl Local {
             name: Set(non_empty_name(name)?),
             email: Set(email.filter(|e| !e.is_empty())),
             phone: Set(phone.filter(|p| !p.is_empty())),
+            owner: Set(Some(self.user.clone())),
             updated_at: Set(Some(chrono::Utc::now())),
         };
         Ok(contact.insert(&self.db).await?)
@@ -513,17 +671,21 @@ impl Local {
         Ok(held)
     }
 
-    /// One sync with the hub at `hub_url`. An unreachable hub is
-    /// [`Failure::Offline`], with the number of writes still queued.
-    async fn sync(&self, hub_url: &str) -> Result<SyncReport, Failure> {
+    /// One sync with `hub`. An unreachable hub is [`Failure::Offline`], a
+    /// refused token [`Failure::Refused`], with the number of writes still
+    /// queued.
+    async fn sync(&self, hub: &HubAddr) -> Result<SyncReport, Failure> {
         let result = async {
-            let hub = connect_hub(hub_url).await?;
-            let engine = SyncEngine::new(self.replica().await?, Arc::new(hub));
+            let engine = SyncEngine::new(self.replica().await?, hub.connect().await?);
             Ok::<_, Failure>(engine.sync_now().await?)
         }
         .await;
         match result {
             Err(Failure::Offline { reason, .. }) => Err(Failure::Offline {
+                reason,
+                queued: self.queued().await?,
+            }),
+            Err(Failure::Refused { reason, .. }) => Err(Failure::Refused {
                 reason,
                 queued: self.queued().await?,
             }),
@@ -572,6 +734,56 @@ impl Local {
 
 /// How long `sync` waits for the hub before calling it unreachable.
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where `sync` finds the hub (`--hub`).
+#[derive(Clone, Debug)]
+enum HubAddr {
+    /// A hub database, which this program opens itself.
+    Database(String),
+    /// A hub server, reached over HTTP(S) with a bearer token (`None`: no
+    /// token given).
+    Server { url: String, token: Option<String> },
+}
+
+impl HubAddr {
+    /// `url` is a hub server when it is `http://` or `https://`.
+    fn new(url: &str, token: Option<String>) -> HubAddr {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("http" | "https") => HubAddr::Server {
+                url: url.to_owned(),
+                token,
+            },
+            _ => HubAddr::Database(url.to_owned()),
+        }
+    }
+
+    fn is_server(&self) -> bool {
+        matches!(self, HubAddr::Server { .. })
+    }
+
+    /// The hub, ready for an engine. A hub server is not contacted yet:
+    /// the engine's first call finds out whether it answers and takes the
+    /// token.
+    async fn connect(&self) -> Result<Arc<dyn Hub>, Failure> {
+        match self {
+            HubAddr::Database(url) => Ok(Arc::new(connect_hub(url).await?)),
+            HubAddr::Server { token: None, .. } => Err(Failure::Invalid(
+                "a hub server needs a token: give --token (or set CONTACTS_TOKEN)".into(),
+            )),
+            HubAddr::Server {
+                url,
+                token: Some(token),
+            } => {
+                let backend = HttpBackend::builder(url, token.as_str())
+                    .connect_timeout(HUB_TIMEOUT)
+                    .build()
+                    .map_err(|e| Failure::Invalid(format!("bad hub URL: {e}")))?;
+                Ok(Arc::new(backend))
+            }
+        }
+    }
+}
 
 /// Connect to the hub. Not `SqlHub::connect(url)`, which keeps sqlx's
 /// defaults: sqlx retries a refused connection until the pool's acquire
@@ -824,16 +1036,27 @@ struct Device {
 }
 
 impl Device {
+    /// A device of the default user.
     async fn open(name: &'static str, path: &Path, policy: Policy) -> Result<Device, Failure> {
+        Self::of_user(name, path, policy, DEFAULT_USER).await
+    }
+
+    /// A device of `user`.
+    async fn of_user(
+        name: &'static str,
+        path: &Path,
+        policy: Policy,
+        user: &str,
+    ) -> Result<Device, Failure> {
         Ok(Device {
             name,
-            local: Local::open(&sqlite_url(path), policy).await?,
+            local: Local::open(&sqlite_url(path), policy, user.to_owned()).await?,
         })
     }
 
     /// Sync and narrate the outcome.
-    async fn sync(&self, hub_url: &str) -> Result<SyncReport, Failure> {
-        let report = self.local.sync(hub_url).await?;
+    async fn sync(&self, hub: &HubAddr) -> Result<SyncReport, Failure> {
+        let report = self.local.sync(hub).await?;
         println!("   {} syncs: {report}", self.name);
         for note in self.local.notes(&report).await? {
             println!("     ! {note}");
@@ -873,7 +1096,8 @@ async fn demo() -> Result<(), Failure> {
     std::fs::create_dir_all(&dir)?;
     let result = async {
         walkthrough(&dir).await?;
-        manual_conflict(&dir).await
+        manual_conflict(&dir).await?;
+        two_users(&dir).await
     }
     .await;
     if let Err(e) = result {
@@ -887,7 +1111,7 @@ async fn demo() -> Result<(), Failure> {
 /// Part one, policy `lww`: edits of different fields merge, a delete, an
 /// edit queued while the hub is unreachable.
 async fn walkthrough(dir: &Path) -> Result<(), Failure> {
-    let hub = sqlite_url(&dir.join("hub.db"));
+    let hub = HubAddr::Database(sqlite_url(&dir.join("hub.db")));
     let file = |name: &str| -> PathBuf { dir.join(name) };
     println!("tidesync contacts demo");
     println!("Two devices, A (a laptop) and B (a phone), each with its own SQLite");
@@ -895,7 +1119,8 @@ async fn walkthrough(dir: &Path) -> Result<(), Failure> {
         "database, sync through a hub database (SQLite too, in {}).",
         dir.display()
     );
-    println!("Part one uses the default policy, `lww`; part two, `manual`.");
+    println!("Part one uses the default policy, `lww`; part two, `manual`; part three");
+    println!("has two users, each with two devices, syncing through a hub server.");
     let a = Device::open("A", &file("device-a.db"), Policy::Lww).await?;
     let b = Device::open("B", &file("device-b.db"), Policy::Lww).await?;
 
@@ -981,10 +1206,10 @@ async fn walkthrough(dir: &Path) -> Result<(), Failure> {
         .await?;
     println!("   A adds an email to Grace Hopper: {grace_email}");
     // A hub address that does not answer: a file in a folder that is missing.
-    let unreachable = format!(
+    let unreachable = HubAddr::Database(format!(
         "sqlite://{}?mode=rw",
         file("unreachable").join("hub.db").display()
-    );
+    ));
     match a.local.sync(&unreachable).await {
         Err(offline @ Failure::Offline { .. }) => println!("   A syncs: {offline}"),
         Err(other) => return Err(other),
@@ -1032,7 +1257,7 @@ async fn walkthrough(dir: &Path) -> Result<(), Failure> {
 /// Part two, policy `manual`, on fresh files: both devices change the same
 /// email offline; the conflict is shown and resolved by hand.
 async fn manual_conflict(dir: &Path) -> Result<(), Failure> {
-    let hub = sqlite_url(&dir.join("hub-manual.db"));
+    let hub = HubAddr::Database(sqlite_url(&dir.join("hub-manual.db")));
     println!();
     println!("6. Part two: the same field edited on both devices, `--policy manual`.");
     println!("   Fresh devices and hub. Under `lww` the later edit would win; under");
@@ -1159,4 +1384,242 @@ async fn manual_conflict(dir: &Path) -> Result<(), Failure> {
     a.local.close().await?;
     b.local.close().await?;
     Ok(())
+}
+
+/// A hub server in this process, on an ephemeral port of 127.0.0.1, over a
+/// SQLite hub database; stopped by [`DemoServer::stop`].
+struct DemoServer {
+    url: String,
+    server: HubServer,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DemoServer {
+    async fn start(hub_db: &Path) -> Result<DemoServer, Failure> {
+        let hub = SqlHub::connect(&sqlite_url(hub_db)).await?;
+        // The contacts table declares its owners, so the server needs no
+        // `share_undeclared`.
+        let server = HubServer::new(hub).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(DemoServer {
+            url,
+            server,
+            stop,
+            task,
+        })
+    }
+
+    /// A new token of `user`.
+    async fn token(&self, user: &str) -> Result<String, Failure> {
+        Ok(self.server.tokens().add(user).await?)
+    }
+
+    /// A device's way to this server with `token`.
+    fn with_token(&self, token: &str) -> HubAddr {
+        HubAddr::Server {
+            url: self.url.clone(),
+            token: Some(token.to_owned()),
+        }
+    }
+
+    /// Every contact on the hub, as (owner, name), sorted.
+    async fn contacts(&self) -> Result<Vec<(String, String)>, Failure> {
+        let db = self.server.hub().connection();
+        let mut rows: Vec<(String, String)> = contacts::Entity::find()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|c| (c.owner.unwrap_or_default(), c.name))
+            .collect();
+        rows.sort();
+        Ok(rows)
+    }
+
+    async fn stop(self) -> Result<(), Failure> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(|e| Failure::Other(Box::new(e)))??;
+        Ok(self.server.hub().connection().clone().close().await?)
+    }
+}
+
+/// Part three: two users, each with a laptop and a phone, through a hub
+/// server; each user's devices converge and never hold the other's
+/// contacts.
+async fn two_users(dir: &Path) -> Result<(), Failure> {
+    println!();
+    println!("10. Part three: a hub server and two users, alice and bob, each with a");
+    println!("    laptop and a phone. The devices reach the hub over HTTP with a token");
+    println!("    instead of database credentials, and each contact belongs to the user");
+    println!("    who added it (its `owner` column, `#[syncable(owner = \"owner\")]`).");
+    let server = DemoServer::start(&dir.join("hub-server.db")).await?;
+    let result = async {
+        println!(
+            "   A hub server runs in this process at {}, over a SQLite hub.",
+            server.url
+        );
+        let alice = server.with_token(&server.token("alice").await?);
+        let bob = server.with_token(&server.token("bob").await?);
+        println!("   It makes a token for each user (`server.tokens().add(user)`).");
+        let policy = Policy::Lww;
+        let file = |name: &str| dir.join(name);
+        let alice_laptop =
+            Device::of_user("alice's laptop", &file("alice-laptop.db"), policy, "alice").await?;
+        let alice_phone =
+            Device::of_user("alice's phone", &file("alice-phone.db"), policy, "alice").await?;
+        let bob_laptop =
+            Device::of_user("bob's laptop", &file("bob-laptop.db"), policy, "bob").await?;
+        let bob_phone =
+            Device::of_user("bob's phone", &file("bob-phone.db"), policy, "bob").await?;
+
+        println!();
+        println!("11. Each user adds contacts on their laptop, then every device syncs.");
+        let ada = alice_laptop
+            .local
+            .add("Ada Lovelace", Some("ada@example.org".into()), None)
+            .await?;
+        alice_laptop.local.add("Grace Hopper", None, None).await?;
+        let alan = bob_laptop
+            .local
+            .add("Alan Turing", Some("alan@example.org".into()), None)
+            .await?;
+        println!("   alice's laptop adds Ada Lovelace and Grace Hopper; bob's laptop adds");
+        println!("   Alan Turing");
+        alice_laptop.sync(&alice).await?;
+        bob_laptop.sync(&bob).await?;
+        alice_phone.sync(&alice).await?;
+        bob_phone.sync(&bob).await?;
+
+        println!();
+        println!("12. Every device goes offline and edits.");
+        let ada_phone = "+44 20 7946 0000";
+        let ada_email = "ada@analytical-engine.org";
+        let alan_phone = "+44 161 000 0000";
+        alice_laptop
+            .local
+            .edit(
+                ada.id,
+                Edit {
+                    phone: Some(ada_phone.into()),
+                    ..Edit::default()
+                },
+            )
+            .await?;
+        println!("   alice's laptop sets Ada's phone to {ada_phone}");
+        alice_phone
+            .local
+            .edit(
+                ada.id,
+                Edit {
+                    email: Some(ada_email.into()),
+                    ..Edit::default()
+                },
+            )
+            .await?;
+        println!("   alice's phone changes Ada's email to {ada_email}");
+        alice_phone.local.add("Barbara Liskov", None, None).await?;
+        println!("   alice's phone adds Barbara Liskov");
+        bob_phone
+            .local
+            .edit(
+                alan.id,
+                Edit {
+                    phone: Some(alan_phone.into()),
+                    ..Edit::default()
+                },
+            )
+            .await?;
+        println!("   bob's phone sets Alan's phone to {alan_phone}");
+        bob_laptop.local.add("Edsger Dijkstra", None, None).await?;
+        println!("   bob's laptop adds Edsger Dijkstra");
+
+        println!();
+        println!("13. Back online: each user's devices sync, the first one twice.");
+        alice_laptop.sync(&alice).await?;
+        bob_phone.sync(&bob).await?;
+        alice_phone.sync(&alice).await?;
+        bob_laptop.sync(&bob).await?;
+        alice_laptop.sync(&alice).await?;
+        bob_phone.sync(&bob).await?;
+
+        println!();
+        println!("14. A token the server revoked is refused; nothing is read or written.");
+        let revoked = server.token("alice").await?;
+        server.server.tokens().revoke(&revoked).await?;
+        match alice_phone.local.sync(&server.with_token(&revoked)).await {
+            Err(refused @ Failure::Refused { .. }) => {
+                println!("   alice's phone syncs with a revoked token: {refused}")
+            }
+            Err(other) => return Err(other),
+            Ok(report) => {
+                return Err(Failure::Other(
+                    format!("demo check failed: a revoked token synced: {report}").into(),
+                ));
+            }
+        }
+
+        println!();
+        println!("15. Final rows.");
+        let on_alice_laptop = alice_laptop.show().await?;
+        let on_alice_phone = alice_phone.show().await?;
+        let on_bob_laptop = bob_laptop.show().await?;
+        let on_bob_phone = bob_phone.show().await?;
+        expect(
+            synced_fields(&on_alice_laptop) == synced_fields(&on_alice_phone),
+            "alice's devices hold identical rows",
+        )?;
+        expect(
+            synced_fields(&on_bob_laptop) == synced_fields(&on_bob_phone),
+            "bob's devices hold identical rows",
+        )?;
+        let names = |rows: &[contacts::Model]| -> Vec<String> {
+            rows.iter().map(|c| c.name.clone()).collect()
+        };
+        expect(
+            names(&on_alice_laptop) == ["Ada Lovelace", "Barbara Liskov", "Grace Hopper"],
+            "alice has her three contacts and none of bob's",
+        )?;
+        expect(
+            names(&on_bob_laptop) == ["Alan Turing", "Edsger Dijkstra"],
+            "bob has his two contacts and none of alice's",
+        )?;
+        expect(
+            on_alice_laptop.iter().any(|c| {
+                c.id == ada.id
+                    && c.phone.as_deref() == Some(ada_phone)
+                    && c.email.as_deref() == Some(ada_email)
+            }),
+            "Ada keeps the laptop's phone and the phone's email",
+        )?;
+        expect(
+            on_bob_laptop
+                .iter()
+                .any(|c| c.id == alan.id && c.phone.as_deref() == Some(alan_phone)),
+            "Alan has the phone set on bob's phone",
+        )?;
+        let on_hub = server.contacts().await?;
+        let owners = |user: &str| on_hub.iter().filter(|(o, _)| o == user).count();
+        expect(
+            on_hub.len() == 5 && owners("alice") == 3 && owners("bob") == 2,
+            "the hub holds alice's three contacts and bob's two",
+        )?;
+        println!("   Each user's devices hold identical rows, with both offline edits of");
+        println!("   Ada merged; alice's contacts are absent from bob's devices and bob's");
+        println!(
+            "   from alice's, while the hub holds all {} (3 of alice, 2 of bob).",
+            on_hub.len()
+        );
+        for d in [alice_laptop, alice_phone, bob_laptop, bob_phone] {
+            d.local.close().await?;
+        }
+        Ok(())
+    }
+    .await;
+    let stopped = server.stop().await;
+    result.and(stopped)
 }

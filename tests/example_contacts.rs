@@ -1,7 +1,9 @@
 //! The `contacts` example run as a user would: the built binary, two devices
 //! with local SQLite files, and a hub on every dialect; with the default
 //! policy (`lww`) and with `--policy manual`, whose conflicts are listed and
-//! resolved by hand.
+//! resolved by hand; and through a hub server (a `HubServer` in this test's
+//! process, over the hub database) with two users, each seeing only their
+//! own contacts.
 //!
 //! The test builds the example itself (`cargo build --example contacts`,
 //! with this test's cargo, target folder and profile: a no-op when it is
@@ -11,12 +13,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use common::http::TestServer;
 use common::{BoxError, Dialect, TestDb, TestResult, on_every_dialect, run};
 use libtest_mimic::Trial;
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::Value;
+// In an application: `tidesync::http::HubServer` (feature `http-server`);
+// the tests use the `sync_http` dev-dependency directly.
+use sync_http::HubServer;
+use tidesync::hub::SqlHub;
 use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {
@@ -28,6 +35,16 @@ fn main() -> std::process::ExitCode {
     }));
     trials.extend(on_every_dialect("manual_conflict_keep_remote", |hub| {
         Box::pin(manual_conflict_resolved_by_hand(hub, "remote"))
+    }));
+    trials.extend(on_every_dialect("two_users_through_a_hub_server", |hub| {
+        Box::pin(two_users_through_a_hub_server(hub))
+    }));
+    trials.extend(on_every_dialect(
+        "hub_server_unreachable_or_token_refused_exits_1",
+        |hub| Box::pin(hub_server_unreachable_or_token_refused_exits_1(hub)),
+    ));
+    trials.extend(on_every_dialect("a_database_from_before_owners", |hub| {
+        Box::pin(a_database_from_before_owners(hub))
     }));
     trials.push(Trial::test("bad_input_exits_2", || {
         bad_input_exits_2().map_err(|e| e.to_string().into())
@@ -139,11 +156,14 @@ fn scratch(tag: &str) -> Result<PathBuf, BoxError> {
     Ok(dir)
 }
 
-/// Run the binary in `cwd` with `args`.
+/// Run the binary in `cwd` with `args` (and none of its variables from
+/// this test's environment).
 fn contacts(cwd: &Path, args: &[&str]) -> Result<Output, BoxError> {
     Ok(Command::new(binary()?)
         .args(args)
         .current_dir(cwd)
+        .env_remove("CONTACTS_TOKEN")
+        .env_remove("CONTACTS_USER")
         .output()?)
 }
 
@@ -177,7 +197,11 @@ fn unreachable_hub(dialect: Dialect, dir: &Path) -> String {
     }
 }
 
+/// A hub server URL that does not answer.
+const UNREACHABLE_SERVER: &str = "http://127.0.0.1:1";
+
 /// One device: a local SQLite file, driven through the binary.
+#[derive(Clone)]
 struct Device {
     name: &'static str,
     dir: PathBuf,
@@ -188,6 +212,9 @@ struct Device {
     offline_hub: String,
     /// `--policy`, given to every command when set.
     policy: Option<&'static str>,
+    /// `--user` and `--token`, given to every command when set.
+    user: Option<String>,
+    token: Option<String>,
 }
 
 impl Device {
@@ -202,6 +229,26 @@ impl Device {
             hub: hub.to_owned(),
             offline_hub: offline_hub.to_owned(),
             policy: None,
+            user: None,
+            token: None,
+        }
+    }
+
+    /// A device of `user` syncing through the hub server at `url` with
+    /// `token`.
+    fn of_user(name: &'static str, dir: &Path, url: &str, user: &str, token: &str) -> Device {
+        Device {
+            user: Some(user.to_owned()),
+            token: Some(token.to_owned()),
+            ..Device::new(name, dir, url, UNREACHABLE_SERVER)
+        }
+    }
+
+    /// The same device with another token.
+    fn with_token(&self, token: &str) -> Device {
+        Device {
+            token: Some(token.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -215,6 +262,12 @@ impl Device {
         let mut all = vec!["--db", &self.db, "--hub", hub];
         if let Some(policy) = self.policy {
             all.extend(["--policy", policy]);
+        }
+        if let Some(user) = &self.user {
+            all.extend(["--user", user]);
+        }
+        if let Some(token) = &self.token {
+            all.extend(["--token", token]);
         }
         all.extend_from_slice(args);
         contacts(&self.dir, &all)
@@ -550,6 +603,355 @@ async fn manual_conflict_resolved_by_hand(hub: TestDb, keep: &'static str) -> Te
     hub.drop().await
 }
 
+/// A hub server on `hub`'s database, in this process.
+async fn serve(hub: &TestDb) -> Result<Arc<TestServer>, BoxError> {
+    let sql = SqlHub::new(hub.connect_again().await?);
+    TestServer::start(HubServer::new(sql).await?).await
+}
+
+/// The hub's contacts as (owner, name), sorted.
+async fn hub_owners(hub: &TestDb) -> Result<Vec<(String, String)>, BoxError> {
+    let rows = hub
+        .db
+        .query_all_raw(Statement::from_string(
+            hub.backend(),
+            "SELECT owner, name FROM contacts",
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let owner: Option<String> = r.try_get("", "owner")?;
+        out.push((owner.unwrap_or_default(), r.try_get("", "name")?));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn owned(owner: &str, name: &str) -> (String, String) {
+    (owner.to_owned(), name.to_owned())
+}
+
+/// The names of `list --json`'s rows, in its order.
+fn names(rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| r["name"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Through a hub server: alice with two devices, bob with two; each
+/// user's devices converge and hold none of the other user's contacts.
+async fn two_users_through_a_hub_server(hub: TestDb) -> TestResult {
+    if let Err(e) = binary() {
+        hub.drop().await?;
+        return Err(e);
+    }
+    let dir = scratch(&format!("{}-two-users", hub.dialect.name()))?;
+    let server = serve(&hub).await?;
+    let url = server.url.clone();
+    let token = |user: &'static str| {
+        let server = server.clone();
+        async move { server.token(user).await }
+    };
+    let a1 = Device::of_user("alice-laptop", &dir, &url, "alice", &token("alice").await?);
+    let a2 = Device::of_user("alice-phone", &dir, &url, "alice", &token("alice").await?);
+    let b1 = Device::of_user("bob-laptop", &dir, &url, "bob", &token("bob").await?);
+
+    let ada = a1.add(&["Ada Lovelace", "--email", "ada@example.org"])?;
+    let alan = b1.add(&["Alan Turing"])?;
+    ensure!(a1.sync()?.starts_with("pushed 1,"), "alice's laptop pushes");
+    ensure!(b1.sync()?.starts_with("pushed 1,"), "bob's laptop pushes");
+    a2.sync()?;
+    ensure_eq!(a2.list()?, a1.list()?, "alice's phone has her contact");
+    ensure_eq!(names(&a2.list()?), ["Ada Lovelace"], "and none of bob's");
+    ensure_eq!(
+        names(&b1.list()?),
+        ["Alan Turing"],
+        "bob has none of alice's"
+    );
+
+    // Offline: alice's two devices edit Ada, her phone adds a contact; bob
+    // edits Alan and adds one.
+    a1.local(&["edit", &ada.to_string(), "--phone", "+44 20 7946 0000"])?;
+    a2.local(&["edit", &ada.to_string(), "--email", "ada@engine.org"])?;
+    let grace = a2.add(&["Grace Hopper"])?;
+    b1.local(&["edit", &alan.to_string(), "--phone", "+44 161 000 0000"])?;
+    b1.add(&["Edsger Dijkstra"])?;
+    a1.sync()?;
+    b1.sync()?;
+    a2.sync()?;
+    a1.sync()?;
+    let (on_a1, on_b1) = (a1.list()?, b1.list()?);
+    ensure_eq!(on_a1, a2.list()?, "alice's devices converge");
+    ensure_eq!(names(&on_a1), ["Ada Lovelace", "Grace Hopper"]);
+    let ada_row = row(&on_a1, ada).ok_or("Ada is missing")?;
+    ensure_eq!(ada_row["phone"], "+44 20 7946 0000", "the laptop's edit");
+    ensure_eq!(ada_row["email"], "ada@engine.org", "the phone's edit");
+    ensure_eq!(names(&on_b1), ["Alan Turing", "Edsger Dijkstra"]);
+    ensure_eq!(
+        row(&on_b1, alan).ok_or("Alan is missing")?["phone"],
+        "+44 161 000 0000"
+    );
+    ensure_eq!(
+        hub_owners(&hub).await?,
+        vec![
+            owned("alice", "Ada Lovelace"),
+            owned("alice", "Grace Hopper"),
+            owned("bob", "Alan Turing"),
+            owned("bob", "Edsger Dijkstra"),
+        ],
+        "the hub holds every contact with its owner"
+    );
+
+    // A new device of bob's loads his contacts only.
+    let b2 = Device::of_user("bob-phone", &dir, &url, "bob", &token("bob").await?);
+    b2.sync()?;
+    ensure_eq!(
+        b2.list()?,
+        on_b1,
+        "bob's new device converges with his laptop"
+    );
+
+    // A delete reaches alice's other device.
+    a2.local(&["delete", &grace.to_string()])?;
+    a2.sync()?;
+    a1.sync()?;
+    ensure_eq!(
+        names(&a1.list()?),
+        ["Ada Lovelace"],
+        "the delete reached the laptop"
+    );
+
+    // Bob's token with `--user alice`: the server refuses the contact
+    // (this device's changes halt there), and nobody gets it.
+    let wrong = Device::of_user("wrong-user", &dir, &url, "alice", &token("bob").await?);
+    wrong.add(&["Eve"])?;
+    let (report, stderr) = wrong.sync_noting()?;
+    ensure!(
+        report.contains("halted") && stderr.contains("another user"),
+        "a contact of another user is refused: {report:?} {stderr:?}"
+    );
+    a1.sync()?;
+    b1.sync()?;
+    ensure!(
+        hub_owners(&hub)
+            .await?
+            .iter()
+            .all(|(_, name)| name != "Eve")
+            && !names(&a1.list()?).iter().any(|n| n == "Eve")
+            && !names(&b1.list()?).iter().any(|n| n == "Eve"),
+        "the refused contact is on no device and not on the hub"
+    );
+
+    // A device's database holds one user's contacts.
+    let bob_on_alices = Device {
+        user: Some("bob".into()),
+        ..a1.clone()
+    };
+    let out = bob_on_alices.run(UNREACHABLE_SERVER, &["list"])?;
+    expect_code(&out, 2, "bob on alice's database")?;
+    ensure!(
+        text(&out.stderr).contains("contacts of `alice`"),
+        "the refusal names the database's user: {}",
+        text(&out.stderr)
+    );
+
+    drop(server);
+    std::fs::remove_dir_all(&dir)?;
+    hub.drop().await
+}
+
+/// `sync` failed with exit 1, nothing on stdout and one line on stderr
+/// saying `why`, that the edit stays queued, and not `secret`.
+fn expect_exit_1(out: &Output, why: &str, secret: &str, what: &str) -> TestResult {
+    expect_code(out, 1, what)?;
+    let stderr = text(&out.stderr);
+    ensure!(
+        out.stdout.is_empty()
+            && stderr.lines().count() == 1
+            && stderr.contains(why)
+            && stderr.contains("1 local change(s) stay queued"),
+        "{what}: one line on stderr saying {why:?} and that the edit stays queued, \
+         nothing on stdout; got {stderr:?}"
+    );
+    ensure!(
+        !stderr.contains(secret),
+        "{what}: the token is not printed: {stderr:?}"
+    );
+    Ok(())
+}
+
+/// Through a hub server, `sync` exits 1 with the reason when the server
+/// does not answer or refuses the token (wrong, malformed, revoked), and
+/// the edit goes out on the next sync with a valid one.
+async fn hub_server_unreachable_or_token_refused_exits_1(hub: TestDb) -> TestResult {
+    if let Err(e) = binary() {
+        hub.drop().await?;
+        return Err(e);
+    }
+    let dir = scratch(&format!("{}-refused", hub.dialect.name()))?;
+    let server = serve(&hub).await?;
+    let url = server.url.clone();
+    let token = server.token("alice").await?;
+    let a = Device::of_user("a", &dir, &url, "alice", &token);
+    let ada = a.add(&["Ada Lovelace"])?;
+    ensure!(a.sync()?.starts_with("pushed 1,"), "the first sync pushes");
+
+    a.local(&["edit", &ada.to_string(), "--phone", "+44 20 7946 0000"])?;
+    let unknown = format!("tsk_0123456789abcdef_{}", "ab".repeat(32));
+    let revoked = server.token("alice").await?;
+    ensure!(
+        a.with_token(&revoked).sync()?.starts_with("pushed 1,"),
+        "a second token of alice's works until it is revoked"
+    );
+    a.local(&["edit", &ada.to_string(), "--phone", "+44 20 7946 0001"])?;
+    ensure_eq!(server.server.tokens().revoke(&revoked).await?, 1);
+    for (device, hub_url, why, secret, what) in [
+        (
+            a.with_token(&unknown),
+            &url,
+            "refused the token",
+            unknown.as_str(),
+            "a wrong token",
+        ),
+        (
+            a.with_token("nonsense"),
+            &url,
+            "refused the token",
+            "nonsense",
+            "a malformed token",
+        ),
+        (
+            a.with_token(&revoked),
+            &url,
+            "refused the token",
+            revoked.as_str(),
+            "a revoked token",
+        ),
+        (
+            a.clone(),
+            &UNREACHABLE_SERVER.to_owned(),
+            "unreachable",
+            token.as_str(),
+            "no server",
+        ),
+    ] {
+        let out = device.run(hub_url, &["sync"])?;
+        expect_exit_1(&out, why, secret, what)?;
+    }
+
+    // The user and token may come from the environment instead.
+    let out = Command::new(binary()?)
+        .args(["--db", &a.db, "--hub", &url, "sync"])
+        .current_dir(&dir)
+        .env("CONTACTS_USER", "alice")
+        .env("CONTACTS_TOKEN", &token)
+        .output()?;
+    expect_code(&out, 0, "sync with CONTACTS_USER and CONTACTS_TOKEN")?;
+    ensure!(
+        text(&out.stdout).starts_with("pushed 1,"),
+        "the queued edit goes out with a valid token: {}",
+        text(&out.stdout)
+    );
+
+    // The server stops: unreachable, the edit stays queued.
+    a.local(&["edit", &ada.to_string(), "--phone", "+44 20 7946 0002"])?;
+    drop(server);
+    let out = a.run(&url, &["sync"])?;
+    expect_exit_1(&out, "unreachable", &token, "a stopped server")?;
+
+    std::fs::remove_dir_all(&dir)?;
+    hub.drop().await
+}
+
+/// The example's `contacts` entity before contacts had owners: what a
+/// database made by that release holds.
+mod contacts_before_owners {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "contacts")]
+    #[syncable(conflict = "lww")]
+    pub(crate) struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub email: Option<String>,
+        pub phone: Option<String>,
+        #[syncable(skip)]
+        pub updated_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+}
+
+/// A device database and a hub made before contacts had owners (one
+/// contact synced, one queued) keep working: the program adds the column,
+/// gives the contacts to the device's user, and `sync` sends that.
+async fn a_database_from_before_owners(hub: TestDb) -> TestResult {
+    use contacts_before_owners as old;
+    use sea_orm::{ActiveModelTrait, Database, Schema, Set};
+
+    if let Err(e) = binary() {
+        hub.drop().await?;
+        return Err(e);
+    }
+    let dir = scratch(&format!("{}-before-owners", hub.dialect.name()))?;
+    let offline = unreachable_hub(hub.dialect, &dir);
+    let a = Device::new("a", &dir, &hub.url, &offline);
+    let b = Device::new("b", &dir, &hub.url, &offline);
+
+    // What the earlier release did: its table, a synced contact and a
+    // queued one.
+    let db = Database::connect(&a.db).await?;
+    let mut table = Schema::new(db.get_database_backend()).create_table_from_entity(old::Entity);
+    db.execute(table.if_not_exists()).await?;
+    let replica = tidesync::Replica::builder(db.clone())
+        .register::<old::Entity>()
+        .open()
+        .await?;
+    let contact = |name: &str| old::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(name.into()),
+        email: Set(None),
+        phone: Set(None),
+        updated_at: Set(None),
+    };
+    contact("Ada Lovelace").insert(&db).await?;
+    let engine =
+        tidesync::SyncEngine::new(replica, Arc::new(SqlHub::new(hub.connect_again().await?)));
+    ensure_eq!(
+        engine.sync_now().await?.pushed,
+        1,
+        "the earlier release syncs"
+    );
+    contact("Grace Hopper").insert(&db).await?;
+    drop(engine);
+    db.close().await?;
+
+    ensure_eq!(
+        names(&a.list()?),
+        ["Ada Lovelace", "Grace Hopper"],
+        "the database opens"
+    );
+    ensure!(
+        a.sync()?.starts_with("pushed 2,"),
+        "the queued contact, and the owner given to the synced one"
+    );
+    ensure_eq!(
+        hub_owners(&hub).await?,
+        vec![owned("me", "Ada Lovelace"), owned("me", "Grace Hopper")],
+        "the hub's table got the column and the owners"
+    );
+    b.sync()?;
+    ensure_eq!(b.list()?, a.list()?, "another device gets both");
+
+    std::fs::remove_dir_all(&dir)?;
+    hub.drop().await
+}
+
 fn bad_input_exits_2() -> TestResult {
     binary()?;
     let dir = scratch("bad-input")?;
@@ -600,6 +1002,39 @@ fn bad_input_exits_2() -> TestResult {
         stderr.contains("no conflict with id 999") && stderr.lines().count() == 1,
         "an unknown conflict id is named on one line: {stderr:?}"
     );
+    for (args, what) in [
+        (
+            vec!["--hub", UNREACHABLE_SERVER, "list"],
+            "a hub server without --user",
+        ),
+        (
+            vec!["--hub", UNREACHABLE_SERVER, "--user", "alice", "sync"],
+            "a hub server without a token",
+        ),
+        (
+            vec![
+                "--hub",
+                "http://a b",
+                "--user",
+                "alice",
+                "--token",
+                "t",
+                "sync",
+            ],
+            "a malformed hub server URL",
+        ),
+        (
+            vec!["--hub", UNREACHABLE_SERVER, "--user", " ", "list"],
+            "an empty user",
+        ),
+    ] {
+        let mut all = vec!["--db", &db];
+        all.extend(args);
+        let out = contacts(&dir, &all)?;
+        expect_code(&out, 2, what)?;
+        ensure!(!out.stderr.is_empty(), "{what}: a message on stderr");
+        ensure!(out.stdout.is_empty(), "{what}: nothing on stdout");
+    }
     for (db, hub, what) in [
         ("nope://x", hub.as_str(), "a bad local URL"),
         (db.as_str(), "nope://x", "a bad hub URL"),
@@ -650,12 +1085,22 @@ fn demo_runs_and_cleans_up() -> TestResult {
         "remote \"ada@laptop.example.org\"",
         "`contacts resolve 1 --keep local`",
         "A and B converge on the email chosen by hand, countess@phone.example.org",
+        // Part three: two users through a hub server.
+        "10. Part three: a hub server and two users",
+        "A hub server runs in this process at http://127.0.0.1:",
+        "alice's phone syncs with a revoked token: the hub refused the token",
+        "alice's contacts are absent from bob's devices and bob's",
+        "the hub holds all 5 (3 of alice, 2 of bob)",
     ] {
         ensure!(
             stdout.contains(expected),
             "the demo prints {expected:?}:\n{stdout}"
         );
     }
+    ensure!(
+        !stdout.contains("tsk_"),
+        "the demo prints no token:\n{stdout}"
+    );
     let used = stdout
         .split_once("(SQLite too, in ")
         .and_then(|(_, rest)| rest.split_once(")."))

@@ -101,15 +101,18 @@ impl HttpBackendBuilder {
     /// The backend.
     ///
     /// # Errors
-    /// [`Error::Config`] for a URL that is not `http://` or `https://`, or
-    /// an empty token.
+    /// [`Error::Config`] for a URL that is not `http://` or `https://`
+    /// with a host, or an empty token.
     pub fn build(self) -> Result<HttpBackend> {
         let base = self.url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "`{}` is not a hub URL: expected http:// or https://",
-                self.url
-            )));
+        // Parsed now, so that a malformed URL is a configuration error
+        // here rather than a request that fails, later, as if offline.
+        let not_hub = |why: &dyn std::fmt::Display| {
+            Error::Config(format!("`{}` is not a hub URL: {why}", self.url))
+        };
+        let parsed = reqwest::Url::parse(&base).map_err(|e| not_hub(&e))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(not_hub(&"expected http:// or https://"));
         }
         if self.token.is_empty() {
             return Err(Error::Config("the hub token is empty".into()));
@@ -222,22 +225,25 @@ impl HttpBackend {
             .headers()
             .get(reqwest::header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
-        let body = resp.bytes().await.map_err(|e| offline(&url, &e))?;
-        let body = if zstd {
-            wire::decompress(&body, MAX_ANSWER).map_err(|e| {
+        let received = resp.bytes().await.map_err(|e| offline(&url, &e))?;
+        let decompressed;
+        // Read where it arrived unless it was compressed: no copy.
+        let body: &[u8] = if zstd {
+            decompressed = wire::decompress(&received, MAX_ANSWER).map_err(|e| {
                 Error::Protocol(format!(
                     "{url}: an answer that is not zstd, or over {MAX_ANSWER} bytes: {e}"
                 ))
-            })?
+            })?;
+            &decompressed
         } else {
-            body.to_vec()
+            &received
         };
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| {
+            return serde_json::from_slice(body).map_err(|e| {
                 Error::Protocol(format!("{url}: an answer this release cannot read: {e}"))
             });
         }
-        Err(answer_error(&url, status, &body))
+        Err(answer_error(&url, status, body))
     }
 
     /// A call that installs the tables again and retries once when the
@@ -447,5 +453,38 @@ impl Hub for HttpBackend {
             )
             .await?;
         Ok((a.cursor, a.page))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_http_urls_make_a_backend() {
+        for good in [
+            "http://127.0.0.1:8080",
+            "https://hub.example.com/",
+            "HTTP://x",
+        ] {
+            assert!(HttpBackend::new(good, "t").is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "http://",
+            "https:///",
+            "http://a b",
+            "ftp://x",
+            "127.0.0.1:80",
+        ] {
+            assert!(
+                matches!(HttpBackend::new(bad, "t"), Err(Error::Config(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            HttpBackend::new("http://x", ""),
+            Err(Error::Config(_))
+        ));
     }
 }

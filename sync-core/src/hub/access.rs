@@ -504,28 +504,34 @@ impl UserHub<'_> {
     async fn claim(&self, origin: NodeId) -> Result<()> {
         let db = self.hub.connection();
         let key = origin.to_string();
-        if HUB_ORIGINS
+        let claimed = HUB_ORIGINS
             .read(db, &key)
             .await
-            .map_err(Error::or_offline)?
-            .is_none()
-            && self.hub.applied(origin).await.map_err(Error::or_offline)? > 0
-        {
-            // Pushed directly before the hub served accounts: nobody's to
-            // take over the wire.
-            return Err(Error::Unauthorized(format!(
-                "device identity {key} pushed to this hub directly; over HTTP a device \
-                 takes a new identity (a new replica database)"
-            )));
-        }
-        HUB_ORIGINS
-            .insert_if_missing(db, &key, &self.account.user)
-            .await
             .map_err(Error::or_offline)?;
-        let owner = HUB_ORIGINS
-            .require(db, &key)
-            .await
-            .map_err(Error::or_offline)?;
+        // Claimed already (every push but a device's first): one read, no
+        // write.
+        let owner = match claimed {
+            Some(owner) => owner,
+            None => {
+                if self.hub.applied(origin).await.map_err(Error::or_offline)? > 0 {
+                    // Pushed directly before the hub served accounts:
+                    // nobody's to take over the wire.
+                    return Err(Error::Unauthorized(format!(
+                        "device identity {key} pushed to this hub directly; over HTTP a \
+                         device takes a new identity (a new replica database)"
+                    )));
+                }
+                HUB_ORIGINS
+                    .insert_if_missing(db, &key, &self.account.user)
+                    .await
+                    .map_err(Error::or_offline)?;
+                // Whoever inserted first (another server may have raced).
+                HUB_ORIGINS
+                    .require(db, &key)
+                    .await
+                    .map_err(Error::or_offline)?
+            }
+        };
         if owner != self.account.user {
             return Err(Error::Unauthorized(format!(
                 "device identity {key} pushes for another user; a device signing in as \
