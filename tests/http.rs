@@ -1445,7 +1445,10 @@ async fn a_devices_spec_cannot_retype_a_key_nor_alias_it(hub: TestDb) -> TestRes
         ensure!(r.reason.contains("refused to user `bob`"), "{r:?}");
     }
     for t in ["kv_int", "kv_text"] {
-        ensure_eq!(owners_and_bodies(&hub, t).await?, vec![pair("alice", "hers")]);
+        ensure_eq!(
+            owners_and_bodies(&hub, t).await?,
+            vec![pair("alice", "hers")]
+        );
     }
     Ok(())
 }
@@ -1526,7 +1529,11 @@ async fn a_refused_install_records_nothing_and_takes_no_app_table(hub: TestDb) -
     );
     // A synced table, once made, is taken by the next devices.
     mallory.install(&[shared("tags")]).await?;
-    server.device("alice").await?.install(&[shared("tags")]).await?;
+    server
+        .device("alice")
+        .await?
+        .install(&[shared("tags")])
+        .await?;
     Ok(())
 }
 
