@@ -760,6 +760,31 @@ fn leaked(token: &str, secrets: &[Vec<u8>]) -> Option<String> {
     None
 }
 
+/// The snapshot a row a page, through `first` and `second` in turn: its
+/// rows and the tokens followed.
+async fn walk(
+    first: &dyn Hub,
+    second: &dyn Hub,
+) -> Result<(Vec<tidesync::hub::SnapshotRow>, Vec<String>), BoxError> {
+    let mut after: Option<String> = None;
+    let mut rows = Vec::new();
+    let mut tokens = Vec::new();
+    for page in 0.. {
+        ensure!(page < 50, "the snapshot never ends");
+        let via = if page % 2 == 0 { first } else { second };
+        let (_, got) = via.snapshot(after.clone(), 1).await?;
+        rows.extend(got.rows);
+        match got.next {
+            Some(next) => {
+                tokens.push(next.clone());
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    Ok((rows, tokens))
+}
+
 /// A user walking the snapshot page by page learns nothing of another
 /// user's rows from the `next` tokens (neither their table nor their key),
 /// a token works only for the user it was given to, and any server on the
@@ -796,47 +821,46 @@ async fn snapshot_tokens_tell_nothing_of_other_users_rows(hub: TestDb) -> TestRe
     bob.install(&specs).await?;
     let bob_there = other.device("bob").await?;
     bob_there.install(&specs).await?;
-    let mut after: Option<String> = None;
-    let mut rows = Vec::new();
-    let mut pages = 0;
-    loop {
-        pages += 1;
-        ensure!(pages <= 50, "the snapshot never ends");
-        let via = if pages % 2 == 0 { &bob_there } else { &bob };
-        let (_, page) = via.snapshot(after.clone(), 1).await?;
-        rows.extend(page.rows);
-        match page.next {
-            Some(next) => {
-                if let Some(s) = leaked(&next, &secrets) {
-                    return Err(format!("bob's token {next} tells {s:?}").into());
-                }
-                after = Some(next);
-            }
-            None => break,
+    let (rows, tokens) = walk(&bob, &bob_there).await?;
+    ensure!(!tokens.is_empty(), "the walk did not follow a token");
+    for t in &tokens {
+        if let Some(s) = leaked(t, &secrets) {
+            return Err(format!("bob's token {t} tells {s:?}").into());
         }
     }
-    ensure!(pages >= 2, "the walk did not follow a token");
-    let keys: Vec<_> = rows.iter().map(|r| (r.table.clone(), r.pk.clone())).collect();
-    ensure_eq!(
-        keys,
-        vec![(
-            "notes".to_owned(),
-            vec![("id".to_owned(), sea_orm::Value::Uuid(Some(his)))]
-        )]
-    );
-    // Alice's tokens: hers on either server, refused to bob.
+    let keys = |rows: &[tidesync::hub::SnapshotRow]| {
+        let mut keys: Vec<_> = rows
+            .iter()
+            .map(|r| (r.table.clone(), r.pk.clone()))
+            .collect();
+        keys.sort_by_key(|k| format!("{k:?}"));
+        keys
+    };
+    let note_keys = |ids: &[Uuid]| {
+        let mut keys: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                (
+                    "notes".to_owned(),
+                    vec![("id".to_owned(), sea_orm::Value::Uuid(Some(*id)))],
+                )
+            })
+            .collect();
+        keys.sort_by_key(|k| format!("{k:?}"));
+        keys
+    };
+    ensure_eq!(keys(&rows), note_keys(&[his]));
+    // Alice walks hers the same way; her tokens are refused to bob.
     let alice = server.device("alice").await?;
     alice.install(&specs).await?;
-    let (_, first) = alice.snapshot(None, 1).await?;
-    let token = first.next.clone().ok_or("alice's first page has no next")?;
     let alice_there = other.device("alice").await?;
     alice_there.install(&specs).await?;
-    let (_, second) = alice_there.snapshot(Some(token.clone()), 1).await?;
-    ensure_eq!(second.rows.len(), 1);
-    ensure!(
-        second.rows[0].pk != first.rows[0].pk,
-        "the token did not move on: {second:?}"
-    );
+    let (rows, tokens) = walk(&alice_there, &alice).await?;
+    ensure_eq!(keys(&rows), note_keys(&hers));
+    let token = tokens
+        .last()
+        .ok_or("alice's walk followed no token")?
+        .clone();
     for via in [&bob, &bob_there] {
         match via.snapshot(Some(token.clone()), 1).await {
             Err(Error::Offline(e)) => return Err(format!("offline: {e}").into()),
