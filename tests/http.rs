@@ -73,6 +73,9 @@ mod logs {
         LOGS.get_or_init(|| Mutex::new(Vec::new()));
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
+            // Plain text whatever the environment (`user=alice`, not
+            // colour codes between the name and the value).
+            .with_ansi(false)
             .with_writer(|| Sink)
             .try_init();
     }
@@ -882,6 +885,26 @@ async fn snapshot_tokens_tell_nothing_of_other_users_rows(hub: TestDb) -> TestRe
             "{bad} was taken"
         );
     }
+    // A device whose bootstrap was cut off before the hub sealed its
+    // tokens resumes after a plain one: refused, it starts over.
+    let info = bob.install(&specs).await?;
+    let b2 = device(&server, "bob", "b2").await?;
+    let progress = serde_json::json!({
+        "start": 0,
+        "after": serde_json::to_string(&("labels", "[]", 1))?,
+    });
+    b2.db()
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            b2.db().get_database_backend(),
+            "INSERT INTO _tidesync_meta (\"key\", \"value\") VALUES (?, ?)",
+            [
+                format!("bootstrap:{}", info.hub_id).into(),
+                progress.to_string().into(),
+            ],
+        ))
+        .await?;
+    b2.engine.sync_now().await?;
+    ensure_eq!(notes_of(b2.db()).await?, vec![pair("bob", "bob's")]);
     Ok(())
 }
 
