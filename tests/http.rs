@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         a_refused_install_records_nothing_and_takes_no_app_table,
         one_change_too_large_halts_and_the_sync_still_pulls,
         another_users_change_ids_are_not_told,
+        snapshot_tokens_tell_nothing_of_other_users_rows,
         random_and_mutated_bodies_never_break_the_server,
         a_slow_client_does_not_block_others,
         tokens_never_appear_in_logs,
@@ -75,7 +76,8 @@ mod logs {
         LOGS.get_or_init(|| Mutex::new(Vec::new()));
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
-            // Plain text whatever features the workspace turns on.
+            // Plain text whatever the environment (`user=alice`, not
+            // colour codes between the name and the value).
             .with_ansi(false)
             .with_writer(|| Sink)
             .try_init();
@@ -748,6 +750,205 @@ async fn the_hubs_own_tables_and_new_tables_are_refused_when_closed(hub: TestDb)
         .await?;
     bob.install(&[tidesync::table_spec::<notes::Entity>()])
         .await?;
+    Ok(())
+}
+
+/// Every way `token` could carry `secret` (its text, hex or base64 decoded
+/// bytes), or `None`.
+fn leaked(token: &str, secrets: &[Vec<u8>]) -> Option<String> {
+    fn hex(s: &str) -> Option<Vec<u8>> {
+        let s = s.as_bytes();
+        if s.len() % 2 != 0 {
+            return None;
+        }
+        s.chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+            .collect()
+    }
+    fn base64(s: &str) -> Option<Vec<u8>> {
+        let mut bits = 0u32;
+        let mut n = 0;
+        let mut out = Vec::new();
+        for c in s.trim_end_matches('=').bytes() {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' | b'-' => 62,
+                b'/' | b'_' => 63,
+                _ => return None,
+            };
+            bits = (bits << 6) | u32::from(v);
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+            }
+        }
+        Some(out)
+    }
+    let lower = token.to_ascii_lowercase();
+    let forms = [
+        Some(lower.clone().into_bytes()),
+        hex(&lower),
+        base64(token),
+        // A token in parts (`a.b`): each part decoded.
+    ];
+    let parts = token
+        .split(['.', ':', '~'])
+        .flat_map(|p| [hex(&p.to_ascii_lowercase()), base64(p)]);
+    for bytes in forms.into_iter().chain(parts).flatten() {
+        for s in secrets {
+            if bytes.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s)) {
+                return Some(String::from_utf8_lossy(s).into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The snapshot a row a page, through `first` and `second` in turn: its
+/// rows and the tokens followed.
+async fn walk(
+    first: &dyn Hub,
+    second: &dyn Hub,
+) -> Result<(Vec<tidesync::hub::SnapshotRow>, Vec<String>), BoxError> {
+    let mut after: Option<String> = None;
+    let mut rows = Vec::new();
+    let mut tokens = Vec::new();
+    for page in 0.. {
+        ensure!(page < 50, "the snapshot never ends");
+        let via = if page % 2 == 0 { first } else { second };
+        let (_, got) = via.snapshot(after.clone(), 1).await?;
+        rows.extend(got.rows);
+        match got.next {
+            Some(next) => {
+                tokens.push(next.clone());
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    Ok((rows, tokens))
+}
+
+/// A user walking the snapshot page by page learns nothing of another
+/// user's rows from the `next` tokens (neither their table nor their key),
+/// a token works only for the user it was given to, and any server on the
+/// hub database takes the tokens of another.
+async fn snapshot_tokens_tell_nothing_of_other_users_rows(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let other = serve(&hub, RejectPolicy::Park).await?;
+    let a = device(&server, "alice", "alice").await?;
+    let mut hers = Vec::new();
+    for i in 0..4 {
+        hers.push(note(&a, "alice", &format!("alice-secret-diagnosis-{i}")).await?);
+    }
+    let r = a.engine.sync_now().await?;
+    ensure!(r.rejected.is_empty() && r.halted.is_none(), "{r:?}");
+    let b = device(&server, "bob", "bob").await?;
+    let his = note(&b, "bob", "bob's").await?;
+    let r = b.engine.sync_now().await?;
+    ensure!(r.rejected.is_empty() && r.halted.is_none(), "{r:?}");
+    // What must not be told: alice's keys in every form, her name, her
+    // text.
+    let mut secrets: Vec<Vec<u8>> = vec![b"alice".to_vec(), b"secret".to_vec()];
+    for id in &hers {
+        secrets.push(id.to_string().into_bytes());
+        secrets.push(id.simple().to_string().into_bytes());
+        secrets.push(id.as_bytes().to_vec());
+    }
+    let specs = [
+        tidesync::table_spec::<notes::Entity>(),
+        tidesync::table_spec::<labels::Entity>(),
+    ];
+    // Bob walks the snapshot a row at a time, every other page through the
+    // other server.
+    let bob = server.device("bob").await?;
+    bob.install(&specs).await?;
+    let bob_there = other.device("bob").await?;
+    bob_there.install(&specs).await?;
+    let (rows, tokens) = walk(&bob, &bob_there).await?;
+    ensure!(!tokens.is_empty(), "the walk did not follow a token");
+    for t in &tokens {
+        if let Some(s) = leaked(t, &secrets) {
+            return Err(format!("bob's token {t} tells {s:?}").into());
+        }
+    }
+    let keys = |rows: &[tidesync::hub::SnapshotRow]| {
+        let mut keys: Vec<_> = rows
+            .iter()
+            .map(|r| (r.table.clone(), r.pk.clone()))
+            .collect();
+        keys.sort_by_key(|k| format!("{k:?}"));
+        keys
+    };
+    let note_keys = |ids: &[Uuid]| {
+        let mut keys: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                (
+                    "notes".to_owned(),
+                    vec![("id".to_owned(), sea_orm::Value::Uuid(Some(*id)))],
+                )
+            })
+            .collect();
+        keys.sort_by_key(|k| format!("{k:?}"));
+        keys
+    };
+    ensure_eq!(keys(&rows), note_keys(&[his]));
+    // Alice walks hers the same way; her tokens are refused to bob.
+    let alice = server.device("alice").await?;
+    alice.install(&specs).await?;
+    let alice_there = other.device("alice").await?;
+    alice_there.install(&specs).await?;
+    let (rows, tokens) = walk(&alice_there, &alice).await?;
+    ensure_eq!(keys(&rows), note_keys(&hers));
+    let token = tokens
+        .last()
+        .ok_or("alice's walk followed no token")?
+        .clone();
+    for via in [&bob, &bob_there] {
+        match via.snapshot(Some(token.clone()), 1).await {
+            Err(Error::Offline(e)) => return Err(format!("offline: {e}").into()),
+            Err(_) => {}
+            Ok(page) => {
+                return Err(format!("bob read with alice's token: {page:?}").into());
+            }
+        }
+    }
+    // A token changed by one character, and a plain one naming a row, are
+    // refused.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+    let plain = serde_json::to_string(&("notes", format!("[{{\"Uuid\":\"{}\"}}]", hers[0]), 1))?;
+    for bad in [String::from_utf8(forged)?, plain] {
+        ensure!(
+            alice.snapshot(Some(bad.clone()), 1).await.is_err(),
+            "{bad} was taken"
+        );
+    }
+    // A device whose bootstrap was cut off before the hub sealed its
+    // tokens resumes after a plain one: refused, it starts over.
+    let info = bob.install(&specs).await?;
+    let b2 = device(&server, "bob", "b2").await?;
+    let progress = serde_json::json!({
+        "start": 0,
+        "after": serde_json::to_string(&("labels", "[]", 1))?,
+    });
+    b2.db()
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            b2.db().get_database_backend(),
+            "INSERT INTO _tidesync_meta (\"key\", \"value\") VALUES (?, ?)",
+            [
+                format!("bootstrap:{}", info.hub_id).into(),
+                progress.to_string().into(),
+            ],
+        ))
+        .await?;
+    b2.engine.sync_now().await?;
+    ensure_eq!(notes_of(b2.db()).await?, vec![pair("bob", "bob's")]);
     Ok(())
 }
 

@@ -669,14 +669,23 @@ impl Hub for UserHub<'_> {
         )
         .await?;
         let tables = self.tables();
-        self.hub
+        // The user gets sealed tokens: the hub's own would name the last
+        // row read, another user's if the page passed it over.
+        let sealer = super::token::sealer(self.hub.connection(), &self.account.user)
+            .await
+            .map_err(Error::or_offline)?;
+        let after = after.map(|t| sealer.open(&t)).transpose()?;
+        let (cursor, mut page) = self
+            .hub
             .snapshot_for(
                 after,
                 limit,
                 Some(&visible),
                 tables.as_deref().map(Vec::as_slice),
             )
-            .await
+            .await?;
+        page.next = page.next.map(|t| sealer.seal(&t)).transpose()?;
+        Ok((cursor, page))
     }
 }
 

@@ -32,6 +32,7 @@ mod resent;
 mod snapshot;
 mod states;
 pub(crate) mod tables;
+mod token;
 mod validate;
 mod visible;
 

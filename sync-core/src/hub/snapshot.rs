@@ -17,7 +17,9 @@ use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, storage_key};
 
 /// The hub's cursor now, and up to `limit` rows after the key `after` (a
 /// page's `next`: the JSON of its last `(table, stored key, 1)`, valid
-/// across restarts and limits).
+/// across restarts and limits). Through an account the token may name a
+/// row of another user, which the page passed over: a `UserHub` hands out
+/// its tokens sealed and bound to the user (see `token`), never this one.
 ///
 /// A token of an earlier release is `(table, key text)`, in the order of key
 /// texts: a key stored under its hash since (a SQLite hub holding a key over

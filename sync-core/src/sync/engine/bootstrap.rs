@@ -46,9 +46,28 @@ impl SyncEngine {
         };
         let mut start = resume.as_ref().map(|p| Cursor(p.start));
         let mut check_tip = resume.is_some();
+        let mut resumed = resume.is_some();
         let mut ahead = Some(fetch(resume.map(|p| p.after)));
         while let Some(call) = ahead.take() {
-            let (cursor, page) = call.get().await.map_err(Error::or_offline)?;
+            let (cursor, page) = match call.get().await {
+                // The hub refuses the token the bootstrap resumes after (one
+                // of a server before it sealed its accounts' tokens, or of
+                // another user): starting over is always safe.
+                Err(Error::Config(e)) if std::mem::take(&mut resumed) => {
+                    tracing::warn!(
+                        "hub {} refused the token the bootstrap resumes after ({e}): the snapshot starts over",
+                        info.hub_id
+                    );
+                    start = None;
+                    check_tip = false;
+                    ahead = Some(fetch(None));
+                    continue;
+                }
+                got => {
+                    resumed = false;
+                    got.map_err(Error::or_offline)?
+                }
+            };
             if std::mem::take(&mut check_tip) && start.is_some_and(|s| cursor < s) {
                 // The hub's tip is below the cursor the snapshot started at:
                 // it was restored from an older backup (or replaced under the
