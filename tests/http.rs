@@ -758,7 +758,7 @@ async fn the_hubs_own_tables_and_new_tables_are_refused_when_closed(hub: TestDb)
 fn leaked(token: &str, secrets: &[Vec<u8>]) -> Option<String> {
     fn hex(s: &str) -> Option<Vec<u8>> {
         let s = s.as_bytes();
-        if s.len() % 2 != 0 {
+        if !s.len().is_multiple_of(2) {
             return None;
         }
         s.chunks(2)
