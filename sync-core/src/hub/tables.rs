@@ -187,11 +187,6 @@ pub(crate) async fn install(
     HUB_META
         .insert_if_missing(db, "hub_id", &NodeId::random().to_string())
         .await?;
-    // The key sealing accounts' snapshot tokens: made once, shared by
-    // every server on this hub database.
-    HUB_META
-        .insert_if_missing(db, super::token::KEY, &super::token::new_key())
-        .await?;
     let mut placed = Vec::with_capacity(tables.len());
     for spec in tables {
         // Checked against the records first, the table created, and only
