@@ -487,6 +487,20 @@ pub fn trial_direct(dialect: Dialect, name: &str, test: DbTest) -> Trial {
         .expect("one trial")
 }
 
+/// One trial of `test` on `dialect` (its database given), direct only,
+/// which also needs a PostgreSQL server.
+pub fn trial_direct_with_postgres(dialect: Dialect, name: &str, test: DbTest) -> Trial {
+    trial_needing(
+        &[Transport::Direct],
+        dialect,
+        &[Dialect::Postgres],
+        name,
+        test,
+    )
+    .pop()
+    .expect("one trial")
+}
+
 /// The trials of `test` on `dialect` (its database given), which also
 /// needs a PostgreSQL server: reported as ignored without either (failed
 /// in CI).
