@@ -1126,10 +1126,13 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
     hub.drop().await
 }
 
-/// A hub that answers `pushes` push requests, then is unreachable.
+/// A hub that answers `pushes` push requests, then is unreachable; with
+/// `lose_first_answer`, the first push is applied but its answer lost (a
+/// dropped connection, a proxy's timeout after the commit).
 struct LostAfter {
     inner: Arc<dyn Hub>,
     pushes: std::sync::atomic::AtomicUsize,
+    lose_first_answer: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -1143,6 +1146,10 @@ impl Hub for LostAfter {
 
     async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
         use std::sync::atomic::Ordering;
+        if self.lose_first_answer.swap(false, Ordering::SeqCst) {
+            self.inner.push(batch).await?;
+            return Err(Error::Offline("answer lost (test)".into()));
+        }
         let left = self.pushes.load(Ordering::SeqCst);
         if left == 0 {
             return Err(Error::Offline("connection reset (test)".into()));
@@ -1177,6 +1184,7 @@ async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> Test
     let lost = Arc::new(LostAfter {
         inner: inner.clone(),
         pushes: 3.into(),
+        lose_first_answer: false.into(),
     });
     let local = TestDb::create(Dialect::Sqlite, "lost").await?;
     local.create_table(contacts::Entity).await?;
@@ -1417,69 +1425,16 @@ async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
-/// A hub whose first push answer is lost after the hub committed it (a
-/// dropped connection, a proxy's timeout): the device hears it is offline.
-struct AnswerLost {
-    inner: Arc<dyn Hub>,
-    lost: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl Hub for AnswerLost {
-    async fn install(
-        &self,
-        tables: &[tidesync::TableSpec],
-    ) -> tidesync::Result<tidesync::hub::HubInfo> {
-        self.inner.install(tables).await
-    }
-
-    async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
-        let ack = self.inner.push(batch).await?;
-        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::Offline("answer lost (test)".into()));
-        }
-        Ok(ack)
-    }
-
-    async fn standing(
-        &self,
-        origin: tidesync::NodeId,
-        at: Option<Cursor>,
-    ) -> tidesync::Result<tidesync::hub::Standing> {
-        self.inner.standing(origin, at).await
-    }
-
-    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
-        self.inner.pull(cursor, limit).await
-    }
-
-    async fn pull_excluding(
-        &self,
-        cursor: Cursor,
-        limit: u64,
-        origin: tidesync::NodeId,
-    ) -> tidesync::Result<tidesync::hub::PullBatch> {
-        self.inner.pull_excluding(cursor, limit, origin).await
-    }
-
-    async fn snapshot(
-        &self,
-        after: Option<String>,
-        limit: u64,
-    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
-        self.inner.snapshot(after, limit).await
-    }
-}
-
 /// The answer to a push that parked a change is lost; the device pushes
 /// the batch again and the hub acknowledges it without applying it twice:
 /// the parked change is reported with its reason all the same (it leaves
 /// the device's outbox now, so this is the last time it can be).
 async fn a_parked_change_pushed_again_is_reported(hub: TestDb) -> TestResult {
     let (backend, inspect) = strict_hub(&hub, RejectPolicy::Park).await?;
-    let lost = Arc::new(AnswerLost {
+    let lost = Arc::new(LostAfter {
         inner: backend,
-        lost: false.into(),
+        pushes: usize::MAX.into(),
+        lose_first_answer: true.into(),
     });
     let a = Device::with_backend(lost, "a").await?;
     a.add("good 1").await?;
