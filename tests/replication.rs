@@ -1860,12 +1860,20 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
     contacts::Entity::insert_many(rows).exec(&local.db).await?;
     let admin = hub.connect_again().await?;
     let dialect = hub.dialect;
+    // The killer goes on until a sync has failed (or long past any chance of
+    // one): on a fast transport the first 400 rows may all be through before
+    // a drop lands, so the device keeps writing while it runs.
+    let hit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer_hit = hit.clone();
     let killer = tokio::spawn(async move {
         let sql = match dialect {
             Dialect::Postgres => "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()".to_string(),
             _ => String::new(),
         };
-        for _ in 0..40 {
+        for round in 0..400 {
+            if round >= 40 && killer_hit.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             if dialect == Dialect::MySql {
                 let ids = admin
                     .query_all_raw(sea_orm::Statement::from_string(
@@ -1888,11 +1896,24 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
     });
     let mut failures = 0;
     let mut offline = 0;
+    let mut written: i64 = 400;
     while !killer.is_finished() {
+        let more: Vec<contacts::ActiveModel> = (written..written + 10)
+            .map(|i| contacts::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                name: Set(format!("n{i}")),
+                email: Set(None),
+                last_opened: Set(None),
+                updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
+            })
+            .collect();
+        contacts::Entity::insert_many(more).exec(&local.db).await?;
+        written += 10;
         match engine.sync_now().await {
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
+                hit.store(true, std::sync::atomic::Ordering::SeqCst);
                 if matches!(e, tidesync::Error::Offline(_)) {
                     offline += 1;
                 }
@@ -1918,12 +1939,12 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         "dropped connections should read as offline ({failures} failures)"
     );
     let log = SqlHub::new(hub.connect_again().await?)
-        .pull(Cursor(0), 10_000)
+        .pull(Cursor(0), 100_000)
         .await?;
     let seqs: Vec<u64> = log.changes.iter().map(|c| c.id.seq).collect();
     ensure_eq!(
         seqs,
-        (1..=400).collect::<Vec<u64>>(),
+        (1..=written as u64).collect::<Vec<u64>>(),
         "each change on the hub exactly once, in order"
     );
     same_rows(
