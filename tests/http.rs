@@ -34,6 +34,8 @@ fn main() -> std::process::ExitCode {
         another_devices_install_does_not_change_how_this_ones_pushes_merge,
         installs_cannot_reach_other_tables_or_inject_sql,
         forged_keys_and_doubled_columns_are_refused,
+        a_devices_spec_cannot_retype_a_key_nor_alias_it,
+        a_refused_install_records_nothing_and_takes_no_app_table,
         one_change_too_large_halts_and_the_sync_still_pulls,
         another_users_change_ids_are_not_told,
         snapshot_tokens_tell_nothing_of_other_users_rows,
@@ -1574,6 +1576,216 @@ async fn forged_keys_and_doubled_columns_are_refused(hub: TestDb) -> TestResult 
         "{reasons:?}"
     );
     ensure_eq!(notes_of(&hub.db).await?, Vec::<(String, String)>::new());
+    Ok(())
+}
+
+/// A table with owners, keyed by one column `id` of type `key`.
+fn owned_table(name: &str, key: sea_orm::sea_query::ColumnType) -> tidesync::TableSpec {
+    use sea_orm::sea_query::ColumnType;
+    let col = |n: &str, ty: ColumnType| tidesync::ColumnSpec {
+        name: n.into(),
+        ty,
+        nullable: false,
+    };
+    let mut t = tidesync::table_spec::<notes::Entity>();
+    t.name = name.into();
+    t.pk = vec![col("id", key.clone())];
+    t.columns = vec![
+        col("id", key),
+        col("owner", ColumnType::Text),
+        col("body", ColumnType::Text),
+    ];
+    t.ownership = tidesync::Ownership::Owner("owner".into());
+    t
+}
+
+/// A change of `table`'s row `key` (its `id`), setting `columns`.
+fn keyed_change(
+    table: &str,
+    origin: NodeId,
+    seq: u64,
+    op: Op,
+    key: sea_orm::Value,
+    columns: &[(&str, &str)],
+) -> Change {
+    let mut c = change(origin, seq, op, Uuid::nil(), columns);
+    c.table = table.into();
+    c.pk = vec![("id".into(), key.clone())];
+    if op == Op::Insert {
+        c.columns.insert(0, ("id".into(), key));
+    }
+    c
+}
+
+/// (owner, body) of every row of `table` in the hub database, sorted.
+async fn owners_and_bodies(hub: &TestDb, table: &str) -> Result<Vec<(String, String)>, BoxError> {
+    let q = sea_orm::Statement::from_string(
+        hub.db.get_database_backend(),
+        format!("SELECT owner, body FROM {table}"),
+    );
+    let mut out = Vec::new();
+    for r in hub.db.query_all_raw(q).await? {
+        out.push((r.try_get_by_index(0)?, r.try_get_by_index(1)?));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A device's spec decides nothing of a table's key: bob's spec with the
+/// key retyped (INTEGER for the hub's BIGINT) is refused at install, and
+/// with the hub's spec, a key value of another variant than the recorded
+/// type's (`Int` for BIGINT, `Char` for text) is refused at push: each
+/// would be another row state than alice's row, but the same database row.
+async fn a_devices_spec_cannot_retype_a_key_nor_alias_it(hub: TestDb) -> TestResult {
+    use sea_orm::sea_query::ColumnType;
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let alice = server.device("alice").await?;
+    let by_int = owned_table("kv_int", ColumnType::BigInteger);
+    let by_text = owned_table("kv_text", ColumnType::Text);
+    alice.install(&[by_int.clone(), by_text.clone()]).await?;
+    let a = NodeId::random();
+    let five = sea_orm::Value::BigInt(Some(5));
+    let k = sea_orm::Value::String(Some("k".into()));
+    let hers = [("owner", "alice"), ("body", "hers")];
+    let ack = alice
+        .push(&[
+            keyed_change("kv_int", a, 1, Op::Insert, five, &hers),
+            keyed_change("kv_text", a, 2, Op::Insert, k, &hers),
+        ])
+        .await?;
+    ensure!(ack.parked.is_empty() && ack.halted.is_none(), "{ack:?}");
+    let bob = server.device("bob").await?;
+    // The key retyped, renamed, or with another column: refused, loud.
+    for (what, spec) in [
+        ("retyped", owned_table("kv_int", ColumnType::Integer)),
+        ("as text", owned_table("kv_int", ColumnType::Text)),
+        ("renamed", {
+            let mut t = by_int.clone();
+            t.columns[0].name = "ident".into();
+            t.pk[0].name = "ident".into();
+            t
+        }),
+        ("widened", {
+            let mut t = by_int.clone();
+            t.pk.push(t.columns[2].clone());
+            t
+        }),
+    ] {
+        let e = bob.install(&[spec]).await.err();
+        ensure!(
+            matches!(&e, Some(Error::Config(m)) if m.contains("key")),
+            "{what}: {e:?}"
+        );
+    }
+    // With the hub's spec: values of another variant than the key's type.
+    bob.install(&[by_int, by_text]).await?;
+    let b = NodeId::random();
+    let his = [("owner", "bob"), ("body", "bob's")];
+    let int = sea_orm::Value::Int(Some(5));
+    let ch = sea_orm::Value::Char(Some('k'));
+    let ack = bob
+        .push(&[
+            keyed_change("kv_int", b, 1, Op::Insert, int.clone(), &his),
+            keyed_change("kv_int", b, 2, Op::Delete, int, &[]),
+            keyed_change("kv_text", b, 3, Op::Insert, ch.clone(), &his),
+            keyed_change("kv_text", b, 4, Op::Delete, ch, &[]),
+        ])
+        .await?;
+    let parked: Vec<u64> = ack.parked.iter().map(|r| r.id.seq).collect();
+    ensure_eq!(parked, vec![1, 2, 3, 4]);
+    for r in &ack.parked {
+        ensure!(r.reason.contains("refused to user `bob`"), "{r:?}");
+    }
+    for t in ["kv_int", "kv_text"] {
+        ensure_eq!(
+            owners_and_bodies(&hub, t).await?,
+            vec![pair("alice", "hers")]
+        );
+    }
+    Ok(())
+}
+
+/// The rows of the hub's record `meta` (one of its key/value tables) for
+/// `name`.
+async fn records_of(hub: &TestDb, meta: &str, name: &str) -> Result<usize, BoxError> {
+    let key = if hub.db.get_database_backend() == sea_orm::DbBackend::MySql {
+        "`key`"
+    } else {
+        "\"key\""
+    };
+    let q = sea_orm::Statement::from_string(
+        hub.db.get_database_backend(),
+        format!("SELECT value FROM {meta} WHERE {key} = '{name}'"),
+    );
+    Ok(hub.db.query_all_raw(q).await?.len())
+}
+
+/// An install refused for its spec (a key outside the columns, no key, a
+/// column twice) creates and records nothing; and a name recorded without
+/// being a synced table (a failed install of an earlier release) does not
+/// open the application's table of that name to devices.
+async fn a_refused_install_records_nothing_and_takes_no_app_table(hub: TestDb) -> TestResult {
+    use sea_orm::sea_query::ColumnType;
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let mallory = server.device("mallory").await?;
+    let shared = |name: &str| {
+        let mut t = tidesync::table_spec::<labels::Entity>();
+        t.name = name.into();
+        t
+    };
+    let mut outside = shared("app_users");
+    outside.pk = vec![tidesync::ColumnSpec {
+        name: "nope".into(),
+        ty: ColumnType::Text,
+        nullable: false,
+    }];
+    let mut keyless = shared("app_users");
+    keyless.pk.clear();
+    let mut twice = shared("app_users");
+    twice.columns.push(twice.columns[1].clone());
+    for (what, spec) in [("outside", outside), ("keyless", keyless), ("twice", twice)] {
+        let e = mallory.install(&[spec]).await.err();
+        ensure!(matches!(&e, Some(Error::Config(_))), "{what}: {e:?}");
+        for meta in ["_tidesync_hub_access", "_tidesync_hub_places"] {
+            ensure_eq!(records_of(&hub, meta, "app_users").await?, 0);
+        }
+        ensure!(
+            !hub.table_names().await?.iter().any(|t| t == "app_users"),
+            "{what}: created"
+        );
+    }
+    // The application's own table, made later: not a synced table.
+    hub.db
+        .execute_unprepared("CREATE TABLE app_users (id VARCHAR(36) PRIMARY KEY, name VARCHAR(20))")
+        .await?;
+    let e = mallory.install(&[shared("app_users")]).await.err();
+    ensure!(
+        matches!(&e, Some(Error::Config(m)) if m.contains("not one of its synced tables")),
+        "{e:?}"
+    );
+    // A record an earlier release left of a failed install, then the
+    // application's table of that name.
+    hub.db
+        .execute_unprepared(&format!(
+            "INSERT INTO _tidesync_hub_access VALUES ('app_roles', '{}')",
+            tidesync::Ownership::Shared.record()
+        ))
+        .await?;
+    hub.db
+        .execute_unprepared("CREATE TABLE app_roles (id VARCHAR(36) PRIMARY KEY, name VARCHAR(20))")
+        .await?;
+    let e = mallory.install(&[shared("app_roles")]).await.err();
+    ensure!(
+        matches!(&e, Some(Error::Config(m)) if m.contains("not one of its synced tables")),
+        "{e:?}"
+    );
+    // A synced table, once made, is taken by the next devices.
+    mallory.install(&[shared("tags")]).await?;
+    server
+        .device("alice")
+        .await?
+        .install(&[shared("tags")])
+        .await?;
     Ok(())
 }
 

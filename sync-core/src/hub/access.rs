@@ -26,7 +26,7 @@ use sea_orm::Value;
 
 use super::SqlHub;
 use super::owner::{owner_of_row, owner_text};
-use super::tables::{HUB_ACCESS, HUB_ORIGINS};
+use super::tables::{HUB_ACCESS, HUB_KEYS, HUB_ORIGINS};
 use super::visible::Visible;
 use crate::model::change::{Change, Op, TableSpec};
 use crate::model::clock::NodeId;
@@ -229,34 +229,52 @@ impl Account {
     }
 }
 
-/// Refuse a key value of another kind than its column holds: the hub
-/// knows a row by its key's typed values, its database by the column's
-/// value, so a key `Int(5)` for a `BIGINT` column (where the hub holds
-/// `BigInt(5)`) would reach another user's row past its state.
+/// Refuse a key value of another variant than the one its column's type
+/// takes: the hub knows a row by its key's typed values, its database by
+/// the column's value, so a key `Int(5)` for a `BIGINT` column (where the
+/// hub holds `BigInt(5)`), or `Char('k')` for a text column (where it holds
+/// `String("k")`), would reach another user's row past its state. `spec`'s
+/// key is the one the hub records (an install with another is refused).
 fn key_types(spec: &TableSpec, change: &Change) -> std::result::Result<(), String> {
-    use sea_orm::sea_query::ColumnType as T;
     for (name, v) in &change.pk {
         let Some(col) = spec.column(name) else {
-            continue;
+            return Err(format!("`{name}` is not a key column of the table"));
         };
-        let fits = match &col.ty {
-            T::TinyInteger => matches!(v, Value::TinyInt(_)),
-            T::SmallInteger => matches!(v, Value::SmallInt(_)),
-            T::Integer => matches!(v, Value::Int(_)),
-            T::BigInteger => matches!(v, Value::BigInt(_)),
-            T::TinyUnsigned => matches!(v, Value::TinyUnsigned(_)),
-            T::SmallUnsigned => matches!(v, Value::SmallUnsigned(_)),
-            T::Unsigned => matches!(v, Value::Unsigned(_)),
-            T::BigUnsigned => matches!(v, Value::BigUnsigned(_)),
-            T::Uuid => matches!(v, Value::Uuid(_)),
-            T::Char(_) | T::String(_) | T::Text => matches!(v, Value::String(_) | Value::Char(_)),
-            _ => true,
-        };
-        if !fits {
+        if !key_variant(&col.ty, v) {
             return Err(format!("key column `{name}` holds a value of another type"));
         }
     }
     Ok(())
+}
+
+/// Whether `v` is of the one variant a key of type `ty` takes (the one
+/// SeaORM gives the entity field of that type; for a date-time with a
+/// zone, `DateTimeUtc`'s).
+fn key_variant(ty: &sea_orm::sea_query::ColumnType, v: &Value) -> bool {
+    use sea_orm::sea_query::ColumnType as T;
+    match ty {
+        T::TinyInteger => matches!(v, Value::TinyInt(_)),
+        T::SmallInteger => matches!(v, Value::SmallInt(_)),
+        T::Integer => matches!(v, Value::Int(_)),
+        T::BigInteger => matches!(v, Value::BigInt(_)),
+        T::TinyUnsigned => matches!(v, Value::TinyUnsigned(_)),
+        T::SmallUnsigned => matches!(v, Value::SmallUnsigned(_)),
+        T::Unsigned => matches!(v, Value::Unsigned(_)),
+        T::BigUnsigned => matches!(v, Value::BigUnsigned(_)),
+        T::Uuid => matches!(v, Value::Uuid(_)),
+        T::Char(_) | T::String(_) | T::Text | T::Enum { .. } => matches!(v, Value::String(_)),
+        T::Float => matches!(v, Value::Float(_)),
+        T::Double => matches!(v, Value::Double(_)),
+        T::Decimal(_) => matches!(v, Value::Decimal(_)),
+        T::DateTime | T::Timestamp => matches!(v, Value::ChronoDateTime(_)),
+        T::TimestampWithTimeZone => matches!(v, Value::ChronoDateTimeUtc(_)),
+        T::Time => matches!(v, Value::ChronoTime(_)),
+        T::Date => matches!(v, Value::ChronoDate(_)),
+        T::Binary(_) | T::VarBinary(_) | T::Blob => matches!(v, Value::Bytes(_)),
+        T::Boolean => matches!(v, Value::Bool(_)),
+        T::Json | T::JsonBinary => matches!(v, Value::Json(_)),
+        _ => false,
+    }
 }
 
 /// A plain SQL name: letters, digits and `_`, not starting with a digit,
@@ -386,6 +404,7 @@ impl UserHub<'_> {
     async fn admissible(&self, tables: &[TableSpec]) -> Result<()> {
         let refuse = |t: &str, why: String| Err(Error::Config(format!("table `{t}`: {why}")));
         for t in tables {
+            super::tables::check_spec(t)?;
             if t.name.to_ascii_lowercase().starts_with("_tidesync") {
                 return refuse(
                     &t.name,
@@ -420,15 +439,29 @@ impl UserHub<'_> {
             .read_many(db, &names)
             .await
             .map_err(Error::or_offline)?;
+        let keyed = HUB_KEYS
+            .read_many(db, &names)
+            .await
+            .map_err(Error::or_offline)?;
         let d = crate::dialect::of_db(db)?;
         for t in tables {
+            // A name counts as a synced table's when its key is recorded
+            // too (recorded once the table is made) or the hub holds row
+            // states of it (a table of an earlier release): a record alone
+            // may be left by a failed install of an earlier release, and
+            // the application's table of that name is not a synced one.
+            let synced = recorded.contains_key(&t.name)
+                && (keyed.contains_key(&t.name)
+                    || super::tables::has_states(db, &t.name)
+                        .await
+                        .map_err(Error::or_offline)?);
             let ownership = match recorded
                 .get(&t.name)
                 .and_then(|r| Ownership::from_record(r))
             {
-                Some(r) if t.ownership == Ownership::Undeclared => r,
-                Some(_) => t.ownership.clone(),
-                None => {
+                Some(r) if synced && t.ownership == Ownership::Undeclared => r,
+                Some(_) if synced => t.ownership.clone(),
+                _ => {
                     if !self.account.new_tables {
                         return refuse(
                             &t.name,

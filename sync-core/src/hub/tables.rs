@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use super::owner;
 use crate::dialect::{self, Dialect, Place};
-use crate::model::change::TableSpec;
+use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::HubInfo;
@@ -56,6 +56,112 @@ pub(crate) const HUB_ORIGINS: Meta = Meta("_tidesync_hub_origins");
 /// (PostgreSQL): the table's sync name and the schema it is in, recorded
 /// when the hub first installs it (see [`place`]).
 pub(crate) const HUB_PLACES: Meta = Meta("_tidesync_hub_places");
+/// Each synced table's key: its columns' names, order and types (a JSON
+/// array of column specs), recorded when the hub first installs it (see
+/// [`key`]): a device cannot retype or rename it. A table an earlier
+/// release made has its key recorded by its next install.
+pub(crate) const HUB_KEYS: Meta = Meta("_tidesync_hub_keys");
+
+/// At most this many columns (synced and local) in a table a hub takes.
+const MAX_COLUMNS: usize = 1000;
+/// At most this many key columns (MySQL indexes at most 16).
+const MAX_KEY_COLUMNS: usize = 16;
+
+/// Refuse a spec the hub would create wrong or not at all, before anything
+/// is created or recorded: no key, a key column that is not one of its
+/// columns (or of another type than that column), a column named twice,
+/// more columns than a hub takes.
+pub(crate) fn check_spec(spec: &TableSpec) -> Result<()> {
+    let refuse = |why: String| Err(Error::Config(format!("table `{}`: {why}", spec.name)));
+    if spec.pk.is_empty() {
+        return refuse("it has no key columns".into());
+    }
+    if spec.pk.len() > MAX_KEY_COLUMNS {
+        return refuse(format!("more than {MAX_KEY_COLUMNS} key columns"));
+    }
+    if spec.columns.len() + spec.local_only.len() > MAX_COLUMNS {
+        return refuse(format!("more than {MAX_COLUMNS} columns"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in spec.columns.iter().chain(&spec.local_only) {
+        if !seen.insert(c.name.to_ascii_lowercase()) {
+            return refuse(format!("column `{}` is named twice", c.name));
+        }
+    }
+    let mut keys = std::collections::HashSet::new();
+    for k in &spec.pk {
+        if !keys.insert(k.name.as_str()) {
+            return refuse(format!("key column `{}` is named twice", k.name));
+        }
+        match spec.column(&k.name) {
+            Some(c) if c.ty == k.ty => {}
+            Some(_) => {
+                return refuse(format!(
+                    "key column `{}` is of another type than its column",
+                    k.name
+                ));
+            }
+            None => {
+                return refuse(format!(
+                    "key column `{}` is not one of its synced columns",
+                    k.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The key of `spec` as [`HUB_KEYS`] records it.
+fn key_of(spec: &TableSpec) -> Vec<ColumnSpec> {
+    spec.pk
+        .iter()
+        .map(|k| ColumnSpec {
+            name: k.name.clone(),
+            ty: spec.column(&k.name).map_or(k.ty.clone(), |c| c.ty.clone()),
+            nullable: false,
+        })
+        .collect()
+}
+
+/// Check `spec`'s key against the one the hub records for its table (with
+/// `write`, record it first if none is); a device cannot change a table's
+/// key: another type would reach the same database row as another row
+/// state (another user's, past the ownership check).
+async fn key<C: ConnectionTrait>(db: &C, spec: &TableSpec, write: bool) -> Result<()> {
+    let mine = key_of(spec);
+    let text = serde_json::to_string(&mine).map_err(|e| Error::Corrupt(e.to_string()))?;
+    if write {
+        HUB_KEYS.insert_if_missing(db, &spec.name, &text).await?;
+    }
+    let Some(stored) = HUB_KEYS.read(db, &spec.name).await? else {
+        return Ok(());
+    };
+    let recorded: Vec<ColumnSpec> = serde_json::from_str(&stored).map_err(|e| {
+        Error::Corrupt(format!(
+            "`{}` records `{stored}` for table `{}`: {e}",
+            HUB_KEYS.0, spec.name
+        ))
+    })?;
+    if recorded == mine {
+        return Ok(());
+    }
+    let show = |k: &[ColumnSpec]| {
+        k.iter()
+            .map(|c| format!("{} {:?}", c.name, c.ty))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Error::Config(format!(
+        "table `{}`: the hub keys it by ({}), and this device's entity by ({}); a device \
+         cannot change a table's key (change the table and its record in `{}` on the hub \
+         if that is meant)",
+        spec.name,
+        show(&recorded),
+        show(&mine),
+        HUB_KEYS.0
+    )))
+}
 
 /// Create the hub's tables and the users' (idempotent), check the schema
 /// version, and return the hub's identity (created on first install) with
@@ -65,6 +171,9 @@ pub(crate) async fn install(
     tables: &[TableSpec],
 ) -> Result<(HubInfo, Vec<TableSpec>)> {
     let d = dialect::of_db(db)?;
+    for spec in tables {
+        check_spec(spec)?;
+    }
     for t in hub_tables(d) {
         create(db, t).await?;
     }
@@ -80,9 +189,16 @@ pub(crate) async fn install(
         .await?;
     let mut placed = Vec::with_capacity(tables.len());
     for spec in tables {
-        let mut spec = place(db, d, spec).await?;
-        spec.ownership = ownership(db, &spec).await?;
+        // Checked against the records first, the table created, and only
+        // then recorded (checked again: another install may have recorded
+        // meanwhile): a refused or failed install records nothing.
+        let mut spec = place(db, d, spec, false).await?;
+        ownership(db, &spec, false).await?;
+        key(db, &spec, false).await?;
         ensure_table(db, &spec).await?;
+        key(db, &spec, true).await?;
+        spec = place(db, d, &spec, true).await?;
+        spec.ownership = ownership(db, &spec, true).await?;
         placed.push(spec);
     }
     let hub_id = HUB_META.require(db, "hub_id").await?;
@@ -90,7 +206,7 @@ pub(crate) async fn install(
 }
 
 /// Whether the hub holds the state of some row of `table`.
-async fn has_states<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool> {
+pub(crate) async fn has_states<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool> {
     let q = Query::select()
         .expr(Expr::val(1))
         .from(Alias::new(HUB_ROWS))
@@ -117,7 +233,15 @@ async fn has_states<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool> {
 /// Recording a named schema raises the hub's metadata version to
 /// [`HUB_SCHEMA_VERSION`], so that an earlier release, which would write to
 /// the table of that name in the search path, refuses the hub instead.
-async fn place<C: ConnectionTrait>(db: &C, d: &dyn Dialect, spec: &TableSpec) -> Result<TableSpec> {
+///
+/// Without `write`, the place is found (as it would be recorded) but
+/// nothing is written.
+async fn place<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    write: bool,
+) -> Result<TableSpec> {
     if !d.has_schemas() {
         return Ok(spec.clone());
     }
@@ -128,11 +252,17 @@ async fn place<C: ConnectionTrait>(db: &C, d: &dyn Dialect, spec: &TableSpec) ->
                 Some(s) if !has_states(db, &spec.name).await? => s.clone(),
                 _ => String::new(),
             };
+            if !write {
+                return Ok(TableSpec {
+                    schema: (!first.is_empty()).then_some(first),
+                    ..spec.clone()
+                });
+            }
             HUB_PLACES.insert_if_missing(db, &spec.name, &first).await?;
             HUB_PLACES.require(db, &spec.name).await?
         }
     };
-    if !recorded.is_empty() {
+    if write && !recorded.is_empty() {
         raise_version(db).await?;
     }
     if let Some(s) = spec.schema.as_deref() {
@@ -197,7 +327,10 @@ async fn add_owner_column(db: &DatabaseConnection, d: &dyn Dialect) -> Result<()
 /// (an application that adds owners to an entity): the log entries
 /// written before carry no owner, and a pull finds it from their row's
 /// state (see `visible::Visible`).
-async fn ownership(db: &DatabaseConnection, spec: &TableSpec) -> Result<Ownership> {
+///
+/// Without `write`, the declaration is checked against the record (if
+/// any) and nothing is written.
+async fn ownership(db: &DatabaseConnection, spec: &TableSpec, write: bool) -> Result<Ownership> {
     let declared = &spec.ownership;
     if let Some(column) = declared.column() {
         let Some(c) = spec.column(column) else {
@@ -214,10 +347,14 @@ async fn ownership(db: &DatabaseConnection, spec: &TableSpec) -> Result<Ownershi
             )));
         }
     }
-    HUB_ACCESS
-        .insert_if_missing(db, &spec.name, &declared.record())
-        .await?;
-    let stored = HUB_ACCESS.require(db, &spec.name).await?;
+    if write {
+        HUB_ACCESS
+            .insert_if_missing(db, &spec.name, &declared.record())
+            .await?;
+    }
+    let Some(stored) = HUB_ACCESS.read(db, &spec.name).await? else {
+        return Ok(declared.clone());
+    };
     let recorded = Ownership::from_record(&stored).ok_or_else(|| {
         Error::Corrupt(format!(
             "`{}` records `{stored}` for table `{}`",
@@ -235,9 +372,11 @@ async fn ownership(db: &DatabaseConnection, spec: &TableSpec) -> Result<Ownershi
             spec.name, HUB_ACCESS.0
         )));
     }
-    HUB_ACCESS
-        .upsert(db, &spec.name, &declared.record())
-        .await?;
+    if write {
+        HUB_ACCESS
+            .upsert(db, &spec.name, &declared.record())
+            .await?;
+    }
     Ok(declared.clone())
 }
 
@@ -283,6 +422,7 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
         HUB_PLACES.table(),
         HUB_ACCESS.table(),
         HUB_ORIGINS.table(),
+        HUB_KEYS.table(),
         log,
         row_state_table(d, HUB_ROWS),
         Table::create()
