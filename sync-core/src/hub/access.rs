@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use sea_orm::Value;
+use sea_orm::{ConnectionTrait, Value};
 
 use super::SqlHub;
 use super::owner::{owner_of_row, owner_text};
@@ -324,6 +324,26 @@ fn portable_type(ty: &sea_orm::sea_query::ColumnType) -> bool {
     }
 }
 
+/// The ownership recorded for `table` once its install has recorded it
+/// (its key too), waiting up to about a second for an install that made
+/// the table to record it; `None` if none does.
+async fn records_of<C: ConnectionTrait>(db: &C, table: &str) -> Result<Option<Ownership>> {
+    for attempt in 0..20u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let owned = HUB_ACCESS
+            .read(db, table)
+            .await
+            .map_err(Error::or_offline)?;
+        let keyed = HUB_KEYS.read(db, table).await.map_err(Error::or_offline)?;
+        if let (Some(record), Some(_)) = (owned, keyed) {
+            return Ok(Ownership::from_record(&record));
+        }
+    }
+    Ok(None)
+}
+
 /// The refusal of a table that declares no ownership.
 fn undeclared(table: &str) -> String {
     format!(
@@ -484,14 +504,26 @@ impl UserHub<'_> {
                     .await
                     .map_err(Error::or_offline)?;
                     if !there.is_empty() && !self.account.adopt {
-                        return refuse(
-                            &t.name,
-                            "the hub database has a table of this name that is not one of \
-                             its synced tables; an operator installs it directly (or renames it)"
-                                .into(),
-                        );
+                        // Another device's first install may have made it
+                        // a moment ago and be recording it now (first
+                        // syncs at once): wait for its records before
+                        // taking it for the application's own table.
+                        match records_of(db, &t.name).await? {
+                            Some(r) if t.ownership == Ownership::Undeclared => r,
+                            Some(_) => t.ownership.clone(),
+                            None => {
+                                return refuse(
+                                    &t.name,
+                                    "the hub database has a table of this name that is not one \
+                                     of its synced tables; an operator installs it directly (or \
+                                     renames it)"
+                                        .into(),
+                                );
+                            }
+                        }
+                    } else {
+                        t.ownership.clone()
                     }
-                    t.ownership.clone()
                 }
             };
             if ownership == Ownership::Undeclared && !self.account.share_undeclared {
