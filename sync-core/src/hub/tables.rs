@@ -188,16 +188,17 @@ pub(crate) async fn install(
         .insert_if_missing(db, "hub_id", &NodeId::random().to_string())
         .await?;
     let mut placed = Vec::with_capacity(tables.len());
-    for spec in tables {
+    for declared in tables {
         // Checked against the records first, the table created, and only
-        // then recorded (checked again: another install may have recorded
-        // meanwhile): a refused or failed install records nothing.
-        let mut spec = place(db, d, spec, false).await?;
+        // then recorded (checked again, with the device's own declaration:
+        // another install may have recorded meanwhile): a refused or failed
+        // install records nothing.
+        let spec = place(db, d, declared, false).await?;
         ownership(db, &spec, false).await?;
         key(db, &spec, false).await?;
         ensure_table(db, &spec).await?;
         key(db, &spec, true).await?;
-        spec = place(db, d, &spec, true).await?;
+        let mut spec = place(db, d, declared, true).await?;
         spec.ownership = ownership(db, &spec, true).await?;
         placed.push(spec);
     }
@@ -253,13 +254,14 @@ async fn place<C: ConnectionTrait>(
                 _ => String::new(),
             };
             if !write {
-                return Ok(TableSpec {
-                    schema: (!first.is_empty()).then_some(first),
-                    ..spec.clone()
-                });
+                // Checked below as if recorded: a hub an earlier release
+                // made keeps its table in the search path, and a device
+                // naming another schema is refused before anything is made.
+                first
+            } else {
+                HUB_PLACES.insert_if_missing(db, &spec.name, &first).await?;
+                HUB_PLACES.require(db, &spec.name).await?
             }
-            HUB_PLACES.insert_if_missing(db, &spec.name, &first).await?;
-            HUB_PLACES.require(db, &spec.name).await?
         }
     };
     if write && !recorded.is_empty() {
