@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
         each_user_pulls_and_bootstraps_only_their_rows,
         a_user_cannot_write_another_users_rows,
         a_refused_change_halts_under_halt,
+        a_key_another_user_took_is_parked_even_under_halt,
         rows_made_offline_before_the_first_sync_are_kept,
         bad_credentials_get_401_and_nothing_is_read_or_written,
         oversized_malformed_and_unknown_version_bodies_are_refused,
@@ -394,6 +395,70 @@ async fn a_refused_change_halts_under_halt(hub: TestDb) -> TestResult {
     Ok(())
 }
 
+/// Keys are one space for every user: when another user took a key first
+/// (a natural key, a guessed one), this user's row of that key is refused,
+/// parked whatever the policy and reported, and the rest of the stream
+/// goes on. Halting would let the other user stop it for good.
+async fn a_key_another_user_took_is_parked_even_under_halt(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Halt).await?;
+    let alice = device(&server, "alice", "alice").await?;
+    let bob = device(&server, "bob", "bob").await?;
+    // Alice writes offline: a note whose key bob takes before she syncs,
+    // and notes after it.
+    let taken = note(&alice, "alice", "alice's, taken").await?;
+    alice.engine.replica().capture().await?;
+    note(&alice, "alice", "after 1").await?;
+    alice.engine.replica().capture().await?;
+    notes::ActiveModel {
+        id: Set(taken),
+        owner: Set("bob".into()),
+        body: Set("bob's".into()),
+    }
+    .insert(bob.db())
+    .await?;
+    let r = bob.engine.sync_now().await?;
+    ensure!(r.halted.is_none() && r.rejected.is_empty(), "{r:?}");
+    // An edit of the taken row, pushed after it.
+    notes::ActiveModel {
+        id: Set(taken),
+        owner: Set("alice".into()),
+        body: Set("alice's, edited".into()),
+    }
+    .update(alice.db())
+    .await?;
+    alice.engine.replica().capture().await?;
+    note(&alice, "alice", "after 2").await?;
+    let r = alice.engine.sync_now().await?;
+    ensure!(
+        r.halted.is_none(),
+        "the taken key halted alice's stream: {r:?}"
+    );
+    ensure!(
+        !r.rejected.is_empty()
+            && r.rejected
+                .iter()
+                .all(|x| x.reason.contains("another user") || x.reason.contains("earlier change")),
+        "{r:?}"
+    );
+    ensure_eq!(alice.engine.replica().pending_count().await?, 0);
+    // Bob's row as he wrote it; alice's other notes arrived.
+    ensure_eq!(
+        notes_of(&hub.db).await?,
+        vec![
+            pair("alice", "after 1"),
+            pair("alice", "after 2"),
+            pair("bob", "bob's"),
+        ]
+    );
+    // A forged note (a row created for another user) still halts: only a
+    // key another user holds is parked whatever the policy.
+    note(&alice, "bob", "forged").await?;
+    let r = alice.engine.sync_now().await?;
+    let halted = r.halted.ok_or("the forged note did not halt the stream")?;
+    ensure!(halted.reason.contains("another user"), "{halted:?}");
+    Ok(())
+}
+
 async fn rows_made_offline_before_the_first_sync_are_kept(hub: TestDb) -> TestResult {
     let server = serve(&hub, RejectPolicy::Halt).await?;
     // A device that has never reached the hub writes first.
@@ -750,6 +815,41 @@ async fn the_hubs_own_tables_and_new_tables_are_refused_when_closed(hub: TestDb)
         .await?;
     bob.install(&[tidesync::table_spec::<notes::Entity>()])
         .await?;
+    // Nor columns: a device whose entity has one more is refused there,
+    // and the hub's table stays as it was (an open server adds it).
+    let mut wider = tidesync::table_spec::<notes::Entity>();
+    let mut extra = wider.columns.last().cloned().ok_or("no columns")?;
+    extra.name = "squatted".into();
+    extra.nullable = true;
+    wider.columns.push(extra);
+    let e = bob
+        .install(std::slice::from_ref(&wider))
+        .await
+        .err()
+        .ok_or("a closed server added a column")?;
+    ensure!(
+        matches!(&e, Error::Config(m) if m.contains("nor columns") && m.contains("`squatted`")),
+        "{e}"
+    );
+    let has_column = |db: sea_orm::DatabaseConnection| async move {
+        let sql = "SELECT squatted FROM notes";
+        db.query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await
+        .is_ok()
+    };
+    ensure!(
+        !has_column(hub.connect_again().await?).await,
+        "the column was added"
+    );
+    alice.install(std::slice::from_ref(&wider)).await?;
+    ensure!(
+        has_column(hub.connect_again().await?).await,
+        "an open server did not add it"
+    );
+    bob.install(std::slice::from_ref(&wider)).await?;
     Ok(())
 }
 
@@ -1183,9 +1283,12 @@ async fn a_slow_client_does_not_block_others(hub: TestDb) -> TestResult {
     )
     .await?;
     let token = server.token("slow").await?;
-    // Twenty clients that announce a body and send ten bytes of it.
+    // More clients than the server answers at once, all of one user, that
+    // announce a body and send ten bytes of it: the user's cap holds them,
+    // not the server's.
+    let clients = sync_http::server::MAX_IN_FLIGHT + 6;
     let mut slow = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..clients {
         let addr = server.url.trim_start_matches("http://").to_owned();
         let head = format!(
             "POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
@@ -1211,11 +1314,26 @@ async fn a_slow_client_does_not_block_others(hub: TestDb) -> TestResult {
         started.elapsed()
     );
     ensure_eq!(notes_of(&hub.db).await?, vec![pair("alice", "not blocked")]);
-    // The slow ones are answered 408 once their time is up.
+    // The slow ones within the user's cap are answered 408 once their time
+    // is up; the rest 503 at once.
+    let (mut timed_out, mut refused) = (0, 0);
     for s in slow {
         let answer = tokio::time::timeout(Duration::from_secs(20), s).await???;
-        ensure!(answer.contains(" 408 "), "{answer}");
+        if answer.contains(" 408 ") {
+            timed_out += 1;
+        } else if answer.contains(" 503 ") {
+            refused += 1;
+        } else {
+            return Err(format!("neither 408 nor 503: {answer}").into());
+        }
     }
+    ensure_eq!(
+        (timed_out, refused),
+        (
+            sync_http::server::MAX_IN_FLIGHT_PER_USER,
+            clients - sync_http::server::MAX_IN_FLIGHT_PER_USER
+        )
+    );
     Ok(())
 }
 
@@ -1477,6 +1595,15 @@ async fn installs_cannot_reach_other_tables_or_inject_sql(hub: TestDb) -> TestRe
         .await
         .err();
     ensure!(refused(e, "not a plain name"), "a table name with SQL");
+    // Work without bound: one table named many times, or thousands.
+    let e = mallory
+        .install(&[shared("twice"), shared("TWICE")])
+        .await
+        .err();
+    ensure!(refused(e, "named twice"), "a table named twice");
+    let many: Vec<_> = (0..300).map(|i| shared(&format!("t{i}"))).collect();
+    let e = mallory.install(&many).await.err();
+    ensure!(refused(e, "at most 256"), "300 tables");
     let mut injected = shared("sneaky");
     injected.columns.push(tidesync::ColumnSpec {
         name: "x".into(),

@@ -35,7 +35,7 @@
 //! | 413 | `too-large` | the body (or what it decompresses to) is over the server's limit |
 //! | 415 | `bad-request` | a content encoding other than zstd |
 //! | 422 | `refused` | the hub refused the request (an undeclared table, another ownership, a batch out of order) |
-//! | 503 | `unavailable` | the hub database cannot be reached, is busy, or the server has too many requests in flight |
+//! | 503 | `unavailable` | the hub database cannot be reached, is busy, or the server (64) or this user (8) has too many requests in flight |
 //! | 500 | `internal` | anything else (logged by the server) |
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,9 @@
 //! The entity from the derive's documentation: client-minted key, merge
 //! policy, one local-only column.
 
+// Entities as applications write them: `pub` items in modules.
+#![allow(unreachable_pub)]
+
 mod contact {
     use sea_orm::entity::prelude::*;
     use tidesync::Syncable;

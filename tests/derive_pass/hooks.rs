@@ -2,6 +2,9 @@
 //! `SyncHooks` from the generated `ActiveModelBehavior` (checked against an
 //! in-memory SQLite database).
 
+// Entities as applications write them: `pub` items in modules.
+#![allow(unreachable_pub)]
+
 mod audit {
     use sea_orm::ActiveValue::Set;
     use sea_orm::entity::prelude::*;

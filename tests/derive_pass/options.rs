@@ -2,6 +2,9 @@
 //! columns, and `no_behavior` with a hand-written behaviour and `crate`
 //! through a re-export. (`hooks` and `single_writer`: see hooks.rs.)
 
+// Entities as applications write them: `pub` items in modules.
+#![allow(unreachable_pub)]
+
 mod note {
     use sea_orm::entity::prelude::*;
     use tidesync::Syncable;

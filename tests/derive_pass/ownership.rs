@@ -1,6 +1,9 @@
 //! `owner` and `shared` reach the table's runtime description; without
 //! either, ownership is undeclared.
 
+// Entities as applications write them: `pub` items in modules.
+#![allow(unreachable_pub)]
+
 mod note {
     use sea_orm::entity::prelude::*;
     use tidesync::Syncable;
@@ -58,5 +61,8 @@ fn main() {
         Ownership::Owner("owner_id".to_string())
     );
     assert_eq!(table_spec::<tag::Entity>().ownership, Ownership::Shared);
-    assert_eq!(table_spec::<draft::Entity>().ownership, Ownership::Undeclared);
+    assert_eq!(
+        table_spec::<draft::Entity>().ownership,
+        Ownership::Undeclared
+    );
 }

@@ -16,9 +16,13 @@
 //! a row the hub does not hold (other than an insert) is refused, and so
 //! is every later change of a refused row in the batch; refused changes
 //! are parked or halt the stream by the hub's policy, like any change the
-//! hub cannot apply.
+//! hub cannot apply, except a change of a row another user holds: that is
+//! parked whatever the policy. Keys are one space for all users, and an
+//! honest device meets such a row only when another user took the key
+//! first; a halt there would let that user stop this one's stream for
+//! good.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -113,9 +117,10 @@ impl Account {
 
     /// Whether this user's install may add tables the hub does not have
     /// yet (default yes). With `false`, only tables some earlier install
-    /// recorded are taken (an operator installs new ones directly, or
-    /// through an account that may): a device cannot create tables, nor
-    /// be the first to declare who owns a table's rows.
+    /// recorded are taken, with the columns the hub's table has (an
+    /// operator installs new ones directly, or through an account that
+    /// may): a device cannot create tables or columns, nor be the first
+    /// to declare who owns a table's rows.
     pub fn adding_tables(mut self, may: bool) -> Self {
         self.new_tables = may;
         self
@@ -148,11 +153,12 @@ impl Account {
         key: &str,
         state: Option<&RowState>,
         batch: &mut BatchOwners,
-    ) -> Option<String> {
+    ) -> Option<Refused> {
         let verdict = key_types(spec, change)
+            .map_err(|r| (r, false))
             .and_then(|()| self.check(spec, change, key, state, batch))
             .and_then(|()| match &self.authorize {
-                Some(rule) => rule(&self.user, change),
+                Some(rule) => rule(&self.user, change).map_err(|r| (r, false)),
                 None => Ok(()),
             });
         let id = (change.table.clone(), key.to_owned());
@@ -163,12 +169,16 @@ impl Account {
                 }
                 None
             }
-            Err(reason) => {
-                batch.refused.insert(id);
-                Some(format!(
-                    "{} {key}: refused to user `{}`: {reason}",
-                    change.table, self.user
-                ))
+            Err((reason, parked_always)) => {
+                let parked_always = parked_always || batch.refused.get(&id) == Some(&true);
+                batch.refused.insert(id, parked_always);
+                Some(Refused {
+                    reason: format!(
+                        "{} {key}: refused to user `{}`: {reason}",
+                        change.table, self.user
+                    ),
+                    parked_always,
+                })
             }
         }
     }
@@ -180,16 +190,19 @@ impl Account {
         key: &str,
         state: Option<&RowState>,
         batch: &BatchOwners,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), (String, bool)> {
         let column = match &spec.ownership {
             Ownership::Shared => return Ok(()),
             Ownership::Undeclared if self.share_undeclared => return Ok(()),
-            Ownership::Undeclared => return Err(undeclared(&spec.name)),
+            Ownership::Undeclared => return Err((undeclared(&spec.name), false)),
             Ownership::Owner(column) => column,
         };
         let id = (change.table.clone(), key.to_owned());
-        if batch.refused.contains(&id) {
-            return Err("an earlier change of this row in the same push was refused".into());
+        if let Some(&parked_always) = batch.refused.get(&id) {
+            return Err((
+                "an earlier change of this row in the same push was refused".into(),
+                parked_always,
+            ));
         }
         let current = match batch.owners.get(&id) {
             Some(o) => Some(o.clone()),
@@ -199,10 +212,10 @@ impl Account {
         };
         match (&current, change.op) {
             (Some(o), _) if *o != self.user => {
-                return Err("the row belongs to another user".into());
+                return Err(("the row belongs to another user".into(), true));
             }
             (None, Op::Update | Op::Delete) => {
-                return Err("the hub holds no row of this key to change".into());
+                return Err(("the hub holds no row of this key to change".into(), false));
             }
             _ => {}
         }
@@ -215,17 +228,20 @@ impl Account {
             .chain(&change.pk)
             .find(|(n, _)| n == column)
             .map(|(_, v)| owner_text(v).unwrap_or_default());
-        match named {
-            Some(o) if o != self.user => Err(if current.is_some() {
-                format!("it would give the row to another user (`{column}`)")
-            } else {
-                format!("it would create a row of another user (`{column}`)")
-            }),
-            None if change.op == Op::Insert => {
-                Err(format!("an insert without its owner column `{column}`"))
+        let reason = match named {
+            Some(o) if o != self.user => {
+                if current.is_some() {
+                    format!("it would give the row to another user (`{column}`)")
+                } else {
+                    format!("it would create a row of another user (`{column}`)")
+                }
             }
-            _ => Ok(()),
-        }
+            None if change.op == Op::Insert => {
+                format!("an insert without its owner column `{column}`")
+            }
+            _ => return Ok(()),
+        };
+        Err((reason, false))
     }
 }
 
@@ -352,11 +368,31 @@ fn undeclared(table: &str) -> String {
     )
 }
 
+/// The most tables one device's install names (each is checked against
+/// the hub database's catalog).
+pub(crate) const MAX_TABLES: usize = 256;
+
 /// What the earlier changes of one push did to rows with owners.
 #[derive(Debug, Default)]
 pub(super) struct BatchOwners {
     owners: HashMap<(String, String), String>,
-    refused: HashSet<(String, String)>,
+    /// Refused rows, and whether their refusal is parked whatever the
+    /// policy ([`Refused::parked_always`]).
+    refused: HashMap<(String, String), bool>,
+}
+
+/// Why the hub refuses a change to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refused {
+    /// The reason, naming the table, the key and the user (never the
+    /// row's owner).
+    pub(super) reason: String,
+    /// The row belongs to another user: parked whatever the hub's reject
+    /// policy. An honest device meets this only when another user took
+    /// the key first (a natural key, a guessed one); halting would let
+    /// that other user stop this user's stream for good, and nobody at
+    /// the hub can lift it. The device is told, as of any parked change.
+    pub(super) parked_always: bool,
 }
 
 /// A [`SqlHub`] as one user sees it: the [`Hub`] a server runs for each
@@ -423,7 +459,17 @@ impl UserHub<'_> {
     /// table nobody declared the ownership of.
     async fn admissible(&self, tables: &[TableSpec]) -> Result<()> {
         let refuse = |t: &str, why: String| Err(Error::Config(format!("table `{t}`: {why}")));
+        if tables.len() > MAX_TABLES {
+            return Err(Error::Config(format!(
+                "an install of {} tables; a device installs at most {MAX_TABLES}",
+                tables.len()
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
         for t in tables {
+            if !names.insert(t.name.to_ascii_lowercase()) {
+                return refuse(&t.name, "named twice in one install".into());
+            }
             super::tables::check_spec(t)?;
             if t.name.to_ascii_lowercase().starts_with("_tidesync") {
                 return refuse(
@@ -529,8 +575,52 @@ impl UserHub<'_> {
             if ownership == Ownership::Undeclared && !self.account.share_undeclared {
                 return Err(Error::Config(undeclared(&t.name)));
             }
+            if !self.account.new_tables {
+                self.unchanged(d, t).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Refuse an install that would change the hub's table of `t` (add a
+    /// column, make the table again): a hub that takes no new tables from
+    /// devices takes no schema changes either. Its tables are the
+    /// operator's, and a device adding columns could fill a table up to
+    /// its database's limit or take column names the next release of the
+    /// application means otherwise.
+    async fn unchanged(&self, d: &dyn crate::dialect::Dialect, t: &TableSpec) -> Result<()> {
+        let db = self.hub.connection();
+        let schema = match d.has_schemas() {
+            true => super::tables::HUB_PLACES
+                .read(db, &t.name)
+                .await
+                .map_err(Error::or_offline)?
+                .filter(|s| !s.is_empty()),
+            false => None,
+        };
+        let place = crate::dialect::Place {
+            schema: schema.as_deref(),
+            name: &t.name,
+        };
+        let there = crate::store::user_tables::existing_columns(db, d, place)
+            .await
+            .map_err(Error::or_offline)?;
+        let missing: Vec<String> = t
+            .columns
+            .iter()
+            .chain(&t.local_only)
+            .filter(|c| !there.iter().any(|e| *e == c.name))
+            .map(|c| format!("`{}`", c.name))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "table `{}`: this hub takes no new tables nor columns from devices, and its table \
+             lacks {}; an operator adds them first (a direct install)",
+            t.name,
+            missing.join(", ")
+        )))
     }
 
     /// `tables` with the ownership the hub records now for the tables of
@@ -773,7 +863,7 @@ mod tests {
     fn verdicts(
         ownership: Ownership,
         changes: &[(Change, Option<RowState>)],
-    ) -> Vec<Option<String>> {
+    ) -> Vec<Option<Refused>> {
         let bob = Account::new("bob").unwrap();
         let spec = spec(ownership);
         let mut batch = BatchOwners::default();
@@ -789,9 +879,9 @@ mod tests {
     #[test]
     fn a_user_writes_only_their_own_rows() {
         let owner = || Ownership::Owner("owner".to_owned());
-        let refused = |v: &Option<String>, why: &str| {
-            v.as_deref()
-                .is_some_and(|r| r.contains(why) && r.contains("`bob`"))
+        let refused = |v: &Option<Refused>, why: &str| {
+            v.as_ref()
+                .is_some_and(|r| r.reason.contains(why) && r.reason.contains("`bob`"))
         };
         let v = verdicts(
             owner(),
@@ -837,8 +927,19 @@ mod tests {
         assert!(refused(&v[8], "holds no row"), "{v:?}");
         assert!(refused(&v[9], "without its owner column"), "{v:?}");
         assert!(refused(&v[10], "earlier change of this row"), "{v:?}");
+        // Only a row of another user is parked whatever the policy (and a
+        // later change of such a row); a forged owner follows the policy.
+        let always: Vec<bool> = v.iter().flatten().map(|r| r.parked_always).collect();
+        assert_eq!(
+            always,
+            [true, true, true, false, false, false, false, false],
+            "{v:?}"
+        );
         // No reason names the other user.
-        assert!(v.iter().flatten().all(|r| !r.contains("alice")), "{v:?}");
+        assert!(
+            v.iter().flatten().all(|r| !r.reason.contains("alice")),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -852,8 +953,8 @@ mod tests {
         assert_eq!(verdicts(Ownership::Shared, &[edit()]), vec![None]);
         let v = verdicts(Ownership::Undeclared, &[edit()]);
         assert!(
-            v[0].as_deref()
-                .is_some_and(|r| r.contains("declares no ownership"))
+            v[0].as_ref()
+                .is_some_and(|r| r.reason.contains("declares no ownership") && !r.parked_always)
         );
         let bob = Account::new("bob").unwrap().sharing_undeclared(true);
         let (c, s) = edit();
@@ -882,7 +983,7 @@ mod tests {
         assert_eq!(bob.refusal(&spec, &ok, &key, None, &mut batch), None);
         let del = change(2, Op::Delete, 1, &[]);
         let r = bob.refusal(&spec, &del, &key, None, &mut batch);
-        assert!(r.is_some_and(|r| r.contains("bob never deletes")));
+        assert!(r.is_some_and(|r| r.reason.contains("bob never deletes") && !r.parked_always));
         assert!(Account::new("").is_err());
     }
 }

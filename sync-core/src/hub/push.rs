@@ -106,6 +106,9 @@ struct Refusal {
     /// (the change must stay with its device, not be parked and
     /// acknowledged).
     clock: Option<ClockAhead>,
+    /// Parked whatever the policy (a row of another user; see
+    /// [`access`](super::access)).
+    parked_always: bool,
 }
 
 /// Where the origin's stream stands at the hub.
@@ -237,6 +240,7 @@ impl Push<'_> {
     ) -> Result<()> {
         for (c, verdict) in todo.iter().zip(verdicts) {
             let clock = verdict.as_ref().and_then(|v| v.clock);
+            let parked_always = verdict.as_ref().is_some_and(|v| v.parked_always);
             let reason = match verdict {
                 Some(v) => Some(v.reason),
                 None => {
@@ -263,7 +267,7 @@ impl Push<'_> {
                     table: c.table.clone(),
                     reason,
                 };
-                if self.policy == RejectPolicy::Park && clock.is_none() {
+                if (self.policy == RejectPolicy::Park || parked_always) && clock.is_none() {
                     park(tx, c, &rejection.reason).await?;
                     ack.parked.push(rejection);
                 } else {
@@ -292,12 +296,14 @@ impl Push<'_> {
             return Some(Refusal {
                 reason,
                 clock: Some(clock),
+                parked_always: false,
             });
         }
         let spec = self.specs.iter().find(|s| s.name == c.table);
         validate(c, spec, self.dialect).err().map(|reason| Refusal {
             reason,
             clock: None,
+            parked_always: false,
         })
     }
 
@@ -327,10 +333,11 @@ impl Push<'_> {
                 continue;
             };
             let state = merge.state(&c.table, key);
-            if let Some(reason) = account.refusal(spec, c, key, state, &mut batch) {
+            if let Some(r) = account.refusal(spec, c, key, state, &mut batch) {
                 *verdict = Some(Refusal {
-                    reason,
+                    reason: r.reason,
                     clock: None,
+                    parked_always: r.parked_always,
                 });
             }
         }

@@ -9,7 +9,9 @@
 //! pushes again).
 //!
 //! Each request: the protocol version (`400` if unknown), the bearer token
-//! or JWT (`401`), the body read up to the size limit without buffering
+//! or JWT (`401`), a slot of the user's and one of the server's (`503`
+//! when the user has [`MAX_IN_FLIGHT_PER_USER`] requests in flight, or
+//! the server [`MAX_IN_FLIGHT`]), the body read up to the size limit without buffering
 //! more (`413`) and within the body timeout (`408`), decompressed up to the
 //! same limit, parsed (`400`), then answered by the hub
 //! [`for_account`](SqlHub::for_account) of the token's user. See
@@ -142,8 +144,12 @@ struct Inner {
     adopt: bool,
     authorize: Option<Arc<Authorize>>,
     /// Requests being answered, at most [`MAX_IN_FLIGHT`] (each may hold
-    /// a body of up to `max_body` bytes, and its decompression).
+    /// a body of up to `max_body` bytes, and its decompression). Taken
+    /// after the user's own slot, so one user's requests never hold more
+    /// than [`MAX_IN_FLIGHT_PER_USER`] of these.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight by user (only users with some).
+    per_user: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// Installed tables by the id the install answered (see
     /// [`wire::InstallAnswer`]): a cache, rebuilt by installs.
     installed: std::sync::Mutex<HashMap<String, Arc<Vec<TableSpec>>>>,
@@ -152,6 +158,11 @@ struct Inner {
 /// How many requests a server answers at once; more get `503` (the
 /// client is offline and tries again).
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// How many of those one user's requests may be, on one server; more get
+/// `503` too. One user's slow uploads (or many devices of one account)
+/// never take the server from the others.
+pub const MAX_IN_FLIGHT_PER_USER: usize = 8;
 
 /// How many installs a server remembers before it starts over (clients
 /// install again when asked).
@@ -194,6 +205,7 @@ impl HubServer {
                 authorize: None,
                 installed: std::sync::Mutex::new(HashMap::new()),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+                per_user: Arc::default(),
             }),
         })
     }
@@ -225,8 +237,10 @@ impl HubServer {
 
     /// Whether devices may install tables the hub does not have yet
     /// (default yes; see [`Account::adding_tables`]). With `false` the
-    /// hub's tables, and who owns their rows, are set by an operator: a
-    /// direct install (`SqlHub`), or a server that allows it, run once.
+    /// hub's tables, their columns, and who owns their rows are set by an
+    /// operator: a direct install (`SqlHub`), or a server that allows it,
+    /// run once. On a hub open to the public, use `false`: otherwise the
+    /// first device to install a table name sets who owns its rows.
     pub fn new_tables(mut self, allow: bool) -> Self {
         self.inner_mut().new_tables = allow;
         self
@@ -425,14 +439,6 @@ async fn handle(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let Ok(_permit) = inner.in_flight.clone().try_acquire_owned() else {
-        return Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "this server has too many requests in flight; try again later",
-        )
-        .into_response();
-    };
     let answered = std::panic::AssertUnwindSafe(answer(&inner, &endpoint, &headers, body));
     let answered = futures_util::FutureExt::catch_unwind(answered)
         .await
@@ -479,6 +485,25 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
     let account = authenticate(inner, headers).await.map_err(|f| (None, f))?;
     let user = account.user().to_owned();
     let fail = |f| (Some(user.clone()), f);
+    // The user's slot first, then the server's: a user at their cap takes
+    // none of the server's.
+    let _slot = UserSlot::take(&inner.per_user, &user).ok_or_else(|| {
+        fail(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "this user has {MAX_IN_FLIGHT_PER_USER} requests in flight on this server; \
+                 try again later"
+            ),
+        ))
+    })?;
+    let _permit = inner.in_flight.clone().try_acquire_owned().map_err(|_| {
+        fail(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this server has too many requests in flight; try again later",
+        ))
+    })?;
     let bytes = read_body(inner, headers, body).await.map_err(fail)?;
     let hub = inner.hub.for_account(account);
     let zstd = accepts_zstd(headers);
@@ -535,6 +560,46 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
         )),
     };
     response.map(|r| (user.clone(), r)).map_err(fail)
+}
+
+/// One request of a user in flight (see [`MAX_IN_FLIGHT_PER_USER`]),
+/// given back on drop.
+struct UserSlot {
+    users: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl UserSlot {
+    /// A slot of `user`'s, if they have one free.
+    fn take(users: &Arc<std::sync::Mutex<HashMap<String, usize>>>, user: &str) -> Option<Self> {
+        let mut map = users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(user.to_owned()).or_insert(0);
+        if *n >= MAX_IN_FLIGHT_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            users: users.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The tables of the install `id`, if this server knows it.
