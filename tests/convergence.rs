@@ -20,7 +20,8 @@
 //! pull since).
 //!
 //! `TIDESYNC_PROPTEST_CASES` sets the number of cases per hub dialect
-//! (default 150, sized for CI; raise it for a longer hunt). A failing case is shrunk and printed with the seed to
+//! and transport (default 100 direct and 40 over HTTP, sized for CI; raise
+//! it for a longer hunt). A failing case is shrunk and printed with the seed to
 //! replay it: `TIDESYNC_PROPTEST_SEED=<seed> cargo test --test convergence`.
 //! At the end each dialect prints how many crash steps cancelled a sync
 //! mid-way and how many let it finish; most must be cancelled.
@@ -33,7 +34,7 @@
 //! servers on one hub database in turn, each sync through the other
 //! server, several devices at once: it is about HTTP itself, so it runs
 //! once per dialect (named without `::http`). `TIDESYNC_SERVER_ROUNDS`
-//! sets its rounds (default 30).
+//! sets its rounds (default 15).
 
 mod common;
 
@@ -622,10 +623,16 @@ impl World {
 }
 
 async fn property(hub: TestDb) -> TestResult {
+    // CI-sized: over HTTP each case costs about twice as much, and the
+    // direct cases already cover the merging; HTTP adds the transport.
+    let default = match common::transport() {
+        common::Transport::Direct => 100,
+        _ => 40,
+    };
     let cases: u32 = std::env::var("TIDESYNC_PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(default);
     let seed: u64 = match std::env::var("TIDESYNC_PROPTEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -731,7 +738,7 @@ async fn two_servers(hub: TestDb) -> TestResult {
     let rounds: usize = std::env::var("TIDESYNC_SERVER_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(15);
     let seed = rand::random::<u64>();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let dialect = hub.dialect.name();

@@ -2036,7 +2036,9 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     let c = device(hub.dialect, "big_c").await?;
     c.sync().await?;
     let big: String = "🌊 wave ".repeat(1 << 17); // ~1.3 MB
-    let rows: Vec<contacts::ActiveModel> = (0..20)
+    // Ten rows: about four pages of 4 MiB each way.
+    const ROWS: i64 = 10;
+    let rows: Vec<contacts::ActiveModel> = (0..ROWS)
         .map(|i| contacts::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(format!("{i} {big}")),
@@ -2050,11 +2052,11 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
             .exec(a.db())
             .await?;
     }
-    ensure_eq!(a.sync().await?.pushed, 20);
+    ensure_eq!(a.sync().await?.pushed, ROWS as usize);
     // `b` bootstraps from the snapshot; `c`, synced before, pulls the log.
     let before = backend.page_sizes().len();
-    ensure_eq!(b.sync().await?.pulled, 20);
-    ensure_eq!(c.sync().await?.pulled, 20);
+    ensure_eq!(b.sync().await?.pulled, ROWS as usize);
+    ensure_eq!(c.sync().await?.pulled, ROWS as usize);
     same_rows(
         &all_contacts(b.db()).await?,
         &all_contacts(a.db()).await?,
@@ -2066,7 +2068,7 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
         "c has a's rows",
     )?;
     // Pages of at most about 4 MiB of values, however many rows a page
-    // may hold: the 20 rows in several pages, both ways.
+    // may hold: the rows in several pages, both ways.
     let pages: Vec<usize> = backend.page_sizes()[before..]
         .iter()
         .copied()
@@ -2075,7 +2077,7 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     ensure!(
         pages.iter().all(|b| *b <= MOST)
             && pages.len() >= 6
-            && pages.iter().sum::<usize>() > 40 * big.len(),
+            && pages.iter().sum::<usize>() > 2 * ROWS as usize * big.len(),
         "pull and snapshot pages of at most {MOST} bytes: {pages:?}"
     );
     same_rows(
@@ -2086,7 +2088,8 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
 
     let pushes = backend.push_sizes();
     ensure!(
-        pushes.iter().all(|b| *b <= MOST) && pushes.iter().sum::<usize>() > 20 * big.len(),
+        pushes.iter().all(|b| *b <= MOST)
+            && pushes.iter().sum::<usize>() > ROWS as usize * big.len(),
         "push batches of at most {MOST} bytes: {pushes:?}"
     );
     let all = statements.all();

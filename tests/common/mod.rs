@@ -522,18 +522,20 @@ fn trial_needing(
         .map(|&transport| {
             let full = format!("{}::{name}{}", dialect.name(), transport.suffix());
             let tag = name.to_owned();
-            Trial::ignorable_test(full, move || {
+            Trial::ignorable_test(full.clone(), move || {
                 let mut needed = vec![dialect];
                 needed.extend_from_slice(also);
                 if let Some(skip) = missing_server(&needed) {
                     return skip;
                 }
+                let started = std::time::Instant::now();
                 run_over(transport, async move {
                     let db = TestDb::create(dialect, &tag)
                         .await
                         .map_err(|e| format!("setup: {e}"))?;
                     test(db).await
                 })?;
+                report_time(&full, started);
                 Ok(Completion::Completed)
             })
         })
@@ -554,6 +556,14 @@ pub fn on_every_dialect_direct(name: &str, test: DbTest) -> Vec<Trial> {
         .iter()
         .map(|d| trial_direct(*d, name, test))
         .collect()
+}
+
+/// With `TIDESYNC_TEST_TIMES` set, print how long a trial took (to find
+/// what makes a suite slow).
+fn report_time(name: &str, started: std::time::Instant) {
+    if std::env::var_os("TIDESYNC_TEST_TIMES").is_some() {
+        eprintln!("time {:>8.2}s {name}", started.elapsed().as_secs_f64());
+    }
 }
 
 /// Run the trials with the standard command-line arguments.
@@ -623,10 +633,12 @@ pub fn multi_trial(name: &str, dialects: Vec<Dialect>, test: MultiDbTest) -> Vec
         .map(|&transport| {
             let tag = name.to_owned();
             let dialects = dialects.clone();
-            Trial::ignorable_test(format!("{name}{}", transport.suffix()), move || {
+            let full = format!("{name}{}", transport.suffix());
+            Trial::ignorable_test(full.clone(), move || {
                 if let Some(skip) = missing_server(&dialects) {
                     return skip;
                 }
+                let started = std::time::Instant::now();
                 run_over(transport, async move {
                     let mut dbs = Vec::new();
                     for (i, d) in dialects.iter().enumerate() {
@@ -637,6 +649,7 @@ pub fn multi_trial(name: &str, dialects: Vec<Dialect>, test: MultiDbTest) -> Vec
                     }
                     test(dbs).await
                 })?;
+                report_time(&full, started);
                 Ok(Completion::Completed)
             })
         })
