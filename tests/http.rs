@@ -23,6 +23,8 @@ fn main() -> std::process::ExitCode {
         a_user_cannot_write_another_users_rows,
         a_refused_change_halts_under_halt,
         a_key_another_user_took_is_parked_even_under_halt,
+        a_key_the_database_takes_for_another_overwrites_nothing,
+        a_server_that_never_saw_the_install_names_keys_as_the_hub,
         rows_made_offline_before_the_first_sync_are_kept,
         bad_credentials_get_401_and_nothing_is_read_or_written,
         oversized_malformed_and_unknown_version_bodies_are_refused,
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         snapshot_tokens_tell_nothing_of_other_users_rows,
         random_and_mutated_bodies_never_break_the_server,
         a_slow_client_does_not_block_others,
+        requests_without_an_account_are_bounded_too,
         tokens_never_appear_in_logs,
         jwts_sign_in_their_subject_until_they_expire,
         a_renewed_token_keeps_a_device_syncing,
@@ -681,6 +684,33 @@ async fn undeclared_and_redeclared_tables_are_refused_at_install(hub: TestDb) ->
         matches!(&e, Error::Config(m) if m.contains("cannot change who reads")),
         "{e}"
     );
+    // A table an operator installed directly without owners (its record
+    // `undeclared`): a device declaring it shared, or owned by a column of
+    // its choice, is refused (it would read every row, or split them as it
+    // likes), and the record stays.
+    let direct = SqlHub::new(hub.connect_again().await?);
+    let undeclared = tidesync::table_spec::<common::entities::contacts::Entity>();
+    direct.install(std::slice::from_ref(&undeclared)).await?;
+    for declared in [
+        tidesync::Ownership::Shared,
+        tidesync::Ownership::Owner("name".to_owned()),
+    ] {
+        let spec = tidesync::TableSpec {
+            ownership: declared.clone(),
+            ..undeclared.clone()
+        };
+        let e = alice
+            .install(std::slice::from_ref(&spec))
+            .await
+            .err()
+            .ok_or_else(|| format!("a device declared `contacts` {declared}"))?;
+        ensure!(
+            matches!(&e, Error::Config(m) if m.contains("records no owners")),
+            "{e}"
+        );
+    }
+    let record = common::read_meta_of(&hub.db, "_tidesync_hub_access", "contacts").await?;
+    ensure_eq!(record.as_deref(), Some("undeclared"));
     Ok(())
 }
 
@@ -1337,6 +1367,96 @@ async fn a_slow_client_does_not_block_others(hub: TestDb) -> TestResult {
     Ok(())
 }
 
+/// Each token's lookup is a query of the hub database, made within one of
+/// the server's slots: while the tokens table is locked (a slow database),
+/// requests with made-up tokens past the server's cap get `503` at once
+/// instead of piling up on the database's connections; once it answers,
+/// the others get `401`. (SQLite cannot hold a lock against readers: there
+/// only the `401`s are checked.)
+async fn requests_without_an_account_are_bounded_too(hub: TestDb) -> TestResult {
+    use sea_orm::TransactionTrait;
+    use sync_http::server::MAX_IN_FLIGHT;
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let token = server.token("alice").await?;
+    // A token of the right shape and id, with a wrong secret: looked up.
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let bogus = format!("{}{last}", &token[..token.len() - 1]);
+    let locker = hub.connect_again().await?;
+    let tx = locker.begin().await?;
+    let locked = match hub.dialect {
+        common::Dialect::Postgres => {
+            tx.execute_unprepared("LOCK TABLE _tidesync_tokens IN ACCESS EXCLUSIVE MODE")
+                .await?;
+            true
+        }
+        common::Dialect::MySql => {
+            tx.execute_unprepared("LOCK TABLES _tidesync_tokens WRITE")
+                .await?;
+            true
+        }
+        common::Dialect::Sqlite => false,
+    };
+    let clients = MAX_IN_FLIGHT + 6;
+    let (answers, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..clients {
+        let addr = server.url.trim_start_matches("http://").to_owned();
+        let head = format!(
+            "POST /v1/pull HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {bogus}\r\n\
+             content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+        );
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let answer = async {
+                let mut conn = tokio::net::TcpStream::connect(addr).await?;
+                conn.write_all(head.as_bytes()).await?;
+                let mut answer = vec![0u8; 64];
+                let n = conn.read(&mut answer).await?;
+                Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer[..n]).into_owned())
+            };
+            let _ = answers.send(answer.await.map_err(|e| e.to_string()));
+        });
+    }
+    drop(answers);
+    let status = |a: &Result<String, String>| match a {
+        Ok(a) if a.contains(" 503 ") => 503,
+        Ok(a) if a.contains(" 401 ") => 401,
+        _ => 0,
+    };
+    let mut seen = Vec::new();
+    if locked {
+        // Those past the cap, at once; the rest wait for the database.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while seen.len() < clients - MAX_IN_FLIGHT {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(a)) => seen.push(a),
+                _ => break,
+            }
+        }
+        ensure!(
+            seen.len() == clients - MAX_IN_FLIGHT && seen.iter().all(|a| status(a) == 503),
+            "with the tokens table locked, {} answers came: {seen:?}",
+            seen.len()
+        );
+    }
+    if hub.dialect == common::Dialect::MySql {
+        // On the connection that holds the lock (LOCK TABLES ended the
+        // transaction, not the lock).
+        tx.execute_unprepared("UNLOCK TABLES").await?;
+    }
+    tx.rollback().await?;
+    while let Some(a) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await? {
+        seen.push(a);
+    }
+    let count = |s: u16| seen.iter().filter(|a| status(a) == s).count();
+    ensure_eq!(seen.len(), clients);
+    ensure!(
+        count(401) >= MAX_IN_FLIGHT && count(401) + count(503) == clients,
+        "{seen:?}"
+    );
+    Ok(())
+}
+
 async fn tokens_never_appear_in_logs(hub: TestDb) -> TestResult {
     let server = serve(&hub, RejectPolicy::Park).await?;
     let token = server.token("alice").await?;
@@ -1829,6 +1949,76 @@ async fn a_devices_spec_cannot_retype_a_key_nor_alias_it(hub: TestDb) -> TestRes
             vec![pair("alice", "hers")]
         );
     }
+    Ok(())
+}
+
+/// Keys the hub's database takes for another (PostgreSQL: `'ab '` for
+/// `'ab'` in a `char(4)`, a time finer than a microsecond for the
+/// microsecond) are other row states, so they pass the ownership check as
+/// new rows: the hub writes such rows as plain inserts, which collide and
+/// are refused, never as upserts that would overwrite alice's row. Bob's
+/// later delete of his key then has no row of his to delete.
+async fn a_key_the_database_takes_for_another_overwrites_nothing(hub: TestDb) -> TestResult {
+    use chrono::{TimeZone, Utc};
+    use sea_orm::sea_query::ColumnType;
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let alice = server.device("alice").await?;
+    let by_char = owned_table("kv_char", ColumnType::Char(Some(4)));
+    let by_time = owned_table("kv_time", ColumnType::TimestampWithTimeZone);
+    alice.install(&[by_char.clone(), by_time.clone()]).await?;
+    let at = Utc.timestamp_opt(1_700_000_000, 1_000).unwrap();
+    let finer = Utc.timestamp_opt(1_700_000_000, 1_400).unwrap();
+    let a = NodeId::random();
+    let hers = [("owner", "alice"), ("body", "hers")];
+    let ack = alice
+        .push(&[
+            keyed_change("kv_char", a, 1, Op::Insert, "ab".into(), &hers),
+            keyed_change("kv_time", a, 2, Op::Insert, at.into(), &hers),
+        ])
+        .await?;
+    ensure!(ack.parked.is_empty() && ack.halted.is_none(), "{ack:?}");
+    let bob = server.device("bob").await?;
+    bob.install(&[by_char, by_time]).await?;
+    let b = NodeId::random();
+    let his = [("owner", "bob"), ("body", "bob's")];
+    bob.push(&[
+        keyed_change("kv_char", b, 1, Op::Insert, "ab ".into(), &his),
+        keyed_change("kv_time", b, 2, Op::Insert, finer.into(), &his),
+        keyed_change("kv_char", b, 3, Op::Delete, "ab ".into(), &[]),
+        keyed_change("kv_time", b, 4, Op::Delete, finer.into(), &[]),
+    ])
+    .await?;
+    // Alice's rows as she wrote them, whatever became of bob's (a row of
+    // its own where the database tells the keys apart).
+    for t in ["kv_char", "kv_time"] {
+        let rows = owners_and_bodies(&hub, t).await?;
+        ensure!(
+            rows.contains(&pair("alice", "hers")),
+            "{t}: alice's row was overwritten or deleted: {rows:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A bootstrap page from a server that has not seen this device's install
+/// (another server took it, or this one restarted since) names each row's
+/// key columns as the hub records them, not after some other install.
+async fn a_server_that_never_saw_the_install_names_keys_as_the_hub(hub: TestDb) -> TestResult {
+    let one = serve(&hub, RejectPolicy::Park).await?;
+    let two = serve(&hub, RejectPolicy::Park).await?;
+    let alice = device(&one, "alice", "alice").await?;
+    note(&alice, "alice", "hers").await?;
+    alice.engine.sync_now().await?;
+    let balancer = common::http::Balancer::start(vec![one.url.clone(), two.url.clone()]).await?;
+    let backend = HttpBackend::new(&balancer.url, one.token("alice").await?)?;
+    backend
+        .install(&[tidesync::table_spec::<notes::Entity>()])
+        .await?;
+    balancer.switch();
+    let (_, page) = backend.snapshot(None, 100).await?;
+    ensure_eq!(page.rows.len(), 1);
+    let names: Vec<&str> = page.rows[0].pk.iter().map(|(n, _)| n.as_str()).collect();
+    ensure_eq!(names, vec!["id"]);
     Ok(())
 }
 

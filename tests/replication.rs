@@ -1848,16 +1848,20 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         .await?;
     let engine = SyncEngine::new(replica, common::hub_for(&hub).await?).with_batch_size(10);
     engine.sync_now().await?; // install
-    let rows: Vec<contacts::ActiveModel> = (0..400)
-        .map(|i| contacts::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            name: Set(format!("n{i}")),
-            email: Set(None),
-            last_opened: Set(None),
-            updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
-        })
-        .collect();
-    contacts::Entity::insert_many(rows).exec(&local.db).await?;
+    let rows = |from: i64, to: i64| -> Vec<contacts::ActiveModel> {
+        (from..to)
+            .map(|i| contacts::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                name: Set(format!("n{i}")),
+                email: Set(None),
+                last_opened: Set(None),
+                updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
+            })
+            .collect()
+    };
+    contacts::Entity::insert_many(rows(0, 400))
+        .exec(&local.db)
+        .await?;
     let admin = hub.connect_again().await?;
     let dialect = hub.dialect;
     // The killer goes on until a sync has failed (or long past any chance of
@@ -1898,16 +1902,9 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
     let mut offline = 0;
     let mut written: i64 = 400;
     while !killer.is_finished() {
-        let more: Vec<contacts::ActiveModel> = (written..written + 10)
-            .map(|i| contacts::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                name: Set(format!("n{i}")),
-                email: Set(None),
-                last_opened: Set(None),
-                updated_at: Set(Utc.timestamp_micros(1_700_000_000_000_000 + i).unwrap()),
-            })
-            .collect();
-        contacts::Entity::insert_many(more).exec(&local.db).await?;
+        contacts::Entity::insert_many(rows(written, written + 10))
+            .exec(&local.db)
+            .await?;
         written += 10;
         match engine.sync_now().await {
             Ok(_) => {}

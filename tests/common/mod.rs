@@ -675,9 +675,19 @@ pub async fn read_meta<C: sea_orm::ConnectionTrait>(
     db: &C,
     key: &str,
 ) -> Result<Option<String>, BoxError> {
+    read_meta_of(db, "_tidesync_meta", key).await
+}
+
+/// A value of one of tidesync's key/value tables (`_tidesync_meta`, a
+/// hub's `_tidesync_hub_access`...), read by hand.
+pub async fn read_meta_of<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &str,
+    key: &str,
+) -> Result<Option<String>, BoxError> {
     let kind = db.get_database_backend();
     let sql = format!(
-        "SELECT {} FROM _tidesync_meta WHERE {} = '{}'",
+        "SELECT {} FROM {table} WHERE {} = '{}'",
         quote(kind, "value"),
         quote(kind, "key"),
         key.replace('\'', "''")

@@ -38,6 +38,6 @@ fn skipped<E: Syncable>() -> Vec<&'static str> {
 
 fn main() {
     assert_eq!(<contact::Entity as Syncable>::POLICY, ConflictPolicy::Merge);
-    assert!(!<contact::Entity as Syncable>::SINGLE_WRITER);
+    const { assert!(!<contact::Entity as Syncable>::SINGLE_WRITER) };
     assert_eq!(skipped::<contact::Entity>(), ["last_opened"]);
 }

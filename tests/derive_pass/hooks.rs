@@ -50,7 +50,7 @@ use tidesync::{ConflictPolicy, Syncable};
 #[tokio::main]
 async fn main() {
     assert_eq!(<audit::Entity as Syncable>::POLICY, ConflictPolicy::Manual);
-    assert!(<audit::Entity as Syncable>::SINGLE_WRITER);
+    const { assert!(<audit::Entity as Syncable>::SINGLE_WRITER) };
     assert!(<audit::Entity as Syncable>::skipped_columns().is_empty());
 
     let db = Database::connect("sqlite::memory:").await.unwrap();

@@ -33,42 +33,15 @@ macro_rules! ensure {
     };
 }
 
-/// Notes: each user's own.
-mod notes {
-    use sea_orm::entity::prelude::*;
-    use tidesync::Syncable;
+// The root package's test entities and URL helper, shared with its suites.
+#[path = "../../tests/common/entities.rs"]
+#[allow(dead_code)]
+mod entities;
+#[path = "../../tests/common/url.rs"]
+mod url;
 
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
-    #[sea_orm(table_name = "notes")]
-    #[syncable(owner = "owner")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub owner: String,
-        pub body: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-}
-
-/// Labels: every user's.
-mod labels {
-    use sea_orm::entity::prelude::*;
-    use tidesync::Syncable;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
-    #[sea_orm(table_name = "labels")]
-    #[syncable(shared)]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub name: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-}
+use entities::{labels, notes};
+use url::with_database;
 
 /// Tasks: each user's own; a table the hub of some tests lacks.
 mod tasks {
@@ -242,24 +215,6 @@ async fn drop_database(base: &str, name: &str, dialect: Dialect) -> TestResult {
     admin.execute_unprepared(&sql).await?;
     admin.close().await?;
     Ok(())
-}
-
-/// `base` with its database replaced by `name`.
-fn with_database(base: &str, name: &str) -> String {
-    let (main, query) = match base.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = main.find("://").map_or(0, |i| i + 3);
-    let host_end = main[scheme_end..]
-        .find('/')
-        .map_or(main.len(), |i| scheme_end + i);
-    let mut url = format!("{}/{}", &main[..host_end], name);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
 }
 
 type HubTest = fn(HubDb) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send>>;

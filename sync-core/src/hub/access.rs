@@ -526,6 +526,22 @@ impl UserHub<'_> {
                 .and_then(|r| Ownership::from_record(r))
             {
                 Some(r) if synced && t.ownership == Ownership::Undeclared => r,
+                // Who owns the rows of a table recorded without owners is
+                // set by an operator (a direct install), never by a device:
+                // a device declaring it shared would read every user's
+                // rows, and one naming an owner column would split them as
+                // it likes.
+                Some(Ownership::Undeclared) if synced => {
+                    return refuse(
+                        &t.name,
+                        format!(
+                            "the hub records no owners for it, and this device's entity \
+                             declares it {}; over HTTP a device cannot set who owns a table's \
+                             rows (an operator records it with a direct install)",
+                            t.ownership
+                        ),
+                    );
+                }
                 Some(_) if synced => t.ownership.clone(),
                 _ => {
                     if !self.account.new_tables {
@@ -605,18 +621,23 @@ impl UserHub<'_> {
         let there = crate::store::user_tables::existing_columns(db, d, place)
             .await
             .map_err(Error::or_offline)?;
-        let missing: Vec<String> = t
+        let mut missing: Vec<String> = t
             .columns
             .iter()
             .chain(&t.local_only)
-            .filter(|c| !there.iter().any(|e| *e == c.name))
+            .filter(|c| !there.contains(&c.name))
             .map(|c| format!("`{}`", c.name))
             .collect();
+        // Nor types: an enum the entity names that the database lacks.
+        let types = crate::store::user_tables::missing_types(db, d, t)
+            .await
+            .map_err(Error::or_offline)?;
+        missing.extend(types.into_iter().map(|(name, _)| format!("type `{name}`")));
         if missing.is_empty() {
             return Ok(());
         }
         Err(Error::Config(format!(
-            "table `{}`: this hub takes no new tables nor columns from devices, and its table \
+            "table `{}`: this hub takes no new tables nor columns from devices, and it \
              lacks {}; an operator adds them first (a direct install)",
             t.name,
             missing.join(", ")

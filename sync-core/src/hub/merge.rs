@@ -45,6 +45,15 @@ pub(super) struct Merge<'a> {
     /// takes. Else after (an upsert may move a child away from a parent the
     /// call deletes).
     pub(super) deletes_first: bool,
+    /// Write rows the hub holds no live state of as plain inserts, on
+    /// every dialect (a push under an account): the database's key
+    /// equality can be coarser than the states' (`'ab '` and `'ab'` in a
+    /// PostgreSQL `char(4)`, times finer than a microsecond, `-0.0`), and
+    /// an upsert of such a key would overwrite another user's row past
+    /// the ownership check, as it would a row an operator put in an
+    /// adopted table. A plain insert fails there, and the change is
+    /// refused.
+    pub(super) plain_new: bool,
 }
 
 /// The rows one call writes, per table in registration order.
@@ -72,6 +81,7 @@ impl<'a> Merge<'a> {
             held: Vec::new(),
             settled: Vec::new(),
             deletes_first: true,
+            plain_new: false,
         }
     }
 
@@ -90,6 +100,7 @@ impl<'a> Merge<'a> {
             held: Vec::new(),
             settled: Vec::new(),
             deletes_first: self.deletes_first,
+            plain_new: self.plain_new,
         }
     }
 
@@ -248,7 +259,7 @@ impl<'a> Merge<'a> {
                 }
                 keys.push(key.clone());
             }
-            for q in row_statements(spec, &live, self.dialect, false)? {
+            for q in row_statements(spec, &live, self.dialect, self.plain_new)? {
                 out.upserts.push(kind.build(&q));
             }
             out.deletes.push((spec, dead));

@@ -188,9 +188,11 @@ impl SqlHub {
 }
 
 impl SqlHub {
-    /// Install `tables`; this value merges pushes with them from now on.
-    /// Returns them as the hub placed them (their schema, the ownership
-    /// it records).
+    /// Install `tables`. Returns them as the hub placed them (their
+    /// schema, the ownership it records). A direct install keeps them to
+    /// merge its own pushes with ([`Hub::install`]); an account's keeps
+    /// them in its [`UserHub`], never here (a server's users would
+    /// otherwise set the specs of each other's direct pushes).
     async fn install_tables(&self, tables: &[TableSpec]) -> Result<(HubInfo, Vec<TableSpec>)> {
         // An install is idempotent. Two at once on a hub that lacks a
         // table (devices whose first syncs meet, or two hub servers) race
@@ -218,7 +220,6 @@ impl SqlHub {
                 other => break other.map_err(Error::or_offline)?,
             }
         };
-        *self.tables.write().await = placed.clone();
         Ok((info, placed))
     }
 
@@ -255,7 +256,9 @@ impl SqlHub {
 #[async_trait::async_trait]
 impl Hub for SqlHub {
     async fn install(&self, tables: &[TableSpec]) -> Result<HubInfo> {
-        Ok(self.install_tables(tables).await?.0)
+        let (info, placed) = self.install_tables(tables).await?;
+        *self.tables.write().await = placed;
+        Ok(info)
     }
 
     async fn push(&self, batch: &[Change]) -> Result<PushAck> {

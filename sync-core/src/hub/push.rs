@@ -176,6 +176,7 @@ impl Push<'_> {
         let mut verdicts: Vec<Option<Refusal>> =
             todo.iter().map(|c| self.refusal(c, now_us)).collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
+        merge.plain_new = self.account.is_some();
         merge.deletes_first = deletes_first;
         if let Some(account) = self.account {
             self.account_refusals(account, &mut merge, &todo, &mut verdicts)

@@ -6,10 +6,10 @@ use sea_orm::{ConnectionTrait, Value};
 
 use super::log;
 use super::states;
-use super::tables::HUB_ROWS;
+use super::tables::{HUB_KEYS, HUB_ROWS};
 use super::visible::Visible;
 use crate::dialect;
-use crate::model::change::TableSpec;
+use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
 use crate::model::value::{approx_size, parse_pk_key};
@@ -79,6 +79,7 @@ pub(super) async fn page<C: ConnectionTrait>(
     let mut entries = states::columns(db, &seqs)
         .await
         .map_err(Error::or_offline)?;
+    let recorded = recorded_keys(db, specs, &rows).await?;
     let mut page = SnapshotPage::default();
     let mut last = None;
     let mut bytes = 0;
@@ -91,7 +92,10 @@ pub(super) async fn page<C: ConnectionTrait>(
         let values = parse_pk_key(&key)?;
         let names: Vec<String> = match specs.iter().find(|s| s.name == tbl) {
             Some(s) => s.pk_names(),
-            None => (0..values.len()).map(|i| format!("key{i}")).collect(),
+            None => match recorded.get(&tbl) {
+                Some(names) => names.clone(),
+                None => (0..values.len()).map(|i| format!("key{i}")).collect(),
+            },
         };
         let pk: Vec<(String, Value)> = names.into_iter().zip(values).collect();
         if visible.is_some_and(|v| !v.shows_row(&tbl, &pk, &state)) {
@@ -121,4 +125,41 @@ pub(super) async fn page<C: ConnectionTrait>(
             .transpose()?;
     }
     Ok((cursor, page))
+}
+
+/// The key column names the hub records (see [`HUB_KEYS`]) for the tables
+/// of `rows` that `specs` lacks: a server that has not seen this device's
+/// install (another server's device, a restart) names keys as the hub
+/// does, never after whichever install came last.
+async fn recorded_keys<C: ConnectionTrait>(
+    db: &C,
+    specs: &[TableSpec],
+    rows: &[sea_orm::QueryResult],
+) -> Result<std::collections::HashMap<String, Vec<String>>> {
+    let mut names: Vec<String> = Vec::new();
+    for r in rows {
+        let tbl: String = r.try_get("", "tbl")?;
+        if !specs.iter().any(|s| s.name == tbl) && !names.contains(&tbl) {
+            names.push(tbl);
+        }
+    }
+    let mut out = std::collections::HashMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let named: Vec<&str> = names.iter().map(String::as_str).collect();
+    let records = HUB_KEYS
+        .read_many(db, &named)
+        .await
+        .map_err(Error::or_offline)?;
+    for (table, text) in records {
+        let key: Vec<ColumnSpec> = serde_json::from_str(&text).map_err(|e| {
+            Error::Corrupt(format!(
+                "`{}` records `{text}` for table `{table}`: {e}",
+                HUB_KEYS.0
+            ))
+        })?;
+        out.insert(table, key.into_iter().map(|c| c.name).collect());
+    }
+    Ok(out)
 }

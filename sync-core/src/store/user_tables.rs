@@ -66,15 +66,29 @@ async fn create_custom_types<C: ConnectionTrait>(
     d: &dyn Dialect,
     spec: &TableSpec,
 ) -> Result<()> {
-    let Some(exists) = d.type_exists_query() else {
-        return Ok(());
-    };
-    for (name, create) in d.custom_types(spec) {
-        if !found(db, exists, &name).await? {
-            db.execute_unprepared(&create).await?;
-        }
+    for (_, create) in missing_types(db, d, spec).await? {
+        db.execute_unprepared(&create).await?;
     }
     Ok(())
+}
+
+/// The custom types (PostgreSQL enums) `spec`'s table needs that the
+/// database lacks: each name and the statement that creates it.
+pub(crate) async fn missing_types<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+) -> Result<Vec<(String, String)>> {
+    let Some(exists) = d.type_exists_query() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (name, create) in d.custom_types(spec) {
+        if !found(db, exists, &name).await? {
+            out.push((name, create));
+        }
+    }
+    Ok(out)
 }
 
 /// Create a synced table (and its custom types, and its PostgreSQL schema)

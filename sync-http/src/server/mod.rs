@@ -9,13 +9,14 @@
 //! pushes again).
 //!
 //! Each request: the protocol version (`400` if unknown), the bearer token
-//! or JWT (`401`), a slot of the user's and one of the server's (`503`
-//! when the user has [`MAX_IN_FLIGHT_PER_USER`] requests in flight, or
-//! the server [`MAX_IN_FLIGHT`]), the body read up to the size limit without buffering
+//! or JWT (`401`, looked up within one of the server's [`MAX_IN_FLIGHT`]
+//! slots, `503` when none is free), a slot of the user's (`503` when the
+//! user has [`MAX_IN_FLIGHT_PER_USER`] requests in flight), the body read
+//! up to the size limit without buffering
 //! more (`413`) and within the body timeout (`408`), decompressed up to the
 //! same limit, parsed (`400`), then answered by the hub
 //! [`for_account`](SqlHub::for_account) of the token's user. See
-//! [`wire`](crate::wire) for the table of answers.
+//! [`wire`] for the table of answers.
 
 mod tokens;
 
@@ -145,8 +146,9 @@ struct Inner {
     authorize: Option<Arc<Authorize>>,
     /// Requests being answered, at most [`MAX_IN_FLIGHT`] (each may hold
     /// a body of up to `max_body` bytes, and its decompression). Taken
-    /// after the user's own slot, so one user's requests never hold more
-    /// than [`MAX_IN_FLIGHT_PER_USER`] of these.
+    /// before the token's lookup, and given back when the user has no slot
+    /// of their own free, so one user's requests never hold more than
+    /// [`MAX_IN_FLIGHT_PER_USER`] of these.
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Requests in flight by user (only users with some).
     per_user: Arc<std::sync::Mutex<HashMap<String, usize>>>,
@@ -482,11 +484,24 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
     {
         return Err((None, unsupported(&String::from_utf8_lossy(v.as_bytes()))));
     }
+    // The server's slot before the token's lookup (a query of the hub
+    // database): requests without an account are bounded too.
+    let _permit = inner.in_flight.clone().try_acquire_owned().map_err(|_| {
+        (
+            None,
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "this server has too many requests in flight; try again later",
+            ),
+        )
+    })?;
     let account = authenticate(inner, headers).await.map_err(|f| (None, f))?;
     let user = account.user().to_owned();
     let fail = |f| (Some(user.clone()), f);
-    // The user's slot first, then the server's: a user at their cap takes
-    // none of the server's.
+    // Then the user's: a user at their cap gives the server's slot back at
+    // once, so one user's requests (slow uploads) hold at most
+    // MAX_IN_FLIGHT_PER_USER of the server's slots.
     let _slot = UserSlot::take(&inner.per_user, &user).ok_or_else(|| {
         fail(Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -497,24 +512,17 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
             ),
         ))
     })?;
-    let _permit = inner.in_flight.clone().try_acquire_owned().map_err(|_| {
-        fail(Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "this server has too many requests in flight; try again later",
-        ))
-    })?;
     let bytes = read_body(inner, headers, body).await.map_err(fail)?;
     let hub = inner.hub.for_account(account);
     let zstd = accepts_zstd(headers);
     let response = match endpoint {
         "install" => {
-            let r: wire::InstallRequest = parse(&bytes).map_err(fail)?;
+            let r: wire::InstallRequest = parse(&bytes).await.map_err(fail)?;
             let answer = install(inner, &hub, &r.tables).await;
-            reply(answer, zstd)
+            reply(answer, zstd).await
         }
         "push" => {
-            let r: wire::PushRequest = parse(&bytes).map_err(fail)?;
+            let r: wire::PushRequest = parse(&bytes).await.map_err(fail)?;
             let hub = match &r.install {
                 Some(tables) => match install(inner, &hub, tables).await {
                     Ok(_) => hub,
@@ -525,15 +533,15 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
                     None => hub,
                 },
             };
-            reply(hub.push(&r.changes).await, zstd)
+            reply(hub.push(&r.changes).await, zstd).await
         }
         "standing" => {
-            let r: wire::StandingRequest = parse(&bytes).map_err(fail)?;
+            let r: wire::StandingRequest = parse(&bytes).await.map_err(fail)?;
             in_range(r.at).map_err(fail)?;
-            reply(hub.standing(r.origin, r.at).await, zstd)
+            reply(hub.standing(r.origin, r.at).await, zstd).await
         }
         "pull" => {
-            let r: wire::PullRequest = parse(&bytes).map_err(fail)?;
+            let r: wire::PullRequest = parse(&bytes).await.map_err(fail)?;
             in_range(Some(r.cursor)).map_err(fail)?;
             let batch = match r.excluding {
                 Some(origin) => {
@@ -542,16 +550,16 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
                 }
                 None => hub.pull(r.cursor, r.limit.clamp(1, MAX_PAGE)).await,
             };
-            reply(batch, zstd)
+            reply(batch, zstd).await
         }
         "snapshot" => {
-            let r: wire::SnapshotRequest = parse(&bytes).map_err(fail)?;
+            let r: wire::SnapshotRequest = parse(&bytes).await.map_err(fail)?;
             let hub = match known(inner, r.tables.as_deref()) {
                 Some(tables) => hub.with_tables(tables),
                 None => hub,
             };
             let page = snapshot(&hub, r).await;
-            reply(page, zstd)
+            reply(page, zstd).await
         }
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
@@ -723,11 +731,13 @@ async fn read_body(
     {
         None => Ok(bytes),
         Some(b) if b.eq_ignore_ascii_case(b"identity") => Ok(bytes),
-        Some(b) if b.eq_ignore_ascii_case(b"zstd") => match wire::decompress(&bytes, limit) {
-            Ok(v) => Ok(Bytes::from(v)),
-            Err(wire::DecodeError::TooLarge) => Err(too_large()),
-            Err(wire::DecodeError::Malformed(m)) => Err(Failure::bad_request(m)),
-        },
+        Some(b) if b.eq_ignore_ascii_case(b"zstd") => {
+            match cpu(bytes.len(), move || wire::decompress(&bytes, limit)).await? {
+                Ok(v) => Ok(Bytes::from(v)),
+                Err(wire::DecodeError::TooLarge) => Err(too_large()),
+                Err(wire::DecodeError::Malformed(m)) => Err(Failure::bad_request(m)),
+            }
+        }
         Some(other) => Err(Failure::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "bad-request",
@@ -739,8 +749,40 @@ async fn read_body(
     }
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, Failure> {
-    serde_json::from_slice(bytes).map_err(|e| Failure::bad_request(format!("malformed body: {e}")))
+/// Parsing or decompressing a body of more than this many bytes runs on
+/// tokio's blocking threads: the async workers go on accepting and
+/// answering other requests meanwhile.
+const BLOCKING_BYTES: usize = 64 << 10;
+
+/// `f`, on a blocking thread when its input is of `size` bytes or more.
+async fn cpu<R: Send + 'static>(
+    size: usize,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::result::Result<R, Failure> {
+    if size < BLOCKING_BYTES {
+        return Ok(f());
+    }
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r),
+        // Caught by `handle` (a `500`, logged).
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this server is shutting down; try again later",
+        )),
+    }
+}
+
+async fn parse<T: DeserializeOwned + Send + 'static>(
+    bytes: &Bytes,
+) -> std::result::Result<T, Failure> {
+    let bytes = bytes.clone();
+    cpu(bytes.len(), move || {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::bad_request(format!("malformed body: {e}")))
+    })
+    .await?
 }
 
 /// A cursor a hub can hold (its sequences are signed 64-bit integers).
@@ -769,15 +811,23 @@ fn accepts_zstd(headers: &HeaderMap) -> bool {
 
 /// A `200` with the JSON of `value` (compressed if the client takes it),
 /// or the failure the hub's error stands for.
-fn reply<T: Serialize>(value: Result<T>, zstd: bool) -> std::result::Result<Response, Failure> {
+async fn reply<T: Serialize + Send + 'static>(
+    value: Result<T>,
+    zstd: bool,
+) -> std::result::Result<Response, Failure> {
     let value = value.map_err(Failure::of)?;
-    let json = serde_json::to_vec(&value)
+    // Pages and acknowledgements may be large: on a blocking thread.
+    let encoded = cpu(BLOCKING_BYTES, move || {
+        let json = serde_json::to_vec(&value)?;
+        Ok::<_, serde_json::Error>(if zstd {
+            wire::encode(json)
+        } else {
+            (json, false)
+        })
+    })
+    .await?;
+    let (bytes, compressed) = encoded
         .map_err(|e| Failure::of(Error::Corrupt(format!("an answer that is not JSON: {e}"))))?;
-    let (bytes, compressed) = if zstd {
-        wire::encode(json)
-    } else {
-        (json, false)
-    };
     let mut response = (
         [
             (

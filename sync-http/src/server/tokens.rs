@@ -59,6 +59,11 @@ impl Tokens {
                     .not_null(),
             )
             .to_owned();
+        let mut create = create;
+        if db.get_database_backend() == sea_orm::DbBackend::MySql {
+            // Names compared byte for byte, whatever the server's default.
+            create.character_set("utf8mb4").collate("utf8mb4_bin");
+        }
         // Servers starting at once on a new PostgreSQL hub race in
         // `CREATE TABLE IF NOT EXISTS`: the loser fails with a unique
         // violation in the catalog or "already exists", and finds the
@@ -162,24 +167,42 @@ impl Tokens {
                 None => None,
             },
         };
-        let mut q = Query::delete();
-        q.from_table(Alias::new(TOKENS));
-        match &by_id {
-            Some(id) => q.and_where(Expr::col(Alias::new("id")).eq(id.as_str())),
-            None => q.and_where(Expr::col(Alias::new("user_name")).eq(token_or_user)),
+        let ids = match by_id {
+            Some(id) => vec![id],
+            None => self.ids_of(token_or_user).await?,
         };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let q = Query::delete()
+            .from_table(Alias::new(TOKENS))
+            .and_where(Expr::col(Alias::new("id")).is_in(ids))
+            .to_owned();
         Ok(self.db.execute(&q).await?.rows_affected())
     }
 
     /// Whether `user` has a token.
     async fn has_user(&self, user: &str) -> Result<bool> {
+        Ok(!self.ids_of(user).await?.is_empty())
+    }
+
+    /// The ids of `user`'s tokens: exactly that name (a MySQL table of an
+    /// earlier release compares names without case or accents, so `Bob`
+    /// and `bób` come back too, and are left out here).
+    async fn ids_of(&self, user: &str) -> Result<Vec<String>> {
         let q = Query::select()
-            .column(Alias::new("id"))
+            .columns(["id", "user_name"].map(Alias::new))
             .from(Alias::new(TOKENS))
             .and_where(Expr::col(Alias::new("user_name")).eq(user))
-            .limit(1)
             .to_owned();
-        Ok(self.db.query_one(&q).await?.is_some())
+        let mut ids = Vec::new();
+        for r in self.db.query_all(&q).await? {
+            let name: String = r.try_get("", "user_name")?;
+            if name == user {
+                ids.push(r.try_get("", "id")?);
+            }
+        }
+        Ok(ids)
     }
 
     /// The user `token` signs in, if it is a live token of this hub.

@@ -75,8 +75,9 @@ fn parse_acked(v: &str) -> Option<(NodeId, u64)> {
     Some((node.parse().ok()?, seq.parse().ok()?))
 }
 
-/// A new node id this replica took during a sync (see the
-/// [module docs](self)).
+/// A new node id this replica took during a sync: another device used
+/// its id (a copied database, a restored backup), and the replica goes on
+/// under a new one without losing either device's changes.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Renewal {
