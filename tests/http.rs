@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         a_key_another_user_took_is_parked_even_under_halt,
         a_key_the_database_takes_for_another_overwrites_nothing,
         a_server_that_never_saw_the_install_names_keys_as_the_hub,
+        first_installs_at_once_record_the_key_of_the_table_made,
         rows_made_offline_before_the_first_sync_are_kept,
         bad_credentials_get_401_and_nothing_is_read_or_written,
         oversized_malformed_and_unknown_version_bodies_are_refused,
@@ -2019,6 +2020,77 @@ async fn a_server_that_never_saw_the_install_names_keys_as_the_hub(hub: TestDb) 
     ensure_eq!(page.rows.len(), 1);
     let names: Vec<&str> = page.rows[0].pk.iter().map(|(n, _)| n.as_str()).collect();
     ensure_eq!(names, vec!["id"]);
+    Ok(())
+}
+
+/// Two first installs of one table at once, one keyed by BIGINT and one
+/// by text: whichever makes the table, the key the hub records is that
+/// table's (the other install is refused). Recorded after the table, the
+/// loser of the `CREATE TABLE` could record its key over the winner's
+/// table, and every device of the winner's kind would be refused for good.
+async fn first_installs_at_once_record_the_key_of_the_table_made(hub: TestDb) -> TestResult {
+    use sea_orm::sea_query::ColumnType;
+    let one = SqlHub::new(hub.connect_again().await?);
+    let two = SqlHub::new(hub.connect_again().await?);
+    one.install(&[]).await?;
+    for round in 0..12 {
+        let name = format!("race{round}");
+        let by_int = owned_table(&name, ColumnType::BigInteger);
+        let by_text = owned_table(
+            &name,
+            ColumnType::String(sea_orm::sea_query::StringLen::N(40)),
+        );
+        let (by_int, by_text) = (
+            std::slice::from_ref(&by_int),
+            std::slice::from_ref(&by_text),
+        );
+        let (a, b) = if round % 2 == 0 {
+            tokio::join!(one.install(by_int), two.install(by_text))
+        } else {
+            let (b, a) = tokio::join!(two.install(by_text), one.install(by_int));
+            (a, b)
+        };
+        ensure!(
+            a.is_ok() != b.is_ok() || (a.is_err() && b.is_err()),
+            "round {round}: both installs of other keys went through"
+        );
+        let record = common::read_meta_of(&hub.db, "_tidesync_hub_keys", &name).await?;
+        let Some(record) = record else {
+            ensure!(a.is_err() && b.is_err(), "round {round}: no key recorded");
+            continue;
+        };
+        let sql = match hub.dialect {
+            common::Dialect::Sqlite => {
+                format!("SELECT type AS t FROM pragma_table_info('{name}') WHERE name = 'id'")
+            }
+            common::Dialect::Postgres => format!(
+                "SELECT data_type::text AS t FROM information_schema.columns \
+                 WHERE table_name = '{name}' AND column_name = 'id'"
+            ),
+            common::Dialect::MySql => format!(
+                "SELECT CAST(DATA_TYPE AS CHAR) AS t FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{name}' AND COLUMN_NAME = 'id'"
+            ),
+        };
+        let column = hub
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                hub.db.get_database_backend(),
+                sql,
+            ))
+            .await?
+            .ok_or_else(|| format!("round {round}: a key recorded, no table made"))?;
+        let column: String = column.try_get("", "t")?;
+        let int_column = column.to_ascii_lowercase().contains("int");
+        ensure!(
+            record.contains("big_integer") == int_column,
+            "round {round}: the hub records {record} for a table keyed by {column}"
+        );
+        ensure!(
+            a.is_ok() == int_column,
+            "round {round}: the install of the table made was refused ({a:?} / {b:?})"
+        );
+    }
     Ok(())
 }
 

@@ -2110,8 +2110,8 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
             .map(|(_, _, b)| *b)
             .collect();
         ensure!(
-            sizes.len() >= 3 && sizes.iter().sum::<usize>() > 20 * big.len(),
-            "{table} on {place}: the 20 rows in several statements, got {sizes:?}"
+            sizes.len() >= 3 && sizes.iter().sum::<usize>() > ROWS as usize * big.len(),
+            "{table} on {place}: the {ROWS} rows in several statements, got {sizes:?}"
         );
     }
     a.drop().await?;

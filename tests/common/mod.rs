@@ -567,8 +567,23 @@ fn report_time(name: &str, started: std::time::Instant) {
 }
 
 /// Run the trials with the standard command-line arguments.
+///
+/// Unless `--test-threads` says otherwise, trials run on twice as many
+/// threads as the machine has cores (`TIDESYNC_TEST_THREADS` sets another
+/// number): most of a trial's time is spent waiting for a database server
+/// or a hub server, and with one trial per core the cores sit idle.
 pub fn run(trials: Vec<Trial>) -> std::process::ExitCode {
-    let args = libtest_mimic::Arguments::from_args();
+    let mut args = libtest_mimic::Arguments::from_args();
+    if args.test_threads.is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        args.test_threads = Some(
+            std::env::var("TIDESYNC_TEST_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(2 * cores),
+        );
+    }
     libtest_mimic::run(&args, trials).exit_code()
 }
 

@@ -192,12 +192,37 @@ pub(crate) async fn install(
         // Checked against the records first, the table created, and only
         // then recorded (checked again, with the device's own declaration:
         // another install may have recorded meanwhile): a refused or failed
-        // install records nothing.
+        // install records nothing. One exception: a table made by this
+        // install has its key recorded just before (and the record taken
+        // back if the table could not be made), so that of two first
+        // installs with other keys, the one whose key was not recorded is
+        // refused before it makes anything; recorded after, the loser of
+        // the `CREATE TABLE` could record its key over the winner's table.
         let spec = place(db, d, declared, false).await?;
         ownership(db, &spec, false).await?;
         key(db, &spec, false).await?;
-        ensure_table(db, &spec).await?;
-        key(db, &spec, true).await?;
+        let fresh = existing_columns(db, d, Place::of(d, &spec))
+            .await?
+            .is_empty();
+        if fresh {
+            key(db, &spec, true).await?;
+        }
+        if let Err(e) = ensure_table(db, &spec).await {
+            if fresh
+                && existing_columns(db, d, Place::of(d, &spec))
+                    .await
+                    .is_ok_and(|c| c.is_empty())
+            {
+                // Nothing made: no key of it stays recorded.
+                if let Err(undo) = HUB_KEYS.remove(db, &[spec.name.as_str()]).await {
+                    tracing::warn!("the key record of `{}` stays: {undo}", spec.name);
+                }
+            }
+            return Err(e);
+        }
+        if !fresh {
+            key(db, &spec, true).await?;
+        }
         let mut spec = place(db, d, declared, true).await?;
         spec.ownership = ownership(db, &spec, true).await?;
         placed.push(spec);

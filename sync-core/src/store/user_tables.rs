@@ -82,9 +82,10 @@ pub(crate) async fn missing_types<C: ConnectionTrait>(
     let Some(exists) = d.type_exists_query() else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
     for (name, create) in d.custom_types(spec) {
-        if !found(db, exists, &name).await? {
+        // One type may serve several columns: named once.
+        if !out.iter().any(|(n, _)| *n == name) && !found(db, exists, &name).await? {
             out.push((name, create));
         }
     }
