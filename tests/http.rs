@@ -1982,21 +1982,29 @@ async fn a_key_the_database_takes_for_another_overwrites_nothing(hub: TestDb) ->
     bob.install(&[by_char, by_time]).await?;
     let b = NodeId::random();
     let his = [("owner", "bob"), ("body", "bob's")];
-    bob.push(&[
-        keyed_change("kv_char", b, 1, Op::Insert, "ab ".into(), &his),
-        keyed_change("kv_time", b, 2, Op::Insert, finer.into(), &his),
-        keyed_change("kv_char", b, 3, Op::Delete, "ab ".into(), &[]),
-        keyed_change("kv_time", b, 4, Op::Delete, finer.into(), &[]),
-    ])
-    .await?;
-    // Alice's rows as she wrote them, whatever became of bob's (a row of
-    // its own where the database tells the keys apart).
-    for t in ["kv_char", "kv_time"] {
-        let rows = owners_and_bodies(&hub, t).await?;
-        ensure!(
-            rows.contains(&pair("alice", "hers")),
-            "{t}: alice's row was overwritten or deleted: {rows:?}"
-        );
+    // The inserts, then the deletes, each push on its own (in one push
+    // they would cancel out before reaching the database).
+    let pushes = [
+        [
+            keyed_change("kv_char", b, 1, Op::Insert, "ab ".into(), &his),
+            keyed_change("kv_time", b, 2, Op::Insert, finer.into(), &his),
+        ],
+        [
+            keyed_change("kv_char", b, 3, Op::Delete, "ab ".into(), &[]),
+            keyed_change("kv_time", b, 4, Op::Delete, finer.into(), &[]),
+        ],
+    ];
+    for (i, push) in pushes.iter().enumerate() {
+        bob.push(push).await?;
+        // Alice's rows as she wrote them, whatever became of bob's (a row
+        // of its own where the database tells the keys apart).
+        for t in ["kv_char", "kv_time"] {
+            let rows = owners_and_bodies(&hub, t).await?;
+            ensure!(
+                rows.contains(&pair("alice", "hers")),
+                "{t} after push {i}: alice's row was overwritten or deleted: {rows:?}"
+            );
+        }
     }
     Ok(())
 }
