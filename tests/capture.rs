@@ -17,6 +17,7 @@ use tidesync::{Change, Op, Replica};
 
 fn main() -> std::process::ExitCode {
     let trials = trials![
+        database_errors_are_classified,
         active_model_insert_update_delete,
         save_and_model_delete,
         transaction_commit_is_captured,
@@ -1009,4 +1010,45 @@ async fn concurrent_writes_during_capture_are_not_lost(t: TestDb) -> TestResult 
     );
     other.close().await?;
     t.drop().await
+}
+
+/// Each dialect's errors get their kind (sqlx gives MySQL's SQLSTATE as
+/// the code, `23000` for every integrity error: the kind is read from
+/// MySQL's error number). The hub parks a unique violation under an
+/// account whatever its policy, and retries a deadlock, by these kinds.
+async fn database_errors_are_classified(db: TestDb) -> TestResult {
+    use tidesync::ErrorKind;
+    let kind = db.db.get_database_backend();
+    let q = |s: &str| common::quote(kind, s);
+    db.db
+        .execute_unprepared(&format!(
+            "CREATE TABLE {} ({} INTEGER PRIMARY KEY, {} VARCHAR(10) NOT NULL)",
+            q("kinds"),
+            q("id"),
+            q("v")
+        ))
+        .await?;
+    let insert = |id: &str, v: &str| {
+        format!(
+            "INSERT INTO {} ({}, {}) VALUES ({id}, {v})",
+            q("kinds"),
+            q("id"),
+            q("v")
+        )
+    };
+    db.db.execute_unprepared(&insert("1", "'a'")).await?;
+    for (sql, expected) in [
+        (insert("1", "'b'"), ErrorKind::UniqueViolation),
+        (insert("2", "NULL"), ErrorKind::NotNullViolation),
+    ] {
+        let e: tidesync::Error = db
+            .db
+            .execute_unprepared(&sql)
+            .await
+            .err()
+            .ok_or_else(|| format!("{sql} went through"))?
+            .into();
+        ensure_eq!(e.kind(), expected, "{sql}: {e}");
+    }
+    db.drop().await
 }

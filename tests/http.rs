@@ -1955,14 +1955,16 @@ async fn a_devices_spec_cannot_retype_a_key_nor_alias_it(hub: TestDb) -> TestRes
 
 /// Keys the hub's database takes for another (PostgreSQL: `'ab '` for
 /// `'ab'` in a `char(4)`, a time finer than a microsecond for the
-/// microsecond) are other row states, so they pass the ownership check as
-/// new rows: the hub writes such rows as plain inserts, which collide and
-/// are refused, never as upserts that would overwrite alice's row. Bob's
-/// later delete of his key then has no row of his to delete.
+/// microsecond; MySQL: `'ab '` for `'ab'` in any text key) are other row
+/// states, so they pass the ownership check as new rows: the hub writes
+/// such rows as plain inserts, which collide and are refused, never as
+/// upserts that would overwrite alice's row. The refusal is parked even
+/// under `Halt` (as for a row another user holds), so bob's stream goes
+/// on; his later delete of his key has no row of his to delete.
 async fn a_key_the_database_takes_for_another_overwrites_nothing(hub: TestDb) -> TestResult {
     use chrono::{TimeZone, Utc};
     use sea_orm::sea_query::ColumnType;
-    let server = serve(&hub, RejectPolicy::Park).await?;
+    let server = serve(&hub, RejectPolicy::Halt).await?;
     let alice = server.device("alice").await?;
     let by_char = owned_table("kv_char", ColumnType::Char(Some(4)));
     let by_time = owned_table("kv_time", ColumnType::TimestampWithTimeZone);
@@ -1985,17 +1987,22 @@ async fn a_key_the_database_takes_for_another_overwrites_nothing(hub: TestDb) ->
     // The inserts, then the deletes, each push on its own (in one push
     // they would cancel out before reaching the database).
     let pushes = [
-        [
+        vec![
             keyed_change("kv_char", b, 1, Op::Insert, "ab ".into(), &his),
             keyed_change("kv_time", b, 2, Op::Insert, finer.into(), &his),
+            keyed_change("kv_char", b, 3, Op::Insert, "zz".into(), &his),
         ],
-        [
-            keyed_change("kv_char", b, 3, Op::Delete, "ab ".into(), &[]),
-            keyed_change("kv_time", b, 4, Op::Delete, finer.into(), &[]),
+        vec![
+            keyed_change("kv_char", b, 4, Op::Delete, "ab ".into(), &[]),
+            keyed_change("kv_time", b, 5, Op::Delete, finer.into(), &[]),
         ],
     ];
     for (i, push) in pushes.iter().enumerate() {
-        bob.push(push).await?;
+        let ack = bob.push(push).await?;
+        ensure!(
+            ack.halted.is_none(),
+            "push {i} halted bob's stream: {ack:?}"
+        );
         // Alice's rows as she wrote them, whatever became of bob's (a row
         // of its own where the database tells the keys apart).
         for t in ["kv_char", "kv_time"] {
@@ -2006,6 +2013,12 @@ async fn a_key_the_database_takes_for_another_overwrites_nothing(hub: TestDb) ->
             );
         }
     }
+    ensure!(
+        owners_and_bodies(&hub, "kv_char")
+            .await?
+            .contains(&pair("bob", "bob's")),
+        "bob's next row did not arrive"
+    );
     Ok(())
 }
 

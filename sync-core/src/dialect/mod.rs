@@ -270,12 +270,21 @@ fn runtime_kind(runtime: &sea_orm::RuntimeErr) -> ErrorKind {
         | SqlxError::PoolTimedOut
         | SqlxError::PoolClosed
         | SqlxError::WorkerCrashed => ErrorKind::Connection,
-        SqlxError::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            code_kind(&code, db.message())
-        }
+        SqlxError::Database(db) => code_kind(&database_code(&**db), db.message()),
         _ => ErrorKind::Other,
     }
+}
+
+/// A database error's native code: its SQLSTATE, except on MySQL its
+/// error number (sqlx gives MySQL's SQLSTATE as the code, a class as wide
+/// as `23000` for every integrity error).
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+fn database_code(db: &dyn sea_orm::sqlx::error::DatabaseError) -> String {
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        return my.number().to_string();
+    }
+    db.code().map(|c| c.into_owned()).unwrap_or_default()
 }
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
@@ -297,7 +306,7 @@ pub(crate) fn native_code(e: &Error) -> Option<String> {
         return None;
     };
     match &**sqlx {
-        sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        sea_orm::sqlx::Error::Database(db) => Some(database_code(&**db)).filter(|c| !c.is_empty()),
         _ => None,
     }
 }

@@ -16,11 +16,13 @@
 //! a row the hub does not hold (other than an insert) is refused, and so
 //! is every later change of a refused row in the batch; refused changes
 //! are parked or halt the stream by the hub's policy, like any change the
-//! hub cannot apply, except a change of a row another user holds: that is
-//! parked whatever the policy. Keys are one space for all users, and an
-//! honest device meets such a row only when another user took the key
-//! first; a halt there would let that user stop this one's stream for
-//! good.
+//! hub cannot apply, except a change of a row another user holds, one of
+//! a row the hub never had, and (in the database) one whose key or unique
+//! value another row holds: those are parked whatever the policy. Keys
+//! are one space for all users, and an honest device meets such a row
+//! only when another user took the key first (and then edits the row the
+//! hub refused); a halt there would let that user stop this one's stream
+//! for good.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -214,8 +216,11 @@ impl Account {
             (Some(o), _) if *o != self.user => {
                 return Err(("the row belongs to another user".into(), true));
             }
+            // Parked whatever the policy too: an honest device meets it
+            // only for a row whose insert the hub refused and parked (a
+            // key another user took), which the device then edits.
             (None, Op::Update | Op::Delete) => {
-                return Err(("the hub holds no row of this key to change".into(), false));
+                return Err(("the hub holds no row of this key to change".into(), true));
             }
             _ => {}
         }
@@ -387,10 +392,11 @@ pub(super) struct Refused {
     /// The reason, naming the table, the key and the user (never the
     /// row's owner).
     pub(super) reason: String,
-    /// The row belongs to another user: parked whatever the hub's reject
-    /// policy. An honest device meets this only when another user took
-    /// the key first (a natural key, a guessed one); halting would let
-    /// that other user stop this user's stream for good, and nobody at
+    /// The row belongs to another user, or the hub never had it (an edit
+    /// of a row whose insert was refused): parked whatever the hub's
+    /// reject policy. An honest device meets this only when another user
+    /// took the key first (a natural key, a guessed one); halting would
+    /// let that other user stop this user's stream for good, and nobody at
     /// the hub can lift it. The device is told, as of any parked change.
     pub(super) parked_always: bool,
 }
@@ -948,12 +954,12 @@ mod tests {
         assert!(refused(&v[8], "holds no row"), "{v:?}");
         assert!(refused(&v[9], "without its owner column"), "{v:?}");
         assert!(refused(&v[10], "earlier change of this row"), "{v:?}");
-        // Only a row of another user is parked whatever the policy (and a
-        // later change of such a row); a forged owner follows the policy.
+        // Only a row of another user, or one the hub never had, is parked
+        // whatever the policy; a forged owner follows the policy.
         let always: Vec<bool> = v.iter().flatten().map(|r| r.parked_always).collect();
         assert_eq!(
             always,
-            [true, true, true, false, false, false, false, false],
+            [true, true, true, false, false, true, false, false],
             "{v:?}"
         );
         // No reason names the other user.

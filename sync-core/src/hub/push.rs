@@ -241,7 +241,7 @@ impl Push<'_> {
     ) -> Result<()> {
         for (c, verdict) in todo.iter().zip(verdicts) {
             let clock = verdict.as_ref().and_then(|v| v.clock);
-            let parked_always = verdict.as_ref().is_some_and(|v| v.parked_always);
+            let mut parked_always = verdict.as_ref().is_some_and(|v| v.parked_always);
             let reason = match verdict {
                 Some(v) => Some(v.reason),
                 None => {
@@ -257,6 +257,17 @@ impl Push<'_> {
                         Err(e) => {
                             drop(sub);
                             sp.rollback().await?;
+                            // Under an account, a value the database holds
+                            // already (a key it takes for another, as
+                            // MySQL's `'k '` for `'k'`; a unique value) is
+                            // parked whatever the policy, as a row another
+                            // user holds is: a halt there would let another
+                            // user stop this one's stream for good.
+                            if self.account.is_some()
+                                && e.kind() == crate::model::error::ErrorKind::UniqueViolation
+                            {
+                                parked_always = true;
+                            }
                             Some(format!("{}: {e}", c.table))
                         }
                     }

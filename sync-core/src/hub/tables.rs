@@ -128,9 +128,14 @@ fn key_of(spec: &TableSpec) -> Vec<ColumnSpec> {
 /// `write`, record it first if none is); a device cannot change a table's
 /// key: another type would reach the same database row as another row
 /// state (another user's, past the ownership check).
+/// The text [`HUB_KEYS`] records for `spec`'s key.
+fn key_text(spec: &TableSpec) -> Result<String> {
+    serde_json::to_string(&key_of(spec)).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
 async fn key<C: ConnectionTrait>(db: &C, spec: &TableSpec, write: bool) -> Result<()> {
     let mine = key_of(spec);
-    let text = serde_json::to_string(&mine).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let text = key_text(spec)?;
     if write {
         HUB_KEYS.insert_if_missing(db, &spec.name, &text).await?;
     }
@@ -213,16 +218,19 @@ pub(crate) async fn install(
                     .await
                     .is_ok_and(|c| c.is_empty())
             {
-                // Nothing made: no key of it stays recorded.
-                if let Err(undo) = HUB_KEYS.remove(db, &[spec.name.as_str()]).await {
+                // Nothing made: no key of it stays recorded (this
+                // install's: another install of the same key may make the
+                // table yet, and records it again after).
+                let mine = key_text(&spec)?;
+                if let Err(undo) = HUB_KEYS.remove_if(db, &spec.name, &mine).await {
                     tracing::warn!("the key record of `{}` stays: {undo}", spec.name);
                 }
             }
             return Err(e);
         }
-        if !fresh {
-            key(db, &spec, true).await?;
-        }
+        // Again for a table this install made: another install's undo may
+        // have taken the record back meanwhile.
+        key(db, &spec, true).await?;
         let mut spec = place(db, d, declared, true).await?;
         spec.ownership = ownership(db, &spec, true).await?;
         placed.push(spec);

@@ -133,6 +133,22 @@ impl Meta {
         Ok(())
     }
 
+    /// Remove `key` if it holds `value` (and nothing else meanwhile).
+    pub(crate) async fn remove_if<C: ConnectionTrait>(
+        self,
+        db: &C,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
+        let stmt = Query::delete()
+            .from_table(Alias::new(self.0))
+            .and_where(Expr::col(Alias::new("key")).eq(key))
+            .and_where(Expr::col(Alias::new("value")).eq(value))
+            .to_owned();
+        db.execute(&stmt).await?;
+        Ok(())
+    }
+
     /// Remove every key that starts with `prefix` (which holds no `%` or
     /// `_`).
     pub(crate) async fn remove_prefixed<C: ConnectionTrait>(

@@ -486,7 +486,7 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
     }
     // The server's slot before the token's lookup (a query of the hub
     // database): requests without an account are bounded too.
-    let _permit = inner.in_flight.clone().try_acquire_owned().map_err(|_| {
+    let permit = inner.in_flight.clone().try_acquire_owned().map_err(|_| {
         (
             None,
             Failure::new(
@@ -502,7 +502,7 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
     // Then the user's: a user at their cap gives the server's slot back at
     // once, so one user's requests (slow uploads) hold at most
     // MAX_IN_FLIGHT_PER_USER of the server's slots.
-    let _slot = UserSlot::take(&inner.per_user, &user).ok_or_else(|| {
+    let slot = UserSlot::take(&inner.per_user, &user).ok_or_else(|| {
         fail(Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -512,17 +512,23 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
             ),
         ))
     })?;
-    let bytes = read_body(inner, headers, body).await.map_err(fail)?;
+    // Held until the request's last work ends: work on a blocking thread
+    // goes on after a client that hung up dropped this future.
+    let held = Arc::new(Held {
+        _permit: permit,
+        _slot: slot,
+    });
+    let bytes = read_body(inner, headers, body, &held).await.map_err(fail)?;
     let hub = inner.hub.for_account(account);
     let zstd = accepts_zstd(headers);
     let response = match endpoint {
         "install" => {
-            let r: wire::InstallRequest = parse(&bytes).await.map_err(fail)?;
+            let r: wire::InstallRequest = parse(&bytes, &held).await.map_err(fail)?;
             let answer = install(inner, &hub, &r.tables).await;
-            reply(answer, zstd).await
+            reply(answer, zstd, &held).await
         }
         "push" => {
-            let r: wire::PushRequest = parse(&bytes).await.map_err(fail)?;
+            let r: wire::PushRequest = parse(&bytes, &held).await.map_err(fail)?;
             let hub = match &r.install {
                 Some(tables) => match install(inner, &hub, tables).await {
                     Ok(_) => hub,
@@ -533,15 +539,15 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
                     None => hub,
                 },
             };
-            reply(hub.push(&r.changes).await, zstd).await
+            reply(hub.push(&r.changes).await, zstd, &held).await
         }
         "standing" => {
-            let r: wire::StandingRequest = parse(&bytes).await.map_err(fail)?;
+            let r: wire::StandingRequest = parse(&bytes, &held).await.map_err(fail)?;
             in_range(r.at).map_err(fail)?;
-            reply(hub.standing(r.origin, r.at).await, zstd).await
+            reply(hub.standing(r.origin, r.at).await, zstd, &held).await
         }
         "pull" => {
-            let r: wire::PullRequest = parse(&bytes).await.map_err(fail)?;
+            let r: wire::PullRequest = parse(&bytes, &held).await.map_err(fail)?;
             in_range(Some(r.cursor)).map_err(fail)?;
             let batch = match r.excluding {
                 Some(origin) => {
@@ -550,16 +556,16 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
                 }
                 None => hub.pull(r.cursor, r.limit.clamp(1, MAX_PAGE)).await,
             };
-            reply(batch, zstd).await
+            reply(batch, zstd, &held).await
         }
         "snapshot" => {
-            let r: wire::SnapshotRequest = parse(&bytes).await.map_err(fail)?;
+            let r: wire::SnapshotRequest = parse(&bytes, &held).await.map_err(fail)?;
             let hub = match known(inner, r.tables.as_deref()) {
                 Some(tables) => hub.with_tables(tables),
                 None => hub,
             };
             let page = snapshot(&hub, r).await;
-            reply(page, zstd).await
+            reply(page, zstd, &held).await
         }
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
@@ -691,6 +697,7 @@ async fn read_body(
     inner: &Inner,
     headers: &HeaderMap,
     body: Body,
+    held: &Arc<Held>,
 ) -> std::result::Result<Bytes, Failure> {
     let limit = inner.max_body;
     let too_large = || {
@@ -732,7 +739,13 @@ async fn read_body(
         None => Ok(bytes),
         Some(b) if b.eq_ignore_ascii_case(b"identity") => Ok(bytes),
         Some(b) if b.eq_ignore_ascii_case(b"zstd") => {
-            match cpu(bytes.len(), move || wire::decompress(&bytes, limit)).await? {
+            // Always on a blocking thread: a small body may decompress to
+            // the limit.
+            match cpu(BLOCKING_BYTES, held, move || {
+                wire::decompress(&bytes, limit)
+            })
+            .await?
+            {
                 Ok(v) => Ok(Bytes::from(v)),
                 Err(wire::DecodeError::TooLarge) => Err(too_large()),
                 Err(wire::DecodeError::Malformed(m)) => Err(Failure::bad_request(m)),
@@ -754,15 +767,31 @@ async fn read_body(
 /// answering other requests meanwhile.
 const BLOCKING_BYTES: usize = 64 << 10;
 
-/// `f`, on a blocking thread when its input is of `size` bytes or more.
+/// The slots a request holds (the server's and its user's), shared with
+/// its work on blocking threads, which goes on when the request's future
+/// is dropped (a client that hung up): the slots are given back when the
+/// last of it ends, so the caps bound that work too.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: UserSlot,
+}
+
+/// `f`, on a blocking thread (holding `held`) when its input is of `size`
+/// bytes or more.
 async fn cpu<R: Send + 'static>(
     size: usize,
+    held: &Arc<Held>,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> std::result::Result<R, Failure> {
     if size < BLOCKING_BYTES {
         return Ok(f());
     }
-    match tokio::task::spawn_blocking(f).await {
+    let held = held.clone();
+    let work = move || {
+        let _held = held;
+        f()
+    };
+    match tokio::task::spawn_blocking(work).await {
         Ok(r) => Ok(r),
         // Caught by `handle` (a `500`, logged).
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -776,9 +805,10 @@ async fn cpu<R: Send + 'static>(
 
 async fn parse<T: DeserializeOwned + Send + 'static>(
     bytes: &Bytes,
+    held: &Arc<Held>,
 ) -> std::result::Result<T, Failure> {
     let bytes = bytes.clone();
-    cpu(bytes.len(), move || {
+    cpu(bytes.len(), held, move || {
         serde_json::from_slice(&bytes)
             .map_err(|e| Failure::bad_request(format!("malformed body: {e}")))
     })
@@ -814,10 +844,11 @@ fn accepts_zstd(headers: &HeaderMap) -> bool {
 async fn reply<T: Serialize + Send + 'static>(
     value: Result<T>,
     zstd: bool,
+    held: &Arc<Held>,
 ) -> std::result::Result<Response, Failure> {
     let value = value.map_err(Failure::of)?;
     // Pages and acknowledgements may be large: on a blocking thread.
-    let encoded = cpu(BLOCKING_BYTES, move || {
+    let encoded = cpu(BLOCKING_BYTES, held, move || {
         let json = serde_json::to_vec(&value)?;
         Ok::<_, serde_json::Error>(if zstd {
             wire::encode(json)
