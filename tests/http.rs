@@ -113,14 +113,17 @@ async fn device(server: &Arc<TestServer>, user: &str, tag: &str) -> Result<Devic
 
 async fn note(d: &Device, owner: &str, body: &str) -> Result<Uuid, BoxError> {
     let id = Uuid::new_v4();
+    note_row(id, owner, body).insert(d.db()).await?;
+    Ok(id)
+}
+
+/// The note `id` of `owner`, to insert or update.
+fn note_row(id: Uuid, owner: &str, body: &str) -> notes::ActiveModel {
     notes::ActiveModel {
         id: Set(id),
         owner: Set(owner.into()),
         body: Set(body.into()),
     }
-    .insert(d.db())
-    .await?;
-    Ok(id)
 }
 
 async fn label(d: &Device, name: &str) -> Result<Uuid, BoxError> {
@@ -413,23 +416,13 @@ async fn a_key_another_user_took_is_parked_even_under_halt(hub: TestDb) -> TestR
     alice.engine.replica().capture().await?;
     note(&alice, "alice", "after 1").await?;
     alice.engine.replica().capture().await?;
-    notes::ActiveModel {
-        id: Set(taken),
-        owner: Set("bob".into()),
-        body: Set("bob's".into()),
-    }
-    .insert(bob.db())
-    .await?;
+    note_row(taken, "bob", "bob's").insert(bob.db()).await?;
     let r = bob.engine.sync_now().await?;
     ensure!(r.halted.is_none() && r.rejected.is_empty(), "{r:?}");
     // An edit of the taken row, pushed after it.
-    notes::ActiveModel {
-        id: Set(taken),
-        owner: Set("alice".into()),
-        body: Set("alice's, edited".into()),
-    }
-    .update(alice.db())
-    .await?;
+    note_row(taken, "alice", "alice's, edited")
+        .update(alice.db())
+        .await?;
     alice.engine.replica().capture().await?;
     note(&alice, "alice", "after 2").await?;
     let r = alice.engine.sync_now().await?;
