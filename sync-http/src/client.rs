@@ -280,8 +280,8 @@ impl HttpBackend {
 
     /// Push `batch`, in halves when the server finds it too large.
     async fn push_split(&self, batch: &[Change]) -> Result<PushAck> {
-        let body = |tables, install| wire::PushRequest {
-            changes: batch.to_vec(),
+        let body = |tables, install| wire::PushBody {
+            changes: batch,
             tables,
             install,
         };

@@ -89,6 +89,16 @@ pub(crate) struct PushRequest {
     pub(crate) install: Option<Vec<TableSpec>>,
 }
 
+/// A [`PushRequest`] as the client sends it: the changes borrowed, not
+/// copied.
+#[cfg(feature = "client")]
+#[derive(Debug, Serialize)]
+pub(crate) struct PushBody<'a> {
+    pub(crate) changes: &'a [Change],
+    pub(crate) tables: Option<String>,
+    pub(crate) install: Option<Vec<TableSpec>>,
+}
+
 /// `POST /v1/standing`: answered with a `Standing`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct StandingRequest {
@@ -208,6 +218,39 @@ pub(crate) fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeErr
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[cfg(feature = "client")]
+    #[test]
+    fn a_push_body_reads_back_as_the_request_it_stands_for() {
+        use sea_orm::Value;
+        use sync_core::{ChangeId, Hlc, Op};
+        let origin = NodeId([3; 16]);
+        let change = Change {
+            id: ChangeId { origin, seq: 9 },
+            table: "contacts".into(),
+            pk: vec![("id".into(), Value::Int(Some(1)))],
+            op: Op::Insert,
+            columns: vec![("name".into(), Value::String(Some("Ann".into())))],
+            hlc: Hlc {
+                physical: 1,
+                logical: 2,
+                node: origin,
+            },
+            base: vec![],
+        };
+        for (tables, install) in [(Some("t1".to_owned()), None), (None, Some(vec![]))] {
+            let sent = PushBody {
+                changes: std::slice::from_ref(&change),
+                tables: tables.clone(),
+                install: install.clone(),
+            };
+            let read: PushRequest =
+                serde_json::from_slice(&serde_json::to_vec(&sent).unwrap()).unwrap();
+            assert_eq!(read.changes, vec![change.clone()]);
+            assert_eq!(read.tables, tables);
+            assert_eq!(read.install.map(|t| t.len()), install.map(|t| t.len()));
+        }
+    }
 
     #[test]
     fn small_bodies_travel_as_they_are_and_large_ones_compressed() {

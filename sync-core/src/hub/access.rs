@@ -746,10 +746,15 @@ impl Hub for UserHub<'_> {
                 "this device's tables (install before pushing)".into(),
             ));
         };
-        if let Some(first) = batch.first() {
-            self.claim(first.id.origin).await?;
-        }
-        let tables = self.current(batch, &tables).await?;
+        // Two reads of the hub, at once (nothing is written before both
+        // are through).
+        let claimed = async {
+            match batch.first() {
+                Some(first) => self.claim(first.id.origin).await,
+                None => Ok(()),
+            }
+        };
+        let ((), tables) = tokio::try_join!(claimed, self.current(batch, &tables))?;
         self.hub.push_as(batch, Some(&self.account), &tables).await
     }
 

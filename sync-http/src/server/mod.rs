@@ -518,17 +518,17 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
         _permit: permit,
         _slot: slot,
     });
-    let bytes = read_body(inner, headers, body, &held).await.map_err(fail)?;
+    let body = read_body(inner, headers, body).await.map_err(fail)?;
     let hub = inner.hub.for_account(account);
     let zstd = accepts_zstd(headers);
     let response = match endpoint {
         "install" => {
-            let r: wire::InstallRequest = parse(&bytes, &held).await.map_err(fail)?;
+            let r: wire::InstallRequest = parse(&body, &held).await.map_err(fail)?;
             let answer = install(inner, &hub, &r.tables).await;
             reply(answer, zstd, &held).await
         }
         "push" => {
-            let r: wire::PushRequest = parse(&bytes, &held).await.map_err(fail)?;
+            let r: wire::PushRequest = parse(&body, &held).await.map_err(fail)?;
             let hub = match &r.install {
                 Some(tables) => match install(inner, &hub, tables).await {
                     Ok(_) => hub,
@@ -542,12 +542,12 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
             reply(hub.push(&r.changes).await, zstd, &held).await
         }
         "standing" => {
-            let r: wire::StandingRequest = parse(&bytes, &held).await.map_err(fail)?;
+            let r: wire::StandingRequest = parse(&body, &held).await.map_err(fail)?;
             in_range(r.at).map_err(fail)?;
             reply(hub.standing(r.origin, r.at).await, zstd, &held).await
         }
         "pull" => {
-            let r: wire::PullRequest = parse(&bytes, &held).await.map_err(fail)?;
+            let r: wire::PullRequest = parse(&body, &held).await.map_err(fail)?;
             in_range(Some(r.cursor)).map_err(fail)?;
             let batch = match r.excluding {
                 Some(origin) => {
@@ -559,7 +559,7 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
             reply(batch, zstd, &held).await
         }
         "snapshot" => {
-            let r: wire::SnapshotRequest = parse(&bytes, &held).await.map_err(fail)?;
+            let r: wire::SnapshotRequest = parse(&body, &held).await.map_err(fail)?;
             let hub = match known(inner, r.tables.as_deref()) {
                 Some(tables) => hub.with_tables(tables),
                 None => hub,
@@ -692,21 +692,31 @@ async fn authenticate(inner: &Inner, headers: &HeaderMap) -> std::result::Result
     Ok(account)
 }
 
-/// The request body, decompressed: at most `max_body` bytes either way.
+/// A request body as it arrived: at most `limit` bytes, and as many once
+/// decompressed ([`parse`] decompresses it).
+struct Received {
+    bytes: Bytes,
+    /// `content-encoding: zstd`.
+    zstd: bool,
+    limit: usize,
+}
+
+fn too_large(limit: usize) -> Failure {
+    Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
+        format!("this hub takes bodies of at most {limit} bytes"),
+    )
+}
+
+/// The request body: at most `max_body` bytes.
 async fn read_body(
     inner: &Inner,
     headers: &HeaderMap,
     body: Body,
-    held: &Arc<Held>,
-) -> std::result::Result<Bytes, Failure> {
+) -> std::result::Result<Received, Failure> {
     let limit = inner.max_body;
-    let too_large = || {
-        Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            format!("this hub takes bodies of at most {limit} bytes"),
-        )
-    };
+    let too_large = || too_large(limit);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -732,34 +742,25 @@ async fn read_body(
             )));
         }
     };
-    match headers
+    let zstd = match headers
         .get(header::CONTENT_ENCODING)
         .map(HeaderValue::as_bytes)
     {
-        None => Ok(bytes),
-        Some(b) if b.eq_ignore_ascii_case(b"identity") => Ok(bytes),
-        Some(b) if b.eq_ignore_ascii_case(b"zstd") => {
-            // Always on a blocking thread: a small body may decompress to
-            // the limit.
-            match cpu(BLOCKING_BYTES, held, move || {
-                wire::decompress(&bytes, limit)
-            })
-            .await?
-            {
-                Ok(v) => Ok(Bytes::from(v)),
-                Err(wire::DecodeError::TooLarge) => Err(too_large()),
-                Err(wire::DecodeError::Malformed(m)) => Err(Failure::bad_request(m)),
-            }
+        None => false,
+        Some(b) if b.eq_ignore_ascii_case(b"identity") => false,
+        Some(b) if b.eq_ignore_ascii_case(b"zstd") => true,
+        Some(other) => {
+            return Err(Failure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad-request",
+                format!(
+                    "content-encoding {:?} is not supported (zstd is)",
+                    String::from_utf8_lossy(other)
+                ),
+            ));
         }
-        Some(other) => Err(Failure::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "bad-request",
-            format!(
-                "content-encoding {:?} is not supported (zstd is)",
-                String::from_utf8_lossy(other)
-            ),
-        )),
-    }
+    };
+    Ok(Received { bytes, zstd, limit })
 }
 
 /// Parsing or decompressing a body of more than this many bytes runs on
@@ -803,13 +804,27 @@ async fn cpu<R: Send + 'static>(
     }
 }
 
+/// The request `body`, decompressed and parsed: in one piece of work, on a
+/// blocking thread for a large or compressed body (a small one may
+/// decompress to the limit).
 async fn parse<T: DeserializeOwned + Send + 'static>(
-    bytes: &Bytes,
+    body: &Received,
     held: &Arc<Held>,
 ) -> std::result::Result<T, Failure> {
-    let bytes = bytes.clone();
-    cpu(bytes.len(), held, move || {
-        serde_json::from_slice(&bytes)
+    let (bytes, zstd, limit) = (body.bytes.clone(), body.zstd, body.limit);
+    let size = if zstd { BLOCKING_BYTES } else { bytes.len() };
+    cpu(size, held, move || {
+        let decompressed;
+        let json: &[u8] = if zstd {
+            decompressed = wire::decompress(&bytes, limit).map_err(|e| match e {
+                wire::DecodeError::TooLarge => too_large(limit),
+                wire::DecodeError::Malformed(m) => Failure::bad_request(m),
+            })?;
+            &decompressed
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(json)
             .map_err(|e| Failure::bad_request(format!("malformed body: {e}")))
     })
     .await?
