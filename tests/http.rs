@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
         a_server_that_never_saw_the_install_names_keys_as_the_hub,
         first_installs_at_once_record_the_key_of_the_table_made,
         rows_made_offline_before_the_first_sync_are_kept,
+        pages_are_read_ahead_only_for_the_request_that_comes_next,
         bad_credentials_get_401_and_nothing_is_read_or_written,
         oversized_malformed_and_unknown_version_bodies_are_refused,
         a_large_push_goes_in_halves_under_a_small_limit,
@@ -469,6 +470,105 @@ async fn rows_made_offline_before_the_first_sync_are_kept(hub: TestDb) -> TestRe
     let a2 = device(&server, "alice", "a2").await?;
     a2.engine.sync_now().await?;
     ensure_eq!(notes_of(a2.db()).await?.len(), 20);
+    Ok(())
+}
+
+/// Requests to `endpoint` the servers of this process answered for `user`.
+fn answered(endpoint: &str, user: &str) -> usize {
+    let (endpoint, user) = (format!("endpoint=\"{endpoint}\""), format!("user={user} "));
+    logs::text()
+        .lines()
+        .filter(|l| l.contains(&endpoint) && l.contains(&user))
+        .count()
+}
+
+/// Wait until the servers answered `n` requests to `endpoint` for `user`.
+async fn until_answered(endpoint: &str, user: &str, n: usize) -> TestResult {
+    for _ in 0..500 {
+        if answered(endpoint, user) >= n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!(
+        "{user}: {} {endpoint} requests, expected {n}",
+        answered(endpoint, user)
+    )
+    .into())
+}
+
+/// `HttpBackend` asks for the next page of a pull or a snapshot as soon
+/// as a page's answer names it, and hands it over only for the request
+/// that comes next: not after a request of another kind (a standing, with
+/// which every sync starts: the page would be older than that sync), and
+/// not under another token (the page is another user's).
+async fn pages_are_read_ahead_only_for_the_request_that_comes_next(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Halt).await?;
+    let user = format!("reader-{}", Uuid::new_v4().simple());
+    let writer = device(&server, &user, "writer").await?;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(note(&writer, &user, &format!("v1 {i}")).await?);
+    }
+    writer.engine.sync_now().await?;
+    let specs = [
+        tidesync::table_spec::<notes::Entity>(),
+        tidesync::table_spec::<labels::Entity>(),
+    ];
+    let reader = server.device(&user).await?;
+    reader.install(&specs).await?;
+    let body_of = |page: &tidesync::hub::SnapshotPage| -> Result<String, BoxError> {
+        let row = page.rows.first().ok_or("an empty page")?;
+        match row.state.vals.get("body") {
+            Some(sea_orm::Value::String(Some(b))) => Ok(b.clone()),
+            other => Err(format!("body {other:?}").into()),
+        }
+    };
+
+    // The first page: its answer names the second, which is asked for at
+    // once, before the device asks.
+    let base = answered("snapshot", &user);
+    let (_, first) = reader.snapshot(None, 1).await?;
+    let second = first.next.clone().ok_or("one page only")?;
+    until_answered("snapshot", &user, base + 2).await?;
+    // Asked for now, it is the one read ahead (no request of its own; the
+    // third is read ahead in turn).
+    let (_, page) = reader.snapshot(Some(second.clone()), 1).await?;
+    let third = page.next.clone().ok_or("two pages only")?;
+    until_answered("snapshot", &user, base + 3).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ensure_eq!(answered("snapshot", &user), base + 3);
+
+    // The third page was read before this edit; a standing comes between:
+    // the page is asked for again, and shows the edit.
+    let edited = ids.iter().map(|id| id.to_string()).max().ok_or("no ids")?;
+    let edited = Uuid::parse_str(&edited)?;
+    note_row(edited, &user, "v2").update(writer.db()).await?;
+    writer.engine.sync_now().await?;
+    reader.standing(NodeId::random(), None).await?;
+    let (_, page) = reader.snapshot(Some(third.clone()), 1).await?;
+    ensure_eq!(body_of(&page)?, "v2".to_owned());
+
+    // Read ahead under this user's token, asked for under another's: not
+    // handed over (the other user's request for this user's token is
+    // refused).
+    let (_, first) = reader.snapshot(None, 1).await?;
+    let second = first.next.clone().ok_or("one page only")?;
+    let before = answered("snapshot", &user);
+    until_answered("snapshot", &user, before + 1).await?;
+    reader.backend.set_token(server.token("mallory").await?)?;
+    match reader.snapshot(Some(second), 1).await {
+        Ok((_, page)) => return Err(format!("mallory got {user}'s page {page:?}").into()),
+        Err(Error::Config(_)) => {}
+        Err(e) => return Err(format!("expected a refusal, got {e}").into()),
+    }
+
+    // Pull pages are read ahead too.
+    reader.backend.set_token(server.token(&user).await?)?;
+    let pulls = answered("pull", &user);
+    let page = reader.pull(tidesync::hub::Cursor(0), 1).await?;
+    ensure_eq!(page.changes.len(), 1);
+    until_answered("pull", &user, pulls + 2).await?;
     Ok(())
 }
 

@@ -33,7 +33,7 @@ use crate::wire::{self, ErrorBody, PROTOCOL_VERSION, VERSION_HEADER};
 /// # Ok(()) }
 /// ```
 pub struct HttpBackend {
-    client: reqwest::Client,
+    sender: Sender,
     base: String,
     /// The bearer token; [`HttpBackend::set_token`] replaces it.
     token: RwLock<String>,
@@ -41,6 +41,128 @@ pub struct HttpBackend {
     /// that has not seen them asks for it (`409 install-required`), and
     /// the id the server gave them.
     tables: Mutex<Option<(Vec<TableSpec>, String)>>,
+    /// The page after the last one the engine asked for, asked for
+    /// already (see [`Ahead`]).
+    ahead: Mutex<Option<Ahead>>,
+}
+
+/// What sends requests and receives their answers: owned, so that a
+/// read-ahead sends from a task of its own.
+#[derive(Clone)]
+struct Sender {
+    client: reqwest::Client,
+    base: String,
+}
+
+/// An answer as it arrived, not decoded yet.
+struct Arrived {
+    url: String,
+    status: reqwest::StatusCode,
+    zstd: bool,
+    body: bytes::Bytes,
+    /// The next page, as the answer names it ([`wire::NEXT_HEADER`]).
+    next: Option<String>,
+}
+
+impl Sender {
+    /// Send `json` (compressed when large) to `endpoint` with `token`.
+    async fn send(&self, endpoint: &str, json: Vec<u8>, token: String) -> Result<Arrived> {
+        let (bytes, compressed) = wire::encode(json);
+        let url = format!("{}{}", self.base, wire::path(endpoint));
+        let mut req = self
+            .client
+            .post(&url)
+            .bearer_auth(token)
+            .header(VERSION_HEADER, PROTOCOL_VERSION.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT_ENCODING, "zstd");
+        if compressed {
+            req = req.header(reqwest::header::CONTENT_ENCODING, "zstd");
+        }
+        let resp = req
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| offline(&url, &e))?;
+        let status = resp.status();
+        let headers = resp.headers();
+        let zstd = headers
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
+        let next = headers
+            .get(wire::NEXT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.bytes().await.map_err(|e| offline(&url, &e))?;
+        Ok(Arrived {
+            url,
+            status,
+            zstd,
+            body,
+            next,
+        })
+    }
+}
+
+impl Arrived {
+    /// The answer decoded, or the error it stands for.
+    fn decode<A: DeserializeOwned>(self) -> Result<A> {
+        let url = &self.url;
+        let decompressed;
+        // Read where it arrived unless it was compressed: no copy.
+        let body: &[u8] = if self.zstd {
+            decompressed = wire::decompress(&self.body, MAX_ANSWER).map_err(|e| {
+                Error::Protocol(format!(
+                    "{url}: an answer that is not zstd, or over {MAX_ANSWER} bytes: {e}"
+                ))
+            })?;
+            &decompressed
+        } else {
+            &self.body
+        };
+        if self.status.is_success() {
+            return serde_json::from_slice(body).map_err(|e| {
+                Error::Protocol(format!("{url}: an answer this release cannot read: {e}"))
+            });
+        }
+        Err(answer_error(url, self.status, body))
+    }
+}
+
+/// A page requested before the engine asks for it.
+///
+/// The engine fetches the next page of a pull or a snapshot while it
+/// applies the current one; over HTTP that fetch (the server's query and
+/// encoding, then this side's decoding) can take longer than the apply,
+/// and the engine asks for the next page only once it has decoded the
+/// current one. A page's answer names the next page in a header
+/// ([`wire::NEXT_HEADER`]), so the backend asks for it at once, while it
+/// decodes the answer it has: the server works on the next page while
+/// this side decodes and applies. At most one page is read ahead.
+///
+/// A page read ahead is used only for the very request the engine makes
+/// next (same endpoint, same body, same token) and only if that request
+/// comes before any request of another kind: a push, an install, a
+/// standing (with which every sync starts) or another page drop it. It is
+/// then as fresh as the request that fetched it, which is no older than
+/// the page the engine is applying: pull and bootstrap take pages read at
+/// any time after their start (the engine's own fetch is one page ahead
+/// too). A read-ahead that failed is not reported: the request goes again.
+struct Ahead {
+    endpoint: &'static str,
+    /// The request's JSON.
+    json: Vec<u8>,
+    token: String,
+    task: AbortOnDrop<Result<Arrived>>,
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for HttpBackend {
@@ -129,10 +251,14 @@ impl HttpBackendBuilder {
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(HttpBackend {
-            client,
+            sender: Sender {
+                client,
+                base: base.clone(),
+            },
             base,
             token: RwLock::new(self.token),
             tables: Mutex::new(None),
+            ahead: Mutex::new(None),
         })
     }
 }
@@ -200,50 +326,66 @@ impl HttpBackend {
     }
 
     /// One request: the body as JSON (compressed when large), the answer
-    /// decoded, every failure mapped to an [`Error`].
+    /// decoded, every failure mapped to an [`Error`]. Drops the page read
+    /// ahead, if any.
     async fn call<B: Serialize, A: DeserializeOwned>(&self, endpoint: &str, body: &B) -> Result<A> {
+        drop(self.take_ahead());
         let json = serde_json::to_vec(body)?;
-        let (bytes, compressed) = wire::encode(json);
-        let url = format!("{}{}", self.base, wire::path(endpoint));
-        let mut req = self
-            .client
-            .post(&url)
-            .bearer_auth(self.token())
-            .header(VERSION_HEADER, PROTOCOL_VERSION.to_string())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT_ENCODING, "zstd");
-        if compressed {
-            req = req.header(reqwest::header::CONTENT_ENCODING, "zstd");
-        }
-        let resp = req
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| offline(&url, &e))?;
-        let status = resp.status();
-        let zstd = resp
-            .headers()
-            .get(reqwest::header::CONTENT_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
-        let received = resp.bytes().await.map_err(|e| offline(&url, &e))?;
-        let decompressed;
-        // Read where it arrived unless it was compressed: no copy.
-        let body: &[u8] = if zstd {
-            decompressed = wire::decompress(&received, MAX_ANSWER).map_err(|e| {
-                Error::Protocol(format!(
-                    "{url}: an answer that is not zstd, or over {MAX_ANSWER} bytes: {e}"
-                ))
-            })?;
-            &decompressed
-        } else {
-            &received
+        self.sender
+            .send(endpoint, json, self.token())
+            .await?
+            .decode()
+    }
+
+    /// A page of a pull or a snapshot: the one read ahead if it is this
+    /// request's, else asked for now; and the next page read ahead when the
+    /// answer names one (`next` makes its request from the name).
+    async fn page<B: Serialize, A: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        body: &B,
+        next: impl FnOnce(&str) -> Option<B>,
+    ) -> Result<A> {
+        let json = serde_json::to_vec(body)?;
+        let token = self.token();
+        let ahead = self
+            .take_ahead()
+            .filter(|a| a.endpoint == endpoint && a.json == json && a.token == token);
+        let read_ahead = match ahead {
+            Some(mut a) => match (&mut a.task.0).await {
+                Ok(Ok(arrived)) => Some(arrived),
+                // Failed (or aborted): asked again below, now.
+                Ok(Err(_)) => None,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => None,
+            },
+            None => None,
         };
-        if status.is_success() {
-            return serde_json::from_slice(body).map_err(|e| {
-                Error::Protocol(format!("{url}: an answer this release cannot read: {e}"))
-            });
+        let arrived = match read_ahead {
+            Some(arrived) => arrived,
+            None => self.sender.send(endpoint, json, token.clone()).await?,
+        };
+        if arrived.status.is_success()
+            && let Some(body) = arrived.next.as_deref().and_then(next)
+        {
+            let json = serde_json::to_vec(&body)?;
+            let (sender, sent, t) = (self.sender.clone(), json.clone(), token.clone());
+            let task = tokio::spawn(async move { sender.send(endpoint, sent, t).await });
+            if let Ok(mut slot) = self.ahead.lock() {
+                *slot = Some(Ahead {
+                    endpoint,
+                    json,
+                    token,
+                    task: AbortOnDrop(task),
+                });
+            }
         }
-        Err(answer_error(&url, status, body))
+        arrived.decode()
+    }
+
+    /// The page read ahead, taken away.
+    fn take_ahead(&self) -> Option<Ahead> {
+        self.ahead.lock().ok().and_then(|mut a| a.take())
     }
 
     /// A call that installs the tables again and retries once when the
@@ -276,6 +418,28 @@ impl HttpBackend {
             .lock()
             .ok()
             .and_then(|t| t.as_ref().map(|(_, id)| id.clone()))
+    }
+
+    /// A page of the hub's log (leaving out `excluding`'s changes).
+    async fn pull_page(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        excluding: Option<NodeId>,
+    ) -> Result<PullBatch> {
+        let body = wire::PullRequest {
+            cursor,
+            limit,
+            excluding,
+        };
+        let next = |named: &str| {
+            Some(wire::PullRequest {
+                cursor: Cursor(named.parse().ok()?),
+                limit,
+                excluding,
+            })
+        };
+        self.page("pull", &body, next).await
     }
 
     /// Push `batch`, in halves when the server finds it too large.
@@ -419,12 +583,7 @@ impl Hub for HttpBackend {
     }
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
-        let body = wire::PullRequest {
-            cursor,
-            limit,
-            excluding: None,
-        };
-        self.call("pull", &body).await
+        self.pull_page(cursor, limit, None).await
     }
 
     async fn pull_excluding(
@@ -433,25 +592,24 @@ impl Hub for HttpBackend {
         limit: u64,
         origin: NodeId,
     ) -> Result<PullBatch> {
-        let body = wire::PullRequest {
-            cursor,
-            limit,
-            excluding: Some(origin),
-        };
-        self.call("pull", &body).await
+        self.pull_page(cursor, limit, Some(origin)).await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        let a: wire::SnapshotAnswer = self
-            .call(
-                "snapshot",
-                &wire::SnapshotRequest {
-                    after,
-                    limit,
-                    tables: self.tables_id(),
-                },
-            )
-            .await?;
+        let tables = self.tables_id();
+        let body = wire::SnapshotRequest {
+            after,
+            limit,
+            tables: tables.clone(),
+        };
+        let next = |after: &str| {
+            Some(wire::SnapshotRequest {
+                after: Some(after.to_owned()),
+                limit,
+                tables,
+            })
+        };
+        let a: wire::SnapshotAnswer = self.page("snapshot", &body, next).await?;
         Ok((a.cursor, a.page))
     }
 }

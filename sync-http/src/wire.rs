@@ -49,6 +49,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The header carrying the protocol version.
 pub const VERSION_HEADER: &str = "tidesync-protocol";
 
+/// The header of a page's answer (a pull or a snapshot) naming the next
+/// page: the next cursor of a pull that returned changes, the `next` token
+/// of a snapshot page that is not the last. The same as in the body, so
+/// that a client can ask for the next page before it reads this one.
+pub const NEXT_HEADER: &str = "tidesync-next";
+
 /// Bodies of at least this many bytes are compressed.
 pub const COMPRESS_FROM: usize = 1024;
 

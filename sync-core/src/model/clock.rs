@@ -33,6 +33,25 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Read hex digits (either case) into `out` (half as long).
+fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    if text.len() != 2 * out.len() {
+        return None;
+    }
+    for (pair, b) in text.chunks_exact(2).zip(out.iter_mut()) {
+        *b = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(())
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = [0u8; 32];
@@ -52,14 +71,9 @@ impl FromStr for NodeId {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Corrupt(format!("`{s}` is not a node id (32 hex digits)"));
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad());
-        }
         let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
+        unhex_into(s.as_bytes(), &mut out)
+            .ok_or_else(|| Error::Corrupt(format!("`{s}` is not a node id (32 hex digits)")))?;
         Ok(NodeId(out))
     }
 }
@@ -108,21 +122,24 @@ impl FromStr for Hlc {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Corrupt(format!("`{s}` is not a hybrid logical clock value"));
-        let mut parts = s.split('-');
-        let (Some(p), Some(l), Some(n), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
+        // `{physical:016x}-{logical:08x}-{node}`: 58 bytes.
+        let parse = |t: &[u8]| {
+            let [p, l, n] = [t.get(..16)?, t.get(17..25)?, t.get(26..)?];
+            if t.len() != 58 || t[16] != b'-' || t[25] != b'-' {
+                return None;
+            }
+            let (mut physical, mut logical, mut node) = ([0u8; 8], [0u8; 4], [0u8; 16]);
+            unhex_into(p, &mut physical)?;
+            unhex_into(l, &mut logical)?;
+            unhex_into(n, &mut node)?;
+            Some(Hlc {
+                physical: u64::from_be_bytes(physical),
+                logical: u32::from_be_bytes(logical),
+                node: NodeId(node),
+            })
         };
-        if p.len() != 16 || l.len() != 8 {
-            return Err(bad());
-        }
-        Ok(Hlc {
-            physical: u64::from_str_radix(p, 16).map_err(|_| bad())?,
-            logical: u32::from_str_radix(l, 16).map_err(|_| bad())?,
-            node: n.parse().map_err(|_| bad())?,
-        })
+        parse(s.as_bytes())
+            .ok_or_else(|| Error::Corrupt(format!("`{s}` is not a hybrid logical clock value")))
     }
 }
 
@@ -146,8 +163,21 @@ where
     T: FromStr,
     T::Err: fmt::Display,
 {
-    let s = String::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
+    // Parsed where the deserializer holds it: no copy of its text.
+    struct Text<T>(std::marker::PhantomData<T>);
+    impl<T: FromStr> serde::de::Visitor<'_> for Text<T>
+    where
+        T::Err: fmt::Display,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<T, E> {
+            s.parse().map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Text(std::marker::PhantomData))
 }
 
 /// The current wall time in microseconds since the Unix epoch.
@@ -329,6 +359,8 @@ mod tests {
             ID_HEX.replace('a', "g"),
             // 32 bytes, not 32 digits (a character cut in two would panic).
             format!("{}é0", &ID_HEX[..29]),
+            // A sign is no digit.
+            format!("+1{}", &ID_HEX[2..]),
         ] {
             assert!(bad.parse::<NodeId>().is_err(), "{bad:?}");
             assert!(
@@ -346,6 +378,11 @@ mod tests {
             format!("0000000000000010-2-{ID_HEX}"),
             format!("00000000000000010-00000002-{ID_HEX}"),
             format!("0000000000000010-00000002-{ID_HEX}-00"),
+            format!("+000000000000010-00000002-{ID_HEX}"),
+            format!("0000000000000010-+0000002-{ID_HEX}"),
+            format!("0000000000000010_00000002-{ID_HEX}"),
+            format!("0000000000000010-00000002-{}é0", &ID_HEX[..29]),
+            "é".repeat(29),
         ] {
             assert!(bad.parse::<Hlc>().is_err(), "{bad}");
         }

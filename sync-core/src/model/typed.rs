@@ -8,6 +8,7 @@
 //! Used through `#[serde(with = ...)]` on the fields that hold values, and
 //! by the stores that write value maps directly.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -57,7 +58,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Owned, A::Error> {
-        let Some(tag) = map.next_key::<String>()? else {
+        let Some(tag) = map.next_key_seed(Tag)? else {
             return Err(de::Error::invalid_length(0, &self));
         };
         if tag == JSON_NULL {
@@ -73,9 +74,69 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 }
 
+/// The tags of sea-query's form: a tag read is one of these, not a copy
+/// of its text (a change of 7 columns has 7). Another tag is read as text,
+/// for sea-query's deserializer to refuse by name.
+const TAGS: &[&str] = &[
+    JSON_NULL,
+    "Bool",
+    "TinyInt",
+    "SmallInt",
+    "Int",
+    "BigInt",
+    "TinyUnsigned",
+    "SmallUnsigned",
+    "Unsigned",
+    "BigUnsigned",
+    "Float",
+    "Double",
+    "String",
+    "Enum",
+    "Char",
+    "Bytes",
+    "Json",
+    "ChronoDate",
+    "ChronoTime",
+    "ChronoDateTime",
+    "ChronoDateTimeUtc",
+    "ChronoDateTimeLocal",
+    "ChronoDateTimeWithTimeZone",
+    "Uuid",
+    "Decimal",
+    "BigDecimal",
+    "Array",
+    "Vector",
+];
+
+/// Reads a value's tag.
+struct Tag;
+
+impl<'de> DeserializeSeed<'de> for Tag {
+    type Value = Cow<'static, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Tag {
+    type Value = Cow<'static, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the tag of a typed value")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(match TAGS.iter().find(|t| **t == s) {
+            Some(t) => Cow::Borrowed(*t),
+            None => Cow::Owned(s.to_owned()),
+        })
+    }
+}
+
 /// A map whose first key was read already: it is given again first.
 struct TagFirst<A> {
-    tag: Option<String>,
+    tag: Option<Cow<'static, str>>,
     map: A,
 }
 
@@ -181,9 +242,17 @@ pub(crate) mod map {
         v: &BTreeMap<K, &Value>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(v.len()))?;
-        for (k, value) in v {
-            m.serialize_entry(k, &Typed(value))?;
+        entries(v.iter().map(|(k, v)| (k, *v)), s)
+    }
+
+    /// A map of `entries`, values in the typed form.
+    pub(super) fn entries<'a, S: Serializer, K: Serialize>(
+        entries: impl ExactSizeIterator<Item = (K, &'a Value)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(entries.len()))?;
+        for (k, value) in entries {
+            m.serialize_entry(&k, &Typed(value))?;
         }
         m.end()
     }
@@ -191,10 +260,21 @@ pub(crate) mod map {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<BTreeMap<String, Value>, D::Error> {
-        Ok(BTreeMap::<String, Owned>::deserialize(d)?
-            .into_iter()
-            .map(|(k, o)| (k, o.0))
-            .collect())
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BTreeMap<String, Value>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("typed values by name")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((name, Owned(v))) = map.next_entry::<String, Owned>()? {
+                    out.insert(name, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -206,8 +286,7 @@ pub(crate) mod owned_map {
         v: &BTreeMap<String, Value>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        let borrowed: BTreeMap<&String, &Value> = v.iter().collect();
-        super::map::serialize(&borrowed, s)
+        super::map::entries(v.iter(), s)
     }
 
     pub(crate) use super::map::deserialize;

@@ -525,7 +525,7 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
         "install" => {
             let r: wire::InstallRequest = parse(&body, &held).await.map_err(fail)?;
             let answer = install(inner, &hub, &r.tables).await;
-            reply(answer, zstd, &held).await
+            reply(answer, None, zstd, &held).await
         }
         "push" => {
             let r: wire::PushRequest = parse(&body, &held).await.map_err(fail)?;
@@ -539,12 +539,12 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
                     None => hub,
                 },
             };
-            reply(hub.push(&r.changes).await, zstd, &held).await
+            reply(hub.push(&r.changes).await, None, zstd, &held).await
         }
         "standing" => {
             let r: wire::StandingRequest = parse(&body, &held).await.map_err(fail)?;
             in_range(r.at).map_err(fail)?;
-            reply(hub.standing(r.origin, r.at).await, zstd, &held).await
+            reply(hub.standing(r.origin, r.at).await, None, zstd, &held).await
         }
         "pull" => {
             let r: wire::PullRequest = parse(&body, &held).await.map_err(fail)?;
@@ -556,7 +556,12 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
                 }
                 None => hub.pull(r.cursor, r.limit.clamp(1, MAX_PAGE)).await,
             };
-            reply(batch, zstd, &held).await
+            // A page that moved the cursor: more may follow.
+            let next = match &batch {
+                Ok(b) if b.next > r.cursor => Some(b.next.0.to_string()),
+                _ => None,
+            };
+            reply(batch, next, zstd, &held).await
         }
         "snapshot" => {
             let r: wire::SnapshotRequest = parse(&body, &held).await.map_err(fail)?;
@@ -565,7 +570,8 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
                 None => hub,
             };
             let page = snapshot(&hub, r).await;
-            reply(page, zstd, &held).await
+            let next = page.as_ref().ok().and_then(|a| a.page.next.clone());
+            reply(page, next, zstd, &held).await
         }
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
@@ -854,10 +860,12 @@ fn accepts_zstd(headers: &HeaderMap) -> bool {
         })
 }
 
-/// A `200` with the JSON of `value` (compressed if the client takes it),
-/// or the failure the hub's error stands for.
+/// A `200` with the JSON of `value` (compressed if the client takes it)
+/// and the name of the `next` page if given ([`wire::NEXT_HEADER`]), or
+/// the failure the hub's error stands for.
 async fn reply<T: Serialize + Send + 'static>(
     value: Result<T>,
+    next: Option<String>,
     zstd: bool,
     held: &Arc<Held>,
 ) -> std::result::Result<Response, Failure> {
@@ -892,6 +900,12 @@ async fn reply<T: Serialize + Send + 'static>(
         response
             .headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+    }
+    // A name a header cannot carry is left to the body.
+    if let Some(v) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static(wire::NEXT_HEADER), v);
     }
     Ok(response)
 }
