@@ -105,6 +105,12 @@ impl Sender {
 }
 
 impl Arrived {
+    /// An answer that another try may not get: the statuses
+    /// [`answer_error`] takes for offline.
+    fn passing_failure(&self) -> bool {
+        matches!(self.status.as_u16(), 408 | 429 | 500..=599)
+    }
+
     /// The answer decoded, or the error it stands for.
     fn decode<A: DeserializeOwned>(self) -> Result<A> {
         let url = &self.url;
@@ -147,7 +153,14 @@ impl Arrived {
 /// then as fresh as the request that fetched it, which is no older than
 /// the page the engine is applying: pull and bootstrap take pages read at
 /// any time after their start (the engine's own fetch is one page ahead
-/// too). A read-ahead that failed is not reported: the request goes again.
+/// too). A read-ahead that failed, or was answered with a passing failure
+/// (`408`, `429`, `5xx`), is not reported: the request goes again.
+///
+/// One page is read ahead per backend: engines sharing one backend take
+/// each other's read-ahead away (nothing is lost, the page is asked for
+/// again); give each replica its own. A read-ahead of a sync that stopped
+/// (an error, a halt, a cancelled `sync_now`) runs to its end and is
+/// dropped with the backend's next request.
 struct Ahead {
     endpoint: &'static str,
     /// The request's JSON.
@@ -353,9 +366,12 @@ impl HttpBackend {
             .filter(|a| a.endpoint == endpoint && a.json == json && a.token == token);
         let read_ahead = match ahead {
             Some(mut a) => match (&mut a.task.0).await {
-                Ok(Ok(arrived)) => Some(arrived),
-                // Failed (or aborted): asked again below, now.
-                Ok(Err(_)) => None,
+                // A passing failure (`408`, `429`, `5xx`: a server
+                // draining behind a balancer, a user at their cap) is asked
+                // again below, now, as a failed or aborted request is; a
+                // lasting one (`401`, `4xx`) comes back the same.
+                Ok(Ok(arrived)) if !arrived.passing_failure() => Some(arrived),
+                Ok(_) => None,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => None,
             },
@@ -617,6 +633,70 @@ impl Hub for HttpBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read-ahead answered with a passing failure (a `503` of a server
+    /// draining behind a balancer) is asked again when the engine asks
+    /// for its page, not handed over as the page's answer.
+    #[cfg(feature = "server")]
+    #[tokio::test]
+    async fn a_read_ahead_answered_with_a_passing_failure_is_asked_again() {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = axum::Router::new().route(
+            "/v1/snapshot",
+            axum::routing::post(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let page = |next: Option<&str>| {
+                        serde_json::to_vec(&wire::SnapshotAnswer {
+                            cursor: Cursor(5),
+                            page: SnapshotPage {
+                                rows: vec![],
+                                next: next.map(str::to_owned),
+                            },
+                        })
+                        .unwrap()
+                    };
+                    match n {
+                        0 => (
+                            StatusCode::OK,
+                            [(wire::NEXT_HEADER, "p2")],
+                            page(Some("p2")),
+                        )
+                            .into_response(),
+                        1 => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            r#"{"error":{"code":"unavailable","message":"draining"}}"#,
+                        )
+                            .into_response(),
+                        _ => (StatusCode::OK, page(None)).into_response(),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hub = HttpBackend::new(&url, "t").unwrap();
+        let (_, first) = hub.snapshot(None, 1).await.unwrap();
+        assert_eq!(first.next.as_deref(), Some("p2"));
+        // The read-ahead was answered (503) before the page is asked for.
+        for _ in 0..500 {
+            if asked.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        let (_, second) = hub.snapshot(Some("p2".into()), 1).await.unwrap();
+        assert_eq!(second.next, None);
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn only_well_formed_http_urls_make_a_backend() {

@@ -746,8 +746,9 @@ impl Hub for UserHub<'_> {
                 "this device's tables (install before pushing)".into(),
             ));
         };
-        // Two reads of the hub, at once (nothing is written before both
-        // are through).
+        // Two reads of the hub, at once (the claim of a device's first
+        // push also writes it, which a failure of the other leaves as
+        // harmless as a push that failed later: the same user's claim).
         let claimed = async {
             match batch.first() {
                 Some(first) => self.claim(first.id.origin).await,

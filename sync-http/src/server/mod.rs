@@ -901,11 +901,46 @@ async fn reply<T: Serialize + Send + 'static>(
             .headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
     }
-    // A name a header cannot carry is left to the body.
-    if let Some(v) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+    if let Some(v) = next.as_deref().and_then(next_header) {
         response
             .headers_mut()
             .insert(header::HeaderName::from_static(wire::NEXT_HEADER), v);
     }
     Ok(response)
+}
+
+/// Names of the next page longer than this are left to the body (see
+/// [`next_header`]).
+const NEXT_HEADER_MAX: usize = 1024;
+
+/// The `tidesync-next` header naming `next`, unless it is not ASCII text
+/// or it is long: a snapshot token of a long text key (hex of a sealed
+/// key of up to 700 characters, several KiB) would make proxies with small
+/// header buffers (nginx: 4 or 8 KiB) refuse the whole answer, the same
+/// answer at every try, where without the header the client just reads
+/// the page's name from the body.
+fn next_header(next: &str) -> Option<HeaderValue> {
+    // Text only (a client reads the header as ASCII).
+    if next.len() > NEXT_HEADER_MAX || !next.is_ascii() {
+        return None;
+    }
+    HeaderValue::from_str(next).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_short_page_names_go_in_a_header() {
+        let sealed = format!("s1.{}", "ab".repeat(100));
+        assert_eq!(next_header(&sealed).unwrap(), sealed.as_str());
+        // A sealed token of a long text key: left to the body.
+        let long = format!("s1.{}", "ab".repeat(NEXT_HEADER_MAX));
+        assert!(next_header(&long).is_none());
+        // A plain token naming a key a header cannot carry.
+        assert!(next_header("[\"notes\",\"[{\\\"String\\\":\\\"k\u{e9}\\\"}]\",1]").is_none());
+        assert!(next_header("a\nb").is_none());
+        assert_eq!(next_header("42").unwrap(), "42");
+    }
 }
