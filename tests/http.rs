@@ -31,6 +31,7 @@ fn main() -> std::process::ExitCode {
         bad_credentials_get_401_and_nothing_is_read_or_written,
         oversized_malformed_and_unknown_version_bodies_are_refused,
         a_large_push_goes_in_halves_under_a_small_limit,
+        a_push_of_more_changes_than_the_server_takes_goes_in_halves,
         undeclared_and_redeclared_tables_are_refused_at_install,
         the_authorization_rule_refuses_what_it_names,
         an_unreachable_server_is_offline,
@@ -753,6 +754,46 @@ async fn a_large_push_goes_in_halves_under_a_small_limit(hub: TestDb) -> TestRes
     ensure!(r.halted.is_none() && r.rejected.is_empty(), "{r:?}");
     ensure_eq!(r.pushed, 200);
     ensure_eq!(notes_of(&hub.db).await?.len(), 200);
+    Ok(())
+}
+
+/// A push of more changes than a server takes at once (`MAX_PUSH`) gets
+/// `413`, and the client pushes it in halves: all of it arrives. The cap
+/// bounds how long one push holds the hub's sequence lock (a batch with a
+/// refused change goes change by change, each in a savepoint).
+async fn a_push_of_more_changes_than_the_server_takes_goes_in_halves(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let user = format!("bulk-{}", Uuid::new_v4().simple());
+    let backend = server.device(&user).await?;
+    backend
+        .install(&[
+            tidesync::table_spec::<notes::Entity>(),
+            tidesync::table_spec::<labels::Entity>(),
+        ])
+        .await?;
+    let origin = NodeId::random();
+    let n = sync_http::server::MAX_PUSH as u64 + 1;
+    let batch: Vec<Change> = (1..=n)
+        .map(|seq| {
+            let body = format!("bulk {seq}");
+            let columns = [("owner", user.as_str()), ("body", body.as_str())];
+            let id = Uuid::new_v4();
+            let mut c = change(origin, seq, Op::Insert, id, &columns);
+            c.columns
+                .insert(0, ("id".into(), sea_orm::Value::Uuid(Some(id))));
+            c
+        })
+        .collect();
+    let ack = backend.push(&batch).await?;
+    ensure!(ack.parked.is_empty() && ack.halted.is_none(), "{ack:?}");
+    ensure_eq!(ack.acknowledged.len() as u64, n);
+    ensure_eq!(notes_of(&hub.db).await?.len() as u64, n);
+    ensure!(
+        logs::text().lines().any(|l| l.contains("endpoint=\"push\"")
+            && l.contains(&format!("user={user} "))
+            && l.contains("status=413")),
+        "no push of {user} was refused for its size"
+    );
     Ok(())
 }
 

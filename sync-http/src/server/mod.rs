@@ -154,7 +154,14 @@ struct Inner {
     per_user: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// Installed tables by the id the install answered (see
     /// [`wire::InstallAnswer`]): a cache, rebuilt by installs.
-    installed: std::sync::Mutex<HashMap<String, Arc<Vec<TableSpec>>>>,
+    installed: std::sync::Mutex<Installed>,
+}
+
+/// The installs a server remembers, and the bytes of their JSON.
+#[derive(Default)]
+struct Installed {
+    tables: HashMap<String, Arc<Vec<TableSpec>>>,
+    bytes: usize,
 }
 
 /// How many requests a server answers at once; more get `503` (the
@@ -166,9 +173,18 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// never take the server from the others.
 pub const MAX_IN_FLIGHT_PER_USER: usize = 8;
 
-/// How many installs a server remembers before it starts over (clients
-/// install again when asked).
+/// How many installs a server remembers, and how many bytes of their
+/// JSON, before it starts over (clients install again when asked): a user
+/// sending installs of large tables that differ only in their columns'
+/// order fills no server's memory.
 const INSTALLS_KEPT: usize = 4096;
+const INSTALLS_KEPT_BYTES: usize = 64 << 20;
+
+/// The most changes one push takes; a larger one gets `413`, and the
+/// client pushes it again in halves. A push holds the hub's sequence lock
+/// until it commits, and a batch the hub refuses part of goes change by
+/// change: this bounds how long one user's push holds up everyone's.
+pub const MAX_PUSH: usize = 2_000;
 
 /// The most changes or rows one pull or snapshot page answers, whatever
 /// the client asks (a page cursor moves on: the client asks again).
@@ -205,7 +221,7 @@ impl HubServer {
                 new_tables: true,
                 adopt: false,
                 authorize: None,
-                installed: std::sync::Mutex::new(HashMap::new()),
+                installed: std::sync::Mutex::new(Installed::default()),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
                 per_user: Arc::default(),
             }),
@@ -529,6 +545,16 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
         }
         "push" => {
             let r: wire::PushRequest = parse(&body, &held).await.map_err(fail)?;
+            if r.changes.len() > MAX_PUSH {
+                return Err(fail(Failure::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    format!(
+                        "this hub takes at most {MAX_PUSH} changes per push, not {}",
+                        r.changes.len()
+                    ),
+                )));
+            }
             let hub = match &r.install {
                 Some(tables) => match install(inner, &hub, tables).await {
                     Ok(_) => hub,
@@ -625,7 +651,11 @@ impl Drop for UserSlot {
 /// The tables of the install `id`, if this server knows it.
 fn known(inner: &Inner, id: Option<&str>) -> Option<Arc<Vec<TableSpec>>> {
     let id = id?;
-    inner.installed.lock().ok().and_then(|m| m.get(id).cloned())
+    inner
+        .installed
+        .lock()
+        .ok()
+        .and_then(|m| m.tables.get(id).cloned())
 }
 
 /// Install the device's tables, and remember them under the id answered.
@@ -645,10 +675,12 @@ async fn install(
         .map(|b| format!("{b:02x}"))
         .collect();
     if let Ok(mut m) = inner.installed.lock() {
-        if m.len() >= INSTALLS_KEPT {
-            m.clear();
+        if m.tables.len() >= INSTALLS_KEPT || m.bytes + json.len() > INSTALLS_KEPT_BYTES {
+            *m = Installed::default();
         }
-        m.insert(id.clone(), placed);
+        if m.tables.insert(id.clone(), placed).is_none() {
+            m.bytes += json.len();
+        }
     }
     Ok(wire::InstallAnswer { info, tables: id })
 }
