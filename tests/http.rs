@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         oversized_malformed_and_unknown_version_bodies_are_refused,
         a_large_push_goes_in_halves_under_a_small_limit,
         a_push_of_more_changes_than_the_server_takes_goes_in_halves,
+        a_row_the_database_refused_is_refused_for_the_rest_of_the_push,
         undeclared_and_redeclared_tables_are_refused_at_install,
         the_authorization_rule_refuses_what_it_names,
         an_unreachable_server_is_offline,
@@ -754,6 +755,56 @@ async fn a_large_push_goes_in_halves_under_a_small_limit(hub: TestDb) -> TestRes
     ensure!(r.halted.is_none() && r.rejected.is_empty(), "{r:?}");
     ensure_eq!(r.pushed, 200);
     ensure_eq!(notes_of(&hub.db).await?.len(), 200);
+    Ok(())
+}
+
+/// A change the hub's database refuses (a unique value another row holds)
+/// leaves its row refused for the rest of the push: a delete of it that
+/// follows is parked too, not logged as an ownerless tombstone of a row
+/// the hub never had (which would hold the key for every user).
+async fn a_row_the_database_refused_is_refused_for_the_rest_of_the_push(hub: TestDb) -> TestResult {
+    let server = serve(&hub, RejectPolicy::Park).await?;
+    let user = format!("dup-{}", Uuid::new_v4().simple());
+    let d = device(&server, &user, "d").await?;
+    note(&d, &user, "taken").await?;
+    d.engine.sync_now().await?;
+    hub.db
+        .execute_unprepared("CREATE UNIQUE INDEX notes_body_unique ON notes (body)")
+        .await?;
+    let logged = log_size(&hub).await?;
+    let backend = server.device(&user).await?;
+    backend
+        .install(&[
+            tidesync::table_spec::<notes::Entity>(),
+            tidesync::table_spec::<labels::Entity>(),
+        ])
+        .await?;
+    let origin = NodeId::random();
+    let insert = |seq, id| {
+        let mut c = change(
+            origin,
+            seq,
+            Op::Insert,
+            id,
+            &[("owner", user.as_str()), ("body", "taken")],
+        );
+        c.columns
+            .insert(0, ("id".into(), sea_orm::Value::Uuid(Some(id))));
+        c
+    };
+    // The second insert keeps the batch refused as a whole (an insert and
+    // a delete of one row merge to nothing), so it goes change by change.
+    let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let batch = [
+        insert(1, id),
+        change(origin, 2, Op::Delete, id, &[]),
+        insert(3, other),
+    ];
+    let ack = backend.push(&batch).await?;
+    ensure!(ack.halted.is_none(), "{ack:?}");
+    ensure_eq!(ack.parked.len(), 3, "{ack:?}");
+    ensure_eq!(log_size(&hub).await?, logged);
+    ensure_eq!(notes_of(&hub.db).await?, vec![pair(&user, "taken")]);
     Ok(())
 }
 

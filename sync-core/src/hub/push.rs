@@ -239,11 +239,34 @@ impl Push<'_> {
         ack: &mut PushAck,
         progress: &mut OriginProgress,
     ) -> Result<()> {
+        // Under an account, the rows whose write the database refused in
+        // this push (and whether that refusal is parked whatever the
+        // policy): the batch's later changes of one were judged against an
+        // owner its refused insert would have recorded, and are refused
+        // with it (a delete would log a tombstone of a row the hub never
+        // had, holding its key for every user).
+        let mut failed: std::collections::HashMap<(String, String), bool> =
+            std::collections::HashMap::new();
+        let row_of = |c: &Change| -> Result<(String, String)> {
+            let values: Vec<_> = c.pk.iter().map(|(_, v)| v.clone()).collect();
+            Ok((c.table.clone(), pk_key(&values)?))
+        };
         for (c, verdict) in todo.iter().zip(verdicts) {
             let clock = verdict.as_ref().and_then(|v| v.clock);
             let mut parked_always = verdict.as_ref().is_some_and(|v| v.parked_always);
+            let earlier = match (&verdict, self.account) {
+                (None, Some(_)) if !failed.is_empty() => failed.get(&row_of(c)?).copied(),
+                _ => None,
+            };
             let reason = match verdict {
                 Some(v) => Some(v.reason),
+                None if earlier.is_some() => {
+                    parked_always = earlier == Some(true);
+                    Some(format!(
+                        "{}: an earlier change of this row in the same push was refused",
+                        c.table
+                    ))
+                }
                 None => {
                     let sp = tx.begin().await?;
                     let mut sub = merge.nested(&sp);
@@ -267,6 +290,9 @@ impl Push<'_> {
                                 && e.kind() == crate::model::error::ErrorKind::UniqueViolation
                             {
                                 parked_always = true;
+                            }
+                            if self.account.is_some() {
+                                failed.insert(row_of(c)?, parked_always);
                             }
                             Some(format!("{}: {e}", c.table))
                         }
