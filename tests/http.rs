@@ -513,12 +513,7 @@ async fn pages_are_read_ahead_only_for_the_request_that_comes_next(hub: TestDb) 
         ids.push(note(&writer, &user, &format!("v1 {i}")).await?);
     }
     writer.engine.sync_now().await?;
-    let specs = [
-        tidesync::table_spec::<notes::Entity>(),
-        tidesync::table_spec::<labels::Entity>(),
-    ];
-    let reader = server.device(&user).await?;
-    reader.install(&specs).await?;
+    let reader = installed(&server, &user).await?;
     let body_of = |page: &tidesync::hub::SnapshotPage| -> Result<String, BoxError> {
         let row = page.rows.first().ok_or("an empty page")?;
         match row.state.vals.get("body") {
@@ -758,6 +753,32 @@ async fn a_large_push_goes_in_halves_under_a_small_limit(hub: TestDb) -> TestRes
     Ok(())
 }
 
+/// A backend of `user` on `server` with the notes and labels installed.
+async fn installed(server: &Arc<TestServer>, user: &str) -> Result<common::http::Device, BoxError> {
+    let backend = server.device(user).await?;
+    backend
+        .install(&[
+            tidesync::table_spec::<notes::Entity>(),
+            tidesync::table_spec::<labels::Entity>(),
+        ])
+        .await?;
+    Ok(backend)
+}
+
+/// The insert of note `id` of `owner` by `origin` at `seq`.
+fn new_note(origin: NodeId, seq: u64, id: Uuid, owner: &str, body: &str) -> Change {
+    let mut c = change(
+        origin,
+        seq,
+        Op::Insert,
+        id,
+        &[("owner", owner), ("body", body)],
+    );
+    c.columns
+        .insert(0, ("id".into(), sea_orm::Value::Uuid(Some(id))));
+    c
+}
+
 /// A change the hub's database refuses (a unique value another row holds)
 /// leaves its row refused for the rest of the push: a delete of it that
 /// follows is parked too, not logged as an ownerless tombstone of a row
@@ -772,26 +793,9 @@ async fn a_row_the_database_refused_is_refused_for_the_rest_of_the_push(hub: Tes
         .execute_unprepared("CREATE UNIQUE INDEX notes_body_unique ON notes (body)")
         .await?;
     let logged = log_size(&hub).await?;
-    let backend = server.device(&user).await?;
-    backend
-        .install(&[
-            tidesync::table_spec::<notes::Entity>(),
-            tidesync::table_spec::<labels::Entity>(),
-        ])
-        .await?;
+    let backend = installed(&server, &user).await?;
     let origin = NodeId::random();
-    let insert = |seq, id| {
-        let mut c = change(
-            origin,
-            seq,
-            Op::Insert,
-            id,
-            &[("owner", user.as_str()), ("body", "taken")],
-        );
-        c.columns
-            .insert(0, ("id".into(), sea_orm::Value::Uuid(Some(id))));
-        c
-    };
+    let insert = |seq, id| new_note(origin, seq, id, &user, "taken");
     // The second insert keeps the batch refused as a whole (an insert and
     // a delete of one row merge to nothing), so it goes change by change.
     let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
@@ -815,25 +819,11 @@ async fn a_row_the_database_refused_is_refused_for_the_rest_of_the_push(hub: Tes
 async fn a_push_of_more_changes_than_the_server_takes_goes_in_halves(hub: TestDb) -> TestResult {
     let server = serve(&hub, RejectPolicy::Park).await?;
     let user = format!("bulk-{}", Uuid::new_v4().simple());
-    let backend = server.device(&user).await?;
-    backend
-        .install(&[
-            tidesync::table_spec::<notes::Entity>(),
-            tidesync::table_spec::<labels::Entity>(),
-        ])
-        .await?;
+    let backend = installed(&server, &user).await?;
     let origin = NodeId::random();
     let n = sync_http::server::MAX_PUSH as u64 + 1;
     let batch: Vec<Change> = (1..=n)
-        .map(|seq| {
-            let body = format!("bulk {seq}");
-            let columns = [("owner", user.as_str()), ("body", body.as_str())];
-            let id = Uuid::new_v4();
-            let mut c = change(origin, seq, Op::Insert, id, &columns);
-            c.columns
-                .insert(0, ("id".into(), sea_orm::Value::Uuid(Some(id))));
-            c
-        })
+        .map(|seq| new_note(origin, seq, Uuid::new_v4(), &user, &format!("bulk {seq}")))
         .collect();
     let ack = backend.push(&batch).await?;
     ensure!(ack.parked.is_empty() && ack.halted.is_none(), "{ack:?}");
