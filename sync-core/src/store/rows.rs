@@ -658,4 +658,34 @@ mod tests {
         let total: usize = bytes.iter().sum();
         assert_eq!(qs.len(), total.div_ceil(MAX_BYTES), "{bytes:?}");
     }
+
+    #[test]
+    fn long_keys_count_once_toward_a_statements_size() {
+        use crate::store::write::MAX_BYTES;
+        use sea_orm::sea_query::SqliteQueryBuilder;
+        // Keys long enough to be stored by hash (the whole key kept beside
+        // it), small values: the keys' bytes alone fill statements, each
+        // counted once.
+        let keys: Vec<String> = (0..600)
+            .map(|i| format!("[\"{}{i}\"]", "k".repeat(9000)))
+            .collect();
+        let s = live(&[("a", 5)], Some(1));
+        let rows: Vec<_> = keys.iter().map(|k| (k.as_str(), &s, None)).collect();
+        let qs = state_statements("_tidesync_rows", "t", &rows).unwrap();
+        // 600 rows of about 9 KB: 5.4 MB, two or three statements.
+        assert!((2..=3).contains(&qs.len()), "{} statements", qs.len());
+        for q in &qs {
+            let bytes: usize = q
+                .build(SqliteQueryBuilder)
+                .1
+                .0
+                .iter()
+                .map(|v| match v {
+                    Value::String(Some(s)) => s.len(),
+                    _ => 1,
+                })
+                .sum();
+            assert!(bytes <= MAX_BYTES, "{bytes}");
+        }
+    }
 }
