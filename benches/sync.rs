@@ -1551,9 +1551,9 @@ async fn hub_phases(
     // server or directly, into a hub that holds more rows at each push (a
     // handicap for the later push of a round, which alternates: over an
     // even number of rounds both sides meet hubs of the same sizes). The
-    // first push, into an empty hub, is not a twin: an empty hub takes
-    // rows faster (0.59 s against 0.68-0.94 s for the later pushes in one
-    // SQLite run), a start the HTTP side never gets. Not the first
+    // first push, into an empty hub, is not a twin: an empty hub often
+    // takes rows faster (0.59 s against 0.68-0.94 s for the later pushes
+    // in one SQLite run), a start the HTTP side never gets. Not the first
     // pusher's replica over HTTP: a server refuses a device identity that
     // pushed to its hub directly.
     let mut pushed = rows;
