@@ -328,6 +328,19 @@ mod tests {
     }
 
     #[test]
+    fn key_bytes_count_text_at_four_bytes_a_character_and_bytes_as_declared() {
+        use sea_orm::sea_query::StringLen;
+        assert_eq!(key_bytes(&ColumnType::String(StringLen::N(10))), 40);
+        assert_eq!(key_bytes(&ColumnType::String(StringLen::None)), 4 * 255);
+        assert_eq!(key_bytes(&ColumnType::Char(Some(7))), 28);
+        assert_eq!(key_bytes(&ColumnType::Char(None)), 4);
+        assert_eq!(key_bytes(&ColumnType::VarBinary(StringLen::N(9))), 9);
+        assert_eq!(key_bytes(&ColumnType::VarBinary(StringLen::Max)), 255);
+        assert_eq!(key_bytes(&ColumnType::Binary(33)), 33);
+        assert_eq!(key_bytes(&ColumnType::BigInteger), 0);
+    }
+
+    #[test]
     fn utc_date_times_are_written_as_datetime() {
         let at = chrono::DateTime::from_timestamp(3_000_000_000, 0).unwrap();
         let q = Query::select()
