@@ -434,6 +434,129 @@ async fn raw_with_log(
     Ok(started.elapsed())
 }
 
+/// A version table of the fixed-width format the redesign aims at (see
+/// BENCHMARKS.md, "Floors of a new format"): one row per replicated row,
+/// updated in place: the table's number, the row's key as bytes, the hub
+/// sequence of its last change (indexed, for pulls) and its clock as
+/// integers (wall microseconds, counter, node ordinal).
+async fn create_versions(db: &DatabaseConnection, name: &str) -> Res<()> {
+    let (key, int) = match db.get_database_backend() {
+        DbBackend::Postgres => ("bytea", "bigint"),
+        DbBackend::MySql => ("varbinary(255)", "bigint"),
+        _ => ("blob", "integer"),
+    };
+    let q = |n: &str| match db.get_database_backend() {
+        DbBackend::MySql => format!("`{n}`"),
+        _ => format!("\"{n}\""),
+    };
+    db.execute_unprepared(&format!(
+        "CREATE TABLE {t} (tbl {int} NOT NULL, pk {key} NOT NULL, hub_seq {int} NOT NULL, \
+         wall_us {int} NOT NULL, counter {int} NOT NULL, node {int} NOT NULL, \
+         PRIMARY KEY (tbl, pk))",
+        t = q(name)
+    ))
+    .await?;
+    db.execute_unprepared(&format!(
+        "CREATE INDEX {i} ON {t} (hub_seq)",
+        i = q(&format!("{name}_seq")),
+        t = q(name)
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A floor of the new format, for push, pull and bootstrap: each batch of
+/// rows exactly as [`raw_batched`] writes it and, in the same transaction,
+/// one multi-row upsert of their version rows into `versions` (see
+/// [`create_versions`]).
+async fn raw_with_versions(
+    db: &DatabaseConnection,
+    table: &str,
+    versions: &str,
+    rows: u64,
+) -> Res<Duration> {
+    let cols = ["tbl", "pk", "hub_seq", "wall_us", "counter", "node"].map(Alias::new);
+    let started = Instant::now();
+    let mut i = 0;
+    while i < rows {
+        let n = Ord::min(BATCH, rows - i);
+        let models: Vec<contacts::Model> = (i..i + n).map(contact).collect();
+        let mut v = Query::insert();
+        v.into_table(Alias::new(versions))
+            .columns(cols.clone())
+            .on_conflict(
+                OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
+                    .update_columns(cols[2..].iter().cloned())
+                    .to_owned(),
+            );
+        for (j, m) in (i..).zip(&models) {
+            v.values_panic([
+                1i64.into(),
+                m.id.as_bytes().to_vec().into(),
+                (j as i64 + 1).into(),
+                (1_767_225_600_000_000 + j as i64).into(),
+                0i64.into(),
+                1i64.into(),
+            ]);
+        }
+        let q = upsert(table, models.into_iter());
+        let tx = db.begin().await?;
+        tx.execute(&q).await?;
+        tx.execute(&v).await?;
+        tx.commit().await?;
+        i += n;
+    }
+    Ok(started.elapsed())
+}
+
+/// A floor of the new format for `write + capture` on SQLite: a copy of
+/// the contacts table whose triggers append each write's change straight
+/// to an outbox (its operation, key, the row's values as a JSON array, the
+/// columns an update changed as a bit mask, the wall time), skipping
+/// sessions that apply pulled changes as tidesync's triggers do. No
+/// second pass: what is left to do (clocks, sequence) would be done when
+/// the outbox is read for a push.
+async fn trigger_outbox(db: &DatabaseConnection, table: &str) -> Res<()> {
+    let cols: Vec<&str> = contacts::Column::iter()
+        .map(|c| c.as_str())
+        .filter(|c| *c != "id")
+        .collect();
+    let outbox = format!("{table}_outbox");
+    db.execute_unprepared(
+        "CREATE TABLE IF NOT EXISTS _floor_applying (session INTEGER PRIMARY KEY)",
+    )
+    .await?;
+    db.execute_unprepared(&format!(
+        "CREATE TABLE \"{outbox}\" (seq INTEGER PRIMARY KEY, op INTEGER NOT NULL, \
+         pk BLOB NOT NULL, vals TEXT, mask INTEGER NOT NULL, at INTEGER NOT NULL)"
+    ))
+    .await?;
+    let now = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
+    let values = |row: &str| {
+        let v: Vec<String> = cols.iter().map(|c| format!("{row}.\"{c}\"")).collect();
+        format!("json_array({})", v.join(", "))
+    };
+    let mask: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("((OLD.\"{c}\" IS NOT NEW.\"{c}\") << {i})"))
+        .collect();
+    let when = "WHEN NOT EXISTS (SELECT 1 FROM _floor_applying)";
+    for (event, op, pk, vals, mask) in [
+        ("INSERT", 1, "NEW", values("NEW"), "-1".to_owned()),
+        ("UPDATE", 2, "NEW", values("NEW"), mask.join(" | ")),
+        ("DELETE", 3, "OLD", "NULL".to_owned(), "0".to_owned()),
+    ] {
+        db.execute_unprepared(&format!(
+            "CREATE TRIGGER \"{table}_{op}\" AFTER {event} ON \"{table}\" {when} BEGIN \
+             INSERT INTO \"{outbox}\" (op, pk, vals, mask, at) \
+             VALUES ({op}, {pk}.id, {vals}, {mask}, {now}); END"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// A change's entry in the hub's log at hub sequence `seq`, as the hub
 /// stores it: ids, then table, key and values as typed JSON, operation and
 /// clock (tidesync 0.1's stored format).
@@ -954,6 +1077,18 @@ struct Goal {
 /// Times the naive loop's rows/s every phase of ours should reach.
 const NAIVE_TARGET: f64 = 10.0;
 
+/// The phase `p` is compared with: its goal's baseline, or for a baseline
+/// the one it is a variant of.
+fn compared_with(p: &Phase) -> &'static str {
+    match (p.kind, p.phase) {
+        (Kind::Baseline, FLOOR_TRIGGER | WRITE_TRIGGER | CAPTURE) => PLAIN,
+        (Kind::Baseline, FLOOR_TRIGGER_EDITS | EDITS_WRITE_TRIGGER | EDITS_CAPTURE) => PLAIN_EDITS,
+        (Kind::Baseline, PLAIN_EDITS) => RAW_EDITS,
+        (Kind::Baseline, _) => RAW,
+        _ => goal(p.phase).baseline,
+    }
+}
+
 /// The goal of the phase named `phase` (of ours).
 fn goal(phase: &str) -> Goal {
     let (baseline, ratio) = match phase {
@@ -996,11 +1131,7 @@ impl Results {
             Base::Local => "local",
             Base::Hub => p.hub,
         };
-        let baseline = match p.kind {
-            Kind::Baseline => RAW,
-            _ => goal(p.phase).baseline,
-        };
-        (self.rate_of(db, baseline), self.rate_of(db, NAIVE))
+        (self.rate_of(db, compared_with(p)), self.rate_of(db, NAIVE))
     }
 
     /// The rate of the HTTP phase `p` over that of its direct twin: the
@@ -1052,10 +1183,7 @@ impl Results {
     fn record(&mut self, p: Phase) {
         let (raw, naive) = self.baselines(&p);
         let ratio = |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
-        let vs = match p.kind {
-            Kind::Baseline => "raw",
-            _ => goal(p.phase).baseline,
-        };
+        let vs = compared_with(&p);
         println!(
             "  {:<15} {:<30} {:>8} rows {:>8.2} s {:>9.0} rows/s  vs {vs} {:>6}  vs naive {:>7}  peak {:>6.1} MiB  CPU {} s",
             p.hub,
@@ -1063,7 +1191,7 @@ impl Results {
             p.rows,
             p.time.as_secs_f64(),
             p.rate(),
-            if p.phase == RAW {
+            if p.phase == vs {
                 "1.00x".into()
             } else {
                 ratio(raw)
@@ -1140,10 +1268,11 @@ impl Results {
             let (raw, naive) = self.baselines(p);
             let ratio =
                 |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
-            let (name, vs) = match p.kind {
-                Kind::Baseline => (p.phase.to_owned(), "raw"),
-                _ => (format!("**{}**", p.phase), goal(p.phase).baseline),
+            let name = match p.kind {
+                Kind::Baseline => p.phase.to_owned(),
+                _ => format!("**{}**", p.phase),
             };
+            let vs = compared_with(p);
             println!(
                 "| {} | {} | {} | {:.2} | {:.0} | {} ({vs}) | {} | {:.0} | {} |",
                 p.hub,
@@ -1212,6 +1341,9 @@ const NAIVE: &str = "naive (1 row/stmt)";
 const FLOOR: &str = "raw batched + log (floor)";
 const FLOOR_STATES: &str = "raw batched + log + states (floor)";
 const RAW_WAL: &str = "raw batched, WAL";
+const FLOOR_VERSIONS: &str = "raw batched + version rows (new-format floor)";
+const FLOOR_TRIGGER: &str = "app insert_many + outbox triggers (new-format floor)";
+const FLOOR_TRIGGER_EDITS: &str = "edits: app + outbox triggers (new-format floor)";
 const PLAIN: &str = "app insert_many, no sync";
 const WRITE_TRIGGER: &str = "app insert_many + triggers";
 const CAPTURE: &str = "capture";
@@ -1523,6 +1655,19 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<Databas
         t,
         None,
     );
+    clone_table(&db, "raw_contacts", "floor_contacts").await?;
+    create_versions(&db, "floor_versions").await?;
+    reset_peak();
+    let t = raw_with_versions(&db, "floor_contacts", "floor_versions", args.rows).await?;
+    out.add(
+        "local",
+        FLOOR_VERSIONS,
+        Kind::Baseline,
+        Base::Local,
+        args.rows,
+        t,
+        None,
+    );
 
     let (wal, _) = connect(&sqlite_url(&dir.join("local-wal.db"))).await?;
     wal.execute_unprepared("PRAGMA journal_mode = WAL").await?;
@@ -1565,6 +1710,37 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<Databas
         None,
     );
     plain.close().await?;
+
+    let (floor, _) = connect(&sqlite_url(&dir.join("local-floor.db"))).await?;
+    create_contacts(&floor, "contacts").await?;
+    trigger_outbox(&floor, "contacts").await?;
+    reset_peak();
+    let t = app_insert(&floor, 0, args.rows).await?;
+    out.add(
+        "local",
+        FLOOR_TRIGGER,
+        Kind::Baseline,
+        Base::Local,
+        args.rows,
+        t,
+        None,
+    );
+    reset_peak();
+    let (ops, t) = app_edits(&floor, args.rows).await?;
+    out.add(
+        "local",
+        FLOOR_TRIGGER_EDITS,
+        Kind::Baseline,
+        Base::Local,
+        ops,
+        t,
+        None,
+    );
+    let logged = count(&floor, "contacts_outbox").await?;
+    if logged != (args.rows + ops) as i64 {
+        return Err(format!("the outbox triggers logged {logged} changes").into());
+    }
+    floor.close().await?;
     Ok(db)
 }
 
@@ -1939,6 +2115,20 @@ async fn hub_phases(
     )
     .await?;
     out.add(name, FLOOR_STATES, Kind::Baseline, Base::Hub, rows, t, None);
+    // ... and of the new format: the rows and one version row each.
+    clone_table(&db, "contacts", "floor3_contacts").await?;
+    create_versions(&db, "floor3_versions").await?;
+    reset_peak();
+    let t = raw_with_versions(&db, "floor3_contacts", "floor3_versions", rows).await?;
+    out.add(
+        name,
+        FLOOR_VERSIONS,
+        Kind::Baseline,
+        Base::Hub,
+        rows,
+        t,
+        None,
+    );
 
     // Push: `rows` changes in the outbox of a replica that knows the hub.
     let pusher = Device::open(&file("pusher"), direct).await?;
