@@ -188,6 +188,31 @@ mod tests {
         );
     }
 
+    /// JSON nested `levels` deep: arrays around a number.
+    fn nested(levels: usize) -> serde_json::Value {
+        (1..levels).fold(serde_json::json!(1), |v, _| serde_json::json!([v]))
+    }
+
+    #[test]
+    fn json_nested_up_to_the_limit_passes_and_deeper_is_refused() {
+        let mut spec = spec();
+        spec.columns.push(column("doc", ColumnType::Json, true));
+        let with = |levels: usize| {
+            let doc = Value::Json(Some(Box::new(nested(levels))));
+            change(Op::Update, 1, &[("doc", doc)])
+        };
+        assert_eq!(depth(&nested(MAX_JSON_DEPTH)), MAX_JSON_DEPTH);
+        let sqlite = d(DbBackend::Sqlite);
+        assert_eq!(validate(&with(MAX_JSON_DEPTH), Some(&spec), sqlite), Ok(()));
+        assert_eq!(validate(&with(2), Some(&spec), sqlite), Ok(()));
+        assert_eq!(
+            validate(&with(MAX_JSON_DEPTH + 1), Some(&spec), sqlite),
+            Err(format!(
+                "contacts.doc: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            ))
+        );
+    }
+
     #[test]
     fn an_unknown_table_is_refused_by_name() {
         let c = change(Op::Delete, 1, &[]);

@@ -47,7 +47,7 @@ fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
         return None;
     }
     for (pair, b) in text.chunks_exact(2).zip(out.iter_mut()) {
-        *b = (digit(pair[0])? << 4) | digit(pair[1])?;
+        *b = 16 * digit(pair[0])? + digit(pair[1])?;
     }
     Some(())
 }
@@ -348,6 +348,32 @@ mod tests {
             serde_json::from_str::<NodeId>(&format!("\"{ID_HEX}\"")).unwrap(),
             ID
         );
+    }
+
+    #[test]
+    fn a_node_id_is_read_in_either_case() {
+        let id = NodeId([
+            0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54,
+            0x32, 0x10,
+        ]);
+        let lower = "0123456789abcdeffedcba9876543210";
+        assert_eq!(lower.parse::<NodeId>().unwrap(), id);
+        assert_eq!(lower.to_uppercase().parse::<NodeId>().unwrap(), id);
+        assert_eq!(
+            "0123456789ABcdefFEDCBA9876543210"
+                .parse::<NodeId>()
+                .unwrap(),
+            id
+        );
+        assert_eq!(id.to_string(), lower);
+    }
+
+    #[test]
+    fn a_node_id_is_read_only_from_text() {
+        let e = serde_json::from_str::<NodeId>("12").unwrap_err();
+        assert!(e.to_string().contains("expected a string"), "{e}");
+        let e = serde_json::from_str::<Hlc>("[1]").unwrap_err();
+        assert!(e.to_string().contains("expected a string"), "{e}");
     }
 
     #[test]
