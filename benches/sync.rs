@@ -5,7 +5,7 @@
 //!                             [--transport socket|tcp|both]
 //!                             [--naive-rows N] [--naive-secs S] [--profile]
 //!                             [--keep] [--analyze-hub] [--runs N] [--no-http]
-//!                             [--http-rounds N]
+//!                             [--http-rounds N] [--batch N]
 //! ```
 //!
 //! Locally: the application's write of N rows through SeaORM into a
@@ -60,6 +60,9 @@ type Res<T> = Result<T, BoxError>;
 /// Rows per statement and per transaction in the raw baseline (the engine's
 /// default batch).
 const BATCH: u64 = 500;
+
+/// The engines' batch size (`--batch`; default the engine's own, 500).
+static ENGINE_BATCH: AtomicU64 = AtomicU64::new(BATCH);
 
 #[path = "../tests/common/url.rs"]
 #[allow(unreachable_pub)] // shared with the tests' harness
@@ -153,7 +156,7 @@ struct Args {
 
 const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
 [--hub sqlite|postgres|mysql|all] [--transport socket|tcp|both] [--naive-rows N] [--naive-secs S] [--profile] \
-[--analyze-hub] [--keep] [--runs N] [--no-http] [--http-rounds N]";
+[--analyze-hub] [--keep] [--runs N] [--no-http] [--http-rounds N] [--batch N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -211,6 +214,15 @@ fn parse_args() -> Result<Args, String> {
                     "both" => vec![Transport::Socket, Transport::Tcp],
                     other => return Err(format!("unknown transport `{other}`")),
                 };
+            }
+            "--batch" => {
+                let n: u64 = value("--batch")?
+                    .parse()
+                    .map_err(|e| format!("--batch: {e}"))?;
+                if n == 0 {
+                    return Err("--batch must be at least 1".into());
+                }
+                ENGINE_BATCH.store(n, Ordering::Relaxed);
             }
             "--profile" => args.profile = true,
             "--runs" => {
@@ -1543,7 +1555,8 @@ impl Device {
             }
         };
         let hub = Arc::new(hub);
-        let engine = SyncEngine::new(replica, Arc::clone(&hub) as Arc<dyn Hub>);
+        let engine = SyncEngine::new(replica, Arc::clone(&hub) as Arc<dyn Hub>)
+            .with_batch_size(ENGINE_BATCH.load(Ordering::Relaxed));
         Ok(Device {
             engine,
             local,
