@@ -42,7 +42,7 @@ use crate::model::error::{Error, Result};
 use crate::model::syncable::{ConflictPolicy, Syncable};
 use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling};
 use crate::store::user_tables::ensure_table;
-use capture::{CaptureReport, Pass, Step};
+use capture::{CaptureReport, Pass};
 use entity::{EntityTable, TableHandle};
 use incoming::{ApplyReport, Delta, PageMeta};
 use seal_state::SealState;
@@ -188,15 +188,6 @@ fn schema_text(schema: Option<&str>) -> String {
 /// committed meanwhile (see [`Pass`]) before it ends and leaves the rest to
 /// the next pass.
 const MAX_RESTARTS: usize = 8;
-
-/// How much of a capture one transaction takes: at most this many batches
-/// of 500 markers, and no more batches once it has run this long. A
-/// commit costs the same whatever it holds (on SQLite in its default
-/// journal mode, three fsyncs), so a commit per batch spent more time
-/// committing than sealing; the time bound keeps the database's write lock
-/// from the application's own writes for about that long at most.
-const CAPTURE_TRANSACTION: (usize, std::time::Duration) =
-    (16, std::time::Duration::from_millis(200));
 
 /// The local database of one device.
 ///
@@ -370,8 +361,7 @@ impl Replica {
     }
 
     /// Turn every pending dirty marker into a change in the outbox, in
-    /// batches of 500 markers, several to a transaction (see
-    /// [`CAPTURE_TRANSACTION`]).
+    /// batches of one transaction each.
     ///
     /// A row whose values cannot be captured (a NaN, a string over its
     /// column's length) is listed in [`CaptureReport::rejected`] and its
@@ -383,16 +373,9 @@ impl Replica {
             let tx = self.db.begin().await?;
             let mut state = SealState::lock_and_load(&tx).await?;
             let seq = state.next_seq;
-            let started = std::time::Instant::now();
-            let mut step = Step::More;
-            for _ in 0..CAPTURE_TRANSACTION.0 {
-                step = pass
-                    .step(&tx, &mut state, &mut report, MAX_RESTARTS)
-                    .await?;
-                if step.finished() || started.elapsed() >= CAPTURE_TRANSACTION.1 {
-                    break;
-                }
-            }
+            let step = pass
+                .step(&tx, &mut state, &mut report, MAX_RESTARTS)
+                .await?;
             state.save(&tx).await?;
             tx.commit().await?;
             self.wrote(state.next_seq - seq).await;
