@@ -523,12 +523,13 @@ async fn raw_with_versions(
 
 /// A floor of the new format for `write + capture` on SQLite: a copy of
 /// the contacts table whose triggers append each write's change straight
-/// to an outbox (its operation, key, the row's values as a JSON array, the
-/// columns an update changed as a bit mask, the wall time), skipping
-/// sessions that apply pulled changes as tidesync's triggers do. No
-/// second pass: what is left to do (clocks, sequence) would be done when
-/// the outbox is read for a push.
-async fn trigger_outbox(db: &DatabaseConnection, table: &str) -> Res<()> {
+/// to an outbox (its operation, key, the columns an update changed as a
+/// bit mask, the wall time and, `with_values`, the row's values as a JSON
+/// array), skipping sessions that apply pulled changes as tidesync's
+/// triggers do. No second pass: what is left to do (clocks, sequence, and
+/// without `with_values` the values, read from the table) would be done
+/// when the outbox is read for a push.
+async fn trigger_outbox(db: &DatabaseConnection, table: &str, with_values: bool) -> Res<()> {
     let cols: Vec<&str> = contacts::Column::iter()
         .map(|c| c.as_str())
         .filter(|c| *c != "id")
@@ -545,6 +546,9 @@ async fn trigger_outbox(db: &DatabaseConnection, table: &str) -> Res<()> {
     .await?;
     let now = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
     let values = |row: &str| {
+        if !with_values {
+            return "NULL".to_owned();
+        }
         let v: Vec<String> = cols.iter().map(|c| format!("{row}.\"{c}\"")).collect();
         format!("json_array({})", v.join(", "))
     };
@@ -1093,8 +1097,11 @@ const NAIVE_TARGET: f64 = 10.0;
 /// the one it is a variant of.
 fn compared_with(p: &Phase) -> &'static str {
     match (p.kind, p.phase) {
-        (Kind::Baseline, FLOOR_TRIGGER | WRITE_TRIGGER | CAPTURE) => PLAIN,
-        (Kind::Baseline, FLOOR_TRIGGER_EDITS | EDITS_WRITE_TRIGGER | EDITS_CAPTURE) => PLAIN_EDITS,
+        (Kind::Baseline, FLOOR_TRIGGER | FLOOR_KEY_TRIGGER | WRITE_TRIGGER | CAPTURE) => PLAIN,
+        (
+            Kind::Baseline,
+            FLOOR_TRIGGER_EDITS | FLOOR_KEY_TRIGGER_EDITS | EDITS_WRITE_TRIGGER | EDITS_CAPTURE,
+        ) => PLAIN_EDITS,
         (Kind::Baseline, PLAIN_EDITS) => RAW_EDITS,
         (Kind::Baseline, _) => RAW,
         _ => goal(p.phase).baseline,
@@ -1356,6 +1363,8 @@ const RAW_WAL: &str = "raw batched, WAL";
 const FLOOR_VERSIONS: &str = "raw batched + version rows (new-format floor)";
 const FLOOR_TRIGGER: &str = "app insert_many + outbox triggers (new-format floor)";
 const FLOOR_TRIGGER_EDITS: &str = "edits: app + outbox triggers (new-format floor)";
+const FLOOR_KEY_TRIGGER: &str = "app insert_many + key-only outbox triggers (floor)";
+const FLOOR_KEY_TRIGGER_EDITS: &str = "edits: app + key-only outbox triggers (floor)";
 const PLAIN: &str = "app insert_many, no sync";
 const WRITE_TRIGGER: &str = "app insert_many + triggers";
 const CAPTURE: &str = "capture";
@@ -1724,36 +1733,37 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<Databas
     );
     plain.close().await?;
 
-    let (floor, _) = connect(&sqlite_url(&dir.join("local-floor.db"))).await?;
-    create_contacts(&floor, "contacts").await?;
-    trigger_outbox(&floor, "contacts").await?;
-    reset_peak();
-    let t = app_insert(&floor, 0, args.rows).await?;
-    out.add(
-        "local",
-        FLOOR_TRIGGER,
-        Kind::Baseline,
-        Base::Local,
-        args.rows,
-        t,
-        None,
-    );
-    reset_peak();
-    let (ops, t) = app_edits(&floor, args.rows).await?;
-    out.add(
-        "local",
-        FLOOR_TRIGGER_EDITS,
-        Kind::Baseline,
-        Base::Local,
-        ops,
-        t,
-        None,
-    );
-    let logged = count(&floor, "contacts_outbox").await?;
-    if logged != (args.rows + ops) as i64 {
-        return Err(format!("the outbox triggers logged {logged} changes").into());
+    for (with_values, file, names) in [
+        (true, "local-floor.db", [FLOOR_TRIGGER, FLOOR_TRIGGER_EDITS]),
+        (
+            false,
+            "local-floor-keys.db",
+            [FLOOR_KEY_TRIGGER, FLOOR_KEY_TRIGGER_EDITS],
+        ),
+    ] {
+        let (floor, _) = connect(&sqlite_url(&dir.join(file))).await?;
+        create_contacts(&floor, "contacts").await?;
+        trigger_outbox(&floor, "contacts", with_values).await?;
+        reset_peak();
+        let t = app_insert(&floor, 0, args.rows).await?;
+        out.add(
+            "local",
+            names[0],
+            Kind::Baseline,
+            Base::Local,
+            args.rows,
+            t,
+            None,
+        );
+        reset_peak();
+        let (ops, t) = app_edits(&floor, args.rows).await?;
+        out.add("local", names[1], Kind::Baseline, Base::Local, ops, t, None);
+        let logged = count(&floor, "contacts_outbox").await?;
+        if logged != (args.rows + ops) as i64 {
+            return Err(format!("the outbox triggers logged {logged} changes").into());
+        }
+        floor.close().await?;
     }
-    floor.close().await?;
     Ok(db)
 }
 
