@@ -5,7 +5,7 @@
 //!                             [--transport socket|tcp|both]
 //!                             [--naive-rows N] [--naive-secs S] [--profile]
 //!                             [--keep] [--analyze-hub] [--runs N] [--no-http]
-//!                             [--http-rounds N] [--batch N]
+//!                             [--http-rounds N] [--batch N] [--copy-rows N]
 //! ```
 //!
 //! Locally: the application's write of N rows through SeaORM into a
@@ -142,6 +142,8 @@ struct Args {
     hubs: Vec<Dialect>,
     /// The transports to each server hub, each run as a hub of its own.
     transports: Vec<Transport>,
+    /// Rows of the initial copy into PostgreSQL.
+    copy_rows: u64,
     naive_rows: u64,
     naive_secs: f64,
     profile: bool,
@@ -156,13 +158,15 @@ struct Args {
 
 const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
 [--hub sqlite|postgres|mysql|all] [--transport socket|tcp|both] [--naive-rows N] [--naive-secs S] [--profile] \
-[--analyze-hub] [--keep] [--runs N] [--no-http] [--http-rounds N] [--batch N]";
+[--analyze-hub] [--keep] [--runs N] [--no-http] [--http-rounds N] [--batch N] \
+[--copy-rows N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         rows: 100_000,
         hubs: Dialect::ALL.to_vec(),
         transports: vec![Transport::Socket, Transport::Tcp],
+        copy_rows: 0,
         naive_rows: 5_000,
         naive_secs: 30.0,
         profile: false,
@@ -215,6 +219,12 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("unknown transport `{other}`")),
                 };
             }
+            "--copy-rows" => {
+                args.copy_rows = value("--copy-rows")?
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("--copy-rows: {e}"))?;
+            }
             "--batch" => {
                 let n: u64 = value("--batch")?
                     .parse()
@@ -250,6 +260,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.rows == 0 {
         return Err("--rows must be at least 1".into());
+    }
+    if args.copy_rows == 0 {
+        args.copy_rows = args.rows;
     }
     Ok(args)
 }
@@ -846,17 +859,20 @@ fn servers_cpu_time() -> Option<Duration> {
     seen.then(|| Duration::from_millis(ticks * 10))
 }
 
-/// utime + stime of a `/proc/<pid>/stat` line, after the command name.
+/// CPU ticks of a `/proc/<pid>/stat` line (after the command name): its
+/// own (utime, stime) and those of its children it waited for (cutime,
+/// cstime): pgloader's for the bench, the ended backends' for a server.
 fn stat_ticks(rest: &str) -> u64 {
     let f: Vec<u64> = rest
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+    // Fields 14 to 17 of the line, 12 to 15 here.
+    f.get(11..15).map_or(0, |t| t.iter().sum())
 }
 
-/// CPU time of this process so far (user + system; SQLite runs in it).
+/// CPU time of this process and of its children so far (user + system;
+/// SQLite runs in it, pgloader in a child).
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses.
@@ -1116,6 +1132,7 @@ fn goal(phase: &str) -> Goal {
         PULL | BOOTSTRAP => (RAW, 0.5),
         EDITS_PULL => (RAW_EDITS, 0.5),
         EDITS_PUSH => (RAW_EDITS, 0.35),
+        INITIAL_COPY => (PGLOADER, 1.0),
         _ => (RAW, 0.35),
     };
     Goal { baseline, ratio }
@@ -1360,6 +1377,8 @@ const NAIVE: &str = "naive (1 row/stmt)";
 const FLOOR: &str = "raw batched + log (floor)";
 const FLOOR_STATES: &str = "raw batched + log + states (floor)";
 const RAW_WAL: &str = "raw batched, WAL";
+const PGLOADER: &str = "initial copy: pgloader";
+const INITIAL_COPY: &str = "initial copy (reconcile + sync_now)";
 const FLOOR_VERSIONS: &str = "raw batched + version rows (new-format floor)";
 const FLOOR_TRIGGER: &str = "app insert_many + outbox triggers (new-format floor)";
 const FLOOR_TRIGGER_EDITS: &str = "edits: app + outbox triggers (new-format floor)";
@@ -2263,9 +2282,142 @@ async fn hub_phases(
         s.stop().await?;
     }
 
+    if name.starts_with("postgres") {
+        initial_copy(args, name, hub, dir, out).await?;
+    }
     raw_again(&db, name, Base::Hub, rows, out).await?;
     db.close().await?;
     Ok(())
+}
+
+/// The initial copy into PostgreSQL: a SQLite database of `--copy-rows`
+/// contacts that has never synced (written by raw batched, untimed) is
+/// loaded into an empty database on the hub's server by pgloader, and by
+/// tidesync: a replica opened on a copy of the file, its rows reconciled
+/// (marked and captured) and pushed by `sync_now` into an empty hub. Both
+/// are timed from start to end, rows/s are compared. pgloader is skipped
+/// by name where it is not installed (`benches/setup` installs it).
+async fn initial_copy(
+    args: &Args,
+    name: &'static str,
+    hub: &HubDb,
+    dir: &Path,
+    out: &mut Results,
+) -> Res<()> {
+    let Some((base, _)) = &hub.admin else {
+        return Ok(());
+    };
+    let rows = args.copy_rows;
+    let source = dir.join(format!("{name}-copy-source.db"));
+    let (db, _) = connect(&sqlite_url(&source)).await?;
+    create_contacts(&db, "contacts").await?;
+    raw_batched(&db, "contacts", rows).await?;
+    db.close().await?;
+
+    // pgloader, into an empty database.
+    match which("pgloader") {
+        None => {
+            println!("  {name:<15} {PGLOADER}: skipped: pgloader is not installed");
+            out.skipped
+                .push((name, format!("{PGLOADER}: pgloader is not installed")));
+        }
+        Some(pgloader) => {
+            let target = HubDb::create(Some(base), dir).await?;
+            let to = pgloader_url(&target.url)?;
+            reset_peak();
+            let started = Instant::now();
+            // SeaORM's SQLite type names, which pgloader does not know:
+            // a UUID is 16 bytes, which PostgreSQL reads as 32 hex digits.
+            let load = dir.join(format!("{name}-copy.load"));
+            std::fs::write(
+                &load,
+                format!(
+                    "LOAD DATABASE FROM sqlite://{} INTO {to}\n\
+                     CAST type uuid_text to uuid drop typemod using byte-vector-to-hexstring,\n\
+                     type timestamp_with_timezone_text to timestamptz drop typemod;\n",
+                    source.display()
+                ),
+            )?;
+            let status = tokio::process::Command::new(pgloader)
+                .arg("--quiet")
+                .arg(&load)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .await?;
+            let t = started.elapsed();
+            let (check, _) = connect(&target.url).await?;
+            // pgloader can exit 0 after a fatal error: count what it loaded.
+            let loaded = count(&check, "contacts").await.unwrap_or(-1);
+            check.close().await?;
+            target.drop().await?;
+            if !status.success() || loaded != rows as i64 {
+                return Err(format!("pgloader loaded {loaded} rows ({status})").into());
+            }
+            out.add(name, PGLOADER, Kind::Baseline, Base::Hub, rows, t, None);
+        }
+    }
+
+    // tidesync, into an empty hub.
+    let copy = dir.join(format!("{name}-copy.db"));
+    std::fs::copy(&source, &copy)?;
+    let target = HubDb::create(Some(base), dir).await?;
+    reset_peak();
+    let started = Instant::now();
+    let (local, _) = connect(&sqlite_url(&copy)).await?;
+    let replica = Replica::builder(local)
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let engine = SyncEngine::new(
+        replica,
+        Arc::new(SqlHub::new(Database::connect(&target.url).await?)),
+    )
+    .with_batch_size(ENGINE_BATCH.load(Ordering::Relaxed));
+    let reconciled = engine.replica().reconcile().await?;
+    let report = engine.sync_now().await?;
+    let t = started.elapsed();
+    let (check, _) = connect(&target.url).await?;
+    let copied = count(&check, "contacts").await;
+    check.close().await?;
+    drop(engine);
+    target.drop().await?;
+    if reconciled.captured as u64 != rows || report.pushed as u64 != rows || copied? != rows as i64
+    {
+        return Err(format!("initial copy: {reconciled:?}, {report:?}").into());
+    }
+    out.add(name, INITIAL_COPY, Kind::Ours, Base::Hub, rows, t, None);
+    Ok(())
+}
+
+/// pgloader's connection string for the PostgreSQL URL `url`: its own
+/// scheme, and a Unix socket's directory as `unix:DIR:PORT`.
+fn pgloader_url(url: &str) -> Res<String> {
+    let (main, query) = url.split_once('?').unwrap_or((url, ""));
+    let rest = main
+        .strip_prefix("postgres://")
+        .or_else(|| main.strip_prefix("postgresql://"))
+        .ok_or("not a PostgreSQL URL")?;
+    let (user_host, db) = rest.split_once('/').ok_or("no database in the URL")?;
+    let (user, host) = user_host.rsplit_once('@').unwrap_or(("", user_host));
+    let port = host.rsplit_once(':').map_or("5432", |(_, p)| p);
+    let user = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    match query.split('&').find_map(|p| p.strip_prefix("host=")) {
+        Some(socket) => Ok(format!("postgresql://{user}unix:{socket}:{port}/{db}")),
+        None => Ok(format!("postgresql://{user}{host}/{db}")),
+    }
+}
+
+/// The path of program `name` on `PATH`.
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 /// The ways of round `r` in turn, `false` for direct and `true` for HTTP
