@@ -31,6 +31,7 @@ fn main() -> std::process::ExitCode {
         skipped_column_is_never_captured,
         composite_key_change_is_delete_then_insert,
         reconcile_finds_writes_behind_our_back,
+        reconcile_pages_through_tables_of_several_pages,
         install_is_idempotent_and_versioned,
         clock_never_goes_backwards_across_restarts,
         nan_is_refused_naming_table_column_value,
@@ -426,6 +427,181 @@ async fn composite_key_change_is_delete_then_insert(t: TestDb) -> TestResult {
     t.drop().await
 }
 
+/// Drop tidesync's capture triggers of `table` (as a migration might).
+async fn drop_triggers(t: &TestDb, table: &str) -> TestResult {
+    let drop_sql: Vec<String> = match t.dialect {
+        Dialect::Postgres => vec![format!("DROP TRIGGER _ts_cap_{table} ON {table}")],
+        _ => {
+            let list = match t.dialect {
+                Dialect::Sqlite => format!(
+                    "SELECT name AS n FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{table}'"
+                ),
+                _ => format!(
+                    "SELECT TRIGGER_NAME AS n FROM information_schema.TRIGGERS \
+                     WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = '{table}'"
+                ),
+            };
+            let mut names = Vec::new();
+            for r in
+                t.db.query_all_raw(sea_orm::Statement::from_string(t.backend(), list))
+                    .await?
+            {
+                names.push(format!("DROP TRIGGER {}", r.try_get::<String>("", "n")?));
+            }
+            ensure_eq!(names.len(), 3, "{names:?}");
+            names
+        }
+    };
+    for s in drop_sql {
+        t.db.execute_unprepared(&s).await?;
+    }
+    Ok(())
+}
+
+/// Reconcile reads tables of several pages (500 rows a page), with a
+/// single key and with a composite one, and finds what changed behind its
+/// back on each page: rows edited, deleted and added.
+async fn reconcile_pages_through_tables_of_several_pages(t: TestDb) -> TestResult {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    const N: usize = 1100;
+    t.create_table(contacts::Entity).await?;
+    t.create_table(memberships::Entity).await?;
+    t.create_table(readings::Entity).await?;
+    let people: Vec<contacts::ActiveModel> = (0..N).map(|i| contact(&format!("c{i}"))).collect();
+    let ids: Vec<Uuid> = people.iter().map(|p| p.id.clone().unwrap()).collect();
+    for chunk in people.chunks(250) {
+        contacts::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(&t.db)
+            .await?;
+    }
+    let group = |i: usize| format!("g{}", i % 7);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(250) {
+        memberships::Entity::insert_many(chunk.iter().map(|&i| memberships::ActiveModel {
+            group_id: Set(group(i)),
+            user_id: Set(ids[i]),
+            role: Set("member".into()),
+        }))
+        .exec_without_returning(&t.db)
+        .await?;
+    }
+    let open = || {
+        Replica::builder(t.db.clone())
+            .register::<contacts::Entity>()
+            .register::<memberships::Entity>()
+            .register::<readings::Entity>()
+            .open()
+    };
+    let r = open().await?;
+    ensure_eq!(
+        r.reconcile().await?.captured,
+        2 * N,
+        "every pre-existing row, on every page"
+    );
+    ensure_eq!(r.reconcile().await?.captured, 0, "nothing twice");
+
+    drop_triggers(&t, "contacts").await?;
+    drop_triggers(&t, "memberships").await?;
+    let pick = |m: usize, k: usize| -> Vec<usize> { (0..N).filter(|i| i % m == k).collect() };
+    let (edited, deleted) = (pick(100, 1), pick(150, 2));
+    contacts::Entity::update_many()
+        .col_expr(
+            contacts::Column::Name,
+            Expr::value("edited behind our back"),
+        )
+        .filter(contacts::Column::Id.is_in(edited.iter().map(|&i| ids[i])))
+        .exec(&t.db)
+        .await?;
+    contacts::Entity::delete_many()
+        .filter(contacts::Column::Id.is_in(deleted.iter().map(|&i| ids[i])))
+        .exec(&t.db)
+        .await?;
+    let mut added = Vec::new();
+    for i in 0..3 {
+        added.push(contact(&format!("new{i}")).insert(&t.db).await?.id);
+    }
+    let (promoted, left) = (pick(90, 3), pick(120, 4));
+    for &i in &promoted {
+        memberships::Entity::update_many()
+            .col_expr(memberships::Column::Role, Expr::value("admin"))
+            .filter(memberships::Column::GroupId.eq(group(i)))
+            .filter(memberships::Column::UserId.eq(ids[i]))
+            .exec(&t.db)
+            .await?;
+    }
+    for &i in &left {
+        memberships::Entity::delete_many()
+            .filter(memberships::Column::GroupId.eq(group(i)))
+            .filter(memberships::Column::UserId.eq(ids[i]))
+            .exec(&t.db)
+            .await?;
+    }
+
+    let r = open().await?; // reinstalls the triggers
+    let before = r.pending(u64::MAX).await?.len();
+    let report = r.reconcile().await?;
+    let c = r.pending(u64::MAX).await?[before..].to_vec();
+    ensure_eq!(report.captured, c.len());
+    let of = |table: &str, op: Op| -> Vec<&Change> {
+        c.iter()
+            .filter(|x| x.table == table && x.op == op)
+            .collect()
+    };
+    let uuids = |v: Vec<&Change>| -> Vec<Uuid> {
+        let mut u: Vec<Uuid> = v.iter().filter_map(|c| pk_uuid(c)).collect();
+        u.sort();
+        u
+    };
+    let sorted = |v: Vec<Uuid>| {
+        let mut v = v;
+        v.sort();
+        v
+    };
+    ensure_eq!(
+        uuids(of("contacts", Op::Update)),
+        sorted(edited.iter().map(|&i| ids[i]).collect())
+    );
+    ensure!(
+        of("contacts", Op::Update)
+            .iter()
+            .all(|c| cols(c) == ["name"]),
+        "only the edited column"
+    );
+    ensure_eq!(
+        uuids(of("contacts", Op::Delete)),
+        sorted(deleted.iter().map(|&i| ids[i]).collect())
+    );
+    ensure_eq!(uuids(of("contacts", Op::Insert)), sorted(added));
+    let members = |op: Op| -> Vec<(String, Uuid)> {
+        let mut v: Vec<(String, Uuid)> = of("memberships", op)
+            .iter()
+            .filter_map(|c| match (&c.pk[0].1, &c.pk[1].1) {
+                (SqValue::String(Some(g)), SqValue::Uuid(Some(u))) => Some((g.clone(), *u)),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let expect = |v: &[usize]| -> Vec<(String, Uuid)> {
+        let mut e: Vec<(String, Uuid)> = v.iter().map(|&i| (group(i), ids[i])).collect();
+        e.sort();
+        e
+    };
+    ensure_eq!(members(Op::Update), expect(&promoted));
+    ensure_eq!(members(Op::Delete), expect(&left));
+    ensure_eq!(
+        c.len(),
+        edited.len() + deleted.len() + 3 + promoted.len() + left.len(),
+        "nothing else"
+    );
+    ensure_eq!(
+        r.reconcile().await?.captured,
+        0,
+        "a second reconcile finds nothing"
+    );
+    t.drop().await
+}
+
 async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
     t.create_table(contacts::Entity).await?;
     t.create_table(memberships::Entity).await?;
@@ -449,32 +625,7 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
     ensure_eq!(report.captured, 2, "reconcile captures pre-existing rows");
 
     // Writes with the triggers gone (dropped by a migration, say).
-    let drop_sql: Vec<String> = match t.dialect {
-        Dialect::Postgres => vec!["DROP TRIGGER _ts_cap_contacts ON contacts".into()],
-        _ => {
-            let list = match t.dialect {
-                Dialect::Sqlite => {
-                    "SELECT name AS n FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'contacts'"
-                }
-                _ => {
-                    "SELECT TRIGGER_NAME AS n FROM information_schema.TRIGGERS \
-                     WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = 'contacts'"
-                }
-            };
-            let mut names = Vec::new();
-            for r in
-                t.db.query_all_raw(sea_orm::Statement::from_string(t.backend(), list))
-                    .await?
-            {
-                names.push(format!("DROP TRIGGER {}", r.try_get::<String>("", "n")?));
-            }
-            ensure_eq!(names.len(), 3, "{names:?}");
-            names
-        }
-    };
-    for s in drop_sql {
-        t.db.execute_unprepared(&s).await?;
-    }
+    drop_triggers(&t, "contacts").await?;
     let mut am = old.clone().into_active_model();
     am.name = Set("edited behind our back".into());
     am.update(&t.db).await?;

@@ -1,6 +1,13 @@
 //! Reconciling: finding rows changed behind tidesync's back (before it was
 //! installed, with its triggers dropped, by `TRUNCATE`, ...) by comparing
 //! every row with its shadow, and marking them for capture.
+//!
+//! Both sides are read page by page in key order, each page after the last
+//! key of the one before (never by `OFFSET`, which would read the table
+//! again up to each page and let a row deleted before the cursor move the
+//! next page's first row out of the scan), and nothing is kept from one
+//! page to the next: a reconcile of a million rows takes the memory of one
+//! page.
 
 use std::collections::HashSet;
 
@@ -25,22 +32,21 @@ impl Replica {
     pub async fn reconcile(&self) -> Result<CaptureReport> {
         let wall = i64::try_from(wall_clock_us()).unwrap_or(i64::MAX);
         for table in self.handles() {
-            let seen = self.mark_changed(table.as_ref(), wall).await?;
-            self.mark_gone(table.spec(), &seen, wall).await?;
+            self.mark_changed(table.as_ref(), wall).await?;
+            self.mark_gone(table.as_ref(), wall).await?;
         }
         self.capture().await
     }
 
     /// Mark the rows of `table` that differ from their shadow, page by
-    /// page; returns the keys of every row seen.
-    async fn mark_changed(&self, table: &dyn TableHandle, wall: i64) -> Result<HashSet<String>> {
+    /// page.
+    async fn mark_changed(&self, table: &dyn TableHandle, wall: i64) -> Result<()> {
         let spec = table.spec();
-        let mut seen = HashSet::new();
-        let mut offset = 0;
+        let mut after: Option<Vec<Value>> = None;
         loop {
             let tx = self.connection().begin().await?;
             custom_plans(&tx).await?;
-            let page = table.scan(&tx, offset, BATCH).await?;
+            let page = table.scan(&tx, after.as_deref(), BATCH).await?;
             let keys: Vec<String> = page
                 .iter()
                 .map(|(pk, _)| pk_key(pk))
@@ -51,32 +57,49 @@ impl Replica {
                 if diff(spec, Some(vals), shadows.get(key), false).is_some() {
                     stale.push(pk.clone());
                 }
-                seen.insert(key.clone());
             }
             mark(&tx, spec, &stale, wall).await?;
             tx.commit().await?;
             if (page.len() as u64) < BATCH {
-                return Ok(seen);
+                return Ok(());
             }
-            offset += BATCH;
+            after = page.last().map(|(pk, _)| pk.clone());
         }
     }
 
-    /// Mark the rows captured before but gone now (a row may have appeared
-    /// since the scan: diffing decides).
-    async fn mark_gone(&self, spec: &TableSpec, seen: &HashSet<String>, wall: i64) -> Result<()> {
-        let tx = self.connection().begin().await?;
-        let mut gone = Vec::new();
-        for key in live_keys(&tx, ROWS, &spec.name).await? {
-            if !seen.contains(&key) {
-                gone.push(parse_pk_key(&key)?);
+    /// Mark the rows captured before (a live shadow) that are gone now,
+    /// page by page of shadows: those whose key finds no row. A row may
+    /// have appeared since: diffing decides.
+    async fn mark_gone(&self, table: &dyn TableHandle, wall: i64) -> Result<()> {
+        let spec = table.spec();
+        let mut after: Option<String> = None;
+        loop {
+            let tx = self.connection().begin().await?;
+            custom_plans(&tx).await?;
+            let keys = live_keys(&tx, ROWS, &spec.name, after.as_deref(), BATCH).await?;
+            let pks: Vec<Vec<Value>> = keys
+                .iter()
+                .map(|k| parse_pk_key(k))
+                .collect::<Result<_>>()?;
+            let present: HashSet<String> = table
+                .rows(&tx, &pks)
+                .await?
+                .iter()
+                .map(|(pk, _)| pk_key(pk))
+                .collect::<Result<_>>()?;
+            let gone: Vec<Vec<Value>> = pks
+                .into_iter()
+                .zip(&keys)
+                .filter(|(_, k)| !present.contains(*k))
+                .map(|(pk, _)| pk)
+                .collect();
+            mark(&tx, spec, &gone, wall).await?;
+            tx.commit().await?;
+            if (keys.len() as u64) < BATCH {
+                return Ok(());
             }
+            after = keys.last().cloned();
         }
-        for chunk in gone.chunks(BATCH as usize) {
-            mark(&tx, spec, chunk, wall).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }
 

@@ -158,18 +158,27 @@ pub(crate) fn key_text(r: &sea_orm::QueryResult) -> Result<String> {
 /// columns [`StoredState::decode`] reads.
 pub(crate) const STATE_COLUMNS: [&str; 5] = ["pk", "pk_full", "vals", "clocks", "deleted_at"];
 
-/// The key texts of the live rows of `table` in the row-state table `store`.
+/// A page of the key texts of the live rows of `table` in the row-state
+/// table `store`, in stored-key order after the key text `after`, at most
+/// `limit`. The caller pages on from the last key; a page shorter than
+/// `limit` is the last.
 pub(crate) async fn live_keys<C: ConnectionTrait>(
     db: &C,
     store: &str,
     table: &str,
+    after: Option<&str>,
+    limit: u64,
 ) -> Result<Vec<String>> {
-    let q = Query::select()
-        .columns(["pk", "pk_full"].map(Alias::new))
+    let mut q = Query::select();
+    q.columns(["pk", "pk_full"].map(Alias::new))
         .from(Alias::new(store))
         .and_where(Expr::col(Alias::new("tbl")).eq(table))
         .and_where(Expr::col(Alias::new("live")).eq(true))
-        .to_owned();
+        .order_by(Alias::new("pk"), sea_orm::Order::Asc)
+        .limit(limit);
+    if let Some(a) = after {
+        q.and_where(Expr::col(Alias::new("pk")).gt(storage_key(a).as_ref()));
+    }
     db.query_all(&q).await?.iter().map(key_text).collect()
 }
 
