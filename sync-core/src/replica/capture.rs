@@ -732,12 +732,7 @@ mod tests {
         async fn rows(&self, _: &DatabaseTransaction, _: &[Vec<Value>]) -> Result<Vec<RowImage>> {
             unreachable!("not read in these tests")
         }
-        async fn scan(
-            &self,
-            _: &DatabaseTransaction,
-            _: Option<&[Value]>,
-            _: u64,
-        ) -> Result<Vec<RowImage>> {
+        async fn scan(&self, _: &DatabaseTransaction, _: u64, _: u64) -> Result<Vec<RowImage>> {
             unreachable!("not read in these tests")
         }
     }

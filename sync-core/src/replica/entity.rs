@@ -17,7 +17,7 @@ use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::model::syncable::{ConflictPolicy, Syncable};
 use crate::store::user_tables::ensure_table;
-use crate::store::write::{keys_after, keys_match};
+use crate::store::write::keys_match;
 
 /// A dirty marker read back from a dirty table.
 #[derive(Debug, Clone)]
@@ -53,16 +53,11 @@ pub(crate) trait TableHandle: Send + Sync {
     /// The current rows with these keys (missing rows are simply absent).
     async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>>;
 
-    /// A page of rows in key order: the first `limit` after the key
-    /// `after` (from the first row when `None`). Keyset paging: a page
-    /// costs the same wherever it starts, and rows written before the
-    /// cursor meanwhile do not shift the pages after it (with `OFFSET`,
-    /// a row deleted there would move the first row of the next page into
-    /// the page already read, out of the scan).
+    /// A page of all rows in key order.
     async fn scan(
         &self,
         tx: &DatabaseTransaction,
-        after: Option<&[Value]>,
+        offset: u64,
         limit: u64,
     ) -> Result<Vec<RowImage>>;
 }
@@ -187,17 +182,14 @@ where
     async fn scan(
         &self,
         tx: &DatabaseTransaction,
-        after: Option<&[Value]>,
+        offset: u64,
         limit: u64,
     ) -> Result<Vec<RowImage>> {
         let mut q = E::find();
-        if let Some(after) = after {
-            q = q.filter(keys_after(&self.spec, after, dialect::of_db(tx)?));
-        }
         for c in &self.keys {
             q = q.order_by_asc(*c);
         }
-        let models = q.limit(limit).all(tx).await?;
+        let models = q.offset(offset).limit(limit).all(tx).await?;
         Ok(models.iter().map(|m| self.image(m)).collect())
     }
 }

@@ -69,45 +69,6 @@ pub(crate) fn keys_match(spec: &TableSpec, keys: &[Vec<Value>], d: &dyn Dialect)
     }
 }
 
-/// The condition "the key comes after `after`" in key order (each key
-/// column ascending, as a scan orders them), each value written as the
-/// dialect writes it to its column (see [`keys_match`]): for keys `(a, b)`,
-/// `a >= x AND (a > x OR (a = x AND b > y))`. The leading bound lets every
-/// planner start a range scan of the key's index there.
-pub(crate) fn keys_after(spec: &TableSpec, after: &[Value], d: &dyn Dialect) -> SimpleExpr {
-    let cols: Vec<(Expr, SimpleExpr)> = spec
-        .pk
-        .iter()
-        .zip(after)
-        .map(|(c, v)| {
-            (
-                Expr::col(Alias::new(&c.name)),
-                d.write_value(&c.ty, v.clone()),
-            )
-        })
-        .collect();
-    let Some(((first, first_value), _)) = cols.split_first() else {
-        // No key: nothing comes after.
-        return Expr::val(false).into();
-    };
-    if cols.len() == 1 {
-        return first.clone().gt(first_value.clone());
-    }
-    let mut later: Option<SimpleExpr> = None;
-    for (i, (c, v)) in cols.iter().enumerate() {
-        let mut term = c.clone().gt(v.clone());
-        for (before, value) in cols[..i].iter().rev() {
-            term = before.clone().eq(value.clone()).and(term);
-        }
-        later = Some(match later {
-            None => term,
-            Some(l) => l.or(term),
-        });
-    }
-    let later = later.unwrap_or_else(|| Expr::val(false).into());
-    first.clone().gte(first_value.clone()).and(later)
-}
-
 /// Split rows (values with their approximate size in bytes) into multi-row
 /// inserts built on `template` (table, columns, conflict clause), each at
 /// most 500 rows and about 4 MiB.
@@ -390,67 +351,6 @@ mod tests {
         b.clocks.remove("at");
         let qs = upsert_statements(&spec(), &[&a, &b], d(DbBackend::Postgres)).unwrap();
         assert_eq!(qs.len(), 2);
-    }
-
-    /// The condition rendered as a `WHERE` clause, on SQLite.
-    fn after_sql(spec: &TableSpec, after: &[Value]) -> String {
-        Query::select()
-            .column(Alias::new("x"))
-            .from(Alias::new("t"))
-            .and_where(keys_after(spec, after, d(DbBackend::Sqlite)))
-            .to_string(SqliteQueryBuilder)
-    }
-
-    #[test]
-    fn keys_after_a_key_in_key_order() {
-        assert_eq!(
-            after_sql(&spec(), &[Value::Int(Some(7))]),
-            r#"SELECT "x" FROM "t" WHERE "id" > 7"#
-        );
-        let three = table(
-            "t",
-            &["a", "b", "c"],
-            vec![
-                column("a", ColumnType::Integer, false),
-                column("b", ColumnType::String(StringLen::None), false),
-                column("c", ColumnType::Integer, false),
-            ],
-        );
-        let after = [
-            Value::Int(Some(1)),
-            Value::String(Some("x".into())),
-            Value::Int(Some(3)),
-        ];
-        assert_eq!(
-            after_sql(&three, &after),
-            r#"SELECT "x" FROM "t" WHERE "a" >= 1 AND ("a" > 1 OR ("a" = 1 AND "b" > 'x') OR ("a" = 1 AND ("b" = 'x' AND "c" > 3)))"#
-        );
-        // Each value as the dialect writes it to its column.
-        let mut enum_key = spec();
-        enum_key.pk[0].ty = ColumnType::Enum {
-            name: sea_orm::sea_query::IntoIden::into_iden(Alias::new("mood")),
-            variants: vec![sea_orm::sea_query::IntoIden::into_iden(Alias::new("glad"))],
-        };
-        let pg = Query::select()
-            .column(Alias::new("x"))
-            .from(Alias::new("t"))
-            .and_where(keys_after(
-                &enum_key,
-                &[Value::String(Some("glad".into()))],
-                d(DbBackend::Postgres),
-            ))
-            .to_string(PostgresQueryBuilder);
-        assert_eq!(
-            pg,
-            r#"SELECT "x" FROM "t" WHERE "id" > (CAST('glad' AS "mood"))"#
-        );
-        // A table without a key has nothing after anything.
-        let mut keyless = spec();
-        keyless.pk.clear();
-        assert_eq!(
-            after_sql(&keyless, &[]),
-            r#"SELECT "x" FROM "t" WHERE FALSE"#
-        );
     }
 
     #[test]
