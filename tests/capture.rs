@@ -47,12 +47,17 @@ async fn setup(t: &TestDb) -> Result<Replica, common::BoxError> {
     t.create_table(contacts::Entity).await?;
     t.create_table(memberships::Entity).await?;
     t.create_table(readings::Entity).await?;
-    Ok(Replica::builder(t.db.clone())
+    Ok(open(t).await?)
+}
+
+/// A replica of the three tables on `t` (installing its triggers).
+async fn open(t: &TestDb) -> tidesync::Result<Replica> {
+    Replica::builder(t.db.clone())
         .register::<contacts::Entity>()
         .register::<memberships::Entity>()
         .register::<readings::Entity>()
         .open()
-        .await?)
+        .await
 }
 
 fn contact(name: &str) -> contacts::ActiveModel {
@@ -484,14 +489,7 @@ async fn reconcile_pages_through_tables_of_several_pages(t: TestDb) -> TestResul
         .exec_without_returning(&t.db)
         .await?;
     }
-    let open = || {
-        Replica::builder(t.db.clone())
-            .register::<contacts::Entity>()
-            .register::<memberships::Entity>()
-            .register::<readings::Entity>()
-            .open()
-    };
-    let r = open().await?;
+    let r = open(&t).await?;
     ensure_eq!(
         r.reconcile().await?.captured,
         2 * N,
@@ -536,7 +534,7 @@ async fn reconcile_pages_through_tables_of_several_pages(t: TestDb) -> TestResul
             .await?;
     }
 
-    let r = open().await?; // reinstalls the triggers
+    let r = open(&t).await?; // reinstalls the triggers
     let before = r.pending(u64::MAX).await?.len();
     let report = r.reconcile().await?;
     let c = r.pending(u64::MAX).await?[before..].to_vec();
@@ -609,14 +607,7 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
     // Rows that exist before tidesync is installed.
     let old = contact("pre-existing").insert(&t.db).await?;
     let gone = contact("will-vanish").insert(&t.db).await?;
-    let open = || {
-        Replica::builder(t.db.clone())
-            .register::<contacts::Entity>()
-            .register::<memberships::Entity>()
-            .register::<readings::Entity>()
-            .open()
-    };
-    let r = open().await?;
+    let r = open(&t).await?;
     ensure!(
         captured(&r).await?.is_empty(),
         "triggers do not see the past"
@@ -633,7 +624,7 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
     let fresh = contact("unseen").insert(&t.db).await?;
     ensure!(captured(&r).await?.is_empty(), "no trigger, no marker");
 
-    let r = open().await?; // reinstalls the triggers
+    let r = open(&t).await?; // reinstalls the triggers
     let before = r.pending(u64::MAX).await?.len();
     let report = r.reconcile().await?;
     ensure_eq!(report.captured, 3);
