@@ -161,6 +161,16 @@ const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
 [--analyze-hub] [--keep] [--runs N] [--no-http] [--http-rounds N] [--batch N] \
 [--copy-rows N]";
 
+/// The number `text` given to option `name` (`_` between digits allowed).
+fn number<T: std::str::FromStr>(text: String, name: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    text.replace('_', "")
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         rows: 100_000,
@@ -183,21 +193,13 @@ fn parse_args() -> Result<Args, String> {
             // `cargo bench` passes `--bench` to harness-less targets.
             "--bench" => {}
             "--rows" => {
-                args.rows = value("--rows")?
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|e| format!("--rows: {e}"))?;
+                args.rows = number(value("--rows")?, "--rows")?;
             }
             "--naive-rows" => {
-                args.naive_rows = value("--naive-rows")?
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|e| format!("--naive-rows: {e}"))?;
+                args.naive_rows = number(value("--naive-rows")?, "--naive-rows")?;
             }
             "--naive-secs" => {
-                args.naive_secs = value("--naive-secs")?
-                    .parse()
-                    .map_err(|e| format!("--naive-secs: {e}"))?;
+                args.naive_secs = number(value("--naive-secs")?, "--naive-secs")?;
             }
             "--hub" => {
                 let v = value("--hub")?;
@@ -220,15 +222,10 @@ fn parse_args() -> Result<Args, String> {
                 };
             }
             "--copy-rows" => {
-                args.copy_rows = value("--copy-rows")?
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|e| format!("--copy-rows: {e}"))?;
+                args.copy_rows = number(value("--copy-rows")?, "--copy-rows")?;
             }
             "--batch" => {
-                let n: u64 = value("--batch")?
-                    .parse()
-                    .map_err(|e| format!("--batch: {e}"))?;
+                let n: u64 = number(value("--batch")?, "--batch")?;
                 if n == 0 {
                     return Err("--batch must be at least 1".into());
                 }
@@ -236,9 +233,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--profile" => args.profile = true,
             "--runs" => {
-                args.runs = value("--runs")?
-                    .parse()
-                    .map_err(|e| format!("--runs: {e}"))?;
+                args.runs = number(value("--runs")?, "--runs")?;
                 if args.runs == 0 {
                     return Err("--runs must be at least 1".into());
                 }
@@ -247,9 +242,7 @@ fn parse_args() -> Result<Args, String> {
             "--keep" => args.keep = true,
             "--no-http" => args.http = false,
             "--http-rounds" => {
-                args.http_rounds = value("--http-rounds")?
-                    .parse()
-                    .map_err(|e| format!("--http-rounds: {e}"))?;
+                args.http_rounds = number(value("--http-rounds")?, "--http-rounds")?;
                 if args.http_rounds == 0 {
                     return Err("--http-rounds must be at least 1".into());
                 }
