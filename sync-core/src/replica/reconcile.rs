@@ -12,8 +12,9 @@
 //! skip rows in silence.
 //!
 //! What is kept between pages is a set of 16-byte digests of the
-//! canonical key texts seen (about 30 MiB for a million rows, where the
-//! texts took 170), and the shadows are read page by page against it: a
+//! canonical key texts seen, not the texts (an initial copy of a million
+//! rows peaked at 174 MiB with the texts, 99 MiB with the digests; see
+//! BENCHMARKS.md), and the shadows are read page by page against it: a
 //! live shadow whose key was not seen is gone. The keys are compared in
 //! their canonical form, as capture and the shadows know them, never by
 //! looking a row up by its canonical key (a SQLite date-time key stored
