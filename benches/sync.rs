@@ -579,6 +579,84 @@ async fn trigger_outbox(db: &DatabaseConnection, table: &str, with_values: bool)
     Ok(())
 }
 
+/// Clock-stamping triggers, a floor of a new local format (cr-sqlite's
+/// shape): each write stamps the row's entry in a clock table of its own
+/// (the key, the local sequence of its last write, a delete clock, the
+/// columns written since the last push, one integer clock per column) from a
+/// one-row clock (hybrid: wall microseconds shifted by 12 bits, plus one),
+/// so that nothing is left to seal after the write.
+async fn trigger_clocks(db: &DatabaseConnection, table: &str) -> Res<()> {
+    let cols: Vec<&str> = contacts::Column::iter()
+        .map(|c| c.as_str())
+        .filter(|c| *c != "id")
+        .collect();
+    let clocks = format!("{table}_clocks");
+    let defs: Vec<String> = (0..cols.len()).map(|i| format!("c{i} INTEGER")).collect();
+    db.execute_unprepared(&format!(
+        "CREATE TABLE IF NOT EXISTS _floor_applying (session INTEGER PRIMARY KEY); \
+         CREATE TABLE _floor_clock (one INTEGER PRIMARY KEY, hlc INTEGER NOT NULL, \
+         seq INTEGER NOT NULL); INSERT INTO _floor_clock VALUES (1, 0, 0); \
+         CREATE TABLE \"{clocks}\" (id BLOB PRIMARY KEY, seq INTEGER NOT NULL, \
+         del INTEGER NOT NULL, pending INTEGER NOT NULL, {}) WITHOUT ROWID; \
+         CREATE INDEX \"{clocks}_seq\" ON \"{clocks}\" (seq)",
+        defs.join(", ")
+    ))
+    .await?;
+    let now = "(CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) << 12)";
+    let tick = format!("UPDATE _floor_clock SET hlc = max(hlc + 1, {now}), seq = seq + 1;");
+    let when = "WHEN NOT EXISTS (SELECT 1 FROM _floor_applying)";
+    let names: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
+    let all_hlc: Vec<&str> = cols.iter().map(|_| "k.hlc").collect();
+    let set_all: Vec<String> = names
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let set_changed: Vec<String> = cols
+        .iter()
+        .zip(&names)
+        .map(|(col, c)| {
+            format!(
+                "{c} = CASE WHEN OLD.\"{col}\" IS NOT NEW.\"{col}\" THEN excluded.{c} ELSE {c} END"
+            )
+        })
+        .collect();
+    let mask: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("((OLD.\"{c}\" IS NOT NEW.\"{c}\") << {i})"))
+        .collect();
+    let upsert = |pending: &str, set: &[String]| {
+        format!(
+            "INSERT INTO \"{clocks}\" (id, seq, del, pending, {}) \
+             SELECT NEW.id, k.seq, 0, {pending}, {} FROM _floor_clock k WHERE true \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
+             pending = pending | excluded.pending, {};",
+            names.join(", "),
+            all_hlc.join(", "),
+            set.join(", ")
+        )
+    };
+    for (event, op, body) in [
+        ("INSERT", 1, upsert("-1", &set_all)),
+        ("UPDATE", 2, upsert(&mask.join(" | "), &set_changed)),
+        (
+            "DELETE",
+            3,
+            format!(
+                "UPDATE \"{clocks}\" SET (seq, del) = (SELECT seq, hlc FROM _floor_clock) \
+                 WHERE id = OLD.id;"
+            ),
+        ),
+    ] {
+        db.execute_unprepared(&format!(
+            "CREATE TRIGGER \"{table}_c{op}\" AFTER {event} ON \"{table}\" {when} BEGIN \
+             {tick} {body} END"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// A change's entry in the hub's log at hub sequence `seq`, as the hub
 /// stores it: ids, then table, key and values as typed JSON, operation and
 /// clock (tidesync 0.1's stored format).
@@ -1106,10 +1184,17 @@ const NAIVE_TARGET: f64 = 10.0;
 /// the one it is a variant of.
 fn compared_with(p: &Phase) -> &'static str {
     match (p.kind, p.phase) {
-        (Kind::Baseline, FLOOR_TRIGGER | FLOOR_KEY_TRIGGER | WRITE_TRIGGER | CAPTURE) => PLAIN,
         (
             Kind::Baseline,
-            FLOOR_TRIGGER_EDITS | FLOOR_KEY_TRIGGER_EDITS | EDITS_WRITE_TRIGGER | EDITS_CAPTURE,
+            FLOOR_TRIGGER | FLOOR_KEY_TRIGGER | FLOOR_CLOCK_TRIGGER | WRITE_TRIGGER | CAPTURE,
+        ) => PLAIN,
+        (
+            Kind::Baseline,
+            FLOOR_TRIGGER_EDITS
+            | FLOOR_KEY_TRIGGER_EDITS
+            | FLOOR_CLOCK_TRIGGER_EDITS
+            | EDITS_WRITE_TRIGGER
+            | EDITS_CAPTURE,
         ) => PLAIN_EDITS,
         (Kind::Baseline, PLAIN_EDITS) => RAW_EDITS,
         (Kind::Baseline, _) => RAW,
@@ -1377,6 +1462,8 @@ const FLOOR_TRIGGER: &str = "app insert_many + outbox triggers (new-format floor
 const FLOOR_TRIGGER_EDITS: &str = "edits: app + outbox triggers (new-format floor)";
 const FLOOR_KEY_TRIGGER: &str = "app insert_many + key-only outbox triggers (floor)";
 const FLOOR_KEY_TRIGGER_EDITS: &str = "edits: app + key-only outbox triggers (floor)";
+const FLOOR_CLOCK_TRIGGER: &str = "app insert_many + clock-stamping triggers (floor)";
+const FLOOR_CLOCK_TRIGGER_EDITS: &str = "edits: app + clock-stamping triggers (floor)";
 const PLAIN: &str = "app insert_many, no sync";
 const WRITE_TRIGGER: &str = "app insert_many + triggers";
 const CAPTURE: &str = "capture";
@@ -1745,17 +1832,29 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<Databas
     );
     plain.close().await?;
 
-    for (with_values, file, names) in [
-        (true, "local-floor.db", [FLOOR_TRIGGER, FLOOR_TRIGGER_EDITS]),
+    for (kind, file, names) in [
         (
-            false,
+            Some(true),
+            "local-floor.db",
+            [FLOOR_TRIGGER, FLOOR_TRIGGER_EDITS],
+        ),
+        (
+            Some(false),
             "local-floor-keys.db",
             [FLOOR_KEY_TRIGGER, FLOOR_KEY_TRIGGER_EDITS],
+        ),
+        (
+            None,
+            "local-floor-clocks.db",
+            [FLOOR_CLOCK_TRIGGER, FLOOR_CLOCK_TRIGGER_EDITS],
         ),
     ] {
         let (floor, _) = connect(&sqlite_url(&dir.join(file))).await?;
         create_contacts(&floor, "contacts").await?;
-        trigger_outbox(&floor, "contacts", with_values).await?;
+        match kind {
+            Some(with_values) => trigger_outbox(&floor, "contacts", with_values).await?,
+            None => trigger_clocks(&floor, "contacts").await?,
+        }
         reset_peak();
         let t = app_insert(&floor, 0, args.rows).await?;
         out.add(
@@ -1770,9 +1869,12 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<Databas
         reset_peak();
         let (ops, t) = app_edits(&floor, args.rows).await?;
         out.add("local", names[1], Kind::Baseline, Base::Local, ops, t, None);
-        let logged = count(&floor, "contacts_outbox").await?;
-        if logged != (args.rows + ops) as i64 {
-            return Err(format!("the outbox triggers logged {logged} changes").into());
+        let (logged, expected) = match kind {
+            Some(_) => (count(&floor, "contacts_outbox").await?, args.rows + ops),
+            None => (count(&floor, "contacts_clocks").await?, args.rows),
+        };
+        if logged != expected as i64 {
+            return Err(format!("the floor's triggers logged {logged} rows").into());
         }
         floor.close().await?;
     }
