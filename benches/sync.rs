@@ -42,7 +42,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sea_orm::sea_query::{Alias, InsertStatement, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{
+    Alias, Asterisk, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr,
+};
 use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, IdenStatic, Iterable,
     ModelTrait, Schema, TransactionTrait, Value,
@@ -56,6 +58,9 @@ use tidesync::{Change, ChangeId, Hlc, NodeId, Op, Replica, SyncEngine, SyncRepor
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
+
+#[path = "sync/proto.rs"]
+mod proto;
 
 /// Rows per statement and per transaction in the raw baseline (the engine's
 /// default batch).
@@ -1196,7 +1201,7 @@ fn compared_with(p: &Phase) -> &'static str {
             | EDITS_WRITE_TRIGGER
             | EDITS_CAPTURE,
         ) => PLAIN_EDITS,
-        (Kind::Baseline, PLAIN_EDITS) => RAW_EDITS,
+        (Kind::Baseline, PLAIN_EDITS | PROTO_EDITS_PUSH | PROTO_EDITS_PULL) => RAW_EDITS,
         (Kind::Baseline, _) => RAW,
         _ => goal(p.phase).baseline,
     }
@@ -1464,6 +1469,10 @@ const FLOOR_KEY_TRIGGER: &str = "app insert_many + key-only outbox triggers (flo
 const FLOOR_KEY_TRIGGER_EDITS: &str = "edits: app + key-only outbox triggers (floor)";
 const FLOOR_CLOCK_TRIGGER: &str = "app insert_many + clock-stamping triggers (floor)";
 const FLOOR_CLOCK_TRIGGER_EDITS: &str = "edits: app + clock-stamping triggers (floor)";
+const PROTO_PUSH: &str = "next format, prototype: push";
+const PROTO_PULL: &str = "next format, prototype: pull";
+const PROTO_EDITS_PUSH: &str = "edits: next format, prototype: push";
+const PROTO_EDITS_PULL: &str = "edits: next format, prototype: pull";
 const PLAIN: &str = "app insert_many, no sync";
 const WRITE_TRIGGER: &str = "app insert_many + triggers";
 const CAPTURE: &str = "capture";
@@ -2345,6 +2354,7 @@ async fn hub_phases(
     let (t, b) = timed_sync(&pullers[0], args, 0, ops).await?;
     out.add(name, EDITS_PULL, Kind::Ours, Base::Local, ops, t, Some(b));
     drop(pusher);
+    prototype(args, name, &db, &file, out).await?;
 
     let mut pushed = rows;
     if server.is_some() {
@@ -2382,6 +2392,91 @@ async fn hub_phases(
     }
     raw_again(&db, name, Base::Hub, rows, out).await?;
     db.close().await?;
+    Ok(())
+}
+
+/// The next format's push and pull, prototyped in bench code (see
+/// `sync/proto.rs`): the same rows and the same edit round as ours, between
+/// two SQLite replicas of the prototype and the hub's database. Checked:
+/// the hub and the puller end with the rows the pusher has.
+async fn prototype(
+    args: &Args,
+    name: &'static str,
+    db: &DatabaseConnection,
+    file: &dyn Fn(&str) -> std::path::PathBuf,
+    out: &mut Results,
+) -> Res<()> {
+    let rows = args.rows;
+    clone_table(db, "contacts", "proto_contacts").await?;
+    proto::hub(db, "proto_contacts").await?;
+    let mut replicas = Vec::new();
+    for who in ["proto-pusher", "proto-puller"] {
+        let (r, _) = connect(&sqlite_url(&file(who))).await?;
+        create_contacts(&r, "contacts").await?;
+        proto::replica(&r).await?;
+        replicas.push(r);
+    }
+    let (pusher, puller) = (&replicas[0], &replicas[1]);
+    app_insert(pusher, 0, rows).await?;
+    reset_peak();
+    let (n, t) = proto::push(pusher, db, "proto_contacts", 1).await?;
+    out.add(name, PROTO_PUSH, Kind::Baseline, Base::Hub, n, t, None);
+    reset_peak();
+    let (n, t) = proto::pull(db, "proto_contacts", puller).await?;
+    out.add(name, PROTO_PULL, Kind::Baseline, Base::Local, n, t, None);
+    app_edits(pusher, rows).await?;
+    reset_peak();
+    let (n, t) = proto::push(pusher, db, "proto_contacts", 1).await?;
+    out.add(
+        name,
+        PROTO_EDITS_PUSH,
+        Kind::Baseline,
+        Base::Hub,
+        n,
+        t,
+        None,
+    );
+    reset_peak();
+    let (n, t) = proto::pull(db, "proto_contacts", puller).await?;
+    out.add(
+        name,
+        PROTO_EDITS_PULL,
+        Kind::Baseline,
+        Base::Local,
+        n,
+        t,
+        None,
+    );
+    let digest = |d: &DatabaseConnection, table: &'static str| {
+        let q = Query::select()
+            .expr_as(Expr::col(Asterisk).count(), Alias::new("n"))
+            .expr_as(Expr::col(Alias::new("notes")).max(), Alias::new("most"))
+            .from(Alias::new(table))
+            .to_owned();
+        let d = d.clone();
+        async move {
+            let r = d.query_one(&q).await?.ok_or("no digest")?;
+            Res::Ok((
+                r.try_get::<i64>("", "n")?,
+                r.try_get::<Option<String>>("", "most")?,
+            ))
+        }
+    };
+    let want = digest(pusher, "contacts").await?;
+    for (who, got) in [
+        ("hub", digest(db, "proto_contacts").await?),
+        ("puller", digest(puller, "contacts").await?),
+    ] {
+        if got != want {
+            return Err(format!(
+                "{name}: the prototype's {who} holds {got:?}, the pusher {want:?}"
+            )
+            .into());
+        }
+    }
+    for r in replicas {
+        r.close().await?;
+    }
     Ok(())
 }
 

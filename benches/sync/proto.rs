@@ -1,0 +1,788 @@
+//! A prototype of the next format's hot paths, in bench code only (the
+//! library does not use it): what push and pull cost when the replica keeps
+//! one fixed-width version row per row instead of an outbox and shadows,
+//! and the hub one version row per row instead of a log and row states.
+//!
+//! It is a floor with the work around it: the dirty-marker triggers are
+//! tidesync's, and sealing, merging per column and the hub's sequence are
+//! done as the redesign would do them, set by set. What it leaves out:
+//! conflict policies other than last-writer-wins, refusals of values a
+//! dialect cannot hold, key changes, access control, and every check of
+//! the real push (clashing ids, clocks too far ahead, halts). It is here to
+//! show how far the format goes before that work is written, not to stand
+//! in for it.
+//!
+//! The replica (SQLite):
+//! - `_p_d`: the dirty markers, written by triggers of tidesync's shape
+//!   (key, version, wall time, whether a row with the key went);
+//! - `_p_v`: per row the local sequence of its last local change, its
+//!   delete clock, one 16-byte clock per column (wall microseconds,
+//!   counter, node ordinal) and one 8-byte hash per column (what capture
+//!   diffs against instead of a copy of the values);
+//! - `_p_meta`: next sequence, clock, pull cursor.
+//!
+//! A push seals a page of markers in one local transaction (one query
+//! joins markers, rows and version rows; one upsert of version rows; one
+//! delete of the markers), then sends the changes: on the hub one
+//! transaction reserves a range of hub sequences, reads the version rows
+//! of the keys, writes the rows that win (one upsert per set of columns)
+//! and their version rows, and records the batch (origin, first and last
+//! sequence, a digest per change) in one row. A pull reads version rows
+//! after its cursor joined with the hub's rows, and writes rows and version
+//! rows locally in one transaction per page.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, IntoIden, OnConflict, Order, Query, SimpleExpr, ValueTuple,
+};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult, Statement,
+    TransactionTrait, Value,
+};
+
+use super::{BATCH, Res};
+
+/// The synced columns of the contacts table after its key, in order.
+const COLS: [&str; 6] = ["name", "email", "phone", "company", "notes", "updated_at"];
+/// Bytes of one column's clock.
+const CLOCK: usize = 16;
+
+/// A hybrid clock as the version rows hold it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Clock {
+    wall: u64,
+    counter: u32,
+    node: u32,
+}
+
+impl Clock {
+    fn put(self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.wall.to_be_bytes());
+        out[8..12].copy_from_slice(&self.counter.to_be_bytes());
+        out[12..16].copy_from_slice(&self.node.to_be_bytes());
+    }
+
+    fn get(b: &[u8]) -> Clock {
+        let n = |r: std::ops::Range<usize>| b[r].iter().fold(0u64, |a, &x| a << 8 | u64::from(x));
+        Clock {
+            wall: n(0..8),
+            counter: n(8..12) as u32,
+            node: n(12..16) as u32,
+        }
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        let mut b = vec![0; CLOCK];
+        self.put(&mut b);
+        b
+    }
+}
+
+/// The node's clock and sequence while it seals.
+struct Stamp {
+    node: u32,
+    last: Clock,
+    next_seq: i64,
+}
+
+impl Stamp {
+    fn tick(&mut self, wall_us: u64) -> Clock {
+        self.last = match wall_us > self.last.wall {
+            true => Clock {
+                wall: wall_us,
+                counter: 0,
+                node: self.node,
+            },
+            false => Clock {
+                counter: self.last.counter + 1,
+                node: self.node,
+                ..self.last
+            },
+        };
+        self.last
+    }
+}
+
+/// FNV-1a over a column's value: what capture compares instead of the
+/// value itself.
+fn hash(v: &Value) -> u64 {
+    let bytes: Vec<u8> = match v {
+        Value::String(Some(s)) => s.as_bytes().to_vec(),
+        Value::ChronoDateTimeUtc(Some(t)) => t.timestamp_micros().to_be_bytes().to_vec(),
+        _ => vec![0xff, 0x00, 0xff],
+    };
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The synced values of a row read through a `LEFT JOIN`, or `None` when
+/// the row is not there (`name` is `NOT NULL`).
+fn read_vals(r: &QueryResult) -> Res<Option<Vec<Value>>> {
+    let Some(name) = r.try_get::<Option<String>>("", "name")? else {
+        return Ok(None);
+    };
+    Ok(Some(vec![
+        Value::String(Some(name)),
+        Value::String(r.try_get::<Option<String>>("", "email")?),
+        Value::String(r.try_get::<Option<String>>("", "phone")?),
+        Value::String(r.try_get::<Option<String>>("", "company")?),
+        Value::String(r.try_get::<Option<String>>("", "notes")?),
+        Value::ChronoDateTimeUtc(
+            r.try_get::<Option<chrono::DateTime<chrono::Utc>>>("", "updated_at")?,
+        ),
+    ]))
+}
+
+fn a(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+/// The replica's tables and its capture triggers (tidesync's shape), on a
+/// SQLite file that has the contacts table.
+pub(super) async fn replica(db: &DatabaseConnection) -> Res<()> {
+    db.execute_unprepared(
+        "CREATE TABLE _p_applying (session INTEGER PRIMARY KEY); \
+         CREATE TABLE _p_d (id BLOB PRIMARY KEY, ver INTEGER NOT NULL, \
+         wall_us INTEGER NOT NULL, gone INTEGER NOT NULL); \
+         CREATE TABLE _p_v (id BLOB PRIMARY KEY, seq INTEGER NOT NULL, del BLOB, \
+         clocks BLOB NOT NULL, hashes BLOB NOT NULL) WITHOUT ROWID; \
+         CREATE INDEX _p_v_seq ON _p_v (seq); \
+         CREATE TABLE _p_meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL); \
+         INSERT INTO _p_meta VALUES ('next_seq', 1), ('wall', 0), ('counter', 0), \
+         ('acked', 0), ('cursor', 0)",
+    )
+    .await?;
+    let now = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
+    let when = "WHEN NOT EXISTS (SELECT 1 FROM _p_applying)";
+    for (event, row, gone) in [
+        ("INSERT", "NEW", 0),
+        ("UPDATE", "NEW", 0),
+        ("DELETE", "OLD", 1),
+    ] {
+        db.execute_unprepared(&format!(
+            "CREATE TRIGGER _p_{event} AFTER {event} ON contacts {when} BEGIN \
+             INSERT INTO _p_d (id, ver, wall_us, gone) VALUES ({row}.id, 1, {now}, {gone}) \
+             ON CONFLICT (id) DO UPDATE SET ver = _p_d.ver + 1, wall_us = excluded.wall_us, \
+             gone = CASE WHEN excluded.gone > 0 THEN _p_d.ver + 1 ELSE _p_d.gone END; END"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The hub's tables for the contacts table `table`: its version rows, its
+/// sequence, its record of pushed batches.
+pub(super) async fn hub(db: &DatabaseConnection, table: &str) -> Res<()> {
+    let (key, blob, int) = match db.get_database_backend() {
+        DbBackend::Postgres => ("uuid", "bytea", "bigint"),
+        DbBackend::MySql => ("binary(16)", "blob", "bigint"),
+        _ => ("blob", "blob", "integer"),
+    };
+    let q = quote(db);
+    let versions = q(&format!("{table}_v"));
+    for sql in [
+        format!(
+            "CREATE TABLE {versions} (id {key} NOT NULL PRIMARY KEY, hub_seq {int} NOT NULL, \
+             del {blob}, clocks {blob} NOT NULL)"
+        ),
+        format!(
+            "CREATE UNIQUE INDEX {} ON {versions} (hub_seq)",
+            q(&format!("{table}_v_seq"))
+        ),
+        format!(
+            "CREATE TABLE {} (k varchar(16) NOT NULL PRIMARY KEY, v {int} NOT NULL)",
+            q(&format!("{table}_meta"))
+        ),
+        format!(
+            "INSERT INTO {} (k, v) VALUES ('seq', 0)",
+            q(&format!("{table}_meta"))
+        ),
+        format!(
+            "CREATE TABLE {} (origin {int} NOT NULL, first_seq {int} NOT NULL, \
+             last_seq {int} NOT NULL, hub_first {int} NOT NULL, digests {blob} NOT NULL, \
+             PRIMARY KEY (origin, first_seq))",
+            q(&format!("{table}_batches"))
+        ),
+    ] {
+        db.execute_unprepared(&sql).await?;
+    }
+    Ok(())
+}
+
+fn quote(db: &DatabaseConnection) -> impl Fn(&str) -> String + use<> {
+    let mysql = db.get_database_backend() == DbBackend::MySql;
+    move |n: &str| match mysql {
+        true => format!("`{n}`"),
+        false => format!("\"{n}\""),
+    }
+}
+
+/// One sealed change: the row's key, its local sequence and clock, the
+/// columns it sets (a bit each) with the row's values, or a delete.
+struct Sealed {
+    id: uuid::Uuid,
+    seq: i64,
+    clock: Clock,
+    mask: u32,
+    vals: Option<Vec<Value>>,
+}
+
+async fn meta_get(tx: &DatabaseTransaction, k: &str) -> Res<i64> {
+    let r = tx
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT v FROM _p_meta WHERE k = ?",
+            [k.into()],
+        ))
+        .await?
+        .ok_or("no meta")?;
+    Ok(r.try_get("", "v")?)
+}
+
+async fn meta_set(tx: &DatabaseTransaction, pairs: &[(&str, i64)]) -> Res<()> {
+    for (k, v) in pairs {
+        tx.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "UPDATE _p_meta SET v = ? WHERE k = ?",
+            [(*v).into(), (*k).into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Seal one page of markers (see the module doc). `acked` is written in
+/// the same transaction. An empty page when no marker is left.
+async fn seal(local: &DatabaseConnection, node: u32, acked: i64) -> Res<Vec<Sealed>> {
+    let tx = local.begin().await?;
+    let mut stamp = Stamp {
+        node,
+        last: Clock {
+            wall: meta_get(&tx, "wall").await? as u64,
+            counter: meta_get(&tx, "counter").await? as u32,
+            node,
+        },
+        next_seq: meta_get(&tx, "next_seq").await?,
+    };
+    // Markers, rows and version rows in one query.
+    let mut q = Query::select();
+    q.expr_as(Expr::col((a("m"), a("id"))), a("id"))
+        .columns([
+            (a("m"), a("ver")),
+            (a("m"), a("wall_us")),
+            (a("m"), a("gone")),
+        ])
+        .columns(COLS.map(|c| (a("c"), a(c))))
+        .columns([(a("v"), a("clocks")), (a("v"), a("hashes"))])
+        .from_as(a("_p_d"), a("m"))
+        .join_as(
+            sea_orm::sea_query::JoinType::LeftJoin,
+            a("contacts"),
+            a("c"),
+            Expr::col((a("c"), a("id"))).equals((a("m"), a("id"))),
+        )
+        .join_as(
+            sea_orm::sea_query::JoinType::LeftJoin,
+            a("_p_v"),
+            a("v"),
+            Expr::col((a("v"), a("id"))).equals((a("m"), a("id"))),
+        )
+        .order_by((a("m"), a("id")), Order::Asc)
+        .limit(BATCH);
+    let rows = tx.query_all(&q).await?;
+    let mut sealed = Vec::with_capacity(rows.len());
+    let mut versions = Query::insert();
+    versions
+        .into_table(a("_p_v"))
+        .columns(["id", "seq", "del", "clocks", "hashes"].map(a))
+        .on_conflict(
+            OnConflict::column(a("id"))
+                .update_columns(["seq", "del", "clocks", "hashes"].map(a))
+                .to_owned(),
+        );
+    let mut markers = Vec::with_capacity(rows.len());
+    let mut any = false;
+    for r in &rows {
+        let id: uuid::Uuid = r.try_get("", "id")?;
+        let ver: i64 = r.try_get("", "ver")?;
+        let wall: i64 = r.try_get("", "wall_us")?;
+        let gone: i64 = r.try_get("", "gone")?;
+        markers.push(ValueTuple::Two(id.into(), ver.into()));
+        let clocks: Option<Vec<u8>> = r.try_get("", "clocks")?;
+        let hashes: Option<Vec<u8>> = r.try_get("", "hashes")?;
+        match read_vals(r)? {
+            Some(vals) => {
+                let now: Vec<u64> = vals.iter().map(hash).collect();
+                let mask = match (&hashes, gone) {
+                    (Some(h), 0) => now
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, x)| h[i * 8..i * 8 + 8] != x.to_be_bytes())
+                        .fold(0u32, |m, (i, _)| m | 1 << i),
+                    _ => (1 << COLS.len()) - 1,
+                };
+                if mask == 0 {
+                    continue;
+                }
+                let clock = stamp.tick(wall as u64);
+                let mut c = clocks.unwrap_or_else(|| vec![0; CLOCK * COLS.len()]);
+                for i in (0..COLS.len()).filter(|i| mask & 1 << i != 0) {
+                    clock.put(&mut c[i * CLOCK..(i + 1) * CLOCK]);
+                }
+                let h: Vec<u8> = now.iter().flat_map(|x| x.to_be_bytes()).collect();
+                let seq = stamp.next_seq;
+                stamp.next_seq += 1;
+                versions.values_panic([
+                    id.into(),
+                    seq.into(),
+                    Value::Bytes(None).into(),
+                    c.into(),
+                    h.into(),
+                ]);
+                any = true;
+                sealed.push(Sealed {
+                    id,
+                    seq,
+                    clock,
+                    mask,
+                    vals: Some(vals),
+                });
+            }
+            None => {
+                let (Some(c), Some(h)) = (clocks, hashes) else {
+                    continue;
+                };
+                let clock = stamp.tick(wall as u64);
+                let seq = stamp.next_seq;
+                stamp.next_seq += 1;
+                versions.values_panic([
+                    id.into(),
+                    seq.into(),
+                    clock.bytes().into(),
+                    c.into(),
+                    h.into(),
+                ]);
+                any = true;
+                sealed.push(Sealed {
+                    id,
+                    seq,
+                    clock,
+                    mask: 0,
+                    vals: None,
+                });
+            }
+        }
+    }
+    if rows.is_empty() {
+        meta_set(&tx, &[("acked", acked)]).await?;
+        tx.commit().await?;
+        return Ok(sealed);
+    }
+    if any {
+        tx.execute(&versions).await?;
+    }
+    let del = Query::delete()
+        .from_table(a("_p_d"))
+        .and_where(Expr::tuple([Expr::col(a("id")), Expr::col(a("ver"))]).in_tuples(markers))
+        .to_owned();
+    tx.execute(&del).await?;
+    meta_set(
+        &tx,
+        &[
+            ("next_seq", stamp.next_seq),
+            ("wall", stamp.last.wall as i64),
+            ("counter", i64::from(stamp.last.counter)),
+            ("acked", acked),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    if sealed.is_empty() {
+        // A page of markers with nothing to send: seal the next.
+        return Box::pin(seal(local, node, acked)).await;
+    }
+    Ok(sealed)
+}
+
+/// Push every marker of `local` into the hub's contacts table `table`:
+/// seal a page, send it, take the next. The number of changes and the time.
+pub(super) async fn push(
+    local: &DatabaseConnection,
+    hub: &DatabaseConnection,
+    table: &str,
+    node: u32,
+) -> Res<(u64, Duration)> {
+    let started = Instant::now();
+    let mut acked = 0;
+    let mut sent = 0;
+    // The hub applies a page while the next one is sealed.
+    let mut inflight: Option<(tokio::task::JoinHandle<Res<()>>, i64)> = None;
+    loop {
+        let page = seal(local, node, acked).await?;
+        if let Some((applying, last)) = inflight.take() {
+            applying.await??;
+            acked = last;
+        }
+        let Some(last) = page.last().map(|s| s.seq) else {
+            break;
+        };
+        sent += page.len() as u64;
+        let (hub, table) = (hub.clone(), table.to_owned());
+        let applying = tokio::spawn(async move { apply_on_hub(&hub, &table, node, &page).await });
+        inflight = Some((applying, last));
+    }
+    if acked > 0 {
+        // The last acknowledgement, in a transaction of its own.
+        let tx = local.begin().await?;
+        meta_set(&tx, &[("acked", acked)]).await?;
+        tx.commit().await?;
+    }
+    Ok((sent, started.elapsed()))
+}
+
+/// The rows to write for a page of changes: per set of winning columns,
+/// the rows (whole) that set them; and the keys to delete.
+#[derive(Default)]
+struct Writes {
+    upserts: HashMap<u32, Vec<(uuid::Uuid, Vec<Value>)>>,
+    deletes: Vec<uuid::Uuid>,
+}
+
+/// Execute `w` on `tx`: one multi-row upsert per set of columns, one
+/// delete.
+async fn write_rows(tx: &DatabaseTransaction, table: &str, w: Writes) -> Res<()> {
+    for (mask, rows) in w.upserts {
+        // Whole rows (a row new here is inserted whole; the key's other
+        // columns are `NOT NULL`), the winning columns set on a conflict.
+        let cols: Vec<usize> = (0..COLS.len()).filter(|i| mask & 1 << i != 0).collect();
+        let mut q = Query::insert();
+        q.into_table(a(table))
+            .columns(std::iter::once("id").chain(COLS).map(a));
+        for (id, vals) in rows {
+            let mut row: Vec<SimpleExpr> = vec![id.into()];
+            row.extend(vals.into_iter().map(SimpleExpr::from));
+            q.values_panic(row);
+        }
+        q.on_conflict(
+            OnConflict::column(a("id"))
+                .update_columns(cols.iter().map(|&i| a(COLS[i]).into_iden()))
+                .to_owned(),
+        );
+        tx.execute(&q).await?;
+    }
+    if !w.deletes.is_empty() {
+        let q = Query::delete()
+            .from_table(a(table))
+            .and_where(Expr::col(a("id")).is_in(w.deletes.into_iter().map(Value::from)))
+            .to_owned();
+        tx.execute(&q).await?;
+    }
+    Ok(())
+}
+
+/// Per column, whether `incoming` wins over the clocks `held` (a version
+/// row's, or none for a row never seen): a bit mask, and whether the row
+/// is deleted by it.
+fn winners(
+    incoming_mask: u32,
+    incoming: Clock,
+    delete: bool,
+    held: Option<(&[u8], Option<&[u8]>)>,
+) -> (u32, bool) {
+    let Some((clocks, del)) = held else {
+        return (incoming_mask, delete);
+    };
+    if delete {
+        let newer = (0..COLS.len()).all(|i| Clock::get(&clocks[i * CLOCK..]) < incoming);
+        return (0, newer && del.is_none_or(|d| Clock::get(d) < incoming));
+    }
+    let mask = (0..COLS.len())
+        .filter(|i| incoming_mask & 1 << i != 0)
+        .filter(|&i| Clock::get(&clocks[i * CLOCK..]) < incoming)
+        .fold(0u32, |m, i| m | 1 << i);
+    (mask, false)
+}
+
+/// Apply a page of sealed changes on the hub in one transaction.
+async fn apply_on_hub(
+    hub: &DatabaseConnection,
+    table: &str,
+    node: u32,
+    page: &[Sealed],
+) -> Res<()> {
+    let q = quote(hub);
+    let kind = hub.get_database_backend();
+    let tx = hub.begin().await?;
+    let n = page.len() as i64;
+    let meta = q(&format!("{table}_meta"));
+    let first = match kind {
+        DbBackend::MySql => {
+            let r = tx
+                .query_one_raw(Statement::from_string(
+                    kind,
+                    format!("SELECT v FROM {meta} WHERE k = 'seq' FOR UPDATE"),
+                ))
+                .await?
+                .ok_or("no hub sequence")?;
+            let v: i64 = r.try_get("", "v")?;
+            tx.execute_raw(Statement::from_string(
+                kind,
+                format!("UPDATE {meta} SET v = v + {n} WHERE k = 'seq'"),
+            ))
+            .await?;
+            v + 1
+        }
+        _ => {
+            let r = tx
+                .query_one_raw(Statement::from_string(
+                    kind,
+                    format!("UPDATE {meta} SET v = v + {n} WHERE k = 'seq' RETURNING v"),
+                ))
+                .await?
+                .ok_or("no hub sequence")?;
+            let v: i64 = r.try_get("", "v")?;
+            v - n + 1
+        }
+    };
+    let versions = format!("{table}_v");
+    let held_q = Query::select()
+        .columns(["id", "del", "clocks"].map(a))
+        .from(a(&versions))
+        .and_where(Expr::col(a("id")).is_in(page.iter().map(|s| Value::from(s.id))))
+        .to_owned();
+    let mut held: HashMap<uuid::Uuid, (Vec<u8>, Option<Vec<u8>>)> = HashMap::new();
+    for r in tx.query_all(&held_q).await? {
+        held.insert(
+            r.try_get("", "id")?,
+            (r.try_get("", "clocks")?, r.try_get("", "del")?),
+        );
+    }
+    let mut w = Writes::default();
+    let mut v = Query::insert();
+    v.into_table(a(&versions))
+        .columns(["id", "hub_seq", "del", "clocks"].map(a))
+        .on_conflict(
+            OnConflict::column(a("id"))
+                .update_columns(["hub_seq", "del", "clocks"].map(a))
+                .to_owned(),
+        );
+    let mut digests = Vec::with_capacity(page.len() * 8);
+    for (i, s) in page.iter().enumerate() {
+        let h = held.get(&s.id).map(|(c, d)| (c.as_slice(), d.as_deref()));
+        let (mask, dies) = winners(s.mask, s.clock, s.vals.is_none(), h);
+        let mut clocks = h.map_or_else(|| vec![0; CLOCK * COLS.len()], |(c, _)| c.to_vec());
+        for i in (0..COLS.len()).filter(|i| mask & 1 << i != 0) {
+            s.clock.put(&mut clocks[i * CLOCK..(i + 1) * CLOCK]);
+        }
+        let del = match dies {
+            true => Some(s.clock.bytes()),
+            false => h.and_then(|(_, d)| d.map(<[u8]>::to_vec)),
+        };
+        match (&s.vals, dies) {
+            (_, true) => w.deletes.push(s.id),
+            (Some(vals), false) if mask != 0 => {
+                w.upserts
+                    .entry(mask)
+                    .or_default()
+                    .push((s.id, vals.clone()));
+            }
+            _ => {}
+        }
+        v.values_panic([
+            s.id.into(),
+            (first + i as i64).into(),
+            Value::Bytes(del).into(),
+            clocks.into(),
+        ]);
+        let digest = s
+            .vals
+            .iter()
+            .flatten()
+            .fold(s.seq as u64 ^ u64::from(s.mask), |d, x| {
+                d.rotate_left(7) ^ hash(x)
+            });
+        digests.extend_from_slice(&digest.to_be_bytes());
+    }
+    write_rows(&tx, table, w).await?;
+    tx.execute(&v).await?;
+    let batch = Query::insert()
+        .into_table(a(&format!("{table}_batches")))
+        .columns(["origin", "first_seq", "last_seq", "hub_first", "digests"].map(a))
+        .values_panic([
+            i64::from(node).into(),
+            page[0].seq.into(),
+            page[page.len() - 1].seq.into(),
+            first.into(),
+            digests.into(),
+        ])
+        .to_owned();
+    tx.execute(&batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Pull every version row after the replica's cursor from the hub's
+/// contacts table `table` into `local`, a page per transaction. The number
+/// of rows and the time.
+pub(super) async fn pull(
+    hub: &DatabaseConnection,
+    table: &str,
+    local: &DatabaseConnection,
+) -> Res<(u64, Duration)> {
+    let started = Instant::now();
+    let mut pulled = 0;
+    let cursor = {
+        let tx = local.begin().await?;
+        let c = meta_get(&tx, "cursor").await?;
+        tx.commit().await?;
+        c
+    };
+    // The next page is read from the hub while this one is applied.
+    let fetch = |cursor: i64| {
+        let (hub, table) = (hub.clone(), table.to_owned());
+        tokio::spawn(async move { read_page(&hub, &table, cursor).await })
+    };
+    let mut ahead = fetch(cursor);
+    loop {
+        let (page, next) = ahead.await??;
+        if page.is_empty() {
+            break;
+        }
+        ahead = fetch(next);
+        apply_locally(local, &page, next).await?;
+        pulled += page.len() as u64;
+    }
+    Ok((pulled, started.elapsed()))
+}
+
+/// The page of version rows after `cursor`, joined with their rows, and
+/// the cursor after it.
+async fn read_page(hub: &DatabaseConnection, table: &str, cursor: i64) -> Res<(Vec<Pulled>, i64)> {
+    let versions = format!("{table}_v");
+    let page_q = Query::select()
+        .column((a("v"), a("id")))
+        .columns([
+            (a("v"), a("hub_seq")),
+            (a("v"), a("del")),
+            (a("v"), a("clocks")),
+        ])
+        .columns(COLS.map(|c| (a("c"), a(c))))
+        .from_as(a(&versions), a("v"))
+        .join_as(
+            sea_orm::sea_query::JoinType::LeftJoin,
+            a(table),
+            a("c"),
+            Expr::col((a("c"), a("id"))).equals((a("v"), a("id"))),
+        )
+        .and_where(Expr::col((a("v"), a("hub_seq"))).gt(cursor))
+        .order_by((a("v"), a("hub_seq")), Order::Asc)
+        .limit(BATCH)
+        .to_owned();
+    let rows = hub.query_all(&page_q).await?;
+    let next = match rows.last() {
+        Some(last) => last.try_get("", "hub_seq")?,
+        None => cursor,
+    };
+    let mut page = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: uuid::Uuid = r.try_get("", "id")?;
+        let del: Option<Vec<u8>> = r.try_get("", "del")?;
+        let clocks: Vec<u8> = r.try_get("", "clocks")?;
+        page.push((id, del, clocks, read_vals(r)?));
+    }
+    Ok((page, next))
+}
+
+/// One pulled row: key, delete clock, column clocks, values (if live).
+type Pulled = (uuid::Uuid, Option<Vec<u8>>, Vec<u8>, Option<Vec<Value>>);
+
+/// Merge a pulled page into the replica in one transaction, its cursor
+/// with it.
+async fn apply_locally(local: &DatabaseConnection, page: &[Pulled], cursor: i64) -> Res<()> {
+    let tx = local.begin().await?;
+    tx.execute_unprepared("INSERT INTO _p_applying (session) VALUES (0)")
+        .await?;
+    let held_q = Query::select()
+        .columns(["id", "del", "clocks"].map(a))
+        .from(a("_p_v"))
+        .and_where(Expr::col(a("id")).is_in(page.iter().map(|p| Value::from(p.0))))
+        .to_owned();
+    let mut held: HashMap<uuid::Uuid, (Vec<u8>, Option<Vec<u8>>)> = HashMap::new();
+    for r in tx.query_all(&held_q).await? {
+        held.insert(
+            r.try_get("", "id")?,
+            (r.try_get("", "clocks")?, r.try_get("", "del")?),
+        );
+    }
+    let mut w = Writes::default();
+    let mut v = Query::insert();
+    v.into_table(a("_p_v"))
+        .columns(["id", "seq", "del", "clocks", "hashes"].map(a))
+        .on_conflict(
+            OnConflict::column(a("id"))
+                .update_columns(["del", "clocks", "hashes"].map(a))
+                .to_owned(),
+        );
+    let mut any = false;
+    for (id, del, clocks, vals) in page {
+        let h = held.get(id);
+        // Per column, the greater clock wins.
+        let mine = h.map(|(c, _)| c.as_slice());
+        let mut merged = mine.map_or_else(|| vec![0; CLOCK * COLS.len()], <[u8]>::to_vec);
+        let mut mask = 0u32;
+        for i in 0..COLS.len() {
+            let theirs = Clock::get(&clocks[i * CLOCK..]);
+            let ours = mine.map(|m| Clock::get(&m[i * CLOCK..]));
+            if ours.is_none_or(|o| o < theirs) {
+                mask |= 1 << i;
+                theirs.put(&mut merged[i * CLOCK..(i + 1) * CLOCK]);
+            }
+        }
+        let their_del = del.as_deref().map(Clock::get);
+        let our_del = h.and_then(|(_, d)| d.as_deref().map(Clock::get));
+        let dead = Ord::max(their_del, our_del);
+        let newest = (0..COLS.len())
+            .map(|i| Clock::get(&merged[i * CLOCK..]))
+            .max();
+        let live = match dead {
+            Some(d) => newest.is_some_and(|n| n > d),
+            None => true,
+        };
+        if mask == 0 && their_del <= our_del {
+            continue;
+        }
+        let hashes: Vec<u8> = match (vals, live) {
+            (Some(vals), true) => {
+                if mask != 0 {
+                    w.upserts.entry(mask).or_default().push((*id, vals.clone()));
+                }
+                vals.iter().flat_map(|x| hash(x).to_be_bytes()).collect()
+            }
+            _ => {
+                if h.is_some() {
+                    w.deletes.push(*id);
+                }
+                vec![0; 8 * COLS.len()]
+            }
+        };
+        any = true;
+        v.values_panic([
+            (*id).into(),
+            0i64.into(),
+            Value::Bytes(dead.map(Clock::bytes)).into(),
+            merged.into(),
+            hashes.into(),
+        ]);
+    }
+    write_rows(&tx, "contacts", w).await?;
+    if any {
+        tx.execute(&v).await?;
+    }
+    meta_set(&tx, &[("cursor", cursor)]).await?;
+    tx.execute_unprepared("DELETE FROM _p_applying").await?;
+    tx.commit().await?;
+    Ok(())
+}
