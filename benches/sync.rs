@@ -6,6 +6,7 @@
 //!                             [--naive-rows N] [--naive-secs S] [--profile]
 //!                             [--keep] [--analyze-hub] [--runs N] [--no-http]
 //!                             [--http-rounds N] [--batch N] [--copy-rows N]
+//!                             [--proto-page N]
 //! ```
 //!
 //! Locally: the application's write of N rows through SeaORM into a
@@ -22,7 +23,11 @@
 //! to the same two baselines on a local SQLite database. Then an edit
 //! round: the first replica updates half of its rows and deletes a tenth,
 //! captures and pushes the edits, and the second pulls them, each next to
-//! the same edits as raw batched SQL. Each phase of ours is reported as
+//! the same edits as raw batched SQL. Then, on each hub, a prototype of the
+//! next storage format in bench code (`sync/proto.rs`, docs/next-format.md)
+//! pushes and pulls the same rows and the same edits (`--proto-page N`
+//! rows a page, default 500), reported as baselines next to ours. Each
+//! phase of ours is reported as
 //! the ratio to its baseline, with its target; absolute rows/s and the CPU
 //! seconds of the bench process and of the database servers are printed
 //! for context. See BENCHMARKS.md.
@@ -159,12 +164,14 @@ struct Args {
     http: bool,
     /// Rounds of each HTTP phase and its direct twin.
     http_rounds: usize,
+    /// Rows per page of the next format's prototype (see `sync/proto.rs`).
+    proto_page: u64,
 }
 
 const USAGE: &str = "usage: cargo bench --bench sync -- [--rows N] \
 [--hub sqlite|postgres|mysql|all] [--transport socket|tcp|both] [--naive-rows N] [--naive-secs S] [--profile] \
 [--analyze-hub] [--keep] [--runs N] [--no-http] [--http-rounds N] [--batch N] \
-[--copy-rows N]";
+[--copy-rows N] [--proto-page N]";
 
 /// The number `text` given to option `name` (`_` between digits allowed).
 fn number<T: std::str::FromStr>(text: String, name: &str) -> Result<T, String>
@@ -190,6 +197,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 1,
         http: true,
         http_rounds: 4,
+        proto_page: BATCH,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -235,6 +243,12 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--batch must be at least 1".into());
                 }
                 ENGINE_BATCH.store(n, Ordering::Relaxed);
+            }
+            "--proto-page" => {
+                args.proto_page = number(value("--proto-page")?, "--proto-page")?;
+                if args.proto_page == 0 {
+                    return Err("--proto-page must be at least 1".into());
+                }
             }
             "--profile" => args.profile = true,
             "--runs" => {
@@ -2419,14 +2433,14 @@ async fn prototype(
     let (pusher, puller) = (&replicas[0], &replicas[1]);
     app_insert(pusher, 0, rows).await?;
     reset_peak();
-    let (n, t) = proto::push(pusher, db, "proto_contacts", 1).await?;
+    let (n, t) = proto::push(pusher, db, "proto_contacts", 1, args.proto_page).await?;
     out.add(name, PROTO_PUSH, Kind::Baseline, Base::Hub, n, t, None);
     reset_peak();
-    let (n, t) = proto::pull(db, "proto_contacts", puller).await?;
+    let (n, t) = proto::pull(db, "proto_contacts", puller, args.proto_page).await?;
     out.add(name, PROTO_PULL, Kind::Baseline, Base::Local, n, t, None);
     app_edits(pusher, rows).await?;
     reset_peak();
-    let (n, t) = proto::push(pusher, db, "proto_contacts", 1).await?;
+    let (n, t) = proto::push(pusher, db, "proto_contacts", 1, args.proto_page).await?;
     out.add(
         name,
         PROTO_EDITS_PUSH,
@@ -2437,7 +2451,7 @@ async fn prototype(
         None,
     );
     reset_peak();
-    let (n, t) = proto::pull(db, "proto_contacts", puller).await?;
+    let (n, t) = proto::pull(db, "proto_contacts", puller, args.proto_page).await?;
     out.add(
         name,
         PROTO_EDITS_PULL,

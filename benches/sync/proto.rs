@@ -42,7 +42,7 @@ use sea_orm::{
     TransactionTrait, Value,
 };
 
-use super::{BATCH, Res};
+use super::Res;
 
 /// The synced columns of the contacts table after its key, in order.
 const COLS: [&str; 6] = ["name", "email", "phone", "company", "notes", "updated_at"];
@@ -254,9 +254,9 @@ async fn meta_set(tx: &DatabaseTransaction, pairs: &[(&str, i64)]) -> Res<()> {
     Ok(())
 }
 
-/// Seal one page of markers (see the module doc). `acked` is written in
+/// Seal a page of up to `page` markers (see the module doc). `acked` is written in
 /// the same transaction. An empty page when no marker is left.
-async fn seal(local: &DatabaseConnection, node: u32, acked: i64) -> Res<Vec<Sealed>> {
+async fn seal(local: &DatabaseConnection, node: u32, acked: i64, page: u64) -> Res<Vec<Sealed>> {
     let tx = local.begin().await?;
     let mut stamp = Stamp {
         node,
@@ -291,7 +291,7 @@ async fn seal(local: &DatabaseConnection, node: u32, acked: i64) -> Res<Vec<Seal
             Expr::col((a("v"), a("id"))).equals((a("m"), a("id"))),
         )
         .order_by((a("m"), a("id")), Order::Asc)
-        .limit(BATCH);
+        .limit(page);
     let rows = tx.query_all(&q).await?;
     let mut sealed = Vec::with_capacity(rows.len());
     let mut versions = Query::insert();
@@ -402,18 +402,20 @@ async fn seal(local: &DatabaseConnection, node: u32, acked: i64) -> Res<Vec<Seal
     tx.commit().await?;
     if sealed.is_empty() {
         // A page of markers with nothing to send: seal the next.
-        return Box::pin(seal(local, node, acked)).await;
+        return Box::pin(seal(local, node, acked, page)).await;
     }
     Ok(sealed)
 }
 
 /// Push every marker of `local` into the hub's contacts table `table`:
-/// seal a page, send it, take the next. The number of changes and the time.
+/// seal a page of `page_rows` markers, send it, take the next. The number of
+/// changes and the time.
 pub(super) async fn push(
     local: &DatabaseConnection,
     hub: &DatabaseConnection,
     table: &str,
     node: u32,
+    page_rows: u64,
 ) -> Res<(u64, Duration)> {
     let started = Instant::now();
     let mut acked = 0;
@@ -421,7 +423,7 @@ pub(super) async fn push(
     // The hub applies a page while the next one is sealed.
     let mut inflight: Option<(tokio::task::JoinHandle<Res<()>>, i64)> = None;
     loop {
-        let page = seal(local, node, acked).await?;
+        let page = seal(local, node, acked, page_rows).await?;
         if let Some((applying, last)) = inflight.take() {
             applying.await??;
             acked = last;
@@ -625,12 +627,13 @@ async fn apply_on_hub(
 }
 
 /// Pull every version row after the replica's cursor from the hub's
-/// contacts table `table` into `local`, a page per transaction. The number
-/// of rows and the time.
+/// contacts table `table` into `local`, a page of `page_rows` per
+/// transaction. The number of rows and the time.
 pub(super) async fn pull(
     hub: &DatabaseConnection,
     table: &str,
     local: &DatabaseConnection,
+    page_rows: u64,
 ) -> Res<(u64, Duration)> {
     let started = Instant::now();
     let mut pulled = 0;
@@ -643,7 +646,7 @@ pub(super) async fn pull(
     // The next page is read from the hub while this one is applied.
     let fetch = |cursor: i64| {
         let (hub, table) = (hub.clone(), table.to_owned());
-        tokio::spawn(async move { read_page(&hub, &table, cursor).await })
+        tokio::spawn(async move { read_page(&hub, &table, cursor, page_rows).await })
     };
     let mut ahead = fetch(cursor);
     loop {
@@ -658,9 +661,14 @@ pub(super) async fn pull(
     Ok((pulled, started.elapsed()))
 }
 
-/// The page of version rows after `cursor`, joined with their rows, and
-/// the cursor after it.
-async fn read_page(hub: &DatabaseConnection, table: &str, cursor: i64) -> Res<(Vec<Pulled>, i64)> {
+/// The page of up to `page_rows` version rows after `cursor`, joined with
+/// their rows, and the cursor after it.
+async fn read_page(
+    hub: &DatabaseConnection,
+    table: &str,
+    cursor: i64,
+    page_rows: u64,
+) -> Res<(Vec<Pulled>, i64)> {
     let versions = format!("{table}_v");
     let page_q = Query::select()
         .column((a("v"), a("id")))
@@ -679,7 +687,7 @@ async fn read_page(hub: &DatabaseConnection, table: &str, cursor: i64) -> Res<(V
         )
         .and_where(Expr::col((a("v"), a("hub_seq"))).gt(cursor))
         .order_by((a("v"), a("hub_seq")), Order::Asc)
-        .limit(BATCH)
+        .limit(page_rows)
         .to_owned();
     let rows = hub.query_all(&page_q).await?;
     let next = match rows.last() {
