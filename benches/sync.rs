@@ -1216,6 +1216,7 @@ fn compared_with(p: &Phase) -> &'static str {
             | EDITS_CAPTURE,
         ) => PLAIN_EDITS,
         (Kind::Baseline, PLAIN_EDITS | PROTO_EDITS_PUSH | PROTO_EDITS_PULL) => RAW_EDITS,
+        (Kind::Baseline, PROTO_COPY) => PGLOADER,
         (Kind::Baseline, _) => RAW,
         _ => goal(p.phase).baseline,
     }
@@ -1483,6 +1484,7 @@ const FLOOR_KEY_TRIGGER: &str = "app insert_many + key-only outbox triggers (flo
 const FLOOR_KEY_TRIGGER_EDITS: &str = "edits: app + key-only outbox triggers (floor)";
 const FLOOR_CLOCK_TRIGGER: &str = "app insert_many + clock-stamping triggers (floor)";
 const FLOOR_CLOCK_TRIGGER_EDITS: &str = "edits: app + clock-stamping triggers (floor)";
+const PROTO_COPY: &str = "initial copy: next format, prototype";
 const PROTO_PUSH: &str = "next format, prototype: push";
 const PROTO_PULL: &str = "next format, prototype: pull";
 const PROTO_EDITS_PUSH: &str = "edits: next format, prototype: push";
@@ -2590,6 +2592,36 @@ async fn initial_copy(
         return Err(format!("initial copy: {reconciled:?}, {report:?}").into());
     }
     out.add(name, INITIAL_COPY, Kind::Ours, Base::Hub, rows, t, None);
+
+    // The next format's initial copy, prototyped (see `sync/proto.rs`):
+    // from opening the file to the last page committed on the hub.
+    let copy = dir.join(format!("{name}-proto-copy.db"));
+    std::fs::copy(&source, &copy)?;
+    let target = HubDb::create(Some(base), dir).await?;
+    let (hub_db, _) = connect(&target.url).await?;
+    create_contacts(&hub_db, "contacts").await?;
+    proto::hub(&hub_db, "contacts").await?;
+    reset_peak();
+    let started = Instant::now();
+    let (local, _) = connect(&sqlite_url(&copy)).await?;
+    proto::replica(&local).await?;
+    let (n, _) = proto::initial_copy(&local, &hub_db, 1, 10_000).await?;
+    let t = started.elapsed();
+    let on_hub = count(&hub_db, "contacts").await?;
+    let versions = (
+        count(&hub_db, "contacts_v").await?,
+        count(&local, "_p_v").await?,
+    );
+    local.close().await?;
+    hub_db.close().await?;
+    target.drop().await?;
+    if n != rows || on_hub != rows as i64 || versions != (rows as i64, rows as i64) {
+        return Err(format!(
+            "the prototype's initial copy: {n} rows read, {on_hub} on the hub, {versions:?} version rows"
+        )
+        .into());
+    }
+    out.add(name, PROTO_COPY, Kind::Baseline, Base::Hub, rows, t, None);
     Ok(())
 }
 

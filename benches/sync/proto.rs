@@ -794,3 +794,170 @@ async fn apply_locally(local: &DatabaseConnection, page: &[Pulled], cursor: i64)
     tx.commit().await?;
     Ok(())
 }
+
+/// COPY's text form of a value: `\N` for NULL, backslash, tab, newline and
+/// carriage return escaped.
+fn copy_text(v: &Value, out: &mut String) {
+    let text = match v {
+        Value::String(Some(s)) => s.as_str(),
+        Value::ChronoDateTimeUtc(Some(t)) => {
+            out.push_str(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string());
+            return;
+        }
+        _ => {
+            out.push_str("\\N");
+            return;
+        }
+    };
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// `bytea` in COPY's text form (`\\x` and hex digits).
+fn copy_bytes(b: &[u8], out: &mut String) {
+    out.push_str("\\\\x");
+    for x in b {
+        out.push_str(&format!("{x:02x}"));
+    }
+}
+
+/// One page of an initial copy, as COPY data for the hub: the rows and
+/// their version rows, the hub sequence of the first one to be filled in.
+struct CopyPage {
+    rows: String,
+    /// Per row: its key and its clocks, in COPY's text form after the
+    /// hub sequence.
+    versions: Vec<String>,
+}
+
+/// The initial copy of the replica `local` (a SQLite file whose contacts
+/// were never synced) into the empty PostgreSQL hub `hub`, in the next
+/// format: the rows read page by page in `rowid` order (a cursor SQLite
+/// keeps itself), each page's version rows written locally with one base
+/// clock, and the rows and version rows sent to the hub with `COPY` in one
+/// transaction per page, on a task of its own so that the next page is
+/// read meanwhile. The number of rows and the time.
+pub(super) async fn initial_copy(
+    local: &DatabaseConnection,
+    hub: &DatabaseConnection,
+    node: u32,
+    page_rows: u64,
+) -> Res<(u64, Duration)> {
+    let started = Instant::now();
+    let base = Clock {
+        wall: chrono::Utc::now().timestamp_micros() as u64,
+        counter: 0,
+        node,
+    };
+    let clocks: Vec<u8> = std::iter::repeat_n(base.bytes(), COLS.len())
+        .flatten()
+        .collect();
+    let mut clock_text = String::new();
+    copy_bytes(&clocks, &mut clock_text);
+    let mut after = 0i64;
+    let mut copied = 0;
+    let mut sending: Option<tokio::task::JoinHandle<Res<()>>> = None;
+    loop {
+        let q = Query::select()
+            .expr_as(Expr::cust("rowid"), a("r"))
+            .column(a("id"))
+            .columns(COLS.map(a))
+            .from(a("contacts"))
+            .and_where(Expr::cust("rowid").gt(after))
+            .order_by_expr(Expr::cust("rowid"), Order::Asc)
+            .limit(page_rows)
+            .to_owned();
+        let rows = local.query_all(&q).await?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.try_get("", "r")?;
+        let tx = local.begin().await?;
+        let mut page = CopyPage {
+            rows: String::with_capacity(rows.len() * 200),
+            versions: Vec::with_capacity(rows.len()),
+        };
+        for chunk in rows.chunks(2000) {
+            let mut v = Query::insert();
+            v.into_table(a("_p_v"))
+                .columns(["id", "seq", "del", "clocks", "hashes"].map(a));
+            for r in chunk {
+                let id: uuid::Uuid = r.try_get("", "id")?;
+                let vals = read_vals(r)?.ok_or("a row without a name")?;
+                let hashes: Vec<u8> = vals.iter().flat_map(|x| hash(x).to_be_bytes()).collect();
+                v.values_panic([
+                    id.into(),
+                    0i64.into(),
+                    Value::Bytes(None).into(),
+                    clocks.clone().into(),
+                    hashes.into(),
+                ]);
+                page.rows.push_str(&id.to_string());
+                for x in &vals {
+                    page.rows.push('\t');
+                    copy_text(x, &mut page.rows);
+                }
+                page.rows.push('\n');
+                page.versions.push(format!("{id}\t"));
+            }
+            tx.execute(&v).await?;
+        }
+        tx.commit().await?;
+        copied += rows.len() as u64;
+        if let Some(s) = sending.take() {
+            s.await??;
+        }
+        let (hub, clock_text) = (hub.clone(), clock_text.clone());
+        sending = Some(tokio::spawn(async move {
+            copy_page(&hub, page, &clock_text).await
+        }));
+    }
+    if let Some(s) = sending.take() {
+        s.await??;
+    }
+    Ok((copied, started.elapsed()))
+}
+
+/// Send one page of an initial copy to the hub in one transaction: a range
+/// of hub sequences, the rows and the version rows by `COPY`.
+async fn copy_page(hub: &DatabaseConnection, page: CopyPage, clock_text: &str) -> Res<()> {
+    use sea_orm::sqlx;
+    let pool = hub.get_postgres_connection_pool();
+    let mut tx = pool.begin().await?;
+    let n = page.versions.len() as i64;
+    let last: i64 =
+        sqlx::query_scalar("UPDATE \"contacts_meta\" SET v = v + $1 WHERE k = 'seq' RETURNING v")
+            .bind(n)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut copy = tx
+        .copy_in_raw(&format!(
+            "COPY \"contacts\" (id, {}) FROM STDIN",
+            COLS.join(", ")
+        ))
+        .await?;
+    copy.send(page.rows.into_bytes()).await?;
+    copy.finish().await?;
+    let mut versions = String::with_capacity(page.versions.len() * (60 + clock_text.len()));
+    for (i, v) in page.versions.iter().enumerate() {
+        versions.push_str(v);
+        versions.push_str(&(last - n + 1 + i as i64).to_string());
+        versions.push_str("\t\\N\t");
+        versions.push_str(clock_text);
+        versions.push('\n');
+    }
+    let mut copy = tx
+        .copy_in_raw("COPY \"contacts_v\" (id, hub_seq, del, clocks) FROM STDIN")
+        .await?;
+    copy.send(versions.into_bytes()).await?;
+    copy.finish().await?;
+    tx.commit().await?;
+    Ok(())
+}
