@@ -47,9 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sea_orm::sea_query::{
-    Alias, Asterisk, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr,
-};
+use sea_orm::sea_query::{Alias, InsertStatement, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, IdenStatic, Iterable,
     ModelTrait, Schema, TransactionTrait, Value,
@@ -2463,29 +2461,14 @@ async fn prototype(
         t,
         None,
     );
-    let digest = |d: &DatabaseConnection, table: &'static str| {
-        let q = Query::select()
-            .expr_as(Expr::col(Asterisk).count(), Alias::new("n"))
-            .expr_as(Expr::col(Alias::new("notes")).max(), Alias::new("most"))
-            .from(Alias::new(table))
-            .to_owned();
-        let d = d.clone();
-        async move {
-            let r = d.query_one(&q).await?.ok_or("no digest")?;
-            Res::Ok((
-                r.try_get::<i64>("", "n")?,
-                r.try_get::<Option<String>>("", "most")?,
-            ))
-        }
-    };
-    let want = digest(pusher, "contacts").await?;
+    let want = proto::digest(pusher, "contacts").await?;
     for (who, got) in [
-        ("hub", digest(db, "proto_contacts").await?),
-        ("puller", digest(puller, "contacts").await?),
+        ("hub", proto::digest(db, "proto_contacts").await?),
+        ("puller", proto::digest(puller, "contacts").await?),
     ] {
         if got != want {
             return Err(format!(
-                "{name}: the prototype's {who} holds {got:?}, the pusher {want:?}"
+                "{name}: the prototype's {who} holds {got:?} (rows, digest), the pusher {want:?}"
             )
             .into());
         }
