@@ -329,7 +329,9 @@ async fn seal_once(
         let clocks: Option<Vec<u8>> = r.try_get("", "clocks")?;
         let hashes: Option<Vec<u8>> = r.try_get("", "hashes")?;
         let dead: Option<Vec<u8>> = r.try_get("", "del")?;
-        match read_vals(r)? {
+        // What the row's version row becomes: the changed columns, the
+        // clocks and hashes, the delete, the values to send.
+        let (mask, c, h, del, vals) = match read_vals(r)? {
             Some(vals) => {
                 let now: Vec<u64> = vals.iter().map(hash).collect();
                 // A row that went (here, or by a pulled delete) and is
@@ -345,55 +347,38 @@ async fn seal_once(
                 if mask == 0 {
                     continue;
                 }
-                let clock = stamp.tick(wall as u64);
-                let mut c = clocks.unwrap_or_else(|| vec![0; CLOCK * COLS.len()]);
-                for i in (0..COLS.len()).filter(|i| mask & 1 << i != 0) {
-                    clock.put(&mut c[i * CLOCK..(i + 1) * CLOCK]);
-                }
+                let c = clocks.unwrap_or_else(|| vec![0; CLOCK * COLS.len()]);
                 let h: Vec<u8> = now.iter().flat_map(|x| x.to_be_bytes()).collect();
-                let seq = stamp.next_seq;
-                stamp.next_seq += 1;
-                versions.values_panic([
-                    id.into(),
-                    seq.into(),
-                    Value::Bytes(None).into(),
-                    c.into(),
-                    h.into(),
-                ]);
-                any = true;
-                sealed.push(Sealed {
-                    id,
-                    seq,
-                    clock,
-                    mask,
-                    vals: Some(vals),
-                });
+                (mask, c, h, false, Some(vals))
             }
-            None => {
-                let (Some(c), Some(h), None) = (clocks, hashes, dead) else {
-                    // Never sealed, or dead already.
-                    continue;
-                };
-                let clock = stamp.tick(wall as u64);
-                let seq = stamp.next_seq;
-                stamp.next_seq += 1;
-                versions.values_panic([
-                    id.into(),
-                    seq.into(),
-                    clock.bytes().into(),
-                    c.into(),
-                    h.into(),
-                ]);
-                any = true;
-                sealed.push(Sealed {
-                    id,
-                    seq,
-                    clock,
-                    mask: 0,
-                    vals: None,
-                });
-            }
+            None => match (clocks, hashes, dead) {
+                (Some(c), Some(h), None) => (0, c, h, true, None),
+                // Never sealed, or dead already.
+                _ => continue,
+            },
+        };
+        let clock = stamp.tick(wall as u64);
+        let mut c = c;
+        for i in (0..COLS.len()).filter(|i| mask & 1 << i != 0) {
+            clock.put(&mut c[i * CLOCK..(i + 1) * CLOCK]);
         }
+        let seq = stamp.next_seq;
+        stamp.next_seq += 1;
+        versions.values_panic([
+            id.into(),
+            seq.into(),
+            Value::Bytes(del.then(|| clock.bytes())).into(),
+            c.into(),
+            h.into(),
+        ]);
+        any = true;
+        sealed.push(Sealed {
+            id,
+            seq,
+            clock,
+            mask,
+            vals,
+        });
     }
     if rows.is_empty() {
         meta_set(&tx, &[("acked", acked)]).await?;
