@@ -674,6 +674,80 @@ async fn trigger_clocks(db: &DatabaseConnection, table: &str) -> Res<()> {
     Ok(())
 }
 
+/// The trigger floors of `write + capture` (see BENCHMARKS.md, "Floors of
+/// a new format").
+#[derive(Clone, Copy)]
+enum Floor {
+    /// [`trigger_outbox`] with values.
+    Outbox,
+    /// [`trigger_outbox`] with keys only.
+    KeyOnly,
+    /// [`trigger_clocks`].
+    Clocks,
+    /// [`trigger_marker_times`].
+    MarkerTimes,
+}
+
+/// Dirty markers of tidesync's shape (key, version, wall time, whether the
+/// row went) with a wall time per column as well: the time of the last
+/// write that changed it (`OLD.c IS NOT NEW.c`; an insert sets them all),
+/// so that a seal long after the writes can still stamp each column with
+/// its own time.
+async fn trigger_marker_times(db: &DatabaseConnection, table: &str) -> Res<()> {
+    let cols: Vec<&str> = contacts::Column::iter()
+        .map(|c| c.as_str())
+        .filter(|c| *c != "id")
+        .collect();
+    let markers = format!("{table}_markers");
+    let times: Vec<String> = (0..cols.len()).map(|i| format!("t{i}")).collect();
+    db.execute_unprepared(&format!(
+        "CREATE TABLE IF NOT EXISTS _floor_applying (session INTEGER PRIMARY KEY); \
+         CREATE TABLE \"{markers}\" (id BLOB PRIMARY KEY, ver INTEGER NOT NULL, \
+         wall_us INTEGER NOT NULL, gone INTEGER NOT NULL, {})",
+        times
+            .iter()
+            .map(|t| format!("{t} INTEGER"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .await?;
+    let now = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
+    let when = "WHEN NOT EXISTS (SELECT 1 FROM _floor_applying)";
+    let upsert = |row: &str, gone: u8, time: &dyn Fn(usize) -> String| {
+        let vals: Vec<String> = (0..cols.len()).map(time).collect();
+        let keep: Vec<String> = times
+            .iter()
+            .map(|t| format!("{t} = coalesce(excluded.{t}, \"{markers}\".{t})"))
+            .collect();
+        format!(
+            "INSERT INTO \"{markers}\" (id, ver, wall_us, gone, {}) \
+             VALUES ({row}.id, 1, {now}, {gone}, {}) ON CONFLICT (id) DO UPDATE SET \
+             ver = \"{markers}\".ver + 1, wall_us = excluded.wall_us, \
+             gone = CASE WHEN excluded.gone > 0 THEN \"{markers}\".ver + 1 \
+             ELSE \"{markers}\".gone END, {};",
+            times.join(", "),
+            vals.join(", "),
+            keep.join(", ")
+        )
+    };
+    let changed = |i: usize| {
+        let c = cols[i];
+        format!("CASE WHEN OLD.\"{c}\" IS NOT NEW.\"{c}\" THEN {now} END")
+    };
+    for (event, body) in [
+        ("INSERT", upsert("NEW", 0, &|_| now.to_owned())),
+        ("UPDATE", upsert("NEW", 0, &changed)),
+        ("DELETE", upsert("OLD", 1, &|_| "NULL".to_owned())),
+    ] {
+        db.execute_unprepared(&format!(
+            "CREATE TRIGGER \"{table}_t_{event}\" AFTER {event} ON \"{table}\" {when} \
+             BEGIN {body} END"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// A change's entry in the hub's log at hub sequence `seq`, as the hub
 /// stores it: ids, then table, key and values as typed JSON, operation and
 /// clock (tidesync 0.1's stored format).
@@ -1203,13 +1277,15 @@ fn compared_with(p: &Phase) -> &'static str {
     match (p.kind, p.phase) {
         (
             Kind::Baseline,
-            FLOOR_TRIGGER | FLOOR_KEY_TRIGGER | FLOOR_CLOCK_TRIGGER | WRITE_TRIGGER | CAPTURE,
+            FLOOR_TRIGGER | FLOOR_KEY_TRIGGER | FLOOR_CLOCK_TRIGGER | FLOOR_TIMES_TRIGGER
+            | WRITE_TRIGGER | CAPTURE,
         ) => PLAIN,
         (
             Kind::Baseline,
             FLOOR_TRIGGER_EDITS
             | FLOOR_KEY_TRIGGER_EDITS
             | FLOOR_CLOCK_TRIGGER_EDITS
+            | FLOOR_TIMES_TRIGGER_EDITS
             | EDITS_WRITE_TRIGGER
             | EDITS_CAPTURE,
         ) => PLAIN_EDITS,
@@ -1482,6 +1558,8 @@ const FLOOR_KEY_TRIGGER: &str = "app insert_many + key-only outbox triggers (flo
 const FLOOR_KEY_TRIGGER_EDITS: &str = "edits: app + key-only outbox triggers (floor)";
 const FLOOR_CLOCK_TRIGGER: &str = "app insert_many + clock-stamping triggers (floor)";
 const FLOOR_CLOCK_TRIGGER_EDITS: &str = "edits: app + clock-stamping triggers (floor)";
+const FLOOR_TIMES_TRIGGER: &str = "app insert_many + markers with column times (floor)";
+const FLOOR_TIMES_TRIGGER_EDITS: &str = "edits: app + markers with column times (floor)";
 const PROTO_COPY: &str = "initial copy: next format, prototype";
 const PROTO_PUSH: &str = "next format, prototype: push";
 const PROTO_PULL: &str = "next format, prototype: pull";
@@ -1857,26 +1935,33 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<Databas
 
     for (kind, file, names) in [
         (
-            Some(true),
+            Floor::Outbox,
             "local-floor.db",
             [FLOOR_TRIGGER, FLOOR_TRIGGER_EDITS],
         ),
         (
-            Some(false),
+            Floor::KeyOnly,
             "local-floor-keys.db",
             [FLOOR_KEY_TRIGGER, FLOOR_KEY_TRIGGER_EDITS],
         ),
         (
-            None,
+            Floor::Clocks,
             "local-floor-clocks.db",
             [FLOOR_CLOCK_TRIGGER, FLOOR_CLOCK_TRIGGER_EDITS],
+        ),
+        (
+            Floor::MarkerTimes,
+            "local-floor-times.db",
+            [FLOOR_TIMES_TRIGGER, FLOOR_TIMES_TRIGGER_EDITS],
         ),
     ] {
         let (floor, _) = connect(&sqlite_url(&dir.join(file))).await?;
         create_contacts(&floor, "contacts").await?;
         match kind {
-            Some(with_values) => trigger_outbox(&floor, "contacts", with_values).await?,
-            None => trigger_clocks(&floor, "contacts").await?,
+            Floor::Outbox => trigger_outbox(&floor, "contacts", true).await?,
+            Floor::KeyOnly => trigger_outbox(&floor, "contacts", false).await?,
+            Floor::Clocks => trigger_clocks(&floor, "contacts").await?,
+            Floor::MarkerTimes => trigger_marker_times(&floor, "contacts").await?,
         }
         reset_peak();
         let t = app_insert(&floor, 0, args.rows).await?;
@@ -1893,8 +1978,11 @@ async fn local_phases(args: &Args, dir: &Path, out: &mut Results) -> Res<Databas
         let (ops, t) = app_edits(&floor, args.rows).await?;
         out.add("local", names[1], Kind::Baseline, Base::Local, ops, t, None);
         let (logged, expected) = match kind {
-            Some(_) => (count(&floor, "contacts_outbox").await?, args.rows + ops),
-            None => (count(&floor, "contacts_clocks").await?, args.rows),
+            Floor::Outbox | Floor::KeyOnly => {
+                (count(&floor, "contacts_outbox").await?, args.rows + ops)
+            }
+            Floor::Clocks => (count(&floor, "contacts_clocks").await?, args.rows),
+            Floor::MarkerTimes => (count(&floor, "contacts_markers").await?, args.rows),
         };
         if logged != expected as i64 {
             return Err(format!("the floor's triggers logged {logged} rows").into());
