@@ -544,6 +544,14 @@ async fn raw_with_versions(
     Ok(started.elapsed())
 }
 
+/// The contacts table's columns after its key, in order.
+fn value_columns() -> Vec<&'static str> {
+    contacts::Column::iter()
+        .map(|c| c.as_str())
+        .filter(|c| *c != "id")
+        .collect()
+}
+
 /// A floor of the new format for `write + capture` on SQLite: a copy of
 /// the contacts table whose triggers append each write's change straight
 /// to an outbox (its operation, key, the columns an update changed as a
@@ -553,10 +561,7 @@ async fn raw_with_versions(
 /// without `with_values` the values, read from the table) would be done
 /// when the outbox is read for a push.
 async fn trigger_outbox(db: &DatabaseConnection, table: &str, with_values: bool) -> Res<()> {
-    let cols: Vec<&str> = contacts::Column::iter()
-        .map(|c| c.as_str())
-        .filter(|c| *c != "id")
-        .collect();
+    let cols = value_columns();
     let outbox = format!("{table}_outbox");
     db.execute_unprepared(
         "CREATE TABLE IF NOT EXISTS _floor_applying (session INTEGER PRIMARY KEY)",
@@ -603,10 +608,7 @@ async fn trigger_outbox(db: &DatabaseConnection, table: &str, with_values: bool)
 /// one-row clock (hybrid: wall microseconds shifted by 12 bits, plus one),
 /// so that nothing is left to seal after the write.
 async fn trigger_clocks(db: &DatabaseConnection, table: &str) -> Res<()> {
-    let cols: Vec<&str> = contacts::Column::iter()
-        .map(|c| c.as_str())
-        .filter(|c| *c != "id")
-        .collect();
+    let cols = value_columns();
     let clocks = format!("{table}_clocks");
     let defs: Vec<String> = (0..cols.len()).map(|i| format!("c{i} INTEGER")).collect();
     db.execute_unprepared(&format!(
@@ -694,10 +696,7 @@ enum Floor {
 /// so that a seal long after the writes can still stamp each column with
 /// its own time.
 async fn trigger_marker_times(db: &DatabaseConnection, table: &str) -> Res<()> {
-    let cols: Vec<&str> = contacts::Column::iter()
-        .map(|c| c.as_str())
-        .filter(|c| *c != "id")
-        .collect();
+    let cols = value_columns();
     let markers = format!("{table}_markers");
     let times: Vec<String> = (0..cols.len()).map(|i| format!("t{i}")).collect();
     db.execute_unprepared(&format!(
