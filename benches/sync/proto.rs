@@ -236,28 +236,79 @@ struct Sealed {
     vals: Option<Vec<Value>>,
 }
 
-async fn meta_get(tx: &DatabaseTransaction, k: &str) -> Res<i64> {
-    let r = tx
-        .query_one_raw(Statement::from_sql_and_values(
+/// The replica's metadata, read once per transaction.
+async fn meta(tx: &DatabaseTransaction) -> Res<HashMap<String, i64>> {
+    let rows = tx
+        .query_all_raw(Statement::from_string(
             DbBackend::Sqlite,
-            "SELECT v FROM _p_meta WHERE k = ?",
-            [k.into()],
-        ))
-        .await?
-        .ok_or("no meta")?;
-    Ok(r.try_get("", "v")?)
-}
-
-async fn meta_set(tx: &DatabaseTransaction, pairs: &[(&str, i64)]) -> Res<()> {
-    for (k, v) in pairs {
-        tx.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            "UPDATE _p_meta SET v = ? WHERE k = ?",
-            [(*v).into(), (*k).into()],
+            "SELECT k, v FROM _p_meta",
         ))
         .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "k")?, r.try_get("", "v")?)))
+        .collect()
+}
+
+/// Store `pairs` in the replica's metadata, in one statement.
+async fn meta_set(tx: &DatabaseTransaction, pairs: &[(&str, i64)]) -> Res<()> {
+    let mut q = Query::insert();
+    q.into_table(a("_p_meta"))
+        .columns([a("k"), a("v")])
+        .on_conflict(OnConflict::column(a("k")).update_column(a("v")).to_owned());
+    for (k, v) in pairs {
+        q.values_panic([(*k).into(), (*v).into()]);
     }
+    tx.execute(&q).await?;
     Ok(())
+}
+
+/// The version rows of `ids` in `table`: clocks, delete clock and, where
+/// the table has them, hashes.
+async fn held_versions(
+    tx: &DatabaseTransaction,
+    table: &str,
+    ids: impl Iterator<Item = uuid::Uuid>,
+    with_hashes: bool,
+) -> Res<HashMap<uuid::Uuid, Held>> {
+    let mut cols = vec![a("id"), a("del"), a("clocks")];
+    if with_hashes {
+        cols.push(a("hashes"));
+    }
+    let q = Query::select()
+        .columns(cols)
+        .from(a(table))
+        .and_where(Expr::col(a("id")).is_in(ids.map(Value::from)))
+        .to_owned();
+    let mut held = HashMap::new();
+    for r in tx.query_all(&q).await? {
+        let hashes = match with_hashes {
+            true => Some(r.try_get("", "hashes")?),
+            false => None,
+        };
+        held.insert(
+            r.try_get("", "id")?,
+            Held {
+                clocks: r.try_get("", "clocks")?,
+                del: r.try_get("", "del")?,
+                hashes,
+            },
+        );
+    }
+    Ok(held)
+}
+
+/// A version row as read by [`held_versions`].
+struct Held {
+    clocks: Vec<u8>,
+    del: Option<Vec<u8>>,
+    hashes: Option<Vec<u8>>,
+}
+
+impl Held {
+    /// Clocks and delete clock, as [`merge`] takes them.
+    fn as_held(&self) -> (&[u8], Option<&[u8]>) {
+        (&self.clocks, self.del.as_deref())
+    }
 }
 
 /// Seal a page of up to `page` markers (see the module doc). `acked` is written in
@@ -269,14 +320,16 @@ async fn seal_once(
     page: u64,
 ) -> Res<Option<Vec<Sealed>>> {
     let tx = local.begin().await?;
+    let m = meta(&tx).await?;
+    let get = |k: &str| m.get(k).copied().ok_or(format!("no `{k}` in _p_meta"));
     let mut stamp = Stamp {
         node,
         last: Clock {
-            wall: meta_get(&tx, "wall").await? as u64,
-            counter: meta_get(&tx, "counter").await? as u32,
+            wall: get("wall")? as u64,
+            counter: get("counter")? as u32,
             node,
         },
-        next_seq: meta_get(&tx, "next_seq").await?,
+        next_seq: get("next_seq")?,
     };
     // Markers, rows and version rows in one query.
     let mut q = Query::select();
@@ -319,7 +372,6 @@ async fn seal_once(
                 .to_owned(),
         );
     let mut markers = Vec::with_capacity(rows.len());
-    let mut any = false;
     for r in &rows {
         let id: uuid::Uuid = r.try_get("", "id")?;
         let ver: i64 = r.try_get("", "ver")?;
@@ -371,7 +423,6 @@ async fn seal_once(
             c.into(),
             h.into(),
         ]);
-        any = true;
         sealed.push(Sealed {
             id,
             seq,
@@ -385,7 +436,7 @@ async fn seal_once(
         tx.commit().await?;
         return Ok(None);
     }
-    if any {
+    if !sealed.is_empty() {
         tx.execute(&versions).await?;
     }
     let del = Query::delete()
@@ -607,18 +658,7 @@ async fn apply_on_hub(
         return Err(format!("change {} was pushed before", page[0].seq).into());
     }
     let versions = format!("{table}_v");
-    let held_q = Query::select()
-        .columns(["id", "del", "clocks"].map(a))
-        .from(a(&versions))
-        .and_where(Expr::col(a("id")).is_in(page.iter().map(|s| Value::from(s.id))))
-        .to_owned();
-    let mut held: HashMap<uuid::Uuid, (Vec<u8>, Option<Vec<u8>>)> = HashMap::new();
-    for r in tx.query_all(&held_q).await? {
-        held.insert(
-            r.try_get("", "id")?,
-            (r.try_get("", "clocks")?, r.try_get("", "del")?),
-        );
-    }
+    let held = held_versions(&tx, &versions, page.iter().map(|s| s.id), false).await?;
     let mut w = Writes::default();
     let mut v = Query::insert();
     v.into_table(a(&versions))
@@ -630,7 +670,7 @@ async fn apply_on_hub(
         );
     let mut digests = Vec::with_capacity(page.len() * 16);
     for (i, s) in page.iter().enumerate() {
-        let h = held.get(&s.id).map(|(c, d)| (c.as_slice(), d.as_deref()));
+        let h = held.get(&s.id).map(Held::as_held);
         let incoming: Vec<Clock> = (0..COLS.len())
             .map(|i| match s.mask & 1 << i != 0 {
                 true => s.clock,
@@ -698,7 +738,7 @@ pub(super) async fn pull(
     let mut pulled = 0;
     let cursor = {
         let tx = local.begin().await?;
-        let c = meta_get(&tx, "cursor").await?;
+        let c = meta(&tx).await?.get("cursor").copied().unwrap_or(0);
         tx.commit().await?;
         c
     };
@@ -785,23 +825,7 @@ async fn apply_locally(local: &DatabaseConnection, page: &[Pulled], cursor: i64)
     {
         return Err("the prototype's puller has writes to seal".into());
     }
-    let held_q = Query::select()
-        .columns(["id", "del", "clocks", "hashes"].map(a))
-        .from(a("_p_v"))
-        .and_where(Expr::col(a("id")).is_in(page.iter().map(|p| Value::from(p.0))))
-        .to_owned();
-    type Held = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
-    let mut held: HashMap<uuid::Uuid, Held> = HashMap::new();
-    for r in tx.query_all(&held_q).await? {
-        held.insert(
-            r.try_get("", "id")?,
-            (
-                r.try_get("", "clocks")?,
-                r.try_get("", "del")?,
-                r.try_get("", "hashes")?,
-            ),
-        );
-    }
+    let held = held_versions(&tx, "_p_v", page.iter().map(|p| p.0), true).await?;
     let mut w = Writes::default();
     let mut v = Query::insert();
     v.into_table(a("_p_v"))
@@ -824,18 +848,16 @@ async fn apply_locally(local: &DatabaseConnection, page: &[Pulled], cursor: i64)
             .copied()
             .chain(their_del)
             .fold(latest, Ord::max);
-        let m = merge(
-            &incoming,
-            their_del,
-            h.map(|(c, d, _)| (c.as_slice(), d.as_deref())),
-        );
-        let our_del = h.and_then(|(_, d, _)| d.as_deref().map(Clock::get));
+        let m = merge(&incoming, their_del, h.map(Held::as_held));
+        let our_del = h.and_then(|h| h.del.as_deref().map(Clock::get));
         if m.won == 0 && m.del == our_del {
             continue;
         }
         // The hashes of the values the row holds after the merge: the
         // pulled ones where they won, the local ones elsewhere.
-        let mut hashes = h.map_or_else(|| vec![0; 8 * COLS.len()], |(_, _, x)| x.clone());
+        let mut hashes = h
+            .and_then(|h| h.hashes.clone())
+            .unwrap_or_else(|| vec![0; 8 * COLS.len()]);
         match (vals, m.live) {
             (Some(vals), true) => {
                 let set = match m.was_live {
@@ -869,8 +891,11 @@ async fn apply_locally(local: &DatabaseConnection, page: &[Pulled], cursor: i64)
         tx.execute(&v).await?;
     }
     // The local clock goes past every clock pulled.
-    let wall = meta_get(&tx, "wall").await?;
-    let counter = meta_get(&tx, "counter").await?;
+    let m = meta(&tx).await?;
+    let (wall, counter) = (
+        m.get("wall").copied().unwrap_or(0),
+        m.get("counter").copied().unwrap_or(0),
+    );
     let mut pairs = vec![("cursor", cursor)];
     if (latest.wall as i64, i64::from(latest.counter)) > (wall, counter) {
         pairs.push(("wall", latest.wall as i64));
@@ -1016,14 +1041,7 @@ pub(super) async fn initial_copy(
 /// the replica's pull cursor moves past its own rows.
 async fn confirmed(local: &DatabaseConnection, rowid: i64, hub_seq: i64) -> Res<()> {
     let tx = local.begin().await?;
-    tx.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Sqlite,
-        "INSERT INTO _p_meta (k, v) VALUES ('copied_through', ?) \
-         ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-        [rowid.into()],
-    ))
-    .await?;
-    meta_set(&tx, &[("cursor", hub_seq)]).await?;
+    meta_set(&tx, &[("copied_through", rowid), ("cursor", hub_seq)]).await?;
     tx.commit().await?;
     Ok(())
 }
