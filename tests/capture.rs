@@ -666,7 +666,7 @@ async fn install_is_idempotent_and_versioned(t: TestDb) -> TestResult {
         "and captures once, not twice"
     );
     let v = common::read_meta(&t.db, "schema_version").await?;
-    ensure_eq!(v.as_deref(), Some("1"));
+    ensure_eq!(v.as_deref(), Some("2"));
     // A database written by a newer release is refused, not misread.
     common::write_meta(&t.db, "schema_version", "99").await?;
     match Replica::builder(t.db.clone())
@@ -676,12 +676,12 @@ async fn install_is_idempotent_and_versioned(t: TestDb) -> TestResult {
     {
         Err(tidesync::Error::SchemaVersion {
             found: 99,
-            supported: 1,
+            supported: 2,
         }) => {}
         other => return Err(format!("expected SchemaVersion error, got {other:?}").into()),
     }
     // Registering a table twice is a configuration error.
-    common::write_meta(&t.db, "schema_version", "1").await?;
+    common::write_meta(&t.db, "schema_version", "2").await?;
     let dup = Replica::builder(t.db.clone())
         .register::<contacts::Entity>()
         .register::<contacts::Entity>()

@@ -3558,11 +3558,12 @@ async fn a_key_too_long_for_its_column_is_refused_with_the_reason(hub: TestDb) -
 }
 
 /// Item: SQLite does not check lengths, so a release before kept a long
-/// key text as is in the row-state tables (`pk`, no `pk_full`). Opening
-/// the replicas and installing the hub with this release moves it under
-/// its stored key: the row keeps its one state everywhere, so edits of two
-/// columns merge, and a delete is not undone by a second, orphaned state
-/// that a fresh device would bootstrap.
+/// key text as is in the hub's row-state table (`pk`, no `pk_full`).
+/// Installing the hub with this release moves it under its stored key: the
+/// row keeps its one state, so edits of two columns merge, and a delete is
+/// not undone by a second, orphaned state that a fresh device would
+/// bootstrap. (Replicas keep their states by the key's own columns since
+/// schema version 2; `tests/upgrade.rs` converts format 1's.)
 async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb) -> TestResult {
     use common::entities::long_text_key;
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
@@ -3577,18 +3578,13 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
     row.clone().into_active_model().insert(a.db()).await?;
     a.sync().await?;
     b.sync().await?;
-    // The earlier release's layout, on the hub and both devices.
-    for (db, store) in [
-        (&hub.db, "_tidesync_hub_rows"),
-        (a.db(), "_tidesync_rows"),
-        (b.db(), "_tidesync_rows"),
-    ] {
-        db.execute_unprepared(&format!(
-            "UPDATE {store} SET pk = pk_full WHERE pk_full IS NOT NULL; \
-             ALTER TABLE {store} DROP COLUMN pk_full"
-        ))
+    // The earlier release's layout, on the hub.
+    hub.db
+        .execute_unprepared(
+            "UPDATE _tidesync_hub_rows SET pk = pk_full WHERE pk_full IS NOT NULL; \
+             ALTER TABLE _tidesync_hub_rows DROP COLUMN pk_full",
+        )
         .await?;
-    }
     // This release opens them again.
     let a = a.batched::<E>(common::hub_for(&hub).await?, 100).await?;
     let b = b.batched::<E>(common::hub_for(&hub).await?, 100).await?;

@@ -1317,8 +1317,8 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     for (db, table, who) in [
         (&hub.db, "_tidesync_hub_rows", "hub"),
         (&hub.db, "_tidesync_changes", "hub"),
-        (a.db(), "_tidesync_rows", "capturing replica"),
-        (b.db(), "_tidesync_rows", "bootstrapped replica"),
+        (a.db(), "_ts_v_contacts", "capturing replica"),
+        (b.db(), "_ts_v_contacts", "bootstrapped replica"),
     ] {
         let n = manual_analyses(db, table, 1).await?;
         ensure!(n >= 1, "{who}: {table} analyzed {n} times");

@@ -9,19 +9,25 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::entities::{contacts, memberships, people_merge};
-use common::{BoxError, TestResult};
+use common::device::{device, device_in};
+use common::entities::{contacts, memberships, people_lww, people_merge};
+use common::{BoxError, Dialect, TestDb, TestResult};
 use libtest_mimic::Trial;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, Database, DatabaseConnection, EntityTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, DbBackend,
+    EntityTrait, Statement,
+};
 use tidesync::hub::{Hub, SqlHub};
-use tidesync::{Replica, SyncEngine, SyncReport};
+use tidesync::{Hlc, NodeId, Replica, SyncEngine, SyncReport};
 use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {
-    common::run(vec![Trial::test(
+    let mut trials = vec![Trial::test(
         "sqlite::format1_databases_keep_syncing",
         || common::block_on(format1_databases_keep_syncing()).map_err(|e| e.to_string().into()),
-    )])
+    )];
+    trials.extend(direct_trials![format1_states_are_converted]);
+    common::run(trials)
 }
 
 fn id(n: u128) -> Uuid {
@@ -35,7 +41,7 @@ async fn open_copy(dir: &Path, name: &str) -> Result<DatabaseConnection, BoxErro
     Ok(Database::connect(format!("sqlite://{}?mode=rw", path.display())).await?)
 }
 
-async fn device(db: DatabaseConnection, hub: Arc<dyn Hub>) -> Result<SyncEngine, BoxError> {
+async fn fixture_device(db: DatabaseConnection, hub: Arc<dyn Hub>) -> Result<SyncEngine, BoxError> {
     let replica = Replica::builder(db)
         .register::<people_merge::Entity>()
         .register::<contacts::Entity>()
@@ -92,8 +98,8 @@ async fn format1_databases_keep_syncing() -> TestResult {
     std::fs::create_dir_all(&dir)?;
     let hub_db = open_copy(&dir, "hub.db").await?;
     let hub: Arc<dyn Hub> = Arc::new(SqlHub::new(hub_db.clone()));
-    let a = device(open_copy(&dir, "a.db").await?, hub.clone()).await?;
-    let b = device(open_copy(&dir, "b.db").await?, hub.clone()).await?;
+    let a = fixture_device(open_copy(&dir, "a.db").await?, hub.clone()).await?;
+    let b = fixture_device(open_copy(&dir, "b.db").await?, hub.clone()).await?;
     let (adb, bdb) = (a.replica().connection(), b.replica().connection());
 
     // What each device captured or only marked before the upgrade arrives
@@ -167,4 +173,129 @@ async fn format1_databases_keep_syncing() -> TestResult {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Format 1's table of row states, as that release created it.
+fn format1_rows_ddl(kind: DbBackend) -> &'static str {
+    match kind {
+        DbBackend::MySql => {
+            "CREATE TABLE `_tidesync_rows` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, \
+             `vals` LONGTEXT NOT NULL, `clocks` LONGTEXT NOT NULL, `deleted_at` varchar(64) NULL, \
+             `live` bool NOT NULL, `pk_full` LONGTEXT NULL, PRIMARY KEY (`tbl`, `pk`) )"
+        }
+        _ => {
+            r#"CREATE TABLE "_tidesync_rows" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, "pk_full" text NULL, PRIMARY KEY ("tbl", "pk") )"#
+        }
+    }
+}
+
+/// `SELECT COUNT(*)` of `table`.
+async fn count(db: &DatabaseConnection, table: &str) -> Result<i64, BoxError> {
+    let kind = db.get_database_backend();
+    let sql = format!("SELECT COUNT(*) AS n FROM {}", common::quote(kind, table));
+    Ok(db
+        .query_one_raw(Statement::from_string(kind, sql))
+        .await?
+        .ok_or("no count")?
+        .try_get("", "n")?)
+}
+
+/// A replica on each dialect whose row states are put back into format 1
+/// (JSON in `_tidesync_rows`, schema version 1, no version table) with
+/// clocks of the test's choosing, then opened again: the states are in the
+/// version table (nothing differs from the rows, and a pulled write older
+/// than a converted clock loses), the old table is empty, the schema
+/// version is 2.
+async fn format1_states_are_converted(t: TestDb) -> TestResult {
+    let hub_db = TestDb::create(Dialect::Sqlite, "upgrade_hub").await?;
+    hub_db.create_table(people_lww::Entity).await?;
+    let hub = common::hub_for(&hub_db).await?;
+    let a = device_in(t, hub.clone(), |b| b.register::<people_lww::Entity>()).await?;
+    let (ada, brian) = (id(1), id(2));
+    a.insert(ada, "Ada").await?;
+    a.set(ada, "email", "ada@x").await?;
+    a.insert(brian, "Brian").await?;
+    a.sync().await?;
+    a.delete(brian).await?;
+    a.sync().await?;
+    let kind = a.local.backend();
+    let q = |n: &str| common::quote(kind, n);
+    // Back to format 1, with a name clock a day old, an email clock of its
+    // own and a delete clock.
+    let node = NodeId([7; 16]);
+    let now_us = u64::try_from(chrono::Utc::now().timestamp_micros())?;
+    let day: u64 = 24 * 3600 * 1_000_000;
+    let clock = |ago: u64| Hlc {
+        physical: now_us - ago,
+        logical: 0,
+        node,
+    };
+    let (h_name, h_email, h_dead) = (clock(day), clock(day / 2), clock(day / 4));
+    let db = a.db();
+    db.execute_unprepared(&format!("DROP TABLE {}", q("_ts_v_people")))
+        .await?;
+    db.execute_unprepared(&format!("DELETE FROM {}", q("_tidesync_columns")))
+        .await?;
+    db.execute_unprepared(format1_rows_ddl(kind)).await?;
+    let uuid = |u: Uuid| format!(r#"{{"Uuid":"{u}"}}"#);
+    let vals = |u: Uuid, name: &str, email: &str| {
+        format!(
+            r#"{{"email":{email},"id":{},"name":{{"String":"{name}"}},"phone":{{"String":null}}}}"#,
+            uuid(u)
+        )
+    };
+    let (yes, no) = match kind {
+        DbBackend::Postgres => ("TRUE", "FALSE"),
+        _ => ("1", "0"),
+    };
+    let insert = format!(
+        "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES \
+         ('people', '[{}]', '{}', '{{\"\":\"{h_name}\",\"email\":\"{h_email}\"}}', NULL, {yes}), \
+         ('people', '[{}]', '{}', '{{\"\":\"{h_name}\"}}', '{h_dead}', {no})",
+        q("_tidesync_rows"),
+        q("tbl"),
+        q("pk"),
+        q("vals"),
+        q("clocks"),
+        q("deleted_at"),
+        q("live"),
+        uuid(ada),
+        vals(ada, "Ada", r#"{"String":"ada@x"}"#),
+        uuid(brian),
+        vals(brian, "Brian", r#"{"String":null}"#),
+    );
+    db.execute_unprepared(&insert).await?;
+    common::write_meta(db, "schema_version", "1").await?;
+    // This release opens it.
+    let a = a.batched::<people_lww::Entity>(hub.clone(), 100).await?;
+    let db = a.db();
+    let v = common::read_meta(db, "schema_version").await?;
+    ensure_eq!(v.as_deref(), Some("2"), "schema version after the upgrade");
+    ensure_eq!(count(db, "_tidesync_rows").await?, 0, "states left behind");
+    ensure_eq!(
+        count(db, "_ts_v_people").await?,
+        2,
+        "version rows, the deleted row's among them"
+    );
+    // The states hold the rows' values: nothing to reconcile.
+    let r = a.engine.replica().reconcile().await?;
+    ensure_eq!(r.captured, 0, "changes reconcile found after the upgrade");
+    // The converted clocks hold: a write made (by its clock) two days ago
+    // on another device that had seen nothing loses to the name's clock of
+    // a day ago; one made now wins over the email's.
+    let b = device::<people_lww::Entity>(&hub_db, "upgrade_b").await?;
+    b.insert(ada, "Old name").await?;
+    b.shift_pending_writes(-2 * i64::try_from(day)?).await?;
+    b.sync().await?;
+    b.set(ada, "email", "new@b").await?;
+    b.sync().await?;
+    a.sync().await?;
+    let rows = a.rows().await?;
+    let got = rows.get(&ada).ok_or("Ada is gone")?;
+    ensure_eq!(got.0.as_str(), "Ada", "the name's converted clock lost");
+    ensure_eq!(got.1.as_deref(), Some("new@b"), "a newer email");
+    ensure!(!rows.contains_key(&brian), "Brian came back");
+    a.drop().await?;
+    b.drop().await?;
+    hub_db.drop().await
 }

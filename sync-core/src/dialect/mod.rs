@@ -77,6 +77,11 @@ pub(crate) trait Dialect: Send + Sync {
         ColumnType::Text
     }
 
+    /// A bytes column that holds at least a few megabytes.
+    fn long_bytes(&self) -> ColumnType {
+        ColumnType::Blob
+    }
+
     /// The column type tidesync gives a synced column of type `ty` when it
     /// creates a table (`key`: part of the primary key).
     fn column_type(&self, ty: &ColumnType, key: bool) -> ColumnType;

@@ -26,6 +26,11 @@ impl Dialect for MySql {
         ColumnType::custom("LONGTEXT")
     }
 
+    /// `BLOB` stops at 64 KiB.
+    fn long_bytes(&self) -> ColumnType {
+        ColumnType::custom("LONGBLOB")
+    }
+
     /// Microsecond date-times and times, exact decimals, long text and
     /// bytes (keys keep an indexable type), enums as `ENUM(...)`.
     fn column_type(&self, ty: &ColumnType, key: bool) -> ColumnType {

@@ -2,7 +2,7 @@
 //!
 //! A marker says "row `pk` was written"; the change is the difference
 //! between the row as it is now and its last captured state (the *shadow*
-//! in `_tidesync_rows`). Sealing a batch is one local transaction: read the
+//! in the table's version table, see `versions`). Sealing a batch is one local transaction: read the
 //! markers, the rows and the shadows, append the changes to the outbox with
 //! their sequence numbers and clocks, update the shadows, delete the
 //! markers that were not rewritten meanwhile, and persist the clock. A crash
@@ -17,14 +17,14 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 use super::applying::{begin_applying, end_applying, is_applying};
 use super::entity::{Marker, TableHandle};
 use super::seal_state::SealState;
-use super::tables::{OUTBOX, ROWS, dirty_table};
+use super::tables::{OUTBOX, dirty_table};
+use super::versions::Versions;
 use crate::dialect::{self, Place, check_value};
 use crate::model::change::{Op, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{is_null, pk_key, same_value, to_micros};
 use crate::store::codec::db_sequence;
-use crate::store::rows;
 use crate::store::write::{execute_while, keys_match, value_expr};
 
 /// What one capture pass did.
@@ -120,8 +120,9 @@ pub(crate) async fn seal_table(
         }
         current.insert(pk_key(&pk)?, vals);
     }
+    let mut versions = Versions::open(tx, table).await?;
     let read = MarkedRows {
-        shadows: rows::load_states(tx, ROWS, &spec.name, &keys).await?,
+        shadows: versions.load(tx, &pks).await?,
         markers: &markers,
         keys: &keys,
         current,
@@ -129,7 +130,10 @@ pub(crate) async fn seal_table(
     let batch = seal_markers(spec, state, round.phase, read, report)?;
     let kept = batch.kept;
     report.captured += batch.outbox.len();
-    write_sealed(tx, spec, batch).await?;
+    versions
+        .register(tx, batch.shadows.iter().map(|(_, s)| s))
+        .await?;
+    write_sealed(tx, spec, &versions, batch).await?;
     cut_finer_times(tx, spec, &finer).await?;
     Ok(Sealed {
         read: markers.len(),
@@ -203,7 +207,7 @@ struct SealedBatch {
     /// The outbox rows of the new changes, in order, with their sizes.
     outbox: Vec<(Vec<SimpleExpr>, usize)>,
     /// The shadows after them, by key.
-    shadows: Vec<(String, RowState)>,
+    shadows: Vec<(Vec<Value>, RowState)>,
     /// Markers to delete: key values and the version read.
     markers: Vec<ValueTuple>,
     /// Sealed markers whose row went: key values and the `gone` read. One
@@ -287,7 +291,7 @@ fn seal_markers(
             }
             None => RowState::of_change(change),
         };
-        out.shadows.push((key.clone(), next));
+        out.shadows.push((marker.pk.clone(), next));
     }
     Ok(out)
 }
@@ -299,6 +303,7 @@ fn seal_markers(
 async fn write_sealed(
     tx: &DatabaseTransaction,
     spec: &TableSpec,
+    versions: &Versions<'_>,
     batch: SealedBatch,
 ) -> Result<()> {
     if !batch.outbox.is_empty() {
@@ -312,9 +317,9 @@ async fn write_sealed(
             let states: Vec<_> = batch
                 .shadows
                 .iter()
-                .map(|(k, s)| (k.as_str(), s, None))
+                .map(|(k, s)| (k.as_slice(), s))
                 .collect();
-            rows::state_statements(ROWS, &spec.name, &states)
+            versions.statements(&states)
         })
         .await?;
         for q in saves {
@@ -727,6 +732,9 @@ mod tests {
             &self.0
         }
         async fn markers(&self, _: &DatabaseTransaction, _: u64, _: u64) -> Result<Vec<Marker>> {
+            unreachable!("not read in these tests")
+        }
+        fn read_key(&self, _: &sea_orm::QueryResult) -> Result<Vec<Value>> {
             unreachable!("not read in these tests")
         }
         async fn rows(&self, _: &DatabaseTransaction, _: &[Vec<Value>]) -> Result<Vec<RowImage>> {

@@ -12,7 +12,8 @@ use super::Replica;
 use super::applying::{begin_applying, end_applying};
 use super::capture::{CaptureReport, seal_all};
 use super::seal_state::SealState;
-use super::tables::{CONFLICTS, OUTBOX, ROWS};
+use super::tables::{CONFLICTS, OUTBOX};
+use super::versions::Versions;
 use crate::dialect::{self, Place};
 use crate::model::change::{Change, ColumnBase, ColumnSpec, Op, TableSpec};
 use crate::model::clock::{Hlc, wall_clock_us};
@@ -21,7 +22,6 @@ use crate::model::error::{Error, Result};
 use crate::model::typed;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::codec::{db_sequence, integer_id};
-use crate::store::rows;
 use crate::store::write::{keys_match, lock_rows, value_expr};
 
 /// The columns of [`CONFLICTS`] a [`HeldConflict`] is read from.
@@ -273,7 +273,14 @@ impl Replica {
         let c = &held.conflict;
         let pk: Vec<Value> = c.pk.iter().map(|(_, v)| v.clone()).collect();
         let key = pk_key(&pk)?;
-        let mut row_state = rows::load_states(&tx, ROWS, &spec.name, std::slice::from_ref(&key))
+        let handle = self
+            .handles()
+            .iter()
+            .find(|h| h.spec().name == spec.name)
+            .ok_or_else(|| Error::UnknownTable(spec.name.clone()))?;
+        let mut versions = Versions::open(&tx, handle.as_ref()).await?;
+        let mut row_state = versions
+            .load(&tx, std::slice::from_ref(&pk))
             .await?
             .remove(&key)
             .unwrap_or_default();
@@ -312,7 +319,7 @@ impl Replica {
             }
         };
         write_column(&tx, &spec, &pk, &column, &value).await?;
-        rows::save_states(&tx, ROWS, &spec.name, &[(key, row_state)]).await?;
+        versions.save(&tx, &[(&pk, &row_state)]).await?;
         if let Some(change) = change {
             let mut q = OUTBOX.insert();
             q.values_panic(OUTBOX.row(vec![db_sequence(change.id.seq)?.into()], &change)?);

@@ -7,8 +7,8 @@ use std::marker::PhantomData;
 use sea_orm::sea_query::{Alias, Order, Query, ValueTuple};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable, ModelTrait,
-    PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, TryGetableMany,
-    Value,
+    PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect,
+    TryGetableMany, Value,
 };
 
 use super::tables::dirty_table;
@@ -49,6 +49,10 @@ pub(crate) trait TableHandle: Send + Sync {
         limit: u64,
         offset: u64,
     ) -> Result<Vec<Marker>>;
+
+    /// The key values of a row read with the key columns (a marker, a
+    /// version row), typed as the entity types them.
+    fn read_key(&self, r: &QueryResult) -> Result<Vec<Value>>;
 
     /// The current rows with these keys (missing rows are simply absent).
     async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>>;
@@ -152,19 +156,24 @@ where
         let rows = tx.query_all(&q).await?;
         rows.iter()
             .map(|r| {
-                let pk = <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as TryGetableMany>::try_get_many(
-                    r, "", &names,
-                )
-                .map_err(sea_orm::DbErr::from)?;
-                let pk: ValueTuple = pk.into();
                 Ok(Marker {
-                    pk: pk.into_iter().collect(),
+                    pk: self.read_key(r)?,
                     ver: r.try_get("", "ver")?,
                     wall_us: r.try_get("", "wall_us")?,
                     gone: r.try_get("", "gone")?,
                 })
             })
             .collect()
+    }
+
+    fn read_key(&self, r: &QueryResult) -> Result<Vec<Value>> {
+        let names = self.spec.pk_names();
+        let pk = <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as TryGetableMany>::try_get_many(
+            r, "", &names,
+        )
+        .map_err(sea_orm::DbErr::from)?;
+        let pk: ValueTuple = pk.into();
+        Ok(pk.into_iter().collect())
     }
 
     async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>> {

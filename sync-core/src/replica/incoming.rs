@@ -24,7 +24,8 @@ use super::conflicts::{open_conflicts, update_remote};
 use super::entity::TableHandle;
 use super::parked::{Parked, park};
 use super::seal_state::SealState;
-use super::tables::{LOCAL_META, PARKED, ROWS, dirty_table};
+use super::tables::{LOCAL_META, PARKED, dirty_table};
+use super::versions::Versions;
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};
 use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
@@ -32,7 +33,6 @@ use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::codec::{integer_id, sequence};
-use crate::store::rows;
 use crate::store::write::{
     delete_rows, execute_all, execute_while, keys_match, lock_rows, row_statements,
 };
@@ -97,6 +97,8 @@ pub(crate) struct ApplyReport {
 /// The merged rows of one table, to write and save.
 struct TableWrite<'a> {
     spec: &'a TableSpec,
+    /// The table's version rows, where the states are saved.
+    versions: Versions<'a>,
     rows: Vec<RowWrite<'a>>,
 }
 
@@ -105,6 +107,8 @@ struct TableWrite<'a> {
 /// written).
 struct RowWrite<'a> {
     key: String,
+    /// The key values.
+    pk: &'a [Value],
     state: Cow<'a, RowState>,
     /// Whether the row exists in the table now.
     existed: bool,
@@ -170,7 +174,7 @@ pub(crate) async fn apply_page(
     for h in tables {
         if let Some(ds) = by_table.get(&h.spec().name) {
             let merged =
-                merge_table(&tx, d, h.spec(), ds, &mut state.clock, wall, &mut report).await?;
+                merge_table(&tx, d, h.as_ref(), ds, &mut state.clock, wall, &mut report).await?;
             writes.push(merged);
         }
     }
@@ -308,14 +312,17 @@ async fn route(
 async fn merge_table<'a>(
     tx: &DatabaseTransaction,
     d: &dyn Dialect,
-    spec: &'a TableSpec,
+    handle: &'a dyn TableHandle,
     ds: &'a [Delta],
     clock: &mut HlcClock,
     wall: u64,
     report: &mut ApplyReport,
 ) -> Result<TableWrite<'a>> {
+    let spec = handle.spec();
     let keys: Vec<String> = ds.iter().map(|d| pk_key(&d.pk)).collect::<Result<_>>()?;
-    let before = rows::load_states(tx, ROWS, &spec.name, &keys).await?;
+    let mut versions = Versions::open(tx, handle).await?;
+    let key_values: Vec<Vec<Value>> = ds.iter().map(|d| d.pk.clone()).collect();
+    let before = versions.load(tx, &key_values).await?;
     let held = if spec.policy.holds_conflicts() {
         open_conflicts(tx, &spec.name, &keys).await?
     } else {
@@ -356,10 +363,7 @@ async fn merge_table<'a>(
         pks.insert(key.as_str(), &delta.pk);
         sources.entry(key.as_str()).or_default().push(delta);
     }
-    let mut write = TableWrite {
-        spec,
-        rows: Vec::new(),
-    };
+    let mut rows = Vec::new();
     for (key, s) in after {
         let was = before.get(key);
         if was.is_some_and(|w| w.same(&s)) {
@@ -376,15 +380,24 @@ async fn merge_table<'a>(
         }
         // Dead states are saved too, not written as rows.
         let delete = (!s.is_live() && was.is_none_or(RowState::is_live)).then(|| pks[key].clone());
-        write.rows.push(RowWrite {
+        rows.push(RowWrite {
             key: key.to_owned(),
+            pk: pks[key].as_slice(),
             state: s,
             existed,
             delete,
             sources,
         });
     }
-    Ok(write)
+    // Columns another release of the app added come with pulled states.
+    versions
+        .register(tx, rows.iter().map(|r| r.state.as_ref()))
+        .await?;
+    Ok(TableWrite {
+        spec,
+        versions,
+        rows,
+    })
 }
 
 /// Whether the dialect can hold every value of a merged row.
@@ -487,12 +500,8 @@ async fn write_all(
     let saves = execute_while(tx, upserts, || {
         let mut out = Vec::new();
         for w in writes {
-            let states: Vec<_> = w
-                .rows
-                .iter()
-                .map(|r| (r.key.as_str(), r.state.as_ref(), None))
-                .collect();
-            for q in rows::state_statements(ROWS, &w.spec.name, &states)? {
+            let states: Vec<_> = w.rows.iter().map(|r| (r.pk, r.state.as_ref())).collect();
+            for q in w.versions.statements(&states)? {
                 out.push(kind.build(&q));
             }
         }
@@ -528,22 +537,22 @@ async fn write_row_by_row(
         w.rows
             .iter()
             .filter(|r| r.delete.is_some())
-            .map(move |r| (w.spec, r))
+            .map(move |r| (w, r))
     });
     let upserts = writes.iter().flat_map(|w| {
         w.rows
             .iter()
             .filter(|r| r.delete.is_none())
-            .map(move |r| (w.spec, r))
+            .map(move |r| (w, r))
     });
-    let mut todo: Vec<(&TableSpec, &RowWrite<'_>, Option<Error>)> =
+    let mut todo: Vec<(&TableWrite<'_>, &RowWrite<'_>, Option<Error>)> =
         deletes.chain(upserts).map(|(s, r)| (s, r, None)).collect();
     loop {
         let before = todo.len();
         let mut refused = Vec::new();
-        for (spec, row, _) in todo {
+        for (table, row, _) in todo {
             let sp = tx.begin().await?;
-            match write_one(&sp, d, spec, row).await {
+            match write_one(&sp, d, table, row).await {
                 Ok(()) => {
                     sp.commit().await?;
                     report.applied += row.sources.len();
@@ -551,7 +560,7 @@ async fn write_row_by_row(
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
                     sp.rollback().await?;
-                    refused.push((spec, row, Some(e)));
+                    refused.push((table, row, Some(e)));
                 }
             }
         }
@@ -560,7 +569,8 @@ async fn write_row_by_row(
             break;
         }
     }
-    for (spec, row, error) in &todo {
+    for (table, row, error) in &todo {
+        let spec = table.spec;
         let taken = !row.existed
             && row.delete.is_none()
             && error
@@ -572,9 +582,9 @@ async fn write_row_by_row(
             return Err(raced(spec, &row.key));
         }
     }
-    for (spec, row, error) in todo {
+    for (table, row, error) in todo {
         let e = Error::Refused {
-            table: spec.name.clone(),
+            table: table.spec.name.clone(),
             key: row.key.clone(),
             reason: error.map_or_else(String::new, |e| e.to_string()),
         };
@@ -591,11 +601,10 @@ async fn has_marker(
     spec: &TableSpec,
     row: &RowWrite<'_>,
 ) -> Result<bool> {
-    let pk = parse_pk_key(&row.key)?;
     let q = Query::select()
         .expr(Expr::val(1))
         .from(Alias::new(dirty_table(&spec.name)))
-        .and_where(keys_match(spec, &[pk], d))
+        .and_where(keys_match(spec, &[row.pk.to_vec()], d))
         .to_owned();
     Ok(tx.query_one(&q).await?.is_some())
 }
@@ -616,9 +625,10 @@ fn raced(spec: &TableSpec, key: &str) -> Error {
 async fn write_one(
     tx: &DatabaseTransaction,
     d: &dyn Dialect,
-    spec: &TableSpec,
+    table: &TableWrite<'_>,
     row: &RowWrite<'_>,
 ) -> Result<()> {
+    let spec = table.spec;
     if let Some(pk) = &row.delete {
         delete_rows(tx, spec, std::slice::from_ref(pk)).await?;
     } else if row.state.is_live() {
@@ -626,11 +636,7 @@ async fn write_one(
             tx.execute(&q).await?;
         }
     }
-    for q in rows::state_statements(
-        ROWS,
-        &spec.name,
-        &[(row.key.as_str(), row.state.as_ref(), None)],
-    )? {
+    for q in table.versions.statements(&[(row.pk, row.state.as_ref())])? {
         tx.execute(&q).await?;
     }
     Ok(())

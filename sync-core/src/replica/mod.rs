@@ -13,7 +13,8 @@
 //! - [`reconcile`]: finding writes made behind tidesync's back;
 //! - [`resend`]: every row state again, for a hub that lost changes;
 //! - [`restamp`]: changes a wrong clock stamped in the future, stamped again;
-//! - [`parked`]: what could not be applied or read, kept with the reason.
+//! - [`parked`]: what could not be applied or read, kept with the reason;
+//! - [`versions`]: the row states, one version table per synced table.
 
 pub(crate) mod applying;
 pub(crate) mod capture;
@@ -28,6 +29,7 @@ pub(crate) mod restamp;
 pub(crate) mod seal_state;
 pub(crate) mod tables;
 pub(crate) mod upgrade;
+pub(crate) mod versions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,13 +42,13 @@ use crate::model::clock::NodeId;
 use crate::model::conflict::Resolver;
 use crate::model::error::{Error, Result};
 use crate::model::syncable::{ConflictPolicy, Syncable};
-use crate::store::stats::{STATE_KEYS, analyze, crossed_doubling};
+use crate::store::stats::{analyze, crossed_doubling};
 use crate::store::user_tables::ensure_table;
 use capture::{CaptureReport, Pass};
 use entity::{EntityTable, TableHandle};
 use incoming::{ApplyReport, Delta, PageMeta};
 use seal_state::SealState;
-use tables::{LOCAL_META, OUTBOX, ROWS};
+use tables::{LOCAL_META, OUTBOX};
 
 pub use entity::{create_table, table_spec};
 
@@ -167,7 +169,8 @@ impl ReplicaBuilder {
                 ensure_table(&db, t.spec()).await?;
             }
             tables::install_table(&db, t.spec()).await?;
-            upgrade::follow_columns(&db, t.spec()).await?;
+            upgrade::convert_states(&db, t.as_ref()).await?;
+            upgrade::follow_columns(&db, t.as_ref()).await?;
         }
         Ok(Replica {
             db,
@@ -338,10 +341,13 @@ impl Replica {
             let Ok(d) = dialect::of_db(&self.db) else {
                 return;
             };
-            let mut tables: Vec<(Place<'_>, &[&str])> = vec![
-                (Place::own(ROWS), STATE_KEYS),
-                (Place::own(OUTBOX.name), &[]),
-            ];
+            let states: Vec<String> = self
+                .tables
+                .iter()
+                .map(|t| tables::version_table(&t.spec().name))
+                .collect();
+            let mut tables: Vec<(Place<'_>, &[&str])> = vec![(Place::own(OUTBOX.name), &[])];
+            tables.extend(states.iter().map(|v| (Place::own(v), &[][..])));
             tables.extend(
                 self.tables
                     .iter()

@@ -14,12 +14,15 @@
 //! What is kept between pages is a set of 16-byte digests of the
 //! canonical key texts seen, not the texts (an initial copy of a million
 //! rows peaked at 174 MiB with the texts, 99 MiB with the digests; see
-//! BENCHMARKS.md), and the shadows are read page by page against it: a
-//! live shadow whose key was not seen is gone. The keys are compared in
-//! their canonical form, as capture and the shadows know them, never by
+//! BENCHMARKS.md), and the row states are read page by page against it: a
+//! live state whose key was not seen is gone. The keys are compared in
+//! their canonical form, as capture and the states know them, never by
 //! looking a row up by its canonical key (a SQLite date-time key stored
 //! with its offset would not be found by its canonical UTC text: the row
-//! would be taken for deleted).
+//! would be taken for deleted). The version tables, unlike the table, are
+//! paged after the last key read: tidesync wrote every key there itself,
+//! in the encoding it binds them with again, and keeps a MySQL `ENUM` key
+//! as text (see `tables::version_key_type`).
 
 use std::collections::HashSet;
 
@@ -30,12 +33,12 @@ use sha2::{Digest, Sha256};
 use super::Replica;
 use super::capture::{BATCH, CaptureReport, diff};
 use super::entity::TableHandle;
-use super::tables::{ROWS, dirty_table};
+use super::tables::dirty_table;
+use super::versions::Versions;
 use crate::model::change::TableSpec;
 use crate::model::clock::wall_clock_us;
 use crate::model::error::Result;
-use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::rows::{live_keys, load_states};
+use crate::model::value::pk_key;
 use crate::store::stats::custom_plans;
 
 /// What a reconcile keeps of a key it saw: 16 bytes of its text's SHA-256
@@ -57,7 +60,7 @@ impl Replica {
         let wall = i64::try_from(wall_clock_us()).unwrap_or(i64::MAX);
         for table in self.handles() {
             let seen = self.mark_changed(table.as_ref(), wall).await?;
-            self.mark_gone(table.spec(), &seen, wall).await?;
+            self.mark_gone(table.as_ref(), &seen, wall).await?;
         }
         self.capture().await
     }
@@ -76,7 +79,8 @@ impl Replica {
                 .iter()
                 .map(|(pk, _)| pk_key(pk))
                 .collect::<Result<_>>()?;
-            let shadows = load_states(&tx, ROWS, &spec.name, &keys).await?;
+            let pks: Vec<Vec<Value>> = page.iter().map(|(pk, _)| pk.clone()).collect();
+            let shadows = Versions::open(&tx, table).await?.load(&tx, &pks).await?;
             let mut stale = Vec::new();
             for ((pk, vals), key) in page.iter().zip(&keys) {
                 if diff(spec, Some(vals), shadows.get(key), false).is_some() {
@@ -98,25 +102,30 @@ impl Replica {
     /// scan: diffing decides.
     async fn mark_gone(
         &self,
-        spec: &TableSpec,
+        table: &dyn TableHandle,
         keys_seen: &HashSet<Seen>,
         wall: i64,
     ) -> Result<()> {
-        let mut after: Option<String> = None;
+        let spec = table.spec();
+        let mut after: Option<Vec<Value>> = None;
         loop {
             let tx = self.connection().begin().await?;
-            let keys = live_keys(&tx, ROWS, &spec.name, after.as_deref(), BATCH).await?;
-            let gone: Vec<Vec<Value>> = keys
-                .iter()
-                .filter(|k| !keys_seen.contains(&seen(k)))
-                .map(|k| parse_pk_key(k))
-                .collect::<Result<_>>()?;
+            let page = Versions::open(&tx, table)
+                .await?
+                .page(&tx, after.as_deref(), true, BATCH)
+                .await?;
+            let mut gone = Vec::new();
+            for (pk, _) in &page {
+                if !keys_seen.contains(&seen(&pk_key(pk)?)) {
+                    gone.push(pk.clone());
+                }
+            }
             mark(&tx, spec, &gone, wall).await?;
             tx.commit().await?;
-            if (keys.len() as u64) < BATCH {
+            if (page.len() as u64) < BATCH {
                 return Ok(());
             }
-            after = keys.last().cloned();
+            after = page.last().map(|(k, _)| k.clone());
         }
     }
 }

@@ -21,15 +21,16 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use super::Replica;
 use super::conflicts::held_remotes;
+use super::entity::TableHandle;
 use super::seal_state::SealState;
-use super::tables::{LOCAL_META, OUTBOX, ROWS};
+use super::tables::{LOCAL_META, OUTBOX};
+use super::versions::Versions;
 use crate::model::change::{Change, Op, TableSpec};
 use crate::model::clock::Hlc;
 use crate::model::error::Result;
 use crate::model::merge::RowState;
-use crate::model::value::parse_pk_key;
+use crate::model::value::pk_key;
 use crate::store::codec::db_sequence;
-use crate::store::rows;
 
 /// Row states read at a time.
 const PAGE: u64 = 500;
@@ -46,8 +47,8 @@ impl Replica {
         // Rows in registration order (parents first), deletes after them
         // in reverse order (children first).
         let mut deletes = Vec::new();
-        for spec in self.tables() {
-            queued += queue_table(&tx, spec, &mut state, &mut deletes).await?;
+        for table in self.handles() {
+            queued += queue_table(&tx, table.as_ref(), &mut state, &mut deletes).await?;
         }
         for (spec, dead) in deletes.into_iter().rev() {
             let changes: Vec<Change> = dead
@@ -70,26 +71,24 @@ type Dead<'s> = (&'s TableSpec, Vec<(Vec<(String, Value)>, Hlc)>);
 /// Queue the live rows of `spec`, page by page; collect its deleted ones.
 async fn queue_table<'s>(
     tx: &DatabaseTransaction,
-    spec: &'s TableSpec,
+    table: &'s dyn TableHandle,
     state: &mut SealState,
     deletes: &mut Vec<Dead<'s>>,
 ) -> Result<usize> {
+    let spec = table.spec();
+    let versions = Versions::open(tx, table).await?;
     let mut queued = 0;
     let mut dead = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after: Option<Vec<Value>> = None;
     loop {
-        let page = rows::state_page(tx, ROWS, &spec.name, after.as_deref(), PAGE).await?;
+        let page = versions.page(tx, after.as_deref(), false, PAGE).await?;
         let full = page.len() as u64 >= PAGE;
         after = page.last().map(|(k, _)| k.clone());
-        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = page.iter().map(|(k, _)| pk_key(k)).collect::<Result<_>>()?;
         let held = held_remotes(tx, &spec.name, &keys).await?;
         let mut changes = Vec::new();
-        for (key, mut row) in page {
-            let pk: Vec<(String, Value)> = spec
-                .pk_names()
-                .into_iter()
-                .zip(parse_pk_key(&key)?)
-                .collect();
+        for ((pk, mut row), key) in page.into_iter().zip(keys) {
+            let pk: Vec<(String, Value)> = spec.pk_names().into_iter().zip(pk).collect();
             if !row.is_live() {
                 if let Some(d) = row.deleted_at {
                     dead.push((pk, d));

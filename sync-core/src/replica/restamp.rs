@@ -13,19 +13,21 @@
 //! in the future.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use super::Replica;
+use super::entity::TableHandle;
 use super::seal_state::SealState;
-use super::tables::{LOCAL_META, OUTBOX, ROWS};
+use super::tables::{LOCAL_META, OUTBOX};
+use super::versions::Versions;
 use crate::model::change::ColumnBase;
 use crate::model::clock::{Hlc, HlcClock, NodeId, wall_clock_us};
 use crate::model::error::Result;
 use crate::model::merge::RowState;
 use crate::store::codec::{db_sequence, sequence};
-use crate::store::rows;
 
 /// Row states read at a time.
 const PAGE: u64 = 500;
@@ -39,8 +41,7 @@ impl Replica {
         let tx = self.connection().begin().await?;
         let mut state = SealState::lock_and_load(&tx).await?;
         let outbox = outbox_clocks(&tx).await?;
-        let tables: Vec<String> = self.tables().map(|t| t.name.clone()).collect();
-        let states = all_states(&tx, &tables).await?;
+        let states = all_states(&tx, self.handles()).await?;
         // The clock goes back to the latest stamp that is not ahead.
         let wall = wall_clock_us();
         let mut base = Hlc {
@@ -112,6 +113,8 @@ impl Replica {
             }
             tx.execute(&q).await?;
         }
+        let mut moved_states: Vec<Vec<(Vec<Value>, RowState)>> =
+            vec![Vec::new(); self.handles().len()];
         for (table, key, mut s) in states {
             let mut moved = false;
             // A pending change's stamp, or another of this identity's
@@ -130,8 +133,17 @@ impl Replica {
                 again(d);
             }
             if moved {
-                rows::save_states(&tx, ROWS, &table, &[(key, s)]).await?;
+                moved_states[table].push((key, s));
             }
+        }
+        for (handle, moved) in self.handles().iter().zip(&moved_states) {
+            if moved.is_empty() {
+                continue;
+            }
+            let mut versions = Versions::open(&tx, handle.as_ref()).await?;
+            let moved: Vec<(&[Value], &RowState)> =
+                moved.iter().map(|(k, s)| (k.as_slice(), s)).collect();
+            versions.save(&tx, &moved).await?;
         }
         state.save(&tx).await?;
         tx.commit().await?;
@@ -169,19 +181,21 @@ async fn outbox_clocks(tx: &DatabaseTransaction) -> Result<Vec<(u64, Hlc, Vec<Co
     Ok(out)
 }
 
-/// Every row state of the registered tables: table, key, state.
+/// Every row state of the registered tables: the table's place in
+/// `tables`, the key, the state.
 async fn all_states(
     tx: &DatabaseTransaction,
-    tables: &[String],
-) -> Result<Vec<(String, String, RowState)>> {
+    tables: &[Arc<dyn TableHandle>],
+) -> Result<Vec<(usize, Vec<Value>, RowState)>> {
     let mut out = Vec::new();
-    for table in tables {
-        let mut after: Option<String> = None;
+    for (i, table) in tables.iter().enumerate() {
+        let versions = Versions::open(tx, table.as_ref()).await?;
+        let mut after: Option<Vec<Value>> = None;
         loop {
-            let page = rows::state_page(tx, ROWS, table, after.as_deref(), PAGE).await?;
+            let page = versions.page(tx, after.as_deref(), false, PAGE).await?;
             let full = page.len() as u64 >= PAGE;
             after = page.last().map(|(k, _)| k.clone());
-            out.extend(page.into_iter().map(|(k, s)| (table.clone(), k, s)));
+            out.extend(page.into_iter().map(|(k, s)| (i, k, s)));
             if !full {
                 break;
             }

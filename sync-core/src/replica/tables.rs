@@ -1,6 +1,7 @@
 //! The replica's own tables, each named and created here: the metadata,
-//! the outbox, the shadows, parked and held changes, the applying sessions,
-//! and per synced table its dirty markers and capture triggers.
+//! the outbox, the column register, parked and held changes, the applying
+//! sessions, and per synced table its version table (the row states), its
+//! dirty markers and capture triggers.
 //!
 //! Capture works by database triggers, generated from the entity: every
 //! insert, update and delete of a synced table upserts a *dirty marker*
@@ -30,11 +31,12 @@ use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{catalog, create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
-use crate::store::rows::{row_state_table, upgrade_row_state_table};
 use crate::store::user_tables::existing_columns;
 
-/// Newest metadata schema version this release writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// Newest metadata schema version this release writes and reads: 2, the
+/// row states in version tables (see `versions`); 1 kept them as JSON in
+/// [`ROWS`], converted when a table is installed.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Key/value metadata: schema version, node id, clock, next sequence,
 /// pull cursors.
@@ -46,8 +48,11 @@ pub(crate) const OUTBOX: ChangeTable = ChangeTable {
     name: "_tidesync_outbox",
     ids: &["seq"],
 };
-/// Last captured state of every synced row, with per-column clocks.
+/// Format 1's row states of every synced table, as JSON: read once, when
+/// a table is installed, into its version table (see [`install_table`]).
 pub(crate) const ROWS: &str = "_tidesync_rows";
+/// The register of column ordinals of the version tables.
+pub(crate) const COLUMNS: &str = "_tidesync_columns";
 /// Changes that could not be applied or read here, with why.
 pub(crate) const PARKED: &str = "_tidesync_parked";
 /// Conflicts waiting for a decision.
@@ -58,6 +63,11 @@ pub(crate) const APPLYING: &str = "_tidesync_applying";
 /// Name of the dirty-marker table of `table`.
 pub(crate) fn dirty_table(table: &str) -> String {
     short_name("_ts_d_", table)
+}
+
+/// Name of the version table of `table` (its row states).
+pub(crate) fn version_table(table: &str) -> String {
+    short_name("_ts_v_", table)
 }
 
 /// Name of a capture trigger (or PostgreSQL trigger function) of `table`.
@@ -95,7 +105,7 @@ pub(crate) fn metadata_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
     vec![
         LOCAL_META.table(),
         OUTBOX.table(d, vec![seq]),
-        row_state_table(d, ROWS),
+        columns_table(),
         Table::create()
             .table(Alias::new(PARKED))
             .if_not_exists()
@@ -167,6 +177,54 @@ pub(crate) fn dirty_table_ddl(
     t.to_owned()
 }
 
+/// DDL of the column register.
+pub(crate) fn columns_table() -> TableCreateStatement {
+    Table::create()
+        .table(Alias::new(COLUMNS))
+        .if_not_exists()
+        .col(not_null("tbl", varchar(64)))
+        .col(not_null("col", varchar(255)))
+        .col(not_null("ord", ColumnType::Integer))
+        .primary_key(
+            Index::create()
+                .col(Alias::new("tbl"))
+                .col(Alias::new("col")),
+        )
+        // Two columns never share an ordinal, even when two processes
+        // register columns at once (the second insert fails).
+        .index(
+            Index::create()
+                .unique()
+                .name("_tidesync_columns_ord")
+                .col(Alias::new("tbl"))
+                .col(Alias::new("ord")),
+        )
+        .to_owned()
+}
+
+/// DDL of the version table of `spec`, its key columns typed as
+/// `key_type` gives them (the marker table's types).
+pub(crate) fn version_table_ddl(
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    key_type: impl Fn(&crate::model::change::ColumnSpec) -> ColumnType,
+) -> TableCreateStatement {
+    let mut t = Table::create();
+    t.table(Alias::new(version_table(&spec.name)))
+        .if_not_exists();
+    let mut pk = Index::create();
+    for c in &spec.pk {
+        t.col(ColumnDef::new_with_type(Alias::new(&c.name), key_type(c)).not_null());
+        pk.col(Alias::new(&c.name));
+    }
+    t.col(not_null("clocks", d.long_bytes()))
+        .col(ColumnDef::new_with_type(Alias::new("del"), d.long_bytes()).null())
+        .col(not_null("vals", d.long_bytes()))
+        .col(not_null("live", ColumnType::Boolean))
+        .primary_key(&mut pk);
+    t.to_owned()
+}
+
 /// The type of a key column in the dirty-marker table.
 fn marker_key_type(
     d: &dyn Dialect,
@@ -176,6 +234,23 @@ fn marker_key_type(
     match key_types.get(&c.name) {
         Some(ty) => ColumnType::custom(ty.clone()),
         None => d.marker_key_type(&c.ty),
+    }
+}
+
+/// The type of a key column in a version table: the marker's, except that
+/// a MySQL `ENUM` or `SET` key is kept as its text. Version tables are read
+/// in key order, page after page from the last key read; MySQL sorts an
+/// `ENUM` by its declaration but compares it with a bound value as text,
+/// so a page would start anywhere. As text, the order and the comparison
+/// agree.
+fn version_key_type(
+    d: &dyn Dialect,
+    c: &ColumnSpec,
+    key_types: &HashMap<String, String>,
+) -> ColumnType {
+    match key_types.get(&c.name).map(|t| t.to_ascii_lowercase()) {
+        Some(t) if t.starts_with("enum(") || t.starts_with("set(") => varchar(255),
+        _ => marker_key_type(d, c, key_types),
     }
 }
 
@@ -234,8 +309,10 @@ pub(crate) async fn install_metadata(db: &DatabaseConnection) -> Result<()> {
     for t in metadata_tables(dialect::of_db(db)?) {
         create(db, t).await?;
     }
-    upgrade_row_state_table(db, ROWS).await?;
-    LOCAL_META.check_version(db, SCHEMA_VERSION).await
+    LOCAL_META.check_version(db, SCHEMA_VERSION).await?;
+    LOCAL_META
+        .upsert(db, "schema_version", &SCHEMA_VERSION.to_string())
+        .await
 }
 
 /// Create the dirty table and triggers of one synced table (idempotent),
@@ -246,6 +323,11 @@ pub(crate) async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) 
     let place = Place::of(d, spec);
     let key_types = column_types(db, d, place).await?;
     create(db, dirty_table_ddl(d, spec, &key_types)).await?;
+    create(
+        db,
+        version_table_ddl(d, spec, |c| version_key_type(d, c, &key_types)),
+    )
+    .await?;
     add_gone_column(db, d, &markers).await?;
     retype_marker_keys(db, d, spec, &markers, &key_types).await?;
     let uniques = unique_columns(db, d, place).await?;
@@ -622,7 +704,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [META, OUTBOX.name, ROWS, PARKED, CONFLICTS, APPLYING]
+            [META, OUTBOX.name, COLUMNS, PARKED, CONFLICTS, APPLYING]
         );
     }
 }

@@ -22,20 +22,78 @@ use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::applying::{begin_applying, end_applying};
+use super::entity::TableHandle;
+use super::seal_state::SealState;
 use super::tables::{LOCAL_META, ROWS, dirty_table};
+use super::versions::{Versions, register};
 use crate::dialect::{self, Place};
-use crate::model::change::{ColumnSpec, TableSpec};
+use crate::model::change::ColumnSpec;
 use crate::model::error::{Error, Result};
 use crate::model::value::{is_null, parse_pk_key};
 use crate::store::rows;
+use crate::store::user_tables::existing_columns;
 use crate::store::write::{keys_match, value_expr};
 
 /// Row states read per transaction of the fill.
 const PAGE: u64 = 500;
 
-/// Fill the columns `spec` gained since the last open from the row states,
-/// and remember its columns.
-pub(crate) async fn follow_columns(db: &DatabaseConnection, spec: &TableSpec) -> Result<()> {
+/// Give the synced columns of `handle`'s table their ordinals, and move
+/// the table's row states written by format 1 (JSON in `_tidesync_rows`)
+/// into its version table, a page per transaction under the capture lock:
+/// each page's states are saved and deleted from the old table together,
+/// so a conversion that stops goes on from where it was at the next open.
+pub(crate) async fn convert_states(
+    db: &DatabaseConnection,
+    handle: &dyn TableHandle,
+) -> Result<()> {
+    let spec = handle.spec();
+    let names: Vec<String> = spec.columns.iter().map(|c| c.name.clone()).collect();
+    register(db, &spec.name, &names).await?;
+    let d = dialect::of_db(db)?;
+    if existing_columns(db, d, Place::own(ROWS)).await?.is_empty() {
+        return Ok(());
+    }
+    rows::upgrade_row_state_table(db, ROWS).await?;
+    loop {
+        let tx = db.begin().await?;
+        SealState::lock(&tx).await?;
+        let page = rows::state_page(&tx, ROWS, &spec.name, None, PAGE).await?;
+        if page.is_empty() {
+            tx.commit().await?;
+            return Ok(());
+        }
+        let keys: Vec<Vec<sea_orm::Value>> = page
+            .iter()
+            .map(|(k, _)| parse_pk_key(k))
+            .collect::<Result<_>>()?;
+        let states: Vec<(&[sea_orm::Value], &crate::model::merge::RowState)> = keys
+            .iter()
+            .zip(&page)
+            .map(|(k, (_, s))| (k.as_slice(), s))
+            .collect();
+        let mut versions = Versions::open(&tx, handle).await?;
+        versions.save(&tx, &states).await?;
+        let done: Vec<String> = page
+            .iter()
+            .map(|(k, _)| rows::storage_key(k).into_owned())
+            .collect();
+        let delete = Query::delete()
+            .from_table(Alias::new(ROWS))
+            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+            .and_where(d.key_in(&done)?)
+            .to_owned();
+        tx.execute(&delete).await?;
+        tx.commit().await?;
+    }
+}
+
+/// Fill the columns `handle`'s table gained since the last open from the
+/// row states, and remember its columns.
+pub(crate) async fn follow_columns(
+    db: &DatabaseConnection,
+    handle: &dyn TableHandle,
+) -> Result<()> {
+    let spec = handle.spec();
     let key = format!("columns:{}", spec.name);
     let names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
     let now = serde_json::to_string(&names)?;
@@ -53,7 +111,7 @@ pub(crate) async fn follow_columns(db: &DatabaseConnection, spec: &TableSpec) ->
         .filter(|c| !known.contains(&c.name))
         .collect();
     if !added.is_empty() {
-        fill(db, spec, &added).await?;
+        fill(db, handle, &added).await?;
     }
     LOCAL_META.upsert(db, &key, &now).await
 }
@@ -61,19 +119,22 @@ pub(crate) async fn follow_columns(db: &DatabaseConnection, spec: &TableSpec) ->
 /// Write the values the row states hold for the `added` columns into the
 /// rows, page by page of states: where the row's value is NULL, and in any
 /// row without a pending marker.
-async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) -> Result<()> {
+async fn fill(
+    db: &DatabaseConnection,
+    handle: &dyn TableHandle,
+    added: &[&ColumnSpec],
+) -> Result<()> {
+    let spec = handle.spec();
     let d = dialect::of_db(db)?;
-    let mut after: Option<String> = None;
+    let mut after: Option<Vec<sea_orm::Value>> = None;
     loop {
         let tx = db.begin().await?;
         begin_applying(&tx).await?;
-        let page = rows::state_page(&tx, ROWS, &spec.name, after.as_deref(), PAGE).await?;
+        let versions = Versions::open(&tx, handle).await?;
+        let page = versions.page(&tx, after.as_deref(), true, PAGE).await?;
         after = page.last().map(|(k, _)| k.clone());
         for (key, state) in &page {
-            if !state.is_live() {
-                continue;
-            }
-            let pk = [parse_pk_key(key)?];
+            let pk = std::slice::from_ref(key);
             // No user wrote the column where it is NULL, nor anywhere in a
             // row without a pending marker (what the migration put there, a
             // DEFAULT say). A row with a marker keeps a value: the user may
@@ -82,7 +143,7 @@ async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) 
                 Query::select()
                     .expr(Expr::val(1))
                     .from(Alias::new(dirty_table(&spec.name)))
-                    .and_where(keys_match(spec, &pk, d))
+                    .and_where(keys_match(spec, pk, d))
                     .to_owned(),
             )
             .not();
@@ -93,7 +154,7 @@ async fn fill(db: &DatabaseConnection, spec: &TableSpec, added: &[&ColumnSpec]) 
                 let update = Query::update()
                     .table(Place::of(d, spec).table_ref())
                     .value(Alias::new(&c.name), value_expr(&spec.name, c, v, d)?)
-                    .and_where(keys_match(spec, &pk, d))
+                    .and_where(keys_match(spec, pk, d))
                     .cond_where(
                         Cond::any()
                             .add(Expr::col(Alias::new(&c.name)).is_null())

@@ -1,9 +1,12 @@
 //! Layer 3, the store: how tidesync keeps its data in a SQL database,
 //! shared by the replica and the hub.
 //!
-//! - [`rows`]: row states (values and per-column clocks) in a row-state
-//!   table: the replica's shadows and the hub's states;
+//! - [`rows`]: row states (values and per-column clocks) as JSON in a
+//!   row-state table: the hub's states, and a replica's before schema
+//!   version 2;
 //! - [`clocks`]: a row's column clocks as stored;
+//! - [`versions`]: a replica's row states in binary, for its version
+//!   tables;
 //! - [`write`]: batched writes of rows into the users' tables;
 //! - [`user_tables`]: the users' tables as tidesync creates them;
 //! - [`ddl`]: building blocks of every table's DDL;
@@ -21,4 +24,5 @@ pub(crate) mod meta;
 pub(crate) mod rows;
 pub(crate) mod stats;
 pub(crate) mod user_tables;
+pub(crate) mod versions;
 pub(crate) mod write;

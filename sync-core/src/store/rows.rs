@@ -1,5 +1,7 @@
-//! Row states in a database table: the local shadows (`_tidesync_rows`) and
-//! the hub's row metadata use the same layout and the same code.
+//! Row states in a database table, as JSON: the hub's row metadata
+//! (`_tidesync_hub_rows`), and the replica's states of schema version 1
+//! (`_tidesync_rows`), read once when a replica is upgraded (a replica
+//! keeps its states in version tables now, see [`super::versions`]).
 //!
 //! Layout: `tbl`, `pk` (the row's [`storage_key`]: its canonical key text,
 //! or a hash of a long one), `vals` (typed JSON map), `clocks` (see
@@ -158,49 +160,6 @@ pub(crate) fn key_text(r: &sea_orm::QueryResult) -> Result<String> {
 /// columns [`StoredState::decode`] reads.
 pub(crate) const STATE_COLUMNS: [&str; 5] = ["pk", "pk_full", "vals", "clocks", "deleted_at"];
 
-/// A page of the key texts of the live rows of `table` in the row-state
-/// table `store`, in stored-key order after the key text `after`, at most
-/// `limit`. The caller pages on from the last key; a page shorter than
-/// `limit` is the last.
-pub(crate) async fn live_keys<C: ConnectionTrait>(
-    db: &C,
-    store: &str,
-    table: &str,
-    after: Option<&str>,
-    limit: u64,
-) -> Result<Vec<String>> {
-    let mut q = Query::select();
-    q.columns(["pk", "pk_full"].map(Alias::new))
-        .from(Alias::new(store))
-        .and_where(Expr::col(Alias::new("tbl")).eq(table))
-        .and_where(Expr::col(Alias::new("live")).eq(true))
-        .order_by(Alias::new("pk"), sea_orm::Order::Asc)
-        .limit(limit);
-    if let Some(a) = after {
-        q.and_where(Expr::col(Alias::new("pk")).gt(storage_key(a).as_ref()));
-    }
-    db.query_all(&q).await?.iter().map(key_text).collect()
-}
-
-/// Load the states of `keys` of `table` from the row-state table `store`.
-/// Keys without a state are absent from the map. As [`load_stored`], it
-/// expects [`custom_plans`](crate::store::stats::custom_plans) in its transaction on PostgreSQL.
-///
-/// For a store whose states may take values from a log entry (the hub's),
-/// use [`load_stored`] and [`StoredState::fill`].
-pub(crate) async fn load_states<C: ConnectionTrait>(
-    db: &C,
-    store: &str,
-    table: &str,
-    keys: &[String],
-) -> Result<HashMap<String, RowState>> {
-    load_stored(db, store, table, keys)
-        .await?
-        .into_iter()
-        .map(|(k, s)| Ok((k, s.fill(None)?.0)))
-        .collect()
-}
-
 /// A page of the states of `table` in the row-state table `store` (a
 /// replica's: its states hold every value), in stored-key order after the
 /// key text `after`, at most `limit`: each key text with its state. The
@@ -354,22 +313,6 @@ impl StoredState {
             referred,
         ))
     }
-}
-
-/// Insert or replace the states of rows of `table` (multi-row statements),
-/// every value held by the state itself.
-pub(crate) async fn save_states<C: ConnectionTrait>(
-    db: &C,
-    store: &str,
-    table: &str,
-    states: &[(String, RowState)],
-) -> Result<()> {
-    let rows: Vec<(&str, &RowState, Option<Referral<'_>>)> =
-        states.iter().map(|(k, s)| (k.as_str(), s, None)).collect();
-    for q in state_statements(store, table, &rows)? {
-        db.execute(&q).await?;
-    }
-    Ok(())
 }
 
 /// The log entry a saved state takes some values from, and which columns.

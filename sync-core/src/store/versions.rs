@@ -1,0 +1,595 @@
+//! A replica's row states in binary (schema version 2): the bytes of the
+//! `clocks`, `del` and `vals` columns of a version table, one per synced
+//! table (see `replica::versions`). Pure code, no I/O.
+//!
+//! Format 1 kept every state as typed JSON in one shared table: per row a
+//! JSON map of values and a JSON map of 58-character clocks, under the
+//! key's text. Writing and reading those was most of what capture and
+//! pulls cost. Here a state is three byte strings:
+//!
+//! - `clocks`: per column that has a clock, in ordinal order, the column's
+//!   ordinal (2 bytes) and its clock ([`CLOCK_BYTES`]);
+//! - `del`: the clock of the row's latest delete, or NULL;
+//! - `vals`: per column that has a value, in ordinal order, its ordinal
+//!   and the value (a type tag, then fixed-width bytes or a length and
+//!   bytes; a type without a binary form here is its typed JSON).
+//!
+//! A column's ordinal is its place in the table's append-only register
+//! (`_tidesync_columns`): a state keeps its columns when the entity gains
+//! or drops some, and a column this process does not know (another
+//! release added it) keeps its clock and value.
+//!
+//! All integers are big-endian. The encoding is part of the stored
+//! format: the tests below pin it byte for byte.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
+use sea_orm::Value;
+
+use crate::model::clock::{Hlc, NodeId};
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::model::typed;
+
+/// Bytes of one clock: wall microseconds (8), counter (4), node id (16).
+pub(crate) const CLOCK_BYTES: usize = 28;
+
+/// Append `h` to `out`.
+pub(crate) fn put_clock(h: &Hlc, out: &mut Vec<u8>) {
+    out.extend_from_slice(&h.physical.to_be_bytes());
+    out.extend_from_slice(&h.logical.to_be_bytes());
+    out.extend_from_slice(&h.node.0);
+}
+
+/// The clock in the first [`CLOCK_BYTES`] of `b`.
+pub(crate) fn get_clock(b: &[u8]) -> Result<Hlc> {
+    let b = b
+        .get(..CLOCK_BYTES)
+        .ok_or_else(|| corrupt("a clock cut short"))?;
+    let mut node = [0u8; 16];
+    node.copy_from_slice(&b[12..28]);
+    Ok(Hlc {
+        physical: u64::from_be_bytes(b[0..8].try_into().expect("8 bytes")),
+        logical: u32::from_be_bytes(b[8..12].try_into().expect("4 bytes")),
+        node: NodeId(node),
+    })
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Corrupt(format!("version row: {what}"))
+}
+
+/// The column ordinals of one table: name to ordinal and back.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ordinals {
+    by_name: HashMap<String, u16>,
+    by_ord: BTreeMap<u16, String>,
+}
+
+impl Ordinals {
+    /// The register as read: `(column, ordinal)` pairs.
+    pub(crate) fn new(pairs: impl IntoIterator<Item = (String, u16)>) -> Ordinals {
+        let mut o = Ordinals::default();
+        for (c, n) in pairs {
+            o.by_ord.insert(n, c.clone());
+            o.by_name.insert(c, n);
+        }
+        o
+    }
+
+    pub(crate) fn of(&self, column: &str) -> Option<u16> {
+        self.by_name.get(column).copied()
+    }
+
+    fn name(&self, ord: u16) -> Result<&str> {
+        self.by_ord
+            .get(&ord)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(&format!("column ordinal {ord} is not registered")))
+    }
+
+    /// The next free ordinal.
+    pub(crate) fn next(&self) -> Result<u16> {
+        match self.by_ord.last_key_value() {
+            None => Ok(1),
+            Some((n, _)) => n
+                .checked_add(1)
+                .ok_or_else(|| Error::Config("a table has more than 65535 columns".into())),
+        }
+    }
+
+    /// The columns of `states` that have no ordinal yet, each once.
+    pub(crate) fn missing<'a>(&self, states: impl Iterator<Item = &'a RowState>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in states {
+            for c in s.clocks.keys().chain(s.vals.keys()) {
+                if !self.by_name.contains_key(c) && !out.contains(c) {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A state as its version row holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Encoded {
+    pub(crate) clocks: Vec<u8>,
+    pub(crate) del: Option<Vec<u8>>,
+    pub(crate) vals: Vec<u8>,
+    pub(crate) live: bool,
+}
+
+/// Encode `state`.
+///
+/// # Errors
+/// [`Error::Corrupt`] when one of its columns has no ordinal in `ords`
+/// (register them first, see [`Ordinals::missing`]).
+pub(crate) fn encode(state: &RowState, ords: &Ordinals) -> Result<Encoded> {
+    let ordinal = |c: &str| {
+        ords.of(c)
+            .ok_or_else(|| corrupt(&format!("column `{c}` has no ordinal")))
+    };
+    let mut clocks: Vec<(u16, &Hlc)> = state
+        .clocks
+        .iter()
+        .map(|(c, h)| Ok((ordinal(c)?, h)))
+        .collect::<Result<_>>()?;
+    clocks.sort_unstable_by_key(|(n, _)| *n);
+    let mut c = Vec::with_capacity(clocks.len() * (2 + CLOCK_BYTES));
+    for (n, h) in clocks {
+        c.extend_from_slice(&n.to_be_bytes());
+        put_clock(h, &mut c);
+    }
+    let mut vals: Vec<(u16, &Value)> = state
+        .vals
+        .iter()
+        .map(|(c, v)| Ok((ordinal(c)?, v)))
+        .collect::<Result<_>>()?;
+    vals.sort_unstable_by_key(|(n, _)| *n);
+    let mut v = Vec::new();
+    for (n, value) in vals {
+        v.extend_from_slice(&n.to_be_bytes());
+        put_value(value, &mut v)?;
+    }
+    let del = state.deleted_at.map(|d| {
+        let mut b = Vec::with_capacity(CLOCK_BYTES);
+        put_clock(&d, &mut b);
+        b
+    });
+    Ok(Encoded {
+        clocks: c,
+        del,
+        vals: v,
+        live: state.is_live(),
+    })
+}
+
+/// Decode the columns of a version row.
+pub(crate) fn decode(
+    clocks: &[u8],
+    del: Option<&[u8]>,
+    vals: &[u8],
+    ords: &Ordinals,
+) -> Result<RowState> {
+    let mut state = RowState::default();
+    let mut at = 0;
+    while at < clocks.len() {
+        let n = get_u16(clocks, &mut at)?;
+        let h = get_clock(&clocks[at..])?;
+        at += CLOCK_BYTES;
+        state.clocks.insert(ords.name(n)?.to_owned(), h);
+    }
+    let mut at = 0;
+    while at < vals.len() {
+        let n = get_u16(vals, &mut at)?;
+        let v = get_value(vals, &mut at)?;
+        state.vals.insert(ords.name(n)?.to_owned(), v);
+    }
+    state.deleted_at = del.map(get_clock).transpose()?;
+    Ok(state)
+}
+
+fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8]> {
+    let end = at
+        .checked_add(n)
+        .filter(|e| *e <= b.len())
+        .ok_or_else(|| corrupt("a value cut short"))?;
+    let out = &b[*at..end];
+    *at = end;
+    Ok(out)
+}
+
+fn get_u16(b: &[u8], at: &mut usize) -> Result<u16> {
+    Ok(u16::from_be_bytes(take(b, at, 2)?.try_into().expect("2")))
+}
+
+fn get_u32(b: &[u8], at: &mut usize) -> Result<u32> {
+    Ok(u32::from_be_bytes(take(b, at, 4)?.try_into().expect("4")))
+}
+
+/// Type tags of the binary value forms. A tag with [`NULL`] set is the
+/// type's NULL, with no bytes after it.
+mod tag {
+    pub(super) const BOOL: u8 = 1;
+    pub(super) const TINY_INT: u8 = 2;
+    pub(super) const SMALL_INT: u8 = 3;
+    pub(super) const INT: u8 = 4;
+    pub(super) const BIG_INT: u8 = 5;
+    pub(super) const TINY_UNSIGNED: u8 = 6;
+    pub(super) const SMALL_UNSIGNED: u8 = 7;
+    pub(super) const UNSIGNED: u8 = 8;
+    pub(super) const BIG_UNSIGNED: u8 = 9;
+    pub(super) const FLOAT: u8 = 10;
+    pub(super) const DOUBLE: u8 = 11;
+    pub(super) const STRING: u8 = 12;
+    pub(super) const CHAR: u8 = 13;
+    pub(super) const BYTES: u8 = 14;
+    pub(super) const UUID: u8 = 15;
+    pub(super) const DATE: u8 = 16;
+    pub(super) const TIME: u8 = 17;
+    pub(super) const DATE_TIME: u8 = 18;
+    pub(super) const DATE_TIME_UTC: u8 = 19;
+    pub(super) const DECIMAL: u8 = 20;
+    /// Any other value: its typed JSON, with a length.
+    pub(super) const TYPED: u8 = 127;
+    /// Set on a tag: the type's NULL.
+    pub(super) const NULL: u8 = 128;
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) -> Result<()> {
+    let n = u32::try_from(n).map_err(|_| Error::Config("a value over 4 GiB".into()))?;
+    out.extend_from_slice(&n.to_be_bytes());
+    Ok(())
+}
+
+/// Seconds and nanoseconds of a date-time since the epoch, as 12 bytes.
+fn put_instant(secs: i64, nanos: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&secs.to_be_bytes());
+    out.extend_from_slice(&nanos.to_be_bytes());
+}
+
+/// Append the binary form of `v`.
+pub(crate) fn put_value(v: &Value, out: &mut Vec<u8>) -> Result<()> {
+    macro_rules! fixed {
+        ($tag:expr, $x:expr, $bytes:expr) => {
+            match $x {
+                Some(x) => {
+                    out.push($tag);
+                    out.extend_from_slice(&$bytes(x));
+                }
+                None => out.push($tag | tag::NULL),
+            }
+        };
+    }
+    match v {
+        Value::Bool(x) => fixed!(tag::BOOL, x, |b: &bool| [u8::from(*b)]),
+        Value::TinyInt(x) => fixed!(tag::TINY_INT, x, |n: &i8| n.to_be_bytes()),
+        Value::SmallInt(x) => fixed!(tag::SMALL_INT, x, |n: &i16| n.to_be_bytes()),
+        Value::Int(x) => fixed!(tag::INT, x, |n: &i32| n.to_be_bytes()),
+        Value::BigInt(x) => fixed!(tag::BIG_INT, x, |n: &i64| n.to_be_bytes()),
+        Value::TinyUnsigned(x) => fixed!(tag::TINY_UNSIGNED, x, |n: &u8| n.to_be_bytes()),
+        Value::SmallUnsigned(x) => fixed!(tag::SMALL_UNSIGNED, x, |n: &u16| n.to_be_bytes()),
+        Value::Unsigned(x) => fixed!(tag::UNSIGNED, x, |n: &u32| n.to_be_bytes()),
+        Value::BigUnsigned(x) => fixed!(tag::BIG_UNSIGNED, x, |n: &u64| n.to_be_bytes()),
+        Value::Float(x) => fixed!(tag::FLOAT, x, |f: &f32| f.to_bits().to_be_bytes()),
+        Value::Double(x) => fixed!(tag::DOUBLE, x, |f: &f64| f.to_bits().to_be_bytes()),
+        Value::Char(x) => fixed!(tag::CHAR, x, |c: &char| u32::from(*c).to_be_bytes()),
+        Value::Uuid(x) => fixed!(tag::UUID, x, |u: &uuid::Uuid| *u.as_bytes()),
+        Value::Decimal(x) => fixed!(tag::DECIMAL, x, |d: &rust_decimal::Decimal| d.serialize()),
+        Value::ChronoDate(x) => {
+            fixed!(tag::DATE, x, |d: &NaiveDate| d
+                .num_days_from_ce()
+                .to_be_bytes())
+        }
+        Value::String(Some(s)) => {
+            out.push(tag::STRING);
+            put_len(out, s.len())?;
+            out.extend_from_slice(s.as_bytes());
+        }
+        Value::String(None) => out.push(tag::STRING | tag::NULL),
+        Value::Bytes(Some(b)) => {
+            out.push(tag::BYTES);
+            put_len(out, b.len())?;
+            out.extend_from_slice(b);
+        }
+        Value::Bytes(None) => out.push(tag::BYTES | tag::NULL),
+        Value::ChronoTime(Some(t)) => {
+            out.push(tag::TIME);
+            out.extend_from_slice(&t.num_seconds_from_midnight().to_be_bytes());
+            out.extend_from_slice(&t.nanosecond().to_be_bytes());
+        }
+        Value::ChronoTime(None) => out.push(tag::TIME | tag::NULL),
+        Value::ChronoDateTime(Some(t)) => {
+            out.push(tag::DATE_TIME);
+            let utc = t.and_utc();
+            put_instant(utc.timestamp(), utc.timestamp_subsec_nanos(), out);
+        }
+        Value::ChronoDateTime(None) => out.push(tag::DATE_TIME | tag::NULL),
+        Value::ChronoDateTimeUtc(Some(t)) => {
+            out.push(tag::DATE_TIME_UTC);
+            put_instant(t.timestamp(), t.timestamp_subsec_nanos(), out);
+        }
+        Value::ChronoDateTimeUtc(None) => out.push(tag::DATE_TIME_UTC | tag::NULL),
+        other => {
+            let text = typed::to_text(other)?;
+            out.push(tag::TYPED);
+            put_len(out, text.len())?;
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Read the value at `at` and move past it.
+pub(crate) fn get_value(b: &[u8], at: &mut usize) -> Result<Value> {
+    let t = take(b, at, 1)?[0];
+    let null = t & tag::NULL != 0;
+    let t = t & !tag::NULL;
+    macro_rules! fixed {
+        ($variant:ident, $n:expr, $from:expr) => {{
+            if null {
+                Value::$variant(None)
+            } else {
+                let bytes: [u8; $n] = take(b, at, $n)?.try_into().expect("width");
+                Value::$variant(Some($from(bytes)?))
+            }
+        }};
+    }
+    let v = match t {
+        tag::BOOL => fixed!(Bool, 1, |b: [u8; 1]| match b[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(corrupt("a boolean other than 0 or 1")),
+        }),
+        tag::TINY_INT => fixed!(TinyInt, 1, |b| Ok::<_, Error>(i8::from_be_bytes(b))),
+        tag::SMALL_INT => fixed!(SmallInt, 2, |b| Ok::<_, Error>(i16::from_be_bytes(b))),
+        tag::INT => fixed!(Int, 4, |b| Ok::<_, Error>(i32::from_be_bytes(b))),
+        tag::BIG_INT => fixed!(BigInt, 8, |b| Ok::<_, Error>(i64::from_be_bytes(b))),
+        tag::TINY_UNSIGNED => fixed!(TinyUnsigned, 1, |b| Ok::<_, Error>(u8::from_be_bytes(b))),
+        tag::SMALL_UNSIGNED => fixed!(SmallUnsigned, 2, |b| Ok::<_, Error>(u16::from_be_bytes(b))),
+        tag::UNSIGNED => fixed!(Unsigned, 4, |b| Ok::<_, Error>(u32::from_be_bytes(b))),
+        tag::BIG_UNSIGNED => fixed!(BigUnsigned, 8, |b| Ok::<_, Error>(u64::from_be_bytes(b))),
+        tag::FLOAT => fixed!(Float, 4, |b| Ok::<_, Error>(f32::from_bits(
+            u32::from_be_bytes(b)
+        ))),
+        tag::DOUBLE => fixed!(Double, 8, |b| Ok::<_, Error>(f64::from_bits(
+            u64::from_be_bytes(b)
+        ))),
+        tag::CHAR => fixed!(Char, 4, |b| char::from_u32(u32::from_be_bytes(b))
+            .ok_or_else(|| corrupt("a character that is not one"))),
+        tag::UUID => fixed!(Uuid, 16, |b| Ok::<_, Error>(uuid::Uuid::from_bytes(b))),
+        tag::DECIMAL => fixed!(Decimal, 16, |b| Ok::<_, Error>(
+            rust_decimal::Decimal::deserialize(b)
+        )),
+        tag::DATE => fixed!(ChronoDate, 4, |b| NaiveDate::from_num_days_from_ce_opt(
+            i32::from_be_bytes(b)
+        )
+        .ok_or_else(|| corrupt("a date out of range"))),
+        tag::TIME => fixed!(ChronoTime, 8, |b: [u8; 8]| {
+            let secs = u32::from_be_bytes(b[..4].try_into().expect("4"));
+            let nanos = u32::from_be_bytes(b[4..].try_into().expect("4"));
+            NaiveTime::from_num_seconds_from_midnight_opt(secs, nanos)
+                .ok_or_else(|| corrupt("a time out of range"))
+        }),
+        tag::DATE_TIME => fixed!(ChronoDateTime, 12, |b| instant(b).map(|t| t.naive_utc())),
+        tag::DATE_TIME_UTC => fixed!(ChronoDateTimeUtc, 12, instant),
+        tag::STRING if null => Value::String(None),
+        tag::STRING => {
+            let n = get_u32(b, at)? as usize;
+            let s = std::str::from_utf8(take(b, at, n)?)
+                .map_err(|_| corrupt("a string that is not UTF-8"))?;
+            Value::String(Some(s.to_owned()))
+        }
+        tag::BYTES if null => Value::Bytes(None),
+        tag::BYTES => {
+            let n = get_u32(b, at)? as usize;
+            Value::Bytes(Some(take(b, at, n)?.to_vec()))
+        }
+        tag::TYPED if !null => {
+            let n = get_u32(b, at)? as usize;
+            let text = std::str::from_utf8(take(b, at, n)?)
+                .map_err(|_| corrupt("a typed value that is not UTF-8"))?;
+            typed::from_text(text)?
+        }
+        other => return Err(corrupt(&format!("unknown value tag {other}"))),
+    };
+    Ok(v)
+}
+
+/// The date-time of 12 bytes of [`put_instant`].
+fn instant(b: [u8; 12]) -> Result<DateTime<Utc>> {
+    let secs = i64::from_be_bytes(b[..8].try_into().expect("8"));
+    let nanos = u32::from_be_bytes(b[8..].try_into().expect("4"));
+    Utc.timestamp_opt(secs, nanos)
+        .single()
+        .ok_or_else(|| corrupt("a date-time out of range"))
+}
+
+/// Read a whole value encoded alone (see [`put_value`]).
+#[cfg(test)]
+fn value_of(b: &[u8]) -> Result<Value> {
+    let mut at = 0;
+    let v = get_value(b, &mut at)?;
+    if at != b.len() {
+        return Err(corrupt("bytes after a value"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::value::same_value;
+
+    fn roundtrip(v: Value) {
+        let mut b = Vec::new();
+        put_value(&v, &mut b).unwrap();
+        let back = value_of(&b).unwrap();
+        assert!(same_value(&back, &v), "{v:?} came back as {back:?}");
+        // The variant of a NULL is kept.
+        assert_eq!(
+            std::mem::discriminant(&back),
+            std::mem::discriminant(&v),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn every_value_comes_back_as_it_was() {
+        let t = Utc
+            .with_ymd_and_hms(2026, 12, 5, 1, 2, 3)
+            .unwrap()
+            .checked_add_signed(chrono::Duration::nanoseconds(123_456_789))
+            .unwrap();
+        for v in [
+            Value::Bool(Some(true)),
+            Value::Bool(Some(false)),
+            Value::Bool(None),
+            Value::TinyInt(Some(-5)),
+            Value::SmallInt(Some(-300)),
+            Value::Int(Some(i32::MIN)),
+            Value::BigInt(Some(i64::MAX)),
+            Value::BigInt(None),
+            Value::TinyUnsigned(Some(255)),
+            Value::SmallUnsigned(Some(65535)),
+            Value::Unsigned(Some(u32::MAX)),
+            Value::BigUnsigned(Some(u64::MAX)),
+            Value::Float(Some(-0.0)),
+            Value::Double(Some(f64::MIN_POSITIVE)),
+            Value::Double(Some(f64::INFINITY)),
+            Value::String(Some(String::new())),
+            Value::String(Some("ké🌊\0".into())),
+            Value::String(None),
+            Value::Char(Some('🌊')),
+            Value::Bytes(Some(vec![0, 255, 1])),
+            Value::Bytes(None),
+            Value::Uuid(Some(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef))),
+            Value::Uuid(None),
+            Value::Decimal(Some("-12345.67890".parse().unwrap())),
+            Value::ChronoDate(Some(NaiveDate::from_ymd_opt(-44, 3, 15).unwrap())),
+            Value::ChronoTime(Some(NaiveTime::from_hms_nano_opt(23, 59, 59, 1).unwrap())),
+            Value::ChronoDateTime(Some(t.naive_utc())),
+            Value::ChronoDateTimeUtc(Some(t)),
+            Value::ChronoDateTimeUtc(None),
+            Value::Json(Some(Box::new(serde_json::json!({"a": [1, null]})))),
+            Value::Json(Some(Box::new(serde_json::Value::Null))),
+            Value::Json(None),
+        ] {
+            roundtrip(v);
+        }
+    }
+
+    /// A decimal keeps its scale (`1.50` is not `1.5` for a diff).
+    #[test]
+    fn decimals_keep_their_scale() {
+        let mut b = Vec::new();
+        put_value(&Value::Decimal(Some("1.50".parse().unwrap())), &mut b).unwrap();
+        match value_of(&b).unwrap() {
+            Value::Decimal(Some(d)) => assert_eq!(d.to_string(), "1.50"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The stored bytes, pinned: a release that reads them differently
+    /// would read every replica's states wrong.
+    #[test]
+    fn the_encoding_is_pinned() {
+        let mut b = Vec::new();
+        put_value(&Value::String(Some("hé".into())), &mut b).unwrap();
+        put_value(&Value::Int(None), &mut b).unwrap();
+        put_value(&Value::BigInt(Some(-2)), &mut b).unwrap();
+        assert_eq!(
+            b,
+            [
+                12,
+                0,
+                0,
+                0,
+                3,
+                b'h',
+                0xc3,
+                0xa9,    // string, 3 bytes
+                4 | 128, // NULL int
+                5,
+                255,
+                255,
+                255,
+                255,
+                255,
+                255,
+                255,
+                254, // big int -2
+            ]
+        );
+        let h = Hlc {
+            physical: 0x0102_0304_0506_0708,
+            logical: 9,
+            node: NodeId([7; 16]),
+        };
+        let mut c = Vec::new();
+        put_clock(&h, &mut c);
+        assert_eq!(&c[..12], &[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 9]);
+        assert_eq!(&c[12..], &[7; 16]);
+        assert_eq!(get_clock(&c).unwrap(), h);
+    }
+
+    /// Cut or garbled bytes are an error naming the version row, never a
+    /// panic or a wrong value.
+    #[test]
+    fn bad_bytes_are_refused() {
+        let mut b = Vec::new();
+        put_value(&Value::String(Some("hello".into())), &mut b).unwrap();
+        for n in 0..b.len() {
+            assert!(value_of(&b[..n]).is_err(), "cut at {n}");
+        }
+        assert!(value_of(&[99]).is_err());
+        assert!(value_of(&[tag::BOOL, 2]).is_err());
+        assert!(value_of(&[tag::STRING, 0, 0, 0, 1, 0xff]).is_err());
+        assert!(value_of(&[tag::CHAR, 0, 0x11, 0, 0]).is_err());
+        assert!(get_clock(&[0; 27]).is_err());
+        let ords = Ordinals::new([("a".to_owned(), 1)]);
+        // An ordinal nobody registered.
+        let mut c = 2u16.to_be_bytes().to_vec();
+        put_clock(&Hlc::default(), &mut c);
+        assert!(decode(&c, None, &[], &ords).is_err());
+    }
+
+    fn clock(physical: u64, node: u8) -> Hlc {
+        Hlc {
+            physical,
+            logical: 0,
+            node: NodeId([node; 16]),
+        }
+    }
+
+    #[test]
+    fn states_come_back_whole() {
+        let ords = Ordinals::new([
+            ("name".to_owned(), 1),
+            ("email".to_owned(), 2),
+            ("gone_col".to_owned(), 3),
+        ]);
+        let mut s = RowState::default();
+        s.set("name", &Value::String(Some("Ada".into())), clock(10, 1));
+        s.set("email", &Value::String(None), clock(12, 2));
+        // A clock without a value and a value without a clock survive.
+        s.clocks.insert("gone_col".into(), clock(5, 3));
+        s.deleted_at = Some(clock(11, 9));
+        let e = encode(&s, &ords).unwrap();
+        assert!(e.live);
+        let back = decode(&e.clocks, e.del.as_deref(), &e.vals, &ords).unwrap();
+        assert!(back.same(&s), "{back:?}");
+        // Ordinal order, whatever the map order.
+        assert_eq!(&e.clocks[..2], &[0, 1]);
+        s.deleted_at = Some(clock(13, 0));
+        assert!(!encode(&s, &ords).unwrap().live);
+        // A column without an ordinal is refused, not dropped.
+        s.vals.insert("new".into(), Value::Int(Some(1)));
+        assert!(encode(&s, &ords).is_err());
+        assert_eq!(ords.missing([&s].into_iter()), ["new"]);
+        assert_eq!(ords.next().unwrap(), 4);
+    }
+}
