@@ -1152,6 +1152,8 @@ async fn markers_keep_each_key_exactly(hub: TestDb) -> TestResult {
 /// A MySQL dirty-marker table made by an earlier release has the key's type
 /// without its precision (`datetime`): opening the replica gives it the
 /// table's (`datetime(6)`), and a key with fractional seconds is synced.
+/// So does a version table whose keys were typed before the table's key
+/// changed type (two keys rounded alike would share one state).
 async fn marker_keys_of_an_earlier_release_are_retyped(hub: TestDb) -> TestResult {
     use common::entities::keyed_by_time;
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
@@ -1160,23 +1162,30 @@ async fn marker_keys_of_an_earlier_release_are_retyped(hub: TestDb) -> TestResul
         .db
         .execute_unprepared(
             "CREATE TABLE _ts_d_keyed_by_time (k datetime NOT NULL, ver bigint NOT NULL, \
-             wall_us bigint NOT NULL, PRIMARY KEY (k))",
+             wall_us bigint NOT NULL, PRIMARY KEY (k)); \
+             CREATE TABLE _ts_v_keyed_by_time (k datetime NOT NULL, clocks longblob NOT NULL, \
+             del longblob NULL, vals longblob NOT NULL, live bool NOT NULL, PRIMARY KEY (k))",
         )
         .await?;
     let a = device_in(local, common::hub_for(&hub).await?, |r| {
         r.register::<keyed_by_time::Entity>()
     })
     .await?;
-    let row = a
-        .db()
-        .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::MySql,
-            "SELECT COLUMN_TYPE AS ty FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '_ts_d_keyed_by_time' AND COLUMN_NAME = 'k'",
-        ))
-        .await?
-        .ok_or("no marker key column")?;
-    ensure_eq!(row.try_get::<String>("", "ty")?, "datetime(6)");
+    for table in ["_ts_d_keyed_by_time", "_ts_v_keyed_by_time"] {
+        let row = a
+            .db()
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::MySql,
+                format!(
+                    "SELECT COLUMN_TYPE AS ty FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{table}' \
+                     AND COLUMN_NAME = 'k'"
+                ),
+            ))
+            .await?
+            .ok_or("no key column")?;
+        ensure_eq!(row.try_get::<String>("", "ty")?, "datetime(6)", "{table}");
+    }
     let k = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
         .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 500_001))
         .ok_or("date")?;

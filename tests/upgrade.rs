@@ -265,13 +265,37 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
         vals(brian, "Brian", r#"{"String":null}"#),
     );
     db.execute_unprepared(&insert).await?;
+    // And a state whose JSON is garbled: left behind, the rest converted.
+    db.execute_unprepared(&format!(
+        "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES \
+         ('people', '[{}]', '{{\"name\": ', '{{}}', NULL, {yes})",
+        q("_tidesync_rows"),
+        q("tbl"),
+        q("pk"),
+        q("vals"),
+        q("clocks"),
+        q("deleted_at"),
+        q("live"),
+        uuid(id(3)),
+    ))
+    .await?;
     common::write_meta(db, "schema_version", "1").await?;
     // This release opens it.
     let a = a.batched::<people_lww::Entity>(hub.clone(), 100).await?;
     let db = a.db();
     let v = common::read_meta(db, "schema_version").await?;
     ensure_eq!(v.as_deref(), Some("2"), "schema version after the upgrade");
-    ensure_eq!(count(db, "_tidesync_rows").await?, 0, "states left behind");
+    // The old table is renamed, so a process of format 1 still running
+    // fails instead of working from states that moved.
+    ensure!(
+        count(db, "_tidesync_rows").await.is_err(),
+        "_tidesync_rows is still there"
+    );
+    ensure_eq!(
+        count(db, "_tidesync_rows_v1").await?,
+        1,
+        "states left behind: only the garbled one"
+    );
     ensure_eq!(
         count(db, "_ts_v_people").await?,
         2,
@@ -280,6 +304,34 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
     // The states hold the rows' values: nothing to reconcile.
     let r = a.engine.replica().reconcile().await?;
     ensure_eq!(r.captured, 0, "changes reconcile found after the upgrade");
+    // A process of format 1 that opened the database since made its table
+    // again and left an older state of Ada there: merged, it loses to the
+    // version row's newer clocks instead of replacing them.
+    db.execute_unprepared(format1_rows_ddl(kind)).await?;
+    let stale = clock(3 * day);
+    db.execute_unprepared(&format!(
+        "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES \
+         ('people', '[{}]', '{}', '{{\"\":\"{stale}\"}}', NULL, {yes})",
+        q("_tidesync_rows"),
+        q("tbl"),
+        q("pk"),
+        q("vals"),
+        q("clocks"),
+        q("deleted_at"),
+        q("live"),
+        uuid(ada),
+        vals(ada, "Stale", r#"{"String":"stale@x"}"#),
+    ))
+    .await?;
+    let a = a.batched::<people_lww::Entity>(hub.clone(), 100).await?;
+    let db = a.db();
+    ensure_eq!(
+        count(db, "_tidesync_rows").await?,
+        0,
+        "the stale state moved"
+    );
+    let r = a.engine.replica().reconcile().await?;
+    ensure_eq!(r.captured, 0, "a stale state replaced a newer one");
     // The converted clocks hold: a write made (by its clock) two days ago
     // on another device that had seen nothing loses to the name's clock of
     // a day ago; one made now wins over the email's.

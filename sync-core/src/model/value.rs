@@ -102,6 +102,14 @@ pub(crate) fn pk_key(values: &[Value]) -> Result<String> {
     Ok(serde_json::to_string(&canonical)?)
 }
 
+/// The one form of each value of a key (see [`pk_key`]): what tidesync
+/// binds to find or write a key in its own tables, so that a key stored as
+/// text (SQLite: a decimal, a date-time with its offset) compares equal to
+/// the same key read back another way.
+pub(crate) fn canonical_key(values: &[Value]) -> Vec<Value> {
+    values.iter().map(canonical).collect()
+}
+
 /// Whether a key value has more than one form.
 fn needs_canonical_form(v: &Value) -> bool {
     matches!(

@@ -76,7 +76,7 @@ async fn queue_table<'s>(
     deletes: &mut Vec<Dead<'s>>,
 ) -> Result<usize> {
     let spec = table.spec();
-    let versions = Versions::open(tx, table).await?;
+    let mut versions = Versions::open(tx, table).await?;
     let mut queued = 0;
     let mut dead = Vec::new();
     let mut after: Option<Vec<Value>> = None;

@@ -189,7 +189,7 @@ async fn all_states(
 ) -> Result<Vec<(usize, Vec<Value>, RowState)>> {
     let mut out = Vec::new();
     for (i, table) in tables.iter().enumerate() {
-        let versions = Versions::open(tx, table.as_ref()).await?;
+        let mut versions = Versions::open(tx, table.as_ref()).await?;
         let mut after: Option<Vec<Value>> = None;
         loop {
             let page = versions.page(tx, after.as_deref(), false, PAGE).await?;

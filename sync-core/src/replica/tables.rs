@@ -35,7 +35,8 @@ use crate::store::user_tables::existing_columns;
 
 /// Newest metadata schema version this release writes and reads: 2, the
 /// row states in version tables (see `versions`); 1 kept them as JSON in
-/// [`ROWS`], converted when a table is installed.
+/// [`ROWS`], moved into the version tables at open (see
+/// `upgrade::convert_states`).
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Key/value metadata: schema version, node id, clock, next sequence,
@@ -48,9 +49,12 @@ pub(crate) const OUTBOX: ChangeTable = ChangeTable {
     name: "_tidesync_outbox",
     ids: &["seq"],
 };
-/// Format 1's row states of every synced table, as JSON: read once, when
-/// a table is installed, into its version table (see [`install_table`]).
+/// Format 1's row states of every synced table, as JSON: moved into the
+/// version tables at open (see `upgrade::convert_states`).
 pub(crate) const ROWS: &str = "_tidesync_rows";
+/// [`ROWS`] once a release of schema version 2 opened the database (see
+/// `upgrade::convert_states`): what is left in it could not be read.
+pub(crate) const ROWS_V1: &str = "_tidesync_rows_v1";
 /// The register of column ordinals of the version tables.
 pub(crate) const COLUMNS: &str = "_tidesync_columns";
 /// Changes that could not be applied or read here, with why.
@@ -248,10 +252,34 @@ fn version_key_type(
     c: &ColumnSpec,
     key_types: &HashMap<String, String>,
 ) -> ColumnType {
-    match key_types.get(&c.name).map(|t| t.to_ascii_lowercase()) {
-        Some(t) if t.starts_with("enum(") || t.starts_with("set(") => varchar(255),
-        _ => marker_key_type(d, c, key_types),
+    match version_key_text(key_types.get(&c.name)) {
+        Some(t) => ColumnType::custom(t),
+        None => d.marker_key_type(&c.ty),
     }
+}
+
+/// The catalog type of a version table's key column, given the table's
+/// own (see [`version_key_type`]): the same, except an `ENUM` or `SET` as a
+/// `varchar` as long as its longest label (not longer: with the key's other
+/// columns it must stay within MySQL's index limit, as the table's own key
+/// does).
+fn version_key_text(own: Option<&String>) -> Option<String> {
+    let own = own?;
+    let lower = own.to_ascii_lowercase();
+    if !(lower.starts_with("enum(") || lower.starts_with("set(")) {
+        return Some(own.clone());
+    }
+    let labels = &own[own.find('(')? + 1..own.rfind(')')?];
+    let lengths: Vec<usize> = labels
+        .split("','")
+        .map(|l| l.trim_matches('\'').replace("''", "'").chars().count())
+        .collect();
+    let n = match lower.starts_with("set(") {
+        // A `SET` value is its labels joined by commas.
+        true => lengths.iter().sum::<usize>() + lengths.len().saturating_sub(1),
+        false => lengths.iter().copied().max().unwrap_or(1),
+    };
+    Some(format!("varchar({})", n.max(1)))
 }
 
 /// The `gone` column of a dirty-marker table.
@@ -329,7 +357,11 @@ pub(crate) async fn install_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) 
     )
     .await?;
     add_gone_column(db, d, &markers).await?;
-    retype_marker_keys(db, d, spec, &markers, &key_types).await?;
+    retype_keys(db, d, spec, &markers, |c| key_types.get(&c.name).cloned()).await?;
+    retype_keys(db, d, spec, &version_table(&spec.name), |c| {
+        version_key_text(key_types.get(&c.name))
+    })
+    .await?;
     let uniques = unique_columns(db, d, place).await?;
     // Where the markers were created (PostgreSQL: the current schema).
     let home = schema_of(db, Place::own(&markers)).await?;
@@ -391,27 +423,30 @@ async fn column_types<C: ConnectionTrait>(
         .collect()
 }
 
-/// Give the key columns of a dirty-marker table made by an earlier release
-/// (MySQL: `datetime`, `decimal(10,0)`, rounding the keys) the type of the
-/// table's own key columns.
-async fn retype_marker_keys<C: ConnectionTrait>(
+/// Give the key columns of tidesync's `table` (a dirty-marker table, a
+/// version table) the type `want` names for each, where it differs: a
+/// marker table made by an earlier release (MySQL: `datetime`,
+/// `decimal(10,0)`, rounding the keys), or a table whose own key column
+/// changed type since (a migration to `datetime(6)`: rounded, two keys
+/// would share one marker or one state).
+async fn retype_keys<C: ConnectionTrait>(
     db: &C,
     d: &dyn Dialect,
     spec: &TableSpec,
-    markers: &str,
-    key_types: &HashMap<String, String>,
+    table: &str,
+    want: impl Fn(&ColumnSpec) -> Option<String>,
 ) -> Result<()> {
-    if key_types.is_empty() {
+    if d.key_types_query().is_none() {
         return Ok(());
     }
-    let now = column_types(db, d, Place::own(markers)).await?;
+    let now = column_types(db, d, Place::own(table)).await?;
     for c in &spec.pk {
-        let (Some(want), Some(have)) = (key_types.get(&c.name), now.get(&c.name)) else {
+        let (Some(want), Some(have)) = (want(c), now.get(&c.name)) else {
             continue;
         };
-        if want != have {
+        if want != *have {
             let alter = Table::alter()
-                .table(Alias::new(markers))
+                .table(Alias::new(table))
                 .modify_column(
                     ColumnDef::new_with_type(Alias::new(&c.name), ColumnType::custom(want.clone()))
                         .not_null(),
@@ -646,6 +681,18 @@ mod tests {
              \x20 END IF;\n\
              END"
         );
+    }
+
+    /// A version table keeps a MySQL `ENUM` or `SET` key as text, as long
+    /// as its longest value; every other type as the table has it.
+    #[test]
+    fn version_keys_take_the_tables_types_but_enums() {
+        let t = |s: &str| version_key_text(Some(&s.to_owned()));
+        assert_eq!(t("datetime(6)").as_deref(), Some("datetime(6)"));
+        assert_eq!(t("enum('a','bbb','c''d')").as_deref(), Some("varchar(3)"));
+        assert_eq!(t("ENUM('x')").as_deref(), Some("varchar(1)"));
+        assert_eq!(t("set('ab','c')").as_deref(), Some("varchar(4)"));
+        assert_eq!(version_key_text(None), None);
     }
 
     #[test]

@@ -18,18 +18,19 @@
 //! from the row state for a change (see `capture::diff`): such a NULL was
 //! not written by the user.
 
-use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::applying::{begin_applying, end_applying};
 use super::entity::TableHandle;
 use super::seal_state::SealState;
-use super::tables::{LOCAL_META, ROWS, dirty_table};
+use super::tables::{LOCAL_META, ROWS, ROWS_V1, dirty_table};
 use super::versions::{Versions, register};
 use crate::dialect::{self, Place};
 use crate::model::change::ColumnSpec;
 use crate::model::error::{Error, Result};
-use crate::model::value::{is_null, parse_pk_key};
+use crate::model::merge::RowState;
+use crate::model::value::{is_null, parse_pk_key, pk_key};
 use crate::store::rows;
 use crate::store::user_tables::existing_columns;
 use crate::store::write::{keys_match, value_expr};
@@ -39,51 +40,127 @@ const PAGE: u64 = 500;
 
 /// Give the synced columns of `handle`'s table their ordinals, and move
 /// the table's row states written by format 1 (JSON in `_tidesync_rows`)
-/// into its version table, a page per transaction under the capture lock:
-/// each page's states are saved and deleted from the old table together,
-/// so a conversion that stops goes on from where it was at the next open.
+/// into its version table.
+///
+/// - The first time, `_tidesync_rows` is renamed `_tidesync_rows_v1`: a
+///   process of format 1 still running on this database then fails on
+///   its next capture or pull instead of working from states that have
+///   moved (one that opens later is refused by the schema version).
+/// - A page per transaction under the capture lock: each page's states are
+///   saved and deleted from the old table together, so a conversion that
+///   stops goes on from where it was at the next open. A state already in
+///   the version table is merged with the old one (per column the later
+///   clock), never overwritten.
+/// - A state that cannot be read (its JSON or key text garbled) stays in
+///   the old table, with a warning: the row then has no state here, and
+///   its next capture sends it whole, as a new row.
 pub(crate) async fn convert_states(
     db: &DatabaseConnection,
     handle: &dyn TableHandle,
 ) -> Result<()> {
     let spec = handle.spec();
     let names: Vec<String> = spec.columns.iter().map(|c| c.name.clone()).collect();
-    register(db, &spec.name, &names).await?;
+    // Under the capture lock, as every other registration (capture, pulls,
+    // resolving a conflict): two processes never pick an ordinal at once.
+    let tx = db.begin().await?;
+    SealState::lock(&tx).await?;
+    register(&tx, &spec.name, &names).await?;
+    tx.commit().await?;
     let d = dialect::of_db(db)?;
-    if existing_columns(db, d, Place::own(ROWS)).await?.is_empty() {
-        return Ok(());
+    let exists = |store| async move {
+        Ok::<_, Error>(!existing_columns(db, d, Place::own(store)).await?.is_empty())
+    };
+    if exists(ROWS).await? && !exists(ROWS_V1).await? {
+        let rename = Table::rename()
+            .table(Alias::new(ROWS), Alias::new(ROWS_V1))
+            .to_owned();
+        if let Err(e) = db.execute(&rename).await {
+            // Another process renamed it meanwhile.
+            if !exists(ROWS_V1).await? {
+                return Err(e.into());
+            }
+        }
     }
-    rows::upgrade_row_state_table(db, ROWS).await?;
+    // The old table again, if a process of format 1 opened the database
+    // since (it creates the table before it reads the schema version).
+    for store in [ROWS_V1, ROWS] {
+        if exists(store).await? {
+            rows::upgrade_row_state_table(db, store).await?;
+            convert_from(db, handle, store).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Move the states of `handle`'s table from the format 1 table `store`
+/// (see [`convert_states`]).
+async fn convert_from(
+    db: &DatabaseConnection,
+    handle: &dyn TableHandle,
+    store: &str,
+) -> Result<()> {
+    let spec = handle.spec();
+    let d = dialect::of_db(db)?;
+    let mut after: Option<String> = None;
     loop {
         let tx = db.begin().await?;
         SealState::lock(&tx).await?;
-        let page = rows::state_page(&tx, ROWS, &spec.name, None, PAGE).await?;
-        if page.is_empty() {
-            tx.commit().await?;
+        let mut q = Query::select();
+        q.columns(rows::STATE_COLUMNS.map(Alias::new))
+            .from(Alias::new(store))
+            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+            .order_by(Alias::new("pk"), sea_orm::Order::Asc)
+            .limit(PAGE);
+        if let Some(a) = &after {
+            q.and_where(Expr::col(Alias::new("pk")).gt(a.as_str()));
+        }
+        let raw = tx.query_all(&q).await?;
+        let mut done: Vec<String> = Vec::new();
+        let mut states: Vec<(Vec<sea_orm::Value>, RowState)> = Vec::new();
+        for r in &raw {
+            let stored: String = r.try_get("", "pk")?;
+            let read = rows::key_text(r).and_then(|key| {
+                let state = rows::StoredState::decode(r)?.fill(None)?.0;
+                Ok((parse_pk_key(&key)?, state))
+            });
+            match read {
+                Ok(state) => {
+                    states.push(state);
+                    done.push(stored.clone());
+                }
+                Err(e) => tracing::warn!(
+                    table = %spec.name,
+                    key = %stored,
+                    error = %e,
+                    "a row state of format 1 cannot be read: left in {store}"
+                ),
+            }
+            after = Some(stored);
+        }
+        let mut versions = Versions::open(&tx, handle).await?;
+        let keys: Vec<Vec<sea_orm::Value>> = states.iter().map(|(k, _)| k.clone()).collect();
+        let mut held = versions.load(&tx, &keys).await?;
+        for (key, state) in &mut states {
+            if let Some(mut newer) = held.remove(&pk_key(key)?) {
+                newer.merge(state);
+                *state = newer;
+            }
+        }
+        let states: Vec<(&[sea_orm::Value], &RowState)> =
+            states.iter().map(|(k, s)| (k.as_slice(), s)).collect();
+        versions.save(&tx, &states).await?;
+        if !done.is_empty() {
+            let delete = Query::delete()
+                .from_table(Alias::new(store))
+                .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+                .and_where(d.key_in(&done)?)
+                .to_owned();
+            tx.execute(&delete).await?;
+        }
+        tx.commit().await?;
+        if (raw.len() as u64) < PAGE {
             return Ok(());
         }
-        let keys: Vec<Vec<sea_orm::Value>> = page
-            .iter()
-            .map(|(k, _)| parse_pk_key(k))
-            .collect::<Result<_>>()?;
-        let states: Vec<(&[sea_orm::Value], &crate::model::merge::RowState)> = keys
-            .iter()
-            .zip(&page)
-            .map(|(k, (_, s))| (k.as_slice(), s))
-            .collect();
-        let mut versions = Versions::open(&tx, handle).await?;
-        versions.save(&tx, &states).await?;
-        let done: Vec<String> = page
-            .iter()
-            .map(|(k, _)| rows::storage_key(k).into_owned())
-            .collect();
-        let delete = Query::delete()
-            .from_table(Alias::new(ROWS))
-            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
-            .and_where(d.key_in(&done)?)
-            .to_owned();
-        tx.execute(&delete).await?;
-        tx.commit().await?;
     }
 }
 
@@ -130,7 +207,7 @@ async fn fill(
     loop {
         let tx = db.begin().await?;
         begin_applying(&tx).await?;
-        let versions = Versions::open(&tx, handle).await?;
+        let mut versions = Versions::open(&tx, handle).await?;
         let page = versions.page(&tx, after.as_deref(), true, PAGE).await?;
         after = page.last().map(|(k, _)| k.clone());
         for (key, state) in &page {

@@ -5,16 +5,25 @@
 //! [`crate::store::versions`]), and whether the row is live.
 //!
 //! Format 1 kept the states of every table in one table under the key's
-//! text, as typed JSON. A table of its own with the native key lets a
-//! state be found by the same key comparison as the row and its marker
-//! (no key text to build or look up), and the binary columns cost a
-//! fraction of the JSON to write and read.
+//! text, as typed JSON. A table of its own with the native key lets later
+//! steps read a state joined with its row and marker, and the binary
+//! columns cost a fraction of the JSON to write and read.
+//!
+//! Keys are written and looked up in their canonical form
+//! ([`canonical_key`]: a decimal without trailing zeros, a date-time with
+//! an offset at UTC), so a key that SQLite keeps as text is found however
+//! it was read. States come back under their key's text
+//! ([`pk_key`]), which callers compare with the texts of the keys they
+//! asked for; a state the database finds under a key of another text (a
+//! case-insensitive key type, a key typed otherwise by another release) is
+//! an error, not a state taken for missing.
 //!
 //! Column ordinals are registered in `_tidesync_columns` (table, column,
 //! ordinal), append-only: a column keeps its ordinal for good, so a state
 //! written before an entity gained or dropped a column reads the same
-//! after. The register is read once per batch ([`Versions::open`]), so a
-//! column another process registered meanwhile is known by name.
+//! after. The register is read once per batch ([`Versions::open`]), and
+//! again when a state names an ordinal it does not know (a column another
+//! process registered meanwhile).
 
 use std::collections::HashMap;
 
@@ -29,7 +38,7 @@ use crate::dialect::{self, Dialect};
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::value::pk_key;
+use crate::model::value::{canonical_key, pk_key};
 use crate::store::versions::{self, Encoded, Ordinals};
 use crate::store::write::{MAX_ROWS, batched, keys_match};
 
@@ -73,8 +82,25 @@ impl<'a> Versions<'a> {
         q
     }
 
-    /// A version row as its key values and state.
-    fn read(&self, r: &QueryResult) -> Result<(Vec<Value>, RowState)> {
+    /// A version row as its key values and state. A column ordinal not in
+    /// the register read at [`Versions::open`] (a column another process
+    /// registered since: registration holds the capture lock, readers such
+    /// as reconcile need not) is looked up again once.
+    async fn read<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        r: &QueryResult,
+    ) -> Result<(Vec<Value>, RowState)> {
+        match self.decode(r) {
+            Err(Error::Corrupt(_)) => {
+                self.ords = read_ordinals(db, &self.spec().name).await?;
+                self.decode(r)
+            }
+            other => other,
+        }
+    }
+
+    fn decode(&self, r: &QueryResult) -> Result<(Vec<Value>, RowState)> {
         let key = self.handle.read_key(r)?;
         let clocks: Vec<u8> = r.try_get("", "clocks")?;
         let del: Option<Vec<u8>> = r.try_get("", "del")?;
@@ -91,21 +117,39 @@ impl<'a> Versions<'a> {
         Ok((key, state))
     }
 
-    /// The states of `keys`, by key text; keys without one are absent.
+    /// The states of `keys`, by key text ([`pk_key`]); keys without one
+    /// are absent.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the database finds a state under a key whose
+    /// text is none of the texts asked for (a case-insensitive key type, a
+    /// key typed otherwise by another release of the app): the caller would
+    /// take the row for one without a state and overwrite its state.
     pub(crate) async fn load<C: ConnectionTrait>(
-        &self,
+        &mut self,
         db: &C,
         keys: &[Vec<Value>],
     ) -> Result<HashMap<String, RowState>> {
+        let asked: std::collections::HashSet<String> =
+            keys.iter().map(|k| pk_key(k)).collect::<Result<_>>()?;
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_ROWS) {
+            let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| canonical_key(k)).collect();
             let q = self
                 .select()
-                .and_where(keys_match(self.spec(), chunk, self.d))
+                .and_where(keys_match(self.spec(), &chunk, self.d))
                 .to_owned();
             for r in db.query_all(&q).await? {
-                let (key, state) = self.read(&r)?;
-                out.insert(pk_key(&key)?, state);
+                let (key, state) = self.read(db, &r).await?;
+                let text = pk_key(&key)?;
+                if !asked.contains(&text) {
+                    return Err(Error::Corrupt(format!(
+                        "{}: the state of key {text} was found for another key text; the key's \
+                         type differs between the table, this release and the row's origin",
+                        self.spec().name
+                    )));
+                }
+                out.insert(text, state);
             }
         }
         Ok(out)
@@ -115,7 +159,7 @@ impl<'a> Versions<'a> {
     /// `limit`, only live ones if `live`. A page shorter than `limit` is
     /// the last.
     pub(crate) async fn page<C: ConnectionTrait>(
-        &self,
+        &mut self,
         db: &C,
         after: Option<&[Value]>,
         live: bool,
@@ -134,8 +178,8 @@ impl<'a> Versions<'a> {
             let values: Vec<SimpleExpr> = spec
                 .pk
                 .iter()
-                .zip(after)
-                .map(|(c, v)| self.d.write_value(&c.ty, v.clone()))
+                .zip(canonical_key(after))
+                .map(|(c, v)| self.d.write_value(&c.ty, v))
                 .collect();
             let cols: Vec<SimpleExpr> = spec
                 .pk
@@ -144,11 +188,11 @@ impl<'a> Versions<'a> {
                 .collect();
             q.and_where(key_after(&cols, &values));
         }
-        db.query_all(&q)
-            .await?
-            .iter()
-            .map(|r| self.read(r))
-            .collect()
+        let mut out = Vec::new();
+        for r in db.query_all(&q).await? {
+            out.push(self.read(db, &r).await?);
+        }
+        Ok(out)
     }
 
     /// Register the columns of `states` that have no ordinal yet.
@@ -193,8 +237,8 @@ impl<'a> Versions<'a> {
             let mut row: Vec<SimpleExpr> = spec
                 .pk
                 .iter()
-                .zip(key.iter())
-                .map(|(c, v)| self.d.write_value(&c.ty, v.clone()))
+                .zip(canonical_key(key))
+                .map(|(c, v)| self.d.write_value(&c.ty, v))
                 .collect();
             row.extend([
                 Expr::val(clocks),
@@ -253,9 +297,10 @@ async fn read_ordinals<C: ConnectionTrait>(db: &C, table: &str) -> Result<Ordina
 }
 
 /// Give `columns` of `table` the next ordinals, where they have none, and
-/// return the register. Another process registering columns at the same
-/// time may take an ordinal first: the insert then adds nothing and the
-/// column gets the next one.
+/// return the register. Callers hold the capture lock, so no two
+/// registrations pick an ordinal at once; should one still (a lock not
+/// taken), the unique index on `(tbl, ord)` fails the second insert, or on
+/// MySQL it adds nothing and the column gets the next ordinal.
 pub(crate) async fn register<C: ConnectionTrait>(
     db: &C,
     table: &str,

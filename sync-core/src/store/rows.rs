@@ -160,34 +160,6 @@ pub(crate) fn key_text(r: &sea_orm::QueryResult) -> Result<String> {
 /// columns [`StoredState::decode`] reads.
 pub(crate) const STATE_COLUMNS: [&str; 5] = ["pk", "pk_full", "vals", "clocks", "deleted_at"];
 
-/// A page of the states of `table` in the row-state table `store` (a
-/// replica's: its states hold every value), in stored-key order after the
-/// key text `after`, at most `limit`: each key text with its state. The
-/// caller pages on from the last key; a page shorter than `limit` is the
-/// last.
-pub(crate) async fn state_page<C: ConnectionTrait>(
-    db: &C,
-    store: &str,
-    table: &str,
-    after: Option<&str>,
-    limit: u64,
-) -> Result<Vec<(String, RowState)>> {
-    let mut q = Query::select();
-    q.columns(STATE_COLUMNS.map(Alias::new))
-        .from(Alias::new(store))
-        .and_where(Expr::col(Alias::new("tbl")).eq(table))
-        .order_by(Alias::new("pk"), sea_orm::Order::Asc)
-        .limit(limit);
-    if let Some(a) = after {
-        q.and_where(Expr::col(Alias::new("pk")).gt(storage_key(a).as_ref()));
-    }
-    let mut out = Vec::new();
-    for r in db.query_all(&q).await? {
-        out.push((key_text(&r)?, StoredState::decode(&r)?.fill(None)?.0));
-    }
-    Ok(out)
-}
-
 /// Load the states of `keys` of `table` as stored, before the values they
 /// take from a log entry are filled in.
 ///

@@ -19,8 +19,9 @@
 //! or drops some, and a column this process does not know (another
 //! release added it) keeps its clock and value.
 //!
-//! All integers are big-endian. The encoding is part of the stored
-//! format: the tests below pin it byte for byte.
+//! All integers are big-endian; a decimal is rust_decimal's own 16 bytes
+//! (`Decimal::serialize`). The encoding is part of the stored format: the
+//! tests below pin it byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -524,6 +525,12 @@ mod tests {
                 254, // big int -2
             ]
         );
+        // rust_decimal's layout (flags with the scale and sign, then the
+        // 96-bit mantissa, little-endian): a release of it that changed
+        // the layout would read every stored decimal wrong.
+        let mut d = Vec::new();
+        put_value(&Value::Decimal(Some("-1.50".parse().unwrap())), &mut d).unwrap();
+        assert_eq!(d, [20, 0, 0, 2, 128, 150, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         let h = Hlc {
             physical: 0x0102_0304_0506_0708,
             logical: 9,
