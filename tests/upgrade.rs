@@ -248,36 +248,51 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
         DbBackend::Postgres => ("TRUE", "FALSE"),
         _ => ("1", "0"),
     };
-    let insert = format!(
-        "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES \
-         ('people', '[{}]', '{}', '{{\"\":\"{h_name}\",\"email\":\"{h_email}\"}}', NULL, {yes}), \
-         ('people', '[{}]', '{}', '{{\"\":\"{h_name}\"}}', '{h_dead}', {no})",
-        q("_tidesync_rows"),
-        q("tbl"),
-        q("pk"),
-        q("vals"),
-        q("clocks"),
-        q("deleted_at"),
-        q("live"),
-        uuid(ada),
-        vals(ada, "Ada", r#"{"String":"ada@x"}"#),
-        uuid(brian),
-        vals(brian, "Brian", r#"{"String":null}"#),
-    );
-    db.execute_unprepared(&insert).await?;
-    // And a state whose JSON is garbled: left behind, the rest converted.
-    db.execute_unprepared(&format!(
-        "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES \
-         ('people', '[{}]', '{{\"name\": ', '{{}}', NULL, {yes})",
-        q("_tidesync_rows"),
-        q("tbl"),
-        q("pk"),
-        q("vals"),
-        q("clocks"),
-        q("deleted_at"),
-        q("live"),
-        uuid(id(3)),
-    ))
+    // Each state: key, values, clocks, delete clock, live.
+    let insert = |states: &[(Uuid, String, String, String, &str)]| {
+        let rows: Vec<String> = states
+            .iter()
+            .map(|(k, v, c, d, live)| {
+                format!("('people', '[{}]', '{v}', '{c}', {d}, {live})", uuid(*k))
+            })
+            .collect();
+        format!(
+            "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES {}",
+            q("_tidesync_rows"),
+            q("tbl"),
+            q("pk"),
+            q("vals"),
+            q("clocks"),
+            q("deleted_at"),
+            q("live"),
+            rows.join(", ")
+        )
+    };
+    db.execute_unprepared(&insert(&[
+        (
+            ada,
+            vals(ada, "Ada", r#"{"String":"ada@x"}"#),
+            format!(r#"{{"":"{h_name}","email":"{h_email}"}}"#),
+            "NULL".into(),
+            yes,
+        ),
+        (
+            brian,
+            vals(brian, "Brian", r#"{"String":null}"#),
+            format!(r#"{{"":"{h_name}"}}"#),
+            format!("'{h_dead}'"),
+            no,
+        ),
+        // And a state whose JSON is garbled: left behind, the rest
+        // converted.
+        (
+            id(3),
+            r#"{"name": "#.into(),
+            "{}".into(),
+            "NULL".into(),
+            yes,
+        ),
+    ]))
     .await?;
     common::write_meta(db, "schema_version", "1").await?;
     // This release opens it.
@@ -309,19 +324,13 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
     // version row's newer clocks instead of replacing them.
     db.execute_unprepared(format1_rows_ddl(kind)).await?;
     let stale = clock(3 * day);
-    db.execute_unprepared(&format!(
-        "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES \
-         ('people', '[{}]', '{}', '{{\"\":\"{stale}\"}}', NULL, {yes})",
-        q("_tidesync_rows"),
-        q("tbl"),
-        q("pk"),
-        q("vals"),
-        q("clocks"),
-        q("deleted_at"),
-        q("live"),
-        uuid(ada),
+    db.execute_unprepared(&insert(&[(
+        ada,
         vals(ada, "Stale", r#"{"String":"stale@x"}"#),
-    ))
+        format!(r#"{{"":"{stale}"}}"#),
+        "NULL".into(),
+        yes,
+    )]))
     .await?;
     let a = a.batched::<people_lww::Entity>(hub.clone(), 100).await?;
     let db = a.db();
