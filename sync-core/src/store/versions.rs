@@ -7,8 +7,10 @@
 //! key's text. Writing and reading those was most of what capture and
 //! pulls cost. Here a state is three byte strings:
 //!
-//! - `clocks`: per column that has a clock, in ordinal order, the column's
-//!   ordinal (2 bytes) and its clock ([`CLOCK_BYTES`]);
+//! - `clocks`: the clock most columns share, once, with the ordinals (2
+//!   bytes each) of the columns that have it, then each other column's
+//!   ordinal and clock ([`CLOCK_BYTES`]; see `encode_clocks`): a row
+//!   written by one insert stores one clock;
 //! - `del`: the clock of the row's latest delete, or NULL;
 //! - `vals`: per column that has a value, in ordinal order, its ordinal
 //!   and the value (a type tag, then fixed-width bytes or a length and
@@ -139,11 +141,7 @@ pub(crate) fn encode(state: &RowState, ords: &Ordinals) -> Result<Encoded> {
         .map(|(c, h)| Ok((ordinal(c)?, h)))
         .collect::<Result<_>>()?;
     clocks.sort_unstable_by_key(|(n, _)| *n);
-    let mut c = Vec::with_capacity(clocks.len() * (2 + CLOCK_BYTES));
-    for (n, h) in clocks {
-        c.extend_from_slice(&n.to_be_bytes());
-        put_clock(h, &mut c);
-    }
+    let c = encode_clocks(&clocks);
     let mut vals: Vec<(u16, &Value)> = state
         .vals
         .iter()
@@ -168,6 +166,69 @@ pub(crate) fn encode(state: &RowState, ords: &Ordinals) -> Result<Encoded> {
     })
 }
 
+/// The `clocks` bytes of columns (ordinal, clock) in ordinal order: the
+/// clock most of them share once, with the ordinals that have it, then
+/// each other column's ordinal and clock. A row written by one insert (or
+/// pulled whole) stores one clock.
+///
+/// Layout: the number of columns sharing the clock (2 bytes; 0 when no
+/// two columns share one), their ordinals (2 bytes each), the shared clock
+/// if any, then (ordinal, clock) pairs to the end.
+fn encode_clocks(clocks: &[(u16, &Hlc)]) -> Vec<u8> {
+    // The most common clock (ties: the earliest), if two columns share it.
+    let mut sorted: Vec<&Hlc> = clocks.iter().map(|(_, h)| *h).collect();
+    sorted.sort_unstable();
+    let mut shared: Option<(&Hlc, usize)> = None;
+    for run in sorted.chunk_by(|a, b| a == b) {
+        if shared.is_none_or(|(_, n)| run.len() > n) {
+            shared = Some((run[0], run.len()));
+        }
+    }
+    let shared = shared.filter(|(_, n)| *n > 1).map(|(h, _)| h);
+    let mut c = Vec::with_capacity(clocks.len() * (2 + CLOCK_BYTES));
+    let with_shared: Vec<u16> = clocks
+        .iter()
+        .filter(|(_, h)| Some(*h) == shared)
+        .map(|(n, _)| *n)
+        .collect();
+    c.extend_from_slice(&(with_shared.len() as u16).to_be_bytes());
+    for n in &with_shared {
+        c.extend_from_slice(&n.to_be_bytes());
+    }
+    if let Some(h) = shared {
+        put_clock(h, &mut c);
+    }
+    for (n, h) in clocks.iter().filter(|(_, h)| Some(*h) != shared) {
+        c.extend_from_slice(&n.to_be_bytes());
+        put_clock(h, &mut c);
+    }
+    c
+}
+
+/// The (ordinal, clock) pairs of [`encode_clocks`] bytes.
+fn decode_clocks(b: &[u8]) -> Result<Vec<(u16, Hlc)>> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    if b.is_empty() {
+        return Ok(out);
+    }
+    let n = get_u16(b, &mut at)? as usize;
+    if n > 0 {
+        let mut ords = Vec::with_capacity(n);
+        for _ in 0..n {
+            ords.push(get_u16(b, &mut at)?);
+        }
+        let h = get_clock(take(b, &mut at, CLOCK_BYTES)?)?;
+        out.extend(ords.into_iter().map(|o| (o, h)));
+    }
+    while at < b.len() {
+        let o = get_u16(b, &mut at)?;
+        let h = get_clock(take(b, &mut at, CLOCK_BYTES)?)?;
+        out.push((o, h));
+    }
+    Ok(out)
+}
+
 /// Decode the columns of a version row.
 pub(crate) fn decode(
     clocks: &[u8],
@@ -176,11 +237,7 @@ pub(crate) fn decode(
     ords: &Ordinals,
 ) -> Result<RowState> {
     let mut state = RowState::default();
-    let mut at = 0;
-    while at < clocks.len() {
-        let n = get_u16(clocks, &mut at)?;
-        let h = get_clock(&clocks[at..])?;
-        at += CLOCK_BYTES;
+    for (n, h) in decode_clocks(clocks)? {
         state.clocks.insert(ords.name(n)?.to_owned(), h);
     }
     let mut at = 0;
@@ -559,9 +616,13 @@ mod tests {
         assert!(get_clock(&[0; 27]).is_err());
         let ords = Ordinals::new([("a".to_owned(), 1)]);
         // An ordinal nobody registered.
-        let mut c = 2u16.to_be_bytes().to_vec();
+        let mut c = vec![0, 0, 0, 2];
         put_clock(&Hlc::default(), &mut c);
         assert!(decode(&c, None, &[], &ords).is_err());
+        // Clocks cut short (but after the count: no clocks at all).
+        for n in (1..c.len()).filter(|n| *n != 2) {
+            assert!(decode_clocks(&c[..n]).is_err(), "cut at {n}");
+        }
     }
 
     fn clock(physical: u64, node: u8) -> Hlc {
@@ -569,6 +630,51 @@ mod tests {
             physical,
             logical: 0,
             node: NodeId([node; 16]),
+        }
+    }
+
+    /// Columns written together store their clock once.
+    #[test]
+    fn a_shared_clock_is_stored_once() {
+        let (a, b) = (clock(10, 1), clock(12, 2));
+        let clocks = [(1, &a), (2, &a), (3, &b), (5, &a)];
+        let e = encode_clocks(&clocks);
+        assert_eq!(e.len(), 2 + 3 * 2 + CLOCK_BYTES + 2 + CLOCK_BYTES);
+        assert_eq!(&e[..8], &[0, 3, 0, 1, 0, 2, 0, 5]);
+        let mut back = decode_clocks(&e).unwrap();
+        back.sort_unstable_by_key(|(n, _)| *n);
+        assert_eq!(back, [(1, a), (2, a), (3, b), (5, a)]);
+        assert_eq!(decode_clocks(&encode_clocks(&[])).unwrap(), []);
+        assert_eq!(decode_clocks(&encode_clocks(&[(4, &b)])).unwrap(), [(4, b)]);
+    }
+
+    /// Any set of column clocks comes back as it was, however many
+    /// columns share which clock (a small generator, fixed seed).
+    #[test]
+    fn clocks_come_back_whatever_they_share() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            seed >> 33
+        };
+        for _ in 0..5000 {
+            let pool: Vec<Hlc> = (0..3)
+                .map(|_| Hlc {
+                    physical: next() % 4,
+                    logical: (next() % 2) as u32,
+                    node: NodeId([(next() % 2) as u8; 16]),
+                })
+                .collect();
+            let columns = next() % 7;
+            let owned: Vec<(u16, Hlc)> = (0..columns)
+                .map(|i| (i as u16 * 2 + 1, pool[(next() % 3) as usize]))
+                .collect();
+            let refs: Vec<(u16, &Hlc)> = owned.iter().map(|(o, h)| (*o, h)).collect();
+            let mut back = decode_clocks(&encode_clocks(&refs)).unwrap();
+            back.sort_unstable_by_key(|(o, _)| *o);
+            assert_eq!(back, owned);
         }
     }
 
@@ -589,8 +695,9 @@ mod tests {
         assert!(e.live);
         let back = decode(&e.clocks, e.del.as_deref(), &e.vals, &ords).unwrap();
         assert!(back.same(&s), "{back:?}");
-        // Ordinal order, whatever the map order.
-        assert_eq!(&e.clocks[..2], &[0, 1]);
+        // Three distinct clocks: none shared, then the pairs in ordinal
+        // order, whatever the map order.
+        assert_eq!(&e.clocks[..4], &[0, 0, 0, 1]);
         s.deleted_at = Some(clock(13, 0));
         assert!(!encode(&s, &ords).unwrap().live);
         // A column without an ordinal is refused, not dropped.
