@@ -1,7 +1,7 @@
-//! Databases written by an earlier release (`tests/fixtures/format1`: a
-//! SQLite hub and two devices with changes captured and not pushed, writes
-//! only marked, a deleted row) opened by this one: every write arrives
-//! everywhere and the devices go on syncing.
+//! Databases written by earlier releases (`tests/fixtures/format1` and
+//! `format2`: a SQLite hub and two devices with changes captured and not
+//! pushed, writes only marked, a deleted row) opened by this one: every
+//! write arrives everywhere and the devices go on syncing.
 
 mod common;
 
@@ -22,10 +22,18 @@ use tidesync::{Hlc, NodeId, Replica, SyncEngine, SyncReport};
 use uuid::Uuid;
 
 fn main() -> std::process::ExitCode {
-    let mut trials = vec![Trial::test(
-        "sqlite::format1_databases_keep_syncing",
-        || common::block_on(format1_databases_keep_syncing()).map_err(|e| e.to_string().into()),
-    )];
+    let mut trials: Vec<Trial> = ["format1", "format2"]
+        .into_iter()
+        .map(|format| {
+            Trial::test(
+                format!("sqlite::{format}_databases_keep_syncing"),
+                move || {
+                    common::block_on(databases_keep_syncing(format))
+                        .map_err(|e| e.to_string().into())
+                },
+            )
+        })
+        .collect();
     trials.extend(direct_trials![format1_states_are_converted]);
     common::run(trials)
 }
@@ -34,10 +42,11 @@ fn id(n: u128) -> Uuid {
     Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n)
 }
 
-/// A copy of the fixture `name` in a fresh directory, connected.
-async fn open_copy(dir: &Path, name: &str) -> Result<DatabaseConnection, BoxError> {
+/// A copy of the fixture `name` of `format` in a fresh directory,
+/// connected.
+async fn open_copy(format: &str, dir: &Path, name: &str) -> Result<DatabaseConnection, BoxError> {
     let path = dir.join(name);
-    std::fs::copy(Path::new("tests/fixtures/format1").join(name), &path)?;
+    std::fs::copy(Path::new("tests/fixtures").join(format).join(name), &path)?;
     Ok(Database::connect(format!("sqlite://{}?mode=rw", path.display())).await?)
 }
 
@@ -92,14 +101,17 @@ fn s(v: &str) -> Option<String> {
     Some(v.to_owned())
 }
 
-async fn format1_databases_keep_syncing() -> TestResult {
-    let dir = std::env::temp_dir().join(format!("tidesync-upgrade-{}", std::process::id()));
+/// The databases of `format` (`tests/fixtures/<format>`, written by the
+/// release that wrote that format) opened by this one.
+async fn databases_keep_syncing(format: &str) -> TestResult {
+    let dir =
+        std::env::temp_dir().join(format!("tidesync-upgrade-{format}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let hub_db = open_copy(&dir, "hub.db").await?;
+    let hub_db = open_copy(format, &dir, "hub.db").await?;
     let hub: Arc<dyn Hub> = Arc::new(SqlHub::new(hub_db.clone()));
-    let a = fixture_device(open_copy(&dir, "a.db").await?, hub.clone()).await?;
-    let b = fixture_device(open_copy(&dir, "b.db").await?, hub.clone()).await?;
+    let a = fixture_device(open_copy(format, &dir, "a.db").await?, hub.clone()).await?;
+    let b = fixture_device(open_copy(format, &dir, "b.db").await?, hub.clone()).await?;
     let (adb, bdb) = (a.replica().connection(), b.replica().connection());
 
     // What each device captured or only marked before the upgrade arrives
