@@ -695,6 +695,35 @@ mod tests {
         assert_eq!(version_key_text(None), None);
     }
 
+    /// A version table is named like the markers, with its own prefix
+    /// (shortened alike), and holds the key in the types given, the state
+    /// in long bytes, and whether the row is live.
+    #[test]
+    fn version_tables_are_named_and_typed() {
+        assert_eq!(version_table("contacts"), "_ts_v_contacts");
+        let long = "a".repeat(100);
+        assert_eq!(
+            version_table(&long),
+            format!("_ts_v_{}_2885d0ac2e5a9d79", "a".repeat(40))
+        );
+        let ddl = version_table_ddl(d(DbBackend::MySql), &spec(), |_| {
+            ColumnType::custom("binary(16)")
+        });
+        assert_eq!(
+            ddl.to_string(sea_orm::sea_query::MysqlQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS `_ts_v_contacts` ( `id` binary(16) NOT NULL, \
+             `clocks` LONGBLOB NOT NULL, `del` LONGBLOB NULL, `vals` LONGBLOB NOT NULL, \
+             `live` bool NOT NULL, PRIMARY KEY (`id`) )"
+        );
+        let ddl = version_table_ddl(d(DbBackend::Postgres), &spec(), |_| ColumnType::Uuid);
+        assert_eq!(
+            ddl.to_string(sea_orm::sea_query::PostgresQueryBuilder),
+            "CREATE TABLE IF NOT EXISTS \"_ts_v_contacts\" ( \"id\" uuid NOT NULL, \
+             \"clocks\" bytea NOT NULL, \"del\" bytea NULL, \"vals\" bytea NOT NULL, \
+             \"live\" bool NOT NULL, PRIMARY KEY (\"id\") )"
+        );
+    }
+
     #[test]
     fn dirty_table_copies_key_types() {
         let ddl = dirty_table_ddl(d(DbBackend::Postgres), &spec(), &HashMap::new());

@@ -529,7 +529,9 @@ mod tests {
             Value::Decimal(Some("-12345.67890".parse().unwrap())),
             Value::ChronoDate(Some(NaiveDate::from_ymd_opt(-44, 3, 15).unwrap())),
             Value::ChronoTime(Some(NaiveTime::from_hms_nano_opt(23, 59, 59, 1).unwrap())),
+            Value::ChronoTime(None),
             Value::ChronoDateTime(Some(t.naive_utc())),
+            Value::ChronoDateTime(None),
             Value::ChronoDateTimeUtc(Some(t)),
             Value::ChronoDateTimeUtc(None),
             Value::Json(Some(Box::new(serde_json::json!({"a": [1, null]})))),
@@ -613,6 +615,11 @@ mod tests {
         assert!(value_of(&[tag::BOOL, 2]).is_err());
         assert!(value_of(&[tag::STRING, 0, 0, 0, 1, 0xff]).is_err());
         assert!(value_of(&[tag::CHAR, 0, 0x11, 0, 0]).is_err());
+        // A typed value's tag with NULL set is no value, even with a
+        // well-formed one after it.
+        let mut typed_null = vec![tag::TYPED | tag::NULL, 0, 0, 0, 9];
+        typed_null.extend_from_slice(br#"{"Int":1}"#);
+        assert!(value_of(&typed_null).is_err());
         assert!(get_clock(&[0; 27]).is_err());
         let ords = Ordinals::new([("a".to_owned(), 1)]);
         // An ordinal nobody registered.
@@ -645,6 +652,12 @@ mod tests {
         back.sort_unstable_by_key(|(n, _)| *n);
         assert_eq!(back, [(1, a), (2, a), (3, b), (5, a)]);
         assert_eq!(decode_clocks(&encode_clocks(&[])).unwrap(), []);
+        // The most common clock, wherever it sorts; of two as common, the
+        // earlier.
+        let e = encode_clocks(&[(1, &a), (2, &b), (3, &b), (4, &b)]);
+        assert_eq!(&e[..8], &[0, 3, 0, 2, 0, 3, 0, 4]);
+        let e = encode_clocks(&[(1, &b), (2, &b), (3, &a), (4, &a)]);
+        assert_eq!(&e[..6], &[0, 2, 0, 3, 0, 4]);
         assert_eq!(decode_clocks(&encode_clocks(&[(4, &b)])).unwrap(), [(4, b)]);
     }
 
