@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Locally: the application's write of N rows through SeaORM into a
-//! replica, with its capture triggers, plus the capture of the N changes
-//! (`write + capture`), against the same write into a plain SQLite file
-//! without sync. For each hub dialect, and for a server over each
+//! replica, with its capture triggers (`write + capture`: the markers they
+//! leave are the capture; sealing them into changes is the push's work and
+//! timed with it), against the same write into a plain SQLite file without
+//! sync. For each hub dialect, and for a server over each
 //! transport (its Unix socket and TCP, each a hub of its own): push the N
 //! changes from the local SQLite replica into a fresh hub database
 //! (`SyncEngine::sync_now`), next to the raw rate of 500-row multi-row
@@ -1276,17 +1277,14 @@ fn compared_with(p: &Phase) -> &'static str {
     match (p.kind, p.phase) {
         (
             Kind::Baseline,
-            FLOOR_TRIGGER | FLOOR_KEY_TRIGGER | FLOOR_CLOCK_TRIGGER | FLOOR_TIMES_TRIGGER
-            | WRITE_TRIGGER | CAPTURE,
+            FLOOR_TRIGGER | FLOOR_KEY_TRIGGER | FLOOR_CLOCK_TRIGGER | FLOOR_TIMES_TRIGGER,
         ) => PLAIN,
         (
             Kind::Baseline,
             FLOOR_TRIGGER_EDITS
             | FLOOR_KEY_TRIGGER_EDITS
             | FLOOR_CLOCK_TRIGGER_EDITS
-            | FLOOR_TIMES_TRIGGER_EDITS
-            | EDITS_WRITE_TRIGGER
-            | EDITS_CAPTURE,
+            | FLOOR_TIMES_TRIGGER_EDITS,
         ) => PLAIN_EDITS,
         (Kind::Baseline, PLAIN_EDITS | PROTO_EDITS_PUSH | PROTO_EDITS_PULL) => RAW_EDITS,
         (Kind::Baseline, PROTO_COPY) => PGLOADER,
@@ -1565,13 +1563,9 @@ const PROTO_PULL: &str = "next format, prototype: pull";
 const PROTO_EDITS_PUSH: &str = "edits: next format, prototype: push";
 const PROTO_EDITS_PULL: &str = "edits: next format, prototype: pull";
 const PLAIN: &str = "app insert_many, no sync";
-const WRITE_TRIGGER: &str = "app insert_many + triggers";
-const CAPTURE: &str = "capture";
 const WRITE_CAPTURE: &str = "write + capture";
 const RAW_EDITS: &str = "edits: raw batched";
 const PLAIN_EDITS: &str = "edits: app, no sync";
-const EDITS_WRITE_TRIGGER: &str = "edits: app + triggers";
-const EDITS_CAPTURE: &str = "edits: capture";
 const EDITS_WRITE_CAPTURE: &str = "edits: write + capture";
 const EDITS_PUSH: &str = "edits: push (sync_now)";
 const EDITS_PULL: &str = "edits: pull (sync_now)";
@@ -2105,8 +2099,8 @@ async fn raw_again(
 }
 
 /// Write `args.rows` contacts from row `first` on through SeaORM into
-/// `device`'s replica and capture them: they wait in its outbox. With
-/// `record`, the write and the capture are reported.
+/// `device`'s replica: its triggers mark them, and the next push seals and
+/// sends them. With `record`, the write is reported as `write + capture`.
 async fn write_and_capture(
     args: &Args,
     device: &Device,
@@ -2120,81 +2114,30 @@ async fn write_and_capture(
             .await
             .map(|t| (args.rows, t))
     };
-    let phases = [WRITE_TRIGGER, CAPTURE, WRITE_CAPTURE];
-    capture_after(
-        args,
-        device,
-        write,
-        args.rows,
-        record.then_some(phases),
-        out,
-    )
-    .await
+    capture_after(args, device, write, record.then_some(WRITE_CAPTURE), out).await
 }
 
 /// Time the application's write `write` on `device`'s replica (which
-/// returns how many rows it wrote and its time) and the capture of the
-/// `changes` it makes, and with `phases` (the write, the capture, both)
-/// record them: both together are ours.
+/// returns how many rows it wrote and its time), and with `phase` record
+/// it as ours: what the application pays for a write and its capture (the
+/// markers its triggers leave). Sealing the markers into changes is the
+/// push's work (`sync_now`), timed with it.
 async fn capture_after(
     args: &Args,
     device: &Device,
     write: impl std::future::Future<Output = Res<(u64, Duration)>>,
-    changes: u64,
-    phases: Option<[&'static str; 3]>,
+    phase: Option<&'static str>,
     out: &mut Results,
 ) -> Res<()> {
     reset_peak();
     let (rows, written) = write.await?;
-    let write_peak = peak_mib();
-    let mut write_cpu = Cpu::default();
-    if let Some([name, _, _]) = phases {
-        write_cpu = out.add(
-            "local",
-            name,
-            Kind::Baseline,
-            Base::Local,
-            rows,
-            written,
-            None,
-        );
+    if let Some(name) = phase {
+        out.add("local", name, Kind::Ours, Base::Local, rows, written, None);
     }
     device
         .hub
         .analyze
         .store(args.analyze_hub, Ordering::Relaxed);
-    device.reset();
-    reset_peak();
-    let started = Instant::now();
-    let report = device.engine.replica().capture().await?;
-    let t = started.elapsed();
-    if report.captured as u64 != changes || !report.rejected.is_empty() {
-        return Err(format!("capture: {report:?}").into());
-    }
-    let b = device.breakdown(t, args.profile);
-    if let Some([_, capture, both]) = phases {
-        let capture_peak = peak_mib();
-        let capture_cpu = out.add(
-            "local",
-            capture,
-            Kind::Baseline,
-            Base::Local,
-            rows,
-            t,
-            Some(b),
-        );
-        out.record(Phase {
-            hub: "local",
-            phase: both,
-            kind: Kind::Ours,
-            base: Base::Local,
-            rows,
-            time: written + t,
-            peak_mib: write_peak.zip(capture_peak).map(|(a, b)| a.max(b)),
-            cpu: write_cpu + capture_cpu,
-            breakdown: None,
-        });
-    }
     Ok(())
 }
 
@@ -2448,8 +2391,8 @@ async fn hub_phases(
     let (n, t) = raw_edits(&db, "raw_contacts", rows).await?;
     out.add(name, RAW_EDITS, Kind::Baseline, Base::Hub, n, t, None);
     let edits = app_edits(pusher.engine.replica().connection(), rows);
-    let phases = [EDITS_WRITE_TRIGGER, EDITS_CAPTURE, EDITS_WRITE_CAPTURE];
-    capture_after(args, &pusher, edits, ops, first.then_some(phases), out).await?;
+    let phase = first.then_some(EDITS_WRITE_CAPTURE);
+    capture_after(args, &pusher, edits, phase, out).await?;
     let (t, b) = timed_sync(&pusher, args, ops, 0).await?;
     out.add(name, EDITS_PUSH, Kind::Ours, Base::Hub, ops, t, Some(b));
     let (t, b) = timed_sync(&pullers[0], args, 0, ops).await?;

@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         hub_tables_are_ordinary_tables,
         unreachable_hub_is_offline_and_loses_nothing,
         hub_lost_mid_push_keeps_exactly_the_unacknowledged,
+        a_sync_seals_as_it_pushes_and_captures_everything_when_cut_off,
         halt_policy_stops_the_stream_in_order,
         park_policy_parks_and_goes_on,
         a_parked_change_pushed_again_is_reported,
@@ -1128,11 +1129,27 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
 
 /// A hub that answers `pushes` push requests, then is unreachable; with
 /// `lose_first_answer`, the first push is applied but its answer lost (a
-/// dropped connection, a proxy's timeout after the commit).
+/// dropped connection, a proxy's timeout after the commit). With `local`
+/// (the pushing device's database and its marker table), it notes at each
+/// push how many markers are not yet sealed there.
 struct LostAfter {
     inner: Arc<dyn Hub>,
     pushes: std::sync::atomic::AtomicUsize,
     lose_first_answer: std::sync::atomic::AtomicBool,
+    local: Option<(DatabaseConnection, &'static str)>,
+    unsealed_at_push: std::sync::Mutex<Vec<i64>>,
+}
+
+impl LostAfter {
+    fn new(inner: Arc<dyn Hub>, pushes: usize, lose_first_answer: bool) -> Self {
+        LostAfter {
+            inner,
+            pushes: pushes.into(),
+            lose_first_answer: lose_first_answer.into(),
+            local: None,
+            unsealed_at_push: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -1146,6 +1163,12 @@ impl Hub for LostAfter {
 
     async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
         use std::sync::atomic::Ordering;
+        if let Some((db, markers)) = &self.local {
+            let n = common::count_rows(db, markers)
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
+            self.unsealed_at_push.lock().unwrap().push(n);
+        }
         if self.lose_first_answer.swap(false, Ordering::SeqCst) {
             self.inner.push(batch).await?;
             return Err(Error::Offline("answer lost (test)".into()));
@@ -1181,11 +1204,7 @@ impl Hub for LostAfter {
 
 async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> TestResult {
     let inner = common::hub_for(&hub).await?;
-    let lost = Arc::new(LostAfter {
-        inner: inner.clone(),
-        pushes: 3.into(),
-        lose_first_answer: false.into(),
-    });
+    let lost = Arc::new(LostAfter::new(inner.clone(), 3, false));
     let local = TestDb::create(Dialect::Sqlite, "lost").await?;
     local.create_table(contacts::Entity).await?;
     let db = local.db.clone();
@@ -1253,6 +1272,63 @@ async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> Test
         "each change logged once, in order"
     );
     ensure_eq!(engine.replica().pending_count().await?, 0);
+    device.drop().await?;
+    hub.drop().await
+}
+
+/// A sync seals the markers as it pushes them: the first batch goes out
+/// while later writes are still markers (a large capture does not hold
+/// back the push, and on two cores the sealing overlaps the hub's work).
+/// When the hub goes away mid-push, every write is captured all the same:
+/// the outbox holds each unacknowledged row, and the next sync sends them.
+async fn a_sync_seals_as_it_pushes_and_captures_everything_when_cut_off(hub: TestDb) -> TestResult {
+    let inner = common::hub_for(&hub).await?;
+    let local = TestDb::create(Dialect::Sqlite, "sealing").await?;
+    local.create_table(contacts::Entity).await?;
+    let db = local.db.clone();
+    let mut lost = LostAfter::new(inner.clone(), 1, false);
+    lost.local = Some((db.clone(), "_ts_d_contacts"));
+    let lost = Arc::new(lost);
+    let open = || async {
+        Replica::builder(db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await
+    };
+    let engine = SyncEngine::new(open().await?, lost.clone()).with_batch_size(500);
+    let device = Device { local, engine };
+    // Four capture batches of markers (500 each): the first push is
+    // answered, the second finds the hub gone while the third batch is
+    // sealed ahead; the fourth is sealed after the push stopped.
+    add_contacts(device.db(), 2_000, "sealing").await?;
+    match device.engine.sync_now().await {
+        Err(Error::Offline(_)) => {}
+        other => return Err(format!("expected Offline, got {other:?}").into()),
+    }
+    let unsealed = lost.unsealed_at_push.lock().unwrap().clone();
+    ensure!(
+        unsealed.first().is_some_and(|n| *n > 0),
+        "the first batch went out before every marker was sealed: {unsealed:?}"
+    );
+    ensure_eq!(
+        common::count_rows(device.db(), "_ts_d_contacts").await?,
+        0,
+        "no marker is left unsealed"
+    );
+    let pending = device.engine.replica().pending(10_000).await?;
+    ensure_eq!(
+        pending.len(),
+        1_500,
+        "the outbox holds every unacknowledged row"
+    );
+    ensure_eq!(all_contacts(&hub.db).await?.len(), 500);
+    let engine = SyncEngine::new(open().await?, inner.clone());
+    ensure_eq!(engine.sync_now().await?.pushed, 1_500);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(device.db()).await?,
+        "the hub holds every row, whole",
+    )?;
     device.drop().await?;
     hub.drop().await
 }
@@ -1431,11 +1507,7 @@ async fn park_policy_parks_and_goes_on(hub: TestDb) -> TestResult {
 /// the device's outbox now, so this is the last time it can be).
 async fn a_parked_change_pushed_again_is_reported(hub: TestDb) -> TestResult {
     let (backend, inspect) = strict_hub(&hub, RejectPolicy::Park).await?;
-    let lost = Arc::new(LostAfter {
-        inner: backend,
-        pushes: usize::MAX.into(),
-        lose_first_answer: true.into(),
-    });
+    let lost = Arc::new(LostAfter::new(backend, usize::MAX, true));
     let a = Device::with_backend(lost, "a").await?;
     a.add("good 1").await?;
     a.add("bad one").await?;

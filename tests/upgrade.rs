@@ -15,7 +15,7 @@ use common::{BoxError, Dialect, TestDb, TestResult};
 use libtest_mimic::Trial;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, DbBackend,
-    EntityTrait, Statement,
+    EntityTrait,
 };
 use tidesync::hub::{Hub, SqlHub};
 use tidesync::{Hlc, NodeId, Replica, SyncEngine, SyncReport};
@@ -201,17 +201,6 @@ fn format1_rows_ddl(kind: DbBackend) -> &'static str {
     }
 }
 
-/// `SELECT COUNT(*)` of `table`.
-async fn count(db: &DatabaseConnection, table: &str) -> Result<i64, BoxError> {
-    let kind = db.get_database_backend();
-    let sql = format!("SELECT COUNT(*) AS n FROM {}", common::quote(kind, table));
-    Ok(db
-        .query_one_raw(Statement::from_string(kind, sql))
-        .await?
-        .ok_or("no count")?
-        .try_get("", "n")?)
-}
-
 /// A replica on each dialect whose row states are put back into format 1
 /// (JSON in `_tidesync_rows`, schema version 1, no version table) with
 /// clocks of the test's choosing, then opened again: the states are in the
@@ -315,16 +304,16 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
     // The old table is renamed, so a process of format 1 still running
     // fails instead of working from states that moved.
     ensure!(
-        count(db, "_tidesync_rows").await.is_err(),
+        common::count_rows(db, "_tidesync_rows").await.is_err(),
         "_tidesync_rows is still there"
     );
     ensure_eq!(
-        count(db, "_tidesync_rows_v1").await?,
+        common::count_rows(db, "_tidesync_rows_v1").await?,
         1,
         "states left behind: only the garbled one"
     );
     ensure_eq!(
-        count(db, "_ts_v_people").await?,
+        common::count_rows(db, "_ts_v_people").await?,
         2,
         "version rows, the deleted row's among them"
     );
@@ -347,7 +336,7 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
     let a = a.batched::<people_lww::Entity>(hub.clone(), 100).await?;
     let db = a.db();
     ensure_eq!(
-        count(db, "_tidesync_rows").await?,
+        common::count_rows(db, "_tidesync_rows").await?,
         0,
         "the stale state moved"
     );

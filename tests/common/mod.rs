@@ -685,6 +685,17 @@ pub fn pk_key(values: &[sea_orm::Value]) -> String {
     serde_json::to_string(values).expect("typed values serialise")
 }
 
+/// `SELECT COUNT(*)` of `table`.
+pub async fn count_rows(db: &DatabaseConnection, table: &str) -> Result<i64, BoxError> {
+    let kind = db.get_database_backend();
+    let sql = format!("SELECT COUNT(*) AS n FROM {}", quote(kind, table));
+    Ok(db
+        .query_one_raw(sea_orm::Statement::from_string(kind, sql))
+        .await?
+        .ok_or("no count")?
+        .try_get("", "n")?)
+}
+
 /// A value of a replica's `_tidesync_meta`, read by hand.
 pub async fn read_meta<C: sea_orm::ConnectionTrait>(
     db: &C,

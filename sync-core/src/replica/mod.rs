@@ -192,6 +192,55 @@ fn schema_text(schema: Option<&str>) -> String {
 /// the next pass.
 const MAX_RESTARTS: usize = 8;
 
+/// A capture pass sealed one transaction (one batch of markers) at a time:
+/// see [`Replica::capture`], which runs it to the end, and the push, which
+/// seals as it sends.
+pub(crate) struct Sealer<'r> {
+    replica: &'r Replica,
+    pass: Pass<'r>,
+    /// What the pass did so far.
+    pub(crate) report: CaptureReport,
+    finished: bool,
+}
+
+impl Sealer<'_> {
+    /// Whether the pass is over (every round done, or it went back more
+    /// often than it may: the markers left wait for the next pass).
+    pub(crate) fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Seal the pass's next batch in a transaction of its own.
+    pub(crate) async fn step(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        let replica = self.replica;
+        let tx = replica.db.begin().await?;
+        let mut state = SealState::lock_and_load(&tx).await?;
+        let seq = state.next_seq;
+        let step = self
+            .pass
+            .step(&tx, &mut state, &mut self.report, MAX_RESTARTS)
+            .await?;
+        state.save(&tx).await?;
+        tx.commit().await?;
+        replica.wrote(state.next_seq - seq).await;
+        self.finished = step.finished();
+        Ok(())
+    }
+
+    /// Seal batches until `n` more changes are in the outbox or the pass
+    /// is over; how many were added.
+    pub(crate) async fn seal(&mut self, n: usize) -> Result<usize> {
+        let start = self.report.captured;
+        while !self.finished && self.report.captured - start < n {
+            self.step().await?;
+        }
+        Ok(self.report.captured - start)
+    }
+}
+
 /// The local database of one device.
 ///
 /// Every write to a registered table (through SeaORM or not) leaves a dirty
@@ -373,21 +422,22 @@ impl Replica {
     /// column's length) is listed in [`CaptureReport::rejected`] and its
     /// marker stays, so it is captured once the row is fixed.
     pub async fn capture(&self) -> Result<CaptureReport> {
-        let mut report = CaptureReport::default();
-        let mut pass = Pass::new(&self.tables);
-        loop {
-            let tx = self.db.begin().await?;
-            let mut state = SealState::lock_and_load(&tx).await?;
-            let seq = state.next_seq;
-            let step = pass
-                .step(&tx, &mut state, &mut report, MAX_RESTARTS)
-                .await?;
-            state.save(&tx).await?;
-            tx.commit().await?;
-            self.wrote(state.next_seq - seq).await;
-            if step.finished() {
-                return Ok(report);
-            }
+        let mut sealer = self.sealer();
+        while !sealer.finished() {
+            sealer.step().await?;
+        }
+        Ok(sealer.report)
+    }
+
+    /// A capture pass run a transaction at a time by its caller (the push
+    /// seals the markers it sends while the hub works on the previous
+    /// batch).
+    pub(crate) fn sealer(&self) -> Sealer<'_> {
+        Sealer {
+            replica: self,
+            pass: Pass::new(&self.tables),
+            report: CaptureReport::default(),
+            finished: false,
         }
     }
 

@@ -14,7 +14,16 @@ use crate::model::value::approx_size;
 use crate::store::codec::{self, db_sequence, sequence};
 
 /// About how many bytes of values one outbox batch holds at most.
-const BATCH_BYTES: usize = 4 << 20;
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
+
+/// About how many bytes of values `batch` holds.
+pub(crate) fn batch_bytes(batch: &[Change]) -> usize {
+    batch
+        .iter()
+        .flat_map(|c| &c.columns)
+        .map(|(_, v)| approx_size(v))
+        .sum()
+}
 
 impl Replica {
     /// Captured changes not yet acknowledged by a hub, oldest first.

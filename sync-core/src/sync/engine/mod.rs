@@ -172,7 +172,8 @@ impl SyncEngine {
     }
 
     /// Capture local writes, push them, pull the hub's changes. One call at a
-    /// time per engine (a second caller waits).
+    /// time per engine (a second caller waits). The writes are sealed into
+    /// changes as the push sends them (see [`Replica::capture`]).
     ///
     /// # Errors
     /// [`Error::Offline`] when the hub cannot be reached: nothing is lost,
@@ -184,8 +185,6 @@ impl SyncEngine {
         let started = Instant::now();
         let mut report = SyncReport::default();
         let hub = self.hub_info().await?.clone();
-        let captured = self.replica.capture().await?;
-        report.local_errors.extend(captured.rejected);
         if let Some((old, cause)) = self.check_identity(&hub, &mut report).await? {
             // The hub holds changes of this id up to a sequence this
             // replica never numbered. Its pending changes go first under

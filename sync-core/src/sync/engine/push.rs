@@ -9,7 +9,9 @@ use super::{SyncEngine, SyncReport};
 use crate::model::change::{Change, ChangeId};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
-use crate::model::protocol::{HubInfo, PushAck, RejectPolicy, Rejection};
+use crate::model::protocol::{HubInfo, PushAck, RejectPolicy, Rejection, Unreadable};
+use crate::replica::Sealer;
+use crate::replica::outbox::{BATCH_BYTES, batch_bytes};
 
 /// What taking in a push's answer leaves to do.
 enum AckOutcome {
@@ -45,9 +47,21 @@ impl SyncEngine {
     /// range, every [`ACK_EVERY`] changes and at the end (also after an
     /// error): a crash in between only makes the next sync re-send them, and
     /// the hub acknowledges a re-sent change without applying it again.
+    ///
+    /// The markers are sealed as the push goes: each batch read ahead
+    /// seals what it needs while the hub works on the batch before. What
+    /// the push did not take (it halted, or the hub could not be reached)
+    /// is sealed at the end, so a sync leaves every write in the outbox;
+    /// rows that cannot be captured are reported in
+    /// [`SyncReport::local_errors`].
     pub(super) async fn push(&self, info: &HubInfo, report: &mut SyncReport) -> Result<()> {
         let mut head = AckedHead::default();
-        let pushed = self.push_batches(report, &mut head).await;
+        let mut sealer = self.replica.sealer();
+        let pushed = self.push_batches(report, &mut head, &mut sealer).await;
+        let sealed = sealer.seal(usize::MAX).await;
+        report
+            .local_errors
+            .extend(std::mem::take(&mut sealer.report.rejected));
         let dropped = match head.through {
             Some(seq) => self.replica.acknowledge_through(seq).await,
             None => Ok(()),
@@ -56,20 +70,51 @@ impl SyncEngine {
             Some((node, seq)) => self.record_acked(info, node, seq).await,
             None => Ok(()),
         };
-        pushed.and(dropped).and(recorded)
+        pushed.and(sealed.map(drop)).and(dropped).and(recorded)
+    }
+
+    /// The outbox's next batch after sequence `after`, sealing markers
+    /// until it is full or nothing is left to seal.
+    async fn next_batch(
+        &self,
+        after: u64,
+        sealer: &mut Sealer<'_>,
+    ) -> Result<(Vec<Change>, Option<Unreadable>)> {
+        let limit = usize::try_from(self.batch).unwrap_or(usize::MAX);
+        let (mut batch, mut bad) = self.replica.outbox_batch(after, self.batch).await?;
+        while bad.is_none()
+            && batch.len() < limit
+            && batch_bytes(&batch) <= BATCH_BYTES
+            && !sealer.finished()
+        {
+            let want = limit - batch.len();
+            if sealer.seal(want).await? == 0 {
+                break;
+            }
+            let from = batch.last().map_or(after, |c| c.id.seq);
+            let (more, unreadable) = self.replica.outbox_batch(from, want as u64).await?;
+            batch.extend(more);
+            bad = unreadable;
+        }
+        Ok((batch, bad))
     }
 
     /// Push batch after batch until the outbox is empty or the stream
     /// halts; the next batch is read from the outbox while the hub works on
     /// the current one.
-    async fn push_batches(&self, report: &mut SyncReport, head: &mut AckedHead) -> Result<()> {
+    async fn push_batches(
+        &self,
+        report: &mut SyncReport,
+        head: &mut AckedHead,
+        sealer: &mut Sealer<'_>,
+    ) -> Result<()> {
         // Every change up to `after` is acknowledged or parked.
         let mut after = 0;
         let mut ahead = None;
         loop {
             let (batch, unreadable) = match ahead.take() {
                 Some(read) => read?,
-                None => self.replica.outbox_batch(after, self.batch).await?,
+                None => self.next_batch(after, sealer).await?,
             };
             let empty = batch.is_empty();
             if let Some(last) = batch.last().map(|c| c.id.seq) {
@@ -84,7 +129,7 @@ impl SyncEngine {
                     }
                 });
                 if unreadable.is_none() {
-                    ahead = Some(self.replica.outbox_batch(last, self.batch).await);
+                    ahead = Some(self.next_batch(last, sealer).await);
                 }
                 let (batch, ack) = sending.get().await;
                 let ack = ack.map_err(Error::or_offline)?;
