@@ -70,8 +70,17 @@ mod proto;
 /// default batch).
 const BATCH: u64 = 500;
 
-/// The engines' batch size (`--batch`; default the engine's own, 500).
-static ENGINE_BATCH: AtomicU64 = AtomicU64::new(BATCH);
+/// The engines' batch and page size (`--batch`; 0, the default: the
+/// engine's own, 500 changes a push request and 2000 rows a pull page).
+static ENGINE_BATCH: AtomicU64 = AtomicU64::new(0);
+
+/// `engine` with `--batch`'s size, if it was given.
+fn sized(engine: SyncEngine) -> SyncEngine {
+    match ENGINE_BATCH.load(Ordering::Relaxed) {
+        0 => engine,
+        n => engine.with_batch_size(n),
+    }
+}
 
 #[path = "../tests/common/url.rs"]
 #[allow(unreachable_pub)] // shared with the tests' harness
@@ -1757,8 +1766,7 @@ impl Device {
             }
         };
         let hub = Arc::new(hub);
-        let engine = SyncEngine::new(replica, Arc::clone(&hub) as Arc<dyn Hub>)
-            .with_batch_size(ENGINE_BATCH.load(Ordering::Relaxed));
+        let engine = sized(SyncEngine::new(replica, Arc::clone(&hub) as Arc<dyn Hub>));
         Ok(Device {
             engine,
             local,
@@ -2587,11 +2595,10 @@ async fn initial_copy(
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let engine = SyncEngine::new(
+    let engine = sized(SyncEngine::new(
         replica,
         Arc::new(SqlHub::new(Database::connect(&target.url).await?)),
-    )
-    .with_batch_size(ENGINE_BATCH.load(Ordering::Relaxed));
+    ));
     let reconciled = engine.replica().reconcile().await?;
     let report = engine.sync_now().await?;
     let t = started.elapsed();

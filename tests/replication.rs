@@ -444,6 +444,23 @@ async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
         orig,
         "every row and value, timestamps to the microsecond"
     );
+    // Pages of their own size, and by default of 2000 rows (one page here).
+    for (page, limit) in [(Some(300), 300), (None, 2000)] {
+        let other = TestDb::create(Dialect::Sqlite, "fresh-paged").await?;
+        other.create_table(contacts::Entity).await?;
+        let replica = Replica::builder(other.db.clone())
+            .register::<contacts::Entity>()
+            .open()
+            .await?;
+        let mut engine = SyncEngine::new(replica, paged.clone());
+        if let Some(page) = page {
+            engine = engine.with_page_size(page);
+        }
+        ensure_eq!(engine.sync_now().await?.pulled, 1234);
+        let read = check_pages(&paged.take_calls(), None, limit, true)?;
+        ensure_eq!(read.len(), 1234, "pages of {limit}, every row once");
+        other.drop().await?;
+    }
     // And it keeps pulling from where the snapshot ended.
     let id = a.add("after bootstrap").await?;
     a.sync().await?;
@@ -1113,6 +1130,12 @@ async fn unreachable_hub_is_offline_and_loses_nothing(hub: TestDb) -> TestResult
         1,
         "the edit stays queued"
     );
+    ensure_eq!(
+        common::count_rows(a.db(), "_ts_d_contacts").await?,
+        0,
+        "the failed sync sealed the write into the outbox"
+    );
+    ensure_eq!(a.engine.replica().pending(10).await?.len(), 1);
     // Back online (a new engine over the same local database).
     let replica = Replica::builder(a.db().clone())
         .register::<contacts::Entity>()

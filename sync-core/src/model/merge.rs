@@ -50,10 +50,9 @@ pub struct RowState {
 impl RowState {
     /// Whether the row exists: some column was written after the last delete.
     pub fn is_live(&self) -> bool {
-        match (self.clocks.values().max(), self.deleted_at) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(c), Some(d)) => *c > d,
+        match self.deleted_at {
+            None => !self.clocks.is_empty(),
+            Some(d) => self.clocks.values().any(|c| *c > d),
         }
     }
 

@@ -400,8 +400,9 @@ const SEAL_ALL_RESTARTS: usize = 64;
 /// round is over: a new parent committed with its child, read by the
 /// child's round after the parent's round ended. So after each batch is
 /// sealed (in a savepoint), the pass counts the markers of the tables whose
-/// rounds of this phase came before: more than the round left in place
-/// means markers arrived; the batch is rolled back and the pass goes back
+/// rounds of this phase came before: another count than the round left in
+/// place means markers arrived (or another pass sealed some, after which
+/// the count cannot tell); the batch is rolled back and the pass goes back
 /// to that round. The count is taken after the batch read its markers, so
 /// a parent committed with a child the batch read is counted. In the
 /// deletes phase, a child table with pending markers other than refused
@@ -548,9 +549,13 @@ impl<'t> Pass<'t> {
                 continue;
             }
             let n = count_markers(tx, self.tables[t].spec()).await?;
-            if n > self.kept[r] {
+            if n != self.kept[r] {
                 // New markers: their round again (for a child in the
-                // deletes phase, its upserts first).
+                // deletes phase, its upserts first). Fewer than the round
+                // left: another pass sealed some meanwhile (a `resolve`
+                // during the push, `capture` called beside a sync, another
+                // process), and the count no longer tells new markers
+                // apart: the round again too.
                 return Ok(Some(self.round_of(Phase::Upserts, t).unwrap_or(r)));
             }
             if phase == Phase::Deletes && n > self.refused[t] {

@@ -11,10 +11,11 @@
 //! idempotent.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
@@ -100,6 +101,14 @@ struct TableWrite<'a> {
     /// The table's version rows, where the states are saved.
     versions: Versions<'a>,
     rows: Vec<RowWrite<'a>>,
+}
+
+/// A row's deltas merged so far, in [`merge_table`].
+struct Merged<'a, 'k> {
+    key: &'k str,
+    pk: &'a [Value],
+    state: Cow<'a, RowState>,
+    sources: Vec<&'a Delta>,
 }
 
 /// One merged row: its new state (live or dead) to save, the row to write
@@ -321,8 +330,8 @@ async fn merge_table<'a>(
     let spec = handle.spec();
     let keys: Vec<String> = ds.iter().map(|d| pk_key(&d.pk)).collect::<Result<_>>()?;
     let mut versions = Versions::open(tx, handle).await?;
-    let key_values: Vec<Vec<Value>> = ds.iter().map(|d| d.pk.clone()).collect();
-    let before = versions.load(tx, &key_values).await?;
+    let key_values: Vec<&[Value]> = ds.iter().map(|d| d.pk.as_slice()).collect();
+    let before = versions.load_keyed(tx, &key_values, &keys).await?;
     let held = if spec.policy.holds_conflicts() {
         open_conflicts(tx, &spec.name, &keys).await?
     } else {
@@ -330,47 +339,64 @@ async fn merge_table<'a>(
     };
     // A row that only one delta writes and that has no state here takes
     // the delta's state as it is (merging it into nothing is the
-    // identity), without copying its values.
-    let mut after: HashMap<&str, Cow<'_, RowState>> = HashMap::new();
-    let mut pks: HashMap<&str, &Vec<Value>> = HashMap::new();
-    let mut sources: HashMap<&str, Vec<&Delta>> = HashMap::new();
+    // identity), without copying its values. Rows in the order of their
+    // first delta.
+    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut merged: Vec<Merged<'a, '_>> = Vec::with_capacity(ds.len());
     for (delta, key) in ds.iter().zip(&keys) {
         let held_here: Vec<&str> = held
             .iter()
             .filter(|(k, _)| k == key)
             .map(|(_, c)| c.as_str())
             .collect();
-        let s = match after.entry(key.as_str()) {
-            Entry::Vacant(e)
-                if held_here.is_empty()
+        let (m, merge) = match index.entry(key.as_str()) {
+            Entry::Occupied(e) => (&mut merged[*e.get()], true),
+            Entry::Vacant(e) => {
+                let fresh = held_here.is_empty()
                     && !before.contains_key(key)
-                    && delta.state.clocks.keys().eq(delta.state.vals.keys()) =>
-            {
-                e.insert(Cow::Borrowed(&delta.state));
-                None
+                    && delta.state.clocks.keys().eq(delta.state.vals.keys());
+                e.insert(merged.len());
+                merged.push(Merged {
+                    key: key.as_str(),
+                    pk: &delta.pk,
+                    state: match fresh {
+                        true => Cow::Borrowed(&delta.state),
+                        false => Cow::Owned(before.get(key).cloned().unwrap_or_default()),
+                    },
+                    sources: Vec::new(),
+                });
+                (merged.last_mut().expect("just pushed"), !fresh)
             }
-            e => Some(
-                e.or_insert_with(|| Cow::Owned(before.get(key).cloned().unwrap_or_default()))
-                    .to_mut(),
-            ),
         };
-        if let Some(s) = s {
-            merge_delta(tx, &spec.name, key, s, &delta.state, &held_here).await?;
+        if merge {
+            merge_delta(
+                tx,
+                &spec.name,
+                key,
+                m.state.to_mut(),
+                &delta.state,
+                &held_here,
+            )
+            .await?;
         }
+        m.sources.push(delta);
         if let Some(h) = delta.state.max_clock() {
             clock.observe(h, wall);
         }
-        pks.insert(key.as_str(), &delta.pk);
-        sources.entry(key.as_str()).or_default().push(delta);
     }
     let mut rows = Vec::new();
-    for (key, s) in after {
+    for Merged {
+        key,
+        pk,
+        state: s,
+        sources,
+    } in merged
+    {
         let was = before.get(key);
         if was.is_some_and(|w| w.same(&s)) {
             continue; // nothing new (e.g. our own rows in a snapshot)
         }
         let existed = was.is_some_and(RowState::is_live);
-        let sources = sources.remove(key).unwrap_or_default();
         if s.is_live()
             && let Err(e) = check_row(d, spec, &s)
         {
@@ -379,10 +405,10 @@ async fn merge_table<'a>(
             continue;
         }
         // Dead states are saved too, not written as rows.
-        let delete = (!s.is_live() && was.is_none_or(RowState::is_live)).then(|| pks[key].clone());
+        let delete = (!s.is_live() && was.is_none_or(RowState::is_live)).then(|| pk.to_vec());
         rows.push(RowWrite {
             key: key.to_owned(),
-            pk: pks[key].as_slice(),
+            pk,
             state: s,
             existed,
             delete,

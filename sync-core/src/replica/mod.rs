@@ -210,11 +210,27 @@ impl Sealer<'_> {
         self.finished
     }
 
-    /// Seal the pass's next batch in a transaction of its own.
+    /// Seal the pass's next batch in a transaction of its own. If it
+    /// fails, the pass starts over at its next step: the pass moved on
+    /// before the transaction that failed rolled back, and going on from
+    /// there would skip the markers it rolled back (a parent's, say,
+    /// sealed after its child's).
     pub(crate) async fn step(&mut self) -> Result<()> {
         if self.finished {
             return Ok(());
         }
+        let captured = self.report.captured;
+        let rejected = self.report.rejected.len();
+        let sealed = self.try_step().await;
+        if sealed.is_err() {
+            self.pass = Pass::new(&self.replica.tables);
+            self.report.captured = captured;
+            self.report.rejected.truncate(rejected);
+        }
+        sealed
+    }
+
+    async fn try_step(&mut self) -> Result<()> {
         let replica = self.replica;
         let tx = replica.db.begin().await?;
         let mut state = SealState::lock_and_load(&tx).await?;

@@ -71,12 +71,13 @@ impl Replica {
     }
 
     /// The oldest captured changes after sequence `after`, up to `limit`
-    /// and about 4 MiB, stopping before the first one that cannot be read
-    /// back (returned apart).
+    /// and about `max_bytes` of values (at least one change), stopping
+    /// before the first one that cannot be read back (returned apart).
     pub(crate) async fn outbox_batch(
         &self,
         after: u64,
         limit: u64,
+        max_bytes: usize,
     ) -> Result<(Vec<Change>, Option<Unreadable>)> {
         let q = OUTBOX
             .select()
@@ -91,7 +92,7 @@ impl Replica {
                 Ok(c) => {
                     bytes += c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>();
                     out.push(c);
-                    if bytes > BATCH_BYTES {
+                    if bytes > max_bytes {
                         break;
                     }
                 }

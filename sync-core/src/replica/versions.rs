@@ -27,6 +27,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashSet;
+
 use sea_orm::sea_query::{
     Alias, Expr, ExprTrait, InsertStatement, OnConflict, Order, Query, SimpleExpr,
 };
@@ -130,8 +132,21 @@ impl<'a> Versions<'a> {
         db: &C,
         keys: &[Vec<Value>],
     ) -> Result<HashMap<String, RowState>> {
-        let asked: std::collections::HashSet<String> =
-            keys.iter().map(|k| pk_key(k)).collect::<Result<_>>()?;
+        let texts: Vec<String> = keys.iter().map(|k| pk_key(k)).collect::<Result<_>>()?;
+        let keys: Vec<&[Value]> = keys.iter().map(Vec::as_slice).collect();
+        self.load_keyed(db, &keys, &texts).await
+    }
+
+    /// [`Versions::load`] of keys whose texts the caller has: `texts[i]`
+    /// is `pk_key(keys[i])`.
+    pub(crate) async fn load_keyed<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        keys: &[&[Value]],
+        texts: &[String],
+    ) -> Result<HashMap<String, RowState>> {
+        debug_assert_eq!(keys.len(), texts.len());
+        let asked: FxHashSet<&str> = texts.iter().map(String::as_str).collect();
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_ROWS) {
             let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| canonical_key(k)).collect();
@@ -142,7 +157,7 @@ impl<'a> Versions<'a> {
             for r in db.query_all(&q).await? {
                 let (key, state) = self.read(db, &r).await?;
                 let text = pk_key(&key)?;
-                if !asked.contains(&text) {
+                if !asked.contains(text.as_str()) {
                     return Err(Error::Corrupt(format!(
                         "{}: the state of key {text} was found for another key text; the key's \
                          type differs between the table, this release and the row's origin",

@@ -25,7 +25,9 @@
 //! (`Decimal::serialize`). The encoding is part of the stored format: the
 //! tests below pin it byte for byte.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
 use sea_orm::Value;
@@ -66,7 +68,7 @@ fn corrupt(what: &str) -> Error {
 /// The column ordinals of one table: name to ordinal and back.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ordinals {
-    by_name: HashMap<String, u16>,
+    by_name: FxHashMap<String, u16>,
     by_ord: BTreeMap<u16, String>,
 }
 

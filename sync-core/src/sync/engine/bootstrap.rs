@@ -41,7 +41,7 @@ impl SyncEngine {
         let resume = self.progress_of(&progress_key).await?;
         let fetch = |after: Option<String>| {
             let hub = Arc::clone(&self.hub);
-            let limit = self.batch;
+            let limit = self.page;
             Prefetch::spawn(async move { hub.snapshot(after, limit).await })
         };
         let mut start = resume.as_ref().map(|p| Cursor(p.start));

@@ -51,7 +51,7 @@ impl SyncEngine {
         let me = self.replica.node_id();
         let fetch = |cursor: Cursor| {
             let hub = Arc::clone(&self.hub);
-            let limit = self.batch;
+            let limit = self.page;
             Prefetch::spawn(async move { hub.pull_excluding(cursor, limit, me).await })
         };
         let mut ahead = fetch(cursor);
@@ -96,7 +96,7 @@ impl SyncEngine {
     /// still refused are parked again, not reported again (they were when
     /// they were first parked).
     async fn retry_refused(&self, report: &mut SyncReport) -> Result<()> {
-        let parked = self.replica.refused(self.batch).await?;
+        let parked = self.replica.refused(self.page).await?;
         if parked.is_empty() {
             return Ok(());
         }

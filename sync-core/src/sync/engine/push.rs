@@ -50,18 +50,22 @@ impl SyncEngine {
     ///
     /// The markers are sealed as the push goes: each batch read ahead
     /// seals what it needs while the hub works on the batch before. What
-    /// the push did not take (it halted, or the hub could not be reached)
-    /// is sealed at the end, so a sync leaves every write in the outbox;
-    /// rows that cannot be captured are reported in
-    /// [`SyncReport::local_errors`].
+    /// the push did not take (the stream halted) is sealed at the end by a
+    /// pass of its own (after an error, `sync_now` seals it); rows that
+    /// cannot be captured are reported in [`SyncReport::local_errors`].
     pub(super) async fn push(&self, info: &HubInfo, report: &mut SyncReport) -> Result<()> {
         let mut head = AckedHead::default();
         let mut sealer = self.replica.sealer();
         let pushed = self.push_batches(report, &mut head, &mut sealer).await;
-        let sealed = sealer.seal(usize::MAX).await;
-        report
-            .local_errors
-            .extend(std::mem::take(&mut sealer.report.rejected));
+        let mut rejected = std::mem::take(&mut sealer.report.rejected);
+        let sealed = match &pushed {
+            // A pass of its own: the push's may have stopped (writes kept
+            // arriving), and it holds what it rejected, which the new pass
+            // rejects again if the row is still bad.
+            Ok(()) => self.replica.capture().await.map(|c| rejected = c.rejected),
+            Err(_) => Ok(()),
+        };
+        report.local_errors.extend(rejected);
         let dropped = match head.through {
             Some(seq) => self.replica.acknowledge_through(seq).await,
             None => Ok(()),
@@ -70,7 +74,7 @@ impl SyncEngine {
             Some((node, seq)) => self.record_acked(info, node, seq).await,
             None => Ok(()),
         };
-        pushed.and(sealed.map(drop)).and(dropped).and(recorded)
+        pushed.and(sealed).and(dropped).and(recorded)
     }
 
     /// The outbox's next batch after sequence `after`, sealing markers
@@ -81,18 +85,22 @@ impl SyncEngine {
         sealer: &mut Sealer<'_>,
     ) -> Result<(Vec<Change>, Option<Unreadable>)> {
         let limit = usize::try_from(self.batch).unwrap_or(usize::MAX);
-        let (mut batch, mut bad) = self.replica.outbox_batch(after, self.batch).await?;
-        while bad.is_none()
-            && batch.len() < limit
-            && batch_bytes(&batch) <= BATCH_BYTES
-            && !sealer.finished()
-        {
+        let (mut batch, mut bad) = self
+            .replica
+            .outbox_batch(after, self.batch, BATCH_BYTES)
+            .await?;
+        let mut bytes = batch_bytes(&batch);
+        while bad.is_none() && batch.len() < limit && bytes <= BATCH_BYTES && !sealer.finished() {
             let want = limit - batch.len();
             if sealer.seal(want).await? == 0 {
                 break;
             }
             let from = batch.last().map_or(after, |c| c.id.seq);
-            let (more, unreadable) = self.replica.outbox_batch(from, want as u64).await?;
+            let (more, unreadable) = self
+                .replica
+                .outbox_batch(from, want as u64, BATCH_BYTES - bytes)
+                .await?;
+            bytes += batch_bytes(&more);
             batch.extend(more);
             bad = unreadable;
         }
