@@ -111,9 +111,10 @@ const PUSH_BATCH: u64 = 500;
 /// Rows per pull or bootstrap page, by default: a page is applied in one
 /// local transaction, and its fixed costs (the commit, the metadata, the
 /// check for local writes to seal first) are shared by four times as many
-/// rows as at 500 (BENCHMARKS.md: pulls went from 0.31-0.33x to
-/// 0.41-0.43x of raw batched writes of 500 rows a transaction). The hub
-/// also caps a page by bytes (about 4 MiB of values).
+/// rows as at 500 (BENCHMARKS.md, "Pages of 2000 rows": pulls from the
+/// servers went from 0.32-0.33x to 0.41-0.43x of raw batched writes of
+/// 500 rows a transaction). The hub also caps a page by bytes (about
+/// 4 MiB of values).
 const PULL_PAGE: u64 = 2_000;
 
 /// How far the sync in progress is (see [`SyncEngine::progress`]).
