@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
         unreachable_hub_is_offline_and_loses_nothing,
         hub_lost_mid_push_keeps_exactly_the_unacknowledged,
         a_sync_seals_as_it_pushes_and_captures_everything_when_cut_off,
+        a_pass_sealed_beside_the_push_keeps_parents_first,
         halt_policy_stops_the_stream_in_order,
         park_policy_parks_and_goes_on,
         a_parked_change_pushed_again_is_reported,
@@ -1161,7 +1162,12 @@ struct LostAfter {
     lose_first_answer: std::sync::atomic::AtomicBool,
     local: Option<(DatabaseConnection, &'static str)>,
     unsealed_at_push: std::sync::Mutex<Vec<i64>>,
+    /// Run before the first push is forwarded.
+    before_first_push: tokio::sync::Mutex<Option<BeforePush>>,
 }
+
+/// What [`LostAfter`] runs before it forwards its first push.
+type BeforePush = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl LostAfter {
     fn new(inner: Arc<dyn Hub>, pushes: usize, lose_first_answer: bool) -> Self {
@@ -1171,6 +1177,7 @@ impl LostAfter {
             lose_first_answer: lose_first_answer.into(),
             local: None,
             unsealed_at_push: std::sync::Mutex::new(Vec::new()),
+            before_first_push: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -1191,6 +1198,10 @@ impl Hub for LostAfter {
                 .await
                 .map_err(|e| Error::Config(e.to_string()))?;
             self.unsealed_at_push.lock().unwrap().push(n);
+        }
+        let before = self.before_first_push.lock().await.take();
+        if let Some(before) = before {
+            before.await;
         }
         if self.lose_first_answer.swap(false, Ordering::SeqCst) {
             self.inner.push(batch).await?;
@@ -1353,6 +1364,83 @@ async fn a_sync_seals_as_it_pushes_and_captures_everything_when_cut_off(hub: Tes
         "the hub holds every row, whole",
     )?;
     device.drop().await?;
+    hub.drop().await
+}
+
+/// While a sync's push seals markers, another pass seals them too (a
+/// `resolve` during the push, `Replica::capture` called beside the sync,
+/// another process), and then a new parent and its child commit. The
+/// push's pass had counted the parent deletes it left for later; with
+/// them sealed by the other pass, the new parent's marker must still send
+/// it back to the parents' round: the child after its parent, no halted
+/// stream.
+async fn a_pass_sealed_beside_the_push_keeps_parents_first(hub: TestDb) -> TestResult {
+    hub.create_table(groups::Entity).await?;
+    hub.create_table(members::Entity).await?;
+    let local = TestDb::create(Dialect::Sqlite, "beside").await?;
+    local.create_table(groups::Entity).await?;
+    local.create_table(members::Entity).await?;
+    let db = local.db.clone();
+    let open = |db: DatabaseConnection| async move {
+        Replica::builder(db)
+            .register::<groups::Entity>() // parents first
+            .register::<members::Entity>()
+            .open()
+            .await
+    };
+    let inner = common::hub_for(&hub).await?;
+    let group = |id: Uuid| groups::ActiveModel {
+        id: Set(id),
+        name: Set("g".into()),
+    };
+    let member = |id: Uuid, group_id: Uuid| members::ActiveModel {
+        id: Set(id),
+        group_id: Set(group_id),
+        name: Set("m".into()),
+    };
+    let first = SyncEngine::new(open(db.clone()).await?, inner.clone());
+    let gs: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    for g in &gs {
+        group(*g).insert(&db).await?;
+    }
+    ensure_eq!(first.sync_now().await?.pushed, 4);
+    // Pending: three parent deletes (the parents' upserts round leaves
+    // them for the deletes round) and three batches of children.
+    groups::Entity::delete_many()
+        .filter(groups::Column::Id.is_in(gs[1..].to_vec()))
+        .exec(&db)
+        .await?;
+    let kids: Vec<members::ActiveModel> =
+        (0..1_500).map(|_| member(Uuid::now_v7(), gs[0])).collect();
+    for chunk in kids.chunks(250) {
+        members::Entity::insert_many(chunk.to_vec())
+            .exec(&db)
+            .await?;
+    }
+    let (parent, child) = (Uuid::now_v7(), Uuid::now_v7());
+    let beside = {
+        let db = db.clone();
+        async move {
+            let other = open(db.clone()).await.expect("a second replica opens");
+            other.capture().await.expect("the other pass seals");
+            let tx = sea_orm::TransactionTrait::begin(&db).await.expect("begin");
+            group(parent).insert(&tx).await.expect("new parent");
+            member(child, parent).insert(&tx).await.expect("its child");
+            tx.commit().await.expect("commit");
+        }
+    };
+    let lost = LostAfter::new(inner.clone(), usize::MAX, false);
+    *lost.before_first_push.lock().await = Some(Box::pin(beside));
+    let engine = SyncEngine::new(open(db.clone()).await?, Arc::new(lost));
+    let r = engine.sync_now().await?;
+    ensure!(
+        r.halted.is_none() && r.rejected.is_empty() && r.local_errors.is_empty(),
+        "{r:?}"
+    );
+    ensure_eq!(engine.replica().pending_count().await?, 0);
+    ensure_eq!(groups::Entity::find().count(&hub.db).await?, 2);
+    ensure_eq!(members::Entity::find().count(&hub.db).await?, 1_501);
+    local.drop().await?;
     hub.drop().await
 }
 
