@@ -832,6 +832,43 @@ async fn clone_table(db: &DatabaseConnection, from: &str, to: &str) -> Res<()> {
     Ok(())
 }
 
+/// A table of row states as format 1 kept them (`_tidesync_hub_rows`,
+/// which hubs no longer make: their states are in version tables), for the
+/// floor of that format.
+async fn format1_states_table(db: &DatabaseConnection, name: &str) -> Res<()> {
+    let backend = db.get_database_backend();
+    let (text, boolean) = match backend {
+        DbBackend::MySql => ("LONGTEXT", "BOOL"),
+        DbBackend::Postgres => ("TEXT", "BOOLEAN"),
+        _ => ("TEXT", "BOOLEAN"),
+    };
+    let q = |n: &str| match backend {
+        DbBackend::MySql => format!("`{n}`"),
+        _ => format!(r#""{n}""#),
+    };
+    let options = match backend {
+        DbBackend::MySql => " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        _ => "",
+    };
+    let sql = format!(
+        "CREATE TABLE {} ({} VARCHAR(64) NOT NULL, {} VARCHAR(700) NOT NULL, {} {text} NOT NULL, \
+         {} {text} NOT NULL, {} VARCHAR(64) NULL, {} {boolean} NOT NULL, {} {text} NULL, \
+         PRIMARY KEY ({}, {})){options}",
+        q(name),
+        q("tbl"),
+        q("pk"),
+        q("vals"),
+        q("clocks"),
+        q("deleted_at"),
+        q("live"),
+        q("pk_full"),
+        q("tbl"),
+        q("pk"),
+    );
+    db.execute_unprepared(&sql).await?;
+    Ok(())
+}
+
 async fn count(db: &DatabaseConnection, table: &str) -> Res<i64> {
     let backend = db.get_database_backend();
     let q = match backend {
@@ -850,7 +887,7 @@ async fn footprint(db: &DatabaseConnection) -> Res<Option<String>> {
     const TABLES: [&str; 4] = [
         "raw_contacts",
         "contacts",
-        "_tidesync_hub_rows",
+        "_ts_hv_contacts",
         "_tidesync_changes",
     ];
     let backend = db.get_database_backend();
@@ -897,10 +934,10 @@ async fn footprint(db: &DatabaseConnection) -> Res<Option<String>> {
     let size = |t: &str| sizes.get(t).copied().unwrap_or(0.0);
     let ours: f64 = TABLES[1..].iter().map(|t| size(t)).sum();
     Ok(Some(format!(
-        "hub storage: contacts {:.1} MiB + _tidesync_hub_rows {:.1} MiB + _tidesync_changes \
+        "hub storage: contacts {:.1} MiB + _ts_hv_contacts {:.1} MiB + _tidesync_changes \
          {:.1} MiB = {:.1}x the raw table ({:.1} MiB)",
         size("contacts"),
-        size("_tidesync_hub_rows"),
+        size("_ts_hv_contacts"),
         size("_tidesync_changes"),
         ours / size("raw_contacts").max(1e-9),
         size("raw_contacts"),
@@ -1159,7 +1196,7 @@ impl Hub for Timed {
             && n.is_multiple_of(20)
         {
             let sql = match db.get_database_backend() {
-                DbBackend::MySql => "ANALYZE TABLE _tidesync_hub_rows, _tidesync_changes, contacts",
+                DbBackend::MySql => "ANALYZE TABLE _ts_hv_contacts, _tidesync_changes, contacts",
                 _ => "ANALYZE",
             };
             // A query, not an execute: MySQL's ANALYZE TABLE returns rows.
@@ -2302,7 +2339,7 @@ async fn hub_phases(
     // ... and with the row metadata the issue also asks for.
     clone_table(&db, "contacts", "floor2_contacts").await?;
     clone_table(&db, "_tidesync_changes", "floor2_changes").await?;
-    clone_table(&db, "_tidesync_hub_rows", "floor2_states").await?;
+    format1_states_table(&db, "floor2_states").await?;
     reset_peak();
     let t = raw_with_log(
         &db,

@@ -341,6 +341,7 @@ impl World {
             "contacts",
             "_tidesync_changes",
             "_tidesync_hub_rows",
+            "_ts_hv_contacts",
             "_tidesync_peers",
             "_tidesync_rejected",
         ]

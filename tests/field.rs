@@ -66,6 +66,7 @@ fn main() -> std::process::ExitCode {
         a_device_restored_before_it_pushed_a_held_edit_gets_the_conflict_back,
         a_200_byte_key_syncs_like_any_other,
         a_long_text_key_syncs_like_any_other,
+        a_device_without_kinds_edits_a_row_keyed_by_a_utc_time,
     ];
     trials.extend(direct_trials![capture_goes_past_a_batch_of_refused_rows]);
     trials.extend(trial(
@@ -217,6 +218,103 @@ impl Hub for AnswerLost {
     ) -> tidesync::Result<(Cursor, SnapshotPage)> {
         self.inner.snapshot(after, limit).await
     }
+}
+
+/// A hub as a device of a release before value kinds reaches it: the
+/// specs it installs name no kind (the hub reads its keys as the column
+/// type's usual kind).
+struct NoKinds {
+    inner: Arc<dyn Hub>,
+}
+
+#[async_trait::async_trait]
+impl Hub for NoKinds {
+    async fn install(&self, tables: &[TableSpec]) -> tidesync::Result<HubInfo> {
+        let mut bare = tables.to_vec();
+        for t in &mut bare {
+            for c in
+                t.pk.iter_mut()
+                    .chain(&mut t.columns)
+                    .chain(&mut t.local_only)
+            {
+                c.kind = None;
+            }
+        }
+        self.inner.install(&bare).await
+    }
+
+    async fn push(&self, batch: &[Change]) -> tidesync::Result<PushAck> {
+        self.inner.push(batch).await
+    }
+
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+        at: Option<Cursor>,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin, at).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        self.inner.snapshot(after, limit).await
+    }
+}
+
+/// Review finding (hub version tables): a device of a release before value
+/// kinds installs specs without them, so the hub would read a
+/// `DateTime<Utc>` key of a `timestamp with time zone` column as a
+/// `DateTime<FixedOffset>` (the type's usual kind), whose text differs
+/// from the key the device pushes: its edit of an existing row was taken
+/// for a key of another row, and every push of it failed. Keys are read
+/// back as the variant asked for: the edit arrives.
+async fn a_device_without_kinds_edits_a_row_keyed_by_a_utc_time(hub: TestDb) -> TestResult {
+    use chrono::TimeZone;
+    use common::entities::keyed_by_utc;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+    let old = |tag: &'static str| {
+        let hub = &hub;
+        async move {
+            let inner = common::hub_for(hub).await?;
+            device_on(Arc::new(NoKinds { inner }), tag, |b| {
+                b.register::<keyed_by_utc::Entity>()
+            })
+            .await
+        }
+    };
+    let a = old("a").await?;
+    let k = chrono::Utc.with_ymd_and_hms(2031, 2, 3, 4, 5, 6).unwrap();
+    keyed_by_utc::Model {
+        k,
+        note: "first".into(),
+    }
+    .into_active_model()
+    .insert(a.db())
+    .await?;
+    a.sync().await?;
+    let mut edit = keyed_by_utc::Entity::find_by_id(k)
+        .one(a.db())
+        .await?
+        .ok_or("no row on a")?
+        .into_active_model();
+    edit.note = Set("second".into());
+    edit.update(a.db()).await?;
+    a.sync().await?;
+    let b = old("b").await?;
+    b.sync().await?;
+    let on_b = keyed_by_utc::Entity::find().all(b.db()).await?;
+    ensure_eq!(on_b.len(), 1, "{on_b:?}");
+    ensure_eq!(on_b[0].note.as_str(), "second");
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
 }
 
 /// A hub that, for the next `lie` pushes it refuses for a clock ahead,
@@ -477,10 +575,11 @@ async fn a_device_restored_before_it_pushed_a_held_edit_gets_the_conflict_back(
 
 /// Review finding (item 11): a device bootstrapping across the hub's
 /// upgrade resumes with a snapshot token of the earlier release (a key
-/// text). A row stored under the hash of its key since sorts before every
-/// key text: it comes after such a token all the same. Before, every row
-/// of a long key sorting after the token in the earlier order was left
-/// out, and the device never got it.
+/// text). Since hub schema version 3 the states are in version tables, in
+/// another order: the hub refuses the token, and the bootstrap starts over
+/// and gets every row, the long key's among them. (Before version tables,
+/// a row stored under the hash of its key sorted before every key text and
+/// was left out after such a token.)
 async fn a_snapshot_token_of_an_earlier_release_leaves_no_long_key_out(hub: TestDb) -> TestResult {
     use common::entities::keyed_by_any_text;
     use sea_orm::{ActiveModelTrait, IntoActiveModel};
@@ -497,25 +596,32 @@ async fn a_snapshot_token_of_an_earlier_release_leaves_no_long_key_out(hub: Test
     }
     a.sync().await?;
     let sql = common::hub_for(&hub).await?;
-    sql.install(&[tidesync::table_spec::<keyed_by_any_text::Entity>()])
+    let info = sql
+        .install(&[tidesync::table_spec::<keyed_by_any_text::Entity>()])
         .await?;
     // After the row keyed "a", as an earlier release wrote it.
     let token = serde_json::to_string(&("keyed_by_any_text", r#"[{"String":"a"}]"#))?;
-    let (_, page) = sql.snapshot(Some(token), 10).await?;
-    let keys: Vec<String> = page
-        .rows
-        .iter()
-        .filter_map(|r| match &r.pk[0].1 {
-            sea_orm::Value::String(Some(s)) => Some(s.to_string()),
-            _ => None,
-        })
+    let refused = sql.snapshot(Some(token.clone()), 10).await;
+    ensure!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    // A device whose bootstrap stopped there resumes: it starts over.
+    let b = device::<keyed_by_any_text::Entity>(&hub, "b").await?;
+    let progress = serde_json::json!({ "start": 0, "after": token }).to_string();
+    common::write_meta(b.db(), &format!("bootstrap:{}", info.hub_id), &progress).await?;
+    b.sync().await?;
+    let mut keys: Vec<String> = keyed_by_any_text::Entity::find()
+        .all(b.db())
+        .await?
+        .into_iter()
+        .map(|m| m.k)
         .collect();
-    ensure!(keys.contains(&long), "the long key is left out: {keys:?}");
+    keys.sort();
+    ensure_eq!(keys, vec!["a".to_owned(), long], "b's rows");
     // A token this release gives goes on from where it is.
     let (_, first) = sql.snapshot(None, 1).await?;
     let (_, rest) = sql.snapshot(first.next.clone(), 10).await?;
     ensure_eq!(first.rows.len() + rest.rows.len(), 2, "{first:?} {rest:?}");
     a.drop().await?;
+    b.drop().await?;
     hub.drop().await
 }
 
@@ -1786,7 +1892,7 @@ async fn a_decimal_key_is_one_row_whatever_its_scale(hub: TestDb) -> TestResult 
         .db
         .query_all_raw(sea_orm::Statement::from_string(
             hub.backend(),
-            "SELECT pk FROM _tidesync_hub_rows WHERE tbl = 'keyed_by_decimal'",
+            "SELECT live FROM _ts_hv_keyed_by_decimal",
         ))
         .await?;
     ensure_eq!(states.len(), 1, "one row state on the hub");
@@ -2786,9 +2892,12 @@ async fn an_entity_in_another_schema_syncs_in_its_schema(hub: TestDb) -> TestRes
     for db in [&hub, &a.local, &b.local, &c.local, &n.local] {
         ensure_eq!(decoy_rows(&db.db).await?, 0, "nothing in the decoy");
     }
+    // Version 2 keeps a table in a schema of its own; version 3 (row
+    // states in version tables) is raised by every install of this
+    // release.
     ensure_eq!(
         hub_version(&hub.db).await?,
-        "2",
+        "3",
         "a table in a schema of its own"
     );
     n.drop().await?;
@@ -3095,7 +3204,9 @@ async fn a_hub_without_schemas_keeps_a_table_by_its_name(hub: TestDb) -> TestRes
         .all(&hub.db)
         .await?;
     ensure_eq!(on_hub.len(), 1, "{on_hub:?}");
-    ensure_eq!(hub_version(&hub.db).await?, "1", "no table in a schema");
+    // Version 3 (row states in version tables) whatever the schemas: no
+    // earlier release reads the states.
+    ensure_eq!(hub_version(&hub.db).await?, "3", "no table in a schema");
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
@@ -3426,10 +3537,7 @@ macro_rules! long_keys {
             .db
             .query_all_raw(sea_orm::Statement::from_string(
                 hub.backend(),
-                format!(
-                    "SELECT tbl FROM _tidesync_hub_rows WHERE tbl = '{}'",
-                    stringify!($entity)
-                ),
+                format!("SELECT live FROM _ts_hv_{}", stringify!($entity)),
             ))
             .await?;
         ensure_eq!(states.len(), want.len() + 1, "one state per row on the hub");
@@ -3568,8 +3676,8 @@ async fn a_key_too_long_for_its_column_is_refused_with_the_reason(hub: TestDb) -
 
 /// Item: SQLite does not check lengths, so a release before kept a long
 /// key text as is in the hub's row-state table (`pk`, no `pk_full`).
-/// Installing the hub with this release moves it under its stored key: the
-/// row keeps its one state, so edits of two columns merge, and a delete is
+/// Installing the hub with this release moves it under its stored key, and
+/// then into the table's version table: the row keeps its one state, so edits of two columns merge, and a delete is
 /// not undone by a second, orphaned state that a fresh device would
 /// bootstrap. (Replicas keep their states by the key's own columns since
 /// schema version 2; `tests/upgrade.rs` converts format 1's.)
@@ -3587,13 +3695,31 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
     row.clone().into_active_model().insert(a.db()).await?;
     a.sync().await?;
     b.sync().await?;
-    // The earlier release's layout, on the hub.
-    hub.db
-        .execute_unprepared(
-            "UPDATE _tidesync_hub_rows SET pk = pk_full WHERE pk_full IS NOT NULL; \
-             ALTER TABLE _tidesync_hub_rows DROP COLUMN pk_full",
-        )
-        .await?;
+    // The earlier release's layout, on the hub: the state as typed JSON in
+    // `_tidesync_hub_rows` under the key text as is (no `pk_full`), hub
+    // schema version 2, no version row.
+    let key = serde_json::to_string(&[serde_json::json!({ "String": row.k })])?;
+    // The state the hub holds, as format 1 wrote it.
+    let (_, page) = common::hub_for(&hub).await?.snapshot(None, 10).await?;
+    let state = serde_json::to_value(&page.rows.first().ok_or("no state")?.state)?;
+    let vals = state["vals"].to_string();
+    let clocks = state["clocks"].to_string();
+    for sql in [
+        "DELETE FROM _ts_hv_long_text_key".to_owned(),
+        "DELETE FROM _tidesync_hub_columns".to_owned(),
+        "DELETE FROM _tidesync_hub_versioned".to_owned(),
+        "CREATE TABLE _tidesync_hub_rows (tbl varchar(64) NOT NULL, pk varchar(700) NOT NULL, \
+         vals text NOT NULL, clocks text NOT NULL, deleted_at varchar(64) NULL, \
+         live boolean NOT NULL, PRIMARY KEY (tbl, pk))"
+            .to_owned(),
+        format!(
+            "INSERT INTO _tidesync_hub_rows (tbl, pk, vals, clocks, deleted_at, live) \
+             VALUES ('long_text_key', '{key}', '{vals}', '{clocks}', NULL, 1)"
+        ),
+        "UPDATE _tidesync_hub_meta SET value = '2' WHERE key = 'schema_version'".to_owned(),
+    ] {
+        hub.db.execute_unprepared(&sql).await?;
+    }
     // This release opens them again.
     let a = a.batched::<E>(common::hub_for(&hub).await?, 100).await?;
     let b = b.batched::<E>(common::hub_for(&hub).await?, 100).await?;
@@ -3636,10 +3762,15 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
         .db
         .query_all_raw(sea_orm::Statement::from_string(
             hub.backend(),
-            "SELECT tbl FROM _tidesync_hub_rows WHERE tbl = 'long_text_key'",
+            "SELECT live FROM _ts_hv_long_text_key",
         ))
         .await?;
     ensure_eq!(states.len(), 1, "one state on the hub");
+    ensure_eq!(
+        common::count_rows(&hub.db, "_tidesync_hub_rows_v1").await?,
+        0,
+        "the state moved"
+    );
     a.drop().await?;
     b.drop().await?;
     c.drop().await?;

@@ -1907,6 +1907,7 @@ async fn installs_cannot_reach_other_tables_or_inject_sql(hub: TestDb) -> TestRe
             sea_orm::sea_query::Alias::new("text, role text").into(),
         ),
         nullable: true,
+        kind: None,
     });
     let e = mallory.install(&[injected]).await.err();
     ensure!(
@@ -1935,11 +1936,13 @@ async fn installs_cannot_reach_other_tables_or_inject_sql(hub: TestDb) -> TestRe
             name: "id".into(),
             ty: sea_orm::sea_query::ColumnType::Uuid,
             nullable: false,
+            kind: None,
         },
         tidesync::ColumnSpec {
             name: "name".into(),
             ty: sea_orm::sea_query::ColumnType::Text,
             nullable: true,
+            kind: None,
         },
     ];
     adopting.device("op").await?.install(&[users]).await?;
@@ -2009,6 +2012,7 @@ fn owned_table(name: &str, key: sea_orm::sea_query::ColumnType) -> tidesync::Tab
         name: n.into(),
         ty,
         nullable: false,
+        kind: None,
     };
     let mut t = tidesync::table_spec::<notes::Entity>();
     t.name = name.into();
@@ -2323,6 +2327,7 @@ async fn a_refused_install_records_nothing_and_takes_no_app_table(hub: TestDb) -
         name: "nope".into(),
         ty: ColumnType::Text,
         nullable: false,
+        kind: None,
     }];
     let mut keyless = shared("app_users");
     keyless.pk.clear();

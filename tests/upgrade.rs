@@ -34,7 +34,10 @@ fn main() -> std::process::ExitCode {
             )
         })
         .collect();
-    trials.extend(direct_trials![format1_states_are_converted]);
+    trials.extend(direct_trials![
+        format1_states_are_converted,
+        format1_hub_states_are_moved
+    ]);
     common::run(trials)
 }
 
@@ -182,23 +185,278 @@ async fn databases_keep_syncing(format: &str) -> TestResult {
             return Err(format!("{who} has {n} writes pending after syncing").into());
         }
     }
-    drop((a, b));
+    // The hub's states moved to its version tables (hub schema version
+    // 3), and a new device bootstraps from them.
+    ensure!(
+        hub_db
+            .execute_unprepared("SELECT vals FROM _tidesync_hub_rows")
+            .await
+            .is_err(),
+        "_tidesync_hub_rows still holds states"
+    );
+    let left = common::count_rows(&hub_db, "_tidesync_hub_rows_v1").await?;
+    let moved = common::count_rows(&hub_db, "_ts_hv_people").await?;
+    let version = common::read_meta_of(&hub_db, "_tidesync_hub_meta", "schema_version").await?;
+    if left != 0 || moved < 4 || version.as_deref() != Some("3") {
+        return Err(format!(
+            "hub states: {left} left in _tidesync_hub_rows_v1, {moved} version rows of \
+             people, schema version {version:?}"
+        )
+        .into());
+    }
+    let fresh = Database::connect("sqlite::memory:").await?;
+    for create in [
+        tidesync::create_table::<people_merge::Entity, _>(&fresh).await,
+        tidesync::create_table::<contacts::Entity, _>(&fresh).await,
+        tidesync::create_table::<memberships::Entity, _>(&fresh).await,
+    ] {
+        create?;
+    }
+    let c = fixture_device(fresh, hub.clone()).await?;
+    sync(&c).await?;
+    let cdb = c.replica().connection();
+    if people(cdb).await? != want || !contact_names(cdb).await?.is_empty() {
+        return Err(format!("a new device's people: {:?}", people(cdb).await?).into());
+    }
+    if roles(cdb).await? != [("g1".to_owned(), id(20), "owner".to_owned())] {
+        return Err(format!("a new device's memberships: {:?}", roles(cdb).await?).into());
+    }
+    drop((a, b, c));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// Format 1's table of row states, as that release created it.
-fn format1_rows_ddl(kind: DbBackend) -> &'static str {
+fn format1_rows_ddl(kind: DbBackend) -> String {
+    format1_table_ddl(kind, "_tidesync_rows")
+}
+
+/// DDL of a row-state table of format 1 named `name` (a replica's
+/// `_tidesync_rows`, a hub's `_tidesync_hub_rows`).
+fn format1_table_ddl(kind: DbBackend, name: &str) -> String {
     match kind {
-        DbBackend::MySql => {
-            "CREATE TABLE `_tidesync_rows` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, \
+        DbBackend::MySql => format!(
+            "CREATE TABLE `{name}` ( `tbl` varchar(64) NOT NULL, `pk` varchar(700) NOT NULL, \
              `vals` LONGTEXT NOT NULL, `clocks` LONGTEXT NOT NULL, `deleted_at` varchar(64) NULL, \
-             `live` bool NOT NULL, `pk_full` LONGTEXT NULL, PRIMARY KEY (`tbl`, `pk`) )"
-        }
-        _ => {
-            r#"CREATE TABLE "_tidesync_rows" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, "pk_full" text NULL, PRIMARY KEY ("tbl", "pk") )"#
-        }
+             `live` bool NOT NULL, `pk_full` LONGTEXT NULL, PRIMARY KEY (`tbl`, `pk`) ) \
+             CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ),
+        _ => format!(
+            r#"CREATE TABLE "{name}" ( "tbl" varchar(64) NOT NULL, "pk" varchar(700) NOT NULL, "vals" text NOT NULL, "clocks" text NOT NULL, "deleted_at" varchar(64) NULL, "live" boolean NOT NULL, "pk_full" text NULL, PRIMARY KEY ("tbl", "pk") )"#
+        ),
     }
+}
+
+/// Rows of a format 1 row-state table: each (key, values, clocks, delete
+/// clock or `NULL`, live) of a `people` row, as typed JSON.
+fn format1_states_sql(
+    kind: DbBackend,
+    table: &str,
+    states: &[(Uuid, String, String, String, bool)],
+) -> String {
+    let q = |n: &str| common::quote(kind, n);
+    let (yes, no) = match kind {
+        DbBackend::Postgres => ("TRUE", "FALSE"),
+        _ => ("1", "0"),
+    };
+    let rows: Vec<String> = states
+        .iter()
+        .map(|(k, v, c, d, live)| {
+            let live = if *live { yes } else { no };
+            format!("('people', '[{{\"Uuid\":\"{k}\"}}]', '{v}', '{c}', {d}, {live})")
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({}, {}, {}, {}, {}, {}) VALUES {}",
+        q(table),
+        q("tbl"),
+        q("pk"),
+        q("vals"),
+        q("clocks"),
+        q("deleted_at"),
+        q("live"),
+        rows.join(", ")
+    )
+}
+
+/// A person's values as format 1's typed JSON.
+fn format1_person(id: Uuid, name: &str, email: Option<&str>) -> String {
+    let email = match email {
+        Some(e) => format!(r#"{{"String":"{e}"}}"#),
+        None => r#"{"String":null}"#.to_owned(),
+    };
+    format!(
+        r#"{{"email":{email},"id":{{"Uuid":"{id}"}},"name":{{"String":"{name}"}},"phone":{{"String":null}}}}"#
+    )
+}
+
+/// A hub on each dialect whose row states are put back into format 1
+/// (typed JSON in `_tidesync_hub_rows`, hub schema version 2, no version
+/// rows) with clocks of the test's choosing, then installed again by this
+/// release: the states are in the version table (a new device bootstraps
+/// them; a write older than a moved clock loses, a newer one wins), the old
+/// table is renamed (and a table a server of the earlier release cannot
+/// use takes its name: it fails instead of writing states nobody reads) and
+/// left with only a state it cannot read, the schema version is 3. The old
+/// table made again with an older state in it: merged at the next install,
+/// it loses to the version row's newer clocks.
+async fn format1_hub_states_are_moved(hub_db: TestDb) -> TestResult {
+    use common::device::device_on;
+    hub_db.create_table(people_lww::Entity).await?;
+    let hub = || async {
+        Ok::<_, BoxError>(Arc::new(SqlHub::new(hub_db.connect_again().await?)) as Arc<dyn Hub>)
+    };
+    let a = device_on(hub().await?, "hub_upgrade_a", |b| {
+        b.register::<people_lww::Entity>()
+    })
+    .await?;
+    let (ada, brian) = (id(1), id(2));
+    a.insert(ada, "Ada").await?;
+    a.set(ada, "email", "ada@x").await?;
+    a.insert(brian, "Brian").await?;
+    a.sync().await?;
+    a.delete(brian).await?;
+    a.sync().await?;
+    // Back to format 1, with a name clock a day old, an email clock of its
+    // own and a delete clock.
+    let kind = hub_db.backend();
+    let q = |n: &str| common::quote(kind, n);
+    let node = NodeId([7; 16]);
+    let now_us = u64::try_from(chrono::Utc::now().timestamp_micros())?;
+    let day: u64 = 24 * 3600 * 1_000_000;
+    let clock = |ago: u64| Hlc {
+        physical: now_us - ago,
+        logical: 0,
+        node,
+    };
+    let (h_name, h_email, h_dead) = (clock(day), clock(day / 2), clock(day / 4));
+    let db = &hub_db.db;
+    for sql in [
+        format!("DELETE FROM {}", q("_ts_hv_people")),
+        format!("DELETE FROM {}", q("_tidesync_hub_columns")),
+        format!("DELETE FROM {}", q("_tidesync_hub_versioned")),
+        format1_table_ddl(kind, "_tidesync_hub_rows"),
+        format1_states_sql(
+            kind,
+            "_tidesync_hub_rows",
+            &[
+                (
+                    ada,
+                    format1_person(ada, "Ada", Some("ada@x")),
+                    format!(r#"{{"":"{h_name}","email":"{h_email}"}}"#),
+                    "NULL".into(),
+                    true,
+                ),
+                (
+                    brian,
+                    format1_person(brian, "Brian", None),
+                    format!(r#"{{"":"{h_name}"}}"#),
+                    format!("'{h_dead}'"),
+                    false,
+                ),
+                // A state whose JSON is garbled: left behind.
+                (
+                    id(3),
+                    r#"{"name": "#.into(),
+                    "{}".into(),
+                    "NULL".into(),
+                    true,
+                ),
+            ],
+        ),
+    ] {
+        db.execute_unprepared(&sql).await?;
+    }
+    common::set_meta(db, "_tidesync_hub_meta", "schema_version", "2").await?;
+
+    // This release installs: a new device bootstraps what moved.
+    let b = device_on(hub().await?, "hub_upgrade_b", |b| {
+        b.register::<people_lww::Entity>()
+    })
+    .await?;
+    b.sync().await?;
+    let v = common::read_meta_of(db, "_tidesync_hub_meta", "schema_version").await?;
+    ensure_eq!(
+        v.as_deref(),
+        Some("3"),
+        "hub schema version after the upgrade"
+    );
+    // In its place, a table a server of the earlier release cannot use:
+    // its install and its pushes fail.
+    ensure!(
+        // Unquoted: SQLite takes a double-quoted name it does not know for
+        // a string.
+        db.execute_unprepared("SELECT vals FROM _tidesync_hub_rows")
+            .await
+            .is_err(),
+        "_tidesync_hub_rows still holds states"
+    );
+    ensure_eq!(
+        common::count_rows(db, "_tidesync_hub_rows_v1").await?,
+        1,
+        "states left behind: only the garbled one"
+    );
+    ensure_eq!(
+        common::count_rows(db, "_ts_hv_people").await?,
+        2,
+        "version rows, the deleted row's among them"
+    );
+    let rows = b.rows().await?;
+    ensure_eq!(
+        rows.get(&ada).map(|r| (r.0.as_str(), r.1.as_deref())),
+        Some(("Ada", Some("ada@x"))),
+        "Ada bootstrapped from the moved state"
+    );
+    ensure!(!rows.contains_key(&brian), "Brian bootstrapped as live");
+
+    // The old table made again by hand (in the placeholder's place) with
+    // an older state of Ada: the next install merges it, and it loses.
+    db.execute_unprepared(&format!("DROP TABLE {}", q("_tidesync_hub_rows")))
+        .await?;
+    db.execute_unprepared(&format1_table_ddl(kind, "_tidesync_hub_rows"))
+        .await?;
+    let stale = clock(3 * day);
+    db.execute_unprepared(&format1_states_sql(
+        kind,
+        "_tidesync_hub_rows",
+        &[(
+            ada,
+            format1_person(ada, "Stale", Some("stale@x")),
+            format!(r#"{{"":"{stale}"}}"#),
+            "NULL".into(),
+            true,
+        )],
+    ))
+    .await?;
+    // The moved clocks hold: a write made (by its clock) two days ago on
+    // a device that had seen nothing loses to the name's clock of a day
+    // ago; one made now wins over the email's.
+    let c = device_on(hub().await?, "hub_upgrade_c", |b| {
+        b.register::<people_lww::Entity>()
+    })
+    .await?;
+    c.insert(ada, "Old name").await?;
+    c.shift_pending_writes(-2 * i64::try_from(day)?).await?;
+    c.sync().await?;
+    ensure_eq!(
+        common::count_rows(db, "_tidesync_hub_rows").await?,
+        0,
+        "the stale state moved"
+    );
+    b.set(ada, "email", "new@b").await?;
+    b.sync().await?;
+    c.sync().await?;
+    for (who, d) in [("b", &b), ("c", &c)] {
+        let rows = d.rows().await?;
+        let got = rows.get(&ada).ok_or("Ada is gone")?;
+        ensure_eq!(got.0.as_str(), "Ada", "{who}: the name's moved clock lost");
+        ensure_eq!(got.1.as_deref(), Some("new@b"), "{who}: a newer email");
+        ensure!(!rows.contains_key(&brian), "{who}: Brian came back");
+    }
+    a.drop().await?;
+    b.drop().await?;
+    c.drop().await?;
+    hub_db.drop().await
 }
 
 /// A replica on each dialect whose row states are put back into format 1
@@ -237,7 +495,7 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
         .await?;
     db.execute_unprepared(&format!("DELETE FROM {}", q("_tidesync_columns")))
         .await?;
-    db.execute_unprepared(format1_rows_ddl(kind)).await?;
+    db.execute_unprepared(&format1_rows_ddl(kind)).await?;
     let uuid = |u: Uuid| format!(r#"{{"Uuid":"{u}"}}"#);
     let vals = |u: Uuid, name: &str, email: &str| {
         format!(
@@ -323,7 +581,7 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
     // A process of format 1 that opened the database since made its table
     // again and left an older state of Ada there: merged, it loses to the
     // version row's newer clocks instead of replacing them.
-    db.execute_unprepared(format1_rows_ddl(kind)).await?;
+    db.execute_unprepared(&format1_rows_ddl(kind)).await?;
     let stale = clock(3 * day);
     db.execute_unprepared(&insert(&[(
         ada,

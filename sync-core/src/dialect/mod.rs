@@ -201,6 +201,14 @@ pub(crate) trait Dialect: Send + Sync {
     fn locks_rows(&self) -> bool;
 
     /// The expression that writes `value` into a column of type `ty`.
+    /// How a key column of type `ty` is selected to be read (as the value
+    /// the entity's field decodes): the column itself, except where the
+    /// driver cannot decode the column's own type (a PostgreSQL enum,
+    /// selected as text).
+    fn read_key_column(&self, _ty: &ColumnType, column: &str) -> SimpleExpr {
+        Expr::col(Alias::new(column))
+    }
+
     fn write_value(&self, _ty: &ColumnType, value: Value) -> SimpleExpr {
         Expr::val(value)
     }

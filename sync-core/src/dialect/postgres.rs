@@ -191,6 +191,14 @@ impl Dialect for Postgres {
         true
     }
 
+    fn read_key_column(&self, ty: &ColumnType, column: &str) -> SimpleExpr {
+        match ty {
+            ColumnType::Enum { .. } => Expr::col(sea_orm::sea_query::Alias::new(column))
+                .cast_as(sea_orm::sea_query::Alias::new("text")),
+            _ => Expr::col(sea_orm::sea_query::Alias::new(column)),
+        }
+    }
+
     fn write_value(&self, ty: &ColumnType, value: Value) -> SimpleExpr {
         match ty {
             ColumnType::Enum { name, .. } => Expr::val(value).as_enum(name.clone()),
@@ -271,6 +279,7 @@ mod tests {
             name: "m".into(),
             ty,
             nullable: false,
+            kind: None,
         };
         let spec = TableSpec {
             name: "t".into(),

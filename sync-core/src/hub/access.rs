@@ -256,7 +256,7 @@ impl Account {
 /// hub holds `BigInt(5)`), or `Char('k')` for a text column (where it holds
 /// `String("k")`), would reach another user's row past its state. `spec`'s
 /// key is the one the hub records (an install with another is refused).
-fn key_types(spec: &TableSpec, change: &Change) -> std::result::Result<(), String> {
+pub(super) fn key_types(spec: &TableSpec, change: &Change) -> std::result::Result<(), String> {
     for (name, v) in &change.pk {
         let Some(col) = spec.column(name) else {
             return Err(format!("`{name}` is not a key column of the table"));

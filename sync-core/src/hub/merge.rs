@@ -1,6 +1,7 @@
 //! Merging pushed changes into the hub's row states inside the push
-//! transaction, and writing what changed: the users' rows, the states and
-//! the log, each statement built while the database writes the one before.
+//! transaction, and writing what changed: the users' rows, the states (in
+//! the version tables, see `versions`) and the log, each statement built
+//! while the database writes the one before.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -9,8 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
 use super::log;
 use super::owner;
-use super::referral::{self, RowId};
-use super::states::load_states;
+use super::versions::HUB_VERSIONS;
 use crate::dialect::Dialect;
 use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::conflict::{self, ColumnConflict};
@@ -18,8 +18,11 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::rows::Referred;
+use crate::store::version_table::Versions;
 use crate::store::write::{delete_rows, execute_all, execute_while, row_statements};
+
+/// A row of the hub: (table, key text).
+pub(super) type RowId = (String, String);
 
 /// The states of the rows a call touches, as they were before it.
 type Before = HashMap<RowId, RowState>;
@@ -32,9 +35,8 @@ pub(super) struct Merge<'a> {
     /// The next hub sequence to assign.
     pub(super) next_seq: u64,
     states: HashMap<RowId, RowState>,
-    /// The log entry each state takes values from, and which (see
-    /// [`rows::StoredState`]).
-    referred: HashMap<RowId, Referred>,
+    /// The version table of each table loaded from, by name.
+    versions: HashMap<String, Versions<'a>>,
     /// Concurrent edits held back (manual and custom policies), by the
     /// change that met them.
     pub(super) held: Vec<(ChangeId, Vec<ColumnConflict>)>,
@@ -77,12 +79,17 @@ impl<'a> Merge<'a> {
             specs,
             next_seq,
             states: HashMap::new(),
-            referred: HashMap::new(),
+            versions: HashMap::new(),
             held: Vec::new(),
             settled: Vec::new(),
             deletes_first: true,
             plain_new: false,
         }
+    }
+
+    /// The transaction it works in.
+    pub(super) fn tx(&self) -> &'a DatabaseTransaction {
+        self.tx
     }
 
     /// A merge inside the savepoint `sp`, starting from what this one holds.
@@ -96,7 +103,7 @@ impl<'a> Merge<'a> {
             specs: self.specs,
             next_seq: self.next_seq,
             states: self.states.clone(),
-            referred: self.referred.clone(),
+            versions: self.versions.clone(),
             held: Vec::new(),
             settled: Vec::new(),
             deletes_first: self.deletes_first,
@@ -104,11 +111,26 @@ impl<'a> Merge<'a> {
         }
     }
 
+    /// What the push made: the next hub sequence, the conflicts held back
+    /// and those settled.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn outcome(
+        self,
+    ) -> (
+        u64,
+        Vec<(ChangeId, Vec<ColumnConflict>)>,
+        Vec<ColumnConflict>,
+    ) {
+        (self.next_seq, self.held, self.settled)
+    }
+
     /// Take over what a committed savepoint did.
     pub(super) fn absorb(&mut self, sub: Merge<'_>) {
         self.next_seq = sub.next_seq;
         self.states = sub.states;
-        self.referred = sub.referred;
+        // Its version tables are not taken: a register read here misses
+        // at most the columns the savepoint registered, which a later
+        // registration or read looks up again.
         self.held.extend(sub.held);
         self.settled.extend(sub.settled);
     }
@@ -128,27 +150,44 @@ impl<'a> Merge<'a> {
         self.load(&keyed).await?;
         let (before, logged, owners) = self.merge(&keyed)?;
         let rows = self.row_writes(&before)?;
+        // The key values of each saved state, and the columns its table's
+        // register lacks registered, before the database writes the rows.
+        let mut pks: HashMap<(&str, &str), Vec<Value>> = HashMap::with_capacity(keyed.len());
+        for (c, key) in &keyed {
+            pks.entry((c.table.as_str(), key.as_str()))
+                .or_insert_with(|| c.pk.iter().map(|(_, v)| v.clone()).collect());
+        }
+        for (table, keys) in &rows.saved {
+            if keys.is_empty() {
+                continue;
+            }
+            // Opened by the load, or by the load of a savepoint whose
+            // merge this one absorbed.
+            self.open_versions(table).await?;
+            let versions = self
+                .versions
+                .get_mut(*table)
+                .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
+            let states = &self.states;
+            let saved = keys
+                .iter()
+                .map(|k| states.get(&((*table).to_owned(), k.clone())))
+                .collect::<Option<Vec<&RowState>>>()
+                .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
+            versions.register(self.tx, saved.into_iter()).await?;
+        }
         // The database writes the rows while the state statements are
         // built, then the states while the log statements are built.
         let (tx, kind) = (self.tx, self.tx.get_database_backend());
         let first_seq = self.next_seq;
-        let (states, referred) = (&self.states, &mut self.referred);
+        let (states, versions) = (&self.states, &self.versions);
         if self.deletes_first {
             for (spec, dead) in rows.deletes.iter().rev() {
                 delete_rows(tx, spec, dead).await?;
             }
         }
         let state_stmts = execute_while(tx, rows.upserts, || {
-            referral::state_statements(
-                states,
-                &before,
-                referred,
-                &rows.saved,
-                &keyed,
-                &logged,
-                first_seq,
-                kind,
-            )
+            state_statements(states, versions, &rows.saved, &pks, kind)
         })
         .await?;
         if !self.deletes_first {
@@ -165,6 +204,21 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 
+    /// Open the version table of `table` (an installed table) unless open.
+    async fn open_versions(&mut self, table: &str) -> Result<()> {
+        if self.versions.contains_key(table) {
+            return Ok(());
+        }
+        let spec = self
+            .specs
+            .iter()
+            .find(|s| s.name == table)
+            .ok_or_else(|| Error::Corrupt(format!("table `{table}` is not installed")))?;
+        let v = Versions::open(self.tx, HUB_VERSIONS, spec).await?;
+        self.versions.insert(table.to_owned(), v);
+        Ok(())
+    }
+
     /// The state of a row, if loaded (see [`Merge::load`]).
     pub(super) fn state(&self, table: &str, key: &str) -> Option<&RowState> {
         self.states.get(&(table.to_owned(), key.to_owned()))
@@ -172,24 +226,42 @@ impl<'a> Merge<'a> {
 
     /// Load the states of these rows not loaded yet, one query per table.
     pub(super) async fn load(&mut self, keyed: &[(&Change, String)]) -> Result<()> {
-        let mut missing: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut pks: Vec<(&Change, Vec<Value>)> = Vec::new();
+        let mut missing: HashMap<&str, Vec<(usize, String)>> = HashMap::new();
+        let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
         for (c, key) in keyed {
-            if !self.states.contains_key(&(c.table.clone(), key.clone())) {
+            if !self.states.contains_key(&(c.table.clone(), key.clone()))
+                && seen.insert((c.table.as_str(), key.as_str()))
+            {
                 missing
                     .entry(c.table.as_str())
                     .or_default()
-                    .push(key.clone());
+                    .push((pks.len(), key.clone()));
+                pks.push((*c, c.pk.iter().map(|(_, v)| v.clone()).collect()));
             }
         }
+        let missing: HashMap<&str, Vec<(&[Value], String)>> = missing
+            .into_iter()
+            .map(|(t, ks)| {
+                let ks = ks
+                    .into_iter()
+                    .map(|(i, k)| (pks[i].1.as_slice(), k))
+                    .collect();
+                (t, ks)
+            })
+            .collect();
         for (table, keys) in missing {
-            let mut loaded = load_states(self.tx, table, &keys).await?;
-            for k in keys {
-                let (s, referred) = loaded.remove(&k).unwrap_or_default();
-                let id = (table.to_owned(), k);
-                if let Some(r) = referred {
-                    self.referred.insert(id.clone(), r);
-                }
-                self.states.entry(id).or_insert(s);
+            self.open_versions(table).await?;
+            let versions = self
+                .versions
+                .get_mut(table)
+                .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
+            let values: Vec<&[Value]> = keys.iter().map(|(v, _)| *v).collect();
+            let texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
+            let mut loaded = versions.load_keyed(self.tx, &values, &texts).await?;
+            for k in texts {
+                let s = loaded.remove(&k).unwrap_or_default();
+                self.states.entry((table.to_owned(), k)).or_insert(s);
             }
         }
         Ok(())
@@ -267,4 +339,40 @@ impl<'a> Merge<'a> {
         }
         Ok(out)
     }
+}
+
+/// The statements that save the states of `saved` (per table, the keys
+/// whose state changed) into their version tables; `pks` holds each key's
+/// values.
+fn state_statements(
+    states: &HashMap<RowId, RowState>,
+    versions: &HashMap<String, Versions<'_>>,
+    saved: &[(&str, Vec<String>)],
+    pks: &HashMap<(&str, &str), Vec<Value>>,
+    kind: sea_orm::DbBackend,
+) -> Result<Vec<Statement>> {
+    let mut out = Vec::new();
+    for (table, keys) in saved {
+        if keys.is_empty() {
+            continue;
+        }
+        let table: &str = table;
+        let v = versions
+            .get(table)
+            .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
+        let mut rows: Vec<(&[Value], &RowState)> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let state = states
+                .get(&(table.to_owned(), key.clone()))
+                .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
+            let pk = pks
+                .get(&(table, key.as_str()))
+                .ok_or_else(|| Error::Corrupt(format!("no key values for {key}")))?;
+            rows.push((pk.as_slice(), state));
+        }
+        for q in v.statements(&rows)? {
+            out.push(kind.build(&q));
+        }
+    }
+    Ok(out)
 }

@@ -11,11 +11,10 @@
 //! commit. Because the sequence is assigned and committed under one lock, a
 //! puller reading `hub_seq > cursor` never skips a change that commits late.
 //!
-//! A row state does not repeat the values of the log: it refers to one log
-//! entry (the one that holds most of its current values: the insert, for a
-//! row written once) and stores only the values that entry does not hold.
-//! Loading states, and the snapshot, read the referred entries back. The
-//! log is therefore never pruned.
+//! The row states are in one version table per synced table (see
+//! `versions`): the key in the users' table's own types, the column
+//! clocks, the delete clock and the values in binary. The log is never
+//! pruned: pulls, held conflicts and the check for a copied device read it.
 //!
 //! Everything needed to write another hub (a transport to a remote one, a
 //! wrapper that counts or fails calls) is exported here: implement [`Hub`]
@@ -27,13 +26,13 @@ mod log;
 mod merge;
 mod owner;
 mod push;
-mod referral;
 mod resent;
 mod snapshot;
 mod states;
 pub(crate) mod tables;
 mod token;
 mod validate;
+mod versions;
 mod visible;
 
 use sea_orm::sea_query::{Alias, Order, Query};
@@ -211,7 +210,13 @@ impl SqlHub {
         };
         let mut attempts = 0;
         let (info, placed) = loop {
-            match tables::install(&self.db, tables).await {
+            let installed = match tables::install(&self.db, tables).await {
+                Ok((info, placed)) => versions::install_all(&self.db, &placed)
+                    .await
+                    .map(|()| (info, placed)),
+                Err(e) => Err(e),
+            };
+            match installed {
                 Err(e) if lost_a_race(&e) && attempts < 10 => {
                     attempts += 1;
                     tracing::debug!("install raced another one, installing again: {e}");

@@ -1,31 +1,129 @@
 //! A snapshot of the hub's rows, page by page in (table, key) order, for
-//! bootstrapping a new replica.
+//! bootstrapping a new replica: the version tables (see `versions`), then
+//! the states still in `_tidesync_hub_rows_v1`.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
+use sea_orm::sea_query::{Alias, Expr, Order, Query};
 use sea_orm::{ConnectionTrait, Value};
 
 use super::log;
 use super::states;
-use super::tables::{HUB_KEYS, HUB_ROWS};
+use super::tables::{HUB_KEYS, HUB_ROWS_V1};
+use super::versions::{self, HUB_VERSIONS};
 use super::visible::Visible;
-use crate::dialect;
+use crate::dialect::{self, Place};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
 use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
-use crate::model::value::{approx_size, parse_pk_key};
-use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, storage_key};
+use crate::model::value::{approx_size, parse_pk_key, pk_key};
+use crate::store::rows::{STATE_COLUMNS, StoredState, key_text};
+use crate::store::user_tables::existing_columns;
+use crate::store::version_table::Versions;
 
-/// The hub's cursor now, and up to `limit` rows after the key `after` (a
-/// page's `next`: the JSON of its last `(table, stored key, 1)`, valid
-/// across restarts and limits). Through an account the token may name a
-/// row of another user, which the page passed over: a `UserHub` hands out
-/// its tokens sealed and bound to the user (see `token`), never this one.
+/// Where a snapshot page starts (a page's `next`, as the JSON of one of
+/// these).
+enum Token {
+    /// At the beginning: the states of format 1 left in
+    /// `_tidesync_hub_rows_v1`, if any, then the version tables.
+    Start,
+    /// In `_tidesync_hub_rows_v1`, after the row `(tbl, pk)` (`pk` as
+    /// stored): `["rows", tbl, pk]`.
+    Rows(String, String),
+    /// At the first version table: `["v"]`.
+    Versions,
+    /// In the version table of `table`, after the key `key` (its text,
+    /// `pk_key`): `["v", table, key]`.
+    Versioned { table: String, key: Vec<Value> },
+}
+
+impl Token {
+    fn parse(after: Option<&str>) -> Result<Token> {
+        let Some(after) = after else {
+            return Ok(Token::Start);
+        };
+        let bad = || Error::Config(format!("snapshot token `{after}` is not one a hub gave"));
+        let token: Vec<serde_json::Value> = serde_json::from_str(after).map_err(|_| bad())?;
+        use serde_json::Value as J;
+        match token.as_slice() {
+            [J::String(v), J::String(table), J::String(key)] if v == "v" => Ok(Token::Versioned {
+                table: table.clone(),
+                key: parse_pk_key(key).map_err(|_| bad())?,
+            }),
+            [J::String(v), J::String(tbl), J::String(pk)] if v == "rows" => {
+                Ok(Token::Rows(tbl.clone(), pk.clone()))
+            }
+            [J::String(v)] if v == "v" => Ok(Token::Versions),
+            [J::String(v)] if v == "rows" => Ok(Token::Start),
+            // A token of a hub before version tables (`[tbl, key]` or
+            // `[tbl, key, 1]`, in the order of all states by key text):
+            // the states have moved since, and the bootstrap starts over
+            // (refused on resume, it does).
+            _ => Err(Error::Config(format!(
+                "snapshot token `{after}` is of an earlier release of the hub: the snapshot starts over"
+            ))),
+        }
+    }
+
+    fn text(&self) -> Result<String> {
+        Ok(match self {
+            Token::Start => serde_json::to_string(&["rows"])?,
+            Token::Rows(tbl, pk) => serde_json::to_string(&("rows", tbl, pk))?,
+            Token::Versions => serde_json::to_string(&["v"])?,
+            Token::Versioned { table, key } => serde_json::to_string(&("v", table, pk_key(key)?))?,
+        })
+    }
+}
+
+/// A page being filled.
+struct Filling<'v> {
+    page: SnapshotPage,
+    bytes: usize,
+    /// Rows still wanted.
+    left: u64,
+    visible: Option<&'v Visible>,
+}
+
+impl Filling<'_> {
+    /// Add a row, unless `visible` passes it over; `false` when the page
+    /// is full of bytes before it (the row is not added: the next page
+    /// starts at it).
+    fn add(&mut self, table: &str, pk: Vec<(String, Value)>, state: RowState) -> bool {
+        if self
+            .visible
+            .is_some_and(|v| !v.shows_row(table, &pk, &state))
+        {
+            return true;
+        }
+        // A page of at most about `PAGE_BYTES` of values (and at least one
+        // row): rows of megabytes do not make answers of gigabytes.
+        let size = state.vals.values().map(approx_size).sum::<usize>() + 64;
+        if !self.page.rows.is_empty() && self.bytes + size > log::PAGE_BYTES {
+            return false;
+        }
+        self.bytes += size;
+        self.page.rows.push(SnapshotRow {
+            table: table.to_owned(),
+            pk,
+            state,
+        });
+        true
+    }
+}
+
+/// The hub's cursor now, and up to `limit` rows after the token `after` (a
+/// page's `next`, valid across restarts and limits): the states of format
+/// 1 still in `_tidesync_hub_rows_v1` first (an install moves a table's
+/// states from there to its version table, forward in this order: a
+/// bootstrap meets a moved row again, never misses it), then the version
+/// tables in table name order, each in key order (see `versions`).
+/// Through an account the token may name a row of another user, which the
+/// page passed over: a `UserHub` hands out its tokens sealed and bound to
+/// the user (see `token`), never this one.
 ///
-/// A token of an earlier release is `(table, key text)`, in the order of key
-/// texts: a key stored under its hash since (a SQLite hub holding a key over
-/// 700 characters) sorts before every key text, so the rows of the table
-/// stored by hash come again after such a token (a row twice merges to the
-/// same state; a row left out would be missing for good).
+/// A token of a release before version tables is refused
+/// ([`Error::Config`]): the bootstrap that resumes with one starts over
+/// (merging a row twice is harmless; a row left out would be missing for
+/// good).
 pub(super) async fn page<C: ConnectionTrait>(
     db: &C,
     specs: &[TableSpec],
@@ -34,62 +132,158 @@ pub(super) async fn page<C: ConnectionTrait>(
     visible: Option<&Visible>,
 ) -> Result<(Cursor, SnapshotPage)> {
     let cursor = Cursor(log::tip(db).await?);
+    let token = Token::parse(after.as_deref())?;
+    let limit = Ord::max(Ord::min(limit, i64::MAX as u64), 1);
+    let mut fill = Filling {
+        page: SnapshotPage::default(),
+        bytes: 0,
+        left: limit,
+        visible,
+    };
+    let (mut start, mut after_key) = match token {
+        Token::Start | Token::Rows(..) => {
+            let after = match token {
+                Token::Rows(tbl, pk) => Some((tbl, pk)),
+                _ => None,
+            };
+            if let Some(next) = rows_page(db, specs, after, &mut fill).await? {
+                return finish(cursor, fill, Some(next));
+            }
+            (None, None)
+        }
+        Token::Versions => (None, None),
+        Token::Versioned { table, key } => (Some(table), Some(key)),
+    };
+    // Where the next page starts: after the last row read, passed over or
+    // not (a page always takes its first row, so a cut page has read one).
+    let mut last = Some(match (&start, &after_key) {
+        (Some(table), Some(key)) => Token::Versioned {
+            table: table.clone(),
+            key: key.clone(),
+        },
+        _ => Token::Versions,
+    });
+    let tables = versions::versioned(db, specs)
+        .await
+        .map_err(Error::or_offline)?;
+    for spec in &tables {
+        // Tables before the token's are done.
+        if let Some(first) = &start {
+            if spec.name < *first {
+                continue;
+            }
+            if spec.name != *first {
+                after_key = None;
+            }
+            start = None;
+        }
+        let mut versions = Versions::open(db, HUB_VERSIONS, spec)
+            .await
+            .map_err(Error::or_offline)?;
+        let asked = fill.left;
+        let rows = versions
+            .page(db, after_key.take().as_deref(), false, asked)
+            .await
+            .map_err(Error::or_offline)?;
+        let got = rows.len() as u64;
+        let names = spec.pk_names();
+        for (key, state) in rows {
+            let pk: Vec<(String, Value)> = names.iter().cloned().zip(key.clone()).collect();
+            if !fill.add(&spec.name, pk, state) {
+                return finish(cursor, fill, last);
+            }
+            fill.left -= 1;
+            last = Some(Token::Versioned {
+                table: spec.name.clone(),
+                key,
+            });
+        }
+        if got == asked {
+            return finish(cursor, fill, last);
+        }
+    }
+    // The last page.
+    Ok((cursor, fill.page))
+}
+
+/// The page as it is, the next starting after `last`.
+fn finish(
+    cursor: Cursor,
+    mut fill: Filling<'_>,
+    last: Option<Token>,
+) -> Result<(Cursor, SnapshotPage)> {
+    fill.page.next = last.map(|t| t.text()).transpose()?;
+    Ok((cursor, fill.page))
+}
+
+/// Fill the page from the states of format 1 still in
+/// `_tidesync_hub_rows_v1` (tables no install of this release has seen)
+/// after the row `after`: `Some(token)` when the page is full (the next
+/// starts at the token), `None` when they are all read.
+async fn rows_page<C: ConnectionTrait>(
+    db: &C,
+    specs: &[TableSpec],
+    after: Option<(String, String)>,
+    fill: &mut Filling<'_>,
+) -> Result<Option<Token>> {
+    let d = dialect::of_db(db)?;
+    if existing_columns(db, d, Place::own(HUB_ROWS_V1))
+        .await
+        .map_err(Error::or_offline)?
+        .is_empty()
+    {
+        // A hub this release made: no states of format 1.
+        return Ok(None);
+    }
     let mut q = Query::select();
     q.column(Alias::new("tbl"))
         .columns(STATE_COLUMNS.map(Alias::new))
-        .from(Alias::new(HUB_ROWS))
+        .from(Alias::new(HUB_ROWS_V1))
         .order_by(Alias::new("tbl"), Order::Asc)
         .order_by(Alias::new("pk"), Order::Asc)
-        .limit(Ord::min(limit, i64::MAX as u64));
-    if let Some(after) = &after {
-        let bad = || Error::Config(format!("snapshot token `{after}` is not one a hub gave"));
-        let token: Vec<serde_json::Value> = serde_json::from_str(after).map_err(|_| bad())?;
-        let (tbl, pk, stored) = match token.as_slice() {
-            [serde_json::Value::String(t), serde_json::Value::String(k)] => (t, k, false),
-            [
-                serde_json::Value::String(t),
-                serde_json::Value::String(k),
-                _,
-            ] => (t, k, true),
-            _ => return Err(bad()),
-        };
+        .limit(fill.left);
+    let mut last = after
+        .as_ref()
+        .map(|(t, p)| Token::Rows(t.clone(), p.clone()));
+    if let Some((tbl, pk)) = &after {
         let columns = [Expr::col(Alias::new("tbl")), Expr::col(Alias::new("pk"))];
-        let values = [
-            Value::from(tbl.clone()),
-            Value::from(storage_key(pk).into_owned()),
-        ];
-        let mut cond = dialect::of_db(db)?.after(columns, values);
-        if !stored {
-            cond = cond.or(Expr::col(Alias::new("tbl"))
-                .eq(tbl.clone())
-                .and(Expr::col(Alias::new("pk")).like("#%")));
-        }
-        q.and_where(cond);
+        let values = [Value::from(tbl.clone()), Value::from(pk.clone())];
+        q.and_where(dialect::of_db(db)?.after(columns, values));
     }
     let rows = db
         .query_all(&q)
         .await
         .map_err(|e| Error::from(e).or_offline())?;
-    let stored = rows
+    let stored: Vec<Result<StoredState>> = rows.iter().map(StoredState::decode).collect();
+    let seqs: Vec<u64> = stored
         .iter()
-        .map(StoredState::decode)
-        .collect::<Result<Vec<_>>>()?;
-    let seqs: Vec<u64> = stored.iter().filter_map(|s| s.reference).collect();
+        .filter_map(|s| s.as_ref().ok().and_then(|s| s.reference))
+        .collect();
     // Each entry is of one row, so one state at most refers to it.
     let mut entries = states::columns(db, &seqs)
         .await
         .map_err(Error::or_offline)?;
     let recorded = recorded_keys(db, specs, &rows).await?;
-    let mut page = SnapshotPage::default();
-    let mut last = None;
-    let mut bytes = 0;
+    let asked = fill.left;
     let mut cut = false;
     for (r, stored) in rows.iter().zip(stored) {
         let tbl: String = r.try_get("", "tbl")?;
-        let key = key_text(r)?;
-        let entry = stored.reference.and_then(|seq| entries.remove(&seq));
-        let (state, _) = stored.fill(entry)?;
-        let values = parse_pk_key(&key)?;
+        let read = stored.and_then(|stored| {
+            let key = key_text(r)?;
+            let entry = stored.reference.and_then(|seq| entries.remove(&seq));
+            Ok((stored.fill(entry)?.0, parse_pk_key(&key)?))
+        });
+        let (state, values) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                // A state the install could not move either: passed over,
+                // as it was left (with a warning).
+                tracing::warn!(table = %tbl, error = %e, "a hub row state of format 1 cannot be read: not in the snapshot");
+                fill.left -= 1;
+                last = Some(Token::Rows(tbl, r.try_get::<String>("", "pk")?));
+                continue;
+            }
+        };
         let names: Vec<String> = match specs.iter().find(|s| s.name == tbl) {
             Some(s) => s.pk_names(),
             None => match recorded.get(&tbl) {
@@ -98,33 +292,20 @@ pub(super) async fn page<C: ConnectionTrait>(
             },
         };
         let pk: Vec<(String, Value)> = names.into_iter().zip(values).collect();
-        if visible.is_some_and(|v| !v.shows_row(&tbl, &pk, &state)) {
-            // Passed over: the next page starts after it.
-            last = Some((tbl, r.try_get::<String>("", "pk")?));
-            continue;
-        }
-        // A page of at most about `PAGE_BYTES` of values (and at least one
-        // row): the next page starts at this row.
-        let size = state.vals.values().map(approx_size).sum::<usize>() + 64;
-        if !page.rows.is_empty() && bytes + size > log::PAGE_BYTES {
+        if !fill.add(&tbl, pk, state) {
             cut = true;
             break;
         }
-        bytes += size;
         // The stored key: the next page starts after it.
-        last = Some((tbl.clone(), r.try_get::<String>("", "pk")?));
-        page.rows.push(SnapshotRow {
-            table: tbl,
-            pk,
-            state,
-        });
+        fill.left -= 1;
+        last = Some(Token::Rows(tbl, r.try_get::<String>("", "pk")?));
     }
-    if cut || rows.len() as u64 == limit {
-        page.next = last
-            .map(|(t, k)| serde_json::to_string(&(t, k, 1)))
-            .transpose()?;
+    if cut || rows.len() as u64 == asked {
+        // Full: the next page starts after the last row read (before any:
+        // at the beginning).
+        return Ok(Some(last.unwrap_or(Token::Start)));
     }
-    Ok((cursor, page))
+    Ok(None)
 }
 
 /// The key column names the hub records (see [`HUB_KEYS`]) for the tables

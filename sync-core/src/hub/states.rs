@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{ConnectionTrait, Value};
 
-use super::tables::{CHANGES, HUB_ROWS};
+use super::tables::{CHANGES, HUB_ROWS_V1};
 use crate::model::error::Result;
 use crate::model::merge::RowState;
 use crate::model::typed;
@@ -21,7 +21,7 @@ pub(super) async fn load_states<C: ConnectionTrait>(
     table: &str,
     keys: &[String],
 ) -> Result<HashMap<String, (RowState, Option<Referred>)>> {
-    let stored = rows::load_stored(tx, HUB_ROWS, table, keys).await?;
+    let stored = rows::load_stored(tx, HUB_ROWS_V1, table, keys).await?;
     let seqs: Vec<u64> = stored.values().filter_map(|s| s.reference).collect();
     // Each entry is of one row, so one state at most refers to it.
     let mut entries = columns(tx, &seqs).await?;

@@ -17,14 +17,15 @@ use crate::model::syncable::Ownership;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
-use crate::store::rows::{row_state_table, upgrade_row_state_table};
 use crate::store::user_tables::{ensure_table, existing_columns};
 
 /// Newest hub metadata schema this release reads and writes. Version 2
 /// keeps a table in a schema of its own ([`HUB_PLACES`]), which a release
 /// of version 1 would not find: a hub takes it only then (a new hub starts
-/// at [`FIRST_VERSION`], which every release reads).
-pub(crate) const HUB_SCHEMA_VERSION: i64 = 2;
+/// at [`FIRST_VERSION`], which every release reads). Version 3 keeps the
+/// row states in version tables (see `versions`), which no earlier release
+/// reads: the first install of this release raises it.
+pub(crate) const HUB_SCHEMA_VERSION: i64 = 3;
 /// The version a new hub starts at.
 const FIRST_VERSION: i64 = 1;
 
@@ -38,6 +39,18 @@ pub(crate) const CHANGES: ChangeTable = ChangeTable {
 };
 /// Replicated state of every row (values and per-column clocks).
 pub(crate) const HUB_ROWS: &str = "_tidesync_hub_rows";
+/// The register of the column ordinals of the hub's version tables.
+pub(crate) const HUB_COLUMNS: &str = "_tidesync_hub_columns";
+
+/// Name of the hub's version table of `table` (see `versions`).
+pub(crate) fn hub_version_table(table: &str) -> String {
+    crate::store::ddl::short_name("_ts_hv_", table)
+}
+
+/// [`HUB_ROWS`] once a release of hub schema version 3 installed (see
+/// `versions`): what is left in it are the states of tables no install
+/// of this release has seen.
+pub(crate) const HUB_ROWS_V1: &str = "_tidesync_hub_rows_v1";
 /// Per-origin progress: the last origin sequence applied.
 pub(crate) const PEERS: &str = "_tidesync_peers";
 /// Changes refused and parked (policy `Park`), with the reason.
@@ -120,6 +133,7 @@ fn key_of(spec: &TableSpec) -> Vec<ColumnSpec> {
             name: k.name.clone(),
             ty: spec.column(&k.name).map_or(k.ty.clone(), |c| c.ty.clone()),
             nullable: false,
+            kind: None,
         })
         .collect()
 }
@@ -182,7 +196,6 @@ pub(crate) async fn install(
     for t in hub_tables(d) {
         create(db, t).await?;
     }
-    upgrade_row_state_table(db, HUB_ROWS).await?;
     add_owner_column(db, d).await?;
     HUB_META
         .insert_if_missing(db, "schema_version", &FIRST_VERSION.to_string())
@@ -239,15 +252,41 @@ pub(crate) async fn install(
     Ok((HubInfo { hub_id }, placed))
 }
 
-/// Whether the hub holds the state of some row of `table`.
+/// Whether the hub holds the state of some row of `table`: in its version
+/// table, or in format 1's [`HUB_ROWS`] or [`HUB_ROWS_V1`], where they are.
 pub(crate) async fn has_states<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool> {
-    let q = Query::select()
-        .expr(Expr::val(1))
-        .from(Alias::new(HUB_ROWS))
-        .and_where(Expr::col(Alias::new("tbl")).eq(table))
-        .limit(1)
-        .to_owned();
-    Ok(db.query_one(&q).await?.is_some())
+    let d = dialect::of_db(db)?;
+    let versions = hub_version_table(table);
+    if !existing_columns(db, d, Place::own(&versions))
+        .await?
+        .is_empty()
+    {
+        let q = Query::select()
+            .expr(Expr::val(1))
+            .from(Alias::new(&versions))
+            .limit(1)
+            .to_owned();
+        if db.query_one(&q).await?.is_some() {
+            return Ok(true);
+        }
+    }
+    for store in [HUB_ROWS_V1, HUB_ROWS] {
+        // `_tidesync_hub_rows` may be the placeholder (see `versions`).
+        let columns = existing_columns(db, d, Place::own(store)).await?;
+        if !columns.iter().any(|c| c == "vals") {
+            continue;
+        }
+        let q = Query::select()
+            .expr(Expr::val(1))
+            .from(Alias::new(store))
+            .and_where(Expr::col(Alias::new("tbl")).eq(table))
+            .limit(1)
+            .to_owned();
+        if db.query_one(&q).await?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The table of `spec` where the hub keeps it, on a dialect with schemas.
@@ -417,7 +456,7 @@ async fn ownership(db: &DatabaseConnection, spec: &TableSpec, write: bool) -> Re
 
 /// Raise the hub's metadata version to [`HUB_SCHEMA_VERSION`] (never lower
 /// it).
-async fn raise_version<C: ConnectionTrait>(db: &C) -> Result<()> {
+pub(crate) async fn raise_version<C: ConnectionTrait>(db: &C) -> Result<()> {
     let now = HUB_META.read(db, "schema_version").await?;
     if now.and_then(|v| v.parse::<i64>().ok()) < Some(HUB_SCHEMA_VERSION) {
         HUB_META
@@ -459,7 +498,6 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
         HUB_ORIGINS.table(),
         HUB_KEYS.table(),
         log,
-        row_state_table(d, HUB_ROWS),
         Table::create()
             .table(Alias::new(PEERS))
             .if_not_exists()

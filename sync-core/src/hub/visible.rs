@@ -7,8 +7,8 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr};
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::owner::owner_of_row;
-use super::states::load_states;
 use super::tables::{HUB_ACCESS, HUB_META};
+use super::versions::load_any;
 use crate::model::change::ChangeId;
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
@@ -150,13 +150,14 @@ impl Visible {
                 }
             });
         }
-        let mut by_table: HashMap<&str, Vec<String>> = HashMap::new();
-        for (_, tbl, key, _) in &lookups {
-            by_table.entry(tbl).or_default().push(key.clone());
+        let mut by_table: HashMap<&str, Vec<(Vec<Value>, String)>> = HashMap::new();
+        for (_, tbl, key, pk) in &lookups {
+            let values = pk.iter().map(|(_, v)| v.clone()).collect();
+            by_table.entry(tbl).or_default().push((values, key.clone()));
         }
         let mut states = HashMap::new();
         for (tbl, keys) in by_table {
-            for (key, (state, _)) in load_states(db, tbl, &keys).await? {
+            for (key, state) in load_any(db, tbl, &keys).await? {
                 states.insert((tbl.to_owned(), key), state);
             }
         }

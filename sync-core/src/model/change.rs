@@ -104,12 +104,16 @@ impl Change {
 
 /// A synced column as the runtime sees it.
 ///
-/// Serialisable: `{"name":"id","ty":"uuid","nullable":false}`. sea-query
-/// has no serde form of a column type, so `ty` has tidesync's own: the
-/// variant's name in snake_case, alone (`"text"`, `"big_integer"`) or as
-/// the key of its parameters (`{"string":{"n":40}}`, `{"decimal":[20,4]}`,
-/// `{"array":"uuid"}`). It is a wire format: variants may be added, never
-/// renamed (the full table is in `src/model/column_type.rs`).
+/// Serialisable: `{"name":"id","ty":"uuid","nullable":false,"kind":"uuid"}`.
+/// sea-query has no serde form of a column type, so `ty` has tidesync's
+/// own: the variant's name in snake_case, alone (`"text"`,
+/// `"big_integer"`) or as the key of its parameters
+/// (`{"string":{"n":40}}`, `{"decimal":[20,4]}`, `{"array":"uuid"}`), and
+/// so has `kind` (`"int"`, `"chrono_date_time_utc"`, `{"enum":"mood"}`).
+/// Both are wire formats: variants may be added, never renamed (the full
+/// tables are in `src/model/column_type.rs` and
+/// `src/model/value_kind.rs`). `kind` may be missing (a spec of an
+/// earlier release) and reads as none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColumnSpec {
     /// Column name in the database.
@@ -119,6 +123,59 @@ pub struct ColumnSpec {
     pub ty: ColumnType,
     /// Whether NULL is allowed.
     pub nullable: bool,
+    /// Which [`Value`](sea_orm::Value) variant the entity's field holds
+    /// (`ModelTrait::get_value_type`): a column type alone does not say
+    /// (a `timestamp with time zone` may be a `DateTime<Utc>` or a
+    /// `DateTime<FixedOffset>`), and code that reads the table without the
+    /// entity reads each column as its kind. `None`: the column type's
+    /// usual kind (the field type SeaORM's code generator picks for it).
+    #[serde(
+        default,
+        with = "crate::model::value_kind",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kind: Option<sea_orm::sea_query::ArrayType>,
+}
+
+impl ColumnSpec {
+    /// This column's value in `row` (a row of a query that selects the
+    /// column under its own name), as the column's kind: the value the
+    /// entity's own field would read, for code that reads a synced table
+    /// without the entity compiled in (a hub, a tool). A column without a
+    /// kind (a spec of an earlier release) is read as its column type's
+    /// usual kind (the field type SeaORM's code generator picks for it). On
+    /// PostgreSQL, select an enum column as text (as SeaORM does).
+    ///
+    /// # Errors
+    /// [`Error::Config`](super::error::Error::Config) for a column whose kind
+    /// this release cannot read without the entity (an array, a network
+    /// type, a kind of a feature tidesync does not enable), or with
+    /// neither kind nor a usual one; a database error when the stored
+    /// value does not decode as the kind.
+    ///
+    /// ```no_run
+    /// # async fn example(db: &sea_orm::DatabaseConnection, spec: &sync_core::TableSpec) -> sync_core::Result<()> {
+    /// use sea_orm::ConnectionTrait;
+    /// use sea_orm::sea_query::{Alias, Query};
+    ///
+    /// // `spec`: `tidesync::table_spec::<contacts::Entity>()`, or one a
+    /// // device installed on a hub.
+    /// let q = Query::select()
+    ///     .columns(spec.columns.iter().map(|c| Alias::new(&c.name)))
+    ///     .from(Alias::new(&spec.name))
+    ///     .to_owned();
+    /// for row in db.query_all(&q).await? {
+    ///     for c in &spec.columns {
+    ///         println!("{} = {:?}", c.name, c.read(&row)?);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn read(&self, row: &sea_orm::QueryResult) -> crate::model::error::Result<Value> {
+        let kind = super::value_kind::kind_of(&self.name, &self.ty, self.kind.as_ref())?;
+        super::value_kind::read_as(row, &self.name, &kind)
+    }
 }
 
 /// A synced table as the runtime sees it, built from a `Syncable` entity.

@@ -9,6 +9,7 @@
 //! - [`conflict`]: concurrent edits of a column and how they are settled;
 //! - [`syncable`]: the trait `#[derive(Syncable)]` implements;
 //! - [`value`]: checks that hold on every database, key text;
+//! - [`value_kind`]: which value variant a column holds, and its serde form;
 //! - [`protocol`]: the [`Hub`](protocol::Hub) trait, what a replica
 //!   and a hub say to each other;
 //! - [`error`]: the error type.
@@ -23,6 +24,7 @@ pub(crate) mod protocol;
 pub(crate) mod syncable;
 pub(crate) mod typed;
 pub(crate) mod value;
+pub(crate) mod value_kind;
 
 #[cfg(test)]
 pub(crate) mod testing;

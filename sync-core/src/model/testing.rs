@@ -21,6 +21,7 @@ pub(crate) fn column(name: &str, ty: ColumnType, nullable: bool) -> ColumnSpec {
         name: name.into(),
         ty,
         nullable,
+        kind: None,
     }
 }
 

@@ -238,6 +238,7 @@ pub(crate) mod columns {
 pub(crate) mod map {
     use super::*;
 
+    #[cfg(test)]
     pub(crate) fn serialize<S: Serializer, K: Serialize>(
         v: &BTreeMap<K, &Value>,
         s: S,
@@ -305,6 +306,7 @@ pub(crate) fn columns_from_text(text: &str) -> serde_json::Result<Vec<(String, V
 }
 
 /// JSON text of values by column, in the typed form.
+#[cfg(test)]
 pub(crate) fn map_to_text<K: Serialize>(v: &BTreeMap<K, &Value>) -> serde_json::Result<String> {
     let mut out = Vec::new();
     map::serialize(v, &mut serde_json::Serializer::new(&mut out))?;

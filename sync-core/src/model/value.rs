@@ -102,6 +102,28 @@ pub(crate) fn pk_key(values: &[Value]) -> Result<String> {
     Ok(serde_json::to_string(&canonical)?)
 }
 
+/// The text of a key as a database compares it, whatever the variants of
+/// its values: a date-time in UTC, in local time or with an offset is one
+/// instant, a `char` is a one-character string. Two keys with the same
+/// identity are one row of a table, however two entities type its key
+/// (one device's `DateTime<Utc>`, another's `DateTime<FixedOffset>`).
+pub(crate) fn key_identity(values: &[Value]) -> Result<String> {
+    let same: Vec<Value> = values
+        .iter()
+        .map(|v| match v {
+            Value::ChronoDateTimeUtc(t) => {
+                Value::ChronoDateTimeWithTimeZone(t.map(|t| t.fixed_offset()))
+            }
+            Value::ChronoDateTimeLocal(t) => Value::ChronoDateTimeWithTimeZone(
+                t.map(|t| t.with_timezone(&chrono::Utc).fixed_offset()),
+            ),
+            Value::Char(c) => Value::String(c.map(String::from)),
+            other => other.clone(),
+        })
+        .collect();
+    pk_key(&same)
+}
+
 /// The one form of each value of a key (see [`pk_key`]): what tidesync
 /// binds to find or write a key in its own tables, so that a key stored as
 /// text (SQLite: a decimal, a date-time with its offset) compares equal to
@@ -240,6 +262,27 @@ mod tests {
 
     /// Equal keys, one text: a decimal's scale and a date-time's offset do
     /// not count.
+    #[test]
+    fn one_instant_is_one_key_identity_whatever_its_variant() {
+        use chrono::{FixedOffset, TimeZone, Utc};
+        let utc = Utc.with_ymd_and_hms(2031, 2, 3, 4, 5, 6).unwrap();
+        let east = utc.with_timezone(&FixedOffset::east_opt(3600).unwrap());
+        let a = key_identity(&[Value::ChronoDateTimeUtc(Some(utc))]).unwrap();
+        let b = key_identity(&[Value::ChronoDateTimeWithTimeZone(Some(east))]).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            key_identity(&[Value::ChronoDateTimeUtc(Some(
+                utc + chrono::Duration::seconds(1)
+            ))])
+            .unwrap()
+        );
+        assert_eq!(
+            key_identity(&[Value::Char(Some('k'))]).unwrap(),
+            key_identity(&[Value::String(Some("k".into()))]).unwrap()
+        );
+    }
+
     #[test]
     fn equal_keys_have_one_text() {
         use rust_decimal::Decimal;

@@ -18,7 +18,7 @@ use super::applying::{begin_applying, end_applying, is_applying};
 use super::entity::{Marker, TableHandle};
 use super::seal_state::SealState;
 use super::tables::{OUTBOX, dirty_table};
-use super::versions::Versions;
+use super::versions::{self, Versions};
 use crate::dialect::{self, Place, check_value};
 use crate::model::change::{Op, TableSpec};
 use crate::model::error::{Error, Result};
@@ -120,7 +120,7 @@ pub(crate) async fn seal_table(
         }
         current.insert(pk_key(&pk)?, vals);
     }
-    let mut versions = Versions::open(tx, table).await?;
+    let mut versions = versions::open(tx, table).await?;
     let read = MarkedRows {
         shadows: versions.load(tx, &pks).await?,
         markers: &markers,

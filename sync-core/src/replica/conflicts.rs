@@ -13,7 +13,7 @@ use super::applying::{begin_applying, end_applying};
 use super::capture::{CaptureReport, seal_all};
 use super::seal_state::SealState;
 use super::tables::{CONFLICTS, OUTBOX};
-use super::versions::Versions;
+use super::versions;
 use crate::dialect::{self, Place};
 use crate::model::change::{Change, ColumnBase, ColumnSpec, Op, TableSpec};
 use crate::model::clock::{Hlc, wall_clock_us};
@@ -278,7 +278,7 @@ impl Replica {
             .iter()
             .find(|h| h.spec().name == spec.name)
             .ok_or_else(|| Error::UnknownTable(spec.name.clone()))?;
-        let mut versions = Versions::open(&tx, handle.as_ref()).await?;
+        let mut versions = versions::open(&tx, handle.as_ref()).await?;
         let mut row_state = versions
             .load(&tx, std::slice::from_ref(&pk))
             .await?

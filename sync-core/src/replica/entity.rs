@@ -97,6 +97,7 @@ impl<E: Syncable> EntityTable<E> {
                 name: c.as_str().to_owned(),
                 ty: def.get_column_type().clone(),
                 nullable: def.is_null(),
+                kind: Some(<E::Model as ModelTrait>::get_value_type(*c)),
             }
         };
         let spec = TableSpec {

@@ -26,7 +26,7 @@ use super::entity::TableHandle;
 use super::parked::{Parked, park};
 use super::seal_state::SealState;
 use super::tables::{LOCAL_META, PARKED, dirty_table};
-use super::versions::Versions;
+use super::versions::{self, Versions};
 use crate::dialect::{self, Dialect, check_value};
 use crate::model::change::{ChangeId, TableSpec};
 use crate::model::clock::{HlcClock, NodeId, wall_clock_us};
@@ -329,7 +329,7 @@ async fn merge_table<'a>(
 ) -> Result<TableWrite<'a>> {
     let spec = handle.spec();
     let keys: Vec<String> = ds.iter().map(|d| pk_key(&d.pk)).collect::<Result<_>>()?;
-    let mut versions = Versions::open(tx, handle).await?;
+    let mut versions = versions::open(tx, handle).await?;
     let key_values: Vec<&[Value]> = ds.iter().map(|d| d.pk.as_slice()).collect();
     let before = versions.load_keyed(tx, &key_values, &keys).await?;
     let held = if spec.policy.holds_conflicts() {

@@ -34,7 +34,7 @@ use super::Replica;
 use super::capture::{BATCH, CaptureReport, diff};
 use super::entity::TableHandle;
 use super::tables::dirty_table;
-use super::versions::Versions;
+use super::versions;
 use crate::model::change::TableSpec;
 use crate::model::clock::wall_clock_us;
 use crate::model::error::Result;
@@ -80,7 +80,7 @@ impl Replica {
                 .map(|(pk, _)| pk_key(pk))
                 .collect::<Result<_>>()?;
             let pks: Vec<Vec<Value>> = page.iter().map(|(pk, _)| pk.clone()).collect();
-            let shadows = Versions::open(&tx, table).await?.load(&tx, &pks).await?;
+            let shadows = versions::open(&tx, table).await?.load(&tx, &pks).await?;
             let mut stale = Vec::new();
             for ((pk, vals), key) in page.iter().zip(&keys) {
                 if diff(spec, Some(vals), shadows.get(key), false).is_some() {
@@ -110,7 +110,7 @@ impl Replica {
         let mut after: Option<Vec<Value>> = None;
         loop {
             let tx = self.connection().begin().await?;
-            let page = Versions::open(&tx, table)
+            let page = versions::open(&tx, table)
                 .await?
                 .page(&tx, after.as_deref(), true, BATCH)
                 .await?;

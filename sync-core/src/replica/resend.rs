@@ -24,7 +24,7 @@ use super::conflicts::held_remotes;
 use super::entity::TableHandle;
 use super::seal_state::SealState;
 use super::tables::{LOCAL_META, OUTBOX};
-use super::versions::Versions;
+use super::versions;
 use crate::model::change::{Change, Op, TableSpec};
 use crate::model::clock::Hlc;
 use crate::model::error::Result;
@@ -76,7 +76,7 @@ async fn queue_table<'s>(
     deletes: &mut Vec<Dead<'s>>,
 ) -> Result<usize> {
     let spec = table.spec();
-    let mut versions = Versions::open(tx, table).await?;
+    let mut versions = versions::open(tx, table).await?;
     let mut queued = 0;
     let mut dead = Vec::new();
     let mut after: Option<Vec<Value>> = None;

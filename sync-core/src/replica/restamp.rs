@@ -22,7 +22,7 @@ use super::Replica;
 use super::entity::TableHandle;
 use super::seal_state::SealState;
 use super::tables::{LOCAL_META, OUTBOX};
-use super::versions::Versions;
+use super::versions;
 use crate::model::change::ColumnBase;
 use crate::model::clock::{Hlc, HlcClock, NodeId, wall_clock_us};
 use crate::model::error::Result;
@@ -140,7 +140,7 @@ impl Replica {
             if moved.is_empty() {
                 continue;
             }
-            let mut versions = Versions::open(&tx, handle.as_ref()).await?;
+            let mut versions = versions::open(&tx, handle.as_ref()).await?;
             let moved: Vec<(&[Value], &RowState)> =
                 moved.iter().map(|(k, s)| (k.as_slice(), s)).collect();
             versions.save(&tx, &moved).await?;
@@ -189,7 +189,7 @@ async fn all_states(
 ) -> Result<Vec<(usize, Vec<Value>, RowState)>> {
     let mut out = Vec::new();
     for (i, table) in tables.iter().enumerate() {
-        let mut versions = Versions::open(tx, table.as_ref()).await?;
+        let mut versions = versions::open(tx, table.as_ref()).await?;
         let mut after: Option<Vec<Value>> = None;
         loop {
             let page = versions.page(tx, after.as_deref(), false, PAGE).await?;

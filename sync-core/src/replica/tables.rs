@@ -30,8 +30,12 @@ use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
 use crate::store::ddl::{catalog, create, not_null, schema_of, varchar};
+use crate::store::ddl::{fnv, short_name};
 use crate::store::meta::Meta;
 use crate::store::user_tables::existing_columns;
+use crate::store::version_table::{
+    column_types, register_ddl, retype_keys, version_key_text, version_key_type, version_rows_ddl,
+};
 
 /// Newest metadata schema version this release writes and reads: 2, the
 /// row states in version tables (see `versions`); 1 kept them as JSON in
@@ -77,27 +81,6 @@ pub(crate) fn version_table(table: &str) -> String {
 /// Name of a capture trigger (or PostgreSQL trigger function) of `table`.
 pub(crate) fn trigger_name(table: &str, suffix: &str) -> String {
     short_name(&format!("_ts_{suffix}_"), table)
-}
-
-/// `prefix + table`, shortened with a stable hash to fit the 63-character
-/// identifier limit of PostgreSQL (64 on MySQL).
-fn short_name(prefix: &str, table: &str) -> String {
-    let full = format!("{prefix}{table}");
-    if full.len() <= 60 {
-        return full;
-    }
-    let mut cut = 40;
-    while !table.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{prefix}{}_{:016x}", &table[..cut], fnv(table))
-}
-
-/// FNV-1a of `text`: stable across releases and platforms.
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// DDL of the replica's metadata tables (idempotent: `IF NOT EXISTS`).
@@ -183,27 +166,7 @@ pub(crate) fn dirty_table_ddl(
 
 /// DDL of the column register.
 pub(crate) fn columns_table() -> TableCreateStatement {
-    Table::create()
-        .table(Alias::new(COLUMNS))
-        .if_not_exists()
-        .col(not_null("tbl", varchar(64)))
-        .col(not_null("col", varchar(255)))
-        .col(not_null("ord", ColumnType::Integer))
-        .primary_key(
-            Index::create()
-                .col(Alias::new("tbl"))
-                .col(Alias::new("col")),
-        )
-        // Two columns never share an ordinal, even when two processes
-        // register columns at once (the second insert fails).
-        .index(
-            Index::create()
-                .unique()
-                .name("_tidesync_columns_ord")
-                .col(Alias::new("tbl"))
-                .col(Alias::new("ord")),
-        )
-        .to_owned()
+    register_ddl(COLUMNS)
 }
 
 /// DDL of the version table of `spec`, its key columns typed as
@@ -213,20 +176,7 @@ pub(crate) fn version_table_ddl(
     spec: &TableSpec,
     key_type: impl Fn(&crate::model::change::ColumnSpec) -> ColumnType,
 ) -> TableCreateStatement {
-    let mut t = Table::create();
-    t.table(Alias::new(version_table(&spec.name)))
-        .if_not_exists();
-    let mut pk = Index::create();
-    for c in &spec.pk {
-        t.col(ColumnDef::new_with_type(Alias::new(&c.name), key_type(c)).not_null());
-        pk.col(Alias::new(&c.name));
-    }
-    t.col(not_null("clocks", d.long_bytes()))
-        .col(ColumnDef::new_with_type(Alias::new("del"), d.long_bytes()).null())
-        .col(not_null("vals", d.long_bytes()))
-        .col(not_null("live", ColumnType::Boolean))
-        .primary_key(&mut pk);
-    t.to_owned()
+    version_rows_ddl(d, &version_table(&spec.name), spec, key_type)
 }
 
 /// The type of a key column in the dirty-marker table.
@@ -239,47 +189,6 @@ fn marker_key_type(
         Some(ty) => ColumnType::custom(ty.clone()),
         None => d.marker_key_type(&c.ty),
     }
-}
-
-/// The type of a key column in a version table: the marker's, except that
-/// a MySQL `ENUM` or `SET` key is kept as its text. Version tables are read
-/// in key order, page after page from the last key read; MySQL sorts an
-/// `ENUM` by its declaration but compares it with a bound value as text,
-/// so a page would start anywhere. As text, the order and the comparison
-/// agree.
-fn version_key_type(
-    d: &dyn Dialect,
-    c: &ColumnSpec,
-    key_types: &HashMap<String, String>,
-) -> ColumnType {
-    match version_key_text(key_types.get(&c.name)) {
-        Some(t) => ColumnType::custom(t),
-        None => d.marker_key_type(&c.ty),
-    }
-}
-
-/// The catalog type of a version table's key column, given the table's
-/// own (see [`version_key_type`]): the same, except an `ENUM` or `SET` as a
-/// `varchar` as long as its longest label (not longer: with the key's other
-/// columns it must stay within MySQL's index limit, as the table's own key
-/// does).
-fn version_key_text(own: Option<&String>) -> Option<String> {
-    let own = own?;
-    let lower = own.to_ascii_lowercase();
-    if !(lower.starts_with("enum(") || lower.starts_with("set(")) {
-        return Some(own.clone());
-    }
-    let labels = &own[own.find('(')? + 1..own.rfind(')')?];
-    let lengths: Vec<usize> = labels
-        .split("','")
-        .map(|l| l.trim_matches('\'').replace("''", "'").chars().count())
-        .collect();
-    let n = match lower.starts_with("set(") {
-        // A `SET` value is its labels joined by commas.
-        true => lengths.iter().sum::<usize>() + lengths.len().saturating_sub(1),
-        false => lengths.iter().copied().max().unwrap_or(1),
-    };
-    Some(format!("varchar({})", n.max(1)))
 }
 
 /// The `gone` column of a dirty-marker table.
@@ -405,57 +314,6 @@ async fn add_gone_column<C: ConnectionTrait>(db: &C, d: &dyn Dialect, markers: &
         Err(_) if has(&existing_columns(db, d, Place::own(markers)).await?) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// The full type of each column of `table`, by name, where the dialect
-/// reads them for the dirty markers (see [`dirty_table_ddl`]).
-async fn column_types<C: ConnectionTrait>(
-    db: &C,
-    d: &dyn Dialect,
-    table: Place<'_>,
-) -> Result<HashMap<String, String>> {
-    let Some(sql) = d.key_types_query() else {
-        return Ok(HashMap::new());
-    };
-    let rows = catalog(db, sql, table).await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("", "name")?, r.try_get("", "ty")?)))
-        .collect()
-}
-
-/// Give the key columns of tidesync's `table` (a dirty-marker table, a
-/// version table) the type `want` names for each, where it differs: a
-/// marker table made by an earlier release (MySQL: `datetime`,
-/// `decimal(10,0)`, rounding the keys), or a table whose own key column
-/// changed type since (a migration to `datetime(6)`: rounded, two keys
-/// would share one marker or one state).
-async fn retype_keys<C: ConnectionTrait>(
-    db: &C,
-    d: &dyn Dialect,
-    spec: &TableSpec,
-    table: &str,
-    want: impl Fn(&ColumnSpec) -> Option<String>,
-) -> Result<()> {
-    if d.key_types_query().is_none() {
-        return Ok(());
-    }
-    let now = column_types(db, d, Place::own(table)).await?;
-    for c in &spec.pk {
-        let (Some(want), Some(have)) = (want(c), now.get(&c.name)) else {
-            continue;
-        };
-        if want != *have {
-            let alter = Table::alter()
-                .table(Alias::new(table))
-                .modify_column(
-                    ColumnDef::new_with_type(Alias::new(&c.name), ColumnType::custom(want.clone()))
-                        .not_null(),
-                )
-                .to_owned();
-            db.execute(&alter).await?;
-        }
-    }
-    Ok(())
 }
 
 /// The unique column sets of `table` other than its key, where the capture

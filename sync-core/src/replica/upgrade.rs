@@ -25,7 +25,7 @@ use super::applying::{begin_applying, end_applying};
 use super::entity::TableHandle;
 use super::seal_state::SealState;
 use super::tables::{LOCAL_META, ROWS, ROWS_V1, dirty_table};
-use super::versions::{Versions, register};
+use super::versions::{self, register};
 use crate::dialect::{self, Place};
 use crate::model::change::ColumnSpec;
 use crate::model::error::{Error, Result};
@@ -137,7 +137,7 @@ async fn convert_from(
             }
             after = Some(stored);
         }
-        let mut versions = Versions::open(&tx, handle).await?;
+        let mut versions = versions::open(&tx, handle).await?;
         let keys: Vec<Vec<sea_orm::Value>> = states.iter().map(|(k, _)| k.clone()).collect();
         let mut held = versions.load(&tx, &keys).await?;
         for (key, state) in &mut states {
@@ -207,7 +207,7 @@ async fn fill(
     loop {
         let tx = db.begin().await?;
         begin_applying(&tx).await?;
-        let mut versions = Versions::open(&tx, handle).await?;
+        let mut versions = versions::open(&tx, handle).await?;
         let page = versions.page(&tx, after.as_deref(), true, PAGE).await?;
         after = page.last().map(|(k, _)| k.clone());
         for (key, state) in &page {

@@ -13,7 +13,9 @@ pub(crate) const SHARED: &str = "";
 
 /// Encode a row's column clocks: the clock most columns share once, under
 /// the key `""`, and only the columns whose clock differs. A row written by
-/// one insert stores one clock instead of one per column.
+/// one insert stores one clock instead of one per column. (Written by the
+/// tests only: the stores that keep this format are read, never written.)
+#[cfg(test)]
 pub(crate) fn encode(
     clocks: &BTreeMap<String, Hlc>,
     vals: &BTreeMap<String, sea_orm::Value>,

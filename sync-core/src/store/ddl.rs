@@ -63,3 +63,24 @@ pub(crate) async fn catalog<C: ConnectionTrait>(
         ))
         .await?)
 }
+
+/// `prefix + table`, shortened with a stable hash to fit the 63-character
+/// identifier limit of PostgreSQL (64 on MySQL).
+pub(crate) fn short_name(prefix: &str, table: &str) -> String {
+    let full = format!("{prefix}{table}");
+    if full.len() <= 60 {
+        return full;
+    }
+    let mut cut = 40;
+    while !table.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}_{:016x}", &table[..cut], fnv(table))
+}
+
+/// FNV-1a of `text`: stable across releases and platforms.
+pub(crate) fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}

@@ -50,6 +50,23 @@ impl Meta {
         Ok(out)
     }
 
+    /// Every key and value, in key order.
+    pub(crate) async fn read_all<C: ConnectionTrait>(
+        self,
+        db: &C,
+    ) -> Result<Vec<(String, String)>> {
+        let stmt = Query::select()
+            .columns([Alias::new("key"), Alias::new("value")])
+            .from(Alias::new(self.0))
+            .order_by(Alias::new("key"), sea_orm::sea_query::Order::Asc)
+            .to_owned();
+        let mut out = Vec::new();
+        for r in db.query_all(&stmt).await? {
+            out.push((r.try_get("", "key")?, r.try_get("", "value")?));
+        }
+        Ok(out)
+    }
+
     /// Insert or overwrite several values in one statement.
     pub(crate) async fn upsert_many<C: ConnectionTrait>(
         self,

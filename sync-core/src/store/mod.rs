@@ -5,8 +5,9 @@
 //!   row-state table: the hub's states, and a replica's before schema
 //!   version 2;
 //! - [`clocks`]: a row's column clocks as stored;
-//! - [`versions`]: a replica's row states in binary, for its version
-//!   tables;
+//! - [`versions`]: row states in binary, for version tables;
+//! - [`version_table`]: row states in version tables, one per synced
+//!   table (a replica's, and a hub's);
 //! - [`write`]: batched writes of rows into the users' tables;
 //! - [`user_tables`]: the users' tables as tidesync creates them;
 //! - [`ddl`]: building blocks of every table's DDL;
@@ -24,5 +25,6 @@ pub(crate) mod meta;
 pub(crate) mod rows;
 pub(crate) mod stats;
 pub(crate) mod user_tables;
+pub(crate) mod version_table;
 pub(crate) mod versions;
 pub(crate) mod write;

@@ -15,10 +15,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use sea_orm::sea_query::{
-    Alias, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Query, StringLen, Table,
-    TableCreateStatement,
-};
+use sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
+#[cfg(test)]
+use sea_orm::sea_query::{ColumnType, Index, StringLen, TableCreateStatement};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use sha2::{Digest, Sha256};
 
@@ -28,8 +27,10 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::typed;
 use crate::store::clocks::{self, SHARED};
+#[cfg(test)]
 use crate::store::codec::db_sequence;
 use crate::store::user_tables::existing_columns;
+#[cfg(test)]
 use crate::store::write::batched;
 
 /// The characters the `pk` column of a row-state table holds: a key text
@@ -59,7 +60,9 @@ pub(crate) fn storage_key(key: &str) -> Cow<'_, str> {
     Cow::Owned(hashed)
 }
 
-/// DDL of a row-state table named `name`.
+/// DDL of a row-state table named `name` (as format 1 made them; the
+/// tests make them so).
+#[cfg(test)]
 pub(crate) fn row_state_table(d: &dyn Dialect, name: &str) -> TableCreateStatement {
     let col = |n: &str, ty: ColumnType| {
         let mut c = ColumnDef::new_with_type(Alias::new(n), ty);
@@ -288,6 +291,7 @@ impl StoredState {
 }
 
 /// The log entry a saved state takes some values from, and which columns.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Referral<'a> {
     /// The entry's hub sequence.
@@ -299,9 +303,10 @@ pub(crate) struct Referral<'a> {
 
 /// The multi-row upserts that insert or replace the states of rows of
 /// `table`; a state with a [`Referral`] leaves out the values its log entry
-/// holds (see [`StoredState`]). Built without a database, so that a caller
-/// can build them while the database works on something else (see
-/// [`crate::store::write::execute_while`]).
+/// holds (see [`StoredState`]). The tests write format 1 states with it: no
+/// store is written in this format since hub schema version 3 (the hub's
+/// states moved to version tables).
+#[cfg(test)]
 pub(crate) fn state_statements(
     store: &str,
     table: &str,
@@ -323,7 +328,7 @@ pub(crate) fn state_statements(
             .map(Alias::new),
         )
         .on_conflict(
-            OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
+            sea_orm::sea_query::OnConflict::columns([Alias::new("tbl"), Alias::new("pk")])
                 .update_columns(["vals", "clocks", "deleted_at", "live"].map(Alias::new))
                 .to_owned(),
         );

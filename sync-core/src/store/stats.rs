@@ -18,9 +18,8 @@ pub(crate) fn crossed_doubling(before: u64, after: u64) -> bool {
 /// Autovacuum analyzes eventually, but not during a first large push or
 /// pull, and some servers run without it; callers analyze when their count
 /// of rows written [`crossed_doubling`], which costs a few analyses in all.
-/// Row-state tables need statistics of their key columns only
-/// ([`STATE_KEYS`]): leaving out the long value and clock texts makes the
-/// analysis several times cheaper. A failure is not an error of the
+/// Version tables need statistics of their key columns only: leaving out
+/// the long values and clocks makes the analysis several times cheaper. A failure is not an error of the
 /// caller's work, which has committed: it is ignored, and the next doubling
 /// tries again.
 pub(crate) async fn analyze<C: ConnectionTrait>(db: &C, tables: &[(Place<'_>, &[&str])]) {
@@ -30,9 +29,6 @@ pub(crate) async fn analyze<C: ConnectionTrait>(db: &C, tables: &[(Place<'_>, &[
     // Ignored on purpose, see above.
     let _ = db.execute_unprepared(&sql).await;
 }
-
-/// The key columns of a row-state table: all [`analyze`] needs of it.
-pub(crate) const STATE_KEYS: &[&str] = &["tbl", "pk"];
 
 /// Plan every statement for its own parameters until the end of the
 /// transaction `db` is in, where the dialect needs it (PostgreSQL). Each

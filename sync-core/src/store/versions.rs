@@ -1,6 +1,6 @@
-//! A replica's row states in binary (schema version 2): the bytes of the
+//! Row states in binary (a replica's since schema version 2): the bytes of the
 //! `clocks`, `del` and `vals` columns of a version table, one per synced
-//! table (see `replica::versions`). Pure code, no I/O.
+//! table (see `version_table`). Pure code, no I/O.
 //!
 //! Format 1 kept every state as typed JSON in one shared table: per row a
 //! JSON map of values and a JSON map of 58-character clocks, under the

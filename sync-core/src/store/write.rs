@@ -463,6 +463,7 @@ mod tests {
             name: n.clone(),
             ty: ColumnType::BigInteger,
             nullable: false,
+            kind: None,
         };
         let spec = TableSpec {
             name: "wide".into(),

@@ -1,0 +1,368 @@
+//! The hub's row states in version tables (hub schema version 3): one
+//! table per synced table, `_ts_hv_<table>`, keyed by the users' table's
+//! key types, with each row's column clocks, delete clock and values in
+//! binary (see [`crate::store::version_table`]), the column ordinals in
+//! `_tidesync_hub_columns`.
+//!
+//! Format 1 kept every table's states in `_tidesync_hub_rows` under the
+//! key's text, as typed JSON, each referring to the log entry that held
+//! most of its values: every push wrote and read JSON, and loading a state
+//! read its log entry too. A version row is written and read alone.
+//!
+//! Each install brings a table's format 1 states over ([`install_all`]):
+//! `_tidesync_hub_rows` is renamed `_tidesync_hub_rows_v1`, then a page at
+//! a time, each page in one transaction under the sequence lock, its
+//! states are written to the version table and removed from the old table
+//! together, so a state is in one table or the other and a crash loses
+//! none. [`VERSIONED`] records each table that has a version table, with
+//! its key: the snapshot reads them all, installed by this process or not.
+//! States of a table no install of this release has seen stay in
+//! `_tidesync_hub_rows_v1`, and the snapshot serves them from there after
+//! the version tables.
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, Table};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait, Value};
+
+use super::states;
+pub(crate) use super::tables::hub_version_table;
+use super::tables::{HUB_COLUMNS, HUB_META, HUB_ROWS, HUB_ROWS_V1, raise_version};
+use crate::dialect::{self, Place};
+use crate::model::change::{ColumnSpec, TableSpec};
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::model::value::{parse_pk_key, pk_key};
+use crate::store::ddl::create;
+use crate::store::meta::Meta;
+use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, upgrade_row_state_table};
+use crate::store::user_tables::existing_columns;
+use crate::store::version_table::{
+    VersionTables, Versions, column_types, register_ddl, retype_keys, version_key_text,
+    version_key_type, version_rows_ddl,
+};
+
+/// The tables that have a version table, each with its key columns (a JSON
+/// array of column specs, with their value kinds), recorded when an
+/// install made it.
+pub(crate) const VERSIONED: Meta = Meta("_tidesync_hub_versioned");
+
+/// Where the hub keeps its version tables.
+pub(crate) const HUB_VERSIONS: VersionTables = VersionTables {
+    name: hub_version_table,
+    register: HUB_COLUMNS,
+};
+
+/// States moved from `_tidesync_hub_rows` per transaction.
+const MOVE_PAGE: u64 = 500;
+
+/// Make the version tables of `placed` (the tables an install placed and
+/// made), bringing their format 1 states over, after raising the hub's
+/// schema version (an earlier release must not write states this one no
+/// longer reads).
+///
+/// `_tidesync_hub_rows` is renamed `_tidesync_hub_rows_v1` first, and a
+/// table no earlier release can use takes its name, so that a server of an
+/// earlier release still running fails to install and to push instead of
+/// working from states that moved. Should a state table of that name be
+/// there again (made by hand, or before the placeholder), the states in it
+/// are merged into the version rows at each install.
+pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -> Result<()> {
+    raise_version(db).await?;
+    create(db, register_ddl(HUB_COLUMNS)).await?;
+    create(db, VERSIONED.table()).await?;
+    let d = dialect::of_db(db)?;
+    let columns = |store| async move { existing_columns(db, d, Place::own(store)).await };
+    let holds_states =
+        |store| async move { Ok::<_, Error>(columns(store).await?.iter().any(|c| c == "vals")) };
+    if holds_states(HUB_ROWS).await? && columns(HUB_ROWS_V1).await?.is_empty() {
+        let rename = Table::rename()
+            .table(Alias::new(HUB_ROWS), Alias::new(HUB_ROWS_V1))
+            .to_owned();
+        if let Err(e) = db.execute(&rename).await {
+            // Another server renamed it meanwhile.
+            if columns(HUB_ROWS_V1).await?.is_empty() {
+                return Err(e.into());
+            }
+        }
+    }
+    let mut stores = Vec::new();
+    for store in [HUB_ROWS_V1, HUB_ROWS] {
+        if holds_states(store).await? {
+            upgrade_row_state_table(db, store).await?;
+            stores.push(store);
+        }
+    }
+    if !columns(HUB_ROWS_V1).await?.is_empty() && columns(HUB_ROWS).await?.is_empty() {
+        // In the renamed table's place, one an earlier release cannot use:
+        // its install (which makes its tables before it reads the schema
+        // version) finds the name taken and fails, and so does a push of
+        // a server of it still running.
+        let placeholder = Table::create()
+            .table(Alias::new(HUB_ROWS))
+            .if_not_exists()
+            .col(
+                sea_orm::sea_query::ColumnDef::new_with_type(
+                    Alias::new("retired_by_hub_schema_version_3"),
+                    sea_orm::sea_query::ColumnType::Integer,
+                )
+                .null(),
+            )
+            .to_owned();
+        create(db, placeholder).await?;
+    }
+    for spec in placed {
+        install(db, spec, &stores).await?;
+    }
+    Ok(())
+}
+
+/// Create the version table of `spec` (placed; its users' table made),
+/// bring its format 1 states over from `stores`, and record it in
+/// [`VERSIONED`].
+async fn install(db: &DatabaseConnection, spec: &TableSpec, stores: &[&str]) -> Result<()> {
+    let d = dialect::of_db(db)?;
+    let key_types = column_types(db, d, Place::of(d, spec)).await?;
+    let name = hub_version_table(&spec.name);
+    create(
+        db,
+        version_rows_ddl(d, &name, spec, |c| version_key_type(d, c, &key_types)),
+    )
+    .await?;
+    retype_keys(db, d, spec, &name, |c| {
+        version_key_text(key_types.get(&c.name))
+    })
+    .await?;
+    for store in stores {
+        move_states(db, spec, store).await?;
+    }
+    // The key as first recorded, with kinds from the first install that
+    // names them (a device of a release before kinds names none): a later
+    // device does not change how every server reads the table's keys.
+    let key = serde_json::to_string(&spec.pk)?;
+    match VERSIONED.read(db, &spec.name).await? {
+        None => VERSIONED.insert_if_missing(db, &spec.name, &key).await,
+        Some(recorded) => {
+            let had = recorded_key(&spec.name, &recorded)?;
+            let adds =
+                had.iter().any(|c| c.kind.is_none()) && spec.pk.iter().all(|c| c.kind.is_some());
+            if adds {
+                VERSIONED.upsert(db, &spec.name, &key).await
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Bring the format 1 states of `spec`'s table from `store` into its
+/// version table, a page per transaction, merged into the version rows
+/// already there (a server of an earlier release wrote them after the
+/// first move; merging keeps the newer clock of each column). A state that
+/// cannot be read is left in `store`, with a warning.
+async fn move_states(db: &DatabaseConnection, spec: &TableSpec, store: &str) -> Result<()> {
+    let d = dialect::of_db(db)?;
+    let any = Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new(store))
+        .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+        .limit(1)
+        .to_owned();
+    if db.query_one(&any).await?.is_none() {
+        return Ok(());
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let tx = db.begin().await?;
+        // Under the sequence lock, as a push: no push runs between the
+        // read of these states and their removal.
+        HUB_META.lock(&tx, "next_seq").await?;
+        let mut q = Query::select();
+        q.columns(STATE_COLUMNS.map(Alias::new))
+            .from(Alias::new(store))
+            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+            .order_by(Alias::new("pk"), Order::Asc)
+            .limit(MOVE_PAGE);
+        if let Some(a) = &after {
+            q.and_where(Expr::col(Alias::new("pk")).gt(a.as_str()));
+        }
+        let rows = tx.query_all(&q).await?;
+        let stored: Vec<Result<StoredState>> = rows.iter().map(StoredState::decode).collect();
+        let seqs: Vec<u64> = stored
+            .iter()
+            .filter_map(|s| s.as_ref().ok().and_then(|s| s.reference))
+            .collect();
+        let mut entries = states::columns(&tx, &seqs).await?;
+        let mut moved: Vec<(Vec<Value>, RowState)> = Vec::with_capacity(rows.len());
+        let mut done: Vec<String> = Vec::with_capacity(rows.len());
+        for (r, s) in rows.iter().zip(stored) {
+            let pk: String = r.try_get("", "pk")?;
+            let read = s.and_then(|s| {
+                let text = key_text(r)?;
+                let entry = s.reference.and_then(|seq| entries.remove(&seq));
+                let (state, _) = s.fill(entry)?;
+                let key = parse_pk_key(&text)?;
+                if key.len() != spec.pk.len() {
+                    return Err(Error::Corrupt(format!(
+                        "the key {text} has {} values, the table {}",
+                        key.len(),
+                        spec.pk.len()
+                    )));
+                }
+                Ok((key, state))
+            });
+            match read {
+                Ok(m) => {
+                    moved.push(m);
+                    done.push(pk.clone());
+                }
+                Err(e) => tracing::warn!(
+                    table = %spec.name,
+                    key = %pk,
+                    error = %e,
+                    "a hub row state of format 1 cannot be read: left in {store}"
+                ),
+            }
+            after = Some(pk);
+        }
+        let mut versions = Versions::open(&tx, HUB_VERSIONS, spec).await?;
+        let sp = tx.begin().await?;
+        if let Err(e) = merge_in(&sp, &mut versions, moved.clone()).await {
+            // Two keys the database takes for one (a collation that ignores
+            // case or trailing spaces; states an earlier release kept
+            // apart), or a state already under such a key: one at a time,
+            // each merged into what the database finds for its key.
+            sp.rollback().await?;
+            tracing::warn!(table = %spec.name, error = %e, "moving hub row states one at a time");
+            for (key, state) in moved {
+                merge_one(&tx, &mut versions, &spec.name, key, state).await?;
+            }
+        } else {
+            sp.commit().await?;
+        }
+        if !done.is_empty() {
+            let delete = Query::delete()
+                .from_table(Alias::new(store))
+                .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+                .and_where(d.key_in(&done)?)
+                .to_owned();
+            tx.execute(&delete).await?;
+        }
+        tx.commit().await?;
+        if (rows.len() as u64) < MOVE_PAGE {
+            return Ok(());
+        }
+    }
+}
+
+/// Save `moved` into the version rows, each merged into the state held
+/// under its key (per column the later clock).
+async fn merge_in<C: ConnectionTrait>(
+    db: &C,
+    versions: &mut Versions<'_>,
+    mut moved: Vec<(Vec<Value>, RowState)>,
+) -> Result<()> {
+    let keys: Vec<Vec<Value>> = moved.iter().map(|(k, _)| k.clone()).collect();
+    let mut held = versions.load(db, &keys).await?;
+    for (key, state) in &mut moved {
+        if let Some(mut newer) = held.remove(&pk_key(key)?) {
+            newer.merge(state);
+            *state = newer;
+        }
+    }
+    let pairs: Vec<(&[Value], &RowState)> = moved.iter().map(|(k, s)| (k.as_slice(), s)).collect();
+    versions.save(db, &pairs).await
+}
+
+/// Save one moved state, merged into the state the database finds for its
+/// key, under the key that state is held (the database takes the two keys
+/// for one).
+async fn merge_one<C: ConnectionTrait>(
+    db: &C,
+    versions: &mut Versions<'_>,
+    table: &str,
+    key: Vec<Value>,
+    state: RowState,
+) -> Result<()> {
+    let (key, state) = match versions.load_equal(db, &key).await? {
+        Some((held_key, mut held)) => {
+            if pk_key(&held_key)? != pk_key(&key)? {
+                tracing::warn!(
+                    table,
+                    key = %pk_key(&key)?,
+                    into = %pk_key(&held_key)?,
+                    "a hub row state of format 1 merged into the state of a key the database takes for its own"
+                );
+            }
+            held.merge(&state);
+            (held_key, held)
+        }
+        None => (key, state),
+    };
+    versions.save(db, &[(key.as_slice(), &state)]).await
+}
+
+/// The spec a version table is read with, for a table of which the hub
+/// records only the key (`pk`): its key columns are all it needs.
+fn keyed_spec(name: String, pk: Vec<ColumnSpec>) -> TableSpec {
+    TableSpec {
+        name,
+        schema: None,
+        columns: pk.clone(),
+        pk,
+        local_only: Vec::new(),
+        policy: Default::default(),
+        single_writer: false,
+        ownership: Default::default(),
+    }
+}
+
+/// The key [`VERSIONED`] records for `name`, as read.
+fn recorded_key(name: &str, key: &str) -> Result<Vec<ColumnSpec>> {
+    serde_json::from_str(key).map_err(|e| {
+        Error::Corrupt(format!(
+            "`{}` records `{key}` for table `{name}`: {e}",
+            VERSIONED.0
+        ))
+    })
+}
+
+/// The states of `keys` (values and key text) of `table`, by key text,
+/// wherever they are: in its version table if it has one, else in
+/// `_tidesync_hub_rows` (a table no install of this release has seen).
+pub(crate) async fn load_any<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    keys: &[(Vec<Value>, String)],
+) -> Result<std::collections::HashMap<String, RowState>> {
+    let Some(key) = VERSIONED.read(db, table).await? else {
+        let texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
+        return Ok(states::load_states(db, table, &texts)
+            .await?
+            .into_iter()
+            .map(|(k, (s, _))| (k, s))
+            .collect());
+    };
+    let spec = keyed_spec(table.to_owned(), recorded_key(table, &key)?);
+    let mut versions = Versions::open(db, HUB_VERSIONS, &spec).await?;
+    let values: Vec<&[Value]> = keys.iter().map(|(v, _)| v.as_slice()).collect();
+    let texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
+    versions.load_keyed(db, &values, &texts).await
+}
+
+/// The tables with a version table, in name order: those of `specs` as
+/// they are, the others as [`VERSIONED`] records their key.
+pub(crate) async fn versioned<C: ConnectionTrait>(
+    db: &C,
+    specs: &[TableSpec],
+) -> Result<Vec<TableSpec>> {
+    let mut out = Vec::new();
+    for (name, key) in VERSIONED.read_all(db).await? {
+        if let Some(s) = specs.iter().find(|s| s.name == name) {
+            out.push(s.clone());
+            continue;
+        }
+        let pk = recorded_key(&name, &key)?;
+        out.push(keyed_spec(name, pk));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

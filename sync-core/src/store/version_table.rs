@@ -1,0 +1,615 @@
+//! Row states in *version tables*: one table per synced table, with one
+//! row per row the database has seen: the key in the table's own column
+//! types, then the state's column clocks, delete clock and values in binary
+//! (see [`super::versions`]), and whether the row is live. A replica keeps
+//! its states so (`_ts_v_<table>`, schema version 2); the owner of the
+//! tables names them and their column register.
+//!
+//! Format 1 kept the states of every table in one table under the key's
+//! text, as typed JSON. A table of its own with the native key lets later
+//! steps read a state joined with its row and marker, and the binary
+//! columns cost a fraction of the JSON to write and read. Keys are read
+//! through the table's spec alone (each column as its value kind), so a
+//! database without the entities (a hub) keeps version tables too.
+//!
+//! Keys are written and looked up in their canonical form
+//! ([`canonical_key`]: a decimal without trailing zeros, a date-time with
+//! an offset at UTC), so a key that SQLite keeps as text is found however
+//! it was read. States come back under the texts of the keys asked for
+//! ([`pk_key`]), matched by the key's identity ([`key_identity`]: one
+//! instant is one key whether an entity reads it as UTC or with an
+//! offset); a state the database finds under a key of another identity (a
+//! collation that ignores case or trailing spaces) is an error of kind
+//! `UniqueViolation`, not a state taken for missing.
+//!
+//! Column ordinals are registered in a register table (table, column,
+//! ordinal; a replica's is `_tidesync_columns`), append-only: a column keeps its ordinal for good, so a state
+//! written before an entity gained or dropped a column reads the same
+//! after. The register is read once per batch ([`Versions::open`]), and
+//! again when a state names an ordinal it does not know (a column another
+//! process registered meanwhile).
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+
+use sea_orm::sea_query::{
+    Alias, ArrayType, ColumnDef, ColumnType, Expr, ExprTrait, Index, InsertStatement, OnConflict,
+    Order, Query, SimpleExpr, Table, TableCreateStatement,
+};
+use sea_orm::{ConnectionTrait, QueryResult, Value};
+
+use crate::dialect::{self, Dialect, Place};
+use crate::model::change::{ColumnSpec, TableSpec};
+use crate::model::error::{Error, Result};
+use crate::model::merge::RowState;
+use crate::model::value::{canonical_key, key_identity, pk_key};
+use crate::model::value_kind::read_as;
+use crate::store::ddl::{catalog, not_null, varchar};
+use crate::store::versions::{self, Encoded, Ordinals};
+use crate::store::write::{MAX_ROWS, batched, keys_match};
+
+/// Where a database keeps the version tables of its synced tables.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VersionTables {
+    /// The name of a table's version table, from its name.
+    pub(crate) name: fn(&str) -> String,
+    /// The column register (see [`register_ddl`]).
+    pub(crate) register: &'static str,
+}
+
+/// The version table of one synced table, with its column register, for
+/// the length of a transaction.
+///
+/// It needs the table's spec only, not its entity: keys are read as the
+/// variants of the keys asked for ([`Versions::load_keyed`]), else as their
+/// columns' value kinds
+/// ([`ColumnSpec::read`](crate::model::change::ColumnSpec::read)), unless
+/// the owner gives its own reader ([`Versions::with_key_reader`]: a
+/// replica reads keys through its entity).
+#[derive(Clone)]
+pub(crate) struct Versions<'a> {
+    spec: &'a TableSpec,
+    table: String,
+    register: &'static str,
+    ords: Ordinals,
+    d: &'static dyn Dialect,
+    read_key: Option<KeyReader<'a>>,
+}
+
+/// Reads a row's key values (see [`Versions::with_key_reader`]).
+pub(crate) type KeyReader<'a> =
+    std::sync::Arc<dyn Fn(&QueryResult) -> Result<Vec<Value>> + Send + Sync + 'a>;
+
+/// The error of a state found under a key the database takes for the one
+/// asked, whose text differs (see [`Versions::load_keyed`]).
+fn another_key(table: &str, found: &str) -> Error {
+    Error::Database {
+        source: sea_orm::DbErr::Custom(format!(
+            "{table}: the database takes the key asked for as the key {found} of another row \
+             (a collation that ignores case or trailing spaces, or a key of another type)"
+        )),
+        kind: crate::model::error::ErrorKind::UniqueViolation,
+    }
+}
+
+/// The columns of a version row after its key.
+const STATE: [&str; 3] = ["clocks", "del", "vals"];
+
+impl<'a> Versions<'a> {
+    /// The version table of `spec` among `tables`, with its column
+    /// register read.
+    pub(crate) async fn open<C: ConnectionTrait>(
+        db: &C,
+        tables: VersionTables,
+        spec: &'a TableSpec,
+    ) -> Result<Versions<'a>> {
+        Ok(Versions {
+            spec,
+            table: (tables.name)(&spec.name),
+            register: tables.register,
+            ords: read_ordinals(db, tables.register, &spec.name).await?,
+            d: dialect::of_db(db)?,
+            read_key: None,
+        })
+    }
+
+    /// Read keys with `f` (the entity's own decoding) instead of by kind.
+    pub(crate) fn with_key_reader(mut self, f: KeyReader<'a>) -> Self {
+        self.read_key = Some(f);
+        self
+    }
+
+    fn spec(&self) -> &'a TableSpec {
+        self.spec
+    }
+
+    fn table(&self) -> Alias {
+        Alias::new(&self.table)
+    }
+
+    fn select(&self) -> sea_orm::sea_query::SelectStatement {
+        let mut q = Query::select();
+        for c in &self.spec().pk {
+            q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
+        }
+        q.columns(STATE.map(Alias::new)).from(self.table());
+        q
+    }
+
+    /// A version row as its key values and state. A column ordinal not in
+    /// the register read at [`Versions::open`] (a column another process
+    /// registered since: registration holds the capture lock, readers such
+    /// as reconcile need not) is looked up again once.
+    async fn read<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        r: &QueryResult,
+        kinds: Option<&[ArrayType]>,
+    ) -> Result<(Vec<Value>, RowState)> {
+        match self.decode(r, kinds) {
+            Err(Error::Corrupt(_)) => {
+                self.ords = read_ordinals(db, self.register, &self.spec().name).await?;
+                self.decode(r, kinds)
+            }
+            other => other,
+        }
+    }
+
+    /// A row's key: by the owner's reader, else each column as `kinds`
+    /// says (the variants asked for), else as its kind.
+    fn key(&self, r: &QueryResult, kinds: Option<&[ArrayType]>) -> Result<Vec<Value>> {
+        if let Some(f) = &self.read_key {
+            return f(r);
+        }
+        self.spec()
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match kinds.and_then(|k| k.get(i)) {
+                Some(kind) => read_as(r, &c.name, kind),
+                None => c.read(r),
+            })
+            .collect()
+    }
+
+    fn decode(
+        &self,
+        r: &QueryResult,
+        kinds: Option<&[ArrayType]>,
+    ) -> Result<(Vec<Value>, RowState)> {
+        let key = self.key(r, kinds)?;
+        let clocks: Vec<u8> = r.try_get("", "clocks")?;
+        let del: Option<Vec<u8>> = r.try_get("", "del")?;
+        let vals: Vec<u8> = r.try_get("", "vals")?;
+        let state =
+            versions::decode(&clocks, del.as_deref(), &vals, &self.ords).map_err(|e| match e {
+                Error::Corrupt(m) => Error::Corrupt(format!(
+                    "{} {}: {m}",
+                    self.spec().name,
+                    pk_key(&key).unwrap_or_default()
+                )),
+                e => e,
+            })?;
+        Ok((key, state))
+    }
+
+    /// The states of `keys`, by key text ([`pk_key`]); keys without one
+    /// are absent.
+    ///
+    /// Keys are read back as the variants asked for (a key pushed as a
+    /// `DateTime<Utc>` by one device is found under that text whatever the
+    /// spec's kind), when every key asked has the same variant in a column.
+    ///
+    /// # Errors
+    /// An error of kind [`UniqueViolation`](crate::model::error::ErrorKind)
+    /// when the database finds a state under a key whose text is none of
+    /// the texts asked for (a collation that ignores case or trailing
+    /// spaces, a key typed otherwise): the caller would take the row for
+    /// one without a state and overwrite another row's state. A hub refuses
+    /// the change, as the database would refuse its row.
+    pub(crate) async fn load<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        keys: &[Vec<Value>],
+    ) -> Result<HashMap<String, RowState>> {
+        let texts: Vec<String> = keys.iter().map(|k| pk_key(k)).collect::<Result<_>>()?;
+        let keys: Vec<&[Value]> = keys.iter().map(Vec::as_slice).collect();
+        self.load_keyed(db, &keys, &texts).await
+    }
+
+    /// [`Versions::load`] of keys whose texts the caller has: `texts[i]`
+    /// is `pk_key(keys[i])`.
+    pub(crate) async fn load_keyed<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        keys: &[&[Value]],
+        texts: &[String],
+    ) -> Result<HashMap<String, RowState>> {
+        debug_assert_eq!(keys.len(), texts.len());
+        // A key found is matched to the key asked by its identity, not its
+        // text: a device's `DateTime<Utc>` key is the row whose key another
+        // entity reads as a `DateTime<FixedOffset>`.
+        let mut asked: FxHashMap<String, &str> = FxHashMap::default();
+        for (k, t) in keys.iter().zip(texts) {
+            asked.insert(key_identity(k)?, t.as_str());
+        }
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_ROWS) {
+            let kinds = asked_kinds(chunk);
+            let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| canonical_key(k)).collect();
+            let q = self
+                .select()
+                .and_where(keys_match(self.spec(), &chunk, self.d))
+                .to_owned();
+            for r in db.query_all(&q).await? {
+                let (key, state) = self.read(db, &r, kinds.as_deref()).await?;
+                let Some(text) = asked.get(&key_identity(&key)?) else {
+                    return Err(another_key(&self.spec().name, &pk_key(&key)?));
+                };
+                out.insert((*text).to_owned(), state);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state the database finds for `key`, with the key it is under:
+    /// another text than `key`'s when the database takes the two for one
+    /// (a collation that ignores case or trailing spaces).
+    pub(crate) async fn load_equal<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        key: &[Value],
+    ) -> Result<Option<(Vec<Value>, RowState)>> {
+        let chunk = vec![canonical_key(key)];
+        let q = self
+            .select()
+            .and_where(keys_match(self.spec(), &chunk, self.d))
+            .to_owned();
+        let kinds = asked_kinds(&[key]);
+        match db.query_all(&q).await?.first() {
+            Some(r) => Ok(Some(self.read(db, r, kinds.as_deref()).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A page of states in key order after the key `after`, at most
+    /// `limit`, only live ones if `live`. A page shorter than `limit` is
+    /// the last.
+    pub(crate) async fn page<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        after: Option<&[Value]>,
+        live: bool,
+        limit: u64,
+    ) -> Result<Vec<(Vec<Value>, RowState)>> {
+        let spec = self.spec();
+        let mut q = self.select();
+        for c in &spec.pk {
+            q.order_by(Alias::new(&c.name), Order::Asc);
+        }
+        q.limit(limit);
+        if live {
+            q.and_where(Expr::col(Alias::new("live")).eq(true));
+        }
+        if let Some(after) = after {
+            let values: Vec<SimpleExpr> = spec
+                .pk
+                .iter()
+                .zip(canonical_key(after))
+                .map(|(c, v)| self.d.write_value(&c.ty, v))
+                .collect();
+            let cols: Vec<SimpleExpr> = spec
+                .pk
+                .iter()
+                .map(|c| Expr::col(Alias::new(&c.name)))
+                .collect();
+            q.and_where(key_after(&cols, &values));
+        }
+        let mut out = Vec::new();
+        for r in db.query_all(&q).await? {
+            out.push(self.read(db, &r, None).await?);
+        }
+        Ok(out)
+    }
+
+    /// Register the columns of `states` that have no ordinal yet.
+    pub(crate) async fn register<'s, C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        states: impl Iterator<Item = &'s RowState>,
+    ) -> Result<()> {
+        let missing = self.ords.missing(states);
+        if !missing.is_empty() {
+            let table = self.spec().name.clone();
+            self.ords = register(db, self.register, &table, &missing).await?;
+        }
+        Ok(())
+    }
+
+    /// The multi-row upserts that save `states` (key values and state);
+    /// their columns must be registered (see [`Versions::register`]).
+    /// Built without a database, so that a caller can build them while the
+    /// database works (see [`crate::store::write::execute_while`]).
+    pub(crate) fn statements(
+        &self,
+        states: &[(&[Value], &RowState)],
+    ) -> Result<Vec<InsertStatement>> {
+        let spec = self.spec();
+        let mut template = Query::insert();
+        let keys: Vec<Alias> = spec.pk.iter().map(|c| Alias::new(&c.name)).collect();
+        let state = ["clocks", "del", "vals", "live"].map(Alias::new);
+        template
+            .into_table(self.table())
+            .columns(keys.iter().cloned().chain(state.iter().cloned()))
+            .on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
+        let mut rows = Vec::with_capacity(states.len());
+        for (key, s) in states {
+            let Encoded {
+                clocks,
+                del,
+                vals,
+                live,
+            } = versions::encode(s, &self.ords)?;
+            let size = clocks.len() + vals.len() + 64;
+            let mut row: Vec<SimpleExpr> = spec
+                .pk
+                .iter()
+                .zip(canonical_key(key))
+                .map(|(c, v)| self.d.write_value(&c.ty, v))
+                .collect();
+            row.extend([
+                Expr::val(clocks),
+                Expr::val(Value::Bytes(del)),
+                Expr::val(vals),
+                Expr::val(live),
+            ]);
+            rows.push((row, size));
+        }
+        Ok(batched(&template, rows))
+    }
+
+    /// Register the columns of `states` and save them.
+    pub(crate) async fn save<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        states: &[(&[Value], &RowState)],
+    ) -> Result<()> {
+        self.register(db, states.iter().map(|(_, s)| *s)).await?;
+        for q in self.statements(states)? {
+            db.execute(&q).await?;
+        }
+        Ok(())
+    }
+}
+
+/// DDL of a column register named `name` (a replica's is
+/// `_tidesync_columns`, whose unique index is `_tidesync_columns_ord`).
+pub(crate) fn register_ddl(name: &str) -> TableCreateStatement {
+    Table::create()
+        .table(Alias::new(name))
+        .if_not_exists()
+        .col(not_null("tbl", varchar(64)))
+        .col(not_null("col", varchar(255)))
+        .col(not_null("ord", ColumnType::Integer))
+        .primary_key(
+            Index::create()
+                .col(Alias::new("tbl"))
+                .col(Alias::new("col")),
+        )
+        // Two columns never share an ordinal, even when two processes
+        // register columns at once (the second insert fails).
+        .index(
+            Index::create()
+                .unique()
+                .name(format!("{name}_ord"))
+                .col(Alias::new("tbl"))
+                .col(Alias::new("ord")),
+        )
+        .to_owned()
+}
+
+/// DDL of the version table `name` of `spec`, its key columns typed as
+/// `key_type` gives them.
+pub(crate) fn version_rows_ddl(
+    d: &dyn Dialect,
+    name: &str,
+    spec: &TableSpec,
+    key_type: impl Fn(&crate::model::change::ColumnSpec) -> ColumnType,
+) -> TableCreateStatement {
+    let mut t = Table::create();
+    t.table(Alias::new(name)).if_not_exists();
+    let mut pk = Index::create();
+    for c in &spec.pk {
+        t.col(ColumnDef::new_with_type(Alias::new(&c.name), key_type(c)).not_null());
+        pk.col(Alias::new(&c.name));
+    }
+    t.col(not_null("clocks", d.long_bytes()))
+        .col(ColumnDef::new_with_type(Alias::new("del"), d.long_bytes()).null())
+        .col(not_null("vals", d.long_bytes()))
+        .col(not_null("live", ColumnType::Boolean))
+        .primary_key(&mut pk);
+    t.to_owned()
+}
+
+/// The type of a key column in a version table: the marker's, except that
+/// a MySQL `ENUM` or `SET` key is kept as its text. Version tables are read
+/// in key order, page after page from the last key read; MySQL sorts an
+/// `ENUM` by its declaration but compares it with a bound value as text,
+/// so a page would start anywhere. As text, the order and the comparison
+/// agree.
+pub(crate) fn version_key_type(
+    d: &dyn Dialect,
+    c: &ColumnSpec,
+    key_types: &HashMap<String, String>,
+) -> ColumnType {
+    match version_key_text(key_types.get(&c.name)) {
+        Some(t) => ColumnType::custom(t),
+        None => d.marker_key_type(&c.ty),
+    }
+}
+
+/// The catalog type of a version table's key column, given the table's
+/// own (see [`version_key_type`]): the same, except an `ENUM` or `SET` as a
+/// `varchar` as long as its longest label (not longer: with the key's other
+/// columns it must stay within MySQL's index limit, as the table's own key
+/// does).
+pub(crate) fn version_key_text(own: Option<&String>) -> Option<String> {
+    let own = own?;
+    let lower = own.to_ascii_lowercase();
+    if !(lower.starts_with("enum(") || lower.starts_with("set(")) {
+        return Some(own.clone());
+    }
+    let labels = &own[own.find('(')? + 1..own.rfind(')')?];
+    let lengths: Vec<usize> = labels
+        .split("','")
+        .map(|l| l.trim_matches('\'').replace("''", "'").chars().count())
+        .collect();
+    let n = match lower.starts_with("set(") {
+        // A `SET` value is its labels joined by commas.
+        true => lengths.iter().sum::<usize>() + lengths.len().saturating_sub(1),
+        false => lengths.iter().copied().max().unwrap_or(1),
+    };
+    Some(format!("varchar({})", n.max(1)))
+}
+
+/// The full type of each column of `table`, by name, where the dialect
+/// reads them for the dirty markers (the replica's dirty markers and version tables).
+pub(crate) async fn column_types<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    table: Place<'_>,
+) -> Result<HashMap<String, String>> {
+    let Some(sql) = d.key_types_query() else {
+        return Ok(HashMap::new());
+    };
+    let rows = catalog(db, sql, table).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "name")?, r.try_get("", "ty")?)))
+        .collect()
+}
+
+/// Give the key columns of tidesync's `table` (a dirty-marker table, a
+/// version table) the type `want` names for each, where it differs: a
+/// marker table made by an earlier release (MySQL: `datetime`,
+/// `decimal(10,0)`, rounding the keys), or a table whose own key column
+/// changed type since (a migration to `datetime(6)`: rounded, two keys
+/// would share one marker or one state).
+pub(crate) async fn retype_keys<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    spec: &TableSpec,
+    table: &str,
+    want: impl Fn(&ColumnSpec) -> Option<String>,
+) -> Result<()> {
+    if d.key_types_query().is_none() {
+        return Ok(());
+    }
+    let now = column_types(db, d, Place::own(table)).await?;
+    for c in &spec.pk {
+        let (Some(want), Some(have)) = (want(c), now.get(&c.name)) else {
+            continue;
+        };
+        if want != *have {
+            let alter = Table::alter()
+                .table(Alias::new(table))
+                .modify_column(
+                    ColumnDef::new_with_type(Alias::new(&c.name), ColumnType::custom(want.clone()))
+                        .not_null(),
+                )
+                .to_owned();
+            db.execute(&alter).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The variant of each key column when every key of `keys` has the same
+/// one there (`None` when they differ, or there are none).
+fn asked_kinds(keys: &[&[Value]]) -> Option<Vec<ArrayType>> {
+    let first = keys.first()?;
+    let kinds: Vec<ArrayType> = first.iter().map(Value::array_type).collect();
+    keys.iter()
+        .all(|k| k.len() == kinds.len() && k.iter().zip(&kinds).all(|(v, t)| v.array_type() == *t))
+        .then_some(kinds)
+}
+
+/// The key `columns` after the key `values`, in key order: `a > x OR (a =
+/// x AND (b > y OR ...))`, which every dialect serves from the key's index
+/// (MySQL does not from a row comparison).
+fn key_after(columns: &[SimpleExpr], values: &[SimpleExpr]) -> SimpleExpr {
+    match (columns, values) {
+        ([c, cs @ ..], [v, vs @ ..]) if !cs.is_empty() => c
+            .clone()
+            .gt(v.clone())
+            .or(c.clone().eq(v.clone()).and(key_after(cs, vs))),
+        ([c, ..], [v, ..]) => c.clone().gt(v.clone()),
+        _ => Expr::val(false),
+    }
+}
+
+/// The column register of `table`, in the register table `register`.
+async fn read_ordinals<C: ConnectionTrait>(
+    db: &C,
+    register: &str,
+    table: &str,
+) -> Result<Ordinals> {
+    let q = Query::select()
+        .columns([Alias::new("col"), Alias::new("ord")])
+        .from(Alias::new(register))
+        .and_where(Expr::col(Alias::new("tbl")).eq(table))
+        .to_owned();
+    let mut pairs = Vec::new();
+    for r in db.query_all(&q).await? {
+        let ord: i32 = r.try_get("", "ord")?;
+        let ord = u16::try_from(ord)
+            .map_err(|_| Error::Corrupt(format!("{register}: ordinal {ord} of `{table}`")))?;
+        pairs.push((r.try_get("", "col")?, ord));
+    }
+    Ok(Ordinals::new(pairs))
+}
+
+/// Give `columns` of `table` the next ordinals in the register table
+/// `register`, where they have none, and return the table's register. Callers hold the capture lock, so no two
+/// registrations pick an ordinal at once; should one still (a lock not
+/// taken), the unique index on `(tbl, ord)` fails the second insert, or on
+/// MySQL it adds nothing and the column gets the next ordinal.
+pub(crate) async fn register<C: ConnectionTrait>(
+    db: &C,
+    register: &str,
+    table: &str,
+    columns: &[String],
+) -> Result<Ordinals> {
+    let mut ords = read_ordinals(db, register, table).await?;
+    for c in columns {
+        // A few tries: each lost race means another column took the
+        // ordinal, so the next read finds a higher one.
+        for _ in 0..8 {
+            if ords.of(c).is_some() {
+                break;
+            }
+            let q = Query::insert()
+                .into_table(Alias::new(register))
+                .columns(["tbl", "col", "ord"].map(Alias::new))
+                .values_panic([
+                    table.into(),
+                    c.as_str().into(),
+                    i32::from(ords.next()?).into(),
+                ])
+                .on_conflict(
+                    OnConflict::columns([Alias::new("tbl"), Alias::new("col")])
+                        .do_nothing_on([Alias::new("tbl")])
+                        .to_owned(),
+                )
+                .to_owned();
+            db.execute(&q).await?;
+            ords = read_ordinals(db, register, table).await?;
+        }
+        if ords.of(c).is_none() {
+            return Err(Error::Corrupt(format!(
+                "{register}: no ordinal could be given to `{table}`.`{c}`"
+            )));
+        }
+    }
+    Ok(ords)
+}
