@@ -353,6 +353,35 @@ keyed!(
     column_type = "VarBinary(StringLen::N(200))"
 );
 
+/// `keyed_by_enum`, keyed by a database enum whose declared order is not
+/// the order of its labels' text.
+pub mod keyed_by_enum {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "Enum", enum_name = "rank")]
+    pub enum Rank {
+        #[sea_orm(string_value = "zeta")]
+        Zeta,
+        #[sea_orm(string_value = "alpha")]
+        Alpha,
+        #[sea_orm(string_value = "mid")]
+        Mid,
+    }
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "keyed_by_enum")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub k: Rank,
+        pub note: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
 /// Tables keyed by one long value, with two more columns to edit apart,
 /// under the `manual` policy (an edit of one column on two devices is held).
 macro_rules! long_keyed {

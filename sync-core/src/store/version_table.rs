@@ -286,7 +286,11 @@ impl<'a> Versions<'a> {
         let spec = self.spec();
         let mut q = self.select();
         for c in &spec.pk {
-            q.order_by(Alias::new(&c.name), Order::Asc);
+            // By the table's column, not the selected one of that name:
+            // a PostgreSQL enum key is selected as text, and sorting that
+            // text would disagree with `key_after`, which compares the
+            // column (in its declared order).
+            q.order_by((self.table(), Alias::new(&c.name)), Order::Asc);
         }
         q.limit(limit);
         if live {
