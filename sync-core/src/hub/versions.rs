@@ -24,7 +24,7 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait, Value};
 
 use super::states;
-pub(crate) use super::tables::hub_version_table;
+use super::tables::hub_version_table;
 use super::tables::{HUB_COLUMNS, HUB_META, HUB_ROWS, HUB_ROWS_V1, raise_version};
 use crate::dialect::{self, Place};
 use crate::model::change::{ColumnSpec, TableSpec};
