@@ -1241,6 +1241,18 @@ impl Hub for Timed {
         r
     }
 
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        let t = Instant::now();
+        let r = self.inner.pull_states(cursor, limit, origin).await;
+        self.note("pull", t);
+        r
+    }
+
     async fn snapshot(
         &self,
         after: Option<String>,

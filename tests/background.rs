@@ -213,6 +213,16 @@ impl Hub for Switch {
         self.inner.pull(cursor, limit).await
     }
 
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.check()?;
+        self.inner.pull_states(cursor, limit, origin).await
+    }
+
     async fn snapshot(
         &self,
         after: Option<String>,

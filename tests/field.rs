@@ -272,6 +272,15 @@ impl Hub for AnswerLost {
         self.inner.pull(cursor, limit).await
     }
 
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.inner.pull_states(cursor, limit, origin).await
+    }
+
     async fn snapshot(
         &self,
         after: Option<String>,
@@ -318,6 +327,15 @@ impl Hub for NoKinds {
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
         self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.inner.pull_states(cursor, limit, origin).await
     }
 
     async fn snapshot(
@@ -415,6 +433,15 @@ impl Hub for ClockLies {
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<PullBatch> {
         self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.inner.pull_states(cursor, limit, origin).await
     }
 
     async fn snapshot(
@@ -753,6 +780,24 @@ impl Hub for Pulls {
                 .forget();
         }
         self.inner.pull_excluding(cursor, limit, origin).await
+    }
+
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.maybe_fail()?;
+        if self.gated.load(Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.gate
+                .acquire()
+                .await
+                .map_err(|e| Error::Offline(e.to_string()))?
+                .forget();
+        }
+        self.inner.pull_states(cursor, limit, origin).await
     }
 
     async fn snapshot(

@@ -113,6 +113,16 @@ impl Hub for Announced {
         self.0.pull_excluding(cursor, limit, origin).await
     }
 
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        announce(PULL);
+        self.0.pull_states(cursor, limit, origin).await
+    }
+
     async fn snapshot(
         &self,
         after: Option<String>,

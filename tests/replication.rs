@@ -29,6 +29,9 @@ fn main() -> std::process::ExitCode {
         arrival_order_never_decides,
         delete_propagates_and_later_update_wins,
         hub_states_are_version_rows,
+        pulls_send_each_row_once_at_its_latest_state,
+        a_hub_of_schema_3_gives_its_rows_positions_from_the_log,
+        state_pulls_beside_pushes_that_edit_miss_no_row,
         resent_batch_is_applied_once,
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
@@ -47,7 +50,7 @@ fn main() -> std::process::ExitCode {
         concurrent_pushers_and_a_puller_see_every_change_once,
         foreign_keys_hold_whatever_the_batch_boundaries,
         malformed_outbox_change_halts_or_parks,
-        malformed_hub_change_halts_or_parks,
+        malformed_hub_state_halts_or_parks,
         schema_drift_on_the_hub_is_reported_by_name,
         large_rows_are_batched_by_size,
         first_syncs_at_once_install_a_new_hub,
@@ -414,6 +417,260 @@ async fn hub_states_are_version_rows(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
+/// A contact's name and email.
+type NameEmail = (Option<String>, Option<String>);
+
+/// The name and email a pulled row holds.
+fn pulled_values(row: &tidesync::hub::SnapshotRow) -> NameEmail {
+    let text = |c: &str| match row.state.vals.get(c) {
+        Some(sea_orm::Value::String(Some(s))) => Some(s.to_string()),
+        _ => None,
+    };
+    (text("name"), text("email"))
+}
+
+/// The contact key of a pulled row.
+fn pulled_id(row: &tidesync::hub::SnapshotRow) -> Option<Uuid> {
+    match row.pk.first().map(|(_, v)| v) {
+        Some(sea_orm::Value::Uuid(Some(u))) => Some(*u),
+        _ => None,
+    }
+}
+
+async fn pulls_send_each_row_once_at_its_latest_state(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    let x = a.add("x1").await?;
+    let y = a.add("y1").await?;
+    a.sync().await?;
+    let backend = common::hub_for(&hub).await?;
+    let stranger = tidesync::NodeId([7; 16]);
+    let after_first = backend.pull_states(Cursor(0), 100, stranger).await?.next;
+    a.edit(x, Some("x2"), None).await?;
+    a.sync().await?;
+    a.edit(x, Some("x3"), None).await?;
+    a.sync().await?;
+    b.sync().await?;
+    b.edit(y, None, Some("y@b")).await?;
+    b.sync().await?;
+    let all = backend.pull_states(Cursor(0), 100, stranger).await?;
+    let got: Vec<(Option<Uuid>, NameEmail)> = all
+        .rows
+        .iter()
+        .map(|r| (pulled_id(r), pulled_values(r)))
+        .collect();
+    ensure_eq!(
+        got,
+        vec![
+            (Some(x), (Some("x3".into()), None)),
+            (Some(y), (Some("y1".into()), Some("y@b".into()))),
+        ],
+        "each row once, at its latest state, in the order of its latest change"
+    );
+    let later = backend.pull_states(after_first, 100, stranger).await?;
+    ensure_eq!(
+        later.rows.len(),
+        2,
+        "both rows changed after the first push"
+    );
+    ensure_eq!(later.next, all.next);
+    // A puller's own rows are left out: every clock of x is a's; y holds
+    // b's email.
+    let a_node = a.engine.replica().node_id();
+    let b_node = b.engine.replica().node_id();
+    let for_a = backend.pull_states(Cursor(0), 100, a_node).await?;
+    ensure_eq!(
+        for_a.rows.iter().map(pulled_id).collect::<Vec<_>>(),
+        vec![Some(y)]
+    );
+    ensure_eq!(
+        for_a.next,
+        all.next,
+        "the cursor moves past what is left out"
+    );
+    let for_b = backend.pull_states(Cursor(0), 100, b_node).await?;
+    ensure_eq!(for_b.rows.len(), 2, "y holds a's name");
+    // Page by page: one row a page, then the tip.
+    let first = backend.pull_states(Cursor(0), 1, stranger).await?;
+    ensure_eq!(
+        first.rows.iter().map(pulled_id).collect::<Vec<_>>(),
+        vec![Some(x)]
+    );
+    let second = backend.pull_states(first.next, 1, stranger).await?;
+    ensure_eq!(
+        second.rows.iter().map(pulled_id).collect::<Vec<_>>(),
+        vec![Some(y)]
+    );
+    let third = backend.pull_states(second.next, 1, stranger).await?;
+    ensure!(third.rows.is_empty(), "{third:?}");
+    ensure_eq!(third.next, all.next);
+    // What a device is told of its cursor is the change logged there.
+    let log = backend.pull(Cursor(0), 100).await?;
+    ensure_eq!(all.next_id, log.changes.last().map(|c| c.id));
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A hub whose version tables a release of hub schema version 3 made
+/// (without positions) is given them at the next install, from the log: a
+/// device pulls the rows changed after its cursor, not every row again.
+async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let x = a.add("x").await?;
+    for n in ["y", "z"] {
+        a.add(n).await?;
+    }
+    a.sync().await?;
+    let b = Device::new(&hub, "b").await?;
+    b.sync().await?;
+    a.edit(x, Some("x2"), None).await?;
+    a.sync().await?;
+    let backend = common::hub_for(&hub).await?;
+    let tip = backend.pull(Cursor(0), 100).await?.next;
+    // Back to schema version 3: no positions.
+    let index = "_ts_hs__ts_hv_contacts";
+    let drop_index = match hub.backend() {
+        DbBackend::MySql => format!("DROP INDEX {index} ON _ts_hv_contacts"),
+        _ => format!("DROP INDEX {index}"),
+    };
+    hub.db.execute_unprepared(&drop_index).await?;
+    for c in ["hub_seq", "sole", "owner"] {
+        hub.db
+            .execute_unprepared(&format!("ALTER TABLE _ts_hv_contacts DROP COLUMN {c}"))
+            .await?;
+    }
+    hub.db
+        .execute_unprepared(&format!(
+            "UPDATE _tidesync_hub_meta SET {} = '3' WHERE {} = 'schema_version'",
+            common::quote(hub.backend(), "value"),
+            common::quote(hub.backend(), "key")
+        ))
+        .await?;
+    // The next install upgrades.
+    let c = Device::new(&hub, "c").await?;
+    c.sync().await?;
+    let positions: Vec<Option<i64>> = hub
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            hub.backend(),
+            "SELECT hub_seq FROM _ts_hv_contacts ORDER BY hub_seq",
+        ))
+        .await?
+        .iter()
+        .map(|r| r.try_get("", "hub_seq"))
+        .collect::<Result<_, _>>()?;
+    ensure_eq!(
+        positions,
+        vec![Some(2), Some(3), Some(tip.0 as i64)],
+        "each row at its latest log entry"
+    );
+    ensure_eq!(
+        backend.pull(Cursor(0), 100).await?.next,
+        tip,
+        "no new position"
+    );
+    let r = b.sync().await?;
+    ensure_eq!(r.pulled, 1, "b gets the edit it had not seen, and only it");
+    ensure_eq!(
+        contacts::Entity::find_by_id(x)
+            .one(b.db())
+            .await?
+            .map(|m| m.name),
+        Some("x2".to_owned())
+    );
+    let all = backend
+        .pull_states(Cursor(0), 100, tidesync::NodeId([7; 16]))
+        .await?;
+    ensure_eq!(all.rows.len(), 3);
+    a.drop().await?;
+    b.drop().await?;
+    c.drop().await?;
+    hub.drop().await
+}
+
+/// Devices add and edit rows while a puller reads the rows changed after
+/// its cursor in small pages: a row edited again moves past the cursor,
+/// so the puller, merging what it reads, ends with every row as the hub
+/// holds it.
+async fn state_pulls_beside_pushes_that_edit_miss_no_row(hub: TestDb) -> TestResult {
+    const DEVICES: usize = 3;
+    const ROUNDS: usize = 5;
+    let backend = common::hub_for(&hub).await?;
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        let d = Device::new(&hub, &format!("d{i}")).await?;
+        d.sync().await?;
+        devices.push(Arc::new(d));
+    }
+    let mut pushers = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let d = Arc::clone(d);
+        pushers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for r in 0..ROUNDS {
+                for k in 0..4 {
+                    mine.push(
+                        d.add(&format!("d{i}-{r}-{k}"))
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                // Edits of rows pushed before: they move past the cursor.
+                for (n, id) in mine.iter().enumerate().step_by(3) {
+                    d.edit(*id, Some(&format!("d{i}-{r}-edit{n}")), None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                d.engine.sync_now().await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    let stranger = tidesync::NodeId([9; 16]);
+    let mut seen: std::collections::HashMap<Uuid, tidesync::hub::RowState> =
+        std::collections::HashMap::new();
+    let mut cursor = Cursor(0);
+    loop {
+        let done = pushers.iter().all(|p| p.is_finished());
+        let page = backend.pull_states(cursor, 5, stranger).await?;
+        ensure!(page.next >= cursor, "cursor went back");
+        for r in &page.rows {
+            let id = pulled_id(r).ok_or("a key")?;
+            seen.entry(id).or_default().merge(&r.state);
+        }
+        let moved = page.next != cursor;
+        cursor = page.next;
+        if done && !moved {
+            break;
+        }
+    }
+    for p in pushers {
+        p.await?.map_err(|e| -> BoxError { e.into() })?;
+    }
+    let on_hub = all_contacts(&hub.db).await?;
+    ensure_eq!(on_hub.len(), DEVICES * ROUNDS * 4);
+    for m in &on_hub {
+        let state = seen
+            .get(&m.id)
+            .ok_or_else(|| format!("{} never pulled", m.id))?;
+        ensure_eq!(
+            state.vals.get("name"),
+            Some(&sea_orm::Value::from(m.name.clone())),
+            "{} as the hub holds it",
+            m.id
+        );
+    }
+    ensure_eq!(seen.len(), on_hub.len());
+    for d in devices {
+        Arc::try_unwrap(d)
+            .map_err(|_| "device still shared")?
+            .drop()
+            .await?;
+    }
+    hub.drop().await
+}
+
 async fn new_device_bootstraps_in_batches(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let rows: Vec<contacts::ActiveModel> = (0..1234)
@@ -647,6 +904,17 @@ impl Hub for Paged {
                 .flat_map(|c| c.columns.iter().map(|(_, v)| v)),
         );
         Ok(batch)
+    }
+
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        let page = self.inner.pull_states(cursor, limit, origin).await?;
+        self.served(page.rows.iter().flat_map(|r| r.state.vals.values()));
+        Ok(page)
     }
 
     async fn snapshot(
@@ -1238,6 +1506,15 @@ impl Hub for LostAfter {
 
     async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.inner.pull_states(cursor, limit, origin).await
     }
 
     async fn snapshot(
@@ -1943,16 +2220,23 @@ async fn malformed_outbox_change_halts_or_parks(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
-async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
+async fn malformed_hub_state_halts_or_parks(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     for n in ["one", "two", "three"] {
         a.add(n).await?;
     }
     a.sync().await?;
+    // The second row's state on the hub, garbled.
+    let garbled = match hub.backend() {
+        sea_orm::DbBackend::Postgres => "'\\x01'::bytea",
+        _ => "X'01'",
+    };
     hub.db
-        .execute_unprepared("UPDATE _tidesync_changes SET payload = 'not json' WHERE hub_seq = 2")
+        .execute_unprepared(&format!(
+            "UPDATE _ts_hv_contacts SET clocks = {garbled} WHERE hub_seq = 2"
+        ))
         .await?;
-    // A device pulling the log (not bootstrapping from the snapshot).
+    // A device pulling (not bootstrapping from the snapshot).
     let b = Device::new(&hub, "b").await?;
     let hub_id: String = hub
         .db
@@ -1968,11 +2252,11 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
         .try_get("", "value")?;
     common::write_meta(b.db(), &format!("cursor:{hub_id}"), "0").await?;
     let r = b.engine.sync_now().await?;
-    ensure_eq!(r.pulled, 1, "halted after the first change: {r:?}");
+    ensure_eq!(r.pulled, 1, "halted after the first row: {r:?}");
     ensure!(
         r.local_errors
             .iter()
-            .any(|e| e.to_string().contains("malformed")),
+            .any(|e| e.to_string().contains("cannot be read")),
         "{r:?}"
     );
     let again = b.engine.sync_now().await?;
@@ -1987,7 +2271,7 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
     same_rows(
         &all_contacts(b.db()).await?,
         &named(&["one"]),
-        "the change before the bad one",
+        "the row before the bad one",
     )?;
     // Park: the bad one is parked locally, the third arrives.
     let replica = Replica::builder(b.db().clone())
@@ -2001,7 +2285,7 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
     same_rows(
         &all_contacts(b.db()).await?,
         &named(&["one", "three"]),
-        "the changes around the bad one",
+        "the rows around the bad one",
     )?;
     let parked = b
         .db()
@@ -2011,7 +2295,8 @@ async fn malformed_hub_change_halts_or_parks(hub: TestDb) -> TestResult {
         ))
         .await?
         .ok_or("parked row")?;
-    ensure_eq!(parked.try_get::<String>("", "payload")?, "not json");
+    let payload: String = parked.try_get("", "payload")?;
+    ensure!(payload.starts_with("clocks 01 "), "{payload}");
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

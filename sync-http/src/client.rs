@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sync_core::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, Standing};
+use sync_core::hub::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, Standing, StatePage};
 use sync_core::{Change, Error, NodeId, Result, TableSpec};
 
 use crate::wire::{self, ErrorBody, PROTOCOL_VERSION, VERSION_HEADER};
@@ -44,6 +44,9 @@ pub struct HttpBackend {
     /// The page after the last one the engine asked for, asked for
     /// already (see [`Ahead`]).
     ahead: Mutex<Option<Ahead>>,
+    /// Set when the server has no `states` endpoint (an earlier release):
+    /// pulls ask for changes.
+    no_states: std::sync::atomic::AtomicBool,
 }
 
 /// What sends requests and receives their answers: owned, so that a
@@ -272,6 +275,7 @@ impl HttpBackendBuilder {
             token: RwLock::new(self.token),
             tables: Mutex::new(None),
             ahead: Mutex::new(None),
+            no_states: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -509,6 +513,14 @@ const MAX_ANSWER: usize = 1 << 30;
 /// The `Error::Config` marker of a `413`.
 const TOO_LARGE: &str = "the hub refuses a body this large";
 
+/// The `Error::Config` marker of a `404 not-found`: the server speaks the
+/// protocol but has no such endpoint (an earlier release).
+const NO_ENDPOINT: &str = "the hub has no such endpoint";
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Config(m) if m.starts_with(NO_ENDPOINT))
+}
+
 fn is_too_large(e: &Error) -> bool {
     matches!(e, Error::Config(m) if m.starts_with(TOO_LARGE))
 }
@@ -559,6 +571,7 @@ fn answer_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Error {
         (404, _) if detail.is_none() => Error::Protocol(format!(
             "{url}: not found: is this a tidesync hub speaking protocol {PROTOCOL_VERSION}?"
         )),
+        (404, "not-found") => Error::Config(format!("{NO_ENDPOINT} ({url}): {message}")),
         (400 | 404 | 422, _) => {
             Error::Config(format!("the hub refused the request ({url}): {message}"))
         }
@@ -609,6 +622,32 @@ impl Hub for HttpBackend {
         origin: NodeId,
     ) -> Result<PullBatch> {
         self.pull_page(cursor, limit, Some(origin)).await
+    }
+
+    async fn pull_states(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<StatePage> {
+        if !self.no_states.load(std::sync::atomic::Ordering::Relaxed) {
+            let body = wire::StatesRequest {
+                cursor,
+                limit,
+                excluding: origin,
+            };
+            let next = |named: &str| {
+                Some(wire::StatesRequest {
+                    cursor: Cursor(named.parse().ok()?),
+                    limit,
+                    excluding: origin,
+                })
+            };
+            match self.page("states", &body, next).await {
+                // A server of an earlier release: it pulls changes.
+                Err(e) if is_not_found(&e) => {
+                    self.no_states
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        Ok(self.pull_page(cursor, limit, Some(origin)).await?.into())
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {

@@ -123,6 +123,18 @@ pub(crate) struct PullRequest {
     pub(crate) excluding: Option<NodeId>,
 }
 
+/// `POST /v1/states`: answered with a `StatePage` (the rows changed after
+/// the cursor, each once at its latest state; see `Hub::pull_states`). A
+/// server of a release before it answers `404`: the client pulls changes
+/// instead.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StatesRequest {
+    pub(crate) cursor: Cursor,
+    pub(crate) limit: u64,
+    /// Leave out the rows whose every clock this origin made.
+    pub(crate) excluding: NodeId,
+}
+
 /// `POST /v1/snapshot`: answered with a [`SnapshotAnswer`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SnapshotRequest {

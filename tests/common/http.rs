@@ -144,6 +144,14 @@ impl Hub for Device {
     ) -> tidesync::Result<tidesync::hub::PullBatch> {
         self.backend.pull_excluding(cursor, limit, origin).await
     }
+    async fn pull_states(
+        &self,
+        cursor: tidesync::hub::Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.backend.pull_states(cursor, limit, origin).await
+    }
     async fn snapshot(
         &self,
         after: Option<String>,

@@ -38,7 +38,9 @@ use crate::model::change::{Change, Op, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::protocol::{Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, Standing};
+use crate::model::protocol::{
+    Cursor, Hub, HubInfo, PullBatch, PushAck, SnapshotPage, Standing, StatePage,
+};
 use crate::model::syncable::Ownership;
 
 /// An authorization rule beyond ownership: given the user and a change
@@ -808,6 +810,25 @@ impl Hub for UserHub<'_> {
         .await?;
         super::log::read(
             self.hub.connection(),
+            cursor,
+            limit,
+            Some(origin),
+            Some(&visible),
+        )
+        .await
+    }
+
+    async fn pull_states(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<StatePage> {
+        let visible = Visible::load(
+            self.hub.connection(),
+            &self.account.user,
+            self.account.share_undeclared,
+        )
+        .await?;
+        let tables = self.tables();
+        super::since::read(
+            self.hub.connection(),
+            tables.as_deref().map_or(&[], Vec::as_slice),
             cursor,
             limit,
             Some(origin),

@@ -18,7 +18,7 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::version_table::Versions;
+use crate::store::version_table::{Position, Versions};
 use crate::store::write::{delete_rows, execute_all, execute_while, row_statements};
 
 /// A row of the hub: (table, key text).
@@ -186,8 +186,20 @@ impl<'a> Merge<'a> {
                 delete_rows(tx, spec, dead).await?;
             }
         }
+        // Each saved row stands at its latest change's log position, with
+        // the owner after that change.
+        let mut positions: HashMap<(&str, &str), Position> = HashMap::with_capacity(keyed.len());
+        for (i, ((c, key), owner)) in keyed.iter().zip(&owners).enumerate() {
+            positions.insert(
+                (c.table.as_str(), key.as_str()),
+                Position {
+                    hub_seq: first_seq + i as u64,
+                    owner: owner.clone(),
+                },
+            );
+        }
         let state_stmts = execute_while(tx, rows.upserts, || {
-            state_statements(states, versions, &rows.saved, &pks, kind)
+            state_statements(states, versions, &rows.saved, &pks, &positions, kind)
         })
         .await?;
         if !self.deletes_first {
@@ -349,6 +361,7 @@ fn state_statements(
     versions: &HashMap<String, Versions<'_>>,
     saved: &[(&str, Vec<String>)],
     pks: &HashMap<(&str, &str), Vec<Value>>,
+    positions: &HashMap<(&str, &str), Position>,
     kind: sea_orm::DbBackend,
 ) -> Result<Vec<Statement>> {
     let mut out = Vec::new();
@@ -360,7 +373,7 @@ fn state_statements(
         let v = versions
             .get(table)
             .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
-        let mut rows: Vec<(&[Value], &RowState)> = Vec::with_capacity(keys.len());
+        let mut rows: Vec<(&[Value], &RowState, &Position)> = Vec::with_capacity(keys.len());
         for key in keys {
             let state = states
                 .get(&(table.to_owned(), key.clone()))
@@ -368,9 +381,12 @@ fn state_statements(
             let pk = pks
                 .get(&(table, key.as_str()))
                 .ok_or_else(|| Error::Corrupt(format!("no key values for {key}")))?;
-            rows.push((pk.as_slice(), state));
+            let position = positions
+                .get(&(table, key.as_str()))
+                .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
+            rows.push((pk.as_slice(), state, position));
         }
-        for q in v.statements(&rows)? {
+        for q in v.positioned_statements(&rows)? {
             out.push(kind.build(&q));
         }
     }

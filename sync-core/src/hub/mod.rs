@@ -27,6 +27,7 @@ mod merge;
 mod owner;
 mod push;
 mod resent;
+mod since;
 mod snapshot;
 mod states;
 pub(crate) mod tables;
@@ -43,7 +44,7 @@ pub use crate::model::conflict::{Merged, merge_with_policy};
 pub use crate::model::merge::RowState;
 pub use crate::model::protocol::{
     ClockAhead, Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
-    SnapshotRow, Standing, Unreadable,
+    SnapshotRow, Standing, StatePage, Unreadable,
 };
 pub use access::{Account, Authorize, UserHub};
 
@@ -297,6 +298,11 @@ impl Hub for SqlHub {
         origin: NodeId,
     ) -> Result<PullBatch> {
         log::read(&self.db, cursor, limit, Some(origin), None).await
+    }
+
+    async fn pull_states(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<StatePage> {
+        let specs = self.tables.read().await.clone();
+        since::read(&self.db, &specs, cursor, limit, Some(origin), None).await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {

@@ -23,21 +23,23 @@
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait, Value};
 
+use super::owner;
 use super::states;
 use super::tables::hub_version_table;
-use super::tables::{HUB_COLUMNS, HUB_META, HUB_ROWS, HUB_ROWS_V1, raise_version};
-use crate::dialect::{self, Place};
+use super::tables::{CHANGES, HUB_COLUMNS, HUB_META, HUB_ROWS, HUB_ROWS_V1, raise_version};
+use crate::dialect::{self, Dialect, Place};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::value::{parse_pk_key, pk_key};
+use crate::model::value::{key_identity, parse_pk_key, pk_key};
+use crate::store::codec::{db_sequence, sequence};
 use crate::store::ddl::create;
 use crate::store::meta::Meta;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, upgrade_row_state_table};
 use crate::store::user_tables::existing_columns;
 use crate::store::version_table::{
-    VersionTables, Versions, column_types, register_ddl, retype_keys, version_key_text,
-    version_key_type, version_rows_ddl,
+    POSITION, Position, VersionTables, Versions, column_types, position_columns, position_index,
+    register_ddl, retype_keys, version_key_text, version_key_type, version_rows_ddl,
 };
 
 /// The tables that have a version table, each with its key columns (a JSON
@@ -49,6 +51,7 @@ pub(crate) const VERSIONED: Meta = Meta("_tidesync_hub_versioned");
 pub(crate) const HUB_VERSIONS: VersionTables = VersionTables {
     name: hub_version_table,
     register: HUB_COLUMNS,
+    positions: true,
 };
 
 /// States moved from `_tidesync_hub_rows` per transaction.
@@ -124,9 +127,10 @@ async fn install(db: &DatabaseConnection, spec: &TableSpec, stores: &[&str]) -> 
     let name = hub_version_table(&spec.name);
     create(
         db,
-        version_rows_ddl(d, &name, spec, |c| version_key_type(d, c, &key_types)),
+        version_rows_ddl(d, &name, spec, |c| version_key_type(d, c, &key_types), true),
     )
     .await?;
+    add_positions(db, d, &name).await?;
     retype_keys(db, d, spec, &name, |c| {
         version_key_text(key_types.get(&c.name))
     })
@@ -134,6 +138,7 @@ async fn install(db: &DatabaseConnection, spec: &TableSpec, stores: &[&str]) -> 
     for store in stores {
         move_states(db, spec, store).await?;
     }
+    fill_positions(db, spec).await?;
     // The key as first recorded, with kinds from the first install that
     // names them (a device of a release before kinds names none): a later
     // device does not change how every server reads the table's keys.
@@ -253,6 +258,172 @@ async fn move_states(db: &DatabaseConnection, spec: &TableSpec, store: &str) -> 
     }
 }
 
+/// Give the version table `name` the columns of positions and their index,
+/// where a hub of schema version 3 made it without them. Two installs at
+/// once may both add a column or the index: the one that finds it made
+/// goes on.
+async fn add_positions(db: &DatabaseConnection, d: &'static dyn Dialect, name: &str) -> Result<()> {
+    let has = |c: &'static str| async move {
+        Ok::<_, Error>(
+            existing_columns(db, d, Place::own(name))
+                .await?
+                .iter()
+                .any(|x| x == c),
+        )
+    };
+    let present = existing_columns(db, d, Place::own(name)).await?;
+    for (column, def) in POSITION.into_iter().zip(position_columns(d)) {
+        if present.iter().any(|x| x == column) {
+            continue;
+        }
+        let alter = Table::alter()
+            .table(Alias::new(name))
+            .add_column(def)
+            .to_owned();
+        if let Err(e) = db.execute(&alter).await
+            && !has(column).await?
+        {
+            return Err(e.into());
+        }
+    }
+    if let Err(e) = db.execute(&position_index(name)).await {
+        // MySQL has no `IF NOT EXISTS` here: another install made it.
+        let e = Error::from(e);
+        if !matches!(crate::dialect::native_code(&e).as_deref(), Some("1061")) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Log entries read per query when positions are filled.
+const LOG_PAGE: u64 = 5000;
+
+/// Give every version row of `spec`'s table without a position (a state
+/// moved from format 1, a row a hub of schema version 3 wrote) the hub
+/// sequence of its row's latest log entry, so that a replica whose cursor
+/// is past that entry is not sent the row again and one before it is; a
+/// row the log has no entry of takes the next hub sequence (every replica
+/// is sent it once more, which merging makes harmless). A page per
+/// transaction, under the sequence lock, as a push: a push gives each row
+/// it changes a position, so the rows still without one are rows no push
+/// of this release has changed, and their latest log entries are the ones
+/// read before the lock.
+async fn fill_positions(db: &DatabaseConnection, spec: &TableSpec) -> Result<()> {
+    let name = hub_version_table(&spec.name);
+    let any = Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new(&name))
+        .and_where(Expr::col(Alias::new("hub_seq")).is_null())
+        .limit(1)
+        .to_owned();
+    if db.query_one(&any).await?.is_none() {
+        return Ok(());
+    }
+    let mut latest = latest_entries(db, &spec.name).await?;
+    loop {
+        let tx = db.begin().await?;
+        HUB_META.lock(&tx, "next_seq").await?;
+        let mut next_seq: u64 = HUB_META
+            .read(&tx, "next_seq")
+            .await?
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
+        let fresh_from = next_seq;
+        let mut versions = Versions::open(&tx, HUB_VERSIONS, spec).await?;
+        let keys = versions.unpositioned(&tx, MOVE_PAGE).await?;
+        let states = match versions.load(&tx, &keys).await {
+            Ok(states) => Some(states),
+            // A state that cannot be read: each row is given its position
+            // alone, without reading it.
+            Err(Error::Corrupt(e)) => {
+                tracing::warn!(table = %spec.name, error = %e, "a hub version row cannot be read");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let mut rows: Vec<(&[Value], &RowState, Position)> = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let hub_seq = match latest.remove(&key_identity(key)?) {
+                Some(seq) => seq,
+                None => {
+                    next_seq += 1;
+                    next_seq - 1
+                }
+            };
+            let text = pk_key(key)?;
+            let state = states.as_ref().and_then(|s| s.get(&text));
+            let owner = state.and_then(|s| owner::owner_of(spec, &named(spec, key), s));
+            let p = Position { hub_seq, owner };
+            match state {
+                Some(s) => rows.push((key.as_slice(), s, p)),
+                None => versions.set_position(&tx, key, &p).await?,
+            }
+        }
+        let positioned: Vec<(&[Value], &RowState, &Position)> =
+            rows.iter().map(|(k, s, p)| (*k, *s, p)).collect();
+        for q in versions.positioned_statements(&positioned)? {
+            tx.execute(&q).await?;
+        }
+        if next_seq != fresh_from {
+            HUB_META
+                .write(&tx, "next_seq", &next_seq.to_string())
+                .await?;
+        }
+        tx.commit().await?;
+        if (keys.len() as u64) < MOVE_PAGE {
+            return Ok(());
+        }
+    }
+}
+
+/// The key values of `spec`'s table with their column names.
+fn named(spec: &TableSpec, key: &[Value]) -> Vec<(String, Value)> {
+    spec.pk
+        .iter()
+        .map(|c| c.name.clone())
+        .zip(key.iter().cloned())
+        .collect()
+}
+
+/// The hub sequence of the latest log entry of each row of `table`, by
+/// the key's identity.
+async fn latest_entries<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> Result<std::collections::HashMap<String, u64>> {
+    let mut latest = std::collections::HashMap::new();
+    let mut after = 0;
+    loop {
+        let q = Query::select()
+            .columns(["hub_seq", "pk"].map(Alias::new))
+            .from(Alias::new(CHANGES.name))
+            .and_where(Expr::col(Alias::new("tbl")).eq(table))
+            .and_where(Expr::col(Alias::new("hub_seq")).gt(db_sequence(after)?))
+            .order_by(Alias::new("hub_seq"), Order::Asc)
+            .limit(LOG_PAGE)
+            .to_owned();
+        let rows = db.query_all(&q).await?;
+        for r in &rows {
+            let seq = sequence(r, "hub_seq")?;
+            after = seq;
+            let pk: String = r.try_get("", "pk")?;
+            // An entry whose key cannot be read positions no row: a row
+            // it changed takes a new position.
+            let Ok(pk) = serde_json::from_str::<Vec<(String, Value)>>(&pk) else {
+                continue;
+            };
+            let values: Vec<Value> = pk.into_iter().map(|(_, v)| v).collect();
+            if let Ok(identity) = key_identity(&values) {
+                latest.insert(identity, seq);
+            }
+        }
+        if (rows.len() as u64) < LOG_PAGE {
+            return Ok(latest);
+        }
+    }
+}
+
 /// Save `moved` into the version rows, each merged into the state held
 /// under its key (per column the later clock).
 async fn merge_in<C: ConnectionTrait>(
@@ -262,14 +433,20 @@ async fn merge_in<C: ConnectionTrait>(
 ) -> Result<()> {
     let keys: Vec<Vec<Value>> = moved.iter().map(|(k, _)| k.clone()).collect();
     let mut held = versions.load(db, &keys).await?;
+    // A row whose state the move changes is given its position again (see
+    // `fill_positions`): replicas past its old one have not seen it.
+    let mut changed = Vec::new();
     for (key, state) in &mut moved {
         if let Some(mut newer) = held.remove(&pk_key(key)?) {
-            newer.merge(state);
+            if newer.merge(state) {
+                changed.push(key.clone());
+            }
             *state = newer;
         }
     }
     let pairs: Vec<(&[Value], &RowState)> = moved.iter().map(|(k, s)| (k.as_slice(), s)).collect();
-    versions.save(db, &pairs).await
+    versions.save(db, &pairs).await?;
+    versions.clear_positions(db, &changed).await
 }
 
 /// Save one moved state, merged into the state the database finds for its
@@ -292,8 +469,12 @@ async fn merge_one<C: ConnectionTrait>(
                     "a hub row state of format 1 merged into the state of a key the database takes for its own"
                 );
             }
-            held.merge(&state);
-            (held_key, held)
+            let changed = held.merge(&state);
+            versions.save(db, &[(held_key.as_slice(), &held)]).await?;
+            if changed {
+                versions.clear_positions(db, &[held_key]).await?;
+            }
+            return Ok(());
         }
         None => (key, state),
     };

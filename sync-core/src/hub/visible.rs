@@ -172,6 +172,24 @@ impl Visible {
         Ok(shown)
     }
 
+    /// Which version rows of `table` may be this user's: none (`None`),
+    /// all (`Some(None)`), or those the condition keeps: rows recorded
+    /// with this user as owner, and rows recorded without one (see
+    /// [`Visible::shows_row`]), of a table with owners.
+    pub(super) fn rows_of(&self, table: &str) -> Option<Option<SimpleExpr>> {
+        if self.shared(table) {
+            return Some(None);
+        }
+        match self.tables.get(table) {
+            Some(Ownership::Owner(_)) => Some(Some(
+                Expr::col(Alias::new("owner"))
+                    .eq(self.user.as_str())
+                    .or(Expr::col(Alias::new("owner")).is_null()),
+            )),
+            _ => None,
+        }
+    }
+
     /// Whether a row of the snapshot is this user's.
     pub(super) fn shows_row(&self, table: &str, pk: &[(String, Value)], state: &RowState) -> bool {
         match self.tables.get(table) {

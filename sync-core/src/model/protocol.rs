@@ -115,6 +115,47 @@ pub struct PullBatch {
     pub unreadable: Option<Unreadable>,
 }
 
+/// A page of the rows changed after a cursor, each at its latest state
+/// (see [`Hub::pull_states`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatePage {
+    /// The rows changed after the requested cursor, each once, with its
+    /// values and per-column clocks as the hub holds them now, in the
+    /// order of their latest changes.
+    pub rows: Vec<SnapshotRow>,
+    /// Where the next pull starts: the position of the last row in `rows`,
+    /// or further when rows were left out (the puller's own, other users').
+    pub next: Cursor,
+    /// The id of the change logged at `next`, if the hub says (see
+    /// [`PullBatch::next_id`]).
+    pub next_id: Option<ChangeId>,
+    /// A row that could not be read, right after `rows`: the page stops
+    /// there and the replica halts or parks it.
+    pub unreadable: Option<Unreadable>,
+}
+
+impl From<PullBatch> for StatePage {
+    /// A page of changes as a page of states: each change as the state of
+    /// its row that it alone makes (merging them is merging the changes).
+    fn from(batch: PullBatch) -> Self {
+        StatePage {
+            rows: batch
+                .changes
+                .into_iter()
+                .map(|mut c| SnapshotRow {
+                    table: std::mem::take(&mut c.table),
+                    pk: std::mem::take(&mut c.pk),
+                    state: RowState::of_change(c),
+                })
+                .collect(),
+            next: batch.next,
+            next_id: batch.next_id,
+            unreadable: batch.unreadable,
+        }
+    }
+}
+
 /// A change that cannot be read back (malformed typed JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Unreadable {
@@ -216,6 +257,27 @@ pub trait Hub: Send + Sync {
         let mut batch = self.pull(cursor, limit).await?;
         batch.changes.retain(|c| c.id.origin != origin);
         Ok(batch)
+    }
+
+    /// The rows changed after `cursor` (each once, at its latest state, in
+    /// the order of their latest changes), up to `limit` of them, leaving
+    /// out those whose every clock `origin` made (a replica has its own
+    /// writes). `next` moves past the rows left out, as in
+    /// [`Hub::pull_excluding`].
+    ///
+    /// A row changed many times after the cursor comes once: a replica far
+    /// behind reads each row once instead of every change. The default
+    /// pulls the changes ([`Hub::pull_excluding`]) and sends each as the
+    /// state it makes; `SqlHub` reads its version rows. A wrapper around
+    /// another hub should forward this method (and
+    /// [`Hub::pull_excluding`]).
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: crate::model::clock::NodeId,
+    ) -> Result<StatePage> {
+        Ok(self.pull_excluding(cursor, limit, origin).await?.into())
     }
 
     /// The hub's cursor now, then its rows page by page (`after` is the

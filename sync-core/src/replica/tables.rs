@@ -176,7 +176,7 @@ pub(crate) fn version_table_ddl(
     spec: &TableSpec,
     key_type: impl Fn(&crate::model::change::ColumnSpec) -> ColumnType,
 ) -> TableCreateStatement {
-    version_rows_ddl(d, &version_table(&spec.name), spec, key_type)
+    version_rows_ddl(d, &version_table(&spec.name), spec, key_type, false)
 }
 
 /// The type of a key column in the dirty-marker table.

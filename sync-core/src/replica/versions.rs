@@ -15,6 +15,7 @@ use crate::store::versions::Ordinals;
 pub(crate) const REPLICA_VERSIONS: VersionTables = VersionTables {
     name: version_table,
     register: COLUMNS,
+    positions: false,
 };
 
 /// The version table of `handle`'s table, with its column register read;

@@ -56,6 +56,35 @@ pub(crate) struct VersionTables {
     pub(crate) name: fn(&str) -> String,
     /// The column register (see [`register_ddl`]).
     pub(crate) register: &'static str,
+    /// Whether each version row also records where it stands in a
+    /// sequence of changes ([`Position`]; a hub's do).
+    pub(crate) positions: bool,
+}
+
+/// Where a hub's version row stands: the hub sequence of the row's latest
+/// change (unique: a row changed again takes the next one), and the
+/// owner of the row (tables with owners). The version row also records the
+/// node that wrote every clock of its state, if one did (`sole`), so that
+/// a pull leaves out a puller's own rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) hub_seq: u64,
+    pub(crate) owner: Option<String>,
+}
+
+/// The columns of a version row that record its [`Position`].
+pub(crate) const POSITION: [&str; 3] = ["hub_seq", "sole", "owner"];
+
+/// The node that made every clock of `state` (each column's and the
+/// delete's), if one did.
+pub(crate) fn sole_writer(state: &RowState) -> Option<crate::model::clock::NodeId> {
+    let mut nodes = state
+        .clocks
+        .values()
+        .chain(state.deleted_at.as_ref())
+        .map(|h| h.node);
+    let first = nodes.next()?;
+    nodes.all(|n| n == first).then_some(first)
 }
 
 /// The version table of one synced table, with its column register, for
@@ -75,6 +104,7 @@ pub(crate) struct Versions<'a> {
     ords: Ordinals,
     d: &'static dyn Dialect,
     read_key: Option<KeyReader<'a>>,
+    positions: bool,
 }
 
 /// Reads a row's key values (see [`Versions::with_key_reader`]).
@@ -111,6 +141,7 @@ impl<'a> Versions<'a> {
             ords: read_ordinals(db, tables.register, &spec.name).await?,
             d: dialect::of_db(db)?,
             read_key: None,
+            positions: tables.positions,
         })
     }
 
@@ -317,6 +348,103 @@ impl<'a> Versions<'a> {
         Ok(out)
     }
 
+    /// Up to `limit` version rows whose position is in `(cursor, tip]`
+    /// and that `filter` keeps, in position order (a table that records
+    /// positions; see [`Position`]). A row whose key or state cannot be
+    /// read comes as its error, in its place.
+    pub(crate) async fn after<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        cursor: u64,
+        tip: u64,
+        limit: u64,
+        filter: Option<SimpleExpr>,
+    ) -> Result<Vec<AtPosition>> {
+        use crate::store::codec::{db_sequence, sequence};
+        let mut q = self.select();
+        q.columns(["hub_seq", "owner"].map(Alias::new))
+            .and_where(Expr::col(Alias::new("hub_seq")).gt(db_sequence(cursor)?))
+            .and_where(Expr::col(Alias::new("hub_seq")).lte(db_sequence(tip)?))
+            .order_by(Alias::new("hub_seq"), Order::Asc)
+            .limit(limit);
+        if let Some(f) = filter {
+            q.and_where(f);
+        }
+        let mut out = Vec::new();
+        for r in db.query_all(&q).await? {
+            let row = match self.read(db, &r, None).await {
+                Ok(row) => Ok(row),
+                Err(e) => Err((e, raw_of(&r))),
+            };
+            out.push(AtPosition {
+                hub_seq: sequence(&r, "hub_seq")?,
+                owner: r.try_get("", "owner")?,
+                row,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The keys of up to `limit` rows without a position, in key order (a
+    /// table that records positions, whose rows an earlier format wrote).
+    pub(crate) async fn unpositioned<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        limit: u64,
+    ) -> Result<Vec<Vec<Value>>> {
+        let mut q = self.select();
+        for c in &self.spec().pk {
+            q.order_by((self.table(), Alias::new(&c.name)), Order::Asc);
+        }
+        q.and_where(Expr::col(Alias::new("hub_seq")).is_null())
+            .limit(limit);
+        db.query_all(&q)
+            .await?
+            .iter()
+            .map(|r| self.key(r, None))
+            .collect()
+    }
+
+    /// Give the row of `key` the position `p`, leaving its state as it is
+    /// (a row whose state cannot be read: no sole writer is recorded).
+    pub(crate) async fn set_position<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        key: &[Value],
+        p: &Position,
+    ) -> Result<()> {
+        let q = Query::update()
+            .table(self.table())
+            .value(
+                Alias::new("hub_seq"),
+                crate::store::codec::db_sequence(p.hub_seq)?,
+            )
+            .value(Alias::new("owner"), p.owner.clone())
+            .and_where(keys_match(self.spec(), &[canonical_key(key)], self.d))
+            .to_owned();
+        db.execute(&q).await?;
+        Ok(())
+    }
+
+    /// Take the positions of the rows of `keys` away (states merged from
+    /// elsewhere, to be given positions again).
+    pub(crate) async fn clear_positions<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        keys: &[Vec<Value>],
+    ) -> Result<()> {
+        for chunk in keys.chunks(MAX_ROWS) {
+            let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| canonical_key(k)).collect();
+            let q = Query::update()
+                .table(self.table())
+                .value(Alias::new("hub_seq"), Value::BigInt(None))
+                .and_where(keys_match(self.spec(), &chunk, self.d))
+                .to_owned();
+            db.execute(&q).await?;
+        }
+        Ok(())
+    }
+
     /// Register the columns of `states` that have no ordinal yet.
     pub(crate) async fn register<'s, C: ConnectionTrait>(
         &mut self,
@@ -339,16 +467,53 @@ impl<'a> Versions<'a> {
         &self,
         states: &[(&[Value], &RowState)],
     ) -> Result<Vec<InsertStatement>> {
+        self.build(states.iter().map(|(k, s)| (*k, *s, None)), states.len())
+    }
+
+    /// [`Versions::statements`] of a table whose rows record their
+    /// [`Position`]: each state with its position.
+    pub(crate) fn positioned_statements(
+        &self,
+        states: &[(&[Value], &RowState, &Position)],
+    ) -> Result<Vec<InsertStatement>> {
+        if !self.positions {
+            return Err(Error::Corrupt(format!(
+                "`{}` records no positions",
+                self.table
+            )));
+        }
+        self.build(
+            states.iter().map(|(k, s, p)| (*k, *s, Some(*p))),
+            states.len(),
+        )
+    }
+
+    fn build<'s>(
+        &self,
+        states: impl Iterator<Item = (&'s [Value], &'s RowState, Option<&'s Position>)>,
+        n: usize,
+    ) -> Result<Vec<InsertStatement>> {
         let spec = self.spec();
         let mut template = Query::insert();
         let keys: Vec<Alias> = spec.pk.iter().map(|c| Alias::new(&c.name)).collect();
-        let state = ["clocks", "del", "vals", "live"].map(Alias::new);
-        template
-            .into_table(self.table())
-            .columns(keys.iter().cloned().chain(state.iter().cloned()))
-            .on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
-        let mut rows = Vec::with_capacity(states.len());
-        for (key, s) in states {
+        let mut state: Vec<Alias> = ["clocks", "del", "vals", "live"].map(Alias::new).to_vec();
+        let mut positioned = None;
+        let mut rows = Vec::with_capacity(n);
+        for (key, s, position) in states {
+            match positioned {
+                None => {
+                    positioned = Some(position.is_some());
+                    if position.is_some() {
+                        state.extend(POSITION.map(Alias::new));
+                    }
+                }
+                Some(p) if p != position.is_some() => {
+                    return Err(Error::Corrupt(
+                        "version rows saved with and without positions at once".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
             let Encoded {
                 clocks,
                 del,
@@ -368,8 +533,19 @@ impl<'a> Versions<'a> {
                 Expr::val(vals),
                 Expr::val(live),
             ]);
+            if let Some(p) = position {
+                row.extend([
+                    Expr::val(crate::store::codec::db_sequence(p.hub_seq)?),
+                    Expr::val(sole_writer(s).map(|n| n.to_string())),
+                    Expr::val(p.owner.clone()),
+                ]);
+            }
             rows.push((row, size));
         }
+        template
+            .into_table(self.table())
+            .columns(keys.iter().cloned().chain(state.iter().cloned()))
+            .on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
         Ok(batched(&template, rows))
     }
 
@@ -385,6 +561,35 @@ impl<'a> Versions<'a> {
         }
         Ok(())
     }
+}
+
+/// A version row read by its position ([`Versions::after`]).
+#[derive(Debug)]
+pub(crate) struct AtPosition {
+    pub(crate) hub_seq: u64,
+    /// The owner recorded with it.
+    pub(crate) owner: Option<String>,
+    /// Its key and state, or why they cannot be read and its stored bytes
+    /// as text (hexadecimal).
+    pub(crate) row: std::result::Result<(Vec<Value>, RowState), (Error, String)>,
+}
+
+/// The stored state of a version row as text, for a row that cannot be
+/// read: its binary columns in hexadecimal.
+fn raw_of(r: &QueryResult) -> String {
+    let hex = |col: &str| -> String {
+        match r.try_get::<Option<Vec<u8>>>("", col) {
+            Ok(Some(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            Ok(None) => "null".into(),
+            Err(_) => "?".into(),
+        }
+    };
+    format!(
+        "clocks {} del {} vals {}",
+        hex("clocks"),
+        hex("del"),
+        hex("vals")
+    )
 }
 
 /// DDL of a column register named `name` (a replica's is
@@ -420,6 +625,7 @@ pub(crate) fn version_rows_ddl(
     name: &str,
     spec: &TableSpec,
     key_type: impl Fn(&crate::model::change::ColumnSpec) -> ColumnType,
+    positions: bool,
 ) -> TableCreateStatement {
     let mut t = Table::create();
     t.table(Alias::new(name)).if_not_exists();
@@ -433,7 +639,43 @@ pub(crate) fn version_rows_ddl(
         .col(not_null("vals", d.long_bytes()))
         .col(not_null("live", ColumnType::Boolean))
         .primary_key(&mut pk);
+    if positions {
+        // Their index is made apart (see `position_index`), under its
+        // name on every dialect.
+        for c in position_columns(d) {
+            t.col(c);
+        }
+    }
     t.to_owned()
+}
+
+/// The columns of a version row's [`Position`], all nullable: a state
+/// moved from an earlier format has none until it is given one.
+pub(crate) fn position_columns(d: &dyn Dialect) -> [ColumnDef; 3] {
+    [
+        ColumnDef::new_with_type(Alias::new("hub_seq"), ColumnType::BigInteger)
+            .null()
+            .to_owned(),
+        ColumnDef::new_with_type(Alias::new("sole"), varchar(32))
+            .null()
+            .to_owned(),
+        ColumnDef::new_with_type(Alias::new("owner"), d.long_text())
+            .null()
+            .to_owned(),
+    ]
+}
+
+/// The unique index of the version table `name` on `hub_seq`: a pull
+/// reads the rows after a cursor in its order, and no two rows stand at
+/// one position.
+pub(crate) fn position_index(name: &str) -> sea_orm::sea_query::IndexCreateStatement {
+    Index::create()
+        .unique()
+        .if_not_exists()
+        .name(crate::store::ddl::short_name("_ts_hs_", name))
+        .table(Alias::new(name))
+        .col(Alias::new("hub_seq"))
+        .to_owned()
 }
 
 /// The type of a key column in a version table: the marker's, except that

@@ -589,6 +589,19 @@ async fn answer(inner: &Inner, endpoint: &str, headers: &HeaderMap, body: Body) 
             };
             reply(batch, next, zstd, &held).await
         }
+        "states" => {
+            let r: wire::StatesRequest = parse(&body, &held).await.map_err(fail)?;
+            in_range(Some(r.cursor)).map_err(fail)?;
+            let page = hub
+                .pull_states(r.cursor, r.limit.clamp(1, MAX_PAGE), r.excluding)
+                .await;
+            // A page that moved the cursor: more may follow.
+            let next = match &page {
+                Ok(p) if p.next > r.cursor => Some(p.next.0.to_string()),
+                _ => None,
+            };
+            reply(page, next, zstd, &held).await
+        }
         "snapshot" => {
             let r: wire::SnapshotRequest = parse(&body, &held).await.map_err(fail)?;
             let hub = match known(inner, r.tables.as_deref()) {

@@ -7,7 +7,7 @@ use super::prefetch::Prefetch;
 use super::{SyncEngine, SyncReport};
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, HubInfo, SnapshotPage};
-use crate::replica::incoming::{Delta, PageMeta};
+use crate::replica::incoming::PageMeta;
 
 /// How far an interrupted bootstrap got (see [`SyncEngine::bootstrap`]).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -126,14 +126,7 @@ impl SyncEngine {
         let deltas = page
             .rows
             .into_iter()
-            .map(|row| Delta {
-                raw: None,
-                table: row.table,
-                pk: row.pk.into_iter().map(|(_, v)| v).collect(),
-                state: row.state,
-                id: None,
-                park: None,
-            })
+            .map(super::pull::delta_of_row)
             .collect::<Vec<_>>();
         match page.next {
             Some(after) => {

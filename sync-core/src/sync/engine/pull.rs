@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 use super::identity::{HubKeys, mark};
 use super::prefetch::Prefetch;
 use super::{SyncEngine, SyncReport};
-use crate::model::change::{Change, ChangeId};
+use crate::model::change::ChangeId;
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::protocol::{Cursor, HubInfo, PullBatch, RejectPolicy};
+use crate::model::protocol::{Cursor, HubInfo, RejectPolicy, SnapshotRow, StatePage};
 use crate::replica::incoming::{Delta, PageMeta};
 
 /// How many times in a row a page that rolled back on a retryable error is
@@ -52,7 +52,7 @@ impl SyncEngine {
         let fetch = |cursor: Cursor| {
             let hub = Arc::clone(&self.hub);
             let limit = self.page;
-            Prefetch::spawn(async move { hub.pull_excluding(cursor, limit, me).await })
+            Prefetch::spawn(async move { hub.pull_states(cursor, limit, me).await })
         };
         let mut ahead = fetch(cursor);
         let mut retries = 0;
@@ -151,19 +151,13 @@ impl SyncEngine {
         self.apply_page(page.deltas, meta, report).await
     }
 
-    /// Turn a pulled batch into deltas: other replicas' changes, and an
-    /// unreadable change parked with them (the cursor moves past it) or
-    /// halted at, by policy.
-    fn prepare(&self, batch: PullBatch, cursor: Cursor, report: &mut SyncReport) -> Page {
-        let me = self.replica.node_id();
-        let got = batch.changes.len();
+    /// Turn a pulled page into deltas: the rows' states, and an unreadable
+    /// row parked with them (the cursor moves past it) or halted at, by
+    /// policy.
+    fn prepare(&self, batch: StatePage, cursor: Cursor, report: &mut SyncReport) -> Page {
+        let got = batch.rows.len();
         let mut page = Page {
-            deltas: batch
-                .changes
-                .into_iter()
-                .filter(|c| c.id.origin != me)
-                .map(delta_of_change)
-                .collect(),
+            deltas: batch.rows.into_iter().map(delta_of_row).collect(),
             next: batch.next,
             next_id: batch.next_id,
             halt: false,
@@ -207,19 +201,13 @@ impl SyncEngine {
     }
 }
 
-/// A pulled change as a delta: a one-change row state.
-fn delta_of_change(mut c: Change) -> Delta {
-    let table = std::mem::take(&mut c.table);
-    let pk = std::mem::take(&mut c.pk)
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    let id = c.id;
+/// A pulled row as a delta.
+pub(super) fn delta_of_row(row: SnapshotRow) -> Delta {
     Delta {
-        table,
-        pk,
-        state: RowState::of_change(c),
-        id: Some(id),
+        table: row.table,
+        pk: row.pk.into_iter().map(|(_, v)| v).collect(),
+        state: row.state,
+        id: None,
         raw: None,
         park: None,
     }

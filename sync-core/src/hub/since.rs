@@ -1,0 +1,128 @@
+//! Pulls of row states: the rows changed after a cursor, read from the
+//! version tables by the position each row records (the log position of
+//! its latest change), each at its latest state.
+//!
+//! A row changed again takes a new position, so reading the positions
+//! after a cursor reads every row changed after it, once. The tip is read
+//! first: positions are given and committed under the sequence lock, so
+//! every position up to it is visible to the reads that follow, and a
+//! row that moves past it meanwhile is read by the next pull.
+
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+
+use super::log::{self, PAGE_BYTES};
+use super::versions::{HUB_VERSIONS, versioned};
+use super::visible::Visible;
+use crate::model::change::TableSpec;
+use crate::model::clock::NodeId;
+use crate::model::error::{Error, Result};
+use crate::model::protocol::{Cursor, SnapshotRow, StatePage, Unreadable};
+use crate::model::value::approx_size;
+use crate::store::version_table::{AtPosition, Versions};
+
+/// Up to `limit` rows changed after `cursor`, leaving out those whose
+/// every clock `skip` made and those `visible` does not show. `specs` are
+/// the tables as installed (others are read as the hub records their keys).
+pub(super) async fn read<C: ConnectionTrait>(
+    db: &C,
+    specs: &[TableSpec],
+    cursor: Cursor,
+    limit: u64,
+    skip: Option<NodeId>,
+    visible: Option<&Visible>,
+) -> Result<StatePage> {
+    let limit = Ord::min(Ord::max(limit, 1), i64::MAX as u64);
+    let mut page = StatePage {
+        next: cursor,
+        ..StatePage::default()
+    };
+    let tip = log::tip(db).await?;
+    if tip <= cursor.0 {
+        return Ok(page);
+    }
+    let tables = versioned(db, specs).await.map_err(Error::or_offline)?;
+    let mut found: Vec<(&TableSpec, AtPosition)> = Vec::new();
+    for spec in &tables {
+        let mut filter = skip.map(|me| {
+            Expr::col(Alias::new("sole"))
+                .is_null()
+                .or(Expr::col(Alias::new("sole")).ne(me.to_string()))
+        });
+        if let Some(v) = visible {
+            match v.rows_of(&spec.name) {
+                None => continue,
+                Some(None) => {}
+                Some(Some(mine)) => {
+                    filter = Some(match filter {
+                        Some(f) => f.and(mine),
+                        None => mine,
+                    })
+                }
+            }
+        }
+        let mut versions = Versions::open(db, HUB_VERSIONS, spec)
+            .await
+            .map_err(Error::or_offline)?;
+        let rows = versions
+            .after(db, cursor.0, tip, limit, filter)
+            .await
+            .map_err(Error::or_offline)?;
+        found.extend(rows.into_iter().map(|r| (spec, r)));
+    }
+    found.sort_by_key(|(_, r)| r.hub_seq);
+    // Each table gave its first `limit` rows: as many in all, and the
+    // rows after the last of them may be anywhere.
+    let mut full = found.len() as u64 >= limit;
+    found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let mut bytes = 0;
+    for (spec, r) in found {
+        let (key, state) = match r.row {
+            Ok(row) => row,
+            Err((e, raw)) => {
+                // Stop at it: the replica decides to halt or to park it.
+                page.unreadable = Some(Unreadable {
+                    position: Cursor(r.hub_seq),
+                    table: spec.name.clone(),
+                    raw,
+                    reason: format!(
+                        "the hub's row at position {} of `{}` cannot be read: {e}",
+                        r.hub_seq, spec.name
+                    ),
+                });
+                full = true;
+                break;
+            }
+        };
+        let pk: Vec<(String, sea_orm::Value)> =
+            spec.pk.iter().map(|c| c.name.clone()).zip(key).collect();
+        if let Some(v) = visible
+            && r.owner.is_none()
+            && !v.shows_row(&spec.name, &pk, &state)
+        {
+            // Recorded without an owner (before its table had owners): the
+            // user's if its row is now. Passed over, unread.
+            page.next = Cursor(r.hub_seq);
+            continue;
+        }
+        // A page of at most about `PAGE_BYTES` of values (and at least
+        // one row): rows of megabytes do not make answers of gigabytes.
+        let size = state.vals.values().map(approx_size).sum::<usize>() + 64;
+        if !page.rows.is_empty() && bytes + size > PAGE_BYTES {
+            full = true;
+            break;
+        }
+        bytes += size;
+        page.next = Cursor(r.hub_seq);
+        page.rows.push(SnapshotRow {
+            table: spec.name.clone(),
+            pk,
+            state,
+        });
+    }
+    if !full {
+        page.next = Cursor(tip);
+    }
+    page.next_id = log::id_at(db, page.next, visible).await?;
+    Ok(page)
+}
