@@ -2998,12 +2998,12 @@ async fn an_entity_in_another_schema_syncs_in_its_schema(hub: TestDb) -> TestRes
     for db in [&hub, &a.local, &b.local, &c.local, &n.local] {
         ensure_eq!(decoy_rows(&db.db).await?, 0, "nothing in the decoy");
     }
-    // Version 2 keeps a table in a schema of its own; version 3 (row
-    // states in version tables) is raised by every install of this
-    // release.
+    // Version 2 keeps a table in a schema of its own; version 4 (row
+    // states in version tables, with positions) is raised by every
+    // install of this release.
     ensure_eq!(
         hub_version(&hub.db).await?,
-        "3",
+        "4",
         "a table in a schema of its own"
     );
     n.drop().await?;
@@ -3310,9 +3310,9 @@ async fn a_hub_without_schemas_keeps_a_table_by_its_name(hub: TestDb) -> TestRes
         .all(&hub.db)
         .await?;
     ensure_eq!(on_hub.len(), 1, "{on_hub:?}");
-    // Version 3 (row states in version tables) whatever the schemas: no
-    // earlier release reads the states.
-    ensure_eq!(hub_version(&hub.db).await?, "3", "no table in a schema");
+    // Version 4 (row states in version tables, with positions) whatever
+    // the schemas: no earlier release reads the states.
+    ensure_eq!(hub_version(&hub.db).await?, "4", "no table in a schema");
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         pulls_send_each_row_once_at_its_latest_state,
         a_hub_of_schema_3_gives_its_rows_positions_from_the_log,
         state_pulls_beside_pushes_that_edit_miss_no_row,
+        a_server_behind_the_hubs_schema_stops_pushing,
         resent_batch_is_applied_once,
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
@@ -586,6 +587,42 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
     a.drop().await?;
     b.drop().await?;
     c.drop().await?;
+    hub.drop().await
+}
+
+/// A server still running when a later release raised the hub's schema
+/// version (it installed before) refuses to push, instead of writing what
+/// the later release no longer reads; nothing of the batch is applied.
+async fn a_server_behind_the_hubs_schema_stops_pushing(hub: TestDb) -> TestResult {
+    let backend = common::hub_for(&hub).await?;
+    let a = Device::with_backend(backend.clone(), "a").await?;
+    a.sync().await?; // installs the hub
+    a.add("late").await?;
+    let replica = a.engine.replica();
+    replica.capture().await?;
+    let batch = replica.pending(100).await?;
+    hub.db
+        .execute_unprepared(&format!(
+            "UPDATE _tidesync_hub_meta SET {} = '99' WHERE {} = 'schema_version'",
+            common::quote(hub.backend(), "value"),
+            common::quote(hub.backend(), "key")
+        ))
+        .await?;
+    // Directly an error; over HTTP the client turns the server's refusal
+    // into a halt of the batch's first change.
+    match backend.push(&batch).await {
+        Err(Error::Config(m)) if m.contains("schema version is 99") => {}
+        Ok(ack)
+            if ack.acknowledged.is_empty()
+                && ack
+                    .halted
+                    .as_ref()
+                    .is_some_and(|h| h.reason.contains("schema version is 99")) => {}
+        other => return Err(format!("{other:?}").into()),
+    }
+    ensure_eq!(all_contacts(&hub.db).await?.len(), 0, "nothing applied");
+    ensure_eq!(replica.pending_count().await?, 1, "the change waits");
+    a.drop().await?;
     hub.drop().await
 }
 

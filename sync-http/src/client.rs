@@ -737,6 +737,83 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), 3);
     }
 
+    /// A server of a release before pulls of row states answers `404` to
+    /// `/v1/states`: the client pulls changes from it instead, each as the
+    /// state it makes, and does not ask that server for states again.
+    #[cfg(feature = "server")]
+    #[tokio::test]
+    async fn a_server_without_state_pulls_is_pulled_for_changes() {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use sync_core::{ChangeId, Hlc, Op};
+
+        let states_asked = Arc::new(AtomicUsize::new(0));
+        let counter = states_asked.clone();
+        let change = Change {
+            id: ChangeId {
+                origin: NodeId([1; 16]),
+                seq: 4,
+            },
+            table: "notes".into(),
+            pk: vec![("id".into(), 7i64.into())],
+            op: Op::Insert,
+            columns: vec![("body".into(), "hi".into())],
+            hlc: Hlc {
+                physical: 10,
+                logical: 0,
+                node: NodeId([1; 16]),
+            },
+            base: Vec::new(),
+        };
+        let batch = PullBatch {
+            changes: vec![change],
+            next: Cursor(9),
+            ..PullBatch::default()
+        };
+        let body = serde_json::to_vec(&batch).unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/v1/states",
+                axum::routing::post(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        (
+                            StatusCode::NOT_FOUND,
+                            r#"{"error":{"code":"not-found","message":"no endpoint `states` in protocol 1"}}"#,
+                        )
+                            .into_response()
+                    }
+                }),
+            )
+            .route(
+                "/v1/pull",
+                axum::routing::post(move || {
+                    let body = body.clone();
+                    async move { (StatusCode::OK, body).into_response() }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hub = HttpBackend::new(&url, "t").unwrap();
+        for _ in 0..2 {
+            let page = hub
+                .pull_states(Cursor(0), 10, NodeId([2; 16]))
+                .await
+                .unwrap();
+            assert_eq!(page.next, Cursor(9));
+            assert_eq!(page.rows.len(), 1);
+            assert_eq!(page.rows[0].table, "notes");
+            assert_eq!(
+                page.rows[0].state.vals.get("body"),
+                Some(&sea_orm::Value::from("hi"))
+            );
+        }
+        assert_eq!(states_asked.load(Ordering::SeqCst), 1, "asked once");
+    }
+
     #[test]
     fn only_well_formed_http_urls_make_a_backend() {
         for good in [

@@ -13,12 +13,13 @@ use super::owner;
 use super::versions::HUB_VERSIONS;
 use crate::dialect::Dialect;
 use crate::model::change::{Change, ChangeId, TableSpec};
+use crate::model::clock::NodeId;
 use crate::model::conflict::{self, ColumnConflict};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::version_table::{Position, Versions};
+use crate::store::version_table::{Position, Versions, sole_after};
 use crate::store::write::{delete_rows, execute_all, execute_while, row_statements};
 
 /// A row of the hub: (table, key text).
@@ -35,6 +36,9 @@ pub(super) struct Merge<'a> {
     /// The next hub sequence to assign.
     pub(super) next_seq: u64,
     states: HashMap<RowId, RowState>,
+    /// The origin each loaded row records as its sole writer, if any (see
+    /// `Position::sole`), kept up to date as the call writes.
+    soles: HashMap<RowId, Option<NodeId>>,
     /// The version table of each table loaded from, by name.
     versions: HashMap<String, Versions<'a>>,
     /// Concurrent edits held back (manual and custom policies), by the
@@ -79,6 +83,7 @@ impl<'a> Merge<'a> {
             specs,
             next_seq,
             states: HashMap::new(),
+            soles: HashMap::new(),
             versions: HashMap::new(),
             held: Vec::new(),
             settled: Vec::new(),
@@ -103,6 +108,7 @@ impl<'a> Merge<'a> {
             specs: self.specs,
             next_seq: self.next_seq,
             states: self.states.clone(),
+            soles: self.soles.clone(),
             versions: self.versions.clone(),
             held: Vec::new(),
             settled: Vec::new(),
@@ -128,6 +134,7 @@ impl<'a> Merge<'a> {
     pub(super) fn absorb(&mut self, sub: Merge<'_>) {
         self.next_seq = sub.next_seq;
         self.states = sub.states;
+        self.soles = sub.soles;
         // Its version tables are not taken: a register read here misses
         // at most the columns the savepoint registered, which a later
         // registration or read looks up again.
@@ -187,16 +194,30 @@ impl<'a> Merge<'a> {
             }
         }
         // Each saved row stands at its latest change's log position, with
-        // the owner after that change.
+        // its sole writer and the owner after that change.
         let mut positions: HashMap<(&str, &str), Position> = HashMap::with_capacity(keyed.len());
         for (i, ((c, key), owner)) in keyed.iter().zip(&owners).enumerate() {
             positions.insert(
                 (c.table.as_str(), key.as_str()),
                 Position {
                     hub_seq: first_seq + i as u64,
+                    sole: None,
                     owner: owner.clone(),
                 },
             );
+        }
+        let origin = changes.first().map(|c| c.id.origin);
+        for ((table, key), p) in positions.iter_mut() {
+            let id = ((*table).to_owned(), (*key).to_owned());
+            let (Some(was), Some(now), Some(o)) = (before.get(&id), self.states.get(&id), origin)
+            else {
+                continue;
+            };
+            if was.same(now) {
+                continue; // not saved: the row keeps its position
+            }
+            p.sole = sole_after(o, self.soles.get(&id).copied().flatten(), was, now);
+            self.soles.insert(id, p.sole);
         }
         let state_stmts = execute_while(tx, rows.upserts, || {
             state_statements(states, versions, &rows.saved, &pks, &positions, kind)
@@ -270,9 +291,12 @@ impl<'a> Merge<'a> {
                 .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
             let values: Vec<&[Value]> = keys.iter().map(|(v, _)| *v).collect();
             let texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
-            let mut loaded = versions.load_keyed(self.tx, &values, &texts).await?;
+            let mut loaded = versions.load_with_sole(self.tx, &values, &texts).await?;
             for k in texts {
-                let s = loaded.remove(&k).unwrap_or_default();
+                let (s, sole) = loaded.remove(&k).unwrap_or_default();
+                self.soles
+                    .entry((table.to_owned(), k.clone()))
+                    .or_insert(sole);
                 self.states.entry((table.to_owned(), k)).or_insert(s);
             }
         }

@@ -14,7 +14,7 @@ use super::held;
 use super::merge::Merge;
 use super::resent;
 use super::tables::hub_version_table;
-use super::tables::{CHANGES, HUB_META, PEERS, REJECTED};
+use super::tables::{CHANGES, HUB_META, HUB_SCHEMA_VERSION, PEERS, REJECTED};
 use super::validate::{check_clock, validate};
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::{Change, TableSpec};
@@ -142,11 +142,26 @@ impl Push<'_> {
             .await
             .map_err(Error::or_offline)?;
         custom_plans(&tx).await?;
-        let start_seq: u64 = HUB_META
-            .read(&tx, "next_seq")
-            .await?
+        let meta = HUB_META
+            .read_many(&tx, &["next_seq", "schema_version"])
+            .await?;
+        let start_seq: u64 = meta
+            .get("next_seq")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
+        // Read under the lock: a server of this release still running
+        // after a later one raised the version stops here, instead of
+        // writing what the later release no longer reads.
+        let version: i64 = meta
+            .get("schema_version")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if version > HUB_SCHEMA_VERSION {
+            return Err(Error::Config(format!(
+                "the hub's schema version is {version}, newer than this release's \
+                 {HUB_SCHEMA_VERSION}: a server of a later release upgraded it; upgrade this one"
+            )));
+        }
         let mut progress = self.progress(&tx).await?;
         let mut ack = PushAck::default();
         // Delivered before (a re-sent batch): acknowledged, never re-applied,

@@ -24,8 +24,11 @@ use crate::store::user_tables::{ensure_table, existing_columns};
 /// of version 1 would not find: a hub takes it only then (a new hub starts
 /// at [`FIRST_VERSION`], which every release reads). Version 3 keeps the
 /// row states in version tables (see `versions`), which no earlier release
-/// reads: the first install of this release raises it.
-pub(crate) const HUB_SCHEMA_VERSION: i64 = 3;
+/// reads; version 4 gives each version row its position, which pulls read
+/// (a server of version 3 would write rows without one): the first
+/// install of this release raises it, and a push refuses a hub of a later
+/// version than its own.
+pub(crate) const HUB_SCHEMA_VERSION: i64 = 4;
 /// The version a new hub starts at.
 const FIRST_VERSION: i64 = 1;
 

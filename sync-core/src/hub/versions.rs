@@ -1,8 +1,11 @@
-//! The hub's row states in version tables (hub schema version 3): one
-//! table per synced table, `_ts_hv_<table>`, keyed by the users' table's
-//! key types, with each row's column clocks, delete clock and values in
-//! binary (see [`crate::store::version_table`]), the column ordinals in
-//! `_tidesync_hub_columns`.
+//! The hub's row states in version tables (hub schema version 3; with
+//! positions, 4): one table per synced table, `_ts_hv_<table>`, keyed by
+//! the users' table's key types, with each row's column clocks, delete
+//! clock and values in binary (see [`crate::store::version_table`]), the
+//! column ordinals in `_tidesync_hub_columns`, and each row's position:
+//! the log position of its latest change, the origin whose pushes set all
+//! of it if one did, and its owner (pulls read rows by position, see
+//! `since`).
 //!
 //! Format 1 kept every table's states in `_tidesync_hub_rows` under the
 //! key's text, as typed JSON, each referring to the log entry that held
@@ -18,7 +21,9 @@
 //! its key: the snapshot reads them all, installed by this process or not.
 //! States of a table no install of this release has seen stay in
 //! `_tidesync_hub_rows_v1`, and the snapshot serves them from there after
-//! the version tables.
+//! the version tables. Rows without a position (moved states, version
+//! tables of schema version 3) are given the log position of their latest
+//! change ([`fill_positions`]).
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait, Value};
@@ -354,7 +359,14 @@ async fn fill_positions(db: &DatabaseConnection, spec: &TableSpec) -> Result<()>
             let text = pk_key(key)?;
             let state = states.as_ref().and_then(|s| s.get(&text));
             let owner = state.and_then(|s| owner::owner_of(spec, &named(spec, key), s));
-            let p = Position { hub_seq, owner };
+            // No sole writer: the log does not say which origin set every
+            // column (a device that took a new identity pushed clocks of
+            // its old one). The row is sent to its writer once more.
+            let p = Position {
+                hub_seq,
+                sole: None,
+                owner,
+            };
             match state {
                 Some(s) => rows.push((key.as_slice(), s, p)),
                 None => versions.set_position(&tx, key, &p).await?,

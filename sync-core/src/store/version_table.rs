@@ -41,6 +41,7 @@ use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::{ColumnSpec, TableSpec};
+use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{canonical_key, key_identity, pk_key};
@@ -62,29 +63,43 @@ pub(crate) struct VersionTables {
 }
 
 /// Where a hub's version row stands: the hub sequence of the row's latest
-/// change (unique: a row changed again takes the next one), and the
-/// owner of the row (tables with owners). The version row also records the
-/// node that wrote every clock of its state, if one did (`sole`), so that
-/// a pull leaves out a puller's own rows.
+/// change (unique: a row changed again takes the next one), the origin
+/// whose pushes set every column of the row's state, if one did, and the
+/// owner of the row (tables with owners).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Position {
     pub(crate) hub_seq: u64,
+    /// The origin whose pushes set every column (and the delete) of the
+    /// state, if one did: its pulls leave the row out, as it holds what it
+    /// pushed. The origin, not the clocks' node: a device that took a new
+    /// identity pushes clocks stamped under its old one, which the device
+    /// holding the old one (its original, when it was a copy) never had.
+    pub(crate) sole: Option<NodeId>,
     pub(crate) owner: Option<String>,
 }
 
 /// The columns of a version row that record its [`Position`].
 pub(crate) const POSITION: [&str; 3] = ["hub_seq", "sole", "owner"];
 
-/// The node that made every clock of `state` (each column's and the
-/// delete's), if one did.
-pub(crate) fn sole_writer(state: &RowState) -> Option<crate::model::clock::NodeId> {
-    let mut nodes = state
-        .clocks
-        .values()
-        .chain(state.deleted_at.as_ref())
-        .map(|h| h.node);
-    let first = nodes.next()?;
-    nodes.all(|n| n == first).then_some(first)
+/// The sole writer of a row's state after `origin`'s push changed it from
+/// `before` (whose sole writer was `was`) to `after`: `origin` if it had
+/// set every column before, or set now every column (and the delete) the
+/// state holds; else none.
+pub(crate) fn sole_after(
+    origin: NodeId,
+    was: Option<NodeId>,
+    before: &RowState,
+    after: &RowState,
+) -> Option<NodeId> {
+    if was == Some(origin) {
+        return Some(origin);
+    }
+    let kept = |c: &String, h: &crate::model::clock::Hlc| {
+        before.clocks.get(c) == Some(h) && before.vals.get(c) == after.vals.get(c)
+    };
+    let kept_any = after.clocks.iter().any(|(c, h)| kept(c, h))
+        || (after.deleted_at.is_some() && after.deleted_at == before.deleted_at);
+    (!kept_any).then_some(origin)
 }
 
 /// The version table of one synced table, with its column register, for
@@ -257,6 +272,33 @@ impl<'a> Versions<'a> {
         keys: &[&[Value]],
         texts: &[String],
     ) -> Result<HashMap<String, RowState>> {
+        Ok(self
+            .load_rows(db, keys, texts, false)
+            .await?
+            .into_iter()
+            .map(|(k, (s, _))| (k, s))
+            .collect())
+    }
+
+    /// [`Versions::load_keyed`] of a table whose rows record positions,
+    /// with the origin each row records as its sole writer (see
+    /// [`Position::sole`]).
+    pub(crate) async fn load_with_sole<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        keys: &[&[Value]],
+        texts: &[String],
+    ) -> Result<HashMap<String, (RowState, Option<NodeId>)>> {
+        self.load_rows(db, keys, texts, self.positions).await
+    }
+
+    async fn load_rows<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        keys: &[&[Value]],
+        texts: &[String],
+        with_sole: bool,
+    ) -> Result<HashMap<String, (RowState, Option<NodeId>)>> {
         debug_assert_eq!(keys.len(), texts.len());
         // A key found is matched to the key asked by its identity, not its
         // text: a device's `DateTime<Utc>` key is the row whose key another
@@ -269,16 +311,25 @@ impl<'a> Versions<'a> {
         for chunk in keys.chunks(MAX_ROWS) {
             let kinds = asked_kinds(chunk);
             let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| canonical_key(k)).collect();
-            let q = self
-                .select()
-                .and_where(keys_match(self.spec(), &chunk, self.d))
-                .to_owned();
+            let mut q = self.select();
+            q.and_where(keys_match(self.spec(), &chunk, self.d));
+            if with_sole {
+                q.column(Alias::new("sole"));
+            }
             for r in db.query_all(&q).await? {
                 let (key, state) = self.read(db, &r, kinds.as_deref()).await?;
                 let Some(text) = asked.get(&key_identity(&key)?) else {
                     return Err(another_key(&self.spec().name, &pk_key(&key)?));
                 };
-                out.insert((*text).to_owned(), state);
+                let sole = match with_sole {
+                    // A sole writer that cannot be read is none: the row is
+                    // then sent to its writer too, which is harmless.
+                    true => r
+                        .try_get::<Option<String>>("", "sole")?
+                        .and_then(|n| n.parse().ok()),
+                    false => None,
+                };
+                out.insert((*text).to_owned(), (state, sole));
             }
         }
         Ok(out)
@@ -419,6 +470,7 @@ impl<'a> Versions<'a> {
                 Alias::new("hub_seq"),
                 crate::store::codec::db_sequence(p.hub_seq)?,
             )
+            .value(Alias::new("sole"), p.sole.map(|n| n.to_string()))
             .value(Alias::new("owner"), p.owner.clone())
             .and_where(keys_match(self.spec(), &[canonical_key(key)], self.d))
             .to_owned();
@@ -536,7 +588,7 @@ impl<'a> Versions<'a> {
             if let Some(p) = position {
                 row.extend([
                     Expr::val(crate::store::codec::db_sequence(p.hub_seq)?),
-                    Expr::val(sole_writer(s).map(|n| n.to_string())),
+                    Expr::val(p.sole.map(|n| n.to_string())),
                     Expr::val(p.owner.clone()),
                 ]);
             }
@@ -858,4 +910,57 @@ pub(crate) async fn register<C: ConnectionTrait>(
         }
     }
     Ok(ords)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::hlc;
+
+    fn state(cols: &[(&str, &str, u64, u8)], del: Option<(u64, u8)>) -> RowState {
+        let mut s = RowState::default();
+        for (c, v, t, n) in cols {
+            s.vals.insert((*c).into(), Value::from(*v));
+            s.clocks.insert((*c).into(), hlc(*t, *n));
+        }
+        s.deleted_at = del.map(|(t, n)| hlc(t, n));
+        s
+    }
+
+    #[test]
+    fn a_row_is_its_pushers_when_the_push_set_every_column() {
+        let o = NodeId([1; 16]);
+        let before = RowState::default();
+        let after = state(&[("a", "x", 10, 1), ("b", "y", 10, 1)], None);
+        assert_eq!(sole_after(o, None, &before, &after), Some(o));
+    }
+
+    #[test]
+    fn a_column_another_pushed_keeps_the_row_shared() {
+        let o = NodeId([1; 16]);
+        let e = NodeId([2; 16]);
+        let before = state(&[("a", "x", 10, 2), ("b", "y", 10, 2)], None);
+        let after = state(&[("a", "new", 20, 1), ("b", "y", 10, 2)], None);
+        assert_eq!(sole_after(o, Some(e), &before, &after), None);
+        assert_eq!(sole_after(o, None, &before, &after), None);
+        // Already the pusher's: stays so.
+        assert_eq!(sole_after(o, Some(o), &before, &after), Some(o));
+        // A kept delete is a column of someone else's too.
+        let dead = state(&[("a", "x", 5, 2)], Some((8, 2)));
+        let back = state(&[("a", "z", 20, 1)], Some((8, 2)));
+        assert_eq!(sole_after(o, None, &dead, &back), None);
+    }
+
+    /// The pusher's clock is not its node's: a device that took a new
+    /// identity pushes clocks stamped under the old one. The row is the
+    /// pusher's, not the clocks' node's.
+    #[test]
+    fn the_pusher_not_the_clocks_node_is_the_sole_writer() {
+        let renewed = NodeId([3; 16]);
+        let before = state(&[("a", "x", 10, 1)], None);
+        // The same clock (node 1) with another value: a tie settled the
+        // other way, set by this push.
+        let after = state(&[("a", "y", 10, 1)], None);
+        assert_eq!(sole_after(renewed, None, &before, &after), Some(renewed));
+    }
 }
