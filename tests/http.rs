@@ -382,6 +382,12 @@ async fn a_user_cannot_write_another_users_rows(hub: TestDb) -> TestResult {
         "{pulled:?}"
     );
     ensure_eq!(pulled.changes.len(), 1);
+    // The rows changed since 0, as a device pulls them: his one row.
+    let rows = bob
+        .pull_states(tidesync::hub::Cursor(0), 100, NodeId::random())
+        .await?;
+    ensure_eq!(rows.rows.len(), 1, "{rows:?}");
+    ensure_eq!(rows.next, pulled.next);
     let (_, page) = bob.snapshot(None, 100).await?;
     ensure_eq!(page.rows.len(), 1);
     Ok(())
@@ -625,6 +631,15 @@ async fn bad_credentials_get_401_and_nothing_is_read_or_written(hub: TestDb) -> 
             Err(Error::Unauthorized(_))
         ),
         "pull"
+    );
+    ensure!(
+        matches!(
+            forged
+                .pull_states(tidesync::hub::Cursor(0), 10, NodeId::random())
+                .await,
+            Err(Error::Unauthorized(_))
+        ),
+        "pull of states"
     );
     ensure!(
         matches!(forged.snapshot(None, 10).await, Err(Error::Unauthorized(_))),
@@ -1282,6 +1297,12 @@ async fn another_users_change_ids_are_not_told(hub: TestDb) -> TestResult {
     );
     let standing = bob.standing(NodeId::random(), Some(batch.next)).await?;
     ensure_eq!(standing.at, Some(told));
+    // A pull of row states tells the same, and no row.
+    let rows = bob
+        .pull_states(tidesync::hub::Cursor(0), 100, NodeId::random())
+        .await?;
+    ensure!(rows.rows.is_empty(), "{rows:?}");
+    ensure_eq!((rows.next, rows.next_id), (batch.next, Some(told)));
     // Alice is told the id of her own change.
     let hers = server.device("alice").await?;
     hers.install(&[tidesync::table_spec::<notes::Entity>()])
@@ -1342,6 +1363,12 @@ async fn random_and_mutated_bodies_never_break_the_server(hub: TestDb) -> TestRe
         (
             "pull",
             serde_json::to_vec(&serde_json::json!({ "cursor": 0, "limit": 50 }))?,
+        ),
+        (
+            "states",
+            serde_json::to_vec(
+                &serde_json::json!({ "cursor": 0, "limit": 50, "excluding": NodeId::random() }),
+            )?,
         ),
         (
             "snapshot",
