@@ -516,6 +516,9 @@ async fn pulls_send_each_row_once_at_its_latest_state(hub: TestDb) -> TestResult
 /// A hub whose version tables a release of hub schema version 3 made
 /// (without positions) is given them at the next install, from the log: a
 /// device pulls the rows changed after its cursor, not every row again.
+/// Until then, and while any row has no position, pulls of states are
+/// served from the log: a row without a position is never passed over.
+/// A table the install does not name gets its positions too.
 async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let x = a.add("x").await?;
@@ -525,21 +528,39 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
     a.sync().await?;
     let b = Device::new(&hub, "b").await?;
     b.sync().await?;
-    a.edit(x, Some("x2"), None).await?;
-    a.sync().await?;
     let backend = common::hub_for(&hub).await?;
+    let b_cursor = backend.pull(Cursor(0), 100).await?.next;
+    // Another table, which no later install names. Each device parks the
+    // rows of the table it does not register.
+    let people = common::device::device::<common::entities::people_lww::Entity>(&hub, "p").await?;
+    let someone = people.add("someone").await?;
+    people.engine.sync_now().await?;
+    let synced_but_people = |r: tidesync::SyncReport| -> Result<tidesync::SyncReport, BoxError> {
+        let others = r
+            .local_errors
+            .iter()
+            .any(|e| !matches!(e, Error::UnknownTable(t) if t == "people"));
+        match others || r.halted.is_some() || !r.rejected.is_empty() {
+            true => Err(format!("{r:?}").into()),
+            false => Ok(r),
+        }
+    };
+    a.edit(x, Some("x2"), None).await?;
+    synced_but_people(a.engine.sync_now().await?)?;
     let tip = backend.pull(Cursor(0), 100).await?.next;
     // Back to schema version 3: no positions.
-    let index = "_ts_hs__ts_hv_contacts";
-    let drop_index = match hub.backend() {
-        DbBackend::MySql => format!("DROP INDEX {index} ON _ts_hv_contacts"),
-        _ => format!("DROP INDEX {index}"),
-    };
-    hub.db.execute_unprepared(&drop_index).await?;
-    for c in ["hub_seq", "sole", "owner"] {
-        hub.db
-            .execute_unprepared(&format!("ALTER TABLE _ts_hv_contacts DROP COLUMN {c}"))
-            .await?;
+    for table in ["_ts_hv_contacts", "_ts_hv_people"] {
+        let index = format!("_ts_hs_{table}");
+        let drop_index = match hub.backend() {
+            DbBackend::MySql => format!("DROP INDEX {index} ON {table}"),
+            _ => format!("DROP INDEX {index}"),
+        };
+        hub.db.execute_unprepared(&drop_index).await?;
+        for c in ["hub_seq", "sole", "owner"] {
+            hub.db
+                .execute_unprepared(&format!("ALTER TABLE {table} DROP COLUMN {c}"))
+                .await?;
+        }
     }
     hub.db
         .execute_unprepared(&format!(
@@ -548,30 +569,61 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
             common::quote(hub.backend(), "key")
         ))
         .await?;
+    // Before any install of this release: pulls of states from the log.
+    let stranger = tidesync::NodeId([7; 16]);
+    let early = backend.pull_states(b_cursor, 100, stranger).await?;
+    ensure_eq!(
+        early.rows.iter().map(pulled_id).collect::<Vec<_>>(),
+        vec![Some(someone), Some(x)],
+        "the person and the edit after b's cursor, read from the log"
+    );
+    ensure_eq!(early.next, tip);
     // The next install upgrades.
     let c = Device::new(&hub, "c").await?;
-    c.sync().await?;
-    let positions: Vec<Option<i64>> = hub
-        .db
-        .query_all_raw(sea_orm::Statement::from_string(
-            hub.backend(),
-            "SELECT hub_seq FROM _ts_hv_contacts ORDER BY hub_seq",
-        ))
-        .await?
-        .iter()
-        .map(|r| r.try_get("", "hub_seq"))
-        .collect::<Result<_, _>>()?;
+    synced_but_people(c.engine.sync_now().await?)?;
+    let positions = |table: &'static str| {
+        let db = hub.db.clone();
+        let backend = hub.backend();
+        async move {
+            db.query_all_raw(sea_orm::Statement::from_string(
+                backend,
+                format!("SELECT hub_seq FROM {table} ORDER BY hub_seq"),
+            ))
+            .await?
+            .iter()
+            .map(|r| r.try_get::<Option<i64>>("", "hub_seq"))
+            .collect::<Result<Vec<_>, _>>()
+        }
+    };
     ensure_eq!(
-        positions,
+        positions("_ts_hv_contacts").await?,
         vec![Some(2), Some(3), Some(tip.0 as i64)],
         "each row at its latest log entry"
+    );
+    ensure_eq!(
+        positions("_ts_hv_people").await?,
+        vec![Some(b_cursor.0 as i64 + 1)],
+        "a table the install did not name"
     );
     ensure_eq!(
         backend.pull(Cursor(0), 100).await?.next,
         tip,
         "no new position"
     );
-    let r = b.sync().await?;
+    // A row without a position (an upgrade under way): the log serves the
+    // pull, and the row is not passed over.
+    hub.db
+        .execute_unprepared(&format!(
+            "UPDATE _ts_hv_contacts SET hub_seq = NULL WHERE hub_seq = {}",
+            tip.0
+        ))
+        .await?;
+    let window = backend.pull_states(b_cursor, 100, stranger).await?;
+    ensure_eq!(
+        window.rows.iter().map(pulled_id).collect::<Vec<_>>(),
+        vec![Some(someone), Some(x)]
+    );
+    let r = synced_but_people(b.engine.sync_now().await?)?;
     ensure_eq!(r.pulled, 1, "b gets the edit it had not seen, and only it");
     ensure_eq!(
         contacts::Entity::find_by_id(x)
@@ -580,13 +632,21 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
             .map(|m| m.name),
         Some("x2".to_owned())
     );
-    let all = backend
-        .pull_states(Cursor(0), 100, tidesync::NodeId([7; 16]))
-        .await?;
-    ensure_eq!(all.rows.len(), 3);
+    // The next install gives it its position again.
+    let d = Device::new(&hub, "d").await?;
+    synced_but_people(d.engine.sync_now().await?)?;
+    ensure_eq!(
+        positions("_ts_hv_contacts").await?,
+        vec![Some(2), Some(3), Some(tip.0 as i64)],
+        "given its position again"
+    );
+    let all = backend.pull_states(Cursor(0), 100, stranger).await?;
+    ensure_eq!(all.rows.len(), 4);
     a.drop().await?;
     b.drop().await?;
     c.drop().await?;
+    d.drop().await?;
+    people.drop().await?;
     hub.drop().await
 }
 

@@ -131,7 +131,7 @@ pub(crate) struct PullRequest {
 pub(crate) struct StatesRequest {
     pub(crate) cursor: Cursor,
     pub(crate) limit: u64,
-    /// Leave out the rows whose every clock this origin made.
+    /// Leave out the rows whose every column this origin's pushes set.
     pub(crate) excluding: NodeId,
 }
 

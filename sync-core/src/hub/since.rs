@@ -6,23 +6,28 @@
 //! after a cursor reads every row changed after it, once. The tip is read
 //! first: positions are given and committed under the sequence lock, so
 //! every position up to it is visible to the reads that follow, and a
-//! row that moves past it meanwhile is read by the next pull.
+//! row that moves past it meanwhile is read by the next pull. While any
+//! row has no position yet (see `versions::fill_positions`), the log
+//! serves pulls instead.
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 
 use super::log::{self, PAGE_BYTES};
+use super::tables::hub_version_table;
 use super::versions::{HUB_VERSIONS, versioned};
 use super::visible::Visible;
+use crate::dialect::Place;
 use crate::model::change::TableSpec;
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, SnapshotRow, StatePage, Unreadable};
 use crate::model::value::approx_size;
+use crate::store::user_tables::existing_columns;
 use crate::store::version_table::{AtPosition, Versions};
 
 /// Up to `limit` rows changed after `cursor`, leaving out those whose
-/// every clock `skip` made and those `visible` does not show. `specs` are
+/// every column `skip`'s pushes set and those `visible` does not show. `specs` are
 /// the tables as installed (others are read as the hub records their keys).
 pub(super) async fn read<C: ConnectionTrait>(
     db: &C,
@@ -42,6 +47,15 @@ pub(super) async fn read<C: ConnectionTrait>(
         return Ok(page);
     }
     let tables = versioned(db, specs).await.map_err(Error::or_offline)?;
+    if !positioned(db, &tables).await {
+        // Rows without a position (an upgrade under way, or not begun: a
+        // table no install of this release has seen yet) are not found by
+        // position, and the position they are given is their latest log
+        // entry's, which a cursor may pass meanwhile: the log serves the
+        // page. Its positions are the same, so a device switches freely.
+        let batch = log::read(db, cursor, limit, skip, visible).await?;
+        return Ok(batch.into());
+    }
     let mut found: Vec<(&TableSpec, AtPosition)> = Vec::new();
     for spec in &tables {
         let mut filter = skip.map(|me| {
@@ -79,6 +93,13 @@ pub(super) async fn read<C: ConnectionTrait>(
     for (spec, r) in found {
         let (key, state) = match r.row {
             Ok(row) => row,
+            // A row recorded without an owner, of a table with owners, is
+            // this user's only if its state says so: unread, it is passed
+            // over (as another user's row), never sent.
+            Err(_) if visible.is_some_and(|v| r.owner.is_none() && !v.shows_table(&spec.name)) => {
+                page.next = Cursor(r.hub_seq);
+                continue;
+            }
             Err((e, raw)) => {
                 // Stop at it: the replica decides to halt or to park it.
                 page.unreadable = Some(Unreadable {
@@ -98,6 +119,7 @@ pub(super) async fn read<C: ConnectionTrait>(
             spec.pk.iter().map(|c| c.name.clone()).zip(key).collect();
         if let Some(v) = visible
             && r.owner.is_none()
+            && !v.shows_table(&spec.name)
             && !v.shows_row(&spec.name, &pk, &state)
         {
             // Recorded without an owner (before its table had owners): the
@@ -125,4 +147,34 @@ pub(super) async fn read<C: ConnectionTrait>(
     }
     page.next_id = log::id_at(db, page.next, visible).await?;
     Ok(page)
+}
+
+/// Whether every row of `tables` has a position (their version tables
+/// have every column of it, and no row lacks one).
+async fn positioned<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) -> bool {
+    let Ok(d) = crate::dialect::of_db(db) else {
+        return false;
+    };
+    for spec in tables {
+        let name = hub_version_table(&spec.name);
+        // `sole`, the column an upgrade adds last. Asked of the catalog:
+        // SQLite takes a quoted name it does not know for a string.
+        match existing_columns(db, d, Place::own(&name)).await {
+            Ok(columns) if columns.iter().any(|c| c == "sole") => {}
+            _ => return false,
+        }
+        let q = Query::select()
+            .expr(Expr::val(1))
+            .from(Alias::new(&name))
+            .and_where(Expr::col(Alias::new("hub_seq")).is_null())
+            .limit(1)
+            .to_owned();
+        match db.query_one(&q).await {
+            Ok(None) => {}
+            // A row without one, or no such column: the log reader then
+            // reports any failure of the hub's.
+            Ok(Some(_)) | Err(_) => return false,
+        }
+    }
+    true
 }

@@ -43,8 +43,8 @@ use crate::store::meta::Meta;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, upgrade_row_state_table};
 use crate::store::user_tables::existing_columns;
 use crate::store::version_table::{
-    POSITION, Position, VersionTables, Versions, column_types, position_columns, position_index,
-    register_ddl, retype_keys, version_key_text, version_key_type, version_rows_ddl,
+    Position, VersionTables, Versions, column_types, position_column, position_index, register_ddl,
+    retype_keys, version_key_text, version_key_type, version_rows_ddl,
 };
 
 /// The tables that have a version table, each with its key columns (a JSON
@@ -119,6 +119,15 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
     }
     for spec in placed {
         install(db, spec, &stores).await?;
+    }
+    // The version tables of tables this install does not name get their
+    // positions too: pulls read every version table (and, while a row
+    // has none, read the log instead).
+    for spec in versioned(db, placed).await? {
+        if placed.iter().all(|p| p.name != spec.name) {
+            add_positions(db, d, &hub_version_table(&spec.name)).await?;
+            fill_positions(db, &spec).await?;
+        }
     }
     Ok(())
 }
@@ -264,31 +273,32 @@ async fn move_states(db: &DatabaseConnection, spec: &TableSpec, store: &str) -> 
 }
 
 /// Give the version table `name` the columns of positions and their index,
-/// where a hub of schema version 3 made it without them. Two installs at
-/// once may both add a column or the index: the one that finds it made
-/// goes on.
+/// where a hub of schema version 3 made it without them (and a table just
+/// made, without `sole`). `sole` comes last, after the index: a table
+/// that has it has everything, and a stopped upgrade goes on at the next
+/// install. Two installs at once may both add a column or the index: the
+/// one that finds it made goes on.
 async fn add_positions(db: &DatabaseConnection, d: &'static dyn Dialect, name: &str) -> Result<()> {
-    let has = |c: &'static str| async move {
-        Ok::<_, Error>(
-            existing_columns(db, d, Place::own(name))
-                .await?
-                .iter()
-                .any(|x| x == c),
-        )
-    };
     let present = existing_columns(db, d, Place::own(name)).await?;
-    for (column, def) in POSITION.into_iter().zip(position_columns(d)) {
-        if present.iter().any(|x| x == column) {
-            continue;
-        }
+    if present.iter().any(|c| c == "sole") {
+        return Ok(());
+    }
+    let add = |column: &'static str| async move {
         let alter = Table::alter()
             .table(Alias::new(name))
-            .add_column(def)
+            .add_column(position_column(d, column))
             .to_owned();
-        if let Err(e) = db.execute(&alter).await
-            && !has(column).await?
-        {
-            return Err(e.into());
+        if let Err(e) = db.execute(&alter).await {
+            let now = existing_columns(db, d, Place::own(name)).await?;
+            if !now.iter().any(|c| c == column) {
+                return Err(Error::from(e));
+            }
+        }
+        Ok(())
+    };
+    for column in ["hub_seq", "owner"] {
+        if !present.iter().any(|c| c == column) {
+            add(column).await?;
         }
     }
     if let Err(e) = db.execute(&position_index(name)).await {
@@ -298,7 +308,7 @@ async fn add_positions(db: &DatabaseConnection, d: &'static dyn Dialect, name: &
             return Err(e);
         }
     }
-    Ok(())
+    add("sole").await
 }
 
 /// Log entries read per query when positions are filled.
@@ -329,11 +339,7 @@ async fn fill_positions(db: &DatabaseConnection, spec: &TableSpec) -> Result<()>
     loop {
         let tx = db.begin().await?;
         HUB_META.lock(&tx, "next_seq").await?;
-        let mut next_seq: u64 = HUB_META
-            .read(&tx, "next_seq")
-            .await?
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Corrupt("hub next_seq".into()))?;
+        let mut next_seq = read_next_seq(&tx).await?;
         let fresh_from = next_seq;
         let mut versions = Versions::open(&tx, HUB_VERSIONS, spec).await?;
         let keys = versions.unpositioned(&tx, MOVE_PAGE).await?;
@@ -389,6 +395,40 @@ async fn fill_positions(db: &DatabaseConnection, spec: &TableSpec) -> Result<()>
     }
 }
 
+/// The next hub sequence (the caller holds the sequence lock).
+async fn read_next_seq<C: ConnectionTrait>(db: &C) -> Result<u64> {
+    HUB_META
+        .read(db, "next_seq")
+        .await?
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Corrupt("hub next_seq".into()))
+}
+
+/// Give the rows of `keys` new positions, the next hub sequences (the
+/// caller holds the sequence lock): states merged from elsewhere, which
+/// every replica must be sent again. No sole writer, no owner recorded
+/// (a user's pull reads it from the state).
+async fn new_positions<C: ConnectionTrait>(
+    db: &C,
+    versions: &Versions<'_>,
+    keys: &[Vec<Value>],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut next = read_next_seq(db).await?;
+    for key in keys {
+        let p = Position {
+            hub_seq: next,
+            sole: None,
+            owner: None,
+        };
+        versions.set_position(db, key, &p).await?;
+        next += 1;
+    }
+    HUB_META.write(db, "next_seq", &next.to_string()).await
+}
+
 /// The key values of `spec`'s table with their column names.
 fn named(spec: &TableSpec, key: &[Value]) -> Vec<(String, Value)> {
     spec.pk
@@ -399,7 +439,8 @@ fn named(spec: &TableSpec, key: &[Value]) -> Vec<(String, Value)> {
 }
 
 /// The hub sequence of the latest log entry of each row of `table`, by
-/// the key's identity.
+/// the key's identity; none at all when an entry's key cannot be read
+/// (its row's latest entry is unknown: every row takes a new position).
 async fn latest_entries<C: ConnectionTrait>(
     db: &C,
     table: &str,
@@ -420,14 +461,24 @@ async fn latest_entries<C: ConnectionTrait>(
             let seq = sequence(r, "hub_seq")?;
             after = seq;
             let pk: String = r.try_get("", "pk")?;
-            // An entry whose key cannot be read positions no row: a row
-            // it changed takes a new position.
-            let Ok(pk) = serde_json::from_str::<Vec<(String, Value)>>(&pk) else {
-                continue;
-            };
-            let values: Vec<Value> = pk.into_iter().map(|(_, v)| v).collect();
-            if let Ok(identity) = key_identity(&values) {
-                latest.insert(identity, seq);
+            let identity = serde_json::from_str::<Vec<(String, Value)>>(&pk)
+                .ok()
+                .and_then(|pk| {
+                    let values: Vec<Value> = pk.into_iter().map(|(_, v)| v).collect();
+                    key_identity(&values).ok()
+                });
+            match identity {
+                Some(identity) => {
+                    latest.insert(identity, seq);
+                }
+                None => {
+                    tracing::warn!(
+                        table,
+                        hub_seq = seq,
+                        "a log entry's key cannot be read: the table's rows take new positions"
+                    );
+                    return Ok(std::collections::HashMap::new());
+                }
             }
         }
         if (rows.len() as u64) < LOG_PAGE {
@@ -445,8 +496,8 @@ async fn merge_in<C: ConnectionTrait>(
 ) -> Result<()> {
     let keys: Vec<Vec<Value>> = moved.iter().map(|(k, _)| k.clone()).collect();
     let mut held = versions.load(db, &keys).await?;
-    // A row whose state the move changes is given its position again (see
-    // `fill_positions`): replicas past its old one have not seen it.
+    // A row whose state the move changes takes a new position: replicas
+    // past its old one have not seen the change.
     let mut changed = Vec::new();
     for (key, state) in &mut moved {
         if let Some(mut newer) = held.remove(&pk_key(key)?) {
@@ -458,7 +509,7 @@ async fn merge_in<C: ConnectionTrait>(
     }
     let pairs: Vec<(&[Value], &RowState)> = moved.iter().map(|(k, s)| (k.as_slice(), s)).collect();
     versions.save(db, &pairs).await?;
-    versions.clear_positions(db, &changed).await
+    new_positions(db, versions, &changed).await
 }
 
 /// Save one moved state, merged into the state the database finds for its
@@ -484,7 +535,7 @@ async fn merge_one<C: ConnectionTrait>(
             let changed = held.merge(&state);
             versions.save(db, &[(held_key.as_slice(), &held)]).await?;
             if changed {
-                versions.clear_positions(db, &[held_key]).await?;
+                new_positions(db, versions, &[held_key]).await?;
             }
             return Ok(());
         }

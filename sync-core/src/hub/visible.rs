@@ -190,6 +190,12 @@ impl Visible {
         }
     }
 
+    /// Whether every row of `table` is this user's to read (a shared
+    /// table).
+    pub(super) fn shows_table(&self, table: &str) -> bool {
+        self.shared(table)
+    }
+
     /// Whether a row of the snapshot is this user's.
     pub(super) fn shows_row(&self, table: &str, pk: &[(String, Value)], state: &RowState) -> bool {
         match self.tables.get(table) {

@@ -261,8 +261,10 @@ pub trait Hub: Send + Sync {
 
     /// The rows changed after `cursor` (each once, at its latest state, in
     /// the order of their latest changes), up to `limit` of them, leaving
-    /// out those whose every clock `origin` made (a replica has its own
-    /// writes). `next` moves past the rows left out, as in
+    /// out those whose every column `origin`'s own pushes set (a replica
+    /// has its own writes; the pushing origin, not the node of the clocks,
+    /// as a device that took a new identity pushes clocks of its old one).
+    /// `next` moves past the rows left out, as in
     /// [`Hub::pull_excluding`].
     ///
     /// A row changed many times after the cursor comes once: a replica far

@@ -95,7 +95,11 @@ pub(crate) fn sole_after(
         return Some(origin);
     }
     let kept = |c: &String, h: &crate::model::clock::Hlc| {
-        before.clocks.get(c) == Some(h) && before.vals.get(c) == after.vals.get(c)
+        before.clocks.get(c) == Some(h)
+            && match (before.vals.get(c), after.vals.get(c)) {
+                (Some(a), Some(b)) => crate::model::value::same_value(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
     };
     let kept_any = after.clocks.iter().any(|(c, h)| kept(c, h))
         || (after.deleted_at.is_some() && after.deleted_at == before.deleted_at);
@@ -423,9 +427,12 @@ impl<'a> Versions<'a> {
         }
         let mut out = Vec::new();
         for r in db.query_all(&q).await? {
+            // Only a row that cannot be decoded is one: a failure of the
+            // database (looking up the register again) fails the read.
             let row = match self.read(db, &r, None).await {
                 Ok(row) => Ok(row),
-                Err(e) => Err((e, raw_of(&r))),
+                Err(e) if undecodable(&e) => Err((e, raw_of(&r))),
+                Err(e) => return Err(e),
             };
             out.push(AtPosition {
                 hub_seq: sequence(&r, "hub_seq")?,
@@ -475,25 +482,6 @@ impl<'a> Versions<'a> {
             .and_where(keys_match(self.spec(), &[canonical_key(key)], self.d))
             .to_owned();
         db.execute(&q).await?;
-        Ok(())
-    }
-
-    /// Take the positions of the rows of `keys` away (states merged from
-    /// elsewhere, to be given positions again).
-    pub(crate) async fn clear_positions<C: ConnectionTrait>(
-        &self,
-        db: &C,
-        keys: &[Vec<Value>],
-    ) -> Result<()> {
-        for chunk in keys.chunks(MAX_ROWS) {
-            let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| canonical_key(k)).collect();
-            let q = Query::update()
-                .table(self.table())
-                .value(Alias::new("hub_seq"), Value::BigInt(None))
-                .and_where(keys_match(self.spec(), &chunk, self.d))
-                .to_owned();
-            db.execute(&q).await?;
-        }
         Ok(())
     }
 
@@ -626,6 +614,25 @@ pub(crate) struct AtPosition {
     pub(crate) row: std::result::Result<(Vec<Value>, RowState), (Error, String)>,
 }
 
+/// Whether `e` says a row cannot be decoded (its state, or its key as its
+/// kind), not that the database failed.
+fn undecodable(e: &Error) -> bool {
+    use sea_orm::DbErr;
+    match e {
+        Error::Corrupt(_) | Error::Payload(_) => true,
+        Error::Database { source, .. } => match source {
+            DbErr::Type(_) | DbErr::Json(_) | DbErr::TryIntoErr { .. } => true,
+            #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+            DbErr::Query(sea_orm::RuntimeErr::SqlxError(x)) => matches!(
+                &**x,
+                sea_orm::sqlx::Error::ColumnDecode { .. } | sea_orm::sqlx::Error::Decode(_)
+            ),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// The stored state of a version row as text, for a row that cannot be
 /// read: its binary columns in hexadecimal.
 fn raw_of(r: &QueryResult) -> String {
@@ -693,28 +700,28 @@ pub(crate) fn version_rows_ddl(
         .primary_key(&mut pk);
     if positions {
         // Their index is made apart (see `position_index`), under its
-        // name on every dialect.
-        for c in position_columns(d) {
-            t.col(c);
+        // name on every dialect, then `sole` (see `position_column`).
+        for c in ["hub_seq", "owner"] {
+            t.col(position_column(d, c));
         }
     }
     t.to_owned()
 }
 
-/// The columns of a version row's [`Position`], all nullable: a state
-/// moved from an earlier format has none until it is given one.
-pub(crate) fn position_columns(d: &dyn Dialect) -> [ColumnDef; 3] {
-    [
-        ColumnDef::new_with_type(Alias::new("hub_seq"), ColumnType::BigInteger)
-            .null()
-            .to_owned(),
-        ColumnDef::new_with_type(Alias::new("sole"), varchar(32))
-            .null()
-            .to_owned(),
-        ColumnDef::new_with_type(Alias::new("owner"), d.long_text())
-            .null()
-            .to_owned(),
-    ]
+/// The columns of a version row's [`Position`] (named as [`POSITION`]
+/// names them), all nullable: a state moved from an earlier format has
+/// none until it is given one. A version table is made without `sole`,
+/// which is added after the index on `hub_seq` is made: a table that has
+/// `sole` has its index (see `hub::versions::add_positions`).
+pub(crate) fn position_column(d: &dyn Dialect, name: &str) -> ColumnDef {
+    let ty = match name {
+        "hub_seq" => ColumnType::BigInteger,
+        "sole" => varchar(32),
+        _ => d.long_text(),
+    };
+    ColumnDef::new_with_type(Alias::new(name), ty)
+        .null()
+        .to_owned()
 }
 
 /// The unique index of the version table `name` on `hub_seq`: a pull

@@ -1,6 +1,7 @@
-//! Pulling the hub's log: page after page from the stored cursor, the next
-//! page fetched while the current one is applied, each page applied with
-//! its cursor in one local transaction.
+//! Pulling what changed on the hub: the rows changed after the stored
+//! cursor (`Hub::pull_states`), page after page, the next page fetched
+//! while the current one is applied, each page applied with its cursor in
+//! one local transaction.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,20 +22,20 @@ const PAGE_RETRIES: usize = 3;
 
 /// A pulled page, made ready to apply.
 struct Page {
-    /// Other replicas' changes (and an unreadable one to park).
+    /// The rows' states (and an unreadable row to park).
     deltas: Vec<Delta>,
     /// Where the next pull starts.
     next: Cursor,
     /// The change the hub logs at `next`, if it said.
     next_id: Option<ChangeId>,
-    /// Whether the page ends at an unreadable change to halt at.
+    /// Whether the page ends at an unreadable row to halt at.
     halt: bool,
     /// Whether the hub returned nothing new.
     empty: bool,
 }
 
 impl SyncEngine {
-    /// Pull pages of the hub's log after the stored cursor (bootstrapping
+    /// Pull the rows changed after the stored cursor (bootstrapping
     /// first if there is none). The next page is fetched while the current
     /// one is applied; an error of that fetch surfaces at the next turn,
     /// after the current page and its cursor have committed.
