@@ -828,6 +828,7 @@ impl Hub for UserHub<'_> {
         let tables = self.tables();
         super::since::read(
             self.hub.connection(),
+            &self.hub.positioned,
             tables.as_deref().map_or(&[], Vec::as_slice),
             cursor,
             limit,

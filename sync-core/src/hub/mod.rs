@@ -65,6 +65,9 @@ pub struct SqlHub {
     max_skew: std::time::Duration,
     /// The tables of the last install.
     tables: RwLock<Vec<TableSpec>>,
+    /// The version tables seen with every column of a position (they keep
+    /// them: see `since`).
+    positioned: since::Seen,
 }
 
 impl std::fmt::Debug for SqlHub {
@@ -84,6 +87,7 @@ impl SqlHub {
             policy: RejectPolicy::Halt,
             max_skew: DEFAULT_MAX_SKEW,
             tables: RwLock::new(Vec::new()),
+            positioned: since::Seen::default(),
         }
     }
 
@@ -302,7 +306,16 @@ impl Hub for SqlHub {
 
     async fn pull_states(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<StatePage> {
         let specs = self.tables.read().await.clone();
-        since::read(&self.db, &specs, cursor, limit, Some(origin), None).await
+        since::read(
+            &self.db,
+            &self.positioned,
+            &specs,
+            cursor,
+            limit,
+            Some(origin),
+            None,
+        )
+        .await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {

@@ -31,6 +31,7 @@ use crate::store::version_table::{AtPosition, Versions};
 /// the tables as installed (others are read as the hub records their keys).
 pub(super) async fn read<C: ConnectionTrait>(
     db: &C,
+    seen: &Seen,
     specs: &[TableSpec],
     cursor: Cursor,
     limit: u64,
@@ -47,7 +48,7 @@ pub(super) async fn read<C: ConnectionTrait>(
         return Ok(page);
     }
     let tables = versioned(db, specs).await.map_err(Error::or_offline)?;
-    if !positioned(db, &tables).await {
+    if !positioned(db, seen, &tables).await {
         // Rows without a position (an upgrade under way, or not begun: a
         // table no install of this release has seen yet) are not found by
         // position, and the position they are given is their latest log
@@ -149,9 +150,26 @@ pub(super) async fn read<C: ConnectionTrait>(
     Ok(page)
 }
 
+/// The version tables a hub has seen with every column of a position:
+/// columns are never taken away, so the catalog is asked once per table.
+#[derive(Debug, Default)]
+pub(super) struct Seen(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Seen {
+    fn has(&self, table: &str) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(table))
+    }
+
+    fn add(&self, table: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(table.to_owned());
+        }
+    }
+}
+
 /// Whether every row of `tables` has a position (their version tables
 /// have every column of it, and no row lacks one).
-async fn positioned<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) -> bool {
+async fn positioned<C: ConnectionTrait>(db: &C, seen: &Seen, tables: &[TableSpec]) -> bool {
     let Ok(d) = crate::dialect::of_db(db) else {
         return false;
     };
@@ -159,9 +177,11 @@ async fn positioned<C: ConnectionTrait>(db: &C, tables: &[TableSpec]) -> bool {
         let name = hub_version_table(&spec.name);
         // `sole`, the column an upgrade adds last. Asked of the catalog:
         // SQLite takes a quoted name it does not know for a string.
-        match existing_columns(db, d, Place::own(&name)).await {
-            Ok(columns) if columns.iter().any(|c| c == "sole") => {}
-            _ => return false,
+        if !seen.has(&name) {
+            match existing_columns(db, d, Place::own(&name)).await {
+                Ok(columns) if columns.iter().any(|c| c == "sole") => seen.add(&name),
+                _ => return false,
+            }
         }
         let q = Query::select()
             .expr(Expr::val(1))
