@@ -770,15 +770,7 @@ impl Hub for Pulls {
         limit: u64,
         origin: tidesync::NodeId,
     ) -> tidesync::Result<PullBatch> {
-        self.maybe_fail()?;
-        if self.gated.load(Ordering::SeqCst) {
-            self.entered.notify_one();
-            self.gate
-                .acquire()
-                .await
-                .map_err(|e| Error::Offline(e.to_string()))?
-                .forget();
-        }
+        self.enter().await?;
         self.inner.pull_excluding(cursor, limit, origin).await
     }
 
@@ -788,15 +780,7 @@ impl Hub for Pulls {
         limit: u64,
         origin: tidesync::NodeId,
     ) -> tidesync::Result<tidesync::hub::StatePage> {
-        self.maybe_fail()?;
-        if self.gated.load(Ordering::SeqCst) {
-            self.entered.notify_one();
-            self.gate
-                .acquire()
-                .await
-                .map_err(|e| Error::Offline(e.to_string()))?
-                .forget();
-        }
+        self.enter().await?;
         self.inner.pull_states(cursor, limit, origin).await
     }
 
@@ -811,6 +795,21 @@ impl Hub for Pulls {
 }
 
 impl Pulls {
+    /// What a pull meets first: a failure if one is due, then the gate if
+    /// it is closed.
+    async fn enter(&self) -> tidesync::Result<()> {
+        self.maybe_fail()?;
+        if self.gated.load(Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.gate
+                .acquire()
+                .await
+                .map_err(|e| Error::Offline(e.to_string()))?
+                .forget();
+        }
+        Ok(())
+    }
+
     /// Fail if a failure is due.
     fn maybe_fail(&self) -> tidesync::Result<()> {
         let failed = self

@@ -235,10 +235,16 @@ impl Push<'_> {
                 .iter()
                 .map(|s| hub_version_table(&s.name))
                 .collect();
+            // And each version row's position, by which pulls read them.
             let keys: Vec<Vec<&str>> = self
                 .specs
                 .iter()
-                .map(|s| s.pk.iter().map(|c| c.name.as_str()).collect())
+                .map(|s| {
+                    s.pk.iter()
+                        .map(|c| c.name.as_str())
+                        .chain(["hub_seq"])
+                        .collect()
+                })
                 .collect();
             let mut tables: Vec<(Place<'_>, &[&str])> = names
                 .iter()
