@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
         a_hub_of_schema_3_gives_its_rows_positions_from_the_log,
         state_pulls_beside_pushes_that_edit_miss_no_row,
         a_server_behind_the_hubs_schema_stops_pushing,
+        batch_records_tell_ids_and_find_copies_without_the_log,
         resent_batch_is_applied_once,
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
@@ -647,6 +648,49 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
     c.drop().await?;
     d.drop().await?;
     people.drop().await?;
+    hub.drop().await
+}
+
+/// Each push records its applied changes' ids and digests: the id a
+/// device is told of its cursor, an answer lost and its batch pushed again,
+/// and a copy of the device pushing another change under an applied id
+/// are all answered from the batch records, the log's rows gone.
+async fn batch_records_tell_ids_and_find_copies_without_the_log(hub: TestDb) -> TestResult {
+    let backend = common::hub_for(&hub).await?;
+    let a = Device::with_backend(backend.clone(), "a").await?;
+    a.sync().await?; // installs the hub
+    for i in 0..3 {
+        a.add(&format!("n{i}")).await?;
+    }
+    let replica = a.engine.replica();
+    replica.capture().await?;
+    let batch = replica.pending(100).await?;
+    let first = backend.push(&batch).await?;
+    ensure_eq!(first.acknowledged.len(), 3);
+    let page = backend
+        .pull_states(Cursor(0), 100, tidesync::NodeId([7; 16]))
+        .await?;
+    ensure_eq!(page.next_id, batch.last().map(|c| c.id));
+    hub.db
+        .execute_unprepared("DELETE FROM _tidesync_changes")
+        .await?;
+    let standing = backend.standing(replica.node_id(), Some(page.next)).await?;
+    ensure_eq!(standing.at, page.next_id, "told the same at the cursor");
+    // The answer was lost: the same batch again is acknowledged.
+    let again = backend.push(&batch).await?;
+    ensure!(again.clashed.is_none(), "{again:?}");
+    ensure_eq!(again.acknowledged, first.acknowledged);
+    // A copy of the device: another change under an applied id.
+    let mut other = batch[1].clone();
+    for (_, v) in &mut other.columns {
+        if let sea_orm::Value::String(Some(s)) = v {
+            *s = format!("{s}, on the copy");
+        }
+    }
+    let copy = backend.push(&[other]).await?;
+    ensure!(copy.clashed.is_some(), "{copy:?}");
+    ensure!(copy.acknowledged.is_empty(), "{copy:?}");
+    a.drop().await?;
     hub.drop().await
 }
 

@@ -147,6 +147,10 @@ pub(super) async fn read<C: ConnectionTrait>(
         && batch.next != Cursor(tip)
     {
         batch.next = Cursor(tip);
+    }
+    // As `Hub::standing` tells it later (a batch record's rule, see
+    // `id_at`), whatever the entry said.
+    if batch.next != cursor {
         batch.next_id = id_at(db, batch.next, visible).await?;
     }
     Ok(batch)
@@ -168,6 +172,24 @@ pub(super) async fn id_at<C: ConnectionTrait>(
     at: Cursor,
     visible: Option<&Visible>,
 ) -> Result<Option<ChangeId>> {
+    // A position a batch record holds: under an account, its id is told
+    // to the user who pushed it, a fingerprint to the others (a batch
+    // record does not say whose row a change is of, as the log does).
+    if let Some(id) = super::batches::id_at(db, at.0)
+        .await
+        .map_err(Error::or_offline)?
+    {
+        let Some(v) = visible else {
+            return Ok(Some(id));
+        };
+        let pusher = Visible::pusher(db, id.origin)
+            .await
+            .map_err(Error::or_offline)?;
+        return Ok(Some(match pusher.as_deref() == Some(v.user()) {
+            true => id,
+            false => v.fingerprint_of(at.0, &id.origin.to_string(), id.seq),
+        }));
+    }
     let q = sea_orm::sea_query::Query::select()
         .columns(["hub_seq", "origin", "origin_seq", "owner", "tbl", "pk"].map(Alias::new))
         .from(Alias::new(CHANGES.name))

@@ -46,6 +46,9 @@ pub(super) struct Merge<'a> {
     pub(super) held: Vec<(ChangeId, Vec<ColumnConflict>)>,
     /// Concurrent edits settled by the clock (merge policy).
     pub(super) settled: Vec<ColumnConflict>,
+    /// The origin sequence and digest of each change applied, in the order
+    /// of their hub sequences (see `batches`).
+    applied: Vec<(u64, [u8; 16])>,
     /// Delete the rows that die before writing the others (children
     /// first): a delete may free a unique value a write of the same call
     /// takes. Else after (an upsert may move a child away from a parent the
@@ -87,6 +90,7 @@ impl<'a> Merge<'a> {
             versions: HashMap::new(),
             held: Vec::new(),
             settled: Vec::new(),
+            applied: Vec::new(),
             deletes_first: true,
             plain_new: false,
         }
@@ -112,13 +116,14 @@ impl<'a> Merge<'a> {
             versions: self.versions.clone(),
             held: Vec::new(),
             settled: Vec::new(),
+            applied: Vec::new(),
             deletes_first: self.deletes_first,
             plain_new: self.plain_new,
         }
     }
 
-    /// What the push made: the next hub sequence, the conflicts held back
-    /// and those settled.
+    /// What the push made: the next hub sequence, the conflicts held back,
+    /// those settled, and the changes applied (see `batches`).
     #[allow(clippy::type_complexity)]
     pub(super) fn outcome(
         self,
@@ -126,8 +131,9 @@ impl<'a> Merge<'a> {
         u64,
         Vec<(ChangeId, Vec<ColumnConflict>)>,
         Vec<ColumnConflict>,
+        Vec<(u64, [u8; 16])>,
     ) {
-        (self.next_seq, self.held, self.settled)
+        (self.next_seq, self.held, self.settled, self.applied)
     }
 
     /// Take over what a committed savepoint did.
@@ -140,6 +146,7 @@ impl<'a> Merge<'a> {
         // registration or read looks up again.
         self.held.extend(sub.held);
         self.settled.extend(sub.settled);
+        self.applied.extend(sub.applied);
     }
 
     /// Merge `changes` (already validated) and write their rows, states and
@@ -234,6 +241,9 @@ impl<'a> Merge<'a> {
         .await?;
         execute_all(tx, log_stmts).await?;
         self.next_seq = first_seq + logged.len() as u64;
+        for c in changes {
+            self.applied.push((c.id.seq, super::batches::digest(c)?));
+        }
         Ok(())
     }
 

@@ -21,6 +21,7 @@
 //! with these types and pass it to `SyncEngine::new`.
 
 mod access;
+mod batches;
 mod held;
 mod log;
 mod merge;

@@ -10,6 +10,7 @@ use sea_orm::{
 };
 
 use super::access::{Account, BatchOwners};
+use super::batches;
 use super::held;
 use super::merge::Merge;
 use super::resent;
@@ -218,10 +219,11 @@ impl Push<'_> {
             self.careful(&tx, &mut merge, &todo, verdicts, &mut ack, &mut progress)
                 .await?;
         }
-        let (next_seq, held, settled) = merge.outcome();
+        let (next_seq, held, settled, applied) = merge.outcome();
         if !held.is_empty() {
             held::keep(&tx, &held).await?;
         }
+        batches::record(&tx, self.origin, start_seq, &applied).await?;
         self.finish(tx, &progress, next_seq).await?;
         if crossed_doubling(start_seq, next_seq) {
             // The row states are looked up by key, and the log is read by

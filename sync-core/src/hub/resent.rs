@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
+use super::batches;
 use super::held;
 use super::tables::{CHANGES, REJECTED};
 use crate::model::change::{Change, ChangeId};
@@ -36,15 +37,26 @@ pub(super) async fn clash(
     if sent.is_empty() {
         return Ok(None);
     }
-    let held = held_under(tx, origin, sent).await?;
     let seqs: Vec<u64> = sent.iter().map(|c| c.id.seq).collect();
+    // Applied under a batch record: compared by digest. The others (parked,
+    // or applied before batch records) with what the hub keeps of them.
+    let digests = batches::digests_of(tx, origin, &seqs).await?;
+    let rest: Vec<&Change> = sent
+        .iter()
+        .filter(|c| !digests.contains_key(&c.id.seq))
+        .copied()
+        .collect();
+    let held = held_under(tx, origin, &rest).await?;
     let held_back: HashMap<u64, Vec<String>> = held::by_seq(tx, origin, &seqs)
         .await?
         .into_iter()
         .map(|(seq, held)| (seq, held.columns()))
         .collect();
     for (i, c) in sent.iter().enumerate() {
+        let recorded = digests.get(&c.id.seq);
         let differs = match held.iter().find(|h| h.id.seq == c.id.seq) {
+            _ if recorded.is_some() => (recorded != Some(&batches::digest(c)?))
+                .then(|| "another change than the one applied under it".to_owned()),
             Some(h) => {
                 let held_back = held_back.get(&c.id.seq).map_or(&[][..], Vec::as_slice);
                 what_differs(h, c, held_back)?

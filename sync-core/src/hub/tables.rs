@@ -54,6 +54,10 @@ pub(crate) fn hub_version_table(table: &str) -> String {
 /// `versions`): what is left in it are the states of tables no install
 /// of this release has seen.
 pub(crate) const HUB_ROWS_V1: &str = "_tidesync_hub_rows_v1";
+/// One record per push transaction that applied changes: the origin, the
+/// hub sequence of its first applied change, and per change its origin
+/// sequence and digest (see `batches`).
+pub(crate) const BATCHES: &str = "_tidesync_batches";
 /// Per-origin progress: the last origin sequence applied.
 pub(crate) const PEERS: &str = "_tidesync_peers";
 /// Changes refused and parked (policy `Park`), with the reason.
@@ -501,6 +505,24 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
         HUB_ORIGINS.table(),
         HUB_KEYS.table(),
         log,
+        Table::create()
+            .table(Alias::new(BATCHES))
+            .if_not_exists()
+            .col(
+                not_null("first_hub", ColumnType::BigInteger)
+                    .primary_key()
+                    .to_owned(),
+            )
+            .col(not_null("n", ColumnType::Integer))
+            .col(not_null("origin", varchar(32)))
+            .col(not_null("first_seq", ColumnType::BigInteger))
+            .col(not_null("last_seq", ColumnType::BigInteger))
+            .col(not_null("seqs", d.long_bytes()))
+            .col(not_null("digests", d.long_bytes()))
+            // No index on the origin: a record holds a push's changes
+            // (a thousandth of the log's rows), and only a change pushed
+            // again is looked up by its origin.
+            .to_owned(),
         Table::create()
             .table(Alias::new(PEERS))
             .if_not_exists()

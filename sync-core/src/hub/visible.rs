@@ -71,20 +71,39 @@ impl Visible {
     /// what it was told at its cursor and compares it with what the hub
     /// tells at the next sync).
     pub(super) fn fingerprint(&self, r: &QueryResult) -> Result<ChangeId> {
-        use sha2::{Digest, Sha256};
-        let hub_seq = sequence(r, "hub_seq")?;
         let origin: String = r.try_get("", "origin")?;
-        let origin_seq = sequence(r, "origin_seq")?;
+        Ok(self.fingerprint_of(sequence(r, "hub_seq")?, &origin, sequence(r, "origin_seq")?))
+    }
+
+    /// [`Visible::fingerprint`] of the change of `origin` and `origin_seq`
+    /// at hub position `hub_seq`.
+    pub(super) fn fingerprint_of(&self, hub_seq: u64, origin: &str, origin_seq: u64) -> ChangeId {
+        use sha2::{Digest, Sha256};
         let digest = Sha256::new()
             .chain_update(self.fingerprint_key.as_bytes())
             .chain_update(format!("\n{hub_seq}\n{origin}\n{origin_seq}"))
             .finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
-        Ok(ChangeId {
+        ChangeId {
             origin: NodeId(id),
             seq: 0,
-        })
+        }
+    }
+
+    /// The user this hub records as the one who pushed under `origin`.
+    pub(super) async fn pusher<C: ConnectionTrait>(
+        db: &C,
+        origin: NodeId,
+    ) -> Result<Option<String>> {
+        super::tables::HUB_ORIGINS
+            .read(db, &origin.to_string())
+            .await
+    }
+
+    /// The user this filter is of.
+    pub(super) fn user(&self) -> &str {
+        &self.user
     }
 
     /// Whether every user reads `table`'s rows.
