@@ -184,6 +184,40 @@ pub(crate) fn parse_pk_key(key: &str) -> Result<Vec<Value>> {
 mod tests {
     use super::*;
 
+    /// A key is bound in its one form, value by value: a decimal without
+    /// trailing zeros, a date-time with an offset at UTC, the rest as is.
+    #[test]
+    fn a_key_is_bound_in_its_one_form() {
+        use std::str::FromStr;
+        let d = |s: &str| Value::Decimal(Some(rust_decimal::Decimal::from_str(s).unwrap()));
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-06T10:00:00+02:00").unwrap();
+        let key = [
+            d("1.50"),
+            Value::ChronoDateTimeWithTimeZone(Some(t)),
+            Value::Int(Some(3)),
+        ];
+        let one = canonical_key(&key);
+        assert_eq!(
+            one,
+            vec![
+                d("1.5"),
+                Value::ChronoDateTimeWithTimeZone(Some(
+                    chrono::DateTime::parse_from_rfc3339("2026-12-06T08:00:00+00:00").unwrap()
+                )),
+                Value::Int(Some(3)),
+            ]
+        );
+        assert_eq!(pk_key(&one).unwrap(), pk_key(&key).unwrap());
+        // Equal values compare equal in any form: the forms themselves.
+        match (&one[0], &one[1]) {
+            (Value::Decimal(Some(d)), Value::ChronoDateTimeWithTimeZone(Some(t))) => {
+                assert_eq!(d.scale(), 1);
+                assert_eq!(t.offset().local_minus_utc(), 0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn negative_zero_differs_from_zero() {
         assert!(!same_value(
