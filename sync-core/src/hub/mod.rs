@@ -7,14 +7,18 @@
 //! merge the changes into the row states (per-column last-writer-wins), write
 //! the resulting rows into the users' tables with multi-row statements
 //! (parents first, deletes children first), append the changes to the log
-//! with consecutive hub sequence numbers, record the origin's progress,
-//! commit. Because the sequence is assigned and committed under one lock, a
-//! puller reading `hub_seq > cursor` never skips a change that commits late.
+//! with consecutive hub sequence numbers, give each changed row's version
+//! row the position of its latest change, record the batch (`batches`)
+//! and the origin's progress, commit. Because positions are assigned and
+//! committed under one lock, a puller reading the rows after its cursor
+//! never skips a change that commits late (see `since`).
 //!
 //! The row states are in one version table per synced table (see
 //! `versions`): the key in the users' table's own types, the column
-//! clocks, the delete clock and the values in binary. The log is never
-//! pruned: pulls, held conflicts and the check for a copied device read it.
+//! clocks, the delete clock, the values in binary and the row's position.
+//! The log is never pruned: pulls of changes (clients of earlier
+//! releases), and the id at a position and the check for a copied device
+//! before batch records, read it.
 //!
 //! Everything needed to write another hub (a transport to a remote one, a
 //! wrapper that counts or fails calls) is exported here: implement [`Hub`]
