@@ -344,6 +344,7 @@ impl World {
             "_ts_hv_contacts",
             "_tidesync_peers",
             "_tidesync_rejected",
+            "_tidesync_batches",
         ]
         .iter()
         .map(|t| format!("DELETE FROM {}", q(t)))
