@@ -378,10 +378,15 @@ async fn a_user_cannot_write_another_users_rows(hub: TestDb) -> TestResult {
         pulled
             .changes
             .iter()
-            .all(|c| c.id.origin == me && c.id.seq == 5),
+            .all(|c| c.id.origin == me && c.hlc.node == me && c.table == "notes"),
         "{pulled:?}"
     );
     ensure_eq!(pulled.changes.len(), 1);
+    ensure_eq!(
+        pulled.next_id,
+        Some(tidesync::ChangeId { origin: me, seq: 5 }),
+        "the change applied at his cursor, his own"
+    );
     // The rows changed since 0, as a device pulls them: his one row.
     let rows = bob
         .pull_states(tidesync::hub::Cursor(0), 100, NodeId::random())
@@ -668,7 +673,7 @@ async fn log_size(hub: &TestDb) -> Result<i64, BoxError> {
         .db
         .query_one_raw(sea_orm::Statement::from_string(
             hub.backend(),
-            "SELECT COUNT(*) AS n FROM _tidesync_changes",
+            "SELECT COUNT(*) AS n FROM _tidesync_batches",
         ))
         .await?
         .ok_or("no count")?;

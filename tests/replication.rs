@@ -506,20 +506,46 @@ async fn pulls_send_each_row_once_at_its_latest_state(hub: TestDb) -> TestResult
     let third = backend.pull_states(second.next, 1, stranger).await?;
     ensure!(third.rows.is_empty(), "{third:?}");
     ensure_eq!(third.next, all.next);
-    // What a device is told of its cursor is the change logged there.
-    let log = backend.pull(Cursor(0), 100).await?;
-    ensure_eq!(all.next_id, log.changes.last().map(|c| c.id));
+    // What a device is told of its cursor is the id of the change applied
+    // there: b's edit, its first change.
+    ensure_eq!(
+        all.next_id,
+        Some(tidesync::ChangeId {
+            origin: b_node,
+            seq: 1
+        })
+    );
+    // A pull of changes sends each row as the changes of its clocks: x's
+    // first write (but its name) and its last name, y's first write (but
+    // its email) and b's email.
+    let changes = backend.pull(Cursor(0), 100).await?;
+    ensure_eq!((changes.next, changes.next_id), (all.next, all.next_id));
+    ensure_eq!(
+        changes
+            .changes
+            .iter()
+            .map(|c| (c.op, c.hlc.node, c.columns.len()))
+            .collect::<Vec<_>>(),
+        vec![
+            (tidesync::Op::Insert, a_node, 3),
+            (tidesync::Op::Update, a_node, 1),
+            (tidesync::Op::Insert, a_node, 3),
+            (tidesync::Op::Update, b_node, 1),
+        ]
+    );
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
 }
 
 /// A hub whose version tables a release of hub schema version 3 made
-/// (without positions) is given them at the next install, from the log: a
-/// device pulls the rows changed after its cursor, not every row again.
-/// Until then, and while any row has no position, pulls of states are
-/// served from the log: a row without a position is never passed over.
-/// A table the install does not name gets its positions too.
+/// (without positions, every change in the log) is given them at the next
+/// install, from the log: a device pulls the rows changed after its
+/// cursor, not every row again. Until then pulls of states are served from
+/// the log. A table the install does not name gets its positions too. On
+/// the upgraded hub, whose pushes write no log, a row without a position
+/// (a server of schema 3 still writing) fails pulls instead of being
+/// passed over, until an install gives it one.
 async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let x = a.add("x").await?;
@@ -548,8 +574,39 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
     };
     a.edit(x, Some("x2"), None).await?;
     synced_but_people(a.engine.sync_now().await?)?;
-    let tip = backend.pull(Cursor(0), 100).await?.next;
-    // Back to schema version 3: no positions.
+    let now = backend.pull(Cursor(0), 100).await?;
+    let tip = now.next;
+    // Back to schema version 3: no positions, and the log of every change.
+    // The changes as the hub sends them: y, z, the person, x's first write
+    // and x's edit; logged where they were applied, under their ids.
+    let [y_in, z_in, someone_in, x_in, x_edit] = &now.changes[..] else {
+        return Err(format!("{:?}", now.changes).into());
+    };
+    let (a_node, p_node) = (
+        a.engine.replica().node_id(),
+        people.engine.replica().node_id(),
+    );
+    for (at, origin, seq, c) in [
+        (1, a_node, 1, x_in),
+        (2, a_node, 2, y_in),
+        (3, a_node, 3, z_in),
+        (4, p_node, 1, someone_in),
+        (5, a_node, 4, x_edit),
+    ] {
+        let v = serde_json::to_value(c)?;
+        hub.db
+            .execute_unprepared(&format!(
+                "INSERT INTO _tidesync_changes (hub_seq, origin, origin_seq, tbl, pk, op, payload, hlc) \
+                 VALUES ({at}, '{origin}', {seq}, '{}', '{}', '{}', '{}', '{}')",
+                c.table,
+                v["pk"],
+                c.op.as_str(),
+                v["columns"],
+                c.hlc
+            ))
+            .await?;
+    }
+    ensure_eq!(tip, Cursor(5));
     for table in ["_ts_hv_contacts", "_ts_hv_people"] {
         let index = format!("_ts_hs_{table}");
         let drop_index = match hub.backend() {
@@ -571,6 +628,9 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
         ))
         .await?;
     // Before any install of this release: pulls of states from the log.
+    // A server started now (one running before has seen the columns of
+    // positions, which no release takes away).
+    let backend = common::hub_for(&hub).await?;
     let stranger = tidesync::NodeId([7; 16]);
     let early = backend.pull_states(b_cursor, 100, stranger).await?;
     ensure_eq!(
@@ -611,18 +671,30 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
         tip,
         "no new position"
     );
-    // A row without a position (an upgrade under way): the log serves the
-    // pull, and the row is not passed over.
+    // A row without a position on the upgraded hub (a server of schema 3
+    // still writing): pulls fail, naming the cause, rather than pass it
+    // over; the log no longer holds what pushes write.
     hub.db
         .execute_unprepared(&format!(
             "UPDATE _ts_hv_contacts SET hub_seq = NULL WHERE hub_seq = {}",
             tip.0
         ))
         .await?;
-    let window = backend.pull_states(b_cursor, 100, stranger).await?;
+    let window = backend.pull_states(b_cursor, 100, stranger).await;
+    // Over HTTP the server logs it and answers that the hub failed.
+    ensure!(
+        matches!(&window, Err(e) if e.to_string().contains("without a position")
+            || e.to_string().contains("the hub failed")),
+        "{window:?}"
+    );
+    ensure!(b.engine.sync_now().await.is_err(), "b's pull fails");
+    // The next install gives it its position again.
+    let d = Device::new(&hub, "d").await?;
+    synced_but_people(d.engine.sync_now().await?)?;
     ensure_eq!(
-        window.rows.iter().map(pulled_id).collect::<Vec<_>>(),
-        vec![Some(someone), Some(x)]
+        positions("_ts_hv_contacts").await?,
+        vec![Some(2), Some(3), Some(tip.0 as i64)],
+        "given its position again"
     );
     let r = synced_but_people(b.engine.sync_now().await?)?;
     ensure_eq!(r.pulled, 1, "b gets the edit it had not seen, and only it");
@@ -632,14 +704,6 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
             .await?
             .map(|m| m.name),
         Some("x2".to_owned())
-    );
-    // The next install gives it its position again.
-    let d = Device::new(&hub, "d").await?;
-    synced_but_people(d.engine.sync_now().await?)?;
-    ensure_eq!(
-        positions("_ts_hv_contacts").await?,
-        vec![Some(2), Some(3), Some(tip.0 as i64)],
-        "given its position again"
     );
     let all = backend.pull_states(Cursor(0), 100, stranger).await?;
     ensure_eq!(all.rows.len(), 4);
@@ -1730,11 +1794,13 @@ async fn hub_lost_mid_push_keeps_exactly_the_unacknowledged(hub: TestDb) -> Test
         &mine,
         "the hub holds every row, whole",
     )?;
-    let log = inner.pull(Cursor(0), 1000).await?;
     ensure_eq!(
-        log.changes.iter().map(|c| c.id.seq).collect::<Vec<_>>(),
-        (1..=40).collect::<Vec<u64>>(),
-        "each change logged once, in order"
+        common::applied_by_origin(&hub.db)
+            .await?
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![(1..=40).collect::<Vec<u64>>()],
+        "each change applied once, in order"
     );
     ensure_eq!(engine.replica().pending_count().await?, 0);
     device.drop().await?;
@@ -1934,7 +2000,6 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     )?;
     for (db, table, who) in [
         (&hub.db, "_ts_hv_contacts", "hub"),
-        (&hub.db, "_tidesync_changes", "hub"),
         (a.db(), "_ts_v_contacts", "capturing replica"),
         (b.db(), "_ts_v_contacts", "bootstrapped replica"),
     ] {
@@ -2151,15 +2216,25 @@ async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> T
         let done = pushers.iter().all(|p| p.is_finished());
         let page = backend.pull(cursor, 7).await?;
         pulls += 1;
+        // Each row is written once: it comes once, as one change of the
+        // clock of its writer (the hub keeps states, not changes).
         for c in &page.changes {
-            ensure!(seen.insert(c.id), "change {} seen twice", c.id);
+            ensure!(
+                seen.insert(format!("{:?}", c.pk)),
+                "row {:?} seen twice",
+                c.pk
+            );
         }
         ensure!(page.next >= cursor, "cursor went back");
         cursor = page.next;
         let others = backend.pull_excluding(cursor_others, 7, skipped).await?;
         for c in &others.changes {
-            ensure!(c.id.origin != skipped, "change {} was to be left out", c.id);
-            ensure!(seen_others.insert(c.id), "change {} seen twice", c.id);
+            ensure!(c.hlc.node != skipped, "row {:?} was to be left out", c.pk);
+            ensure!(
+                seen_others.insert(format!("{:?}", c.pk)),
+                "row {:?} seen twice",
+                c.pk
+            );
         }
         ensure!(others.next >= cursor_others, "cursor went back");
         let others_done = others.next == cursor_others;
@@ -2183,7 +2258,16 @@ async fn concurrent_pushers_and_a_puller_see_every_change_once(hub: TestDb) -> T
         "the puller that left out one device saw every other change once"
     );
     let all = backend.pull(Cursor(0), 100_000).await?;
-    ensure_eq!(all.changes.len(), total, "and the log holds each once");
+    ensure_eq!(all.changes.len(), total, "and the hub holds each once");
+    ensure_eq!(
+        common::applied_by_origin(&hub.db)
+            .await?
+            .values()
+            .map(Vec::len)
+            .collect::<Vec<_>>(),
+        vec![ROUNDS * PER_ROUND; DEVICES],
+        "each device's changes applied once"
+    );
     // Every device, which left its own changes out of its pulls while the
     // others pushed, ends with every row after one more sync.
     let on_hub = all_contacts(&hub.db).await?;
@@ -2586,13 +2670,12 @@ async fn hub_connections_dropped_mid_batch(hub: TestDb) -> TestResult {
         offline > 0,
         "dropped connections should read as offline ({failures} failures)"
     );
-    let log = SqlHub::new(hub.connect_again().await?)
-        .pull(Cursor(0), 100_000)
-        .await?;
-    let seqs: Vec<u64> = log.changes.iter().map(|c| c.id.seq).collect();
     ensure_eq!(
-        seqs,
-        (1..=written as u64).collect::<Vec<u64>>(),
+        common::applied_by_origin(&hub.db)
+            .await?
+            .into_values()
+            .collect::<Vec<_>>(),
+        vec![(1..=written as u64).collect::<Vec<u64>>()],
         "each change on the hub exactly once, in order"
     );
     same_rows(
@@ -2749,7 +2832,7 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     // The big values did go through each of these, in several statements.
     for (place, table) in [
         ("big_a", "_tidesync_outbox"),
-        ("hub", "_tidesync_changes"),
+        ("hub", "_ts_hv_contacts"),
         ("hub", "contacts"),
         ("big_b", "contacts"),
     ] {

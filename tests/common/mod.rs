@@ -686,6 +686,36 @@ pub fn pk_key(values: &[sea_orm::Value]) -> String {
 }
 
 /// `SELECT COUNT(*)` of `table`.
+/// The changes a hub applied, by origin, each origin's sequences in the
+/// order of their hub positions, as its batch records hold them (one per
+/// push transaction: the first position, then the origin sequence of each
+/// change, 8 bytes little-endian).
+#[allow(dead_code)]
+pub async fn applied_by_origin(
+    db: &DatabaseConnection,
+) -> Result<std::collections::BTreeMap<String, Vec<u64>>, BoxError> {
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT origin, n, seqs FROM _tidesync_batches ORDER BY first_hub",
+        ))
+        .await?;
+    let mut out: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for r in rows {
+        let origin: String = r.try_get("", "origin")?;
+        let n: i32 = r.try_get("", "n")?;
+        let seqs: Vec<u8> = r.try_get("", "seqs")?;
+        if seqs.len() != n as usize * 8 {
+            return Err(format!("a batch record of {n} changes holds {} bytes", seqs.len()).into());
+        }
+        out.entry(origin).or_default().extend(
+            seqs.chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())),
+        );
+    }
+    Ok(out)
+}
+
 pub async fn count_rows(db: &DatabaseConnection, table: &str) -> Result<i64, BoxError> {
     let kind = db.get_database_backend();
     let sql = format!("SELECT COUNT(*) AS n FROM {}", quote(kind, table));

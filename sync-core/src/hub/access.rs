@@ -452,6 +452,28 @@ impl UserHub<'_> {
         self
     }
 
+    /// The user's rows changed after `cursor`, leaving out those whose
+    /// every column `skip`'s pushes set.
+    async fn states(&self, cursor: Cursor, limit: u64, skip: Option<NodeId>) -> Result<StatePage> {
+        let visible = Visible::load(
+            self.hub.connection(),
+            &self.account.user,
+            self.account.share_undeclared,
+        )
+        .await?;
+        let tables = self.tables();
+        super::since::read(
+            self.hub.connection(),
+            &self.hub.positioned,
+            tables.as_deref().map_or(&[], Vec::as_slice),
+            cursor,
+            limit,
+            skip,
+            Some(&visible),
+        )
+        .await
+    }
+
     /// The tables of this device's install, as the hub placed them (its
     /// schema, the ownership the hub records).
     pub fn tables(&self) -> Option<Arc<Vec<TableSpec>>> {
@@ -786,14 +808,10 @@ impl Hub for UserHub<'_> {
         Ok(standing)
     }
 
+    /// The user's rows changed after `cursor`, as changes (see
+    /// [`StatePage`]'s conversion).
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
-        let visible = Visible::load(
-            self.hub.connection(),
-            &self.account.user,
-            self.account.share_undeclared,
-        )
-        .await?;
-        super::log::read(self.hub.connection(), cursor, limit, None, Some(&visible)).await
+        Ok(self.states(cursor, limit, None).await?.into())
     }
 
     async fn pull_excluding(
@@ -802,40 +820,11 @@ impl Hub for UserHub<'_> {
         limit: u64,
         origin: NodeId,
     ) -> Result<PullBatch> {
-        let visible = Visible::load(
-            self.hub.connection(),
-            &self.account.user,
-            self.account.share_undeclared,
-        )
-        .await?;
-        super::log::read(
-            self.hub.connection(),
-            cursor,
-            limit,
-            Some(origin),
-            Some(&visible),
-        )
-        .await
+        Ok(self.states(cursor, limit, Some(origin)).await?.into())
     }
 
     async fn pull_states(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<StatePage> {
-        let visible = Visible::load(
-            self.hub.connection(),
-            &self.account.user,
-            self.account.share_undeclared,
-        )
-        .await?;
-        let tables = self.tables();
-        super::since::read(
-            self.hub.connection(),
-            &self.hub.positioned,
-            tables.as_deref().map_or(&[], Vec::as_slice),
-            cursor,
-            limit,
-            Some(origin),
-            Some(&visible),
-        )
-        .await
+        self.states(cursor, limit, Some(origin)).await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {

@@ -8,25 +8,28 @@
 //! the change at a hub position (the id a device is told of its cursor,
 //! see `log::id_at`), and whether a change pushed again under an id is
 //! the one the hub applied under it (a copy of a device pushes another,
-//! see `resent`). They are written beside the log for now; the log's
-//! entries answer for the positions before them.
+//! see `resent`). The log's entries answer for the positions before them
+//! (a hub of an earlier release); the hub's metadata keeps since when
+//! there are records (`batches_from`, see `settle`).
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, Value};
 use sha2::{Digest, Sha256};
 
-use super::tables::BATCHES;
-use crate::model::change::{Change, ChangeId};
+use super::tables::{BATCHES, HUB_META};
+use crate::model::change::{Change, ChangeId, ColumnBase};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::value::pk_key;
 use crate::store::codec::{db_sequence, sequence};
 use crate::store::versions::put_value;
 
-/// The digest of a change as pushed: its table, operation, key, clock and
+/// The digest of a change as pushed: its table, operation, key, clock,
 /// columns (in name order, each with its value's binary form, which keeps
-/// the variant). Stable across releases: a change pushed again by a later
-/// release of its device is compared with it.
+/// the variant) and bases (the values its edit started from, in column
+/// order). Stable across releases, as `tests::digests_are_frozen` holds
+/// it: a change pushed again by a later release of its device is compared
+/// with it.
 pub(crate) fn digest(c: &Change) -> Result<[u8; 16]> {
     let mut h = Sha256::new();
     let values: Vec<Value> = c.pk.iter().map(|(_, v)| v.clone()).collect();
@@ -39,20 +42,95 @@ pub(crate) fn digest(c: &Change) -> Result<[u8; 16]> {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    let mut columns: Vec<&(String, Value)> = c.columns.iter().collect();
-    columns.sort_by(|a, b| a.0.cmp(&b.0));
     let mut bytes = Vec::new();
-    for (name, value) in columns {
-        h.update(name.as_bytes());
-        h.update([0]);
+    let mut value = |h: &mut Sha256, v: &Value| -> Result<()> {
         bytes.clear();
-        put_value(value, &mut bytes)?;
+        put_value(v, &mut bytes)?;
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes);
+        Ok(())
+    };
+    let mut columns: Vec<&(String, Value)> = c.columns.iter().collect();
+    columns.sort_by(|a, b| a.0.cmp(&b.0));
+    h.update((columns.len() as u64).to_le_bytes());
+    for (name, v) in columns {
+        h.update(name.as_bytes());
+        h.update([0]);
+        value(&mut h, v)?;
+    }
+    let mut bases: Vec<&ColumnBase> = c.base.iter().collect();
+    bases.sort_by(|a, b| a.column.cmp(&b.column));
+    h.update((bases.len() as u64).to_le_bytes());
+    for b in bases {
+        h.update(b.column.as_bytes());
+        h.update([0]);
+        match &b.value {
+            Some(v) => {
+                h.update([1]);
+                value(&mut h, v)?;
+            }
+            None => h.update([0]),
+        }
+        match b.clock {
+            Some(clock) => {
+                h.update([1]);
+                h.update(clock.to_string().as_bytes());
+                h.update([0]);
+            }
+            None => h.update([0]),
+        }
     }
     let mut out = [0u8; 16];
     out.copy_from_slice(&h.finalize()[..16]);
     Ok(out)
+}
+
+/// Make the batch records agree with the hub's sequence: a hub whose
+/// metadata does not say since when it keeps records (a hub before them,
+/// or a restored backup of one beside the records written after it) has
+/// its records emptied, and a record at or past the next sequence (a
+/// backup restored beside later records) goes. A record left there would
+/// tell another change's id at a position, or stop every push at its key.
+pub(super) async fn settle(db: &sea_orm::DatabaseConnection) -> Result<()> {
+    use sea_orm::TransactionTrait;
+    // A change pushed again is looked up by its origin and sequence, under
+    // the sequence lock: by index, however many records there are.
+    let by_origin = sea_orm::sea_query::Index::create()
+        .if_not_exists()
+        .name("_tidesync_batches_origin")
+        .table(Alias::new(BATCHES))
+        .col(Alias::new("origin"))
+        .col(Alias::new("last_seq"))
+        .to_owned();
+    if let Err(e) = db.execute(&by_origin).await {
+        // MySQL has no `IF NOT EXISTS` here: another install made it.
+        let e = Error::from(e);
+        if !matches!(crate::dialect::native_code(&e).as_deref(), Some("1061")) {
+            return Err(e);
+        }
+    }
+    let tx = db.begin().await?;
+    HUB_META.lock(&tx, "next_seq").await?;
+    let next_seq: u64 = HUB_META
+        .read(&tx, "next_seq")
+        .await?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut stale = Query::delete();
+    stale.from_table(Alias::new(BATCHES));
+    match HUB_META.read(&tx, "batches_from").await? {
+        None => {
+            HUB_META
+                .insert_if_missing(&tx, "batches_from", &next_seq.to_string())
+                .await?;
+        }
+        Some(_) => {
+            stale.and_where(Expr::col(Alias::new("first_hub")).gte(db_sequence(next_seq)?));
+        }
+    }
+    tx.execute(&stale).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The record of the changes of `origin` a push applied, in the order they
@@ -117,9 +195,8 @@ pub(super) async fn id_at<C: ConnectionTrait>(db: &C, at: u64) -> Result<Option<
         return Ok(None);
     };
     let first = sequence(&r, "first_hub")?;
-    let n: i32 = r.try_get("", "n")?;
     let index = at - first;
-    if index >= u64::try_from(n).unwrap_or(0) {
+    if index >= count(&r)? as u64 {
         return Ok(None);
     }
     let origin: String = r.try_get("", "origin")?;
@@ -150,10 +227,9 @@ pub(super) async fn digests_of<C: ConnectionTrait>(
         .to_owned();
     let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
     for r in db.query_all(&q).await? {
-        let n: i32 = r.try_get("", "n")?;
+        let n = count(&r)?;
         let s: Vec<u8> = r.try_get("", "seqs")?;
         let d: Vec<u8> = r.try_get("", "digests")?;
-        let n = usize::try_from(n).unwrap_or(0);
         if s.len() != n * 8 || d.len() != n * 16 {
             return Err(Error::Corrupt(format!(
                 "{BATCHES}: a record of {n} changes is cut"
@@ -171,6 +247,12 @@ pub(super) async fn digests_of<C: ConnectionTrait>(
     Ok(out)
 }
 
+/// How many changes a record holds.
+fn count(r: &sea_orm::QueryResult) -> Result<usize> {
+    let n: i32 = r.try_get("", "n")?;
+    usize::try_from(n).map_err(|_| Error::Corrupt(format!("{BATCHES}: a record of {n} changes")))
+}
+
 /// The origin sequence at `index` of a record's `seqs`.
 fn seq_at(seqs: &[u8], index: u64) -> Result<u64> {
     let at = usize::try_from(index)
@@ -181,4 +263,163 @@ fn seq_at(seqs: &[u8], index: u64) -> Result<u64> {
     let mut b = [0u8; 8];
     b.copy_from_slice(at);
     Ok(u64::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::Op;
+    use crate::model::clock::Hlc;
+
+    fn hex(d: [u8; 16]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn clock(physical: u64) -> Hlc {
+        Hlc {
+            physical,
+            logical: 3,
+            node: NodeId([0xab; 16]),
+        }
+    }
+
+    /// A change with a value of each kind a column takes, columns out of
+    /// name order, a composite key and bases.
+    fn change() -> Change {
+        let when = chrono::NaiveDate::from_ymd_opt(2026, 12, 6)
+            .and_then(|d| d.and_hms_micro_opt(11, 38, 31, 250))
+            .unwrap_or_default();
+        Change {
+            id: ChangeId {
+                origin: NodeId([1; 16]),
+                seq: 7,
+            },
+            table: "contacts".into(),
+            pk: vec![
+                ("org".into(), Value::from("ünï ☃")),
+                ("id".into(), Value::from(42i64)),
+            ],
+            op: Op::Update,
+            columns: vec![
+                ("z_text".into(), Value::from("Zoë")),
+                ("a_int".into(), Value::from(-5i32)),
+                ("b_double".into(), Value::from(-0.0f64)),
+                ("c_null".into(), Value::String(None)),
+                ("d_bytes".into(), Value::from(vec![0u8, 255, 7])),
+                ("e_bool".into(), Value::from(true)),
+                (
+                    "f_uuid".into(),
+                    Value::from(uuid::Uuid::from_bytes([9; 16])),
+                ),
+                (
+                    "g_decimal".into(),
+                    Value::from(rust_decimal::Decimal::new(150, 2)),
+                ),
+                ("h_when".into(), Value::from(when)),
+                (
+                    "i_json".into(),
+                    Value::from(serde_json::json!({"k": [1, "x"]})),
+                ),
+            ],
+            hlc: clock(1_765_000_000_000_000),
+            base: vec![
+                ColumnBase {
+                    column: "z_text".into(),
+                    value: Some(Value::from("Zoe")),
+                    clock: Some(clock(1_764_000_000_000_000)),
+                },
+                ColumnBase {
+                    column: "a_int".into(),
+                    value: None,
+                    clock: None,
+                },
+            ],
+        }
+    }
+
+    /// The digest of a change is frozen: a change a hub recorded is
+    /// compared, when its device pushes it again, maybe after an upgrade
+    /// of either, with the digest this release computes. A change here
+    /// (of the binary value form, the key's text, the clock's text, the
+    /// order or framing of the parts) must keep these.
+    #[test]
+    fn digests_are_frozen() -> Result<()> {
+        let c = change();
+        assert_eq!(hex(digest(&c)?), "26c920d3c6a1f44af268256188e11148");
+        let mut deleted = c.clone();
+        deleted.op = Op::Delete;
+        deleted.columns.clear();
+        deleted.base.clear();
+        assert_eq!(hex(digest(&deleted)?), "8d6ffc7d92dd78912495d31dbb327774");
+        Ok(())
+    }
+
+    /// Everything that tells two changes apart changes the digest; the
+    /// order columns and bases are listed in does not.
+    #[test]
+    fn digests_tell_changes_apart() -> Result<()> {
+        let c = change();
+        let d = digest(&c)?;
+        let mut reordered = c.clone();
+        reordered.columns.reverse();
+        reordered.base.reverse();
+        assert_eq!(digest(&reordered)?, d, "listed in another order");
+        let mut others: Vec<(&str, Change)> = Vec::new();
+        let mut x = c.clone();
+        x.table = "contact".into();
+        others.push(("table", x));
+        let mut x = c.clone();
+        x.op = Op::Insert;
+        others.push(("op", x));
+        let mut x = c.clone();
+        x.pk[1].1 = Value::from(43i64);
+        others.push(("key", x));
+        let mut x = c.clone();
+        x.pk[1].1 = Value::from(42i32);
+        others.push(("key's kind", x));
+        let mut x = c.clone();
+        x.hlc.logical += 1;
+        others.push(("clock", x));
+        let mut x = c.clone();
+        x.hlc.node = NodeId([0xac; 16]);
+        others.push(("clock's node", x));
+        let mut x = c.clone();
+        x.columns[2].1 = Value::from(0.0f64);
+        others.push(("-0.0 and 0.0", x));
+        let mut x = c.clone();
+        x.columns[7].1 = Value::from(rust_decimal::Decimal::new(15, 1));
+        others.push(("1.50 and 1.5", x));
+        let mut x = c.clone();
+        x.columns[3].1 = Value::Bytes(None);
+        others.push(("a NULL of another kind", x));
+        let mut x = c.clone();
+        x.columns.remove(3);
+        others.push(("a NULL and no column", x));
+        let mut x = c.clone();
+        x.columns[0].1 = Value::from(b"Zo\xc3\xab".to_vec());
+        others.push(("text and its bytes", x));
+        let mut x = c.clone();
+        x.columns[0].0 = "z_texT".into();
+        others.push(("a column's name", x));
+        let mut x = c.clone();
+        x.base[0].value = Some(Value::from("Zo"));
+        others.push(("a base's value", x));
+        let mut x = c.clone();
+        x.base[1].clock = Some(clock(1));
+        others.push(("a base's clock", x));
+        let mut x = c.clone();
+        x.base.clear();
+        others.push(("no bases", x));
+        let mut x = c.clone();
+        x.id.seq += 1;
+        let id_only = digest(&x)?;
+        assert_eq!(
+            id_only, d,
+            "the id is not the change's: it is what is compared under"
+        );
+        for (what, other) in others {
+            assert_ne!(digest(&other)?, d, "{what}");
+        }
+        Ok(())
+    }
 }

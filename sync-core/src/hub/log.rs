@@ -1,11 +1,11 @@
-//! The hub's change log: appending pushed changes under consecutive hub
-//! sequences, reading pages of it for pulls, and reading back the values a
-//! row state takes from its entries.
+//! The hub's change log, as releases before hub schema version 5 wrote
+//! it (a row per applied change, its values as typed JSON): no longer
+//! written. It answers for the positions before batch records (the id at
+//! a position, a change pushed again), and serves pulls on a hub no
+//! install of this release has upgraded (see `since`).
 
-use std::borrow::Cow;
-
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, SimpleExpr};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::ConnectionTrait;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order};
 
 use super::tables::{CHANGES, HUB_META};
 use super::visible::Visible;
@@ -15,32 +15,6 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, PullBatch};
 use crate::model::value::approx_size;
 use crate::store::codec::{self, db_sequence, sequence};
-
-/// The statements that append `logged` to the log, from hub sequence
-/// `first_seq` on.
-/// `owners` holds each change's row owner (see `access`).
-pub(super) fn append(
-    logged: &[Cow<'_, Change>],
-    owners: &[Option<String>],
-    first_seq: u64,
-    kind: DbBackend,
-) -> Result<Vec<Statement>> {
-    let mut rows = Vec::with_capacity(logged.len());
-    for ((seq, c), owner) in (first_seq..).zip(logged).zip(owners) {
-        let ids: Vec<SimpleExpr> = vec![
-            db_sequence(seq)?.into(),
-            c.id.origin.to_string().into(),
-            db_sequence(c.id.seq)?.into(),
-            owner.clone().into(),
-        ];
-        rows.push((ids, c.as_ref()));
-    }
-    Ok(CHANGES
-        .inserts(rows)?
-        .iter()
-        .map(|q| kind.build(q))
-        .collect())
-}
 
 /// The last hub sequence committed.
 pub(super) async fn tip<C: ConnectionTrait>(db: &C) -> Result<u64> {

@@ -3,12 +3,10 @@
 //! the version tables, see `versions`) and the log, each statement built
 //! while the database writes the one before.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
-use super::log;
 use super::owner;
 use super::versions::HUB_VERSIONS;
 use crate::dialect::Dialect;
@@ -162,7 +160,7 @@ impl<'a> Merge<'a> {
             })
             .collect::<Result<Vec<(&Change, String)>>>()?;
         self.load(&keyed).await?;
-        let (before, logged, owners) = self.merge(&keyed)?;
+        let (before, owners) = self.merge(&keyed)?;
         let rows = self.row_writes(&before)?;
         // The key values of each saved state, and the columns its table's
         // register lacks registered, before the database writes the rows.
@@ -235,12 +233,8 @@ impl<'a> Merge<'a> {
                 delete_rows(tx, spec, dead).await?;
             }
         }
-        let log_stmts = execute_while(tx, state_stmts, || {
-            log::append(&logged, &owners, first_seq, kind)
-        })
-        .await?;
-        execute_all(tx, log_stmts).await?;
-        self.next_seq = first_seq + logged.len() as u64;
+        execute_all(tx, state_stmts).await?;
+        self.next_seq = first_seq + changes.len() as u64;
         for c in changes {
             self.applied.push((c.id.seq, super::batches::digest(c)?));
         }
@@ -314,16 +308,11 @@ impl<'a> Merge<'a> {
     }
 
     /// Merge the changes in order into the loaded states. Returns each
-    /// touched row's state before, the changes as logged (without the
-    /// columns whose edit is a conflict, reported apart), and the owner of
-    /// each change's row after it (for tables with owners).
-    #[allow(clippy::type_complexity)]
-    fn merge<'c>(
-        &mut self,
-        keyed: &[(&'c Change, String)],
-    ) -> Result<(Before, Vec<Cow<'c, Change>>, Vec<Option<String>>)> {
+    /// touched row's state before, and the owner of each change's row
+    /// after it (for tables with owners). The columns whose edit is a
+    /// conflict are held or settled apart.
+    fn merge(&mut self, keyed: &[(&Change, String)]) -> Result<(Before, Vec<Option<String>>)> {
         let mut before: HashMap<RowId, RowState> = HashMap::new();
-        let mut logged: Vec<Cow<'c, Change>> = Vec::with_capacity(keyed.len());
         let mut owners = Vec::with_capacity(keyed.len());
         for (c, key) in keyed {
             let id = (c.table.clone(), key.clone());
@@ -337,21 +326,15 @@ impl<'a> Merge<'a> {
             let merged = conflict::merge_with_policy(s, c, policy);
             owners.push(spec.and_then(|spec| owner::owner_of(spec, &c.pk, s)));
             if merged.conflicts.is_empty() {
-                logged.push(Cow::Borrowed(*c));
                 continue;
             }
-            // Pass on only what was applied; report the conflicts.
-            let mut passed = (*c).clone();
-            passed.base.retain(|b| !merged.held.contains(&b.column));
-            passed.columns.retain(|(n, _)| !merged.held.contains(n));
-            logged.push(Cow::Owned(passed));
             if policy.holds_conflicts() {
                 self.held.push((c.id, merged.conflicts));
             } else {
                 self.settled.extend(merged.conflicts);
             }
         }
-        Ok((before, logged, owners))
+        Ok((before, owners))
     }
 
     /// The rows to write: upserts in table order (parents first), deletes

@@ -6,19 +6,20 @@
 //! origin already delivered, check each change against the hub's dialect,
 //! merge the changes into the row states (per-column last-writer-wins), write
 //! the resulting rows into the users' tables with multi-row statements
-//! (parents first, deletes children first), append the changes to the log
-//! with consecutive hub sequence numbers, give each changed row's version
-//! row the position of its latest change, record the batch (`batches`)
-//! and the origin's progress, commit. Because positions are assigned and
-//! committed under one lock, a puller reading the rows after its cursor
-//! never skips a change that commits late (see `since`).
+//! (parents first, deletes children first), give the changes consecutive
+//! hub sequence numbers and each changed row's version row the position
+//! of its latest change, record the batch (`batches`: the changes' ids and
+//! digests, one row) and the origin's progress, commit. Because positions
+//! are assigned and committed under one lock, a puller reading the rows
+//! after its cursor never skips a change that commits late (see `since`).
 //!
 //! The row states are in one version table per synced table (see
 //! `versions`): the key in the users' table's own types, the column
 //! clocks, the delete clock, the values in binary and the row's position.
-//! The log is never pruned: pulls of changes (clients of earlier
-//! releases), and the id at a position and the check for a copied device
-//! before batch records, read it.
+//! Pulls read them, pulls of changes (clients of earlier releases) too,
+//! each row as the changes of its clocks. The log of releases before hub
+//! schema version 5 (`log`) is no longer written; it is kept, and read for
+//! the changes applied before batch records.
 //!
 //! Everything needed to write another hub (a transport to a remote one, a
 //! wrapper that counts or fails calls) is exported here: implement [`Hub`]
@@ -250,6 +251,22 @@ impl SqlHub {
         push::push(&self.db, specs, self.policy, max_skew_us, batch, account).await
     }
 
+    /// The rows changed after `cursor`, leaving out those whose every
+    /// column `skip`'s pushes set.
+    async fn states(&self, cursor: Cursor, limit: u64, skip: Option<NodeId>) -> Result<StatePage> {
+        let specs = self.tables.read().await.clone();
+        since::read(
+            &self.db,
+            &self.positioned,
+            &specs,
+            cursor,
+            limit,
+            skip,
+            None,
+        )
+        .await
+    }
+
     /// A snapshot page, of the rows `visible` shows if given.
     async fn snapshot_for(
         &self,
@@ -296,8 +313,11 @@ impl Hub for SqlHub {
         })
     }
 
+    /// The rows changed after `cursor`, as changes (see
+    /// [`StatePage`]'s conversion): the hub keeps states, not the changes
+    /// that made them.
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch> {
-        log::read(&self.db, cursor, limit, None, None).await
+        Ok(self.states(cursor, limit, None).await?.into())
     }
 
     async fn pull_excluding(
@@ -306,21 +326,11 @@ impl Hub for SqlHub {
         limit: u64,
         origin: NodeId,
     ) -> Result<PullBatch> {
-        log::read(&self.db, cursor, limit, Some(origin), None).await
+        Ok(self.states(cursor, limit, Some(origin)).await?.into())
     }
 
     async fn pull_states(&self, cursor: Cursor, limit: u64, origin: NodeId) -> Result<StatePage> {
-        let specs = self.tables.read().await.clone();
-        since::read(
-            &self.db,
-            &self.positioned,
-            &specs,
-            cursor,
-            limit,
-            Some(origin),
-            None,
-        )
-        .await
+        self.states(cursor, limit, Some(origin)).await
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {

@@ -15,7 +15,7 @@ use super::held;
 use super::merge::Merge;
 use super::resent;
 use super::tables::hub_version_table;
-use super::tables::{CHANGES, HUB_META, HUB_SCHEMA_VERSION, PEERS, REJECTED};
+use super::tables::{HUB_META, HUB_SCHEMA_VERSION, PEERS, REJECTED};
 use super::validate::{check_clock, validate};
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::{Change, TableSpec};
@@ -248,12 +248,11 @@ impl Push<'_> {
                         .collect()
                 })
                 .collect();
-            let mut tables: Vec<(Place<'_>, &[&str])> = names
+            let tables: Vec<(Place<'_>, &[&str])> = names
                 .iter()
                 .zip(&keys)
                 .map(|(n, k)| (Place::own(n), k.as_slice()))
                 .collect();
-            tables.push((Place::own(CHANGES.name), &["hub_seq"]));
             analyze(self.db, &tables).await;
         }
         ack.conflicts.extend(held.into_iter().flat_map(|(_, c)| c));

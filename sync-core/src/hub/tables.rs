@@ -25,17 +25,21 @@ use crate::store::user_tables::{ensure_table, existing_columns};
 /// at [`FIRST_VERSION`], which every release reads). Version 3 keeps the
 /// row states in version tables (see `versions`), which no earlier release
 /// reads; version 4 gives each version row its position, which pulls read
-/// (a server of version 3 would write rows without one): the first
-/// install of this release raises it, and a push refuses a hub of a later
-/// version than its own.
-pub(crate) const HUB_SCHEMA_VERSION: i64 = 4;
+/// (a server of version 3 would write rows without one); version 5 no
+/// longer writes the log (a server of version 4 would serve pulls of
+/// changes from it): the first install of this release raises it, and a
+/// push refuses a hub of a later version than its own.
+pub(crate) const HUB_SCHEMA_VERSION: i64 = 5;
+/// The first hub schema version whose pushes write no log.
+pub(crate) const UNLOGGED_VERSION: i64 = 5;
 /// The version a new hub starts at.
 const FIRST_VERSION: i64 = 1;
 
 /// Key/value metadata of the hub: schema version, hub id, next sequence.
 pub(crate) const HUB_META: Meta = Meta("_tidesync_hub_meta");
-/// The change log, by hub sequence, with each change's origin and origin
-/// sequence.
+/// The change log of releases before hub schema version 5, by hub
+/// sequence, with each change's origin and origin sequence: read for the
+/// changes applied then (see `log`), never written.
 pub(crate) const CHANGES: ChangeTable = ChangeTable {
     name: "_tidesync_changes",
     ids: &["hub_seq", "origin", "origin_seq", "owner"],
@@ -519,9 +523,8 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
             .col(not_null("last_seq", ColumnType::BigInteger))
             .col(not_null("seqs", d.long_bytes()))
             .col(not_null("digests", d.long_bytes()))
-            // No index on the origin: a record holds a push's changes
-            // (a thousandth of the log's rows), and only a change pushed
-            // again is looked up by its origin.
+            // Its index on the origin is made apart (see
+            // `batches::settle`): the table was first made without it.
             .to_owned(),
         Table::create()
             .table(Alias::new(PEERS))

@@ -129,7 +129,7 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
             fill_positions(db, &spec).await?;
         }
     }
-    Ok(())
+    super::batches::settle(db).await
 }
 
 /// Create the version table of `spec` (placed; its users' table made),

@@ -4,7 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::change::{Change, ChangeId, TableSpec};
+use std::collections::BTreeMap;
+
+use sea_orm::Value;
+
+use crate::model::change::{Change, ChangeId, Op, TableSpec};
+use crate::model::clock::Hlc;
 use crate::model::error::Result;
 use crate::model::merge::RowState;
 
@@ -156,6 +161,65 @@ impl From<PullBatch> for StatePage {
     }
 }
 
+impl From<StatePage> for PullBatch {
+    /// A page of states as a page of changes, for a client that pulls
+    /// changes ([`Hub::pull`]): each row as one change per distinct clock
+    /// in its state, oldest first (a delete for its delete clock, the
+    /// columns of each other clock), so that merging them makes the
+    /// state. A hub keeps states, not the changes that made them: each
+    /// change takes the id `(node of its clock, 0)`, no origin sequence.
+    fn from(page: StatePage) -> Self {
+        type Columns = Vec<(String, Value)>;
+        let mut changes = Vec::with_capacity(page.rows.len());
+        for row in page.rows {
+            let mut by_clock: BTreeMap<Hlc, Columns> = BTreeMap::new();
+            let mut state = row.state;
+            for (column, hlc) in &state.clocks {
+                if let Some(v) = state.vals.remove(column) {
+                    by_clock.entry(*hlc).or_default().push((column.clone(), v));
+                }
+            }
+            let mut clocks: Vec<(Hlc, Option<Columns>)> =
+                by_clock.into_iter().map(|(h, c)| (h, Some(c))).collect();
+            if let Some(d) = state.deleted_at {
+                clocks.push((d, None));
+            }
+            // A delete wins over a write stamped alike: it comes after it.
+            clocks.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.is_none().cmp(&b.1.is_none())));
+            let mut live = false;
+            for (hlc, columns) in clocks {
+                let id = ChangeId {
+                    origin: hlc.node,
+                    seq: 0,
+                };
+                let (op, columns) = match columns {
+                    None => {
+                        live = false;
+                        (Op::Delete, Vec::new())
+                    }
+                    Some(c) => (if live { Op::Update } else { Op::Insert }, c),
+                };
+                live |= op == Op::Insert;
+                changes.push(Change {
+                    id,
+                    table: row.table.clone(),
+                    pk: row.pk.clone(),
+                    op,
+                    columns,
+                    hlc,
+                    base: Vec::new(),
+                });
+            }
+        }
+        PullBatch {
+            changes,
+            next: page.next,
+            next_id: page.next_id,
+            unreadable: page.unreadable,
+        }
+    }
+}
+
 /// A change that cannot be read back (malformed typed JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Unreadable {
@@ -295,4 +359,106 @@ pub trait Hub: Send + Sync {
     /// one a resumed bootstrap started at (the hub went back in time) makes
     /// the engine start the snapshot over.
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::clock::NodeId;
+
+    fn at(physical: u64, node: u8) -> Hlc {
+        Hlc {
+            physical,
+            logical: 0,
+            node: NodeId([node; 16]),
+        }
+    }
+
+    fn row(state: RowState) -> SnapshotRow {
+        SnapshotRow {
+            table: "t".into(),
+            pk: vec![("id".into(), Value::from(1i64))],
+            state,
+        }
+    }
+
+    fn state(cols: &[(&str, &str, Hlc)], deleted_at: Option<Hlc>) -> RowState {
+        RowState {
+            vals: cols
+                .iter()
+                .map(|(c, v, _)| ((*c).to_owned(), Value::from(*v)))
+                .collect(),
+            clocks: cols.iter().map(|(c, _, h)| ((*c).to_owned(), *h)).collect(),
+            deleted_at,
+        }
+    }
+
+    /// The changes of a page, folded back into states, make the page's
+    /// states; ops and ids as `From<StatePage>` says.
+    #[test]
+    fn states_as_changes_merge_back_into_the_states() {
+        let cases = [
+            // Two clocks, no delete.
+            (
+                state(
+                    &[
+                        ("a", "1", at(5, 1)),
+                        ("b", "2", at(9, 2)),
+                        ("c", "3", at(5, 1)),
+                    ],
+                    None,
+                ),
+                vec![(Op::Insert, 5, 2), (Op::Update, 9, 1)],
+            ),
+            // Deleted after its writes.
+            (
+                state(&[("a", "1", at(5, 1))], Some(at(7, 3))),
+                vec![(Op::Insert, 5, 1), (Op::Delete, 7, 0)],
+            ),
+            // Written again after a delete.
+            (
+                state(
+                    &[("a", "1", at(5, 1)), ("b", "2", at(8, 1))],
+                    Some(at(6, 3)),
+                ),
+                vec![(Op::Insert, 5, 1), (Op::Delete, 6, 0), (Op::Insert, 8, 1)],
+            ),
+            // A delete stamped like a write wins: it comes last.
+            (
+                state(&[("a", "1", at(6, 3))], Some(at(6, 3))),
+                vec![(Op::Insert, 6, 1), (Op::Delete, 6, 0)],
+            ),
+            // Only a delete.
+            (state(&[], Some(at(4, 2))), vec![(Op::Delete, 4, 0)]),
+        ];
+        for (s, expected) in cases {
+            let page = StatePage {
+                rows: vec![row(s.clone())],
+                next: Cursor(3),
+                next_id: None,
+                unreadable: None,
+            };
+            let batch = PullBatch::from(page);
+            assert_eq!(batch.next, Cursor(3));
+            let shape: Vec<(Op, u64, usize)> = batch
+                .changes
+                .iter()
+                .map(|c| (c.op, c.hlc.physical, c.columns.len()))
+                .collect();
+            assert_eq!(shape, expected, "{s:?}");
+            let mut folded = RowState::default();
+            for c in batch.changes {
+                assert_eq!(
+                    c.id,
+                    ChangeId {
+                        origin: c.hlc.node,
+                        seq: 0
+                    }
+                );
+                assert_eq!((c.table.as_str(), c.pk.len()), ("t", 1));
+                folded.merge(&RowState::of_change(c));
+            }
+            assert_eq!(folded, s);
+        }
+    }
 }
