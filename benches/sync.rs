@@ -888,7 +888,7 @@ async fn footprint(db: &DatabaseConnection) -> Res<Option<String>> {
         "raw_contacts",
         "contacts",
         "_ts_hv_contacts",
-        "_tidesync_changes",
+        "_tidesync_batches",
     ];
     let backend = db.get_database_backend();
     let list = TABLES.map(|t| format!("'{t}'")).join(", ");
@@ -934,11 +934,11 @@ async fn footprint(db: &DatabaseConnection) -> Res<Option<String>> {
     let size = |t: &str| sizes.get(t).copied().unwrap_or(0.0);
     let ours: f64 = TABLES[1..].iter().map(|t| size(t)).sum();
     Ok(Some(format!(
-        "hub storage: contacts {:.1} MiB + _ts_hv_contacts {:.1} MiB + _tidesync_changes \
+        "hub storage: contacts {:.1} MiB + _ts_hv_contacts {:.1} MiB + _tidesync_batches \
          {:.1} MiB = {:.1}x the raw table ({:.1} MiB)",
         size("contacts"),
         size("_ts_hv_contacts"),
-        size("_tidesync_changes"),
+        size("_tidesync_batches"),
         ours / size("raw_contacts").max(1e-9),
         size("raw_contacts"),
     )))
@@ -1196,7 +1196,7 @@ impl Hub for Timed {
             && n.is_multiple_of(20)
         {
             let sql = match db.get_database_backend() {
-                DbBackend::MySql => "ANALYZE TABLE _ts_hv_contacts, _tidesync_changes, contacts",
+                DbBackend::MySql => "ANALYZE TABLE _ts_hv_contacts, contacts",
                 _ => "ANALYZE",
             };
             // A query, not an execute: MySQL's ANALYZE TABLE returns rows.
@@ -2344,13 +2344,13 @@ async fn hub_phases(
     out.add(name, NAIVE, Kind::Baseline, Base::Hub, n, t, None);
     // The floor for push: rows and their log entries, nothing else.
     clone_table(&db, "contacts", "floor_contacts").await?;
-    clone_table(&db, "_tidesync_changes", "floor_changes").await?;
+    clone_table(&db, "_tidesync_changes_v4", "floor_changes").await?;
     reset_peak();
     let t = raw_with_log(&db, "floor_contacts", "floor_changes", None, rows).await?;
     out.add(name, FLOOR, Kind::Baseline, Base::Hub, rows, t, None);
     // ... and with the row metadata the issue also asks for.
     clone_table(&db, "contacts", "floor2_contacts").await?;
-    clone_table(&db, "_tidesync_changes", "floor2_changes").await?;
+    clone_table(&db, "_tidesync_changes_v4", "floor2_changes").await?;
     format1_states_table(&db, "floor2_states").await?;
     reset_peak();
     let t = raw_with_log(

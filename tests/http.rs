@@ -378,7 +378,9 @@ async fn a_user_cannot_write_another_users_rows(hub: TestDb) -> TestResult {
         pulled
             .changes
             .iter()
-            .all(|c| c.id.origin == me && c.hlc.node == me && c.table == "notes"),
+            .all(|c| c.id.origin == tidesync::hub::STATE_ORIGIN
+                && c.hlc.node == me
+                && c.table == "notes"),
         "{pulled:?}"
     );
     ensure_eq!(pulled.changes.len(), 1);
@@ -1853,7 +1855,8 @@ async fn a_user_cannot_push_under_another_users_device_identity(hub: TestDb) -> 
     bob.install(&[tidesync::table_spec::<labels::Entity>()])
         .await?;
     let pulled = bob.pull(tidesync::hub::Cursor(0), 100).await?;
-    let hers = pulled.changes.first().ok_or("bob saw no label")?.id.origin;
+    // (the node of its clock: a pull of changes carries no pusher's id).
+    let hers = pulled.changes.first().ok_or("bob saw no label")?.hlc.node;
     // And pushes under it, far ahead of her sequence.
     let mut forged = change(hers, 1_000, Op::Insert, Uuid::new_v4(), &[]);
     forged.table = "labels".into();

@@ -447,15 +447,17 @@ async fn kills(hub: &TestDb, devices: &[TestDb; 2], seed: u64) -> TestResult {
     for d in devices {
         log.extend(journaled(&d.db).await?);
     }
-    let applied: usize = common::applied_by_origin(&hub.db)
-        .await?
-        .values()
-        .map(Vec::len)
-        .sum();
+    let mut captured: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for c in &log {
+        captured
+            .entry(c.id.origin.to_string())
+            .or_default()
+            .push(c.id.seq);
+    }
     ensure_eq!(
-        applied,
-        log.len(),
-        "the hub applied each change the devices captured"
+        common::applied_by_origin(&hub.db).await?,
+        captured,
+        "the hub applied each change the devices captured, and no other"
     );
     let want = last_writer_wins(&log)?;
     let hub_rows = rows::contacts(&hub.db).await?;

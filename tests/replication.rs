@@ -265,16 +265,26 @@ async fn delete_propagates_and_later_update_wins(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
-async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
-    let backend = common::hub_for(&hub).await?;
+/// A device `a` on a reach of `hub` of its own, installed, with `n` new
+/// contacts captured and not pushed: the hub, the device and its changes.
+async fn captured(
+    hub: &TestDb,
+    n: usize,
+) -> Result<(Arc<dyn Hub>, Device, Vec<tidesync::Change>), BoxError> {
+    let backend = common::hub_for(hub).await?;
     let a = Device::with_backend(backend.clone(), "a").await?;
     a.sync().await?; // installs the hub
-    for i in 0..5 {
+    for i in 0..n {
         a.add(&format!("n{i}")).await?;
     }
+    a.engine.replica().capture().await?;
+    let batch = a.engine.replica().pending(100).await?;
+    Ok((backend, a, batch))
+}
+
+async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
+    let (backend, a, batch) = captured(&hub, 5).await?;
     let replica = a.engine.replica();
-    replica.capture().await?;
-    let batch = replica.pending(100).await?;
     // The device died after the hub committed, before it recorded the ack.
     let first = backend.push(&batch).await?;
     let again = backend.push(&batch).await?;
@@ -586,6 +596,16 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
         a.engine.replica().node_id(),
         people.engine.replica().node_id(),
     );
+    // The log under the name it had then, where this release's install
+    // left a placeholder.
+    hub.db
+        .execute_unprepared("DROP TABLE _tidesync_changes")
+        .await?;
+    let rename = match hub.backend() {
+        DbBackend::MySql => "RENAME TABLE _tidesync_changes_v4 TO _tidesync_changes",
+        _ => "ALTER TABLE _tidesync_changes_v4 RENAME TO _tidesync_changes",
+    };
+    hub.db.execute_unprepared(rename).await?;
     for (at, origin, seq, c) in [
         (1, a_node, 1, x_in),
         (2, a_node, 2, y_in),
@@ -627,18 +647,37 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
             common::quote(hub.backend(), "key")
         ))
         .await?;
-    // Before any install of this release: pulls of states from the log.
-    // A server started now (one running before has seen the columns of
-    // positions, which no release takes away).
+    // No batch records then: the log tells the ids.
+    hub.db
+        .execute_unprepared("DELETE FROM _tidesync_batches")
+        .await?;
+    hub.db
+        .execute_unprepared(&format!(
+            "DELETE FROM _tidesync_hub_meta WHERE {} = 'batches_from'",
+            common::quote(hub.backend(), "key")
+        ))
+        .await?;
+    // Before any install of this release, pulls fail rather than pass the
+    // rows without positions over (a server started now: one running
+    // before has seen the columns of positions, which no release takes
+    // away). A hub server that installs as it starts serves them.
     let backend = common::hub_for(&hub).await?;
     let stranger = tidesync::NodeId([7; 16]);
-    let early = backend.pull_states(b_cursor, 100, stranger).await?;
-    ensure_eq!(
-        early.rows.iter().map(pulled_id).collect::<Vec<_>>(),
-        vec![Some(someone), Some(x)],
-        "the person and the edit after b's cursor, read from the log"
-    );
-    ensure_eq!(early.next, tip);
+    match backend.pull_states(b_cursor, 100, stranger).await {
+        Ok(early) => {
+            ensure_eq!(
+                early.rows.iter().map(pulled_id).collect::<Vec<_>>(),
+                vec![Some(someone), Some(x)],
+                "the person and the edit after b's cursor"
+            );
+            ensure_eq!(early.next, tip);
+        }
+        Err(e) => ensure!(
+            e.to_string().contains("without a position")
+                || e.to_string().contains("the hub failed"),
+            "{e}"
+        ),
+    }
     // The next install upgrades.
     let c = Device::new(&hub, "c").await?;
     synced_but_people(c.engine.sync_now().await?)?;
@@ -660,6 +699,19 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
         positions("_ts_hv_contacts").await?,
         vec![Some(2), Some(3), Some(tip.0 as i64)],
         "each row at its latest log entry"
+    );
+    // The log moved to the name this release reads it under; a server of
+    // an earlier release reading it under its old name fails.
+    ensure_eq!(
+        common::count_rows(&hub.db, "_tidesync_changes_v4").await?,
+        5
+    );
+    ensure!(
+        hub.db
+            .execute_unprepared("SELECT hub_seq, payload FROM _tidesync_changes")
+            .await
+            .is_err(),
+        "the log's old name holds a placeholder"
     );
     ensure_eq!(
         positions("_ts_hv_people").await?,
@@ -720,15 +772,8 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
 /// and a copy of the device pushing another change under an applied id
 /// are all answered from the batch records, the log's rows gone.
 async fn batch_records_tell_ids_and_find_copies_without_the_log(hub: TestDb) -> TestResult {
-    let backend = common::hub_for(&hub).await?;
-    let a = Device::with_backend(backend.clone(), "a").await?;
-    a.sync().await?; // installs the hub
-    for i in 0..3 {
-        a.add(&format!("n{i}")).await?;
-    }
+    let (backend, a, batch) = captured(&hub, 3).await?;
     let replica = a.engine.replica();
-    replica.capture().await?;
-    let batch = replica.pending(100).await?;
     let first = backend.push(&batch).await?;
     ensure_eq!(first.acknowledged.len(), 3);
     let page = backend
@@ -736,7 +781,7 @@ async fn batch_records_tell_ids_and_find_copies_without_the_log(hub: TestDb) -> 
         .await?;
     ensure_eq!(page.next_id, batch.last().map(|c| c.id));
     hub.db
-        .execute_unprepared("DELETE FROM _tidesync_changes")
+        .execute_unprepared("DELETE FROM _tidesync_changes_v4")
         .await?;
     let standing = backend.standing(replica.node_id(), Some(page.next)).await?;
     ensure_eq!(standing.at, page.next_id, "told the same at the cursor");
@@ -762,13 +807,8 @@ async fn batch_records_tell_ids_and_find_copies_without_the_log(hub: TestDb) -> 
 /// version (it installed before) refuses to push, instead of writing what
 /// the later release no longer reads; nothing of the batch is applied.
 async fn a_server_behind_the_hubs_schema_stops_pushing(hub: TestDb) -> TestResult {
-    let backend = common::hub_for(&hub).await?;
-    let a = Device::with_backend(backend.clone(), "a").await?;
-    a.sync().await?; // installs the hub
-    a.add("late").await?;
+    let (backend, a, batch) = captured(&hub, 1).await?;
     let replica = a.engine.replica();
-    replica.capture().await?;
-    let batch = replica.pending(100).await?;
     hub.db
         .execute_unprepared(&format!(
             "UPDATE _tidesync_hub_meta SET {} = '99' WHERE {} = 'schema_version'",

@@ -685,7 +685,6 @@ pub fn pk_key(values: &[sea_orm::Value]) -> String {
     serde_json::to_string(values).expect("typed values serialise")
 }
 
-/// `SELECT COUNT(*)` of `table`.
 /// The changes a hub applied, by origin, each origin's sequences in the
 /// order of their hub positions, as its batch records hold them (one per
 /// push transaction: the first position, then the origin sequence of each
@@ -716,6 +715,7 @@ pub async fn applied_by_origin(
     Ok(out)
 }
 
+/// `SELECT COUNT(*)` of `table`.
 pub async fn count_rows(db: &DatabaseConnection, table: &str) -> Result<i64, BoxError> {
     let kind = db.get_database_backend();
     let sql = format!("SELECT COUNT(*) AS n FROM {}", quote(kind, table));

@@ -452,15 +452,20 @@ impl UserHub<'_> {
         self
     }
 
-    /// The user's rows changed after `cursor`, leaving out those whose
-    /// every column `skip`'s pushes set.
-    async fn states(&self, cursor: Cursor, limit: u64, skip: Option<NodeId>) -> Result<StatePage> {
-        let visible = Visible::load(
+    /// What this account's user may see of the hub, as it stands now.
+    async fn visible(&self) -> Result<Visible> {
+        Visible::load(
             self.hub.connection(),
             &self.account.user,
             self.account.share_undeclared,
         )
-        .await?;
+        .await
+    }
+
+    /// The user's rows changed after `cursor`, leaving out those whose
+    /// every column `skip`'s pushes set.
+    async fn states(&self, cursor: Cursor, limit: u64, skip: Option<NodeId>) -> Result<StatePage> {
+        let visible = self.visible().await?;
         let tables = self.tables();
         super::since::read(
             self.hub.connection(),
@@ -795,12 +800,7 @@ impl Hub for UserHub<'_> {
         }
         let mut standing = self.hub.standing(origin, None).await?;
         if let Some(c) = at {
-            let visible = Visible::load(
-                self.hub.connection(),
-                &self.account.user,
-                self.account.share_undeclared,
-            )
-            .await?;
+            let visible = self.visible().await?;
             standing.at = super::log::id_at(self.hub.connection(), c, Some(&visible))
                 .await
                 .map_err(Error::or_offline)?;
@@ -828,12 +828,7 @@ impl Hub for UserHub<'_> {
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        let visible = Visible::load(
-            self.hub.connection(),
-            &self.account.user,
-            self.account.share_undeclared,
-        )
-        .await?;
+        let visible = self.visible().await?;
         let tables = self.tables();
         // The user gets sealed tokens: the hub's own would name the last
         // row read, another user's if the page passed it over.

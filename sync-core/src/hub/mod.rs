@@ -49,8 +49,8 @@ use tokio::sync::RwLock;
 pub use crate::model::conflict::{Merged, merge_with_policy};
 pub use crate::model::merge::RowState;
 pub use crate::model::protocol::{
-    ClockAhead, Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, SnapshotPage,
-    SnapshotRow, Standing, StatePage, Unreadable,
+    ClockAhead, Cursor, Hub, HubInfo, PullBatch, PushAck, RejectPolicy, Rejection, STATE_ORIGIN,
+    SnapshotPage, SnapshotRow, Standing, StatePage, Unreadable,
 };
 pub use access::{Account, Authorize, UserHub};
 

@@ -8,21 +8,20 @@
 //! every position up to it is visible to the reads that follow, and a
 //! row that moves past it meanwhile is read by the next pull.
 //!
-//! A row without a position is found by none. On a hub no install of
-//! this release has upgraded yet (schema version 4 or before: every
-//! change is in the log) the log serves pulls instead, with the same
-//! positions. On an upgraded hub every row has one (the install gives
-//! them before the server serves, and pushes give them): a row without
-//! one was written by a server of a development build of hub schema
-//! version 3, which does not check the version, still running. The pull
-//! fails then, naming it, rather than pass the row over: the log no
-//! longer holds what pushes since wrote.
+//! A row without a position is found by none. Every row has one once an
+//! install of this release has upgraded the hub (it gives them before
+//! the server serves, and pushes give them): a row without one is on a
+//! hub no install of this release has upgraded yet, or was written by a
+//! server of a development build of hub schema version 3, which does not
+//! check the version, still running. The pull fails then, naming both,
+//! rather than pass the row over (the log, which releases before hub
+//! schema version 5 wrote, no longer holds what pushes write).
 
 use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 
 use super::log::{self, PAGE_BYTES};
-use super::tables::{HUB_META, UNLOGGED_VERSION, hub_version_table};
+use super::tables::hub_version_table;
 use super::versions::{HUB_VERSIONS, versioned};
 use super::visible::Visible;
 use crate::dialect::Place;
@@ -57,26 +56,14 @@ pub(super) async fn read<C: ConnectionTrait>(
     }
     let tables = versioned(db, specs).await.map_err(Error::or_offline)?;
     if !positioned(db, seen, &tables).await {
-        // Rows without a position are not found by position. The position
-        // they are given is their latest log entry's, which a cursor may
-        // pass meanwhile: while the log holds every change, it serves the
-        // page. Its positions are the same, so a device switches freely.
-        let version: i64 = HUB_META
-            .read(db, "schema_version")
-            .await
-            .map_err(Error::or_offline)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        if version < UNLOGGED_VERSION {
-            let batch = log::read(db, cursor, limit, skip, visible).await?;
-            return Ok(batch.into());
-        }
-        return Err(Error::Corrupt(format!(
-            "a version table of this hub (schema version {version}) holds rows without a \
-             position, which a pull would pass over: a server of an earlier build that does \
-             not give them (hub schema version 3) is writing to it. Stop it, then start a \
-             server of this release: its install gives them their positions"
-        )));
+        return Err(Error::Corrupt(
+            "a version table of this hub holds rows without a position, which a pull would \
+             pass over: no install of this release has upgraded the hub yet, or a server of an \
+             earlier build that does not give them (hub schema version 3) is writing to it. \
+             Stop such a server, then install (a server of this release installs as it starts): \
+             the install gives the rows their positions"
+                .into(),
+        ));
     }
     let mut found: Vec<(&TableSpec, AtPosition)> = Vec::new();
     for spec in &tables {

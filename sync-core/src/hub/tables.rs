@@ -27,11 +27,10 @@ use crate::store::user_tables::{ensure_table, existing_columns};
 /// reads; version 4 gives each version row its position, which pulls read
 /// (a server of version 3 would write rows without one); version 5 no
 /// longer writes the log (a server of version 4 would serve pulls of
-/// changes from it): the first install of this release raises it, and a
-/// push refuses a hub of a later version than its own.
+/// changes from it, so the log moves to another name, see `retire_log`):
+/// the first install of this release raises it, and a push refuses a hub
+/// of a later version than its own.
 pub(crate) const HUB_SCHEMA_VERSION: i64 = 5;
-/// The first hub schema version whose pushes write no log.
-pub(crate) const UNLOGGED_VERSION: i64 = 5;
 /// The version a new hub starts at.
 const FIRST_VERSION: i64 = 1;
 
@@ -41,7 +40,7 @@ pub(crate) const HUB_META: Meta = Meta("_tidesync_hub_meta");
 /// sequence, with each change's origin and origin sequence: read for the
 /// changes applied then (see `log`), never written.
 pub(crate) const CHANGES: ChangeTable = ChangeTable {
-    name: "_tidesync_changes",
+    name: "_tidesync_changes_v4",
     ids: &["hub_seq", "origin", "origin_seq", "owner"],
 };
 /// Replicated state of every row (values and per-column clocks).
@@ -204,6 +203,7 @@ pub(crate) async fn install(
     for spec in tables {
         check_spec(spec)?;
     }
+    retire_log(db, d).await?;
     for t in hub_tables(d) {
         create(db, t).await?;
     }
@@ -376,6 +376,43 @@ async fn place<C: ConnectionTrait>(
         schema: (!recorded.is_empty()).then_some(recorded),
         ..spec.clone()
     })
+}
+
+/// The log's name before hub schema version 5, when pushes wrote it.
+const LOG_BEFORE_V5: &str = "_tidesync_changes";
+
+/// Move the log of a hub an earlier release made to [`CHANGES`]'s name,
+/// and leave in its place a table no earlier release can use: a server
+/// of one still running fails to read the log, instead of serving pulls
+/// of changes from a log no push writes any more (and moving its cursor
+/// past them). A hub made since has the placeholder from the start.
+async fn retire_log(db: &DatabaseConnection, d: &dyn Dialect) -> Result<()> {
+    let columns =
+        |name: &'static str| async move { existing_columns(db, d, Place::own(name)).await };
+    let is_log = |c: &[String]| c.iter().any(|c| c == "payload");
+    if is_log(&columns(LOG_BEFORE_V5).await?) && columns(CHANGES.name).await?.is_empty() {
+        let rename = Table::rename()
+            .table(Alias::new(LOG_BEFORE_V5), Alias::new(CHANGES.name))
+            .to_owned();
+        if let Err(e) = db.execute(&rename).await {
+            // Another install moved it meanwhile.
+            if columns(CHANGES.name).await?.is_empty() {
+                return Err(e.into());
+            }
+        }
+    }
+    let placeholder = Table::create()
+        .table(Alias::new(LOG_BEFORE_V5))
+        .if_not_exists()
+        .col(
+            ColumnDef::new_with_type(
+                Alias::new("retired_by_hub_schema_version_5"),
+                ColumnType::Integer,
+            )
+            .null(),
+        )
+        .to_owned();
+    create(db, placeholder).await
 }
 
 /// Add the log's `owner` column to a hub an earlier release made (its

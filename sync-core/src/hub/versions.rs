@@ -121,8 +121,8 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
         install(db, spec, &stores).await?;
     }
     // The version tables of tables this install does not name get their
-    // positions too: pulls read every version table (and, while a row
-    // has none, read the log instead).
+    // positions too: pulls read every version table (and fail while a
+    // row has none).
     for spec in versioned(db, placed).await? {
         if placed.iter().all(|p| p.name != spec.name) {
             add_positions(db, d, &hub_version_table(&spec.name)).await?;

@@ -116,28 +116,7 @@ impl Visible {
         }
     }
 
-    /// The log entries that may be this user's: theirs, and those without
-    /// an owner of the shared tables and of the tables with owners (an
-    /// entry logged before its table had owners; see [`Visible::shown`]).
-    pub(super) fn condition(&self) -> SimpleExpr {
-        let mine = Expr::col(Alias::new("owner")).eq(self.user.as_str());
-        let ownerless = Expr::col(Alias::new("owner")).is_null();
-        if self.share_undeclared {
-            return mine.or(ownerless);
-        }
-        let maybe: Vec<&str> = self
-            .tables
-            .iter()
-            .filter(|(name, o)| self.shared(name) || o.column().is_some())
-            .map(|(name, _)| name.as_str())
-            .collect();
-        if maybe.is_empty() {
-            return mine;
-        }
-        mine.or(ownerless.and(Expr::col(Alias::new("tbl")).is_in(maybe)))
-    }
-
-    /// Which of these log rows (read with [`Visible::condition`]) are this
+    /// Which of these log rows are this
     /// user's: an entry without an owner of a table with owners is the
     /// user's if its row is now.
     pub(super) async fn shown<C: ConnectionTrait>(

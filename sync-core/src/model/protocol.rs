@@ -101,7 +101,8 @@ pub struct Standing {
     pub at: Option<ChangeId>,
 }
 
-/// A page of the hub's change log.
+/// A page of changes after a cursor (see [`Hub::pull`]: a hub that keeps
+/// row states sends each row as the changes its state is made of).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PullBatch {
@@ -161,13 +162,20 @@ impl From<PullBatch> for StatePage {
     }
 }
 
+/// The origin of the changes a hub makes of row states (see
+/// `From<StatePage> for PullBatch`): a node no device has (node ids are
+/// random; this one is all ones).
+pub const STATE_ORIGIN: crate::model::clock::NodeId = crate::model::clock::NodeId([0xff; 16]);
+
 impl From<StatePage> for PullBatch {
     /// A page of states as a page of changes, for a client that pulls
     /// changes ([`Hub::pull`]): each row as one change per distinct clock
     /// in its state, oldest first (a delete for its delete clock, the
     /// columns of each other clock), so that merging them makes the
     /// state. A hub keeps states, not the changes that made them: each
-    /// change takes the id `(node of its clock, 0)`, no origin sequence.
+    /// change takes the id [`STATE_ORIGIN`]`:0`. Not the node of its
+    /// clock: a client that leaves out changes of its own node would leave
+    /// out a copy's changes stamped under the node they shared.
     fn from(page: StatePage) -> Self {
         type Columns = Vec<(String, Value)>;
         let mut changes = Vec::with_capacity(page.rows.len());
@@ -189,7 +197,7 @@ impl From<StatePage> for PullBatch {
             let mut live = false;
             for (hlc, columns) in clocks {
                 let id = ChangeId {
-                    origin: hlc.node,
+                    origin: STATE_ORIGIN,
                     seq: 0,
                 };
                 let (op, columns) = match columns {
@@ -299,7 +307,14 @@ pub trait Hub: Send + Sync {
         at: Option<Cursor>,
     ) -> Result<Standing>;
 
-    /// Up to `limit` changes after `cursor`, in hub order.
+    /// The changes after `cursor`, in hub order, up to `limit` of them.
+    ///
+    /// `SqlHub` keeps row states, not changes (since hub schema version
+    /// 5): it sends the rows changed after `cursor`, up to `limit` rows,
+    /// each as the changes its state is made of (see
+    /// `From<StatePage> for PullBatch`), under ids of [`STATE_ORIGIN`].
+    /// Merging them makes the states; they are not the changes devices
+    /// pushed, and their ids are not unique.
     async fn pull(&self, cursor: Cursor, limit: u64) -> Result<PullBatch>;
 
     /// Like [`Hub::pull`], but without the changes made by `origin`
@@ -451,7 +466,7 @@ mod tests {
                 assert_eq!(
                     c.id,
                     ChangeId {
-                        origin: c.hlc.node,
+                        origin: STATE_ORIGIN,
                         seq: 0
                     }
                 );
