@@ -203,7 +203,7 @@ pub(crate) async fn install(
     for spec in tables {
         check_spec(spec)?;
     }
-    retire_log(db, d).await?;
+    retire_log(db).await?;
     for t in hub_tables(d) {
         create(db, t).await?;
     }
@@ -386,33 +386,9 @@ const LOG_BEFORE_V5: &str = "_tidesync_changes";
 /// of one still running fails to read the log, instead of serving pulls
 /// of changes from a log no push writes any more (and moving its cursor
 /// past them). A hub made since has the placeholder from the start.
-async fn retire_log(db: &DatabaseConnection, d: &dyn Dialect) -> Result<()> {
-    let columns =
-        |name: &'static str| async move { existing_columns(db, d, Place::own(name)).await };
-    let is_log = |c: &[String]| c.iter().any(|c| c == "payload");
-    if is_log(&columns(LOG_BEFORE_V5).await?) && columns(CHANGES.name).await?.is_empty() {
-        let rename = Table::rename()
-            .table(Alias::new(LOG_BEFORE_V5), Alias::new(CHANGES.name))
-            .to_owned();
-        if let Err(e) = db.execute(&rename).await {
-            // Another install moved it meanwhile.
-            if columns(CHANGES.name).await?.is_empty() {
-                return Err(e.into());
-            }
-        }
-    }
-    let placeholder = Table::create()
-        .table(Alias::new(LOG_BEFORE_V5))
-        .if_not_exists()
-        .col(
-            ColumnDef::new_with_type(
-                Alias::new("retired_by_hub_schema_version_5"),
-                ColumnType::Integer,
-            )
-            .null(),
-        )
-        .to_owned();
-    create(db, placeholder).await
+async fn retire_log(db: &DatabaseConnection) -> Result<()> {
+    crate::store::ddl::rename_once(db, LOG_BEFORE_V5, CHANGES.name, "payload").await?;
+    crate::store::ddl::placeholder(db, LOG_BEFORE_V5, "retired_by_hub_schema_version_5").await
 }
 
 /// Add the log's `owner` column to a hub an earlier release made (its

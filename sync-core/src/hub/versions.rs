@@ -81,17 +81,7 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
     let columns = |store| async move { existing_columns(db, d, Place::own(store)).await };
     let holds_states =
         |store| async move { Ok::<_, Error>(columns(store).await?.iter().any(|c| c == "vals")) };
-    if holds_states(HUB_ROWS).await? && columns(HUB_ROWS_V1).await?.is_empty() {
-        let rename = Table::rename()
-            .table(Alias::new(HUB_ROWS), Alias::new(HUB_ROWS_V1))
-            .to_owned();
-        if let Err(e) = db.execute(&rename).await {
-            // Another server renamed it meanwhile.
-            if columns(HUB_ROWS_V1).await?.is_empty() {
-                return Err(e.into());
-            }
-        }
-    }
+    crate::store::ddl::rename_once(db, HUB_ROWS, HUB_ROWS_V1, "vals").await?;
     let mut stores = Vec::new();
     for store in [HUB_ROWS_V1, HUB_ROWS] {
         if holds_states(store).await? {
@@ -100,22 +90,8 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
         }
     }
     if !columns(HUB_ROWS_V1).await?.is_empty() && columns(HUB_ROWS).await?.is_empty() {
-        // In the renamed table's place, one an earlier release cannot use:
-        // its install (which makes its tables before it reads the schema
-        // version) finds the name taken and fails, and so does a push of
-        // a server of it still running.
-        let placeholder = Table::create()
-            .table(Alias::new(HUB_ROWS))
-            .if_not_exists()
-            .col(
-                sea_orm::sea_query::ColumnDef::new_with_type(
-                    Alias::new("retired_by_hub_schema_version_3"),
-                    sea_orm::sea_query::ColumnType::Integer,
-                )
-                .null(),
-            )
-            .to_owned();
-        create(db, placeholder).await?;
+        // In the renamed table's place, one an earlier release cannot use.
+        crate::store::ddl::placeholder(db, HUB_ROWS, "retired_by_hub_schema_version_3").await?;
     }
     for spec in placed {
         install(db, spec, &stores).await?;

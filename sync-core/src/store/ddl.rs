@@ -31,6 +31,51 @@ pub(crate) async fn create<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Rename the table `old` to `new` once: when `old` has `column` (it is
+/// the table an earlier release made, not a placeholder) and `new` does
+/// not exist. Another process renaming it meanwhile is fine.
+pub(crate) async fn rename_once(
+    db: &sea_orm::DatabaseConnection,
+    old: &str,
+    new: &str,
+    column: &str,
+) -> Result<()> {
+    let d = dialect::of_db(db)?;
+    let columns = |name| async move {
+        crate::store::user_tables::existing_columns(db, d, Place::own(name)).await
+    };
+    if !columns(old).await?.iter().any(|c| c == column) || !columns(new).await?.is_empty() {
+        return Ok(());
+    }
+    let rename = sea_orm::sea_query::Table::rename()
+        .table(Alias::new(old), Alias::new(new))
+        .to_owned();
+    if let Err(e) = db.execute(&rename).await
+        && columns(new).await?.is_empty()
+    {
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// A table named `name` that no earlier release can use (its one column,
+/// `marker`, says which version retired the name): an earlier release's
+/// install, which makes its tables before it reads the schema version,
+/// finds the name taken and fails, and so does a server of it still
+/// running that reads or writes the table.
+pub(crate) async fn placeholder<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+    marker: &str,
+) -> Result<()> {
+    let t = sea_orm::sea_query::Table::create()
+        .table(Alias::new(name))
+        .if_not_exists()
+        .col(ColumnDef::new_with_type(Alias::new(marker), ColumnType::Integer).null())
+        .to_owned();
+    create(db, t).await
+}
+
 /// The schema the table at `place` is in, where the dialect has schemas
 /// (`None`: no schemas, or no such table).
 pub(crate) async fn schema_of<C: ConnectionTrait>(
