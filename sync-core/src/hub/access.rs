@@ -593,7 +593,7 @@ impl UserHub<'_> {
                                 .into(),
                         );
                     }
-                    let there = crate::store::user_tables::existing_columns(
+                    let there = crate::store::ddl::existing_columns(
                         db,
                         d,
                         crate::dialect::Place::own(&t.name),
@@ -653,7 +653,7 @@ impl UserHub<'_> {
             schema: schema.as_deref(),
             name: &t.name,
         };
-        let there = crate::store::user_tables::existing_columns(db, d, place)
+        let there = crate::store::ddl::existing_columns(db, d, place)
             .await
             .map_err(Error::or_offline)?;
         let mut missing: Vec<String> = t

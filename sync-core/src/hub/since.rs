@@ -30,7 +30,7 @@ use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, SnapshotRow, StatePage, Unreadable};
 use crate::model::value::approx_size;
-use crate::store::user_tables::existing_columns;
+use crate::store::ddl::existing_columns;
 use crate::store::version_table::{AtPosition, Versions};
 
 /// Up to `limit` rows changed after `cursor`, leaving out those whose

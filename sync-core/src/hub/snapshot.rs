@@ -16,8 +16,8 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
 use crate::model::value::{approx_size, parse_pk_key, pk_key};
+use crate::store::ddl::existing_columns;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text};
-use crate::store::user_tables::existing_columns;
 use crate::store::version_table::Versions;
 
 /// Where a snapshot page starts (a page's `next`, as the JSON of one of

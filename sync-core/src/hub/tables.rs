@@ -15,9 +15,10 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::HubInfo;
 use crate::model::syncable::Ownership;
 use crate::store::codec::ChangeTable;
+use crate::store::ddl::existing_columns;
 use crate::store::ddl::{create, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
-use crate::store::user_tables::{ensure_table, existing_columns};
+use crate::store::user_tables::ensure_table;
 
 /// Newest hub metadata schema this release reads and writes. Version 2
 /// keeps a table in a schema of its own ([`HUB_PLACES`]), which a release

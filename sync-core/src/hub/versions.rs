@@ -39,9 +39,9 @@ use crate::model::merge::RowState;
 use crate::model::value::{key_identity, parse_pk_key, pk_key};
 use crate::store::codec::{db_sequence, sequence};
 use crate::store::ddl::create;
+use crate::store::ddl::existing_columns;
 use crate::store::meta::Meta;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, upgrade_row_state_table};
-use crate::store::user_tables::existing_columns;
 use crate::store::version_table::{
     Position, VersionTables, Versions, column_types, position_column, position_index, register_ddl,
     retype_keys, version_key_text, version_key_type, version_rows_ddl,

@@ -29,10 +29,10 @@ use crate::dialect::{self, Capture, Dialect, Place, Trigger};
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::Result;
 use crate::store::codec::ChangeTable;
+use crate::store::ddl::existing_columns;
 use crate::store::ddl::{catalog, create, not_null, schema_of, varchar};
 use crate::store::ddl::{fnv, short_name};
 use crate::store::meta::Meta;
-use crate::store::user_tables::existing_columns;
 use crate::store::version_table::{
     column_types, register_ddl, retype_keys, version_key_text, version_key_type, version_rows_ddl,
 };

@@ -31,8 +31,8 @@ use crate::model::change::ColumnSpec;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{is_null, parse_pk_key, pk_key};
+use crate::store::ddl::existing_columns;
 use crate::store::rows;
-use crate::store::user_tables::existing_columns;
 use crate::store::write::{keys_match, value_expr};
 
 /// Row states read per transaction of the fill.

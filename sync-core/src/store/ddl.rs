@@ -5,7 +5,7 @@
 use sea_orm::sea_query::{Alias, ColumnDef, ColumnType, StringLen, TableCreateStatement};
 use sea_orm::{ConnectionTrait, QueryResult, Statement};
 
-use crate::dialect::{self, Place};
+use crate::dialect::{self, Dialect, Place};
 use crate::model::error::Result;
 
 /// A NOT NULL column.
@@ -41,9 +41,7 @@ pub(crate) async fn rename_once(
     column: &str,
 ) -> Result<()> {
     let d = dialect::of_db(db)?;
-    let columns = |name| async move {
-        crate::store::user_tables::existing_columns(db, d, Place::own(name)).await
-    };
+    let columns = |name| async move { existing_columns(db, d, Place::own(name)).await };
     if !columns(old).await?.iter().any(|c| c == column) || !columns(new).await?.is_empty() {
         return Ok(());
     }
@@ -74,6 +72,18 @@ pub(crate) async fn placeholder<C: ConnectionTrait>(
         .col(ColumnDef::new_with_type(Alias::new(marker), ColumnType::Integer).null())
         .to_owned();
     create(db, t).await
+}
+
+/// The column names a table has now.
+pub(crate) async fn existing_columns<C: ConnectionTrait>(
+    db: &C,
+    d: &dyn Dialect,
+    table: Place<'_>,
+) -> Result<Vec<String>> {
+    let rows = catalog(db, d.columns_query(), table).await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get_by_index::<String>(0)?))
+        .collect()
 }
 
 /// The schema the table at `place` is in, where the dialect has schemas

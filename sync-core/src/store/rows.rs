@@ -29,7 +29,7 @@ use crate::model::typed;
 use crate::store::clocks::{self, SHARED};
 #[cfg(test)]
 use crate::store::codec::db_sequence;
-use crate::store::user_tables::existing_columns;
+use crate::store::ddl::existing_columns;
 #[cfg(test)]
 use crate::store::write::batched;
 

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, Statement};
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::TableSpec;
 use crate::model::error::{Error, Result};
-use crate::store::ddl::catalog;
+use crate::store::ddl::existing_columns;
 
 /// `CREATE TABLE IF NOT EXISTS` for a synced table, with the column types
 /// tidesync uses: the entity's own, except where the dialect's default would
@@ -141,18 +141,6 @@ pub(crate) async fn ensure_table<C: ConnectionTrait>(db: &C, spec: &TableSpec) -
         db.execute(&alter).await?;
     }
     Ok(())
-}
-
-/// The column names a table has now.
-pub(crate) async fn existing_columns<C: ConnectionTrait>(
-    db: &C,
-    d: &dyn Dialect,
-    table: Place<'_>,
-) -> Result<Vec<String>> {
-    let rows = catalog(db, d.columns_query(), table).await?;
-    rows.iter()
-        .map(|r| Ok(r.try_get_by_index::<String>(0)?))
-        .collect()
 }
 
 #[cfg(test)]
