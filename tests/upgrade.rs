@@ -409,6 +409,40 @@ async fn format1_hub_states_are_moved(hub_db: TestDb) -> TestResult {
     );
     ensure!(!rows.contains_key(&brian), "Brian bootstrapped as live");
 
+    // A state of format 1 still in `_tidesync_hub_rows_v1` (of a table no
+    // install of this release has moved yet, as an install that stopped
+    // midway leaves it) is served first by a snapshot of a server that
+    // never saw an install: its key is named as the hub records it, not by
+    // position.
+    let dora = id(4);
+    db.execute_unprepared(&format1_states_sql(
+        kind,
+        "_tidesync_hub_rows_v1",
+        &[(
+            dora,
+            format1_person(dora, "Dora", None),
+            format!(r#"{{"":"{h_name}"}}"#),
+            "NULL".into(),
+            true,
+        )],
+    ))
+    .await?;
+    let unseen = SqlHub::new(hub_db.connect_again().await?);
+    let (_, page) = unseen.snapshot(None, 100).await?;
+    let first = page.rows.first().ok_or("an empty snapshot")?;
+    let names: Vec<&str> = first.pk.iter().map(|(n, _)| n.as_str()).collect();
+    ensure_eq!(
+        (first.table.as_str(), names),
+        ("people", vec!["id"]),
+        "the format-1 state's key as the hub records it"
+    );
+    db.execute_unprepared(&format!(
+        "DELETE FROM {} WHERE {} LIKE '%{dora}%'",
+        q("_tidesync_hub_rows_v1"),
+        q("pk")
+    ))
+    .await?;
+
     // The old table made again by hand (in the placeholder's place) with
     // an older state of Ada: the next install merges it, and it loses.
     db.execute_unprepared(&format!("DROP TABLE {}", q("_tidesync_hub_rows")))
