@@ -5,9 +5,7 @@
 //! savepoint, to halt or park exactly the refused ones.
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 
 use super::access::{Account, BatchOwners};
 use super::batches;
@@ -113,6 +111,14 @@ struct Refusal {
     parked_always: bool,
 }
 
+/// What a push reads first (see [`Push::head`]).
+struct Head {
+    /// `next_seq` and `schema_version` of the hub's metadata.
+    meta: std::collections::HashMap<String, String>,
+    progress: OriginProgress,
+    now_us: u64,
+}
+
 /// Where the origin's stream stands at the hub.
 struct OriginProgress {
     /// Its changes up to this sequence are applied.
@@ -143,9 +149,11 @@ impl Push<'_> {
             .await
             .map_err(Error::or_offline)?;
         custom_plans(&tx).await?;
-        let meta = HUB_META
-            .read_many(&tx, &["next_seq", "schema_version"])
-            .await?;
+        let Head {
+            meta,
+            mut progress,
+            now_us,
+        } = self.head(&tx).await?;
         let start_seq: u64 = meta
             .get("next_seq")
             .and_then(|s| s.parse().ok())
@@ -163,7 +171,6 @@ impl Push<'_> {
                  {HUB_SCHEMA_VERSION}: a server of a later release upgraded it; upgrade this one"
             )));
         }
-        let mut progress = self.progress(&tx).await?;
         let mut ack = PushAck::default();
         // Delivered before (a re-sent batch): acknowledged, never re-applied,
         // with the conflicts they raised.
@@ -189,7 +196,6 @@ impl Push<'_> {
             ack.clashed = Some(clashed);
             return Ok(Some(ack));
         }
-        let now_us = self.now_us(&tx).await?;
         let mut verdicts: Vec<Option<Refusal>> =
             todo.iter().map(|c| self.refusal(c, now_us)).collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
@@ -467,28 +473,54 @@ impl Push<'_> {
         Ok(())
     }
 
-    /// The hub database's clock, in microseconds since the epoch.
-    async fn now_us(&self, tx: &DatabaseTransaction) -> Result<u64> {
-        let sql = format!("SELECT {} AS now", self.dialect.now_us());
-        let row = tx
-            .query_one_raw(Statement::from_string(tx.get_database_backend(), sql))
-            .await?
-            .ok_or_else(|| Error::Corrupt("the hub's clock returned no row".into()))?;
-        let now: i64 = row.try_get("", "now")?;
-        Ok(u64::try_from(now).unwrap_or(0))
-    }
-
-    /// How far the origin's stream was applied before this push.
-    async fn progress(&self, tx: &DatabaseTransaction) -> Result<OriginProgress> {
-        Ok(match applied_row(tx, self.origin).await? {
-            Some(applied) => OriginProgress {
-                applied,
+    /// What a push reads under the sequence lock, in one statement: the
+    /// hub's next sequence and schema version, how far the origin's
+    /// stream was applied before this push, and the hub database's clock
+    /// (microseconds since the epoch).
+    async fn head(&self, tx: &DatabaseTransaction) -> Result<Head> {
+        let applied = Query::select()
+            .column(Alias::new("applied_seq"))
+            .from(Alias::new(PEERS))
+            .and_where(Expr::col(Alias::new("origin")).eq(self.origin.to_string()))
+            .to_owned();
+        let q = Query::select()
+            .columns([Alias::new("key"), Alias::new("value")])
+            .expr_as(
+                sea_orm::sea_query::SimpleExpr::SubQuery(None, Box::new(applied.into())),
+                Alias::new("applied"),
+            )
+            .expr_as(Expr::cust(self.dialect.now_us()), Alias::new("now"))
+            .from(Alias::new(HUB_META.0))
+            .and_where(Expr::col(Alias::new("key")).is_in(["next_seq", "schema_version"]))
+            .to_owned();
+        let rows = tx.query_all(&q).await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::Corrupt("the hub's metadata has no next_seq".into()))?;
+        let applied: Option<i64> = first.try_get("", "applied")?;
+        let progress = match applied {
+            Some(n) => OriginProgress {
+                applied: u64::try_from(n)
+                    .map_err(|_| Error::Corrupt(format!("{PEERS}: negative applied_seq {n}")))?,
                 known: true,
             },
             None => OriginProgress {
                 applied: 0,
                 known: false,
             },
+        };
+        let now: i64 = first.try_get("", "now")?;
+        let mut meta = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            meta.insert(
+                r.try_get::<String>("", "key")?,
+                r.try_get::<String>("", "value")?,
+            );
+        }
+        Ok(Head {
+            meta,
+            progress,
+            now_us: u64::try_from(now).unwrap_or(0),
         })
     }
 
