@@ -436,12 +436,22 @@ async fn format1_hub_states_are_moved(hub_db: TestDb) -> TestResult {
         ("people", vec!["id"]),
         "the format-1 state's key as the hub records it"
     );
+    ensure!(
+        format!("{:?}", first.pk).contains(&dora.to_string()),
+        "the first row is Dora's: {:?}",
+        first.pk
+    );
     db.execute_unprepared(&format!(
         "DELETE FROM {} WHERE {} LIKE '%{dora}%'",
         q("_tidesync_hub_rows_v1"),
         q("pk")
     ))
     .await?;
+    ensure_eq!(
+        common::count_rows(db, "_tidesync_hub_rows_v1").await?,
+        1,
+        "Dora's state taken out again, the garbled one left"
+    );
 
     // The old table made again by hand (in the placeholder's place) with
     // an older state of Ada: the next install merges it, and it loses.
