@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
         a_server_behind_the_hubs_schema_stops_pushing,
         batch_records_tell_ids_and_find_copies_without_the_log,
         resent_batch_is_applied_once,
+        a_batch_pushed_twice_at_once_is_applied_once,
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
         interrupted_bootstrap_resumes,
@@ -280,6 +281,59 @@ async fn captured(
     a.engine.replica().capture().await?;
     let batch = a.engine.replica().pending(100).await?;
     Ok((backend, a, batch))
+}
+
+/// The same batch pushed twice at once through two hub connections (a
+/// device that sent a request again while the first, timed out, still ran):
+/// the second push reads the origin's progress under the sequence lock,
+/// after the first committed, so both are acknowledged in full and the hub
+/// applies each change once.
+async fn a_batch_pushed_twice_at_once_is_applied_once(hub: TestDb) -> TestResult {
+    let (backend, a, _) = captured(&hub, 0).await?;
+    let other = common::hub_for(&hub).await?;
+    other
+        .install(&[tidesync::table_spec::<contacts::Entity>()])
+        .await?;
+    let replica = a.engine.replica();
+    let mut all = Vec::new();
+    // A few rounds: which push takes the lock first, and how far the other
+    // got meanwhile, differs between them.
+    for round in 0..4 {
+        for i in 0..20 {
+            a.add(&format!("r{round}-{i}")).await?;
+        }
+        replica.capture().await?;
+        let batch = replica.pending(100).await?;
+        let (one, two) = tokio::join!(backend.push(&batch), other.push(&batch));
+        let (one, two) = (one?, two?);
+        let ids: Vec<_> = batch.iter().map(|c| c.id).collect();
+        ensure_eq!(
+            one.acknowledged,
+            ids,
+            "round {round}: the first push acknowledged"
+        );
+        ensure_eq!(
+            two.acknowledged,
+            ids,
+            "round {round}: the second push acknowledged"
+        );
+        ensure!(
+            one.clashed.is_none() && two.clashed.is_none(),
+            "round {round}: no clash: {one:?} {two:?}"
+        );
+        all.extend(ids.iter().map(|id| id.seq));
+        a.sync().await?; // drops the acknowledged batch from the outbox
+        ensure_eq!(replica.pending_count().await?, 0);
+    }
+    let applied = common::applied_by_origin(&hub.db).await?;
+    ensure_eq!(
+        applied.get(&replica.node_id().to_string()),
+        Some(&all),
+        "each change applied once"
+    );
+    ensure_eq!(contacts::Entity::find().count(&hub.db).await?, 80);
+    a.drop().await?;
+    hub.drop().await
 }
 
 async fn resent_batch_is_applied_once(hub: TestDb) -> TestResult {
