@@ -2707,12 +2707,7 @@ async fn restored_and_written_past_a_cursor(hub: TestDb, before_records: bool) -
         hub.db
             .execute_unprepared("DROP TABLE bk__tidesync_batches")
             .await?;
-        hub.db
-            .execute_unprepared(&format!(
-                "DELETE FROM bk__tidesync_hub_meta WHERE {} = 'batches_from'",
-                common::quote(hub.backend(), "key")
-            ))
-            .await?;
+        common::remove_meta(&hub.db, "bk__tidesync_hub_meta", "batches_from").await?;
     }
     let z = b.add("b's, after the backup").await?;
     b.sync().await?;

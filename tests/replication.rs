@@ -705,12 +705,7 @@ async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) ->
     hub.db
         .execute_unprepared("DELETE FROM _tidesync_batches")
         .await?;
-    hub.db
-        .execute_unprepared(&format!(
-            "DELETE FROM _tidesync_hub_meta WHERE {} = 'batches_from'",
-            common::quote(hub.backend(), "key")
-        ))
-        .await?;
+    common::remove_meta(&hub.db, "_tidesync_hub_meta", "batches_from").await?;
     // Before any install of this release, pulls fail rather than pass the
     // rows without positions over (a server started now: one running
     // before has seen the columns of positions, which no release takes

@@ -798,6 +798,17 @@ pub async fn meta_value(
     Ok(row.try_get("", "value")?)
 }
 
+/// Remove `key` from a key/value metadata table of tidesync.
+pub async fn remove_meta(db: &DatabaseConnection, table: &str, key: &str) -> TestResult {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let q = Query::delete()
+        .from_table(Alias::new(table))
+        .and_where(Expr::col(Alias::new("key")).eq(key))
+        .to_owned();
+    db.execute(&q).await?;
+    Ok(())
+}
+
 /// Set `key` in a key/value metadata table of tidesync.
 pub async fn set_meta(db: &DatabaseConnection, table: &str, key: &str, value: &str) -> TestResult {
     use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};

@@ -499,9 +499,8 @@ impl Push<'_> {
             .ok_or_else(|| Error::Corrupt("the hub's metadata has no next_seq".into()))?;
         let applied: Option<i64> = first.try_get("", "applied")?;
         let progress = match applied {
-            Some(n) => OriginProgress {
-                applied: u64::try_from(n)
-                    .map_err(|_| Error::Corrupt(format!("{PEERS}: negative applied_seq {n}")))?,
+            Some(_) => OriginProgress {
+                applied: sequence(first, "applied")?,
                 known: true,
             },
             None => OriginProgress {

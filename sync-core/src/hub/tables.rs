@@ -15,8 +15,7 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::HubInfo;
 use crate::model::syncable::Ownership;
 use crate::store::codec::ChangeTable;
-use crate::store::ddl::existing_columns;
-use crate::store::ddl::{create, not_null, schema_of, varchar};
+use crate::store::ddl::{create, existing_columns, not_null, schema_of, varchar};
 use crate::store::meta::Meta;
 use crate::store::user_tables::ensure_table;
 
