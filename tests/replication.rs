@@ -46,6 +46,7 @@ fn main() -> std::process::ExitCode {
         hub_lost_mid_push_keeps_exactly_the_unacknowledged,
         a_sync_seals_as_it_pushes_and_captures_everything_when_cut_off,
         a_pass_sealed_beside_the_push_keeps_parents_first,
+        changes_sealed_beside_the_push_between_its_batches_are_sent,
         halt_policy_stops_the_stream_in_order,
         park_policy_parks_and_goes_on,
         a_refused_change_beside_two_of_one_row_parks_only_itself,
@@ -2026,6 +2027,68 @@ async fn a_pass_sealed_beside_the_push_keeps_parents_first(hub: TestDb) -> TestR
     ensure_eq!(engine.replica().pending_count().await?, 0);
     ensure_eq!(groups::Entity::find().count(&hub.db).await?, 2);
     ensure_eq!(members::Entity::find().count(&hub.db).await?, 1_501);
+    local.drop().await?;
+    hub.drop().await
+}
+
+/// The push takes the changes its pass sealed as it made them, without
+/// reading them back, where they come right after its batch in the
+/// outbox. Here they do not. The push sends batches of 150 and its pass
+/// seals 500 markers at a time: the first seal makes the first batch and
+/// 350 changes kept for the next three. Before the first push is
+/// forwarded (while the second batch is taken, without sealing), another
+/// pass seals the 350 markers left and ten more rows are written. The
+/// fourth batch takes the last 50 kept changes, and the push's pass then
+/// seals the ten, after the other pass's 350: those must be read from the
+/// outbox and sent first, not skipped (the acknowledgement of the ten
+/// would drop them unsent).
+async fn changes_sealed_beside_the_push_between_its_batches_are_sent(hub: TestDb) -> TestResult {
+    let local = TestDb::create(Dialect::Sqlite, "between").await?;
+    local.create_table(contacts::Entity).await?;
+    let db = local.db.clone();
+    let open = |db: DatabaseConnection| async move {
+        Replica::builder(db)
+            .register::<contacts::Entity>()
+            .open()
+            .await
+    };
+    let first = open(db.clone()).await?;
+    add_contacts(&db, 800, "a").await?;
+    let sealed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let beside = {
+        let (db, sealed) = (db.clone(), sealed.clone());
+        async move {
+            let other = open(db.clone()).await.expect("a second replica opens");
+            add_contacts(&db, 50, "b").await.expect("more rows");
+            let n = other
+                .capture()
+                .await
+                .expect("the other pass seals")
+                .captured;
+            sealed.store(n, std::sync::atomic::Ordering::SeqCst);
+            add_contacts(&db, 10, "c").await.expect("ten more rows");
+        }
+    };
+    let lost = LostAfter::new(common::hub_for(&hub).await?, usize::MAX, false);
+    *lost.before_first_push.lock().await = Some(Box::pin(beside));
+    let engine = SyncEngine::new(first, Arc::new(lost)).with_batch_size(150);
+    let r = engine.sync_now().await?;
+    ensure!(
+        r.halted.is_none() && r.rejected.is_empty() && r.local_errors.is_empty(),
+        "{r:?}"
+    );
+    ensure_eq!(
+        sealed.load(std::sync::atomic::Ordering::SeqCst),
+        350,
+        "the other pass sealed what the push's first seal left"
+    );
+    ensure_eq!(r.pushed, 860);
+    ensure_eq!(engine.replica().pending_count().await?, 0);
+    same_rows(
+        &all_contacts(&hub.db).await?,
+        &all_contacts(&db).await?,
+        "the hub holds every row",
+    )?;
     local.drop().await?;
     hub.drop().await
 }

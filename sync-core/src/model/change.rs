@@ -67,6 +67,7 @@ pub struct Change {
     /// Table name.
     pub table: String,
     /// Primary key, column by column, in the entity's key order.
+    #[serde(with = "crate::model::typed::columns")]
     pub pk: Vec<(String, Value)>,
     /// Operation.
     pub op: Op,

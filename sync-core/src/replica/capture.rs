@@ -24,7 +24,7 @@ use crate::model::change::{Op, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{is_null, pk_key, same_value, to_micros};
-use crate::store::codec::db_sequence;
+use crate::store::codec::{StoredText, db_sequence};
 use crate::store::write::{execute_while, keys_match, value_expr};
 
 /// What one capture pass did.
@@ -284,6 +284,17 @@ fn seal_markers(
         let change = state.change(spec, marker, op, columns, shadow.as_ref());
         let ids = vec![db_sequence(change.id.seq)?.into()];
         out.outbox.push(OUTBOX.sized_row(ids, &change)?);
+        // A change kept is sent as it is, and pushed again after a crash
+        // as the outbox gives it back: the two must be one, or the hub
+        // sees another change under its id (a copy of the device).
+        debug_assert_eq!(
+            StoredText::of(&change)?.decode(change.id)?,
+            change,
+            "a sealed change must read back as it was made"
+        );
+        if let Some(kept) = &mut state.kept {
+            kept.push(change.clone());
+        }
         let next = match shadow {
             Some(mut next) => {
                 next.apply(&change);
@@ -489,6 +500,7 @@ impl<'t> Pass<'t> {
             report.captured,
             report.examined,
             report.rejected.len(),
+            state.kept.as_ref().map_or(0, Vec::len),
         );
         let sp = tx.begin().await?;
         let round = Round {
@@ -508,6 +520,9 @@ impl<'t> Pass<'t> {
             report.captured = before.1;
             report.examined = before.2;
             report.rejected.truncate(before.3);
+            if let Some(kept) = &mut state.kept {
+                kept.truncate(before.4);
+            }
             if self.restarts >= max_restarts {
                 return Ok(Step::Stopped);
             }

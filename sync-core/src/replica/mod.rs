@@ -31,13 +31,13 @@ pub(crate) mod tables;
 pub(crate) mod upgrade;
 pub(crate) mod versions;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, TransactionTrait};
 
 use crate::dialect::{self, Place};
-use crate::model::change::TableSpec;
+use crate::model::change::{Change, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::conflict::Resolver;
 use crate::model::error::{Error, Result};
@@ -201,6 +201,10 @@ pub(crate) struct Sealer<'r> {
     /// What the pass did so far.
     pub(crate) report: CaptureReport,
     finished: bool,
+    /// Whether the changes sealed are kept for [`Sealer::take_after`].
+    keep: bool,
+    /// The changes sealed and committed, not taken yet, in sequence order.
+    kept: VecDeque<Change>,
 }
 
 impl Sealer<'_> {
@@ -234,6 +238,9 @@ impl Sealer<'_> {
         let replica = self.replica;
         let tx = replica.db.begin().await?;
         let mut state = SealState::lock_and_load(&tx).await?;
+        if self.keep {
+            state.kept = Some(Vec::new());
+        }
         let seq = state.next_seq;
         let step = self
             .pass
@@ -241,9 +248,32 @@ impl Sealer<'_> {
             .await?;
         state.save(&tx).await?;
         tx.commit().await?;
+        // Committed: the changes are in the outbox as kept here.
+        self.kept.extend(state.kept.take().unwrap_or_default());
         replica.wrote(state.next_seq - seq).await;
         self.finished = step.finished();
         Ok(())
+    }
+
+    /// Take the changes this sealer kept that come right after sequence
+    /// `after` in the outbox: up to `limit`, and about `max_bytes` of
+    /// values (at least one), under the replica's node id (as the outbox
+    /// gives them, see `Replica::outbox_batch`).
+    ///
+    /// A kept change comes right after `after` only if its sequence is
+    /// the next one: sequences are handed out one by one under the
+    /// capture lock, so no other change of the outbox can lie between. A
+    /// kept change at or before `after` was read from the outbox already
+    /// and is dropped; one further on leaves a gap, which only the outbox
+    /// can fill (another pass sealed changes meanwhile, or a resolver
+    /// wrote one): nothing is taken then.
+    pub(crate) fn take_after(&mut self, after: u64, limit: usize, max_bytes: usize) -> Vec<Change> {
+        let mut taken = outbox::take_next(&mut self.kept, after, limit, max_bytes);
+        let node = self.replica.node_id();
+        for c in &mut taken {
+            c.id.origin = node;
+        }
+        taken
     }
 
     /// Seal batches until `n` more changes are in the outbox or the pass
@@ -454,6 +484,18 @@ impl Replica {
             pass: Pass::new(&self.tables),
             report: CaptureReport::default(),
             finished: false,
+            keep: false,
+            kept: VecDeque::new(),
+        }
+    }
+
+    /// A capture pass like [`Replica::sealer`]'s that keeps the changes
+    /// it seals, for the push to send without reading them back (see
+    /// [`Sealer::take_after`]).
+    pub(crate) fn keeping_sealer(&self) -> Sealer<'_> {
+        Sealer {
+            keep: true,
+            ..self.sealer()
         }
     }
 

@@ -1,6 +1,8 @@
 //! The outbox: captured changes waiting for a hub's acknowledgement, read
 //! in sequence order, dropped once acknowledged, parked when unreadable.
 
+use std::collections::VecDeque;
+
 use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
@@ -23,6 +25,37 @@ pub(crate) fn batch_bytes(batch: &[Change]) -> usize {
         .flat_map(|c| &c.columns)
         .map(|(_, v)| approx_size(v))
         .sum()
+}
+
+/// Take from `kept` (changes in sequence order) those that come right
+/// after sequence `after`, one sequence after another: up to `limit`, and
+/// about `max_bytes` of values (at least one). Changes at or before
+/// `after` are dropped; a gap ends what is taken (nothing, if it comes
+/// first), and the rest stays.
+pub(crate) fn take_next(
+    kept: &mut VecDeque<Change>,
+    after: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Vec<Change> {
+    while kept.front().is_some_and(|c| c.id.seq <= after) {
+        kept.pop_front();
+    }
+    let mut out = Vec::new();
+    let mut last = after;
+    let mut bytes = 0usize;
+    while out.len() < limit && bytes <= max_bytes {
+        if kept.front().map(|c| c.id.seq) != last.checked_add(1) {
+            break;
+        }
+        let Some(c) = kept.pop_front() else {
+            break;
+        };
+        last = c.id.seq;
+        bytes += c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>();
+        out.push(c);
+    }
+    out
 }
 
 impl Replica {
@@ -152,5 +185,74 @@ impl Replica {
             self.connection().execute(&q).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::Op;
+    use crate::model::clock::{Hlc, NodeId};
+    use sea_orm::Value;
+
+    fn change(seq: u64, bytes: usize) -> Change {
+        let node = NodeId([7; 16]);
+        Change {
+            id: ChangeId { origin: node, seq },
+            table: "t".into(),
+            pk: vec![("id".into(), Value::BigInt(Some(seq as i64)))],
+            op: Op::Insert,
+            columns: vec![("a".into(), Value::String(Some("x".repeat(bytes))))],
+            hlc: Hlc::default(),
+            base: Vec::new(),
+        }
+    }
+
+    fn seqs(changes: &[Change]) -> Vec<u64> {
+        changes.iter().map(|c| c.id.seq).collect()
+    }
+
+    fn kept(seqs: &[u64]) -> VecDeque<Change> {
+        seqs.iter().map(|s| change(*s, 10)).collect()
+    }
+
+    #[test]
+    fn changes_right_after_are_taken_up_to_a_gap() {
+        let mut k = kept(&[4, 5, 6, 8, 9]);
+        assert_eq!(seqs(&take_next(&mut k, 3, 100, BATCH_BYTES)), [4, 5, 6]);
+        // 7 is in the outbox only (another pass sealed it): nothing is
+        // taken until it was read.
+        assert!(take_next(&mut k, 6, 100, BATCH_BYTES).is_empty());
+        assert_eq!(seqs(&take_next(&mut k, 7, 100, BATCH_BYTES)), [8, 9]);
+        assert!(k.is_empty());
+    }
+
+    #[test]
+    fn changes_read_already_are_dropped() {
+        let mut k = kept(&[4, 5, 6]);
+        assert_eq!(seqs(&take_next(&mut k, 5, 100, BATCH_BYTES)), [6]);
+        let mut k = kept(&[4, 5]);
+        assert!(take_next(&mut k, 9, 100, BATCH_BYTES).is_empty());
+        assert!(k.is_empty());
+    }
+
+    #[test]
+    fn a_gap_before_the_first_takes_nothing() {
+        let mut k = kept(&[5, 6]);
+        assert!(take_next(&mut k, 3, 100, BATCH_BYTES).is_empty());
+        assert_eq!(k.len(), 2, "kept for after the outbox was read");
+        assert!(take_next(&mut kept(&[1]), u64::MAX, 100, BATCH_BYTES).is_empty());
+    }
+
+    #[test]
+    fn taking_stops_at_the_limit_and_past_the_bytes() {
+        let mut k = kept(&[1, 2, 3, 4]);
+        assert_eq!(seqs(&take_next(&mut k, 0, 2, BATCH_BYTES)), [1, 2]);
+        assert_eq!(seqs(&take_next(&mut k, 2, 2, BATCH_BYTES)), [3, 4]);
+        let mut k: VecDeque<Change> = (1..=4).map(|s| change(s, 100)).collect();
+        // At least one, then until the bytes pass the bound.
+        assert_eq!(seqs(&take_next(&mut k, 0, 10, 0)), [1]);
+        assert_eq!(seqs(&take_next(&mut k, 1, 10, 150)), [2, 3]);
+        assert_eq!(seqs(&take_next(&mut k, 3, 0, 150)), [] as [u64; 0]);
     }
 }

@@ -19,6 +19,9 @@ pub(crate) struct SealState {
     pub(crate) next_seq: u64,
     /// The latest clock of a pulled change (see [`SealState::saw`]).
     pub(crate) seen: Option<Hlc>,
+    /// The changes sealed in this transaction, in order, when its caller
+    /// keeps them (the push sends them without reading the outbox back).
+    pub(crate) kept: Option<Vec<Change>>,
     /// Sequence, clock and latest pulled clock as loaded.
     loaded: (u64, Hlc, Option<Hlc>),
 }
@@ -73,6 +76,7 @@ impl SealState {
             clock,
             next_seq,
             seen,
+            kept: None,
         })
     }
 

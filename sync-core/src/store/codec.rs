@@ -115,21 +115,77 @@ impl ChangeTable {
     }
 }
 
+/// A change in the text of [`STORED_COLUMNS`], as stored.
+pub(crate) struct StoredText {
+    tbl: String,
+    pk: String,
+    op: &'static str,
+    payload: String,
+    hlc: String,
+    base: Option<String>,
+}
+
+impl StoredText {
+    /// The text a change is stored as.
+    pub(crate) fn of(change: &Change) -> Result<StoredText> {
+        Ok(StoredText {
+            tbl: change.table.clone(),
+            pk: typed::columns_to_text(&change.pk)?,
+            op: change.op.as_str(),
+            payload: typed::columns_to_text(&change.columns)?,
+            hlc: change.hlc.to_string(),
+            base: match change.base.is_empty() {
+                true => None,
+                false => Some(serde_json::to_string(&change.base)?),
+            },
+        })
+    }
+
+    /// The change this text holds, under `id`: what [`decode`] reads
+    /// back from the stored row.
+    ///
+    /// # Errors
+    /// [`Error::Payload`] or [`Error::Corrupt`] for malformed text.
+    pub(crate) fn decode(&self, id: ChangeId) -> Result<Change> {
+        decode_parts(
+            id,
+            Parts {
+                tbl: self.tbl.clone(),
+                pk: &self.pk,
+                op: self.op,
+                payload: &self.payload,
+                hlc: &self.hlc,
+                base: self.base.as_deref(),
+            },
+        )
+    }
+
+    /// The values of [`STORED_COLUMNS`].
+    fn values(self) -> [SimpleExpr; 6] {
+        [
+            self.tbl.into(),
+            self.pk.into(),
+            self.op.into(),
+            self.payload.into(),
+            self.hlc.into(),
+            self.base.into(),
+        ]
+    }
+}
+
 /// The values of [`STORED_COLUMNS`] for a change.
 fn stored_values(change: &Change) -> Result<[SimpleExpr; 6]> {
-    let base: Option<String> = if change.base.is_empty() {
-        None
-    } else {
-        Some(serde_json::to_string(&change.base)?)
-    };
-    Ok([
-        change.table.clone().into(),
-        serde_json::to_string(&change.pk)?.into(),
-        change.op.as_str().into(),
-        typed::columns_to_text(&change.columns)?.into(),
-        change.hlc.to_string().into(),
-        base.into(),
-    ])
+    Ok(StoredText::of(change)?.values())
+}
+
+/// The stored columns of a change, as read.
+struct Parts<'a> {
+    tbl: String,
+    pk: &'a str,
+    op: &'a str,
+    payload: &'a str,
+    hlc: &'a str,
+    base: Option<&'a str>,
 }
 
 /// Read back a change stored by [`ChangeTable::row`], under the id its
@@ -143,15 +199,29 @@ pub(crate) fn decode(id: ChangeId, r: &QueryResult) -> Result<Change> {
     let payload: String = r.try_get("", "payload")?;
     let hlc: String = r.try_get("", "hlc")?;
     let base: Option<String> = r.try_get("", "base")?;
+    let parts = Parts {
+        tbl: r.try_get("", "tbl")?,
+        pk: &pk,
+        op: &op,
+        payload: &payload,
+        hlc: &hlc,
+        base: base.as_deref(),
+    };
+    decode_parts(id, parts)
+}
+
+fn decode_parts(id: ChangeId, p: Parts<'_>) -> Result<Change> {
+    let op = p.op;
     Ok(Change {
         id,
-        table: r.try_get("", "tbl")?,
-        pk: serde_json::from_str(&pk)?,
-        op: Op::parse(&op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
-        columns: typed::columns_from_text(&payload)?,
-        hlc: hlc.parse()?,
-        base: base
-            .map(|b| serde_json::from_str(&b))
+        table: p.tbl,
+        pk: typed::columns_from_text(p.pk)?,
+        op: Op::parse(op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
+        columns: typed::columns_from_text(p.payload)?,
+        hlc: p.hlc.parse()?,
+        base: p
+            .base
+            .map(serde_json::from_str)
             .transpose()?
             .unwrap_or_default(),
     })
@@ -297,6 +367,77 @@ mod tests {
             .sized_row(vec![1.into(), "me".into()], &changes[0])
             .unwrap();
         assert_eq!(size, 1_000_200);
+    }
+
+    /// The push sends a change as the seal made it, and sends it again
+    /// after a crash as the outbox gives it back: for every kind of
+    /// value, in the key, the columns and the bases, the two are one.
+    #[test]
+    fn a_change_reads_back_as_it_was_made() {
+        use crate::model::change::ColumnBase;
+        use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
+        let t = Utc
+            .with_ymd_and_hms(2026, 12, 5, 1, 2, 3)
+            .unwrap()
+            .checked_add_signed(chrono::Duration::microseconds(123_456))
+            .unwrap();
+        let values = [
+            Value::Bool(Some(true)),
+            Value::Bool(None),
+            Value::TinyInt(Some(-5)),
+            Value::SmallInt(Some(-300)),
+            Value::Int(Some(i32::MIN)),
+            Value::BigInt(Some(i64::MAX)),
+            Value::BigInt(None),
+            Value::TinyUnsigned(Some(255)),
+            Value::SmallUnsigned(Some(65535)),
+            Value::Unsigned(Some(u32::MAX)),
+            Value::BigUnsigned(Some(u64::MAX)),
+            Value::Float(Some(-0.0)),
+            Value::Float(Some(0.1)),
+            Value::Double(Some(f64::MIN_POSITIVE)),
+            Value::Double(Some(8.227533489012526e-10)),
+            Value::Double(Some(-0.0)),
+            Value::String(Some(String::new())),
+            Value::String(Some("ké🌊\0\"q\"".into())),
+            Value::String(None),
+            Value::Char(Some('🌊')),
+            Value::Bytes(Some(vec![0, 255, 1])),
+            Value::Bytes(None),
+            Value::Uuid(Some(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef))),
+            Value::Decimal(Some("-12345.67890".parse().unwrap())),
+            Value::Decimal(Some("1.50".parse().unwrap())),
+            Value::ChronoDate(Some(NaiveDate::from_ymd_opt(-44, 3, 15).unwrap())),
+            Value::ChronoTime(Some(NaiveTime::from_hms_micro_opt(23, 59, 59, 1).unwrap())),
+            Value::ChronoDateTime(Some(t.naive_utc())),
+            Value::ChronoDateTimeUtc(Some(t)),
+            Value::ChronoDateTimeUtc(None),
+            Value::ChronoDateTimeWithTimeZone(Some(t.fixed_offset())),
+            Value::Json(Some(Box::new(
+                serde_json::json!({"a": [1, null, 0.1, -0.0]}),
+            ))),
+            Value::Json(Some(Box::new(serde_json::Value::Null))),
+            Value::Json(None),
+        ];
+        for v in values {
+            let c = Change {
+                pk: vec![("id".into(), v.clone()), ("n".into(), Value::Int(Some(1)))],
+                columns: vec![("a".into(), v.clone()), ("b".into(), Value::Int(None))],
+                base: vec![ColumnBase {
+                    column: "a".into(),
+                    value: Some(v.clone()),
+                    clock: Some(Hlc::default()),
+                }],
+                ..change(3)
+            };
+            let text = StoredText::of(&c).unwrap();
+            let back = text.decode(c.id).unwrap();
+            assert_eq!(back, c, "{v:?}");
+            // Bit for bit, where equality is looser (`-0.0 == 0.0`).
+            for ((_, a), (_, b)) in back.columns.iter().zip(&c.columns) {
+                assert!(crate::model::value::same_value(a, b), "{v:?}");
+            }
+        }
     }
 
     #[test]

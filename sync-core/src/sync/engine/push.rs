@@ -55,7 +55,7 @@ impl SyncEngine {
     /// cannot be captured are reported in [`SyncReport::local_errors`].
     pub(super) async fn push(&self, info: &HubInfo, report: &mut SyncReport) -> Result<()> {
         let mut head = AckedHead::default();
-        let mut sealer = self.replica.sealer();
+        let mut sealer = self.replica.keeping_sealer();
         let pushed = self.push_batches(report, &mut head, &mut sealer).await;
         let mut rejected = std::mem::take(&mut sealer.report.rejected);
         let sealed = match &pushed {
@@ -79,30 +79,52 @@ impl SyncEngine {
 
     /// The outbox's next batch after sequence `after`, sealing markers
     /// until it is full or nothing is left to seal.
+    ///
+    /// What the sealer just sealed is taken as it made it, not read back
+    /// from the outbox, where it comes right after the batch's last change
+    /// (see [`Sealer::take_after`]). The outbox is read where it may hold
+    /// changes the sealer did not make: at the start of a batch, and
+    /// after a seal whose changes do not come right after.
     async fn next_batch(
         &self,
         after: u64,
         sealer: &mut Sealer<'_>,
     ) -> Result<(Vec<Change>, Option<Unreadable>)> {
         let limit = usize::try_from(self.batch).unwrap_or(usize::MAX);
-        let (mut batch, mut bad) = self
-            .replica
-            .outbox_batch(after, self.batch, BATCH_BYTES)
-            .await?;
-        let mut bytes = batch_bytes(&batch);
-        while bad.is_none() && batch.len() < limit && bytes <= BATCH_BYTES && !sealer.finished() {
+        let mut batch: Vec<Change> = Vec::new();
+        let mut bad = None;
+        let mut bytes = 0;
+        // Whether every change of the outbox after the batch's last one is
+        // known to be one the sealer kept: the outbox was read since the
+        // last seal, or the sealer's changes came right after.
+        let mut known = false;
+        while bad.is_none() && batch.len() < limit && bytes <= BATCH_BYTES {
+            let from = batch.last().map_or(after, |c| c.id.seq);
             let want = limit - batch.len();
-            if sealer.seal(want).await? == 0 {
+            let taken = sealer.take_after(from, want, BATCH_BYTES - bytes);
+            if !taken.is_empty() {
+                bytes += batch_bytes(&taken);
+                batch.extend(taken);
+                known = true;
+                continue;
+            }
+            if !known {
+                let (more, unreadable) = self
+                    .replica
+                    .outbox_batch(from, want as u64, BATCH_BYTES - bytes)
+                    .await?;
+                known = true;
+                bad = unreadable;
+                if !more.is_empty() || bad.is_some() {
+                    bytes += batch_bytes(&more);
+                    batch.extend(more);
+                    continue;
+                }
+            }
+            if sealer.finished() || sealer.seal(want).await? == 0 {
                 break;
             }
-            let from = batch.last().map_or(after, |c| c.id.seq);
-            let (more, unreadable) = self
-                .replica
-                .outbox_batch(from, want as u64, BATCH_BYTES - bytes)
-                .await?;
-            bytes += batch_bytes(&more);
-            batch.extend(more);
-            bad = unreadable;
+            known = false;
         }
         Ok((batch, bad))
     }
