@@ -33,6 +33,7 @@ pub struct ColumnConflict {
     /// Table.
     pub table: String,
     /// Primary key, column by column.
+    #[serde(with = "crate::model::typed::columns")]
     pub pk: Vec<(String, Value)>,
     /// The column.
     pub column: String,

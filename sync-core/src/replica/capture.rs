@@ -287,14 +287,11 @@ fn seal_markers(
         // A change kept is sent as it is, and pushed again after a crash
         // as the outbox gives it back: the two must be one, or the hub
         // sees another change under its id (a copy of the device).
-        debug_assert_eq!(
-            StoredText::of(&change)?.decode(change.id)?,
-            change,
-            "a sealed change must read back as it was made"
+        debug_assert!(
+            StoredText::of(&change)?.reads_back_as(&change)?,
+            "a sealed change must read back as it was made: {change:?}"
         );
-        if let Some(kept) = &mut state.kept {
-            kept.push(change.clone());
-        }
+        state.keep(&change);
         let next = match shadow {
             Some(mut next) => {
                 next.apply(&change);
@@ -520,9 +517,7 @@ impl<'t> Pass<'t> {
             report.captured = before.1;
             report.examined = before.2;
             report.rejected.truncate(before.3);
-            if let Some(kept) = &mut state.kept {
-                kept.truncate(before.4);
-            }
+            state.unkeep(before.4);
             if self.restarts >= max_restarts {
                 return Ok(Step::Stopped);
             }

@@ -255,6 +255,12 @@ impl Sealer<'_> {
         Ok(())
     }
 
+    /// Forget every change kept: the outbox changed under them (a change
+    /// was parked), so the push reads it again.
+    pub(crate) fn forget_kept(&mut self) {
+        self.kept.clear();
+    }
+
     /// Take the changes this sealer kept that come right after sequence
     /// `after` in the outbox: up to `limit`, and about `max_bytes` of
     /// values (at least one), under the replica's node id (as the outbox

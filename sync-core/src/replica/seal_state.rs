@@ -10,7 +10,12 @@ use crate::model::change::{Change, ChangeId, ColumnBase, Op, TableSpec};
 use crate::model::clock::{Hlc, HlcClock, NodeId};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
+use crate::model::value::approx_size;
 use crate::store::stats::custom_plans;
+
+/// About how many bytes of values a capture transaction keeps for the push
+/// (see [`SealState::keep`]): one batch's worth.
+const KEPT_BYTES: usize = crate::replica::outbox::BATCH_BYTES;
 
 /// Clock and sequence state of a capture transaction.
 pub(crate) struct SealState {
@@ -22,6 +27,8 @@ pub(crate) struct SealState {
     /// The changes sealed in this transaction, in order, when its caller
     /// keeps them (the push sends them without reading the outbox back).
     pub(crate) kept: Option<Vec<Change>>,
+    /// About how many bytes of values `kept` holds.
+    kept_bytes: usize,
     /// Sequence, clock and latest pulled clock as loaded.
     loaded: (u64, Hlc, Option<Hlc>),
 }
@@ -77,6 +84,7 @@ impl SealState {
             next_seq,
             seen,
             kept: None,
+            kept_bytes: 0,
         })
     }
 
@@ -88,6 +96,38 @@ impl SealState {
     /// everywhere else.
     pub(crate) fn saw(&mut self, remote: Hlc) {
         self.seen = Ord::max(self.seen, Some(remote));
+    }
+
+    /// Keep a copy of `change`, just sealed, if the caller keeps changes and
+    /// the transaction kept fewer than [`KEPT_BYTES`] of values so far.
+    /// Past that bound the rest is not kept (the push reads it from the
+    /// outbox): a seal of 500 large rows holds one batch's worth in memory,
+    /// not 500 rows' until the push takes them.
+    pub(crate) fn keep(&mut self, change: &Change) {
+        let Some(kept) = &mut self.kept else {
+            return;
+        };
+        if self.kept_bytes > KEPT_BYTES {
+            return;
+        }
+        self.kept_bytes += change
+            .columns
+            .iter()
+            .map(|(_, v)| approx_size(v))
+            .sum::<usize>();
+        kept.push(change.clone());
+    }
+
+    /// Forget the changes kept from `len` on (a savepoint rolled back).
+    pub(crate) fn unkeep(&mut self, len: usize) {
+        if let Some(kept) = &mut self.kept {
+            kept.truncate(len);
+            self.kept_bytes = kept
+                .iter()
+                .flat_map(|c| &c.columns)
+                .map(|(_, v)| approx_size(v))
+                .sum();
+        }
     }
 
     /// The id and clock of this node's next change, written at `wall_us`.
@@ -179,5 +219,64 @@ impl SealState {
             values.push(("seen", seen));
         }
         LOCAL_META.upsert_many(tx, &values).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::ChangeId;
+    use sea_orm::sea_query::Value;
+
+    fn state(keeping: bool) -> SealState {
+        let node = NodeId([3; 16]);
+        SealState {
+            node,
+            clock: HlcClock::new(node, None),
+            next_seq: 1,
+            seen: None,
+            kept: keeping.then(Vec::new),
+            kept_bytes: 0,
+            loaded: (1, Hlc::default(), None),
+        }
+    }
+
+    fn change(seq: u64, bytes: usize) -> Change {
+        Change {
+            id: ChangeId {
+                origin: NodeId([3; 16]),
+                seq,
+            },
+            table: "t".into(),
+            pk: vec![("id".into(), Value::BigInt(Some(seq as i64)))],
+            op: Op::Insert,
+            columns: vec![("a".into(), Value::String(Some("x".repeat(bytes))))],
+            hlc: Hlc::default(),
+            base: Vec::new(),
+        }
+    }
+
+    fn seqs(s: &SealState) -> Vec<u64> {
+        s.kept.iter().flatten().map(|c| c.id.seq).collect()
+    }
+
+    /// A transaction keeps about one batch's worth of values: the change
+    /// that passes the bound is the last kept.
+    #[test]
+    fn changes_are_kept_up_to_a_batchs_bytes() {
+        let mut s = state(true);
+        let big = KEPT_BYTES / 2;
+        for seq in 1..=4 {
+            s.keep(&change(seq, big));
+        }
+        assert_eq!(seqs(&s), [1, 2, 3]);
+        s.unkeep(1);
+        assert_eq!(seqs(&s), [1]);
+        s.keep(&change(5, 10));
+        assert_eq!(seqs(&s), [1, 5], "room again once rolled back");
+        let mut off = state(false);
+        off.keep(&change(1, 10));
+        off.unkeep(0);
+        assert!(off.kept.is_none(), "nothing kept unless the caller keeps");
     }
 }

@@ -116,6 +116,7 @@ impl ChangeTable {
 }
 
 /// A change in the text of [`STORED_COLUMNS`], as stored.
+#[derive(Debug, PartialEq)]
 pub(crate) struct StoredText {
     tbl: String,
     pk: String,
@@ -158,6 +159,14 @@ impl StoredText {
                 base: self.base.as_deref(),
             },
         )
+    }
+
+    /// Whether `change` is stored as this text and reads back from it as
+    /// it is, bit for bit: equal after decoding (where `-0.0 == 0.0` and a
+    /// decimal's scale is not compared) and stored alike again.
+    pub(crate) fn reads_back_as(&self, change: &Change) -> Result<bool> {
+        let back = self.decode(change.id)?;
+        Ok(back == *change && StoredText::of(&back)? == *self && StoredText::of(change)? == *self)
     }
 
     /// The values of [`STORED_COLUMNS`].
@@ -413,6 +422,9 @@ mod tests {
             Value::ChronoDateTimeUtc(Some(t)),
             Value::ChronoDateTimeUtc(None),
             Value::ChronoDateTimeWithTimeZone(Some(t.fixed_offset())),
+            Value::ChronoDateTimeWithTimeZone(Some(
+                t.with_timezone(&chrono::FixedOffset::east_opt(-5 * 3600 - 1800).unwrap()),
+            )),
             Value::Json(Some(Box::new(
                 serde_json::json!({"a": [1, null, 0.1, -0.0]}),
             ))),
@@ -433,10 +445,37 @@ mod tests {
             let text = StoredText::of(&c).unwrap();
             let back = text.decode(c.id).unwrap();
             assert_eq!(back, c, "{v:?}");
-            // Bit for bit, where equality is looser (`-0.0 == 0.0`).
+            // Bit for bit, where equality is looser (`-0.0 == 0.0`, a
+            // decimal's scale, a time's offset): stored alike again.
+            assert_eq!(StoredText::of(&back).unwrap(), text, "{v:?}");
+            assert!(text.reads_back_as(&c).unwrap(), "{v:?}");
             for ((_, a), (_, b)) in back.columns.iter().zip(&c.columns) {
                 assert!(crate::model::value::same_value(a, b), "{v:?}");
             }
+        }
+    }
+
+    /// The check of a change kept by the push tells apart what equality
+    /// does not: text stored for one change does not read back as another
+    /// that compares equal.
+    #[test]
+    fn reading_back_tells_apart_what_equality_does_not() {
+        let with = |v: Value| Change {
+            columns: vec![("a".into(), v)],
+            ..change(3)
+        };
+        for (a, b) in [
+            (Value::Double(Some(0.0)), Value::Double(Some(-0.0))),
+            (
+                Value::Decimal(Some("1.5".parse().unwrap())),
+                Value::Decimal(Some("1.50".parse().unwrap())),
+            ),
+        ] {
+            let (a, b) = (with(a), with(b));
+            assert_eq!(a, b, "equal as values");
+            let text = StoredText::of(&a).unwrap();
+            assert!(text.reads_back_as(&a).unwrap());
+            assert!(!text.reads_back_as(&b).unwrap(), "{b:?}");
         }
     }
 

@@ -186,6 +186,8 @@ impl SyncEngine {
             // A change of our own outbox that cannot be read back.
             if self.policy == RejectPolicy::Park {
                 self.replica.park_outbox(&bad).await?;
+                // A copy of it kept from the seal is not sent either.
+                sealer.forget_kept();
                 report.local_errors.push(Error::Corrupt(bad.reason));
             } else {
                 report.halted = Some(Rejection {
