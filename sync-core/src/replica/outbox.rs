@@ -20,11 +20,12 @@ pub(crate) const BATCH_BYTES: usize = 4 << 20;
 
 /// About how many bytes of values `batch` holds.
 pub(crate) fn batch_bytes(batch: &[Change]) -> usize {
-    batch
-        .iter()
-        .flat_map(|c| &c.columns)
-        .map(|(_, v)| approx_size(v))
-        .sum()
+    batch.iter().map(change_bytes).sum()
+}
+
+/// About how many bytes of values `change` holds.
+pub(crate) fn change_bytes(change: &Change) -> usize {
+    change.columns.iter().map(|(_, v)| approx_size(v)).sum()
 }
 
 /// Take from `kept` (changes in sequence order) those that come right
@@ -52,7 +53,7 @@ pub(crate) fn take_next(
             break;
         };
         last = c.id.seq;
-        bytes += c.columns.iter().map(|(_, v)| approx_size(v)).sum::<usize>();
+        bytes += change_bytes(&c);
         out.push(c);
     }
     out
@@ -191,22 +192,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::change::Op;
-    use crate::model::clock::{Hlc, NodeId};
-    use sea_orm::Value;
-
-    fn change(seq: u64, bytes: usize) -> Change {
-        let node = NodeId([7; 16]);
-        Change {
-            id: ChangeId { origin: node, seq },
-            table: "t".into(),
-            pk: vec![("id".into(), Value::BigInt(Some(seq as i64)))],
-            op: Op::Insert,
-            columns: vec![("a".into(), Value::String(Some("x".repeat(bytes))))],
-            hlc: Hlc::default(),
-            base: Vec::new(),
-        }
-    }
+    use crate::model::testing::sized_change as change;
 
     fn seqs(changes: &[Change]) -> Vec<u64> {
         changes.iter().map(|c| c.id.seq).collect()

@@ -5,12 +5,12 @@
 use sea_orm::{DatabaseTransaction, Value};
 
 use super::entity::Marker;
+use super::outbox::{batch_bytes, change_bytes};
 use super::tables::LOCAL_META;
 use crate::model::change::{Change, ChangeId, ColumnBase, Op, TableSpec};
 use crate::model::clock::{Hlc, HlcClock, NodeId};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
-use crate::model::value::approx_size;
 use crate::store::stats::custom_plans;
 
 /// About how many bytes of values a capture transaction keeps for the push
@@ -110,11 +110,7 @@ impl SealState {
         if self.kept_bytes > KEPT_BYTES {
             return;
         }
-        self.kept_bytes += change
-            .columns
-            .iter()
-            .map(|(_, v)| approx_size(v))
-            .sum::<usize>();
+        self.kept_bytes += change_bytes(change);
         kept.push(change.clone());
     }
 
@@ -122,11 +118,7 @@ impl SealState {
     pub(crate) fn unkeep(&mut self, len: usize) {
         if let Some(kept) = &mut self.kept {
             kept.truncate(len);
-            self.kept_bytes = kept
-                .iter()
-                .flat_map(|c| &c.columns)
-                .map(|(_, v)| approx_size(v))
-                .sum();
+            self.kept_bytes = batch_bytes(kept);
         }
     }
 
@@ -225,8 +217,7 @@ impl SealState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::change::ChangeId;
-    use sea_orm::sea_query::Value;
+    use crate::model::testing::sized_change as change;
 
     fn state(keeping: bool) -> SealState {
         let node = NodeId([3; 16]);
@@ -238,21 +229,6 @@ mod tests {
             kept: keeping.then(Vec::new),
             kept_bytes: 0,
             loaded: (1, Hlc::default(), None),
-        }
-    }
-
-    fn change(seq: u64, bytes: usize) -> Change {
-        Change {
-            id: ChangeId {
-                origin: NodeId([3; 16]),
-                seq,
-            },
-            table: "t".into(),
-            pk: vec![("id".into(), Value::BigInt(Some(seq as i64)))],
-            op: Op::Insert,
-            columns: vec![("a".into(), Value::String(Some("x".repeat(bytes))))],
-            hlc: Hlc::default(),
-            base: Vec::new(),
         }
     }
 
