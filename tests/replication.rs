@@ -2018,7 +2018,12 @@ async fn a_pass_sealed_beside_the_push_keeps_parents_first(hub: TestDb) -> TestR
     };
     let lost = LostAfter::new(inner.clone(), usize::MAX, false);
     *lost.before_first_push.lock().await = Some(Box::pin(beside));
-    let engine = SyncEngine::new(open(db.clone()).await?, Arc::new(lost));
+    // Batches of 250: the first seal (500 markers) makes the first two,
+    // so the second is taken while the first push runs `beside`, without
+    // sealing. The push's pass seals again only once `beside` is over:
+    // had it finished its rounds before the new parent and child were
+    // written, nothing would send them back to it.
+    let engine = SyncEngine::new(open(db.clone()).await?, Arc::new(lost)).with_batch_size(250);
     let r = engine.sync_now().await?;
     ensure!(
         r.halted.is_none() && r.rejected.is_empty() && r.local_errors.is_empty(),
