@@ -235,8 +235,9 @@ impl<'a> Merge<'a> {
         }
         execute_all(tx, state_stmts).await?;
         self.next_seq = first_seq + changes.len() as u64;
-        for c in changes {
-            self.applied.push((c.id.seq, super::batches::digest(c)?));
+        for (c, key) in &keyed {
+            self.applied
+                .push((c.id.seq, super::batches::digest_keyed(c, key)?));
         }
         Ok(())
     }
