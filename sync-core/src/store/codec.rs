@@ -1,6 +1,8 @@
 //! One codec for stored changes: the replica's outbox and the hub's log
 //! store a change in the same columns, after ids of their own.
 
+use std::borrow::Cow;
+
 use sea_orm::QueryResult;
 use sea_orm::sea_query::{
     Alias, ColumnDef, InsertStatement, Query, SelectStatement, SimpleExpr, Table,
@@ -120,7 +122,7 @@ impl ChangeTable {
 pub(crate) struct StoredText {
     tbl: String,
     pk: String,
-    op: &'static str,
+    op: Cow<'static, str>,
     payload: String,
     hlc: String,
     base: Option<String>,
@@ -132,7 +134,7 @@ impl StoredText {
         Ok(StoredText {
             tbl: change.table.clone(),
             pk: typed::columns_to_text(&change.pk)?,
-            op: change.op.as_str(),
+            op: Cow::Borrowed(change.op.as_str()),
             payload: typed::columns_to_text(&change.columns)?,
             hlc: change.hlc.to_string(),
             base: match change.base.is_empty() {
@@ -148,17 +150,21 @@ impl StoredText {
     /// # Errors
     /// [`Error::Payload`] or [`Error::Corrupt`] for malformed text.
     pub(crate) fn decode(&self, id: ChangeId) -> Result<Change> {
-        decode_parts(
+        let op = &self.op;
+        Ok(Change {
             id,
-            Parts {
-                tbl: self.tbl.clone(),
-                pk: &self.pk,
-                op: self.op,
-                payload: &self.payload,
-                hlc: &self.hlc,
-                base: self.base.as_deref(),
-            },
-        )
+            table: self.tbl.clone(),
+            pk: typed::columns_from_text(&self.pk)?,
+            op: Op::parse(op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
+            columns: typed::columns_from_text(&self.payload)?,
+            hlc: self.hlc.parse()?,
+            base: self
+                .base
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?
+                .unwrap_or_default(),
+        })
     }
 
     /// Whether `change` is stored as this text and reads back from it as
@@ -187,53 +193,21 @@ fn stored_values(change: &Change) -> Result<[SimpleExpr; 6]> {
     Ok(StoredText::of(change)?.values())
 }
 
-/// The stored columns of a change, as read.
-struct Parts<'a> {
-    tbl: String,
-    pk: &'a str,
-    op: &'a str,
-    payload: &'a str,
-    hlc: &'a str,
-    base: Option<&'a str>,
-}
-
 /// Read back a change stored by [`ChangeTable::row`], under the id its
 /// table's id columns give.
 ///
 /// # Errors
 /// [`Error::Payload`] or [`Error::Corrupt`] for a malformed row.
 pub(crate) fn decode(id: ChangeId, r: &QueryResult) -> Result<Change> {
-    let op: String = r.try_get("", "op")?;
-    let pk: String = r.try_get("", "pk")?;
-    let payload: String = r.try_get("", "payload")?;
-    let hlc: String = r.try_get("", "hlc")?;
-    let base: Option<String> = r.try_get("", "base")?;
-    let parts = Parts {
+    let text = StoredText {
         tbl: r.try_get("", "tbl")?,
-        pk: &pk,
-        op: &op,
-        payload: &payload,
-        hlc: &hlc,
-        base: base.as_deref(),
+        pk: r.try_get("", "pk")?,
+        op: Cow::Owned(r.try_get("", "op")?),
+        payload: r.try_get("", "payload")?,
+        hlc: r.try_get("", "hlc")?,
+        base: r.try_get("", "base")?,
     };
-    decode_parts(id, parts)
-}
-
-fn decode_parts(id: ChangeId, p: Parts<'_>) -> Result<Change> {
-    let op = p.op;
-    Ok(Change {
-        id,
-        table: p.tbl,
-        pk: typed::columns_from_text(p.pk)?,
-        op: Op::parse(op).ok_or_else(|| Error::Corrupt(format!("unknown operation `{op}`")))?,
-        columns: typed::columns_from_text(p.payload)?,
-        hlc: p.hlc.parse()?,
-        base: p
-            .base
-            .map(serde_json::from_str)
-            .transpose()?
-            .unwrap_or_default(),
-    })
+    text.decode(id)
 }
 
 /// A stored change that [`decode`] refused, at `position`, as much of it
