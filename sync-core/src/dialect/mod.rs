@@ -209,9 +209,27 @@ pub(crate) trait Dialect: Send + Sync {
         Expr::col(Alias::new(column))
     }
 
-    fn write_value(&self, _ty: &ColumnType, value: Value) -> SimpleExpr {
-        Expr::val(value)
+    /// The expression that writes `value` into a column of type `ty`:
+    /// [`Dialect::shape`] around the parameter [`Dialect::bind_value`]
+    /// gives.
+    fn write_value(&self, ty: &ColumnType, value: Value) -> SimpleExpr {
+        self.shape(ty, Expr::val(self.bind_value(ty, value)))
     }
+
+    /// The value bound to write `value` into a column of type `ty`.
+    fn bind_value(&self, _ty: &ColumnType, value: Value) -> Value {
+        value
+    }
+
+    /// The expression around a bound parameter that writes a column of type
+    /// `ty` (a cast, where the dialect needs one). It depends on the type
+    /// only, so a statement's text can be built once for any values.
+    fn shape(&self, _ty: &ColumnType, param: SimpleExpr) -> SimpleExpr {
+        param
+    }
+
+    /// The kind of database this dialect writes.
+    fn backend(&self) -> DbBackend;
 
     /// Why this database cannot hold `value` exactly, if it cannot.
     fn refuses(&self, value: &Value) -> Option<&'static str>;

@@ -4,8 +4,10 @@
 //! types, dates from year 1000 to 9999.
 
 use sea_orm::sea_query::{
-    ColumnType, Expr, ExprTrait, SimpleExpr, StringLen, TableCreateStatement, Value,
+    ColumnType, ExprTrait, SimpleExpr, StringLen, TableCreateStatement, Value,
 };
+
+use sea_orm::DbBackend;
 
 use super::Dialect;
 use super::triggers::{Capture, Trigger, marker_insert, per_event};
@@ -184,13 +186,15 @@ impl Dialect for MySql {
 
     /// sqlx would send a UTC date-time as a TIMESTAMP (whose range ends in
     /// 2038): send it as a DATETIME.
-    fn write_value(&self, _ty: &ColumnType, value: Value) -> SimpleExpr {
+    fn bind_value(&self, _ty: &ColumnType, value: Value) -> Value {
         match value {
-            Value::ChronoDateTimeUtc(t) => {
-                Expr::val(Value::ChronoDateTime(t.map(|t| t.naive_utc())))
-            }
-            v => Expr::val(v),
+            Value::ChronoDateTimeUtc(t) => Value::ChronoDateTime(t.map(|t| t.naive_utc())),
+            v => v,
         }
+    }
+
+    fn backend(&self) -> DbBackend {
+        DbBackend::MySql
     }
 
     fn refuses(&self, value: &Value) -> Option<&'static str> {

@@ -3,6 +3,8 @@
 
 use sea_orm::sea_query::{ColumnType, Expr, ExprTrait, SimpleExpr, Value};
 
+use sea_orm::DbBackend;
+
 use super::triggers::{Capture, Gone, Trigger, Upsert, marker_upsert};
 use super::values::{above_i64, year_of};
 use super::{Dialect, Place};
@@ -199,11 +201,15 @@ impl Dialect for Postgres {
         }
     }
 
-    fn write_value(&self, ty: &ColumnType, value: Value) -> SimpleExpr {
+    fn shape(&self, ty: &ColumnType, param: SimpleExpr) -> SimpleExpr {
         match ty {
-            ColumnType::Enum { name, .. } => Expr::val(value).as_enum(name.clone()),
-            _ => Expr::val(value),
+            ColumnType::Enum { name, .. } => param.as_enum(name.clone()),
+            _ => param,
         }
+    }
+
+    fn backend(&self) -> DbBackend {
+        DbBackend::Postgres
     }
 
     fn refuses(&self, value: &Value) -> Option<&'static str> {

@@ -4,6 +4,8 @@
 
 use sea_orm::sea_query::{ColumnType, Value};
 
+use sea_orm::DbBackend;
+
 use super::Dialect;
 use super::triggers::{Capture, Trigger, Upsert, marker_upsert, on_conflict, per_event};
 use super::values::{above_i64, is_negative_zero};
@@ -13,6 +15,10 @@ use crate::model::error::ErrorKind;
 pub(super) struct Sqlite;
 
 impl Dialect for Sqlite {
+    fn backend(&self) -> DbBackend {
+        DbBackend::Sqlite
+    }
+
     fn column_type(&self, ty: &ColumnType, _key: bool) -> ColumnType {
         ty.clone()
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
+use sea_orm::{DatabaseTransaction, Statement, Value};
 
 use super::owner;
 use super::versions::HUB_VERSIONS;
@@ -190,7 +190,7 @@ impl<'a> Merge<'a> {
         }
         // The database writes the rows while the state statements are
         // built, then the states while the log statements are built.
-        let (tx, kind) = (self.tx, self.tx.get_database_backend());
+        let tx = self.tx;
         let first_seq = self.next_seq;
         let (states, versions) = (&self.states, &self.versions);
         if self.deletes_first {
@@ -225,7 +225,7 @@ impl<'a> Merge<'a> {
             self.soles.insert(id, p.sole);
         }
         let state_stmts = execute_while(tx, rows.upserts, || {
-            state_statements(states, versions, &rows.saved, &pks, &positions, kind)
+            state_statements(states, versions, &rows.saved, &pks, &positions)
         })
         .await?;
         if !self.deletes_first {
@@ -346,7 +346,6 @@ impl<'a> Merge<'a> {
             deletes: Vec::new(),
             saved: Vec::new(),
         };
-        let kind = self.tx.get_database_backend();
         for spec in self.specs {
             let (mut live, mut dead, mut keys) = (Vec::new(), Vec::new(), Vec::new());
             for ((table, key), old) in before.iter().filter(|((t, _), _)| *t == spec.name) {
@@ -361,9 +360,8 @@ impl<'a> Merge<'a> {
                 }
                 keys.push(key.clone());
             }
-            for q in row_statements(spec, &live, self.dialect, self.plain_new)? {
-                out.upserts.push(kind.build(&q));
-            }
+            out.upserts
+                .extend(row_statements(spec, &live, self.dialect, self.plain_new)?);
             out.deletes.push((spec, dead));
             out.saved.push((&spec.name, keys));
         }
@@ -380,7 +378,6 @@ fn state_statements(
     saved: &[(&str, Vec<String>)],
     pks: &HashMap<(&str, &str), Vec<Value>>,
     positions: &HashMap<(&str, &str), Position>,
-    kind: sea_orm::DbBackend,
 ) -> Result<Vec<Statement>> {
     let mut out = Vec::new();
     for (table, keys) in saved {
@@ -404,9 +401,7 @@ fn state_statements(
                 .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
             rows.push((pk.as_slice(), state, position));
         }
-        for q in v.positioned_statements(&rows)? {
-            out.push(kind.build(&q));
-        }
+        out.extend(v.positioned_statements(&rows)?);
     }
     Ok(out)
 }

@@ -25,7 +25,7 @@ use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{is_null, pk_key, same_value, to_micros};
 use crate::store::codec::{StoredText, db_sequence};
-use crate::store::write::{execute_while, keys_match, value_expr};
+use crate::store::write::{execute_all, execute_while, keys_match, value_expr};
 
 /// What one capture pass did.
 #[derive(Debug, Default)]
@@ -205,7 +205,7 @@ fn finer_key(spec: &TableSpec, pk: &[Value]) -> Option<Error> {
 #[derive(Default)]
 struct SealedBatch {
     /// The outbox rows of the new changes, in order, with their sizes.
-    outbox: Vec<(Vec<SimpleExpr>, usize)>,
+    outbox: Vec<(Vec<Value>, usize)>,
     /// The shadows after them, by key.
     shadows: Vec<(Vec<Value>, RowState)>,
     /// Markers to delete: key values and the version read.
@@ -315,12 +315,7 @@ async fn write_sealed(
     batch: SealedBatch,
 ) -> Result<()> {
     if !batch.outbox.is_empty() {
-        let kind = tx.get_database_backend();
-        let inserts: Vec<_> = OUTBOX
-            .batch(batch.outbox)
-            .iter()
-            .map(|q| kind.build(q))
-            .collect();
+        let inserts = OUTBOX.batch(tx.get_database_backend(), batch.outbox)?;
         let saves = execute_while(tx, inserts, || {
             let states: Vec<_> = batch
                 .shadows
@@ -330,9 +325,7 @@ async fn write_sealed(
             versions.statements(&states)
         })
         .await?;
-        for q in saves {
-            tx.execute(&q).await?;
-        }
+        execute_all(tx, saves).await?;
     }
     let key_and = |column: &str| -> SimpleExpr {
         let mut cols: Vec<SimpleExpr> = spec

@@ -321,9 +321,10 @@ impl Replica {
         write_column(&tx, &spec, &pk, &column, &value).await?;
         versions.save(&tx, &[(&pk, &row_state)]).await?;
         if let Some(change) = change {
-            let mut q = OUTBOX.insert();
-            q.values_panic(OUTBOX.row(vec![db_sequence(change.id.seq)?.into()], &change)?);
-            tx.execute(&q).await?;
+            let ids = vec![db_sequence(change.id.seq)?.into()];
+            for q in OUTBOX.inserts(tx.get_database_backend(), [(ids, &change)])? {
+                tx.execute_raw(q).await?;
+            }
         }
         tx.execute(
             &Query::delete()

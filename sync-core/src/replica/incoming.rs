@@ -204,7 +204,11 @@ pub(crate) async fn apply_page(
         }
     }
     end_applying(&tx).await?;
-    tx.commit().await?;
+    drop(writes);
+    // Free the page's row states while the database commits: dropping
+    // thousands of them is a tenth of the page's time on this thread.
+    let (committed, ()) = tokio::join!(biased; tx.commit(), async move { drop(by_table) });
+    committed?;
     Ok(report)
 }
 
@@ -510,7 +514,6 @@ async fn write_all(
     if deletes_first {
         delete_all(tx, writes).await?;
     }
-    let kind = tx.get_database_backend();
     let mut upserts = Vec::new();
     for w in writes {
         let live: Vec<(&RowState, bool)> = w
@@ -519,17 +522,13 @@ async fn write_all(
             .filter(|r| r.state.is_live())
             .map(|r| (r.state.as_ref(), r.existed))
             .collect();
-        for q in row_statements(w.spec, &live, d, true)? {
-            upserts.push(kind.build(&q));
-        }
+        upserts.extend(row_statements(w.spec, &live, d, true)?);
     }
     let saves = execute_while(tx, upserts, || {
         let mut out = Vec::new();
         for w in writes {
             let states: Vec<_> = w.rows.iter().map(|r| (r.pk, r.state.as_ref())).collect();
-            for q in w.versions.statements(&states)? {
-                out.push(kind.build(&q));
-            }
+            out.extend(w.versions.statements(&states)?);
         }
         Ok(out)
     })
@@ -659,11 +658,11 @@ async fn write_one(
         delete_rows(tx, spec, std::slice::from_ref(pk)).await?;
     } else if row.state.is_live() {
         for q in row_statements(spec, &[(row.state.as_ref(), row.existed)], d, true)? {
-            tx.execute(&q).await?;
+            tx.execute_raw(q).await?;
         }
     }
     for q in table.versions.statements(&[(row.pk, row.state.as_ref())])? {
-        tx.execute(&q).await?;
+        tx.execute_raw(q).await?;
     }
     Ok(())
 }

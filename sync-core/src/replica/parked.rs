@@ -1,13 +1,13 @@
 //! `_tidesync_parked`: changes this replica could not apply (pulled ones)
 //! or read back (its own outbox's), kept with the reason instead of lost.
 
-use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, InsertStatement, Query, SimpleExpr};
+use sea_orm::sea_query::{Alias, Query};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use super::tables::PARKED;
 use crate::model::error::Result;
 use crate::store::codec::db_sequence;
-use crate::store::write::batched;
+use crate::store::write::Inserts;
 
 /// One parked change.
 #[derive(Debug)]
@@ -28,14 +28,14 @@ pub(crate) struct Parked<'a> {
 
 /// Park these changes, in multi-row statements bounded in rows and bytes.
 pub(crate) async fn park<C: ConnectionTrait>(db: &C, rows: &[Parked<'_>]) -> Result<()> {
-    for q in park_statements(rows)? {
-        db.execute(&q).await?;
+    for q in park_statements(db.get_database_backend(), rows)? {
+        db.execute_raw(q).await?;
     }
     Ok(())
 }
 
 /// The inserts of [`park`].
-fn park_statements(rows: &[Parked<'_>]) -> Result<Vec<InsertStatement>> {
+fn park_statements(backend: DbBackend, rows: &[Parked<'_>]) -> Result<Vec<Statement>> {
     let template = Query::insert()
         .into_table(Alias::new(PARKED))
         .columns(["tbl", "pk", "origin", "seq", "payload", "reason"].map(Alias::new))
@@ -43,7 +43,7 @@ fn park_statements(rows: &[Parked<'_>]) -> Result<Vec<InsertStatement>> {
     let mut sized = Vec::with_capacity(rows.len());
     for p in rows {
         let size = p.key.len() + p.payload.len() + p.reason.len() + 100;
-        let values: Vec<SimpleExpr> = vec![
+        let values: Vec<Value> = vec![
             p.table.into(),
             p.key.clone().into(),
             p.origin.clone().into(),
@@ -53,7 +53,7 @@ fn park_statements(rows: &[Parked<'_>]) -> Result<Vec<InsertStatement>> {
         ];
         sized.push((values, size));
     }
-    Ok(batched(&template, sized))
+    Inserts::plain(backend, template, 6).statements(sized)
 }
 
 #[cfg(test)]
@@ -75,10 +75,10 @@ mod tests {
     }
 
     fn rows_per_statement(rows: &[Parked<'_>]) -> Vec<usize> {
-        park_statements(rows)
+        park_statements(DbBackend::Sqlite, rows)
             .unwrap()
             .iter()
-            .map(|q| q.build(sea_orm::sea_query::SqliteQueryBuilder).1.0.len() / 6)
+            .map(|q| q.values.as_ref().unwrap().0.len() / 6)
             .collect()
     }
 
@@ -109,6 +109,6 @@ mod tests {
     fn a_sequence_beyond_the_databases_integers_is_refused() {
         let mut rows = parked(1, 1);
         rows[0].seq = u64::MAX;
-        assert!(park_statements(&rows).is_err());
+        assert!(park_statements(DbBackend::Sqlite, &rows).is_err());
     }
 }

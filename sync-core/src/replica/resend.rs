@@ -204,8 +204,8 @@ async fn queue(tx: &DatabaseTransaction, changes: &[Change]) -> Result<()> {
         .iter()
         .map(|c| Ok((vec![db_sequence(c.id.seq)?.into()], c)))
         .collect::<Result<Vec<_>>>()?;
-    for q in OUTBOX.inserts(rows)? {
-        tx.execute(&q).await?;
+    for q in OUTBOX.inserts(tx.get_database_backend(), rows)? {
+        tx.execute_raw(q).await?;
     }
     Ok(())
 }

@@ -3,11 +3,10 @@
 
 use std::borrow::Cow;
 
-use sea_orm::QueryResult;
 use sea_orm::sea_query::{
-    Alias, ColumnDef, InsertStatement, Query, SelectStatement, SimpleExpr, Table,
-    TableCreateStatement,
+    Alias, ColumnDef, InsertStatement, Query, SelectStatement, Table, TableCreateStatement, Value,
 };
+use sea_orm::{DbBackend, QueryResult, Statement};
 
 use crate::dialect::Dialect;
 use crate::model::change::{Change, ChangeId, Op};
@@ -16,7 +15,7 @@ use crate::model::protocol::{Cursor, Unreadable};
 use crate::model::typed;
 use crate::model::value::approx_size;
 use crate::store::ddl::{not_null, varchar};
-use crate::store::write::batched;
+use crate::store::write::Inserts;
 
 /// The columns a change is stored in, after the ids of its table.
 pub(crate) const STORED_COLUMNS: [&str; 6] = ["tbl", "pk", "op", "payload", "hlc", "base"];
@@ -76,7 +75,7 @@ impl ChangeTable {
     }
 
     /// The values of a row: `ids` (one per id column), then the change's.
-    pub(crate) fn row(self, ids: Vec<SimpleExpr>, change: &Change) -> Result<Vec<SimpleExpr>> {
+    pub(crate) fn row(self, ids: Vec<Value>, change: &Change) -> Result<Vec<Value>> {
         debug_assert_eq!(ids.len(), self.ids.len());
         let mut row = ids;
         row.extend(stored_values(change)?);
@@ -84,11 +83,7 @@ impl ChangeTable {
     }
 
     /// A row with its approximate size in bytes, for [`ChangeTable::batch`].
-    pub(crate) fn sized_row(
-        self,
-        ids: Vec<SimpleExpr>,
-        change: &Change,
-    ) -> Result<(Vec<SimpleExpr>, usize)> {
+    pub(crate) fn sized_row(self, ids: Vec<Value>, change: &Change) -> Result<(Vec<Value>, usize)> {
         let size = change
             .columns
             .iter()
@@ -98,22 +93,29 @@ impl ChangeTable {
         Ok((self.row(ids, change)?, size))
     }
 
-    /// Multi-row inserts of these sized rows, bounded in rows and bytes.
-    pub(crate) fn batch(self, rows: Vec<(Vec<SimpleExpr>, usize)>) -> Vec<InsertStatement> {
-        batched(&self.insert(), rows)
+    /// Multi-row inserts of these sized rows on `backend`, bounded in rows
+    /// and bytes.
+    pub(crate) fn batch(
+        self,
+        backend: DbBackend,
+        rows: Vec<(Vec<Value>, usize)>,
+    ) -> Result<Vec<Statement>> {
+        let columns = self.ids.len() + STORED_COLUMNS.len();
+        Inserts::plain(backend, self.insert(), columns).statements(rows)
     }
 
     /// Multi-row inserts of these changes, each with its ids, bounded in
     /// rows and bytes.
     pub(crate) fn inserts<'c>(
         self,
-        rows: impl IntoIterator<Item = (Vec<SimpleExpr>, &'c Change)>,
-    ) -> Result<Vec<InsertStatement>> {
+        backend: DbBackend,
+        rows: impl IntoIterator<Item = (Vec<Value>, &'c Change)>,
+    ) -> Result<Vec<Statement>> {
         let sized = rows
             .into_iter()
             .map(|(ids, change)| self.sized_row(ids, change))
             .collect::<Result<Vec<_>>>()?;
-        Ok(self.batch(sized))
+        self.batch(backend, sized)
     }
 }
 
@@ -176,7 +178,7 @@ impl StoredText {
     }
 
     /// The values of [`STORED_COLUMNS`].
-    fn values(self) -> [SimpleExpr; 6] {
+    fn values(self) -> [Value; 6] {
         [
             self.tbl.into(),
             self.pk.into(),
@@ -189,7 +191,7 @@ impl StoredText {
 }
 
 /// The values of [`STORED_COLUMNS`] for a change.
-fn stored_values(change: &Change) -> Result<[SimpleExpr; 6]> {
+fn stored_values(change: &Change) -> Result<[Value; 6]> {
     Ok(StoredText::of(change)?.values())
 }
 
@@ -278,10 +280,14 @@ mod tests {
 
     #[test]
     fn a_change_is_stored_after_its_ids() {
-        let mut q = LOG.insert();
-        q.values_panic(LOG.row(vec![7.into(), "me".into()], &change(7)).unwrap());
+        let q = LOG
+            .inserts(
+                DbBackend::Sqlite,
+                [(vec![7.into(), "me".into()], &change(7))],
+            )
+            .unwrap();
         assert_eq!(
-            q.to_string(SqliteQueryBuilder),
+            q[0].to_string(),
             format!(
                 r#"INSERT INTO "log" ("n", "who", "tbl", "pk", "op", "payload", "hlc", "base") VALUES (7, 'me', 't', '[["id",{{"String":"1"}}]]', 'update', '[["a",{{"String":"x"}}]]', '0000000000000010-00000002-{}', NULL)"#,
                 "11".repeat(16)
@@ -317,16 +323,21 @@ mod tests {
         let changes: Vec<Change> = (1..=3).map(change).collect();
         let qs = LOG
             .inserts(
+                DbBackend::Sqlite,
                 changes
                     .iter()
                     .map(|c| (vec![(c.id.seq as i64).into(), "me".into()], c)),
             )
             .unwrap();
         assert_eq!(qs.len(), 1);
-        let sql = qs[0].to_string(SqliteQueryBuilder);
+        let sql = qs[0].to_string();
         let at = |n: &str| sql.find(&format!("({n}, 'me'")).unwrap();
         assert!(at("1") < at("2") && at("2") < at("3"), "{sql}");
-        assert!(LOG.inserts(std::iter::empty()).unwrap().is_empty());
+        assert!(
+            LOG.inserts(DbBackend::Sqlite, std::iter::empty())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     /// Statements are bounded by the changes' values plus a fixed overhead
@@ -340,10 +351,13 @@ mod tests {
         };
         let changes: Vec<Change> = (1..=9).map(big).collect();
         let rows: Vec<usize> = LOG
-            .inserts(changes.iter().map(|c| (vec![1.into(), "me".into()], c)))
+            .inserts(
+                DbBackend::Sqlite,
+                changes.iter().map(|c| (vec![1.into(), "me".into()], c)),
+            )
             .unwrap()
             .iter()
-            .map(|q| q.build(SqliteQueryBuilder).1.0.len() / 8)
+            .map(|q| q.values.as_ref().unwrap().0.len() / 8)
             .collect();
         assert_eq!(rows, [4, 4, 1]);
         let (_, size) = LOG

@@ -31,7 +31,8 @@ use crate::store::clocks::{self, SHARED};
 use crate::store::codec::db_sequence;
 use crate::store::ddl::existing_columns;
 #[cfg(test)]
-use crate::store::write::batched;
+#[cfg(test)]
+use crate::store::write::Inserts;
 
 /// The characters the `pk` column of a row-state table holds: a key text
 /// up to this long is stored as is. (On MySQL the key `(tbl, pk)` takes
@@ -311,7 +312,7 @@ pub(crate) fn state_statements(
     store: &str,
     table: &str,
     states: &[(&str, &RowState, Option<Referral<'_>>)],
-) -> Result<Vec<sea_orm::sea_query::InsertStatement>> {
+) -> Result<Vec<sea_orm::Statement>> {
     let mut template = Query::insert();
     template
         .into_table(Alias::new(store))
@@ -354,7 +355,7 @@ pub(crate) fn state_statements(
         let size = stored.len() + full.map_or(0, str::len) + vals.len() + clocks.len() + 80;
         rows.push((
             vec![
-                (*table).into(),
+                sea_orm::Value::from(table),
                 stored.into_owned().into(),
                 full.into(),
                 vals.into(),
@@ -365,7 +366,7 @@ pub(crate) fn state_statements(
             size,
         ));
     }
-    Ok(batched(&template, rows))
+    Inserts::plain(sea_orm::DbBackend::Sqlite, template, 7).statements(rows)
 }
 
 #[cfg(test)]
@@ -468,7 +469,6 @@ mod tests {
 
     #[test]
     fn states_are_upserted_with_their_own_values_only() {
-        use sea_orm::sea_query::SqliteQueryBuilder;
         let whole = live(&[("a", 5), ("b", 5)], None);
         let gone = RowState {
             deleted_at: Some(hlc(9)),
@@ -496,7 +496,7 @@ mod tests {
         let clock = |t: u64| hlc(t).to_string();
         assert_eq!(qs.len(), 1);
         assert_eq!(
-            qs[0].to_string(SqliteQueryBuilder),
+            qs[0].to_string(),
             format!(
                 r#"INSERT INTO "_tidesync_rows" ("tbl", "pk", "pk_full", "vals", "clocks", "deleted_at", "live") VALUES ('t', '[1]', NULL, '{{"a":{{"Int":1}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE), ('t', '[2]', NULL, '{{"a":{{"Int":1}}}}', '{{"a":"{c5}"}}', '{c9}', FALSE), ('t', '[3]', NULL, '{{"":{{"BigInt":3}},"b":{{"Int":1}}}}', '{{"":"{c5}"}}', NULL, TRUE) ON CONFLICT ("tbl", "pk") DO UPDATE SET "vals" = "excluded"."vals", "clocks" = "excluded"."clocks", "deleted_at" = "excluded"."deleted_at", "live" = "excluded"."live""#,
                 c5 = clock(5),
@@ -545,11 +545,10 @@ mod tests {
     /// A long key's state is saved under its hash, with the text beside it.
     #[test]
     fn a_long_keys_state_keeps_its_text() {
-        use sea_orm::sea_query::SqliteQueryBuilder;
         let key = format!("[{}]", "7".repeat(800));
         let s = live(&[("a", 5)], None);
         let qs = state_statements("r", "t", &[(key.as_str(), &s, None)]).unwrap();
-        let (_, values) = qs[0].build(SqliteQueryBuilder);
+        let values = qs[0].values.clone().unwrap();
         assert_eq!(values.0[1], Value::from(storage_key(&key).into_owned()));
         assert_eq!(values.0[2], Value::from(key));
     }
@@ -557,7 +556,6 @@ mod tests {
     #[test]
     fn each_statement_of_states_binds_at_most_max_bytes() {
         use crate::store::write::MAX_BYTES;
-        use sea_orm::sea_query::SqliteQueryBuilder;
         let big = Value::String(Some("x".repeat(10_000)));
         let states: Vec<(String, RowState)> = (0..1000)
             .map(|i| {
@@ -571,8 +569,9 @@ mod tests {
         let bytes: Vec<usize> = qs
             .iter()
             .map(|q| {
-                q.build(SqliteQueryBuilder)
-                    .1
+                q.values
+                    .as_ref()
+                    .unwrap()
                     .0
                     .iter()
                     .map(|v| match v {
@@ -591,7 +590,6 @@ mod tests {
     #[test]
     fn long_keys_count_once_toward_a_statements_size() {
         use crate::store::write::MAX_BYTES;
-        use sea_orm::sea_query::SqliteQueryBuilder;
         // Keys long enough to be stored by hash (the whole key kept beside
         // it), small values: the keys' bytes alone fill statements, each
         // counted once.
@@ -605,8 +603,9 @@ mod tests {
         assert!((2..=3).contains(&qs.len()), "{} statements", qs.len());
         for q in &qs {
             let bytes: usize = q
-                .build(SqliteQueryBuilder)
-                .1
+                .values
+                .as_ref()
+                .unwrap()
                 .0
                 .iter()
                 .map(|v| match v {

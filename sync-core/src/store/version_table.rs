@@ -34,10 +34,10 @@ use std::collections::HashMap;
 use rustc_hash::FxHashMap;
 
 use sea_orm::sea_query::{
-    Alias, ArrayType, ColumnDef, ColumnType, Expr, ExprTrait, Index, InsertStatement, OnConflict,
-    Order, Query, SimpleExpr, Table, TableCreateStatement,
+    Alias, ArrayType, ColumnDef, ColumnType, Expr, ExprTrait, Index, OnConflict, Order, Query,
+    SimpleExpr, Table, TableCreateStatement,
 };
-use sea_orm::{ConnectionTrait, QueryResult, Value};
+use sea_orm::{ConnectionTrait, QueryResult, Statement, Value};
 
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::{ColumnSpec, TableSpec};
@@ -48,7 +48,7 @@ use crate::model::value::{canonical_key, key_identity, pk_key};
 use crate::model::value_kind::read_as;
 use crate::store::ddl::{catalog, not_null, varchar};
 use crate::store::versions::{self, Encoded, Ordinals};
-use crate::store::write::{MAX_ROWS, batched, keys_match};
+use crate::store::write::{Inserts, MAX_ROWS, keys_match};
 
 /// Where a database keeps the version tables of its synced tables.
 #[derive(Clone, Copy, Debug)]
@@ -503,10 +503,7 @@ impl<'a> Versions<'a> {
     /// their columns must be registered (see [`Versions::register`]).
     /// Built without a database, so that a caller can build them while the
     /// database works (see [`crate::store::write::execute_while`]).
-    pub(crate) fn statements(
-        &self,
-        states: &[(&[Value], &RowState)],
-    ) -> Result<Vec<InsertStatement>> {
+    pub(crate) fn statements(&self, states: &[(&[Value], &RowState)]) -> Result<Vec<Statement>> {
         self.build(states.iter().map(|(k, s)| (*k, *s, None)), states.len())
     }
 
@@ -515,7 +512,7 @@ impl<'a> Versions<'a> {
     pub(crate) fn positioned_statements(
         &self,
         states: &[(&[Value], &RowState, &Position)],
-    ) -> Result<Vec<InsertStatement>> {
+    ) -> Result<Vec<Statement>> {
         if !self.positions {
             return Err(Error::Corrupt(format!(
                 "`{}` records no positions",
@@ -532,7 +529,7 @@ impl<'a> Versions<'a> {
         &self,
         states: impl Iterator<Item = (&'s [Value], &'s RowState, Option<&'s Position>)>,
         n: usize,
-    ) -> Result<Vec<InsertStatement>> {
+    ) -> Result<Vec<Statement>> {
         let spec = self.spec();
         let mut template = Query::insert();
         let keys: Vec<Alias> = spec.pk.iter().map(|c| Alias::new(&c.name)).collect();
@@ -561,32 +558,33 @@ impl<'a> Versions<'a> {
                 live,
             } = versions::encode(s, &self.ords)?;
             let size = clocks.len() + vals.len() + 64;
-            let mut row: Vec<SimpleExpr> = spec
+            let mut row: Vec<Value> = spec
                 .pk
                 .iter()
                 .zip(canonical_key(key))
-                .map(|(c, v)| self.d.write_value(&c.ty, v))
+                .map(|(c, v)| self.d.bind_value(&c.ty, v))
                 .collect();
-            row.extend([
-                Expr::val(clocks),
-                Expr::val(Value::Bytes(del)),
-                Expr::val(vals),
-                Expr::val(live),
-            ]);
+            row.extend([clocks.into(), Value::Bytes(del), vals.into(), live.into()]);
             if let Some(p) = position {
                 row.extend([
-                    Expr::val(crate::store::codec::db_sequence(p.hub_seq)?),
-                    Expr::val(p.sole.map(|n| n.to_string())),
-                    Expr::val(p.owner.clone()),
+                    crate::store::codec::db_sequence(p.hub_seq)?.into(),
+                    p.sole.map(|n| n.to_string()).into(),
+                    p.owner.clone().into(),
                 ]);
             }
             rows.push((row, size));
         }
+        let shapes = spec
+            .pk
+            .iter()
+            .map(|c| self.d.shape(&c.ty, Expr::val(Value::Bool(None))))
+            .chain(state.iter().map(|_| Expr::val(Value::Bool(None))))
+            .collect();
         template
             .into_table(self.table())
             .columns(keys.iter().cloned().chain(state.iter().cloned()))
             .on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
-        Ok(batched(&template, rows))
+        Inserts::new(self.d.backend(), template, shapes).statements(rows)
     }
 
     /// Register the columns of `states` and save them.
@@ -597,7 +595,7 @@ impl<'a> Versions<'a> {
     ) -> Result<()> {
         self.register(db, states.iter().map(|(_, s)| *s)).await?;
         for q in self.statements(states)? {
-            db.execute(&q).await?;
+            db.execute_raw(q).await?;
         }
         Ok(())
     }

@@ -8,10 +8,11 @@
 //! it cannot hold is refused with table, column and value instead of being
 //! truncated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr};
-use sea_orm::{ConnectionTrait, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use crate::dialect::{self, Dialect, Place, check_value};
 use crate::model::change::{ColumnSpec, TableSpec};
@@ -28,14 +29,15 @@ const MAX_PARAMS: usize = 30_000;
 /// default max_allowed_packet is 16 MiB).
 pub(crate) const MAX_BYTES: usize = 4 << 20;
 
-/// The expression that writes `value` into `column` of `table` on the
-/// dialect `d`, after checking the dialect can hold it.
-pub(crate) fn value_expr(
+/// The value bound to write `value` into `column` of `table` on the
+/// dialect `d`, after checking the dialect can hold it (the expression
+/// around it is [`Dialect::shape`]).
+pub(crate) fn bound_value(
     table: &str,
     column: &ColumnSpec,
     value: &Value,
     d: &dyn Dialect,
-) -> Result<SimpleExpr> {
+) -> Result<Value> {
     check_value(table, &column.name, Some(&column.ty), value, Some(d))?;
     let value = match value {
         // An enum read from a model comes as `Value::Enum` or a string:
@@ -46,7 +48,18 @@ pub(crate) fn value_expr(
         },
         v => v.clone(),
     };
-    Ok(d.write_value(&column.ty, value))
+    Ok(d.bind_value(&column.ty, value))
+}
+
+/// The expression that writes `value` into `column` of `table` on the
+/// dialect `d`, after checking the dialect can hold it.
+pub(crate) fn value_expr(
+    table: &str,
+    column: &ColumnSpec,
+    value: &Value,
+    d: &dyn Dialect,
+) -> Result<SimpleExpr> {
+    Ok(d.shape(&column.ty, Expr::val(bound_value(table, column, value, d)?)))
 }
 
 /// The condition "the key is one of `keys`", each value written as the
@@ -69,30 +82,150 @@ pub(crate) fn keys_match(spec: &TableSpec, keys: &[Vec<Value>], d: &dyn Dialect)
     }
 }
 
-/// Split rows (values with their approximate size in bytes) into multi-row
-/// inserts built on `template` (table, columns, conflict clause), each at
-/// most 500 rows and about 4 MiB.
-pub(crate) fn batched(
-    template: &InsertStatement,
-    rows: Vec<(Vec<SimpleExpr>, usize)>,
-) -> Vec<InsertStatement> {
-    let mut out = Vec::new();
-    let mut q = template.clone();
-    let (mut n, mut bytes) = (0usize, 0usize);
-    for (row, size) in rows {
-        if n > 0 && (n >= MAX_ROWS || bytes + size > MAX_BYTES) {
-            out.push(std::mem::replace(&mut q, template.clone()));
-            n = 0;
-            bytes = 0;
+/// Multi-row inserts of one shape (table, columns, the expression around
+/// each column's parameter, conflict clause), bound from vectors of values.
+///
+/// Building a statement through sea-query makes an expression per value,
+/// clones the values into the tree and renders it again for every
+/// statement; for a page of thousands of rows that costs about as much as
+/// the database takes to write them. An `Inserts` renders the text once per
+/// row count, with a placeholder per value in the shape the dialect writes
+/// its column (a PostgreSQL enum's cast), keeps it for the process (up to
+/// [`TEXT_CACHE_BYTES`]), and moves each statement's values in.
+pub(crate) struct Inserts {
+    backend: DbBackend,
+    /// The statement without rows: table, columns, conflict clause.
+    template: InsertStatement,
+    /// The expression around each column's parameter.
+    shapes: Vec<SimpleExpr>,
+    /// The text of a one-row statement, with the backend: the key of this
+    /// shape's texts in the cache.
+    key: String,
+}
+
+/// How many bytes of statement text [`Inserts`] keeps for the process;
+/// past it the cache starts again empty.
+const TEXT_CACHE_BYTES: usize = 8 << 20;
+
+/// Statement texts of [`Inserts`]: by shape, then by row count; and their
+/// bytes.
+type TextCache = (HashMap<String, HashMap<usize, String>>, usize);
+
+static TEXTS: LazyLock<Mutex<TextCache>> = LazyLock::new(Mutex::default);
+
+/// The parameter of a statement's text (its value is not used).
+fn placeholder() -> SimpleExpr {
+    Expr::val(Value::Bool(None))
+}
+
+impl Inserts {
+    /// Inserts on `template` (table, columns and conflict clause, no
+    /// rows), each column's parameter inside its expression of `shapes`
+    /// (see [`Dialect::shape`]; [`placeholder`] where it is bare).
+    pub(crate) fn new(
+        backend: DbBackend,
+        template: InsertStatement,
+        shapes: Vec<SimpleExpr>,
+    ) -> Inserts {
+        let mut i = Inserts {
+            backend,
+            template,
+            shapes,
+            key: String::new(),
+        };
+        i.key = format!("{backend:?}\n{}", i.render(1));
+        i
+    }
+
+    /// Inserts on `template` whose `columns` parameters are all bare.
+    pub(crate) fn plain(backend: DbBackend, template: InsertStatement, columns: usize) -> Inserts {
+        Inserts::new(backend, template, vec![placeholder(); columns])
+    }
+
+    /// Inserts of the rows of `spec`'s columns `cols` on the dialect `d`:
+    /// each column's parameter in its type's shape.
+    fn of_columns(d: &dyn Dialect, template: InsertStatement, cols: &[&ColumnSpec]) -> Inserts {
+        let shapes = cols.iter().map(|c| d.shape(&c.ty, placeholder())).collect();
+        Inserts::new(d.backend(), template, shapes)
+    }
+
+    fn render(&self, rows: usize) -> String {
+        let mut q = self.template.clone();
+        for _ in 0..rows {
+            q.values_panic(self.shapes.iter().cloned());
         }
-        q.values_panic(row);
-        n += 1;
-        bytes += size;
+        self.backend.build(&q).sql
     }
-    if n > 0 {
-        out.push(q);
+
+    /// The text of a statement of `rows` rows.
+    fn text(&self, rows: usize) -> String {
+        let cache = TEXTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(t) = cache.0.get(&self.key).and_then(|m| m.get(&rows)) {
+            return t.clone();
+        }
+        drop(cache);
+        let text = self.render(rows);
+        let mut cache = TEXTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.1 + text.len() > TEXT_CACHE_BYTES {
+            *cache = TextCache::default();
+        }
+        cache.1 += text.len() + self.key.len();
+        cache
+            .0
+            .entry(self.key.clone())
+            .or_default()
+            .insert(rows, text.clone());
+        text
     }
-    out
+
+    /// The statements that insert `rows` (each its values in column order,
+    /// with its approximate size in bytes), in order: at most 500 rows,
+    /// 30 000 parameters and about 4 MiB of values each (a row larger than
+    /// that alone).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for a row without one value per column.
+    pub(crate) fn statements(
+        &self,
+        rows: impl IntoIterator<Item = (Vec<Value>, usize)>,
+    ) -> Result<Vec<Statement>> {
+        let cols = self.shapes.len();
+        let most = MAX_ROWS.min(MAX_PARAMS / cols.max(1)).max(1);
+        let mut out = Vec::new();
+        let mut values: Vec<Value> = Vec::new();
+        let (mut n, mut bytes) = (0usize, 0usize);
+        for (row, size) in rows {
+            if row.len() != cols {
+                return Err(Error::Corrupt(format!(
+                    "a row of {} values for {cols} columns",
+                    row.len()
+                )));
+            }
+            if n > 0 && (n >= most || bytes + size > MAX_BYTES) {
+                out.push(self.statement(n, std::mem::take(&mut values)));
+                n = 0;
+                bytes = 0;
+            }
+            if values.is_empty() {
+                values.reserve(most.min(64) * cols);
+            }
+            values.extend(row);
+            n += 1;
+            bytes += size;
+        }
+        if n > 0 {
+            out.push(self.statement(n, values));
+        }
+        Ok(out)
+    }
+
+    fn statement(&self, rows: usize, values: Vec<Value>) -> Statement {
+        Statement::from_sql_and_values(self.backend, self.text(rows), values)
+    }
 }
 
 /// The multi-row upserts that write `rows` into `spec`'s table on
@@ -103,7 +236,7 @@ pub(crate) fn upsert_statements(
     spec: &TableSpec,
     rows: &[&RowState],
     d: &dyn Dialect,
-) -> Result<Vec<InsertStatement>> {
+) -> Result<Vec<Statement>> {
     write_statements(spec, rows, d, true)
 }
 
@@ -120,7 +253,7 @@ pub(crate) fn row_statements(
     rows: &[(&RowState, bool)],
     d: &dyn Dialect,
     plain_new: bool,
-) -> Result<Vec<InsertStatement>> {
+) -> Result<Vec<Statement>> {
     let all = |keep: fn(bool) -> bool| -> Vec<&RowState> {
         rows.iter()
             .filter(|(_, e)| keep(*e))
@@ -141,7 +274,7 @@ fn write_statements(
     rows: &[&RowState],
     d: &dyn Dialect,
     upsert: bool,
-) -> Result<Vec<InsertStatement>> {
+) -> Result<Vec<Statement>> {
     // Group by the set of columns present (a column added by a newer client
     // is absent from older rows).
     let mut groups: BTreeMap<Vec<usize>, Vec<&RowState>> = BTreeMap::new();
@@ -183,34 +316,30 @@ fn write_statements(
                 .update_columns(updates)
                 .to_owned()
         };
-        let mut start = 0;
-        while start < rows.len() {
-            let mut q = Query::insert();
-            q.into_table(Place::of(d, spec).table_ref())
-                .columns(cols.iter().map(|c| Alias::new(&c.name)));
-            let mut bytes = 0;
-            let mut n = 0;
-            while start + n < rows.len()
-                && n < MAX_ROWS
-                && (n + 1) * cols.len() <= MAX_PARAMS
-                && (n == 0 || bytes < MAX_BYTES)
-            {
-                let r = rows[start + n];
-                let mut exprs = Vec::with_capacity(cols.len());
-                for c in &cols {
-                    let v = &r.vals[&c.name];
-                    bytes += approx_size(v);
-                    exprs.push(value_expr(&spec.name, c, v, d)?);
-                }
-                q.values_panic(exprs);
-                n += 1;
-            }
-            if upsert {
-                q.on_conflict(on_conflict.clone());
-            }
-            out.push(q);
-            start += n;
+        let mut template = Query::insert();
+        template
+            .into_table(Place::of(d, spec).table_ref())
+            .columns(cols.iter().map(|c| Alias::new(&c.name)));
+        if upsert {
+            template.on_conflict(on_conflict);
         }
+        let inserts = Inserts::of_columns(d, template, &cols);
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let mut bytes = 0;
+                let values = cols
+                    .iter()
+                    .map(|c| {
+                        let v = &r.vals[&c.name];
+                        bytes += approx_size(v);
+                        bound_value(&spec.name, c, v, d)
+                    })
+                    .collect::<Result<Vec<Value>>>()?;
+                Ok((values, bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.extend(inserts.statements(rows)?);
     }
     Ok(out)
 }
@@ -295,9 +424,7 @@ mod tests {
     use crate::model::change::ColumnSpec;
     use crate::model::clock::Hlc;
     use crate::model::syncable::ConflictPolicy;
-    use sea_orm::sea_query::{
-        MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder, StringLen,
-    };
+    use sea_orm::sea_query::{IntoIden, StringLen};
 
     fn spec() -> TableSpec {
         let columns = vec![
@@ -324,20 +451,20 @@ mod tests {
         let pg = upsert_statements(&spec(), &rows, d(DbBackend::Postgres)).unwrap();
         assert_eq!(pg.len(), 1);
         assert_eq!(
-            pg[0].to_string(PostgresQueryBuilder),
+            pg[0].to_string(),
             "INSERT INTO \"contacts\" (\"id\", \"name\", \"at\") VALUES (1, 'a', '2033-05-18 03:33:20.000000 +00:00'), \
              (2, 'b', '2033-05-18 03:33:20.000000 +00:00') ON CONFLICT (\"id\") DO UPDATE SET \"name\" = \"excluded\".\"name\", \"at\" = \"excluded\".\"at\""
         );
         let my = upsert_statements(&spec(), &rows, d(DbBackend::MySql)).unwrap();
         // UTC date-times go to MySQL as DATETIME text, not TIMESTAMP.
         assert_eq!(
-            my[0].to_string(MysqlQueryBuilder),
+            my[0].to_string(),
             "INSERT INTO `contacts` (`id`, `name`, `at`) VALUES (1, 'a', '2033-05-18 03:33:20.000000'), \
              (2, 'b', '2033-05-18 03:33:20.000000') ON DUPLICATE KEY UPDATE `name` = VALUES(`name`), `at` = VALUES(`at`)"
         );
         let lite = upsert_statements(&spec(), &rows, d(DbBackend::Sqlite)).unwrap();
         assert_eq!(
-            lite[0].to_string(SqliteQueryBuilder),
+            lite[0].to_string(),
             "INSERT INTO \"contacts\" (\"id\", \"name\", \"at\") VALUES (1, 'a', '2033-05-18 03:33:20.000000 +00:00'), \
              (2, 'b', '2033-05-18 03:33:20.000000 +00:00') ON CONFLICT (\"id\") DO UPDATE SET \"name\" = \"excluded\".\"name\", \"at\" = \"excluded\".\"at\""
         );
@@ -361,10 +488,10 @@ mod tests {
         r.set("id", &Value::Int(Some(1)), Hlc::default());
         let q = upsert_statements(&s, &[&r], d(DbBackend::MySql)).unwrap();
         assert!(
-            q[0].to_string(MysqlQueryBuilder)
+            q[0].to_string()
                 .contains("ON DUPLICATE KEY UPDATE `id` = `id`"),
             "{}",
-            q[0].to_string(MysqlQueryBuilder)
+            q[0].to_string()
         );
     }
 
@@ -388,11 +515,11 @@ mod tests {
     }
 
     /// The number of rows in each statement, on a table of `cols` columns.
-    fn row_counts(qs: &[InsertStatement], cols: usize) -> Vec<usize> {
+    fn row_counts(qs: &[Statement], cols: usize) -> Vec<usize> {
         qs.iter()
             .map(|q| {
-                let values = q.build(PostgresQueryBuilder).1.0.len();
-                assert_eq!(values % cols, 0, "{}", q.to_string(PostgresQueryBuilder));
+                let values = q.values.as_ref().map_or(0, |v| v.0.len());
+                assert_eq!(values % cols, 0, "{q}");
                 values / cols
             })
             .collect()
@@ -405,17 +532,23 @@ mod tests {
             .to_owned()
     }
 
-    /// One-value rows of the given approximate sizes, for `batched`.
-    fn sized(sizes: &[usize]) -> Vec<(Vec<SimpleExpr>, usize)> {
+    /// One-value rows of the given approximate sizes.
+    fn sized(sizes: &[usize]) -> Vec<(Vec<Value>, usize)> {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, size)| (vec![Expr::val(i as i64)], *size))
+            .map(|(i, size)| (vec![Value::from(i as i64)], *size))
             .collect()
     }
 
+    fn batched(rows: Vec<(Vec<Value>, usize)>) -> Vec<Statement> {
+        Inserts::plain(DbBackend::Postgres, template(), 1)
+            .statements(rows)
+            .unwrap()
+    }
+
     fn batch_sizes(sizes: &[usize]) -> Vec<usize> {
-        row_counts(&batched(&template(), sized(sizes)), 1)
+        row_counts(&batched(sized(sizes)), 1)
     }
 
     #[test]
@@ -438,15 +571,13 @@ mod tests {
 
     #[test]
     fn batched_never_emits_an_empty_statement() {
-        assert!(batched(&template(), vec![]).is_empty());
+        assert!(batched(vec![]).is_empty());
         // A row larger than MAX_BYTES goes alone into a statement of its
         // own, first or not, and the statements keep the rows' order.
-        let qs = batched(&template(), sized(&[MAX_BYTES + 1, 1, MAX_BYTES + 1]));
+        let qs = batched(sized(&[MAX_BYTES + 1, 1, MAX_BYTES + 1]));
         assert_eq!(row_counts(&qs, 1), [1, 1, 1]);
         assert_eq!(
-            qs.iter()
-                .map(|q| q.to_string(PostgresQueryBuilder))
-                .collect::<Vec<_>>(),
+            qs.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
             [
                 "INSERT INTO \"t\" (\"v\") VALUES (0)",
                 "INSERT INTO \"t\" (\"v\") VALUES (1)",
@@ -512,7 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn an_upsert_takes_rows_until_its_values_reach_max_bytes() {
+    fn an_upsert_takes_rows_while_their_values_fit_in_max_bytes() {
         let s = TableSpec {
             columns: spec().columns[..2].to_vec(),
             ..spec()
@@ -535,14 +666,114 @@ mod tests {
         };
         let key = crate::model::value::approx_size(&Value::Int(Some(0)));
         let half = MAX_BYTES / 2 - key;
-        // Two rows reach MAX_BYTES exactly: the third goes in a new statement.
+        // Two rows fill MAX_BYTES exactly: the third goes in a new statement.
         assert_eq!(upsert_sizes(&s, &rows(&[half, half, 1])), [2, 1]);
-        // One byte short: the statement takes the third row too.
-        assert_eq!(upsert_sizes(&s, &rows(&[half, half - 1, 1])), [3]);
+        // One byte more than fits starts the next statement.
+        assert_eq!(upsert_sizes(&s, &rows(&[half, half + 1])), [1, 1]);
         // A row larger than MAX_BYTES is still written, alone.
         assert_eq!(
             upsert_sizes(&s, &rows(&[MAX_BYTES, MAX_BYTES, 1])),
             [1, 1, 1]
         );
+    }
+
+    /// The statements bound from vectors are, text and values, the ones
+    /// sea-query builds from an expression per value, on every dialect:
+    /// a PostgreSQL enum inside its cast, a UTC date-time bound as MySQL's
+    /// DATETIME, a full statement and the rest after it.
+    #[test]
+    fn bound_statements_are_the_ones_sea_query_builds() {
+        let cols = [
+            column("id", ColumnType::BigInteger, false),
+            column(
+                "mood",
+                ColumnType::Enum {
+                    name: Alias::new("mood").into_iden(),
+                    variants: vec![
+                        Alias::new("sad").into_iden(),
+                        Alias::new("happy").into_iden(),
+                    ],
+                },
+                true,
+            ),
+            column("at", ColumnType::TimestampWithTimeZone, true),
+            column("note", ColumnType::Text, true),
+        ];
+        let at = chrono::DateTime::from_timestamp(2_200_000_000, 7_000).unwrap();
+        let rows: Vec<Vec<Value>> = (0..MAX_ROWS as i64 + 3)
+            .map(|i| {
+                vec![
+                    Value::BigInt(Some(i)),
+                    Value::String(Some(if i % 2 == 0 { "sad" } else { "happy" }.into())),
+                    Value::ChronoDateTimeUtc((i % 3 != 0).then_some(at)),
+                    Value::String(Some(format!("n{i}"))),
+                ]
+            })
+            .collect();
+        for kind in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
+            let d = d(kind);
+            let mut template = Query::insert();
+            template
+                .into_table(Alias::new("t"))
+                .columns(cols.iter().map(|c| Alias::new(&c.name)))
+                .on_conflict(
+                    OnConflict::column(Alias::new("id"))
+                        .update_columns(cols[1..].iter().map(|c| Alias::new(&c.name)))
+                        .to_owned(),
+                );
+            let refs: Vec<&ColumnSpec> = cols.iter().collect();
+            // Twice: the second time the texts come from the cache.
+            for _ in 0..2 {
+                let got = Inserts::of_columns(d, template.clone(), &refs)
+                    .statements(rows.iter().map(|r| {
+                        let values = cols
+                            .iter()
+                            .zip(r)
+                            .map(|(c, v)| bound_value("t", c, v, d).unwrap())
+                            .collect();
+                        (values, 1)
+                    }))
+                    .unwrap();
+                let want: Vec<Statement> = rows
+                    .chunks(MAX_ROWS)
+                    .map(|chunk| {
+                        let mut q = template.clone();
+                        for r in chunk {
+                            q.values_panic(
+                                cols.iter()
+                                    .zip(r)
+                                    .map(|(c, v)| value_expr("t", c, v, d).unwrap()),
+                            );
+                        }
+                        kind.build(&q)
+                    })
+                    .collect();
+                assert_eq!(got.len(), 2);
+                assert_eq!(got, want, "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_of_the_wrong_width_is_refused() {
+        let e = Inserts::plain(DbBackend::Sqlite, template(), 1)
+            .statements([(vec![Value::from(1), Value::from(2)], 1)])
+            .unwrap_err();
+        assert!(matches!(e, Error::Corrupt(_)), "{e}");
+    }
+
+    /// One table and column on three backends: three texts, each taken
+    /// again from the cache as it was made.
+    #[test]
+    fn texts_are_cached_per_shape_and_backend() {
+        let lite = Inserts::plain(DbBackend::Sqlite, template(), 1);
+        let my = Inserts::plain(DbBackend::MySql, template(), 1);
+        let pg = Inserts::plain(DbBackend::Postgres, template(), 1);
+        let rows = || vec![(vec![Value::from(1)], 1), (vec![Value::from(2)], 1)];
+        let sql = |i: &Inserts| i.statements(rows()).unwrap()[0].sql.clone();
+        assert_eq!(sql(&lite), "INSERT INTO \"t\" (\"v\") VALUES (?), (?)");
+        assert_eq!(sql(&my), "INSERT INTO `t` (`v`) VALUES (?), (?)");
+        assert_eq!(sql(&pg), "INSERT INTO \"t\" (\"v\") VALUES ($1), ($2)");
+        assert_eq!(sql(&lite), "INSERT INTO \"t\" (\"v\") VALUES (?), (?)");
     }
 }
