@@ -205,8 +205,7 @@ pub(crate) async fn apply_page(
     }
     end_applying(&tx).await?;
     drop(writes);
-    // Free the page's row states while the database commits: dropping
-    // thousands of them is a tenth of the page's time on this thread.
+    // Free the page's row states while the database commits.
     let (committed, ()) = tokio::join!(biased; tx.commit(), async move { drop(by_table) });
     committed?;
     Ok(report)

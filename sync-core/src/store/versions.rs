@@ -137,18 +137,24 @@ pub(crate) fn encode(state: &RowState, ords: &Ordinals) -> Result<Encoded> {
         ords.of(c)
             .ok_or_else(|| corrupt(&format!("column `{c}` has no ordinal")))
     };
-    let mut clocks: Vec<(u16, &Hlc)> = state
-        .clocks
-        .iter()
-        .map(|(c, h)| Ok((ordinal(c)?, h)))
-        .collect::<Result<_>>()?;
+    let mut clocks: Vec<(u16, &Hlc)> = Vec::with_capacity(state.clocks.len());
+    for (c, h) in &state.clocks {
+        clocks.push((ordinal(c)?, h));
+    }
+    // Values mostly come for the columns that have clocks, both in name
+    // order: take their ordinals from the clocks' as the two go along.
+    let mut clocked = state.clocks.keys().zip(&clocks).peekable();
+    let mut vals: Vec<(u16, &Value)> = Vec::with_capacity(state.vals.len());
+    for (c, v) in &state.vals {
+        while clocked.next_if(|(k, _)| *k < c).is_some() {}
+        let n = match clocked.next_if(|(k, _)| *k == c) {
+            Some((_, (n, _))) => *n,
+            None => ordinal(c)?,
+        };
+        vals.push((n, v));
+    }
     clocks.sort_unstable_by_key(|(n, _)| *n);
     let c = encode_clocks(&clocks);
-    let mut vals: Vec<(u16, &Value)> = state
-        .vals
-        .iter()
-        .map(|(c, v)| Ok((ordinal(c)?, v)))
-        .collect::<Result<_>>()?;
     vals.sort_unstable_by_key(|(n, _)| *n);
     let mut v = Vec::new();
     for (n, value) in vals {
@@ -671,12 +677,14 @@ mod tests {
             ("name".to_owned(), 1),
             ("email".to_owned(), 2),
             ("gone_col".to_owned(), 3),
+            ("f_kept".to_owned(), 4),
         ]);
         let mut s = RowState::default();
         s.set("name", &Value::String(Some("Ada".into())), clock(10, 1));
         s.set("email", &Value::String(None), clock(12, 2));
         // A clock without a value and a value without a clock survive.
         s.clocks.insert("gone_col".into(), clock(5, 3));
+        s.vals.insert("f_kept".into(), Value::Int(Some(4)));
         s.deleted_at = Some(clock(11, 9));
         let e = encode(&s, &ords).unwrap();
         assert!(e.live);
@@ -691,6 +699,6 @@ mod tests {
         s.vals.insert("new".into(), Value::Int(Some(1)));
         assert!(encode(&s, &ords).is_err());
         assert_eq!(ords.missing([&s].into_iter()), ["new"]);
-        assert_eq!(ords.next().unwrap(), 4);
+        assert_eq!(ords.next().unwrap(), 5);
     }
 }

@@ -275,18 +275,47 @@ fn write_statements(
     d: &dyn Dialect,
     upsert: bool,
 ) -> Result<Vec<Statement>> {
-    // Group by the set of columns present (a column added by a newer client
-    // is absent from older rows).
-    let mut groups: BTreeMap<Vec<usize>, Vec<&RowState>> = BTreeMap::new();
+    // Each row as its values bound in the spec's column order, with its
+    // size, grouped by the set of columns present (a column added by a
+    // newer client is absent from older rows). A state's values come in
+    // name order: one pass beside the spec's names in that order finds
+    // each column's value.
+    let n = spec.columns.len();
+    let mut by_name: Vec<(&str, usize)> = spec
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    by_name.sort_unstable();
+    let every: Vec<usize> = (0..n).collect();
+    let mut groups: BTreeMap<Vec<usize>, Vec<(Vec<Value>, usize)>> = BTreeMap::new();
+    let mut slots: Vec<Option<&Value>> = vec![None; n];
     for r in rows {
-        let present: Vec<usize> = spec
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| r.vals.contains_key(&c.name))
-            .map(|(i, _)| i)
-            .collect();
-        groups.entry(present).or_default().push(r);
+        slots.fill(None);
+        let mut names = by_name.iter().peekable();
+        for (name, v) in &r.vals {
+            while names.next_if(|(c, _)| *c < name.as_str()).is_some() {}
+            if let Some((_, i)) = names.next_if(|(c, _)| *c == name.as_str()) {
+                slots[*i] = Some(v);
+            }
+        }
+        let mut bytes = 0;
+        let mut values = Vec::with_capacity(n);
+        for (v, c) in slots.iter().zip(&spec.columns) {
+            if let Some(v) = v {
+                bytes += approx_size(v);
+                values.push(bound_value(&spec.name, c, v, d)?);
+            }
+        }
+        let row = (values, bytes);
+        match groups.get_mut(every.as_slice()) {
+            Some(g) if row.0.len() == n => g.push(row),
+            _ => {
+                let present = (0..n).filter(|i| slots[*i].is_some()).collect();
+                groups.entry(present).or_default().push(row);
+            }
+        }
     }
     let keys: Vec<Alias> = spec.pk.iter().map(|c| Alias::new(&c.name)).collect();
     let mut out = Vec::new();
@@ -323,23 +352,7 @@ fn write_statements(
         if upsert {
             template.on_conflict(on_conflict);
         }
-        let inserts = Inserts::of_columns(d, template, &cols);
-        let rows = rows
-            .iter()
-            .map(|r| {
-                let mut bytes = 0;
-                let values = cols
-                    .iter()
-                    .map(|c| {
-                        let v = &r.vals[&c.name];
-                        bytes += approx_size(v);
-                        bound_value(&spec.name, c, v, d)
-                    })
-                    .collect::<Result<Vec<Value>>>()?;
-                Ok((values, bytes))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.extend(inserts.statements(rows)?);
+        out.extend(Inserts::of_columns(d, template, &cols).statements(rows)?);
     }
     Ok(out)
 }
@@ -478,6 +491,22 @@ mod tests {
         b.clocks.remove("at");
         let qs = upsert_statements(&spec(), &[&a, &b], d(DbBackend::Postgres)).unwrap();
         assert_eq!(qs.len(), 2);
+    }
+
+    /// Columns the table does not have (a newer client's, before and
+    /// after the table's names in order) are left out; the others keep the
+    /// table's order.
+    #[test]
+    fn columns_the_table_lacks_are_left_out() {
+        let a = row(1, "a");
+        let mut b = row(1, "a");
+        for c in ["aa", "b", "zz"] {
+            b.set(c, &Value::Int(Some(9)), Hlc::default());
+        }
+        for kind in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
+            let want = upsert_statements(&spec(), &[&a], d(kind)).unwrap();
+            assert_eq!(upsert_statements(&spec(), &[&b], d(kind)).unwrap(), want);
+        }
     }
 
     #[test]
