@@ -204,6 +204,15 @@ impl Dialect for Postgres {
     fn shape(&self, ty: &ColumnType, param: SimpleExpr) -> SimpleExpr {
         match ty {
             ColumnType::Enum { name, .. } => param.as_enum(name.clone()),
+            // An array of enum values is bound as an array of their texts
+            // (see `store::write::bound_value`) and cast to the enum's
+            // array type, as SeaORM writes it.
+            ColumnType::Array(inner) => match inner.as_ref() {
+                ColumnType::Enum { name, .. } => param.as_enum(sea_orm::sea_query::Alias::new(
+                    format!("{}[]", name.to_string()),
+                )),
+                _ => param,
+            },
             _ => param,
         }
     }

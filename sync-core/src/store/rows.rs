@@ -31,7 +31,6 @@ use crate::store::clocks::{self, SHARED};
 use crate::store::codec::db_sequence;
 use crate::store::ddl::existing_columns;
 #[cfg(test)]
-#[cfg(test)]
 use crate::store::write::Inserts;
 
 /// The characters the `pk` column of a row-state table holds: a key text

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{LazyLock, Mutex};
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, InsertStatement, OnConflict, OptionEnum, Query, SimpleExpr,
+};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use crate::dialect::{self, Dialect, Place, check_value};
@@ -42,13 +44,34 @@ pub(crate) fn bound_value(
     let value = match value {
         // An enum read from a model comes as `Value::Enum` or a string:
         // write its text (the dialect casts it to the type where needed).
-        Value::Enum(e) => match e {
-            sea_orm::sea_query::OptionEnum::Some(e) => Value::String(Some(e.value.to_string())),
-            sea_orm::sea_query::OptionEnum::None(_) => Value::String(None),
-        },
+        Value::Enum(e) => enum_text(e),
+        // So is each of an array of them, bound as an array of texts.
+        #[cfg(feature = "postgres")]
+        Value::Array(sea_orm::sea_query::ArrayType::Enum(_), items) => Value::Array(
+            sea_orm::sea_query::ArrayType::String,
+            items.as_ref().map(|items| {
+                Box::new(
+                    items
+                        .iter()
+                        .map(|v| match v {
+                            Value::Enum(e) => enum_text(e),
+                            v => v.clone(),
+                        })
+                        .collect(),
+                )
+            }),
+        ),
         v => v.clone(),
     };
     Ok(d.bind_value(&column.ty, value))
+}
+
+/// The text of an enum value.
+fn enum_text(e: &OptionEnum) -> Value {
+    match e {
+        OptionEnum::Some(e) => Value::String(Some(e.value.to_string())),
+        OptionEnum::None(_) => Value::String(None),
+    }
 }
 
 /// The expression that writes `value` into `column` of `table` on the
@@ -170,15 +193,19 @@ impl Inserts {
         let mut cache = TEXTS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.1 + text.len() > TEXT_CACHE_BYTES {
+        if cache.1 + text.len() + self.key.len() > TEXT_CACHE_BYTES {
             *cache = TextCache::default();
         }
-        cache.1 += text.len() + self.key.len();
-        cache
-            .0
-            .entry(self.key.clone())
-            .or_default()
-            .insert(rows, text.clone());
+        // Counted once per shape and text (another caller may have put
+        // the same text in meanwhile).
+        let (texts, bytes) = &mut *cache;
+        let shape = texts.entry(self.key.clone()).or_insert_with(|| {
+            *bytes += self.key.len();
+            HashMap::new()
+        });
+        if shape.insert(rows, text.clone()).is_none() {
+            *bytes += text.len();
+        }
         text
     }
 
@@ -781,6 +808,63 @@ mod tests {
                 assert_eq!(got, want, "{kind:?}");
             }
         }
+    }
+
+    /// A PostgreSQL array of enum values is bound as an array of their
+    /// texts inside a cast to the enum's array type, as SeaORM writes it;
+    /// a NULL array too.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn arrays_of_enum_values_are_cast_to_the_enums_array_type() {
+        use sea_orm::sea_query::{ArrayType, Enum, RcOrArc};
+        let mood = Alias::new("mood").into_iden();
+        let col = column(
+            "moods",
+            ColumnType::Array(RcOrArc::new(ColumnType::Enum {
+                name: mood.clone(),
+                variants: vec![Alias::new("sad").into_iden()],
+            })),
+            true,
+        );
+        let key = column("id", ColumnType::BigInteger, false);
+        let sad = Value::Enum(OptionEnum::Some(Box::new(Enum {
+            type_name: "mood".into(),
+            value: "sad".into(),
+        })));
+        let d = d(DbBackend::Postgres);
+        let template = Query::insert()
+            .into_table(Alias::new("t"))
+            .columns([Alias::new("id"), Alias::new("moods")])
+            .to_owned();
+        let rows = [
+            Value::Array(
+                ArrayType::Enum(Box::new("mood".into())),
+                Some(Box::new(vec![sad])),
+            ),
+            Value::Array(ArrayType::Enum(Box::new("mood".into())), None),
+        ];
+        let qs = Inserts::of_columns(d, template, &[&key, &col])
+            .statements(rows.iter().enumerate().map(|(i, v)| {
+                let values = vec![
+                    Value::BigInt(Some(i as i64)),
+                    bound_value("t", &col, v, d).unwrap(),
+                ];
+                (values, 1)
+            }))
+            .unwrap();
+        assert_eq!(
+            qs[0].sql,
+            r#"INSERT INTO "t" ("id", "moods") VALUES ($1, CAST($2 AS "mood"[])), ($3, CAST($4 AS "mood"[]))"#
+        );
+        let values = &qs[0].values.as_ref().unwrap().0;
+        assert_eq!(
+            values[1],
+            Value::Array(
+                ArrayType::String,
+                Some(Box::new(vec![Value::String(Some("sad".into()))]))
+            )
+        );
+        assert_eq!(values[3], Value::Array(ArrayType::String, None));
     }
 
     #[test]
