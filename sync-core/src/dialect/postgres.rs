@@ -208,9 +208,9 @@ impl Dialect for Postgres {
             // (see `store::write::bound_value`) and cast to the enum's
             // array type, as SeaORM writes it.
             ColumnType::Array(inner) => match inner.as_ref() {
-                ColumnType::Enum { name, .. } => param.as_enum(sea_orm::sea_query::Alias::new(
-                    format!("{}[]", name.to_string()),
-                )),
+                ColumnType::Enum { name, .. } => {
+                    param.as_enum(sea_orm::sea_query::Alias::new(format!("{name}[]")))
+                }
                 _ => param,
             },
             _ => param,
