@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
 use sea_orm::{DatabaseTransaction, Statement, Value};
 
 use super::owner;
@@ -20,11 +21,25 @@ use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::version_table::{Position, Versions, sole_after};
 use crate::store::write::{delete_rows, execute_all, execute_while, row_statements};
 
-/// A row of the hub: (table, key text).
-pub(super) type RowId = (String, String);
+/// What a call holds of each row of the hub, by table then key text: a
+/// row is found by `(&str, &str)` without building its id.
+type Rows<T> = FxHashMap<String, FxHashMap<String, T>>;
 
 /// The states of the rows a call touches, as they were before it.
-type Before = HashMap<RowId, RowState>;
+type Before = Rows<RowState>;
+
+/// What `rows` holds of the row `key` of `table`.
+fn row<'m, T>(rows: &'m Rows<T>, table: &str, key: &str) -> Option<&'m T> {
+    rows.get(table)?.get(key)
+}
+
+/// The rows of `table` in `rows`, added if absent.
+fn table_rows<'m, T>(rows: &'m mut Rows<T>, table: &str) -> &'m mut FxHashMap<String, T> {
+    if !rows.contains_key(table) {
+        rows.insert(table.to_owned(), FxHashMap::default());
+    }
+    rows.get_mut(table).expect("just inserted")
+}
 
 /// What a push transaction (or one savepoint of it) has merged so far.
 pub(super) struct Merge<'a> {
@@ -33,10 +48,10 @@ pub(super) struct Merge<'a> {
     specs: &'a [TableSpec],
     /// The next hub sequence to assign.
     pub(super) next_seq: u64,
-    states: HashMap<RowId, RowState>,
+    states: Rows<RowState>,
     /// The origin each loaded row records as its sole writer, if any (see
     /// `Position::sole`), kept up to date as the call writes.
-    soles: HashMap<RowId, Option<NodeId>>,
+    soles: Rows<Option<NodeId>>,
     /// The version table of each table loaded from, by name.
     versions: HashMap<String, Versions<'a>>,
     /// Concurrent edits held back (manual and custom policies), by the
@@ -83,8 +98,8 @@ impl<'a> Merge<'a> {
             dialect,
             specs,
             next_seq,
-            states: HashMap::new(),
-            soles: HashMap::new(),
+            states: Rows::default(),
+            soles: Rows::default(),
             versions: HashMap::new(),
             held: Vec::new(),
             settled: Vec::new(),
@@ -164,7 +179,8 @@ impl<'a> Merge<'a> {
         let rows = self.row_writes(&before)?;
         // The key values of each saved state, and the columns its table's
         // register lacks registered, before the database writes the rows.
-        let mut pks: HashMap<(&str, &str), Vec<Value>> = HashMap::with_capacity(keyed.len());
+        let mut pks: FxHashMap<(&str, &str), Vec<Value>> =
+            FxHashMap::with_capacity_and_hasher(keyed.len(), Default::default());
         for (c, key) in &keyed {
             pks.entry((c.table.as_str(), key.as_str()))
                 .or_insert_with(|| c.pk.iter().map(|(_, v)| v.clone()).collect());
@@ -183,7 +199,7 @@ impl<'a> Merge<'a> {
             let states = &self.states;
             let saved = keys
                 .iter()
-                .map(|k| states.get(&((*table).to_owned(), k.clone())))
+                .map(|k| row(states, table, k))
                 .collect::<Option<Vec<&RowState>>>()
                 .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
             versions.register(self.tx, saved.into_iter()).await?;
@@ -200,7 +216,8 @@ impl<'a> Merge<'a> {
         }
         // Each saved row stands at its latest change's log position, with
         // its sole writer and the owner after that change.
-        let mut positions: HashMap<(&str, &str), Position> = HashMap::with_capacity(keyed.len());
+        let mut positions: FxHashMap<(&str, &str), Position> =
+            FxHashMap::with_capacity_and_hasher(keyed.len(), Default::default());
         for (i, ((c, key), owner)) in keyed.iter().zip(&owners).enumerate() {
             positions.insert(
                 (c.table.as_str(), key.as_str()),
@@ -213,16 +230,24 @@ impl<'a> Merge<'a> {
         }
         let origin = changes.first().map(|c| c.id.origin);
         for ((table, key), p) in positions.iter_mut() {
-            let id = ((*table).to_owned(), (*key).to_owned());
-            let (Some(was), Some(now), Some(o)) = (before.get(&id), self.states.get(&id), origin)
-            else {
+            let (Some(was), Some(now), Some(o)) = (
+                row(&before, table, key),
+                row(&self.states, table, key),
+                origin,
+            ) else {
                 continue;
             };
             if was.same(now) {
                 continue; // not saved: the row keeps its position
             }
-            p.sole = sole_after(o, self.soles.get(&id).copied().flatten(), was, now);
-            self.soles.insert(id, p.sole);
+            p.sole = sole_after(o, row(&self.soles, table, key).copied().flatten(), was, now);
+            let soles = table_rows(&mut self.soles, table);
+            match soles.get_mut(*key) {
+                Some(sole) => *sole = p.sole,
+                None => {
+                    soles.insert((*key).to_owned(), p.sole);
+                }
+            }
         }
         let state_stmts = execute_while(tx, rows.upserts, || {
             state_statements(states, versions, &rows.saved, &pks, &positions)
@@ -259,7 +284,7 @@ impl<'a> Merge<'a> {
 
     /// The state of a row, if loaded (see [`Merge::load`]).
     pub(super) fn state(&self, table: &str, key: &str) -> Option<&RowState> {
-        self.states.get(&(table.to_owned(), key.to_owned()))
+        row(&self.states, table, key)
     }
 
     /// Load the states of these rows not loaded yet, one query per table.
@@ -268,7 +293,7 @@ impl<'a> Merge<'a> {
         let mut missing: HashMap<&str, Vec<(usize, String)>> = HashMap::new();
         let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
         for (c, key) in keyed {
-            if !self.states.contains_key(&(c.table.clone(), key.clone()))
+            if row(&self.states, &c.table, key).is_none()
                 && seen.insert((c.table.as_str(), key.as_str()))
             {
                 missing
@@ -297,12 +322,14 @@ impl<'a> Merge<'a> {
             let values: Vec<&[Value]> = keys.iter().map(|(v, _)| *v).collect();
             let texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
             let mut loaded = versions.load_with_sole(self.tx, &values, &texts).await?;
+            let (soles, states) = (
+                table_rows(&mut self.soles, table),
+                table_rows(&mut self.states, table),
+            );
             for k in texts {
                 let (s, sole) = loaded.remove(&k).unwrap_or_default();
-                self.soles
-                    .entry((table.to_owned(), k.clone()))
-                    .or_insert(sole);
-                self.states.entry((table.to_owned(), k)).or_insert(s);
+                soles.entry(k.clone()).or_insert(sole);
+                states.entry(k).or_insert(s);
             }
         }
         Ok(())
@@ -313,15 +340,18 @@ impl<'a> Merge<'a> {
     /// after it (for tables with owners). The columns whose edit is a
     /// conflict are held or settled apart.
     fn merge(&mut self, keyed: &[(&Change, String)]) -> Result<(Before, Vec<Option<String>>)> {
-        let mut before: HashMap<RowId, RowState> = HashMap::new();
+        let mut before = Before::default();
         let mut owners = Vec::with_capacity(keyed.len());
         for (c, key) in keyed {
-            let id = (c.table.clone(), key.clone());
             let s = self
                 .states
-                .get_mut(&id)
+                .get_mut(&c.table)
+                .and_then(|t| t.get_mut(key.as_str()))
                 .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
-            before.entry(id).or_insert_with(|| s.clone());
+            let was = table_rows(&mut before, &c.table);
+            if !was.contains_key(key.as_str()) {
+                was.insert(key.clone(), s.clone());
+            }
             let spec = self.specs.iter().find(|t| t.name == c.table);
             let policy = spec.map_or(ConflictPolicy::Lww, |t| t.policy);
             let merged = conflict::merge_with_policy(s, c, policy);
@@ -340,7 +370,7 @@ impl<'a> Merge<'a> {
 
     /// The rows to write: upserts in table order (parents first), deletes
     /// to run in reverse. The states stay in `self.states` (not copied).
-    fn row_writes(&self, before: &HashMap<RowId, RowState>) -> Result<RowWrites<'a>> {
+    fn row_writes(&self, before: &Before) -> Result<RowWrites<'a>> {
         let mut out = RowWrites {
             upserts: Vec::new(),
             deletes: Vec::new(),
@@ -348,8 +378,9 @@ impl<'a> Merge<'a> {
         };
         for spec in self.specs {
             let (mut live, mut dead, mut keys) = (Vec::new(), Vec::new(), Vec::new());
-            for ((table, key), old) in before.iter().filter(|((t, _), _)| *t == spec.name) {
-                let new = &self.states[&(table.clone(), key.clone())];
+            for (key, old) in before.get(&spec.name).into_iter().flatten() {
+                let new = row(&self.states, &spec.name, key)
+                    .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
                 if old.same(new) {
                     continue;
                 }
@@ -373,11 +404,11 @@ impl<'a> Merge<'a> {
 /// whose state changed) into their version tables; `pks` holds each key's
 /// values.
 fn state_statements(
-    states: &HashMap<RowId, RowState>,
+    states: &Rows<RowState>,
     versions: &HashMap<String, Versions<'_>>,
     saved: &[(&str, Vec<String>)],
-    pks: &HashMap<(&str, &str), Vec<Value>>,
-    positions: &HashMap<(&str, &str), Position>,
+    pks: &FxHashMap<(&str, &str), Vec<Value>>,
+    positions: &FxHashMap<(&str, &str), Position>,
 ) -> Result<Vec<Statement>> {
     let mut out = Vec::new();
     for (table, keys) in saved {
@@ -390,9 +421,8 @@ fn state_statements(
             .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
         let mut rows: Vec<(&[Value], &RowState, &Position)> = Vec::with_capacity(keys.len());
         for key in keys {
-            let state = states
-                .get(&(table.to_owned(), key.clone()))
-                .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
+            let state =
+                row(states, table, key).ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
             let pk = pks
                 .get(&(table, key.as_str()))
                 .ok_or_else(|| Error::Corrupt(format!("no key values for {key}")))?;
