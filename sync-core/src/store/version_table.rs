@@ -48,7 +48,7 @@ use crate::model::value::{canonical_key, key_identity, pk_key};
 use crate::model::value_kind::read_as;
 use crate::store::ddl::{catalog, not_null, varchar};
 use crate::store::versions::{self, Encoded, Ordinals};
-use crate::store::write::{Inserts, MAX_ROWS, keys_match};
+use crate::store::write::{Inserts, MAX_ROWS, keys_match, placeholder};
 
 /// Where a database keeps the version tables of its synced tables.
 #[derive(Clone, Copy, Debug)]
@@ -577,8 +577,8 @@ impl<'a> Versions<'a> {
         let shapes = spec
             .pk
             .iter()
-            .map(|c| self.d.shape(&c.ty, Expr::val(Value::Bool(None))))
-            .chain(state.iter().map(|_| Expr::val(Value::Bool(None))))
+            .map(|c| self.d.shape(&c.ty, placeholder()))
+            .chain(state.iter().map(|_| placeholder()))
             .collect();
         template
             .into_table(self.table())

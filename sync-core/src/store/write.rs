@@ -137,7 +137,7 @@ type TextCache = (HashMap<String, HashMap<usize, String>>, usize);
 static TEXTS: LazyLock<Mutex<TextCache>> = LazyLock::new(Mutex::default);
 
 /// The parameter of a statement's text (its value is not used).
-fn placeholder() -> SimpleExpr {
+pub(crate) fn placeholder() -> SimpleExpr {
     Expr::val(Value::Bool(None))
 }
 
