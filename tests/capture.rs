@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use chrono::{TimeZone, Utc};
-use common::entities::{contacts, counters, memberships, readings};
+use common::entities::{contacts, counters, memberships, namesake_key, namesakes, readings};
 use common::{Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::Value as SqValue;
@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
         overlong_string_is_refused,
         bulk_nan_is_reported_and_kept_until_fixed,
         concurrent_writes_during_capture_are_not_lost,
+        columns_named_as_tidesyncs_own_are_captured,
     ];
     run(trials)
 }
@@ -1193,4 +1194,83 @@ async fn database_errors_are_classified(db: TestDb) -> TestResult {
         ensure_eq!(e.kind(), expected, "{sql}: {e}");
     }
     db.drop().await
+}
+
+/// Sealing reads a marker with its row and its version row; a row whose
+/// columns are named `ver`, `gone`, `clocks`, `vals`, ... is captured with
+/// its own values, never the marker's or the version row's. A key column
+/// of such a name (which the marker and version tables hold beside their
+/// own) is refused by name when the replica opens.
+async fn columns_named_as_tidesyncs_own_are_captured(t: TestDb) -> TestResult {
+    t.create_table(namesake_key::Entity).await?;
+    match Replica::builder(t.db.clone())
+        .register::<namesake_key::Entity>()
+        .open()
+        .await
+    {
+        Err(tidesync::Error::Config(m)) => ensure!(
+            m.contains("namesake_key") && m.contains("`gone`"),
+            "the refusal names the table and the column: {m}"
+        ),
+        other => return Err(format!("a key named `gone` must be refused: {other:?}").into()),
+    }
+    t.create_table(namesakes::Entity).await?;
+    let r = Replica::builder(t.db.clone())
+        .register::<namesakes::Entity>()
+        .open()
+        .await?;
+    let row = |ver: i64, wall: i64| namesakes::ActiveModel {
+        id: Set(ver),
+        ver: Set(ver + 1000),
+        wall_us: Set(wall),
+        gone: Set(-wall),
+        clocks: Set(format!("clocks {ver}")),
+        del: Set(Some(format!("del {ver}"))),
+        vals: Set(Some(i32::try_from(ver).unwrap_or(0) * 10)),
+        m: Set(Some("m".into())),
+        t: Set(None),
+        v: Set(Some("v".into())),
+    };
+    namesakes::Entity::insert_many([row(1, 111), row(2, 222)])
+        .exec(&t.db)
+        .await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 2);
+    for (change, (ver, wall)) in c.iter().zip([(1i64, 111i64), (2, 222)]) {
+        ensure_eq!(change.op, Op::Insert);
+        ensure_eq!(
+            change.pk,
+            vec![("id".to_owned(), SqValue::BigInt(Some(ver)))]
+        );
+        ensure_eq!(col(change, "ver"), Some(&SqValue::BigInt(Some(ver + 1000))));
+        ensure_eq!(col(change, "wall_us"), Some(&SqValue::BigInt(Some(wall))));
+        ensure_eq!(col(change, "gone"), Some(&SqValue::BigInt(Some(-wall))));
+        ensure_eq!(
+            col(change, "clocks"),
+            Some(&SqValue::String(Some(format!("clocks {ver}"))))
+        );
+        ensure_eq!(
+            col(change, "vals"),
+            Some(&SqValue::Int(Some(i32::try_from(ver)? * 10)))
+        );
+        ensure_eq!(col(change, "m"), Some(&SqValue::String(Some("m".into()))));
+    }
+    // An update is diffed against the version row's values: one column.
+    let mut am = row(2, 222);
+    am.clocks = Set("clocks again".into());
+    am.update(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Update);
+    ensure_eq!(cols(&c[0]), vec!["clocks"]);
+    ensure_eq!(
+        col(&c[0], "clocks"),
+        Some(&SqValue::String(Some("clocks again".into())))
+    );
+    namesakes::Entity::delete_by_id(1i64).exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1);
+    ensure_eq!(c[0].op, Op::Delete);
+    ensure_eq!(c[0].pk, vec![("id".to_owned(), SqValue::BigInt(Some(1)))]);
+    t.drop().await
 }

@@ -548,3 +548,46 @@ pub mod labels {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 }
+
+/// A table whose columns carry the names of the markers' and version
+/// rows' own columns (and of the aliases sealing joins them under).
+pub mod namesakes {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "namesakes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        pub ver: i64,
+        pub wall_us: i64,
+        pub gone: i64,
+        pub clocks: String,
+        pub del: Option<String>,
+        pub vals: Option<i32>,
+        pub m: Option<String>,
+        pub t: Option<String>,
+        pub v: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
+/// A table whose key is named as a marker's own column.
+pub mod namesake_key {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "namesake_key")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub gone: i64,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}

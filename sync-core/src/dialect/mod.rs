@@ -53,6 +53,17 @@ pub(crate) trait Dialect: Send + Sync {
         false
     }
 
+    /// Whether a key column of one table compares with another table's
+    /// whatever their collations, so that sealing may join the markers
+    /// with their rows and version rows (SQLite: the left operand's
+    /// collation applies). PostgreSQL refuses to compare two columns of
+    /// different non-default collations, and with a non-deterministic one
+    /// matches keys the marker does not hold; MySQL's collations mix by
+    /// precedence rules; there sealing reads them by the markers' keys.
+    fn joins_keys(&self) -> bool {
+        false
+    }
+
     /// The parameter that names the table at `place` in this dialect's
     /// catalog queries ([`Dialect::columns_query`] and the like).
     fn catalog_name(&self, place: Place<'_>) -> String {

@@ -15,6 +15,10 @@ use crate::model::error::ErrorKind;
 pub(super) struct Sqlite;
 
 impl Dialect for Sqlite {
+    fn joins_keys(&self) -> bool {
+        true
+    }
+
     fn backend(&self) -> DbBackend {
         DbBackend::Sqlite
     }

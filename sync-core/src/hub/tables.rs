@@ -92,8 +92,9 @@ const MAX_KEY_COLUMNS: usize = 16;
 
 /// Refuse a spec the hub would create wrong or not at all, before anything
 /// is created or recorded: no key, a key column that is not one of its
-/// columns (or of another type than that column), a column named twice,
-/// more columns than a hub takes.
+/// columns (or of another type than that column) or that is named as a
+/// column of tidesync's own tables, a column named twice, more columns
+/// than a hub takes.
 pub(crate) fn check_spec(spec: &TableSpec) -> Result<()> {
     let refuse = |why: String| Err(Error::Config(format!("table `{}`: {why}", spec.name)));
     if spec.pk.is_empty() {
@@ -110,6 +111,9 @@ pub(crate) fn check_spec(spec: &TableSpec) -> Result<()> {
         if !seen.insert(c.name.to_ascii_lowercase()) {
             return refuse(format!("column `{}` is named twice", c.name));
         }
+    }
+    if let Some(why) = crate::store::version_table::reserved_key(spec) {
+        return Err(Error::Config(why));
     }
     let mut keys = std::collections::HashSet::new();
     for k in &spec.pk {
@@ -572,4 +576,34 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
             )
             .to_owned(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::{column, table};
+    use sea_orm::sea_query::ColumnType;
+
+    /// The hub refuses a key named as a column of its version rows, with
+    /// the store's refusal.
+    #[test]
+    fn a_key_named_as_a_version_rows_column_is_refused() {
+        for name in ["hub_seq", "Owner", "vals"] {
+            let spec = table("t", &[name], vec![column(name, ColumnType::Integer, false)]);
+            let why = crate::store::version_table::reserved_key(&spec).expect(name);
+            assert!(
+                matches!(check_spec(&spec), Err(Error::Config(m)) if m == why),
+                "{name}"
+            );
+        }
+        let spec = table(
+            "t",
+            &["id"],
+            vec![
+                column("id", ColumnType::Integer, false),
+                column("owner", ColumnType::Integer, true),
+            ],
+        );
+        assert!(check_spec(&spec).is_ok());
+    }
 }

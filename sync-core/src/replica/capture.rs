@@ -15,9 +15,9 @@ use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, SimpleExpr, Va
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use super::applying::{begin_applying, end_applying, is_applying};
-use super::entity::{Marker, TableHandle};
+use super::entity::{Marker, RowImage, TableHandle};
 use super::seal_state::SealState;
-use super::tables::{OUTBOX, dirty_table};
+use super::tables::{OUTBOX, dirty_table, version_table};
 use super::versions::{self, Versions};
 use crate::dialect::{self, Place, check_value};
 use crate::model::change::{Op, TableSpec};
@@ -91,19 +91,27 @@ pub(crate) async fn seal_table(
     report: &mut CaptureReport,
 ) -> Result<Sealed> {
     let spec = table.spec();
-    let markers = table.markers(tx, round.limit, round.offset).await?;
-    if markers.is_empty() {
+    let read = match dialect::of_db(tx)?.joins_keys() {
+        true => read_joined(tx, table, round).await?,
+        false => read_apart(tx, table, round).await?,
+    };
+    let Some(Read {
+        markers,
+        keys,
+        rows,
+        mut versions,
+        shadows,
+    }) = read
+    else {
         return Ok(Sealed::default());
-    }
-    let pks: Vec<Vec<Value>> = markers.iter().map(|m| m.pk.clone()).collect();
-    let keys: Vec<String> = pks.iter().map(|p| pk_key(p)).collect::<Result<_>>()?;
-    let mut current: HashMap<String, Vec<Value>> = HashMap::new();
+    };
+    let mut current: HashMap<String, Vec<Value>> = HashMap::with_capacity(rows.len());
     // Values finer than a microsecond, cut (see `to_micros`): the change
     // carries the cut value, and the row is written with it below.
     // Not a key (a key that fine refuses its row, see `finer_key`), and
     // not in a row whose key is that fine.
     let mut finer: Vec<Finer> = Vec::new();
-    for (pk, mut vals) in table.rows(tx, &pks).await? {
+    for (pk, mut vals) in rows {
         let mut cut = Vec::new();
         if pk.iter().all(|v| to_micros(v).is_none()) {
             for (i, (c, v)) in spec.columns.iter().zip(vals.iter_mut()).enumerate() {
@@ -120,9 +128,8 @@ pub(crate) async fn seal_table(
         }
         current.insert(pk_key(&pk)?, vals);
     }
-    let mut versions = versions::open(tx, table).await?;
     let read = MarkedRows {
-        shadows: versions.load(tx, &pks).await?,
+        shadows,
         markers: &markers,
         keys: &keys,
         current,
@@ -139,6 +146,105 @@ pub(crate) async fn seal_table(
         read: markers.len(),
         kept,
     })
+}
+
+/// What sealing reads for a batch of markers: the markers in key order,
+/// their key texts, the rows under their keys as they are now, and their
+/// version rows' states by key text.
+struct Read<'a> {
+    markers: Vec<Marker>,
+    keys: Vec<String>,
+    rows: Vec<RowImage>,
+    versions: Versions<'a>,
+    shadows: HashMap<String, RowState>,
+}
+
+/// [`Read`] in one query, the markers joined with their rows and version
+/// rows (where the dialect [joins keys](crate::dialect::Dialect::joins_keys);
+/// see [`TableHandle::marked`]). `None`: no marker.
+///
+/// A row or version row joined under a key whose text is not the
+/// marker's (a value of another type the database takes as equal) is
+/// not the marker's: the row counts as absent, as when read by the
+/// marker's key, and the version row is refused as
+/// [`Versions::load`] refuses it.
+async fn read_joined<'a>(
+    tx: &DatabaseTransaction,
+    table: &'a dyn TableHandle,
+    round: Round,
+) -> Result<Option<Read<'a>>> {
+    let spec = table.spec();
+    let marked = table
+        .marked(tx, &version_table(&spec.name), round.limit, round.offset)
+        .await?;
+    if marked.is_empty() {
+        return Ok(None);
+    }
+    let mut versions = versions::open(tx, table).await?;
+    let mut markers = Vec::with_capacity(marked.len());
+    let mut keys: Vec<String> = Vec::with_capacity(marked.len());
+    let mut rows = Vec::with_capacity(marked.len());
+    let mut shadows = HashMap::with_capacity(marked.len());
+    for m in marked {
+        let key = pk_key(&m.marker.pk)?;
+        if keys.last() == Some(&key) {
+            return Err(Error::Corrupt(format!(
+                "{}: the key {key} joined more than one row",
+                spec.name
+            )));
+        }
+        if let Some(row) = m.row
+            && pk_key(&row.0)? == key
+        {
+            rows.push(row);
+        }
+        if let Some(v) = m.version {
+            let state = versions
+                .stored(
+                    tx,
+                    &m.marker.pk,
+                    &v.key,
+                    (&v.clocks, v.del.as_deref(), &v.vals),
+                )
+                .await?;
+            shadows.insert(key.clone(), state);
+        }
+        markers.push(m.marker);
+        keys.push(key);
+    }
+    Ok(Some(Read {
+        markers,
+        keys,
+        rows,
+        versions,
+        shadows,
+    }))
+}
+
+/// [`Read`] in three queries: the markers, then their rows and their
+/// version rows by the markers' keys (where the dialect does not join
+/// keys). `None`: no marker.
+async fn read_apart<'a>(
+    tx: &DatabaseTransaction,
+    table: &'a dyn TableHandle,
+    round: Round,
+) -> Result<Option<Read<'a>>> {
+    let markers = table.markers(tx, round.limit, round.offset).await?;
+    if markers.is_empty() {
+        return Ok(None);
+    }
+    let pks: Vec<Vec<Value>> = markers.iter().map(|m| m.pk.clone()).collect();
+    let keys: Vec<String> = pks.iter().map(|p| pk_key(p)).collect::<Result<_>>()?;
+    let rows = table.rows(tx, &pks).await?;
+    let mut versions = versions::open(tx, table).await?;
+    let shadows = versions.load(tx, &pks).await?;
+    Ok(Some(Read {
+        markers,
+        keys,
+        rows,
+        versions,
+        shadows,
+    }))
 }
 
 /// A row with times finer than a microsecond: its key, the columns cut
@@ -640,7 +746,7 @@ mod tests {
     use super::*;
     use crate::model::testing::{column, table};
 
-    use crate::replica::entity::RowImage;
+    use crate::replica::entity::MarkedRow;
     use sea_orm::sea_query::ColumnType;
 
     fn spec() -> TableSpec {
@@ -749,6 +855,15 @@ mod tests {
             unreachable!("not read in these tests")
         }
         async fn scan(&self, _: &DatabaseTransaction, _: u64, _: u64) -> Result<Vec<RowImage>> {
+            unreachable!("not read in these tests")
+        }
+        async fn marked(
+            &self,
+            _: &DatabaseTransaction,
+            _: &str,
+            _: u64,
+            _: u64,
+        ) -> Result<Vec<MarkedRow>> {
             unreachable!("not read in these tests")
         }
     }

@@ -4,17 +4,17 @@
 
 use std::marker::PhantomData;
 
-use sea_orm::sea_query::{Alias, Order, Query, ValueTuple};
+use sea_orm::sea_query::{Alias, Condition, Expr, ExprTrait, JoinType, Order, Query, ValueTuple};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, IdenStatic, Iterable, ModelTrait,
-    PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect,
-    TryGetableMany, Value,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, FromQueryResult, IdenStatic, Iterable,
+    ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter, QueryOrder, QueryResult,
+    QuerySelect, TryGetError, TryGetableMany, Value,
 };
 
 use super::tables::dirty_table;
-use crate::dialect;
+use crate::dialect::{self, Place};
 use crate::model::change::{ColumnSpec, TableSpec};
-use crate::model::error::Result;
+use crate::model::error::{Error, Result};
 use crate::model::syncable::{ConflictPolicy, Syncable};
 use crate::store::user_tables::ensure_table;
 use crate::store::write::keys_match;
@@ -34,6 +34,31 @@ pub(crate) struct Marker {
 /// A row of a synced table: key values and synced column values (in
 /// [`TableSpec::columns`] order).
 pub(crate) type RowImage = (Vec<Value>, Vec<Value>);
+
+/// A marker with what sealing reads for it, read in one query (see
+/// [`TableHandle::marked`]).
+#[derive(Debug)]
+pub(crate) struct MarkedRow {
+    pub(crate) marker: Marker,
+    /// The row under the marker's key as it is now, if there is one.
+    pub(crate) row: Option<RowImage>,
+    /// The row's version row as stored, if it has one.
+    pub(crate) version: Option<StoredVersion>,
+}
+
+/// A version row as stored: its key values (read as the entity reads its
+/// keys) and its state columns, not decoded.
+#[derive(Debug)]
+pub(crate) struct StoredVersion {
+    pub(crate) key: Vec<Value>,
+    pub(crate) clocks: Vec<u8>,
+    pub(crate) del: Option<Vec<u8>>,
+    pub(crate) vals: Vec<u8>,
+}
+
+/// The prefix of the names [`TableHandle::marked`] gives tidesync's own
+/// columns, beside the row's columns under their own names.
+const OWN: &str = "_tidesync_";
 
 /// The entity-specific half of capture, type-erased so a replica can hold
 /// tables of different entities.
@@ -56,6 +81,19 @@ pub(crate) trait TableHandle: Send + Sync {
 
     /// The current rows with these keys (missing rows are simply absent).
     async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>>;
+
+    /// [`markers`](Self::markers), each with its row and its version row
+    /// (in `versions`), in one query: the markers joined with the table and
+    /// the version table on the key columns. Only where the dialect
+    /// [joins keys](crate::dialect::Dialect::joins_keys): the three tables'
+    /// key columns compare as the marker's.
+    async fn marked(
+        &self,
+        tx: &DatabaseTransaction,
+        versions: &str,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<MarkedRow>>;
 
     /// A page of all rows in key order.
     async fn scan(
@@ -121,6 +159,23 @@ impl<E: Syncable> EntityTable<E> {
         }
     }
 
+    /// The key values of `r` read from the columns named after the key's
+    /// with `prefix`; `None` where they are NULL (a table the join found
+    /// no row in: key columns are never NULL in a row).
+    fn key_of(&self, r: &QueryResult, prefix: &str) -> Result<Option<Vec<Value>>> {
+        let names = self.spec.pk_names();
+        match <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as TryGetableMany>::try_get_many(
+            r, prefix, &names,
+        ) {
+            Ok(pk) => {
+                let pk: ValueTuple = pk.into();
+                Ok(Some(pk.into_iter().collect()))
+            }
+            Err(TryGetError::Null(_)) => Ok(None),
+            Err(e) => Err(sea_orm::DbErr::from(e).into()),
+        }
+    }
+
     fn image(&self, m: &E::Model) -> RowImage {
         (
             self.keys.iter().map(|c| m.get(*c)).collect(),
@@ -175,6 +230,98 @@ where
         .map_err(sea_orm::DbErr::from)?;
         let pk: ValueTuple = pk.into();
         Ok(pk.into_iter().collect())
+    }
+
+    async fn marked(
+        &self,
+        tx: &DatabaseTransaction,
+        versions: &str,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<MarkedRow>> {
+        let (m, t, v) = (Alias::new("m"), Alias::new("t"), Alias::new("v"));
+        let own = |name: &str| Alias::new(format!("{OWN}{name}"));
+        let mut q = Query::select();
+        // Every column of the model (skipped ones too: the model has
+        // them), under its own name and read as the entity reads it.
+        for c in E::Column::iter() {
+            q.expr_as(
+                c.select_as(Expr::col((t.clone(), Alias::new(c.as_str())))),
+                Alias::new(c.as_str()),
+            );
+        }
+        for k in &self.spec.pk {
+            q.expr_as(
+                Expr::col((m.clone(), Alias::new(&k.name))),
+                own(&format!("m_{}", k.name)),
+            );
+            q.expr_as(
+                Expr::col((v.clone(), Alias::new(&k.name))),
+                own(&format!("v_{}", k.name)),
+            );
+        }
+        for c in ["ver", "wall_us", "gone"] {
+            q.expr_as(Expr::col((m.clone(), Alias::new(c))), own(c));
+        }
+        for c in ["clocks", "del", "vals"] {
+            q.expr_as(Expr::col((v.clone(), Alias::new(c))), own(c));
+        }
+        let on = |other: &Alias| {
+            self.spec.pk.iter().fold(Condition::all(), |all, k| {
+                all.add(
+                    Expr::col((other.clone(), Alias::new(&k.name)))
+                        .equals((m.clone(), Alias::new(&k.name))),
+                )
+            })
+        };
+        q.from_as(Alias::new(dirty_table(&self.spec.name)), m.clone())
+            .join_as(
+                JoinType::LeftJoin,
+                Place::of(dialect::of_db(tx)?, &self.spec).table_ref(),
+                t.clone(),
+                on(&t),
+            )
+            .join_as(JoinType::LeftJoin, Alias::new(versions), v.clone(), on(&v))
+            .limit(limit)
+            .offset(offset);
+        for k in &self.spec.pk {
+            q.order_by((m.clone(), Alias::new(&k.name)), Order::Asc);
+        }
+        let marker_prefix = format!("{OWN}m_");
+        let version_prefix = format!("{OWN}v_");
+        let mut out: Vec<MarkedRow> = Vec::new();
+        for r in tx.query_all(&q).await? {
+            let pk = self.key_of(&r, &marker_prefix)?.ok_or_else(|| {
+                Error::Corrupt(format!("{}: a marker without a key", self.spec.name))
+            })?;
+            let row = match self.key_of(&r, "")? {
+                Some(_) => Some(self.image(&E::Model::from_query_result(&r, "")?)),
+                None => None,
+            };
+            let version = match r.try_get::<Option<Vec<u8>>>("", &format!("{OWN}clocks"))? {
+                Some(clocks) => Some(StoredVersion {
+                    key: self.key_of(&r, &version_prefix)?.ok_or_else(|| {
+                        Error::Corrupt(format!("{}: a version row without a key", self.spec.name))
+                    })?,
+                    clocks,
+                    del: r.try_get("", &format!("{OWN}del"))?,
+                    vals: r.try_get("", &format!("{OWN}vals"))?,
+                }),
+                None => None,
+            };
+            let marker = Marker {
+                pk,
+                ver: r.try_get("", &format!("{OWN}ver"))?,
+                wall_us: r.try_get("", &format!("{OWN}wall_us"))?,
+                gone: r.try_get("", &format!("{OWN}gone"))?,
+            };
+            out.push(MarkedRow {
+                marker,
+                row,
+                version,
+            });
+        }
+        Ok(out)
     }
 
     async fn rows(&self, tx: &DatabaseTransaction, pks: &[Vec<Value>]) -> Result<Vec<RowImage>> {

@@ -87,6 +87,9 @@ impl ReplicaBuilder {
             self.errors
                 .push(format!("table `{}` has no primary key", spec.name));
         }
+        if let Some(why) = crate::store::version_table::reserved_key(spec) {
+            self.errors.push(why);
+        }
         if let Some(twin) = self.tables.iter().find(|t| t.spec().name == spec.name) {
             self.errors.push(match (&twin.spec().schema, &spec.schema) {
                 (a, b) if a != b => format!(

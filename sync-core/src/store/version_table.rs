@@ -145,6 +145,32 @@ fn another_key(table: &str, found: &str) -> Error {
 /// The columns of a version row after its key.
 const STATE: [&str; 3] = ["clocks", "del", "vals"];
 
+/// The columns tidesync keeps beside a table's key columns in its own
+/// tables: a dirty marker's, a version row's, a hub version row's
+/// position. A key column of one of these names could not be created
+/// there, so a table with one is refused (see [`reserved_key`]).
+const BESIDE_KEYS: [&str; 9] = [
+    "ver", "wall_us", "gone", "clocks", "del", "vals", "hub_seq", "sole", "owner",
+];
+
+/// The refusal of a table with a key column named as a column tidesync
+/// keeps beside the key (in any case: MySQL's names ignore it), if it has
+/// one.
+pub(crate) fn reserved_key(spec: &TableSpec) -> Option<String> {
+    let k = spec
+        .pk
+        .iter()
+        .find(|k| BESIDE_KEYS.iter().any(|r| k.name.eq_ignore_ascii_case(r)))?;
+    Some(format!(
+        "table `{}`: key column `{}` is named as a column tidesync keeps beside the key \
+         in its own tables ({}); give it another name in the database \
+         (`#[sea_orm(column_name = \"...\")]`)",
+        spec.name,
+        k.name,
+        BESIDE_KEYS.join(", ")
+    ))
+}
+
 impl<'a> Versions<'a> {
     /// The version table of `spec` among `tables`, with its column
     /// register read.
@@ -242,6 +268,45 @@ impl<'a> Versions<'a> {
                 e => e,
             })?;
         Ok((key, state))
+    }
+
+    /// The state of a version row its owner read itself (sealing joins
+    /// markers with their version rows): `found` is the row's key as read,
+    /// `asked` the key it was joined on. A column ordinal missing from the
+    /// register is looked up again once, as [`Versions::load`] does.
+    ///
+    /// # Errors
+    /// The error of [`Versions::load`] when the two keys are not the same
+    /// key (the database took one for the other).
+    pub(crate) async fn stored<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        asked: &[Value],
+        found: &[Value],
+        (clocks, del, vals): (&[u8], Option<&[u8]>, &[u8]),
+    ) -> Result<RowState> {
+        if key_identity(found)? != key_identity(asked)? {
+            return Err(another_key(&self.spec().name, &pk_key(found)?));
+        }
+        let decode = |ords: &Ordinals| {
+            versions::decode(clocks, del, vals, ords).map_err(|e| match e {
+                Error::Corrupt(m) => Error::Corrupt(format!(
+                    "{} {}: {m}",
+                    self.spec().name,
+                    pk_key(found).unwrap_or_default()
+                )),
+                e => e,
+            })
+        };
+        match decode(&self.ords) {
+            Err(Error::Corrupt(_)) => {
+                let ords = read_ordinals(db, self.register, &self.spec().name).await?;
+                let state = decode(&ords);
+                self.ords = ords;
+                state
+            }
+            other => other,
+        }
     }
 
     /// The states of `keys`, by key text ([`pk_key`]); keys without one
@@ -921,6 +986,39 @@ pub(crate) async fn register<C: ConnectionTrait>(
 mod tests {
     use super::*;
     use crate::model::testing::hlc;
+
+    /// A key column named as a column tidesync keeps beside the key, in
+    /// any case, is refused by name; the same name on a column outside the
+    /// key is not.
+    #[test]
+    fn keys_named_as_tidesyncs_own_columns_are_refused() {
+        use crate::model::testing::{column, table};
+        use sea_orm::sea_query::ColumnType;
+        for name in [
+            "ver", "WALL_US", "gone", "clocks", "Del", "vals", "hub_seq", "sole", "owner",
+        ] {
+            let spec = table(
+                "t",
+                &[name],
+                vec![
+                    column(name, ColumnType::Integer, false),
+                    column("x", ColumnType::Integer, true),
+                ],
+            );
+            let why = reserved_key(&spec).expect(name);
+            assert!(why.contains(&format!("`{name}`")), "{why}");
+        }
+        let spec = table(
+            "t",
+            &["id"],
+            vec![
+                column("id", ColumnType::Integer, false),
+                column("ver", ColumnType::Integer, true),
+                column("vals", ColumnType::Integer, true),
+            ],
+        );
+        assert_eq!(reserved_key(&spec), None);
+    }
 
     fn state(cols: &[(&str, &str, u64, u8)], del: Option<(u64, u8)>) -> RowState {
         let mut s = RowState::default();
