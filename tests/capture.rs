@@ -6,7 +6,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use chrono::{TimeZone, Utc};
-use common::entities::{contacts, counters, memberships, namesake_key, namesakes, readings};
+use common::entities::{
+    contacts, counters, keyed_by_offset, keyed_by_time, memberships, namesake_key, namesakes,
+    readings,
+};
 use common::{Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::Value as SqValue;
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
         bulk_nan_is_reported_and_kept_until_fixed,
         concurrent_writes_during_capture_are_not_lost,
         columns_named_as_tidesyncs_own_are_captured,
+        keys_stored_otherwise_than_their_states_seal_updates_and_deletes,
     ];
     run(trials)
 }
@@ -1254,6 +1258,12 @@ async fn columns_named_as_tidesyncs_own_are_captured(t: TestDb) -> TestResult {
             Some(&SqValue::Int(Some(i32::try_from(ver)? * 10)))
         );
         ensure_eq!(col(change, "m"), Some(&SqValue::String(Some("m".into()))));
+        ensure_eq!(
+            col(change, "del"),
+            Some(&SqValue::String(Some(format!("del {ver}"))))
+        );
+        ensure_eq!(col(change, "t"), Some(&SqValue::String(None)));
+        ensure_eq!(col(change, "v"), Some(&SqValue::String(Some("v".into()))));
     }
     // An update is diffed against the version row's values: one column.
     let mut am = row(2, 222);
@@ -1272,5 +1282,59 @@ async fn columns_named_as_tidesyncs_own_are_captured(t: TestDb) -> TestResult {
     ensure_eq!(c.len(), 1);
     ensure_eq!(c[0].op, Op::Delete);
     ensure_eq!(c[0].pk, vec![("id".to_owned(), SqValue::BigInt(Some(1)))]);
+    t.drop().await
+}
+
+/// A key the table holds in another form than its version row's key
+/// (a date-time with an offset, kept as written in a SQLite text column
+/// while the state is keyed by its UTC instant; a date-time written by
+/// raw SQL with a `T`): an update is sealed as an update of the column
+/// written, a delete as a delete. Found by the state's key, not by the
+/// stored text.
+async fn keys_stored_otherwise_than_their_states_seal_updates_and_deletes(t: TestDb) -> TestResult {
+    t.create_table(keyed_by_offset::Entity).await?;
+    t.create_table(keyed_by_time::Entity).await?;
+    let r = Replica::builder(t.db.clone())
+        .register::<keyed_by_offset::Entity>()
+        .register::<keyed_by_time::Entity>()
+        .open()
+        .await?;
+    let k = chrono::FixedOffset::east_opt(3600)
+        .ok_or("offset")?
+        .with_ymd_and_hms(2031, 2, 3, 4, 5, 6)
+        .unwrap();
+    keyed_by_offset::ActiveModel {
+        k: Set(k),
+        note: Set("first".into()),
+    }
+    .insert(&t.db)
+    .await?;
+    t.db.execute_unprepared(
+        "INSERT INTO keyed_by_time (k, note) VALUES ('2031-02-03T04:05:06', 'first')",
+    )
+    .await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 2, "{c:?}");
+    ensure!(c.iter().all(|c| c.op == Op::Insert), "{c:?}");
+    keyed_by_offset::Entity::update_many()
+        .col_expr(keyed_by_offset::Column::Note, Expr::value("second"))
+        .exec(&t.db)
+        .await?;
+    keyed_by_time::Entity::update_many()
+        .col_expr(keyed_by_time::Column::Note, Expr::value("second"))
+        .exec(&t.db)
+        .await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 2, "{c:?}");
+    for change in &c {
+        ensure_eq!(change.op, Op::Update, "{change:?}");
+        ensure_eq!(cols(change), vec!["note"], "{change:?}");
+    }
+    keyed_by_offset::Entity::delete_many().exec(&t.db).await?;
+    keyed_by_time::Entity::delete_many().exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 2, "{c:?}");
+    ensure!(c.iter().all(|c| c.op == Op::Delete), "{c:?}");
+    ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
     t.drop().await
 }

@@ -333,6 +333,7 @@ macro_rules! keyed {
 
 keyed!(keyed_by_time, "keyed_by_time", DateTime);
 keyed!(keyed_by_utc, "keyed_by_utc", DateTimeUtc);
+keyed!(keyed_by_offset, "keyed_by_offset", DateTimeWithTimeZone);
 keyed!(
     keyed_by_decimal,
     "keyed_by_decimal",

@@ -64,6 +64,12 @@ pub(crate) trait Dialect: Send + Sync {
         false
     }
 
+    /// Whether column names that differ in case only name one column
+    /// (SQLite, MySQL); PostgreSQL's quoted names keep their case.
+    fn names_ignore_case(&self) -> bool {
+        true
+    }
+
     /// The parameter that names the table at `place` in this dialect's
     /// catalog queries ([`Dialect::columns_query`] and the like).
     fn catalog_name(&self, place: Place<'_>) -> String {

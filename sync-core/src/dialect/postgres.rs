@@ -193,6 +193,10 @@ impl Dialect for Postgres {
         true
     }
 
+    fn names_ignore_case(&self) -> bool {
+        false
+    }
+
     fn read_key_column(&self, ty: &ColumnType, column: &str) -> SimpleExpr {
         match ty {
             ColumnType::Enum { .. } => Expr::col(sea_orm::sea_query::Alias::new(column))

@@ -505,7 +505,7 @@ impl UserHub<'_> {
             if !names.insert(t.name.to_ascii_lowercase()) {
                 return refuse(&t.name, "named twice in one install".into());
             }
-            super::tables::check_spec(t)?;
+            super::tables::check_spec(t, crate::dialect::of_db(self.hub.connection())?)?;
             if t.name.to_ascii_lowercase().starts_with("_tidesync") {
                 return refuse(
                     &t.name,

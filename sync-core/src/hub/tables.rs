@@ -95,7 +95,7 @@ const MAX_KEY_COLUMNS: usize = 16;
 /// columns (or of another type than that column) or that is named as a
 /// column of tidesync's own tables, a column named twice, more columns
 /// than a hub takes.
-pub(crate) fn check_spec(spec: &TableSpec) -> Result<()> {
+pub(crate) fn check_spec(spec: &TableSpec, d: &dyn Dialect) -> Result<()> {
     let refuse = |why: String| Err(Error::Config(format!("table `{}`: {why}", spec.name)));
     if spec.pk.is_empty() {
         return refuse("it has no key columns".into());
@@ -112,7 +112,11 @@ pub(crate) fn check_spec(spec: &TableSpec) -> Result<()> {
             return refuse(format!("column `{}` is named twice", c.name));
         }
     }
-    if let Some(why) = crate::store::version_table::reserved_key(spec) {
+    if let Some(why) = crate::store::version_table::reserved_key(
+        spec,
+        &crate::store::version_table::HUB_BESIDE_KEYS,
+        d,
+    ) {
         return Err(Error::Config(why));
     }
     let mut keys = std::collections::HashSet::new();
@@ -205,7 +209,7 @@ pub(crate) async fn install(
 ) -> Result<(HubInfo, Vec<TableSpec>)> {
     let d = dialect::of_db(db)?;
     for spec in tables {
-        check_spec(spec)?;
+        check_spec(spec, d)?;
     }
     retire_log(db).await?;
     for t in hub_tables(d) {
@@ -582,17 +586,24 @@ pub(crate) fn hub_tables(d: &dyn Dialect) -> Vec<TableCreateStatement> {
 mod tests {
     use super::*;
     use crate::model::testing::{column, table};
+    use sea_orm::DbBackend;
     use sea_orm::sea_query::ColumnType;
 
     /// The hub refuses a key named as a column of its version rows, with
     /// the store's refusal.
     #[test]
     fn a_key_named_as_a_version_rows_column_is_refused() {
+        let d = dialect::of(DbBackend::MySql).unwrap();
         for name in ["hub_seq", "Owner", "vals"] {
             let spec = table("t", &[name], vec![column(name, ColumnType::Integer, false)]);
-            let why = crate::store::version_table::reserved_key(&spec).expect(name);
+            let why = crate::store::version_table::reserved_key(
+                &spec,
+                &crate::store::version_table::HUB_BESIDE_KEYS,
+                d,
+            )
+            .expect(name);
             assert!(
-                matches!(check_spec(&spec), Err(Error::Config(m)) if m == why),
+                matches!(check_spec(&spec, d), Err(Error::Config(m)) if m == why),
                 "{name}"
             );
         }
@@ -604,6 +615,12 @@ mod tests {
                 column("owner", ColumnType::Integer, true),
             ],
         );
-        assert!(check_spec(&spec).is_ok());
+        assert!(check_spec(&spec, d).is_ok());
+        let ver = table(
+            "t",
+            &["ver"],
+            vec![column("ver", ColumnType::Integer, false)],
+        );
+        assert!(check_spec(&ver, d).is_ok(), "`ver` is the replica's alone");
     }
 }

@@ -163,6 +163,15 @@ struct Read<'a> {
 /// rows (where the dialect [joins keys](crate::dialect::Dialect::joins_keys);
 /// see [`TableHandle::marked`]). `None`: no marker.
 ///
+/// The marker holds its key as the table holds it (the triggers copy
+/// it), the version row as tidesync bound it: one stored text of many for
+/// a date-time or a decimal (a date-time with its offset, or written by
+/// raw SQL with a `T`, against the form the driver binds; see
+/// [`stored_as_bound`]). So the join finds the row under any stored form,
+/// and a version row only where the two forms agree: for keys of other
+/// kinds, the markers the join found no version row for have it looked up
+/// by their keys, as [`read_apart`] does.
+///
 /// A row or version row joined under a key whose text is not the
 /// marker's (a value of another type the database takes as equal) is
 /// not the marker's: the row counts as absent, as when read by the
@@ -212,6 +221,17 @@ async fn read_joined<'a>(
         markers.push(m.marker);
         keys.push(key);
     }
+    if !spec.pk.iter().all(stored_as_bound) {
+        let unjoined: Vec<Vec<Value>> = markers
+            .iter()
+            .zip(&keys)
+            .filter(|(_, k)| !shadows.contains_key(*k))
+            .map(|(m, _)| m.pk.clone())
+            .collect();
+        if !unjoined.is_empty() {
+            shadows.extend(versions.load(tx, &unjoined).await?);
+        }
+    }
     Ok(Some(Read {
         markers,
         keys,
@@ -219,6 +239,33 @@ async fn read_joined<'a>(
         versions,
         shadows,
     }))
+}
+
+/// Whether a key column's values are stored in one form only, the form
+/// the driver binds (integers, text, bytes, UUIDs), so that a key copied
+/// by a trigger and the same key bound by tidesync compare equal as
+/// stored. A date-time, a decimal, a float or JSON has several stored
+/// forms of one value on SQLite (text with any offset or separator).
+fn stored_as_bound(c: &crate::model::change::ColumnSpec) -> bool {
+    use sea_orm::sea_query::ArrayType as K;
+    matches!(
+        c.kind,
+        Some(
+            K::Bool
+                | K::TinyInt
+                | K::SmallInt
+                | K::Int
+                | K::BigInt
+                | K::TinyUnsigned
+                | K::SmallUnsigned
+                | K::Unsigned
+                | K::BigUnsigned
+                | K::String
+                | K::Char
+                | K::Bytes
+                | K::Uuid
+        )
+    )
 }
 
 /// [`Read`] in three queries: the markers, then their rows and their
@@ -314,7 +361,8 @@ struct SealedBatch {
     outbox: Vec<(Vec<Value>, usize)>,
     /// The shadows after them, by key.
     shadows: Vec<(Vec<Value>, RowState)>,
-    /// Markers to delete: key values and the version read.
+    /// Markers to delete: key values (or `rowid`, see `by_rowid`) and the
+    /// version read.
     markers: Vec<ValueTuple>,
     /// Sealed markers whose row went: key values and the `gone` read. One
     /// that a later write kept in place has its `gone` cleared, unless the
@@ -323,6 +371,11 @@ struct SealedBatch {
     gone: Vec<ValueTuple>,
     /// Markers left in place (rejected, or waiting for the other phase).
     kept: usize,
+    /// Whether `markers` and `gone` name markers by their `rowid` instead
+    /// of their key values: read with it, a marker is deleted as stored
+    /// (a key bound again may be stored otherwise, a date-time written by
+    /// raw SQL with a `T`, and would match no marker).
+    by_rowid: bool,
 }
 
 /// A page of markers with what capture reads for them.
@@ -376,14 +429,21 @@ fn seal_markers(
             out.kept += 1;
             continue;
         }
-        let mut tuple = marker.pk.clone();
-        tuple.push(Value::BigInt(Some(marker.ver)));
-        out.markers.push(ValueTuple::Many(tuple));
+        let id = match marker.rowid {
+            Some(rowid) => {
+                out.by_rowid = true;
+                vec![Value::BigInt(Some(rowid))]
+            }
+            None => marker.pk.clone(),
+        };
         if marker.gone > 0 {
-            let mut tuple = marker.pk.clone();
+            let mut tuple = id.clone();
             tuple.push(Value::BigInt(Some(marker.gone)));
             out.gone.push(ValueTuple::Many(tuple));
         }
+        let mut tuple = id;
+        tuple.push(Value::BigInt(Some(marker.ver)));
+        out.markers.push(ValueTuple::Many(tuple));
         let Some((op, columns)) = diffed else {
             continue;
         };
@@ -434,11 +494,14 @@ async fn write_sealed(
         execute_all(tx, saves).await?;
     }
     let key_and = |column: &str| -> SimpleExpr {
-        let mut cols: Vec<SimpleExpr> = spec
-            .pk
-            .iter()
-            .map(|c| Expr::col(Alias::new(&c.name)))
-            .collect();
+        let mut cols: Vec<SimpleExpr> = match batch.by_rowid {
+            true => vec![Expr::col(Alias::new("rowid"))],
+            false => spec
+                .pk
+                .iter()
+                .map(|c| Expr::col(Alias::new(&c.name)))
+                .collect(),
+        };
         cols.push(Expr::col(Alias::new(column)));
         Expr::tuple(cols)
     };

@@ -29,6 +29,10 @@ pub(crate) struct Marker {
     /// delete, or an update of the key); 0 if none did since the last
     /// capture.
     pub(crate) gone: i64,
+    /// Its SQLite `rowid`, where it was read with it (see
+    /// [`TableHandle::marked`]): the marker as stored, whatever the form
+    /// of its key.
+    pub(crate) rowid: Option<i64>,
 }
 
 /// A row of a synced table: key values and synced column values (in
@@ -84,9 +88,9 @@ pub(crate) trait TableHandle: Send + Sync {
 
     /// [`markers`](Self::markers), each with its row and its version row
     /// (in `versions`), in one query: the markers joined with the table and
-    /// the version table on the key columns. Only where the dialect
-    /// [joins keys](crate::dialect::Dialect::joins_keys): the three tables'
-    /// key columns compare as the marker's.
+    /// the version table on the key columns (each compared under the
+    /// table's or version table's collation, as a keyed read would). Only
+    /// where the dialect [joins keys](crate::dialect::Dialect::joins_keys).
     async fn marked(
         &self,
         tx: &DatabaseTransaction,
@@ -160,8 +164,8 @@ impl<E: Syncable> EntityTable<E> {
     }
 
     /// The key values of `r` read from the columns named after the key's
-    /// with `prefix`; `None` where they are NULL (a table the join found
-    /// no row in: key columns are never NULL in a row).
+    /// with `prefix`; `None` where they are NULL (a version table the join
+    /// found no row in).
     fn key_of(&self, r: &QueryResult, prefix: &str) -> Result<Option<Vec<Value>>> {
         let names = self.spec.pk_names();
         match <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as TryGetableMany>::try_get_many(
@@ -217,6 +221,7 @@ where
                     ver: r.try_get("", "ver")?,
                     wall_us: r.try_get("", "wall_us")?,
                     gone: r.try_get("", "gone")?,
+                    rowid: None,
                 })
             })
             .collect()
@@ -260,9 +265,19 @@ where
                 own(&format!("v_{}", k.name)),
             );
         }
-        for c in ["ver", "wall_us", "gone"] {
+        for c in ["ver", "wall_us", "gone", "rowid"] {
             q.expr_as(Expr::col((m.clone(), Alias::new(c))), own(c));
         }
+        // Whether the join found a row: its key columns are never NULL.
+        let first = self
+            .spec
+            .pk
+            .first()
+            .ok_or_else(|| Error::Config(format!("table `{}` has no key", self.spec.name)))?;
+        q.expr_as(
+            Expr::col((t.clone(), Alias::new(&first.name))).is_not_null(),
+            own("row"),
+        );
         for c in ["clocks", "del", "vals"] {
             q.expr_as(Expr::col((v.clone(), Alias::new(c))), own(c));
         }
@@ -294,9 +309,9 @@ where
             let pk = self.key_of(&r, &marker_prefix)?.ok_or_else(|| {
                 Error::Corrupt(format!("{}: a marker without a key", self.spec.name))
             })?;
-            let row = match self.key_of(&r, "")? {
-                Some(_) => Some(self.image(&E::Model::from_query_result(&r, "")?)),
-                None => None,
+            let row = match r.try_get::<bool>("", &format!("{OWN}row"))? {
+                true => Some(self.image(&E::Model::from_query_result(&r, "")?)),
+                false => None,
             };
             let version = match r.try_get::<Option<Vec<u8>>>("", &format!("{OWN}clocks"))? {
                 Some(clocks) => Some(StoredVersion {
@@ -314,6 +329,7 @@ where
                 ver: r.try_get("", &format!("{OWN}ver"))?,
                 wall_us: r.try_get("", &format!("{OWN}wall_us"))?,
                 gone: r.try_get("", &format!("{OWN}gone"))?,
+                rowid: Some(r.try_get("", &format!("{OWN}rowid"))?),
             };
             out.push(MarkedRow {
                 marker,

@@ -87,7 +87,13 @@ impl ReplicaBuilder {
             self.errors
                 .push(format!("table `{}` has no primary key", spec.name));
         }
-        if let Some(why) = crate::store::version_table::reserved_key(spec) {
+        if let Ok(d) = crate::dialect::of_db(&self.db)
+            && let Some(why) = crate::store::version_table::reserved_key(
+                spec,
+                &crate::store::version_table::REPLICA_BESIDE_KEYS,
+                d,
+            )
+        {
             self.errors.push(why);
         }
         if let Some(twin) = self.tables.iter().find(|t| t.spec().name == spec.name) {

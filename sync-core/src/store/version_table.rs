@@ -145,29 +145,37 @@ fn another_key(table: &str, found: &str) -> Error {
 /// The columns of a version row after its key.
 const STATE: [&str; 3] = ["clocks", "del", "vals"];
 
-/// The columns tidesync keeps beside a table's key columns in its own
-/// tables: a dirty marker's, a version row's, a hub version row's
-/// position. A key column of one of these names could not be created
-/// there, so a table with one is refused (see [`reserved_key`]).
-const BESIDE_KEYS: [&str; 9] = [
-    "ver", "wall_us", "gone", "clocks", "del", "vals", "hub_seq", "sole", "owner",
-];
+/// The columns a replica keeps beside a table's key columns in its own
+/// tables (a dirty marker's, a version row's): a key column of one of
+/// these names could not be created there (see [`reserved_key`]).
+pub(crate) const REPLICA_BESIDE_KEYS: [&str; 7] =
+    ["ver", "wall_us", "gone", "clocks", "del", "vals", "live"];
 
-/// The refusal of a table with a key column named as a column tidesync
-/// keeps beside the key (in any case: MySQL's names ignore it), if it has
-/// one.
-pub(crate) fn reserved_key(spec: &TableSpec) -> Option<String> {
+/// The columns a hub keeps beside a table's key columns in its version
+/// rows (see [`reserved_key`]).
+pub(crate) const HUB_BESIDE_KEYS: [&str; 7] =
+    ["clocks", "del", "vals", "live", "hub_seq", "sole", "owner"];
+
+/// The refusal of a table with a key column named as one of `beside`
+/// (the columns tidesync keeps beside the key in its own tables on the
+/// dialect `d`), if it has one: the same name, or on a dialect whose
+/// names ignore case (SQLite, MySQL) the same name in another case.
+pub(crate) fn reserved_key(spec: &TableSpec, beside: &[&str], d: &dyn Dialect) -> Option<String> {
+    let same = |a: &str, b: &str| match d.names_ignore_case() {
+        true => a.eq_ignore_ascii_case(b),
+        false => a == b,
+    };
     let k = spec
         .pk
         .iter()
-        .find(|k| BESIDE_KEYS.iter().any(|r| k.name.eq_ignore_ascii_case(r)))?;
+        .find(|k| beside.iter().any(|r| same(&k.name, r)))?;
     Some(format!(
         "table `{}`: key column `{}` is named as a column tidesync keeps beside the key \
          in its own tables ({}); give it another name in the database \
          (`#[sea_orm(column_name = \"...\")]`)",
         spec.name,
         k.name,
-        BESIDE_KEYS.join(", ")
+        beside.join(", ")
     ))
 }
 
@@ -987,27 +995,49 @@ mod tests {
     use super::*;
     use crate::model::testing::hlc;
 
-    /// A key column named as a column tidesync keeps beside the key, in
-    /// any case, is refused by name; the same name on a column outside the
-    /// key is not.
+    /// A key column named as a column tidesync keeps beside the key is
+    /// refused by name, in any case where the dialect's names ignore case
+    /// and in its own case only on PostgreSQL (where `"Owner"` and `owner`
+    /// are two columns); the same name on a column outside the key is not.
     #[test]
     fn keys_named_as_tidesyncs_own_columns_are_refused() {
         use crate::model::testing::{column, table};
+        use sea_orm::DbBackend;
         use sea_orm::sea_query::ColumnType;
-        for name in [
-            "ver", "WALL_US", "gone", "clocks", "Del", "vals", "hub_seq", "sole", "owner",
-        ] {
-            let spec = table(
+        let keyed = |name: &str| {
+            table(
                 "t",
                 &[name],
                 vec![
                     column(name, ColumnType::Integer, false),
                     column("x", ColumnType::Integer, true),
                 ],
-            );
-            let why = reserved_key(&spec).expect(name);
-            assert!(why.contains(&format!("`{name}`")), "{why}");
+            )
+        };
+        let (sqlite, mysql, postgres) = (
+            dialect::of(DbBackend::Sqlite).unwrap(),
+            dialect::of(DbBackend::MySql).unwrap(),
+            dialect::of(DbBackend::Postgres).unwrap(),
+        );
+        for beside in [&REPLICA_BESIDE_KEYS[..], &HUB_BESIDE_KEYS[..]] {
+            for name in beside {
+                for d in [sqlite, mysql, postgres] {
+                    let why = reserved_key(&keyed(name), beside, d).expect(name);
+                    assert!(why.contains(&format!("`{name}`")), "{why}");
+                }
+                let upper = name.to_ascii_uppercase();
+                for d in [sqlite, mysql] {
+                    assert!(reserved_key(&keyed(&upper), beside, d).is_some(), "{upper}");
+                }
+                assert_eq!(reserved_key(&keyed(&upper), beside, postgres), None);
+            }
         }
+        // The hub's names are the replica's to use, and the other way.
+        assert_eq!(
+            reserved_key(&keyed("owner"), &REPLICA_BESIDE_KEYS, sqlite),
+            None
+        );
+        assert_eq!(reserved_key(&keyed("ver"), &HUB_BESIDE_KEYS, sqlite), None);
         let spec = table(
             "t",
             &["id"],
@@ -1017,7 +1047,7 @@ mod tests {
                 column("vals", ColumnType::Integer, true),
             ],
         );
-        assert_eq!(reserved_key(&spec), None);
+        assert_eq!(reserved_key(&spec, &REPLICA_BESIDE_KEYS, sqlite), None);
     }
 
     fn state(cols: &[(&str, &str, u64, u8)], del: Option<(u64, u8)>) -> RowState {
