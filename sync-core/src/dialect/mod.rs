@@ -381,6 +381,22 @@ fn code_kind(code: &str, message: &str) -> ErrorKind {
 mod tests {
     use super::*;
 
+    /// Sealing joins the markers with their rows on SQLite only, where a
+    /// key column compares with another table's whatever the collations
+    /// (PostgreSQL and MySQL refuse or pick a collation); and names ignore
+    /// case everywhere but PostgreSQL, where a quoted `"Ver"` is not `ver`.
+    #[test]
+    fn which_dialects_join_keys_and_ignore_the_case_of_names() {
+        use sea_orm::DatabaseBackend::{MySql, Postgres, Sqlite};
+        let at = |k| of(k).unwrap();
+        assert!(at(Sqlite).joins_keys());
+        assert!(!at(Postgres).joins_keys());
+        assert!(!at(MySql).joins_keys());
+        assert!(at(Sqlite).names_ignore_case());
+        assert!(at(MySql).names_ignore_case());
+        assert!(!at(Postgres).names_ignore_case());
+    }
+
     /// Each dialect's native codes, and that no dialect claims another's.
     #[test]
     fn native_codes_map_to_kinds() {
