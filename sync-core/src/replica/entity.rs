@@ -265,8 +265,11 @@ where
                 own(&format!("v_{}", k.name)),
             );
         }
-        for c in ["ver", "wall_us", "gone", "rowid"] {
-            q.expr_as(Expr::col((m.clone(), Alias::new(c))), own(c));
+        for c in ["ver", "wall_us", "gone", "_tidesync_rowid"] {
+            q.expr_as(
+                Expr::col((m.clone(), Alias::new(c))),
+                own(c.trim_start_matches(OWN)),
+            );
         }
         // Whether the join found a row: its key columns are never NULL.
         let first = self
@@ -289,16 +292,27 @@ where
                 )
             })
         };
-        q.from_as(Alias::new(dirty_table(&self.spec.name)), m.clone())
+        // The page of markers first, then the joins: the markers a round
+        // skips (kept by its earlier batches) are skipped on the marker
+        // table's key alone, not joined and dropped.
+        let mut page = Query::select();
+        page.columns(self.spec.pk.iter().map(|k| Alias::new(&k.name)))
+            .columns(["ver", "wall_us", "gone"].map(Alias::new))
+            .expr_as(Expr::col(Alias::new("rowid")), own("rowid"))
+            .from(Alias::new(dirty_table(&self.spec.name)))
+            .limit(limit)
+            .offset(offset);
+        for k in &self.spec.pk {
+            page.order_by(Alias::new(&k.name), Order::Asc);
+        }
+        q.from_subquery(page, m.clone())
             .join_as(
                 JoinType::LeftJoin,
                 Place::of(dialect::of_db(tx)?, &self.spec).table_ref(),
                 t.clone(),
                 on(&t),
             )
-            .join_as(JoinType::LeftJoin, Alias::new(versions), v.clone(), on(&v))
-            .limit(limit)
-            .offset(offset);
+            .join_as(JoinType::LeftJoin, Alias::new(versions), v.clone(), on(&v));
         for k in &self.spec.pk {
             q.order_by((m.clone(), Alias::new(&k.name)), Order::Asc);
         }
