@@ -246,23 +246,20 @@ where
     ) -> Result<Vec<MarkedRow>> {
         let (m, t, v) = (Alias::new("m"), Alias::new("t"), Alias::new("v"));
         let own = |name: &str| Alias::new(format!("{OWN}{name}"));
+        let first = self
+            .spec
+            .pk
+            .first()
+            .ok_or_else(|| Error::Config(format!("table `{}` has no key", self.spec.name)))?;
+        // tidesync's columns first, read by position: the marker's key
+        // (from position 0, as the key type reads a key), then the
+        // marker's own, whether the join found a row, the version row's
+        // state; then the version row's key and the row's columns, by name.
         let mut q = Query::select();
-        // Every column of the model (skipped ones too: the model has
-        // them), under its own name and read as the entity reads it.
-        for c in E::Column::iter() {
-            q.expr_as(
-                c.select_as(Expr::col((t.clone(), Alias::new(c.as_str())))),
-                Alias::new(c.as_str()),
-            );
-        }
         for k in &self.spec.pk {
             q.expr_as(
                 Expr::col((m.clone(), Alias::new(&k.name))),
                 own(&format!("m_{}", k.name)),
-            );
-            q.expr_as(
-                Expr::col((v.clone(), Alias::new(&k.name))),
-                own(&format!("v_{}", k.name)),
             );
         }
         for c in ["ver", "wall_us", "gone", "_tidesync_rowid"] {
@@ -272,11 +269,6 @@ where
             );
         }
         // Whether the join found a row: its key columns are never NULL.
-        let first = self
-            .spec
-            .pk
-            .first()
-            .ok_or_else(|| Error::Config(format!("table `{}` has no key", self.spec.name)))?;
         q.expr_as(
             Expr::col((t.clone(), Alias::new(&first.name))).is_not_null(),
             own("row"),
@@ -284,6 +276,23 @@ where
         for c in ["clocks", "del", "vals"] {
             q.expr_as(Expr::col((v.clone(), Alias::new(c))), own(c));
         }
+        for k in &self.spec.pk {
+            q.expr_as(
+                Expr::col((v.clone(), Alias::new(&k.name))),
+                own(&format!("v_{}", k.name)),
+            );
+        }
+        // Every column of the model (skipped ones too: the model has
+        // them), under its own name and read as the entity reads it.
+        for c in E::Column::iter() {
+            q.expr_as(
+                c.select_as(Expr::col((t.clone(), Alias::new(c.as_str())))),
+                Alias::new(c.as_str()),
+            );
+        }
+        let n = self.spec.pk.len();
+        let (ver, wall_us, gone, rowid, row, clocks, del, vals) =
+            (n, n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7);
         let on = |other: &Alias| {
             self.spec.pk.iter().fold(Condition::all(), |all, k| {
                 all.add(
@@ -316,34 +325,37 @@ where
         for k in &self.spec.pk {
             q.order_by((m.clone(), Alias::new(&k.name)), Order::Asc);
         }
-        let marker_prefix = format!("{OWN}m_");
         let version_prefix = format!("{OWN}v_");
-        let mut out: Vec<MarkedRow> = Vec::new();
-        for r in tx.query_all(&q).await? {
-            let pk = self.key_of(&r, &marker_prefix)?.ok_or_else(|| {
-                Error::Corrupt(format!("{}: a marker without a key", self.spec.name))
-            })?;
-            let row = match r.try_get::<bool>("", &format!("{OWN}row"))? {
+        let rows = tx.query_all(&q).await?;
+        let mut out: Vec<MarkedRow> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let pk =
+                <<E::PrimaryKey as PrimaryKeyTrait>::ValueType as TryGetableMany>::try_get_many_by_index(
+                    &r,
+                )
+                .map_err(sea_orm::DbErr::from)?;
+            let pk: ValueTuple = pk.into();
+            let row = match r.try_get_by_index::<bool>(row)? {
                 true => Some(self.image(&E::Model::from_query_result(&r, "")?)),
                 false => None,
             };
-            let version = match r.try_get::<Option<Vec<u8>>>("", &format!("{OWN}clocks"))? {
+            let version = match r.try_get_by_index::<Option<Vec<u8>>>(clocks)? {
                 Some(clocks) => Some(StoredVersion {
                     key: self.key_of(&r, &version_prefix)?.ok_or_else(|| {
                         Error::Corrupt(format!("{}: a version row without a key", self.spec.name))
                     })?,
                     clocks,
-                    del: r.try_get("", &format!("{OWN}del"))?,
-                    vals: r.try_get("", &format!("{OWN}vals"))?,
+                    del: r.try_get_by_index(del)?,
+                    vals: r.try_get_by_index(vals)?,
                 }),
                 None => None,
             };
             let marker = Marker {
-                pk,
-                ver: r.try_get("", &format!("{OWN}ver"))?,
-                wall_us: r.try_get("", &format!("{OWN}wall_us"))?,
-                gone: r.try_get("", &format!("{OWN}gone"))?,
-                rowid: Some(r.try_get("", &format!("{OWN}rowid"))?),
+                pk: pk.into_iter().collect(),
+                ver: r.try_get_by_index(ver)?,
+                wall_us: r.try_get_by_index(wall_us)?,
+                gone: r.try_get_by_index(gone)?,
+                rowid: Some(r.try_get_by_index(rowid)?),
             };
             out.push(MarkedRow {
                 marker,
