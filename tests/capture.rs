@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{TimeZone, Utc};
 use common::entities::{
-    contacts, counters, keyed_by_offset, keyed_by_time, memberships, namesake_key, namesakes,
-    readings,
+    contacts, counters, keyed_by_offset, keyed_by_time, memberships, namesake_column, namesake_key,
+    namesakes, readings, rowid_key,
 };
 use common::{Dialect, TestDb, TestResult, run};
 use sea_orm::entity::prelude::*;
@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
         concurrent_writes_during_capture_are_not_lost,
         columns_named_as_tidesyncs_own_are_captured,
         keys_stored_otherwise_than_their_states_seal_updates_and_deletes,
+        a_key_named_rowid_is_captured,
     ];
     run(trials)
 }
@@ -1218,6 +1219,23 @@ async fn columns_named_as_tidesyncs_own_are_captured(t: TestDb) -> TestResult {
         ),
         other => return Err(format!("a key named `gone` must be refused: {other:?}").into()),
     }
+    // Names starting with `_tidesync` are tidesync's own, for columns too.
+    t.create_table(namesake_column::Entity).await?;
+    match Replica::builder(t.db.clone())
+        .register::<namesake_column::Entity>()
+        .open()
+        .await
+    {
+        Err(tidesync::Error::Config(m)) => ensure!(
+            m.contains("namesake_column") && m.contains("`_tidesync_v_id`"),
+            "the refusal names the table and the column: {m}"
+        ),
+        other => {
+            return Err(
+                format!("a column named `_tidesync_v_id` must be refused: {other:?}").into(),
+            );
+        }
+    }
     t.create_table(namesakes::Entity).await?;
     let r = Replica::builder(t.db.clone())
         .register::<namesakes::Entity>()
@@ -1335,6 +1353,43 @@ async fn keys_stored_otherwise_than_their_states_seal_updates_and_deletes(t: Tes
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 2, "{c:?}");
     ensure!(c.iter().all(|c| c.op == Op::Delete), "{c:?}");
+    ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
+    t.drop().await
+}
+
+/// A key column named `rowid` takes SQLite's name of a row's number:
+/// sealing reads and deletes markers by another of its names, and an
+/// insert, an update and a delete are each sealed once.
+async fn a_key_named_rowid_is_captured(t: TestDb) -> TestResult {
+    t.create_table(rowid_key::Entity).await?;
+    let r = Replica::builder(t.db.clone())
+        .register::<rowid_key::Entity>()
+        .open()
+        .await?;
+    rowid_key::ActiveModel {
+        rowid: Set("a".into()),
+        note: Set("first".into()),
+    }
+    .insert(&t.db)
+    .await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1, "{c:?}");
+    ensure_eq!(c[0].op, Op::Insert);
+    ensure_eq!(
+        c[0].pk,
+        vec![("rowid".to_owned(), SqValue::String(Some("a".into())))]
+    );
+    rowid_key::Entity::update_many()
+        .col_expr(rowid_key::Column::Note, Expr::value("second"))
+        .exec(&t.db)
+        .await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1, "{c:?}");
+    ensure_eq!(cols(&c[0]), vec!["note"]);
+    rowid_key::Entity::delete_many().exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 1, "{c:?}");
+    ensure_eq!(c[0].op, Op::Delete);
     ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
     t.drop().await
 }

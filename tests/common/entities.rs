@@ -592,3 +592,39 @@ pub mod namesake_key {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 }
+
+/// A table with a column named in tidesync's own namespace.
+pub mod namesake_column {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "namesake_column")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        #[sea_orm(column_name = "_tidesync_v_id")]
+        pub shadow: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}
+
+/// A table keyed by a column named `rowid` (SQLite's own name for a row's
+/// number, which a column of that name takes over).
+pub mod rowid_key {
+    use sea_orm::entity::prelude::*;
+    use tidesync::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "rowid_key")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub rowid: String,
+        pub note: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+}

@@ -15,7 +15,7 @@ use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, SimpleExpr, Va
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
 
 use super::applying::{begin_applying, end_applying, is_applying};
-use super::entity::{Marker, RowImage, TableHandle};
+use super::entity::{Marker, RowImage, TableHandle, rowid_name};
 use super::seal_state::SealState;
 use super::tables::{OUTBOX, dirty_table, version_table};
 use super::versions::{self, Versions};
@@ -91,7 +91,7 @@ pub(crate) async fn seal_table(
     report: &mut CaptureReport,
 ) -> Result<Sealed> {
     let spec = table.spec();
-    let read = match dialect::of_db(tx)?.joins_keys() {
+    let read = match dialect::of_db(tx)?.joins_keys() && rowid_name(spec).is_some() {
         true => read_joined(tx, table, round).await?,
         false => read_apart(tx, table, round).await?,
     };
@@ -493,9 +493,11 @@ async fn write_sealed(
         .await?;
         execute_all(tx, saves).await?;
     }
+    // Read by rowid only where a name of it is left (see `rowid_name`).
+    let rowid = rowid_name(spec).unwrap_or("rowid");
     let key_and = |column: &str| -> SimpleExpr {
         let mut cols: Vec<SimpleExpr> = match batch.by_rowid {
-            true => vec![Expr::col(Alias::new("rowid"))],
+            true => vec![Expr::col(Alias::new(rowid))],
             false => spec
                 .pk
                 .iter()

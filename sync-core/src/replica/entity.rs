@@ -64,6 +64,14 @@ pub(crate) struct StoredVersion {
 /// columns, beside the row's columns under their own names.
 const OWN: &str = "_tidesync_";
 
+/// A name of a SQLite marker's `rowid` that none of its columns takes (a
+/// key column named `rowid` takes that name), if one is left.
+pub(crate) fn rowid_name(spec: &TableSpec) -> Option<&'static str> {
+    ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|n| !spec.pk.iter().any(|k| k.name.eq_ignore_ascii_case(n)))
+}
+
 /// The entity-specific half of capture, type-erased so a replica can hold
 /// tables of different entities.
 #[async_trait::async_trait]
@@ -254,7 +262,7 @@ where
         // tidesync's columns first, read by position: the marker's key
         // (from position 0, as the key type reads a key), then the
         // marker's own, whether the join found a row, the version row's
-        // state; then the version row's key and the row's columns, by name.
+        // state; then the row's columns and the version row's key, by name.
         let mut q = Query::select();
         for k in &self.spec.pk {
             q.expr_as(
@@ -276,18 +284,20 @@ where
         for c in ["clocks", "del", "vals"] {
             q.expr_as(Expr::col((v.clone(), Alias::new(c))), own(c));
         }
-        for k in &self.spec.pk {
-            q.expr_as(
-                Expr::col((v.clone(), Alias::new(&k.name))),
-                own(&format!("v_{}", k.name)),
-            );
-        }
         // Every column of the model (skipped ones too: the model has
         // them), under its own name and read as the entity reads it.
         for c in E::Column::iter() {
             q.expr_as(
                 c.select_as(Expr::col((t.clone(), Alias::new(c.as_str())))),
                 Alias::new(c.as_str()),
+            );
+        }
+        // Last: a name read finds the last column of that name, so a user
+        // column named as these does not hide them.
+        for k in &self.spec.pk {
+            q.expr_as(
+                Expr::col((v.clone(), Alias::new(&k.name))),
+                own(&format!("v_{}", k.name)),
             );
         }
         let n = self.spec.pk.len();
@@ -307,7 +317,15 @@ where
         let mut page = Query::select();
         page.columns(self.spec.pk.iter().map(|k| Alias::new(&k.name)))
             .columns(["ver", "wall_us", "gone"].map(Alias::new))
-            .expr_as(Expr::col(Alias::new("rowid")), own("rowid"))
+            .expr_as(
+                Expr::col(Alias::new(rowid_name(&self.spec).ok_or_else(|| {
+                    Error::Config(format!(
+                        "{}: every name of SQLite's rowid is a key column",
+                        self.spec.name
+                    ))
+                })?)),
+                own("rowid"),
+            )
             .from(Alias::new(dirty_table(&self.spec.name)))
             .limit(limit)
             .offset(offset);

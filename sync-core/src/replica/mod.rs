@@ -87,6 +87,19 @@ impl ReplicaBuilder {
             self.errors
                 .push(format!("table `{}` has no primary key", spec.name));
         }
+        // Sealing reads its own columns beside the row's under names of
+        // this prefix (see `TableHandle::marked`).
+        if let Some(c) = spec
+            .columns
+            .iter()
+            .chain(&spec.local_only)
+            .find(|c| c.name.to_ascii_lowercase().starts_with("_tidesync"))
+        {
+            self.errors.push(format!(
+                "table `{}`: column `{}`: names starting with `_tidesync` are tidesync's own",
+                spec.name, c.name
+            ));
+        }
         if let Ok(d) = crate::dialect::of_db(&self.db)
             && let Some(why) = crate::store::version_table::reserved_key(
                 spec,
