@@ -371,11 +371,12 @@ struct SealedBatch {
     gone: Vec<ValueTuple>,
     /// Markers left in place (rejected, or waiting for the other phase).
     kept: usize,
-    /// Whether `markers` and `gone` name markers by their `rowid` instead
-    /// of their key values: read with it, a marker is deleted as stored
-    /// (a key bound again may be stored otherwise, a date-time written by
-    /// raw SQL with a `T`, and would match no marker).
-    by_rowid: bool,
+    /// The name of the `rowid` (see [`rowid_name`]) where `markers` and
+    /// `gone` name markers by it instead of by their key values: read with
+    /// it, a marker is deleted as stored (a key bound again may be stored
+    /// otherwise, a date-time written by raw SQL with a `T`, and would
+    /// match no marker).
+    by_rowid: Option<&'static str>,
 }
 
 /// A page of markers with what capture reads for them.
@@ -431,7 +432,7 @@ fn seal_markers(
         }
         let id = match marker.rowid {
             Some(rowid) => {
-                out.by_rowid = true;
+                out.by_rowid = rowid_name(spec);
                 vec![Value::BigInt(Some(rowid))]
             }
             None => marker.pk.clone(),
@@ -493,12 +494,10 @@ async fn write_sealed(
         .await?;
         execute_all(tx, saves).await?;
     }
-    // Read by rowid only where a name of it is left (see `rowid_name`).
-    let rowid = rowid_name(spec).unwrap_or("rowid");
     let key_and = |column: &str| -> SimpleExpr {
         let mut cols: Vec<SimpleExpr> = match batch.by_rowid {
-            true => vec![Expr::col(Alias::new(rowid))],
-            false => spec
+            Some(rowid) => vec![Expr::col(Alias::new(rowid))],
+            None => spec
                 .pk
                 .iter()
                 .map(|c| Expr::col(Alias::new(&c.name)))
