@@ -19,7 +19,7 @@ use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::version_table::{Position, Versions, sole_after};
-use crate::store::write::{delete_rows, execute_all, execute_while, row_statements};
+use crate::store::write::{delete_rows, execute_while, row_statements};
 
 /// What a call holds of each row of the hub, by table then key text: a
 /// row is found by `(&str, &str)` without building its id.
@@ -76,6 +76,12 @@ pub(super) struct Merge<'a> {
     /// adopted table. A plain insert fails there, and the change is
     /// refused.
     pub(super) plain_new: bool,
+}
+
+/// The rows a finished [`Merge`] held, kept only to be dropped.
+pub(super) struct Spent {
+    _states: Rows<RowState>,
+    _soles: Rows<Option<NodeId>>,
 }
 
 /// The rows one call writes, per table in registration order.
@@ -136,7 +142,9 @@ impl<'a> Merge<'a> {
     }
 
     /// What the push made: the next hub sequence, the conflicts held back,
-    /// those settled, and the changes applied (see `batches`).
+    /// those settled, and the changes applied (see `batches`); and the rows
+    /// it held, for the caller to free while the database works (a batch's
+    /// states take a while to free).
     #[allow(clippy::type_complexity)]
     pub(super) fn outcome(
         self,
@@ -145,8 +153,13 @@ impl<'a> Merge<'a> {
         Vec<(ChangeId, Vec<ColumnConflict>)>,
         Vec<ColumnConflict>,
         Vec<(u64, [u8; 16])>,
+        Spent,
     ) {
-        (self.next_seq, self.held, self.settled, self.applied)
+        let spent = Spent {
+            _states: self.states,
+            _soles: self.soles,
+        };
+        (self.next_seq, self.held, self.settled, self.applied, spent)
     }
 
     /// Take over what a committed savepoint did.
@@ -258,12 +271,18 @@ impl<'a> Merge<'a> {
                 delete_rows(tx, spec, dead).await?;
             }
         }
-        execute_all(tx, state_stmts).await?;
+        // The digests are made, and the states before freed, while the
+        // database writes the states.
+        let digests = execute_while(tx, state_stmts, move || {
+            drop(before);
+            keyed
+                .iter()
+                .map(|(c, key)| Ok((c.id.seq, super::batches::digest_keyed(c, key)?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?;
         self.next_seq = first_seq + changes.len() as u64;
-        for (c, key) in &keyed {
-            self.applied
-                .push((c.id.seq, super::batches::digest_keyed(c, key)?));
-        }
+        self.applied.extend(digests);
         Ok(())
     }
 

@@ -225,12 +225,18 @@ impl Push<'_> {
             self.careful(&tx, &mut merge, &todo, verdicts, &mut ack, &mut progress)
                 .await?;
         }
-        let (next_seq, held, settled, applied) = merge.outcome();
-        if !held.is_empty() {
-            held::keep(&tx, &held).await?;
-        }
-        batches::record(&tx, self.origin, start_seq, &applied).await?;
-        self.finish(tx, &progress, next_seq).await?;
+        let (next_seq, held, settled, applied, spent) = merge.outcome();
+        // The merge's rows are freed while the database records the batch
+        // and commits.
+        let finishing = async {
+            if !held.is_empty() {
+                held::keep(&tx, &held).await?;
+            }
+            batches::record(&tx, self.origin, start_seq, &applied).await?;
+            self.finish(tx, &progress, next_seq).await
+        };
+        let (finished, ()) = tokio::join!(biased; finishing, async move { drop(spent) });
+        finished?;
         if crossed_doubling(start_seq, next_seq) {
             // The row states are looked up by key, and the log is read by
             // a range of its key that the planner must know the size of:

@@ -26,12 +26,7 @@ pub(crate) fn validate(
             spec.name
         ));
     }
-    let mut seen = std::collections::HashSet::new();
-    if let Some((dup, _)) = change
-        .columns
-        .iter()
-        .find(|(n, _)| !seen.insert(n.as_str()))
-    {
+    if let Some(dup) = twice(&change.columns) {
         return Err(format!("{}.{dup}: the column is set twice", spec.name));
     }
     for (name, key) in &change.pk {
@@ -113,6 +108,24 @@ pub(crate) fn check_clock(change: &Change, now_us: u64, max_skew_us: u64) -> Res
     ))
 }
 
+/// The first column named twice in `columns`, if any. A change sets a few
+/// columns: compared pairwise up to a table's usual width (no hashing per
+/// change), through a set beyond.
+fn twice(columns: &[(String, Value)]) -> Option<&str> {
+    if columns.len() <= 32 {
+        return columns
+            .iter()
+            .enumerate()
+            .find(|(i, (n, _))| columns[..*i].iter().any(|(m, _)| m == n))
+            .map(|(_, (n, _))| n.as_str());
+    }
+    let mut seen = std::collections::HashSet::new();
+    columns
+        .iter()
+        .find(|(n, _)| !seen.insert(n.as_str()))
+        .map(|(n, _)| n.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +170,30 @@ mod tests {
 
     fn name(s: &str) -> (&'static str, Value) {
         ("name", Value::String(Some(s.into())))
+    }
+
+    #[test]
+    fn a_column_set_twice_is_refused_however_wide_the_change() {
+        let c = change(
+            Op::Update,
+            1,
+            &[name("a"), ("score", Value::Double(Some(1.0))), name("b")],
+        );
+        assert_eq!(
+            validate(&c, Some(&spec()), d(DbBackend::Sqlite)),
+            Err("contacts.name: the column is set twice".into())
+        );
+        // Wider than the pairwise comparison goes: the set finds it too,
+        // and the first column named again is the one named.
+        for width in [31, 32, 33, 40] {
+            let mut cols: Vec<(String, Value)> = (0..width)
+                .map(|i| (format!("c{i}"), Value::Int(Some(i))))
+                .collect();
+            assert_eq!(twice(&cols), None, "{width} distinct columns");
+            cols.push(("c3".into(), Value::Int(None)));
+            cols.push(("c1".into(), Value::Int(None)));
+            assert_eq!(twice(&cols), Some("c3"), "{width} columns, then c3 again");
+        }
     }
 
     #[test]
