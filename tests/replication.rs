@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         a_batch_pushed_twice_at_once_is_applied_once,
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
+        states_held_already_are_not_applied_again,
         interrupted_bootstrap_resumes,
         bootstrap_on_a_hub_gone_back_starts_over,
         pulled_changes_are_not_captured_again,
@@ -1242,6 +1243,112 @@ impl Hub for Paged {
         });
         Ok((cursor, page))
     }
+}
+
+/// A hub whose snapshots start at cursor 0, as if every row changed after
+/// the snapshot began: the pull after the snapshot brings every row again.
+struct FromTheStart {
+    inner: Arc<dyn Hub>,
+}
+
+#[async_trait::async_trait]
+impl Hub for FromTheStart {
+    async fn install(
+        &self,
+        tables: &[tidesync::TableSpec],
+    ) -> tidesync::Result<tidesync::hub::HubInfo> {
+        self.inner.install(tables).await
+    }
+
+    async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
+        self.inner.push(batch).await
+    }
+
+    async fn standing(
+        &self,
+        origin: tidesync::NodeId,
+        at: Option<Cursor>,
+    ) -> tidesync::Result<tidesync::hub::Standing> {
+        self.inner.standing(origin, at).await
+    }
+
+    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
+        self.inner.pull(cursor, limit).await
+    }
+
+    async fn pull_excluding(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::PullBatch> {
+        self.inner.pull_excluding(cursor, limit, origin).await
+    }
+
+    async fn pull_states(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<tidesync::hub::StatePage> {
+        self.inner.pull_states(cursor, limit, origin).await
+    }
+
+    async fn snapshot(
+        &self,
+        after: Option<String>,
+        limit: u64,
+    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
+        let (_, page) = self.inner.snapshot(after, limit).await?;
+        Ok((Cursor(0), page))
+    }
+}
+
+/// States a device holds already, pulled again, change nothing there and
+/// are not counted: here a bootstrap whose pull after the snapshot brings
+/// every row the snapshot copied once more (merging is idempotent, so the
+/// rows are the same; only the count and the writes tell).
+async fn states_held_already_are_not_applied_again(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    add_contacts(a.db(), 30, "held").await?;
+    ensure_eq!(a.sync().await?.pushed, 30);
+    let local = TestDb::create(Dialect::Sqlite, "held_again").await?;
+    local.create_table(contacts::Entity).await?;
+    let replica = Replica::builder(local.db.clone())
+        .register::<contacts::Entity>()
+        .open()
+        .await?;
+    let hub_from_start = Arc::new(FromTheStart {
+        inner: common::hub_for(&hub).await?,
+    });
+    let engine = SyncEngine::new(replica, hub_from_start).with_batch_size(8);
+    let r = engine.sync_now().await?;
+    ensure!(r.local_errors.is_empty() && r.halted.is_none(), "{r:?}");
+    ensure_eq!(
+        r.pulled,
+        30,
+        "each row applied once, by the snapshot; the pull after it finds them held"
+    );
+    same_rows(
+        &all_contacts(&local.db).await?,
+        &all_contacts(a.db()).await?,
+        "the device holds the hub's rows",
+    )?;
+    // An edit on the hub after that arrives, and only it.
+    let first = all_contacts(a.db()).await?.remove(0);
+    let mut edit = first.into_active_model();
+    edit.name = Set("edited".into());
+    edit.update(a.db()).await?;
+    ensure_eq!(a.sync().await?.pushed, 1);
+    ensure_eq!(engine.sync_now().await?.pulled, 1, "the edit");
+    same_rows(
+        &all_contacts(&local.db).await?,
+        &all_contacts(a.db()).await?,
+        "and the edit",
+    )?;
+    a.drop().await?;
+    local.drop().await?;
+    hub.drop().await
 }
 
 /// Check a chain of snapshot pages: each asked for `limit` rows after the

@@ -183,9 +183,9 @@ mod tests {
             validate(&c, Some(&spec()), d(DbBackend::Sqlite)),
             Err("contacts.name: the column is set twice".into())
         );
-        // Wider than the pairwise comparison goes: the set finds it too,
-        // and the first column named again is the one named.
-        for width in [31, 32, 33, 40] {
+        // The first column named again is the one named, whether the
+        // change is compared pairwise (up to 32 columns) or through a set.
+        for width in [20, 29, 30, 31, 32, 33, 40] {
             let mut cols: Vec<(String, Value)> = (0..width)
                 .map(|i| (format!("c{i}"), Value::Int(Some(i))))
                 .collect();

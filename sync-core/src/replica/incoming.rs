@@ -108,6 +108,11 @@ struct Merged<'a, 'k> {
     key: &'k str,
     pk: &'a [Value],
     state: Cow<'a, RowState>,
+    /// The row's state here before the page, if it had one: whether it was
+    /// live.
+    was_live: Option<bool>,
+    /// Whether a delta changed the state (merging reports it).
+    changed: bool,
     sources: Vec<&'a Delta>,
 }
 
@@ -334,7 +339,10 @@ async fn merge_table<'a>(
     let keys: Vec<String> = ds.iter().map(|d| pk_key(&d.pk)).collect::<Result<_>>()?;
     let mut versions = versions::open(tx, handle).await?;
     let key_values: Vec<&[Value]> = ds.iter().map(|d| d.pk.as_slice()).collect();
-    let before = versions.load_keyed(tx, &key_values, &keys).await?;
+    // Each state is taken from here by the first delta of its row: what
+    // the row was is kept as whether it was live, and whether it changed
+    // as what merging reports (it says whether the state changed).
+    let mut before = versions.load_keyed(tx, &key_values, &keys).await?;
     let held = if spec.policy.holds_conflicts() {
         open_conflicts(tx, &spec.name, &keys).await?
     } else {
@@ -359,12 +367,15 @@ async fn merge_table<'a>(
                     && !before.contains_key(key)
                     && delta.state.clocks.keys().eq(delta.state.vals.keys());
                 e.insert(merged.len());
+                let was = before.remove(key);
                 merged.push(Merged {
                     key: key.as_str(),
                     pk: &delta.pk,
+                    was_live: was.as_ref().map(RowState::is_live),
+                    changed: false,
                     state: match fresh {
                         true => Cow::Borrowed(&delta.state),
-                        false => Cow::Owned(before.get(key).cloned().unwrap_or_default()),
+                        false => Cow::Owned(was.unwrap_or_default()),
                     },
                     sources: Vec::new(),
                 });
@@ -372,7 +383,7 @@ async fn merge_table<'a>(
             }
         };
         if merge {
-            merge_delta(
+            m.changed |= merge_delta(
                 tx,
                 &spec.name,
                 key,
@@ -392,14 +403,15 @@ async fn merge_table<'a>(
         key,
         pk,
         state: s,
+        was_live,
+        changed,
         sources,
     } in merged
     {
-        let was = before.get(key);
-        if was.is_some_and(|w| w.same(&s)) {
+        if was_live.is_some() && !changed {
             continue; // nothing new (e.g. our own rows in a snapshot)
         }
-        let existed = was.is_some_and(RowState::is_live);
+        let existed = was_live == Some(true);
         if s.is_live()
             && let Err(e) = check_row(d, spec, &s)
         {
@@ -408,7 +420,7 @@ async fn merge_table<'a>(
             continue;
         }
         // Dead states are saved too, not written as rows.
-        let delete = (!s.is_live() && was.is_none_or(RowState::is_live)).then(|| pk.to_vec());
+        let delete = (!s.is_live() && was_live != Some(false)).then(|| pk.to_vec());
         rows.push(RowWrite {
             key: key.to_owned(),
             pk,
@@ -441,6 +453,7 @@ fn check_row(d: &dyn Dialect, spec: &TableSpec, s: &RowState) -> Result<()> {
 
 /// Merge `incoming` into `state`, except the columns `held` (a conflict is
 /// open on them), whose incoming value updates the conflict instead.
+/// Returns whether the state changed.
 async fn merge_delta(
     tx: &DatabaseTransaction,
     table: &str,
@@ -448,10 +461,9 @@ async fn merge_delta(
     state: &mut RowState,
     incoming: &RowState,
     held: &[&str],
-) -> Result<()> {
+) -> Result<bool> {
     if held.is_empty() {
-        state.merge(incoming);
-        return Ok(());
+        return Ok(state.merge(incoming));
     }
     let mut incoming = incoming.clone();
     for col in held {
@@ -459,8 +471,7 @@ async fn merge_delta(
             update_remote(tx, table, key, col, &v, h).await?;
         }
     }
-    state.merge(&incoming);
-    Ok(())
+    Ok(state.merge(&incoming))
 }
 
 /// Write the merged tables and save their states, counting what was
