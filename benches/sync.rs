@@ -975,11 +975,21 @@ async fn server_version(db: &DatabaseConnection) -> Res<String> {
 
 /// Peak resident memory since the last [`reset_peak`], in MiB.
 fn peak_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// A memory figure of this process from `/proc/self/status`, in MiB.
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// The resident memory when [`reset_peak`] last ran, in MiB: a phase's
+/// peak counts from there, and memory the allocator kept from an earlier
+/// phase (freed, not given back) is in it.
+static RSS_MARK: Mutex<Option<f64>> = Mutex::new(None);
 
 /// Reset the kernel's peak-RSS counter (Linux: `5` into `clear_refs`), so
 /// [`peak_mib`] reports the peak of the phase that follows. `false` where
@@ -992,6 +1002,7 @@ fn reset_peak() -> bool {
         bench: cpu_time(),
         servers: servers_cpu_time(),
     });
+    *RSS_MARK.lock().unwrap_or_else(|e| e.into_inner()) = status_mib("VmRSS:");
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -1305,6 +1316,8 @@ struct Phase {
     rows: u64,
     time: Duration,
     peak_mib: Option<f64>,
+    /// The resident memory the phase started from (see [`RSS_MARK`]).
+    start_mib: Option<f64>,
     /// CPU time in the bench process and in the database servers.
     cpu: Cpu,
     /// Where the time went, for phases of ours.
@@ -1428,6 +1441,7 @@ impl Results {
         breakdown: Option<String>,
     ) -> Cpu {
         let cpu = cpu_since_mark();
+        let start_mib = *RSS_MARK.lock().unwrap_or_else(|e| e.into_inner());
         self.record(Phase {
             hub,
             phase,
@@ -1436,6 +1450,7 @@ impl Results {
             rows,
             time,
             peak_mib: peak_mib(),
+            start_mib,
             cpu,
             breakdown,
         });
@@ -1448,7 +1463,7 @@ impl Results {
         let ratio = |b: Option<f64>| b.map_or("-".to_owned(), |b| format!("{:.2}x", p.rate() / b));
         let vs = compared_with(&p);
         println!(
-            "  {:<15} {:<30} {:>8} rows {:>8.2} s {:>9.0} rows/s  vs {vs} {:>6}  vs naive {:>7}  peak {:>6.1} MiB  CPU {} s",
+            "  {:<15} {:<30} {:>8} rows {:>8.2} s {:>9.0} rows/s  vs {vs} {:>6}  vs naive {:>7}  peak {:>6.1} MiB (from {:.1})  CPU {} s",
             p.hub,
             p.phase,
             p.rows,
@@ -1461,6 +1476,7 @@ impl Results {
             },
             ratio(naive),
             p.peak_mib.unwrap_or(f64::NAN),
+            p.start_mib.unwrap_or(f64::NAN),
             p.cpu,
         );
         if let Some(r) = self.vs_direct(&p) {
@@ -1537,7 +1553,7 @@ impl Results {
             };
             let vs = compared_with(p);
             println!(
-                "| {} | {} | {} | {:.2} | {:.0} | {} ({vs}) | {} | {:.0} | {} |",
+                "| {} | {} | {} | {:.2} | {:.0} | {} ({vs}) | {} | {:.0} (from {:.0}) | {} |",
                 p.hub,
                 name,
                 p.rows,
@@ -1546,6 +1562,7 @@ impl Results {
                 ratio(raw),
                 ratio(naive),
                 p.peak_mib.unwrap_or(f64::NAN),
+                p.start_mib.unwrap_or(f64::NAN),
                 p.cpu,
             );
         }
