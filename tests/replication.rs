@@ -1112,6 +1112,9 @@ struct Paged {
     pushes: std::sync::Mutex<Vec<usize>>,
     /// The bytes of string values of each pull or snapshot page served.
     pages: std::sync::Mutex<Vec<usize>>,
+    /// Whether snapshots start at cursor 0, as if every row changed after
+    /// the snapshot began (the pull after it brings every row again).
+    from_start: bool,
 }
 
 impl Paged {
@@ -1122,6 +1125,7 @@ impl Paged {
             calls: std::sync::Mutex::new(Vec::new()),
             pushes: std::sync::Mutex::new(Vec::new()),
             pages: std::sync::Mutex::new(Vec::new()),
+            from_start: false,
         }
     }
 
@@ -1226,6 +1230,7 @@ impl Hub for Paged {
             return Err(Error::Offline("connection reset (test)".into()));
         }
         let (cursor, page) = self.inner.snapshot(after.clone(), limit).await?;
+        let cursor = if self.from_start { Cursor(0) } else { cursor };
         self.served(page.rows.iter().flat_map(|r| r.state.vals.values()));
         let rows = page
             .rows
@@ -1245,65 +1250,6 @@ impl Hub for Paged {
     }
 }
 
-/// A hub whose snapshots start at cursor 0, as if every row changed after
-/// the snapshot began: the pull after the snapshot brings every row again.
-struct FromTheStart {
-    inner: Arc<dyn Hub>,
-}
-
-#[async_trait::async_trait]
-impl Hub for FromTheStart {
-    async fn install(
-        &self,
-        tables: &[tidesync::TableSpec],
-    ) -> tidesync::Result<tidesync::hub::HubInfo> {
-        self.inner.install(tables).await
-    }
-
-    async fn push(&self, batch: &[tidesync::Change]) -> tidesync::Result<tidesync::hub::PushAck> {
-        self.inner.push(batch).await
-    }
-
-    async fn standing(
-        &self,
-        origin: tidesync::NodeId,
-        at: Option<Cursor>,
-    ) -> tidesync::Result<tidesync::hub::Standing> {
-        self.inner.standing(origin, at).await
-    }
-
-    async fn pull(&self, cursor: Cursor, limit: u64) -> tidesync::Result<tidesync::hub::PullBatch> {
-        self.inner.pull(cursor, limit).await
-    }
-
-    async fn pull_excluding(
-        &self,
-        cursor: Cursor,
-        limit: u64,
-        origin: tidesync::NodeId,
-    ) -> tidesync::Result<tidesync::hub::PullBatch> {
-        self.inner.pull_excluding(cursor, limit, origin).await
-    }
-
-    async fn pull_states(
-        &self,
-        cursor: Cursor,
-        limit: u64,
-        origin: tidesync::NodeId,
-    ) -> tidesync::Result<tidesync::hub::StatePage> {
-        self.inner.pull_states(cursor, limit, origin).await
-    }
-
-    async fn snapshot(
-        &self,
-        after: Option<String>,
-        limit: u64,
-    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
-        let (_, page) = self.inner.snapshot(after, limit).await?;
-        Ok((Cursor(0), page))
-    }
-}
-
 /// States a device holds already, pulled again, change nothing there and
 /// are not counted: here a bootstrap whose pull after the snapshot brings
 /// every row the snapshot copied once more (merging is idempotent, so the
@@ -1318,8 +1264,9 @@ async fn states_held_already_are_not_applied_again(hub: TestDb) -> TestResult {
         .register::<contacts::Entity>()
         .open()
         .await?;
-    let hub_from_start = Arc::new(FromTheStart {
-        inner: common::hub_for(&hub).await?,
+    let hub_from_start = Arc::new(Paged {
+        from_start: true,
+        ..Paged::new(common::hub_for(&hub).await?, usize::MAX)
     });
     let engine = SyncEngine::new(replica, hub_from_start).with_batch_size(8);
     let r = engine.sync_now().await?;
