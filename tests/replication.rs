@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
         states_held_already_are_not_applied_again,
+        inserts_of_keys_the_hub_holds_merge_with_its_states,
         interrupted_bootstrap_resumes,
         bootstrap_on_a_hub_gone_back_starts_over,
         pulled_changes_are_not_captured_again,
@@ -137,6 +138,20 @@ impl Device {
         .insert(self.db())
         .await?;
         Ok(m.id)
+    }
+
+    /// Insert the row `id` (a key another device may hold too).
+    async fn insert(&self, id: Uuid, name: &str, email: Option<&str>) -> TestResult {
+        contacts::ActiveModel {
+            id: Set(id),
+            name: Set(name.into()),
+            email: Set(email.map(Into::into)),
+            last_opened: Set(None),
+            updated_at: Set(Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap()),
+        }
+        .insert(self.db())
+        .await?;
+        Ok(())
     }
 
     async fn edit(&self, id: Uuid, name: Option<&str>, email: Option<&str>) -> TestResult {
@@ -1254,6 +1269,65 @@ impl Hub for Paged {
 /// are not counted: here a bootstrap whose pull after the snapshot brings
 /// every row the snapshot copied once more (merging is idempotent, so the
 /// rows are the same; only the count and the writes tell).
+/// A push of rows new to its device whose keys the hub holds already
+/// (another device inserted them, and one deleted one): the hub writes
+/// rows it has never seen without looking their states up, so the ones
+/// it has must still be merged with what it holds, not taken as new.
+async fn inserts_of_keys_the_hub_holds_merge_with_its_states(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    let (older, deleted, newer) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let fresh: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    // b inserts first, offline; a inserts the same keys later, pushes,
+    // and deletes one of them.
+    b.insert(older, "b's older insert", Some("b@example.com"))
+        .await?;
+    b.insert(deleted, "b's insert before the delete", None)
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    a.insert(older, "a's later insert", None).await?;
+    a.insert(deleted, "a's insert, deleted", None).await?;
+    a.sync().await?;
+    contacts::Entity::delete_by_id(deleted).exec(a.db()).await?;
+    a.sync().await?;
+    // a inserts a row later than b does: b's insert wins there.
+    a.insert(newer, "a's older insert", Some("a@example.com"))
+        .await?;
+    a.sync().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    b.insert(newer, "b's later insert", None).await?;
+    for (i, id) in fresh.iter().enumerate() {
+        b.insert(*id, &format!("new {i}"), None).await?;
+    }
+    // One batch holds the keys the hub holds and keys it does not.
+    b.sync().await?;
+    a.sync().await?;
+    let mut want = BTreeMap::from([
+        (older, ("a's later insert".to_string(), None)),
+        (newer, ("b's later insert".to_string(), None)),
+    ]);
+    for (i, id) in fresh.iter().enumerate() {
+        want.insert(*id, (format!("new {i}"), None));
+    }
+    ensure_eq!(a.rows().await?, want, "a");
+    ensure_eq!(b.rows().await?, want, "b");
+    let on_hub: BTreeMap<Uuid, (String, Option<String>)> = contacts::Entity::find()
+        .all(&hub.db)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, (m.name, m.email)))
+        .collect();
+    ensure_eq!(on_hub, want, "the hub's table");
+    // A device that starts now gets the hub's states, not b's.
+    let c = Device::new(&hub, "c").await?;
+    c.sync().await?;
+    ensure_eq!(c.rows().await?, want, "c");
+    a.drop().await?;
+    b.drop().await?;
+    c.drop().await?;
+    hub.drop().await
+}
+
 async fn states_held_already_are_not_applied_again(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     add_contacts(a.db(), 30, "held").await?;

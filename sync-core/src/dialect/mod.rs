@@ -64,6 +64,21 @@ pub(crate) trait Dialect: Send + Sync {
         false
     }
 
+    /// Whether a statement may carry inserts and updates in its `WITH`
+    /// clause (PostgreSQL's data-modifying CTEs), each run once whether
+    /// the statement reads it or not: several writes in one round trip.
+    fn writes_in_with(&self) -> bool {
+        false
+    }
+
+    /// Whether an insert can leave the rows whose key the table holds as
+    /// they are and return only the rows it inserted (`ON CONFLICT (key)
+    /// DO NOTHING RETURNING`, PostgreSQL and SQLite; MySQL's `INSERT
+    /// IGNORE` ignores more than a key that is taken).
+    fn inserts_if_new(&self) -> bool {
+        false
+    }
+
     /// Whether column names that differ in case only name one column
     /// (SQLite, MySQL); PostgreSQL's quoted names keep their case.
     fn names_ignore_case(&self) -> bool {
@@ -196,6 +211,13 @@ pub(crate) trait Dialect: Send + Sync {
     /// A statement that makes the rest of the transaction plan each
     /// statement for its own parameters (`None`: nothing to do).
     fn plan_hint(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// [`plan_hint`](Dialect::plan_hint) as an expression a `SELECT` can
+    /// return, for a transaction that runs a `SELECT` first anyway (one
+    /// statement fewer).
+    fn plan_hint_expr(&self) -> Option<&'static str> {
         None
     }
 

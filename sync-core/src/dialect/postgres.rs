@@ -168,6 +168,18 @@ impl Dialect for Postgres {
         Some("SET LOCAL plan_cache_mode = force_custom_plan")
     }
 
+    fn writes_in_with(&self) -> bool {
+        true
+    }
+
+    fn inserts_if_new(&self) -> bool {
+        true
+    }
+
+    fn plan_hint_expr(&self) -> Option<&'static str> {
+        Some("set_config('plan_cache_mode', 'force_custom_plan', true)")
+    }
+
     /// Without statistics the planner takes `tbl = '<table>'` in a
     /// row-state lookup to match a few rows, scans them all and filters by
     /// key: every batch then reads every state of the table.
@@ -370,6 +382,12 @@ mod tests {
             Postgres.plan_hint(),
             Some("SET LOCAL plan_cache_mode = force_custom_plan")
         );
+        assert_eq!(
+            Postgres.plan_hint_expr(),
+            Some("set_config('plan_cache_mode', 'force_custom_plan', true)")
+        );
+        assert!(Postgres.writes_in_with());
+        assert!(Postgres.inserts_if_new());
     }
 
     #[test]

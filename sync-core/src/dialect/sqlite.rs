@@ -19,6 +19,10 @@ impl Dialect for Sqlite {
         true
     }
 
+    fn inserts_if_new(&self) -> bool {
+        true
+    }
+
     fn backend(&self) -> DbBackend {
         DbBackend::Sqlite
     }
@@ -209,6 +213,9 @@ mod tests {
             "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
         );
         assert!(!Sqlite.locks_rows());
+        assert_eq!(Sqlite.plan_hint_expr(), None);
+        assert!(!Sqlite.writes_in_with());
+        assert!(Sqlite.inserts_if_new());
         assert_eq!(
             Sqlite.triggers_query(),
             Some("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?")

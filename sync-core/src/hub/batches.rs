@@ -139,17 +139,16 @@ pub(super) async fn settle(db: &sea_orm::DatabaseConnection) -> Result<()> {
     Ok(())
 }
 
-/// The record of the changes of `origin` a push applied, in the order they
-/// took hub sequences from `first_hub` on: their origin sequences and
-/// digests. Nothing for none.
-pub(super) async fn record<C: ConnectionTrait>(
-    db: &C,
+/// The insert that records the changes of `origin` a push applied, in the
+/// order they took hub sequences from `first_hub` on: their origin
+/// sequences and digests. `None` for none.
+pub(super) fn record(
     origin: NodeId,
     first_hub: u64,
     applied: &[(u64, [u8; 16])],
-) -> Result<()> {
+) -> Result<Option<sea_orm::sea_query::InsertStatement>> {
     let (Some(first), Some(last)) = (applied.first(), applied.last()) else {
-        return Ok(());
+        return Ok(None);
     };
     let mut seqs = Vec::with_capacity(applied.len() * 8);
     let mut digests = Vec::with_capacity(applied.len() * 16);
@@ -183,8 +182,7 @@ pub(super) async fn record<C: ConnectionTrait>(
             digests.into(),
         ])
         .to_owned();
-    db.execute(&q).await?;
-    Ok(())
+    Ok(Some(q))
 }
 
 /// The id of the change at hub position `at`, if a batch record holds it

@@ -5,20 +5,22 @@
 
 use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
-use sea_orm::{DatabaseTransaction, Statement, Value};
+use rustc_hash::{FxHashMap, FxHashSet};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
 use super::owner;
 use super::versions::HUB_VERSIONS;
 use crate::dialect::Dialect;
-use crate::model::change::{Change, ChangeId, TableSpec};
+use crate::model::change::{Change, ChangeId, Op, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::conflict::{self, ColumnConflict};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
+use crate::store::codec::sequence;
 use crate::store::version_table::{Position, Versions, sole_after};
+use crate::store::versions::Ordinals;
 use crate::store::write::{delete_rows, execute_while, row_statements};
 
 /// What a call holds of each row of the hub, by table then key text: a
@@ -54,6 +56,13 @@ pub(super) struct Merge<'a> {
     soles: Rows<Option<NodeId>>,
     /// The version table of each table loaded from, by name.
     versions: HashMap<String, Versions<'a>>,
+    /// Column registers read already in this transaction, by table: a
+    /// version table opened for one of them takes it instead of reading
+    /// it again. Another server may register columns after (without the
+    /// sequence lock, an install), and a savepoint of this merge may
+    /// have: a version table whose register misses a column looks it up
+    /// again, at registration and at reading.
+    pub(super) registers: HashMap<String, Ordinals>,
     /// Concurrent edits held back (manual and custom policies), by the
     /// change that met them.
     pub(super) held: Vec<(ChangeId, Vec<ColumnConflict>)>,
@@ -76,6 +85,10 @@ pub(super) struct Merge<'a> {
     /// adopted table. A plain insert fails there, and the change is
     /// refused.
     pub(super) plain_new: bool,
+    /// Insert the version rows of rows that look new before looking any
+    /// state up (see [`Merge::insert_fresh`]): the push's fast path, not
+    /// under an account (whose checks read every state first).
+    pub(super) fresh_first: bool,
 }
 
 /// The rows a finished [`Merge`] held, kept only to be dropped.
@@ -107,11 +120,13 @@ impl<'a> Merge<'a> {
             states: Rows::default(),
             soles: Rows::default(),
             versions: HashMap::new(),
+            registers: HashMap::new(),
             held: Vec::new(),
             settled: Vec::new(),
             applied: Vec::new(),
             deletes_first: true,
             plain_new: false,
+            fresh_first: false,
         }
     }
 
@@ -133,11 +148,13 @@ impl<'a> Merge<'a> {
             states: self.states.clone(),
             soles: self.soles.clone(),
             versions: self.versions.clone(),
+            registers: self.registers.clone(),
             held: Vec::new(),
             settled: Vec::new(),
             applied: Vec::new(),
             deletes_first: self.deletes_first,
             plain_new: self.plain_new,
+            fresh_first: false,
         }
     }
 
@@ -175,8 +192,13 @@ impl<'a> Merge<'a> {
         self.applied.extend(sub.applied);
     }
 
-    /// Merge `changes` (already validated) and write their rows, states and
-    /// log entries. On error the caller rolls back.
+    /// Merge `changes` (already validated) and write their rows and
+    /// states. On error the caller rolls back.
+    ///
+    /// With [`Merge::fresh_first`], the version rows of the rows that look
+    /// new are inserted first, without looking their states up (see
+    /// [`Merge::insert_fresh`]); the others are looked up, merged and
+    /// saved as before.
     pub(super) async fn write(&mut self, changes: &[&Change]) -> Result<()> {
         let keyed = changes
             .iter()
@@ -187,81 +209,44 @@ impl<'a> Merge<'a> {
                 ))
             })
             .collect::<Result<Vec<(&Change, String)>>>()?;
-        self.load(&keyed).await?;
-        let (before, owners) = self.merge(&keyed)?;
-        let rows = self.row_writes(&before)?;
-        // The key values of each saved state, and the columns its table's
-        // register lacks registered, before the database writes the rows.
+        // The key values of each row.
         let mut pks: FxHashMap<(&str, &str), Vec<Value>> =
             FxHashMap::with_capacity_and_hasher(keyed.len(), Default::default());
         for (c, key) in &keyed {
             pks.entry((c.table.as_str(), key.as_str()))
                 .or_insert_with(|| c.pk.iter().map(|(_, v)| v.clone()).collect());
         }
-        for (table, keys) in &rows.saved {
-            if keys.is_empty() {
-                continue;
-            }
-            // Opened by the load, or by the load of a savepoint whose
-            // merge this one absorbed.
-            self.open_versions(table).await?;
-            let versions = self
-                .versions
-                .get_mut(*table)
-                .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
-            let states = &self.states;
-            let saved = keys
-                .iter()
-                .map(|k| row(states, table, k))
-                .collect::<Option<Vec<&RowState>>>()
-                .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
-            versions.register(self.tx, saved.into_iter()).await?;
+        let first_seq = self.next_seq;
+        let origin = changes.first().map(|c| c.id.origin);
+        let (fresh, fresh_before) = match self.fresh_first && self.dialect.inserts_if_new() {
+            true => self.insert_fresh(&keyed, &pks, origin).await?,
+            false => (FxHashSet::default(), Before::default()),
+        };
+        let stale = |table: &str, key: &str| !fresh.contains(&(table, key));
+        self.load(&keyed).await?;
+        let (mut before, owners) = self.merge(&keyed, &stale)?;
+        for (table, rows) in fresh_before {
+            table_rows(&mut before, &table).extend(rows);
         }
+        // The users' rows of every row that changed, the new ones too.
+        let mut rows = self.row_writes(&before)?;
+        for (table, keys) in &mut rows.saved {
+            keys.retain(|k| stale(table, k));
+        }
+        // The columns its table's register lacks registered, before the
+        // database writes the rows.
+        self.register(&rows.saved).await?;
         // The database writes the rows while the state statements are
         // built, then the states while the log statements are built.
         let tx = self.tx;
-        let first_seq = self.next_seq;
-        let (states, versions) = (&self.states, &self.versions);
         if self.deletes_first {
             for (spec, dead) in rows.deletes.iter().rev() {
                 delete_rows(tx, spec, dead).await?;
             }
         }
-        // Each saved row stands at its latest change's log position, with
-        // its sole writer and the owner after that change.
-        let mut positions: FxHashMap<(&str, &str), Position> =
-            FxHashMap::with_capacity_and_hasher(keyed.len(), Default::default());
-        for (i, ((c, key), owner)) in keyed.iter().zip(&owners).enumerate() {
-            positions.insert(
-                (c.table.as_str(), key.as_str()),
-                Position {
-                    hub_seq: first_seq + i as u64,
-                    sole: None,
-                    owner: owner.clone(),
-                },
-            );
-        }
-        let origin = changes.first().map(|c| c.id.origin);
-        for ((table, key), p) in positions.iter_mut() {
-            let (Some(was), Some(now), Some(o)) = (
-                row(&before, table, key),
-                row(&self.states, table, key),
-                origin,
-            ) else {
-                continue;
-            };
-            if was.same(now) {
-                continue; // not saved: the row keeps its position
-            }
-            p.sole = sole_after(o, row(&self.soles, table, key).copied().flatten(), was, now);
-            let soles = table_rows(&mut self.soles, table);
-            match soles.get_mut(*key) {
-                Some(sole) => *sole = p.sole,
-                None => {
-                    soles.insert((*key).to_owned(), p.sole);
-                }
-            }
-        }
+        let mut positions = positions(&keyed, &owners, first_seq, &stale);
+        self.sole_positions(&mut positions, &before, origin);
+        let (states, versions) = (&self.states, &self.versions);
         let state_stmts = execute_while(tx, rows.upserts, || {
             state_statements(states, versions, &rows.saved, &pks, &positions)
         })
@@ -286,6 +271,164 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 
+    /// Insert the version rows of the rows of `keyed` that look new (the
+    /// first change of the row in `keyed` is an insert, and this merge
+    /// holds no state of it), merged into an empty state as if their
+    /// lookup had found none, without looking them up: where the version
+    /// table holds the key already, the insert leaves its row as it is.
+    /// Returns the rows it inserted, told apart by the positions the
+    /// insert returns (each row's own), and their states before (empty);
+    /// the states of the others are dropped, for [`Merge::load`] to look
+    /// them up and [`Merge::merge`] to merge them again.
+    ///
+    /// A push of new rows then reads no state: the insert finds the taken
+    /// keys the lookup would have found, in the same index.
+    async fn insert_fresh<'k>(
+        &mut self,
+        keyed: &'k [(&'k Change, String)],
+        pks: &FxHashMap<(&str, &str), Vec<Value>>,
+        origin: Option<NodeId>,
+    ) -> Result<(FxHashSet<(&'k str, &'k str)>, Before)> {
+        let mut first: FxHashMap<(&str, &str), bool> = FxHashMap::default();
+        for (c, key) in keyed {
+            first
+                .entry((c.table.as_str(), key.as_str()))
+                .or_insert_with(|| {
+                    c.op == Op::Insert
+                        && row(&self.states, &c.table, key).is_none()
+                        && self.specs.iter().any(|s| s.name == c.table)
+                });
+        }
+        first.retain(|_, new| *new);
+        if first.is_empty() {
+            return Ok((FxHashSet::default(), Before::default()));
+        }
+        for (table, key) in first.keys() {
+            table_rows(&mut self.states, table).insert((*key).to_owned(), RowState::default());
+            table_rows(&mut self.soles, table).insert((*key).to_owned(), None);
+        }
+        let new = |table: &str, key: &str| first.contains_key(&(table, key));
+        let (held, settled) = (self.held.len(), self.settled.len());
+        let (mut before, owners) = self.merge(keyed, &new)?;
+        if self.held.len() != held || self.settled.len() != settled {
+            // A change merged into an empty state meets no concurrent
+            // edit; should one, the rows are looked up after all.
+            self.held.truncate(held);
+            self.settled.truncate(settled);
+            self.forget(first.keys());
+            return Ok((FxHashSet::default(), Before::default()));
+        }
+        let mut positions = positions(keyed, &owners, self.next_seq, &new);
+        self.sole_positions(&mut positions, &before, origin);
+        let mut saved: Vec<(&str, Vec<String>)> = Vec::new();
+        for spec in self.specs {
+            let keys: Vec<String> = before
+                .get(&spec.name)
+                .into_iter()
+                .flatten()
+                .filter(|(k, was)| {
+                    row(&self.states, &spec.name, k).is_some_and(|now| !was.same(now))
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            saved.push((&spec.name, keys));
+        }
+        self.register(&saved).await?;
+        let stmts =
+            state_statements_with(&self.states, &self.versions, &saved, pks, &positions, true)?;
+        let mut inserted: FxHashSet<u64> = FxHashSet::default();
+        for stmt in stmts {
+            for r in self.tx.query_all_raw(stmt).await? {
+                inserted.insert(sequence(&r, "hub_seq")?);
+            }
+        }
+        let mut fresh: FxHashSet<(&'k str, &'k str)> = FxHashSet::default();
+        let mut taken = Vec::new();
+        for (row_key, p) in &positions {
+            match inserted.contains(&p.hub_seq) {
+                true => fresh.insert(*row_key),
+                false => {
+                    taken.push(*row_key);
+                    true
+                }
+            };
+        }
+        self.forget(taken.iter());
+        for (table, key) in &taken {
+            if let Some(rows) = before.get_mut(*table) {
+                rows.remove(*key);
+            }
+        }
+        Ok((fresh, before))
+    }
+
+    /// Drop what this merge holds of these rows.
+    fn forget<'r>(&mut self, rows: impl Iterator<Item = &'r (&'r str, &'r str)>) {
+        for (table, key) in rows {
+            if let Some(t) = self.states.get_mut(*table) {
+                t.remove(*key);
+            }
+            if let Some(t) = self.soles.get_mut(*table) {
+                t.remove(*key);
+            }
+        }
+    }
+
+    /// Register the columns of the states of `saved` (per table, the keys
+    /// whose state changed) their tables' registers lack.
+    async fn register(&mut self, saved: &[(&str, Vec<String>)]) -> Result<()> {
+        for (table, keys) in saved {
+            if keys.is_empty() {
+                continue;
+            }
+            // Opened by the load, or by the load of a savepoint whose
+            // merge this one absorbed.
+            self.open_versions(table).await?;
+            let versions = self
+                .versions
+                .get_mut(*table)
+                .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
+            let states = &self.states;
+            let saved = keys
+                .iter()
+                .map(|k| row(states, table, k))
+                .collect::<Option<Vec<&RowState>>>()
+                .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
+            versions.register(self.tx, saved.into_iter()).await?;
+        }
+        Ok(())
+    }
+
+    /// Give each position of a row whose state changed its sole writer
+    /// after `origin`'s push, and keep it for the rest of the call.
+    fn sole_positions(
+        &mut self,
+        positions: &mut FxHashMap<(&str, &str), Position>,
+        before: &Before,
+        origin: Option<NodeId>,
+    ) {
+        for ((table, key), p) in positions.iter_mut() {
+            let (Some(was), Some(now), Some(o)) = (
+                row(before, table, key),
+                row(&self.states, table, key),
+                origin,
+            ) else {
+                continue;
+            };
+            if was.same(now) {
+                continue; // not saved: the row keeps its position
+            }
+            p.sole = sole_after(o, row(&self.soles, table, key).copied().flatten(), was, now);
+            let soles = table_rows(&mut self.soles, table);
+            match soles.get_mut(*key) {
+                Some(sole) => *sole = p.sole,
+                None => {
+                    soles.insert((*key).to_owned(), p.sole);
+                }
+            }
+        }
+    }
+
     /// Open the version table of `table` (an installed table) unless open.
     async fn open_versions(&mut self, table: &str) -> Result<()> {
         if self.versions.contains_key(table) {
@@ -296,7 +439,10 @@ impl<'a> Merge<'a> {
             .iter()
             .find(|s| s.name == table)
             .ok_or_else(|| Error::Corrupt(format!("table `{table}` is not installed")))?;
-        let v = Versions::open(self.tx, HUB_VERSIONS, spec).await?;
+        let v = match self.registers.remove(table) {
+            Some(ords) => Versions::opened(self.tx, HUB_VERSIONS, spec, ords)?,
+            None => Versions::open(self.tx, HUB_VERSIONS, spec).await?,
+        };
         self.versions.insert(table.to_owned(), v);
         Ok(())
     }
@@ -354,14 +500,23 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 
-    /// Merge the changes in order into the loaded states. Returns each
-    /// touched row's state before, and the owner of each change's row
-    /// after it (for tables with owners). The columns whose edit is a
+    /// Merge the changes of the rows `which` takes, in order, into the
+    /// loaded states. Returns each touched row's state before, and the
+    /// owner of each change's row after it (for tables with owners; none
+    /// for a change of a row not taken). The columns whose edit is a
     /// conflict are held or settled apart.
-    fn merge(&mut self, keyed: &[(&Change, String)]) -> Result<(Before, Vec<Option<String>>)> {
+    fn merge(
+        &mut self,
+        keyed: &[(&Change, String)],
+        which: &dyn Fn(&str, &str) -> bool,
+    ) -> Result<(Before, Vec<Option<String>>)> {
         let mut before = Before::default();
         let mut owners = Vec::with_capacity(keyed.len());
         for (c, key) in keyed {
+            if !which(&c.table, key) {
+                owners.push(None);
+                continue;
+            }
             let s = self
                 .states
                 .get_mut(&c.table)
@@ -419,6 +574,34 @@ impl<'a> Merge<'a> {
     }
 }
 
+/// Each position of a row of `keyed` that `which` takes: the hub sequence
+/// of its last change in `keyed` (the first at `first_seq`) and the owner
+/// after it (`owners`, one per change); its sole writer is for
+/// [`Merge::sole_positions`].
+fn positions<'k>(
+    keyed: &'k [(&Change, String)],
+    owners: &[Option<String>],
+    first_seq: u64,
+    which: &dyn Fn(&str, &str) -> bool,
+) -> FxHashMap<(&'k str, &'k str), Position> {
+    let mut out: FxHashMap<(&str, &str), Position> =
+        FxHashMap::with_capacity_and_hasher(keyed.len(), Default::default());
+    for (i, ((c, key), owner)) in keyed.iter().zip(owners).enumerate() {
+        if !which(&c.table, key) {
+            continue;
+        }
+        out.insert(
+            (c.table.as_str(), key.as_str()),
+            Position {
+                hub_seq: first_seq + i as u64,
+                sole: None,
+                owner: owner.clone(),
+            },
+        );
+    }
+    out
+}
+
 /// The statements that save the states of `saved` (per table, the keys
 /// whose state changed) into their version tables; `pks` holds each key's
 /// values.
@@ -428,6 +611,19 @@ fn state_statements(
     saved: &[(&str, Vec<String>)],
     pks: &FxHashMap<(&str, &str), Vec<Value>>,
     positions: &FxHashMap<(&str, &str), Position>,
+) -> Result<Vec<Statement>> {
+    state_statements_with(states, versions, saved, pks, positions, false)
+}
+
+/// [`state_statements`], or with `if_new` their
+/// [inserts of new rows](Versions::fresh_statements).
+fn state_statements_with(
+    states: &Rows<RowState>,
+    versions: &HashMap<String, Versions<'_>>,
+    saved: &[(&str, Vec<String>)],
+    pks: &FxHashMap<(&str, &str), Vec<Value>>,
+    positions: &FxHashMap<(&str, &str), Position>,
+    if_new: bool,
 ) -> Result<Vec<Statement>> {
     let mut out = Vec::new();
     for (table, keys) in saved {
@@ -450,7 +646,10 @@ fn state_statements(
                 .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
             rows.push((pk.as_slice(), state, position));
         }
-        out.extend(v.positioned_statements(&rows)?);
+        out.extend(match if_new {
+            true => v.fresh_statements(&rows)?,
+            false => v.positioned_statements(&rows)?,
+        });
     }
     Ok(out)
 }

@@ -4,7 +4,10 @@
 //! rolls back and the careful path goes change by change, each in a
 //! savepoint, to halt or park exactly the refused ones.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{
+    Alias, CommonTableExpression, Expr, ExprTrait, InsertStatement, Query, SubQueryStatement,
+    UnionType, WithClause,
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 
 use super::access::{Account, BatchOwners};
@@ -13,7 +16,7 @@ use super::held;
 use super::merge::Merge;
 use super::resent;
 use super::tables::hub_version_table;
-use super::tables::{HUB_META, HUB_SCHEMA_VERSION, PEERS, REJECTED};
+use super::tables::{HUB_COLUMNS, HUB_META, HUB_SCHEMA_VERSION, PEERS, REJECTED};
 use super::validate::{check_clock, validate};
 use crate::dialect::{self, Dialect, Place};
 use crate::model::change::{Change, TableSpec};
@@ -22,7 +25,9 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::{ClockAhead, PushAck, RejectPolicy, Rejection};
 use crate::model::value::pk_key;
 use crate::store::codec::{db_sequence, sequence};
-use crate::store::stats::{analyze, crossed_doubling, custom_plans};
+use crate::store::stats::{analyze, crossed_doubling};
+use crate::store::version_table::ordinal;
+use crate::store::versions::Ordinals;
 
 /// Apply a batch of one origin's changes, in its order, at most once each.
 ///
@@ -117,6 +122,8 @@ struct Head {
     meta: std::collections::HashMap<String, String>,
     progress: OriginProgress,
     now_us: u64,
+    /// The column registers of the batch's tables, by table.
+    registers: std::collections::HashMap<String, Ordinals>,
 }
 
 /// Where the origin's stream stands at the hub.
@@ -148,12 +155,12 @@ impl Push<'_> {
             .lock(&tx, "next_seq")
             .await
             .map_err(Error::or_offline)?;
-        custom_plans(&tx).await?;
         let Head {
             meta,
             mut progress,
             now_us,
-        } = self.head(&tx).await?;
+            registers,
+        } = self.head(&tx, batch).await?;
         let start_seq: u64 = meta
             .get("next_seq")
             .and_then(|s| s.parse().ok())
@@ -199,7 +206,9 @@ impl Push<'_> {
         let mut verdicts: Vec<Option<Refusal>> =
             todo.iter().map(|c| self.refusal(c, now_us)).collect();
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
+        merge.registers = registers;
         merge.plain_new = self.account.is_some();
+        merge.fresh_first = !careful && self.account.is_none();
         merge.deletes_first = deletes_first;
         if let Some(account) = self.account {
             self.account_refusals(account, &mut merge, &todo, &mut verdicts)
@@ -232,8 +241,8 @@ impl Push<'_> {
             if !held.is_empty() {
                 held::keep(&tx, &held).await?;
             }
-            batches::record(&tx, self.origin, start_seq, &applied).await?;
-            self.finish(tx, &progress, next_seq).await
+            let record = batches::record(self.origin, start_seq, &applied)?;
+            self.finish(tx, record, &progress, next_seq).await
         };
         let (finished, ()) = tokio::join!(biased; finishing, async move { drop(spent) });
         finished?;
@@ -481,15 +490,20 @@ impl Push<'_> {
 
     /// What a push reads under the sequence lock, in one statement: the
     /// hub's next sequence and schema version, how far the origin's
-    /// stream was applied before this push, and the hub database's clock
-    /// (microseconds since the epoch).
-    async fn head(&self, tx: &DatabaseTransaction) -> Result<Head> {
+    /// stream was applied before this push, the hub database's clock
+    /// (microseconds since the epoch), and the column registers of the
+    /// tables `batch` writes (read after the lock, so as fresh as a read
+    /// at each table's first write; see [`Merge::registers`]). On
+    /// PostgreSQL it also asks for custom plans (see
+    /// [`Dialect::plan_hint`]).
+    async fn head(&self, tx: &DatabaseTransaction, batch: &[Change]) -> Result<Head> {
         let applied = Query::select()
             .column(Alias::new("applied_seq"))
             .from(Alias::new(PEERS))
             .and_where(Expr::col(Alias::new("origin")).eq(self.origin.to_string()))
             .to_owned();
-        let q = Query::select()
+        let hint = self.dialect.plan_hint_expr();
+        let mut q = Query::select()
             .columns([Alias::new("key"), Alias::new("value")])
             .expr_as(
                 sea_orm::sea_query::SimpleExpr::SubQuery(None, Box::new(applied.into())),
@@ -499,49 +513,129 @@ impl Push<'_> {
             .from(Alias::new(HUB_META.0))
             .and_where(Expr::col(Alias::new("key")).is_in(["next_seq", "schema_version"]))
             .to_owned();
-        let rows = tx.query_all(&q).await?;
-        let first = rows
-            .first()
-            .ok_or_else(|| Error::Corrupt("the hub's metadata has no next_seq".into()))?;
-        let applied: Option<i64> = first.try_get("", "applied")?;
-        let progress = match applied {
-            Some(_) => OriginProgress {
-                applied: sequence(first, "applied")?,
-                known: true,
-            },
-            None => OriginProgress {
-                applied: 0,
-                known: false,
-            },
-        };
-        let now: i64 = first.try_get("", "now")?;
-        let mut meta = std::collections::HashMap::with_capacity(rows.len());
-        for r in &rows {
-            meta.insert(
-                r.try_get::<String>("", "key")?,
-                r.try_get::<String>("", "value")?,
-            );
+        if let Some(hint) = hint {
+            q.expr_as(Expr::cust(hint), Alias::new("hint"));
         }
+        let mut tables: Vec<&str> = Vec::new();
+        for c in batch {
+            if !tables.contains(&c.table.as_str()) && self.specs.iter().any(|s| s.name == c.table) {
+                tables.push(&c.table);
+            }
+        }
+        if !tables.is_empty() {
+            // `now` is NULL in the register's rows, and `applied` is the
+            // column's ordinal.
+            let mut register = Query::select()
+                .columns(["tbl", "col", "ord"].map(Alias::new))
+                .expr(Expr::cust("NULL"))
+                .from(Alias::new(HUB_COLUMNS))
+                .and_where(Expr::col(Alias::new("tbl")).is_in(tables.iter().copied()))
+                .to_owned();
+            if hint.is_some() {
+                register.expr(Expr::cust("NULL"));
+            }
+            q.union(UnionType::All, register);
+        }
+        let rows = tx.query_all(&q).await?;
+        let mut meta = std::collections::HashMap::with_capacity(2);
+        let mut head = None;
+        let mut pairs: std::collections::HashMap<String, Vec<(String, u16)>> =
+            std::collections::HashMap::with_capacity(tables.len());
+        for r in &rows {
+            let key: String = r.try_get("", "key")?;
+            let value: String = r.try_get("", "value")?;
+            let now: Option<i64> = r.try_get("", "now")?;
+            let Some(now) = now else {
+                let ord: i64 = r.try_get("", "applied")?;
+                let ord = ordinal(HUB_COLUMNS, &key, ord)?;
+                pairs.entry(key).or_default().push((value, ord));
+                continue;
+            };
+            if head.is_none() {
+                let applied: Option<i64> = r.try_get("", "applied")?;
+                let progress = match applied {
+                    Some(_) => OriginProgress {
+                        applied: sequence(r, "applied")?,
+                        known: true,
+                    },
+                    None => OriginProgress {
+                        applied: 0,
+                        known: false,
+                    },
+                };
+                head = Some((progress, now));
+            }
+            meta.insert(key, value);
+        }
+        let (progress, now) =
+            head.ok_or_else(|| Error::Corrupt("the hub's metadata has no next_seq".into()))?;
+        // A table with no row in the register gets an empty one: read
+        // after the lock, it has no column yet.
+        let registers = tables
+            .iter()
+            .map(|t| {
+                let p = pairs.remove(*t).unwrap_or_default();
+                ((*t).to_owned(), Ordinals::new(p))
+            })
+            .collect();
         Ok(Head {
             meta,
             progress,
             now_us: u64::try_from(now).unwrap_or(0),
+            registers,
         })
     }
 
-    /// Record the origin's progress and the next hub sequence, and commit.
+    /// Write the batch's `record`, the origin's progress and the next hub
+    /// sequence, and commit. Where the dialect [writes in
+    /// `WITH`](Dialect::writes_in_with) the three are one statement.
     async fn finish(
         &self,
         tx: DatabaseTransaction,
+        record: Option<InsertStatement>,
         progress: &OriginProgress,
         next_seq: u64,
     ) -> Result<()> {
-        if progress.applied > 0 {
-            set_applied(&tx, self.origin, progress).await?;
+        let next = Query::update()
+            .table(Alias::new(HUB_META.0))
+            .value(Alias::new("value"), next_seq.to_string())
+            .and_where(Expr::col(Alias::new("key")).eq("next_seq"))
+            .to_owned();
+        let applied = match progress.applied {
+            0 => None,
+            _ => Some(applied_statement(self.origin, progress)?),
+        };
+        if self.dialect.writes_in_with() && (record.is_some() || applied.is_some()) {
+            // Not without a part: sea-query panics on an empty `WITH`.
+            let mut with = WithClause::new();
+            let parts = record
+                .map(SubQueryStatement::from)
+                .into_iter()
+                .chain(applied);
+            for (i, part) in parts.enumerate() {
+                with.cte(
+                    CommonTableExpression::new()
+                        .query(part)
+                        .table_name(Alias::new(format!("w{i}")))
+                        .to_owned(),
+                );
+            }
+            tx.execute(&next.with(with)).await?;
+        } else {
+            if let Some(record) = record {
+                tx.execute(&record).await?;
+            }
+            match applied {
+                Some(SubQueryStatement::InsertStatement(q)) => {
+                    tx.execute(&q).await?;
+                }
+                Some(SubQueryStatement::UpdateStatement(q)) => {
+                    tx.execute(&q).await?;
+                }
+                _ => {}
+            }
+            tx.execute(&next).await?;
         }
-        HUB_META
-            .write(&tx, "next_seq", &next_seq.to_string())
-            .await?;
         tx.commit().await.map_err(|e| Error::from(e).or_offline())
     }
 }
@@ -587,29 +681,26 @@ async fn applied_row<C: ConnectionTrait>(db: &C, origin: NodeId) -> Result<Optio
     row.map(|r| sequence(&r, "applied_seq")).transpose()
 }
 
-/// Record that `origin`'s changes up to `progress.applied` are applied.
-async fn set_applied<C: ConnectionTrait>(
-    db: &C,
-    origin: NodeId,
-    progress: &OriginProgress,
-) -> Result<()> {
+/// The statement that records that `origin`'s changes up to
+/// `progress.applied` are applied: an update of its progress row, or an
+/// insert of its first.
+fn applied_statement(origin: NodeId, progress: &OriginProgress) -> Result<SubQueryStatement> {
     let seq = db_sequence(progress.applied)?;
-    if progress.known {
-        let q = Query::update()
+    Ok(if progress.known {
+        Query::update()
             .table(Alias::new(PEERS))
             .value(Alias::new("applied_seq"), seq)
             .and_where(Expr::col(Alias::new("origin")).eq(origin.to_string()))
-            .to_owned();
-        db.execute(&q).await?;
+            .to_owned()
+            .into()
     } else {
-        let q = Query::insert()
+        Query::insert()
             .into_table(Alias::new(PEERS))
             .columns([Alias::new("origin"), Alias::new("applied_seq")])
             .values_panic([origin.to_string().into(), seq.into()])
-            .to_owned();
-        db.execute(&q).await?;
-    }
-    Ok(())
+            .to_owned()
+            .into()
+    })
 }
 
 /// Park a refused change in the rejected-changes table, with the reason.

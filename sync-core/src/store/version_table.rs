@@ -198,6 +198,26 @@ impl<'a> Versions<'a> {
         })
     }
 
+    /// [`Versions::open`] with the register's rows of the table read
+    /// already, in the same transaction (`ords`; see the hub's push,
+    /// which reads them with its head).
+    pub(crate) fn opened<C: ConnectionTrait>(
+        db: &C,
+        tables: VersionTables,
+        spec: &'a TableSpec,
+        ords: Ordinals,
+    ) -> Result<Versions<'a>> {
+        Ok(Versions {
+            spec,
+            table: (tables.name)(&spec.name),
+            register: tables.register,
+            ords,
+            d: dialect::of_db(db)?,
+            read_key: None,
+            positions: tables.positions,
+        })
+    }
+
     /// Read keys with `f` (the entity's own decoding) instead of by kind.
     pub(crate) fn with_key_reader(mut self, f: KeyReader<'a>) -> Self {
         self.read_key = Some(f);
@@ -577,7 +597,11 @@ impl<'a> Versions<'a> {
     /// Built without a database, so that a caller can build them while the
     /// database works (see [`crate::store::write::execute_while`]).
     pub(crate) fn statements(&self, states: &[(&[Value], &RowState)]) -> Result<Vec<Statement>> {
-        self.build(states.iter().map(|(k, s)| (*k, *s, None)), states.len())
+        self.build(
+            states.iter().map(|(k, s)| (*k, *s, None)),
+            states.len(),
+            false,
+        )
     }
 
     /// [`Versions::statements`] of a table whose rows record their
@@ -595,13 +619,42 @@ impl<'a> Versions<'a> {
         self.build(
             states.iter().map(|(k, s, p)| (*k, *s, Some(*p))),
             states.len(),
+            false,
         )
     }
 
+    /// [`Versions::positioned_statements`] of rows that are new to the
+    /// table, as far as the caller knows: each inserts the rows whose key
+    /// the table does not hold, leaves the others as they are, and
+    /// returns the `hub_seq` of each row it inserted (the caller tells
+    /// its rows apart by their positions, not by keys read back in
+    /// another form). Only where the dialect
+    /// [inserts if new](crate::dialect::Dialect::inserts_if_new).
+    pub(crate) fn fresh_statements(
+        &self,
+        states: &[(&[Value], &RowState, &Position)],
+    ) -> Result<Vec<Statement>> {
+        if !self.positions || !self.d.inserts_if_new() {
+            return Err(Error::Corrupt(format!(
+                "`{}`: no inserts of new rows that return their positions",
+                self.table
+            )));
+        }
+        self.build(
+            states.iter().map(|(k, s, p)| (*k, *s, Some(*p))),
+            states.len(),
+            true,
+        )
+    }
+
+    /// The statements that save `states`: upserts, or with `if_new`
+    /// inserts of the rows the table does not hold, returning their
+    /// `hub_seq`.
     fn build<'s>(
         &self,
         states: impl Iterator<Item = (&'s [Value], &'s RowState, Option<&'s Position>)>,
         n: usize,
+        if_new: bool,
     ) -> Result<Vec<Statement>> {
         let spec = self.spec();
         let mut template = Query::insert();
@@ -655,8 +708,14 @@ impl<'a> Versions<'a> {
             .collect();
         template
             .into_table(self.table())
-            .columns(keys.iter().cloned().chain(state.iter().cloned()))
-            .on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
+            .columns(keys.iter().cloned().chain(state.iter().cloned()));
+        if if_new {
+            template
+                .on_conflict(OnConflict::columns(keys).do_nothing().to_owned())
+                .returning_col(Alias::new("hub_seq"));
+        } else {
+            template.on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
+        }
         Inserts::new(self.d.backend(), template, shapes).statements(rows)
     }
 
@@ -938,11 +997,18 @@ async fn read_ordinals<C: ConnectionTrait>(
     let mut pairs = Vec::new();
     for r in db.query_all(&q).await? {
         let ord: i32 = r.try_get("", "ord")?;
-        let ord = u16::try_from(ord)
-            .map_err(|_| Error::Corrupt(format!("{register}: ordinal {ord} of `{table}`")))?;
-        pairs.push((r.try_get("", "col")?, ord));
+        pairs.push((r.try_get("", "col")?, ordinal(register, table, ord.into())?));
     }
     Ok(Ordinals::new(pairs))
+}
+
+/// A column ordinal of `table` as the register `register` holds it.
+///
+/// # Errors
+/// [`Error::Corrupt`] for one out of range.
+pub(crate) fn ordinal(register: &str, table: &str, ord: i64) -> Result<u16> {
+    u16::try_from(ord)
+        .map_err(|_| Error::Corrupt(format!("{register}: ordinal {ord} of `{table}`")))
 }
 
 /// Give `columns` of `table` the next ordinals in the register table
