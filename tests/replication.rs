@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
         snapshot_pages_hold_the_asked_size,
         states_held_already_are_not_applied_again,
         inserts_of_keys_the_hub_holds_merge_with_its_states,
+        one_batch_of_new_and_known_rows_places_each_at_its_last_change,
         interrupted_bootstrap_resumes,
         bootstrap_on_a_hub_gone_back_starts_over,
         pulled_changes_are_not_captured_again,
@@ -1324,6 +1325,116 @@ async fn inserts_of_keys_the_hub_holds_merge_with_its_states(hub: TestDb) -> Tes
     ensure_eq!(c.rows().await?, want, "c");
     a.drop().await?;
     b.drop().await?;
+    c.drop().await?;
+    hub.drop().await
+}
+
+/// One pushed batch of rows new to the hub and rows it holds (live, and
+/// gone), several changes of some, with more new rows than one statement
+/// takes: each row stands at its last change's position, the hub's table
+/// holds each row's merged state, and a device that starts after gets it.
+async fn one_batch_of_new_and_known_rows_places_each_at_its_last_change(hub: TestDb) -> TestResult {
+    use tidesync::{Change, ChangeId, Hlc, Op};
+    let (backend, a, _) = captured(&hub, 0).await?;
+    let live = a.add("live before").await?;
+    let later = a.add("live before, changed late in the batch").await?;
+    let gone = a.add("gone before").await?;
+    a.sync().await?;
+    contacts::Entity::delete_by_id(gone).exec(a.db()).await?;
+    a.sync().await?;
+    // Sequences far past a's own: a pushes nothing after this batch.
+    let origin = a.engine.replica().node_id();
+    let start = chrono::Utc::now().timestamp_micros() as u64 + 1000;
+    let updated = sea_orm::Value::from(Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap());
+    let mut batch: Vec<Change> = Vec::new();
+    let mut push = |op: Op, id: Uuid, cols: &[(&str, Option<&str>)]| {
+        let i = batch.len() as u64;
+        let mut columns: Vec<(String, sea_orm::Value)> = cols
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), sea_orm::Value::String(v.map(Into::into))))
+            .collect();
+        if op == Op::Insert {
+            columns.push(("id".into(), sea_orm::Value::Uuid(Some(id))));
+            columns.push(("updated_at".into(), updated.clone()));
+        }
+        batch.push(Change {
+            id: ChangeId {
+                origin,
+                seq: 1000 + i,
+            },
+            table: "contacts".into(),
+            pk: vec![("id".into(), sea_orm::Value::Uuid(Some(id)))],
+            op,
+            columns,
+            hlc: Hlc {
+                physical: start + i,
+                logical: 0,
+                node: origin,
+            },
+            base: Vec::new(),
+        });
+    };
+    let (n1, n2) = (Uuid::now_v7(), Uuid::now_v7());
+    let all = |name: &'static str| [("name", Some(name)), ("email", None)];
+    push(Op::Insert, n1, &all("n1"));
+    push(Op::Update, n1, &[("name", Some("n1, renamed"))]);
+    push(Op::Insert, n2, &all("n2"));
+    push(Op::Update, n2, &[("email", Some("n2@example.com"))]);
+    push(Op::Delete, n2, &[]);
+    push(Op::Insert, live, &all("live after"));
+    push(Op::Insert, gone, &all("gone, back"));
+    let fresh: Vec<Uuid> = (0..600).map(|_| Uuid::now_v7()).collect();
+    for id in &fresh {
+        push(Op::Insert, *id, &all("fresh"));
+    }
+    push(Op::Insert, later, &all("live after, late"));
+    push(Op::Update, n1, &[("name", Some("n1, last"))]);
+    let ack = backend.push(&batch).await?;
+    ensure_eq!(ack.acknowledged.len(), batch.len(), "{:?}", ack.halted);
+    // Each row at its last change's position, counted from the batch's
+    // first (n1's insert; n2 is gone, at its delete's).
+    let at: BTreeMap<Uuid, i64> = hub
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            hub.db.get_database_backend(),
+            "SELECT id, hub_seq FROM _ts_hv_contacts",
+        ))
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<Uuid>("", "id")?,
+                r.try_get::<i64>("", "hub_seq")?,
+            ))
+        })
+        .collect::<Result<_, sea_orm::DbErr>>()?;
+    let first = at[&n2] - 4;
+    let mut want_at = BTreeMap::from([(n1, 608), (n2, 4), (live, 5), (gone, 6), (later, 607)]);
+    for (i, id) in fresh.iter().enumerate() {
+        want_at.insert(*id, 7 + i as i64);
+    }
+    let got_at: BTreeMap<Uuid, i64> = want_at.keys().map(|id| (*id, at[id] - first)).collect();
+    ensure_eq!(got_at, want_at, "positions in the batch");
+    let mut want = BTreeMap::from([
+        (n1, ("n1, last".to_string(), None)),
+        (live, ("live after".to_string(), None)),
+        (gone, ("gone, back".to_string(), None)),
+        (later, ("live after, late".to_string(), None)),
+    ]);
+    for id in &fresh {
+        want.insert(*id, ("fresh".to_string(), None));
+    }
+    let on_hub: BTreeMap<Uuid, (String, Option<String>)> = contacts::Entity::find()
+        .all(&hub.db)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, (m.name, m.email)))
+        .collect();
+    ensure_eq!(on_hub, want, "the hub's table");
+    let c = Device::new(&hub, "c").await?;
+    c.sync().await?;
+    ensure_eq!(c.rows().await?, want, "a device that starts after");
+    a.drop().await?;
     c.drop().await?;
     hub.drop().await
 }
