@@ -554,6 +554,71 @@ async fn raw_with_versions(
     Ok(started.elapsed())
 }
 
+/// The floor of step 2e (docs/next-format.md): the rows upserted with a
+/// live row's metadata as columns of their own table (`_ts_seq`, unique,
+/// and the column clocks as 44 bytes, as the hub encodes them for the
+/// contacts), instead of a version row beside each.
+async fn raw_with_metadata(db: &DatabaseConnection, table: &str, rows: u64) -> Res<Duration> {
+    let backend = db.get_database_backend();
+    let (int, bytes) = match backend {
+        DbBackend::Postgres => ("bigint", "bytea"),
+        DbBackend::MySql => ("bigint", "varbinary(255)"),
+        _ => ("integer", "blob"),
+    };
+    let q = |n: &str| match backend {
+        DbBackend::MySql => format!("`{n}`"),
+        _ => format!("\"{n}\""),
+    };
+    for ddl in [
+        format!("ALTER TABLE {} ADD COLUMN _ts_seq {int}", q(table)),
+        format!("ALTER TABLE {} ADD COLUMN _ts_clocks {bytes}", q(table)),
+        format!(
+            "CREATE UNIQUE INDEX {} ON {} (_ts_seq)",
+            q(&format!("{table}_seq")),
+            q(table)
+        ),
+    ] {
+        db.execute_unprepared(&ddl).await?;
+    }
+    let cols: Vec<contacts::Column> = contacts::Column::iter().collect();
+    let meta = [Alias::new("_ts_seq"), Alias::new("_ts_clocks")];
+    let started = Instant::now();
+    let mut i = 0;
+    while i < rows {
+        let n = Ord::min(BATCH, rows - i);
+        let mut u = Query::insert();
+        u.into_table(Alias::new(table)).columns(
+            cols.iter()
+                .map(|c| Alias::new(c.as_str()))
+                .chain(meta.iter().cloned()),
+        );
+        for j in i..i + n {
+            let m = contact(j);
+            let mut vals: Vec<SimpleExpr> = cols.iter().map(|c| m.get(*c).into()).collect();
+            let mut clocks = vec![0u8; 44];
+            clocks[..8].copy_from_slice(&(1_767_225_600_000_000 + j).to_le_bytes());
+            vals.push((j as i64 + 1).into());
+            vals.push(clocks.into());
+            u.values_panic(vals);
+        }
+        u.on_conflict(
+            OnConflict::column(Alias::new("id"))
+                .update_columns(
+                    cols.iter()
+                        .filter(|c| c.as_str() != "id")
+                        .map(|c| Alias::new(c.as_str()))
+                        .chain(meta.iter().cloned()),
+                )
+                .to_owned(),
+        );
+        let tx = db.begin().await?;
+        tx.execute(&u).await?;
+        tx.commit().await?;
+        i += n;
+    }
+    Ok(started.elapsed())
+}
+
 /// The contacts table's columns after its key, in order.
 fn value_columns() -> Vec<&'static str> {
     contacts::Column::iter()
@@ -1624,6 +1689,7 @@ const RAW_WAL: &str = "raw batched, WAL";
 const PGLOADER: &str = "initial copy: pgloader";
 const INITIAL_COPY: &str = "initial copy (reconcile + sync_now)";
 const FLOOR_VERSIONS: &str = "raw batched + version rows (new-format floor)";
+const FLOOR_INLINE: &str = "raw batched, metadata in the row (step 2e floor)";
 const FLOOR_TRIGGER: &str = "app insert_many + outbox triggers (new-format floor)";
 const FLOOR_TRIGGER_EDITS: &str = "edits: app + outbox triggers (new-format floor)";
 const FLOOR_KEY_TRIGGER: &str = "app insert_many + key-only outbox triggers (floor)";
@@ -2393,6 +2459,11 @@ async fn hub_phases(
         t,
         None,
     );
+    // ... and of step 2e: the metadata in the row.
+    clone_table(&db, "contacts", "floor4_contacts").await?;
+    reset_peak();
+    let t = raw_with_metadata(&db, "floor4_contacts", rows).await?;
+    out.add(name, FLOOR_INLINE, Kind::Baseline, Base::Hub, rows, t, None);
 
     // Push: `rows` changes in the outbox of a replica that knows the hub.
     let pusher = Device::open(&file("pusher"), direct).await?;
