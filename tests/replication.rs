@@ -77,6 +77,19 @@ fn main() -> std::process::ExitCode {
     run(trials)
 }
 
+/// The contacts of `db`: name and email by key.
+async fn contact_rows(
+    db: &DatabaseConnection,
+) -> Result<BTreeMap<Uuid, (String, Option<String>)>, BoxError> {
+    Ok(contacts::Entity::find()
+        .order_by_asc(contacts::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, (m.name, m.email)))
+        .collect())
+}
+
 /// A device: a local SQLite database, its replica and an engine.
 struct Device {
     local: TestDb,
@@ -119,13 +132,7 @@ impl Device {
     }
 
     async fn rows(&self) -> Result<BTreeMap<Uuid, (String, Option<String>)>, BoxError> {
-        Ok(contacts::Entity::find()
-            .order_by_asc(contacts::Column::Id)
-            .all(self.db())
-            .await?
-            .into_iter()
-            .map(|m| (m.id, (m.name, m.email)))
-            .collect())
+        contact_rows(self.db()).await
     }
 
     async fn add(&self, name: &str) -> Result<Uuid, BoxError> {
@@ -1312,13 +1319,7 @@ async fn inserts_of_keys_the_hub_holds_merge_with_its_states(hub: TestDb) -> Tes
     }
     ensure_eq!(a.rows().await?, want, "a");
     ensure_eq!(b.rows().await?, want, "b");
-    let on_hub: BTreeMap<Uuid, (String, Option<String>)> = contacts::Entity::find()
-        .all(&hub.db)
-        .await?
-        .into_iter()
-        .map(|m| (m.id, (m.name, m.email)))
-        .collect();
-    ensure_eq!(on_hub, want, "the hub's table");
+    ensure_eq!(contact_rows(&hub.db).await?, want, "the hub's table");
     // A device that starts now gets the hub's states, not b's.
     let c = Device::new(&hub, "c").await?;
     c.sync().await?;
@@ -1424,13 +1425,7 @@ async fn one_batch_of_new_and_known_rows_places_each_at_its_last_change(hub: Tes
     for id in &fresh {
         want.insert(*id, ("fresh".to_string(), None));
     }
-    let on_hub: BTreeMap<Uuid, (String, Option<String>)> = contacts::Entity::find()
-        .all(&hub.db)
-        .await?
-        .into_iter()
-        .map(|m| (m.id, (m.name, m.email)))
-        .collect();
-    ensure_eq!(on_hub, want, "the hub's table");
+    ensure_eq!(contact_rows(&hub.db).await?, want, "the hub's table");
     let c = Device::new(&hub, "c").await?;
     c.sync().await?;
     ensure_eq!(c.rows().await?, want, "a device that starts after");
