@@ -119,6 +119,19 @@ pub(crate) fn check_spec(spec: &TableSpec, d: &dyn Dialect) -> Result<()> {
     ) {
         return Err(Error::Config(why));
     }
+    // Refused by replicas too; kept free for tidesync's own columns in the
+    // hub's tables.
+    if let Some(c) = spec
+        .columns
+        .iter()
+        .chain(&spec.local_only)
+        .find(|c| c.name.to_ascii_lowercase().starts_with("_tidesync"))
+    {
+        return refuse(format!(
+            "column `{}`: names starting with `_tidesync` are tidesync's own",
+            c.name
+        ));
+    }
     let mut keys = std::collections::HashSet::new();
     for k in &spec.pk {
         if !keys.insert(k.name.as_str()) {
@@ -588,6 +601,44 @@ mod tests {
     use crate::model::testing::{column, table};
     use sea_orm::DbBackend;
     use sea_orm::sea_query::ColumnType;
+
+    /// A column named as tidesync names its own is refused, whatever its
+    /// case, synced or local.
+    #[test]
+    fn a_column_named_as_tidesyncs_own_is_refused() {
+        let d = dialect::of(DbBackend::Postgres).unwrap();
+        let ok = table(
+            "t",
+            &["id"],
+            vec![
+                column("id", ColumnType::Integer, false),
+                column("tidesync_x", ColumnType::Integer, true),
+            ],
+        );
+        assert!(check_spec(&ok, d).is_ok());
+        for name in ["_tidesync_seq", "_TideSync"] {
+            let spec = table(
+                "t",
+                &["id"],
+                vec![
+                    column("id", ColumnType::Integer, false),
+                    column(name, ColumnType::Integer, true),
+                ],
+            );
+            assert!(
+                matches!(check_spec(&spec, d), Err(Error::Config(m)) if m.contains(name) && m.contains("tidesync's own")),
+                "{name}"
+            );
+            let mut local = ok.clone();
+            local
+                .local_only
+                .push(column(name, ColumnType::Integer, true));
+            assert!(
+                matches!(check_spec(&local, d), Err(Error::Config(m)) if m.contains(name)),
+                "{name}, local only"
+            );
+        }
+    }
 
     /// The hub refuses a key named as a column of its version rows, with
     /// the store's refusal.
