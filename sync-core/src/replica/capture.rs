@@ -406,7 +406,12 @@ fn seal_markers(
         current,
         mut shadows,
     } = read;
-    let mut out = SealedBatch::default();
+    let mut out = SealedBatch {
+        outbox: Vec::with_capacity(markers.len()),
+        shadows: Vec::with_capacity(markers.len()),
+        markers: Vec::with_capacity(markers.len()),
+        ..SealedBatch::default()
+    };
     for (marker, key) in markers.iter().zip(keys) {
         report.examined += 1;
         let row = current.get(key).map(Vec::as_slice);
@@ -430,13 +435,15 @@ fn seal_markers(
             out.kept += 1;
             continue;
         }
-        let id = match marker.rowid {
+        // With room for the version or `gone` pushed after.
+        let mut id = Vec::with_capacity(marker.pk.len() + 1);
+        match marker.rowid {
             Some(rowid) => {
                 out.by_rowid = rowid_name(spec);
-                vec![Value::BigInt(Some(rowid))]
+                id.push(Value::BigInt(Some(rowid)));
             }
-            None => marker.pk.clone(),
-        };
+            None => id.extend(marker.pk.iter().cloned()),
+        }
         if marker.gone > 0 {
             let mut tuple = id.clone();
             tuple.push(Value::BigInt(Some(marker.gone)));
