@@ -237,7 +237,7 @@ impl<'a> Merge<'a> {
         // database writes the rows.
         self.register(&rows.saved).await?;
         // The database writes the rows while the state statements are
-        // built, then the states while the log statements are built.
+        // built, then the states while the digests are made.
         let tx = self.tx;
         if self.deletes_first {
             for (spec, dead) in rows.deletes.iter().rev() {
