@@ -248,7 +248,7 @@ impl<'a> Merge<'a> {
         self.sole_positions(&mut positions, &before, origin);
         let (states, versions) = (&self.states, &self.versions);
         let state_stmts = execute_while(tx, rows.upserts, || {
-            state_statements(states, versions, &rows.saved, &pks, &positions)
+            state_statements(states, versions, &rows.saved, &pks, &positions, false)
         })
         .await?;
         if !self.deletes_first {
@@ -334,8 +334,7 @@ impl<'a> Merge<'a> {
             saved.push((&spec.name, keys));
         }
         self.register(&saved).await?;
-        let stmts =
-            state_statements_with(&self.states, &self.versions, &saved, pks, &positions, true)?;
+        let stmts = state_statements(&self.states, &self.versions, &saved, pks, &positions, true)?;
         let mut inserted: FxHashSet<u64> = FxHashSet::default();
         for stmt in stmts {
             for r in self.tx.query_all_raw(stmt).await? {
@@ -345,13 +344,11 @@ impl<'a> Merge<'a> {
         let mut fresh: FxHashSet<(&'k str, &'k str)> = FxHashSet::default();
         let mut taken = Vec::new();
         for (row_key, p) in &positions {
-            match inserted.contains(&p.hub_seq) {
-                true => fresh.insert(*row_key),
-                false => {
-                    taken.push(*row_key);
-                    true
-                }
-            };
+            if inserted.contains(&p.hub_seq) {
+                fresh.insert(*row_key);
+            } else {
+                taken.push(*row_key);
+            }
         }
         self.forget(taken.iter());
         for (table, key) in &taken {
@@ -604,20 +601,9 @@ fn positions<'k>(
 
 /// The statements that save the states of `saved` (per table, the keys
 /// whose state changed) into their version tables; `pks` holds each key's
-/// values.
+/// values. With `if_new`, inserts of rows new to them (see
+/// [`Versions::positioned_statements`]).
 fn state_statements(
-    states: &Rows<RowState>,
-    versions: &HashMap<String, Versions<'_>>,
-    saved: &[(&str, Vec<String>)],
-    pks: &FxHashMap<(&str, &str), Vec<Value>>,
-    positions: &FxHashMap<(&str, &str), Position>,
-) -> Result<Vec<Statement>> {
-    state_statements_with(states, versions, saved, pks, positions, false)
-}
-
-/// [`state_statements`], or with `if_new` their
-/// [inserts of new rows](Versions::fresh_statements).
-fn state_statements_with(
     states: &Rows<RowState>,
     versions: &HashMap<String, Versions<'_>>,
     saved: &[(&str, Vec<String>)],
@@ -646,10 +632,7 @@ fn state_statements_with(
                 .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
             rows.push((pk.as_slice(), state, position));
         }
-        out.extend(match if_new {
-            true => v.fresh_statements(&rows)?,
-            false => v.positioned_statements(&rows)?,
-        });
+        out.extend(v.positioned_statements(&rows, if_new)?);
     }
     Ok(out)
 }

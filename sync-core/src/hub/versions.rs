@@ -356,7 +356,7 @@ async fn fill_positions(db: &DatabaseConnection, spec: &TableSpec) -> Result<()>
         }
         let positioned: Vec<(&[Value], &RowState, &Position)> =
             rows.iter().map(|(k, s, p)| (*k, *s, p)).collect();
-        for q in versions.positioned_statements(&positioned)? {
+        for q in versions.positioned_statements(&positioned, false)? {
             tx.execute_raw(q).await?;
         }
         if next_seq != fresh_from {

@@ -606,44 +606,33 @@ impl<'a> Versions<'a> {
 
     /// [`Versions::statements`] of a table whose rows record their
     /// [`Position`]: each state with its position.
+    ///
+    /// With `if_new`, of rows new to the table as far as the caller knows:
+    /// each statement inserts the rows whose key the table does not hold,
+    /// leaves the others as they are, and returns the `hub_seq` of each
+    /// row it inserted (the caller tells its rows apart by their
+    /// positions, not by keys read back in another form). Only where the
+    /// dialect [inserts if new](crate::dialect::Dialect::inserts_if_new).
     pub(crate) fn positioned_statements(
         &self,
         states: &[(&[Value], &RowState, &Position)],
+        if_new: bool,
     ) -> Result<Vec<Statement>> {
-        if !self.positions {
+        if !self.positions || (if_new && !self.d.inserts_if_new()) {
             return Err(Error::Corrupt(format!(
-                "`{}` records no positions",
-                self.table
+                "`{}`: no positioned {} here",
+                self.table,
+                if if_new {
+                    "inserts of new rows"
+                } else {
+                    "rows"
+                }
             )));
         }
         self.build(
             states.iter().map(|(k, s, p)| (*k, *s, Some(*p))),
             states.len(),
-            false,
-        )
-    }
-
-    /// [`Versions::positioned_statements`] of rows that are new to the
-    /// table, as far as the caller knows: each inserts the rows whose key
-    /// the table does not hold, leaves the others as they are, and
-    /// returns the `hub_seq` of each row it inserted (the caller tells
-    /// its rows apart by their positions, not by keys read back in
-    /// another form). Only where the dialect
-    /// [inserts if new](crate::dialect::Dialect::inserts_if_new).
-    pub(crate) fn fresh_statements(
-        &self,
-        states: &[(&[Value], &RowState, &Position)],
-    ) -> Result<Vec<Statement>> {
-        if !self.positions || !self.d.inserts_if_new() {
-            return Err(Error::Corrupt(format!(
-                "`{}`: no inserts of new rows that return their positions",
-                self.table
-            )));
-        }
-        self.build(
-            states.iter().map(|(k, s, p)| (*k, *s, Some(*p))),
-            states.len(),
-            true,
+            if_new,
         )
     }
 
