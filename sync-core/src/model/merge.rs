@@ -18,18 +18,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::change::{Change, Op};
 use crate::model::clock::Hlc;
-use crate::model::typed;
-use crate::model::value::same_value;
+use crate::model::value::{same_value, tie_text};
 
 /// Whether `value` wins over `held`, the column's value at the same clock:
-/// another value with a greater typed encoding. A state with the clock but
-/// not the value (none is made so) keeps what it has.
+/// another value with a greater [`tie_text`] (its typed encoding in one
+/// form: a value read back from a database in another form settles the
+/// tie alike). A state with the clock but not the value (none is made so)
+/// keeps what it has.
 fn wins_tie(value: &Value, held: Option<&Value>) -> bool {
     let Some(held) = held else {
         return false;
     };
     !same_value(value, held)
-        && match (typed::to_text(value), typed::to_text(held)) {
+        && match (tie_text(value), tie_text(held)) {
             (Ok(v), Ok(h)) => v > h,
             _ => false,
         }
@@ -229,6 +230,54 @@ mod tests {
         ab.merge(&b);
         ba.merge(&a);
         assert!(ab.same(&ba), "{ab:?} {ba:?}");
+    }
+
+    /// A tie is settled by the values, whatever form each is held in: a
+    /// hub that reads a value back from its users' table holds a
+    /// `timestamptz` in UTC and a `DECIMAL(p,s)` at its scale, where the
+    /// device that wrote it holds its offset and its digits. Both settle
+    /// on the same value. (Compared as written, `10:00+02:00` is greater
+    /// than `09:00+00:00` but `08:00+00:00`, the same instant, is not.)
+    #[test]
+    fn a_tie_is_settled_alike_whatever_form_the_values_are_in() {
+        use chrono::{DateTime, FixedOffset};
+        let at = |s: &str| {
+            Value::ChronoDateTimeWithTimeZone(Some(
+                DateTime::<FixedOffset>::parse_from_rfc3339(s).unwrap(),
+            ))
+        };
+        let dec = |s: &str| Value::Decimal(Some(s.parse().unwrap()));
+        for (written, read_back, other) in [
+            (
+                at("2026-01-01T10:00:00+02:00"),
+                at("2026-01-01T08:00:00+00:00"),
+                at("2026-01-01T09:00:00+00:00"),
+            ),
+            (
+                at("2026-01-01T07:00:00-02:00"),
+                at("2026-01-01T09:00:00+00:00"),
+                at("2026-01-01T08:30:00+00:00"),
+            ),
+            (dec("1.5"), dec("1.500"), dec("1.45")),
+            (dec("10"), dec("10.00"), dec("10.05")),
+            (dec("-2"), dec("-2.0"), dec("-10")),
+        ] {
+            let settle = |held: &Value, arriving: &Value| {
+                let mut s = RowState::default();
+                s.set("c", held, hlc(5, 1));
+                s.set("c", arriving, hlc(5, 1));
+                s.vals["c"].clone()
+            };
+            let wins = |v: &Value| same_value(v, &written) || same_value(v, &read_back);
+            let device = wins(&settle(&written, &other));
+            assert_eq!(wins(&settle(&read_back, &other)), device, "{written:?}");
+            assert_eq!(wins(&settle(&other, &written)), device, "{written:?}");
+            assert_eq!(wins(&settle(&other, &read_back)), device, "{written:?}");
+            // The two forms of one value are one value: no tie to settle.
+            let mut s = RowState::default();
+            s.set("c", &read_back, hlc(5, 1));
+            assert!(!s.set("c", &written, hlc(5, 1)), "{written:?}");
+        }
     }
 
     /// Two writes of one column at the same physical time and logical

@@ -108,20 +108,33 @@ pub(crate) fn pk_key(values: &[Value]) -> Result<String> {
 /// identity are one row of a table, however two entities type its key
 /// (one device's `DateTime<Utc>`, another's `DateTime<FixedOffset>`).
 pub(crate) fn key_identity(values: &[Value]) -> Result<String> {
-    let same: Vec<Value> = values
-        .iter()
-        .map(|v| match v {
-            Value::ChronoDateTimeUtc(t) => {
-                Value::ChronoDateTimeWithTimeZone(t.map(|t| t.fixed_offset()))
-            }
-            Value::ChronoDateTimeLocal(t) => Value::ChronoDateTimeWithTimeZone(
-                t.map(|t| t.with_timezone(&chrono::Utc).fixed_offset()),
-            ),
-            Value::Char(c) => Value::String(c.map(String::from)),
-            other => other.clone(),
-        })
-        .collect();
+    let same: Vec<Value> = values.iter().map(one_variant).collect();
     pk_key(&same)
+}
+
+/// `v` in the variant every other variant of its kind maps to: a
+/// date-time with an offset, a string (see [`key_identity`]).
+fn one_variant(v: &Value) -> Value {
+    match v {
+        Value::ChronoDateTimeUtc(t) => {
+            Value::ChronoDateTimeWithTimeZone(t.map(|t| t.fixed_offset()))
+        }
+        Value::ChronoDateTimeLocal(t) => Value::ChronoDateTimeWithTimeZone(
+            t.map(|t| t.with_timezone(&chrono::Utc).fixed_offset()),
+        ),
+        Value::Char(c) => Value::String(c.map(String::from)),
+        other => other.clone(),
+    }
+}
+
+/// The text two values stamped alike are settled by (the greater wins;
+/// see [`crate::model::merge::RowState::set`]): the typed text of the
+/// value in one variant and one form, so that a database that gives a
+/// value back in its column's form (PostgreSQL a `timestamptz` in UTC, a
+/// `DECIMAL(p,s)` at its scale) settles a tie as the device that wrote it
+/// does.
+pub(crate) fn tie_text(v: &Value) -> serde_json::Result<String> {
+    crate::model::typed::to_text(&canonical(&one_variant(v)))
 }
 
 /// The one form of each value of a key (see [`pk_key`]): what tidesync
