@@ -450,6 +450,58 @@ async fn hub_version_rows(hub: &TestDb) -> Result<(Vec<(bool, usize)>, bool), Bo
     Ok((out, legacy))
 }
 
+/// A row's metadata as the hub keeps it: position, clocks, delete clock,
+/// sole writer, owner.
+type RowMeta = (
+    i64,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The metadata of the hub's live `contacts` rows, by key: from the
+/// version rows and from the users' rows (`_tidesync_…` columns), which
+/// must agree: each live row has the same in both places, and a users' row
+/// with metadata has a live version row.
+async fn hub_row_meta(hub: &TestDb) -> Result<BTreeMap<Uuid, RowMeta>, BoxError> {
+    let read = |sql: &'static str| async move {
+        let mut out = BTreeMap::new();
+        for r in hub
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(hub.backend(), sql))
+            .await?
+        {
+            let meta: RowMeta = (
+                r.try_get("", "s")?,
+                r.try_get("", "c")?,
+                r.try_get("", "d")?,
+                r.try_get("", "so")?,
+                r.try_get("", "o")?,
+            );
+            out.insert(r.try_get::<Uuid>("", "id")?, meta);
+        }
+        Ok::<_, BoxError>(out)
+    };
+    let versions = read(
+        "SELECT id, hub_seq AS s, clocks AS c, del AS d, sole AS so, owner AS o \
+         FROM _ts_hv_contacts WHERE live = TRUE",
+    )
+    .await?;
+    let users = read(
+        "SELECT id, _tidesync_seq AS s, _tidesync_clocks AS c, _tidesync_del AS d, \
+         _tidesync_sole AS so, _tidesync_owner AS o FROM contacts \
+         WHERE _tidesync_seq IS NOT NULL",
+    )
+    .await?;
+    ensure_eq!(
+        users,
+        versions,
+        "the users' rows' metadata and the live version rows"
+    );
+    Ok(users)
+}
+
 /// The hub keeps each row's state in the table's version table
 /// (`_ts_hv_contacts`), nothing in format 1's `_tidesync_hub_rows`; a
 /// deleted row's state keeps its values, so bootstraps, updates and a
@@ -460,6 +512,8 @@ async fn hub_states_are_version_rows(hub: TestDb) -> TestResult {
     a.sync().await?;
     let (rows, legacy) = hub_version_rows(&hub).await?;
     ensure!(!legacy, "a new hub has no _tidesync_hub_rows");
+    let first = hub_row_meta(&hub).await?;
+    ensure!(first.len() == 1 && first.contains_key(&id), "{first:?}");
     ensure!(
         rows.len() == 1 && rows[0].0 && rows[0].1 > 0,
         "one live version row with its values: {rows:?}"
@@ -484,6 +538,7 @@ async fn hub_states_are_version_rows(hub: TestDb) -> TestResult {
         rows.len() == 1 && !rows[0].0 && rows[0].1 > 0,
         "the deleted row's version row keeps its values: {rows:?}"
     );
+    ensure!(hub_row_meta(&hub).await?.is_empty(), "gone with its row");
     // b has not seen the delete: its later edit brings the row back with
     // the values it had, which the hub takes from the row's state.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -495,6 +550,11 @@ async fn hub_states_are_version_rows(hub: TestDb) -> TestResult {
         back.as_ref().map(|m| (m.name.as_str(), m.email.as_deref())),
         Some(("second", Some("back@x"))),
         "the hub's row is back with every value"
+    );
+    let again = hub_row_meta(&hub).await?;
+    ensure!(
+        again.len() == 1 && again[&id].0 > first[&id].0 && again[&id].1 != first[&id].1,
+        "back at a later position, with b's clock: {again:?} after {first:?}"
     );
     for d in [&a, &b] {
         ensure_eq!(contacts::Entity::find_by_id(id).one(d.db()).await?, back);

@@ -19,9 +19,9 @@ use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
 use crate::store::codec::sequence;
-use crate::store::version_table::{Position, Versions, sole_after};
+use crate::store::version_table::{Position, ROW_META, Versions, sole_after};
 use crate::store::versions::Ordinals;
-use crate::store::write::{delete_rows, execute_while, row_statements};
+use crate::store::write::{delete_rows, execute_while, row_statements_beside};
 
 /// What a call holds of each row of the hub, by table then key text: a
 /// row is found by `(&str, &str)` without building its id.
@@ -101,8 +101,6 @@ pub(super) struct Spent {
 struct RowWrites<'s> {
     upserts: Vec<Statement>,
     deletes: Vec<(&'s TableSpec, Vec<Vec<Value>>)>,
-    /// The keys whose state changed, per table.
-    saved: Vec<(&'s str, Vec<String>)>,
 }
 
 impl<'a> Merge<'a> {
@@ -218,24 +216,29 @@ impl<'a> Merge<'a> {
         }
         let first_seq = self.next_seq;
         let origin = changes.first().map(|c| c.id.origin);
-        let (fresh, fresh_before) = match self.fresh_first && self.dialect.inserts_if_new() {
-            true => self.insert_fresh(&keyed, &pks, origin).await?,
-            false => (FxHashSet::default(), Before::default()),
-        };
+        let (fresh, fresh_before, fresh_positions) =
+            match self.fresh_first && self.dialect.inserts_if_new() {
+                true => self.insert_fresh(&keyed, &pks, origin).await?,
+                false => Default::default(),
+            };
         let stale = |table: &str, key: &str| !fresh.contains(&(table, key));
         self.load(&keyed).await?;
         let (mut before, owners) = self.merge(&keyed, &stale)?;
         for (table, rows) in fresh_before {
             table_rows(&mut before, &table).extend(rows);
         }
-        // The users' rows of every row that changed, the new ones too.
-        let mut rows = self.row_writes(&before)?;
-        for (table, keys) in &mut rows.saved {
+        // The rows whose state changed, the new ones too, their columns
+        // registered (before their metadata is encoded), and their
+        // positions.
+        let mut saved = self.changed(&before)?;
+        self.register(&saved).await?;
+        let mut positions = positions(&keyed, &owners, first_seq, &stale);
+        self.sole_positions(&mut positions, &before, origin);
+        positions.extend(fresh_positions);
+        let rows = self.row_writes(&before, &saved, &positions)?;
+        for (table, keys) in &mut saved {
             keys.retain(|k| stale(table, k));
         }
-        // The columns its table's register lacks registered, before the
-        // database writes the rows.
-        self.register(&rows.saved).await?;
         // The database writes the rows while the state statements are
         // built, then the states while the digests are made.
         let tx = self.tx;
@@ -244,11 +247,9 @@ impl<'a> Merge<'a> {
                 delete_rows(tx, spec, dead).await?;
             }
         }
-        let mut positions = positions(&keyed, &owners, first_seq, &stale);
-        self.sole_positions(&mut positions, &before, origin);
         let (states, versions) = (&self.states, &self.versions);
         let state_stmts = execute_while(tx, rows.upserts, || {
-            state_statements(states, versions, &rows.saved, &pks, &positions, false)
+            state_statements(states, versions, &saved, &pks, &positions, false)
         })
         .await?;
         if !self.deletes_first {
@@ -277,9 +278,10 @@ impl<'a> Merge<'a> {
     /// lookup had found none, without looking them up: where the version
     /// table holds the key already, the insert leaves its row as it is.
     /// Returns the rows it inserted, told apart by the positions the
-    /// insert returns (each row's own), and their states before (empty);
-    /// the states of the others are dropped, for [`Merge::load`] to look
-    /// them up and [`Merge::merge`] to merge them again.
+    /// insert returns (each row's own), their states before (empty) and
+    /// their positions; the states of the others are dropped, for
+    /// [`Merge::load`] to look them up and [`Merge::merge`] to merge them
+    /// again.
     ///
     /// A push of new rows then reads no state: the insert finds the taken
     /// keys the lookup would have found, in the same index.
@@ -288,7 +290,7 @@ impl<'a> Merge<'a> {
         keyed: &'k [(&'k Change, String)],
         pks: &FxHashMap<(&str, &str), Vec<Value>>,
         origin: Option<NodeId>,
-    ) -> Result<(FxHashSet<(&'k str, &'k str)>, Before)> {
+    ) -> Result<Fresh<'k>> {
         let mut first: FxHashMap<(&str, &str), bool> = FxHashMap::default();
         for (c, key) in keyed {
             first
@@ -301,7 +303,7 @@ impl<'a> Merge<'a> {
         }
         first.retain(|_, new| *new);
         if first.is_empty() {
-            return Ok((FxHashSet::default(), Before::default()));
+            return Ok(Fresh::default());
         }
         for (table, key) in first.keys() {
             table_rows(&mut self.states, table).insert((*key).to_owned(), RowState::default());
@@ -316,7 +318,7 @@ impl<'a> Merge<'a> {
             self.held.truncate(held);
             self.settled.truncate(settled);
             self.forget(first.keys());
-            return Ok((FxHashSet::default(), Before::default()));
+            return Ok(Fresh::default());
         }
         let mut positions = positions(keyed, &owners, self.next_seq, &new);
         self.sole_positions(&mut positions, &before, origin);
@@ -343,20 +345,22 @@ impl<'a> Merge<'a> {
         }
         let mut fresh: FxHashSet<(&'k str, &'k str)> = FxHashSet::default();
         let mut taken = Vec::new();
-        for (row_key, p) in &positions {
+        positions.retain(|row_key, p| {
             if inserted.contains(&p.hub_seq) {
                 fresh.insert(*row_key);
+                true
             } else {
                 taken.push(*row_key);
+                false
             }
-        }
+        });
         self.forget(taken.iter());
         for (table, key) in &taken {
             if let Some(rows) = before.get_mut(*table) {
                 rows.remove(*key);
             }
         }
-        Ok((fresh, before))
+        Ok((fresh, before, positions))
     }
 
     /// Drop what this merge holds of these rows.
@@ -539,37 +543,81 @@ impl<'a> Merge<'a> {
         Ok((before, owners))
     }
 
-    /// The rows to write: upserts in table order (parents first), deletes
-    /// to run in reverse. The states stay in `self.states` (not copied).
-    fn row_writes(&self, before: &Before) -> Result<RowWrites<'a>> {
-        let mut out = RowWrites {
-            upserts: Vec::new(),
-            deletes: Vec::new(),
-            saved: Vec::new(),
-        };
+    /// The keys whose state changed from `before`, per table in
+    /// registration order.
+    fn changed(&self, before: &Before) -> Result<Vec<(&'a str, Vec<String>)>> {
+        let mut out = Vec::with_capacity(self.specs.len());
         for spec in self.specs {
-            let (mut live, mut dead, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+            let mut keys = Vec::new();
             for (key, old) in before.get(&spec.name).into_iter().flatten() {
                 let new = row(&self.states, &spec.name, key)
                     .ok_or_else(|| Error::Corrupt("state not loaded".into()))?;
-                if old.same(new) {
-                    continue;
+                if !old.same(new) {
+                    keys.push(key.clone());
                 }
+            }
+            out.push((spec.name.as_str(), keys));
+        }
+        Ok(out)
+    }
+
+    /// The rows to write of the keys `saved` (see [`Merge::changed`],
+    /// registered): upserts in table order (parents first), each live row
+    /// with its metadata at its position (see
+    /// [`ROW_META`]); deletes to run in reverse. The states stay in
+    /// `self.states` (not copied).
+    fn row_writes(
+        &self,
+        before: &Before,
+        saved: &[(&str, Vec<String>)],
+        positions: &FxHashMap<(&str, &str), Position>,
+    ) -> Result<RowWrites<'a>> {
+        let mut out = RowWrites {
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+        };
+        for (spec, (table, keys)) in self.specs.iter().zip(saved) {
+            debug_assert_eq!(spec.name, *table);
+            let (mut live, mut dead) = (Vec::new(), Vec::new());
+            for key in keys {
+                let (Some(old), Some(new)) =
+                    (row(before, table, key), row(&self.states, table, key))
+                else {
+                    return Err(Error::Corrupt("state not loaded".into()));
+                };
                 if new.is_live() {
-                    live.push((new, old.is_live()));
+                    let versions = self
+                        .versions
+                        .get(*table)
+                        .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
+                    let p = positions
+                        .get(&(*table, key.as_str()))
+                        .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
+                    live.push((new, old.is_live(), versions.row_meta(new, p)?));
                 } else if old.is_live() {
                     dead.push(parse_pk_key(key)?);
                 }
-                keys.push(key.clone());
             }
-            out.upserts
-                .extend(row_statements(spec, &live, self.dialect, self.plain_new)?);
+            out.upserts.extend(row_statements_beside(
+                spec,
+                live,
+                &ROW_META,
+                self.dialect,
+                self.plain_new,
+            )?);
             out.deletes.push((spec, dead));
-            out.saved.push((&spec.name, keys));
         }
         Ok(out)
     }
 }
+
+/// What [`Merge::insert_fresh`] inserted: the rows, their states before
+/// (empty) and their positions.
+type Fresh<'k> = (
+    FxHashSet<(&'k str, &'k str)>,
+    Before,
+    FxHashMap<(&'k str, &'k str), Position>,
+);
 
 /// Each position of a row of `keyed` that `which` takes: the hub sequence
 /// of its last change in `keyed` (the first at `first_seq`) and the owner

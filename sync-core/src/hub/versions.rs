@@ -43,8 +43,9 @@ use crate::store::ddl::existing_columns;
 use crate::store::meta::Meta;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, upgrade_row_state_table};
 use crate::store::version_table::{
-    Position, VersionTables, Versions, column_types, position_column, position_index, register_ddl,
-    retype_keys, version_key_text, version_key_type, version_rows_ddl,
+    Position, ROW_META, VersionTables, Versions, column_types, position_column, position_index,
+    register_ddl, retype_keys, row_meta_column, row_meta_index, version_key_text, version_key_type,
+    version_rows_ddl,
 };
 
 /// The tables that have a version table, each with its key columns (a JSON
@@ -113,6 +114,7 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
 /// [`VERSIONED`].
 async fn install(db: &DatabaseConnection, spec: &TableSpec, stores: &[&str]) -> Result<()> {
     let d = dialect::of_db(db)?;
+    add_row_meta(db, d, spec).await?;
     let key_types = column_types(db, d, Place::of(d, spec)).await?;
     let name = hub_version_table(&spec.name);
     create(
@@ -285,6 +287,51 @@ async fn add_positions(db: &DatabaseConnection, d: &'static dyn Dialect, name: &
         }
     }
     add("sole").await
+}
+
+/// Give `spec`'s users' table the columns of its rows' metadata
+/// ([`ROW_META`]) and their index, where it lacks them: nullable columns,
+/// added without rewriting the table (PostgreSQL, MariaDB 10.3+).
+/// `_tidesync_sole` comes last, after the index: a table that has it has
+/// everything, and a stopped install goes on at the next. Two installs at
+/// once may both add a column or the index: the one that finds it made
+/// goes on.
+async fn add_row_meta(
+    db: &DatabaseConnection,
+    d: &'static dyn Dialect,
+    spec: &TableSpec,
+) -> Result<()> {
+    let place = Place::of(d, spec);
+    let present = existing_columns(db, d, place).await?;
+    if present.iter().any(|c| c == "_tidesync_sole") {
+        return Ok(());
+    }
+    let add = |column: &'static str| async move {
+        let alter = Table::alter()
+            .table(place.table_ref())
+            .add_column(row_meta_column(d, column))
+            .to_owned();
+        if let Err(e) = db.execute(&alter).await {
+            let now = existing_columns(db, d, place).await?;
+            if !now.iter().any(|c| c == column) {
+                return Err(Error::from(e));
+            }
+        }
+        Ok(())
+    };
+    for column in ROW_META {
+        if column != "_tidesync_sole" && !present.iter().any(|c| c == column) {
+            add(column).await?;
+        }
+    }
+    if let Err(e) = db.execute(&row_meta_index(d, spec)).await {
+        // MySQL has no `IF NOT EXISTS` here: another install made it.
+        let e = Error::from(e);
+        if !matches!(crate::dialect::native_code(&e).as_deref(), Some("1061")) {
+            return Err(e);
+        }
+    }
+    add("_tidesync_sole").await
 }
 
 /// Log entries read per query when positions are filled.

@@ -81,6 +81,48 @@ pub(crate) struct Position {
 /// The columns of a version row that record its [`Position`].
 pub(crate) const POSITION: [&str; 3] = ["hub_seq", "sole", "owner"];
 
+/// The columns a hub keeps in a users' table beside each row's values,
+/// for the rows its pushes write there: the row's position, column clocks
+/// and delete clock (as a version row's `hub_seq`, `clocks`, `del`), its
+/// sole writer and owner (as `sole` and `owner`). All nullable: a row
+/// another program wrote has none. See `hub::versions::add_row_meta`.
+pub(crate) const ROW_META: [&str; 5] = [
+    "_tidesync_seq",
+    "_tidesync_clocks",
+    "_tidesync_del",
+    "_tidesync_sole",
+    "_tidesync_owner",
+];
+
+/// The definition of the column `name` of [`ROW_META`], nullable.
+pub(crate) fn row_meta_column(d: &dyn Dialect, name: &str) -> ColumnDef {
+    let ty = match name {
+        "_tidesync_seq" => ColumnType::BigInteger,
+        "_tidesync_clocks" | "_tidesync_del" => d.long_bytes(),
+        "_tidesync_sole" => varchar(32),
+        _ => d.long_text(),
+    };
+    ColumnDef::new_with_type(Alias::new(name), ty)
+        .null()
+        .to_owned()
+}
+
+/// The unique index of `spec`'s users' table on `_tidesync_seq` (see
+/// [`ROW_META`]): no two rows stand at one position, and a pull reads the
+/// rows after a cursor in its order.
+pub(crate) fn row_meta_index(
+    d: &dyn Dialect,
+    spec: &TableSpec,
+) -> sea_orm::sea_query::IndexCreateStatement {
+    Index::create()
+        .unique()
+        .if_not_exists()
+        .name(crate::store::ddl::short_name("_ts_us_", &spec.name))
+        .table(Place::of(d, spec).table_ref())
+        .col(Alias::new("_tidesync_seq"))
+        .to_owned()
+}
+
 /// The sole writer of a row's state after `origin`'s push changed it from
 /// `before` (whose sole writer was `was`) to `after`: `origin` if it had
 /// set every column before, or set now every column (and the delete) the
@@ -706,6 +748,20 @@ impl<'a> Versions<'a> {
             template.on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
         }
         Inserts::new(self.d.backend(), template, shapes).statements(rows)
+    }
+
+    /// The values of [`ROW_META`] of a live row whose state is `state`
+    /// at the position `p`, in that order; its columns must be registered
+    /// (see [`Versions::register`]).
+    pub(crate) fn row_meta(&self, state: &RowState, p: &Position) -> Result<Vec<Value>> {
+        let (clocks, del) = versions::encode_clocks_of(state, &self.ords)?;
+        Ok(vec![
+            crate::store::codec::db_sequence(p.hub_seq)?.into(),
+            clocks.into(),
+            Value::Bytes(del),
+            p.sole.map(|n| n.to_string()).into(),
+            p.owner.clone().into(),
+        ])
     }
 
     /// Register the columns of `states` and save them.

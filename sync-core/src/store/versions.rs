@@ -161,16 +161,40 @@ pub(crate) fn encode(state: &RowState, ords: &Ordinals) -> Result<Encoded> {
         v.extend_from_slice(&n.to_be_bytes());
         put_value(value, &mut v)?;
     }
-    let del = state.deleted_at.map(|d| {
+    Ok(Encoded {
+        clocks: c,
+        del: encode_del(state),
+        vals: v,
+        live: state.is_live(),
+    })
+}
+
+/// The `clocks` and `del` bytes of `state`, as [`encode`] makes them,
+/// without its values.
+///
+/// # Errors
+/// As [`encode`].
+pub(crate) fn encode_clocks_of(
+    state: &RowState,
+    ords: &Ordinals,
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut clocks: Vec<(u16, &Hlc)> = Vec::with_capacity(state.clocks.len());
+    for (c, h) in &state.clocks {
+        let n = ords
+            .of(c)
+            .ok_or_else(|| corrupt(&format!("column `{c}` has no ordinal")))?;
+        clocks.push((n, h));
+    }
+    clocks.sort_unstable_by_key(|(n, _)| *n);
+    Ok((encode_clocks(&clocks), encode_del(state)))
+}
+
+/// The `del` bytes of `state`: its delete clock, if any.
+fn encode_del(state: &RowState) -> Option<Vec<u8>> {
+    state.deleted_at.map(|d| {
         let mut b = Vec::with_capacity(CLOCK_BYTES);
         put_clock(&d, &mut b);
         b
-    });
-    Ok(Encoded {
-        clocks: c,
-        del,
-        vals: v,
-        live: state.is_live(),
     })
 }
 

@@ -167,8 +167,20 @@ impl Inserts {
 
     /// Inserts of the rows of `spec`'s columns `cols` on the dialect `d`:
     /// each column's parameter in its type's shape.
-    fn of_columns(d: &dyn Dialect, template: InsertStatement, cols: &[&ColumnSpec]) -> Inserts {
-        let shapes = cols.iter().map(|c| d.shape(&c.ty, placeholder())).collect();
+    /// Inserts of the rows of `spec`'s columns `cols` on the dialect `d`,
+    /// then `beside` more columns: each column's parameter in its type's
+    /// shape, the others bare.
+    fn of_columns(
+        d: &dyn Dialect,
+        template: InsertStatement,
+        cols: &[&ColumnSpec],
+        beside: usize,
+    ) -> Inserts {
+        let shapes = cols
+            .iter()
+            .map(|c| d.shape(&c.ty, placeholder()))
+            .chain(std::iter::repeat_n(placeholder(), beside))
+            .collect();
         Inserts::new(d.backend(), template, shapes)
     }
 
@@ -258,13 +270,14 @@ impl Inserts {
 /// The multi-row upserts that write `rows` into `spec`'s table on
 /// the dialect `d`: one per column set, each bounded in rows, parameters and
 /// bytes. Pure, so the SQL of each dialect can be checked without a
-/// database.
-pub(crate) fn upsert_statements(
+/// database (what [`row_statements`] writes where upserts are kept).
+#[cfg(test)]
+fn upsert_statements(
     spec: &TableSpec,
     rows: &[&RowState],
     d: &dyn Dialect,
 ) -> Result<Vec<Statement>> {
-    write_statements(spec, rows, d, true)
+    write_statements(spec, rows.iter().map(|r| (*r, Vec::new())), &[], d, true)
 }
 
 /// The statements that write `rows` (each with whether its row exists in
@@ -281,24 +294,54 @@ pub(crate) fn row_statements(
     d: &dyn Dialect,
     plain_new: bool,
 ) -> Result<Vec<Statement>> {
-    let all = |keep: fn(bool) -> bool| -> Vec<&RowState> {
-        rows.iter()
-            .filter(|(_, e)| keep(*e))
-            .map(|(r, _)| *r)
-            .collect()
-    };
+    row_statements_beside(
+        spec,
+        rows.iter().map(|(r, e)| (*r, *e, Vec::new())).collect(),
+        &[],
+        d,
+        plain_new,
+    )
+}
+
+/// [`row_statements`] of rows that each also write the columns `beside`
+/// (after the spec's columns), with their values in that order beside each
+/// row's state: a hub's users' table keeps each row's metadata so (see
+/// [`crate::store::version_table::ROW_META`]).
+pub(crate) fn row_statements_beside(
+    spec: &TableSpec,
+    rows: Vec<(&RowState, bool, Vec<Value>)>,
+    beside: &[&str],
+    d: &dyn Dialect,
+    plain_new: bool,
+) -> Result<Vec<Statement>> {
     if !plain_new && !d.upsert_takes_any_unique() {
-        return upsert_statements(spec, &all(|_| true), d);
+        let all = rows.into_iter().map(|(r, _, b)| (r, b));
+        return write_statements(spec, all, beside, d, true);
     }
-    let mut out = write_statements(spec, &all(|e| e), d, true)?;
-    out.extend(write_statements(spec, &all(|e| !e), d, false)?);
+    let (existing, new): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, e, _)| *e);
+    let mut out = write_statements(
+        spec,
+        existing.into_iter().map(|(r, _, b)| (r, b)),
+        beside,
+        d,
+        true,
+    )?;
+    out.extend(write_statements(
+        spec,
+        new.into_iter().map(|(r, _, b)| (r, b)),
+        beside,
+        d,
+        false,
+    )?);
     Ok(out)
 }
 
-/// Multi-row inserts of `rows`, upserts on the key if `upsert`.
-fn write_statements(
+/// Multi-row inserts of `rows` (each with its values of the columns
+/// `beside`), upserts on the key if `upsert`.
+fn write_statements<'r>(
     spec: &TableSpec,
-    rows: &[&RowState],
+    rows: impl Iterator<Item = (&'r RowState, Vec<Value>)>,
+    beside: &[&str],
     d: &dyn Dialect,
     upsert: bool,
 ) -> Result<Vec<Statement>> {
@@ -318,7 +361,15 @@ fn write_statements(
     let every: Vec<usize> = (0..n).collect();
     let mut groups: BTreeMap<Vec<usize>, Vec<(Vec<Value>, usize)>> = BTreeMap::new();
     let mut slots: Vec<Option<&Value>> = vec![None; n];
-    for r in rows {
+    for (r, extra) in rows {
+        if extra.len() != beside.len() {
+            return Err(Error::Corrupt(format!(
+                "a row of `{}` with {} values for {} columns beside its own",
+                spec.name,
+                extra.len(),
+                beside.len()
+            )));
+        }
         slots.fill(None);
         let mut names = by_name.iter().peekable();
         for (name, v) in &r.vals {
@@ -328,16 +379,21 @@ fn write_statements(
             }
         }
         let mut bytes = 0;
-        let mut values = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity(n + beside.len());
         for (v, c) in slots.iter().zip(&spec.columns) {
             if let Some(v) = v {
                 bytes += approx_size(v);
                 values.push(bound_value(&spec.name, c, v, d)?);
             }
         }
+        let full = values.len() == n;
+        for v in extra {
+            bytes += approx_size(&v);
+            values.push(v);
+        }
         let row = (values, bytes);
         match groups.get_mut(every.as_slice()) {
-            Some(g) if row.0.len() == n => g.push(row),
+            Some(g) if full => g.push(row),
             _ => {
                 let present = (0..n).filter(|i| slots[*i].is_some()).collect();
                 groups.entry(present).or_default().push(row);
@@ -362,6 +418,7 @@ fn write_statements(
             .iter()
             .filter(|c| !spec.pk.iter().any(|k| k.name == c.name))
             .map(|c| Alias::new(&c.name))
+            .chain(beside.iter().map(|b| Alias::new(*b)))
             .collect();
         let on_conflict = if updates.is_empty() {
             OnConflict::columns(keys.clone())
@@ -373,13 +430,15 @@ fn write_statements(
                 .to_owned()
         };
         let mut template = Query::insert();
-        template
-            .into_table(Place::of(d, spec).table_ref())
-            .columns(cols.iter().map(|c| Alias::new(&c.name)));
+        template.into_table(Place::of(d, spec).table_ref()).columns(
+            cols.iter()
+                .map(|c| Alias::new(&c.name))
+                .chain(beside.iter().map(|b| Alias::new(*b))),
+        );
         if upsert {
             template.on_conflict(on_conflict);
         }
-        out.extend(Inserts::of_columns(d, template, &cols).statements(rows)?);
+        out.extend(Inserts::of_columns(d, template, &cols, beside.len()).statements(rows)?);
     }
     Ok(out)
 }
@@ -780,7 +839,7 @@ mod tests {
             let refs: Vec<&ColumnSpec> = cols.iter().collect();
             // Twice: the second time the texts come from the cache.
             for _ in 0..2 {
-                let got = Inserts::of_columns(d, template.clone(), &refs)
+                let got = Inserts::of_columns(d, template.clone(), &refs, 0)
                     .statements(rows.iter().map(|r| {
                         let values = cols
                             .iter()
@@ -843,7 +902,7 @@ mod tests {
             ),
             Value::Array(ArrayType::Enum(Box::new("mood".into())), None),
         ];
-        let qs = Inserts::of_columns(d, template, &[&key, &col])
+        let qs = Inserts::of_columns(d, template, &[&key, &col], 0)
             .statements(rows.iter().enumerate().map(|(i, v)| {
                 let values = vec![
                     Value::BigInt(Some(i as i64)),
