@@ -261,6 +261,17 @@ mod tests {
             (dec("1.5"), dec("1.500"), dec("1.45")),
             (dec("10"), dec("10.00"), dec("10.05")),
             (dec("-2"), dec("-2.0"), dec("-10")),
+            // An `i32` field in a column another entity reads as `i64`.
+            (
+                Value::Int(Some(9)),
+                Value::BigInt(Some(9)),
+                Value::Int(Some(10)),
+            ),
+            (
+                Value::Float(Some(1.5)),
+                Value::Double(Some(1.5)),
+                Value::Float(Some(0.25)),
+            ),
         ] {
             let settle = |held: &Value, arriving: &Value| {
                 let mut s = RowState::default();

@@ -131,10 +131,20 @@ fn one_variant(v: &Value) -> Value {
 /// see [`crate::model::merge::RowState::set`]): the typed text of the
 /// value in one variant and one form, so that a database that gives a
 /// value back in its column's form (PostgreSQL a `timestamptz` in UTC, a
-/// `DECIMAL(p,s)` at its scale) settles a tie as the device that wrote it
-/// does.
+/// `DECIMAL(p,s)` at its scale, an integer as the widest of its kind)
+/// settles a tie as the device that wrote it does.
 pub(crate) fn tie_text(v: &Value) -> serde_json::Result<String> {
-    crate::model::typed::to_text(&canonical(&one_variant(v)))
+    let widest = match one_variant(v) {
+        Value::TinyInt(x) => Value::BigInt(x.map(i64::from)),
+        Value::SmallInt(x) => Value::BigInt(x.map(i64::from)),
+        Value::Int(x) => Value::BigInt(x.map(i64::from)),
+        Value::TinyUnsigned(x) => Value::BigUnsigned(x.map(u64::from)),
+        Value::SmallUnsigned(x) => Value::BigUnsigned(x.map(u64::from)),
+        Value::Unsigned(x) => Value::BigUnsigned(x.map(u64::from)),
+        Value::Float(x) => Value::Double(x.map(f64::from)),
+        other => other,
+    };
+    crate::model::typed::to_text(&canonical(&widest))
 }
 
 /// The one form of each value of a key (see [`pk_key`]): what tidesync
