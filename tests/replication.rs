@@ -29,6 +29,7 @@ fn main() -> std::process::ExitCode {
         arrival_order_never_decides,
         delete_propagates_and_later_update_wins,
         hub_states_are_version_rows,
+        the_register_records_each_columns_spec,
         pulls_send_each_row_once_at_its_latest_state,
         a_hub_of_schema_3_gives_its_rows_positions_from_the_log,
         state_pulls_beside_pushes_that_edit_miss_no_row,
@@ -500,6 +501,71 @@ async fn hub_row_meta(hub: &TestDb) -> Result<BTreeMap<Uuid, RowMeta>, BoxError>
         "the users' rows' metadata and the live version rows"
     );
     Ok(users)
+}
+
+/// The hub's column register records each column's spec (its name, type
+/// and value kind), which the readers of the users' rows need for the
+/// columns other devices' entities added. A column registered without one
+/// (by an earlier release) gets it at the next install of a device that
+/// knows it; one recorded is never changed.
+async fn the_register_records_each_columns_spec(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    a.add("first").await?;
+    a.sync().await?;
+    let specs = || async {
+        let mut out = BTreeMap::new();
+        for r in hub
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                hub.backend(),
+                "SELECT col, spec FROM _tidesync_hub_columns WHERE tbl = 'contacts'",
+            ))
+            .await?
+        {
+            out.insert(
+                r.try_get::<String>("", "col")?,
+                r.try_get::<Option<String>>("", "spec")?,
+            );
+        }
+        Ok::<_, BoxError>(out)
+    };
+    let recorded = specs().await?;
+    ensure!(recorded.contains_key("name"), "{recorded:?}");
+    for (col, spec) in &recorded {
+        let spec: serde_json::Value = serde_json::from_str(
+            spec.as_deref()
+                .ok_or_else(|| format!("no spec for {col}"))?,
+        )?;
+        ensure_eq!(spec["name"].as_str(), Some(col.as_str()));
+        ensure!(spec.get("ty").is_some(), "{spec}");
+    }
+    hub.db
+        .execute_unprepared(
+            "UPDATE _tidesync_hub_columns SET spec = NULL WHERE tbl = 'contacts' AND col = 'name'",
+        )
+        .await?;
+    hub.db
+        .execute_unprepared(
+            "UPDATE _tidesync_hub_columns SET spec = '{}' WHERE tbl = 'contacts' AND col = 'email'",
+        )
+        .await?;
+    let b = Device::new(&hub, "b").await?;
+    b.sync().await?;
+    let now = specs().await?;
+    ensure_eq!(now["name"], recorded["name"], "filled again by b's install");
+    ensure_eq!(
+        now["email"].as_deref(),
+        Some("{}"),
+        "a recorded spec is kept"
+    );
+    // A spec that cannot be read is taken as none: pushes go on.
+    a.add("second").await?;
+    a.sync().await?;
+    b.sync().await?;
+    ensure_eq!(b.rows().await?.len(), 2);
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
 }
 
 /// The hub keeps each row's state in the table's version table

@@ -513,6 +513,7 @@ impl Push<'_> {
                 Alias::new("applied"),
             )
             .expr_as(Expr::cust(self.dialect.now_us()), Alias::new("now"))
+            .expr_as(Expr::cust("NULL"), Alias::new("spec"))
             .from(Alias::new(HUB_META.0))
             .and_where(Expr::col(Alias::new("key")).is_in(["next_seq", "schema_version"]))
             .to_owned();
@@ -526,11 +527,12 @@ impl Push<'_> {
             }
         }
         if !tables.is_empty() {
-            // `now` is NULL in the register's rows, and `applied` is the
-            // column's ordinal.
+            // `now` is NULL in the register's rows, `applied` is the
+            // column's ordinal and `spec` its spec.
             let mut register = Query::select()
                 .columns(["tbl", "col", "ord"].map(Alias::new))
                 .expr(Expr::cust("NULL"))
+                .column(Alias::new("spec"))
                 .from(Alias::new(HUB_COLUMNS))
                 .and_where(Expr::col(Alias::new("tbl")).is_in(tables.iter().copied()))
                 .to_owned();
@@ -544,6 +546,8 @@ impl Push<'_> {
         let mut head = None;
         let mut pairs: std::collections::HashMap<String, Vec<(String, u16)>> =
             std::collections::HashMap::with_capacity(tables.len());
+        let mut specs: std::collections::HashMap<String, Vec<(String, String)>> =
+            std::collections::HashMap::with_capacity(tables.len());
         for r in &rows {
             let key: String = r.try_get("", "key")?;
             let value: String = r.try_get("", "value")?;
@@ -551,6 +555,12 @@ impl Push<'_> {
             let Some(now) = now else {
                 let ord: i64 = r.try_get("", "applied")?;
                 let ord = ordinal(HUB_COLUMNS, &key, ord)?;
+                if let Some(spec) = r.try_get::<Option<String>>("", "spec")? {
+                    specs
+                        .entry(key.clone())
+                        .or_default()
+                        .push((value.clone(), spec));
+                }
                 pairs.entry(key).or_default().push((value, ord));
                 continue;
             };
@@ -578,7 +588,8 @@ impl Push<'_> {
             .iter()
             .map(|t| {
                 let p = pairs.remove(*t).unwrap_or_default();
-                ((*t).to_owned(), Ordinals::new(p))
+                let s = specs.remove(*t).unwrap_or_default();
+                ((*t).to_owned(), Ordinals::new(p).with_specs(t, s))
             })
             .collect();
         Ok(Head {

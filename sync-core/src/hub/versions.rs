@@ -43,9 +43,9 @@ use crate::store::ddl::existing_columns;
 use crate::store::meta::Meta;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text, upgrade_row_state_table};
 use crate::store::version_table::{
-    Position, ROW_META, VersionTables, Versions, column_types, position_column, position_index,
-    register_ddl, retype_keys, row_meta_column, row_meta_index, version_key_text, version_key_type,
-    version_rows_ddl,
+    Position, ROW_META, VersionTables, Versions, column_spec_text, column_types, position_column,
+    position_index, register_ddl, retype_keys, row_meta_column, row_meta_index, version_key_text,
+    version_key_type, version_rows_ddl,
 };
 
 /// The tables that have a version table, each with its key columns (a JSON
@@ -58,6 +58,7 @@ pub(crate) const HUB_VERSIONS: VersionTables = VersionTables {
     name: hub_version_table,
     register: HUB_COLUMNS,
     positions: true,
+    specs: true,
 };
 
 /// States moved from `_tidesync_hub_rows` per transaction.
@@ -79,6 +80,7 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
     create(db, register_ddl(HUB_COLUMNS)).await?;
     create(db, VERSIONED.table()).await?;
     let d = dialect::of_db(db)?;
+    add_register_specs(db, d).await?;
     let columns = |store| async move { existing_columns(db, d, Place::own(store)).await };
     let holds_states =
         |store| async move { Ok::<_, Error>(columns(store).await?.iter().any(|c| c == "vals")) };
@@ -115,6 +117,7 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
 async fn install(db: &DatabaseConnection, spec: &TableSpec, stores: &[&str]) -> Result<()> {
     let d = dialect::of_db(db)?;
     add_row_meta(db, d, spec).await?;
+    record_specs(db, spec).await?;
     let key_types = column_types(db, d, Place::of(d, spec)).await?;
     let name = hub_version_table(&spec.name);
     create(
@@ -332,6 +335,59 @@ async fn add_row_meta(
         }
     }
     add("_tidesync_sole").await
+}
+
+/// Give the register its column of specs ([`VersionTables::specs`]),
+/// where it lacks it (a hub made by an earlier release). Two installs at
+/// once may both add it: the one that finds it made goes on.
+async fn add_register_specs(db: &DatabaseConnection, d: &'static dyn Dialect) -> Result<()> {
+    let present = existing_columns(db, d, Place::own(HUB_COLUMNS)).await?;
+    if present.iter().any(|c| c == "spec") {
+        return Ok(());
+    }
+    let alter = Table::alter()
+        .table(Alias::new(HUB_COLUMNS))
+        .add_column(
+            sea_orm::sea_query::ColumnDef::new_with_type(Alias::new("spec"), d.long_text())
+                .null()
+                .to_owned(),
+        )
+        .to_owned();
+    if let Err(e) = db.execute(&alter).await {
+        let now = existing_columns(db, d, Place::own(HUB_COLUMNS)).await?;
+        if !now.iter().any(|c| c == "spec") {
+            return Err(Error::from(e));
+        }
+    }
+    Ok(())
+}
+
+/// Record the spec of each of `spec`'s synced columns that the register
+/// holds without one (registered by an earlier release, or by a device
+/// whose entity lacked it): the first install that knows a column records
+/// it, and none changes it after.
+async fn record_specs(db: &DatabaseConnection, spec: &TableSpec) -> Result<()> {
+    let q = Query::select()
+        .column(Alias::new("col"))
+        .from(Alias::new(HUB_COLUMNS))
+        .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+        .and_where(Expr::col(Alias::new("spec")).is_null())
+        .to_owned();
+    for r in db.query_all(&q).await? {
+        let col: String = r.try_get("", "col")?;
+        let Some(text) = column_spec_text(spec, &col)? else {
+            continue;
+        };
+        let update = Query::update()
+            .table(Alias::new(HUB_COLUMNS))
+            .value(Alias::new("spec"), text)
+            .and_where(Expr::col(Alias::new("tbl")).eq(spec.name.as_str()))
+            .and_where(Expr::col(Alias::new("col")).eq(col.as_str()))
+            .and_where(Expr::col(Alias::new("spec")).is_null())
+            .to_owned();
+        db.execute(&update).await?;
+    }
+    Ok(())
 }
 
 /// Log entries read per query when positions are filled.

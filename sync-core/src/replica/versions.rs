@@ -16,6 +16,7 @@ pub(crate) const REPLICA_VERSIONS: VersionTables = VersionTables {
     name: version_table,
     register: COLUMNS,
     positions: false,
+    specs: false,
 };
 
 /// The version table of `handle`'s table, with its column register read;
@@ -38,5 +39,5 @@ pub(crate) async fn register<C: ConnectionTrait>(
     table: &str,
     columns: &[String],
 ) -> Result<Ordinals> {
-    crate::store::version_table::register(db, COLUMNS, table, columns).await
+    crate::store::version_table::register(db, COLUMNS, table, columns, None).await
 }

@@ -60,6 +60,10 @@ pub(crate) struct VersionTables {
     /// Whether each version row also records where it stands in a
     /// sequence of changes ([`Position`]; a hub's do).
     pub(crate) positions: bool,
+    /// Whether the register records each column's spec (a hub's: its
+    /// users' tables hold the values of columns other devices' entities
+    /// added, which a reader needs the kinds of).
+    pub(crate) specs: bool,
 }
 
 /// Where a hub's version row stands: the hub sequence of the row's latest
@@ -166,6 +170,7 @@ pub(crate) struct Versions<'a> {
     d: &'static dyn Dialect,
     read_key: Option<KeyReader<'a>>,
     positions: bool,
+    specs: bool,
 }
 
 /// Reads a row's key values (see [`Versions::with_key_reader`]).
@@ -233,10 +238,11 @@ impl<'a> Versions<'a> {
             spec,
             table: (tables.name)(&spec.name),
             register: tables.register,
-            ords: read_ordinals(db, tables.register, &spec.name).await?,
+            ords: read_ordinals(db, tables.register, &spec.name, tables.specs).await?,
             d: dialect::of_db(db)?,
             read_key: None,
             positions: tables.positions,
+            specs: tables.specs,
         })
     }
 
@@ -257,6 +263,7 @@ impl<'a> Versions<'a> {
             d: dialect::of_db(db)?,
             read_key: None,
             positions: tables.positions,
+            specs: tables.specs,
         })
     }
 
@@ -295,7 +302,7 @@ impl<'a> Versions<'a> {
     ) -> Result<(Vec<Value>, RowState)> {
         match self.decode(r, kinds) {
             Err(Error::Corrupt(_)) => {
-                self.ords = read_ordinals(db, self.register, &self.spec().name).await?;
+                self.ords = read_ordinals(db, self.register, &self.spec().name, self.specs).await?;
                 self.decode(r, kinds)
             }
             other => other,
@@ -370,7 +377,7 @@ impl<'a> Versions<'a> {
         };
         match decode(&self.ords) {
             Err(Error::Corrupt(_)) => {
-                let ords = read_ordinals(db, self.register, &self.spec().name).await?;
+                let ords = read_ordinals(db, self.register, &self.spec().name, self.specs).await?;
                 let state = decode(&ords);
                 self.ords = ords;
                 state
@@ -629,7 +636,8 @@ impl<'a> Versions<'a> {
         let missing = self.ords.missing(states);
         if !missing.is_empty() {
             let table = self.spec().name.clone();
-            self.ords = register(db, self.register, &table, &missing).await?;
+            let spec = self.specs.then_some(self.spec());
+            self.ords = register(db, self.register, &table, &missing, spec).await?;
         }
         Ok(())
     }
@@ -1028,23 +1036,33 @@ fn key_after(columns: &[SimpleExpr], values: &[SimpleExpr]) -> SimpleExpr {
     }
 }
 
-/// The column register of `table`, in the register table `register`.
+/// The column register of `table`, in the register table `register`, with
+/// the columns' specs if it records them (`specs`).
 async fn read_ordinals<C: ConnectionTrait>(
     db: &C,
     register: &str,
     table: &str,
+    specs: bool,
 ) -> Result<Ordinals> {
-    let q = Query::select()
+    let mut q = Query::select()
         .columns([Alias::new("col"), Alias::new("ord")])
         .from(Alias::new(register))
         .and_where(Expr::col(Alias::new("tbl")).eq(table))
         .to_owned();
+    if specs {
+        q.column(Alias::new("spec"));
+    }
     let mut pairs = Vec::new();
+    let mut texts = Vec::new();
     for r in db.query_all(&q).await? {
         let ord: i32 = r.try_get("", "ord")?;
-        pairs.push((r.try_get("", "col")?, ordinal(register, table, ord.into())?));
+        let col: String = r.try_get("", "col")?;
+        if specs && let Some(text) = r.try_get::<Option<String>>("", "spec")? {
+            texts.push((col.clone(), text));
+        }
+        pairs.push((col, ordinal(register, table, ord.into())?));
     }
-    Ok(Ordinals::new(pairs))
+    Ok(Ordinals::new(pairs).with_specs(table, texts))
 }
 
 /// A column ordinal of `table` as the register `register` holds it.
@@ -1056,18 +1074,34 @@ pub(crate) fn ordinal(register: &str, table: &str, ord: i64) -> Result<u16> {
         .map_err(|_| Error::Corrupt(format!("{register}: ordinal {ord} of `{table}`")))
 }
 
+/// The text a register records as the spec of `spec`'s column `column`
+/// (see [`VersionTables::specs`]), or none where `spec` has no such
+/// synced column.
+pub(crate) fn column_spec_text(spec: &TableSpec, column: &str) -> Result<Option<String>> {
+    spec.columns
+        .iter()
+        .find(|c| c.name == column)
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| Error::Corrupt(format!("the spec of `{}`.`{column}`: {e}", spec.name)))
+}
+
 /// Give `columns` of `table` the next ordinals in the register table
 /// `register`, where they have none, and return the table's register. Callers hold the capture lock, so no two
 /// registrations pick an ordinal at once; should one still (a lock not
 /// taken), the unique index on `(tbl, ord)` fails the second insert, or on
 /// MySQL it adds nothing and the column gets the next ordinal.
+///
+/// With `spec` (a register that records specs: a hub's), each column is
+/// registered with its spec there, where it has one.
 pub(crate) async fn register<C: ConnectionTrait>(
     db: &C,
     register: &str,
     table: &str,
     columns: &[String],
+    spec: Option<&TableSpec>,
 ) -> Result<Ordinals> {
-    let mut ords = read_ordinals(db, register, table).await?;
+    let mut ords = read_ordinals(db, register, table, spec.is_some()).await?;
     for c in columns {
         // A few tries: each lost race means another column took the
         // ordinal, so the next read finds a higher one.
@@ -1075,22 +1109,32 @@ pub(crate) async fn register<C: ConnectionTrait>(
             if ords.of(c).is_some() {
                 break;
             }
-            let q = Query::insert()
-                .into_table(Alias::new(register))
-                .columns(["tbl", "col", "ord"].map(Alias::new))
-                .values_panic([
-                    table.into(),
-                    c.as_str().into(),
-                    i32::from(ords.next()?).into(),
-                ])
-                .on_conflict(
-                    OnConflict::columns([Alias::new("tbl"), Alias::new("col")])
-                        .do_nothing_on([Alias::new("tbl")])
-                        .to_owned(),
-                )
-                .to_owned();
+            let mut q = Query::insert();
+            q.into_table(Alias::new(register));
+            match spec {
+                Some(spec) => q
+                    .columns(["tbl", "col", "ord", "spec"].map(Alias::new))
+                    .values_panic([
+                        table.into(),
+                        c.as_str().into(),
+                        i32::from(ords.next()?).into(),
+                        column_spec_text(spec, c)?.into(),
+                    ]),
+                None => q
+                    .columns(["tbl", "col", "ord"].map(Alias::new))
+                    .values_panic([
+                        table.into(),
+                        c.as_str().into(),
+                        i32::from(ords.next()?).into(),
+                    ]),
+            };
+            q.on_conflict(
+                OnConflict::columns([Alias::new("tbl"), Alias::new("col")])
+                    .do_nothing_on([Alias::new("tbl")])
+                    .to_owned(),
+            );
             db.execute(&q).await?;
-            ords = read_ordinals(db, register, table).await?;
+            ords = read_ordinals(db, register, table, spec.is_some()).await?;
         }
         if ords.of(c).is_none() {
             return Err(Error::Corrupt(format!(

@@ -32,6 +32,7 @@ use rustc_hash::FxHashMap;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
 use sea_orm::Value;
 
+use crate::model::change::ColumnSpec;
 use crate::model::clock::{Hlc, NodeId};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
@@ -65,11 +66,13 @@ fn corrupt(what: &str) -> Error {
     Error::Corrupt(format!("version row: {what}"))
 }
 
-/// The column ordinals of one table: name to ordinal and back.
+/// The column ordinals of one table: name to ordinal and back; and, in a
+/// register that records them (a hub's), each column's spec.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ordinals {
     by_name: FxHashMap<String, u16>,
     by_ord: BTreeMap<u16, String>,
+    specs: FxHashMap<String, ColumnSpec>,
 }
 
 impl Ordinals {
@@ -81,6 +84,32 @@ impl Ordinals {
             o.by_name.insert(c, n);
         }
         o
+    }
+
+    /// The register with each column's recorded spec, where one is
+    /// (`specs`: the register's `spec` texts by column; a text that cannot
+    /// be read is none, with a warning).
+    pub(crate) fn with_specs(mut self, table: &str, specs: Vec<(String, String)>) -> Ordinals {
+        for (column, text) in specs {
+            match serde_json::from_str::<ColumnSpec>(&text) {
+                Ok(spec) if spec.name == column => {
+                    self.specs.insert(column, spec);
+                }
+                Ok(_) | Err(_) => tracing::warn!(
+                    table,
+                    column,
+                    spec = text,
+                    "the register records a column spec that cannot be read: taken as none"
+                ),
+            }
+        }
+        self
+    }
+
+    /// The spec the register records for `column`, if any.
+    #[allow(dead_code)] // read by the reader of the users' rows (step 2e), next
+    pub(crate) fn spec(&self, column: &str) -> Option<&ColumnSpec> {
+        self.specs.get(column)
     }
 
     pub(crate) fn of(&self, column: &str) -> Option<u16> {
