@@ -3019,12 +3019,12 @@ async fn an_entity_in_another_schema_syncs_in_its_schema(hub: TestDb) -> TestRes
     for db in [&hub, &a.local, &b.local, &c.local, &n.local] {
         ensure_eq!(decoy_rows(&db.db).await?, 0, "nothing in the decoy");
     }
-    // Version 2 keeps a table in a schema of its own; version 5 (row
-    // states in version tables, with positions, no log) is raised by
-    // every install of this release.
+    // Version 2 keeps a table in a schema of its own; version 6 (row
+    // states in version tables, with positions, no log; live rows' states
+    // in their users' rows) is raised by every install of this release.
     ensure_eq!(
         hub_version(&hub.db).await?,
-        "5",
+        "6",
         "a table in a schema of its own"
     );
     n.drop().await?;
@@ -3331,9 +3331,10 @@ async fn a_hub_without_schemas_keeps_a_table_by_its_name(hub: TestDb) -> TestRes
         .all(&hub.db)
         .await?;
     ensure_eq!(on_hub.len(), 1, "{on_hub:?}");
-    // Version 5 (row states in version tables, with positions, no log)
-    // whatever the schemas: no earlier release reads the states.
-    ensure_eq!(hub_version(&hub.db).await?, "5", "no table in a schema");
+    // Version 6 (row states in version tables and users' rows, with
+    // positions, no log) whatever the schemas: no earlier release reads
+    // the states.
+    ensure_eq!(hub_version(&hub.db).await?, "6", "no table in a schema");
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

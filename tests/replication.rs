@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
         delete_propagates_and_later_update_wins,
         hub_states_are_version_rows,
         the_register_records_each_columns_spec,
+        a_push_merges_with_the_state_its_users_row_carries,
         pulls_send_each_row_once_at_its_latest_state,
         a_hub_of_schema_3_gives_its_rows_positions_from_the_log,
         state_pulls_beside_pushes_that_edit_miss_no_row,
@@ -563,6 +564,42 @@ async fn the_register_records_each_columns_spec(hub: TestDb) -> TestResult {
     a.sync().await?;
     b.sync().await?;
     ensure_eq!(b.rows().await?.len(), 2);
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A push merges an edit with the state the row's users' row carries
+/// (values and metadata), not its version row: with the version row's
+/// values garbled, an edit of one column still keeps the others, and the
+/// row's version row is written whole again.
+async fn a_push_merges_with_the_state_its_users_row_carries(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let id = a.add("first").await?;
+    a.edit(id, None, Some("first@x")).await?;
+    a.sync().await?;
+    let garbled = match hub.backend() {
+        sea_orm::DbBackend::Postgres => "'\\x01'::bytea",
+        _ => "X'01'",
+    };
+    hub.db
+        .execute_unprepared(&format!("UPDATE _ts_hv_contacts SET vals = {garbled}"))
+        .await?;
+    a.edit(id, Some("second"), None).await?;
+    a.sync().await?;
+    let (rows, _) = hub_version_rows(&hub).await?;
+    ensure!(
+        rows.len() == 1 && rows[0].1 > 1,
+        "written whole again: {rows:?}"
+    );
+    hub_row_meta(&hub).await?;
+    let b = Device::new(&hub, "b").await?;
+    b.sync().await?;
+    ensure_eq!(
+        b.rows().await?.get(&id).cloned(),
+        Some(("second".to_owned(), Some("first@x".to_owned()))),
+        "the edit and the value it did not touch"
+    );
     a.drop().await?;
     b.drop().await?;
     hub.drop().await

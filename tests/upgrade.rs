@@ -197,7 +197,7 @@ async fn databases_keep_syncing(format: &str) -> TestResult {
     let left = common::count_rows(&hub_db, "_tidesync_hub_rows_v1").await?;
     let moved = common::count_rows(&hub_db, "_ts_hv_people").await?;
     let version = common::read_meta_of(&hub_db, "_tidesync_hub_meta", "schema_version").await?;
-    if left != 0 || moved < 4 || version.as_deref() != Some("5") {
+    if left != 0 || moved < 4 || version.as_deref() != Some("6") {
         return Err(format!(
             "hub states: {left} left in _tidesync_hub_rows_v1, {moved} version rows of \
              people, schema version {version:?}"
@@ -378,7 +378,7 @@ async fn format1_hub_states_are_moved(hub_db: TestDb) -> TestResult {
     let v = common::read_meta_of(db, "_tidesync_hub_meta", "schema_version").await?;
     ensure_eq!(
         v.as_deref(),
-        Some("5"),
+        Some("6"),
         "hub schema version after the upgrade"
     );
     // In its place, a table a server of the earlier release cannot use:

@@ -9,6 +9,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
 
 use super::owner;
+use super::users::UserRows;
 use super::versions::HUB_VERSIONS;
 use crate::dialect::Dialect;
 use crate::model::change::{Change, ChangeId, Op, TableSpec};
@@ -487,7 +488,25 @@ impl<'a> Merge<'a> {
                 .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
             let values: Vec<&[Value]> = keys.iter().map(|(v, _)| *v).collect();
             let texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
-            let mut loaded = versions.load_with_sole(self.tx, &values, &texts).await?;
+            // The users' rows first; the version table for the keys
+            // without a row there that carries its state.
+            let spec = self
+                .specs
+                .iter()
+                .find(|s| s.name == table)
+                .ok_or_else(|| Error::Corrupt(format!("table `{table}` is not installed")))?;
+            let mut loaded = UserRows::new(self.dialect, spec)
+                .load(self.tx, versions.ordinals(), &values, &texts)
+                .await?;
+            let (rest, rest_texts): (Vec<&[Value]>, Vec<String>) = values
+                .iter()
+                .zip(&texts)
+                .filter(|(_, t)| !loaded.contains_key(*t))
+                .map(|(v, t)| (*v, t.clone()))
+                .unzip();
+            if !rest.is_empty() {
+                loaded.extend(versions.load_with_sole(self.tx, &rest, &rest_texts).await?);
+            }
             let (soles, states) = (
                 table_rows(&mut self.soles, table),
                 table_rows(&mut self.states, table),

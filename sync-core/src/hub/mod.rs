@@ -38,6 +38,7 @@ mod snapshot;
 mod states;
 pub(crate) mod tables;
 mod token;
+mod users;
 mod validate;
 mod versions;
 mod visible;

@@ -28,9 +28,11 @@ use crate::store::user_tables::ensure_table;
 /// (a server of version 3 would write rows without one); version 5 no
 /// longer writes the log (a server of version 4 would serve pulls of
 /// changes from it, so the log moves to another name, see `retire_log`):
-/// the first install of this release raises it, and a push refuses a hub
-/// of a later version than its own.
-pub(crate) const HUB_SCHEMA_VERSION: i64 = 5;
+/// version 6 keeps a live row's state in its users' row too (see
+/// `users`), which a push of version 5 would leave behind the version row
+/// it writes. The first install of this release raises it, and a push
+/// refuses a hub of a later version than its own.
+pub(crate) const HUB_SCHEMA_VERSION: i64 = 6;
 /// The version a new hub starts at.
 const FIRST_VERSION: i64 = 1;
 

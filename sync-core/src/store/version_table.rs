@@ -179,7 +179,7 @@ pub(crate) type KeyReader<'a> =
 
 /// The error of a state found under a key the database takes for the one
 /// asked, whose text differs (see [`Versions::load_keyed`]).
-fn another_key(table: &str, found: &str) -> Error {
+pub(crate) fn another_key(table: &str, found: &str) -> Error {
     Error::Database {
         source: sea_orm::DbErr::Custom(format!(
             "{table}: the database takes the key asked for as the key {found} of another row \
@@ -275,6 +275,11 @@ impl<'a> Versions<'a> {
 
     fn spec(&self) -> &'a TableSpec {
         self.spec
+    }
+
+    /// The column register as read (see [`Versions::open`]).
+    pub(crate) fn ordinals(&self) -> &Ordinals {
+        &self.ords
     }
 
     fn table(&self) -> Alias {
@@ -1014,7 +1019,7 @@ pub(crate) async fn retype_keys<C: ConnectionTrait>(
 
 /// The variant of each key column when every key of `keys` has the same
 /// one there (`None` when they differ, or there are none).
-fn asked_kinds(keys: &[&[Value]]) -> Option<Vec<ArrayType>> {
+pub(crate) fn asked_kinds(keys: &[&[Value]]) -> Option<Vec<ArrayType>> {
     let first = keys.first()?;
     let kinds: Vec<ArrayType> = first.iter().map(Value::array_type).collect();
     keys.iter()

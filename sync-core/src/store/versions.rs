@@ -106,8 +106,12 @@ impl Ordinals {
         self
     }
 
+    /// The registered columns' names, in ordinal order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_ord.values().map(String::as_str)
+    }
+
     /// The spec the register records for `column`, if any.
-    #[allow(dead_code)] // read by the reader of the users' rows (step 2e), next
     pub(crate) fn spec(&self, column: &str) -> Option<&ColumnSpec> {
         self.specs.get(column)
     }
@@ -309,6 +313,31 @@ pub(crate) fn decode(
     }
     state.deleted_at = del.map(get_clock).transpose()?;
     Ok(state)
+}
+
+/// A row's column clocks by name, and its delete clock.
+pub(crate) type RowClocks = (Vec<(String, Hlc)>, Option<Hlc>);
+
+/// The column clocks (by name) and delete clock that `clocks` and `del`
+/// hold (a users' row's metadata; see [`encode_clocks_of`]), or `None`
+/// when a clock's ordinal is not in `ords` (a column registered after
+/// `ords` was read).
+///
+/// # Errors
+/// [`Error::Corrupt`] for bytes that are no clocks.
+pub(crate) fn decode_row_clocks(
+    clocks: &[u8],
+    del: Option<&[u8]>,
+    ords: &Ordinals,
+) -> Result<Option<RowClocks>> {
+    let mut out = Vec::new();
+    for (n, h) in decode_clocks(clocks)? {
+        match ords.by_ord.get(&n) {
+            Some(name) => out.push((name.clone(), h)),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((out, del.map(get_clock).transpose()?)))
 }
 
 fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8]> {

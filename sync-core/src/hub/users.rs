@@ -1,0 +1,154 @@
+//! The hub's row states in its users' tables (hub schema version 6, step
+//! 2e of the next format): a live row written by a push carries its
+//! metadata in columns of its own ([`ROW_META`]: position, clocks, delete
+//! clock, sole writer, owner), so its state is its values there with those
+//! clocks, read without a version row.
+//!
+//! A users' row holds the values of every column any device's entity
+//! synced, not only the columns this process's entity knows: each column
+//! is read by the spec the register records for it (see
+//! [`VersionTables::specs`](crate::store::version_table::VersionTables)).
+//! A row whose clocks name a column without a recorded spec, or an
+//! ordinal the register does not hold, cannot be read here: it is left to
+//! the version table, as a row without metadata is (written by another
+//! program, or by a release before this one).
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+use sea_orm::sea_query::{Alias, ArrayType, Expr, ExprTrait, Query};
+use sea_orm::{ConnectionTrait, QueryResult, Value};
+
+use crate::dialect::{Dialect, Place};
+use crate::model::change::TableSpec;
+use crate::model::clock::NodeId;
+use crate::model::error::Result;
+use crate::model::merge::RowState;
+use crate::model::value::{key_identity, pk_key};
+use crate::model::value_kind::read_as;
+use crate::store::version_table::{ROW_META, another_key, asked_kinds};
+use crate::store::versions::{Ordinals, decode_row_clocks};
+use crate::store::write::{MAX_ROWS, keys_match};
+
+/// The users' table of one synced table, read for the states its rows
+/// carry.
+pub(crate) struct UserRows<'a> {
+    /// The table as this process places it (its key columns, its place).
+    spec: &'a TableSpec,
+    d: &'static dyn Dialect,
+}
+
+impl<'a> UserRows<'a> {
+    pub(crate) fn new(d: &'static dyn Dialect, spec: &'a TableSpec) -> UserRows<'a> {
+        UserRows { spec, d }
+    }
+
+    /// The states of `keys` (`texts[i]` is `pk_key(keys[i])`) that the
+    /// users' table holds with their metadata, with the origin each
+    /// records as its sole writer, by key text; `ords` is the table's
+    /// register with its specs. Keys whose row has no metadata, or whose
+    /// row cannot be read here (see the module), are absent: the caller
+    /// looks them up in the version table.
+    ///
+    /// # Errors
+    /// An error of kind [`UniqueViolation`](crate::model::error::ErrorKind)
+    /// when the database finds a row under a key that is none of those
+    /// asked (a collation that ignores case or trailing spaces), as
+    /// [`Versions::load_keyed`](crate::store::version_table::Versions::load_keyed).
+    pub(crate) async fn load<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        ords: &Ordinals,
+        keys: &[&[Value]],
+        texts: &[String],
+    ) -> Result<HashMap<String, (RowState, Option<NodeId>)>> {
+        debug_assert_eq!(keys.len(), texts.len());
+        let mut asked: FxHashMap<String, &str> = FxHashMap::default();
+        for (k, t) in keys.iter().zip(texts) {
+            asked.insert(key_identity(k)?, t.as_str());
+        }
+        // Every registered column with a recorded spec: a row's clocks
+        // name no other, or it is left to the version table.
+        let columns: Vec<_> = ords
+            .names()
+            .filter_map(|c| ords.spec(c))
+            .filter(|c| !self.spec.pk.iter().any(|k| k.name == c.name))
+            .collect();
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_ROWS) {
+            let kinds = asked_kinds(chunk);
+            let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| k.to_vec()).collect();
+            let mut q = Query::select();
+            for c in &self.spec.pk {
+                q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
+            }
+            for c in &columns {
+                q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
+            }
+            q.columns(ROW_META.map(Alias::new))
+                .from(Place::of(self.d, self.spec).table_ref())
+                .and_where(keys_match(self.spec, &chunk, self.d))
+                .and_where(Expr::col(Alias::new(ROW_META[0])).is_not_null());
+            for r in db.query_all(&q).await? {
+                let key = self.key(&r, kinds.as_deref())?;
+                let Some(text) = asked.get(&key_identity(&key)?) else {
+                    return Err(another_key(&self.spec.name, &pk_key(&key)?));
+                };
+                let Some(state) = self.state(&r, &key, ords)? else {
+                    continue;
+                };
+                // A sole writer that cannot be read is none: the row is
+                // then sent to its writer too, which is harmless.
+                let sole = r
+                    .try_get::<Option<String>>("", ROW_META[3])?
+                    .and_then(|n| n.parse().ok());
+                out.insert((*text).to_owned(), (state, sole));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A row's key: each column as `kinds` says (the variants asked for),
+    /// else as its kind.
+    fn key(&self, r: &QueryResult, kinds: Option<&[ArrayType]>) -> Result<Vec<Value>> {
+        self.spec
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match kinds.and_then(|k| k.get(i)) {
+                Some(kind) => read_as(r, &c.name, kind),
+                None => c.read(r),
+            })
+            .collect()
+    }
+
+    /// The state a row carries: each clocked column's value read by its
+    /// recorded spec. `None` when a clock names a column without one, or
+    /// an ordinal the register does not hold.
+    fn state(&self, r: &QueryResult, key: &[Value], ords: &Ordinals) -> Result<Option<RowState>> {
+        let clocks: Vec<u8> = r.try_get("", ROW_META[1])?;
+        let del: Option<Vec<u8>> = r.try_get("", ROW_META[2])?;
+        let Some((clocks, deleted_at)) = decode_row_clocks(&clocks, del.as_deref(), ords)? else {
+            return Ok(None);
+        };
+        let mut state = RowState {
+            vals: Default::default(),
+            clocks: Default::default(),
+            deleted_at,
+        };
+        for (name, hlc) in clocks {
+            // A key column's value as the key was read (the variant
+            // asked for); another by its recorded spec.
+            let value = match self.spec.pk.iter().position(|k| k.name == name) {
+                Some(i) => key[i].clone(),
+                None => match ords.spec(&name) {
+                    Some(spec) => spec.read(r)?,
+                    None => return Ok(None),
+                },
+            };
+            state.vals.insert(name.clone(), value);
+            state.clocks.insert(name, hlc);
+        }
+        Ok(Some(state))
+    }
+}
