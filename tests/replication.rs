@@ -31,6 +31,7 @@ fn main() -> std::process::ExitCode {
         hub_states_are_version_rows,
         the_register_records_each_columns_spec,
         a_push_merges_with_the_state_its_users_row_carries,
+        a_pull_reads_the_state_a_users_row_carries,
         pulls_send_each_row_once_at_its_latest_state,
         a_hub_of_schema_3_gives_its_rows_positions_from_the_log,
         state_pulls_beside_pushes_that_edit_miss_no_row,
@@ -599,6 +600,36 @@ async fn a_push_merges_with_the_state_its_users_row_carries(hub: TestDb) -> Test
         b.rows().await?.get(&id).cloned(),
         Some(("second".to_owned(), Some("first@x".to_owned()))),
         "the edit and the value it did not touch"
+    );
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A pull reads a live row's state from its users' row (values and
+/// metadata): with the version row's values garbled, a device pulling
+/// (not bootstrapping) still gets the row whole.
+async fn a_pull_reads_the_state_a_users_row_carries(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let b = Device::new(&hub, "b").await?;
+    a.add("before").await?;
+    a.sync().await?;
+    b.sync().await?;
+    let id = a.add("first").await?;
+    a.edit(id, None, Some("first@x")).await?;
+    a.sync().await?;
+    let garbled = match hub.backend() {
+        sea_orm::DbBackend::Postgres => "'\\x01'::bytea",
+        _ => "X'01'",
+    };
+    hub.db
+        .execute_unprepared(&format!("UPDATE _ts_hv_contacts SET vals = {garbled}"))
+        .await?;
+    let r = b.sync().await?;
+    ensure_eq!(r.pulled, 1, "{r:?}");
+    ensure_eq!(
+        b.rows().await?.get(&id).cloned(),
+        Some(("first".to_owned(), Some("first@x".to_owned())))
     );
     a.drop().await?;
     b.drop().await?;

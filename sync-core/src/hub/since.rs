@@ -18,10 +18,11 @@
 //! schema version 5 wrote, no longer holds what pushes write).
 
 use sea_orm::ConnectionTrait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr};
 
 use super::log::{self, PAGE_BYTES};
 use super::tables::hub_version_table;
+use super::users::UserRows;
 use super::versions::{HUB_VERSIONS, versioned};
 use super::visible::Visible;
 use crate::dialect::Place;
@@ -31,7 +32,7 @@ use crate::model::error::{Error, Result};
 use crate::model::protocol::{Cursor, SnapshotRow, StatePage, Unreadable};
 use crate::model::value::approx_size;
 use crate::store::ddl::existing_columns;
-use crate::store::version_table::{AtPosition, Versions};
+use crate::store::version_table::{AtPosition, ROW_META, Versions};
 
 /// Up to `limit` rows changed after `cursor`, leaving out those whose
 /// every column `skip`'s pushes set and those `visible` does not show. `specs` are
@@ -65,33 +66,68 @@ pub(super) async fn read<C: ConnectionTrait>(
                 .into(),
         ));
     }
+    let d = crate::dialect::of_db(db)?;
     let mut found: Vec<(&TableSpec, AtPosition)> = Vec::new();
     for spec in &tables {
-        let mut filter = skip.map(|me| {
-            Expr::col(Alias::new("sole"))
-                .is_null()
-                .or(Expr::col(Alias::new("sole")).ne(me.to_string()))
-        });
-        if let Some(v) = visible {
-            match v.rows_of(&spec.name) {
-                None => continue,
-                Some(None) => {}
-                Some(Some(mine)) => {
-                    filter = Some(match filter {
-                        Some(f) => f.and(mine),
-                        None => mine,
-                    })
+        // The rows `skip` did not set whole, and `visible`'s, as the
+        // columns `sole` and `owner` record them.
+        let filter = |sole: &str, owner: &str| -> Option<Option<SimpleExpr>> {
+            let mut filter = skip.map(|me| {
+                Expr::col(Alias::new(sole))
+                    .is_null()
+                    .or(Expr::col(Alias::new(sole)).ne(me.to_string()))
+            });
+            if let Some(v) = visible {
+                match v.rows_of(&spec.name, owner)? {
+                    None => {}
+                    Some(mine) => {
+                        filter = Some(match filter {
+                            Some(f) => f.and(mine),
+                            None => mine,
+                        })
+                    }
                 }
             }
-        }
+            Some(filter)
+        };
+        let Some(of_versions) = filter("sole", "owner") else {
+            continue;
+        };
+        let of_users = filter(ROW_META[3], ROW_META[4]).flatten();
         let mut versions = Versions::open(db, HUB_VERSIONS, spec)
             .await
             .map_err(Error::or_offline)?;
         let rows = versions
-            .after(db, cursor.0, tip, limit, filter)
+            .after(db, cursor.0, tip, limit, of_versions)
             .await
             .map_err(Error::or_offline)?;
-        found.extend(rows.into_iter().map(|r| (spec, r)));
+        // The users' rows that carry their state, and the version rows
+        // at other positions: a row at one position in both (written
+        // by a push of this release, which writes both) is read from its
+        // users' row, unless that one cannot be read there.
+        let users = match carries_states(db, seen, spec).await {
+            true => UserRows::new(d, spec)
+                .after(db, versions.ordinals(), cursor.0, tip, limit, of_users)
+                .await
+                .map_err(Error::or_offline)?,
+            false => Vec::new(),
+        };
+        let mut by_position: std::collections::BTreeMap<u64, AtPosition> =
+            rows.into_iter().map(|r| (r.hub_seq, r)).collect();
+        for r in users {
+            let version_row_reads = by_position.get(&r.hub_seq).is_some_and(|v| v.row.is_ok());
+            if r.row.is_ok() || !version_row_reads {
+                by_position.insert(r.hub_seq, r);
+            }
+        }
+        // Each read gave its first `limit` rows: the first `limit` of
+        // both are all read up to the last of them.
+        found.extend(
+            by_position
+                .into_values()
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .map(|r| (spec, r)),
+        );
     }
     found.sort_by_key(|(_, r)| r.hub_seq);
     // Each table gave its first `limit` rows: as many in all, and the
@@ -172,6 +208,27 @@ impl Seen {
         if let Ok(mut s) = self.0.lock() {
             s.insert(table.to_owned());
         }
+    }
+}
+
+/// Whether the users' table of `spec` has the columns of its rows'
+/// states ([`ROW_META`]; an install gives them to every users' table that
+/// has a version table, but an operator may have dropped one).
+async fn carries_states<C: ConnectionTrait>(db: &C, seen: &Seen, spec: &TableSpec) -> bool {
+    let Ok(d) = crate::dialect::of_db(db) else {
+        return false;
+    };
+    let place = Place::of(d, spec);
+    let name = format!("{place:?}");
+    if seen.has(&name) {
+        return true;
+    }
+    match existing_columns(db, d, place).await {
+        Ok(columns) if columns.iter().any(|c| c == ROW_META[3]) => {
+            seen.add(&name);
+            true
+        }
+        _ => false,
     }
 }
 

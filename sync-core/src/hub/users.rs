@@ -16,17 +16,20 @@
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
-use sea_orm::sea_query::{Alias, ArrayType, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{
+    Alias, ArrayType, Expr, ExprTrait, Order, Query, SelectStatement, SimpleExpr,
+};
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use crate::dialect::{Dialect, Place};
 use crate::model::change::TableSpec;
 use crate::model::clock::NodeId;
-use crate::model::error::Result;
+use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{key_identity, pk_key};
 use crate::model::value_kind::read_as;
-use crate::store::version_table::{ROW_META, another_key, asked_kinds};
+use crate::store::codec::{db_sequence, sequence};
+use crate::store::version_table::{AtPosition, ROW_META, another_key, asked_kinds, undecodable};
 use crate::store::versions::{Ordinals, decode_row_clocks};
 use crate::store::write::{MAX_ROWS, keys_match};
 
@@ -67,28 +70,12 @@ impl<'a> UserRows<'a> {
         for (k, t) in keys.iter().zip(texts) {
             asked.insert(key_identity(k)?, t.as_str());
         }
-        // Every registered column with a recorded spec: a row's clocks
-        // name no other, or it is left to the version table.
-        let columns: Vec<_> = ords
-            .names()
-            .filter_map(|c| ords.spec(c))
-            .filter(|c| !self.spec.pk.iter().any(|k| k.name == c.name))
-            .collect();
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_ROWS) {
             let kinds = asked_kinds(chunk);
             let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| k.to_vec()).collect();
-            let mut q = Query::select();
-            for c in &self.spec.pk {
-                q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
-            }
-            for c in &columns {
-                q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
-            }
-            q.columns(ROW_META.map(Alias::new))
-                .from(Place::of(self.d, self.spec).table_ref())
-                .and_where(keys_match(self.spec, &chunk, self.d))
-                .and_where(Expr::col(Alias::new(ROW_META[0])).is_not_null());
+            let mut q = self.select(ords);
+            q.and_where(keys_match(self.spec, &chunk, self.d));
             for r in db.query_all(&q).await? {
                 let key = self.key(&r, kinds.as_deref())?;
                 let Some(text) = asked.get(&key_identity(&key)?) else {
@@ -106,6 +93,77 @@ impl<'a> UserRows<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// Up to `limit` rows whose position is in `(cursor, tip]` and that
+    /// `filter` keeps (on the columns of [`ROW_META`]), in position order,
+    /// as [`Versions::after`](crate::store::version_table::Versions::after)
+    /// reads version rows. A row whose state cannot be read here (see the
+    /// module) comes as its error, in its place: the caller takes the
+    /// version row at that position instead, where there is one.
+    pub(crate) async fn after<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        ords: &Ordinals,
+        cursor: u64,
+        tip: u64,
+        limit: u64,
+        filter: Option<SimpleExpr>,
+    ) -> Result<Vec<AtPosition>> {
+        let seq = || Expr::col(Alias::new(ROW_META[0]));
+        let mut q = self.select(ords);
+        q.and_where(seq().gt(db_sequence(cursor)?))
+            .and_where(seq().lte(db_sequence(tip)?))
+            .order_by(Alias::new(ROW_META[0]), Order::Asc)
+            .limit(limit);
+        if let Some(f) = filter {
+            q.and_where(f);
+        }
+        let mut out = Vec::new();
+        for r in db.query_all(&q).await? {
+            let row = self
+                .key(&r, None)
+                .and_then(|key| match self.state(&r, &key, ords)? {
+                    Some(state) => Ok((key, state)),
+                    None => Err(Error::Corrupt(format!(
+                        "`{}`: a row whose clocks name a column the register records no spec \
+                     of, or does not hold",
+                        self.spec.name
+                    ))),
+                });
+            let row = match row {
+                Ok(row) => Ok(row),
+                Err(e) if undecodable(&e) => Err((e, raw_meta(&r))),
+                Err(e) => return Err(e),
+            };
+            out.push(AtPosition {
+                hub_seq: sequence(&r, ROW_META[0])?,
+                owner: r.try_get("", ROW_META[4])?,
+                row,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The rows of the users' table that carry metadata: their key
+    /// columns, every registered column with a recorded spec (a row's
+    /// clocks name no other, or it is read elsewhere) and the metadata.
+    fn select(&self, ords: &Ordinals) -> SelectStatement {
+        let mut q = Query::select();
+        for c in &self.spec.pk {
+            q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
+        }
+        for c in ords
+            .names()
+            .filter_map(|c| ords.spec(c))
+            .filter(|c| !self.spec.pk.iter().any(|k| k.name == c.name))
+        {
+            q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
+        }
+        q.columns(ROW_META.map(Alias::new))
+            .from(Place::of(self.d, self.spec).table_ref())
+            .and_where(Expr::col(Alias::new(ROW_META[0])).is_not_null());
+        q
     }
 
     /// A row's key: each column as `kinds` says (the variants asked for),
@@ -151,4 +209,17 @@ impl<'a> UserRows<'a> {
         }
         Ok(Some(state))
     }
+}
+
+/// A users' row's metadata as text, for a report of a row that cannot be
+/// read: its clocks and delete clock in hexadecimal.
+fn raw_meta(r: &QueryResult) -> String {
+    let hex = |col: &str| -> String {
+        match r.try_get::<Option<Vec<u8>>>("", col) {
+            Ok(Some(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            Ok(None) => "null".into(),
+            Err(_) => "?".into(),
+        }
+    };
+    format!("clocks {} del {}", hex(ROW_META[1]), hex(ROW_META[2]))
 }

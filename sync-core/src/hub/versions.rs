@@ -106,6 +106,13 @@ pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -
         if placed.iter().all(|p| p.name != spec.name) {
             add_positions(db, d, &hub_version_table(&spec.name)).await?;
             fill_positions(db, &spec).await?;
+            // Where its users' table is there (pulls read it).
+            if !existing_columns(db, d, Place::of(d, &spec))
+                .await?
+                .is_empty()
+            {
+                add_row_meta(db, d, &spec).await?;
+            }
         }
     }
     super::batches::settle(db).await
@@ -678,13 +685,28 @@ pub(crate) async fn versioned<C: ConnectionTrait>(
     specs: &[TableSpec],
 ) -> Result<Vec<TableSpec>> {
     let mut out = Vec::new();
+    let mut places = None;
     for (name, key) in VERSIONED.read_all(db).await? {
         if let Some(s) = specs.iter().find(|s| s.name == name) {
             out.push(s.clone());
             continue;
         }
         let pk = recorded_key(&name, &key)?;
-        out.push(keyed_spec(name, pk));
+        let mut spec = keyed_spec(name, pk);
+        // In the schema the hub records for it, where it keeps tables in
+        // schemas (its users' table is read too).
+        if dialect::of_db(db)?.has_schemas() {
+            if places.is_none() {
+                places = Some(super::tables::HUB_PLACES.read_all(db).await?);
+            }
+            spec.schema = places
+                .iter()
+                .flatten()
+                .find(|(t, _)| *t == spec.name)
+                .map(|(_, s)| s.clone())
+                .filter(|s| !s.is_empty());
+        }
+        out.push(spec);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

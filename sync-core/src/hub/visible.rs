@@ -170,19 +170,20 @@ impl Visible {
         Ok(shown)
     }
 
-    /// Which version rows of `table` may be this user's: none (`None`),
-    /// all (`Some(None)`), or those the condition keeps: rows recorded
-    /// with this user as owner, and rows recorded without one (see
-    /// [`Visible::shows_row`]), of a table with owners.
-    pub(super) fn rows_of(&self, table: &str) -> Option<Option<SimpleExpr>> {
+    /// Which rows of `table` may be this user's, as the column `owner`
+    /// records their owners (a version row's, a users' row's): none
+    /// (`None`), all (`Some(None)`), or those the condition keeps: rows
+    /// recorded with this user as owner, and rows recorded without one
+    /// (see [`Visible::shows_row`]), of a table with owners.
+    pub(super) fn rows_of(&self, table: &str, owner: &str) -> Option<Option<SimpleExpr>> {
         if self.shared(table) {
             return Some(None);
         }
         match self.tables.get(table) {
             Some(Ownership::Owner(_)) => Some(Some(
-                Expr::col(Alias::new("owner"))
+                Expr::col(Alias::new(owner))
                     .eq(self.user.as_str())
-                    .or(Expr::col(Alias::new("owner")).is_null()),
+                    .or(Expr::col(Alias::new(owner)).is_null()),
             )),
             _ => None,
         }

@@ -804,7 +804,7 @@ pub(crate) struct AtPosition {
 
 /// Whether `e` says a row cannot be decoded (its state, or its key as its
 /// kind), not that the database failed.
-fn undecodable(e: &Error) -> bool {
+pub(crate) fn undecodable(e: &Error) -> bool {
     use sea_orm::DbErr;
     match e {
         Error::Corrupt(_) | Error::Payload(_) => true,
