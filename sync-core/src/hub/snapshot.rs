@@ -2,15 +2,16 @@
 //! bootstrapping a new replica: the version tables (see `versions`), then
 //! the states still in `_tidesync_hub_rows_v1`.
 
-use sea_orm::sea_query::{Alias, Expr, Order, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, Value};
 
 use super::log;
 use super::states;
 use super::tables::{HUB_KEYS, HUB_ROWS_V1};
+use super::users::UserRows;
 use super::versions::{self, HUB_VERSIONS};
 use super::visible::Visible;
-use crate::dialect::{self, Place};
+use crate::dialect;
 use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
@@ -18,10 +19,11 @@ use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
 use crate::model::value::{approx_size, parse_pk_key, pk_key};
 use crate::store::ddl::existing_columns;
 use crate::store::rows::{STATE_COLUMNS, StoredState, key_text};
-use crate::store::version_table::Versions;
+use crate::store::version_table::{ROW_META, Versions};
 
 /// Where a snapshot page starts (a page's `next`, as the JSON of one of
-/// these).
+/// these, with the snapshot's bound last where it has one: see
+/// [`Token::parse`]).
 enum Token {
     /// At the beginning: the states of format 1 left in
     /// `_tidesync_hub_rows_v1`, if any, then the version tables.
@@ -31,20 +33,42 @@ enum Token {
     Rows(String, String),
     /// At the first version table: `["v"]`.
     Versions,
+    /// In the users' table of `table`, after the row at the position
+    /// `after` (their rows that carry their states are read first, in
+    /// position order up to the snapshot's bound; see `users`): `["u",
+    /// table, after]`.
+    Users { table: String, after: u64 },
     /// In the version table of `table`, after the key `key` (its text,
     /// `pk_key`): `["v", table, key]`.
     Versioned { table: String, key: Vec<Value> },
 }
 
 impl Token {
-    fn parse(after: Option<&str>) -> Result<Token> {
+    /// The token `after` names, and the snapshot's bound it holds: the
+    /// hub's cursor when its first page was read. The rows the users'
+    /// tables carry are read in position order up to it: a row changed
+    /// after it (perhaps one read already, now at a later position) is
+    /// the pull's after the bootstrap, which starts there. A token of an
+    /// earlier release of this one has none (the page's cursor is taken:
+    /// at worst a row is read twice, which merging makes harmless).
+    fn parse(after: Option<&str>) -> Result<(Token, Option<u64>)> {
         let Some(after) = after else {
-            return Ok(Token::Start);
+            return Ok((Token::Start, None));
         };
         let bad = || Error::Config(format!("snapshot token `{after}` is not one a hub gave"));
-        let token: Vec<serde_json::Value> = serde_json::from_str(after).map_err(|_| bad())?;
+        let mut token: Vec<serde_json::Value> = serde_json::from_str(after).map_err(|_| bad())?;
         use serde_json::Value as J;
-        match token.as_slice() {
+        let bound = match token.last() {
+            Some(J::Number(n))
+                if token.len() != 3 || !matches!(&token[0], J::String(u) if u == "u") =>
+            {
+                let n = n.as_u64().ok_or_else(bad)?;
+                token.pop();
+                Some(n)
+            }
+            _ => None,
+        };
+        let token = match token.as_slice() {
             [J::String(v), J::String(table), J::String(key)] if v == "v" => Ok(Token::Versioned {
                 table: table.clone(),
                 key: parse_pk_key(key).map_err(|_| bad())?,
@@ -53,6 +77,10 @@ impl Token {
                 Ok(Token::Rows(tbl.clone(), pk.clone()))
             }
             [J::String(v)] if v == "v" => Ok(Token::Versions),
+            [J::String(u), J::String(table), J::Number(after)] if u == "u" => Ok(Token::Users {
+                table: table.clone(),
+                after: after.as_u64().ok_or_else(bad)?,
+            }),
             [J::String(v)] if v == "rows" => Ok(Token::Start),
             // A token of a hub before version tables (`[tbl, key]` or
             // `[tbl, key, 1]`, in the order of all states by key text):
@@ -61,15 +89,23 @@ impl Token {
             _ => Err(Error::Config(format!(
                 "snapshot token `{after}` is of an earlier release of the hub: the snapshot starts over"
             ))),
+        }?;
+        if matches!(token, Token::Users { .. }) && bound.is_none() {
+            return Err(bad());
         }
+        Ok((token, bound))
     }
 
-    fn text(&self) -> Result<String> {
+    /// The token's text, with the snapshot's `bound` last.
+    fn text(&self, bound: u64) -> Result<String> {
         Ok(match self {
-            Token::Start => serde_json::to_string(&["rows"])?,
-            Token::Rows(tbl, pk) => serde_json::to_string(&("rows", tbl, pk))?,
-            Token::Versions => serde_json::to_string(&["v"])?,
-            Token::Versioned { table, key } => serde_json::to_string(&("v", table, pk_key(key)?))?,
+            Token::Start => serde_json::to_string(&("rows", bound))?,
+            Token::Rows(tbl, pk) => serde_json::to_string(&("rows", tbl, pk, bound))?,
+            Token::Versions => serde_json::to_string(&("v", bound))?,
+            Token::Versioned { table, key } => {
+                serde_json::to_string(&("v", table, pk_key(key)?, bound))?
+            }
+            Token::Users { table, after } => serde_json::to_string(&("u", table, after, bound))?,
         })
     }
 }
@@ -132,7 +168,8 @@ pub(super) async fn page<C: ConnectionTrait>(
     visible: Option<&Visible>,
 ) -> Result<(Cursor, SnapshotPage)> {
     let cursor = Cursor(log::tip(db).await?);
-    let token = Token::parse(after.as_deref())?;
+    let (token, bound) = Token::parse(after.as_deref())?;
+    let bound = bound.unwrap_or(cursor.0);
     let limit = Ord::max(Ord::min(limit, i64::MAX as u64), 1);
     let mut fill = Filling {
         page: SnapshotPage::default(),
@@ -147,22 +184,28 @@ pub(super) async fn page<C: ConnectionTrait>(
                 _ => None,
             };
             if let Some(next) = rows_page(db, specs, after, &mut fill).await? {
-                return finish(cursor, fill, Some(next));
+                return finish(cursor, fill, Some(next), bound);
             }
             (None, None)
         }
         Token::Versions => (None, None),
-        Token::Versioned { table, key } => (Some(table), Some(key)),
+        Token::Versioned { table, key } => (Some(table), Some(Place::Key(key))),
+        Token::Users { table, after } => (Some(table), Some(Place::Position(after))),
     };
     // Where the next page starts: after the last row read, passed over or
     // not (a page always takes its first row, so a cut page has read one).
     let mut last = Some(match (&start, &after_key) {
-        (Some(table), Some(key)) => Token::Versioned {
+        (Some(table), Some(Place::Key(key))) => Token::Versioned {
             table: table.clone(),
             key: key.clone(),
         },
+        (Some(table), Some(Place::Position(after))) => Token::Users {
+            table: table.clone(),
+            after: *after,
+        },
         _ => Token::Versions,
     });
+    let d = dialect::of_db(db)?;
     let tables = versions::versioned(db, specs)
         .await
         .map_err(Error::or_offline)?;
@@ -180,17 +223,69 @@ pub(super) async fn page<C: ConnectionTrait>(
         let mut versions = Versions::open(db, HUB_VERSIONS, spec)
             .await
             .map_err(Error::or_offline)?;
+        let names = spec.pk_names();
+        // The users' rows that carry their states first, in position
+        // order, then the version rows in key order (the rows gone, and
+        // rows no push of this release has written: a row read twice is
+        // merged twice, which is harmless). A row that moves from one to
+        // the other meanwhile is changed after the snapshot's cursor, and
+        // the pull after the bootstrap reads it.
+        let after = match after_key.take() {
+            Some(Place::Key(key)) => Some(key),
+            Some(Place::Position(after)) => {
+                if let Some(next) =
+                    users_page(db, d, spec, &versions, after, bound, &mut fill, &mut last).await?
+                {
+                    return finish(cursor, fill, Some(next), bound);
+                }
+                None
+            }
+            None => {
+                if let Some(next) =
+                    users_page(db, d, spec, &versions, 0, bound, &mut fill, &mut last).await?
+                {
+                    return finish(cursor, fill, Some(next), bound);
+                }
+                None
+            }
+        };
+        // Not the version rows at a position a users' row carries (the
+        // same row, read from there), nor those changed after the
+        // snapshot's bound (the pull's).
+        let changed_after = Expr::col((Alias::new(versions.name()), Alias::new("hub_seq")))
+            .lte(crate::store::codec::db_sequence(bound)?);
+        let carried = carries(db, d, spec).await?.then(|| {
+            Expr::exists(
+                Query::select()
+                    .expr(Expr::val(1))
+                    .from_as(dialect::Place::of(d, spec).table_ref(), Alias::new("u"))
+                    .and_where(
+                        Expr::col((Alias::new("u"), Alias::new(ROW_META[0])))
+                            .equals((Alias::new(versions.name()), Alias::new("hub_seq"))),
+                    )
+                    .to_owned(),
+            )
+            .not()
+        });
         let asked = fill.left;
         let rows = versions
-            .page(db, after_key.take().as_deref(), false, asked)
+            .page_where(
+                db,
+                after.as_deref(),
+                false,
+                asked,
+                Some(match carried {
+                    Some(c) => changed_after.and(c),
+                    None => changed_after,
+                }),
+            )
             .await
             .map_err(Error::or_offline)?;
         let got = rows.len() as u64;
-        let names = spec.pk_names();
         for (key, state) in rows {
             let pk: Vec<(String, Value)> = names.iter().cloned().zip(key.clone()).collect();
             if !fill.add(&spec.name, pk, state) {
-                return finish(cursor, fill, last);
+                return finish(cursor, fill, last, bound);
             }
             fill.left -= 1;
             last = Some(Token::Versioned {
@@ -199,11 +294,82 @@ pub(super) async fn page<C: ConnectionTrait>(
             });
         }
         if got == asked {
-            return finish(cursor, fill, last);
+            return finish(cursor, fill, last, bound);
         }
     }
     // The last page.
     Ok((cursor, fill.page))
+}
+
+/// Where in a table a snapshot page starts.
+enum Place {
+    /// In its users' table, after this position.
+    Position(u64),
+    /// In its version table, after this key.
+    Key(Vec<Value>),
+}
+
+/// Fill the page from the users' rows of `spec` that carry their states,
+/// after the position `after` and up to `bound` (see [`Token::parse`]):
+/// `Some(token)` when the page is full (the next starts at the token),
+/// `None` when they are all read (or the table has no such rows). `last`
+/// follows the last row read.
+#[allow(clippy::too_many_arguments)]
+async fn users_page<C: ConnectionTrait>(
+    db: &C,
+    d: &'static dyn dialect::Dialect,
+    spec: &TableSpec,
+    versions: &Versions<'_>,
+    after: u64,
+    bound: u64,
+    fill: &mut Filling<'_>,
+    last: &mut Option<Token>,
+) -> Result<Option<Token>> {
+    if !carries(db, d, spec).await? {
+        return Ok(None);
+    }
+    let asked = fill.left;
+    let rows = UserRows::new(d, spec)
+        .after(db, versions.ordinals(), after, bound, asked, None)
+        .await
+        .map_err(Error::or_offline)?;
+    let got = rows.len() as u64;
+    let names = spec.pk_names();
+    for r in rows {
+        let (key, state) = r.row.map_err(|(e, raw)| {
+            Error::Corrupt(format!(
+                "the hub's row at position {} of `{}` cannot be read ({raw}): {e}",
+                r.hub_seq, spec.name
+            ))
+        })?;
+        let pk: Vec<(String, Value)> = names.iter().cloned().zip(key).collect();
+        if !fill.add(&spec.name, pk, state) {
+            return Ok(last.take().or(Some(Token::Versions)));
+        }
+        fill.left -= 1;
+        *last = Some(Token::Users {
+            table: spec.name.clone(),
+            after: r.hub_seq,
+        });
+    }
+    if got == asked {
+        return Ok(last.take().or(Some(Token::Versions)));
+    }
+    Ok(None)
+}
+
+/// Whether the users' table of `spec` has the columns of the states its
+/// rows carry (see `users`).
+async fn carries<C: ConnectionTrait>(
+    db: &C,
+    d: &'static dyn dialect::Dialect,
+    spec: &TableSpec,
+) -> Result<bool> {
+    Ok(existing_columns(db, d, dialect::Place::of(d, spec))
+        .await
+        .map_err(Error::or_offline)?
+        .iter()
+        .any(|c| c == ROW_META[3]))
 }
 
 /// The page as it is, the next starting after `last`.
@@ -211,8 +377,9 @@ fn finish(
     cursor: Cursor,
     mut fill: Filling<'_>,
     last: Option<Token>,
+    bound: u64,
 ) -> Result<(Cursor, SnapshotPage)> {
-    fill.page.next = last.map(|t| t.text()).transpose()?;
+    fill.page.next = last.map(|t| t.text(bound)).transpose()?;
     Ok((cursor, fill.page))
 }
 
@@ -227,7 +394,7 @@ async fn rows_page<C: ConnectionTrait>(
     fill: &mut Filling<'_>,
 ) -> Result<Option<Token>> {
     let d = dialect::of_db(db)?;
-    if existing_columns(db, d, Place::own(HUB_ROWS_V1))
+    if existing_columns(db, d, dialect::Place::own(HUB_ROWS_V1))
         .await
         .map_err(Error::or_offline)?
         .is_empty()

@@ -277,6 +277,11 @@ impl<'a> Versions<'a> {
         self.spec
     }
 
+    /// The name of the version table.
+    pub(crate) fn name(&self) -> &str {
+        &self.table
+    }
+
     /// The column register as read (see [`Versions::open`]).
     pub(crate) fn ordinals(&self) -> &Ordinals {
         &self.ords
@@ -516,8 +521,23 @@ impl<'a> Versions<'a> {
         live: bool,
         limit: u64,
     ) -> Result<Vec<(Vec<Value>, RowState)>> {
+        self.page_where(db, after, live, limit, None).await
+    }
+
+    /// [`Versions::page`] of the rows `filter` keeps.
+    pub(crate) async fn page_where<C: ConnectionTrait>(
+        &mut self,
+        db: &C,
+        after: Option<&[Value]>,
+        live: bool,
+        limit: u64,
+        filter: Option<SimpleExpr>,
+    ) -> Result<Vec<(Vec<Value>, RowState)>> {
         let spec = self.spec();
         let mut q = self.select();
+        if let Some(f) = filter {
+            q.and_where(f);
+        }
         for c in &spec.pk {
             // By the table's column, not the selected one of that name:
             // a PostgreSQL enum key is selected as text, and sorting that
