@@ -3042,9 +3042,15 @@ async fn malformed_hub_state_halts_or_parks(hub: TestDb) -> TestResult {
         sea_orm::DbBackend::Postgres => "'\\x01'::bytea",
         _ => "X'01'",
     };
+    // In both places a push writes it: its version row and its users' row.
     hub.db
         .execute_unprepared(&format!(
             "UPDATE _ts_hv_contacts SET clocks = {garbled} WHERE hub_seq = 2"
+        ))
+        .await?;
+    hub.db
+        .execute_unprepared(&format!(
+            "UPDATE contacts SET _tidesync_clocks = {garbled} WHERE _tidesync_seq = 2"
         ))
         .await?;
     // A device pulling (not bootstrapping from the snapshot).

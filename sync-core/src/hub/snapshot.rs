@@ -233,8 +233,17 @@ pub(super) async fn page<C: ConnectionTrait>(
         let after = match after_key.take() {
             Some(Place::Key(key)) => Some(key),
             Some(Place::Position(after)) => {
-                if let Some(next) =
-                    users_page(db, d, spec, &versions, after, bound, &mut fill, &mut last).await?
+                if let Some(next) = users_page(
+                    db,
+                    d,
+                    spec,
+                    &mut versions,
+                    after,
+                    bound,
+                    &mut fill,
+                    &mut last,
+                )
+                .await?
                 {
                     return finish(cursor, fill, Some(next), bound);
                 }
@@ -242,7 +251,7 @@ pub(super) async fn page<C: ConnectionTrait>(
             }
             None => {
                 if let Some(next) =
-                    users_page(db, d, spec, &versions, 0, bound, &mut fill, &mut last).await?
+                    users_page(db, d, spec, &mut versions, 0, bound, &mut fill, &mut last).await?
                 {
                     return finish(cursor, fill, Some(next), bound);
                 }
@@ -319,7 +328,7 @@ async fn users_page<C: ConnectionTrait>(
     db: &C,
     d: &'static dyn dialect::Dialect,
     spec: &TableSpec,
-    versions: &Versions<'_>,
+    versions: &mut Versions<'_>,
     after: u64,
     bound: u64,
     fill: &mut Filling<'_>,
@@ -336,12 +345,26 @@ async fn users_page<C: ConnectionTrait>(
     let got = rows.len() as u64;
     let names = spec.pk_names();
     for r in rows {
-        let (key, state) = r.row.map_err(|(e, raw)| {
-            Error::Corrupt(format!(
-                "the hub's row at position {} of `{}` cannot be read ({raw}): {e}",
-                r.hub_seq, spec.name
-            ))
-        })?;
+        let (key, state) = match r.row {
+            Ok(row) => row,
+            // The version row at its position, if one reads (a push of
+            // this release writes both).
+            Err((e, raw)) => {
+                let at = versions
+                    .after(db, r.hub_seq - 1, r.hub_seq, 1, None)
+                    .await
+                    .map_err(Error::or_offline)?;
+                match at.into_iter().next().map(|v| v.row) {
+                    Some(Ok(row)) => row,
+                    _ => {
+                        return Err(Error::Corrupt(format!(
+                            "the hub's row at position {} of `{}` cannot be read ({raw}): {e}",
+                            r.hub_seq, spec.name
+                        )));
+                    }
+                }
+            }
+        };
         let pk: Vec<(String, Value)> = names.iter().cloned().zip(key).collect();
         if !fill.add(&spec.name, pk, state) {
             return Ok(last.take().or(Some(Token::Versions)));

@@ -30,7 +30,7 @@ use crate::model::value::{key_identity, pk_key};
 use crate::model::value_kind::read_as;
 use crate::store::codec::{db_sequence, sequence};
 use crate::store::version_table::{AtPosition, ROW_META, another_key, asked_kinds, undecodable};
-use crate::store::versions::{Ordinals, decode_row_clocks};
+use crate::store::versions::{Ordinals, apply_forms, decode_row_clocks};
 use crate::store::write::{MAX_ROWS, keys_match};
 
 /// The users' table of one synced table, read for the states its rows
@@ -206,6 +206,10 @@ impl<'a> UserRows<'a> {
             };
             state.vals.insert(name.clone(), value);
             state.clocks.insert(name, hlc);
+        }
+        let forms: Option<Vec<u8>> = r.try_get("", ROW_META[5])?;
+        if let Some(forms) = forms {
+            apply_forms(&forms, ords, &mut state.vals)?;
         }
         Ok(Some(state))
     }

@@ -128,7 +128,7 @@ fn one_variant(v: &Value) -> Value {
 }
 
 /// The text two values stamped alike are settled by (the greater wins;
-/// see [`crate::model::merge::RowState::set`]): the typed text of the
+/// see `RowState::set`): the typed text of the
 /// value in one variant and one form, so that a database that gives a
 /// value back in its column's form (PostgreSQL a `timestamptz` in UTC, a
 /// `DECIMAL(p,s)` at its scale, an integer as the widest of its kind)

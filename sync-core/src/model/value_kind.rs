@@ -202,18 +202,46 @@ pub(crate) fn kind_of(name: &str, ty: &ColumnType, kind: Option<&ArrayType>) -> 
     })
 }
 
+/// The integer in column `col` of `r` as `T`, or where the driver cannot
+/// read it so (PostgreSQL has neither unsigned nor one-byte integers: the
+/// column is a wider signed one) as the signed integer the column holds,
+/// converted.
+fn integer<T>(r: &QueryResult, col: &str) -> Result<Option<T>>
+where
+    T: sea_orm::TryGetable + TryFrom<i64>,
+{
+    let first = match r.try_get::<Option<T>>("", col) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let wide = r
+        .try_get::<Option<i16>>("", col)
+        .map(|v| v.map(i64::from))
+        .or_else(|_| r.try_get::<Option<i32>>("", col).map(|v| v.map(i64::from)))
+        .or_else(|_| r.try_get::<Option<i64>>("", col));
+    match wide {
+        Err(_) => Err(first.into()),
+        Ok(None) => Ok(None),
+        Ok(Some(n)) => T::try_from(n).map(Some).map_err(|_| {
+            Error::Corrupt(format!(
+                "column `{col}` holds {n}, out of the range of its field's type"
+            ))
+        }),
+    }
+}
+
 /// The value of column `col` in `r`, as `kind`.
 pub(crate) fn read_as(r: &QueryResult, col: &str, kind: &ArrayType) -> Result<Value> {
     Ok(match kind {
         ArrayType::Bool => Value::Bool(r.try_get("", col)?),
-        ArrayType::TinyInt => Value::TinyInt(r.try_get("", col)?),
+        ArrayType::TinyInt => Value::TinyInt(integer(r, col)?),
         ArrayType::SmallInt => Value::SmallInt(r.try_get("", col)?),
         ArrayType::Int => Value::Int(r.try_get("", col)?),
         ArrayType::BigInt => Value::BigInt(r.try_get("", col)?),
-        ArrayType::TinyUnsigned => Value::TinyUnsigned(r.try_get("", col)?),
-        ArrayType::SmallUnsigned => Value::SmallUnsigned(r.try_get("", col)?),
-        ArrayType::Unsigned => Value::Unsigned(r.try_get("", col)?),
-        ArrayType::BigUnsigned => Value::BigUnsigned(r.try_get("", col)?),
+        ArrayType::TinyUnsigned => Value::TinyUnsigned(integer(r, col)?),
+        ArrayType::SmallUnsigned => Value::SmallUnsigned(integer(r, col)?),
+        ArrayType::Unsigned => Value::Unsigned(integer(r, col)?),
+        ArrayType::BigUnsigned => Value::BigUnsigned(integer(r, col)?),
         ArrayType::Float => Value::Float(r.try_get("", col)?),
         ArrayType::Double => Value::Double(r.try_get("", col)?),
         ArrayType::String => Value::String(r.try_get("", col)?),

@@ -88,21 +88,24 @@ pub(crate) const POSITION: [&str; 3] = ["hub_seq", "sole", "owner"];
 /// The columns a hub keeps in a users' table beside each row's values,
 /// for the rows its pushes write there: the row's position, column clocks
 /// and delete clock (as a version row's `hub_seq`, `clocks`, `del`), its
-/// sole writer and owner (as `sole` and `owner`). All nullable: a row
-/// another program wrote has none. See `hub::versions::add_row_meta`.
-pub(crate) const ROW_META: [&str; 5] = [
+/// sole writer and owner (as `sole` and `owner`), and the forms of its
+/// values that the table's columns do not keep (see
+/// [`versions::encode_forms`]). All nullable: a row another program wrote
+/// has none. See `hub::versions::add_row_meta`.
+pub(crate) const ROW_META: [&str; 6] = [
     "_tidesync_seq",
     "_tidesync_clocks",
     "_tidesync_del",
     "_tidesync_sole",
     "_tidesync_owner",
+    "_tidesync_forms",
 ];
 
 /// The definition of the column `name` of [`ROW_META`], nullable.
 pub(crate) fn row_meta_column(d: &dyn Dialect, name: &str) -> ColumnDef {
     let ty = match name {
         "_tidesync_seq" => ColumnType::BigInteger,
-        "_tidesync_clocks" | "_tidesync_del" => d.long_bytes(),
+        "_tidesync_clocks" | "_tidesync_del" | "_tidesync_forms" => d.long_bytes(),
         "_tidesync_sole" => varchar(32),
         _ => d.long_text(),
     };
@@ -794,6 +797,7 @@ impl<'a> Versions<'a> {
             Value::Bytes(del),
             p.sole.map(|n| n.to_string()).into(),
             p.owner.clone().into(),
+            Value::Bytes(versions::encode_forms(state, &self.ords)?),
         ])
     }
 

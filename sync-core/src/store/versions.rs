@@ -222,6 +222,84 @@ pub(crate) fn encode_clocks_of(
     Ok((encode_clocks(&clocks), encode_del(state)))
 }
 
+/// The forms of `state`'s values that a database's column may not keep,
+/// to give a value read back from a users' table the form it was pushed
+/// in (see [`apply_forms`]): a decimal's scale (a `DECIMAL(p,s)` column
+/// gives it back at the column's scale) and a date-time's offset (a
+/// PostgreSQL `timestamptz` gives it back in UTC, a MySQL `DATETIME`
+/// without one). `None` when the state holds no such value.
+///
+/// Layout: per value, its column's ordinal (2 bytes), a tag (1: a
+/// decimal's scale, 1 byte; 2: an offset east of UTC in seconds, 4
+/// bytes, signed).
+///
+/// # Errors
+/// As [`encode`].
+pub(crate) fn encode_forms(state: &RowState, ords: &Ordinals) -> Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    for (c, v) in &state.vals {
+        let form: Option<(u8, Vec<u8>)> = match v {
+            Value::Decimal(Some(d)) => Some((1, vec![d.scale() as u8])),
+            Value::ChronoDateTimeWithTimeZone(Some(t)) => {
+                Some((2, t.offset().local_minus_utc().to_be_bytes().to_vec()))
+            }
+            _ => None,
+        };
+        if let Some((tag, bytes)) = form {
+            let n = ords
+                .of(c)
+                .ok_or_else(|| corrupt(&format!("column `{c}` has no ordinal")))?;
+            out.extend_from_slice(&n.to_be_bytes());
+            out.push(tag);
+            out.extend_from_slice(&bytes);
+        }
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Give the values of `vals` (by column name) the forms `forms` records
+/// (see [`encode_forms`]): a decimal its scale where that loses no digit,
+/// a date-time its offset. A form of a column `vals` lacks, or of another
+/// kind than its value, is left alone.
+///
+/// # Errors
+/// [`Error::Corrupt`] for bytes that are no forms, or an ordinal `ords`
+/// does not hold.
+pub(crate) fn apply_forms(
+    forms: &[u8],
+    ords: &Ordinals,
+    vals: &mut BTreeMap<String, Value>,
+) -> Result<()> {
+    let mut at = 0;
+    while at < forms.len() {
+        let n = get_u16(forms, &mut at)?;
+        let tag = take(forms, &mut at, 1)?[0];
+        let name = ords.name(n)?;
+        match tag {
+            1 => {
+                let scale = u32::from(take(forms, &mut at, 1)?[0]);
+                if let Some(Value::Decimal(Some(d))) = vals.get_mut(name) {
+                    let mut scaled = *d;
+                    scaled.rescale(scale);
+                    if scaled == *d {
+                        *d = scaled;
+                    }
+                }
+            }
+            2 => {
+                let secs = i32::from_be_bytes(take(forms, &mut at, 4)?.try_into().expect("4"));
+                let offset = chrono::FixedOffset::east_opt(secs)
+                    .ok_or_else(|| corrupt(&format!("an offset of {secs} s")))?;
+                if let Some(Value::ChronoDateTimeWithTimeZone(Some(t))) = vals.get_mut(name) {
+                    *t = t.with_timezone(&offset);
+                }
+            }
+            t => return Err(corrupt(&format!("value form tag {t}"))),
+        }
+    }
+    Ok(())
+}
+
 /// The `del` bytes of `state`: its delete clock, if any.
 fn encode_del(state: &RowState) -> Option<Vec<u8>> {
     state.deleted_at.map(|d| {
