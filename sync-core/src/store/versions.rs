@@ -861,4 +861,62 @@ mod tests {
         assert_eq!(ords.missing([&s].into_iter()), ["new"]);
         assert_eq!(ords.next().unwrap(), 5);
     }
+
+    /// A users' table gives a decimal back at its column's scale and a
+    /// date-time in UTC (PostgreSQL) or without its offset (MySQL): the
+    /// forms the metadata keeps give each value back as it was pushed, and
+    /// a form that would lose a digit, or names a column the row lacks, is
+    /// left alone.
+    #[test]
+    fn forms_give_values_read_back_their_pushed_form() {
+        use chrono::{DateTime, FixedOffset};
+        let ords = Ordinals::new([
+            ("amount".to_owned(), 1),
+            ("at".to_owned(), 2),
+            ("name".to_owned(), 3),
+        ]);
+        let dec = |s: &str| Value::Decimal(Some(s.parse().unwrap()));
+        let at = |s: &str| {
+            Value::ChronoDateTimeWithTimeZone(Some(
+                DateTime::<FixedOffset>::parse_from_rfc3339(s).unwrap(),
+            ))
+        };
+        let mut pushed = RowState::default();
+        pushed.vals.insert("amount".into(), dec("1.5"));
+        pushed
+            .vals
+            .insert("at".into(), at("2026-01-01T10:00:00+02:00"));
+        pushed.vals.insert("name".into(), Value::from("x"));
+        let forms = encode_forms(&pushed, &ords).unwrap().unwrap();
+        let mut read: BTreeMap<String, Value> = BTreeMap::new();
+        read.insert("amount".into(), dec("1.500"));
+        read.insert("at".into(), at("2026-01-01T08:00:00+00:00"));
+        read.insert("name".into(), Value::from("x"));
+        apply_forms(&forms, &ords, &mut read).unwrap();
+        for (c, v) in &pushed.vals {
+            // The same text, not only the same value.
+            assert_eq!(format!("{:?}", read[c]), format!("{v:?}"), "{c}");
+        }
+        // A scale that would round is not taken.
+        let mut fine = BTreeMap::from([("amount".to_owned(), dec("1.25"))]);
+        apply_forms(&forms, &ords, &mut fine).unwrap();
+        assert_eq!(
+            format!("{:?}", fine["amount"]),
+            format!("{:?}", dec("1.25"))
+        );
+        // No value of those kinds: no forms.
+        let mut plain = RowState::default();
+        plain.vals.insert("name".into(), Value::from("x"));
+        assert_eq!(encode_forms(&plain, &ords).unwrap(), None);
+        // Bytes that are no forms are an error, not a panic.
+        for bad in [
+            &[0u8][..],
+            &[0, 1][..],
+            &[0, 1, 9][..],
+            &[0, 1, 2, 0][..],
+            &[0, 9, 1, 2][..],
+        ] {
+            assert!(apply_forms(bad, &ords, &mut read).is_err(), "{bad:?}");
+        }
+    }
 }
