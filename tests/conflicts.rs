@@ -566,6 +566,36 @@ async fn newer_client_adds_a_column(hub: TestDb) -> TestResult {
         .await?
         .ok_or("fresh")?;
     ensure_eq!(f.email.as_deref(), Some("old@x"));
+    // The new client deletes the row; the old one, which has never had
+    // the column, brings it back: the hub's row and the new client keep
+    // the value the column had (the last known one), not a NULL.
+    people_v2::Entity::delete_by_id(id).exec(new.db()).await?;
+    new.sync().await?;
+    old.sync().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sea_orm::ActiveModelTrait::insert(
+        people_lww::ActiveModel {
+            id: sea_orm::ActiveValue::Set(id),
+            name: sea_orm::ActiveValue::Set("back".into()),
+            email: sea_orm::ActiveValue::Set(None),
+            phone: sea_orm::ActiveValue::Set(None),
+        },
+        old.db(),
+    )
+    .await?;
+    old.sync().await?;
+    new.sync().await?;
+    for (db, who) in [(&hub.db, "the hub"), (new.db(), "the new client")] {
+        let m = people_v2::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .ok_or("row back")?;
+        ensure_eq!(
+            (m.name.as_str(), m.nickname.as_deref()),
+            ("back", Some("nick")),
+            "{who}"
+        );
+    }
     old.drop().await?;
     new.drop().await?;
     hub.drop().await

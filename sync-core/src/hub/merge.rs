@@ -597,6 +597,18 @@ impl<'a> Merge<'a> {
         };
         for (spec, (table, keys)) in self.specs.iter().zip(saved) {
             debug_assert_eq!(spec.name, *table);
+            if keys.is_empty() {
+                out.deletes.push((spec, Vec::new()));
+                continue;
+            }
+            // The users' row takes every value its state holds, those of
+            // columns other devices' entities added too (by the specs the
+            // register records): it is what readers read the row from.
+            let versions = self
+                .versions
+                .get(*table)
+                .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
+            let wide = widened(spec, versions.ordinals());
             let (mut live, mut dead) = (Vec::new(), Vec::new());
             for key in keys {
                 let (Some(old), Some(new)) =
@@ -605,10 +617,6 @@ impl<'a> Merge<'a> {
                     return Err(Error::Corrupt("state not loaded".into()));
                 };
                 if new.is_live() {
-                    let versions = self
-                        .versions
-                        .get(*table)
-                        .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
                     let p = positions
                         .get(&(*table, key.as_str()))
                         .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
@@ -618,7 +626,7 @@ impl<'a> Merge<'a> {
                 }
             }
             out.upserts.extend(row_statements_beside(
-                spec,
+                &wide,
                 live,
                 &ROW_META,
                 self.dialect,
@@ -628,6 +636,28 @@ impl<'a> Merge<'a> {
         }
         Ok(out)
     }
+}
+
+/// `spec` with the synced columns the register `ords` records a spec of
+/// and `spec` lacks (columns other devices' entities added), if any.
+fn widened<'s>(spec: &'s TableSpec, ords: &Ordinals) -> std::borrow::Cow<'s, TableSpec> {
+    let known = |name: &str| {
+        spec.columns
+            .iter()
+            .chain(&spec.local_only)
+            .any(|c| c.name == name)
+    };
+    let extra: Vec<_> = ords
+        .names()
+        .filter(|c| !known(c))
+        .filter_map(|c| ords.spec(c).cloned())
+        .collect();
+    if extra.is_empty() {
+        return std::borrow::Cow::Borrowed(spec);
+    }
+    let mut wide = spec.clone();
+    wide.columns.extend(extra);
+    std::borrow::Cow::Owned(wide)
 }
 
 /// What [`Merge::insert_fresh`] inserted: the rows, their states before

@@ -90,8 +90,18 @@ impl Token {
                 "snapshot token `{after}` is of an earlier release of the hub: the snapshot starts over"
             ))),
         }?;
-        if matches!(token, Token::Users { .. }) && bound.is_none() {
-            return Err(bad());
+        match (&token, bound) {
+            (Token::Users { .. }, None) => return Err(bad()),
+            // In a table's version rows, of a release before the users'
+            // rows carried states: resumed here, the rows that the users'
+            // rows carry now would be passed over (this release reads
+            // them first, and not among the version rows). It starts over.
+            (Token::Versioned { .. }, None) => {
+                return Err(Error::Config(format!(
+                    "snapshot token `{after}` is of an earlier release of the hub: the snapshot starts over"
+                )));
+            }
+            _ => {}
         }
         Ok((token, bound))
     }

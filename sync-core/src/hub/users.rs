@@ -71,18 +71,42 @@ impl<'a> UserRows<'a> {
             asked.insert(key_identity(k)?, t.as_str());
         }
         let mut out = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_ROWS) {
+        // On SQLite a key is stored in the form it was pushed in, and a
+        // decimal or a date-time with an offset has several: such a key
+        // is left to the version table, which keeps one form.
+        let one_form: Vec<&[Value]> = keys
+            .iter()
+            .copied()
+            .filter(|k| self.d.backend() != sea_orm::DbBackend::Sqlite || !several_forms(k))
+            .collect();
+        for chunk in one_form.chunks(MAX_ROWS) {
             let kinds = asked_kinds(chunk);
             let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| k.to_vec()).collect();
             let mut q = self.select(ords);
             q.and_where(keys_match(self.spec, &chunk, self.d));
             for r in db.query_all(&q).await? {
-                let key = self.key(&r, kinds.as_deref())?;
+                let key = match self.key(&r, kinds.as_deref()) {
+                    Ok(key) => key,
+                    Err(e) if undecodable(&e) => {
+                        tracing::warn!(table = %self.spec.name, error = %e, "a users' row's key cannot be read: its state is taken from its version row");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let Some(text) = asked.get(&key_identity(&key)?) else {
                     return Err(another_key(&self.spec.name, &pk_key(&key)?));
                 };
-                let Some(state) = self.state(&r, &key, ords)? else {
-                    continue;
+                // A row that cannot be read here (a value its recorded
+                // spec does not read, garbled metadata) is left to its
+                // version row, as one without metadata is.
+                let state = match self.state(&r, &key, ords) {
+                    Ok(Some(state)) => state,
+                    Ok(None) => continue,
+                    Err(e) if undecodable(&e) => {
+                        tracing::warn!(table = %self.spec.name, key = %text, error = %e, "a users' row's state cannot be read: taken from its version row");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 // A sole writer that cannot be read is none: the row is
                 // then sent to its writer too, which is harmless.
@@ -213,6 +237,17 @@ impl<'a> UserRows<'a> {
         }
         Ok(Some(state))
     }
+}
+
+/// Whether a key holds a value with more than one stored form on SQLite
+/// (a decimal, a date-time with an offset).
+fn several_forms(key: &[Value]) -> bool {
+    key.iter().any(|v| {
+        matches!(
+            v,
+            Value::Decimal(Some(_)) | Value::ChronoDateTimeWithTimeZone(Some(_))
+        )
+    })
 }
 
 /// A users' row's metadata as text, for a report of a row that cannot be
