@@ -558,9 +558,19 @@ async fn pages_are_read_ahead_only_for_the_request_that_comes_next(hub: TestDb) 
         matches!(&read_ahead, Ok(b) if b.starts_with("v1")),
         "{read_ahead:?}"
     );
-    // The third page's row (pages hold rows in the order of their
-    // positions: the order they were written).
-    note_row(ids[2], &user, "v2").update(writer.db()).await?;
+    // The third page's row: the one neither of the first two held.
+    let id_of = |p: &tidesync::hub::SnapshotPage| -> Option<Uuid> {
+        p.rows.first().and_then(|r| match r.pk.first() {
+            Some((_, sea_orm::Value::Uuid(Some(u)))) => Some(*u),
+            _ => None,
+        })
+    };
+    let seen = [id_of(&first), id_of(&page)];
+    let third_row = *ids
+        .iter()
+        .find(|id| !seen.contains(&Some(**id)))
+        .ok_or("the third page's row")?;
+    note_row(third_row, &user, "v2").update(writer.db()).await?;
     writer.engine.sync_now().await?;
     reader.standing(NodeId::random(), None).await?;
     let (_, page) = reader.snapshot(Some(third.clone()), 1).await?;

@@ -64,6 +64,14 @@ pub(crate) trait Dialect: Send + Sync {
         false
     }
 
+    /// Whether a value is stored in the form it is bound in, so that two
+    /// forms of one decimal (`1.5`, `1.50`) or one date-time (its instant
+    /// at two offsets) are two keys of a table (SQLite, which keeps them
+    /// as text); elsewhere a typed column keeps one.
+    fn keeps_bound_forms(&self) -> bool {
+        false
+    }
+
     /// Whether a statement may carry inserts and updates in its `WITH`
     /// clause (PostgreSQL's data-modifying CTEs), each run once whether
     /// the statement reads it or not: several writes in one round trip.
@@ -414,6 +422,9 @@ mod tests {
         assert!(at(Sqlite).joins_keys());
         assert!(!at(Postgres).joins_keys());
         assert!(!at(MySql).joins_keys());
+        assert!(at(Sqlite).keeps_bound_forms());
+        assert!(!at(Postgres).keeps_bound_forms());
+        assert!(!at(MySql).keeps_bound_forms());
         assert!(at(Sqlite).names_ignore_case());
         assert!(at(MySql).names_ignore_case());
         assert!(!at(Postgres).names_ignore_case());

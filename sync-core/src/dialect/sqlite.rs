@@ -19,6 +19,10 @@ impl Dialect for Sqlite {
         true
     }
 
+    fn keeps_bound_forms(&self) -> bool {
+        true
+    }
+
     fn inserts_if_new(&self) -> bool {
         true
     }

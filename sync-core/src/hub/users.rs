@@ -77,7 +77,7 @@ impl<'a> UserRows<'a> {
         let one_form: Vec<&[Value]> = keys
             .iter()
             .copied()
-            .filter(|k| self.d.backend() != sea_orm::DbBackend::Sqlite || !several_forms(k))
+            .filter(|k| !self.d.keeps_bound_forms() || !several_forms(k))
             .collect();
         for chunk in one_form.chunks(MAX_ROWS) {
             let kinds = asked_kinds(chunk);
