@@ -27,9 +27,10 @@ use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::value::{key_identity, pk_key};
-use crate::model::value_kind::read_as;
 use crate::store::codec::{db_sequence, sequence};
-use crate::store::version_table::{AtPosition, ROW_META, another_key, asked_kinds, undecodable};
+use crate::store::version_table::{
+    AtPosition, ROW_META, another_key, asked_kinds, read_key, undecodable,
+};
 use crate::store::versions::{Ordinals, apply_forms, decode_row_clocks};
 use crate::store::write::{MAX_ROWS, keys_match};
 
@@ -193,15 +194,7 @@ impl<'a> UserRows<'a> {
     /// A row's key: each column as `kinds` says (the variants asked for),
     /// else as its kind.
     fn key(&self, r: &QueryResult, kinds: Option<&[ArrayType]>) -> Result<Vec<Value>> {
-        self.spec
-            .pk
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match kinds.and_then(|k| k.get(i)) {
-                Some(kind) => read_as(r, &c.name, kind),
-                None => c.read(r),
-            })
-            .collect()
+        read_key(self.spec, r, kinds)
     }
 
     /// The state a row carries: each clocked column's value read by its

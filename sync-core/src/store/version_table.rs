@@ -328,15 +328,7 @@ impl<'a> Versions<'a> {
         if let Some(f) = &self.read_key {
             return f(r);
         }
-        self.spec()
-            .pk
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match kinds.and_then(|k| k.get(i)) {
-                Some(kind) => read_as(r, &c.name, kind),
-                None => c.read(r),
-            })
-            .collect()
+        read_key(self.spec(), r, kinds)
     }
 
     fn decode(
@@ -1049,6 +1041,23 @@ pub(crate) fn asked_kinds(keys: &[&[Value]]) -> Option<Vec<ArrayType>> {
     keys.iter()
         .all(|k| k.len() == kinds.len() && k.iter().zip(&kinds).all(|(v, t)| v.array_type() == *t))
         .then_some(kinds)
+}
+
+/// The key of `spec`'s row `r`: each key column as `kinds` says (the
+/// variants asked for), else as its kind.
+pub(crate) fn read_key(
+    spec: &TableSpec,
+    r: &QueryResult,
+    kinds: Option<&[ArrayType]>,
+) -> Result<Vec<Value>> {
+    spec.pk
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match kinds.and_then(|k| k.get(i)) {
+            Some(kind) => read_as(r, &c.name, kind),
+            None => c.read(r),
+        })
+        .collect()
 }
 
 /// The key `columns` after the key `values`, in key order: `a > x OR (a =
