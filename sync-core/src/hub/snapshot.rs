@@ -270,9 +270,13 @@ pub(super) async fn page<C: ConnectionTrait>(
         };
         // Not the version rows at a position a users' row carries (the
         // same row, read from there), nor those changed after the
-        // snapshot's bound (the pull's).
-        let changed_after = Expr::col((Alias::new(versions.name()), Alias::new("hub_seq")))
-            .lte(crate::store::codec::db_sequence(bound)?);
+        // snapshot's bound (the pull's). A row without a position is in
+        // (an install gives every row one before its server serves, so
+        // only a server that has not installed meets one).
+        let position = || Expr::col((Alias::new(versions.name()), Alias::new("hub_seq")));
+        let up_to_bound = position()
+            .is_null()
+            .or(position().lte(crate::store::codec::db_sequence(bound)?));
         let carried = carries(db, d, spec).await?.then(|| {
             Expr::exists(
                 Query::select()
@@ -294,8 +298,8 @@ pub(super) async fn page<C: ConnectionTrait>(
                 false,
                 asked,
                 Some(match carried {
-                    Some(c) => changed_after.and(c),
-                    None => changed_after,
+                    Some(c) => up_to_bound.and(c),
+                    None => up_to_bound,
                 }),
             )
             .await
