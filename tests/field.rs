@@ -200,6 +200,12 @@ async fn a_table_keyed_by_an_enum_bootstraps_page_by_page(hub: TestDb) -> TestRe
         .await?;
     }
     a.sync().await?;
+    // Rows as a hub upgraded from schema version 5 holds them (no state in
+    // their users' rows): a snapshot reads them from the version table, a
+    // page at a time in key order.
+    hub.db
+        .execute_unprepared("UPDATE keyed_by_enum SET _tidesync_seq = NULL")
+        .await?;
     let b = device::<keyed_by_enum::Entity>(&hub, "b")
         .await?
         .batched::<keyed_by_enum::Entity>(common::hub_for(&hub).await?, 1)
