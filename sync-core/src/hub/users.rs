@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
 use sea_orm::sea_query::{
     Alias, ArrayType, Expr, ExprTrait, Order, Query, SelectStatement, SimpleExpr,
 };
@@ -29,7 +28,7 @@ use crate::model::merge::RowState;
 use crate::model::value::{key_identity, pk_key};
 use crate::store::codec::{db_sequence, sequence};
 use crate::store::version_table::{
-    AtPosition, ROW_META, another_key, asked_kinds, read_key, undecodable,
+    AtPosition, ROW_META, another_key, asked_by_identity, asked_kinds, read_key, undecodable,
 };
 use crate::store::versions::{Ordinals, apply_forms, decode_row_clocks};
 use crate::store::write::{MAX_ROWS, keys_match};
@@ -67,10 +66,7 @@ impl<'a> UserRows<'a> {
         texts: &[String],
     ) -> Result<HashMap<String, (RowState, Option<NodeId>)>> {
         debug_assert_eq!(keys.len(), texts.len());
-        let mut asked: FxHashMap<String, &str> = FxHashMap::default();
-        for (k, t) in keys.iter().zip(texts) {
-            asked.insert(key_identity(k)?, t.as_str());
-        }
+        let asked = asked_by_identity(keys, texts)?;
         let mut out = HashMap::with_capacity(keys.len());
         // On SQLite a key is stored in the form it was pushed in, and a
         // decimal or a date-time with an offset has several: such a key

@@ -451,13 +451,7 @@ impl<'a> Versions<'a> {
         with_sole: bool,
     ) -> Result<HashMap<String, (RowState, Option<NodeId>)>> {
         debug_assert_eq!(keys.len(), texts.len());
-        // A key found is matched to the key asked by its identity, not its
-        // text: a device's `DateTime<Utc>` key is the row whose key another
-        // entity reads as a `DateTime<FixedOffset>`.
-        let mut asked: FxHashMap<String, &str> = FxHashMap::default();
-        for (k, t) in keys.iter().zip(texts) {
-            asked.insert(key_identity(k)?, t.as_str());
-        }
+        let asked = asked_by_identity(keys, texts)?;
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_ROWS) {
             let kinds = asked_kinds(chunk);
@@ -1041,6 +1035,21 @@ pub(crate) fn asked_kinds(keys: &[&[Value]]) -> Option<Vec<ArrayType>> {
     keys.iter()
         .all(|k| k.len() == kinds.len() && k.iter().zip(&kinds).all(|(v, t)| v.array_type() == *t))
         .then_some(kinds)
+}
+
+/// The texts of the keys asked (`texts[i]` of `keys[i]`) by each key's
+/// identity: a key found is matched to the key asked by its identity, not
+/// its text (a device's `DateTime<Utc>` key is the row whose key another
+/// entity reads as a `DateTime<FixedOffset>`).
+pub(crate) fn asked_by_identity<'t>(
+    keys: &[&[Value]],
+    texts: &'t [String],
+) -> Result<FxHashMap<String, &'t str>> {
+    let mut asked = FxHashMap::default();
+    for (k, t) in keys.iter().zip(texts) {
+        asked.insert(key_identity(k)?, t.as_str());
+    }
+    Ok(asked)
 }
 
 /// The key of `spec`'s row `r`: each key column as `kinds` says (the
