@@ -190,6 +190,10 @@ async fn a_table_keyed_by_an_enum_bootstraps_page_by_page(hub: TestDb) -> TestRe
     use common::entities::keyed_by_enum::{self, Rank};
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel, Iterable};
     let a = device::<keyed_by_enum::Entity>(&hub, "a").await?;
+    // Rows as a hub upgraded from schema version 5 holds them (no state in
+    // their users' rows): a snapshot reads them from the version table, a
+    // page at a time in key order.
+    common::keep_states_in_version_rows(&hub.db, "keyed_by_enum", "note").await?;
     for k in Rank::iter() {
         keyed_by_enum::Model {
             note: format!("{k:?}"),
@@ -200,12 +204,11 @@ async fn a_table_keyed_by_an_enum_bootstraps_page_by_page(hub: TestDb) -> TestRe
         .await?;
     }
     a.sync().await?;
-    // Rows as a hub upgraded from schema version 5 holds them (no state in
-    // their users' rows): a snapshot reads them from the version table, a
-    // page at a time in key order.
-    hub.db
-        .execute_unprepared("UPDATE keyed_by_enum SET _tidesync_seq = NULL")
-        .await?;
+    ensure_eq!(
+        common::count_rows(&hub.db, "_ts_hv_keyed_by_enum").await?,
+        Rank::iter().count() as i64,
+        "each row in the version table"
+    );
     let b = device::<keyed_by_enum::Entity>(&hub, "b")
         .await?
         .batched::<keyed_by_enum::Entity>(common::hub_for(&hub).await?, 1)
@@ -2000,14 +2003,11 @@ async fn a_decimal_key_is_one_row_whatever_its_scale(hub: TestDb) -> TestResult 
     let on_a = keyed_by_decimal::Entity::find().all(a.db()).await?;
     ensure_eq!(on_a.len(), 1, "{on_a:?}");
     ensure_eq!(on_a[0].note, "b", "b's edit reaches a");
-    let states = hub
-        .db
-        .query_all_raw(sea_orm::Statement::from_string(
-            hub.backend(),
-            "SELECT live FROM _ts_hv_keyed_by_decimal",
-        ))
-        .await?;
-    ensure_eq!(states.len(), 1, "one row state on the hub");
+    ensure_eq!(
+        common::hub_state_count(&hub.db, "keyed_by_decimal").await?,
+        1,
+        "one row state on the hub"
+    );
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
@@ -3667,14 +3667,11 @@ macro_rules! long_keys {
         ensure_eq!(all(b.db().clone()).await?, want, "deleted, on b");
         ensure_eq!(all(c.db().clone()).await?, want, "deleted, on c");
         ensure_eq!(all(hub.db.clone()).await?, want, "deleted, on the hub");
-        let states = hub
-            .db
-            .query_all_raw(sea_orm::Statement::from_string(
-                hub.backend(),
-                format!("SELECT live FROM _ts_hv_{}", stringify!($entity)),
-            ))
-            .await?;
-        ensure_eq!(states.len(), want.len() + 1, "one state per row on the hub");
+        ensure_eq!(
+            common::hub_state_count(&hub.db, stringify!($entity)).await?,
+            want.len() as i64 + 1,
+            "one state per row on the hub"
+        );
         a.drop().await?;
         b.drop().await?;
         c.drop().await?;
@@ -3831,7 +3828,7 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
     b.sync().await?;
     // The earlier release's layout, on the hub: the state as typed JSON in
     // `_tidesync_hub_rows` under the key text as is (no `pk_full`), hub
-    // schema version 2, no version row.
+    // schema version 2, no version row, no state in the users' row.
     let key = serde_json::to_string(&[serde_json::json!({ "String": row.k })])?;
     // The state the hub holds, as format 1 wrote it.
     let (_, page) = common::hub_for(&hub).await?.snapshot(None, 10).await?;
@@ -3840,6 +3837,10 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
     let clocks = state["clocks"].to_string();
     for sql in [
         "DELETE FROM _ts_hv_long_text_key".to_owned(),
+        "UPDATE long_text_key SET _tidesync_seq = NULL, _tidesync_clocks = NULL, \
+         _tidesync_del = NULL, _tidesync_sole = NULL, _tidesync_owner = NULL, \
+         _tidesync_forms = NULL"
+            .to_owned(),
         "DELETE FROM _tidesync_hub_columns".to_owned(),
         "DELETE FROM _tidesync_hub_versioned".to_owned(),
         "CREATE TABLE _tidesync_hub_rows (tbl varchar(64) NOT NULL, pk varchar(700) NOT NULL, \
@@ -3892,14 +3893,11 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
         vec![],
         "deleted, on a fresh device"
     );
-    let states = hub
-        .db
-        .query_all_raw(sea_orm::Statement::from_string(
-            hub.backend(),
-            "SELECT live FROM _ts_hv_long_text_key",
-        ))
-        .await?;
-    ensure_eq!(states.len(), 1, "one state on the hub");
+    ensure_eq!(
+        common::hub_state_count(&hub.db, "long_text_key").await?,
+        1,
+        "one state on the hub"
+    );
     ensure_eq!(
         common::count_rows(&hub.db, "_tidesync_hub_rows_v1").await?,
         0,

@@ -463,10 +463,9 @@ type RowMeta = (
     Option<String>,
 );
 
-/// The metadata of the hub's live `contacts` rows, by key: from the
-/// version rows and from the users' rows (`_tidesync_…` columns), which
-/// must agree: each live row has the same in both places, and a users' row
-/// with metadata has a live version row.
+/// The metadata of the hub's live `contacts` rows whose users' rows carry
+/// their states, by key (`_tidesync_…` columns); none of them has a
+/// version row (a live row's state is in one place).
 async fn hub_row_meta(hub: &TestDb) -> Result<BTreeMap<Uuid, RowMeta>, BoxError> {
     let read = |sql: &'static str| async move {
         let mut out = BTreeMap::new();
@@ -488,7 +487,7 @@ async fn hub_row_meta(hub: &TestDb) -> Result<BTreeMap<Uuid, RowMeta>, BoxError>
     };
     let versions = read(
         "SELECT id, hub_seq AS s, clocks AS c, del AS d, sole AS so, owner AS o \
-         FROM _ts_hv_contacts WHERE live = TRUE",
+         FROM _ts_hv_contacts",
     )
     .await?;
     let users = read(
@@ -497,11 +496,13 @@ async fn hub_row_meta(hub: &TestDb) -> Result<BTreeMap<Uuid, RowMeta>, BoxError>
          WHERE _tidesync_seq IS NOT NULL",
     )
     .await?;
-    ensure_eq!(
-        users,
-        versions,
-        "the users' rows' metadata and the live version rows"
-    );
+    for id in users.keys() {
+        ensure!(
+            !versions.contains_key(id),
+            "the live row {id} has a version row too: {:?}",
+            versions[id]
+        );
+    }
     Ok(users)
 }
 
@@ -541,6 +542,8 @@ async fn the_register_records_each_columns_spec(hub: TestDb) -> TestResult {
         ensure_eq!(spec["name"].as_str(), Some(col.as_str()));
         ensure!(spec.get("ty").is_some(), "{spec}");
     }
+    let b = Device::new(&hub, "b").await?;
+    b.sync().await?;
     hub.db
         .execute_unprepared(
             "UPDATE _tidesync_hub_columns SET spec = NULL WHERE tbl = 'contacts' AND col = 'name'",
@@ -551,64 +554,123 @@ async fn the_register_records_each_columns_spec(hub: TestDb) -> TestResult {
             "UPDATE _tidesync_hub_columns SET spec = '{}' WHERE tbl = 'contacts' AND col = 'email'",
         )
         .await?;
-    let b = Device::new(&hub, "b").await?;
-    b.sync().await?;
+    let c = Device::new(&hub, "c").await?;
     let now = specs().await?;
-    ensure_eq!(now["name"], recorded["name"], "filled again by b's install");
+    ensure_eq!(now["name"], recorded["name"], "filled again by c's install");
     ensure_eq!(
         now["email"].as_deref(),
         Some("{}"),
         "a recorded spec is kept"
     );
-    // A spec that cannot be read is taken as none: pushes go on.
-    a.add("second").await?;
+    // A spec that cannot be read is taken as none: pushes go on, the
+    // row's state kept in its version row (its users' row cannot carry
+    // it), where pulls read it.
+    let second = a.add("second").await?;
     a.sync().await?;
+    ensure!(
+        !hub_row_meta(&hub).await?.contains_key(&second),
+        "its users' row carries no state"
+    );
+    ensure_eq!(common::count_rows(&hub.db, "_ts_hv_contacts").await?, 1);
     b.sync().await?;
     ensure_eq!(b.rows().await?.len(), 2);
     a.drop().await?;
     b.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }
 
-/// A push merges an edit with the state the row's users' row carries
-/// (values and metadata), not its version row: with the version row's
-/// values garbled, an edit of one column still keeps the others, and the
-/// row's version row is written whole again.
+/// A live row whose users' row cannot carry its state (a column the
+/// register records no spec of, as an earlier release registered it) keeps
+/// it in its version row, its users' row without metadata: as a live row
+/// written before users' rows carried states. Once the column's spec is
+/// recorded, the next push of the row merges with the version row's state,
+/// writes it into the users' row and deletes the version row: a pull then
+/// reads it there, every value kept, and nothing twice.
 async fn a_push_merges_with_the_state_its_users_row_carries(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
+    a.add("zero").await?;
+    a.sync().await?;
+    let spec_of_email = || async {
+        let r = hub
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                hub.backend(),
+                "SELECT spec FROM _tidesync_hub_columns \
+                 WHERE tbl = 'contacts' AND col = 'email'",
+            ))
+            .await?
+            .ok_or("email is registered")?;
+        Ok::<_, BoxError>(r.try_get::<Option<String>>("", "spec")?)
+    };
+    let spec = spec_of_email().await?.ok_or("email's spec is recorded")?;
+    hub.db
+        .execute_unprepared(
+            "UPDATE _tidesync_hub_columns SET spec = NULL \
+             WHERE tbl = 'contacts' AND col = 'email'",
+        )
+        .await?;
     let id = a.add("first").await?;
     a.edit(id, None, Some("first@x")).await?;
     a.sync().await?;
-    let garbled = match hub.backend() {
-        sea_orm::DbBackend::Postgres => "'\\x01'::bytea",
-        _ => "X'01'",
-    };
-    hub.db
-        .execute_unprepared(&format!("UPDATE _ts_hv_contacts SET vals = {garbled}"))
-        .await?;
-    a.edit(id, Some("second"), None).await?;
-    a.sync().await?;
     let (rows, _) = hub_version_rows(&hub).await?;
     ensure!(
-        rows.len() == 1 && rows[0].1 > 1,
-        "written whole again: {rows:?}"
+        rows.len() == 1 && rows[0].0 && rows[0].1 > 0,
+        "a live version row with its values: {rows:?}"
     );
-    hub_row_meta(&hub).await?;
+    ensure!(
+        !hub_row_meta(&hub).await?.contains_key(&id),
+        "its users' row carries no state"
+    );
     let b = Device::new(&hub, "b").await?;
     b.sync().await?;
     ensure_eq!(
         b.rows().await?.get(&id).cloned(),
-        Some(("second".to_owned(), Some("first@x".to_owned()))),
-        "the edit and the value it did not touch"
+        Some(("first".to_owned(), Some("first@x".to_owned()))),
+        "read from its version row"
     );
+    let placeholder = match hub.backend() {
+        sea_orm::DbBackend::Postgres => "$1",
+        _ => "?",
+    };
+    hub.db
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            hub.backend(),
+            format!(
+                "UPDATE _tidesync_hub_columns SET spec = {placeholder} \
+                 WHERE tbl = 'contacts' AND col = 'email'"
+            ),
+            [spec.into()],
+        ))
+        .await?;
+    a.edit(id, Some("second"), None).await?;
+    a.sync().await?;
+    let (rows, _) = hub_version_rows(&hub).await?;
+    ensure!(rows.is_empty(), "its version row is deleted: {rows:?}");
+    ensure!(
+        hub_row_meta(&hub).await?.contains_key(&id),
+        "its users' row carries its state"
+    );
+    let r = b.sync().await?;
+    ensure_eq!(r.pulled, 1, "{r:?}");
+    let c = Device::new(&hub, "c").await?;
+    c.sync().await?;
+    for d in [&b, &c] {
+        ensure_eq!(
+            d.rows().await?.get(&id).cloned(),
+            Some(("second".to_owned(), Some("first@x".to_owned()))),
+            "the edit and the value it did not touch"
+        );
+    }
     a.drop().await?;
     b.drop().await?;
+    c.drop().await?;
     hub.drop().await
 }
 
 /// A pull reads a live row's state from its users' row (values and
-/// metadata): with the version row's values garbled, a device pulling
-/// (not bootstrapping) still gets the row whole.
+/// metadata), the row having no version row: a device pulling (not
+/// bootstrapping) gets the row whole.
 async fn a_pull_reads_the_state_a_users_row_carries(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let b = Device::new(&hub, "b").await?;
@@ -618,13 +680,12 @@ async fn a_pull_reads_the_state_a_users_row_carries(hub: TestDb) -> TestResult {
     let id = a.add("first").await?;
     a.edit(id, None, Some("first@x")).await?;
     a.sync().await?;
-    let garbled = match hub.backend() {
-        sea_orm::DbBackend::Postgres => "'\\x01'::bytea",
-        _ => "X'01'",
-    };
-    hub.db
-        .execute_unprepared(&format!("UPDATE _ts_hv_contacts SET vals = {garbled}"))
-        .await?;
+    let (rows, _) = hub_version_rows(&hub).await?;
+    ensure!(rows.is_empty(), "no version row: {rows:?}");
+    ensure!(
+        hub_row_meta(&hub).await?.contains_key(&id),
+        "its users' row carries it"
+    );
     let r = b.sync().await?;
     ensure_eq!(r.pulled, 1, "{r:?}");
     ensure_eq!(
@@ -636,10 +697,12 @@ async fn a_pull_reads_the_state_a_users_row_carries(hub: TestDb) -> TestResult {
     hub.drop().await
 }
 
-/// The hub keeps each row's state in the table's version table
-/// (`_ts_hv_contacts`), nothing in format 1's `_tidesync_hub_rows`; a
-/// deleted row's state keeps its values, so bootstraps, updates and a
-/// resurrection after a delete still see every value.
+/// The hub keeps a live row's state in its users' row (the `_tidesync_…`
+/// columns), a deleted row's in the table's version table
+/// (`_ts_hv_contacts`) with its values, nothing in format 1's
+/// `_tidesync_hub_rows`: so bootstraps, updates and a resurrection after a
+/// delete still see every value, and a row brought back leaves the version
+/// table.
 async fn hub_states_are_version_rows(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
     let id = a.add("first").await?;
@@ -648,10 +711,7 @@ async fn hub_states_are_version_rows(hub: TestDb) -> TestResult {
     ensure!(!legacy, "a new hub has no _tidesync_hub_rows");
     let first = hub_row_meta(&hub).await?;
     ensure!(first.len() == 1 && first.contains_key(&id), "{first:?}");
-    ensure!(
-        rows.len() == 1 && rows[0].0 && rows[0].1 > 0,
-        "one live version row with its values: {rows:?}"
-    );
+    ensure!(rows.is_empty(), "a live row has no version row: {rows:?}");
     a.edit(id, Some("second"), None).await?;
     a.sync().await?;
     let b = Device::new(&hub, "b").await?;
@@ -684,6 +744,11 @@ async fn hub_states_are_version_rows(hub: TestDb) -> TestResult {
         back.as_ref().map(|m| (m.name.as_str(), m.email.as_deref())),
         Some(("second", Some("back@x"))),
         "the hub's row is back with every value"
+    );
+    let (rows, _) = hub_version_rows(&hub).await?;
+    ensure!(
+        rows.is_empty(),
+        "brought back, out of the version table: {rows:?}"
     );
     let again = hub_row_meta(&hub).await?;
     ensure!(
@@ -831,6 +896,9 @@ async fn pulls_send_each_row_once_at_its_latest_state(hub: TestDb) -> TestResult
 /// passed over, until an install gives it one.
 async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
+    // Every live row's state in its version row, as then.
+    common::keep_states_in_version_rows(&hub.db, "contacts", "name").await?;
+    common::keep_states_in_version_rows(&hub.db, "people", "name").await?;
     let x = a.add("x").await?;
     for n in ["y", "z"] {
         a.add(n).await?;
@@ -1592,7 +1660,8 @@ async fn one_batch_of_new_and_known_rows_places_each_at_its_last_change(hub: Tes
         .db
         .query_all_raw(sea_orm::Statement::from_string(
             hub.db.get_database_backend(),
-            "SELECT id, hub_seq FROM _ts_hv_contacts",
+            "SELECT id, _tidesync_seq AS hub_seq FROM contacts WHERE _tidesync_seq IS NOT NULL \
+             UNION ALL SELECT id, hub_seq FROM _ts_hv_contacts",
         ))
         .await?
         .into_iter()
@@ -3424,7 +3493,6 @@ async fn large_rows_are_batched_by_size(hub: TestDb) -> TestResult {
     // The big values did go through each of these, in several statements.
     for (place, table) in [
         ("big_a", "_tidesync_outbox"),
-        ("hub", "_ts_hv_contacts"),
         ("hub", "contacts"),
         ("big_b", "contacts"),
     ] {

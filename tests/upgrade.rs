@@ -186,7 +186,8 @@ async fn databases_keep_syncing(format: &str) -> TestResult {
         }
     }
     // The hub's states moved to its version tables (hub schema version
-    // 3), and a new device bootstraps from them.
+    // 3), those of rows pushed since into their users' rows, and a new
+    // device bootstraps from them.
     ensure!(
         hub_db
             .execute_unprepared("SELECT vals FROM _tidesync_hub_rows")
@@ -195,11 +196,11 @@ async fn databases_keep_syncing(format: &str) -> TestResult {
         "_tidesync_hub_rows still holds states"
     );
     let left = common::count_rows(&hub_db, "_tidesync_hub_rows_v1").await?;
-    let moved = common::count_rows(&hub_db, "_ts_hv_people").await?;
+    let moved = common::hub_state_count(&hub_db, "people").await?;
     let version = common::read_meta_of(&hub_db, "_tidesync_hub_meta", "schema_version").await?;
     if left != 0 || moved < 4 || version.as_deref() != Some("6") {
         return Err(format!(
-            "hub states: {left} left in _tidesync_hub_rows_v1, {moved} version rows of \
+            "hub states: {left} left in _tidesync_hub_rows_v1, {moved} states of \
              people, schema version {version:?}"
         )
         .into());
@@ -333,6 +334,11 @@ async fn format1_hub_states_are_moved(hub_db: TestDb) -> TestResult {
     let db = &hub_db.db;
     for sql in [
         format!("DELETE FROM {}", q("_ts_hv_people")),
+        format!(
+            "UPDATE {} SET _tidesync_seq = NULL, _tidesync_clocks = NULL, _tidesync_del = NULL, \
+             _tidesync_sole = NULL, _tidesync_owner = NULL, _tidesync_forms = NULL",
+            q("people")
+        ),
         format!("DELETE FROM {}", q("_tidesync_hub_columns")),
         format!("DELETE FROM {}", q("_tidesync_hub_versioned")),
         format1_table_ddl(kind, "_tidesync_hub_rows"),
@@ -397,9 +403,9 @@ async fn format1_hub_states_are_moved(hub_db: TestDb) -> TestResult {
         "states left behind: only the garbled one"
     );
     ensure_eq!(
-        common::count_rows(db, "_ts_hv_people").await?,
+        common::hub_state_count(db, "people").await?,
         2,
-        "version rows, the deleted row's among them"
+        "row states, the deleted row's among them"
     );
     let rows = b.rows().await?;
     ensure_eq!(

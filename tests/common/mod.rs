@@ -726,6 +726,43 @@ pub async fn count_rows(db: &DatabaseConnection, table: &str) -> Result<i64, Box
         .try_get("", "n")?)
 }
 
+/// Register the column `column` of `table` on the hub `db` (installed, no
+/// push yet) with a spec no release reads: the users' rows of `table` then
+/// cannot carry their states (see `hub_state_count`), which the hub keeps
+/// in version rows alone, as it kept every live row's before hub schema
+/// version 6. A spec recorded is never changed, so this lasts.
+pub async fn keep_states_in_version_rows(
+    db: &DatabaseConnection,
+    table: &str,
+    column: &str,
+) -> Result<(), BoxError> {
+    db.execute_unprepared(&format!(
+        "INSERT INTO _tidesync_hub_columns (tbl, col, ord, spec) \
+         VALUES ('{table}', '{column}', 1, '{{}}')"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// How many row states a hub keeps of `table`: its users' rows that carry
+/// one (`_tidesync_seq` set: live rows) and its version rows (rows gone,
+/// rows their users' rows cannot carry). A row kept in both places counts
+/// twice.
+pub async fn hub_state_count(db: &DatabaseConnection, table: &str) -> Result<i64, BoxError> {
+    let kind = db.get_database_backend();
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM {} WHERE {} IS NOT NULL",
+        quote(kind, table),
+        quote(kind, "_tidesync_seq")
+    );
+    let live: i64 = db
+        .query_one_raw(sea_orm::Statement::from_string(kind, sql))
+        .await?
+        .ok_or("no count")?
+        .try_get("", "n")?;
+    Ok(live + count_rows(db, &format!("_ts_hv_{table}")).await?)
+}
+
 /// A value of a replica's `_tidesync_meta`, read by hand.
 pub async fn read_meta<C: sea_orm::ConnectionTrait>(
     db: &C,

@@ -79,14 +79,6 @@ pub(crate) trait Dialect: Send + Sync {
         false
     }
 
-    /// Whether an insert can leave the rows whose key the table holds as
-    /// they are and return only the rows it inserted (`ON CONFLICT (key)
-    /// DO NOTHING RETURNING`, PostgreSQL and SQLite; MySQL's `INSERT
-    /// IGNORE` ignores more than a key that is taken).
-    fn inserts_if_new(&self) -> bool {
-        false
-    }
-
     /// Whether column names that differ in case only name one column
     /// (SQLite, MySQL); PostgreSQL's quoted names keep their case.
     fn names_ignore_case(&self) -> bool {

@@ -335,7 +335,6 @@ mod tests {
         assert_eq!(MySql.plan_hint(), None);
         assert_eq!(MySql.plan_hint_expr(), None);
         assert!(!MySql.writes_in_with());
-        assert!(!MySql.inserts_if_new());
         assert_eq!(MySql.type_exists_query(), None);
     }
 

@@ -172,10 +172,6 @@ impl Dialect for Postgres {
         true
     }
 
-    fn inserts_if_new(&self) -> bool {
-        true
-    }
-
     fn plan_hint_expr(&self) -> Option<&'static str> {
         Some("set_config('plan_cache_mode', 'force_custom_plan', true)")
     }
@@ -387,7 +383,6 @@ mod tests {
             Some("set_config('plan_cache_mode', 'force_custom_plan', true)")
         );
         assert!(Postgres.writes_in_with());
-        assert!(Postgres.inserts_if_new());
     }
 
     #[test]

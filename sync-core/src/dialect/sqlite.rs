@@ -23,10 +23,6 @@ impl Dialect for Sqlite {
         true
     }
 
-    fn inserts_if_new(&self) -> bool {
-        true
-    }
-
     fn backend(&self) -> DbBackend {
         DbBackend::Sqlite
     }
@@ -219,7 +215,6 @@ mod tests {
         assert!(!Sqlite.locks_rows());
         assert_eq!(Sqlite.plan_hint_expr(), None);
         assert!(!Sqlite.writes_in_with());
-        assert!(Sqlite.inserts_if_new());
         assert_eq!(
             Sqlite.triggers_query(),
             Some("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?")

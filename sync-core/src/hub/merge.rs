@@ -1,25 +1,24 @@
 //! Merging pushed changes into the hub's row states inside the push
-//! transaction, and writing what changed: the users' rows, the states (in
-//! the version tables, see `versions`) and the log, each statement built
-//! while the database writes the one before.
+//! transaction, and writing what changed, each statement built while the
+//! database writes the one before: a live row's state into its users' row
+//! (see `users`), a gone row's into its version table (see `versions`).
 
 use std::collections::HashMap;
 
-use rustc_hash::{FxHashMap, FxHashSet};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
+use rustc_hash::FxHashMap;
+use sea_orm::{DatabaseTransaction, Statement, Value};
 
 use super::owner;
-use super::users::UserRows;
+use super::users::{UserRows, carries};
 use super::versions::HUB_VERSIONS;
 use crate::dialect::Dialect;
-use crate::model::change::{Change, ChangeId, Op, TableSpec};
+use crate::model::change::{Change, ChangeId, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::conflict::{self, ColumnConflict};
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::syncable::ConflictPolicy;
 use crate::model::value::{parse_pk_key, pk_key};
-use crate::store::codec::sequence;
 use crate::store::version_table::{Position, ROW_META, Versions, sole_after};
 use crate::store::versions::Ordinals;
 use crate::store::write::{delete_rows, execute_while, row_statements_beside};
@@ -55,6 +54,12 @@ pub(super) struct Merge<'a> {
     /// The origin each loaded row records as its sole writer, if any (see
     /// `Position::sole`), kept up to date as the call writes.
     soles: Rows<Option<NodeId>>,
+    /// Whether each loaded row has a version row, kept up to date as the
+    /// call writes: a row gone, a row a users' row cannot carry (see
+    /// [`carries`]), a live row of a release before users' rows carried
+    /// states. A live row written into its users' row alone has its
+    /// version row deleted.
+    in_versions: Rows<bool>,
     /// The version table of each table loaded from, by name.
     versions: HashMap<String, Versions<'a>>,
     /// Column registers read already in this transaction, by table: a
@@ -86,22 +91,26 @@ pub(super) struct Merge<'a> {
     /// adopted table. A plain insert fails there, and the change is
     /// refused.
     pub(super) plain_new: bool,
-    /// Insert the version rows of rows that look new before looking any
-    /// state up (see [`Merge::insert_fresh`]): the push's fast path, not
-    /// under an account (whose checks read every state first).
-    pub(super) fresh_first: bool,
 }
 
 /// The rows a finished [`Merge`] held, kept only to be dropped.
 pub(super) struct Spent {
     _states: Rows<RowState>,
     _soles: Rows<Option<NodeId>>,
+    _in_versions: Rows<bool>,
 }
 
 /// The rows one call writes, per table in registration order.
 struct RowWrites<'s> {
     upserts: Vec<Statement>,
     deletes: Vec<(&'s TableSpec, Vec<Vec<Value>>)>,
+    /// The keys whose state goes into the version table (rows gone, rows
+    /// their users' row cannot carry), per table.
+    versioned: Vec<(&'s str, Vec<String>)>,
+    /// The version rows to delete: live rows their users' rows now carry.
+    unversioned: Vec<Statement>,
+    /// The keys of those version rows, per table.
+    unversioned_keys: Vec<(&'s str, Vec<String>)>,
 }
 
 impl<'a> Merge<'a> {
@@ -118,6 +127,7 @@ impl<'a> Merge<'a> {
             next_seq,
             states: Rows::default(),
             soles: Rows::default(),
+            in_versions: Rows::default(),
             versions: HashMap::new(),
             registers: HashMap::new(),
             held: Vec::new(),
@@ -125,7 +135,6 @@ impl<'a> Merge<'a> {
             applied: Vec::new(),
             deletes_first: true,
             plain_new: false,
-            fresh_first: false,
         }
     }
 
@@ -146,6 +155,7 @@ impl<'a> Merge<'a> {
             next_seq: self.next_seq,
             states: self.states.clone(),
             soles: self.soles.clone(),
+            in_versions: self.in_versions.clone(),
             versions: self.versions.clone(),
             registers: self.registers.clone(),
             held: Vec::new(),
@@ -153,7 +163,6 @@ impl<'a> Merge<'a> {
             applied: Vec::new(),
             deletes_first: self.deletes_first,
             plain_new: self.plain_new,
-            fresh_first: false,
         }
     }
 
@@ -174,6 +183,7 @@ impl<'a> Merge<'a> {
         let spent = Spent {
             _states: self.states,
             _soles: self.soles,
+            _in_versions: self.in_versions,
         };
         (self.next_seq, self.held, self.settled, self.applied, spent)
     }
@@ -183,6 +193,7 @@ impl<'a> Merge<'a> {
         self.next_seq = sub.next_seq;
         self.states = sub.states;
         self.soles = sub.soles;
+        self.in_versions = sub.in_versions;
         // Its version tables are not taken: a register read here misses
         // at most the columns the savepoint registered, which a later
         // registration or read looks up again.
@@ -193,11 +204,6 @@ impl<'a> Merge<'a> {
 
     /// Merge `changes` (already validated) and write their rows and
     /// states. On error the caller rolls back.
-    ///
-    /// With [`Merge::fresh_first`], the version rows of the rows that look
-    /// new are inserted first, without looking their states up (see
-    /// [`Merge::insert_fresh`]); the others are looked up, merged and
-    /// saved as before.
     pub(super) async fn write(&mut self, changes: &[&Change]) -> Result<()> {
         let keyed = changes
             .iter()
@@ -217,29 +223,16 @@ impl<'a> Merge<'a> {
         }
         let first_seq = self.next_seq;
         let origin = changes.first().map(|c| c.id.origin);
-        let (fresh, fresh_before, fresh_positions) =
-            match self.fresh_first && self.dialect.inserts_if_new() {
-                true => self.insert_fresh(&keyed, &pks, origin).await?,
-                false => Default::default(),
-            };
-        let stale = |table: &str, key: &str| !fresh.contains(&(table, key));
         self.load(&keyed).await?;
-        let (mut before, owners) = self.merge(&keyed, &stale)?;
-        for (table, rows) in fresh_before {
-            table_rows(&mut before, &table).extend(rows);
-        }
+        let (before, owners) = self.merge(&keyed)?;
         // The rows whose state changed, the new ones too, their columns
         // registered (before their metadata is encoded), and their
         // positions.
-        let mut saved = self.changed(&before)?;
+        let saved = self.changed(&before)?;
         self.register(&saved).await?;
-        let mut positions = positions(&keyed, &owners, first_seq, &stale);
+        let mut positions = positions(&keyed, &owners, first_seq);
         self.sole_positions(&mut positions, &before, origin);
-        positions.extend(fresh_positions);
-        let rows = self.row_writes(&before, &saved, &positions)?;
-        for (table, keys) in &mut saved {
-            keys.retain(|k| stale(table, k));
-        }
+        let rows = self.row_writes(&before, &saved, &positions, &pks)?;
         // The database writes the rows while the state statements are
         // built, then the states while the digests are made.
         let tx = self.tx;
@@ -249,13 +242,27 @@ impl<'a> Merge<'a> {
             }
         }
         let (states, versions) = (&self.states, &self.versions);
-        let state_stmts = execute_while(tx, rows.upserts, || {
-            state_statements(states, versions, &saved, &pks, &positions, false)
+        let versioned = &rows.versioned;
+        let mut state_stmts = execute_while(tx, rows.upserts, || {
+            state_statements(states, versions, versioned, &pks, &positions)
         })
         .await?;
         if !self.deletes_first {
             for (spec, dead) in rows.deletes.iter().rev() {
                 delete_rows(tx, spec, dead).await?;
+            }
+        }
+        state_stmts.extend(rows.unversioned);
+        for (table, keys) in rows.versioned {
+            let kept = table_rows(&mut self.in_versions, table);
+            for k in keys {
+                kept.insert(k, true);
+            }
+        }
+        for (table, keys) in rows.unversioned_keys {
+            let kept = table_rows(&mut self.in_versions, table);
+            for k in keys {
+                kept.insert(k, false);
             }
         }
         // The digests are made, and the states before freed, while the
@@ -271,109 +278,6 @@ impl<'a> Merge<'a> {
         self.next_seq = first_seq + changes.len() as u64;
         self.applied.extend(digests);
         Ok(())
-    }
-
-    /// Insert the version rows of the rows of `keyed` that look new (the
-    /// first change of the row in `keyed` is an insert, and this merge
-    /// holds no state of it), merged into an empty state as if their
-    /// lookup had found none, without looking them up: where the version
-    /// table holds the key already, the insert leaves its row as it is.
-    /// Returns the rows it inserted, told apart by the positions the
-    /// insert returns (each row's own), their states before (empty) and
-    /// their positions; the states of the others are dropped, for
-    /// [`Merge::load`] to look them up and [`Merge::merge`] to merge them
-    /// again.
-    ///
-    /// A push of new rows then reads no state: the insert finds the taken
-    /// keys the lookup would have found, in the same index.
-    async fn insert_fresh<'k>(
-        &mut self,
-        keyed: &'k [(&'k Change, String)],
-        pks: &FxHashMap<(&str, &str), Vec<Value>>,
-        origin: Option<NodeId>,
-    ) -> Result<Fresh<'k>> {
-        let mut first: FxHashMap<(&str, &str), bool> = FxHashMap::default();
-        for (c, key) in keyed {
-            first
-                .entry((c.table.as_str(), key.as_str()))
-                .or_insert_with(|| {
-                    c.op == Op::Insert
-                        && row(&self.states, &c.table, key).is_none()
-                        && self.specs.iter().any(|s| s.name == c.table)
-                });
-        }
-        first.retain(|_, new| *new);
-        if first.is_empty() {
-            return Ok(Fresh::default());
-        }
-        for (table, key) in first.keys() {
-            table_rows(&mut self.states, table).insert((*key).to_owned(), RowState::default());
-            table_rows(&mut self.soles, table).insert((*key).to_owned(), None);
-        }
-        let new = |table: &str, key: &str| first.contains_key(&(table, key));
-        let (held, settled) = (self.held.len(), self.settled.len());
-        let (mut before, owners) = self.merge(keyed, &new)?;
-        if self.held.len() != held || self.settled.len() != settled {
-            // A change merged into an empty state meets no concurrent
-            // edit; should one, the rows are looked up after all.
-            self.held.truncate(held);
-            self.settled.truncate(settled);
-            self.forget(first.keys());
-            return Ok(Fresh::default());
-        }
-        let mut positions = positions(keyed, &owners, self.next_seq, &new);
-        self.sole_positions(&mut positions, &before, origin);
-        let mut saved: Vec<(&str, Vec<String>)> = Vec::new();
-        for spec in self.specs {
-            let keys: Vec<String> = before
-                .get(&spec.name)
-                .into_iter()
-                .flatten()
-                .filter(|(k, was)| {
-                    row(&self.states, &spec.name, k).is_some_and(|now| !was.same(now))
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            saved.push((&spec.name, keys));
-        }
-        self.register(&saved).await?;
-        let stmts = state_statements(&self.states, &self.versions, &saved, pks, &positions, true)?;
-        let mut inserted: FxHashSet<u64> = FxHashSet::default();
-        for stmt in stmts {
-            for r in self.tx.query_all_raw(stmt).await? {
-                inserted.insert(sequence(&r, "hub_seq")?);
-            }
-        }
-        let mut fresh: FxHashSet<(&'k str, &'k str)> = FxHashSet::default();
-        let mut taken = Vec::new();
-        positions.retain(|row_key, p| {
-            if inserted.contains(&p.hub_seq) {
-                fresh.insert(*row_key);
-                true
-            } else {
-                taken.push(*row_key);
-                false
-            }
-        });
-        self.forget(taken.iter());
-        for (table, key) in &taken {
-            if let Some(rows) = before.get_mut(*table) {
-                rows.remove(*key);
-            }
-        }
-        Ok((fresh, before, positions))
-    }
-
-    /// Drop what this merge holds of these rows.
-    fn forget<'r>(&mut self, rows: impl Iterator<Item = &'r (&'r str, &'r str)>) {
-        for (table, key) in rows {
-            if let Some(t) = self.states.get_mut(*table) {
-                t.remove(*key);
-            }
-            if let Some(t) = self.soles.get_mut(*table) {
-                t.remove(*key);
-            }
-        }
     }
 
     /// Register the columns of the states of `saved` (per table, the keys
@@ -495,7 +399,7 @@ impl<'a> Merge<'a> {
                 .iter()
                 .find(|s| s.name == table)
                 .ok_or_else(|| Error::Corrupt(format!("table `{table}` is not installed")))?;
-            let mut loaded = UserRows::new(self.dialect, spec)
+            let (mut loaded, mut unreadable) = UserRows::new(self.dialect, spec)
                 .load(self.tx, versions.ordinals(), &values, &texts)
                 .await?;
             let (rest, rest_texts): (Vec<&[Value]>, Vec<String>) = values
@@ -504,9 +408,26 @@ impl<'a> Merge<'a> {
                 .filter(|(_, t)| !loaded.contains_key(*t))
                 .map(|(v, t)| (*v, t.clone()))
                 .unzip();
-            if !rest.is_empty() {
-                loaded.extend(versions.load_with_sole(self.tx, &rest, &rest_texts).await?);
+            let kept = match rest.is_empty() {
+                true => HashMap::new(),
+                false => versions.load_with_sole(self.tx, &rest, &rest_texts).await?,
+            };
+            // A users' row with metadata that cannot be read, and no
+            // version row: its state is not empty, and taking it for a
+            // new row would lose it.
+            for k in kept.keys() {
+                unreadable.remove(k);
             }
+            if let Some((_, e)) = unreadable.into_iter().next() {
+                return Err(e);
+            }
+            let in_versions = table_rows(&mut self.in_versions, table);
+            for k in &texts {
+                in_versions
+                    .entry(k.clone())
+                    .or_insert_with(|| kept.contains_key(k));
+            }
+            loaded.extend(kept);
             let (soles, states) = (
                 table_rows(&mut self.soles, table),
                 table_rows(&mut self.states, table),
@@ -520,23 +441,14 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 
-    /// Merge the changes of the rows `which` takes, in order, into the
-    /// loaded states. Returns each touched row's state before, and the
-    /// owner of each change's row after it (for tables with owners; none
-    /// for a change of a row not taken). The columns whose edit is a
+    /// Merge the changes, in order, into the loaded states. Returns each
+    /// touched row's state before, and the owner of each change's row
+    /// after it (for tables with owners). The columns whose edit is a
     /// conflict are held or settled apart.
-    fn merge(
-        &mut self,
-        keyed: &[(&Change, String)],
-        which: &dyn Fn(&str, &str) -> bool,
-    ) -> Result<(Before, Vec<Option<String>>)> {
+    fn merge(&mut self, keyed: &[(&Change, String)]) -> Result<(Before, Vec<Option<String>>)> {
         let mut before = Before::default();
         let mut owners = Vec::with_capacity(keyed.len());
         for (c, key) in keyed {
-            if !which(&c.table, key) {
-                owners.push(None);
-                continue;
-            }
             let s = self
                 .states
                 .get_mut(&c.table)
@@ -581,19 +493,26 @@ impl<'a> Merge<'a> {
     }
 
     /// The rows to write of the keys `saved` (see [`Merge::changed`],
-    /// registered): upserts in table order (parents first), each live row
-    /// with its metadata at its position (see
-    /// [`ROW_META`]); deletes to run in reverse. The states stay in
-    /// `self.states` (not copied).
+    /// registered), `pks` holding each key's values: upserts in table
+    /// order (parents first), each live row with its metadata at its
+    /// position (see [`ROW_META`]); deletes to run in reverse; the states
+    /// that go into version tables (rows gone, rows their users' rows
+    /// cannot carry, see [`carries`]), and the deletes of the version
+    /// rows of the live rows their users' rows now carry. The states stay
+    /// in `self.states` (not copied).
     fn row_writes(
         &self,
         before: &Before,
-        saved: &[(&str, Vec<String>)],
+        saved: &[(&'a str, Vec<String>)],
         positions: &FxHashMap<(&str, &str), Position>,
+        pks: &FxHashMap<(&str, &str), Vec<Value>>,
     ) -> Result<RowWrites<'a>> {
         let mut out = RowWrites {
             upserts: Vec::new(),
             deletes: Vec::new(),
+            versioned: Vec::new(),
+            unversioned: Vec::new(),
+            unversioned_keys: Vec::new(),
         };
         for (spec, (table, keys)) in self.specs.iter().zip(saved) {
             debug_assert_eq!(spec.name, *table);
@@ -610,19 +529,38 @@ impl<'a> Merge<'a> {
                 .ok_or_else(|| Error::Corrupt("version table not opened".into()))?;
             let wide = widened(spec, versions.ordinals());
             let (mut live, mut dead) = (Vec::new(), Vec::new());
+            let (mut versioned, mut unversioned) = (Vec::new(), Vec::new());
+            let mut unversioned_keys = Vec::new();
             for key in keys {
                 let (Some(old), Some(new)) =
                     (row(before, table, key), row(&self.states, table, key))
                 else {
                     return Err(Error::Corrupt("state not loaded".into()));
                 };
+                let pk = pks
+                    .get(&(*table, key.as_str()))
+                    .ok_or_else(|| Error::Corrupt(format!("no key values for {key}")))?;
                 if new.is_live() {
                     let p = positions
                         .get(&(*table, key.as_str()))
                         .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
+                    if !carries(self.dialect, &wide, versions.ordinals(), pk, new) {
+                        // Its state in its version row alone: a users' row
+                        // without metadata is read from there.
+                        live.push((new, old.is_live(), Versions::no_row_meta()));
+                        versioned.push(key.clone());
+                        continue;
+                    }
                     live.push((new, old.is_live(), versions.row_meta(new, p)?));
-                } else if old.is_live() {
-                    dead.push(parse_pk_key(key)?);
+                    if row(&self.in_versions, table, key).copied().unwrap_or(true) {
+                        unversioned.push(pk.clone());
+                        unversioned_keys.push(key.clone());
+                    }
+                } else {
+                    if old.is_live() {
+                        dead.push(parse_pk_key(key)?);
+                    }
+                    versioned.push(key.clone());
                 }
             }
             out.upserts.extend(row_statements_beside(
@@ -633,6 +571,10 @@ impl<'a> Merge<'a> {
                 self.plain_new,
             )?);
             out.deletes.push((spec, dead));
+            out.unversioned
+                .extend(versions.delete_statements(&unversioned));
+            out.versioned.push((*table, versioned));
+            out.unversioned_keys.push((*table, unversioned_keys));
         }
         Ok(out)
     }
@@ -660,30 +602,17 @@ fn widened<'s>(spec: &'s TableSpec, ords: &Ordinals) -> std::borrow::Cow<'s, Tab
     std::borrow::Cow::Owned(wide)
 }
 
-/// What [`Merge::insert_fresh`] inserted: the rows, their states before
-/// (empty) and their positions.
-type Fresh<'k> = (
-    FxHashSet<(&'k str, &'k str)>,
-    Before,
-    FxHashMap<(&'k str, &'k str), Position>,
-);
-
-/// Each position of a row of `keyed` that `which` takes: the hub sequence
-/// of its last change in `keyed` (the first at `first_seq`) and the owner
-/// after it (`owners`, one per change); its sole writer is for
-/// [`Merge::sole_positions`].
+/// Each position of a row of `keyed`: the hub sequence of its last change
+/// in `keyed` (the first at `first_seq`) and the owner after it (`owners`,
+/// one per change); its sole writer is for [`Merge::sole_positions`].
 fn positions<'k>(
     keyed: &'k [(&Change, String)],
     owners: &[Option<String>],
     first_seq: u64,
-    which: &dyn Fn(&str, &str) -> bool,
 ) -> FxHashMap<(&'k str, &'k str), Position> {
     let mut out: FxHashMap<(&str, &str), Position> =
         FxHashMap::with_capacity_and_hasher(keyed.len(), Default::default());
     for (i, ((c, key), owner)) in keyed.iter().zip(owners).enumerate() {
-        if !which(&c.table, key) {
-            continue;
-        }
         out.insert(
             (c.table.as_str(), key.as_str()),
             Position {
@@ -697,16 +626,14 @@ fn positions<'k>(
 }
 
 /// The statements that save the states of `saved` (per table, the keys
-/// whose state changed) into their version tables; `pks` holds each key's
-/// values. With `if_new`, inserts of rows new to them (see
-/// [`Versions::positioned_statements`]).
+/// whose state goes there) into their version tables; `pks` holds each
+/// key's values.
 fn state_statements(
     states: &Rows<RowState>,
     versions: &HashMap<String, Versions<'_>>,
     saved: &[(&str, Vec<String>)],
     pks: &FxHashMap<(&str, &str), Vec<Value>>,
     positions: &FxHashMap<(&str, &str), Position>,
-    if_new: bool,
 ) -> Result<Vec<Statement>> {
     let mut out = Vec::new();
     for (table, keys) in saved {
@@ -729,7 +656,7 @@ fn state_statements(
                 .ok_or_else(|| Error::Corrupt(format!("no position for {key}")))?;
             rows.push((pk.as_slice(), state, position));
         }
-        out.extend(v.positioned_statements(&rows, if_new)?);
+        out.extend(v.positioned_statements(&rows)?);
     }
     Ok(out)
 }

@@ -208,10 +208,6 @@ impl Push<'_> {
         let mut merge = Merge::new(&tx, self.dialect, self.specs, start_seq);
         merge.registers = registers;
         merge.plain_new = self.account.is_some();
-        // Only at the first try: should the insert of new rows fail where
-        // the plain path would not (an SQLite older than 3.35 knows no
-        // `RETURNING`), the second try goes without it.
-        merge.fresh_first = !careful && deletes_first && self.account.is_none();
         merge.deletes_first = deletes_first;
         if let Some(account) = self.account {
             self.account_refusals(account, &mut merge, &todo, &mut verdicts)

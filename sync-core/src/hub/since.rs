@@ -102,10 +102,10 @@ pub(super) async fn read<C: ConnectionTrait>(
             .await
             .map_err(Error::or_offline)?;
         // The users' rows that carry their state, and the version rows
-        // at other positions: a row at one position in both (written
-        // by a push of this release, which writes both) is read from its
+        // at other positions: a row at one position in both (written by
+        // a development build that wrote both places) is read from its
         // users' row, unless that one cannot be read there.
-        let users = match carries_states(db, seen, spec).await {
+        let users = match carries_states(db, seen, spec).await? {
             true => UserRows::new(d, spec)
                 .after(db, versions.ordinals(), cursor.0, tip, limit, of_users)
                 .await
@@ -214,22 +214,23 @@ impl Seen {
 /// Whether the users' table of `spec` has the columns of its rows'
 /// states ([`ROW_META`]; an install gives them to every users' table that
 /// has a version table, but an operator may have dropped one).
-async fn carries_states<C: ConnectionTrait>(db: &C, seen: &Seen, spec: &TableSpec) -> bool {
-    let Ok(d) = crate::dialect::of_db(db) else {
-        return false;
-    };
+async fn carries_states<C: ConnectionTrait>(db: &C, seen: &Seen, spec: &TableSpec) -> Result<bool> {
+    let d = crate::dialect::of_db(db)?;
     let place = Place::of(d, spec);
     let name = format!("{place:?}");
     if seen.has(&name) {
-        return true;
+        return Ok(true);
     }
-    match existing_columns(db, d, place).await {
-        Ok(columns) if columns.iter().any(|c| c == ROW_META[3]) => {
-            seen.add(&name);
-            true
-        }
-        _ => false,
+    // An error is the pull's: a table taken for one without such rows
+    // would have its live rows left out, and the cursor moved past them.
+    let columns = existing_columns(db, d, place)
+        .await
+        .map_err(Error::or_offline)?;
+    let carries = columns.iter().any(|c| c == ROW_META[3]);
+    if carries {
+        seen.add(&name);
     }
+    Ok(carries)
 }
 
 /// Whether every row of `tables` has a position (their version tables

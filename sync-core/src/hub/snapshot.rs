@@ -1,6 +1,8 @@
-//! A snapshot of the hub's rows, page by page in (table, key) order, for
-//! bootstrapping a new replica: the version tables (see `versions`), then
-//! the states still in `_tidesync_hub_rows_v1`.
+//! A snapshot of the hub's rows, page by page, for bootstrapping a new
+//! replica: per table in name order, the users' rows that carry their
+//! states (see `users`) in position order up to the snapshot's bound, then
+//! the version rows (see `versions`: rows gone, and live rows kept there)
+//! in key order; then the states still in `_tidesync_hub_rows_v1`.
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, Value};
@@ -361,8 +363,9 @@ async fn users_page<C: ConnectionTrait>(
     for r in rows {
         let (key, state) = match r.row {
             Ok(row) => row,
-            // The version row at its position, if one reads (a push of
-            // this release writes both).
+            // The version row at its position, if one reads (a hub of
+            // the development build that wrote both places); else the
+            // bootstrap stops at the row, naming it.
             Err((e, raw)) => {
                 let at = versions
                     .after(db, r.hub_seq - 1, r.hub_seq, 1, None)

@@ -286,10 +286,36 @@ pub(crate) async fn install(
     Ok((HubInfo { hub_id }, placed))
 }
 
-/// Whether the hub holds the state of some row of `table`: in its version
-/// table, or in format 1's [`HUB_ROWS`] or [`HUB_ROWS_V1`], where they are.
+/// Whether the hub holds the state of some row of `table`: in its users'
+/// rows (see `users`; the table where [`HUB_PLACES`] records it, else in
+/// the search path), in its version table, or in format 1's [`HUB_ROWS`]
+/// or [`HUB_ROWS_V1`], where they are.
 pub(crate) async fn has_states<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool> {
     let d = dialect::of_db(db)?;
+    let schema = match d.has_schemas() {
+        true => HUB_PLACES.read(db, table).await?.filter(|s| !s.is_empty()),
+        false => None,
+    };
+    let users = Place {
+        schema: schema.as_deref(),
+        name: table,
+    };
+    let seq = crate::store::version_table::ROW_META[0];
+    if existing_columns(db, d, users)
+        .await?
+        .iter()
+        .any(|c| c == seq)
+    {
+        let q = Query::select()
+            .expr(Expr::val(1))
+            .from(users.table_ref())
+            .and_where(Expr::col(Alias::new(seq)).is_not_null())
+            .limit(1)
+            .to_owned();
+        if db.query_one(&q).await?.is_some() {
+            return Ok(true);
+        }
+    }
     let versions = hub_version_table(table);
     if !existing_columns(db, d, Place::own(&versions))
         .await?

@@ -12,6 +12,13 @@
 //! ordinal the register does not hold, cannot be read here: it is left to
 //! the version table, as a row without metadata is (written by another
 //! program, or by a release before this one).
+//!
+//! A push writes a live row's state here only: its version row is deleted
+//! when it has one (a row brought back, a row of a release before this
+//! one). It keeps a version row beside the users' row only where the
+//! users' row cannot carry the state whole (see [`carries`]). A row that
+//! is gone has its version row only, with its values (an update that
+//! brings it back merges with them).
 
 use std::collections::HashMap;
 
@@ -51,7 +58,10 @@ impl<'a> UserRows<'a> {
     /// records as its sole writer, by key text; `ords` is the table's
     /// register with its specs. Keys whose row has no metadata, or whose
     /// row cannot be read here (see the module), are absent: the caller
-    /// looks them up in the version table.
+    /// looks them up in the version table. Those of rows with metadata
+    /// that cannot be decoded come second, each with why: where the
+    /// version table holds no row of the key, the caller must not take it
+    /// for a row without a state.
     ///
     /// # Errors
     /// An error of kind [`UniqueViolation`](crate::model::error::ErrorKind)
@@ -64,10 +74,14 @@ impl<'a> UserRows<'a> {
         ords: &Ordinals,
         keys: &[&[Value]],
         texts: &[String],
-    ) -> Result<HashMap<String, (RowState, Option<NodeId>)>> {
+    ) -> Result<(
+        HashMap<String, (RowState, Option<NodeId>)>,
+        HashMap<String, Error>,
+    )> {
         debug_assert_eq!(keys.len(), texts.len());
         let asked = asked_by_identity(keys, texts)?;
         let mut out = HashMap::with_capacity(keys.len());
+        let mut unreadable = HashMap::new();
         // On SQLite a key is stored in the form it was pushed in, and a
         // decimal or a date-time with an offset has several: such a key
         // is left to the version table, which keeps one form.
@@ -82,14 +96,11 @@ impl<'a> UserRows<'a> {
             let mut q = self.select(ords);
             q.and_where(keys_match(self.spec, &chunk, self.d));
             for r in db.query_all(&q).await? {
-                let key = match self.key(&r, kinds.as_deref()) {
-                    Ok(key) => key,
-                    Err(e) if undecodable(&e) => {
-                        tracing::warn!(table = %self.spec.name, error = %e, "a users' row's key cannot be read: its state is taken from its version row");
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
+                // A key that cannot be read (the database found it under
+                // one asked for) fails the lookup: which row's state it is
+                // cannot be told, and taking the row for one without a
+                // state would lose it.
+                let key = self.key(&r, kinds.as_deref())?;
                 let Some(text) = asked.get(&key_identity(&key)?) else {
                     return Err(another_key(&self.spec.name, &pk_key(&key)?));
                 };
@@ -98,9 +109,19 @@ impl<'a> UserRows<'a> {
                 // version row, as one without metadata is.
                 let state = match self.state(&r, &key, ords) {
                     Ok(Some(state)) => state,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        let e = Error::Corrupt(format!(
+                            "`{}`: the row {text} carries a clock of a column the register \
+                             records no readable spec of, or does not hold",
+                            self.spec.name
+                        ));
+                        tracing::warn!(table = %self.spec.name, key = %text, error = %e, "a users' row's state cannot be read: taken from its version row, if it has one");
+                        unreadable.insert((*text).to_owned(), e);
+                        continue;
+                    }
                     Err(e) if undecodable(&e) => {
-                        tracing::warn!(table = %self.spec.name, key = %text, error = %e, "a users' row's state cannot be read: taken from its version row");
+                        tracing::warn!(table = %self.spec.name, key = %text, error = %e, "a users' row's state cannot be read: taken from its version row, if it has one");
+                        unreadable.insert((*text).to_owned(), e);
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -113,7 +134,7 @@ impl<'a> UserRows<'a> {
                 out.insert((*text).to_owned(), (state, sole));
             }
         }
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     /// Up to `limit` rows whose position is in `(cursor, tip]` and that
@@ -226,6 +247,28 @@ impl<'a> UserRows<'a> {
         }
         Ok(Some(state))
     }
+}
+
+/// Whether the users' row of `key` can carry `state` whole, so that its
+/// table needs no version row of it: not where the dialect keeps a key in
+/// the form it was bound in and the key has several (its lookup goes to
+/// the version table, see [`UserRows::load`]), nor where the state holds a
+/// column the users' row is not written with (`written`: the table's
+/// columns as a push writes them, local-only ones left out) or that the
+/// register `ords` records no readable spec of (a column of a release
+/// before specs were recorded, a spec this release cannot read).
+pub(crate) fn carries(
+    d: &dyn Dialect,
+    written: &TableSpec,
+    ords: &Ordinals,
+    key: &[Value],
+    state: &RowState,
+) -> bool {
+    !(d.keeps_bound_forms() && several_forms(key))
+        && state.clocks.keys().all(|c| {
+            written.pk.iter().any(|k| k.name == *c)
+                || (ords.spec(c).is_some() && written.columns.iter().any(|w| w.name == *c))
+        })
 }
 
 /// Whether a key holds a value with more than one stored form on SQLite

@@ -466,7 +466,7 @@ async fn fill_positions(db: &DatabaseConnection, spec: &TableSpec) -> Result<()>
         }
         let positioned: Vec<(&[Value], &RowState, &Position)> =
             rows.iter().map(|(k, s, p)| (*k, *s, p)).collect();
-        for q in versions.positioned_statements(&positioned, false)? {
+        for q in versions.positioned_statements(&positioned)? {
             tx.execute_raw(q).await?;
         }
         if next_seq != fresh_from {
@@ -656,7 +656,8 @@ fn recorded_key(name: &str, key: &str) -> Result<Vec<ColumnSpec>> {
 }
 
 /// The states of `keys` (values and key text) of `table`, by key text,
-/// wherever they are: in its version table if it has one, else in
+/// wherever they are: in its users' rows and its version table if it has
+/// one (a live row's state is in its users' row, see `users`), else in
 /// `_tidesync_hub_rows` (a table no install of this release has seen).
 pub(crate) async fn load_any<C: ConnectionTrait>(
     db: &C,
@@ -671,11 +672,44 @@ pub(crate) async fn load_any<C: ConnectionTrait>(
             .map(|(k, (s, _))| (k, s))
             .collect());
     };
-    let spec = keyed_spec(table.to_owned(), recorded_key(table, &key)?);
+    let d = dialect::of_db(db)?;
+    let mut spec = keyed_spec(table.to_owned(), recorded_key(table, &key)?);
+    if d.has_schemas() {
+        spec.schema = super::tables::HUB_PLACES
+            .read(db, table)
+            .await?
+            .filter(|s| !s.is_empty());
+    }
     let mut versions = Versions::open(db, HUB_VERSIONS, &spec).await?;
     let values: Vec<&[Value]> = keys.iter().map(|(v, _)| v.as_slice()).collect();
     let texts: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
-    versions.load_keyed(db, &values, &texts).await
+    let carried = existing_columns(db, d, Place::of(d, &spec))
+        .await?
+        .iter()
+        .any(|c| c == ROW_META[3]);
+    let (mut out, mut unreadable) = match carried {
+        true => {
+            super::users::UserRows::new(d, &spec)
+                .load(db, versions.ordinals(), &values, &texts)
+                .await?
+        }
+        false => Default::default(),
+    };
+    let (rest, rest_texts): (Vec<&[Value]>, Vec<String>) = values
+        .iter()
+        .zip(&texts)
+        .filter(|(_, t)| !out.contains_key(*t))
+        .map(|(v, t)| (*v, t.clone()))
+        .unzip();
+    let kept = versions.load_keyed(db, &rest, &rest_texts).await?;
+    unreadable.retain(|k, _| !kept.contains_key(k));
+    if let Some((_, e)) = unreadable.into_iter().next() {
+        return Err(e);
+    }
+    let mut out: std::collections::HashMap<String, RowState> =
+        out.drain().map(|(k, (s, _))| (k, s)).collect();
+    out.extend(kept);
+    Ok(out)
 }
 
 /// The tables with a version table, in name order: those of `specs` as

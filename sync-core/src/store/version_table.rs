@@ -661,53 +661,32 @@ impl<'a> Versions<'a> {
     /// Built without a database, so that a caller can build them while the
     /// database works (see [`crate::store::write::execute_while`]).
     pub(crate) fn statements(&self, states: &[(&[Value], &RowState)]) -> Result<Vec<Statement>> {
-        self.build(
-            states.iter().map(|(k, s)| (*k, *s, None)),
-            states.len(),
-            false,
-        )
+        self.build(states.iter().map(|(k, s)| (*k, *s, None)), states.len())
     }
 
     /// [`Versions::statements`] of a table whose rows record their
     /// [`Position`]: each state with its position.
-    ///
-    /// With `if_new`, of rows new to the table as far as the caller knows:
-    /// each statement inserts the rows whose key the table does not hold,
-    /// leaves the others as they are, and returns the `hub_seq` of each
-    /// row it inserted (the caller tells its rows apart by their
-    /// positions, not by keys read back in another form). Only where the
-    /// dialect [inserts if new](crate::dialect::Dialect::inserts_if_new).
     pub(crate) fn positioned_statements(
         &self,
         states: &[(&[Value], &RowState, &Position)],
-        if_new: bool,
     ) -> Result<Vec<Statement>> {
-        if !self.positions || (if_new && !self.d.inserts_if_new()) {
+        if !self.positions {
             return Err(Error::Corrupt(format!(
-                "`{}`: no positioned {} here",
-                self.table,
-                if if_new {
-                    "inserts of new rows"
-                } else {
-                    "rows"
-                }
+                "`{}`: no positioned rows here",
+                self.table
             )));
         }
         self.build(
             states.iter().map(|(k, s, p)| (*k, *s, Some(*p))),
             states.len(),
-            if_new,
         )
     }
 
-    /// The statements that save `states`: upserts, or with `if_new`
-    /// inserts of the rows the table does not hold, returning their
-    /// `hub_seq`.
+    /// The statements that save `states`: upserts.
     fn build<'s>(
         &self,
         states: impl Iterator<Item = (&'s [Value], &'s RowState, Option<&'s Position>)>,
         n: usize,
-        if_new: bool,
     ) -> Result<Vec<Statement>> {
         let spec = self.spec();
         let mut template = Query::insert();
@@ -762,13 +741,7 @@ impl<'a> Versions<'a> {
         template
             .into_table(self.table())
             .columns(keys.iter().cloned().chain(state.iter().cloned()));
-        if if_new {
-            template
-                .on_conflict(OnConflict::columns(keys).do_nothing().to_owned())
-                .returning_col(Alias::new("hub_seq"));
-        } else {
-            template.on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
-        }
+        template.on_conflict(OnConflict::columns(keys).update_columns(state).to_owned());
         Inserts::new(self.d.backend(), template, shapes).statements(rows)
     }
 
@@ -785,6 +758,33 @@ impl<'a> Versions<'a> {
             p.owner.clone().into(),
             Value::Bytes(versions::encode_forms(state, &self.ords)?),
         ])
+    }
+
+    /// The values of [`ROW_META`] of a users' row that carries no state
+    /// (its state is in its version row): all NULL.
+    pub(crate) fn no_row_meta() -> Vec<Value> {
+        vec![
+            Value::BigInt(None),
+            Value::Bytes(None),
+            Value::Bytes(None),
+            Value::String(None),
+            Value::String(None),
+            Value::Bytes(None),
+        ]
+    }
+
+    /// The statements that delete the version rows of `keys`, if any.
+    pub(crate) fn delete_statements(&self, keys: &[Vec<Value>]) -> Vec<Statement> {
+        keys.chunks(MAX_ROWS)
+            .map(|chunk| {
+                let chunk: Vec<Vec<Value>> = chunk.iter().map(|k| canonical_key(k)).collect();
+                let q = Query::delete()
+                    .from_table(self.table())
+                    .and_where(keys_match(self.spec(), &chunk, self.d))
+                    .to_owned();
+                self.d.backend().build(&q)
+            })
+            .collect()
     }
 
     /// Register the columns of `states` and save them.

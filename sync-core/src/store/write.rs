@@ -277,7 +277,13 @@ fn upsert_statements(
     rows: &[&RowState],
     d: &dyn Dialect,
 ) -> Result<Vec<Statement>> {
-    write_statements(spec, rows.iter().map(|r| (*r, Vec::new())), &[], d, true)
+    write_statements(
+        spec,
+        rows.iter().map(|r| (*r, Vec::new())),
+        &[],
+        d,
+        Conflict::Update,
+    )
 }
 
 /// The statements that write `rows` (each with whether its row exists in
@@ -316,7 +322,7 @@ pub(crate) fn row_statements_beside(
 ) -> Result<Vec<Statement>> {
     if !plain_new && !d.upsert_takes_any_unique() {
         let all = rows.into_iter().map(|(r, _, b)| (r, b));
-        return write_statements(spec, all, beside, d, true);
+        return write_statements(spec, all, beside, d, Conflict::Update);
     }
     let (existing, new): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, e, _)| *e);
     let mut out = write_statements(
@@ -324,26 +330,36 @@ pub(crate) fn row_statements_beside(
         existing.into_iter().map(|(r, _, b)| (r, b)),
         beside,
         d,
-        true,
+        Conflict::Update,
     )?;
     out.extend(write_statements(
         spec,
         new.into_iter().map(|(r, _, b)| (r, b)),
         beside,
         d,
-        false,
+        Conflict::Fail,
     )?);
     Ok(out)
 }
 
+/// What an insert of [`write_statements`] does with a row whose key the
+/// table holds.
+#[derive(Clone, Copy)]
+enum Conflict {
+    /// Update it (an upsert on the key).
+    Update,
+    /// Fail (a plain insert).
+    Fail,
+}
+
 /// Multi-row inserts of `rows` (each with its values of the columns
-/// `beside`), upserts on the key if `upsert`.
+/// `beside`), doing `conflict` with a key the table holds.
 fn write_statements<'r>(
     spec: &TableSpec,
     rows: impl Iterator<Item = (&'r RowState, Vec<Value>)>,
     beside: &[&str],
     d: &dyn Dialect,
-    upsert: bool,
+    conflict: Conflict,
 ) -> Result<Vec<Statement>> {
     // Each row as its values bound in the spec's column order, with its
     // size, grouped by the set of columns present (a column added by a
@@ -435,8 +451,11 @@ fn write_statements<'r>(
                 .map(|c| Alias::new(&c.name))
                 .chain(beside.iter().map(|b| Alias::new(*b))),
         );
-        if upsert {
-            template.on_conflict(on_conflict);
+        match conflict {
+            Conflict::Update => {
+                template.on_conflict(on_conflict);
+            }
+            Conflict::Fail => {}
         }
         out.extend(Inserts::of_columns(d, template, &cols, beside.len()).statements(rows)?);
     }
