@@ -554,7 +554,16 @@ async fn the_register_records_each_columns_spec(hub: TestDb) -> TestResult {
             "UPDATE _tidesync_hub_columns SET spec = '{}' WHERE tbl = 'contacts' AND col = 'email'",
         )
         .await?;
+    // c's install fills the spec taken away. Its bootstrap then stops at
+    // the first row, naming it: the row clocks the column whose spec
+    // cannot be read, and its state is in its users' row alone.
     let c = Device::new(&hub, "c").await?;
+    let bootstrap = c.sync().await;
+    ensure!(
+        matches!(&bootstrap, Err(e) if e.to_string().contains("cannot be read")
+            || e.to_string().contains("the hub failed")),
+        "{bootstrap:?}"
+    );
     let now = specs().await?;
     ensure_eq!(now["name"], recorded["name"], "filled again by c's install");
     ensure_eq!(
@@ -662,9 +671,20 @@ async fn a_push_merges_with_the_state_its_users_row_carries(hub: TestDb) -> Test
             "the edit and the value it did not touch"
         );
     }
+    // The next edit merges with the state its users' row carries now.
+    a.edit(id, None, Some("second@x")).await?;
+    a.sync().await?;
+    let d = Device::new(&hub, "d").await?;
+    d.sync().await?;
+    ensure_eq!(
+        d.rows().await?.get(&id).cloned(),
+        Some(("second".to_owned(), Some("second@x".to_owned()))),
+        "bootstrapped whole"
+    );
     a.drop().await?;
     b.drop().await?;
     c.drop().await?;
+    d.drop().await?;
     hub.drop().await
 }
 
@@ -896,7 +916,9 @@ async fn pulls_send_each_row_once_at_its_latest_state(hub: TestDb) -> TestResult
 /// passed over, until an install gives it one.
 async fn a_hub_of_schema_3_gives_its_rows_positions_from_the_log(hub: TestDb) -> TestResult {
     let a = Device::new(&hub, "a").await?;
-    // Every live row's state in its version row, as then.
+    // Every live row's state in its version row, as then (the first sync
+    // installs the hub).
+    a.sync().await?;
     common::keep_states_in_version_rows(&hub.db, "contacts", "name").await?;
     common::keep_states_in_version_rows(&hub.db, "people", "name").await?;
     let x = a.add("x").await?;
