@@ -8,10 +8,12 @@
 //! synced, not only the columns this process's entity knows: each column
 //! is read by the spec the register records for it (see
 //! [`VersionTables::specs`](crate::store::version_table::VersionTables)).
-//! A row whose clocks name a column without a recorded spec, or an
-//! ordinal the register does not hold, cannot be read here: it is left to
-//! the version table, as a row without metadata is (written by another
-//! program, or by a release before this one).
+//! A column without a recorded spec, or with one this release cannot
+//! read, is read by this process's entity where it syncs the column. A row
+//! whose clocks name a column read neither way, or an ordinal the register
+//! does not hold, cannot be read here: it is left to the version table, as
+//! a row without metadata is (written by another program, or by a release
+//! before this one).
 //!
 //! A push writes a live row's state here only: its version row is deleted
 //! when it has one (a row brought back, a row of a release before this
@@ -28,7 +30,7 @@ use sea_orm::sea_query::{
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use crate::dialect::{Dialect, Place};
-use crate::model::change::TableSpec;
+use crate::model::change::{ColumnSpec, TableSpec};
 use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
@@ -197,7 +199,7 @@ impl<'a> UserRows<'a> {
         }
         for c in ords
             .names()
-            .filter_map(|c| ords.spec(c))
+            .filter_map(|c| self.column_spec(ords, c))
             .filter(|c| !self.spec.pk.iter().any(|k| k.name == c.name))
         {
             q.expr_as(self.d.read_key_column(&c.ty, &c.name), Alias::new(&c.name));
@@ -206,6 +208,14 @@ impl<'a> UserRows<'a> {
             .from(Place::of(self.d, self.spec).table_ref())
             .and_where(Expr::col(Alias::new(ROW_META[0])).is_not_null());
         q
+    }
+
+    /// The spec a column is read by: the one the register records, else
+    /// (none recorded, or one this release cannot read) this process's
+    /// entity's, where it syncs the column.
+    fn column_spec<'s>(&'s self, ords: &'s Ordinals, name: &str) -> Option<&'s ColumnSpec> {
+        ords.spec(name)
+            .or_else(|| self.spec.columns.iter().find(|c| c.name == name))
     }
 
     /// A row's key: each column as `kinds` says (the variants asked for),
@@ -233,7 +243,7 @@ impl<'a> UserRows<'a> {
             // asked for); another by its recorded spec.
             let value = match self.spec.pk.iter().position(|k| k.name == name) {
                 Some(i) => key[i].clone(),
-                None => match ords.spec(&name) {
+                None => match self.column_spec(ords, &name) {
                     Some(spec) => spec.read(r)?,
                     None => return Ok(None),
                 },
