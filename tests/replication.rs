@@ -2673,6 +2673,7 @@ async fn statistics_as_the_tables_grow(hub: TestDb) -> TestResult {
     )?;
     for (db, table, who) in [
         (&hub.db, "_ts_hv_contacts", "hub"),
+        (&hub.db, "contacts", "hub (live rows' states)"),
         (a.db(), "_ts_v_contacts", "capturing replica"),
         (b.db(), "_ts_v_contacts", "bootstrapped replica"),
     ] {

@@ -650,6 +650,37 @@ mod tests {
     use super::*;
     use crate::model::value::same_value;
 
+    /// A register reads back its columns in ordinal order, and the spec it
+    /// records for each where the text reads as a spec of that column: one
+    /// that does not read, or names another column, is none.
+    #[test]
+    fn a_register_keeps_the_specs_that_read_as_its_columns() {
+        use sea_orm::sea_query::ColumnType;
+        let ords = Ordinals::new([
+            ("b".to_owned(), 2),
+            ("a".to_owned(), 1),
+            ("c".to_owned(), 3),
+        ]);
+        assert_eq!(ords.names().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let text = |name: &str| {
+            let spec = crate::model::testing::column(name, ColumnType::Integer, false);
+            serde_json::to_string(&spec).unwrap()
+        };
+        let ords = ords.with_specs(
+            "t",
+            vec![
+                ("a".to_owned(), text("a")),
+                ("b".to_owned(), text("c")),
+                ("c".to_owned(), "{".to_owned()),
+            ],
+        );
+        assert_eq!(ords.spec("a").map(|s| s.name.as_str()), Some("a"));
+        assert!(ords.spec("b").is_none(), "a spec of another column");
+        assert!(ords.spec("c").is_none(), "a spec that does not read");
+        assert_eq!(ords.of("b"), Some(2), "the ordinals are kept");
+        assert_eq!(ords.names().count(), 3);
+    }
+
     fn roundtrip(v: Value) {
         let mut b = Vec::new();
         put_value(&v, &mut b).unwrap();
