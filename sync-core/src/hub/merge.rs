@@ -399,35 +399,15 @@ impl<'a> Merge<'a> {
                 .iter()
                 .find(|s| s.name == table)
                 .ok_or_else(|| Error::Corrupt(format!("table `{table}` is not installed")))?;
-            let (mut loaded, mut unreadable) = UserRows::new(self.dialect, spec)
-                .load(self.tx, versions.ordinals(), &values, &texts)
+            let (mut loaded, kept) = UserRows::new(self.dialect, spec)
+                .load_anywhere(self.tx, versions, &values, &texts, true)
                 .await?;
-            let (rest, rest_texts): (Vec<&[Value]>, Vec<String>) = values
-                .iter()
-                .zip(&texts)
-                .filter(|(_, t)| !loaded.contains_key(*t))
-                .map(|(v, t)| (*v, t.clone()))
-                .unzip();
-            let kept = match rest.is_empty() {
-                true => HashMap::new(),
-                false => versions.load_with_sole(self.tx, &rest, &rest_texts).await?,
-            };
-            // A users' row with metadata that cannot be read, and no
-            // version row: its state is not empty, and taking it for a
-            // new row would lose it.
-            for k in kept.keys() {
-                unreadable.remove(k);
-            }
-            if let Some((_, e)) = unreadable.into_iter().next() {
-                return Err(e);
-            }
             let in_versions = table_rows(&mut self.in_versions, table);
             for k in &texts {
                 in_versions
                     .entry(k.clone())
-                    .or_insert_with(|| kept.contains_key(k));
+                    .or_insert_with(|| kept.contains(k));
             }
-            loaded.extend(kept);
             let (soles, states) = (
                 table_rows(&mut self.soles, table),
                 table_rows(&mut self.states, table),

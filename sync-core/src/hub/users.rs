@@ -22,7 +22,7 @@
 //! is gone has its version row only, with its values (an update that
 //! brings it back merges with them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{
     Alias, ArrayType, Expr, ExprTrait, Order, Query, SelectStatement, SimpleExpr,
@@ -37,10 +37,15 @@ use crate::model::merge::RowState;
 use crate::model::value::{key_identity, pk_key};
 use crate::store::codec::{db_sequence, sequence};
 use crate::store::version_table::{
-    AtPosition, ROW_META, another_key, asked_by_identity, asked_kinds, read_key, undecodable,
+    AtPosition, ROW_META, Versions, another_key, asked_by_identity, asked_kinds, read_key,
+    undecodable,
 };
 use crate::store::versions::{Ordinals, apply_forms, decode_row_clocks};
 use crate::store::write::{MAX_ROWS, keys_match};
+
+/// Row states by key text, each with the origin it records as its sole
+/// writer.
+pub(crate) type States = HashMap<String, (RowState, Option<NodeId>)>;
 
 /// The users' table of one synced table, read for the states its rows
 /// carry.
@@ -76,10 +81,7 @@ impl<'a> UserRows<'a> {
         ords: &Ordinals,
         keys: &[&[Value]],
         texts: &[String],
-    ) -> Result<(
-        HashMap<String, (RowState, Option<NodeId>)>,
-        HashMap<String, Error>,
-    )> {
+    ) -> Result<(States, HashMap<String, Error>)> {
         debug_assert_eq!(keys.len(), texts.len());
         let asked = asked_by_identity(keys, texts)?;
         let mut out = HashMap::with_capacity(keys.len());
@@ -137,6 +139,45 @@ impl<'a> UserRows<'a> {
             }
         }
         Ok((out, unreadable))
+    }
+
+    /// The states of `keys` (`texts[i]` is `pk_key(keys[i])`) wherever
+    /// the hub keeps them, by key text, with the origin each records as
+    /// its sole writer: the users' rows first (unless `users` is false: a
+    /// table without [`ROW_META`]), the version table of `versions` for
+    /// the others. Returns too the keys found in the version table. A
+    /// users' row with metadata that cannot be read, and no version row,
+    /// fails the lookup: its state is not empty, and taking it for a row
+    /// without one would lose it.
+    pub(crate) async fn load_anywhere<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        versions: &mut Versions<'_>,
+        keys: &[&[Value]],
+        texts: &[String],
+        users: bool,
+    ) -> Result<(States, HashSet<String>)> {
+        let (mut found, mut unreadable) = match users {
+            true => self.load(db, versions.ordinals(), keys, texts).await?,
+            false => Default::default(),
+        };
+        let (rest, rest_texts): (Vec<&[Value]>, Vec<String>) = keys
+            .iter()
+            .zip(texts)
+            .filter(|(_, t)| !found.contains_key(*t))
+            .map(|(v, t)| (*v, t.clone()))
+            .unzip();
+        let kept = match rest.is_empty() {
+            true => HashMap::new(),
+            false => versions.load_with_sole(db, &rest, &rest_texts).await?,
+        };
+        unreadable.retain(|k, _| !kept.contains_key(k));
+        if let Some((_, e)) = unreadable.into_iter().next() {
+            return Err(e);
+        }
+        let in_versions = kept.keys().cloned().collect();
+        found.extend(kept);
+        Ok((found, in_versions))
     }
 
     /// Up to `limit` rows whose position is in `(cursor, tip]` and that

@@ -687,29 +687,10 @@ pub(crate) async fn load_any<C: ConnectionTrait>(
         .await?
         .iter()
         .any(|c| c == ROW_META[3]);
-    let (mut out, mut unreadable) = match carried {
-        true => {
-            super::users::UserRows::new(d, &spec)
-                .load(db, versions.ordinals(), &values, &texts)
-                .await?
-        }
-        false => Default::default(),
-    };
-    let (rest, rest_texts): (Vec<&[Value]>, Vec<String>) = values
-        .iter()
-        .zip(&texts)
-        .filter(|(_, t)| !out.contains_key(*t))
-        .map(|(v, t)| (*v, t.clone()))
-        .unzip();
-    let kept = versions.load_keyed(db, &rest, &rest_texts).await?;
-    unreadable.retain(|k, _| !kept.contains_key(k));
-    if let Some((_, e)) = unreadable.into_iter().next() {
-        return Err(e);
-    }
-    let mut out: std::collections::HashMap<String, RowState> =
-        out.drain().map(|(k, (s, _))| (k, s)).collect();
-    out.extend(kept);
-    Ok(out)
+    let (found, _) = super::users::UserRows::new(d, &spec)
+        .load_anywhere(db, &mut versions, &values, &texts, carried)
+        .await?;
+    Ok(found.into_iter().map(|(k, (s, _))| (k, s)).collect())
 }
 
 /// The tables with a version table, in name order: those of `specs` as
