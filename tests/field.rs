@@ -3843,7 +3843,7 @@ async fn a_long_key_an_earlier_release_stored_as_is_keeps_its_state(hub: TestDb)
          _tidesync_forms = NULL"
             .to_owned(),
         "DELETE FROM _tidesync_hub_columns".to_owned(),
-        "DELETE FROM _tidesync_hub_versioned".to_owned(),
+        "DELETE FROM _tidesync_hub_versioned_v6".to_owned(),
         "CREATE TABLE _tidesync_hub_rows (tbl varchar(64) NOT NULL, pk varchar(700) NOT NULL, \
          vals text NOT NULL, clocks text NOT NULL, deleted_at varchar(64) NULL, \
          live boolean NOT NULL, PRIMARY KEY (tbl, pk))"

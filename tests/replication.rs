@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         the_register_records_each_columns_spec,
         a_push_merges_with_the_state_its_users_row_carries,
         a_pull_reads_the_state_a_users_row_carries,
+        a_hub_of_schema_5_retires_the_record_its_servers_read,
         pulls_send_each_row_once_at_its_latest_state,
         a_hub_of_schema_3_gives_its_rows_positions_from_the_log,
         state_pulls_beside_pushes_that_edit_miss_no_row,
@@ -707,6 +708,75 @@ async fn a_pull_reads_the_state_a_users_row_carries(hub: TestDb) -> TestResult {
     ensure_eq!(
         b.rows().await?.get(&id).cloned(),
         Some(("first".to_owned(), Some("first@x".to_owned())))
+    );
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// A hub of schema version 5 (its record of version tables under
+/// `_tidesync_hub_versioned`): the install of this release moves the
+/// record to its new name and leaves a placeholder under the old one, so
+/// that a server of schema 5 still running, which would read live rows
+/// from the version tables that no longer hold them, fails its pulls and
+/// snapshots instead of passing the rows over.
+async fn a_hub_of_schema_5_retires_the_record_its_servers_read(hub: TestDb) -> TestResult {
+    let a = Device::new(&hub, "a").await?;
+    let x = a.add("x").await?;
+    a.sync().await?;
+    let kind = hub.backend();
+    let q = |n: &str| common::quote(kind, n);
+    let old_read = format!(
+        "SELECT {}, {} FROM _tidesync_hub_versioned",
+        q("key"),
+        q("value")
+    );
+    let rename = match kind {
+        DbBackend::MySql => "RENAME TABLE _tidesync_hub_versioned_v6 TO _tidesync_hub_versioned",
+        _ => "ALTER TABLE _tidesync_hub_versioned_v6 RENAME TO _tidesync_hub_versioned",
+    };
+    for sql in [
+        "DROP TABLE _tidesync_hub_versioned".to_owned(),
+        rename.to_owned(),
+        format!(
+            "UPDATE _tidesync_hub_meta SET {} = '5' WHERE {} = 'schema_version'",
+            q("value"),
+            q("key")
+        ),
+    ] {
+        hub.db.execute_unprepared(&sql).await?;
+    }
+    ensure!(
+        hub.db.execute_unprepared(&old_read).await.is_ok(),
+        "schema 5's record, as its servers read it"
+    );
+    let b = Device::new(&hub, "b").await?;
+    b.sync().await?;
+    ensure!(b.rows().await?.contains_key(&x), "b bootstraps x");
+    // Read as a server of schema 5 reads it: an error, or (SQLite reads
+    // a quoted name no column has as a string) a record whose key is not
+    // one.
+    match hub
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(kind, old_read.clone()))
+        .await
+    {
+        Err(_) => {}
+        Ok(rows) => {
+            ensure!(!rows.is_empty(), "an empty placeholder reads as no table");
+            for r in rows {
+                let value: String = r.try_get("", "value")?;
+                ensure!(
+                    serde_json::from_str::<Vec<serde_json::Value>>(&value).is_err(),
+                    "{value}"
+                );
+            }
+        }
+    }
+    ensure_eq!(
+        common::count_rows(&hub.db, "_tidesync_hub_versioned_v6").await?,
+        1,
+        "the record under its new name"
     );
     a.drop().await?;
     b.drop().await?;

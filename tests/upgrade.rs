@@ -340,7 +340,7 @@ async fn format1_hub_states_are_moved(hub_db: TestDb) -> TestResult {
             q("people")
         ),
         format!("DELETE FROM {}", q("_tidesync_hub_columns")),
-        format!("DELETE FROM {}", q("_tidesync_hub_versioned")),
+        format!("DELETE FROM {}", q("_tidesync_hub_versioned_v6")),
         format1_table_ddl(kind, "_tidesync_hub_rows"),
         format1_states_sql(
             kind,

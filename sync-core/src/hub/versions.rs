@@ -51,7 +51,38 @@ use crate::store::version_table::{
 /// The tables that have a version table, each with its key columns (a JSON
 /// array of column specs, with their value kinds), recorded when an
 /// install made it.
-pub(crate) const VERSIONED: Meta = Meta("_tidesync_hub_versioned");
+pub(crate) const VERSIONED: Meta = Meta("_tidesync_hub_versioned_v6");
+
+/// [`VERSIONED`]'s name before hub schema version 6, a placeholder since:
+/// a server of an earlier release reads a live row's state from version
+/// tables alone, which no longer hold it (see `users`), and would pass
+/// live rows over in its pulls and snapshots. It reads the version tables
+/// through this record, so it fails instead.
+const VERSIONED_BEFORE_V6: &str = "_tidesync_hub_versioned";
+
+/// Leave under [`VERSIONED_BEFORE_V6`] a placeholder with one row: a read
+/// of it by an earlier release fails, on SQLite too, where a quoted name
+/// that no column has reads as a string (the earlier release would find
+/// no record in an empty placeholder, and pass every table over; a row of
+/// it reads as a record whose key cannot be parsed).
+async fn retire_versioned(db: &DatabaseConnection) -> Result<()> {
+    const MARKER: &str = "retired_by_hub_schema_version_6";
+    crate::store::ddl::placeholder(db, VERSIONED_BEFORE_V6, MARKER).await?;
+    let any = Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new(VERSIONED_BEFORE_V6))
+        .limit(1)
+        .to_owned();
+    if db.query_one(&any).await?.is_none() {
+        let mark = Query::insert()
+            .into_table(Alias::new(VERSIONED_BEFORE_V6))
+            .columns([Alias::new(MARKER)])
+            .values_panic([Expr::val(6)])
+            .to_owned();
+        db.execute(&mark).await?;
+    }
+    Ok(())
+}
 
 /// Where the hub keeps its version tables.
 pub(crate) const HUB_VERSIONS: VersionTables = VersionTables {
@@ -78,7 +109,9 @@ const MOVE_PAGE: u64 = 500;
 pub(crate) async fn install_all(db: &DatabaseConnection, placed: &[TableSpec]) -> Result<()> {
     raise_version(db).await?;
     create(db, register_ddl(HUB_COLUMNS)).await?;
+    crate::store::ddl::rename_once(db, VERSIONED_BEFORE_V6, VERSIONED.0, "key").await?;
     create(db, VERSIONED.table()).await?;
+    retire_versioned(db).await?;
     let d = dialect::of_db(db)?;
     add_register_specs(db, d).await?;
     let columns = |store| async move { existing_columns(db, d, Place::own(store)).await };
