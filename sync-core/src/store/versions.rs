@@ -650,6 +650,39 @@ mod tests {
     use super::*;
     use crate::model::value::same_value;
 
+    /// A users' row's clocks and delete clock are the version row's, and
+    /// read back as the state's.
+    #[test]
+    fn clocks_alone_are_the_version_rows_clocks() {
+        use crate::model::clock::{Hlc, NodeId};
+        let h = |physical: u64, node: u8| Hlc {
+            physical,
+            logical: 0,
+            node: NodeId([node; 16]),
+        };
+        let ords = Ordinals::new([("a".to_owned(), 1), ("b".to_owned(), 2)]);
+        let mut state = RowState::default();
+        state.vals.insert("a".into(), Value::Int(Some(1)));
+        state.vals.insert("b".into(), Value::Int(Some(2)));
+        state.clocks.insert("a".into(), h(10, 1));
+        state.clocks.insert("b".into(), h(20, 2));
+        state.deleted_at = Some(h(15, 3));
+        let whole = encode(&state, &ords).unwrap();
+        let (clocks, del) = encode_clocks_of(&state, &ords).unwrap();
+        assert_eq!(clocks, whole.clocks);
+        assert_eq!(del, whole.del);
+        let (back, deleted_at) = decode_row_clocks(&clocks, del.as_deref(), &ords)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            back,
+            vec![("a".to_owned(), h(10, 1)), ("b".to_owned(), h(20, 2))]
+        );
+        assert_eq!(deleted_at, Some(h(15, 3)));
+        state.clocks.insert("c".into(), h(30, 1));
+        assert!(encode_clocks_of(&state, &ords).is_err(), "no ordinal");
+    }
+
     /// A register reads back its columns in ordinal order, and the spec it
     /// records for each where the text reads as a spec of that column: one
     /// that does not read, or names another column, is none.
