@@ -2727,25 +2727,26 @@ async fn initial_copy(
     let target = HubDb::create(Some(base), dir).await?;
     reset_peak();
     let started = Instant::now();
-    let (local, _) = connect(&sqlite_url(&copy)).await?;
-    let replica = Replica::builder(local)
-        .register::<contacts::Entity>()
-        .open()
-        .await?;
-    let engine = sized(SyncEngine::new(
-        replica,
-        Arc::new(SqlHub::new(Database::connect(&target.url).await?)),
-    ));
-    let reconciled = engine.replica().reconcile().await?;
-    let report = engine.sync_now().await?;
+    let (local, local_stmts) = connect(&sqlite_url(&copy)).await?;
+    let device = Device::on(local, local_stmts, Way::Direct(&target.url)).await?;
+    let reconciled = device.engine.replica().reconcile().await?;
+    let t_reconcile = started.elapsed();
+    device.reset();
+    let report = device.sync().await?;
     let t = started.elapsed();
+    println!(
+        "  {name:<15} {INITIAL_COPY}: reconcile {:.2} s; sync_now {:.2} s: {}",
+        t_reconcile.as_secs_f64(),
+        (t - t_reconcile).as_secs_f64(),
+        device.breakdown(t - t_reconcile, args.profile)
+    );
+    let engine = device.engine;
     let (check, _) = connect(&target.url).await?;
     let copied = count(&check, "contacts").await;
     check.close().await?;
     drop(engine);
     target.drop().await?;
-    if reconciled.captured as u64 != rows || report.pushed as u64 != rows || copied? != rows as i64
-    {
+    if reconciled.marked as u64 != rows || report.pushed as u64 != rows || copied? != rows as i64 {
         return Err(format!("initial copy: {reconciled:?}, {report:?}").into());
     }
     out.add(name, INITIAL_COPY, Kind::Ours, Base::Hub, rows, t, None);

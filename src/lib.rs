@@ -3,9 +3,9 @@
 pub use sync_core::{
     AutoSync, CaptureReport, Change, ChangeId, ColumnBase, ColumnConflict, ColumnSpec,
     ConflictPolicy, Error, ErrorKind, HeldConflict, Hlc, HubBehind, NodeId, Op, Ownership,
-    RejectPolicy, Renewal, RenewalCause, Replica, ReplicaBuilder, Resolution, Resolver, Result,
-    SyncEngine, SyncHandle, SyncHooks, SyncPhase, SyncProgress, SyncReport, SyncStatus, Syncable,
-    TableSpec, WrongClock, create_table, table_spec, validate_active_model,
+    ReconcileReport, RejectPolicy, Renewal, RenewalCause, Replica, ReplicaBuilder, Resolution,
+    Resolver, Result, SyncEngine, SyncHandle, SyncHooks, SyncPhase, SyncProgress, SyncReport,
+    SyncStatus, Syncable, TableSpec, WrongClock, create_table, table_spec, validate_active_model,
 };
 pub use sync_derive::Syncable;
 

@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
         columns_named_as_tidesyncs_own_are_captured,
         keys_stored_otherwise_than_their_states_seal_updates_and_deletes,
         a_key_named_rowid_is_captured,
+        rows_of_odd_keys_marked_whole_are_captured_once,
     ];
     run(trials)
 }
@@ -496,12 +497,28 @@ async fn reconcile_pages_through_tables_of_several_pages(t: TestDb) -> TestResul
         .await?;
     }
     let r = open(&t).await?;
+    let found = r.reconcile().await?;
+    ensure_eq!(found.marked, 2 * N, "every pre-existing row");
     ensure_eq!(
-        r.reconcile().await?.captured,
-        2 * N,
-        "every pre-existing row, on every page"
+        found.marked_whole,
+        vec!["contacts", "memberships", "readings"],
+        "tables never captured are marked whole"
     );
-    ensure_eq!(r.reconcile().await?.captured, 0, "nothing twice");
+    ensure_eq!(
+        r.pending_count().await?,
+        2 * N as u64,
+        "marked, not captured yet"
+    );
+    ensure_eq!(r.capture().await?.captured, 2 * N, "every pre-existing row");
+    ensure_eq!(
+        r.reconcile().await?,
+        tidesync::ReconcileReport {
+            marked: 0,
+            marked_whole: vec!["readings".into()],
+        },
+        "nothing twice: the tables with states are read page by page"
+    );
+    ensure_eq!(r.capture().await?.captured, 0, "nothing twice");
 
     drop_triggers(&t, "contacts").await?;
     drop_triggers(&t, "memberships").await?;
@@ -542,9 +559,11 @@ async fn reconcile_pages_through_tables_of_several_pages(t: TestDb) -> TestResul
 
     let r = open(&t).await?; // reinstalls the triggers
     let before = r.pending(u64::MAX).await?.len();
-    let report = r.reconcile().await?;
+    let found = r.reconcile().await?;
+    let report = r.capture().await?;
     let c = r.pending(u64::MAX).await?[before..].to_vec();
     ensure_eq!(report.captured, c.len());
+    ensure_eq!(found.marked, c.len(), "each row marked is one change");
     let of = |table: &str, op: Op| -> Vec<&Change> {
         c.iter()
             .filter(|x| x.table == table && x.op == op)
@@ -599,7 +618,7 @@ async fn reconcile_pages_through_tables_of_several_pages(t: TestDb) -> TestResul
         "nothing else"
     );
     ensure_eq!(
-        r.reconcile().await?.captured,
+        r.reconcile().await?.marked,
         0,
         "a second reconcile finds nothing"
     );
@@ -618,8 +637,31 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
         captured(&r).await?.is_empty(),
         "triggers do not see the past"
     );
-    let report = r.reconcile().await?;
-    ensure_eq!(report.captured, 2, "reconcile captures pre-existing rows");
+    // A write through the triggers before the first reconcile: its row
+    // has a marker already, which marking the table whole bumps.
+    let mut am = old.clone().into_active_model();
+    am.name = Set("edited through the triggers".into());
+    let old = am.update(&t.db).await?;
+    let found = r.reconcile().await?;
+    ensure_eq!(found.marked, 2, "reconcile marks pre-existing rows");
+    ensure_eq!(found.marked_whole.len(), 3, "no table had states");
+    let report = r.capture().await?;
+    ensure_eq!(report.captured, 2, "and they are captured");
+    let c = r.pending(u64::MAX).await?;
+    let names: BTreeMap<Option<Uuid>, Option<&SqValue>> =
+        c.iter().map(|c| (pk_uuid(c), col(c, "name"))).collect();
+    let (edited, vanishing) = (
+        SqValue::from("edited through the triggers"),
+        SqValue::from("will-vanish"),
+    );
+    ensure_eq!(
+        names,
+        BTreeMap::from([
+            (Some(old.id), Some(&edited)),
+            (Some(gone.id), Some(&vanishing)),
+        ]),
+        "each row once, as it is now"
+    );
 
     // Writes with the triggers gone (dropped by a migration, say).
     drop_triggers(&t, "contacts").await?;
@@ -632,7 +674,8 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
 
     let r = open(&t).await?; // reinstalls the triggers
     let before = r.pending(u64::MAX).await?.len();
-    let report = r.reconcile().await?;
+    ensure_eq!(r.reconcile().await?.marked, 3);
+    let report = r.capture().await?;
     ensure_eq!(report.captured, 3);
     let c = r.pending(u64::MAX).await?[before..].to_vec();
     let by_id: BTreeMap<Uuid, &Change> = c.iter().map(|c| (pk_uuid(c).unwrap(), c)).collect();
@@ -641,7 +684,7 @@ async fn reconcile_finds_writes_behind_our_back(t: TestDb) -> TestResult {
     ensure_eq!(by_id[&gone.id].op, Op::Delete);
     ensure_eq!(by_id[&fresh.id].op, Op::Insert);
     ensure_eq!(
-        r.reconcile().await?.captured,
+        r.reconcile().await?.marked,
         0,
         "a second reconcile finds nothing"
     );
@@ -1390,6 +1433,78 @@ async fn a_key_named_rowid_is_captured(t: TestDb) -> TestResult {
     let c = captured(&r).await?;
     ensure_eq!(c.len(), 1, "{c:?}");
     ensure_eq!(c[0].op, Op::Delete);
+    ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
+    t.drop().await
+}
+
+/// Rows written before tidesync was installed, under keys of several
+/// stored forms (a date-time with its offset, one written by raw SQL with
+/// a `T`) and a key named `rowid`: a table never captured is marked whole
+/// by one statement that copies each key as stored, and each row is then
+/// captured once, later updated and deleted under the same key, and not
+/// found again by the next reconcile.
+async fn rows_of_odd_keys_marked_whole_are_captured_once(t: TestDb) -> TestResult {
+    t.create_table(keyed_by_offset::Entity).await?;
+    t.create_table(keyed_by_time::Entity).await?;
+    t.create_table(rowid_key::Entity).await?;
+    let k = chrono::FixedOffset::east_opt(3600)
+        .ok_or("offset")?
+        .with_ymd_and_hms(2031, 2, 3, 4, 5, 6)
+        .unwrap();
+    keyed_by_offset::ActiveModel {
+        k: Set(k),
+        note: Set("first".into()),
+    }
+    .insert(&t.db)
+    .await?;
+    t.db.execute_unprepared(
+        "INSERT INTO keyed_by_time (k, note) VALUES ('2031-02-03T04:05:06', 'first')",
+    )
+    .await?;
+    rowid_key::ActiveModel {
+        rowid: Set("a".into()),
+        note: Set("first".into()),
+    }
+    .insert(&t.db)
+    .await?;
+    let r = Replica::builder(t.db.clone())
+        .register::<keyed_by_offset::Entity>()
+        .register::<keyed_by_time::Entity>()
+        .register::<rowid_key::Entity>()
+        .open()
+        .await?;
+    let found = r.reconcile().await?;
+    ensure_eq!(found.marked, 3, "{found:?}");
+    ensure_eq!(found.marked_whole.len(), 3, "{found:?}");
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 3, "{c:?}");
+    ensure!(c.iter().all(|c| c.op == Op::Insert), "{c:?}");
+    ensure_eq!(r.reconcile().await?.marked, 0, "captured rows match");
+    keyed_by_offset::Entity::update_many()
+        .col_expr(keyed_by_offset::Column::Note, Expr::value("second"))
+        .exec(&t.db)
+        .await?;
+    keyed_by_time::Entity::update_many()
+        .col_expr(keyed_by_time::Column::Note, Expr::value("second"))
+        .exec(&t.db)
+        .await?;
+    rowid_key::Entity::update_many()
+        .col_expr(rowid_key::Column::Note, Expr::value("second"))
+        .exec(&t.db)
+        .await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 3, "{c:?}");
+    for change in &c {
+        ensure_eq!(change.op, Op::Update, "{change:?}");
+        ensure_eq!(cols(change), vec!["note"], "{change:?}");
+    }
+    keyed_by_offset::Entity::delete_many().exec(&t.db).await?;
+    keyed_by_time::Entity::delete_many().exec(&t.db).await?;
+    rowid_key::Entity::delete_many().exec(&t.db).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 3, "{c:?}");
+    ensure!(c.iter().all(|c| c.op == Op::Delete), "{c:?}");
+    ensure_eq!(r.reconcile().await?.marked, 0, "nothing left to reconcile");
     ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
     t.drop().await
 }

@@ -627,7 +627,7 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
     );
     // The states hold the rows' values: nothing to reconcile.
     let r = a.engine.replica().reconcile().await?;
-    ensure_eq!(r.captured, 0, "changes reconcile found after the upgrade");
+    ensure_eq!(r.marked, 0, "changes reconcile found after the upgrade");
     // A process of format 1 that opened the database since made its table
     // again and left an older state of Ada there: merged, it loses to the
     // version row's newer clocks instead of replacing them.
@@ -649,7 +649,7 @@ async fn format1_states_are_converted(t: TestDb) -> TestResult {
         "the stale state moved"
     );
     let r = a.engine.replica().reconcile().await?;
-    ensure_eq!(r.captured, 0, "a stale state replaced a newer one");
+    ensure_eq!(r.marked, 0, "a stale state replaced a newer one");
     // The converted clocks hold: a write made (by its clock) two days ago
     // on another device that had seen nothing loses to the name's clock of
     // a day ago; one made now wins over the email's.

@@ -49,6 +49,7 @@ pub use model::protocol::RejectPolicy;
 pub use model::syncable::{ConflictPolicy, Ownership, SyncHooks, Syncable};
 pub use replica::capture::CaptureReport;
 pub use replica::conflicts::HeldConflict;
+pub use replica::reconcile::ReconcileReport;
 pub use replica::{Replica, ReplicaBuilder, create_table, table_spec};
 pub use sync::background::{AutoSync, SyncHandle, SyncPhase, SyncStatus};
 pub use sync::engine::{

@@ -26,15 +26,16 @@
 
 use std::collections::HashSet;
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, OnConflict, Query, SimpleExpr};
 use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use sha2::{Digest, Sha256};
 
 use super::Replica;
-use super::capture::{BATCH, CaptureReport, diff};
+use super::capture::{BATCH, diff};
 use super::entity::TableHandle;
-use super::tables::dirty_table;
+use super::tables::{dirty_table, version_table};
 use super::versions;
+use crate::dialect::{self, Place};
 use crate::model::change::TableSpec;
 use crate::model::clock::wall_clock_us;
 use crate::model::error::Result;
@@ -52,24 +53,121 @@ fn seen(key: &str) -> Seen {
     out
 }
 
+/// What [`Replica::reconcile`] found: the rows it marked for capture.
+///
+/// Marked rows are captured as the triggers' markers are: by the next
+/// push, which seals them batch by batch while the hub applies the batch
+/// before (or at once by [`Replica::capture`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Rows marked: new or changed since their last captured state, or
+    /// gone. A table marked whole counts the rows it held.
+    pub marked: usize,
+    /// Tables marked whole, without reading their rows: they had no live
+    /// row state (never captured, as at an initial copy, or every row
+    /// deleted), so each row they hold is new to tidesync.
+    pub marked_whole: Vec<String>,
+}
+
 impl Replica {
     /// Find rows changed behind tidesync's back (before it was installed,
     /// with triggers dropped, by `TRUNCATE`, ...) by comparing every row
-    /// with its last captured state, mark them, and capture them.
-    pub async fn reconcile(&self) -> Result<CaptureReport> {
+    /// with its last captured state, and mark them, as the triggers mark
+    /// the rows the application writes. The next push (or
+    /// [`capture`](Replica::capture)) captures them.
+    ///
+    /// A table without a live row state (never captured: the first sync of
+    /// an existing database) is marked whole by one statement, without
+    /// reading its rows. Other tables are read page by page.
+    ///
+    /// ```no_run
+    /// # async fn f(engine: sync_core::SyncEngine) -> sync_core::Result<()> {
+    /// // An existing database, synced for the first time.
+    /// let found = engine.replica().reconcile().await?;
+    /// println!("{} rows to send", found.marked);
+    /// engine.sync_now().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let wall = i64::try_from(wall_clock_us()).unwrap_or(i64::MAX);
+        let mut report = ReconcileReport::default();
         for table in self.handles() {
-            let seen = self.mark_changed(table.as_ref(), wall).await?;
-            self.mark_gone(table.as_ref(), &seen, wall).await?;
+            if let Some(n) = self.mark_whole(table.as_ref(), wall).await? {
+                report.marked += n;
+                report.marked_whole.push(table.spec().name.clone());
+                continue;
+            }
+            let (seen, n) = self.mark_changed(table.as_ref(), wall).await?;
+            report.marked += n;
+            report.marked += self.mark_gone(table.as_ref(), &seen, wall).await?;
         }
-        self.capture().await
+        Ok(report)
+    }
+
+    /// Mark every row of `table` in one statement when it has no live row
+    /// state (each row then differs from its state: it has none), and
+    /// return how many rows it held; `None` when it has live states, and
+    /// is read page by page. The markers copy each key as the table holds
+    /// it, as the triggers do. A row written meanwhile is marked by its
+    /// trigger; a state made meanwhile by a capture only makes the marker
+    /// one the seal finds nothing new in: marking more than needed costs
+    /// a read, never a write.
+    async fn mark_whole(&self, table: &dyn TableHandle, wall: i64) -> Result<Option<usize>> {
+        let spec = table.spec();
+        let tx = self.connection().begin().await?;
+        let live = Query::select()
+            .expr(Expr::val(1))
+            .from(Alias::new(version_table(&spec.name)))
+            .and_where(Expr::col(Alias::new("live")).eq(true))
+            .limit(1)
+            .to_owned();
+        if tx.query_one(&live).await?.is_some() {
+            return Ok(None);
+        }
+        let place = Place::of(dialect::of_db(&tx)?, spec);
+        let count = Query::select()
+            .expr_as(Expr::col(Asterisk).count(), Alias::new("n"))
+            .from(place.table_ref())
+            .to_owned();
+        let held = match tx.query_one(&count).await? {
+            Some(r) => r.try_get_by_index::<i64>(0)?,
+            None => 0,
+        };
+        if held > 0 {
+            let keys: Vec<Alias> = spec.pk.iter().map(|c| Alias::new(&c.name)).collect();
+            let mut rows = Query::select();
+            rows.columns(keys.clone())
+                .expr(Expr::val(1i64))
+                .expr(Expr::val(wall))
+                .from(place.table_ref())
+                // SQLite parses `SELECT … ON CONFLICT` only after a WHERE.
+                .and_where(Expr::cust("1 = 1"));
+            let mut cols = keys.clone();
+            cols.push(Alias::new("ver"));
+            cols.push(Alias::new("wall_us"));
+            let mut q = Query::insert();
+            q.into_table(Alias::new(dirty_table(&spec.name)))
+                .columns(cols)
+                .select_from(rows)
+                .map_err(|e| crate::model::error::Error::Config(e.to_string()))?;
+            q.on_conflict(bump(spec));
+            tx.execute(&q).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(usize::try_from(held).unwrap_or(usize::MAX)))
     }
 
     /// Mark the rows of `table` that differ from their shadow, page by
-    /// page; returns the digests of the keys of every row seen.
-    async fn mark_changed(&self, table: &dyn TableHandle, wall: i64) -> Result<HashSet<Seen>> {
+    /// page; returns the digests of the keys of every row seen, and how
+    /// many rows it marked.
+    async fn mark_changed(
+        &self,
+        table: &dyn TableHandle,
+        wall: i64,
+    ) -> Result<(HashSet<Seen>, usize)> {
         let spec = table.spec();
         let mut keys_seen = HashSet::new();
+        let mut marked = 0;
         let mut offset = 0;
         loop {
             let tx = self.connection().begin().await?;
@@ -90,23 +188,25 @@ impl Replica {
             }
             mark(&tx, spec, &stale, wall).await?;
             tx.commit().await?;
+            marked += stale.len();
             if (page.len() as u64) < BATCH {
-                return Ok(keys_seen);
+                return Ok((keys_seen, marked));
             }
             offset += BATCH;
         }
     }
 
     /// Mark the rows captured before (a live shadow) but not seen by the
-    /// scan, page by page of shadows. A row may have appeared since the
-    /// scan: diffing decides.
+    /// scan, page by page of shadows, and return how many. A row may have
+    /// appeared since the scan: diffing decides.
     async fn mark_gone(
         &self,
         table: &dyn TableHandle,
         keys_seen: &HashSet<Seen>,
         wall: i64,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let spec = table.spec();
+        let mut marked = 0;
         let mut after: Option<Vec<Value>> = None;
         loop {
             let tx = self.connection().begin().await?;
@@ -122,8 +222,9 @@ impl Replica {
             }
             mark(&tx, spec, &gone, wall).await?;
             tx.commit().await?;
+            marked += gone.len();
             if (page.len() as u64) < BATCH {
-                return Ok(());
+                return Ok(marked);
             }
             after = page.last().map(|(k, _)| k.clone());
         }
@@ -152,15 +253,19 @@ async fn mark<C: ConnectionTrait>(
         row.push(wall.into());
         q.values_panic(row);
     }
-    q.on_conflict(
-        OnConflict::columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
-            .value(
-                Alias::new("ver"),
-                Expr::col((Alias::new(dirty_table(&spec.name)), Alias::new("ver"))).add(1),
-            )
-            .update_column(Alias::new("wall_us"))
-            .to_owned(),
-    );
+    q.on_conflict(bump(spec));
     db.execute(&q).await?;
     Ok(())
+}
+
+/// A marker's row already there is bumped, as the triggers bump it: its
+/// version moves, so a seal that read the row before does not delete it.
+fn bump(spec: &TableSpec) -> OnConflict {
+    OnConflict::columns(spec.pk.iter().map(|c| Alias::new(&c.name)))
+        .value(
+            Alias::new("ver"),
+            Expr::col((Alias::new(dirty_table(&spec.name)), Alias::new("ver"))).add(1),
+        )
+        .update_column(Alias::new("wall_us"))
+        .to_owned()
 }
