@@ -1339,6 +1339,18 @@ impl Hub for Timed {
         self.note("snapshot", t);
         r
     }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: NodeId,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        let t = Instant::now();
+        let r = self.inner.snapshot_excluding(after, limit, origin).await;
+        self.note("snapshot", t);
+        r
+    }
 }
 
 // ---------------------------------------------------------------- results

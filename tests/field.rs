@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
         a_unique_value_moved_across_pages_is_pulled,
         a_copied_device_and_its_original_keep_each_others_edits,
         a_device_restored_from_an_older_backup_gets_its_later_edits_back,
+        a_device_restored_from_before_its_first_sync_gets_its_rows_back,
         pending_changes_sent_again_under_a_new_identity_raise_no_conflict,
         a_hub_restored_from_an_older_backup_gets_back_what_it_lost,
         a_change_with_doubles_sent_again_is_the_same_change,
@@ -2461,6 +2462,47 @@ async fn a_device_restored_from_an_older_backup_gets_its_later_edits_back(
     ]
     .into();
     all_hold(&[&r, &c], &expected).await?;
+    r.drop().await?;
+    c.drop().await?;
+    hub.drop().await
+}
+
+/// A device restored from a backup taken before its first sync: it has
+/// no cursor, so it bootstraps. Its first sync had pushed its rows, and
+/// the device edited and added more since; the restored one finds the
+/// hub ahead and takes a new id. Its bootstrap leaves out only the rows
+/// its new id set whole, so the rows of the old id (its lost edits among
+/// them) come back: left out under the old id, they would be lost.
+async fn a_device_restored_from_before_its_first_sync_gets_its_rows_back(
+    hub: TestDb,
+) -> TestResult {
+    let a = device::<people_lww::Entity>(&hub, "a").await?;
+    let x = a.add("x").await?;
+    let backup = a.local.copy("backup").await?;
+    a.sync().await?;
+    a.set(x, "name", "after the backup").await?;
+    let z = a.add("z").await?;
+    a.sync().await?;
+    let old = a.engine.replica().node_id();
+    a.drop().await?;
+    let r = device_in(backup, common::hub_for(&hub).await?, |r| {
+        r.register::<people_lww::Entity>()
+    })
+    .await?;
+    let report = r.sync().await?;
+    ensure_eq!(report.renewed.len(), 1, "{report:?}");
+    ensure_eq!(report.renewed[0].old, old, "{report:?}");
+    let c = device::<people_lww::Entity>(&hub, "c").await?;
+    c.sync().await?;
+    r.sync().await?;
+    let rows = c.rows().await?;
+    ensure!(rows.contains_key(&z), "z is on the hub: {rows:?}");
+    ensure!(rows.contains_key(&x), "x is on the hub: {rows:?}");
+    ensure_eq!(
+        r.rows().await?,
+        rows,
+        "the restored device holds the hub's rows"
+    );
     r.drop().await?;
     c.drop().await?;
     hub.drop().await

@@ -440,6 +440,33 @@ impl HttpBackend {
             .and_then(|t| t.as_ref().map(|(_, id)| id.clone()))
     }
 
+    /// A snapshot page (leaving out the rows `excluding`'s pushes set
+    /// whole, where the server knows how).
+    async fn snapshot_page(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        excluding: Option<NodeId>,
+    ) -> Result<(Cursor, SnapshotPage)> {
+        let tables = self.tables_id();
+        let body = wire::SnapshotRequest {
+            after,
+            limit,
+            tables: tables.clone(),
+            excluding,
+        };
+        let next = |after: &str| {
+            Some(wire::SnapshotRequest {
+                after: Some(after.to_owned()),
+                limit,
+                tables,
+                excluding,
+            })
+        };
+        let a: wire::SnapshotAnswer = self.page("snapshot", &body, next).await?;
+        Ok((a.cursor, a.page))
+    }
+
     /// A page of the hub's log (leaving out `excluding`'s changes).
     async fn pull_page(
         &self,
@@ -651,21 +678,16 @@ impl Hub for HttpBackend {
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        let tables = self.tables_id();
-        let body = wire::SnapshotRequest {
-            after,
-            limit,
-            tables: tables.clone(),
-        };
-        let next = |after: &str| {
-            Some(wire::SnapshotRequest {
-                after: Some(after.to_owned()),
-                limit,
-                tables,
-            })
-        };
-        let a: wire::SnapshotAnswer = self.page("snapshot", &body, next).await?;
-        Ok((a.cursor, a.page))
+        self.snapshot_page(after, limit, None).await
+    }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: NodeId,
+    ) -> Result<(Cursor, SnapshotPage)> {
+        self.snapshot_page(after, limit, Some(origin)).await
     }
 }
 

@@ -144,6 +144,11 @@ pub(crate) struct SnapshotRequest {
     /// The `tables` of the device's install (key names of its rows).
     #[serde(default)]
     pub(crate) tables: Option<String>,
+    /// Leave out the rows whose every column this origin's pushes set. A
+    /// server of a release before it ignores it and sends them (merged
+    /// again, they change nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) excluding: Option<NodeId>,
 }
 
 /// The answer to a snapshot request.

@@ -159,6 +159,14 @@ impl Hub for Device {
     ) -> tidesync::Result<(tidesync::hub::Cursor, tidesync::hub::SnapshotPage)> {
         self.backend.snapshot(after, limit).await
     }
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<(tidesync::hub::Cursor, tidesync::hub::SnapshotPage)> {
+        self.backend.snapshot_excluding(after, limit, origin).await
+    }
 }
 
 /// A load balancer in front of hub servers, as a deployment of several

@@ -828,6 +828,28 @@ impl Hub for UserHub<'_> {
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
+        self.snapshot_of(after, limit, None).await
+    }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: NodeId,
+    ) -> Result<(Cursor, SnapshotPage)> {
+        self.snapshot_of(after, limit, Some(origin)).await
+    }
+}
+
+impl UserHub<'_> {
+    /// A snapshot page of the user's rows, leaving out those whose every
+    /// column `skip`'s pushes set.
+    async fn snapshot_of(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        skip: Option<NodeId>,
+    ) -> Result<(Cursor, SnapshotPage)> {
         let visible = self.visible().await?;
         let tables = self.tables();
         // The user gets sealed tokens: the hub's own would name the last
@@ -843,6 +865,7 @@ impl Hub for UserHub<'_> {
                 limit,
                 Some(&visible),
                 tables.as_deref().map(Vec::as_slice),
+                skip,
             )
             .await?;
         page.next = page.next.map(|t| sealer.seal(&t)).transpose()?;

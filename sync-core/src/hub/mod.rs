@@ -268,19 +268,21 @@ impl SqlHub {
         .await
     }
 
-    /// A snapshot page, of the rows `visible` shows if given.
+    /// A snapshot page, of the rows `visible` shows if given, leaving out
+    /// those whose every column `skip`'s pushes set.
     async fn snapshot_for(
         &self,
         after: Option<String>,
         limit: u64,
         visible: Option<&visible::Visible>,
         specs: Option<&[TableSpec]>,
+        skip: Option<NodeId>,
     ) -> Result<(Cursor, SnapshotPage)> {
         match specs {
-            Some(specs) => snapshot::page(&self.db, specs, after, limit, visible).await,
+            Some(specs) => snapshot::page(&self.db, specs, after, limit, visible, skip).await,
             None => {
                 let specs = self.tables.read().await.clone();
-                snapshot::page(&self.db, &specs, after, limit, visible).await
+                snapshot::page(&self.db, &specs, after, limit, visible, skip).await
             }
         }
     }
@@ -335,6 +337,16 @@ impl Hub for SqlHub {
     }
 
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)> {
-        self.snapshot_for(after, limit, None, None).await
+        self.snapshot_for(after, limit, None, None, None).await
+    }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: NodeId,
+    ) -> Result<(Cursor, SnapshotPage)> {
+        self.snapshot_for(after, limit, None, None, Some(origin))
+            .await
     }
 }

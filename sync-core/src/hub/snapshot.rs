@@ -15,6 +15,7 @@ use super::versions::{self, HUB_VERSIONS};
 use super::visible::Visible;
 use crate::dialect;
 use crate::model::change::{ColumnSpec, TableSpec};
+use crate::model::clock::NodeId;
 use crate::model::error::{Error, Result};
 use crate::model::merge::RowState;
 use crate::model::protocol::{Cursor, SnapshotPage, SnapshotRow};
@@ -172,13 +173,22 @@ impl Filling<'_> {
 /// ([`Error::Config`]): the bootstrap that resumes with one starts over
 /// (merging a row twice is harmless; a row left out would be missing for
 /// good).
+///
+/// The rows whose every column `skip`'s pushes set (their `sole`) are
+/// left out by the reads themselves, as pulls leave them out: a page
+/// counts the rows it read, so one of fewer rows than asked is still the
+/// end of a table.
 pub(super) async fn page<C: ConnectionTrait>(
     db: &C,
     specs: &[TableSpec],
     after: Option<String>,
     limit: u64,
     visible: Option<&Visible>,
+    skip: Option<NodeId>,
 ) -> Result<(Cursor, SnapshotPage)> {
+    // The rows not set whole by `skip`, by their `sole` column.
+    let not_skipped =
+        |sole: Expr| skip.map(|me| sole.clone().is_null().or(sole.ne(me.to_string())));
     let cursor = Cursor(log::tip(db).await?);
     let (token, bound) = Token::parse(after.as_deref())?;
     let bound = bound.unwrap_or(cursor.0);
@@ -252,6 +262,7 @@ pub(super) async fn page<C: ConnectionTrait>(
                     &mut versions,
                     after,
                     bound,
+                    not_skipped(Expr::col(Alias::new(ROW_META[3]))),
                     &mut fill,
                     &mut last,
                 )
@@ -262,8 +273,18 @@ pub(super) async fn page<C: ConnectionTrait>(
                 None
             }
             None => {
-                if let Some(next) =
-                    users_page(db, d, spec, &mut versions, 0, bound, &mut fill, &mut last).await?
+                if let Some(next) = users_page(
+                    db,
+                    d,
+                    spec,
+                    &mut versions,
+                    0,
+                    bound,
+                    not_skipped(Expr::col(Alias::new(ROW_META[3]))),
+                    &mut fill,
+                    &mut last,
+                )
+                .await?
                 {
                     return finish(cursor, fill, Some(next), bound);
                 }
@@ -292,18 +313,16 @@ pub(super) async fn page<C: ConnectionTrait>(
             )
             .not()
         });
+        let mut filter = match carried {
+            Some(c) => up_to_bound.and(c),
+            None => up_to_bound,
+        };
+        if let Some(f) = not_skipped(Expr::col((Alias::new(versions.name()), Alias::new("sole")))) {
+            filter = filter.and(f);
+        }
         let asked = fill.left;
         let rows = versions
-            .page_where(
-                db,
-                after.as_deref(),
-                false,
-                asked,
-                Some(match carried {
-                    Some(c) => up_to_bound.and(c),
-                    None => up_to_bound,
-                }),
-            )
+            .page_where(db, after.as_deref(), false, asked, Some(filter))
             .await
             .map_err(Error::or_offline)?;
         let got = rows.len() as u64;
@@ -334,8 +353,9 @@ enum Place {
     Key(Vec<Value>),
 }
 
-/// Fill the page from the users' rows of `spec` that carry their states,
-/// after the position `after` and up to `bound` (see [`Token::parse`]):
+/// Fill the page from the users' rows of `spec` that carry their states
+/// and `filter` keeps, after the position `after` and up to `bound` (see
+/// [`Token::parse`]):
 /// `Some(token)` when the page is full (the next starts at the token),
 /// `None` when they are all read (or the table has no such rows). `last`
 /// follows the last row read.
@@ -347,6 +367,7 @@ async fn users_page<C: ConnectionTrait>(
     versions: &mut Versions<'_>,
     after: u64,
     bound: u64,
+    filter: Option<sea_orm::sea_query::SimpleExpr>,
     fill: &mut Filling<'_>,
     last: &mut Option<Token>,
 ) -> Result<Option<Token>> {
@@ -355,7 +376,7 @@ async fn users_page<C: ConnectionTrait>(
     }
     let asked = fill.left;
     let rows = UserRows::new(d, spec)
-        .after(db, versions.ordinals(), after, bound, asked, None)
+        .after(db, versions.ordinals(), after, bound, asked, filter)
         .await
         .map_err(Error::or_offline)?;
     let got = rows.len() as u64;

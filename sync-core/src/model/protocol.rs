@@ -374,6 +374,24 @@ pub trait Hub: Send + Sync {
     /// one a resumed bootstrap started at (the hub went back in time) makes
     /// the engine start the snapshot over.
     async fn snapshot(&self, after: Option<String>, limit: u64) -> Result<(Cursor, SnapshotPage)>;
+
+    /// [`Hub::snapshot`], leaving out the rows whose every column
+    /// `origin`'s own pushes set, as [`Hub::pull_states`] does: a replica
+    /// that pushed its rows before its first pull (the first sync of an
+    /// existing database) has them, at those states. A page's `next` is
+    /// valid for either method. The default sends every row (merging a
+    /// replica's own state again changes nothing); `SqlHub` leaves them
+    /// out as it reads. A wrapper around another hub should forward this
+    /// method.
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: crate::model::clock::NodeId,
+    ) -> Result<(Cursor, SnapshotPage)> {
+        let _ = origin;
+        self.snapshot(after, limit).await
+    }
 }
 
 #[cfg(test)]

@@ -699,7 +699,11 @@ async fn install(
 }
 
 async fn snapshot(hub: &UserHub<'_>, r: wire::SnapshotRequest) -> Result<wire::SnapshotAnswer> {
-    let (cursor, page) = hub.snapshot(r.after, r.limit.clamp(1, MAX_PAGE)).await?;
+    let limit = r.limit.clamp(1, MAX_PAGE);
+    let (cursor, page) = match r.excluding {
+        Some(origin) => hub.snapshot_excluding(r.after, limit, origin).await?,
+        None => hub.snapshot(r.after, limit).await?,
+    };
     Ok(wire::SnapshotAnswer { cursor, page })
 }
 

@@ -39,10 +39,13 @@ impl SyncEngine {
     ) -> Result<Cursor> {
         let progress_key = format!("bootstrap:{}", info.hub_id);
         let resume = self.progress_of(&progress_key).await?;
+        // The rows this replica's own pushes set whole, it has: a first
+        // sync of an existing database pushes every row before it pulls.
+        let me = self.replica.node_id();
         let fetch = |after: Option<String>| {
             let hub = Arc::clone(&self.hub);
             let limit = self.page;
-            Prefetch::spawn(async move { hub.snapshot(after, limit).await })
+            Prefetch::spawn(async move { hub.snapshot_excluding(after, limit, me).await })
         };
         let mut start = resume.as_ref().map(|p| Cursor(p.start));
         let mut check_tip = resume.is_some();
