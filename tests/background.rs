@@ -231,6 +231,16 @@ impl Hub for Switch {
         self.check()?;
         self.inner.snapshot(after, limit).await
     }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        self.check()?;
+        self.inner.snapshot_excluding(after, limit, origin).await
+    }
 }
 
 /// While the hub is unreachable the task really waits between attempts:

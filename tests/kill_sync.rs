@@ -135,6 +135,16 @@ impl Hub for Announced {
         announce(PULL);
         self.0.snapshot(after, limit).await
     }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<(Cursor, SnapshotPage)> {
+        announce(PULL);
+        self.0.snapshot_excluding(after, limit, origin).await
+    }
 }
 
 async fn engine(

@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
         new_device_bootstraps_in_batches,
         snapshot_pages_hold_the_asked_size,
         snapshots_leave_out_the_rows_an_origin_set_whole,
+        a_first_sync_does_not_read_back_the_rows_it_pushed,
         states_held_already_are_not_applied_again,
         inserts_of_keys_the_hub_holds_merge_with_its_states,
         one_batch_of_new_and_known_rows_places_each_at_its_last_change,
@@ -1596,6 +1597,27 @@ impl Hub for Paged {
         after: Option<String>,
         limit: u64,
     ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
+        self.snapshot_of(after, limit, None).await
+    }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
+        self.snapshot_of(after, limit, Some(origin)).await
+    }
+}
+
+impl Paged {
+    /// A snapshot page (leaving out `excluding`'s rows), recorded.
+    async fn snapshot_of(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        excluding: Option<tidesync::NodeId>,
+    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
         use std::sync::atomic::Ordering;
         let served = self
             .pages_left
@@ -1603,7 +1625,14 @@ impl Hub for Paged {
         if served.is_err() {
             return Err(Error::Offline("connection reset (test)".into()));
         }
-        let (cursor, page) = self.inner.snapshot(after.clone(), limit).await?;
+        let (cursor, page) = match excluding {
+            Some(origin) => {
+                self.inner
+                    .snapshot_excluding(after.clone(), limit, origin)
+                    .await?
+            }
+            None => self.inner.snapshot(after.clone(), limit).await?,
+        };
         let cursor = if self.from_start { Cursor(0) } else { cursor };
         self.served(page.rows.iter().flat_map(|r| r.state.vals.values()));
         let rows = page
@@ -1967,6 +1996,38 @@ async fn snapshots_leave_out_the_rows_an_origin_set_whole(hub: TestDb) -> TestRe
             }
         }
     }
+    a.drop().await?;
+    b.drop().await?;
+    hub.drop().await
+}
+
+/// The first sync of a device whose rows were written before it synced
+/// pushes them, then bootstraps: the snapshot it reads leaves out its own
+/// rows (it has them, at those states) and holds the other device's.
+async fn a_first_sync_does_not_read_back_the_rows_it_pushed(hub: TestDb) -> TestResult {
+    let b = Device::new(&hub, "b").await?;
+    let theirs = add_contacts(b.db(), 4, "theirs").await?;
+    b.sync().await?;
+    let paged = Arc::new(Paged::new(common::hub_for(&hub).await?, usize::MAX));
+    let a = Device::with_backend(paged.clone(), "a").await?;
+    let mine = add_contacts(a.db(), 30, "mine").await?;
+    ensure_eq!(a.sync().await?.pushed, 30);
+    let read: std::collections::BTreeSet<(String, String)> = paged
+        .take_calls()
+        .into_iter()
+        .flat_map(|c| c.rows)
+        .collect();
+    ensure_eq!(
+        read,
+        contact_keys(&theirs)?,
+        "the bootstrap read the other device's rows, and none of its own"
+    );
+    let rows = a.rows().await?;
+    ensure_eq!(rows.len(), 34, "every row on the device");
+    ensure!(
+        mine.iter().chain(&theirs).all(|id| rows.contains_key(id)),
+        "{rows:?}"
+    );
     a.drop().await?;
     b.drop().await?;
     hub.drop().await
@@ -2469,6 +2530,15 @@ impl Hub for LostAfter {
         limit: u64,
     ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
         self.inner.snapshot(after, limit).await
+    }
+
+    async fn snapshot_excluding(
+        &self,
+        after: Option<String>,
+        limit: u64,
+        origin: tidesync::NodeId,
+    ) -> tidesync::Result<(Cursor, tidesync::hub::SnapshotPage)> {
+        self.inner.snapshot_excluding(after, limit, origin).await
     }
 }
 

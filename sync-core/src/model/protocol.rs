@@ -378,7 +378,11 @@ pub trait Hub: Send + Sync {
     /// [`Hub::snapshot`], leaving out the rows whose every column
     /// `origin`'s own pushes set, as [`Hub::pull_states`] does: a replica
     /// that pushed its rows before its first pull (the first sync of an
-    /// existing database) has them, at those states. A page's `next` is
+    /// existing database) has them, at those states. The engine asks for
+    /// it only when the hub said, in [`Hub::standing`], how far it applied
+    /// the replica's changes: a database restored from a backup is then
+    /// found (it takes a new id first), where without it the rows its id
+    /// pushed before the restore would be left out. A page's `next` is
     /// valid for either method. The default sends every row (merging a
     /// replica's own state again changes nothing); `SqlHub` leaves them
     /// out as it reads. A wrapper around another hub should forward this

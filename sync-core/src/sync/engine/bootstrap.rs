@@ -41,11 +41,22 @@ impl SyncEngine {
         let resume = self.progress_of(&progress_key).await?;
         // The rows this replica's own pushes set whole, it has: a first
         // sync of an existing database pushes every row before it pulls.
+        // Unless the hub did not say how far it applied this id's changes:
+        // then a database restored from a backup (which would have taken
+        // a new id) cannot be told apart, and every row is loaded.
         let me = self.replica.node_id();
+        let exclude = self
+            .standing_known
+            .load(std::sync::atomic::Ordering::Relaxed);
         let fetch = |after: Option<String>| {
             let hub = Arc::clone(&self.hub);
             let limit = self.page;
-            Prefetch::spawn(async move { hub.snapshot_excluding(after, limit, me).await })
+            Prefetch::spawn(async move {
+                match exclude {
+                    true => hub.snapshot_excluding(after, limit, me).await,
+                    false => hub.snapshot(after, limit).await,
+                }
+            })
         };
         let mut start = resume.as_ref().map(|p| Cursor(p.start));
         let mut check_tip = resume.is_some();
@@ -89,7 +100,7 @@ impl SyncEngine {
             let start = *start.get_or_insert(cursor);
             ahead = page.next.clone().map(|n| fetch(Some(n)));
             let last = page.next.is_none();
-            self.apply_snapshot_page(page, start, key, &progress_key, report)
+            self.apply_snapshot_page(page, start, key, &progress_key, me, report)
                 .await?;
             if last {
                 return Ok(start);
@@ -116,16 +127,19 @@ impl SyncEngine {
 
     /// Apply one snapshot page with the bootstrap's progress, or, for the
     /// last page, with the pull cursor `start` under `key` (removing the
-    /// progress).
+    /// progress). `me` is the id whose rows the pages left out: the page
+    /// stores progress only while the replica still has it (a page that
+    /// left out the rows of an id the replica no longer has would make
+    /// them lost).
     async fn apply_snapshot_page(
         &self,
         page: SnapshotPage,
         start: Cursor,
         key: &str,
         progress_key: &str,
+        me: crate::model::clock::NodeId,
         report: &mut SyncReport,
     ) -> Result<()> {
-        let me = self.replica.node_id();
         let deltas = page
             .rows
             .into_iter()

@@ -205,6 +205,10 @@ impl SyncEngine {
             .standing(me, cursor.map(Cursor))
             .await
             .map_err(Error::or_offline)?;
+        self.standing_known.store(
+            standing.applied.is_some(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // What this replica numbered, read after the hub answered: another
         // process on this database may have captured and pushed meanwhile.
         let (now, numbered) = self.replica.identity().await?;

@@ -103,6 +103,11 @@ pub struct SyncEngine {
     policy: RejectPolicy,
     running: Mutex<()>,
     progress: Counters,
+    /// Whether the hub told this sync's identity check how far it applied
+    /// this replica's changes: only then can a restored or copied database
+    /// be told apart, and a bootstrap leave out the rows of this
+    /// replica's id (see `bootstrap`).
+    standing_known: std::sync::atomic::AtomicBool,
 }
 
 /// Changes per push request, by default.
@@ -146,6 +151,7 @@ impl SyncEngine {
             policy: RejectPolicy::Halt,
             running: Mutex::new(()),
             progress: Counters::default(),
+            standing_known: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
