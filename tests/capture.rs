@@ -1379,6 +1379,18 @@ async fn keys_stored_otherwise_than_their_states_seal_updates_and_deletes(t: Tes
         .register::<keyed_by_time::Entity>()
         .open()
         .await?;
+    write_rows_of_stored_forms(&t).await?;
+    let c = captured(&r).await?;
+    ensure_eq!(c.len(), 2, "{c:?}");
+    ensure!(c.iter().all(|c| c.op == Op::Insert), "{c:?}");
+    notes_edited_then_deleted(&t, &r, false).await?;
+    t.drop().await
+}
+
+/// A row keyed by a date-time with an offset (kept as written in a SQLite
+/// text column, while its state is keyed by its UTC instant), and one
+/// keyed by a date-time written by raw SQL with a `T`.
+async fn write_rows_of_stored_forms(t: &TestDb) -> TestResult {
     let k = chrono::FixedOffset::east_opt(3600)
         .ok_or("offset")?
         .with_ymd_and_hms(2031, 2, 3, 4, 5, 6)
@@ -1393,9 +1405,15 @@ async fn keys_stored_otherwise_than_their_states_seal_updates_and_deletes(t: Tes
         "INSERT INTO keyed_by_time (k, note) VALUES ('2031-02-03T04:05:06', 'first')",
     )
     .await?;
-    let c = captured(&r).await?;
-    ensure_eq!(c.len(), 2, "{c:?}");
-    ensure!(c.iter().all(|c| c.op == Op::Insert), "{c:?}");
+    Ok(())
+}
+
+/// Every note of the rows of [`write_rows_of_stored_forms`] (and of
+/// `rowid_key`'s, if `rowid`) edited, then every row deleted: each edit
+/// is captured as an update of the note alone and each delete as a
+/// delete, once.
+async fn notes_edited_then_deleted(t: &TestDb, r: &Replica, rowid: bool) -> TestResult {
+    let n = if rowid { 3 } else { 2 };
     keyed_by_offset::Entity::update_many()
         .col_expr(keyed_by_offset::Column::Note, Expr::value("second"))
         .exec(&t.db)
@@ -1404,19 +1422,28 @@ async fn keys_stored_otherwise_than_their_states_seal_updates_and_deletes(t: Tes
         .col_expr(keyed_by_time::Column::Note, Expr::value("second"))
         .exec(&t.db)
         .await?;
-    let c = captured(&r).await?;
-    ensure_eq!(c.len(), 2, "{c:?}");
+    if rowid {
+        rowid_key::Entity::update_many()
+            .col_expr(rowid_key::Column::Note, Expr::value("second"))
+            .exec(&t.db)
+            .await?;
+    }
+    let c = captured(r).await?;
+    ensure_eq!(c.len(), n, "{c:?}");
     for change in &c {
         ensure_eq!(change.op, Op::Update, "{change:?}");
         ensure_eq!(cols(change), vec!["note"], "{change:?}");
     }
     keyed_by_offset::Entity::delete_many().exec(&t.db).await?;
     keyed_by_time::Entity::delete_many().exec(&t.db).await?;
-    let c = captured(&r).await?;
-    ensure_eq!(c.len(), 2, "{c:?}");
+    if rowid {
+        rowid_key::Entity::delete_many().exec(&t.db).await?;
+    }
+    let c = captured(r).await?;
+    ensure_eq!(c.len(), n, "{c:?}");
     ensure!(c.iter().all(|c| c.op == Op::Delete), "{c:?}");
-    ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
-    t.drop().await
+    ensure!(captured(r).await?.is_empty(), "nothing left to capture");
+    Ok(())
 }
 
 /// A key column named `rowid` takes SQLite's name of a row's number:
@@ -1466,20 +1493,7 @@ async fn rows_of_odd_keys_marked_whole_are_captured_once(t: TestDb) -> TestResul
     t.create_table(keyed_by_offset::Entity).await?;
     t.create_table(keyed_by_time::Entity).await?;
     t.create_table(rowid_key::Entity).await?;
-    let k = chrono::FixedOffset::east_opt(3600)
-        .ok_or("offset")?
-        .with_ymd_and_hms(2031, 2, 3, 4, 5, 6)
-        .unwrap();
-    keyed_by_offset::ActiveModel {
-        k: Set(k),
-        note: Set("first".into()),
-    }
-    .insert(&t.db)
-    .await?;
-    t.db.execute_unprepared(
-        "INSERT INTO keyed_by_time (k, note) VALUES ('2031-02-03T04:05:06', 'first')",
-    )
-    .await?;
+    write_rows_of_stored_forms(&t).await?;
     rowid_key::ActiveModel {
         rowid: Set("a".into()),
         note: Set("first".into()),
@@ -1499,31 +1513,7 @@ async fn rows_of_odd_keys_marked_whole_are_captured_once(t: TestDb) -> TestResul
     ensure_eq!(c.len(), 3, "{c:?}");
     ensure!(c.iter().all(|c| c.op == Op::Insert), "{c:?}");
     ensure_eq!(r.reconcile().await?.marked, 0, "captured rows match");
-    keyed_by_offset::Entity::update_many()
-        .col_expr(keyed_by_offset::Column::Note, Expr::value("second"))
-        .exec(&t.db)
-        .await?;
-    keyed_by_time::Entity::update_many()
-        .col_expr(keyed_by_time::Column::Note, Expr::value("second"))
-        .exec(&t.db)
-        .await?;
-    rowid_key::Entity::update_many()
-        .col_expr(rowid_key::Column::Note, Expr::value("second"))
-        .exec(&t.db)
-        .await?;
-    let c = captured(&r).await?;
-    ensure_eq!(c.len(), 3, "{c:?}");
-    for change in &c {
-        ensure_eq!(change.op, Op::Update, "{change:?}");
-        ensure_eq!(cols(change), vec!["note"], "{change:?}");
-    }
-    keyed_by_offset::Entity::delete_many().exec(&t.db).await?;
-    keyed_by_time::Entity::delete_many().exec(&t.db).await?;
-    rowid_key::Entity::delete_many().exec(&t.db).await?;
-    let c = captured(&r).await?;
-    ensure_eq!(c.len(), 3, "{c:?}");
-    ensure!(c.iter().all(|c| c.op == Op::Delete), "{c:?}");
+    notes_edited_then_deleted(&t, &r, true).await?;
     ensure_eq!(r.reconcile().await?.marked, 0, "nothing left to reconcile");
-    ensure!(captured(&r).await?.is_empty(), "nothing left to capture");
     t.drop().await
 }
