@@ -156,6 +156,11 @@ fn main() -> std::process::ExitCode {
     ));
     trials.push(trial_direct(
         Dialect::Postgres,
+        "rows_in_another_schema_are_reconciled_there",
+        |db| Box::pin(rows_in_another_schema_are_reconciled_there(db)),
+    ));
+    trials.push(trial_direct(
+        Dialect::Postgres,
         "a_hub_keeps_each_table_in_one_schema",
         |db| Box::pin(a_hub_keeps_each_table_in_one_schema(db)),
     ));
@@ -3129,6 +3134,57 @@ async fn with_decoy(db: TestDb) -> Result<TestDb, BoxError> {
         .execute_unprepared("CREATE TABLE people (id text PRIMARY KEY, other integer)")
         .await?;
     Ok(db)
+}
+
+/// Rows of a PostgreSQL entity in a schema of its own that exist before
+/// its device is installed: reconcile marks that table whole (not the
+/// decoy `people` in the search path, which holds more rows), and the
+/// first sync sends them to the hub's table in that schema.
+async fn rows_in_another_schema_are_reconciled_there(hub: TestDb) -> TestResult {
+    use common::entities::in_schema::{ActiveModel, Column, Entity};
+    use sea_orm::{ActiveModelTrait, QueryOrder, Set};
+    let hub = with_decoy(hub).await?;
+    let local = with_decoy(TestDb::create(Dialect::Postgres, "schema_reconcile").await?).await?;
+    local
+        .db
+        .execute_unprepared(
+            "INSERT INTO people (id, other) VALUES ('d1', 1), ('d2', 2), ('d3', 3); \
+             CREATE SCHEMA IF NOT EXISTS elsewhere",
+        )
+        .await?;
+    local.create_table(Entity).await?;
+    let ids = [Uuid::from_u128(1), Uuid::from_u128(2)];
+    for (id, name) in ids.iter().zip(["ann", "bob"]) {
+        ActiveModel {
+            id: Set(*id),
+            name: Set(name.into()),
+        }
+        .insert(&local.db)
+        .await?;
+    }
+    let a = device_in(local, common::hub_for(&hub).await?, |r| {
+        r.register::<Entity>()
+    })
+    .await?;
+    let found = a.engine.replica().reconcile().await?;
+    ensure_eq!(
+        (found.marked, found.marked_whole.clone()),
+        (2, vec!["people".to_owned()]),
+        "{found:?}"
+    );
+    ensure_eq!(a.sync().await?.pushed, 2);
+    let on_hub: Vec<Uuid> = Entity::find()
+        .order_by_asc(Column::Id)
+        .all(&hub.db)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    ensure_eq!(on_hub, ids.to_vec(), "the hub's table in its schema");
+    ensure_eq!(decoy_rows(a.db()).await?, 3, "the decoy is left alone");
+    ensure_eq!(decoy_rows(&hub.db).await?, 0, "and the hub's decoy");
+    a.drop().await?;
+    hub.drop().await
 }
 
 /// The hub's metadata version.
