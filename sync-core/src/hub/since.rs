@@ -34,6 +34,13 @@ use crate::model::value::approx_size;
 use crate::store::ddl::existing_columns;
 use crate::store::version_table::{AtPosition, ROW_META, Versions};
 
+/// Rows whose `sole` column (the origin whose pushes set every column
+/// and the delete) is not `me`: the rows a replica does not already hold
+/// as its own pushes left them, which pulls and snapshots send it.
+pub(super) fn not_set_whole_by(sole: Expr, me: NodeId) -> SimpleExpr {
+    sole.clone().is_null().or(sole.ne(me.to_string()))
+}
+
 /// Up to `limit` rows changed after `cursor`, leaving out those whose
 /// every column `skip`'s pushes set and those `visible` does not show. `specs` are
 /// the tables as installed (others are read as the hub records their keys).
@@ -72,11 +79,7 @@ pub(super) async fn read<C: ConnectionTrait>(
         // The rows `skip` did not set whole, and `visible`'s, as the
         // columns `sole` and `owner` record them.
         let filter = |sole: &str, owner: &str| -> Option<Option<SimpleExpr>> {
-            let mut filter = skip.map(|me| {
-                Expr::col(Alias::new(sole))
-                    .is_null()
-                    .or(Expr::col(Alias::new(sole)).ne(me.to_string()))
-            });
+            let mut filter = skip.map(|me| not_set_whole_by(Expr::col(Alias::new(sole)), me));
             if let Some(v) = visible {
                 match v.rows_of(&spec.name, owner)? {
                     None => {}

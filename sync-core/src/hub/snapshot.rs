@@ -186,9 +186,7 @@ pub(super) async fn page<C: ConnectionTrait>(
     visible: Option<&Visible>,
     skip: Option<NodeId>,
 ) -> Result<(Cursor, SnapshotPage)> {
-    // The rows not set whole by `skip`, by their `sole` column.
-    let not_skipped =
-        |sole: Expr| skip.map(|me| sole.clone().is_null().or(sole.ne(me.to_string())));
+    let not_skipped = |sole: Expr| skip.map(|me| super::since::not_set_whole_by(sole, me));
     let cursor = Cursor(log::tip(db).await?);
     let (token, bound) = Token::parse(after.as_deref())?;
     let bound = bound.unwrap_or(cursor.0);
@@ -246,6 +244,7 @@ pub(super) async fn page<C: ConnectionTrait>(
             .await
             .map_err(Error::or_offline)?;
         let names = spec.pk_names();
+        let of_users = not_skipped(Expr::col(Alias::new(ROW_META[3])));
         // The users' rows that carry their states first, in position
         // order, then the version rows in key order (the rows gone, and
         // rows no push of this release has written: a row read twice is
@@ -262,7 +261,7 @@ pub(super) async fn page<C: ConnectionTrait>(
                     &mut versions,
                     after,
                     bound,
-                    not_skipped(Expr::col(Alias::new(ROW_META[3]))),
+                    of_users,
                     &mut fill,
                     &mut last,
                 )
@@ -280,7 +279,7 @@ pub(super) async fn page<C: ConnectionTrait>(
                     &mut versions,
                     0,
                     bound,
-                    not_skipped(Expr::col(Alias::new(ROW_META[3]))),
+                    of_users,
                     &mut fill,
                     &mut last,
                 )

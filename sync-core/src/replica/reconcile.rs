@@ -38,7 +38,7 @@ use super::versions;
 use crate::dialect::{self, Place};
 use crate::model::change::TableSpec;
 use crate::model::clock::wall_clock_us;
-use crate::model::error::Result;
+use crate::model::error::{Error, Result};
 use crate::model::value::pk_key;
 use crate::store::stats::custom_plans;
 
@@ -156,7 +156,7 @@ impl Replica {
             q.into_table(Alias::new(dirty_table(&spec.name)))
                 .columns(cols)
                 .select_from(rows)
-                .map_err(|e| crate::model::error::Error::Config(e.to_string()))?;
+                .map_err(|e| Error::Config(e.to_string()))?;
             q.on_conflict(bump(spec, wall));
             tx.execute(&q).await?;
         }
